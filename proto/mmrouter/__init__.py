@@ -1,0 +1,1 @@
+"""Generated protobuf code for the mmrouter wire API (see router.proto)."""

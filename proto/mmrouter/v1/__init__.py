@@ -1,0 +1,1 @@
+"""mmrouter.v1: generated from router.proto; regenerate, never edit."""

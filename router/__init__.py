@@ -1,0 +1,79 @@
+"""mmrouter: a gRPC daemon that routes multimodal requests to AI providers.
+
+The public plugin API lives here. A provider plugin::
+
+    import router
+
+    class EchoProvider(router.Provider):
+        name = "echo"
+        models = [router.ModelInfo("echo-1", inputs=frozenset({router.Modality.TEXT}))]
+
+        async def generate(self, request, model, ctx):
+            yield router.TextDelta(request.messages[-1].text)
+            yield router.UsageReport(router.Usage(input_tokens=1, output_tokens=1))
+
+    @router.hookimpl
+    def register_providers(register, settings):
+        register(EchoProvider())
+
+and in its ``pyproject.toml``::
+
+    [project.entry-points.mmrouter]
+    echo = "mmrouter_echo"
+
+Run ``router.testing.ProviderContract`` against it to check it conforms.
+"""
+
+import pluggy
+
+from .errors import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderModelNotFound,
+    ProviderNotConfigured,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+    provider_error_from_status,
+)
+from .provider import Provider, setting_or_env
+from .types import (
+    FEATURE_DIARIZATION,
+    FEATURE_EXTRACTION_ONLY,
+    FEATURE_STREAMING,
+    OUTPUT_TEXT,
+    OUTPUT_TRANSCRIPT,
+    CallContext,
+    Media,
+    Message,
+    Modality,
+    ModelInfo,
+    Options,
+    Part,
+    Price,
+    ProviderEvent,
+    Request,
+    Role,
+    Task,
+    TextDelta,
+    Transcript,
+    TranscriptReady,
+    Usage,
+    UsageReport,
+    Utterance,
+    Word,
+)
+
+#: Marks a hook implementation in a plugin.
+hookimpl = pluggy.HookimplMarker("mmrouter")
+
+__all__ = [
+    "FEATURE_DIARIZATION", "FEATURE_EXTRACTION_ONLY", "FEATURE_STREAMING", "OUTPUT_TEXT",
+    "OUTPUT_TRANSCRIPT", "CallContext", "Media", "Message", "Modality", "ModelInfo", "Options",
+    "Part", "Price", "Provider", "ProviderAuthError", "ProviderBadRequest", "ProviderError",
+    "ProviderEvent", "ProviderModelNotFound", "ProviderNotConfigured", "ProviderRateLimited",
+    "ProviderTimeout", "ProviderUnavailable", "Request", "Role", "Task", "TextDelta",
+    "Transcript", "TranscriptReady", "Usage", "UsageReport", "Utterance", "Word", "hookimpl",
+    "provider_error_from_status", "setting_or_env",
+]

@@ -1,0 +1,235 @@
+"""Every error the router raises, each with its gRPC code and ErrorInfo reason.
+
+::
+
+    RouterError                      INTERNAL             INTERNAL
+    ├── InvalidRequest               INVALID_ARGUMENT     INVALID_REQUEST   (+ BadRequest field violations)
+    │   ├── PayloadTooLarge          INVALID_ARGUMENT     PAYLOAD_TOO_LARGE
+    │   └── MimeMismatch             INVALID_ARGUMENT     MIME_MISMATCH
+    ├── UnknownMedia                 NOT_FOUND            MEDIA_NOT_FOUND
+    ├── UnknownSession               NOT_FOUND            SESSION_NOT_FOUND
+    ├── UnknownTarget                NOT_FOUND            UNKNOWN_TARGET    (override names no provider/model)
+    ├── OverrideNotAllowed           PERMISSION_DENIED    OVERRIDE_NOT_ALLOWED
+    ├── NoRoute                      FAILED_PRECONDITION  NO_ROUTE
+    │   └── DiarizationUnavailable   FAILED_PRECONDITION  DIARIZATION_UNAVAILABLE
+    ├── ConfigError                  INVALID_ARGUMENT     INVALID_CONFIG
+    └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
+        ├── ProviderBadRequest       INVALID_ARGUMENT     PROVIDER_BAD_REQUEST
+        ├── ProviderAuthError        FAILED_PRECONDITION  PROVIDER_AUTH
+        ├── ProviderNotConfigured    FAILED_PRECONDITION  PROVIDER_NOT_CONFIGURED
+        ├── ProviderModelNotFound    NOT_FOUND            PROVIDER_MODEL_NOT_FOUND
+        ├── ProviderRateLimited      RESOURCE_EXHAUSTED   PROVIDER_RATE_LIMITED (+ RetryInfo)
+        ├── ProviderUnavailable      UNAVAILABLE          PROVIDER_UNAVAILABLE (5xx, overload, network)
+        ├── ProviderTimeout          DEADLINE_EXCEEDED    PROVIDER_TIMEOUT
+        └── ProviderFailed           INTERNAL             PROVIDER_FAILED   (the plugin itself raised)
+
+Messages name the thing, the cause and the fix. They never contain a secret.
+Provider plugins raise the ``Provider*`` classes, usually through
+:func:`provider_error_from_status`, so every provider maps HTTP failures alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+
+@dataclass
+class FieldViolation:
+    """One bad field of a request: its path (e.g. ``messages[0].parts[1].media``) and why."""
+
+    field: str
+    description: str
+
+
+class RouterError(Exception):
+    """Base of all router errors."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+    #: Whether dispatch may try the next fallback after this error.
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        violations: list[FieldViolation] | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.violations = violations or []
+        self.metadata = dict(metadata or {})
+
+
+class InvalidRequest(RouterError):
+    """The request is malformed; ``violations`` say which fields and why."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_REQUEST"
+
+
+class PayloadTooLarge(InvalidRequest):
+    """Inline media over the inline limit (use UploadMedia), or an upload over its limit."""
+
+    reason = "PAYLOAD_TOO_LARGE"
+
+
+class MimeMismatch(InvalidRequest):
+    """The declared MIME type does not match the content's magic bytes."""
+
+    reason = "MIME_MISMATCH"
+
+
+class UnknownMedia(RouterError):
+    """A media id that the media store does not hold."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "MEDIA_NOT_FOUND"
+
+
+class UnknownSession(RouterError):
+    """A session id that the session store does not hold."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "SESSION_NOT_FOUND"
+
+
+class UnknownTarget(RouterError):
+    """A provider/model override that names no known provider or model."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "UNKNOWN_TARGET"
+
+
+class OverrideNotAllowed(RouterError):
+    """The client asked for an override the configuration does not allow."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "OVERRIDE_NOT_ALLOWED"
+
+
+class NoRoute(RouterError):
+    """No rule, default or fallback gives a usable target for the request."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "NO_ROUTE"
+
+
+class DiarizationUnavailable(NoRoute):
+    """Diarization was asked for and no configured provider can diarize."""
+
+    reason = "DIARIZATION_UNAVAILABLE"
+
+
+class ConfigError(RouterError):
+    """The configuration file is invalid; the message names the key and the problem."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_CONFIG"
+
+
+class ProviderError(RouterError):
+    """A provider call failed. Carries the provider's name in ``metadata['provider']``."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "PROVIDER_ERROR"
+    retryable = True
+
+    def __init__(self, provider: str, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(f"{provider}: {message}", metadata={"provider": provider})
+        self.provider = provider
+        self.retry_after = retry_after
+
+
+class ProviderBadRequest(ProviderError):
+    """The provider rejected the request as invalid (HTTP 400/422)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "PROVIDER_BAD_REQUEST"
+    retryable = False
+
+
+class ProviderAuthError(ProviderError):
+    """The provider refused the credentials (HTTP 401/403)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "PROVIDER_AUTH"
+
+
+class ProviderNotConfigured(ProviderError):
+    """The provider lacks configuration such as an API key."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "PROVIDER_NOT_CONFIGURED"
+
+
+class ProviderModelNotFound(ProviderError):
+    """The provider does not know the model (HTTP 404)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "PROVIDER_MODEL_NOT_FOUND"
+
+
+class ProviderRateLimited(ProviderError):
+    """The provider rate-limited the call (HTTP 429); ``retry_after`` in seconds if it said."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "PROVIDER_RATE_LIMITED"
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider failed or is overloaded (HTTP 5xx, 529) or could not be reached."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "PROVIDER_UNAVAILABLE"
+
+
+class ProviderTimeout(ProviderError):
+    """The provider did not answer within the call's deadline."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "PROVIDER_TIMEOUT"
+
+
+class ProviderFailed(ProviderError):
+    """The provider plugin itself raised an unexpected exception."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "PROVIDER_FAILED"
+
+
+def provider_error_from_status(
+    provider: str, status: int | None, message: str, *, retry_after: float | None = None
+) -> ProviderError:
+    """Map an HTTP status from a provider to the matching :class:`ProviderError`.
+
+    ``status`` None means no HTTP answer (connection failed): UNAVAILABLE.
+    ``message`` must not contain the API key; plugins pass the provider's
+    error text, which never echoes it.
+    """
+    if status is None:
+        return ProviderUnavailable(provider, message)
+    if status in (400, 413, 422):
+        return ProviderBadRequest(provider, message)
+    if status in (401, 403):
+        return ProviderAuthError(provider, message)
+    if status == 404:
+        return ProviderModelNotFound(provider, message)
+    if status == 408:
+        return ProviderTimeout(provider, message)
+    if status == 429:
+        return ProviderRateLimited(provider, message, retry_after=retry_after)
+    return ProviderUnavailable(provider, message)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds only), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

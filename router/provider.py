@@ -1,0 +1,63 @@
+"""The provider base class that plugins subclass."""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from .types import CallContext, ModelInfo, ProviderEvent, Request
+
+
+class Provider(abc.ABC):
+    """A provider of models: what a plugin hands to ``register``.
+
+    Subclasses set :attr:`name` and :attr:`models` and implement
+    :meth:`generate`. One instance serves every call, so make SDK clients and
+    HTTP pools once (lazily, on first use, to keep daemon start-up fast) and
+    reuse them.
+    """
+
+    #: The provider's unique name, used in routing targets (``name/model``).
+    name: str = ""
+    #: The models it offers.
+    models: list[ModelInfo] = []
+
+    def unconfigured_reason(self) -> str | None:
+        """Why the provider cannot be used (e.g. ``"OPENAI_API_KEY is not set"``), or None if it can.
+
+        Routing skips providers that return a reason, and shows the reason in
+        the decision trace and in ``mmrouter providers``.
+        """
+        return None
+
+    def model(self, name: str) -> ModelInfo | None:
+        """The model called ``name``, or None."""
+        return next((m for m in self.models if m.name == name), None)
+
+    @abc.abstractmethod
+    def generate(
+        self, request: Request, model: ModelInfo, ctx: CallContext
+    ) -> AsyncIterator[ProviderEvent]:
+        """Answer ``request`` with ``model``, yielding events as they come.
+
+        Implement as an ``async def`` generator. Yield :class:`TextDelta` for
+        text (many small ones when streaming), :class:`TranscriptReady` for a
+        transcript, and one :class:`UsageReport` at the end. Raise
+        :mod:`router.errors` ``Provider*`` errors for failures (see
+        :func:`router.errors.provider_error_from_status`). The router cancels
+        the generator when the client's deadline passes or it cancels; honour
+        ``ctx.time_remaining()`` for waits you make yourself (polling).
+        """
+
+    async def aclose(self) -> None:
+        """Release clients and pools; called once at daemon shutdown."""
+
+
+def setting_or_env(settings: Mapping[str, Any], key: str, env_var: str) -> str:
+    """``settings[key]`` if set and non-empty, else the environment variable, else ``""``."""
+    value = settings.get(key)
+    if value:
+        return str(value)
+    return os.environ.get(env_var, "")

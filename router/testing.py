@@ -1,0 +1,119 @@
+"""The provider conformance kit: checks every provider must pass.
+
+A provider author subclasses :class:`ProviderContract` in their own tests and
+supplies a ``provider`` fixture (a configured provider, typically pointed at a
+local fake of the provider's HTTP API)::
+
+    import pytest
+    from router.testing import ProviderContract
+
+    class TestMyProvider(ProviderContract):
+        @pytest.fixture
+        def provider(self, fake_upstream):
+            return MyProvider(api_key="test", base_url=fake_upstream.url)
+
+Override :meth:`ProviderContract.sample_request` when the provider's first
+model needs more than a text question (a transcription model needs audio).
+The checks run with plain pytest; no plugin is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from .provider import Provider
+from .types import (
+    CallContext,
+    Message,
+    Modality,
+    ModelInfo,
+    Options,
+    Part,
+    ProviderEvent,
+    Request,
+    Role,
+    Task,
+    TextDelta,
+    TranscriptReady,
+    UsageReport,
+)
+
+
+async def collect(provider: Provider, request: Request, model: ModelInfo, timeout: float = 30) -> list:
+    """Run ``provider.generate`` to the end and return every event."""
+    ctx = CallContext(request_id="contract", deadline=time.monotonic() + timeout)
+
+    async def run() -> list[ProviderEvent]:
+        return [event async for event in provider.generate(request, model, ctx)]
+
+    return await asyncio.wait_for(run(), timeout)
+
+
+class ProviderContract:
+    """Checks that a provider keeps the plugin contract. Subclass and give a ``provider`` fixture."""
+
+    @pytest.fixture
+    def provider(self) -> Provider:
+        raise NotImplementedError("define a `provider` fixture returning a configured provider")
+
+    def contract_model(self, provider: Provider) -> ModelInfo:
+        """The model the call checks use: by default the first one."""
+        return provider.models[0]
+
+    def sample_request(self, model: ModelInfo) -> Request:
+        """A small request the model can answer: a text question by default."""
+        return Request(
+            messages=[Message(Role.USER, [Part(text="Say hello in one word.")])],
+            options=Options(task=Task.CHAT),
+        )
+
+    def test_has_a_name_and_models(self, provider: Provider) -> None:
+        assert isinstance(provider.name, str) and provider.name, "a provider needs a name"
+        assert "/" not in provider.name, "a provider name cannot contain '/'"
+        assert provider.models, "a provider must declare at least one model"
+        names = [m.name for m in provider.models]
+        assert len(names) == len(set(names)), f"duplicate model names: {names}"
+
+    def test_models_declare_what_they_take_and_give(self, provider: Provider) -> None:
+        for model in provider.models:
+            assert isinstance(model, ModelInfo)
+            assert model.inputs, f"{model.name} declares no inputs"
+            assert all(isinstance(m, Modality) for m in model.inputs)
+            assert model.outputs, f"{model.name} declares no outputs"
+            assert model.context_tokens > 0
+            assert model.price.input_per_mtok >= 0 and model.price.output_per_mtok >= 0
+
+    def test_configured_provider_reports_no_reason(self, provider: Provider) -> None:
+        assert provider.unconfigured_reason() is None
+
+    async def test_generate_yields_contract_events(self, provider: Provider) -> None:
+        model = self.contract_model(provider)
+        events = await collect(provider, self.sample_request(model), model)
+        assert events, "generate yielded nothing"
+        allowed = (TextDelta, TranscriptReady, UsageReport)
+        assert all(isinstance(e, allowed) for e in events), f"unexpected events: {events}"
+        produced = [e for e in events if isinstance(e, (TextDelta, TranscriptReady))]
+        assert produced, "generate yielded no text and no transcript"
+        usages = [e for e in events if isinstance(e, UsageReport)]
+        assert len(usages) == 1, f"expected exactly one UsageReport, got {len(usages)}"
+
+    async def test_generate_can_be_cancelled(self, provider: Provider) -> None:
+        model = self.contract_model(provider)
+        ctx = CallContext(request_id="contract-cancel", deadline=time.monotonic() + 30)
+
+        async def consume() -> None:
+            async for _ in provider.generate(self.sample_request(model), model, ctx):
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+    async def test_provider_can_be_closed_twice(self, provider: Provider) -> None:
+        await provider.aclose()
+        await provider.aclose()

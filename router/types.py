@@ -1,0 +1,324 @@
+"""The internal request/response model: plain dataclasses, no protobuf.
+
+Routing, bridging, dispatch and provider plugins see only these types;
+``router.wire`` is the one place that converts them to and from the wire API.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+
+class Modality(str, enum.Enum):
+    """A kind of input: text or one of the media kinds."""
+
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+    VIDEO = "video"
+    DOCUMENT = "document"
+
+
+class Role(str, enum.Enum):
+    """Who wrote a message."""
+
+    USER = "user"
+    ASSISTANT = "assistant"
+    SYSTEM = "system"
+
+
+class Task(str, enum.Enum):
+    """What the client wants done; ``AUTO`` is resolved by the router."""
+
+    AUTO = "auto"
+    CHAT = "chat"
+    TRANSCRIBE = "transcribe"
+
+
+@dataclass
+class Media:
+    """One image, audio clip, video or document.
+
+    Exactly one of ``data`` (inline bytes), ``path`` (a file in the media
+    store) or ``url`` is set. ``media_id`` is the sha256 of the content when
+    it is known (always for stored media).
+    """
+
+    modality: Modality
+    mime_type: str
+    data: bytes | None = None
+    path: Path | None = None
+    url: str | None = None
+    media_id: str | None = None
+    filename: str = ""
+    size: int = 0
+    #: Cheaply known facts, filled by the router: seconds for audio/video, pages for PDFs.
+    duration_seconds: float | None = None
+    pages: int | None = None
+
+    def read_bytes(self) -> bytes:
+        """Return the content (reads the stored file for uploaded media)."""
+        if self.data is not None:
+            return self.data
+        if self.path is not None:
+            return self.path.read_bytes()
+        raise ValueError("media given by URL has no local bytes")
+
+    @property
+    def suffix(self) -> str:
+        """A file suffix for this media's MIME type, such as ``.png``."""
+        return mime_suffix(self.mime_type)
+
+
+_SUFFIXES = {
+    "image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/webp": ".webp",
+    "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/mpeg": ".mp3",
+    "audio/mp3": ".mp3", "audio/mp4": ".m4a", "audio/m4a": ".m4a", "audio/x-m4a": ".m4a",
+    "audio/aac": ".aac", "audio/ogg": ".ogg", "audio/flac": ".flac", "audio/x-flac": ".flac",
+    "audio/webm": ".webm", "video/mp4": ".mp4", "video/webm": ".webm",
+    "video/quicktime": ".mov", "video/x-matroska": ".mkv", "application/pdf": ".pdf",
+}
+
+
+def mime_suffix(mime_type: str) -> str:
+    """A conventional file suffix for a MIME type (``.bin`` if unknown)."""
+    return _SUFFIXES.get(mime_type.lower(), ".bin")
+
+
+@dataclass
+class Part:
+    """One piece of a message: text or media."""
+
+    text: str | None = None
+    media: Media | None = None
+
+    @property
+    def modality(self) -> Modality:
+        return self.media.modality if self.media is not None else Modality.TEXT
+
+
+@dataclass
+class Message:
+    """One turn of a conversation."""
+
+    role: Role
+    parts: list[Part]
+
+    @property
+    def text(self) -> str:
+        """The text parts joined by newlines."""
+        return "\n".join(p.text for p in self.parts if p.text is not None)
+
+
+@dataclass
+class Options:
+    """What is asked of the model."""
+
+    task: Task = Task.AUTO
+    diarization: bool = False
+    speakers_expected: int = 0
+    language: str = ""
+    max_output_tokens: int = 0
+    temperature: float | None = None
+
+
+@dataclass
+class RoutingHints:
+    """Client steering: an override and free tags."""
+
+    provider: str = ""
+    model: str = ""
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Request:
+    """A multimodal request: a conversation plus options."""
+
+    messages: list[Message]
+    options: Options = field(default_factory=Options)
+    hints: RoutingHints = field(default_factory=RoutingHints)
+    session_id: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def parts(self) -> list[Part]:
+        """All parts of all messages, in order."""
+        return [p for m in self.messages for p in m.parts]
+
+    def media(self) -> list[Media]:
+        """All media of all messages, in order."""
+        return [p.media for p in self.parts() if p.media is not None]
+
+    def modalities(self) -> set[Modality]:
+        """The set of modalities present (text only if some text is non-empty)."""
+        found = {p.media.modality for p in self.parts() if p.media is not None}
+        if any(p.text and p.text.strip() for p in self.parts()):
+            found.add(Modality.TEXT)
+        return found
+
+    @property
+    def system_prompt(self) -> str:
+        """The system messages' text joined, or ``""``."""
+        return "\n".join(m.text for m in self.messages if m.role is Role.SYSTEM)
+
+    @property
+    def effective_task(self) -> Task:
+        """The task with ``AUTO`` resolved: audio alone with no question is a transcription."""
+        if self.options.task is not Task.AUTO:
+            return self.options.task
+        mods = self.modalities()
+        if mods == {Modality.AUDIO}:
+            return Task.TRANSCRIBE
+        return Task.CHAT
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per million tokens in and out, and per hour of audio."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+    per_audio_hour: float = 0.0
+
+    def cost(self, usage: Usage) -> float:
+        """The cost of ``usage`` at this price."""
+        return (
+            usage.input_tokens * self.input_per_mtok / 1e6
+            + usage.output_tokens * self.output_per_mtok / 1e6
+            + usage.audio_seconds * self.per_audio_hour / 3600
+        )
+
+
+#: Output kinds a model can produce.
+OUTPUT_TEXT = "text"
+OUTPUT_TRANSCRIPT = "transcript"
+#: Features a model can declare.
+FEATURE_STREAMING = "streaming"
+FEATURE_DIARIZATION = "diarization"
+FEATURE_EXTRACTION_ONLY = "extraction_only"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model takes and gives, how much it holds and what it costs."""
+
+    name: str
+    inputs: frozenset[Modality]
+    outputs: frozenset[str] = frozenset({OUTPUT_TEXT})
+    features: frozenset[str] = frozenset({FEATURE_STREAMING})
+    context_tokens: int = 128_000
+    price: Price = Price()
+    default_max_output_tokens: int = 4096
+
+    def can_take(self, modalities: set[Modality]) -> bool:
+        """True when every modality in ``modalities`` is an input of this model."""
+        return modalities <= self.inputs
+
+    def can_do(self, task: Task) -> bool:
+        """True when the model produces what ``task`` needs."""
+        if task is Task.TRANSCRIBE:
+            return OUTPUT_TRANSCRIPT in self.outputs
+        return OUTPUT_TEXT in self.outputs
+
+
+@dataclass
+class Utterance:
+    """One stretch of speech by one speaker."""
+
+    text: str
+    start: float = 0.0
+    end: float = 0.0
+    speaker: str = ""
+    confidence: float = 0.0
+
+
+@dataclass
+class Word:
+    """One recognized word with its times."""
+
+    text: str
+    start: float = 0.0
+    end: float = 0.0
+    speaker: str = ""
+    confidence: float = 0.0
+
+
+@dataclass
+class Transcript:
+    """Speech as text, with utterances and words where known."""
+
+    text: str
+    utterances: list[Utterance] = field(default_factory=list)
+    words: list[Word] = field(default_factory=list)
+    language: str = ""
+    duration_seconds: float = 0.0
+
+    @staticmethod
+    def speaker_text(utterances: list[Utterance]) -> str:
+        """Plain text with one ``Speaker X: ...`` line per turn."""
+        return "\n".join(f"Speaker {u.speaker}: {u.text}" for u in utterances)
+
+
+@dataclass
+class Usage:
+    """What a call consumed and cost."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    audio_seconds: float = 0.0
+    cost_usd: float = 0.0
+
+    def add(self, other: Usage) -> None:
+        """Add ``other`` into this usage."""
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.audio_seconds += other.audio_seconds
+        self.cost_usd += other.cost_usd
+
+
+@dataclass
+class TextDelta:
+    """Event: the next piece of the answer's text."""
+
+    text: str
+
+
+@dataclass
+class TranscriptReady:
+    """Event: a transcript of speech in the inputs."""
+
+    transcript: Transcript
+
+
+@dataclass
+class UsageReport:
+    """Event: what the call consumed. The router fills in the cost if the provider leaves it 0."""
+
+    usage: Usage
+
+
+#: What a provider's ``generate`` yields.
+ProviderEvent = Union[TextDelta, TranscriptReady, UsageReport]
+
+
+@dataclass
+class CallContext:
+    """What a provider call knows beyond the request: its deadline and id."""
+
+    request_id: str
+    deadline: float | None = None  # time.monotonic() value, or None for no deadline
+    settings: dict = field(default_factory=dict)
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the deadline (never negative), or None without one."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+
+GenerateFn = Callable[[Request, ModelInfo, CallContext], AsyncIterator[ProviderEvent]]
