@@ -51,7 +51,7 @@ class Provider(abc.ABC):
         ``ctx.time_remaining()`` for waits you make yourself (polling).
         """
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (a no-op default is intended)
         """Release clients and pools; called once at daemon shutdown."""
 
 

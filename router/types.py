@@ -11,10 +11,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 
-class Modality(str, enum.Enum):
+class Modality(enum.StrEnum):
     """A kind of input: text or one of the media kinds."""
 
     TEXT = "text"
@@ -24,7 +23,7 @@ class Modality(str, enum.Enum):
     DOCUMENT = "document"
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     """Who wrote a message."""
 
     USER = "user"
@@ -32,7 +31,7 @@ class Role(str, enum.Enum):
     SYSTEM = "system"
 
 
-class Task(str, enum.Enum):
+class Task(enum.StrEnum):
     """What the client wants done; ``AUTO`` is resolved by the router."""
 
     AUTO = "auto"
@@ -303,7 +302,7 @@ class UsageReport:
 
 
 #: What a provider's ``generate`` yields.
-ProviderEvent = Union[TextDelta, TranscriptReady, UsageReport]
+ProviderEvent = TextDelta | TranscriptReady | UsageReport
 
 
 @dataclass

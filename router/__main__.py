@@ -1,0 +1,5 @@
+"""Run the daemon CLI: ``python -m router``."""
+
+from .cli import app
+
+app()

@@ -1,0 +1,322 @@
+"""The ``mmrouter`` command: run the daemon and talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mimetypes
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from .config import DEFAULT_ADDRESS, load_config, parse_config
+from .errors import ConfigError
+
+app = typer.Typer(
+    help="mmrouter routes multimodal AI requests (text, images, audio, video, PDFs) to the right provider.\n\n"
+    "Start the daemon with `mmrouter serve`, then ask it things with `mmrouter ask`.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Work with routing configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+AddressOption = Annotated[str, typer.Option("--address", "-a", envvar="MMROUTER_ADDRESS",
+                                            help="Where the daemon listens (host:port).")]
+CHUNK = 1024 * 1024
+
+_MIME_FALLBACK = {".m4a": "audio/mp4", ".webm": "video/webm", ".flac": "audio/flac", ".ogg": "audio/ogg",
+                  ".wav": "audio/wav", ".mp3": "audio/mpeg", ".pdf": "application/pdf", ".webp": "image/webp",
+                  ".mkv": "video/x-matroska", ".mov": "video/quicktime", ".mp4": "video/mp4"}
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Routing file (YAML). Default: the embedded hybrid policy.")] = None,
+    address: Annotated[str | None, typer.Option("--address", "-a", help=f"Listen on host:port (default {DEFAULT_ADDRESS}).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where media and sessions are kept.")] = None,
+    ready_file: Annotated[Path | None, typer.Option(help="Write the bound address here once serving.")] = None,
+) -> None:
+    """Run the daemon (stop it with Ctrl-C or SIGTERM; in-flight calls are drained)."""
+    try:
+        settings = load_config(config)
+    except ConfigError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    server = settings.server.model_copy(update={
+        k: v for k, v in {"address": address, "data_dir": data_dir}.items() if v is not None
+    })
+    settings = settings.model_copy(update={"server": server})
+    logging.basicConfig(level=server.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .server import serve as run
+
+    asyncio.run(run(settings, ready_file=ready_file))
+
+
+def _media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path]) -> Iterator[tuple[int, Path, str]]:
+    from mmrouter.v1 import router_pb2 as pb
+
+    for kind, files in ((pb.MODALITY_IMAGE, images), (pb.MODALITY_AUDIO, audio), (pb.MODALITY_VIDEO, video),
+                        (pb.MODALITY_DOCUMENT, pdf)):
+        for path in files:
+            if not path.is_file():
+                err.print(f"[red]no such file: {path}[/red]")
+                raise typer.Exit(2)
+            mime = _MIME_FALLBACK.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            yield kind, path, mime
+
+
+def _upload(stub, kind: int, path: Path, mime: str) -> str:
+    from mmrouter.v1 import router_pb2 as pb
+
+    size = path.stat().st_size
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(f"uploading {path.name}", total=size)
+
+        def messages():
+            yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=kind, mime_type=mime, filename=path.name,
+                                                                   size_bytes=size))
+            with path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    progress.advance(task, len(chunk))
+                    yield pb.UploadMediaRequest(chunk=chunk)
+
+        return stub.UploadMedia(messages()).media_id
+
+
+def _build_request(stub, prompt: str, images, audio, video, pdf, system, task, diarize, speakers, provider, model,
+                   tags, session, inline_limit):
+    from mmrouter.v1 import router_pb2 as pb
+
+    parts = []
+    for kind, path, mime in _media_parts(images, audio, video, pdf):
+        media = pb.Media(modality=kind, mime_type=mime, filename=path.name)
+        if path.stat().st_size > inline_limit:
+            media.media_id = _upload(stub, kind, path, mime)
+        else:
+            media.data = path.read_bytes()
+        parts.append(pb.Part(media=media))
+    if prompt:
+        parts.append(pb.Part(text=prompt))
+    messages = [pb.Message(role=pb.ROLE_SYSTEM, parts=[pb.Part(text=system)])] if system else []
+    messages.append(pb.Message(role=pb.ROLE_USER, parts=parts))
+    tasks = {"auto": pb.TASK_AUTO, "chat": pb.TASK_CHAT, "transcribe": pb.TASK_TRANSCRIBE}
+    return pb.MultimodalRequest(
+        messages=messages, session_id=session or "",
+        options=pb.Options(task=tasks[task], diarization=diarize, speakers_expected=speakers),
+        hints=pb.RoutingHints(provider=provider or "", model=model or "", tags=tags or []),
+    )
+
+
+def _channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
+                                                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+
+
+def _fail(exc: grpc.RpcError) -> None:
+    from grpc_status import rpc_status
+
+    err.print(f"[red]{exc.code().name}: {exc.details()}[/red]")
+    status = rpc_status.from_call(exc)
+    if status is not None:
+        from google.rpc import error_details_pb2
+
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                for v in bad.field_violations:
+                    err.print(f"  {v.field}: {v.description}")
+    raise typer.Exit(1)
+
+
+def _print_route(route, console: Console) -> None:
+    from mmrouter.v1 import router_pb2 as pb
+
+    outcome = {pb.RULE_OUTCOME_MATCHED: "[green]matched[/green]", pb.RULE_OUTCOME_SKIPPED: "[yellow]skipped[/yellow]",
+               pb.RULE_OUTCOME_NOT_MATCHED: "not matched", pb.RULE_OUTCOME_NOT_EVALUATED: "[dim]not evaluated[/dim]"}
+    console.print(f"route: rule [bold]{route.rule}[/bold] -> [bold]{route.provider}/{route.model}[/bold]"
+                  + (f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else "")
+                  + (f"  bridges: {', '.join(route.bridges)}" if route.bridges else ""))
+    table = Table("rule", "outcome", "why", show_header=True, box=None)
+    for t in route.trace:
+        table.add_row(t.rule, outcome.get(t.outcome, "?"), t.reason)
+    console.print(table)
+    for step in route.steps:
+        console.print(f"step {step.purpose}: {step.provider}/{step.model} {step.latency_ms:.0f} ms "
+                      f"${step.usage.cost_usd:.6f}")
+    for note in route.notes:
+        console.print(f"note: {note}")
+
+
+FileList = Annotated[list[Path] | None, typer.Option(help="A file to send (repeat for several).")]
+
+
+@app.command()
+def ask(
+    prompt: Annotated[str, typer.Argument(help="Your question or instruction (may be empty for transcription).")] = "",
+    image: FileList = None,
+    audio: FileList = None,
+    video: FileList = None,
+    pdf: FileList = None,
+    system: Annotated[str, typer.Option(help="A system prompt.")] = "",
+    task: Annotated[str, typer.Option(help="auto, chat or transcribe.")] = "auto",
+    diarize: Annotated[bool, typer.Option("--diarize", help="Label speakers in audio.")] = False,
+    speakers: Annotated[int, typer.Option(help="Speakers to expect when diarizing.")] = 0,
+    provider: Annotated[str | None, typer.Option(help="Use this provider instead of the rules' choice.")] = None,
+    model: Annotated[str | None, typer.Option(help="Use this model.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="A tag for routing rules (repeatable).")] = None,
+    session: Annotated[str | None, typer.Option(help="Keep a conversation under this id.")] = None,
+    inline_limit: Annotated[int, typer.Option(help="Files larger than this many bytes go by UploadMedia.")] = 4 * 1024 * 1024,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")] = False,
+    address: AddressOption = DEFAULT_ADDRESS,
+) -> None:
+    """Ask the daemon: streams the answer, then prints the route, cost and latency."""
+    from google.protobuf import json_format
+    from mmrouter.v1 import router_pb2 as pb
+    from mmrouter.v1 import router_pb2_grpc
+
+    if task not in ("auto", "chat", "transcribe"):
+        err.print("[red]--task must be auto, chat or transcribe[/red]")
+        raise typer.Exit(2)
+    with _channel(address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        try:
+            request = _build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
+                                     diarize, speakers, provider, model, tag, session, inline_limit)
+            answer = None
+            for event in stub.StreamGenerate(pb.StreamGenerateRequest(request=request)):
+                kind = event.WhichOneof("event")
+                if kind == "text_delta" and not as_json:
+                    out.print(event.text_delta.text, end="", markup=False, highlight=False)
+                elif kind == "transcript" and not as_json:
+                    t = event.transcript
+                    lines = [f"[{u.start_seconds:7.2f}s] {('Speaker ' + u.speaker + ': ') if u.speaker else ''}{u.text}"
+                             for u in t.utterances] or [t.text]
+                    err.print("[bold]transcript[/bold]\n" + "\n".join(lines))
+                elif kind == "done":
+                    answer = event.done.answer
+        except grpc.RpcError as exc:
+            _fail(exc)
+    if answer is None:
+        err.print("[red]the stream ended without an answer[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        out.print_json(json_format.MessageToJson(answer))
+        return
+    out.print()
+    u = answer.usage
+    _print_route(answer.route, err)
+    err.print(f"usage: {u.input_tokens} in, {u.output_tokens} out, {u.audio_seconds:.1f}s audio, "
+              f"${u.cost_usd:.6f}, {answer.route.latency_ms:.0f} ms")
+
+
+@app.command()
+def explain(
+    prompt: Annotated[str, typer.Argument(help="The question, as you would ask it.")] = "",
+    image: FileList = None,
+    audio: FileList = None,
+    video: FileList = None,
+    pdf: FileList = None,
+    task: Annotated[str, typer.Option(help="auto, chat or transcribe.")] = "auto",
+    diarize: Annotated[bool, typer.Option("--diarize", help="Label speakers in audio.")] = False,
+    provider: Annotated[str | None, typer.Option(help="An override to check.")] = None,
+    model: Annotated[str | None, typer.Option(help="A model override to check.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
+    inline_limit: Annotated[int, typer.Option(help="Files larger than this go by UploadMedia.")] = 4 * 1024 * 1024,
+    address: AddressOption = DEFAULT_ADDRESS,
+) -> None:
+    """Show how a request would be routed, rule by rule, without calling any provider."""
+    from mmrouter.v1 import router_pb2 as pb
+    from mmrouter.v1 import router_pb2_grpc
+
+    with _channel(address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        try:
+            request = _build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], "", task,
+                                     diarize, 0, provider, model, tag, None, inline_limit)
+            route = stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route
+        except grpc.RpcError as exc:
+            _fail(exc)
+    _print_route(route, out)
+
+
+@app.command()
+def providers(address: AddressOption = DEFAULT_ADDRESS) -> None:
+    """List the daemon's providers: ready, not configured (and why), broken (and why), disabled."""
+    from mmrouter.v1 import router_pb2 as pb
+    from mmrouter.v1 import router_pb2_grpc
+
+    with _channel(address) as channel:
+        try:
+            listing = router_pb2_grpc.RouterServiceStub(channel).ListProviders(pb.ListProvidersRequest())
+        except grpc.RpcError as exc:
+            _fail(exc)
+    table = Table("provider", "plugin", "state", "models", "reason")
+    for p in listing.providers:
+        state = pb.ProviderState.Name(p.state).removeprefix("PROVIDER_STATE_").lower()
+        table.add_row(p.name, p.plugin, state, ", ".join(m.name for m in p.models), p.reason)
+    out.print(table)
+
+
+@app.command()
+def stats(data_dir: Annotated[Path | None, typer.Option(help="The daemon's data directory.")] = None,
+          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Calls, latency and cost per rule, provider and model, from the daemon's records."""
+    from .config import default_data_dir
+    from .sessions import SessionStore
+
+    path = (data_dir or default_data_dir()) / "sessions.sqlite"
+    if not path.exists():
+        err.print(f"[red]no records at {path}: has the daemon answered anything yet?[/red]")
+        raise typer.Exit(1)
+    store = SessionStore(path)
+    rows = store.stats()
+    store.close()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("rule", "provider/model", "step", "calls", "mean ms", "max ms", "cost $")
+    for r in rows:
+        table.add_row(r["rule"], f"{r['provider']}/{r['model']}", r["purpose"], str(r["calls"]),
+                      f"{r['mean_latency_ms']:.0f}", f"{r['max_latency_ms']:.0f}", f"{r['cost_usd']:.6f}")
+    out.print(table)
+
+
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="The routing file to check.")]) -> None:
+    """Validate a routing file: every key, value and target, with file and line for each problem."""
+    try:
+        config = parse_config(file.read_text(encoding="utf-8"), str(file))
+    except OSError as exc:
+        err.print(f"[red]cannot read {file}: {exc.strerror}[/red]")
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1) from None
+    out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}")
+
+
+@config_app.command("show-default")
+def config_show_default() -> None:
+    """Print the embedded default configuration (a starting point for your own)."""
+    from .config import embedded_default_text
+
+    out.print(embedded_default_text(), markup=False, highlight=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,264 @@
+"""The configuration: a YAML file validated into settings, and the embedded default.
+
+Errors name the key, the problem, and the file and line::
+
+    routes.2.match.inputs_any.0: Input should be 'text', 'image', 'audio', 'video' or 'document'
+    (router.yaml, line 14)
+
+``${VAR}`` and ``${VAR:-fallback}`` in string values are replaced from the
+environment when the file is loaded, so keys stay out of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .types import Modality, Task
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_TARGET = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.:@-]+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """An inclusive numeric range; either end may be left open."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def describe(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g}..{self.max:g}"
+        return f">= {self.min:g}" if self.min is not None else f"<= {self.max:g}"
+
+
+class Match(_Strict):
+    """The conditions of a rule; all given conditions must hold. An empty match always holds."""
+
+    inputs: list[Modality] | None = Field(None, description="the request has all of these modalities")
+    inputs_any: list[Modality] | None = Field(None, description="the request has at least one of these")
+    inputs_none: list[Modality] | None = Field(None, description="the request has none of these")
+    inputs_only: list[Modality] | None = Field(None, description="the request has no other modality")
+    task: list[Task] | None = None
+    diarization: bool | None = None
+    metadata: dict[str, str] = {}
+    tags: list[str] = []
+    images: Range | None = None
+    audio_seconds: Range | None = None
+    video_seconds: Range | None = None
+    pdf_pages: Range | None = None
+    input_tokens: Range | None = None
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+def _check_target(value: str) -> str:
+    if not _TARGET.match(value):
+        raise ValueError(f"{value!r} is not a target: write provider/model, e.g. openai/gpt-4o")
+    return value
+
+
+class Rule(_Strict):
+    """One routing rule: when ``match`` holds, use ``use``, else the fallbacks in order."""
+
+    name: str
+    match: Match = Match()
+    use: str
+    fallback: list[str] = []
+    bridging: bool = Field(True, description="convert inputs the target cannot take through other models")
+
+    @field_validator("use")
+    @classmethod
+    def _use(cls, value: str) -> str:
+        return _check_target(value)
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallbacks(cls, value: list[str]) -> list[str]:
+        return [_check_target(v) for v in value]
+
+
+class ServerSettings(_Strict):
+    """Where and how the daemon serves."""
+
+    address: str = DEFAULT_ADDRESS
+    data_dir: Path = Field(default_factory=lambda: default_data_dir())
+    inline_limit_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest inline media part")
+    max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest gRPC message")
+    max_upload_bytes: int = Field(64 * 1024**3, gt=0, description="largest UploadMedia file")
+    allow_urls: bool = False
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _limits(self) -> ServerSettings:
+        if self.inline_limit_bytes > self.max_message_bytes:
+            raise ValueError("inline_limit_bytes cannot exceed max_message_bytes")
+        return self
+
+
+class PluginSettings(_Strict):
+    """Which installed plugins (entry point names) to leave out."""
+
+    disabled: list[str] = []
+
+
+class OverrideSettings(_Strict):
+    """Whether clients may pick the provider/model themselves."""
+
+    allow: bool = True
+    providers: list[str] | None = Field(None, description="providers a client may pick; all if unset")
+
+
+class Config(_Strict):
+    """The whole configuration."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    plugins: PluginSettings = Field(default_factory=PluginSettings)
+    providers: dict[str, dict[str, Any]] = {}
+    routes: list[Rule] = []
+    default: str | None = None
+    overrides: OverrideSettings = Field(default_factory=OverrideSettings)
+    bridges: dict[Modality, list[str]] = Field(
+        default_factory=dict, description="per modality, the targets that convert it for models that cannot take it"
+    )
+    extend_default_routes: bool = Field(
+        False, description="append the embedded default rules after this file's rules"
+    )
+
+    @field_validator("default")
+    @classmethod
+    def _default_target(cls, value: str | None) -> str | None:
+        return None if value is None else _check_target(value)
+
+    @field_validator("bridges")
+    @classmethod
+    def _bridge_targets(cls, value: dict[Modality, list[str]]) -> dict[Modality, list[str]]:
+        return {k: [_check_target(t) for t in v] for k, v in value.items()}
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _empty_sections(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: (v if v is not None else {}) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> Config:
+        seen: set[str] = set()
+        for rule in self.routes:
+            if rule.name in seen:
+                raise ValueError(f"two rules are named {rule.name!r}: rule names must be unique")
+            seen.add(rule.name)
+        return self
+
+
+def default_data_dir() -> Path:
+    """``$MMROUTER_DATA_DIR``, else ``$XDG_DATA_HOME/mmrouter``, else ``~/.local/share/mmrouter``."""
+    if os.environ.get("MMROUTER_DATA_DIR"):
+        return Path(os.environ["MMROUTER_DATA_DIR"])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mmrouter"
+
+
+def expand_env(value: Any) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-fallback}`` in every string of ``value``."""
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    return value
+
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` (or its nearest parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(key)), None)
+            if match is None:
+                key_node = next((k for k, _ in node.value if k.value == str(key)), None)
+                return key_node.start_mark.line + 1 if key_node is not None else line
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate YAML text; raise :class:`ConfigError` naming the key, problem and line."""
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of settings, not {type(data).__name__}")
+    try:
+        config = Config.model_validate(expand_env(data))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            line = _line_of(node, loc)
+            where = f" ({source}, line {line})" if line else f" ({source})"
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {msg}{where}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+    if config.extend_default_routes:
+        default = embedded_default()
+        config = config.model_copy(update={
+            "routes": [*config.routes, *(r for r in default.routes if r.name not in
+                                         {x.name for x in config.routes})],
+            "default": config.default or default.default,
+            "bridges": {**default.bridges, **config.bridges},
+        })
+    return config
+
+
+def load_config(path: str | Path | None) -> Config:
+    """The configuration from ``path``, or the embedded default when ``path`` is None."""
+    if path is None:
+        return embedded_default()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return parse_config(text, str(path))
+
+
+def embedded_default_text() -> str:
+    """The YAML of the embedded default configuration (the hybrid policy)."""
+    return resources.files("router").joinpath("default_config.yaml").read_text(encoding="utf-8")
+
+
+def embedded_default() -> Config:
+    """The embedded default configuration."""
+    return parse_config(embedded_default_text(), "embedded default")

@@ -1,0 +1,197 @@
+"""The router application: configuration, plugins, stores and routing wired together.
+
+:class:`App` is what the gRPC servicer delegates to. It knows nothing of
+protobuf; it takes and gives the internal model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from . import routing
+from .config import Config
+from .dispatch import RouterEvent, execute
+from .errors import UnknownSession
+from .media import MediaStore
+from .outcome import Done, RouteInfo
+from .plugins import ProviderEntry, Registry, State, load_registry
+from .routing import Catalog, Decision, Facts, ProviderStatus, Target, facts_of
+from .sessions import SessionStore, trim_history
+from .sniff import measure
+from .types import CallContext, Media, Message, Part, Request, Role
+
+log = logging.getLogger(__name__)
+
+_SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
+
+
+def _secrets_of(providers: Mapping[str, Mapping]) -> set[str]:
+    """Every secret-looking setting value (for scrubbing error messages)."""
+    found = set()
+    for settings in providers.values():
+        for key, value in settings.items():
+            if _SECRET_KEY.search(key) and isinstance(value, str) and len(value) >= 4:
+                found.add(value)
+    return found
+
+
+class App:
+    """Everything a running daemon holds."""
+
+    def __init__(self, config: Config, extra_plugins: Mapping[str, object] | None = None) -> None:
+        self.config = config
+        data_dir = Path(config.server.data_dir).expanduser()
+        self.registry: Registry = load_registry(
+            config.providers, disabled=config.plugins.disabled, extra_plugins=extra_plugins
+        )
+        self.media = MediaStore(data_dir / "media", config.server.max_upload_bytes)
+        self.sessions = SessionStore(data_dir / "sessions.sqlite")
+        self.router = routing.Router(
+            rules=config.routes, default=config.default, bridges=config.bridges,
+            allow_overrides=config.overrides.allow, override_providers=config.overrides.providers,
+        )
+        self.secrets = _secrets_of(config.providers)
+        self.catalog: Catalog = self._build_catalog()
+
+    def _build_catalog(self) -> Catalog:
+        return {
+            name: ProviderStatus(entry.state is State.READY, entry.reason, {m.name: m for m in entry.models})
+            for name, entry in self.registry.entries.items()
+            if entry.provider is not None or entry.state is not State.READY
+        }
+
+    def redact(self, text: str) -> str:
+        """``text`` with every configured secret replaced by ``***``."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    # -- requests ------------------------------------------------------------------------
+
+    def load_media(self, media_id: str) -> Media:
+        return self.media.get(media_id).as_media()
+
+    def _measure(self, request: Request) -> None:
+        for media in request.media():
+            if media.duration_seconds is None and media.pages is None and media.url is None:
+                source = media.data if media.data is not None else str(media.path)
+                media.duration_seconds, media.pages = measure(source, media.modality, media.mime_type)
+
+    def _with_history(self, request: Request) -> tuple[Request, list[Message]]:
+        if not request.session_id:
+            return request, []
+        history = self.sessions.history(request.session_id, self.load_media)
+        return dataclasses.replace(request, messages=history + request.messages), history
+
+    def _decide(self, request: Request) -> tuple[Decision, Facts]:
+        facts = facts_of(request)
+        self._hook("on_request", request=request)
+        override = None
+        if request.hints.provider or request.hints.model:
+            override = Target(request.hints.provider or self._provider_of(request.hints.model), request.hints.model)
+        chosen = None
+        pm = self.registry.plugin_manager
+        if override is None and pm is not None and pm.hook.route_request.get_hookimpls():
+            candidates = [str(t) for t in self.router.usable_targets(facts, self.catalog)]
+            try:
+                picked = pm.hook.route_request(request=request, candidates=candidates)
+            except Exception:
+                log.exception("a route_request hook failed; using the rules")
+                picked = None
+            chosen = Target.parse(picked) if picked in candidates else None
+        return self.router.decide(facts, self.catalog, override=override, chosen_by_plugin=chosen), facts
+
+    def _provider_of(self, model: str) -> str:
+        owners = [name for name, status in self.catalog.items() if model in status.models]
+        return owners[0] if owners else ""
+
+    def _trim(self, request: Request, history: list[Message], decision: Decision) -> tuple[Request, list[str]]:
+        if not history:
+            return request, []
+        current = request.messages[len(history):]
+
+        def estimate(messages: list[Message]) -> int:
+            return facts_of(dataclasses.replace(request, messages=messages)).input_tokens
+
+        budget = decision.plan.model.context_tokens
+        kept, dropped = trim_history(history, current, budget, estimate)
+        if not dropped:
+            return request, []
+        note = (f"history trimmed: dropped the {dropped} oldest message(s) of session {request.session_id} "
+                f"to fit {decision.plan.target}'s context of {budget} tokens")
+        return dataclasses.replace(request, messages=kept + current), [note]
+
+    def explain(self, request: Request) -> RouteInfo:
+        """The route a request would take; no provider is called."""
+        self._measure(request)
+        full, _ = self._with_history(request)
+        decision, _ = self._decide(full)
+        return RouteInfo.planned(decision)
+
+    async def answer(self, request: Request, deadline: float | None) -> AsyncIterator[RouterEvent]:
+        """Route and answer ``request``; yields router events ending with Done."""
+        self._measure(request)
+        full, history = self._with_history(request)
+        decision, _ = self._decide(full)
+        full, notes = self._trim(full, history, decision)
+        ctx = CallContext(request_id=uuid.uuid4().hex, deadline=deadline)
+        async for event in execute(full, decision, self.registry, ctx, notes):
+            if isinstance(event, Done):
+                self._finish(request, event)
+            yield event
+
+    def _finish(self, request: Request, done: Done) -> None:
+        answer = done.answer
+        if request.session_id:
+            turns = [m for m in request.messages if m.role is not Role.SYSTEM]
+            reply = answer.text or (answer.transcript.text if answer.transcript else "")
+            turns.append(Message(Role.ASSISTANT, [Part(text=reply)]))
+            self.sessions.append(request.session_id, turns, self._store_media)
+        try:
+            self.sessions.record(answer)
+        except Exception:
+            log.exception("recording call statistics failed")
+        self._hook("on_response", request=request, answer=answer)
+
+    def _store_media(self, media: Media) -> str:
+        if media.media_id:
+            return media.media_id
+        stored = self.media.put_bytes(media.read_bytes(), media.mime_type, media.modality, media.filename)
+        media.media_id = stored.media_id
+        return stored.media_id
+
+    def _hook(self, name: str, **kwargs: object) -> None:
+        pm = self.registry.plugin_manager
+        if pm is None:
+            return
+        try:
+            getattr(pm.hook, name)(**kwargs)
+        except Exception:
+            log.exception("an %s hook failed; ignored", name)
+
+    # -- other calls ---------------------------------------------------------------------
+
+    def providers(self) -> list[ProviderEntry]:
+        return sorted(self.registry.entries.values(), key=lambda e: e.name)
+
+    def reset_session(self, session_id: str) -> int:
+        removed = self.sessions.reset(session_id)
+        if not removed:
+            raise UnknownSession(f"no session {session_id!r}: it has no stored turns")
+        return removed
+
+    async def aclose(self) -> None:
+        await self.registry.aclose()
+        self.sessions.close()
+
+
+def monotonic_deadline(time_remaining: float | None) -> float | None:
+    """A ``time.monotonic()`` deadline from a gRPC call's remaining seconds."""
+    return None if time_remaining is None else time.monotonic() + time_remaining
+

@@ -1,0 +1,132 @@
+"""The media store: chunked uploads, content-addressed on disk (sha256) under the data directory.
+
+Layout: ``<data_dir>/media/<id[:2]>/<id>`` holds the bytes and
+``<id>.json`` beside it the MIME type, modality and file name. Uploads are
+written to ``<data_dir>/media/tmp`` while hashed, then renamed into place,
+so memory stays bounded by the chunk size whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge, UnknownMedia
+from .sniff import mime_problem
+from .types import Media, Modality
+
+_ID = re.compile(r"^[0-9a-f]{64}$")
+_HEAD = 64
+
+
+@dataclass
+class StoredMedia:
+    """What the store knows of one media file."""
+
+    media_id: str
+    path: Path
+    mime_type: str
+    modality: Modality
+    size: int
+    filename: str = ""
+
+    def as_media(self) -> Media:
+        return Media(self.modality, self.mime_type, path=self.path, media_id=self.media_id,
+                     filename=self.filename, size=self.size)
+
+
+class MediaStore:
+    """Content-addressed media files under ``root``."""
+
+    def __init__(self, root: Path, max_upload_bytes: int) -> None:
+        self.root = Path(root)
+        self.max_upload_bytes = max_upload_bytes
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def _path(self, media_id: str) -> Path:
+        return self.root / media_id[:2] / media_id
+
+    def get(self, media_id: str) -> StoredMedia:
+        """The stored media ``media_id``; :class:`UnknownMedia` if absent."""
+        if not _ID.match(media_id):
+            raise UnknownMedia(f"media id {media_id!r} is not a sha256 hex digest; use the id UploadMedia returned")
+        path = self._path(media_id)
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            raise UnknownMedia(f"no media with id {media_id}: upload it with UploadMedia first") from None
+        return StoredMedia(media_id, path, meta["mime_type"], Modality(meta["modality"]),
+                           path.stat().st_size, meta.get("filename", ""))
+
+    def put_bytes(self, data: bytes, mime_type: str, modality: Modality, filename: str = "") -> StoredMedia:
+        """Store bytes already in memory (inline media kept for a session)."""
+        media_id = hashlib.sha256(data).hexdigest()
+        path = self._path(media_id)
+        if not path.exists():
+            with tempfile.NamedTemporaryFile(dir=self.root / "tmp", delete=False) as tmp:
+                tmp.write(data)
+            self._commit(Path(tmp.name), media_id, mime_type, modality, filename)
+        return StoredMedia(media_id, path, mime_type, modality, len(data), filename)
+
+    def _commit(self, tmp: Path, media_id: str, mime_type: str, modality: Modality, filename: str) -> None:
+        path = self._path(media_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+        meta = {"mime_type": mime_type, "modality": modality.value, "filename": filename}
+        path.with_suffix(".json").write_text(json.dumps(meta))
+
+    async def upload(self, mime_type: str, modality: Modality, filename: str, expected_size: int,
+                     chunks: AsyncIterator[bytes]) -> StoredMedia:
+        """Write ``chunks`` to disk while hashing; check the MIME type on the first bytes."""
+        if modality is Modality.TEXT:
+            raise InvalidRequest("an upload must be media, not text",
+                                 violations=[FieldViolation("metadata.modality", "must be image, audio, video or document")])
+        if not mime_type:
+            raise InvalidRequest("the upload's MIME type is missing",
+                                 violations=[FieldViolation("metadata.mime_type", "required, e.g. video/mp4")])
+        if expected_size > self.max_upload_bytes:
+            raise PayloadTooLarge(f"upload of {expected_size} bytes exceeds the limit of {self.max_upload_bytes}",
+                                  violations=[FieldViolation("metadata.size_bytes", "over max_upload_bytes")])
+        digest = hashlib.sha256()
+        size = 0
+        head = b""
+        fd, tmp_name = tempfile.mkstemp(dir=self.root / "tmp")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in chunks:
+                    if len(head) < _HEAD:
+                        head += chunk[: _HEAD - len(head)]
+                        if len(head) >= _HEAD or not chunk:
+                            self._check_mime(mime_type, modality, head)
+                    size += len(chunk)
+                    if size > self.max_upload_bytes:
+                        raise PayloadTooLarge(f"upload exceeds the limit of {self.max_upload_bytes} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+            if size == 0:
+                raise InvalidRequest("the upload has no bytes",
+                                     violations=[FieldViolation("chunk", "send the file's bytes after the metadata")])
+            self._check_mime(mime_type, modality, head)
+            if expected_size and size != expected_size:
+                raise InvalidRequest(f"received {size} bytes but metadata.size_bytes said {expected_size}",
+                                     violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")])
+            media_id = digest.hexdigest()
+            self._commit(tmp, media_id, mime_type, modality, filename)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return StoredMedia(media_id, self._path(media_id), mime_type, modality, size, filename)
+
+    @staticmethod
+    def _check_mime(mime_type: str, modality: Modality, head: bytes) -> None:
+        problem = mime_problem(mime_type, modality, head)
+        if problem:
+            raise MimeMismatch(problem, violations=[FieldViolation("metadata.mime_type", problem)])

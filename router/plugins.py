@@ -1,0 +1,188 @@
+"""Plugin loading: entry points of group ``mmrouter`` -> a registry of providers.
+
+Each entry point is loaded and registered on its own, so one plugin that
+fails to import, to register, or that offers a bad provider is recorded as
+broken and the rest keep working (pluggy's own
+``load_setuptools_entrypoints`` stops at the first failure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .provider import Provider
+from .types import ModelInfo
+
+log = logging.getLogger(__name__)
+
+GROUP = "mmrouter"
+
+
+class State(enum.StrEnum):
+    """Whether a provider (or plugin) can be used."""
+
+    READY = "ready"
+    NOT_CONFIGURED = "not_configured"
+    BROKEN = "broken"
+    DISABLED = "disabled"
+
+
+@dataclass
+class ProviderEntry:
+    """One provider, or one plugin that offers none because it is broken or disabled."""
+
+    name: str
+    plugin: str
+    state: State
+    reason: str = ""
+    provider: Provider | None = None
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        return list(self.provider.models) if self.provider is not None else []
+
+
+@dataclass
+class Registry:
+    """Every provider the daemon knows, by name, plus broken and disabled plugins."""
+
+    entries: dict[str, ProviderEntry] = field(default_factory=dict)
+    plugin_manager: pluggy.PluginManager | None = None
+
+    def ready(self, name: str) -> Provider | None:
+        """The provider called ``name`` if it is ready to use."""
+        entry = self.entries.get(name)
+        return entry.provider if entry is not None and entry.state is State.READY else None
+
+    def providers(self) -> list[Provider]:
+        return [e.provider for e in self.entries.values() if e.provider is not None]
+
+    async def aclose(self) -> None:
+        """Close every provider, ignoring failures."""
+        for provider in self.providers():
+            try:
+                await provider.aclose()
+            except Exception:
+                log.exception("closing provider %s failed", provider.name)
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    """A plugin manager that knows the mmrouter hooks and nothing else."""
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _with_prices(provider: Provider, prices: Mapping[str, Any]) -> None:
+    """Apply ``prices: {model: {input_per_mtok: .., ...}}`` overrides from the config."""
+    models = []
+    for model in provider.models:
+        override = prices.get(model.name)
+        if override:
+            price = dataclasses.replace(model.price, **{k: float(v) for k, v in override.items()})
+            model = dataclasses.replace(model, price=price)
+        models.append(model)
+    provider.models = models
+
+
+def _check_provider(provider: object) -> str | None:
+    """Why ``provider`` is not a usable provider object, or None."""
+    if not isinstance(provider, Provider):
+        return f"register() got {type(provider).__name__}, not a router.Provider"
+    if not provider.name or "/" in provider.name:
+        return f"provider name {provider.name!r} is empty or contains '/'"
+    if not provider.models:
+        return f"provider {provider.name!r} declares no models"
+    return None
+
+
+def load_registry(
+    provider_settings: Mapping[str, Mapping[str, Any]],
+    *,
+    disabled: Iterable[str] = (),
+    extra_plugins: Mapping[str, object] | None = None,
+) -> Registry:
+    """Load every plugin of group ``mmrouter`` (and ``extra_plugins``) and collect their providers.
+
+    :param provider_settings: the config's ``providers`` section; each plugin gets its own entry.
+    :param disabled: entry point names to block.
+    :param extra_plugins: name -> plugin object, registered as if found by entry point (tests).
+    """
+    pm = new_plugin_manager()
+    registry = Registry(plugin_manager=pm)
+    disabled = set(disabled)
+    loaded: list[tuple[str, object]] = []
+
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        if ep.name in disabled:
+            pm.set_blocked(ep.name)
+            registry.entries[ep.name] = ProviderEntry(ep.name, ep.name, State.DISABLED, "disabled in config")
+            continue
+        try:
+            loaded.append((ep.name, ep.load()))
+        except Exception as exc:
+            dist = ep.dist.name if ep.dist is not None else ep.value
+            reason = f"failed to import {dist}: {_describe(exc)}"
+            log.error("plugin %s is broken: %s", ep.name, reason)
+            registry.entries[ep.name] = ProviderEntry(ep.name, ep.name, State.BROKEN, reason)
+    loaded.extend((extra_plugins or {}).items())
+
+    for name, plugin in loaded:
+        try:
+            pm.register(plugin, name=name)
+        except Exception as exc:
+            registry.entries[name] = ProviderEntry(name, name, State.BROKEN, f"cannot register: {_describe(exc)}")
+            continue
+        _collect_providers(pm, registry, name, plugin, provider_settings.get(name) or {})
+    return registry
+
+
+def _collect_providers(
+    pm: pluggy.PluginManager, registry: Registry, plugin_name: str, plugin: object, settings: Mapping
+) -> None:
+    """Call one plugin's ``register_providers`` hook alone and record what it offers."""
+    offered: list[Provider] = []
+
+    def register(provider: Provider) -> None:
+        problem = _check_provider(provider)
+        if problem:
+            raise TypeError(problem)
+        offered.append(provider)
+
+    others = [p for p in pm.get_plugins() if p is not plugin]
+    call = pm.subset_hook_caller("register_providers", remove_plugins=others)
+    try:
+        call(register=register, settings=settings)
+    except Exception as exc:
+        reason = f"register_providers failed: {_describe(exc)}"
+        log.error("plugin %s is broken: %s", plugin_name, reason)
+        registry.entries[plugin_name] = ProviderEntry(plugin_name, plugin_name, State.BROKEN, reason)
+        return
+    for provider in offered:
+        if provider.name in registry.entries:
+            log.error("provider %s from %s ignored: the name is taken", provider.name, plugin_name)
+            continue
+        _with_prices(provider, settings.get("prices") or {})
+        try:
+            reason = provider.unconfigured_reason()
+        except Exception as exc:
+            registry.entries[provider.name] = ProviderEntry(
+                provider.name, plugin_name, State.BROKEN, f"unconfigured_reason() failed: {_describe(exc)}"
+            )
+            continue
+        state = State.NOT_CONFIGURED if reason else State.READY
+        registry.entries[provider.name] = ProviderEntry(provider.name, plugin_name, state, reason or "", provider)
+

@@ -1,0 +1,360 @@
+"""Routing: rules + what the providers offer -> a Decision. Pure: no I/O, no clock.
+
+:func:`decide` tries the rules top-down. The first rule whose conditions hold
+and which has a usable target wins; its other usable targets become the
+fallbacks. A target is usable when its provider is ready, the model exists,
+it produces what the task needs, and it takes every input of the request,
+either directly or through a bridge (another model that turns, say, audio
+into a transcript first). Every rule's outcome and the reason for it is
+kept in the decision's trace, which ``explain`` shows.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .config import Match, Rule
+from .errors import DiarizationUnavailable, NoRoute, OverrideNotAllowed, ProviderNotConfigured, UnknownTarget
+from .types import FEATURE_DIARIZATION, Modality, ModelInfo, Request, Task
+
+#: Rough tokens per unit, for estimating a request's input size.
+TOKENS_PER_IMAGE = 765
+TOKENS_PER_PDF_PAGE = 1500
+TOKENS_PER_AUDIO_SECOND = 32
+TOKENS_PER_VIDEO_SECOND = 300
+
+
+@dataclass(frozen=True)
+class Target:
+    """A provider and one of its models."""
+
+    provider: str
+    model: str
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        provider, _, model = text.partition("/")
+        return cls(provider, model)
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    """What routing needs to know of one provider."""
+
+    ready: bool
+    reason: str
+    models: Mapping[str, ModelInfo]
+
+
+#: provider name -> status; built from the plugin registry by the caller.
+Catalog = Mapping[str, ProviderStatus]
+
+
+@dataclass
+class Facts:
+    """What routing rules can match on, computed once per request."""
+
+    modalities: frozenset[Modality]
+    task: Task
+    diarization: bool = False
+    images: int = 0
+    audio_seconds: float | None = 0.0
+    video_seconds: float | None = 0.0
+    pdf_pages: int | None = 0
+    input_tokens: int = 0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    tags: frozenset[str] = frozenset()
+
+
+def _total(values: Sequence[float | None]) -> float | None:
+    """The sum, or None if any value is unknown."""
+    return None if any(v is None for v in values) else float(sum(v for v in values if v is not None))
+
+
+def facts_of(request: Request) -> Facts:
+    """The facts of ``request`` (media durations and pages as the router measured them)."""
+    media = request.media()
+    audio = [m.duration_seconds for m in media if m.modality is Modality.AUDIO]
+    video = [m.duration_seconds for m in media if m.modality is Modality.VIDEO]
+    pages = [m.pages for m in media if m.modality is Modality.DOCUMENT]
+    images = sum(1 for m in media if m.modality is Modality.IMAGE)
+    text_chars = sum(len(p.text) for p in request.parts() if p.text)
+    tokens = text_chars // 4 + images * TOKENS_PER_IMAGE
+    tokens += int((_total(audio) or 0) * TOKENS_PER_AUDIO_SECOND)
+    tokens += int((_total(video) or 0) * TOKENS_PER_VIDEO_SECOND)
+    tokens += int((_total(pages) or 0) * TOKENS_PER_PDF_PAGE)
+    pdf_total = _total(pages)
+    return Facts(
+        modalities=frozenset(request.modalities()),
+        task=request.effective_task,
+        diarization=request.options.diarization,
+        images=images,
+        audio_seconds=_total(audio),
+        video_seconds=_total(video),
+        pdf_pages=None if pdf_total is None else int(pdf_total),
+        input_tokens=tokens,
+        metadata=dict(request.metadata),
+        tags=frozenset(request.hints.tags),
+    )
+
+
+def _names(mods: Sequence[Modality] | frozenset[Modality]) -> str:
+    return ", ".join(sorted(m.value for m in mods)) or "nothing"
+
+
+def why_not_matched(match: Match, facts: Facts) -> str | None:
+    """The first condition of ``match`` that ``facts`` fail, in words; None if all hold."""
+    mods = facts.modalities
+    if match.inputs and not set(match.inputs) <= mods:
+        return f"needs all of [{_names(match.inputs)}], request has [{_names(mods)}]"
+    if match.inputs_any and not set(match.inputs_any) & mods:
+        return f"needs any of [{_names(match.inputs_any)}], request has [{_names(mods)}]"
+    if match.inputs_none and set(match.inputs_none) & mods:
+        return f"needs none of [{_names(match.inputs_none)}], request has [{_names(mods)}]"
+    if match.inputs_only and not mods <= set(match.inputs_only):
+        return f"needs only [{_names(match.inputs_only)}], request has [{_names(mods)}]"
+    if match.task and facts.task not in match.task:
+        return f"task is {facts.task.value}, rule wants {', '.join(t.value for t in match.task)}"
+    if match.diarization is not None and match.diarization != facts.diarization:
+        return f"diarization is {'on' if facts.diarization else 'off'}, rule wants it {'on' if match.diarization else 'off'}"
+    for key, value in match.metadata.items():
+        if facts.metadata.get(key) != value:
+            return f"metadata {key}={facts.metadata.get(key)!r}, rule wants {value!r}"
+    missing_tags = set(match.tags) - facts.tags
+    if missing_tags:
+        return f"missing tags: {', '.join(sorted(missing_tags))}"
+    measures = (
+        ("images", match.images, facts.images),
+        ("audio_seconds", match.audio_seconds, facts.audio_seconds),
+        ("video_seconds", match.video_seconds, facts.video_seconds),
+        ("pdf_pages", match.pdf_pages, facts.pdf_pages),
+        ("input_tokens", match.input_tokens, facts.input_tokens),
+    )
+    for name, wanted, value in measures:
+        if wanted is None:
+            continue
+        if value is None:
+            return f"{name} is unknown, rule wants {wanted.describe()}"
+        if not wanted.holds(value):
+            return f"{name} is {value:g}, rule wants {wanted.describe()}"
+    return None
+
+
+class Outcome(enum.StrEnum):
+    """What happened to one rule."""
+
+    MATCHED = "matched"
+    SKIPPED = "skipped"
+    NOT_MATCHED = "not_matched"
+    NOT_EVALUATED = "not_evaluated"
+
+
+@dataclass
+class TraceEntry:
+    """One rule's outcome and why."""
+
+    rule: str
+    outcome: Outcome
+    reason: str
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """Convert one modality of the request through another model before the answer."""
+
+    modality: Modality
+    via: Target
+
+    @property
+    def output(self) -> str:
+        return "transcript" if self.modality in (Modality.AUDIO, Modality.VIDEO) else "text"
+
+    def __str__(self) -> str:
+        return f"{self.modality.value}->{self.output} via {self.via}"
+
+
+@dataclass
+class Plan:
+    """A usable target and the bridges it needs."""
+
+    target: Target
+    model: ModelInfo
+    bridges: list[Bridge] = field(default_factory=list)
+
+
+@dataclass
+class Decision:
+    """Where a request goes: the winning rule, the plan, its fallbacks and the trace."""
+
+    rule: str
+    plan: Plan
+    fallbacks: list[Plan]
+    trace: list[TraceEntry]
+
+    @property
+    def plans(self) -> list[Plan]:
+        return [self.plan, *self.fallbacks]
+
+
+@dataclass
+class Router:
+    """Compiled routing: rules, default, bridge preferences and override policy."""
+
+    rules: Sequence[Rule]
+    default: str | None = None
+    bridges: Mapping[Modality, Sequence[str]] = field(default_factory=dict)
+    allow_overrides: bool = True
+    override_providers: Sequence[str] | None = None
+
+    # -- usability -------------------------------------------------------------------------
+
+    def _bridge_for(self, modality: Modality, facts: Facts, catalog: Catalog) -> Bridge | None:
+        for text in self.bridges.get(modality, ()):
+            target = Target.parse(text)
+            status = catalog.get(target.provider)
+            model = status.models.get(target.model) if status is not None and status.ready else None
+            if model is None or modality not in model.inputs:
+                continue
+            if facts.diarization and modality is Modality.AUDIO and FEATURE_DIARIZATION not in model.features:
+                continue
+            return Bridge(modality, target)
+        return None
+
+    def plan(self, target: Target, facts: Facts, catalog: Catalog, bridging: bool) -> Plan | str:
+        """A :class:`Plan` for ``target``, or why it cannot be used."""
+        status = catalog.get(target.provider)
+        if status is None:
+            return f"{target}: provider {target.provider!r} is not installed"
+        if not status.ready:
+            return f"{target}: provider {target.provider!r} is not usable: {status.reason}"
+        model = status.models.get(target.model)
+        if model is None:
+            return f"{target}: provider {target.provider!r} has no model {target.model!r}"
+        if not model.can_do(facts.task):
+            produces = ", ".join(sorted(model.outputs))
+            return f"{target}: cannot {facts.task.value} (produces {produces})"
+        needed = set(facts.modalities)
+        if facts.task is Task.TRANSCRIBE:
+            needed.discard(Modality.TEXT)  # text beside audio to transcribe is only a hint
+        diarize_here = facts.diarization and facts.task is Task.TRANSCRIBE
+        if diarize_here and FEATURE_DIARIZATION not in model.features:
+            return f"{target}: cannot diarize"
+        missing = needed - model.inputs
+        if facts.diarization and not diarize_here and FEATURE_DIARIZATION not in model.features:
+            missing |= needed & {Modality.AUDIO}  # the speakers must come from a diarizing bridge
+        if not missing:
+            return Plan(target, model)
+        if not bridging or facts.task is Task.TRANSCRIBE:
+            return f"{target}: does not take {_names(frozenset(missing))}"
+        bridges = []
+        for modality in sorted(missing, key=lambda m: m.value):
+            bridge = self._bridge_for(modality, facts, catalog)
+            if bridge is None:
+                extra = " with diarization" if facts.diarization and modality is Modality.AUDIO else ""
+                return f"{target}: does not take {modality.value} and no bridge{extra} is usable"
+            bridges.append(bridge)
+        return Plan(target, model, bridges)
+
+    def usable_targets(self, facts: Facts, catalog: Catalog) -> list[Target]:
+        """Every target that could answer directly, in catalog order (for plugins' route_request)."""
+        return [
+            Target(name, model)
+            for name, status in catalog.items()
+            for model in status.models
+            if isinstance(self.plan(Target(name, model), facts, catalog, bridging=False), Plan)
+        ]
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def _plans(self, targets: Sequence[str], facts: Facts, catalog: Catalog,
+               bridging: bool) -> tuple[list[Plan], list[str]]:
+        plans, problems = [], []
+        for text in targets:
+            result = self.plan(Target.parse(text), facts, catalog, bridging)
+            (plans if isinstance(result, Plan) else problems).append(result)
+        return plans, problems
+
+    def decide(self, facts: Facts, catalog: Catalog, *, override: Target | None = None,
+               chosen_by_plugin: Target | None = None) -> Decision:
+        """Choose where a request goes. Raises :class:`NoRoute` when nothing can take it."""
+        if override is not None:
+            return self._decide_override(override, facts, catalog)
+        if chosen_by_plugin is not None:
+            result = self.plan(chosen_by_plugin, facts, catalog, bridging=True)
+            if isinstance(result, Plan):
+                entry = TraceEntry("plugin", Outcome.MATCHED, f"a route_request plugin chose {chosen_by_plugin}")
+                return Decision("plugin", result, [], [entry])
+        trace: list[TraceEntry] = []
+        winner: Decision | None = None
+        for rule in self.rules:
+            if winner is not None:
+                trace.append(TraceEntry(rule.name, Outcome.NOT_EVALUATED, f"rule {winner.rule!r} already chose"))
+                continue
+            failed = why_not_matched(rule.match, facts)
+            if failed:
+                trace.append(TraceEntry(rule.name, Outcome.NOT_MATCHED, failed))
+                continue
+            plans, problems = self._plans([rule.use, *rule.fallback], facts, catalog, rule.bridging)
+            if not plans:
+                trace.append(TraceEntry(rule.name, Outcome.SKIPPED, "no usable target: " + "; ".join(problems)))
+                continue
+            reason = f"conditions hold; using {plans[0].target}"
+            if problems:
+                reason += " (skipped " + "; ".join(problems) + ")"
+            trace.append(TraceEntry(rule.name, Outcome.MATCHED, reason))
+            winner = Decision(rule.name, plans[0], plans[1:], trace)
+        if winner is not None:
+            return winner
+        if self.default:
+            plans, problems = self._plans([self.default], facts, catalog, bridging=True)
+            if plans:
+                trace.append(TraceEntry("default", Outcome.MATCHED, f"no rule chose; using default {self.default}"))
+                return Decision("default", plans[0], [], trace)
+            trace.append(TraceEntry("default", Outcome.SKIPPED, "; ".join(problems)))
+        raise self._no_route(facts, catalog, trace)
+
+    def _decide_override(self, override: Target, facts: Facts, catalog: Catalog) -> Decision:
+        if not self.allow_overrides:
+            raise OverrideNotAllowed("this router does not allow clients to choose the provider or model")
+        if self.override_providers is not None and override.provider not in self.override_providers:
+            allowed = ", ".join(self.override_providers) or "none"
+            raise OverrideNotAllowed(f"clients may not choose provider {override.provider!r} (allowed: {allowed})")
+        status = catalog.get(override.provider)
+        if status is None:
+            known = ", ".join(sorted(catalog)) or "none"
+            raise UnknownTarget(f"unknown provider {override.provider!r} (known: {known})")
+        if override.model and override.model not in status.models:
+            models = ", ".join(status.models)
+            raise UnknownTarget(f"provider {override.provider!r} has no model {override.model!r} (it has: {models})")
+        if not status.ready:
+            raise ProviderNotConfigured(override.provider, status.reason)
+        names = [override.model] if override.model else list(status.models)
+        problems = []
+        for name in names:
+            result = self.plan(Target(override.provider, name), facts, catalog, bridging=True)
+            if isinstance(result, Plan):
+                entry = TraceEntry("override", Outcome.MATCHED, f"the client chose {result.target}")
+                return Decision("override", result, [], [entry])
+            problems.append(result)
+        raise NoRoute("the requested override cannot take this request: " + "; ".join(problems))
+
+    def _no_route(self, facts: Facts, catalog: Catalog, trace: list[TraceEntry]) -> NoRoute:
+        summary = "; ".join(f"{t.rule}: {t.reason}" for t in trace)
+        if facts.diarization:
+            ready = [n for n, s in catalog.items() if s.ready and any(
+                FEATURE_DIARIZATION in m.features for m in s.models.values())]
+            if not ready:
+                waiting = [f"{n} ({s.reason})" for n, s in catalog.items() if not s.ready and any(
+                    FEATURE_DIARIZATION in m.features for m in s.models.values())]
+                hint = ("configure " + " or ".join(waiting)) if waiting else \
+                    "install and configure a provider with the diarization feature, e.g. mmrouter-assemblyai"
+                return DiarizationUnavailable(
+                    f"diarization was requested but no configured provider can diarize: {hint}")
+        return NoRoute(f"no provider can take this request ({_names(facts.modalities)}, "
+                       f"task {facts.task.value}). {summary}")
+

@@ -1,0 +1,236 @@
+"""The grpc.aio servicer, thin: convert, delegate to :class:`App`, map errors.
+
+Errors leave as ``google.rpc.Status`` with details: ``ErrorInfo`` (domain
+``mmrouter``, the error's reason, the provider when there is one),
+``BadRequest`` field violations for bad input and ``RetryInfo`` when a
+provider rate-limited. Unexpected exceptions become INTERNAL with a request
+id to find in the log; nothing takes the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from mmrouter.v1 import router_pb2 as pb
+from mmrouter.v1 import router_pb2_grpc
+
+from . import wire
+from .config import Config
+from .core import App, monotonic_deadline
+from .errors import FieldViolation, InvalidRequest, ProviderError, RouterError
+from .outcome import Done, RouteChosen, StepUsage
+from .types import TextDelta, TranscriptReady
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
+DOMAIN = "mmrouter"
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def error_status(error: RouterError, redact: Callable[[str], str]) -> status_pb2.Status:
+    """The google.rpc.Status for a router error, with its details."""
+    metadata = {k: redact(v) for k, v in error.metadata.items()}
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))]
+    if error.violations:
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=redact(v.description))
+            for v in error.violations
+        ])))
+    if isinstance(error, ProviderError) and error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    return status_pb2.Status(code=error.code.value[0], message=redact(error.message), details=details)
+
+
+async def _abort(context: grpc.aio.ServicerContext, app: App, exc: BaseException) -> None:
+    if isinstance(exc, RouterError):
+        log.info("request failed: %s %s", exc.reason, app.redact(exc.message))
+        status = error_status(exc, app.redact)
+    else:
+        incident = uuid.uuid4().hex[:12]
+        log.error("internal error %s: %s", incident, app.redact(repr(exc)), exc_info=exc)
+        status = status_pb2.Status(
+            code=code_pb2.INTERNAL, message=f"internal error {incident}; the daemon log has the details",
+            details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))],
+        )
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
+def unary(method: Callable) -> Callable:
+    """Map exceptions of a unary servicer method to rich gRPC statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, self.app, exc)
+
+    return wrapper
+
+
+def streaming(method: Callable) -> Callable:
+    """Map exceptions of a server-streaming servicer method to rich gRPC statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, self.app, exc)
+
+    return wrapper
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    """mmrouter.v1.RouterService over an :class:`App`."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        server = app.config.server
+        self.limits = wire.Limits(server.inline_limit_bytes, server.allow_urls)
+
+    def _request(self, message: pb.MultimodalRequest):
+        return wire.request_from_proto(message, self.limits, self.app.load_media)
+
+    @unary
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
+        req = self._request(request.request)
+        async for event in self.app.answer(req, monotonic_deadline(context.time_remaining())):
+            if isinstance(event, Done):
+                return pb.GenerateResponse(answer=wire.answer_to_proto(event.answer))
+        raise RuntimeError("the answer ended without a Done event")
+
+    @streaming
+    async def StreamGenerate(self, request: pb.StreamGenerateRequest,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamGenerateResponse]:
+        req = self._request(request.request)
+        async for event in self.app.answer(req, monotonic_deadline(context.time_remaining())):
+            yield _event_to_proto(event)
+
+    @unary
+    async def UploadMedia(self, request_iterator: AsyncIterator[pb.UploadMediaRequest],
+                          context: grpc.aio.ServicerContext) -> pb.UploadMediaResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("payload") != "metadata":
+            raise InvalidRequest("the first UploadMedia message must carry metadata",
+                                 violations=[FieldViolation("metadata", "send metadata first, then chunks")])
+        meta = first.metadata
+        modality = wire.modality_from_proto(meta.modality)
+        if modality is None:
+            raise InvalidRequest("the upload's modality is missing",
+                                 violations=[FieldViolation("metadata.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT")])
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                if message.WhichOneof("payload") != "chunk":
+                    raise InvalidRequest("metadata may only be sent once, first",
+                                         violations=[FieldViolation("metadata", "sent again after chunks")])
+                yield message.chunk
+
+        stored = await self.app.media.upload(meta.mime_type, modality, meta.filename, meta.size_bytes, chunks())
+        return pb.UploadMediaResponse(media_id=stored.media_id, size_bytes=stored.size,
+                                      mime_type=stored.mime_type, modality=meta.modality)
+
+    @unary
+    async def ExplainRoute(self, request: pb.ExplainRouteRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ExplainRouteResponse:
+        route = self.app.explain(self._request(request.request))
+        return pb.ExplainRouteResponse(route=wire.route_to_proto(route))
+
+    @unary
+    async def ListProviders(self, request: pb.ListProvidersRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListProvidersResponse:
+        return pb.ListProvidersResponse(providers=[wire.provider_to_proto(e) for e in self.app.providers()])
+
+    @unary
+    async def ResetSession(self, request: pb.ResetSessionRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ResetSessionResponse:
+        if not request.session_id:
+            raise InvalidRequest("session_id is required",
+                                 violations=[FieldViolation("session_id", "required")])
+        return pb.ResetSessionResponse(turns_removed=self.app.reset_session(request.session_id))
+
+
+def _event_to_proto(event: object) -> pb.StreamGenerateResponse:
+    if isinstance(event, TextDelta):
+        return pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=event.text))
+    if isinstance(event, TranscriptReady):
+        return pb.StreamGenerateResponse(transcript=wire.transcript_to_proto(event.transcript))
+    if isinstance(event, StepUsage):
+        return pb.StreamGenerateResponse(usage=wire.usage_to_proto(event.usage))
+    if isinstance(event, RouteChosen):
+        return pb.StreamGenerateResponse(route_chosen=pb.RouteChosen(route=wire.route_to_proto(event.route)))
+    if isinstance(event, Done):
+        return pb.StreamGenerateResponse(done=pb.Done(answer=wire.answer_to_proto(event.answer)))
+    raise TypeError(f"unknown event {type(event).__name__}")
+
+
+async def start_server(app: App, address: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Start serving ``app`` on ``address`` (port 0 picks a free one); return the server, port and health."""
+    limit = app.config.server.max_message_bytes
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+    ])
+    router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(app), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
+
+
+async def serve(config: Config, *, ready_file: Path | None = None,
+                extra_plugins: Mapping[str, object] | None = None) -> None:
+    """Run the daemon until SIGTERM or SIGINT, then drain in-flight calls and exit."""
+    app = App(config, extra_plugins=extra_plugins)
+    server, port, health_servicer = await start_server(app, config.server.address)
+    host = config.server.address.rsplit(":", 1)[0]
+    bound = f"{host}:{port}"
+    for entry in app.providers():
+        log.info("provider %-12s %s%s", entry.name, entry.state.value, f" ({entry.reason})" if entry.reason else "")
+    log.info("mmrouter listening on %s (data in %s)", bound, config.server.data_dir)
+    if ready_file is not None:
+        ready_file.write_text(bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    grace = config.server.shutdown_grace_seconds
+    log.info("shutting down: draining in-flight calls for up to %gs", grace)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace)
+    await app.aclose()
+    log.info("stopped")

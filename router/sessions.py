@@ -1,0 +1,121 @@
+"""The conversation store: sqlite in the data directory, media kept by reference.
+
+Each turn is one row: the session id, its position, the role, and the parts
+as JSON, where media are stored as media-store ids (never their bytes), so a
+long conversation about one video does not copy it per turn. The same
+database records one row per answered call for ``mmrouter stats``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .outcome import Answer
+from .types import Media, Message, Part, Role
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS turns (
+    session_id TEXT NOT NULL, position INTEGER NOT NULL, role TEXT NOT NULL, parts TEXT NOT NULL,
+    PRIMARY KEY (session_id, position)
+);
+CREATE TABLE IF NOT EXISTS calls (
+    at REAL NOT NULL, rule TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, purpose TEXT NOT NULL,
+    latency_ms REAL NOT NULL, cost_usd REAL NOT NULL, input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, audio_seconds REAL NOT NULL
+);
+"""
+
+#: Stores media in the media store and returns its id (for inline media in a turn).
+StoreMedia = Callable[[Media], str]
+#: Loads media by id from the media store.
+LoadMedia = Callable[[str], Media]
+
+
+class SessionStore:
+    """Conversation history and call statistics in one sqlite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
+        """The session's messages, oldest first (empty for a new session)."""
+        rows = self._db.execute(
+            "SELECT role, parts FROM turns WHERE session_id = ? ORDER BY position", (session_id,)
+        ).fetchall()
+        messages = []
+        for role, parts_json in rows:
+            parts = []
+            for item in json.loads(parts_json):
+                if "text" in item:
+                    parts.append(Part(text=item["text"]))
+                else:
+                    media = load_media(item["media_id"])
+                    media.filename = item.get("filename", media.filename)
+                    parts.append(Part(media=media))
+            messages.append(Message(Role(role), parts))
+        return messages
+
+    def append(self, session_id: str, messages: list[Message], store_media: StoreMedia) -> None:
+        """Add turns to the end of the session."""
+        (start,) = self._db.execute(
+            "SELECT COALESCE(MAX(position) + 1, 0) FROM turns WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        rows = []
+        for offset, message in enumerate(messages):
+            parts = [
+                {"text": p.text} if p.media is None
+                else {"media_id": store_media(p.media), "filename": p.media.filename}
+                for p in message.parts
+            ]
+            rows.append((session_id, start + offset, message.role.value, json.dumps(parts)))
+        with self._db:
+            self._db.executemany("INSERT INTO turns VALUES (?, ?, ?, ?)", rows)
+
+    def reset(self, session_id: str) -> int:
+        """Forget a session; return how many turns were removed."""
+        with self._db:
+            return self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
+
+    def record(self, answer: Answer) -> None:
+        """Record every step of an answered request, for statistics."""
+        route = answer.route
+        now = time.time()
+        rows = [(now, route.rule, s.provider, s.model, s.purpose, s.latency_ms, s.usage.cost_usd,
+                 s.usage.input_tokens, s.usage.output_tokens, s.usage.audio_seconds) for s in route.steps]
+        with self._db:
+            self._db.executemany("INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def stats(self) -> list[dict]:
+        """Per rule, provider and model: calls, mean and p95-ish latency, total cost."""
+        rows = self._db.execute(
+            "SELECT rule, provider, model, purpose, COUNT(*), AVG(latency_ms), MAX(latency_ms), SUM(cost_usd),"
+            " SUM(input_tokens), SUM(output_tokens), SUM(audio_seconds) FROM calls"
+            " GROUP BY rule, provider, model, purpose ORDER BY rule, provider, model"
+        ).fetchall()
+        keys = ["rule", "provider", "model", "purpose", "calls", "mean_latency_ms", "max_latency_ms", "cost_usd",
+                "input_tokens", "output_tokens", "audio_seconds"]
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def trim_history(history: list[Message], current: list[Message], budget_tokens: int,
+                 estimate: Callable[[list[Message]], int]) -> tuple[list[Message], int]:
+    """Drop the oldest history messages until history + current fit ``budget_tokens``.
+
+    Returns the kept history and how many messages were dropped. The current
+    turn is never dropped.
+    """
+    dropped = 0
+    while history and estimate(history + current) > budget_tokens:
+        history = history[1:]
+        dropped += 1
+    return history, dropped

@@ -1,0 +1,116 @@
+"""Cheap content checks: magic bytes -> MIME family, WAV duration, PDF page count."""
+
+from __future__ import annotations
+
+import io
+import re
+import wave
+
+from .types import Modality
+
+#: (offset, magic, mime family) — the family is compared with the declared MIME type.
+_MAGIC: list[tuple[int, bytes, str]] = [
+    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
+    (0, b"\xff\xd8\xff", "image/jpeg"),
+    (0, b"GIF87a", "image/gif"),
+    (0, b"GIF89a", "image/gif"),
+    (0, b"%PDF-", "application/pdf"),
+    (0, b"fLaC", "audio/flac"),
+    (0, b"OggS", "ogg"),
+    (0, b"ID3", "audio/mpeg"),
+    (0, b"\x1a\x45\xdf\xa3", "matroska"),  # webm / mkv
+    (4, b"ftyp", "mp4"),  # mp4 / m4a / mov
+]
+
+#: Declared MIME type -> the magic families that may carry it.
+_COMPATIBLE: dict[str, set[str]] = {
+    "image/png": {"image/png"}, "image/jpeg": {"image/jpeg"}, "image/jpg": {"image/jpeg"},
+    "image/gif": {"image/gif"}, "image/webp": {"webp"}, "application/pdf": {"application/pdf"},
+    "audio/wav": {"wav"}, "audio/x-wav": {"wav"}, "audio/wave": {"wav"}, "audio/vnd.wave": {"wav"},
+    "audio/flac": {"audio/flac"}, "audio/x-flac": {"audio/flac"},
+    "audio/ogg": {"ogg"}, "audio/opus": {"ogg"}, "video/ogg": {"ogg"},
+    "audio/mpeg": {"audio/mpeg", "mpeg-frame"}, "audio/mp3": {"audio/mpeg", "mpeg-frame"},
+    "audio/webm": {"matroska"}, "video/webm": {"matroska"}, "video/x-matroska": {"matroska"},
+    "audio/mp4": {"mp4"}, "audio/m4a": {"mp4"}, "audio/x-m4a": {"mp4"}, "audio/aac": {"mp4", "adts"},
+    "video/mp4": {"mp4"}, "video/quicktime": {"mp4"},
+}
+
+#: Top-level MIME type -> the modality it must be declared as.
+MIME_MODALITY = {"image": Modality.IMAGE, "audio": Modality.AUDIO, "video": Modality.VIDEO,
+                 "application": Modality.DOCUMENT}
+
+
+def magic_family(head: bytes) -> str | None:
+    """The content family that ``head`` (the first bytes) shows, or None if unknown."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    for offset, magic, family in _MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return family
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:
+        return "adts"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return "mpeg-frame"
+    return None
+
+
+def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
+    """Why ``mime_type`` does not fit ``modality`` or the content's first bytes, or None."""
+    mime = mime_type.lower().split(";")[0].strip()
+    top = mime.split("/")[0]
+    if MIME_MODALITY.get(top) is not modality and not (top == "video" and modality is Modality.AUDIO):
+        return f"MIME type {mime_type!r} is not a {modality.value} type"
+    accepted = _COMPATIBLE.get(mime)
+    if accepted is None:
+        return None  # a type we cannot check cheaply
+    found = magic_family(head)
+    if found is None or found not in accepted:
+        shown = found or "unrecognised bytes"
+        return f"declared {mime_type!r} but the content looks like {shown}"
+    return None
+
+
+def wav_duration(data: bytes) -> float | None:
+    """Seconds of a WAV file, or None if it is not a readable WAV."""
+    try:
+        with wave.open(io.BytesIO(data)) as wav:
+            return wav.getnframes() / float(wav.getframerate())
+    except (wave.Error, EOFError, ZeroDivisionError):
+        return None
+
+
+_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
+
+
+def pdf_pages(data: bytes) -> int | None:
+    """A cheap page count of a PDF (page objects in the file), or None if none are visible."""
+    count = len(_PAGE.findall(data))
+    return count or None
+
+
+def measure(media_path_or_bytes: bytes | str, modality: Modality, mime_type: str) -> tuple[float | None, int | None]:
+    """(duration in seconds, pages) of media where that is cheap to know, else None for each.
+
+    WAV durations come from the header; PDF pages from counting page objects in
+    the first 64 MiB. Other formats report None (unknown), which rules on
+    durations treat as not matching.
+    """
+    head_limit = 64 * 1024 * 1024
+    if isinstance(media_path_or_bytes, bytes):
+        data = media_path_or_bytes
+    else:
+        with open(media_path_or_bytes, "rb") as f:
+            data = f.read(head_limit if modality is Modality.DOCUMENT else 1 << 16)
+    if modality in (Modality.AUDIO, Modality.VIDEO) and magic_family(data[:16]) == "wav":
+        if isinstance(media_path_or_bytes, str):
+            try:
+                with wave.open(media_path_or_bytes) as wav:
+                    return wav.getnframes() / float(wav.getframerate()), None
+            except (wave.Error, EOFError, ZeroDivisionError):
+                return None, None
+        return wav_duration(data), None
+    if modality is Modality.DOCUMENT and magic_family(data[:8]) == "application/pdf":
+        return None, pdf_pages(data[:head_limit])
+    return None, None

@@ -1,0 +1,211 @@
+"""Protobuf <-> the internal model, and nothing else.
+
+:func:`request_from_proto` validates as it converts and raises
+:class:`InvalidRequest` (with every bad field listed) for bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mmrouter.v1 import router_pb2 as pb
+
+from . import routing
+from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge
+from .outcome import Answer, RouteInfo, Step
+from .plugins import ProviderEntry, State
+from .sniff import mime_problem
+from .types import (
+    Media,
+    Message,
+    Modality,
+    ModelInfo,
+    Options,
+    Part,
+    Request,
+    Role,
+    RoutingHints,
+    Task,
+    Transcript,
+    Usage,
+)
+
+_MODALITY = {pb.MODALITY_TEXT: Modality.TEXT, pb.MODALITY_IMAGE: Modality.IMAGE, pb.MODALITY_AUDIO: Modality.AUDIO,
+             pb.MODALITY_VIDEO: Modality.VIDEO, pb.MODALITY_DOCUMENT: Modality.DOCUMENT}
+_MODALITY_PB = {v: k for k, v in _MODALITY.items()}
+_ROLE = {pb.ROLE_UNSPECIFIED: Role.USER, pb.ROLE_USER: Role.USER, pb.ROLE_ASSISTANT: Role.ASSISTANT,
+         pb.ROLE_SYSTEM: Role.SYSTEM}
+_TASK = {pb.TASK_UNSPECIFIED: Task.AUTO, pb.TASK_AUTO: Task.AUTO, pb.TASK_CHAT: Task.CHAT,
+         pb.TASK_TRANSCRIBE: Task.TRANSCRIBE}
+_OUTCOME = {routing.Outcome.MATCHED: pb.RULE_OUTCOME_MATCHED, routing.Outcome.SKIPPED: pb.RULE_OUTCOME_SKIPPED,
+            routing.Outcome.NOT_MATCHED: pb.RULE_OUTCOME_NOT_MATCHED,
+            routing.Outcome.NOT_EVALUATED: pb.RULE_OUTCOME_NOT_EVALUATED}
+_STATE = {State.READY: pb.PROVIDER_STATE_READY, State.NOT_CONFIGURED: pb.PROVIDER_STATE_NOT_CONFIGURED,
+          State.BROKEN: pb.PROVIDER_STATE_BROKEN, State.DISABLED: pb.PROVIDER_STATE_DISABLED}
+
+#: Looks up an uploaded media id; raises UnknownMedia.
+ResolveMedia = Callable[[str], Media]
+
+
+def modality_from_proto(value: int) -> Modality | None:
+    """The internal modality of a wire enum value (None if unspecified or unknown)."""
+    return _MODALITY.get(value)
+
+
+def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: ResolveMedia,
+                      problems: list[FieldViolation]) -> Media | None:
+    modality = _MODALITY.get(media.modality)
+    if modality is None or modality is Modality.TEXT:
+        problems.append(FieldViolation(f"{path}.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT"))
+        return None
+    source = media.WhichOneof("source")
+    if source is None:
+        problems.append(FieldViolation(f"{path}.source", "set one of data, media_id or url"))
+        return None
+    if source == "media_id":
+        stored = resolve(media.media_id)
+        if stored.modality is not modality:
+            problems.append(FieldViolation(f"{path}.modality",
+                                           f"media {media.media_id} was uploaded as {stored.modality.value}"))
+        stored.filename = media.filename or stored.filename
+        return stored
+    if not media.mime_type:
+        problems.append(FieldViolation(f"{path}.mime_type", "required, e.g. image/png"))
+        return None
+    if source == "url":
+        if not limits.allow_urls:
+            problems.append(FieldViolation(f"{path}.url", "media URLs are not allowed by this router's config; "
+                                           "send the bytes or upload them with UploadMedia"))
+            return None
+        return Media(modality, media.mime_type, url=media.url, filename=media.filename)
+    data = media.data
+    if len(data) > limits.inline_bytes:
+        raise PayloadTooLarge(
+            f"{path}.data is {len(data)} bytes, over the inline limit of {limits.inline_bytes}: "
+            "upload it with UploadMedia and send its media_id instead",
+            violations=[FieldViolation(f"{path}.data", f"over the inline limit of {limits.inline_bytes} bytes; "
+                                       "use UploadMedia")],
+        )
+    if not data:
+        problems.append(FieldViolation(f"{path}.data", "is empty"))
+        return None
+    problem = mime_problem(media.mime_type, modality, data[:64])
+    if problem:
+        raise MimeMismatch(f"{path}: {problem}", violations=[FieldViolation(f"{path}.mime_type", problem)])
+    return Media(modality, media.mime_type, data=data, filename=media.filename, size=len(data))
+
+
+class Limits:
+    """The request limits wire conversion enforces."""
+
+    def __init__(self, inline_bytes: int, allow_urls: bool) -> None:
+        self.inline_bytes = inline_bytes
+        self.allow_urls = allow_urls
+
+
+def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: ResolveMedia) -> Request:
+    """Convert and validate a wire request. Raises InvalidRequest listing every bad field."""
+    problems: list[FieldViolation] = []
+    messages = []
+    if not msg.messages:
+        problems.append(FieldViolation("request.messages", "at least one message is required"))
+    for i, message in enumerate(msg.messages):
+        if message.role not in _ROLE:
+            problems.append(FieldViolation(f"request.messages[{i}].role", f"unknown role {message.role}"))
+        if not message.parts:
+            problems.append(FieldViolation(f"request.messages[{i}].parts", "a message needs at least one part"))
+        parts = []
+        for j, part in enumerate(message.parts):
+            path = f"request.messages[{i}].parts[{j}]"
+            kind = part.WhichOneof("content")
+            if kind == "text":
+                parts.append(Part(text=part.text))
+            elif kind == "media":
+                media = _media_from_proto(part.media, f"{path}.media", limits, resolve, problems)
+                if media is not None:
+                    parts.append(Part(media=media))
+            else:
+                problems.append(FieldViolation(path, "unknown or empty part: set text or media"))
+        messages.append(Message(_ROLE.get(message.role, Role.USER), parts))
+    options = msg.options
+    if options.task not in _TASK:
+        problems.append(FieldViolation("request.options.task", f"unknown task {options.task}"))
+    if options.speakers_expected < 0:
+        problems.append(FieldViolation("request.options.speakers_expected", "cannot be negative"))
+    if options.max_output_tokens < 0:
+        problems.append(FieldViolation("request.options.max_output_tokens", "cannot be negative"))
+    if options.HasField("temperature") and not 0 <= options.temperature <= 2:
+        problems.append(FieldViolation("request.options.temperature", "must be between 0 and 2"))
+    request = Request(
+        messages=messages,
+        options=Options(
+            task=_TASK.get(options.task, Task.AUTO), diarization=options.diarization,
+            speakers_expected=options.speakers_expected, language=options.language,
+            max_output_tokens=options.max_output_tokens,
+            temperature=options.temperature if options.HasField("temperature") else None,
+        ),
+        hints=RoutingHints(msg.hints.provider, msg.hints.model, list(msg.hints.tags)),
+        session_id=msg.session_id,
+        metadata=dict(msg.metadata),
+    )
+    if not problems and not request.modalities():
+        problems.append(FieldViolation("request.messages", "the request has no content: all text parts are empty"))
+    if problems:
+        raise InvalidRequest("invalid request: " + "; ".join(f"{p.field}: {p.description}" for p in problems),
+                             violations=problems)
+    return request
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+def usage_to_proto(usage: Usage) -> pb.Usage:
+    return pb.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                    audio_seconds=usage.audio_seconds, cost_usd=usage.cost_usd)
+
+
+def transcript_to_proto(t: Transcript) -> pb.Transcript:
+    return pb.Transcript(
+        text=t.text, language=t.language, duration_seconds=t.duration_seconds,
+        utterances=[pb.Utterance(speaker=u.speaker, start_seconds=u.start, end_seconds=u.end, text=u.text,
+                                 confidence=u.confidence) for u in t.utterances],
+        words=[pb.Word(text=w.text, start_seconds=w.start, end_seconds=w.end, speaker=w.speaker,
+                       confidence=w.confidence) for w in t.words],
+    )
+
+
+def _step_to_proto(step: Step) -> pb.Step:
+    return pb.Step(purpose=step.purpose, provider=step.provider, model=step.model, latency_ms=step.latency_ms,
+                   usage=usage_to_proto(step.usage))
+
+
+def route_to_proto(route: RouteInfo) -> pb.Route:
+    return pb.Route(
+        rule=route.rule, provider=route.provider, model=route.model, fallbacks=route.fallbacks,
+        bridges=route.bridges, latency_ms=route.latency_ms, notes=route.notes,
+        trace=[pb.RuleTrace(rule=t.rule, outcome=_OUTCOME[t.outcome], reason=t.reason) for t in route.trace],
+        attempts=[pb.Attempt(provider=a.provider, model=a.model, ok=a.ok, error=a.error, latency_ms=a.latency_ms)
+                  for a in route.attempts],
+        steps=[_step_to_proto(s) for s in route.steps],
+    )
+
+
+def answer_to_proto(answer: Answer) -> pb.Answer:
+    out = pb.Answer(text=answer.text, usage=usage_to_proto(answer.usage), route=route_to_proto(answer.route))
+    if answer.transcript is not None:
+        out.transcript.CopyFrom(transcript_to_proto(answer.transcript))
+    return out
+
+
+def model_to_proto(model: ModelInfo) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=model.name, inputs=[_MODALITY_PB[m] for m in sorted(model.inputs, key=lambda m: m.value)],
+        outputs=sorted(model.outputs), features=sorted(model.features), context_tokens=model.context_tokens,
+        price=pb.Price(input_per_mtok=model.price.input_per_mtok, output_per_mtok=model.price.output_per_mtok,
+                       per_audio_hour=model.price.per_audio_hour),
+    )
+
+
+def provider_to_proto(entry: ProviderEntry) -> pb.ProviderInfo:
+    return pb.ProviderInfo(name=entry.name, plugin=entry.plugin, state=_STATE[entry.state], reason=entry.reason,
+                           models=[model_to_proto(m) for m in entry.models])

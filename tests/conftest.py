@@ -1,0 +1,132 @@
+"""Shared fixtures: the real daemon in a subprocess, and test-only plugins installed as distributions.
+
+``start_daemon(config_yaml, env=None, plugins=("testkit",), data_dir=None)`` starts
+``python -m router serve`` on a free port with its own data directory and
+returns a :class:`Daemon` with a sync stub. Test-only plugins are real
+distributions (a ``*.dist-info`` with an ``entry_points.txt``) on the
+subprocess's PYTHONPATH, so they are found through entry points exactly as
+an installed third-party plugin is.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from mmrouter.v1 import router_pb2_grpc
+
+TESTKIT = Path(__file__).parent / "testkit"
+
+#: name -> (distribution name, entry point name, module)
+TEST_PLUGINS = {
+    "testkit": ("mmrouter-testkit", "fake", "mmrouter_testkit"),
+    "broken_import": ("mmrouter-broken-import", "broken_import", "mmrouter_broken_import"),
+    "broken_register": ("mmrouter-broken-register", "broken_register", "mmrouter_broken_register"),
+}
+
+
+def make_dist_info(site: Path, dist: str, entry_name: str, module: str) -> None:
+    """Write a minimal installed-distribution record with one ``mmrouter`` entry point."""
+    info = site / f"{dist.replace('-', '_')}-0.0.1.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text(f"[mmrouter]\n{entry_name} = {module}\n")
+
+
+@pytest.fixture(scope="session")
+def plugin_sites(tmp_path_factory) -> dict[str, Path]:
+    """One site directory per test-only plugin."""
+    sites = {}
+    for key, (dist, entry_name, module) in TEST_PLUGINS.items():
+        site = tmp_path_factory.mktemp(f"site-{key}")
+        make_dist_info(site, dist, entry_name, module)
+        sites[key] = site
+    return sites
+
+
+@dataclass
+class Daemon:
+    """A running daemon subprocess."""
+
+    address: str
+    data_dir: Path
+    proc: subprocess.Popen
+    log_path: Path
+    channel: grpc.Channel
+    stub: router_pb2_grpc.RouterServiceStub
+    config_path: Path
+    extra: dict = field(default_factory=dict)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM, wait for a clean exit, return the exit code."""
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def launch_daemon(config_yaml: str, *, tmp: Path, env: dict[str, str] | None, sites: list[Path],
+                  data_dir: Path | None = None) -> Daemon:
+    """Start the daemon and wait until it serves."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    config_path = tmp / "router.yaml"
+    config_path.write_text(textwrap.dedent(config_yaml))
+    data_dir = data_dir or tmp / "data"
+    ready = tmp / "ready"
+    ready.unlink(missing_ok=True)
+    log_path = tmp / "daemon.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    full_env["PYTHONPATH"] = os.pathsep.join([*map(str, sites), str(TESTKIT), full_env.get("PYTHONPATH", "")])
+    full_env.update(env or {})
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router", "serve", "--config", str(config_path), "--address", "127.0.0.1:0",
+         "--data-dir", str(data_dir), "--ready-file", str(ready)],
+        stdout=log, stderr=subprocess.STDOUT, env=full_env,
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists() or not ready.read_text():
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"daemon did not start:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    address = ready.read_text()
+    channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
+                                                      ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    return Daemon(address, data_dir, proc, log_path, channel, router_pb2_grpc.RouterServiceStub(channel), config_path)
+
+
+@pytest.fixture
+def start_daemon(tmp_path, plugin_sites) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons for a test; all are stopped at its end."""
+    started: list[Daemon] = []
+
+    def start(config_yaml: str = "", env: dict[str, str] | None = None, plugins: tuple[str, ...] = ("testkit",),
+              data_dir: Path | None = None) -> Daemon:
+        daemon = launch_daemon(config_yaml, tmp=tmp_path / f"daemon{len(started)}", env=env,
+                               sites=[plugin_sites[p] for p in plugins], data_dir=data_dir or tmp_path / "data")
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()

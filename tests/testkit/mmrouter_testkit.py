@@ -1,0 +1,95 @@
+"""A provider plugin that lives in tests only: scripted by the request's text.
+
+Text commands in the last user message:
+- ``FAIL:<status>`` raises the ProviderError an HTTP status maps to (429 carries retry_after 7).
+- ``CRASH`` raises a plain RuntimeError (a buggy plugin).
+- ``SLOW:<seconds>`` sleeps; when cancelled it writes ``cancelled-<request id>`` into
+  ``settings['marker_dir']`` so tests can prove cancellation reached the provider.
+Anything else is echoed back in small deltas, with counts of the media received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import router
+from router import (
+    FEATURE_DIARIZATION,
+    FEATURE_STREAMING,
+    OUTPUT_TEXT,
+    OUTPUT_TRANSCRIPT,
+    Modality,
+    ModelInfo,
+    Price,
+)
+
+ALL = frozenset(Modality)
+
+
+class ScriptedProvider(router.Provider):
+    """Echoes, fails, crashes or sleeps as the request's text says."""
+
+    def __init__(self, name: str, settings: dict) -> None:
+        self.name = name
+        self.settings = settings
+        self.models = [
+            ModelInfo("echo", frozenset({Modality.TEXT, Modality.IMAGE}), price=Price(1.0, 2.0)),
+            ModelInfo("docs", frozenset({Modality.TEXT, Modality.IMAGE, Modality.DOCUMENT}), price=Price(3.0, 15.0)),
+            ModelInfo("omni", ALL, price=Price(1.0, 4.0), context_tokens=1_000_000),
+            ModelInfo("small", frozenset({Modality.TEXT}), context_tokens=60, price=Price(0.1, 0.1)),
+            ModelInfo("ears", frozenset({Modality.AUDIO, Modality.VIDEO}), outputs=frozenset({OUTPUT_TRANSCRIPT}),
+                      features=frozenset({FEATURE_STREAMING}), price=Price(per_audio_hour=0.36)),
+            ModelInfo("diarizer", frozenset({Modality.AUDIO, Modality.VIDEO}),
+                      outputs=frozenset({OUTPUT_TRANSCRIPT}), features=frozenset({FEATURE_DIARIZATION}),
+                      price=Price(per_audio_hour=0.9)),
+        ]
+
+    def unconfigured_reason(self) -> str | None:
+        if self.settings.get("api_key") in (None, ""):
+            return f"{self.name.upper()}_API_KEY is not set"
+        return None
+
+    async def generate(self, request, model, ctx):
+        text = request.messages[-1].text.strip()
+        if text.startswith("FAIL:"):
+            status = int(text.split(":", 1)[1])
+            raise router.provider_error_from_status(self.name, status, f"scripted failure {status}",
+                                                    retry_after=7 if status == 429 else None)
+        if text == "CRASH":
+            raise RuntimeError("scripted crash")
+        if text.startswith("SLOW:"):
+            try:
+                await asyncio.sleep(float(text.split(":", 1)[1]))
+            except asyncio.CancelledError:
+                marker_dir = self.settings.get("marker_dir")
+                if marker_dir:
+                    Path(marker_dir, f"cancelled-{ctx.request_id}").write_text(text)
+                raise
+        if OUTPUT_TRANSCRIPT in model.outputs and OUTPUT_TEXT not in model.outputs:
+            media = request.media()[0]
+            diarized = FEATURE_DIARIZATION in model.features
+            utterances = [
+                router.Utterance("hello there", 0.0, 1.0, "A" if diarized else "", 0.9),
+                router.Utterance(f"{len(media.read_bytes())} bytes heard", 1.0, 2.0, "B" if diarized else "", 0.8),
+            ]
+            plain = " ".join(u.text for u in utterances)
+            text_out = router.Transcript.speaker_text(utterances) if diarized else plain
+            yield router.TranscriptReady(router.Transcript(text_out, utterances, duration_seconds=2.0))
+            yield router.UsageReport(router.Usage(audio_seconds=2.0))
+            return
+        history = len([m for m in request.messages if m.role is router.Role.USER]) - 1
+        counts = {m.value: 0 for m in Modality if m is not Modality.TEXT}
+        for media in request.media():
+            counts[media.modality.value] += 1
+        all_text = " | ".join(p.text for p in request.parts() if p.text)
+        reply = (f"{self.name}/{model.name} says: {text} [history={history} "
+                 + " ".join(f"{k}={v}" for k, v in counts.items()) + f"] <<{all_text}>>")
+        for i in range(0, len(reply), 16):
+            yield router.TextDelta(reply[i:i + 16])
+        yield router.UsageReport(router.Usage(input_tokens=len(all_text) // 4 + 1, output_tokens=len(reply) // 4))
+
+
+@router.hookimpl
+def register_providers(register, settings):
+    register(ScriptedProvider("fake", dict(settings)))
