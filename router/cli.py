@@ -14,15 +14,20 @@ from typing import Annotated
 import grpc
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from .config import DEFAULT_ADDRESS, load_config, parse_config
 from .errors import ConfigError
 
 app = typer.Typer(
     help="mmrouter routes multimodal AI requests (text, images, audio, video, PDFs) to the right provider.\n\n"
-    "Start the daemon with `mmrouter serve`, then ask it things with `mmrouter ask`.",
+    "Start the daemon with `mmrouter serve`, then ask it things with `mmrouter ask`, e.g.\n\n"
+    "    mmrouter ask \"What is in this picture?\" --image photo.png\n\n"
+    "Send files with --image, --audio, --video and --pdf (repeat each for several). "
+    "Commands talk to the daemon at 127.0.0.1:50051 unless given --address host:port "
+    "(or MMROUTER_ADDRESS); see `mmrouter ask --help`.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -72,7 +77,7 @@ def _media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: 
                         (pb.MODALITY_DOCUMENT, pdf)):
         for path in files:
             if not path.is_file():
-                err.print(f"[red]no such file: {path}[/red]")
+                err.print(f"[red]no such file: {escape(str(path))}[/red]")
                 raise typer.Exit(2)
             mime = _MIME_FALLBACK.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             yield kind, path, mime
@@ -129,7 +134,7 @@ def _channel(address: str) -> grpc.Channel:
 def _fail(exc: grpc.RpcError) -> None:
     from grpc_status import rpc_status
 
-    err.print(f"[red]{exc.code().name}: {exc.details()}[/red]")
+    err.print(f"[red]{exc.code().name}: {escape(exc.details() or '')}[/red]")
     status = rpc_status.from_call(exc)
     if status is not None:
         from google.rpc import error_details_pb2
@@ -139,7 +144,7 @@ def _fail(exc: grpc.RpcError) -> None:
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 for v in bad.field_violations:
-                    err.print(f"  {v.field}: {v.description}")
+                    err.print(f"  {escape(v.field)}: {escape(v.description)}")
     raise typer.Exit(1)
 
 
@@ -148,18 +153,19 @@ def _print_route(route, console: Console) -> None:
 
     outcome = {pb.RULE_OUTCOME_MATCHED: "[green]matched[/green]", pb.RULE_OUTCOME_SKIPPED: "[yellow]skipped[/yellow]",
                pb.RULE_OUTCOME_NOT_MATCHED: "not matched", pb.RULE_OUTCOME_NOT_EVALUATED: "[dim]not evaluated[/dim]"}
-    console.print(f"route: rule [bold]{route.rule}[/bold] -> [bold]{route.provider}/{route.model}[/bold]"
-                  + (f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else "")
-                  + (f"  bridges: {', '.join(route.bridges)}" if route.bridges else ""))
+    console.print(f"route: rule [bold]{escape(route.rule)}[/bold] -> [bold]{escape(route.provider)}/"
+                  f"{escape(route.model)}[/bold]"
+                  + escape(f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else "")
+                  + escape(f"  bridges: {', '.join(route.bridges)}" if route.bridges else ""))
     table = Table("rule", "outcome", "why", show_header=True, box=None)
     for t in route.trace:
-        table.add_row(t.rule, outcome.get(t.outcome, "?"), t.reason)
+        table.add_row(escape(t.rule), outcome.get(t.outcome, "?"), escape(t.reason))
     console.print(table)
     for step in route.steps:
         console.print(f"step {step.purpose}: {step.provider}/{step.model} {step.latency_ms:.0f} ms "
                       f"${step.usage.cost_usd:.6f}")
     for note in route.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
 
 
 FileList = Annotated[list[Path] | None, typer.Option(help="A file to send (repeat for several).")]
@@ -198,15 +204,19 @@ def ask(
             request = _build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
                                      diarize, speakers, provider, model, tag, session, inline_limit)
             answer = None
+            streamed = False
             for event in stub.StreamGenerate(pb.StreamGenerateRequest(request=request)):
                 kind = event.WhichOneof("event")
                 if kind == "text_delta" and not as_json:
-                    out.print(event.text_delta.text, end="", markup=False, highlight=False)
+                    # Plain writes: rich would wrap long deltas and turn ":smile:" into emoji.
+                    sys.stdout.write(event.text_delta.text)
+                    sys.stdout.flush()
+                    streamed = streamed or bool(event.text_delta.text)
                 elif kind == "transcript" and not as_json:
                     t = event.transcript
                     lines = [f"[{u.start_seconds:7.2f}s] {('Speaker ' + u.speaker + ': ') if u.speaker else ''}{u.text}"
                              for u in t.utterances] or [t.text]
-                    err.print("[bold]transcript[/bold]\n" + "\n".join(lines))
+                    err.print("[bold]transcript[/bold]\n" + escape("\n".join(lines)))
                 elif kind == "done":
                     answer = event.done.answer
         except grpc.RpcError as exc:
@@ -217,7 +227,10 @@ def ask(
     if as_json:
         out.print_json(json_format.MessageToJson(answer))
         return
-    out.print()
+    if not streamed and answer.text:  # e.g. a transcription: its text is the answer
+        sys.stdout.write(answer.text)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
     u = answer.usage
     _print_route(answer.route, err)
     err.print(f"usage: {u.input_tokens} in, {u.output_tokens} out, {u.audio_seconds:.1f}s audio, "
@@ -265,10 +278,12 @@ def providers(address: AddressOption = DEFAULT_ADDRESS) -> None:
             listing = router_pb2_grpc.RouterServiceStub(channel).ListProviders(pb.ListProvidersRequest())
         except grpc.RpcError as exc:
             _fail(exc)
-    table = Table("provider", "plugin", "state", "models", "reason")
+    # Names and states are never cut short (even at 80 columns); models and reasons wrap, nothing is cut.
+    table = Table(Column("provider", no_wrap=True), Column("plugin", no_wrap=True), Column("state", no_wrap=True),
+                  Column("models", overflow="fold"), Column("reason", overflow="fold"))
     for p in listing.providers:
         state = pb.ProviderState.Name(p.state).removeprefix("PROVIDER_STATE_").lower()
-        table.add_row(p.name, p.plugin, state, ", ".join(m.name for m in p.models), p.reason)
+        table.add_row(*map(escape, (p.name, p.plugin, state, ", ".join(m.name for m in p.models), p.reason)))
     out.print(table)
 
 

@@ -41,7 +41,15 @@ class Range(_Strict):
     def holds(self, value: float) -> bool:
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) cannot exceed max ({self.max:g})")
+        return self
+
     def describe(self) -> str:
+        if self.min is None and self.max is None:
+            return "any value"
         if self.min is not None and self.max is not None:
             return f"{self.min:g}..{self.max:g}"
         return f">= {self.min:g}" if self.min is not None else f"<= {self.max:g}"
@@ -161,14 +169,16 @@ class Config(_Strict):
             return {k: (v if v is not None else {}) for k, v in value.items()}
         return value
 
-    @model_validator(mode="after")
-    def _unique_rule_names(self) -> Config:
-        seen: set[str] = set()
-        for rule in self.routes:
+    @field_validator("routes")
+    @classmethod
+    def _unique_rule_names(cls, routes: list[Rule]) -> list[Rule]:
+        seen: dict[str, int] = {}
+        for index, rule in enumerate(routes):
             if rule.name in seen:
-                raise ValueError(f"two rules are named {rule.name!r}: rule names must be unique")
-            seen.add(rule.name)
-        return self
+                raise ValueError(f"rules {seen[rule.name]} and {index} are both named {rule.name!r}: "
+                                 "rule names must be unique")
+            seen[rule.name] = index
+        return routes
 
 
 def default_data_dir() -> Path:
@@ -224,7 +234,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]")))
             key = ".".join(str(p) for p in loc) or "(top level)"
             line = _line_of(node, loc)
             where = f" ({source}, line {line})" if line else f" ({source})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import time
 import uuid
@@ -21,6 +22,7 @@ from .errors import UnknownSession
 from .media import MediaStore
 from .outcome import Done, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
+from .redact import mask
 from .routing import Catalog, Decision, Facts, ProviderStatus, Target, facts_of
 from .sessions import SessionStore, trim_history
 from .sniff import measure
@@ -29,16 +31,19 @@ from .types import CallContext, Media, Message, Part, Request, Role
 log = logging.getLogger(__name__)
 
 _SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
+_SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD)$")
 
 
-def _secrets_of(providers: Mapping[str, Mapping]) -> set[str]:
-    """Every secret-looking setting value (for scrubbing error messages)."""
-    found = set()
-    for settings in providers.values():
-        for key, value in settings.items():
-            if _SECRET_KEY.search(key) and isinstance(value, str) and len(value) >= 4:
-                found.add(value)
-    return found
+def secrets_of(providers: Mapping[str, Mapping]) -> set[str]:
+    """Every secret-looking value: provider settings named like keys, and such environment variables."""
+    found = {
+        value
+        for settings in providers.values()
+        for key, value in settings.items()
+        if _SECRET_KEY.search(key) and isinstance(value, str)
+    }
+    found |= {value for name, value in os.environ.items() if _SECRET_ENV.search(name)}
+    return {value for value in found if len(value) >= 4}
 
 
 class App:
@@ -56,7 +61,7 @@ class App:
             rules=config.routes, default=config.default, bridges=config.bridges,
             allow_overrides=config.overrides.allow, override_providers=config.overrides.providers,
         )
-        self.secrets = _secrets_of(config.providers)
+        self.secrets = secrets_of(config.providers)
         self.catalog: Catalog = self._build_catalog()
 
     def _build_catalog(self) -> Catalog:
@@ -68,9 +73,7 @@ class App:
 
     def redact(self, text: str) -> str:
         """``text`` with every configured secret replaced by ``***``."""
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return mask(text, self.secrets)
 
     # -- requests ------------------------------------------------------------------------
 

@@ -128,12 +128,14 @@ def why_not_matched(match: Match, facts: Facts) -> str | None:
     missing_tags = set(match.tags) - facts.tags
     if missing_tags:
         return f"missing tags: {', '.join(sorted(missing_tags))}"
+    # The token estimate is only known when every media's size is: unknown durations count 0.
+    sizes_known = None not in (facts.audio_seconds, facts.video_seconds, facts.pdf_pages)
     measures = (
         ("images", match.images, facts.images),
         ("audio_seconds", match.audio_seconds, facts.audio_seconds),
         ("video_seconds", match.video_seconds, facts.video_seconds),
         ("pdf_pages", match.pdf_pages, facts.pdf_pages),
-        ("input_tokens", match.input_tokens, facts.input_tokens),
+        ("input_tokens", match.input_tokens, facts.input_tokens if sizes_known else None),
     )
     for name, wanted, value in measures:
         if wanted is None:
@@ -321,6 +323,8 @@ class Router:
     def _decide_override(self, override: Target, facts: Facts, catalog: Catalog) -> Decision:
         if not self.allow_overrides:
             raise OverrideNotAllowed("this router does not allow clients to choose the provider or model")
+        if not override.provider:
+            raise UnknownTarget(f"no provider has a model named {override.model!r}")
         if self.override_providers is not None and override.provider not in self.override_providers:
             allowed = ", ".join(self.override_providers) or "none"
             raise OverrideNotAllowed(f"clients may not choose provider {override.provider!r} (allowed: {allowed})")

@@ -27,9 +27,9 @@ from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
 
-from . import wire
+from . import redact, wire
 from .config import Config
-from .core import App, monotonic_deadline
+from .core import App, monotonic_deadline, secrets_of
 from .errors import FieldViolation, InvalidRequest, ProviderError, RouterError
 from .outcome import Done, RouteChosen, StepUsage
 from .types import TextDelta, TranscriptReady
@@ -214,6 +214,7 @@ async def start_server(app: App, address: str) -> tuple[grpc.aio.Server, int, he
 async def serve(config: Config, *, ready_file: Path | None = None,
                 extra_plugins: Mapping[str, object] | None = None) -> None:
     """Run the daemon until SIGTERM or SIGINT, then drain in-flight calls and exit."""
+    redact.install(secrets_of(config.providers))
     app = App(config, extra_plugins=extra_plugins)
     server, port, health_servicer = await start_server(app, config.server.address)
     host = config.server.address.rsplit(":", 1)[0]

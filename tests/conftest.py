@@ -1,7 +1,8 @@
 """Shared fixtures: the real daemon in a subprocess, and test-only plugins installed as distributions.
 
-``start_daemon(config_yaml, env=None, plugins=("testkit",), data_dir=None)`` starts
-``python -m router serve`` on a free port with its own data directory and
+``start_daemon(config_yaml=None, env=None, plugins=("testkit",), data_dir=None)`` starts
+``python -m router serve`` (with the embedded default when config_yaml is None)
+on a free port with its own data directory and
 returns a :class:`Daemon` with a sync stub. Test-only plugins are real
 distributions (a ``*.dist-info`` with an ``entry_points.txt``) on the
 subprocess's PYTHONPATH, so they are found through entry points exactly as
@@ -82,12 +83,15 @@ class Daemon:
         return self.proc.returncode
 
 
-def launch_daemon(config_yaml: str, *, tmp: Path, env: dict[str, str] | None, sites: list[Path],
+def launch_daemon(config_yaml: str | None, *, tmp: Path, env: dict[str, str] | None, sites: list[Path],
                   data_dir: Path | None = None) -> Daemon:
     """Start the daemon and wait until it serves."""
     tmp.mkdir(parents=True, exist_ok=True)
     config_path = tmp / "router.yaml"
-    config_path.write_text(textwrap.dedent(config_yaml))
+    config_args = []
+    if config_yaml is not None:  # None: the embedded default
+        config_path.write_text(textwrap.dedent(config_yaml))
+        config_args = ["--config", str(config_path)]
     data_dir = data_dir or tmp / "data"
     ready = tmp / "ready"
     ready.unlink(missing_ok=True)
@@ -97,7 +101,7 @@ def launch_daemon(config_yaml: str, *, tmp: Path, env: dict[str, str] | None, si
     full_env.update(env or {})
     log = log_path.open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "router", "serve", "--config", str(config_path), "--address", "127.0.0.1:0",
+        [sys.executable, "-m", "router", "serve", *config_args, "--address", "127.0.0.1:0",
          "--data-dir", str(data_dir), "--ready-file", str(ready)],
         stdout=log, stderr=subprocess.STDOUT, env=full_env,
     )
@@ -120,7 +124,7 @@ def start_daemon(tmp_path, plugin_sites) -> Iterator[Callable[..., Daemon]]:
     """Start daemons for a test; all are stopped at its end."""
     started: list[Daemon] = []
 
-    def start(config_yaml: str = "", env: dict[str, str] | None = None, plugins: tuple[str, ...] = ("testkit",),
+    def start(config_yaml: str | None = None, env: dict[str, str] | None = None, plugins: tuple[str, ...] = ("testkit",),
               data_dir: Path | None = None) -> Daemon:
         daemon = launch_daemon(config_yaml, tmp=tmp_path / f"daemon{len(started)}", env=env,
                                sites=[plugin_sites[p] for p in plugins], data_dir=data_dir or tmp_path / "data")

@@ -143,7 +143,7 @@ class FakeUpstream:
             self._failures.append(Failure(status, body, headers or {}))
 
     def start(self) -> FakeUpstream:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
 

@@ -1,10 +1,13 @@
 """A provider plugin that lives in tests only: scripted by the request's text.
 
 Text commands in the last user message:
-- ``FAIL:<status>`` raises the ProviderError an HTTP status maps to (429 carries retry_after 7).
+- ``FAIL:<status>`` raises the ProviderError an HTTP status maps to (429 carries retry_after 7);
+  ``FAIL:<status>@<model>`` fails only on that model.
+- ``LEAK`` raises an error whose message carries the configured api_key (a careless plugin).
 - ``CRASH`` raises a plain RuntimeError (a buggy plugin).
-- ``SLOW:<seconds>`` sleeps; when cancelled it writes ``cancelled-<request id>`` into
-  ``settings['marker_dir']`` so tests can prove cancellation reached the provider.
+- ``SLOW:<seconds>`` sleeps; it writes ``started-<request id>`` into ``settings['marker_dir']``
+  when it begins and ``cancelled-<request id>`` when cancelled, so tests can prove
+  cancellation reached the provider.
 Anything else is echoed back in small deltas, with counts of the media received.
 """
 
@@ -53,16 +56,21 @@ class ScriptedProvider(router.Provider):
     async def generate(self, request, model, ctx):
         text = request.messages[-1].text.strip()
         if text.startswith("FAIL:"):
-            status = int(text.split(":", 1)[1])
-            raise router.provider_error_from_status(self.name, status, f"scripted failure {status}",
-                                                    retry_after=7 if status == 429 else None)
+            status, _, only_model = text[len("FAIL:"):].partition("@")
+            if only_model in ("", model.name):
+                raise router.provider_error_from_status(self.name, int(status), f"scripted failure {status}",
+                                                        retry_after=7 if status == "429" else None)
+        if text == "LEAK":
+            raise RuntimeError(f"upstream refused key {self.settings.get('api_key')}")
         if text == "CRASH":
             raise RuntimeError("scripted crash")
         if text.startswith("SLOW:"):
+            marker_dir = self.settings.get("marker_dir")
+            if marker_dir:
+                Path(marker_dir, f"started-{ctx.request_id}").write_text(text)
             try:
                 await asyncio.sleep(float(text.split(":", 1)[1]))
             except asyncio.CancelledError:
-                marker_dir = self.settings.get("marker_dir")
                 if marker_dir:
                     Path(marker_dir, f"cancelled-{ctx.request_id}").write_text(text)
                 raise

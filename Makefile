@@ -1,0 +1,46 @@
+# mmrouter: `make serve` sets up and starts the daemon; `make test` sets up and runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+PLUGINS := plugins/local plugins/openai plugins/anthropic plugins/gemini plugins/assemblyai
+NODE_CLIENT := examples/node-client
+
+.PHONY: setup serve test system-deps node-deps lint proto bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]' $(addprefix -e ,$(PLUGINS))
+	touch $@
+
+serve: setup
+	$(VENV)/bin/mmrouter serve
+
+# espeak-ng makes the speech the local provider's tests transcribe (Debian package; needs root).
+system-deps:
+	@command -v espeak-ng >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+
+# The Node.js example client and buf (for `buf lint`) come from npm.
+node-deps: $(NODE_CLIENT)/node_modules/.installed
+
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: setup system-deps node-deps
+	$(VENV)/bin/pytest -q
+
+lint: setup node-deps
+	$(VENV)/bin/ruff check .
+	$(NODE_CLIENT)/node_modules/.bin/buf lint
+
+# Regenerate the Python stubs from proto/ (tests fail when they drift).
+proto: setup
+	$(VENV)/bin/python -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto \
+	  --grpc_python_out=proto proto/mmrouter/v1/router.proto
+
+bench: setup
+	$(VENV)/bin/python bench/run.py

@@ -1,0 +1,291 @@
+"""The daemon end to end: RPCs, standard services, errors with details, deadlines, shutdown."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_helpers import error_details, text_request, wait_for
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from mmrouter.v1 import router_pb2 as pb
+
+SECRET = "sk-test-secret-key-0123456789"
+
+
+def config(marker_dir: Path | str = "", extra: str = "") -> str:
+    return f"""
+providers:
+  fake: {{api_key: {SECRET}, marker_dir: "{marker_dir}"}}
+routes:
+  - name: docs
+    match: {{inputs_any: [document]}}
+    use: fake/docs
+  - name: with-fallback
+    match: {{tags: [fallback]}}
+    use: fake/echo
+    fallback: [fake/docs]
+  - name: cloud-only
+    match: {{tags: [cloud]}}
+    use: openai/gpt-4o
+  - name: general
+    use: fake/echo
+server:
+  inline_limit_bytes: 4096
+{extra}
+"""
+
+
+def generate(daemon, request: pb.MultimodalRequest, timeout: float = 30) -> pb.Answer:
+    return daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=timeout).answer
+
+
+def failure(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+@pytest.fixture
+def daemon(start_daemon, tmp_path):
+    return start_daemon(config(tmp_path))
+
+
+def test_generate_answers_with_route_usage_and_cost(daemon) -> None:
+    answer = generate(daemon, text_request("hello"))
+    assert answer.text.startswith("fake/echo says: hello")
+    assert (answer.route.rule, answer.route.provider, answer.route.model) == ("general", "fake", "echo")
+    assert answer.usage.output_tokens == len(answer.text) // 4
+    expected_cost = (answer.usage.input_tokens * 1.0 + answer.usage.output_tokens * 2.0) / 1e6
+    assert answer.usage.cost_usd == pytest.approx(expected_cost)
+    assert [s.purpose for s in answer.route.steps] == ["answer"]
+    assert answer.route.latency_ms > 0
+    outcomes = {t.rule: t.outcome for t in answer.route.trace}
+    assert outcomes == {"docs": pb.RULE_OUTCOME_NOT_MATCHED, "with-fallback": pb.RULE_OUTCOME_NOT_MATCHED,
+                        "cloud-only": pb.RULE_OUTCOME_NOT_MATCHED, "general": pb.RULE_OUTCOME_MATCHED}
+
+
+def test_stream_generate_sends_route_deltas_usage_and_done_in_order(daemon) -> None:
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("stream me please"))))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "route_chosen" and kinds[-1] == "done"
+    assert kinds.count("text_delta") > 1 and kinds.count("usage") == 1
+    assert kinds.index("usage") > max(i for i, k in enumerate(kinds) if k == "text_delta")
+    assert events[0].route_chosen.route.provider == "fake"
+    streamed = "".join(e.text_delta.text for e in events if e.HasField("text_delta"))
+    assert streamed == events[-1].done.answer.text
+    assert events[-1].done.answer.usage.cost_usd > 0
+
+
+def test_health_and_reflection(daemon) -> None:
+    health = health_pb2_grpc.HealthStub(daemon.channel)
+    for service in ("", "mmrouter.v1.RouterService"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(daemon.channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"mmrouter.v1.RouterService", "grpc.health.v1.Health"} <= names
+
+
+def test_explain_lists_every_rule_and_calls_no_provider(daemon) -> None:
+    request = text_request("FAIL:500", hints=pb.RoutingHints(tags=["cloud"]))
+    route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route
+    trace = {t.rule: (t.outcome, t.reason) for t in route.trace}
+    assert list(trace) == ["docs", "with-fallback", "cloud-only", "general"]
+    assert trace["docs"][0] == pb.RULE_OUTCOME_NOT_MATCHED and "document" in trace["docs"][1]
+    assert trace["with-fallback"][0] == pb.RULE_OUTCOME_NOT_MATCHED and "fallback" in trace["with-fallback"][1]
+    assert trace["cloud-only"][0] == pb.RULE_OUTCOME_SKIPPED and "OPENAI_API_KEY" in trace["cloud-only"][1]
+    assert trace["general"][0] == pb.RULE_OUTCOME_MATCHED
+    assert (route.provider, route.model, list(route.attempts)) == ("fake", "echo", [])
+
+
+def test_retryable_failure_moves_to_the_fallback(daemon) -> None:
+    answer = generate(daemon, text_request("FAIL:503@echo", hints=pb.RoutingHints(tags=["fallback"])))
+    assert answer.route.model == "docs"
+    assert [(a.model, a.ok) for a in answer.route.attempts] == [("echo", False), ("docs", True)]
+    assert "503" in answer.route.attempts[0].error
+
+
+def test_list_providers_shows_ready_not_configured_and_broken(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(config(tmp_path), plugins=("testkit", "broken_import", "broken_register"))
+    providers = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest()).providers}
+    assert providers["fake"].state == pb.PROVIDER_STATE_READY
+    assert {m.name for m in providers["fake"].models} >= {"echo", "docs", "omni"}
+    assert providers["openai"].state == pb.PROVIDER_STATE_NOT_CONFIGURED
+    assert "OPENAI_API_KEY" in providers["openai"].reason
+    assert providers["broken_import"].state == pb.PROVIDER_STATE_BROKEN
+    assert "not installed (on purpose)" in providers["broken_import"].reason
+    assert providers["broken_register"].state == pb.PROVIDER_STATE_BROKEN
+    assert "cannot start: on purpose" in providers["broken_register"].reason
+    assert generate(daemon, text_request("still serving")).route.provider == "fake"
+
+
+def test_disabled_plugins_are_not_loaded(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(config(tmp_path, "plugins:\n  disabled: [openai]\n"))
+    providers = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest()).providers}
+    assert providers["openai"].state == pb.PROVIDER_STATE_DISABLED
+    assert providers["openai"].models == []
+
+
+# -- bad input: the right code and details, never a crash -----------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 64
+WAV = b"RIFF\0\0\0\0WAVEfmt " + b"\0" * 64
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "reason", "field"),
+    [
+        (pb.MultimodalRequest(), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages"),
+        (pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part()])]),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0]"),
+        (text_request("   "), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages"),
+        (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=JPEG)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "MIME_MISMATCH", "request.messages[0].parts[0].media.mime_type"),
+        (text_request("x", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="image/png", data=PNG)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "MIME_MISMATCH", "request.messages[0].parts[0].media.mime_type"),
+        (text_request("x", media=[pb.Media(mime_type="image/png", data=PNG)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0].media.modality"),
+        (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=PNG * 100)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "PAYLOAD_TOO_LARGE", "request.messages[0].parts[0].media.data"),
+        (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, url="https://example.com/a.png",
+                                           mime_type="image/png")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0].media.url"),
+        (text_request("x", options=pb.Options(temperature=5)),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.options.temperature"),
+    ],
+    ids=["empty", "empty-part", "blank-text", "mime-vs-bytes", "mime-vs-modality", "no-modality", "oversize",
+         "url-not-allowed", "bad-temperature"],
+)
+def test_bad_requests_get_invalid_argument_with_field_violations(daemon, request_, code, reason, field) -> None:
+    details = error_details(failure(lambda: generate(daemon, request_)))
+    assert (details.code, details.reason) == (code, reason)
+    assert field in [f for f, _ in details.violations]
+
+
+def test_oversize_inline_media_points_to_upload_media(daemon) -> None:
+    request = text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=PNG * 100)])
+    assert "UploadMedia" in error_details(failure(lambda: generate(daemon, request))).message
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "reason"),
+    [
+        (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, media_id="0" * 64)]),
+         grpc.StatusCode.NOT_FOUND, "MEDIA_NOT_FOUND"),
+        (text_request("x", hints=pb.RoutingHints(provider="nope")), grpc.StatusCode.NOT_FOUND, "UNKNOWN_TARGET"),
+        (text_request("x", hints=pb.RoutingHints(provider="fake", model="nope")),
+         grpc.StatusCode.NOT_FOUND, "UNKNOWN_TARGET"),
+        (text_request("x", hints=pb.RoutingHints(provider="openai")),
+         grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_NOT_CONFIGURED"),
+        (text_request("x", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=WAV)]),
+         grpc.StatusCode.FAILED_PRECONDITION, "NO_ROUTE"),
+    ],
+    ids=["unknown-media", "unknown-provider", "unknown-model", "override-not-configured", "no-route"],
+)
+def test_unknown_things_get_clear_codes(daemon, request_, code, reason) -> None:
+    details = error_details(failure(lambda: generate(daemon, request_)))
+    assert (details.code, details.reason) == (code, reason)
+
+
+def test_unknown_session_reset_is_not_found(daemon) -> None:
+    details = error_details(failure(lambda: daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="nope"))))
+    assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+
+
+def test_overrides_can_be_forbidden(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(config(tmp_path, "overrides:\n  allow: false\n"))
+    details = error_details(failure(lambda: generate(daemon, text_request("x", hints=pb.RoutingHints(provider="fake")))))
+    assert (details.code, details.reason) == (grpc.StatusCode.PERMISSION_DENIED, "OVERRIDE_NOT_ALLOWED")
+
+
+def test_rate_limit_becomes_resource_exhausted_with_retry_info(daemon) -> None:
+    details = error_details(failure(lambda: generate(daemon, text_request("FAIL:429"))))
+    assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED")
+    assert details.retry_delay == 7
+    assert details.metadata["provider"] == "fake"
+
+
+def test_a_crashing_plugin_gets_internal_and_the_daemon_keeps_serving(daemon) -> None:
+    details = error_details(failure(lambda: generate(daemon, text_request("CRASH"))))
+    assert (details.code, details.reason) == (grpc.StatusCode.INTERNAL, "PROVIDER_FAILED")
+    assert "scripted crash" in details.message
+    assert generate(daemon, text_request("after the crash")).text.startswith("fake/echo says")
+
+
+def test_secrets_never_reach_errors_or_logs(daemon) -> None:
+    details = error_details(failure(lambda: generate(daemon, text_request("LEAK"))))
+    assert SECRET not in details.message and "***" in details.message
+    assert SECRET not in daemon.logs()
+    assert "upstream refused key ***" in daemon.logs()
+
+
+def test_invalid_config_stops_serve_with_the_key_and_line(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes:\n  - name: a\n    use: fake/echo\n    match:\n      inputs_any: [smell]\n")
+    result = subprocess.run([sys.executable, "-m", "router", "serve", "--config", str(bad), "--address",
+                             "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "routes.0.match.inputs_any.0" in result.stderr and "line 5" in result.stderr
+
+
+# -- deadlines, cancellation, shutdown ---------------------------------------------------------------
+
+
+def test_client_deadline_cancels_the_provider_call(daemon, tmp_path) -> None:
+    started = time.monotonic()
+    error = failure(lambda: generate(daemon, text_request("SLOW:30"), timeout=1))
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 10
+    assert wait_for(lambda: list(tmp_path.glob("cancelled-*")), timeout=10), "the provider call was not cancelled"
+
+
+def test_client_cancellation_reaches_the_provider(daemon, tmp_path) -> None:
+    call = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("SLOW:30")))
+    first = next(call)
+    assert first.HasField("route_chosen")
+    assert wait_for(lambda: list(tmp_path.glob("started-*")), timeout=10), "the provider call did not start"
+    call.cancel()
+    assert wait_for(lambda: list(tmp_path.glob("cancelled-*")), timeout=10), "the provider call was not cancelled"
+    assert generate(daemon, text_request("still alive")).text.startswith("fake/echo says")
+
+
+def test_other_calls_are_answered_while_a_slow_one_runs(daemon) -> None:
+    slow = daemon.stub.Generate.future(pb.GenerateRequest(request=text_request("SLOW:3")), timeout=30)
+    quick = generate(daemon, text_request("quick"))
+    assert quick.text.startswith("fake/echo says: quick")
+    assert not slow.done(), "the quick call should not have waited for the slow one"
+    assert slow.result().answer.text.startswith("fake/echo says: SLOW:3")
+
+
+def test_sigterm_drains_in_flight_calls_and_exits_cleanly(daemon) -> None:
+    result: dict = {}
+
+    def call() -> None:
+        result["answer"] = generate(daemon, text_request("SLOW:2"))
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    time.sleep(0.7)
+    daemon.proc.send_signal(signal.SIGTERM)
+    worker.join(30)
+    assert result["answer"].text.startswith("fake/echo says: SLOW:2")
+    assert daemon.proc.wait(20) == 0
+    assert "draining" in daemon.logs() and "stopped" in daemon.logs()
+
+
+def test_diarization_without_a_diarizing_provider_says_which_to_configure(start_daemon) -> None:
+    daemon = start_daemon(None, plugins=())  # the embedded default, no keys: only `local` is ready
+    request = text_request("", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=WAV)],
+                           options=pb.Options(task=pb.TASK_TRANSCRIBE, diarization=True))
+    details = error_details(failure(lambda: generate(daemon, request)))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DIARIZATION_UNAVAILABLE")
+    assert "assemblyai" in details.message and "ASSEMBLYAI_API_KEY" in details.message
