@@ -1,0 +1,24 @@
+"""mmrouter-anthropic: Claude (text, images, PDF documents) for mmrouter.
+
+Registered through the ``mmrouter`` entry point group; the config section
+``providers.anthropic`` is this plugin's settings (see :class:`AnthropicProvider`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import router
+from router.hookspecs import RegisterProvider
+
+from .models import MODELS
+from .provider import AnthropicProvider
+
+__all__ = ["MODELS", "AnthropicProvider", "register_providers"]
+
+
+@router.hookimpl
+def register_providers(register: RegisterProvider, settings: Mapping[str, Any]) -> None:
+    """Offer the Anthropic provider, configured from ``providers.anthropic``."""
+    register(AnthropicProvider(settings))

@@ -1,0 +1,148 @@
+"""Turning an mmrouter :class:`router.Request` into Messages API parameters.
+
+The Messages API wants the system prompt apart (``system``), a conversation
+that starts with a ``user`` turn and alternates ``user``/``assistant``, and
+content as typed blocks: ``text``, ``image`` (base64 with its media type, or a
+URL) and ``document`` (a base64 PDF, plain text, or a URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+from router import Media, Message, Modality, Request, Role
+
+from .errors import bad_request
+
+#: Image media types the API accepts, after normalising aliases.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
+PDF = "application/pdf"
+PLAIN_TEXT = "text/plain"
+
+#: The user turn put in front of a conversation that starts with the assistant.
+LEADING_USER_TURN = "(The conversation so far follows.)"
+
+
+@dataclass
+class Prepared:
+    """The ``system`` and ``messages`` parameters of one Messages API call."""
+
+    system: str = ""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def normalise_mime(mime_type: str) -> str:
+    """The lower-case MIME type without parameters, with common aliases resolved."""
+    base = mime_type.split(";", 1)[0].strip().lower()
+    return _ALIASES.get(base, base)
+
+
+def _base64_of(media: Media) -> str:
+    """The media's bytes as base64 text (reads the stored file for uploaded media)."""
+    return base64.b64encode(media.read_bytes()).decode("ascii")
+
+
+async def media_block(media: Media, where: str) -> dict[str, Any]:
+    """The content block for one image or document; ``where`` names it in error messages."""
+    mime = normalise_mime(media.mime_type)
+    if media.modality is Modality.IMAGE:
+        if mime not in IMAGE_TYPES:
+            raise bad_request(f"{where}: Claude takes png, jpeg, gif or webp images, not {media.mime_type!r}")
+        if media.url:
+            return {"type": "image", "source": {"type": "url", "url": media.url}}
+        data = await asyncio.to_thread(_base64_of, media)
+        return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}
+    if media.modality is Modality.DOCUMENT:
+        block: dict[str, Any]
+        if mime == PDF:
+            if media.url:
+                block = {"type": "document", "source": {"type": "url", "url": media.url}}
+            else:
+                data = await asyncio.to_thread(_base64_of, media)
+                block = {"type": "document", "source": {"type": "base64", "media_type": PDF, "data": data}}
+        elif mime == PLAIN_TEXT and not media.url:
+            raw = await asyncio.to_thread(media.read_bytes)
+            text = raw.decode("utf-8", errors="replace")
+            block = {"type": "document", "source": {"type": "text", "media_type": PLAIN_TEXT, "data": text}}
+        else:
+            raise bad_request(f"{where}: Claude takes PDF or plain-text documents, not {media.mime_type!r}")
+        if media.filename:
+            block["title"] = media.filename
+        return block
+    raise bad_request(
+        f"{where}: Claude models take text, images and documents, not {media.modality.value}; "
+        "route this request to a model that takes it"
+    )
+
+
+async def message_blocks(message: Message, index: int) -> list[dict[str, Any]]:
+    """The content blocks of one message, in order; blank text parts are left out
+    (the API rejects empty text blocks)."""
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(message.parts):
+        where = f"messages[{index}].parts[{j}]"
+        if part.media is not None:
+            if message.role is Role.ASSISTANT:
+                raise bad_request(f"{where}: Claude takes media only in user turns, not assistant turns")
+            blocks.append(await media_block(part.media, where))
+        elif part.text and part.text.strip():
+            blocks.append({"type": "text", "text": part.text})
+    return blocks
+
+
+def _system_prompt(request: Request) -> str:
+    """The system messages' text, joined by blank lines; media there is refused."""
+    texts: list[str] = []
+    for i, message in enumerate(request.messages):
+        if message.role is not Role.SYSTEM:
+            continue
+        if any(p.media is not None for p in message.parts):
+            raise bad_request(f"messages[{i}]: a system message can hold only text for Claude")
+        if message.text.strip():
+            texts.append(message.text)
+    return "\n\n".join(texts)
+
+
+def _strip_final_assistant(turns: list[dict[str, Any]]) -> None:
+    """The API refuses a final assistant turn ending in whitespace: trim it (or drop it if blank)."""
+    if not turns or turns[-1]["role"] != "assistant":
+        return
+    content = turns[-1]["content"]
+    last = content[-1]
+    last["text"] = last["text"].rstrip()
+    if not last["text"]:
+        content.pop()
+    if not content:
+        turns.pop()
+
+
+async def prepare(request: Request) -> Prepared:
+    """The ``system`` and ``messages`` for ``request``.
+
+    System messages become ``system``; consecutive turns of one role are merged
+    into one turn; a conversation that would start with the assistant gets a
+    short user turn in front. Raises :class:`router.ProviderBadRequest` for
+    content Claude cannot take.
+    """
+    turns: list[dict[str, Any]] = []
+    for i, message in enumerate(request.messages):
+        if message.role is Role.SYSTEM:
+            continue
+        blocks = await message_blocks(message, i)
+        if not blocks:
+            continue
+        role = "assistant" if message.role is Role.ASSISTANT else "user"
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    _strip_final_assistant(turns)
+    if not turns:
+        raise bad_request("the request has no user content to answer")
+    if turns[0]["role"] == "assistant":
+        turns.insert(0, {"role": "user", "content": [{"type": "text", "text": LEADING_USER_TURN}]})
+    return Prepared(system=_system_prompt(request), messages=turns)

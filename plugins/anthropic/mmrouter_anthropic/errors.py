@@ -1,0 +1,108 @@
+"""Turning the anthropic SDK's exceptions into mmrouter's ``Provider*`` errors."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from router.errors import (
+    ProviderBadRequest,
+    ProviderError,
+    ProviderUnavailable,
+    parse_retry_after,
+    provider_error_from_status,
+)
+
+#: The provider's name, as used in routing targets and error messages.
+PROVIDER = "anthropic"
+
+#: Where the key comes from, named in authentication errors.
+KEY_HINT = "check ANTHROPIC_API_KEY or providers.anthropic.api_key"
+
+#: HTTP status for each Anthropic error type, for errors that arrive inside a 200 stream.
+_STATUS_BY_TYPE: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def bad_request(message: str) -> ProviderBadRequest:
+    """A request this provider cannot send, found before calling the API."""
+    return ProviderBadRequest(PROVIDER, message)
+
+
+def _scrub(text: str, secret: str) -> str:
+    """``text`` with ``secret`` blanked out (defence in depth: messages should never hold it)."""
+    return text.replace(secret, "***") if secret else text
+
+
+def _error_body(exc: Any) -> tuple[str, str]:
+    """(error type, error message) from an SDK status error's body, either possibly empty."""
+    body = getattr(exc, "body", None)
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return "", ""
+    return str(err.get("type") or ""), str(err.get("message") or "")
+
+
+def map_sdk_error(exc: BaseException, api_key: str) -> ProviderError:
+    """The :class:`ProviderError` for an exception raised by the anthropic SDK.
+
+    Status errors map by HTTP status (or, for an ``error`` event inside a stream, whose
+    HTTP status is 200, by the error's type); connection failures and timeouts are
+    UNAVAILABLE. The message never contains ``api_key``.
+    """
+    import anthropic
+
+    if isinstance(exc, anthropic.APITimeoutError):
+        return ProviderUnavailable(PROVIDER, "the Anthropic API did not answer in time")
+    if isinstance(exc, anthropic.APIConnectionError):
+        return ProviderUnavailable(PROVIDER, "cannot reach the Anthropic API (connection failed)")
+    if isinstance(exc, anthropic.APIStatusError):
+        err_type, err_message = _error_body(exc)
+        status = exc.status_code
+        if status < 400:
+            status = _STATUS_BY_TYPE.get(err_type, 500)
+        detail = err_message or err_type or f"HTTP {status}"
+        if status in (401, 403):
+            message = f"authentication failed ({detail}): {KEY_HINT}"
+        elif status == 529 or err_type == "overloaded_error":
+            message = f"overloaded ({detail})"
+        else:
+            message = f"HTTP {status}: {detail}"
+        retry_after = None
+        if status == 429 and exc.status_code == 429:
+            retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
+        return provider_error_from_status(
+            PROVIDER, status, _scrub(message, api_key), retry_after=retry_after
+        )
+    if isinstance(exc, transport_errors()):
+        return ProviderUnavailable(PROVIDER, f"connection to the Anthropic API failed ({type(exc).__name__})")
+    return ProviderUnavailable(PROVIDER, _scrub(f"bad answer from the Anthropic API: {exc}", api_key))
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP library's network error classes (the SDK does not wrap errors while a stream is read)."""
+    found: list[type[BaseException]] = []
+    for module_name in ("httpx2", "httpx"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found.append(module.TransportError)
+    return tuple(found)
+
+
+def is_mappable(exc: BaseException) -> bool:
+    """True for exceptions :func:`map_sdk_error` turns into provider errors."""
+    import anthropic
+
+    return isinstance(exc, (anthropic.AnthropicError, *transport_errors()))

@@ -1,0 +1,102 @@
+"""Turning the assemblyai SDK's exceptions (and failed transcripts) into mmrouter's ``Provider*`` errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router.errors import (
+    ProviderBadRequest,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    parse_retry_after,
+    provider_error_from_status,
+)
+
+#: The provider's name, as used in routing targets and error messages.
+PROVIDER = "assemblyai"
+
+#: Where the key comes from, named in authentication errors.
+KEY_HINT = "check ASSEMBLYAI_API_KEY or providers.assemblyai.api_key"
+
+
+def _scrub(text: str, secret: str) -> str:
+    """``text`` with ``secret`` blanked out (defence in depth: messages should never hold it)."""
+    return text.replace(secret, "***") if secret else text
+
+
+def bad_request(message: str) -> ProviderBadRequest:
+    """A request this provider cannot send, found before calling the API."""
+    return ProviderBadRequest(PROVIDER, message)
+
+
+def transcript_failed(transcript_id: str | None, error: str | None, api_key: str) -> ProviderError:
+    """The error for a transcript that ended with status ``error``, carrying AssemblyAI's message.
+
+    AssemblyAI fails a transcript for what it was given (no audio stream, an
+    unsupported or unreachable file, too little speech), so this is INVALID_ARGUMENT
+    and not worth a fallback to another model on the same media.
+    """
+    detail = (error or "no reason given").strip()
+    where = f"transcript {transcript_id}" if transcript_id else "transcript"
+    return ProviderBadRequest(PROVIDER, _scrub(f"transcription failed ({where}): {detail}", api_key))
+
+
+def poll_timed_out(transcript_id: str | None, status: str, waited: float) -> ProviderTimeout:
+    """The error when the call's deadline passes before the transcript is done."""
+    return ProviderTimeout(
+        PROVIDER,
+        f"transcript {transcript_id} still {status} after {waited:.1f}s, when the call's deadline passed; "
+        "give the call a longer deadline",
+    )
+
+
+def _retry_after(client: Any, status: int) -> float | None:
+    """Retry-After of the client's last response, when that response is the 429 being mapped."""
+    last = getattr(client, "last_response", None) if client is not None else None
+    if last is None or getattr(last, "status_code", None) != status:
+        return None
+    return parse_retry_after(last.headers.get("retry-after"))
+
+
+def map_sdk_error(exc: BaseException, api_key: str, client: Any = None) -> ProviderError:
+    """The :class:`ProviderError` for an exception raised while calling the assemblyai SDK.
+
+    HTTP failures (``AssemblyAIError`` with a ``status_code``) map by status;
+    connection failures and timeouts are UNAVAILABLE. ``client`` (the SDK's
+    ``AsyncClient``) supplies Retry-After for 429s. The message never holds ``api_key``.
+    """
+    import assemblyai as aai
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderUnavailable(PROVIDER, "the AssemblyAI API did not answer in time")
+    if isinstance(exc, httpx.TransportError):
+        return ProviderUnavailable(
+            PROVIDER, f"cannot reach the AssemblyAI API ({type(exc).__name__}: connection failed)"
+        )
+    if isinstance(exc, aai.types.AssemblyAIError):
+        status = exc.status_code
+        detail = str(exc).strip() or type(exc).__name__
+        if status in (401, 403):
+            message = f"authentication failed ({detail}): {KEY_HINT}"
+        elif status is None:
+            message = detail
+        else:
+            message = f"HTTP {status}: {detail}"
+        retry_after = _retry_after(client, status) if status == 429 else None
+        # No status means the SDK failed without an HTTP answer: treat as unavailable.
+        return provider_error_from_status(PROVIDER, status, _scrub(message, api_key), retry_after=retry_after)
+    return ProviderUnavailable(
+        PROVIDER, _scrub(f"bad answer from the AssemblyAI API ({type(exc).__name__}): {exc}", api_key)
+    )
+
+
+def is_mappable(exc: BaseException) -> bool:
+    """True for exceptions :func:`map_sdk_error` turns into provider errors."""
+    import assemblyai as aai
+    import httpx
+    import pydantic
+
+    # ValueError covers malformed JSON and pydantic validation; KeyError a missing field.
+    return isinstance(exc, (aai.types.AssemblyAIError, httpx.HTTPError, pydantic.ValidationError, ValueError, KeyError))

@@ -1,0 +1,148 @@
+"""The AssemblyAI provider: upload, submit with speaker labels, poll until done, map the transcript."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, NoReturn
+
+from router import (
+    CallContext,
+    Media,
+    Modality,
+    ModelInfo,
+    Provider,
+    ProviderEvent,
+    Request,
+    TranscriptReady,
+    Usage,
+    UsageReport,
+)
+from router.errors import ProviderNotConfigured, ProviderUnavailable
+
+from . import errors, transcripts
+from .models import MODELS, speech_model
+from .settings import AssemblyAISettings
+
+if TYPE_CHECKING:
+    import assemblyai
+
+log = logging.getLogger(__name__)
+
+_MEDIA_KINDS = (Modality.AUDIO, Modality.VIDEO)
+
+
+class AssemblyAIProvider(Provider):
+    """Transcription with speaker diarization through the official ``assemblyai`` SDK's asyncio client.
+
+    One ``assemblyai.AsyncClient`` per provider, built on first use with its own
+    ``assemblyai.Settings`` (key, base URL, HTTP timeout, polling interval), so
+    providers never share the SDK's global ``aai.settings``.
+    """
+
+    name = errors.PROVIDER
+
+    def __init__(self, settings: AssemblyAISettings | None = None) -> None:
+        self.settings = settings or AssemblyAISettings()
+        self.models = list(MODELS)
+        self._client: assemblyai.AsyncClient | None = None
+        self._transcriber: assemblyai.AsyncTranscriber | None = None
+
+    def unconfigured_reason(self) -> str | None:
+        return self.settings.unconfigured_reason()
+
+    def _sdk(self) -> tuple[assemblyai.AsyncClient, assemblyai.AsyncTranscriber]:
+        """The provider's one SDK client and transcriber, made on first use."""
+        if self._client is None or self._transcriber is None:
+            import assemblyai as aai
+
+            sdk_settings = aai.Settings(
+                api_key=self.settings.api_key,
+                base_url=self.settings.base_url,
+                http_timeout=self.settings.timeout,
+                polling_interval=self.settings.poll_interval,
+            )
+            self._client = aai.AsyncClient(settings=sdk_settings)
+            # Given a client, the transcriber borrows it; aclose() closes the client.
+            self._transcriber = aai.AsyncTranscriber(client=self._client)
+        return self._client, self._transcriber
+
+    async def generate(
+        self, request: Request, model: ModelInfo, ctx: CallContext
+    ) -> AsyncIterator[ProviderEvent]:
+        """Transcribe every audio and video of the request, one :class:`TranscriptReady` each."""
+        media = [m for m in request.media() if m.modality in _MEDIA_KINDS]
+        if not media:
+            raise errors.bad_request("nothing to transcribe: the request has no audio or video")
+        if (reason := self.unconfigured_reason()) is not None:
+            raise ProviderNotConfigured(self.name, reason)
+        total = 0.0
+        for item in media:
+            response = await self._transcribe(item, request, model, ctx)
+            transcript = transcripts.to_transcript(response, item)
+            total += transcripts.audio_seconds(response, item, transcript.words)
+            yield TranscriptReady(transcript)
+        # Priced per audio hour: the router computes the cost from audio_seconds.
+        yield UsageReport(Usage(audio_seconds=total))
+
+    async def _transcribe(
+        self, media: Media, request: Request, model: ModelInfo, ctx: CallContext
+    ) -> assemblyai.types.TranscriptResponse:
+        """Upload and submit one media, then poll it to the end; the completed response."""
+        import assemblyai as aai
+
+        client, transcriber = self._sdk()
+        config = transcripts.transcription_config(
+            request.options, speech_model(model), always_diarize=self.settings.speaker_labels
+        )
+        try:
+            submitted = await transcriber.submit(transcripts.audio_source(media), config)
+        except Exception as exc:
+            self._raise_mapped(exc, client)
+        log.debug("assemblyai transcript %s submitted (request %s)", submitted.id, ctx.request_id)
+        response = await self._poll(client, submitted.id, ctx)
+        if response.status == aai.TranscriptStatus.error:
+            raise errors.transcript_failed(response.id, response.error, self.settings.api_key)
+        return response
+
+    async def _poll(
+        self, client: assemblyai.AsyncClient, transcript_id: str | None, ctx: CallContext
+    ) -> assemblyai.types.TranscriptResponse:
+        """Fetch the transcript until it is completed or failed, sleeping between polls.
+
+        Sleeps never run past the call's deadline; cancelling the call stops the
+        loop at its next await.
+        """
+        import assemblyai as aai
+        from assemblyai.prerecorded.v2 import async_api
+
+        if not transcript_id:
+            raise ProviderUnavailable(self.name, "bad answer from the AssemblyAI API: a transcript without an id")
+        started = time.monotonic()
+        while True:
+            try:
+                response = await async_api.get_transcript(client.http_client, transcript_id)
+            except Exception as exc:
+                self._raise_mapped(exc, client)
+            if response.status in (aai.TranscriptStatus.completed, aai.TranscriptStatus.error):
+                return response
+            remaining = ctx.time_remaining()
+            if remaining is not None and remaining <= 0:
+                status = getattr(response.status, "value", response.status)
+                raise errors.poll_timed_out(transcript_id, str(status), time.monotonic() - started)
+            interval = self.settings.poll_interval
+            await asyncio.sleep(interval if remaining is None else min(interval, remaining))
+
+    def _raise_mapped(self, exc: Exception, client: assemblyai.AsyncClient) -> NoReturn:
+        """Raise the provider error for an SDK failure, or ``exc`` itself if it is none of the SDK's."""
+        if errors.is_mappable(exc):
+            raise errors.map_sdk_error(exc, self.settings.api_key, client) from exc
+        raise exc
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connection pool (safe to call more than once)."""
+        client, self._client, self._transcriber = self._client, None, None
+        if client is not None:
+            await client.aclose()

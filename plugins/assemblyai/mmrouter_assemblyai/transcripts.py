@@ -1,0 +1,113 @@
+"""Between mmrouter and AssemblyAI's transcript API: the request config and the result mapping."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from router import Media, Options, Transcript, Utterance, Word
+
+if TYPE_CHECKING:
+    import assemblyai
+
+#: BCP-47 English regions AssemblyAI has its own codes for; other regions use the bare language.
+_ENGLISH_REGIONS = {"us": "en_us", "gb": "en_uk", "uk": "en_uk", "au": "en_au"}
+
+
+def language_code(language: str) -> str:
+    """AssemblyAI's ``language_code`` for a BCP-47 tag: ``en-GB`` -> ``en_uk``, ``fr-FR`` -> ``fr``."""
+    tag = language.strip().lower().replace("_", "-")
+    if not tag:
+        return ""
+    base, _, region = tag.partition("-")
+    if base == "en" and region:
+        return _ENGLISH_REGIONS.get(region.split("-")[0], "en")
+    return base
+
+
+def transcription_config(
+    options: Options, speech_model: assemblyai.SpeechModel, *, always_diarize: bool
+) -> assemblyai.TranscriptionConfig:
+    """The SDK config for a call: speaker labels, speakers expected and the language (or detection)."""
+    import assemblyai as aai
+
+    diarize = always_diarize or options.diarization or options.speakers_expected > 0
+    code = language_code(options.language)
+    return aai.TranscriptionConfig(
+        speech_model=speech_model,
+        speaker_labels=diarize or None,
+        speakers_expected=options.speakers_expected if diarize and options.speakers_expected > 0 else None,
+        language_code=code or None,
+        language_detection=None if code else True,
+    )
+
+
+def audio_source(media: Media) -> str | bytes:
+    """What to hand the SDK: a URL as is, a stored file's path (streamed from disk), or inline bytes."""
+    if media.url:
+        return media.url
+    if media.path is not None:
+        return str(media.path)
+    return media.read_bytes()
+
+
+def _seconds(ms: int | float | None) -> float:
+    return (ms or 0) / 1000.0
+
+
+def _speaker(label: str | None) -> str:
+    return label or ""
+
+
+def to_transcript(response: assemblyai.types.TranscriptResponse, media: Media) -> Transcript:
+    """A completed AssemblyAI transcript as a :class:`router.Transcript`.
+
+    Utterance and word times go from milliseconds to seconds. With speaker
+    labels, the text is one ``Speaker A: ...`` line per turn; without, it is
+    AssemblyAI's plain text.
+    """
+    utterances = [
+        Utterance(
+            text=u.text,
+            start=_seconds(u.start),
+            end=_seconds(u.end),
+            speaker=_speaker(u.speaker),
+            confidence=float(u.confidence or 0.0),
+        )
+        for u in response.utterances or []
+    ]
+    words = [
+        Word(
+            text=w.text,
+            start=_seconds(w.start),
+            end=_seconds(w.end),
+            speaker=_speaker(w.speaker),
+            confidence=float(w.confidence or 0.0),
+        )
+        for w in response.words or []
+    ]
+    if utterances and any(u.speaker for u in utterances):
+        text = Transcript.speaker_text(utterances)
+    else:
+        text = (response.text or "").strip()
+    language = response.language_code
+    language = getattr(language, "value", language) or ""
+    return Transcript(
+        text=text,
+        utterances=utterances,
+        words=words,
+        language=str(language),
+        duration_seconds=audio_seconds(response, media, words),
+    )
+
+
+def audio_seconds(
+    response: assemblyai.types.TranscriptResponse, media: Media, words: list[Word] | None = None
+) -> float:
+    """The length AssemblyAI bills: its ``audio_duration``, else what the router measured, else the last word's end."""
+    if response.audio_duration:
+        return float(response.audio_duration)
+    if media.duration_seconds:
+        return float(media.duration_seconds)
+    if words:
+        return max(w.end for w in words)
+    return 0.0

@@ -1,0 +1,25 @@
+"""mmrouter-gemini: the Google Gemini provider plugin (google-genai SDK).
+
+Registered through the ``mmrouter`` entry point group; configured by the
+``providers.gemini`` section of the router's config (see README.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import router
+
+from .models import MODELS
+from .provider import GeminiProvider
+from .settings import GeminiSettings
+
+
+@router.hookimpl
+def register_providers(register: Any, settings: Mapping[str, Any]) -> None:
+    """Offer the Gemini provider, configured from ``providers.gemini``."""
+    register(GeminiProvider.from_settings(settings or {}))
+
+
+__all__ = ["MODELS", "GeminiProvider", "GeminiSettings", "register_providers"]

@@ -1,0 +1,126 @@
+"""Translation between mmrouter requests/responses and google-genai types."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from router import Media, ProviderBadRequest, Request, Role, Usage
+
+from .errors import PROVIDER
+
+#: Turns a media that is too large to send inline into a (file URI, MIME type) reference.
+Uploader = Callable[[Media], Awaitable[tuple[str, str]]]
+
+#: Finish reasons meaning the answer was withheld rather than finished.
+BLOCKED_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
+
+
+@dataclass
+class Prepared:
+    """A request in the SDK's terms, plus the Files API URIs it references."""
+
+    contents: list[Any]
+    config: Any
+    file_uris: set[str] = field(default_factory=set)
+
+
+def _media_size(media: Media) -> int:
+    if media.data is not None:
+        return len(media.data)
+    if media.size:
+        return media.size
+    if media.path is not None:
+        return media.path.stat().st_size
+    return 0
+
+
+async def _media_part(media: Media, inline_left: int, upload: Uploader, file_uris: set[str]) -> tuple[Any, int]:
+    """One media as an SDK Part: inline while the budget lasts, else a Files API reference."""
+    from google.genai import types
+
+    if media.url is not None:
+        return types.Part.from_uri(file_uri=media.url, mime_type=media.mime_type), inline_left
+    size = _media_size(media)
+    if size <= inline_left:
+        data = media.data if media.data is not None else await asyncio.to_thread(media.read_bytes)
+        return types.Part.from_bytes(data=data, mime_type=media.mime_type), inline_left - size
+    uri, mime_type = await upload(media)
+    file_uris.add(uri)
+    return types.Part.from_uri(file_uri=uri, mime_type=mime_type), inline_left
+
+
+async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout_ms: int | None) -> Prepared:
+    """Build the contents and config of a generateContent call for ``request``.
+
+    System messages become the system instruction; the assistant is the ``model``
+    role. Media go inline until their total passes ``inline_limit`` bytes, the
+    rest through ``upload``.
+    """
+    from google.genai import types
+
+    contents: list[Any] = []
+    file_uris: set[str] = set()
+    inline_left = inline_limit
+    for message in request.messages:
+        if message.role is Role.SYSTEM:
+            continue
+        parts: list[Any] = []
+        for part in message.parts:
+            if part.media is not None:
+                sdk_part, inline_left = await _media_part(part.media, inline_left, upload, file_uris)
+                parts.append(sdk_part)
+            elif part.text:
+                parts.append(types.Part.from_text(text=part.text))
+        if parts:
+            role = "model" if message.role is Role.ASSISTANT else "user"
+            contents.append(types.Content(role=role, parts=parts))
+    if not contents:
+        raise ProviderBadRequest(PROVIDER, "the request has no user or assistant content to send")
+
+    options = request.options
+    config = types.GenerateContentConfig(
+        system_instruction=request.system_prompt or None,
+        max_output_tokens=options.max_output_tokens or None,
+        temperature=options.temperature,
+        http_options=types.HttpOptions(timeout=timeout_ms) if timeout_ms else None,
+    )
+    return Prepared(contents=contents, config=config, file_uris=file_uris)
+
+
+def response_text(response: Any) -> str:
+    """The answer text of one (chunk of a) response, leaving out thoughts."""
+    candidates = getattr(response, "candidates", None) or []
+    if not candidates:
+        return ""
+    content = getattr(candidates[0], "content", None)
+    parts = getattr(content, "parts", None) or []
+    return "".join(p.text for p in parts if getattr(p, "text", None) and not getattr(p, "thought", False))
+
+
+def check_blocked(response: Any, produced_text: bool) -> None:
+    """Raise when the prompt or the answer was blocked and nothing was produced."""
+    feedback = getattr(response, "prompt_feedback", None)
+    reason = getattr(feedback, "block_reason", None)
+    if reason:
+        raise ProviderBadRequest(PROVIDER, f"the prompt was blocked ({getattr(reason, 'value', reason)})")
+    if produced_text:
+        return
+    for candidate in getattr(response, "candidates", None) or []:
+        finish = getattr(candidate, "finish_reason", None)
+        name = str(getattr(finish, "value", finish) or "")
+        if name in BLOCKED_FINISH:
+            raise ProviderBadRequest(PROVIDER, f"the answer was withheld (finish reason {name})")
+
+
+def usage_of(metadata: Any) -> Usage:
+    """Usage from ``usage_metadata``: thinking tokens count as output, as they are billed."""
+    if metadata is None:
+        return Usage()
+    return Usage(
+        input_tokens=int(getattr(metadata, "prompt_token_count", 0) or 0),
+        output_tokens=int(getattr(metadata, "candidates_token_count", 0) or 0)
+        + int(getattr(metadata, "thoughts_token_count", 0) or 0),
+    )

@@ -1,0 +1,100 @@
+"""Turning google-genai SDK failures into mmrouter provider errors, never leaking the key."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any
+
+from router.errors import ProviderError, ProviderUnavailable, parse_retry_after, provider_error_from_status
+
+from .settings import KEY_HINT
+
+PROVIDER = "gemini"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+def redact(text: str, api_key: str) -> str:
+    """``text`` with the API key, if it appears, replaced."""
+    return text.replace(api_key, "[redacted]") if api_key else text
+
+
+def _details(error: Any) -> list[dict]:
+    body = getattr(error, "details", None)
+    if isinstance(body, dict):
+        body = body.get("error", body)
+        found = body.get("details") if isinstance(body, dict) else None
+        if isinstance(found, list):
+            return [d for d in found if isinstance(d, dict)]
+    return []
+
+
+def _retry_after(error: Any) -> float | None:
+    """Seconds to wait from a Retry-After header, else from a google.rpc.RetryInfo detail."""
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is not None:
+        seconds = parse_retry_after(headers.get("retry-after"))
+        if seconds is not None:
+            return seconds
+    for detail in _details(error):
+        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            match = _DURATION.match(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match[1])
+    return None
+
+
+def _is_bad_key(error: Any) -> bool:
+    """Gemini answers an invalid key with HTTP 400 and ErrorInfo reason API_KEY_INVALID."""
+    return any(d.get("reason") == "API_KEY_INVALID" for d in _details(error))
+
+
+def from_api_error(error: Any, api_key: str) -> ProviderError:
+    """Map a ``google.genai.errors.APIError`` to the router's error for its HTTP status."""
+    status = int(getattr(error, "code", 0) or 0) or None
+    text = redact(str(getattr(error, "message", "") or getattr(error, "status", "") or "no message"), api_key)
+    if _is_bad_key(error):
+        status = 401
+    if status in (401, 403):
+        message = f"authentication failed (HTTP {status}: {text}): {KEY_HINT}"
+    elif status is None:
+        message = f"request failed: {text}"
+    else:
+        message = f"HTTP {status} {getattr(error, 'status', '') or ''}: {text}".replace("  ", " ")
+    return provider_error_from_status(PROVIDER, status, message, retry_after=_retry_after(error))
+
+
+def _http_modules() -> list[Any]:
+    """The HTTP stacks google-genai may use (httpx, or its fork httpx2), those installed."""
+    found = []
+    for name in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return found
+
+
+def map_exception(error: Exception, api_key: str) -> ProviderError | None:
+    """The router error for an exception the SDK (or its HTTP stack) raised, or None if not ours."""
+    from google.genai import errors as genai_errors
+
+    if isinstance(error, ProviderError):
+        return error
+    if isinstance(error, genai_errors.APIError):
+        return from_api_error(error, api_key)
+    if isinstance(error, genai_errors.UnknownApiResponseError):
+        return ProviderUnavailable(PROVIDER, f"unreadable answer: {redact(str(error), api_key)}")
+    for http in _http_modules():
+        if isinstance(error, http.TimeoutException):
+            return ProviderUnavailable(PROVIDER, f"timed out waiting for the Gemini API ({type(error).__name__})")
+        if isinstance(error, http.TransportError):
+            detail = redact(str(error), api_key) or type(error).__name__
+            return ProviderUnavailable(PROVIDER, f"could not reach the Gemini API: {detail}")
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return ProviderUnavailable(PROVIDER, f"could not reach the Gemini API: {type(error).__name__}")
+    if isinstance(error, ValueError) and "upload" in str(error).lower():
+        # The SDK's resumable upload raises ValueError when the upload does not finalize.
+        return ProviderUnavailable(PROVIDER, f"file upload failed: {redact(str(error), api_key)}")
+    return None

@@ -1,0 +1,147 @@
+"""Large media through the Gemini Files API: upload once, poll until ACTIVE, remember.
+
+The cache maps a media's sha256 to the provider's copy (file name, URI, expiry).
+A media is uploaded again only once its copy has expired (or is about to) or the
+API has forgotten it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from router import CallContext, Media, ProviderBadRequest, ProviderTimeout
+
+from .errors import PROVIDER
+
+#: A copy this close to its expiry is not used any more (it must outlive the call).
+EXPIRY_MARGIN = timedelta(minutes=15)
+#: The longest wait between two polls of a PROCESSING file.
+MAX_POLL_INTERVAL = 10.0
+
+
+@dataclass
+class RemoteFile:
+    """The provider's copy of one media."""
+
+    name: str
+    uri: str
+    mime_type: str
+    expires: datetime | None
+    state: str
+    #: The API's explanation when processing FAILED.
+    error: str = ""
+
+    def usable(self, now: datetime | None = None) -> bool:
+        """Not expired, nor about to."""
+        if self.expires is None:
+            return True
+        return (now or datetime.now(UTC)) + EXPIRY_MARGIN < self.expires
+
+
+def media_key(media: Media) -> str:
+    """The media's sha256 hex: its id when stored, else computed from its bytes (blocking: use a thread)."""
+    if media.media_id:
+        return media.media_id
+    if media.data is None and media.path is not None:
+        with media.path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    return hashlib.sha256(media.read_bytes()).hexdigest()
+
+
+def _state(file: Any) -> str:
+    state = getattr(file, "state", None)
+    return str(getattr(state, "value", state) or "STATE_UNSPECIFIED")
+
+
+def _remote(file: Any, mime_type: str) -> RemoteFile:
+    error = getattr(file, "error", None)
+    return RemoteFile(
+        name=file.name, uri=file.uri, mime_type=file.mime_type or mime_type,
+        expires=file.expiration_time, state=_state(file),
+        error=str(getattr(error, "message", "") or "") if error is not None else "",
+    )
+
+
+class FileStore:
+    """Uploads media to the Files API and remembers the copies, keyed by sha256."""
+
+    def __init__(self, poll_interval: float = 1.0, max_processing_seconds: float = 600.0) -> None:
+        self.poll_interval = poll_interval
+        self.max_processing_seconds = max_processing_seconds
+        self._files: dict[str, RemoteFile] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def cached(self, key: str) -> RemoteFile | None:
+        """The usable copy of the media with this sha256, or None."""
+        entry = self._files.get(key)
+        if entry is not None and not entry.usable():
+            del self._files[key]
+            return None
+        return entry
+
+    def forget(self, key: str) -> None:
+        """Drop the copy of one media (e.g. the API no longer knows it)."""
+        self._files.pop(key, None)
+
+    def forget_uris(self, uris: set[str]) -> None:
+        """Drop the copies with these URIs."""
+        for key in [k for k, f in self._files.items() if f.uri in uris]:
+            del self._files[key]
+
+    async def ensure(self, client: Any, media: Media, key: str, ctx: CallContext) -> RemoteFile:
+        """The ACTIVE copy of ``media``: cached, or uploaded now and polled until ACTIVE."""
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # one upload per media, even for concurrent calls
+            entry = self.cached(key)
+            if entry is None:
+                entry = await self._upload(client, media, key)
+                self._files[key] = entry
+            if entry.state != "ACTIVE":
+                try:
+                    entry = await self._wait_active(client, entry, key, ctx)
+                except ProviderBadRequest:
+                    self.forget(key)
+                    raise
+                self._files[key] = entry
+            return entry
+
+    async def _upload(self, client: Any, media: Media, key: str) -> RemoteFile:
+        from google.genai import types
+
+        config = types.UploadFileConfig(mime_type=media.mime_type, display_name=media.filename or key)
+        if media.path is not None:  # stream from the media store, never load it whole
+            file = await client.aio.files.upload(file=str(media.path), config=config)
+        else:
+            file = await client.aio.files.upload(file=io.BytesIO(media.read_bytes()), config=config)
+        return _remote(file, media.mime_type)
+
+    async def _wait_active(self, client: Any, entry: RemoteFile, key: str, ctx: CallContext) -> RemoteFile:
+        """Poll with backoff until ACTIVE, bounded by the call's deadline; FAILED is an error."""
+        give_up = time.monotonic() + self.max_processing_seconds
+        delay = self.poll_interval
+        while True:
+            if entry.state == "ACTIVE":
+                return entry
+            if entry.state == "FAILED":
+                raise ProviderBadRequest(
+                    PROVIDER,
+                    f"the Files API could not process media {key[:12]} ({entry.mime_type}, {entry.name}): "
+                    f"{entry.error or 'processing FAILED'}; check that the file is a valid, supported {entry.mime_type}",
+                )
+            remaining = ctx.time_remaining()
+            left = give_up - time.monotonic()
+            if remaining is not None:
+                left = min(left, remaining)
+            if left <= 0:
+                raise ProviderTimeout(
+                    PROVIDER, f"file {entry.name} was still {entry.state} when the call's time ran out"
+                )
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 1.5, MAX_POLL_INTERVAL)
+            entry = _remote(await client.aio.files.get(name=entry.name), entry.mime_type)

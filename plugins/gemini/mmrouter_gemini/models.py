@@ -1,0 +1,33 @@
+"""The Gemini models this plugin offers, with their inputs, context and prices."""
+
+from __future__ import annotations
+
+from router import FEATURE_STREAMING, OUTPUT_TEXT, Modality, ModelInfo, Price
+
+#: Every Gemini 2.5 model reads text, images, audio, video and PDF documents.
+ALL_INPUTS = frozenset(
+    {Modality.TEXT, Modality.IMAGE, Modality.AUDIO, Modality.VIDEO, Modality.DOCUMENT}
+)
+#: Context window of the Gemini 2.5 models, in tokens.
+CONTEXT_TOKENS = 1_048_576
+
+
+def _model(name: str, price: Price) -> ModelInfo:
+    return ModelInfo(
+        name=name,
+        inputs=ALL_INPUTS,
+        outputs=frozenset({OUTPUT_TEXT}),
+        features=frozenset({FEATURE_STREAMING}),
+        context_tokens=CONTEXT_TOKENS,
+        price=price,
+        default_max_output_tokens=8192,
+    )
+
+
+#: Public list prices (USD per million tokens, paid tier, prompts up to 200k tokens;
+#: thinking tokens are billed as output). Config may override them.
+MODELS: list[ModelInfo] = [
+    _model("gemini-2.5-pro", Price(input_per_mtok=1.25, output_per_mtok=10.00)),
+    _model("gemini-2.5-flash", Price(input_per_mtok=0.30, output_per_mtok=2.50)),
+    _model("gemini-2.5-flash-lite", Price(input_per_mtok=0.10, output_per_mtok=0.40)),
+]

@@ -1,0 +1,143 @@
+"""The Gemini provider: generateContent / streamGenerateContent through google-genai."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from router import (
+    CallContext,
+    Media,
+    ModelInfo,
+    Provider,
+    ProviderEvent,
+    Request,
+    TextDelta,
+    UsageReport,
+)
+from router.errors import ProviderAuthError, ProviderModelNotFound
+
+from .convert import check_blocked, prepare, response_text, usage_of
+from .errors import PROVIDER, map_exception
+from .files import FileStore, media_key
+from .models import MODELS
+from .settings import GeminiSettings
+
+
+class GeminiProvider(Provider):
+    """Google Gemini: text, images, audio, video and PDF in; text out.
+
+    One ``google.genai.Client`` per provider, made on first use. Media beyond the
+    inline limit are uploaded once through the Files API and reused while the
+    provider's copy lives.
+    """
+
+    name = PROVIDER
+
+    def __init__(self, settings: GeminiSettings | None = None, models: list[ModelInfo] | None = None) -> None:
+        self.settings = settings or GeminiSettings()
+        self.models = list(models or MODELS)
+        self.files = FileStore(self.settings.poll_interval, self.settings.max_processing_seconds)
+        self._client: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> GeminiProvider:
+        """A provider configured from its ``providers.gemini`` config section."""
+        return cls(GeminiSettings.from_mapping(settings))
+
+    def unconfigured_reason(self) -> str | None:
+        if not self.settings.api_key:
+            return "GEMINI_API_KEY is not set (nor GOOGLE_API_KEY or providers.gemini.api_key)"
+        return None
+
+    def client(self) -> Any:
+        """The one SDK client of this provider, made on first use."""
+        if self._client is None:
+            from google import genai
+            from google.genai import types
+
+            s = self.settings
+            http_options = types.HttpOptions(
+                base_url=s.base_url, api_version=s.api_version, timeout=int(s.timeout * 1000)
+            )
+            self._client = genai.Client(api_key=s.api_key, vertexai=False, http_options=http_options)
+        return self._client
+
+    def _timeout_ms(self, ctx: CallContext) -> int:
+        """This call's HTTP timeout: the configured one, cut to the call's deadline."""
+        seconds = self.settings.timeout
+        remaining = ctx.time_remaining()
+        if remaining is not None:
+            seconds = min(seconds, max(remaining, 0.001))
+        return max(1, int(seconds * 1000))
+
+    async def generate(
+        self, request: Request, model: ModelInfo, ctx: CallContext
+    ) -> AsyncIterator[ProviderEvent]:
+        if not self.settings.api_key:
+            raise ProviderAuthError(PROVIDER, self.unconfigured_reason() or "no API key")
+        file_uris: set[str] = set()
+        try:
+            client = self.client()
+
+            async def upload(media: Media) -> tuple[str, str]:
+                key = media.media_id or await asyncio.to_thread(media_key, media)
+                remote = await self.files.ensure(client, media, key, ctx)
+                return remote.uri, remote.mime_type
+
+            prepared = await prepare(request, self.settings.inline_limit_bytes, upload, self._timeout_ms(ctx))
+            file_uris = prepared.file_uris
+            if self.settings.streaming:
+                async for event in self._stream(client, model, prepared):
+                    yield event
+            else:
+                response = await client.aio.models.generate_content(
+                    model=model.name, contents=prepared.contents, config=prepared.config
+                )
+                text = response_text(response)
+                check_blocked(response, bool(text))
+                if text:
+                    yield TextDelta(text)
+                yield UsageReport(usage_of(response.usage_metadata))
+        except Exception as exc:
+            error = map_exception(exc, self.settings.api_key)
+            if error is None:
+                raise
+            if file_uris and isinstance(error, (ProviderAuthError, ProviderModelNotFound)):
+                # The API no longer knows a file we remembered: upload it again next time.
+                self.files.forget_uris(file_uris)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _stream(self, client: Any, model: ModelInfo, prepared: Any) -> AsyncIterator[ProviderEvent]:
+        """Stream the answer, then one usage report from the last usage metadata."""
+        stream = await client.aio.models.generate_content_stream(
+            model=model.name, contents=prepared.contents, config=prepared.config
+        )
+        metadata = None
+        produced = False
+        try:
+            async for chunk in stream:
+                text = response_text(chunk)
+                check_blocked(chunk, produced or bool(text))
+                if chunk.usage_metadata is not None:
+                    metadata = chunk.usage_metadata
+                if text:
+                    produced = True
+                    yield TextDelta(text)
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        yield UsageReport(usage_of(metadata))
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aio.aclose()
+            client.close()
+
+
+__all__ = ["GeminiProvider"]

@@ -1,0 +1,26 @@
+"""mmrouter-openai: the ``openai`` provider plugin.
+
+Offers GPT-4o / GPT-4o mini (text and images), the GPT-4o audio models (text
+and audio), and whisper-1 plus the GPT-4o transcription models (including the
+diarizing one) through the official ``openai`` SDK. Point ``base_url`` at any
+OpenAI-compatible server (vLLM, Ollama, llama.cpp) to use it instead; see
+``README.md`` of this distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import router
+
+from .provider import OpenAIProvider
+from .settings import OpenAISettings
+
+__all__ = ["OpenAIProvider", "OpenAISettings", "register_providers"]
+
+
+@router.hookimpl
+def register_providers(register: Callable[[router.Provider], None], settings: Mapping[str, Any]) -> None:
+    """Register the ``openai`` provider configured from ``providers.openai``."""
+    register(OpenAIProvider(settings))

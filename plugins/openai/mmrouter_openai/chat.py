@@ -1,0 +1,114 @@
+"""Chat Completions: turn a router request into OpenAI messages and stream the answer.
+
+Images go as ``image_url`` parts (a data URL for bytes, the URL itself for
+URL media); audio goes as ``input_audio`` parts (base64 wav or mp3) for the
+audio models. Text-only messages are sent as plain strings, which every
+OpenAI-compatible server accepts.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from router import (
+    Media,
+    Message,
+    Modality,
+    ModelInfo,
+    ProviderBadRequest,
+    Request,
+    Role,
+    TextDelta,
+    Usage,
+    UsageReport,
+)
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+#: What ``input_audio.format`` accepts, by MIME type.
+AUDIO_FORMATS = {
+    "audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/vnd.wave": "wav",
+    "audio/mpeg": "mp3", "audio/mp3": "mp3",
+}
+
+
+def data_url(media: Media) -> str:
+    """``data:<mime>;base64,...`` for media with local bytes."""
+    return f"data:{media.mime_type};base64,{base64.b64encode(media.read_bytes()).decode('ascii')}"
+
+
+def _media_part(provider: str, model: ModelInfo, media: Media, where: str) -> dict[str, Any]:
+    if media.modality not in model.inputs:
+        raise ProviderBadRequest(provider, f"{model.name} does not take {media.modality.value} input ({where})")
+    if media.modality is Modality.IMAGE:
+        url = media.url if media.url and media.data is None and media.path is None else data_url(media)
+        return {"type": "image_url", "image_url": {"url": url}}
+    if media.modality is Modality.AUDIO:
+        fmt = AUDIO_FORMATS.get(media.mime_type.lower())
+        if fmt is None:
+            raise ProviderBadRequest(provider, f"{model.name} takes audio as wav or mp3 only, "
+                                               f"got {media.mime_type} ({where})")
+        if media.data is None and media.path is None:
+            raise ProviderBadRequest(provider, f"{model.name} cannot fetch audio by URL ({where})")
+        data = base64.b64encode(media.read_bytes()).decode("ascii")
+        return {"type": "input_audio", "input_audio": {"data": data, "format": fmt}}
+    raise ProviderBadRequest(provider, f"{model.name} does not take {media.modality.value} input ({where})")
+
+
+def _message(provider: str, model: ModelInfo, message: Message, index: int) -> dict[str, Any]:
+    role = message.role.value
+    has_media = any(p.media is not None for p in message.parts)
+    if message.role is not Role.USER or not has_media:
+        if has_media:
+            raise ProviderBadRequest(provider, f"messages[{index}]: only user messages may carry media")
+        return {"role": role, "content": message.text}
+    content: list[dict[str, Any]] = []
+    for j, part in enumerate(message.parts):
+        if part.media is not None:
+            content.append(_media_part(provider, model, part.media, f"messages[{index}].parts[{j}]"))
+        elif part.text:
+            content.append({"type": "text", "text": part.text})
+    return {"role": role, "content": content}
+
+
+def build_messages(provider: str, model: ModelInfo, request: Request) -> list[dict[str, Any]]:
+    """The ``messages`` array for ``request``: system prompts, history and the question, in order."""
+    return [_message(provider, model, m, i) for i, m in enumerate(request.messages)]
+
+
+def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_max_tokens: bool) -> dict[str, Any]:
+    """Keyword arguments for ``chat.completions.create`` (streaming with usage at the end)."""
+    params: dict[str, Any] = {
+        "model": model.name,
+        "messages": build_messages(provider, model, request),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    opts = request.options
+    if opts.max_output_tokens > 0:
+        params["max_tokens" if legacy_max_tokens else "max_completion_tokens"] = opts.max_output_tokens
+    if opts.temperature is not None:
+        params["temperature"] = opts.temperature
+    return params
+
+
+async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: float) -> AsyncIterator[Any]:
+    """Yield :class:`TextDelta` events as chunks arrive, then one :class:`UsageReport`.
+
+    The HTTP response is closed when the consumer stops early (cancellation).
+    """
+    stream = await client.chat.completions.create(**params, timeout=timeout)
+    usage = Usage()
+    async with stream:
+        async for chunk in stream:
+            if chunk.usage is not None:
+                usage = Usage(input_tokens=chunk.usage.prompt_tokens or 0,
+                              output_tokens=chunk.usage.completion_tokens or 0)
+            for choice in chunk.choices[:1]:
+                text = choice.delta.content if choice.delta is not None else None
+                if text:
+                    yield TextDelta(text)
+    yield UsageReport(usage)

@@ -1,0 +1,81 @@
+"""Turn ``openai`` SDK exceptions into the router's ``Provider*`` errors.
+
+400/422 -> INVALID_ARGUMENT, 401/403 -> FAILED_PRECONDITION naming the key
+setting, 404 -> NOT_FOUND, 429 -> RESOURCE_EXHAUSTED with the Retry-After,
+5xx, connection failures and SDK timeouts -> UNAVAILABLE. Messages never
+contain the API key: 401/403 messages are ours (OpenAI's echo part of the
+key), and every other upstream message is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router import ProviderError, ProviderUnavailable, provider_error_from_status
+from router.errors import parse_retry_after
+
+from .settings import KEY_SETTING_HINT
+
+_MAX_MESSAGE = 500
+
+
+def scrub(text: str, secret: str) -> str:
+    """``text`` without ``secret`` (and shortened to a readable length)."""
+    if secret and len(secret) >= 4:
+        text = text.replace(secret, "[redacted]")
+    if len(text) > _MAX_MESSAGE:
+        text = text[: _MAX_MESSAGE - 3] + "..."
+    return text
+
+
+def _upstream_message(exc: Any) -> str:
+    """The provider's own error text: ``error.message`` of the body, else the SDK's message."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(message, str) and message:
+            return message
+    elif isinstance(body, str) and body.strip():
+        return body.strip()
+    return str(getattr(exc, "message", "") or exc)
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` response headers, if given."""
+    if headers is None:
+        return None
+    millis = parse_retry_after(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, api_key: str,
+              timeout: float | None = None) -> ProviderError:
+    """The router error for an exception raised by the SDK during a call to ``model``."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        after = f" after {timeout:g}s" if timeout else ""
+        return ProviderUnavailable(provider, f"request to {model} timed out{after} ({base_url})")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        detail = scrub(f"{type(cause).__name__}: {cause}", api_key)
+        return ProviderUnavailable(provider, f"cannot reach {base_url}: {detail}")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status in (401, 403):
+            what = "authentication failed" if status == 401 else "permission denied"
+            return provider_error_from_status(provider, status, f"{what} (HTTP {status}): check {KEY_SETTING_HINT}")
+        message = scrub(_upstream_message(exc), api_key)
+        if status == 404:
+            message = f"model {model!r} not found at {base_url}: {message}"
+        else:
+            message = f"HTTP {status} from {model}: {message}"
+        retry_after = retry_after_seconds(exc.response.headers) if status == 429 else None
+        return provider_error_from_status(provider, status, message, retry_after=retry_after)
+    if isinstance(exc, openai.APIError):
+        # An error event inside a stream: no HTTP status, the provider failed mid-answer.
+        return ProviderUnavailable(provider, f"{model} failed while answering: "
+                                             f"{scrub(_upstream_message(exc), api_key)}")
+    return ProviderUnavailable(provider, scrub(f"{type(exc).__name__}: {exc}", api_key))

@@ -1,0 +1,146 @@
+"""The model catalogue: what each OpenAI model takes and gives, its context and its price.
+
+Prices are OpenAI's public list prices in US dollars (per million tokens, or
+per hour of audio for duration-billed transcription); the config file can
+override them (``prices:`` in the router config). Transcription models billed
+by tokens also carry OpenAI's per-minute estimate as ``per_audio_hour`` so the
+router can estimate before a call; a call reports either tokens or audio
+seconds (whichever the API billed), never both, so cost is not counted twice.
+
+Extra models (for OpenAI-compatible servers such as vLLM, Ollama or
+llama.cpp) come from ``providers.openai.models``::
+
+    models:
+      - name: llama3.2-vision
+        inputs: [text, image]          # text, image, audio
+        outputs: [text]                # or [transcript] for a speech-to-text model
+        context_tokens: 131072
+        max_output_tokens: 4096
+        price: {input_per_mtok: 0, output_per_mtok: 0, per_audio_hour: 0}
+        transcription_format: json     # json | verbose_json | diarized_json (transcript models)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from router import (
+    FEATURE_DIARIZATION,
+    FEATURE_STREAMING,
+    OUTPUT_TEXT,
+    OUTPUT_TRANSCRIPT,
+    Modality,
+    ModelInfo,
+    Price,
+)
+
+from .settings import SettingsError
+
+#: Response formats of ``/audio/transcriptions`` this plugin understands.
+TRANSCRIPTION_FORMATS = ("json", "verbose_json", "diarized_json")
+
+_TEXT_IMAGE = frozenset({Modality.TEXT, Modality.IMAGE})
+_TEXT_AUDIO = frozenset({Modality.TEXT, Modality.AUDIO})
+_AUDIO = frozenset({Modality.AUDIO})
+_TRANSCRIPT = frozenset({OUTPUT_TRANSCRIPT})
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A model plus how this plugin calls it."""
+
+    info: ModelInfo
+    #: For transcript models: the response_format to ask for.
+    transcription_format: str = ""
+
+    @property
+    def transcribes(self) -> bool:
+        """True for speech-to-text models (served by ``/audio/transcriptions``)."""
+        return OUTPUT_TRANSCRIPT in self.info.outputs
+
+
+def _chat(name: str, inputs: frozenset[Modality], price: Price, context: int = 128_000,
+          max_out: int = 16_384) -> Entry:
+    return Entry(ModelInfo(name, inputs=inputs, context_tokens=context, price=price,
+                           default_max_output_tokens=max_out))
+
+
+def _stt(name: str, price: Price, fmt: str, diarizes: bool = False, context: int = 16_000) -> Entry:
+    features = frozenset({FEATURE_DIARIZATION}) if diarizes else frozenset()
+    return Entry(ModelInfo(name, inputs=_AUDIO, outputs=_TRANSCRIPT, features=features,
+                           context_tokens=context, price=price, default_max_output_tokens=2_000), fmt)
+
+
+#: The built-in catalogue, in preference order (the first model is the contract model).
+BUILTIN: tuple[Entry, ...] = (
+    _chat("gpt-4o", _TEXT_IMAGE, Price(2.50, 10.00)),
+    _chat("gpt-4o-mini", _TEXT_IMAGE, Price(0.15, 0.60)),
+    # Audio in chat: text-token prices; audio input tokens cost more (40 / 10 USD per Mtok).
+    _chat("gpt-4o-audio-preview", _TEXT_AUDIO, Price(2.50, 10.00)),
+    _chat("gpt-4o-mini-audio-preview", _TEXT_AUDIO, Price(0.15, 0.60)),
+    # whisper-1 is billed per minute (0.006 USD) and gives segments through verbose_json.
+    _stt("whisper-1", Price(per_audio_hour=0.36), "verbose_json"),
+    _stt("gpt-4o-transcribe", Price(2.50, 10.00, per_audio_hour=0.36), "json"),
+    _stt("gpt-4o-mini-transcribe", Price(1.25, 5.00, per_audio_hour=0.18), "json"),
+    _stt("gpt-4o-transcribe-diarize", Price(2.50, 10.00, per_audio_hour=0.36), "diarized_json",
+         diarizes=True),
+    _stt("gpt-transcribe", Price(per_audio_hour=0.27), "json"),
+)
+
+
+def _modalities(value: Any, where: str) -> frozenset[Modality]:
+    names = [value] if isinstance(value, str) else list(value or [])
+    try:
+        result = frozenset(Modality(str(n).lower()) for n in names)
+    except ValueError:
+        choices = ", ".join(m.value for m in Modality)
+        raise SettingsError(f"{where}.inputs must list modalities among {choices}, got {value!r}") from None
+    if not result:
+        raise SettingsError(f"{where}.inputs must not be empty")
+    return result
+
+
+def entry_from_config(spec: Mapping[str, Any], index: int) -> Entry:
+    """Build a model from one item of ``providers.openai.models``."""
+    where = f"providers.openai.models[{index}]"
+    name = str(spec.get("name") or "").strip()
+    if not name:
+        raise SettingsError(f"{where}.name is required")
+    if "/" in name:
+        raise SettingsError(f"{where}.name {name!r} cannot contain '/' (targets are provider/model): "
+                            "serve the model under another name")
+    outputs = spec.get("outputs") or [OUTPUT_TEXT]
+    outputs = frozenset([outputs] if isinstance(outputs, str) else outputs)
+    if not outputs <= {OUTPUT_TEXT, OUTPUT_TRANSCRIPT}:
+        raise SettingsError(f"{where}.outputs must be 'text' or 'transcript', got {sorted(outputs)}")
+    transcribes = OUTPUT_TRANSCRIPT in outputs
+    default_inputs = ["audio"] if transcribes else ["text"]
+    inputs = _modalities(spec.get("inputs") or default_inputs, where)
+    price_spec = spec.get("price") or {}
+    try:
+        price = Price(float(price_spec.get("input_per_mtok", 0)), float(price_spec.get("output_per_mtok", 0)),
+                      float(price_spec.get("per_audio_hour", 0)))
+        context = int(spec.get("context_tokens") or 128_000)
+        max_out = int(spec.get("max_output_tokens") or 4096)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise SettingsError(f"{where}: bad number ({exc})") from None
+    fmt = str(spec.get("transcription_format") or ("verbose_json" if "whisper" in name else "json"))
+    if transcribes and fmt not in TRANSCRIPTION_FORMATS:
+        raise SettingsError(f"{where}.transcription_format must be one of {', '.join(TRANSCRIPTION_FORMATS)}")
+    features = set() if transcribes else {FEATURE_STREAMING}
+    if fmt == "diarized_json" and transcribes:
+        features.add(FEATURE_DIARIZATION)
+    info = ModelInfo(name, inputs=inputs, outputs=outputs, features=frozenset(features),
+                     context_tokens=context, price=price, default_max_output_tokens=max_out)
+    return Entry(info, fmt if transcribes else "")
+
+
+def catalogue(builtin: bool, extra: Iterable[Mapping[str, Any]]) -> dict[str, Entry]:
+    """The models to offer, by name: the built-in ones (if wanted) then configured ones (which win)."""
+    entries: dict[str, Entry] = {e.info.name: e for e in BUILTIN} if builtin else {}
+    for index, spec in enumerate(extra):
+        entry = entry_from_config(spec, index)
+        entries[entry.info.name] = entry
+    return entries

@@ -1,0 +1,98 @@
+"""The OpenAI provider: one lazily made ``AsyncOpenAI`` client, reused for every call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import router
+from router import (
+    CallContext,
+    ModelInfo,
+    ProviderEvent,
+    ProviderModelNotFound,
+    ProviderNotConfigured,
+    Request,
+)
+
+from . import chat, transcribe
+from .errors import map_error
+from .models import Entry, catalogue
+from .settings import OpenAISettings
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+
+class OpenAIProvider(router.Provider):
+    """GPT-4o chat (text, images, audio) and Whisper / GPT-4o transcription via the official SDK.
+
+    Works with any OpenAI-compatible server (vLLM, Ollama, llama.cpp) through ``base_url``.
+    """
+
+    name = "openai"
+
+    def __init__(self, settings: OpenAISettings | Mapping[str, Any] | None = None) -> None:
+        self.settings = settings if isinstance(settings, OpenAISettings) else OpenAISettings.from_mapping(settings)
+        self._entries: dict[str, Entry] = catalogue(self.settings.builtin_models, self.settings.models)
+        self.models: list[ModelInfo] = [e.info for e in self._entries.values()]
+        self._client: AsyncOpenAI | None = None
+
+    def unconfigured_reason(self) -> str | None:
+        """Why the provider cannot be used (no key for OpenAI itself), or None."""
+        return self.settings.unconfigured_reason()
+
+    def client(self) -> AsyncOpenAI:
+        """The provider's one SDK client, made on first use (imports the SDK then)."""
+        if self._client is None:
+            from openai import AsyncOpenAI
+
+            s = self.settings
+            self._client = AsyncOpenAI(
+                api_key=s.key_for_client,
+                base_url=s.effective_base_url,
+                organization=s.organization or None,
+                project=s.project or None,
+                timeout=s.timeout,
+                max_retries=s.max_retries,
+            )
+        return self._client
+
+    def _timeout(self, ctx: CallContext) -> float:
+        """The configured timeout, shortened to the call's deadline."""
+        remaining = ctx.time_remaining()
+        if remaining is None:
+            return self.settings.timeout
+        return max(0.1, min(self.settings.timeout, remaining))
+
+    async def generate(self, request: Request, model: ModelInfo, ctx: CallContext) -> AsyncIterator[ProviderEvent]:
+        """Answer with Chat Completions (streamed) or transcribe with ``/audio/transcriptions``."""
+        import openai
+
+        entry = self._entries.get(model.name)
+        if entry is None:
+            raise ProviderModelNotFound(self.name, f"model {model.name!r} is not offered by this provider")
+        reason = self.unconfigured_reason()
+        if reason:
+            raise ProviderNotConfigured(self.name, reason)
+        timeout = self._timeout(ctx)
+        if entry.transcribes:
+            events = transcribe.transcribe(self.client(), self.name, entry, request, timeout)
+        else:
+            params = chat.build_params(self.name, model, request,
+                                       legacy_max_tokens=self.settings.legacy_max_tokens)
+            events = chat.stream_chat(self.client(), params, timeout)
+        try:
+            async for event in events:
+                yield event
+        except openai.OpenAIError as exc:
+            raise map_error(exc, self.name, model=model.name, base_url=self.settings.effective_base_url,
+                            api_key=self.settings.api_key, timeout=timeout) from None
+        finally:
+            await events.aclose()
+
+    async def aclose(self) -> None:
+        """Close the SDK client and its connection pool (safe to call twice)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()

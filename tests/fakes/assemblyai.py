@@ -1,0 +1,183 @@
+"""A fake of AssemblyAI's pre-recorded transcription API (``/v2/upload``, ``/v2/transcript``).
+
+It speaks the wire format the official ``assemblyai`` SDK uses: the upload
+takes raw bytes and answers ``{"upload_url": ...}``; creating a transcript
+takes the JSON config and answers the transcript with status ``queued``; each
+GET of ``/v2/transcript/<id>`` moves it one step along :attr:`statuses`
+(the last one sticks), answering the full result once ``completed`` or
+``{"status": "error", "error": ...}`` for ``error``. Errors are
+``{"error": "..."}`` bodies, as AssemblyAI sends them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import FakeUpstream, Recorded, Reply
+
+#: Speaker, start ms, end ms, text: the default conversation the fake "hears".
+DEFAULT_TURNS: list[tuple[str, int, int, str]] = [
+    ("A", 240, 2100, "Hello, thanks for joining the call."),
+    ("B", 2300, 4020, "Happy to be here."),
+    ("A", 4200, 6480, "Let us start with the budget."),
+]
+
+
+@dataclass
+class FakeTranscript:
+    """One transcript job the fake holds."""
+
+    id: str
+    request: dict[str, Any]
+    statuses: list[str]
+    polls: int = 0
+    history: list[str] = field(default_factory=list)
+
+
+class FakeAssemblyAI(FakeUpstream):
+    """AssemblyAI's HTTP API, enough for upload -> create -> poll."""
+
+    def __init__(
+        self,
+        api_key: str = "test-key",
+        *,
+        turns: list[tuple[str, int, int, str]] | None = None,
+        statuses: tuple[str, ...] = ("queued", "processing", "completed"),
+        error_message: str = "",
+        audio_duration: int | None = 7,
+        detected_language: str = "en_us",
+    ) -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.turns = list(turns if turns is not None else DEFAULT_TURNS)
+        #: Statuses each new transcript goes through, one per poll (the first answers the create).
+        self.statuses = statuses
+        #: The message of a transcript whose status becomes ``error``.
+        self.error_message = error_message or "Transcoding failed. File does not appear to contain audio."
+        self.audio_duration = audio_duration
+        self.detected_language = detected_language
+        #: Every upload's bytes, in order.
+        self.uploads: list[bytes] = []
+        self.upload_headers: list[dict[str, str]] = []
+        #: Every transcript created, by id.
+        self.transcripts: dict[str, FakeTranscript] = {}
+        self._ids = itertools.count(1)
+        self._state_lock = threading.Lock()
+
+    # -- what tests read -------------------------------------------------------------------
+
+    @property
+    def created(self) -> list[dict[str, Any]]:
+        """The JSON bodies of every transcript create, in order."""
+        return [t.request for t in self.transcripts.values()]
+
+    def polls(self) -> int:
+        """How many status GETs the fake has answered."""
+        return sum(1 for r in self.requests if r.method == "GET" and r.path.startswith("/v2/transcript/"))
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def handle(self, request: Recorded, reply: Reply) -> None:
+        if request.headers.get("authorization") != self.api_key:
+            reply.json({"error": "Authentication error, API token missing/invalid"}, 401)
+            return
+        if request.method == "POST" and request.path == "/v2/upload":
+            self._upload(request, reply)
+        elif request.method == "POST" and request.path == "/v2/transcript":
+            self._create(request, reply)
+        elif request.method == "GET" and request.path.startswith("/v2/transcript/"):
+            self._get(request.path.rsplit("/", 1)[-1], reply)
+        else:
+            reply.json({"error": f"Not found: {request.method} {request.path}"}, 404)
+
+    def _upload(self, request: Recorded, reply: Reply) -> None:
+        if not request.body:
+            reply.json({"error": "Upload is empty"}, 400)
+            return
+        with self._state_lock:
+            self.uploads.append(request.body)
+            self.upload_headers.append(dict(request.headers))
+            n = len(self.uploads)
+        reply.json({"upload_url": f"https://cdn.assemblyai.com/upload/fake-{n}"})
+
+    def _create(self, request: Recorded, reply: Reply) -> None:
+        body = request.json()
+        if not isinstance(body, dict) or not body.get("audio_url"):
+            reply.json({"error": "audio_url is required"}, 400)
+            return
+        with self._state_lock:
+            job = FakeTranscript(id=f"tr-{next(self._ids)}", request=body, statuses=list(self.statuses))
+            self.transcripts[job.id] = job
+        reply.json(self._payload(job, job.statuses[0]))
+
+    def _get(self, transcript_id: str, reply: Reply) -> None:
+        job = self.transcripts.get(transcript_id)
+        if job is None:
+            reply.json({"error": "Transcript not found"}, 404)
+            return
+        with self._state_lock:
+            job.polls += 1
+            status = job.statuses[min(job.polls, len(job.statuses) - 1)]
+            job.history.append(status)
+        reply.json(self._payload(job, status))
+
+    # -- transcript bodies -----------------------------------------------------------------
+
+    def _payload(self, job: FakeTranscript, status: str) -> dict[str, Any]:
+        """The transcript resource as AssemblyAI returns it in ``status``."""
+        req = job.request
+        payload: dict[str, Any] = {
+            "id": job.id,
+            "status": status,
+            "audio_url": req["audio_url"],
+            "speech_model": req.get("speech_model"),
+            "language_code": req.get("language_code"),
+            "language_detection": req.get("language_detection", False),
+            "speaker_labels": req.get("speaker_labels", False),
+            "speakers_expected": req.get("speakers_expected"),
+            "punctuate": True,
+            "format_text": True,
+            "text": None,
+            "words": None,
+            "utterances": None,
+            "confidence": None,
+            "audio_duration": None,
+            "error": None,
+        }
+        if status == "error":
+            payload["error"] = self.error_message
+        elif status == "completed":
+            payload.update(self._result(bool(req.get("speaker_labels"))))
+            if not req.get("language_code"):
+                payload["language_code"] = self.detected_language
+        return payload
+
+    def _result(self, diarized: bool) -> dict[str, Any]:
+        utterances, all_words = [], []
+        for speaker, start, end, text in self.turns:
+            tokens = text.split()
+            step = (end - start) // max(1, len(tokens))
+            words = [
+                {
+                    "text": tok,
+                    "start": start + i * step,
+                    "end": start + (i + 1) * step,
+                    "confidence": 0.9,
+                    "speaker": speaker if diarized else None,
+                }
+                for i, tok in enumerate(tokens)
+            ]
+            all_words.extend(words)
+            utterances.append(
+                {"speaker": speaker, "start": start, "end": end, "text": text, "confidence": 0.93, "words": words}
+            )
+        return {
+            "text": " ".join(t[3] for t in self.turns),
+            "words": all_words,
+            "utterances": utterances if diarized else None,
+            "confidence": 0.92,
+            "audio_duration": self.audio_duration,
+        }

@@ -1,0 +1,265 @@
+"""A fake of the Gemini Developer API (generativelanguage.googleapis.com) for tests.
+
+It speaks the wire format the official ``google-genai`` SDK uses:
+
+* ``POST /{version}/models/{model}:generateContent`` answers one JSON response;
+* ``POST /{version}/models/{model}:streamGenerateContent?alt=sse`` answers SSE chunks;
+* the resumable Files upload: ``POST /upload/{version}/files`` with
+  ``X-Goog-Upload-Command: start`` answers an ``X-Goog-Upload-URL``; the SDK then
+  POSTs the bytes there in chunks (``upload`` / ``upload, finalize`` with
+  ``X-Goog-Upload-Offset``) and the final one answers ``{"file": {...}}``;
+* ``GET /{version}/files/{id}`` answers the file, ``PROCESSING`` for the first
+  :attr:`FakeGemini.processing_polls` polls, then ``ACTIVE`` (or ``FAILED``);
+* ``DELETE /{version}/files/{id}``.
+
+Like the real service it checks the ``x-goog-api-key`` header (a wrong key is a
+400 ``API_KEY_INVALID``), refuses to use a file that is not ``ACTIVE`` (400
+``FAILED_PRECONDITION``) and one it does not know (403 ``PERMISSION_DENIED``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import itertools
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .base import FakeUpstream, Recorded, Reply
+
+_MODEL_CALL = re.compile(r"^/(?P<ver>[^/]+)/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
+_FILE = re.compile(r"^/(?P<ver>[^/]+)/files/(?P<id>[^/]+)$")
+_UPLOAD_START = re.compile(r"^/upload/(?P<ver>[^/]+)/files$")
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class FakeFile:
+    """A file the fake holds: its metadata, bytes and processing progress."""
+
+    name: str
+    mime_type: str
+    display_name: str
+    expected_size: int
+    data: bytearray = field(default_factory=bytearray)
+    finalized: bool = False
+    polls: int = 0
+    state: str = "PROCESSING"
+    expires: datetime = field(default_factory=lambda: datetime.now(UTC) + timedelta(hours=48))
+
+    def resource(self, base_url: str, version: str) -> dict[str, Any]:
+        """The File resource as the API returns it."""
+        now = _rfc3339(datetime.now(UTC))
+        out: dict[str, Any] = {
+            "name": self.name,
+            "displayName": self.display_name,
+            "mimeType": self.mime_type,
+            "sizeBytes": str(len(self.data)),
+            "createTime": now,
+            "updateTime": now,
+            "expirationTime": _rfc3339(self.expires),
+            "sha256Hash": base64.b64encode(hashlib.sha256(self.data).hexdigest().encode()).decode(),
+            "uri": f"{base_url}/{version}/{self.name}",
+            "state": self.state,
+            "source": "UPLOADED",
+        }
+        if self.state == "FAILED":
+            out["error"] = {"code": 400, "message": "The video could not be processed."}
+        return out
+
+
+def _field(d: dict, camel: str, snake: str) -> Any:
+    """A JSON field by its camelCase or snake_case name (the API accepts both)."""
+    return d.get(camel, d.get(snake))
+
+
+def _error(code: int, status: str, message: str, details: list | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": {"code": code, "message": message, "status": status}}
+    if details:
+        body["error"]["details"] = details
+    return body
+
+
+class FakeGemini(FakeUpstream):
+    """The fake Gemini API. Configure the answer with :attr:`reply_chunks` and file processing
+    with :attr:`processing_polls` / :attr:`fail_processing`; inspect :attr:`files` and ``requests``."""
+
+    def __init__(self, api_key: str = "test-key") -> None:
+        super().__init__()
+        self.api_key = api_key
+        #: The answer's text, one piece per SSE chunk (joined for generateContent).
+        self.reply_chunks: list[str] = ["Hello", " from", " Gemini."]
+        #: usageMetadata of the answer.
+        self.usage = {"promptTokenCount": 12, "candidatesTokenCount": 5, "thoughtsTokenCount": 2,
+                      "totalTokenCount": 19}
+        #: How many GETs of a new file answer PROCESSING before it turns ACTIVE.
+        self.processing_polls = 2
+        #: When True, processing ends in FAILED instead of ACTIVE.
+        self.fail_processing = False
+        #: Seconds a new file lives before it expires.
+        self.file_ttl = timedelta(hours=48)
+        #: Seconds to wait before answering a generate call (to provoke client timeouts).
+        self.delay = 0.0
+        #: When set, the prompt is blocked with this reason (promptFeedback.blockReason).
+        self.block_reason: str | None = None
+        #: Files by name (``files/<id>``).
+        self.files: dict[str, FakeFile] = {}
+        self._uploads: dict[str, FakeFile] = {}
+        self._ids = itertools.count(1)
+        self._files_lock = threading.Lock()
+
+    # -- helpers for tests -------------------------------------------------------------------
+
+    def calls(self, kind: str) -> list[Recorded]:
+        """Recorded requests of one kind: ``generate``, ``stream``, ``upload_start``,
+        ``upload_chunk``, ``file_get`` or ``file_delete``."""
+        return [r for r in self.requests if self._kind(r) == kind]
+
+    @staticmethod
+    def _kind(r: Recorded) -> str:
+        m = _MODEL_CALL.match(r.path)
+        if m:
+            return "generate" if m["method"] == "generateContent" else "stream"
+        if _UPLOAD_START.match(r.path):
+            return "upload_chunk" if "upload_id" in r.query else "upload_start"
+        if _FILE.match(r.path):
+            return "file_get" if r.method == "GET" else "file_delete"
+        return "other"
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def handle(self, request: Recorded, reply: Reply) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
+            self._handle(request, reply)
+
+    def _handle(self, request: Recorded, reply: Reply) -> None:
+        kind = self._kind(request)
+        if kind == "upload_chunk":  # authorised by the upload id, as at Google
+            return self._upload_chunk(request, reply)
+        if request.headers.get("x-goog-api-key") != self.api_key:
+            return reply.json(_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
+                                     [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                       "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]), 400)
+        if kind == "upload_start":
+            return self._upload_start(request, reply)
+        if kind == "file_get":
+            return self._file_get(request, reply)
+        if kind == "file_delete":
+            with self._files_lock:
+                self.files.pop(f"files/{_FILE.match(request.path)['id']}", None)
+            return reply.json({})
+        if kind in ("generate", "stream"):
+            return self._generate(request, reply, stream=kind == "stream")
+        return super().handle(request, reply)
+
+    def _upload_start(self, request: Recorded, reply: Reply) -> None:
+        h = request.headers
+        if h.get("x-goog-upload-protocol") != "resumable" or h.get("x-goog-upload-command") != "start":
+            return reply.json(_error(400, "INVALID_ARGUMENT", "expected a resumable upload start"), 400)
+        meta = (request.json() or {}).get("file", {})
+        with self._files_lock:
+            file_id = f"fake{next(self._ids):04d}"
+            upload_id = f"up-{file_id}"
+            self._uploads[upload_id] = FakeFile(
+                name=f"files/{file_id}",
+                mime_type=h.get("x-goog-upload-header-content-type") or _field(meta, "mimeType", "mime_type") or "",
+                display_name=_field(meta, "displayName", "display_name") or "",
+                expected_size=int(h.get("x-goog-upload-header-content-length", "0")),
+                expires=datetime.now(UTC) + self.file_ttl,
+            )
+        ver = _UPLOAD_START.match(request.path)["ver"]
+        url = f"{self.url}/upload/{ver}/files?upload_id={upload_id}&upload_protocol=resumable"
+        reply.raw(b"", headers={"X-Goog-Upload-URL": url, "X-Goog-Upload-Status": "active"})
+
+    def _upload_chunk(self, request: Recorded, reply: Reply) -> None:
+        upload_id = request.query["upload_id"][0]
+        command = request.headers.get("x-goog-upload-command", "")
+        with self._files_lock:
+            f = self._uploads.get(upload_id)
+            if f is None:
+                return reply.json(_error(404, "NOT_FOUND", "unknown upload"), 404,
+                                  {"X-Goog-Upload-Status": "final"})
+            if int(request.headers.get("x-goog-upload-offset", "-1")) != len(f.data):
+                return reply.json(_error(400, "INVALID_ARGUMENT", "bad upload offset"), 400,
+                                  {"X-Goog-Upload-Status": "final"})
+            f.data += request.body
+            if "finalize" not in command:
+                return reply.raw(b"", headers={"X-Goog-Upload-Status": "active"})
+            del self._uploads[upload_id]
+            if len(f.data) != f.expected_size:
+                return reply.json(_error(400, "INVALID_ARGUMENT", "size mismatch"), 400,
+                                  {"X-Goog-Upload-Status": "final"})
+            f.finalized = True
+            self.files[f.name] = f
+            ver = _UPLOAD_START.match(request.path)["ver"]
+            body = {"file": f.resource(self.url, ver)}
+        reply.json(body, headers={"X-Goog-Upload-Status": "final"})
+
+    def _file_get(self, request: Recorded, reply: Reply) -> None:
+        m = _FILE.match(request.path)
+        with self._files_lock:
+            f = self.files.get(f"files/{m['id']}")
+            if f is None:
+                return reply.json(_error(403, "PERMISSION_DENIED", "You do not have permission to access "
+                                         f"the File {m['id']} or it may not exist."), 403)
+            if f.state == "PROCESSING":
+                f.polls += 1
+                if f.polls > self.processing_polls:
+                    f.state = "FAILED" if self.fail_processing else "ACTIVE"
+            body = f.resource(self.url, m["ver"])
+        reply.json(body)
+
+    def _check_files(self, body: dict) -> tuple[int, dict] | None:
+        """The error the real API gives when a referenced file is unknown or not ACTIVE, or None."""
+        for content in body.get("contents", []):
+            for part in content.get("parts", []):
+                data = _field(part, "fileData", "file_data") or {}
+                uri = _field(data, "fileUri", "file_uri")
+                if not uri or not uri.startswith(self.url):
+                    continue
+                name = "files/" + uri.rsplit("/", 1)[-1]
+                f = self.files.get(name)
+                if f is None:
+                    return 403, _error(403, "PERMISSION_DENIED",
+                                       f"You do not have permission to access the File {name} or it may not exist.")
+                if f.state != "ACTIVE":
+                    return 400, _error(400, "FAILED_PRECONDITION",
+                                       f"The File {name} is not in an ACTIVE state and usage is not allowed.")
+        return None
+
+    def _generate(self, request: Recorded, reply: Reply, *, stream: bool) -> None:
+        body = request.json() or {}
+        problem = self._check_files(body)
+        if problem is not None:
+            return reply.json(problem[1], problem[0])
+        model = _MODEL_CALL.match(request.path)["model"]
+        if self.delay:
+            time.sleep(self.delay)
+        if self.block_reason:
+            blocked = {"promptFeedback": {"blockReason": self.block_reason},
+                       "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3}}
+            return reply.sse([(None, blocked)]) if stream else reply.json(blocked)
+
+        def chunk(text: str, last: bool) -> dict[str, Any]:
+            cand: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+            out: dict[str, Any] = {"candidates": [cand], "modelVersion": model, "responseId": "fake-resp"}
+            if last:
+                cand["finishReason"] = "STOP"
+                out["usageMetadata"] = self.usage
+            else:  # the real API repeats a running prompt count on every chunk
+                out["usageMetadata"] = {"promptTokenCount": self.usage["promptTokenCount"],
+                                        "totalTokenCount": self.usage["promptTokenCount"]}
+            return out
+
+        chunks = self.reply_chunks
+        if not stream:
+            return reply.json(chunk("".join(chunks), True))
+        reply.sse([(None, chunk(t, i == len(chunks) - 1)) for i, t in enumerate(chunks)])

@@ -1,0 +1,291 @@
+"""Anthropic through the running daemon: the real ``anthropic`` SDK talks to the fake Messages API.
+
+Uses the ``start_daemon`` fixture of tests/conftest.py (the real daemon as a
+subprocess). Asserts both sides: what the fake received (blocks, media types,
+PDF bytes intact, roles) and what the gRPC client got (text, deltas, usage,
+cost, route, error codes with ErrorInfo/RetryInfo).
+"""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from mmrouter.v1 import router_pb2 as pb
+from PIL import Image
+from reportlab.pdfgen import canvas
+
+from tests.fakes.anthropic import API_KEY, FakeAnthropic, media_blocks, sent_key
+
+CONFIG = """
+providers:
+  anthropic:
+    api_key: "${{ANTHROPIC_TEST_KEY}}"
+    base_url: "{url}"
+    timeout: {timeout}
+routes:
+  - name: cheap
+    match: {{tags: [cheap]}}
+    use: anthropic/claude-haiku-4-5
+  - name: documents
+    match: {{inputs_any: [document]}}
+    use: anthropic/claude-sonnet-4-5
+    fallback: [anthropic/claude-haiku-4-5]
+default: anthropic/claude-sonnet-4-5
+"""
+
+SONNET = (3.0, 15.0)
+HAIKU = (1.0, 5.0)
+
+
+def cost(usage: tuple[int, int], price: tuple[float, float]) -> float:
+    return usage[0] * price[0] / 1e6 + usage[1] * price[1] / 1e6
+
+
+def png_bytes(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (5, 4), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (5, 4), (10, 200, 10)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def pdf_bytes(text: str) -> bytes:
+    buf = io.BytesIO()
+    page = canvas.Canvas(buf)
+    page.drawString(72, 720, text)
+    page.save()
+    return buf.getvalue()
+
+
+def text_part(value: str) -> pb.Part:
+    return pb.Part(text=value)
+
+
+def media_part(modality: int, mime: str, data: bytes, filename: str = "") -> pb.Part:
+    return pb.Part(media=pb.Media(modality=modality, mime_type=mime, data=data, filename=filename))
+
+
+def ask(*parts: pb.Part, system: str = "", tags: tuple[str, ...] = (), session: str = "",
+        max_output_tokens: int = 0) -> pb.MultimodalRequest:
+    messages = [pb.Message(role=pb.ROLE_SYSTEM, parts=[text_part(system)])] if system else []
+    messages.append(pb.Message(role=pb.ROLE_USER, parts=list(parts)))
+    return pb.MultimodalRequest(messages=messages, options=pb.Options(max_output_tokens=max_output_tokens),
+                                hints=pb.RoutingHints(tags=list(tags)), session_id=session)
+
+
+def details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, error_details_pb2.RetryInfo | None]:
+    status = rpc_status.from_call(err)
+    info = retry = None
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+    return info, retry
+
+
+@pytest.fixture
+def fake():
+    with FakeAnthropic() as upstream:
+        upstream.input_tokens, upstream.output_tokens = 1500, 80
+        yield upstream
+
+
+def start(start_daemon, fake: FakeAnthropic, *, key: str = API_KEY, timeout: float = 10):
+    return start_daemon(CONFIG.format(url=fake.url, timeout=timeout), env={"ANTHROPIC_TEST_KEY": key})
+
+
+@pytest.fixture
+def daemon(start_daemon, fake):
+    return start(start_daemon, fake)
+
+
+def upload(daemon, data: bytes, mime: str, modality: int, filename: str) -> str:
+    chunks = [pb.UploadMediaRequest(metadata=pb.UploadMetadata(
+        modality=modality, mime_type=mime, filename=filename, size_bytes=len(data)))]
+    chunks += [pb.UploadMediaRequest(chunk=data[i:i + 1024]) for i in range(0, len(data), 1024)]
+    return daemon.stub.UploadMedia(iter(chunks), timeout=30).media_id
+
+
+def test_pdfs_and_images_through_generate(daemon, fake):
+    inline_pdf, stored_pdf = pdf_bytes("Invoice 1: 10 EUR"), pdf_bytes("Invoice 2: 20 EUR " * 40)
+    red, green = png_bytes((255, 0, 0)), jpeg_bytes()
+    media_id = upload(daemon, stored_pdf, "application/pdf", pb.MODALITY_DOCUMENT, "invoice-2.pdf")
+    stored = pb.Part(media=pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", media_id=media_id))
+    reply = daemon.stub.Generate(pb.GenerateRequest(request=ask(
+        media_part(pb.MODALITY_DOCUMENT, "application/pdf", inline_pdf, "invoice-1.pdf"),
+        stored,
+        media_part(pb.MODALITY_IMAGE, "image/png", red),
+        media_part(pb.MODALITY_IMAGE, "image/jpeg", green),
+        text_part("Sum the invoices; which image is red?"),
+        system="Answer briefly.")), timeout=30)
+    answer = reply.answer
+
+    [call] = fake.message_calls()
+    assert sent_key(call) == API_KEY
+    body = call.json()
+    assert body["model"] == "claude-sonnet-4-5" and body["stream"] is True
+    assert body["max_tokens"] == 8192
+    assert body["system"] == "Answer briefly."
+    [turn] = body["messages"]
+    assert turn["role"] == "user"
+    assert [b["type"] for b in turn["content"]] == ["document", "document", "image", "image", "text"]
+    blocks = media_blocks(body)
+    assert [(b.type, b.media_type) for b in blocks] == [
+        ("document", "application/pdf"), ("document", "application/pdf"), ("image", "image/png"),
+        ("image", "image/jpeg")]
+    assert [b.data for b in blocks] == [inline_pdf, stored_pdf, red, green]
+    assert blocks[0].title == "invoice-1.pdf"
+
+    assert answer.text == "Hello from fake Claude."
+    route = answer.route
+    assert (route.rule, route.provider, route.model) == ("documents", "anthropic", "claude-sonnet-4-5")
+    assert list(route.fallbacks) == ["anthropic/claude-haiku-4-5"]
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (1500, 80)
+    assert answer.usage.cost_usd == pytest.approx(cost((1500, 80), SONNET))
+
+
+def test_stream_generate_deltas_usage_done(daemon, fake):
+    fake.chunks = ["Claude", " streams", " well."]
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(
+        request=ask(text_part("Stream please"), tags=("cheap",), max_output_tokens=300)), timeout=30))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "route_chosen" and kinds[-1] == "done"
+    assert events[0].route_chosen.route.model == "claude-haiku-4-5"
+    assert [e.text_delta.text for e in events if e.HasField("text_delta")] == ["Claude", " streams", " well."]
+    usages = [e.usage for e in events if e.HasField("usage")]
+    assert [(u.input_tokens, u.output_tokens) for u in usages] == [(1500, 80)]
+    done = events[-1].done.answer
+    assert done.text == "Claude streams well."
+    assert (done.route.rule, done.route.provider, done.route.model) == ("cheap", "anthropic", "claude-haiku-4-5")
+    assert done.usage.cost_usd == pytest.approx(cost((1500, 80), HAIKU))
+    body = fake.last_body()
+    assert (body["model"], body["max_tokens"]) == ("claude-haiku-4-5", 300)
+
+
+def test_session_history_keeps_roles_and_order(daemon, fake):
+    for question in ("My name is Ada.", "What is my name?"):
+        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part(question), session="s-1",
+                                                            system="Be terse.")), timeout=30)
+    first, second = (c.json() for c in fake.message_calls())
+    assert first["system"] == "Be terse."
+    assert [(m["role"], [b["text"] for b in m["content"]]) for m in second["messages"]] == [
+        ("user", ["My name is Ada."]), ("assistant", ["Hello from fake Claude."]), ("user", ["What is my name?"])]
+    assert "Be terse." in second["system"]
+
+
+ERRORS = [
+    (400, "invalid_request_error", {}, grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_BAD_REQUEST"),
+    (401, "authentication_error", {}, grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_AUTH"),
+    (403, "permission_error", {}, grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_AUTH"),
+    (404, "not_found_error", {}, grpc.StatusCode.NOT_FOUND, "PROVIDER_MODEL_NOT_FOUND"),
+    (429, "rate_limit_error", {"retry-after": "7"}, grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
+    (500, "api_error", {}, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+    (529, "overloaded_error", {}, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+]
+
+
+def test_http_errors_map_to_grpc_statuses(daemon, fake):
+    for status, err_type, headers, code, reason in ERRORS:
+        fake.fail_next_api(status, err_type, f"upstream failure {status}", headers)
+        with pytest.raises(grpc.RpcError) as info:
+            daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+        err = info.value
+        assert err.code() == code, (status, err.details())
+        error_info, retry = details(err)
+        assert error_info is not None and error_info.reason == reason, status
+        assert error_info.domain == "mmrouter" and error_info.metadata["provider"] == "anthropic"
+        assert f"upstream failure {status}" in err.details()
+        if status in (401, 403):
+            assert "ANTHROPIC_API_KEY or providers.anthropic.api_key" in err.details()
+        if status == 429:
+            assert retry is not None and retry.retry_delay.seconds == 7
+        else:
+            assert retry is None
+    assert len(fake.message_calls()) == len(ERRORS)  # one call each: no SDK retries
+    assert API_KEY not in daemon.logs()
+
+
+def test_overloaded_sonnet_falls_back_to_haiku(daemon, fake):
+    fake.fail_next_api(529, "overloaded_error", "Overloaded")
+    pdf = pdf_bytes("Quarterly report")
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(
+        media_part(pb.MODALITY_DOCUMENT, "application/pdf", pdf), text_part("Summarise."))), timeout=30).answer
+    assert [c.json()["model"] for c in fake.message_calls()] == ["claude-sonnet-4-5", "claude-haiku-4-5"]
+    assert media_blocks(fake.last_body())[0].data == pdf
+    attempts = [(a.model, a.ok) for a in answer.route.attempts]
+    assert attempts == [("claude-sonnet-4-5", False), ("claude-haiku-4-5", True)]
+    assert "overloaded" in answer.route.attempts[0].error.lower()
+    assert (answer.route.model, answer.text) == ("claude-haiku-4-5", "Hello from fake Claude.")
+    assert answer.usage.cost_usd == pytest.approx(cost((1500, 80), HAIKU))
+
+
+def test_overloaded_mid_stream_is_unavailable(daemon, fake):
+    fake.stream_error = ("overloaded_error", "Overloaded")
+    received = []
+    with pytest.raises(grpc.RpcError) as info:
+        for event in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=ask(text_part("hi"))), timeout=30):
+            received.append(event)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    error_info, _ = details(info.value)
+    assert error_info.reason == "PROVIDER_UNAVAILABLE"
+    assert [e.text_delta.text for e in received if e.HasField("text_delta")] == ["Hello"]
+
+
+def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
+    secret = "sk-ant-e2e-wrong-key-do-not-leak-77"
+    daemon = start(start_daemon, fake, key=secret)
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+    err = info.value
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    error_info, _ = details(err)
+    assert error_info.reason == "PROVIDER_AUTH" and error_info.metadata["provider"] == "anthropic"
+    assert "ANTHROPIC_API_KEY or providers.anthropic.api_key" in err.details()
+    assert sent_key(fake.message_calls()[0]) == secret  # the fake did get it
+    everything = err.details() + str(rpc_status.from_call(err)) + daemon.logs()
+    assert secret not in everything and secret[:15] not in everything
+
+
+def test_upstream_timeout_is_unavailable(start_daemon, fake):
+    daemon = start(start_daemon, fake, timeout=0.5)
+    fake.delay = 3.0
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    error_info, _ = details(info.value)
+    assert error_info.reason == "PROVIDER_UNAVAILABLE" and "did not answer in time" in info.value.details()
+
+
+def test_providers_list_shows_the_catalogue(daemon):
+    providers = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=30).providers}
+    anthropic = providers["anthropic"]
+    assert anthropic.state == pb.PROVIDER_STATE_READY and anthropic.plugin == "anthropic"
+    models = {m.name: m for m in anthropic.models}
+    assert {"claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5"} <= set(models)
+    for model in models.values():
+        assert set(model.inputs) == {pb.MODALITY_TEXT, pb.MODALITY_IMAGE, pb.MODALITY_DOCUMENT}
+        assert model.context_tokens == 200_000
+    assert (models["claude-opus-4-1"].price.input_per_mtok, models["claude-opus-4-1"].price.output_per_mtok) == (
+        15.0, 75.0)
+
+
+def test_without_key_the_provider_is_not_configured(start_daemon, fake):
+    daemon = start(start_daemon, fake, key="")
+    providers = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=30).providers}
+    assert providers["anthropic"].state == pb.PROVIDER_STATE_NOT_CONFIGURED
+    assert "ANTHROPIC_API_KEY" in providers["anthropic"].reason
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert fake.message_calls() == []

@@ -1,0 +1,439 @@
+"""The Anthropic provider called directly, with the real SDK against the fake Messages API."""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Iterator
+
+import mmrouter_anthropic
+import pytest
+from mmrouter_anthropic import AnthropicProvider
+from mmrouter_anthropic.convert import LEADING_USER_TURN
+from PIL import Image
+from reportlab.pdfgen import canvas
+
+import router
+from router import (
+    Media,
+    Message,
+    Modality,
+    Options,
+    Part,
+    Request,
+    Role,
+    Task,
+    TextDelta,
+    UsageReport,
+)
+from router.errors import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderModelNotFound,
+    ProviderNotConfigured,
+    ProviderRateLimited,
+    ProviderUnavailable,
+)
+from router.testing import ProviderContract, collect
+from tests.fakes.anthropic import API_KEY, FakeAnthropic, media_blocks, sent_key
+
+# anthropic 2.x warns that claude-sonnet-4-5 is deprecated (end of life November 2026).
+pytestmark = pytest.mark.filterwarnings("ignore:The model 'claude-sonnet-4-5' is deprecated:DeprecationWarning")
+
+
+# -- media made in the tests -----------------------------------------------------------------
+def image_bytes(fmt: str, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 3), color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def pdf_bytes(text: str) -> bytes:
+    buf = io.BytesIO()
+    page = canvas.Canvas(buf)
+    page.drawString(72, 720, text)
+    page.save()
+    return buf.getvalue()
+
+
+def user(*parts: Part) -> Message:
+    return Message(Role.USER, list(parts))
+
+
+def text(value: str) -> Part:
+    return Part(text=value)
+
+
+def media(modality: Modality, mime: str, data: bytes, filename: str = "") -> Part:
+    return Part(media=Media(modality, mime, data=data, filename=filename, size=len(data)))
+
+
+def chat(*messages: Message, **options: object) -> Request:
+    return Request(messages=list(messages), options=Options(task=Task.CHAT, **options))
+
+
+# -- fixtures --------------------------------------------------------------------------------
+@pytest.fixture
+def fake() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+async def provider(fake: FakeAnthropic):
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": fake.url, "timeout": 10})
+    yield prov
+    await prov.aclose()
+
+
+def sonnet(prov: AnthropicProvider) -> router.ModelInfo:
+    model = prov.model("claude-sonnet-4-5")
+    assert model is not None
+    return model
+
+
+async def run(prov: AnthropicProvider, request: Request, model_name: str = "claude-sonnet-4-5") -> list:
+    model = prov.model(model_name)
+    assert model is not None
+    return await collect(prov, request, model)
+
+
+def text_of(events: list) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+class TestAnthropicContract(ProviderContract):
+    """The conformance kit, against the fake."""
+
+    @pytest.fixture
+    async def provider(self, fake: FakeAnthropic):
+        prov = AnthropicProvider({"api_key": API_KEY, "base_url": fake.url, "timeout": 10})
+        yield prov
+        await prov.aclose()
+
+
+# -- models and configuration ----------------------------------------------------------------
+def test_models_declare_inputs_context_and_prices() -> None:
+    prov = AnthropicProvider({"api_key": "k"})
+    assert prov.models[0].name == "claude-sonnet-4-5"
+    expected = {"claude-sonnet-4-5": (3.0, 15.0), "claude-opus-4-1": (15.0, 75.0), "claude-haiku-4-5": (1.0, 5.0)}
+    for name, (price_in, price_out) in expected.items():
+        model = prov.model(name)
+        assert model is not None, name
+        assert model.inputs == {Modality.TEXT, Modality.IMAGE, Modality.DOCUMENT}
+        assert not model.can_take({Modality.AUDIO})
+        assert model.context_tokens == 200_000
+        assert (model.price.input_per_mtok, model.price.output_per_mtok) == (price_in, price_out)
+        assert model.default_max_output_tokens > 0
+
+
+def test_unconfigured_without_key_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    reason = AnthropicProvider({}).unconfigured_reason()
+    assert reason is not None and "ANTHROPIC_API_KEY" in reason and "providers.anthropic.api_key" in reason
+
+
+async def test_key_from_environment_reaches_the_api(monkeypatch: pytest.MonkeyPatch, fake: FakeAnthropic) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+    prov = AnthropicProvider({"base_url": fake.url})
+    try:
+        assert prov.unconfigured_reason() is None
+        events = await run(prov, chat(user(text("hi"))))
+    finally:
+        await prov.aclose()
+    assert text_of(events) == "Hello from fake Claude."
+    assert sent_key(fake.message_calls()[-1]) == API_KEY
+
+
+async def test_generate_without_key_raises_not_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    prov = AnthropicProvider({})
+    with pytest.raises(ProviderNotConfigured, match="ANTHROPIC_API_KEY"):
+        await run(prov, chat(user(text("hi"))))
+
+
+def test_register_hook_and_entry_point() -> None:
+    from importlib.metadata import entry_points
+
+    assert [ep.value for ep in entry_points(group="mmrouter", name="anthropic")] == ["mmrouter_anthropic"]
+    registered: list[router.Provider] = []
+    mmrouter_anthropic.register_providers(registered.append, {"api_key": "k", "timeout": "5"})
+    assert [p.name for p in registered] == ["anthropic"]
+    assert registered[0].unconfigured_reason() is None
+
+
+async def test_base_url_with_v1_suffix_is_accepted(fake: FakeAnthropic) -> None:
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": fake.url + "/v1/"})
+    try:
+        events = await run(prov, chat(user(text("hi"))))
+    finally:
+        await prov.aclose()
+    assert text_of(events) == "Hello from fake Claude."
+    assert fake.message_calls()[-1].path == "/v1/messages"
+
+
+async def test_one_client_reused_and_closed(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    await run(provider, chat(user(text("one"))))
+    client = provider.client()
+    await run(provider, chat(user(text("two"))))
+    assert provider.client() is client
+    assert len(fake.message_calls()) == 2
+    await provider.aclose()
+    assert client.is_closed()
+
+
+# -- streaming, usage, max_tokens ------------------------------------------------------------
+async def test_streams_deltas_then_usage(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    fake.chunks = ["Bon", "jour", "!"]
+    fake.input_tokens, fake.output_tokens = 123, 45
+    events = await run(provider, chat(user(text("Say hello in French."))))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Bon", "jour", "!"]
+    assert isinstance(events[-1], UsageReport)
+    usage = events[-1].usage
+    assert (usage.input_tokens, usage.output_tokens) == (123, 45)
+    assert usage.cost_usd == 0  # the router prices it from ModelInfo.price
+    call = fake.message_calls()[-1]
+    assert sent_key(call) == API_KEY and call.headers["anthropic-version"]
+    body = call.json()
+    assert body["model"] == "claude-sonnet-4-5" and body["stream"] is True
+    assert body["max_tokens"] == sonnet(provider).default_max_output_tokens == 8192
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Say hello in French."}]}]
+    assert "system" not in body and "temperature" not in body
+
+
+async def test_max_output_tokens_overrides_and_is_capped(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    await run(provider, chat(user(text("short")), max_output_tokens=256))
+    assert fake.last_body()["max_tokens"] == 256
+    await run(provider, chat(user(text("long")), max_output_tokens=1_000_000), "claude-opus-4-1")
+    assert fake.last_body()["max_tokens"] == 32_000
+    await run(provider, chat(user(text("default"))), "claude-opus-4-1")
+    assert fake.last_body()["max_tokens"] == 4096
+
+
+async def test_temperature_is_not_sent(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    # API version 2026-10-21 (anthropic SDK 2.x) refuses sampling parameters; the fake does too.
+    events = await run(provider, chat(user(text("a")), temperature=0.25))
+    assert text_of(events) == "Hello from fake Claude."
+    assert "temperature" not in fake.last_body()
+
+
+# -- media -----------------------------------------------------------------------------------
+async def test_images_of_every_type_go_as_base64_with_media_type(
+    provider: AnthropicProvider, fake: FakeAnthropic
+) -> None:
+    images = {
+        "image/png": image_bytes("PNG"),
+        "image/jpeg": image_bytes("JPEG"),
+        "image/gif": image_bytes("GIF"),
+        "image/webp": image_bytes("WEBP"),
+    }
+    parts = [media(Modality.IMAGE, mime, data) for mime, data in images.items()]
+    events = await run(provider, chat(user(text("Compare these."), *parts)))
+    assert text_of(events) == "Hello from fake Claude."
+    got = media_blocks(fake.last_body())
+    assert [(b.type, b.source_type, b.media_type) for b in got] == [
+        ("image", "base64", mime) for mime in images
+    ]
+    assert [b.data for b in got] == list(images.values())
+    content = fake.last_body()["messages"][0]["content"]
+    assert content[0] == {"type": "text", "text": "Compare these."}
+
+
+async def test_jpg_alias_is_sent_as_jpeg(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    data = image_bytes("JPEG")
+    await run(provider, chat(user(media(Modality.IMAGE, "image/jpg", data), text("What colour?"))))
+    (block,) = media_blocks(fake.last_body())
+    assert (block.media_type, block.data) == ("image/jpeg", data)
+
+
+async def test_several_pdfs_go_as_document_blocks_bytes_intact(
+    provider: AnthropicProvider, fake: FakeAnthropic, tmp_path
+) -> None:
+    first, second = pdf_bytes("Invoice 1 total 10 EUR"), pdf_bytes("Invoice 2 total 20 EUR")
+    stored = tmp_path / "second.pdf"
+    stored.write_bytes(second)
+    uploaded = Media(Modality.DOCUMENT, "application/pdf", path=stored, media_id="ab" * 32, size=len(second))
+    request = chat(user(
+        media(Modality.DOCUMENT, "application/pdf", first, filename="invoice-1.pdf"),
+        Part(media=uploaded),
+        text("Sum the totals."),
+    ))
+    await run(provider, request)
+    got = media_blocks(fake.last_body())
+    assert [(b.type, b.source_type, b.media_type, b.title) for b in got] == [
+        ("document", "base64", "application/pdf", "invoice-1.pdf"),
+        ("document", "base64", "application/pdf", None),
+    ]
+    assert got[0].data == first and got[1].data == second
+
+
+async def test_plain_text_document_and_url_image(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    notes = "Réunion notes: ship on Friday.\n".encode()
+    url_image = Part(media=Media(Modality.IMAGE, "image/png", url="https://example.com/cat.png"))
+    await run(provider, chat(user(media(Modality.DOCUMENT, "text/plain", notes, "notes.txt"), url_image,
+                                  text("Summarise."))))
+    content = fake.last_body()["messages"][0]["content"]
+    assert content[0] == {"type": "document", "title": "notes.txt",
+                          "source": {"type": "text", "media_type": "text/plain", "data": notes.decode()}}
+    assert content[1] == {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
+
+
+@pytest.mark.parametrize(
+    ("part", "match"),
+    [
+        (media(Modality.IMAGE, "image/bmp", b"BM0000"), "png, jpeg, gif or webp"),
+        (media(Modality.AUDIO, "audio/wav", b"RIFF0000WAVE"), "not audio"),
+        (media(Modality.DOCUMENT, "application/msword", b"\xd0\xcf"), "PDF or plain-text"),
+    ],
+)
+async def test_unsupported_media_refused_before_calling(
+    provider: AnthropicProvider, fake: FakeAnthropic, part: Part, match: str
+) -> None:
+    with pytest.raises(ProviderBadRequest, match=match) as info:
+        await run(provider, chat(user(text("look"), part)))
+    assert info.value.code.name == "INVALID_ARGUMENT"
+    assert fake.message_calls() == []
+
+
+# -- conversations ---------------------------------------------------------------------------
+async def test_system_prompts_and_multi_turn_history(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    png = image_bytes("PNG")
+    request = chat(
+        Message(Role.SYSTEM, [text("You are terse.")]),
+        Message(Role.ASSISTANT, [text("Hi! How can I help?")]),
+        user(text("Look at this:"), media(Modality.IMAGE, "image/png", png)),
+        user(text("   "), text("What is it?")),
+        Message(Role.SYSTEM, [text("Answer in English.")]),
+        Message(Role.ASSISTANT, [text("A red square.")]),
+        Message(Role.ASSISTANT, [text("Anything else?")]),
+        user(text("How big is it?")),
+    )
+    await run(provider, request)
+    body = fake.last_body()
+    assert body["system"] == "You are terse.\n\nAnswer in English."
+    roles = [m["role"] for m in body["messages"]]
+    assert roles == ["user", "assistant", "user", "assistant", "user"]
+    assert body["messages"][0]["content"] == [{"type": "text", "text": LEADING_USER_TURN}]
+    merged_user = body["messages"][2]["content"]
+    assert [b["type"] for b in merged_user] == ["text", "image", "text"]
+    assert merged_user[2]["text"] == "What is it?"
+    assert [b["text"] for b in body["messages"][3]["content"]] == ["A red square.", "Anything else?"]
+    assert media_blocks(body)[0].data == png
+
+
+async def test_final_assistant_prefill_is_trimmed(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    await run(provider, chat(user(text("Name a colour.")), Message(Role.ASSISTANT, [text("The colour is ")])))
+    body = fake.last_body()
+    assert body["messages"][-1] == {"role": "assistant", "content": [{"type": "text", "text": "The colour is"}]}
+
+
+async def test_request_without_user_content_is_refused(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    with pytest.raises(ProviderBadRequest, match="no user content"):
+        await run(provider, chat(Message(Role.SYSTEM, [text("Be nice.")]), user(text(" "))))
+    assert fake.message_calls() == []
+
+
+# -- errors ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("status", "err_type", "expected", "grpc_code"),
+    [
+        (400, "invalid_request_error", ProviderBadRequest, "INVALID_ARGUMENT"),
+        (401, "authentication_error", ProviderAuthError, "FAILED_PRECONDITION"),
+        (403, "permission_error", ProviderAuthError, "FAILED_PRECONDITION"),
+        (404, "not_found_error", ProviderModelNotFound, "NOT_FOUND"),
+        (413, "request_too_large", ProviderBadRequest, "INVALID_ARGUMENT"),
+        (429, "rate_limit_error", ProviderRateLimited, "RESOURCE_EXHAUSTED"),
+        (500, "api_error", ProviderUnavailable, "UNAVAILABLE"),
+        (503, "api_error", ProviderUnavailable, "UNAVAILABLE"),
+        (529, "overloaded_error", ProviderUnavailable, "UNAVAILABLE"),
+    ],
+)
+async def test_http_errors_map_to_provider_errors(
+    provider: AnthropicProvider, fake: FakeAnthropic, status: int, err_type: str, expected: type, grpc_code: str
+) -> None:
+    fake.fail_next_api(status, err_type, f"upstream says {err_type}")
+    with pytest.raises(expected) as info:
+        await run(provider, chat(user(text("hi"))))
+    err = info.value
+    assert type(err) is expected and err.code.name == grpc_code
+    assert err.provider == "anthropic"
+    assert API_KEY not in str(err) and API_KEY not in err.message
+    assert f"upstream says {err_type}" in err.message
+    if status in (401, 403):
+        assert "ANTHROPIC_API_KEY" in err.message and "providers.anthropic.api_key" in err.message
+    assert len(fake.message_calls()) == 1  # max_retries 0: no SDK retries
+
+
+async def test_rate_limit_carries_retry_after(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    fake.fail_next_api(429, "rate_limit_error", "slow down", headers={"retry-after": "7"})
+    with pytest.raises(ProviderRateLimited) as info:
+        await run(provider, chat(user(text("hi"))))
+    assert info.value.retry_after == 7.0
+
+
+async def test_wrong_key_is_rejected_by_the_fake_and_never_leaked(fake: FakeAnthropic) -> None:
+    secret = "sk-ant-WRONG-secret-key-xyz"
+    prov = AnthropicProvider({"api_key": secret, "base_url": fake.url})
+    try:
+        with pytest.raises(ProviderAuthError) as info:
+            await run(prov, chat(user(text("hi"))))
+    finally:
+        await prov.aclose()
+    assert secret not in str(info.value)
+    assert "invalid x-api-key" in info.value.message and "ANTHROPIC_API_KEY" in info.value.message
+    assert sent_key(fake.message_calls()[-1]) == secret
+
+
+@pytest.mark.parametrize(
+    ("err_type", "expected"),
+    [("overloaded_error", ProviderUnavailable), ("rate_limit_error", ProviderRateLimited),
+     ("api_error", ProviderUnavailable)],
+)
+async def test_error_event_mid_stream_maps_by_type(
+    provider: AnthropicProvider, fake: FakeAnthropic, err_type: str, expected: type
+) -> None:
+    fake.stream_error = (err_type, "mid-stream trouble")
+    received: list = []
+    with pytest.raises(expected) as info:
+        model = sonnet(provider)
+        ctx = router.CallContext(request_id="t")
+        async for event in provider.generate(chat(user(text("hi"))), model, ctx):
+            received.append(event)
+    assert type(info.value) is expected
+    assert [e.text for e in received] == ["Hello"]
+    assert "mid-stream trouble" in info.value.message
+
+
+async def test_timeout_maps_to_unavailable(fake: FakeAnthropic) -> None:
+    fake.delay = 1.5
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": fake.url, "timeout": 0.3})
+    try:
+        with pytest.raises(ProviderUnavailable, match="did not answer in time"):
+            await run(prov, chat(user(text("hi"))))
+    finally:
+        await prov.aclose()
+
+
+async def test_call_deadline_shortens_the_timeout(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    import time
+
+    fake.delay = 1.5
+    ctx = router.CallContext(request_id="t", deadline=time.monotonic() + 0.3)
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable):
+        async for _ in provider.generate(chat(user(text("hi"))), sonnet(provider), ctx):
+            pass
+    assert time.monotonic() - started < 1.2
+
+
+async def test_connection_refused_maps_to_unavailable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{port}"})
+    try:
+        with pytest.raises(ProviderUnavailable, match="cannot reach") as info:
+            await run(prov, chat(user(text("hi"))))
+    finally:
+        await prov.aclose()
+    assert API_KEY not in str(info.value)

@@ -1,0 +1,189 @@
+"""AssemblyAI through the running daemon: the real SDK talks to a fake AssemblyAI API.
+
+Uses the ``start_daemon`` fixture of tests/conftest.py, which starts the real
+daemon as a subprocess with the given config.
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from mmrouter.v1 import router_pb2 as pb
+
+from tests.fakes.assemblyai import FakeAssemblyAI
+
+KEY = "aai-e2e-key-9c1d"
+
+CONFIG = """
+providers:
+  assemblyai: {{api_key: "${{AAI_TEST_KEY}}", base_url: "{url}", timeout: 10, poll_interval: 0.05}}
+routes:
+  - name: diarization
+    match: {{inputs_any: [audio, video], diarization: true}}
+    use: assemblyai/best
+default: assemblyai/nano
+"""
+
+SPEAKER_TEXT = (
+    "Speaker A: Hello, thanks for joining the call.\n"
+    "Speaker B: Happy to be here.\n"
+    "Speaker A: Let us start with the budget."
+)
+
+
+def wav_bytes(seconds: float = 0.5, rate: int = 8000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x02\x00" * int(seconds * rate))
+    return buf.getvalue()
+
+
+def request_for(media: pb.Media, *, diarization: bool = True, speakers: int = 2) -> pb.MultimodalRequest:
+    return pb.MultimodalRequest(
+        messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part(media=media)])],
+        options=pb.Options(task=pb.TASK_TRANSCRIBE, diarization=diarization, speakers_expected=speakers),
+    )
+
+
+def wav_media(data: bytes) -> pb.Media:
+    return pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=data, filename="call.wav")
+
+
+def error_reason(err: grpc.RpcError) -> str:
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return ""
+
+
+@pytest.fixture
+def fake():
+    with FakeAssemblyAI(api_key=KEY) as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def daemon(start_daemon, fake):
+    return start_daemon(CONFIG.format(url=fake.url), env={"AAI_TEST_KEY": KEY})
+
+
+def test_diarized_transcript_through_the_daemon(daemon, fake):
+    audio = wav_bytes()
+    resp = daemon.stub.Generate(pb.GenerateRequest(request=request_for(wav_media(audio))), timeout=30)
+
+    # What AssemblyAI received.
+    assert fake.uploads == [audio]
+    assert {r.headers["authorization"] for r in fake.requests} == {KEY}
+    (created,) = fake.created
+    assert created["speaker_labels"] is True
+    assert created["speakers_expected"] == 2
+    assert created["speech_model"] == "best"
+    assert created["language_detection"] is True
+    assert next(iter(fake.transcripts.values())).history == ["processing", "completed"]
+
+    # What the client got.
+    answer = resp.answer
+    assert [(u.speaker, u.start_seconds, u.end_seconds, u.text) for u in answer.transcript.utterances] == [
+        ("A", 0.24, 2.1, "Hello, thanks for joining the call."),
+        ("B", 2.3, 4.02, "Happy to be here."),
+        ("A", 4.2, 6.48, "Let us start with the budget."),
+    ]
+    assert answer.transcript.utterances[1].confidence == pytest.approx(0.93)
+    assert answer.transcript.words[0].text == "Hello,"
+    assert answer.transcript.words[0].speaker == "A"
+    assert answer.transcript.text == SPEAKER_TEXT
+    assert answer.text == SPEAKER_TEXT
+    assert answer.transcript.language == "en_us"
+    assert answer.usage.audio_seconds == 7
+    assert answer.usage.cost_usd == pytest.approx(7 * 0.37 / 3600)
+    assert (answer.route.rule, answer.route.provider, answer.route.model) == ("diarization", "assemblyai", "best")
+    assert [(a.provider, a.model, a.ok) for a in answer.route.attempts] == [("assemblyai", "best", True)]
+
+
+def test_uploaded_media_reaches_assemblyai_intact(daemon, fake):
+    audio = wav_bytes(2.0)
+
+    def chunks():
+        yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(
+            modality=pb.MODALITY_AUDIO, mime_type="audio/wav", filename="long.wav", size_bytes=len(audio)))
+        for i in range(0, len(audio), 4096):
+            yield pb.UploadMediaRequest(chunk=audio[i:i + 4096])
+
+    uploaded = daemon.stub.UploadMedia(chunks(), timeout=30)
+    media = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", media_id=uploaded.media_id)
+    resp = daemon.stub.Generate(pb.GenerateRequest(request=request_for(media, speakers=0)), timeout=30)
+    assert fake.uploads == [audio]
+    assert "speakers_expected" not in fake.created[0]
+    assert resp.answer.transcript.utterances[0].speaker == "A"
+
+
+def test_video_without_diarization_goes_to_the_default_nano(daemon, fake):
+    video = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 256
+    media = pb.Media(modality=pb.MODALITY_VIDEO, mime_type="video/mp4", data=video)
+    resp = daemon.stub.Generate(
+        pb.GenerateRequest(request=request_for(media, diarization=False, speakers=0)), timeout=30)
+    assert fake.uploads == [video]
+    assert fake.created[0]["speech_model"] == "nano"
+    assert (resp.answer.route.provider, resp.answer.route.model) == ("assemblyai", "nano")
+    assert resp.answer.usage.cost_usd == pytest.approx(7 * 0.12 / 3600)
+    assert resp.answer.text == SPEAKER_TEXT
+
+
+def test_streamed_transcript(daemon, fake):
+    events = list(daemon.stub.StreamGenerate(
+        pb.StreamGenerateRequest(request=request_for(wav_media(wav_bytes()))), timeout=30))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "route_chosen" and kinds[-1] == "done"
+    assert "transcript" in kinds and "usage" in kinds
+    transcript = next(e.transcript for e in events if e.WhichOneof("event") == "transcript")
+    assert transcript.text == SPEAKER_TEXT
+    assert events[-1].done.answer.usage.audio_seconds == 7
+    assert events[0].route_chosen.route.provider == "assemblyai"
+    assert fake.created[0]["speaker_labels"] is True
+
+
+def test_failed_transcript_is_a_clear_grpc_error(daemon, fake):
+    fake.statuses = ("queued", "processing", "error")
+    fake.error_message = "Transcoding failed. File does not appear to contain audio."
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=request_for(wav_media(wav_bytes()))), timeout=30)
+    err = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "File does not appear to contain audio" in err.details()
+    assert "assemblyai" in err.details()
+    assert error_reason(err) == "PROVIDER_BAD_REQUEST"
+    assert fake.polls() == 2
+
+
+def test_refused_key_names_the_setting_not_the_key(start_daemon, fake):
+    daemon = start_daemon(CONFIG.format(url=fake.url), env={"AAI_TEST_KEY": "wrong-secret-771"})
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=request_for(wav_media(wav_bytes()))), timeout=30)
+    err = info.value
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "ASSEMBLYAI_API_KEY or providers.assemblyai.api_key" in err.details()
+    assert "wrong-secret-771" not in err.details()
+    assert "wrong-secret-771" not in str(rpc_status.from_call(err))
+    assert "wrong-secret-771" not in daemon.logs()
+    assert fake.requests[0].headers["authorization"] == "wrong-secret-771"
+
+
+def test_listed_as_a_ready_diarizing_provider(daemon):
+    providers = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=10).providers}
+    info = providers["assemblyai"]
+    assert info.state == pb.PROVIDER_STATE_READY
+    models = {m.name: m for m in info.models}
+    assert set(models) == {"best", "nano"}
+    assert "diarization" in models["best"].features
+    assert set(models["best"].inputs) == {pb.MODALITY_AUDIO, pb.MODALITY_VIDEO}
+    assert models["best"].price.per_audio_hour == pytest.approx(0.37)

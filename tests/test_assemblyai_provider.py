@@ -1,0 +1,462 @@
+"""The AssemblyAI provider against a fake of AssemblyAI's API, through the real ``assemblyai`` SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import wave
+from pathlib import Path
+
+import pytest
+from mmrouter_assemblyai import AssemblyAIProvider, AssemblyAISettings, register_providers
+from mmrouter_assemblyai.settings import SettingsError
+from mmrouter_assemblyai.transcripts import audio_source, language_code
+
+from router import (
+    CallContext,
+    Media,
+    Message,
+    Modality,
+    Options,
+    Part,
+    Request,
+    Role,
+    Task,
+    TranscriptReady,
+    UsageReport,
+)
+from router.errors import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderModelNotFound,
+    ProviderNotConfigured,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from router.testing import ProviderContract, collect
+from tests.fakes.assemblyai import FakeAssemblyAI
+
+KEY = "aai-test-key-5f2e"
+
+
+def wav_bytes(seconds: float = 0.2, rate: int = 8000) -> bytes:
+    """A tiny silent mono WAV."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x01\x00" * int(seconds * rate))
+    return buf.getvalue()
+
+
+def audio_request(media: Media | None = None, **options) -> Request:
+    media = media or Media(Modality.AUDIO, "audio/wav", data=wav_bytes())
+    opts = Options(task=Task.TRANSCRIBE, **options)
+    return Request(messages=[Message(Role.USER, [Part(media=media)])], options=opts)
+
+
+def make_provider(fake: FakeAssemblyAI, **settings) -> AssemblyAIProvider:
+    mapping = {"api_key": KEY, "base_url": fake.url, "timeout": 5, "poll_interval": 0.01, **settings}
+    return AssemblyAIProvider(AssemblyAISettings.from_mapping(mapping))
+
+
+@pytest.fixture
+def fake():
+    with FakeAssemblyAI(api_key=KEY) as upstream:
+        yield upstream
+
+
+@pytest.fixture
+async def provider(fake):
+    p = make_provider(fake)
+    yield p
+    await p.aclose()
+
+
+class TestAssemblyAIContract(ProviderContract):
+    @pytest.fixture
+    async def provider(self, fake):
+        p = make_provider(fake)
+        yield p
+        await p.aclose()
+
+    def sample_request(self, model):
+        return audio_request()
+
+
+# -- the happy path ----------------------------------------------------------------------------
+
+
+async def test_transcribes_with_speaker_labels_and_maps_utterances(fake, provider):
+    audio = wav_bytes()
+    req = audio_request(Media(Modality.AUDIO, "audio/wav", data=audio), diarization=True,
+                        speakers_expected=2, language="en-US")
+    events = await collect(provider, req, provider.model("best"))
+
+    # What AssemblyAI received: the audio bytes, then a config asking for speaker labels.
+    assert fake.uploads == [audio]
+    assert fake.requests[0].headers["authorization"] == KEY
+    (created,) = fake.created
+    assert created["audio_url"] == "https://cdn.assemblyai.com/upload/fake-1"
+    assert created["speaker_labels"] is True
+    assert created["speakers_expected"] == 2
+    assert created["language_code"] == "en_us"
+    assert "language_detection" not in created
+    assert created["speech_model"] == "best"
+    # queued (create) -> processing -> completed: polled until done, then stopped.
+    (job,) = fake.transcripts.values()
+    assert job.history == ["processing", "completed"]
+
+    # What the caller got.
+    assert [type(e) for e in events] == [TranscriptReady, UsageReport]
+    transcript = events[0].transcript
+    assert [(u.speaker, u.start, u.end, u.text) for u in transcript.utterances] == [
+        ("A", 0.24, 2.1, "Hello, thanks for joining the call."),
+        ("B", 2.3, 4.02, "Happy to be here."),
+        ("A", 4.2, 6.48, "Let us start with the budget."),
+    ]
+    assert all(u.confidence == pytest.approx(0.93) for u in transcript.utterances)
+    assert transcript.text == (
+        "Speaker A: Hello, thanks for joining the call.\n"
+        "Speaker B: Happy to be here.\n"
+        "Speaker A: Let us start with the budget."
+    )
+    assert transcript.words[0].text == "Hello,"
+    assert transcript.words[0].start == pytest.approx(0.24)
+    assert transcript.words[0].speaker == "A"
+    assert transcript.words[-1].text == "budget."
+    assert transcript.words[-1].speaker == "A"
+    assert len(transcript.words) == 16
+    assert transcript.language == "en_us"
+    assert transcript.duration_seconds == 7
+    usage = events[1].usage
+    assert usage.audio_seconds == 7
+    assert usage.cost_usd == 0  # priced per audio hour: the router computes it
+
+
+async def test_without_language_asks_for_detection(fake, provider):
+    events = await collect(provider, audio_request(), provider.model("best"))
+    (created,) = fake.created
+    assert created["language_detection"] is True
+    assert "language_code" not in created
+    assert "speakers_expected" not in created
+    assert created["speaker_labels"] is True  # diarizes by default
+    assert events[0].transcript.language == "en_us"  # the detected language
+
+
+async def test_speaker_labels_off_unless_asked_when_configured(fake):
+    provider = make_provider(fake, speaker_labels=False)
+    try:
+        events = await collect(provider, audio_request(), provider.model("best"))
+        assert "speaker_labels" not in fake.created[0]
+        transcript = events[0].transcript
+        assert transcript.utterances == []
+        assert transcript.text.startswith("Hello, thanks for joining the call. Happy to be here.")
+        assert transcript.words[0].speaker == ""
+
+        await collect(provider, audio_request(diarization=True), provider.model("best"))
+        assert fake.created[1]["speaker_labels"] is True
+    finally:
+        await provider.aclose()
+
+
+async def test_nano_model_is_sent_as_speech_model(fake, provider):
+    await collect(provider, audio_request(), provider.model("nano"))
+    assert fake.created[0]["speech_model"] == "nano"
+
+
+async def test_stored_media_is_streamed_from_its_file(fake, provider, tmp_path: Path):
+    data = wav_bytes(1.0)
+    path = tmp_path / "clip.wav"
+    path.write_bytes(data)
+    media = Media(Modality.AUDIO, "audio/wav", path=path, media_id="ab" * 32, size=len(data))
+    await collect(provider, audio_request(media), provider.model("best"))
+    assert fake.uploads == [data]
+    assert fake.upload_headers[0]["content-length"] == str(len(data))
+    # Handed to the SDK as a path, which it streams from disk instead of reading it whole.
+    assert audio_source(media) == str(path)
+
+
+async def test_video_is_sent_as_is(fake, provider):
+    video = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 64
+    media = Media(Modality.VIDEO, "video/mp4", data=video)
+    events = await collect(provider, audio_request(media), provider.model("best"))
+    assert fake.uploads == [video]
+    assert events[0].transcript.utterances
+
+
+async def test_url_media_is_not_uploaded(fake, provider):
+    media = Media(Modality.AUDIO, "audio/mpeg", url="https://example.com/talk.mp3")
+    await collect(provider, audio_request(media), provider.model("best"))
+    assert fake.uploads == []
+    assert fake.created[0]["audio_url"] == "https://example.com/talk.mp3"
+
+
+async def test_each_media_gets_a_transcript_and_usage_adds_up(fake, provider):
+    parts = [Part(text="what was said?"),
+             Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.1))),
+             Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.3)))]
+    req = Request(messages=[Message(Role.USER, parts)], options=Options(task=Task.TRANSCRIBE))
+    events = await collect(provider, req, provider.model("best"))
+    assert [type(e) for e in events] == [TranscriptReady, TranscriptReady, UsageReport]
+    assert len(fake.uploads) == 2
+    assert events[-1].usage.audio_seconds == 14
+
+
+async def test_audio_seconds_falls_back_to_measured_duration(fake, provider):
+    fake.audio_duration = None
+    media = Media(Modality.AUDIO, "audio/wav", data=wav_bytes(), duration_seconds=12.5)
+    events = await collect(provider, audio_request(media), provider.model("best"))
+    assert events[-1].usage.audio_seconds == 12.5
+
+
+async def test_request_without_media_is_rejected_before_any_call(fake, provider):
+    req = Request(messages=[Message(Role.USER, [Part(text="hi")])])
+    with pytest.raises(ProviderBadRequest, match="no audio or video"):
+        await collect(provider, req, provider.model("best"))
+    assert fake.requests == []
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+async def test_transcript_error_status_carries_assemblyai_message(fake, provider):
+    fake.statuses = ("queued", "processing", "error")
+    fake.error_message = "Transcoding failed. File does not appear to contain audio."
+    with pytest.raises(ProviderBadRequest) as info:
+        await collect(provider, audio_request(), provider.model("best"))
+    assert "File does not appear to contain audio" in info.value.message
+    assert info.value.message.startswith("assemblyai: transcription failed (transcript tr-1)")
+    assert fake.polls() == 2
+
+
+async def test_auth_failure_names_the_setting_and_never_the_key(fake, provider):
+    fake.fail_next(401, {"error": f"Authentication error, API token {KEY} invalid"})
+    with pytest.raises(ProviderAuthError) as info:
+        await collect(provider, audio_request(), provider.model("best"))
+    message = info.value.message
+    assert "ASSEMBLYAI_API_KEY or providers.assemblyai.api_key" in message
+    assert KEY not in message and KEY not in str(info.value)
+    assert fake.created == []  # stopped at the upload
+
+
+async def test_wrong_key_is_refused_by_the_fake_as_auth_error(fake):
+    provider = AssemblyAIProvider(AssemblyAISettings.from_mapping(
+        {"api_key": "wrong-key-123", "base_url": fake.url, "poll_interval": 0.01}))
+    try:
+        with pytest.raises(ProviderAuthError) as info:
+            await collect(provider, audio_request(), provider.model("best"))
+        assert "wrong-key-123" not in str(info.value)
+    finally:
+        await provider.aclose()
+
+
+async def test_rate_limit_keeps_retry_after(fake, provider):
+    fake.fail_next(429, {"error": "Too many requests"}, {"Retry-After": "17"})
+    with pytest.raises(ProviderRateLimited) as info:
+        await collect(provider, audio_request(), provider.model("best"))
+    assert info.value.retry_after == 17
+    assert "Too many requests" in info.value.message
+
+
+@pytest.mark.parametrize(("status", "error_type"), [
+    (400, ProviderBadRequest), (404, ProviderModelNotFound), (500, ProviderUnavailable),
+    (503, ProviderUnavailable),
+])
+async def test_http_errors_on_create_map_like_other_providers(fake, provider, status, error_type):
+    # The upload succeeds; the transcript create fails.
+    fake.fail_next(200, {"upload_url": "https://cdn.assemblyai.com/upload/x"})
+    fake.fail_next(status, {"error": f"upstream says {status}"})
+    with pytest.raises(error_type) as info:
+        await collect(provider, audio_request(), provider.model("best"))
+    assert f"upstream says {status}" in info.value.message
+    assert [r.path for r in fake.requests] == ["/v2/upload", "/v2/transcript"]
+
+
+async def test_http_error_while_polling_is_mapped(fake, provider):
+    fake.fail_next(200, {"upload_url": "https://cdn.assemblyai.com/upload/x"})
+    fake.fail_next(200, {"id": "tr-x", "status": "queued", "audio_url": "https://cdn.assemblyai.com/upload/x"})
+    fake.fail_next(502, {"error": "bad gateway"})
+    with pytest.raises(ProviderUnavailable, match="bad gateway"):
+        await collect(provider, audio_request(), provider.model("best"))
+    assert fake.requests[-1].path == "/v2/transcript/tr-x"
+
+
+async def test_unreachable_api_is_unavailable(fake):
+    url = fake.url
+    fake.stop()
+    provider = AssemblyAIProvider(AssemblyAISettings.from_mapping({"api_key": KEY, "base_url": url}))
+    try:
+        with pytest.raises(ProviderUnavailable, match="cannot reach the AssemblyAI API"):
+            await collect(provider, audio_request(), provider.model("best"))
+    finally:
+        await provider.aclose()
+
+
+async def test_malformed_answer_is_unavailable(fake, provider):
+    fake.fail_next(200, {"unexpected": True})
+    with pytest.raises(ProviderUnavailable, match="bad answer"):
+        await collect(provider, audio_request(), provider.model("best"))
+
+
+# -- polling, deadlines and cancellation -------------------------------------------------------
+
+
+async def test_polling_stops_at_the_deadline_without_blocking_the_loop(fake):
+    fake.statuses = ("queued", "processing")  # never finishes
+    provider = make_provider(fake, poll_interval=0.05)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.ensure_future(ticker())
+    ctx = CallContext(request_id="deadline", deadline=time.monotonic() + 0.6)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProviderTimeout, match="still processing"):
+            async for _ in provider.generate(audio_request(), provider.model("best"), ctx):
+                pass
+    finally:
+        ticking.cancel()
+        await provider.aclose()
+    elapsed = time.monotonic() - started
+    assert 0.55 <= elapsed < 1.5
+    assert fake.polls() >= 5
+    assert ticks >= 20  # the event loop kept running while we polled
+
+
+async def test_cancelling_the_call_stops_polling(fake):
+    fake.statuses = ("queued", "processing")
+    provider = make_provider(fake, poll_interval=0.02)
+    ctx = CallContext(request_id="cancel", deadline=time.monotonic() + 30)
+
+    async def consume():
+        async for _ in provider.generate(audio_request(), provider.model("best"), ctx):
+            pass
+
+    task = asyncio.ensure_future(consume())
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        if fake.polls() >= 3:
+            break
+    assert fake.polls() >= 3
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.1)
+    seen = fake.polls()
+    await asyncio.sleep(0.2)
+    assert fake.polls() == seen
+    await provider.aclose()
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+async def test_two_providers_keep_their_own_key_and_url():
+    import assemblyai as aai
+
+    global_key = aai.settings.api_key
+    with FakeAssemblyAI(api_key="key-one") as one, FakeAssemblyAI(api_key="key-two") as two:
+        p1 = AssemblyAIProvider(AssemblyAISettings.from_mapping(
+            {"api_key": "key-one", "base_url": one.url, "poll_interval": 0.01}))
+        p2 = AssemblyAIProvider(AssemblyAISettings.from_mapping(
+            {"api_key": "key-two", "base_url": two.url, "poll_interval": 0.01}))
+        try:
+            r1, r2 = await asyncio.gather(
+                collect(p1, audio_request(), p1.model("best")),
+                collect(p2, audio_request(), p2.model("nano")),
+            )
+        finally:
+            await p1.aclose()
+            await p2.aclose()
+        assert isinstance(r1[0], TranscriptReady) and isinstance(r2[0], TranscriptReady)
+        assert {r.headers["authorization"] for r in one.requests} == {"key-one"}
+        assert {r.headers["authorization"] for r in two.requests} == {"key-two"}
+        assert one.created[0]["speech_model"] == "best" and two.created[0]["speech_model"] == "nano"
+    assert aai.settings.api_key == global_key  # the SDK's globals were not touched
+
+
+async def test_one_sdk_client_is_reused_and_closed(fake, provider):
+    await collect(provider, audio_request(), provider.model("best"))
+    client = provider._client
+    await collect(provider, audio_request(), provider.model("best"))
+    assert provider._client is client
+    await provider.aclose()
+    assert client.http_client.is_closed
+
+
+def test_settings_come_from_env_when_not_configured(monkeypatch):
+    monkeypatch.setenv("ASSEMBLYAI_API_KEY", "env-key")
+    monkeypatch.setenv("ASSEMBLYAI_BASE_URL", "http://127.0.0.1:9/")
+    s = AssemblyAISettings.from_mapping({})
+    assert (s.api_key, s.base_url, s.timeout, s.poll_interval) == ("env-key", "http://127.0.0.1:9", 30.0, 3.0)
+    s = AssemblyAISettings.from_mapping({"api_key": "cfg-key", "timeout": "12", "poll_interval": 0.5})
+    assert (s.api_key, s.timeout, s.poll_interval) == ("cfg-key", 12.0, 0.5)
+    assert s.base_url == "http://127.0.0.1:9"
+
+
+def test_bad_setting_names_the_key():
+    with pytest.raises(SettingsError, match=r"providers\.assemblyai\.poll_interval"):
+        AssemblyAISettings.from_mapping({"poll_interval": "often"})
+    with pytest.raises(SettingsError, match=r"providers\.assemblyai\.timeout must be positive"):
+        AssemblyAISettings.from_mapping({"timeout": 0})
+
+
+async def test_without_key_it_is_unconfigured(monkeypatch, fake):
+    monkeypatch.delenv("ASSEMBLYAI_API_KEY", raising=False)
+    provider = AssemblyAIProvider(AssemblyAISettings.from_mapping({"api_key": "", "base_url": fake.url}))
+    reason = provider.unconfigured_reason()
+    assert reason == "no API key: set ASSEMBLYAI_API_KEY or providers.assemblyai.api_key"
+    with pytest.raises(ProviderNotConfigured):
+        await collect(provider, audio_request(), provider.model("best"))
+    assert fake.requests == []
+
+
+def test_registers_one_provider_with_diarizing_transcription_models(fake):
+    registered = []
+    register_providers(registered.append, {"api_key": KEY, "base_url": fake.url})
+    (provider,) = registered
+    assert provider.name == "assemblyai"
+    assert [m.name for m in provider.models] == ["best", "nano"]
+    for model in provider.models:
+        assert model.inputs == {Modality.AUDIO, Modality.VIDEO}
+        assert model.outputs == {"transcript"}
+        assert "diarization" in model.features
+        assert model.price.per_audio_hour > 0
+        assert model.can_do(Task.TRANSCRIBE) and not model.can_do(Task.CHAT)
+
+
+def test_entry_point_is_installed():
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="mmrouter") if e.name == "assemblyai"]
+    assert ep.value == "mmrouter_assemblyai"
+    assert ep.load().register_providers is register_providers
+
+
+@pytest.mark.parametrize(("tag", "code"), [
+    ("en", "en"), ("en-US", "en_us"), ("en-GB", "en_uk"), ("en_AU", "en_au"), ("en-IN", "en"),
+    ("fr-FR", "fr"), ("de", "de"), ("", ""), ("  ", ""),
+])
+def test_language_codes(tag, code):
+    assert language_code(tag) == code
+
+
+def test_fake_bodies_are_json():  # guards the fake: create answers parse as JSON transcripts
+    with FakeAssemblyAI(api_key=KEY) as upstream:
+        import urllib.request
+
+        req = urllib.request.Request(f"{upstream.url}/v2/transcript", method="POST",
+                                     data=json.dumps({"audio_url": "https://x/y"}).encode(),
+                                     headers={"authorization": KEY, "content-type": "application/json"})
+        with urllib.request.urlopen(req) as resp:
+            assert json.loads(resp.read())["status"] == "queued"

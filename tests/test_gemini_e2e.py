@@ -1,0 +1,207 @@
+"""Gemini through the running daemon: the real google-genai SDK talks to a fake Gemini API.
+
+Uses the ``start_daemon`` fixture of tests/conftest.py (the real daemon as a subprocess).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from mmrouter.v1 import router_pb2 as pb
+
+from tests.fakes.gemini import FakeGemini
+
+KEY = "AIza-e2e-secret-5f1e"
+
+CONFIG = """
+providers:
+  gemini:
+    api_key: "${{GEMINI_TEST_KEY}}"
+    base_url: "{url}"
+    api_version: v1beta
+    timeout: 10
+    inline_limit_bytes: 1024
+    poll_interval: 0.02
+routes:
+  - name: video
+    match: {{inputs_any: [video]}}
+    use: gemini/gemini-2.5-pro
+  - name: everything
+    match: {{}}
+    use: gemini/gemini-2.5-flash
+default: gemini/gemini-2.5-pro
+"""
+
+
+def short_video() -> bytes:
+    """A real one-second 32x32 H.264 MP4 (about 2 KB), made with PyAV."""
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 20, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def png_bytes() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 6), (10, 120, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def upload(daemon, data: bytes, mime_type: str, modality: int) -> pb.UploadMediaResponse:
+    def chunks():
+        yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(
+            modality=modality, mime_type=mime_type, filename="clip.mp4", size_bytes=len(data)))
+        for i in range(0, len(data), 512):
+            yield pb.UploadMediaRequest(chunk=data[i:i + 512])
+
+    return daemon.stub.UploadMedia(chunks(), timeout=30)
+
+
+def ask(*parts: pb.Part) -> pb.MultimodalRequest:
+    return pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_USER, parts=list(parts))],
+                                options=pb.Options(task=pb.TASK_CHAT))
+
+
+def error_info(err: grpc.RpcError) -> tuple[str, float | None]:
+    """The ErrorInfo reason and the RetryInfo delay (seconds) of a failed call."""
+    reason, retry = "", None
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else []:
+        info, retry_info = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            reason = info.reason
+        elif detail.Unpack(retry_info):
+            retry = retry_info.retry_delay.seconds + retry_info.retry_delay.nanos / 1e9
+    return reason, retry
+
+
+@pytest.fixture
+def fake():
+    with FakeGemini(api_key=KEY) as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def daemon(start_daemon, fake):
+    return start_daemon(CONFIG.format(url=fake.url), env={"GEMINI_TEST_KEY": KEY})
+
+
+def test_short_video_is_uploaded_once_polled_referenced_and_reused(daemon, fake):
+    video = short_video()
+    assert video[4:8] == b"ftyp" and 1024 < len(video) < 200_000
+    stored = upload(daemon, video, "video/mp4", pb.MODALITY_VIDEO)
+    assert stored.media_id == hashlib.sha256(video).hexdigest()
+    fake.processing_polls = 2
+    media = pb.Part(media=pb.Media(modality=pb.MODALITY_VIDEO, mime_type="video/mp4", media_id=stored.media_id))
+
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="What happens?"), media)),
+                                  timeout=30).answer
+    assert answer.text == "Hello from Gemini."
+    assert (answer.route.rule, answer.route.provider, answer.route.model) == ("video", "gemini", "gemini-2.5-pro")
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (12, 7)
+    assert answer.usage.cost_usd == pytest.approx(12 * 1.25e-6 + 7 * 10e-6)
+
+    # the resumable upload: start, then the bytes, finalized
+    [start] = fake.calls("upload_start")
+    assert start.headers["x-goog-upload-protocol"] == "resumable"
+    assert start.headers["x-goog-upload-command"] == "start"
+    assert start.headers["x-goog-upload-header-content-length"] == str(len(video))
+    assert start.headers["x-goog-api-key"] == KEY
+    chunks = fake.calls("upload_chunk")
+    assert b"".join(c.body for c in chunks) == video
+    assert chunks[-1].headers["x-goog-upload-command"] == "upload, finalize"
+    [name] = fake.files
+    assert bytes(fake.files[name].data) == video
+    # polled PROCESSING, PROCESSING, ACTIVE, and only then referenced
+    gets = fake.calls("file_get")
+    assert [g.path for g in gets] == [f"/v1beta/{name}"] * 3
+    assert fake.files[name].state == "ACTIVE"
+    [call] = fake.calls("stream")
+    assert fake.requests.index(call) > fake.requests.index(gets[-1])
+    parts = call.json()["contents"][0]["parts"]
+    assert parts[0] == {"text": "What happens?"}
+    assert parts[1]["fileData"] == {"file_uri": f"{fake.url}/v1beta/{name}", "mime_type": "video/mp4"}
+
+    # the same media again: referenced, not uploaded or polled again
+    seen = len(fake.requests)
+    again = daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="And then?"), media)),
+                                 timeout=30).answer
+    assert again.text == "Hello from Gemini."
+    later = fake.requests[seen:]
+    assert [FakeGemini._kind(r) for r in later] == ["stream"]
+    assert later[0].json()["contents"][0]["parts"][1]["fileData"]["file_uri"] == f"{fake.url}/v1beta/{name}"
+    assert len(fake.calls("upload_start")) == 1
+
+
+def test_inline_image_streams_text_deltas_and_usage(daemon, fake):
+    png = png_bytes()
+    assert len(png) < 1024  # under the inline limit: sent inline
+    fake.reply_chunks = ["A ", "small ", "blue ", "square."]
+    request = ask(pb.Part(text="What is this?"),
+                  pb.Part(media=pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=png)))
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=30))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "route_chosen" and kinds[-1] == "done"
+    assert events[0].route_chosen.route.provider == "gemini"
+    assert events[0].route_chosen.route.model == "gemini-2.5-flash"
+    assert [e.text_delta.text for e in events if e.HasField("text_delta")] == ["A ", "small ", "blue ", "square."]
+    usages = [e.usage for e in events if e.HasField("usage")]
+    assert usages and usages[-1].input_tokens == 12 and usages[-1].output_tokens == 7
+    done = events[-1].done.answer
+    assert done.text == "A small blue square."
+    assert done.usage.cost_usd == pytest.approx(12 * 0.30e-6 + 7 * 2.50e-6)
+
+    [call] = fake.calls("stream")
+    assert call.path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    assert call.query == {"alt": ["sse"]}
+    parts = call.json()["contents"][0]["parts"]
+    assert parts[0] == {"text": "What is this?"}
+    inline = parts[1]["inlineData"]
+    assert base64.b64decode(inline["data"]) == png
+    assert inline.get("mimeType", inline.get("mime_type")) == "image/png"
+    assert fake.calls("upload_start") == []
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "code", "reason", "retry"),
+    [
+        (429, {"Retry-After": "9"}, grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED", 9.0),
+        (403, {}, grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_AUTH", None),
+        (404, {}, grpc.StatusCode.NOT_FOUND, "PROVIDER_MODEL_NOT_FOUND", None),
+        (503, {}, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE", None),
+    ],
+    ids=["429", "403", "404", "503"],
+)
+def test_upstream_errors_reach_the_client_mapped(daemon, fake, status, headers, code, reason, retry):
+    fake.fail_next(status, {"error": {"code": status, "status": "X", "message": f"upstream said {status}"}}, headers)
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="hi"))), timeout=30)
+    err = caught.value
+    assert err.code() == code
+    assert f"upstream said {status}" in err.details()
+    assert KEY not in err.details()
+    got_reason, got_retry = error_info(err)
+    assert got_reason == reason
+    if retry is not None:
+        assert got_retry == pytest.approx(retry)
+    if status == 403:
+        assert "GEMINI_API_KEY" in err.details()

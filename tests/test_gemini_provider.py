@@ -1,0 +1,497 @@
+"""The Gemini provider against a fake Gemini API, through the real google-genai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pluggy
+import pytest
+from mmrouter_gemini import GeminiProvider, GeminiSettings
+from mmrouter_gemini.files import EXPIRY_MARGIN
+
+from router import (
+    CallContext,
+    Media,
+    Message,
+    Modality,
+    Options,
+    Part,
+    Request,
+    Role,
+    Task,
+    TextDelta,
+    UsageReport,
+)
+from router.errors import (
+    ConfigError,
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderModelNotFound,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from router.testing import ProviderContract, collect
+from tests.fakes.gemini import FakeGemini
+
+KEY = "AIza-test-secret-key-0123456789"
+
+
+@pytest.fixture
+def fake():
+    with FakeGemini(api_key=KEY) as server:
+        yield server
+
+
+def make_provider(fake: FakeGemini, **overrides) -> GeminiProvider:
+    settings = {"api_key": KEY, "base_url": fake.url, "timeout": 10, "poll_interval": 0.02}
+    settings.update(overrides)
+    return GeminiProvider.from_settings(settings)
+
+
+@pytest.fixture
+async def provider(fake):
+    p = make_provider(fake)
+    yield p
+    await p.aclose()
+
+
+def ask(*parts: Part, system: str = "") -> Request:
+    messages = [Message(Role.SYSTEM, [Part(text=system)])] if system else []
+    messages.append(Message(Role.USER, list(parts)))
+    return Request(messages=messages, options=Options(task=Task.CHAT))
+
+
+def png_bytes() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def stored_video(tmp_path: Path, size: int = 3000) -> Media:
+    """A 'video' in a content-addressed store, as the router hands uploaded media to providers."""
+    data = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * (size // 256)
+    digest = hashlib.sha256(data).hexdigest()
+    path = tmp_path / digest
+    path.write_bytes(data)
+    return Media(Modality.VIDEO, "video/mp4", path=path, media_id=digest, size=len(data), filename="clip.mp4")
+
+
+def text_of(events) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def usage_of(events):
+    usages = [e.usage for e in events if isinstance(e, UsageReport)]
+    assert len(usages) == 1
+    return usages[0]
+
+
+def model(provider, name="gemini-2.5-pro"):
+    return provider.model(name)
+
+
+class TestGeminiContract(ProviderContract):
+    @pytest.fixture
+    def provider(self, fake):
+        return make_provider(fake)
+
+
+# -- models and configuration ------------------------------------------------------------------
+
+
+def test_models_declare_every_input_long_context_and_prices(fake):
+    p = make_provider(fake)
+    names = {m.name for m in p.models}
+    assert {"gemini-2.5-pro", "gemini-2.5-flash"} <= names
+    for m in p.models:
+        assert m.inputs == {Modality.TEXT, Modality.IMAGE, Modality.AUDIO, Modality.VIDEO, Modality.DOCUMENT}
+        assert m.context_tokens >= 1_048_576
+        assert m.price.input_per_mtok > 0 and m.price.output_per_mtok > m.price.input_per_mtok
+    pro, flash = p.model("gemini-2.5-pro"), p.model("gemini-2.5-flash")
+    assert pro.price.input_per_mtok > flash.price.input_per_mtok
+
+
+def test_key_comes_from_config_then_env(monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    p = GeminiProvider.from_settings({})
+    assert "GEMINI_API_KEY" in p.unconfigured_reason()
+    monkeypatch.setenv("GOOGLE_API_KEY", "from-google-env")
+    assert GeminiProvider.from_settings({}).settings.api_key == "from-google-env"
+    monkeypatch.setenv("GEMINI_API_KEY", "from-gemini-env")
+    assert GeminiProvider.from_settings({}).settings.api_key == "from-gemini-env"
+    assert GeminiProvider.from_settings({"api_key": "from-config"}).settings.api_key == "from-config"
+    assert GeminiProvider.from_settings({"api_key": "x"}).unconfigured_reason() is None
+
+
+def test_settings_are_checked():
+    s = GeminiSettings.from_mapping({"api_key": "k", "inline_limit_bytes": "1024", "timeout": 5,
+                                     "api_version": "v1alpha", "streaming": "false"})
+    assert (s.inline_limit_bytes, s.timeout, s.api_version, s.streaming) == (1024, 5.0, "v1alpha", False)
+    with pytest.raises(ConfigError, match="inline_limit_bytes"):
+        GeminiSettings.from_mapping({"inline_limit_bytes": "lots"})
+    with pytest.raises(ConfigError, match="timeout"):
+        GeminiSettings.from_mapping({"timeout": 0})
+
+
+async def test_plugin_registers_through_its_entry_point(fake):
+    from router import hookspecs
+
+    pm = pluggy.PluginManager("mmrouter")
+    pm.add_hookspecs(hookspecs)
+    pm.load_setuptools_entrypoints("mmrouter", name="gemini")
+    got = []
+    pm.hook.register_providers(register=got.append, settings={"api_key": KEY, "base_url": fake.url})
+    assert [p.name for p in got] == ["gemini"]
+    assert isinstance(got[0], GeminiProvider) and got[0].settings.base_url == fake.url
+    events = await collect(got[0], ask(Part(text="hi")), got[0].model("gemini-2.5-flash"))
+    assert text_of(events) == "Hello from Gemini."
+    assert fake.calls("stream")[0].path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    await got[0].aclose()
+
+
+# -- text, streaming, inline media ---------------------------------------------------------------
+
+
+async def test_streams_text_deltas_and_one_usage(provider, fake):
+    fake.reply_chunks = ["The ", "answer ", "is ", "42."]
+    request = Request(
+        messages=[
+            Message(Role.SYSTEM, [Part(text="Be terse.")]),
+            Message(Role.USER, [Part(text="What is six times seven?")]),
+            Message(Role.ASSISTANT, [Part(text="Let me think.")]),
+            Message(Role.USER, [Part(text="Well?")]),
+        ],
+        options=Options(task=Task.CHAT, max_output_tokens=64, temperature=0.25),
+    )
+    events = await collect(provider, request, model(provider))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["The ", "answer ", "is ", "42."]
+    assert isinstance(events[-1], UsageReport)
+    usage = usage_of(events)
+    assert (usage.input_tokens, usage.output_tokens) == (12, 7)  # 5 answer + 2 thinking tokens
+    assert usage.cost_usd == 0
+
+    [sent] = fake.calls("stream")
+    assert sent.path == "/v1beta/models/gemini-2.5-pro:streamGenerateContent"
+    assert sent.query == {"alt": ["sse"]}
+    assert sent.headers["x-goog-api-key"] == KEY
+    body = sent.json()
+    assert [(c["role"], c["parts"][0]["text"]) for c in body["contents"]] == [
+        ("user", "What is six times seven?"), ("model", "Let me think."), ("user", "Well?")]
+    assert body["systemInstruction"]["parts"][0]["text"] == "Be terse."
+    assert body["generationConfig"] == {"maxOutputTokens": 64, "temperature": 0.25}
+    assert fake.calls("generate") == []
+
+
+async def test_unary_generate_content_when_streaming_is_off(fake):
+    p = make_provider(fake, streaming=False, api_version="v1alpha")
+    events = await collect(p, ask(Part(text="hi")), model(p, "gemini-2.5-flash"))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hello from Gemini."]
+    assert usage_of(events).output_tokens == 7
+    [sent] = fake.calls("generate")
+    assert sent.path == "/v1alpha/models/gemini-2.5-flash:generateContent"
+    assert fake.calls("stream") == []
+    await p.aclose()
+
+
+async def test_inline_image_audio_and_pdf_are_sent_as_inline_data(provider, fake):
+    png = png_bytes()
+    pdf = b"%PDF-1.4\n%tiny\n"
+    wav = b"RIFF\x24\x00\x00\x00WAVEfmt "
+    events = await collect(provider, ask(
+        Part(text="Describe these."),
+        Part(media=Media(Modality.IMAGE, "image/png", data=png)),
+        Part(media=Media(Modality.DOCUMENT, "application/pdf", data=pdf)),
+        Part(media=Media(Modality.AUDIO, "audio/wav", data=wav)),
+    ), model(provider))
+    assert text_of(events) == "Hello from Gemini."
+    parts = fake.calls("stream")[0].json()["contents"][0]["parts"]
+    assert parts[0] == {"text": "Describe these."}
+    inline = [p["inlineData"] for p in parts[1:]]
+    assert [base64.b64decode(d["data"]) for d in inline] == [png, pdf, wav]
+    assert [d.get("mimeType", d.get("mime_type")) for d in inline] == ["image/png", "application/pdf", "audio/wav"]
+    assert fake.calls("upload_start") == []
+
+
+async def test_media_by_url_is_referenced_not_fetched(provider, fake):
+    url = "https://example.com/talk.mp4"
+    await collect(provider, ask(Part(text="Sum up"), Part(media=Media(Modality.VIDEO, "video/mp4", url=url))),
+                  model(provider))
+    part = fake.calls("stream")[0].json()["contents"][0]["parts"][1]
+    assert part["fileData"]["file_uri"] == url
+    assert fake.calls("upload_start") == []
+
+
+async def test_thoughts_are_not_part_of_the_answer(fake):
+    class Thinking(FakeGemini):
+        def _generate(self, request, reply, *, stream):
+            reply.sse([(None, {"candidates": [{"content": {"role": "model", "parts": [
+                {"text": "secret musing", "thought": True}, {"text": "Visible."}]}, "finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1, "thoughtsTokenCount": 9}})])
+
+    with Thinking(api_key=KEY) as thinking:
+        p = make_provider(thinking)
+        events = await collect(p, ask(Part(text="hi")), model(p))
+        await p.aclose()
+    assert text_of(events) == "Visible."
+    assert usage_of(events).output_tokens == 10
+
+
+async def test_blocked_prompt_is_a_bad_request(provider, fake):
+    fake.block_reason = "SAFETY"
+    with pytest.raises(ProviderBadRequest, match=r"blocked \(SAFETY\)"):
+        await collect(provider, ask(Part(text="something bad")), model(provider))
+
+
+# -- the Files API ---------------------------------------------------------------------------------
+
+
+async def test_large_video_is_uploaded_once_polled_and_referenced(fake, tmp_path):
+    fake.processing_polls = 2
+    p = make_provider(fake, inline_limit_bytes=1024)
+    video = stored_video(tmp_path)
+    events = await collect(p, ask(Part(text="What happens?"), Part(media=video)), model(p))
+    assert text_of(events) == "Hello from Gemini."
+
+    [start] = fake.calls("upload_start")
+    assert start.path == "/upload/v1beta/files"
+    assert start.headers["x-goog-upload-protocol"] == "resumable"
+    assert start.headers["x-goog-upload-header-content-length"] == str(video.size)
+    assert start.headers["x-goog-upload-header-content-type"] == "video/mp4"
+    chunks = fake.calls("upload_chunk")
+    assert chunks[-1].headers["x-goog-upload-command"] == "upload, finalize"
+    assert b"".join(c.body for c in chunks) == video.path.read_bytes()
+    [name] = fake.files
+    assert fake.files[name].data == video.path.read_bytes()
+    gets = fake.calls("file_get")
+    assert len(gets) == 3 and {g.path for g in gets} == {f"/v1beta/{name}"}  # PROCESSING, PROCESSING, ACTIVE
+    [sent] = fake.calls("stream")
+    # the file was referenced only after it became ACTIVE (the fake refuses otherwise)
+    assert fake.requests.index(sent) > fake.requests.index(gets[-1])
+    file_part = sent.json()["contents"][0]["parts"][1]["fileData"]
+    assert file_part == {"file_uri": f"{fake.url}/v1beta/{name}", "mime_type": "video/mp4"}
+
+    # the same media again: no upload, no poll, same reference
+    before = len(fake.requests)
+    events = await collect(p, ask(Part(text="And then?"), Part(media=video)), model(p))
+    assert text_of(events) == "Hello from Gemini."
+    later = fake.requests[before:]
+    assert [FakeGemini._kind(r) for r in later] == ["stream"]
+    assert later[0].json()["contents"][0]["parts"][1]["fileData"]["file_uri"] == file_part["file_uri"]
+    await p.aclose()
+
+
+async def test_inline_bytes_over_the_limit_are_uploaded_and_remembered_by_sha256(fake):
+    fake.processing_polls = 0
+    p = make_provider(fake, inline_limit_bytes=2000)
+    small = png_bytes()
+    big = b"%PDF-1.4\n" + b"x" * 5000
+    request = ask(Part(media=Media(Modality.IMAGE, "image/png", data=small)),
+                  Part(media=Media(Modality.DOCUMENT, "application/pdf", data=big)), Part(text="Compare"))
+    await collect(p, request, model(p))
+    await collect(p, request, model(p))
+    assert len(fake.calls("upload_start")) == 1
+    assert bytes(next(iter(fake.files.values())).data) == big
+    for sent in fake.calls("stream"):
+        parts = sent.json()["contents"][0]["parts"]
+        assert "inlineData" in parts[0] and "fileData" in parts[1]
+    await p.aclose()
+
+
+async def test_concurrent_calls_with_the_same_media_upload_it_once(fake, tmp_path):
+    fake.processing_polls = 3
+    p = make_provider(fake, inline_limit_bytes=0)
+    video = stored_video(tmp_path)
+    results = await asyncio.gather(*(collect(p, ask(Part(text=f"q{i}"), Part(media=video)), model(p))
+                                     for i in range(3)))
+    assert all(text_of(r) == "Hello from Gemini." for r in results)
+    assert len(fake.calls("upload_start")) == 1
+    assert len(fake.calls("stream")) == 3
+    await p.aclose()
+
+
+async def test_failed_processing_is_a_clear_error_and_is_not_remembered(fake, tmp_path):
+    fake.processing_polls = 1
+    fake.fail_processing = True
+    p = make_provider(fake, inline_limit_bytes=0)
+    video = stored_video(tmp_path)
+    with pytest.raises(ProviderBadRequest) as err:
+        await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    message = str(err.value)
+    assert "could not process" in message and "video/mp4" in message
+    assert "The video could not be processed." in message
+    assert fake.calls("stream") == []
+    fake.fail_processing = False
+    await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    assert len(fake.calls("upload_start")) == 2
+    await p.aclose()
+
+
+async def test_polling_is_bounded_by_the_deadline_and_resumes_later(fake, tmp_path):
+    fake.processing_polls = 10_000
+    p = make_provider(fake, inline_limit_bytes=0, poll_interval=0.05)
+    video = stored_video(tmp_path)
+    ctx = CallContext(request_id="t", deadline=time.monotonic() + 0.6)
+    started = time.monotonic()
+    with pytest.raises(ProviderTimeout, match="PROCESSING"):
+        [e async for e in p.generate(ask(Part(text="?"), Part(media=video)), model(p), ctx)]
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 2.0
+    polls = len(fake.calls("file_get"))
+    assert 3 <= polls < 20  # backoff: far fewer polls than 0.6 s / 0.05 s would make without it
+    # the upload is kept: the next call only polls on
+    fake.processing_polls = 0
+    events = await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    assert text_of(events) == "Hello from Gemini."
+    assert len(fake.calls("upload_start")) == 1
+    await p.aclose()
+
+
+async def test_copies_about_to_expire_are_uploaded_again(fake, tmp_path):
+    fake.processing_polls = 0
+    fake.file_ttl = EXPIRY_MARGIN - timedelta(minutes=1)
+    p = make_provider(fake, inline_limit_bytes=0)
+    video = stored_video(tmp_path)
+    await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    assert len(fake.calls("upload_start")) == 2
+    await p.aclose()
+
+
+async def test_a_file_the_api_forgot_is_uploaded_again_next_time(fake, tmp_path):
+    fake.processing_polls = 0
+    p = make_provider(fake, inline_limit_bytes=0)
+    video = stored_video(tmp_path)
+    await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    fake.files.clear()  # deleted upstream
+    with pytest.raises(ProviderAuthError, match="may not exist"):
+        await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    events = await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    assert text_of(events) == "Hello from Gemini."
+    assert len(fake.calls("upload_start")) == 2
+    await p.aclose()
+
+
+# -- error mapping ------------------------------------------------------------------------------
+
+
+def google_error(code: int, status: str, message: str, details: list | None = None) -> dict:
+    body = {"error": {"code": code, "status": status, "message": message}}
+    if details:
+        body["error"]["details"] = details
+    return body
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "error", "retry_after"),
+    [
+        (400, google_error(400, "INVALID_ARGUMENT", "Request contains an invalid argument."), {},
+         ProviderBadRequest, None),
+        (401, google_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials."), {},
+         ProviderAuthError, None),
+        (403, google_error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers."), {},
+         ProviderAuthError, None),
+        (404, google_error(404, "NOT_FOUND", "models/gemini-9 is not found for API version v1beta"), {},
+         ProviderModelNotFound, None),
+        (429, google_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded."), {"Retry-After": "7"},
+         ProviderRateLimited, 7.0),
+        (429, google_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded.", [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "12s"}]), {},
+         ProviderRateLimited, 12.0),
+        (500, google_error(500, "INTERNAL", "An internal error has occurred."), {}, ProviderUnavailable, None),
+        (503, google_error(503, "UNAVAILABLE", "The model is overloaded."), {}, ProviderUnavailable, None),
+    ],
+    ids=["400", "401", "403", "404", "429-retry-after", "429-retry-info", "500", "503"],
+)
+async def test_http_errors_map_like_every_provider(fake, streaming, status, body, headers, error, retry_after):
+    p = make_provider(fake, streaming=streaming)
+    fake.fail_next(status, body, headers)
+    with pytest.raises(error) as caught:
+        await collect(p, ask(Part(text="hi")), model(p))
+    assert type(caught.value) is error
+    assert caught.value.provider == "gemini"
+    assert body["error"]["message"] in caught.value.message
+    assert KEY not in caught.value.message
+    if status in (401, 403):
+        assert "GEMINI_API_KEY" in caught.value.message and "providers.gemini.api_key" in caught.value.message
+    if retry_after is not None:
+        assert caught.value.retry_after == retry_after
+    assert len(fake.calls("stream" if streaming else "generate")) == 1  # the SDK did not retry
+    await p.aclose()
+
+
+async def test_invalid_key_answered_400_is_an_auth_error_that_names_the_setting(fake):
+    p = GeminiProvider.from_settings({"api_key": "AIza-wrong-key-987654", "base_url": fake.url})
+    with pytest.raises(ProviderAuthError) as caught:
+        await collect(p, ask(Part(text="hi")), model(p))
+    assert "API key not valid" in caught.value.message
+    assert "GEMINI_API_KEY" in caught.value.message and "providers.gemini.api_key" in caught.value.message
+    assert "AIza-wrong-key-987654" not in caught.value.message
+    assert fake.requests[0].headers["x-goog-api-key"] == "AIza-wrong-key-987654"
+    await p.aclose()
+
+
+async def test_errors_during_upload_are_mapped_too(fake, tmp_path):
+    p = make_provider(fake, inline_limit_bytes=0)
+    fake.fail_next(429, google_error(429, "RESOURCE_EXHAUSTED", "Too many uploads."), {"Retry-After": "3"})
+    with pytest.raises(ProviderRateLimited) as caught:
+        await collect(p, ask(Part(text="?"), Part(media=stored_video(tmp_path))), model(p))
+    assert caught.value.retry_after == 3.0
+    assert [FakeGemini._kind(r) for r in fake.requests] == ["upload_start"]
+    await p.aclose()
+
+
+async def test_unreachable_api_is_unavailable():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = GeminiProvider.from_settings({"api_key": KEY, "base_url": f"http://127.0.0.1:{port}", "timeout": 5})
+    with pytest.raises(ProviderUnavailable, match="could not reach") as caught:
+        await collect(p, ask(Part(text="hi")), model(p))
+    assert KEY not in caught.value.message
+    await p.aclose()
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
+async def test_sdk_timeout_is_unavailable(fake, streaming):
+    fake.delay = 1.5
+    p = make_provider(fake, timeout=0.3, streaming=streaming)
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable, match="timed out"):
+        await collect(p, ask(Part(text="hi")), model(p))
+    assert time.monotonic() - started < 1.4
+    await p.aclose()
+
+
+async def test_the_call_deadline_shortens_the_http_timeout(fake):
+    fake.delay = 1.5
+    p = make_provider(fake, timeout=30)
+    ctx = CallContext(request_id="t", deadline=time.monotonic() + 0.4)
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable, match="timed out"):
+        [e async for e in p.generate(ask(Part(text="hi")), model(p), ctx)]
+    assert time.monotonic() - started < 1.4
+    assert fake.calls("stream")[0].headers["x-server-timeout"] == "1"
+    await p.aclose()
+
+
+async def test_one_client_per_provider_closed_on_aclose(fake):
+    p = make_provider(fake)
+    await collect(p, ask(Part(text="a")), model(p))
+    client = p.client()
+    await collect(p, ask(Part(text="b")), model(p))
+    assert p.client() is client
+    await p.aclose()
+    assert p._client is None
+    await p.aclose()

@@ -1,0 +1,279 @@
+"""OpenAI through the running daemon: the real ``openai`` SDK talks to the fake OpenAI API.
+
+Uses the ``start_daemon`` fixture of tests/conftest.py (the real daemon as a
+subprocess). Asserts both sides: what the fake received and what the gRPC
+client got back (text, streamed deltas, transcript, usage, cost, route).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import wave
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from mmrouter.v1 import router_pb2 as pb
+from PIL import Image
+
+from tests.fakes.openai import API_KEY, FakeOpenAI, error_body
+
+CONFIG = """
+providers:
+  openai:
+    api_key: "${{OPENAI_TEST_KEY}}"
+    base_url: "{url}"
+    timeout: {timeout}
+    prices:
+      gpt-4o-mini: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
+routes:
+  - name: transcription
+    match: {{inputs_any: [audio], task: [transcribe]}}
+    use: openai/whisper-1
+  - name: audio-chat
+    match: {{inputs_any: [audio], task: [chat]}}
+    use: openai/gpt-4o-audio-preview
+  - name: cheap
+    match: {{tags: [cheap]}}
+    use: openai/gpt-4o-mini
+  - name: cross-modal
+    match: {{inputs_any: [image]}}
+    use: openai/gpt-4o
+default: openai/gpt-4o
+"""
+
+WHISPER_TEXT = "Hello there. General Kenobi."
+
+
+def png_bytes(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (5, 4), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def wav_bytes(seconds: float = 0.3, rate: int = 8000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", (i * 131) % 3000 - 1500) for i in range(int(seconds * rate))))
+    return buf.getvalue()
+
+
+def text_part(value: str) -> pb.Part:
+    return pb.Part(text=value)
+
+
+def image_part(data: bytes) -> pb.Part:
+    return pb.Part(media=pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=data))
+
+
+def audio_part(data: bytes, filename: str = "clip.wav") -> pb.Part:
+    return pb.Part(media=pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=data, filename=filename))
+
+
+def ask(*parts: pb.Part, task: int = pb.TASK_AUTO, tags: tuple[str, ...] = (), session: str = "",
+        system: str = "") -> pb.MultimodalRequest:
+    messages = [pb.Message(role=pb.ROLE_SYSTEM, parts=[text_part(system)])] if system else []
+    messages.append(pb.Message(role=pb.ROLE_USER, parts=list(parts)))
+    return pb.MultimodalRequest(messages=messages, options=pb.Options(task=task),
+                                hints=pb.RoutingHints(tags=list(tags)), session_id=session)
+
+
+def details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, error_details_pb2.RetryInfo | None]:
+    status = rpc_status.from_call(err)
+    info = retry = None
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+    return info, retry
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAI() as upstream:
+        yield upstream
+
+
+def start(start_daemon, fake: FakeOpenAI, *, key: str = API_KEY, timeout: float = 10):
+    return start_daemon(CONFIG.format(url=fake.base_url, timeout=timeout), env={"OPENAI_TEST_KEY": key})
+
+
+@pytest.fixture
+def daemon(start_daemon, fake):
+    return start(start_daemon, fake)
+
+
+def test_images_and_text_through_generate(daemon, fake):
+    red, green = png_bytes((255, 0, 0)), png_bytes((0, 255, 0))
+    reply = daemon.stub.Generate(pb.GenerateRequest(request=ask(
+        text_part("Which is redder?"), image_part(red), text_part("or"), image_part(green),
+        system="Answer in one word.")), timeout=30)
+    answer = reply.answer
+
+    [body] = fake.chat_requests()
+    assert body["model"] == "gpt-4o" and body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["messages"][0] == {"role": "system", "content": "Answer in one word."}
+    parts = fake.parts(body["messages"][1])
+    assert [p.kind for p in parts] == ["text", "image", "text", "image"]
+    assert [parts[1].data, parts[3].data] == [red, green]
+    assert parts[1].mime_type == "image/png"
+
+    assert answer.text == "Hello from the fake GPT."
+    assert (answer.route.rule, answer.route.provider, answer.route.model) == ("cross-modal", "openai", "gpt-4o")
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (1234, 56)
+    assert answer.usage.cost_usd == pytest.approx(1234 * 2.50 / 1e6 + 56 * 10.00 / 1e6)
+
+
+def test_stream_generate_delivers_deltas_then_usage_and_done(daemon, fake):
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(
+        request=ask(text_part("Say hello"), tags=("cheap",))), timeout=30))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "route_chosen" and kinds[-1] == "done"
+    assert events[0].route_chosen.route.model == "gpt-4o-mini"
+    assert [e.text_delta.text for e in events if e.HasField("text_delta")] == ["Hello", " from", " the fake", " GPT."]
+    usages = [e.usage for e in events if e.HasField("usage")]
+    assert [(u.input_tokens, u.output_tokens) for u in usages] == [(1234, 56)]
+    done = events[-1].done.answer
+    assert done.text == "Hello from the fake GPT."
+    assert (done.route.rule, done.route.provider, done.route.model) == ("cheap", "openai", "gpt-4o-mini")
+    # the config's price override for gpt-4o-mini is what the cost is computed from
+    assert done.usage.cost_usd == pytest.approx(1234 * 1.0 / 1e6 + 56 * 2.0 / 1e6)
+    assert fake.chat_requests()[0]["model"] == "gpt-4o-mini"
+
+
+def test_session_history_reaches_the_model(daemon, fake):
+    for question in ("My name is Ada.", "What is my name?"):
+        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part(question), session="s-1")), timeout=30)
+    first, second = fake.chat_requests()
+    assert [(m["role"], m["content"]) for m in first["messages"]] == [("user", "My name is Ada.")]
+    assert [(m["role"], m["content"]) for m in second["messages"]] == [
+        ("user", "My name is Ada."), ("assistant", "Hello from the fake GPT."), ("user", "What is my name?")]
+
+
+def test_whisper_transcription_with_segments_and_cost(daemon, fake):
+    clip = wav_bytes()
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(audio_part(clip, "standup.wav"))),
+                                  timeout=30).answer
+
+    [upload] = fake.uploads()
+    assert upload.field("model") == "whisper-1" and upload.field("response_format") == "verbose_json"
+    assert upload.fields["timestamp_granularities[]"] == ["segment"]
+    assert upload.files["file"] == ("standup.wav", "audio/wav", clip)
+
+    assert (answer.route.rule, answer.route.model) == ("transcription", "whisper-1")
+    t = answer.transcript
+    assert t.text == WHISPER_TEXT and answer.text == WHISPER_TEXT
+    assert [(u.text, u.start_seconds, u.end_seconds) for u in t.utterances] == [
+        ("Hello there.", 0.0, 1.2), ("General Kenobi.", 1.2, 2.5)]
+    assert t.duration_seconds == pytest.approx(2.5)
+    assert answer.usage.audio_seconds == pytest.approx(3.0)
+    assert answer.usage.cost_usd == pytest.approx(3.0 * 0.36 / 3600)
+
+
+def test_uploaded_audio_is_transcribed_by_media_id(daemon, fake):
+    clip = wav_bytes(1.0)
+    chunks = [pb.UploadMediaRequest(metadata=pb.UploadMetadata(
+        modality=pb.MODALITY_AUDIO, mime_type="audio/wav", filename="long.wav", size_bytes=len(clip)))]
+    chunks += [pb.UploadMediaRequest(chunk=clip[i:i + 4096]) for i in range(0, len(clip), 4096)]
+    uploaded = daemon.stub.UploadMedia(iter(chunks), timeout=30)
+    media = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", media_id=uploaded.media_id)
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(media=media), task=pb.TASK_TRANSCRIBE)),
+                                  timeout=30).answer
+    assert answer.transcript.text == WHISPER_TEXT
+    filename, _, data = fake.uploads()[0].files["file"]
+    assert data == clip and filename.endswith(".wav")
+
+
+def test_audio_as_chat_input(daemon, fake):
+    clip = wav_bytes()
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(
+        text_part("What is the tone?"), audio_part(clip), task=pb.TASK_CHAT)), timeout=30).answer
+    assert (answer.route.rule, answer.route.model) == ("audio-chat", "gpt-4o-audio-preview")
+    assert answer.text == "Hello from the fake GPT."
+    [body] = fake.chat_requests()
+    assert body["model"] == "gpt-4o-audio-preview"
+    parts = fake.parts(body["messages"][0])
+    assert [(p.kind, p.mime_type) for p in parts] == [("text", ""), ("audio", "wav")]
+    assert parts[1].data == clip
+
+
+ERRORS = [
+    (400, {}, grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_BAD_REQUEST"),
+    (404, {}, grpc.StatusCode.NOT_FOUND, "PROVIDER_MODEL_NOT_FOUND"),
+    (429, {"Retry-After": "7"}, grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
+    (500, {}, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+    (503, {}, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+]
+
+
+def test_http_errors_map_to_grpc_statuses(daemon, fake):
+    for status, headers, code, reason in ERRORS:
+        fake.fail_next(status, error_body(f"upstream failure {status}"), headers)
+        with pytest.raises(grpc.RpcError) as info:
+            daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+        err = info.value
+        assert err.code() == code, (status, err.details())
+        error_info, retry = details(err)
+        assert error_info is not None and error_info.reason == reason, status
+        assert error_info.domain == "mmrouter" and error_info.metadata["provider"] == "openai"
+        assert f"upstream failure {status}" in err.details()
+        if status == 429:
+            assert retry is not None and retry.retry_delay.seconds == 7
+        else:
+            assert retry is None
+    assert len(fake.chat_requests()) == len(ERRORS)  # one call each: no SDK retries
+
+
+def test_transcription_errors_are_mapped_too(daemon, fake):
+    fake.fail_next(429, error_body("Rate limit reached for whisper-1"), {"Retry-After": "3"})
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=ask(audio_part(wav_bytes()))), timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    error_info, retry = details(info.value)
+    assert error_info.reason == "PROVIDER_RATE_LIMITED" and retry.retry_delay.seconds == 3
+    assert fake.requests[0].path == "/v1/audio/transcriptions"
+
+
+def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
+    secret = "sk-e2e-wrong-key-do-not-leak-77"
+    daemon = start(start_daemon, fake, key=secret)
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+    err = info.value
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    error_info, _ = details(err)
+    assert error_info.reason == "PROVIDER_AUTH" and error_info.metadata["provider"] == "openai"
+    assert "OPENAI_API_KEY or providers.openai.api_key" in err.details()
+    assert fake.requests[0].headers["authorization"] == f"Bearer {secret}"  # the fake did get (and echo) it
+    everything = err.details() + str(rpc_status.from_call(err)) + daemon.logs()
+    assert secret not in everything and secret[:15] not in everything
+
+
+def test_upstream_timeout_is_unavailable(start_daemon, fake):
+    daemon = start(start_daemon, fake, timeout=0.5)
+    fake.chunk_delay = 3.0
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    error_info, _ = details(info.value)
+    assert error_info.reason == "PROVIDER_UNAVAILABLE" and "timed out" in info.value.details()
+
+
+def test_providers_list_shows_the_catalogue(daemon):
+    providers = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=30).providers}
+    openai = providers["openai"]
+    assert openai.state == pb.PROVIDER_STATE_READY
+    models = {m.name: m for m in openai.models}
+    assert {"gpt-4o", "gpt-4o-mini", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"} <= set(models)
+    assert set(models["gpt-4o"].inputs) == {pb.MODALITY_TEXT, pb.MODALITY_IMAGE}
+    assert list(models["whisper-1"].outputs) == ["transcript"]
+    assert models["gpt-4o-mini"].price.input_per_mtok == pytest.approx(1.0)  # overridden in the config

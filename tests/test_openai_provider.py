@@ -1,0 +1,506 @@
+"""The OpenAI provider called directly, with the real ``openai`` SDK against the fake OpenAI API."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import time
+import wave
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import mmrouter_openai
+import pytest
+from mmrouter_openai import OpenAIProvider
+from mmrouter_openai.settings import NO_KEY_PLACEHOLDER, SettingsError
+from PIL import Image
+
+from router import (
+    CallContext,
+    Media,
+    Message,
+    Modality,
+    Options,
+    Part,
+    Request,
+    Role,
+    Task,
+    TextDelta,
+    TranscriptReady,
+    UsageReport,
+)
+from router.errors import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderModelNotFound,
+    ProviderNotConfigured,
+    ProviderRateLimited,
+    ProviderUnavailable,
+)
+from router.testing import ProviderContract, collect
+from tests.fakes.openai import API_KEY, FakeOpenAI, error_body
+
+
+# -- media made in the tests -----------------------------------------------------------------
+def image_bytes(fmt: str = "PNG", color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 3), color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def wav_bytes(seconds: float = 0.25, rate: int = 8000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", (i * 97) % 2000 - 1000) for i in range(int(seconds * rate))))
+    return buf.getvalue()
+
+
+def user(*parts: Part) -> Message:
+    return Message(Role.USER, list(parts))
+
+
+def text(value: str) -> Part:
+    return Part(text=value)
+
+
+def image(data: bytes, mime: str = "image/png") -> Part:
+    return Part(media=Media(Modality.IMAGE, mime, data=data))
+
+
+def audio(data: bytes, mime: str = "audio/wav", **kw: object) -> Part:
+    return Part(media=Media(Modality.AUDIO, mime, data=data, **kw))
+
+
+def model_of(provider: OpenAIProvider, name: str):
+    model = provider.model(name)
+    assert model is not None, name
+    return model
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+def make_provider(fake: FakeOpenAI, **settings: object) -> OpenAIProvider:
+    return OpenAIProvider({"api_key": API_KEY, "base_url": fake.base_url, "timeout": 10, **settings})
+
+
+@pytest.fixture
+async def provider(fake: FakeOpenAI) -> AsyncIterator[OpenAIProvider]:
+    p = make_provider(fake)
+    yield p
+    await p.aclose()
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
+        monkeypatch.delenv(var, raising=False)
+
+
+class TestOpenAIContract(ProviderContract):
+    """The conformance kit, on gpt-4o (the first model)."""
+
+    @pytest.fixture
+    async def provider(self, fake: FakeOpenAI) -> AsyncIterator[OpenAIProvider]:
+        p = make_provider(fake)
+        yield p
+        await p.aclose()
+
+
+class TestWhisperContract(ProviderContract):
+    """The conformance kit, on whisper-1 with an audio clip."""
+
+    @pytest.fixture
+    async def provider(self, fake: FakeOpenAI) -> AsyncIterator[OpenAIProvider]:
+        p = make_provider(fake)
+        yield p
+        await p.aclose()
+
+    def contract_model(self, provider):
+        return model_of(provider, "whisper-1")
+
+    def sample_request(self, model):
+        return Request([user(audio(wav_bytes()))], Options(task=Task.TRANSCRIBE))
+
+
+# -- models ---------------------------------------------------------------------------------------
+def test_catalogue_declares_inputs_outputs_and_prices(provider: OpenAIProvider) -> None:
+    names = [m.name for m in provider.models]
+    assert names[:2] == ["gpt-4o", "gpt-4o-mini"]
+    gpt4o = model_of(provider, "gpt-4o")
+    assert gpt4o.inputs == {Modality.TEXT, Modality.IMAGE}
+    assert gpt4o.can_do(Task.CHAT) and not gpt4o.can_do(Task.TRANSCRIBE)
+    assert (gpt4o.price.input_per_mtok, gpt4o.price.output_per_mtok) == (2.50, 10.00)
+    assert gpt4o.context_tokens == 128_000
+    assert model_of(provider, "gpt-4o-audio-preview").inputs == {Modality.TEXT, Modality.AUDIO}
+    whisper = model_of(provider, "whisper-1")
+    assert whisper.inputs == {Modality.AUDIO} and whisper.can_do(Task.TRANSCRIBE)
+    assert whisper.price.per_audio_hour == pytest.approx(0.36)
+    for name in ("gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize"):
+        assert model_of(provider, name).can_do(Task.TRANSCRIBE)
+    assert "diarization" in model_of(provider, "gpt-4o-transcribe-diarize").features
+    assert "diarization" not in whisper.features
+
+
+def test_register_providers_hook_registers_one_configured_provider(fake: FakeOpenAI) -> None:
+    registered: list = []
+    mmrouter_openai.register_providers(registered.append, {"api_key": API_KEY, "base_url": fake.base_url})
+    assert len(registered) == 1
+    assert registered[0].name == "openai" and registered[0].unconfigured_reason() is None
+
+
+def test_missing_key_is_reported_with_the_setting_to_fix() -> None:
+    p = OpenAIProvider({})
+    reason = p.unconfigured_reason()
+    assert reason is not None and "OPENAI_API_KEY" in reason and "providers.openai.api_key" in reason
+
+
+def test_key_and_base_url_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, fake: FakeOpenAI) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    p = OpenAIProvider({})
+    assert p.unconfigured_reason() is None
+    assert p.settings.api_key == "sk-from-env" and p.settings.effective_base_url == fake.base_url
+
+
+def test_bad_settings_are_named() -> None:
+    with pytest.raises(SettingsError, match=r"providers\.openai\.timeout"):
+        OpenAIProvider({"api_key": "k", "timeout": "soon"})
+    with pytest.raises(SettingsError, match=r"providers\.openai\.models\[0\]\.inputs"):
+        OpenAIProvider({"api_key": "k", "models": [{"name": "x", "inputs": ["smell"]}]})
+    with pytest.raises(SettingsError, match="cannot contain '/'"):
+        OpenAIProvider({"api_key": "k", "models": [{"name": "org/model"}]})
+
+
+async def test_unconfigured_provider_refuses_to_call(fake: FakeOpenAI) -> None:
+    p = OpenAIProvider({"api_key": ""})  # default base_url: OpenAI itself needs a key
+    with pytest.raises(ProviderNotConfigured):
+        await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    assert fake.requests == []
+
+
+# -- chat -----------------------------------------------------------------------------------------
+async def test_chat_streams_deltas_and_usage_with_system_prompt_and_history(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    request = Request(
+        [
+            Message(Role.SYSTEM, [text("You are terse.")]),
+            user(text("What is 2+2?")),
+            Message(Role.ASSISTANT, [text("4")]),
+            user(text("And times 3?")),
+        ],
+        Options(task=Task.CHAT, max_output_tokens=50, temperature=0.2),
+    )
+    events = await collect(provider, request, model_of(provider, "gpt-4o"))
+
+    deltas = [e.text for e in events if isinstance(e, TextDelta)]
+    assert deltas == ["Hello", " from", " the fake", " GPT."]
+    usages = [e.usage for e in events if isinstance(e, UsageReport)]
+    assert len(usages) == 1 and isinstance(events[-1], UsageReport)
+    assert (usages[0].input_tokens, usages[0].output_tokens, usages[0].cost_usd) == (1234, 56, 0.0)
+
+    [body] = fake.chat_requests()
+    assert body["model"] == "gpt-4o"
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["max_completion_tokens"] == 50 and "max_tokens" not in body
+    assert body["temperature"] == pytest.approx(0.2)
+    assert [(m["role"], m["content"]) for m in body["messages"]] == [
+        ("system", "You are terse."), ("user", "What is 2+2?"), ("assistant", "4"), ("user", "And times 3?"),
+    ]
+    headers = fake.requests[0].headers
+    assert headers["authorization"] == f"Bearer {API_KEY}"
+    assert fake.requests[0].path == "/v1/chat/completions"
+
+
+async def test_chat_sends_many_images_as_data_urls_in_order(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    red, blue = image_bytes("PNG", (255, 0, 0)), image_bytes("JPEG", (0, 0, 255))
+    request = Request([user(text("Compare"), image(red), text("with"), image(blue, "image/jpeg"))])
+    events = await collect(provider, request, model_of(provider, "gpt-4o-mini"))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello from the fake GPT."
+
+    [body] = fake.chat_requests()
+    assert body["model"] == "gpt-4o-mini"
+    parts = fake.parts(body["messages"][0])
+    assert [p.kind for p in parts] == ["text", "image", "text", "image"]
+    assert (parts[1].mime_type, parts[1].data) == ("image/png", red)
+    assert (parts[3].mime_type, parts[3].data) == ("image/jpeg", blue)
+    assert [parts[0].text, parts[2].text] == ["Compare", "with"]
+
+
+async def test_chat_passes_image_urls_through(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    url = "https://example.com/cat.png"
+    request = Request([user(text("What is it?"), Part(media=Media(Modality.IMAGE, "image/png", url=url)))])
+    await collect(provider, request, model_of(provider, "gpt-4o"))
+    parts = fake.parts(fake.chat_requests()[0]["messages"][0])
+    assert [(p.kind, p.url) for p in parts] == [("text", ""), ("image", url)]
+
+
+async def test_chat_reads_uploaded_images_from_the_store(
+    fake: FakeOpenAI, provider: OpenAIProvider, tmp_path: Path
+) -> None:
+    data = image_bytes("PNG", (1, 2, 3))
+    stored = tmp_path / "ab12"
+    stored.write_bytes(data)
+    media = Media(Modality.IMAGE, "image/png", path=stored, media_id="ab12", size=len(data))
+    await collect(provider, Request([user(text("Describe"), Part(media=media))]), model_of(provider, "gpt-4o"))
+    parts = fake.parts(fake.chat_requests()[0]["messages"][0])
+    assert parts[1].data == data
+
+
+async def test_audio_chat_sends_input_audio(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    clip = wav_bytes()
+    mp3ish = b"ID3\x04\x00\x00\x00\x00\x00\x00fake-mp3"
+    request = Request([user(text("What is said?"), audio(clip), audio(mp3ish, "audio/mpeg"))],
+                      Options(task=Task.CHAT))
+    events = await collect(provider, request, model_of(provider, "gpt-4o-audio-preview"))
+    assert any(isinstance(e, TextDelta) for e in events)
+    [body] = fake.chat_requests()
+    assert body["model"] == "gpt-4o-audio-preview"
+    parts = fake.parts(body["messages"][0])
+    assert [(p.kind, p.mime_type) for p in parts] == [("text", ""), ("audio", "wav"), ("audio", "mp3")]
+    assert parts[1].data == clip and parts[2].data == mp3ish
+
+
+async def test_audio_chat_refuses_formats_the_api_cannot_take(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    request = Request([user(text("What is said?"), audio(b"OggS fake", "audio/ogg"))], Options(task=Task.CHAT))
+    with pytest.raises(ProviderBadRequest, match="wav or mp3"):
+        await collect(provider, request, model_of(provider, "gpt-4o-audio-preview"))
+    assert fake.requests == []
+
+
+async def test_legacy_max_tokens_and_organization(fake: FakeOpenAI) -> None:
+    p = make_provider(fake, legacy_max_tokens=True, organization="org-123", project="proj_9")
+    try:
+        await collect(p, Request([user(text("hi"))], Options(max_output_tokens=7)), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+    [body] = fake.chat_requests()
+    assert body["max_tokens"] == 7 and "max_completion_tokens" not in body
+    assert fake.requests[0].headers["openai-organization"] == "org-123"
+    assert fake.requests[0].headers["openai-project"] == "proj_9"
+
+
+async def test_one_client_is_reused_and_closed(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    assert provider._client is None  # made lazily
+    model = model_of(provider, "gpt-4o")
+    await collect(provider, Request([user(text("one"))]), model)
+    first = provider.client()
+    await collect(provider, Request([user(text("two"))]), model)
+    assert provider.client() is first
+    assert len(fake.chat_requests()) == 2
+    await provider.aclose()
+    assert provider._client is None and first.is_closed()
+
+
+# -- OpenAI-compatible servers ---------------------------------------------------------------------
+async def test_compatible_server_needs_no_key_and_takes_configured_models(fake: FakeOpenAI) -> None:
+    p = OpenAIProvider({"base_url": fake.base_url, "builtin_models": False,
+                        "models": [{"name": "llama3.2-vision", "inputs": ["text", "image"],
+                                    "context_tokens": 8192, "price": {"input_per_mtok": 0.1}},
+                                   {"name": "whisper-large-v3", "outputs": ["transcript"]}]})
+    try:
+        assert p.unconfigured_reason() is None
+        assert [m.name for m in p.models] == ["llama3.2-vision", "whisper-large-v3"]
+        llama = model_of(p, "llama3.2-vision")
+        assert llama.inputs == {Modality.TEXT, Modality.IMAGE} and llama.context_tokens == 8192
+        assert llama.price.input_per_mtok == pytest.approx(0.1)
+        assert model_of(p, "whisper-large-v3").can_do(Task.TRANSCRIBE)
+        with pytest.raises(ProviderAuthError):  # the fake wants the real key: shows what was sent
+            await collect(p, Request([user(text("hi"))]), llama)
+    finally:
+        await p.aclose()
+    assert fake.requests[0].headers["authorization"] == f"Bearer {NO_KEY_PLACEHOLDER}"
+    assert fake.requests[0].json()["model"] == "llama3.2-vision"
+
+
+# -- transcription --------------------------------------------------------------------------------
+async def test_whisper_transcribes_with_segments(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    clip = wav_bytes()
+    request = Request([user(audio(clip, filename="meeting.wav"))], Options(task=Task.TRANSCRIBE, language="en-US"))
+    events = await collect(provider, request, model_of(provider, "whisper-1"))
+
+    [ready] = [e for e in events if isinstance(e, TranscriptReady)]
+    t = ready.transcript
+    assert t.text == "Hello there. General Kenobi."
+    assert [(u.text, u.start, u.end) for u in t.utterances] == [("Hello there.", 0.0, 1.2),
+                                                                 ("General Kenobi.", 1.2, 2.5)]
+    assert t.duration_seconds == 2.5 and t.language == "english"
+    [usage] = [e.usage for e in events if isinstance(e, UsageReport)]
+    assert (usage.audio_seconds, usage.input_tokens, usage.cost_usd) == (3.0, 0, 0.0)
+
+    [upload] = fake.uploads()
+    assert upload.field("model") == "whisper-1"
+    assert upload.field("response_format") == "verbose_json"
+    assert upload.fields.get("timestamp_granularities[]") == ["segment"]
+    assert upload.field("language") == "en"
+    filename, content_type, data = upload.files["file"]
+    assert (filename, content_type, data) == ("meeting.wav", "audio/wav", clip)
+
+
+async def test_transcription_streams_uploaded_media_from_the_store(
+    fake: FakeOpenAI, provider: OpenAIProvider, tmp_path: Path
+) -> None:
+    clip = wav_bytes(1.0)
+    stored = tmp_path / "c0ffee"
+    stored.write_bytes(clip)
+    media = Media(Modality.AUDIO, "audio/wav", path=stored, media_id="c0ffee", size=len(clip))
+    events = await collect(provider, Request([user(Part(media=media))]), model_of(provider, "whisper-1"))
+    assert any(isinstance(e, TranscriptReady) for e in events)
+    filename, _, data = fake.uploads()[0].files["file"]
+    assert filename == "audio.wav" and data == clip  # the API finds the format by the extension
+
+
+async def test_gpt4o_transcribe_uses_json_and_reports_tokens(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    request = Request([user(audio(wav_bytes(), "audio/mpeg", duration_seconds=2.0))])
+    events = await collect(provider, request, model_of(provider, "gpt-4o-transcribe"))
+    [ready] = [e for e in events if isinstance(e, TranscriptReady)]
+    assert ready.transcript.text == "Hello there. General Kenobi." and ready.transcript.utterances == []
+    [usage] = [e.usage for e in events if isinstance(e, UsageReport)]
+    assert (usage.input_tokens, usage.output_tokens, usage.audio_seconds) == (40, 8, 0.0)
+    [upload] = fake.uploads()
+    assert upload.field("model") == "gpt-4o-transcribe" and upload.field("response_format") == "json"
+    assert "timestamp_granularities[]" not in upload.fields
+    assert upload.files["file"][0] == "audio.mp3"
+
+
+async def test_diarizing_model_labels_speakers(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    request = Request([user(audio(wav_bytes()))], Options(task=Task.TRANSCRIBE, diarization=True))
+    events = await collect(provider, request, model_of(provider, "gpt-4o-transcribe-diarize"))
+    [ready] = [e for e in events if isinstance(e, TranscriptReady)]
+    t = ready.transcript
+    assert [(u.speaker, u.text, u.start, u.end) for u in t.utterances] == [
+        ("A", "Hello there.", 0.0, 1.2), ("B", "General Kenobi.", 1.2, 2.5)]
+    assert t.text == "Speaker A: Hello there.\nSpeaker B: General Kenobi."
+    [upload] = fake.uploads()
+    assert upload.field("response_format") == "diarized_json"
+    assert upload.field("chunking_strategy") == "auto"
+
+
+async def test_transcription_without_audio_is_a_bad_request(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    with pytest.raises(ProviderBadRequest, match="has none"):
+        await collect(provider, Request([user(text("hello"))]), model_of(provider, "whisper-1"))
+    assert fake.requests == []
+
+
+# -- errors ---------------------------------------------------------------------------------------
+ERROR_CASES = [
+    (400, ProviderBadRequest, grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_BAD_REQUEST"),
+    (404, ProviderModelNotFound, grpc.StatusCode.NOT_FOUND, "PROVIDER_MODEL_NOT_FOUND"),
+    (500, ProviderUnavailable, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+    (503, ProviderUnavailable, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+]
+
+
+@pytest.mark.parametrize(("status", "error", "code", "reason"), ERROR_CASES)
+async def test_http_errors_are_mapped(fake: FakeOpenAI, provider: OpenAIProvider, status: int, error: type,
+                                      code: grpc.StatusCode, reason: str) -> None:
+    fake.fail_next(status, error_body(f"upstream says {status}"))
+    with pytest.raises(error) as info:
+        await collect(provider, Request([user(text("hi"))]), model_of(provider, "gpt-4o"))
+    assert type(info.value) is error
+    assert info.value.code == code and info.value.reason == reason
+    assert info.value.metadata == {"provider": "openai"}
+    assert f"upstream says {status}" in info.value.message
+    assert len(fake.requests) == 1  # no SDK retries: the router does fallbacks
+
+
+async def test_unknown_model_is_not_found(fake: FakeOpenAI) -> None:
+    p = make_provider(fake, models=[{"name": "gpt-9"}])
+    try:
+        with pytest.raises(ProviderModelNotFound, match="gpt-9") as info:
+            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-9"))
+    finally:
+        await p.aclose()
+    assert "does not exist" in info.value.message
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_auth_errors_name_the_setting_and_never_the_key(fake: FakeOpenAI, status: int) -> None:
+    secret = "sk-wrong-key-that-must-not-leak-42"
+    p = make_provider(fake, api_key=secret)
+    if status == 403:
+        fake.fail_next(403, error_body(f"Project denied for key {secret}"))
+    try:
+        with pytest.raises(ProviderAuthError) as info:
+            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+    err = info.value
+    assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.reason == "PROVIDER_AUTH"
+    assert "OPENAI_API_KEY or providers.openai.api_key" in err.message
+    assert secret not in str(err) and secret[:12] not in err.message
+    assert err.__cause__ is None and err.__suppress_context__
+
+
+async def test_rate_limit_carries_retry_after(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    fake.fail_next(429, error_body("Rate limit reached for gpt-4o", "requests", "rate_limit_exceeded"),
+                   {"Retry-After": "7"})
+    with pytest.raises(ProviderRateLimited) as info:
+        await collect(provider, Request([user(text("hi"))]), model_of(provider, "gpt-4o"))
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.retry_after == 7.0
+    assert "Rate limit reached" in info.value.message
+    assert len(fake.requests) == 1
+
+
+async def test_rate_limit_on_transcription_prefers_retry_after_ms(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    fake.fail_next(429, error_body("slow down"), {"retry-after-ms": "1500", "Retry-After": "9"})
+    with pytest.raises(ProviderRateLimited) as info:
+        await collect(provider, Request([user(audio(wav_bytes()))]), model_of(provider, "whisper-1"))
+    assert info.value.retry_after == 1.5
+
+
+async def test_timeout_is_unavailable(fake: FakeOpenAI) -> None:
+    fake.chunk_delay = 2.0  # each SSE chunk waits longer than the read timeout
+    p = make_provider(fake, timeout=0.3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProviderUnavailable, match="timed out") as info:
+            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started < 5
+
+
+async def test_call_deadline_shortens_the_timeout(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    fake.chunk_delay = 2.0
+    ctx = CallContext(request_id="t", deadline=time.monotonic() + 0.3)
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable, match="timed out"):
+        async for _ in provider.generate(Request([user(text("hi"))]), model_of(provider, "gpt-4o"), ctx):
+            pass
+    assert time.monotonic() - started < 5
+
+
+async def test_connection_refused_is_unavailable() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{port}/v1", "timeout": 5})
+    try:
+        with pytest.raises(ProviderUnavailable, match="cannot reach") as info:
+            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+    assert API_KEY not in info.value.message
+
+
+async def test_error_in_the_middle_of_a_stream_is_unavailable(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    fake.stream_error = "The server had an error while processing your request."
+    seen: list = []
+    with pytest.raises(ProviderUnavailable, match="server had an error"):
+        async for event in provider.generate(Request([user(text("hi"))]), model_of(provider, "gpt-4o"),
+                                             CallContext(request_id="mid")):
+            seen.append(event)
+    assert [e.text for e in seen] == ["Hello"]
