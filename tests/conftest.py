@@ -26,6 +26,7 @@ import pytest
 from mmrouter.v1 import router_pb2_grpc
 
 TESTKIT = Path(__file__).parent / "testkit"
+sys.path.insert(0, str(TESTKIT))  # the test-only plugins import in-process too (contract tests)
 
 #: name -> (distribution name, entry point name, module)
 TEST_PLUGINS = {
@@ -125,9 +126,10 @@ def start_daemon(tmp_path, plugin_sites) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
     def start(config_yaml: str | None = None, env: dict[str, str] | None = None, plugins: tuple[str, ...] = ("testkit",),
-              data_dir: Path | None = None) -> Daemon:
+              data_dir: Path | None = None, extra_sites: tuple[Path, ...] = ()) -> Daemon:
         daemon = launch_daemon(config_yaml, tmp=tmp_path / f"daemon{len(started)}", env=env,
-                               sites=[plugin_sites[p] for p in plugins], data_dir=data_dir or tmp_path / "data")
+                               sites=[*(plugin_sites[p] for p in plugins), *extra_sites],
+                               data_dir=data_dir or tmp_path / "data")
         started.append(daemon)
         return daemon
 

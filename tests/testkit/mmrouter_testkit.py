@@ -14,6 +14,7 @@ Anything else is echoed back in small deltas, with counts of the media received.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import router
@@ -101,3 +102,27 @@ class ScriptedProvider(router.Provider):
 @router.hookimpl
 def register_providers(register, settings):
     register(ScriptedProvider("fake", dict(settings)))
+
+
+@router.hookimpl
+def route_request(request, candidates):
+    """Honours ``metadata['pick']`` when it names a usable target."""
+    pick = request.metadata.get("pick")
+    return pick if pick in candidates else None
+
+
+def _audit(line: str) -> None:
+    path = os.environ.get("MMROUTER_TESTKIT_AUDIT")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+@router.hookimpl
+def on_request(request):
+    _audit(f"request {request.messages[-1].text}")
+
+
+@router.hookimpl
+def on_response(request, answer):
+    _audit(f"response {answer.route.provider}/{answer.route.model} {answer.text[:20]}")

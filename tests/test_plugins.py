@@ -1,0 +1,212 @@
+"""The plugin system: third-party distributions, the conformance kit, broken plugins, documented hooks."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from grpc_helpers import text_request
+from mmrouter.v1 import router_pb2 as pb
+from mmrouter_testkit import ScriptedProvider
+
+import router
+from router import hookspecs
+from router.plugins import State, load_registry
+from router.testing import ProviderContract
+
+TESTS = Path(__file__).parent
+
+ACME_MODULE = '''
+"""A third party's provider: answers with the question reversed."""
+import router
+
+
+class Parrot(router.Provider):
+    name = "acme"
+    models = [router.ModelInfo("parrot", inputs=frozenset({router.Modality.TEXT}),
+                               price=router.Price(input_per_mtok=1.0, output_per_mtok=1.0))]
+
+    def __init__(self, greeting):
+        self.greeting = greeting
+
+    async def generate(self, request, model, ctx):
+        yield router.TextDelta(self.greeting + request.messages[-1].text[::-1])
+        yield router.UsageReport(router.Usage(input_tokens=3, output_tokens=5))
+
+
+@router.hookimpl
+def register_providers(register, settings):
+    register(Parrot(settings.get("greeting", "")))
+'''
+
+ACME_PYPROJECT = '''
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "mmrouter-acme"
+version = "1.0.0"
+dependencies = []
+
+[project.entry-points.mmrouter]
+acme = "mmrouter_acme"
+
+[tool.hatch.build.targets.wheel]
+packages = ["mmrouter_acme"]
+'''
+
+
+def test_a_third_party_distribution_is_found_and_routed_to(start_daemon, tmp_path) -> None:
+    source = tmp_path / "acme"
+    (source / "mmrouter_acme").mkdir(parents=True)
+    (source / "mmrouter_acme" / "__init__.py").write_text(ACME_MODULE)
+    (source / "pyproject.toml").write_text(ACME_PYPROJECT)
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(site), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert install.returncode == 0, install.stderr
+    assert (site / "mmrouter_acme-1.0.0.dist-info" / "entry_points.txt").exists()
+
+    daemon = start_daemon("""
+        providers:
+          acme: {greeting: "acme: "}
+        routes:
+          - name: to-acme
+            use: acme/parrot
+        """, plugins=(), extra_sites=(site,))
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("olleh"))).answer
+    assert answer.text == "acme: hello"
+    assert (answer.route.provider, answer.route.model) == ("acme", "parrot")
+    assert answer.usage.cost_usd == pytest.approx(8 / 1e6)
+    listed = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest()).providers}
+    assert listed["acme"].plugin == "acme" and listed["acme"].state == pb.PROVIDER_STATE_READY
+
+
+class TestScriptedProviderConforms(ProviderContract):
+    """The test-only provider passes the conformance kit a third-party author would run."""
+
+    @pytest.fixture
+    def provider(self):
+        return ScriptedProvider("fake", {"api_key": "k"})
+
+
+def test_the_conformance_kit_fails_a_provider_that_breaks_the_contract(tmp_path) -> None:
+    bad = tmp_path / "test_bad_provider.py"
+    bad.write_text(textwrap.dedent('''
+        import pytest
+        import router
+        from router.testing import ProviderContract
+
+        class Silent(router.Provider):
+            name = "bad/name"
+            models = [router.ModelInfo("m", inputs=frozenset({router.Modality.TEXT}))]
+
+            async def generate(self, request, model, ctx):
+                if False:
+                    yield None
+
+        class TestSilent(ProviderContract):
+            @pytest.fixture
+            def provider(self):
+                return Silent()
+    '''))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(bad)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "test_has_a_name_and_models FAILED" in result.stdout or "FAILED" in result.stdout
+    failed = set(re.findall(r"FAILED \S+::TestSilent::(\w+)", result.stdout))
+    assert {"test_has_a_name_and_models", "test_generate_yields_contract_events"} <= failed
+
+
+class NotAProvider:
+    name = "nope"
+
+
+class BadRegistration:
+    @router.hookimpl
+    def register_providers(self, register, settings):
+        register(NotAProvider())
+
+
+class Duplicate:
+    @router.hookimpl
+    def register_providers(self, register, settings):
+        register(ScriptedProvider("fake", {"api_key": "k"}))
+
+
+def test_registry_contains_bad_registrations() -> None:
+    import mmrouter_testkit
+    from mmrouter_testkit import register_providers as testkit_hook  # noqa: F401 (the module is the plugin)
+
+    registry = load_registry(
+        {"fake": {"api_key": "k"}},
+        disabled=["openai", "anthropic", "gemini", "assemblyai", "local"],
+        extra_plugins={"fake": mmrouter_testkit, "bad": BadRegistration(), "dup": Duplicate()},
+    )
+    assert registry.entries["fake"].state is State.READY
+    assert registry.entries["bad"].state is State.BROKEN
+    assert "not a router.Provider" in registry.entries["bad"].reason
+    assert registry.ready("fake") is not None and len([e for e in registry.entries.values() if e.name == "fake"]) == 1
+
+
+def test_prices_can_be_overridden_in_config() -> None:
+    import mmrouter_testkit
+
+    registry = load_registry({"fake": {"api_key": "k", "prices": {"echo": {"input_per_mtok": 9}}}},
+                             disabled=["openai", "anthropic", "gemini", "assemblyai", "local"],
+                             extra_plugins={"fake": mmrouter_testkit})
+    echo = registry.ready("fake").model("echo")
+    assert (echo.price.input_per_mtok, echo.price.output_per_mtok) == (9.0, 2.0)
+
+
+HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "mmrouter_spec")]
+
+
+def test_there_are_hooks() -> None:
+    assert set(HOOKS) == {"register_providers", "route_request", "on_request", "on_response"}
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented(hook: str) -> None:
+    fn = getattr(hookspecs, hook)
+    doc = inspect.getdoc(fn) or ""
+    assert len(doc.splitlines()) >= 3, f"{hook} needs a docstring that says when it is called and what to return"
+    for param in inspect.signature(fn).parameters:
+        assert param in doc, f"{hook}'s docstring does not explain {param!r}"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_test(hook: str) -> None:
+    own = Path(__file__).name
+    uses = [p for p in TESTS.rglob("*.py") if p.name != own and re.search(rf"\bdef {hook}\b", p.read_text())]
+    assert uses, f"no test implements the {hook} hook"
+
+
+def test_route_request_and_observer_hooks(start_daemon, tmp_path) -> None:
+    audit = tmp_path / "audit.log"
+    daemon = start_daemon("""
+        providers:
+          fake: {api_key: k}
+        routes:
+          - name: all
+            use: fake/echo
+        """, env={"MMROUTER_TESTKIT_AUDIT": str(audit)})
+    picked = daemon.stub.Generate(pb.GenerateRequest(request=text_request(
+        "pick me", metadata={"pick": "fake/docs"}))).answer
+    assert (picked.route.rule, picked.route.model) == ("plugin", "docs")
+    unusable = daemon.stub.Generate(pb.GenerateRequest(request=text_request(
+        "not usable", metadata={"pick": "fake/ears"}))).answer
+    assert (unusable.route.rule, unusable.route.model) == ("all", "echo")
+    assert audit.read_text().splitlines() == [
+        "request pick me", "response fake/docs fake/docs says: pick",
+        "request not usable", "response fake/echo fake/echo says: not ",
+    ]
