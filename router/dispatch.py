@@ -47,6 +47,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 answer_request = bridged.request
                 for t in bridged.transcripts:
                     emitted = True
+                    transcript = t  # the answer carries the bridge's transcript unless it makes its own
                     yield TranscriptReady(t)
                 for u in bridged.usages:
                     total.add(u.usage)
