@@ -15,10 +15,18 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .types import Modality, Task
@@ -84,24 +92,23 @@ def _check_target(value: str) -> str:
     return value
 
 
+#: A ``provider/model`` string; a bad one is reported at its own key (e.g. ``bridges.audio.1``).
+TargetStr = Annotated[str, AfterValidator(_check_target)]
+
+
 class Rule(_Strict):
     """One routing rule: when ``match`` holds, use ``use``, else the fallbacks in order."""
 
     name: str
     match: Match = Match()
     use: str
-    fallback: list[str] = []
+    fallback: list[TargetStr] = []
     bridging: bool = Field(True, description="convert inputs the target cannot take through other models")
 
     @field_validator("use")
     @classmethod
     def _use(cls, value: str) -> str:
         return _check_target(value)
-
-    @field_validator("fallback")
-    @classmethod
-    def _fallbacks(cls, value: list[str]) -> list[str]:
-        return [_check_target(v) for v in value]
 
 
 class ServerSettings(_Strict):
@@ -145,7 +152,7 @@ class Config(_Strict):
     routes: list[Rule] = []
     default: str | None = None
     overrides: OverrideSettings = Field(default_factory=OverrideSettings)
-    bridges: dict[Modality, list[str]] = Field(
+    bridges: dict[Modality, list[TargetStr]] = Field(
         default_factory=dict, description="per modality, the targets that convert it for models that cannot take it"
     )
     extend_default_routes: bool = Field(
@@ -156,11 +163,6 @@ class Config(_Strict):
     @classmethod
     def _default_target(cls, value: str | None) -> str | None:
         return None if value is None else _check_target(value)
-
-    @field_validator("bridges")
-    @classmethod
-    def _bridge_targets(cls, value: dict[Modality, list[str]]) -> dict[Modality, list[str]]:
-        return {k: [_check_target(t) for t in v] for k, v in value.items()}
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -234,7 +236,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]")))
+            loc = tuple(p for p in err["loc"]
+                        if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]")))
             key = ".".join(str(p) for p in loc) or "(top level)"
             line = _line_of(node, loc)
             where = f" ({source}, line {line})" if line else f" ({source})"

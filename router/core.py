@@ -6,6 +6,7 @@ protobuf; it takes and gives the internal model.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -132,14 +133,17 @@ class App:
 
     def explain(self, request: Request) -> RouteInfo:
         """The route a request would take; no provider is called."""
-        self._measure(request)
+        self._measure(request)  # explain is rare and measuring is cheap for inline media
         full, _ = self._with_history(request)
         decision, _ = self._decide(full)
         return RouteInfo.planned(decision)
 
     async def answer(self, request: Request, deadline: float | None) -> AsyncIterator[RouterEvent]:
         """Route and answer ``request``; yields router events ending with Done."""
-        self._measure(request)
+        if any(m.path is not None for m in request.media()):
+            await asyncio.to_thread(self._measure, request)  # reads stored files: keep the loop free
+        else:
+            self._measure(request)
         full, history = self._with_history(request)
         decision, _ = self._decide(full)
         full, notes = self._trim(full, history, decision)

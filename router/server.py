@@ -15,6 +15,7 @@ import logging
 import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +122,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     @unary
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
         req = self._request(request.request)
-        async for event in self.app.answer(req, monotonic_deadline(context.time_remaining())):
-            if isinstance(event, Done):
-                return pb.GenerateResponse(answer=wire.answer_to_proto(event.answer))
+        async with aclosing(self.app.answer(req, monotonic_deadline(context.time_remaining()))) as events:
+            async for event in events:
+                if isinstance(event, Done):
+                    return pb.GenerateResponse(answer=wire.answer_to_proto(event.answer))
         raise RuntimeError("the answer ended without a Done event")
 
     @streaming
