@@ -1,0 +1,401 @@
+"""The configuration: YAML -> validated settings, errors with key, problem, file and line; the default."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from router.config import (
+    Config,
+    Range,
+    embedded_default,
+    expand_env,
+    load_config,
+    parse_config,
+)
+from router.errors import ConfigError
+from router.types import Modality, Task
+
+MMROUTER = Path(sys.executable).parent / "mmrouter"
+
+
+def yaml(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def error_of(text: str, source: str = "router.yaml") -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml(text), source)
+    assert info.value.reason == "INVALID_CONFIG"
+    return info.value.message
+
+
+GOOD = yaml("""
+    server:
+      address: 0.0.0.0:6000
+      inline_limit_bytes: 1000
+      max_message_bytes: 2000
+    plugins: {disabled: [gemini]}
+    providers:
+      openai: {api_key: sk-test}
+      local:
+    routes:
+      - name: meetings
+        match:
+          inputs_any: [audio, video]
+          diarization: true
+          task: transcribe
+          audio_seconds: {min: 60, max: 7200}
+          metadata: {team: ops}
+          tags: [meeting]
+        use: assemblyai/best
+        fallback: [local/extract]
+      - name: images
+        match: {inputs: [text, image], images: {max: 4}, input_tokens: {max: 100000}}
+        use: openai/gpt-4o
+        bridging: false
+    default: local/extract
+    overrides: {allow: true, providers: [openai]}
+    bridges:
+      audio: [openai/whisper-1, local/extract]
+""")
+
+
+# -- good files ------------------------------------------------------------------------------
+
+
+def test_a_good_file_is_parsed_into_settings():
+    config = parse_config(GOOD, "router.yaml")
+    assert config.server.address == "0.0.0.0:6000"
+    assert (config.server.inline_limit_bytes, config.server.max_message_bytes) == (1000, 2000)
+    assert config.plugins.disabled == ["gemini"]
+    assert config.providers == {"openai": {"api_key": "sk-test"}, "local": {}}
+    meetings, images = config.routes
+    assert meetings.name == "meetings"
+    assert meetings.match.inputs_any == [Modality.AUDIO, Modality.VIDEO]
+    assert meetings.match.diarization is True
+    assert meetings.match.task == [Task.TRANSCRIBE]  # one task may be written without a list
+    assert meetings.match.audio_seconds == Range(min=60, max=7200)
+    assert meetings.match.metadata == {"team": "ops"}
+    assert meetings.match.tags == ["meeting"]
+    assert (meetings.use, meetings.fallback, meetings.bridging) == ("assemblyai/best", ["local/extract"], True)
+    assert images.match.inputs == [Modality.TEXT, Modality.IMAGE]
+    assert images.match.images == Range(max=4)
+    assert images.bridging is False
+    assert config.default == "local/extract"
+    assert config.overrides.providers == ["openai"]
+    assert config.bridges == {Modality.AUDIO: ["openai/whisper-1", "local/extract"]}
+    assert config.extend_default_routes is False
+
+
+def test_an_empty_file_is_the_built_in_settings():
+    config = parse_config("", "empty.yaml")
+    assert config == parse_config("# nothing\n")
+    assert config.routes == []
+    assert config.default is None
+    assert config.overrides.allow is True
+
+
+def test_targets_may_have_model_names_with_dots_colons_and_at_signs():
+    config = parse_config("default: ollama/llama3.2-vision:11b@q4\n")
+    assert config.default == "ollama/llama3.2-vision:11b@q4"
+
+
+# -- errors: key path, problem, file and line ------------------------------------------------
+
+
+def test_a_bad_modality_names_the_key_the_choices_and_the_line():
+    message = error_of("""
+        routes:
+          - name: sound
+            match:
+              inputs_any: [audio, sound]
+            use: openai/whisper-1
+    """)
+    assert message.startswith("invalid configuration:")
+    assert "routes.0.match.inputs_any.1: Input should be 'text', 'image', 'audio', 'video' or 'document'" in message
+    assert "(router.yaml, line 4)" in message
+
+
+def test_a_bad_modality_as_a_bridges_key():
+    message = error_of("""
+        bridges:
+          sound: [local/extract]
+    """)
+    assert "bridges.sound: Input should be 'text'" in message
+    assert "(router.yaml, line 2)" in message
+
+
+@pytest.mark.parametrize(("text", "key", "line"), [
+    pytest.param("routes:\n  - name: a\n    use: gpt-4o\n", "routes.0.use", 3, id="use"),
+    pytest.param("routes:\n  - name: a\n    use: openai/gpt-4o\n    fallback:\n      - local/extract\n      - local\n",
+                 "routes.0.fallback.1", 6, id="fallback"),
+    pytest.param("default: openai\n", "default", 1, id="default"),
+    pytest.param("bridges:\n  image: [local/extract]\n  audio:\n    - openai/whisper-1\n    - whisper\n",
+                 "bridges.audio.1", 5, id="bridge"),
+    pytest.param("default: openai/gpt 4o\n", "default", 1, id="space"),
+])
+def test_a_bad_target_says_how_to_write_one(text, key, line):
+    message = error_of(text)
+    assert f"{key}: " in message
+    assert "is not a target: write provider/model, e.g. openai/gpt-4o" in message
+    assert f"(router.yaml, line {line})" in message
+
+
+@pytest.mark.parametrize(("text", "key", "line"), [
+    pytest.param("serverr: {}\n", "serverr", 1, id="top-level"),
+    pytest.param("server:\n  adress: x\n", "server.adress", 2, id="server"),
+    pytest.param("routes:\n  - name: a\n    use: openai/gpt-4o\n    match:\n      input: [text]\n",
+                 "routes.0.match.input", 5, id="match"),
+    pytest.param("routes:\n  - name: a\n    use: openai/gpt-4o\n    fallbacks: [local/extract]\n",
+                 "routes.0.fallbacks", 4, id="rule"),
+    pytest.param("routes:\n  - name: a\n    use: a/b\n    match: {audio_seconds: {minimum: 3}}\n",
+                 "routes.0.match.audio_seconds.minimum", 4, id="range"),
+])
+def test_an_unknown_key_is_named_with_its_line(text, key, line):
+    message = error_of(text)
+    assert f"{key}: Extra inputs are not permitted (router.yaml, line {line})" in message
+
+
+def test_duplicate_rule_names_are_rejected_naming_both_rules():
+    message = error_of("""
+        routes:
+          - name: chat
+            use: openai/gpt-4o
+          - name: other
+            use: openai/gpt-4o
+          - name: chat
+            use: local/extract
+    """)
+    assert "routes: rules 0 and 2 are both named 'chat': rule names must be unique" in message
+    assert "(router.yaml, line 2)" in message
+
+
+@pytest.mark.parametrize(("text", "key", "problem", "line"), [
+    pytest.param("server:\n  inline_limit_bytes: lots\n", "server.inline_limit_bytes",
+                 "Input should be a valid integer", 2, id="int"),
+    pytest.param("server:\n  inline_limit_bytes: 0\n", "server.inline_limit_bytes",
+                 "Input should be greater than 0", 2, id="positive"),
+    pytest.param("overrides:\n  allow: maybe\n", "overrides.allow", "Input should be a valid boolean", 2,
+                 id="bool"),
+    pytest.param("routes: {name: a}\n", "routes", "Input should be a valid list", 1, id="list"),
+    pytest.param("routes:\n  - name: a\n    use: a/b\n    match: {tags: nope}\n", "routes.0.match.tags",
+                 "Input should be a valid list", 4, id="tags"),
+    pytest.param("routes:\n  - name: a\n    use: a/b\n    match: {task: [chat, sing]}\n", "routes.0.match.task.1",
+                 "Input should be 'auto', 'chat' or 'transcribe'", 4, id="task"),
+    pytest.param("routes:\n  - name: a\n    use: a/b\n    match: {images: 3}\n", "routes.0.match.images",
+                 "Input should be a valid dictionary", 4, id="range-not-mapping"),
+    pytest.param("routes:\n  - name: a\n    use: a/b\n    match: {pdf_pages: {min: 9, max: 3}}\n",
+                 "routes.0.match.pdf_pages", "min (9) cannot exceed max (3)", 4, id="range-backwards"),
+    pytest.param("routes:\n  - name: a\n", "routes.0.use", "Field required", 2, id="missing-use"),
+    pytest.param("providers:\n  openai: sk-123\n", "providers.openai", "Input should be a valid dictionary", 2,
+                 id="provider-section"),
+])
+def test_wrong_types_name_the_key_the_problem_and_the_line(text, key, problem, line):
+    message = error_of(text)
+    assert f"{key}: {problem}" in message
+    assert f"(router.yaml, line {line})" in message
+
+
+def test_every_problem_is_listed_one_per_line():
+    message = error_of("""
+        server:
+          address: 5
+          log_level: [x]
+        default: nope
+    """)
+    problems = message.splitlines()[1:]
+    assert len(problems) == 3
+    assert problems[0].strip().startswith("server.address:")
+    assert problems[1].strip().startswith("server.log_level:")
+    assert "(router.yaml, line 3)" in problems[1]
+    assert problems[2].strip().startswith("default:")
+
+
+def test_inline_limit_above_the_message_limit_is_rejected():
+    message = error_of("""
+        server:
+          inline_limit_bytes: 2000
+          max_message_bytes: 1000
+    """)
+    assert "server: inline_limit_bytes cannot exceed max_message_bytes (router.yaml, line 2)" in message
+    config = parse_config("server: {inline_limit_bytes: 1000, max_message_bytes: 1000}\n")
+    assert config.server.inline_limit_bytes == 1000
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_the_top_level_must_be_a_mapping(text):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "router.yaml")
+    assert info.value.message.startswith("router.yaml: the top level must be a mapping of settings, not ")
+
+
+def test_invalid_yaml_names_the_file_and_line():
+    with pytest.raises(ConfigError) as info:
+        parse_config("routes:\n  - name: a\n    use: [unclosed\n", "router.yaml")
+    message = info.value.message
+    assert message.startswith("router.yaml: not valid YAML:")
+    assert "line 4" in message
+
+
+def test_a_file_that_cannot_be_read(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot read config file .*missing\.yaml"):
+        load_config(tmp_path / "missing.yaml")
+
+
+# -- environment expansion -------------------------------------------------------------------
+
+
+def test_env_references_are_expanded_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TEST_MMR_KEY", "sk-from-env")
+    monkeypatch.setenv("TEST_MMR_LIMIT", "4096")
+    monkeypatch.delenv("TEST_MMR_UNSET", raising=False)
+    config = parse_config(yaml("""
+        server:
+          inline_limit_bytes: ${TEST_MMR_LIMIT}
+        providers:
+          openai: {api_key: "${TEST_MMR_KEY}", org: "org-${TEST_MMR_UNSET}", base: "${TEST_MMR_UNSET:-http://x}"}
+        default: ${TEST_MMR_TARGET:-local/extract}
+    """))
+    assert config.providers["openai"] == {"api_key": "sk-from-env", "org": "org-", "base": "http://x"}
+    assert config.server.inline_limit_bytes == 4096
+    assert config.default == "local/extract"
+
+
+def test_a_set_variable_wins_over_the_fallback_but_an_empty_one_does_not(monkeypatch):
+    monkeypatch.setenv("TEST_MMR_A", "set")
+    monkeypatch.setenv("TEST_MMR_EMPTY", "")
+    assert expand_env("${TEST_MMR_A:-fallback}") == "set"
+    assert expand_env("${TEST_MMR_EMPTY:-fallback}") == "fallback"
+    assert expand_env({"k": ["${TEST_MMR_A}/${TEST_MMR_A}", 3, None]}) == {"k": ["set/set", 3, None]}
+    assert expand_env("$TEST_MMR_A and ${not-a-name}") == "$TEST_MMR_A and ${not-a-name}"
+
+
+def test_an_expanded_value_is_validated_too(monkeypatch):
+    monkeypatch.setenv("TEST_MMR_TARGET", "no-slash")
+    message = error_of("default: ${TEST_MMR_TARGET}\n")
+    assert "default: 'no-slash' is not a target" in message
+
+
+def test_an_expanded_value_is_not_parsed_as_yaml(monkeypatch):
+    monkeypatch.setenv("TEST_MMR_KEY", "a: [b")
+    config = parse_config('providers: {openai: {api_key: "${TEST_MMR_KEY}"}}\n')
+    assert config.providers["openai"]["api_key"] == "a: [b"
+
+
+# -- the embedded default and extending it ---------------------------------------------------
+
+
+def test_load_config_none_is_the_embedded_default_and_it_is_valid(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = load_config(None)
+    assert config == embedded_default()
+    assert isinstance(config, Config)
+    assert [r.name for r in config.routes] == [
+        "diarization", "video", "long-audio", "documents", "transcription", "cross-modal", "general"]
+    assert config.default == "local/extract"
+    assert set(config.providers) == {"openai", "anthropic", "gemini", "assemblyai", "local"}
+    assert config.providers["openai"] == {"api_key": ""}
+    assert config.bridges[Modality.AUDIO] == ["openai/whisper-1", "assemblyai/best", "local/extract"]
+    # every rule except diarization falls back to the offline provider last
+    for rule in config.routes[1:]:
+        assert [rule.use, *rule.fallback][-1] == "local/extract"
+
+
+def test_the_embedded_default_reads_keys_from_the_environment(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    assert load_config(None).providers["anthropic"] == {"api_key": "sk-ant-test"}
+
+
+def test_load_config_reads_a_file(tmp_path):
+    path = tmp_path / "router.yaml"
+    path.write_text(GOOD)
+    assert load_config(path) == parse_config(GOOD)
+    assert load_config(str(path)).default == "local/extract"
+
+
+def test_a_file_error_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("default: nope\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"({path}, line 1)" in info.value.message
+
+
+def test_extend_default_routes_appends_the_default_rules_after_the_files():
+    config = parse_config(yaml("""
+        extend_default_routes: true
+        routes:
+          - name: mine
+            match: {tags: [cheap]}
+            use: openai/gpt-4o-mini
+          - name: general
+            use: anthropic/claude-haiku-4-5
+        bridges:
+          audio: [openai/gpt-4o-transcribe]
+    """))
+    default = embedded_default()
+    names = [r.name for r in config.routes]
+    assert names == ["mine", "general"] + [r.name for r in default.routes if r.name != "general"]
+    assert config.routes[1].use == "anthropic/claude-haiku-4-5"  # the file's rule wins a name clash
+    assert config.routes[2:] == [r for r in default.routes if r.name != "general"]
+    assert config.default == default.default
+    assert config.bridges[Modality.AUDIO] == ["openai/gpt-4o-transcribe"]
+    assert config.bridges[Modality.VIDEO] == default.bridges[Modality.VIDEO]
+
+
+def test_extend_default_routes_keeps_the_files_default():
+    config = parse_config("extend_default_routes: true\ndefault: openai/gpt-4o\n")
+    assert config.default == "openai/gpt-4o"
+    assert [r.name for r in config.routes] == [r.name for r in embedded_default().routes]
+
+
+def test_without_extend_default_routes_only_the_files_rules_apply():
+    config = parse_config("routes:\n  - name: mine\n    use: openai/gpt-4o\n")
+    assert [r.name for r in config.routes] == ["mine"]
+    assert config.default is None
+
+
+def test_range_describes_itself():
+    assert Range(min=1, max=2.5).describe() == "1..2.5"
+    assert Range(min=3).describe() == ">= 3"
+    assert Range(max=3).describe() == "<= 3"
+    assert Range().describe() == "any value"
+    assert Range().holds(-1e9)
+    assert Range(min=1, max=1).holds(1)
+
+
+# -- mmrouter config check -------------------------------------------------------------------
+
+
+def check(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(MMROUTER), "config", "check", str(path)], capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1"})
+
+
+def test_config_check_cli(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml("""
+        routes:
+          - name: a
+            use: openai/gpt-4o
+            match:
+              inputs: [text, smell]
+    """))
+    ok = check(good)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout
+    assert "2 rule(s), default local/extract" in ok.stdout
+
+    failed = check(bad)
+    assert failed.returncode == 1
+    output = " ".join((failed.stdout + failed.stderr).split())
+    assert "routes.0.match.inputs.1" in output
+    assert "line 5" in output
+    assert "OK" not in failed.stdout
