@@ -1,0 +1,477 @@
+"""The ``mmrouter`` command end to end: the real CLI as a subprocess against the real daemon.
+
+Every test runs ``.venv/bin/mmrouter`` (the installed console script) with
+``--address`` pointing at a daemon from the ``start_daemon`` fixture, which
+serves the scripted ``fake`` provider of tests/testkit. The fake echoes
+``fake/<model> says: <text> [history=N image=N audio=N video=N document=N] <<all text>>``
+in 16-character deltas, so what the CLI prints shows what the provider saw.
+Transcription models (``ears``) answer ``hello there`` and ``<N> bytes heard``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from reportlab.pdfgen import canvas
+
+MMROUTER = Path(sys.executable).parent / "mmrouter"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+# A rule whose target's provider (openai, a plugin of this project) is installed but has no key
+# (start_daemon drops every *_API_KEY), one whose provider is not installed at all, then rules
+# that send documents, transcriptions, other media and plain chat to different fake models.
+CONFIG = """
+providers:
+  fake: {api_key: k}
+routes:
+  - name: needs-openai
+    match: {tags: [premium]}
+    use: openai/gpt-4o
+  - name: ghost
+    match: {tags: [premium, ghost]}
+    use: ghost/model-1
+  - name: pdf-only
+    match: {inputs_any: [document], inputs_none: [image, audio, video]}
+    use: fake/docs
+  - name: transcription
+    match: {inputs_any: [audio], task: [transcribe]}
+    use: fake/ears
+  - name: media
+    match: {inputs_any: [image, audio, video, document]}
+    use: fake/omni
+  - name: chat
+    use: fake/echo
+"""
+
+
+class Cli:
+    """``mmrouter *args`` started in the background (so independent calls run side by side).
+
+    Output is wide and uncoloured unless ``env`` says otherwise.
+    """
+
+    def __init__(self, *args: str | Path, env: dict[str, str] | None = None) -> None:
+        full_env = {k: v for k, v in os.environ.items()
+                    if k not in ("MMROUTER_ADDRESS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+        full_env["COLUMNS"] = "250"
+        full_env.update(env or {})
+        self.args = [str(MMROUTER), *map(str, args)]
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=full_env)
+
+    def result(self, timeout: float = 30) -> subprocess.CompletedProcess:
+        try:
+            stdout, stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            stdout, stderr = self.proc.communicate()
+            pytest.fail(f"{self.args} did not finish in {timeout} s:\n{stdout}\n{stderr}")
+        return subprocess.CompletedProcess(self.args, self.proc.returncode, stdout, stderr)
+
+
+def run_cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``mmrouter *args`` and wait for it."""
+    return Cli(*args, env=env).result()
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def echo(model: str, text: str, *, image=0, audio=0, video=0, document=0, all_text: str | None = None) -> str:
+    """What the fake provider answers."""
+    return (f"fake/{model} says: {text} [history=0 image={image} audio={audio} video={video} "
+            f"document={document}] <<{text if all_text is None else all_text}>>")
+
+
+def echo_cost(text: str, reply: str, price_in: float, price_out: float) -> tuple[int, int, float]:
+    """(input tokens, output tokens, cost) the fake reports for a reply, as the daemon prices it."""
+    tokens_in, tokens_out = len(text) // 4 + 1, len(reply) // 4
+    return tokens_in, tokens_out, (tokens_in * price_in + tokens_out * price_out) / 1e6
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def make_png(path: Path, color: tuple[int, int, int]) -> Path:
+    Image.new("RGB", (6, 4), color).save(path, format="PNG")
+    return path
+
+
+def make_pdf(path: Path, text: str) -> Path:
+    doc = canvas.Canvas(str(path))
+    doc.drawString(72, 720, text)
+    doc.showPage()
+    doc.save()
+    return path
+
+
+def make_wav(path: Path, seconds: float, rate: int = 8000) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(struct.pack("<h", 1000) * int(seconds * rate))
+    return path
+
+
+def make_mp4(path: Path) -> Path:
+    """An ISO-BMFF file: an ``ftyp`` box and an empty ``mdat`` box (right magic, no frames)."""
+    ftyp = struct.pack(">I", 24) + b"ftyp" + b"isom" + struct.pack(">I", 512) + b"isommp41"
+    path.write_bytes(ftyp + struct.pack(">I", 8 + 256) + b"mdat" + bytes(256))
+    return path
+
+
+def make_webm(path: Path) -> Path:
+    """An EBML header as WebM starts (right magic, no frames)."""
+    path.write_bytes(b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x84webm" + bytes(64))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """The rows of a boxed rich table printed wide enough for one line per row, by first cell."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def route_rows(text: str) -> dict[str, tuple[str, str]]:
+    """The rule table of ``explain`` / ``ask``: rule -> (outcome, why)."""
+    outcomes = ("not evaluated", "not matched", "matched", "skipped")
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"^ (\S+)\s+(" + "|".join(outcomes) + r")\s+(.*?)\s*$", line)
+        if m:
+            rows[m.group(1)] = (m.group(2), m.group(3))
+    return rows
+
+
+# -- help --------------------------------------------------------------------------------------
+
+
+def test_help_tells_a_newcomer_how_to_start():
+    calls = Cli("--help"), Cli("ask", "--help"), Cli("explain", "--help")
+    main = ok(calls[0].result()).stdout
+    for needed in ("mmrouter serve", "mmrouter ask", "--image", "--audio", "--video", "--pdf", "--address",
+                   "MMROUTER_ADDRESS", "explain", "providers", "stats"):
+        assert needed in main, f"{needed!r} missing from `mmrouter --help`:\n{main}"
+
+    ask_help = ok(calls[1].result()).stdout
+    for needed in ("--image", "--audio", "--video", "--pdf", "repeat", "--address", "MMROUTER_ADDRESS",
+                   "127.0.0.1:50051", "--inline-limit", "UploadMedia", "--json", "--provider", "--model",
+                   "--task", "transcribe", "--diarize", "--session"):
+        assert needed in ask_help, f"{needed!r} missing from `mmrouter ask --help`:\n{ask_help}"
+
+    explain_help = ok(calls[2].result()).stdout
+    assert "without calling any provider" in explain_help
+    assert "--image" in explain_help and "--address" in explain_help
+
+
+# -- ask ---------------------------------------------------------------------------------------
+
+
+def test_ask_streams_the_answer_and_reports_route_usage_and_cost(start_daemon):
+    daemon = start_daemon(CONFIG)
+    # Markup and emoji codes must reach stdout as the provider wrote them.
+    prompt = "hello :smile: [bold]there[/bold]"
+    long_word = "a-long-unbroken-word-" * 4
+    main = Cli("ask", prompt, "--address", daemon.address)
+    narrow = Cli("ask", long_word, "--address", daemon.address, env={"COLUMNS": "10"})
+    via_env = Cli("ask", "from env", env={"MMROUTER_ADDRESS": daemon.address})
+    result = ok(main.result())
+    reply = echo("echo", prompt)
+    assert result.stdout == reply + "\n"  # the answer only, exactly; everything else is on stderr
+
+    tokens_in, tokens_out, cost = echo_cost(prompt, reply, 1.0, 2.0)  # fake/echo: $1 / $2 per Mtok
+    err = result.stderr
+    assert "route: rule chat -> fake/echo" in err
+    assert route_rows(err)["chat"] == ("matched", "conditions hold; using fake/echo")
+    assert "step answer: fake/echo " in err and f"${cost:.6f}" in err
+    assert re.search(rf"usage: {tokens_in} in, {tokens_out} out, 0\.0s audio, \${cost:.6f}, \d+ ms", err), err
+    assert "says:" not in err
+
+    # A long answer is not re-wrapped at the terminal width (the fake streams 16-character deltas).
+    assert ok(narrow.result()).stdout == echo("echo", long_word) + "\n"
+
+    # The address may come from the environment instead of --address.
+    assert ok(via_env.result()).stdout == echo("echo", "from env") + "\n"
+
+
+def test_ask_json_prints_the_whole_answer(start_daemon):
+    daemon = start_daemon(CONFIG)
+    result = ok(run_cli("ask", "as json please", "--json", "--address", daemon.address))
+    answer = json.loads(result.stdout)
+    reply = echo("echo", "as json please")
+    tokens_in, tokens_out, cost = echo_cost("as json please", reply, 1.0, 2.0)
+    assert answer["text"] == reply
+    assert answer["usage"]["inputTokens"] == str(tokens_in)
+    assert answer["usage"]["outputTokens"] == str(tokens_out)
+    assert answer["usage"]["costUsd"] == pytest.approx(cost)
+    route = answer["route"]
+    assert (route["rule"], route["provider"], route["model"]) == ("chat", "fake", "echo")
+    assert [t["rule"] for t in route["trace"]] == ["needs-openai", "ghost", "pdf-only", "transcription", "media",
+                                                   "chat"]
+    assert route["trace"][-1]["outcome"] == "RULE_OUTCOME_MATCHED"
+    assert route["attempts"] == [{"provider": "fake", "model": "echo", "ok": True,
+                                  "latencyMs": route["attempts"][0]["latencyMs"]}]
+    assert route["steps"][0]["purpose"] == "answer"
+    assert route["latencyMs"] > 0
+    # JSON mode prints nothing but the JSON: no streamed text, no route on stderr.
+    assert "route:" not in result.stderr and "usage:" not in result.stderr
+
+
+def test_ask_sends_images_pdfs_audio_and_video(start_daemon, tmp_path):
+    daemon = start_daemon(CONFIG)
+    files = [
+        "--image", make_png(tmp_path / "red.png", (255, 0, 0)),
+        "--image", make_png(tmp_path / "blue.png", (0, 0, 255)),
+        "--pdf", make_pdf(tmp_path / "report.pdf", "Quarterly report"),
+        "--pdf", make_pdf(tmp_path / "annex.pdf", "Annex"),
+        "--audio", make_wav(tmp_path / "clip.wav", 0.25),
+        "--video", make_mp4(tmp_path / "movie.mp4"),
+        "--video", make_webm(tmp_path / "clip.webm"),
+    ]
+    mixed = Cli("ask", "compare these", *files, "--address", daemon.address)
+    pdfs = Cli("ask", "summarise", "--pdf", tmp_path / "report.pdf", "--pdf", tmp_path / "annex.pdf",
+               "--system", "be brief", "--address", daemon.address)
+    heard = Cli("ask", "--audio", tmp_path / "clip.wav", "--task", "transcribe", "--address", daemon.address)
+    result = ok(mixed.result())
+    assert result.stdout == echo("omni", "compare these", image=2, audio=1, video=2, document=2) + "\n"
+    assert "route: rule media -> fake/omni" in result.stderr
+    rows = route_rows(result.stderr)
+    # (the brackets in reasons must survive rich's markup)
+    assert rows["pdf-only"] == ("not matched",
+                                "needs none of [audio, image, video], request has [audio, document, image, text, video]")
+    assert rows["media"] == ("matched", "conditions hold; using fake/omni")
+
+    # PDFs alone go to the documents model; several of them, with a system prompt.
+    pdfs = ok(pdfs.result())
+    assert pdfs.stdout == echo("docs", "summarise", document=2, all_text="be brief | summarise") + "\n"
+    assert "route: rule pdf-only -> fake/docs" in pdfs.stderr
+
+    # A transcription: the transcript is the answer on stdout, with timings on stderr.
+    heard = ok(heard.result())
+    size = (tmp_path / "clip.wav").stat().st_size
+    assert heard.stdout == f"hello there {size} bytes heard\n"
+    assert "transcript" in heard.stderr
+    assert "[   0.00s] hello there" in heard.stderr
+    assert f"[   1.00s] {size} bytes heard" in heard.stderr
+    assert "route: rule transcription -> fake/ears" in heard.stderr
+    assert re.search(r"usage: 0 in, 0 out, 2\.0s audio, \$0\.000200, \d+ ms", heard.stderr), heard.stderr
+
+
+def test_a_file_over_the_inline_limit_is_uploaded_and_sent_by_id(start_daemon, tmp_path):
+    daemon = start_daemon(CONFIG)
+    big = make_wav(tmp_path / "long-interview.wav", 160)  # 2.56 MB: three 1 MiB chunks
+    data = big.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    stored = daemon.data_dir / "media" / sha[:2] / sha
+    assert not stored.exists()
+
+    png = make_png(tmp_path / "small.png", (0, 255, 0))
+    png_sha = hashlib.sha256(png.read_bytes()).hexdigest()
+    # FORCE_COLOR makes rich draw its live progress display even though stderr is a pipe.
+    upload = Cli("ask", "--audio", big, "--task", "transcribe", "--inline-limit", "1000000",
+                 "--address", daemon.address, env={"FORCE_COLOR": "1"})
+    mixed = Cli("ask", "what is this", "--audio", big, "--image", png, "--inline-limit", "1000000",
+                "--address", daemon.address, env={"FORCE_COLOR": "1"})
+    result = ok(upload.result())
+    assert result.stdout == f"hello there {len(data)} bytes heard\n"  # every byte reached the provider
+    err = ANSI.sub("", result.stderr)
+    assert "uploading long-interview.wav" in err
+    assert re.search(r"2\.6/2\.6 MB", err), err  # the finished progress bar
+    assert stored.read_bytes() == data  # content-addressed: media/<sha[:2]>/<sha256>
+    meta = json.loads(stored.with_suffix(".json").read_text())
+    assert meta == {"mime_type": "audio/wav", "modality": "audio", "filename": "long-interview.wav"}
+
+    # Beside it, a small image under the limit goes inline (not through the store).
+    mixed = ok(mixed.result())
+    assert mixed.stdout == echo("omni", "what is this", image=1, audio=1) + "\n"
+    assert "uploading long-interview.wav" in ANSI.sub("", mixed.stderr)
+    assert "uploading small.png" not in ANSI.sub("", mixed.stderr)
+    assert not (daemon.data_dir / "media" / png_sha[:2] / png_sha).exists()
+    assert sorted(p.name for p in (daemon.data_dir / "media" / sha[:2]).iterdir()) == [sha, f"{sha}.json"]
+
+
+# -- explain -----------------------------------------------------------------------------------
+
+
+def test_explain_shows_every_rule_and_calls_no_provider(start_daemon, tmp_path):
+    daemon = start_daemon(CONFIG)
+    texts = Cli("explain", "hello", "--tag", "premium", "--tag", "ghost", "--address", daemon.address)
+    files = Cli("explain", "look", "--image", make_png(tmp_path / "a.png", (1, 2, 3)),
+                "--audio", make_wav(tmp_path / "a.wav", 0.1), "--video", make_mp4(tmp_path / "a.mp4"),
+                "--address", daemon.address)
+    override = Cli("explain", "hi", "--provider", "fake", "--model", "small", "--address", daemon.address)
+    result = ok(texts.result())
+    out = result.stdout
+    assert "route: rule chat -> fake/echo" in out
+    rows = route_rows(out)
+    assert list(rows) == ["needs-openai", "ghost", "pdf-only", "transcription", "media", "chat"]
+    outcome, why = rows["needs-openai"]
+    assert outcome == "skipped"
+    assert why.startswith("no usable target: openai/gpt-4o: provider 'openai' is not usable: ")
+    assert "OPENAI_API_KEY" in why  # the provider's own reason
+    assert rows["ghost"] == ("skipped", "no usable target: ghost/model-1: provider 'ghost' is not installed")
+    assert rows["pdf-only"] == ("not matched", "needs any of [document], request has [text]")
+    assert rows["transcription"] == ("not matched", "needs any of [audio], request has [text]")
+    assert rows["media"] == ("not matched", "needs any of [audio, document, image, video], request has [text]")
+    assert rows["chat"] == ("matched", "conditions hold; using fake/echo")
+    assert "says:" not in out + result.stderr  # fake/echo was not called...
+    assert "step answer" not in out
+
+    # ... with files, the same flags as ask: the media rule wins, later rules are not evaluated.
+    files = ok(files.result())
+    rows = route_rows(files.stdout)
+    assert rows["needs-openai"] == ("not matched", "missing tags: premium")
+    assert rows["pdf-only"] == ("not matched", "needs any of [document], request has [audio, image, text, video]")
+    assert rows["transcription"] == ("not matched", "task is chat, rule wants transcribe")
+    assert rows["media"] == ("matched", "conditions hold; using fake/omni")
+    assert rows["chat"] == ("not evaluated", "rule 'media' already chose")
+    assert "says:" not in files.stdout + files.stderr
+
+    # ... and an override is explained too.
+    override = ok(override.result())
+    assert "route: rule override -> fake/small" in override.stdout
+    assert route_rows(override.stdout) == {"override": ("matched", "the client chose fake/small")}
+
+    # The daemon recorded no call at all.
+    assert json.loads(ok(run_cli("stats", "--data-dir", daemon.data_dir, "--json")).stdout) == []
+
+
+# -- providers ---------------------------------------------------------------------------------
+
+
+def test_providers_lists_states_models_and_broken_plugins(start_daemon):
+    daemon = start_daemon(CONFIG, plugins=("testkit", "broken_import", "broken_register"))
+    wide = Cli("providers", "--address", daemon.address, env={"COLUMNS": "1000"})
+    narrow = Cli("providers", "--address", daemon.address, env={"COLUMNS": "80"})
+    result = ok(wide.result())
+    rows = table_rows(result.stdout)
+    assert rows["fake"] == ["fake", "fake", "ready", "echo, docs, omni, small, ears, diarizer", ""]
+    _, plugin, state, models, reason = rows["broken_import"]
+    assert (plugin, state, models) == ("broken_import", "broken", "")
+    assert "mmrouter-broken-import" in reason and "ImportError" in reason
+    assert "this plugin needs a library that is not installed (on purpose)" in reason
+    _, plugin, state, models, reason = rows["broken_register"]
+    assert (plugin, state, models) == ("broken_register", "broken", "")
+    assert "RuntimeError: cannot start: on purpose" in reason
+    assert rows["openai"][2] == "not_configured" and "OPENAI_API_KEY" in rows["openai"][4]
+    assert list(rows) == sorted(rows)
+
+    # At a plain 80 columns, names and states are still whole.
+    narrow = ok(narrow.result())
+    firsts = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:4]]
+              for line in narrow.stdout.splitlines() if line.startswith("│") and line.split("│")[1].strip()}
+    assert firsts["broken_register"] == ["broken_register", "broken"]
+    assert firsts["broken_import"] == ["broken_import", "broken"]
+    assert firsts["fake"] == ["fake", "ready"]
+    assert firsts["openai"] == ["openai", "not_configured"]
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_errors_exit_non_zero_with_the_code_and_a_readable_message(start_daemon, tmp_path):
+    daemon = start_daemon(CONFIG)
+    fake_png = tmp_path / "photo.png"  # bytes that are not what the name says
+    fake_png.write_bytes(b"%PDF-1.4 not a picture at all")
+    nowhere = f"127.0.0.1:{free_port()}"  # nobody listens here
+    unknown = Cli("ask", "hi", "--provider", "nope", "--address", daemon.address)
+    no_model = Cli("explain", "hi", "--provider", "fake", "--model", "nope", "--address", daemon.address)
+    bad = Cli("ask", "what is it", "--image", fake_png, "--address", daemon.address)
+    missing = Cli("ask", "hi", "--image", tmp_path / "nowhere.png", "--address", daemon.address)
+    bad_task = Cli("ask", "hi", "--task", "sing", "--address", daemon.address)
+    down = [Cli(*args, "--address", nowhere) for args in (("ask", "hi"), ("explain", "hi"), ("providers",))]
+    no_records = Cli("stats", "--data-dir", tmp_path / "empty-data")
+
+    unknown = unknown.result()
+    assert unknown.returncode == 1
+    assert unknown.stdout == ""
+    assert unknown.stderr.startswith("NOT_FOUND: unknown provider 'nope' (known: ")
+    assert "fake" in unknown.stderr and "Traceback" not in unknown.stderr
+
+    no_model = no_model.result()
+    assert no_model.returncode == 1
+    assert no_model.stderr.startswith("NOT_FOUND: provider 'fake' has no model 'nope'")
+
+    # INVALID_ARGUMENT, with the BadRequest field violation at fault.
+    bad = bad.result()
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("INVALID_ARGUMENT: ")
+    assert "image/png" in bad.stderr and "application/pdf" in bad.stderr
+    assert re.search(r"^  \S*mime_type: ", bad.stderr, re.MULTILINE), bad.stderr
+    assert "Traceback" not in bad.stderr
+
+    # Mistakes caught before any call.
+    missing = missing.result()
+    assert missing.returncode == 2 and f"no such file: {tmp_path / 'nowhere.png'}" in missing.stderr
+    bad_task = bad_task.result()
+    assert bad_task.returncode == 2 and "--task must be auto, chat or transcribe" in bad_task.stderr
+
+    # Nobody listening: a clean UNAVAILABLE, for each command that talks to the daemon.
+    for call in down:
+        result = call.result(timeout=20)
+        assert result.returncode == 1, result
+        assert result.stdout == ""
+        assert result.stderr.startswith("UNAVAILABLE: "), result.stderr
+        assert "Traceback" not in result.stderr
+
+    no_records = no_records.result()
+    assert no_records.returncode == 1
+    assert "no records at" in no_records.stderr and "Traceback" not in no_records.stderr
+
+
+# -- stats -------------------------------------------------------------------------------------
+
+
+def test_stats_shows_calls_and_cost_per_rule_provider_and_model(start_daemon, tmp_path):
+    daemon = start_daemon(CONFIG)
+    costs: dict[str, float] = {"chat": 0.0, "media": 0.0}
+    png = make_png(tmp_path / "p.png", (9, 9, 9))
+    asks = [(rule, Cli("ask", *args, "--json", "--address", daemon.address))
+            for rule, args in (("chat", ("one",)), ("chat", ("two two",)), ("media", ("pic", "--image", png)))]
+    for rule, call in asks:
+        answer = json.loads(ok(call.result()).stdout)
+        assert answer["route"]["rule"] == rule
+        costs[rule] += answer["usage"]["costUsd"]
+
+    as_json, as_table = Cli("stats", "--data-dir", daemon.data_dir, "--json"), Cli("stats", "--data-dir", daemon.data_dir)
+    rows = json.loads(ok(as_json.result()).stdout)
+    by_rule = {r["rule"]: r for r in rows}
+    assert set(by_rule) == {"chat", "media"}
+    chat, media = by_rule["chat"], by_rule["media"]
+    assert (chat["provider"], chat["model"], chat["purpose"], chat["calls"]) == ("fake", "echo", "answer", 2)
+    assert (media["provider"], media["model"], media["purpose"], media["calls"]) == ("fake", "omni", "answer", 1)
+    assert chat["cost_usd"] == pytest.approx(costs["chat"])
+    assert media["cost_usd"] == pytest.approx(costs["media"])
+    assert chat["cost_usd"] > 0 and chat["mean_latency_ms"] > 0 and chat["max_latency_ms"] >= chat["mean_latency_ms"]
+
+    table = table_rows(ok(as_table.result()).stdout)
+    assert table["chat"][:4] == ["chat", "fake/echo", "answer", "2"]
+    assert table["chat"][6] == f"{costs['chat']:.6f}"
+    assert table["media"][:4] == ["media", "fake/omni", "answer", "1"]
+    assert table["media"][6] == f"{costs['media']:.6f}"
+
