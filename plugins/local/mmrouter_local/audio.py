@@ -1,0 +1,80 @@
+"""Decoding any common audio/video container to 16 kHz mono 16-bit PCM with PyAV.
+
+PyAV wraps the ffmpeg libraries it bundles in its wheels, so wav, mp3,
+m4a/aac, ogg/opus/vorbis, flac, webm and the audio tracks of mp4/webm/mov
+video all decode with no system packages, and its ``AudioResampler``
+(libswresample) converts to the 16 kHz mono s16 that pocketsphinx expects.
+Decoding is streamed packet by packet, so a long file is never held whole.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+#: The format the speech recognizer takes.
+SAMPLE_RATE = 16_000
+BYTES_PER_SECOND = SAMPLE_RATE * 2
+
+
+class DecodeError(ValueError):
+    """The media could not be decoded (not audio, corrupt, or unsupported)."""
+
+
+def open_source(source: Path | bytes) -> object:
+    """What ``av.open`` takes for a stored file or for inline bytes."""
+    return str(source) if isinstance(source, Path) else io.BytesIO(source)
+
+
+def iter_pcm16k(source: Path | bytes) -> Iterator[bytes]:
+    """Yield the first audio track of ``source`` as 16 kHz mono s16le PCM chunks.
+
+    Yields nothing when the container has no audio track (a silent video).
+    Raises :class:`DecodeError` when the data is not a decodable container.
+    """
+    import av
+
+    try:
+        container = av.open(open_source(source))
+    except (av.error.FFmpegError, OSError) as e:
+        raise DecodeError(f"not a decodable audio/video file ({e})") from e
+    with container:
+        if not container.streams.audio:
+            return
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    yield out.to_ndarray().tobytes()
+        except av.error.FFmpegError as e:
+            raise DecodeError(f"audio decoding failed ({e})") from e
+        for out in resampler.resample(None):
+            yield out.to_ndarray().tobytes()
+
+
+class PcmReader:
+    """A file-like ``read(n)`` over a stream of PCM chunks (what the VAD segmenter reads)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = bytearray()
+        self.total_bytes = 0
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; fewer only at the end of the stream."""
+        while len(self._buffer) < n:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        self.total_bytes += len(out)
+        return out
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of audio read so far."""
+        return self.total_bytes / BYTES_PER_SECOND

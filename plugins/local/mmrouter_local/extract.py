@@ -1,0 +1,146 @@
+"""Blocking extraction of each kind of media into labelled sections (run on worker threads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from router import Media, Transcript, Utterance, Word
+
+from .asr import SpeechRecognizer
+from .audio import iter_pcm16k
+from .ocr import TextReader, image_facts, open_image, to_bgr
+from .pdf import iter_pages
+from .video import read_frames
+
+
+class UnreadableMedia(ValueError):
+    """The media cannot be read by the local provider; the message says why."""
+
+
+@dataclass
+class Section:
+    """One labelled piece of extracted text, e.g. ``[PDF report.pdf, page 2]``."""
+
+    heading: str
+    text: str
+
+    def render(self) -> str:
+        return f"[{self.heading}]\n{self.text.strip() or '(no text found)'}"
+
+
+def label(media: Media, index: int) -> str:
+    """A name for the media in headings: its filename, else a short id, else its position."""
+    if media.filename:
+        return media.filename
+    if media.media_id:
+        return media.media_id[:12]
+    return f"#{index + 1}"
+
+
+def source_of(media: Media) -> Path | bytes:
+    """The stored file (streamed from disk) or the inline bytes."""
+    if media.path is not None:
+        return media.path
+    if media.data is not None:
+        return media.data
+    raise UnreadableMedia("media given by URL cannot be fetched offline; upload it instead")
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:.1f}s"
+
+
+def transcript_lines(transcript: Transcript) -> str:
+    """One ``[start-end] text`` line per utterance."""
+    return "\n".join(
+        f"[{format_seconds(u.start)}-{format_seconds(u.end)}] {u.text}" for u in transcript.utterances
+    )
+
+
+def merge_transcripts(transcripts: list[Transcript]) -> Transcript:
+    """One transcript of several recordings played one after another (times are shifted)."""
+    if len(transcripts) == 1:
+        return transcripts[0]
+    offset = 0.0
+    utterances: list[Utterance] = []
+    words: list[Word] = []
+    for t in transcripts:
+        utterances += [Utterance(u.text, round(u.start + offset, 2), round(u.end + offset, 2),
+                                 u.speaker, u.confidence) for u in t.utterances]
+        words += [Word(w.text, round(w.start + offset, 2), round(w.end + offset, 2),
+                       w.speaker, w.confidence) for w in t.words]
+        offset += t.duration_seconds
+    return Transcript(" ".join(t.text for t in transcripts if t.text), utterances, words,
+                      transcripts[0].language, round(offset, 2))
+
+
+class Extractor:
+    """The blocking work for each media kind, sharing one OCR engine and one speech decoder."""
+
+    def __init__(self, frame_interval: float = 2.0) -> None:
+        self.frame_interval = frame_interval
+        self.ocr = TextReader()
+        self.asr = SpeechRecognizer()
+
+    def ocr_image_bytes(self, data: bytes) -> list[str]:
+        """OCR lines of an encoded image."""
+        with open_image(data) as image:
+            return self.ocr.read_lines(to_bgr(image))
+
+    def document(self, media: Media, name: str) -> list[Section]:
+        """PDF text page by page (OCR for pages without text); plain text documents as they are."""
+        mime = media.mime_type.lower()
+        if mime.startswith("text/"):
+            text = media.read_bytes().decode("utf-8", errors="replace")
+            return [Section(f"Document {name}", text)]
+        if mime != "application/pdf":
+            raise UnreadableMedia(f"cannot read {mime} documents offline; PDF and plain text are supported")
+        sections = []
+        for page in iter_pages(source_of(media), self.ocr_image_bytes):
+            suffix = ", OCR of a page without a text layer" if page.ocr else ""
+            sections.append(Section(f"PDF {name}, page {page.number}{suffix}", page.text))
+        if not sections:
+            sections.append(Section(f"PDF {name}", "(the PDF has no pages)"))
+        return sections
+
+    def image(self, media: Media, name: str) -> list[Section]:
+        """Format and size of an image, then its OCR text in reading order."""
+        try:
+            image = open_image(source_of(media))
+        except UnreadableMedia:
+            raise
+        except Exception as e:
+            raise UnreadableMedia(f"not an image Pillow can open ({type(e).__name__})") from e
+        with image:
+            facts = image_facts(image)
+            lines = self.ocr.read_lines(to_bgr(image))
+        return [Section(f"Image {name}: {facts.describe()}", "\n".join(lines))]
+
+    def transcribe(self, media: Media) -> Transcript:
+        """The speech in an audio file or a video's audio track."""
+        return self.asr.transcribe(iter_pcm16k(source_of(media)))
+
+    def audio(self, media: Media, name: str, kind: str = "Audio") -> tuple[Transcript, list[Section]]:
+        """The transcript of the speech and its section, headed e.g. ``Audio talk.mp3: transcript, 3.0s``."""
+        transcript = self.transcribe(media)
+        what = "transcript" if kind == "Audio" else "audio transcript"
+        heading = f"{kind} {name}: {what}, {format_seconds(transcript.duration_seconds)}"
+        return transcript, [Section(heading, transcript_lines(transcript))]
+
+    def video_frames(self, media: Media, name: str) -> list[Section]:
+        """Text read on frames sampled every ``frame_interval`` seconds, one section per span."""
+        spans = read_frames(source_of(media), self.frame_interval, self.ocr.read_lines)
+        if not spans:
+            return [Section(f"Video {name} frames", "(no on-screen text found)")]
+        sections = []
+        for span in spans:
+            when = (format_seconds(span.start) if span.start == span.end
+                    else f"{format_seconds(span.start)}-{format_seconds(span.end)}")
+            sections.append(Section(f"Video {name} frames at {when}", "\n".join(span.lines)))
+        return sections
+
+    def unload(self) -> None:
+        """Drop the loaded models (they load again if used)."""
+        self.ocr = TextReader(self.ocr.min_score)
+        self.asr = SpeechRecognizer()

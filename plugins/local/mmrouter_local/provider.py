@@ -1,0 +1,166 @@
+"""The ``local`` provider: offline extraction, never a made-up answer."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from router import (
+    FEATURE_EXTRACTION_ONLY,
+    OUTPUT_TEXT,
+    OUTPUT_TRANSCRIPT,
+    CallContext,
+    Media,
+    Modality,
+    ModelInfo,
+    Price,
+    Provider,
+    ProviderBadRequest,
+    ProviderEvent,
+    Request,
+    Task,
+    TextDelta,
+    Transcript,
+    TranscriptReady,
+    Usage,
+    UsageReport,
+)
+from router.errors import ConfigError
+
+from .audio import DecodeError
+from .extract import Extractor, Section, UnreadableMedia, label, merge_transcripts
+from .pdf import PdfError
+from .pool import WorkerPool
+
+#: The first line of every non-transcription answer.
+HEADER = "[Extracted by local provider — no language model was used]"
+NOT_ANSWERED = (
+    "The question was not answered: the local provider only extracts text from media. "
+    "Configure a cloud provider (for example providers.openai.api_key) for answers."
+)
+#: The Python modules the provider needs at call time.
+REQUIRED_MODULES = ("av", "pocketsphinx", "rapidocr_onnxruntime", "pypdf", "PIL", "numpy")
+
+EXTRACT_MODEL = ModelInfo(
+    name="extract",
+    inputs=frozenset(Modality),
+    outputs=frozenset({OUTPUT_TEXT, OUTPUT_TRANSCRIPT}),
+    features=frozenset({FEATURE_EXTRACTION_ONLY}),
+    context_tokens=1_000_000,
+    price=Price(),
+)
+
+
+def _positive_number(settings: Mapping[str, Any], key: str, default: float, kind: type) -> Any:
+    value = settings.get(key, default)
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0 or (kind is int and float(value) != number):
+        raise ConfigError(
+            f"providers.local.{key} must be a positive {'integer' if kind is int else 'number'}, "
+            f"got {value!r}"
+        )
+    return number
+
+
+class LocalProvider(Provider):
+    """Extracts text from PDFs, images (OCR), audio (speech to text) and video, offline.
+
+    Settings (``providers.local``): ``workers`` (threads for CPU work, default 2)
+    and ``ocr_frame_interval_seconds`` (video frame sampling, default 2).
+    """
+
+    name = "local"
+    models = [EXTRACT_MODEL]
+
+    def __init__(self, workers: int = 2, frame_interval: float = 2.0) -> None:
+        self.pool = WorkerPool(workers)
+        self.extractor = Extractor(frame_interval)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> LocalProvider:
+        """Build from the ``providers.local`` config section (raises ``ConfigError`` on bad values)."""
+        default_workers = max(1, min(2, os.cpu_count() or 1))
+        return cls(
+            workers=_positive_number(settings, "workers", default_workers, int),
+            frame_interval=_positive_number(settings, "ocr_frame_interval_seconds", 2.0, float),
+        )
+
+    def unconfigured_reason(self) -> str | None:
+        missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"missing Python packages ({', '.join(missing)}): reinstall mmrouter-local"
+        return None
+
+    async def generate(
+        self, request: Request, model: ModelInfo, ctx: CallContext
+    ) -> AsyncIterator[ProviderEvent]:
+        media = request.media()
+        for item in media:
+            if item.data is None and item.path is None:
+                raise ProviderBadRequest(
+                    self.name, f"media {item.url or ''} is given by URL; the local provider works "
+                    "offline and cannot fetch it: upload it with UploadMedia instead")
+        if request.effective_task is Task.TRANSCRIBE:
+            async for event in self._transcribe(media):
+                yield event
+            return
+        audio_seconds = 0.0
+        question = "\n".join(p.text for p in request.parts() if p.text and p.text.strip())
+        intro = HEADER + ("\n" + NOT_ANSWERED if question else "")
+        if not media:
+            intro += "\n\n[No media to extract]\nThe request has only text, which is left as it is."
+        yield TextDelta(intro)
+        for index, item in enumerate(media):
+            sections, transcript = await self._extract(item, label(item, index))
+            if transcript is not None:  # the structured transcript too, with times
+                audio_seconds += transcript.duration_seconds
+                yield TranscriptReady(transcript)
+            yield TextDelta("\n\n" + "\n\n".join(s.render() for s in sections))
+        yield UsageReport(Usage(audio_seconds=round(audio_seconds, 2)))
+
+    async def _transcribe(self, media: list[Media]) -> AsyncIterator[ProviderEvent]:
+        speech = [m for m in media if m.modality in (Modality.AUDIO, Modality.VIDEO)]
+        if not speech:
+            raise ProviderBadRequest(self.name, "transcribe needs audio or video input")
+        transcripts: list[Transcript] = []
+        for index, item in enumerate(speech):
+            transcripts.append(await self._run(label(item, index), self.extractor.transcribe, item))
+        transcript = merge_transcripts(transcripts)
+        yield TranscriptReady(transcript)
+        yield TextDelta(transcript.text)
+        yield UsageReport(Usage(audio_seconds=transcript.duration_seconds))
+
+    async def _extract(self, media: Media, name: str) -> tuple[list[Section], Transcript | None]:
+        """The sections for one media, and its transcript for audio and video."""
+        ex = self.extractor
+        if media.modality is Modality.DOCUMENT:
+            return await self._run(name, ex.document, media, name), None
+        if media.modality is Modality.IMAGE:
+            return await self._run(name, ex.image, media, name), None
+        if media.modality is Modality.AUDIO:
+            transcript, sections = await self._run(name, ex.audio, media, name)
+            return sections, transcript
+        if media.modality is Modality.VIDEO:
+            # Sound and pictures run as two jobs: with two workers they overlap.
+            (transcript, speech), frames = await asyncio.gather(
+                self._run(name, ex.audio, media, name, "Video"),
+                self._run(name, ex.video_frames, media, name),
+            )
+            return speech + frames, transcript
+        raise ProviderBadRequest(self.name, f"{name}: unsupported modality {media.modality.value}")
+
+    async def _run(self, name: str, fn: Any, *args: Any) -> Any:
+        """Run blocking extraction of media ``name`` on the pool; unreadable input is INVALID_ARGUMENT."""
+        try:
+            return await self.pool.run(fn, *args)
+        except (DecodeError, PdfError, UnreadableMedia) as e:
+            raise ProviderBadRequest(self.name, f"cannot read {name}: {e}") from e
+
+    async def aclose(self) -> None:
+        self.pool.close()

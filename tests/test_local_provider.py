@@ -1,0 +1,232 @@
+"""The ``local`` provider called directly on real media: PDF text, OCR, speech to text, video.
+
+Speech comes from espeak-ng (voice en-us+f2, see tests/fakes/local.py) and is
+recognised by pocketsphinx's shipped en-US model. Word error rates measured on
+this machine: the pangram 0.22 (it hears "the weak brown fox jumped over the
+lazy dog"); "please call me tomorrow morning at nine" 0.0-0.14 in every
+format. The bounds below leave room for that and no more than about one
+extra error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+from mmrouter_local import LocalProvider, register_providers
+from mmrouter_local.provider import HEADER
+
+from router import (
+    FEATURE_DIARIZATION,
+    FEATURE_EXTRACTION_ONLY,
+    OUTPUT_TRANSCRIPT,
+    CallContext,
+    Media,
+    Message,
+    Modality,
+    Options,
+    Part,
+    Request,
+    Role,
+    Task,
+    TextDelta,
+    TranscriptReady,
+    UsageReport,
+)
+from router.errors import ConfigError, ProviderBadRequest
+from router.testing import ProviderContract, collect
+from tests.fakes import local as media
+
+needs_espeak = pytest.mark.skipif(media.ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+
+PANGRAM = "the quick brown fox jumps over the lazy dog"
+PANGRAM_MAX_WER = 0.4
+CALL = "please call me tomorrow morning at nine"
+CALL_MAX_WER = 0.3
+
+
+@pytest.fixture(scope="module")
+def local() -> LocalProvider:
+    """One provider for the module, so the OCR and speech models load once."""
+    return LocalProvider(workers=2, frame_interval=1.0)
+
+
+def ask(*media_items: Media, question: str = "What does it say?", task: Task = Task.AUTO) -> Request:
+    parts = ([Part(text=question)] if question else []) + [Part(media=m) for m in media_items]
+    return Request([Message(Role.USER, parts)], Options(task=task))
+
+
+def text_of(events: list) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def transcripts_of(events: list) -> list:
+    return [e.transcript for e in events if isinstance(e, TranscriptReady)]
+
+
+class TestLocalContract(ProviderContract):
+    @pytest.fixture
+    def provider(self, local: LocalProvider) -> LocalProvider:
+        return local
+
+
+def test_model_declares_extraction_and_no_diarization(local: LocalProvider) -> None:
+    (model,) = local.models
+    assert local.name == "local" and model.name == "extract"
+    assert model.inputs == frozenset(Modality)
+    assert OUTPUT_TRANSCRIPT in model.outputs
+    assert FEATURE_EXTRACTION_ONLY in model.features
+    assert FEATURE_DIARIZATION not in model.features
+    assert model.price.input_per_mtok == model.price.output_per_mtok == model.price.per_audio_hour == 0
+
+
+def test_register_hook_reads_settings_and_rejects_bad_ones() -> None:
+    registered: list = []
+    register_providers(registered.append, {"workers": 3, "ocr_frame_interval_seconds": 0.5})
+    (provider,) = registered
+    assert provider.pool.workers == 3 and provider.extractor.frame_interval == 0.5
+    with pytest.raises(ConfigError, match=r"providers\.local\.workers"):
+        register_providers(registered.append, {"workers": 0})
+    with pytest.raises(ConfigError, match="ocr_frame_interval_seconds"):
+        register_providers(registered.append, {"ocr_frame_interval_seconds": "often"})
+
+
+async def test_pdf_text_page_by_page(local: LocalProvider) -> None:
+    pdf = media.pdf([["Quarterly report", "Revenue grew by ten percent"], ["Appendix with zebra tables"]])
+    events = await collect(local, ask(Media(Modality.DOCUMENT, "application/pdf", data=pdf,
+                                            filename="report.pdf")), local.models[0])
+    text = text_of(events)
+    assert text.startswith(HEADER)
+    assert "not answered" in text
+    page1 = text.index("[PDF report.pdf, page 1]")
+    page2 = text.index("[PDF report.pdf, page 2]")
+    assert page1 < text.index("Revenue grew by ten percent") < page2 < text.index("Appendix with zebra tables")
+    assert isinstance(events[-1], UsageReport) and events[-1].usage.cost_usd == 0
+
+
+async def test_image_ocr_in_reading_order_with_format_and_size(local: LocalProvider) -> None:
+    image = media.text_image([((20, 20), "Invoice number 4711"), ((20, 100), "Total due 42 EUR"),
+                              ((380, 170), "right"), ((20, 170), "left")])
+    events = await collect(local, ask(Media(Modality.IMAGE, "image/png", data=media.encode_image(image),
+                                            filename="scan.png")), local.models[0])
+    text = text_of(events)
+    assert "[Image scan.png: PNG 640x240]" in text
+    body = text.split("[Image scan.png: PNG 640x240]\n", 1)[1]
+    lines = [line.replace(" ", "") for line in body.strip().splitlines()]
+    assert lines == ["Invoicenumber4711", "Totaldue42EUR", "leftright"], body
+
+
+@needs_espeak
+async def test_transcribe_wav_within_word_error_bound(local: LocalProvider) -> None:
+    wav = media.speech_wav(PANGRAM)
+    events = await collect(local, ask(Media(Modality.AUDIO, "audio/wav", data=wav), question=""),
+                           local.models[0])
+    (transcript,) = transcripts_of(events)
+    assert media.word_error_rate(PANGRAM, transcript.text) <= PANGRAM_MAX_WER, transcript.text
+    assert text_of(events) == transcript.text
+    assert 2.5 < transcript.duration_seconds < 4.5
+    assert transcript.utterances and transcript.words
+    starts = [w.start for w in transcript.words]
+    assert starts == sorted(starts)
+    assert all(0 <= w.start < w.end <= transcript.duration_seconds + 0.3 for w in transcript.words)
+    assert all(w.speaker == "" for w in transcript.words)  # no diarization
+    assert {"brown", "fox", "lazy", "dog"} <= {w.text for w in transcript.words}
+    (usage,) = [e for e in events if isinstance(e, UsageReport)]
+    assert usage.usage.audio_seconds == transcript.duration_seconds
+
+
+@needs_espeak
+@pytest.mark.parametrize(("container", "codec", "mime", "rate"), [
+    ("mp3", "libmp3lame", "audio/mpeg", 44100),
+    ("ogg", "libopus", "audio/ogg", 48000),
+    ("ipod", "aac", "audio/mp4", 44100),
+    ("flac", "flac", "audio/flac", 44100),
+])
+async def test_compressed_audio_formats_decode(local: LocalProvider, container: str, codec: str,
+                                               mime: str, rate: int) -> None:
+    data = media.transcode(media.speech_wav(CALL), container, codec, rate)
+    assert not data.startswith(b"RIFF")
+    events = await collect(local, ask(Media(Modality.AUDIO, mime, data=data), task=Task.TRANSCRIBE),
+                           local.models[0])
+    (transcript,) = transcripts_of(events)
+    assert media.word_error_rate(CALL, transcript.text) <= CALL_MAX_WER, transcript.text
+
+
+@needs_espeak
+async def test_video_audio_track_and_frame_text_with_times(local: LocalProvider) -> None:
+    video = media.video([(2.0, "HELLO VIDEO"), (2.0, "SECOND SCENE")],
+                        media.speech_wav("one two three four five"))
+    events = await collect(local, ask(Media(Modality.VIDEO, "video/mp4", data=video, filename="demo.mp4")),
+                           local.models[0])
+    (transcript,) = transcripts_of(events)
+    assert media.word_error_rate("one two three four five", transcript.text) <= 0.2, transcript.text
+    text = text_of(events)
+    assert text.startswith(HEADER)
+    assert "[Video demo.mp4: audio transcript," in text
+    # Frames every second (frame_interval=1.0): equal text merges into one span.
+    assert "[Video demo.mp4 frames at 0.0s-1.0s]\nHELLO VIDEO" in text
+    assert "[Video demo.mp4 frames at 2.0s-3.0s]\nSECOND SCENE" in text
+
+
+async def test_silent_webm_video_frames_only(local: LocalProvider) -> None:
+    video = media.video([(1.0, "ONLY PICTURES")], None, container="webm")
+    events = await collect(local, ask(Media(Modality.VIDEO, "video/webm", data=video)), local.models[0])
+    text = text_of(events)
+    assert "ONLY PICTURES" in text
+    (transcript,) = transcripts_of(events)
+    assert transcript.text == "" and transcript.duration_seconds == 0
+
+
+async def test_text_only_chat_is_labelled_and_not_answered(local: LocalProvider) -> None:
+    events = await collect(local, ask(question="What is the capital of France?"), local.models[0])
+    text = text_of(events)
+    assert text.startswith(HEADER) and "not answered" in text
+    assert "Paris" not in text
+
+
+async def test_transcribe_without_audio_is_a_bad_request(local: LocalProvider) -> None:
+    pdf = media.pdf([["x"]])
+    with pytest.raises(ProviderBadRequest, match="transcribe needs audio or video"):
+        await collect(local, ask(Media(Modality.DOCUMENT, "application/pdf", data=pdf), task=Task.TRANSCRIBE),
+                      local.models[0])
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    (Media(Modality.AUDIO, "audio/mpeg", data=b"not really an mp3", filename="broken.mp3"), "cannot read broken.mp3"),
+    (Media(Modality.DOCUMENT, "application/pdf", data=b"%PDF-1.4 garbage", filename="bad.pdf"), "cannot read bad.pdf"),
+    (Media(Modality.IMAGE, "image/png", data=b"\x89PNG nope", filename="bad.png"), "cannot read bad.png"),
+    (Media(Modality.IMAGE, "image/png", url="https://example.com/a.png"), "cannot fetch it"),
+])
+async def test_unreadable_media_is_invalid_argument(local: LocalProvider, item: Media, message: str) -> None:
+    with pytest.raises(ProviderBadRequest, match=message):
+        await collect(local, ask(item), local.models[0])
+
+
+async def test_event_loop_keeps_serving_while_ocr_runs(local: LocalProvider) -> None:
+    big = media.text_image([((40, 40 + 60 * i), f"Line number {i} of a long page") for i in range(12)],
+                           size=(1600, 900), font_size=40)
+    request = ask(Media(Modality.IMAGE, "image/png", data=media.encode_image(big)))
+    await collect(local, ask(Media(Modality.IMAGE, "image/png", data=media.encode_image(media.text_image([])))),
+                  local.models[0])  # the OCR engine is loaded before we measure
+    ticks: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    tick_task = asyncio.ensure_future(ticker())
+    started = time.monotonic()
+    ctx = CallContext("loop-test", deadline=time.monotonic() + 60)
+    events = [e async for e in local.generate(request, local.models[0], ctx)]
+    elapsed = time.monotonic() - started
+    done.set()
+    await tick_task
+    assert text_of(events).count("of a long page") >= 10
+    assert elapsed > 0.3, "the OCR was too quick to show anything"
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert len(ticks) >= elapsed / 0.05, f"{len(ticks)} ticks in {elapsed:.2f}s"
+    assert max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f}s"
