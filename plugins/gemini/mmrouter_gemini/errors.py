@@ -76,6 +76,14 @@ def _http_modules() -> list[Any]:
     return found
 
 
+def _aiohttp() -> Any:
+    """The aiohttp module if installed (google-genai then uses it for async calls), else None."""
+    try:
+        return importlib.import_module("aiohttp")
+    except ImportError:
+        return None
+
+
 def map_exception(error: Exception, api_key: str) -> ProviderError | None:
     """The router error for an exception the SDK (or its HTTP stack) raised, or None if not ours."""
     from google.genai import errors as genai_errors
@@ -92,6 +100,12 @@ def map_exception(error: Exception, api_key: str) -> ProviderError | None:
         if isinstance(error, http.TransportError):
             detail = redact(str(error), api_key) or type(error).__name__
             return ProviderUnavailable(PROVIDER, f"could not reach the Gemini API: {detail}")
+    aiohttp = _aiohttp()
+    if isinstance(error, TimeoutError) or (aiohttp is not None and isinstance(error, aiohttp.ServerTimeoutError)):
+        return ProviderUnavailable(PROVIDER, f"timed out waiting for the Gemini API ({type(error).__name__})")
+    if aiohttp is not None and isinstance(error, aiohttp.ClientError):  # google-genai uses aiohttp when installed
+        detail = redact(str(error), api_key) or type(error).__name__
+        return ProviderUnavailable(PROVIDER, f"could not reach the Gemini API: {detail}")
     if isinstance(error, (ConnectionError, TimeoutError)):
         return ProviderUnavailable(PROVIDER, f"could not reach the Gemini API: {type(error).__name__}")
     if isinstance(error, ValueError) and "upload" in str(error).lower():
