@@ -10,9 +10,9 @@ import asyncio
 import dataclasses
 import logging
 import os
+import random
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -147,7 +147,7 @@ class App:
         full, history = self._with_history(request)
         decision, _ = self._decide(full)
         full, notes = self._trim(full, history, decision)
-        ctx = CallContext(request_id=uuid.uuid4().hex, deadline=deadline)
+        ctx = CallContext(request_id=f"{random.getrandbits(128):032x}", deadline=deadline)
         async for event in execute(full, decision, self.registry, ctx, notes):
             if isinstance(event, Done):
                 self._finish(request, event)

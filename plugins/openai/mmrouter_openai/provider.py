@@ -48,7 +48,13 @@ class OpenAIProvider(router.Provider):
             from openai import AsyncOpenAI
 
             s = self.settings
+            http_client = None
+            if s.http_client == "aiohttp":
+                from openai import DefaultAioHttpClient  # needs the aiohttp package
+
+                http_client = DefaultAioHttpClient(timeout=s.timeout)
             self._client = AsyncOpenAI(
+                http_client=http_client,
                 api_key=s.key_for_client,
                 base_url=s.effective_base_url,
                 organization=s.organization or None,

@@ -11,6 +11,7 @@ Keys (all optional)::
         timeout: 60                    # seconds per HTTP request (default 600)
         max_retries: 0                 # SDK retries; the router does fallbacks (default 0)
         legacy_max_tokens: false       # send max_tokens instead of max_completion_tokens
+        http_client: httpx             # or aiohttp: the SDK's DefaultAioHttpClient transport (faster)
         builtin_models: true           # offer the built-in OpenAI catalogue
         models: [...]                  # extra models, see mmrouter_openai.models
 """
@@ -30,6 +31,10 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 KEY_SETTING_HINT = "OPENAI_API_KEY or providers.openai.api_key"
 #: Sent as the key to OpenAI-compatible servers that need none (vLLM, Ollama, llama.cpp).
 NO_KEY_PLACEHOLDER = "sk-no-key-required"
+
+
+#: The SDK transports ``http_client`` may name.
+HTTP_CLIENTS = ("httpx", "aiohttp")
 
 
 class SettingsError(ValueError):
@@ -88,6 +93,7 @@ class OpenAISettings:
     max_retries: int = 0
     legacy_max_tokens: bool = False
     builtin_models: bool = True
+    http_client: str = "httpx"
     models: list[Mapping[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -97,6 +103,10 @@ class OpenAISettings:
         models = settings.get("models") or []
         if not isinstance(models, list) or not all(isinstance(m, Mapping) for m in models):
             raise SettingsError("providers.openai.models must be a list of mappings with at least a name")
+        http_client = str(settings.get("http_client") or "httpx").strip().lower()
+        if http_client not in HTTP_CLIENTS:
+            raise SettingsError(f"providers.openai.http_client must be one of {', '.join(HTTP_CLIENTS)},"
+                                f" got {settings.get('http_client')!r}")
         return cls(
             api_key=setting_or_env(settings, "api_key", "OPENAI_API_KEY").strip(),
             base_url=setting_or_env(settings, "base_url", "OPENAI_BASE_URL").strip().rstrip("/"),
@@ -106,6 +116,7 @@ class OpenAISettings:
             max_retries=_as_int(settings, "max_retries", 0),
             legacy_max_tokens=_as_bool(settings, "legacy_max_tokens", False),
             builtin_models=_as_bool(settings, "builtin_models", True),
+            http_client=http_client,
             models=list(models),
         )
 

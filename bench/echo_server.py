@@ -1,0 +1,67 @@
+"""The baseline: a bare grpc.aio RouterService with canned answers and no work behind them.
+
+Generate answers at once; StreamGenerate sends ``options.max_output_tokens`` text deltas (1 when 0)
+then Done, the same events shape as the router; UploadMedia is a client-streaming sink that counts
+the bytes and drops them. Same message-size options as the daemon.
+
+Run: ``python bench/echo_server.py --address 127.0.0.1:0 --ready-file F`` (writes host:port to F).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+import grpc
+from mmrouter.v1 import router_pb2 as pb
+from mmrouter.v1 import router_pb2_grpc
+
+LIMIT = 64 * 1024 * 1024
+
+
+class Echo(router_pb2_grpc.RouterServiceServicer):
+    async def Generate(self, request, context):
+        return pb.GenerateResponse(answer=pb.Answer(text="tok0 "))
+
+    async def StreamGenerate(self, request, context):
+        n = max(1, min(request.request.options.max_output_tokens, 10_000))
+        for i in range(n):
+            yield pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=f"tok{i} "))
+        yield pb.StreamGenerateResponse(done=pb.Done(answer=pb.Answer(text="done")))
+
+    async def UploadMedia(self, request_iterator, context):
+        size = 0
+        meta = None
+        async for message in request_iterator:
+            if message.WhichOneof("payload") == "metadata":
+                meta = message.metadata
+            else:
+                size += len(message.chunk)
+        return pb.UploadMediaResponse(media_id="0" * 64, size_bytes=size,
+                                      mime_type=meta.mime_type if meta else "", modality=meta.modality if meta else 0)
+
+
+async def main(address: str, ready_file: Path | None) -> None:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", LIMIT),
+                                      ("grpc.max_send_message_length", LIMIT)])
+    router_pb2_grpc.add_RouterServiceServicer_to_server(Echo(), server)
+    port = server.add_insecure_port(address)
+    await server.start()
+    if ready_file is not None:
+        ready_file.write_text(f"{address.rsplit(':', 1)[0]}:{port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default="127.0.0.1:0")
+    parser.add_argument("--ready-file", type=Path)
+    args = parser.parse_args()
+    asyncio.run(main(args.address, args.ready_file))
