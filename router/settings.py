@@ -1,0 +1,60 @@
+"""A base for provider plugins' settings: the ``providers.<name>`` section, validated by pydantic.
+
+Subclass it with your fields; :meth:`ProviderSettings.load` validates a
+section and raises :class:`router.errors.ConfigError` naming each bad key
+(``providers.openai.timeout: Input should be greater than 0``), which the
+registry reports as the plugin being broken, with that reason, in
+``mmrouter providers``. Unknown keys are refused, so typos are caught.
+
+::
+
+    class EchoSettings(router.ProviderSettings):
+        api_key_env = ("ECHO_API_KEY",)
+        greeting: str = "hello"
+
+    settings = EchoSettings.load("echo", section)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class ProviderSettings(BaseModel):
+    """Settings every provider understands; subclasses add their own fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Environment variables tried, in order, when ``api_key`` is empty. Subclasses set it.
+    api_key_env: ClassVar[tuple[str, ...]] = ()
+
+    api_key: str = Field("", repr=False, description="the API key; empty means: read api_key_env")
+    base_url: str = Field("", description="the API's address; empty for the provider's own")
+    timeout: float = Field(60.0, gt=0, description="seconds for one HTTP call (shortened to the call's deadline)")
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="per model price overrides, applied by the router"
+    )
+
+    @classmethod
+    def load(cls, provider: str, section: Mapping[str, Any] | None) -> Self:
+        """Validate ``section`` (this provider's config); ConfigError names every bad key."""
+        try:
+            return cls.model_validate(dict(section or {}))
+        except ValidationError as exc:
+            problems = [
+                f"providers.{provider}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            ]
+            raise ConfigError("; ".join(problems)) from None
+
+    @property
+    def key(self) -> str:
+        """``api_key`` if set, else the first non-empty variable of ``api_key_env``, else ``""``."""
+        if self.api_key:
+            return self.api_key
+        return next((os.environ[name] for name in self.api_key_env if os.environ.get(name)), "")
