@@ -37,7 +37,7 @@ from .errors import (
     ProviderUnavailable,
     provider_error_from_status,
 )
-from .provider import Provider, setting_or_env
+from .provider import Provider
 from .settings import ProviderSettings
 from .types import (
     FEATURE_DIARIZATION,
@@ -106,5 +106,4 @@ __all__ = [
     "Word",
     "hookimpl",
     "provider_error_from_status",
-    "setting_or_env",
 ]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import abc
-import os
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 from .types import CallContext, ModelInfo, ProviderEvent, Request
 
@@ -54,10 +52,3 @@ class Provider(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 (a no-op default is intended)
         """Release clients and pools; called once at daemon shutdown."""
 
-
-def setting_or_env(settings: Mapping[str, Any], key: str, env_var: str) -> str:
-    """``settings[key]`` if set and non-empty, else the environment variable, else ``""``."""
-    value = settings.get(key)
-    if value:
-        return str(value)
-    return os.environ.get(env_var, "")

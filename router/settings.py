@@ -43,9 +43,13 @@ class ProviderSettings(BaseModel):
 
     @classmethod
     def load(cls, provider: str, section: Mapping[str, Any] | None) -> Self:
-        """Validate ``section`` (this provider's config); ConfigError names every bad key."""
+        """Validate ``section`` (this provider's config); ConfigError names every bad key.
+
+        Empty values (``timeout:`` with nothing, or an unset ``${VAR}``) count as unset: the default applies.
+        """
+        given = {k: v for k, v in (section or {}).items() if v not in (None, "")}
         try:
-            return cls.model_validate(dict(section or {}))
+            return cls.model_validate(given)
         except ValidationError as exc:
             problems = [
                 f"providers.{provider}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
@@ -54,7 +58,7 @@ class ProviderSettings(BaseModel):
 
     @property
     def key(self) -> str:
-        """``api_key`` if set, else the first non-empty variable of ``api_key_env``, else ``""``."""
-        if self.api_key:
-            return self.api_key
-        return next((os.environ[name] for name in self.api_key_env if os.environ.get(name)), "")
+        """``api_key`` if set, else the first non-empty variable of ``api_key_env``, else ``""`` (stripped)."""
+        if self.api_key.strip():
+            return self.api_key.strip()
+        return next((os.environ[name].strip() for name in self.api_key_env if os.environ.get(name, "").strip()), "")

@@ -25,6 +25,7 @@ class ErrorDetails:
     code: grpc.StatusCode
     message: str
     reason: str
+    domain: str
     metadata: dict[str, str]
     violations: list[tuple[str, str]]
     retry_delay: float | None
@@ -34,12 +35,12 @@ def error_details(error: grpc.RpcError) -> ErrorDetails:
     """Unpack google.rpc.Status details (ErrorInfo, BadRequest, RetryInfo) from a failed call."""
     status = rpc_status.from_call(error)
     assert status is not None, f"no google.rpc.Status details on {error.code()}: {error.details()}"
-    reason, metadata, violations, delay = "", {}, [], None
+    reason, domain, metadata, violations, delay = "", "", {}, [], None
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            reason, metadata = info.reason, dict(info.metadata)
+            reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
         elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
@@ -48,7 +49,7 @@ def error_details(error: grpc.RpcError) -> ErrorDetails:
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)
             delay = retry.retry_delay.ToTimedelta().total_seconds()
-    return ErrorDetails(error.code(), error.details(), reason, metadata, violations, delay)
+    return ErrorDetails(error.code(), error.details(), reason, domain, metadata, violations, delay)
 
 
 def wait_for(condition, timeout: float = 10, interval: float = 0.05):

@@ -12,7 +12,7 @@ import io
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
+from grpc_helpers import error_details, text_request
 from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
 from PIL import Image
@@ -79,19 +79,6 @@ def ask(*parts: pb.Part, system: str = "", tags: tuple[str, ...] = (), session: 
     messages.append(pb.Message(role=pb.ROLE_USER, parts=list(parts)))
     return pb.MultimodalRequest(messages=messages, options=pb.Options(max_output_tokens=max_output_tokens),
                                 hints=pb.RoutingHints(tags=list(tags)), session_id=session)
-
-
-def details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, error_details_pb2.RetryInfo | None]:
-    status = rpc_status.from_call(err)
-    info = retry = None
-    for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-    return info, retry
 
 
 @pytest.fixture
@@ -199,19 +186,15 @@ def test_http_errors_map_to_grpc_statuses(daemon, fake):
     for status, err_type, headers, code, reason in ERRORS:
         fake.fail_next_api(status, err_type, f"upstream failure {status}", headers)
         with pytest.raises(grpc.RpcError) as info:
-            daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+            daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
         err = info.value
         assert err.code() == code, (status, err.details())
-        error_info, retry = details(err)
-        assert error_info is not None and error_info.reason == reason, status
-        assert error_info.domain == "mmrouter" and error_info.metadata["provider"] == "anthropic"
+        got = error_details(err)
+        assert (got.reason, got.metadata["provider"]) == (reason, "anthropic"), status
         assert f"upstream failure {status}" in err.details()
         if status in (401, 403):
             assert "ANTHROPIC_API_KEY or providers.anthropic.api_key" in err.details()
-        if status == 429:
-            assert retry is not None and retry.retry_delay.seconds == 7
-        else:
-            assert retry is None
+        assert got.retry_delay == (7 if status == 429 else None)
     assert len(fake.message_calls()) == len(ERRORS)  # one call each: no SDK retries
     assert API_KEY not in daemon.logs()
 
@@ -234,11 +217,10 @@ def test_overloaded_mid_stream_is_unavailable(daemon, fake):
     fake.stream_error = ("overloaded_error", "Overloaded")
     received = []
     with pytest.raises(grpc.RpcError) as info:
-        for event in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=ask(text_part("hi"))), timeout=30):
+        for event in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("hi")), timeout=30):
             received.append(event)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    error_info, _ = details(info.value)
-    assert error_info.reason == "PROVIDER_UNAVAILABLE"
+    assert error_details(info.value).reason == "PROVIDER_UNAVAILABLE"
     assert [e.text_delta.text for e in received if e.HasField("text_delta")] == ["Hello"]
 
 
@@ -246,11 +228,11 @@ def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
     secret = "sk-ant-e2e-wrong-key-do-not-leak-77"
     daemon = start(start_daemon, fake, key=secret)
     with pytest.raises(grpc.RpcError) as info:
-        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
     err = info.value
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    error_info, _ = details(err)
-    assert error_info.reason == "PROVIDER_AUTH" and error_info.metadata["provider"] == "anthropic"
+    got = error_details(err)
+    assert (got.reason, got.metadata["provider"]) == ("PROVIDER_AUTH", "anthropic")
     assert "ANTHROPIC_API_KEY or providers.anthropic.api_key" in err.details()
     assert sent_key(fake.message_calls()[0]) == secret  # the fake did get it
     everything = err.details() + str(rpc_status.from_call(err)) + daemon.logs()
@@ -261,10 +243,9 @@ def test_upstream_timeout_is_unavailable(start_daemon, fake):
     daemon = start(start_daemon, fake, timeout=0.5)
     fake.delay = 3.0
     with pytest.raises(grpc.RpcError) as info:
-        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    error_info, _ = details(info.value)
-    assert error_info.reason == "PROVIDER_UNAVAILABLE" and "did not answer in time" in info.value.details()
+    assert error_details(info.value).reason == "PROVIDER_UNAVAILABLE" and "did not answer in time" in info.value.details()
 
 
 def test_providers_list_shows_the_catalogue(daemon):
@@ -286,6 +267,6 @@ def test_without_key_the_provider_is_not_configured(start_daemon, fake):
     assert providers["anthropic"].state == pb.PROVIDER_STATE_NOT_CONFIGURED
     assert "ANTHROPIC_API_KEY" in providers["anthropic"].reason
     with pytest.raises(grpc.RpcError) as info:
-        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert fake.message_calls() == []

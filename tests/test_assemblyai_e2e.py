@@ -11,7 +11,7 @@ import wave
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
+from grpc_helpers import error_details, text_request
 from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
 
@@ -47,23 +47,12 @@ def wav_bytes(seconds: float = 0.5, rate: int = 8000) -> bytes:
 
 
 def request_for(media: pb.Media, *, diarization: bool = True, speakers: int = 2) -> pb.MultimodalRequest:
-    return pb.MultimodalRequest(
-        messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part(media=media)])],
-        options=pb.Options(task=pb.TASK_TRANSCRIBE, diarization=diarization, speakers_expected=speakers),
-    )
+    options = pb.Options(task=pb.TASK_TRANSCRIBE, diarization=diarization, speakers_expected=speakers)
+    return text_request("", media=[media], options=options)
 
 
 def wav_media(data: bytes) -> pb.Media:
     return pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=data, filename="call.wav")
-
-
-def error_reason(err: grpc.RpcError) -> str:
-    status = rpc_status.from_call(err)
-    for detail in status.details if status else []:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    return ""
 
 
 @pytest.fixture
@@ -161,7 +150,7 @@ def test_failed_transcript_is_a_clear_grpc_error(daemon, fake):
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "File does not appear to contain audio" in err.details()
     assert "assemblyai" in err.details()
-    assert error_reason(err) == "PROVIDER_BAD_REQUEST"
+    assert error_details(err).reason == "PROVIDER_BAD_REQUEST"
     assert fake.polls() == 2
 
 

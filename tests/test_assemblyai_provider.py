@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from mmrouter_assemblyai import AssemblyAIProvider, AssemblyAISettings, register_providers
-from mmrouter_assemblyai.settings import SettingsError
 from mmrouter_assemblyai.transcripts import audio_source, language_code
 
 from router import (
@@ -28,6 +27,7 @@ from router import (
     UsageReport,
 )
 from router.errors import (
+    ConfigError,
     ProviderAuthError,
     ProviderBadRequest,
     ProviderModelNotFound,
@@ -61,7 +61,7 @@ def audio_request(media: Media | None = None, **options) -> Request:
 
 def make_provider(fake: FakeAssemblyAI, **settings) -> AssemblyAIProvider:
     mapping = {"api_key": KEY, "base_url": fake.url, "timeout": 5, "poll_interval": 0.01, **settings}
-    return AssemblyAIProvider(AssemblyAISettings.from_mapping(mapping))
+    return AssemblyAIProvider(AssemblyAISettings.load("assemblyai", mapping))
 
 
 @pytest.fixture
@@ -245,8 +245,8 @@ async def test_auth_failure_names_the_setting_and_never_the_key(fake, provider):
 
 
 async def test_wrong_key_is_refused_by_the_fake_as_auth_error(fake):
-    provider = AssemblyAIProvider(AssemblyAISettings.from_mapping(
-        {"api_key": "wrong-key-123", "base_url": fake.url, "poll_interval": 0.01}))
+    provider = AssemblyAIProvider(AssemblyAISettings.load(
+        "assemblyai", {"api_key": "wrong-key-123", "base_url": fake.url, "poll_interval": 0.01}))
     try:
         with pytest.raises(ProviderAuthError) as info:
             await collect(provider, audio_request(), provider.model("best"))
@@ -289,7 +289,7 @@ async def test_http_error_while_polling_is_mapped(fake, provider):
 async def test_unreachable_api_is_unavailable(fake):
     url = fake.url
     fake.stop()
-    provider = AssemblyAIProvider(AssemblyAISettings.from_mapping({"api_key": KEY, "base_url": url}))
+    provider = AssemblyAIProvider(AssemblyAISettings.load("assemblyai", {"api_key": KEY, "base_url": url}))
     try:
         with pytest.raises(ProviderUnavailable, match="cannot reach the AssemblyAI API"):
             await collect(provider, audio_request(), provider.model("best"))
@@ -366,10 +366,10 @@ async def test_two_providers_keep_their_own_key_and_url():
 
     global_key = aai.settings.api_key
     with FakeAssemblyAI(api_key="key-one") as one, FakeAssemblyAI(api_key="key-two") as two:
-        p1 = AssemblyAIProvider(AssemblyAISettings.from_mapping(
-            {"api_key": "key-one", "base_url": one.url, "poll_interval": 0.01}))
-        p2 = AssemblyAIProvider(AssemblyAISettings.from_mapping(
-            {"api_key": "key-two", "base_url": two.url, "poll_interval": 0.01}))
+        p1 = AssemblyAIProvider(AssemblyAISettings.load(
+            "assemblyai", {"api_key": "key-one", "base_url": one.url, "poll_interval": 0.01}))
+        p2 = AssemblyAIProvider(AssemblyAISettings.load(
+            "assemblyai", {"api_key": "key-two", "base_url": two.url, "poll_interval": 0.01}))
         try:
             r1, r2 = await asyncio.gather(
                 collect(p1, audio_request(), p1.model("best")),
@@ -397,23 +397,23 @@ async def test_one_sdk_client_is_reused_and_closed(fake, provider):
 def test_settings_come_from_env_when_not_configured(monkeypatch):
     monkeypatch.setenv("ASSEMBLYAI_API_KEY", "env-key")
     monkeypatch.setenv("ASSEMBLYAI_BASE_URL", "http://127.0.0.1:9/")
-    s = AssemblyAISettings.from_mapping({})
-    assert (s.api_key, s.base_url, s.timeout, s.poll_interval) == ("env-key", "http://127.0.0.1:9", 30.0, 3.0)
-    s = AssemblyAISettings.from_mapping({"api_key": "cfg-key", "timeout": "12", "poll_interval": 0.5})
-    assert (s.api_key, s.timeout, s.poll_interval) == ("cfg-key", 12.0, 0.5)
+    s = AssemblyAISettings.load("assemblyai", {})
+    assert (s.key, s.base_url, s.timeout, s.poll_interval) == ("env-key", "http://127.0.0.1:9", 30.0, 3.0)
+    s = AssemblyAISettings.load("assemblyai", {"api_key": "cfg-key", "timeout": "12", "poll_interval": 0.5})
+    assert (s.key, s.timeout, s.poll_interval) == ("cfg-key", 12.0, 0.5)
     assert s.base_url == "http://127.0.0.1:9"
 
 
 def test_bad_setting_names_the_key():
-    with pytest.raises(SettingsError, match=r"providers\.assemblyai\.poll_interval"):
-        AssemblyAISettings.from_mapping({"poll_interval": "often"})
-    with pytest.raises(SettingsError, match=r"providers\.assemblyai\.timeout must be positive"):
-        AssemblyAISettings.from_mapping({"timeout": 0})
+    with pytest.raises(ConfigError, match=r"providers\.assemblyai\.poll_interval"):
+        AssemblyAISettings.load("assemblyai", {"poll_interval": "often"})
+    with pytest.raises(ConfigError, match=r"providers\.assemblyai\.timeout: Input should be greater than 0"):
+        AssemblyAISettings.load("assemblyai", {"timeout": 0})
 
 
 async def test_without_key_it_is_unconfigured(monkeypatch, fake):
     monkeypatch.delenv("ASSEMBLYAI_API_KEY", raising=False)
-    provider = AssemblyAIProvider(AssemblyAISettings.from_mapping({"api_key": "", "base_url": fake.url}))
+    provider = AssemblyAIProvider(AssemblyAISettings.load("assemblyai", {"api_key": "", "base_url": fake.url}))
     reason = provider.unconfigured_reason()
     assert reason == "no API key: set ASSEMBLYAI_API_KEY or providers.assemblyai.api_key"
     with pytest.raises(ProviderNotConfigured):

@@ -11,8 +11,7 @@ import io
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from grpc_helpers import error_details
 from mmrouter.v1 import router_pb2 as pb
 
 from tests.fakes.gemini import FakeGemini
@@ -79,19 +78,6 @@ def upload(daemon, data: bytes, mime_type: str, modality: int) -> pb.UploadMedia
 def ask(*parts: pb.Part) -> pb.MultimodalRequest:
     return pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_USER, parts=list(parts))],
                                 options=pb.Options(task=pb.TASK_CHAT))
-
-
-def error_info(err: grpc.RpcError) -> tuple[str, float | None]:
-    """The ErrorInfo reason and the RetryInfo delay (seconds) of a failed call."""
-    reason, retry = "", None
-    status = rpc_status.from_call(err)
-    for detail in status.details if status else []:
-        info, retry_info = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            reason = info.reason
-        elif detail.Unpack(retry_info):
-            retry = retry_info.retry_delay.seconds + retry_info.retry_delay.nanos / 1e9
-    return reason, retry
 
 
 @pytest.fixture
@@ -199,9 +185,9 @@ def test_upstream_errors_reach_the_client_mapped(daemon, fake, status, headers, 
     assert err.code() == code
     assert f"upstream said {status}" in err.details()
     assert KEY not in err.details()
-    got_reason, got_retry = error_info(err)
-    assert got_reason == reason
+    got = error_details(err)
+    assert got.reason == reason
     if retry is not None:
-        assert got_retry == pytest.approx(retry)
+        assert got.retry_delay == pytest.approx(retry)
     if status == 403:
         assert "GEMINI_API_KEY" in err.details()

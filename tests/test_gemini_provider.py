@@ -127,21 +127,21 @@ def test_key_comes_from_config_then_env(monkeypatch):
     p = GeminiProvider.from_settings({})
     assert "GEMINI_API_KEY" in p.unconfigured_reason()
     monkeypatch.setenv("GOOGLE_API_KEY", "from-google-env")
-    assert GeminiProvider.from_settings({}).settings.api_key == "from-google-env"
+    assert GeminiProvider.from_settings({}).settings.key == "from-google-env"
     monkeypatch.setenv("GEMINI_API_KEY", "from-gemini-env")
-    assert GeminiProvider.from_settings({}).settings.api_key == "from-gemini-env"
-    assert GeminiProvider.from_settings({"api_key": "from-config"}).settings.api_key == "from-config"
+    assert GeminiProvider.from_settings({}).settings.key == "from-gemini-env"
+    assert GeminiProvider.from_settings({"api_key": "from-config"}).settings.key == "from-config"
     assert GeminiProvider.from_settings({"api_key": "x"}).unconfigured_reason() is None
 
 
 def test_settings_are_checked():
-    s = GeminiSettings.from_mapping({"api_key": "k", "inline_limit_bytes": "1024", "timeout": 5,
+    s = GeminiSettings.load("gemini", {"api_key": "k", "inline_limit_bytes": "1024", "timeout": 5,
                                      "api_version": "v1alpha", "streaming": "false"})
     assert (s.inline_limit_bytes, s.timeout, s.api_version, s.streaming) == (1024, 5.0, "v1alpha", False)
     with pytest.raises(ConfigError, match="inline_limit_bytes"):
-        GeminiSettings.from_mapping({"inline_limit_bytes": "lots"})
+        GeminiSettings.load("gemini", {"inline_limit_bytes": "lots"})
     with pytest.raises(ConfigError, match="timeout"):
-        GeminiSettings.from_mapping({"timeout": 0})
+        GeminiSettings.load("gemini", {"timeout": 0})
 
 
 async def test_plugin_registers_through_its_entry_point(fake):

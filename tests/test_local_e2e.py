@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_helpers import text_request
 from mmrouter.v1 import router_pb2 as pb
 
 from tests.fakes import local as media
@@ -78,10 +79,8 @@ def test_fresh_install_answers_every_kind_offline(fresh, tmp_path: Path) -> None
 @needs_espeak
 def test_grpc_transcript_has_timed_words_and_route_says_local(fresh) -> None:
     wav = media.speech_wav("the quick brown fox jumps over the lazy dog")
-    request = pb.MultimodalRequest(
-        messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part(media=pb.Media(
-            modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav, filename="fox.wav"))])],
-        options=pb.Options(task=pb.TASK_TRANSCRIBE))
+    request = text_request("", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav,
+                                               filename="fox.wav")], options=pb.Options(task=pb.TASK_TRANSCRIBE))
     answer = fresh.stub.Generate(pb.GenerateRequest(request=request), timeout=60).answer
     assert (answer.route.provider, answer.route.model) == ("local", "extract")
     assert media.word_error_rate("the quick brown fox jumps over the lazy dog", answer.transcript.text) <= 0.4
@@ -91,10 +90,8 @@ def test_grpc_transcript_has_timed_words_and_route_says_local(fresh) -> None:
 
 @needs_espeak
 def test_diarization_without_a_diarizing_provider_is_failed_precondition(fresh) -> None:
-    request = pb.MultimodalRequest(
-        messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part(media=pb.Media(
-            modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=media.speech_wav("hello there")))])],
-        options=pb.Options(task=pb.TASK_TRANSCRIBE, diarization=True))
+    audio = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=media.speech_wav("hello there"))
+    request = text_request("", media=[audio], options=pb.Options(task=pb.TASK_TRANSCRIBE, diarization=True))
     with pytest.raises(grpc.RpcError) as err:
         fresh.stub.Generate(pb.GenerateRequest(request=request), timeout=60)
     assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION

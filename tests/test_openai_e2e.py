@@ -13,7 +13,7 @@ import wave
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
+from grpc_helpers import error_details, text_request
 from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
 from PIL import Image
@@ -81,19 +81,6 @@ def ask(*parts: pb.Part, task: int = pb.TASK_AUTO, tags: tuple[str, ...] = (), s
     messages.append(pb.Message(role=pb.ROLE_USER, parts=list(parts)))
     return pb.MultimodalRequest(messages=messages, options=pb.Options(task=task),
                                 hints=pb.RoutingHints(tags=list(tags)), session_id=session)
-
-
-def details(err: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, error_details_pb2.RetryInfo | None]:
-    status = rpc_status.from_call(err)
-    info = retry = None
-    for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-    return info, retry
 
 
 @pytest.fixture
@@ -219,17 +206,13 @@ def test_http_errors_map_to_grpc_statuses(daemon, fake):
     for status, headers, code, reason in ERRORS:
         fake.fail_next(status, error_body(f"upstream failure {status}"), headers)
         with pytest.raises(grpc.RpcError) as info:
-            daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+            daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
         err = info.value
         assert err.code() == code, (status, err.details())
-        error_info, retry = details(err)
-        assert error_info is not None and error_info.reason == reason, status
-        assert error_info.domain == "mmrouter" and error_info.metadata["provider"] == "openai"
+        got = error_details(err)
+        assert (got.reason, got.metadata["provider"]) == (reason, "openai"), status
         assert f"upstream failure {status}" in err.details()
-        if status == 429:
-            assert retry is not None and retry.retry_delay.seconds == 7
-        else:
-            assert retry is None
+        assert got.retry_delay == (7 if status == 429 else None)
     assert len(fake.chat_requests()) == len(ERRORS)  # one call each: no SDK retries
 
 
@@ -238,8 +221,8 @@ def test_transcription_errors_are_mapped_too(daemon, fake):
     with pytest.raises(grpc.RpcError) as info:
         daemon.stub.Generate(pb.GenerateRequest(request=ask(audio_part(wav_bytes()))), timeout=30)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    error_info, retry = details(info.value)
-    assert error_info.reason == "PROVIDER_RATE_LIMITED" and retry.retry_delay.seconds == 3
+    got = error_details(info.value)
+    assert (got.reason, got.retry_delay) == ("PROVIDER_RATE_LIMITED", 3)
     assert fake.requests[0].path == "/v1/audio/transcriptions"
 
 
@@ -247,11 +230,11 @@ def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
     secret = "sk-e2e-wrong-key-do-not-leak-77"
     daemon = start(start_daemon, fake, key=secret)
     with pytest.raises(grpc.RpcError) as info:
-        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
     err = info.value
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    error_info, _ = details(err)
-    assert error_info.reason == "PROVIDER_AUTH" and error_info.metadata["provider"] == "openai"
+    got = error_details(err)
+    assert (got.reason, got.metadata["provider"]) == ("PROVIDER_AUTH", "openai")
     assert "OPENAI_API_KEY or providers.openai.api_key" in err.details()
     assert fake.requests[0].headers["authorization"] == f"Bearer {secret}"  # the fake did get (and echo) it
     everything = err.details() + str(rpc_status.from_call(err)) + daemon.logs()
@@ -262,10 +245,9 @@ def test_upstream_timeout_is_unavailable(start_daemon, fake):
     daemon = start(start_daemon, fake, timeout=0.5)
     fake.chunk_delay = 3.0
     with pytest.raises(grpc.RpcError) as info:
-        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30)
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    error_info, _ = details(info.value)
-    assert error_info.reason == "PROVIDER_UNAVAILABLE" and "timed out" in info.value.details()
+    assert error_details(info.value).reason == "PROVIDER_UNAVAILABLE" and "timed out" in info.value.details()
 
 
 def test_providers_list_shows_the_catalogue(daemon):

@@ -14,7 +14,7 @@ import grpc
 import mmrouter_openai
 import pytest
 from mmrouter_openai import OpenAIProvider
-from mmrouter_openai.settings import NO_KEY_PLACEHOLDER, SettingsError
+from mmrouter_openai.settings import NO_KEY_PLACEHOLDER
 from PIL import Image
 
 from router import (
@@ -32,6 +32,7 @@ from router import (
     UsageReport,
 )
 from router.errors import (
+    ConfigError,
     ProviderAuthError,
     ProviderBadRequest,
     ProviderModelNotFound,
@@ -169,15 +170,15 @@ def test_key_and_base_url_come_from_the_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
     p = OpenAIProvider({})
     assert p.unconfigured_reason() is None
-    assert p.settings.api_key == "sk-from-env" and p.settings.effective_base_url == fake.base_url
+    assert p.settings.key == "sk-from-env" and p.settings.effective_base_url == fake.base_url
 
 
 def test_bad_settings_are_named() -> None:
-    with pytest.raises(SettingsError, match=r"providers\.openai\.timeout"):
+    with pytest.raises(ConfigError, match=r"providers\.openai\.timeout"):
         OpenAIProvider({"api_key": "k", "timeout": "soon"})
-    with pytest.raises(SettingsError, match=r"providers\.openai\.models\[0\]\.inputs"):
+    with pytest.raises(ConfigError, match=r"providers\.openai\.models\[0\]\.inputs"):
         OpenAIProvider({"api_key": "k", "models": [{"name": "x", "inputs": ["smell"]}]})
-    with pytest.raises(SettingsError, match="cannot contain '/'"):
+    with pytest.raises(ConfigError, match="cannot contain '/'"):
         OpenAIProvider({"api_key": "k", "models": [{"name": "org/model"}]})
 
 

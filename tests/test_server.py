@@ -167,7 +167,7 @@ WAV = b"RIFF\0\0\0\0WAVEfmt " + b"\0" * 64
 )
 def test_bad_requests_get_invalid_argument_with_field_violations(daemon, request_, code, reason, field) -> None:
     details = error_details(failure(lambda: generate(daemon, request_)))
-    assert (details.code, details.reason) == (code, reason)
+    assert (details.code, details.reason, details.domain) == (code, reason, "mmrouter")
     assert field in [f for f, _ in details.violations]
 
 

@@ -1,7 +1,7 @@
 """mmrouter-anthropic: Claude (text, images, PDF documents) for mmrouter.
 
 Registered through the ``mmrouter`` entry point group; the config section
-``providers.anthropic`` is this plugin's settings (see :class:`AnthropicProvider`).
+``providers.anthropic`` is this plugin's settings (see :mod:`mmrouter_anthropic.settings`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from router.hookspecs import RegisterProvider
 
 from .models import MODELS
 from .provider import AnthropicProvider
+from .settings import AnthropicSettings
 
-__all__ = ["MODELS", "AnthropicProvider", "register_providers"]
+__all__ = ["MODELS", "AnthropicProvider", "AnthropicSettings", "register_providers"]
 
 
 @router.hookimpl

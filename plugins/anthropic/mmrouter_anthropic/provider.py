@@ -14,57 +14,35 @@ from router import (
     TextDelta,
     Usage,
     UsageReport,
-    setting_or_env,
 )
 from router.errors import ProviderNotConfigured
 
 from .convert import prepare
 from .errors import KEY_HINT, PROVIDER, is_mappable, map_sdk_error
 from .models import MODELS, max_tokens_for
+from .settings import AnthropicSettings
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
-#: Seconds a call may take when the config sets no ``timeout``.
-DEFAULT_TIMEOUT = 120.0
-
-
-def _number(settings: Mapping[str, Any], key: str, default: float) -> float:
-    """A numeric setting (config values may arrive as strings after ${ENV} expansion)."""
-    value = settings.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"providers.anthropic.{key} must be a number, not {value!r}") from None
-
-
 class AnthropicProvider(Provider):
     """Claude models (text, images, PDF documents) through ``anthropic.AsyncAnthropic``.
 
-    Settings: ``api_key`` (else env ``ANTHROPIC_API_KEY``), ``base_url`` (API root without
-    ``/v1``; else env ``ANTHROPIC_BASE_URL`` or the public API), ``timeout`` in seconds
-    and ``max_retries`` (default 0: the router does fallbacks).
+    Settings: ``providers.anthropic``, see :class:`~mmrouter_anthropic.settings.AnthropicSettings`.
     """
 
     name = PROVIDER
 
-    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
-        settings = dict(settings or {})
+    def __init__(self, settings: AnthropicSettings | Mapping[str, Any] | None = None) -> None:
+        self.settings = (
+            settings if isinstance(settings, AnthropicSettings) else AnthropicSettings.load(PROVIDER, settings)
+        )
         self.models = list(MODELS)
-        self._api_key = setting_or_env(settings, "api_key", "ANTHROPIC_API_KEY")
-        self._base_url = str(settings.get("base_url") or "").rstrip("/") or None
-        if self._base_url and self._base_url.endswith("/v1"):
-            # The SDK adds /v1/messages itself; accept a root given with /v1 too.
-            self._base_url = self._base_url[: -len("/v1")]
-        self._timeout = _number(settings, "timeout", DEFAULT_TIMEOUT)
-        self._max_retries = int(_number(settings, "max_retries", 0))
         self._client: AsyncAnthropic | None = None
 
     def unconfigured_reason(self) -> str | None:
         """Why Claude cannot be called (no API key), or None."""
-        if not self._api_key:
+        if not self.settings.key:
             return "ANTHROPIC_API_KEY is not set (set it, or providers.anthropic.api_key in the config)"
         return None
 
@@ -73,11 +51,9 @@ class AnthropicProvider(Provider):
         if self._client is None:
             from anthropic import AsyncAnthropic
 
+            s = self.settings
             self._client = AsyncAnthropic(
-                api_key=self._api_key,
-                base_url=self._base_url,
-                timeout=self._timeout,
-                max_retries=self._max_retries,
+                api_key=s.key, base_url=s.base_url or None, timeout=s.timeout, max_retries=s.max_retries
             )
         return self._client
 
@@ -85,14 +61,14 @@ class AnthropicProvider(Provider):
         """The configured timeout, shortened to the call's deadline."""
         remaining = ctx.time_remaining()
         if remaining is None:
-            return self._timeout
-        return max(0.001, min(self._timeout, remaining))
+            return self.settings.timeout
+        return max(0.001, min(self.settings.timeout, remaining))
 
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
         """Stream Claude's answer: text deltas as they come, then one usage report."""
-        if not self._api_key:
+        if not self.settings.key:
             raise ProviderNotConfigured(PROVIDER, f"no API key: {KEY_HINT}")
         prepared = await prepare(request)
         params: dict[str, Any] = {
@@ -117,7 +93,7 @@ class AnthropicProvider(Provider):
                         yield TextDelta(delta)
         except Exception as exc:
             if is_mappable(exc):
-                raise map_sdk_error(exc, self._api_key) from exc
+                raise map_sdk_error(exc, self.settings.key) from exc
             raise
         yield UsageReport(usage)
 

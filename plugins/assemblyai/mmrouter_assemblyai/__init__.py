@@ -20,4 +20,4 @@ __all__ = ["AssemblyAIProvider", "AssemblyAISettings", "register_providers"]
 @router.hookimpl
 def register_providers(register: Any, settings: Mapping[str, Any]) -> None:
     """Offer the AssemblyAI provider, configured from ``providers.assemblyai``."""
-    register(AssemblyAIProvider(AssemblyAISettings.from_mapping(settings)))
+    register(AssemblyAIProvider(AssemblyAISettings.load("assemblyai", settings)))

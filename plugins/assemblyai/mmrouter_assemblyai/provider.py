@@ -59,7 +59,7 @@ class AssemblyAIProvider(Provider):
             import assemblyai as aai
 
             sdk_settings = aai.Settings(
-                api_key=self.settings.api_key,
+                api_key=self.settings.key,
                 base_url=self.settings.base_url,
                 http_timeout=self.settings.timeout,
                 polling_interval=self.settings.poll_interval,
@@ -104,7 +104,7 @@ class AssemblyAIProvider(Provider):
         log.debug("assemblyai transcript %s submitted (request %s)", submitted.id, ctx.request_id)
         response = await self._poll(client, submitted.id, ctx)
         if response.status == aai.TranscriptStatus.error:
-            raise errors.transcript_failed(response.id, response.error, self.settings.api_key)
+            raise errors.transcript_failed(response.id, response.error, self.settings.key)
         return response
 
     async def _poll(
@@ -138,7 +138,7 @@ class AssemblyAIProvider(Provider):
     def _raise_mapped(self, exc: Exception, client: assemblyai.AsyncClient) -> NoReturn:
         """Raise the provider error for an SDK failure, or ``exc`` itself if it is none of the SDK's."""
         if errors.is_mappable(exc):
-            raise errors.map_sdk_error(exc, self.settings.api_key, client) from exc
+            raise errors.map_sdk_error(exc, self.settings.key, client) from exc
         raise exc
 
     async def aclose(self) -> None:

@@ -44,10 +44,10 @@ class GeminiProvider(Provider):
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> GeminiProvider:
         """A provider configured from its ``providers.gemini`` config section."""
-        return cls(GeminiSettings.from_mapping(settings))
+        return cls(GeminiSettings.load(PROVIDER, settings))
 
     def unconfigured_reason(self) -> str | None:
-        if not self.settings.api_key:
+        if not self.settings.key:
             return "GEMINI_API_KEY is not set (nor GOOGLE_API_KEY or providers.gemini.api_key)"
         return None
 
@@ -59,9 +59,9 @@ class GeminiProvider(Provider):
 
             s = self.settings
             http_options = types.HttpOptions(
-                base_url=s.base_url, api_version=s.api_version, timeout=int(s.timeout * 1000)
+                base_url=s.base_url or None, api_version=s.api_version, timeout=int(s.timeout * 1000)
             )
-            self._client = genai.Client(api_key=s.api_key, vertexai=False, http_options=http_options)
+            self._client = genai.Client(api_key=s.key, vertexai=False, http_options=http_options)
         return self._client
 
     def _timeout_ms(self, ctx: CallContext) -> int:
@@ -75,7 +75,7 @@ class GeminiProvider(Provider):
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
-        if not self.settings.api_key:
+        if not self.settings.key:
             raise ProviderAuthError(PROVIDER, self.unconfigured_reason() or "no API key")
         file_uris: set[str] = set()
         try:
@@ -101,7 +101,7 @@ class GeminiProvider(Provider):
                     yield TextDelta(text)
                 yield UsageReport(usage_of(response.usage_metadata))
         except Exception as exc:
-            error = map_exception(exc, self.settings.api_key)
+            error = map_exception(exc, self.settings.key)
             if error is None:
                 raise
             if file_uris and isinstance(error, (ProviderAuthError, ProviderModelNotFound)):

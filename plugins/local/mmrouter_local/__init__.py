@@ -13,8 +13,9 @@ from typing import Any
 import router
 
 from .provider import LocalProvider
+from .settings import LocalSettings
 
-__all__ = ["LocalProvider", "register_providers"]
+__all__ = ["LocalProvider", "LocalSettings", "register_providers"]
 
 
 @router.hookimpl

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -28,12 +27,12 @@ from router import (
     Usage,
     UsageReport,
 )
-from router.errors import ConfigError
 
 from .audio import DecodeError
 from .extract import Extractor, Section, UnreadableMedia, label, merge_transcripts
 from .pdf import PdfError
 from .pool import WorkerPool
+from .settings import LocalSettings
 
 #: The first line of every non-transcription answer.
 HEADER = "[Extracted by local provider — no language model was used]"
@@ -54,20 +53,6 @@ EXTRACT_MODEL = ModelInfo(
 )
 
 
-def _positive_number(settings: Mapping[str, Any], key: str, default: float, kind: type) -> Any:
-    value = settings.get(key, default)
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number <= 0 or (kind is int and float(value) != number):
-        raise ConfigError(
-            f"providers.local.{key} must be a positive {'integer' if kind is int else 'number'}, "
-            f"got {value!r}"
-        )
-    return number
-
-
 class LocalProvider(Provider):
     """Extracts text from PDFs, images (OCR), audio (speech to text) and video, offline.
 
@@ -83,13 +68,11 @@ class LocalProvider(Provider):
         self.extractor = Extractor(frame_interval)
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> LocalProvider:
+    def from_settings(cls, settings: LocalSettings | Mapping[str, Any] | None) -> LocalProvider:
         """Build from the ``providers.local`` config section (raises ``ConfigError`` on bad values)."""
-        default_workers = max(1, min(2, os.cpu_count() or 1))
-        return cls(
-            workers=_positive_number(settings, "workers", default_workers, int),
-            frame_interval=_positive_number(settings, "ocr_frame_interval_seconds", 2.0, float),
-        )
+        if not isinstance(settings, LocalSettings):
+            settings = LocalSettings.load(cls.name, settings)
+        return cls(workers=settings.workers, frame_interval=settings.ocr_frame_interval_seconds)
 
     def unconfigured_reason(self) -> str | None:
         missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]

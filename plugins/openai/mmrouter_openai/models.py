@@ -35,8 +35,7 @@ from router import (
     ModelInfo,
     Price,
 )
-
-from .settings import SettingsError
+from router.errors import ConfigError
 
 #: Response formats of ``/audio/transcriptions`` this plugin understands.
 TRANSCRIPTION_FORMATS = ("json", "verbose_json", "diarized_json")
@@ -96,9 +95,9 @@ def _modalities(value: Any, where: str) -> frozenset[Modality]:
         result = frozenset(Modality(str(n).lower()) for n in names)
     except ValueError:
         choices = ", ".join(m.value for m in Modality)
-        raise SettingsError(f"{where}.inputs must list modalities among {choices}, got {value!r}") from None
+        raise ConfigError(f"{where}.inputs must list modalities among {choices}, got {value!r}") from None
     if not result:
-        raise SettingsError(f"{where}.inputs must not be empty")
+        raise ConfigError(f"{where}.inputs must not be empty")
     return result
 
 
@@ -107,14 +106,14 @@ def entry_from_config(spec: Mapping[str, Any], index: int) -> Entry:
     where = f"providers.openai.models[{index}]"
     name = str(spec.get("name") or "").strip()
     if not name:
-        raise SettingsError(f"{where}.name is required")
+        raise ConfigError(f"{where}.name is required")
     if "/" in name:
-        raise SettingsError(f"{where}.name {name!r} cannot contain '/' (targets are provider/model): "
+        raise ConfigError(f"{where}.name {name!r} cannot contain '/' (targets are provider/model): "
                             "serve the model under another name")
     outputs = spec.get("outputs") or [OUTPUT_TEXT]
     outputs = frozenset([outputs] if isinstance(outputs, str) else outputs)
     if not outputs <= {OUTPUT_TEXT, OUTPUT_TRANSCRIPT}:
-        raise SettingsError(f"{where}.outputs must be 'text' or 'transcript', got {sorted(outputs)}")
+        raise ConfigError(f"{where}.outputs must be 'text' or 'transcript', got {sorted(outputs)}")
     transcribes = OUTPUT_TRANSCRIPT in outputs
     default_inputs = ["audio"] if transcribes else ["text"]
     inputs = _modalities(spec.get("inputs") or default_inputs, where)
@@ -125,10 +124,10 @@ def entry_from_config(spec: Mapping[str, Any], index: int) -> Entry:
         context = int(spec.get("context_tokens") or 128_000)
         max_out = int(spec.get("max_output_tokens") or 4096)
     except (TypeError, ValueError, AttributeError) as exc:
-        raise SettingsError(f"{where}: bad number ({exc})") from None
+        raise ConfigError(f"{where}: bad number ({exc})") from None
     fmt = str(spec.get("transcription_format") or ("verbose_json" if "whisper" in name else "json"))
     if transcribes and fmt not in TRANSCRIPTION_FORMATS:
-        raise SettingsError(f"{where}.transcription_format must be one of {', '.join(TRANSCRIPTION_FORMATS)}")
+        raise ConfigError(f"{where}.transcription_format must be one of {', '.join(TRANSCRIPTION_FORMATS)}")
     features = set() if transcribes else {FEATURE_STREAMING}
     if fmt == "diarized_json" and transcribes:
         features.add(FEATURE_DIARIZATION)

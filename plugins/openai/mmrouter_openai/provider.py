@@ -33,7 +33,7 @@ class OpenAIProvider(router.Provider):
     name = "openai"
 
     def __init__(self, settings: OpenAISettings | Mapping[str, Any] | None = None) -> None:
-        self.settings = settings if isinstance(settings, OpenAISettings) else OpenAISettings.from_mapping(settings)
+        self.settings = settings if isinstance(settings, OpenAISettings) else OpenAISettings.load(self.name, settings)
         self._entries: dict[str, Entry] = catalogue(self.settings.builtin_models, self.settings.models)
         self.models: list[ModelInfo] = [e.info for e in self._entries.values()]
         self._client: AsyncOpenAI | None = None
@@ -93,7 +93,7 @@ class OpenAIProvider(router.Provider):
                 yield event
         except openai.OpenAIError as exc:
             raise map_error(exc, self.name, model=model.name, base_url=self.settings.effective_base_url,
-                            api_key=self.settings.api_key, timeout=timeout) from None
+                            api_key=self.settings.key, timeout=timeout) from None
         finally:
             await events.aclose()
 

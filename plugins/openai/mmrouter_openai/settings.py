@@ -14,16 +14,20 @@ Keys (all optional)::
         http_client: httpx             # or aiohttp: the SDK's DefaultAioHttpClient transport (faster)
         builtin_models: true           # offer the built-in OpenAI catalogue
         models: [...]                  # extra models, see mmrouter_openai.models
+
+An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import os
+from functools import partial
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from router import setting_or_env
+from pydantic import ConfigDict, Field, field_validator
+
+from router import ProviderSettings
 
 #: The official endpoint, used when no base_url is configured.
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -33,92 +37,33 @@ KEY_SETTING_HINT = "OPENAI_API_KEY or providers.openai.api_key"
 NO_KEY_PLACEHOLDER = "sk-no-key-required"
 
 
-#: The SDK transports ``http_client`` may name.
-HTTP_CLIENTS = ("httpx", "aiohttp")
+class OpenAISettings(ProviderSettings):
+    """Settings of one OpenAI provider."""
+
+    model_config = ConfigDict(str_strip_whitespace=True)
+    api_key_env: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
+
+    base_url: str = Field(default_factory=partial(os.environ.get, "OPENAI_BASE_URL", ""), validate_default=True,
+                          description="the API root with /v1; else OPENAI_BASE_URL, else OpenAI")
+    organization: str = Field(default_factory=partial(os.environ.get, "OPENAI_ORG_ID", ""), validate_default=True)
+    project: str = Field(default_factory=partial(os.environ.get, "OPENAI_PROJECT_ID", ""), validate_default=True)
+    timeout: float = Field(600.0, gt=0, description="seconds per HTTP request, shortened to the call's deadline")
+    max_retries: int = Field(0, ge=0, description="SDK retries; the router does fallbacks")
+    legacy_max_tokens: bool = Field(False, description="send max_tokens instead of max_completion_tokens")
+    builtin_models: bool = Field(True, description="offer the built-in OpenAI catalogue")
+    http_client: Literal["httpx", "aiohttp"] = Field("httpx", description="the SDK's HTTP transport")
+    models: list[dict[str, Any]] = Field(default_factory=list, description="extra models, see mmrouter_openai.models")
 
 
-class SettingsError(ValueError):
-    """A setting has a value of the wrong kind; the message names it."""
-
-
-def _as_float(settings: Mapping[str, Any], key: str, default: float) -> float:
-    value = settings.get(key)
-    if value in (None, ""):
-        return default
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise SettingsError(f"providers.openai.{key} must be a number of seconds, got {value!r}") from None
-    if result <= 0:
-        raise SettingsError(f"providers.openai.{key} must be positive, got {value!r}")
-    return result
-
-
-def _as_int(settings: Mapping[str, Any], key: str, default: int) -> int:
-    value = settings.get(key)
-    if value in (None, ""):
-        return default
-    try:
-        result = int(value)
-    except (TypeError, ValueError):
-        raise SettingsError(f"providers.openai.{key} must be a whole number, got {value!r}") from None
-    if result < 0:
-        raise SettingsError(f"providers.openai.{key} must not be negative, got {value!r}")
-    return result
-
-
-def _as_bool(settings: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = settings.get(key)
-    if value in (None, ""):
-        return default
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"providers.openai.{key} must be true or false, got {value!r}")
-
-
-@dataclass
-class OpenAISettings:
-    """Resolved settings for one OpenAI provider."""
-
-    api_key: str = ""
-    base_url: str = ""
-    organization: str = ""
-    project: str = ""
-    timeout: float = 600.0
-    max_retries: int = 0
-    legacy_max_tokens: bool = False
-    builtin_models: bool = True
-    http_client: str = "httpx"
-    models: list[Mapping[str, Any]] = field(default_factory=list)
-
+    @field_validator("base_url")
     @classmethod
-    def from_mapping(cls, settings: Mapping[str, Any] | None) -> OpenAISettings:
-        """Read ``providers.openai`` (``${ENV}`` already expanded), falling back to the environment."""
-        settings = settings or {}
-        models = settings.get("models") or []
-        if not isinstance(models, list) or not all(isinstance(m, Mapping) for m in models):
-            raise SettingsError("providers.openai.models must be a list of mappings with at least a name")
-        http_client = str(settings.get("http_client") or "httpx").strip().lower()
-        if http_client not in HTTP_CLIENTS:
-            raise SettingsError(f"providers.openai.http_client must be one of {', '.join(HTTP_CLIENTS)},"
-                                f" got {settings.get('http_client')!r}")
-        return cls(
-            api_key=setting_or_env(settings, "api_key", "OPENAI_API_KEY").strip(),
-            base_url=setting_or_env(settings, "base_url", "OPENAI_BASE_URL").strip().rstrip("/"),
-            organization=setting_or_env(settings, "organization", "OPENAI_ORG_ID").strip(),
-            project=setting_or_env(settings, "project", "OPENAI_PROJECT_ID").strip(),
-            timeout=_as_float(settings, "timeout", 600.0),
-            max_retries=_as_int(settings, "max_retries", 0),
-            legacy_max_tokens=_as_bool(settings, "legacy_max_tokens", False),
-            builtin_models=_as_bool(settings, "builtin_models", True),
-            http_client=http_client,
-            models=list(models),
-        )
+    def _no_trailing_slash(cls, url: str) -> str:
+        return url.rstrip("/")
+
+    @field_validator("http_client", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @property
     def effective_base_url(self) -> str:
@@ -131,11 +76,12 @@ class OpenAISettings:
         host = urlsplit(self.effective_base_url).hostname or ""
         return host == "openai.com" or host.endswith(".openai.com")
 
+
     @property
     def key_for_client(self) -> str:
         """The key to give the SDK: the configured one, or a placeholder for keyless local servers."""
-        if self.api_key:
-            return self.api_key
+        if self.key:
+            return self.key
         return "" if self.is_openai else NO_KEY_PLACEHOLDER
 
     def unconfigured_reason(self) -> str | None:

@@ -1,0 +1,26 @@
+"""The plugin's settings: ``providers.local`` of the config file.
+
+Keys (all optional)::
+
+    providers:
+      local:
+        workers: 2                     # threads for CPU work (default: min(2, CPUs))
+        ocr_frame_interval_seconds: 2  # video frame sampling (default 2)
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field
+
+from router import ProviderSettings
+
+
+class LocalSettings(ProviderSettings):
+    """Settings of the local provider (it needs no key)."""
+
+    workers: int = Field(
+        default_factory=lambda: max(1, min(2, os.cpu_count() or 1)), gt=0, description="threads for CPU work"
+    )
+    ocr_frame_interval_seconds: float = Field(2.0, gt=0, description="seconds between video frames to OCR")
