@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import mimetypes
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Column, Table
 
+from .auth import with_token
 from .config import DEFAULT_ADDRESS, load_config, parse_config
 from .errors import ConfigError
 
@@ -27,7 +29,8 @@ app = typer.Typer(
     "    mmrouter ask \"What is in this picture?\" --image photo.png\n\n"
     "Send files with --image, --audio, --video and --pdf (repeat each for several). "
     "Commands talk to the daemon at 127.0.0.1:50051 unless given --address host:port "
-    "(or MMROUTER_ADDRESS); see `mmrouter ask --help`.",
+    "(or MMROUTER_ADDRESS); if the daemon has server.auth_token set, export MMROUTER_TOKEN. "
+    "See `mmrouter ask --help`.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -130,8 +133,9 @@ def _build_request(stub, prompt: str, images, audio, video, pdf, system, task, d
 
 
 def _channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
-                                                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
+                                                      ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    return with_token(channel, os.environ.get("MMROUTER_TOKEN", ""))
 
 
 def _fail(exc: grpc.RpcError) -> None:

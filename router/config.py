@@ -120,6 +120,7 @@ class ServerSettings(_Strict):
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest gRPC message")
     max_upload_bytes: int = Field(64 * 1024**3, gt=0, description="largest UploadMedia file")
     allow_urls: bool = False
+    auth_token: str = Field("", repr=False, description="if set, clients must send 'authorization: Bearer <token>'")
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     log_level: str = "INFO"
 

@@ -35,8 +35,8 @@ _SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
 _SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD)$")
 
 
-def secrets_of(providers: Mapping[str, Mapping]) -> set[str]:
-    """Every secret-looking value: provider settings named like keys, and such environment variables."""
+def secrets_of(providers: Mapping[str, Mapping], *extra: str) -> set[str]:
+    """Every secret-looking value: provider settings named like keys, such environment variables, ``extra``."""
     found = {
         value
         for settings in providers.values()
@@ -44,6 +44,7 @@ def secrets_of(providers: Mapping[str, Mapping]) -> set[str]:
         if _SECRET_KEY.search(key) and isinstance(value, str)
     }
     found |= {value for name, value in os.environ.items() if _SECRET_ENV.search(name)}
+    found |= set(extra)
     return {value for value in found if len(value) >= 4}
 
 
@@ -62,7 +63,7 @@ class App:
             rules=config.routes, default=config.default, bridges=config.bridges,
             allow_overrides=config.overrides.allow, override_providers=config.overrides.providers,
         )
-        self.secrets = secrets_of(config.providers)
+        self.secrets = secrets_of(config.providers, config.server.auth_token)
         self.catalog: Catalog = self._build_catalog()
 
     def _build_catalog(self) -> Catalog:

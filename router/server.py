@@ -29,6 +29,7 @@ from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
 
 from . import redact, wire
+from .auth import TokenAuth
 from .config import Config
 from .core import App, monotonic_deadline, secrets_of
 from .errors import FieldViolation, InvalidRequest, ProviderError, RouterError
@@ -196,7 +197,8 @@ def _event_to_proto(event: object) -> pb.StreamGenerateResponse:
 async def start_server(app: App, address: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Start serving ``app`` on ``address`` (port 0 picks a free one); return the server, port and health."""
     limit = app.config.server.max_message_bytes
-    server = grpc.aio.server(options=[
+    token = app.config.server.auth_token
+    server = grpc.aio.server(interceptors=[TokenAuth(token)] if token else [], options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
     ])
@@ -216,14 +218,15 @@ async def start_server(app: App, address: str) -> tuple[grpc.aio.Server, int, he
 async def serve(config: Config, *, ready_file: Path | None = None,
                 extra_plugins: Mapping[str, object] | None = None) -> None:
     """Run the daemon until SIGTERM or SIGINT, then drain in-flight calls and exit."""
-    redact.install(secrets_of(config.providers))
+    redact.install(secrets_of(config.providers, config.server.auth_token))
     app = App(config, extra_plugins=extra_plugins)
     server, port, health_servicer = await start_server(app, config.server.address)
     host = config.server.address.rsplit(":", 1)[0]
     bound = f"{host}:{port}"
     for entry in app.providers():
         log.info("provider %-12s %s%s", entry.name, entry.state.value, f" ({entry.reason})" if entry.reason else "")
-    log.info("mmrouter listening on %s (data in %s)", bound, config.server.data_dir)
+    log.info("mmrouter listening on %s (data in %s%s)", bound, config.server.data_dir,
+             "; clients need the auth token" if config.server.auth_token else "")
     if ready_file is not None:
         ready_file.write_text(bound)
     stop = asyncio.Event()

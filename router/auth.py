@@ -1,0 +1,103 @@
+"""Optional client authentication: a shared bearer token in the ``authorization`` metadata.
+
+With ``server.auth_token`` set, every RouterService call must carry
+``authorization: Bearer <token>``; others get UNAUTHENTICATED. Health checks
+and reflection stay open so load balancers and tools can probe the daemon.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import namedtuple
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+#: Only calls to these services need the token.
+PROTECTED_PREFIX = "/mmrouter."
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries ``token``."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _denied() -> grpc.Status:
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="UNAUTHENTICATED", domain="mmrouter"))
+    return rpc_status.to_status(status_pb2.Status(
+        code=code_pb2.UNAUTHENTICATED, details=[info],
+        message="this router needs a token: send the metadata 'authorization: Bearer <token>' "
+                "(mmrouter CLI: --token or MMROUTER_TOKEN)",
+    ))
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """Refuses RouterService calls without the configured bearer token."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def _allowed(self, details: grpc.HandlerCallDetails) -> bool:
+        if not details.method.startswith(PROTECTED_PREFIX):
+            return True
+        sent = dict(details.invocation_metadata or ()).get("authorization", "")
+        return hmac.compare_digest(str(sent).encode(), self._expected)
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or self._allowed(details):
+            return handler
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort_with_status(_denied())
+
+        kinds = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }
+        make = kinds[(handler.request_streaming, handler.response_streaming)]
+        return make(deny, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+
+class _CallDetails(
+    namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    """Client call details with replaced metadata (grpc's own class is not constructible)."""
+
+
+class _AddToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                grpc.StreamUnaryClientInterceptor):
+    """Adds the bearer token to every call of a (sync) client channel."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = bearer(token)
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(details.method, details.timeout, [*(details.metadata or ()), *self._metadata],
+                            details.credentials, details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._with_token(details), request_iterator)
+
+
+def with_token(channel: grpc.Channel, token: str) -> grpc.Channel:
+    """``channel`` sending ``token`` on every call (unchanged when the token is empty)."""
+    return grpc.intercept_channel(channel, _AddToken(token)) if token else channel
