@@ -132,19 +132,20 @@ class App:
                 f"to fit {decision.plan.target}'s context of {budget} tokens")
         return dataclasses.replace(request, messages=kept + current), [note]
 
-    def explain(self, request: Request) -> RouteInfo:
+    async def _measure_media(self, request: Request) -> None:
+        if request.media():
+            await asyncio.to_thread(self._measure, request)  # reads headers and files: keep the loop free
+
+    async def explain(self, request: Request) -> RouteInfo:
         """The route a request would take; no provider is called."""
-        self._measure(request)  # explain is rare and measuring is cheap for inline media
+        await self._measure_media(request)
         full, _ = self._with_history(request)
         decision, _ = self._decide(full)
         return RouteInfo.planned(decision)
 
     async def answer(self, request: Request, deadline: float | None) -> AsyncIterator[RouterEvent]:
         """Route and answer ``request``; yields router events ending with Done."""
-        if any(m.path is not None for m in request.media()):
-            await asyncio.to_thread(self._measure, request)  # reads stored files: keep the loop free
-        else:
-            self._measure(request)
+        await self._measure_media(request)
         full, history = self._with_history(request)
         decision, _ = self._decide(full)
         full, notes = self._trim(full, history, decision)

@@ -163,7 +163,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     @unary
     async def ExplainRoute(self, request: pb.ExplainRouteRequest,
                            context: grpc.aio.ServicerContext) -> pb.ExplainRouteResponse:
-        route = self.app.explain(self._request(request.request))
+        route = await self.app.explain(self._request(request.request))
         return pb.ExplainRouteResponse(route=wire.route_to_proto(route))
 
     @unary

@@ -93,9 +93,11 @@ def pdf_pages(data: bytes) -> int | None:
 def measure(media_path_or_bytes: bytes | str, modality: Modality, mime_type: str) -> tuple[float | None, int | None]:
     """(duration in seconds, pages) of media where that is cheap to know, else None for each.
 
-    WAV durations come from the header; PDF pages from counting page objects in
-    the first 64 MiB. Other formats report None (unknown), which rules on
-    durations treat as not matching.
+    WAV durations come from the header; other audio and video from the
+    container's header through PyAV when it is installed (it comes with
+    mmrouter-local); PDF pages from counting page objects in the first 64 MiB.
+    Unknown values are None, which rules on durations treat as not matching.
+    Blocking: call it from a worker thread for stored files.
     """
     head_limit = 64 * 1024 * 1024
     if isinstance(media_path_or_bytes, bytes):
@@ -103,14 +105,38 @@ def measure(media_path_or_bytes: bytes | str, modality: Modality, mime_type: str
     else:
         with open(media_path_or_bytes, "rb") as f:
             data = f.read(head_limit if modality is Modality.DOCUMENT else 1 << 16)
-    if modality in (Modality.AUDIO, Modality.VIDEO) and magic_family(data[:16]) == "wav":
-        if isinstance(media_path_or_bytes, str):
-            try:
-                with wave.open(media_path_or_bytes) as wav:
-                    return wav.getnframes() / float(wav.getframerate()), None
-            except (wave.Error, EOFError, ZeroDivisionError):
-                return None, None
-        return wav_duration(data), None
+    if modality in (Modality.AUDIO, Modality.VIDEO):
+        if magic_family(data[:16]) == "wav":
+            return _wav_seconds(media_path_or_bytes), None
+        return _container_seconds(media_path_or_bytes), None
     if modality is Modality.DOCUMENT and magic_family(data[:8]) == "application/pdf":
         return None, pdf_pages(data[:head_limit])
     return None, None
+
+
+def _wav_seconds(source: bytes | str) -> float | None:
+    if isinstance(source, bytes):
+        return wav_duration(source)
+    try:
+        with wave.open(source) as wav:
+            return wav.getnframes() / float(wav.getframerate())
+    except (wave.Error, EOFError, ZeroDivisionError):
+        return None
+
+
+def _container_seconds(source: bytes | str) -> float | None:
+    """The duration a media container declares, read by PyAV if installed; None if unknown."""
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        with av.open(io.BytesIO(source) if isinstance(source, bytes) else source, metadata_errors="ignore") as box:
+            if box.duration:
+                return box.duration / av.time_base
+            stream = next(iter(box.streams), None)
+            if stream is not None and stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+    except Exception:  # any container PyAV cannot read: duration unknown
+        return None
+    return None

@@ -101,3 +101,37 @@ def test_a_one_gib_upload_keeps_the_daemon_memory_bounded(daemon) -> None:
     assert reply.size_bytes == total and reply.media_id == expected.hexdigest()
     assert growth_mib < 100, f"peak RSS grew by {growth_mib:.0f} MiB for a 1 GiB upload"
     (daemon.data_dir / "media" / reply.media_id[:2] / reply.media_id).unlink()
+
+
+def test_rules_match_on_media_duration_and_pdf_pages(start_daemon) -> None:
+    from media_factory import mp4, pdf, wav
+
+    daemon = start_daemon("""
+        providers:
+          fake: {api_key: k}
+        routes:
+          - name: short-clips
+            match: {inputs_any: [video], video_seconds: {max: 5}}
+            use: fake/omni
+          - name: long-audio
+            match: {audio_seconds: {min: 2}}
+            use: fake/omni
+          - name: thin-pdfs
+            match: {inputs_any: [document], pdf_pages: {max: 2}}
+            use: fake/docs
+          - name: rest
+            use: fake/omni
+        """)
+
+    def rule_for(modality, mime, data):
+        media = pb.Media(modality=modality, mime_type=mime, data=data)
+        route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=text_request("?", media=[media]))).route
+        return route.rule, {t.rule: t.reason for t in route.trace}
+
+    assert rule_for(pb.MODALITY_VIDEO, "video/mp4", mp4())[0] == "short-clips"
+    assert rule_for(pb.MODALITY_AUDIO, "audio/wav", wav(3.0))[0] == "long-audio"
+    rule, reasons = rule_for(pb.MODALITY_AUDIO, "audio/wav", wav(1.0))
+    assert rule == "rest" and "audio_seconds is 1, rule wants >= 2" in reasons["long-audio"]
+    assert rule_for(pb.MODALITY_DOCUMENT, "application/pdf", pdf(["one", "two"]))[0] == "thin-pdfs"
+    rule, reasons = rule_for(pb.MODALITY_DOCUMENT, "application/pdf", pdf(["a", "b", "c"]))
+    assert rule == "rest" and "pdf_pages is 3" in reasons["thin-pdfs"]
