@@ -70,7 +70,6 @@ class App:
         return {
             name: ProviderStatus(entry.state is State.READY, entry.reason, {m.name: m for m in entry.models})
             for name, entry in self.registry.entries.items()
-            if entry.provider is not None or entry.state is not State.READY
         }
 
     def redact(self, text: str) -> str:
@@ -86,7 +85,7 @@ class App:
         for media in request.media():
             if media.duration_seconds is None and media.pages is None and media.url is None:
                 source = media.data if media.data is not None else str(media.path)
-                media.duration_seconds, media.pages = measure(source, media.modality, media.mime_type)
+                media.duration_seconds, media.pages = measure(source, media.modality)
 
     def _with_history(self, request: Request) -> tuple[Request, list[Message]]:
         if not request.session_id:

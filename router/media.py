@@ -102,9 +102,9 @@ class MediaStore:
         try:
             with os.fdopen(fd, "wb") as out:
                 async for chunk in chunks:
-                    if len(head) < _HEAD:
+                    if len(head) < _HEAD:  # check the type as soon as the first bytes are in
                         head += chunk[: _HEAD - len(head)]
-                        if len(head) >= _HEAD or not chunk:
+                        if len(head) >= _HEAD:
                             self._check_mime(mime_type, modality, head)
                     size += len(chunk)
                     if size > self.max_upload_bytes:
@@ -114,7 +114,8 @@ class MediaStore:
             if size == 0:
                 raise InvalidRequest("the upload has no bytes",
                                      violations=[FieldViolation("chunk", "send the file's bytes after the metadata")])
-            self._check_mime(mime_type, modality, head)
+            if len(head) < _HEAD:  # a file shorter than the head: checked only now
+                self._check_mime(mime_type, modality, head)
             if expected_size and size != expected_size:
                 raise InvalidRequest(f"received {size} bytes but metadata.size_bytes said {expected_size}",
                                      violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")])

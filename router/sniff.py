@@ -1,4 +1,4 @@
-"""Cheap content checks: magic bytes -> MIME family, WAV duration, PDF page count."""
+"""Cheap content checks: magic bytes -> MIME family, media duration, PDF page count."""
 
 from __future__ import annotations
 
@@ -72,15 +72,6 @@ def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
     return None
 
 
-def wav_duration(data: bytes) -> float | None:
-    """Seconds of a WAV file, or None if it is not a readable WAV."""
-    try:
-        with wave.open(io.BytesIO(data)) as wav:
-            return wav.getnframes() / float(wav.getframerate())
-    except (wave.Error, EOFError, ZeroDivisionError):
-        return None
-
-
 _PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 
 
@@ -90,7 +81,7 @@ def pdf_pages(data: bytes) -> int | None:
     return count or None
 
 
-def measure(media_path_or_bytes: bytes | str, modality: Modality, mime_type: str) -> tuple[float | None, int | None]:
+def measure(media_path_or_bytes: bytes | str, modality: Modality) -> tuple[float | None, int | None]:
     """(duration in seconds, pages) of media where that is cheap to know, else None for each.
 
     WAV durations come from the header; other audio and video from the
@@ -115,10 +106,9 @@ def measure(media_path_or_bytes: bytes | str, modality: Modality, mime_type: str
 
 
 def _wav_seconds(source: bytes | str) -> float | None:
-    if isinstance(source, bytes):
-        return wav_duration(source)
+    """Seconds of a WAV file (bytes or a path) from its header, or None if it is not a readable WAV."""
     try:
-        with wave.open(source) as wav:
+        with wave.open(io.BytesIO(source) if isinstance(source, bytes) else source) as wav:
             return wav.getnframes() / float(wav.getframerate())
     except (wave.Error, EOFError, ZeroDivisionError):
         return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,11 +66,6 @@ class Media:
         if self.path is not None:
             return self.path.read_bytes()
         raise ValueError("media given by URL has no local bytes")
-
-    @property
-    def suffix(self) -> str:
-        """A file suffix for this media's MIME type, such as ``.png``."""
-        return mime_suffix(self.mime_type)
 
 
 _SUFFIXES = {
@@ -319,5 +313,3 @@ class CallContext:
             return None
         return max(0.0, self.deadline - time.monotonic())
 
-
-GenerateFn = Callable[[Request, ModelInfo, CallContext], AsyncIterator[ProviderEvent]]
