@@ -404,33 +404,48 @@ def upload_messages(size: int, chunk: int = MiB):
         yield pb.UploadMediaRequest(chunk=piece)
 
 
-async def upload_once(target: Target, size: int) -> tuple[float, float, float]:
-    """Upload ``size`` bytes; return (MiB/s, peak RSS growth MiB, RSS growth after MiB)."""
+async def upload_once(target: Target, size: int) -> tuple[float, float, float, float]:
+    """Upload ``size`` bytes; return (MiB/s, peak RSS growth MiB, RSS growth after MiB, server CPU ms/MiB)."""
     pid = target.proc.pid
     can_reset = reset_peak(pid)
     base = status_mib(pid, "VmRSS")
     base_peak = status_mib(pid, "VmHWM")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
     answer = await target.stub.UploadMedia(upload_messages(size), timeout=600)
     seconds = time.perf_counter() - t0
+    cpu_ms_per_mib = (cpu_seconds(pid) - cpu0) * 1000 / (size / MiB)
     if answer.size_bytes != size:
         raise RuntimeError(f"uploaded {answer.size_bytes} of {size} bytes")
     peak = status_mib(pid, "VmHWM") - (base if can_reset else base_peak)
-    return size / MiB / seconds, max(0.0, peak), status_mib(pid, "VmRSS") - base
+    return size / MiB / seconds, max(0.0, peak), status_mib(pid, "VmRSS") - base, cpu_ms_per_mib
+
+
+#: 20 MiB takes ~60 ms: each repetition uploads it this many times (one figure per repetition).
+UPLOADS_PER_REP = 5
+
+
+async def upload_series(target: Target, size: int, count: int) -> tuple[float, float, float, float]:
+    """``count`` uploads back to back: (MiB/s over all, max peak RSS growth, last RSS growth, CPU ms/MiB over all)."""
+    runs = [await upload_once(target, size) for _ in range(count)]
+    seconds = sum(size / MiB / r[0] for r in runs)
+    cpu_ms = sum(r[3] * size / MiB for r in runs)
+    return count * size / MiB / seconds, max(r[1] for r in runs), runs[-1][2], cpu_ms / (count * size / MiB)
 
 
 async def section_upload(opt, res: Results, echo: Target, router: Target) -> None:
     size = 20 * MiB
-    print(f"== UploadMedia {size // MiB} MiB in 1 MiB chunks: echo sink vs mmrouter", flush=True)
-    rows: dict[str, list[tuple[float, float, float]]] = {"echo": [], "router": []}
+    print(f"== UploadMedia {size // MiB} MiB in 1 MiB chunks ({UPLOADS_PER_REP} per repetition): echo sink vs mmrouter",
+          flush=True)
+    rows: dict[str, list[tuple[float, float, float, float]]] = {"echo": [], "router": []}
     for target in (echo, router):  # warm up both
         await upload_once(target, 2 * MiB)
     for _ in range(opt.reps):
         for name, target in (("echo", echo), ("router", router)):
-            rows[name].append(await upload_once(target, size))
+            rows[name].append(await upload_series(target, size, UPLOADS_PER_REP))
     for name, r in rows.items():
         res.detail(f"{name:>6} {med([x[0] for x in r]):7.0f} MiB/s{spread([x[0] for x in r])}"
-                   f"  peak RSS growth {med([x[1] for x in r]):5.1f} MiB")
+                   f"  peak RSS growth {med([x[1] for x in r]):5.1f} MiB"
+                   f"  server CPU {med([x[3] for x in r]):.2f} ms/MiB")
     ratios = [r[0] / e[0] for r, e in zip(rows["router"], rows["echo"], strict=True)]
     res.figure(f"4a. upload {size // MiB} MiB: router / echo MiB/s",
                f"{med(ratios) * 100:.1f}%{spread([x * 100 for x in ratios], '{:.1f}')}"
@@ -441,7 +456,7 @@ async def section_upload(opt, res: Results, echo: Target, router: Target) -> Non
                f" (echo {med([x[1] for x in rows['echo']]):.1f} MiB)", f"<= {3 * size // MiB} MiB", peak <= 3 * size / MiB)
     big = opt.big_upload_mib * MiB
     print(f"== UploadMedia {opt.big_upload_mib} MiB through mmrouter", flush=True)
-    speed, peak, after = await upload_once(router, big)
+    speed, peak, after, _ = await upload_once(router, big)
     res.detail(f"router {opt.big_upload_mib} MiB upload: {speed:.0f} MiB/s, peak RSS growth {peak:.1f} MiB,"
                f" RSS growth after {after:.1f} MiB")
     label = "1 GiB" if opt.big_upload_mib == 1024 else f"{opt.big_upload_mib} MiB (quick; target is for 1 GiB)"

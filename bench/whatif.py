@@ -35,6 +35,11 @@ if "no_record" in patches:
 
     sessions.SessionStore.record = lambda self, answer: None
 
+if "default_tcp_reads" in patches:
+    import router.server as server
+
+    server.TCP_READ_OPTIONS = []
+
 if "quiet_http_logs" in patches:
     for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 
 import grpc
 import pytest
-from grpc_helpers import error_details, text_request
+from grpc_helpers import error_details, text_request, wait_for
 from mmrouter.v1 import router_pb2 as pb
 
 CONFIG = """
@@ -135,3 +136,40 @@ def test_rules_match_on_media_duration_and_pdf_pages(start_daemon) -> None:
     assert rule_for(pb.MODALITY_DOCUMENT, "application/pdf", pdf(["one", "two"]))[0] == "thin-pdfs"
     rule, reasons = rule_for(pb.MODALITY_DOCUMENT, "application/pdf", pdf(["a", "b", "c"]))
     assert rule == "rest" and "pdf_pages is 3" in reasons["thin-pdfs"]
+
+
+def _temp_files(daemon) -> list:
+    return list((daemon.data_dir / "media" / "tmp").iterdir())
+
+
+def test_an_upload_over_the_limit_midway_stops_and_leaves_no_temp_file(start_daemon) -> None:
+    daemon = start_daemon(CONFIG + "server:\n  max_upload_bytes: 300000\n")
+    with pytest.raises(grpc.RpcError) as caught:  # no size declared: the limit is met on the 5th chunk
+        upload(daemon.stub, [PDF + os.urandom(65536)] + [os.urandom(65536)] * 20)
+    assert error_details(caught.value).reason == "PAYLOAD_TOO_LARGE"
+    assert not _temp_files(daemon), "a refused upload left a temp file"
+    ok = upload(daemon.stub, [PDF, os.urandom(1000)])  # the store still works
+    assert ok.size_bytes == len(PDF) + 1000
+
+
+def test_an_upload_abandoned_by_its_client_leaves_no_temp_file(daemon) -> None:
+    sent = threading.Event()
+    release = threading.Event()
+
+    def messages():
+        yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT,
+                                                               mime_type="application/pdf"))
+        yield pb.UploadMediaRequest(chunk=PDF + os.urandom(1024 * 1024))
+        for _ in range(4):
+            yield pb.UploadMediaRequest(chunk=os.urandom(1024 * 1024))
+        sent.set()
+        release.wait(30)  # hold the stream open until the client gives up
+
+    call = daemon.stub.UploadMedia.future(messages(), timeout=60)
+    assert sent.wait(30)
+    assert wait_for(lambda: _temp_files(daemon)), "the upload never started writing"
+    call.cancel()
+    release.set()
+    assert wait_for(lambda: not _temp_files(daemon)), "the abandoned upload's temp file stayed"
+    assert not list((daemon.data_dir / "media").glob("*/*.json")), "an abandoned upload was stored"
+    assert upload(daemon.stub, [PDF]).size_bytes == len(PDF)
