@@ -32,9 +32,9 @@ routes:
     use: anthropic/claude-haiku-4-5
   - name: documents
     match: {{inputs_any: [document]}}
-    use: anthropic/claude-sonnet-4-5
+    use: anthropic/claude-sonnet-4-6
     fallback: [anthropic/claude-haiku-4-5]
-default: anthropic/claude-sonnet-4-5
+default: anthropic/claude-sonnet-4-6
 """
 
 SONNET = (3.0, 15.0)
@@ -121,7 +121,7 @@ def test_pdfs_and_images_through_generate(daemon, fake):
     [call] = fake.message_calls()
     assert sent_key(call) == API_KEY
     body = call.json()
-    assert body["model"] == "claude-sonnet-4-5" and body["stream"] is True
+    assert body["model"] == "claude-sonnet-4-6" and body["stream"] is True
     assert body["max_tokens"] == 8192
     assert body["system"] == "Answer briefly."
     [turn] = body["messages"]
@@ -136,7 +136,7 @@ def test_pdfs_and_images_through_generate(daemon, fake):
 
     assert answer.text == "Hello from fake Claude."
     route = answer.route
-    assert (route.rule, route.provider, route.model) == ("documents", "anthropic", "claude-sonnet-4-5")
+    assert (route.rule, route.provider, route.model) == ("documents", "anthropic", "claude-sonnet-4-6")
     assert list(route.fallbacks) == ["anthropic/claude-haiku-4-5"]
     assert (answer.usage.input_tokens, answer.usage.output_tokens) == (1500, 80)
     assert answer.usage.cost_usd == pytest.approx(cost((1500, 80), SONNET))
@@ -204,10 +204,10 @@ def test_overloaded_sonnet_falls_back_to_haiku(daemon, fake):
     pdf = pdf_bytes("Quarterly report")
     answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(
         media_part(pb.MODALITY_DOCUMENT, "application/pdf", pdf), text_part("Summarise."))), timeout=30).answer
-    assert [c.json()["model"] for c in fake.message_calls()] == ["claude-sonnet-4-5", "claude-haiku-4-5"]
+    assert [c.json()["model"] for c in fake.message_calls()] == ["claude-sonnet-4-6", "claude-haiku-4-5"]
     assert media_blocks(fake.last_body())[0].data == pdf
     attempts = [(a.model, a.ok) for a in answer.route.attempts]
-    assert attempts == [("claude-sonnet-4-5", False), ("claude-haiku-4-5", True)]
+    assert attempts == [("claude-sonnet-4-6", False), ("claude-haiku-4-5", True)]
     assert "overloaded" in answer.route.attempts[0].error.lower()
     assert (answer.route.model, answer.text) == ("claude-haiku-4-5", "Hello from fake Claude.")
     assert answer.usage.cost_usd == pytest.approx(cost((1500, 80), HAIKU))
@@ -253,7 +253,7 @@ def test_providers_list_shows_the_catalogue(daemon):
     anthropic = providers["anthropic"]
     assert anthropic.state == pb.PROVIDER_STATE_READY and anthropic.plugin == "anthropic"
     models = {m.name: m for m in anthropic.models}
-    assert {"claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5"} <= set(models)
+    assert {"claude-sonnet-4-6", "claude-opus-4-1", "claude-haiku-4-5"} <= set(models)
     for model in models.values():
         assert set(model.inputs) == {pb.MODALITY_TEXT, pb.MODALITY_IMAGE, pb.MODALITY_DOCUMENT}
         assert model.context_tokens == 200_000

@@ -37,9 +37,6 @@ from router.errors import (
 from router.testing import ProviderContract, collect
 from tests.fakes.anthropic import API_KEY, FakeAnthropic, media_blocks, sent_key
 
-# anthropic 2.x warns that claude-sonnet-4-5 is deprecated (end of life November 2026).
-pytestmark = pytest.mark.filterwarnings("ignore:The model 'claude-sonnet-4-5' is deprecated:DeprecationWarning")
-
 
 # -- media made in the tests -----------------------------------------------------------------
 def image_bytes(fmt: str, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -87,12 +84,12 @@ async def provider(fake: FakeAnthropic):
 
 
 def sonnet(prov: AnthropicProvider) -> router.ModelInfo:
-    model = prov.model("claude-sonnet-4-5")
+    model = prov.model("claude-sonnet-4-6")
     assert model is not None
     return model
 
 
-async def run(prov: AnthropicProvider, request: Request, model_name: str = "claude-sonnet-4-5") -> list:
+async def run(prov: AnthropicProvider, request: Request, model_name: str = "claude-sonnet-4-6") -> list:
     model = prov.model(model_name)
     assert model is not None
     return await collect(prov, request, model)
@@ -115,8 +112,8 @@ class TestAnthropicContract(ProviderContract):
 # -- models and configuration ----------------------------------------------------------------
 def test_models_declare_inputs_context_and_prices() -> None:
     prov = AnthropicProvider({"api_key": "k"})
-    assert prov.models[0].name == "claude-sonnet-4-5"
-    expected = {"claude-sonnet-4-5": (3.0, 15.0), "claude-opus-4-1": (15.0, 75.0), "claude-haiku-4-5": (1.0, 5.0)}
+    assert prov.models[0].name == "claude-sonnet-4-6"
+    expected = {"claude-sonnet-4-6": (3.0, 15.0), "claude-opus-4-1": (15.0, 75.0), "claude-haiku-4-5": (1.0, 5.0)}
     for name, (price_in, price_out) in expected.items():
         model = prov.model(name)
         assert model is not None, name
@@ -195,7 +192,7 @@ async def test_streams_deltas_then_usage(provider: AnthropicProvider, fake: Fake
     call = fake.message_calls()[-1]
     assert sent_key(call) == API_KEY and call.headers["anthropic-version"]
     body = call.json()
-    assert body["model"] == "claude-sonnet-4-5" and body["stream"] is True
+    assert body["model"] == "claude-sonnet-4-6" and body["stream"] is True
     assert body["max_tokens"] == sonnet(provider).default_max_output_tokens == 8192
     assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Say hello in French."}]}]
     assert "system" not in body and "temperature" not in body

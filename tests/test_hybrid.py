@@ -67,7 +67,7 @@ KINDS = {
     "diarization": (text_request("", media=[AUDIO], options=pb.Options(task=pb.TASK_TRANSCRIBE, diarization=True)),
                     "assemblyai/best"),
     "cross-modal": (text_request("What does the chart show?", media=[IMAGE]), "openai/gpt-4o"),
-    "documents": (text_request("Summarise this", media=[DOCUMENT]), "anthropic/claude-sonnet-4-5"),
+    "documents": (text_request("Summarise this", media=[DOCUMENT]), "anthropic/claude-sonnet-4-6"),
     "video": (text_request("What happens here?", media=[VIDEO]), "gemini/gemini-2.5-pro"),
     "transcription": (text_request("", media=[AUDIO], options=pb.Options(task=pb.TASK_TRANSCRIBE)),
                       "openai/whisper-1"),
@@ -88,7 +88,7 @@ def test_six_kinds_of_request_reach_the_right_provider(start_daemon, fakes) -> N
     assert [r["speaker_labels"] for r in fakes["assemblyai"].created] == [True]
     assert [r["model"] for r in fakes["openai"].chat_requests()] == ["gpt-4o", "gpt-4o"]
     assert [u.field("model") for u in fakes["openai"].uploads()] == ["whisper-1"]
-    assert fakes["anthropic"].last_body()["model"] == "claude-sonnet-4-5"
+    assert fakes["anthropic"].last_body()["model"] == "claude-sonnet-4-6"
     assert any(b.get("type") == "document" for b in fakes["anthropic"].last_body()["messages"][-1]["content"])
     gemini_calls = fakes["gemini"].calls("generate") + fakes["gemini"].calls("stream")
     assert [r.path.split("/")[-1].split(":")[0] for r in gemini_calls] == ["gemini-2.5-pro"]
@@ -98,7 +98,7 @@ def test_six_kinds_of_request_reach_the_right_provider(start_daemon, fakes) -> N
     ("provider", "missing_key", "rule", "expected"),
     [
         ("anthropic", "ANTHROPIC_API_KEY", "documents", "gemini/gemini-2.5-pro"),
-        ("openai", "OPENAI_API_KEY", "cross-modal", "anthropic/claude-sonnet-4-5"),
+        ("openai", "OPENAI_API_KEY", "cross-modal", "anthropic/claude-sonnet-4-6"),
         ("openai", "OPENAI_API_KEY", "transcription", "assemblyai/best"),
         ("gemini", "GEMINI_API_KEY", "video", "local/extract"),
     ],

@@ -64,7 +64,7 @@ ALL = frozenset(Modality)
 GPT_4O = ModelInfo("gpt-4o", inputs=frozenset({TEXT, IMAGE}))
 WHISPER = ModelInfo("whisper-1", inputs=frozenset({AUDIO}), outputs=frozenset({OUTPUT_TRANSCRIPT}),
                     features=frozenset())
-CLAUDE = ModelInfo("claude-sonnet-4-5", inputs=frozenset({TEXT, IMAGE, DOC}))
+CLAUDE = ModelInfo("claude-sonnet-4-6", inputs=frozenset({TEXT, IMAGE, DOC}))
 GEMINI = ModelInfo("gemini-2.5-pro", inputs=ALL)
 AAI_BEST = ModelInfo("best", inputs=frozenset({AUDIO, VIDEO}), outputs=frozenset({OUTPUT_TRANSCRIPT}),
                      features=frozenset({FEATURE_DIARIZATION}))
@@ -300,12 +300,12 @@ def test_every_condition_of_a_rule_must_hold():
 def test_rules_are_tried_in_order_and_the_first_usable_match_wins():
     router = Router(rules=[
         rule("images", "openai/gpt-4o", inputs_any=[IMAGE]),
-        rule("anything", "anthropic/claude-sonnet-4-5"),
+        rule("anything", "anthropic/claude-sonnet-4-6"),
         rule("also-anything", "gemini/gemini-2.5-pro"),
     ])
     decision = decide(router, request(text("hello")))
     assert decision.rule == "anything"
-    assert chosen(decision) == "anthropic/claude-sonnet-4-5"
+    assert chosen(decision) == "anthropic/claude-sonnet-4-6"
     assert outcomes(decision) == [("images", Outcome.NOT_MATCHED), ("anything", Outcome.MATCHED),
                                   ("also-anything", Outcome.NOT_EVALUATED)]
     assert "'anything' already chose" in decision.trace[2].reason
@@ -315,7 +315,7 @@ def test_rules_are_tried_in_order_and_the_first_usable_match_wins():
 
 
 def test_usable_fallbacks_follow_the_primary_in_order_and_unusable_ones_are_dropped():
-    router = Router(rules=[rule("r", "openai/gpt-4o", "nope/model", "anthropic/claude-sonnet-4-5",
+    router = Router(rules=[rule("r", "openai/gpt-4o", "nope/model", "anthropic/claude-sonnet-4-6",
                                 "gemini/gemini-2.5-pro", "local/extract")])
     decision = decide(router, request(text(), image()), catalog({"openai", "gemini", "local"}))
     assert chosen(decision) == "openai/gpt-4o"
@@ -324,13 +324,13 @@ def test_usable_fallbacks_follow_the_primary_in_order_and_unusable_ones_are_drop
     reason = decision.trace[0].reason
     assert "using openai/gpt-4o" in reason
     assert "nope/model: provider 'nope' is not installed" in reason
-    assert "anthropic/claude-sonnet-4-5: provider 'anthropic' is not usable: ANTHROPIC_API_KEY is not set" in reason
+    assert "anthropic/claude-sonnet-4-6: provider 'anthropic' is not usable: ANTHROPIC_API_KEY is not set" in reason
 
 
 def test_an_unusable_primary_gives_way_to_the_first_usable_fallback():
-    router = Router(rules=[rule("r", "openai/gpt-4o", "anthropic/claude-sonnet-4-5", "local/extract")])
+    router = Router(rules=[rule("r", "openai/gpt-4o", "anthropic/claude-sonnet-4-6", "local/extract")])
     decision = decide(router, request(text(), image()), catalog({"anthropic", "local"}))
-    assert chosen(decision) == "anthropic/claude-sonnet-4-5"
+    assert chosen(decision) == "anthropic/claude-sonnet-4-6"
     assert [str(p.target) for p in decision.fallbacks] == ["local/extract"]
     assert "skipped openai/gpt-4o: provider 'openai' is not usable: OPENAI_API_KEY is not set" in \
         decision.trace[0].reason
@@ -341,7 +341,7 @@ def test_an_unusable_primary_gives_way_to_the_first_usable_fallback():
     ("openai/gpt-4o", catalog(set()), "provider 'openai' is not usable: OPENAI_API_KEY is not set"),
     ("openai/gpt-9", ALL_READY, "provider 'openai' has no model 'gpt-9'"),
     ("assemblyai/best", ALL_READY, "assemblyai/best: cannot chat (produces transcript)"),
-    ("anthropic/claude-sonnet-4-5", catalog({"anthropic"}), "does not take audio and no bridge is usable"),
+    ("anthropic/claude-sonnet-4-6", catalog({"anthropic"}), "does not take audio and no bridge is usable"),
 ])
 def test_a_rule_whose_targets_are_all_unusable_is_skipped_with_the_reason(target, cat, problem):
     router = Router(rules=[rule("first", target), rule("second", "local/extract")])
@@ -393,22 +393,22 @@ BRIDGES = {AUDIO: ["openai/whisper-1", "assemblyai/best", "local/extract"], VIDE
 
 
 def test_a_model_without_audio_input_is_usable_through_the_first_ready_bridge():
-    router = Router(rules=[rule("r", "anthropic/claude-sonnet-4-5")], bridges=BRIDGES)
+    router = Router(rules=[rule("r", "anthropic/claude-sonnet-4-6")], bridges=BRIDGES)
     decision = decide(router, request(text("summarize"), audio()))
-    assert chosen(decision) == "anthropic/claude-sonnet-4-5"
+    assert chosen(decision) == "anthropic/claude-sonnet-4-6"
     assert decision.plan.bridges == [Bridge(AUDIO, Target("openai", "whisper-1"))]
     assert str(decision.plan.bridges[0]) == "audio->transcript via openai/whisper-1"
 
 
 def test_bridges_follow_the_configured_preference_order():
-    router = Router(rules=[rule("r", "anthropic/claude-sonnet-4-5")],
+    router = Router(rules=[rule("r", "anthropic/claude-sonnet-4-6")],
                     bridges={AUDIO: ["assemblyai/best", "openai/whisper-1"]})
     decision = decide(router, request(text("summarize"), audio()))
     assert decision.plan.bridges == [Bridge(AUDIO, Target("assemblyai", "best"))]
 
 
 def test_bridges_that_are_not_ready_or_cannot_take_the_modality_are_passed_over():
-    router = Router(rules=[rule("r", "anthropic/claude-sonnet-4-5")],
+    router = Router(rules=[rule("r", "anthropic/claude-sonnet-4-6")],
                     bridges={AUDIO: ["missing/x", "openai/gpt-4o", "assemblyai/best", "local/extract"]})
     cat = catalog({"anthropic", "openai", "local"})
     decision = decide(router, request(text("summarize"), audio()), cat)
@@ -424,16 +424,16 @@ def test_every_missing_modality_gets_its_bridge():
 
 
 def test_with_bridging_off_a_model_that_cannot_take_the_inputs_is_skipped():
-    router = Router(rules=[rule("r", "anthropic/claude-sonnet-4-5", "gemini/gemini-2.5-pro", bridging=False)],
+    router = Router(rules=[rule("r", "anthropic/claude-sonnet-4-6", "gemini/gemini-2.5-pro", bridging=False)],
                     bridges=BRIDGES)
     decision = decide(router, request(text("summarize"), audio()))
     assert chosen(decision) == "gemini/gemini-2.5-pro"
     assert decision.plan.bridges == []
-    assert "anthropic/claude-sonnet-4-5: does not take audio" in decision.trace[0].reason
+    assert "anthropic/claude-sonnet-4-6: does not take audio" in decision.trace[0].reason
 
 
 def test_without_a_usable_bridge_the_target_is_skipped():
-    router = Router(rules=[rule("r", "anthropic/claude-sonnet-4-5")], bridges={VIDEO: ["local/extract"]})
+    router = Router(rules=[rule("r", "anthropic/claude-sonnet-4-6")], bridges={VIDEO: ["local/extract"]})
     with pytest.raises(NoRoute) as info:
         decide(router, request(text("summarize"), audio()))
     assert "does not take audio and no bridge is usable" in info.value.message
@@ -477,7 +477,7 @@ def test_transcription_with_diarization_needs_the_diarization_feature():
 
 def test_the_default_answers_when_no_rule_chooses():
     router = Router(rules=[rule("images", "openai/gpt-4o", inputs_any=[IMAGE]),
-                           rule("unusable", "anthropic/claude-sonnet-4-5")],
+                           rule("unusable", "anthropic/claude-sonnet-4-6")],
                     default="local/extract")
     decision = decide(router, request(text("hi")), catalog({"openai", "local"}))
     assert decision.rule == "default"
@@ -495,7 +495,7 @@ def test_the_default_is_not_in_the_trace_when_a_rule_chooses():
 
 def test_no_route_when_nothing_fits_lists_every_reason():
     router = Router(rules=[rule("images", "openai/gpt-4o", inputs_any=[IMAGE]), rule("r", "openai/gpt-4o")],
-                    default="anthropic/claude-sonnet-4-5")
+                    default="anthropic/claude-sonnet-4-6")
     with pytest.raises(NoRoute) as info:
         decide(router, request(video()), catalog({"openai", "anthropic"}))
     err = info.value
@@ -505,7 +505,7 @@ def test_no_route_when_nothing_fits_lists_every_reason():
     assert "(video, task chat)" in err.message
     assert "images: needs any of [image]" in err.message
     assert "r: no usable target: openai/gpt-4o: does not take video and no bridge is usable" in err.message
-    assert "default: anthropic/claude-sonnet-4-5: does not take video" in err.message
+    assert "default: anthropic/claude-sonnet-4-6: does not take video" in err.message
 
 
 def test_no_rules_and_no_default_is_no_route():
@@ -548,9 +548,9 @@ def test_a_ready_diarizer_that_no_rule_uses_is_plain_no_route():
 
 def test_an_override_bypasses_the_rules():
     router = Router(rules=[rule("r", "openai/gpt-4o")], default="openai/gpt-4o")
-    decision = decide(router, request(text(), image()), override=Target("anthropic", "claude-sonnet-4-5"))
+    decision = decide(router, request(text(), image()), override=Target("anthropic", "claude-sonnet-4-6"))
     assert decision.rule == "override"
-    assert chosen(decision) == "anthropic/claude-sonnet-4-5"
+    assert chosen(decision) == "anthropic/claude-sonnet-4-6"
     assert outcomes(decision) == [("override", Outcome.MATCHED)]
 
 
@@ -626,8 +626,8 @@ def test_an_override_may_use_bridges():
 
 def test_a_plugin_choice_is_used_when_usable_else_the_rules_decide():
     router = Router(rules=[rule("r", "openai/gpt-4o")])
-    picked = decide(router, request(text()), chosen_by_plugin=Target("anthropic", "claude-sonnet-4-5"))
-    assert (picked.rule, chosen(picked)) == ("plugin", "anthropic/claude-sonnet-4-5")
+    picked = decide(router, request(text()), chosen_by_plugin=Target("anthropic", "claude-sonnet-4-6"))
+    assert (picked.rule, chosen(picked)) == ("plugin", "anthropic/claude-sonnet-4-6")
     fallback = decide(router, request(text()), chosen_by_plugin=Target("openai", "whisper-1"))
     assert (fallback.rule, chosen(fallback)) == ("r", "openai/gpt-4o")
 
@@ -644,7 +644,7 @@ def test_usable_targets_are_those_that_take_the_request_directly():
 def test_the_trace_lists_every_rule_once_in_order_with_its_outcome_and_why():
     router = Router(rules=[
         rule("diarization", "assemblyai/best", diarization=True),
-        rule("documents", "anthropic/claude-sonnet-4-5", inputs_any=[DOC]),
+        rule("documents", "anthropic/claude-sonnet-4-6", inputs_any=[DOC]),
         rule("images", "openai/gpt-4o", inputs_any=[IMAGE]),
         rule("general", "openai/gpt-4o"),
         rule("last", "local/extract"),
@@ -668,8 +668,8 @@ def test_the_trace_lists_every_rule_once_in_order_with_its_outcome_and_why():
 # -- the embedded default: the hybrid policy -------------------------------------------------
 
 CLOUD_TARGETS = {
-    "documents": ["anthropic/claude-sonnet-4-5", "gemini/gemini-2.5-pro"],
-    "cross-modal": ["openai/gpt-4o", "anthropic/claude-sonnet-4-5", "gemini/gemini-2.5-pro"],
+    "documents": ["anthropic/claude-sonnet-4-6", "gemini/gemini-2.5-pro"],
+    "cross-modal": ["openai/gpt-4o", "anthropic/claude-sonnet-4-6", "gemini/gemini-2.5-pro"],
     "transcription": ["openai/whisper-1", "assemblyai/best"],
     "video": ["gemini/gemini-2.5-pro"],
 }
@@ -702,7 +702,7 @@ def test_default_policy_with_only_local_ready_answers_plain_text_offline():
 @pytest.mark.parametrize(("req", "winner", "target"), [
     pytest.param(request(audio(300), diarization=True), "diarization", "assemblyai/best", id="diarization"),
     pytest.param(request(text("what is this?"), image()), "cross-modal", "openai/gpt-4o", id="image+text"),
-    pytest.param(request(text("summarize"), pdf(5)), "documents", "anthropic/claude-sonnet-4-5", id="pdf"),
+    pytest.param(request(text("summarize"), pdf(5)), "documents", "anthropic/claude-sonnet-4-6", id="pdf"),
     pytest.param(request(text("describe"), video(120)), "video", "gemini/gemini-2.5-pro", id="video"),
     pytest.param(request(audio(300)), "transcription", "openai/whisper-1", id="transcription"),
     pytest.param(request(text("hello")), "general", "openai/gpt-4o", id="plain-text"),
@@ -718,7 +718,7 @@ def test_default_policy_with_every_provider_ready(req, winner, target):
 def test_default_policy_fallbacks_with_every_provider_ready():
     decision = decide(default_router(), request(text("what is this?"), image()), ALL_READY)
     assert [str(p.target) for p in decision.fallbacks] == [
-        "anthropic/claude-sonnet-4-5", "gemini/gemini-2.5-pro", "local/extract"]
+        "anthropic/claude-sonnet-4-6", "gemini/gemini-2.5-pro", "local/extract"]
 
 
 def test_default_policy_chat_about_an_image_with_diarized_audio_bridges_through_assemblyai():

@@ -19,7 +19,7 @@ from typing import Any
 from .base import FakeUpstream, Recorded, Reply
 
 API_KEY = "sk-ant-test-0123456789abcdef"
-KNOWN_MODELS = frozenset({"claude-sonnet-4-5", "claude-opus-4-5", "claude-opus-4-1", "claude-haiku-4-5"})
+KNOWN_MODELS = frozenset({"claude-sonnet-4-6", "claude-sonnet-4-5", "claude-opus-4-5", "claude-opus-4-1", "claude-haiku-4-5"})
 IMAGE_MAGIC = {
     "image/png": (b"\x89PNG\r\n\x1a\n",),
     "image/jpeg": (b"\xff\xd8\xff",),

@@ -9,6 +9,7 @@ CLAUDE_INPUTS = frozenset({Modality.TEXT, Modality.IMAGE, Modality.DOCUMENT})
 
 #: The largest ``max_tokens`` each model accepts (its output limit).
 MAX_OUTPUT_TOKENS: dict[str, int] = {
+    "claude-sonnet-4-6": 64_000,
     "claude-sonnet-4-5": 64_000,
     "claude-opus-4-5": 64_000,
     "claude-opus-4-1": 32_000,
@@ -28,9 +29,11 @@ def _claude(name: str, input_per_mtok: float, output_per_mtok: float, default_ma
     )
 
 
-#: The models, the default routing target (claude-sonnet-4-5) first. Prices are Anthropic's
-#: public list prices in US dollars per million tokens.
+#: The models, the default routing target (claude-sonnet-4-6) first. Prices are Anthropic's
+#: public list prices in US dollars per million tokens. claude-sonnet-4-5 reaches end of life on
+#: 2026-11-30 (the SDK warns); it stays listed for rules that name it until then.
 MODELS: list[ModelInfo] = [
+    _claude("claude-sonnet-4-6", 3.0, 15.0, 8192),
     _claude("claude-sonnet-4-5", 3.0, 15.0, 8192),
     _claude("claude-opus-4-5", 5.0, 25.0, 8192),
     _claude("claude-opus-4-1", 15.0, 75.0, 4096),
