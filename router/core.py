@@ -178,8 +178,11 @@ class App:
         pm = self.registry.plugin_manager
         if pm is None:
             return
+        hook = getattr(pm.hook, name)
+        if not hook.get_hookimpls():  # the common case: no plugin listens
+            return
         try:
-            getattr(pm.hook, name)(**kwargs)
+            hook(**kwargs)
         except Exception:
             log.exception("an %s hook failed; ignored", name)
 

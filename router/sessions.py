@@ -8,7 +8,9 @@ database records one row per answered call for ``mmrouter stats``.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -29,14 +31,26 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 """
 
+log = logging.getLogger(__name__)
+
 #: Stores media in the media store and returns its id (for inline media in a turn).
 StoreMedia = Callable[[Media], str]
 #: Loads media by id from the media store.
 LoadMedia = Callable[[str], Media]
 
 
+#: Statistics rows wait in memory at most this long (or until this many wait), then go in one transaction.
+STATS_FLUSH_SECONDS = 0.05
+STATS_BATCH_ROWS = 512
+
+
 class SessionStore:
-    """Conversation history and call statistics in one sqlite file."""
+    """Conversation history and call statistics in one sqlite file.
+
+    Turns are written at once. Statistics rows are batched: one transaction per
+    :data:`STATS_FLUSH_SECONDS` instead of one per call, which is most of what
+    recording costs under load; :meth:`stats` and :meth:`close` write what waits.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +60,8 @@ class SessionStore:
         # a power cut may lose the last statistics rows and turns, never corrupt the file.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._pending_calls: list[tuple] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
         """The session's messages, oldest first (empty for a new session)."""
@@ -87,16 +103,41 @@ class SessionStore:
             return self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
 
     def record(self, answer: Answer) -> None:
-        """Record every step of an answered request, for statistics."""
+        """Record every step of an answered request, for statistics (written within 50 ms)."""
         route = answer.route
         now = time.time()
-        rows = [(now, route.rule, s.provider, s.model, s.purpose, s.latency_ms, s.usage.cost_usd,
-                 s.usage.input_tokens, s.usage.output_tokens, s.usage.audio_seconds) for s in route.steps]
-        with self._db:
-            self._db.executemany("INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._pending_calls.extend(
+            (now, route.rule, s.provider, s.model, s.purpose, s.latency_ms, s.usage.cost_usd,
+             s.usage.input_tokens, s.usage.output_tokens, s.usage.audio_seconds) for s in route.steps)
+        if len(self._pending_calls) >= STATS_BATCH_ROWS:
+            self.flush()
+        elif self._flush_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (a script using the store): write now
+                self.flush()
+                return
+            self._flush_timer = loop.call_later(STATS_FLUSH_SECONDS, self._flush_in_background)
+
+    def _flush_in_background(self) -> None:
+        try:
+            self.flush()
+        except sqlite3.Error:
+            log.exception("writing call statistics failed; those rows are lost")
+
+    def flush(self) -> None:
+        """Write the statistics rows that wait."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        rows, self._pending_calls = self._pending_calls, []
+        if rows:
+            with self._db:
+                self._db.executemany("INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def stats(self) -> list[dict]:
-        """Per rule, provider and model: calls, mean and p95-ish latency, total cost."""
+        """Per rule, provider and model: calls, mean and max latency, total cost."""
+        self.flush()
         rows = self._db.execute(
             "SELECT rule, provider, model, purpose, COUNT(*), AVG(latency_ms), MAX(latency_ms), SUM(cost_usd),"
             " SUM(input_tokens), SUM(output_tokens), SUM(audio_seconds) FROM calls"
@@ -107,6 +148,8 @@ class SessionStore:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def close(self) -> None:
+        """Write what waits and close the database."""
+        self.flush()
         self._db.close()
 
 

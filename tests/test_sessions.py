@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc_helpers import error_details, text_request
 from media_factory import png
 from mmrouter.v1 import router_pb2 as pb
+
+from router.outcome import Answer, RouteInfo, Step
+from router.sessions import STATS_BATCH_ROWS, SessionStore
+from router.types import Usage
 
 CONFIG = """
 providers:
@@ -67,3 +73,48 @@ def test_session_turns_are_not_stored_when_the_call_fails(start_daemon) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="broken"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- call statistics (SessionStore in-process) ---------------------------------------------------
+
+
+def _answer(rule: str, cost: float) -> Answer:
+    route = RouteInfo(rule, "fake", "omni", steps=[Step("answer", "fake", "omni", 12.0, Usage(3, 4, 0.0, cost))])
+    return Answer("hi", None, Usage(3, 4, 0.0, cost), route)
+
+
+def _calls_seen_by_another_reader(path) -> int:
+    reader = SessionStore(path)  # what `mmrouter stats` does: its own connection to the file
+    try:
+        return sum(row["calls"] for row in reader.stats())
+    finally:
+        reader.close()
+
+
+async def test_statistics_rows_are_batched_yet_written_promptly_and_on_close(tmp_path) -> None:
+    path = tmp_path / "sessions.sqlite"
+    store = SessionStore(path)
+    for i in range(5):
+        store.record(_answer("chat", 0.25 * i))
+    assert store.stats()[0]["calls"] == 5  # its own reads see what waits
+    for _ in range(3):
+        store.record(_answer("chat", 1.0))
+    deadline = asyncio.get_running_loop().time() + 5
+    while _calls_seen_by_another_reader(path) < 8:  # written by the loop's timer, no read needed
+        assert asyncio.get_running_loop().time() < deadline, "statistics rows never reached the file"
+        await asyncio.sleep(0.01)
+
+    for _ in range(STATS_BATCH_ROWS + 7):  # a full batch is written at once
+        store.record(_answer("burst", 0.0))
+    assert _calls_seen_by_another_reader(path) >= 8 + STATS_BATCH_ROWS
+    store.close()  # the 7 left are written on close, not lost
+    rows = {r["rule"]: r for r in SessionStore(path).stats()}
+    assert rows["burst"]["calls"] == STATS_BATCH_ROWS + 7
+    assert rows["chat"]["calls"] == 8 and rows["chat"]["cost_usd"] == pytest.approx(0.25 * 10 + 3.0)
+
+
+def test_statistics_are_written_at_once_without_an_event_loop(tmp_path) -> None:
+    store = SessionStore(tmp_path / "s.sqlite")
+    store.record(_answer("script", 0.5))
+    assert _calls_seen_by_another_reader(tmp_path / "s.sqlite") == 1
+    store.close()
