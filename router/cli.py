@@ -29,7 +29,8 @@ app = typer.Typer(
     "    mmrouter ask \"What is in this picture?\" --image photo.png\n\n"
     "Send files with --image, --audio, --video and --pdf (repeat each for several). "
     "Commands talk to the daemon at 127.0.0.1:50051 unless given --address host:port "
-    "(or MMROUTER_ADDRESS); if the daemon has server.auth_token set, export MMROUTER_TOKEN. "
+    "(or MMROUTER_ADDRESS); if the daemon has server.auth_token set, export MMROUTER_TOKEN; if it "
+    "serves TLS, export MMROUTER_TLS_CA (and MMROUTER_TLS_CERT, MMROUTER_TLS_KEY for a client certificate). "
     "See `mmrouter ask --help`.",
     no_args_is_help=True,
     add_completion=False,
@@ -133,8 +134,23 @@ def _build_request(stub, prompt: str, images, audio, video, pdf, system, task, d
 
 
 def _channel(address: str) -> grpc.Channel:
-    channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
-                                                      ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    """A channel to the daemon: TLS when MMROUTER_TLS_CA is set (and a client certificate from
+    MMROUTER_TLS_CERT / MMROUTER_TLS_KEY), the bearer token from MMROUTER_TOKEN."""
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
+               ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    files = {name: os.environ.get(f"MMROUTER_TLS_{name.upper()}", "") for name in ("ca", "cert", "key")}
+    if not files["ca"]:
+        channel = grpc.insecure_channel(address, options=options)
+    else:
+        pem: dict[str, bytes | None] = {}
+        for name, path in files.items():
+            try:
+                pem[name] = Path(path).expanduser().read_bytes() if path else None
+            except OSError as exc:
+                err.print(f"[red]cannot read MMROUTER_TLS_{name.upper()} {escape(path)}: {exc.strerror}[/red]")
+                raise typer.Exit(2) from None
+        credentials = grpc.ssl_channel_credentials(pem["ca"], private_key=pem["key"], certificate_chain=pem["cert"])
+        channel = grpc.secure_channel(address, credentials, options=options)
     return with_token(channel, os.environ.get("MMROUTER_TOKEN", ""))
 
 

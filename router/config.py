@@ -111,6 +111,28 @@ class Rule(_Strict):
         return _check_target(value)
 
 
+class TlsSettings(_Strict):
+    """Serve over TLS. With ``client_ca_file``, clients must also show a certificate signed by that CA."""
+
+    cert_file: Path = Field(description="PEM certificate chain of the server")
+    key_file: Path = Field(description="PEM private key of the server")
+    client_ca_file: Path | None = Field(None, description="PEM CA bundle; if set, client certificates are required")
+
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _pem(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        path = path.expanduser()
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        if b"-----BEGIN " not in text:
+            raise ValueError(f"{path} is not a PEM file")
+        return path
+
+
 class ServerSettings(_Strict):
     """Where and how the daemon serves."""
 
@@ -121,6 +143,7 @@ class ServerSettings(_Strict):
     max_upload_bytes: int = Field(64 * 1024**3, gt=0, description="largest UploadMedia file")
     allow_urls: bool = False
     auth_token: str = Field("", repr=False, description="if set, clients must send 'authorization: Bearer <token>'")
+    tls: TlsSettings | None = None
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     log_level: str = "INFO"
 

@@ -30,7 +30,7 @@ from mmrouter.v1 import router_pb2_grpc
 
 from . import redact, wire
 from .auth import TokenAuth
-from .config import Config
+from .config import Config, TlsSettings
 from .core import App, monotonic_deadline, secrets_of
 from .errors import FieldViolation, InvalidRequest, ProviderError, RouterError
 from .outcome import Done, RouteChosen, StepUsage
@@ -202,6 +202,13 @@ TCP_READ_OPTIONS = [
 ]
 
 
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """gRPC credentials from the configured PEM files (client certificates required with a client CA)."""
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
 async def start_server(app: App, address: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Start serving ``app`` on ``address`` (port 0 picks a free one); return the server, port and health."""
     limit = app.config.server.max_message_bytes
@@ -217,7 +224,11 @@ async def start_server(app: App, address: str) -> tuple[grpc.aio.Server, int, he
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    tls = app.config.server.tls
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, server_credentials(tls))
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -234,7 +245,9 @@ async def serve(config: Config, *, ready_file: Path | None = None,
     bound = f"{host}:{port}"
     for entry in app.providers():
         log.info("provider %-12s %s%s", entry.name, entry.state.value, f" ({entry.reason})" if entry.reason else "")
-    log.info("mmrouter listening on %s (data in %s%s)", bound, config.server.data_dir,
+    tls = config.server.tls
+    security = "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file else "TLS"
+    log.info("mmrouter listening on %s (%s; data in %s%s)", bound, security, config.server.data_dir,
              "; clients need the auth token" if config.server.auth_token else "")
     if ready_file is not None:
         ready_file.write_text(bound)

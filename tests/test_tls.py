@@ -1,0 +1,158 @@
+"""TLS on the gRPC port: server certificates, optional client certificates, the CLI over TLS."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_helpers import text_request
+from mmrouter.v1 import router_pb2 as pb
+from mmrouter.v1 import router_pb2_grpc
+
+BASE = """
+providers:
+  fake: {api_key: test-key}
+routes:
+  - name: everything
+    use: fake/echo
+"""
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _certificate(subject: str, key, issuer_name: x509.Name | None, issuer_key, *, ca: bool,
+                 server: bool = False) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name or name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    out = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("mmrouter test CA", ca_key, None, ca_key, ca=True)
+    files = {"ca": ca.public_bytes(serialization.Encoding.PEM)}
+    for who in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(f"mmrouter test {who}", key, ca.subject, ca_key, ca=False, server=who == "server")
+        files[f"{who}_cert"] = cert.public_bytes(serialization.Encoding.PEM)
+        files[f"{who}_key"] = _pem_key(key)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    files["other_ca"] = _certificate("someone else", other_key, None, other_key, ca=True).public_bytes(
+        serialization.Encoding.PEM)
+    paths = {}
+    for name, data in files.items():
+        paths[name] = out / f"{name}.pem"
+        paths[name].write_bytes(data)
+    return paths
+
+
+def _tls_config(pki: dict[str, Path], client_ca: bool = False) -> str:
+    extra = f"\n    client_ca_file: {pki['ca']}" if client_ca else ""
+    return BASE + f"""
+server:
+  tls:
+    cert_file: {pki['server_cert']}
+    key_file: {pki['server_key']}{extra}
+"""
+
+
+def _secure_stub(address: str, ca: Path, cert: Path | None = None, key: Path | None = None):
+    credentials = grpc.ssl_channel_credentials(ca.read_bytes(), private_key=key.read_bytes() if key else None,
+                                               certificate_chain=cert.read_bytes() if cert else None)
+    channel = grpc.secure_channel(address, credentials)
+    return channel, router_pb2_grpc.RouterServiceStub(channel)
+
+
+def _ask(stub, text: str = "hello over tls") -> pb.Answer:
+    return stub.Generate(pb.GenerateRequest(request=text_request(text)), timeout=20).answer
+
+
+def test_a_tls_daemon_answers_tls_clients_and_refuses_plaintext_and_unknown_cas(start_daemon, pki) -> None:
+    daemon = start_daemon(_tls_config(pki))
+    channel, stub = _secure_stub(daemon.address, pki["ca"])
+    with channel:
+        answer = _ask(stub)
+        assert "hello over tls" in answer.text and answer.route.provider == "fake"
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+    with pytest.raises(grpc.RpcError) as plaintext:  # the fixture's channel is plaintext
+        _ask(daemon.stub)
+    assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    channel, stub = _secure_stub(daemon.address, pki["other_ca"])
+    with channel, pytest.raises(grpc.RpcError) as untrusted:
+        _ask(stub)
+    assert untrusted.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "TLS" in daemon.logs() and daemon.proc.poll() is None
+
+
+def test_with_a_client_ca_the_daemon_requires_a_client_certificate(start_daemon, pki) -> None:
+    daemon = start_daemon(_tls_config(pki, client_ca=True))
+    channel, stub = _secure_stub(daemon.address, pki["ca"])
+    with channel, pytest.raises(grpc.RpcError) as anonymous:
+        _ask(stub)
+    assert anonymous.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    channel, stub = _secure_stub(daemon.address, pki["ca"], pki["client_cert"], pki["client_key"])
+    with channel:
+        assert "with a certificate" in _ask(stub, "with a certificate").text
+    assert "client certificates required" in daemon.logs()
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-m", "router", *args], capture_output=True, text=True,
+                          timeout=60, env=full_env)
+
+
+def test_the_cli_talks_tls_with_the_ca_and_client_certificate_from_the_environment(start_daemon, pki) -> None:
+    daemon = start_daemon(_tls_config(pki, client_ca=True))
+    tls_env = {"MMROUTER_TLS_CA": str(pki["ca"]), "MMROUTER_TLS_CERT": str(pki["client_cert"]),
+               "MMROUTER_TLS_KEY": str(pki["client_key"])}
+    result = _cli("ask", "cli over tls", "--json", "--address", daemon.address, env=tls_env)
+    assert result.returncode == 0, result.stderr
+    assert "cli over tls" in json.loads(result.stdout)["text"]
+
+    missing = _cli("ask", "x", "--address", daemon.address, env={**tls_env, "MMROUTER_TLS_CA": "/nonexistent/ca.pem"})
+    assert missing.returncode == 2 and "MMROUTER_TLS_CA" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("field", ["cert_file", "key_file", "client_ca_file"])
+def test_unreadable_or_non_pem_tls_files_are_configuration_errors(tmp_path, pki, field) -> None:
+    bad = tmp_path / "not-a-pem.txt"
+    bad.write_text("hello")
+    files = {"cert_file": pki["server_cert"], "key_file": pki["server_key"], "client_ca_file": pki["ca"]}
+    for problem, path in (("is not a PEM file", bad), ("cannot read", tmp_path / "missing.pem")):
+        config = tmp_path / "router.yaml"
+        lines = "".join(f"    {k}: {path if k == field else v}\n" for k, v in files.items())
+        config.write_text(BASE + "server:\n  tls:\n" + lines)
+        result = _cli("config", "check", str(config), env={})
+        message = " ".join(result.stderr.split())  # rich wraps long lines
+        assert result.returncode != 0
+        assert f"server.tls.{field}" in message and problem in message and "Traceback" not in message, message
