@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 from pathlib import Path
 
@@ -19,11 +20,30 @@ from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
 
 LIMIT = 64 * 1024 * 1024
+FORWARD_HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-bench-not-a-key"}
 
 
 class Echo(router_pb2_grpc.RouterServiceServicer):
+    def __init__(self, forward_to: int | None = None) -> None:
+        self.upstream = f"http://127.0.0.1:{forward_to}/v1/chat/completions" if forward_to else None
+        self.session = None
+
     async def Generate(self, request, context):
-        return pb.GenerateResponse(answer=pb.Answer(text="tok0 "))
+        if self.upstream is None:
+            return pb.GenerateResponse(answer=pb.Answer(text="tok0 "))
+        return await self._forward(request)
+
+    async def _forward(self, request):
+        """The bare forwarder: one aiohttp POST per call, the answer's JSON read back (no SDK, no routing)."""
+        import aiohttp
+
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        text = request.request.messages[0].parts[0].text
+        body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]})
+        async with self.session.post(self.upstream, data=body, headers=FORWARD_HEADERS) as response:
+            answer = json.loads(await response.read())
+        return pb.GenerateResponse(answer=pb.Answer(text=answer["choices"][0]["message"]["content"]))
 
     async def StreamGenerate(self, request, context):
         n = max(1, min(request.request.options.max_output_tokens, 10_000))
@@ -43,10 +63,10 @@ class Echo(router_pb2_grpc.RouterServiceServicer):
                                       mime_type=meta.mime_type if meta else "", modality=meta.modality if meta else 0)
 
 
-async def main(address: str, ready_file: Path | None) -> None:
+async def main(address: str, ready_file: Path | None, forward_to: int | None = None) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", LIMIT),
                                       ("grpc.max_send_message_length", LIMIT)])
-    router_pb2_grpc.add_RouterServiceServicer_to_server(Echo(), server)
+    router_pb2_grpc.add_RouterServiceServicer_to_server(Echo(forward_to), server)
     port = server.add_insecure_port(address)
     await server.start()
     if ready_file is not None:
@@ -63,5 +83,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", default="127.0.0.1:0")
     parser.add_argument("--ready-file", type=Path)
+    parser.add_argument("--forward-to", type=int, help="answer Generate by a POST to this local fake upstream port")
     args = parser.parse_args()
-    asyncio.run(main(args.address, args.ready_file))
+    asyncio.run(main(args.address, args.ready_file, args.forward_to))

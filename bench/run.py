@@ -328,18 +328,19 @@ class Results:
 
 # -- sections --------------------------------------------------------------------------------------
 
-async def section_unary(opt, res: Results, echo: Target, router: Target, direct: DirectHTTP) -> None:
-    print("== unary Generate: echo vs mmrouter (OpenAI plugin -> fake upstream)", flush=True)
+async def section_unary(opt, res: Results, echo: Target, router: Target, direct: DirectHTTP,
+                        forwarder: Target) -> None:
+    print("== unary Generate: echo vs mmrouter (OpenAI plugin -> fake upstream) vs a bare forwarder", flush=True)
     by: dict[tuple[str, int], list[Run]] = {}
     for c in opt.concurrency:
         for _rep in range(opt.reps):
-            for name, target in (("echo", echo), ("router", router)):
+            for name, target in (("echo", echo), ("router", router), ("fwd", forwarder)):
                 run = await load(lambda i, t=target: t.unary(), c, opt.seconds, target.proc.pid, opt.warmup)
                 by.setdefault((name, c), []).append(run)
             if c == 1:
                 run = await load(direct.call, 1, opt.seconds, None, opt.warmup)
                 by.setdefault(("direct", 1), []).append(run)
-        for name in ("echo", "router", "direct"):
+        for name in ("echo", "router", "fwd", "direct"):
             runs = by.get((name, c))
             if not runs:
                 continue
@@ -358,13 +359,20 @@ async def section_unary(opt, res: Results, echo: Target, router: Target, direct:
         runs = by[("router", c)]
         res.figure(f"   router server CPU per request, c={c}", f"{med([r.cpu_ms_per_req for r in runs]):.3f} ms"
                    f"{spread([r.cpu_ms_per_req for r in runs], '{:.3f}')}"
-                   f" (echo {med([r.cpu_ms_per_req for r in by[('echo', c)]]):.3f} ms)")
+                   f" (echo {med([r.cpu_ms_per_req for r in by[('echo', c)]]):.3f},"
+                   f" bare forwarder {med([r.cpu_ms_per_req for r in by[('fwd', c)]]):.3f} ms)")
+    fwd = [f.rps / e.rps for f, e in zip(by[("fwd", top)], by[("echo", top)], strict=True)]
+    res.figure(f"   reference: bare grpc.aio -> aiohttp forwarder / echo, c={top}",
+               f"{med(fwd) * 100:.1f}%{spread([x * 100 for x in fwd], '{:.1f}')} (no SDK, no routing)")
     if ("direct", 1) in by:
         added = [r.p50_ms - d.p50_ms for r, d in zip(by[("router", 1)], by[("direct", 1)], strict=True)]
         res.figure("2. added p50 latency at c=1 (router - direct upstream)",
                    f"{med(added):.2f} ms{spread(added, '{:.2f}')} (router {med([r.p50_ms for r in by[('router', 1)]]):.2f},"
                    f" direct {med([r.p50_ms for r in by[('direct', 1)]]):.2f}, echo {med([r.p50_ms for r in by[('echo', 1)]]):.2f})",
                    "<= 1.5 ms", med(added) <= 1.5)
+        fwd_added = [f.p50_ms - d.p50_ms for f, d in zip(by[("fwd", 1)], by[("direct", 1)], strict=True)]
+        res.figure("   reference: bare forwarder added p50 latency at c=1", f"{med(fwd_added):.2f} ms"
+                   f"{spread(fwd_added, '{:.2f}')}")
 
 
 async def section_stream(opt, res: Results, echo: Target, router: Target) -> None:
@@ -642,15 +650,18 @@ async def amain(opt: argparse.Namespace) -> Results:
             echo_proc = spawn("echo", [PY, str(BENCH / "echo_server.py"), "--address", "127.0.0.1:0"],
                               SERVER_CORE, workdir)
             router_proc = spawn_router("router", workdir, port, extra)
-            procs += [echo_proc, router_proc]
-            echo, router = Target(echo_proc), Target(router_proc)
-            targets += [echo, router]
+            fwd_proc = spawn("fwd", [PY, str(BENCH / "echo_server.py"), "--address", "127.0.0.1:0",
+                                     "--forward-to", str(port)], SERVER_CORE, workdir)
+            procs += [echo_proc, router_proc, fwd_proc]
+            echo, router, forwarder = Target(echo_proc), Target(router_proc), Target(fwd_proc)
+            targets += [echo, router, forwarder]
+            await forwarder.unary()
             for t in (echo, router):  # first call: connection, and the router imports the SDK lazily
                 await t.unary()
                 await t.stream()
             direct = DirectHTTP(port)
             if "unary" in opt.sections:
-                await section_unary(opt, res, echo, router, direct)
+                await section_unary(opt, res, echo, router, direct, forwarder)
             if "stream" in opt.sections:
                 await section_stream(opt, res, echo, router)
             if "upload" in opt.sections:

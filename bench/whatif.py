@@ -6,6 +6,8 @@ Patches (comma-separated in MMROUTER_WHATIF; bench/run.py --whatif sets it):
 
 - ``default_tcp_reads``: gRPC's default TCP read sizes instead of ``router.server.TCP_READ_OPTIONS``.
 - ``no_record``: skip ``SessionStore.record`` entirely (upper bound of what recording statistics costs).
+- ``raw_http``: the OpenAI plugin's chat call made with a bare aiohttp session instead of the SDK
+  (what the router costs without the SDK's request path; not an option the daemon offers).
 
 Never used by the daemon itself; only by the benchmark.
 """
@@ -25,6 +27,38 @@ if "no_record" in patches:
     import router.sessions as sessions
 
     sessions.SessionStore.record = lambda self, answer: None
+
+if "raw_http" in patches:
+    import json
+
+    import mmrouter_openai.chat as chat
+
+    from router import TextDelta, Usage, UsageReport
+
+    _sessions: dict = {}
+
+    async def _raw_stream_chat(client, params, timeout):  # type: ignore[no-untyped-def]
+        import aiohttp
+
+        session = _sessions.get("s")
+        if session is None:
+            session = _sessions["s"] = aiohttp.ClientSession()
+        headers = {"authorization": f"Bearer {client.api_key}", "content-type": "application/json"}
+        usage = Usage()
+        async with session.post(f"{client.base_url}chat/completions", data=json.dumps(params), headers=headers) as r:
+            async for line in r.content:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    usage = Usage(chunk["usage"]["prompt_tokens"], chunk["usage"]["completion_tokens"])
+                for choice in chunk.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield TextDelta(text)
+        yield UsageReport(usage)
+
+    chat.stream_chat = _raw_stream_chat
 
 from router.cli import app  # noqa: E402
 

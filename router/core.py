@@ -14,6 +14,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from pathlib import Path
 
 from . import routing
@@ -149,10 +150,13 @@ class App:
         decision, _ = self._decide(full)
         full, notes = self._trim(full, history, decision)
         ctx = CallContext(request_id=f"{random.getrandbits(128):032x}", deadline=deadline)
-        async for event in execute(full, decision, self.registry, ctx, notes):
-            if isinstance(event, Done):
-                self._finish(request, event)
-            yield event
+        # Closed explicitly: a consumer that stops at Done must not leave the generator to the
+        # garbage collector, whose finalizer schedules a task per request to close it.
+        async with aclosing(execute(full, decision, self.registry, ctx, notes)) as events:
+            async for event in events:
+                if isinstance(event, Done):
+                    self._finish(request, event)
+                yield event
 
     def _finish(self, request: Request, done: Done) -> None:
         answer = done.answer
