@@ -57,7 +57,11 @@ def serve(
     data_dir: Annotated[Path | None, typer.Option(help="Where media and sessions are kept.")] = None,
     ready_file: Annotated[Path | None, typer.Option(help="Write the bound address here once serving.")] = None,
 ) -> None:
-    """Run the daemon (stop it with Ctrl-C or SIGTERM; in-flight calls are drained)."""
+    """Run the daemon (stop it with Ctrl-C or SIGTERM; in-flight calls are drained).
+
+    SIGHUP re-reads --config and routes by its rules from then on (provider and server settings
+    need a restart); a file with mistakes is refused and the running rules stay.
+    """
     try:
         settings = load_config(config)
     except ConfigError as exc:
@@ -74,7 +78,7 @@ def serve(
             logging.getLogger(name).setLevel(logging.WARNING)
     from .server import serve as run
 
-    asyncio.run(run(settings, ready_file=ready_file))
+    asyncio.run(run(settings, ready_file=ready_file, config_path=config))
 
 
 def _media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path]) -> Iterator[tuple[int, Path, str]]:

@@ -49,6 +49,13 @@ def secrets_of(providers: Mapping[str, Mapping], *extra: str) -> set[str]:
     return {value for value in found if len(value) >= 4}
 
 
+def _router_of(config: Config) -> routing.Router:
+    return routing.Router(
+        rules=config.routes, default=config.default, bridges=config.bridges,
+        allow_overrides=config.overrides.allow, override_providers=config.overrides.providers,
+    )
+
+
 class App:
     """Everything a running daemon holds."""
 
@@ -60,12 +67,21 @@ class App:
         )
         self.media = MediaStore(data_dir / "media", config.server.max_upload_bytes)
         self.sessions = SessionStore(data_dir / "sessions.sqlite")
-        self.router = routing.Router(
-            rules=config.routes, default=config.default, bridges=config.bridges,
-            allow_overrides=config.overrides.allow, override_providers=config.overrides.providers,
-        )
+        self.router = _router_of(config)
         self.secrets = secrets_of(config.providers, config.server.auth_token)
         self.catalog: Catalog = self._build_catalog()
+
+    def reload_rules(self, config: Config) -> list[str]:
+        """Route by ``config``'s rules, default, bridges and overrides from now on (calls under way
+        keep the decision they have). Returns the other sections that changed: those need a restart."""
+        self.router = _router_of(config)
+        old, new = self.config, config
+        changed = [name for name in ("providers", "plugins") if getattr(old, name) != getattr(new, name)]
+        if old.server.model_dump(exclude={"address", "data_dir"}) != new.server.model_dump(exclude={"address", "data_dir"}):
+            changed.append("server")
+        self.config = old.model_copy(update={"routes": new.routes, "default": new.default, "bridges": new.bridges,
+                                             "overrides": new.overrides})
+        return changed
 
     def _build_catalog(self) -> Catalog:
         return {

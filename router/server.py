@@ -30,9 +30,9 @@ from mmrouter.v1 import router_pb2_grpc
 
 from . import redact, wire
 from .auth import TokenAuth
-from .config import Config, TlsSettings
+from .config import Config, TlsSettings, load_config
 from .core import App, monotonic_deadline, secrets_of
-from .errors import FieldViolation, InvalidRequest, ProviderError, RouterError
+from .errors import ConfigError, FieldViolation, InvalidRequest, ProviderError, RouterError
 from .outcome import Done, RouteChosen, StepUsage
 from .types import TextDelta, TranscriptReady
 
@@ -235,9 +235,29 @@ async def start_server(app: App, address: str) -> tuple[grpc.aio.Server, int, he
     return server, port, health_servicer
 
 
-async def serve(config: Config, *, ready_file: Path | None = None,
+def reload_rules(app: App, config_path: Path | None) -> None:
+    """SIGHUP: read the configuration file again and route by its rules; a bad file changes nothing."""
+    if config_path is None:
+        log.warning("SIGHUP: nothing to reload, the daemon runs the embedded default (start it with --config)")
+        return
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        log.error("SIGHUP: reload refused, the running rules stay: %s", app.redact(exc.message))
+        return
+    needs_restart = app.reload_rules(config)
+    log.info("SIGHUP: rules reloaded from %s (%d rules, default %s)", config_path, len(config.routes),
+             config.default or "none")
+    if needs_restart:
+        log.warning("SIGHUP: changes to %s take effect only after a restart", ", ".join(needs_restart))
+
+
+async def serve(config: Config, *, ready_file: Path | None = None, config_path: Path | None = None,
                 extra_plugins: Mapping[str, object] | None = None) -> None:
-    """Run the daemon until SIGTERM or SIGINT, then drain in-flight calls and exit."""
+    """Run the daemon until SIGTERM or SIGINT, then drain in-flight calls and exit.
+
+    SIGHUP re-reads ``config_path`` and swaps in its routing rules (see :func:`reload_rules`).
+    """
     redact.install(secrets_of(config.providers, config.server.auth_token))
     app = App(config, extra_plugins=extra_plugins)
     server, port, health_servicer = await start_server(app, config.server.address)
@@ -255,6 +275,7 @@ async def serve(config: Config, *, ready_file: Path | None = None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_rules, app, config_path)
     await stop.wait()
     grace = config.server.shutdown_grace_seconds
     log.info("shutting down: draining in-flight calls for up to %gs", grace)
