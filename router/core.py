@@ -25,7 +25,7 @@ from .media import MediaStore
 from .outcome import Done, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
 from .redact import mask
-from .routing import Catalog, Decision, Facts, ProviderStatus, Target, facts_of
+from .routing import Catalog, Decision, Facts, ProviderStatus, Target, estimate_tokens, facts_of
 from .sessions import SessionStore, trim_history
 from .sniff import measure
 from .types import CallContext, Media, Message, Part, Request, Role
@@ -137,11 +137,8 @@ class App:
             return request, []
         current = request.messages[len(history):]
 
-        def estimate(messages: list[Message]) -> int:
-            return facts_of(dataclasses.replace(request, messages=messages)).input_tokens
-
         budget = decision.plan.model.context_tokens
-        kept, dropped = trim_history(history, current, budget, estimate)
+        kept, dropped = trim_history(history, current, budget, estimate_tokens)
         if not dropped:
             return request, []
         note = (f"history trimmed: dropped the {dropped} oldest message(s) of session {request.session_id} "

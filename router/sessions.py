@@ -158,10 +158,13 @@ def trim_history(history: list[Message], current: list[Message], budget_tokens: 
     """Drop the oldest history messages until history + current fit ``budget_tokens``.
 
     Returns the kept history and how many messages were dropped. The current
-    turn is never dropped.
+    turn is never dropped. Each message is estimated once and the estimates are
+    added up, so a session of thousands of turns costs linear time.
     """
+    costs = [estimate([message]) for message in history]
+    total = sum(costs) + estimate(current)
     dropped = 0
-    while history and estimate(history + current) > budget_tokens:
-        history = history[1:]
+    while dropped < len(history) and total > budget_tokens:
+        total -= costs[dropped]
         dropped += 1
-    return history, dropped
+    return history[dropped:], dropped

@@ -11,8 +11,9 @@ from media_factory import png
 from mmrouter.v1 import router_pb2 as pb
 
 from router.outcome import Answer, RouteInfo, Step
-from router.sessions import STATS_BATCH_ROWS, SessionStore
-from router.types import Usage
+from router.routing import TOKENS_PER_AUDIO_SECOND, TOKENS_PER_IMAGE, TOKENS_PER_PDF_PAGE, estimate_tokens
+from router.sessions import STATS_BATCH_ROWS, SessionStore, trim_history
+from router.types import Media, Message, Modality, Part, Role, Usage
 
 CONFIG = """
 providers:
@@ -118,3 +119,32 @@ def test_statistics_are_written_at_once_without_an_event_loop(tmp_path) -> None:
     store.record(_answer("script", 0.5))
     assert _calls_seen_by_another_reader(tmp_path / "s.sqlite") == 1
     store.close()
+
+
+# -- trimming a long history ---------------------------------------------------------------------
+
+
+def test_trimming_estimates_each_message_once_and_keeps_the_newest_that_fit() -> None:
+    history = [Message(Role.USER if i % 2 == 0 else Role.ASSISTANT, [Part(text=f"m{i:04d} " + "x" * 395)])
+               for i in range(3000)]  # 100 tokens each
+    current = [Message(Role.USER, [Part(text="q" * 400)])]
+    calls = []
+
+    def counting(messages: list[Message]) -> int:
+        calls.append(len(messages))
+        return estimate_tokens(messages)
+
+    kept, dropped = trim_history(history, current, 1000, counting)
+    assert (len(kept), dropped) == (9, 2991) and kept == history[-9:]
+    assert estimate_tokens(kept + current) <= 1000 < estimate_tokens(history[-10:] + current)
+    assert len(calls) == len(history) + 1, "a long history must cost one estimate per message, not per drop"
+    assert trim_history(history[:5], current, 10_000, counting) == (history[:5], 0)
+
+
+def test_token_estimates_add_text_and_media_rates() -> None:
+    image = Media(Modality.IMAGE, "image/png", data=b"x")
+    audio = Media(Modality.AUDIO, "audio/wav", data=b"x", duration_seconds=10.0)
+    unknown = Media(Modality.VIDEO, "video/mp4", data=b"x")  # duration not measured
+    pdf = Media(Modality.DOCUMENT, "application/pdf", data=b"x", pages=2)
+    message = Message(Role.USER, [Part(text="a" * 40), *(Part(media=m) for m in (image, audio, unknown, pdf))])
+    assert estimate_tokens([message]) == 10 + TOKENS_PER_IMAGE + 10 * TOKENS_PER_AUDIO_SECOND + 2 * TOKENS_PER_PDF_PAGE
