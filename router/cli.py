@@ -39,7 +39,7 @@ config_app = typer.Typer(help="Work with routing configuration files.", no_args_
 app.add_typer(config_app, name="config")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages stay one line each when piped or logged
 
 AddressOption = Annotated[str, typer.Option("--address", "-a", envvar="MMROUTER_ADDRESS",
                                             help="Where the daemon listens (host:port).")]
