@@ -440,6 +440,27 @@ async def upload_series(target: Target, size: int, count: int) -> tuple[float, f
     return count * size / MiB / seconds, max(r[1] for r in runs), runs[-1][2], cpu_ms / (count * size / MiB)
 
 
+async def store_cpu_ms_per_mib(workdir: Path, size: int, count: int) -> float:
+    """CPU ms per MiB of the router's media store alone (sha256, temp file write, rename), in this thread."""
+    from router.media import MediaStore
+    from router.types import Modality
+
+    store = MediaStore(workdir / "store-alone", 1 << 40)
+
+    pieces = [m.chunk for m in upload_messages(size) if m.WhichOneof("payload") == "chunk"]
+
+    async def chunks():
+        for piece in pieces:
+            yield piece
+
+    started = time.thread_time()
+    for _ in range(count):
+        await store.upload("video/mp4", Modality.VIDEO, "bench.mp4", size, chunks())
+    spent = time.thread_time() - started
+    shutil.rmtree(workdir / "store-alone", ignore_errors=True)
+    return spent * 1000 / (count * size / MiB)
+
+
 async def section_upload(opt, res: Results, echo: Target, router: Target) -> None:
     size = 20 * MiB
     print(f"== UploadMedia {size // MiB} MiB in 1 MiB chunks ({UPLOADS_PER_REP} per repetition): echo sink vs mmrouter",
@@ -454,6 +475,8 @@ async def section_upload(opt, res: Results, echo: Target, router: Target) -> Non
         res.detail(f"{name:>6} {med([x[0] for x in r]):7.0f} MiB/s{spread([x[0] for x in r])}"
                    f"  peak RSS growth {med([x[1] for x in r]):5.1f} MiB"
                    f"  server CPU {med([x[3] for x in r]):.2f} ms/MiB")
+    alone = await store_cpu_ms_per_mib(router.proc.log.parent, size, UPLOADS_PER_REP)
+    res.detail(f"media store alone (sha256 + temp file write + rename, no gRPC): {alone:.2f} ms CPU/MiB")
     ratios = [r[0] / e[0] for r, e in zip(rows["router"], rows["echo"], strict=True)]
     res.figure(f"4a. upload {size // MiB} MiB: router / echo MiB/s",
                f"{med(ratios) * 100:.1f}%{spread([x * 100 for x in ratios], '{:.1f}')}"
