@@ -91,6 +91,9 @@ def test_register_hook_reads_settings_and_rejects_bad_ones() -> None:
         register_providers(registered.append, {"workers": 0})
     with pytest.raises(ConfigError, match="ocr_frame_interval_seconds"):
         register_providers(registered.append, {"ocr_frame_interval_seconds": "often"})
+    for key, value in (("api_key", "sk-1"), ("base_url", "http://x"), ("timeout", 5)):  # keys it has no use for
+        with pytest.raises(ConfigError, match=rf"providers\.local\.{key}: .*does not use it"):
+            register_providers(registered.append, {key: value})
 
 
 async def test_pdf_text_page_by_page(local: LocalProvider) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from router import ProviderSettings
 
@@ -24,3 +24,8 @@ class LocalSettings(ProviderSettings):
         default_factory=lambda: max(1, min(2, os.cpu_count() or 1)), gt=0, description="threads for CPU work"
     )
     ocr_frame_interval_seconds: float = Field(2.0, gt=0, description="seconds between video frames to OCR")
+
+    @field_validator("api_key", "base_url", "timeout", mode="before")
+    @classmethod
+    def _not_used(cls, value: object) -> object:
+        raise ValueError("the local provider runs on this machine and does not use it; remove the key")
