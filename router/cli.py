@@ -8,9 +8,9 @@ import logging
 import mimetypes
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -158,6 +158,34 @@ def _channel(address: str) -> grpc.Channel:
     return with_token(channel, os.environ.get("MMROUTER_TOKEN", ""))
 
 
+def _reason(exc: grpc.RpcError) -> str:
+    """The ``ErrorInfo.reason`` of a failed call, or ``""``."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(exc)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+def _call_with_media(build: Callable[[int], Any], call: Callable[[Any], Any], inline_limit: int) -> Any:
+    """``call(build(inline_limit))``; if the daemon finds inline media too large (its own
+    ``inline_limit_bytes`` is smaller than ours), build again with every file uploaded and retry once."""
+    request = build(inline_limit)
+    try:
+        return call(request)
+    except grpc.RpcError as exc:
+        inline = any(p.media.data for m in request.messages for p in m.parts if p.HasField("media"))
+        if not inline or _reason(exc) != "PAYLOAD_TOO_LARGE":
+            raise
+    err.print("[yellow]the daemon takes less inline media than --inline-limit: uploading the files[/yellow]")
+    return call(build(0))
+
+
 def _fail(exc: grpc.RpcError) -> None:
     from grpc_status import rpc_status
 
@@ -227,11 +255,13 @@ def ask(
         raise typer.Exit(2)
     with _channel(address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
-        try:
-            request = _build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
-                                     diarize, speakers, provider, model, tag, session, inline_limit)
-            answer = None
-            streamed = False
+
+        def build(limit: int) -> pb.MultimodalRequest:
+            return _build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
+                                  diarize, speakers, provider, model, tag, session, limit)
+
+        def stream(request: pb.MultimodalRequest) -> tuple[pb.Answer | None, bool]:
+            answer, streamed = None, False
             for event in stub.StreamGenerate(pb.StreamGenerateRequest(request=request)):
                 kind = event.WhichOneof("event")
                 if kind == "text_delta" and not as_json:
@@ -246,6 +276,10 @@ def ask(
                     err.print("[bold]transcript[/bold]\n" + escape("\n".join(lines)))
                 elif kind == "done":
                     answer = event.done.answer
+            return answer, streamed
+
+        try:
+            answer, streamed = _call_with_media(build, stream, inline_limit)
         except grpc.RpcError as exc:
             _fail(exc)
     if answer is None:
@@ -286,9 +320,11 @@ def explain(
     with _channel(address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         try:
-            request = _build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], "", task,
-                                     diarize, 0, provider, model, tag, None, inline_limit)
-            route = stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route
+            route = _call_with_media(
+                lambda limit: _build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], "", task,
+                                             diarize, 0, provider, model, tag, None, limit),
+                lambda request: stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route,
+                inline_limit)
         except grpc.RpcError as exc:
             _fail(exc)
     _print_route(route, out)

@@ -315,6 +315,21 @@ def test_a_file_over_the_inline_limit_is_uploaded_and_sent_by_id(start_daemon, t
     assert sorted(p.name for p in (daemon.data_dir / "media" / sha[:2]).iterdir()) == [sha, f"{sha}.json"]
 
 
+def test_when_the_daemon_takes_less_inline_media_the_cli_uploads_and_retries(start_daemon, tmp_path):
+    daemon = start_daemon(CONFIG + "server:\n  inline_limit_bytes: 2000\n")
+    png = tmp_path / "photo.png"
+    Image.frombytes("RGB", (40, 40), os.urandom(40 * 40 * 3)).save(png, format="PNG")  # noise: ~5 KB
+    assert png.stat().st_size > 2000  # inline for the CLI (4 MiB), too large for this daemon
+    sha = hashlib.sha256(png.read_bytes()).hexdigest()
+    asked = Cli("ask", "what is this", "--image", png, "--json", "--address", daemon.address)
+    explained = Cli("explain", "what is this", "--image", png, "--address", daemon.address)
+    answer = json.loads(ok(asked.result()).stdout)
+    assert answer["text"] == echo("omni", "what is this", image=1)
+    assert (daemon.data_dir / "media" / sha[:2] / sha).read_bytes() == png.read_bytes()
+    explained = ok(explained.result())
+    assert "takes less inline media" in explained.stderr and "route: rule" in explained.stdout
+
+
 # -- explain -----------------------------------------------------------------------------------
 
 
