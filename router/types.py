@@ -172,16 +172,24 @@ class Request:
 
 @dataclass(frozen=True)
 class Price:
-    """US dollars per million tokens in and out, and per hour of audio."""
+    """US dollars per million tokens in and out, and per hour of audio.
+
+    ``audio_input_per_mtok`` prices the audio part of the input tokens (``Usage.audio_input_tokens``)
+    for models that bill audio tokens higher than text; 0 means audio tokens cost ``input_per_mtok``.
+    """
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
     per_audio_hour: float = 0.0
+    audio_input_per_mtok: float = 0.0
 
     def cost(self, usage: Usage) -> float:
         """The cost of ``usage`` at this price."""
+        audio_tokens = min(usage.audio_input_tokens, usage.input_tokens)
+        audio_rate = self.audio_input_per_mtok or self.input_per_mtok
         return (
-            usage.input_tokens * self.input_per_mtok / 1e6
+            (usage.input_tokens - audio_tokens) * self.input_per_mtok / 1e6
+            + audio_tokens * audio_rate / 1e6
             + usage.output_tokens * self.output_per_mtok / 1e6
             + usage.audio_seconds * self.per_audio_hour / 3600
         )
@@ -265,6 +273,8 @@ class Usage:
     output_tokens: int = 0
     audio_seconds: float = 0.0
     cost_usd: float = 0.0
+    #: Of ``input_tokens``, how many were audio (priced at ``Price.audio_input_per_mtok``).
+    audio_input_tokens: int = 0
 
     def add(self, other: Usage) -> None:
         """Add ``other`` into this usage."""
@@ -272,6 +282,7 @@ class Usage:
         self.output_tokens += other.output_tokens
         self.audio_seconds += other.audio_seconds
         self.cost_usd += other.cost_usd
+        self.audio_input_tokens += other.audio_input_tokens
 
 
 @dataclass

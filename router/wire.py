@@ -161,7 +161,8 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
 
 def usage_to_proto(usage: Usage) -> pb.Usage:
     return pb.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                    audio_seconds=usage.audio_seconds, cost_usd=usage.cost_usd)
+                    audio_seconds=usage.audio_seconds, cost_usd=usage.cost_usd,
+                    audio_input_tokens=usage.audio_input_tokens)
 
 
 def transcript_to_proto(t: Transcript) -> pb.Transcript:
@@ -202,7 +203,7 @@ def model_to_proto(model: ModelInfo) -> pb.ModelInfo:
         name=model.name, inputs=[_MODALITY_PB[m] for m in sorted(model.inputs, key=lambda m: m.value)],
         outputs=sorted(model.outputs), features=sorted(model.features), context_tokens=model.context_tokens,
         price=pb.Price(input_per_mtok=model.price.input_per_mtok, output_per_mtok=model.price.output_per_mtok,
-                       per_audio_hour=model.price.per_audio_hour),
+                       per_audio_hour=model.price.per_audio_hour, audio_input_per_mtok=model.price.audio_input_per_mtok),
     )
 
 

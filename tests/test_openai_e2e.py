@@ -182,6 +182,8 @@ def test_uploaded_audio_is_transcribed_by_media_id(daemon, fake):
 
 def test_audio_as_chat_input(daemon, fake):
     clip = wav_bytes()
+    fake.usage = {"prompt_tokens": 1000, "completion_tokens": 20, "total_tokens": 1020,
+                  "prompt_tokens_details": {"audio_tokens": 800, "cached_tokens": 0}}
     answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(
         text_part("What is the tone?"), audio_part(clip), task=pb.TASK_CHAT)), timeout=30).answer
     assert (answer.route.rule, answer.route.model) == ("audio-chat", "gpt-4o-audio-preview")
@@ -191,6 +193,9 @@ def test_audio_as_chat_input(daemon, fake):
     parts = fake.parts(body["messages"][0])
     assert [(p.kind, p.mime_type) for p in parts] == [("text", ""), ("audio", "wav")]
     assert parts[1].data == clip
+    # audio input tokens are billed at the audio rate (40 USD/Mtok), the rest at the text rate
+    assert (answer.usage.input_tokens, answer.usage.audio_input_tokens) == (1000, 800)
+    assert answer.usage.cost_usd == pytest.approx(200 * 2.50 / 1e6 + 800 * 40.00 / 1e6 + 20 * 10.00 / 1e6)
 
 
 ERRORS = [
@@ -259,3 +264,5 @@ def test_providers_list_shows_the_catalogue(daemon):
     assert set(models["gpt-4o"].inputs) == {pb.MODALITY_TEXT, pb.MODALITY_IMAGE}
     assert list(models["whisper-1"].outputs) == ["transcript"]
     assert models["gpt-4o-mini"].price.input_per_mtok == pytest.approx(1.0)  # overridden in the config
+    audio = models["gpt-4o-audio-preview"].price
+    assert (audio.input_per_mtok, audio.audio_input_per_mtok) == (pytest.approx(2.50), pytest.approx(40.00))

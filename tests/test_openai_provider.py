@@ -368,6 +368,9 @@ async def test_gpt4o_transcribe_uses_json_and_reports_tokens(fake: FakeOpenAI, p
     assert ready.transcript.text == "Hello there. General Kenobi." and ready.transcript.utterances == []
     [usage] = [e.usage for e in events if isinstance(e, UsageReport)]
     assert (usage.input_tokens, usage.output_tokens, usage.audio_seconds) == (40, 8, 0.0)
+    assert usage.audio_input_tokens == 40  # input_token_details.audio_tokens: priced at the audio rate
+    price = model_of(provider, "gpt-4o-transcribe").price
+    assert price.cost(usage) == pytest.approx(40 * 6.00 / 1e6 + 8 * 10.00 / 1e6)
     [upload] = fake.uploads()
     assert upload.field("model") == "gpt-4o-transcribe" and upload.field("response_format") == "json"
     assert "timestamp_granularities[]" not in upload.fields

@@ -133,7 +133,9 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
                                       else "An error occurred during streaming", request=response.request, body=error)
             u = chunk.get("usage")
             if u:
-                usage = Usage(input_tokens=u.get("prompt_tokens") or 0, output_tokens=u.get("completion_tokens") or 0)
+                details = u.get("prompt_tokens_details") or {}
+                usage = Usage(input_tokens=u.get("prompt_tokens") or 0, output_tokens=u.get("completion_tokens") or 0,
+                              audio_input_tokens=details.get("audio_tokens") or 0)
             choices = chunk.get("choices")
             if choices:
                 delta = choices[0].get("delta")

@@ -16,7 +16,7 @@ llama.cpp) come from ``providers.openai.models``::
         outputs: [text]                # or [transcript] for a speech-to-text model
         context_tokens: 131072
         max_output_tokens: 4096
-        price: {input_per_mtok: 0, output_per_mtok: 0, per_audio_hour: 0}
+        price: {input_per_mtok: 0, output_per_mtok: 0, per_audio_hour: 0, audio_input_per_mtok: 0}
         transcription_format: json     # json | verbose_json | diarized_json (transcript models)
 """
 
@@ -76,15 +76,15 @@ def _stt(name: str, price: Price, fmt: str, diarizes: bool = False, context: int
 BUILTIN: tuple[Entry, ...] = (
     _chat("gpt-4o", _TEXT_IMAGE, Price(2.50, 10.00)),
     _chat("gpt-4o-mini", _TEXT_IMAGE, Price(0.15, 0.60)),
-    # Audio in chat: text-token prices; audio input tokens cost more (40 / 10 USD per Mtok).
-    _chat("gpt-4o-audio-preview", _TEXT_AUDIO, Price(2.50, 10.00)),
-    _chat("gpt-4o-mini-audio-preview", _TEXT_AUDIO, Price(0.15, 0.60)),
+    # Audio in chat: audio input tokens cost more than text ones.
+    _chat("gpt-4o-audio-preview", _TEXT_AUDIO, Price(2.50, 10.00, audio_input_per_mtok=40.00)),
+    _chat("gpt-4o-mini-audio-preview", _TEXT_AUDIO, Price(0.15, 0.60, audio_input_per_mtok=10.00)),
     # whisper-1 is billed per minute (0.006 USD) and gives segments through verbose_json.
     _stt("whisper-1", Price(per_audio_hour=0.36), "verbose_json"),
-    _stt("gpt-4o-transcribe", Price(2.50, 10.00, per_audio_hour=0.36), "json"),
-    _stt("gpt-4o-mini-transcribe", Price(1.25, 5.00, per_audio_hour=0.18), "json"),
-    _stt("gpt-4o-transcribe-diarize", Price(2.50, 10.00, per_audio_hour=0.36), "diarized_json",
-         diarizes=True),
+    _stt("gpt-4o-transcribe", Price(2.50, 10.00, per_audio_hour=0.36, audio_input_per_mtok=6.00), "json"),
+    _stt("gpt-4o-mini-transcribe", Price(1.25, 5.00, per_audio_hour=0.18, audio_input_per_mtok=3.00), "json"),
+    _stt("gpt-4o-transcribe-diarize", Price(2.50, 10.00, per_audio_hour=0.36, audio_input_per_mtok=6.00),
+         "diarized_json", diarizes=True),
     _stt("gpt-transcribe", Price(per_audio_hour=0.27), "json"),
 )
 
@@ -120,7 +120,7 @@ def entry_from_config(spec: Mapping[str, Any], index: int) -> Entry:
     price_spec = spec.get("price") or {}
     try:
         price = Price(float(price_spec.get("input_per_mtok", 0)), float(price_spec.get("output_per_mtok", 0)),
-                      float(price_spec.get("per_audio_hour", 0)))
+                      float(price_spec.get("per_audio_hour", 0)), float(price_spec.get("audio_input_per_mtok", 0)))
         context = int(spec.get("context_tokens") or 128_000)
         max_out = int(spec.get("max_output_tokens") or 4096)
     except (TypeError, ValueError, AttributeError) as exc:

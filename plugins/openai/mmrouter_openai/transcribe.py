@@ -77,7 +77,9 @@ def _usage(result: Any, media: Media) -> Usage:
     """
     usage = getattr(result, "usage", None)
     if usage is not None and getattr(usage, "type", "") == "tokens":
-        return Usage(input_tokens=usage.input_tokens or 0, output_tokens=usage.output_tokens or 0)
+        details = getattr(usage, "input_token_details", None)
+        return Usage(input_tokens=usage.input_tokens or 0, output_tokens=usage.output_tokens or 0,
+                     audio_input_tokens=getattr(details, "audio_tokens", None) or 0)
     if usage is not None and getattr(usage, "type", "") == "duration":
         return Usage(audio_seconds=float(usage.seconds or 0))
     seconds = getattr(result, "duration", None) or media.duration_seconds or 0.0
