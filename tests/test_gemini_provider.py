@@ -208,6 +208,9 @@ async def test_inline_image_audio_and_pdf_are_sent_as_inline_data(provider, fake
     png = png_bytes()
     pdf = b"%PDF-1.4\n%tiny\n"
     wav = b"RIFF\x24\x00\x00\x00WAVEfmt "
+    fake.usage = {"promptTokenCount": 2000, "candidatesTokenCount": 5, "totalTokenCount": 2005,
+                  "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 300}, {"modality": "AUDIO", "tokenCount": 900},
+                                          {"modality": "IMAGE", "tokenCount": 800}]}
     events = await collect(provider, ask(
         Part(text="Describe these."),
         Part(media=Media(Modality.IMAGE, "image/png", data=png)),
@@ -221,6 +224,10 @@ async def test_inline_image_audio_and_pdf_are_sent_as_inline_data(provider, fake
     assert [base64.b64decode(d["data"]) for d in inline] == [png, pdf, wav]
     assert [d.get("mimeType", d.get("mime_type")) for d in inline] == ["image/png", "application/pdf", "audio/wav"]
     assert fake.calls("upload_start") == []
+    usage = usage_of(events)  # the AUDIO part of the prompt is reported apart, for its higher price
+    assert (usage.input_tokens, usage.audio_input_tokens) == (2000, 900)
+    flash = model(provider, "gemini-2.5-flash").price
+    assert flash.cost(usage) == pytest.approx(1100 * 0.30 / 1e6 + 900 * 1.00 / 1e6 + 5 * 2.50 / 1e6)
 
 
 async def test_media_by_url_is_referenced_not_fetched(provider, fake):

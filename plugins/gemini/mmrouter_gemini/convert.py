@@ -116,11 +116,15 @@ def check_blocked(response: Any, produced_text: bool) -> None:
 
 
 def usage_of(metadata: Any) -> Usage:
-    """Usage from ``usage_metadata``: thinking tokens count as output, as they are billed."""
+    """Usage from ``usage_metadata``: thinking tokens count as output, as they are billed; the
+    prompt's AUDIO tokens (``prompt_tokens_details``) are reported apart, as they cost more."""
     if metadata is None:
         return Usage()
+    audio = sum(int(getattr(d, "token_count", 0) or 0) for d in getattr(metadata, "prompt_tokens_details", None) or ()
+                if str(getattr(getattr(d, "modality", None), "value", getattr(d, "modality", ""))) == "AUDIO")
     return Usage(
         input_tokens=int(getattr(metadata, "prompt_token_count", 0) or 0),
         output_tokens=int(getattr(metadata, "candidates_token_count", 0) or 0)
         + int(getattr(metadata, "thoughts_token_count", 0) or 0),
+        audio_input_tokens=audio,
     )

@@ -25,9 +25,10 @@ def _model(name: str, price: Price) -> ModelInfo:
 
 
 #: Public list prices (USD per million tokens, paid tier, prompts up to 200k tokens;
-#: thinking tokens are billed as output). Config may override them.
+#: thinking tokens are billed as output; audio input costs more on the Flash models). Config may
+#: override them.
 MODELS: list[ModelInfo] = [
     _model("gemini-2.5-pro", Price(input_per_mtok=1.25, output_per_mtok=10.00)),
-    _model("gemini-2.5-flash", Price(input_per_mtok=0.30, output_per_mtok=2.50)),
-    _model("gemini-2.5-flash-lite", Price(input_per_mtok=0.10, output_per_mtok=0.40)),
+    _model("gemini-2.5-flash", Price(input_per_mtok=0.30, output_per_mtok=2.50, audio_input_per_mtok=1.00)),
+    _model("gemini-2.5-flash-lite", Price(input_per_mtok=0.10, output_per_mtok=0.40, audio_input_per_mtok=0.30)),
 ]
