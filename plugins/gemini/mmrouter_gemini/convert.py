@@ -120,11 +120,19 @@ def usage_of(metadata: Any) -> Usage:
     prompt's AUDIO tokens (``prompt_tokens_details``) are reported apart, as they cost more."""
     if metadata is None:
         return Usage()
-    audio = sum(int(getattr(d, "token_count", 0) or 0) for d in getattr(metadata, "prompt_tokens_details", None) or ()
-                if str(getattr(getattr(d, "modality", None), "value", getattr(d, "modality", ""))) == "AUDIO")
     return Usage(
         input_tokens=int(getattr(metadata, "prompt_token_count", 0) or 0),
         output_tokens=int(getattr(metadata, "candidates_token_count", 0) or 0)
         + int(getattr(metadata, "thoughts_token_count", 0) or 0),
-        audio_input_tokens=audio,
+        audio_input_tokens=_audio_tokens(getattr(metadata, "prompt_tokens_details", None)),
     )
+
+
+def _audio_tokens(details: Any) -> int:
+    """The AUDIO entries' token counts of a ``prompt_tokens_details`` list."""
+    total = 0
+    for entry in details or ():
+        modality = getattr(entry, "modality", None)
+        if getattr(modality, "value", modality) == "AUDIO":
+            total += int(getattr(entry, "token_count", 0) or 0)
+    return total
