@@ -63,3 +63,13 @@ def wait_for(condition, timeout: float = 10, interval: float = 0.05):
             return value
         time.sleep(interval)
     return None
+
+
+def providers_by_name(stub, timeout: float = 30) -> dict[str, pb.ProviderInfo]:
+    """ListProviders as a mapping from provider name to its info."""
+    return {p.name: p for p in stub.ListProviders(pb.ListProvidersRequest(), timeout=timeout).providers}
+
+
+def everything_said(err: grpc.RpcError, daemon) -> str:
+    """All a failed call told anyone: its message, its rich status and the daemon's log (for leak checks)."""
+    return err.details() + str(rpc_status.from_call(err)) + daemon.logs()

@@ -12,8 +12,7 @@ import io
 
 import grpc
 import pytest
-from grpc_helpers import error_details, text_request
-from grpc_status import rpc_status
+from grpc_helpers import error_details, everything_said, providers_by_name, text_request
 from mmrouter.v1 import router_pb2 as pb
 from PIL import Image
 from reportlab.pdfgen import canvas
@@ -235,7 +234,7 @@ def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
     assert (got.reason, got.metadata["provider"]) == ("PROVIDER_AUTH", "anthropic")
     assert "ANTHROPIC_API_KEY or providers.anthropic.api_key" in err.details()
     assert sent_key(fake.message_calls()[0]) == secret  # the fake did get it
-    everything = err.details() + str(rpc_status.from_call(err)) + daemon.logs()
+    everything = everything_said(err, daemon)
     assert secret not in everything and secret[:15] not in everything
 
 
@@ -249,7 +248,7 @@ def test_upstream_timeout_is_unavailable(start_daemon, fake):
 
 
 def test_providers_list_shows_the_catalogue(daemon):
-    providers = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=30).providers}
+    providers = providers_by_name(daemon.stub)
     anthropic = providers["anthropic"]
     assert anthropic.state == pb.PROVIDER_STATE_READY and anthropic.plugin == "anthropic"
     models = {m.name: m for m in anthropic.models}
@@ -263,7 +262,7 @@ def test_providers_list_shows_the_catalogue(daemon):
 
 def test_without_key_the_provider_is_not_configured(start_daemon, fake):
     daemon = start(start_daemon, fake, key="")
-    providers = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=30).providers}
+    providers = providers_by_name(daemon.stub)
     assert providers["anthropic"].state == pb.PROVIDER_STATE_NOT_CONFIGURED
     assert "ANTHROPIC_API_KEY" in providers["anthropic"].reason
     with pytest.raises(grpc.RpcError) as info:

@@ -11,7 +11,7 @@ import wave
 
 import grpc
 import pytest
-from grpc_helpers import error_details, text_request
+from grpc_helpers import error_details, providers_by_name, text_request
 from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
 
@@ -168,7 +168,7 @@ def test_refused_key_names_the_setting_not_the_key(start_daemon, fake):
 
 
 def test_listed_as_a_ready_diarizing_provider(daemon):
-    providers = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=10).providers}
+    providers = providers_by_name(daemon.stub, timeout=10)
     info = providers["assemblyai"]
     assert info.state == pb.PROVIDER_STATE_READY
     models = {m.name: m for m in info.models}

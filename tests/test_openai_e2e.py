@@ -13,8 +13,7 @@ import wave
 
 import grpc
 import pytest
-from grpc_helpers import error_details, text_request
-from grpc_status import rpc_status
+from grpc_helpers import error_details, everything_said, providers_by_name, text_request
 from mmrouter.v1 import router_pb2 as pb
 from PIL import Image
 
@@ -242,7 +241,7 @@ def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
     assert (got.reason, got.metadata["provider"]) == ("PROVIDER_AUTH", "openai")
     assert "OPENAI_API_KEY or providers.openai.api_key" in err.details()
     assert fake.requests[0].headers["authorization"] == f"Bearer {secret}"  # the fake did get (and echo) it
-    everything = err.details() + str(rpc_status.from_call(err)) + daemon.logs()
+    everything = everything_said(err, daemon)
     assert secret not in everything and secret[:15] not in everything
 
 
@@ -256,7 +255,7 @@ def test_upstream_timeout_is_unavailable(start_daemon, fake):
 
 
 def test_providers_list_shows_the_catalogue(daemon):
-    providers = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=30).providers}
+    providers = providers_by_name(daemon.stub)
     openai = providers["openai"]
     assert openai.state == pb.PROVIDER_STATE_READY
     models = {m.name: m for m in openai.models}
