@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -131,6 +132,39 @@ class TlsSettings(_Strict):
         if b"-----BEGIN " not in text:
             raise ValueError(f"{path} is not a PEM file")
         return path
+
+    @model_validator(mode="after")
+    def _usable(self) -> TlsSettings:
+        """The key must match the certificate and the client CA must load: a bad pair fails here, not at
+        every TLS handshake."""
+        problem = tls_problem(self.cert_file, self.key_file, self.client_ca_file)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def tls_problem(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> str | None:
+    """Why these PEM files cannot serve TLS (a key that does not match the certificate, an encrypted key,
+    a CA bundle without certificates), or None."""
+
+    def no_passphrase() -> bytes:
+        raise ValueError(f"{key_file} is encrypted; the daemon needs an unencrypted key")
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_file, key_file, password=no_passphrase)
+    except ValueError as exc:
+        return str(exc)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return f"key_file {key_file} is not the key of cert_file {cert_file}"
+        return f"cert_file {cert_file} or key_file {key_file} cannot be parsed ({exc.reason or 'bad PEM data'})"
+    if client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca_file)
+        except ssl.SSLError as exc:
+            return f"client_ca_file {client_ca_file} holds no usable CA certificate ({exc.reason or 'bad PEM data'})"
+    return None
 
 
 class ServerSettings(_Strict):

@@ -77,7 +77,8 @@ class App:
         self.router = _router_of(config)
         old, new = self.config, config
         changed = [name for name in ("providers", "plugins") if getattr(old, name) != getattr(new, name)]
-        if old.server.model_dump(exclude={"address", "data_dir"}) != new.server.model_dump(exclude={"address", "data_dir"}):
+        kept = {"address", "data_dir", "tls"}  # tls: the daemon reloads its certificate itself (server.reload_rules)
+        if old.server.model_dump(exclude=kept) != new.server.model_dump(exclude=kept):
             changed.append("server")
         self.config = old.model_copy(update={"routes": new.routes, "default": new.default, "bridges": new.bridges,
                                              "overrides": new.overrides})

@@ -30,10 +30,11 @@ from mmrouter.v1 import router_pb2_grpc
 
 from . import redact, wire
 from .auth import TokenAuth
-from .config import Config, TlsSettings, load_config
+from .config import Config, load_config
 from .core import App, monotonic_deadline, secrets_of
 from .errors import ConfigError, FieldViolation, InvalidRequest, ProviderError, RouterError
 from .outcome import Done, RouteChosen, StepUsage
+from .tls import ServerCertificates
 from .types import TextDelta, TranscriptReady
 
 log = logging.getLogger(__name__)
@@ -202,15 +203,10 @@ TCP_READ_OPTIONS = [
 ]
 
 
-def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
-    """gRPC credentials from the configured PEM files (client certificates required with a client CA)."""
-    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
-    return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
-
-
-async def start_server(app: App, address: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Start serving ``app`` on ``address`` (port 0 picks a free one); return the server, port and health."""
+async def start_server(app: App, address: str, certificates: ServerCertificates | None = None,
+                       ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Start serving ``app`` on ``address`` (port 0 picks a free one), over TLS with ``certificates``;
+    return the server, port and health."""
     limit = app.config.server.max_message_bytes
     token = app.config.server.auth_token
     server = grpc.aio.server(interceptors=[TokenAuth(token)] if token else [], options=[
@@ -224,19 +220,21 @@ async def start_server(app: App, address: str) -> tuple[grpc.aio.Server, int, he
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    tls = app.config.server.tls
-    if tls is None:
+    if certificates is None:
         port = server.add_insecure_port(address)
     else:
-        port = server.add_secure_port(address, server_credentials(tls))
+        port = server.add_secure_port(address, certificates.credentials())
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port, health_servicer
 
 
-def reload_rules(app: App, config_path: Path | None) -> None:
-    """SIGHUP: read the configuration file again and route by its rules; a bad file changes nothing."""
+def reload_rules(app: App, config_path: Path | None, certificates: ServerCertificates | None = None) -> None:
+    """SIGHUP: read the configuration file again and route by its rules; a bad file changes nothing.
+
+    A TLS daemon also reads its certificate, key and client CA files again (rotated certificates
+    are served from the next connection on)."""
     if config_path is None:
         log.warning("SIGHUP: nothing to reload, the daemon runs the embedded default (start it with --config)")
         return
@@ -248,6 +246,16 @@ def reload_rules(app: App, config_path: Path | None) -> None:
     needs_restart = app.reload_rules(config)
     log.info("SIGHUP: rules reloaded from %s (%d rules, default %s)", config_path, len(config.routes),
              config.default or "none")
+    tls = config.server.tls
+    if (tls is None) != (certificates is None):
+        needs_restart.append("server.tls (switching between TLS and plaintext)")
+    elif certificates is not None and tls is not None:
+        try:
+            certificates.reload(tls)
+        except ConfigError as exc:
+            log.error("SIGHUP: TLS certificate not reloaded, the running one stays: %s", exc.message)
+        else:
+            log.info("SIGHUP: TLS certificate reloaded from %s (used from the next connection on)", tls.cert_file)
     if needs_restart:
         log.warning("SIGHUP: changes to %s take effect only after a restart", ", ".join(needs_restart))
 
@@ -256,11 +264,13 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
                 extra_plugins: Mapping[str, object] | None = None) -> None:
     """Run the daemon until SIGTERM or SIGINT, then drain in-flight calls and exit.
 
-    SIGHUP re-reads ``config_path`` and swaps in its routing rules (see :func:`reload_rules`).
+    SIGHUP re-reads ``config_path`` and swaps in its routing rules and TLS certificate (see
+    :func:`reload_rules`).
     """
     redact.install(secrets_of(config.providers, config.server.auth_token))
     app = App(config, extra_plugins=extra_plugins)
-    server, port, health_servicer = await start_server(app, config.server.address)
+    certificates = ServerCertificates(config.server.tls) if config.server.tls else None
+    server, port, health_servicer = await start_server(app, config.server.address, certificates)
     host = config.server.address.rsplit(":", 1)[0]
     bound = f"{host}:{port}"
     for entry in app.providers():
@@ -275,7 +285,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_rules, app, config_path)
+    loop.add_signal_handler(signal.SIGHUP, reload_rules, app, config_path, certificates)
     await stop.wait()
     grace = config.server.shutdown_grace_seconds
     log.info("shutting down: draining in-flight calls for up to %gs", grace)

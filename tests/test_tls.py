@@ -6,6 +6,8 @@ import datetime
 import ipaddress
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_helpers import text_request
+from grpc_helpers import text_request, wait_for
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
 
@@ -47,6 +49,21 @@ def _certificate(subject: str, key, issuer_name: x509.Name | None, issuer_key, *
         builder = builder.add_extension(x509.SubjectAlternativeName(
             [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _issue(out: Path, name: str, ca_name: str) -> dict[str, Path]:
+    """A fresh CA and a server certificate for 127.0.0.1 it signed, written as ``<name>_*.pem``."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate(ca_name, ca_key, None, ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _certificate(f"{ca_name} server", key, ca.subject, ca_key, ca=False, server=True)
+    files = {"ca": ca.public_bytes(serialization.Encoding.PEM), "cert": cert.public_bytes(serialization.Encoding.PEM),
+             "key": _pem_key(key)}
+    paths = {}
+    for kind, data in files.items():
+        paths[kind] = out / f"{name}_{kind}.pem"
+        paths[kind].write_bytes(data)
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +173,69 @@ def test_unreadable_or_non_pem_tls_files_are_configuration_errors(tmp_path, pki,
         message = " ".join(result.stderr.split())  # rich wraps long lines
         assert result.returncode != 0
         assert f"server.tls.{field}" in message and problem in message and "Traceback" not in message, message
+
+
+def _answers(address: str, ca: Path) -> bool:
+    """Whether a new TLS connection that trusts only ``ca`` gets an answer."""
+    channel, stub = _secure_stub(address, ca)
+    with channel:
+        try:
+            return "rotated" in _ask(stub, "rotated").text
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+            return False
+
+
+def test_sighup_serves_a_rotated_certificate_and_refuses_a_key_that_does_not_match(start_daemon, tmp_path) -> None:
+    old, new = _issue(tmp_path, "old", "old CA"), _issue(tmp_path, "new", "new CA")
+    served = {"cert": tmp_path / "server_cert.pem", "key": tmp_path / "server_key.pem"}
+    for kind in served:
+        shutil.copy(old[kind], served[kind])
+    config = BASE + f"server:\n  tls:\n    cert_file: {served['cert']}\n    key_file: {served['key']}\n"
+    daemon = start_daemon(config)
+    assert _answers(daemon.address, old["ca"]) and not _answers(daemon.address, new["ca"])
+    kept_channel, kept_stub = _secure_stub(daemon.address, old["ca"])
+    assert "before" in _ask(kept_stub, "before").text
+
+    def sighup(log_line: str) -> None:
+        seen = daemon.logs().count(log_line)
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: daemon.logs().count(log_line) > seen), daemon.logs()
+
+    for kind in served:  # what a certificate manager does: new files at the same paths, then SIGHUP
+        shutil.copy(new[kind], served[kind])
+    sighup("TLS certificate reloaded")
+    assert _answers(daemon.address, new["ca"]) and not _answers(daemon.address, old["ca"])
+    with kept_channel:  # a connection made before the rotation keeps working
+        assert "after" in _ask(kept_stub, "after").text
+
+    shutil.copy(old["key"], served["key"])  # a half-done rotation: the key of another certificate
+    sighup("reload refused")
+    assert "is not the key of" in daemon.logs()
+    assert _answers(daemon.address, new["ca"])  # the running certificate stays
+    assert daemon.proc.poll() is None
+
+
+def test_a_key_that_does_not_match_the_certificate_is_a_configuration_error(tmp_path, pki) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text(BASE + f"server:\n  tls:\n    cert_file: {pki['server_cert']}\n    key_file: {pki['client_key']}\n")
+    result = _cli("config", "check", str(config), env={})
+    message = " ".join(result.stderr.split())
+    assert result.returncode != 0 and "server.tls" in message and "is not the key of" in message, message
+    assert "Traceback" not in message
+
+
+def test_client_certificates_cannot_be_turned_on_or_off_by_a_reload(pki) -> None:
+    from router.config import TlsSettings
+    from router.errors import ConfigError
+    from router.tls import ServerCertificates
+
+    plain = TlsSettings(cert_file=pki["server_cert"], key_file=pki["server_key"])
+    mutual = TlsSettings(cert_file=pki["server_cert"], key_file=pki["server_key"], client_ca_file=pki["ca"])
+    for running, wanted in ((plain, mutual), (mutual, plain)):
+        certificates = ServerCertificates(running)
+        with pytest.raises(ConfigError, match="needs a restart"):
+            certificates.reload(wanted)
+        assert certificates.fetch() is None  # nothing waits to be swapped in
+        certificates.reload(running)
+        assert certificates.fetch() is not None and certificates.fetch() is None  # handed over once
