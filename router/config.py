@@ -34,7 +34,8 @@ from .types import Modality, Task
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_TARGET = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.:@-]+$")
+#: provider/model; the model part may hold more slashes (``openai/meta-llama/Llama-3.1-8B-Instruct``).
+_TARGET = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.:@-]+(/[A-Za-z0-9_.:@-]+)*$")
 
 
 class _Strict(BaseModel):

@@ -35,6 +35,7 @@ class Target:
 
     @classmethod
     def parse(cls, text: str) -> Target:
+        """``provider/model``; the model is everything after the first slash (it may hold more)."""
         provider, _, model = text.partition("/")
         return cls(provider, model)
 

@@ -18,6 +18,7 @@ from router.config import (
     parse_config,
 )
 from router.errors import ConfigError
+from router.routing import Target
 from router.types import Modality, Task
 
 MMROUTER = Path(sys.executable).parent / "mmrouter"
@@ -105,6 +106,11 @@ def test_targets_may_have_model_names_with_dots_colons_and_at_signs():
     assert config.default == "ollama/llama3.2-vision:11b@q4"
 
 
+def test_a_model_name_may_hold_slashes_the_first_one_ends_the_provider():
+    config = parse_config("default: openai/meta-llama/Llama-3.1-8B-Instruct\n")
+    assert Target.parse(config.default) == Target("openai", "meta-llama/Llama-3.1-8B-Instruct")
+
+
 # -- errors: key path, problem, file and line ------------------------------------------------
 
 
@@ -138,6 +144,9 @@ def test_a_bad_modality_as_a_bridges_key():
     pytest.param("bridges:\n  image: [local/extract]\n  audio:\n    - openai/whisper-1\n    - whisper\n",
                  "bridges.audio.1", 5, id="bridge"),
     pytest.param("default: openai/gpt 4o\n", "default", 1, id="space"),
+    pytest.param("default: openai/\n", "default", 1, id="no-model"),
+    pytest.param("default: openai//gpt-4o\n", "default", 1, id="empty-segment"),
+    pytest.param("default: openai/org/\n", "default", 1, id="trailing-slash"),
 ])
 def test_a_bad_target_says_how_to_write_one(text, key, line):
     message = error_of(text)

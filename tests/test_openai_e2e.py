@@ -265,3 +265,25 @@ def test_providers_list_shows_the_catalogue(daemon):
     assert models["gpt-4o-mini"].price.input_per_mtok == pytest.approx(1.0)  # overridden in the config
     audio = models["gpt-4o-audio-preview"].price
     assert (audio.input_per_mtok, audio.audio_input_per_mtok) == (pytest.approx(2.50), pytest.approx(40.00))
+
+
+def test_a_model_named_org_slash_model_is_routed_and_sent_whole(start_daemon, fake):
+    """An OpenAI-compatible server (vLLM) serving meta-llama/Llama-3.1-8B-Instruct: the target is
+    openai/meta-llama/Llama-3.1-8B-Instruct, and the model name reaches the server whole."""
+    fake.chat_models.add("meta-llama/Llama-3.1-8B-Instruct")
+    daemon = start_daemon(f"""
+providers:
+  openai:
+    api_key: "${{OPENAI_TEST_KEY}}"
+    base_url: "{fake.base_url}"
+    models:
+      - {{name: meta-llama/Llama-3.1-8B-Instruct, context_tokens: 8192}}
+routes:
+  - name: self-hosted
+    use: openai/meta-llama/Llama-3.1-8B-Instruct
+""", env={"OPENAI_TEST_KEY": API_KEY})
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30).answer
+    [body] = fake.chat_requests()
+    assert body["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert (answer.route.provider, answer.route.model) == ("openai", "meta-llama/Llama-3.1-8B-Instruct")
+    assert answer.text == "Hello from the fake GPT."

@@ -178,8 +178,12 @@ def test_bad_settings_are_named() -> None:
         OpenAIProvider({"api_key": "k", "timeout": "soon"})
     with pytest.raises(ConfigError, match=r"providers\.openai\.models\[0\]\.inputs"):
         OpenAIProvider({"api_key": "k", "models": [{"name": "x", "inputs": ["smell"]}]})
-    with pytest.raises(ConfigError, match="cannot contain '/'"):
-        OpenAIProvider({"api_key": "k", "models": [{"name": "org/model"}]})
+
+
+def test_a_served_model_name_may_hold_slashes() -> None:
+    """vLLM and other OpenAI-compatible servers name models after their repository, org/model."""
+    p = OpenAIProvider({"api_key": "k", "models": [{"name": "meta-llama/Llama-3.1-8B-Instruct"}]})
+    assert "meta-llama/Llama-3.1-8B-Instruct" in {m.name for m in p.models}
 
 
 async def test_unconfigured_provider_refuses_to_call(fake: FakeOpenAI) -> None:

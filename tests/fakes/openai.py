@@ -113,6 +113,8 @@ class FakeOpenAI(FakeUpstream):
         self.stream_error: str | None = None
         #: Seconds between streamed chunks.
         self.chunk_delay = 0.0
+        #: Chat models it serves (an OpenAI-compatible server may add its own, e.g. org/model).
+        self.chat_models = set(CHAT_MODELS)
 
     @property
     def base_url(self) -> str:
@@ -172,7 +174,7 @@ class FakeOpenAI(FakeUpstream):
 
     def _check_chat(self, body: dict[str, Any]) -> None:
         model = body.get("model")
-        if model not in CHAT_MODELS:
+        if model not in self.chat_models:
             raise Rejected(404, f"The model `{model}` does not exist or you do not have access to it.",
                            "model_not_found")
         messages = body.get("messages")

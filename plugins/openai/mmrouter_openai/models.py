@@ -107,9 +107,6 @@ def entry_from_config(spec: Mapping[str, Any], index: int) -> Entry:
     name = str(spec.get("name") or "").strip()
     if not name:
         raise ConfigError(f"{where}.name is required")
-    if "/" in name:
-        raise ConfigError(f"{where}.name {name!r} cannot contain '/' (targets are provider/model): "
-                            "serve the model under another name")
     outputs = spec.get("outputs") or [OUTPUT_TEXT]
     outputs = frozenset([outputs] if isinstance(outputs, str) else outputs)
     if not outputs <= {OUTPUT_TEXT, OUTPUT_TRANSCRIPT}:
