@@ -127,7 +127,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async with aclosing(self.app.answer(req, monotonic_deadline(context.time_remaining()))) as events:
             async for event in events:
                 if isinstance(event, Done):
-                    return pb.GenerateResponse(answer=wire.answer_to_proto(event.answer))
+                    return pb.GenerateResponse(answer=wire.answer_to_proto(event.answer, self.app.redact))
         raise RuntimeError("the answer ended without a Done event")
 
     @streaming
@@ -135,7 +135,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamGenerateResponse]:
         req = self._request(request.request)
         async for event in self.app.answer(req, monotonic_deadline(context.time_remaining())):
-            yield _event_to_proto(event)
+            yield _event_to_proto(event, self.app.redact)
 
     @unary
     async def UploadMedia(self, request_iterator: AsyncIterator[pb.UploadMediaRequest],
@@ -165,12 +165,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ExplainRoute(self, request: pb.ExplainRouteRequest,
                            context: grpc.aio.ServicerContext) -> pb.ExplainRouteResponse:
         route = await self.app.explain(self._request(request.request))
-        return pb.ExplainRouteResponse(route=wire.route_to_proto(route))
+        return pb.ExplainRouteResponse(route=wire.route_to_proto(route, self.app.redact))
 
     @unary
     async def ListProviders(self, request: pb.ListProvidersRequest,
                             context: grpc.aio.ServicerContext) -> pb.ListProvidersResponse:
-        return pb.ListProvidersResponse(providers=[wire.provider_to_proto(e) for e in self.app.providers()])
+        return pb.ListProvidersResponse(providers=[wire.provider_to_proto(e, self.app.redact) for e in self.app.providers()])
 
     @unary
     async def ResetSession(self, request: pb.ResetSessionRequest,
@@ -181,7 +181,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return pb.ResetSessionResponse(turns_removed=self.app.reset_session(request.session_id))
 
 
-def _event_to_proto(event: object) -> pb.StreamGenerateResponse:
+def _event_to_proto(event: object, redact: Callable[[str], str]) -> pb.StreamGenerateResponse:
     if isinstance(event, TextDelta):
         return pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=event.text))
     if isinstance(event, TranscriptReady):
@@ -189,9 +189,9 @@ def _event_to_proto(event: object) -> pb.StreamGenerateResponse:
     if isinstance(event, StepUsage):
         return pb.StreamGenerateResponse(usage=wire.usage_to_proto(event.usage))
     if isinstance(event, RouteChosen):
-        return pb.StreamGenerateResponse(route_chosen=pb.RouteChosen(route=wire.route_to_proto(event.route)))
+        return pb.StreamGenerateResponse(route_chosen=pb.RouteChosen(route=wire.route_to_proto(event.route, redact)))
     if isinstance(event, Done):
-        return pb.StreamGenerateResponse(done=pb.Done(answer=wire.answer_to_proto(event.answer)))
+        return pb.StreamGenerateResponse(done=pb.Done(answer=wire.answer_to_proto(event.answer, redact)))
     raise TypeError(f"unknown event {type(event).__name__}")
 
 

@@ -180,19 +180,26 @@ def _step_to_proto(step: Step) -> pb.Step:
                    usage=usage_to_proto(step.usage))
 
 
-def route_to_proto(route: RouteInfo) -> pb.Route:
+def _same(text: str) -> str:
+    return text
+
+
+def route_to_proto(route: RouteInfo, redact: Callable[[str], str] = _same) -> pb.Route:
+    """The route as sent to clients; ``redact`` cleans the free texts that plugins may have written
+    (attempt errors, notes, rule reasons), so a key quoted in a plugin's exception never leaves."""
     return pb.Route(
         rule=route.rule, provider=route.provider, model=route.model, fallbacks=route.fallbacks,
-        bridges=route.bridges, latency_ms=route.latency_ms, notes=route.notes,
-        trace=[pb.RuleTrace(rule=t.rule, outcome=_OUTCOME[t.outcome], reason=t.reason) for t in route.trace],
-        attempts=[pb.Attempt(provider=a.provider, model=a.model, ok=a.ok, error=a.error, latency_ms=a.latency_ms)
-                  for a in route.attempts],
+        bridges=route.bridges, latency_ms=route.latency_ms, notes=[redact(n) for n in route.notes],
+        trace=[pb.RuleTrace(rule=t.rule, outcome=_OUTCOME[t.outcome], reason=redact(t.reason)) for t in route.trace],
+        attempts=[pb.Attempt(provider=a.provider, model=a.model, ok=a.ok, error=redact(a.error) if a.error else "",
+                             latency_ms=a.latency_ms) for a in route.attempts],
         steps=[_step_to_proto(s) for s in route.steps],
     )
 
 
-def answer_to_proto(answer: Answer) -> pb.Answer:
-    out = pb.Answer(text=answer.text, usage=usage_to_proto(answer.usage), route=route_to_proto(answer.route))
+def answer_to_proto(answer: Answer, redact: Callable[[str], str] = _same) -> pb.Answer:
+    """The answer as sent to clients (see :func:`route_to_proto` for ``redact``)."""
+    out = pb.Answer(text=answer.text, usage=usage_to_proto(answer.usage), route=route_to_proto(answer.route, redact))
     if answer.transcript is not None:
         out.transcript.CopyFrom(transcript_to_proto(answer.transcript))
     return out
@@ -207,6 +214,6 @@ def model_to_proto(model: ModelInfo) -> pb.ModelInfo:
     )
 
 
-def provider_to_proto(entry: ProviderEntry) -> pb.ProviderInfo:
-    return pb.ProviderInfo(name=entry.name, plugin=entry.plugin, state=_STATE[entry.state], reason=entry.reason,
+def provider_to_proto(entry: ProviderEntry, redact: Callable[[str], str] = _same) -> pb.ProviderInfo:
+    return pb.ProviderInfo(name=entry.name, plugin=entry.plugin, state=_STATE[entry.state], reason=redact(entry.reason),
                            models=[model_to_proto(m) for m in entry.models])

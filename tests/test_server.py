@@ -228,6 +228,19 @@ def test_secrets_never_reach_errors_or_logs(daemon) -> None:
     assert "upstream refused key ***" in daemon.logs()
 
 
+def test_a_secret_in_a_failed_attempt_is_masked_in_the_answer_of_its_fallback(daemon) -> None:
+    """The first target's plugin quotes its key in an exception; the fallback answers. The answer's
+    route lists the failed attempt, and its error must not carry the key (unary and streamed)."""
+    request = text_request("LEAK@echo", hints=pb.RoutingHints(tags=["fallback"]))
+    answer = generate(daemon, request)
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=20))
+    streamed = [e.done.answer for e in events if e.HasField("done")]
+    for a in (answer, *streamed):
+        assert [(x.model, x.ok) for x in a.route.attempts] == [("echo", False), ("docs", True)]
+        assert "upstream refused key ***" in a.route.attempts[0].error
+    assert len(streamed) == 1 and SECRET not in str(answer) and all(SECRET not in str(e) for e in events)
+
+
 def test_invalid_config_stops_serve_with_the_key_and_line(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("routes:\n  - name: a\n    use: fake/echo\n    match:\n      inputs_any: [smell]\n")

@@ -3,7 +3,8 @@
 Text commands in the last user message:
 - ``FAIL:<status>`` raises the ProviderError an HTTP status maps to (429 carries retry_after 7);
   ``FAIL:<status>@<model>`` fails only on that model.
-- ``LEAK`` raises an error whose message carries the configured api_key (a careless plugin).
+- ``LEAK`` raises an error whose message carries the configured api_key (a careless plugin);
+  ``LEAK@<model>`` only on that model.
 - ``CRASH`` raises a plain RuntimeError (a buggy plugin).
 - ``SLOW:<seconds>`` sleeps; it writes ``started-<request id>`` into ``settings['marker_dir']``
   when it begins and ``cancelled-<request id>`` when cancelled, so tests can prove
@@ -61,7 +62,7 @@ class ScriptedProvider(router.Provider):
             if only_model in ("", model.name):
                 raise router.provider_error_from_status(self.name, int(status), f"scripted failure {status}",
                                                         retry_after=7 if status == "429" else None)
-        if text == "LEAK":
+        if text == "LEAK" or text == f"LEAK@{model.name}":
             raise RuntimeError(f"upstream refused key {self.settings.get('api_key')}")
         if text == "CRASH":
             raise RuntimeError("scripted crash")
