@@ -30,6 +30,7 @@ Provider plugins raise the ``Provider*`` classes, usually through
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import grpc
@@ -141,7 +142,7 @@ class ProviderError(RouterError):
     def __init__(self, provider: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{provider}: {message}", metadata={"provider": provider})
         self.provider = provider
-        self.retry_after = retry_after
+        self.retry_after = clamp_retry_after(retry_after)
 
 
 class ProviderBadRequest(ProviderError):
@@ -225,11 +226,22 @@ def provider_error_from_status(
     return ProviderUnavailable(provider, message)
 
 
+#: The longest wait a RetryInfo detail passes on; a provider's larger (or infinite) Retry-After is cut to it.
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+
+
+def clamp_retry_after(seconds: float | None) -> float | None:
+    """``seconds`` within 0 and :data:`MAX_RETRY_AFTER_SECONDS`; None for none or NaN."""
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(0.0, float(seconds)), MAX_RETRY_AFTER_SECONDS)
+
+
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds only), or None."""
+    """Seconds from a Retry-After header (delta-seconds only, at most a day), or None."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
-    except ValueError:
+        return clamp_retry_after(float(value))
+    except (ValueError, OverflowError):
         return None

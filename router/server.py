@@ -65,17 +65,24 @@ def error_status(error: RouterError, redact: Callable[[str], str]) -> status_pb2
     return status_pb2.Status(code=error.code.value[0], message=redact(error.message), details=details)
 
 
+def _internal_status(app: App, exc: BaseException) -> status_pb2.Status:
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error %s: %s", incident, app.redact(repr(exc)), exc_info=exc)
+    return status_pb2.Status(
+        code=code_pb2.INTERNAL, message=f"internal error {incident}; the daemon log has the details",
+        details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))],
+    )
+
+
 async def _abort(context: grpc.aio.ServicerContext, app: App, exc: BaseException) -> None:
     if isinstance(exc, RouterError):
         log.info("request failed: %s %s", exc.reason, app.redact(exc.message))
-        status = error_status(exc, app.redact)
+        try:
+            status = error_status(exc, app.redact)
+        except Exception as broken:  # a plugin's odd error (metadata, retry_after) must not become UNKNOWN
+            status = _internal_status(app, broken)
     else:
-        incident = uuid.uuid4().hex[:12]
-        log.error("internal error %s: %s", incident, app.redact(repr(exc)), exc_info=exc)
-        status = status_pb2.Status(
-            code=code_pb2.INTERNAL, message=f"internal error {incident}; the daemon log has the details",
-            details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))],
-        )
+        status = _internal_status(app, exc)
     await context.abort_with_status(rpc_status.to_status(status))
 
 

@@ -220,6 +220,15 @@ def test_http_errors_map_to_grpc_statuses(daemon, fake):
     assert len(fake.chat_requests()) == len(ERRORS)  # one call each: no SDK retries
 
 
+@pytest.mark.parametrize("retry_after", ["99999999999999999999", "inf", "1e400"])
+def test_an_absurd_retry_after_is_cut_to_a_day_not_a_crash(daemon, fake, retry_after):
+    fake.fail_next(429, error_body("slow down"), {"Retry-After": retry_after})
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+    assert error_details(info.value).retry_delay == 86_400
+
+
 def test_transcription_errors_are_mapped_too(daemon, fake):
     fake.fail_next(429, error_body("Rate limit reached for whisper-1"), {"Retry-After": "3"})
     with pytest.raises(grpc.RpcError) as info:
