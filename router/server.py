@@ -34,6 +34,7 @@ from .config import Config, load_config
 from .core import App, monotonic_deadline, secrets_of
 from .errors import ConfigError, FieldViolation, InvalidRequest, ProviderError, RouterError
 from .outcome import Done, RouteChosen, StepUsage
+from .registration import add_router_service, parsed
 from .tls import ServerCertificates
 from .types import TextDelta, TranscriptReady
 
@@ -92,7 +93,7 @@ def unary(method: Callable) -> Callable:
     @functools.wraps(method)
     async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await method(self, request, context)
+            return await method(self, parsed(request), context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:
@@ -107,7 +108,7 @@ def streaming(method: Callable) -> Callable:
     @functools.wraps(method)
     async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
         try:
-            async for item in method(self, request, context):
+            async for item in method(self, parsed(request), context):
                 yield item
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
@@ -147,7 +148,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     @unary
     async def UploadMedia(self, request_iterator: AsyncIterator[pb.UploadMediaRequest],
                           context: grpc.aio.ServicerContext) -> pb.UploadMediaResponse:
-        first = await anext(aiter(request_iterator), None)
+        first = parsed(await anext(aiter(request_iterator), None))
         if first is None or first.WhichOneof("payload") != "metadata":
             raise InvalidRequest("the first UploadMedia message must carry metadata",
                                  violations=[FieldViolation("metadata", "send metadata first, then chunks")])
@@ -159,7 +160,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
         async def chunks() -> AsyncIterator[bytes]:
             async for message in request_iterator:
-                if message.WhichOneof("payload") != "chunk":
+                if parsed(message).WhichOneof("payload") != "chunk":
                     raise InvalidRequest("metadata may only be sent once, first",
                                          violations=[FieldViolation("metadata", "sent again after chunks")])
                 yield message.chunk
@@ -221,7 +222,7 @@ async def start_server(app: App, address: str, certificates: ServerCertificates 
         ("grpc.max_send_message_length", limit),
         *TCP_READ_OPTIONS,
     ])
-    router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(app), server)
+    add_router_service(RouterServicer(app), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -241,6 +241,37 @@ def test_a_secret_in_a_failed_attempt_is_masked_in_the_answer_of_its_fallback(da
     assert len(streamed) == 1 and SECRET not in str(answer) and all(SECRET not in str(e) for e in events)
 
 
+def _not_utf8(message) -> bytes:
+    """``message`` serialized, with its placeholder text "\u00a7\u00a7" replaced by bytes that are not UTF-8."""
+    data = message.SerializeToString()
+    assert "§§".encode() in data
+    return data.replace("§§".encode(), b"\xff\xfe")
+
+
+def test_a_request_with_a_string_that_is_not_utf8_is_invalid_argument_not_unknown(daemon) -> None:
+    raw = {name: daemon.channel.unary_unary(f"/mmrouter.v1.RouterService/{name}") for name in ("Generate", "ExplainRoute")}
+    generate_bytes = _not_utf8(pb.GenerateRequest(request=text_request("§§")))
+    explain_bytes = _not_utf8(pb.ExplainRouteRequest(request=text_request("§§")))
+    stream = daemon.channel.unary_stream("/mmrouter.v1.RouterService/StreamGenerate")
+    upload = daemon.channel.stream_unary("/mmrouter.v1.RouterService/UploadMedia")
+    metadata = pb.UploadMediaRequest(metadata=pb.UploadMetadata(mime_type="image/png", modality=pb.MODALITY_IMAGE,
+                                                                filename="§§"))
+    calls = {
+        "Generate": lambda: raw["Generate"](generate_bytes, timeout=10),
+        "ExplainRoute": lambda: raw["ExplainRoute"](explain_bytes, timeout=10),
+        "StreamGenerate": lambda: list(stream(_not_utf8(pb.StreamGenerateRequest(request=text_request("§§"))),
+                                              timeout=10)),
+        "UploadMedia first": lambda: upload(iter([_not_utf8(metadata)]), timeout=10),
+        "UploadMedia later": lambda: upload(iter([metadata.SerializeToString().replace("§§".encode(), b"x"),
+                                                  _not_utf8(metadata)]), timeout=10),
+    }
+    for name, call in calls.items():
+        details = error_details(failure(call))
+        assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), (name, details)
+        assert "cannot be parsed" in details.message and details.violations[0][0] == "request", name
+    assert generate(daemon, text_request("still serving")).text.startswith("fake/echo says")
+
+
 def test_invalid_config_stops_serve_with_the_key_and_line(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("routes:\n  - name: a\n    use: fake/echo\n    match:\n      inputs_any: [smell]\n")
