@@ -16,7 +16,7 @@ import re
 import ssl
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -180,7 +180,12 @@ class ServerSettings(_Strict):
     auth_token: str = Field("", repr=False, description="if set, clients must send 'authorization: Bearer <token>'")
     tls: TlsSettings | None = None
     shutdown_grace_seconds: float = Field(10.0, ge=0)
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _limits(self) -> ServerSettings:

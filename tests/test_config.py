@@ -114,6 +114,15 @@ def test_a_model_name_may_hold_slashes_the_first_one_ends_the_provider():
 # -- errors: key path, problem, file and line ------------------------------------------------
 
 
+def test_a_log_level_is_one_of_logging_s_levels_in_any_case():
+    assert parse_config("server: {log_level: warning}\n").server.log_level == "WARNING"
+    message = error_of("""
+        server:
+          log_level: loud
+    """)
+    assert "server.log_level" in message and "DEBUG" in message and "(router.yaml, line 2)" in message
+
+
 def test_a_bad_modality_names_the_key_the_choices_and_the_line():
     message = error_of("""
         routes:

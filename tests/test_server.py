@@ -272,6 +272,12 @@ def test_a_request_with_a_string_that_is_not_utf8_is_invalid_argument_not_unknow
     assert generate(daemon, text_request("still serving")).text.startswith("fake/echo says")
 
 
+def test_a_lower_case_log_level_is_understood(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(config(tmp_path, "  log_level: debug"))
+    assert generate(daemon, text_request("quietly")).text.startswith("fake/echo says")
+    assert "DEBUG" in daemon.logs() and daemon.proc.poll() is None
+
+
 def test_invalid_config_stops_serve_with_the_key_and_line(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("routes:\n  - name: a\n    use: fake/echo\n    match:\n      inputs_any: [smell]\n")
