@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import mmrouter_gemini.files
 import pluggy
 import pytest
 from mmrouter_gemini import GeminiProvider, GeminiSettings
@@ -81,6 +82,7 @@ def stored_video(tmp_path: Path, size: int = 3000) -> Media:
     """A 'video' in a content-addressed store, as the router hands uploaded media to providers."""
     data = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * (size // 256)
     digest = hashlib.sha256(data).hexdigest()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / digest
     path.write_bytes(data)
     return Media(Modality.VIDEO, "video/mp4", path=path, media_id=digest, size=len(data), filename="clip.mp4")
@@ -324,6 +326,20 @@ async def test_concurrent_calls_with_the_same_media_upload_it_once(fake, tmp_pat
     assert all(text_of(r) == "Hello from Gemini." for r in results)
     assert len(fake.calls("upload_start")) == 1
     assert len(fake.calls("stream")) == 3
+    assert p.files._locks == {}  # the per-media lock goes with the last call that used it
+    await p.aclose()
+
+
+async def test_expired_copies_are_forgotten_not_kept_forever(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(mmrouter_gemini.files, "PRUNE_INTERVAL_SECONDS", 0.0)
+    fake.processing_polls = 0
+    fake.file_ttl = EXPIRY_MARGIN - timedelta(minutes=1)  # unusable as soon as uploaded
+    p = make_provider(fake, inline_limit_bytes=0)
+    first, second = stored_video(tmp_path / "a", 3000), stored_video(tmp_path / "b", 4000)
+    await collect(p, ask(Part(text="?"), Part(media=first)), model(p))
+    assert set(p.files._files) == {first.media_id}
+    await collect(p, ask(Part(text="?"), Part(media=second)), model(p))
+    assert set(p.files._files) == {second.media_id}  # the first one's expired copy was dropped
     await p.aclose()
 
 

@@ -8,9 +8,11 @@ API has forgotten it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +25,8 @@ from .errors import PROVIDER
 EXPIRY_MARGIN = timedelta(minutes=15)
 #: The longest wait between two polls of a PROCESSING file.
 MAX_POLL_INTERVAL = 10.0
+#: How often expired copies are forgotten.
+PRUNE_INTERVAL_SECONDS = 60.0
 
 
 @dataclass
@@ -75,7 +79,9 @@ class FileStore:
         self.poll_interval = poll_interval
         self.max_processing_seconds = max_processing_seconds
         self._files: dict[str, RemoteFile] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        #: sha256 -> (lock, how many calls hold or wait for it); dropped when the last one leaves.
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._next_prune = 0.0
 
     def cached(self, key: str) -> RemoteFile | None:
         """The usable copy of the media with this sha256, or None."""
@@ -94,10 +100,36 @@ class FileStore:
         for key in [k for k, f in self._files.items() if f.uri in uris]:
             del self._files[key]
 
+    def _prune(self) -> None:
+        """Forget expired copies (at most once a minute), so a long-running daemon does not keep one
+        entry per media it ever sent."""
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
+        now = datetime.now(UTC)
+        for key in [k for k, entry in self._files.items() if not entry.usable(now)]:
+            del self._files[key]
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, key: str) -> AsyncIterator[None]:
+        """One call at a time per media (one upload even for concurrent calls); the lock is dropped
+        when no call holds or waits for it."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
     async def ensure(self, client: Any, media: Media, key: str, ctx: CallContext) -> RemoteFile:
         """The ACTIVE copy of ``media``: cached, or uploaded now and polled until ACTIVE."""
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:  # one upload per media, even for concurrent calls
+        self._prune()
+        async with self._exclusive(key):
             entry = self.cached(key)
             if entry is None:
                 entry = await self._upload(client, media, key)
