@@ -7,8 +7,9 @@ from collections.abc import Iterable
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with each secret replaced by ``***``."""
-    for secret in secrets:
+    """``text`` with each secret replaced by ``***`` (the longest first, so a secret that holds
+    another is masked whole)."""
+    for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
 
@@ -18,12 +19,16 @@ class SecretFilter(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = frozenset(s for s in secrets if s)
+        self.secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
-        record.msg = mask(record.getMessage(), self.secrets)
+        try:
+            message = record.getMessage()
+        except Exception:  # a log call whose arguments do not fit its format: log what there is, not raise
+            message = f"{record.msg!r} {record.args!r} (the log call's arguments do not fit its format)"
+        record.msg = mask(message, self.secrets)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
