@@ -37,7 +37,11 @@ _SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD)$")
 
 
 def secrets_of(providers: Mapping[str, Mapping], *extra: str) -> set[str]:
-    """Every secret-looking value: provider settings named like keys, such environment variables, ``extra``."""
+    """Every secret-looking value: provider settings named like keys, such environment variables, ``extra``.
+
+    Each value is kept as given and stripped of surrounding whitespace, since plugins send the
+    stripped key (a secret file usually ends with a newline); values under 4 characters are left out.
+    """
     found = {
         value
         for settings in providers.values()
@@ -46,6 +50,7 @@ def secrets_of(providers: Mapping[str, Mapping], *extra: str) -> set[str]:
     }
     found |= {value for name, value in os.environ.items() if _SECRET_ENV.search(name)}
     found |= set(extra)
+    found |= {value.strip() for value in found}
     return {value for value in found if len(value) >= 4}
 
 
@@ -100,10 +105,20 @@ class App:
         return self.media.get(media_id).as_media()
 
     def _measure(self, request: Request) -> None:
+        """Fill in the duration and pages of the request's media where cheap to know.
+
+        Measuring only informs routing: media that cannot be measured (a malformed header, an
+        unreadable file) keep an unknown duration and page count, and the request goes on.
+        """
         for media in request.media():
             if media.duration_seconds is None and media.pages is None and media.url is None:
                 source = media.data if media.data is not None else str(media.path)
-                media.duration_seconds, media.pages = measure(source, media.modality)
+                try:
+                    media.duration_seconds, media.pages = measure(source, media.modality)
+                except Exception as exc:
+                    log.warning("could not measure %s media %s (%s): %s; its duration and pages stay unknown",
+                                media.modality.value, media.media_id or media.filename or "(inline)",
+                                media.mime_type, type(exc).__name__)
 
     def _with_history(self, request: Request) -> tuple[Request, list[Message]]:
         if not request.session_id:
@@ -173,12 +188,20 @@ class App:
                 yield event
 
     def _finish(self, request: Request, done: Done) -> None:
+        """Save the session's turns, record statistics, tell the observer hooks.
+
+        The answer is already computed: a failure here is logged, never turned into a failed call.
+        """
         answer = done.answer
         if request.session_id:
             turns = [m for m in request.messages if m.role is not Role.SYSTEM]
             reply = answer.text or (answer.transcript.text if answer.transcript else "")
             turns.append(Message(Role.ASSISTANT, [Part(text=reply)]))
-            self.sessions.append(request.session_id, turns, self._store_media)
+            try:
+                self.sessions.append(request.session_id, turns, self._store_media)
+            except Exception:
+                log.exception("saving this turn of session %r failed; the answer is sent, the turn is not kept",
+                              request.session_id)
         try:
             self.sessions.record(answer)
         except Exception:
@@ -186,6 +209,7 @@ class App:
         self._hook("on_response", request=request, answer=answer)
 
     def _store_media(self, media: Media) -> str:
+        """The media store id of ``media`` (inline bytes are stored first); for URL-free media only."""
         if media.media_id:
             return media.media_id
         stored = self.media.put_bytes(media.read_bytes(), media.mime_type, media.modality, media.filename)

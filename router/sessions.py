@@ -2,7 +2,8 @@
 
 Each turn is one row: the session id, its position, the role, and the parts
 as JSON, where media are stored as media-store ids (never their bytes), so a
-long conversation about one video does not copy it per turn. The same
+long conversation about one video does not copy it per turn; media given by
+URL are kept as the URL with their MIME type and modality. The same
 database records one row per answered call for ``mmrouter stats``.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .outcome import Answer
-from .types import Media, Message, Part, Role
+from .types import Media, Message, Modality, Part, Role
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -74,6 +75,9 @@ class SessionStore:
             for item in json.loads(parts_json):
                 if "text" in item:
                     parts.append(Part(text=item["text"]))
+                elif "url" in item:
+                    parts.append(Part(media=Media(Modality(item["modality"]), item["mime_type"], url=item["url"],
+                                                  filename=item.get("filename", ""))))
                 else:
                     media = load_media(item["media_id"])
                     media.filename = item.get("filename", media.filename)
@@ -88,11 +92,7 @@ class SessionStore:
         ).fetchone()
         rows = []
         for offset, message in enumerate(messages):
-            parts = [
-                {"text": p.text} if p.media is None
-                else {"media_id": store_media(p.media), "filename": p.media.filename}
-                for p in message.parts
-            ]
+            parts = [_part_record(p, store_media) for p in message.parts]
             rows.append((session_id, start + offset, message.role.value, json.dumps(parts)))
         with self._db:
             self._db.executemany("INSERT INTO turns VALUES (?, ?, ?, ?)", rows)
@@ -151,6 +151,17 @@ class SessionStore:
         """Write what waits and close the database."""
         self.flush()
         self._db.close()
+
+
+def _part_record(part: Part, store_media: StoreMedia) -> dict:
+    """One part as stored in a turn's JSON: its text, its URL, or its media store id."""
+    media = part.media
+    if media is None:
+        return {"text": part.text}
+    if media.url is not None:  # nothing local to store: keep the reference itself
+        return {"url": media.url, "mime_type": media.mime_type, "modality": media.modality.value,
+                "filename": media.filename}
+    return {"media_id": store_media(media), "filename": media.filename}
 
 
 def trim_history(history: list[Message], current: list[Message], budget_tokens: int,

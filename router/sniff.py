@@ -106,11 +106,14 @@ def measure(media_path_or_bytes: bytes | str, modality: Modality) -> tuple[float
 
 
 def _wav_seconds(source: bytes | str) -> float | None:
-    """Seconds of a WAV file (bytes or a path) from its header, or None if it is not a readable WAV."""
+    """Seconds of a WAV file (bytes or a path) from its header, or None if it is not a readable WAV.
+
+    Any failure to parse counts as unknown: a malformed header must not fail the request that carries it.
+    """
     try:
         with wave.open(io.BytesIO(source) if isinstance(source, bytes) else source) as wav:
             return wav.getnframes() / float(wav.getframerate())
-    except (wave.Error, EOFError, ZeroDivisionError):
+    except Exception:  # the wave module raises more than wave.Error (a bare RuntimeError, struct.error...)
         return None
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import grpc
 import pytest
-from grpc_helpers import error_details, text_request
+from conftest import make_dist_info
+from grpc_helpers import error_details, text_request, wait_for
 from media_factory import png
 from mmrouter.v1 import router_pb2 as pb
 
@@ -74,6 +76,71 @@ def test_session_turns_are_not_stored_when_the_call_fails(start_daemon) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="broken"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+URL_ECHO = '''
+"""Answers with every media it was given, as modality:mime:url-or-id, so a test sees the history."""
+import router
+
+
+class UrlEcho(router.Provider):
+    name = "urlecho"
+    models = [router.ModelInfo("seer", inputs=frozenset(router.Modality))]
+
+    async def generate(self, request, model, ctx):
+        seen = [f"{m.modality.value}:{m.mime_type}:{m.url or m.media_id}" for m in request.media()]
+        yield router.TextDelta("seen " + " ".join(seen))
+
+
+@router.hookimpl
+def register_providers(register, settings):
+    register(UrlEcho())
+'''
+
+
+def test_a_session_turn_with_a_url_is_kept_by_url(start_daemon, tmp_path) -> None:
+    site = tmp_path / "urlecho-site"
+    site.mkdir()
+    (site / "mmrouter_urlecho.py").write_text(URL_ECHO)
+    make_dist_info(site, "mmrouter-urlecho", "urlecho", "mmrouter_urlecho")
+    daemon = start_daemon("""
+        server: {allow_urls: true}
+        routes:
+          - name: all
+            use: urlecho/seer
+        """, plugins=(), extra_sites=(site,))
+    url = "https://example.com/cat.png"
+    image = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", url=url)
+    first = ask(daemon, "what is this?", session="urls", media=[image])
+    assert first.text == f"seen image:image/png:{url}"
+    second = ask(daemon, "and its colour?", session="urls")
+    assert second.text == f"seen image:image/png:{url}", "the URL of turn 1 is not in the history"
+    assert ask(daemon, "again?", session="urls").text == f"seen image:image/png:{url}"
+
+
+def test_a_turn_that_cannot_be_saved_still_answers_and_counts(start_daemon, tmp_path) -> None:
+    """The answer is computed before the turn is saved: a failing media store costs the turn, not the call."""
+    image = png("blocked")
+    media_id = hashlib.sha256(image).hexdigest()
+    data_dir = tmp_path / "data"
+    (data_dir / "media").mkdir(parents=True)
+    (data_dir / "media" / media_id[:2]).write_text("a file where the media store needs a directory")
+    daemon = start_daemon(CONFIG, data_dir=data_dir)
+    media = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=image)
+    answer = ask(daemon, "look", session="unsaved", media=[media])
+    assert "[history=0 image=1" in answer.text
+    assert wait_for(lambda: "saving this turn of session 'unsaved' failed" in daemon.logs())
+    assert not list((data_dir / "media" / "tmp").iterdir()), "the failed store left a temp file"
+
+    def calls() -> int:
+        store = SessionStore(data_dir / "sessions.sqlite")
+        try:
+            return sum(row["calls"] for row in store.stats())
+        finally:
+            store.close()
+
+    assert wait_for(lambda: calls() == 1), "the answered call was not recorded"
+    assert "[history=0 image=0" in ask(daemon, "next", session="unsaved").text
 
 
 # -- call statistics (SessionStore in-process) ---------------------------------------------------

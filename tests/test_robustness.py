@@ -1,0 +1,76 @@
+"""Input the daemon must survive: media it cannot measure, secrets with surrounding whitespace."""
+
+from __future__ import annotations
+
+import struct
+
+from grpc_helpers import text_request
+from media_factory import wav
+from mmrouter.v1 import router_pb2 as pb
+
+from router.config import parse_config
+from router.core import App, secrets_of
+from router.redact import mask
+from router.sniff import measure
+from router.types import Media, Message, Modality, Part, Request, Role
+
+CONFIG = """
+providers:
+  fake: {api_key: k}
+routes:
+  - name: long-audio
+    match: {audio_seconds: {min: 2}}
+    use: fake/ears
+  - name: everything
+    use: fake/omni
+"""
+
+
+def wav_with_list_chunk_past_riff_size() -> bytes:
+    """A WAV with a LIST chunk before ``fmt `` whose length runs past the RIFF size (a badly finalised
+    file); Python's wave module raises a bare RuntimeError on it."""
+    good = wav(0.1)
+    info = b"INFOISFT\x0e\0\0\0Lavf58.76.100\0"
+    chunk = b"LIST" + struct.pack("<L", 26) + info
+    return b"RIFF" + struct.pack("<L", 4 + 8 + 10) + b"WAVE" + chunk + good[12:]
+
+
+def test_a_wav_that_cannot_be_measured_has_an_unknown_duration() -> None:
+    assert measure(wav_with_list_chunk_past_riff_size(), Modality.AUDIO) == (None, None)
+
+
+def test_a_malformed_wav_is_answered_with_its_duration_unknown(start_daemon) -> None:
+    daemon = start_daemon(CONFIG)
+    media = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav_with_list_chunk_past_riff_size())
+    request = text_request("what is said?", media=[media])
+    route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route
+    assert route.rule == "everything"
+    assert any(t.rule == "long-audio" and "audio_seconds" in t.reason for t in route.trace)
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=request)).answer
+    assert "audio=1" in answer.text and answer.route.rule == "everything"
+
+
+async def test_media_that_cannot_be_read_for_measuring_leaves_the_request_routable(tmp_path, caplog) -> None:
+    """A stored file gone between lookup and measuring: routing goes on with the duration unknown."""
+    import mmrouter_testkit
+
+    config = parse_config(CONFIG + f"server: {{data_dir: '{tmp_path}'}}\n", "test.yaml")
+    app = App(config, extra_plugins={"fake": mmrouter_testkit})
+    try:
+        gone = Media(Modality.AUDIO, "audio/wav", path=tmp_path / "gone.wav", media_id="ab" * 32)
+        request = Request(messages=[Message(Role.USER, [Part(media=gone), Part(text="?")])])
+        route = await app.explain(request)
+    finally:
+        await app.aclose()
+    assert route.rule == "everything" and gone.duration_seconds is None
+    assert "could not measure audio media" in caplog.text
+
+
+def test_secrets_are_masked_with_and_without_surrounding_whitespace(monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-live-abc123def456\n")
+    secrets = secrets_of({"acme": {"api_key": "  acme-key-789  ", "base_url": "https://x"}}, "tok-0001\n")
+    for sent in ("sk-live-abc123def456", "acme-key-789", "tok-0001"):
+        assert mask(f"upstream refused {sent}!", secrets) == "upstream refused ***!"
+    assert mask("sk-live-abc123def456\n", secrets) == "***"
+    monkeypatch.setenv("SHORT_TOKEN", " ab\n")
+    assert "ab" not in secrets_of({}), "values shorter than 4 characters once stripped are not secrets"
