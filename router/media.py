@@ -58,33 +58,71 @@ class MediaStore:
         if not _ID.match(media_id):
             raise UnknownMedia(f"media id {media_id!r} is not a sha256 hex digest; use the id UploadMedia returned")
         path = self._path(media_id)
-        try:
+        try:  # a record that is missing, unreadable or names no bytes counts as absent
             meta = json.loads(path.with_suffix(".json").read_text())
-        except (OSError, ValueError):
+            return StoredMedia(media_id, path, meta["mime_type"], Modality(meta["modality"]),
+                               path.stat().st_size, meta.get("filename", ""))
+        except (OSError, ValueError, KeyError, TypeError):
             raise UnknownMedia(f"no media with id {media_id}: upload it with UploadMedia first") from None
-        return StoredMedia(media_id, path, meta["mime_type"], Modality(meta["modality"]),
-                           path.stat().st_size, meta.get("filename", ""))
+
+    def _stored(self, media_id: str) -> StoredMedia | None:
+        """The record of ``media_id`` if it is stored (bytes and metadata), else None."""
+        try:
+            return self.get(media_id)
+        except UnknownMedia:
+            return None
 
     def put_bytes(self, data: bytes, mime_type: str, modality: Modality, filename: str = "") -> StoredMedia:
-        """Store bytes already in memory (inline media kept for a session)."""
-        media_id = hashlib.sha256(data).hexdigest()
-        path = self._path(media_id)
-        if not path.exists():
-            with tempfile.NamedTemporaryFile(dir=self.root / "tmp", delete=False) as tmp:
-                tmp.write(data)
-            self._commit(Path(tmp.name), media_id, mime_type, modality, filename)
-        return StoredMedia(media_id, path, mime_type, modality, len(data), filename)
+        """Store bytes already in memory (inline media kept for a session).
 
-    def _commit(self, tmp: Path, media_id: str, mime_type: str, modality: Modality, filename: str) -> None:
+        If the same content is already stored, its record is kept as it is and returned (its
+        modality, MIME type and file name may differ from the arguments'): the bytes are what a
+        session needs, and an upload's record must not change under its client.
+        """
+        media_id = hashlib.sha256(data).hexdigest()
+        stored = self._stored(media_id)
+        if stored is not None:
+            return stored
+        fd, tmp_name = tempfile.mkstemp(dir=self.root / "tmp")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            return self._commit(tmp, media_id, mime_type, modality, filename)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def _commit(self, tmp: Path, media_id: str, mime_type: str, modality: Modality, filename: str) -> StoredMedia:
+        """Move the content ``tmp`` into place as ``media_id`` and write its metadata; return the record.
+
+        The bytes go first, the metadata after, each by an atomic rename: a reader never sees a
+        half-written record, and a record never names missing bytes.
+        """
         path = self._path(media_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
-        meta = {"mime_type": mime_type, "modality": modality.value, "filename": filename}
-        path.with_suffix(".json").write_text(json.dumps(meta))
+        meta = json.dumps({"mime_type": mime_type, "modality": modality.value, "filename": filename})
+        fd, meta_tmp_name = tempfile.mkstemp(dir=self.root / "tmp", suffix=".json")
+        meta_tmp = Path(meta_tmp_name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(meta)
+            os.replace(meta_tmp, path.with_suffix(".json"))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                meta_tmp.unlink()
+        return StoredMedia(media_id, path, mime_type, modality, path.stat().st_size, filename)
 
     async def upload(self, mime_type: str, modality: Modality, filename: str, expected_size: int,
                      chunks: AsyncIterator[bytes]) -> StoredMedia:
-        """Write ``chunks`` to disk while hashing; check the MIME type on the first bytes."""
+        """Write ``chunks`` to disk while hashing; check the MIME type on the first bytes.
+
+        Content is stored once, under its sha256. Uploading content that is already stored returns
+        the existing record unchanged (its MIME type and file name are those of the first upload);
+        under another modality it is refused with :class:`InvalidRequest` naming the media id and the
+        modality it is stored as, since one id has one modality.
+        """
         if modality is Modality.TEXT:
             raise InvalidRequest("an upload must be media, not text",
                                  violations=[FieldViolation("metadata.modality", "must be image, audio, video or document")])
@@ -120,11 +158,18 @@ class MediaStore:
                 raise InvalidRequest(f"received {size} bytes but metadata.size_bytes said {expected_size}",
                                      violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")])
             media_id = digest.hexdigest()
-            self._commit(tmp, media_id, mime_type, modality, filename)
+            stored = self._stored(media_id)
+            if stored is None:
+                return self._commit(tmp, media_id, mime_type, modality, filename)
+            if stored.modality is not modality:
+                problem = (f"media {media_id} (the same bytes) is already stored as {stored.modality.value}"
+                           f" ({stored.mime_type}); refer to it by that id as {stored.modality.value}")
+                raise InvalidRequest(problem, violations=[FieldViolation("metadata.modality", problem)],
+                                     metadata={"media_id": media_id, "stored_modality": stored.modality.value})
+            return stored
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        return StoredMedia(media_id, self._path(media_id), mime_type, modality, size, filename)
 
     @staticmethod
     def _check_mime(mime_type: str, modality: Modality, head: bytes) -> None:

@@ -11,6 +11,10 @@ import pytest
 from grpc_helpers import error_details, text_request, wait_for
 from mmrouter.v1 import router_pb2 as pb
 
+import router.media
+from router.media import MediaStore
+from router.types import Modality
+
 CONFIG = """
 providers:
   fake: {api_key: test-key}
@@ -156,9 +160,10 @@ def test_an_upload_abandoned_by_its_client_leaves_no_temp_file(daemon) -> None:
     sent = threading.Event()
     release = threading.Event()
 
-    def messages():
+    def messages():  # size_bytes as the CLI sends it: a stream cut short can then never be stored
         yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT,
-                                                               mime_type="application/pdf"))
+                                                               mime_type="application/pdf",
+                                                               size_bytes=len(PDF) + 8 * 1024 * 1024))
         yield pb.UploadMediaRequest(chunk=PDF + os.urandom(1024 * 1024))
         for _ in range(4):
             yield pb.UploadMediaRequest(chunk=os.urandom(1024 * 1024))
@@ -173,3 +178,60 @@ def test_an_upload_abandoned_by_its_client_leaves_no_temp_file(daemon) -> None:
     assert wait_for(lambda: not _temp_files(daemon)), "the abandoned upload's temp file stayed"
     assert not list((daemon.data_dir / "media").glob("*/*.json")), "an abandoned upload was stored"
     assert upload(daemon.stub, [PDF]).size_bytes == len(PDF)
+
+
+WEBM = b"\x1a\x45\xdf\xa3" + b"\x01" * 200
+
+
+def test_the_same_bytes_keep_their_first_record(daemon) -> None:
+    """One id, one record: another modality is refused, another MIME type or name keeps the first."""
+    video = upload(daemon.stub, [WEBM], modality=pb.MODALITY_VIDEO, mime="video/webm", filename="clip.webm")
+    with pytest.raises(grpc.RpcError) as caught:
+        upload(daemon.stub, [WEBM], modality=pb.MODALITY_AUDIO, mime="audio/webm", filename="voice.webm")
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    assert f"media {video.media_id}" in details.message and "already stored as video" in details.message
+    assert details.violations[0][0] == "metadata.modality"
+    assert details.metadata == {"media_id": video.media_id, "stored_modality": "video"}
+
+    again = upload(daemon.stub, [WEBM], modality=pb.MODALITY_VIDEO, mime="video/x-matroska", filename="other.mkv")
+    assert (again.media_id, again.mime_type) == (video.media_id, "video/webm")
+    media = pb.Media(modality=pb.MODALITY_VIDEO, media_id=video.media_id)
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("describe", media=[media]))).answer
+    assert "video=1" in answer.text, "the first client's id no longer works as it was uploaded"
+    assert not _temp_files(daemon)
+
+
+def test_put_bytes_keeps_the_stored_record(tmp_path) -> None:
+    store = MediaStore(tmp_path, 1 << 20)
+    first = store.put_bytes(WEBM, "video/webm", Modality.VIDEO, "clip.webm")
+    second = store.put_bytes(WEBM, "audio/webm", Modality.AUDIO, "voice.webm")
+    assert (second.media_id, second.modality, second.mime_type, second.filename) == (
+        first.media_id, Modality.VIDEO, "video/webm", "clip.webm")
+    assert store.get(first.media_id).modality is Modality.VIDEO
+
+
+def test_put_bytes_that_fail_to_commit_leave_no_temp_file(tmp_path) -> None:
+    store = MediaStore(tmp_path, 1 << 20)
+    media_id = hashlib.sha256(PDF).hexdigest()
+    (tmp_path / media_id[:2]).write_text("a file where the store needs a directory")
+    with pytest.raises(OSError):
+        store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT)
+    assert not list((tmp_path / "tmp").iterdir()), "the failed put left its temp file"
+
+
+def test_a_record_is_written_whole_or_not_at_all(tmp_path, monkeypatch) -> None:
+    """A write of the metadata that fails midway (here: unencodable text, as a full disk would) leaves
+    no half-written record and no temp file; the next store of the same bytes succeeds."""
+    store = MediaStore(tmp_path, 1 << 20)
+    media_id = hashlib.sha256(PDF).hexdigest()
+    real_dumps = router.media.json.dumps
+    monkeypatch.setattr(router.media.json, "dumps", lambda obj: '{"mime_type": "\udc80"}')
+    with pytest.raises(UnicodeEncodeError):
+        store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT)
+    record = tmp_path / media_id[:2] / f"{media_id}.json"
+    assert not record.exists(), f"a half-written record was left: {record.read_bytes()!r}"
+    assert not list((tmp_path / "tmp").iterdir())
+    monkeypatch.setattr(router.media.json, "dumps", real_dumps)
+    stored = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT, "again.pdf")
+    assert store.get(media_id).filename == "again.pdf" == stored.filename
