@@ -22,6 +22,7 @@ from rich.table import Column, Table
 from .auth import with_token
 from .config import DEFAULT_ADDRESS, load_config, parse_config
 from .errors import ConfigError
+from .plugins import State, load_registry
 
 app = typer.Typer(
     help="mmrouter routes multimodal AI requests (text, images, audio, video, PDFs) to the right provider.\n\n"
@@ -376,7 +377,8 @@ def stats(data_dir: Annotated[Path | None, typer.Option(help="The daemon's data 
 
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="The routing file to check.")]) -> None:
-    """Validate a routing file: every key, value and target, with file and line for each problem."""
+    """Validate a routing file: every key, value and target, with file and line for each problem, and each
+    provider section through its installed plugin."""
     try:
         config = parse_config(file.read_text(encoding="utf-8"), str(file))
     except OSError as exc:
@@ -385,6 +387,15 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     except ConfigError as exc:
         err.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from None
+    registry = load_registry(config.providers, disabled=config.plugins.disabled)  # plugins check their sections
+    broken = [e for e in registry.entries.values() if e.state is State.BROKEN]
+    for entry in broken:
+        err.print(f"[red]providers.{escape(entry.name)}: {escape(entry.reason)}[/red]")
+    for name in sorted(set(config.providers) - set(registry.entries)):
+        err.print(f"[yellow]providers.{escape(name)}: no installed plugin offers a provider {name!r}; "
+                  "the section is not used here[/yellow]")
+    if broken:
+        raise typer.Exit(1)
     out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -20,7 +21,7 @@ import pluggy
 
 from . import hookspecs
 from .provider import Provider
-from .types import ModelInfo
+from .types import ModelInfo, Price
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +87,55 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _with_prices(provider: Provider, prices: Mapping[str, Any]) -> None:
-    """Apply ``prices: {model: {input_per_mtok: .., ...}}`` overrides from the config."""
+_PRICE_FIELDS = tuple(f.name for f in dataclasses.fields(Price))
+
+
+def price_problems(provider: str, prices: object) -> list[str]:
+    """What is wrong with a ``providers.<provider>.prices`` section, one line per bad key or value.
+
+    The section maps model names to ``{field: number}`` where each field is one of :class:`Price`'s
+    (``input_per_mtok``, ...) and each number is finite and not negative. Model names are not
+    checked here: that needs the provider's models.
+    """
+    where = f"providers.{provider}.prices"
+    if not isinstance(prices, Mapping):
+        return [f"{where}: must map model names to prices, got {type(prices).__name__}"]
+    problems = []
+    for model, override in prices.items():
+        if not isinstance(override, Mapping):
+            problems.append(f"{where}.{model}: must map price names ({', '.join(_PRICE_FIELDS)}) to numbers,"
+                            f" got {type(override).__name__}")
+            continue
+        for key, value in override.items():
+            if key not in _PRICE_FIELDS:
+                problems.append(f"{where}.{model}.{key}: unknown price (known: {', '.join(_PRICE_FIELDS)})")
+            elif _as_price(value) is None:
+                problems.append(f"{where}.{model}.{key}: {value!r} is not a price (a number >= 0, in US dollars)")
+    return problems
+
+
+def _as_price(value: object) -> float | None:
+    """``value`` as a price (a finite number >= 0; numeric strings come from ``${VAR}``), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _with_prices(provider: Provider, prices: Mapping[str, Mapping[str, object]]) -> None:
+    """Apply ``prices: {model: {input_per_mtok: .., ...}}`` overrides (checked by :func:`price_problems`)."""
+    unknown = sorted(set(prices) - {model.name for model in provider.models})
+    if unknown:
+        log.warning("providers.%s.prices names model(s) %s that %s does not offer; ignored",
+                    provider.name, ", ".join(unknown), provider.name)
     models = []
     for model in provider.models:
         override = prices.get(model.name)
         if override:
-            price = dataclasses.replace(model.price, **{k: float(v) for k, v in override.items()})
+            price = dataclasses.replace(model.price, **{k: _as_price(v) for k, v in override.items()})
             model = dataclasses.replace(model, price=price)
         models.append(model)
     provider.models = models
@@ -175,7 +218,14 @@ def _collect_providers(
         if provider.name in registry.entries:
             log.error("provider %s from %s ignored: the name is taken", provider.name, plugin_name)
             continue
-        _with_prices(provider, settings.get("prices") or {})
+        prices = settings.get("prices") or {}
+        problems = price_problems(provider.name, prices)
+        if problems:
+            reason = "; ".join(problems)
+            log.error("provider %s is broken: %s", provider.name, reason)
+            registry.entries[provider.name] = ProviderEntry(provider.name, plugin_name, State.BROKEN, reason, provider)
+            continue
+        _with_prices(provider, prices)
         try:
             reason = provider.unconfigured_reason()
         except Exception as exc:

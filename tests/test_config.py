@@ -417,3 +417,24 @@ def test_config_check_cli(tmp_path):
     assert "routes.0.match.inputs.1" in output
     assert "line 5" in output
     assert "OK" not in failed.stdout
+
+
+def test_config_check_asks_the_plugins_about_their_sections(tmp_path):
+    """Provider settings are the plugins' to judge: a bad value or price fails the check with its key;
+    a section no installed plugin reads is pointed out."""
+    bad = tmp_path / "providers.yaml"
+    bad.write_text(yaml("""
+        providers:
+          openai: {api_key: sk-x, timeout: soon}
+          anthropic:
+            prices: {claude-sonnet-4-6: {input: 3}}
+          opneai: {api_key: sk-y}
+        default: local/extract
+    """))
+    failed = check(bad)
+    output = " ".join((failed.stdout + failed.stderr).split())
+    assert failed.returncode == 1 and "OK" not in failed.stdout, output
+    assert "providers.openai.timeout" in output
+    assert "providers.anthropic.prices.claude-sonnet-4-6.input: unknown price" in output
+    assert "providers.opneai: no installed plugin" in output
+    assert "sk-x" not in output and "Traceback" not in output

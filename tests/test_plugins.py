@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from grpc_helpers import text_request
+from grpc_helpers import providers_by_name, text_request
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter_testkit import ScriptedProvider
 
@@ -166,6 +166,56 @@ def test_prices_can_be_overridden_in_config() -> None:
                              extra_plugins={"fake": mmrouter_testkit})
     echo = registry.ready("fake").model("echo")
     assert (echo.price.input_per_mtok, echo.price.output_per_mtok) == (9.0, 2.0)
+
+
+def test_a_bad_price_override_breaks_only_its_provider(start_daemon) -> None:
+    """A typo under providers.<name>.prices marks that provider broken, naming the key; the daemon serves."""
+    daemon = start_daemon("""
+        providers:
+          fake: {api_key: k}
+          openai: {api_key: sk-test-123456, prices: {gpt-4o: {input: 2.5}}}
+        routes:
+          - name: all
+            use: fake/echo
+        """)
+    listed = providers_by_name(daemon.stub)
+    assert listed["openai"].state == pb.PROVIDER_STATE_BROKEN
+    assert listed["openai"].reason == (
+        "providers.openai.prices.gpt-4o.input: unknown price "
+        "(known: input_per_mtok, output_per_mtok, per_audio_hour, audio_input_per_mtok)")
+    assert listed["fake"].state == pb.PROVIDER_STATE_READY
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("still here"))).answer
+    assert answer.route.model == "echo" and "still here" in answer.text
+
+
+@pytest.mark.parametrize(("prices", "reason"), [
+    ({"omni": {"input": 2.5}}, "providers.fake.prices.omni.input: unknown price (known: input_per_mtok, "),
+    ({"omni": {"input_per_mtok": "cheap"}}, "providers.fake.prices.omni.input_per_mtok: 'cheap' is not a price"),
+    ({"omni": {"output_per_mtok": -1}}, "providers.fake.prices.omni.output_per_mtok: -1 is not a price"),
+    ({"omni": {"output_per_mtok": True}}, "providers.fake.prices.omni.output_per_mtok: True is not a price"),
+    ({"omni": 2.5}, "providers.fake.prices.omni: must map price names"),
+    (["omni"], "providers.fake.prices: must map model names to prices, got list"),
+])
+def test_bad_price_overrides_mark_the_provider_broken(prices, reason) -> None:
+    import mmrouter_testkit
+
+    registry = load_registry({"fake": {"api_key": "k", "prices": prices}},
+                             disabled=["openai", "anthropic", "gemini", "assemblyai", "local"],
+                             extra_plugins={"fake": mmrouter_testkit})
+    entry = registry.entries["fake"]
+    assert entry.state is State.BROKEN and registry.ready("fake") is None
+    assert entry.reason.startswith(reason), entry.reason
+
+
+def test_price_overrides_accept_numbers_and_numeric_strings() -> None:
+    import mmrouter_testkit
+
+    registry = load_registry({"fake": {"api_key": "k", "prices": {"omni": {"per_audio_hour": "0.5",
+                                                                           "output_per_mtok": 3}}}},
+                             disabled=["openai", "anthropic", "gemini", "assemblyai", "local"],
+                             extra_plugins={"fake": mmrouter_testkit})
+    omni = registry.ready("fake").model("omni")
+    assert (omni.price.input_per_mtok, omni.price.output_per_mtok, omni.price.per_audio_hour) == (1.0, 3.0, 0.5)
 
 
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "mmrouter_spec")]
