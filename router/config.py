@@ -94,6 +94,18 @@ def _check_target(value: str) -> str:
     return value
 
 
+_PROVIDER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _check_provider_name(value: str) -> str:
+    if not _PROVIDER_NAME.match(value):
+        raise ValueError(f"{value!r} is not a provider name: use letters, digits, '.', '_' and '-'")
+    return value
+
+
+#: A provider's name, as a ``providers`` key: no '/', which separates the provider from the model in targets.
+ProviderName = Annotated[str, AfterValidator(_check_provider_name)]
+
 #: A ``provider/model`` string; a bad one is reported at its own key (e.g. ``bridges.audio.1``).
 TargetStr = Annotated[str, AfterValidator(_check_target)]
 
@@ -212,7 +224,7 @@ class Config(_Strict):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
-    providers: dict[str, dict[str, Any]] = {}
+    providers: dict[ProviderName, dict[str, Any]] = {}
     routes: list[Rule] = []
     default: str | None = None
     overrides: OverrideSettings = Field(default_factory=OverrideSettings)
@@ -234,6 +246,15 @@ class Config(_Strict):
         if isinstance(value, dict):
             return {k: (v if v is not None else {}) for k, v in value.items()}
         return value
+
+    @field_validator("providers")
+    @classmethod
+    def _instance_plugins(cls, providers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, section in providers.items():
+            plugin = section.get("plugin")
+            if plugin is not None and not (isinstance(plugin, str) and _PROVIDER_NAME.match(plugin)):
+                raise ValueError(f"providers.{name}.plugin must name an installed plugin (e.g. openai), got {plugin!r}")
+        return providers
 
     @field_validator("routes")
     @classmethod

@@ -30,12 +30,20 @@ RegisterProvider = Callable[["Provider"], None]
 
 
 @hookspec
-def register_providers(register: RegisterProvider, settings: Mapping[str, Any]) -> None:
-    """Offer providers to the router. Called once when the daemon loads its configuration.
+def register_providers(register: RegisterProvider, settings: Mapping[str, Any], name: str) -> None:
+    """Offer providers to the router. Called when the daemon loads its configuration: once for the
+    plugin itself, and once more for each extra instance the config asks of it.
 
     :param register: call ``register(provider)`` once for each :class:`router.Provider` you offer.
-    :param settings: this plugin's section of the config file (``providers.<plugin name>``),
-        with ``${ENV}`` references expanded; empty if absent.
+    :param settings: the provider's section of the config file, with ``${ENV}`` references
+        expanded; empty if absent.
+    :param name: the provider name to register under. It is the plugin's entry-point name, whose
+        section is ``providers.<plugin name>``; or, for an extra instance, the name of a section
+        that says ``plugin: <plugin name>`` (a local vLLM next to OpenAI, a second account). For an
+        extra instance register exactly one provider with this name, and read only ``settings``
+        (no environment fallbacks such as ``OPENAI_API_KEY``: they belong to the plugin's own
+        provider). A plugin that ignores ``name`` offers no extra instances: the router refuses them
+        with a reason.
     """
 
 

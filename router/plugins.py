@@ -160,7 +160,8 @@ def load_registry(
 ) -> Registry:
     """Load every plugin of group ``mmrouter`` (and ``extra_plugins``) and collect their providers.
 
-    :param provider_settings: the config's ``providers`` section; each plugin gets its own entry.
+    :param provider_settings: the config's ``providers`` section; each plugin gets its own entry,
+        and a section with ``plugin: <name>`` is one more provider made by that plugin (an instance).
     :param disabled: entry point names to block.
     :param extra_plugins: name -> plugin object, registered as if found by entry point (tests).
     """
@@ -183,20 +184,60 @@ def load_registry(
             registry.entries[ep.name] = ProviderEntry(ep.name, ep.name, State.BROKEN, reason)
     loaded.extend((extra_plugins or {}).items())
 
+    instances = _instances(provider_settings)
     for name, plugin in loaded:
         try:
             pm.register(plugin, name=name)
         except Exception as exc:
             registry.entries[name] = ProviderEntry(name, name, State.BROKEN, f"cannot register: {_describe(exc)}")
             continue
-        _collect_providers(pm, registry, name, plugin, provider_settings.get(name) or {})
+        own = provider_settings.get(name) or {}
+        if own.get(PLUGIN_KEY) in (None, name):  # else the section named like this plugin is another's instance
+            _collect_providers(pm, registry, name, plugin, _section(own), name)
+        for instance, section in instances.pop(name, []):
+            _collect_providers(pm, registry, name, plugin, section, instance)
+    for plugin_name, sections in instances.items():  # instances of plugins that are not loaded
+        for instance, _ in sections:
+            registry.entries[instance] = _without_plugin(instance, plugin_name, registry)
     return registry
 
 
-def _collect_providers(
-    pm: pluggy.PluginManager, registry: Registry, plugin_name: str, plugin: object, settings: Mapping
-) -> None:
-    """Call one plugin's ``register_providers`` hook alone and record what it offers."""
+#: The key of a ``providers.<name>`` section that makes ``<name>`` an extra instance of an installed plugin.
+PLUGIN_KEY = "plugin"
+
+
+def _section(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A provider's settings as its plugin sees them (without :data:`PLUGIN_KEY`)."""
+    return {k: v for k, v in section.items() if k != PLUGIN_KEY}
+
+
+def _instances(provider_settings: Mapping[str, Mapping[str, Any]]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Plugin name -> the extra instances asked of it: (provider name, its settings), in config order."""
+    instances: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, section in provider_settings.items():
+        plugin = (section or {}).get(PLUGIN_KEY)
+        if plugin and plugin != name:
+            instances.setdefault(str(plugin), []).append((name, _section(section)))
+    return instances
+
+
+def _without_plugin(instance: str, plugin_name: str, registry: Registry) -> ProviderEntry:
+    """The entry of an instance whose plugin is not loaded: disabled, broken or not installed."""
+    entry = registry.entries.get(plugin_name)
+    if entry is not None and entry.state is State.DISABLED:
+        return ProviderEntry(instance, plugin_name, State.DISABLED, f"its plugin {plugin_name!r} is disabled in config")
+    if entry is not None and entry.plugin == plugin_name:
+        return ProviderEntry(instance, plugin_name, State.BROKEN, f"its plugin {plugin_name!r} is broken: {entry.reason}")
+    installed = sorted({e.plugin for e in registry.entries.values()})
+    return ProviderEntry(instance, plugin_name, State.BROKEN,
+                         f"providers.{instance}.plugin: no installed plugin is called {plugin_name!r}"
+                         f" (installed: {', '.join(installed) or 'none'})")
+
+
+def _collect_providers(pm: pluggy.PluginManager, registry: Registry, plugin_name: str, plugin: object,
+                       settings: Mapping, provider_name: str) -> None:
+    """Call one plugin's ``register_providers`` hook alone, for the provider ``provider_name`` (the
+    plugin's own, or an extra instance of it), and record what it offers."""
     offered: list[Provider] = []
 
     def register(provider: Provider) -> None:
@@ -208,11 +249,17 @@ def _collect_providers(
     others = [p for p in pm.get_plugins() if p is not plugin]
     call = pm.subset_hook_caller("register_providers", remove_plugins=others)
     try:
-        call(register=register, settings=settings)
+        call(register=register, settings=settings, name=provider_name)
     except Exception as exc:
         reason = f"register_providers failed: {_describe(exc)}"
-        log.error("plugin %s is broken: %s", plugin_name, reason)
-        registry.entries[plugin_name] = ProviderEntry(plugin_name, plugin_name, State.BROKEN, reason)
+        log.error("provider %s (plugin %s) is broken: %s", provider_name, plugin_name, reason)
+        registry.entries[provider_name] = ProviderEntry(provider_name, plugin_name, State.BROKEN, reason)
+        return
+    if provider_name != plugin_name and [p.name for p in offered] != [provider_name]:
+        reason = (f"plugin {plugin_name!r} does not make extra instances: asked for {provider_name!r}, it offered "
+                  f"{', '.join(repr(p.name) for p in offered) or 'nothing'}")
+        log.error("provider %s is broken: %s", provider_name, reason)
+        registry.entries[provider_name] = ProviderEntry(provider_name, plugin_name, State.BROKEN, reason)
         return
     for provider in offered:
         if provider.name in registry.entries:

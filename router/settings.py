@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import ConfigError
 
@@ -33,6 +33,11 @@ class ProviderSettings(BaseModel):
 
     #: Environment variables tried, in order, when ``api_key`` is empty. Subclasses set it.
     api_key_env: ClassVar[tuple[str, ...]] = ()
+    #: Other fields read from an environment variable when the section leaves them unset, e.g.
+    #: ``{"base_url": "OPENAI_BASE_URL"}``. Subclasses set it.
+    env_fields: ClassVar[Mapping[str, str]] = {}
+
+    _environment: bool = PrivateAttr(default=True)
 
     api_key: str = Field("", repr=False, description="the API key; empty means: read api_key_env")
     base_url: str = Field("", description="the API's address; empty for the provider's own")
@@ -42,23 +47,39 @@ class ProviderSettings(BaseModel):
     )
 
     @classmethod
-    def load(cls, provider: str, section: Mapping[str, Any] | None) -> Self:
+    def load(cls, provider: str, section: Mapping[str, Any] | None, *, environment: bool = True) -> Self:
         """Validate ``section`` (this provider's config); ConfigError names every bad key.
 
-        Empty values (``timeout:`` with nothing, or an unset ``${VAR}``) count as unset: the default applies.
+        Empty values (``timeout:`` with nothing, or an unset ``${VAR}``) count as unset: the default
+        applies. With ``environment`` (the plugin's own provider) unset fields and the key fall back to
+        :attr:`env_fields` and :attr:`api_key_env`; an extra instance (``providers.<name>`` with
+        ``plugin:``) passes False and reads its section only, so ``OPENAI_API_KEY`` never goes to a
+        server the operator pointed another instance at.
         """
         given = {k: v for k, v in (section or {}).items() if v not in (None, "")}
+        if environment:
+            for name, variable in cls.env_fields.items():
+                if name not in given and os.environ.get(variable, "").strip():
+                    given[name] = os.environ[variable]
         try:
-            return cls.model_validate(given)
+            settings = cls.model_validate(given)
         except ValidationError as exc:
             problems = [
                 f"providers.{provider}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
             ]
             raise ConfigError("; ".join(problems)) from None
+        settings._environment = environment
+        return settings
+
+    @property
+    def uses_environment(self) -> bool:
+        """Whether unset settings fall back to environment variables (not for extra instances)."""
+        return self._environment
 
     @property
     def key(self) -> str:
-        """``api_key`` if set, else the first non-empty variable of ``api_key_env``, else ``""`` (stripped)."""
-        if self.api_key.strip():
+        """``api_key`` if set, else the first non-empty variable of ``api_key_env`` (unless loaded
+        without the environment), else ``""`` (stripped)."""
+        if self.api_key.strip() or not self._environment:
             return self.api_key.strip()
         return next((os.environ[name].strip() for name in self.api_key_env if os.environ.get(name, "").strip()), "")

@@ -153,7 +153,7 @@ async def test_plugin_registers_through_its_entry_point(fake):
     pm.add_hookspecs(hookspecs)
     pm.load_setuptools_entrypoints("mmrouter", name="gemini")
     got = []
-    pm.hook.register_providers(register=got.append, settings={"api_key": KEY, "base_url": fake.url})
+    pm.hook.register_providers(register=got.append, settings={"api_key": KEY, "base_url": fake.url}, name="gemini")
     assert [p.name for p in got] == ["gemini"]
     assert isinstance(got[0], GeminiProvider) and got[0].settings.base_url == fake.url
     events = await collect(got[0], ask(Part(text="hi")), got[0].model("gemini-2.5-flash"))

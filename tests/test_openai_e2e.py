@@ -296,3 +296,39 @@ routes:
     assert body["model"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert (answer.route.provider, answer.route.model) == ("openai", "meta-llama/Llama-3.1-8B-Instruct")
     assert answer.text == "Hello from the fake GPT."
+
+
+def test_an_extra_instance_serves_a_local_server_next_to_openai(start_daemon, fake):
+    """providers.vllm with plugin: openai is a second provider made by the same plugin: its own
+    base_url, models and key; OPENAI_API_KEY from the environment stays with the openai provider."""
+    with FakeOpenAI() as vllm:
+        vllm.api_key = "sk-no-key-required"  # what the plugin sends a server that needs no key
+        vllm.chat_models = {"meta-llama/Llama-3.1-8B-Instruct"}
+        daemon = start_daemon(f"""
+providers:
+  openai: {{base_url: "{fake.base_url}"}}
+  vllm:
+    plugin: openai
+    base_url: "{vllm.base_url}"
+    builtin_models: false
+    models: [{{name: meta-llama/Llama-3.1-8B-Instruct, context_tokens: 8192}}]
+routes:
+  - name: private
+    match: {{tags: [private]}}
+    use: vllm/meta-llama/Llama-3.1-8B-Instruct
+default: openai/gpt-4o
+""", env={"OPENAI_API_KEY": API_KEY})
+        private = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("mine"), tags=("private",))),
+                                       timeout=30).answer
+        public = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("theirs"))), timeout=30).answer
+        assert (private.route.provider, private.route.model) == ("vllm", "meta-llama/Llama-3.1-8B-Instruct")
+        assert (public.route.provider, public.route.model) == ("openai", "gpt-4o")
+        [local_call] = vllm.requests
+        assert local_call.headers["authorization"] == "Bearer sk-no-key-required"  # not the OpenAI key
+        assert local_call.json()["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+        [cloud_call] = fake.requests
+        assert cloud_call.headers["authorization"] == f"Bearer {API_KEY}" and cloud_call.json()["model"] == "gpt-4o"
+        providers = providers_by_name(daemon.stub)
+        assert (providers["vllm"].plugin, providers["vllm"].state) == ("openai", pb.PROVIDER_STATE_READY)
+        assert [m.name for m in providers["vllm"].models] == ["meta-llama/Llama-3.1-8B-Instruct"]
+        assert providers["openai"].state == pb.PROVIDER_STATE_READY

@@ -154,7 +154,7 @@ def test_catalogue_declares_inputs_outputs_and_prices(provider: OpenAIProvider) 
 
 def test_register_providers_hook_registers_one_configured_provider(fake: FakeOpenAI) -> None:
     registered: list = []
-    mmrouter_openai.register_providers(registered.append, {"api_key": API_KEY, "base_url": fake.base_url})
+    mmrouter_openai.register_providers(registered.append, {"api_key": API_KEY, "base_url": fake.base_url}, "openai")
     assert len(registered) == 1
     assert registered[0].name == "openai" and registered[0].unconfigured_reason() is None
 
@@ -171,6 +171,25 @@ def test_key_and_base_url_come_from_the_environment(monkeypatch: pytest.MonkeyPa
     p = OpenAIProvider({})
     assert p.unconfigured_reason() is None
     assert p.settings.key == "sk-from-env" and p.settings.effective_base_url == fake.base_url
+
+
+def test_an_extra_instance_reads_only_its_own_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var, value in (("OPENAI_API_KEY", "sk-from-env"), ("OPENAI_BASE_URL", "http://env.example/v1"),
+                       ("OPENAI_ORG_ID", "org-env"), ("OPENAI_PROJECT_ID", "proj-env")):
+        monkeypatch.setenv(var, value)
+    vllm = OpenAIProvider({"base_url": "http://gpu-box:8000/v1", "builtin_models": False,
+                           "models": [{"name": "qwen"}]}, name="vllm")
+    s = vllm.settings
+    assert (vllm.name, s.key, s.organization, s.project) == ("vllm", "", "", "")
+    assert s.effective_base_url == "http://gpu-box:8000/v1" and s.key_for_client == "sk-no-key-required"
+    second_account = OpenAIProvider({}, name="openai-eu")  # OpenAI itself, but without a key of its own
+    assert second_account.unconfigured_reason() == "no API key: set providers.openai-eu.api_key"
+    assert second_account.settings.effective_base_url == "https://api.openai.com/v1"
+    own = OpenAIProvider({})
+    assert (own.settings.key, own.settings.organization, own.settings.base_url) == (
+        "sk-from-env", "org-env", "http://env.example/v1")
+    with pytest.raises(ConfigError, match=r"providers\.vllm\.models\[0\]\.inputs"):
+        OpenAIProvider({"models": [{"name": "x", "inputs": ["smell"]}]}, name="vllm")
 
 
 def test_bad_settings_are_named() -> None:

@@ -158,6 +158,35 @@ def test_registry_contains_bad_registrations() -> None:
     assert registry.ready("fake") is not None and len([e for e in registry.entries.values() if e.name == "fake"]) == 1
 
 
+class Instances:
+    """A plugin that makes extra instances: one ScriptedProvider per name asked for."""
+
+    @router.hookimpl
+    def register_providers(self, register, settings, name):
+        register(ScriptedProvider(name, dict(settings)))
+
+
+def test_extra_instances_are_made_by_plugins_that_take_a_name_and_refused_otherwise() -> None:
+    import mmrouter_testkit
+
+    registry = load_registry(
+        {"multi": {"api_key": "k"}, "second": {"plugin": "multi", "api_key": "k2", "marker": "2"}, "fake": {"api_key": "k"},
+         "copy": {"plugin": "fake"}, "ghost": {"plugin": "nowhere"}, "off": {"plugin": "openai"}},
+        disabled=["openai", "anthropic", "gemini", "assemblyai", "local"],
+        extra_plugins={"fake": mmrouter_testkit, "multi": Instances()},
+    )
+    second = registry.entries["second"]
+    assert (second.plugin, second.state) == ("multi", State.READY)
+    assert second.provider.settings == {"api_key": "k2", "marker": "2"}  # its own section, without 'plugin'
+    assert registry.entries["multi"].provider.settings == {"api_key": "k"}
+    copy = registry.entries["copy"]  # the testkit plugin ignores ``name``: it cannot make instances
+    assert copy.state is State.BROKEN and "does not make extra instances" in copy.reason and "'fake'" in copy.reason
+    assert registry.entries["fake"].state is State.READY  # its own provider is unaffected
+    ghost = registry.entries["ghost"]
+    assert ghost.state is State.BROKEN and "no installed plugin is called 'nowhere'" in ghost.reason
+    assert registry.entries["off"].state is State.DISABLED and "disabled" in registry.entries["off"].reason
+
+
 def test_prices_can_be_overridden_in_config() -> None:
     import mmrouter_testkit
 

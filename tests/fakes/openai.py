@@ -115,6 +115,8 @@ class FakeOpenAI(FakeUpstream):
         self.chunk_delay = 0.0
         #: Chat models it serves (an OpenAI-compatible server may add its own, e.g. org/model).
         self.chat_models = set(CHAT_MODELS)
+        #: The one API key it accepts.
+        self.api_key = API_KEY
 
     @property
     def base_url(self) -> str:
@@ -157,7 +159,7 @@ class FakeOpenAI(FakeUpstream):
 
     def handle(self, request: Recorded, reply: Reply) -> None:
         try:
-            if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            if request.headers.get("authorization") != f"Bearer {self.api_key}":
                 raise Rejected(401, "Incorrect API key provided: "
                                     f"{request.headers.get('authorization', '')[7:]}. You can find your "
                                     "API key at https://platform.openai.com/account/api-keys.",

@@ -15,7 +15,7 @@ An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from typing import ClassVar
 
 from pydantic import ConfigDict, Field, field_validator
@@ -33,12 +33,10 @@ class AssemblyAISettings(ProviderSettings):
 
     model_config = ConfigDict(str_strip_whitespace=True)
     api_key_env: ClassVar[tuple[str, ...]] = ("ASSEMBLYAI_API_KEY",)
+    env_fields: ClassVar[Mapping[str, str]] = {"base_url": "ASSEMBLYAI_BASE_URL"}
 
-    base_url: str = Field(
-        default_factory=lambda: os.environ.get("ASSEMBLYAI_BASE_URL", ""),
-        validate_default=True,
-        description="the API root; else ASSEMBLYAI_BASE_URL, else AssemblyAI's",
-    )
+    base_url: str = Field(ASSEMBLYAI_BASE_URL, validate_default=True,
+                          description="the API root; else ASSEMBLYAI_BASE_URL, else AssemblyAI's")
     timeout: float = Field(30.0, gt=0, description="seconds per HTTP request (upload, submit, each poll)")
     poll_interval: float = Field(3.0, gt=0, description="seconds between transcript status polls")
     speaker_labels: bool = Field(True, description="diarize every call, not only when asked")

@@ -21,6 +21,7 @@ __all__ = ["OpenAIProvider", "OpenAISettings", "register_providers"]
 
 
 @router.hookimpl
-def register_providers(register: Callable[[router.Provider], None], settings: Mapping[str, Any]) -> None:
-    """Register the ``openai`` provider configured from ``providers.openai``."""
-    register(OpenAIProvider(settings))
+def register_providers(register: Callable[[router.Provider], None], settings: Mapping[str, Any], name: str) -> None:
+    """Register the ``openai`` provider configured from ``providers.openai``, or an extra instance
+    (``providers.<name>`` with ``plugin: openai``, e.g. a vLLM server next to OpenAI)."""
+    register(OpenAIProvider(settings, name=name))

@@ -14,7 +14,7 @@ from typing import Any
 from router import ProviderError, ProviderUnavailable, provider_error_from_status
 from router.errors import parse_retry_after
 
-from .settings import KEY_SETTING_HINT
+from .settings import key_setting_hint
 
 _MAX_MESSAGE = 500
 
@@ -66,7 +66,7 @@ def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, a
         status = exc.status_code
         if status in (401, 403):
             what = "authentication failed" if status == 401 else "permission denied"
-            return provider_error_from_status(provider, status, f"{what} (HTTP {status}): check {KEY_SETTING_HINT}")
+            return provider_error_from_status(provider, status, f"{what} (HTTP {status}): check {key_setting_hint(provider)}")
         message = scrub(_upstream_message(exc), api_key)
         if status == 404:
             message = f"model {model!r} not found at {base_url}: {message}"

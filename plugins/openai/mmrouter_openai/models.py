@@ -101,9 +101,9 @@ def _modalities(value: Any, where: str) -> frozenset[Modality]:
     return result
 
 
-def entry_from_config(spec: Mapping[str, Any], index: int) -> Entry:
-    """Build a model from one item of ``providers.openai.models``."""
-    where = f"providers.openai.models[{index}]"
+def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "openai") -> Entry:
+    """Build a model from one item of ``providers.<provider>.models``."""
+    where = f"providers.{provider}.models[{index}]"
     name = str(spec.get("name") or "").strip()
     if not name:
         raise ConfigError(f"{where}.name is required")
@@ -133,10 +133,10 @@ def entry_from_config(spec: Mapping[str, Any], index: int) -> Entry:
     return Entry(info, fmt if transcribes else "")
 
 
-def catalogue(builtin: bool, extra: Iterable[Mapping[str, Any]]) -> dict[str, Entry]:
+def catalogue(builtin: bool, extra: Iterable[Mapping[str, Any]], provider: str = "openai") -> dict[str, Entry]:
     """The models to offer, by name: the built-in ones (if wanted) then configured ones (which win)."""
     entries: dict[str, Entry] = {e.info.name: e for e in BUILTIN} if builtin else {}
     for index, spec in enumerate(extra):
-        entry = entry_from_config(spec, index)
+        entry = entry_from_config(spec, index, provider)
         entries[entry.info.name] = entry
     return entries

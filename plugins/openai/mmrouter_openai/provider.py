@@ -18,7 +18,7 @@ from router import (
 from . import chat, transcribe
 from .errors import map_error
 from .models import Entry, catalogue
-from .settings import OpenAISettings
+from .settings import PLUGIN, OpenAISettings
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -30,17 +30,21 @@ class OpenAIProvider(router.Provider):
     Works with any OpenAI-compatible server (vLLM, Ollama, llama.cpp) through ``base_url``.
     """
 
-    name = "openai"
+    name = PLUGIN
 
-    def __init__(self, settings: OpenAISettings | Mapping[str, Any] | None = None) -> None:
-        self.settings = settings if isinstance(settings, OpenAISettings) else OpenAISettings.load(self.name, settings)
-        self._entries: dict[str, Entry] = catalogue(self.settings.builtin_models, self.settings.models)
+    def __init__(self, settings: OpenAISettings | Mapping[str, Any] | None = None, *, name: str = PLUGIN) -> None:
+        """``name`` other than ``openai`` makes an extra instance (say ``vllm``): its settings are its own
+        section only, without the OPENAI_* environment fallbacks."""
+        self.name = name
+        self.settings = settings if isinstance(settings, OpenAISettings) else OpenAISettings.load(
+            name, settings, environment=name == PLUGIN)
+        self._entries: dict[str, Entry] = catalogue(self.settings.builtin_models, self.settings.models, name)
         self.models: list[ModelInfo] = [e.info for e in self._entries.values()]
         self._client: AsyncOpenAI | None = None
 
     def unconfigured_reason(self) -> str | None:
         """Why the provider cannot be used (no key for OpenAI itself), or None."""
-        return self.settings.unconfigured_reason()
+        return self.settings.unconfigured_reason(self.name)
 
     def client(self) -> AsyncOpenAI:
         """The provider's one SDK client, made on first use (imports the SDK then)."""
@@ -57,8 +61,9 @@ class OpenAIProvider(router.Provider):
                 http_client=http_client,
                 api_key=s.key_for_client,
                 base_url=s.effective_base_url,
-                organization=s.organization or None,
-                project=s.project or None,
+                # None lets the SDK read OPENAI_ORG_ID / OPENAI_PROJECT_ID: the plugin's own provider only.
+                organization=s.organization or (None if s.uses_environment else ""),
+                project=s.project or (None if s.uses_environment else ""),
                 timeout=s.timeout,
                 max_retries=s.max_retries,
             )

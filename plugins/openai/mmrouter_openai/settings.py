@@ -20,8 +20,7 @@ An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
 
 from __future__ import annotations
 
-import os
-from functools import partial
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -31,8 +30,13 @@ from router import ProviderSettings
 
 #: The official endpoint, used when no base_url is configured.
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-#: The setting names to fix when the key is missing or refused.
-KEY_SETTING_HINT = "OPENAI_API_KEY or providers.openai.api_key"
+#: The plugin's own provider name; other names are extra instances (``plugin: openai``).
+PLUGIN = "openai"
+
+
+def key_setting_hint(provider: str) -> str:
+    """The settings to fix when the key is missing or refused (an extra instance has no environment)."""
+    return f"OPENAI_API_KEY or providers.{PLUGIN}.api_key" if provider == PLUGIN else f"providers.{provider}.api_key"
 #: Sent as the key to OpenAI-compatible servers that need none (vLLM, Ollama, llama.cpp).
 NO_KEY_PLACEHOLDER = "sk-no-key-required"
 
@@ -42,11 +46,13 @@ class OpenAISettings(ProviderSettings):
 
     model_config = ConfigDict(str_strip_whitespace=True)
     api_key_env: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
+    env_fields: ClassVar[Mapping[str, str]] = {
+        "base_url": "OPENAI_BASE_URL", "organization": "OPENAI_ORG_ID", "project": "OPENAI_PROJECT_ID",
+    }
 
-    base_url: str = Field(default_factory=partial(os.environ.get, "OPENAI_BASE_URL", ""), validate_default=True,
-                          description="the API root with /v1; else OPENAI_BASE_URL, else OpenAI")
-    organization: str = Field(default_factory=partial(os.environ.get, "OPENAI_ORG_ID", ""), validate_default=True)
-    project: str = Field(default_factory=partial(os.environ.get, "OPENAI_PROJECT_ID", ""), validate_default=True)
+    base_url: str = Field("", description="the API root with /v1; else OPENAI_BASE_URL, else OpenAI")
+    organization: str = ""
+    project: str = ""
     timeout: float = Field(600.0, gt=0, description="seconds per HTTP request, shortened to the call's deadline")
     max_retries: int = Field(0, ge=0, description="SDK retries; the router does fallbacks")
     legacy_max_tokens: bool = Field(False, description="send max_tokens instead of max_completion_tokens")
@@ -84,8 +90,8 @@ class OpenAISettings(ProviderSettings):
             return self.key
         return "" if self.is_openai else NO_KEY_PLACEHOLDER
 
-    def unconfigured_reason(self) -> str | None:
+    def unconfigured_reason(self, provider: str = PLUGIN) -> str | None:
         """Why the provider cannot be used, or None."""
         if not self.key_for_client:
-            return f"no API key: set {KEY_SETTING_HINT}"
+            return f"no API key: set {key_setting_hint(provider)}"
         return None
