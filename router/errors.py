@@ -13,6 +13,7 @@
     ├── NoRoute                      FAILED_PRECONDITION  NO_ROUTE
     │   └── DiarizationUnavailable   FAILED_PRECONDITION  DIARIZATION_UNAVAILABLE
     ├── ConfigError                  INVALID_ARGUMENT     INVALID_CONFIG
+    ├── StorageFull                  RESOURCE_EXHAUSTED   STORAGE_FULL      (the data directory's disk is full)
     └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
         ├── ProviderBadRequest       INVALID_ARGUMENT     PROVIDER_BAD_REQUEST
         ├── ProviderAuthError        FAILED_PRECONDITION  PROVIDER_AUTH
@@ -130,6 +131,14 @@ class ConfigError(RouterError):
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_CONFIG"
+
+
+class StorageFull(RouterError):
+    """The daemon could not write media to its data directory: the disk (or quota, or file size
+    limit) is full. Nothing was stored; the client may retry once an operator made room."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "STORAGE_FULL"
 
 
 class ProviderError(RouterError):

@@ -9,21 +9,42 @@ so memory stays bounded by the chunk size whatever the file's size.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge, UnknownMedia
+from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge, StorageFull, UnknownMedia
 from .sniff import mime_problem
 from .types import Media, Modality
 
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _HEAD = 64
+#: Temp files older than this at start-up are left over from a daemon that was killed mid-upload.
+STALE_TEMP_SECONDS = 3600.0
+#: The write errors that mean "no room": disk full, quota exceeded, file size limit.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _room_needed(what: str) -> Iterator[None]:
+    """Turn "no room left" write errors into :class:`StorageFull` (other OSErrors stay as they are)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NO_ROOM:
+            raise
+        raise StorageFull(f"cannot store {what}: {exc.strerror} in the daemon's data directory; "
+                          "nothing was kept, retry once there is room") from None
 
 
 @dataclass
@@ -49,6 +70,20 @@ class MediaStore:
         self.root = Path(root)
         self.max_upload_bytes = max_upload_bytes
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self) -> None:
+        """Delete what uploads of a killed daemon left in ``tmp`` (only old files: another daemon
+        sharing the directory may be uploading right now)."""
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        removed = 0
+        for entry in os.scandir(self.root / "tmp"):
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+        if removed:
+            log.info("removed %d temp file(s) left by interrupted uploads in %s", removed, self.root / "tmp")
 
     def _path(self, media_id: str) -> Path:
         return self.root / media_id[:2] / media_id
@@ -86,9 +121,10 @@ class MediaStore:
         fd, tmp_name = tempfile.mkstemp(dir=self.root / "tmp")
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out:
+            with _room_needed(f"{len(data)} bytes of {mime_type}"), os.fdopen(fd, "wb") as out:
                 out.write(data)
-            return self._commit(tmp, media_id, mime_type, modality, filename)
+            with _room_needed(f"the record of media {media_id}"):
+                return self._commit(tmp, media_id, mime_type, modality, filename)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -138,7 +174,7 @@ class MediaStore:
         fd, tmp_name = tempfile.mkstemp(dir=self.root / "tmp")
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out:
+            with _room_needed(f"the upload of {mime_type}"), os.fdopen(fd, "wb") as out:
                 async for chunk in chunks:
                     if len(head) < _HEAD:  # check the type as soon as the first bytes are in
                         head += chunk[: _HEAD - len(head)]
@@ -160,7 +196,8 @@ class MediaStore:
             media_id = digest.hexdigest()
             stored = self._stored(media_id)
             if stored is None:
-                return self._commit(tmp, media_id, mime_type, modality, filename)
+                with _room_needed(f"the upload of {mime_type}"):
+                    return self._commit(tmp, media_id, mime_type, modality, filename)
             if stored.modality is not modality:
                 problem = (f"media {media_id} (the same bytes) is already stored as {stored.modality.value}"
                            f" ({stored.mime_type}); refer to it by that id as {stored.modality.value}")

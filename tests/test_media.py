@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -235,3 +239,56 @@ def test_a_record_is_written_whole_or_not_at_all(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(router.media.json, "dumps", real_dumps)
     stored = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT, "again.pdf")
     assert store.get(media_id).filename == "again.pdf" == stored.filename
+
+
+STORE_UNDER_A_FILE_SIZE_LIMIT = """
+import asyncio, os, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # no file may grow past 1 MiB
+from router.errors import StorageFull
+from router.media import MediaStore
+from router.types import Modality
+
+store = MediaStore(Path(sys.argv[1]), 1 << 30)
+
+async def chunks():
+    yield b"%PDF-1.4\\n" + b"x" * (1 << 20)
+    yield b"y" * (1 << 20)
+
+for name, call in (("upload", lambda: asyncio.run(store.upload("application/pdf", Modality.DOCUMENT, "big.pdf",
+                                                                 0, chunks()))),
+                   ("put_bytes", lambda: store.put_bytes(b"%PDF-1.4" + b"z" * (2 << 20), "application/pdf",
+                                                         Modality.DOCUMENT))):
+    try:
+        call()
+        print(name, "STORED")
+    except StorageFull as exc:
+        print(name, exc.code.name, exc.reason, exc.message)
+print("temp files", len(os.listdir(Path(sys.argv[1]) / "tmp")))
+"""
+
+
+def test_a_full_disk_is_resource_exhausted_and_leaves_nothing_behind(tmp_path) -> None:
+    """Writes that hit the disk's limit (here a file size limit, EFBIG; ENOSPC and EDQUOT alike) are
+    STORAGE_FULL, not INTERNAL, and leave no temp file."""
+    result = subprocess.run([sys.executable, "-c", STORE_UNDER_A_FILE_SIZE_LIMIT, str(tmp_path / "media")],
+                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for line, name in zip(lines, ("upload", "put_bytes"), strict=False):
+        assert line.startswith(f"{name} RESOURCE_EXHAUSTED STORAGE_FULL cannot store"), result.stdout
+        assert "nothing was kept" in line
+    assert lines[-1] == "temp files 0"
+    assert not list((tmp_path / "media").glob("*/*.json"))
+
+
+def test_temp_files_of_a_killed_daemon_are_removed_at_start(tmp_path) -> None:
+    tmp = tmp_path / "media" / "tmp"
+    tmp.mkdir(parents=True)
+    old, fresh = tmp / "tmpold", tmp / "tmpfresh"
+    old.write_bytes(b"half an upload")
+    fresh.write_bytes(b"an upload under way (another daemon on this directory)")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    MediaStore(tmp_path / "media", 1 << 20)
+    assert not old.exists() and fresh.exists()
