@@ -25,7 +25,7 @@ from .media import MediaStore
 from .outcome import Done, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
 from .redact import mask
-from .routing import Catalog, Decision, Facts, ProviderStatus, Target, estimate_tokens, facts_of
+from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
 from .sessions import SessionStore, trim_history
 from .sniff import measure
 from .types import CallContext, Media, Message, Part, Request, Role
@@ -148,17 +148,18 @@ class App:
         owners = [name for name, status in self.catalog.items() if model in status.models]
         return owners[0] if owners else ""
 
-    def _trim(self, request: Request, history: list[Message], decision: Decision) -> tuple[Request, list[str]]:
+    def _trim(self, request: Request, history: list[Message], plan: Plan) -> tuple[Request, list[str]]:
+        """``request`` (history + current turn) with the oldest history dropped to fit ``plan``'s model."""
         if not history:
             return request, []
         current = request.messages[len(history):]
 
-        budget = decision.plan.model.context_tokens
+        budget = plan.model.context_tokens
         kept, dropped = trim_history(history, current, budget, estimate_tokens)
         if not dropped:
             return request, []
         note = (f"history trimmed: dropped the {dropped} oldest message(s) of session {request.session_id} "
-                f"to fit {decision.plan.target}'s context of {budget} tokens")
+                f"to fit {plan.target}'s context of {budget} tokens")
         return dataclasses.replace(request, messages=kept + current), [note]
 
     async def _measure_media(self, request: Request) -> None:
@@ -175,13 +176,15 @@ class App:
     async def answer(self, request: Request, deadline: float | None) -> AsyncIterator[RouterEvent]:
         """Route and answer ``request``; yields router events ending with Done."""
         await self._measure_media(request)
-        full, history = self._with_history(request)
-        decision, _ = self._decide(full)
-        full, notes = self._trim(full, history, decision)
+        untrimmed, history = self._with_history(request)
+        decision, _ = self._decide(untrimmed)
+        full, notes = self._trim(untrimmed, history, decision.plan)
+        # a fallback gets the history trimmed to its own model's context
+        fit = (lambda plan: self._trim(untrimmed, history, plan)) if history else None
         ctx = CallContext(request_id=f"{random.getrandbits(128):032x}", deadline=deadline)
         # Closed explicitly: a consumer that stops at Done must not leave the generator to the
         # garbage collector, whose finalizer schedules a task per request to close it.
-        async with aclosing(execute(full, decision, self.registry, ctx, notes)) as events:
+        async with aclosing(execute(full, decision, self.registry, ctx, notes, fit)) as events:
             async for event in events:
                 if isinstance(event, Done):
                     self._finish(request, event)

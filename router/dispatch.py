@@ -10,23 +10,31 @@ to the next fallback when the error is retryable; a failure after output
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from .bridging import apply_bridges
 from .errors import NoRoute, ProviderError
 from .invoke import call_model
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
 from .plugins import Registry
-from .routing import Decision
+from .routing import Decision, Plan
 from .types import CallContext, Request, TextDelta, Transcript, TranscriptReady, Usage, UsageReport
 
 #: What execute yields.
 RouterEvent = RouteChosen | TextDelta | TranscriptReady | StepUsage | Done
 
 
+#: The request for one fallback plan and the notes to add to the route (the history trimmed to its model).
+FitRequest = Callable[[Plan], tuple[Request, list[str]]]
+
+
 async def execute(request: Request, decision: Decision, registry: Registry, ctx: CallContext,
-                  notes: list[str] | None = None) -> AsyncIterator[RouterEvent]:
-    """Run the decision's plans in order until one answers."""
+                  notes: list[str] | None = None, fit: FitRequest | None = None) -> AsyncIterator[RouterEvent]:
+    """Run the decision's plans in order until one answers.
+
+    ``request`` is ready for the first plan; ``fit`` makes it ready for a fallback (whose model
+    may have a smaller context), else fallbacks get ``request`` as it is.
+    """
     started = time.perf_counter()
     route = RouteInfo.planned(decision)
     route.notes.extend(notes or [])
@@ -42,8 +50,11 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         emitted = False
         try:
             answer_request = request
+            if fit is not None and plan is not decision.plan:
+                answer_request, fitted = fit(plan)
+                route.notes.extend(fitted)
             if plan.bridges:
-                bridged = await apply_bridges(plan.bridges, request, registry, ctx, route)
+                bridged = await apply_bridges(plan.bridges, answer_request, registry, ctx, route)
                 answer_request = bridged.request
                 for t in bridged.transcripts:
                     emitted = True

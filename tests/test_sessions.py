@@ -68,6 +68,23 @@ def test_a_history_longer_than_the_context_is_trimmed_oldest_first(start_daemon)
     assert "turn 0" not in answer.text and "last" in answer.text
 
 
+def test_a_fallback_with_a_smaller_context_gets_the_history_trimmed_to_it(start_daemon) -> None:
+    """The big-context model fails; its fallback (60 tokens) must not get the whole history."""
+    daemon = start_daemon(CONFIG.replace("""  - name: everything
+    use: fake/omni""", """  - name: big-then-small
+    match: {tags: [fallback]}
+    use: fake/omni
+    fallback: [fake/small]
+  - name: everything
+    use: fake/omni"""))
+    for i in range(4):
+        ask(daemon, f"turn {i} " + "words " * 20, session="long")
+    answer = ask(daemon, "FAIL:503@omni", session="long", hints=pb.RoutingHints(tags=["fallback"]))
+    assert [(a.model, a.ok) for a in answer.route.attempts] == [("omni", False), ("small", True)]
+    assert "turn 0" not in answer.text and "FAIL:503@omni" in answer.text
+    assert any("history trimmed" in n and "fake/small" in n for n in answer.route.notes), answer.route.notes
+
+
 def test_session_turns_are_not_stored_when_the_call_fails(start_daemon) -> None:
     daemon = start_daemon(CONFIG)
     with pytest.raises(grpc.RpcError) as caught:
