@@ -21,6 +21,10 @@ and in its ``pyproject.toml``::
     [project.entry-points.mmrouter]
     echo = "mmrouter_echo"
 
+To be usable more than once (``providers.<name>: {plugin: echo, ...}``), take the hook's ``name``
+argument too, name the provider with it, and read only ``settings`` for names other than your
+own (see :func:`router.hookspecs.register_providers`).
+
 Run ``router.testing.ProviderContract`` against it to check it conforms.
 """
 

@@ -269,3 +269,41 @@ def test_without_key_the_provider_is_not_configured(start_daemon, fake):
         daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert fake.message_calls() == []
+
+
+def test_an_extra_instance_is_a_second_account_next_to_anthropic(start_daemon, fake):
+    """providers.claude-eu with plugin: anthropic is a second provider made by the same plugin, with its
+    own key and address; ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL stay with the anthropic provider."""
+    eu_key = "sk-ant-eu-account-5c3a"
+    with FakeAnthropic(api_key=eu_key) as eu:
+        daemon = start_daemon(f"""
+providers:
+  anthropic: {{timeout: 10}}
+  claude-eu:
+    plugin: anthropic
+    api_key: "${{CLAUDE_EU_KEY}}"
+    base_url: "{eu.url}"
+  claude-spare: {{plugin: anthropic}}
+routes:
+  - name: eu
+    match: {{tags: [eu]}}
+    use: claude-eu/claude-haiku-4-5
+default: anthropic/claude-sonnet-4-6
+""", env={"ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": fake.url, "CLAUDE_EU_KEY": eu_key})
+        mine = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("mine"), tags=("eu",))), timeout=30).answer
+        theirs = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("theirs"))), timeout=30).answer
+        assert (mine.route.provider, mine.route.model, mine.text) == ("claude-eu", "claude-haiku-4-5",
+                                                                      "Hello from fake Claude.")
+        assert (theirs.route.provider, theirs.route.model) == ("anthropic", "claude-sonnet-4-6")
+        [eu_call] = eu.message_calls()
+        assert sent_key(eu_call) == eu_key and eu_call.json()["model"] == "claude-haiku-4-5"
+        [own_call] = fake.message_calls()
+        assert sent_key(own_call) == API_KEY and own_call.json()["model"] == "claude-sonnet-4-6"
+
+        providers = providers_by_name(daemon.stub)
+        assert (providers["claude-eu"].plugin, providers["claude-eu"].state) == ("anthropic", pb.PROVIDER_STATE_READY)
+        assert [m.name for m in providers["claude-eu"].models] == [m.name for m in providers["anthropic"].models]
+        assert providers["anthropic"].state == pb.PROVIDER_STATE_READY
+        spare = providers["claude-spare"]  # no key of its own: ANTHROPIC_API_KEY is not its key
+        assert (spare.plugin, spare.state) == ("anthropic", pb.PROVIDER_STATE_NOT_CONFIGURED)
+        assert spare.reason == "no API key: set providers.claude-spare.api_key"

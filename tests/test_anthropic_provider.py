@@ -154,9 +154,53 @@ def test_register_hook_and_entry_point() -> None:
 
     assert [ep.value for ep in entry_points(group="mmrouter", name="anthropic")] == ["mmrouter_anthropic"]
     registered: list[router.Provider] = []
-    mmrouter_anthropic.register_providers(registered.append, {"api_key": "k", "timeout": "5"})
-    assert [p.name for p in registered] == ["anthropic"]
+    mmrouter_anthropic.register_providers(registered.append, {"api_key": "k", "timeout": "5"}, "anthropic")
+    mmrouter_anthropic.register_providers(registered.append, {"api_key": "k2"}, "claude-eu")
+    assert [p.name for p in registered] == ["anthropic", "claude-eu"]
     assert registered[0].unconfigured_reason() is None
+
+
+async def test_an_extra_instance_reads_only_its_own_section(monkeypatch: pytest.MonkeyPatch,
+                                                            fake: FakeAnthropic) -> None:
+    """providers.claude-eu with plugin: anthropic gets nothing of the ANTHROPIC_* environment (the key,
+    the token, the base URL, the custom headers the SDK reads itself), and its errors name it."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)  # the key the fake accepts: the instance must not send it
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "env-auth-token")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ANTHROPIC_CUSTOM_HEADERS", f"X-Gateway-Key: env-gateway-secret\nAuthorization: Bearer {API_KEY}")
+    keyless = AnthropicProvider({}, name="claude-eu")
+    try:
+        assert (keyless.name, keyless.settings.key) == ("claude-eu", "")
+        assert keyless.unconfigured_reason() == "no API key: set providers.claude-eu.api_key"
+        with pytest.raises(ProviderNotConfigured) as refused:
+            await run(keyless, chat(user(text("hi"))))
+        assert refused.value.metadata["provider"] == "claude-eu"
+        assert "providers.claude-eu.api_key" in refused.value.message and "ANTHROPIC" not in refused.value.message
+        assert str(keyless.client().base_url).rstrip("/") == "https://api.anthropic.com"  # not ANTHROPIC_BASE_URL
+    finally:
+        await keyless.aclose()
+
+    eu = AnthropicProvider({"api_key": "sk-ant-eu-0123456789", "base_url": fake.url}, name="claude-eu")
+    try:
+        with pytest.raises(ProviderAuthError) as caught:
+            await run(eu, chat(user(text("hi"))))
+    finally:
+        await eu.aclose()
+    assert (caught.value.provider, caught.value.metadata["provider"]) == ("claude-eu", "claude-eu")
+    assert "providers.claude-eu.api_key" in caught.value.message and "ANTHROPIC_API_KEY" not in caught.value.message
+    [call] = fake.message_calls()
+    assert sent_key(call) == "sk-ant-eu-0123456789"  # its own key, not the environment's
+    assert "x-gateway-key" not in call.headers
+
+    own, own_elsewhere = AnthropicProvider({"base_url": fake.url}), AnthropicProvider({})
+    try:  # the plugin's own provider still reads the environment
+        assert own.settings.key == API_KEY
+        assert str(own_elsewhere.client().base_url).rstrip("/") == "http://127.0.0.1:9"
+        assert text_of(await run(own, chat(user(text("hi"))))) == "Hello from fake Claude."
+    finally:
+        await own.aclose()
+        await own_elsewhere.aclose()
+    assert fake.message_calls()[-1].headers["x-gateway-key"] == "env-gateway-secret"
 
 
 async def test_base_url_with_v1_suffix_is_accepted(fake: FakeAnthropic) -> None:

@@ -176,3 +176,46 @@ def test_listed_as_a_ready_diarizing_provider(daemon):
     assert "diarization" in models["best"].features
     assert set(models["best"].inputs) == {pb.MODALITY_AUDIO, pb.MODALITY_VIDEO}
     assert models["best"].price.per_audio_hour == pytest.approx(0.37)
+
+
+def test_an_extra_instance_with_its_own_key_next_to_assemblyai(start_daemon, fake):
+    """providers.assemblyai-eu with plugin: assemblyai is a second provider made by the same plugin, with its
+    own key and address; ASSEMBLYAI_API_KEY and ASSEMBLYAI_BASE_URL stay with the assemblyai provider."""
+    eu_key = "aai-eu-e2e-key-40b7"
+    with FakeAssemblyAI(api_key=eu_key) as eu:
+        daemon = start_daemon(f"""
+providers:
+  assemblyai: {{timeout: 10, poll_interval: 0.05}}
+  assemblyai-eu:
+    plugin: assemblyai
+    api_key: "${{AAI_EU_KEY}}"
+    base_url: "{eu.url}"
+    poll_interval: 0.05
+  assemblyai-spare: {{plugin: assemblyai}}
+routes:
+  - name: eu
+    match: {{tags: [eu]}}
+    use: assemblyai-eu/best
+default: assemblyai/nano
+""", env={"ASSEMBLYAI_API_KEY": KEY, "ASSEMBLYAI_BASE_URL": fake.url, "AAI_EU_KEY": eu_key})
+        audio = wav_bytes()
+        eu_request = request_for(wav_media(audio))
+        eu_request.hints.tags.append("eu")
+        mine = daemon.stub.Generate(pb.GenerateRequest(request=eu_request), timeout=30).answer
+        theirs = daemon.stub.Generate(pb.GenerateRequest(request=request_for(wav_media(audio))), timeout=30).answer
+        assert (mine.route.provider, mine.route.model) == ("assemblyai-eu", "best")
+        assert (theirs.route.provider, theirs.route.model) == ("assemblyai", "nano")
+        assert eu.uploads == [audio] and fake.uploads == [audio]
+        assert {r.headers["authorization"] for r in eu.requests} == {eu_key}
+        assert {r.headers["authorization"] for r in fake.requests} == {KEY}
+        assert [c["speech_model"] for c in eu.created] == ["best"]
+        assert [c["speech_model"] for c in fake.created] == ["nano"]
+
+        providers = providers_by_name(daemon.stub)
+        eu_info = providers["assemblyai-eu"]
+        assert (eu_info.plugin, eu_info.state) == ("assemblyai", pb.PROVIDER_STATE_READY)
+        assert [m.name for m in eu_info.models] == ["best", "nano"]
+        assert providers["assemblyai"].state == pb.PROVIDER_STATE_READY
+        spare = providers["assemblyai-spare"]  # no key of its own: ASSEMBLYAI_API_KEY is not its key
+        assert (spare.plugin, spare.state) == ("assemblyai", pb.PROVIDER_STATE_NOT_CONFIGURED)
+        assert spare.reason == "no API key: set providers.assemblyai-spare.api_key"

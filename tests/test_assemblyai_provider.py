@@ -421,9 +421,49 @@ async def test_without_key_it_is_unconfigured(monkeypatch, fake):
     assert fake.requests == []
 
 
+async def test_an_extra_instance_reads_only_its_own_section(monkeypatch, fake):
+    """providers.assemblyai-eu with plugin: assemblyai gets nothing of the ASSEMBLYAI_* environment (which
+    aai.Settings reads too), and its errors name it."""
+    monkeypatch.setenv("ASSEMBLYAI_API_KEY", KEY)  # the key the fake accepts: the instance must not send it
+    monkeypatch.setenv("ASSEMBLYAI_BASE_URL", fake.url)
+    registered: list = []
+    register_providers(registered.append, {}, "assemblyai-eu")
+    register_providers(registered.append, {"api_key": "aai-eu-key-31", "base_url": fake.url, "poll_interval": 0.01},
+                       "assemblyai-eu")
+    register_providers(registered.append, {"poll_interval": 0.01}, "assemblyai")
+    keyless, eu, own = registered
+    try:
+        assert [p.name for p in registered] == ["assemblyai-eu", "assemblyai-eu", "assemblyai"]
+        assert (keyless.settings.key, keyless.settings.base_url) == ("", "https://api.assemblyai.com")
+        assert keyless.unconfigured_reason() == "no API key: set providers.assemblyai-eu.api_key"
+        with pytest.raises(ProviderNotConfigured) as refused:
+            await collect(keyless, audio_request(), keyless.model("best"))
+        assert refused.value.metadata["provider"] == "assemblyai-eu"
+        assert fake.requests == []
+
+        with pytest.raises(ProviderAuthError) as caught:
+            await collect(eu, audio_request(), eu.model("best"))
+        assert (caught.value.provider, caught.value.metadata["provider"]) == ("assemblyai-eu", "assemblyai-eu")
+        assert "providers.assemblyai-eu.api_key" in caught.value.message
+        assert "ASSEMBLYAI_API_KEY" not in caught.value.message
+        assert [r.headers["authorization"] for r in fake.requests] == ["aai-eu-key-31"]  # its own key only
+        nothing = Request(messages=[Message(Role.USER, [Part(text="hi")])], options=Options(task=Task.TRANSCRIBE))
+        with pytest.raises(ProviderBadRequest) as bad:
+            await collect(eu, nothing, eu.model("best"))
+        assert bad.value.provider == "assemblyai-eu"
+
+        assert (own.settings.key, own.settings.base_url) == (KEY, fake.url)  # the own provider reads the environment
+        events = await collect(own, audio_request(), own.model("best"))
+        assert any(isinstance(e, TranscriptReady) for e in events)
+        assert fake.requests[-1].headers["authorization"] == KEY
+    finally:
+        for provider in registered:
+            await provider.aclose()
+
+
 def test_registers_one_provider_with_diarizing_transcription_models(fake):
     registered = []
-    register_providers(registered.append, {"api_key": KEY, "base_url": fake.url})
+    register_providers(registered.append, {"api_key": KEY, "base_url": fake.url}, "assemblyai")
     (provider,) = registered
     assert provider.name == "assemblyai"
     assert [m.name for m in provider.models] == ["best", "nano"]

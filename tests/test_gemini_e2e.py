@@ -11,7 +11,7 @@ import io
 
 import grpc
 import pytest
-from grpc_helpers import error_details
+from grpc_helpers import error_details, providers_by_name
 from mmrouter.v1 import router_pb2 as pb
 
 from tests.fakes.gemini import FakeGemini
@@ -191,3 +191,43 @@ def test_upstream_errors_reach_the_client_mapped(daemon, fake, status, headers, 
         assert got.retry_delay == pytest.approx(retry)
     if status == 403:
         assert "GEMINI_API_KEY" in err.details()
+
+
+def test_an_extra_instance_with_its_own_key_next_to_gemini(start_daemon, fake):
+    """providers.gemini-team with plugin: gemini is a second provider made by the same plugin, with its own
+    key and address; GEMINI_API_KEY and GOOGLE_GEMINI_BASE_URL stay with the gemini provider."""
+    team_key = "AIza-team-e2e-77d0"
+    with FakeGemini(api_key=team_key) as team:
+        daemon = start_daemon(f"""
+providers:
+  gemini: {{timeout: 10}}
+  gemini-team:
+    plugin: gemini
+    api_key: "${{TEAM_KEY}}"
+    base_url: "{team.url}"
+  gemini-spare: {{plugin: gemini}}
+routes:
+  - name: team
+    match: {{tags: [team]}}
+    use: gemini-team/gemini-2.5-flash
+default: gemini/gemini-2.5-pro
+""", env={"GEMINI_API_KEY": KEY, "GOOGLE_GEMINI_BASE_URL": fake.url, "TEAM_KEY": team_key})
+        tagged = pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="mine")])],
+                                      hints=pb.RoutingHints(tags=["team"]))
+        mine = daemon.stub.Generate(pb.GenerateRequest(request=tagged), timeout=30).answer
+        theirs = daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="theirs"))), timeout=30).answer
+        assert (mine.route.provider, mine.route.model, mine.text) == ("gemini-team", "gemini-2.5-flash",
+                                                                      "Hello from Gemini.")
+        assert (theirs.route.provider, theirs.route.model) == ("gemini", "gemini-2.5-pro")
+        [team_call] = team.calls("stream")
+        assert team_call.headers["x-goog-api-key"] == team_key and "gemini-2.5-flash" in team_call.path
+        [own_call] = fake.calls("stream")
+        assert own_call.headers["x-goog-api-key"] == KEY and "gemini-2.5-pro" in own_call.path
+
+        providers = providers_by_name(daemon.stub)
+        assert (providers["gemini-team"].plugin, providers["gemini-team"].state) == ("gemini", pb.PROVIDER_STATE_READY)
+        assert [m.name for m in providers["gemini-team"].models] == [m.name for m in providers["gemini"].models]
+        assert providers["gemini"].state == pb.PROVIDER_STATE_READY
+        spare = providers["gemini-spare"]  # no key of its own: GEMINI_API_KEY is not its key
+        assert (spare.plugin, spare.state) == ("gemini", pb.PROVIDER_STATE_NOT_CONFIGURED)
+        assert spare.reason == "no API key: set providers.gemini-spare.api_key"

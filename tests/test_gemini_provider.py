@@ -136,6 +136,46 @@ def test_key_comes_from_config_then_env(monkeypatch):
     assert GeminiProvider.from_settings({"api_key": "x"}).unconfigured_reason() is None
 
 
+async def test_an_extra_instance_reads_only_its_own_section(monkeypatch, fake, tmp_path):
+    """providers.gemini-team with plugin: gemini gets nothing of the environment the SDK or the plugin
+    reads for the gemini provider (the keys, GOOGLE_GEMINI_BASE_URL, Vertex AI), and its errors name it."""
+    for var, value in (("GEMINI_API_KEY", KEY), ("GOOGLE_API_KEY", KEY), ("GOOGLE_GEMINI_BASE_URL", fake.url),
+                       ("GOOGLE_GENAI_USE_VERTEXAI", "true"), ("GOOGLE_CLOUD_PROJECT", "env-project")):
+        monkeypatch.setenv(var, value)  # KEY is the key the fake accepts: the instance must not send it
+    keyless = GeminiProvider.from_settings({}, "gemini-team")
+    assert (keyless.name, keyless.settings.key) == ("gemini-team", "")
+    assert keyless.unconfigured_reason() == "no API key: set providers.gemini-team.api_key"
+    with pytest.raises(ProviderAuthError) as refused:
+        await collect(keyless, ask(Part(text="hi")), model(keyless))
+    assert refused.value.metadata["provider"] == "gemini-team" and "GEMINI" not in refused.value.message
+    assert fake.requests == []
+
+    team = GeminiProvider.from_settings({"api_key": "AIza-team-key-4242"}, "gemini-team")
+    api = team.client()._api_client  # the public API, not GOOGLE_GEMINI_BASE_URL; not Vertex AI
+    assert (api._http_options.base_url.rstrip("/"), api.vertexai) == ("https://generativelanguage.googleapis.com", False)
+    await team.aclose()
+
+    wrong = GeminiProvider.from_settings({"api_key": "AIza-team-key-4242", "base_url": fake.url}, "gemini-team")
+    with pytest.raises(ProviderAuthError) as caught:
+        await collect(wrong, ask(Part(text="hi")), model(wrong))
+    await wrong.aclose()
+    assert (caught.value.provider, caught.value.metadata["provider"]) == ("gemini-team", "gemini-team")
+    assert "providers.gemini-team.api_key" in caught.value.message and "GEMINI_API_KEY" not in caught.value.message
+    assert [r.headers["x-goog-api-key"] for r in fake.requests] == ["AIza-team-key-4242"]  # its own key only
+    fake.processing_polls, fake.fail_processing = 1, True
+    uploader = GeminiProvider.from_settings({"api_key": KEY, "base_url": fake.url, "inline_limit_bytes": 0,
+                                             "poll_interval": 0.02}, "gemini-team")
+    with pytest.raises(ProviderBadRequest) as failed:
+        await collect(uploader, ask(Part(text="?"), Part(media=stored_video(tmp_path))), model(uploader))
+    await uploader.aclose()
+    assert failed.value.provider == "gemini-team" and "could not process" in failed.value.message  # Files API
+
+    own = GeminiProvider.from_settings({})  # the plugin's own provider still reads the environment
+    assert text_of(await collect(own, ask(Part(text="hi")), model(own))) == "Hello from Gemini."
+    await own.aclose()
+    assert fake.requests[-1].headers["x-goog-api-key"] == KEY
+
+
 def test_settings_are_checked():
     s = GeminiSettings.load("gemini", {"api_key": "k", "inline_limit_bytes": "1024", "timeout": 5,
                                      "api_version": "v1alpha", "streaming": "false"})

@@ -20,6 +20,7 @@ __all__ = ["MODELS", "AnthropicProvider", "AnthropicSettings", "register_provide
 
 
 @router.hookimpl
-def register_providers(register: RegisterProvider, settings: Mapping[str, Any]) -> None:
-    """Offer the Anthropic provider, configured from ``providers.anthropic``."""
-    register(AnthropicProvider(settings))
+def register_providers(register: RegisterProvider, settings: Mapping[str, Any], name: str) -> None:
+    """Offer the Anthropic provider, configured from ``providers.anthropic``, or an extra instance
+    (``providers.<name>`` with ``plugin: anthropic``, e.g. a second account or a gateway)."""
+    register(AnthropicProvider(settings, name=name))

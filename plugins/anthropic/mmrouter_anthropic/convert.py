@@ -46,12 +46,14 @@ def _base64_of(media: Media) -> str:
     return base64.b64encode(media.read_bytes()).decode("ascii")
 
 
-async def media_block(media: Media, where: str) -> dict[str, Any]:
-    """The content block for one image or document; ``where`` names it in error messages."""
+async def media_block(media: Media, where: str, provider: str) -> dict[str, Any]:
+    """The content block for one image or document; ``where`` names it in error messages, which
+    name ``provider`` (the provider sending it)."""
     mime = normalise_mime(media.mime_type)
     if media.modality is Modality.IMAGE:
         if mime not in IMAGE_TYPES:
-            raise bad_request(f"{where}: Claude takes png, jpeg, gif or webp images, not {media.mime_type!r}")
+            raise bad_request(provider,
+                              f"{where}: Claude takes png, jpeg, gif or webp images, not {media.mime_type!r}")
         if media.url:
             return {"type": "image", "source": {"type": "url", "url": media.url}}
         data = await asyncio.to_thread(_base64_of, media)
@@ -69,17 +71,19 @@ async def media_block(media: Media, where: str) -> dict[str, Any]:
             text = raw.decode("utf-8", errors="replace")
             block = {"type": "document", "source": {"type": "text", "media_type": PLAIN_TEXT, "data": text}}
         else:
-            raise bad_request(f"{where}: Claude takes PDF or plain-text documents, not {media.mime_type!r}")
+            raise bad_request(provider,
+                              f"{where}: Claude takes PDF or plain-text documents, not {media.mime_type!r}")
         if media.filename:
             block["title"] = media.filename
         return block
     raise bad_request(
+        provider,
         f"{where}: Claude models take text, images and documents, not {media.modality.value}; "
         "route this request to a model that takes it"
     )
 
 
-async def message_blocks(message: Message, index: int) -> list[dict[str, Any]]:
+async def message_blocks(message: Message, index: int, provider: str) -> list[dict[str, Any]]:
     """The content blocks of one message, in order; blank text parts are left out
     (the API rejects empty text blocks)."""
     blocks: list[dict[str, Any]] = []
@@ -87,21 +91,22 @@ async def message_blocks(message: Message, index: int) -> list[dict[str, Any]]:
         where = f"messages[{index}].parts[{j}]"
         if part.media is not None:
             if message.role is Role.ASSISTANT:
-                raise bad_request(f"{where}: Claude takes media only in user turns, not assistant turns")
-            blocks.append(await media_block(part.media, where))
+                raise bad_request(provider,
+                                  f"{where}: Claude takes media only in user turns, not assistant turns")
+            blocks.append(await media_block(part.media, where, provider))
         elif part.text and part.text.strip():
             blocks.append({"type": "text", "text": part.text})
     return blocks
 
 
-def _system_prompt(request: Request) -> str:
+def _system_prompt(request: Request, provider: str) -> str:
     """The system messages' text, joined by blank lines; media there is refused."""
     texts: list[str] = []
     for i, message in enumerate(request.messages):
         if message.role is not Role.SYSTEM:
             continue
         if any(p.media is not None for p in message.parts):
-            raise bad_request(f"messages[{i}]: a system message can hold only text for Claude")
+            raise bad_request(provider, f"messages[{i}]: a system message can hold only text for Claude")
         if message.text.strip():
             texts.append(message.text)
     return "\n\n".join(texts)
@@ -120,8 +125,8 @@ def _strip_final_assistant(turns: list[dict[str, Any]]) -> None:
         turns.pop()
 
 
-async def prepare(request: Request) -> Prepared:
-    """The ``system`` and ``messages`` for ``request``.
+async def prepare(request: Request, provider: str) -> Prepared:
+    """The ``system`` and ``messages`` for ``request``, sent by the provider called ``provider``.
 
     System messages become ``system``; consecutive turns of one role are merged
     into one turn; a conversation that would start with the assistant gets a
@@ -132,7 +137,7 @@ async def prepare(request: Request) -> Prepared:
     for i, message in enumerate(request.messages):
         if message.role is Role.SYSTEM:
             continue
-        blocks = await message_blocks(message, i)
+        blocks = await message_blocks(message, i, provider)
         if not blocks:
             continue
         role = "assistant" if message.role is Role.ASSISTANT else "user"
@@ -142,7 +147,7 @@ async def prepare(request: Request) -> Prepared:
             turns.append({"role": role, "content": blocks})
     _strip_final_assistant(turns)
     if not turns:
-        raise bad_request("the request has no user content to answer")
+        raise bad_request(provider, "the request has no user content to answer")
     if turns[0]["role"] == "assistant":
         turns.insert(0, {"role": "user", "content": [{"type": "text", "text": LEADING_USER_TURN}]})
-    return Prepared(system=_system_prompt(request), messages=turns)
+    return Prepared(system=_system_prompt(request, provider), messages=turns)

@@ -13,11 +13,7 @@ from router.errors import (
     provider_error_from_status,
 )
 
-#: The provider's name, as used in routing targets and error messages.
-PROVIDER = "anthropic"
-
-#: Where the key comes from, named in authentication errors.
-KEY_HINT = "check ANTHROPIC_API_KEY or providers.anthropic.api_key"
+from .settings import key_setting_hint
 
 #: HTTP status for each Anthropic error type, for errors that arrive inside a 200 stream.
 _STATUS_BY_TYPE: dict[str, int] = {
@@ -34,9 +30,14 @@ _STATUS_BY_TYPE: dict[str, int] = {
 }
 
 
-def bad_request(message: str) -> ProviderBadRequest:
-    """A request this provider cannot send, found before calling the API."""
-    return ProviderBadRequest(PROVIDER, message)
+def key_hint(provider: str) -> str:
+    """Where ``provider``'s key comes from, named in authentication errors."""
+    return f"check {key_setting_hint(provider)}"
+
+
+def bad_request(provider: str, message: str) -> ProviderBadRequest:
+    """A request the provider called ``provider`` cannot send, found before calling the API."""
+    return ProviderBadRequest(provider, message)
 
 
 def _scrub(text: str, secret: str) -> str:
@@ -53,8 +54,9 @@ def _error_body(exc: Any) -> tuple[str, str]:
     return str(err.get("type") or ""), str(err.get("message") or "")
 
 
-def map_sdk_error(exc: BaseException, api_key: str) -> ProviderError:
-    """The :class:`ProviderError` for an exception raised by the anthropic SDK.
+def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderError:
+    """The :class:`ProviderError` of the provider called ``provider`` for an exception raised by the
+    anthropic SDK.
 
     Status errors map by HTTP status (or, for an ``error`` event inside a stream, whose
     HTTP status is 200, by the error's type); connection failures and timeouts are
@@ -63,9 +65,9 @@ def map_sdk_error(exc: BaseException, api_key: str) -> ProviderError:
     import anthropic
 
     if isinstance(exc, anthropic.APITimeoutError):
-        return ProviderUnavailable(PROVIDER, "the Anthropic API did not answer in time")
+        return ProviderUnavailable(provider, "the Anthropic API did not answer in time")
     if isinstance(exc, anthropic.APIConnectionError):
-        return ProviderUnavailable(PROVIDER, "cannot reach the Anthropic API (connection failed)")
+        return ProviderUnavailable(provider, "cannot reach the Anthropic API (connection failed)")
     if isinstance(exc, anthropic.APIStatusError):
         err_type, err_message = _error_body(exc)
         status = exc.status_code
@@ -73,7 +75,7 @@ def map_sdk_error(exc: BaseException, api_key: str) -> ProviderError:
             status = _STATUS_BY_TYPE.get(err_type, 500)
         detail = err_message or err_type or f"HTTP {status}"
         if status in (401, 403):
-            message = f"authentication failed ({detail}): {KEY_HINT}"
+            message = f"authentication failed ({detail}): {key_hint(provider)}"
         elif status == 529 or err_type == "overloaded_error":
             message = f"overloaded ({detail})"
         else:
@@ -82,11 +84,11 @@ def map_sdk_error(exc: BaseException, api_key: str) -> ProviderError:
         if status == 429 and exc.status_code == 429:
             retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
         return provider_error_from_status(
-            PROVIDER, status, _scrub(message, api_key), retry_after=retry_after
+            provider, status, _scrub(message, api_key), retry_after=retry_after
         )
     if isinstance(exc, transport_errors()):
-        return ProviderUnavailable(PROVIDER, f"connection to the Anthropic API failed ({type(exc).__name__})")
-    return ProviderUnavailable(PROVIDER, _scrub(f"bad answer from the Anthropic API: {exc}", api_key))
+        return ProviderUnavailable(provider, f"connection to the Anthropic API failed ({type(exc).__name__})")
+    return ProviderUnavailable(provider, _scrub(f"bad answer from the Anthropic API: {exc}", api_key))
 
 
 def transport_errors() -> tuple[type[BaseException], ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +19,9 @@ from router import (
 from router.errors import ProviderNotConfigured
 
 from .convert import prepare
-from .errors import KEY_HINT, PROVIDER, is_mappable, map_sdk_error
+from .errors import is_mappable, key_hint, map_sdk_error
 from .models import MODELS, max_tokens_for
-from .settings import AnthropicSettings
+from .settings import PLUGIN, AnthropicSettings
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
@@ -31,20 +32,23 @@ class AnthropicProvider(Provider):
     Settings: ``providers.anthropic``, see :class:`~mmrouter_anthropic.settings.AnthropicSettings`.
     """
 
-    name = PROVIDER
+    name = PLUGIN
 
-    def __init__(self, settings: AnthropicSettings | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, settings: AnthropicSettings | Mapping[str, Any] | None = None, *,
+                 name: str = PLUGIN) -> None:
+        """``name`` other than ``anthropic`` makes an extra instance (say ``claude-eu``): its settings are
+        its own section only, without the ANTHROPIC_* environment fallbacks."""
+        self.name = name
         self.settings = (
-            settings if isinstance(settings, AnthropicSettings) else AnthropicSettings.load(PROVIDER, settings)
+            settings if isinstance(settings, AnthropicSettings)
+            else AnthropicSettings.load(name, settings, environment=name == PLUGIN)
         )
         self.models = list(MODELS)
         self._client: AsyncAnthropic | None = None
 
     def unconfigured_reason(self) -> str | None:
         """Why Claude cannot be called (no API key), or None."""
-        if not self.settings.key:
-            return "ANTHROPIC_API_KEY is not set (set it, or providers.anthropic.api_key in the config)"
-        return None
+        return self.settings.unconfigured_reason(self.name)
 
     def client(self) -> AsyncAnthropic:
         """The one SDK client of this provider, made on first use."""
@@ -52,8 +56,12 @@ class AnthropicProvider(Provider):
             from anthropic import AsyncAnthropic
 
             s = self.settings
+            # api_key is always given (a str), so the SDK reads no credential of its own (ANTHROPIC_API_KEY,
+            # ANTHROPIC_AUTH_TOKEN, profiles). For an extra instance, base_url is never None (None reads
+            # ANTHROPIC_BASE_URL) and ANTHROPIC_CUSTOM_HEADERS is cancelled.
             self._client = AsyncAnthropic(
-                api_key=s.key, base_url=s.base_url or None, timeout=s.timeout, max_retries=s.max_retries
+                api_key=s.key, base_url=s.client_base_url, timeout=s.timeout, max_retries=s.max_retries,
+                default_headers=None if s.uses_environment else _without_environment_headers(s.key),
             )
         return self._client
 
@@ -69,8 +77,8 @@ class AnthropicProvider(Provider):
     ) -> AsyncIterator[ProviderEvent]:
         """Stream Claude's answer: text deltas as they come, then one usage report."""
         if not self.settings.key:
-            raise ProviderNotConfigured(PROVIDER, f"no API key: {KEY_HINT}")
-        prepared = await prepare(request)
+            raise ProviderNotConfigured(self.name, f"no API key: {key_hint(self.name)}")
+        prepared = await prepare(request, self.name)
         params: dict[str, Any] = {
             "model": model.name,
             "max_tokens": max_tokens_for(model, request.options.max_output_tokens),
@@ -93,7 +101,7 @@ class AnthropicProvider(Provider):
                         yield TextDelta(delta)
         except Exception as exc:
             if is_mappable(exc):
-                raise map_sdk_error(exc, self.settings.key) from exc
+                raise map_sdk_error(exc, self.name, self.settings.key) from exc
             raise
         yield UsageReport(usage)
 
@@ -102,6 +110,21 @@ class AnthropicProvider(Provider):
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+
+
+def _without_environment_headers(api_key: str) -> dict[str, Any]:
+    """``default_headers`` that cancel ANTHROPIC_CUSTOM_HEADERS for an extra instance: the SDK adds those
+    headers (``Name: value`` lines; a gateway's credentials, say) to every request of every client, and
+    they belong to the plugin's own provider.
+
+    Each header named there is omitted, but ``Authorization``, where the SDK sends the key
+    (``Bearer <api_key>``), is set to the instance's own key: omitted, the request would carry no key.
+    """
+    from anthropic import omit
+
+    lines = os.environ.get("ANTHROPIC_CUSTOM_HEADERS", "").split("\n")
+    names = {line.split(":", 1)[0].strip() for line in lines if ":" in line}
+    return {name: f"Bearer {api_key}" if name.lower() == "authorization" else omit for name in names}
 
 
 def _handle_event(event: Any, usage: Usage) -> str:

@@ -11,6 +11,10 @@ Keys (all optional)::
         max_retries: 0                 # SDK retries; the router does fallbacks (default 0)
 
 An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
+
+Another section with ``plugin: anthropic`` (say ``providers.claude-eu``) is one more provider, an
+extra instance: it reads only its own section (no ``ANTHROPIC_*`` environment variables), and its
+base_url defaults to the public API.
 """
 
 from __future__ import annotations
@@ -20,6 +24,18 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from router import ProviderSettings
+
+#: The plugin's own provider name; other names are extra instances (``plugin: anthropic``).
+PLUGIN = "anthropic"
+#: The public API root, where an extra instance without a base_url goes.
+ANTHROPIC_API_URL = "https://api.anthropic.com"
+
+
+def key_setting_hint(provider: str) -> str:
+    """The settings to fix when the key is missing or refused (an extra instance has no environment)."""
+    if provider == PLUGIN:
+        return f"ANTHROPIC_API_KEY or providers.{PLUGIN}.api_key"
+    return f"providers.{provider}.api_key"
 
 
 class AnthropicSettings(ProviderSettings):
@@ -36,3 +52,17 @@ class AnthropicSettings(ProviderSettings):
     def _api_root(cls, url: str) -> str:
         # The SDK adds /v1/messages itself; accept a root given with /v1 too.
         return url.rstrip("/").removesuffix("/v1")
+
+    @property
+    def client_base_url(self) -> str | None:
+        """The ``base_url`` to give the SDK. None lets it read ANTHROPIC_BASE_URL: the plugin's own
+        provider only; an extra instance gets its own or the public API."""
+        return self.base_url or (None if self.uses_environment else ANTHROPIC_API_URL)
+
+    def unconfigured_reason(self, provider: str = PLUGIN) -> str | None:
+        """Why the provider cannot be used (no key), or None."""
+        if self.key:
+            return None
+        if provider == PLUGIN:
+            return "ANTHROPIC_API_KEY is not set (set it, or providers.anthropic.api_key in the config)"
+        return f"no API key: set {key_setting_hint(provider)}"

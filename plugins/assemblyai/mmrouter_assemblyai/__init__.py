@@ -1,6 +1,7 @@
 """mmrouter-assemblyai: AssemblyAI transcription with speaker diarization, as an mmrouter provider plugin.
 
-Registers one provider, ``assemblyai``, with the models ``best`` and ``nano``.
+Registers the provider ``assemblyai``, with the models ``best`` and ``nano``, and one more for each
+extra instance the config asks for (``providers.<name>`` with ``plugin: assemblyai``).
 Settings come from ``providers.assemblyai`` (see :mod:`mmrouter_assemblyai.settings`).
 """
 
@@ -12,12 +13,14 @@ from typing import Any
 import router
 
 from .provider import AssemblyAIProvider
-from .settings import AssemblyAISettings
+from .settings import PLUGIN, AssemblyAISettings
 
 __all__ = ["AssemblyAIProvider", "AssemblyAISettings", "register_providers"]
 
 
 @router.hookimpl
-def register_providers(register: Any, settings: Mapping[str, Any]) -> None:
-    """Offer the AssemblyAI provider, configured from ``providers.assemblyai``."""
-    register(AssemblyAIProvider(AssemblyAISettings.load("assemblyai", settings)))
+def register_providers(register: Any, settings: Mapping[str, Any], name: str) -> None:
+    """Offer the AssemblyAI provider, configured from ``providers.assemblyai``, or an extra instance
+    (``providers.<name>`` with ``plugin: assemblyai``, e.g. a second account or the EU endpoint)."""
+    provider_settings = AssemblyAISettings.load(name, settings, environment=name == PLUGIN)
+    register(AssemblyAIProvider(provider_settings, name=name))

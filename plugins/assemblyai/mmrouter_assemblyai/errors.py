@@ -13,11 +13,7 @@ from router.errors import (
     provider_error_from_status,
 )
 
-#: The provider's name, as used in routing targets and error messages.
-PROVIDER = "assemblyai"
-
-#: Where the key comes from, named in authentication errors.
-KEY_HINT = "check ASSEMBLYAI_API_KEY or providers.assemblyai.api_key"
+from .settings import key_setting_hint
 
 
 def _scrub(text: str, secret: str) -> str:
@@ -25,13 +21,15 @@ def _scrub(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-def bad_request(message: str) -> ProviderBadRequest:
-    """A request this provider cannot send, found before calling the API."""
-    return ProviderBadRequest(PROVIDER, message)
+def bad_request(provider: str, message: str) -> ProviderBadRequest:
+    """A request the provider called ``provider`` cannot send, found before calling the API."""
+    return ProviderBadRequest(provider, message)
 
 
-def transcript_failed(transcript_id: str | None, error: str | None, api_key: str) -> ProviderError:
-    """The error for a transcript that ended with status ``error``, carrying AssemblyAI's message.
+def transcript_failed(provider: str, transcript_id: str | None, error: str | None,
+                      api_key: str) -> ProviderError:
+    """The error (of the provider called ``provider``) for a transcript that ended with status ``error``,
+    carrying AssemblyAI's message.
 
     AssemblyAI fails a transcript for what it was given (no audio stream, an
     unsupported or unreachable file, too little speech), so this is INVALID_ARGUMENT
@@ -39,13 +37,14 @@ def transcript_failed(transcript_id: str | None, error: str | None, api_key: str
     """
     detail = (error or "no reason given").strip()
     where = f"transcript {transcript_id}" if transcript_id else "transcript"
-    return ProviderBadRequest(PROVIDER, _scrub(f"transcription failed ({where}): {detail}", api_key))
+    return ProviderBadRequest(provider, _scrub(f"transcription failed ({where}): {detail}", api_key))
 
 
-def poll_timed_out(transcript_id: str | None, status: str, waited: float) -> ProviderTimeout:
-    """The error when the call's deadline passes before the transcript is done."""
+def poll_timed_out(provider: str, transcript_id: str | None, status: str, waited: float) -> ProviderTimeout:
+    """The error (of the provider called ``provider``) when the call's deadline passes before the
+    transcript is done."""
     return ProviderTimeout(
-        PROVIDER,
+        provider,
         f"transcript {transcript_id} still {status} after {waited:.1f}s, when the call's deadline passed; "
         "give the call a longer deadline",
     )
@@ -59,8 +58,9 @@ def _retry_after(client: Any, status: int) -> float | None:
     return parse_retry_after(last.headers.get("retry-after"))
 
 
-def map_sdk_error(exc: BaseException, api_key: str, client: Any = None) -> ProviderError:
-    """The :class:`ProviderError` for an exception raised while calling the assemblyai SDK.
+def map_sdk_error(exc: BaseException, provider: str, api_key: str, client: Any = None) -> ProviderError:
+    """The :class:`ProviderError` of the provider called ``provider`` for an exception raised while
+    calling the assemblyai SDK.
 
     HTTP failures (``AssemblyAIError`` with a ``status_code``) map by status;
     connection failures and timeouts are UNAVAILABLE. ``client`` (the SDK's
@@ -70,25 +70,25 @@ def map_sdk_error(exc: BaseException, api_key: str, client: Any = None) -> Provi
     import httpx
 
     if isinstance(exc, httpx.TimeoutException):
-        return ProviderUnavailable(PROVIDER, "the AssemblyAI API did not answer in time")
+        return ProviderUnavailable(provider, "the AssemblyAI API did not answer in time")
     if isinstance(exc, httpx.TransportError):
         return ProviderUnavailable(
-            PROVIDER, f"cannot reach the AssemblyAI API ({type(exc).__name__}: connection failed)"
+            provider, f"cannot reach the AssemblyAI API ({type(exc).__name__}: connection failed)"
         )
     if isinstance(exc, aai.types.AssemblyAIError):
         status = exc.status_code
         detail = str(exc).strip() or type(exc).__name__
         if status in (401, 403):
-            message = f"authentication failed ({detail}): {KEY_HINT}"
+            message = f"authentication failed ({detail}): check {key_setting_hint(provider)}"
         elif status is None:
             message = detail
         else:
             message = f"HTTP {status}: {detail}"
         retry_after = _retry_after(client, status) if status == 429 else None
         # No status means the SDK failed without an HTTP answer: treat as unavailable.
-        return provider_error_from_status(PROVIDER, status, _scrub(message, api_key), retry_after=retry_after)
+        return provider_error_from_status(provider, status, _scrub(message, api_key), retry_after=retry_after)
     return ProviderUnavailable(
-        PROVIDER, _scrub(f"bad answer from the AssemblyAI API ({type(exc).__name__}): {exc}", api_key)
+        provider, _scrub(f"bad answer from the AssemblyAI API ({type(exc).__name__}): {exc}", api_key)
     )
 
 

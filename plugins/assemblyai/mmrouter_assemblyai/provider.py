@@ -24,7 +24,7 @@ from router.errors import ProviderNotConfigured, ProviderUnavailable
 
 from . import errors, transcripts
 from .models import MODELS, speech_model
-from .settings import AssemblyAISettings
+from .settings import PLUGIN, AssemblyAISettings
 
 if TYPE_CHECKING:
     import assemblyai
@@ -42,22 +42,27 @@ class AssemblyAIProvider(Provider):
     providers never share the SDK's global ``aai.settings``.
     """
 
-    name = errors.PROVIDER
+    name = PLUGIN
 
-    def __init__(self, settings: AssemblyAISettings | None = None) -> None:
+    def __init__(self, settings: AssemblyAISettings | None = None, *, name: str = PLUGIN) -> None:
+        """``name`` other than ``assemblyai`` makes an extra instance (say ``assemblyai-eu``); give it settings
+        loaded without the environment: ``AssemblyAISettings.load(name, section, environment=False)``."""
+        self.name = name
         self.settings = settings or AssemblyAISettings()
         self.models = list(MODELS)
         self._client: assemblyai.AsyncClient | None = None
         self._transcriber: assemblyai.AsyncTranscriber | None = None
 
     def unconfigured_reason(self) -> str | None:
-        return self.settings.unconfigured_reason()
+        return self.settings.unconfigured_reason(self.name)
 
     def _sdk(self) -> tuple[assemblyai.AsyncClient, assemblyai.AsyncTranscriber]:
         """The provider's one SDK client and transcriber, made on first use."""
         if self._client is None or self._transcriber is None:
             import assemblyai as aai
 
+            # Every setting the calls use is given: aai.Settings reads ASSEMBLYAI_<FIELD> for the others
+            # (ASSEMBLYAI_API_KEY, ASSEMBLYAI_BASE_URL...), which belong to the plugin's own provider.
             sdk_settings = aai.Settings(
                 api_key=self.settings.key,
                 base_url=self.settings.base_url,
@@ -75,7 +80,7 @@ class AssemblyAIProvider(Provider):
         """Transcribe every audio and video of the request, one :class:`TranscriptReady` each."""
         media = [m for m in request.media() if m.modality in _MEDIA_KINDS]
         if not media:
-            raise errors.bad_request("nothing to transcribe: the request has no audio or video")
+            raise errors.bad_request(self.name, "nothing to transcribe: the request has no audio or video")
         if (reason := self.unconfigured_reason()) is not None:
             raise ProviderNotConfigured(self.name, reason)
         total = 0.0
@@ -104,7 +109,7 @@ class AssemblyAIProvider(Provider):
         log.debug("assemblyai transcript %s submitted (request %s)", submitted.id, ctx.request_id)
         response = await self._poll(client, submitted.id, ctx)
         if response.status == aai.TranscriptStatus.error:
-            raise errors.transcript_failed(response.id, response.error, self.settings.key)
+            raise errors.transcript_failed(self.name, response.id, response.error, self.settings.key)
         return response
 
     async def _poll(
@@ -131,14 +136,14 @@ class AssemblyAIProvider(Provider):
             remaining = ctx.time_remaining()
             if remaining is not None and remaining <= 0:
                 status = getattr(response.status, "value", response.status)
-                raise errors.poll_timed_out(transcript_id, str(status), time.monotonic() - started)
+                raise errors.poll_timed_out(self.name, transcript_id, str(status), time.monotonic() - started)
             interval = self.settings.poll_interval
             await asyncio.sleep(interval if remaining is None else min(interval, remaining))
 
     def _raise_mapped(self, exc: Exception, client: assemblyai.AsyncClient) -> NoReturn:
         """Raise the provider error for an SDK failure, or ``exc`` itself if it is none of the SDK's."""
         if errors.is_mappable(exc):
-            raise errors.map_sdk_error(exc, self.settings.key, client) from exc
+            raise errors.map_sdk_error(exc, self.name, self.settings.key, client) from exc
         raise exc
 
     async def aclose(self) -> None:

@@ -11,6 +11,10 @@ Keys (all optional)::
         speaker_labels: true            # diarize every call, not only when asked (default true)
 
 An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
+
+Another section with ``plugin: assemblyai`` (say ``providers.assemblyai-eu``) is one more provider,
+an extra instance: it reads only its own section (no ASSEMBLYAI_* environment variables), and its
+base_url defaults to AssemblyAI's.
 """
 
 from __future__ import annotations
@@ -24,8 +28,15 @@ from router import ProviderSettings
 
 #: The official endpoint, used when no base_url is configured.
 ASSEMBLYAI_BASE_URL = "https://api.assemblyai.com"
-#: The setting names to fix when the key is missing or refused.
-KEY_SETTING_HINT = "ASSEMBLYAI_API_KEY or providers.assemblyai.api_key"
+#: The plugin's own provider name; other names are extra instances (``plugin: assemblyai``).
+PLUGIN = "assemblyai"
+
+
+def key_setting_hint(provider: str) -> str:
+    """The settings to fix when the key is missing or refused (an extra instance has no environment)."""
+    if provider == PLUGIN:
+        return f"ASSEMBLYAI_API_KEY or providers.{PLUGIN}.api_key"
+    return f"providers.{provider}.api_key"
 
 
 class AssemblyAISettings(ProviderSettings):
@@ -48,8 +59,8 @@ class AssemblyAISettings(ProviderSettings):
         return url.rstrip("/") or ASSEMBLYAI_BASE_URL
 
 
-    def unconfigured_reason(self) -> str | None:
-        """Why the provider cannot be used, or None."""
+    def unconfigured_reason(self, provider: str = PLUGIN) -> str | None:
+        """Why the provider called ``provider`` cannot be used, or None."""
         if not self.key:
-            return f"no API key: set {KEY_SETTING_HINT}"
+            return f"no API key: set {key_setting_hint(provider)}"
         return None

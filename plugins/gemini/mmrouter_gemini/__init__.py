@@ -17,9 +17,10 @@ from .settings import GeminiSettings
 
 
 @router.hookimpl
-def register_providers(register: Any, settings: Mapping[str, Any]) -> None:
-    """Offer the Gemini provider, configured from ``providers.gemini``."""
-    register(GeminiProvider.from_settings(settings or {}))
+def register_providers(register: Any, settings: Mapping[str, Any], name: str) -> None:
+    """Offer the Gemini provider, configured from ``providers.gemini``, or an extra instance
+    (``providers.<name>`` with ``plugin: gemini``, e.g. a second key or a gateway)."""
+    register(GeminiProvider.from_settings(settings or {}, name))
 
 
 __all__ = ["MODELS", "GeminiProvider", "GeminiSettings", "register_providers"]

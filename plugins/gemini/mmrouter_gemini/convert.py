@@ -9,8 +9,6 @@ from typing import Any
 
 from router import Media, ProviderBadRequest, Request, Role, Usage
 
-from .errors import PROVIDER
-
 #: Turns a media that is too large to send inline into a (file URI, MIME type) reference.
 Uploader = Callable[[Media], Awaitable[tuple[str, str]]]
 
@@ -52,8 +50,10 @@ async def _media_part(media: Media, inline_left: int, upload: Uploader, file_uri
     return types.Part.from_uri(file_uri=uri, mime_type=mime_type), inline_left
 
 
-async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout_ms: int | None) -> Prepared:
-    """Build the contents and config of a generateContent call for ``request``.
+async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout_ms: int | None,
+                  provider: str) -> Prepared:
+    """Build the contents and config of a generateContent call for ``request``, by the provider called
+    ``provider`` (named in errors).
 
     System messages become the system instruction; the assistant is the ``model``
     role. Media go inline until their total passes ``inline_limit`` bytes, the
@@ -78,7 +78,7 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout
             role = "model" if message.role is Role.ASSISTANT else "user"
             contents.append(types.Content(role=role, parts=parts))
     if not contents:
-        raise ProviderBadRequest(PROVIDER, "the request has no user or assistant content to send")
+        raise ProviderBadRequest(provider, "the request has no user or assistant content to send")
 
     options = request.options
     config = types.GenerateContentConfig(
@@ -100,19 +100,20 @@ def response_text(response: Any) -> str:
     return "".join(p.text for p in parts if getattr(p, "text", None) and not getattr(p, "thought", False))
 
 
-def check_blocked(response: Any, produced_text: bool) -> None:
-    """Raise when the prompt or the answer was blocked and nothing was produced."""
+def check_blocked(response: Any, produced_text: bool, provider: str) -> None:
+    """Raise (an error of the provider called ``provider``) when the prompt or the answer was blocked and
+    nothing was produced."""
     feedback = getattr(response, "prompt_feedback", None)
     reason = getattr(feedback, "block_reason", None)
     if reason:
-        raise ProviderBadRequest(PROVIDER, f"the prompt was blocked ({getattr(reason, 'value', reason)})")
+        raise ProviderBadRequest(provider, f"the prompt was blocked ({getattr(reason, 'value', reason)})")
     if produced_text:
         return
     for candidate in getattr(response, "candidates", None) or []:
         finish = getattr(candidate, "finish_reason", None)
         name = str(getattr(finish, "value", finish) or "")
         if name in BLOCKED_FINISH:
-            raise ProviderBadRequest(PROVIDER, f"the answer was withheld (finish reason {name})")
+            raise ProviderBadRequest(provider, f"the answer was withheld (finish reason {name})")
 
 
 def usage_of(metadata: Any) -> Usage:

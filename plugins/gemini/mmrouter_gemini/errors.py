@@ -8,9 +8,8 @@ from typing import Any
 
 from router.errors import ProviderError, ProviderUnavailable, parse_retry_after, provider_error_from_status
 
-from .settings import KEY_HINT
+from .settings import key_hint
 
-PROVIDER = "gemini"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
@@ -50,19 +49,20 @@ def _is_bad_key(error: Any) -> bool:
     return any(d.get("reason") == "API_KEY_INVALID" for d in _details(error))
 
 
-def from_api_error(error: Any, api_key: str) -> ProviderError:
-    """Map a ``google.genai.errors.APIError`` to the router's error for its HTTP status."""
+def from_api_error(error: Any, provider: str, api_key: str) -> ProviderError:
+    """Map a ``google.genai.errors.APIError`` to the error of the provider called ``provider`` for its
+    HTTP status."""
     status = int(getattr(error, "code", 0) or 0) or None
     text = redact(str(getattr(error, "message", "") or getattr(error, "status", "") or "no message"), api_key)
     if _is_bad_key(error):
         status = 401
     if status in (401, 403):
-        message = f"authentication failed (HTTP {status}: {text}): {KEY_HINT}"
+        message = f"authentication failed (HTTP {status}: {text}): {key_hint(provider)}"
     elif status is None:
         message = f"request failed: {text}"
     else:
         message = f"HTTP {status} {getattr(error, 'status', '') or ''}: {text}".replace("  ", " ")
-    return provider_error_from_status(PROVIDER, status, message, retry_after=_retry_after(error))
+    return provider_error_from_status(provider, status, message, retry_after=_retry_after(error))
 
 
 def _http_modules() -> list[Any]:
@@ -84,31 +84,32 @@ def _aiohttp() -> Any:
         return None
 
 
-def map_exception(error: Exception, api_key: str) -> ProviderError | None:
-    """The router error for an exception the SDK (or its HTTP stack) raised, or None if not ours."""
+def map_exception(error: Exception, provider: str, api_key: str) -> ProviderError | None:
+    """The error of the provider called ``provider`` for an exception the SDK (or its HTTP stack) raised,
+    or None if not ours."""
     from google.genai import errors as genai_errors
 
     if isinstance(error, ProviderError):
         return error
     if isinstance(error, genai_errors.APIError):
-        return from_api_error(error, api_key)
+        return from_api_error(error, provider, api_key)
     if isinstance(error, genai_errors.UnknownApiResponseError):
-        return ProviderUnavailable(PROVIDER, f"unreadable answer: {redact(str(error), api_key)}")
+        return ProviderUnavailable(provider, f"unreadable answer: {redact(str(error), api_key)}")
     for http in _http_modules():
         if isinstance(error, http.TimeoutException):
-            return ProviderUnavailable(PROVIDER, f"timed out waiting for the Gemini API ({type(error).__name__})")
+            return ProviderUnavailable(provider, f"timed out waiting for the Gemini API ({type(error).__name__})")
         if isinstance(error, http.TransportError):
             detail = redact(str(error), api_key) or type(error).__name__
-            return ProviderUnavailable(PROVIDER, f"could not reach the Gemini API: {detail}")
+            return ProviderUnavailable(provider, f"could not reach the Gemini API: {detail}")
     aiohttp = _aiohttp()
     if isinstance(error, TimeoutError) or (aiohttp is not None and isinstance(error, aiohttp.ServerTimeoutError)):
-        return ProviderUnavailable(PROVIDER, f"timed out waiting for the Gemini API ({type(error).__name__})")
+        return ProviderUnavailable(provider, f"timed out waiting for the Gemini API ({type(error).__name__})")
     if aiohttp is not None and isinstance(error, aiohttp.ClientError):  # google-genai uses aiohttp when installed
         detail = redact(str(error), api_key) or type(error).__name__
-        return ProviderUnavailable(PROVIDER, f"could not reach the Gemini API: {detail}")
+        return ProviderUnavailable(provider, f"could not reach the Gemini API: {detail}")
     if isinstance(error, (ConnectionError, TimeoutError)):
-        return ProviderUnavailable(PROVIDER, f"could not reach the Gemini API: {type(error).__name__}")
+        return ProviderUnavailable(provider, f"could not reach the Gemini API: {type(error).__name__}")
     if isinstance(error, ValueError) and "upload" in str(error).lower():
         # The SDK's resumable upload raises ValueError when the upload does not finalize.
-        return ProviderUnavailable(PROVIDER, f"file upload failed: {redact(str(error), api_key)}")
+        return ProviderUnavailable(provider, f"file upload failed: {redact(str(error), api_key)}")
     return None

@@ -19,8 +19,6 @@ from typing import Any
 
 from router import CallContext, Media, ProviderBadRequest, ProviderTimeout
 
-from .errors import PROVIDER
-
 #: A copy this close to its expiry is not used any more (it must outlive the call).
 EXPIRY_MARGIN = timedelta(minutes=15)
 #: The longest wait between two polls of a PROCESSING file.
@@ -73,9 +71,11 @@ def _remote(file: Any, mime_type: str) -> RemoteFile:
 
 
 class FileStore:
-    """Uploads media to the Files API and remembers the copies, keyed by sha256."""
+    """Uploads media to the Files API and remembers the copies, keyed by sha256, for the provider
+    called ``provider`` (named in its errors)."""
 
-    def __init__(self, poll_interval: float = 1.0, max_processing_seconds: float = 600.0) -> None:
+    def __init__(self, provider: str, poll_interval: float = 1.0, max_processing_seconds: float = 600.0) -> None:
+        self.provider = provider
         self.poll_interval = poll_interval
         self.max_processing_seconds = max_processing_seconds
         self._files: dict[str, RemoteFile] = {}
@@ -162,7 +162,7 @@ class FileStore:
                 return entry
             if entry.state == "FAILED":
                 raise ProviderBadRequest(
-                    PROVIDER,
+                    self.provider,
                     f"the Files API could not process media {key[:12]} ({entry.mime_type}, {entry.name}): "
                     f"{entry.error or 'processing FAILED'}; check that the file is a valid, supported {entry.mime_type}",
                 )
@@ -172,7 +172,7 @@ class FileStore:
                 left = min(left, remaining)
             if left <= 0:
                 raise ProviderTimeout(
-                    PROVIDER, f"file {entry.name} was still {entry.state} when the call's time ran out"
+                    self.provider, f"file {entry.name} was still {entry.state} when the call's time ran out"
                 )
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 1.5, MAX_POLL_INTERVAL)

@@ -19,10 +19,10 @@ from router import (
 from router.errors import ProviderAuthError, ProviderModelNotFound
 
 from .convert import check_blocked, prepare, response_text, usage_of
-from .errors import PROVIDER, map_exception
+from .errors import map_exception
 from .files import FileStore, media_key
 from .models import MODELS
-from .settings import GeminiSettings
+from .settings import PLUGIN, GeminiSettings
 
 
 class GeminiProvider(Provider):
@@ -33,23 +33,26 @@ class GeminiProvider(Provider):
     provider's copy lives.
     """
 
-    name = PROVIDER
+    name = PLUGIN
 
-    def __init__(self, settings: GeminiSettings | None = None, models: list[ModelInfo] | None = None) -> None:
+    def __init__(self, settings: GeminiSettings | None = None, models: list[ModelInfo] | None = None, *,
+                 name: str = PLUGIN) -> None:
+        """``name`` other than ``gemini`` makes an extra instance (say ``gemini-team``); give it settings
+        loaded without the environment (see :meth:`from_settings`)."""
+        self.name = name
         self.settings = settings or GeminiSettings()
         self.models = list(models or MODELS)
-        self.files = FileStore(self.settings.poll_interval, self.settings.max_processing_seconds)
+        self.files = FileStore(name, self.settings.poll_interval, self.settings.max_processing_seconds)
         self._client: Any = None
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> GeminiProvider:
-        """A provider configured from its ``providers.gemini`` config section."""
-        return cls(GeminiSettings.load(PROVIDER, settings))
+    def from_settings(cls, settings: Mapping[str, Any], name: str = PLUGIN) -> GeminiProvider:
+        """The provider called ``name`` configured from its ``providers.<name>`` config section: the
+        plugin's own (``gemini``, with the environment fallbacks) or an extra instance (its section only)."""
+        return cls(GeminiSettings.load(name, settings, environment=name == PLUGIN), name=name)
 
     def unconfigured_reason(self) -> str | None:
-        if not self.settings.key:
-            return "GEMINI_API_KEY is not set (nor GOOGLE_API_KEY or providers.gemini.api_key)"
-        return None
+        return self.settings.unconfigured_reason(self.name)
 
     def client(self) -> Any:
         """The one SDK client of this provider, made on first use."""
@@ -58,8 +61,11 @@ class GeminiProvider(Provider):
             from google.genai import types
 
             s = self.settings
+            # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI and GOOGLE_CLOUD_* are not read. The key is never
+            # empty here (generate refuses first), so GOOGLE_API_KEY / GEMINI_API_KEY are not read either.
+            # For an extra instance the base_url is never None, which would read GOOGLE_GEMINI_BASE_URL.
             http_options = types.HttpOptions(
-                base_url=s.base_url or None, api_version=s.api_version, timeout=int(s.timeout * 1000)
+                base_url=s.client_base_url, api_version=s.api_version, timeout=int(s.timeout * 1000)
             )
             self._client = genai.Client(api_key=s.key, vertexai=False, http_options=http_options)
         return self._client
@@ -76,7 +82,7 @@ class GeminiProvider(Provider):
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
         if not self.settings.key:
-            raise ProviderAuthError(PROVIDER, self.unconfigured_reason() or "no API key")
+            raise ProviderAuthError(self.name, self.unconfigured_reason() or "no API key")
         file_uris: set[str] = set()
         try:
             client = self.client()
@@ -86,7 +92,8 @@ class GeminiProvider(Provider):
                 remote = await self.files.ensure(client, media, key, ctx)
                 return remote.uri, remote.mime_type
 
-            prepared = await prepare(request, self.settings.inline_limit_bytes, upload, self._timeout_ms(ctx))
+            prepared = await prepare(request, self.settings.inline_limit_bytes, upload, self._timeout_ms(ctx),
+                                     self.name)
             file_uris = prepared.file_uris
             if self.settings.streaming:
                 async for event in self._stream(client, model, prepared):
@@ -96,12 +103,12 @@ class GeminiProvider(Provider):
                     model=model.name, contents=prepared.contents, config=prepared.config
                 )
                 text = response_text(response)
-                check_blocked(response, bool(text))
+                check_blocked(response, bool(text), self.name)
                 if text:
                     yield TextDelta(text)
                 yield UsageReport(usage_of(response.usage_metadata))
         except Exception as exc:
-            error = map_exception(exc, self.settings.key)
+            error = map_exception(exc, self.name, self.settings.key)
             if error is None:
                 raise
             if file_uris and isinstance(error, (ProviderAuthError, ProviderModelNotFound)):
@@ -121,7 +128,7 @@ class GeminiProvider(Provider):
         try:
             async for chunk in stream:
                 text = response_text(chunk)
-                check_blocked(chunk, produced or bool(text))
+                check_blocked(chunk, produced or bool(text), self.name)
                 if chunk.usage_metadata is not None:
                     metadata = chunk.usage_metadata
                 if text:

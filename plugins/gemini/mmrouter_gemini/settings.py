@@ -1,6 +1,10 @@
 """The plugin's settings (``providers.gemini`` in the config), checked and defaulted.
 
 An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
+
+Another section with ``plugin: gemini`` (say ``providers.gemini-team``) is one more provider, an
+extra instance: it reads only its own section (no GEMINI_API_KEY, GOOGLE_API_KEY or
+GOOGLE_GEMINI_BASE_URL), and its base_url defaults to the public API.
 """
 
 from __future__ import annotations
@@ -11,8 +15,18 @@ from pydantic import Field, field_validator
 
 from router import ProviderSettings
 
-#: What to tell a user whose key is missing or refused.
-KEY_HINT = "check GEMINI_API_KEY (or GOOGLE_API_KEY) or providers.gemini.api_key"
+#: The plugin's own provider name; other names are extra instances (``plugin: gemini``).
+PLUGIN = "gemini"
+#: The Gemini API's root, where an extra instance without a base_url goes.
+GEMINI_API_URL = "https://generativelanguage.googleapis.com"
+
+
+def key_hint(provider: str) -> str:
+    """What to tell a user whose key is missing or refused (an extra instance has no environment)."""
+    if provider == PLUGIN:
+        return f"check GEMINI_API_KEY (or GOOGLE_API_KEY) or providers.{PLUGIN}.api_key"
+    return f"check providers.{provider}.api_key"
+
 
 DEFAULT_INLINE_LIMIT = 8 * 1024 * 1024
 
@@ -41,3 +55,17 @@ class GeminiSettings(ProviderSettings):
     @classmethod
     def _no_trailing_slash(cls, url: str) -> str:
         return url.rstrip("/")
+
+    @property
+    def client_base_url(self) -> str | None:
+        """The ``base_url`` to give the SDK. None lets it read GOOGLE_GEMINI_BASE_URL: the plugin's own
+        provider only; an extra instance gets its own or the public API."""
+        return self.base_url or (None if self.uses_environment else GEMINI_API_URL)
+
+    def unconfigured_reason(self, provider: str = PLUGIN) -> str | None:
+        """Why the provider cannot be used (no key), or None."""
+        if self.key:
+            return None
+        if provider == PLUGIN:
+            return "GEMINI_API_KEY is not set (nor GOOGLE_API_KEY or providers.gemini.api_key)"
+        return f"no API key: set providers.{provider}.api_key"
