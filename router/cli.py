@@ -60,8 +60,8 @@ def serve(
 ) -> None:
     """Run the daemon (stop it with Ctrl-C or SIGTERM; in-flight calls are drained).
 
-    SIGHUP re-reads --config and routes by its rules from then on (provider and server settings
-    need a restart); a file with mistakes is refused and the running rules stay.
+    SIGHUP re-reads --config and serves its rules, providers and TLS certificate from then on
+    (server settings need a restart); a file with mistakes is refused and the running one stays.
     """
     try:
         settings = load_config(config)

@@ -67,27 +67,59 @@ class App:
     def __init__(self, config: Config, extra_plugins: Mapping[str, object] | None = None) -> None:
         self.config = config
         data_dir = Path(config.server.data_dir).expanduser()
+        self._extra_plugins = extra_plugins
         self.registry: Registry = load_registry(
             config.providers, disabled=config.plugins.disabled, extra_plugins=extra_plugins
         )
+        #: Registries replaced by a reload that still have calls under way; closed when the last ends.
+        self._retired: list[Registry] = []
+        self._closing: set[asyncio.Task] = set()
         self.media = MediaStore(data_dir / "media", config.server.max_upload_bytes)
         self.sessions = SessionStore(data_dir / "sessions.sqlite")
         self.router = _router_of(config)
         self.secrets = secrets_of(config.providers, config.server.auth_token)
         self.catalog: Catalog = self._build_catalog()
 
-    def reload_rules(self, config: Config) -> list[str]:
-        """Route by ``config``'s rules, default, bridges and overrides from now on (calls under way
-        keep the decision they have). Returns the other sections that changed: those need a restart."""
-        self.router = _router_of(config)
+    def reload(self, config: Config) -> tuple[bool, list[str]]:
+        """Serve ``config`` from now on: its rules, default, bridges and overrides, and, when the
+        ``providers`` or ``plugins`` sections changed (a rotated key, a new base_url or model),
+        providers made again from them. Calls under way finish on the route and providers they
+        started with; replaced providers are closed after the last of those calls.
+
+        Returns whether the providers were made again, and the sections that changed but need a
+        restart (``server``)."""
         old, new = self.config, config
-        changed = [name for name in ("providers", "plugins") if getattr(old, name) != getattr(new, name)]
-        kept = {"address", "data_dir", "tls"}  # tls: the daemon reloads its certificate itself (server.reload_rules)
-        if old.server.model_dump(exclude=kept) != new.server.model_dump(exclude=kept):
-            changed.append("server")
+        self.router = _router_of(new)
+        remade = (old.providers, old.plugins) != (new.providers, new.plugins)
+        if remade:
+            self._replace_registry(load_registry(new.providers, disabled=new.plugins.disabled,
+                                                 extra_plugins=self._extra_plugins))
+            # old keys stay masked too: a call under way may still quote one
+            self.secrets = self.secrets | secrets_of(new.providers, new.server.auth_token)
+        kept = {"address", "data_dir", "tls"}  # tls: the daemon reloads its certificate itself (server.reload_config)
+        needs_restart = [] if old.server.model_dump(exclude=kept) == new.server.model_dump(exclude=kept) else ["server"]
         self.config = old.model_copy(update={"routes": new.routes, "default": new.default, "bridges": new.bridges,
-                                             "overrides": new.overrides})
-        return changed
+                                             "overrides": new.overrides, "providers": new.providers,
+                                             "plugins": new.plugins})
+        return remade, needs_restart
+
+    def _replace_registry(self, registry: Registry) -> None:
+        old, self.registry = self.registry, registry
+        self.catalog = self._build_catalog()
+        self._retired.append(old)
+        self._close_retired()
+
+    def _close_retired(self) -> None:
+        """Close the replaced registries that no call uses any more (in the background)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a generator finalized at exit): aclose() closes what is left
+            return
+        for registry in [r for r in self._retired if r.calls == 0]:
+            self._retired.remove(registry)
+            task = loop.create_task(registry.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _build_catalog(self) -> Catalog:
         return {
@@ -182,13 +214,20 @@ class App:
         # a fallback gets the history trimmed to its own model's context
         fit = (lambda plan: self._trim(untrimmed, history, plan)) if history else None
         ctx = CallContext(request_id=f"{random.getrandbits(128):032x}", deadline=deadline)
-        # Closed explicitly: a consumer that stops at Done must not leave the generator to the
-        # garbage collector, whose finalizer schedules a task per request to close it.
-        async with aclosing(execute(full, decision, self.registry, ctx, notes, fit)) as events:
-            async for event in events:
-                if isinstance(event, Done):
-                    self._finish(request, event)
-                yield event
+        registry = self.registry  # the one the decision was made with (no await since): kept for the call
+        registry.calls += 1
+        try:
+            # Closed explicitly: a consumer that stops at Done must not leave the generator to the
+            # garbage collector, whose finalizer schedules a task per request to close it.
+            async with aclosing(execute(full, decision, registry, ctx, notes, fit)) as events:
+                async for event in events:
+                    if isinstance(event, Done):
+                        self._finish(request, event)
+                    yield event
+        finally:
+            registry.calls -= 1
+            if registry is not self.registry:
+                self._close_retired()
 
     def _finish(self, request: Request, done: Done) -> None:
         """Save the session's turns, record statistics, tell the observer hooks.
@@ -243,7 +282,11 @@ class App:
         return removed
 
     async def aclose(self) -> None:
-        await self.registry.aclose()
+        for registry in [self.registry, *self._retired]:
+            await registry.aclose()
+        self._retired.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         self.sessions.close()
 
 

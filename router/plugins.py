@@ -58,6 +58,8 @@ class Registry:
 
     entries: dict[str, ProviderEntry] = field(default_factory=dict)
     plugin_manager: pluggy.PluginManager | None = None
+    #: Calls that started on this registry and have not finished (a replaced registry closes at 0).
+    calls: int = 0
 
     def ready(self, name: str) -> Provider | None:
         """The provider called ``name`` if it is ready to use."""

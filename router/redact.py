@@ -21,6 +21,10 @@ class SecretFilter(logging.Filter):
         super().__init__()
         self.secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
 
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask these secrets too (keys of providers made again by a reload)."""
+        self.secrets = tuple(sorted({*self.secrets, *(s for s in secrets if s)}, key=len, reverse=True))
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
@@ -37,8 +41,9 @@ class SecretFilter(logging.Filter):
         return True
 
 
-def install(secrets: Iterable[str]) -> None:
-    """Add a :class:`SecretFilter` to every handler of the root logger."""
+def install(secrets: Iterable[str]) -> SecretFilter:
+    """Add a :class:`SecretFilter` to every handler of the root logger; return it (to add secrets later)."""
     log_filter = SecretFilter(secrets)
     for handler in logging.getLogger().handlers:
         handler.addFilter(log_filter)
+    return log_filter

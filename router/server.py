@@ -238,22 +238,29 @@ async def start_server(app: App, address: str, certificates: ServerCertificates 
     return server, port, health_servicer
 
 
-def reload_rules(app: App, config_path: Path | None, certificates: ServerCertificates | None = None) -> None:
-    """SIGHUP: read the configuration file again and route by its rules; a bad file changes nothing.
+def reload_config(app: App, config_path: Path | None, certificates: ServerCertificates | None = None,
+                  log_filter: redact.SecretFilter | None = None) -> None:
+    """SIGHUP: read the configuration file again and serve it; a bad file changes nothing.
 
-    A TLS daemon also reads its certificate, key and client CA files again (rotated certificates
-    are served from the next connection on)."""
+    Rules, providers and plugins are swapped in (see :meth:`App.reload`); a TLS daemon also reads
+    its certificate, key and client CA files again (a rotated certificate is served from the next
+    connection on). Server settings need a restart."""
     if config_path is None:
         log.warning("SIGHUP: nothing to reload, the daemon runs the embedded default (start it with --config)")
         return
     try:
         config = load_config(config_path)
     except ConfigError as exc:
-        log.error("SIGHUP: reload refused, the running rules stay: %s", app.redact(exc.message))
+        log.error("SIGHUP: reload refused, the running configuration stays: %s", app.redact(exc.message))
         return
-    needs_restart = app.reload_rules(config)
+    if log_filter is not None:  # before anything logs the new keys' providers
+        log_filter.add(secrets_of(config.providers, config.server.auth_token))
+    remade, needs_restart = app.reload(config)
     log.info("SIGHUP: rules reloaded from %s (%d rules, default %s)", config_path, len(config.routes),
              config.default or "none")
+    if remade:
+        log.info("SIGHUP: providers made again (calls under way finish on the old ones)")
+        _log_providers(app)
     tls = config.server.tls
     if (tls is None) != (certificates is None):
         needs_restart.append("server.tls (switching between TLS and plaintext)")
@@ -268,21 +275,25 @@ def reload_rules(app: App, config_path: Path | None, certificates: ServerCertifi
         log.warning("SIGHUP: changes to %s take effect only after a restart", ", ".join(needs_restart))
 
 
+def _log_providers(app: App) -> None:
+    for entry in app.providers():
+        log.info("provider %-12s %s%s", entry.name, entry.state.value, f" ({entry.reason})" if entry.reason else "")
+
+
 async def serve(config: Config, *, ready_file: Path | None = None, config_path: Path | None = None,
                 extra_plugins: Mapping[str, object] | None = None) -> None:
     """Run the daemon until SIGTERM or SIGINT, then drain in-flight calls and exit.
 
-    SIGHUP re-reads ``config_path`` and swaps in its routing rules and TLS certificate (see
-    :func:`reload_rules`).
+    SIGHUP re-reads ``config_path`` and swaps in its rules, providers and TLS certificate (see
+    :func:`reload_config`).
     """
-    redact.install(secrets_of(config.providers, config.server.auth_token))
+    log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
     app = App(config, extra_plugins=extra_plugins)
     certificates = ServerCertificates(config.server.tls) if config.server.tls else None
     server, port, health_servicer = await start_server(app, config.server.address, certificates)
     host = config.server.address.rsplit(":", 1)[0]
     bound = f"{host}:{port}"
-    for entry in app.providers():
-        log.info("provider %-12s %s%s", entry.name, entry.state.value, f" ({entry.reason})" if entry.reason else "")
+    _log_providers(app)
     tls = config.server.tls
     security = "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file else "TLS"
     log.info("mmrouter listening on %s (%s; data in %s%s)", bound, security, config.server.data_dir,
@@ -293,7 +304,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_rules, app, config_path, certificates)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path, certificates, log_filter)
     await stop.wait()
     grace = config.server.shutdown_grace_seconds
     log.info("shutting down: draining in-flight calls for up to %gs", grace)

@@ -1,11 +1,16 @@
-"""SIGHUP: the daemon re-reads its routing file; a bad file is refused and the running rules stay."""
+"""SIGHUP: the daemon re-reads its config file (rules, providers); a bad file is refused and the running one stays."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import threading
+from contextlib import aclosing
 
 from grpc_helpers import text_request, wait_for
 from mmrouter.v1 import router_pb2 as pb
+
+from tests.fakes.openai import FakeOpenAI
 
 FIRST = """
 providers:
@@ -51,9 +56,11 @@ def test_sighup_swaps_in_the_new_rules_and_refuses_a_bad_file(start_daemon) -> N
     assert "routes.1.use" in daemon.logs() and "line 9" in daemon.logs()
     assert route_of(daemon) == ("to-omni", "fake/omni")  # the running rules stayed
 
-    reload(daemon, SECOND.replace("api_key: k", "api_key: other-key"), "rules reloaded")
-    assert "changes to providers take effect only after a restart" in daemon.logs()
+    reload(daemon, SECOND.replace("api_key: k", "api_key: other-key"), "providers made again")
+    assert route_of(daemon) == ("to-omni", "fake/omni")
     assert "other-key" not in daemon.logs()
+    reload(daemon, SECOND.replace("routes:", "server: {inline_limit_bytes: 1024}\nroutes:"), "rules reloaded")
+    assert "changes to server take effect only after a restart" in daemon.logs()
     assert daemon.proc.poll() is None
 
 
@@ -63,3 +70,69 @@ def test_sighup_without_a_config_file_keeps_the_embedded_default(start_daemon) -
     assert wait_for(lambda: "nothing to reload" in daemon.logs()), daemon.logs()
     health = daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=10)
     assert {p.name for p in health.providers} >= {"openai", "anthropic", "local"} and daemon.proc.poll() is None
+
+
+OPENAI = """
+providers:
+  openai: {{api_key: "{key}", base_url: "{url}"}}
+routes:
+  - name: all
+    use: openai/gpt-4o
+"""
+
+
+def test_sighup_rotates_a_provider_key_while_a_call_on_the_old_one_finishes(start_daemon) -> None:
+    old_key, new_key = "sk-old-rotated-0001", "sk-new-rotated-0002"
+    with FakeOpenAI() as fake:
+        fake.api_key = old_key
+        daemon = start_daemon(OPENAI.format(key=old_key, url=fake.base_url))
+        fake.chunk_delay = 0.4  # the call under way takes ~1.6 s
+        slow: list = []
+        request = pb.StreamGenerateRequest(request=text_request("a long answer"))
+        under_way = threading.Thread(target=lambda: slow.extend(daemon.stub.StreamGenerate(request, timeout=30)))
+        under_way.start()
+        assert wait_for(lambda: len(fake.requests) == 1), "the first call never reached the provider"
+
+        fake.api_key = new_key  # the provider now refuses the old key: the new one must be used
+        reload(daemon, OPENAI.format(key=new_key, url=fake.base_url), "providers made again")
+        fake.chunk_delay = 0.0
+        answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("after the rotation")), timeout=20)
+        assert answer.answer.text == "Hello from the fake GPT."
+        assert fake.requests[-1].headers["authorization"] == f"Bearer {new_key}"
+
+        under_way.join(30)
+        done = [e.done.answer for e in slow if e.HasField("done")]
+        assert len(done) == 1 and done[0].text == "Hello from the fake GPT.", "the call under way was cut"
+        assert old_key not in daemon.logs() and new_key not in daemon.logs()
+
+
+async def test_a_replaced_registry_is_closed_after_its_last_call(tmp_path) -> None:
+    import mmrouter_testkit
+
+    from router.config import parse_config
+    from router.core import App
+    from router.outcome import Done
+    from router.types import Message, Part, Request, Role
+
+    config = FIRST + f"server: {{data_dir: '{tmp_path}'}}\n"
+    app = App(parse_config(config, "t.yaml"), extra_plugins={"fake": mmrouter_testkit})
+    first = app.registry
+
+    async def ask(text: str) -> str:  # as the servicer does: the answer is closed when Done is read
+        request = Request(messages=[Message(Role.USER, [Part(text=text)])])
+        async with aclosing(app.answer(request, None)) as events:
+            async for event in events:
+                if isinstance(event, Done):
+                    return event.answer.text
+        raise AssertionError("no Done")
+
+    slow = asyncio.create_task(ask("SLOW:0.3"))
+    await asyncio.sleep(0.1)
+    assert first.calls == 1
+    remade, _ = app.reload(parse_config(config.replace("api_key: k", "api_key: k2"), "t.yaml"))
+    assert remade and app.registry is not first
+    assert "says" in await ask("on the new providers") and app.registry.calls == 0
+    assert app._retired == [first]  # still in use by the slow call
+    assert "SLOW" in await slow
+    assert app._retired == [] and first.calls == 0  # closed once its call ended
+    await app.aclose()
