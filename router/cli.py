@@ -375,6 +375,37 @@ def stats(data_dir: Annotated[Path | None, typer.Option(help="The daemon's data 
     out.print(table)
 
 
+@app.command()
+def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, help="Age in days (fractions allowed).")],
+          data_dir: Annotated[Path | None, typer.Option(help="The daemon's data directory.")] = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False) -> None:
+    """Free the data directory: sessions idle for --older-than days, statistics rows that old, and
+    media neither uploaded nor used in that time that no remaining session refers to.
+
+    Safe while the daemon runs (run it from cron); a request naming a media id being removed then
+    gets MEDIA_NOT_FOUND, as for any unknown id.
+    """
+    import time
+
+    from .config import default_data_dir
+    from .media import MediaStore
+    from .sessions import SessionStore
+
+    root = data_dir or default_data_dir()
+    if not (root / "sessions.sqlite").exists() and not (root / "media").is_dir():
+        err.print(f"[red]no data at {root}: is this the daemon's data directory?[/red]")
+        raise typer.Exit(1)
+    before = time.time() - older_than * 86_400
+    store = SessionStore(root / "sessions.sqlite")
+    try:
+        sessions, calls, keep = store.prune(before, dry_run=dry_run)
+    finally:
+        store.close()
+    files, size = MediaStore(root / "media", 1).prune(before, keep, dry_run=dry_run)
+    out.print(f"{'would remove' if dry_run else 'removed'} {sessions} session(s), {calls} statistics row(s) and "
+              f"{files} media file(s) ({size / 2**20:.1f} MiB); {len(keep)} media kept for sessions")
+
+
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="The routing file to check.")]) -> None:
     """Validate a routing file: every key, value and target, with file and line for each problem, and each

@@ -93,12 +93,39 @@ class MediaStore:
         if not _ID.match(media_id):
             raise UnknownMedia(f"media id {media_id!r} is not a sha256 hex digest; use the id UploadMedia returned")
         path = self._path(media_id)
+        record = path.with_suffix(".json")
         try:  # a record that is missing, unreadable or names no bytes counts as absent
-            meta = json.loads(path.with_suffix(".json").read_text())
-            return StoredMedia(media_id, path, meta["mime_type"], Modality(meta["modality"]),
-                               path.stat().st_size, meta.get("filename", ""))
+            meta = json.loads(record.read_text())
+            stored = StoredMedia(media_id, path, meta["mime_type"], Modality(meta["modality"]),
+                                 path.stat().st_size, meta.get("filename", ""))
+            os.utime(record)  # last used now: prune() keeps media in use
+            return stored
         except (OSError, ValueError, KeyError, TypeError):
             raise UnknownMedia(f"no media with id {media_id}: upload it with UploadMedia first") from None
+
+    def prune(self, before: float, keep: set[str], *, dry_run: bool = False) -> tuple[int, int]:
+        """Delete media last uploaded or used before ``before`` (a time.time()) that are not in
+        ``keep`` (the ids sessions refer to); return (files, bytes) deleted, or that would be."""
+        files = size = 0
+        for folder in self.root.iterdir():
+            if folder.name == "tmp" or not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if path.suffix or not _ID.match(path.name) or path.name in keep:
+                    continue
+                record = path.with_suffix(".json")
+                try:
+                    last_used = (record if record.exists() else path).stat().st_mtime
+                    if last_used >= before:
+                        continue
+                    length = path.stat().st_size
+                    if not dry_run:
+                        record.unlink(missing_ok=True)  # the record first: a reader then sees no media, not half
+                        path.unlink()
+                except OSError:
+                    continue
+                files, size = files + 1, size + length
+        return files, size
 
     def _stored(self, media_id: str) -> StoredMedia | None:
         """The record of ``media_id`` if it is stored (bytes and metadata), else None."""

@@ -61,8 +61,17 @@ class SessionStore:
         # a power cut may lose the last statistics rows and turns, never corrupt the file.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_turn_times()
         self._pending_calls: list[tuple] = []
         self._flush_timer: asyncio.TimerHandle | None = None
+
+    def _add_turn_times(self) -> None:
+        """Databases made before turns had a time get the column; their turns count as written now."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
+        if "at" not in columns:
+            with self._db:
+                self._db.execute("ALTER TABLE turns ADD COLUMN at REAL")
+                self._db.execute("UPDATE turns SET at = ?", (time.time(),))
 
     def history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
         """The session's messages, oldest first (empty for a new session)."""
@@ -91,16 +100,43 @@ class SessionStore:
             "SELECT COALESCE(MAX(position) + 1, 0) FROM turns WHERE session_id = ?", (session_id,)
         ).fetchone()
         rows = []
+        now = time.time()
         for offset, message in enumerate(messages):
             parts = [_part_record(p, store_media) for p in message.parts]
-            rows.append((session_id, start + offset, message.role.value, json.dumps(parts)))
+            rows.append((session_id, start + offset, message.role.value, json.dumps(parts), now))
         with self._db:
-            self._db.executemany("INSERT INTO turns VALUES (?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT INTO turns (session_id, position, role, parts, at) VALUES (?, ?, ?, ?, ?)",
+                                 rows)
 
     def reset(self, session_id: str) -> int:
         """Forget a session; return how many turns were removed."""
         with self._db:
             return self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
+
+    def prune(self, before: float, *, dry_run: bool = False) -> tuple[int, int, set[str]]:
+        """Forget sessions whose newest turn is older than ``before`` (a time.time()) and statistics
+        rows older than it. Returns the sessions and rows removed (or, with ``dry_run``, that would
+        be) and the media ids the remaining turns refer to."""
+        self.flush()
+        self._db.execute("BEGIN")
+        try:
+            stale = [row[0] for row in self._db.execute(
+                "SELECT session_id FROM turns GROUP BY session_id HAVING MAX(at) < ?", (before,))]
+            self._db.executemany("DELETE FROM turns WHERE session_id = ?", [(s,) for s in stale])
+            calls = self._db.execute("DELETE FROM calls WHERE at < ?", (before,)).rowcount
+            used = self.media_in_use()
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("ROLLBACK" if dry_run else "COMMIT")
+        return len(stale), calls, used
+
+    def media_in_use(self) -> set[str]:
+        """The media store ids that session turns refer to (kept by :meth:`MediaStore.prune`)."""
+        used = set()
+        for (parts_json,) in self._db.execute("SELECT parts FROM turns WHERE parts LIKE ?", ('%"media_id"%',)):
+            used.update(item["media_id"] for item in json.loads(parts_json) if "media_id" in item)
+        return used
 
     def record(self, answer: Answer) -> None:
         """Record every step of an answered request, for statistics (written within 50 ms)."""

@@ -232,3 +232,24 @@ def test_token_estimates_add_text_and_media_rates() -> None:
     pdf = Media(Modality.DOCUMENT, "application/pdf", data=b"x", pages=2)
     message = Message(Role.USER, [Part(text="a" * 40), *(Part(media=m) for m in (image, audio, unknown, pdf))])
     assert estimate_tokens([message]) == 10 + TOKENS_PER_IMAGE + 10 * TOKENS_PER_AUDIO_SECOND + 2 * TOKENS_PER_PDF_PAGE
+
+
+def test_a_database_from_before_turn_times_gets_them(tmp_path) -> None:
+    """Turns written before turns had a time count as written when the daemon first opens the file."""
+    import sqlite3
+    import time
+
+    path = tmp_path / "sessions.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE turns (session_id TEXT NOT NULL, position INTEGER NOT NULL, role TEXT NOT NULL,"
+               " parts TEXT NOT NULL, PRIMARY KEY (session_id, position))")
+    db.execute("""INSERT INTO turns VALUES ('old', 0, 'user', '[{"text": "hi"}]')""")
+    db.commit()
+    db.close()
+    store = SessionStore(path)
+    try:
+        assert [m.text for m in store.history("old", lambda media_id: None)] == ["hi"]
+        assert store.prune(time.time() - 60) == (0, 0, set())  # not idle: its time is now
+        assert store.prune(time.time() + 60, dry_run=True)[0] == 1
+    finally:
+        store.close()

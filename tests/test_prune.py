@@ -1,0 +1,104 @@
+"""``mmrouter prune``: idle sessions, old statistics and unused media leave the data directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_helpers import error_details, text_request, wait_for
+from media_factory import png
+from mmrouter.v1 import router_pb2 as pb
+
+MMROUTER = Path(sys.executable).parent / "mmrouter"
+DAY = 86_400
+CONFIG = """
+providers:
+  fake: {api_key: k}
+routes:
+  - name: everything
+    use: fake/omni
+"""
+
+
+def _image(tag: str) -> tuple[pb.Media, str]:
+    data = png(tag)
+    return pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=data), hashlib.sha256(data).hexdigest()
+
+
+def _upload(daemon, tag: str) -> str:
+    data = png(tag)
+    messages = [pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_IMAGE, mime_type="image/png",
+                                                                  size_bytes=len(data))),
+                pb.UploadMediaRequest(chunk=data)]
+    return daemon.stub.UploadMedia(iter(messages), timeout=30).media_id
+
+
+def _ask(daemon, text: str, session: str = "", media: list[pb.Media] | None = None) -> pb.Answer:
+    request = text_request(text, session_id=session, media=media or [])
+    return daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer
+
+
+def _age(daemon, media_ids: list[str], days: float) -> None:
+    for media_id in media_ids:
+        record = daemon.data_dir / "media" / media_id[:2] / f"{media_id}.json"
+        then = time.time() - days * DAY
+        os.utime(record, (then, then))
+
+
+def _prune(daemon, *args: str) -> str:
+    result = subprocess.run([str(MMROUTER), "prune", "--data-dir", str(daemon.data_dir), *args],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    return " ".join(result.stdout.split())
+
+
+def _media_ids(daemon) -> set[str]:
+    return {p.stem for p in (daemon.data_dir / "media").glob("*/*.json")}
+
+
+def test_prune_removes_idle_sessions_old_statistics_and_media_nobody_uses(start_daemon) -> None:
+    daemon = start_daemon(CONFIG)
+    old_image, old_id = _image("in an idle session")
+    fresh_image, fresh_id = _image("in a live session")
+    _ask(daemon, "look", session="idle", media=[old_image])
+    _ask(daemon, "look", session="live", media=[fresh_image])
+    forgotten, reused = _upload(daemon, "uploaded, never used"), _upload(daemon, "uploaded, used today")
+
+    db = sqlite3.connect(daemon.data_dir / "sessions.sqlite")
+    assert wait_for(lambda: db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 2)  # stats rows are batched
+    with db:  # three days pass for the idle session, the statistics and three of the media
+        db.execute("UPDATE turns SET at = at - ? WHERE session_id = 'idle'", (3 * DAY,))
+        db.execute("UPDATE calls SET at = at - ?", (3 * DAY,))
+    db.close()
+    _age(daemon, [old_id, forgotten, reused, fresh_id], days=3)
+    used_today = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", media_id=reused)
+    assert "image=1" in _ask(daemon, "this one again", media=[used_today]).text  # use counts as fresh
+
+    before = _media_ids(daemon)
+    assert _prune(daemon, "--older-than", "1", "--dry-run") == (
+        "would remove 1 session(s), 2 statistics row(s) and 2 media file(s) (0.0 MiB); 1 media kept for sessions")
+    assert _media_ids(daemon) == before
+
+    assert _prune(daemon, "--older-than", "1").startswith(
+        "removed 1 session(s), 2 statistics row(s) and 2 media file(s)")
+    assert _media_ids(daemon) == {fresh_id, reused}  # the live session's image and the media used today
+    assert "[history=0 " in _ask(daemon, "anyone there?", session="idle").text
+    assert "[history=1 image=1" in _ask(daemon, "still here", session="live").text
+    gone = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", media_id=forgotten)
+    with pytest.raises(grpc.RpcError) as caught:
+        _ask(daemon, "and this?", media=[gone])
+    assert error_details(caught.value).reason == "MEDIA_NOT_FOUND"
+    assert daemon.proc.poll() is None
+
+
+def test_prune_refuses_a_directory_that_holds_no_data(tmp_path) -> None:
+    result = subprocess.run([str(MMROUTER), "prune", "--older-than", "30", "--data-dir", str(tmp_path / "nothing")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "no data at" in result.stderr and not (tmp_path / "nothing").exists()
