@@ -156,6 +156,8 @@ class App:
         if not request.session_id:
             return request, []
         history = self.sessions.history(request.session_id, self.load_media)
+        if not self.config.server.allow_urls:
+            history = [_without_urls(message) for message in history]
         return dataclasses.replace(request, messages=history + request.messages), history
 
     def _decide(self, request: Request) -> tuple[Decision, Facts]:
@@ -288,6 +290,18 @@ class App:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         self.sessions.close()
+
+
+def _without_urls(message: Message) -> Message:
+    """``message`` with media given by URL replaced by a note: turns kept while ``allow_urls`` was on
+    must not send URLs once it is off."""
+    if not any(p.media is not None and p.media.url for p in message.parts):
+        return message
+    return Message(message.role, [
+        Part(text=f"[{p.media.modality.value} given by URL left out: this daemon no longer accepts media URLs]")
+        if p.media is not None and p.media.url else p
+        for p in message.parts
+    ])
 
 
 def monotonic_deadline(time_remaining: float | None) -> float | None:

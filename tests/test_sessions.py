@@ -134,6 +134,14 @@ def test_a_session_turn_with_a_url_is_kept_by_url(start_daemon, tmp_path) -> Non
     assert second.text == f"seen image:image/png:{url}", "the URL of turn 1 is not in the history"
     assert ask(daemon, "again?", session="urls").text == f"seen image:image/png:{url}"
 
+    assert daemon.stop() == 0  # the operator turns URLs off: the stored turns must not send them
+    without_urls = start_daemon("""
+        routes:
+          - name: all
+            use: urlecho/seer
+        """, plugins=(), extra_sites=(site,), data_dir=daemon.data_dir)
+    assert ask(without_urls, "and now?", session="urls").text == "seen "
+
 
 def test_a_turn_that_cannot_be_saved_still_answers_and_counts(start_daemon, tmp_path) -> None:
     """The answer is computed before the turn is saved: a failing media store costs the turn, not the call."""
