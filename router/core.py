@@ -237,8 +237,8 @@ class App:
         The answer is already computed: a failure here is logged, never turned into a failed call.
         """
         answer = done.answer
-        if request.session_id:
-            turns = [m for m in request.messages if m.role is not Role.SYSTEM]
+        turns = [m for m in request.messages if m.role is not Role.SYSTEM]
+        if request.session_id and turns:  # a call of system prompts only adds no turn to the conversation
             reply = answer.text or (answer.transcript.text if answer.transcript else "")
             turns.append(Message(Role.ASSISTANT, [Part(text=reply)]))
             try:

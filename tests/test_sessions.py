@@ -58,6 +58,16 @@ def test_history_and_media_survive_a_restart_and_reset_clears_them(start_daemon,
     assert "[history=0 image=0" in ask(restarted, "after reset").text
 
 
+def test_a_call_of_system_prompts_only_adds_no_turn(start_daemon) -> None:
+    daemon = start_daemon(CONFIG)
+    request = pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_SYSTEM, parts=[pb.Part(text="be brief")])],
+                                   session_id="system-only")
+    daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30)
+    with pytest.raises(grpc.RpcError) as caught:  # nothing was stored: an assistant turn alone is no conversation
+        daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="system-only"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_a_history_longer_than_the_context_is_trimmed_oldest_first(start_daemon) -> None:
     daemon = start_daemon(CONFIG)
     for i in range(4):
