@@ -71,6 +71,18 @@ class ProviderSettings(BaseModel):
         settings._environment = environment
         return settings
 
+    @classmethod
+    def key_settings(cls, provider: str, plugin: str) -> str:
+        """Where the key of ``provider`` (made by ``plugin``) is set, for messages: ``providers.<provider>.api_key``,
+        and for the plugin's own provider the :attr:`api_key_env` variables first (an extra instance
+        reads no environment)."""
+        setting = f"providers.{provider}.api_key"
+        return " or ".join([*cls.api_key_env, setting]) if provider == plugin else setting
+
+    def missing_key(self, provider: str, plugin: str) -> str | None:
+        """``no API key: set ...`` (see :meth:`key_settings`) when there is no key, else None."""
+        return None if self.key else f"no API key: set {self.key_settings(provider, plugin)}"
+
     @property
     def uses_environment(self) -> bool:
         """Whether unset settings fall back to environment variables (not for extra instances)."""

@@ -73,7 +73,7 @@ def test_fresh_install_answers_every_kind_offline(fresh, tmp_path: Path) -> None
     out = cli(fresh.address, "explain", "--pdf", pdf, "What is in it?")
     assert out.returncode == 0, out.stderr
     assert "rule documents -> local/extract" in out.stdout
-    assert "ANTHROPIC_API_KEY is not set" in out.stdout and "GEMINI_API_KEY is not set" in out.stdout
+    assert "no API key: set ANTHROPIC_API_KEY" in out.stdout and "no API key: set GEMINI_API_KEY" in out.stdout
 
 
 @needs_espeak

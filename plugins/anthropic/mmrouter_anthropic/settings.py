@@ -33,9 +33,7 @@ ANTHROPIC_API_URL = "https://api.anthropic.com"
 
 def key_setting_hint(provider: str) -> str:
     """The settings to fix when the key is missing or refused (an extra instance has no environment)."""
-    if provider == PLUGIN:
-        return f"ANTHROPIC_API_KEY or providers.{PLUGIN}.api_key"
-    return f"providers.{provider}.api_key"
+    return AnthropicSettings.key_settings(provider, PLUGIN)
 
 
 class AnthropicSettings(ProviderSettings):
@@ -61,8 +59,4 @@ class AnthropicSettings(ProviderSettings):
 
     def unconfigured_reason(self, provider: str = PLUGIN) -> str | None:
         """Why the provider cannot be used (no key), or None."""
-        if self.key:
-            return None
-        if provider == PLUGIN:
-            return "ANTHROPIC_API_KEY is not set (set it, or providers.anthropic.api_key in the config)"
-        return f"no API key: set {key_setting_hint(provider)}"
+        return self.missing_key(provider, PLUGIN)

@@ -34,9 +34,7 @@ PLUGIN = "assemblyai"
 
 def key_setting_hint(provider: str) -> str:
     """The settings to fix when the key is missing or refused (an extra instance has no environment)."""
-    if provider == PLUGIN:
-        return f"ASSEMBLYAI_API_KEY or providers.{PLUGIN}.api_key"
-    return f"providers.{provider}.api_key"
+    return AssemblyAISettings.key_settings(provider, PLUGIN)
 
 
 class AssemblyAISettings(ProviderSettings):
@@ -61,6 +59,4 @@ class AssemblyAISettings(ProviderSettings):
 
     def unconfigured_reason(self, provider: str = PLUGIN) -> str | None:
         """Why the provider called ``provider`` cannot be used, or None."""
-        if not self.key:
-            return f"no API key: set {key_setting_hint(provider)}"
-        return None
+        return self.missing_key(provider, PLUGIN)

@@ -23,9 +23,7 @@ GEMINI_API_URL = "https://generativelanguage.googleapis.com"
 
 def key_hint(provider: str) -> str:
     """What to tell a user whose key is missing or refused (an extra instance has no environment)."""
-    if provider == PLUGIN:
-        return f"check GEMINI_API_KEY (or GOOGLE_API_KEY) or providers.{PLUGIN}.api_key"
-    return f"check providers.{provider}.api_key"
+    return f"check {GeminiSettings.key_settings(provider, PLUGIN)}"
 
 
 DEFAULT_INLINE_LIMIT = 8 * 1024 * 1024
@@ -64,8 +62,4 @@ class GeminiSettings(ProviderSettings):
 
     def unconfigured_reason(self, provider: str = PLUGIN) -> str | None:
         """Why the provider cannot be used (no key), or None."""
-        if self.key:
-            return None
-        if provider == PLUGIN:
-            return "GEMINI_API_KEY is not set (nor GOOGLE_API_KEY or providers.gemini.api_key)"
-        return f"no API key: set providers.{provider}.api_key"
+        return self.missing_key(provider, PLUGIN)

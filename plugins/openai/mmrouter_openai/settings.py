@@ -36,7 +36,7 @@ PLUGIN = "openai"
 
 def key_setting_hint(provider: str) -> str:
     """The settings to fix when the key is missing or refused (an extra instance has no environment)."""
-    return f"OPENAI_API_KEY or providers.{PLUGIN}.api_key" if provider == PLUGIN else f"providers.{provider}.api_key"
+    return OpenAISettings.key_settings(provider, PLUGIN)
 #: Sent as the key to OpenAI-compatible servers that need none (vLLM, Ollama, llama.cpp).
 NO_KEY_PLACEHOLDER = "sk-no-key-required"
 
