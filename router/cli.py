@@ -74,6 +74,11 @@ def serve(
     settings = settings.model_copy(update={"server": server})
     logging.basicConfig(level=server.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if server.log_format == "json":
+        from .redact import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     if server.log_level != "DEBUG":  # HTTP clients log every upstream request at INFO
         for name in ("httpx", "httpx2", "httpcore", "aiohttp.access"):
             logging.getLogger(name).setLevel(logging.WARNING)

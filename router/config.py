@@ -193,6 +193,7 @@ class ServerSettings(_Strict):
     tls: TlsSettings | None = None
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = Field("text", description="json: one object per line, for log collectors")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,8 +1,11 @@
-"""Keep secrets out of logs: a logging filter that masks every configured secret."""
+"""Keep secrets out of logs: a logging filter that masks every configured secret; and the JSON log
+format (one object per line) for log collectors."""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterable
 
 
@@ -47,3 +50,21 @@ def install(secrets: Iterable[str]) -> SecretFilter:
     for handler in logging.getLogger().handlers:
         handler.addFilter(log_filter)
     return log_filter
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message`` and,
+    with an exception, ``exception``. Runs after :class:`SecretFilter`, so it sees masked text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+    converter = time.gmtime

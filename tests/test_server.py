@@ -278,6 +278,27 @@ def test_a_lower_case_log_level_is_understood(start_daemon, tmp_path) -> None:
     assert "DEBUG" in daemon.logs() and daemon.proc.poll() is None
 
 
+def test_json_logs_are_one_masked_object_per_line(start_daemon, tmp_path) -> None:
+    import json
+    import re
+
+    daemon = start_daemon(config(tmp_path, "  log_format: json"))
+    failure(lambda: generate(daemon, text_request("LEAK")))
+    failure(lambda: generate(daemon, text_request("CRASH")))
+    assert wait_for(lambda: "scripted crash" in daemon.logs())
+    entries = []
+    for line in daemon.logs().splitlines():
+        if re.match(r"^[IWEF]\d{4} ", line):  # gRPC's C core writes its own lines
+            continue
+        entries.append(json.loads(line))
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    assert any(e["level"] == "INFO" and "mmrouter listening" in e["message"] for e in entries)
+    crash = next(e for e in entries if "exception" in e and "scripted crash" in e["exception"])
+    assert crash["level"] == "ERROR" and "Traceback" in crash["exception"]
+    assert any("upstream refused key ***" in e["message"] for e in entries)
+    assert SECRET not in daemon.logs()
+
+
 def test_invalid_config_stops_serve_with_the_key_and_line(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("routes:\n  - name: a\n    use: fake/echo\n    match:\n      inputs_any: [smell]\n")
