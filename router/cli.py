@@ -20,9 +20,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Column, Table
 
 from .auth import with_token
-from .config import DEFAULT_ADDRESS, load_config, parse_config
+from .config import DEFAULT_ADDRESS, Config, load_config, parse_config
 from .errors import ConfigError
 from .plugins import State, load_registry
+from .routing import Target
 
 app = typer.Typer(
     help="mmrouter routes multimodal AI requests (text, images, audio, video, PDFs) to the right provider.\n\n"
@@ -380,6 +381,19 @@ def stats(data_dir: Annotated[Path | None, typer.Option(help="The daemon's data 
     out.print(table)
 
 
+def _targets(config: Config) -> Iterator[tuple[str, str]]:
+    """Every provider/model a config names, with its key (``routes.0.use``, ``bridges.audio.1``...)."""
+    for i, rule in enumerate(config.routes):
+        yield f"routes.{i}.use", rule.use
+        for j, fallback in enumerate(rule.fallback):
+            yield f"routes.{i}.fallback.{j}", fallback
+    if config.default:
+        yield "default", config.default
+    for modality, targets in config.bridges.items():
+        for j, target in enumerate(targets):
+            yield f"bridges.{modality.value}.{j}", target
+
+
 @app.command()
 def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, help="Age in days (fractions allowed).")],
           data_dir: Annotated[Path | None, typer.Option(help="The daemon's data directory.")] = None,
@@ -430,7 +444,17 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     for name in sorted(set(config.providers) - set(registry.entries)):
         err.print(f"[yellow]providers.{escape(name)}: no installed plugin offers a provider {name!r}; "
                   "the section is not used here[/yellow]")
-    if broken:
+    unknown_models = False
+    for key, text in _targets(config):
+        target = Target.parse(text)
+        entry = registry.entries.get(target.provider)
+        if entry is None:
+            err.print(f"[yellow]{key}: no provider {target.provider!r} here (not installed or not configured)[/yellow]")
+        elif entry.provider is not None and target.model not in {m.name for m in entry.models}:
+            unknown_models = True
+            err.print(f"[red]{key}: provider {target.provider!r} has no model {escape(repr(target.model))} "
+                      f"(it has: {escape(', '.join(m.name for m in entry.models))})[/red]")
+    if broken or unknown_models:
         raise typer.Exit(1)
     out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}")
 

@@ -438,3 +438,29 @@ def test_config_check_asks_the_plugins_about_their_sections(tmp_path):
     assert "providers.anthropic.prices.claude-sonnet-4-6.input: unknown price" in output
     assert "providers.opneai: no installed plugin" in output
     assert "sk-x" not in output and "Traceback" not in output
+
+
+def test_config_check_names_a_target_whose_model_the_provider_does_not_have(tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml("""
+        routes:
+          - name: pictures
+            match: {inputs_any: [image]}
+            use: openai/gpt4o
+            fallback: [anthropic/claude-sonnet-4-6]
+        default: local/extract
+        bridges:
+          audio: [ghost/whisper]
+    """))
+    failed = check(typo)
+    output = " ".join((failed.stdout + failed.stderr).split())
+    assert failed.returncode == 1 and "OK" not in failed.stdout, output
+    assert "routes.0.use: provider 'openai' has no model 'gpt4o' (it has: gpt-4o," in output
+    assert "routes.0.fallback.0" not in output and "default" not in output
+    assert "bridges.audio.0: no provider 'ghost' here" in output
+
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(typo.read_text().replace("gpt4o", "gpt-4o"))
+    ok = check(fixed)
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr  # an unknown provider is only a warning
+    assert "no provider 'ghost' here" in " ".join(ok.stderr.split())
