@@ -464,7 +464,7 @@ def config_show_default() -> None:
     """Print the embedded default configuration (a starting point for your own)."""
     from .config import embedded_default_text
 
-    out.print(embedded_default_text(), markup=False, highlight=False)
+    sys.stdout.write(embedded_default_text())  # as is: rich would wrap long comment lines into invalid YAML
 
 
 if __name__ == "__main__":

@@ -464,3 +464,15 @@ def test_config_check_names_a_target_whose_model_the_provider_does_not_have(tmp_
     ok = check(fixed)
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr  # an unknown provider is only a warning
     assert "no provider 'ghost' here" in " ".join(ok.stderr.split())
+
+
+def test_show_default_prints_a_file_that_config_check_accepts(tmp_path):
+    """``show-default > router.yaml`` is the documented start of one's own file: it must stay valid YAML
+    when piped (no wrapping of long comment lines), with every target known to its provider."""
+    shown = subprocess.run([str(MMROUTER), "config", "show-default"], capture_output=True, text=True, timeout=60,
+                           env={"PATH": "/usr/bin:/bin", "COLUMNS": "40"})
+    assert shown.returncode == 0, shown.stderr
+    copy = tmp_path / "router.yaml"
+    copy.write_text(shown.stdout)
+    ok = check(copy)
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
