@@ -22,7 +22,7 @@ from .config import Config
 from .dispatch import RouterEvent, execute
 from .errors import UnknownSession
 from .media import MediaStore
-from .outcome import Done, RouteInfo
+from .outcome import Answer, Done, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
 from .redact import mask
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
@@ -237,20 +237,26 @@ class App:
         The answer is already computed: a failure here is logged, never turned into a failed call.
         """
         answer = done.answer
-        turns = [m for m in request.messages if m.role is not Role.SYSTEM]
-        if request.session_id and turns:  # a call of system prompts only adds no turn to the conversation
-            reply = answer.text or (answer.transcript.text if answer.transcript else "")
-            turns.append(Message(Role.ASSISTANT, [Part(text=reply)]))
-            try:
-                self.sessions.append(request.session_id, turns, self._store_media)
-            except Exception:
-                log.exception("saving this turn of session %r failed; the answer is sent, the turn is not kept",
-                              request.session_id)
+        if request.session_id:
+            self._save_turn(request, answer)
         try:
             self.sessions.record(answer)
         except Exception:
             log.exception("recording call statistics failed")
         self._hook("on_response", request=request, answer=answer)
+
+    def _save_turn(self, request: Request, answer: Answer) -> None:
+        """Append the question and the answer to the request's session (a failure is only logged)."""
+        turns = [m for m in request.messages if m.role is not Role.SYSTEM]
+        if not turns:  # a call of system prompts only adds no turn to the conversation
+            return
+        reply = answer.text or (answer.transcript.text if answer.transcript else "")
+        turns.append(Message(Role.ASSISTANT, [Part(text=reply)]))
+        try:
+            self.sessions.append(request.session_id, turns, self._store_media)
+        except Exception:
+            log.exception("saving this turn of session %r failed; the answer is sent, the turn is not kept",
+                          request.session_id)
 
     def _store_media(self, media: Media) -> str:
         """The media store id of ``media`` (inline bytes are stored first); for URL-free media only."""
