@@ -73,3 +73,38 @@ def providers_by_name(stub, timeout: float = 30) -> dict[str, pb.ProviderInfo]:
 def everything_said(err: grpc.RpcError, daemon) -> str:
     """All a failed call told anyone: its message, its rich status and the daemon's log (for leak checks)."""
     return err.details() + str(rpc_status.from_call(err)) + daemon.logs()
+
+
+def instance_config(plugin: str, instance: str, url: str, own: str, use: str, default: str,
+                    extra: str = "") -> str:
+    """A config with ``plugin``'s own provider (settings ``own``, keyed by its environment variables),
+    an extra instance ``instance`` at ``url`` with the key from ``$INSTANCE_KEY`` (plus the ``extra``
+    lines), a keyless ``<plugin>-spare`` instance, a rule ``tags: [instance]`` -> ``use``, and ``default``."""
+    more = "".join(f"\n    {line}" for line in extra.splitlines() if line.strip())
+    return f"""
+providers:
+  {plugin}: {{{own}}}
+  {instance}:
+    plugin: {plugin}
+    api_key: "${{INSTANCE_KEY}}"
+    base_url: "{url}"{more}
+  {plugin}-spare: {{plugin: {plugin}}}
+routes:
+  - name: instance
+    match: {{tags: [instance]}}
+    use: {use}
+default: {default}
+"""
+
+
+def assert_instance_listed(stub, plugin: str, instance: str) -> None:
+    """ListProviders shows ``instance`` made by ``plugin``, ready and with the same models next to the
+    plugin's own provider, and the keyless ``<plugin>-spare`` not configured: the plugin's environment
+    key is not its key."""
+    providers = providers_by_name(stub)
+    assert (providers[instance].plugin, providers[instance].state) == (plugin, pb.PROVIDER_STATE_READY)
+    assert providers[plugin].state == pb.PROVIDER_STATE_READY
+    assert [m.name for m in providers[instance].models] == [m.name for m in providers[plugin].models]
+    spare = providers[f"{plugin}-spare"]
+    assert (spare.plugin, spare.state) == (plugin, pb.PROVIDER_STATE_NOT_CONFIGURED)
+    assert spare.reason == f"no API key: set providers.{plugin}-spare.api_key"

@@ -12,7 +12,14 @@ import io
 
 import grpc
 import pytest
-from grpc_helpers import error_details, everything_said, providers_by_name, text_request
+from grpc_helpers import (
+    assert_instance_listed,
+    error_details,
+    everything_said,
+    instance_config,
+    providers_by_name,
+    text_request,
+)
 from mmrouter.v1 import router_pb2 as pb
 from PIL import Image
 from reportlab.pdfgen import canvas
@@ -276,21 +283,10 @@ def test_an_extra_instance_is_a_second_account_next_to_anthropic(start_daemon, f
     own key and address; ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL stay with the anthropic provider."""
     eu_key = "sk-ant-eu-account-5c3a"
     with FakeAnthropic(api_key=eu_key) as eu:
-        daemon = start_daemon(f"""
-providers:
-  anthropic: {{timeout: 10}}
-  claude-eu:
-    plugin: anthropic
-    api_key: "${{CLAUDE_EU_KEY}}"
-    base_url: "{eu.url}"
-  claude-spare: {{plugin: anthropic}}
-routes:
-  - name: eu
-    match: {{tags: [eu]}}
-    use: claude-eu/claude-haiku-4-5
-default: anthropic/claude-sonnet-4-6
-""", env={"ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": fake.url, "CLAUDE_EU_KEY": eu_key})
-        mine = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("mine"), tags=("eu",))), timeout=30).answer
+        daemon = start_daemon(instance_config("anthropic", "claude-eu", eu.url, "timeout: 10",
+                                              "claude-eu/claude-haiku-4-5", "anthropic/claude-sonnet-4-6"),
+                              env={"ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": fake.url, "INSTANCE_KEY": eu_key})
+        mine = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("mine"), tags=("instance",))), timeout=30).answer
         theirs = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("theirs"))), timeout=30).answer
         assert (mine.route.provider, mine.route.model, mine.text) == ("claude-eu", "claude-haiku-4-5",
                                                                       "Hello from fake Claude.")
@@ -300,10 +296,4 @@ default: anthropic/claude-sonnet-4-6
         [own_call] = fake.message_calls()
         assert sent_key(own_call) == API_KEY and own_call.json()["model"] == "claude-sonnet-4-6"
 
-        providers = providers_by_name(daemon.stub)
-        assert (providers["claude-eu"].plugin, providers["claude-eu"].state) == ("anthropic", pb.PROVIDER_STATE_READY)
-        assert [m.name for m in providers["claude-eu"].models] == [m.name for m in providers["anthropic"].models]
-        assert providers["anthropic"].state == pb.PROVIDER_STATE_READY
-        spare = providers["claude-spare"]  # no key of its own: ANTHROPIC_API_KEY is not its key
-        assert (spare.plugin, spare.state) == ("anthropic", pb.PROVIDER_STATE_NOT_CONFIGURED)
-        assert spare.reason == "no API key: set providers.claude-spare.api_key"
+        assert_instance_listed(daemon.stub, "anthropic", "claude-eu")

@@ -11,7 +11,13 @@ import wave
 
 import grpc
 import pytest
-from grpc_helpers import error_details, providers_by_name, text_request
+from grpc_helpers import (
+    assert_instance_listed,
+    error_details,
+    instance_config,
+    providers_by_name,
+    text_request,
+)
 from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
 
@@ -183,24 +189,12 @@ def test_an_extra_instance_with_its_own_key_next_to_assemblyai(start_daemon, fak
     own key and address; ASSEMBLYAI_API_KEY and ASSEMBLYAI_BASE_URL stay with the assemblyai provider."""
     eu_key = "aai-eu-e2e-key-40b7"
     with FakeAssemblyAI(api_key=eu_key) as eu:
-        daemon = start_daemon(f"""
-providers:
-  assemblyai: {{timeout: 10, poll_interval: 0.05}}
-  assemblyai-eu:
-    plugin: assemblyai
-    api_key: "${{AAI_EU_KEY}}"
-    base_url: "{eu.url}"
-    poll_interval: 0.05
-  assemblyai-spare: {{plugin: assemblyai}}
-routes:
-  - name: eu
-    match: {{tags: [eu]}}
-    use: assemblyai-eu/best
-default: assemblyai/nano
-""", env={"ASSEMBLYAI_API_KEY": KEY, "ASSEMBLYAI_BASE_URL": fake.url, "AAI_EU_KEY": eu_key})
+        daemon = start_daemon(instance_config("assemblyai", "assemblyai-eu", eu.url, "timeout: 10, poll_interval: 0.05",
+                                              "assemblyai-eu/best", "assemblyai/nano", extra="poll_interval: 0.05"),
+                              env={"ASSEMBLYAI_API_KEY": KEY, "ASSEMBLYAI_BASE_URL": fake.url, "INSTANCE_KEY": eu_key})
         audio = wav_bytes()
         eu_request = request_for(wav_media(audio))
-        eu_request.hints.tags.append("eu")
+        eu_request.hints.tags.append("instance")
         mine = daemon.stub.Generate(pb.GenerateRequest(request=eu_request), timeout=30).answer
         theirs = daemon.stub.Generate(pb.GenerateRequest(request=request_for(wav_media(audio))), timeout=30).answer
         assert (mine.route.provider, mine.route.model) == ("assemblyai-eu", "best")
@@ -211,11 +205,4 @@ default: assemblyai/nano
         assert [c["speech_model"] for c in eu.created] == ["best"]
         assert [c["speech_model"] for c in fake.created] == ["nano"]
 
-        providers = providers_by_name(daemon.stub)
-        eu_info = providers["assemblyai-eu"]
-        assert (eu_info.plugin, eu_info.state) == ("assemblyai", pb.PROVIDER_STATE_READY)
-        assert [m.name for m in eu_info.models] == ["best", "nano"]
-        assert providers["assemblyai"].state == pb.PROVIDER_STATE_READY
-        spare = providers["assemblyai-spare"]  # no key of its own: ASSEMBLYAI_API_KEY is not its key
-        assert (spare.plugin, spare.state) == ("assemblyai", pb.PROVIDER_STATE_NOT_CONFIGURED)
-        assert spare.reason == "no API key: set providers.assemblyai-spare.api_key"
+        assert_instance_listed(daemon.stub, "assemblyai", "assemblyai-eu")

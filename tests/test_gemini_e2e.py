@@ -11,7 +11,7 @@ import io
 
 import grpc
 import pytest
-from grpc_helpers import error_details, providers_by_name
+from grpc_helpers import assert_instance_listed, error_details, instance_config
 from mmrouter.v1 import router_pb2 as pb
 
 from tests.fakes.gemini import FakeGemini
@@ -198,22 +198,11 @@ def test_an_extra_instance_with_its_own_key_next_to_gemini(start_daemon, fake):
     key and address; GEMINI_API_KEY and GOOGLE_GEMINI_BASE_URL stay with the gemini provider."""
     team_key = "AIza-team-e2e-77d0"
     with FakeGemini(api_key=team_key) as team:
-        daemon = start_daemon(f"""
-providers:
-  gemini: {{timeout: 10}}
-  gemini-team:
-    plugin: gemini
-    api_key: "${{TEAM_KEY}}"
-    base_url: "{team.url}"
-  gemini-spare: {{plugin: gemini}}
-routes:
-  - name: team
-    match: {{tags: [team]}}
-    use: gemini-team/gemini-2.5-flash
-default: gemini/gemini-2.5-pro
-""", env={"GEMINI_API_KEY": KEY, "GOOGLE_GEMINI_BASE_URL": fake.url, "TEAM_KEY": team_key})
+        daemon = start_daemon(instance_config("gemini", "gemini-team", team.url, "timeout: 10",
+                                              "gemini-team/gemini-2.5-flash", "gemini/gemini-2.5-pro"),
+                              env={"GEMINI_API_KEY": KEY, "GOOGLE_GEMINI_BASE_URL": fake.url, "INSTANCE_KEY": team_key})
         tagged = pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="mine")])],
-                                      hints=pb.RoutingHints(tags=["team"]))
+                                      hints=pb.RoutingHints(tags=["instance"]))
         mine = daemon.stub.Generate(pb.GenerateRequest(request=tagged), timeout=30).answer
         theirs = daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="theirs"))), timeout=30).answer
         assert (mine.route.provider, mine.route.model, mine.text) == ("gemini-team", "gemini-2.5-flash",
@@ -224,10 +213,4 @@ default: gemini/gemini-2.5-pro
         [own_call] = fake.calls("stream")
         assert own_call.headers["x-goog-api-key"] == KEY and "gemini-2.5-pro" in own_call.path
 
-        providers = providers_by_name(daemon.stub)
-        assert (providers["gemini-team"].plugin, providers["gemini-team"].state) == ("gemini", pb.PROVIDER_STATE_READY)
-        assert [m.name for m in providers["gemini-team"].models] == [m.name for m in providers["gemini"].models]
-        assert providers["gemini"].state == pb.PROVIDER_STATE_READY
-        spare = providers["gemini-spare"]  # no key of its own: GEMINI_API_KEY is not its key
-        assert (spare.plugin, spare.state) == ("gemini", pb.PROVIDER_STATE_NOT_CONFIGURED)
-        assert spare.reason == "no API key: set providers.gemini-spare.api_key"
+        assert_instance_listed(daemon.stub, "gemini", "gemini-team")
