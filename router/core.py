@@ -24,7 +24,7 @@ from .errors import UnknownSession
 from .media import MediaStore
 from .outcome import Answer, Done, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
-from .redact import mask
+from .redact import longest_first, mask
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
 from .sessions import SessionStore, trim_history
 from .sniff import measure
@@ -77,7 +77,7 @@ class App:
         self.media = MediaStore(data_dir / "media", config.server.max_upload_bytes)
         self.sessions = SessionStore(data_dir / "sessions.sqlite")
         self.router = _router_of(config)
-        self.secrets = secrets_of(config.providers, config.server.auth_token)
+        self.secrets = longest_first(secrets_of(config.providers, config.server.auth_token))
         self.catalog: Catalog = self._build_catalog()
 
     def reload(self, config: Config) -> tuple[bool, list[str]]:
@@ -95,7 +95,7 @@ class App:
             self._replace_registry(load_registry(new.providers, disabled=new.plugins.disabled,
                                                  extra_plugins=self._extra_plugins))
             # old keys stay masked too: a call under way may still quote one
-            self.secrets = self.secrets | secrets_of(new.providers, new.server.auth_token)
+            self.secrets = longest_first([*self.secrets, *secrets_of(new.providers, new.server.auth_token)])
         kept = {"address", "data_dir", "tls"}  # tls: the daemon reloads its certificate itself (server.reload_config)
         needs_restart = [] if old.server.model_dump(exclude=kept) == new.server.model_dump(exclude=kept) else ["server"]
         self.config = old.model_copy(update={"routes": new.routes, "default": new.default, "bridges": new.bridges,

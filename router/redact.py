@@ -9,10 +9,15 @@ import time
 from collections.abc import Iterable
 
 
-def mask(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with each secret replaced by ``***`` (the longest first, so a secret that holds
-    another is masked whole)."""
-    for secret in sorted(secrets, key=len, reverse=True):
+def longest_first(secrets: Iterable[str]) -> tuple[str, ...]:
+    """The non-empty ``secrets``, longest first: the order :func:`mask` needs."""
+    return tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+
+def mask(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each secret replaced by ``***``. Give the secrets :func:`longest_first`, so a
+    secret that holds another is masked whole (sorted once, not on every call)."""
+    for secret in secrets:
         text = text.replace(secret, "***")
     return text
 
@@ -22,11 +27,11 @@ class SecretFilter(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        self.secrets = longest_first(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
         """Mask these secrets too (keys of providers made again by a reload)."""
-        self.secrets = tuple(sorted({*self.secrets, *(s for s in secrets if s)}, key=len, reverse=True))
+        self.secrets = longest_first([*self.secrets, *secrets])
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:

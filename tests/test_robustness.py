@@ -10,7 +10,7 @@ from mmrouter.v1 import router_pb2 as pb
 
 from router.config import parse_config
 from router.core import App, secrets_of
-from router.redact import mask
+from router.redact import longest_first, mask
 from router.sniff import measure
 from router.types import Media, Message, Modality, Part, Request, Role
 
@@ -68,7 +68,7 @@ async def test_media_that_cannot_be_read_for_measuring_leaves_the_request_routab
 
 def test_secrets_are_masked_with_and_without_surrounding_whitespace(monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-live-abc123def456\n")
-    secrets = secrets_of({"acme": {"api_key": "  acme-key-789  ", "base_url": "https://x"}}, "tok-0001\n")
+    secrets = longest_first(secrets_of({"acme": {"api_key": "  acme-key-789  ", "base_url": "https://x"}}, "tok-0001\n"))
     for sent in ("sk-live-abc123def456", "acme-key-789", "tok-0001"):
         assert mask(f"upstream refused {sent}!", secrets) == "upstream refused ***!"
     assert mask("sk-live-abc123def456\n", secrets) == "***"
