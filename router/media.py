@@ -145,16 +145,22 @@ class MediaStore:
         stored = self._stored(media_id)
         if stored is not None:
             return stored
-        fd, tmp_name = tempfile.mkstemp(dir=self.root / "tmp")
-        tmp = Path(tmp_name)
-        try:
+        with self._temp_file() as (fd, tmp):
             with _room_needed(f"{len(data)} bytes of {mime_type}"), os.fdopen(fd, "wb") as out:
                 out.write(data)
             with _room_needed(f"the record of media {media_id}"):
                 return self._commit(tmp, media_id, mime_type, modality, filename)
+
+    @contextlib.contextmanager
+    def _temp_file(self, suffix: str = "") -> Iterator[tuple[int, Path]]:
+        """A new file in ``tmp``, as its descriptor and path; removed on exit unless moved into place."""
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", suffix=suffix)
+        path = Path(name)
+        try:
+            yield fd, path
         finally:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                path.unlink()
 
     def _commit(self, tmp: Path, media_id: str, mime_type: str, modality: Modality, filename: str) -> StoredMedia:
         """Move the content ``tmp`` into place as ``media_id`` and write its metadata; return the record.
@@ -166,15 +172,10 @@ class MediaStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
         meta = json.dumps({"mime_type": mime_type, "modality": modality.value, "filename": filename})
-        fd, meta_tmp_name = tempfile.mkstemp(dir=self.root / "tmp", suffix=".json")
-        meta_tmp = Path(meta_tmp_name)
-        try:
+        with self._temp_file(".json") as (fd, meta_tmp):
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(meta)
             os.replace(meta_tmp, path.with_suffix(".json"))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                meta_tmp.unlink()
         return StoredMedia(media_id, path, mime_type, modality, path.stat().st_size, filename)
 
     async def upload(self, mime_type: str, modality: Modality, filename: str, expected_size: int,
@@ -198,9 +199,7 @@ class MediaStore:
         digest = hashlib.sha256()
         size = 0
         head = b""
-        fd, tmp_name = tempfile.mkstemp(dir=self.root / "tmp")
-        tmp = Path(tmp_name)
-        try:
+        with self._temp_file() as (fd, tmp):
             with _room_needed(f"the upload of {mime_type}"), os.fdopen(fd, "wb") as out:
                 async for chunk in chunks:
                     if len(head) < _HEAD:  # check the type as soon as the first bytes are in
@@ -231,9 +230,6 @@ class MediaStore:
                 raise InvalidRequest(problem, violations=[FieldViolation("metadata.modality", problem)],
                                      metadata={"media_id": media_id, "stored_modality": stored.modality.value})
             return stored
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
 
     @staticmethod
     def _check_mime(mime_type: str, modality: Modality, head: bytes) -> None:
