@@ -22,7 +22,7 @@ from .types import Media, Message, Modality, Part, Role
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
-    session_id TEXT NOT NULL, position INTEGER NOT NULL, role TEXT NOT NULL, parts TEXT NOT NULL,
+    session_id TEXT NOT NULL, position INTEGER NOT NULL, role TEXT NOT NULL, parts TEXT NOT NULL, at REAL,
     PRIMARY KEY (session_id, position)
 );
 CREATE TABLE IF NOT EXISTS calls (
