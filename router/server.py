@@ -298,13 +298,13 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     security = "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file else "TLS"
     log.info("mmrouter listening on %s (%s; data in %s%s)", bound, security, config.server.data_dir,
              "; clients need the auth token" if config.server.auth_token else "")
-    if ready_file is not None:
-        ready_file.write_text(bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path, certificates, log_filter)
+    if ready_file is not None:  # only once signals are handled: a SIGHUP right after must not kill the daemon
+        ready_file.write_text(bound)
     await stop.wait()
     grace = config.server.shutdown_grace_seconds
     log.info("shutting down: draining in-flight calls for up to %gs", grace)
