@@ -14,6 +14,7 @@
     │   └── DiarizationUnavailable   FAILED_PRECONDITION  DIARIZATION_UNAVAILABLE
     ├── ConfigError                  INVALID_ARGUMENT     INVALID_CONFIG
     ├── StorageFull                  RESOURCE_EXHAUSTED   STORAGE_FULL      (the data directory's disk is full)
+    ├── AnswerTooLarge               RESOURCE_EXHAUSTED   ANSWER_TOO_LARGE  (over server.max_message_bytes)
     └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
         ├── ProviderBadRequest       INVALID_ARGUMENT     PROVIDER_BAD_REQUEST
         ├── ProviderAuthError        FAILED_PRECONDITION  PROVIDER_AUTH
@@ -139,6 +140,14 @@ class StorageFull(RouterError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "STORAGE_FULL"
+
+
+class AnswerTooLarge(RouterError):
+    """The answer was produced (and counted) but its message is larger than ``server.max_message_bytes``,
+    so gRPC cannot send it. ``metadata`` has its ``size_bytes`` and the ``limit_bytes``."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "ANSWER_TOO_LARGE"
 
 
 class ProviderError(RouterError):

@@ -32,7 +32,7 @@ from . import redact, wire
 from .auth import TokenAuth
 from .config import Config, load_config
 from .core import App, monotonic_deadline, secrets_of
-from .errors import ConfigError, FieldViolation, InvalidRequest, ProviderError, RouterError
+from .errors import AnswerTooLarge, ConfigError, FieldViolation, InvalidRequest, ProviderError, RouterError
 from .outcome import Done, RouteChosen, StepUsage
 from .registration import add_router_service, parsed
 from .tls import ServerCertificates
@@ -87,6 +87,29 @@ async def _abort(context: grpc.aio.ServicerContext, app: App, exc: BaseException
     await context.abort_with_status(rpc_status.to_status(status))
 
 
+#: A text delta longer than this goes out in pieces, so that no client's receive limit (4 MiB by
+#: default in most gRPC libraries) refuses it: 256 Ki characters are at most 1 MiB of UTF-8.
+MAX_DELTA_CHARS = 256 * 1024
+
+
+def text_pieces(text: str, size: int) -> list[str]:
+    """``text`` cut into pieces of at most ``size`` characters."""
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def within_limit(message: Any, limit: int) -> Any:
+    """``message`` when gRPC can send it under ``limit`` bytes, else :class:`AnswerTooLarge`."""
+    size = message.ByteSize()
+    if size > limit:
+        raise AnswerTooLarge(
+            f"the answer is {size} bytes, over server.max_message_bytes ({limit}); it was produced and counted"
+            " but cannot be sent. Ask for a shorter answer (options.max_output_tokens) or raise"
+            " server.max_message_bytes and the client's receive limit",
+            metadata={"size_bytes": str(size), "limit_bytes": str(limit)},
+        )
+    return message
+
+
 def unary(method: Callable) -> Callable:
     """Map exceptions of a unary servicer method to rich gRPC statuses."""
 
@@ -125,6 +148,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.app = app
         server = app.config.server
         self.limits = wire.Limits(server.inline_limit_bytes, server.allow_urls)
+        self.max_message_bytes = server.max_message_bytes
+        #: UTF-8 takes up to 4 bytes a character; 64 bytes leave room for the message's framing.
+        self.delta_chars = max(1, min(MAX_DELTA_CHARS, (server.max_message_bytes - 64) // 4))
 
     def _request(self, message: pb.MultimodalRequest):
         return wire.request_from_proto(message, self.limits, self.app.load_media)
@@ -135,15 +161,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async with aclosing(self.app.answer(req, monotonic_deadline(context.time_remaining()))) as events:
             async for event in events:
                 if isinstance(event, Done):
-                    return pb.GenerateResponse(answer=wire.answer_to_proto(event.answer, self.app.redact))
+                    response = pb.GenerateResponse(answer=wire.answer_to_proto(event.answer, self.app.redact))
+                    return within_limit(response, self.max_message_bytes)
         raise RuntimeError("the answer ended without a Done event")
 
     @streaming
     async def StreamGenerate(self, request: pb.StreamGenerateRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamGenerateResponse]:
         req = self._request(request.request)
-        async for event in self.app.answer(req, monotonic_deadline(context.time_remaining())):
-            yield _event_to_proto(event, self.app.redact)
+        async with aclosing(self.app.answer(req, monotonic_deadline(context.time_remaining()))) as events:
+            async for event in events:
+                if not isinstance(event, TextDelta):
+                    yield within_limit(_event_to_proto(event, self.app.redact), self.max_message_bytes)
+                elif len(event.text) <= self.delta_chars:
+                    yield pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=event.text))
+                else:
+                    for piece in text_pieces(event.text, self.delta_chars):
+                        yield pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=piece))
 
     @unary
     async def UploadMedia(self, request_iterator: AsyncIterator[pb.UploadMediaRequest],

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import struct
 
-from grpc_helpers import text_request
+import grpc
+import pytest
+from grpc_helpers import error_details, text_request
 from media_factory import wav
 from mmrouter.v1 import router_pb2 as pb
 
@@ -74,3 +76,46 @@ def test_secrets_are_masked_with_and_without_surrounding_whitespace(monkeypatch)
     assert mask("sk-live-abc123def456\n", secrets) == "***"
     monkeypatch.setenv("SHORT_TOKEN", " ab\n")
     assert "ab" not in secrets_of({}), "values shorter than 4 characters once stripped are not secrets"
+
+
+SMALL_MESSAGES = """
+providers:
+  fake: {api_key: k}
+server: {max_message_bytes: 100000, inline_limit_bytes: 50000}
+routes:
+  - name: everything
+    use: fake/omni
+"""
+
+
+def test_an_answer_over_the_message_limit_is_refused_with_details_and_kept(start_daemon) -> None:
+    """The fake answer repeats the question twice: 60 kB of question make a 120 kB answer."""
+    daemon = start_daemon(SMALL_MESSAGES)
+    request = text_request("x" * 60_000, session_id="big")
+    with pytest.raises(grpc.RpcError) as unary:
+        daemon.stub.Generate(pb.GenerateRequest(request=request))
+    error = error_details(unary.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "ANSWER_TOO_LARGE")
+    assert int(error.metadata["size_bytes"]) > 100_000 and error.metadata["limit_bytes"] == "100000"
+    assert "max_message_bytes" in error.message
+
+    deltas = []
+    with pytest.raises(grpc.RpcError) as streamed:
+        for event in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request)):
+            deltas.append(event.text_delta.text)
+    assert error_details(streamed.value).reason == "ANSWER_TOO_LARGE"
+    assert "".join(deltas).startswith("fake/omni says: " + "x" * 60_000 + " [")  # the text arrived, only Done did not
+
+    # Both answers were produced, so both turns were kept.
+    removed = daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="big")).turns_removed
+    assert removed == 4  # two questions and two answers
+
+
+def test_a_long_text_delta_is_streamed_in_pieces_under_the_message_limit(start_daemon) -> None:
+    daemon = start_daemon(SMALL_MESSAGES)
+    request = text_request("ONE-DELTA " + "é" * 15_000)  # 2 bytes each in UTF-8: a 60 kB answer, in one delta
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request)))
+    deltas = [e.text_delta.text for e in events if e.WhichOneof("event") == "text_delta"]
+    assert len(deltas) > 1 and all(len(d.encode()) < 100_000 for d in deltas)
+    assert "".join(deltas) == events[-1].done.answer.text
+    assert events[-1].done.answer.text.count("é" * 15_000) == 2
