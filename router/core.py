@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -28,7 +29,7 @@ from .redact import longest_first, mask
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
 from .sessions import SessionStore, trim_history
 from .sniff import measure
-from .types import CallContext, Media, Message, Part, Request, Role
+from .types import CallContext, Media, Message, Modality, Part, Request, Role
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,12 @@ def secrets_of(providers: Mapping[str, Mapping], *extra: str) -> set[str]:
     found |= set(extra)
     found |= {value.strip() for value in found}
     return {value for value in found if len(value) >= 4}
+
+
+@functools.lru_cache(maxsize=4096)
+def _measure_stored(path: str, modality: Modality) -> tuple[float | None, int | None]:
+    """:func:`measure` of a stored file; its path names its content, so the answer never changes."""
+    return measure(path, modality)
 
 
 def _router_of(config: Config) -> routing.Router:
@@ -144,9 +151,11 @@ class App:
         """
         for media in request.media():
             if media.duration_seconds is None and media.pages is None and media.url is None:
-                source = media.data if media.data is not None else str(media.path)
                 try:
-                    media.duration_seconds, media.pages = measure(source, media.modality)
+                    if media.data is not None:
+                        media.duration_seconds, media.pages = measure(media.data, media.modality)
+                    else:  # content-addressed: measured once, then on every turn of its sessions from memory
+                        media.duration_seconds, media.pages = _measure_stored(str(media.path), media.modality)
                 except Exception as exc:
                     log.warning("could not measure %s media %s (%s): %s; its duration and pages stay unknown",
                                 media.modality.value, media.media_id or media.filename or "(inline)",
@@ -202,15 +211,15 @@ class App:
 
     async def explain(self, request: Request) -> RouteInfo:
         """The route a request would take; no provider is called."""
-        await self._measure_media(request)
         full, _ = self._with_history(request)
+        await self._measure_media(full)  # the history's media too: rules on pages and durations see them
         decision, _ = self._decide(full)
         return RouteInfo.planned(decision)
 
     async def answer(self, request: Request, deadline: float | None) -> AsyncIterator[RouterEvent]:
         """Route and answer ``request``; yields router events ending with Done."""
-        await self._measure_media(request)
         untrimmed, history = self._with_history(request)
+        await self._measure_media(untrimmed)
         decision, _ = self._decide(untrimmed)
         full, notes = self._trim(untrimmed, history, decision.plan)
         # a fallback gets the history trimmed to its own model's context

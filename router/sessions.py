@@ -90,6 +90,9 @@ class SessionStore:
                 else:
                     media = load_media(item["media_id"])
                     media.filename = item.get("filename", media.filename)
+                    # as the turn sent it: the same bytes may be stored under another modality
+                    if "modality" in item:
+                        media.modality, media.mime_type = Modality(item["modality"]), item["mime_type"]
                     parts.append(Part(media=media))
             messages.append(Message(Role(role), parts))
         return messages
@@ -190,14 +193,16 @@ class SessionStore:
 
 
 def _part_record(part: Part, store_media: StoreMedia) -> dict:
-    """One part as stored in a turn's JSON: its text, its URL, or its media store id."""
+    """One part as stored in a turn's JSON: its text, its URL, or its media store id (with the modality and
+    MIME type the turn gave it)."""
     media = part.media
     if media is None:
         return {"text": part.text}
     if media.url is not None:  # nothing local to store: keep the reference itself
         return {"url": media.url, "mime_type": media.mime_type, "modality": media.modality.value,
                 "filename": media.filename}
-    return {"media_id": store_media(media), "filename": media.filename}
+    return {"media_id": store_media(media), "filename": media.filename, "modality": media.modality.value,
+            "mime_type": media.mime_type}
 
 
 def trim_history(history: list[Message], current: list[Message], budget_tokens: int,

@@ -9,7 +9,7 @@ import grpc
 import pytest
 from conftest import make_dist_info
 from grpc_helpers import error_details, text_request, wait_for
-from media_factory import png
+from media_factory import mp4, pdf, png
 from mmrouter.v1 import router_pb2 as pb
 
 from router.outcome import Answer, RouteInfo, Step
@@ -271,3 +271,37 @@ def test_a_database_from_before_turn_times_gets_them(tmp_path) -> None:
         assert store.prune(time.time() + 60, dry_run=True)[0] == 1
     finally:
         store.close()
+
+
+MEASURED = """
+providers:
+  fake: {api_key: k}
+routes:
+  - name: long-pdfs
+    match: {pdf_pages: {min: 2}}
+    use: fake/docs
+  - name: everything
+    use: fake/omni
+"""
+
+
+def test_later_turns_route_on_the_measured_media_of_earlier_turns(start_daemon) -> None:
+    daemon = start_daemon(MEASURED)
+    two_pages = pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", data=pdf(["one", "two"]))
+    assert ask(daemon, "summarise", session="doc", media=[two_pages]).route.rule == "long-pdfs"
+    follow_up = text_request("and page two?", session_id="doc")
+    explained = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=follow_up)).route
+    assert explained.rule == "long-pdfs", [t.reason for t in explained.trace]
+    assert ask(daemon, "and page two?", session="doc").route.rule == "long-pdfs"
+
+
+def test_history_media_keep_the_modality_their_turn_gave_them(start_daemon) -> None:
+    """The same bytes stored first as audio, then sent inline as video in a session turn."""
+    daemon = start_daemon(CONFIG)
+    clip = mp4()
+    upload = iter([pb.UploadMediaRequest(metadata=pb.UploadMetadata(
+        modality=pb.MODALITY_AUDIO, mime_type="audio/mp4", size_bytes=len(clip))), pb.UploadMediaRequest(chunk=clip)])
+    assert daemon.stub.UploadMedia(upload).modality == pb.MODALITY_AUDIO
+    video = pb.Media(modality=pb.MODALITY_VIDEO, mime_type="video/mp4", data=clip)
+    assert "audio=0 video=1" in ask(daemon, "what is shown?", session="vid", media=[video]).text
+    assert "[history=1 image=0 audio=0 video=1" in ask(daemon, "and then?", session="vid").text
