@@ -147,6 +147,18 @@ class Request:
         """All media of all messages, in order."""
         return [p.media for p in self.parts() if p.media is not None]
 
+    def current_media(self) -> list[Media]:
+        """The media of the newest user message that has any, in order.
+
+        This is what a transcription transcribes: in a session, the media of earlier turns come
+        first in ``messages`` and were transcribed (and paid for) when they were sent.
+        """
+        for message in reversed(self.messages):
+            found = [p.media for p in message.parts if p.media is not None]
+            if found and message.role is Role.USER:
+                return found
+        return []
+
     def modalities(self) -> set[Modality]:
         """The set of modalities present (text only if some text is non-empty)."""
         found = {p.media.modality for p in self.parts() if p.media is not None}
@@ -263,6 +275,25 @@ class Transcript:
     def speaker_text(utterances: list[Utterance]) -> str:
         """Plain text with one ``Speaker X: ...`` line per turn."""
         return "\n".join(f"Speaker {u.speaker}: {u.text}" for u in utterances)
+
+    @staticmethod
+    def merged(transcripts: list[Transcript]) -> Transcript:
+        """One transcript of several recordings played one after another: times are shifted by the
+        durations before them, texts joined (one line each when they hold speaker lines)."""
+        if len(transcripts) == 1:
+            return transcripts[0]
+        offset = 0.0
+        utterances: list[Utterance] = []
+        words: list[Word] = []
+        for t in transcripts:
+            utterances += [Utterance(u.text, round(u.start + offset, 2), round(u.end + offset, 2),
+                                     u.speaker, u.confidence) for u in t.utterances]
+            words += [Word(w.text, round(w.start + offset, 2), round(w.end + offset, 2),
+                           w.speaker, w.confidence) for w in t.words]
+            offset += t.duration_seconds
+        separator = "\n" if any("\n" in t.text for t in transcripts) else " "
+        return Transcript(separator.join(t.text for t in transcripts if t.text), utterances, words,
+                          transcripts[0].language if transcripts else "", round(offset, 2))
 
 
 @dataclass

@@ -1,0 +1,39 @@
+"""The public request and transcript helpers plugins build on."""
+
+from __future__ import annotations
+
+from router.types import Media, Message, Modality, Part, Request, Role, Transcript, Utterance, Word
+
+
+def clip(name: str) -> Media:
+    return Media(Modality.AUDIO, "audio/wav", data=b"RIFF", filename=name)
+
+
+def test_current_media_are_those_of_the_newest_user_message_with_media() -> None:
+    request = Request(messages=[
+        Message(Role.USER, [Part(media=clip("old.wav")), Part(text="transcribe")]),
+        Message(Role.ASSISTANT, [Part(text="done")]),
+        Message(Role.USER, [Part(media=clip("a.wav")), Part(media=clip("b.wav"))]),
+        Message(Role.USER, [Part(text="both, please")]),
+    ])
+    assert [m.filename for m in request.current_media()] == ["a.wav", "b.wav"]
+    assert Request(messages=[Message(Role.USER, [Part(text="hi")])]).current_media() == []
+
+
+def test_merged_transcripts_shift_times_by_the_recordings_before() -> None:
+    first = Transcript("hello there", [Utterance("hello there", 0.0, 1.5, "A")], [Word("hello", 0.0, 0.5)],
+                       "en", duration_seconds=2.0)
+    second = Transcript("bye", [Utterance("bye", 0.25, 0.75, "B")], [Word("bye", 0.25, 0.75)], "en", 1.0)
+    merged = Transcript.merged([first, second])
+    assert merged.text == "hello there bye"
+    assert [(u.text, u.start, u.end, u.speaker) for u in merged.utterances] == [
+        ("hello there", 0.0, 1.5, "A"), ("bye", 2.25, 2.75, "B")]
+    assert [(w.text, w.start) for w in merged.words] == [("hello", 0.0), ("bye", 2.25)]
+    assert merged.duration_seconds == 3.0 and merged.language == "en"
+    assert Transcript.merged([first]) is first
+
+
+def test_merged_speaker_lines_stay_one_per_line() -> None:
+    a = Transcript("Speaker A: hi\nSpeaker B: hello", duration_seconds=1.0)
+    b = Transcript("Speaker A: bye", duration_seconds=1.0)
+    assert Transcript.merged([a, b]).text == "Speaker A: hi\nSpeaker B: hello\nSpeaker A: bye"
