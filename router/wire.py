@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from mmrouter.v1 import router_pb2 as pb
 
@@ -77,6 +78,10 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
             problems.append(FieldViolation(f"{path}.url", "media URLs are not allowed by this router's config; "
                                            "send the bytes or upload them with UploadMedia"))
             return None
+        problem = url_problem(media.url)
+        if problem:
+            problems.append(FieldViolation(f"{path}.url", problem))
+            return None
         return Media(modality, media.mime_type, url=media.url, filename=media.filename)
     data = media.data
     if len(data) > limits.inline_bytes:
@@ -93,6 +98,18 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
     if problem:
         raise MimeMismatch(f"{path}: {problem}", violations=[FieldViolation(f"{path}.mime_type", problem)])
     return Media(modality, media.mime_type, data=data, filename=media.filename, size=len(data))
+
+
+def url_problem(url: str) -> str:
+    """Why a media URL is refused, or "": only http(s) URLs with a host reach providers (an SDK may
+    read any other string as a path on the daemon's host)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    return ""
 
 
 class Limits:

@@ -360,3 +360,19 @@ def test_diarization_without_a_diarizing_provider_says_which_to_configure(start_
     details = error_details(failure(lambda: generate(daemon, request)))
     assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DIARIZATION_UNAVAILABLE")
     assert "assemblyai" in details.message and "ASSEMBLYAI_API_KEY" in details.message
+
+
+@pytest.mark.parametrize("url", ["/etc/passwd", "file:///etc/passwd", "ftp://host/a.png", "https://", "http//x",
+                                 "C:\\secrets\\a.png", "http://[::1"])
+def test_allowed_media_urls_must_be_http_with_a_host(url) -> None:
+    """Some SDKs upload a string that is not an http(s) URL as a file of the daemon's host."""
+    from router import wire
+    from router.errors import InvalidRequest
+
+    request = text_request("x", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", url=url)])
+    with pytest.raises(InvalidRequest) as refused:
+        wire.request_from_proto(request, wire.Limits(1 << 20, allow_urls=True), resolve=lambda media_id: None)
+    assert [v.field for v in refused.value.violations] == ["request.messages[0].parts[0].media.url"]
+    accepted = text_request("x", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav",
+                                                 url="HTTPS://example.com/a.wav?sig=1")])
+    assert wire.request_from_proto(accepted, wire.Limits(1 << 20, True), lambda media_id: None).media()[0].url
