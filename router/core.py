@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from . import routing
 from .config import Config
@@ -40,6 +41,7 @@ _SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD)$")
 def secrets_of(providers: Mapping[str, Mapping], *extra: str) -> set[str]:
     """Every secret-looking value: provider settings named like keys, such environment variables, ``extra``.
 
+    A URL's password (``http://user:password@host``, e.g. in a ``base_url``) counts as a secret too.
     Each value is kept as given and stripped of surrounding whitespace, since plugins send the
     stripped key (a secret file usually ends with a newline); values under 4 characters are left out.
     """
@@ -49,10 +51,27 @@ def secrets_of(providers: Mapping[str, Mapping], *extra: str) -> set[str]:
         for key, value in settings.items()
         if _SECRET_KEY.search(key) and isinstance(value, str)
     }
+    found |= {secret for settings in providers.values() for value in settings.values()
+              for secret in _url_credentials(value)}
     found |= {value for name, value in os.environ.items() if _SECRET_ENV.search(name)}
     found |= set(extra)
     found |= {value.strip() for value in found}
     return {value for value in found if len(value) >= 4}
+
+
+def _url_credentials(value: object) -> set[str]:
+    """Of a URL with a password: the ``user:password`` part and the password, as written and decoded."""
+    if not isinstance(value, str) or "@" not in value or "://" not in value:
+        return set()
+    try:
+        netloc = urlsplit(value.strip()).netloc
+    except ValueError:
+        return set()
+    userinfo, at, _host = netloc.rpartition("@")
+    _, colon, password = userinfo.partition(":")
+    if not (at and colon and password):
+        return set()
+    return {userinfo, password, unquote(password)}
 
 
 @functools.lru_cache(maxsize=4096)

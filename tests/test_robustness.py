@@ -6,7 +6,7 @@ import struct
 
 import grpc
 import pytest
-from grpc_helpers import error_details, text_request
+from grpc_helpers import error_details, everything_said, text_request
 from media_factory import wav
 from mmrouter.v1 import router_pb2 as pb
 
@@ -119,3 +119,28 @@ def test_a_long_text_delta_is_streamed_in_pieces_under_the_message_limit(start_d
     assert len(deltas) > 1 and all(len(d.encode()) < 100_000 for d in deltas)
     assert "".join(deltas) == events[-1].done.answer.text
     assert events[-1].done.answer.text.count("é" * 15_000) == 2
+
+
+def test_a_password_in_a_provider_url_is_masked_in_errors_and_logs(start_daemon) -> None:
+    daemon = start_daemon("""
+providers:
+  vllm:
+    plugin: openai
+    base_url: "http://svc:Pa55w0rd%2Finternal@127.0.0.1:9/v1"
+    api_key: sk-vllm-key-123456
+    builtin_models: false
+    models: [{name: llama}]
+default: vllm/llama
+""")
+    with pytest.raises(grpc.RpcError) as failed:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
+    assert error_details(failed.value).reason == "PROVIDER_UNAVAILABLE"
+    said = everything_said(failed.value, daemon)
+    assert "127.0.0.1:9" in said  # the URL is still named, for the operator
+    assert "Pa55w0rd" not in said and "svc:" not in said
+
+
+def test_url_credentials_are_secrets() -> None:
+    secrets = secrets_of({"x": {"base_url": "https://user:p%40ss-word@h/v1", "proxy": "http://h:1", "n": 3}})
+    assert {"user:p%40ss-word", "p%40ss-word", "p@ss-word"} <= secrets
+    assert not secrets_of({"x": {"base_url": "https://user@h/v1", "other": "mail@example.com"}})
