@@ -50,20 +50,40 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+#: Bounds on what an error sends: its status travels in the trailers (twice: ``grpc-message`` and
+#: the base64 ``grpc-status-details-bin``), and gRPC clients refuse trailers over 8 KiB by default,
+#: which would turn the error into a bare RESOURCE_EXHAUSTED. Errors may quote client input.
+MAX_ERROR_MESSAGE_BYTES = 768
+MAX_VIOLATIONS = 8
+MAX_DETAIL_BYTES = 200
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8 (at a character boundary), marked with "..."."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "..."
+
+
 def error_status(error: RouterError, redact: Callable[[str], str]) -> status_pb2.Status:
-    """The google.rpc.Status for a router error, with its details."""
-    metadata = {k: redact(v) for k, v in error.metadata.items()}
+    """The google.rpc.Status for a router error, with its details, bounded in size."""
+    metadata = {k: clip(redact(v), MAX_DETAIL_BYTES) for k, v in list(error.metadata.items())[:MAX_VIOLATIONS]}
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))]
+    message = redact(error.message)
     if error.violations:
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=redact(v.description))
-            for v in error.violations
+            error_details_pb2.BadRequest.FieldViolation(field=clip(v.field, MAX_DETAIL_BYTES),
+                                                        description=clip(redact(v.description), MAX_DETAIL_BYTES))
+            for v in error.violations[:MAX_VIOLATIONS]
         ])))
+        if len(error.violations) > MAX_VIOLATIONS:
+            message = f"{len(error.violations)} problems, the first {MAX_VIOLATIONS} listed: {message}"
     if isinstance(error, ProviderError) and error.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return status_pb2.Status(code=error.code.value[0], message=redact(error.message), details=details)
+    return status_pb2.Status(code=error.code.value[0], message=clip(message, MAX_ERROR_MESSAGE_BYTES), details=details)
 
 
 def _internal_status(app: App, exc: BaseException) -> status_pb2.Status:

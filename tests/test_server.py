@@ -376,3 +376,20 @@ def test_allowed_media_urls_must_be_http_with_a_host(url) -> None:
     accepted = text_request("x", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav",
                                                  url="HTTPS://example.com/a.wav?sig=1")])
     assert wire.request_from_proto(accepted, wire.Limits(1 << 20, True), lambda media_id: None).media()[0].url
+
+
+def test_errors_that_quote_huge_input_keep_their_code_and_details(daemon) -> None:
+    """Statuses travel in trailers, which clients refuse over 8 KiB: a bare RESOURCE_EXHAUSTED without details."""
+    empty_parts = pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part()])] * 2000)
+    calls = [
+        (lambda: daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="é" * 20_000)), "SESSION_NOT_FOUND"),
+        (lambda: generate(daemon, text_request("hi", hints=pb.RoutingHints(model="m" * 50_000))), "UNKNOWN_TARGET"),
+        (lambda: generate(daemon, text_request("hi", media=[pb.Media(modality=pb.MODALITY_IMAGE,
+                                                                     media_id="x" * 50_000)])), "MEDIA_NOT_FOUND"),
+        (lambda: generate(daemon, empty_parts), "INVALID_REQUEST"),
+    ]
+    for call, reason in calls:
+        details = error_details(failure(call))
+        assert details.reason == reason
+        assert len(details.message.encode()) <= 768 and len(details.violations) <= 8
+    assert error_details(failure(calls[-1][0])).message.startswith("2000 problems, the first 8 listed")
