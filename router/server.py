@@ -214,9 +214,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
         async def chunks() -> AsyncIterator[bytes]:
             async for message in request_iterator:
-                if parsed(message).WhichOneof("payload") != "chunk":
+                payload = parsed(message).WhichOneof("payload")
+                if payload == "metadata":
                     raise InvalidRequest("metadata may only be sent once, first",
                                          violations=[FieldViolation("metadata", "sent again after chunks")])
+                if payload is None:
+                    raise InvalidRequest("an UploadMedia message after the metadata carries no chunk",
+                                         violations=[FieldViolation("chunk", "required in every message after the first")])
                 yield message.chunk
 
         stored = await self.app.media.upload(meta.mime_type, modality, meta.filename, meta.size_bytes, chunks())

@@ -78,6 +78,18 @@ def test_upload_needs_metadata_first(daemon) -> None:
     assert details.violations[0][0] == "metadata"
 
 
+@pytest.mark.parametrize(("after_metadata", "field"), [
+    (pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf")),
+     "metadata"),
+    (pb.UploadMediaRequest(), "chunk"),
+], ids=["metadata-twice", "no-payload"])
+def test_upload_messages_after_the_first_carry_chunks(daemon, after_metadata, field) -> None:
+    first = pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf"))
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.UploadMedia(iter([first, pb.UploadMediaRequest(chunk=PDF), after_metadata]))
+    assert error_details(caught.value).violations[0][0] == field
+
+
 def test_upload_size_must_match_the_metadata(daemon) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         upload(daemon.stub, [PDF], size=len(PDF) + 1)
