@@ -249,7 +249,7 @@ class App:
         try:
             # Closed explicitly: a consumer that stops at Done must not leave the generator to the
             # garbage collector, whose finalizer schedules a task per request to close it.
-            async with aclosing(execute(full, decision, registry, ctx, notes, fit)) as events:
+            async with aclosing(execute(full, decision, registry, ctx, notes, fit, self.sessions)) as events:
                 async for event in events:
                     if isinstance(event, Done):
                         self._finish(request, event)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 
-from .bridging import apply_bridges
+from .bridging import BridgeMemo, apply_bridges
 from .errors import NoRoute, ProviderError
 from .invoke import call_model
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
@@ -29,7 +29,8 @@ FitRequest = Callable[[Plan], tuple[Request, list[str]]]
 
 
 async def execute(request: Request, decision: Decision, registry: Registry, ctx: CallContext,
-                  notes: list[str] | None = None, fit: FitRequest | None = None) -> AsyncIterator[RouterEvent]:
+                  notes: list[str] | None = None, fit: FitRequest | None = None,
+                  memo: BridgeMemo | None = None) -> AsyncIterator[RouterEvent]:
     """Run the decision's plans in order until one answers.
 
     ``request`` is ready for the first plan; ``fit`` makes it ready for a fallback (whose model
@@ -54,7 +55,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 answer_request, fitted = fit(plan)
                 route.notes.extend(fitted)
             if plan.bridges:
-                bridged = await apply_bridges(plan.bridges, answer_request, registry, ctx, route)
+                bridged = await apply_bridges(plan.bridges, answer_request, registry, ctx, route, memo)
                 answer_request = bridged.request
                 for t in bridged.transcripts:
                     emitted = True

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL, position INTEGER NOT NULL, role TEXT NOT NULL, parts TEXT NOT NULL, at REAL,
     PRIMARY KEY (session_id, position)
 );
+CREATE TABLE IF NOT EXISTS bridged (key TEXT PRIMARY KEY, text TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS calls (
     at REAL NOT NULL, rule TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, purpose TEXT NOT NULL,
     latency_ms REAL NOT NULL, cost_usd REAL NOT NULL, input_tokens INTEGER NOT NULL,
@@ -111,6 +112,21 @@ class SessionStore:
             self._db.executemany("INSERT INTO turns (session_id, position, role, parts, at) VALUES (?, ?, ?, ?, ?)",
                                  rows)
 
+    def recall(self, key: str) -> str | None:
+        """A bridged text kept by :meth:`remember` (see :class:`router.bridging.BridgeMemo`); a use
+        counts as recent for :meth:`prune`."""
+        row = self._db.execute("SELECT text FROM bridged WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        with self._db:
+            self._db.execute("UPDATE bridged SET at = ? WHERE key = ?", (time.time(), key))
+        return row[0]
+
+    def remember(self, key: str, text: str) -> None:
+        """Keep a bridged text (a transcript, a PDF's text) for the later turns of a session."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO bridged (key, text, at) VALUES (?, ?, ?)", (key, text, time.time()))
+
     def reset(self, session_id: str) -> int:
         """Forget a session; return how many turns were removed."""
         with self._db:
@@ -127,6 +143,7 @@ class SessionStore:
                 "SELECT session_id FROM turns GROUP BY session_id HAVING MAX(at) < ?", (before,))]
             self._db.executemany("DELETE FROM turns WHERE session_id = ?", [(s,) for s in stale])
             calls = self._db.execute("DELETE FROM calls WHERE at < ?", (before,)).rowcount
+            self._db.execute("DELETE FROM bridged WHERE at < ?", (before,))
             used = self.media_in_use()
         except BaseException:
             self._db.execute("ROLLBACK")

@@ -54,3 +54,40 @@ def test_bridging_can_be_switched_off_per_rule(start_daemon) -> None:
     details = error_details(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_ROUTE")
     assert "does not take document" in details.message
+
+
+PAID_BRIDGE = """
+providers:
+  fake: {api_key: k}
+routes:
+  - name: text
+    use: fake/echo
+    bridging: true
+bridges:
+  audio: [fake/ears]
+"""
+
+
+def test_a_sessions_audio_is_transcribed_once_not_on_every_turn(start_daemon, tmp_path) -> None:
+    """The history's media come back on every turn; a paid bridge must not transcribe them again."""
+    daemon = start_daemon(PAID_BRIDGE, data_dir=tmp_path / "data")
+    audio = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(0.5), filename="call.wav")
+
+    def ask(d, text, media=()):
+        return d.stub.Generate(pb.GenerateRequest(request=text_request(text, media=list(media), session_id="s"))).answer
+
+    first = ask(daemon, "what was said?", [audio])
+    assert [s.purpose for s in first.route.steps] == ["bridge:audio->transcript via fake/ears", "answer"]
+    assert first.usage.audio_seconds == 2.0
+    second = ask(daemon, "and who said it?")
+    assert [s.purpose for s in second.route.steps] == ["answer"]
+    assert second.usage.audio_seconds == 0 and "[Audio transcript] call.wav\nhello there" in second.text
+    assert any("reused the text of 1 media" in n for n in second.route.notes)
+    assert daemon.stop() == 0
+
+    restarted = start_daemon(PAID_BRIDGE, data_dir=tmp_path / "data")
+    third = ask(restarted, "anything else?")
+    assert [s.purpose for s in third.route.steps] == ["answer"] and "bytes heard" in third.text
+    # without a session the same inline clip is not kept: each request pays for its own transcript
+    plain = restarted.stub.Generate(pb.GenerateRequest(request=text_request("said?", media=[audio]))).answer
+    assert [s.purpose for s in plain.route.steps] == ["bridge:audio->transcript via fake/ears", "answer"]

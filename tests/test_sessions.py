@@ -305,3 +305,24 @@ def test_history_media_keep_the_modality_their_turn_gave_them(start_daemon) -> N
     video = pb.Media(modality=pb.MODALITY_VIDEO, mime_type="video/mp4", data=clip)
     assert "audio=0 video=1" in ask(daemon, "what is shown?", session="vid", media=[video]).text
     assert "[history=1 image=0 audio=0 video=1" in ask(daemon, "and then?", session="vid").text
+
+
+def test_bridged_texts_are_kept_until_unused_for_the_prune_period(tmp_path) -> None:
+    import time
+
+    store = SessionStore(tmp_path / "sessions.sqlite")
+    try:
+        assert store.recall("clip|audio|fake/ears") is None
+        store.remember("clip|audio|fake/ears", "hello there")
+        store.remember("doc|document|local/extract", "page one")
+        assert store.recall("clip|audio|fake/ears") == "hello there"
+        store.prune(time.time() - 60)
+        assert store.recall("doc|document|local/extract") == "page one"  # recent: kept
+        time.sleep(0.05)
+        cut = time.time()
+        assert store.recall("clip|audio|fake/ears") == "hello there"  # used after the cut: kept
+        store.prune(cut)
+        assert store.recall("doc|document|local/extract") is None
+        assert store.recall("clip|audio|fake/ears") == "hello there"
+    finally:
+        store.close()
