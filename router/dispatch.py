@@ -59,11 +59,13 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 answer_request = bridged.request
                 for t in bridged.transcripts:
                     emitted = True
-                    transcript = t  # the answer carries the bridge's transcript unless it makes its own
                     yield TranscriptReady(t)
+                if bridged.transcripts:  # the answer carries the bridges' transcript unless it makes its own
+                    transcript = Transcript.merged(bridged.transcripts)
                 for u in bridged.usages:
                     total.add(u.usage)
                     yield StepUsage(u.usage)
+            own: list[Transcript] = []
             async for event in call_model(provider, plan.model, answer_request, ctx, route, "answer"):
                 if isinstance(event, TextDelta):
                     emitted = True
@@ -71,7 +73,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                     yield event
                 elif isinstance(event, TranscriptReady):
                     emitted = True
-                    transcript = event.transcript
+                    own.append(event.transcript)  # one per recording, if a plugin sends several
                     yield event
                 elif isinstance(event, UsageReport):
                     total.add(event.usage)
@@ -84,6 +86,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         route.provider, route.model = plan.target.provider, plan.target.model
         route.bridges = [str(b) for b in plan.bridges]
         route.latency_ms = (time.perf_counter() - started) * 1000
+        if own:
+            transcript = Transcript.merged(own)
         text = "".join(texts) or (transcript.text if transcript is not None else "")
         yield Done(Answer(text, transcript, total, route))
         return

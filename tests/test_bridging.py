@@ -91,3 +91,15 @@ def test_a_sessions_audio_is_transcribed_once_not_on_every_turn(start_daemon, tm
     # without a session the same inline clip is not kept: each request pays for its own transcript
     plain = restarted.stub.Generate(pb.GenerateRequest(request=text_request("said?", media=[audio]))).answer
     assert [s.purpose for s in plain.route.steps] == ["bridge:audio->transcript via fake/ears", "answer"]
+
+
+def test_the_answer_carries_one_transcript_of_every_bridged_clip(start_daemon) -> None:
+    daemon = start_daemon(PAID_BRIDGE)
+    clips = [pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(s), filename=f"{s}.wav")
+             for s in (0.5, 0.25)]
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("what was said?", media=clips))).answer
+    transcript = answer.transcript
+    assert [u.text for u in transcript.utterances] == [
+        "hello there", f"{len(clips[0].data)} bytes heard", "hello there", f"{len(clips[1].data)} bytes heard"]
+    assert [u.start_seconds for u in transcript.utterances] == [0.0, 1.0, 2.0, 3.0]  # the second clip after the first
+    assert transcript.duration_seconds == 4.0
