@@ -278,6 +278,9 @@ async def start_server(app: App, address: str, certificates: ServerCertificates 
     server = grpc.aio.server(interceptors=[TokenAuth(token)] if token else [], options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
+        # gRPC sets SO_REUSEPORT by default: a second daemon on a port in use would start and share
+        # the connections with the first (another config, another data directory). Refuse it instead.
+        ("grpc.so_reuseport", 0),
         *TCP_READ_OPTIONS,
     ])
     add_router_service(RouterServicer(app), server)

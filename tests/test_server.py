@@ -393,3 +393,13 @@ def test_errors_that_quote_huge_input_keep_their_code_and_details(daemon) -> Non
         assert details.reason == reason
         assert len(details.message.encode()) <= 768 and len(details.violations) <= 8
     assert error_details(failure(calls[-1][0])).message.startswith("2000 problems, the first 8 listed")
+
+
+def test_a_second_daemon_on_a_port_in_use_refuses_to_start(daemon, tmp_path) -> None:
+    """gRPC's default SO_REUSEPORT let both listen and split the connections between them."""
+    second = subprocess.run([sys.executable, "-m", "router", "serve", "--address", daemon.address,
+                             "--data-dir", str(tmp_path / "other-data")],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0
+    assert daemon.address in second.stdout + second.stderr
+    assert generate(daemon, text_request("still me")).text.startswith("fake/echo says")
