@@ -160,9 +160,17 @@ class Request:
         return []
 
     def modalities(self) -> set[Modality]:
-        """The set of modalities present (text only if some text is non-empty)."""
+        """The set of modalities present (text only if some text is non-empty).
+
+        A system prompt is an instruction, not an input: its text counts only in a request of
+        nothing else, so audio with a system prompt is still audio alone (a transcription).
+        """
         found = {p.media.modality for p in self.parts() if p.media is not None}
-        if any(p.text and p.text.strip() for p in self.parts()):
+        def has_text(messages: list[Message]) -> bool:
+            return any(p.text and p.text.strip() for m in messages for p in m.parts)
+
+        system = [m for m in self.messages if m.role is Role.SYSTEM]
+        if has_text([m for m in self.messages if m.role is not Role.SYSTEM]) or (not found and has_text(system)):
             found.add(Modality.TEXT)
         return found
 

@@ -37,3 +37,14 @@ def test_merged_speaker_lines_stay_one_per_line() -> None:
     a = Transcript("Speaker A: hi\nSpeaker B: hello", duration_seconds=1.0)
     b = Transcript("Speaker A: bye", duration_seconds=1.0)
     assert Transcript.merged([a, b]).text == "Speaker A: hi\nSpeaker B: hello\nSpeaker A: bye"
+
+
+def test_a_system_prompt_does_not_make_audio_a_chat() -> None:
+    from router.types import Task
+
+    system = Message(Role.SYSTEM, [Part(text="You are a careful transcriber")])
+    audio_only = Request(messages=[system, Message(Role.USER, [Part(media=clip("a.wav"))])])
+    assert audio_only.modalities() == {Modality.AUDIO} and audio_only.effective_task is Task.TRANSCRIBE
+    asked = Request(messages=[system, Message(Role.USER, [Part(media=clip("a.wav")), Part(text="who speaks?")])])
+    assert asked.modalities() == {Modality.AUDIO, Modality.TEXT} and asked.effective_task is Task.CHAT
+    assert Request(messages=[system]).modalities() == {Modality.TEXT}  # a system prompt alone is still text
