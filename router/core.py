@@ -207,7 +207,11 @@ class App:
         return self.router.decide(facts, self.catalog, override=override, chosen_by_plugin=chosen), facts
 
     def _provider_of(self, model: str) -> str:
+        """The provider for a model named alone: one that is ready and may be overridden to first
+        (``openai`` without a key and a ready ``work-openai`` both have gpt-4o)."""
+        allowed = self.router.override_providers
         owners = [name for name, status in self.catalog.items() if model in status.models]
+        owners.sort(key=lambda name: (not self.catalog[name].ready, allowed is not None and name not in allowed))
         return owners[0] if owners else ""
 
     def _trim(self, request: Request, history: list[Message], plan: Plan) -> tuple[Request, list[str]]:

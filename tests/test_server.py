@@ -403,3 +403,17 @@ def test_a_second_daemon_on_a_port_in_use_refuses_to_start(daemon, tmp_path) -> 
     assert second.returncode != 0
     assert daemon.address in second.stdout + second.stderr
     assert generate(daemon, text_request("still me")).text.startswith("fake/echo says")
+
+
+def test_a_model_named_alone_goes_to_a_provider_that_is_ready(start_daemon) -> None:
+    """Both have gpt-4o; `openai`, listed first, has no key."""
+    daemon = start_daemon("""
+providers:
+  openai: {}
+  work: {plugin: openai, api_key: sk-work-123456, base_url: "http://127.0.0.1:9/v1"}
+  fake: {api_key: k}
+default: fake/echo
+""")
+    request = text_request("hi", hints=pb.RoutingHints(model="gpt-4o"))
+    route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route
+    assert (route.provider, route.model) == ("work", "gpt-4o")
