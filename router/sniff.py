@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import wave
@@ -73,12 +74,32 @@ def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
 
 
 _PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
+_PDF_HEAD = 64 * 1024 * 1024
 
 
-def pdf_pages(data: bytes) -> int | None:
-    """A cheap page count of a PDF (page objects in the file), or None if none are visible."""
-    count = len(_PAGE.findall(data))
-    return count or None
+def pdf_pages(source: bytes | str) -> int | None:
+    """The page count of a PDF (bytes or a path), or None if it cannot be read.
+
+    pypdf reads the cross-reference table and the page tree's count, which seeks through a stored
+    file rather than reading it all; compressed object streams (PDF 1.5+) and incremental updates
+    are counted right. A file pypdf cannot parse falls back to counting the page objects visible
+    in its first 64 MiB.
+    """
+    import pypdf  # imported on the first PDF, not at start-up
+    from pypdf.errors import PyPdfError
+
+    try:
+        with contextlib.ExitStack() as stack:
+            stream = io.BytesIO(source) if isinstance(source, bytes) else stack.enter_context(open(source, "rb"))
+            return len(pypdf.PdfReader(stream, strict=False).pages) or None
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError, OSError):
+        pass
+    if isinstance(source, bytes):
+        head = source[:_PDF_HEAD]
+    else:
+        with open(source, "rb") as f:
+            head = f.read(_PDF_HEAD)
+    return len(_PAGE.findall(head)) or None
 
 
 def measure(media_path_or_bytes: bytes | str, modality: Modality) -> tuple[float | None, int | None]:
@@ -86,22 +107,21 @@ def measure(media_path_or_bytes: bytes | str, modality: Modality) -> tuple[float
 
     WAV durations come from the header; other audio and video from the
     container's header through PyAV when it is installed (it comes with
-    mmrouter-local); PDF pages from counting page objects in the first 64 MiB.
+    mmrouter-local); PDF pages from the page tree (:func:`pdf_pages`).
     Unknown values are None, which rules on durations treat as not matching.
     Blocking: call it from a worker thread for stored files.
     """
-    head_limit = 64 * 1024 * 1024
     if isinstance(media_path_or_bytes, bytes):
         data = media_path_or_bytes
     else:
         with open(media_path_or_bytes, "rb") as f:
-            data = f.read(head_limit if modality is Modality.DOCUMENT else 1 << 16)
+            data = f.read(1 << 16)
     if modality in (Modality.AUDIO, Modality.VIDEO):
         if magic_family(data[:16]) == "wav":
             return _wav_seconds(media_path_or_bytes), None
         return _container_seconds(media_path_or_bytes), None
     if modality is Modality.DOCUMENT and magic_family(data[:8]) == "application/pdf":
-        return None, pdf_pages(data[:head_limit])
+        return None, pdf_pages(media_path_or_bytes)
     return None, None
 
 

@@ -144,3 +144,23 @@ def test_url_credentials_are_secrets() -> None:
     secrets = secrets_of({"x": {"base_url": "https://user:p%40ss-word@h/v1", "proxy": "http://h:1", "n": 3}})
     assert {"user:p%40ss-word", "p%40ss-word", "p@ss-word"} <= secrets
     assert not secrets_of({"x": {"base_url": "https://user@h/v1", "other": "mail@example.com"}})
+
+
+def test_pdf_pages_are_read_from_the_page_tree(tmp_path) -> None:
+    """An incremental update (an annotation added) writes a page object again: counting page
+    objects in the bytes said 4 for these 3 pages. A stored file is measured by path."""
+    import io
+
+    import pypdf
+    from media_factory import pdf
+    from pypdf.annotations import FreeText
+
+    writer = pypdf.PdfWriter(io.BytesIO(pdf(["one", "two", "three"])), incremental=True)
+    writer.add_annotation(page_number=0, annotation=FreeText(text="note", rect=(50, 50, 200, 100)))
+    updated = io.BytesIO()
+    writer.write(updated)
+    assert measure(updated.getvalue(), Modality.DOCUMENT) == (None, 3)
+    stored = tmp_path / "stored"
+    stored.write_bytes(updated.getvalue())
+    assert measure(str(stored), Modality.DOCUMENT) == (None, 3)
+    assert measure(b"%PDF-1.4\nnot really a pdf", Modality.DOCUMENT) == (None, None)
