@@ -221,6 +221,10 @@ class Decision:
         return [self.plan, *self.fallbacks]
 
 
+#: The modalities that carry speech, which diarization labels by speaker.
+_SPEECH = frozenset({Modality.AUDIO, Modality.VIDEO})
+
+
 @dataclass
 class Router:
     """Compiled routing: rules, default, bridge preferences and override policy."""
@@ -240,7 +244,7 @@ class Router:
             model = status.models.get(target.model) if status is not None and status.ready else None
             if model is None or modality not in model.inputs:
                 continue
-            if facts.diarization and modality is Modality.AUDIO and FEATURE_DIARIZATION not in model.features:
+            if facts.diarization and modality in _SPEECH and FEATURE_DIARIZATION not in model.features:
                 continue
             return Bridge(modality, target)
         return None
@@ -266,7 +270,7 @@ class Router:
             return f"{target}: cannot diarize"
         missing = needed - model.inputs
         if facts.diarization and not diarize_here and FEATURE_DIARIZATION not in model.features:
-            missing |= needed & {Modality.AUDIO}  # the speakers must come from a diarizing bridge
+            missing |= needed & _SPEECH  # the speakers must come from a diarizing bridge
         if not missing:
             return Plan(target, model)
         if not bridging or facts.task is Task.TRANSCRIBE:
@@ -275,7 +279,7 @@ class Router:
         for modality in sorted(missing, key=lambda m: m.value):
             bridge = self._bridge_for(modality, facts, catalog)
             if bridge is None:
-                extra = " with diarization" if facts.diarization and modality is Modality.AUDIO else ""
+                extra = " with diarization" if facts.diarization and modality in _SPEECH else ""
                 return f"{target}: does not take {modality.value} and no bridge{extra} is usable"
             bridges.append(bridge)
         return Plan(target, model, bridges)

@@ -454,6 +454,16 @@ def test_a_model_that_hears_audio_but_cannot_diarize_gets_a_diarizing_bridge():
     assert decide(router, request(text("what is said?"), audio())).plan.bridges == []
 
 
+def test_diarized_video_for_a_model_that_cannot_diarize_gets_a_diarizing_bridge():
+    """Gemini takes video but cannot label speakers: the speakers must come from a diarizing bridge."""
+    router = Router(rules=[rule("r", "gemini/gemini-2.5-pro", "local/extract")], bridges=BRIDGES)
+    decision = decide(router, request(text("who said what?"), video(), diarization=True))
+    assert decision.plan.bridges == [Bridge(VIDEO, Target("assemblyai", "best"))]  # local/extract cannot diarize
+    assert decide(router, request(text("what is shown?"), video())).plan.bridges == []
+    with pytest.raises(DiarizationUnavailable):  # no diarizing provider: refused, not silently undiarized
+        decide(router, request(text("who?"), video(), diarization=True), catalog({"gemini", "local"}))
+
+
 def test_no_diarizing_bridge_means_the_target_is_skipped():
     router = Router(rules=[rule("r", "openai/gpt-4o")], bridges={AUDIO: ["openai/whisper-1", "local/extract"]})
     with pytest.raises(NoRoute) as info:
