@@ -32,6 +32,7 @@ _COMPATIBLE: dict[str, set[str]] = {
     "audio/ogg": {"ogg"}, "audio/opus": {"ogg"}, "video/ogg": {"ogg"},
     "audio/mpeg": {"audio/mpeg", "mpeg-frame"}, "audio/mp3": {"audio/mpeg", "mpeg-frame"},
     "audio/webm": {"matroska"}, "video/webm": {"matroska"}, "video/x-matroska": {"matroska"},
+    "audio/x-matroska": {"matroska"},
     "audio/mp4": {"mp4"}, "audio/m4a": {"mp4"}, "audio/x-m4a": {"mp4"}, "audio/aac": {"mp4", "adts"},
     "video/mp4": {"mp4"}, "video/quicktime": {"mp4"},
 }
@@ -43,7 +44,7 @@ MIME_MODALITY = {"image": Modality.IMAGE, "audio": Modality.AUDIO, "video": Moda
 
 def magic_family(head: bytes) -> str | None:
     """The content family that ``head`` (the first bytes) shows, or None if unknown."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+    if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":  # RF64/BW64: WAVs over 4 GiB
         return "wav"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"

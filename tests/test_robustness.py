@@ -164,3 +164,13 @@ def test_pdf_pages_are_read_from_the_page_tree(tmp_path) -> None:
     stored.write_bytes(updated.getvalue())
     assert measure(str(stored), Modality.DOCUMENT) == (None, 3)
     assert measure(b"%PDF-1.4\nnot really a pdf", Modality.DOCUMENT) == (None, None)
+
+
+def test_large_wavs_and_matroska_audio_are_recognised() -> None:
+    from router.sniff import mime_problem
+
+    rf64 = b"RF64" + b"\xff" * 4 + b"WAVEds64" + b"\0" * 40  # what ffmpeg writes for WAVs over 4 GiB
+    assert mime_problem("audio/wav", Modality.AUDIO, rf64) is None
+    assert measure(rf64, Modality.AUDIO) == (None, None)  # no duration from its header, but no refusal
+    assert mime_problem("audio/x-matroska", Modality.AUDIO, b"\x1a\x45\xdf\xa3" + b"\0" * 60) is None
+    assert "looks like" in mime_problem("audio/x-matroska", Modality.AUDIO, wav(0.1)[:64])
