@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from router import Media, Transcript, Utterance, Word
+from router import Media, Transcript
 
 from .asr import SpeechRecognizer
 from .audio import iter_pcm16k
@@ -56,23 +56,6 @@ def transcript_lines(transcript: Transcript) -> str:
     return "\n".join(
         f"[{format_seconds(u.start)}-{format_seconds(u.end)}] {u.text}" for u in transcript.utterances
     )
-
-
-def merge_transcripts(transcripts: list[Transcript]) -> Transcript:
-    """One transcript of several recordings played one after another (times are shifted)."""
-    if len(transcripts) == 1:
-        return transcripts[0]
-    offset = 0.0
-    utterances: list[Utterance] = []
-    words: list[Word] = []
-    for t in transcripts:
-        utterances += [Utterance(u.text, round(u.start + offset, 2), round(u.end + offset, 2),
-                                 u.speaker, u.confidence) for u in t.utterances]
-        words += [Word(w.text, round(w.start + offset, 2), round(w.end + offset, 2),
-                       w.speaker, w.confidence) for w in t.words]
-        offset += t.duration_seconds
-    return Transcript(" ".join(t.text for t in transcripts if t.text), utterances, words,
-                      transcripts[0].language, round(offset, 2))
 
 
 class Extractor:

@@ -3,7 +3,12 @@
 CPU work (decoding, OCR, speech recognition) never runs on the event loop:
 :class:`WorkerPool` runs it on a fixed number of threads, so at most
 ``workers`` extractions run at once and the daemon keeps answering other
-calls. :class:`Lazy` loads a heavy model once, on first use, thread-safely.
+calls.
+
+A job keeps running on its thread when the coroutine awaiting it is cancelled (the call was
+cancelled or passed its deadline), so each job gets a cancel flag: the pool sets it then, and
+long work calls :func:`raise_if_cancelled` between its steps to stop early and free what it
+holds (such as the one speech decoder).
 """
 
 from __future__ import annotations
@@ -17,6 +22,21 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+#: The running job's cancel flag, per worker thread.
+_current = threading.local()
+
+
+class JobCancelled(Exception):
+    """Raised in a job by :func:`raise_if_cancelled` once nobody awaits its result any more."""
+
+
+def raise_if_cancelled() -> None:
+    """In a job run by :meth:`WorkerPool.run`: raise :class:`JobCancelled` if the coroutine awaiting
+    the job was cancelled. Call it between the steps of long work; outside a job it does nothing."""
+    flag: threading.Event | None = getattr(_current, "cancel", None)
+    if flag is not None and flag.is_set():
+        raise JobCancelled("the call waiting for this job was cancelled")
+
 
 class WorkerPool:
     """A fixed-size thread pool that coroutines await work on."""
@@ -25,6 +45,8 @@ class WorkerPool:
         self.workers = max(1, int(workers))
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        #: How many jobs stopped early because the coroutine awaiting them was cancelled.
+        self.cancelled_jobs = 0
 
     def _get(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -33,9 +55,31 @@ class WorkerPool:
             return self._executor
 
     async def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """Run ``fn(*args, **kwargs)`` on a worker thread and await its result."""
+        """Run ``fn(*args, **kwargs)`` on a worker thread and await its result.
+
+        If the awaiting coroutine is cancelled, the job's cancel flag is set: a job not started yet never
+        runs, and a running one stops at its next :func:`raise_if_cancelled`.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._get(), functools.partial(fn, *args, **kwargs))
+        cancel = threading.Event()
+        future = loop.run_in_executor(self._get(), functools.partial(self._job, cancel, fn, *args, **kwargs))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+
+    def _job(self, cancel: threading.Event, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Run one job on this worker thread with ``cancel`` as its cancel flag."""
+        _current.cancel = cancel
+        try:
+            return fn(*args, **kwargs)
+        except JobCancelled:
+            with self._lock:
+                self.cancelled_jobs += 1
+            raise
+        finally:
+            _current.cancel = None
 
     def close(self) -> None:
         """Cancel queued work and let the threads end after their current job. Idempotent.

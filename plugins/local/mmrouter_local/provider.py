@@ -29,7 +29,7 @@ from router import (
 )
 
 from .audio import DecodeError
-from .extract import Extractor, Section, UnreadableMedia, label, merge_transcripts
+from .extract import Extractor, Section, UnreadableMedia, label
 from .pdf import PdfError
 from .pool import WorkerPool
 from .settings import LocalSettings
@@ -83,16 +83,14 @@ class LocalProvider(Provider):
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
-        media = request.media()
-        for item in media:
-            if item.data is None and item.path is None:
-                raise ProviderBadRequest(
-                    self.name, f"media {item.url or ''} is given by URL; the local provider works "
-                    "offline and cannot fetch it: upload it with UploadMedia instead")
+        """Transcribe (the newest message's audio and video), or extract the text of every media."""
         if request.effective_task is Task.TRANSCRIBE:
-            async for event in self._transcribe(media):
+            async for event in self._transcribe(request.current_media()):
                 yield event
             return
+        media = request.media()
+        for item in media:
+            self._check_local(item)
         audio_seconds = 0.0
         question = "\n".join(p.text for p in request.parts() if p.text and p.text.strip())
         intro = HEADER + ("\n" + NOT_ANSWERED if question else "")
@@ -107,14 +105,25 @@ class LocalProvider(Provider):
             yield TextDelta("\n\n" + "\n\n".join(s.render() for s in sections))
         yield UsageReport(Usage(audio_seconds=round(audio_seconds, 2)))
 
+    def _check_local(self, media: Media) -> None:
+        """Refuse media given by URL: the provider works offline."""
+        if media.data is None and media.path is None:
+            raise ProviderBadRequest(
+                self.name, f"media {media.url or ''} is given by URL; the local provider works "
+                "offline and cannot fetch it: upload it with UploadMedia instead")
+
     async def _transcribe(self, media: list[Media]) -> AsyncIterator[ProviderEvent]:
+        """Transcribe every audio and video of ``media`` in order, as one transcript
+        (:meth:`Transcript.merged`)."""
         speech = [m for m in media if m.modality in (Modality.AUDIO, Modality.VIDEO)]
         if not speech:
             raise ProviderBadRequest(self.name, "transcribe needs audio or video input")
+        for item in speech:
+            self._check_local(item)
         transcripts: list[Transcript] = []
         for index, item in enumerate(speech):
             transcripts.append(await self._run(label(item, index), self.extractor.transcribe, item))
-        transcript = merge_transcripts(transcripts)
+        transcript = Transcript.merged(transcripts)
         yield TranscriptReady(transcript)
         yield TextDelta(transcript.text)
         yield UsageReport(Usage(audio_seconds=transcript.duration_seconds))
