@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 from router.errors import (
@@ -50,21 +51,35 @@ def poll_timed_out(provider: str, transcript_id: str | None, status: str, waited
     )
 
 
-def _retry_after(client: Any, status: int) -> float | None:
-    """Retry-After of the client's last response, when that response is the 429 being mapped."""
-    last = getattr(client, "last_response", None) if client is not None else None
+#: The last HTTP response received in the current task (set by :func:`remember_response`).
+_task_response: ContextVar[Any] = ContextVar("mmrouter_assemblyai_response", default=None)
+
+
+async def remember_response(response: Any) -> None:
+    """An httpx ``response`` event hook: remember ``response`` in the calling task's context.
+
+    The SDK's ``AssemblyAIError`` carries only the status, and ``AsyncClient.last_response`` is shared by
+    every call on the client, so a concurrent call overwrites it. The hook runs in the task that sent
+    the request, so each call sees its own failing response (the SDK raises right after receiving it).
+    """
+    _task_response.set(response)
+
+
+def _retry_after(status: int) -> float | None:
+    """Retry-After of this task's last response, when that response is the 429 being mapped."""
+    last = _task_response.get()
     if last is None or getattr(last, "status_code", None) != status:
         return None
     return parse_retry_after(last.headers.get("retry-after"))
 
 
-def map_sdk_error(exc: BaseException, provider: str, api_key: str, client: Any = None) -> ProviderError:
+def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderError:
     """The :class:`ProviderError` of the provider called ``provider`` for an exception raised while
-    calling the assemblyai SDK.
+    calling the assemblyai SDK (in the current task).
 
     HTTP failures (``AssemblyAIError`` with a ``status_code``) map by status;
-    connection failures and timeouts are UNAVAILABLE. ``client`` (the SDK's
-    ``AsyncClient``) supplies Retry-After for 429s. The message never holds ``api_key``.
+    connection failures and timeouts are UNAVAILABLE. A 429 keeps the Retry-After of the failing
+    response (see :func:`remember_response`). The message never holds ``api_key``.
     """
     import assemblyai as aai
     import httpx
@@ -84,7 +99,7 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str, client: Any =
             message = detail
         else:
             message = f"HTTP {status}: {detail}"
-        retry_after = _retry_after(client, status) if status == 429 else None
+        retry_after = _retry_after(status) if status == 429 else None
         # No status means the SDK failed without an HTTP answer: treat as unavailable.
         return provider_error_from_status(provider, status, _scrub(message, api_key), retry_after=retry_after)
     return ProviderUnavailable(

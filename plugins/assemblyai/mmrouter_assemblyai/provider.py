@@ -16,6 +16,7 @@ from router import (
     Provider,
     ProviderEvent,
     Request,
+    Transcript,
     TranscriptReady,
     Usage,
     UsageReport,
@@ -70,6 +71,10 @@ class AssemblyAIProvider(Provider):
                 polling_interval=self.settings.poll_interval,
             )
             self._client = aai.AsyncClient(settings=sdk_settings)
+            # Each call's own responses, for Retry-After (the SDK's errors carry only the status).
+            http_client = self._client.http_client
+            http_client.event_hooks = {**http_client.event_hooks, "response": [
+                *http_client.event_hooks["response"], errors.remember_response]}
             # Given a client, the transcriber borrows it; aclose() closes the client.
             self._transcriber = aai.AsyncTranscriber(client=self._client)
         return self._client, self._transcriber
@@ -77,18 +82,24 @@ class AssemblyAIProvider(Provider):
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
-        """Transcribe every audio and video of the request, one :class:`TranscriptReady` each."""
-        media = [m for m in request.media() if m.modality in _MEDIA_KINDS]
+        """Transcribe the audio and video clips of the newest user message (``request.current_media()``:
+        earlier turns were transcribed when they were sent), one after another, and yield one
+        :class:`TranscriptReady` of them all (:meth:`Transcript.merged`) and one :class:`UsageReport`."""
+        media = [m for m in request.current_media() if m.modality in _MEDIA_KINDS]
         if not media:
             raise errors.bad_request(self.name, "nothing to transcribe: the request has no audio or video")
+        for item in media:  # refuse a bad URL before any clip is uploaded (and billed)
+            transcripts.audio_source(item, self.name)
         if (reason := self.unconfigured_reason()) is not None:
             raise ProviderNotConfigured(self.name, reason)
         total = 0.0
+        results: list[Transcript] = []
         for item in media:
             response = await self._transcribe(item, request, model, ctx)
             transcript = transcripts.to_transcript(response, item)
             total += transcripts.audio_seconds(response, item, transcript.words)
-            yield TranscriptReady(transcript)
+            results.append(transcript)
+        yield TranscriptReady(Transcript.merged(results))
         # Priced per audio hour: the router computes the cost from audio_seconds.
         yield UsageReport(Usage(audio_seconds=total))
 
@@ -103,9 +114,9 @@ class AssemblyAIProvider(Provider):
             request.options, speech_model(model), always_diarize=self.settings.speaker_labels
         )
         try:
-            submitted = await transcriber.submit(transcripts.audio_source(media), config)
+            submitted = await transcriber.submit(transcripts.audio_source(media, self.name), config)
         except Exception as exc:
-            self._raise_mapped(exc, client)
+            self._raise_mapped(exc)
         log.debug("assemblyai transcript %s submitted (request %s)", submitted.id, ctx.request_id)
         response = await self._poll(client, submitted.id, ctx)
         if response.status == aai.TranscriptStatus.error:
@@ -130,7 +141,7 @@ class AssemblyAIProvider(Provider):
             try:
                 response = await async_api.get_transcript(client.http_client, transcript_id)
             except Exception as exc:
-                self._raise_mapped(exc, client)
+                self._raise_mapped(exc)
             if response.status in (aai.TranscriptStatus.completed, aai.TranscriptStatus.error):
                 return response
             remaining = ctx.time_remaining()
@@ -140,10 +151,10 @@ class AssemblyAIProvider(Provider):
             interval = self.settings.poll_interval
             await asyncio.sleep(interval if remaining is None else min(interval, remaining))
 
-    def _raise_mapped(self, exc: Exception, client: assemblyai.AsyncClient) -> NoReturn:
+    def _raise_mapped(self, exc: Exception) -> NoReturn:
         """Raise the provider error for an SDK failure, or ``exc`` itself if it is none of the SDK's."""
         if errors.is_mappable(exc):
-            raise errors.map_sdk_error(exc, self.name, self.settings.key, client) from exc
+            raise errors.map_sdk_error(exc, self.name, self.settings.key) from exc
         raise exc
 
     async def aclose(self) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from router import Media, Options, Transcript, Utterance, Word
+from router import Media, Options, ProviderBadRequest, Transcript, Utterance, Word
 
 if TYPE_CHECKING:
     import assemblyai
@@ -41,9 +42,23 @@ def transcription_config(
     )
 
 
-def audio_source(media: Media) -> str | bytes:
-    """What to hand the SDK: a URL as is, a stored file's path (streamed from disk), or inline bytes."""
+#: The only URL schemes handed to the SDK: AssemblyAI fetches these itself.
+URL_SCHEMES = frozenset({"http", "https"})
+
+
+def audio_source(media: Media, provider: str = "assemblyai") -> str | bytes:
+    """What to hand the SDK: an http(s) URL as is, a stored file's path (streamed from disk), or inline bytes.
+
+    Any other URL (``file://``, a bare path...) is refused with :class:`ProviderBadRequest` of the
+    provider called ``provider``: the SDK's ``submit`` takes every string that is not an http(s) URL
+    for a local file path and would upload that file from the daemon's host.
+    """
     if media.url:
+        # The same test as the SDK's is_url (urlparse's scheme), so what passes is never taken for a path.
+        scheme = urlsplit(media.url).scheme
+        if scheme not in URL_SCHEMES:
+            raise ProviderBadRequest(provider, "media given by URL must use http:// or https://, "
+                                               f"not {(scheme + '://') if scheme else 'a bare path'}")
         return media.url
     if media.path is not None:
         return str(media.path)
