@@ -26,6 +26,9 @@ from .base import FakeUpstream, Recorded, Reply
 
 API_KEY = "sk-test-openai-0123456789abcdef"
 CHAT_MODELS = frozenset({"gpt-4o", "gpt-4o-mini", "gpt-4o-audio-preview", "gpt-4o-mini-audio-preview"})
+#: The most completion tokens each chat model writes; a larger max_tokens / max_completion_tokens is refused.
+MAX_COMPLETION_TOKENS = {"gpt-4o": 16_384, "gpt-4o-mini": 16_384, "gpt-4o-audio-preview": 16_384,
+                         "gpt-4o-mini-audio-preview": 16_384}
 AUDIO_CHAT_MODELS = frozenset({"gpt-4o-audio-preview", "gpt-4o-mini-audio-preview"})
 STT_MODELS = frozenset({"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
                         "gpt-4o-transcribe-diarize", "gpt-transcribe"})
@@ -117,6 +120,8 @@ class FakeOpenAI(FakeUpstream):
         self.chat_models = set(CHAT_MODELS)
         #: The one API key it accepts.
         self.api_key = API_KEY
+        #: Output limits by model (models not named here have none).
+        self.max_completion_tokens = dict(MAX_COMPLETION_TOKENS)
 
     @property
     def base_url(self) -> str:
@@ -179,6 +184,12 @@ class FakeOpenAI(FakeUpstream):
         if model not in self.chat_models:
             raise Rejected(404, f"The model `{model}` does not exist or you do not have access to it.",
                            "model_not_found")
+        limit = self.max_completion_tokens.get(model)
+        for key in ("max_completion_tokens", "max_tokens"):
+            wanted = body.get(key)
+            if limit is not None and isinstance(wanted, int) and wanted > limit:
+                raise Rejected(400, f"max_tokens is too large: {wanted}. This model supports at most {limit} "
+                                    f"completion tokens, whereas you provided {wanted}.", "invalid_value")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise Rejected(400, "'messages' must be a non-empty array")
@@ -284,6 +295,10 @@ class FakeOpenAI(FakeUpstream):
             })
         elif model == "whisper-1":
             reply.json({"text": "Hello there. General Kenobi.", "usage": {"type": "duration", "seconds": 3}})
+        elif model == "gpt-transcribe":  # detected languages as a list, and token usage
+            reply.json({"text": "Hello there. General Kenobi.", "languages": [{"code": "en"}],
+                        "usage": {"type": "tokens", "input_tokens": 40, "output_tokens": 8, "total_tokens": 48,
+                                  "input_token_details": {"audio_tokens": 40, "text_tokens": 0}}})
         else:
             reply.json({"text": "Hello there. General Kenobi.",
                         "usage": {"type": "tokens", "input_tokens": 40, "output_tokens": 8, "total_tokens": 48,

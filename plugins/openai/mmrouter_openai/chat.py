@@ -36,9 +36,23 @@ AUDIO_FORMATS = {
 }
 
 
+#: Non-standard MIME types clients send, and the registered type the API expects instead.
+MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
+                "audio/x-wav": "audio/wav", "audio/wave": "audio/wav", "audio/vnd.wave": "audio/wav",
+                "audio/mp3": "audio/mpeg", "audio/x-m4a": "audio/mp4", "audio/m4a": "audio/mp4",
+                "audio/x-flac": "audio/flac"}
+
+
+def normalise_mime(mime_type: str) -> str:
+    """The lower-case MIME type without parameters, with common aliases resolved (``image/jpg`` -> ``image/jpeg``)."""
+    base = mime_type.split(";", 1)[0].strip().lower()
+    return MIME_ALIASES.get(base, base)
+
+
 def data_url(media: Media) -> str:
-    """``data:<mime>;base64,...`` for media with local bytes."""
-    return f"data:{media.mime_type};base64,{base64.b64encode(media.read_bytes()).decode('ascii')}"
+    """``data:<mime>;base64,...`` for media with local bytes (the MIME type normalised)."""
+    data = base64.b64encode(media.read_bytes()).decode("ascii")
+    return f"data:{normalise_mime(media.mime_type)};base64,{data}"
 
 
 def _media_part(provider: str, model: ModelInfo, media: Media, where: str) -> dict[str, Any]:
@@ -48,7 +62,7 @@ def _media_part(provider: str, model: ModelInfo, media: Media, where: str) -> di
         url = media.url if media.url and media.data is None and media.path is None else data_url(media)
         return {"type": "image_url", "image_url": {"url": url}}
     if media.modality is Modality.AUDIO:
-        fmt = AUDIO_FORMATS.get(media.mime_type.lower())
+        fmt = AUDIO_FORMATS.get(normalise_mime(media.mime_type))
         if fmt is None:
             raise ProviderBadRequest(provider, f"{model.name} takes audio as wav or mp3 only, "
                                                f"got {media.mime_type} ({where})")
@@ -80,8 +94,13 @@ def build_messages(provider: str, model: ModelInfo, request: Request) -> list[di
     return [_message(provider, model, m, i) for i, m in enumerate(request.messages)]
 
 
-def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_max_tokens: bool) -> dict[str, Any]:
-    """Keyword arguments for ``chat.completions.create`` (streaming with usage at the end)."""
+def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_max_tokens: bool,
+                 output_limit: int = 0) -> dict[str, Any]:
+    """Keyword arguments for ``chat.completions.create`` (streaming with usage at the end).
+
+    The request's ``max_output_tokens`` is capped at ``output_limit``, the model's output limit from the
+    catalogue (0: unknown, not capped): the API refuses larger values.
+    """
     params: dict[str, Any] = {
         "model": model.name,
         "messages": build_messages(provider, model, request),
@@ -90,7 +109,8 @@ def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_ma
     }
     opts = request.options
     if opts.max_output_tokens > 0:
-        params["max_tokens" if legacy_max_tokens else "max_completion_tokens"] = opts.max_output_tokens
+        wanted = min(opts.max_output_tokens, output_limit) if output_limit > 0 else opts.max_output_tokens
+        params["max_tokens" if legacy_max_tokens else "max_completion_tokens"] = wanted
     if opts.temperature is not None:
         params["temperature"] = opts.temperature
     return params

@@ -15,7 +15,7 @@ llama.cpp) come from ``providers.openai.models``::
         inputs: [text, image]          # text, image, audio
         outputs: [text]                # or [transcript] for a speech-to-text model
         context_tokens: 131072
-        max_output_tokens: 4096
+        max_output_tokens: 4096        # its output limit: larger requests are capped to it
         price: {input_per_mtok: 0, output_per_mtok: 0, per_audio_hour: 0, audio_input_per_mtok: 0}
         transcription_format: json     # json | verbose_json | diarized_json (transcript models)
 """
@@ -53,6 +53,8 @@ class Entry:
     info: ModelInfo
     #: For transcript models: the response_format to ask for.
     transcription_format: str = ""
+    #: The most tokens the model writes in one answer (0: unknown); larger requests are capped to it.
+    max_output_tokens: int = 0
 
     @property
     def transcribes(self) -> bool:
@@ -63,7 +65,7 @@ class Entry:
 def _chat(name: str, inputs: frozenset[Modality], price: Price, context: int = 128_000,
           max_out: int = 16_384) -> Entry:
     return Entry(ModelInfo(name, inputs=inputs, context_tokens=context, price=price,
-                           default_max_output_tokens=max_out))
+                           default_max_output_tokens=max_out), max_output_tokens=max_out)
 
 
 def _stt(name: str, price: Price, fmt: str, diarizes: bool = False, context: int = 16_000) -> Entry:
@@ -119,7 +121,7 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
         price = Price(float(price_spec.get("input_per_mtok", 0)), float(price_spec.get("output_per_mtok", 0)),
                       float(price_spec.get("per_audio_hour", 0)), float(price_spec.get("audio_input_per_mtok", 0)))
         context = int(spec.get("context_tokens") or 128_000)
-        max_out = int(spec.get("max_output_tokens") or 4096)
+        limit = int(spec.get("max_output_tokens") or 0)
     except (TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"{where}: bad number ({exc})") from None
     fmt = str(spec.get("transcription_format") or ("verbose_json" if "whisper" in name else "json"))
@@ -129,8 +131,8 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
     if fmt == "diarized_json" and transcribes:
         features.add(FEATURE_DIARIZATION)
     info = ModelInfo(name, inputs=inputs, outputs=outputs, features=frozenset(features),
-                     context_tokens=context, price=price, default_max_output_tokens=max_out)
-    return Entry(info, fmt if transcribes else "")
+                     context_tokens=context, price=price, default_max_output_tokens=limit or 4096)
+    return Entry(info, fmt if transcribes else "", max_output_tokens=limit)
 
 
 def catalogue(builtin: bool, extra: Iterable[Mapping[str, Any]], provider: str = "openai") -> dict[str, Entry]:

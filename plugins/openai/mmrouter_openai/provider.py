@@ -88,10 +88,10 @@ class OpenAIProvider(router.Provider):
             raise ProviderNotConfigured(self.name, reason)
         timeout = self._timeout(ctx)
         if entry.transcribes:
-            events = transcribe.transcribe(self.client(), self.name, entry, request, timeout)
+            events = transcribe.transcribe(self.client(), self.name, entry, request, timeout, model.price)
         else:
-            params = chat.build_params(self.name, model, request,
-                                       legacy_max_tokens=self.settings.legacy_max_tokens)
+            params = chat.build_params(self.name, model, request, legacy_max_tokens=self.settings.legacy_max_tokens,
+                                       output_limit=entry.max_output_tokens)
             events = chat.stream_chat(self.client(), params, timeout)
         try:
             async for event in events:

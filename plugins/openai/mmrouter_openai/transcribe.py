@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from router import (
     Media,
     Modality,
+    Price,
     ProviderBadRequest,
     Request,
     Transcript,
@@ -26,30 +27,38 @@ from router import (
 )
 from router.types import mime_suffix
 
+from .chat import normalise_mime
 from .models import Entry
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
+#: The file extensions ``/audio/transcriptions`` recognises (it finds the audio format by the extension).
+AUDIO_EXTENSIONS = (".flac", ".mp3", ".mp4", ".mpeg", ".mpga", ".m4a", ".ogg", ".wav", ".webm")
 
-def pick_audio(provider: str, entry: Entry, request: Request) -> Media:
-    """The one audio clip to transcribe (the last one given), or a clear error."""
-    clips = [m for m in request.media() if m.modality is Modality.AUDIO]
+
+def pick_audio(provider: str, entry: Entry, request: Request) -> list[Media]:
+    """The audio clips to transcribe, in order: those of the newest user message with media
+    (``request.current_media()``; earlier turns were transcribed when sent), or a clear error."""
+    clips = [m for m in request.current_media() if m.modality is Modality.AUDIO]
     if not clips:
         raise ProviderBadRequest(provider, f"{entry.info.name} transcribes audio, and the request has none")
-    media = clips[-1]
-    if media.data is None and media.path is None:
+    if any(m.data is None and m.path is None for m in clips):
         raise ProviderBadRequest(provider, f"{entry.info.name} cannot fetch audio by URL")
-    return media
+    return clips
 
 
 def upload_name(media: Media) -> str:
-    """A file name with the right extension: the API finds the audio format by it."""
+    """A file name with an audio extension: the API finds the audio format by it.
+
+    The MIME type's suffix is added to a name that does not already end with an extension the API
+    knows (``standup.2024-05-01`` -> ``standup.2024-05-01.wav``).
+    """
     name = media.filename.rsplit("/", 1)[-1] if media.filename else ""
-    suffix = mime_suffix(media.mime_type)
+    suffix = mime_suffix(normalise_mime(media.mime_type))
     if not name:
         return f"audio{suffix}"
-    if "." not in name and suffix != ".bin":
+    if suffix != ".bin" and not name.lower().endswith(AUDIO_EXTENSIONS):
         return name + suffix
     return name
 
@@ -70,20 +79,41 @@ def build_params(entry: Entry, request: Request) -> dict[str, Any]:
     return params
 
 
-def _usage(result: Any, media: Media) -> Usage:
-    """Tokens if the API billed tokens, else the audio seconds it billed (never both).
+def _has_token_prices(price: Price) -> bool:
+    """True when ``price`` charges for tokens (else the model is priced per audio hour only)."""
+    return bool(price.input_per_mtok or price.output_per_mtok or price.audio_input_per_mtok)
 
-    Without usage in the answer (OpenAI-compatible servers), the audio length is reported.
+
+def _usage(result: Any, media: Media, price: Price) -> Usage:
+    """Tokens if the API billed tokens and the model has token prices, else audio seconds (never both).
+
+    A model priced only per audio hour (``gpt-transcribe``) is charged by the audio length even when
+    the answer counts tokens: the response's ``duration``, else the length the router measured. Without
+    usage in the answer (OpenAI-compatible servers), the audio length is reported.
     """
     usage = getattr(result, "usage", None)
-    if usage is not None and getattr(usage, "type", "") == "tokens":
+    kind = getattr(usage, "type", "") if usage is not None else ""
+    if kind == "tokens" and _has_token_prices(price):
         details = getattr(usage, "input_token_details", None)
         return Usage(input_tokens=usage.input_tokens or 0, output_tokens=usage.output_tokens or 0,
                      audio_input_tokens=getattr(details, "audio_tokens", None) or 0)
-    if usage is not None and getattr(usage, "type", "") == "duration":
+    if kind == "duration":
         return Usage(audio_seconds=float(usage.seconds or 0))
     seconds = getattr(result, "duration", None) or media.duration_seconds or 0.0
     return Usage(audio_seconds=float(seconds))
+
+
+def _detected_language(result: Any, fallback: str) -> str:
+    """The language the API detected: ``language`` (whisper), else the first of ``languages``
+    (``gpt-transcribe``), else ``fallback``."""
+    language = getattr(result, "language", None)
+    if isinstance(language, str) and language:
+        return language
+    for entry in getattr(result, "languages", None) or []:
+        code = getattr(entry, "code", None) if not isinstance(entry, dict) else entry.get("code")
+        if isinstance(code, str) and code:
+            return code
+    return fallback
 
 
 def to_transcript(result: Any, fmt: str, language: str) -> Transcript:
@@ -101,16 +131,14 @@ def to_transcript(result: Any, fmt: str, language: str) -> Transcript:
         return Transcript(text=text, utterances=utterances, language=language, duration_seconds=duration)
     utterances = [Utterance(text=s.text.strip(), start=s.start, end=s.end) for s in segments]
     words = [Word(text=w.word, start=w.start, end=w.end) for w in (getattr(result, "words", None) or [])]
-    detected = getattr(result, "language", None) or language
+    detected = _detected_language(result, language)
     return Transcript(text=text, utterances=utterances, words=words, language=detected,
                       duration_seconds=duration or (utterances[-1].end if utterances else 0.0))
 
 
-async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: Request,
-                     timeout: float) -> AsyncIterator[Any]:
-    """Yield one :class:`TranscriptReady` and one :class:`UsageReport` for the request's audio."""
-    media = pick_audio(provider, entry, request)
-    params = build_params(entry, request)
+async def transcribe_clip(client: AsyncOpenAI, media: Media, params: dict[str, Any], price: Price,
+                          timeout: float) -> tuple[Transcript, Usage]:
+    """Transcribe one clip: its transcript (with its duration, so clips can be merged) and usage."""
     with contextlib.ExitStack() as stack:
         if media.data is None and media.path is not None:
             # Streamed by the HTTP client from the media store, not read into memory.
@@ -118,11 +146,29 @@ async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: 
         else:
             content = media.read_bytes()
         result = await client.audio.transcriptions.create(
-            file=(upload_name(media), content, media.mime_type), timeout=timeout, **params
+            file=(upload_name(media), content, normalise_mime(media.mime_type)), timeout=timeout, **params
         )
     transcript = to_transcript(result, params["response_format"], params.get("language", ""))
-    usage = _usage(result, media)
-    if not transcript.duration_seconds and usage.audio_seconds:
-        transcript.duration_seconds = usage.audio_seconds
-    yield TranscriptReady(transcript)
+    usage = _usage(result, media, price)
+    if not transcript.duration_seconds:
+        transcript.duration_seconds = usage.audio_seconds or media.duration_seconds or 0.0
+    return transcript, usage
+
+
+async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: Request,
+                     timeout: float, price: Price | None = None) -> AsyncIterator[Any]:
+    """Transcribe every audio clip of the newest user message, in order, and yield one
+    :class:`TranscriptReady` (the clips' transcripts merged) and one :class:`UsageReport` (their sum).
+
+    ``price`` is the model's effective price (default: the catalogue's); it decides how usage is counted.
+    """
+    clips = pick_audio(provider, entry, request)
+    params = build_params(entry, request)
+    transcripts: list[Transcript] = []
+    usage = Usage()
+    for media in clips:
+        transcript, clip_usage = await transcribe_clip(client, media, params, price or entry.info.price, timeout)
+        transcripts.append(transcript)
+        usage.add(clip_usage)
+    yield TranscriptReady(Transcript.merged(transcripts))
     yield UsageReport(usage)
