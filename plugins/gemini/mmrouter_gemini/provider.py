@@ -81,42 +81,54 @@ class GeminiProvider(Provider):
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
+        """Answer ``request`` with ``model``, media beyond the inline limit through the Files API.
+
+        When the API no longer has a Files API copy the provider remembered (deleted upstream, or gone
+        before its expiry), the copy is forgotten and the call is made once more, uploading it again.
+        """
         if not self.settings.key:
             raise ProviderAuthError(self.name, self.unconfigured_reason() or "no API key")
-        file_uris: set[str] = set()
-        try:
-            client = self.client()
 
-            async def upload(media: Media) -> tuple[str, str]:
-                key = media.media_id or await asyncio.to_thread(media_key, media)
-                remote = await self.files.ensure(client, media, key, ctx)
-                return remote.uri, remote.mime_type
+        async def upload(media: Media) -> tuple[str, str]:
+            key = media.media_id or await asyncio.to_thread(media_key, media)
+            remote = await self.files.ensure(self.client(), media, key, ctx)
+            return remote.uri, remote.mime_type
 
-            prepared = await prepare(request, self.settings.inline_limit_bytes, upload, self._timeout_ms(ctx),
-                                     self.name)
-            file_uris = prepared.file_uris
-            if self.settings.streaming:
-                async for event in self._stream(client, model, prepared):
-                    yield event
-            else:
-                response = await client.aio.models.generate_content(
-                    model=model.name, contents=prepared.contents, config=prepared.config
-                )
-                text = response_text(response)
-                check_blocked(response, bool(text), self.name)
-                if text:
-                    yield TextDelta(text)
-                yield UsageReport(usage_of(response.usage_metadata))
-        except Exception as exc:
-            error = map_exception(exc, self.name, self.settings.key)
-            if error is None:
-                raise
-            if file_uris and isinstance(error, (ProviderAuthError, ProviderModelNotFound)):
-                # The API no longer knows a file we remembered: upload it again next time.
-                self.files.forget_uris(file_uris)
-            if error is exc:
-                raise
-            raise error from exc
+        for attempt in (1, 2):
+            file_uris: set[str] = set()
+            produced = False
+            try:
+                client = self.client()
+                prepared = await prepare(request, self.settings.inline_limit_bytes, upload,
+                                         self._timeout_ms(ctx), self.name)
+                file_uris = prepared.file_uris
+                if self.settings.streaming:
+                    async for event in self._stream(client, model, prepared):
+                        produced = True
+                        yield event
+                else:
+                    response = await client.aio.models.generate_content(
+                        model=model.name, contents=prepared.contents, config=prepared.config
+                    )
+                    text = response_text(response)
+                    check_blocked(response, bool(text), self.name)
+                    produced = True
+                    if text:
+                        yield TextDelta(text)
+                    yield UsageReport(usage_of(response.usage_metadata))
+                return
+            except Exception as exc:
+                error = map_exception(exc, self.name, self.settings.key)
+                if error is None:
+                    raise
+                if file_uris and isinstance(error, (ProviderAuthError, ProviderModelNotFound)):
+                    # The API no longer knows a file we remembered: forget it, and upload it again.
+                    self.files.forget_uris(file_uris)
+                    if attempt == 1 and not produced and _names_a_file(error.message, file_uris):
+                        continue
+                if error is exc:
+                    raise
+                raise error from exc
 
     async def _stream(self, client: Any, model: ModelInfo, prepared: Any) -> AsyncIterator[ProviderEvent]:
         """Stream the answer, then one usage report from the last usage metadata."""
@@ -145,6 +157,12 @@ class GeminiProvider(Provider):
         if client is not None:
             await client.aio.aclose()
             client.close()
+
+
+def _names_a_file(message: str, file_uris: set[str]) -> bool:
+    """True when an error message names one of the Files API copies (``... the File files/abc ... may not
+    exist``), as opposed to a refused key."""
+    return any(uri.rstrip("/").rsplit("/", 1)[-1] in message for uri in file_uris)
 
 
 __all__ = ["GeminiProvider"]
