@@ -196,15 +196,58 @@ async def test_url_media_is_not_uploaded(fake, provider):
     assert fake.created[0]["audio_url"] == "https://example.com/talk.mp3"
 
 
-async def test_each_media_gets_a_transcript_and_usage_adds_up(fake, provider):
+async def test_clips_of_one_message_make_one_merged_transcript_and_usage_adds_up(fake, provider):
     parts = [Part(text="what was said?"),
              Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.1))),
              Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.3)))]
     req = Request(messages=[Message(Role.USER, parts)], options=Options(task=Task.TRANSCRIBE))
     events = await collect(provider, req, provider.model("best"))
-    assert [type(e) for e in events] == [TranscriptReady, TranscriptReady, UsageReport]
-    assert len(fake.uploads) == 2
+    assert [type(e) for e in events] == [TranscriptReady, UsageReport]
+    assert fake.uploads == [wav_bytes(0.1), wav_bytes(0.3)]  # in order
+    transcript = events[0].transcript
+    # The second clip's turns follow the first's, shifted by its 7 s.
+    assert [(u.speaker, u.start) for u in transcript.utterances] == [
+        ("A", 0.24), ("B", 2.3), ("A", 4.2), ("A", 7.24), ("B", 9.3), ("A", 11.2)]
+    assert transcript.text.count("Speaker A: Hello, thanks for joining the call.") == 2
+    assert len(transcript.text.splitlines()) == 6
+    assert transcript.duration_seconds == 14
     assert events[-1].usage.audio_seconds == 14
+
+
+async def test_only_the_newest_messages_clips_are_transcribed(fake, provider):
+    """In a session the earlier turns' clips come first in the messages; they were transcribed (and billed)
+    when sent."""
+    old, new = wav_bytes(0.1), wav_bytes(0.2)
+    req = Request(messages=[
+        Message(Role.USER, [Part(media=Media(Modality.AUDIO, "audio/wav", data=old))]),
+        Message(Role.ASSISTANT, [Part(text="Speaker A: earlier")]),
+        Message(Role.USER, [Part(media=Media(Modality.AUDIO, "audio/wav", data=new))]),
+    ], options=Options(task=Task.TRANSCRIBE))
+    events = await collect(provider, req, provider.model("best"))
+    assert fake.uploads == [new]
+    assert [type(e) for e in events] == [TranscriptReady, UsageReport]
+    assert len(events[0].transcript.utterances) == 3
+    assert events[-1].usage.audio_seconds == 7
+
+
+@pytest.mark.parametrize("url", ["{path}", "file://{path}", "ftp://example.com/a.wav", "s3://bucket/a.wav"])
+async def test_a_url_other_than_http_is_refused_and_no_local_file_is_read(fake, provider, tmp_path: Path, url):
+    # The SDK takes any string that is not an http(s) URL for a local path and uploads that file.
+    secret = tmp_path / "secret.wav"
+    secret.write_bytes(b"DB_PASSWORD=hunter2")
+    media = Media(Modality.AUDIO, "audio/wav", url=url.format(path=secret))
+    with pytest.raises(ProviderBadRequest, match="must use http:// or https://"):
+        await collect(provider, audio_request(media), provider.model("best"))
+    assert fake.requests == []
+
+
+async def test_a_bad_url_among_clips_is_refused_before_any_upload(fake, provider, tmp_path: Path):
+    parts = [Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes())),
+             Part(media=Media(Modality.AUDIO, "audio/wav", url=str(tmp_path / "x.wav")))]
+    req = Request(messages=[Message(Role.USER, parts)], options=Options(task=Task.TRANSCRIBE))
+    with pytest.raises(ProviderBadRequest, match="must use http:// or https://"):
+        await collect(provider, req, provider.model("best"))
+    assert fake.requests == []
 
 
 async def test_audio_seconds_falls_back_to_measured_duration(fake, provider):
@@ -261,6 +304,30 @@ async def test_rate_limit_keeps_retry_after(fake, provider):
         await collect(provider, audio_request(), provider.model("best"))
     assert info.value.retry_after == 17
     assert "Too many requests" in info.value.message
+
+
+async def test_rate_limit_retry_after_is_the_failing_calls_own_while_another_call_polls(fake):
+    """The SDK's client keeps only its last response, which a concurrent call's polls overwrite while the 429's
+    body is still arriving; the Retry-After must come from the failing call's own response."""
+    fake.statuses = ("queued",) + ("processing",) * 1000
+    provider = make_provider(fake, poll_interval=0.01)
+    polling = asyncio.ensure_future(collect(provider, audio_request(), provider.model("best")))
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if fake.polls() >= 2:
+                break
+        fake.fail_next(429, {"error": "Too many requests"}, {"Retry-After": "30"}, path="/v2/upload",
+                       body_delay=0.5)
+        seen = fake.polls()
+        with pytest.raises(ProviderRateLimited) as info:
+            await collect(provider, audio_request(), provider.model("best"))
+        assert fake.polls() > seen  # the other call's responses arrived in between
+        assert info.value.retry_after == 30
+    finally:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
+        await provider.aclose()
 
 
 @pytest.mark.parametrize(("status", "error_type"), [

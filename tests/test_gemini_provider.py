@@ -432,17 +432,30 @@ async def test_copies_about_to_expire_are_uploaded_again(fake, tmp_path):
     await p.aclose()
 
 
-async def test_a_file_the_api_forgot_is_uploaded_again_next_time(fake, tmp_path):
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
+async def test_a_file_the_api_forgot_is_uploaded_again_within_the_call(fake, tmp_path, streaming):
+    fake.processing_polls = 0
+    p = make_provider(fake, inline_limit_bytes=0, streaming=streaming)
+    video = stored_video(tmp_path)
+    await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    fake.files.clear()  # deleted upstream: the API answers 403 "... the File files/... may not exist"
+    events = await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    assert text_of(events) == "Hello from Gemini."
+    assert len(fake.calls("upload_start")) == 2
+    await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    assert len(fake.calls("upload_start")) == 2  # the new copy is remembered
+    await p.aclose()
+
+
+async def test_a_refused_key_with_a_remembered_file_is_not_retried(fake, tmp_path):
     fake.processing_polls = 0
     p = make_provider(fake, inline_limit_bytes=0)
     video = stored_video(tmp_path)
     await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
-    fake.files.clear()  # deleted upstream
-    with pytest.raises(ProviderAuthError, match="may not exist"):
+    fake.fail_next(403, google_error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers."))
+    with pytest.raises(ProviderAuthError, match="unregistered callers"):
         await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
-    events = await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
-    assert text_of(events) == "Hello from Gemini."
-    assert len(fake.calls("upload_start")) == 2
+    assert len(fake.calls("upload_start")) == 1
     await p.aclose()
 
 

@@ -11,11 +11,15 @@ extra error.
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
+import threading
 import time
+import wave
 
 import pytest
 from mmrouter_local import LocalProvider, register_providers
+from mmrouter_local.pool import WorkerPool, raise_if_cancelled
 from mmrouter_local.provider import HEADER
 
 from router import (
@@ -64,6 +68,24 @@ def text_of(events: list) -> str:
 
 def transcripts_of(events: list) -> list:
     return [e.transcript for e in events if isinstance(e, TranscriptReady)]
+
+
+def wav_seconds(data: bytes) -> float:
+    with wave.open(io.BytesIO(data)) as w:  # espeak-ng's header does not hold the length: count the frames
+        frames = w.readframes(w.getnframes())
+        return len(frames) / (w.getsampwidth() * w.getnchannels() * w.getframerate())
+
+
+def repeated_wav(data: bytes, times: int, pause: float = 0.5) -> bytes:
+    """The WAV ``data`` played ``times`` times, with ``pause`` seconds of silence after each."""
+    with wave.open(io.BytesIO(data)) as w:
+        params, frames = w.getparams(), w.readframes(w.getnframes())
+    silence = b"\x00" * (params.sampwidth * params.nchannels * int(params.framerate * pause))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setparams(params)
+        w.writeframes((frames + silence) * times)
+    return out.getvalue()
 
 
 class TestLocalContract(ProviderContract):
@@ -138,6 +160,86 @@ async def test_transcribe_wav_within_word_error_bound(local: LocalProvider) -> N
     assert {"brown", "fox", "lazy", "dog"} <= {w.text for w in transcript.words}
     (usage,) = [e for e in events if isinstance(e, UsageReport)]
     assert usage.usage.audio_seconds == transcript.duration_seconds
+
+
+@needs_espeak
+async def test_transcribes_the_newest_messages_clips_as_one_transcript(local: LocalProvider) -> None:
+    """In a session the earlier turns' media come first; they were transcribed when sent. The newest
+    message's clips are transcribed in order and merged, times shifted."""
+    earlier, first, second = (media.speech_wav(t) for t in ("one two three four five", CALL, PANGRAM))
+    request = Request([
+        Message(Role.USER, [Part(media=Media(Modality.AUDIO, "audio/wav", data=earlier))]),
+        Message(Role.ASSISTANT, [Part(text="one two three four five")]),
+        Message(Role.USER, [Part(media=Media(Modality.AUDIO, "audio/wav", data=first)),
+                            Part(media=Media(Modality.AUDIO, "audio/wav", data=second))]),
+    ], Options(task=Task.TRANSCRIBE))
+    events = await collect(local, request, local.models[0])
+    (transcript,) = transcripts_of(events)
+    length = wav_seconds(first) + wav_seconds(second)
+    assert transcript.duration_seconds == pytest.approx(length, abs=0.05)
+    (usage,) = [e.usage for e in events if isinstance(e, UsageReport)]
+    assert usage.audio_seconds == transcript.duration_seconds
+    assert media.word_error_rate(f"{CALL} {PANGRAM}", transcript.text) <= PANGRAM_MAX_WER, transcript.text
+    assert any(w.start >= wav_seconds(first) for w in transcript.words)  # the second clip's words come after
+    starts = [w.start for w in transcript.words]
+    assert starts == sorted(starts)
+
+
+async def test_a_cancelled_pool_job_stops_at_its_next_check() -> None:
+    pool = WorkerPool(1)
+    started, steps = threading.Event(), []
+
+    def job() -> None:
+        started.set()
+        for _ in range(2000):
+            raise_if_cancelled()
+            steps.append(1)
+            time.sleep(0.005)
+
+    task = asyncio.ensure_future(pool.run(job))
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await pool.run(lambda: "next job") == "next job"  # the one worker is free again
+    assert pool.cancelled_jobs == 1
+    assert len(steps) < 2000
+    pool.close()
+
+
+@needs_espeak
+@pytest.mark.parametrize("paused", [True, False], ids=["many-utterances", "one-long-utterance"])
+async def test_a_cancelled_transcription_stops_and_frees_the_decoder(paused: bool) -> None:
+    """A cancelled (or timed-out) call's job stops between utterances, and between the pieces of one long
+    utterance (speech without pauses), so the next transcription does not wait for it."""
+    provider = LocalProvider(workers=2)
+    short = media.speech_wav(CALL)
+    if paused:
+        long = repeated_wav(media.speech_wav(PANGRAM), 30)
+    else:
+        long = media.speech_wav(", ".join([PANGRAM] * 30))
+    asr = provider.extractor.asr
+    try:
+        await collect(provider, ask(Media(Modality.AUDIO, "audio/wav", data=short), task=Task.TRANSCRIBE),
+                      provider.models[0])  # the decoder is loaded
+        before = asr.pieces_decoded
+        request = ask(Media(Modality.AUDIO, "audio/wav", data=long), task=Task.TRANSCRIBE)
+        long_call = asyncio.ensure_future(collect(provider, request, provider.models[0]))
+        while asr.pieces_decoded == before and not long_call.done():  # the long job holds the decoder
+            await asyncio.sleep(0.01)
+        long_call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long_call
+        events = await collect(provider, ask(Media(Modality.AUDIO, "audio/wav", data=short), task=Task.TRANSCRIBE),
+                               provider.models[0])
+        (transcript,) = transcripts_of(events)
+        assert media.word_error_rate(CALL, transcript.text) <= CALL_MAX_WER, transcript.text
+        # The long job stopped when its call was cancelled, long before all of its audio was decoded
+        # (30 utterances, or about 4 pieces a second of one long utterance).
+        assert provider.pool.cancelled_jobs == 1
+        assert asr.pieces_decoded - before < 15
+    finally:
+        await provider.aclose()
 
 
 @needs_espeak

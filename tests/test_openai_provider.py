@@ -302,6 +302,39 @@ async def test_audio_chat_refuses_formats_the_api_cannot_take(fake: FakeOpenAI, 
     assert fake.requests == []
 
 
+async def test_chat_normalises_the_image_jpg_alias(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    photo = image_bytes("JPEG", (0, 0, 255))
+    request = Request([user(text("What is it?"), image(photo, "image/jpg"))])
+    await collect(provider, request, model_of(provider, "gpt-4o"))  # the fake, like the API, refuses image/jpg
+    parts = fake.parts(fake.chat_requests()[0]["messages"][0])
+    assert (parts[1].mime_type, parts[1].data) == ("image/jpeg", photo)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+async def test_max_output_tokens_is_capped_at_the_models_output_limit(fake: FakeOpenAI, legacy: bool) -> None:
+    p = make_provider(fake, legacy_max_tokens=legacy)
+    try:
+        request = Request([user(text("write a long essay"))], Options(max_output_tokens=100_000))
+        events = await collect(p, request, model_of(p, "gpt-4o"))  # the fake, like the API, refuses > 16384
+        assert any(isinstance(e, TextDelta) for e in events)
+    finally:
+        await p.aclose()
+    [body] = fake.chat_requests()
+    assert body["max_tokens" if legacy else "max_completion_tokens"] == 16_384
+
+
+async def test_max_output_tokens_is_capped_only_where_the_limit_is_known(fake: FakeOpenAI) -> None:
+    fake.chat_models |= {"org/limited", "org/unknown"}
+    p = make_provider(fake, models=[{"name": "org/limited", "max_output_tokens": 2048}, {"name": "org/unknown"}])
+    try:
+        request = Request([user(text("hi"))], Options(max_output_tokens=9000))
+        await collect(p, request, model_of(p, "org/limited"))
+        await collect(p, request, model_of(p, "org/unknown"))
+    finally:
+        await p.aclose()
+    assert [b["max_completion_tokens"] for b in fake.chat_requests()] == [2048, 9000]
+
+
 async def test_legacy_max_tokens_and_organization(fake: FakeOpenAI) -> None:
     p = make_provider(fake, legacy_max_tokens=True, organization="org-123", project="proj_9")
     try:
@@ -411,6 +444,62 @@ async def test_diarizing_model_labels_speakers(fake: FakeOpenAI, provider: OpenA
     [upload] = fake.uploads()
     assert upload.field("response_format") == "diarized_json"
     assert upload.field("chunking_strategy") == "auto"
+
+
+async def test_several_clips_of_the_newest_message_make_one_merged_transcript(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    earlier, first, second = wav_bytes(0.1), wav_bytes(0.2), wav_bytes(0.3)
+    request = Request([
+        user(audio(earlier)),  # an earlier turn of the session: transcribed (and billed) when it was sent
+        Message(Role.ASSISTANT, [text("Hello there. General Kenobi.")]),
+        user(audio(first, filename="part1.wav"), audio(second, filename="part2.wav")),
+    ], Options(task=Task.TRANSCRIBE))
+    events = await collect(provider, request, model_of(provider, "whisper-1"))
+    assert [type(e) for e in events] == [TranscriptReady, UsageReport]
+    assert [(u.files["file"][0], u.files["file"][2]) for u in fake.uploads()] == [
+        ("part1.wav", first), ("part2.wav", second)]
+    t = events[0].transcript
+    assert t.text == "Hello there. General Kenobi. Hello there. General Kenobi."
+    # The second clip's segments follow the first clip's 2.5 s.
+    assert [(u.start, u.end) for u in t.utterances] == [(0.0, 1.2), (1.2, 2.5), (2.5, 3.7), (3.7, 5.0)]
+    assert t.duration_seconds == 5.0
+    assert events[1].usage.audio_seconds == 6.0  # 3 s billed per clip
+
+
+async def test_a_clip_given_by_url_is_a_bad_request(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    remote = Part(media=Media(Modality.AUDIO, "audio/wav", url="https://example.com/b.wav"))
+    with pytest.raises(ProviderBadRequest, match="cannot fetch audio by URL"):
+        await collect(provider, Request([user(remote, audio(wav_bytes()))]), model_of(provider, "whisper-1"))
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(("filename", "sent"), [
+    ("standup.2024-05-01", "standup.2024-05-01.wav"), ("v1.2 interview", "v1.2 interview.wav"),
+    ("memo", "memo.wav"), ("talk.WAV", "talk.WAV"), ("clip.mp3", "clip.mp3"),
+])
+async def test_the_upload_name_always_ends_with_an_audio_extension(
+    fake: FakeOpenAI, provider: OpenAIProvider, filename: str, sent: str
+) -> None:
+    request = Request([user(audio(wav_bytes(), filename=filename))])
+    events = await collect(provider, request, model_of(provider, "whisper-1"))  # the fake refuses other names
+    assert any(isinstance(e, TranscriptReady) for e in events)
+    assert fake.uploads()[0].files["file"][0] == sent
+
+
+async def test_gpt_transcribe_is_charged_by_audio_seconds_and_reads_languages(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    """gpt-transcribe has only a per-audio-hour price: its token-counted answers are charged by the audio's length."""
+    request = Request([user(audio(wav_bytes(), duration_seconds=60.0))])
+    model = model_of(provider, "gpt-transcribe")
+    events = await collect(provider, request, model)
+    [usage] = [e.usage for e in events if isinstance(e, UsageReport)]
+    assert (usage.audio_seconds, usage.input_tokens, usage.output_tokens) == (60.0, 0, 0)
+    assert model.price.cost(usage) == pytest.approx(60 * 0.27 / 3600)
+    [ready] = [e for e in events if isinstance(e, TranscriptReady)]
+    assert ready.transcript.language == "en"  # from languages[0]
+    assert ready.transcript.duration_seconds == 60.0
 
 
 async def test_transcription_without_audio_is_a_bad_request(fake: FakeOpenAI, provider: OpenAIProvider) -> None:

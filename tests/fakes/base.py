@@ -40,6 +40,10 @@ class Failure:
     status: int
     body: dict
     headers: dict[str, str] = field(default_factory=dict)
+    #: Only a request to this path gets the failure (None: the next request, whatever its path).
+    path: str | None = None
+    #: Seconds between sending the headers and the body.
+    body_delay: float = 0.0
 
 
 class Reply:
@@ -48,13 +52,14 @@ class Reply:
     def __init__(self, handler: BaseHTTPRequestHandler) -> None:
         self._h = handler
 
-    def json(self, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
+    def json(self, payload: Any, status: int = 200, headers: dict[str, str] | None = None,
+             body_delay: float = 0.0) -> None:
         """Answer with a JSON body."""
-        self.raw(json.dumps(payload).encode(), status, "application/json", headers)
+        self.raw(json.dumps(payload).encode(), status, "application/json", headers, body_delay)
 
     def raw(self, body: bytes, status: int = 200, content_type: str = "application/octet-stream",
-            headers: dict[str, str] | None = None) -> None:
-        """Answer with ``body`` as is."""
+            headers: dict[str, str] | None = None, body_delay: float = 0.0) -> None:
+        """Answer with ``body`` as is (``body_delay`` seconds after the headers)."""
         h = self._h
         h.send_response(status)
         h.send_header("Content-Type", content_type)
@@ -62,6 +67,9 @@ class Reply:
         for k, v in (headers or {}).items():
             h.send_header(k, v)
         h.end_headers()
+        if body_delay:
+            h.wfile.flush()
+            time.sleep(body_delay)
         h.wfile.write(body)
 
     def sse(self, events: Iterable[str | tuple[str, Any]], delay: float = 0.0) -> None:
@@ -114,10 +122,12 @@ class FakeUpstream:
                                {k.lower(): v for k, v in self.headers.items()}, body)
                 with upstream._lock:
                     upstream.requests.append(rec)
-                    failure = upstream._failures.pop(0) if upstream._failures else None
+                    failure = next((f for f in upstream._failures if f.path in (None, rec.path)), None)
+                    if failure is not None:
+                        upstream._failures.remove(failure)
                 reply = Reply(self)
                 if failure is not None:
-                    reply.json(failure.body, failure.status, failure.headers)
+                    reply.json(failure.body, failure.status, failure.headers, failure.body_delay)
                     return
                 upstream.handle(rec, reply)
 
@@ -137,10 +147,12 @@ class FakeUpstream:
         """Answer one request. Subclasses implement the provider's endpoints."""
         reply.json({"error": {"message": f"no fake for {request.method} {request.path}"}}, 404)
 
-    def fail_next(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-        """Answer the next request with this error instead of normally."""
+    def fail_next(self, status: int, body: dict, headers: dict[str, str] | None = None, *,
+                  path: str | None = None, body_delay: float = 0.0) -> None:
+        """Answer the next request (to ``path`` if given) with this error instead of normally, its body
+        ``body_delay`` seconds after its headers."""
         with self._lock:
-            self._failures.append(Failure(status, body, headers or {}))
+            self._failures.append(Failure(status, body, headers or {}, path, body_delay))
 
     def start(self) -> FakeUpstream:
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
