@@ -87,6 +87,14 @@ class Match(_Strict):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("task")
+    @classmethod
+    def _no_auto(cls, value: list[Task] | None) -> list[Task] | None:
+        if value is not None and Task.AUTO in value:
+            raise ValueError("'auto' never matches: a request's task is resolved to chat or transcribe before "
+                             "rules are matched; write chat and/or transcribe (or leave task out)")
+        return value
+
 
 def _check_target(value: str) -> str:
     if not _TARGET.match(value):
@@ -306,11 +314,41 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping with the same key twice (YAML would keep the last one silently:
+    a second ``routes:`` would drop every earlier rule)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base``: merged keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the SafeLoader refuses it itself
+                continue
+            if first is not None:
+                raise _DuplicateKey(key, line, first)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate YAML text; raise :class:`ConfigError` naming the key, problem and line."""
     try:
         node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{source}, line {exc.line}: duplicate key {exc.key!r} (first at line {exc.first_line}): "
+                          "YAML would silently keep only the last one; write each key once") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if data is None:
@@ -346,11 +384,21 @@ def load_config(path: str | Path | None) -> Config:
     if path is None:
         return embedded_default()
     path = Path(path)
+    return parse_config(read_config_file(path), str(path))
+
+
+def read_config_file(path: Path) -> str:
+    """The text of a configuration file; :class:`ConfigError` if it cannot be read or is not UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    return parse_config(text, str(path))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text: byte {exc.start} (line {line}) is "
+                          f"{data[exc.start:exc.start + 1]!r}; save the file as UTF-8") from None
 
 
 def embedded_default_text() -> str:

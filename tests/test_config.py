@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+from grpc_helpers import text_request
+from mmrouter.v1 import router_pb2 as pb
 
 from router.config import (
     Config,
@@ -219,6 +223,14 @@ def test_wrong_types_name_the_key_the_problem_and_the_line(text, key, problem, l
     assert f"(router.yaml, line {line})" in message
 
 
+@pytest.mark.parametrize("task", ["[auto]", "auto", "[chat, auto]"])
+def test_a_rule_on_task_auto_is_refused_it_could_never_match(task):
+    message = error_of(f"routes:\n  - name: a\n    use: a/b\n    match: {{task: {task}}}\n")
+    assert ("routes.0.match.task: 'auto' never matches: a request's task is resolved to chat or transcribe "
+            "before rules are matched; write chat and/or transcribe (or leave task out) (router.yaml, line 4)"
+            ) in message
+
+
 def test_every_problem_is_listed_one_per_line():
     message = error_of("""
         server:
@@ -263,6 +275,69 @@ def test_invalid_yaml_names_the_file_and_line():
 def test_a_file_that_cannot_be_read(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot read config file .*missing\.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(("text", "key", "line", "first"), [
+    pytest.param("""
+        routes:
+          - {name: meetings, use: local/extract}
+        default: local/extract
+        routes:
+          - {name: docs, use: local/extract}
+    """, "routes", 4, 1, id="second-routes-section"),
+    pytest.param("""
+        routes:
+          - name: docs
+            use: openai/gpt-4o
+            use: local/extract
+    """, "use", 4, 3, id="rule-with-two-use"),
+    pytest.param("providers: {openai: {timeout: 5, timeout: 60}}\n", "timeout", 1, 1, id="flow-mapping"),
+])
+def test_a_duplicate_key_is_refused_naming_the_key_and_both_lines(text, key, line, first):
+    """YAML keeps the last of two equal keys: a second ``routes:`` would silently drop every earlier rule."""
+    message = error_of(text)
+    assert message == (f"router.yaml, line {line}: duplicate key {key!r} (first at line {first}): "
+                       "YAML would silently keep only the last one; write each key once")
+
+
+def test_a_merge_key_may_still_be_overridden():
+    """``<<: *anchor`` then a key of the anchor: an override YAML defines, not a duplicate."""
+    config = parse_config(yaml("""
+        routes:
+          - &first {name: a, use: local/extract}
+          - {<<: *first, name: b, use: openai/gpt-4o}
+    """))
+    assert [(r.name, r.use) for r in config.routes] == [("a", "local/extract"), ("b", "openai/gpt-4o")]
+
+
+def test_a_file_that_is_not_utf8_names_the_file_byte_and_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("routes:\n  - name: x   # café\n    use: local/extract\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.message == f"{path}: not UTF-8 text: byte 27 (line 2) is b'\\xe9'; save the file as UTF-8"
+
+    for args in (["config", "check", str(path)], ["serve", "--config", str(path), "--address", "127.0.0.1:0",
+                                                   "--data-dir", str(tmp_path / "data")]):
+        result = subprocess.run([str(MMROUTER), *args], capture_output=True, text=True, timeout=60,
+                                env={"PATH": "/usr/bin:/bin", "COLUMNS": "300", "NO_COLOR": "1"})
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip() == info.value.message
+
+
+def test_sighup_with_a_file_turned_non_utf8_is_refused_and_the_running_config_stays(start_daemon):
+    daemon = start_daemon("providers:\n  fake: {api_key: k}\nroutes:\n  - {name: all, use: fake/echo}\n")
+    daemon.config_path.write_bytes("routes:\n  - {name: caf\u00e9, use: fake/small}\n".encode("latin-1"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "reload refused" not in daemon.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    logs = daemon.logs()
+    assert f"SIGHUP: reload refused, the running configuration stays: {daemon.config_path}: not UTF-8 text" in logs
+    assert "Traceback" not in logs and "Exception in callback" not in logs
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi"))).answer
+    assert (answer.route.rule, answer.route.model) == ("all", "echo")
 
 
 # -- environment expansion -------------------------------------------------------------------
