@@ -7,10 +7,12 @@ import json
 import logging
 import mimetypes
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import grpc
 import typer
@@ -20,10 +22,13 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Column, Table
 
 from .auth import with_token
-from .config import DEFAULT_ADDRESS, Config, load_config, parse_config
+from .config import DEFAULT_ADDRESS, Config, default_data_dir, load_config, parse_config, read_config_file
 from .errors import ConfigError
 from .plugins import State, load_registry
 from .routing import Target
+
+if TYPE_CHECKING:
+    from .sessions import SessionStore
 
 app = typer.Typer(
     help="mmrouter routes multimodal AI requests (text, images, audio, video, PDFs) to the right provider.\n\n"
@@ -31,8 +36,8 @@ app = typer.Typer(
     "    mmrouter ask \"What is in this picture?\" --image photo.png\n\n"
     "Send files with --image, --audio, --video and --pdf (repeat each for several). "
     "Commands talk to the daemon at 127.0.0.1:50051 unless given --address host:port "
-    "(or MMROUTER_ADDRESS); if the daemon has server.auth_token set, export MMROUTER_TOKEN; if it "
-    "serves TLS, export MMROUTER_TLS_CA (and MMROUTER_TLS_CERT, MMROUTER_TLS_KEY for a client certificate). "
+    "(or MMROUTER_ADDRESS); if the daemon has server.auth_token set, export MMROUTER_TOKEN (or pass --token); "
+    "if it serves TLS, export MMROUTER_TLS_CA (and MMROUTER_TLS_CERT, MMROUTER_TLS_KEY for a client certificate). "
     "See `mmrouter ask --help`.",
     no_args_is_help=True,
     add_completion=False,
@@ -45,11 +50,19 @@ err = Console(stderr=True, soft_wrap=True)  # messages stay one line each when p
 
 AddressOption = Annotated[str, typer.Option("--address", "-a", envvar="MMROUTER_ADDRESS",
                                             help="Where the daemon listens (host:port).")]
+TokenOption = Annotated[str, typer.Option(
+    "--token", envvar="MMROUTER_TOKEN", show_default=False,
+    help="The daemon's server.auth_token, if it has one. Prefer the environment variable: a command line "
+         "is visible to other users of this machine.")]
 CHUNK = 1024 * 1024
 
-_MIME_FALLBACK = {".m4a": "audio/mp4", ".webm": "video/webm", ".flac": "audio/flac", ".ogg": "audio/ogg",
-                  ".wav": "audio/wav", ".mp3": "audio/mpeg", ".pdf": "application/pdf", ".webp": "image/webp",
-                  ".mkv": "video/x-matroska", ".mov": "video/quicktime", ".mp4": "video/mp4"}
+#: Media types by extension, before Python's mimetypes (which lacks some and varies by system): the
+#: daemon refuses application/octet-stream for images, audio and video.
+_MIME_FALLBACK = {".m4a": "audio/mp4", ".m4b": "audio/mp4", ".aac": "audio/aac", ".webm": "video/webm",
+                  ".weba": "audio/webm", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
+                  ".opus": "audio/ogg", ".ogv": "video/ogg", ".wav": "audio/wav", ".mp3": "audio/mpeg",
+                  ".mka": "audio/x-matroska", ".mkv": "video/x-matroska", ".mov": "video/quicktime",
+                  ".mp4": "video/mp4", ".m4v": "video/mp4", ".pdf": "application/pdf", ".webp": "image/webp"}
 
 
 @app.command()
@@ -85,7 +98,23 @@ def serve(
             logging.getLogger(name).setLevel(logging.WARNING)
     from .server import serve as run
 
-    asyncio.run(run(settings, ready_file=ready_file, config_path=config))
+    try:
+        asyncio.run(run(settings, ready_file=ready_file, config_path=config))
+    except RuntimeError as exc:
+        if "Failed to bind" not in str(exc):
+            raise
+        err.print(f"[red]cannot listen on {escape(server.address)}: the address is in use or invalid; give --address "
+                  f"(or server.address) a free host:port, e.g. {DEFAULT_ADDRESS}[/red]")
+        raise typer.Exit(1) from None
+    except sqlite3.Error as exc:
+        _bad_sessions(server.data_dir.expanduser() / "sessions.sqlite", exc)
+    except OSError as exc:  # e.g. --data-dir names a file
+        data = server.data_dir.expanduser()
+        where = f"{exc.filename}: " if exc.filename else ""
+        fix = (f"; --data-dir (server.data_dir) {data} must be a directory the daemon can write"
+               if exc.filename and Path(exc.filename).is_relative_to(data) else "")
+        err.print(f"[red]cannot start: {escape(where + (exc.strerror or str(exc)) + fix)}[/red]")
+        raise typer.Exit(1) from None
 
 
 def _media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path]) -> Iterator[tuple[int, Path, str]]:
@@ -122,8 +151,12 @@ def _upload(stub, kind: int, path: Path, mime: str) -> str:
 
 def _build_request(stub, prompt: str, images, audio, video, pdf, system, task, diarize, speakers, provider, model,
                    tags, session, inline_limit):
+    """The request of ``ask`` and ``explain``: files over ``inline_limit`` bytes are uploaded first."""
     from mmrouter.v1 import router_pb2 as pb
 
+    if task not in ("auto", "chat", "transcribe"):
+        err.print("[red]--task must be auto, chat or transcribe[/red]")
+        raise typer.Exit(2)
     parts = []
     for kind, path, mime in _media_parts(images, audio, video, pdf):
         media = pb.Media(modality=kind, mime_type=mime, filename=path.name)
@@ -144,9 +177,9 @@ def _build_request(stub, prompt: str, images, audio, video, pdf, system, task, d
     )
 
 
-def _channel(address: str) -> grpc.Channel:
+def _channel(address: str, token: str) -> grpc.Channel:
     """A channel to the daemon: TLS when MMROUTER_TLS_CA is set (and a client certificate from
-    MMROUTER_TLS_CERT / MMROUTER_TLS_KEY), the bearer token from MMROUTER_TOKEN."""
+    MMROUTER_TLS_CERT / MMROUTER_TLS_KEY), sending the bearer ``token`` (--token / MMROUTER_TOKEN) if any."""
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
                ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     files = {name: os.environ.get(f"MMROUTER_TLS_{name.upper()}", "") for name in ("ca", "cert", "key")}
@@ -162,7 +195,7 @@ def _channel(address: str) -> grpc.Channel:
                 raise typer.Exit(2) from None
         credentials = grpc.ssl_channel_credentials(pem["ca"], private_key=pem["key"], certificate_chain=pem["cert"])
         channel = grpc.secure_channel(address, credentials, options=options)
-    return with_token(channel, os.environ.get("MMROUTER_TOKEN", ""))
+    return with_token(channel, token)
 
 
 def _reason(exc: grpc.RpcError) -> str:
@@ -231,6 +264,16 @@ def _print_route(route, console: Console) -> None:
 
 
 FileList = Annotated[list[Path] | None, typer.Option(help="A file to send (repeat for several).")]
+# The request options of ask and explain (explain shows the route ask would take with the same options).
+SystemOption = Annotated[str, typer.Option(help="A system prompt.")]
+TaskOption = Annotated[str, typer.Option(help="auto, chat or transcribe.")]
+DiarizeOption = Annotated[bool, typer.Option("--diarize", help="Label speakers in audio.")]
+SpeakersOption = Annotated[int, typer.Option(help="Speakers to expect when diarizing.")]
+ProviderOption = Annotated[str | None, typer.Option(help="Use this provider instead of the rules' choice.")]
+ModelOption = Annotated[str | None, typer.Option(help="Use this model.")]
+TagOption = Annotated[list[str] | None, typer.Option(help="A tag for routing rules (repeatable).")]
+SessionOption = Annotated[str | None, typer.Option(help="Keep a conversation under this id.")]
+InlineLimitOption = Annotated[int, typer.Option(help="Files larger than this many bytes go by UploadMedia.")]
 
 
 @app.command()
@@ -240,27 +283,25 @@ def ask(
     audio: FileList = None,
     video: FileList = None,
     pdf: FileList = None,
-    system: Annotated[str, typer.Option(help="A system prompt.")] = "",
-    task: Annotated[str, typer.Option(help="auto, chat or transcribe.")] = "auto",
-    diarize: Annotated[bool, typer.Option("--diarize", help="Label speakers in audio.")] = False,
-    speakers: Annotated[int, typer.Option(help="Speakers to expect when diarizing.")] = 0,
-    provider: Annotated[str | None, typer.Option(help="Use this provider instead of the rules' choice.")] = None,
-    model: Annotated[str | None, typer.Option(help="Use this model.")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="A tag for routing rules (repeatable).")] = None,
-    session: Annotated[str | None, typer.Option(help="Keep a conversation under this id.")] = None,
-    inline_limit: Annotated[int, typer.Option(help="Files larger than this many bytes go by UploadMedia.")] = 4 * 1024 * 1024,
+    system: SystemOption = "",
+    task: TaskOption = "auto",
+    diarize: DiarizeOption = False,
+    speakers: SpeakersOption = 0,
+    provider: ProviderOption = None,
+    model: ModelOption = None,
+    tag: TagOption = None,
+    session: SessionOption = None,
+    inline_limit: InlineLimitOption = 4 * 1024 * 1024,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")] = False,
     address: AddressOption = DEFAULT_ADDRESS,
+    token: TokenOption = "",
 ) -> None:
     """Ask the daemon: streams the answer, then prints the route, cost and latency."""
     from google.protobuf import json_format
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
-    if task not in ("auto", "chat", "transcribe"):
-        err.print("[red]--task must be auto, chat or transcribe[/red]")
-        raise typer.Exit(2)
-    with _channel(address) as channel:
+    with _channel(address, token) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
 
         def build(limit: int) -> pb.MultimodalRequest:
@@ -312,24 +353,32 @@ def explain(
     audio: FileList = None,
     video: FileList = None,
     pdf: FileList = None,
-    task: Annotated[str, typer.Option(help="auto, chat or transcribe.")] = "auto",
-    diarize: Annotated[bool, typer.Option("--diarize", help="Label speakers in audio.")] = False,
-    provider: Annotated[str | None, typer.Option(help="An override to check.")] = None,
-    model: Annotated[str | None, typer.Option(help="A model override to check.")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
-    inline_limit: Annotated[int, typer.Option(help="Files larger than this go by UploadMedia.")] = 4 * 1024 * 1024,
+    system: SystemOption = "",
+    task: TaskOption = "auto",
+    diarize: DiarizeOption = False,
+    speakers: SpeakersOption = 0,
+    provider: ProviderOption = None,
+    model: ModelOption = None,
+    tag: TagOption = None,
+    session: SessionOption = None,
+    inline_limit: InlineLimitOption = 4 * 1024 * 1024,
     address: AddressOption = DEFAULT_ADDRESS,
+    token: TokenOption = "",
 ) -> None:
-    """Show how a request would be routed, rule by rule, without calling any provider."""
+    """Show how a request would be routed, rule by rule, without calling any provider.
+
+    It takes ask's options, so it shows the route that ask with the same options would take (with
+    --session, the session's earlier turns count as they would; nothing is added to it).
+    """
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
-    with _channel(address) as channel:
+    with _channel(address, token) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         try:
             route = _call_with_media(
-                lambda limit: _build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], "", task,
-                                             diarize, 0, provider, model, tag, None, limit),
+                lambda limit: _build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system,
+                                             task, diarize, speakers, provider, model, tag, session, limit),
                 lambda request: stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route,
                 inline_limit)
         except grpc.RpcError as exc:
@@ -338,12 +387,12 @@ def explain(
 
 
 @app.command()
-def providers(address: AddressOption = DEFAULT_ADDRESS) -> None:
+def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "") -> None:
     """List the daemon's providers: ready, not configured (and why), broken (and why), disabled."""
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
-    with _channel(address) as channel:
+    with _channel(address, token) as channel:
         try:
             listing = router_pb2_grpc.RouterServiceStub(channel).ListProviders(pb.ListProvidersRequest())
         except grpc.RpcError as exc:
@@ -357,20 +406,63 @@ def providers(address: AddressOption = DEFAULT_ADDRESS) -> None:
     out.print(table)
 
 
-@app.command()
-def stats(data_dir: Annotated[Path | None, typer.Option(help="The daemon's data directory.")] = None,
-          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Calls, latency and cost per rule, provider and model, from the daemon's records."""
-    from .config import default_data_dir
+DataDirOption = Annotated[Path | None, typer.Option(help="The daemon's data directory (default: server.data_dir "
+                                                            "of --config, else the default data directory).")]
+DaemonConfigOption = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="The daemon's routing file (YAML): its server.data_dir is used unless --data-dir is given.")]
+
+
+def _data_dir(config: Path | None, data_dir: Path | None) -> Path:
+    """The daemon's data directory as serve finds it: --data-dir, else server.data_dir of the --config file,
+    else the default."""
+    if data_dir is not None:
+        return data_dir.expanduser()
+    if config is None:
+        return default_data_dir()
+    try:
+        return load_config(config).server.data_dir.expanduser()
+    except ConfigError as exc:
+        err.print(f"[red]{escape(exc.message)}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _bad_sessions(path: Path, exc: Exception) -> NoReturn:
+    """Exit with one line saying why ``path`` is not a usable sessions database."""
+    why = "is a directory" if path.is_dir() else f"cannot be used ({exc})"
+    err.print(f"[red]the sessions database {escape(str(path))} {escape(why)}: point --data-dir (or server.data_dir) "
+              "at the daemon's data directory[/red]")
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _sessions(path: Path) -> Iterator[SessionStore]:
+    """The :class:`SessionStore` at ``path``, closed afterwards; a file that is no sqlite database (or a
+    directory) is a one-line error."""
     from .sessions import SessionStore
 
-    path = (data_dir or default_data_dir()) / "sessions.sqlite"
+    try:
+        store = SessionStore(path)
+    except (sqlite3.Error, OSError) as exc:
+        _bad_sessions(path, exc)
+    try:
+        yield store
+    except sqlite3.Error as exc:
+        _bad_sessions(path, exc)
+    finally:
+        store.close()
+
+
+@app.command()
+def stats(data_dir: DataDirOption = None,
+          config: DaemonConfigOption = None,
+          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Calls, latency and cost per rule, provider and model, from the daemon's records."""
+    path = _data_dir(config, data_dir) / "sessions.sqlite"
     if not path.exists():
         err.print(f"[red]no records at {path}: has the daemon answered anything yet?[/red]")
         raise typer.Exit(1)
-    store = SessionStore(path)
-    rows = store.stats()
-    store.close()
+    with _sessions(path) as store:
+        rows = store.stats()
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -396,7 +488,8 @@ def _targets(config: Config) -> Iterator[tuple[str, str]]:
 
 @app.command()
 def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, help="Age in days (fractions allowed).")],
-          data_dir: Annotated[Path | None, typer.Option(help="The daemon's data directory.")] = None,
+          data_dir: DataDirOption = None,
+          config: DaemonConfigOption = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False) -> None:
     """Free the data directory: sessions idle for --older-than days, statistics rows that old, and
     media neither uploaded nor used in that time that no remaining session refers to.
@@ -406,20 +499,15 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
     """
     import time
 
-    from .config import default_data_dir
     from .media import MediaStore
-    from .sessions import SessionStore
 
-    root = data_dir or default_data_dir()
+    root = _data_dir(config, data_dir)
     if not (root / "sessions.sqlite").exists() and not (root / "media").is_dir():
         err.print(f"[red]no data at {root}: is this the daemon's data directory?[/red]")
         raise typer.Exit(1)
     before = time.time() - older_than * 86_400
-    store = SessionStore(root / "sessions.sqlite")
-    try:
+    with _sessions(root / "sessions.sqlite") as store:
         sessions, calls, keep = store.prune(before, dry_run=dry_run)
-    finally:
-        store.close()
     files, size = MediaStore(root / "media", 1).prune(before, keep, dry_run=dry_run)
     out.print(f"{'would remove' if dry_run else 'removed'} {sessions} session(s), {calls} statistics row(s) and "
               f"{files} media file(s) ({size / 2**20:.1f} MiB); {len(keep)} media kept for sessions")
@@ -430,10 +518,12 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     """Validate a routing file: every key, value and target, with file and line for each problem, and each
     provider section through its installed plugin."""
     try:
-        config = parse_config(file.read_text(encoding="utf-8"), str(file))
-    except OSError as exc:
-        err.print(f"[red]cannot read {file}: {exc.strerror}[/red]")
+        text = read_config_file(file)
+    except ConfigError as exc:
+        err.print(f"[red]{escape(exc.message)}[/red]")
         raise typer.Exit(2) from None
+    try:
+        config = parse_config(text, str(file))
     except ConfigError as exc:
         err.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from None

@@ -72,3 +72,32 @@ def test_the_cli_sends_the_token_from_the_environment(daemon) -> None:
     refused = subprocess.run([str(mmrouter), "providers", "--address", daemon.address], env=env,
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+
+
+def test_the_cli_takes_the_token_as_an_option_and_never_shows_it(daemon) -> None:
+    """The UNAUTHENTICATED message advertises ``--token``: every command that calls the daemon has it."""
+    mmrouter = Path(sys.executable).parent / "mmrouter"
+    env = {k: v for k, v in os.environ.items() if k != "MMROUTER_TOKEN"}
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(mmrouter), *args], env={**env, "COLUMNS": "250", **extra},
+                              capture_output=True, text=True, timeout=60)
+
+    listed = run("providers", "--address", daemon.address, "--token", TOKEN)
+    assert listed.returncode == 0 and "fake" in listed.stdout, listed.stderr
+    asked = run("ask", "hello", "--address", daemon.address, "--token", TOKEN)
+    assert asked.returncode == 0 and asked.stdout.startswith("fake/echo says: hello"), asked.stderr
+    explained = run("explain", "hello", "--address", daemon.address, "--token", TOKEN)
+    assert explained.returncode == 0 and "route: rule all -> fake/echo" in explained.stdout, explained.stderr
+
+    refused = run("providers", "--address", daemon.address)
+    assert refused.returncode == 1
+    assert "(mmrouter CLI: --token or MMROUTER_TOKEN)" in refused.stderr
+    wrong = run("providers", "--address", daemon.address, "--token", "not-the-" + TOKEN)
+    assert wrong.returncode == 1 and "UNAUTHENTICATED" in wrong.stderr and TOKEN not in wrong.stderr
+
+    # --help names the option and its variable, never the token the variable holds.
+    for command in ("ask", "explain", "providers"):
+        shown = run(command, "--help", MMROUTER_TOKEN=TOKEN)
+        assert shown.returncode == 0 and "--token" in shown.stdout and "MMROUTER_TOKEN" in shown.stdout
+        assert TOKEN not in shown.stdout + shown.stderr

@@ -490,3 +490,143 @@ def test_stats_shows_calls_and_cost_per_rule_provider_and_model(start_daemon, tm
     assert table["media"][:4] == ["media", "fake/omni", "answer", "1"]
     assert table["media"][6] == f"{costs['media']:.6f}"
 
+
+
+# -- explain takes ask's request options -------------------------------------------------------
+
+
+def test_explain_takes_the_request_options_of_ask(start_daemon, tmp_path):
+    """explain shows the route ask would take with the same options: a system prompt and a session count."""
+    daemon = start_daemon("""
+        providers:
+          fake: {api_key: k}
+        routes:
+          - name: documents
+            match: {inputs_any: [document]}
+            use: fake/docs
+          - name: long-prompt
+            match: {input_tokens: {min: 1000}}
+            use: fake/omni
+          - name: chat
+            use: fake/echo
+    """)
+    system = "Answer in the voice of a careful archivist. " * 100  # ~1100 tokens
+    help_text = Cli("explain", "--help")
+    with_system = Cli("explain", "hi", "--system", system, "--address", daemon.address)
+    bad_task = Cli("explain", "hi", "--task", "sing", "--address", daemon.address)
+    ok(run_cli("ask", "read this", "--pdf", make_pdf(tmp_path / "r.pdf", "Report"), "--session", "s1",
+               "--address", daemon.address))
+    in_session = Cli("explain", "and now?", "--session", "s1", "--address", daemon.address)
+    alone = Cli("explain", "and now?", "--address", daemon.address)
+
+    help_text = ok(help_text.result()).stdout
+    for needed in ("--system", "--session", "--speakers", "--task", "--diarize", "--token"):
+        assert needed in help_text, f"{needed!r} missing from `mmrouter explain --help`:\n{help_text}"
+    assert "route: rule long-prompt -> fake/omni" in ok(with_system.result()).stdout
+    # the session's earlier PDF counts, as it would for `ask --session s1`
+    assert "route: rule documents -> fake/docs" in ok(in_session.result()).stdout
+    assert "route: rule chat -> fake/echo" in ok(alone.result()).stdout
+    bad_task = bad_task.result()
+    assert bad_task.returncode == 2 and "--task must be auto, chat or transcribe" in bad_task.stderr
+    assert "Traceback" not in bad_task.stderr
+
+
+# -- media types -------------------------------------------------------------------------------
+
+
+def test_media_types_python_does_not_know_are_sent_by_extension(start_daemon, tmp_path):
+    """Python's mimetypes lacks .mka and .weba (and varies by system): the CLI names them itself, else the
+    daemon refuses application/octet-stream for audio."""
+    daemon = start_daemon(CONFIG)
+    ebml = b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x88matroska"
+    files = {"talk.mka": (ebml + b"\x01" * 64, "audio/x-matroska"),
+             "talk.weba": (ebml + b"\x02" * 64, "audio/webm"),
+             "talk.opus": (b"OggS" + b"\x03" * 64, "audio/ogg")}
+    calls = {}
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+        # --inline-limit 0: uploaded, so the daemon's media store records the type it was sent as
+        calls[name] = Cli("explain", "what is it", "--audio", tmp_path / name, "--inline-limit", "0", "--address", daemon.address)
+    for name, (data, mime) in files.items():
+        result = ok(calls[name].result())
+        assert "route: rule media -> fake/omni" in result.stdout
+        sha = hashlib.sha256(data).hexdigest()
+        meta = json.loads((daemon.data_dir / "media" / sha[:2] / f"{sha}.json").read_text())
+        assert meta["mime_type"] == mime, name
+
+
+# -- operator mistakes: one line, no traceback -------------------------------------------------
+
+
+def test_serve_stats_and_prune_mistakes_are_one_line_errors(tmp_path):
+    not_a_dir = tmp_path / "afile"
+    not_a_dir.write_text("x")
+    (tmp_path / "notdb").mkdir()
+    (tmp_path / "notdb" / "sessions.sqlite").write_text("garbage")
+    (tmp_path / "isdir" / "sessions.sqlite").mkdir(parents=True)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = f"127.0.0.1:{taken.getsockname()[1]}"
+    data = ["--data-dir", tmp_path / "data"]
+    cases = {
+        Cli("serve", "--address", "nonsense", *data):
+            "cannot listen on nonsense: the address is in use or invalid; give --address (or server.address) "
+            "a free host:port, e.g. 127.0.0.1:50051",
+        Cli("serve", "--address", busy, *data):
+            f"cannot listen on {busy}: the address is in use or invalid; give --address (or server.address) "
+            "a free host:port, e.g. 127.0.0.1:50051",
+        Cli("serve", "--address", "127.0.0.1:0", "--data-dir", not_a_dir):
+            f"cannot start: {not_a_dir}/media/tmp: Not a directory; --data-dir (server.data_dir) {not_a_dir} "
+            "must be a directory the daemon can write",
+        Cli("stats", "--data-dir", tmp_path / "notdb"):
+            f"the sessions database {tmp_path}/notdb/sessions.sqlite cannot be used (file is not a database): "
+            "point --data-dir (or server.data_dir) at the daemon's data directory",
+        Cli("prune", "--older-than", "1", "--data-dir", tmp_path / "notdb"):
+            f"the sessions database {tmp_path}/notdb/sessions.sqlite cannot be used (file is not a database): "
+            "point --data-dir (or server.data_dir) at the daemon's data directory",
+        Cli("stats", "--data-dir", tmp_path / "isdir"):
+            f"the sessions database {tmp_path}/isdir/sessions.sqlite is a directory: "
+            "point --data-dir (or server.data_dir) at the daemon's data directory",
+        Cli("prune", "--older-than", "1", "--data-dir", tmp_path / "isdir"):
+            f"the sessions database {tmp_path}/isdir/sessions.sqlite is a directory: "
+            "point --data-dir (or server.data_dir) at the daemon's data directory",
+    }
+    try:
+        for call, message in cases.items():
+            result = call.result(timeout=60)
+            assert result.returncode == 1, result
+            assert "Traceback" not in result.stderr, result.stderr
+            # (gRPC's C core logs its own line about the failed bind before ours)
+            assert result.stderr.splitlines()[-1] == message, result.stderr
+    finally:
+        taken.close()
+
+
+# -- stats and prune --config ------------------------------------------------------------------
+
+
+def test_stats_and_prune_find_the_data_dir_in_config_as_serve_does(start_daemon, tmp_path):
+    daemon = start_daemon(CONFIG)
+    ok(run_cli("ask", "count me", "--address", daemon.address))
+    config = tmp_path / "router.yaml"
+    config.write_text(f"server:\n  data_dir: {daemon.data_dir}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  data_dir: [x]\n")
+    env = {"MMROUTER_DATA_DIR": str(tmp_path / "elsewhere")}  # the default data directory: empty
+    from_config = Cli("stats", "--config", config, "--json", env=env)
+    pruned = Cli("prune", "--older-than", "0", "--dry-run", "--config", config, env=env)
+    overridden = Cli("stats", "--config", config, "--data-dir", tmp_path / "empty", env=env)
+    default = Cli("stats", env=env)
+    broken = Cli("prune", "--older-than", "1", "-c", bad, env=env)
+
+    rows = json.loads(ok(from_config.result()).stdout)
+    assert [(r["rule"], r["calls"]) for r in rows] == [("chat", 1)]
+    assert "would remove 0 session(s), 1 statistics row(s)" in ok(pruned.result()).stdout
+    overridden = overridden.result()  # --data-dir wins over the file's server.data_dir
+    assert overridden.returncode == 1 and f"no records at {tmp_path / 'empty'}" in overridden.stderr
+    default = default.result()
+    assert default.returncode == 1 and f"no records at {tmp_path / 'elsewhere'}" in default.stderr
+    broken = broken.result()
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr
+    assert "server.data_dir: Input is not a valid path" in broken.stderr and str(bad) in broken.stderr
