@@ -5,23 +5,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import mimetypes
-import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import grpc
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Column, Table
 
-from .auth import with_token
+from .cli_calls import (
+    build_request,
+    call_with_media,
+    daemon_channel,
+    err,
+    fail,
+    out,
+    print_route,
+)
 from .config import DEFAULT_ADDRESS, Config, default_data_dir, load_config, parse_config, read_config_file
 from .errors import ConfigError
 from .plugins import State, load_registry
@@ -45,8 +49,6 @@ app = typer.Typer(
 config_app = typer.Typer(help="Work with routing configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # messages stay one line each when piped or logged
 
 AddressOption = Annotated[str, typer.Option("--address", "-a", envvar="MMROUTER_ADDRESS",
                                             help="Where the daemon listens (host:port).")]
@@ -54,15 +56,6 @@ TokenOption = Annotated[str, typer.Option(
     "--token", envvar="MMROUTER_TOKEN", show_default=False,
     help="The daemon's server.auth_token, if it has one. Prefer the environment variable: a command line "
          "is visible to other users of this machine.")]
-CHUNK = 1024 * 1024
-
-#: Media types by extension, before Python's mimetypes (which lacks some and varies by system): the
-#: daemon refuses application/octet-stream for images, audio and video.
-_MIME_FALLBACK = {".m4a": "audio/mp4", ".m4b": "audio/mp4", ".aac": "audio/aac", ".webm": "video/webm",
-                  ".weba": "audio/webm", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
-                  ".opus": "audio/ogg", ".ogv": "video/ogg", ".wav": "audio/wav", ".mp3": "audio/mpeg",
-                  ".mka": "audio/x-matroska", ".mkv": "video/x-matroska", ".mov": "video/quicktime",
-                  ".mp4": "video/mp4", ".m4v": "video/mp4", ".pdf": "application/pdf", ".webp": "image/webp"}
 
 
 @app.command()
@@ -117,152 +110,6 @@ def serve(
         raise typer.Exit(1) from None
 
 
-def _media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path]) -> Iterator[tuple[int, Path, str]]:
-    from mmrouter.v1 import router_pb2 as pb
-
-    for kind, files in ((pb.MODALITY_IMAGE, images), (pb.MODALITY_AUDIO, audio), (pb.MODALITY_VIDEO, video),
-                        (pb.MODALITY_DOCUMENT, pdf)):
-        for path in files:
-            if not path.is_file():
-                err.print(f"[red]no such file: {escape(str(path))}[/red]")
-                raise typer.Exit(2)
-            mime = _MIME_FALLBACK.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            yield kind, path, mime
-
-
-def _upload(stub, kind: int, path: Path, mime: str) -> str:
-    from mmrouter.v1 import router_pb2 as pb
-
-    size = path.stat().st_size
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=err, transient=True) as progress:
-        task = progress.add_task(f"uploading {path.name}", total=size)
-
-        def messages():
-            yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=kind, mime_type=mime, filename=path.name,
-                                                                   size_bytes=size))
-            with path.open("rb") as f:
-                while chunk := f.read(CHUNK):
-                    progress.advance(task, len(chunk))
-                    yield pb.UploadMediaRequest(chunk=chunk)
-
-        return stub.UploadMedia(messages()).media_id
-
-
-def _build_request(stub, prompt: str, images, audio, video, pdf, system, task, diarize, speakers, provider, model,
-                   tags, session, inline_limit):
-    """The request of ``ask`` and ``explain``: files over ``inline_limit`` bytes are uploaded first."""
-    from mmrouter.v1 import router_pb2 as pb
-
-    if task not in ("auto", "chat", "transcribe"):
-        err.print("[red]--task must be auto, chat or transcribe[/red]")
-        raise typer.Exit(2)
-    parts = []
-    for kind, path, mime in _media_parts(images, audio, video, pdf):
-        media = pb.Media(modality=kind, mime_type=mime, filename=path.name)
-        if path.stat().st_size > inline_limit:
-            media.media_id = _upload(stub, kind, path, mime)
-        else:
-            media.data = path.read_bytes()
-        parts.append(pb.Part(media=media))
-    if prompt:
-        parts.append(pb.Part(text=prompt))
-    messages = [pb.Message(role=pb.ROLE_SYSTEM, parts=[pb.Part(text=system)])] if system else []
-    messages.append(pb.Message(role=pb.ROLE_USER, parts=parts))
-    tasks = {"auto": pb.TASK_AUTO, "chat": pb.TASK_CHAT, "transcribe": pb.TASK_TRANSCRIBE}
-    return pb.MultimodalRequest(
-        messages=messages, session_id=session or "",
-        options=pb.Options(task=tasks[task], diarization=diarize, speakers_expected=speakers),
-        hints=pb.RoutingHints(provider=provider or "", model=model or "", tags=tags or []),
-    )
-
-
-def _channel(address: str, token: str) -> grpc.Channel:
-    """A channel to the daemon: TLS when MMROUTER_TLS_CA is set (and a client certificate from
-    MMROUTER_TLS_CERT / MMROUTER_TLS_KEY), sending the bearer ``token`` (--token / MMROUTER_TOKEN) if any."""
-    options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
-               ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    files = {name: os.environ.get(f"MMROUTER_TLS_{name.upper()}", "") for name in ("ca", "cert", "key")}
-    if not files["ca"]:
-        channel = grpc.insecure_channel(address, options=options)
-    else:
-        pem: dict[str, bytes | None] = {}
-        for name, path in files.items():
-            try:
-                pem[name] = Path(path).expanduser().read_bytes() if path else None
-            except OSError as exc:
-                err.print(f"[red]cannot read MMROUTER_TLS_{name.upper()} {escape(path)}: {exc.strerror}[/red]")
-                raise typer.Exit(2) from None
-        credentials = grpc.ssl_channel_credentials(pem["ca"], private_key=pem["key"], certificate_chain=pem["cert"])
-        channel = grpc.secure_channel(address, credentials, options=options)
-    return with_token(channel, token)
-
-
-def _reason(exc: grpc.RpcError) -> str:
-    """The ``ErrorInfo.reason`` of a failed call, or ``""``."""
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
-    status = rpc_status.from_call(exc)
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return ""
-
-
-def _call_with_media(build: Callable[[int], Any], call: Callable[[Any], Any], inline_limit: int) -> Any:
-    """``call(build(inline_limit))``; if the daemon finds inline media too large (its own
-    ``inline_limit_bytes`` is smaller than ours), build again with every file uploaded and retry once."""
-    request = build(inline_limit)
-    try:
-        return call(request)
-    except grpc.RpcError as exc:
-        inline = any(p.media.data for m in request.messages for p in m.parts if p.HasField("media"))
-        if not inline or _reason(exc) != "PAYLOAD_TOO_LARGE":
-            raise
-    err.print("[yellow]the daemon takes less inline media than --inline-limit: uploading the files[/yellow]")
-    return call(build(0))
-
-
-def _fail(exc: grpc.RpcError) -> None:
-    from grpc_status import rpc_status
-
-    err.print(f"[red]{exc.code().name}: {escape(exc.details() or '')}[/red]")
-    status = rpc_status.from_call(exc)
-    if status is not None:
-        from google.rpc import error_details_pb2
-
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                for v in bad.field_violations:
-                    err.print(f"  {escape(v.field)}: {escape(v.description)}")
-    raise typer.Exit(1)
-
-
-def _print_route(route, console: Console) -> None:
-    from mmrouter.v1 import router_pb2 as pb
-
-    outcome = {pb.RULE_OUTCOME_MATCHED: "[green]matched[/green]", pb.RULE_OUTCOME_SKIPPED: "[yellow]skipped[/yellow]",
-               pb.RULE_OUTCOME_NOT_MATCHED: "not matched", pb.RULE_OUTCOME_NOT_EVALUATED: "[dim]not evaluated[/dim]"}
-    console.print(f"route: rule [bold]{escape(route.rule)}[/bold] -> [bold]{escape(route.provider)}/"
-                  f"{escape(route.model)}[/bold]"
-                  + escape(f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else "")
-                  + escape(f"  bridges: {', '.join(route.bridges)}" if route.bridges else ""))
-    table = Table("rule", "outcome", "why", show_header=True, box=None)
-    for t in route.trace:
-        table.add_row(escape(t.rule), outcome.get(t.outcome, "?"), escape(t.reason))
-    console.print(table)
-    for step in route.steps:
-        console.print(f"step {step.purpose}: {step.provider}/{step.model} {step.latency_ms:.0f} ms "
-                      f"${step.usage.cost_usd:.6f}")
-    for note in route.notes:
-        console.print(f"note: {escape(note)}")
-
-
 FileList = Annotated[list[Path] | None, typer.Option(help="A file to send (repeat for several).")]
 # The request options of ask and explain (explain shows the route ask would take with the same options).
 SystemOption = Annotated[str, typer.Option(help="A system prompt.")]
@@ -301,11 +148,11 @@ def ask(
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
-    with _channel(address, token) as channel:
+    with daemon_channel(address, token) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
 
         def build(limit: int) -> pb.MultimodalRequest:
-            return _build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
+            return build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
                                   diarize, speakers, provider, model, tag, session, limit)
 
         def stream(request: pb.MultimodalRequest) -> tuple[pb.Answer | None, bool]:
@@ -327,9 +174,9 @@ def ask(
             return answer, streamed
 
         try:
-            answer, streamed = _call_with_media(build, stream, inline_limit)
+            answer, streamed = call_with_media(build, stream, inline_limit)
         except grpc.RpcError as exc:
-            _fail(exc)
+            fail(exc)
     if answer is None:
         err.print("[red]the stream ended without an answer[/red]")
         raise typer.Exit(1)
@@ -341,7 +188,7 @@ def ask(
     sys.stdout.write("\n")
     sys.stdout.flush()
     u = answer.usage
-    _print_route(answer.route, err)
+    print_route(answer.route, err)
     err.print(f"usage: {u.input_tokens} in, {u.output_tokens} out, {u.audio_seconds:.1f}s audio, "
               f"${u.cost_usd:.6f}, {answer.route.latency_ms:.0f} ms")
 
@@ -373,17 +220,17 @@ def explain(
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
-    with _channel(address, token) as channel:
+    with daemon_channel(address, token) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         try:
-            route = _call_with_media(
-                lambda limit: _build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system,
+            route = call_with_media(
+                lambda limit: build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system,
                                              task, diarize, speakers, provider, model, tag, session, limit),
                 lambda request: stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route,
                 inline_limit)
         except grpc.RpcError as exc:
-            _fail(exc)
-    _print_route(route, out)
+            fail(exc)
+    print_route(route, out)
 
 
 @app.command()
@@ -392,11 +239,11 @@ def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "")
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
-    with _channel(address, token) as channel:
+    with daemon_channel(address, token) as channel:
         try:
             listing = router_pb2_grpc.RouterServiceStub(channel).ListProviders(pb.ListProvidersRequest())
         except grpc.RpcError as exc:
-            _fail(exc)
+            fail(exc)
     # Names and states are never cut short (even at 80 columns); models and reasons wrap, nothing is cut.
     table = Table(Column("provider", no_wrap=True), Column("plugin", no_wrap=True), Column("state", no_wrap=True),
                   Column("models", overflow="fold"), Column("reason", overflow="fold"))
