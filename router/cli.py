@@ -75,9 +75,8 @@ def serve(
     except ConfigError as exc:
         err.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from None
-    server = settings.server.model_copy(update={
-        k: v for k, v in {"address": address, "data_dir": data_dir}.items() if v is not None
-    })
+    overrides = {k: v for k, v in {"address": address, "data_dir": data_dir}.items() if v is not None}
+    server = settings.server.model_copy(update=overrides)
     settings = settings.model_copy(update={"server": server})
     logging.basicConfig(level=server.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -92,7 +91,7 @@ def serve(
     from .server import serve as run
 
     try:
-        asyncio.run(run(settings, ready_file=ready_file, config_path=config))
+        asyncio.run(run(settings, ready_file=ready_file, config_path=config, server_overrides=overrides))
     except RuntimeError as exc:
         if "Failed to bind" not in str(exc):
             raise

@@ -122,7 +122,7 @@ class App:
                                                  extra_plugins=self._extra_plugins))
             # old keys stay masked too: a call under way may still quote one
             self.secrets = longest_first([*self.secrets, *secrets_of(new.providers, new.server.auth_token)])
-        kept = {"address", "data_dir", "tls"}  # tls: the daemon reloads its certificate itself (server.reload_config)
+        kept = {"tls"}  # the daemon reloads its certificate itself (server.reload_config)
         needs_restart = [] if old.server.model_dump(exclude=kept) == new.server.model_dump(exclude=kept) else ["server"]
         self.config = old.model_copy(update={"routes": new.routes, "default": new.default, "bridges": new.bridges,
                                              "overrides": new.overrides, "providers": new.providers,

@@ -300,12 +300,14 @@ async def start_server(app: App, address: str, certificates: ServerCertificates 
 
 
 def reload_config(app: App, config_path: Path | None, certificates: ServerCertificates | None = None,
-                  log_filter: redact.SecretFilter | None = None) -> None:
+                  log_filter: redact.SecretFilter | None = None,
+                  server_overrides: Mapping[str, Any] | None = None) -> None:
     """SIGHUP: read the configuration file again and serve it; a bad file changes nothing.
 
     Rules, providers and plugins are swapped in (see :meth:`App.reload`); a TLS daemon also reads
     its certificate, key and client CA files again (a rotated certificate is served from the next
-    connection on). Server settings need a restart."""
+    connection on). Server settings need a restart; those the command line set (``server_overrides``,
+    e.g. ``--address``) keep its values."""
     if config_path is None:
         log.warning("SIGHUP: nothing to reload, the daemon runs the embedded default (start it with --config)")
         return
@@ -314,6 +316,8 @@ def reload_config(app: App, config_path: Path | None, certificates: ServerCertif
     except ConfigError as exc:
         log.error("SIGHUP: reload refused, the running configuration stays: %s", app.redact(exc.message))
         return
+    if server_overrides:
+        config = config.model_copy(update={"server": config.server.model_copy(update=server_overrides)})
     if log_filter is not None:  # before anything logs the new keys' providers
         log_filter.add(secrets_of(config.providers, config.server.auth_token))
     remade, needs_restart = app.reload(config)
@@ -342,11 +346,12 @@ def _log_providers(app: App) -> None:
 
 
 async def serve(config: Config, *, ready_file: Path | None = None, config_path: Path | None = None,
-                extra_plugins: Mapping[str, object] | None = None) -> None:
+                extra_plugins: Mapping[str, object] | None = None,
+                server_overrides: Mapping[str, Any] | None = None) -> None:
     """Run the daemon until SIGTERM or SIGINT, then drain in-flight calls and exit.
 
     SIGHUP re-reads ``config_path`` and swaps in its rules, providers and TLS certificate (see
-    :func:`reload_config`).
+    :func:`reload_config`); ``server_overrides`` are the server settings the command line gave.
     """
     log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
     app = App(config, extra_plugins=extra_plugins)
@@ -363,7 +368,8 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path, certificates, log_filter)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path, certificates, log_filter,
+                            server_overrides)
     if ready_file is not None:  # only once signals are handled: a SIGHUP right after must not kill the daemon
         ready_file.write_text(bound)
     await stop.wait()

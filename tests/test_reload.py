@@ -136,3 +136,31 @@ async def test_a_replaced_registry_is_closed_after_its_last_call(tmp_path) -> No
     assert "SLOW" in await slow
     assert app._retired == [] and first.calls == 0  # closed once its call ended
     await app.aclose()
+
+
+async def test_a_new_address_or_data_dir_needs_a_restart_unless_the_command_line_set_it(tmp_path, caplog) -> None:
+    import mmrouter_testkit
+
+    from router.config import load_config
+    from router.core import App
+    from router.server import reload_config
+
+    caplog.set_level("INFO", logger="router")
+    path = tmp_path / "router.yaml"
+
+    def server(data_dir: str, address: str) -> str:
+        return FIRST + f"server: {{data_dir: '{tmp_path / data_dir}', address: '{address}'}}\n"
+
+    path.write_text(server("a", "127.0.0.1:7001"))
+    app = App(load_config(path), extra_plugins={"fake": mmrouter_testkit})
+    try:
+        for moved in (server("b", "127.0.0.1:7001"), server("a", "127.0.0.1:7002")):
+            path.write_text(moved)
+            caplog.clear()
+            reload_config(app, path)
+            assert "changes to server take effect only after a restart" in caplog.text, moved
+        caplog.clear()  # the command line's --data-dir and --address win over the file: nothing changes
+        reload_config(app, path, server_overrides={"data_dir": tmp_path / "a", "address": "127.0.0.1:7001"})
+        assert "rules reloaded" in caplog.text and "restart" not in caplog.text
+    finally:
+        await app.aclose()
