@@ -119,7 +119,8 @@ def measure(media_path_or_bytes: bytes | str, modality: Modality) -> tuple[float
             data = f.read(1 << 16)
     if modality in (Modality.AUDIO, Modality.VIDEO):
         if magic_family(data[:16]) == "wav":
-            return _wav_seconds(media_path_or_bytes), None
+            seconds = _wav_seconds(media_path_or_bytes)  # RF64 and odd headers: the container's answer
+            return (seconds if seconds is not None else _container_seconds(media_path_or_bytes)), None
         return _container_seconds(media_path_or_bytes), None
     if modality is Modality.DOCUMENT and magic_family(data[:8]) == "application/pdf":
         return None, pdf_pages(media_path_or_bytes)
