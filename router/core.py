@@ -59,8 +59,13 @@ def secrets_of(providers: Mapping[str, Mapping], *extra: str) -> set[str]:
     return {value for value in found if len(value) >= 4}
 
 
+#: A user name in a URL this long is taken for a token (some gateways take the key as the user name).
+_TOKEN_AS_USER = 16
+
+
 def _url_credentials(value: object) -> set[str]:
-    """Of a URL with a password: the ``user:password`` part and the password, as written and decoded."""
+    """Of a URL with credentials: the ``user:password`` part and the password, as written and decoded;
+    a user name alone when it is long enough to be a token."""
     if not isinstance(value, str) or "@" not in value or "://" not in value:
         return set()
     try:
@@ -68,10 +73,12 @@ def _url_credentials(value: object) -> set[str]:
     except ValueError:
         return set()
     userinfo, at, _host = netloc.rpartition("@")
-    _, colon, password = userinfo.partition(":")
-    if not (at and colon and password):
-        return set()
-    return {userinfo, password, unquote(password)}
+    user, colon, password = userinfo.partition(":")
+    if at and colon and password:
+        return {userinfo, password, unquote(password)}
+    if at and not colon and len(user) >= _TOKEN_AS_USER:
+        return {user, unquote(user)}
+    return set()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -186,7 +193,7 @@ class App:
         history = self.sessions.history(request.session_id, self.load_media)
         if not self.config.server.allow_urls:
             history = [_without_urls(message) for message in history]
-        return dataclasses.replace(request, messages=history + request.messages), history
+        return dataclasses.replace(request, messages=history + request.messages, history_length=len(history)), history
 
     def _decide(self, request: Request) -> tuple[Decision, Facts]:
         facts = facts_of(request)
@@ -226,7 +233,7 @@ class App:
             return request, []
         note = (f"history trimmed: dropped the {dropped} oldest message(s) of session {request.session_id} "
                 f"to fit {plan.target}'s context of {budget} tokens")
-        return dataclasses.replace(request, messages=kept + current), [note]
+        return dataclasses.replace(request, messages=kept + current, history_length=len(kept)), [note]
 
     async def _measure_media(self, request: Request) -> None:
         if request.media():

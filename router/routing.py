@@ -11,6 +11,7 @@ kept in the decision's trace, which ``explain`` shows.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -189,13 +190,17 @@ class Bridge:
 
     modality: Modality
     via: Target
+    #: Keep the media and add the bridged text beside it (a video the model sees, whose speakers
+    #: only a diarizing bridge can label), instead of replacing the media with it.
+    keep_media: bool = False
 
     @property
     def output(self) -> str:
         return "transcript" if self.modality in (Modality.AUDIO, Modality.VIDEO) else "text"
 
     def __str__(self) -> str:
-        return f"{self.modality.value}->{self.output} via {self.via}"
+        beside = " (beside the media)" if self.keep_media else ""
+        return f"{self.modality.value}->{self.output}{beside} via {self.via}"
 
 
 @dataclass
@@ -269,19 +274,26 @@ class Router:
         if diarize_here and FEATURE_DIARIZATION not in model.features:
             return f"{target}: cannot diarize"
         missing = needed - model.inputs
+        beside: set[Modality] = set()  # taken as they are, with a diarizing bridge's transcript beside them
         if facts.diarization and not diarize_here and FEATURE_DIARIZATION not in model.features:
-            missing |= needed & _SPEECH  # the speakers must come from a diarizing bridge
-        if not missing:
+            # The speakers must come from a diarizing bridge: audio becomes its transcript, while a video
+            # the model can see stays, with the transcript beside it.
+            missing |= needed & {Modality.AUDIO}
+            beside = (needed & {Modality.VIDEO}) - missing
+        if not missing and not beside:
             return Plan(target, model)
         if not bridging or facts.task is Task.TRANSCRIBE:
-            return f"{target}: does not take {_names(frozenset(missing))}"
+            if missing:
+                return f"{target}: does not take {_names(frozenset(missing))}"
+            return f"{target}: cannot label the speakers of {_names(frozenset(beside))} and bridging is off"
         bridges = []
-        for modality in sorted(missing, key=lambda m: m.value):
+        for modality in sorted(missing | beside, key=lambda m: m.value):
             bridge = self._bridge_for(modality, facts, catalog)
             if bridge is None:
                 extra = " with diarization" if facts.diarization and modality in _SPEECH else ""
-                return f"{target}: does not take {modality.value} and no bridge{extra} is usable"
-            bridges.append(bridge)
+                problem = "does not take" if modality in missing else "cannot label the speakers of"
+                return f"{target}: {problem} {modality.value} and no bridge{extra} is usable"
+            bridges.append(dataclasses.replace(bridge, keep_media=modality in beside))
         return Plan(target, model, bridges)
 
     def usable_targets(self, facts: Facts, catalog: Catalog) -> list[Target]:

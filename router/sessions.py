@@ -10,6 +10,7 @@ database records one row per answered call for ``mmrouter stats``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -18,14 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .outcome import Answer
-from .types import Media, Message, Modality, Part, Role
+from .types import Media, Message, Modality, Part, Role, Transcript, Utterance, Word
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL, position INTEGER NOT NULL, role TEXT NOT NULL, parts TEXT NOT NULL, at REAL,
     PRIMARY KEY (session_id, position)
 );
-CREATE TABLE IF NOT EXISTS bridged (key TEXT PRIMARY KEY, text TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS bridged (key TEXT PRIMARY KEY, text TEXT NOT NULL, transcript TEXT, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS calls (
     at REAL NOT NULL, rule TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, purpose TEXT NOT NULL,
     latency_ms REAL NOT NULL, cost_usd REAL NOT NULL, input_tokens INTEGER NOT NULL,
@@ -54,9 +55,9 @@ class SessionStore:
     recording costs under load; :meth:`stats` and :meth:`close` write what waits.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL with NORMAL sync stays consistent after a crash and spares the event loop an fsync per call;
         # a power cut may lose the last statistics rows and turns, never corrupt the file.
@@ -112,20 +113,33 @@ class SessionStore:
             self._db.executemany("INSERT INTO turns (session_id, position, role, parts, at) VALUES (?, ?, ?, ?, ?)",
                                  rows)
 
-    def recall(self, key: str) -> str | None:
-        """A bridged text kept by :meth:`remember` (see :class:`router.bridging.BridgeMemo`); a use
-        counts as recent for :meth:`prune`."""
-        row = self._db.execute("SELECT text FROM bridged WHERE key = ?", (key,)).fetchone()
+    def recall(self, key: str) -> tuple[str, Transcript | None] | None:
+        """A bridged text and its transcript kept by :meth:`remember` (see
+        :class:`router.bridging.BridgeMemo`); a use counts as recent for :meth:`prune`."""
+        try:  # a kept text only saves a call: never fail the request for it
+            row = self._db.execute("SELECT text, transcript FROM bridged WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            log.warning("could not read a kept bridged text: %s", exc)
+            return None
         if row is None:
             return None
-        with self._db:
-            self._db.execute("UPDATE bridged SET at = ? WHERE key = ?", (time.time(), key))
-        return row[0]
+        try:
+            with self._db:
+                self._db.execute("UPDATE bridged SET at = ? WHERE key = ?", (time.time(), key))
+        except sqlite3.Error as exc:  # still used; prune may take it a little early
+            log.warning("could not mark a kept bridged text as used: %s", exc)
+        text, transcript = row
+        return text, _transcript_from_json(transcript) if transcript else None
 
-    def remember(self, key: str, text: str) -> None:
+    def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
         """Keep a bridged text (a transcript, a PDF's text) for the later turns of a session."""
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO bridged (key, text, at) VALUES (?, ?, ?)", (key, text, time.time()))
+        stored = json.dumps(dataclasses.asdict(transcript)) if transcript is not None else None
+        try:
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO bridged (key, text, transcript, at) VALUES (?, ?, ?, ?)",
+                                 (key, text, stored, time.time()))
+        except sqlite3.Error as exc:  # the answer goes on; the next turn bridges again
+            log.warning("could not keep a bridged text: %s", exc)
 
     def reset(self, session_id: str) -> int:
         """Forget a session; return how many turns were removed."""
@@ -207,6 +221,12 @@ class SessionStore:
         """Write what waits and close the database."""
         self.flush()
         self._db.close()
+
+
+def _transcript_from_json(stored: str) -> Transcript:
+    data = json.loads(stored)
+    return Transcript(data["text"], [Utterance(**u) for u in data["utterances"]], [Word(**w) for w in data["words"]],
+                      data["language"], data["duration_seconds"])
 
 
 def _part_record(part: Part, store_media: StoreMedia) -> dict:

@@ -138,6 +138,8 @@ class Request:
     hints: RoutingHints = field(default_factory=RoutingHints)
     session_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    #: How many of ``messages``, from the start, are the session's earlier turns (0 without a session).
+    history_length: int = 0
 
     def parts(self) -> list[Part]:
         """All parts of all messages, in order."""
@@ -147,12 +149,18 @@ class Request:
         """All media of all messages, in order."""
         return [p.media for p in self.parts() if p.media is not None]
 
+    def turn_media(self) -> list[Media]:
+        """The media of this turn's messages (those after the session's history), in order."""
+        return [p.media for m in self.messages[self.history_length:] for p in m.parts if p.media is not None]
+
     def current_media(self) -> list[Media]:
-        """The media of the newest user message that has any, in order.
+        """This turn's media, or when it has none, those of the newest user message that has any.
 
         This is what a transcription transcribes: in a session, the media of earlier turns come
         first in ``messages`` and were transcribed (and paid for) when they were sent.
         """
+        if found := self.turn_media():
+            return found
         for message in reversed(self.messages):
             found = [p.media for p in message.parts if p.media is not None]
             if found and message.role is Role.USER:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from grpc_helpers import error_details, text_request
-from media_factory import pdf, wav
+from media_factory import mp4, pdf, wav
 from mmrouter.v1 import router_pb2 as pb
 
 CONFIG = """
@@ -82,7 +82,7 @@ def test_a_sessions_audio_is_transcribed_once_not_on_every_turn(start_daemon, tm
     second = ask(daemon, "and who said it?")
     assert [s.purpose for s in second.route.steps] == ["answer"]
     assert second.usage.audio_seconds == 0 and "[Audio transcript] call.wav\nhello there" in second.text
-    assert any("reused the text of 1 media" in n for n in second.route.notes)
+    assert any("reused the kept text of 1 media" in n for n in second.route.notes)
     assert daemon.stop() == 0
 
     restarted = start_daemon(PAID_BRIDGE, data_dir=tmp_path / "data")
@@ -103,3 +103,71 @@ def test_the_answer_carries_one_transcript_of_every_bridged_clip(start_daemon) -
         "hello there", f"{len(clips[0].data)} bytes heard", "hello there", f"{len(clips[1].data)} bytes heard"]
     assert [u.start_seconds for u in transcript.utterances] == [0.0, 1.0, 2.0, 3.0]  # the second clip after the first
     assert transcript.duration_seconds == 4.0
+
+
+DIARIZED_VIDEO = """
+providers:
+  fake: {api_key: k}
+routes:
+  - name: sees-video
+    use: fake/omni
+bridges:
+  video: [fake/diarizer]
+"""
+
+
+def test_a_model_that_sees_video_keeps_it_and_gets_the_speakers_beside_it(start_daemon) -> None:
+    """omni takes video but cannot diarize: with diarization on, a diarizing bridge labels the speakers."""
+    daemon = start_daemon(DIARIZED_VIDEO)
+    video = pb.Media(modality=pb.MODALITY_VIDEO, mime_type="video/mp4", data=mp4(), filename="talk.mp4")
+    request = text_request("who shows which slide?", media=[video], options=pb.Options(diarization=True))
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=request)).answer
+    assert list(answer.route.bridges) == ["video->transcript (beside the media) via fake/diarizer"]
+    assert "video=1" in answer.text, "the model must still see the video"
+    assert "[Video transcript] talk.mp4\nSpeaker A: hello there" in answer.text
+    assert [u.speaker for u in answer.transcript.utterances] == ["A", "B"]
+    plain = daemon.stub.Generate(pb.GenerateRequest(request=text_request("what is shown?", media=[video]))).answer
+    assert list(plain.route.bridges) == [] and "video=1" in plain.text
+
+
+TWO_ROUTES = """
+providers:
+  fake: {api_key: k}
+routes:
+  - name: native
+    match: {tags: [native]}
+    use: fake/omni
+  - name: text
+    use: fake/echo
+    bridging: true
+bridges:
+  audio: [fake/ears]
+"""
+
+
+def test_an_answer_carries_the_transcripts_of_its_own_turn_only(start_daemon) -> None:
+    """Turn 1's clip went to a model that hears: turn 2 bridges it too (nothing was kept), but its
+    transcript belongs to turn 1; turn 2's answer carries turn 2's clip alone."""
+    daemon = start_daemon(TWO_ROUTES)
+    first, second = (pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(s)) for s in (0.5, 0.25))
+    daemon.stub.Generate(pb.GenerateRequest(request=text_request(
+        "listen", media=[first], session_id="s", hints=pb.RoutingHints(tags=["native"]))))
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("and this?", media=[second],
+                                                                          session_id="s"))).answer
+    assert [s.purpose for s in answer.route.steps].count("bridge:audio->transcript via fake/ears") == 2
+    assert answer.transcript.text == f"hello there {len(second.data)} bytes heard"
+
+
+def test_a_kept_transcript_is_answered_again_for_the_same_upload(start_daemon) -> None:
+    daemon = start_daemon(PAID_BRIDGE)
+    clip = wav(0.5)
+    upload = iter([pb.UploadMediaRequest(metadata=pb.UploadMetadata(
+        modality=pb.MODALITY_AUDIO, mime_type="audio/wav", size_bytes=len(clip))), pb.UploadMediaRequest(chunk=clip)])
+    media = pb.Media(modality=pb.MODALITY_AUDIO, media_id=daemon.stub.UploadMedia(upload).media_id)
+    request = text_request("what was said?", media=[media])
+    paid = daemon.stub.Generate(pb.GenerateRequest(request=request)).answer
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request)))
+    again = events[-1].done.answer
+    assert [s.purpose for s in again.route.steps] == ["answer"]  # kept: no second transcription
+    assert again.transcript == paid.transcript and again.transcript.utterances
+    assert [e.transcript for e in events if e.WhichOneof("event") == "transcript"] == [paid.transcript]

@@ -185,6 +185,20 @@ async def test_transcribes_the_newest_messages_clips_as_one_transcript(local: Lo
     assert starts == sorted(starts)
 
 
+async def test_extraction_in_a_session_sends_only_this_turns_transcripts(local: LocalProvider) -> None:
+    """The history's audio is extracted again for the text, but its transcript went with its own turn."""
+    earlier, now = (media.speech_wav(t) for t in ("one two three four five", CALL))
+    request = Request([
+        Message(Role.USER, [Part(media=Media(Modality.AUDIO, "audio/wav", data=earlier)), Part(text="what is said?")]),
+        Message(Role.ASSISTANT, [Part(text="numbers")]),
+        Message(Role.USER, [Part(media=Media(Modality.AUDIO, "audio/wav", data=now)), Part(text="and here?")]),
+    ], Options(task=Task.CHAT), history_length=2)
+    events = await collect(local, request, local.models[0])
+    (transcript,) = transcripts_of(events)
+    assert transcript.duration_seconds == pytest.approx(wav_seconds(now), abs=0.05)
+    assert "five" in text_of(events).lower()  # the earlier clip is still in the extracted text
+
+
 async def test_a_cancelled_pool_job_stops_at_its_next_check() -> None:
     pool = WorkerPool(1)
     started, steps = threading.Event(), []

@@ -458,7 +458,8 @@ def test_diarized_video_for_a_model_that_cannot_diarize_gets_a_diarizing_bridge(
     """Gemini takes video but cannot label speakers: the speakers must come from a diarizing bridge."""
     router = Router(rules=[rule("r", "gemini/gemini-2.5-pro", "local/extract")], bridges=BRIDGES)
     decision = decide(router, request(text("who said what?"), video(), diarization=True))
-    assert decision.plan.bridges == [Bridge(VIDEO, Target("assemblyai", "best"))]  # local/extract cannot diarize
+    # local/extract comes first for video but cannot diarize; Gemini keeps the video, the transcript goes beside it
+    assert decision.plan.bridges == [Bridge(VIDEO, Target("assemblyai", "best"), keep_media=True)]
     assert decide(router, request(text("what is shown?"), video())).plan.bridges == []
     with pytest.raises(DiarizationUnavailable):  # no diarizing provider: refused, not silently undiarized
         decide(router, request(text("who?"), video(), diarization=True), catalog({"gemini", "local"}))

@@ -310,19 +310,41 @@ def test_history_media_keep_the_modality_their_turn_gave_them(start_daemon) -> N
 def test_bridged_texts_are_kept_until_unused_for_the_prune_period(tmp_path) -> None:
     import time
 
+    from router.types import Transcript, Utterance, Word
+
+    heard = Transcript("Speaker A: hi", [Utterance("hi", 0.5, 1.0, "A", 0.9)], [Word("hi", 0.5, 1.0, "A")], "en", 2.0)
     store = SessionStore(tmp_path / "sessions.sqlite")
     try:
         assert store.recall("clip|audio|fake/ears") is None
-        store.remember("clip|audio|fake/ears", "hello there")
-        store.remember("doc|document|local/extract", "page one")
-        assert store.recall("clip|audio|fake/ears") == "hello there"
+        store.remember("clip|audio|fake/ears", "Speaker A: hi", heard)
+        store.remember("doc|document|local/extract", "page one", None)
+        assert store.recall("clip|audio|fake/ears") == ("Speaker A: hi", heard)
         store.prune(time.time() - 60)
-        assert store.recall("doc|document|local/extract") == "page one"  # recent: kept
+        assert store.recall("doc|document|local/extract") == ("page one", None)  # recent: kept
         time.sleep(0.05)
         cut = time.time()
-        assert store.recall("clip|audio|fake/ears") == "hello there"  # used after the cut: kept
+        assert store.recall("clip|audio|fake/ears") is not None  # used after the cut: kept
         store.prune(cut)
         assert store.recall("doc|document|local/extract") is None
-        assert store.recall("clip|audio|fake/ears") == "hello there"
+        assert store.recall("clip|audio|fake/ears") == ("Speaker A: hi", heard)
     finally:
+        store.close()
+
+
+def test_a_locked_database_only_costs_the_kept_text(tmp_path, caplog) -> None:
+    """Another process (a `mmrouter prune`) holding the write lock: the answer goes on without the memo."""
+    import sqlite3
+
+    store = SessionStore(tmp_path / "sessions.sqlite", busy_timeout=0.05)
+    store.remember("kept", "text", None)
+    other = sqlite3.connect(tmp_path / "sessions.sqlite", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        store.remember("new", "text", None)
+        assert store.recall("kept") == ("text", None)  # still read, though its use cannot be written
+        assert store.recall("new") is None
+        assert "could not keep a bridged text" in caplog.text and "could not mark" in caplog.text
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
         store.close()

@@ -97,11 +97,13 @@ class LocalProvider(Provider):
         if not media:
             intro += "\n\n[No media to extract]\nThe request has only text, which is left as it is."
         yield TextDelta(intro)
+        this_turn = {id(m) for m in request.turn_media()}  # a session's earlier transcripts went with their turns
         for index, item in enumerate(media):
             sections, transcript = await self._extract(item, label(item, index))
-            if transcript is not None:  # the structured transcript too, with times
+            if transcript is not None:
                 audio_seconds += transcript.duration_seconds
-                yield TranscriptReady(transcript)
+                if id(item) in this_turn:  # the structured transcript too, with times
+                    yield TranscriptReady(transcript)
             yield TextDelta("\n\n" + "\n\n".join(s.render() for s in sections))
         yield UsageReport(Usage(audio_seconds=round(audio_seconds, 2)))
 
