@@ -15,7 +15,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .outcome import Answer
@@ -142,9 +142,17 @@ class SessionStore:
             log.warning("could not keep a bridged text: %s", exc)
 
     def reset(self, session_id: str) -> int:
-        """Forget a session; return how many turns were removed."""
+        """Forget a session; return how many turns were removed.
+
+        The bridged texts (transcripts) of its media go too, unless another session refers to them.
+        """
         with self._db:
-            return self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
+            used_here = self._media_of(self._db.execute(
+                "SELECT parts FROM turns WHERE session_id = ? AND parts LIKE ?", (session_id, '%"media_id"%')))
+            removed = self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
+            for media_id in used_here - self.media_in_use():
+                self._db.execute("DELETE FROM bridged WHERE key LIKE ?", (f"{media_id}|%",))
+        return removed
 
     def prune(self, before: float, *, dry_run: bool = False) -> tuple[int, int, set[str]]:
         """Forget sessions whose newest turn is older than ``before`` (a time.time()) and statistics
@@ -167,10 +175,12 @@ class SessionStore:
 
     def media_in_use(self) -> set[str]:
         """The media store ids that session turns refer to (kept by :meth:`MediaStore.prune`)."""
-        used = set()
-        for (parts_json,) in self._db.execute("SELECT parts FROM turns WHERE parts LIKE ?", ('%"media_id"%',)):
-            used.update(item["media_id"] for item in json.loads(parts_json) if "media_id" in item)
-        return used
+        return self._media_of(self._db.execute("SELECT parts FROM turns WHERE parts LIKE ?", ('%"media_id"%',)))
+
+    @staticmethod
+    def _media_of(rows: Iterable[tuple[str]]) -> set[str]:
+        """The media store ids in turns' ``parts`` JSON."""
+        return {item["media_id"] for (parts_json,) in rows for item in json.loads(parts_json) if "media_id" in item}
 
     def record(self, answer: Answer) -> None:
         """Record every step of an answered request, for statistics (written within 50 ms)."""

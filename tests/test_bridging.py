@@ -171,3 +171,20 @@ def test_a_kept_transcript_is_answered_again_for_the_same_upload(start_daemon) -
     assert [s.purpose for s in again.route.steps] == ["answer"]  # kept: no second transcription
     assert again.transcript == paid.transcript and again.transcript.utterances
     assert [e.transcript for e in events if e.WhichOneof("event") == "transcript"] == [paid.transcript]
+
+
+def test_resetting_the_last_session_of_a_media_forgets_its_transcript(start_daemon) -> None:
+    daemon = start_daemon(PAID_BRIDGE)
+    audio = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(0.5))
+
+    def steps(session: str, media=()) -> list[str]:
+        request = text_request("said?", media=list(media), session_id=session)
+        return [s.purpose for s in daemon.stub.Generate(pb.GenerateRequest(request=request)).answer.route.steps]
+
+    bridged = ["bridge:audio->transcript via fake/ears", "answer"]
+    assert steps("one", [audio]) == bridged
+    assert steps("two", [audio]) == ["answer"]  # the same clip: its kept transcript
+    daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="one"))
+    assert steps("two") == ["answer"]  # session two still refers to it: kept
+    daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="two"))
+    assert steps("three", [audio]) == bridged  # no session refers to it any more: forgotten with them
