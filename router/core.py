@@ -73,12 +73,13 @@ def _url_credentials(value: object) -> set[str]:
     except ValueError:
         return set()
     userinfo, at, _host = netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if at and colon and password:
-        return {userinfo, password, unquote(password)}
-    if at and not colon and len(user) >= _TOKEN_AS_USER:
-        return {user, unquote(user)}
-    return set()
+    if not at:
+        return set()
+    user, _, password = userinfo.partition(":")
+    found = {userinfo, password, unquote(password)} if password else set()
+    if len(user) >= _TOKEN_AS_USER:  # ``TOKEN@host``, ``TOKEN:@host``, ``TOKEN:x-oauth-basic@host``
+        found |= {user, unquote(user)}
+    return found
 
 
 @functools.lru_cache(maxsize=4096)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .config import Match, Rule
 from .errors import DiarizationUnavailable, NoRoute, OverrideNotAllowed, ProviderNotConfigured, UnknownTarget
-from .types import FEATURE_DIARIZATION, Message, Modality, ModelInfo, Request, Task
+from .types import FEATURE_DIARIZATION, FEATURE_EXTRACTION_ONLY, Message, Modality, ModelInfo, Request, Task
 
 #: Rough tokens per unit, for estimating a request's input size.
 TOKENS_PER_IMAGE = 765
@@ -277,9 +277,13 @@ class Router:
         beside: set[Modality] = set()  # taken as they are, with a diarizing bridge's transcript beside them
         if facts.diarization and not diarize_here and FEATURE_DIARIZATION not in model.features:
             # The speakers must come from a diarizing bridge: audio becomes its transcript, while a video
-            # the model can see stays, with the transcript beside it.
-            missing |= needed & {Modality.AUDIO}
-            beside = (needed & {Modality.VIDEO}) - missing
+            # the model can see stays, with the transcript beside it. An extraction-only model would make
+            # its own transcript of that video, without speakers: it gets the bridge's instead.
+            if FEATURE_EXTRACTION_ONLY in model.features:
+                missing |= needed & _SPEECH
+            else:
+                missing |= needed & {Modality.AUDIO}
+                beside = (needed & {Modality.VIDEO}) - missing
         if not missing and not beside:
             return Plan(target, model)
         if not bridging or facts.task is Task.TRANSCRIBE:

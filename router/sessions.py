@@ -64,6 +64,7 @@ class SessionStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._add_turn_times()
+        self._add_bridged_transcripts()
         self._pending_calls: list[tuple] = []
         self._flush_timer: asyncio.TimerHandle | None = None
 
@@ -74,6 +75,13 @@ class SessionStore:
             with self._db:
                 self._db.execute("ALTER TABLE turns ADD COLUMN at REAL")
                 self._db.execute("UPDATE turns SET at = ?", (time.time(),))
+
+    def _add_bridged_transcripts(self) -> None:
+        """Kept bridged texts from before they kept their transcript get the column (empty)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(bridged)")}
+        if "transcript" not in columns:
+            with self._db:
+                self._db.execute("ALTER TABLE bridged ADD COLUMN transcript TEXT")
 
     def history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
         """The session's messages, oldest first (empty for a new session)."""
@@ -123,17 +131,26 @@ class SessionStore:
             return None
         if row is None:
             return None
+        text, stored = row
+        try:
+            transcript = _transcript_from_json(stored) if stored else None
+        except (ValueError, TypeError, KeyError) as exc:  # bridged again, and kept anew
+            log.warning("a kept bridged transcript cannot be read back (%s): bridging again", exc)
+            return None
         try:
             with self._db:
                 self._db.execute("UPDATE bridged SET at = ? WHERE key = ?", (time.time(), key))
         except sqlite3.Error as exc:  # still used; prune may take it a little early
             log.warning("could not mark a kept bridged text as used: %s", exc)
-        text, transcript = row
-        return text, _transcript_from_json(transcript) if transcript else None
+        return text, transcript
 
     def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
         """Keep a bridged text (a transcript, a PDF's text) for the later turns of a session."""
-        stored = json.dumps(dataclasses.asdict(transcript)) if transcript is not None else None
+        try:  # numbers from numpy and the like are floats to JSON
+            stored = json.dumps(dataclasses.asdict(transcript), default=float) if transcript is not None else None
+        except (TypeError, ValueError) as exc:
+            log.warning("a bridged transcript cannot be kept (%s): the next turn bridges again", exc)
+            return
         try:
             with self._db:
                 self._db.execute("INSERT OR REPLACE INTO bridged (key, text, transcript, at) VALUES (?, ?, ?, ?)",
@@ -234,9 +251,14 @@ class SessionStore:
 
 
 def _transcript_from_json(stored: str) -> Transcript:
+    """A transcript kept by :meth:`SessionStore.remember` (fields a plugin's subclass added are left out)."""
     data = json.loads(stored)
-    return Transcript(data["text"], [Utterance(**u) for u in data["utterances"]], [Word(**w) for w in data["words"]],
-                      data["language"], data["duration_seconds"])
+
+    def only_fields(cls: type, values: dict) -> dict:
+        return {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
+
+    return Transcript(data["text"], [Utterance(**only_fields(Utterance, u)) for u in data["utterances"]],
+                      [Word(**only_fields(Word, w)) for w in data["words"]], data["language"], data["duration_seconds"])
 
 
 def _part_record(part: Part, store_media: StoreMedia) -> dict:

@@ -154,13 +154,11 @@ class Request:
         return [p.media for m in self.messages[self.history_length:] for p in m.parts if p.media is not None]
 
     def current_media(self) -> list[Media]:
-        """This turn's media, or when it has none, those of the newest user message that has any.
+        """The media of the newest user message that has any, in order.
 
-        This is what a transcription transcribes: in a session, the media of earlier turns come
-        first in ``messages`` and were transcribed (and paid for) when they were sent.
+        This is what a transcription transcribes: in a session (or a conversation sent whole), the
+        media of earlier turns come first in ``messages`` and were transcribed when they were sent.
         """
-        if found := self.turn_media():
-            return found
         for message in reversed(self.messages):
             found = [p.media for p in message.parts if p.media is not None]
             if found and message.role is Role.USER:

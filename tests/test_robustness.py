@@ -144,7 +144,9 @@ def test_url_credentials_are_secrets() -> None:
     secrets = secrets_of({"x": {"base_url": "https://user:p%40ss-word@h/v1", "proxy": "http://h:1", "n": 3}})
     assert {"user:p%40ss-word", "p%40ss-word", "p@ss-word"} <= secrets
     assert not secrets_of({"x": {"base_url": "https://user@h/v1", "other": "mail@example.com"}})
-    assert "sk-live-abcdef123456" in secrets_of({"x": {"base_url": "https://sk-live-abcdef123456@gw/v1"}})
+    for url in ("https://sk-live-abcdef123456@gw/v1", "https://sk-live-abcdef123456:@gw/v1",
+                "https://sk-live-abcdef123456:x-oauth-basic@gw/v1"):
+        assert "sk-live-abcdef123456" in secrets_of({"x": {"base_url": url}}), url
 
 
 def test_pdf_pages_are_read_from_the_page_tree(tmp_path) -> None:

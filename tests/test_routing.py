@@ -461,6 +461,10 @@ def test_diarized_video_for_a_model_that_cannot_diarize_gets_a_diarizing_bridge(
     # local/extract comes first for video but cannot diarize; Gemini keeps the video, the transcript goes beside it
     assert decision.plan.bridges == [Bridge(VIDEO, Target("assemblyai", "best"), keep_media=True)]
     assert decide(router, request(text("what is shown?"), video())).plan.bridges == []
+    # an extraction-only model would make its own transcript, without speakers: it gets the bridge's instead
+    fallback = decide(router, request(text("who?"), video(), diarization=True), catalog({"local", "assemblyai"}))
+    assert chosen(fallback) == "local/extract"
+    assert fallback.plan.bridges == [Bridge(VIDEO, Target("assemblyai", "best"))]
     with pytest.raises(DiarizationUnavailable):  # no diarizing provider: refused, not silently undiarized
         decide(router, request(text("who?"), video(), diarization=True), catalog({"gemini", "local"}))
 

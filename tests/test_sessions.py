@@ -348,3 +348,31 @@ def test_a_locked_database_only_costs_the_kept_text(tmp_path, caplog) -> None:
         other.execute("ROLLBACK")
         other.close()
         store.close()
+
+
+def test_kept_transcripts_survive_odd_values_and_older_databases(tmp_path) -> None:
+    import dataclasses
+    import sqlite3
+    from decimal import Decimal
+
+    from router.types import Transcript, Utterance
+
+    path = tmp_path / "sessions.sqlite"
+    db = sqlite3.connect(path)  # as the first version of the table was
+    db.execute("CREATE TABLE bridged (key TEXT PRIMARY KEY, text TEXT NOT NULL, at REAL NOT NULL)")
+    db.execute("INSERT INTO bridged VALUES ('old', 'kept before', 0)")
+    db.commit()
+    db.close()
+
+    @dataclasses.dataclass
+    class ChannelUtterance(Utterance):  # a plugin's own subclass, with a field of its own
+        channel: int = 0
+
+    store = SessionStore(path)
+    try:
+        assert store.recall("old") == ("kept before", None)
+        odd = Transcript("hi", [ChannelUtterance("hi", Decimal("0.5"), Decimal("1.0"), "A", channel=2)])  # not JSON
+        store.remember("odd", "hi", odd)
+        assert store.recall("odd") == ("hi", Transcript("hi", [Utterance("hi", 0.5, 1.0, "A")]))
+    finally:
+        store.close()
