@@ -274,6 +274,10 @@ def _data_dir(config: Path | None, data_dir: Path | None) -> Path:
 
 def _bad_sessions(path: Path, exc: Exception) -> NoReturn:
     """Exit with one line saying why ``path`` is not a usable sessions database."""
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        err.print(f"[red]the sessions database {escape(str(path))} stayed locked by another process (the daemon "
+                  "busy writing) for longer than the wait: try again[/red]")
+        raise typer.Exit(1)
     why = "is a directory" if path.is_dir() else f"cannot be used ({exc})"
     err.print(f"[red]the sessions database {escape(str(path))} {escape(why)}: point --data-dir (or server.data_dir) "
               "at the daemon's data directory[/red]")

@@ -10,12 +10,13 @@ database records one row per answered call for ``mmrouter stats``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .outcome import Answer
@@ -41,6 +42,9 @@ StoreMedia = Callable[[Media], str]
 #: Loads media by id from the media store.
 LoadMedia = Callable[[str], Media]
 
+
+#: Sessions (or statistics rows) removed per write transaction by prune.
+PRUNE_BATCH = 500
 
 #: Statistics rows wait in memory at most this long (or until this many wait), then go in one transaction.
 STATS_FLUSH_SECONDS = 0.05
@@ -172,23 +176,54 @@ class SessionStore:
         return removed
 
     def prune(self, before: float, *, dry_run: bool = False) -> tuple[int, int, set[str]]:
-        """Forget sessions whose newest turn is older than ``before`` (a time.time()) and statistics
-        rows older than it. Returns the sessions and rows removed (or, with ``dry_run``, that would
-        be) and the media ids the remaining turns refer to."""
+        """Forget sessions whose newest turn is older than ``before`` (a time.time()), statistics rows
+        and bridged texts older than it. Returns the sessions and rows removed (or, with ``dry_run``,
+        that would be) and the media ids the remaining turns refer to.
+
+        Safe while a daemon uses the file: the work is done in short write transactions of
+        :data:`PRUNE_BATCH` sessions or rows, each taking the write lock first, so the daemon's
+        writes wait milliseconds, not the whole prune; a session that got a turn meanwhile is kept.
+        """
         self.flush()
-        self._db.execute("BEGIN")
-        try:
-            stale = [row[0] for row in self._db.execute(
-                "SELECT session_id FROM turns GROUP BY session_id HAVING MAX(at) < ?", (before,))]
-            self._db.executemany("DELETE FROM turns WHERE session_id = ?", [(s,) for s in stale])
-            calls = self._db.execute("DELETE FROM calls WHERE at < ?", (before,)).rowcount
+        stale = [row[0] for row in self._db.execute(
+            "SELECT session_id FROM turns GROUP BY session_id HAVING MAX(at) < ?", (before,))]
+        if dry_run:
+            gone = set(stale)
+            calls = self._db.execute("SELECT COUNT(*) FROM calls WHERE at < ?", (before,)).fetchone()[0]
+            kept = self._db.execute("SELECT session_id, parts FROM turns WHERE parts LIKE ?", ('%"media_id"%',))
+            return len(stale), calls, self._media_of((parts,) for session, parts in kept if session not in gone)
+        sessions = calls = 0
+        for i in range(0, len(stale), PRUNE_BATCH):
+            batch = stale[i:i + PRUNE_BATCH]
+            marks = ",".join("?" * len(batch))
+            with self._writing():
+                still = [row[0] for row in self._db.execute(
+                    f"SELECT session_id FROM turns WHERE session_id IN ({marks}) GROUP BY session_id"
+                    " HAVING MAX(at) < ?", (*batch, before))]
+                self._db.executemany("DELETE FROM turns WHERE session_id = ?", [(s,) for s in still])
+            sessions += len(still)
+        while True:
+            with self._writing():
+                removed = self._db.execute("DELETE FROM calls WHERE rowid IN (SELECT rowid FROM calls WHERE at < ?"
+                                           " LIMIT ?)", (before, PRUNE_BATCH)).rowcount
+            calls += removed
+            if removed < PRUNE_BATCH:
+                break
+        with self._writing():
             self._db.execute("DELETE FROM bridged WHERE at < ?", (before,))
-            used = self.media_in_use()
+        return sessions, calls, self.media_in_use()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction that takes the write lock at its start (waiting up to the busy
+        timeout): a deferred one that read first fails at once when another connection wrote meanwhile."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        self._db.execute("ROLLBACK" if dry_run else "COMMIT")
-        return len(stale), calls, used
+        self._db.execute("COMMIT")
 
     def media_in_use(self) -> set[str]:
         """The media store ids that session turns refer to (kept by :meth:`MediaStore.prune`)."""

@@ -376,3 +376,38 @@ def test_kept_transcripts_survive_odd_values_and_older_databases(tmp_path) -> No
         assert store.recall("odd") == ("hi", Transcript("hi", [Utterance("hi", 0.5, 1.0, "A")]))
     finally:
         store.close()
+
+
+def test_prune_runs_while_another_connection_keeps_writing(tmp_path) -> None:
+    """As `mmrouter prune` beside a serving daemon: its deletes used to fail at once with "database is
+    locked" when the daemon committed between prune's read and its first write."""
+    import threading
+    import time
+
+    path = tmp_path / "sessions.sqlite"
+    daemon_side = SessionStore(path)
+    say = [Message(Role.USER, [Part(text="hi")]), Message(Role.ASSISTANT, [Part(text="hello")])]
+    for i in range(2000):
+        daemon_side.append(f"old-{i}", say, lambda media: "")
+    daemon_side._db.execute("UPDATE turns SET at = 0")
+    stop = threading.Event()
+
+    def serve() -> None:
+        n = 0
+        while not stop.is_set():
+            daemon_side.append(f"live-{n % 7}", say, lambda media: "")
+            n += 1
+
+    writer = threading.Thread(target=serve)
+    writer.start()
+    pruner = SessionStore(path)
+    try:
+        time.sleep(0.05)
+        assert pruner.prune(time.time() - 3600)[0] == 2000
+    finally:
+        stop.set()
+        writer.join()
+        pruner.close()
+    assert {row[0] for row in daemon_side._db.execute("SELECT DISTINCT session_id FROM turns")} == {
+        f"live-{i}" for i in range(7)}
+    daemon_side.close()
