@@ -98,6 +98,9 @@ def serve(
         err.print(f"[red]cannot listen on {escape(server.address)}: the address is in use or invalid; give --address "
                   f"(or server.address) a free host:port, e.g. {DEFAULT_ADDRESS}[/red]")
         raise typer.Exit(1) from None
+    except ConfigError as exc:  # e.g. another daemon holds the data directory
+        err.print(f"[red]{escape(exc.message)}[/red]")
+        raise typer.Exit(2) from None
     except sqlite3.Error as exc:
         _bad_sessions(server.data_dir.expanduser() / "sessions.sqlite", exc)
     except OSError as exc:  # e.g. --data-dir names a file

@@ -10,14 +10,17 @@ id to find in the log; nothing takes the daemon down.
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import functools
 import logging
+import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -345,6 +348,29 @@ def _log_providers(app: App) -> None:
         log.info("provider %-12s %s%s", entry.name, entry.state.value, f" ({entry.reason})" if entry.reason else "")
 
 
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold the data directory for this daemon (an exclusive lock on ``daemon.lock``, released when
+    the process ends): two daemons on one directory would number a session's turns over each other.
+    ``mmrouter prune`` and ``stats`` take no lock and stay usable beside it."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(data_dir))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "daemon.lock", "a+", encoding="utf-8")  # noqa: SIM115 - held for the daemon's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip()
+        handle.close()
+        raise ConfigError(f"another mmrouter daemon{f' (pid {owner})' if owner else ''} already uses the data "
+                          f"directory {data_dir}: give this one its own --data-dir (server.data_dir)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 async def serve(config: Config, *, ready_file: Path | None = None, config_path: Path | None = None,
                 extra_plugins: Mapping[str, object] | None = None,
                 server_overrides: Mapping[str, Any] | None = None) -> None:
@@ -354,6 +380,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     :func:`reload_config`); ``server_overrides`` are the server settings the command line gave.
     """
     log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
+    data_lock = lock_data_dir(Path(config.server.data_dir).expanduser())
     app = App(config, extra_plugins=extra_plugins)
     certificates = ServerCertificates(config.server.tls) if config.server.tls else None
     server, port, health_servicer = await start_server(app, config.server.address, certificates)
@@ -378,4 +405,5 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace)
     await app.aclose()
+    data_lock.close()
     log.info("stopped")

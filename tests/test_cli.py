@@ -568,16 +568,15 @@ def test_serve_stats_and_prune_mistakes_are_one_line_errors(tmp_path):
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     busy = f"127.0.0.1:{taken.getsockname()[1]}"
-    data = ["--data-dir", tmp_path / "data"]
-    cases = {
-        Cli("serve", "--address", "nonsense", *data):
+    cases = {  # side by side: each daemon its own data directory, which a daemon holds while it starts
+        Cli("serve", "--address", "nonsense", "--data-dir", tmp_path / "data1"):
             "cannot listen on nonsense: the address is in use or invalid; give --address (or server.address) "
             "a free host:port, e.g. 127.0.0.1:50051",
-        Cli("serve", "--address", busy, *data):
+        Cli("serve", "--address", busy, "--data-dir", tmp_path / "data2"):
             f"cannot listen on {busy}: the address is in use or invalid; give --address (or server.address) "
             "a free host:port, e.g. 127.0.0.1:50051",
         Cli("serve", "--address", "127.0.0.1:0", "--data-dir", not_a_dir):
-            f"cannot start: {not_a_dir}/media/tmp: Not a directory; --data-dir (server.data_dir) {not_a_dir} "
+            f"cannot start: {not_a_dir}: Not a directory; --data-dir (server.data_dir) {not_a_dir} "
             "must be a directory the daemon can write",
         Cli("stats", "--data-dir", tmp_path / "notdb"):
             f"the sessions database {tmp_path}/notdb/sessions.sqlite cannot be used (file is not a database): "

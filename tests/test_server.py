@@ -417,3 +417,13 @@ default: fake/echo
     request = text_request("hi", hints=pb.RoutingHints(model="gpt-4o"))
     route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route
     assert (route.provider, route.model) == ("work", "gpt-4o")
+
+
+def test_a_second_daemon_on_a_data_directory_in_use_refuses_to_start(daemon) -> None:
+    """Two daemons numbered a session's turns over each other and lost answered turns."""
+    second = subprocess.run([sys.executable, "-m", "router", "serve", "--address", "127.0.0.1:0",
+                             "--data-dir", str(daemon.data_dir)], capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2
+    assert f"already uses the data directory {daemon.data_dir}" in second.stderr
+    assert str(daemon.proc.pid) in second.stderr
+    assert generate(daemon, text_request("still me")).text.startswith("fake/echo says")
