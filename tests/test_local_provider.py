@@ -19,7 +19,7 @@ import wave
 
 import pytest
 from mmrouter_local import LocalProvider, register_providers
-from mmrouter_local.pool import WorkerPool, raise_if_cancelled
+from mmrouter_local.pool import JobCancelled, WorkerPool, raise_if_cancelled
 from mmrouter_local.provider import HEADER
 
 from router import (
@@ -197,6 +197,54 @@ async def test_extraction_in_a_session_sends_only_this_turns_transcripts(local: 
     (transcript,) = transcripts_of(events)
     assert transcript.duration_seconds == pytest.approx(wav_seconds(now), abs=0.05)
     assert "five" in text_of(events).lower()  # the earlier clip is still in the extracted text
+
+
+def scanned_pdf(pages: int) -> bytes:
+    """A PDF whose pages are images only (no text layer), as a scanner makes them."""
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    image = ImageReader(io.BytesIO(media.encode_image(media.text_image([((20, 20), "scanned page")]))))
+    out = io.BytesIO()
+    doc = canvas.Canvas(out)
+    for _ in range(pages):
+        doc.drawImage(image, 72, 500, width=320, height=120)
+        doc.showPage()
+    doc.save()
+    return out.getvalue()
+
+
+async def test_a_cancelled_scan_ocr_stops_at_the_next_page_and_closing_the_pool_stops_jobs() -> None:
+    from mmrouter_local.pdf import iter_pages
+
+    pool = WorkerPool(1)
+    first, read = threading.Event(), []
+
+    def slow_ocr(image: bytes) -> list[str]:
+        first.set()
+        read.append(image)
+        time.sleep(0.05)
+        return ["text"]
+
+    task = asyncio.ensure_future(pool.run(lambda: list(iter_pages(scanned_pdf(40), slow_ocr))))
+    await asyncio.to_thread(first.wait, 10)
+    task.cancel()
+    for _ in range(200):  # the job ends on its own thread: wait for it, bounded
+        if pool.cancelled_jobs:
+            break
+        await asyncio.sleep(0.05)
+    assert pool.cancelled_jobs == 1 and len(read) < 5, len(read)
+
+    def endless() -> None:
+        while True:
+            raise_if_cancelled()
+            time.sleep(0.01)
+
+    running = asyncio.ensure_future(pool.run(endless))
+    await asyncio.sleep(0.1)
+    pool.close()  # shutting down: a running job stops too, so the process can exit
+    with pytest.raises(JobCancelled):
+        await asyncio.wait_for(running, 10)
 
 
 async def test_a_cancelled_pool_job_stops_at_its_next_check() -> None:

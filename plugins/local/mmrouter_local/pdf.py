@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .pool import raise_if_cancelled
+
 
 class PdfError(ValueError):
     """The data is not a readable PDF (corrupt or encrypted)."""
@@ -41,6 +43,7 @@ def iter_pages(
     except PdfReadError as e:
         raise PdfError(f"not a readable PDF ({e})") from e
     for index in range(count):
+        raise_if_cancelled()  # a page may take seconds of OCR: stop here once nobody waits for it
         page = pages[index]
         try:
             text = (page.extract_text() or "").strip()
@@ -52,6 +55,7 @@ def iter_pages(
         lines: list[str] = []
         try:
             for image in page.images:
+                raise_if_cancelled()
                 lines.extend(ocr_image(image.data))
         except Exception as e:
             lines.append(f"(embedded images could not be read: {type(e).__name__})")

@@ -47,6 +47,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         #: How many jobs stopped early because the coroutine awaiting them was cancelled.
         self.cancelled_jobs = 0
+        self._running: set[threading.Event] = set()  # the cancel flags of the jobs running now
 
     def _get(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -72,6 +73,8 @@ class WorkerPool:
     def _job(self, cancel: threading.Event, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Run one job on this worker thread with ``cancel`` as its cancel flag."""
         _current.cancel = cancel
+        with self._lock:
+            self._running.add(cancel)
         try:
             return fn(*args, **kwargs)
         except JobCancelled:
@@ -80,14 +83,19 @@ class WorkerPool:
             raise
         finally:
             _current.cancel = None
+            with self._lock:
+                self._running.discard(cancel)
 
     def close(self) -> None:
-        """Cancel queued work and let the threads end after their current job. Idempotent.
+        """Cancel queued work, and running jobs at their next :func:`raise_if_cancelled`. Idempotent.
 
         Does not wait, so it is safe to call from the event loop.
         """
         with self._lock:
             executor, self._executor = self._executor, None
+            running = list(self._running)
+        for cancel in running:  # running jobs stop at their next check, so the process can exit
+            cancel.set()
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
 

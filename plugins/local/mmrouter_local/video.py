@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import DecodeError, open_source
+from .pool import raise_if_cancelled
 
 
 @dataclass
@@ -51,6 +52,7 @@ def read_frames(
     """OCR the sampled frames; consecutive samples with the same text merge into one span."""
     spans: list[FrameText] = []
     for seconds, frame in iter_sampled_frames(source, interval):
+        raise_if_cancelled()  # each frame is an OCR: stop here once nobody waits for it
         lines = read_lines(frame)
         if not lines:
             continue
