@@ -10,10 +10,12 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import os
 import random
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from pathlib import Path
@@ -33,6 +35,9 @@ from .sniff import measure
 from .types import CallContext, Media, Message, Modality, Part, Request, Role
 
 log = logging.getLogger(__name__)
+
+#: How many recent resets are remembered for the calls under way (see App.reset_session).
+RESETS_KEPT = 10_000
 
 _SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
 _SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD)$")
@@ -110,6 +115,8 @@ class App:
         self._closing: set[asyncio.Task] = set()
         self.media = MediaStore(data_dir / "media", config.server.max_upload_bytes)
         self.sessions = SessionStore(data_dir / "sessions.sqlite")
+        #: Sessions reset lately, and when (time.monotonic()), the newest last.
+        self._resets: OrderedDict[str, float] = OrderedDict()
         self.router = _router_of(config)
         self.secrets = longest_first(secrets_of(config.providers, config.server.auth_token))
         self.catalog: Catalog = self._build_catalog()
@@ -249,6 +256,7 @@ class App:
 
     async def answer(self, request: Request, deadline: float | None) -> AsyncIterator[RouterEvent]:
         """Route and answer ``request``; yields router events ending with Done."""
+        started = time.monotonic()
         untrimmed, history = self._with_history(request)
         await self._measure_media(untrimmed)
         decision, _ = self._decide(untrimmed)
@@ -264,20 +272,23 @@ class App:
             async with aclosing(execute(full, decision, registry, ctx, notes, fit, self.sessions)) as events:
                 async for event in events:
                     if isinstance(event, Done):
-                        self._finish(request, event)
+                        self._finish(request, event, started)
                     yield event
         finally:
             registry.calls -= 1
             if registry is not self.registry:
                 self._close_retired()
 
-    def _finish(self, request: Request, done: Done) -> None:
+    def _finish(self, request: Request, done: Done, started: float) -> None:
         """Save the session's turns, record statistics, tell the observer hooks.
 
         The answer is already computed: a failure here is logged, never turned into a failed call.
+        A session reset since the call ``started`` (a time.monotonic()) keeps no turn of it.
         """
         answer = done.answer
-        if request.session_id:
+        if request.session_id and self._resets.get(request.session_id, -math.inf) > started:
+            log.info("session %r was reset while a call on it ran: that call's turn is not kept", request.session_id)
+        elif request.session_id:
             self._save_turn(request, answer)
         try:
             self.sessions.record(answer)
@@ -324,6 +335,11 @@ class App:
         return sorted(self.registry.entries.values(), key=lambda e: e.name)
 
     def reset_session(self, session_id: str) -> int:
+        # a call under way on this session was built on what is forgotten now: it must not bring it back
+        self._resets[session_id] = time.monotonic()
+        self._resets.move_to_end(session_id)
+        while len(self._resets) > RESETS_KEPT:
+            self._resets.popitem(last=False)
         removed = self.sessions.reset(session_id)
         if not removed:
             raise UnknownSession(f"no session {session_id!r}: it has no stored turns")

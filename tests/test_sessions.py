@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 
 import grpc
 import pytest
@@ -411,3 +412,22 @@ def test_prune_runs_while_another_connection_keeps_writing(tmp_path) -> None:
     assert {row[0] for row in daemon_side._db.execute("SELECT DISTINCT session_id FROM turns")} == {
         f"live-{i}" for i in range(7)}
     daemon_side.close()
+
+
+def test_a_reset_during_a_call_keeps_that_calls_turn_out(start_daemon) -> None:
+    """The call was built on the history the reset forgot: its turn must not bring the session back."""
+    import threading
+
+    daemon = start_daemon(CONFIG)
+    ask(daemon, "remember: blue", session="r")
+    answered = []
+    slow = threading.Thread(target=lambda: answered.append(ask(daemon, "SLOW:1", session="r")))
+    slow.start()
+    time.sleep(0.3)
+    assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="r")).turns_removed == 2
+    slow.join(30)
+    assert answered and "history=1" in answered[0].text  # it was answered, on the old history
+    with pytest.raises(grpc.RpcError) as caught:  # ... and left nothing behind
+        daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="r"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "[history=0" in ask(daemon, "fresh start", session="r").text
