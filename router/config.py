@@ -200,6 +200,8 @@ class ServerSettings(_Strict):
     auth_token: str = Field("", repr=False, description="if set, clients must send 'authorization: Bearer <token>'")
     tls: TlsSettings | None = None
     shutdown_grace_seconds: float = Field(10.0, ge=0)
+    max_call_seconds: float = Field(3600.0, gt=0, description="longest a Generate or StreamGenerate call may "
+                                    "run, for clients that set no shorter deadline (a provider that hangs)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line, for log collectors")
 

@@ -15,6 +15,7 @@
     ├── ConfigError                  INVALID_ARGUMENT     INVALID_CONFIG
     ├── StorageFull                  RESOURCE_EXHAUSTED   STORAGE_FULL      (the data directory's disk is full)
     ├── AnswerTooLarge               RESOURCE_EXHAUSTED   ANSWER_TOO_LARGE  (over server.max_message_bytes)
+    ├── CallTimeout                  DEADLINE_EXCEEDED    CALL_TIMEOUT      (over server.max_call_seconds)
     └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
         ├── ProviderBadRequest       INVALID_ARGUMENT     PROVIDER_BAD_REQUEST
         ├── ProviderAuthError        FAILED_PRECONDITION  PROVIDER_AUTH
@@ -148,6 +149,13 @@ class AnswerTooLarge(RouterError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "ANSWER_TOO_LARGE"
+
+
+class CallTimeout(RouterError):
+    """The call ran longer than ``server.max_call_seconds`` (its client set no shorter deadline)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "CALL_TIMEOUT"
 
 
 class ProviderError(RouterError):

@@ -16,9 +16,10 @@ import functools
 import logging
 import os
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,7 +36,15 @@ from . import redact, wire
 from .auth import TokenAuth
 from .config import Config, load_config
 from .core import App, monotonic_deadline, secrets_of
-from .errors import AnswerTooLarge, ConfigError, FieldViolation, InvalidRequest, ProviderError, RouterError
+from .errors import (
+    AnswerTooLarge,
+    CallTimeout,
+    ConfigError,
+    FieldViolation,
+    InvalidRequest,
+    ProviderError,
+    RouterError,
+)
 from .outcome import Done, RouteChosen, StepUsage
 from .registration import add_router_service, parsed
 from .tls import ServerCertificates
@@ -172,16 +181,33 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         server = app.config.server
         self.limits = wire.Limits(server.inline_limit_bytes, server.allow_urls)
         self.max_message_bytes = server.max_message_bytes
+        self.max_call_seconds = server.max_call_seconds
         #: UTF-8 takes up to 4 bytes a character; 64 bytes leave room for the message's framing.
         self.delta_chars = max(1, min(MAX_DELTA_CHARS, (server.max_message_bytes - 64) // 4))
 
     def _request(self, message: pb.MultimodalRequest):
         return wire.request_from_proto(message, self.limits, self.app.load_media)
 
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        """The call's time.monotonic() deadline: the client's, or server.max_call_seconds from now if sooner."""
+        own = time.monotonic() + self.max_call_seconds
+        client = monotonic_deadline(context.time_remaining())
+        return own if client is None else min(own, client)
+
+    @asynccontextmanager
+    async def _bounded(self) -> AsyncIterator[None]:
+        """Cut a call at server.max_call_seconds (gRPC itself cuts it at its client's deadline)."""
+        try:
+            async with asyncio.timeout(self.max_call_seconds):
+                yield
+        except TimeoutError:
+            raise CallTimeout(f"the call ran longer than server.max_call_seconds ({self.max_call_seconds:g} s); "
+                              "a provider may hang: set a deadline on the call, or raise the limit") from None
+
     @unary
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
         req = self._request(request.request)
-        async with aclosing(self.app.answer(req, monotonic_deadline(context.time_remaining()))) as events:
+        async with self._bounded(), aclosing(self.app.answer(req, self._deadline(context))) as events:
             async for event in events:
                 if isinstance(event, Done):
                     response = pb.GenerateResponse(answer=wire.answer_to_proto(event.answer, self.app.redact))
@@ -192,7 +218,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def StreamGenerate(self, request: pb.StreamGenerateRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamGenerateResponse]:
         req = self._request(request.request)
-        async with aclosing(self.app.answer(req, monotonic_deadline(context.time_remaining()))) as events:
+        async with self._bounded(), aclosing(self.app.answer(req, self._deadline(context))) as events:
             async for event in events:
                 if not isinstance(event, TextDelta):
                     yield within_limit(_event_to_proto(event, self.app.redact), self.max_message_bytes)

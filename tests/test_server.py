@@ -427,3 +427,22 @@ def test_a_second_daemon_on_a_data_directory_in_use_refuses_to_start(daemon) -> 
     assert f"already uses the data directory {daemon.data_dir}" in second.stderr
     assert str(daemon.proc.pid) in second.stderr
     assert generate(daemon, text_request("still me")).text.startswith("fake/echo says")
+
+
+def test_a_call_is_cut_at_max_call_seconds_when_its_client_sets_no_deadline(start_daemon, tmp_path) -> None:
+    """A provider that hangs must not hold a call (and its provider) forever."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    daemon = start_daemon(f"""
+providers:
+  fake: {{api_key: k, marker_dir: '{marks}'}}
+server: {{max_call_seconds: 1}}
+default: fake/echo
+""")
+    for call in (lambda r: daemon.stub.Generate(pb.GenerateRequest(request=r)),
+                 lambda r: list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=r)))):
+        details = error_details(failure(lambda: call(text_request("SLOW:30"))))
+        assert (details.code, details.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "CALL_TIMEOUT")
+        assert "max_call_seconds (1 s)" in details.message
+    assert wait_for(lambda: len(list(marks.glob("cancelled-*"))) == 2)  # the provider calls were cancelled
+    assert generate(daemon, text_request("quick")).text.startswith("fake/echo says")
