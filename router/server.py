@@ -390,6 +390,10 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
         handle.close()
         raise ConfigError(f"another mmrouter daemon{f' (pid {owner})' if owner else ''} already uses the data "
                           f"directory {data_dir}: give this one its own --data-dir (server.data_dir)") from None
+    except OSError as exc:  # a file system without locks (some network mounts): serve, but say so
+        log.warning("cannot lock the data directory %s (%s): make sure no other daemon uses it", data_dir,
+                    exc.strerror or exc)
+        return handle
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))

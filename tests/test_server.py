@@ -441,8 +441,23 @@ default: fake/echo
 """)
     for call in (lambda r: daemon.stub.Generate(pb.GenerateRequest(request=r)),
                  lambda r: list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=r)))):
-        details = error_details(failure(lambda: call(text_request("SLOW:30"))))
+        details = error_details(failure(lambda call=call: call(text_request("SLOW:30"))))
         assert (details.code, details.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "CALL_TIMEOUT")
         assert "max_call_seconds (1 s)" in details.message
     assert wait_for(lambda: len(list(marks.glob("cancelled-*"))) == 2)  # the provider calls were cancelled
     assert generate(daemon, text_request("quick")).text.startswith("fake/echo says")
+
+
+def test_a_data_directory_that_cannot_be_locked_is_served_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
+    """Some network file systems refuse locks: the daemon still starts, and says so."""
+    import errno
+    import fcntl
+
+    from router.server import lock_data_dir
+
+    def refuse(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    lock_data_dir(tmp_path / "data").close()
+    assert "cannot lock the data directory" in caplog.text and "No locks available" in caplog.text
