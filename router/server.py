@@ -66,7 +66,7 @@ def _pack(message: Any) -> any_pb2.Any:
 #: the base64 ``grpc-status-details-bin``), and gRPC clients refuse trailers over 8 KiB by default,
 #: which would turn the error into a bare RESOURCE_EXHAUSTED. Errors may quote client input.
 MAX_ERROR_MESSAGE_BYTES = 768
-MAX_VIOLATIONS = 8
+MAX_ENTRIES = 8  # field violations, and ErrorInfo metadata entries
 MAX_DETAIL_BYTES = 200
 
 
@@ -80,17 +80,17 @@ def clip(text: str, limit: int) -> str:
 
 def error_status(error: RouterError, redact: Callable[[str], str]) -> status_pb2.Status:
     """The google.rpc.Status for a router error, with its details, bounded in size."""
-    metadata = {k: clip(redact(v), MAX_DETAIL_BYTES) for k, v in list(error.metadata.items())[:MAX_VIOLATIONS]}
+    metadata = {k: clip(redact(v), MAX_DETAIL_BYTES) for k, v in list(error.metadata.items())[:MAX_ENTRIES]}
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))]
     message = redact(error.message)
     if error.violations:
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=clip(v.field, MAX_DETAIL_BYTES),
                                                         description=clip(redact(v.description), MAX_DETAIL_BYTES))
-            for v in error.violations[:MAX_VIOLATIONS]
+            for v in error.violations[:MAX_ENTRIES]
         ])))
-        if len(error.violations) > MAX_VIOLATIONS:
-            message = f"{len(error.violations)} problems, the first {MAX_VIOLATIONS} listed: {message}"
+        if len(error.violations) > MAX_ENTRIES:
+            message = f"{len(error.violations)} problems, the first {MAX_ENTRIES} listed: {message}"
     if isinstance(error, ProviderError) and error.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after * 1e9))
