@@ -42,7 +42,7 @@ from .errors import (
     provider_error_from_status,
 )
 from .provider import Provider
-from .settings import ProviderSettings
+from .settings import ModelSpec, ProviderSettings, with_configured_models
 from .types import (
     FEATURE_DIARIZATION,
     FEATURE_EXTRACTION_ONLY,
@@ -84,6 +84,7 @@ __all__ = [
     "Message",
     "Modality",
     "ModelInfo",
+    "ModelSpec",
     "Options",
     "Part",
     "Price",
@@ -110,4 +111,5 @@ __all__ = [
     "Word",
     "hookimpl",
     "provider_error_from_status",
+    "with_configured_models",
 ]

@@ -17,13 +17,15 @@ registry reports as the plugin being broken, with that reason, in
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import ConfigError
+from .types import Modality, ModelInfo, Price
 
 
 class ProviderSettings(BaseModel):
@@ -95,3 +97,65 @@ class ProviderSettings(BaseModel):
         if self.api_key.strip() or not self._environment:
             return self.api_key.strip()
         return next((os.environ[name].strip() for name in self.api_key_env if os.environ.get(name, "").strip()), "")
+
+
+class ModelPrice(BaseModel):
+    """A configured model's list price in US dollars (see :class:`router.Price`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_per_mtok: float = Field(0.0, ge=0, description="per million input tokens")
+    output_per_mtok: float = Field(0.0, ge=0, description="per million output tokens")
+    per_audio_hour: float = Field(0.0, ge=0, description="per hour of audio")
+    audio_input_per_mtok: float = Field(0.0, ge=0, description="per million audio input tokens (0: input_per_mtok)")
+
+
+class ModelSpec(BaseModel):
+    """One item of a provider section's ``models:`` list: a model the operator adds to the plugin's
+    built-in catalogue, say one released after the plugin was, or replaces (same name)::
+
+        providers:
+          anthropic:
+            models:
+              - name: claude-sonnet-5-5
+                price: {input_per_mtok: 3, output_per_mtok: 15}   # required: every answer names its cost
+                context_tokens: 1000000          # else the plugin's default for its models
+                max_output_tokens: 64000         # the model's output limit; else the plugin's default
+                inputs: [text, image, document]  # else all the plugin can send
+
+    A plugin that offers ``models:`` declares the field (``models: list[ModelSpec] = []``) and builds
+    its catalogue with :func:`with_configured_models`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^\S+$", description="the model's name in the provider's API")
+    price: ModelPrice = Field(description="list prices; write zeros for a free model")
+    inputs: frozenset[Modality] | None = Field(None, min_length=1, description="what it reads")
+    context_tokens: int | None = Field(None, gt=0, description="its context window in tokens")
+    max_output_tokens: int | None = Field(None, gt=0, description="the most tokens it may write in one answer")
+
+
+def with_configured_models(builtin: Iterable[ModelInfo], specs: Iterable[ModelSpec], like: ModelInfo, *,
+                           provider: str) -> list[ModelInfo]:
+    """The catalogue of a provider: ``builtin`` then each configured model (a configured one replaces the
+    built-in model of the same name, in place). A configured model takes what it leaves unset from
+    ``like`` (the plugin's typical model), whose ``inputs`` are also all a configured model may name.
+
+    Raises ConfigError for a model reading inputs the plugin cannot send.
+    """
+    models = {m.name: m for m in builtin}
+    for index, spec in enumerate(specs):
+        inputs = spec.inputs or like.inputs
+        if not inputs <= like.inputs:
+            cannot = ", ".join(sorted(m.value for m in inputs - like.inputs))
+            can = ", ".join(sorted(m.value for m in like.inputs))
+            raise ConfigError(f"providers.{provider}.models.{index}.inputs: this plugin cannot send {cannot} "
+                              f"(it sends {can})")
+        limit = spec.max_output_tokens or like.max_output_tokens
+        models[spec.name] = dataclasses.replace(
+            like, name=spec.name, inputs=inputs, price=Price(**spec.price.model_dump()),
+            context_tokens=spec.context_tokens or like.context_tokens, max_output_tokens=limit,
+            default_max_output_tokens=min(like.default_max_output_tokens, limit or like.default_max_output_tokens),
+        )
+    return list(models.values())

@@ -241,6 +241,8 @@ class ModelInfo:
     context_tokens: int = 128_000
     price: Price = Price()
     default_max_output_tokens: int = 4096
+    #: The most tokens it may write in one answer (a larger request is capped to it); 0: not known.
+    max_output_tokens: int = 0
 
     def can_take(self, modalities: set[Modality]) -> bool:
         """True when every modality in ``modalities`` is an input of this model."""

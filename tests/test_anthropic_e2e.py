@@ -230,6 +230,25 @@ def test_overloaded_mid_stream_is_unavailable(daemon, fake):
     assert [e.text_delta.text for e in received if e.HasField("text_delta")] == ["Hello"]
 
 
+def test_a_configured_newer_model_is_routed_priced_and_capped(start_daemon, fake):
+    """``providers.anthropic.models`` adds a model the plugin's catalogue does not have: rules route to
+    it, the SDK calls it by name, its price makes the cost and its output limit caps max_tokens."""
+    config = CONFIG.format(url=fake.url, timeout=10).replace(
+        "    timeout: 10\n",
+        "    timeout: 10\n    models:\n      - {name: claude-sonnet-5-5, max_output_tokens: 1000, context_tokens: 1000000,"
+        " price: {input_per_mtok: 4, output_per_mtok: 20}}\n",
+    ).replace("default: anthropic/claude-sonnet-4-6", "default: anthropic/claude-sonnet-5-5")
+    daemon = start_daemon(config, env={"ANTHROPIC_TEST_KEY": API_KEY})
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"), max_output_tokens=5000)),
+                                  timeout=30).answer
+    assert (answer.route.provider, answer.route.model) == ("anthropic", "claude-sonnet-5-5")
+    assert answer.usage.cost_usd == pytest.approx(cost((1500, 80), (4.0, 20.0)))
+    assert (fake.last_body()["model"], fake.last_body()["max_tokens"]) == ("claude-sonnet-5-5", 1000)
+    listed = {m.name: m for m in providers_by_name(daemon.stub)["anthropic"].models}
+    assert listed["claude-sonnet-5-5"].context_tokens == 1_000_000
+    assert "claude-sonnet-4-6" in listed  # the built-in catalogue stays
+
+
 def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
     secret = "sk-ant-e2e-wrong-key-do-not-leak-77"
     daemon = start(start_daemon, fake, key=secret)

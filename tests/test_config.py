@@ -551,3 +551,41 @@ def test_show_default_prints_a_file_that_config_check_accepts(tmp_path):
     copy.write_text(shown.stdout)
     ok = check(copy)
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
+
+
+def test_config_check_takes_configured_models_and_refuses_what_the_plugin_cannot_send(tmp_path):
+    """A model newer than a plugin's catalogue is added under ``models:`` and may be routed to; one
+    without a price, or reading what its plugin cannot send, fails the check with its key."""
+    newer = tmp_path / "newer.yaml"
+    newer.write_text(yaml("""
+        providers:
+          anthropic:
+            models: [{name: claude-sonnet-5-5, price: {input_per_mtok: 3, output_per_mtok: 15}}]
+          gemini:
+            models: [{name: gemini-3.5-flash, price: {input_per_mtok: 0.5, output_per_mtok: 3}}]
+        routes:
+          - name: documents
+            match: {inputs_any: [document]}
+            use: anthropic/claude-sonnet-5-5
+          - name: video
+            match: {inputs_any: [video]}
+            use: gemini/gemini-3.5-flash
+        default: local/extract
+    """))
+    ok = check(newer)
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml("""
+        providers:
+          anthropic:
+            models: [{name: claude-sonnet-5-5, inputs: [text, audio], price: {input_per_mtok: 3}}]
+          gemini:
+            models: [{name: gemini-3.5-flash}]
+        default: local/extract
+    """))
+    failed = check(bad)
+    output = " ".join((failed.stdout + failed.stderr).split())
+    assert failed.returncode == 1 and "OK" not in failed.stdout, output
+    assert "providers.anthropic.models.0.inputs: this plugin cannot send audio" in output
+    assert "providers.gemini.models.0.price: Field required" in output

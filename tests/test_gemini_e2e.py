@@ -214,3 +214,26 @@ def test_an_extra_instance_with_its_own_key_next_to_gemini(start_daemon, fake):
         assert own_call.headers["x-goog-api-key"] == KEY and "gemini-2.5-pro" in own_call.path
 
         assert_instance_listed(daemon.stub, "gemini", "gemini-team")
+
+
+def test_a_configured_newer_model_is_routed_priced_and_capped(start_daemon, fake):
+    """``providers.gemini.models`` adds a model the plugin's catalogue does not have: it reads what the
+    plugin's models read (video here), is called by name, priced as configured, and a request's
+    max_output_tokens is capped at the output limit it takes from the plugin's models (65,536)."""
+    config = CONFIG.format(url=fake.url).replace(
+        "    poll_interval: 0.02\n",
+        "    poll_interval: 0.02\n    models: [{name: gemini-3.5-flash, price: {input_per_mtok: 2, output_per_mtok: 8}}]\n",
+    ).replace("use: gemini/gemini-2.5-pro", "use: gemini/gemini-3.5-flash", 1)
+    daemon = start_daemon(config, env={"GEMINI_TEST_KEY": KEY})
+    video = upload(daemon, short_video(), "video/mp4", pb.MODALITY_VIDEO)
+    request = ask(pb.Part(media=pb.Media(modality=pb.MODALITY_VIDEO, mime_type="video/mp4", media_id=video.media_id)),
+                  pb.Part(text="What is shown?"))
+    request.options.max_output_tokens = 100_000
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer
+    assert (answer.route.rule, answer.route.provider, answer.route.model) == ("video", "gemini", "gemini-3.5-flash")
+    usage = answer.usage
+    assert usage.input_tokens > 0 and usage.cost_usd == pytest.approx(
+        usage.input_tokens * 2 / 1e6 + usage.output_tokens * 8 / 1e6)
+    [call] = fake.calls("stream")
+    assert "models/gemini-3.5-flash:" in call.path
+    assert call.json()["generationConfig"]["maxOutputTokens"] == 65_536

@@ -13,13 +13,21 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+import typing
 from dataclasses import dataclass
 from typing import Any
+
+from anthropic.types.model import Model
 
 from .base import FakeUpstream, Recorded, Reply
 
 API_KEY = "sk-ant-test-0123456789abcdef"
-KNOWN_MODELS = frozenset({"claude-sonnet-4-6", "claude-sonnet-4-5", "claude-opus-4-5", "claude-opus-4-1", "claude-haiku-4-5"})
+#: The models the API answers: those the installed SDK names (newer than the plugin's catalogue too)
+#: and the plugin's catalogue.
+KNOWN_MODELS = frozenset(
+    {name for arg in typing.get_args(Model) for name in typing.get_args(arg)}
+    | {"claude-sonnet-4-6", "claude-sonnet-4-5", "claude-opus-4-5", "claude-opus-4-1", "claude-haiku-4-5"}
+)
 IMAGE_MAGIC = {
     "image/png": (b"\x89PNG\r\n\x1a\n",),
     "image/jpeg": (b"\xff\xd8\xff",),

@@ -15,12 +15,13 @@ from router import (
     TextDelta,
     Usage,
     UsageReport,
+    with_configured_models,
 )
 from router.errors import ProviderNotConfigured
 
 from .convert import prepare
 from .errors import is_mappable, key_hint, map_sdk_error
-from .models import MODELS, max_tokens_for
+from .models import MODELS, TYPICAL, max_tokens_for
 from .settings import PLUGIN, AnthropicSettings
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ class AnthropicProvider(Provider):
             settings if isinstance(settings, AnthropicSettings)
             else AnthropicSettings.load(name, settings, environment=name == PLUGIN)
         )
-        self.models = list(MODELS)
+        self.models = with_configured_models(MODELS, self.settings.models, TYPICAL, provider=name)
         self._client: AsyncAnthropic | None = None
 
     def unconfigured_reason(self) -> str | None:

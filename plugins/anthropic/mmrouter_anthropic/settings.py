@@ -9,6 +9,8 @@ Keys (all optional)::
                                               # default: ANTHROPIC_BASE_URL, else the public API
         timeout: 120                   # seconds per call (default 120), shortened to the call's deadline
         max_retries: 0                 # SDK retries; the router does fallbacks (default 0)
+        models:                        # models newer than the plugin's catalogue (router.ModelSpec)
+          - {name: claude-sonnet-5-5, price: {input_per_mtok: 3, output_per_mtok: 15}}
 
 An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
 
@@ -23,7 +25,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from router import ProviderSettings
+from router import ModelSpec, ProviderSettings
 
 #: The plugin's own provider name; other names are extra instances (``plugin: anthropic``).
 PLUGIN = "anthropic"
@@ -43,6 +45,7 @@ class AnthropicSettings(ProviderSettings):
 
     timeout: float = Field(120.0, gt=0, description="seconds per call, shortened to the call's deadline")
     max_retries: int = Field(0, ge=0, description="SDK retries; the router does fallbacks")
+    models: list[ModelSpec] = Field(default_factory=list, description="models added to the built-in catalogue")
 
 
     @field_validator("base_url")

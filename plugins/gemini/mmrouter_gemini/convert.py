@@ -51,9 +51,10 @@ async def _media_part(media: Media, inline_left: int, upload: Uploader, file_uri
 
 
 async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout_ms: int | None,
-                  provider: str) -> Prepared:
+                  provider: str, output_limit: int = 0) -> Prepared:
     """Build the contents and config of a generateContent call for ``request``, by the provider called
-    ``provider`` (named in errors).
+    ``provider`` (named in errors). The request's ``max_output_tokens`` is capped at ``output_limit``
+    (the model's output limit; 0: not known).
 
     System messages become the system instruction; the assistant is the ``model``
     role. Media go inline until their total passes ``inline_limit`` bytes, the
@@ -83,7 +84,7 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout
     options = request.options
     config = types.GenerateContentConfig(
         system_instruction=request.system_prompt or None,
-        max_output_tokens=options.max_output_tokens or None,
+        max_output_tokens=min(options.max_output_tokens, output_limit or options.max_output_tokens) or None,
         temperature=options.temperature,
         http_options=types.HttpOptions(timeout=timeout_ms) if timeout_ms else None,
     )

@@ -13,6 +13,7 @@ CONTEXT_TOKENS = 1_048_576
 
 
 def _model(name: str, price: Price) -> ModelInfo:
+    # output limit: 65,536 tokens for every Gemini 2.5 model
     return ModelInfo(
         name=name,
         inputs=ALL_INPUTS,
@@ -21,6 +22,7 @@ def _model(name: str, price: Price) -> ModelInfo:
         context_tokens=CONTEXT_TOKENS,
         price=price,
         default_max_output_tokens=8192,
+        max_output_tokens=65_536,
     )
 
 
@@ -32,3 +34,6 @@ MODELS: list[ModelInfo] = [
     _model("gemini-2.5-flash", Price(input_per_mtok=0.30, output_per_mtok=2.50, audio_input_per_mtok=1.00)),
     _model("gemini-2.5-flash-lite", Price(input_per_mtok=0.10, output_per_mtok=0.40, audio_input_per_mtok=0.30)),
 ]
+#: What a configured model (``providers.gemini.models``, see :class:`router.ModelSpec`) leaves unset is
+#: taken from this one (and its inputs are all it may name).
+TYPICAL = MODELS[0]

@@ -15,13 +15,14 @@ from router import (
     Request,
     TextDelta,
     UsageReport,
+    with_configured_models,
 )
 from router.errors import ProviderAuthError, ProviderModelNotFound
 
 from .convert import check_blocked, prepare, response_text, usage_of
 from .errors import map_exception
 from .files import FileStore, media_key
-from .models import MODELS
+from .models import MODELS, TYPICAL
 from .settings import PLUGIN, GeminiSettings
 
 
@@ -41,7 +42,7 @@ class GeminiProvider(Provider):
         loaded without the environment (see :meth:`from_settings`)."""
         self.name = name
         self.settings = settings or GeminiSettings()
-        self.models = list(models or MODELS)
+        self.models = with_configured_models(models or MODELS, self.settings.models, TYPICAL, provider=name)
         self.files = FileStore(name, self.settings.poll_interval, self.settings.max_processing_seconds)
         self._client: Any = None
 
@@ -100,7 +101,7 @@ class GeminiProvider(Provider):
             try:
                 client = self.client()
                 prepared = await prepare(request, self.settings.inline_limit_bytes, upload,
-                                         self._timeout_ms(ctx), self.name)
+                                         self._timeout_ms(ctx), self.name, model.max_output_tokens)
                 file_uris = prepared.file_uris
                 if self.settings.streaming:
                     async for event in self._stream(client, model, prepared):

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from router import ProviderSettings
+from router import ModelSpec, ProviderSettings
 
 #: The plugin's own provider name; other names are extra instances (``plugin: gemini``).
 PLUGIN = "gemini"
@@ -46,6 +46,9 @@ class GeminiSettings(ProviderSettings):
     )
     max_processing_seconds: float = Field(
         600.0, gt=0, description="longest wait for a file to become ACTIVE when the call has no deadline"
+    )
+    models: list[ModelSpec] = Field(
+        default_factory=list, description="models added to the built-in catalogue, e.g. newer ones"
     )
 
 
