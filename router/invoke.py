@@ -1,8 +1,8 @@
 """One call to one provider model, with its accounting and its failures contained.
 
-Whatever the plugin does (raise anything, be cancelled), the caller gets
-either the events or a :class:`ProviderError`, and the route records the
-attempt and, on success, the step with its latency and cost.
+Whatever the plugin does (raise anything, even KeyboardInterrupt or SystemExit, yield junk, be
+cancelled), the caller gets either the events or a :class:`ProviderError`, and the route records
+the attempt and, on success, the step with its latency and cost.
 """
 
 from __future__ import annotations
@@ -10,15 +10,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Iterable
 
 from .errors import ProviderError, ProviderFailed
 from .outcome import Attempt, RouteInfo, Step
 from .provider import Provider
-from .types import CallContext, ModelInfo, ProviderEvent, Request, Usage, UsageReport
+from .types import (
+    CallContext,
+    ModelInfo,
+    ProviderEvent,
+    Request,
+    TextDelta,
+    Transcript,
+    TranscriptReady,
+    Usage,
+    UsageReport,
+)
 
 log = logging.getLogger(__name__)
+
+#: The task of each provider call under way -> its provider's name (to say which one hangs at exit).
+_UNDER_WAY: dict[asyncio.Task, str] = {}
+
+
+def providers_running(tasks: Iterable[asyncio.Task]) -> list[str]:
+    """The providers whose calls the ``tasks`` are in (sorted, once each)."""
+    return sorted({_UNDER_WAY[task] for task in tasks if task in _UNDER_WAY})
+
+
+def calls_under_way() -> list[asyncio.Task]:
+    """The tasks in a provider call now."""
+    return list(_UNDER_WAY)
 
 
 async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx: CallContext,
@@ -31,28 +53,115 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
     """
     started = time.perf_counter()
     usage = Usage()
+    task = asyncio.current_task()
 
     def elapsed() -> float:
         return (time.perf_counter() - started) * 1000
 
+    events: AsyncIterator[object] | None = None
+    if task is not None:
+        _UNDER_WAY[task] = provider.name
     try:
-        async with aclosing(provider.generate(request, model, ctx)) as events:
-            async for event in events:
-                if isinstance(event, UsageReport):
-                    if not event.usage.cost_usd:
-                        event.usage.cost_usd = model.price.cost(event.usage)
-                    usage.add(event.usage)
-                yield event
+        events = _start(provider, request, model, ctx)
+        while True:
+            event = await _next_event(provider, events)
+            if event is None:
+                break
+            if isinstance(event, UsageReport):
+                if not event.usage.cost_usd:
+                    event.usage.cost_usd = model.price.cost(event.usage)
+                usage.add(event.usage)
+            yield event
     except ProviderError as exc:
         route.attempts.append(Attempt(provider.name, model.name, False, exc.message, elapsed()))
         raise
-    except (asyncio.CancelledError, GeneratorExit):
+    except (asyncio.CancelledError, GeneratorExit):  # ours: the call was cancelled or its consumer left
         route.attempts.append(Attempt(provider.name, model.name, False, "cancelled", elapsed()))
         raise
-    except Exception as exc:
-        log.exception("provider %s raised while answering", provider.name)
-        error = ProviderFailed(provider.name, f"the plugin failed: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # our accounting of what the plugin sent (a Usage with odd values)
+        error = _plugin_failed(provider, exc)
         route.attempts.append(Attempt(provider.name, model.name, False, error.message, elapsed()))
         raise error from exc
+    finally:
+        try:
+            if events is not None:
+                await _close(provider, events)
+        finally:
+            if task is not None:
+                _UNDER_WAY.pop(task, None)
     route.attempts.append(Attempt(provider.name, model.name, True, "", elapsed()))
     route.steps.append(Step(purpose, provider.name, model.name, elapsed(), usage))
+
+
+def _start(provider: Provider, request: Request, model: ModelInfo, ctx: CallContext) -> AsyncIterator[object]:
+    """``provider.generate(...)``: what it raises (a plugin whose generate is no async generator) is ProviderFailed."""
+    try:
+        return provider.generate(request, model, ctx)
+    except ProviderError:
+        raise
+    except BaseException as exc:
+        raise _plugin_failed(provider, exc) from exc
+
+
+async def _next_event(provider: Provider, events: AsyncIterator[object]) -> ProviderEvent | None:
+    """The plugin's next event, or None at its end. Anything the plugin raises other than a
+    ProviderError (BaseException too: KeyboardInterrupt, SystemExit, GeneratorExit, a CancelledError
+    of its own) becomes ProviderFailed; a CancelledError of this task's cancellation goes through."""
+    try:
+        event = await anext(events)
+    except StopAsyncIteration:
+        return None
+    except ProviderError:
+        raise
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise _plugin_failed(provider, exc) from exc
+    except BaseException as exc:
+        raise _plugin_failed(provider, exc) from exc
+    problem = _event_problem(event)
+    if problem:
+        message = (f"the plugin yielded {problem}; a provider yields TextDelta(str), TranscriptReady(Transcript) "
+                   "or UsageReport(Usage)")
+        log.error("provider %s: %s", provider.name, message)
+        raise ProviderFailed(provider.name, message)
+    return event
+
+
+def _event_problem(event: object) -> str | None:
+    """What is wrong with an event a plugin yielded (named by types only: it may hold anything), or None."""
+    if isinstance(event, TextDelta):
+        return None if isinstance(event.text, str) else f"TextDelta({type(event.text).__name__})"
+    if isinstance(event, TranscriptReady):
+        transcript = event.transcript
+        if isinstance(transcript, Transcript) and isinstance(transcript.text, str):
+            return None
+        return f"TranscriptReady({type(transcript).__name__})"
+    if isinstance(event, UsageReport):
+        return None if isinstance(event.usage, Usage) else f"UsageReport({type(event.usage).__name__})"
+    return "None" if event is None else f"a {type(event).__name__}"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _plugin_failed(provider: Provider, exc: BaseException) -> ProviderFailed:
+    """The error for a plugin that raised ``exc`` (logged with its traceback)."""
+    log.error("provider %s raised while answering", provider.name, exc_info=exc)
+    return ProviderFailed(provider.name, f"the plugin failed: {_describe(exc)}")
+
+
+async def _close(provider: Provider, events: AsyncIterator[object]) -> None:
+    """Close the plugin's generator (cancelling its HTTP call); what the plugin raises then is logged."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        log.exception("provider %s raised while its call was closed; ignored", provider.name)

@@ -8,6 +8,7 @@ broken and the rest keep working (pluggy's own
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import logging
@@ -58,6 +59,9 @@ class Registry:
 
     entries: dict[str, ProviderEntry] = field(default_factory=dict)
     plugin_manager: pluggy.PluginManager | None = None
+    #: Provider name -> the plugin asked to make it (its own, or a configured instance): that
+    #: provider keeps the name when another plugin offers one called the same.
+    asked: dict[str, str] = field(default_factory=dict)
     #: Calls that started on this registry and have not finished (a replaced registry closes at 0).
     calls: int = 0
 
@@ -74,7 +78,9 @@ class Registry:
         for provider in self.providers():
             try:
                 await provider.aclose()
-            except Exception:
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
                 log.exception("closing provider %s failed", provider.name)
 
 
@@ -86,7 +92,8 @@ def new_plugin_manager() -> pluggy.PluginManager:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 _PRICE_FIELDS = tuple(f.name for f in dataclasses.fields(Price))
@@ -147,10 +154,21 @@ def _check_provider(provider: object) -> str | None:
     """Why ``provider`` is not a usable provider object, or None."""
     if not isinstance(provider, Provider):
         return f"register() got {type(provider).__name__}, not a router.Provider"
-    if not provider.name or "/" in provider.name:
-        return f"provider name {provider.name!r} is empty or contains '/'"
-    if not provider.models:
-        return f"provider {provider.name!r} declares no models"
+    name = getattr(provider, "name", None)
+    if not isinstance(name, str):
+        return f"provider name is {type(name).__name__}, not str"
+    if not name or "/" in name:
+        return f"provider name {name!r} is empty or contains '/'"
+    models = getattr(provider, "models", None)
+    if not isinstance(models, list | tuple):
+        return f"provider {name!r}: models is {type(models).__name__}, not a list of router.ModelInfo"
+    if not models:
+        return f"provider {name!r} declares no models"
+    for index, model in enumerate(models):
+        if not isinstance(model, ModelInfo):
+            return f"provider {name!r}: models[{index}] is {type(model).__name__}, not a router.ModelInfo"
+        if not isinstance(model.name, str):
+            return f"provider {name!r}: models[{index}].name is {type(model.name).__name__}, not str"
     return None
 
 
@@ -179,19 +197,19 @@ def load_registry(
             continue
         try:
             loaded.append((ep.name, ep.load()))
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # sys.exit() at import too: one plugin must not stop the daemon
             dist = ep.dist.name if ep.dist is not None else ep.value
             reason = f"failed to import {dist}: {_describe(exc)}"
-            log.error("plugin %s is broken: %s", ep.name, reason)
             registry.entries[ep.name] = ProviderEntry(ep.name, ep.name, State.BROKEN, reason)
     loaded.extend((extra_plugins or {}).items())
 
     instances = _instances(provider_settings)
     for name, plugin in loaded:
-        try:
-            pm.register(plugin, name=name)
-        except Exception as exc:
-            registry.entries[name] = ProviderEntry(name, name, State.BROKEN, f"cannot register: {_describe(exc)}")
+        problem = _register(pm, name, plugin)
+        if problem:
+            registry.entries[name] = ProviderEntry(name, name, State.BROKEN, f"cannot register: {problem}")
             continue
         own = provider_settings.get(name) or {}
         if own.get(PLUGIN_KEY) in (None, name):  # else the section named like this plugin is another's instance
@@ -201,7 +219,30 @@ def load_registry(
     for plugin_name, sections in instances.items():  # instances of plugins that are not loaded
         for instance, _ in sections:
             registry.entries[instance] = _without_plugin(instance, plugin_name, registry)
+    # logged at the end: keys the plugins resolved (ProviderSettings.load) are known to the log filter by now
+    for entry in registry.entries.values():
+        if entry.state is State.BROKEN:
+            log.error("provider %s (plugin %s) is broken: %s", entry.name, entry.plugin, entry.reason)
     return registry
+
+
+def _register(pm: pluggy.PluginManager, name: str, plugin: object) -> str | None:
+    """Register ``plugin`` as ``name`` and check its hooks; why it cannot be used, or None."""
+    try:
+        pm.register(plugin, name=name)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        return _describe(exc)
+    try:
+        pm.check_pending()  # a hook of a name no spec has (a typo) would never be called
+    except pluggy.PluginValidationError:
+        unknown = sorted(hook for hook, caller in vars(pm.hook).items()
+                         if not caller.has_spec() and any(i.plugin is plugin for i in caller.get_hookimpls()))
+        pm.unregister(plugin)
+        known = sorted(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), f"{GROUP}_spec"))
+        return f"unknown hook {', '.join(unknown)} (a typo? the hooks are {', '.join(known)})"
+    return None
 
 
 #: The key of a ``providers.<name>`` section that makes ``<name>`` an extra instance of an installed plugin.
@@ -250,38 +291,63 @@ def _collect_providers(pm: pluggy.PluginManager, registry: Registry, plugin_name
 
     others = [p for p in pm.get_plugins() if p is not plugin]
     call = pm.subset_hook_caller("register_providers", remove_plugins=others)
+    registry.asked[provider_name] = plugin_name
     try:
         call(register=register, settings=settings, name=provider_name)
-    except Exception as exc:
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit too: this plugin is broken, not the daemon
         reason = f"register_providers failed: {_describe(exc)}"
-        log.error("provider %s (plugin %s) is broken: %s", provider_name, plugin_name, reason)
-        registry.entries[provider_name] = ProviderEntry(provider_name, plugin_name, State.BROKEN, reason)
+        _add(registry, ProviderEntry(provider_name, plugin_name, State.BROKEN, reason))
         return
     if provider_name != plugin_name and [p.name for p in offered] != [provider_name]:
         reason = (f"plugin {plugin_name!r} does not make extra instances: asked for {provider_name!r}, it offered "
                   f"{', '.join(repr(p.name) for p in offered) or 'nothing'}")
-        log.error("provider %s is broken: %s", provider_name, reason)
-        registry.entries[provider_name] = ProviderEntry(provider_name, plugin_name, State.BROKEN, reason)
+        _add(registry, ProviderEntry(provider_name, plugin_name, State.BROKEN, reason))
         return
     for provider in offered:
-        if provider.name in registry.entries:
-            log.error("provider %s from %s ignored: the name is taken", provider.name, plugin_name)
-            continue
+        _add(registry, _entry_of(provider, plugin_name, settings))
+
+
+def _entry_of(provider: Provider, plugin_name: str, settings: Mapping) -> ProviderEntry:
+    """The entry of an offered provider: its prices applied and whether it is configured; BROKEN
+    (with the reason) when any of that fails."""
+    step = f"applying providers.{provider.name}.prices"
+    try:
         prices = settings.get("prices") or {}
         problems = price_problems(provider.name, prices)
         if problems:
-            reason = "; ".join(problems)
-            log.error("provider %s is broken: %s", provider.name, reason)
-            registry.entries[provider.name] = ProviderEntry(provider.name, plugin_name, State.BROKEN, reason, provider)
-            continue
+            return ProviderEntry(provider.name, plugin_name, State.BROKEN, "; ".join(problems), provider)
         _with_prices(provider, prices)
-        try:
-            reason = provider.unconfigured_reason()
-        except Exception as exc:
-            registry.entries[provider.name] = ProviderEntry(
-                provider.name, plugin_name, State.BROKEN, f"unconfigured_reason() failed: {_describe(exc)}"
-            )
-            continue
-        state = State.NOT_CONFIGURED if reason else State.READY
-        registry.entries[provider.name] = ProviderEntry(provider.name, plugin_name, state, reason or "", provider)
+        step = "unconfigured_reason()"
+        reason = provider.unconfigured_reason()
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        return ProviderEntry(provider.name, plugin_name, State.BROKEN, f"{step} failed: {_describe(exc)}", provider)
+    if reason is not None and not isinstance(reason, str):
+        return ProviderEntry(provider.name, plugin_name, State.BROKEN,
+                             f"unconfigured_reason() returned {type(reason).__name__}, not str or None", provider)
+    state = State.NOT_CONFIGURED if reason else State.READY
+    return ProviderEntry(provider.name, plugin_name, state, reason or "", provider)
+
+
+def _add(registry: Registry, entry: ProviderEntry) -> None:
+    """Record ``entry``. When its name is taken, the provider the name was asked of (its plugin's own,
+    named like the plugin, or a configured instance) keeps it, else the first; the other is listed
+    BROKEN as ``<name> (from <plugin>)``, so an operator sees which plugin tried to take the name."""
+    taken = registry.entries.get(entry.name)
+    if taken is None:
+        registry.entries[entry.name] = entry
+        return
+    winner, loser = (entry, taken) if _asked_for(registry, entry) and not _asked_for(registry, taken) else (taken, entry)
+    registry.entries[entry.name] = winner
+    key = f"{loser.name} (from {loser.plugin})"
+    registry.entries[key] = ProviderEntry(key, loser.plugin, State.BROKEN,
+                                          f"name taken by plugin {winner.plugin}", loser.provider)
+
+
+def _asked_for(registry: Registry, entry: ProviderEntry) -> bool:
+    """Whether ``entry``'s plugin was asked for a provider of that name (its own, or an instance)."""
+    return entry.name == entry.plugin or registry.asked.get(entry.name) == entry.plugin
 

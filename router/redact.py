@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+import weakref
 from collections.abc import Iterable
+
+#: Every SecretFilter alive, so that :func:`remember` reaches them all.
+_FILTERS: weakref.WeakSet[SecretFilter] = weakref.WeakSet()
 
 
 def longest_first(secrets: Iterable[str]) -> tuple[str, ...]:
@@ -28,6 +32,7 @@ class SecretFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
         self.secrets = longest_first(secrets)
+        _FILTERS.add(self)
 
     def add(self, secrets: Iterable[str]) -> None:
         """Mask these secrets too (keys of providers made again by a reload)."""
@@ -47,6 +52,17 @@ class SecretFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = mask(record.exc_text, self.secrets)
         return True
+
+
+def remember(secrets: Iterable[str]) -> None:
+    """Mask these secrets too in every log filter alive: keys a plugin resolved itself (say from an
+    environment variable named by ``ProviderSettings.api_key_env``), which no config section holds.
+    Values are stripped; those under 4 characters are left out (they would mask ordinary words)."""
+    found = {s.strip() for s in secrets if isinstance(s, str)}
+    found = {s for s in found if len(s) >= 4}
+    for log_filter in list(_FILTERS):
+        if not found <= set(log_filter.secrets):
+            log_filter.add(found)
 
 
 def install(secrets: Iterable[str]) -> SecretFilter:

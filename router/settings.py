@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import ConfigError
+from .redact import remember
 from .types import Modality, ModelInfo, Price
 
 
@@ -71,7 +72,25 @@ class ProviderSettings(BaseModel):
             ]
             raise ConfigError("; ".join(problems)) from None
         settings._environment = environment
+        remember([settings.api_key, settings.key, *cls._environment_keys()])
         return settings
+
+    @classmethod
+    def _environment_keys(cls) -> list[str]:
+        """The values of this class's :attr:`api_key_env` variables that are set."""
+        return [os.environ[name] for name in cls.api_key_env if os.environ.get(name, "").strip()]
+
+    @staticmethod
+    def key_variables() -> set[str]:
+        """The :attr:`api_key_env` variables of every subclass defined so far (any name, e.g.
+        ``SPEECH_KEY``): their values are secrets to mask like a configured ``api_key``."""
+        found: set[str] = set()
+        classes: list[type[ProviderSettings]] = [ProviderSettings]
+        while classes:
+            cls = classes.pop()
+            found.update(cls.api_key_env)
+            classes.extend(cls.__subclasses__())
+        return found
 
     @classmethod
     def key_settings(cls, provider: str, plugin: str) -> str:

@@ -289,3 +289,79 @@ def test_route_request_and_observer_hooks(start_daemon, tmp_path) -> None:
         "request pick me", "response fake/docs fake/docs says: pick",
         "request not usable", "response fake/echo fake/echo says: not ",
     ]
+
+
+KIT_USER = '''
+import pytest
+import router
+from router.testing import ProviderContract
+
+
+class Tiny(router.Provider):
+    name = "tiny"
+    models = [router.ModelInfo("m", inputs=frozenset({router.Modality.TEXT}))]
+
+    async def generate(self, request, model, ctx):
+        yield router.TextDelta("hello")
+        yield router.UsageReport(router.Usage(1, 1))
+
+
+class TestTiny(ProviderContract):
+    @pytest.fixture
+    def provider(self):
+        return Tiny()
+'''
+
+
+@pytest.mark.parametrize("plugins", [["-p", "no:asyncio"], []], ids=["without-pytest-asyncio", "asyncio-strict"])
+def test_the_conformance_kit_runs_under_plain_pytest(tmp_path, plugins) -> None:
+    """A provider author's project has no ``asyncio_mode = auto``: every check still runs, and passes."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # not this repo's pyproject (asyncio_mode = auto)
+    (tmp_path / "test_tiny.py").write_text(KIT_USER)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, "-rA",
+                             "test_tiny.py"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 passed" in result.stdout and "skipped" not in result.stdout and "warning" not in result.stdout
+
+
+def test_the_conformance_kit_refuses_an_unconfigured_reason_that_is_not_a_string() -> None:
+    class Numeric(ScriptedProvider):
+        def unconfigured_reason(self):
+            return 42
+
+    with pytest.raises(AssertionError, match="returned int, not str or None"):
+        ProviderContract().test_configured_provider_reports_no_reason(Numeric("fake", {"api_key": "k"}))
+
+
+class ExitingHooks:
+    """An observer and route chooser that end the process the way a careless library does."""
+
+    @router.hookimpl
+    def route_request(self, request, candidates):
+        raise KeyboardInterrupt
+
+    @router.hookimpl
+    def on_request(self, request):
+        raise SystemExit(3)
+
+    @router.hookimpl
+    def on_response(self, request, answer):
+        raise SystemExit(4)
+
+
+async def test_hooks_raising_systemexit_or_keyboardinterrupt_are_ignored(tmp_path) -> None:
+    import mmrouter_testkit
+
+    from router.config import parse_config
+    from router.core import App
+    from router.types import Message, Part, Request, Role
+
+    config = f"providers: {{fake: {{api_key: k}}}}\nroutes: [{{name: all, use: fake/echo}}]\nserver: {{data_dir: '{tmp_path}'}}\n"
+    app = App(parse_config(config, "t.yaml"), extra_plugins={"fake": mmrouter_testkit, "exiting": ExitingHooks()})
+    try:
+        request = Request(messages=[Message(Role.USER, [Part(text="still here")])])
+        events = [event async for event in app.answer(request, None)]
+        answer = events[-1].answer
+        assert (answer.route.rule, answer.route.model) == ("all", "echo") and "still here" in answer.text
+    finally:
+        await app.aclose()

@@ -164,3 +164,79 @@ async def test_a_new_address_or_data_dir_needs_a_restart_unless_the_command_line
         assert "rules reloaded" in caplog.text and "restart" not in caplog.text
     finally:
         await app.aclose()
+
+
+FLIP = '''
+import router
+
+
+class Flip(router.Provider):
+    name = "flip"
+
+    def __init__(self, junk):
+        self.models = ["junk"] if junk else [router.ModelInfo("m", inputs=frozenset({router.Modality.TEXT}))]
+
+    async def generate(self, request, model, ctx):
+        yield router.TextDelta("flip")
+        yield router.UsageReport(router.Usage())
+
+
+@router.hookimpl
+def register_providers(register, settings):
+    register(Flip(bool(settings.get("junk"))))
+'''
+
+
+def test_sighup_with_a_provider_gone_bad_marks_it_broken_and_serves_the_new_rules(start_daemon, tmp_path) -> None:
+    from conftest import make_dist_info
+
+    site = tmp_path / "flip-site"
+    site.mkdir()
+    (site / "mmrouter_flip.py").write_text(FLIP)
+    make_dist_info(site, "mmrouter-flip", "flip", "mmrouter_flip")
+    daemon = start_daemon("""
+        providers: {flip: {}}
+        routes: [{name: r1, use: flip/m}]
+        default: local/extract
+        """, plugins=(), extra_sites=(site,))
+    assert route_of(daemon) == ("r1", "flip/m")
+    reload(daemon, """
+providers: {flip: {junk: true}}
+routes: [{name: r2, use: local/extract}]
+default: local/extract
+""", "providers made again")
+    assert daemon.proc.poll() is None
+    assert route_of(daemon) == ("r2", "local/extract")
+    flip = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest()).providers}["flip"]
+    assert flip.state == pb.PROVIDER_STATE_BROKEN and "models[0] is str, not a router.ModelInfo" in flip.reason
+
+
+async def test_a_reload_whose_providers_cannot_be_made_is_refused_whole(tmp_path, caplog, monkeypatch) -> None:
+    import mmrouter_testkit
+
+    from router import core, server
+    from router.config import parse_config
+    from router.core import App
+
+    config = FIRST + f"server: {{data_dir: '{tmp_path}'}}\n"
+    app = App(parse_config(config, "t.yaml"), extra_plugins={"fake": mmrouter_testkit})
+    old_router, old_registry, old_config = app.router, app.registry, app.config
+
+    def cannot(*args, **kwargs):
+        raise RuntimeError("entry points unreadable")
+
+    monkeypatch.setattr(core, "load_registry", cannot)  # the registry as a whole fails, not one plugin
+    caplog.set_level("ERROR", logger="router")
+    try:
+        assert app.reload(parse_config(SECOND.replace("api_key: k", "api_key: k2"), "t.yaml")) is None
+        assert (app.router, app.registry, app.config) == (old_router, old_registry, old_config)
+        assert "reload refused" in caplog.text and "entry points unreadable" in caplog.text
+        new_file = tmp_path / "new.yaml"
+        new_file.write_text(SECOND.replace("api_key: k", "api_key: k2"))
+        caplog.clear()
+        caplog.set_level("INFO", logger="router")
+        server.reload_config(app, new_file)  # SIGHUP says the reload was refused, not that rules reloaded
+        assert "reload refused" in caplog.text and "rules reloaded" not in caplog.text
+        assert app.router is old_router
+    finally:
+        await app.aclose()

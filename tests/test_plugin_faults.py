@@ -1,0 +1,323 @@
+"""Plugins that misbehave in every way a third party's code can: the daemon stays up, the fault is
+named (PROVIDER_FAILED for a call, BROKEN in ``mmrouter providers`` for a plugin) and no key leaks."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import make_dist_info
+from grpc_helpers import error_details, providers_by_name, text_request
+from mmrouter.v1 import router_pb2 as pb
+
+import router
+from router.plugins import State, load_registry
+
+#: A variable no secret-name pattern matches: only ``api_key_env`` tells that it holds a key.
+KEY_VARIABLE = "FAULTY_ACCESS"
+ENV_KEY = "envsecret-ZZZ999-faulty"
+NESTED_KEY = "nested-secret-777-faulty"
+
+FAULTY = f'''
+"""Misbehaves as the model's name says."""
+import asyncio
+import router
+
+T = frozenset({{router.Modality.TEXT}})
+FAULTS = ["ok", "kbi", "sysexit", "genexit", "own-cancel", "none-text", "int-text", "bare-str", "none", "object",
+          "leak-env", "leak-nested", "swallow-cancel"]
+
+
+class FaultySettings(router.ProviderSettings):
+    api_key_env = ("{KEY_VARIABLE}",)
+
+
+class Faulty(router.Provider):
+    name = "faulty"
+    models = [router.ModelInfo(f, inputs=T) for f in FAULTS]
+
+    def __init__(self, settings, auth):
+        self.settings, self.auth = settings, auth
+
+    async def generate(self, request, model, ctx):
+        fault = model.name
+        junk = {{"none-text": router.TextDelta(None), "int-text": router.TextDelta(12345), "bare-str": "a str",
+                "none": None, "object": object()}}
+        if fault in junk:
+            yield junk[fault]
+        yield router.TextDelta("part1 ")
+        if fault == "kbi":
+            raise KeyboardInterrupt
+        if fault == "sysexit":
+            raise SystemExit(3)
+        if fault == "genexit":
+            raise GeneratorExit
+        if fault == "own-cancel":
+            raise asyncio.CancelledError
+        if fault == "leak-env":
+            raise RuntimeError(f"401: bad key {{self.settings.key}}")
+        if fault == "leak-nested":
+            raise RuntimeError(f"401: bad key {{self.auth['api_key']}}")
+        while fault == "swallow-cancel":
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+        yield router.TextDelta("part2")
+        yield router.UsageReport(router.Usage(1, 1))
+
+
+@router.hookimpl
+def register_providers(register, settings, name):
+    own = {{k: v for k, v in settings.items() if k != "auth"}}
+    register(Faulty(FaultySettings.load(name, own), settings.get("auth") or {{}}))
+'''
+
+#: Plugins that fail to load or offer a bad provider: entry point name -> module source.
+BAD = {
+    "aaa_dup": '''
+import router
+class P(router.Provider):
+    name = "faulty"
+    models = [router.ModelInfo("ok", inputs=frozenset({router.Modality.TEXT}))]
+    async def generate(self, request, model, ctx):
+        yield router.TextDelta("hijacked")
+@router.hookimpl
+def register_providers(register, settings):
+    register(P())
+''',
+    "aab_leaky_import": f'''
+import os
+raise RuntimeError("cannot init: key=" + os.environ["{KEY_VARIABLE}"])
+''',
+    "imp_exit": '''
+import sys
+sys.exit("imp_exit: this plugin needs libfoo")
+''',
+    "reg_kbi": '''
+import router
+@router.hookimpl
+def register_providers(register, settings):
+    raise KeyboardInterrupt
+''',
+    "reg_leak": f'''
+import os, router
+@router.hookimpl
+def register_providers(register, settings):
+    raise ValueError("rejected key " + os.environ["{KEY_VARIABLE}"])
+''',
+    "junk_models": '''
+import router
+class P(router.Provider):
+    name = "junkmodels"
+    models = ["gpt-junk"]
+    async def generate(self, request, model, ctx):
+        yield router.TextDelta("x")
+@router.hookimpl
+def register_providers(register, settings):
+    register(P())
+''',
+    "reason_type": '''
+import router
+class P(router.Provider):
+    name = "reasontype"
+    models = [router.ModelInfo("m", inputs=frozenset({router.Modality.TEXT}))]
+    def unconfigured_reason(self):
+        return 42
+    async def generate(self, request, model, ctx):
+        yield router.TextDelta("x")
+@router.hookimpl
+def register_providers(register, settings):
+    register(P())
+''',
+    "typo": '''
+import router
+class P(router.Provider):
+    name = "typo"
+    models = [router.ModelInfo("m", inputs=frozenset({router.Modality.TEXT}))]
+    async def generate(self, request, model, ctx):
+        yield router.TextDelta("x")
+@router.hookimpl
+def register_provider(register, settings):
+    register(P())
+''',
+}
+
+CONFIG = f"""
+providers:
+  faulty: {{auth: {{api_key: {NESTED_KEY}}}}}
+server: {{shutdown_grace_seconds: 0.5}}
+routes:
+  - name: junk-then-local
+    match: {{metadata: {{route: junk}}}}
+    use: faulty/int-text
+    fallback: [local/extract]
+default: local/extract
+"""
+
+
+def site_with(tmp_path: Path, plugins: dict[str, str]) -> Path:
+    """A site directory where each of ``plugins`` (entry point name -> source) is an installed distribution."""
+    site = tmp_path / "faulty-site"
+    for name, source in plugins.items():
+        module = f"mmrouter_fx_{name}"
+        (site / f"{module}.py").parent.mkdir(parents=True, exist_ok=True)
+        (site / f"{module}.py").write_text(source)
+        make_dist_info(site, f"mmrouter-fx-{name.replace('_', '-')}", name, module)
+    return site
+
+
+@pytest.fixture
+def faulty_daemon(start_daemon, tmp_path):
+    site = site_with(tmp_path, {"faulty": FAULTY})
+    return start_daemon(CONFIG, env={KEY_VARIABLE: ENV_KEY}, plugins=(), extra_sites=(site,))
+
+
+def ask(daemon, model: str, stream: bool) -> grpc.RpcError:
+    """Call ``faulty/<model>``, which must fail; its error."""
+    request = text_request("hi", hints=pb.RoutingHints(provider="faulty", model=model))
+    with pytest.raises(grpc.RpcError) as failed:
+        if stream:
+            list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=20))
+        else:
+            daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=20)
+    return failed.value
+
+
+def answer_of(daemon, model: str) -> str:
+    request = text_request("hi", hints=pb.RoutingHints(provider="faulty", model=model))
+    return daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=20).answer.text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_a_plugin_raising_any_base_exception_fails_its_call_only(faulty_daemon, stream) -> None:
+    for fault, raised in [("kbi", "KeyboardInterrupt"), ("sysexit", "SystemExit: 3"), ("genexit", "GeneratorExit"),
+                          ("own-cancel", "CancelledError")]:
+        details = error_details(ask(faulty_daemon, fault, stream))
+        assert (details.code, details.reason) == (grpc.StatusCode.INTERNAL, "PROVIDER_FAILED"), (fault, details)
+        assert details.metadata["provider"] == "faulty"
+        assert details.message == f"faulty: the plugin failed: {raised}"
+        assert faulty_daemon.proc.poll() is None, f"{fault} stopped the daemon"
+        assert answer_of(faulty_daemon, "ok") == "part1 part2"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_junk_events_fail_the_call_as_the_plugins_fault(faulty_daemon, stream) -> None:
+    for fault, what in [("none-text", "TextDelta(NoneType)"), ("int-text", "TextDelta(int)"), ("bare-str", "a str"),
+                        ("none", "None"), ("object", "a object")]:
+        details = error_details(ask(faulty_daemon, fault, stream))
+        assert (details.code, details.reason) == (grpc.StatusCode.INTERNAL, "PROVIDER_FAILED"), (fault, details)
+        assert details.message.startswith(f"faulty: the plugin yielded {what}; a provider yields TextDelta(str)")
+
+
+def test_a_junk_event_is_a_failed_attempt_and_the_fallback_answers(faulty_daemon) -> None:
+    request = text_request("hello", metadata={"route": "junk"})
+    route = faulty_daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=20).answer.route
+    assert (route.provider, route.model) == ("local", "extract")
+    first = route.attempts[0]
+    assert (first.provider, first.model, first.ok) == ("faulty", "int-text", False)
+    assert first.error.startswith("faulty: the plugin yielded TextDelta(int)")
+
+
+def test_keys_read_through_api_key_env_or_nested_are_masked_everywhere(start_daemon, tmp_path) -> None:
+    site = site_with(tmp_path, {"faulty": FAULTY, "aab_leaky_import": BAD["aab_leaky_import"],
+                                "reg_leak": BAD["reg_leak"]})
+    daemon = start_daemon(CONFIG, env={KEY_VARIABLE: ENV_KEY}, plugins=(), extra_sites=(site,))
+    for fault in ("leak-env", "leak-nested"):
+        for stream in (False, True):
+            details = error_details(ask(daemon, fault, stream))
+            assert details.message == "faulty: the plugin failed: RuntimeError: 401: bad key ***", fault
+    listed = providers_by_name(daemon.stub)
+    assert listed["aab_leaky_import"].reason.endswith("RuntimeError: cannot init: key=***")
+    assert listed["reg_leak"].reason == "register_providers failed: ValueError: rejected key ***"
+    daemon.stop()
+    logs = daemon.logs()
+    assert "bad key ***" in logs and "cannot init: key=***" in logs
+    assert ENV_KEY not in logs and NESTED_KEY not in logs
+
+
+def test_plugins_that_fail_to_load_or_offer_bad_providers_are_listed_broken(start_daemon, tmp_path) -> None:
+    site = site_with(tmp_path, {"faulty": FAULTY, **{k: v for k, v in BAD.items() if k != "aab_leaky_import"}})
+    daemon = start_daemon(CONFIG, env={KEY_VARIABLE: ENV_KEY}, plugins=(), extra_sites=(site,))
+    listed = providers_by_name(daemon.stub)
+    broken = {name: p.reason for name, p in listed.items() if p.state == pb.PROVIDER_STATE_BROKEN}
+    assert broken == {
+        "imp_exit": "failed to import mmrouter-fx-imp-exit: SystemExit: imp_exit: this plugin needs libfoo",
+        "reg_kbi": "register_providers failed: KeyboardInterrupt",
+        "reg_leak": "register_providers failed: ValueError: rejected key ***",
+        "junk_models": "register_providers failed: TypeError: provider 'junkmodels': models[0] is str, "
+                       "not a router.ModelInfo",
+        "reasontype": "unconfigured_reason() returned int, not str or None",
+        "typo": "cannot register: unknown hook register_provider (a typo? the hooks are on_request, on_response, "
+                "register_providers, route_request)",
+        "faulty (from aaa_dup)": "name taken by plugin faulty",
+    }
+    assert listed["faulty"].plugin == "faulty" and listed["faulty"].state == pb.PROVIDER_STATE_READY
+    assert listed["faulty (from aaa_dup)"].plugin == "aaa_dup"
+    assert answer_of(daemon, "ok") == "part1 part2"  # not the impostor's "hijacked"
+    assert daemon.proc.poll() is None
+
+
+def test_sigterm_stops_the_daemon_though_a_plugin_ignores_cancellation(faulty_daemon) -> None:
+    request = text_request("hi", hints=pb.RoutingHints(provider="faulty", model="swallow-cancel"))
+    with pytest.raises(grpc.RpcError) as failed:
+        faulty_daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=1)
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    started = time.monotonic()
+    faulty_daemon.proc.send_signal(signal.SIGTERM)
+    faulty_daemon.proc.wait(30)
+    assert time.monotonic() - started < 15
+    assert "provider faulty did not stop within 5s of being cancelled" in faulty_daemon.logs()
+
+
+# -- in-process: the registry -------------------------------------------------------------------
+
+BUILTINS = ["openai", "anthropic", "gemini", "assemblyai", "local"]
+TEXT = frozenset({router.Modality.TEXT})
+
+
+class Offers:
+    """A plugin whose register_providers offers one provider with the given name and models."""
+
+    def __init__(self, name: object, models: object) -> None:
+        self.name, self.models = name, models
+
+    @router.hookimpl
+    def register_providers(self, register, settings):
+        class P(router.Provider):
+            async def generate(self, request, model, ctx):
+                yield router.TextDelta("x")
+
+        provider = P()
+        provider.name, provider.models = self.name, self.models
+        register(provider)
+
+
+@pytest.mark.parametrize(("name", "models", "reason"), [
+    ("p", ["m"], "provider 'p': models[0] is str, not a router.ModelInfo"),
+    ("p", "m", "provider 'p': models is str, not a list of router.ModelInfo"),
+    ("p", [router.ModelInfo(3, inputs=TEXT)], "provider 'p': models[0].name is int, not str"),
+    (42, [router.ModelInfo("m", inputs=TEXT)], "provider name is int, not str"),
+])
+def test_a_provider_with_bad_models_or_name_is_broken_and_the_rest_load(name, models, reason) -> None:
+    import mmrouter_testkit
+
+    registry = load_registry({"fake": {"api_key": "k"}}, disabled=BUILTINS,
+                             extra_plugins={"fake": mmrouter_testkit, "p": Offers(name, models)})
+    assert registry.entries["p"].state is State.BROKEN
+    assert registry.entries["p"].reason == f"register_providers failed: TypeError: {reason}"
+    assert registry.ready("fake") is not None
+
+
+def test_the_provider_named_like_its_plugin_keeps_the_name_whatever_the_order() -> None:
+    import mmrouter_testkit
+
+    registry = load_registry({"fake": {"api_key": "k"}}, disabled=BUILTINS,
+                             extra_plugins={"aaa": Offers("fake", [router.ModelInfo("m", inputs=TEXT)]),
+                                            "fake": mmrouter_testkit})
+    assert registry.entries["fake"].plugin == "fake" and registry.ready("fake").model("echo") is not None
+    loser = registry.entries["fake (from aaa)"]
+    assert (loser.plugin, loser.state, loser.reason) == ("aaa", State.BROKEN, "name taken by plugin fake")
