@@ -29,7 +29,7 @@ from .cli_calls import (
 from .config import DEFAULT_ADDRESS, Config, default_data_dir, load_config, parse_config, read_config_file
 from .errors import ConfigError
 from .plugins import State, load_registry
-from .routing import Target
+from .routing import Target, bridge_problem
 
 if TYPE_CHECKING:
     from .sessions import SessionStore
@@ -397,6 +397,15 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
             unknown_models = True
             err.print(f"[red]{key}: provider {target.provider!r} has no model {escape(repr(target.model))} "
                       f"(it has: {escape(', '.join(m.name for m in entry.models))})[/red]")
+    for modality, targets in config.bridges.items():
+        for j, text in enumerate(targets):
+            target = Target.parse(text)
+            entry = registry.entries.get(target.provider)
+            model = next((m for m in entry.models if m.name == target.model), None) if entry else None
+            problem = bridge_problem(modality, model) if model is not None else None
+            if problem:
+                err.print(f"[yellow]bridges.{modality.value}.{j}: {escape(text)} {problem}: it never bridges "
+                          f"{modality.value}[/yellow]")
     if broken or unknown_models:
         raise typer.Exit(1)
     out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}")

@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -44,6 +45,9 @@ class _Strict(BaseModel):
 
 class Range(_Strict):
     """An inclusive numeric range; either end may be left open."""
+
+    # NaN compares false with everything (a rule that never matches) and infinity is an open end
+    model_config = ConfigDict(allow_inf_nan=False)
 
     min: float | None = None
     max: float | None = None
@@ -86,6 +90,14 @@ class Match(_Strict):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("inputs", "inputs_any", "inputs_none", "inputs_only", "task", "tags")
+    @classmethod
+    def _not_empty(cls, value: list[Any] | None) -> list[Any] | None:
+        # an empty list would be no condition at all: the rule would match every request
+        if value is not None and not value:
+            raise ValueError("must list at least one value (leave the key out for no condition)")
+        return value
 
     @field_validator("task")
     @classmethod
@@ -131,6 +143,18 @@ class Rule(_Strict):
     @classmethod
     def _use(cls, value: str) -> str:
         return _check_target(value)
+
+    @field_validator("fallback")
+    @classmethod
+    def _no_repeated_target(cls, fallback: list[str], info: ValidationInfo) -> list[str]:
+        # a target listed twice would be called again right after it failed
+        seen = {info.data["use"]: "use"} if "use" in info.data else {}
+        for index, target in enumerate(fallback):
+            where = f"fallback.{index}"
+            if target in seen:
+                raise ValueError(f"{where} repeats {target}, already at {seen[target]}: list each target once")
+            seen[target] = where
+        return fallback
 
 
 class TlsSettings(_Strict):
@@ -196,6 +220,8 @@ class ServerSettings(_Strict):
     inline_limit_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest inline media part")
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest gRPC message")
     max_upload_bytes: int = Field(64 * 1024**3, gt=0, description="largest UploadMedia file")
+    max_request_media_bytes: int = Field(64 * 1024**3, gt=0, description="most bytes of media one request may "
+                                         "refer to, inline and uploaded, each reference counted")
     allow_urls: bool = False
     auth_token: str = Field("", repr=False, description="if set, clients must send 'authorization: Bearer <token>'")
     tls: TlsSettings | None = None

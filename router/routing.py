@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 
 from .config import Match, Rule
 from .errors import DiarizationUnavailable, NoRoute, OverrideNotAllowed, ProviderNotConfigured, UnknownTarget
-from .types import FEATURE_DIARIZATION, FEATURE_EXTRACTION_ONLY, Message, Modality, ModelInfo, Request, Task
+from .types import (
+    FEATURE_DIARIZATION,
+    FEATURE_EXTRACTION_ONLY,
+    Media,
+    Message,
+    Modality,
+    ModelInfo,
+    Part,
+    Request,
+    Task,
+)
 
 #: Rough tokens per unit, for estimating a request's input size.
 TOKENS_PER_IMAGE = 765
@@ -71,6 +81,9 @@ class Facts:
     input_tokens: int = 0
     metadata: Mapping[str, str] = field(default_factory=dict)
     tags: frozenset[str] = frozenset()
+    #: This turn's estimated input tokens per modality: what a model's context must hold, since a
+    #: session's history is trimmed to fit the chosen model.
+    turn_tokens: Mapping[Modality, int] = field(default_factory=dict)
 
 
 def _total(values: Sequence[float | None]) -> float | None:
@@ -78,39 +91,63 @@ def _total(values: Sequence[float | None]) -> float | None:
     return None if any(v is None for v in values) else float(sum(v for v in values if v is not None))
 
 
+def _media_tokens(media: Media) -> int:
+    if media.modality is Modality.IMAGE:
+        return TOKENS_PER_IMAGE
+    if media.modality is Modality.AUDIO:
+        return int((media.duration_seconds or 0) * TOKENS_PER_AUDIO_SECOND)
+    if media.modality is Modality.VIDEO:
+        return int((media.duration_seconds or 0) * TOKENS_PER_VIDEO_SECOND)
+    if media.modality is Modality.DOCUMENT:
+        return (media.pages or 0) * TOKENS_PER_PDF_PAGE
+    return 0
+
+
+def _part_tokens(part: Part) -> int:
+    return len(part.text or "") // 4 if part.media is None else _media_tokens(part.media)
+
+
 def estimate_tokens(messages: Iterable[Message]) -> int:
     """The input tokens of ``messages``, estimated part by part (so estimates add up exactly): a
     token per 4 characters of text, and fixed rates per image, audio or video second and PDF page
     (media of unknown length count 0)."""
-    tokens = 0
+    return sum(_part_tokens(part) for message in messages for part in message.parts)
+
+
+def _tokens_by_modality(messages: Iterable[Message]) -> dict[Modality, int]:
+    tokens: dict[Modality, int] = {}
     for message in messages:
         for part in message.parts:
-            media = part.media
-            if media is None:
-                tokens += len(part.text) // 4
-            elif media.modality is Modality.IMAGE:
-                tokens += TOKENS_PER_IMAGE
-            elif media.modality is Modality.AUDIO:
-                tokens += int((media.duration_seconds or 0) * TOKENS_PER_AUDIO_SECOND)
-            elif media.modality is Modality.VIDEO:
-                tokens += int((media.duration_seconds or 0) * TOKENS_PER_VIDEO_SECOND)
-            elif media.modality is Modality.DOCUMENT:
-                tokens += (media.pages or 0) * TOKENS_PER_PDF_PAGE
+            tokens[part.modality] = tokens.get(part.modality, 0) + _part_tokens(part)
     return tokens
 
 
 def facts_of(request: Request) -> Facts:
-    """The facts of ``request`` (media durations and pages as the router measured them)."""
-    media = request.media()
+    """The facts of ``request`` (media durations and pages as the router measured them).
+
+    A transcription transcribes only the newest media (:meth:`Request.current_media`; a session's
+    earlier media were transcribed in their own turns), so its facts are those of that media and
+    of this turn's text: an image earlier in the session does not stop Whisper.
+    """
+    task = request.effective_task
+    turn = request.messages[request.history_length:]
+    turn_tokens = _tokens_by_modality(turn)
+    if task is Task.TRANSCRIBE:
+        media = request.current_media()
+        modalities = {m.modality for m in media} | (request.turn_modalities() & {Modality.TEXT})
+        tokens = turn_tokens.get(Modality.TEXT, 0) + sum(_media_tokens(m) for m in media)
+    else:
+        media = request.media()
+        modalities = request.modalities()
+        tokens = estimate_tokens(request.messages)
     audio = [m.duration_seconds for m in media if m.modality is Modality.AUDIO]
     video = [m.duration_seconds for m in media if m.modality is Modality.VIDEO]
     pages = [m.pages for m in media if m.modality is Modality.DOCUMENT]
     images = sum(1 for m in media if m.modality is Modality.IMAGE)
-    tokens = estimate_tokens(request.messages)
     pdf_total = _total(pages)
     return Facts(
-        modalities=frozenset(request.modalities()),
-        task=request.effective_task,
+        modalities=frozenset(modalities),
+        task=task,
         diarization=request.options.diarization,
         images=images,
         audio_seconds=_total(audio),
@@ -119,6 +156,7 @@ def facts_of(request: Request) -> Facts:
         input_tokens=tokens,
         metadata=dict(request.metadata),
         tags=frozenset(request.hints.tags),
+        turn_tokens=turn_tokens,
     )
 
 
@@ -230,6 +268,36 @@ class Decision:
 _SPEECH = frozenset({Modality.AUDIO, Modality.VIDEO})
 
 
+def bridge_problem(modality: Modality, model: ModelInfo) -> str | None:
+    """Why ``model`` can never bridge ``modality`` (convert it for models that cannot take it), or None.
+
+    A bridge transcribes speech (audio, video) and turns images and documents into text; an
+    extraction-only model does either.
+    """
+    if modality not in model.inputs:
+        return f"does not take {modality.value}"
+    task = Task.TRANSCRIBE if modality in _SPEECH and FEATURE_EXTRACTION_ONLY not in model.features else Task.CHAT
+    if not model.can_do(task):
+        return f"cannot turn {modality.value} into {'a transcript' if task is Task.TRANSCRIBE else 'text'}"
+    return None
+
+
+def _too_big(plan: Plan, facts: Facts) -> str | None:
+    """Why ``plan``'s model cannot hold this turn's input, or None.
+
+    Only this turn counts (a session's history is trimmed to fit the model), less what bridges
+    replace. Transcribers upload media rather than read it into a context, and extraction-only
+    models have none: neither is checked.
+    """
+    if facts.task is Task.TRANSCRIBE or FEATURE_EXTRACTION_ONLY in plan.model.features:
+        return None
+    replaced = {b.modality for b in plan.bridges if not b.keep_media}
+    tokens = sum(n for modality, n in facts.turn_tokens.items() if modality not in replaced)
+    if tokens > plan.model.context_tokens:
+        return f"{plan.target}: input of ~{tokens} tokens exceeds its context of {plan.model.context_tokens}"
+    return None
+
+
 @dataclass
 class Router:
     """Compiled routing: rules, default, bridge preferences and override policy."""
@@ -247,7 +315,7 @@ class Router:
             target = Target.parse(text)
             status = catalog.get(target.provider)
             model = status.models.get(target.model) if status is not None and status.ready else None
-            if model is None or modality not in model.inputs:
+            if model is None or bridge_problem(modality, model):
                 continue
             if facts.diarization and modality in _SPEECH and FEATURE_DIARIZATION not in model.features:
                 continue
@@ -285,7 +353,8 @@ class Router:
                 missing |= needed & {Modality.AUDIO}
                 beside = (needed & {Modality.VIDEO}) - missing
         if not missing and not beside:
-            return Plan(target, model)
+            plan = Plan(target, model)
+            return _too_big(plan, facts) or plan
         if not bridging or facts.task is Task.TRANSCRIBE:
             if missing:
                 return f"{target}: does not take {_names(frozenset(missing))}"
@@ -298,7 +367,8 @@ class Router:
                 problem = "does not take" if modality in missing else "cannot label the speakers of"
                 return f"{target}: {problem} {modality.value} and no bridge{extra} is usable"
             bridges.append(dataclasses.replace(bridge, keep_media=modality in beside))
-        return Plan(target, model, bridges)
+        plan = Plan(target, model, bridges)
+        return _too_big(plan, facts) or plan
 
     def usable_targets(self, facts: Facts, catalog: Catalog) -> list[Target]:
         """Every target that could answer directly, in catalog order (for plugins' route_request)."""

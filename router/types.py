@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .mime import normalise_mime
+
 
 class Modality(enum.StrEnum):
     """A kind of input: text or one of the media kinds."""
@@ -72,15 +74,16 @@ _SUFFIXES = {
     "image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif", "image/webp": ".webp",
     "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/mpeg": ".mp3",
     "audio/mp3": ".mp3", "audio/mp4": ".m4a", "audio/m4a": ".m4a", "audio/x-m4a": ".m4a",
-    "audio/aac": ".aac", "audio/ogg": ".ogg", "audio/flac": ".flac", "audio/x-flac": ".flac",
-    "audio/webm": ".webm", "video/mp4": ".mp4", "video/webm": ".webm",
+    "audio/aac": ".aac", "audio/ogg": ".ogg", "audio/opus": ".ogg", "audio/flac": ".flac", "audio/x-flac": ".flac",
+    "audio/webm": ".webm", "video/mp4": ".mp4", "video/webm": ".webm", "video/ogg": ".ogg",
     "video/quicktime": ".mov", "video/x-matroska": ".mkv", "application/pdf": ".pdf",
+    "text/plain": ".txt", "text/markdown": ".md", "text/csv": ".csv", "text/html": ".html",
 }
 
 
 def mime_suffix(mime_type: str) -> str:
-    """A conventional file suffix for a MIME type (``.bin`` if unknown)."""
-    return _SUFFIXES.get(mime_type.lower(), ".bin")
+    """A conventional file suffix for a MIME type, parameters and aliases allowed (``.bin`` if unknown)."""
+    return _SUFFIXES.get(normalise_mime(mime_type), ".bin")
 
 
 @dataclass
@@ -171,14 +174,11 @@ class Request:
         A system prompt is an instruction, not an input: its text counts only in a request of
         nothing else, so audio with a system prompt is still audio alone (a transcription).
         """
-        found = {p.media.modality for p in self.parts() if p.media is not None}
-        def has_text(messages: list[Message]) -> bool:
-            return any(p.text and p.text.strip() for m in messages for p in m.parts)
+        return _modalities_of(self.messages)
 
-        system = [m for m in self.messages if m.role is Role.SYSTEM]
-        if has_text([m for m in self.messages if m.role is not Role.SYSTEM]) or (not found and has_text(system)):
-            found.add(Modality.TEXT)
-        return found
+    def turn_modalities(self) -> set[Modality]:
+        """Like :meth:`modalities`, over this turn's messages only (those after the session's history)."""
+        return _modalities_of(self.messages[self.history_length:])
 
     @property
     def system_prompt(self) -> str:
@@ -187,13 +187,29 @@ class Request:
 
     @property
     def effective_task(self) -> Task:
-        """The task with ``AUTO`` resolved: audio alone with no question is a transcription."""
+        """The task with ``AUTO`` resolved: audio alone with no question is a transcription.
+
+        Only this turn counts: in a dictation session, the transcripts stored by earlier turns are
+        text, yet the next audio sent alone is still to be transcribed.
+        """
         if self.options.task is not Task.AUTO:
             return self.options.task
-        mods = self.modalities()
-        if mods == {Modality.AUDIO}:
+        if self.turn_modalities() == {Modality.AUDIO}:
             return Task.TRANSCRIBE
         return Task.CHAT
+
+
+def _modalities_of(messages: list[Message]) -> set[Modality]:
+    """The modalities of ``messages``; a system prompt's text counts only when nothing else is there."""
+    found = {p.media.modality for m in messages for p in m.parts if p.media is not None}
+
+    def has_text(some: list[Message]) -> bool:
+        return any(p.text and p.text.strip() for m in some for p in m.parts)
+
+    system = [m for m in messages if m.role is Role.SYSTEM]
+    if has_text([m for m in messages if m.role is not Role.SYSTEM]) or (not found and has_text(system)):
+        found.add(Modality.TEXT)
+    return found
 
 
 @dataclass(frozen=True)

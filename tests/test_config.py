@@ -231,6 +231,29 @@ def test_a_rule_on_task_auto_is_refused_it_could_never_match(task):
             ) in message
 
 
+@pytest.mark.parametrize("bound", [".nan", ".inf", "-.inf", "'${RULE_MIN:-nan}'"])
+def test_a_range_bound_must_be_a_finite_number(bound):
+    # NaN compares false with everything: the rule would silently never match
+    message = error_of(f"routes:\n  - name: a\n    use: a/b\n    match: {{audio_seconds: {{min: {bound}}}}}\n")
+    assert "routes.0.match.audio_seconds.min: Input should be a finite number (router.yaml, line 4)" in message
+
+
+@pytest.mark.parametrize("key", ["task", "inputs", "inputs_any", "inputs_none", "inputs_only", "tags"])
+def test_an_empty_condition_list_is_refused_it_would_match_everything(key):
+    message = error_of(f"routes:\n  - name: a\n    use: a/b\n    match: {{{key}: []}}\n")
+    assert (f"routes.0.match.{key}: must list at least one value (leave the key out for no condition) "
+            "(router.yaml, line 4)") in message
+
+
+@pytest.mark.parametrize(("fallback", "problem"), [
+    ("[local/extract, openai/gpt-4o]", "fallback.1 repeats openai/gpt-4o, already at use"),
+    ("[local/extract, local/extract]", "fallback.1 repeats local/extract, already at fallback.0"),
+])
+def test_a_target_listed_twice_in_a_rule_is_refused_naming_both_places(fallback, problem):
+    message = error_of(f"routes:\n  - name: a\n    use: openai/gpt-4o\n    fallback: {fallback}\n")
+    assert f"routes.0.fallback: {problem}: list each target once (router.yaml, line 4)" in message
+
+
 def test_every_problem_is_listed_one_per_line():
     message = error_of("""
         server:
@@ -389,11 +412,13 @@ def test_load_config_none_is_the_embedded_default_and_it_is_valid(monkeypatch):
     assert config == embedded_default()
     assert isinstance(config, Config)
     assert [r.name for r in config.routes] == [
-        "diarization", "video", "long-audio", "documents", "transcription", "cross-modal", "general"]
+        "diarization", "video-transcription", "video", "long-audio", "documents", "transcription", "cross-modal",
+        "general"]
     assert config.default == "local/extract"
     assert set(config.providers) == {"openai", "anthropic", "gemini", "assemblyai", "local"}
     assert config.providers["openai"] == {"api_key": ""}
-    assert config.bridges[Modality.AUDIO] == ["openai/whisper-1", "assemblyai/best", "local/extract"]
+    assert config.bridges[Modality.AUDIO] == ["openai/whisper-1", "assemblyai/best", "openai/gpt-4o-transcribe-diarize",
+                                              "local/extract"]
     # every rule except diarization falls back to the offline provider last
     for rule in config.routes[1:]:
         assert [rule.use, *rule.fallback][-1] == "local/extract"
@@ -494,6 +519,21 @@ def test_config_check_cli(tmp_path):
     assert "OK" not in failed.stdout
 
 
+def test_config_check_refuses_a_target_repeated_in_a_rule(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(yaml("""
+        routes:
+          - name: pictures
+            match: {inputs_any: [image]}
+            use: openai/gpt-4o
+            fallback: [anthropic/claude-sonnet-4-6, openai/gpt-4o]
+    """))
+    failed = check(twice)
+    output = " ".join((failed.stdout + failed.stderr).split())
+    assert failed.returncode == 1 and "OK" not in failed.stdout, output
+    assert "routes.0.fallback: fallback.1 repeats openai/gpt-4o, already at use" in output and "line 5" in output
+
+
 def test_config_check_asks_the_plugins_about_their_sections(tmp_path):
     """Provider settings are the plugins' to judge: a bad value or price fails the check with its key;
     a section no installed plugin reads is pointed out."""
@@ -589,3 +629,18 @@ def test_config_check_takes_configured_models_and_refuses_what_the_plugin_cannot
     assert failed.returncode == 1 and "OK" not in failed.stdout, output
     assert "providers.anthropic.models.0.inputs: this plugin cannot send audio" in output
     assert "providers.gemini.models.0.price: Field required" in output
+
+
+def test_config_check_warns_of_a_bridge_target_that_can_never_bridge(tmp_path):
+    """A chat model that cannot hear listed as an audio bridge is passed over by routing: the check says so."""
+    deaf = tmp_path / "deaf.yaml"
+    deaf.write_text(yaml("""
+        bridges:
+          audio: [anthropic/claude-sonnet-4-6, local/extract]
+        default: local/extract
+    """))
+    result = check(deaf)
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 0 and "OK" in result.stdout, output  # a warning, not an error
+    assert "bridges.audio.0: anthropic/claude-sonnet-4-6 does not take audio: it never bridges audio" in output
+    assert "bridges.audio.1" not in output

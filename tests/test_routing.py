@@ -35,6 +35,7 @@ from router.routing import (
     ProviderStatus,
     Router,
     Target,
+    bridge_problem,
     facts_of,
     why_not_matched,
 )
@@ -72,7 +73,7 @@ EXTRACT = ModelInfo("extract", inputs=ALL, outputs=frozenset({OUTPUT_TEXT, OUTPU
                     features=frozenset({FEATURE_EXTRACTION_ONLY}))
 #: AUDIO test-only model that can answer anything (so a rule's conditions decide alone).
 OMNI = ModelInfo("omni", inputs=ALL, outputs=frozenset({OUTPUT_TEXT, OUTPUT_TRANSCRIPT}),
-                 features=frozenset({FEATURE_DIARIZATION}))
+                 features=frozenset({FEATURE_DIARIZATION}), context_tokens=10**12)
 
 PROVIDER_MODELS = {
     "openai": [GPT_4O, WHISPER],
@@ -772,11 +773,11 @@ TARGETS = st.builds(lambda p, m: f"{p}/{m}", st.sampled_from(["p1", "p2", "p3", 
 OPT_RANGES = st.none() | st.builds(lambda a, b: Range(min=min(a, b), max=max(a, b)),
                                    st.integers(0, 5000), st.integers(0, 5000))
 MATCHES = st.builds(
-    Match,
-    inputs=st.none() | st.lists(MODALITIES, max_size=2),
-    inputs_any=st.none() | st.lists(MODALITIES, max_size=2),
-    inputs_none=st.none() | st.lists(MODALITIES, max_size=2),
-    inputs_only=st.none() | st.lists(MODALITIES, max_size=3),
+    lambda tags, **conditions: Match(**conditions, **({"tags": tags} if tags else {})),
+    inputs=st.none() | st.lists(MODALITIES, min_size=1, max_size=2),
+    inputs_any=st.none() | st.lists(MODALITIES, min_size=1, max_size=2),
+    inputs_none=st.none() | st.lists(MODALITIES, min_size=1, max_size=2),
+    inputs_only=st.none() | st.lists(MODALITIES, min_size=1, max_size=3),
     task=st.none() | st.lists(st.sampled_from([Task.CHAT, Task.TRANSCRIBE]), min_size=1, max_size=2),
     diarization=st.none() | st.booleans(),
     tags=st.lists(st.sampled_from(["a", "b"]), max_size=1),
@@ -785,8 +786,8 @@ MATCHES = st.builds(
     input_tokens=OPT_RANGES,
 )
 RULE_LISTS = st.lists(
-    st.builds(lambda match, use, fallback, bridging: (match, use, fallback, bridging),
-              MATCHES, TARGETS, st.lists(TARGETS, max_size=2), st.booleans()),
+    st.builds(lambda match, targets, bridging: (match, targets[0], targets[1:], bridging),
+              MATCHES, st.lists(TARGETS, min_size=1, max_size=3, unique=True), st.booleans()),
     max_size=5,
 ).map(lambda specs: [Rule(name=f"rule-{i}", match=m, use=u, fallback=f, bridging=b)
                      for i, (m, u, f, b) in enumerate(specs)])
@@ -832,6 +833,9 @@ def _assert_usable(plan: Plan, facts, cat, router: Router) -> None:
     if facts.diarization and facts.task is Task.TRANSCRIBE:
         assert FEATURE_DIARIZATION in model.features
         assert not plan.bridges
+    if facts.task is Task.CHAT and FEATURE_EXTRACTION_ONLY not in model.features:
+        replaced = {b.modality for b in plan.bridges if not b.keep_media}
+        assert sum(n for m, n in facts.turn_tokens.items() if m not in replaced) <= model.context_tokens
     for bridge in plan.bridges:
         assert str(bridge.via) in router.bridges[bridge.modality]
         via = cat[bridge.via.provider]
@@ -897,3 +901,140 @@ def test_property_the_default_policy_with_local_ready_always_answers_without_dia
     assert decision.rule != "default"
     _assert_usable(decision.plan, facts_of(req), cat, default_router())
     assert str(decision.plans[-1].target) == "local/extract"
+
+
+# -- sessions: a turn is judged by what it sends ---------------------------------------------
+
+
+def session(history: list[Message], *parts: Part, task: Task = Task.AUTO, diarization: bool = False) -> Request:
+    """A session's stored ``history`` followed by this turn's user message of ``parts``."""
+    return Request(messages=[*history, Message(Role.USER, list(parts))],
+                   options=Options(task=task, diarization=diarization), history_length=len(history))
+
+
+def turn(*parts: Part, reply: str = "ok") -> list[Message]:
+    return [Message(Role.USER, list(parts)), Message(Role.ASSISTANT, [text(reply)])]
+
+
+@pytest.mark.parametrize("earlier", [
+    pytest.param(turn(text("what is this?"), image()), id="image"),
+    pytest.param(turn(text("summarise"), pdf(2)), id="pdf"),
+])
+def test_a_transcription_in_a_session_is_judged_by_this_turn_s_media_only(earlier):
+    decision = decide(default_router(), session(earlier, audio(20), task=Task.TRANSCRIBE))
+    assert (decision.rule, chosen(decision)) == ("transcription", "openai/whisper-1")
+    assert [str(p.target) for p in decision.fallbacks] == ["assemblyai/best", "local/extract"]
+    facts = facts_of(session(earlier, audio(20), task=Task.TRANSCRIBE))
+    assert facts.modalities == {AUDIO} and facts.audio_seconds == 20 and facts.images == 0
+
+    diarized = decide(default_router(), session(earlier, audio(20), task=Task.TRANSCRIBE, diarization=True))
+    assert (diarized.rule, chosen(diarized)) == ("diarization", "assemblyai/best")
+
+
+def test_a_chat_in_a_session_still_sees_the_history_s_media():
+    facts = facts_of(session(turn(text("what is this?"), image()), text("and its colour?")))
+    assert facts.modalities == {TEXT, IMAGE} and facts.images == 1
+    assert decide(default_router(), session(turn(text("what is this?"), image()), text("and its colour?"))).rule \
+        == "cross-modal"
+
+
+def test_audio_alone_in_a_dictation_session_is_still_a_transcription():
+    history = turn(audio(20), reply="Dear team, the meeting is moved to Friday.")
+    req = session(history, audio(20))
+    assert req.effective_task is Task.TRANSCRIBE
+    decision = decide(default_router(), req)
+    assert (decision.rule, chosen(decision)) == ("transcription", "openai/whisper-1")
+    assert facts_of(session(history, text("make it shorter"))).task is Task.CHAT
+
+
+# -- context windows -------------------------------------------------------------------------
+
+#: About 180k tokens by the router's estimate (a token per 4 characters).
+LONG_TEXT = "lorem ipsum dolor " * 40_000
+GPT_4O_128K = dataclasses.replace(GPT_4O, context_tokens=128_000)
+CLAUDE_200K = dataclasses.replace(CLAUDE, context_tokens=200_000)
+SIZED = catalog(openai=status(GPT_4O_128K, WHISPER), anthropic=status(CLAUDE_200K))
+
+
+def test_a_target_whose_context_cannot_hold_the_input_is_skipped_with_the_sizes():
+    router = Router(rules=[rule("general", "openai/gpt-4o", "anthropic/claude-sonnet-4-6", "local/extract")])
+    decision = decide(router, request(text(LONG_TEXT)), SIZED)
+    assert chosen(decision) == "anthropic/claude-sonnet-4-6"
+    assert [str(p.target) for p in decision.fallbacks] == ["local/extract"]
+    assert "skipped openai/gpt-4o: input of ~180000 tokens exceeds its context of 128000" in decision.trace[0].reason
+    with pytest.raises(NoRoute, match="exceeds its context of 128000"):
+        decide(router, request(text(LONG_TEXT)), SIZED, override=Target("openai", "gpt-4o"))
+
+
+def test_only_this_turn_counts_against_the_context_since_history_is_trimmed():
+    router = Router(rules=[rule("general", "openai/gpt-4o", "anthropic/claude-sonnet-4-6")])
+    long_history = session(turn(text(LONG_TEXT)), text("and then?"))
+    assert chosen(decide(router, long_history, SIZED)) == "openai/gpt-4o"
+    long_turn = session(turn(text("hi")), text(LONG_TEXT))
+    assert chosen(decide(router, long_turn, SIZED)) == "anthropic/claude-sonnet-4-6"
+
+
+def test_bridged_media_do_not_count_against_the_context_but_transcribers_are_not_checked():
+    hours = 3 * 3600  # ~345k tokens of audio: too much for gpt-4o, yet it reads only the transcript
+    router = Router(rules=[rule("r", "openai/gpt-4o")], bridges={AUDIO: ["openai/whisper-1"]})
+    decision = decide(router, request(text("summarise"), audio(hours)), SIZED)
+    assert chosen(decision) == "openai/gpt-4o"
+    assert decision.plan.bridges == [Bridge(AUDIO, Target("openai", "whisper-1"))]
+    small_gemini = catalog(gemini=status(dataclasses.replace(GEMINI, context_tokens=128_000)))
+    router = Router(rules=[rule("r", "gemini/gemini-2.5-pro", "local/extract")])
+    decision = decide(router, request(text("summarise"), audio(hours)), small_gemini)
+    assert chosen(decision) == "local/extract"  # extraction-only: no context to fill
+    assert f"input of ~{hours * TOKENS_PER_AUDIO_SECOND + 2} tokens exceeds" in decision.trace[0].reason
+    whisper_16k = catalog(openai=status(GPT_4O, dataclasses.replace(WHISPER, context_tokens=16_000)))
+    transcription = Router(rules=[rule("r", "openai/whisper-1")])
+    assert chosen(decide(transcription, request(audio(hours)), whisper_16k)) == "openai/whisper-1"
+
+
+# -- bridges that can never serve ------------------------------------------------------------
+
+
+def test_bridge_problem_names_targets_that_can_never_bridge_their_modality():
+    assert bridge_problem(AUDIO, CLAUDE) == "does not take audio"
+    chat_hears = ModelInfo("gpt-4o-audio-preview", inputs=frozenset({TEXT, AUDIO}))
+    assert bridge_problem(AUDIO, chat_hears) == "cannot turn audio into a transcript"
+    assert bridge_problem(IMAGE, WHISPER) == "does not take image"
+    assert bridge_problem(DOC, AAI_BEST) == "does not take document"
+    assert [bridge_problem(m, EXTRACT) for m in (AUDIO, VIDEO, IMAGE, DOC)] == [None] * 4
+    assert bridge_problem(AUDIO, WHISPER) is None and bridge_problem(IMAGE, GPT_4O) is None
+    # routing passes such a bridge over for the next one
+    cat = catalog(openai=status(GPT_4O, WHISPER, chat_hears))
+    router = Router(rules=[rule("r", "anthropic/claude-sonnet-4-6")],
+                    bridges={AUDIO: ["openai/gpt-4o-audio-preview", "assemblyai/best"]})
+    assert decide(router, request(text("summarise"), audio()), cat).plan.bridges == [
+        Bridge(AUDIO, Target("assemblyai", "best"))]
+
+
+# -- the default policy: video transcription, diarization with OpenAI only ---------------------
+
+GPT_4O_DIARIZE = ModelInfo("gpt-4o-transcribe-diarize", inputs=frozenset({AUDIO}),
+                           outputs=frozenset({OUTPUT_TRANSCRIPT}), features=frozenset({FEATURE_DIARIZATION}))
+
+
+def test_default_policy_transcribes_a_video_with_assemblyai_and_still_asks_gemini_about_it():
+    decision = decide(default_router(), request(video(30), task=Task.TRANSCRIBE), ALL_READY)
+    assert (decision.rule, chosen(decision)) == ("video-transcription", "assemblyai/best")
+    assert [str(p.target) for p in decision.fallbacks] == ["local/extract"]
+    offline = decide(default_router(), request(video(30), task=Task.TRANSCRIBE), LOCAL_ONLY)
+    assert (offline.rule, chosen(offline)) == ("video-transcription", "local/extract")
+    asked = decide(default_router(), request(text("what happens?"), video(30)), ALL_READY)
+    assert (asked.rule, chosen(asked)) == ("video", "gemini/gemini-2.5-pro")
+
+
+def test_default_policy_diarizes_with_openai_when_it_is_the_only_key():
+    cat = catalog({"openai", "local"}, openai=status(GPT_4O, WHISPER, GPT_4O_DIARIZE))
+    decision = decide(default_router(), request(audio(60), task=Task.TRANSCRIBE, diarization=True), cat)
+    assert (decision.rule, chosen(decision)) == ("diarization", "openai/gpt-4o-transcribe-diarize")
+    asked = decide(default_router(), request(text("who spoke?"), audio(60), diarization=True), cat)
+    assert (asked.rule, chosen(asked)) == ("general", "openai/gpt-4o")
+    assert asked.plan.bridges == [Bridge(AUDIO, Target("openai", "gpt-4o-transcribe-diarize"))]
+    # AssemblyAI stays first when it is configured
+    everyone = {**ALL_READY, "openai": status(GPT_4O, WHISPER, GPT_4O_DIARIZE)}
+    assert chosen(decide(default_router(), request(audio(60), task=Task.TRANSCRIBE, diarization=True),
+                         everyone)) == "assemblyai/best"
+    assert decide(default_router(), request(text("who spoke?"), audio(60), diarization=True),
+                  everyone).plan.bridges == [Bridge(AUDIO, Target("assemblyai", "best"))]

@@ -48,3 +48,22 @@ def test_a_system_prompt_does_not_make_audio_a_chat() -> None:
     asked = Request(messages=[system, Message(Role.USER, [Part(media=clip("a.wav")), Part(text="who speaks?")])])
     assert asked.modalities() == {Modality.AUDIO, Modality.TEXT} and asked.effective_task is Task.CHAT
     assert Request(messages=[system]).modalities() == {Modality.TEXT}  # a system prompt alone is still text
+
+
+def test_task_auto_is_resolved_from_this_turn_not_the_session_history() -> None:
+    from router.types import Task
+
+    history = [Message(Role.USER, [Part(media=clip("monday.wav"))]),
+               Message(Role.ASSISTANT, [Part(text="Dear team, the meeting is moved to Friday.")])]
+    system = Message(Role.SYSTEM, [Part(text="You are a careful transcriber")])
+    dictation = Request(messages=[*history, system, Message(Role.USER, [Part(media=clip("tuesday.wav"))])],
+                        history_length=len(history))
+    assert dictation.turn_modalities() == {Modality.AUDIO}
+    assert dictation.modalities() == {Modality.AUDIO, Modality.TEXT}
+    assert dictation.effective_task is Task.TRANSCRIBE
+    follow_up = Request(messages=[*history, Message(Role.USER, [Part(text="shorter, please")])],
+                        history_length=len(history))
+    assert follow_up.effective_task is Task.CHAT
+    # without a session, the whole conversation is this turn
+    whole = Request(messages=[*history, Message(Role.USER, [Part(media=clip("tuesday.wav"))])])
+    assert whole.effective_task is Task.CHAT
