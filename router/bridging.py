@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .errors import ProviderError
 from .invoke import call_model
 from .outcome import RouteInfo
 from .plugins import Registry
-from .routing import Bridge
+from .routing import Bridge, Target, bridge_problem
 from .types import (
+    FEATURE_DIARIZATION,
     FEATURE_EXTRACTION_ONLY,
     CallContext,
     Media,
@@ -31,7 +34,6 @@ from .types import (
     TextDelta,
     Transcript,
     TranscriptReady,
-    UsageReport,
 )
 
 _LABELS = {
@@ -41,14 +43,27 @@ _LABELS = {
     Modality.IMAGE: "[Image text]",
 }
 
+#: The modalities that carry speech, which only a diarizing bridge labels by speaker.
+_SPEECH = frozenset({Modality.AUDIO, Modality.VIDEO})
+
 
 @dataclass
 class Bridged:
-    """The request with bridged parts replaced, and what the bridges produced."""
+    """The request with bridged parts replaced, the bridges that did it and the transcripts they made."""
 
     request: Request
     transcripts: list[Transcript] = field(default_factory=list)
-    usages: list[UsageReport] = field(default_factory=list)
+    bridges: list[Bridge] = field(default_factory=list)
+
+
+@dataclass
+class BridgedInRequest:
+    """What bridges did earlier in this request, by (id of the media, bridge target): a fallback plan
+    that bridges the same media again reuses the texts instead of paying twice, and does not call a
+    bridge that failed on it again."""
+
+    texts: dict[tuple[int, str], tuple[str, Transcript | None]] = field(default_factory=dict)
+    failed: dict[tuple[int, str], ProviderError] = field(default_factory=dict)
 
 
 def _transcript_text(transcript: Transcript) -> str:
@@ -82,35 +97,53 @@ def memo_key(media: Media, request: Request, bridge: Bridge) -> str | None:
             f"|speakers={options.speakers_expected}|language={options.language}")
 
 
+def later_bridges(bridge: Bridge, preferences: Mapping[Modality, Sequence[str]], registry: Registry,
+                  diarization: bool) -> list[Bridge]:
+    """The usable bridges listed after ``bridge`` in ``preferences`` (``bridges.<modality>`` of the
+    configuration), to try when it fails: ready, taking the modality, diarizing when asked to."""
+    listed = [Target.parse(text) for text in preferences.get(bridge.modality, ())]
+    later = listed[listed.index(bridge.via) + 1:] if bridge.via in listed else []
+    usable = []
+    for target in later:
+        provider = registry.ready(target.provider)
+        model = provider.model(target.model) if provider is not None else None
+        if model is None or bridge_problem(bridge.modality, model):
+            continue
+        if diarization and bridge.modality in _SPEECH and FEATURE_DIARIZATION not in model.features:
+            continue
+        usable.append(dataclasses.replace(bridge, via=target))
+    return usable
+
+
 async def apply_bridges(bridges: list[Bridge], request: Request, registry: Registry, ctx: CallContext,
-                        route: RouteInfo, memo: BridgeMemo | None = None) -> Bridged:
+                        route: RouteInfo, memo: BridgeMemo | None = None,
+                        preferences: Mapping[Modality, Sequence[str]] | None = None,
+                        done: BridgedInRequest | None = None) -> Bridged:
     """Run every bridge over the media it converts; raise ProviderError if one fails.
 
-    The transcripts passed on are those of this turn's media (:meth:`Request.turn_media`): the
-    history's were sent with their own turns. With a ``memo``, a media bridged before gets its kept
-    text and transcript and no call, and what is bridged now is kept.
+    A bridge failing with a retryable error (down, rate-limited, the media too large for it) gives
+    way to the next usable one of ``preferences`` for that media. The transcripts passed on are those
+    of this turn's media (:meth:`Request.turn_media`): the history's were sent with their own turns.
+    With a ``memo``, a media bridged before gets its kept text and transcript and no call, and what
+    is bridged now is kept; ``done`` does the same within the request (for a fallback plan).
     """
     result = Bridged(request)
     converted: dict[int, tuple[str, bool]] = {}  # id(media) -> (text part, keep the media beside it)
     this_turn = {id(m) for m in request.turn_media()}
+    done = BridgedInRequest() if done is None else done
     reused = 0
     for bridge in bridges:
-        provider = registry.ready(bridge.via.provider)
-        model = provider.model(bridge.via.model) if provider is not None else None
-        if provider is None or model is None:
+        if registry.ready(bridge.via.provider) is None:
             continue  # routing only plans ready bridges; the registry cannot change mid-request
+        choices = [bridge, *later_bridges(bridge, preferences or {}, registry, request.options.diarization)]
         for media in request.media():
             if media.modality is not bridge.modality or id(media) in converted:
                 continue
-            key = memo_key(media, request, bridge) if memo is not None else None
-            kept = memo.recall(key) if memo is not None and key is not None else None
-            if kept is not None:
-                reused += 1
-                text, transcript = kept
-            else:
-                text, transcript = await _bridge_one(media, bridge, provider, model, request, ctx, route, result)
-                if memo is not None and key is not None:
-                    memo.remember(key, text, transcript)
+            text, transcript, used, kept = await _bridge_media(media, choices, request, registry, ctx, route,
+                                                               memo, done)
+            reused += kept
+            if used not in result.bridges:
+                result.bridges.append(used)
             if transcript is not None and id(media) in this_turn:
                 result.transcripts.append(transcript)
             name = f" {media.filename}" if media.filename else ""
@@ -131,10 +164,49 @@ def _converted(part: Part, converted: dict[int, tuple[str, bool]]) -> list[Part]
     return [part, Part(text=text)] if keep_media else [Part(text=text)]
 
 
+async def _bridge_media(media: Media, choices: list[Bridge], request: Request, registry: Registry,
+                        ctx: CallContext, route: RouteInfo, memo: BridgeMemo | None,
+                        done: BridgedInRequest) -> tuple[str, Transcript | None, Bridge, bool]:
+    """Bridge one media through the first of ``choices`` that succeeds: its text, its transcript, the
+    bridge used and whether the text was kept from an earlier turn (a memo hit)."""
+    error: ProviderError | None = None
+    for bridge in choices:
+        this = (id(media), str(bridge.via))
+        if this in done.texts:
+            return *done.texts[this], bridge, False
+        if this in done.failed:
+            error = done.failed[this]
+            continue
+        key = memo_key(media, request, bridge) if memo is not None else None
+        kept = memo.recall(key) if memo is not None and key is not None else None
+        if kept is not None:
+            done.texts[this] = kept
+            return *kept, bridge, True
+        provider = registry.ready(bridge.via.provider)
+        model = provider.model(bridge.via.model) if provider is not None else None
+        if provider is None or model is None:
+            continue
+        try:
+            text, transcript = await _bridge_one(media, bridge, provider, model, request, ctx, route)
+        except ProviderError as exc:
+            if not exc.retryable:
+                raise
+            error = done.failed[this] = exc
+            route.notes.append(f"bridging: {bridge.via} failed on {media.filename or media.modality.value} "
+                               f"({exc.reason})")
+            continue
+        if memo is not None and key is not None:
+            memo.remember(key, text, transcript)
+        done.texts[this] = (text, transcript)
+        return text, transcript, bridge, False
+    assert error is not None  # the first choice is a ready bridge: it was called (now or before) and failed
+    raise error
+
+
 async def _bridge_one(media: Media, bridge: Bridge, provider, model, request: Request, ctx: CallContext,
-                      route: RouteInfo, result: Bridged) -> tuple[str, Transcript | None]:
+                      route: RouteInfo) -> tuple[str, Transcript | None]:
     """Call the bridge's model on one media: its text, and its transcript (several merged) if any.
-    Usage goes into ``result``."""
+    Its usage is recorded in ``route``'s steps by :func:`call_model`."""
     extraction = FEATURE_EXTRACTION_ONLY in model.features
     task = Task.CHAT if extraction or bridge.modality in (Modality.DOCUMENT, Modality.IMAGE) else Task.TRANSCRIBE
     sub = Request(
@@ -151,6 +223,4 @@ async def _bridge_one(media: Media, bridge: Bridge, provider, model, request: Re
                 texts = [_transcript_text(event.transcript)]
         elif isinstance(event, TextDelta) and (task is Task.CHAT or not texts):
             texts.append(event.text)
-        elif isinstance(event, UsageReport):
-            result.usages.append(event)
     return "".join(texts).strip(), Transcript.merged(transcripts) if transcripts else None

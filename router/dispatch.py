@@ -2,23 +2,24 @@
 
 :func:`execute` turns a :class:`Decision` into router events: RouteChosen,
 then text deltas, transcripts and step usage as they come, then Done with
-the complete :class:`Answer`. A failure before any output was sent moves on
-to the next fallback when the error is retryable; a failure after output
-(the client already has part of an answer) or a non-retryable one is raised.
+the complete :class:`Answer`. A retryable failure (down, rate-limited, the
+input too large for the target) before the answering model sent any output moves
+on to the next fallback; a failure after it (the client already has part of an
+answer) or a non-retryable one is raised.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
-from .bridging import BridgeMemo, apply_bridges
+from .bridging import BridgedInRequest, BridgeMemo, apply_bridges
 from .errors import NoRoute, ProviderError
 from .invoke import call_model
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
 from .plugins import Registry
 from .routing import Decision, Plan
-from .types import CallContext, Request, TextDelta, Transcript, TranscriptReady, Usage, UsageReport
+from .types import CallContext, Modality, Request, TextDelta, Transcript, TranscriptReady, Usage, UsageReport
 
 #: What execute yields.
 RouterEvent = RouteChosen | TextDelta | TranscriptReady | StepUsage | Done
@@ -30,67 +31,103 @@ FitRequest = Callable[[Plan], tuple[Request, list[str]]]
 
 async def execute(request: Request, decision: Decision, registry: Registry, ctx: CallContext,
                   notes: list[str] | None = None, fit: FitRequest | None = None,
-                  memo: BridgeMemo | None = None) -> AsyncIterator[RouterEvent]:
+                  memo: BridgeMemo | None = None, started: float | None = None,
+                  bridge_preferences: Mapping[Modality, Sequence[str]] | None = None,
+                  ) -> AsyncIterator[RouterEvent]:
     """Run the decision's plans in order until one answers.
 
     ``request`` is ready for the first plan; ``fit`` makes it ready for a fallback (whose model
-    may have a smaller context), else fallbacks get ``request`` as it is.
+    may have a smaller context), else fallbacks get ``request`` as it is. ``started`` (a
+    ``time.perf_counter()``) is when the router got the request, for the route's latency;
+    ``bridge_preferences`` (``bridges`` of the configuration) name the bridges to try when one fails.
+
+    A fallback is tried when a plan fails with a retryable error before its answering model sent
+    any text or transcript of its own (bridges' transcripts already sent are not sent again).
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     route = RouteInfo.planned(decision)
     route.notes.extend(notes or [])
     yield RouteChosen(route)
-    total = Usage()
-    texts: list[str] = []
-    transcript: Transcript | None = None
+    sent: list[Transcript] = []  # bridges' transcripts the client has
+    bridged_before = BridgedInRequest()
+    reported = 0  # route.steps whose usage the client was sent
     last_error: ProviderError | None = None
     for plan in decision.plans:
         provider = registry.ready(plan.target.provider)
         if provider is None:
             continue
-        emitted = False
+        answered = False  # the answering model sent output of its own: no fallback may follow
+        texts: list[str] = []
+        own: list[Transcript] = []
+        bridged_transcripts: list[Transcript] = []
+        used_bridges = plan.bridges
         try:
             answer_request = request
             if fit is not None and plan is not decision.plan:
                 answer_request, fitted = fit(plan)
                 route.notes.extend(fitted)
             if plan.bridges:
-                bridged = await apply_bridges(plan.bridges, answer_request, registry, ctx, route, memo)
-                answer_request = bridged.request
-                for t in bridged.transcripts:
-                    emitted = True
+                bridged = await apply_bridges(plan.bridges, answer_request, registry, ctx, route, memo,
+                                              bridge_preferences, bridged_before)
+                answer_request, used_bridges = bridged.request, bridged.bridges
+                bridged_transcripts = bridged.transcripts
+                for t in _unsent(bridged.transcripts, sent):
                     yield TranscriptReady(t)
-                if bridged.transcripts:  # the answer carries the bridges' transcript unless it makes its own
-                    transcript = Transcript.merged(bridged.transcripts)
-                for u in bridged.usages:
-                    total.add(u.usage)
-                    yield StepUsage(u.usage)
-            own: list[Transcript] = []
+                for step in route.steps[reported:]:
+                    yield StepUsage(step.usage)
+                reported = len(route.steps)
             async for event in call_model(provider, plan.model, answer_request, ctx, route, "answer"):
                 if isinstance(event, TextDelta):
-                    emitted = True
+                    answered = True
                     texts.append(event.text)
                     yield event
                 elif isinstance(event, TranscriptReady):
-                    emitted = True
+                    answered = True
                     own.append(event.transcript)  # one per recording, if a plugin sends several
                     yield event
                 elif isinstance(event, UsageReport):
-                    total.add(event.usage)
                     yield StepUsage(event.usage)
+            reported = len(route.steps)
         except ProviderError as exc:
             last_error = exc
-            if emitted or not exc.retryable:
+            for step in route.steps[reported:]:  # bridges paid for before the failure
+                yield StepUsage(step.usage)
+            reported = len(route.steps)
+            if answered or not exc.retryable:
                 raise
             continue
         route.provider, route.model = plan.target.provider, plan.target.model
-        route.bridges = [str(b) for b in plan.bridges]
+        route.bridges = [str(b) for b in used_bridges]
         route.latency_ms = (time.perf_counter() - started) * 1000
-        if own:
-            transcript = Transcript.merged(own)
-        text = "".join(texts) or (transcript.text if transcript is not None else "")
-        yield Done(Answer(text, transcript, total, route))
+        yield Done(_answer(texts, own, bridged_transcripts, route))
         return
     if last_error is not None:
         raise last_error
     raise NoRoute("every target of the route became unusable")
+
+
+def _unsent(transcripts: list[Transcript], sent: list[Transcript]) -> list[Transcript]:
+    """The ``transcripts`` not in ``sent`` (each sent one matches once), which are added to it:
+    a fallback plan bridging the same media again must not send their transcripts twice."""
+    already = list(sent)
+    new = []
+    for t in transcripts:
+        if t in already:
+            already.remove(t)
+        else:
+            new.append(t)
+    sent.extend(new)
+    return new
+
+
+def _answer(texts: list[str], own: list[Transcript], bridged: list[Transcript], route: RouteInfo) -> Answer:
+    """The answer of a plan. Only the answering model's own transcript (a transcription) stands in
+    for an empty text: a bridge's transcript is the user's input, never the model's reply. The answer
+    carries the bridges' transcript when the model makes none; its usage is every paid step's."""
+    mine = Transcript.merged(own) if own else None
+    text = "".join(texts) or (mine.text if mine is not None else "")
+    transcript = mine or (Transcript.merged(bridged) if bridged else None)
+    total = Usage()
+    for step in route.steps:
+        total.add(step.usage)
+    return Answer(text, transcript, total, route)

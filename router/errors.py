@@ -18,6 +18,7 @@
     ├── CallTimeout                  DEADLINE_EXCEEDED    CALL_TIMEOUT      (over server.max_call_seconds)
     └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
         ├── ProviderBadRequest       INVALID_ARGUMENT     PROVIDER_BAD_REQUEST
+        │   └── ProviderInputTooLarge INVALID_ARGUMENT    INPUT_TOO_LARGE   (413, context or media limit: retryable)
         ├── ProviderAuthError        FAILED_PRECONDITION  PROVIDER_AUTH
         ├── ProviderNotConfigured    FAILED_PRECONDITION  PROVIDER_NOT_CONFIGURED
         ├── ProviderModelNotFound    NOT_FOUND            PROVIDER_MODEL_NOT_FOUND
@@ -34,6 +35,7 @@ Provider plugins raise the ``Provider*`` classes, usually through
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import grpc
@@ -179,6 +181,15 @@ class ProviderBadRequest(ProviderError):
     retryable = False
 
 
+class ProviderInputTooLarge(ProviderBadRequest):
+    """The provider refused the request for its size: HTTP 413, a prompt over the model's context,
+    a file, image or page count over its limits. Another target (a fallback, the next bridge) may
+    take it, so dispatch tries the next one; raised to the client only when every target refused."""
+
+    reason = "INPUT_TOO_LARGE"
+    retryable = True
+
+
 class ProviderAuthError(ProviderError):
     """The provider refused the credentials (HTTP 401/403)."""
 
@@ -228,18 +239,37 @@ class ProviderFailed(ProviderError):
     reason = "PROVIDER_FAILED"
 
 
+#: How providers word a refusal for size in a 400/422 (OpenAI, Anthropic, Gemini, whisper), lower case.
+_TOO_LARGE = re.compile(
+    r"context[ _]length|context window|maximum context|prompt is too long|too many tokens"
+    r"|exceeds the maximum number of tokens|input token count|request_too_large|request too large"
+    r"|payload size exceeds|content size limit|maximum of \d+ pdf pages|pdf pages may be provided"
+    r"|image exceeds|image dimensions exceed|file is too large|file too large|string_above_max_length"
+)
+
+
+def is_input_too_large(message: str) -> bool:
+    """Whether a provider's 400/422 error text refuses the request for its size (not its form)."""
+    return bool(_TOO_LARGE.search(message.lower()))
+
+
 def provider_error_from_status(
-    provider: str, status: int | None, message: str, *, retry_after: float | None = None
+    provider: str, status: int | None, message: str, *, retry_after: float | None = None,
+    too_large: bool = False,
 ) -> ProviderError:
     """Map an HTTP status from a provider to the matching :class:`ProviderError`.
 
     ``status`` None means no HTTP answer (connection failed): UNAVAILABLE.
+    A 413, or a 400/422 whose ``message`` refuses the size (:func:`is_input_too_large`) or that the
+    plugin marks ``too_large`` (from the provider's error code), is :class:`ProviderInputTooLarge`.
     ``message`` must not contain the API key; plugins pass the provider's
     error text, which never echoes it.
     """
     if status is None:
         return ProviderUnavailable(provider, message)
-    if status in (400, 413, 422):
+    if status == 413 or (status in (400, 422) and (too_large or is_input_too_large(message))):
+        return ProviderInputTooLarge(provider, message)
+    if status in (400, 422):
         return ProviderBadRequest(provider, message)
     if status in (401, 403):
         return ProviderAuthError(provider, message)

@@ -1,17 +1,27 @@
-"""The answer pipeline in-process: what a consumer that stops at Done leaves behind."""
+"""The answer pipeline: what a consumer that stops at Done leaves behind, fallbacks, usage and statistics."""
 
 from __future__ import annotations
 
 import gc
 import sys
+import time
 from contextlib import aclosing
 
+import grpc
 import mmrouter_testkit
+import pytest
+from grpc_helpers import error_details, text_request
+from media_factory import wav
+from mmrouter.v1 import router_pb2 as pb
 
+import router
+from router import FEATURE_EXTRACTION_ONLY, OUTPUT_TRANSCRIPT, Modality, ModelInfo, Price
 from router.config import parse_config
 from router.core import App
-from router.outcome import Done
-from router.types import Message, Part, Request, Role
+from router.errors import ProviderUnavailable
+from router.outcome import Done, StepUsage
+from router.sessions import SessionStore
+from router.types import Media, Message, Part, Request, Role
 
 CONFIG = """
 providers:
@@ -53,3 +63,168 @@ async def test_an_answer_closed_at_done_leaves_no_generator_to_the_garbage_colle
         await app.aclose()
     assert len(texts) == 3 and all("hello" in t for t in texts)
     assert finalized == [], f"left to the garbage collector: {finalized}"
+
+
+class Scripted(router.Provider):
+    """A text model, an omni model, a paid audio bridge ($1 per second) and a document reader that
+    fails on files named ``bad*``."""
+
+    def __init__(self) -> None:
+        self.name = "s"
+        self.models = [
+            ModelInfo("chat", frozenset({Modality.TEXT}), price=Price(1.0, 2.0)),
+            ModelInfo("omni", frozenset(Modality), price=Price(1.0, 2.0)),
+            ModelInfo("ears", frozenset({Modality.AUDIO}), outputs=frozenset({OUTPUT_TRANSCRIPT}),
+                      price=Price(per_audio_hour=3600.0)),
+            ModelInfo("reader", frozenset({Modality.DOCUMENT}), features=frozenset({FEATURE_EXTRACTION_ONLY})),
+        ]
+
+    def unconfigured_reason(self) -> str | None:
+        return None
+
+    async def generate(self, request, model, ctx):
+        if model.name == "ears":
+            yield router.TranscriptReady(router.Transcript("heard words", duration_seconds=2.0))
+            yield router.UsageReport(router.Usage(audio_seconds=2.0))
+        elif model.name == "reader":
+            if request.media()[0].filename.startswith("bad"):
+                raise ProviderUnavailable(self.name, "the reader is down")
+            yield router.TextDelta("the document's text")
+        else:
+            yield router.TextDelta(f"{model.name} answered")
+            yield router.UsageReport(router.Usage(input_tokens=10, output_tokens=5))
+
+
+class ScriptedPlugin:
+    """Registers :class:`Scripted`; its route_request hook takes 0.3 s when metadata['slow'] is set."""
+
+    @router.hookimpl
+    def register_providers(self, register, settings):
+        register(Scripted())
+
+    @router.hookimpl
+    def route_request(self, request, candidates):
+        if request.metadata.get("slow"):
+            time.sleep(0.3)
+        return None
+
+
+SCRIPTED = """
+providers:
+  s: {}
+plugins:
+  disabled: [openai, anthropic, gemini, assemblyai, local]
+routes:
+  - name: main
+    use: s/chat
+    fallback: [s/omni]
+bridges:
+  audio: [s/ears]
+  document: [s/reader]
+server:
+  data_dir: "%s"
+"""
+
+
+async def _events(app: App, request: Request) -> list:
+    async with aclosing(app.answer(request, None)) as events:
+        return [event async for event in events]
+
+
+async def test_a_bridge_paid_before_another_bridge_failed_counts_in_the_answers_usage(tmp_path) -> None:
+    """The audio bridge succeeds, the document reader fails, omni (no bridges) answers: the paid
+    transcription is still in the answer's total and was streamed as a step's usage."""
+    app = App(parse_config(SCRIPTED % tmp_path, "test.yaml"), extra_plugins={"s": ScriptedPlugin()})
+    audio = Media(Modality.AUDIO, "audio/wav", data=wav(0.1), filename="a.wav")
+    pdf = Media(Modality.DOCUMENT, "application/pdf", data=b"%PDF-1.4\n%%EOF", filename="bad.pdf")
+    try:
+        events = await _events(app, Request(messages=[Message(Role.USER, [Part(media=audio), Part(media=pdf),
+                                                                         Part(text="Summarise")])]))
+    finally:
+        await app.aclose()
+    answer = events[-1].answer
+    assert (answer.text, answer.route.model) == ("omni answered", "omni")
+    assert [s.model for s in answer.route.steps] == ["ears", "omni"]
+    assert answer.usage.cost_usd == pytest.approx(sum(s.usage.cost_usd for s in answer.route.steps))
+    assert answer.usage.cost_usd == pytest.approx(2.0 + 20e-6) and answer.usage.audio_seconds == 2.0
+    streamed = [e.usage.cost_usd for e in events if isinstance(e, StepUsage)]
+    assert streamed == pytest.approx([2.0, 20e-6])
+
+
+async def test_the_routes_latency_covers_routing(tmp_path) -> None:
+    """latency_ms is the router's whole time on the request: a slow route_request hook counts."""
+    app = App(parse_config(SCRIPTED % tmp_path, "test.yaml"), extra_plugins={"s": ScriptedPlugin()})
+    try:
+        events = await _events(app, Request(messages=[Message(Role.USER, [Part(text="hi")])],
+                                            metadata={"slow": "yes"}))
+    finally:
+        await app.aclose()
+    assert events[-1].answer.route.latency_ms >= 300
+
+
+PAID_BRIDGE = """
+providers:
+  fake: {api_key: k}
+routes:
+  - name: text
+    use: fake/echo
+    bridging: true
+bridges:
+  audio: [fake/ears]
+"""
+
+
+def _bridge_rows(data_dir) -> int:
+    store = SessionStore(data_dir / "sessions.sqlite")
+    try:
+        return sum(row["calls"] for row in store.stats() if row["model"] == "ears")
+    finally:
+        store.close()
+
+
+def test_paid_bridges_of_failed_and_cancelled_requests_are_in_the_statistics(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(PAID_BRIDGE, data_dir=tmp_path / "data")
+    audio = pb.Message(role=pb.ROLE_USER, parts=[pb.Part(media=pb.Media(
+        modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(0.5)))])
+
+    def request(command: str) -> pb.MultimodalRequest:  # the command alone in the last message
+        return pb.MultimodalRequest(messages=[audio, pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text=command)])])
+
+    with pytest.raises(grpc.RpcError) as caught:  # the transcription is paid, then the answer is refused
+        daemon.stub.Generate(pb.GenerateRequest(request=request("FAIL:400")))
+    assert error_details(caught.value).reason == "PROVIDER_BAD_REQUEST"
+    stream = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request("SLOW:30")))
+    for event in stream:
+        if event.WhichOneof("event") == "transcript":
+            stream.cancel()  # the client leaves while the answering model is still thinking
+            break
+    time.sleep(0.5)
+    assert daemon.stop() == 0
+    assert _bridge_rows(tmp_path / "data") == 2
+
+
+INPUT_SIZE = """
+providers:
+  fake: {api_key: k}
+routes:
+  - name: text
+    use: fake/echo
+    fallback: [fake/docs]
+"""
+
+
+def test_a_target_refusing_the_input_size_gives_way_to_the_fallback(start_daemon) -> None:
+    daemon = start_daemon(INPUT_SIZE)
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("FAIL:413@echo"))).answer
+    assert (answer.route.model, [(a.model, a.ok) for a in answer.route.attempts]) == (
+        "docs", [("echo", False), ("docs", True)])
+
+    with pytest.raises(grpc.RpcError) as caught:  # every target refused: the client is told why
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("FAIL:413")))
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INPUT_TOO_LARGE")
+
+    with pytest.raises(grpc.RpcError) as caught:  # a malformed request is not tried elsewhere
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("FAIL:400@echo")))
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_BAD_REQUEST")

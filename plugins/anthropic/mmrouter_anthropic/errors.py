@@ -59,7 +59,9 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
     anthropic SDK.
 
     Status errors map by HTTP status (or, for an ``error`` event inside a stream, whose
-    HTTP status is 200, by the error's type); connection failures and timeouts are
+    HTTP status is 200, by the error's type); a request refused for its size (413, "prompt is too
+    long", over the PDF page or image limits) is ``ProviderInputTooLarge``, so the router tries a
+    fallback; connection failures and timeouts are
     UNAVAILABLE. The message never contains ``api_key``.
     """
     import anthropic
@@ -84,7 +86,8 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
         if status == 429 and exc.status_code == 429:
             retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
         return provider_error_from_status(
-            provider, status, _scrub(message, api_key), retry_after=retry_after
+            provider, status, _scrub(message, api_key), retry_after=retry_after,
+            too_large=err_type == "request_too_large",
         )
     if isinstance(exc, transport_errors()):
         return ProviderUnavailable(provider, f"connection to the Anthropic API failed ({type(exc).__name__})")

@@ -1,6 +1,7 @@
 """Turn ``openai`` SDK exceptions into the router's ``Provider*`` errors.
 
-400/422 -> INVALID_ARGUMENT, 401/403 -> FAILED_PRECONDITION naming the key
+400/422 -> INVALID_ARGUMENT (413 and size refusals such as ``context_length_exceeded``
+-> INPUT_TOO_LARGE, which lets the router try a fallback), 401/403 -> FAILED_PRECONDITION naming the key
 setting, 404 -> NOT_FOUND, 429 -> RESOURCE_EXHAUSTED with the Retry-After,
 5xx, connection failures and SDK timeouts -> UNAVAILABLE. Messages never
 contain the API key: 401/403 messages are ours (OpenAI's echo part of the
@@ -40,6 +41,17 @@ def _upstream_message(exc: Any) -> str:
     return str(getattr(exc, "message", "") or exc)
 
 
+#: OpenAI error codes that refuse a request for its size: another model may take it.
+_TOO_LARGE_CODES = frozenset({"context_length_exceeded", "string_above_max_length", "request_too_large"})
+
+
+def _error_code(exc: Any) -> str:
+    """The ``code`` of the provider's error body, if any."""
+    body = getattr(exc, "body", None)
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else ""
+
+
 def retry_after_seconds(headers: Any) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``retry-after`` response headers, if given."""
     if headers is None:
@@ -73,7 +85,8 @@ def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, a
         else:
             message = f"HTTP {status} from {model}: {message}"
         retry_after = retry_after_seconds(exc.response.headers) if status == 429 else None
-        return provider_error_from_status(provider, status, message, retry_after=retry_after)
+        return provider_error_from_status(provider, status, message, retry_after=retry_after,
+                                          too_large=_error_code(exc) in _TOO_LARGE_CODES)
     if isinstance(exc, openai.APIError):
         # An error event inside a stream: no HTTP status, the provider failed mid-answer.
         return ProviderUnavailable(provider, f"{model} failed while answering: "
