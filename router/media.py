@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge, StorageFull, UnknownMedia
-from .sniff import mime_problem
+from .sniff import HEAD_BYTES, mime_problem
 from .types import Media, Modality
 
 _ID = re.compile(r"^[0-9a-f]{64}$")
-_HEAD = 64
+_HEAD = HEAD_BYTES
 #: Temp files older than this at start-up are left over from a daemon that was killed mid-upload.
 STALE_TEMP_SECONDS = 3600.0
 #: The write errors that mean "no room": disk full, quota exceeded, file size limit.

@@ -1,13 +1,18 @@
-"""Cheap content checks: magic bytes -> MIME family, media duration, PDF page count."""
+"""Cheap content checks: magic bytes -> MIME family, text or binary, media duration, PDF page count."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import re
 import wave
 
+from .mime import normalise_mime
 from .types import Modality
+
+#: How many first bytes :func:`mime_problem` is given: magic numbers need 16, the text check more.
+HEAD_BYTES = 4096
 
 #: (offset, magic, mime family) — the family is compared with the declared MIME type.
 _MAGIC: list[tuple[int, bytes, str]] = [
@@ -39,7 +44,7 @@ _COMPATIBLE: dict[str, set[str]] = {
 
 #: Top-level MIME type -> the modality it must be declared as.
 MIME_MODALITY = {"image": Modality.IMAGE, "audio": Modality.AUDIO, "video": Modality.VIDEO,
-                 "application": Modality.DOCUMENT}
+                 "application": Modality.DOCUMENT, "text": Modality.DOCUMENT}
 
 
 def magic_family(head: bytes) -> str | None:
@@ -59,11 +64,14 @@ def magic_family(head: bytes) -> str | None:
 
 
 def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
-    """Why ``mime_type`` does not fit ``modality`` or the content's first bytes, or None."""
-    mime = mime_type.lower().split(";")[0].strip()
+    """Why ``mime_type`` does not fit ``modality`` or the content's first bytes (``head``, up to
+    :data:`HEAD_BYTES`), or None."""
+    mime = normalise_mime(mime_type)
     top = mime.split("/")[0]
     if MIME_MODALITY.get(top) is not modality and not (top == "video" and modality is Modality.AUDIO):
         return f"MIME type {mime_type!r} is not a {modality.value} type"
+    if top == "text":
+        return _text_problem(mime_type, head)
     accepted = _COMPATIBLE.get(mime)
     if accepted is None:
         return None  # a type we cannot check cheaply
@@ -71,6 +79,20 @@ def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
     if found is None or found not in accepted:
         shown = found or "unrecognised bytes"
         return f"declared {mime_type!r} but the content looks like {shown}"
+    return None
+
+
+def _text_problem(mime_type: str, head: bytes) -> str | None:
+    """Why ``head`` is not the start of UTF-8 text, or None. Providers and the local extractor read
+    text documents as UTF-8, so binary content (or UTF-16, which has NUL bytes) declared as text is
+    refused here rather than sent as mojibake."""
+    if b"\0" in head:
+        return f"declared {mime_type!r} but the content is binary (it has NUL bytes), not UTF-8 text"
+    try:  # a full head may end inside a multi-byte character; a shorter one is the whole content
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < HEAD_BYTES)
+    except UnicodeDecodeError as exc:
+        return (f"declared {mime_type!r} but the content is not UTF-8 text (byte {exc.start} is invalid); "
+                "send text documents as UTF-8")
     return None
 
 

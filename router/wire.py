@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from mmrouter.v1 import router_pb2 as pb
@@ -15,7 +16,7 @@ from . import routing
 from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge
 from .outcome import Answer, RouteInfo, Step
 from .plugins import ProviderEntry, State
-from .sniff import mime_problem
+from .sniff import HEAD_BYTES, mime_problem
 from .types import (
     Media,
     Message,
@@ -68,7 +69,8 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
         if stored.modality is not modality:
             problems.append(FieldViolation(f"{path}.modality",
                                            f"media {media.media_id} was uploaded as {stored.modality.value}"))
-        stored.filename = media.filename or stored.filename
+        if media.filename and media.filename != stored.filename:  # this reference's name, not every one's
+            stored = replace(stored, filename=media.filename)
         return stored
     if not media.mime_type:
         problems.append(FieldViolation(f"{path}.mime_type", "required, e.g. image/png"))
@@ -94,7 +96,7 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
     if not data:
         problems.append(FieldViolation(f"{path}.data", "is empty"))
         return None
-    problem = mime_problem(media.mime_type, modality, data[:64])
+    problem = mime_problem(media.mime_type, modality, data[:HEAD_BYTES])
     if problem:
         raise MimeMismatch(f"{path}: {problem}", violations=[FieldViolation(f"{path}.mime_type", problem)])
     return Media(modality, media.mime_type, data=data, filename=media.filename, size=len(data))
@@ -112,16 +114,54 @@ def url_problem(url: str) -> str:
     return ""
 
 
-class Limits:
-    """The request limits wire conversion enforces."""
+#: The most bytes of media one request may refer to by default: as much as one upload may hold
+#: (``server.max_upload_bytes``' default), so any single upload stays usable.
+MAX_REQUEST_MEDIA_BYTES = 64 * 1024**3
 
-    def __init__(self, inline_bytes: int, allow_urls: bool) -> None:
+
+class Limits:
+    """The request limits wire conversion enforces.
+
+    ``media_bytes`` bounds the sum of the sizes of all media a request refers to, inline or by
+    ``media_id``, counting every reference: a plugin that sends media inline sends an upload named
+    twice twice, so a tiny request naming one large upload many times is refused here.
+    """
+
+    def __init__(self, inline_bytes: int, allow_urls: bool, media_bytes: int = MAX_REQUEST_MEDIA_BYTES) -> None:
         self.inline_bytes = inline_bytes
         self.allow_urls = allow_urls
+        self.media_bytes = media_bytes
+
+
+def _resolve_once(resolve: ResolveMedia) -> ResolveMedia:
+    """``resolve`` that looks each media id up once (a request may name one upload many times)."""
+    found: dict[str, Media] = {}
+
+    def once(media_id: str) -> Media:
+        if media_id not in found:
+            found[media_id] = resolve(media_id)
+        return found[media_id]
+
+    return once
+
+
+def _check_media_bytes(request: Request, limit: int) -> None:
+    """Raise :class:`PayloadTooLarge` when the media ``request`` refers to add up to more than ``limit`` bytes."""
+    media = request.media()
+    total = sum(m.size for m in media)
+    if total <= limit:
+        return
+    problem = (f"the request's {len(media)} media parts refer to {total} bytes in all, over the limit of {limit} "
+               "bytes of media per request (a media_id named twice counts twice); send fewer or smaller media")
+    raise PayloadTooLarge(problem, violations=[FieldViolation("request.messages", problem)],
+                          metadata={"limit": "max_request_media_bytes", "limit_bytes": str(limit),
+                                    "size_bytes": str(total)})
 
 
 def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: ResolveMedia) -> Request:
-    """Convert and validate a wire request. Raises InvalidRequest listing every bad field."""
+    """Convert and validate a wire request. Raises InvalidRequest listing every bad field, or
+    PayloadTooLarge when its media are over ``limits``."""
+    resolve = _resolve_once(resolve)
     problems: list[FieldViolation] = []
     messages = []
     if not msg.messages:
@@ -170,6 +210,7 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
     if problems:
         raise InvalidRequest("invalid request: " + "; ".join(f"{p.field}: {p.description}" for p in problems),
                              violations=problems)
+    _check_media_bytes(request, limits.media_bytes)
     return request
 
 

@@ -167,6 +167,29 @@ def test_inline_image_streams_text_deltas_and_usage(daemon, fake):
     assert fake.calls("upload_start") == []
 
 
+def test_a_conversation_gemini_would_refuse_is_sent_alternating_with_registered_mime_types(daemon, fake):
+    """A conversation sent whole that starts with the assistant and has two user turns in a row, an
+    ``image/jpg`` and a Markdown document: the real API refuses all three as they are (the fake too)."""
+    jpg = b"\xff\xd8\xff\xe0" + b"\0" * 100
+    notes = b"# Plan\n* ship it\n"
+    request = pb.MultimodalRequest(messages=[
+        pb.Message(role=pb.ROLE_ASSISTANT, parts=[pb.Part(text="Hi, send me your files.")]),
+        pb.Message(role=pb.ROLE_USER, parts=[pb.Part(media=pb.Media(modality=pb.MODALITY_IMAGE,
+                                                                      mime_type="image/jpg", data=jpg))]),
+        pb.Message(role=pb.ROLE_USER, parts=[
+            pb.Part(media=pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="text/markdown", data=notes)),
+            pb.Part(text="Compare them.")]),
+    ], options=pb.Options(task=pb.TASK_CHAT))
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer
+    assert answer.text == "Hello from Gemini." and answer.route.provider == "gemini"
+    contents = fake.calls("stream")[0].json()["contents"]
+    assert [c["role"] for c in contents] == ["user", "model", "user"]
+    user = contents[2]["parts"]
+    assert [p.get("inlineData", {}).get("mimeType", p.get("inlineData", {}).get("mime_type")) for p in user] == [
+        "image/jpeg", "text/markdown", None]
+    assert base64.b64decode(user[1]["inlineData"]["data"]) == notes and user[2] == {"text": "Compare them."}
+
+
 @pytest.mark.parametrize(
     ("status", "headers", "code", "reason", "retry"),
     [

@@ -272,6 +272,69 @@ async def test_inline_image_audio_and_pdf_are_sent_as_inline_data(provider, fake
     assert flash.cost(usage) == pytest.approx(1100 * 0.30 / 1e6 + 900 * 1.00 / 1e6 + 5 * 2.50 / 1e6)
 
 
+def _mime_of(part: dict) -> str:
+    data = part.get("inlineData") or part.get("fileData")
+    return data.get("mimeType", data.get("mime_type"))
+
+
+async def test_mime_aliases_and_parameters_are_normalised_inline_and_uploaded(fake):
+    """The API refuses aliases (400 "Unsupported MIME type: image/jpg"): what is sent is the registered type."""
+    fake.processing_polls = 0
+    p = make_provider(fake, inline_limit_bytes=2000)
+    jpg = b"\xff\xd8\xff\xe0" + b"\0" * 100
+    wav = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\0" * 5000  # over the inline limit: uploaded
+    notes = b"# Notes\nsome *markdown*"
+    log = b"2024-05-01 started"
+    await collect(p, ask(Part(text="Look"), Part(media=Media(Modality.IMAGE, "Image/JPG", data=jpg)),
+                         Part(media=Media(Modality.DOCUMENT, "text/markdown; charset=utf-8", data=notes)),
+                         Part(media=Media(Modality.DOCUMENT, "text/x-log", data=log)),
+                         Part(media=Media(Modality.AUDIO, "audio/x-wav; codecs=1", data=wav))), model(p))
+    parts = fake.calls("stream")[0].json()["contents"][0]["parts"]
+    assert [_mime_of(part) for part in parts[1:]] == ["image/jpeg", "text/markdown", "text/plain", "audio/wav"]
+    assert [f.mime_type for f in fake.files.values()] == ["audio/wav"]
+    assert base64.b64decode(parts[2]["inlineData"]["data"]) == notes
+    await p.aclose()
+
+
+def _turn(role: Role, text: str) -> Message:
+    return Message(role, [Part(text=text)])
+
+
+LEAD = "(The conversation so far follows.)"
+
+
+@pytest.mark.parametrize(("history", "sent"), [
+    # a trimmed session history that starts with the model's answer
+    ([_turn(Role.ASSISTANT, "a1"), _turn(Role.USER, "q2"), _turn(Role.ASSISTANT, "a2")],
+     [("user", [LEAD]), ("model", ["a1"]), ("user", ["q2"]), ("model", ["a2"]), ("user", ["q3"])]),
+    # an empty stored answer (left out) between two questions
+    ([_turn(Role.USER, "q1"), _turn(Role.ASSISTANT, ""), _turn(Role.USER, "q2")], [("user", ["q1", "q2", "q3"])]),
+    # two answers in a row
+    ([_turn(Role.USER, "q1"), _turn(Role.ASSISTANT, "a1"), _turn(Role.ASSISTANT, "a1b")],
+     [("user", ["q1"]), ("model", ["a1", "a1b"]), ("user", ["q3"])]),
+], ids=["model-first", "empty-answer", "two-answers"])
+async def test_turns_alternate_between_user_and_model(provider, fake, history, sent):
+    """The real API refuses contents that do not alternate (the fake does too): same-role turns are
+    merged, and a conversation that starts with the model gets a short user turn in front."""
+    request = Request(messages=[*history, _turn(Role.USER, "q3")], options=Options(task=Task.CHAT))
+    events = await collect(provider, request, model(provider))
+    assert text_of(events) == "Hello from Gemini."
+    contents = fake.calls("stream")[0].json()["contents"]
+    assert [(c["role"], [part["text"] for part in c["parts"]]) for c in contents] == sent
+
+
+async def test_the_fake_refuses_turns_that_do_not_alternate(fake):
+    """The fake checks alternation like the real API, so the tests above prove something."""
+    from google import genai
+    from google.genai import errors, types
+
+    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(base_url=fake.url))
+    contents = [types.Content(role="user", parts=[types.Part.from_text(text="q1")]),
+                types.Content(role="user", parts=[types.Part.from_text(text="q2")])]
+    with pytest.raises(errors.ClientError, match="alternate between user and model"):
+        await client.aio.models.generate_content(model="gemini-2.5-pro", contents=contents)
+
+
 async def test_media_by_url_is_referenced_not_fetched(provider, fake):
     url = "https://example.com/talk.mp4"
     await collect(provider, ask(Part(text="Sum up"), Part(media=Media(Modality.VIDEO, "video/mp4", url=url))),

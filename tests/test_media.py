@@ -304,3 +304,124 @@ def test_temp_files_of_a_killed_daemon_are_removed_at_start(tmp_path) -> None:
     os.utime(old, (two_hours_ago, two_hours_ago))
     MediaStore(tmp_path / "media", 1 << 20)
     assert not old.exists() and fresh.exists()
+
+
+# -- text documents ----------------------------------------------------------------------------
+
+NOTES = "# Notes\nCafé, naïve: ünïcödé text.\n".encode()
+
+
+@pytest.mark.parametrize("mime", ["text/plain", "text/markdown", "text/csv; charset=utf-8"])
+def test_utf8_text_documents_are_accepted_inline_and_uploaded(daemon, mime) -> None:
+    inline = pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type=mime, data=NOTES, filename="notes")
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("sum up", media=[inline]))).answer
+    assert "document=1" in answer.text
+
+    reply = upload(daemon.stub, [NOTES[:5], NOTES[5:]], mime=mime, size=len(NOTES))  # a head split mid-character
+    assert reply.media_id == hashlib.sha256(NOTES).hexdigest()
+    stored = pb.Media(modality=pb.MODALITY_DOCUMENT, media_id=reply.media_id)
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("sum up", media=[stored]))).answer
+    assert "document=1" in answer.text
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (PDF, None),  # ASCII enough to be text, so it passes: only NULs and bad UTF-8 are refused
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "NUL bytes"),
+    ("UTF-16 text".encode("utf-16"), "NUL bytes"),
+    ("latin-1: café".encode("latin-1"), "not UTF-8"),
+    ("café in latin-1".encode("latin-1") * 1000, "not UTF-8"),
+], ids=["ascii-pdf", "png", "utf-16", "latin-1-at-the-end", "latin-1-long"])
+def test_binary_content_declared_as_text_is_refused_inline_and_uploaded(daemon, content, why) -> None:
+    inline = pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="text/plain", data=content)
+    request = text_request("read it", media=[inline])
+    if why is None:
+        assert "document=1" in daemon.stub.Generate(pb.GenerateRequest(request=request)).answer.text
+        return
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=request))
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MIME_MISMATCH")
+    assert why in details.message and details.violations[0][0].endswith(".mime_type")
+
+    with pytest.raises(grpc.RpcError) as caught:
+        upload(daemon.stub, [content], mime="text/plain")
+    assert error_details(caught.value).reason == "MIME_MISMATCH" and why in caught.value.details()
+
+
+def test_text_is_a_document_type_only(daemon) -> None:
+    inline = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="text/plain", data=NOTES)
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi", media=[inline])))
+    assert "is not a image type" in caught.value.details()
+
+
+# -- the media one request may refer to --------------------------------------------------------
+
+def test_a_request_naming_uploads_over_the_media_limit_is_refused_before_reading_them(daemon) -> None:
+    """The default limit (64 GiB, as much as one upload may hold) counts every reference: 16 MiB
+    named 4097 times, in a request of 300 kB, is refused at once, naming the limit."""
+    body = PDF + os.urandom(16 * 1024 * 1024 - len(PDF))
+    media_id = upload(daemon.stub, [body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20)]).media_id
+    ref = pb.Media(modality=pb.MODALITY_DOCUMENT, media_id=media_id)
+    request = text_request("compare them all", media=[ref] * 4097)
+    assert request.ByteSize() < 400_000
+    before = _peak_rss_kib(daemon.proc.pid)
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60)
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAYLOAD_TOO_LARGE")
+    assert details.metadata == {"limit": "max_request_media_bytes", "limit_bytes": str(64 * 1024**3),
+                                "size_bytes": str(4097 * len(body))}
+    assert details.violations[0][0] == "request.messages" and "4097 media parts" in details.message
+    assert (_peak_rss_kib(daemon.proc.pid) - before) < 50 * 1024, "the daemon read the media it refused"
+
+    request = text_request("compare", media=[ref] * 3)  # under the limit: answered
+    assert "document=3" in daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60).answer.text
+
+
+def test_the_media_limit_per_request_is_a_server_setting(start_daemon) -> None:
+    daemon = start_daemon(CONFIG + "server:\n  max_request_media_bytes: 1000000\n")
+    body = PDF + b"x" * (400_000 - len(PDF))
+    ref = pb.Media(modality=pb.MODALITY_DOCUMENT, media_id=upload(daemon.stub, [body]).media_id)
+    assert "document=2" in daemon.stub.Generate(pb.GenerateRequest(request=text_request(
+        "two", media=[ref] * 2)), timeout=60).answer.text
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("three", media=[ref] * 3)), timeout=60)
+    details = error_details(caught.value)
+    assert (details.reason, details.metadata["limit_bytes"]) == ("PAYLOAD_TOO_LARGE", "1000000")
+
+
+def test_the_media_limit_counts_inline_and_stored_media_and_each_reference(tmp_path) -> None:
+    from router import wire
+    from router.errors import PayloadTooLarge
+
+    store = MediaStore(tmp_path, 1 << 20)
+    stored = store.put_bytes(PDF + b"x" * 400, "application/pdf", Modality.DOCUMENT, "a.pdf")
+    looked_up: list[str] = []
+
+    def resolve(media_id: str):
+        looked_up.append(media_id)
+        return store.get(media_id).as_media()
+
+    def request(*media: pb.Media) -> pb.MultimodalRequest:
+        return text_request("hi", media=list(media))
+
+    ref = pb.Media(modality=pb.MODALITY_DOCUMENT, media_id=stored.media_id, filename="first.pdf")
+    ref2 = pb.Media(modality=pb.MODALITY_DOCUMENT, media_id=stored.media_id, filename="second.pdf")
+    inline = pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="text/plain", data=b"z" * 100)
+    limits = wire.Limits(1 << 20, False, media_bytes=2 * stored.size + 100)
+    converted = wire.request_from_proto(request(ref, ref2, inline), limits, resolve)
+    assert [m.filename for m in converted.media()] == ["first.pdf", "second.pdf", ""]  # each reference's own name
+    assert looked_up == [stored.media_id]  # looked up once
+    with pytest.raises(PayloadTooLarge) as caught:
+        wire.request_from_proto(request(ref, ref2, inline, pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="text/plain",
+                                                                    data=b"z")), limits, resolve)
+    assert caught.value.metadata["size_bytes"] == str(2 * stored.size + 101)
+
+
+def test_a_text_head_may_end_inside_a_character_but_whole_content_may_not() -> None:
+    from router.sniff import HEAD_BYTES, mime_problem
+
+    text = b"a" + ("é" * HEAD_BYTES).encode()  # two bytes each, after one: a cut at an even offset splits one
+    assert mime_problem("text/plain", Modality.DOCUMENT, text[:HEAD_BYTES]) is None  # the head of longer content
+    assert "not UTF-8" in mime_problem("text/plain", Modality.DOCUMENT, text[:HEAD_BYTES - 2])  # all of it

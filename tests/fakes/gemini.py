@@ -14,7 +14,9 @@ It speaks the wire format the official ``google-genai`` SDK uses:
 
 Like the real service it checks the ``x-goog-api-key`` header (a wrong key is a
 400 ``API_KEY_INVALID``), refuses to use a file that is not ``ACTIVE`` (400
-``FAILED_PRECONDITION``) and one it does not know (403 ``PERMISSION_DENIED``).
+``FAILED_PRECONDITION``) and one it does not know (403 ``PERMISSION_DENIED``), and
+refuses contents that do not start with ``user`` and alternate ``user``/``model``
+(400 ``INVALID_ARGUMENT``).
 """
 
 from __future__ import annotations
@@ -235,11 +237,23 @@ class FakeGemini(FakeUpstream):
                                        f"The File {name} is not in an ACTIVE state and usage is not allowed.")
         return None
 
+    @staticmethod
+    def _check_turns(body: dict) -> dict | None:
+        """The real API's 400 for contents that do not start with ``user`` and alternate ``user``/``model``."""
+        roles = [content.get("role") or "user" for content in body.get("contents", [])]
+        if (roles and roles[0] != "user") or any(a == b for a, b in itertools.pairwise(roles)):
+            return _error(400, "INVALID_ARGUMENT",
+                          "Please ensure that multiturn requests alternate between user and model.")
+        return None
+
     def _generate(self, request: Recorded, reply: Reply, *, stream: bool) -> None:
         body = request.json() or {}
         problem = self._check_files(body)
         if problem is not None:
             return reply.json(problem[1], problem[0])
+        turns = self._check_turns(body)
+        if turns is not None:
+            return reply.json(turns, 400)
         model = _MODEL_CALL.match(request.path)["model"]
         if self.delay:
             time.sleep(self.delay)

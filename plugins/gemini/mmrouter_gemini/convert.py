@@ -8,9 +8,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router import Media, ProviderBadRequest, Request, Role, Usage
+from router.mime import normalise_mime
 
 #: Turns a media that is too large to send inline into a (file URI, MIME type) reference.
 Uploader = Callable[[Media], Awaitable[tuple[str, str]]]
+
+#: The text types Gemini reads as they are; other ``text/*`` documents are sent as ``text/plain``.
+TEXT_TYPES = frozenset({"text/plain", "text/html", "text/css", "text/javascript", "text/csv", "text/markdown",
+                        "text/xml", "text/rtf"})
+
+#: The user turn put in front of a conversation that starts with the model (Gemini wants a user turn first).
+LEADING_USER_TURN = "(The conversation so far follows.)"
 
 #: Finish reasons meaning the answer was withheld rather than finished.
 BLOCKED_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
@@ -35,16 +43,26 @@ def _media_size(media: Media) -> int:
     return 0
 
 
+def gemini_mime(mime_type: str) -> str:
+    """The MIME type to send Gemini for ``mime_type``: normalised (the API refuses aliases such as
+    ``image/jpg``), and a text type it does not list as ``text/plain``."""
+    mime = normalise_mime(mime_type)
+    if mime.startswith("text/") and mime not in TEXT_TYPES:
+        return "text/plain"
+    return mime
+
+
 async def _media_part(media: Media, inline_left: int, upload: Uploader, file_uris: set[str]) -> tuple[Any, int]:
     """One media as an SDK Part: inline while the budget lasts, else a Files API reference."""
     from google.genai import types
 
+    mime = gemini_mime(media.mime_type)
     if media.url is not None:
-        return types.Part.from_uri(file_uri=media.url, mime_type=media.mime_type), inline_left
+        return types.Part.from_uri(file_uri=media.url, mime_type=mime), inline_left
     size = _media_size(media)
     if size <= inline_left:
         data = media.data if media.data is not None else await asyncio.to_thread(media.read_bytes)
-        return types.Part.from_bytes(data=data, mime_type=media.mime_type), inline_left - size
+        return types.Part.from_bytes(data=data, mime_type=mime), inline_left - size
     uri, mime_type = await upload(media)
     file_uris.add(uri)
     return types.Part.from_uri(file_uri=uri, mime_type=mime_type), inline_left
@@ -57,8 +75,10 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout
     (the model's output limit; 0: not known).
 
     System messages become the system instruction; the assistant is the ``model``
-    role. Media go inline until their total passes ``inline_limit`` bytes, the
-    rest through ``upload``.
+    role. Gemini wants turns that alternate between ``user`` and ``model``, so consecutive
+    turns of one role are merged into one, and a conversation that would start with the model
+    (a trimmed session history) gets a short user turn in front. Media go inline until their
+    total passes ``inline_limit`` bytes, the rest through ``upload``.
     """
     from google.genai import types
 
@@ -77,9 +97,14 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout
                 parts.append(types.Part.from_text(text=part.text))
         if parts:
             role = "model" if message.role is Role.ASSISTANT else "user"
-            contents.append(types.Content(role=role, parts=parts))
+            if contents and contents[-1].role == role:
+                contents[-1].parts.extend(parts)
+            else:
+                contents.append(types.Content(role=role, parts=parts))
     if not contents:
         raise ProviderBadRequest(provider, "the request has no user or assistant content to send")
+    if contents[0].role == "model":
+        contents.insert(0, types.Content(role="user", parts=[types.Part.from_text(text=LEADING_USER_TURN)]))
 
     options = request.options
     config = types.GenerateContentConfig(

@@ -19,6 +19,8 @@ from typing import Any
 
 from router import CallContext, Media, ProviderBadRequest, ProviderTimeout
 
+from .convert import gemini_mime
+
 #: A copy this close to its expiry is not used any more (it must outlive the call).
 EXPIRY_MARGIN = timedelta(minutes=15)
 #: The longest wait between two polls of a PROCESSING file.
@@ -146,12 +148,13 @@ class FileStore:
     async def _upload(self, client: Any, media: Media, key: str) -> RemoteFile:
         from google.genai import types
 
-        config = types.UploadFileConfig(mime_type=media.mime_type, display_name=media.filename or key)
+        mime = gemini_mime(media.mime_type)
+        config = types.UploadFileConfig(mime_type=mime, display_name=media.filename or key)
         if media.path is not None:  # stream from the media store, never load it whole
             file = await client.aio.files.upload(file=str(media.path), config=config)
         else:
             file = await client.aio.files.upload(file=io.BytesIO(media.read_bytes()), config=config)
-        return _remote(file, media.mime_type)
+        return _remote(file, mime)
 
     async def _wait_active(self, client: Any, entry: RemoteFile, key: str, ctx: CallContext) -> RemoteFile:
         """Poll with backoff until ACTIVE, bounded by the call's deadline; FAILED is an error."""

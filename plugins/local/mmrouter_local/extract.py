@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from router import Media, Transcript
+from router.mime import normalise_mime
 
 from .asr import SpeechRecognizer
 from .audio import iter_pcm16k
@@ -73,7 +74,7 @@ class Extractor:
 
     def document(self, media: Media, name: str) -> list[Section]:
         """PDF text page by page (OCR for pages without text); plain text documents as they are."""
-        mime = media.mime_type.lower()
+        mime = normalise_mime(media.mime_type)
         if mime.startswith("text/"):
             text = media.read_bytes().decode("utf-8", errors="replace")
             return [Section(f"Document {name}", text)]

@@ -8,8 +8,11 @@ OpenAI-compatible server accepts.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import re
+import secrets
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -25,34 +28,39 @@ from router import (
     Usage,
     UsageReport,
 )
+from router.mime import normalise_mime
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-#: What ``input_audio.format`` accepts, by MIME type.
-AUDIO_FORMATS = {
-    "audio/wav": "wav", "audio/x-wav": "wav", "audio/wave": "wav", "audio/vnd.wave": "wav",
-    "audio/mpeg": "mp3", "audio/mp3": "mp3",
-}
+#: What ``input_audio.format`` accepts, by normalised MIME type (:func:`router.mime.normalise_mime`).
+AUDIO_FORMATS = {"audio/wav": "wav", "audio/mpeg": "mp3"}
 
 
-#: Non-standard MIME types clients send, and the registered type the API expects instead.
-MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
-                "audio/x-wav": "audio/wav", "audio/wave": "audio/wav", "audio/vnd.wave": "audio/wav",
-                "audio/mp3": "audio/mpeg", "audio/x-m4a": "audio/mp4", "audio/m4a": "audio/mp4",
-                "audio/x-flac": "audio/flac"}
+class Base64Of:
+    """Placeholder for the base64 text of a media's bytes in built parameters.
+
+    :func:`build_params` runs on the event loop and only checks the request; the bytes are read
+    and encoded by :func:`request_body` in a worker thread, once per distinct media.
+    """
+
+    def __init__(self, media: Media, prefix: str = "") -> None:
+        self.media = media
+        self.prefix = prefix
+
+    def key(self) -> tuple[object, str]:
+        """What identifies the text: the media's id when stored (else the object) and the prefix."""
+        return self.media.media_id or id(self.media), self.prefix
+
+    def json_bytes(self) -> bytes:
+        """The text as a JSON string: prefix and base64 (blocking: reads a stored file)."""
+        data = base64.b64encode(self.media.read_bytes())
+        return json.dumps(self.prefix).encode()[:-1] + data + b'"'
 
 
-def normalise_mime(mime_type: str) -> str:
-    """The lower-case MIME type without parameters, with common aliases resolved (``image/jpg`` -> ``image/jpeg``)."""
-    base = mime_type.split(";", 1)[0].strip().lower()
-    return MIME_ALIASES.get(base, base)
-
-
-def data_url(media: Media) -> str:
-    """``data:<mime>;base64,...`` for media with local bytes (the MIME type normalised)."""
-    data = base64.b64encode(media.read_bytes()).decode("ascii")
-    return f"data:{normalise_mime(media.mime_type)};base64,{data}"
+def data_url(media: Media) -> Base64Of:
+    """``data:<mime>;base64,...`` for media with local bytes (the MIME type normalised), encoded later."""
+    return Base64Of(media, f"data:{normalise_mime(media.mime_type)};base64,")
 
 
 def _media_part(provider: str, model: ModelInfo, media: Media, where: str) -> dict[str, Any]:
@@ -68,9 +76,40 @@ def _media_part(provider: str, model: ModelInfo, media: Media, where: str) -> di
                                                f"got {media.mime_type} ({where})")
         if media.data is None and media.path is None:
             raise ProviderBadRequest(provider, f"{model.name} cannot fetch audio by URL ({where})")
-        data = base64.b64encode(media.read_bytes()).decode("ascii")
-        return {"type": "input_audio", "input_audio": {"data": data, "format": fmt}}
+        return {"type": "input_audio", "input_audio": {"data": Base64Of(media), "format": fmt}}
     raise ProviderBadRequest(provider, f"{model.name} does not take {media.modality.value} input ({where})")
+
+
+def request_body(params: dict[str, Any]) -> bytes:
+    """The JSON body of a ``/chat/completions`` call with its media read and base64-encoded, each
+    distinct media once however many parts name it. Blocking: run it in a worker thread.
+
+    The parameters are serialised with a marker in place of each media, and the encoded media are
+    spliced in: the JSON encoder (which holds the GIL, so stalls the event loop too) never scans
+    the base64 text, which needs no escaping.
+    """
+    marker = f"mmrouter-media-{secrets.token_hex(8)}-"
+    refs: list[Base64Of] = []
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, Base64Of):
+            refs.append(value)
+            return f"{marker}{len(refs) - 1}"
+        if isinstance(value, dict):
+            return {k: mark(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mark(v) for v in value]
+        return value
+
+    skeleton = json.dumps(mark(params), ensure_ascii=False, separators=(",", ":")).encode()
+    pieces = re.split(b'"' + marker.encode() + rb'(\d+)"', skeleton)
+    encoded: dict[tuple[object, str], bytes] = {}
+    for i in range(1, len(pieces), 2):  # odd pieces are the indexes of the media
+        ref = refs[int(pieces[i])]
+        if ref.key() not in encoded:
+            encoded[ref.key()] = ref.json_bytes()
+        pieces[i] = encoded[ref.key()]
+    return b"".join(pieces)
 
 
 def _message(provider: str, model: ModelInfo, message: Message, index: int) -> dict[str, Any]:
@@ -116,7 +155,8 @@ def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_ma
     return params
 
 
-async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: float) -> AsyncIterator[Any]:
+async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: float,
+                      with_media: bool = True) -> AsyncIterator[Any]:
     """Yield :class:`TextDelta` events as chunks arrive, then one :class:`UsageReport`.
 
     The request goes through the SDK's own client (auth, headers, base URL, error mapping to
@@ -124,12 +164,16 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     decoded here with ``json.loads`` instead of being validated into ``ChatCompletionChunk``
     models, and the parameters (already plain JSON) skip the SDK's typed-dict transform. This
     halves the plugin's CPU per request and per chunk. The HTTP response is closed when the
-    consumer stops early (cancellation).
+    consumer stops early (cancellation). With media (``with_media``) the body is built in a worker
+    thread (:func:`request_body`: media read, encoded and serialised there), so large images or audio
+    do not stall the event loop.
     """
     import httpx2
     import openai
 
-    response = await client.post("/chat/completions", cast_to=httpx2.Response, body=params,
+    # a text-only body is small: a thread hop would cost more than serialising it here
+    body = await asyncio.to_thread(request_body, params) if with_media else request_body(params)
+    response = await client.post("/chat/completions", cast_to=httpx2.Response, content=body,
                                  options={"timeout": timeout}, stream=True)
     usage = Usage()
     done = False

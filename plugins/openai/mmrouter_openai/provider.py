@@ -92,7 +92,7 @@ class OpenAIProvider(router.Provider):
         else:
             params = chat.build_params(self.name, model, request, legacy_max_tokens=self.settings.legacy_max_tokens,
                                        output_limit=entry.max_output_tokens)
-            events = chat.stream_chat(self.client(), params, timeout)
+            events = chat.stream_chat(self.client(), params, timeout, with_media=bool(request.media()))
         try:
             async for event in events:
                 yield event

@@ -1,0 +1,25 @@
+"""MIME types as providers expect them: lower case, no parameters, common aliases resolved.
+
+Clients send the non-standard names operating systems and browsers use
+(``image/jpg``, ``audio/x-wav``, ``audio/webm; codecs=opus``); provider APIs
+check the type against a list of registered names and refuse the others. Every
+plugin sends :func:`normalise_mime` of the declared type.
+"""
+
+from __future__ import annotations
+
+#: Non-standard MIME types clients send, and the registered type providers expect instead.
+ALIASES = {
+    "image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
+    "audio/x-wav": "audio/wav", "audio/wave": "audio/wav", "audio/vnd.wave": "audio/wav",
+    "audio/mp3": "audio/mpeg", "audio/x-mp3": "audio/mpeg", "audio/x-mpeg": "audio/mpeg",
+    "audio/x-m4a": "audio/mp4", "audio/m4a": "audio/mp4",
+    "audio/x-flac": "audio/flac", "audio/x-aac": "audio/aac",
+}
+
+
+def normalise_mime(mime_type: str) -> str:
+    """The lower-case MIME type without parameters, with common aliases resolved
+    (``Image/JPG`` -> ``image/jpeg``, ``audio/x-wav; codecs=1`` -> ``audio/wav``)."""
+    base = mime_type.split(";", 1)[0].strip().lower()
+    return ALIASES.get(base, base)
