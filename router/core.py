@@ -15,7 +15,7 @@ import os
 import random
 import re
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from pathlib import Path
@@ -24,44 +24,54 @@ from urllib.parse import unquote, urlsplit
 from . import routing
 from .config import Config
 from .dispatch import RouterEvent, execute
-from .errors import UnknownSession
+from .errors import FieldViolation, InvalidRequest, UnknownSession
 from .media import MediaStore
-from .outcome import Answer, Done, RouteInfo
+from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
 from .redact import longest_first, mask
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
 from .sessions import SessionStore, trim_history
+from .settings import ProviderSettings
 from .sniff import measure
-from .types import CallContext, Media, Message, Modality, Part, Request, Role
+from .types import CallContext, Media, Message, Modality, ModelInfo, Part, Request, Role, Usage
 
 log = logging.getLogger(__name__)
 
 #: How many recent resets are remembered for the calls under way (see App.reset_session).
 RESETS_KEPT = 10_000
 
-_SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
-_SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD)$")
+# "tokens" (max_output_tokens, context_tokens) are counts, not secrets
+_SECRET_KEY = re.compile(r"key|token(?!s)|secret|password|credential", re.IGNORECASE)
+_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIALS?)$")
 
 
 def secrets_of(providers: Mapping[str, Mapping], *extra: str) -> set[str]:
-    """Every secret-looking value: provider settings named like keys, such environment variables, ``extra``.
+    """Every secret-looking value: provider settings named like keys (in nested sections too), such
+    environment variables, those any ``ProviderSettings.api_key_env`` names, and ``extra``.
 
     A URL's password (``http://user:password@host``, e.g. in a ``base_url``) counts as a secret too.
     Each value is kept as given and stripped of surrounding whitespace, since plugins send the
     stripped key (a secret file usually ends with a newline); values under 4 characters are left out.
     """
-    found = {
-        value
-        for settings in providers.values()
-        for key, value in settings.items()
-        if _SECRET_KEY.search(key) and isinstance(value, str)
-    }
-    found |= {secret for settings in providers.values() for value in settings.values()
-              for secret in _url_credentials(value)}
+    found = {secret for settings in providers.values() for secret in _settings_secrets(settings)}
     found |= {value for name, value in os.environ.items() if _SECRET_ENV.search(name)}
+    found |= {os.environ[name] for name in ProviderSettings.key_variables() if name in os.environ}
     found |= set(extra)
     found |= {value.strip() for value in found}
     return {value for value in found if len(value) >= 4}
+
+
+def _settings_secrets(value: object, secret: bool = False) -> set[str]:
+    """The secrets in a provider's settings: strings under a key named like a secret (at any depth, in
+    mappings and lists) and the credentials of URLs."""
+    if isinstance(value, str):
+        return {value, *_url_credentials(value)} if secret else _url_credentials(value)
+    if isinstance(value, Mapping):
+        return {s for key, item in value.items()
+                for s in _settings_secrets(item, secret or bool(_SECRET_KEY.search(str(key))))}
+    if isinstance(value, list | tuple):
+        return {s for item in value for s in _settings_secrets(item, secret)}
+    return set()
 
 
 #: A user name in a URL this long is taken for a token (some gateways take the key as the user name).
@@ -117,24 +127,36 @@ class App:
         self.sessions = SessionStore(data_dir / "sessions.sqlite")
         #: Sessions reset lately, and when (time.monotonic()), the newest last.
         self._resets: OrderedDict[str, float] = OrderedDict()
+        self._in_flight: Counter[str] = Counter()  # session id -> calls on it under way
         self.router = _router_of(config)
         self.secrets = longest_first(secrets_of(config.providers, config.server.auth_token))
         self.catalog: Catalog = self._build_catalog()
 
-    def reload(self, config: Config) -> tuple[bool, list[str]]:
+    def reload(self, config: Config) -> tuple[bool, list[str]] | None:
         """Serve ``config`` from now on: its rules, default, bridges and overrides, and, when the
         ``providers`` or ``plugins`` sections changed (a rotated key, a new base_url or model),
         providers made again from them. Calls under way finish on the route and providers they
         started with; replaced providers are closed after the last of those calls.
 
         Returns whether the providers were made again, and the sections that changed but need a
-        restart (``server``)."""
+        restart (``server``). When the providers cannot be made at all, nothing changes: the reload
+        is refused (logged) and None returned."""
         old, new = self.config, config
-        self.router = _router_of(new)
         remade = (old.providers, old.plugins) != (new.providers, new.plugins)
-        if remade:
-            self._replace_registry(load_registry(new.providers, disabled=new.plugins.disabled,
-                                                 extra_plugins=self._extra_plugins))
+        registry = None
+        if remade:  # before anything is switched: the new rules may name the new providers
+            try:
+                registry = load_registry(new.providers, disabled=new.plugins.disabled,
+                                         extra_plugins=self._extra_plugins)
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                log.exception("reload refused: the providers of the new configuration could not be made; "
+                              "the running configuration, rules and providers stay")
+                return None
+        self.router = _router_of(new)
+        if registry is not None:
+            self._replace_registry(registry)
             # old keys stay masked too: a call under way may still quote one
             self.secrets = longest_first([*self.secrets, *secrets_of(new.providers, new.server.auth_token)])
         kept = {"tls"}  # the daemon reloads its certificate itself (server.reload_config)
@@ -199,6 +221,8 @@ class App:
         if not request.session_id:
             return request, []
         history = self.sessions.history(request.session_id, self.load_media)
+        if history:
+            _check_only_new_turn(request, len(history))
         if not self.config.server.allow_urls:
             history = [_without_urls(message) for message in history]
         return dataclasses.replace(request, messages=history + request.messages, history_length=len(history)), history
@@ -215,7 +239,9 @@ class App:
             candidates = [str(t) for t in self.router.usable_targets(facts, self.catalog)]
             try:
                 picked = pm.hook.route_request(request=request, candidates=candidates)
-            except Exception:
+            except asyncio.CancelledError:
+                raise
+            except BaseException:  # a plugin's KeyboardInterrupt or SystemExit too: never the daemon's end
                 log.exception("a route_request hook failed; using the rules")
                 picked = None
             chosen = Target.parse(picked) if picked in candidates else None
@@ -235,12 +261,12 @@ class App:
             return request, []
         current = request.messages[len(history):]
 
-        budget = plan.model.context_tokens
+        budget = input_budget(plan.model, request.options.max_output_tokens)
         kept, dropped = trim_history(history, current, budget, estimate_tokens)
         if not dropped:
             return request, []
         note = (f"history trimmed: dropped the {dropped} oldest message(s) of session {request.session_id} "
-                f"to fit {plan.target}'s context of {budget} tokens")
+                f"to fit {plan.target}'s context of {plan.model.context_tokens} tokens with room for its answer")
         return dataclasses.replace(request, messages=kept + current, history_length=len(kept)), [note]
 
     async def _measure_media(self, request: Request) -> None:
@@ -255,32 +281,59 @@ class App:
         return RouteInfo.planned(decision)
 
     async def answer(self, request: Request, deadline: float | None) -> AsyncIterator[RouterEvent]:
-        """Route and answer ``request``; yields router events ending with Done."""
+        """Route and answer ``request``; yields router events ending with Done.
+
+        The steps that completed (paid bridges, the answer) are recorded for statistics whatever
+        the outcome: answered, failed or cancelled. The session's turn is kept on Done only.
+        """
         started = time.monotonic()
-        untrimmed, history = self._with_history(request)
-        await self._measure_media(untrimmed)
-        decision, _ = self._decide(untrimmed)
-        full, notes = self._trim(untrimmed, history, decision.plan)
-        # a fallback gets the history trimmed to its own model's context
-        fit = (lambda plan: self._trim(untrimmed, history, plan)) if history else None
-        ctx = CallContext(request_id=f"{random.getrandbits(128):032x}", deadline=deadline)
-        registry = self.registry  # the one the decision was made with (no await since): kept for the call
-        registry.calls += 1
+        clock = time.perf_counter()  # the route's latency covers history, measuring and routing too
+        session = request.session_id
+        if session:  # a ResetSession meanwhile must know the session is in use
+            self._in_flight[session] += 1
+        registry: Registry | None = None
+        route: RouteInfo | None = None
         try:
+            untrimmed, history = self._with_history(request)
+            await self._measure_media(untrimmed)
+            decision, _ = self._decide(untrimmed)
+            full, notes = self._trim(untrimmed, history, decision.plan)
+            # a fallback gets the history trimmed to its own model's context
+            fit = (lambda plan: self._trim(untrimmed, history, plan)) if history else None
+            ctx = CallContext(request_id=f"{random.getrandbits(128):032x}", deadline=deadline)
+            registry = self.registry  # the one the decision was made with (no await since): kept for the call
+            registry.calls += 1
             # Closed explicitly: a consumer that stops at Done must not leave the generator to the
             # garbage collector, whose finalizer schedules a task per request to close it.
-            async with aclosing(execute(full, decision, registry, ctx, notes, fit, self.sessions)) as events:
+            async with aclosing(execute(full, decision, registry, ctx, notes, fit, self.sessions, clock,
+                                        self.router.bridges)) as events:
                 async for event in events:
-                    if isinstance(event, Done):
+                    if isinstance(event, RouteChosen):
+                        route = event.route  # the steps are added to it as they complete
+                    elif isinstance(event, Done):
                         self._finish(request, event, started)
                     yield event
         finally:
-            registry.calls -= 1
-            if registry is not self.registry:
-                self._close_retired()
+            if route is not None:
+                self._record(route)
+            if registry is not None:
+                registry.calls -= 1
+                if registry is not self.registry:
+                    self._close_retired()
+            if session:
+                self._in_flight[session] -= 1
+                if not self._in_flight[session]:
+                    del self._in_flight[session]
+
+    def _record(self, route: RouteInfo) -> None:
+        """Record the route's completed steps for statistics (a failure is only logged)."""
+        try:
+            self.sessions.record(Answer("", None, Usage(), route))  # record() reads the route's steps only
+        except Exception:
+            log.exception("recording call statistics failed")
 
     def _finish(self, request: Request, done: Done, started: float) -> None:
-        """Save the session's turns, record statistics, tell the observer hooks.
+        """Save the session's turn, tell the observer hooks (statistics are recorded by :meth:`answer`).
 
         The answer is already computed: a failure here is logged, never turned into a failed call.
         A session reset since the call ``started`` (a time.monotonic()) keeps no turn of it.
@@ -290,19 +343,22 @@ class App:
             log.info("session %r was reset while a call on it ran: that call's turn is not kept", request.session_id)
         elif request.session_id:
             self._save_turn(request, answer)
-        try:
-            self.sessions.record(answer)
-        except Exception:
-            log.exception("recording call statistics failed")
         self._hook("on_response", request=request, answer=answer)
 
     def _save_turn(self, request: Request, answer: Answer) -> None:
-        """Append the question and the answer to the request's session (a failure is only logged)."""
+        """Append the question and the answer to the request's session (a failure is only logged).
+
+        An empty answer (a refusal, a filtered or cut-off reply) keeps no turn: an empty assistant
+        message is dropped or refused by providers, and the question alone would make two user
+        turns in a row, which Gemini refuses. The client may ask again.
+        """
         turns = [m for m in request.messages if m.role is not Role.SYSTEM]
         if not turns:  # a call of system prompts only adds no turn to the conversation
             return
-        reply = answer.text or (answer.transcript.text if answer.transcript else "")
-        turns.append(Message(Role.ASSISTANT, [Part(text=reply)]))
+        if not answer.text:  # the model's own transcript is already the text of a transcription
+            log.info("the answer on session %r is empty: its turn is not kept", request.session_id)
+            return
+        turns.append(Message(Role.ASSISTANT, [Part(text=answer.text)]))
         try:
             self.sessions.append(request.session_id, turns, self._store_media)
         except Exception:
@@ -326,7 +382,9 @@ class App:
             return
         try:
             hook(**kwargs)
-        except Exception:
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # a plugin's KeyboardInterrupt or SystemExit too: never the daemon's end
             log.exception("an %s hook failed; ignored", name)
 
     # -- other calls ---------------------------------------------------------------------
@@ -335,14 +393,15 @@ class App:
         return sorted(self.registry.entries.values(), key=lambda e: e.name)
 
     def reset_session(self, session_id: str) -> int:
-        # a call under way on this session was built on what is forgotten now: it must not bring it back
+        removed = self.sessions.reset(session_id)
+        if not removed and not self._in_flight.get(session_id):
+            raise UnknownSession(f"no session {session_id!r}: it has no stored turns")
+        # a call under way on this session (its first turn, maybe) was built on what is forgotten now:
+        # it must not bring it back
         self._resets[session_id] = time.monotonic()
         self._resets.move_to_end(session_id)
         while len(self._resets) > RESETS_KEPT:
             self._resets.popitem(last=False)
-        removed = self.sessions.reset(session_id)
-        if not removed:
-            raise UnknownSession(f"no session {session_id!r}: it has no stored turns")
         return removed
 
     async def aclose(self) -> None:
@@ -352,6 +411,32 @@ class App:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         self.sessions.close()
+
+
+#: Of a model's context, the share kept free when history is trimmed: token counts are estimated
+#: (characters / 4), and a tokenizer may count more.
+CONTEXT_MARGIN = 0.05
+
+
+def input_budget(model: ModelInfo, max_output_tokens: int) -> int:
+    """The input tokens a request to ``model`` may have: its context less room for the answer (the
+    request's ``max_output_tokens``, else the model's default, within its output limit) and a margin."""
+    answer = max_output_tokens or model.default_max_output_tokens
+    if model.max_output_tokens:
+        answer = min(answer, model.max_output_tokens)
+    return max(0, int(model.context_tokens * (1 - CONTEXT_MARGIN)) - answer)
+
+
+def _check_only_new_turn(request: Request, stored: int) -> None:
+    """A request on a session that holds turns sends only its new turn: assistant messages in it would be
+    stored again after the session's own (a client resending the whole conversation doubles it). A new
+    session may be started from a conversation given whole."""
+    replies = [i for i, m in enumerate(request.messages) if m.role is Role.ASSISTANT]
+    if replies:
+        problem = (f"session {request.session_id!r} already holds {stored} message(s): send only the new turn "
+                   "(user and system messages); the router adds the earlier ones")
+        raise InvalidRequest(f"invalid request: {problem}", violations=[
+            FieldViolation(f"request.messages[{replies[0]}].role", problem)])
 
 
 def _without_urls(message: Message) -> Message:

@@ -18,7 +18,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -32,7 +32,7 @@ from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
 
-from . import redact, wire
+from . import invoke, redact, wire
 from .auth import TokenAuth
 from .config import Config, load_config
 from .core import App, monotonic_deadline, secrets_of
@@ -151,7 +151,7 @@ def unary(method: Callable) -> Callable:
             return await method(self, parsed(request), context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
-        except Exception as exc:
+        except BaseException as exc:  # a KeyboardInterrupt or SystemExit that got this far must not stop the daemon
             await _abort(context, self.app, exc)
 
     return wrapper
@@ -165,9 +165,9 @@ def streaming(method: Callable) -> Callable:
         try:
             async for item in method(self, parsed(request), context):
                 yield item
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+        except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):  # GeneratorExit: gRPC closed us
             raise
-        except Exception as exc:
+        except BaseException as exc:  # a KeyboardInterrupt or SystemExit that got this far must not stop the daemon
             await _abort(context, self.app, exc)
 
     return wrapper
@@ -179,7 +179,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
         server = app.config.server
-        self.limits = wire.Limits(server.inline_limit_bytes, server.allow_urls)
+        self.limits = wire.Limits(server.inline_limit_bytes, server.allow_urls, server.max_request_media_bytes)
         self.max_message_bytes = server.max_message_bytes
         self.max_call_seconds = server.max_call_seconds
         #: UTF-8 takes up to 4 bytes a character; 64 bytes leave room for the message's framing.
@@ -349,7 +349,10 @@ def reload_config(app: App, config_path: Path | None, certificates: ServerCertif
         config = config.model_copy(update={"server": config.server.model_copy(update=server_overrides)})
     if log_filter is not None:  # before anything logs the new keys' providers
         log_filter.add(secrets_of(config.providers, config.server.auth_token))
-    remade, needs_restart = app.reload(config)
+    reloaded = app.reload(config)
+    if reloaded is None:  # refused, and said why
+        return
+    remade, needs_restart = reloaded
     log.info("SIGHUP: rules reloaded from %s (%d rules, default %s)", config_path, len(config.routes),
              config.default or "none")
     if remade:
@@ -434,6 +437,31 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     log.info("shutting down: draining in-flight calls for up to %gs", grace)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace)
-    await app.aclose()
+    stuck = await _finish_within(STOP_SECONDS, app.aclose())
     data_lock.close()
+    if stuck:
+        log.error("stopped, but %s did not stop within %gs of being cancelled (a plugin that catches "
+                  "CancelledError?): exiting without waiting for it", " and ".join(stuck), STOP_SECONDS)
+        logging.shutdown()
+        os._exit(1)  # asyncio.run would wait for those calls forever
     log.info("stopped")
+
+
+#: After the drain, how long closing the providers and cancelling the calls left may take.
+STOP_SECONDS = 5.0
+
+
+async def _finish_within(seconds: float, closing: Coroutine[Any, Any, None]) -> list[str]:
+    """Run ``closing`` and cancel the provider calls still under way, for at most ``seconds`` in all.
+    Returns what did not finish (``provider <name>``, ``closing the providers``); a failure of ``closing`` is raised."""
+    close = asyncio.ensure_future(closing)
+    calls = invoke.calls_under_way()
+    for task in calls:
+        task.cancel()
+    _, pending = await asyncio.wait([close, *calls], timeout=seconds)
+    stuck = [f"provider {name}" for name in invoke.providers_running(pending)]
+    if close in pending:
+        stuck.append("closing the providers")
+    else:
+        close.result()
+    return stuck

@@ -314,13 +314,17 @@ def trim_history(history: list[Message], current: list[Message], budget_tokens: 
     """Drop the oldest history messages until history + current fit ``budget_tokens``.
 
     Returns the kept history and how many messages were dropped. The current
-    turn is never dropped. Each message is estimated once and the estimates are
-    added up, so a session of thousands of turns costs linear time.
+    turn is never dropped. A trimmed history starts with a user message (an
+    answer whose question was dropped goes too: providers want a conversation
+    to start with the user). Each message is estimated once and the estimates
+    are added up, so a session of thousands of turns costs linear time.
     """
     costs = [estimate([message]) for message in history]
     total = sum(costs) + estimate(current)
     dropped = 0
     while dropped < len(history) and total > budget_tokens:
         total -= costs[dropped]
+        dropped += 1
+    while 0 < dropped < len(history) and history[dropped].role is not Role.USER:
         dropped += 1
     return history[dropped:], dropped

@@ -131,6 +131,21 @@ async def test_pdf_text_page_by_page(local: LocalProvider) -> None:
     assert isinstance(events[-1], UsageReport) and events[-1].usage.cost_usd == 0
 
 
+@pytest.mark.parametrize("mime", ["text/markdown; charset=utf-8", "text/csv", "Text/Plain"])
+async def test_text_documents_are_given_as_they_are(local: LocalProvider, mime: str) -> None:
+    notes = "# Plan\nShip the zebra release, café included.\n"
+    events = await collect(local, ask(Media(Modality.DOCUMENT, mime, data=notes.encode(), filename="plan.md")),
+                           local.models[0])
+    assert "[Document plan.md]" in text_of(events) and notes.strip() in text_of(events)
+
+
+async def test_a_pdf_with_mime_parameters_is_read_as_a_pdf(local: LocalProvider) -> None:
+    pdf = media.pdf([["Parameters do not change the type"]])
+    events = await collect(local, ask(Media(Modality.DOCUMENT, "Application/PDF; version=1.4", data=pdf,
+                                            filename="p.pdf")), local.models[0])
+    assert "Parameters do not change the type" in text_of(events)
+
+
 async def test_image_ocr_in_reading_order_with_format_and_size(local: LocalProvider) -> None:
     image = media.text_image([((20, 20), "Invoice number 4711"), ((20, 100), "Total due 42 EUR"),
                               ((380, 170), "right"), ((20, 170), "left")])
@@ -185,8 +200,9 @@ async def test_transcribes_the_newest_messages_clips_as_one_transcript(local: Lo
     assert starts == sorted(starts)
 
 
-async def test_extraction_in_a_session_sends_only_this_turns_transcripts(local: LocalProvider) -> None:
-    """The history's audio is extracted again for the text, but its transcript went with its own turn."""
+async def test_extraction_in_a_session_extracts_only_this_turns_media(local: LocalProvider) -> None:
+    """The history's audio is not decoded again: its text went with its own turn's answer, which the
+    session keeps; a follow-up with no media says so."""
     earlier, now = (media.speech_wav(t) for t in ("one two three four five", CALL))
     request = Request([
         Message(Role.USER, [Part(media=Media(Modality.AUDIO, "audio/wav", data=earlier)), Part(text="what is said?")]),
@@ -196,7 +212,14 @@ async def test_extraction_in_a_session_sends_only_this_turns_transcripts(local: 
     events = await collect(local, request, local.models[0])
     (transcript,) = transcripts_of(events)
     assert transcript.duration_seconds == pytest.approx(wav_seconds(now), abs=0.05)
-    assert "five" in text_of(events).lower()  # the earlier clip is still in the extracted text
+    assert "five" not in text_of(events).lower()  # the earlier clip is not extracted again
+    (usage,) = [e.usage for e in events if isinstance(e, UsageReport)]
+    assert usage.audio_seconds == pytest.approx(wav_seconds(now), abs=0.05)
+
+    follow_up = Request([*request.messages, Message(Role.ASSISTANT, [Part(text="a call")]),
+                         Message(Role.USER, [Part(text="thanks")])], Options(task=Task.CHAT), history_length=4)
+    events = await collect(local, follow_up, local.models[0])
+    assert not transcripts_of(events) and "[No new media to extract]" in text_of(events)
 
 
 def scanned_pdf(pages: int) -> bytes:

@@ -96,6 +96,44 @@ def test_a_fallback_with_a_smaller_context_gets_the_history_trimmed_to_it(start_
     assert any("history trimmed" in n and "fake/small" in n for n in answer.route.notes), answer.route.notes
 
 
+def test_trimming_leaves_room_in_the_context_for_the_answer(start_daemon) -> None:
+    """The history is trimmed to the model's context less the answer's tokens (the request's
+    max_output_tokens, else the model's default): a provider refuses input + max_tokens over its context."""
+    daemon = start_daemon(CONFIG)
+    conversation = [pb.Message(role=pb.ROLE_USER if i % 2 == 0 else pb.ROLE_ASSISTANT, parts=[pb.Part(text=f"m{i}")])
+                    for i in range(12)]
+    conversation.append(pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="seed")]))
+    kept = []
+    for session, answer_tokens in (("roomy", 1), ("tight", 40)):
+        seed = pb.MultimodalRequest(session_id=session, messages=conversation)
+        daemon.stub.Generate(pb.GenerateRequest(request=seed), timeout=30)
+        answer = ask(daemon, "last", session=session, hints=pb.RoutingHints(tags=["small"]),
+                     options=pb.Options(max_output_tokens=answer_tokens))
+        kept.append(int(answer.text.split("[history=")[1].split()[0]))
+    assert kept[0] > 0 and kept[1] == 0, kept  # a 60-token context, 1 or 40 of them for the answer
+    assert any("with room for its answer" in note for note in answer.route.notes), answer.route.notes
+
+
+def test_a_session_with_turns_takes_only_the_new_turn(start_daemon) -> None:
+    """A client resending the whole conversation with a session id would have it stored twice: refused
+    once the session holds turns. A new session may start from a conversation given whole."""
+    daemon = start_daemon(CONFIG)
+    seeded = pb.MultimodalRequest(session_id="seeded", messages=[
+        pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="q0")]),
+        pb.Message(role=pb.ROLE_ASSISTANT, parts=[pb.Part(text="a0")]),
+        pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="q1")]),
+    ])
+    assert "[history=1" in daemon.stub.Generate(pb.GenerateRequest(request=seeded), timeout=30).answer.text
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=seeded), timeout=30)
+    got = error_details(caught.value)
+    assert (got.code, got.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    assert got.violations == [("request.messages[1].role", "session 'seeded' already holds 4 message(s): send only "
+                               "the new turn (user and system messages); the router adds the earlier ones")]
+    after = ask(daemon, "q2", session="seeded")
+    assert "[history=2" in after.text and "q0 | a0 | q1" in after.text
+
+
 def test_session_turns_are_not_stored_when_the_call_fails(start_daemon) -> None:
     daemon = start_daemon(CONFIG)
     with pytest.raises(grpc.RpcError) as caught:
@@ -238,8 +276,9 @@ def test_trimming_estimates_each_message_once_and_keeps_the_newest_that_fit() ->
         return estimate_tokens(messages)
 
     kept, dropped = trim_history(history, current, 1000, counting)
-    assert (len(kept), dropped) == (9, 2991) and kept == history[-9:]
-    assert estimate_tokens(kept + current) <= 1000 < estimate_tokens(history[-10:] + current)
+    # nine fit, and the oldest of them, an answer whose question was dropped, goes too
+    assert (len(kept), dropped) == (8, 2992) and kept == history[-8:] and kept[0].role is Role.USER
+    assert estimate_tokens(history[-9:] + current) <= 1000 < estimate_tokens(history[-10:] + current)
     assert len(calls) == len(history) + 1, "a long history must cost one estimate per message, not per drop"
     assert trim_history(history[:5], current, 10_000, counting) == (history[:5], 0)
 
@@ -431,3 +470,22 @@ def test_a_reset_during_a_call_keeps_that_calls_turn_out(start_daemon) -> None:
         daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="r"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert "[history=0" in ask(daemon, "fresh start", session="r").text
+
+
+def test_a_reset_during_a_new_sessions_first_turn_drops_that_turn(start_daemon) -> None:
+    """A session whose first turn is under way exists for ResetSession: it removes 0 turns (not
+    NOT_FOUND) and the turn is not kept; a session with nothing stored or under way is NOT_FOUND."""
+    import threading
+
+    daemon = start_daemon(CONFIG)
+    answered = []
+    slow = threading.Thread(target=lambda: answered.append(ask(daemon, "SLOW:1", session="first")))
+    slow.start()
+    time.sleep(0.3)
+    assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="first")).turns_removed == 0
+    slow.join(30)
+    assert answered and "history=0" in answered[0].text
+    assert "[history=0" in ask(daemon, "after the reset", session="first").text
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="never-used"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND

@@ -83,27 +83,31 @@ class LocalProvider(Provider):
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
-        """Transcribe (the newest message's audio and video), or extract the text of every media."""
+        """Transcribe (the newest message's audio and video), or extract the text of this turn's media.
+
+        In a session, earlier turns' media are not extracted again: their text is in the answers
+        the session keeps (an hour of speech is not decoded again on every follow-up question)."""
         if request.effective_task is Task.TRANSCRIBE:
             async for event in self._transcribe(request.current_media()):
                 yield event
             return
-        media = request.media()
+        media = request.turn_media()
         for item in media:
             self._check_local(item)
         audio_seconds = 0.0
         question = "\n".join(p.text for p in request.parts() if p.text and p.text.strip())
         intro = HEADER + ("\n" + NOT_ANSWERED if question else "")
-        if not media:
+        if not media and len(request.media()) > 0:
+            intro += ("\n\n[No new media to extract]\nThe media of the session's earlier turns were extracted "
+                      "in their answers.")
+        elif not media:
             intro += "\n\n[No media to extract]\nThe request has only text, which is left as it is."
         yield TextDelta(intro)
-        this_turn = {id(m) for m in request.turn_media()}  # a session's earlier transcripts went with their turns
         for index, item in enumerate(media):
             sections, transcript = await self._extract(item, label(item, index))
             if transcript is not None:
                 audio_seconds += transcript.duration_seconds
-                if id(item) in this_turn:  # the structured transcript too, with times
-                    yield TranscriptReady(transcript)
+                yield TranscriptReady(transcript)  # the structured transcript too, with times
             yield TextDelta("\n\n" + "\n\n".join(s.render() for s in sections))
         yield UsageReport(Usage(audio_seconds=round(audio_seconds, 2)))
 

@@ -112,7 +112,8 @@ class RouterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResetSession(self, request, context):
-        """ResetSession forgets the history of a conversation.
+        """ResetSession forgets the history of a conversation; a call on it under
+        way keeps no turn. NOT_FOUND when it has no stored turn and no call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
