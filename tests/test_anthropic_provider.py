@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from router import (
 from router.errors import (
     ProviderAuthError,
     ProviderBadRequest,
+    ProviderInputTooLarge,
     ProviderModelNotFound,
     ProviderNotConfigured,
     ProviderRateLimited,
@@ -319,12 +321,32 @@ async def test_plain_text_document_and_url_image(provider: AnthropicProvider, fa
     assert content[1] == {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
 
 
+@pytest.mark.parametrize("mime", ["text/markdown", "text/csv; charset=utf-8", "Text/Plain"])
+async def test_any_text_document_goes_as_a_plain_text_document(
+    provider: AnthropicProvider, fake: FakeAnthropic, mime: str
+) -> None:
+    """The API's text source takes only text/plain; Markdown or CSV is text all the same."""
+    notes = "| a | b |\n|---|---|\n| é | 2 |\n".encode()
+    await run(provider, chat(user(media(Modality.DOCUMENT, mime, notes, "table"), text("Summarise."))))
+    content = fake.last_body()["messages"][0]["content"]
+    assert content[0] == {"type": "document", "title": "table",
+                          "source": {"type": "text", "media_type": "text/plain", "data": notes.decode()}}
+
+
+async def test_png_aliases_are_sent_as_png(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    data = image_bytes("PNG")
+    await run(provider, chat(user(media(Modality.IMAGE, "image/x-png", data), text("What colour?"))))
+    (block,) = media_blocks(fake.last_body())
+    assert (block.media_type, block.data) == ("image/png", data)
+
+
 @pytest.mark.parametrize(
     ("part", "match"),
     [
         (media(Modality.IMAGE, "image/bmp", b"BM0000"), "png, jpeg, gif or webp"),
         (media(Modality.AUDIO, "audio/wav", b"RIFF0000WAVE"), "not audio"),
-        (media(Modality.DOCUMENT, "application/msword", b"\xd0\xcf"), "PDF or plain-text"),
+        (media(Modality.DOCUMENT, "application/msword", b"\xd0\xcf"), "PDF or text documents"),
+        (Part(media=Media(Modality.DOCUMENT, "text/plain", url="https://example.com/a.txt")), "not by URL"),
     ],
 )
 async def test_unsupported_media_refused_before_calling(
@@ -382,7 +404,7 @@ async def test_request_without_user_content_is_refused(provider: AnthropicProvid
         (401, "authentication_error", ProviderAuthError, "FAILED_PRECONDITION"),
         (403, "permission_error", ProviderAuthError, "FAILED_PRECONDITION"),
         (404, "not_found_error", ProviderModelNotFound, "NOT_FOUND"),
-        (413, "request_too_large", ProviderBadRequest, "INVALID_ARGUMENT"),
+        (413, "request_too_large", ProviderInputTooLarge, "INVALID_ARGUMENT"),
         (429, "rate_limit_error", ProviderRateLimited, "RESOURCE_EXHAUSTED"),
         (500, "api_error", ProviderUnavailable, "UNAVAILABLE"),
         (503, "api_error", ProviderUnavailable, "UNAVAILABLE"),
@@ -403,6 +425,25 @@ async def test_http_errors_map_to_provider_errors(
     if status in (401, 403):
         assert "ANTHROPIC_API_KEY" in err.message and "providers.anthropic.api_key" in err.message
     assert len(fake.message_calls()) == 1  # max_retries 0: no SDK retries
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ("prompt is too long: 215000 tokens > 200000 maximum", ProviderInputTooLarge),
+    ("A maximum of 100 PDF pages may be provided.", ProviderInputTooLarge),
+    ("messages.0.content.1.image.source.base64: image exceeds 5 MB maximum: 7381232 bytes > 5242880 bytes",
+     ProviderInputTooLarge),
+    ("messages: roles must alternate between \"user\" and \"assistant\"", ProviderBadRequest),
+])
+async def test_a_400_refusing_the_size_lets_the_router_fall_back(
+    provider: AnthropicProvider, fake: FakeAnthropic, message: str, expected: type
+) -> None:
+    """Too long, too many pages, too big an image: another model may take it. A malformed request
+    stays a bad request that no fallback is tried for."""
+    fake.fail_next_api(400, "invalid_request_error", message)
+    with pytest.raises(expected) as info:
+        await run(provider, chat(user(text("hi"))))
+    assert type(info.value) is expected and info.value.code.name == "INVALID_ARGUMENT"
+    assert info.value.retryable is (expected is ProviderInputTooLarge)
 
 
 async def test_rate_limit_carries_retry_after(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
@@ -478,3 +519,140 @@ async def test_connection_refused_maps_to_unavailable() -> None:
     finally:
         await prov.aclose()
     assert API_KEY not in str(info.value)
+
+
+# -- the API's size limits, refused before calling ---------------------------------------------
+MB = 1024 * 1024
+
+
+def sized_image(width: int, height: int, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 120, 200)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def pdf_part(pages: int | None, padding: int = 0) -> Part:
+    """A small real PDF that the router measured at ``pages`` pages, ``padding`` bytes longer."""
+    data = pdf_bytes("Annual report") + b"\0" * padding
+    return Part(media=Media(Modality.DOCUMENT, "application/pdf", data=data, size=len(data), pages=pages))
+
+
+def big_png() -> Part:
+    """A PNG of 4 MB: 5.3 MB as base64, over the 5 MB the API counts on the base64 text."""
+    return media(Modality.IMAGE, "image/png", sized_image(8, 8) + b"\0" * (4 * MB))
+
+
+OVER_THE_LIMITS = {
+    "image over 5 MB of base64": ([big_png()], r"is 5,592,\d{3} bytes as base64, over Claude's limit of 5 MB"),
+    "image wider than 8000 px": ([media(Modality.IMAGE, "image/png", sized_image(8001, 2))],
+                                 "is 8001x2 px, over Claude's limit of 8000x8000 px"),
+    "jpeg taller than 8000 px": ([media(Modality.IMAGE, "image/jpeg", sized_image(2, 8100, "JPEG"))],
+                                 "is 2x8100 px, over"),
+    "webp wider than 8000 px": ([media(Modality.IMAGE, "image/webp", sized_image(8200, 2, "WEBP"))],
+                                "is 8200x2 px, over"),
+    "more than 20 images, one over 2000 px": (
+        [*(media(Modality.IMAGE, "image/gif", sized_image(4, 4, "GIF")) for _ in range(20)),
+         media(Modality.IMAGE, "image/png", sized_image(2001, 3))],
+        r"parts\[20\]: the image is 2001x3 px, over Claude's limit of 2000x2000 px in a request of more than "
+        r"20 images \(it holds 21\)"),
+    "101 images": ([media(Modality.IMAGE, "image/gif", sized_image(2, 2, "GIF")) for _ in range(101)],
+                   "holds 101 images, over Claude's limit of 100 per request"),
+    "120 PDF pages": ([pdf_part(120)], "holds 120 PDF pages, over Claude's limit of 100 pages per request"),
+    "two PDFs of 60 pages": ([pdf_part(60), pdf_part(60)], "holds 120 PDF pages"),
+    "request over 32 MB": ([pdf_part(1, padding=25 * MB)],
+                           r"at least 34,\d{3},\d{3} bytes, over Claude's limit of 32 MB \(33,554,432 bytes\)"),
+}
+
+
+@pytest.mark.parametrize("case", OVER_THE_LIMITS)
+async def test_content_over_the_api_limits_is_refused_before_calling(
+    provider: AnthropicProvider, fake: FakeAnthropic, case: str
+) -> None:
+    """Over a documented limit: INPUT_TOO_LARGE (the router tries the fallbacks), naming the limit and
+    the size, and nothing is sent."""
+    parts, match = OVER_THE_LIMITS[case]
+    with pytest.raises(ProviderInputTooLarge, match=match) as info:
+        await run(provider, chat(user(*parts, text("Describe."))))
+    assert info.value.retryable and info.value.reason == "INPUT_TOO_LARGE"
+    assert "refused before sending" in str(info.value)
+    assert fake.requests == []
+
+
+async def test_content_at_the_limits_is_sent(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+    """Exactly 8000 px, 20 images (one of 8000 px), 100 pages, a PDF of unknown pages, an image by URL: all sent."""
+    parts = [
+        media(Modality.IMAGE, "image/png", sized_image(8000, 2)),
+        *(media(Modality.IMAGE, "image/png", sized_image(2000, 1)) for _ in range(18)),
+        Part(media=Media(Modality.IMAGE, "image/png", url="https://example.com/huge.png")),
+        pdf_part(100),
+        pdf_part(None),
+    ]
+    await run(provider, chat(user(*parts, text("Describe."))))
+    assert len(media_blocks(fake.last_body())) == 22
+
+
+async def test_a_model_with_a_larger_context_takes_600_pages() -> None:
+    """The page and image counts are 600 for models whose context window is over 200k tokens."""
+    from mmrouter_anthropic.convert import prepare
+
+    request = chat(user(pdf_part(120), text("Summarise.")))
+    large = dataclasses.replace(AnthropicProvider({"api_key": "k"}).models[0], context_tokens=1_000_000)
+    prepared = await prepare(request, "anthropic", large)
+    assert prepared.messages[0]["content"][0]["type"] == "document"
+    with pytest.raises(ProviderInputTooLarge, match="limit of 600 pages"):
+        await prepare(chat(user(pdf_part(601), text("Summarise."))), "anthropic", large)
+
+
+def over_the_limit_body(case: str) -> list[dict]:
+    """Content blocks the real API refuses for their size, built without the plugin's checks."""
+    import base64
+
+    def image(data: bytes) -> dict:
+        return {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                            "data": base64.b64encode(data).decode()}}
+
+    def pdf(data: bytes) -> dict:
+        return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                               "data": base64.b64encode(data).decode()}}
+
+    blocks = {
+        "image over 5 MB": [image(sized_image(8, 8) + b"\0" * (4 * MB))],
+        "image over 8000 px": [image(sized_image(8001, 2))],
+        "21 images, one over 2000 px": [*(image(sized_image(2, 2)) for _ in range(20)), image(sized_image(2001, 2))],
+        "101 pages": [pdf(many_pages(101))],
+        "body over 32 MB": [pdf(pdf_bytes("big") + b"\0" * (25 * MB))],
+    }[case]
+    return [*blocks, {"type": "text", "text": "Describe."}]
+
+
+def many_pages(count: int) -> bytes:
+    buf = io.BytesIO()
+    doc = canvas.Canvas(buf)
+    for n in range(count):
+        doc.drawString(72, 720, f"page {n + 1}")
+        doc.showPage()
+    doc.save()
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["image over 5 MB", "image over 8000 px", "21 images, one over 2000 px",
+                                  "101 pages", "body over 32 MB"])
+async def test_the_fake_refuses_what_the_api_refuses_and_it_maps_to_input_too_large(
+    fake: FakeAnthropic, case: str
+) -> None:
+    """The fake refuses like the API (status, error type, details), and what the SDK raises for it maps to
+    INPUT_TOO_LARGE: a refusal the plugin's checks miss still lets the router fall back."""
+    from anthropic import AsyncAnthropic
+    from mmrouter_anthropic.errors import map_sdk_error
+
+    client = AsyncAnthropic(api_key=API_KEY, base_url=fake.url, max_retries=0)
+    try:
+        with pytest.raises(Exception) as raised:
+            await client.messages.create(model="claude-sonnet-4-6", max_tokens=10,
+                                         messages=[{"role": "user", "content": over_the_limit_body(case)}])
+    finally:
+        await client.close()
+    assert raised.value.status_code in (400, 413)
+    assert isinstance(map_sdk_error(raised.value, "anthropic", API_KEY), ProviderInputTooLarge)
+    if case.endswith("px"):
+        assert raised.value.error_code == "image_dimensions_too_large"

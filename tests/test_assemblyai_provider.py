@@ -30,6 +30,7 @@ from router.errors import (
     ConfigError,
     ProviderAuthError,
     ProviderBadRequest,
+    ProviderInputTooLarge,
     ProviderModelNotFound,
     ProviderNotConfigured,
     ProviderRateLimited,
@@ -248,6 +249,34 @@ async def test_a_bad_url_among_clips_is_refused_before_any_upload(fake, provider
     with pytest.raises(ProviderBadRequest, match="must use http:// or https://"):
         await collect(provider, req, provider.model("best"))
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(("modality", "mime"), [(Modality.AUDIO, "audio/wav"), (Modality.VIDEO, "video/mp4")])
+async def test_a_file_over_the_upload_limit_is_refused_before_any_upload(fake, provider, tmp_path: Path,
+                                                                         modality, mime):
+    """/v2/upload takes at most 2.2 GB: a larger stored file (sparse here) is INPUT_TOO_LARGE, naming the limit
+    and the size, and no clip of the message is uploaded."""
+    stored = tmp_path / "huge"
+    stored.write_bytes(wav_bytes())
+    with stored.open("r+b") as f:
+        f.truncate(2_200_000_001)
+    parts = [Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes())),
+             Part(media=Media(modality, mime, path=stored, filename="town-hall", size=2_200_000_001))]
+    req = Request(messages=[Message(Role.USER, parts)], options=Options(task=Task.TRANSCRIBE))
+    with pytest.raises(ProviderInputTooLarge) as info:
+        await collect(provider, req, provider.model("best"))
+    assert str(info.value) == ("assemblyai: the file 'town-hall' is 2,200,000,001 bytes, over AssemblyAI's upload "
+                               "limit of 2.2 GB (2,200,000,000 bytes) (refused before uploading)")
+    assert info.value.retryable and info.value.reason == "INPUT_TOO_LARGE"
+    assert fake.requests == []
+
+
+async def test_an_upload_the_api_refuses_for_its_size_is_input_too_large(fake, provider):
+    """AssemblyAI's 413 on an upload (the fake's limit lowered) lets the router fall back too."""
+    fake.max_upload_bytes = 100
+    with pytest.raises(ProviderInputTooLarge, match="HTTP 413"):
+        await collect(provider, audio_request(), provider.model("best"))
+    assert fake.created == []
 
 
 async def test_audio_seconds_falls_back_to_measured_duration(fake, provider):

@@ -6,8 +6,9 @@ come from the environment and a tiny override file, exactly as an operator would
 
 from __future__ import annotations
 
+import grpc
 import pytest
-from grpc_helpers import text_request
+from grpc_helpers import error_details, text_request
 from media_factory import mp4, pdf, png, wav
 from mmrouter.v1 import router_pb2 as pb
 
@@ -17,6 +18,7 @@ from tests.fakes.assemblyai import FakeAssemblyAI
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import API_KEY as OPENAI_KEY
 from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import error_body as openai_error
 
 GEMINI_KEY = "gemini-hybrid-key"
 AAI_KEY = "aai-hybrid-key"
@@ -157,8 +159,222 @@ def test_explain_shows_every_decision(start_daemon, fakes) -> None:
                           env={"OPENAI_API_KEY": OPENAI_KEY}, plugins=())
     route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=KINDS["documents"][0])).route
     outcomes = {t.rule: (t.outcome, t.reason) for t in route.trace}
-    assert list(outcomes)[:4] == ["diarization", "video", "long-audio", "documents"]
+    assert list(outcomes)[:5] == ["diarization", "video-transcription", "video", "long-audio", "documents"]
     assert outcomes["documents"][0] == pb.RULE_OUTCOME_MATCHED
     assert "ANTHROPIC_API_KEY" in outcomes["documents"][1] and "GEMINI_API_KEY" in outcomes["documents"][1]
     assert (route.provider, route.model) == ("local", "extract")
     assert all(t.reason for t in route.trace)
+
+
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+CHAT = "/v1/chat/completions"
+
+
+def stream(daemon, request: pb.MultimodalRequest) -> list[pb.StreamGenerateResponse]:
+    return list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=60))
+
+
+def test_an_empty_answer_behind_a_bridge_is_empty_and_keeps_no_turn(start_daemon, fakes) -> None:
+    """gpt-4o says nothing about a bridged recording (a refusal, a filter): the answer is empty, not
+    the user's own words from whisper, and the session keeps no reply the model never gave."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    fakes["openai"].reply_chunks = []
+    events = stream(daemon, text_request("Summarise this recording", media=[AUDIO], session_id="s"))
+    assert [e.WhichOneof("event") for e in events].count("text_delta") == 0
+    answer = events[-1].done.answer
+    assert (answer.route.model, answer.text) == ("gpt-4o", "")
+    assert answer.transcript.text == "Hello there. General Kenobi."  # whisper's, still carried
+    fakes["openai"].reply_chunks = ["Fine."]
+    generate(daemon, text_request("Anything else?", session_id="s"))
+    sent = fakes["openai"].chat_requests()[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user"], "no empty or made-up assistant turn was kept"
+
+
+def test_a_bridged_request_falls_back_when_the_answering_model_is_down(start_daemon, fakes) -> None:
+    """whisper transcribes, gpt-4o answers 503: claude answers with the same transcript, which is
+    neither paid for nor sent to the client twice, and every paid step is in the total."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    fakes["openai"].fail_next(503, openai_error("The server is overloaded", "server_error"), path=CHAT)
+    events = stream(daemon, text_request("What was said?", media=[AUDIO]))
+    answer = events[-1].done.answer
+    assert (answer.route.provider, answer.route.model) == ("anthropic", "claude-sonnet-4-6")
+    assert [e.WhichOneof("event") for e in events].count("transcript") == 1
+    assert len(fakes["openai"].uploads()) == 1
+    assert [(s.provider, s.model) for s in answer.route.steps] == [
+        ("openai", "whisper-1"), ("anthropic", "claude-sonnet-4-6")]
+    assert answer.usage.cost_usd == pytest.approx(sum(s.usage.cost_usd for s in answer.route.steps))
+    sent = fakes["anthropic"].last_body()["messages"][-1]["content"]
+    assert any("[Audio transcript]" in b.get("text", "") for b in sent)
+
+
+AUDIO_TOO_LARGE = openai_error("Maximum content size limit (26214400) exceeded (31457280 bytes read)", "server_error")
+
+
+def test_whisper_refusing_a_large_file_gives_way_to_assemblyai(start_daemon, fakes) -> None:
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    fakes["openai"].fail_next(413, AUDIO_TOO_LARGE, path=TRANSCRIPTIONS)
+    answer = generate(daemon, KINDS["transcription"][0])
+    assert (answer.route.provider, answer.route.model) == ("assemblyai", "best")
+    assert [(a.provider, a.ok) for a in answer.route.attempts] == [("openai", False), ("assemblyai", True)]
+    assert answer.text and len(fakes["assemblyai"].created) == 1
+
+
+def test_a_bridge_refusing_a_large_file_gives_way_to_the_next_bridge(start_daemon, fakes) -> None:
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    fakes["openai"].fail_next(413, AUDIO_TOO_LARGE, path=TRANSCRIPTIONS)
+    answer = generate(daemon, text_request("What was said?", media=[AUDIO]))
+    assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
+    assert list(answer.route.bridges) == ["audio->transcript via assemblyai/best"]
+    assert [(s.provider, s.model) for s in answer.route.steps] == [("assemblyai", "best"), ("openai", "gpt-4o")]
+    assert any("openai/whisper-1 failed" in n and "INPUT_TOO_LARGE" in n for n in answer.route.notes)
+
+
+@pytest.mark.parametrize(("rule", "refuse", "expected"), [
+    ("documents", lambda f: f["anthropic"].fail_next_api(400, "invalid_request_error",
+                                                         "A maximum of 100 PDF pages may be provided."),
+     "gemini/gemini-2.5-pro"),
+    ("documents", lambda f: f["anthropic"].fail_next_api(413, "request_too_large",
+                                                         "Request exceeds the maximum allowed number of bytes."),
+     "gemini/gemini-2.5-pro"),
+    ("general", lambda f: f["openai"].fail_next(400, openai_error(
+        "This model's maximum context length is 128000 tokens. However, your messages resulted in 180000 tokens.",
+        code="context_length_exceeded", param="messages"), path=CHAT),
+     "anthropic/claude-sonnet-4-6"),
+])
+def test_a_model_refusing_the_size_gives_way_to_the_rules_fallback(start_daemon, fakes, rule, refuse,
+                                                                   expected) -> None:
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    refuse(fakes)
+    answer = generate(daemon, KINDS[rule][0])
+    assert (answer.route.rule, f"{answer.route.provider}/{answer.route.model}") == (rule, expected)
+    assert [a.ok for a in answer.route.attempts] == [False, True]
+
+
+def test_a_malformed_request_is_not_tried_on_the_fallbacks(start_daemon, fakes) -> None:
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    fakes["anthropic"].fail_next_api(400, "invalid_request_error", "messages.0.content: Field required")
+    with pytest.raises(grpc.RpcError) as caught:
+        generate(daemon, KINDS["documents"][0])
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_BAD_REQUEST")
+    assert fakes["gemini"].calls("generate") + fakes["gemini"].calls("stream") == []
+
+
+def route_of(answer: pb.Answer) -> tuple[str, str]:
+    return answer.route.rule, f"{answer.route.provider}/{answer.route.model}"
+
+
+TRANSCRIBE = pb.Options(task=pb.TASK_TRANSCRIBE)
+
+
+def test_a_session_turn_is_routed_by_what_it_sends(start_daemon, fakes) -> None:
+    """An image earlier in a session does not keep Whisper or AssemblyAI from a transcription, and audio sent
+    alone in a dictation session is transcribed on every turn, not only the first."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    first = generate(daemon, text_request("What does the chart show?", media=[IMAGE], session_id="s1"))
+    assert route_of(first) == ("cross-modal", "openai/gpt-4o")
+    spoken = generate(daemon, text_request("", media=[AUDIO], session_id="s1", options=TRANSCRIBE))
+    assert route_of(spoken) == ("transcription", "openai/whisper-1")
+    assert spoken.transcript.text
+    diarized = generate(daemon, text_request("", media=[AUDIO], session_id="s1",
+                                             options=pb.Options(task=pb.TASK_TRANSCRIBE, diarization=True)))
+    assert route_of(diarized) == ("diarization", "assemblyai/best")
+    assert {u.speaker for u in diarized.transcript.utterances} >= {"A", "B"}
+
+    for _ in range(2):  # a dictation client: audio alone, turn after turn
+        dictated = generate(daemon, text_request("", media=[AUDIO], session_id="dictation"))
+        assert route_of(dictated) == ("transcription", "openai/whisper-1")
+        assert dictated.transcript.text
+    assert [u.field("model") for u in fakes["openai"].uploads()] == ["whisper-1"] * 3
+
+
+def test_a_long_text_goes_past_a_model_whose_context_cannot_hold_it(start_daemon, fakes) -> None:
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    long_text = "lorem ipsum dolor " * 40_000 + "\nSummarise."  # ~180k tokens; gpt-4o holds 128k
+    answer = generate(daemon, text_request(long_text))
+    assert route_of(answer) == ("general", "anthropic/claude-sonnet-4-6")
+    assert not any("gpt-4o" in f for f in answer.route.fallbacks) and answer.route.fallbacks
+    general = next(t for t in answer.route.trace if t.rule == "general")
+    assert "skipped openai/gpt-4o: input of ~180002 tokens exceeds its context of 128000" in general.reason
+    assert fakes["openai"].chat_requests() == []
+    # in a session, the history is trimmed to fit: only the new turn must fit gpt-4o
+    generate(daemon, text_request(long_text, session_id="long", hints=pb.RoutingHints(provider="gemini")))
+    follow_up = generate(daemon, text_request("And in one word?", session_id="long"))
+    assert route_of(follow_up) == ("general", "openai/gpt-4o")
+
+
+def test_a_video_to_transcribe_goes_to_assemblyai(start_daemon, fakes) -> None:
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    answer = generate(daemon, text_request("", media=[VIDEO], options=TRANSCRIBE))
+    assert route_of(answer) == ("video-transcription", "assemblyai/best")
+    assert answer.transcript.text and fakes["assemblyai"].uploads == [VIDEO.data]
+    asked = generate(daemon, KINDS["video"][0])
+    assert route_of(asked) == ("video", "gemini/gemini-2.5-pro")
+
+
+def test_with_only_an_openai_key_diarization_uses_openai_s_diarizing_model(start_daemon, fakes) -> None:
+    daemon = start_daemon(config_for(fakes), env={"OPENAI_API_KEY": OPENAI_KEY}, plugins=())
+    answer = generate(daemon, KINDS["diarization"][0])
+    assert route_of(answer) == ("diarization", "openai/gpt-4o-transcribe-diarize")
+    assert {u.speaker for u in answer.transcript.utterances} >= {"A", "B"}
+    asked = generate(daemon, text_request("Who spoke first?", media=[AUDIO], options=pb.Options(diarization=True)))
+    assert route_of(asked) == ("general", "openai/gpt-4o")
+    steps = [(s.purpose.split(" ")[0], s.provider, s.model) for s in asked.route.steps]
+    assert steps == [("bridge:audio->transcript", "openai", "gpt-4o-transcribe-diarize"), ("answer", "openai", "gpt-4o")]
+    assert [u.field("model") for u in fakes["openai"].uploads()] == ["gpt-4o-transcribe-diarize"] * 2
+
+
+def big_wav(size: int) -> bytes:
+    """A WAV of about ``size`` bytes (48 kHz stereo: ~190 KB a second), made in memory in well under a second."""
+    import io
+    import wave
+
+    second = wav(1.0, rate=48_000)[44:] * 2  # one second of tone, as stereo's worth of frames
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(48_000)
+        out.writeframes(second * (size // len(second) + 1))
+    return buf.getvalue()
+
+
+def upload(daemon, data: bytes, modality: int, mime: str, filename: str) -> pb.Media:
+    """``data`` sent with UploadMedia (it is over the inline limit), as a Media to refer to it."""
+    metadata = pb.UploadMetadata(modality=modality, mime_type=mime, filename=filename, size_bytes=len(data))
+    chunks = [pb.UploadMediaRequest(metadata=metadata)]
+    chunks += [pb.UploadMediaRequest(chunk=data[i:i + 1024 * 1024]) for i in range(0, len(data), 1024 * 1024)]
+    media_id = daemon.stub.UploadMedia(iter(chunks), timeout=60).media_id
+    return pb.Media(modality=modality, mime_type=mime, media_id=media_id)
+
+
+def test_audio_over_whisper_s_25_mb_goes_to_assemblyai_without_reaching_openai(start_daemon, fakes) -> None:
+    """A 30 MB recording: the openai plugin refuses it (INPUT_TOO_LARGE) before uploading, and the rule's
+    fallback, AssemblyAI, transcribes it."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    audio = big_wav(30 * 1024 * 1024)
+    media = upload(daemon, audio, pb.MODALITY_AUDIO, "audio/wav", "all-hands.wav")
+    answer = generate(daemon, text_request("", media=[media], options=TRANSCRIBE))
+    assert route_of(answer) == ("transcription", "assemblyai/best")
+    refused, took = answer.route.attempts
+    assert (refused.provider, refused.model, refused.ok, took.provider, took.ok) == (
+        "openai", "whisper-1", False, "assemblyai", True)
+    assert "over whisper-1's limit of 25 MB" in refused.error and "refused before uploading" in refused.error
+    assert fakes["openai"].requests == [], "nothing was uploaded to OpenAI"
+    assert fakes["assemblyai"].uploads == [audio] and answer.transcript.text
+
+
+def test_a_pdf_over_claude_s_100_pages_is_answered_by_the_fallback_without_reaching_anthropic(
+    start_daemon, fakes
+) -> None:
+    """A 120-page PDF: the router counts its pages, the anthropic plugin refuses it before sending, and
+    the documents rule's fallback (Gemini) answers."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    report = media(pb.MODALITY_DOCUMENT, "application/pdf", pdf([f"Page {n + 1}" for n in range(120)]), "annual.pdf")
+    answer = generate(daemon, text_request("Summarise this", media=[report]))
+    assert route_of(answer) == ("documents", "gemini/gemini-2.5-pro")
+    refused = answer.route.attempts[0]
+    assert (refused.provider, refused.ok) == ("anthropic", False)
+    assert "holds 120 PDF pages, over Claude's limit of 100 pages per request" in refused.error
+    assert fakes["anthropic"].requests == [], "nothing was sent to Anthropic"
+    assert answer.text

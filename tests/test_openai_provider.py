@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 import struct
+import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Iterator
@@ -35,6 +37,7 @@ from router.errors import (
     ConfigError,
     ProviderAuthError,
     ProviderBadRequest,
+    ProviderInputTooLarge,
     ProviderModelNotFound,
     ProviderNotConfigured,
     ProviderRateLimited,
@@ -259,6 +262,38 @@ async def test_chat_sends_many_images_as_data_urls_in_order(fake: FakeOpenAI, pr
     assert (parts[1].mime_type, parts[1].data) == ("image/png", red)
     assert (parts[3].mime_type, parts[3].data) == ("image/jpeg", blue)
     assert [parts[0].text, parts[2].text] == ["Compare", "with"]
+
+
+@dataclasses.dataclass
+class CountedReads(Media):
+    """Stored media that records the threads its bytes are read in."""
+
+    read_in: list[str] = dataclasses.field(default_factory=list)
+
+    def read_bytes(self) -> bytes:
+        self.read_in.append(threading.current_thread().name)
+        return super().read_bytes()
+
+
+@pytest.mark.parametrize(("kind", "mime", "model"), [("image", "image/png", "gpt-4o"),
+                                                     ("audio", "audio/wav", "gpt-4o-audio-preview")])
+async def test_media_named_many_times_is_read_and_encoded_once_off_the_event_loop(
+    fake: FakeOpenAI, provider: OpenAIProvider, tmp_path: Path, kind: str, mime: str, model: str
+) -> None:
+    data = image_bytes("PNG", (9, 9, 9)) if kind == "image" else wav_bytes()
+    (tmp_path / "one").write_bytes(data)
+    (tmp_path / "two").write_bytes(data[:-1] + b"\1")
+    modality = Modality(kind)
+    one = CountedReads(modality, mime, path=tmp_path / "one", media_id="one", size=len(data))
+    same = CountedReads(modality, mime, path=tmp_path / "one", media_id="one", size=len(data))  # another reference
+    two = CountedReads(modality, mime, path=tmp_path / "two", media_id="two", size=len(data))
+    request = Request([user(text("Compare"), *[Part(media=m) for m in (one, two, one, same)])], Options(task=Task.CHAT))
+    await collect(provider, request, model_of(provider, model))
+    parts = fake.parts(fake.chat_requests()[0]["messages"][0])
+    assert [p.data for p in parts[1:]] == [data, data[:-1] + b"\1", data, data]
+    reads = one.read_in + same.read_in
+    assert len(reads) == 1 and len(two.read_in) == 1  # once per media id
+    assert threading.main_thread().name not in reads + two.read_in  # in a worker thread, not on the event loop
 
 
 async def test_chat_passes_image_urls_through(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
@@ -487,6 +522,20 @@ async def test_the_upload_name_always_ends_with_an_audio_extension(
     assert fake.uploads()[0].files["file"][0] == sent
 
 
+@pytest.mark.parametrize(("mime", "filename", "sent"), [
+    ("audio/opus", "", "audio.ogg"), ("video/ogg", "", "audio.ogg"), ("audio/opus", "rec.opus", "rec.opus.ogg"),
+    ("audio/ogg; codecs=opus", "voice.oga", "voice.oga.ogg"), ("audio/x-wav", "", "audio.wav"),
+])
+async def test_ogg_opus_and_aliases_are_named_with_an_extension_the_api_takes(
+    fake: FakeOpenAI, provider: OpenAIProvider, mime: str, filename: str, sent: str
+) -> None:
+    """The API picks the format by the extension: Ogg/Opus must not go as ``audio.bin`` or ``rec.opus``."""
+    events = await collect(provider, Request([user(audio(b"OggS" + b"\0" * 60, mime, filename=filename))]),
+                           model_of(provider, "whisper-1"))  # the fake refuses other extensions
+    assert any(isinstance(e, TranscriptReady) for e in events)
+    assert fake.uploads()[0].files["file"][0] == sent
+
+
 async def test_gpt_transcribe_is_charged_by_audio_seconds_and_reads_languages(
     fake: FakeOpenAI, provider: OpenAIProvider
 ) -> None:
@@ -528,6 +577,25 @@ async def test_http_errors_are_mapped(fake: FakeOpenAI, provider: OpenAIProvider
     assert info.value.metadata == {"provider": "openai"}
     assert f"upstream says {status}" in info.value.message
     assert len(fake.requests) == 1  # no SDK retries: the router does fallbacks
+
+
+@pytest.mark.parametrize(("status", "body", "expected"), [
+    (400, error_body("This model's maximum context length is 128000 tokens. However, your messages resulted "
+                     "in 180000 tokens.", code="context_length_exceeded", param="messages"), ProviderInputTooLarge),
+    (400, error_body("Input is over the limit.", code="context_length_exceeded"), ProviderInputTooLarge),
+    (413, error_body("Maximum content size limit (26214400) exceeded (31457280 bytes read)", "server_error"),
+     ProviderInputTooLarge),
+    (400, error_body("Invalid value for 'content': expected a string.", code="invalid_value"), ProviderBadRequest),
+])
+async def test_a_refusal_for_size_lets_the_router_fall_back(fake: FakeOpenAI, provider: OpenAIProvider, status: int,
+                                                            body: dict, expected: type) -> None:
+    """A context or upload limit is INPUT_TOO_LARGE, retryable on another model (by status, by the
+    error's code or by its wording); any other 400 stays a bad request."""
+    fake.fail_next(status, body)
+    with pytest.raises(expected) as info:
+        await collect(provider, Request([user(text("hi"))]), model_of(provider, "gpt-4o"))
+    assert type(info.value) is expected and info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.retryable is (expected is ProviderInputTooLarge)
 
 
 async def test_unknown_model_is_not_found(fake: FakeOpenAI) -> None:
@@ -620,3 +688,46 @@ async def test_error_in_the_middle_of_a_stream_is_unavailable(fake: FakeOpenAI, 
                                              CallContext(request_id="mid")):
             seen.append(event)
     assert [e.text for e in seen] == ["Hello"]
+
+
+# -- OpenAI's 25 MB upload limit -------------------------------------------------------------------
+UPLOAD_LIMIT = 25 * 1024 * 1024
+
+
+def big_stored_wav(tmp_path: Path, size: int) -> Media:
+    """A stored WAV of ``size`` bytes (a sparse file: a real header, then silence), as the media store holds it."""
+    stored = tmp_path / f"big-{size}"
+    stored.write_bytes(wav_bytes(0.01))
+    with stored.open("r+b") as f:
+        f.truncate(size)
+    return Media(Modality.AUDIO, "audio/wav", path=stored, media_id="ab" * 32, size=size, filename="all-hands.wav")
+
+
+@pytest.mark.parametrize("name", ["whisper-1", "gpt-4o-transcribe", "gpt-4o-transcribe-diarize", "gpt-transcribe"])
+async def test_a_clip_over_25_mb_is_refused_before_anything_is_uploaded(
+    fake: FakeOpenAI, provider: OpenAIProvider, tmp_path: Path, name: str
+) -> None:
+    """The API takes at most 25 MB per file: a larger clip is INPUT_TOO_LARGE (the router tries the next
+    target) naming the limit and the size, and no clip of the message is uploaded, not even a small one."""
+    big = big_stored_wav(tmp_path, UPLOAD_LIMIT + 1)
+    request = Request([user(audio(wav_bytes()), Part(media=big))], Options(task=Task.TRANSCRIBE))
+    with pytest.raises(ProviderInputTooLarge) as info:
+        await collect(provider, request, model_of(provider, name))
+    assert str(info.value) == (f"openai: audio clip 2 'all-hands.wav' is 26,214,401 bytes, over {name}'s limit "
+                               "of 25 MB (26,214,400 bytes) per file (refused before uploading)")
+    assert info.value.retryable and info.value.reason == "INPUT_TOO_LARGE"
+    assert fake.requests == []
+
+
+async def test_a_configured_models_server_sets_its_own_limit(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """A model an operator adds (an OpenAI-compatible server) is not held to OpenAI's limit: the clip is sent,
+    and the server's 413 (here the fake's, worded as OpenAI's) is INPUT_TOO_LARGE all the same."""
+    p = make_provider(fake, models=[{"name": "whisper-large-v3", "outputs": ["transcript"]}])
+    big = Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.01) + b"\0" * UPLOAD_LIMIT, filename="a.wav")
+    try:
+        with pytest.raises(ProviderInputTooLarge, match=r"Maximum content size limit \(26214400\) exceeded"):
+            await collect(p, Request([user(Part(media=big))]), model_of(p, "whisper-large-v3"))
+    finally:
+        await p.aclose()
+    [sent] = [r for r in fake.requests if r.path == "/v1/audio/transcriptions"]
+    assert len(sent.body) > UPLOAD_LIMIT

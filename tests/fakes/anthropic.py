@@ -5,13 +5,17 @@ provider (the API key, in ``x-api-key`` or ``Authorization: Bearer``, the ``anth
 roles that start with ``user`` and alternate, non-blank text blocks, image
 media types that match the bytes, PDFs that are PDFs) and answers with a
 ``message`` JSON or the ``message_start`` ... ``message_stop`` event stream.
-Errors use Anthropic's envelope ``{"type": "error", "error": {"type", "message"}}``.
+Errors use Anthropic's envelope ``{"type": "error", "error": {"type", "message"}}`` (plus
+``details`` where the SDK reads an ``error_code``). Like the real API it refuses a body over 32 MB
+(413 ``request_too_large``), an image over 5 MB of base64 or over 8000 px on a side (2000 px in a
+request of more than 20 images), more than 100 images and more than 100 PDF pages in one request.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import time
 import typing
 from dataclasses import dataclass
@@ -36,9 +40,19 @@ IMAGE_MAGIC = {
 }
 
 
-def error_body(err_type: str, message: str) -> dict[str, Any]:
+#: The API's size limits (see mmrouter_anthropic.limits for the sources).
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MAX_IMAGE_BASE64 = 5 * 1024 * 1024
+MAX_IMAGES = 100
+MAX_PDF_PAGES = 100
+
+
+def error_body(err_type: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Anthropic's error envelope."""
-    return {"type": "error", "error": {"type": err_type, "message": message}, "request_id": "req_fake"}
+    error: dict[str, Any] = {"type": err_type, "message": message}
+    if details is not None:
+        error["details"] = details
+    return {"type": "error", "error": error, "request_id": "req_fake"}
 
 
 @dataclass
@@ -53,11 +67,11 @@ class Block:
 
 
 class RequestRejected(Exception):
-    """A request the real API would refuse: its status, error type and message."""
+    """A request the real API would refuse: its status, error type, message and details."""
 
-    def __init__(self, status: int, err_type: str, message: str) -> None:
+    def __init__(self, status: int, err_type: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.status, self.err_type, self.message = status, err_type, message
+        self.status, self.err_type, self.message, self.details = status, err_type, message, details
 
 
 def _check_block(block: Any, where: str, role: str) -> None:
@@ -75,6 +89,10 @@ def _check_block(block: Any, where: str, role: str) -> None:
         media_type = source.get("media_type")
         if media_type not in IMAGE_MAGIC:
             raise RequestRejected(400, "invalid_request_error", f"{where}.source.media_type: bad {media_type!r}")
+        encoded = len(source.get("data") or "")
+        if encoded > MAX_IMAGE_BASE64:
+            raise RequestRejected(400, "invalid_request_error", f"{where}.source.base64: image exceeds 5 MB "
+                                                                f"maximum: {encoded} bytes > {MAX_IMAGE_BASE64} bytes")
         data = _b64(source.get("data"), where)
         if not data.startswith(IMAGE_MAGIC[media_type]):
             raise RequestRejected(400, "invalid_request_error",
@@ -99,6 +117,54 @@ def _b64(value: Any, where: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, TypeError, ValueError):
         raise RequestRejected(400, "invalid_request_error", f"{where}: invalid base64 data") from None
+
+
+def _image_sides(block: dict[str, Any]) -> int:
+    """The longest side of a base64 image block, in pixels (0 for an image by URL or one PIL cannot read)."""
+    from PIL import Image, UnidentifiedImageError
+
+    source = block["source"]
+    if source.get("type") != "base64":
+        return 0
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(source["data"]))) as image:
+            return max(image.size)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return 0
+
+
+def _pdf_pages(block: dict[str, Any]) -> int:
+    """The pages of a base64 PDF document block (0 for others, and for a PDF pypdf cannot read)."""
+    import pypdf
+
+    source = block["source"]
+    if source.get("type") != "base64" or source.get("media_type") != "application/pdf":
+        return 0
+    try:
+        return len(pypdf.PdfReader(io.BytesIO(base64.b64decode(source["data"]))).pages)
+    except (pypdf.errors.PyPdfError, OSError, ValueError):
+        return 0
+
+
+def check_sizes(messages: list[dict[str, Any]]) -> None:
+    """Refuse the request over the image count, image sides or PDF pages, as the real API does."""
+    blocks = [(f"messages.{i}.content.{j}", block) for i, m in enumerate(messages)
+              if isinstance(m["content"], list) for j, block in enumerate(m["content"])]
+    images = [(where, b) for where, b in blocks if b["type"] == "image"]
+    if len(images) > MAX_IMAGES:
+        raise RequestRejected(400, "invalid_request_error",
+                              f"messages: Too many images: {len(images)} > {MAX_IMAGES} images per request")
+    max_side = 2000 if len(images) > 20 else 8000
+    over = [where for where, b in images if _image_sides(b) > max_side]
+    if over:
+        raise RequestRejected(
+            400, "invalid_request_error",
+            f"{over[0]}.image.source.base64.data: At least one of the image dimensions exceed max allowed "
+            f"size: {max_side} pixels",
+            {"error_code": "image_dimensions_too_large", "max_side_length_pixels": max_side, "paths": over})
+    if sum(_pdf_pages(b) for _, b in blocks if b["type"] == "document") > MAX_PDF_PAGES:
+        raise RequestRejected(400, "invalid_request_error",
+                              f"A maximum of {MAX_PDF_PAGES} PDF pages may be provided.")
 
 
 def validate(body: Any) -> None:
@@ -134,6 +200,7 @@ def validate(body: Any) -> None:
             raise RequestRejected(400, "invalid_request_error", f"messages.{i}: content must be non-empty")
         for j, block in enumerate(content):
             _check_block(block, f"messages.{i}.content.{j}", role)
+    check_sizes(messages)
     last = messages[-1]
     if last["role"] == "assistant":
         final = last["content"] if isinstance(last["content"], str) else last["content"][-1].get("text", "")
@@ -210,11 +277,15 @@ class FakeAnthropic(FakeUpstream):
         if not request.headers.get("anthropic-version"):
             reply.json(error_body("invalid_request_error", "anthropic-version: header is required"), 400)
             return
+        if len(request.body) > MAX_REQUEST_BYTES:
+            reply.json(error_body("request_too_large", "Request exceeds the maximum allowed number of bytes. "
+                                                       "The maximum request size is 32 MB."), 413)
+            return
         try:
             body = request.json()
             validate(body)
         except RequestRejected as exc:
-            reply.json(error_body(exc.err_type, exc.message), exc.status)
+            reply.json(error_body(exc.err_type, exc.message, exc.details), exc.status)
             return
         except ValueError:
             reply.json(error_body("invalid_request_error", "body is not JSON"), 400)

@@ -6,7 +6,9 @@ takes the JSON config and answers the transcript with status ``queued``; each
 GET of ``/v2/transcript/<id>`` moves it one step along :attr:`statuses`
 (the last one sticks), answering the full result once ``completed`` or
 ``{"status": "error", "error": ...}`` for ``error``. Errors are
-``{"error": "..."}`` bodies, as AssemblyAI sends them.
+``{"error": "..."}`` bodies, as AssemblyAI sends them. An upload over
+:attr:`FakeAssemblyAI.max_upload_bytes` (AssemblyAI's documented 2.2 GB) is refused with 413; the
+real API's status and wording for it are not documented.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class FakeAssemblyAI(FakeUpstream):
         self.error_message = error_message or "Transcoding failed. File does not appear to contain audio."
         self.audio_duration = audio_duration
         self.detected_language = detected_language
+        #: The largest upload taken (AssemblyAI documents 2.2 GB for /v2/upload).
+        self.max_upload_bytes = 2_200_000_000
         #: Every upload's bytes, in order.
         self.uploads: list[bytes] = []
         self.upload_headers: list[dict[str, str]] = []
@@ -96,6 +100,9 @@ class FakeAssemblyAI(FakeUpstream):
     def _upload(self, request: Recorded, reply: Reply) -> None:
         if not request.body:
             reply.json({"error": "Upload is empty"}, 400)
+            return
+        if len(request.body) > self.max_upload_bytes:
+            reply.json({"error": f"File too large: the maximum upload size is {self.max_upload_bytes} bytes"}, 413)
             return
         with self._state_lock:
             self.uploads.append(request.body)

@@ -7,8 +7,8 @@ Endpoints: ``POST /v1/chat/completions`` (a ``chat.completion`` JSON, or
 ``diarized_json`` answers). It checks what the real API checks where it
 matters to the provider (the bearer key, known models, content part shapes,
 data URLs whose bytes match their MIME type, ``input_audio`` formats, the
-uploaded file's extension) and answers errors in OpenAI's envelope
-``{"error": {"message", "type", "param", "code"}}``.
+uploaded file's extension, the 25 MiB cap on a transcription upload) and answers errors in OpenAI's
+envelope ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ AUDIO_CHAT_MODELS = frozenset({"gpt-4o-audio-preview", "gpt-4o-mini-audio-previe
 STT_MODELS = frozenset({"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
                         "gpt-4o-transcribe-diarize", "gpt-transcribe"})
 AUDIO_EXTENSIONS = frozenset({"flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "wav", "webm"})
+#: What ``/audio/transcriptions`` reads at most; a larger body is refused with 413 (as the real API does).
+MAX_TRANSCRIPTION_BYTES = 26_214_400
 IMAGE_MAGIC = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff", "image/gif": b"GIF8",
                "image/webp": b"RIFF"}
 
@@ -172,6 +174,10 @@ class FakeOpenAI(FakeUpstream):
             if request.method == "POST" and request.path == "/v1/chat/completions":
                 self._chat(request.json(), reply)
             elif request.method == "POST" and request.path == "/v1/audio/transcriptions":
+                if len(request.body) > MAX_TRANSCRIPTION_BYTES:
+                    reply.json(error_body(f"Maximum content size limit ({MAX_TRANSCRIPTION_BYTES}) exceeded "
+                                          f"({len(request.body)} bytes read)", "server_error"), 413)
+                    return
                 self._transcribe(parse_multipart(request), reply)
             else:
                 raise Rejected(404, f"Invalid URL ({request.method} {request.path})")

@@ -4,6 +4,7 @@ The Messages API wants the system prompt apart (``system``), a conversation
 that starts with a ``user`` turn and alternates ``user``/``assistant``, and
 content as typed blocks: ``text``, ``image`` (base64 with its media type, or a
 URL) and ``document`` (a base64 PDF, plain text, or a URL).
+Content over the API's documented size limits (:mod:`.limits`) is refused before any call.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from router import Media, Message, Modality, Request, Role
+from router import Media, Message, Modality, ModelInfo, Request, Role
+from router.mime import normalise_mime
 
+from . import limits
 from .errors import bad_request
 
-#: Image media types the API accepts, after normalising aliases.
+#: Image media types the API accepts, after normalising aliases (:func:`router.mime.normalise_mime`).
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
-_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
 PDF = "application/pdf"
 PLAIN_TEXT = "text/plain"
 
@@ -35,29 +37,37 @@ class Prepared:
     messages: list[dict[str, Any]] = field(default_factory=list)
 
 
-def normalise_mime(mime_type: str) -> str:
-    """The lower-case MIME type without parameters, with common aliases resolved."""
-    base = mime_type.split(";", 1)[0].strip().lower()
-    return _ALIASES.get(base, base)
-
-
 def _base64_of(media: Media) -> str:
     """The media's bytes as base64 text (reads the stored file for uploaded media)."""
     return base64.b64encode(media.read_bytes()).decode("ascii")
 
 
-async def media_block(media: Media, where: str, provider: str) -> dict[str, Any]:
+def _image_source(media: Media, mime: str, where: str, provider: str) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """The base64 source of an image within Claude's limits, and its size; reads the image."""
+    limits.check_image_size(media, where, provider)
+    raw = media.read_bytes()
+    size = limits.check_image_sides(raw, where, provider)
+    return {"type": "base64", "media_type": mime, "data": base64.b64encode(raw).decode("ascii")}, size
+
+
+async def media_block(media: Media, where: str, provider: str, images: limits.ImageSizes | None = None) -> dict[str, Any]:
     """The content block for one image or document; ``where`` names it in error messages, which
-    name ``provider`` (the provider sending it)."""
+    name ``provider`` (the provider sending it). Each image is added to ``images``, with its size.
+
+    Raises :class:`router.errors.ProviderInputTooLarge` for an image over Claude's limits.
+    """
     mime = normalise_mime(media.mime_type)
     if media.modality is Modality.IMAGE:
         if mime not in IMAGE_TYPES:
             raise bad_request(provider,
                               f"{where}: Claude takes png, jpeg, gif or webp images, not {media.mime_type!r}")
         if media.url:
-            return {"type": "image", "source": {"type": "url", "url": media.url}}
-        data = await asyncio.to_thread(_base64_of, media)
-        return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}
+            source, size = {"type": "url", "url": media.url}, None
+        else:
+            source, size = await asyncio.to_thread(_image_source, media, mime, where, provider)
+        if images is not None:
+            images.append((where, size))
+        return {"type": "image", "source": source}
     if media.modality is Modality.DOCUMENT:
         block: dict[str, Any]
         if mime == PDF:
@@ -66,13 +76,15 @@ async def media_block(media: Media, where: str, provider: str) -> dict[str, Any]
             else:
                 data = await asyncio.to_thread(_base64_of, media)
                 block = {"type": "document", "source": {"type": "base64", "media_type": PDF, "data": data}}
-        elif mime == PLAIN_TEXT and not media.url:
+        elif mime.startswith("text/"):  # markdown, CSV...: their text, as plain text
+            if media.url:
+                raise bad_request(provider, f"{where}: Claude takes text documents as bytes, not by URL")
             raw = await asyncio.to_thread(media.read_bytes)
             text = raw.decode("utf-8", errors="replace")
             block = {"type": "document", "source": {"type": "text", "media_type": PLAIN_TEXT, "data": text}}
         else:
             raise bad_request(provider,
-                              f"{where}: Claude takes PDF or plain-text documents, not {media.mime_type!r}")
+                              f"{where}: Claude takes PDF or text documents, not {media.mime_type!r}")
         if media.filename:
             block["title"] = media.filename
         return block
@@ -83,9 +95,10 @@ async def media_block(media: Media, where: str, provider: str) -> dict[str, Any]
     )
 
 
-async def message_blocks(message: Message, index: int, provider: str) -> list[dict[str, Any]]:
+async def message_blocks(message: Message, index: int, provider: str,
+                         images: limits.ImageSizes | None = None) -> list[dict[str, Any]]:
     """The content blocks of one message, in order; blank text parts are left out
-    (the API rejects empty text blocks)."""
+    (the API rejects empty text blocks). Its images are added to ``images``."""
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(message.parts):
         where = f"messages[{index}].parts[{j}]"
@@ -93,7 +106,7 @@ async def message_blocks(message: Message, index: int, provider: str) -> list[di
             if message.role is Role.ASSISTANT:
                 raise bad_request(provider,
                                   f"{where}: Claude takes media only in user turns, not assistant turns")
-            blocks.append(await media_block(part.media, where, provider))
+            blocks.append(await media_block(part.media, where, provider, images))
         elif part.text and part.text.strip():
             blocks.append({"type": "text", "text": part.text})
     return blocks
@@ -125,19 +138,23 @@ def _strip_final_assistant(turns: list[dict[str, Any]]) -> None:
         turns.pop()
 
 
-async def prepare(request: Request, provider: str) -> Prepared:
-    """The ``system`` and ``messages`` for ``request``, sent by the provider called ``provider``.
+async def prepare(request: Request, provider: str, model: ModelInfo | None = None) -> Prepared:
+    """The ``system`` and ``messages`` for ``request``, sent by the provider called ``provider`` to
+    ``model`` (whose context window sets the page and image counts allowed; None: 200k tokens').
 
     System messages become ``system``; consecutive turns of one role are merged
     into one turn; a conversation that would start with the assistant gets a
     short user turn in front. Raises :class:`router.ProviderBadRequest` for
-    content Claude cannot take.
+    content Claude cannot take, and :class:`router.errors.ProviderInputTooLarge`
+    for content over the API's documented limits (:mod:`.limits`), before any call.
     """
+    limits.check_media(request.media(), model, provider)
     turns: list[dict[str, Any]] = []
+    images: limits.ImageSizes = []
     for i, message in enumerate(request.messages):
         if message.role is Role.SYSTEM:
             continue
-        blocks = await message_blocks(message, i, provider)
+        blocks = await message_blocks(message, i, provider, images)
         if not blocks:
             continue
         role = "assistant" if message.role is Role.ASSISTANT else "user"
@@ -150,4 +167,7 @@ async def prepare(request: Request, provider: str) -> Prepared:
         raise bad_request(provider, "the request has no user content to answer")
     if turns[0]["role"] == "assistant":
         turns.insert(0, {"role": "user", "content": [{"type": "text", "text": LEADING_USER_TURN}]})
-    return Prepared(system=_system_prompt(request, provider), messages=turns)
+    system = _system_prompt(request, provider)
+    limits.check_images(images, model, provider)
+    limits.check_body(limits.body_bytes(system, turns), provider)
+    return Prepared(system=system, messages=turns)

@@ -79,7 +79,7 @@ class AnthropicProvider(Provider):
         """Stream Claude's answer: text deltas as they come, then one usage report."""
         if not self.settings.key:
             raise ProviderNotConfigured(self.name, f"no API key: {key_hint(self.name)}")
-        prepared = await prepare(request, self.name)
+        prepared = await prepare(request, self.name, model)
         params: dict[str, Any] = {
             "model": model.name,
             "max_tokens": max_tokens_for(model, request.options.max_output_tokens),

@@ -88,8 +88,9 @@ class AssemblyAIProvider(Provider):
         media = [m for m in request.current_media() if m.modality in _MEDIA_KINDS]
         if not media:
             raise errors.bad_request(self.name, "nothing to transcribe: the request has no audio or video")
-        for item in media:  # refuse a bad URL before any clip is uploaded (and billed)
+        for item in media:  # refuse a bad URL or too large a file before any clip is uploaded (and billed)
             transcripts.audio_source(item, self.name)
+            transcripts.check_upload_size(item, self.name)
         if (reason := self.unconfigured_reason()) is not None:
             raise ProviderNotConfigured(self.name, reason)
         total = 0.0

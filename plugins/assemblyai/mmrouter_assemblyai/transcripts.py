@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from router import Media, Options, ProviderBadRequest, Transcript, Utterance, Word
+from router.errors import ProviderInputTooLarge
 
 if TYPE_CHECKING:
     import assemblyai
@@ -63,6 +64,25 @@ def audio_source(media: Media, provider: str = "assemblyai") -> str | bytes:
     if media.path is not None:
         return str(media.path)
     return media.read_bytes()
+
+
+#: The largest local file ``/v2/upload`` takes: "The maximum file size for a local file uploaded to the API
+#: via the /v2/upload endpoint is 2.2GB" (assemblyai.com/docs/concepts/faq; the FAQ "Are there any limits
+#: on file size or file duration for files submitted to the API?"), read as decimal gigabytes. Media given
+#: by URL go to ``/v2/transcript`` (5 GB there), but their size is unknown here.
+MAX_UPLOAD_BYTES = 2_200_000_000
+
+
+def check_upload_size(media: Media, provider: str = "assemblyai") -> None:
+    """Refuse, before anything is uploaded, media over AssemblyAI's upload limit with
+    :class:`ProviderInputTooLarge` (the router then tries the next target)."""
+    if media.url:
+        return
+    size = len(media.data) if media.data is not None else media.path.stat().st_size if media.path else 0
+    if size > MAX_UPLOAD_BYTES:
+        name = f" {media.filename!r}" if media.filename else ""
+        raise ProviderInputTooLarge(provider, f"the file{name} is {size:,} bytes, over AssemblyAI's upload limit "
+                                              f"of 2.2 GB ({MAX_UPLOAD_BYTES:,} bytes) (refused before uploading)")
 
 
 def _seconds(ms: int | float | None) -> float:

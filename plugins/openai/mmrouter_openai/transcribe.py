@@ -3,7 +3,8 @@
 whisper-1 is asked for ``verbose_json`` with segment timestamps, the
 diarizing model for ``diarized_json`` (speaker-labelled segments), the other
 GPT-4o transcription models for ``json`` (the only format they give).
-Uploaded media are streamed from their file in the media store.
+Uploaded media are streamed from their file in the media store. A clip over
+OpenAI's upload limit is refused before anything is uploaded.
 """
 
 from __future__ import annotations
@@ -25,16 +26,46 @@ from router import (
     Utterance,
     Word,
 )
+from router.errors import ProviderInputTooLarge
+from router.mime import normalise_mime
 from router.types import mime_suffix
 
-from .chat import normalise_mime
-from .models import Entry
+from .models import BUILTIN, Entry
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
 #: The file extensions ``/audio/transcriptions`` recognises (it finds the audio format by the extension).
 AUDIO_EXTENSIONS = (".flac", ".mp3", ".mp4", ".mpeg", ".mpga", ".m4a", ".ogg", ".wav", ".webm")
+
+
+#: The largest file OpenAI's transcription models take: "File uploads are currently limited to 25 MB"
+#: (platform.openai.com/docs/guides/speech-to-text); "the maximum request size is 25 MiB" (help.openai.com
+#: article 7031512, Audio API FAQ). The API answers a larger upload with 413 "Maximum content size limit
+#: (26214400) exceeded (N bytes read)" after reading it. Models an operator configures (OpenAI-compatible
+#: servers) have their own limits, unknown here.
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+
+
+def clip_size(media: Media) -> int:
+    """The clip's size in bytes, without reading it."""
+    if media.data is not None:
+        return len(media.data)
+    return media.path.stat().st_size if media.path is not None else 0
+
+
+def check_sizes(provider: str, entry: Entry, clips: list[Media]) -> None:
+    """Refuse, before any upload, a clip over OpenAI's 25 MB limit (built-in models only) with
+    :class:`ProviderInputTooLarge`, so the router tries the next target."""
+    if entry not in BUILTIN:
+        return
+    for n, media in enumerate(clips):
+        size = clip_size(media)
+        if size > MAX_UPLOAD_BYTES:
+            name = f" {media.filename!r}" if media.filename else ""
+            raise ProviderInputTooLarge(
+                provider, f"audio clip {n + 1}{name} is {size:,} bytes, over {entry.info.name}'s limit of 25 MB "
+                          f"({MAX_UPLOAD_BYTES:,} bytes) per file (refused before uploading)")
 
 
 def pick_audio(provider: str, entry: Entry, request: Request) -> list[Media]:
@@ -52,13 +83,13 @@ def upload_name(media: Media) -> str:
     """A file name with an audio extension: the API finds the audio format by it.
 
     The MIME type's suffix is added to a name that does not already end with an extension the API
-    knows (``standup.2024-05-01`` -> ``standup.2024-05-01.wav``).
+    knows (``standup.2024-05-01`` -> ``standup.2024-05-01.wav``, ``rec.opus`` -> ``rec.opus.ogg``).
     """
     name = media.filename.rsplit("/", 1)[-1] if media.filename else ""
     suffix = mime_suffix(normalise_mime(media.mime_type))
     if not name:
         return f"audio{suffix}"
-    if suffix != ".bin" and not name.lower().endswith(AUDIO_EXTENSIONS):
+    if not name.lower().endswith(AUDIO_EXTENSIONS):
         return name + suffix
     return name
 
@@ -163,6 +194,7 @@ async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: 
     ``price`` is the model's effective price (default: the catalogue's); it decides how usage is counted.
     """
     clips = pick_audio(provider, entry, request)
+    check_sizes(provider, entry, clips)
     params = build_params(entry, request)
     transcripts: list[Transcript] = []
     usage = Usage()

@@ -1,0 +1,198 @@
+"""The size limits the Messages API documents, checked before a request is sent.
+
+A request over one of them is refused by the API only after it was uploaded; refused here it costs
+nothing, and :class:`router.errors.ProviderInputTooLarge` lets the router try the rule's fallbacks.
+
+Sources (checked 2026):
+
+- Images and vision (platform.claude.com/docs/en/build-with-claude/vision): at most 8000x8000 px per
+  image, 2000x2000 px when a request holds more than 20 images; at most 100 images per request for
+  models with a 200k-token context window, 600 for the others.
+- The 5 MB per image is counted on the base64 text, not the decoded bytes: the API answers
+  ``image exceeds 5 MB maximum: N bytes > 5242880 bytes`` with N the base64 length
+  (github.com/anthropics/claude-code issue 14887; Claude Code's ``API_IMAGE_MAX_BASE64_SIZE``).
+- PDF support (platform.claude.com/docs/en/build-with-claude/pdf-support): at most 100 PDF pages per
+  request (600 for models with a context window over 200k tokens) and 32 MB per request, both over
+  the entire request.
+- The anthropic 2.x SDK names the refusals: ``ImageDimensionsTooLargeError`` (400,
+  ``image_dimensions_too_large``) and ``ContentTooLargeError`` (413, ``request_too_large``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+from router import Media, Modality, ModelInfo
+from router.errors import ProviderInputTooLarge
+from router.mime import normalise_mime
+
+MB = 1024 * 1024
+#: The largest image, as base64 text.
+MAX_IMAGE_BASE64_BYTES = 5 * MB
+#: The longest side of an image; of each image, in a request holding more than MANY_IMAGES of them.
+MAX_IMAGE_SIDE = 8000
+MAX_IMAGE_SIDE_MANY = 2000
+MANY_IMAGES = 20
+#: The largest request body. Counted in MiB and on a lower bound of the body (its media and text),
+#: so a request refused here is refused by the API whichever megabyte it means.
+MAX_REQUEST_BYTES = 32 * MB
+#: Context windows up to this take at most SMALL_CONTEXT_ITEMS pages and images; larger ones LARGE_CONTEXT_ITEMS.
+SMALL_CONTEXT = 200_000
+SMALL_CONTEXT_ITEMS = 100
+LARGE_CONTEXT_ITEMS = 600
+
+#: Where each image of a request is and its (width, height), if known.
+ImageSizes = list[tuple[str, tuple[int, int] | None]]
+
+
+def _too_large(provider: str, message: str) -> ProviderInputTooLarge:
+    return ProviderInputTooLarge(provider, f"{message} (refused before sending)")
+
+
+def items_allowed(model: ModelInfo | None) -> int:
+    """How many PDF pages, and how many images, one request to ``model`` may hold (unknown model:
+    those of a 200k-token context window, the catalogue's)."""
+    if model is not None and model.context_tokens > SMALL_CONTEXT:
+        return LARGE_CONTEXT_ITEMS
+    return SMALL_CONTEXT_ITEMS
+
+
+def base64_length(size: int) -> int:
+    """The length of the base64 text of ``size`` bytes."""
+    return 4 * ((size + 2) // 3)
+
+
+def stored_size(media: Media) -> int:
+    """The media's size in bytes, without reading it (0 for media given by URL)."""
+    if media.data is not None:
+        return len(media.data)
+    if media.path is not None:
+        return media.path.stat().st_size
+    return 0
+
+
+def check_image_size(media: Media, where: str, provider: str) -> None:
+    """Refuse an image whose base64 text is over 5 MB, before it is read."""
+    encoded = base64_length(stored_size(media))
+    if encoded > MAX_IMAGE_BASE64_BYTES:
+        raise _too_large(provider, f"{where}: the image is {encoded:,} bytes as base64, over Claude's limit "
+                                   f"of 5 MB ({MAX_IMAGE_BASE64_BYTES:,} bytes) per image")
+
+
+def check_image_sides(data: bytes, where: str, provider: str) -> tuple[int, int] | None:
+    """Refuse an image over 8000 px on a side; return its (width, height) if its header says."""
+    size = image_size(data)
+    if size is not None and max(size) > MAX_IMAGE_SIDE:
+        raise _too_large(provider, f"{where}: the image is {size[0]}x{size[1]} px, over Claude's limit "
+                                   f"of {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} px")
+    return size
+
+
+def check_media(media: Iterable[Media], model: ModelInfo | None, provider: str) -> None:
+    """Refuse, before any is read, the media of a request over its PDF pages (where the router counted
+    them) or whose bytes alone, as sent, are over the request size."""
+    media = list(media)
+    allowed = items_allowed(model)
+    pages = sum(m.pages or 0 for m in media if m.modality is Modality.DOCUMENT)
+    if pages > allowed:
+        raise _too_large(provider, f"the request holds {pages} PDF pages, over Claude's limit of {allowed} "
+                                   "pages per request")
+    sent = sum(_sent_size(m) for m in media)
+    check_body(sent, provider)
+
+
+def _sent_size(media: Media) -> int:
+    """The fewest bytes ``media`` takes in the request body: base64 text, except text documents."""
+    size = stored_size(media)
+    return size if normalise_mime(media.mime_type).startswith("text/") else base64_length(size)
+
+
+def check_images(images: ImageSizes, model: ModelInfo | None, provider: str) -> None:
+    """Refuse a request over the image count, or with more than 20 images, one over 2000 px on a side."""
+    allowed = items_allowed(model)
+    if len(images) > allowed:
+        raise _too_large(provider, f"the request holds {len(images)} images, over Claude's limit of "
+                                   f"{allowed} per request")
+    if len(images) <= MANY_IMAGES:
+        return
+    for where, size in images:
+        if size is not None and max(size) > MAX_IMAGE_SIDE_MANY:
+            raise _too_large(provider, f"{where}: the image is {size[0]}x{size[1]} px, over Claude's limit "
+                                       f"of {MAX_IMAGE_SIDE_MANY}x{MAX_IMAGE_SIDE_MANY} px in a request of "
+                                       f"more than {MANY_IMAGES} images (it holds {len(images)})")
+
+
+def check_body(size: int, provider: str) -> None:
+    """Refuse a request body of (at least) ``size`` bytes over 32 MB."""
+    if size > MAX_REQUEST_BYTES:
+        raise _too_large(provider, f"the request is at least {size:,} bytes, over Claude's limit of 32 MB "
+                                   f"({MAX_REQUEST_BYTES:,} bytes) per request")
+
+
+def body_bytes(system: str, turns: list[dict[str, Any]]) -> int:
+    """A lower bound of the request body's size: the bytes of its text and base64 data."""
+    total = len(system.encode())
+    for turn in turns:
+        for block in turn["content"]:
+            total += len(block.get("text", "").encode())
+            source = block.get("source") or {}
+            data = source.get("data") or source.get("url") or ""
+            total += len(data.encode())
+    return total
+
+
+# -- image headers -------------------------------------------------------------------------------
+
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG, GIF, JPEG or WebP image from its header; None if it cannot tell."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The size in a JPEG's start-of-frame segment, found by walking the segments."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # segments without a length
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        i += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """The canvas size of a lossy (VP8), lossless (VP8L) or extended (VP8X) WebP."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(data) >= 30:
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    return None
