@@ -141,6 +141,7 @@ def ask(
     tag: TagOption = None,
     session: SessionOption = None,
     inline_limit: InlineLimitOption = 4 * 1024 * 1024,
+    max_tokens: Annotated[int, typer.Option(min=0, help="Most tokens the answer may have (0: the model's default).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")] = False,
     address: AddressOption = DEFAULT_ADDRESS,
     token: TokenOption = "",
@@ -155,7 +156,7 @@ def ask(
 
         def build(limit: int) -> pb.MultimodalRequest:
             return build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
-                                  diarize, speakers, provider, model, tag, session, limit)
+                                  diarize, speakers, provider, model, tag, session, limit, max_tokens)
 
         def stream(request: pb.MultimodalRequest) -> tuple[pb.Answer | None, bool]:
             answer, streamed = None, False
@@ -193,6 +194,17 @@ def ask(
     print_route(answer.route, err)
     err.print(f"usage: {u.input_tokens} in, {u.output_tokens} out, {u.audio_seconds:.1f}s audio, "
               f"${u.cost_usd:.6f}, {answer.route.latency_ms:.0f} ms")
+    warning = FINISH_WARNINGS.get(answer.finish_reason)
+    if warning:
+        err.print(f"[yellow]{warning}[/yellow]")
+
+
+#: What ``ask`` says when an answer did not simply finish (by ``Answer.finish_reason``).
+FINISH_WARNINGS = {
+    2: "the answer was cut at the output limit: ask again with a larger --max-tokens",  # FINISH_REASON_LENGTH
+    3: "the provider's content filter stopped or withheld the answer",  # FINISH_REASON_CONTENT_FILTER
+    4: "the model declined to answer",  # FINISH_REASON_REFUSAL
+}
 
 
 @app.command()

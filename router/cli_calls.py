@@ -65,7 +65,7 @@ def upload_file(stub, kind: int, path: Path, mime: str) -> str:
 
 
 def build_request(stub, prompt: str, images, audio, video, pdf, system, task, diarize, speakers, provider, model,
-                   tags, session, inline_limit):
+                   tags, session, inline_limit, max_tokens: int = 0):
     """The request of ``ask`` and ``explain``: files over ``inline_limit`` bytes are uploaded first."""
     from mmrouter.v1 import router_pb2 as pb
 
@@ -87,7 +87,8 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     tasks = {"auto": pb.TASK_AUTO, "chat": pb.TASK_CHAT, "transcribe": pb.TASK_TRANSCRIBE}
     return pb.MultimodalRequest(
         messages=messages, session_id=session or "",
-        options=pb.Options(task=tasks[task], diarization=diarize, speakers_expected=speakers),
+        options=pb.Options(task=tasks[task], diarization=diarize, speakers_expected=speakers,
+                           max_output_tokens=max_tokens),
         hints=pb.RoutingHints(provider=provider or "", model=model or "", tags=tags or []),
     )
 

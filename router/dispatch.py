@@ -19,7 +19,17 @@ from .invoke import call_model
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
 from .plugins import Registry
 from .routing import Decision, Plan
-from .types import CallContext, Modality, Request, TextDelta, Transcript, TranscriptReady, Usage, UsageReport
+from .types import (
+    CallContext,
+    FinishReason,
+    Modality,
+    Request,
+    TextDelta,
+    Transcript,
+    TranscriptReady,
+    Usage,
+    UsageReport,
+)
 
 #: What execute yields.
 RouterEvent = RouteChosen | TextDelta | TranscriptReady | StepUsage | Done
@@ -57,6 +67,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         if provider is None:
             continue
         answered = False  # the answering model sent output of its own: no fallback may follow
+        finish: FinishReason | None = None
         texts: list[str] = []
         own: list[Transcript] = []
         bridged_transcripts: list[Transcript] = []
@@ -86,6 +97,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                     own.append(event.transcript)  # one per recording, if a plugin sends several
                     yield event
                 elif isinstance(event, UsageReport):
+                    finish = event.finish_reason or finish
                     yield StepUsage(event.usage)
             reported = len(route.steps)
         except ProviderError as exc:
@@ -99,7 +111,9 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         route.provider, route.model = plan.target.provider, plan.target.model
         route.bridges = [str(b) for b in used_bridges]
         route.latency_ms = (time.perf_counter() - started) * 1000
-        yield Done(_answer(texts, own, bridged_transcripts, route))
+        if finish is FinishReason.LENGTH:
+            route.notes.append(f"the answer was cut at {plan.target}'s output limit (max_output_tokens)")
+        yield Done(_answer(texts, own, bridged_transcripts, route, finish))
         return
     if last_error is not None:
         raise last_error
@@ -120,7 +134,8 @@ def _unsent(transcripts: list[Transcript], sent: list[Transcript]) -> list[Trans
     return new
 
 
-def _answer(texts: list[str], own: list[Transcript], bridged: list[Transcript], route: RouteInfo) -> Answer:
+def _answer(texts: list[str], own: list[Transcript], bridged: list[Transcript], route: RouteInfo,
+            finish: FinishReason | None) -> Answer:
     """The answer of a plan. Only the answering model's own transcript (a transcription) stands in
     for an empty text: a bridge's transcript is the user's input, never the model's reply. The answer
     carries the bridges' transcript when the model makes none; its usage is every paid step's."""
@@ -130,4 +145,4 @@ def _answer(texts: list[str], own: list[Transcript], bridged: list[Transcript], 
     total = Usage()
     for step in route.steps:
         total.add(step.usage)
-    return Answer(text, transcript, total, route)
+    return Answer(text, transcript, total, route, finish)

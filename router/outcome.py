@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .routing import Decision, TraceEntry
-from .types import Transcript, Usage
+from .types import FinishReason, Transcript, Usage
 
 
 @dataclass
@@ -58,12 +58,14 @@ class RouteInfo:
 
 @dataclass
 class Answer:
-    """The uniform result: text, transcript, total usage and the route."""
+    """The uniform result: text, transcript, total usage, the route, and why the answering model
+    stopped (None when its provider does not say)."""
 
     text: str
     transcript: Transcript | None
     usage: Usage
     route: RouteInfo
+    finish_reason: FinishReason | None = None
 
 
 @dataclass

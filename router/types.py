@@ -40,6 +40,16 @@ class Task(enum.StrEnum):
     TRANSCRIBE = "transcribe"
 
 
+class FinishReason(enum.StrEnum):
+    """Why the model stopped writing its answer (as its provider reports it)."""
+
+    STOP = "stop"  # it finished
+    LENGTH = "length"  # cut at the output limit (max_output_tokens or the model's own)
+    CONTENT_FILTER = "content_filter"  # the provider's safety or content filter stopped or withheld it
+    REFUSAL = "refusal"  # the model declined to answer
+    OTHER = "other"  # any other reason (a tool call, a pause)
+
+
 @dataclass
 class Media:
     """One image, audio clip, video or document.
@@ -364,9 +374,12 @@ class TranscriptReady:
 
 @dataclass
 class UsageReport:
-    """Event: what the call consumed. The router fills in the cost if the provider leaves it 0."""
+    """Event: what the call consumed, and why the model stopped (``finish_reason``, None when the
+    provider does not say, as for transcriptions). The router fills in the cost if the provider
+    leaves it 0."""
 
     usage: Usage
+    finish_reason: FinishReason | None = None
 
 
 #: What a provider's ``generate`` yields.

@@ -18,6 +18,7 @@ from .outcome import Answer, RouteInfo, Step
 from .plugins import ProviderEntry, State
 from .sniff import HEAD_BYTES, mime_problem
 from .types import (
+    FinishReason,
     Media,
     Message,
     Modality,
@@ -255,9 +256,18 @@ def route_to_proto(route: RouteInfo, redact: Callable[[str], str] = _same) -> pb
     )
 
 
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER, FinishReason.REFUSAL: pb.FINISH_REASON_REFUSAL,
+    FinishReason.OTHER: pb.FINISH_REASON_OTHER,
+}
+
+
 def answer_to_proto(answer: Answer, redact: Callable[[str], str] = _same) -> pb.Answer:
     """The answer as sent to clients (see :func:`route_to_proto` for ``redact``)."""
     out = pb.Answer(text=answer.text, usage=usage_to_proto(answer.usage), route=route_to_proto(answer.route, redact))
+    if answer.finish_reason is not None:
+        out.finish_reason = _FINISH[answer.finish_reason]
     if answer.transcript is not None:
         out.transcript.CopyFrom(transcript_to_proto(answer.transcript))
     return out

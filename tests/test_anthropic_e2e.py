@@ -166,6 +166,16 @@ def test_stream_generate_deltas_usage_done(daemon, fake):
     assert (body["model"], body["max_tokens"]) == ("claude-haiku-4-5", 300)
 
 
+@pytest.mark.parametrize(("stop_reason", "finish"), [
+    ("end_turn", pb.FINISH_REASON_STOP), ("max_tokens", pb.FINISH_REASON_LENGTH),
+    ("refusal", pb.FINISH_REASON_REFUSAL), ("pause_turn", pb.FINISH_REASON_OTHER)])
+def test_the_stop_reason_reaches_the_client(daemon, fake, stop_reason, finish):
+    fake.stop_reason = stop_reason
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30).answer
+    assert (answer.text, answer.finish_reason) == ("Hello from fake Claude.", finish)
+    assert any("output limit" in n for n in answer.route.notes) == (stop_reason == "max_tokens")
+
+
 def test_session_history_keeps_roles_and_order(daemon, fake):
     for question in ("My name is Ada.", "What is my name?"):
         daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part(question), session="s-1",

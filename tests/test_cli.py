@@ -219,6 +219,18 @@ def test_ask_streams_the_answer_and_reports_route_usage_and_cost(start_daemon):
     assert ok(via_env.result()).stdout == echo("echo", "from env") + "\n"
 
 
+def test_ask_sends_max_tokens_and_says_when_the_answer_was_cut(start_daemon):
+    daemon = start_daemon(CONFIG)
+    cut = ok(run_cli("ask", "CUT this short", "--max-tokens", "3", "--address", daemon.address))
+    assert cut.stdout == echo("echo", "CUT this short")[:12] + "\n"  # 3 tokens of the testkit's 4 characters
+    assert "the answer was cut at the output limit" in " ".join(cut.stderr.split())
+    assert "note: the answer was cut at fake/echo's output limit" in " ".join(cut.stderr.split())
+    whole = ok(run_cli("ask", "not cut", "--address", daemon.address))
+    assert "cut" not in whole.stderr
+    as_json = json.loads(ok(run_cli("ask", "CUT", "--max-tokens", "2", "--json", "--address", daemon.address)).stdout)
+    assert as_json["finishReason"] == "FINISH_REASON_LENGTH" and len(as_json["text"]) == 8
+
+
 def test_ask_json_prints_the_whole_answer(start_daemon):
     daemon = start_daemon(CONFIG)
     result = ok(run_cli("ask", "as json please", "--json", "--address", daemon.address))

@@ -260,3 +260,13 @@ def test_a_configured_newer_model_is_routed_priced_and_capped(start_daemon, fake
     [call] = fake.calls("stream")
     assert "models/gemini-3.5-flash:" in call.path
     assert call.json()["generationConfig"]["maxOutputTokens"] == 65_536
+
+
+@pytest.mark.parametrize(("reason", "finish"), [
+    ("STOP", pb.FINISH_REASON_STOP), ("MAX_TOKENS", pb.FINISH_REASON_LENGTH),
+    ("SAFETY", pb.FINISH_REASON_CONTENT_FILTER), ("MALFORMED_FUNCTION_CALL", pb.FINISH_REASON_OTHER)])
+def test_the_finish_reason_reaches_the_client(daemon, fake, reason, finish):
+    """The last chunk's finishReason; an answer stopped by the safety filter after some text keeps it."""
+    fake.finish_reason = reason
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="hi"))), timeout=30).answer
+    assert (answer.text, answer.finish_reason) == ("Hello from Gemini.", finish)

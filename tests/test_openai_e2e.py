@@ -136,13 +136,34 @@ def test_stream_generate_delivers_deltas_then_usage_and_done(daemon, fake):
     assert fake.chat_requests()[0]["model"] == "gpt-4o-mini"
 
 
+def test_the_finish_reason_reaches_the_client(daemon, fake):
+    """A finished answer is STOP; one cut at max_tokens is LENGTH with a route note; a refusal
+    (``delta.refusal``) is the answer's text, with REFUSAL."""
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30).answer
+    assert answer.finish_reason == pb.FINISH_REASON_STOP
+    fake.finish_reason = "length"
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30).answer
+    assert answer.finish_reason == pb.FINISH_REASON_LENGTH and answer.text == "Hello from the fake GPT."
+    assert any("the answer was cut at openai/gpt-4o's output limit" in n for n in answer.route.notes)
+    fake.finish_reason, fake.refusal = "stop", "I can't help with that."
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=ask(text_part("hi"))), timeout=30))
+    done = events[-1].done.answer
+    assert (done.text, done.finish_reason) == ("I can't help with that.", pb.FINISH_REASON_REFUSAL)
+    assert [e.text_delta.text for e in events if e.HasField("text_delta")] == ["I can't help with that."]
+
+
 def test_session_history_reaches_the_model(daemon, fake):
+    """The history in order, and this turn's system prompt first (not after the history: chat templates
+    of OpenAI-compatible servers refuse a system message in the middle)."""
     for question in ("My name is Ada.", "What is my name?"):
-        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part(question), session="s-1")), timeout=30)
+        daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part(question), session="s-1", system="Be terse.")),
+                             timeout=30)
     first, second = fake.chat_requests()
-    assert [(m["role"], m["content"]) for m in first["messages"]] == [("user", "My name is Ada.")]
+    assert [(m["role"], m["content"]) for m in first["messages"]] == [
+        ("system", "Be terse."), ("user", "My name is Ada.")]
     assert [(m["role"], m["content"]) for m in second["messages"]] == [
-        ("user", "My name is Ada."), ("assistant", "Hello from the fake GPT."), ("user", "What is my name?")]
+        ("system", "Be terse."), ("user", "My name is Ada."), ("assistant", "Hello from the fake GPT."),
+        ("user", "What is my name?")]
 
 
 def test_whisper_transcription_with_segments_and_cost(daemon, fake):

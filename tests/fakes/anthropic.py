@@ -248,6 +248,8 @@ class FakeAnthropic(FakeUpstream):
         self.input_tokens = 31
         self.output_tokens = 9
         self.stream_error: tuple[str, str] | None = None
+        #: The streamed message's ``stop_reason`` ("max_tokens", "refusal", ...).
+        self.stop_reason = "end_turn"
         self.delay = 0.0
 
     # -- what was received -------------------------------------------------------------------
@@ -329,7 +331,7 @@ class FakeAnthropic(FakeUpstream):
         events += [
             ("content_block_stop", {"type": "content_block_stop", "index": 0}),
             ("message_delta", {"type": "message_delta",
-                               "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                               "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
                                "usage": {"output_tokens": self.output_tokens}}),
             ("message_stop", {"type": "message_stop"}),
         ]

@@ -110,6 +110,8 @@ class FakeGemini(FakeUpstream):
         self.file_ttl = timedelta(hours=48)
         #: Seconds to wait before answering a generate call (to provoke client timeouts).
         self.delay = 0.0
+        #: The last chunk's ``finishReason`` ("MAX_TOKENS", "SAFETY", ...).
+        self.finish_reason = "STOP"
         #: When set, the prompt is blocked with this reason (promptFeedback.blockReason).
         self.block_reason: str | None = None
         #: Files by name (``files/<id>``).
@@ -266,7 +268,7 @@ class FakeGemini(FakeUpstream):
             cand: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
             out: dict[str, Any] = {"candidates": [cand], "modelVersion": model, "responseId": "fake-resp"}
             if last:
-                cand["finishReason"] = "STOP"
+                cand["finishReason"] = self.finish_reason
                 out["usageMetadata"] = self.usage
             else:  # the real API repeats a running prompt count on every chunk
                 out["usageMetadata"] = {"promptTokenCount": self.usage["promptTokenCount"],

@@ -124,6 +124,10 @@ class FakeOpenAI(FakeUpstream):
         self.api_key = API_KEY
         #: Output limits by model (models not named here have none).
         self.max_completion_tokens = dict(MAX_COMPLETION_TOKENS)
+        #: The streamed answer's ``finish_reason`` ("length", "content_filter", ...).
+        self.finish_reason = "stop"
+        #: If set, the model declines: the stream sends this as ``delta.refusal`` instead of content.
+        self.refusal: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -242,13 +246,15 @@ class FakeOpenAI(FakeUpstream):
                     "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
         events: list[Any] = [json.dumps(chunk({"role": "assistant", "content": ""}))]
-        for i, text in enumerate(self.reply_chunks):
+        for i, text in enumerate([] if self.refusal else self.reply_chunks):
             events.append(json.dumps(chunk({"content": text})))
             if i == 0 and self.stream_error:
                 events.append(json.dumps(error_body(self.stream_error, "server_error")))
                 break
         else:
-            events.append(json.dumps(chunk({}, "stop")))
+            if self.refusal:
+                events.append(json.dumps(chunk({"content": None, "refusal": self.refusal})))
+            events.append(json.dumps(chunk({}, self.finish_reason)))
             if (body.get("stream_options") or {}).get("include_usage"):
                 events.append(json.dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                                           "created": 1700000000, "model": model, "choices": [],

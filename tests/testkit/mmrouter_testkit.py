@@ -6,6 +6,7 @@ Text commands in the last user message:
 - ``LEAK`` raises an error whose message carries the configured api_key (a careless plugin);
   ``LEAK@<model>`` only on that model.
 - ``CRASH`` raises a plain RuntimeError (a buggy plugin).
+- ``CUT`` answers only ``max_output_tokens`` * 4 characters, with finish reason LENGTH;
 - ``SLOW:<seconds>`` sleeps; it writes ``started-<request id>`` into ``settings['marker_dir']``
   when it begins and ``cancelled-<request id>`` when cancelled, so tests can prove
   cancellation reached the provider.
@@ -96,10 +97,14 @@ class ScriptedProvider(router.Provider):
         all_text = " | ".join(p.text for p in request.parts() if p.text)
         reply = (f"{self.name}/{model.name} says: {text} [history={history} "
                  + " ".join(f"{k}={v}" for k, v in counts.items()) + f"] <<{all_text}>>")
+        finish = router.FinishReason.STOP
+        if "CUT" in text:  # a model that obeys max_output_tokens (4 characters a token) and says it was cut
+            reply, finish = reply[:4 * max(1, request.options.max_output_tokens)], router.FinishReason.LENGTH
         step = len(reply) if text.startswith("ONE-DELTA") else 16  # a plugin that sends its text at once
         for i in range(0, len(reply), step):
             yield router.TextDelta(reply[i:i + step])
-        yield router.UsageReport(router.Usage(input_tokens=len(all_text) // 4 + 1, output_tokens=len(reply) // 4))
+        yield router.UsageReport(router.Usage(input_tokens=len(all_text) // 4 + 1, output_tokens=len(reply) // 4),
+                                 finish)
 
 
 @router.hookimpl

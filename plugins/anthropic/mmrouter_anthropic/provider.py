@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from router import (
     CallContext,
+    FinishReason,
     ModelInfo,
     Provider,
     ProviderEvent,
@@ -91,20 +92,21 @@ class AnthropicProvider(Provider):
         # anthropic 2.x SDK speaks (2026-10-21) refuses sampling parameters with a 400.
 
         usage = Usage()
+        stop: list[FinishReason] = []
         try:
             stream = await self.client().messages.create(
                 stream=True, timeout=self._call_timeout(ctx), **params
             )
             async with stream:
                 async for event in stream:
-                    delta = _handle_event(event, usage)
+                    delta = _handle_event(event, usage, stop)
                     if delta:
                         yield TextDelta(delta)
         except Exception as exc:
             if is_mappable(exc):
                 raise map_sdk_error(exc, self.name, self.settings.key) from exc
             raise
-        yield UsageReport(usage)
+        yield UsageReport(usage, stop[-1] if stop else None)
 
     async def aclose(self) -> None:
         """Close the SDK client (and its connection pool); safe to call twice."""
@@ -128,8 +130,14 @@ def _without_environment_headers(api_key: str) -> dict[str, Any]:
     return {name: f"Bearer {api_key}" if name.lower() == "authorization" else omit for name in names}
 
 
-def _handle_event(event: Any, usage: Usage) -> str:
-    """Fold one stream event into ``usage``; return its text, if it carries any."""
+#: The Messages API's ``stop_reason`` values (others, like ``tool_use`` or ``pause_turn``, are OTHER).
+STOP_REASONS = {"end_turn": FinishReason.STOP, "stop_sequence": FinishReason.STOP,
+                "max_tokens": FinishReason.LENGTH, "model_context_window_exceeded": FinishReason.LENGTH,
+                "refusal": FinishReason.REFUSAL}
+
+
+def _handle_event(event: Any, usage: Usage, stop: list[FinishReason]) -> str:
+    """Fold one stream event into ``usage`` and its stop reason into ``stop``; return its text, if any."""
     kind = getattr(event, "type", "")
     if kind == "content_block_delta":
         delta = event.delta
@@ -139,6 +147,9 @@ def _handle_event(event: Any, usage: Usage) -> str:
         _fold_usage(event.message.usage, usage)
     elif kind == "message_delta":
         _fold_usage(event.usage, usage)
+        reason = getattr(event.delta, "stop_reason", None)
+        if reason:
+            stop.append(STOP_REASONS.get(reason, FinishReason.OTHER))
     return ""
 
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from router import Media, ProviderBadRequest, Request, Role, Usage
+from router import FinishReason, Media, ProviderBadRequest, Request, Role, Usage
 from router.mime import normalise_mime
 
 #: Turns a media that is too large to send inline into a (file URI, MIME type) reference.
@@ -140,6 +140,19 @@ def check_blocked(response: Any, produced_text: bool, provider: str) -> None:
         name = str(getattr(finish, "value", finish) or "")
         if name in BLOCKED_FINISH:
             raise ProviderBadRequest(provider, f"the answer was withheld (finish reason {name})")
+
+
+def finish_of(response: Any) -> FinishReason | None:
+    """Why the (last chunk of the) answer ended, from its first candidate's ``finish_reason``; None
+    when it does not say (a chunk before the last)."""
+    candidates = getattr(response, "candidates", None) or []
+    finish = getattr(candidates[0], "finish_reason", None) if candidates else None
+    name = str(getattr(finish, "value", finish) or "")
+    if not name or name == "FINISH_REASON_UNSPECIFIED":
+        return None
+    if name in BLOCKED_FINISH:
+        return FinishReason.CONTENT_FILTER
+    return {"STOP": FinishReason.STOP, "MAX_TOKENS": FinishReason.LENGTH}.get(name, FinishReason.OTHER)
 
 
 def usage_of(metadata: Any) -> Usage:

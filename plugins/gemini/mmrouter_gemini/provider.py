@@ -19,7 +19,7 @@ from router import (
 )
 from router.errors import ProviderAuthError, ProviderModelNotFound
 
-from .convert import check_blocked, prepare, response_text, usage_of
+from .convert import check_blocked, finish_of, prepare, response_text, usage_of
 from .errors import map_exception
 from .files import FileStore, media_key
 from .models import MODELS, TYPICAL
@@ -116,7 +116,7 @@ class GeminiProvider(Provider):
                     produced = True
                     if text:
                         yield TextDelta(text)
-                    yield UsageReport(usage_of(response.usage_metadata))
+                    yield UsageReport(usage_of(response.usage_metadata), finish_of(response))
                 return
             except Exception as exc:
                 error = map_exception(exc, self.name, self.settings.key)
@@ -137,6 +137,7 @@ class GeminiProvider(Provider):
             model=model.name, contents=prepared.contents, config=prepared.config
         )
         metadata = None
+        finish = None
         produced = False
         try:
             async for chunk in stream:
@@ -144,6 +145,7 @@ class GeminiProvider(Provider):
                 check_blocked(chunk, produced or bool(text), self.name)
                 if chunk.usage_metadata is not None:
                     metadata = chunk.usage_metadata
+                finish = finish_of(chunk) or finish
                 if text:
                     produced = True
                     yield TextDelta(text)
@@ -151,7 +153,7 @@ class GeminiProvider(Provider):
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
-        yield UsageReport(usage_of(metadata))
+        yield UsageReport(usage_of(metadata), finish)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

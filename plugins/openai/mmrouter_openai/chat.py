@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from router import (
+    FinishReason,
     Media,
     Message,
     Modality,
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
 
 #: What ``input_audio.format`` accepts, by normalised MIME type (:func:`router.mime.normalise_mime`).
 AUDIO_FORMATS = {"audio/wav": "wav", "audio/mpeg": "mp3"}
+
+
+#: Chat Completions' ``finish_reason`` values (others, like ``tool_calls``, are OTHER).
+FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH,
+                  "content_filter": FinishReason.CONTENT_FILTER}
 
 
 class Base64Of:
@@ -129,8 +135,12 @@ def _message(provider: str, model: ModelInfo, message: Message, index: int) -> d
 
 
 def build_messages(provider: str, model: ModelInfo, request: Request) -> list[dict[str, Any]]:
-    """The ``messages`` array for ``request``: system prompts, history and the question, in order."""
-    return [_message(provider, model, m, i) for i, m in enumerate(request.messages)]
+    """The ``messages`` array for ``request``: system prompts first (a session's history comes before
+    this turn's system messages in ``request``; many chat templates of OpenAI-compatible servers refuse
+    a system message after the conversation began), then the conversation in order."""
+    indexed = list(enumerate(request.messages))
+    ordered = [im for im in indexed if im[1].role is Role.SYSTEM] + [im for im in indexed if im[1].role is not Role.SYSTEM]
+    return [_message(provider, model, m, i) for i, m in ordered]
 
 
 def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_max_tokens: bool,
@@ -176,6 +186,7 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     response = await client.post("/chat/completions", cast_to=httpx2.Response, content=body,
                                  options={"timeout": timeout}, stream=True)
     usage = Usage()
+    finish: FinishReason | None = None
     done = False
     try:
         async for data in _sse_data(response, openai, httpx2):
@@ -202,13 +213,22 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
                               audio_input_tokens=details.get("audio_tokens") or 0)
             choices = chunk.get("choices")
             if choices:
-                delta = choices[0].get("delta")
-                text = delta.get("content") if delta else None
-                if text:
-                    yield TextDelta(text)
+                choice = choices[0]
+                delta = choice.get("delta")
+                if delta:
+                    text = delta.get("content")
+                    if text:
+                        yield TextDelta(text)
+                    refusal = delta.get("refusal")  # the model declining: its explanation is the answer
+                    if refusal:
+                        finish = FinishReason.REFUSAL
+                        yield TextDelta(refusal)
+                reason = choice.get("finish_reason")
+                if reason and finish is not FinishReason.REFUSAL:
+                    finish = FINISH_REASONS.get(reason, FinishReason.OTHER)
     finally:
         await response.aclose()
-    yield UsageReport(usage)
+    yield UsageReport(usage, finish)
 
 
 async def _sse_data(response: Any, openai: Any, httpx2: Any) -> AsyncIterator[str]:

@@ -38,6 +38,15 @@ class RuleOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RULE_OUTCOME_NOT_MATCHED: _ClassVar[RuleOutcome]
     RULE_OUTCOME_NOT_EVALUATED: _ClassVar[RuleOutcome]
 
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_STOP: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+    FINISH_REASON_CONTENT_FILTER: _ClassVar[FinishReason]
+    FINISH_REASON_REFUSAL: _ClassVar[FinishReason]
+    FINISH_REASON_OTHER: _ClassVar[FinishReason]
+
 class ProviderState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PROVIDER_STATE_UNSPECIFIED: _ClassVar[ProviderState]
@@ -64,6 +73,12 @@ RULE_OUTCOME_MATCHED: RuleOutcome
 RULE_OUTCOME_SKIPPED: RuleOutcome
 RULE_OUTCOME_NOT_MATCHED: RuleOutcome
 RULE_OUTCOME_NOT_EVALUATED: RuleOutcome
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_STOP: FinishReason
+FINISH_REASON_LENGTH: FinishReason
+FINISH_REASON_CONTENT_FILTER: FinishReason
+FINISH_REASON_REFUSAL: FinishReason
+FINISH_REASON_OTHER: FinishReason
 PROVIDER_STATE_UNSPECIFIED: ProviderState
 PROVIDER_STATE_READY: ProviderState
 PROVIDER_STATE_NOT_CONFIGURED: ProviderState
@@ -268,16 +283,18 @@ class Route(_message.Message):
     def __init__(self, rule: _Optional[str] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., fallbacks: _Optional[_Iterable[str]] = ..., bridges: _Optional[_Iterable[str]] = ..., trace: _Optional[_Iterable[_Union[RuleTrace, _Mapping]]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., latency_ms: _Optional[float] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Answer(_message.Message):
-    __slots__ = ("text", "transcript", "usage", "route")
+    __slots__ = ("text", "transcript", "usage", "route", "finish_reason")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     text: str
     transcript: Transcript
     usage: Usage
     route: Route
-    def __init__(self, text: _Optional[str] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., route: _Optional[_Union[Route, _Mapping]] = ...) -> None: ...
+    finish_reason: FinishReason
+    def __init__(self, text: _Optional[str] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., route: _Optional[_Union[Route, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("request",)
