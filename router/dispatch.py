@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import aclosing
 
 from .bridging import BridgedInRequest, BridgeMemo, apply_bridges
 from .errors import NoRoute, ProviderError
@@ -87,18 +88,20 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 for step in route.steps[reported:]:
                     yield StepUsage(step.usage)
                 reported = len(route.steps)
-            async for event in call_model(provider, plan.model, answer_request, ctx, route, "answer"):
-                if isinstance(event, TextDelta):
-                    answered = True
-                    texts.append(event.text)
-                    yield event
-                elif isinstance(event, TranscriptReady):
-                    answered = True
-                    own.append(event.transcript)  # one per recording, if a plugin sends several
-                    yield event
-                elif isinstance(event, UsageReport):
-                    finish = event.finish_reason or finish
-                    yield StepUsage(event.usage)
+            # closed with this generator: a client leaving mid-answer closes the provider's stream at once
+            async with aclosing(call_model(provider, plan.model, answer_request, ctx, route, "answer")) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        answered = True
+                        texts.append(event.text)
+                        yield event
+                    elif isinstance(event, TranscriptReady):
+                        answered = True
+                        own.append(event.transcript)  # one per recording, if a plugin sends several
+                        yield event
+                    elif isinstance(event, UsageReport):
+                        finish = event.finish_reason or finish
+                        yield StepUsage(event.usage)
             reported = len(route.steps)
         except ProviderError as exc:
             last_error = exc

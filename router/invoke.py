@@ -162,6 +162,10 @@ async def _close(provider: Provider, events: AsyncIterator[object]) -> None:
     try:
         await aclose()
     except asyncio.CancelledError:
-        raise
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # ours: the call is cancelled
+            raise
+        log.error("provider %s raised CancelledError of its own while its call was closed; ignored",
+                  provider.name)
     except BaseException:
         log.exception("provider %s raised while its call was closed; ignored", provider.name)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .config import Match, Rule
 from .errors import DiarizationUnavailable, NoRoute, OverrideNotAllowed, ProviderNotConfigured, UnknownTarget
+from .mime import normalise_mime
 from .types import (
     FEATURE_DIARIZATION,
     FEATURE_EXTRACTION_ONLY,
@@ -33,6 +34,8 @@ from .types import (
 #: Rough tokens per unit, for estimating a request's input size.
 TOKENS_PER_IMAGE = 765
 TOKENS_PER_PDF_PAGE = 1500
+#: The fewest tokens a provider counts per PDF page (Gemini: 258): what surely will not fit a context.
+TOKENS_PER_PDF_PAGE_FLOOR = 258
 TOKENS_PER_AUDIO_SECOND = 32
 TOKENS_PER_VIDEO_SECOND = 300
 
@@ -91,7 +94,7 @@ def _total(values: Sequence[float | None]) -> float | None:
     return None if any(v is None for v in values) else float(sum(v for v in values if v is not None))
 
 
-def _media_tokens(media: Media) -> int:
+def _media_tokens(media: Media, pdf_page_tokens: int = TOKENS_PER_PDF_PAGE) -> int:
     if media.modality is Modality.IMAGE:
         return TOKENS_PER_IMAGE
     if media.modality is Modality.AUDIO:
@@ -99,12 +102,30 @@ def _media_tokens(media: Media) -> int:
     if media.modality is Modality.VIDEO:
         return int((media.duration_seconds or 0) * TOKENS_PER_VIDEO_SECOND)
     if media.modality is Modality.DOCUMENT:
-        return (media.pages or 0) * TOKENS_PER_PDF_PAGE
+        if is_text_document(media):  # read as text: a token per 4 bytes
+            return _byte_size(media) // 4
+        return (media.pages or 0) * pdf_page_tokens
     return 0
 
 
-def _part_tokens(part: Part) -> int:
-    return len(part.text or "") // 4 if part.media is None else _media_tokens(part.media)
+def is_text_document(media: Media) -> bool:
+    """A ``text/*`` document (plain text, Markdown, CSV...), as opposed to a PDF."""
+    return normalise_mime(media.mime_type).startswith("text/")
+
+
+def _byte_size(media: Media) -> int:
+    if media.data is not None:
+        return len(media.data)
+    if media.size:
+        return media.size
+    try:
+        return media.path.stat().st_size if media.path is not None else 0
+    except OSError:
+        return 0
+
+
+def _part_tokens(part: Part, pdf_page_tokens: int = TOKENS_PER_PDF_PAGE) -> int:
+    return len(part.text or "") // 4 if part.media is None else _media_tokens(part.media, pdf_page_tokens)
 
 
 def estimate_tokens(messages: Iterable[Message]) -> int:
@@ -114,11 +135,11 @@ def estimate_tokens(messages: Iterable[Message]) -> int:
     return sum(_part_tokens(part) for message in messages for part in message.parts)
 
 
-def _tokens_by_modality(messages: Iterable[Message]) -> dict[Modality, int]:
+def _tokens_by_modality(messages: Iterable[Message], pdf_page_tokens: int) -> dict[Modality, int]:
     tokens: dict[Modality, int] = {}
     for message in messages:
         for part in message.parts:
-            tokens[part.modality] = tokens.get(part.modality, 0) + _part_tokens(part)
+            tokens[part.modality] = tokens.get(part.modality, 0) + _part_tokens(part, pdf_page_tokens)
     return tokens
 
 
@@ -131,18 +152,20 @@ def facts_of(request: Request) -> Facts:
     """
     task = request.effective_task
     turn = request.messages[request.history_length:]
-    turn_tokens = _tokens_by_modality(turn)
+    # at the floor rate: the context check skips only a model that surely cannot hold the turn
+    turn_tokens = _tokens_by_modality(turn, TOKENS_PER_PDF_PAGE_FLOOR)
     if task is Task.TRANSCRIBE:
         media = request.current_media()
         modalities = {m.modality for m in media} | (request.turn_modalities() & {Modality.TEXT})
-        tokens = turn_tokens.get(Modality.TEXT, 0) + sum(_media_tokens(m) for m in media)
+        tokens = _tokens_by_modality(turn, TOKENS_PER_PDF_PAGE).get(Modality.TEXT, 0) + sum(
+            _media_tokens(m) for m in media)
     else:
         media = request.media()
         modalities = request.modalities()
         tokens = estimate_tokens(request.messages)
     audio = [m.duration_seconds for m in media if m.modality is Modality.AUDIO]
     video = [m.duration_seconds for m in media if m.modality is Modality.VIDEO]
-    pages = [m.pages for m in media if m.modality is Modality.DOCUMENT]
+    pages = [m.pages for m in media if m.modality is Modality.DOCUMENT and not is_text_document(m)]
     images = sum(1 for m in media if m.modality is Modality.IMAGE)
     pdf_total = _total(pages)
     return Facts(

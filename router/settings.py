@@ -158,8 +158,9 @@ class ModelSpec(BaseModel):
 def with_configured_models(builtin: Iterable[ModelInfo], specs: Iterable[ModelSpec], like: ModelInfo, *,
                            provider: str) -> list[ModelInfo]:
     """The catalogue of a provider: ``builtin`` then each configured model (a configured one replaces the
-    built-in model of the same name, in place). A configured model takes what it leaves unset from
-    ``like`` (the plugin's typical model), whose ``inputs`` are also all a configured model may name.
+    built-in model of the same name, in place). A configured model takes what it leaves unset from the
+    built-in model it replaces, else from ``like`` (the plugin's typical model), whose ``inputs`` are
+    also all a configured model may name.
 
     Raises ConfigError for a model reading inputs the plugin cannot send.
     """
@@ -171,10 +172,12 @@ def with_configured_models(builtin: Iterable[ModelInfo], specs: Iterable[ModelSp
             can = ", ".join(sorted(m.value for m in like.inputs))
             raise ConfigError(f"providers.{provider}.models.{index}.inputs: this plugin cannot send {cannot} "
                               f"(it sends {can})")
-        limit = spec.max_output_tokens or like.max_output_tokens
+        base = models.get(spec.name, like)  # a built-in model replaced keeps what the spec leaves unset
+        inputs = spec.inputs or base.inputs
+        limit = spec.max_output_tokens or base.max_output_tokens
         models[spec.name] = dataclasses.replace(
-            like, name=spec.name, inputs=inputs, price=Price(**spec.price.model_dump()),
-            context_tokens=spec.context_tokens or like.context_tokens, max_output_tokens=limit,
-            default_max_output_tokens=min(like.default_max_output_tokens, limit or like.default_max_output_tokens),
+            base, name=spec.name, inputs=inputs, price=Price(**spec.price.model_dump()),
+            context_tokens=spec.context_tokens or base.context_tokens, max_output_tokens=limit,
+            default_max_output_tokens=min(base.default_max_output_tokens, limit or base.default_max_output_tokens),
         )
     return list(models.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
 import time
@@ -228,3 +229,84 @@ def test_a_target_refusing_the_input_size_gives_way_to_the_fallback(start_daemon
         daemon.stub.Generate(pb.GenerateRequest(request=text_request("FAIL:400@echo")))
     details = error_details(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_BAD_REQUEST")
+
+
+class Streaming(router.Provider):
+    """``long`` streams 100 words and notes when its stream is closed; ``junk`` yields a bad event and,
+    closing, awaits a helper task it cancelled (a CancelledError of its own); ``good`` answers."""
+
+    def __init__(self) -> None:
+        self.name = "st"
+        self.models = [ModelInfo(n, frozenset({Modality.TEXT}), price=Price(1.0, 2.0)) for n in ("long", "junk", "good")]
+        self.closed: list[str] = []
+
+    async def generate(self, request, model, ctx):  # type: ignore[no-untyped-def]
+        if model.name == "good":
+            yield router.TextDelta("good answered")
+            return
+        if model.name == "junk":
+            helper = asyncio.ensure_future(asyncio.sleep(10))
+            try:
+                yield router.TextDelta(None)  # type: ignore[arg-type]
+            finally:
+                helper.cancel()
+                await helper
+        try:
+            for i in range(100):
+                yield router.TextDelta(f"w{i} ")
+                await asyncio.sleep(0.01)
+        finally:
+            self.closed.append(model.name)
+
+
+STREAMING_CONFIG = """
+providers:
+  st: {}
+plugins:
+  disabled: [openai, anthropic, gemini, assemblyai, local]
+routes:
+  - name: junk-first
+    match: {tags: [junk]}
+    use: st/junk
+    fallback: [st/good]
+  - name: long
+    use: st/long
+server:
+  data_dir: "%s"
+"""
+
+
+def streaming_app(tmp_path) -> tuple[App, Streaming]:
+    provider = Streaming()
+
+    class Plugin:
+        @router.hookimpl
+        def register_providers(self, register, settings):  # type: ignore[no-untyped-def]
+            register(provider)
+
+    return App(parse_config(STREAMING_CONFIG % tmp_path, "t.yaml"), extra_plugins={"st": Plugin()}), provider
+
+
+async def test_a_client_leaving_mid_answer_closes_the_providers_stream_at_once(tmp_path) -> None:
+    app, provider = streaming_app(tmp_path)
+    request = Request(messages=[Message(Role.USER, [Part(text="hi")])])
+    try:
+        async with aclosing(app.answer(request, None)) as events:
+            async for event in events:
+                if isinstance(event, router.TextDelta):
+                    break  # the client is gone
+        assert provider.closed == ["long"], "the provider's stream was left to the garbage collector"
+    finally:
+        await app.aclose()
+
+
+async def test_a_plugins_own_cancelled_error_while_closing_is_its_failure_not_a_cancellation(tmp_path) -> None:
+    app, _ = streaming_app(tmp_path)
+    request = Request(messages=[Message(Role.USER, [Part(text="hi")])], hints=router.types.RoutingHints(tags=["junk"]))
+    try:
+        events = [event async for event in app.answer(request, None)]
+        answer = events[-1].answer
+        assert answer.text == "good answered"
+        assert [(a.model, a.ok) for a in answer.route.attempts] == [("junk", False), ("good", True)]
+    finally:
+        await app.aclose()

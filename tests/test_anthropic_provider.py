@@ -430,6 +430,8 @@ async def test_http_errors_map_to_provider_errors(
 @pytest.mark.parametrize(("message", "expected"), [
     ("prompt is too long: 215000 tokens > 200000 maximum", ProviderInputTooLarge),
     ("A maximum of 100 PDF pages may be provided.", ProviderInputTooLarge),
+    ("input length and `max_tokens` exceed context limit: 197626 + 8192 > 200000, decrease input length or "
+     "`max_tokens` and try again", ProviderInputTooLarge),
     ("messages.0.content.1.image.source.base64: image exceeds 5 MB maximum: 7381232 bytes > 5242880 bytes",
      ProviderInputTooLarge),
     ("messages: roles must alternate between \"user\" and \"assistant\"", ProviderBadRequest),
@@ -656,3 +658,14 @@ async def test_the_fake_refuses_what_the_api_refuses_and_it_maps_to_input_too_la
     assert isinstance(map_sdk_error(raised.value, "anthropic", API_KEY), ProviderInputTooLarge)
     if case.endswith("px"):
         assert raised.value.error_code == "image_dimensions_too_large"
+
+
+def test_a_configured_model_replacing_a_built_in_one_keeps_its_limits() -> None:
+    """Repricing claude-opus-4-1 keeps its output limit (32,000) and default (4,096), not those of the
+    plugin's typical model: max_tokens over the model's limit is refused by the API."""
+    provider = AnthropicProvider({"api_key": "k", "models": [
+        {"name": "claude-opus-4-1", "price": {"input_per_mtok": 12, "output_per_mtok": 60}}]})
+    opus = provider.model("claude-opus-4-1")
+    assert opus is not None and (opus.max_output_tokens, opus.default_max_output_tokens) == (32_000, 4096)
+    assert (opus.price.input_per_mtok, opus.price.output_per_mtok) == (12.0, 60.0)
+    assert [m.name for m in provider.models].count("claude-opus-4-1") == 1

@@ -990,6 +990,31 @@ def test_bridged_media_do_not_count_against_the_context_but_transcribers_are_not
     assert chosen(decide(transcription, request(audio(hours)), whisper_16k)) == "openai/whisper-1"
 
 
+def test_a_long_pdf_is_checked_at_the_fewest_tokens_a_page_may_count():
+    """Gemini counts 258 tokens a PDF page: 720 pages fit its 1M context though the router's estimate
+    (1,500 a page) would not; 5,000 pages do not fit at any rate."""
+    gemini_1m = catalog(gemini=status(dataclasses.replace(GEMINI, context_tokens=1_048_576)))
+    router = Router(rules=[rule("docs", "gemini/gemini-2.5-pro", "local/extract")])
+    assert chosen(decide(router, request(text("summarise"), pdf(720)), gemini_1m)) == "gemini/gemini-2.5-pro"
+    assert chosen(decide(router, request(text("summarise"), pdf(5000)), gemini_1m)) == "local/extract"
+
+
+def test_text_documents_count_their_tokens_and_leave_page_rules_measurable():
+    """A text document (CSV, Markdown) is a token per 4 bytes, for rules and the context check; it has
+    no pages, so a request with one still has a known PDF page count."""
+    csv = Part(media=Media(DOC, "text/csv", data=b"a,b\n" * 250_000))  # 1 MB: ~250k tokens
+    facts = facts_of(request(text("sum column b"), csv, pdf(4)))
+    assert facts.pdf_pages == 4 and facts.input_tokens >= 250_000
+    router = Router(rules=[rule("small", "anthropic/claude-sonnet-4-6", "gemini/gemini-2.5-pro",
+                                input_tokens=Range(max=100_000)),
+                           rule("big", "gemini/gemini-2.5-pro")])
+    both = catalog(anthropic=status(CLAUDE_200K), gemini=status(dataclasses.replace(GEMINI, context_tokens=1_048_576)))
+    assert decide(router, request(text("sum column b"), csv), both).rule == "big"
+    router = Router(rules=[rule("docs", "anthropic/claude-sonnet-4-6", "gemini/gemini-2.5-pro")])
+    decision = decide(router, request(text("sum column b"), csv), both)
+    assert chosen(decision) == "gemini/gemini-2.5-pro" and "exceeds its context of 200000" in decision.trace[0].reason
+
+
 # -- bridges that can never serve ------------------------------------------------------------
 
 
