@@ -731,3 +731,27 @@ async def test_a_configured_models_server_sets_its_own_limit(fake: FakeOpenAI, t
         await p.aclose()
     [sent] = [r for r in fake.requests if r.path == "/v1/audio/transcriptions"]
     assert len(sent.body) > UPLOAD_LIMIT
+
+
+def test_the_request_body_splices_each_media_once_and_leaves_marker_like_text_alone() -> None:
+    """Media are spliced into the serialised JSON at their markers: user text that looks like a
+    marker (it cannot know the call's random token) stays text, quotes and all."""
+    import base64
+    import json
+
+    from mmrouter_openai.chat import build_params, request_body
+
+    from router import Media, Message, Modality, ModelInfo, Part, Request, Role
+
+    image = Media(Modality.IMAGE, "image/png", data=b"\x89PNG\r\n\x1a\n-pixels-")
+    tricky = '"mmrouter-media-0123456789abcdef-0" and \\ "quotes"'
+    model = ModelInfo("gpt-4o", frozenset({Modality.TEXT, Modality.IMAGE}))
+    request = Request([Message(Role.USER, [Part(media=image), Part(text=tricky), Part(media=image)])])
+    body = json.loads(request_body(build_params("openai", model, request, legacy_max_tokens=False)))
+    first, text_part, second = body["messages"][0]["content"]
+    url = "data:image/png;base64," + base64.b64encode(image.data).decode()
+    assert first["image_url"]["url"] == url == second["image_url"]["url"]
+    assert text_part == {"type": "text", "text": tricky}
+    plain = Request([Message(Role.USER, [Part(text=tricky)])])
+    assert json.loads(request_body(build_params("openai", model, plain, legacy_max_tokens=False)))[
+        "messages"] == [{"role": "user", "content": tricky}]

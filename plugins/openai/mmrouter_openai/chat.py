@@ -86,6 +86,11 @@ def _media_part(provider: str, model: ModelInfo, media: Media, where: str) -> di
     raise ProviderBadRequest(provider, f"{model.name} does not take {media.modality.value} input ({where})")
 
 
+#: A media's place in the serialised parameters (compiled once: a per-request pattern would be
+#: compiled on every call).
+_MARKER = re.compile(rb'"mmrouter-media-([0-9a-f]{16})-(\d+)"')
+
+
 def request_body(params: dict[str, Any]) -> bytes:
     """The JSON body of a ``/chat/completions`` call with its media read and base64-encoded, each
     distinct media once however many parts name it. Blocking: run it in a worker thread.
@@ -94,13 +99,13 @@ def request_body(params: dict[str, Any]) -> bytes:
     spliced in: the JSON encoder (which holds the GIL, so stalls the event loop too) never scans
     the base64 text, which needs no escaping.
     """
-    marker = f"mmrouter-media-{secrets.token_hex(8)}-"
+    token = secrets.token_hex(8)  # user text naming a marker cannot guess it: it stays text
     refs: list[Base64Of] = []
 
     def mark(value: Any) -> Any:
         if isinstance(value, Base64Of):
             refs.append(value)
-            return f"{marker}{len(refs) - 1}"
+            return f"mmrouter-media-{token}-{len(refs) - 1}"
         if isinstance(value, dict):
             return {k: mark(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -108,13 +113,20 @@ def request_body(params: dict[str, Any]) -> bytes:
         return value
 
     skeleton = json.dumps(mark(params), ensure_ascii=False, separators=(",", ":")).encode()
-    pieces = re.split(b'"' + marker.encode() + rb'(\d+)"', skeleton)
+    if not refs:
+        return skeleton
+    pieces: list[bytes] = []
     encoded: dict[tuple[object, str], bytes] = {}
-    for i in range(1, len(pieces), 2):  # odd pieces are the indexes of the media
-        ref = refs[int(pieces[i])]
+    end = 0
+    for found in _MARKER.finditer(skeleton):
+        if found[1] != token.encode():
+            continue
+        ref = refs[int(found[2])]
         if ref.key() not in encoded:
             encoded[ref.key()] = ref.json_bytes()
-        pieces[i] = encoded[ref.key()]
+        pieces += [skeleton[end:found.start()], encoded[ref.key()]]
+        end = found.end()
+    pieces.append(skeleton[end:])
     return b"".join(pieces)
 
 
