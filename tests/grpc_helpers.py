@@ -9,6 +9,18 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
 
+#: The testkit's echo model with a paid audio bridge (fake/ears, $0.36 an hour): bridging tests.
+PAID_BRIDGE = """
+providers:
+  fake: {api_key: k}
+routes:
+  - name: text
+    use: fake/echo
+    bridging: true
+bridges:
+  audio: [fake/ears]
+"""
+
 
 def text_request(text: str, *, media: list[pb.Media] | None = None, **fields) -> pb.MultimodalRequest:
     """A one-message request: the media parts first, then the text."""

@@ -11,7 +11,7 @@ from contextlib import aclosing
 import grpc
 import mmrouter_testkit
 import pytest
-from grpc_helpers import error_details, text_request
+from grpc_helpers import PAID_BRIDGE, error_details, text_request
 from media_factory import wav
 from mmrouter.v1 import router_pb2 as pb
 
@@ -161,18 +161,6 @@ async def test_the_routes_latency_covers_routing(tmp_path) -> None:
     finally:
         await app.aclose()
     assert events[-1].answer.route.latency_ms >= 300
-
-
-PAID_BRIDGE = """
-providers:
-  fake: {api_key: k}
-routes:
-  - name: text
-    use: fake/echo
-    bridging: true
-bridges:
-  audio: [fake/ears]
-"""
 
 
 def _bridge_rows(data_dir) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from grpc_helpers import error_details, text_request
+from grpc_helpers import PAID_BRIDGE, error_details, text_request
 from media_factory import mp4, pdf, wav
 from mmrouter.v1 import router_pb2 as pb
 
@@ -54,18 +54,6 @@ def test_bridging_can_be_switched_off_per_rule(start_daemon) -> None:
     details = error_details(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_ROUTE")
     assert "does not take document" in details.message
-
-
-PAID_BRIDGE = """
-providers:
-  fake: {api_key: k}
-routes:
-  - name: text
-    use: fake/echo
-    bridging: true
-bridges:
-  audio: [fake/ears]
-"""
 
 
 def test_a_sessions_audio_is_transcribed_once_not_on_every_turn(start_daemon, tmp_path) -> None:
