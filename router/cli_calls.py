@@ -114,8 +114,8 @@ def daemon_channel(address: str, token: str) -> grpc.Channel:
     return with_token(channel, token)
 
 
-def error_reason(exc: grpc.RpcError) -> str:
-    """The ``ErrorInfo.reason`` of a failed call, or ``""``."""
+def error_info(exc: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The ``ErrorInfo`` reason and metadata of a failed call, or ``("", {})``."""
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
@@ -124,19 +124,21 @@ def error_reason(exc: grpc.RpcError) -> str:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.reason
-    return ""
+            return info.reason, dict(info.metadata)
+    return "", {}
 
 
 def call_with_media(build: Callable[[int], Any], call: Callable[[Any], Any], inline_limit: int) -> Any:
     """``call(build(inline_limit))``; if the daemon finds inline media too large (its own
-    ``inline_limit_bytes`` is smaller than ours), build again with every file uploaded and retry once."""
+    ``inline_limit_bytes`` is smaller than ours), build again with every file uploaded and retry once.
+    Another limit (``max_request_media_bytes``) is not helped by uploading: its error is raised."""
     request = build(inline_limit)
     try:
         return call(request)
     except grpc.RpcError as exc:
         inline = any(p.media.data for m in request.messages for p in m.parts if p.HasField("media"))
-        if not inline or error_reason(exc) != "PAYLOAD_TOO_LARGE":
+        reason, metadata = error_info(exc)
+        if not inline or reason != "PAYLOAD_TOO_LARGE" or metadata.get("limit") != "inline_limit_bytes":
             raise
     err.print("[yellow]the daemon takes less inline media than --inline-limit: uploading the files[/yellow]")
     return call(build(0))

@@ -227,9 +227,11 @@ class App:
             history = [_without_urls(message) for message in history]
         return dataclasses.replace(request, messages=history + request.messages, history_length=len(history)), history
 
-    def _decide(self, request: Request) -> tuple[Decision, Facts]:
+    def _decide(self, request: Request, *, observed: bool = True) -> tuple[Decision, Facts]:
+        """Route ``request``; ``observed`` tells the ``on_request`` hooks (not for explain: no request is made)."""
         facts = facts_of(request)
-        self._hook("on_request", request=request)
+        if observed:
+            self._hook("on_request", request=request)
         override = None
         if request.hints.provider or request.hints.model:
             override = Target(request.hints.provider or self._provider_of(request.hints.model), request.hints.model)
@@ -277,7 +279,7 @@ class App:
         """The route a request would take; no provider is called."""
         full, _ = self._with_history(request)
         await self._measure_media(full)  # the history's media too: rules on pages and durations see them
-        decision, _ = self._decide(full)
+        decision, _ = self._decide(full, observed=False)
         return RouteInfo.planned(decision)
 
     async def answer(self, request: Request, deadline: float | None) -> AsyncIterator[RouterEvent]:

@@ -110,8 +110,11 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
             reported = len(route.steps)
             if answered or not exc.retryable:
                 raise
+            route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target")
             continue
         route.provider, route.model = plan.target.provider, plan.target.model
+        if plan is not decision.plan:  # the fallbacks still untried after the one that answered
+            route.fallbacks = [str(p.target) for p in decision.plans[decision.plans.index(plan) + 1:]]
         route.bridges = [str(b) for b in used_bridges]
         route.latency_ms = (time.perf_counter() - started) * 1000
         if finish is FinishReason.LENGTH:

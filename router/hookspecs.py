@@ -61,7 +61,8 @@ def route_request(request: Request, candidates: list[str]) -> str | None:
 
 @hookspec
 def on_request(request: Request) -> None:
-    """Observe a request before it is routed (audit, metrics). Called once per request.
+    """Observe a request before it is routed (audit, metrics). Called once per Generate or
+    StreamGenerate request, not for ExplainRoute (a dry run, nothing is answered).
 
     Exceptions are logged and ignored.
     """

@@ -93,6 +93,8 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
             "upload it with UploadMedia and send its media_id instead",
             violations=[FieldViolation(f"{path}.data", f"over the inline limit of {limits.inline_bytes} bytes; "
                                        "use UploadMedia")],
+            metadata={"limit": "inline_limit_bytes", "limit_bytes": str(limits.inline_bytes),
+                      "size_bytes": str(len(data))},
         )
     if not data:
         problems.append(FieldViolation(f"{path}.data", "is empty"))
@@ -153,7 +155,8 @@ def _check_media_bytes(request: Request, limit: int) -> None:
     if total <= limit:
         return
     problem = (f"the request's {len(media)} media parts refer to {total} bytes in all, over the limit of {limit} "
-               "bytes of media per request (a media_id named twice counts twice); send fewer or smaller media")
+               "bytes of media per request (server.max_request_media_bytes; a media_id named twice counts twice): "
+               "send fewer or smaller media")
     raise PayloadTooLarge(problem, violations=[FieldViolation("request.messages", problem)],
                           metadata={"limit": "max_request_media_bytes", "limit_bytes": str(limit),
                                     "size_bytes": str(total)})

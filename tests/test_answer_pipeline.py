@@ -298,3 +298,27 @@ async def test_a_plugins_own_cancelled_error_while_closing_is_its_failure_not_a_
         assert [(a.model, a.ok) for a in answer.route.attempts] == [("junk", False), ("good", True)]
     finally:
         await app.aclose()
+
+
+async def test_a_fallback_says_why_and_lists_only_the_targets_still_untried(tmp_path) -> None:
+    config = """
+providers:
+  fake: {api_key: k}
+plugins:
+  disabled: [openai, anthropic, gemini, assemblyai, local]
+routes:
+  - name: chain
+    use: fake/echo
+    fallback: [fake/docs, fake/omni]
+server:
+  data_dir: "%s"
+"""
+    app = App(parse_config(config % tmp_path, "t.yaml"), extra_plugins={"fake": mmrouter_testkit})
+    try:
+        request = Request(messages=[Message(Role.USER, [Part(text="FAIL:503@echo")])])
+        route = [event async for event in app.answer(request, None)][-1].answer.route
+        assert (route.model, route.fallbacks) == ("docs", ["fake/omni"])
+        assert [n for n in route.notes if "failed" in n] == [
+            "fake/echo failed (PROVIDER_UNAVAILABLE: fake: scripted failure 503); trying the next target"]
+    finally:
+        await app.aclose()

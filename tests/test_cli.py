@@ -342,6 +342,19 @@ def test_when_the_daemon_takes_less_inline_media_the_cli_uploads_and_retries(sta
     assert "takes less inline media" in explained.stderr and "route: rule" in explained.stdout
 
 
+def test_over_the_requests_media_limit_the_cli_does_not_upload_in_vain(start_daemon, tmp_path):
+    """``max_request_media_bytes`` counts uploads too: the CLI reports it instead of uploading the files
+    to be refused again."""
+    daemon = start_daemon(CONFIG + "server:\n  max_request_media_bytes: 8000\n")
+    png = tmp_path / "photo.png"
+    Image.frombytes("RGB", (40, 40), os.urandom(40 * 40 * 3)).save(png, format="PNG")  # noise: ~5 KB
+    result = run_cli("ask", "twice", "--image", png, "--image", png, "--address", daemon.address)
+    assert result.returncode != 0 and "PAYLOAD_TOO_LARGE" not in result.stdout
+    assert "max_request_media_bytes" in " ".join(result.stderr.split())
+    assert "takes less inline media" not in result.stderr
+    assert not list((daemon.data_dir / "media").rglob("*.json")), "files were uploaded in vain"
+
+
 # -- explain -----------------------------------------------------------------------------------
 
 

@@ -635,3 +635,32 @@ async def test_one_client_per_provider_closed_on_aclose(fake):
     await p.aclose()
     assert p._client is None
     await p.aclose()
+
+
+async def test_a_dropped_connection_is_not_sent_again_by_the_sdk() -> None:
+    """Without retry options google-genai sleeps 1-10 s and sends the request again after a dropped
+    connection (a request maybe billed twice); the router does fallbacks, so the SDK tries once."""
+    accepted = []
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        await reader.read(1024)
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = GeminiProvider.from_settings({"api_key": KEY, "base_url": f"http://127.0.0.1:{port}", "timeout": 10})
+    try:
+        with pytest.raises(ProviderUnavailable):
+            await collect(provider, ask(Part(text="hi")), model(provider))
+        assert len(accepted) == 1
+    finally:
+        await provider.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_no_automatic_function_calling_loop_or_its_log_line(provider, fake, caplog) -> None:
+    caplog.set_level("INFO")
+    events = await collect(provider, ask(Part(text="hi")), model(provider))
+    assert text_of(events) and "AFC" not in caplog.text

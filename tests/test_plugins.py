@@ -285,6 +285,9 @@ def test_route_request_and_observer_hooks(start_daemon, tmp_path) -> None:
     unusable = daemon.stub.Generate(pb.GenerateRequest(request=text_request(
         "not usable", metadata={"pick": "fake/ears"}))).answer
     assert (unusable.route.rule, unusable.route.model) == ("all", "echo")
+    explained = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=text_request(
+        "a dry run", metadata={"pick": "fake/docs"}))).route
+    assert explained.rule == "plugin"  # route_request is asked; on_request is not: nothing was requested
     assert audit.read_text().splitlines() == [
         "request pick me", "response fake/docs fake/docs says: pick",
         "request not usable", "response fake/echo fake/echo says: not ",

@@ -112,6 +112,8 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout
         max_output_tokens=min(options.max_output_tokens, output_limit or options.max_output_tokens) or None,
         temperature=options.temperature,
         http_options=types.HttpOptions(timeout=timeout_ms) if timeout_ms else None,
+        # no tools are sent: the SDK's automatic function calling loop (and its INFO line per call) is off
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
     )
     return Prepared(contents=contents, config=config, file_uris=file_uris)
 

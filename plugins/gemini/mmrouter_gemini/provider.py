@@ -65,8 +65,11 @@ class GeminiProvider(Provider):
             # vertexai=False: GOOGLE_GENAI_USE_VERTEXAI and GOOGLE_CLOUD_* are not read. The key is never
             # empty here (generate refuses first), so GOOGLE_API_KEY / GEMINI_API_KEY are not read either.
             # For an extra instance the base_url is never None, which would read GOOGLE_GEMINI_BASE_URL.
+            # attempts=1: no retries of the SDK's own (without retry options it sleeps 1-10 s and sends
+            # the request again after a dropped connection, maybe billed twice); the router does fallbacks.
             http_options = types.HttpOptions(
-                base_url=s.client_base_url, api_version=s.api_version, timeout=int(s.timeout * 1000)
+                base_url=s.client_base_url, api_version=s.api_version, timeout=int(s.timeout * 1000),
+                retry_options=types.HttpRetryOptions(attempts=1),
             )
             self._client = genai.Client(api_key=s.key, vertexai=False, http_options=http_options)
         return self._client

@@ -38,7 +38,8 @@ from .settings import LocalSettings
 HEADER = "[Extracted by local provider — no language model was used]"
 NOT_ANSWERED = (
     "The question was not answered: the local provider only extracts text from media. "
-    "Configure a cloud provider (for example providers.openai.api_key) for answers."
+    "No language model answered it: the route says whether none is configured (set, for example, "
+    "providers.openai.api_key) or the configured ones failed."
 )
 #: The Python modules the provider needs at call time.
 REQUIRED_MODULES = ("av", "pocketsphinx", "rapidocr_onnxruntime", "pypdf", "PIL", "numpy")
