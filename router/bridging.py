@@ -8,6 +8,7 @@ and cost; transcripts are also passed on to the client.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
@@ -179,6 +180,9 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
             continue
         key = memo_key(media, request, bridge) if memo is not None else None
         kept = memo.recall(key) if memo is not None and key is not None else None
+        if kept is None and key is not None and key in _UNDER_WAY:
+            # another call bridges the same media now: its text, not a second paid call
+            kept = await asyncio.shield(_UNDER_WAY[key])
         if kept is not None:
             done.texts[this] = kept
             return *kept, bridge, True
@@ -186,8 +190,11 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
         model = provider.model(bridge.via.model) if provider is not None else None
         if provider is None or model is None:
             continue
+        leader = _lead(key)
+        result = None
         try:
             text, transcript = await _bridge_one(media, bridge, provider, model, request, ctx, route)
+            result = (text, transcript)
         except ProviderError as exc:
             if not exc.retryable:
                 raise
@@ -195,12 +202,38 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
             route.notes.append(f"bridging: {bridge.via} failed on {media.filename or media.modality.value} "
                                f"({exc.reason})")
             continue
+        finally:
+            _settle(key, leader, result)  # those waiting get the text, or None (then bridge themselves)
         if memo is not None and key is not None:
             memo.remember(key, text, transcript)
         done.texts[this] = (text, transcript)
         return text, transcript, bridge, False
     assert error is not None  # the first choice is a ready bridge: it was called (now or before) and failed
     raise error
+
+
+#: Bridged texts being made now, by memo key: a concurrent request naming the same media (same
+#: bridge and options) waits for that text instead of paying for the same transcription again.
+_UNDER_WAY: dict[str, asyncio.Future[tuple[str, Transcript | None] | None]] = {}
+
+
+def _lead(key: str | None) -> asyncio.Future | None:
+    """Register this call as the one bridging ``key`` (None without a key, or when one already is)."""
+    if key is None or key in _UNDER_WAY:
+        return None
+    future: asyncio.Future = asyncio.get_running_loop().create_future()
+    _UNDER_WAY[key] = future
+    return future
+
+
+def _settle(key: str | None, leader: asyncio.Future | None, result: tuple[str, Transcript | None] | None) -> None:
+    """End this call's lead on ``key``: waiters get ``result`` (None when it failed or was cancelled)."""
+    if leader is None:
+        return
+    if _UNDER_WAY.get(key) is leader:  # type: ignore[arg-type]
+        del _UNDER_WAY[key]  # type: ignore[arg-type]
+    if not leader.done():
+        leader.set_result(result)
 
 
 async def _bridge_one(media: Media, bridge: Bridge, provider, model, request: Request, ctx: CallContext,

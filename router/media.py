@@ -193,6 +193,9 @@ class MediaStore:
         if not mime_type:
             raise InvalidRequest("the upload's MIME type is missing",
                                  violations=[FieldViolation("metadata.mime_type", "required, e.g. video/mp4")])
+        if expected_size < 0:
+            raise InvalidRequest(f"metadata.size_bytes is {expected_size}",
+                                 violations=[FieldViolation("metadata.size_bytes", "cannot be negative (0: not said)")])
         if expected_size > self.max_upload_bytes:
             raise PayloadTooLarge(f"upload of {expected_size} bytes exceeds the limit of {self.max_upload_bytes}",
                                   violations=[FieldViolation("metadata.size_bytes", "over max_upload_bytes")])
@@ -209,6 +212,10 @@ class MediaStore:
                     size += len(chunk)
                     if size > self.max_upload_bytes:
                         raise PayloadTooLarge(f"upload exceeds the limit of {self.max_upload_bytes} bytes")
+                    if expected_size and size > expected_size:  # refused now, not after reading the rest
+                        raise InvalidRequest(
+                            f"received more than the {expected_size} bytes metadata.size_bytes said",
+                            violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")])
                     digest.update(chunk)
                     out.write(chunk)
             if size == 0:

@@ -36,6 +36,7 @@ from . import invoke, redact, wire
 from .auth import TokenAuth
 from .config import Config, load_config
 from .core import App, monotonic_deadline, secrets_of
+from .dispatch import RouterEvent
 from .errors import (
     AnswerTooLarge,
     CallTimeout,
@@ -194,15 +195,55 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         client = monotonic_deadline(context.time_remaining())
         return own if client is None else min(own, client)
 
+    def _call_timeout(self) -> CallTimeout:
+        return CallTimeout(f"the call ran longer than server.max_call_seconds ({self.max_call_seconds:g} s); "
+                           "a provider may hang: set a deadline on the call, or raise the limit")
+
     @asynccontextmanager
     async def _bounded(self) -> AsyncIterator[None]:
-        """Cut a call at server.max_call_seconds (gRPC itself cuts it at its client's deadline)."""
+        """Cut a unary call at server.max_call_seconds (gRPC itself cuts it at its client's deadline)."""
         try:
             async with asyncio.timeout(self.max_call_seconds):
                 yield
         except TimeoutError:
-            raise CallTimeout(f"the call ran longer than server.max_call_seconds ({self.max_call_seconds:g} s); "
-                              "a provider may hang: set a deadline on the call, or raise the limit") from None
+            raise self._call_timeout() from None
+
+    async def _bounded_events(self, events: AsyncIterator[RouterEvent]) -> AsyncIterator[RouterEvent]:
+        """``events`` cut at server.max_call_seconds, for a streamed call.
+
+        A timeout around the whole stream would also fire while gRPC sends an event (to a client
+        reading slowly): the cancellation then lands in gRPC's own code, which ends the call with no
+        status at all. So the call is cancelled only while it waits for the answer's next event; past
+        the limit during a send, it ends with CALL_TIMEOUT as soon as the send is done.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"waiting": False, "expired": False}
+
+        def expire() -> None:
+            state["expired"] = True
+            if state["waiting"]:
+                task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self.max_call_seconds, expire)
+        try:
+            while True:
+                state["waiting"] = True
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if state["expired"] and task.uncancel() == 0:  # our timer's, not the client's
+                        raise self._call_timeout() from None
+                    raise
+                finally:
+                    state["waiting"] = False
+                yield event
+                if state["expired"]:
+                    raise self._call_timeout()
+        finally:
+            timer.cancel()
 
     @unary
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
@@ -218,7 +259,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def StreamGenerate(self, request: pb.StreamGenerateRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamGenerateResponse]:
         req = self._request(request.request)
-        async with self._bounded(), aclosing(self.app.answer(req, self._deadline(context))) as events:
+        async with aclosing(self.app.answer(req, self._deadline(context))) as answer, \
+                aclosing(self._bounded_events(answer)) as events:
             async for event in events:
                 if not isinstance(event, TextDelta):
                     yield within_limit(_event_to_proto(event, self.app.redact), self.max_message_bytes)
@@ -238,7 +280,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         meta = first.metadata
         modality = wire.modality_from_proto(meta.modality)
         if modality is None:
-            raise InvalidRequest("the upload's modality is missing",
+            raise InvalidRequest(f"the upload's modality is {'missing' if not meta.modality else meta.modality}",
                                  violations=[FieldViolation("metadata.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT")])
 
         async def chunks() -> AsyncIterator[bytes]:

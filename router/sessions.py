@@ -171,8 +171,11 @@ class SessionStore:
             used_here = self._media_of(self._db.execute(
                 "SELECT parts FROM turns WHERE session_id = ? AND parts LIKE ?", (session_id, '%"media_id"%')))
             removed = self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
-            for media_id in used_here - self.media_in_use():
-                self._db.execute("DELETE FROM bridged WHERE key LIKE ?", (f"{media_id}|%",))
+            for media_id in used_here:  # each looked up, not every turn of every session read
+                elsewhere = self._db.execute("SELECT 1 FROM turns WHERE parts LIKE ? LIMIT 1",
+                                             (f'%"media_id": "{media_id}"%',)).fetchone()
+                if elsewhere is None:
+                    self._db.execute("DELETE FROM bridged WHERE key LIKE ?", (f"{media_id}|%",))
         return removed
 
     def prune(self, before: float, *, dry_run: bool = False) -> tuple[int, int, set[str]]:

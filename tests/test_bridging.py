@@ -176,3 +176,75 @@ def test_resetting_the_last_session_of_a_media_forgets_its_transcript(start_daem
     assert steps("two") == ["answer"]  # session two still refers to it: kept
     daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="two"))
     assert steps("three", [audio]) == bridged  # no session refers to it any more: forgotten with them
+
+
+async def test_concurrent_requests_on_one_upload_pay_for_one_transcription(tmp_path) -> None:
+    """Ten calls at once naming the same uploaded audio: one bridge call, the others wait for its text
+    (each still gets the transcript); a failed bridge call leaves the next caller to bridge itself."""
+    import asyncio
+
+    import router
+    from router import OUTPUT_TRANSCRIPT, Modality, ModelInfo, Price
+    from router.config import parse_config
+    from router.core import App
+    from router.types import Message, Part, Request, Role
+
+    class Slow(router.Provider):
+        name = "sl"
+        models = [ModelInfo("chat", frozenset({Modality.TEXT}), price=Price(1.0, 1.0)),
+                  ModelInfo("ears", frozenset({Modality.AUDIO}), outputs=frozenset({OUTPUT_TRANSCRIPT}),
+                            price=Price(per_audio_hour=3600.0))]
+
+        def __init__(self) -> None:
+            self.heard = 0
+            self.fail_next = False
+
+        async def generate(self, request, model, ctx):  # type: ignore[no-untyped-def]
+            if model.name == "ears":
+                self.heard += 1
+                await asyncio.sleep(0.2)
+                if self.fail_next:
+                    self.fail_next = False
+                    raise router.ProviderUnavailable(self.name, "down")
+                yield router.TranscriptReady(router.Transcript("words heard", duration_seconds=1.0))
+                yield router.UsageReport(router.Usage(audio_seconds=1.0))
+                return
+            yield router.TextDelta("answered")
+
+    provider = Slow()
+
+    class Plugin:
+        @router.hookimpl
+        def register_providers(self, register, settings):  # type: ignore[no-untyped-def]
+            register(provider)
+
+    config = f"""
+providers: {{sl: {{}}}}
+plugins: {{disabled: [openai, anthropic, gemini, assemblyai, local]}}
+default: sl/chat
+bridges: {{audio: [sl/ears]}}
+server: {{data_dir: '{tmp_path}'}}
+"""
+    app = App(parse_config(config, "t.yaml"), extra_plugins={"sl": Plugin()})
+    try:
+        def ask(data: bytes) -> Request:
+            stored = app.media.put_bytes(data, "audio/wav", Modality.AUDIO, "call.wav")
+            media = app.load_media(stored.media_id)
+            return Request(messages=[Message(Role.USER, [Part(media=media), Part(text="summarise")])])
+
+        async def answer(request: Request):  # type: ignore[no-untyped-def]
+            return [e async for e in app.answer(request, None)][-1].answer
+
+        answers = await asyncio.gather(*(answer(ask(wav(1.0))) for _ in range(10)))
+        assert provider.heard == 1
+        assert all(a.text == "answered" and a.transcript.text == "words heard" for a in answers)
+        assert sum(1 for a in answers for s in a.route.steps if s.purpose.startswith("bridge")) == 1
+
+        provider.fail_next = True  # the first caller's bridge fails: the one waiting bridges itself
+        other = wav(1.5)
+        results = await asyncio.gather(*(answer(ask(other)) for _ in range(2)), return_exceptions=True)
+        assert provider.heard == 3
+        failed = [r for r in results if isinstance(r, router.ProviderUnavailable)]
+        assert len(failed) == 1 and [r.transcript.text for r in results if r not in failed] == ["words heard"]
+    finally:
+        await app.aclose()

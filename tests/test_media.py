@@ -96,6 +96,29 @@ def test_upload_size_must_match_the_metadata(daemon) -> None:
     assert error_details(caught.value).violations[0][0] == "metadata.size_bytes"
 
 
+def test_an_upload_longer_than_it_said_is_refused_at_once(daemon) -> None:
+    """Bytes past metadata.size_bytes are not read to the end (up to the 64 GiB limit) before the
+    refusal; a negative size is refused before any byte."""
+    sent = []
+
+    def chunks():  # endless: only a refusal as soon as the stated size is passed ends it
+        yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT,
+                                                               mime_type="application/pdf", size_bytes=len(PDF)))
+        yield pb.UploadMediaRequest(chunk=PDF)
+        while len(sent) < 10_000:  # 10 GB: the test would time out long before
+            sent.append(1)
+            yield pb.UploadMediaRequest(chunk=b"x" * (1 << 20))
+
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.UploadMedia(chunks(), timeout=60)
+    got = error_details(caught.value)
+    assert (got.code, got.violations[0][0]) == (grpc.StatusCode.INVALID_ARGUMENT, "metadata.size_bytes")
+    assert "received more than" in got.message and len(sent) < 100
+    with pytest.raises(grpc.RpcError) as caught:
+        upload(daemon.stub, [PDF], size=-1)
+    assert "cannot be negative" in error_details(caught.value).violations[0][1]
+
+
 def test_upload_over_the_limit_is_refused(start_daemon) -> None:
     daemon = start_daemon(CONFIG + "server:\n  max_upload_bytes: 1000\n")
     with pytest.raises(grpc.RpcError) as caught:

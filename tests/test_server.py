@@ -461,3 +461,56 @@ def test_a_data_directory_that_cannot_be_locked_is_served_with_a_warning(tmp_pat
     monkeypatch.setattr(fcntl, "flock", refuse)
     lock_data_dir(tmp_path / "data").close()
     assert "cannot lock the data directory" in caplog.text and "No locks available" in caplog.text
+
+
+async def test_a_stream_to_a_slow_reader_is_cut_at_max_call_seconds_with_its_status(tmp_path) -> None:
+    """The limit may pass while gRPC waits to send to a client that reads slowly: the call must still
+    end with CALL_TIMEOUT (it used to end with no status at all, hanging the client)."""
+    import asyncio
+
+    from mmrouter.v1 import router_pb2_grpc
+
+    import router
+    from router.config import parse_config
+    from router.core import App
+    from router.server import start_server
+
+    class Fast(router.Provider):
+        name = "st"
+        models = [router.ModelInfo("fast", frozenset({router.Modality.TEXT}))]
+
+        async def generate(self, request, model, ctx):  # type: ignore[no-untyped-def]
+            for _ in range(2000):
+                yield router.TextDelta("z" * 10_000)
+
+    class Plugin:
+        @router.hookimpl
+        def register_providers(self, register, settings):  # type: ignore[no-untyped-def]
+            register(Fast())
+
+    config = f"""
+providers: {{st: {{}}}}
+plugins: {{disabled: [openai, anthropic, gemini, assemblyai, local]}}
+default: st/fast
+server: {{data_dir: '{tmp_path}', max_call_seconds: 1}}
+"""
+    app = App(parse_config(config, "t.yaml"), extra_plugins={"st": Plugin()})
+    server, port, _ = await start_server(app, "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = router_pb2_grpc.RouterServiceStub(channel).StreamGenerate(
+                pb.StreamGenerateRequest(request=text_request("hi")))
+            assert (await call.read()).HasField("route_chosen")
+            await asyncio.sleep(2)  # reading slowly: the server waits in gRPC's send when the limit passes
+
+            async def drain() -> None:
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await asyncio.wait_for(drain(), 20)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "max_call_seconds (1 s)" in caught.value.details()
+    finally:
+        await server.stop(0)
+        await app.aclose()

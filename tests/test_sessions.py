@@ -489,3 +489,28 @@ def test_a_reset_during_a_new_sessions_first_turn_drops_that_turn(start_daemon) 
     with pytest.raises(grpc.RpcError) as caught:
         daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="never-used"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_reset_reads_only_its_own_session_and_keeps_texts_other_sessions_use(tmp_path) -> None:
+    """ResetSession runs on the event loop: it must not read every turn of every session (it did, for
+    each reset, even of a session with no media). A kept text goes only with the last session using
+    its media."""
+    store = SessionStore(tmp_path / "sessions.sqlite")
+    shared, own = "a" * 64, "b" * 64
+
+    def turn(*media_ids: str) -> list[Message]:
+        parts = [Part(media=Media(Modality.AUDIO, "audio/wav", data=b"x", media_id=m)) for m in media_ids]
+        return [Message(Role.USER, [*parts, Part(text="q")]), Message(Role.ASSISTANT, [Part(text="a")])]
+
+    for i in range(50):
+        store.append(f"other-{i}", turn(shared), lambda media: media.media_id)
+    store.append("mine", turn(shared, own), lambda media: media.media_id)
+    store.append("text-only", turn(), lambda media: media.media_id)
+    for media_id in (shared, own):
+        store.remember(f"{media_id}|bridge", "heard", None)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    assert store.reset("text-only") == 2 and store.reset("mine") == 2
+    assert not [s for s in statements if "SELECT parts FROM turns WHERE parts LIKE" in s]
+    assert store.recall(f"{shared}|bridge") is not None and store.recall(f"{own}|bridge") is None
+    store.close()
