@@ -360,8 +360,13 @@ class App:
         if not answer.text:  # the model's own transcript is already the text of a transcription
             log.info("the answer on session %r is empty: its turn is not kept", request.session_id)
             return
-        turns.append(Message(Role.ASSISTANT, [Part(text=answer.text)]))
+        replies = [i for i, m in enumerate(turns) if m.role is Role.ASSISTANT]
         try:
+            if replies and self.sessions.turn_count(request.session_id):
+                # a conversation given whole to start the session, which another call started meanwhile:
+                # only this call's own turn is added, not the conversation a second time
+                turns = turns[replies[-1] + 1:]
+            turns.append(Message(Role.ASSISTANT, [Part(text=answer.text)]))
             self.sessions.append(request.session_id, turns, self._store_media)
         except Exception:
             log.exception("saving this turn of session %r failed; the answer is sent, the turn is not kept",

@@ -111,6 +111,11 @@ class SessionStore:
             messages.append(Message(Role(role), parts))
         return messages
 
+    def turn_count(self, session_id: str) -> int:
+        """How many messages the session holds."""
+        (count,) = self._db.execute("SELECT COUNT(*) FROM turns WHERE session_id = ?", (session_id,)).fetchone()
+        return count
+
     def append(self, session_id: str, messages: list[Message], store_media: StoreMedia) -> None:
         """Add turns to the end of the session."""
         (start,) = self._db.execute(

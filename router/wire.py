@@ -63,7 +63,7 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
         return None
     source = media.WhichOneof("source")
     if source is None:
-        problems.append(FieldViolation(f"{path}.source", "set one of data, media_id or url"))
+        problems.append(FieldViolation(path, "set one of its fields data, media_id or url"))
         return None
     if source == "media_id":
         stored = resolve(media.media_id)

@@ -161,9 +161,12 @@ WAV = b"RIFF\0\0\0\0WAVEfmt " + b"\0" * 64
          grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0].media.url"),
         (text_request("x", options=pb.Options(temperature=5)),
          grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.options.temperature"),
+        # a field of the proto, not its oneof ("source"), which descriptors do not list as a field
+        (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0].media"),
     ],
     ids=["empty", "empty-part", "blank-text", "mime-vs-bytes", "mime-vs-modality", "no-modality", "oversize",
-         "url-not-allowed", "bad-temperature"],
+         "url-not-allowed", "bad-temperature", "no-source"],
 )
 def test_bad_requests_get_invalid_argument_with_field_violations(daemon, request_, code, reason, field) -> None:
     details = error_details(failure(lambda: generate(daemon, request_)))

@@ -514,3 +514,23 @@ def test_a_reset_reads_only_its_own_session_and_keeps_texts_other_sessions_use(t
     assert not [s for s in statements if "SELECT parts FROM turns WHERE parts LIKE" in s]
     assert store.recall(f"{shared}|bridge") is not None and store.recall(f"{own}|bridge") is None
     store.close()
+
+
+def test_two_calls_starting_one_session_from_a_conversation_store_it_once(start_daemon) -> None:
+    """Both start while the session is empty, so both may give the conversation whole: the second to
+    finish adds only its own turn."""
+    import threading
+
+    daemon = start_daemon(CONFIG)
+    conversation = pb.MultimodalRequest(session_id="dup", messages=[
+        pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="hi")]),
+        pb.Message(role=pb.ROLE_ASSISTANT, parts=[pb.Part(text="hello!")]),
+        pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="SLOW:0.5")]),
+    ])
+    calls = [threading.Thread(target=lambda: daemon.stub.Generate(pb.GenerateRequest(request=conversation),
+                                                                  timeout=30)) for _ in range(2)]
+    for call in calls:
+        call.start()
+    for call in calls:
+        call.join(30)
+    assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="dup")).turns_removed == 6  # 4 + 2, not 8
