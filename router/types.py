@@ -321,21 +321,44 @@ class Transcript:
     @staticmethod
     def merged(transcripts: list[Transcript]) -> Transcript:
         """One transcript of several recordings played one after another: times are shifted by the
-        durations before them, texts joined (one line each when they hold speaker lines)."""
+        durations before them, texts joined (one line each when they hold speaker lines).
+
+        Each recording names its speakers on its own ("A" of one is not "A" of the next): when more
+        than one has speakers, they are named anew in order of appearance (A, B, ... then AA, AB, ...)
+        so that no two recordings share a name, and the speaker lines are written with the new names.
+        """
         if len(transcripts) == 1:
             return transcripts[0]
+        renamed = sum(1 for t in transcripts if any(u.speaker for u in t.utterances)) > 1
+        names: dict[tuple[int, str], str] = {}
+
+        def name(clip: int, speaker: str) -> str:
+            if not renamed or not speaker:
+                return speaker
+            return names.setdefault((clip, speaker), _speaker_name(len(names)))
+
         offset = 0.0
         utterances: list[Utterance] = []
         words: list[Word] = []
-        for t in transcripts:
-            utterances += [Utterance(u.text, round(u.start + offset, 2), round(u.end + offset, 2),
-                                     u.speaker, u.confidence) for u in t.utterances]
+        texts: list[str] = []
+        for clip, t in enumerate(transcripts):
+            mine = [Utterance(u.text, round(u.start + offset, 2), round(u.end + offset, 2),
+                              name(clip, u.speaker), u.confidence) for u in t.utterances]
+            utterances += mine
             words += [Word(w.text, round(w.start + offset, 2), round(w.end + offset, 2),
-                           w.speaker, w.confidence) for w in t.words]
+                           name(clip, w.speaker), w.confidence) for w in t.words]
+            speaker_lines = renamed and t.utterances and t.text == Transcript.speaker_text(t.utterances)
+            texts.append(Transcript.speaker_text(mine) if speaker_lines else t.text)
             offset += t.duration_seconds
-        separator = "\n" if any("\n" in t.text for t in transcripts) else " "
-        return Transcript(separator.join(t.text for t in transcripts if t.text), utterances, words,
+        separator = "\n" if any("\n" in text for text in texts) else " "
+        return Transcript(separator.join(text for text in texts if text), utterances, words,
                           transcripts[0].language if transcripts else "", round(offset, 2))
+
+
+def _speaker_name(index: int) -> str:
+    """The ``index``-th speaker name: A..Z, then AA, AB, ..."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return letters[index] if index < 26 else _speaker_name(index // 26 - 1) + letters[index % 26]
 
 
 @dataclass

@@ -98,7 +98,7 @@ def test_diarized_transcript_through_the_daemon(daemon, fake):
     assert answer.transcript.words[0].speaker == "A"
     assert answer.transcript.text == SPEAKER_TEXT
     assert answer.text == SPEAKER_TEXT
-    assert answer.transcript.language == "en_us"
+    assert answer.transcript.language == "en-US"
     assert answer.usage.audio_seconds == 7
     assert answer.usage.cost_usd == pytest.approx(7 * 0.37 / 3600)
     assert (answer.route.rule, answer.route.provider, answer.route.model) == ("diarization", "assemblyai", "best")

@@ -132,7 +132,7 @@ async def test_transcribes_with_speaker_labels_and_maps_utterances(fake, provide
     assert transcript.words[-1].text == "budget."
     assert transcript.words[-1].speaker == "A"
     assert len(transcript.words) == 16
-    assert transcript.language == "en_us"
+    assert transcript.language == "en-US"  # AssemblyAI's en_us, as BCP-47
     assert transcript.duration_seconds == 7
     usage = events[1].usage
     assert usage.audio_seconds == 7
@@ -146,7 +146,7 @@ async def test_without_language_asks_for_detection(fake, provider):
     assert "language_code" not in created
     assert "speakers_expected" not in created
     assert created["speaker_labels"] is True  # diarizes by default
-    assert events[0].transcript.language == "en_us"  # the detected language
+    assert events[0].transcript.language == "en-US"  # the detected language, as BCP-47
 
 
 async def test_speaker_labels_off_unless_asked_when_configured(fake):
@@ -199,20 +199,22 @@ async def test_url_media_is_not_uploaded(fake, provider):
 
 async def test_clips_of_one_message_make_one_merged_transcript_and_usage_adds_up(fake, provider):
     parts = [Part(text="what was said?"),
-             Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.1))),
+             Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.1), duration_seconds=7.6)),
              Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.3)))]
     req = Request(messages=[Message(Role.USER, parts)], options=Options(task=Task.TRANSCRIBE))
     events = await collect(provider, req, provider.model("best"))
     assert [type(e) for e in events] == [TranscriptReady, UsageReport]
     assert fake.uploads == [wav_bytes(0.1), wav_bytes(0.3)]  # in order
     transcript = events[0].transcript
-    # The second clip's turns follow the first's, shifted by its 7 s.
+    # The second clip's turns follow the first's, shifted by its measured 7.6 s (AssemblyAI's
+    # audio_duration is whole seconds: 7), and its speakers are not the first clip's.
     assert [(u.speaker, u.start) for u in transcript.utterances] == [
-        ("A", 0.24), ("B", 2.3), ("A", 4.2), ("A", 7.24), ("B", 9.3), ("A", 11.2)]
-    assert transcript.text.count("Speaker A: Hello, thanks for joining the call.") == 2
+        ("A", 0.24), ("B", 2.3), ("A", 4.2), ("C", 7.84), ("D", 9.9), ("C", 11.8)]
+    assert transcript.text.count("Hello, thanks for joining the call.") == 2
+    assert "Speaker C: Hello, thanks for joining the call." in transcript.text
     assert len(transcript.text.splitlines()) == 6
-    assert transcript.duration_seconds == 14
-    assert events[-1].usage.audio_seconds == 14
+    assert transcript.duration_seconds == 14.6  # 7.6 measured + 7 (the second clip is not measured)
+    assert events[-1].usage.audio_seconds == 14  # billed by AssemblyAI's durations
 
 
 async def test_only_the_newest_messages_clips_are_transcribed(fake, provider):

@@ -33,6 +33,21 @@ def test_merged_transcripts_shift_times_by_the_recordings_before() -> None:
     assert Transcript.merged([first]) is first
 
 
+def test_merged_recordings_never_share_a_speaker_name() -> None:
+    """Each recording names its speakers on its own: its "A" is not the next one's "A"."""
+    def diarized(*turns: tuple[str, str]) -> Transcript:
+        utterances = [Utterance(text, i * 1.0, i * 1.0 + 0.5, speaker) for i, (speaker, text) in enumerate(turns)]
+        words = [Word(text, u.start, u.end, u.speaker) for u, (_, text) in zip(utterances, turns, strict=True)]
+        return Transcript(Transcript.speaker_text(utterances), utterances, words, "en", float(len(turns)))
+
+    merged = Transcript.merged([diarized(("A", "hi"), ("B", "hello")), diarized(("A", "bye"), ("B", "ciao"))])
+    assert [u.speaker for u in merged.utterances] == ["A", "B", "C", "D"]
+    assert [w.speaker for w in merged.words] == ["A", "B", "C", "D"]
+    assert merged.text == "Speaker A: hi\nSpeaker B: hello\nSpeaker C: bye\nSpeaker D: ciao"
+    alone = Transcript.merged([diarized(("A", "hi")), Transcript("no speakers", duration_seconds=1.0)])
+    assert [u.speaker for u in alone.utterances] == ["A"]  # one recording with speakers keeps its names
+
+
 def test_merged_speaker_lines_stay_one_per_line() -> None:
     a = Transcript("Speaker A: hi\nSpeaker B: hello", duration_seconds=1.0)
     b = Transcript("Speaker A: bye", duration_seconds=1.0)

@@ -125,14 +125,22 @@ def to_transcript(response: assemblyai.types.TranscriptResponse, media: Media) -
     else:
         text = (response.text or "").strip()
     language = response.language_code
-    language = getattr(language, "value", language) or ""
+    language = str(getattr(language, "value", language) or "")
     return Transcript(
         text=text,
         utterances=utterances,
         words=words,
-        language=str(language),
-        duration_seconds=audio_seconds(response, media, words),
+        language=_bcp47(language),
+        # where the next clip starts when several are merged: the measured length first, as
+        # AssemblyAI's audio_duration is whole seconds (kept for billing, see audio_seconds)
+        duration_seconds=float(media.duration_seconds or 0.0) or audio_seconds(response, media, words),
     )
+
+
+def _bcp47(code: str) -> str:
+    """AssemblyAI's ``en_us`` as the BCP-47 ``en-US`` the request's language option uses."""
+    language, _, region = code.partition("_")
+    return f"{language}-{region.upper()}" if region else language
 
 
 def audio_seconds(
