@@ -174,6 +174,10 @@ def streaming(method: Callable) -> Callable:
     return wrapper
 
 
+#: Longest pause between two messages of an upload before it is cut (DEADLINE_EXCEEDED).
+UPLOAD_IDLE_SECONDS = 60.0
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """mmrouter.v1.RouterService over an :class:`App`."""
 
@@ -284,7 +288,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                                  violations=[FieldViolation("metadata.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT")])
 
         async def chunks() -> AsyncIterator[bytes]:
-            async for message in request_iterator:
+            messages = aiter(request_iterator)
+            while True:
+                try:  # a client that goes quiet must not hold its temp file (a file descriptor) forever
+                    async with asyncio.timeout(UPLOAD_IDLE_SECONDS):
+                        message = await anext(messages)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise CallTimeout(f"the upload sent nothing for {UPLOAD_IDLE_SECONDS:g} s: send its chunks "
+                                      "without pausing") from None
                 payload = parsed(message).WhichOneof("payload")
                 if payload == "metadata":
                     raise InvalidRequest("metadata may only be sent once, first",
@@ -455,6 +468,9 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     :func:`reload_config`); ``server_overrides`` are the server settings the command line gave.
     """
     log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
+    # what the daemon writes (conversations, media, the sessions database) is its users' data: other
+    # local users may not read it, whatever the operator's umask (022 made sessions.sqlite readable)
+    os.umask(0o077)
     data_lock = lock_data_dir(Path(config.server.data_dir).expanduser())
     app = App(config, extra_plugins=extra_plugins)
     certificates = ServerCertificates(config.server.tls) if config.server.tls else None

@@ -420,3 +420,35 @@ async def test_event_loop_keeps_serving_while_ocr_runs(local: LocalProvider) -> 
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert len(ticks) >= elapsed / 0.05, f"{len(ticks)} ticks in {elapsed:.2f}s"
     assert max(gaps) < 0.25, f"the event loop stalled for {max(gaps):.2f}s"
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header declares ``width`` x ``height`` pixels (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR width and height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # IHDR's CRC
+    return bytes(data)
+
+
+async def test_an_image_too_large_to_decode_is_refused_before_decoding(local: LocalProvider) -> None:
+    """A 100-byte PNG may declare 13,300 x 13,300 pixels: decoding it for OCR took 4 GB."""
+    request = ask(Media(Modality.IMAGE, "image/png", data=png_declaring(8000, 6000)), question="read it")
+    with pytest.raises(ProviderBadRequest, match="8000x6000 pixels, over the 40,000,000"):
+        await collect(local, request, local.models[0])
+
+
+async def test_a_long_text_document_is_read_up_to_a_bound(local: LocalProvider, monkeypatch) -> None:
+    import mmrouter_local.extract
+
+    monkeypatch.setattr(mmrouter_local.extract, "MAX_TEXT_BYTES", 1000)
+    request = ask(Media(Modality.DOCUMENT, "text/plain", data=b"x" * 5000), question="")
+    text = text_of(await collect(local, request, local.models[0]))
+    assert "x" * 1000 in text and "x" * 1001 not in text
+    assert "cut: the local provider reads the first 1000 bytes" in text

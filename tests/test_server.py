@@ -517,3 +517,51 @@ server: {{data_dir: '{tmp_path}', max_call_seconds: 1}}
     finally:
         await server.stop(0)
         await app.aclose()
+
+
+def test_what_the_daemon_writes_is_its_own_to_read(start_daemon, tmp_path) -> None:
+    """Conversations are private: with the usual umask 022, sessions.sqlite was readable by every local user."""
+    import os
+    import stat
+
+    old = os.umask(0o022)  # the daemon inherits it
+    try:
+        daemon = start_daemon("providers: {fake: {api_key: k}}\ndefault: fake/echo\n", data_dir=tmp_path / "data")
+    finally:
+        os.umask(old)
+    generate(daemon, text_request("my private question", session_id="mine"))
+    written = [daemon.data_dir, *daemon.data_dir.rglob("*")]
+    assert any(p.name == "sessions.sqlite" for p in written)
+    readable = [p for p in written if stat.S_IMODE(p.stat().st_mode) & 0o077]
+    assert readable == [], [(str(p), oct(p.stat().st_mode)) for p in readable]
+
+
+async def test_an_upload_that_goes_quiet_is_cut_and_leaves_no_temp_file(tmp_path, monkeypatch) -> None:
+    """Idle uploads each held a temp file: enough of them used up the daemon's file descriptors."""
+    import asyncio
+
+    from mmrouter.v1 import router_pb2_grpc
+
+    from router import server as server_module
+    from router.config import parse_config
+    from router.core import App
+
+    monkeypatch.setattr(server_module, "UPLOAD_IDLE_SECONDS", 0.5)
+    app = App(parse_config(f"server: {{data_dir: '{tmp_path}'}}\ndefault: local/extract\n", "t.yaml"))
+    server, port, _ = await server_module.start_server(app, "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            async def quiet():  # type: ignore[no-untyped-def]
+                yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT,
+                                                                       mime_type="application/pdf"))
+                yield pb.UploadMediaRequest(chunk=b"%PDF-1.4\n")
+                await asyncio.sleep(30)
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await asyncio.wait_for(router_pb2_grpc.RouterServiceStub(channel).UploadMedia(quiet()), 20)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "sent nothing for 0.5 s" in caught.value.details()
+        assert not [p for p in (tmp_path / "media" / "tmp").iterdir()], "the temp file was left behind"
+    finally:
+        await server.stop(0)
+        await app.aclose()

@@ -59,6 +59,30 @@ def transcript_lines(transcript: Transcript) -> str:
     )
 
 
+#: The most pixels an image may have for OCR: decoding takes 4 bytes a pixel, several times over, and
+#: the OCR model reads it shrunk to 960 px anyway (a 700 KB PNG can declare 13,300 x 13,300 pixels).
+MAX_OCR_PIXELS = 40_000_000
+#: The most bytes of a text document read (an answer holding more could not be sent anyway).
+MAX_TEXT_BYTES = 16 * 1024 * 1024
+
+
+def too_many_pixels(image) -> str | None:  # image: an opened, not yet decoded, Pillow image
+    """Why ``image`` is too large to decode for OCR, or None (its size is known before decoding)."""
+    if image.width * image.height > MAX_OCR_PIXELS:
+        return f"the image is {image.width}x{image.height} pixels, over the {MAX_OCR_PIXELS:,} the local OCR reads"
+    return None
+
+
+def _head(media: Media, size: int) -> bytes:
+    """At most ``size`` first bytes of ``media``, without reading the rest."""
+    if media.data is not None:
+        return media.data[:size]
+    if media.path is None:
+        raise UnreadableMedia("media given by URL cannot be read offline")
+    with media.path.open("rb") as source:
+        return source.read(size)
+
+
 class Extractor:
     """The blocking work for each media kind, sharing one OCR engine and one speech decoder."""
 
@@ -68,15 +92,21 @@ class Extractor:
         self.asr = SpeechRecognizer()
 
     def ocr_image_bytes(self, data: bytes) -> list[str]:
-        """OCR lines of an encoded image."""
+        """OCR lines of an encoded image (an image in a PDF page); one too large to decode is named only."""
         with open_image(data) as image:
+            problem = too_many_pixels(image)
+            if problem:
+                return [f"({problem}: not read)"]
             return self.ocr.read_lines(to_bgr(image))
 
     def document(self, media: Media, name: str) -> list[Section]:
         """PDF text page by page (OCR for pages without text); plain text documents as they are."""
         mime = normalise_mime(media.mime_type)
         if mime.startswith("text/"):
-            text = media.read_bytes().decode("utf-8", errors="replace")
+            head = _head(media, MAX_TEXT_BYTES + 1)
+            text = head[:MAX_TEXT_BYTES].decode("utf-8", errors="replace")
+            if len(head) > MAX_TEXT_BYTES:
+                text += f"\n[... cut: the local provider reads the first {MAX_TEXT_BYTES} bytes of a text document]"
             return [Section(f"Document {name}", text)]
         if mime != "application/pdf":
             raise UnreadableMedia(f"cannot read {mime} documents offline; PDF and plain text are supported")
@@ -98,6 +128,9 @@ class Extractor:
             raise UnreadableMedia(f"not an image Pillow can open ({type(e).__name__})") from e
         with image:
             facts = image_facts(image)
+            problem = too_many_pixels(image)
+            if problem:  # decoding it would take gigabytes (a decompression bomb, or a huge scan)
+                raise UnreadableMedia(f"{problem}: send a smaller image")
             lines = self.ocr.read_lines(to_bgr(image))
         return [Section(f"Image {name}: {facts.describe()}", "\n".join(lines))]
 
