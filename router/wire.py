@@ -200,7 +200,9 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
     request = Request(
         messages=messages,
         options=Options(
-            task=_TASK.get(options.task, Task.AUTO), diarization=options.diarization,
+            # a number of speakers to expect asks for them to be told apart: routing must send it to a
+            # diarizing model (AssemblyAI diarized on it alone, Whisper dropped it silently)
+            task=_TASK.get(options.task, Task.AUTO), diarization=options.diarization or options.speakers_expected > 0,
             speakers_expected=options.speakers_expected, language=options.language,
             max_output_tokens=options.max_output_tokens,
             temperature=options.temperature if options.HasField("temperature") else None,

@@ -565,3 +565,25 @@ async def test_an_upload_that_goes_quiet_is_cut_and_leaves_no_temp_file(tmp_path
     finally:
         await server.stop(0)
         await app.aclose()
+
+
+def test_speakers_to_expect_ask_for_diarization(start_daemon) -> None:
+    """``speakers_expected`` without ``diarization`` went to a model that cannot tell speakers apart
+    (Whisper), which dropped it silently; it asks for diarization."""
+    daemon = start_daemon("""
+providers: {fake: {api_key: k}}
+routes:
+  - name: meetings
+    match: {inputs_any: [audio], diarization: true}
+    use: fake/diarizer
+  - name: speech
+    match: {inputs_any: [audio]}
+    use: fake/ears
+""")
+    audio = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=WAV)
+
+    def rule(**options) -> str:
+        request = text_request("", media=[audio], options=pb.Options(task=pb.TASK_TRANSCRIBE, **options))
+        return daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route.rule
+
+    assert (rule(), rule(speakers_expected=3), rule(diarization=True)) == ("speech", "meetings", "meetings")
