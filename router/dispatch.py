@@ -63,7 +63,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     bridged_before = BridgedInRequest()
     reported = 0  # route.steps whose usage the client was sent
     last_error: ProviderError | None = None
-    for plan in decision.plans:
+    plans = decision.plans
+    for index, plan in enumerate(plans):
         provider = registry.ready(plan.target.provider)
         if provider is None:
             continue
@@ -113,8 +114,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
             route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target")
             continue
         route.provider, route.model = plan.target.provider, plan.target.model
-        if plan is not decision.plan:  # the fallbacks still untried after the one that answered
-            route.fallbacks = [str(p.target) for p in decision.plans[decision.plans.index(plan) + 1:]]
+        if index:  # a fallback answered: those still untried after it
+            route.fallbacks = [str(p.target) for p in plans[index + 1:]]
         route.bridges = [str(b) for b in used_bridges]
         route.latency_ms = (time.perf_counter() - started) * 1000
         if finish is FinishReason.LENGTH:

@@ -157,8 +157,7 @@ def facts_of(request: Request) -> Facts:
     if task is Task.TRANSCRIBE:
         media = request.current_media()
         modalities = {m.modality for m in media} | (request.turn_modalities() & {Modality.TEXT})
-        tokens = _tokens_by_modality(turn, TOKENS_PER_PDF_PAGE).get(Modality.TEXT, 0) + sum(
-            _media_tokens(m) for m in media)
+        tokens = turn_tokens.get(Modality.TEXT, 0) + sum(_media_tokens(m) for m in media)
     else:
         media = request.media()
         modalities = request.modalities()

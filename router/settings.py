@@ -166,9 +166,8 @@ def with_configured_models(builtin: Iterable[ModelInfo], specs: Iterable[ModelSp
     """
     models = {m.name: m for m in builtin}
     for index, spec in enumerate(specs):
-        inputs = spec.inputs or like.inputs
-        if not inputs <= like.inputs:
-            cannot = ", ".join(sorted(m.value for m in inputs - like.inputs))
+        if spec.inputs and not spec.inputs <= like.inputs:
+            cannot = ", ".join(sorted(m.value for m in spec.inputs - like.inputs))
             can = ", ".join(sorted(m.value for m in like.inputs))
             raise ConfigError(f"providers.{provider}.models.{index}.inputs: this plugin cannot send {cannot} "
                               f"(it sends {can})")
