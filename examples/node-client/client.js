@@ -5,8 +5,14 @@
 //
 // Calls Generate, then StreamGenerate, and prints one JSON line per result so
 // the output is easy to read by people and by tests.
+//
+// Like the mmrouter CLI, it reads from the environment:
+//   MMROUTER_TOKEN     the daemon's server.auth_token, sent as "authorization: Bearer <token>"
+//   MMROUTER_TLS_CA    the CA file to trust: connect with TLS (else plaintext)
+//   MMROUTER_TLS_CERT  with MMROUTER_TLS_KEY: a client certificate and its key (mutual TLS)
 'use strict';
 
+const fs = require('fs');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -20,6 +26,37 @@ function loadService() {
   return grpc.loadPackageDefinition(definition).mmrouter.v1.RouterService;
 }
 
+// The contents of the file named by the environment variable `name`, or null when it is unset.
+function readFileFrom(name) {
+  const file = process.env[name];
+  if (!file) return null;
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new Error(`${name}: cannot read ${file}: ${err.message}`);
+  }
+}
+
+// Plaintext, or TLS when MMROUTER_TLS_CA is set (with a client certificate for mutual TLS).
+function channelCredentials() {
+  const ca = readFileFrom('MMROUTER_TLS_CA');
+  const cert = readFileFrom('MMROUTER_TLS_CERT');
+  const key = readFileFrom('MMROUTER_TLS_KEY');
+  if (!cert !== !key) throw new Error('MMROUTER_TLS_CERT and MMROUTER_TLS_KEY go together');
+  if (!ca) {
+    if (cert) throw new Error('MMROUTER_TLS_CERT needs MMROUTER_TLS_CA (the CA of the daemon\'s certificate)');
+    return grpc.credentials.createInsecure();
+  }
+  return grpc.credentials.createSsl(ca, key, cert);
+}
+
+// The metadata sent with every call: the bearer token, if there is one.
+function callMetadata() {
+  const metadata = new grpc.Metadata();
+  if (process.env.MMROUTER_TOKEN) metadata.set('authorization', `Bearer ${process.env.MMROUTER_TOKEN}`);
+  return metadata;
+}
+
 function userRequest(prompt) {
   return {
     request: {
@@ -29,19 +66,19 @@ function userRequest(prompt) {
   };
 }
 
-function generate(client, prompt) {
+function generate(client, metadata, prompt) {
   return new Promise((resolve, reject) => {
     const deadline = new Date(Date.now() + 30000);
-    client.Generate(userRequest(prompt), { deadline }, (err, response) => {
+    client.Generate(userRequest(prompt), metadata, { deadline }, (err, response) => {
       if (err) reject(err); else resolve(response.answer);
     });
   });
 }
 
-function streamGenerate(client, prompt) {
+function streamGenerate(client, metadata, prompt) {
   return new Promise((resolve, reject) => {
     const events = [];
-    const call = client.StreamGenerate(userRequest(prompt), { deadline: new Date(Date.now() + 30000) });
+    const call = client.StreamGenerate(userRequest(prompt), metadata, { deadline: new Date(Date.now() + 30000) });
     call.on('data', (event) => events.push(event));
     call.on('error', reject);
     call.on('end', () => resolve(events));
@@ -52,12 +89,13 @@ async function main() {
   const address = process.argv[2] || '127.0.0.1:50051';
   const prompt = process.argv[3] || 'Hello from Node.js';
   const RouterService = loadService();
-  const client = new RouterService(address, grpc.credentials.createInsecure());
+  const client = new RouterService(address, channelCredentials());
+  const metadata = callMetadata();
 
-  const answer = await generate(client, prompt);
+  const answer = await generate(client, metadata, prompt);
   console.log(JSON.stringify({ call: 'Generate', text: answer.text, route: answer.route, usage: answer.usage }));
 
-  const events = await streamGenerate(client, prompt);
+  const events = await streamGenerate(client, metadata, prompt);
   const kinds = events.map((e) => e.event);
   const text = events.filter((e) => e.event === 'text_delta').map((e) => e.text_delta.text).join('');
   const done = events.find((e) => e.event === 'done');
@@ -66,6 +104,14 @@ async function main() {
 }
 
 main().catch((err) => {
-  console.error(`error: ${err.code} ${err.details || err.message}`);
+  if (typeof err.code !== 'number') {  // not a gRPC status: a bad option, say
+    console.error(`error: ${err.message}`);
+  } else {
+    const code = Object.keys(grpc.status).find((name) => grpc.status[name] === err.code) || err.code;
+    console.error(`error: ${code} ${err.details || err.message}`);
+    if (err.code === grpc.status.UNAUTHENTICATED) {
+      console.error('hint: set MMROUTER_TOKEN to the daemon\'s server.auth_token');
+    }
+  }
   process.exit(1);
 });
