@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import logging
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -398,17 +399,19 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
         err.print(f"[red]providers.{escape(entry.name)}: {escape(entry.reason)}[/red]")
     for name in sorted(set(config.providers) - set(registry.entries)):
         err.print(f"[yellow]providers.{escape(name)}: no installed plugin offers a provider {name!r}; "
-                  "the section is not used here[/yellow]")
+                  f"the section is not used here{_did_you_mean(name, registry.entries)}[/yellow]")
     unknown_models = False
     for key, text in _targets(config):
         target = Target.parse(text)
         entry = registry.entries.get(target.provider)
         if entry is None:
-            err.print(f"[yellow]{key}: no provider {target.provider!r} here (not installed or not configured)[/yellow]")
+            err.print(f"[yellow]{key}: no provider {target.provider!r} here (not installed or not configured)"
+                      f"{_did_you_mean(target.provider, registry.entries)}[/yellow]")
         elif entry.provider is not None and target.model not in {m.name for m in entry.models}:
             unknown_models = True
+            names = [m.name for m in entry.models]
             err.print(f"[red]{key}: provider {target.provider!r} has no model {escape(repr(target.model))} "
-                      f"(it has: {escape(', '.join(m.name for m in entry.models))})[/red]")
+                      f"(it has: {escape(', '.join(names))}){escape(_did_you_mean(target.model, names))}[/red]")
     for modality, targets in config.bridges.items():
         for j, text in enumerate(targets):
             target = Target.parse(text)
@@ -421,6 +424,12 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     if broken or unknown_models:
         raise typer.Exit(1)
     out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}")
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known`` to a misspelled ``name``, else ""."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 @config_app.command("show-default")

@@ -654,3 +654,25 @@ def test_stats_and_prune_find_the_data_dir_in_config_as_serve_does(start_daemon,
     broken = broken.result()
     assert broken.returncode == 2 and "Traceback" not in broken.stderr
     assert "server.data_dir: Input is not a valid path" in broken.stderr and str(bad) in broken.stderr
+
+
+def test_config_check_suggests_the_name_meant_by_a_typo(tmp_path):
+    """A misspelled provider section, provider or model in a target is pointed at the installed name it is
+    closest to; a name like no other gets no guess."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        "providers:\n  opneai: {api_key: sk-y}\n"
+        "routes:\n  - name: pictures\n    match: {inputs_any: [image]}\n    use: openai/gpt4o\n"
+        "    fallback: [antropic/claude-sonnet-4-6, anthropic/claude-sonet-4-6, zzz/model]\n"
+        "default: local/extract\n")
+    result = subprocess.run([str(MMROUTER), "config", "check", str(typo)], capture_output=True, text=True,
+                            timeout=120, env={"PATH": "/usr/bin:/bin", "COLUMNS": "400"})
+    output = ANSI.sub("", result.stdout + result.stderr)
+    assert result.returncode == 1, output
+    lines = {line.split(":")[0]: line for line in output.splitlines() if ":" in line}
+    assert lines["providers.opneai"].endswith("did you mean 'openai'?")
+    assert lines["routes.0.use"].endswith("did you mean 'gpt-4o'?")
+    assert lines["routes.0.fallback.0"].endswith("did you mean 'anthropic'?")
+    assert lines["routes.0.fallback.1"].endswith("did you mean 'claude-sonnet-4-6'?")
+    assert "did you mean" not in lines["routes.0.fallback.2"]
+    assert "sk-y" not in output
