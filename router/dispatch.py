@@ -74,6 +74,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         own: list[Transcript] = []
         bridged_transcripts: list[Transcript] = []
         used_bridges = plan.bridges
+        answering = False
         try:
             answer_request = request
             if fit is not None and plan is not decision.plan:
@@ -89,6 +90,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 for step in route.steps[reported:]:
                     yield StepUsage(step.usage)
                 reported = len(route.steps)
+            answering = True  # from here the model's own usage is streamed as it reports it
             # closed with this generator: a client leaving mid-answer closes the provider's stream at once
             async with aclosing(call_model(provider, plan.model, answer_request, ctx, route, "answer")) as events:
                 async for event in events:
@@ -106,9 +108,10 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
             reported = len(route.steps)
         except ProviderError as exc:
             last_error = exc
-            for step in route.steps[reported:]:  # bridges paid for before the failure
-                yield StepUsage(step.usage)
-            reported = len(route.steps)
+            if not answering:
+                for step in route.steps[reported:]:  # bridges paid for before the failure
+                    yield StepUsage(step.usage)
+            reported = len(route.steps)  # an answer's paid part (a failed step) was streamed as it came
             if answered or not exc.retryable:
                 raise
             route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target")

@@ -74,6 +74,7 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
             yield event
     except ProviderError as exc:
         route.attempts.append(Attempt(provider.name, model.name, False, exc.message, elapsed()))
+        _keep_paid_part(route, purpose, provider, model, elapsed(), usage)
         raise
     except (asyncio.CancelledError, GeneratorExit):  # ours: the call was cancelled or its consumer left
         route.attempts.append(Attempt(provider.name, model.name, False, "cancelled", elapsed()))
@@ -81,6 +82,7 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
     except Exception as exc:  # our accounting of what the plugin sent (a Usage with odd values)
         error = _plugin_failed(provider, exc)
         route.attempts.append(Attempt(provider.name, model.name, False, error.message, elapsed()))
+        _keep_paid_part(route, purpose, provider, model, elapsed(), usage)
         raise error from exc
     finally:
         try:
@@ -91,6 +93,14 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
                 _UNDER_WAY.pop(task, None)
     route.attempts.append(Attempt(provider.name, model.name, True, "", elapsed()))
     route.steps.append(Step(purpose, provider.name, model.name, elapsed(), usage))
+
+
+def _keep_paid_part(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo, latency_ms: float,
+                    usage: Usage) -> None:
+    """A failed call that reported usage first (clips transcribed before a later one failed) was
+    billed for it: a step ``"<purpose> (failed)"`` keeps it in the answer's usage and the statistics."""
+    if usage != Usage():
+        route.steps.append(Step(f"{purpose} (failed)", provider.name, model.name, latency_ms, usage))
 
 
 def _start(provider: Provider, request: Request, model: ModelInfo, ctx: CallContext) -> AsyncIterator[object]:

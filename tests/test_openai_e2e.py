@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import wave
 
 import grpc
@@ -17,6 +18,7 @@ from grpc_helpers import error_details, everything_said, providers_by_name, text
 from mmrouter.v1 import router_pb2 as pb
 from PIL import Image
 
+from router.sessions import SessionStore
 from tests.fakes.openai import API_KEY, FakeOpenAI, error_body
 
 CONFIG = """
@@ -173,7 +175,7 @@ def test_whisper_transcription_with_segments_and_cost(daemon, fake):
 
     [upload] = fake.uploads()
     assert upload.field("model") == "whisper-1" and upload.field("response_format") == "verbose_json"
-    assert upload.fields["timestamp_granularities[]"] == ["segment"]
+    assert upload.fields["timestamp_granularities[]"] == ["word", "segment"]
     assert upload.files["file"] == ("standup.wav", "audio/wav", clip)
 
     assert (answer.route.rule, answer.route.model) == ("transcription", "whisper-1")
@@ -181,9 +183,78 @@ def test_whisper_transcription_with_segments_and_cost(daemon, fake):
     assert t.text == WHISPER_TEXT and answer.text == WHISPER_TEXT
     assert [(u.text, u.start_seconds, u.end_seconds) for u in t.utterances] == [
         ("Hello there.", 0.0, 1.2), ("General Kenobi.", 1.2, 2.5)]
+    assert [(w.text, w.start_seconds, w.end_seconds) for w in t.words] == [
+        ("Hello", 0.0, 0.5), ("there", 0.5, 1.1), ("General", 1.3, 1.8), ("Kenobi", 1.8, 2.4)]
     assert t.duration_seconds == pytest.approx(2.5)
+    assert t.language == "en"  # whisper said "english"
     assert answer.usage.audio_seconds == pytest.approx(3.0)
     assert answer.usage.cost_usd == pytest.approx(3.0 * 0.36 / 3600)
+
+
+def test_whisper_language_names_reach_the_client_as_bcp47_codes(daemon, fake):
+    """whisper-1 answers the language's name; the client gets its code, as Transcript.language documents."""
+    got = {}
+    for name in ("english", "german", "Haitian Creole"):
+        fake.language = name
+        got[name] = daemon.stub.Generate(pb.GenerateRequest(request=ask(audio_part(wav_bytes()))),
+                                         timeout=30).answer.transcript.language
+    assert got == {"english": "en", "german": "de", "Haitian Creole": "ht"}
+
+
+def test_the_requested_language_is_reported_when_the_model_names_none(daemon, fake):
+    """gpt-4o-transcribe answers plain json without a language: the client's own tag comes back whole."""
+    request = ask(audio_part(wav_bytes()), task=pb.TASK_TRANSCRIBE)
+    request.options.language = "pt-BR"
+    request.hints.provider, request.hints.model = "openai", "gpt-4o-transcribe"
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer
+    assert answer.route.model == "gpt-4o-transcribe"
+    assert answer.transcript.language == "pt-BR"
+    [upload] = fake.uploads()
+    assert upload.field("language") == "pt" and "timestamp_granularities[]" not in upload.fields
+
+
+def test_several_clips_give_one_transcript_with_shifted_word_times(daemon, fake):
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(
+        audio_part(wav_bytes(), "a.wav"), audio_part(wav_bytes(), "b.wav"))), timeout=30).answer
+    words = [(w.text, w.start_seconds, w.end_seconds) for w in answer.transcript.words]
+    assert words == [("Hello", 0.0, 0.5), ("there", 0.5, 1.1), ("General", 1.3, 1.8), ("Kenobi", 1.8, 2.4),
+                     ("Hello", 2.5, 3.0), ("there", 3.0, 3.6), ("General", 3.8, 4.3), ("Kenobi", 4.3, 4.9)]
+    assert [u.start_seconds for u in answer.transcript.utterances] == [0.0, 1.2, 2.5, 3.7]
+    assert answer.usage.audio_seconds == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize(("status", "code"), [(500, grpc.StatusCode.UNAVAILABLE),
+                                              (400, grpc.StatusCode.INVALID_ARGUMENT)])
+def test_a_failing_later_clip_still_reports_the_usage_of_those_transcribed(daemon, fake, status, code, tmp_path):
+    """Clip 1 was transcribed (and billed) when clip 2 failed: the stream carries its usage before the
+    error, and the statistics keep it as a failed step."""
+    fake.fail_files["b.wav"] = status
+    stream = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=ask(
+        audio_part(wav_bytes(), "a.wav"), audio_part(wav_bytes(), "b.wav"), audio_part(wav_bytes(), "c.wav"))),
+        timeout=30)
+    events = []
+    with pytest.raises(grpc.RpcError) as info:
+        events.extend(stream)
+    assert info.value.code() == code and "could not transcribe b.wav" in info.value.details()
+    assert [e.WhichOneof("event") for e in events] == ["route_chosen", "usage"]
+    assert events[1].usage.audio_seconds == pytest.approx(3.0)
+    assert events[1].usage.cost_usd == pytest.approx(3.0 * 0.36 / 3600)
+    assert [u.files["file"][0] for u in fake.uploads()] == ["a.wav", "b.wav"]
+    deadline = time.monotonic() + 10
+    while not (rows := _stats(tmp_path / "data")):  # written by the daemon within 50 ms
+        assert time.monotonic() < deadline, "the failed call's paid part never reached the statistics"
+        time.sleep(0.05)
+    [row] = rows
+    assert (row["model"], row["purpose"]) == ("whisper-1", "answer (failed)")
+    assert row["cost_usd"] == pytest.approx(3.0 * 0.36 / 3600)
+
+
+def _stats(data_dir) -> list[dict]:
+    store = SessionStore(data_dir / "sessions.sqlite")
+    try:
+        return store.stats()
+    finally:
+        store.close()
 
 
 def test_uploaded_audio_is_transcribed_by_media_id(daemon, fake):

@@ -426,14 +426,16 @@ async def test_whisper_transcribes_with_segments(fake: FakeOpenAI, provider: Ope
     assert t.text == "Hello there. General Kenobi."
     assert [(u.text, u.start, u.end) for u in t.utterances] == [("Hello there.", 0.0, 1.2),
                                                                  ("General Kenobi.", 1.2, 2.5)]
-    assert t.duration_seconds == 2.5 and t.language == "english"
+    assert t.duration_seconds == 2.5 and t.language == "en"  # whisper answers "english"
+    assert [(w.text, w.start, w.end) for w in t.words] == [
+        ("Hello", 0.0, 0.5), ("there", 0.5, 1.1), ("General", 1.3, 1.8), ("Kenobi", 1.8, 2.4)]
     [usage] = [e.usage for e in events if isinstance(e, UsageReport)]
     assert (usage.audio_seconds, usage.input_tokens, usage.cost_usd) == (3.0, 0, 0.0)
 
     [upload] = fake.uploads()
     assert upload.field("model") == "whisper-1"
     assert upload.field("response_format") == "verbose_json"
-    assert upload.fields.get("timestamp_granularities[]") == ["segment"]
+    assert upload.fields.get("timestamp_granularities[]") == ["word", "segment"]
     assert upload.field("language") == "en"
     filename, content_type, data = upload.files["file"]
     assert (filename, content_type, data) == ("meeting.wav", "audio/wav", clip)
@@ -499,7 +501,65 @@ async def test_several_clips_of_the_newest_message_make_one_merged_transcript(
     # The second clip's segments follow the first clip's 2.5 s.
     assert [(u.start, u.end) for u in t.utterances] == [(0.0, 1.2), (1.2, 2.5), (2.5, 3.7), (3.7, 5.0)]
     assert t.duration_seconds == 5.0
+    # so do its words
+    assert [(w.text, w.start, w.end) for w in t.words][3:5] == [("Kenobi", 1.8, 2.4), ("Hello", 2.5, 3.0)]
     assert events[1].usage.audio_seconds == 6.0  # 3 s billed per clip
+
+
+async def test_a_failing_clip_reports_the_usage_of_the_clips_before_it(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    """The first clip was transcribed, and billed: its usage is yielded before the second clip's error."""
+    fake.fail_files["part2.wav"] = 500
+    request = Request([user(audio(wav_bytes(), filename="part1.wav"), audio(wav_bytes(), filename="part2.wav"),
+                            audio(wav_bytes(), filename="part3.wav"))], Options(task=Task.TRANSCRIBE))
+    ctx = CallContext(request_id="partial", deadline=time.monotonic() + 30)
+    events: list[object] = []
+    with pytest.raises(ProviderUnavailable, match=r"could not transcribe part2\.wav"):
+        async for event in provider.generate(request, model_of(provider, "whisper-1"), ctx):
+            events.append(event)
+    assert [type(e) for e in events] == [UsageReport]
+    assert events[0].usage.audio_seconds == 3.0
+    assert [u.files["file"][0] for u in fake.uploads()] == ["part1.wav", "part2.wav"]
+
+
+async def test_a_failing_first_clip_reports_no_usage(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    fake.fail_files["part1.wav"] = 400
+    request = Request([user(audio(wav_bytes(), filename="part1.wav"), audio(wav_bytes(), filename="part2.wav"))])
+    ctx = CallContext(request_id="none", deadline=time.monotonic() + 30)
+    events = []
+    with pytest.raises(ProviderBadRequest):
+        async for event in provider.generate(request, model_of(provider, "whisper-1"), ctx):
+            events.append(event)
+    assert events == []
+
+
+@pytest.mark.parametrize(("answered", "requested", "reported"), [
+    ("german", "", "de"), ("English", "en-US", "en"), ("haitian creole", "", "ht"), ("javanese", "", "jv"),
+    ("jw", "", "jv"), ("pt-BR", "", "pt-BR"), ("klingon", "", "klingon"), ("  ", "fr-CA", "fr-CA"),
+])
+async def test_whisper_reports_the_language_as_a_bcp47_tag(fake: FakeOpenAI, provider: OpenAIProvider,
+                                                           answered: str, requested: str, reported: str) -> None:
+    """whisper names the language ("german"): the transcript has its code; a code is kept, an unknown
+    name kept lower-cased, and with none the requested language is reported as given."""
+    fake.language = answered
+    events = await collect(provider, Request([user(audio(wav_bytes()))], Options(language=requested)),
+                           model_of(provider, "whisper-1"))
+    [ready] = [e for e in events if isinstance(e, TranscriptReady)]
+    assert ready.transcript.language == reported
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-transcribe", "gpt-4o-transcribe-diarize"])
+async def test_without_a_detected_language_the_requested_one_is_reported_as_given(
+    fake: FakeOpenAI, provider: OpenAIProvider, model: str
+) -> None:
+    """json and diarized_json name no language: the client's BCP-47 tag is reported whole, while the
+    API is sent its ISO 639-1 part."""
+    request = Request([user(audio(wav_bytes()))], Options(task=Task.TRANSCRIBE, language="pt-BR"))
+    events = await collect(provider, request, model_of(provider, model))
+    [ready] = [e for e in events if isinstance(e, TranscriptReady)]
+    assert ready.transcript.language == "pt-BR"
+    assert fake.uploads()[0].field("language") == "pt"
 
 
 async def test_a_clip_given_by_url_is_a_bad_request(fake: FakeOpenAI, provider: OpenAIProvider) -> None:

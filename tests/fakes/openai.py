@@ -4,7 +4,8 @@ Endpoints: ``POST /v1/chat/completions`` (a ``chat.completion`` JSON, or
 ``chat.completion.chunk`` events ending with a usage chunk when
 ``stream_options.include_usage`` is set, then ``[DONE]``) and
 ``POST /v1/audio/transcriptions`` (multipart; ``json``, ``verbose_json`` or
-``diarized_json`` answers). It checks what the real API checks where it
+``diarized_json`` answers; ``verbose_json`` has ``segments`` and, when
+``timestamp_granularities[]`` asks for ``word``, ``words``). It checks what the real API checks where it
 matters to the provider (the bearer key, known models, content part shapes,
 data URLs whose bytes match their MIME type, ``input_audio`` formats, the
 uploaded file's extension, the 25 MiB cap on a transcription upload) and answers errors in OpenAI's
@@ -128,6 +129,10 @@ class FakeOpenAI(FakeUpstream):
         self.finish_reason = "stop"
         #: If set, the model declines: the stream sends this as ``delta.refusal`` instead of content.
         self.refusal: str | None = None
+        #: The ``language`` of a ``verbose_json`` transcription: whisper names it ("english", not "en").
+        self.language = "english"
+        #: Uploaded file name -> the HTTP status its transcription fails with (a clip of several failing).
+        self.fail_files: dict[str, int] = {}
 
     @property
     def base_url(self) -> str:
@@ -265,6 +270,23 @@ class FakeOpenAI(FakeUpstream):
             reply.sse(events, delay=self.chunk_delay)
 
 
+    def _verbose(self, granularities: list[str]) -> dict[str, Any]:
+        """A ``verbose_json`` answer: ``segments`` and ``words`` only when their granularity is asked
+        (segment is the default), as the real API does."""
+        body: dict[str, Any] = {"task": "transcribe", "language": self.language, "duration": 2.5,
+                                "text": "Hello there. General Kenobi.", "usage": {"type": "duration", "seconds": 3}}
+        if "segment" in granularities:
+            body["segments"] = [
+                {"id": 0, "seek": 0, "start": 0.0, "end": 1.2, "text": " Hello there.", "tokens": [1, 2],
+                 "temperature": 0.0, "avg_logprob": -0.2, "compression_ratio": 0.9, "no_speech_prob": 0.01},
+                {"id": 1, "seek": 0, "start": 1.2, "end": 2.5, "text": " General Kenobi.", "tokens": [3],
+                 "temperature": 0.0, "avg_logprob": -0.3, "compression_ratio": 0.9, "no_speech_prob": 0.02},
+            ]
+        if "word" in granularities:
+            body["words"] = [{"word": "Hello", "start": 0.0, "end": 0.5}, {"word": "there", "start": 0.5, "end": 1.1},
+                             {"word": "General", "start": 1.3, "end": 1.8}, {"word": "Kenobi", "start": 1.8, "end": 2.4}]
+        return body
+
     def _transcribe(self, upload: Upload, reply: Reply) -> None:
         model = upload.field("model")
         if model not in STT_MODELS:
@@ -276,23 +298,20 @@ class FakeOpenAI(FakeUpstream):
         ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
         if ext not in AUDIO_EXTENSIONS or not data:
             raise Rejected(400, f"Invalid file format. Supported formats: {sorted(AUDIO_EXTENSIONS)}")
+        if filename in self.fail_files:
+            raise Rejected(self.fail_files[filename], f"could not transcribe {filename}")
         fmt = upload.field("response_format") or "json"
+        granularities = upload.fields.get("timestamp_granularities[]", [])
+        if granularities and fmt != "verbose_json":
+            raise Rejected(400, "timestamp_granularities is only supported with response_format verbose_json")
+        if set(granularities) - {"word", "segment"}:
+            raise Rejected(400, f"timestamp_granularities: invalid value {granularities!r}")
         if model in ("gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-transcribe") and fmt != "json":
             raise Rejected(400, f"response_format '{fmt}' is not compatible with model '{model}'. Use 'json'.")
         if model == "gpt-4o-transcribe-diarize" and fmt not in ("json", "text", "diarized_json"):
             raise Rejected(400, f"response_format '{fmt}' is not compatible with model '{model}'.")
         if fmt == "verbose_json":
-            reply.json({
-                "task": "transcribe", "language": "english", "duration": 2.5,
-                "text": "Hello there. General Kenobi.",
-                "segments": [
-                    {"id": 0, "seek": 0, "start": 0.0, "end": 1.2, "text": " Hello there.", "tokens": [1, 2],
-                     "temperature": 0.0, "avg_logprob": -0.2, "compression_ratio": 0.9, "no_speech_prob": 0.01},
-                    {"id": 1, "seek": 0, "start": 1.2, "end": 2.5, "text": " General Kenobi.", "tokens": [3],
-                     "temperature": 0.0, "avg_logprob": -0.3, "compression_ratio": 0.9, "no_speech_prob": 0.02},
-                ],
-                "usage": {"type": "duration", "seconds": 3},
-            })
+            reply.json(self._verbose(granularities or ["segment"]))
         elif fmt == "diarized_json":
             reply.json({
                 "task": "transcribe", "duration": 2.5, "text": "Hello there. General Kenobi.",

@@ -1,10 +1,11 @@
 """Speech to text through ``/audio/transcriptions`` (multipart upload).
 
-whisper-1 is asked for ``verbose_json`` with segment timestamps, the
+whisper-1 is asked for ``verbose_json`` with word and segment timestamps, the
 diarizing model for ``diarized_json`` (speaker-labelled segments), the other
 GPT-4o transcription models for ``json`` (the only format they give).
 Uploaded media are streamed from their file in the media store. A clip over
-OpenAI's upload limit is refused before anything is uploaded.
+OpenAI's upload limit is refused before anything is uploaded. The language
+reported is a BCP-47 tag (whisper names it: ``"english"`` becomes ``"en"``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from router import (
     Word,
 )
 from router.errors import ProviderInputTooLarge
+from router.language import language_tag
 from router.mime import normalise_mime
 from router.types import mime_suffix
 
@@ -99,7 +101,7 @@ def build_params(entry: Entry, request: Request) -> dict[str, Any]:
     fmt = entry.transcription_format or "json"
     params: dict[str, Any] = {"model": entry.info.name, "response_format": fmt}
     if fmt == "verbose_json":
-        params["timestamp_granularities"] = ["segment"]
+        params["timestamp_granularities"] = ["word", "segment"]
     if fmt == "diarized_json":
         params["chunking_strategy"] = "auto"  # required by the API for audio over 30 s
     language = request.options.language.split("-")[0].strip().lower()
@@ -135,23 +137,25 @@ def _usage(result: Any, media: Media, price: Price) -> Usage:
 
 
 def _detected_language(result: Any, fallback: str) -> str:
-    """The language the API detected: ``language`` (whisper), else the first of ``languages``
-    (``gpt-transcribe``), else ``fallback``."""
+    """The language the API detected as a BCP-47 tag: ``language`` (whisper names it: ``"english"``),
+    else the first of ``languages`` (``gpt-transcribe``), else ``fallback`` (the requested language)."""
     language = getattr(result, "language", None)
-    if isinstance(language, str) and language:
-        return language
+    if isinstance(language, str) and language.strip():
+        return language_tag(language)
     for entry in getattr(result, "languages", None) or []:
         code = getattr(entry, "code", None) if not isinstance(entry, dict) else entry.get("code")
-        if isinstance(code, str) and code:
-            return code
+        if isinstance(code, str) and code.strip():
+            return language_tag(code)
     return fallback
 
 
 def to_transcript(result: Any, fmt: str, language: str) -> Transcript:
-    """Our :class:`Transcript` from the SDK's Transcription, TranscriptionVerbose or TranscriptionDiarized."""
+    """Our :class:`Transcript` from the SDK's Transcription, TranscriptionVerbose or TranscriptionDiarized;
+    ``language`` (the requested one, a BCP-47 tag) stands where the answer names none."""
     if isinstance(result, str):
         return Transcript(text=result.strip(), language=language)
     text = (getattr(result, "text", "") or "").strip()
+    language = _detected_language(result, language)
     duration = float(getattr(result, "duration", 0) or 0)
     segments = getattr(result, "segments", None) or []
     if fmt == "diarized_json":
@@ -161,15 +165,17 @@ def to_transcript(result: Any, fmt: str, language: str) -> Transcript:
             text = Transcript.speaker_text(utterances)
         return Transcript(text=text, utterances=utterances, language=language, duration_seconds=duration)
     utterances = [Utterance(text=s.text.strip(), start=s.start, end=s.end) for s in segments]
-    words = [Word(text=w.word, start=w.start, end=w.end) for w in (getattr(result, "words", None) or [])]
-    detected = _detected_language(result, language)
-    return Transcript(text=text, utterances=utterances, words=words, language=detected,
+    words = [Word(text=w.word.strip(), start=w.start, end=w.end) for w in (getattr(result, "words", None) or [])]
+    return Transcript(text=text, utterances=utterances, words=words, language=language,
                       duration_seconds=duration or (utterances[-1].end if utterances else 0.0))
 
 
 async def transcribe_clip(client: AsyncOpenAI, media: Media, params: dict[str, Any], price: Price,
-                          timeout: float) -> tuple[Transcript, Usage]:
-    """Transcribe one clip: its transcript (with its duration, so clips can be merged) and usage."""
+                          timeout: float, language: str = "") -> tuple[Transcript, Usage]:
+    """Transcribe one clip: its transcript (with its duration, so clips can be merged) and usage.
+
+    ``language`` is the requested language as the client gave it, reported when the answer names none.
+    """
     with contextlib.ExitStack() as stack:
         if media.data is None and media.path is not None:
             # Streamed by the HTTP client from the media store, not read into memory.
@@ -179,7 +185,7 @@ async def transcribe_clip(client: AsyncOpenAI, media: Media, params: dict[str, A
         result = await client.audio.transcriptions.create(
             file=(upload_name(media), content, normalise_mime(media.mime_type)), timeout=timeout, **params
         )
-    transcript = to_transcript(result, params["response_format"], params.get("language", ""))
+    transcript = to_transcript(result, params["response_format"], language)
     usage = _usage(result, media, price)
     if not transcript.duration_seconds:
         transcript.duration_seconds = usage.audio_seconds or media.duration_seconds or 0.0
@@ -192,15 +198,24 @@ async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: 
     :class:`TranscriptReady` (the clips' transcripts merged) and one :class:`UsageReport` (their sum).
 
     ``price`` is the model's effective price (default: the catalogue's); it decides how usage is counted.
+    When a clip fails, the usage of the clips before it (transcribed, and billed) is yielded before
+    the error is raised.
     """
     clips = pick_audio(provider, entry, request)
     check_sizes(provider, entry, clips)
     params = build_params(entry, request)
+    language = request.options.language.strip()
     transcripts: list[Transcript] = []
     usage = Usage()
-    for media in clips:
-        transcript, clip_usage = await transcribe_clip(client, media, params, price or entry.info.price, timeout)
-        transcripts.append(transcript)
-        usage.add(clip_usage)
+    try:
+        for media in clips:
+            transcript, clip_usage = await transcribe_clip(client, media, params, price or entry.info.price,
+                                                           timeout, language)
+            transcripts.append(transcript)
+            usage.add(clip_usage)
+    except Exception:  # not a cancellation (BaseException): the caller left, nobody reads usage
+        if transcripts:
+            yield UsageReport(usage)
+        raise
     yield TranscriptReady(Transcript.merged(transcripts))
     yield UsageReport(usage)
