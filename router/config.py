@@ -220,6 +220,8 @@ class ServerSettings(_Strict):
     inline_limit_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest inline media part")
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest gRPC message")
     max_upload_bytes: int = Field(64 * 1024**3, gt=0, description="largest UploadMedia file")
+    max_concurrent_uploads: int = Field(32, gt=0, description="most UploadMedia calls under way at once (each "
+                                        "holds a file open); more are refused at once with TOO_MANY_UPLOADS")
     max_request_media_bytes: int = Field(64 * 1024**3, gt=0, description="most bytes of media one request may "
                                          "refer to, inline and uploaded, each reference counted")
     allow_urls: bool = False

@@ -14,6 +14,7 @@
     │   └── DiarizationUnavailable   FAILED_PRECONDITION  DIARIZATION_UNAVAILABLE
     ├── ConfigError                  INVALID_ARGUMENT     INVALID_CONFIG
     ├── StorageFull                  RESOURCE_EXHAUSTED   STORAGE_FULL      (the data directory's disk is full)
+    ├── TooManyUploads               RESOURCE_EXHAUSTED   TOO_MANY_UPLOADS  (server.max_concurrent_uploads; + RetryInfo)
     ├── AnswerTooLarge               RESOURCE_EXHAUSTED   ANSWER_TOO_LARGE  (over server.max_message_bytes)
     ├── CallTimeout                  DEADLINE_EXCEEDED    CALL_TIMEOUT      (over server.max_call_seconds)
     └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
@@ -56,6 +57,8 @@ class RouterError(Exception):
     reason: str = "INTERNAL"
     #: Whether dispatch may try the next fallback after this error.
     retryable: bool = False
+    #: Seconds after which the client may try again (sent as RetryInfo), None if unknown.
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -143,6 +146,18 @@ class StorageFull(RouterError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "STORAGE_FULL"
+
+
+class TooManyUploads(RouterError):
+    """As many uploads as ``server.max_concurrent_uploads`` are under way (each holds a file open),
+    so a new one is refused at once; the client may try again after ``retry_after`` seconds."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_UPLOADS"
+
+    def __init__(self, message: str, *, retry_after: float, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message, metadata=metadata)
+        self.retry_after = clamp_retry_after(retry_after)
 
 
 class AnswerTooLarge(RouterError):

@@ -3,8 +3,9 @@
 Errors leave as ``google.rpc.Status`` with details: ``ErrorInfo`` (domain
 ``mmrouter``, the error's reason, the provider when there is one),
 ``BadRequest`` field violations for bad input and ``RetryInfo`` when a
-provider rate-limited. Unexpected exceptions become INTERNAL with a request
-id to find in the log; nothing takes the daemon down.
+provider rate-limited or too many uploads are under way. Unexpected
+exceptions become INTERNAL with a request id to find in the log; nothing
+takes the daemon down.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,8 +44,8 @@ from .errors import (
     ConfigError,
     FieldViolation,
     InvalidRequest,
-    ProviderError,
     RouterError,
+    TooManyUploads,
 )
 from .outcome import Done, RouteChosen, StepUsage
 from .registration import add_router_service, parsed
@@ -92,7 +93,7 @@ def error_status(error: RouterError, redact: Callable[[str], str]) -> status_pb2
         ])))
         if len(error.violations) > MAX_ENTRIES:
             message = f"{len(error.violations)} problems, the first {MAX_ENTRIES} listed: {message}"
-    if isinstance(error, ProviderError) and error.retry_after is not None:
+    if error.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
@@ -176,6 +177,69 @@ def streaming(method: Callable) -> Callable:
 
 #: Longest pause between two messages of an upload before it is cut (DEADLINE_EXCEEDED).
 UPLOAD_IDLE_SECONDS = 60.0
+#: When a client refused for too many uploads is told to try again (RetryInfo).
+UPLOAD_RETRY_SECONDS = 1.0
+
+
+class UploadSlots:
+    """At most ``limit`` uploads under way at once.
+
+    Each upload holds a temp file (a file descriptor) and disk space: thousands at once would leave
+    the daemon no descriptors for anything else (the sessions database, provider connections).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold a slot for the block, however it ends; :class:`TooManyUploads` at once if none is free.
+
+        The servicer runs on one event loop thread, so counting needs no lock.
+        """
+        if self.in_use >= self.limit:
+            raise TooManyUploads(
+                f"{self.limit} uploads are under way, as many as server.max_concurrent_uploads allows: retry in "
+                f"{UPLOAD_RETRY_SECONDS:g} s, or raise server.max_concurrent_uploads in the daemon's configuration "
+                "(takes effect after a restart)",
+                retry_after=UPLOAD_RETRY_SECONDS,
+                metadata={"limit": "max_concurrent_uploads", "limit_uploads": str(self.limit)},
+            )
+        self.in_use += 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1
+
+
+async def _within_idle(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """``messages``, cut with :class:`CallTimeout` when the client sends nothing for UPLOAD_IDLE_SECONDS:
+    a client that goes quiet must not hold its upload slot and temp file (a file descriptor) forever."""
+    iterator = aiter(messages)
+    while True:
+        try:
+            async with asyncio.timeout(UPLOAD_IDLE_SECONDS):
+                message = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise CallTimeout(f"the upload sent nothing for {UPLOAD_IDLE_SECONDS:g} s: send its chunks "
+                              "without pausing") from None
+        yield message
+
+
+async def _upload_chunks(messages: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """The chunks of the UploadMedia messages after the metadata; InvalidRequest for any other payload."""
+    async for message in messages:
+        payload = parsed(message).WhichOneof("payload")
+        if payload == "metadata":
+            raise InvalidRequest("metadata may only be sent once, first",
+                                 violations=[FieldViolation("metadata", "sent again after chunks")])
+        if payload is None:
+            raise InvalidRequest("an UploadMedia message after the metadata carries no chunk",
+                                 violations=[FieldViolation("chunk", "required in every message after the first")])
+        yield message.chunk
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -187,6 +251,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.limits = wire.Limits(server.inline_limit_bytes, server.allow_urls, server.max_request_media_bytes)
         self.max_message_bytes = server.max_message_bytes
         self.max_call_seconds = server.max_call_seconds
+        self.uploads = UploadSlots(server.max_concurrent_uploads)
         #: UTF-8 takes up to 4 bytes a character; 64 bytes leave room for the message's framing.
         self.delta_chars = max(1, min(MAX_DELTA_CHARS, (server.max_message_bytes - 64) // 4))
 
@@ -277,7 +342,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     @unary
     async def UploadMedia(self, request_iterator: AsyncIterator[pb.UploadMediaRequest],
                           context: grpc.aio.ServicerContext) -> pb.UploadMediaResponse:
-        first = parsed(await anext(aiter(request_iterator), None))
+        with self.uploads.hold():  # before anything is read or a temp file made
+            async with aclosing(_within_idle(request_iterator)) as messages:
+                return await self._upload(messages)
+
+    async def _upload(self, messages: AsyncIterator[pb.UploadMediaRequest]) -> pb.UploadMediaResponse:
+        """Store the upload of ``messages``: the metadata first, then the chunks."""
+        first = parsed(await anext(messages, None))
         if first is None or first.WhichOneof("payload") != "metadata":
             raise InvalidRequest("the first UploadMedia message must carry metadata",
                                  violations=[FieldViolation("metadata", "send metadata first, then chunks")])
@@ -286,28 +357,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if modality is None:
             raise InvalidRequest(f"the upload's modality is {'missing' if not meta.modality else meta.modality}",
                                  violations=[FieldViolation("metadata.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT")])
-
-        async def chunks() -> AsyncIterator[bytes]:
-            messages = aiter(request_iterator)
-            while True:
-                try:  # a client that goes quiet must not hold its temp file (a file descriptor) forever
-                    async with asyncio.timeout(UPLOAD_IDLE_SECONDS):
-                        message = await anext(messages)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise CallTimeout(f"the upload sent nothing for {UPLOAD_IDLE_SECONDS:g} s: send its chunks "
-                                      "without pausing") from None
-                payload = parsed(message).WhichOneof("payload")
-                if payload == "metadata":
-                    raise InvalidRequest("metadata may only be sent once, first",
-                                         violations=[FieldViolation("metadata", "sent again after chunks")])
-                if payload is None:
-                    raise InvalidRequest("an UploadMedia message after the metadata carries no chunk",
-                                         violations=[FieldViolation("chunk", "required in every message after the first")])
-                yield message.chunk
-
-        stored = await self.app.media.upload(meta.mime_type, modality, meta.filename, meta.size_bytes, chunks())
+        async with aclosing(_upload_chunks(messages)) as chunks:
+            stored = await self.app.media.upload(meta.mime_type, modality, meta.filename, meta.size_bytes, chunks)
         return pb.UploadMediaResponse(media_id=stored.media_id, size_bytes=stored.size,
                                       mime_type=stored.mime_type, modality=meta.modality)
 

@@ -103,6 +103,7 @@ def test_an_empty_file_is_the_built_in_settings():
     assert config.routes == []
     assert config.default is None
     assert config.overrides.allow is True
+    assert config.server.max_concurrent_uploads == 32
 
 
 def test_targets_may_have_model_names_with_dots_colons_and_at_signs():
@@ -202,6 +203,8 @@ def test_duplicate_rule_names_are_rejected_naming_both_rules():
                  "Input should be a valid integer", 2, id="int"),
     pytest.param("server:\n  inline_limit_bytes: 0\n", "server.inline_limit_bytes",
                  "Input should be greater than 0", 2, id="positive"),
+    pytest.param("server:\n  max_concurrent_uploads: 0\n", "server.max_concurrent_uploads",
+                 "Input should be greater than 0", 2, id="uploads-positive"),
     pytest.param("overrides:\n  allow: maybe\n", "overrides.allow", "Input should be a valid boolean", 2,
                  id="bool"),
     pytest.param("routes: {name: a}\n", "routes", "Input should be a valid list", 1, id="list"),

@@ -219,6 +219,65 @@ def test_an_upload_abandoned_by_its_client_leaves_no_temp_file(daemon) -> None:
     assert upload(daemon.stub, [PDF]).size_bytes == len(PDF)
 
 
+class HeldUpload:
+    """An upload whose client sends the metadata (after ``go`` is set) and a first chunk, then holds
+    the stream open until ``finish`` is set: it then ends, and the upload succeeds (unless it said
+    it would send ``more`` bytes)."""
+
+    def __init__(self, stub, *, started: bool = True, more: int = 0) -> None:
+        self.go, self.finish = threading.Event(), threading.Event()
+        if started:
+            self.go.set()
+        self.body = PDF + os.urandom(1000)  # its own bytes: its own media id
+        self.size = len(self.body) + more
+        self.call = stub.UploadMedia.future(self._messages(), timeout=60)
+
+    def _messages(self):
+        if not self.go.wait(30):
+            return
+        yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT,
+                                                               mime_type="application/pdf", size_bytes=self.size))
+        yield pb.UploadMediaRequest(chunk=self.body)
+        self.finish.wait(30)
+
+    def result(self) -> pb.UploadMediaResponse:
+        self.finish.set()
+        return self.call.result(30)
+
+
+def test_concurrent_uploads_are_capped_and_every_ending_frees_its_slot(start_daemon) -> None:
+    """Each upload holds a file descriptor: thousands at once exhausted the daemon's. Over
+    server.max_concurrent_uploads one is refused at once, and every way an upload ends frees its slot."""
+    daemon = start_daemon(CONFIG + "server:\n  max_concurrent_uploads: 2\n")
+    # the one to cancel says it has more to send, as the CLI does: cut short, it cannot be stored
+    cancelled, finished = HeldUpload(daemon.stub, more=1000), HeldUpload(daemon.stub)
+    assert wait_for(lambda: len(_temp_files(daemon)) == 2), "the two uploads never started writing"
+
+    refused = HeldUpload(daemon.stub, started=False)  # it sends nothing: refused without its metadata
+    details = error_details(refused.call.exception(30))
+    refused.go.set()
+    assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_UPLOADS")
+    assert "2 uploads are under way" in details.message and "raise server.max_concurrent_uploads" in details.message
+    assert details.metadata == {"limit": "max_concurrent_uploads", "limit_uploads": "2"}
+    assert details.retry_delay == 1.0
+    assert len(_temp_files(daemon)) == 2
+
+    cancelled.call.cancel()
+    cancelled.finish.set()
+    assert wait_for(lambda: len(_temp_files(daemon)) == 1), "the cancelled upload's temp file stayed"
+    cut = hashlib.sha256(cancelled.body).hexdigest()
+    assert not (daemon.data_dir / "media" / cut[:2] / cut).exists(), "the cancelled upload was stored"
+    with pytest.raises(grpc.RpcError) as caught:  # the cancelled one's slot is free: bad input is taken...
+        upload(daemon.stub, [b"not a pdf at all"])
+    assert error_details(caught.value).reason == "MIME_MISMATCH"
+    assert upload(daemon.stub, [PDF]).size_bytes == len(PDF)  # ...and so is a good upload, after it
+    assert finished.result().size_bytes == len(finished.body)
+
+    # every ending (success, refusal, cancellation, bad input) gave its slot back: two at once again
+    both = [HeldUpload(daemon.stub), HeldUpload(daemon.stub)]
+    assert [u.result().size_bytes for u in both] == [len(u.body) for u in both]
+
+
 WEBM = b"\x1a\x45\xdf\xa3" + b"\x01" * 200
 
 

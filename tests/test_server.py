@@ -536,8 +536,11 @@ def test_what_the_daemon_writes_is_its_own_to_read(start_daemon, tmp_path) -> No
     assert readable == [], [(str(p), oct(p.stat().st_mode)) for p in readable]
 
 
-async def test_an_upload_that_goes_quiet_is_cut_and_leaves_no_temp_file(tmp_path, monkeypatch) -> None:
-    """Idle uploads each held a temp file: enough of them used up the daemon's file descriptors."""
+@pytest.mark.parametrize("quiet_after", [0, 2], ids=["before-the-metadata", "after-a-chunk"])
+async def test_an_upload_that_goes_quiet_is_cut_and_frees_its_file_and_slot(tmp_path, monkeypatch, quiet_after) -> None:
+    """Idle uploads each held a temp file: enough of them used up the daemon's file descriptors. A cut
+    upload also gives back its place under server.max_concurrent_uploads, even one that never said
+    what it uploads (it would otherwise hold its place forever)."""
     import asyncio
 
     from mmrouter.v1 import router_pb2_grpc
@@ -547,24 +550,61 @@ async def test_an_upload_that_goes_quiet_is_cut_and_leaves_no_temp_file(tmp_path
     from router.core import App
 
     monkeypatch.setattr(server_module, "UPLOAD_IDLE_SECONDS", 0.5)
-    app = App(parse_config(f"server: {{data_dir: '{tmp_path}'}}\ndefault: local/extract\n", "t.yaml"))
+    config = f"server: {{data_dir: '{tmp_path}', max_concurrent_uploads: 1}}\ndefault: local/extract\n"
+    app = App(parse_config(config, "t.yaml"))
     server, port, _ = await server_module.start_server(app, "127.0.0.1:0")
+    metadata = pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT,
+                                                                mime_type="application/pdf"))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+
             async def quiet():  # type: ignore[no-untyped-def]
-                yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT,
-                                                                       mime_type="application/pdf"))
-                yield pb.UploadMediaRequest(chunk=b"%PDF-1.4\n")
+                for message in [metadata, pb.UploadMediaRequest(chunk=b"%PDF-1.4\n")][:quiet_after]:
+                    yield message
                 await asyncio.sleep(30)
 
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await asyncio.wait_for(router_pb2_grpc.RouterServiceStub(channel).UploadMedia(quiet()), 20)
+                await asyncio.wait_for(stub.UploadMedia(quiet()), 20)
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert "sent nothing for 0.5 s" in caught.value.details()
-        assert not [p for p in (tmp_path / "media" / "tmp").iterdir()], "the temp file was left behind"
+            assert not [p for p in (tmp_path / "media" / "tmp").iterdir()], "the temp file was left behind"
+
+            async def whole():  # type: ignore[no-untyped-def]
+                yield metadata
+                yield pb.UploadMediaRequest(chunk=b"%PDF-1.4\n%%EOF\n")
+
+            assert (await asyncio.wait_for(stub.UploadMedia(whole()), 20)).size_bytes == 15
     finally:
         await server.stop(0)
         await app.aclose()
+
+
+async def test_an_upload_slot_is_given_back_when_its_call_is_cancelled() -> None:
+    """gRPC cancels an upload's task when its client goes away mid-call: its slot must come back."""
+    import asyncio
+
+    from router.errors import TooManyUploads
+    from router.server import UploadSlots
+
+    slots = UploadSlots(1)
+    holding = asyncio.Event()
+
+    async def upload() -> None:
+        with slots.hold():
+            holding.set()
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(upload())
+    await holding.wait()
+    with pytest.raises(TooManyUploads), slots.hold():
+        pass
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slots.in_use == 0
+    with slots.hold():
+        assert slots.in_use == 1
 
 
 def test_speakers_to_expect_ask_for_diarization(start_daemon) -> None:
