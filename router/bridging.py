@@ -77,11 +77,12 @@ class BridgeMemo(Protocol):
     """Where bridged texts are kept, so that a session's later turns reuse them instead of paying for
     the same transcription again (the history's media come back on every turn)."""
 
-    def recall(self, key: str) -> tuple[str, Transcript | None] | None:
+    async def recall(self, key: str) -> tuple[str, Transcript | None] | None:
         """The text and transcript kept under ``key``, if any."""
 
     def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
-        """Keep ``text`` (and the ``transcript`` it came from) under ``key``."""
+        """Keep ``text`` (and the ``transcript`` it came from) under ``key``; without waiting for it, but a
+        :meth:`recall` asked afterwards finds it."""
 
 
 def memo_key(media: Media, request: Request, bridge: Bridge) -> str | None:
@@ -179,10 +180,7 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
             error = done.failed[this]
             continue
         key = memo_key(media, request, bridge) if memo is not None else None
-        kept = memo.recall(key) if memo is not None and key is not None else None
-        if kept is None and key is not None and key in _UNDER_WAY:
-            # another call bridges the same media now: its text, not a second paid call
-            kept = await asyncio.shield(_UNDER_WAY[key])
+        kept = await _kept(key, memo) if memo is not None and key is not None else None
         if kept is not None:
             done.texts[this] = kept
             return *kept, bridge, True
@@ -210,6 +208,24 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
         return text, transcript, bridge, False
     assert error is not None  # the first choice is a ready bridge: it was called (now or before) and failed
     raise error
+
+
+async def _kept(key: str, memo: BridgeMemo) -> tuple[str, Transcript | None] | None:
+    """The text of ``key`` kept from an earlier turn, or made now by another call (its text, not a
+    second paid call); None when this call must bridge it, with no other call bridging it now.
+
+    A call whose bridging failed or was cancelled wakes its waiters with None: then one of them leads
+    and the others wait again, rather than each paying for the same media at once.
+    """
+    while True:
+        if key in _UNDER_WAY:
+            kept = await asyncio.shield(_UNDER_WAY[key])
+        else:
+            kept = await memo.recall(key)
+            if kept is None and key not in _UNDER_WAY:  # nobody began bridging it while the memo was read
+                return None
+        if kept is not None:
+            return kept
 
 
 #: Bridged texts being made now, by memo key: a concurrent request naming the same media (same

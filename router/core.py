@@ -30,7 +30,7 @@ from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
 from .redact import longest_first, mask
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
-from .sessions import SessionStore, trim_history
+from .sessions import SessionStore, StoredBridges, trim_history
 from .settings import ProviderSettings
 from .sniff import measure
 from .types import CallContext, Media, Message, Modality, ModelInfo, Part, Request, Role, Usage
@@ -125,6 +125,7 @@ class App:
         self._closing: set[asyncio.Task] = set()
         self.media = MediaStore(data_dir / "media", config.server.max_upload_bytes)
         self.sessions = SessionStore(data_dir / "sessions.sqlite")
+        self.bridge_memo = StoredBridges(self.sessions)
         #: Sessions reset lately, and when (time.monotonic()), the newest last.
         self._resets: OrderedDict[str, float] = OrderedDict()
         self._in_flight: Counter[str] = Counter()  # session id -> calls on it under way
@@ -217,10 +218,10 @@ class App:
                                 media.modality.value, media.media_id or media.filename or "(inline)",
                                 media.mime_type, type(exc).__name__)
 
-    def _with_history(self, request: Request) -> tuple[Request, list[Message]]:
+    async def _with_history(self, request: Request) -> tuple[Request, list[Message]]:
         if not request.session_id:
             return request, []
-        history = self.sessions.history(request.session_id, self.load_media)
+        history = await self.sessions.run(self.sessions.history, request.session_id, self.load_media)
         if history:
             _check_only_new_turn(request, len(history))
         if not self.config.server.allow_urls:
@@ -277,7 +278,7 @@ class App:
 
     async def explain(self, request: Request) -> RouteInfo:
         """The route a request would take; no provider is called."""
-        full, _ = self._with_history(request)
+        full, _ = await self._with_history(request)
         await self._measure_media(full)  # the history's media too: rules on pages and durations see them
         decision, _ = self._decide(full, observed=False)
         return RouteInfo.planned(decision)
@@ -296,7 +297,7 @@ class App:
         registry: Registry | None = None
         route: RouteInfo | None = None
         try:
-            untrimmed, history = self._with_history(request)
+            untrimmed, history = await self._with_history(request)
             await self._measure_media(untrimmed)
             decision, _ = self._decide(untrimmed)
             full, notes = self._trim(untrimmed, history, decision.plan)
@@ -307,13 +308,13 @@ class App:
             registry.calls += 1
             # Closed explicitly: a consumer that stops at Done must not leave the generator to the
             # garbage collector, whose finalizer schedules a task per request to close it.
-            async with aclosing(execute(full, decision, registry, ctx, notes, fit, self.sessions, clock,
+            async with aclosing(execute(full, decision, registry, ctx, notes, fit, self.bridge_memo, clock,
                                         self.router.bridges)) as events:
                 async for event in events:
                     if isinstance(event, RouteChosen):
                         route = event.route  # the steps are added to it as they complete
                     elif isinstance(event, Done):
-                        self._finish(request, event, started)
+                        await self._finish(request, event, started)
                     yield event
         finally:
             if route is not None:
@@ -334,7 +335,7 @@ class App:
         except Exception:
             log.exception("recording call statistics failed")
 
-    def _finish(self, request: Request, done: Done, started: float) -> None:
+    async def _finish(self, request: Request, done: Done, started: float) -> None:
         """Save the session's turn, tell the observer hooks (statistics are recorded by :meth:`answer`).
 
         The answer is already computed: a failure here is logged, never turned into a failed call.
@@ -343,8 +344,8 @@ class App:
         answer = done.answer
         if request.session_id and self._resets.get(request.session_id, -math.inf) > started:
             log.info("session %r was reset while a call on it ran: that call's turn is not kept", request.session_id)
-        elif request.session_id:
-            self._save_turn(request, answer)
+        elif request.session_id:  # on the store's thread: turn_count and append with no other job between
+            await self.sessions.run(self._save_turn, request, answer)
         self._hook("on_response", request=request, answer=answer)
 
     def _save_turn(self, request: Request, answer: Answer) -> None:
@@ -400,16 +401,31 @@ class App:
         return sorted(self.registry.entries.values(), key=lambda e: e.name)
 
     def reset_session(self, session_id: str) -> int:
-        removed = self.sessions.reset(session_id)
-        if not removed and not self._in_flight.get(session_id):
-            raise UnknownSession(f"no session {session_id!r}: it has no stored turns")
-        # a call under way on this session (its first turn, maybe) was built on what is forgotten now:
-        # it must not bring it back
+        """Forget a session; return how many turns were removed. Blocks the event loop until the
+        store's thread has done it: :meth:`areset_session` does not."""
+        in_use = self._mark_reset(session_id)
+        return _reset_result(session_id, self.sessions.submit(self.sessions.reset, session_id).result(), in_use)
+
+    async def areset_session(self, session_id: str) -> int:
+        """Forget a session; return how many turns were removed (:class:`UnknownSession` if it has
+        none stored and no call on it is under way)."""
+        in_use = self._mark_reset(session_id)
+        return _reset_result(session_id, await self.sessions.run(self.sessions.reset, session_id), in_use)
+
+    def _mark_reset(self, session_id: str) -> bool:
+        """Note the reset of ``session_id`` now, before the store does it; return whether a call on it is
+        under way.
+
+        A call under way on this session (its first turn, maybe) was built on what is forgotten: it must
+        not bring it back. Marked before the store's thread deletes, since such a call may finish (and
+        ask for its turn to be appended) meanwhile; a call that starts later reads the history after the
+        deletion (the store's jobs run in order) and keeps its turn.
+        """
         self._resets[session_id] = time.monotonic()
         self._resets.move_to_end(session_id)
         while len(self._resets) > RESETS_KEPT:
             self._resets.popitem(last=False)
-        return removed
+        return bool(self._in_flight.get(session_id))
 
     async def aclose(self) -> None:
         for registry in [self.registry, *self._retired]:
@@ -417,7 +433,7 @@ class App:
         self._retired.clear()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-        self.sessions.close()
+        await self.sessions.aclose()
 
 
 #: Of a model's context, the share kept free when history is trimmed: token counts are estimated
@@ -432,6 +448,13 @@ def input_budget(model: ModelInfo, max_output_tokens: int) -> int:
     if model.max_output_tokens:
         answer = min(answer, model.max_output_tokens)
     return max(0, int(model.context_tokens * (1 - CONTEXT_MARGIN)) - answer)
+
+
+def _reset_result(session_id: str, removed: int, in_use: bool) -> int:
+    """The turns a reset removed; :class:`UnknownSession` for a session with none and no call under way."""
+    if not removed and not in_use:
+        raise UnknownSession(f"no session {session_id!r}: it has no stored turns")
+    return removed
 
 
 def _check_only_new_turn(request: Request, stored: int) -> None:

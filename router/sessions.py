@@ -17,7 +17,9 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from .outcome import Answer
 from .types import Media, Message, Modality, Part, Role, Transcript, Utterance, Word
@@ -50,6 +52,8 @@ PRUNE_BATCH = 500
 STATS_FLUSH_SECONDS = 0.05
 STATS_BATCH_ROWS = 512
 
+T = TypeVar("T")
+
 
 class SessionStore:
     """Conversation history and call statistics in one sqlite file.
@@ -57,6 +61,10 @@ class SessionStore:
     Turns are written at once. Statistics rows are batched: one transaction per
     :data:`STATS_FLUSH_SECONDS` instead of one per call, which is most of what
     recording costs under load; :meth:`stats` and :meth:`close` write what waits.
+
+    The methods block (sqlite waits up to ``busy_timeout`` for another process's write lock, e.g. a
+    ``mmrouter prune``): on an event loop, call them through :meth:`run`, which does them on the
+    store's own thread, and close with :meth:`aclose`.
     """
 
     def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
@@ -71,12 +79,26 @@ class SessionStore:
         self._add_bridged_transcripts()
         self._pending_calls: list[tuple] = []
         self._flush_timer: asyncio.TimerHandle | None = None
+        # one thread: the connection is shared, and jobs must run in the order asked (a call's
+        # history read before the turn a later call appends); started at the first job
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessions")
+
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        """Start ``fn(*args)`` on the store's thread, after the jobs asked before."""
+        return self._worker.submit(fn, *args)
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` done on the store's thread (see :meth:`submit`), the event loop free meanwhile.
+
+        A job once asked is done even if the caller is cancelled: a turn or a reset is never half-known.
+        """
+        return await asyncio.shield(asyncio.wrap_future(self.submit(fn, *args)))
 
     def _add_turn_times(self) -> None:
         """Databases made before turns had a time get the column; their turns count as written now."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
         if "at" not in columns:
-            with self._db:
+            with self._writing():
                 self._db.execute("ALTER TABLE turns ADD COLUMN at REAL")
                 self._db.execute("UPDATE turns SET at = ?", (time.time(),))
 
@@ -84,7 +106,7 @@ class SessionStore:
         """Kept bridged texts from before they kept their transcript get the column (empty)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(bridged)")}
         if "transcript" not in columns:
-            with self._db:
+            with self._writing():
                 self._db.execute("ALTER TABLE bridged ADD COLUMN transcript TEXT")
 
     def history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
@@ -126,7 +148,7 @@ class SessionStore:
         for offset, message in enumerate(messages):
             parts = [_part_record(p, store_media) for p in message.parts]
             rows.append((session_id, start + offset, message.role.value, json.dumps(parts), now))
-        with self._db:
+        with self._writing():
             self._db.executemany("INSERT INTO turns (session_id, position, role, parts, at) VALUES (?, ?, ?, ?, ?)",
                                  rows)
 
@@ -147,7 +169,7 @@ class SessionStore:
             log.warning("a kept bridged transcript cannot be read back (%s): bridging again", exc)
             return None
         try:
-            with self._db:
+            with self._writing():
                 self._db.execute("UPDATE bridged SET at = ? WHERE key = ?", (time.time(), key))
         except sqlite3.Error as exc:  # still used; prune may take it a little early
             log.warning("could not mark a kept bridged text as used: %s", exc)
@@ -161,7 +183,7 @@ class SessionStore:
             log.warning("a bridged transcript cannot be kept (%s): the next turn bridges again", exc)
             return
         try:
-            with self._db:
+            with self._writing():
                 self._db.execute("INSERT OR REPLACE INTO bridged (key, text, transcript, at) VALUES (?, ?, ?, ?)",
                                  (key, text, stored, time.time()))
         except sqlite3.Error as exc:  # the answer goes on; the next turn bridges again
@@ -172,7 +194,7 @@ class SessionStore:
 
         The bridged texts (transcripts) of its media go too, unless another session refers to them.
         """
-        with self._db:
+        with self._writing():
             used_here = self._media_of(self._db.execute(
                 "SELECT parts FROM turns WHERE session_id = ? AND parts LIKE ?", (session_id, '%"media_id"%')))
             removed = self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
@@ -249,31 +271,38 @@ class SessionStore:
         self._pending_calls.extend(
             (now, route.rule, s.provider, s.model, s.purpose, s.latency_ms, s.usage.cost_usd,
              s.usage.input_tokens, s.usage.output_tokens, s.usage.audio_seconds) for s in route.steps)
-        if len(self._pending_calls) >= STATS_BATCH_ROWS:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script using the store): write now
             self.flush()
+            return
+        if len(self._pending_calls) >= STATS_BATCH_ROWS:
+            self._flush_in_background()
         elif self._flush_timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no event loop (a script using the store): write now
-                self.flush()
-                return
             self._flush_timer = loop.call_later(STATS_FLUSH_SECONDS, self._flush_in_background)
 
     def _flush_in_background(self) -> None:
-        try:
-            self.flush()
-        except sqlite3.Error:
-            log.exception("writing call statistics failed; those rows are lost")
+        """Hand the rows that wait to the store's thread (from the event loop)."""
+        rows = self._take_pending()
+        if rows:
+            self.submit(self._write_calls, rows).add_done_callback(_log_lost_rows)
 
-    def flush(self) -> None:
-        """Write the statistics rows that wait."""
+    def _take_pending(self) -> list[tuple]:
+        """The statistics rows that wait, no longer waiting (their timer cancelled)."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
         rows, self._pending_calls = self._pending_calls, []
+        return rows
+
+    def _write_calls(self, rows: list[tuple]) -> None:
         if rows:
-            with self._db:
+            with self._writing():
                 self._db.executemany("INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def flush(self) -> None:
+        """Write the statistics rows that wait (here and now: not on an event loop)."""
+        self._write_calls(self._take_pending())
 
     def stats(self) -> list[dict]:
         """Per rule, provider and model: calls, mean and max latency, total cost."""
@@ -288,9 +317,37 @@ class SessionStore:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def close(self) -> None:
-        """Write what waits and close the database."""
-        self.flush()
+        """Write what waits and close the database (after the jobs asked of the store's thread)."""
+        rows = self._take_pending()
+        self._worker.shutdown()
+        self._write_calls(rows)
         self._db.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` from the event loop, which stays free while the last writes wait for a lock."""
+        self._flush_in_background()
+        await asyncio.to_thread(self.close)
+
+
+class StoredBridges:
+    """The session store as a :class:`router.bridging.BridgeMemo`, read and written on its thread."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+
+    async def recall(self, key: str) -> tuple[str, Transcript | None] | None:
+        return await self._store.run(self._store.recall, key)
+
+    def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
+        try:  # queued: a later recall runs after it on the same thread
+            self._store.submit(self._store.remember, key, text, transcript)
+        except RuntimeError:  # the store is closed (the daemon stops): the next run bridges again
+            log.info("the daemon is closing: a bridged text is not kept")
+
+
+def _log_lost_rows(written: Future[None]) -> None:
+    if written.exception() is not None:
+        log.error("writing call statistics failed; those rows are lost", exc_info=written.exception())
 
 
 def _transcript_from_json(stored: str) -> Transcript:

@@ -198,11 +198,12 @@ async def test_concurrent_requests_on_one_upload_pay_for_one_transcription(tmp_p
         def __init__(self) -> None:
             self.heard = 0
             self.fail_next = False
+            self.delay = 0.2
 
         async def generate(self, request, model, ctx):  # type: ignore[no-untyped-def]
             if model.name == "ears":
                 self.heard += 1
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(self.delay)
                 if self.fail_next:
                     self.fail_next = False
                     raise router.ProviderUnavailable(self.name, "down")
@@ -246,5 +247,17 @@ server: {{data_dir: '{tmp_path}'}}
         assert provider.heard == 3
         failed = [r for r in results if isinstance(r, router.ProviderUnavailable)]
         assert len(failed) == 1 and [r.transcript.text for r in results if r not in failed] == ["words heard"]
+
+        # the leading call is cancelled (its client left) while three wait: one of them leads, two wait again
+        provider.delay, third, before = 1.0, wav(2.0), provider.heard
+        leader = asyncio.create_task(answer(ask(third)))
+        while provider.heard == before:  # the leader is transcribing
+            await asyncio.sleep(0.01)
+        waiters = [asyncio.create_task(answer(ask(third))) for _ in range(3)]
+        await asyncio.sleep(0.3)
+        leader.cancel()
+        answers = await asyncio.gather(*waiters)
+        assert provider.heard == before + 2, "each waiter paid for the transcription itself"
+        assert all(a.transcript.text == "words heard" for a in answers)
     finally:
         await app.aclose()

@@ -246,13 +246,33 @@ async def test_statistics_rows_are_batched_yet_written_promptly_and_on_close(tmp
         assert asyncio.get_running_loop().time() < deadline, "statistics rows never reached the file"
         await asyncio.sleep(0.01)
 
-    for _ in range(STATS_BATCH_ROWS + 7):  # a full batch is written at once
+    for _ in range(STATS_BATCH_ROWS + 7):  # a full batch goes to the store's thread at once, no timer
         store.record(_answer("burst", 0.0))
-    assert _calls_seen_by_another_reader(path) >= 8 + STATS_BATCH_ROWS
+    assert store._flush_timer is not None and len(store._pending_calls) == 7
+    deadline = asyncio.get_running_loop().time() + 5
+    while _calls_seen_by_another_reader(path) < 8 + STATS_BATCH_ROWS:  # the loop is never blocked writing it
+        assert asyncio.get_running_loop().time() < deadline, "the full batch never reached the file"
+        await asyncio.sleep(0.01)
     store.close()  # the 7 left are written on close, not lost
     rows = {r["rule"]: r for r in SessionStore(path).stats()}
     assert rows["burst"]["calls"] == STATS_BATCH_ROWS + 7
     assert rows["chat"]["calls"] == 8 and rows["chat"]["cost_usd"] == pytest.approx(0.25 * 10 + 3.0)
+
+
+def test_each_write_is_one_transaction(tmp_path) -> None:
+    """A turn (question and answer) and a batch of statistics rows are each written in one transaction:
+    another reader never sees half of them (in autocommit mode every inserted row was its own commit)."""
+    store = SessionStore(tmp_path / "s.sqlite")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    store.append("s1", [Message(Role.USER, [Part(text="q")]), Message(Role.ASSISTANT, [Part(text="a")])],
+                 lambda media: "")
+    for _ in range(3):
+        store._pending_calls.append((0.0, "r", "p", "m", "answer", 1.0, 0.0, 1, 1, 0.0))
+    store.flush()
+    writes = [s.split()[0] for s in statements if s.split()[0] in ("BEGIN", "INSERT", "COMMIT")]
+    assert writes == ["BEGIN", "INSERT", "INSERT", "COMMIT", "BEGIN", "INSERT", "INSERT", "INSERT", "COMMIT"]
+    store.close()
 
 
 def test_statistics_are_written_at_once_without_an_event_loop(tmp_path) -> None:
@@ -534,3 +554,55 @@ def test_two_calls_starting_one_session_from_a_conversation_store_it_once(start_
     for call in calls:
         call.join(30)
     assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="dup")).turns_removed == 6  # 4 + 2, not 8
+
+
+def test_a_locked_session_database_holds_up_only_the_turn_that_waits_for_it(start_daemon, tmp_path) -> None:
+    """Another process holding the write lock on sessions.sqlite (a `mmrouter prune`, a backup tool): the
+    turn being saved waits for it, but on the store's thread, not the event loop; health checks and calls
+    with no session are answered meanwhile. Once the lock is released the turn is saved and answered."""
+    import sqlite3
+    import threading
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    daemon = start_daemon(CONFIG, data_dir=tmp_path / "data")
+    locker = sqlite3.connect(tmp_path / "data" / "sessions.sqlite", isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release() -> None:
+        released.set()  # first: what ends after this was not answered under the lock
+        locker.execute("ROLLBACK")
+
+    answered, events = threading.Event(), []
+
+    def session_call() -> None:
+        request = pb.StreamGenerateRequest(request=text_request("while locked", session_id="locked"))
+        for event in daemon.stub.StreamGenerate(request, timeout=30):
+            if event.HasField("text_delta"):
+                answered.set()  # the provider answered: the turn is about to be saved, and waits for the lock
+            events.append((event, released.is_set()))
+
+    caller = threading.Thread(target=session_call)
+    caller.start()
+    timer = threading.Timer(3.0, release)  # well within the daemon's 5 s busy timeout
+    try:
+        assert answered.wait(20), "the call on the session was not answered by its provider"
+        timer.start()
+        time.sleep(0.2)  # the turn's saving is waiting for the lock now
+        other = daemon.stub.Generate(pb.GenerateRequest(request=text_request("no session")), timeout=30)
+        assert "no session" in other.answer.text and not released.is_set(), "a call with no session waited for the lock"
+        health = health_pb2_grpc.HealthStub(daemon.channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert not released.is_set(), "the health check waited for the lock"
+        assert caller.is_alive(), "the call on the session did not wait for its turn to be saved"
+    finally:
+        timer.join(10)
+        if not released.is_set():  # the test failed before the timer started
+            release()
+        caller.join(30)
+        locker.close()
+    done = [(event, after) for event, after in events if event.HasField("done")]
+    assert done and done[0][1], "the call on the session ended before its turn could be saved"
+    assert done[0][0].done.answer.text
+    assert "[history=1" in ask(daemon, "and now", session="locked").text, "the turn saved after the lock was lost"
