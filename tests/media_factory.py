@@ -63,3 +63,70 @@ def mp4(frames: int = 10, size: int = 32) -> bytes:
         for packet in stream.encode():
             out.mux(packet)
     return buf.getvalue()
+
+
+def y4m_declaring(width: int, height: int) -> bytes:
+    """A tiny raw video (YUV4MPEG2) whose header declares ``width`` x ``height`` frames."""
+    return f"YUV4MPEG2 W{width} H{height} F1:1 Ip A1:1 C420jpeg\nFRAME\n".encode() + b"\x80" * 1024
+
+
+def wav_declaring_rate(rate: int, size: int = 200_000, seed: int = 7) -> bytes:
+    """A mono 16-bit WAV of ``size`` bytes of noise whose header declares ``rate`` samples a second."""
+    import random
+
+    data = random.Random(seed).randbytes(size)
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    return b"RIFF" + struct.pack("<I", 36 + size) + b"WAVEfmt " + fmt + b"data" + struct.pack("<I", size) + data
+
+
+def with_random_body(data: bytes, keep: int, size: int = 200_000, seed: int = 7) -> bytes:
+    """The first ``keep`` bytes of ``data`` (a real header), then ``size`` random bytes."""
+    import random
+
+    return data[:keep] + random.Random(seed).randbytes(size)
+
+
+def faststart(mp4_data: bytes) -> bytes:
+    """``mp4_data`` remuxed with its index (moov) first, as streaming sites serve MP4s."""
+    import tempfile
+    from pathlib import Path
+
+    import av
+
+    with tempfile.TemporaryDirectory() as tmp:  # faststart rewrites the file: it needs a real one
+        path = Path(tmp) / "faststart.mp4"
+        with av.open(io.BytesIO(mp4_data)) as src, \
+                av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as out:
+            streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
+            for packet in src.demux():
+                if packet.dts is not None:  # the demuxer's final empty packets
+                    packet.stream = streams[packet.stream.index]
+                    out.mux(packet)
+        return path.read_bytes()
+
+
+def mkv_frames_at(times_ms: list[int], text: str, size: tuple[int, int] = (320, 120)) -> bytes:
+    """An H.264 Matroska video with one frame showing ``text`` at each of ``times_ms`` milliseconds
+    (times may be far apart: a stream that claims a huge duration)."""
+    import fractions
+
+    import av
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).text((10, size[1] // 3), text, fill="black", font=ImageFont.load_default(28))
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as out:
+        stream = out.add_stream("libx264", rate=1000)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        for ms in times_ms:
+            frame = av.VideoFrame.from_ndarray(np.asarray(image), format="rgb24")
+            frame.pts, frame.time_base = ms, fractions.Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()

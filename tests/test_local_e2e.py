@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
+import media_factory
 import pytest
-from grpc_helpers import text_request
+from grpc_helpers import error_details, text_request
 from mmrouter.v1 import router_pb2 as pb
 
 from tests.fakes import local as media
@@ -96,3 +98,76 @@ def test_diarization_without_a_diarizing_provider_is_failed_precondition(fresh) 
         fresh.stub.Generate(pb.GenerateRequest(request=request), timeout=60)
     assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "configure assemblyai" in err.value.details()
+
+
+def extract(daemon, modality: int, mime: str, data: bytes, filename: str, timeout: float = 120) -> str:
+    """The local provider's extraction of one inline media, through the daemon."""
+    media_item = pb.Media(modality=modality, mime_type=mime, data=data, filename=filename)
+    request = text_request("What is in it?", media=[media_item])
+    return daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=timeout).answer.text
+
+
+def refusal(daemon, modality: int, mime: str, data: bytes, filename: str):
+    """The error details of a call the daemon must refuse (a clear, prompt INVALID_ARGUMENT)."""
+    with pytest.raises(grpc.RpcError) as err:
+        extract(daemon, modality, mime, data, filename, timeout=60)
+    details = error_details(err.value)
+    assert details.code is grpc.StatusCode.INVALID_ARGUMENT, (filename, details)
+    assert details.reason == "PROVIDER_BAD_REQUEST" and details.metadata.get("provider") == "local", details
+    return details
+
+
+def test_a_4k_video_has_its_text_read(fresh) -> None:
+    """Frames are scaled down to 1920 px before OCR (measured: 8K peak RSS 874 -> 759 MB); text still reads."""
+    video = media.video([(4.0, "BIG SCREEN TEXT")], None, fps=1, size=(3840, 2160))
+    text = extract(fresh, pb.MODALITY_VIDEO, "video/mp4", video, "4k.mp4")
+    assert "[Video 4k.mp4 frames at 0.0s-2.0s]\nBIG SCREEN TEXT" in text, text
+
+
+def test_a_video_over_the_pixel_limit_is_refused_before_decoding(fresh) -> None:
+    """A 1 KB raw video declaring 16000x16000 frames (384 MB each) is refused from its header."""
+    details = refusal(fresh, pb.MODALITY_VIDEO, "video/x-yuv4mpeg", media_factory.y4m_declaring(16000, 16000),
+                      "huge.y4m")
+    assert "cannot read huge.y4m: the video is 16000x16000 pixels, over the 40,000,000" in details.message
+
+
+@needs_espeak
+def test_broken_and_hostile_containers_are_refused_cleanly(fresh) -> None:
+    """Truncated and random-bodied containers get INVALID_ARGUMENT with details; the daemon stays up."""
+    real = media.video([(2.0, "HELLO VIDEO"), (2.0, "SECOND SCENE")], media.speech_wav("one two three four five"))
+    streamable = media_factory.faststart(real)
+    cases = [  # (file name, data, what the message says)
+        ("cut.mp4", real[:len(real) * 3 // 10], "not a decodable"),  # its index (moov) is at the end: gone
+        ("cut-faststart.mp4", streamable[:len(streamable) * 3 // 10], "decoding failed"),
+        ("noise.mp4", media_factory.with_random_body(real, 32), "not a decodable"),
+        ("noise-faststart.mp4", media_factory.with_random_body(streamable, len(streamable) // 2),
+         "decoding failed"),
+    ]
+    for name, data, says in cases:
+        started = time.monotonic()
+        details = refusal(fresh, pb.MODALITY_VIDEO, "video/mp4", data, name)
+        assert f"cannot read {name}: " in details.message and says in details.message, details.message
+        assert time.monotonic() - started < 30, name
+    assert fresh.proc.poll() is None
+    assert "HELLO VIDEO" in extract(fresh, pb.MODALITY_VIDEO, "video/mp4", real, "real.mp4")
+
+
+def test_a_wav_of_noise_is_transcribed_and_one_declaring_1_hz_is_refused(fresh) -> None:
+    """Random samples behind a real WAV header are just (noisy) audio. At 1 Hz, 200 KB of them resampled to
+    16 kHz were 28 hours of audio for the recognizer: under 4 kHz is refused."""
+    text = extract(fresh, pb.MODALITY_AUDIO, "audio/wav", media_factory.wav_declaring_rate(8000), "noise.wav")
+    assert "[Audio noise.wav: transcript, 12.5s]" in text, text
+    started = time.monotonic()
+    details = refusal(fresh, pb.MODALITY_AUDIO, "audio/wav", media_factory.wav_declaring_rate(1), "slow.wav")
+    assert "cannot read slow.wav: the audio is sampled at 1 Hz, under the 4,000 Hz" in details.message
+    assert time.monotonic() - started < 30
+
+
+def test_a_video_claiming_a_huge_duration_is_read_promptly(fresh) -> None:
+    """A frame stamped 35,000 years in: sampling used to step there 2 s at a time (hung forever)."""
+    video = media_factory.mkv_frames_at([0, 2**50], "LATE FRAME")
+    started = time.monotonic()
+    text = extract(fresh, pb.MODALITY_VIDEO, "video/x-matroska", video, "long.mkv", timeout=60)
+    assert "[Video long.mkv frames at 0.0s]\nLATE FRAME" in text, text
+    assert "[Video long.mkv frames at 1125899906842.6s]\nLATE FRAME" in text, text
+    assert time.monotonic() - started < 30

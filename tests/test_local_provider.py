@@ -452,3 +452,57 @@ async def test_a_long_text_document_is_read_up_to_a_bound(local: LocalProvider, 
     text = text_of(await collect(local, request, local.models[0]))
     assert "x" * 1000 in text and "x" * 1001 not in text
     assert "cut: the local provider reads the first 1000 bytes" in text
+
+
+def test_video_frames_are_scaled_down_for_ocr_keeping_their_shape() -> None:
+    """A 4K frame reaches OCR at 1920x1080 (25 MB of BGR becomes 6 MB); small frames stay as they are."""
+    from mmrouter_local.video import iter_sampled_frames
+
+    big = media.video([(1.0, "BIG")], None, fps=1, size=(3840, 2160))
+    assert [frame.shape for _, frame in iter_sampled_frames(big, 1.0)] == [(1080, 1920, 3)]
+    tall = media.video([(1.0, "TALL")], None, fps=1, size=(1080, 2400))
+    assert [frame.shape for _, frame in iter_sampled_frames(tall, 1.0)] == [(1920, 864, 3)]
+    small = media.video([(1.0, "SMALL")], None, fps=1, size=(640, 360))
+    assert [frame.shape for _, frame in iter_sampled_frames(small, 1.0)] == [(360, 640, 3)]
+
+
+def test_frame_sampling_jumps_over_gaps_in_time() -> None:
+    """The next sample time after a frame is computed, whatever the gap (it used to be stepped to)."""
+    from media_factory import mkv_frames_at
+    from mmrouter_local.video import iter_sampled_frames
+
+    video = mkv_frames_at([0, 500, 2000, 2100, 9000, 2**50], "T")
+    times = [round(t, 1) for t, _ in iter_sampled_frames(video, 2.0)]
+    assert times == [0.0, 2.0, 9.0, 1125899906842.6]
+
+
+async def test_a_video_whose_sound_fails_stops_its_picture_job() -> None:
+    """Sound and pictures of a video are two jobs: when one fails, the other is told to stop rather than
+    keeping a worker busy for an answer nobody will read."""
+    from mmrouter_local.audio import DecodeError
+
+    provider = LocalProvider(workers=2)
+    frames_read: list[int] = []
+
+    def broken_sound(*args: object) -> None:
+        time.sleep(0.2)
+        raise DecodeError("audio decoding failed (corrupt packet)")
+
+    def slow_pictures(*args: object) -> list:
+        for i in range(50):  # 5 s of OCR, checking for cancellation between frames
+            raise_if_cancelled()
+            time.sleep(0.1)
+            frames_read.append(i)
+        return []
+
+    provider.extractor.audio = broken_sound  # type: ignore[method-assign]
+    provider.extractor.video_frames = slow_pictures  # type: ignore[method-assign]
+    try:
+        video = Media(Modality.VIDEO, "video/mp4", data=b"\0" * 16, filename="v.mp4")
+        with pytest.raises(ProviderBadRequest, match="audio decoding failed"):
+            await collect(provider, ask(video, task=Task.CHAT), provider.models[0])
+        await asyncio.sleep(1.0)
+        assert provider.pool.cancelled_jobs == 1
+        assert len(frames_read) < 10, "the picture job ran on after the call had failed"
+    finally:
+        await provider.aclose()

@@ -10,7 +10,7 @@ from router.mime import normalise_mime
 
 from .asr import SpeechRecognizer
 from .audio import iter_pcm16k
-from .ocr import TextReader, image_facts, open_image, to_bgr
+from .ocr import MAX_OCR_PIXELS, TextReader, image_facts, open_image, to_bgr
 from .pdf import iter_pages
 from .video import read_frames
 
@@ -59,9 +59,6 @@ def transcript_lines(transcript: Transcript) -> str:
     )
 
 
-#: The most pixels an image may have for OCR: decoding takes 4 bytes a pixel, several times over, and
-#: the OCR model reads it shrunk to 960 px anyway (a 700 KB PNG can declare 13,300 x 13,300 pixels).
-MAX_OCR_PIXELS = 40_000_000
 #: The most bytes of a text document read (an answer holding more could not be sent anyway).
 MAX_TEXT_BYTES = 16 * 1024 * 1024
 

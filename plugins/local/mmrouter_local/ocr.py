@@ -13,6 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+#: The most pixels an image or a video frame may have for OCR: decoding takes several bytes a pixel,
+#: and the detector reads it shrunk to 960 px anyway (a 700 KB PNG can declare 13,300 x 13,300 pixels).
+MAX_OCR_PIXELS = 40_000_000
+
 
 @dataclass
 class OcrBox:

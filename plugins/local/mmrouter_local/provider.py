@@ -147,10 +147,15 @@ class LocalProvider(Provider):
             return sections, transcript
         if media.modality is Modality.VIDEO:
             # Sound and pictures run as two jobs: with two workers they overlap.
-            (transcript, speech), frames = await asyncio.gather(
-                self._run(name, ex.audio, media, name, "Video"),
-                self._run(name, ex.video_frames, media, name),
-            )
+            sound = asyncio.ensure_future(self._run(name, ex.audio, media, name, "Video"))
+            pictures = asyncio.ensure_future(self._run(name, ex.video_frames, media, name))
+            try:
+                (transcript, speech), frames = await asyncio.gather(sound, pictures)
+            except BaseException:  # one failed (or the call was cancelled): the other must not run on for nothing
+                for job in (sound, pictures):
+                    job.cancel()
+                await asyncio.gather(sound, pictures, return_exceptions=True)
+                raise
             return speech + frames, transcript
         raise ProviderBadRequest(self.name, f"{name}: unsupported modality {media.modality.value}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from .audio import DecodeError, open_source
+from .ocr import MAX_OCR_PIXELS
 from .pool import raise_if_cancelled
+
+#: Sampled frames are scaled down so their longer side is at most this (aspect ratio kept): OCR reads
+#: text on a 1920 px frame as well as on a 4K one, and an 8K frame would take 100 MB as BGR.
+MAX_FRAME_SIDE = 1920
 
 
 @dataclass
@@ -21,8 +27,40 @@ class FrameText:
     lines: list[str]
 
 
+def check_frame_size(width: int, height: int) -> None:
+    """Raise :class:`DecodeError` if frames of ``width`` x ``height`` are too large to decode for OCR."""
+    if width * height > MAX_OCR_PIXELS:
+        raise DecodeError(f"the video is {width}x{height} pixels, over the {MAX_OCR_PIXELS:,} the local OCR "
+                          "reads: send a smaller video")
+
+
+def scaled_size(width: int, height: int, longest: int = MAX_FRAME_SIDE) -> tuple[int, int]:
+    """``width`` x ``height`` shrunk (never enlarged) so the longer side is at most ``longest``."""
+    scale = min(1.0, longest / max(width, height, 1))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def next_sample_time(seconds: float, interval: float) -> float:
+    """The first multiple of ``interval`` after ``seconds``.
+
+    Computed, not stepped to: a frame may claim a time of years (a hostile timestamp), and stepping
+    there ``interval`` by ``interval`` would never end."""
+    return (math.floor((seconds + 1e-6) / interval) + 1) * interval
+
+
+def to_bgr(frame) -> np.ndarray:  # frame: av.VideoFrame
+    """A decoded frame as a BGR array, scaled down to :data:`MAX_FRAME_SIDE`."""
+    check_frame_size(frame.width, frame.height)  # a stream may change size after its header
+    width, height = scaled_size(frame.width, frame.height)
+    return frame.to_ndarray(width=width, height=height, format="bgr24", interpolation="AREA")
+
+
 def iter_sampled_frames(source: Path | bytes, interval: float) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield ``(seconds, BGR frame)`` for the first frame at or after each multiple of ``interval``."""
+    """Yield ``(seconds, BGR frame)`` for the first frame at or after each multiple of ``interval``.
+
+    Frames are at most :data:`MAX_FRAME_SIDE` pixels on their longer side. Raises :class:`DecodeError`
+    for data that is not a decodable video, and before decoding for frames over :data:`MAX_OCR_PIXELS`.
+    """
     import av
 
     try:
@@ -33,15 +71,15 @@ def iter_sampled_frames(source: Path | bytes, interval: float) -> Iterator[tuple
         if not container.streams.video:
             return
         stream = container.streams.video[0]
+        check_frame_size(stream.codec_context.width, stream.codec_context.height)
         stream.thread_type = "AUTO"
         next_time = 0.0
         try:
             for frame in container.decode(stream):
                 if frame.time is None or frame.time + 1e-6 < next_time:
                     continue
-                yield float(frame.time), frame.to_ndarray(format="bgr24")
-                while next_time <= frame.time + 1e-6:
-                    next_time += interval
+                yield float(frame.time), to_bgr(frame)
+                next_time = next_sample_time(frame.time, interval)
         except av.error.FFmpegError as e:
             raise DecodeError(f"video decoding failed ({e})") from e
 
