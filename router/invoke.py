@@ -78,6 +78,7 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
         raise
     except (asyncio.CancelledError, GeneratorExit):  # ours: the call was cancelled or its consumer left
         route.attempts.append(Attempt(provider.name, model.name, False, "cancelled", elapsed()))
+        _keep_paid_part(route, purpose, provider, model, elapsed(), usage, "cancelled")
         raise
     except Exception as exc:  # our accounting of what the plugin sent (a Usage with odd values)
         error = _plugin_failed(provider, exc)
@@ -96,11 +97,12 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
 
 
 def _keep_paid_part(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo, latency_ms: float,
-                    usage: Usage) -> None:
-    """A failed call that reported usage first (clips transcribed before a later one failed) was
-    billed for it: a step ``"<purpose> (failed)"`` keeps it in the answer's usage and the statistics."""
+                    usage: Usage, how: str = "failed") -> None:
+    """A call that failed or was cancelled after it reported usage (clips transcribed before a later one
+    failed; a client gone between the usage and the end) was billed for it: a step ``"<purpose> (<how>)"``
+    keeps it in the answer's usage and the statistics."""
     if usage != Usage():
-        route.steps.append(Step(f"{purpose} (failed)", provider.name, model.name, latency_ms, usage))
+        route.steps.append(Step(f"{purpose} ({how})", provider.name, model.name, latency_ms, usage))
 
 
 def _start(provider: Provider, request: Request, model: ModelInfo, ctx: CallContext) -> AsyncIterator[object]:

@@ -322,3 +322,31 @@ server:
             "fake/echo failed (PROVIDER_UNAVAILABLE: fake: scripted failure 503); trying the next target"]
     finally:
         await app.aclose()
+
+
+async def test_a_call_left_after_its_usage_keeps_what_it_cost() -> None:
+    """A client gone between the model's usage report and the end of its answer: the provider billed the
+    call, so its usage stays in the route as a cancelled step (and so in the statistics)."""
+    from router.invoke import call_model
+    from router.outcome import RouteInfo
+    from router.types import CallContext, TextDelta, Usage, UsageReport
+
+    class Billed(router.Provider):
+        name = "billed"
+        models = [ModelInfo("m", frozenset({Modality.TEXT}), price=Price(1.0, 2.0))]
+
+        async def generate(self, request, model, ctx):  # type: ignore[no-untyped-def]
+            yield TextDelta("an answer")
+            yield UsageReport(Usage(input_tokens=1_000_000, output_tokens=1_000_000))
+            await asyncio.sleep(3600)  # the stream's end, never reached
+
+    provider = Billed()
+    route = RouteInfo("r", "billed", "m")
+    request = Request(messages=[Message(Role.USER, [Part(text="hi")])])
+    async with aclosing(call_model(provider, provider.models[0], request, CallContext("x"), route, "answer")) as calls:
+        async for event in calls:
+            if isinstance(event, UsageReport):
+                break  # the client leaves
+    [step] = route.steps
+    assert (step.purpose, step.usage.cost_usd) == ("answer (cancelled)", pytest.approx(3.0))
+    assert [(a.ok, a.error) for a in route.attempts] == [(False, "cancelled")]

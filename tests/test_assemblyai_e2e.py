@@ -7,6 +7,7 @@ daemon as a subprocess with the given config.
 from __future__ import annotations
 
 import io
+import time
 import wave
 
 import grpc
@@ -21,6 +22,7 @@ from grpc_helpers import (
 from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
 
+from router.sessions import SessionStore
 from tests.fakes.assemblyai import FakeAssemblyAI
 
 KEY = "aai-e2e-key-9c1d"
@@ -158,6 +160,30 @@ def test_failed_transcript_is_a_clear_grpc_error(daemon, fake):
     assert "assemblyai" in err.details()
     assert error_details(err).reason == "PROVIDER_BAD_REQUEST"
     assert fake.polls() == 2
+
+
+def test_a_failing_later_clip_keeps_the_cost_of_the_clips_before_it(daemon, fake, tmp_path):
+    """Clip 1 was transcribed (and billed by AssemblyAI) when clip 2 failed: its audio seconds and cost
+    reach the statistics as a failed step."""
+    fake.later_statuses = ("queued", "error")
+    request = request_for(wav_media(wav_bytes()))
+    request.messages[0].parts.append(pb.Part(media=wav_media(wav_bytes(0.7))))
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [t.history[-1] for t in fake.transcripts.values()] == ["completed", "error"]
+    store = SessionStore(tmp_path / "data" / "sessions.sqlite")
+    try:
+        deadline = time.monotonic() + 10
+        while not (rows := store.stats()):  # written by the daemon within 50 ms
+            assert time.monotonic() < deadline, "the billed clip never reached the statistics"
+            time.sleep(0.05)
+    finally:
+        store.close()
+    [row] = rows
+    assert (row["provider"], row["purpose"]) == ("assemblyai", "answer (failed)")
+    assert row["audio_seconds"] == pytest.approx(fake.audio_duration)
+    assert row["cost_usd"] > 0
 
 
 def test_refused_key_names_the_setting_not_the_key(start_daemon, fake):

@@ -57,6 +57,8 @@ class FakeAssemblyAI(FakeUpstream):
         self.turns = list(turns if turns is not None else DEFAULT_TURNS)
         #: Statuses each new transcript goes through, one per poll (the first answers the create).
         self.statuses = statuses
+        #: If set, the statuses of every transcript after the first (a later clip of a call failing).
+        self.later_statuses: tuple[str, ...] | None = None
         #: The message of a transcript whose status becomes ``error``.
         self.error_message = error_message or "Transcoding failed. File does not appear to contain audio."
         self.audio_duration = audio_duration
@@ -116,7 +118,8 @@ class FakeAssemblyAI(FakeUpstream):
             reply.json({"error": "audio_url is required"}, 400)
             return
         with self._state_lock:
-            job = FakeTranscript(id=f"tr-{next(self._ids)}", request=body, statuses=list(self.statuses))
+            statuses = self.later_statuses if self.transcripts and self.later_statuses else self.statuses
+            job = FakeTranscript(id=f"tr-{next(self._ids)}", request=body, statuses=list(statuses))
             self.transcripts[job.id] = job
         reply.json(self._payload(job, job.statuses[0]))
 

@@ -84,7 +84,8 @@ class AssemblyAIProvider(Provider):
     ) -> AsyncIterator[ProviderEvent]:
         """Transcribe the audio and video clips of the newest user message (``request.current_media()``:
         earlier turns were transcribed when they were sent), one after another, and yield one
-        :class:`TranscriptReady` of them all (:meth:`Transcript.merged`) and one :class:`UsageReport`."""
+        :class:`TranscriptReady` of them all (:meth:`Transcript.merged`) and one :class:`UsageReport`.
+        When a clip fails, the usage of those transcribed before it is reported before the error."""
         media = [m for m in request.current_media() if m.modality in _MEDIA_KINDS]
         if not media:
             raise errors.bad_request(self.name, "nothing to transcribe: the request has no audio or video")
@@ -95,11 +96,16 @@ class AssemblyAIProvider(Provider):
             raise ProviderNotConfigured(self.name, reason)
         total = 0.0
         results: list[Transcript] = []
-        for item in media:
-            response = await self._transcribe(item, request, model, ctx)
-            transcript = transcripts.to_transcript(response, item)
-            total += transcripts.audio_seconds(response, item, transcript.words)
-            results.append(transcript)
+        try:
+            for item in media:
+                response = await self._transcribe(item, request, model, ctx)
+                transcript = transcripts.to_transcript(response, item)
+                total += transcripts.audio_seconds(response, item, transcript.words)
+                results.append(transcript)
+        except Exception:  # the clips done before were billed: say so (a cancellation is no Exception)
+            if results:
+                yield UsageReport(Usage(audio_seconds=total))
+            raise
         yield TranscriptReady(Transcript.merged(results))
         # Priced per audio hour: the router computes the cost from audio_seconds.
         yield UsageReport(Usage(audio_seconds=total))
