@@ -6,15 +6,18 @@ import asyncio
 import difflib
 import json
 import logging
+import os
 import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import grpc
 import typer
+import yaml
 from rich.markup import escape
 from rich.table import Column, Table
 
@@ -29,11 +32,13 @@ from .cli_calls import (
 )
 from .config import DEFAULT_ADDRESS, Config, default_data_dir, load_config, parse_config, read_config_file
 from .errors import ConfigError
-from .plugins import State, load_registry
+from .plugins import GROUP, State, load_registry
 from .routing import Target, bridge_problem
 
 if TYPE_CHECKING:
     from .sessions import SessionStore
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     help="mmrouter routes multimodal AI requests (text, images, audio, video, PDFs) to the right provider.\n\n"
@@ -74,21 +79,17 @@ def serve(
     try:
         settings = load_config(config)
     except ConfigError as exc:
-        err.print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(2) from None
+        json_logs = _asks_for_json_logs(config)
+        if json_logs:
+            _log_to_stderr("INFO", json_logs)
+        _start_failed(exc.message, 2, json_logs)
     overrides = {k: v for k, v in {"address": address, "data_dir": data_dir}.items() if v is not None}
     server = settings.server.model_copy(update=overrides)
     settings = settings.model_copy(update={"server": server})
-    logging.basicConfig(level=server.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if server.log_format == "json":
-        from .redact import JsonFormatter
-
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonFormatter())
-    if server.log_level != "DEBUG":  # HTTP clients log every upstream request at INFO
-        for name in ("httpx", "httpx2", "httpcore", "aiohttp.access"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    json_logs = server.log_format == "json"
+    if json_logs:
+        _quiet_grpc_core()
+    _log_to_stderr(server.log_level, json_logs)
     from .server import serve as run
 
     try:
@@ -96,21 +97,63 @@ def serve(
     except RuntimeError as exc:
         if "Failed to bind" not in str(exc):
             raise
-        err.print(f"[red]cannot listen on {escape(server.address)}: the address is in use or invalid; give --address "
-                  f"(or server.address) a free host:port, e.g. {DEFAULT_ADDRESS}[/red]")
-        raise typer.Exit(1) from None
+        _start_failed(f"cannot listen on {server.address}: the address is in use or invalid; give --address "
+                      f"(or server.address) a free host:port, e.g. {DEFAULT_ADDRESS}", 1, json_logs)
     except ConfigError as exc:  # e.g. another daemon holds the data directory
-        err.print(f"[red]{escape(exc.message)}[/red]")
-        raise typer.Exit(2) from None
+        _start_failed(exc.message, 2, json_logs)
     except sqlite3.Error as exc:
-        _bad_sessions(server.data_dir.expanduser() / "sessions.sqlite", exc)
+        _start_failed(_sessions_problem(server.data_dir.expanduser() / "sessions.sqlite", exc), 1, json_logs)
     except OSError as exc:  # e.g. --data-dir names a file
         data = server.data_dir.expanduser()
         where = f"{exc.filename}: " if exc.filename else ""
         fix = (f"; --data-dir (server.data_dir) {data} must be a directory the daemon can write"
                if exc.filename and Path(exc.filename).is_relative_to(data) else "")
-        err.print(f"[red]cannot start: {escape(where + (exc.strerror or str(exc)) + fix)}[/red]")
-        raise typer.Exit(1) from None
+        _start_failed(f"cannot start: {where}{exc.strerror or exc}{fix}", 1, json_logs)
+
+
+def _log_to_stderr(level: str, json_logs: bool) -> None:
+    """Send the daemon's log to stderr at ``level``: as text, or one JSON object per line."""
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if json_logs:
+        from .redact import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
+    if level != "DEBUG":  # HTTP clients log every upstream request at INFO
+        for name in ("httpx", "httpx2", "httpcore", "aiohttp.access"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _asks_for_json_logs(config: Path | None) -> bool:
+    """Whether a routing file that failed to load still says ``server.log_format: json``, so that its
+    error is logged as JSON too."""
+    if config is None:
+        return False
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    server = data.get("server") if isinstance(data, dict) else None
+    return isinstance(server, dict) and server.get("log_format") == "json"
+
+
+def _quiet_grpc_core() -> None:
+    """Start this command again with GRPC_VERBOSITY=NONE unless the operator set it: gRPC's C core
+    writes plain-text lines straight to stderr (a bind warning, say), which break a JSON log. It reads
+    the variable once, when grpc is imported, and the ``router`` package has imported it by now."""
+    if "GRPC_VERBOSITY" in os.environ:
+        return
+    os.environ["GRPC_VERBOSITY"] = "NONE"
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # the same pid, for supervisors
+
+
+def _start_failed(message: str, code: int, json_logs: bool) -> NoReturn:
+    """End ``serve`` with exit ``code`` and one message: a JSON log record in json mode, else red text."""
+    if json_logs:
+        log.critical(message)
+    else:
+        err.print(f"[red]{escape(message)}[/red]")
+    raise typer.Exit(code) from None  # no chained traceback
 
 
 FileList = Annotated[list[Path] | None, typer.Option(help="A file to send (repeat for several).")]
@@ -288,16 +331,18 @@ def _data_dir(config: Path | None, data_dir: Path | None) -> Path:
         raise typer.Exit(2) from None
 
 
+def _sessions_problem(path: Path, exc: Exception) -> str:
+    """One line saying why ``path`` is not a usable sessions database."""
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return (f"the sessions database {path} stayed locked by another process (the daemon busy writing) "
+                "for longer than the wait: try again")
+    why = "is a directory" if path.is_dir() else f"cannot be used ({exc})"
+    return f"the sessions database {path} {why}: point --data-dir (or server.data_dir) at the daemon's data directory"
+
+
 def _bad_sessions(path: Path, exc: Exception) -> NoReturn:
     """Exit with one line saying why ``path`` is not a usable sessions database."""
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-        err.print(f"[red]the sessions database {escape(str(path))} stayed locked by another process (the daemon "
-                  "busy writing) for longer than the wait: try again[/red]")
-        raise typer.Exit(1)
-    why = "is a directory" if path.is_dir() else f"cannot be used ({exc})"
-    err.print(f"[red]the sessions database {escape(str(path))} {escape(why)}: point --data-dir (or server.data_dir) "
-              "at the daemon's data directory[/red]")
-    raise typer.Exit(1)
+    _start_failed(_sessions_problem(path, exc), 1, json_logs=False)
 
 
 @contextmanager
@@ -400,14 +445,20 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     for name in sorted(set(config.providers) - set(registry.entries)):
         err.print(f"[yellow]providers.{escape(name)}: no installed plugin offers a provider {name!r}; "
                   f"the section is not used here{_did_you_mean(name, registry.entries)}[/yellow]")
+    for key, name in _named_providers(config):
+        if name not in registry.entries:
+            _not_installed(key, f"no provider {name!r} here: no installed plugin offers it", name, registry.entries)
+    installed = {ep.name for ep in entry_points(group=GROUP)}
+    for j, name in enumerate(config.plugins.disabled):
+        if name not in installed:
+            _not_installed(f"plugins.disabled.{j}", f"no installed plugin is called {name!r}", name, installed)
     unknown_models = False
     for key, text in _targets(config):
         target = Target.parse(text)
         entry = registry.entries.get(target.provider)
         if entry is None:
-            err.print(f"[yellow]{key}: no provider {target.provider!r} here (not installed or not configured)"
-                      f"{_did_you_mean(target.provider, registry.entries)}[/yellow]")
-        elif entry.provider is not None and target.model not in {m.name for m in entry.models}:
+            continue  # warned of above
+        if entry.provider is not None and target.model not in {m.name for m in entry.models}:
             unknown_models = True
             names = [m.name for m in entry.models]
             err.print(f"[red]{key}: provider {target.provider!r} has no model {escape(repr(target.model))} "
@@ -424,6 +475,22 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     if broken or unknown_models:
         raise typer.Exit(1)
     out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}")
+
+
+def _named_providers(config: Config) -> Iterator[tuple[str, str]]:
+    """Every provider name a config gives outside its ``providers`` sections, with its key: the
+    targets' and those of ``overrides.providers``."""
+    for key, text in _targets(config):
+        yield key, Target.parse(text).provider
+    for j, name in enumerate(config.overrides.providers or []):
+        yield f"overrides.providers.{j}", name
+
+
+def _not_installed(key: str, problem: str, name: str, known: Iterable[str]) -> None:
+    """Warn that ``name`` at ``key`` is nothing installed here. Only a warning: the file may be meant
+    for a host with more plugins installed."""
+    err.print(f"[yellow]{escape(f'{key}: {problem} (a warning only: it may be installed where the daemon runs)')}"
+              f"{escape(_did_you_mean(name, known))}[/yellow]")
 
 
 def _did_you_mean(name: str, known: Iterable[str]) -> str:

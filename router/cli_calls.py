@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import typer
+from google.protobuf.message import Message
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
 from .auth import with_token
+
+M = TypeVar("M", bound=Message)
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line each when piped or logged
@@ -45,7 +49,14 @@ def media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: l
             yield kind, path, mime
 
 
+#: The longest ``upload_file`` waits in all for the daemon to have a free upload place.
+UPLOAD_WAIT_SECONDS = 30.0
+
+
 def upload_file(stub, kind: int, path: Path, mime: str) -> str:
+    """Upload ``path`` with UploadMedia and return its media id. While the daemon runs as many uploads
+    as it takes (TOO_MANY_UPLOADS), wait as its RetryInfo says and try again, up to
+    :data:`UPLOAD_WAIT_SECONDS` in all."""
     from mmrouter.v1 import router_pb2 as pb
 
     size = path.stat().st_size
@@ -54,6 +65,7 @@ def upload_file(stub, kind: int, path: Path, mime: str) -> str:
         task = progress.add_task(f"uploading {path.name}", total=size)
 
         def messages():
+            progress.reset(task)  # a retry sends the file from its start again
             yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=kind, mime_type=mime, filename=path.name,
                                                                    size_bytes=size))
             with path.open("rb") as f:
@@ -61,7 +73,32 @@ def upload_file(stub, kind: int, path: Path, mime: str) -> str:
                     progress.advance(task, len(chunk))
                     yield pb.UploadMediaRequest(chunk=chunk)
 
-        return stub.UploadMedia(messages()).media_id
+        waited = 0.0
+        while True:
+            try:
+                return stub.UploadMedia(messages()).media_id
+            except grpc.RpcError as exc:
+                delay = upload_retry_delay(exc)
+                if delay is None or waited + delay > UPLOAD_WAIT_SECONDS:
+                    raise
+            if not waited:
+                err.print(f"[yellow]the daemon has as many uploads under way as it takes: waiting to upload "
+                          f"{escape(path.name)} (up to {UPLOAD_WAIT_SECONDS:.0f} s)[/yellow]")
+            time.sleep(delay)
+            waited += delay
+
+
+def upload_retry_delay(exc: grpc.RpcError) -> float | None:
+    """Seconds to wait before uploading again if the daemon refused the upload for TOO_MANY_UPLOADS
+    (its RetryInfo, 1 s without one; at least 0.1 s so the wait is bounded), else None."""
+    from google.rpc import error_details_pb2
+
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or error_info(exc)[0] != "TOO_MANY_UPLOADS":
+        return None
+    retry = status_detail(exc, error_details_pb2.RetryInfo)
+    if retry is None or not retry.HasField("retry_delay"):
+        return 1.0
+    return max(retry.retry_delay.ToTimedelta().total_seconds(), 0.1)
 
 
 def build_request(stub, prompt: str, images, audio, video, pdf, system, task, diarize, speakers, provider, model,
@@ -114,18 +151,25 @@ def daemon_channel(address: str, token: str) -> grpc.Channel:
     return with_token(channel, token)
 
 
-def error_info(exc: grpc.RpcError) -> tuple[str, dict[str, str]]:
-    """The ``ErrorInfo`` reason and metadata of a failed call, or ``("", {})``."""
-    from google.rpc import error_details_pb2
+def status_detail(exc: grpc.RpcError, kind: type[M]) -> M | None:
+    """The first ``google.rpc.Status`` detail of type ``kind`` (ErrorInfo, RetryInfo...) of a failed call, or None."""
     from grpc_status import rpc_status
 
     status = rpc_status.from_call(exc)
     for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason, dict(info.metadata)
-    return "", {}
+        if detail.Is(kind.DESCRIPTOR):
+            found = kind()
+            detail.Unpack(found)
+            return found
+    return None
+
+
+def error_info(exc: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The ``ErrorInfo`` reason and metadata of a failed call, or ``("", {})``."""
+    from google.rpc import error_details_pb2
+
+    info = status_detail(exc, error_details_pb2.ErrorInfo)
+    return (info.reason, dict(info.metadata)) if info is not None else ("", {})
 
 
 def call_with_media(build: Callable[[int], Any], call: Callable[[Any], Any], inline_limit: int) -> Any:

@@ -18,6 +18,8 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import wave
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from reportlab.pdfgen import canvas
 
 MMROUTER = Path(sys.executable).parent / "mmrouter"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\n%%EOF\n"
 
 # A rule whose target's provider (openai, a plugin of this project) is installed but has no key
 # (start_daemon drops every *_API_KEY), one whose provider is not installed at all, then rules
@@ -355,6 +358,42 @@ def test_over_the_requests_media_limit_the_cli_does_not_upload_in_vain(start_dae
     assert not list((daemon.data_dir / "media").rglob("*.json")), "files were uploaded in vain"
 
 
+def test_when_the_daemon_runs_all_the_uploads_it_takes_the_cli_waits_and_uploads(start_daemon, tmp_path):
+    """Over server.max_concurrent_uploads the daemon refuses an upload with TOO_MANY_UPLOADS and a
+    RetryInfo: the CLI waits as told (saying so once) and uploads when a place is free."""
+    from mmrouter.v1 import router_pb2 as pb
+
+    daemon = start_daemon(CONFIG + "server:\n  max_concurrent_uploads: 1\n  inline_limit_bytes: 1024\n")
+    release = threading.Event()
+
+    def held_upload():  # another client's upload: its metadata and a first chunk, then it pauses
+        yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(
+            modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", size_bytes=len(PDF)))
+        yield pb.UploadMediaRequest(chunk=PDF[:10])
+        release.wait(30)
+        yield pb.UploadMediaRequest(chunk=PDF[10:])
+
+    held = daemon.stub.UploadMedia.future(held_upload(), timeout=60)
+    tmp = daemon.data_dir / "media" / "tmp"
+    deadline = time.monotonic() + 10
+    while not (tmp.is_dir() and any(tmp.iterdir())):  # the held upload has the only place
+        assert time.monotonic() < deadline, "the held upload never started"
+        time.sleep(0.05)
+
+    png = tmp_path / "photo.png"
+    Image.frombytes("RGB", (40, 40), os.urandom(40 * 40 * 3)).save(png, format="PNG")  # noise: ~5 KB
+    sha = hashlib.sha256(png.read_bytes()).hexdigest()
+    asked = Cli("ask", "what is this", "--image", png, "--address", daemon.address)
+    time.sleep(2)
+    release.set()
+    result = ok(asked.result())
+    assert held.result(30).size_bytes == len(PDF)
+    assert result.stdout == echo("omni", "what is this", image=1) + "\n"
+    assert result.stderr.count("the daemon has as many uploads under way as it takes: waiting to upload "
+                               "photo.png (up to 30 s)") == 1, result.stderr
+    assert (daemon.data_dir / "media" / sha[:2] / sha).read_bytes() == png.read_bytes()
+
+
 # -- explain -----------------------------------------------------------------------------------
 
 
@@ -627,6 +666,32 @@ def test_serve_stats_and_prune_mistakes_are_one_line_errors(tmp_path):
         taken.close()
 
 
+def test_serve_start_up_errors_in_json_mode_are_json_lines(tmp_path):
+    """With server.log_format: json, every stderr line of a failed start is a JSON object, gRPC's own
+    bind messages included (the start-up error is one of them)."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = f"127.0.0.1:{taken.getsockname()[1]}"
+    config = tmp_path / "json.yaml"
+    config.write_text("server:\n  log_format: json\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  log_format: json\nroutes:\n  - name: a\n    use: fake/echo\n    match: {inputs: [smell]}\n")
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}  # as an operator who never heard of it
+    try:
+        in_use = subprocess.run([str(MMROUTER), "serve", "-c", config, "-a", busy, "--data-dir", tmp_path / "data"],
+                                capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        taken.close()
+    invalid = subprocess.run([str(MMROUTER), "serve", "-c", bad, "-a", "127.0.0.1:0", "--data-dir", tmp_path / "data"],
+                             capture_output=True, text=True, timeout=60, env=env)
+    for result, code, message in ((in_use, 1, f"cannot listen on {busy}: the address is in use"),
+                                  (invalid, 2, "routes.0.match.inputs.0")):
+        assert result.returncode == code, result.stderr
+        entries = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+        assert any(e["level"] == "CRITICAL" and message in e["message"] for e in entries), result.stderr
+
+
 # -- stats and prune --config ------------------------------------------------------------------
 
 
@@ -676,3 +741,28 @@ def test_config_check_suggests_the_name_meant_by_a_typo(tmp_path):
     assert lines["routes.0.fallback.1"].endswith("did you mean 'claude-sonnet-4-6'?")
     assert "did you mean" not in lines["routes.0.fallback.2"]
     assert "sk-y" not in output
+
+
+def test_config_check_warns_of_provider_and_plugin_names_no_installed_plugin_offers(tmp_path):
+    """A provider named in a target or in overrides.providers, or a plugin in plugins.disabled, that
+    nothing installed offers is a warning with the closest installed name (the file may be meant for a
+    host with more plugins, so the check still passes)."""
+    typos = tmp_path / "typos.yaml"
+    typos.write_text(
+        "routes:\n  - name: a\n    use: opeani/gpt-4o\n"
+        "default: local/extract\n"
+        "overrides: {providers: [opeanai, local]}\n"
+        "plugins: {disabled: [openia, gemini]}\n")
+    result = subprocess.run([str(MMROUTER), "config", "check", str(typos)], capture_output=True, text=True,
+                            timeout=120, env={"PATH": "/usr/bin:/bin", "COLUMNS": "400"})
+    output = ANSI.sub("", result.stdout + result.stderr)
+    assert result.returncode == 0 and "OK — 1 rule(s)" in result.stdout, output
+    lines = {line.split(":")[0]: line for line in output.splitlines() if ":" in line}
+    elsewhere = "(a warning only: it may be installed where the daemon runs)"
+    assert lines["routes.0.use"] == (f"routes.0.use: no provider 'opeani' here: no installed plugin offers it "
+                                     f"{elsewhere}; did you mean 'openai'?")
+    assert lines["overrides.providers.0"] == (f"overrides.providers.0: no provider 'opeanai' here: no installed "
+                                              f"plugin offers it {elsewhere}; did you mean 'openai'?")
+    assert lines["plugins.disabled.0"] == (f"plugins.disabled.0: no installed plugin is called 'openia' "
+                                           f"{elsewhere}; did you mean 'openai'?")
+    assert not {"overrides.providers.1", "plugins.disabled.1", "default"} & set(lines), output
