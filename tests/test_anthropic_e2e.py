@@ -326,3 +326,46 @@ def test_an_extra_instance_is_a_second_account_next_to_anthropic(start_daemon, f
         assert sent_key(own_call) == API_KEY and own_call.json()["model"] == "claude-sonnet-4-6"
 
         assert_instance_listed(daemon.stub, "anthropic", "claude-eu")
+
+
+def test_a_stream_cut_before_any_text_falls_back(daemon, fake):
+    """The body ends cleanly after message_start (a dead server behind a proxy): no message_stop, so
+    the call failed and the fallback answers, not an empty Done."""
+    fake.truncate_next(2)  # message_start, content_block_start
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(
+        media_part(pb.MODALITY_DOCUMENT, "application/pdf", pdf_bytes("Report")), text_part("Summarise."))),
+        timeout=30).answer
+    assert [c.json()["model"] for c in fake.message_calls()] == ["claude-sonnet-4-6", "claude-haiku-4-5"]
+    attempts = [(a.model, a.ok) for a in answer.route.attempts]
+    assert attempts == [("claude-sonnet-4-6", False), ("claude-haiku-4-5", True)]
+    assert "no message_stop" in answer.route.attempts[0].error
+    assert (answer.route.model, answer.text, answer.finish_reason) == (
+        "claude-haiku-4-5", "Hello from fake Claude.", pb.FINISH_REASON_STOP)
+    # the cut call read its prompt (message_start's usage) and is billed for it: a failed step
+    assert [(s.purpose, s.model) for s in answer.route.steps] == [
+        ("answer (failed)", "claude-sonnet-4-6"), ("answer", "claude-haiku-4-5")]
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (3000, 81)
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["chunked", "connection-close"])
+def test_a_stream_cut_after_some_text_is_unavailable_and_keeps_no_turn(daemon, fake, close):
+    """The body ends cleanly mid-answer: the client has the deltas, then UNAVAILABLE; the cut answer is
+    not stored as the session's assistant turn."""
+    fake.truncate_next(5, close=close)  # message_start, content_block_start, ping, "Hello", " from"
+    received = []
+    with pytest.raises(grpc.RpcError) as info:
+        for event in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(
+                request=ask(text_part("Stream please"), session="cut")), timeout=30):
+            received.append(event)
+    assert [e.text_delta.text for e in received if e.HasField("text_delta")] == ["Hello", " from"]
+    assert not any(e.HasField("done") for e in received)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    got = error_details(info.value)
+    assert (got.reason, got.metadata["provider"]) == ("PROVIDER_UNAVAILABLE", "anthropic")
+    assert "the stream ended before the answer was complete" in info.value.details()
+    [usage] = [e.usage for e in received if e.HasField("usage")]  # the prompt read is billed all the same
+    assert usage.input_tokens > 0 and usage.cost_usd > 0
+
+    daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Again?"), session="cut")), timeout=30)
+    assert [(m["role"], [b["text"] for b in m["content"]]) for m in fake.last_body()["messages"]] == [
+        ("user", ["Again?"])]

@@ -270,3 +270,43 @@ def test_the_finish_reason_reaches_the_client(daemon, fake, reason, finish):
     fake.finish_reason = reason
     answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="hi"))), timeout=30).answer
     assert (answer.text, answer.finish_reason) == ("Hello from Gemini.", finish)
+
+
+def test_a_stream_cut_before_any_text_falls_back(start_daemon, fake):
+    """The body ends cleanly before the first chunk (a dead server behind a proxy): no finishReason, so
+    the call failed and the fallback answers, not an empty Done with 0 tokens."""
+    config = CONFIG.format(url=fake.url).replace(
+        "    use: gemini/gemini-2.5-flash\n", "    use: gemini/gemini-2.5-flash\n    fallback: [gemini/gemini-2.5-pro]\n")
+    daemon = start_daemon(config, env={"GEMINI_TEST_KEY": KEY})
+    fake.truncate_next(0, close=True)
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="hi"))), timeout=30).answer
+    assert [c.path.split("/")[-1] for c in fake.calls("stream")] == [
+        "gemini-2.5-flash:streamGenerateContent", "gemini-2.5-pro:streamGenerateContent"]
+    assert [(a.model, a.ok) for a in answer.route.attempts] == [("gemini-2.5-flash", False), ("gemini-2.5-pro", True)]
+    assert "no finishReason" in answer.route.attempts[0].error
+    assert (answer.route.model, answer.text, answer.finish_reason) == (
+        "gemini-2.5-pro", "Hello from Gemini.", pb.FINISH_REASON_STOP)
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (12, 7)
+
+
+def test_a_stream_cut_after_some_text_is_unavailable_and_keeps_no_turn(daemon, fake):
+    """The body ends cleanly mid-answer (a proxy closing the chunked body): the client has the deltas,
+    then UNAVAILABLE; the cut answer is not stored as the session's assistant turn."""
+    fake.truncate_next(2)  # "Hello", " from": the last chunk, with the finishReason, is lost
+    request = ask(pb.Part(text="Say hello"))
+    request.session_id = "cut"
+    received = []
+    with pytest.raises(grpc.RpcError) as info:
+        for event in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=30):
+            received.append(event)
+    assert [e.text_delta.text for e in received if e.HasField("text_delta")] == ["Hello", " from"]
+    assert not any(e.HasField("done") for e in received)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    got = error_details(info.value)
+    assert (got.reason, got.metadata["provider"]) == ("PROVIDER_UNAVAILABLE", "gemini")
+    assert "the stream ended before the answer was complete" in info.value.details()
+
+    again = ask(pb.Part(text="Again?"))
+    again.session_id = "cut"
+    daemon.stub.Generate(pb.GenerateRequest(request=again), timeout=30)
+    assert fake.calls("stream")[-1].json()["contents"] == [{"role": "user", "parts": [{"text": "Again?"}]}]

@@ -424,3 +424,51 @@ default: openai/gpt-4o
         assert (providers["vllm"].plugin, providers["vllm"].state) == ("openai", pb.PROVIDER_STATE_READY)
         assert [m.name for m in providers["vllm"].models] == ["meta-llama/Llama-3.1-8B-Instruct"]
         assert providers["openai"].state == pb.PROVIDER_STATE_READY
+
+
+def test_a_stream_cut_before_any_text_falls_back(start_daemon, fake):
+    """The server dies before answering and its body just ends (delimited by connection close): no
+    [DONE], so the call failed and the fallback answers, not an empty Done with 0 tokens."""
+    config = CONFIG.format(url=fake.base_url, timeout=10).replace(
+        "default: openai/gpt-4o", "  - name: sturdy\n    match: {tags: [sturdy]}\n    use: openai/gpt-4o\n"
+                                  "    fallback: [openai/gpt-4o-mini]\ndefault: openai/gpt-4o")
+    daemon = start_daemon(config, env={"OPENAI_TEST_KEY": API_KEY})
+    fake.truncate_next(1, close=True)  # the role chunk only
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"), tags=("sturdy",))),
+                                  timeout=30).answer
+    assert [body["model"] for body in fake.chat_requests()] == ["gpt-4o", "gpt-4o-mini"]
+    assert [(a.model, a.ok) for a in answer.route.attempts] == [("gpt-4o", False), ("gpt-4o-mini", True)]
+    assert "no [DONE]" in answer.route.attempts[0].error
+    assert (answer.route.model, answer.text, answer.finish_reason) == (
+        "gpt-4o-mini", "Hello from the fake GPT.", pb.FINISH_REASON_STOP)
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (1234, 56)
+
+
+def test_a_stream_cut_after_some_text_is_unavailable_and_keeps_no_turn(daemon, fake):
+    """The body ends cleanly mid-answer (a proxy closing the chunked body): the client has the deltas,
+    then UNAVAILABLE; the cut answer is not stored as the session's assistant turn."""
+    fake.truncate_next(3)  # the role chunk, "Hello", " from"
+    received = []
+    with pytest.raises(grpc.RpcError) as info:
+        for event in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(
+                request=ask(text_part("Say hello"), session="cut")), timeout=30):
+            received.append(event)
+    assert [e.text_delta.text for e in received if e.HasField("text_delta")] == ["Hello", " from"]
+    assert not any(e.HasField("done") for e in received)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    got = error_details(info.value)
+    assert (got.reason, got.metadata["provider"]) == ("PROVIDER_UNAVAILABLE", "openai")
+    assert "the stream ended before the answer was complete" in info.value.details()
+
+    daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Again?"), session="cut")), timeout=30)
+    assert [(m["role"], m["content"]) for m in fake.chat_requests()[-1]["messages"]] == [("user", "Again?")]
+
+
+def test_a_server_that_sends_no_usage_but_done_answers_whole(daemon, fake):
+    """OpenAI-compatible servers may ignore stream_options.include_usage; their [DONE] still ends the
+    stream, so the answer is whole (with no token counts), not a cut stream."""
+    fake.usage = None
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"))), timeout=30).answer
+    assert (answer.text, answer.finish_reason) == ("Hello from the fake GPT.", pb.FINISH_REASON_STOP)
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (0, 0)
+    assert [(a.model, a.ok) for a in answer.route.attempts] == [("gpt-4o", True)]

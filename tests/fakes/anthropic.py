@@ -239,7 +239,8 @@ def media_blocks(body: dict[str, Any]) -> list[Block]:
 
 class FakeAnthropic(FakeUpstream):
     """The fake Messages API. Set ``chunks``, ``input_tokens`` and ``output_tokens`` to shape answers,
-    ``stream_error`` to send an ``error`` event after the first delta, ``delay`` to answer late."""
+    ``stream_error`` to send an ``error`` event after the first delta, ``delay`` to answer late;
+    ``truncate_next`` cuts a stream short (its body ends cleanly, without ``message_stop``)."""
 
     def __init__(self, api_key: str = API_KEY) -> None:
         super().__init__()

@@ -4,7 +4,8 @@ Each fake provider subclasses :class:`FakeUpstream` and implements
 :meth:`FakeUpstream.handle`, which gets a :class:`Recorded` request and
 answers through the ``reply`` helpers. Every request is recorded in
 ``upstream.requests`` so tests can assert what the real SDK sent. Failures
-to inject are queued with :meth:`FakeUpstream.fail_next`.
+to inject are queued with :meth:`FakeUpstream.fail_next`; streams to cut short
+(the body ending cleanly mid-answer) with :meth:`FakeUpstream.truncate_next`.
 """
 
 from __future__ import annotations
@@ -46,11 +47,21 @@ class Failure:
     body_delay: float = 0.0
 
 
+@dataclass
+class Truncation:
+    """A stream to end early: after ``after`` events the body ends cleanly, as when a proxy closes the
+    chunked body properly or (``close``) a server whose body is delimited by connection close dies."""
+
+    after: int
+    close: bool = False
+
+
 class Reply:
     """Writes one HTTP answer for a handler."""
 
-    def __init__(self, handler: BaseHTTPRequestHandler) -> None:
+    def __init__(self, handler: BaseHTTPRequestHandler, upstream: FakeUpstream | None = None) -> None:
         self._h = handler
+        self._upstream = upstream
 
     def json(self, payload: Any, status: int = 200, headers: dict[str, str] | None = None,
              body_delay: float = 0.0) -> None:
@@ -73,17 +84,21 @@ class Reply:
         h.wfile.write(body)
 
     def sse(self, events: Iterable[str | tuple[str, Any]], delay: float = 0.0) -> None:
-        """Answer with a Server-Sent Events stream.
+        """Answer with a Server-Sent Events stream (cut short if the upstream was told to).
 
         Each item is either a ready ``data`` string, or ``(event_name, payload)``
         where a non-str payload is JSON-encoded; ``event_name`` None omits the event line.
         """
         h = self._h
+        cut = self._upstream.take_truncation() if self._upstream is not None else None
+        chunked = cut is None or not cut.close
         h.send_response(200)
         h.send_header("Content-Type", "text/event-stream")
-        h.send_header("Transfer-Encoding", "chunked")
+        h.send_header("Transfer-Encoding" if chunked else "Connection", "chunked" if chunked else "close")
         h.end_headers()
-        for item in events:
+        for n, item in enumerate(events):
+            if cut is not None and n >= cut.after:
+                break
             if isinstance(item, tuple):
                 name, payload = item
                 data = payload if isinstance(payload, str) else json.dumps(payload)
@@ -91,11 +106,14 @@ class Reply:
             else:
                 text = f"data: {item}\n\n"
             chunk = text.encode()
-            h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if chunked else chunk)
             h.wfile.flush()
             if delay:
                 time.sleep(delay)
-        h.wfile.write(b"0\r\n\r\n")
+        if chunked:
+            h.wfile.write(b"0\r\n\r\n")
+        else:
+            h.close_connection = True  # the body ends with the connection
         h.wfile.flush()
 
 
@@ -105,6 +123,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self._failures: list[Failure] = []
+        self._truncations: list[Truncation] = []
         self._lock = threading.Lock()
         upstream = self
 
@@ -125,7 +144,7 @@ class FakeUpstream:
                     failure = next((f for f in upstream._failures if f.path in (None, rec.path)), None)
                     if failure is not None:
                         upstream._failures.remove(failure)
-                reply = Reply(self)
+                reply = Reply(self, upstream)
                 if failure is not None:
                     reply.json(failure.body, failure.status, failure.headers, failure.body_delay)
                     return
@@ -153,6 +172,17 @@ class FakeUpstream:
         ``body_delay`` seconds after its headers."""
         with self._lock:
             self._failures.append(Failure(status, body, headers or {}, path, body_delay))
+
+    def truncate_next(self, after: int, *, close: bool = False) -> None:
+        """End the next SSE stream cleanly after ``after`` events: no error, the body just
+        stops (``close``: delimited by connection close instead of a final empty chunk)."""
+        with self._lock:
+            self._truncations.append(Truncation(after, close))
+
+    def take_truncation(self) -> Truncation | None:
+        """The truncation for the stream about to be sent, if one is queued."""
+        with self._lock:
+            return self._truncations.pop(0) if self._truncations else None
 
     def start(self) -> FakeUpstream:
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)

@@ -92,7 +92,8 @@ def _error(code: int, status: str, message: str, details: list | None = None) ->
 
 class FakeGemini(FakeUpstream):
     """The fake Gemini API. Configure the answer with :attr:`reply_chunks` and file processing
-    with :attr:`processing_polls` / :attr:`fail_processing`; inspect :attr:`files` and ``requests``."""
+    with :attr:`processing_polls` / :attr:`fail_processing`; inspect :attr:`files` and ``requests``.
+    ``truncate_next`` cuts a stream short (its body ends cleanly, without the chunk with the finishReason)."""
 
     def __init__(self, api_key: str = "test-key") -> None:
         super().__init__()

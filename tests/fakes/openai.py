@@ -108,13 +108,15 @@ class ReceivedPart:
 
 
 class FakeOpenAI(FakeUpstream):
-    """The fake server. Set ``reply_chunks`` / ``usage`` to script answers."""
+    """The fake server. Set ``reply_chunks`` / ``usage`` to script answers; ``truncate_next`` cuts a
+    stream short (its body ends cleanly, without ``[DONE]``)."""
 
     def __init__(self) -> None:
         super().__init__()
         #: The streamed pieces of the chat answer; the non-streamed answer is their concatenation.
         self.reply_chunks: list[str] = ["Hello", " from", " the fake", " GPT."]
-        self.usage = {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290}
+        #: None: no usage chunk even when asked (some OpenAI-compatible servers), the stream still ends with [DONE].
+        self.usage: dict[str, int] | None = {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290}
         #: If set, the stream sends this error event after the first chunk.
         self.stream_error: str | None = None
         #: Seconds between streamed chunks.
@@ -260,7 +262,7 @@ class FakeOpenAI(FakeUpstream):
             if self.refusal:
                 events.append(json.dumps(chunk({"content": None, "refusal": self.refusal})))
             events.append(json.dumps(chunk({}, self.finish_reason)))
-            if (body.get("stream_options") or {}).get("include_usage"):
+            if self.usage is not None and (body.get("stream_options") or {}).get("include_usage"):
                 events.append(json.dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                                           "created": 1700000000, "model": model, "choices": [],
                                           "usage": self.usage}))

@@ -18,7 +18,7 @@ from router import (
     UsageReport,
     with_configured_models,
 )
-from router.errors import ProviderNotConfigured
+from router.errors import ProviderNotConfigured, ProviderUnavailable
 
 from .convert import prepare
 from .errors import is_mappable, key_hint, map_sdk_error
@@ -77,7 +77,8 @@ class AnthropicProvider(Provider):
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
-        """Stream Claude's answer: text deltas as they come, then one usage report."""
+        """Stream Claude's answer: text deltas as they come, then one usage report. A stream that ends
+        without ``message_stop`` (nor a ``stop_reason``) is a failed call: ``ProviderUnavailable``."""
         if not self.settings.key:
             raise ProviderNotConfigured(self.name, f"no API key: {key_hint(self.name)}")
         prepared = await prepare(request, self.name, model)
@@ -93,12 +94,14 @@ class AnthropicProvider(Provider):
 
         usage = Usage()
         stop: list[FinishReason] = []
+        complete = False
         try:
             stream = await self.client().messages.create(
                 stream=True, timeout=self._call_timeout(ctx), **params
             )
             async with stream:
                 async for event in stream:
+                    complete = complete or getattr(event, "type", "") == "message_stop"
                     delta = _handle_event(event, usage, stop)
                     if delta:
                         yield TextDelta(delta)
@@ -106,6 +109,13 @@ class AnthropicProvider(Provider):
             if is_mappable(exc):
                 raise map_sdk_error(exc, self.name, self.settings.key) from exc
             raise
+        if not (complete or stop):
+            # The body ended cleanly but early (a dead server behind a proxy, a body delimited by
+            # connection close), and the SDK does not notice: the answer is cut, the call failed.
+            if usage != Usage():  # the prompt read (message_start) is billed all the same
+                yield UsageReport(usage)
+            raise ProviderUnavailable(self.name, "the stream ended before the answer was complete "
+                                                 "(no message_stop)")
         yield UsageReport(usage, stop[-1] if stop else None)
 
     async def aclose(self) -> None:

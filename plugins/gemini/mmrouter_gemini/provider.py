@@ -17,7 +17,7 @@ from router import (
     UsageReport,
     with_configured_models,
 )
-from router.errors import ProviderAuthError, ProviderModelNotFound
+from router.errors import ProviderAuthError, ProviderModelNotFound, ProviderUnavailable
 
 from .convert import check_blocked, finish_of, prepare, response_text, usage_of
 from .errors import map_exception
@@ -135,7 +135,8 @@ class GeminiProvider(Provider):
                 raise error from exc
 
     async def _stream(self, client: Any, model: ModelInfo, prepared: Any) -> AsyncIterator[ProviderEvent]:
-        """Stream the answer, then one usage report from the last usage metadata."""
+        """Stream the answer, then one usage report from the last usage metadata; a stream whose chunks
+        carry no finishReason is cut short: ``ProviderUnavailable``."""
         stream = await client.aio.models.generate_content_stream(
             model=model.name, contents=prepared.contents, config=prepared.config
         )
@@ -156,6 +157,14 @@ class GeminiProvider(Provider):
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+        if finish is None:
+            # The last chunk of a whole answer has a finishReason. The body ended cleanly but early (a dead
+            # server behind a proxy, a body delimited by connection close), and the SDK does not notice:
+            # the answer is cut, the call failed.
+            if metadata is not None:  # billed all the same
+                yield UsageReport(usage_of(metadata))
+            raise ProviderUnavailable(self.name, "the stream ended before the answer was complete "
+                                                 "(no finishReason)")
         yield UsageReport(usage_of(metadata), finish)
 
     async def aclose(self) -> None:

@@ -43,6 +43,11 @@ FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH,
                   "content_filter": FinishReason.CONTENT_FILTER}
 
 
+#: Why a stream without ``data: [DONE]`` is refused: every Chat Completions stream (OpenAI's and the
+#: OpenAI-compatible servers') ends with it, after the usage chunk when one is asked for.
+INCOMPLETE_STREAM = "the stream ended before the answer was complete (no [DONE])"
+
+
 class Base64Of:
     """Placeholder for the base64 text of a media's bytes in built parameters.
 
@@ -179,7 +184,8 @@ def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_ma
 
 async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: float,
                       with_media: bool = True) -> AsyncIterator[Any]:
-    """Yield :class:`TextDelta` events as chunks arrive, then one :class:`UsageReport`.
+    """Yield :class:`TextDelta` events as chunks arrive, then one :class:`UsageReport`; a stream that
+    ends without ``data: [DONE]`` raises ``openai.APIError`` (the answer may be cut).
 
     The request goes through the SDK's own client (auth, headers, base URL, error mapping to
     ``openai.APIStatusError`` and friends), but as a raw streamed response: the SSE events are
@@ -238,6 +244,12 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
                 reason = choice.get("finish_reason")
                 if reason and finish is not FinishReason.REFUSAL:
                     finish = FINISH_REASONS.get(reason, FinishReason.OTHER)
+        if not done:
+            # The body ended cleanly but early (a dead server behind a proxy, a body delimited by
+            # connection close): the answer is cut, so this is a failed call, not a short answer.
+            if usage != Usage():  # billed all the same
+                yield UsageReport(usage, finish)
+            raise openai.APIError(INCOMPLETE_STREAM, request=response.request, body=None)
     finally:
         await response.aclose()
     yield UsageReport(usage, finish)
