@@ -12,8 +12,9 @@ import contextlib
 import hashlib
 import io
 import time
+import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -72,17 +73,43 @@ def _remote(file: Any, mime_type: str) -> RemoteFile:
     )
 
 
+@dataclass(eq=False)
+class Uploads:
+    """The copies held at one Files API (one key, one endpoint): sha256 -> copy, and the per-media locks."""
+
+    files: dict[str, RemoteFile] = field(default_factory=dict)
+    #: sha256 -> (lock, how many calls hold or wait for it); dropped when the last one leaves.
+    locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
+
+
+#: (sha256 of the key, base_url) -> the uploads of the live providers using them. A provider made again
+#: on reload with the same key and endpoint finds the copies of the one it replaces (alive until then);
+#: weak, so an entry goes with the last provider that uses it.
+_SHARED: weakref.WeakValueDictionary[tuple[str, str], Uploads] = weakref.WeakValueDictionary()
+
+
+def shared_uploads(api_key: str, base_url: str) -> Uploads:
+    """The uploads of every live provider with this key and endpoint (the key itself is not kept)."""
+    fingerprint = hashlib.sha256(api_key.encode()).hexdigest()
+    uploads = _SHARED.get((fingerprint, base_url))
+    if uploads is None:
+        uploads = _SHARED[(fingerprint, base_url)] = Uploads()
+    return uploads
+
+
 class FileStore:
     """Uploads media to the Files API and remembers the copies, keyed by sha256, for the provider
-    called ``provider`` (named in its errors)."""
+    called ``provider`` (named in its errors); ``uploads`` may be shared with other providers (see
+    :func:`shared_uploads`)."""
 
-    def __init__(self, provider: str, poll_interval: float = 1.0, max_processing_seconds: float = 600.0) -> None:
+    def __init__(self, provider: str, poll_interval: float = 1.0, max_processing_seconds: float = 600.0,
+                 uploads: Uploads | None = None) -> None:
         self.provider = provider
         self.poll_interval = poll_interval
         self.max_processing_seconds = max_processing_seconds
-        self._files: dict[str, RemoteFile] = {}
-        #: sha256 -> (lock, how many calls hold or wait for it); dropped when the last one leaves.
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.uploads = uploads or Uploads()
+        self._files = self.uploads.files
+        self._locks = self.uploads.locks
         self._next_prune = 0.0
 
     def cached(self, key: str) -> RemoteFile | None:
@@ -129,21 +156,35 @@ class FileStore:
                 self._locks[key] = (lock, users - 1)
 
     async def ensure(self, client: Any, media: Media, key: str, ctx: CallContext) -> RemoteFile:
-        """The ACTIVE copy of ``media``: cached, or uploaded now and polled until ACTIVE."""
+        """The ACTIVE copy of ``media``: cached, or uploaded now and polled until ACTIVE. A remembered copy
+        still processing that the API no longer has (403/404 on its poll) is forgotten and uploaded again."""
+        from google.genai import errors as genai_errors
+
         self._prune()
         async with self._exclusive(key):
             entry = self.cached(key)
-            if entry is None:
-                entry = await self._upload(client, media, key)
-                self._files[key] = entry
-            if entry.state != "ACTIVE":
+            if entry is not None:
                 try:
-                    entry = await self._wait_active(client, entry, key, ctx)
-                except ProviderBadRequest:
-                    self.forget(key)
-                    raise
-                self._files[key] = entry
+                    return await self._settle(client, entry, key, ctx)
+                except genai_errors.APIError as exc:
+                    if exc.code not in (403, 404):
+                        raise
+                    self.forget(key)  # deleted or purged upstream while we waited for it
+            entry = await self._upload(client, media, key)
+            self._files[key] = entry
+            return await self._settle(client, entry, key, ctx)
+
+    async def _settle(self, client: Any, entry: RemoteFile, key: str, ctx: CallContext) -> RemoteFile:
+        """``entry`` once ACTIVE, remembered; a copy whose processing FAILED is forgotten."""
+        if entry.state == "ACTIVE":
             return entry
+        try:
+            entry = await self._wait_active(client, entry, key, ctx)
+        except ProviderBadRequest:
+            self.forget(key)
+            raise
+        self._files[key] = entry
+        return entry
 
     async def _upload(self, client: Any, media: Media, key: str) -> RemoteFile:
         from google.genai import types

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from router.errors import ProviderAuthError, ProviderModelNotFound, ProviderUnav
 
 from .convert import check_blocked, finish_of, prepare, response_text, usage_of
 from .errors import map_exception
-from .files import FileStore, media_key
+from .files import FileStore, media_key, shared_uploads
 from .models import MODELS, TYPICAL
 from .settings import PLUGIN, GeminiSettings
 
@@ -31,7 +32,8 @@ class GeminiProvider(Provider):
 
     One ``google.genai.Client`` per provider, made on first use. Media beyond the
     inline limit are uploaded once through the Files API and reused while the
-    provider's copy lives.
+    provider's copy lives, also by the other providers with the same key and endpoint
+    (the one made again on a reload, say).
     """
 
     name = PLUGIN
@@ -43,7 +45,9 @@ class GeminiProvider(Provider):
         self.name = name
         self.settings = settings or GeminiSettings()
         self.models = with_configured_models(models or MODELS, self.settings.models, TYPICAL, provider=name)
-        self.files = FileStore(name, self.settings.poll_interval, self.settings.max_processing_seconds)
+        s = self.settings
+        self.files = FileStore(name, s.poll_interval, s.max_processing_seconds,
+                               shared_uploads(s.key, s.client_base_url or ""))
         self._client: Any = None
 
     @classmethod
@@ -125,10 +129,13 @@ class GeminiProvider(Provider):
                 error = map_exception(exc, self.name, self.settings.key)
                 if error is None:
                     raise
-                if file_uris and isinstance(error, (ProviderAuthError, ProviderModelNotFound)):
-                    # The API no longer knows a file we remembered: forget it, and upload it again.
-                    self.files.forget_uris(file_uris)
-                    if attempt == 1 and not produced and _names_a_file(error.message, file_uris):
+                gone = _named_files(error.message, file_uris) if isinstance(
+                    error, (ProviderAuthError, ProviderModelNotFound)) else set()
+                if gone:
+                    # The API no longer knows a file we remembered: forget it, and upload it again. Any other
+                    # 403/404 (a refused key, an unknown model) leaves the copies alone: they are fine.
+                    self.files.forget_uris(gone)
+                    if attempt == 1 and not produced:
                         continue
                 if error is exc:
                     raise
@@ -174,10 +181,11 @@ class GeminiProvider(Provider):
             client.close()
 
 
-def _names_a_file(message: str, file_uris: set[str]) -> bool:
-    """True when an error message names one of the Files API copies (``... the File files/abc ... may not
-    exist``), as opposed to a refused key."""
-    return any(uri.rstrip("/").rsplit("/", 1)[-1] in message for uri in file_uris)
+def _named_files(message: str, file_uris: set[str]) -> set[str]:
+    """The Files API copies an error message names (``... the File files/abc ... may not exist``, by their
+    id), none for a refused key or an unknown model."""
+    return {uri for uri in file_uris
+            if re.search(rf"(?<![\w-]){re.escape(uri.rstrip('/').rsplit('/', 1)[-1])}(?![\w-])", message)}
 
 
 __all__ = ["GeminiProvider"]

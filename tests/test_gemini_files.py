@@ -1,0 +1,178 @@
+"""What the Gemini provider remembers of its Files API uploads, and when it forgets them: through the
+real google-genai SDK against the fake Gemini API, in the provider and in the router (App)."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+from contextlib import aclosing
+from pathlib import Path
+
+import mmrouter_gemini.files
+import pytest
+from mmrouter_gemini import GeminiProvider
+
+from router import Media, Message, Modality, Options, Part, Request, Role, Task
+from router.config import parse_config
+from router.core import App
+from router.errors import ProviderTimeout
+from router.outcome import Answer, Done
+from router.testing import collect
+from tests.fakes.base import Recorded, Reply
+from tests.fakes.gemini import _MODEL_CALL, FakeGemini, _error
+
+KEY = "AIza-files-secret-0123456789"
+OTHER_KEY = "AIza-other-project-9876543210"
+RETIRED = "gemini-2.5-pro"
+
+
+class RetiringGemini(FakeGemini):
+    """The fake Gemini API where :data:`RETIRED` is gone, answered as Google answers a retired model."""
+
+    def _generate(self, request: Recorded, reply: Reply, *, stream: bool) -> None:
+        if _MODEL_CALL.match(request.path)["model"] == RETIRED:
+            return reply.json(_error(404, "NOT_FOUND", f"models/{RETIRED} is not found for API version "
+                                     "v1beta, or is not supported for generateContent."), 404)
+        return super()._generate(request, reply, stream=stream)
+
+
+@pytest.fixture
+def fake():
+    with RetiringGemini(api_key=KEY) as server:
+        server.processing_polls = 0
+        yield server
+
+
+def make_provider(fake: FakeGemini, **overrides) -> GeminiProvider:
+    settings = {"api_key": KEY, "base_url": fake.url, "timeout": 10, "poll_interval": 0.02,
+                "inline_limit_bytes": 0}
+    settings.update(overrides)
+    return GeminiProvider.from_settings(settings)
+
+
+def stored_video(tmp_path: Path, size: int = 3000) -> Media:
+    """A 'video' in a content-addressed store, as the router hands uploaded media to providers."""
+    data = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * (size // 256)
+    digest = hashlib.sha256(data).hexdigest()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / digest
+    path.write_bytes(data)
+    return Media(Modality.VIDEO, "video/mp4", path=path, media_id=digest, size=len(data), filename="clip.mp4")
+
+
+def ask(*media: Media) -> Request:
+    parts = [Part(text="What happens?"), *(Part(media=m) for m in media)]
+    return Request(messages=[Message(Role.USER, parts)], options=Options(task=Task.CHAT))
+
+
+CONFIG = """
+providers:
+  gemini: {api_key: "%(key)s", base_url: "%(url)s", timeout: 10, inline_limit_bytes: 0, poll_interval: 0.02}
+  anthropic: {api_key: a, timeout: %(anthropic_timeout)d}
+plugins:
+  disabled: [openai, assemblyai, local]
+routes:
+  - name: video
+    match: {inputs_any: [video]}
+    use: gemini/%(primary)s
+    fallback: [gemini/gemini-2.5-flash]
+default: gemini/gemini-2.5-flash
+server:
+  data_dir: "%(data)s"
+"""
+
+
+def app_config(fake: FakeGemini, tmp_path: Path, primary: str = RETIRED, anthropic_timeout: int = 120):
+    text = CONFIG % {"key": KEY, "url": fake.url, "primary": primary, "data": tmp_path / "data",
+                     "anthropic_timeout": anthropic_timeout}
+    return parse_config(text, "t.yaml")
+
+
+async def answer(app: App, request: Request) -> Answer:
+    async with aclosing(app.answer(request, None)) as events:
+        async for event in events:
+            if isinstance(event, Done):
+                return event.answer
+    raise AssertionError("no Done")
+
+
+async def test_a_retired_primary_model_does_not_make_its_fallback_upload_the_media_again(fake, tmp_path):
+    app = App(app_config(fake, tmp_path))
+    video = stored_video(tmp_path / "media")
+    for _ in range(3):
+        done = await answer(app, ask(video))
+        assert done.text == "Hello from Gemini."
+        assert (done.route.provider, done.route.model) == ("gemini", "gemini-2.5-flash")
+    assert len(fake.calls("upload_start")) == 1  # the 404s named the model, not the file
+    assert len(fake.files) == 1
+    assert len(fake.calls("stream")) == 6  # each call: the retired model, then the fallback
+    await app.aclose()
+
+
+async def test_only_the_copy_the_api_forgot_is_uploaded_again(fake, tmp_path):
+    p = make_provider(fake)
+    first, second = stored_video(tmp_path / "a", 3000), stored_video(tmp_path / "b", 4000)
+    await collect(p, ask(first, second), p.model("gemini-2.5-flash"))
+    assert len(fake.calls("upload_start")) == 2
+    gone = p.files.cached(first.media_id).name
+    del fake.files[gone]  # deleted upstream: the API names it in a 403
+    events = await collect(p, ask(first, second), p.model("gemini-2.5-flash"))
+    assert any(getattr(e, "text", "") for e in events)
+    assert len(fake.calls("upload_start")) == 3  # the first again; the second's copy was still good
+    assert p.files.cached(first.media_id).name != gone
+    await p.aclose()
+
+
+async def test_a_copy_gone_upstream_while_still_processing_is_uploaded_again(fake, tmp_path):
+    fake.processing_polls = 10_000
+    p = make_provider(fake, poll_interval=0.05, max_processing_seconds=0.3)
+    video = stored_video(tmp_path)
+    with pytest.raises(ProviderTimeout, match="PROCESSING"):
+        await collect(p, ask(video), p.model("gemini-2.5-flash"))
+    [name] = fake.files
+    assert p.files.cached(video.media_id).state == "PROCESSING"  # kept: the next call polls on
+    del fake.files[name]  # then deleted (or purged) upstream: its poll answers 403
+    fake.processing_polls = 0
+    for _ in range(2):
+        events = await collect(p, ask(video), p.model("gemini-2.5-flash"))
+        assert any(getattr(e, "text", "") for e in events)
+    assert len(fake.calls("upload_start")) == 2  # uploaded again once, then remembered
+    assert p.files.cached(video.media_id).state == "ACTIVE"
+    await p.aclose()
+
+
+async def test_providers_with_the_same_key_and_endpoint_share_their_uploads(fake, tmp_path):
+    video = stored_video(tmp_path)
+    first, again = make_provider(fake), make_provider(fake)
+    await collect(first, ask(video), first.model("gemini-2.5-flash"))
+    await collect(again, ask(video), again.model("gemini-2.5-flash"))
+    assert len(fake.calls("upload_start")) == 1
+
+    fake.api_key = OTHER_KEY  # another key is another project: its files are not ours
+    other = make_provider(fake, api_key=OTHER_KEY)
+    await collect(other, ask(video), other.model("gemini-2.5-flash"))
+    assert len(fake.calls("upload_start")) == 2
+    assert other.files.uploads is not first.files.uploads
+
+    shared = mmrouter_gemini.files._SHARED
+    ours = [key for key in shared if key[1] == fake.url]
+    assert len(ours) == 2
+    assert not any(KEY in str(key) or OTHER_KEY in str(key) for key in ours)  # a fingerprint, not the key
+    for p in (first, again, other):
+        await p.aclose()
+    del first, again, other, p
+    gc.collect()
+    assert not any(key[1] == fake.url for key in shared)  # the memory goes with the last provider using it
+
+
+async def test_a_reload_that_remakes_the_providers_keeps_the_gemini_uploads(fake, tmp_path):
+    app = App(app_config(fake, tmp_path, primary="gemini-2.5-flash-lite"))
+    video = stored_video(tmp_path / "media")
+    await answer(app, ask(video))
+    changed = app_config(fake, tmp_path, primary="gemini-2.5-flash-lite", anthropic_timeout=60)  # only anthropic's
+    remade, _ = app.reload(changed)
+    assert remade
+    done = await answer(app, ask(video))
+    assert done.text == "Hello from Gemini."
+    assert len(fake.calls("upload_start")) == 1
+    await app.aclose()
