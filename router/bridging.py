@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -80,23 +81,42 @@ class BridgeMemo(Protocol):
     async def recall(self, key: str) -> tuple[str, Transcript | None] | None:
         """The text and transcript kept under ``key``, if any."""
 
+    async def recall_any(self, prefix: str, diarized: bool) -> tuple[str, Transcript | None] | None:
+        """A text and transcript kept under a key starting with ``prefix`` (:func:`media_prefix`),
+        whatever bridge and options made it; only a diarized one when ``diarized``."""
+
     def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
         """Keep ``text`` (and the ``transcript`` it came from) under ``key``; without waiting for it, but a
         :meth:`recall` asked afterwards finds it."""
 
 
-def memo_key(media: Media, request: Request, bridge: Bridge) -> str | None:
-    """The key of ``media``'s bridged text: its content, the bridge's target and the options that
-    change the text. None for media not kept by the router (URLs, inline media outside a session)."""
+def media_prefix(media: Media, request: Request) -> str | None:
+    """What every memo key of ``media`` starts with: its content and modality. None for media not
+    kept by the router (URLs, inline media outside a session)."""
     if media.media_id:
         content = media.media_id
     elif media.data is not None and request.session_id:  # stored under this id when the turn is saved
         content = hashlib.sha256(media.data).hexdigest()
     else:
         return None
-    options = request.options
-    return (f"{content}|{media.modality.value}|{bridge.via}|diarization={options.diarization}"
+    return f"{content}|{media.modality.value}|"
+
+
+def memo_key(media: Media, request: Request, bridge: Bridge, options: Options | None = None) -> str | None:
+    """The key of ``media``'s bridged text: its content, the bridge's target and the options that
+    change the text (``options``, else the request's). None for media not kept by the router."""
+    prefix = media_prefix(media, request)
+    if prefix is None:
+        return None
+    options = request.options if options is None else options
+    return (f"{prefix}{bridge.via}|diarization={options.diarization}"
             f"|speakers={options.speakers_expected}|language={options.language}")
+
+
+def history_options(options: Options) -> Options:
+    """The options to bridge a history media with (one an earlier turn sent) when nothing of it is kept:
+    this turn's language and speaker count describe this turn's media, not that one."""
+    return Options(diarization=options.diarization)
 
 
 def later_bridges(bridge: Bridge, preferences: Mapping[Modality, Sequence[str]], registry: Registry,
@@ -127,11 +147,14 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     way to the next usable one of ``preferences`` for that media. The transcripts passed on are those
     of this turn's media (:meth:`Request.turn_media`): the history's were sent with their own turns.
     With a ``memo``, a media bridged before gets its kept text and transcript and no call, and what
-    is bridged now is kept; ``done`` does the same within the request (for a fallback plan).
+    is bridged now is kept; ``done`` does the same within the request (for a fallback plan). A history
+    media takes any text kept of it, whatever options made it (those of the turn that sent it), and
+    one whose kept text is the very reply that follows it (a transcription turn) is not given twice.
     """
     result = Bridged(request)
     converted: dict[int, tuple[str, bool]] = {}  # id(media) -> (text part, keep the media beside it)
     this_turn = {id(m) for m in request.turn_media()}
+    replies = _replies(request)
     done = BridgedInRequest() if done is None else done
     reused = 0
     for bridge in bridges:
@@ -142,13 +165,15 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
             if media.modality is not bridge.modality or id(media) in converted:
                 continue
             text, transcript, used, kept = await _bridge_media(media, choices, request, registry, ctx, route,
-                                                               memo, done)
+                                                               memo, done, history=id(media) not in this_turn)
             reused += kept
             if used not in result.bridges:
                 result.bridges.append(used)
             if transcript is not None and id(media) in this_turn:
                 result.transcripts.append(transcript)
             name = f" {media.filename}" if media.filename else ""
+            if text.strip() and replies.get(id(media)) == text.strip():
+                text = "(given in full by the reply that follows)"
             converted[id(media)] = (f"{_LABELS[bridge.modality]}{name}\n{text}", bridge.keep_media)
     if reused:
         route.notes.append(f"bridging: reused the kept text of {reused} media converted before")
@@ -156,6 +181,15 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
                 for message in request.messages]
     result.request = dataclasses.replace(request, messages=messages)
     return result
+
+
+def _replies(request: Request) -> dict[int, str]:
+    """By id of a history media: the text of the assistant reply right after its message."""
+    history = request.messages[:request.history_length]
+    return {id(part.media): reply.text.strip()
+            for message, reply in itertools.pairwise(history)
+            if message.role is Role.USER and reply.role is Role.ASSISTANT
+            for part in message.parts if part.media is not None}
 
 
 def _converted(part: Part, converted: dict[int, tuple[str, bool]]) -> list[Part]:
@@ -168,9 +202,20 @@ def _converted(part: Part, converted: dict[int, tuple[str, bool]]) -> list[Part]
 
 async def _bridge_media(media: Media, choices: list[Bridge], request: Request, registry: Registry,
                         ctx: CallContext, route: RouteInfo, memo: BridgeMemo | None,
-                        done: BridgedInRequest) -> tuple[str, Transcript | None, Bridge, bool]:
+                        done: BridgedInRequest, history: bool) -> tuple[str, Transcript | None, Bridge, bool]:
     """Bridge one media through the first of ``choices`` that succeeds: its text, its transcript, the
-    bridge used and whether the text was kept from an earlier turn (a memo hit)."""
+    bridge used and whether the text was kept from an earlier turn (a memo hit).
+
+    A ``history`` media (sent by an earlier turn) takes any text kept of it (:func:`_kept_any`), and
+    else is bridged with :func:`history_options`: this turn's language is not that turn's.
+    """
+    options = history_options(request.options) if history else request.options
+    first = (id(media), str(choices[0].via))
+    if history and memo is not None and first not in done.texts:
+        kept = await _kept_any(media, request, memo)
+        if kept is not None:
+            done.texts[first] = kept
+            return *kept, choices[0], True
     error: ProviderError | None = None
     for bridge in choices:
         this = (id(media), str(bridge.via))
@@ -179,7 +224,7 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
         if this in done.failed:
             error = done.failed[this]
             continue
-        key = memo_key(media, request, bridge) if memo is not None else None
+        key = memo_key(media, request, bridge, options) if memo is not None else None
         kept = await _kept(key, memo) if memo is not None and key is not None else None
         if kept is not None:
             done.texts[this] = kept
@@ -191,7 +236,7 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
         leader = _lead(key)
         result = None
         try:
-            text, transcript = await _bridge_one(media, bridge, provider, model, request, ctx, route)
+            text, transcript = await _bridge_one(media, bridge, provider, model, options, ctx, route)
             result = (text, transcript)
         except ProviderError as exc:
             if not exc.retryable:
@@ -208,6 +253,14 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
         return text, transcript, bridge, False
     assert error is not None  # the first choice is a ready bridge: it was called (now or before) and failed
     raise error
+
+
+async def _kept_any(media: Media, request: Request, memo: BridgeMemo) -> tuple[str, Transcript | None] | None:
+    """Any text kept of ``media``, whatever bridge and options made it, or None. When this turn asks
+    for speakers, only a diarized text of speech will do: the turn that sent it may not have asked."""
+    prefix = media_prefix(media, request)
+    diarized = request.options.diarization and media.modality in _SPEECH
+    return await memo.recall_any(prefix, diarized) if prefix is not None else None
 
 
 async def _kept(key: str, memo: BridgeMemo) -> tuple[str, Transcript | None] | None:
@@ -252,7 +305,7 @@ def _settle(key: str | None, leader: asyncio.Future | None, result: tuple[str, T
         leader.set_result(result)
 
 
-async def _bridge_one(media: Media, bridge: Bridge, provider, model, request: Request, ctx: CallContext,
+async def _bridge_one(media: Media, bridge: Bridge, provider, model, options: Options, ctx: CallContext,
                       route: RouteInfo) -> tuple[str, Transcript | None]:
     """Call the bridge's model on one media: its text, and its transcript (several merged) if any.
     Its usage is recorded in ``route``'s steps by :func:`call_model`."""
@@ -260,8 +313,8 @@ async def _bridge_one(media: Media, bridge: Bridge, provider, model, request: Re
     task = Task.CHAT if extraction or bridge.modality in (Modality.DOCUMENT, Modality.IMAGE) else Task.TRANSCRIBE
     sub = Request(
         messages=[Message(Role.USER, [Part(media=media)])],
-        options=Options(task=task, diarization=request.options.diarization,
-                        speakers_expected=request.options.speakers_expected, language=request.options.language),
+        options=Options(task=task, diarization=options.diarization,
+                        speakers_expected=options.speakers_expected, language=options.language),
     )
     texts: list[str] = []
     transcripts: list[Transcript] = []
@@ -273,3 +326,24 @@ async def _bridge_one(media: Media, bridge: Bridge, provider, model, request: Re
         elif isinstance(event, TextDelta) and (task is Task.CHAT or not texts):
             texts.append(event.text)
     return "".join(texts).strip(), Transcript.merged(transcripts) if transcripts else None
+
+
+def remember_transcripts(request: Request, transcripts: list[Transcript], target: Target,
+                         memo: BridgeMemo) -> None:
+    """Keep a transcription's transcripts as the bridged texts of the audio it transcribed (this turn's),
+    as if ``target`` had bridged them: a later turn to a model that cannot hear reuses them instead of
+    paying for the same transcription again. Only audio: a video's bridged text holds more than its speech.
+    """
+    media = request.current_media()
+    this_turn = {id(m) for m in request.turn_media()}
+    if not transcripts or not media or any(m.modality is not Modality.AUDIO or id(m) not in this_turn
+                                           for m in media):
+        return
+    if len(media) == 1:
+        transcripts = [Transcript.merged(transcripts)]
+    if len(transcripts) != len(media):  # not one per recording: which is whose is unknown
+        return
+    for one, transcript in zip(media, transcripts, strict=True):
+        key = memo_key(one, request, Bridge(Modality.AUDIO, target))
+        if key is not None:
+            memo.remember(key, _transcript_text(transcript), transcript)

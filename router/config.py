@@ -6,11 +6,14 @@ Errors name the key, the problem, and the file and line::
     (router.yaml, line 14)
 
 ``${VAR}`` and ``${VAR:-fallback}`` in string values are replaced from the
-environment when the file is loaded, so keys stay out of the file.
+environment when the file is loaded, so keys stay out of the file. In the
+``server`` section a ``${VAR}`` without fallback must be set and not empty
+(an unset token must not turn authentication off); ``${VAR:-}`` allows empty.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -212,10 +215,39 @@ def tls_problem(cert_file: Path, key_file: Path, client_ca_file: Path | None) ->
     return None
 
 
+#: ``host:port`` or ``[ipv6]:port``.
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^\s:\[\]/]+)):(?P<port>[0-9]+)$")
+#: Prefixes of addresses gRPC takes as a unix socket path (or abstract name).
+UNIX_PREFIXES = ("unix:", "unix-abstract:")
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """The host (without brackets) and port of a listening address, or None for a unix socket
+    (``unix:/path``, ``unix-abstract:name``); ValueError saying how to write it when it is neither."""
+    if address.startswith(UNIX_PREFIXES):
+        if not address.partition(":")[2]:
+            raise ValueError(f"{address!r} names no socket: write e.g. unix:/run/mmrouter/sock")
+        return None
+    match = _HOST_PORT.match(address)
+    if match is None:
+        raise ValueError(f"{address!r} is not host:port: write e.g. 127.0.0.1:50051, [::1]:50051 "
+                         "or unix:/run/mmrouter/sock")
+    port = int(match["port"])
+    if port > 65535:  # gRPC would silently listen on the port modulo 65536
+        raise ValueError(f"port {port} is over 65535 in {address!r}")
+    if match["v6"] is None:
+        return match["host"], port
+    try:
+        ipaddress.IPv6Address(match["v6"])
+    except ValueError:
+        raise ValueError(f"[{match['v6']}] is not an IPv6 address in {address!r}") from None
+    return match["v6"], port
+
+
 class ServerSettings(_Strict):
     """Where and how the daemon serves."""
 
-    address: str = DEFAULT_ADDRESS
+    address: str = Field(DEFAULT_ADDRESS, description="host:port, [ipv6]:port, unix:/path or unix-abstract:name")
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
     inline_limit_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest inline media part")
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest gRPC message")
@@ -232,6 +264,12 @@ class ServerSettings(_Strict):
                                     "run, for clients that set no shorter deadline (a provider that hangs)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line, for log collectors")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_address(value)
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -326,6 +364,32 @@ def expand_env(value: Any) -> Any:
     return value
 
 
+def _unset_references(value: Any, loc: tuple = ()) -> list[tuple[tuple, str]]:
+    """``(key path, variable)`` of every ``${VAR}`` without fallback in ``value`` whose variable is unset
+    or empty."""
+    if isinstance(value, str):
+        return [(loc, m.group(1)) for m in _ENV_REF.finditer(value)
+                if m.group(2) is None and not os.environ.get(m.group(1))]
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in _unset_references(v, (*loc, k))]
+    if isinstance(value, list):
+        return [found for i, v in enumerate(value) for found in _unset_references(v, (*loc, i))]
+    return []
+
+
+def _check_server_references(data: dict[str, Any], node: yaml.Node | None, source: str) -> None:
+    """Refuse a ``${VAR}`` in the ``server`` section whose variable is unset or empty: an empty
+    ``auth_token`` would serve without authentication, an empty ``data_dir`` in the working directory."""
+    problems = []
+    for loc, name in _unset_references(data.get("server"), ("server",)):
+        line = _line_of(node, loc)
+        where = f" ({source}, line {line})" if line else f" ({source})"
+        problems.append(f"{'.'.join(map(str, loc))}: ${{{name}}} is not set (or empty){where}: set {name}, "
+                        f"or write ${{{name}:-}} to allow an empty value")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
 def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     """The 1-based line of the YAML node at ``loc`` (or its nearest parent)."""
     line = node.start_mark.line + 1 if node is not None else None
@@ -385,6 +449,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of settings, not {type(data).__name__}")
+    _check_server_references(data, node, source)
     try:
         config = Config.model_validate(expand_env(data))
     except ValidationError as exc:

@@ -37,7 +37,7 @@ from .types import CallContext, Media, Message, Modality, ModelInfo, Part, Reque
 
 log = logging.getLogger(__name__)
 
-#: How many recent resets are remembered for the calls under way (see App.reset_session).
+#: How many recent resets are remembered for the calls under way (see App.areset_session).
 RESETS_KEPT = 10_000
 
 # "tokens" (max_output_tokens, context_tokens) are counts, not secrets
@@ -140,8 +140,9 @@ class App:
         started with; replaced providers are closed after the last of those calls.
 
         Returns whether the providers were made again, and the sections that changed but need a
-        restart (``server``). When the providers cannot be made at all, nothing changes: the reload
-        is refused (logged) and None returned."""
+        restart (``server``). When the providers cannot be made at all, or a provider would become
+        broken that is not broken now (a settings typo that ``config check`` refuses too), nothing
+        changes: the reload is refused (logged) and None returned."""
         old, new = self.config, config
         remade = (old.providers, old.plugins) != (new.providers, new.plugins)
         registry = None
@@ -155,6 +156,13 @@ class App:
                 log.exception("reload refused: the providers of the new configuration could not be made; "
                               "the running configuration, rules and providers stay")
                 return None
+            broken = self._broken_by(registry)
+            if broken:
+                log.error("reload refused, the running configuration, rules and providers stay: %s",
+                          "; ".join(broken))
+                self._retired.append(registry)  # its providers are closed, unused
+                self._close_retired()
+                return None
         self.router = _router_of(new)
         if registry is not None:
             self._replace_registry(registry)
@@ -166,6 +174,16 @@ class App:
                                              "overrides": new.overrides, "providers": new.providers,
                                              "plugins": new.plugins})
         return remade, needs_restart
+
+    def _broken_by(self, registry: Registry) -> list[str]:
+        """The providers broken in ``registry`` that are not broken now, as ``providers.<name>: <why>``.
+
+        The plugin code is the same as the running one's (modules are imported once), so what breaks
+        them is the new file: a reload must not take a working provider down. A provider broken
+        already (a plugin that fails to import) does not block reloads."""
+        now = {name for name, entry in self.registry.entries.items() if entry.state is State.BROKEN}
+        return [f"providers.{entry.name}: {entry.reason}" for entry in registry.entries.values()
+                if entry.state is State.BROKEN and entry.name not in now]
 
     def _replace_registry(self, registry: Registry) -> None:
         old, self.registry = self.registry, registry
@@ -258,11 +276,12 @@ class App:
         owners.sort(key=lambda name: (not self.catalog[name].ready, allowed is not None and name not in allowed))
         return owners[0] if owners else ""
 
-    def _trim(self, request: Request, history: list[Message], plan: Plan) -> tuple[Request, list[str]]:
-        """``request`` (history + current turn) with the oldest history dropped to fit ``plan``'s model."""
+    def _trim(self, request: Request, plan: Plan) -> tuple[Request, list[str]]:
+        """``request`` (history + current turn, ``plan``'s bridges applied: a bridged media counts as
+        its text) with the oldest history dropped to fit ``plan``'s model."""
+        history, current = request.messages[:request.history_length], request.messages[request.history_length:]
         if not history:
             return request, []
-        current = request.messages[len(history):]
 
         budget = input_budget(plan.model, request.options.max_output_tokens)
         kept, dropped = trim_history(history, current, budget, estimate_tokens)
@@ -300,15 +319,14 @@ class App:
             untrimmed, history = await self._with_history(request)
             await self._measure_media(untrimmed)
             decision, _ = self._decide(untrimmed)
-            full, notes = self._trim(untrimmed, history, decision.plan)
-            # a fallback gets the history trimmed to its own model's context
-            fit = (lambda plan: self._trim(untrimmed, history, plan)) if history else None
+            # each plan gets the history trimmed to its own model's context, after its bridges
+            fit = self._trim if history else None
             ctx = CallContext(request_id=f"{random.getrandbits(128):032x}", deadline=deadline)
             registry = self.registry  # the one the decision was made with (no await since): kept for the call
             registry.calls += 1
             # Closed explicitly: a consumer that stops at Done must not leave the generator to the
             # garbage collector, whose finalizer schedules a task per request to close it.
-            async with aclosing(execute(full, decision, registry, ctx, notes, fit, self.bridge_memo, clock,
+            async with aclosing(execute(untrimmed, decision, registry, ctx, None, fit, self.bridge_memo, clock,
                                         self.router.bridges)) as events:
                 async for event in events:
                     if isinstance(event, RouteChosen):
@@ -399,12 +417,6 @@ class App:
 
     def providers(self) -> list[ProviderEntry]:
         return sorted(self.registry.entries.values(), key=lambda e: e.name)
-
-    def reset_session(self, session_id: str) -> int:
-        """Forget a session; return how many turns were removed. Blocks the event loop until the
-        store's thread has done it: :meth:`areset_session` does not."""
-        in_use = self._mark_reset(session_id)
-        return _reset_result(session_id, self.sessions.submit(self.sessions.reset, session_id).result(), in_use)
 
     async def areset_session(self, session_id: str) -> int:
         """Forget a session; return how many turns were removed (:class:`UnknownSession` if it has

@@ -5,26 +5,31 @@ then text deltas, transcripts and step usage as they come, then Done with
 the complete :class:`Answer`. A retryable failure (down, rate-limited, the
 input too large for the target) before the answering model sent any output moves
 on to the next fallback; a failure after it (the client already has part of an
-answer) or a non-retryable one is raised.
+answer) or a non-retryable one is raised. A request refused for its size that carries a session's
+history is first tried again on the same target with less history.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 
-from .bridging import BridgedInRequest, BridgeMemo, apply_bridges
-from .errors import NoRoute, ProviderError
+from .bridging import BridgedInRequest, BridgeMemo, apply_bridges, remember_transcripts
+from .errors import NoRoute, ProviderError, ProviderInputTooLarge
 from .invoke import call_model
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
 from .plugins import Registry
+from .provider import Provider
 from .routing import Decision, Plan
 from .types import (
     CallContext,
     FinishReason,
     Modality,
+    ProviderEvent,
     Request,
+    Role,
     TextDelta,
     Transcript,
     TranscriptReady,
@@ -36,8 +41,9 @@ from .types import (
 RouterEvent = RouteChosen | TextDelta | TranscriptReady | StepUsage | Done
 
 
-#: The request for one fallback plan and the notes to add to the route (the history trimmed to its model).
-FitRequest = Callable[[Plan], tuple[Request, list[str]]]
+#: The request for one plan, its bridges applied, with the history trimmed to the plan's model, and the
+#: notes to add to the route.
+FitRequest = Callable[[Request, Plan], tuple[Request, list[str]]]
 
 
 async def execute(request: Request, decision: Decision, registry: Registry, ctx: CallContext,
@@ -47,13 +53,16 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                   ) -> AsyncIterator[RouterEvent]:
     """Run the decision's plans in order until one answers.
 
-    ``request`` is ready for the first plan; ``fit`` makes it ready for a fallback (whose model
-    may have a smaller context), else fallbacks get ``request`` as it is. ``started`` (a
+    ``request`` holds a session's whole history; ``fit`` trims it to each plan's model once the plan's
+    bridges replaced what they convert (a bridged PDF counts as its text, not its pages), else every
+    plan gets it whole. ``started`` (a
     ``time.perf_counter()``) is when the router got the request, for the route's latency;
     ``bridge_preferences`` (``bridges`` of the configuration) name the bridges to try when one fails.
 
     A fallback is tried when a plan fails with a retryable error before its answering model sent
-    any text or transcript of its own (bridges' transcripts already sent are not sent again).
+    any text or transcript of its own (bridges' transcripts already sent are not sent again); one
+    refused for its size is first tried again with less history (see :func:`_call_answering`).
+    A transcription's transcript is kept in ``memo`` as the bridged text of the audio it transcribed.
     """
     started = time.perf_counter() if started is None else started
     route = RouteInfo.planned(decision)
@@ -77,9 +86,6 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         answering = False
         try:
             answer_request = request
-            if fit is not None and plan is not decision.plan:
-                answer_request, fitted = fit(plan)
-                route.notes.extend(fitted)
             if plan.bridges:
                 bridged = await apply_bridges(plan.bridges, answer_request, registry, ctx, route, memo,
                                               bridge_preferences, bridged_before)
@@ -90,9 +96,12 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 for step in route.steps[reported:]:
                     yield StepUsage(step.usage)
                 reported = len(route.steps)
+            if fit is not None:
+                answer_request, fitted = fit(answer_request, plan)
+                route.notes.extend(fitted)
             answering = True  # from here the model's own usage is streamed as it reports it
             # closed with this generator: a client leaving mid-answer closes the provider's stream at once
-            async with aclosing(call_model(provider, plan.model, answer_request, ctx, route, "answer")) as events:
+            async with aclosing(_call_answering(provider, plan, answer_request, ctx, route)) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):
                         answered = True
@@ -116,6 +125,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 raise
             route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target")
             continue
+        if own and memo is not None:
+            remember_transcripts(request, own, plan.target, memo)
         route.provider, route.model = plan.target.provider, plan.target.model
         if index:  # a fallback answered: those still untried after it
             route.fallbacks = [str(p.target) for p in plans[index + 1:]]
@@ -128,6 +139,44 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     if last_error is not None:
         raise last_error
     raise NoRoute("every target of the route became unusable")
+
+
+async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx: CallContext,
+                          route: RouteInfo) -> AsyncIterator[ProviderEvent]:
+    """The answering call of ``plan``: ``call_model``'s events. When the provider refuses the request
+    for its size before any answer output and it carries session history, the same request, its
+    bridges already applied, is tried again with the oldest half of that history dropped (a provider's
+    media limits, such as Claude's 100 images or 32 MB per request, are reached far below its context),
+    until no history is left; then the refusal is raised and the next fallback is tried."""
+    while True:
+        produced = False
+        try:
+            async with aclosing(call_model(provider, plan.model, request, ctx, route, "answer")) as events:
+                async for event in events:
+                    produced = produced or isinstance(event, (TextDelta, TranscriptReady))
+                    yield event
+            return
+        except ProviderInputTooLarge as exc:
+            shorter = None if produced else _without_older_half(request)
+            if shorter is None:
+                raise
+            request, dropped = shorter
+            route.notes.append(f"history trimmed: dropped the {dropped} oldest message(s) of session "
+                               f"{request.session_id} because {plan.target} refused the request for its size "
+                               f"({exc.message}); trying again")
+
+
+def _without_older_half(request: Request) -> tuple[Request, int] | None:
+    """``request`` without the oldest half of its history, the kept part starting with a user message,
+    and how many messages were dropped; None without history. The current turn is always kept."""
+    history, current = request.messages[:request.history_length], request.messages[request.history_length:]
+    if not history:
+        return None
+    dropped = (len(history) + 1) // 2
+    while dropped < len(history) and history[dropped].role is not Role.USER:
+        dropped += 1
+    kept = history[dropped:]
+    return dataclasses.replace(request, messages=kept + current, history_length=len(kept)), dropped
 
 
 def _unsent(transcripts: list[Transcript], sent: list[Transcript]) -> list[Transcript]:

@@ -14,9 +14,11 @@ import asyncio
 import errno
 import fcntl
 import functools
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
@@ -35,7 +37,7 @@ from mmrouter.v1 import router_pb2_grpc
 
 from . import invoke, redact, wire
 from .auth import TokenAuth
-from .config import Config, load_config
+from .config import Config, load_config, parse_address
 from .core import App, monotonic_deadline, secrets_of
 from .dispatch import RouterEvent
 from .errors import (
@@ -379,7 +381,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if not request.session_id:
             raise InvalidRequest("session_id is required",
                                  violations=[FieldViolation("session_id", "required")])
-        return pb.ResetSessionResponse(turns_removed=self.app.reset_session(request.session_id))
+        return pb.ResetSessionResponse(turns_removed=await self.app.areset_session(request.session_id))
 
 
 def _event_to_proto(event: object, redact: Callable[[str], str]) -> pb.StreamGenerateResponse:
@@ -424,14 +426,70 @@ async def start_server(app: App, address: str, certificates: ServerCertificates 
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    if certificates is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, certificates.credentials())
+    port = _listen(server, address, certificates)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port, health_servicer
+
+
+def _listen(server: grpc.aio.Server, address: str, certificates: ServerCertificates | None) -> int:
+    """Bind ``address``; return the port. A host name is bound on each of its addresses, and refused
+    (OSError) when one of them is in use: gRPC would serve the others alone, beside the process that
+    holds it."""
+    credentials = certificates.credentials() if certificates is not None else None  # one for every port:
+    # a reloaded certificate is handed to one credentials object only
+
+    def add(one: str) -> int:
+        return server.add_insecure_port(one) if credentials is None else server.add_secure_port(one, credentials)
+
+    parsed_address = parse_address(address)
+    if parsed_address is None:  # a unix socket
+        return add(address)
+    host, port = parsed_address
+    resolved = _addresses_of(host)
+    if len(resolved) < 2:
+        return add(address)
+    bound = False
+    for family, ip in resolved:
+        one = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+        problem = _bind_errno(family, ip, port)
+        if problem in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):  # gRPC skips these too
+            log.warning("not listening on %s: this machine has no such address", one)
+        elif problem is not None:
+            raise OSError(problem, f"cannot listen on {address}: it resolves to {' and '.join(ip for _, ip in resolved)}, "
+                          f"and {one} cannot be bound ({os.strerror(problem)}; another daemon?): free it, or set "
+                          "server.address (--address) to one IP address and port")
+        else:
+            port, bound = add(one), True  # port 0: the next addresses take the port the first one got
+    return port if bound else add(address)  # none usable: gRPC says why
+
+
+def _addresses_of(host: str) -> list[tuple[int, str]]:
+    """The IP addresses (family, address) the host name ``host`` resolves to; [] for an IP address or a
+    name that does not resolve (gRPC reports it)."""
+    try:
+        ipaddress.ip_address(host)
+        return []
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    families = (socket.AF_INET, socket.AF_INET6)
+    return list(dict.fromkeys((family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos if family in families))
+
+
+def _bind_errno(family: int, ip: str, port: int) -> int | None:
+    """Why ``ip``:``port`` cannot be bound now (an errno), or None."""
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT does not count
+            probe.bind((ip, port))
+    except OSError as exc:
+        return exc.errno
+    return None
 
 
 def reload_config(app: App, config_path: Path | None, certificates: ServerCertificates | None = None,
@@ -518,6 +576,10 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     SIGHUP re-reads ``config_path`` and swaps in its rules, providers and TLS certificate (see
     :func:`reload_config`); ``server_overrides`` are the server settings the command line gave.
     """
+    try:  # the command line's --address is not validated with the file
+        parse_address(config.server.address)
+    except ValueError as exc:
+        raise ConfigError(f"server.address (--address): {exc}") from None
     log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
     # what the daemon writes (conversations, media, the sessions database) is its users' data: other
     # local users may not read it, whatever the operator's umask (022 made sessions.sqlite readable)
@@ -526,8 +588,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     app = App(config, extra_plugins=extra_plugins)
     certificates = ServerCertificates(config.server.tls) if config.server.tls else None
     server, port, health_servicer = await start_server(app, config.server.address, certificates)
-    host = config.server.address.rsplit(":", 1)[0]
-    bound = f"{host}:{port}"
+    bound = _bound_address(config.server.address, port)
     _log_providers(app)
     tls = config.server.tls
     security = "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file else "TLS"
@@ -554,6 +615,14 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         logging.shutdown()
         os._exit(1)  # asyncio.run would wait for those calls forever
     log.info("stopped")
+
+
+def _bound_address(address: str, port: int) -> str:
+    """The address clients reach: ``address`` with the port gRPC bound (port 0 picks one); a unix
+    socket as given (gRPC reports port 1 for it)."""
+    if parse_address(address) is None:
+        return address
+    return f"{address.rsplit(':', 1)[0]}:{port}"
 
 
 #: After the drain, how long closing the providers and cancelling the calls left may take.

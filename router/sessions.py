@@ -175,6 +175,23 @@ class SessionStore:
             log.warning("could not mark a kept bridged text as used: %s", exc)
         return text, transcript
 
+    def recall_any(self, prefix: str, diarized: bool) -> tuple[str, Transcript | None] | None:
+        """The bridged text used last of those kept under a key starting with ``prefix`` (a media and its
+        modality, see :func:`router.bridging.media_prefix`), whatever bridge and options made it; only
+        a diarized one when ``diarized``."""
+        try:  # a range on the primary key: the keys of one media, read from the index
+            rows = self._db.execute("SELECT key FROM bridged WHERE key >= ? AND key < ? ORDER BY at DESC",
+                                    (prefix, prefix + "\uffff")).fetchall()
+        except sqlite3.Error as exc:
+            log.warning("could not read a kept bridged text: %s", exc)
+            return None
+        keys = [key for (key,) in rows if not diarized or "|diarization=True|" in key]
+        for key in keys:
+            kept = self.recall(key)
+            if kept is not None:
+                return kept
+        return None
+
     def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
         """Keep a bridged text (a transcript, a PDF's text) for the later turns of a session."""
         try:  # numbers from numpy and the like are floats to JSON
@@ -337,6 +354,9 @@ class StoredBridges:
 
     async def recall(self, key: str) -> tuple[str, Transcript | None] | None:
         return await self._store.run(self._store.recall, key)
+
+    async def recall_any(self, prefix: str, diarized: bool) -> tuple[str, Transcript | None] | None:
+        return await self._store.run(self._store.recall_any, prefix, diarized)
 
     def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
         try:  # queued: a later recall runs after it on the same thread

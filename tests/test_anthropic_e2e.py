@@ -369,3 +369,68 @@ def test_a_stream_cut_after_some_text_is_unavailable_and_keeps_no_turn(daemon, f
     daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Again?"), session="cut")), timeout=30)
     assert [(m["role"], [b["text"] for b in m["content"]]) for m in fake.last_body()["messages"]] == [
         ("user", ["Again?"])]
+
+
+def long_pdf(pages: int, label: str) -> bytes:
+    buf = io.BytesIO()
+    doc = canvas.Canvas(buf)
+    for page in range(pages):
+        doc.drawString(72, 720, f"{label} page {page + 1}")
+        doc.showPage()
+    doc.save()
+    return buf.getvalue()
+
+
+def pdf_turn(pdf: bytes, question: str, session: str) -> pb.MultimodalRequest:
+    return ask(media_part(pb.MODALITY_DOCUMENT, "application/pdf", pdf), text_part(question), session=session)
+
+
+def test_a_session_over_claudes_pdf_pages_drops_older_history_and_goes_on(daemon, fake):
+    """Three 35-page PDFs are 105 pages: over Claude's 100 pages per request, though far under its
+    context. The turn is refused before sending, tried again without the oldest turn, and answered;
+    so is the next one, streamed (the history on the router's side is untouched)."""
+    pdfs = [long_pdf(35, f"report {n}") for n in range(1, 5)]
+    for n in (0, 1):
+        daemon.stub.Generate(pb.GenerateRequest(request=pdf_turn(pdfs[n], f"Read report {n + 1}.", "reports")),
+                             timeout=30)
+
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=pdf_turn(pdfs[2], "Compare them.", "reports")),
+                                  timeout=30).answer
+    assert (answer.route.model, answer.text) == ("claude-sonnet-4-6", "Hello from fake Claude.")
+    assert len(fake.message_calls()) == 3  # the refused request was never sent
+    assert [b.data for b in media_blocks(fake.last_body())] == [pdfs[1], pdfs[2]]
+    assert [m["role"] for m in fake.last_body()["messages"]] == ["user", "assistant", "user"]
+    [note] = [n for n in answer.route.notes if "history trimmed" in n]
+    assert "dropped the 2 oldest message(s) of session reports" in note
+    assert "105 PDF pages" in note and "anthropic/claude-sonnet-4-6" in note
+    assert [(a.model, a.ok) for a in answer.route.attempts] == [("claude-sonnet-4-6", False),
+                                                                 ("claude-sonnet-4-6", True)]
+    assert "105 PDF pages" in answer.route.attempts[0].error
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (1500, 80)  # the refusal cost nothing
+    assert answer.usage.cost_usd == pytest.approx(cost((1500, 80), SONNET))
+
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(
+        request=pdf_turn(pdfs[3], "And this one?", "reports")), timeout=30))
+    assert [e.text_delta.text for e in events if e.HasField("text_delta")] == ["Hello", " from", " fake", " Claude."]
+    done = events[-1].done.answer
+    assert done.text == "Hello from fake Claude." and done.route.model == "claude-sonnet-4-6"
+    assert any("refused the request for its size" in n for n in done.route.notes)
+    assert [b.data for b in media_blocks(fake.last_body())] == [pdfs[2], pdfs[3]]
+    assert [(u.input_tokens, u.output_tokens) for u in (e.usage for e in events if e.HasField("usage"))] == [
+        (1500, 80)]
+
+
+def test_a_current_turn_over_the_limit_alone_still_fails_and_keeps_no_turn(daemon, fake):
+    """Dropping history cannot help a turn too large by itself: every target refuses it, as before."""
+    daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Hello."), session="big")), timeout=30)
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=pdf_turn(long_pdf(101, "huge"), "Read it.", "big")),
+                             timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(info.value).reason == "INPUT_TOO_LARGE"
+    assert "101 PDF pages" in info.value.details()
+    assert len(fake.message_calls()) == 1  # only the first turn reached Claude
+
+    daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Still there?"), session="big")), timeout=30)
+    assert [(m["role"], [b["text"] for b in m["content"]]) for m in fake.last_body()["messages"]] == [
+        ("user", ["Hello."]), ("assistant", ["Hello from fake Claude."]), ("user", ["Still there?"])]

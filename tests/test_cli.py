@@ -633,9 +633,6 @@ def test_serve_stats_and_prune_mistakes_are_one_line_errors(tmp_path):
     taken.listen()
     busy = f"127.0.0.1:{taken.getsockname()[1]}"
     cases = {  # side by side: each daemon its own data directory, which a daemon holds while it starts
-        Cli("serve", "--address", "nonsense", "--data-dir", tmp_path / "data1"):
-            "cannot listen on nonsense: the address is in use or invalid; give --address (or server.address) "
-            "a free host:port, e.g. 127.0.0.1:50051",
         Cli("serve", "--address", busy, "--data-dir", tmp_path / "data2"):
             f"cannot listen on {busy}: the address is in use or invalid; give --address (or server.address) "
             "a free host:port, e.g. 127.0.0.1:50051",
@@ -655,6 +652,7 @@ def test_serve_stats_and_prune_mistakes_are_one_line_errors(tmp_path):
             f"the sessions database {tmp_path}/isdir/sessions.sqlite is a directory: "
             "point --data-dir (or server.data_dir) at the daemon's data directory",
     }
+    nonsense = Cli("serve", "--address", "nonsense", "--data-dir", tmp_path / "data1")
     try:
         for call, message in cases.items():
             result = call.result(timeout=60)
@@ -662,6 +660,10 @@ def test_serve_stats_and_prune_mistakes_are_one_line_errors(tmp_path):
             assert "Traceback" not in result.stderr, result.stderr
             # (gRPC's C core logs its own line about the failed bind before ours)
             assert result.stderr.splitlines()[-1] == message, result.stderr
+        result = nonsense.result(timeout=60)  # a usage error, like a bad configuration: exit 2
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result
+        assert result.stderr.strip() == ("server.address (--address): 'nonsense' is not host:port: write e.g. "
+                                         "127.0.0.1:50051, [::1]:50051 or unix:/run/mmrouter/sock"), result.stderr
     finally:
         taken.close()
 

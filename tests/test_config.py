@@ -406,6 +406,81 @@ def test_an_expanded_value_is_not_parsed_as_yaml(monkeypatch):
     assert config.providers["openai"]["api_key"] == "a: [b"
 
 
+def serve_exit(config_file: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``mmrouter serve`` on ``config_file``, expected to refuse to start."""
+    return subprocess.run([str(MMROUTER), "serve", "--config", str(config_file), *extra], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1",
+                                                      **(env or {})})
+
+
+def test_an_unset_variable_in_the_server_section_is_refused_naming_the_key_and_variable(monkeypatch):
+    """An unset ${MMROUTER_TOKEN} served without authentication; an unset data_dir wrote to the working directory."""
+    monkeypatch.delenv("TEST_MMR_TOKEN", raising=False)
+    monkeypatch.setenv("TEST_MMR_EMPTY", "")
+    message = error_of("""
+        server:
+          auth_token: "${TEST_MMR_TOKEN}"
+          data_dir: "${TEST_MMR_EMPTY}"
+          tls: {cert_file: "${TEST_MMR_TOKEN}/server.pem", key_file: k.pem}
+    """)
+    assert ("server.auth_token: ${TEST_MMR_TOKEN} is not set (or empty) (router.yaml, line 2): set TEST_MMR_TOKEN, "
+            "or write ${TEST_MMR_TOKEN:-} to allow an empty value") in message
+    assert "server.data_dir: ${TEST_MMR_EMPTY} is not set (or empty) (router.yaml, line 3)" in message
+    assert "server.tls.cert_file: ${TEST_MMR_TOKEN} is not set (or empty) (router.yaml, line 4)" in message
+    allowed = parse_config('server: {auth_token: "${TEST_MMR_TOKEN:-}"}\nproviders: {openai: {api_key: "${TEST_MMR_TOKEN}"}}\n')
+    assert allowed.server.auth_token == "" and allowed.providers["openai"]["api_key"] == ""  # providers: unconfigured
+    monkeypatch.setenv("TEST_MMR_TOKEN", "a-token-1234")
+    assert parse_config('server: {auth_token: "${TEST_MMR_TOKEN}"}\n').server.auth_token == "a-token-1234"
+
+
+def test_serve_and_config_check_refuse_an_auth_token_whose_variable_is_unset(tmp_path):
+    file = tmp_path / "router.yaml"
+    file.write_text('server:\n  address: 127.0.0.1:0\n  auth_token: "${MMROUTER_TOKEN}"\n'
+                    f'  data_dir: "{tmp_path / "data"}"\n')
+    served = serve_exit(file)
+    assert served.returncode == 2, served.stdout + served.stderr
+    output = " ".join(served.stderr.split())
+    assert "server.auth_token: ${MMROUTER_TOKEN} is not set (or empty)" in output and "line 3" in output
+    assert "listening" not in output
+    checked = check(file)
+    assert checked.returncode == 1 and "OK" not in checked.stdout
+    assert "server.auth_token: ${MMROUTER_TOKEN} is not set" in " ".join(checked.stderr.split())
+
+
+@pytest.mark.parametrize("address, problem", [
+    ("127.0.0.1:500051", "port 500051 is over 65535 in '127.0.0.1:500051'"),
+    ("127.0.0.1", "'127.0.0.1' is not host:port"),
+    ("::1:50051", "'::1:50051' is not host:port: write e.g. 127.0.0.1:50051, [::1]:50051"),
+    ("[::g]:50051", "[::g] is not an IPv6 address"),
+    ("unix:", "'unix:' names no socket"),
+])
+def test_a_bad_server_address_is_refused_naming_the_key(address, problem):
+    """gRPC took a port over 65535 modulo 65536 (500051 listened on 41299) and no port as 443."""
+    message = error_of(f"server:\n  address: '{address}'\n")
+    assert f"server.address: {problem}" in message and "(router.yaml, line 2)" in message
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:0", "localhost:65535", "[::1]:50051", "[fe80::1%eth0]:1",
+                                     "unix:/run/mmrouter.sock", "unix-abstract:mmrouter"])
+def test_good_server_addresses_are_taken(address):
+    assert parse_config(f"server: {{address: '{address}'}}\n").server.address == address
+
+
+def test_serve_and_config_check_refuse_a_port_over_65535(tmp_path):
+    file = tmp_path / "router.yaml"
+    file.write_text(f"server:\n  data_dir: '{tmp_path / 'data'}'\n  address: 127.0.0.1:500051\n")
+    checked = check(file)
+    assert checked.returncode == 1 and "OK" not in checked.stdout
+    assert "server.address: port 500051 is over 65535" in " ".join(checked.stderr.split())
+    good = tmp_path / "good.yaml"
+    good.write_text(f"server: {{data_dir: '{tmp_path / 'data'}'}}\n")
+    from_file, from_option = serve_exit(file), serve_exit(good, "--address", "127.0.0.1:99999")
+    for served in (from_file, from_option):
+        output = " ".join(served.stderr.split())
+        assert served.returncode == 2 and "over 65535" in output and "listening" not in output, output
+    assert "line 3" in from_file.stderr and "server.address (--address): port 99999" in from_option.stderr
+
+
 # -- the embedded default and extending it ---------------------------------------------------
 
 

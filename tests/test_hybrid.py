@@ -6,6 +6,8 @@ come from the environment and a tiny override file, exactly as an operator would
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 from grpc_helpers import error_details, text_request
@@ -13,7 +15,7 @@ from media_factory import mp4, pdf, png, wav
 from mmrouter.v1 import router_pb2 as pb
 
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
-from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.anthropic import FakeAnthropic, media_blocks
 from tests.fakes.assemblyai import FakeAssemblyAI
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import API_KEY as OPENAI_KEY
@@ -378,3 +380,107 @@ def test_a_pdf_over_claude_s_100_pages_is_answered_by_the_fallback_without_reach
     assert "holds 120 PDF pages, over Claude's limit of 100 pages per request" in refused.error
     assert fakes["anthropic"].requests == [], "nothing was sent to Anthropic"
     assert answer.text
+
+
+def whisper_uploads(fakes) -> list[tuple[str, str | None]]:
+    """Each audio sent to OpenAI's transcription endpoint: its file name and the language asked."""
+    return [(u.files["file"][0], u.field("language")) for u in fakes["openai"].uploads()]
+
+
+def test_a_follow_up_s_language_does_not_reach_the_history_s_audio(start_daemon, fakes) -> None:
+    """Turn 2 sends French audio with language=fr: turn 1's English audio keeps its kept transcript, and
+    audio nothing was kept of (heard natively by Gemini) is bridged without turn 2's language."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    english = media(pb.MODALITY_AUDIO, "audio/wav", wav(1.0), "english.wav")
+    french = media(pb.MODALITY_AUDIO, "audio/wav", wav(2.0), "french.wav")
+    generate(daemon, text_request("Summarise this call", media=[english], session_id="s",
+                                  options=pb.Options(language="en")))
+    second = generate(daemon, text_request("Compare it with this one", media=[french], session_id="s",
+                                           options=pb.Options(language="fr")))
+    assert route_of(second) == ("general", "openai/gpt-4o")
+    assert whisper_uploads(fakes) == [("english.wav", "en"), ("french.wav", "fr")], "turn 1's audio paid again"
+
+    heard = media(pb.MODALITY_AUDIO, "audio/wav", wav(0.5), "heard.wav")
+    generate(daemon, text_request("Listen", media=[heard], session_id="native",
+                                  options=pb.Options(language="en"), hints=pb.RoutingHints(provider="gemini")))
+    generate(daemon, text_request("And this?", media=[french], session_id="native",
+                                  options=pb.Options(language="fr")))
+    assert whisper_uploads(fakes)[2:] == [("heard.wav", None)], "the history's audio got this turn's language"
+
+
+def test_a_diarized_transcript_in_the_history_is_reused_by_a_plain_follow_up(start_daemon, fakes) -> None:
+    """Turn 1 asks who spoke (AssemblyAI bridges with speakers); turn 2 without diarization would bridge
+    through Whisper: it gets turn 1's transcript with its speakers instead, paid once. A follow-up asking
+    for speakers of audio kept without them has it diarized."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    first = generate(daemon, text_request("Who spoke?", media=[AUDIO], session_id="s",
+                                          options=pb.Options(diarization=True)))
+    assert list(first.route.bridges) == ["audio->transcript via assemblyai/best"]
+    second = generate(daemon, text_request("Summarise it in one line", session_id="s"))
+    assert [s.purpose for s in second.route.steps] == ["answer"]
+    assert fakes["openai"].uploads() == [] and len(fakes["assemblyai"].created) == 1
+    sent = fakes["openai"].chat_requests()[-1]["messages"][0]
+    assert any("Speaker A:" in p.text for p in fakes["openai"].parts(sent) if p.kind == "text")
+
+    # the other way round: a follow-up asking for speakers gets them, not the kept text without any
+    clip = media(pb.MODALITY_AUDIO, "audio/wav", wav(0.5), "clip.wav")
+    generate(daemon, text_request("Summarise", media=[clip], session_id="plain"))
+    asked = generate(daemon, text_request("Who said what?", session_id="plain", options=pb.Options(diarization=True)))
+    assert list(asked.route.bridges) == ["audio->transcript via assemblyai/best"]
+    assert len(fakes["openai"].uploads()) == 1 and len(fakes["assemblyai"].created) == 2
+    sent = fakes["openai"].chat_requests()[-1]["messages"][0]
+    assert any("Speaker A:" in p.text for p in fakes["openai"].parts(sent) if p.kind == "text")
+
+
+def test_a_transcription_turn_s_transcript_is_reused_and_sent_once(start_daemon, fakes) -> None:
+    """Turn 1 is audio alone, transcribed by Whisper; turn 2 asks gpt-4o about it: no second transcription,
+    and the transcript reaches gpt-4o once (as the reply of turn 1), not also as turn 1's user part."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    first = generate(daemon, text_request("", media=[AUDIO], session_id="s"))
+    assert route_of(first) == ("transcription", "openai/whisper-1")
+    second = generate(daemon, text_request("Summarise what was said", session_id="s"))
+    assert route_of(second) == ("general", "openai/gpt-4o")
+    assert [s.purpose for s in second.route.steps] == ["answer"] and len(fakes["openai"].uploads()) == 1
+    sent = json.dumps(fakes["openai"].chat_requests()[-1]["messages"])
+    assert sent.count(first.text) == 1, sent
+    assert "[Audio transcript] call.wav" in sent
+
+
+def test_a_bridged_history_pdf_counts_as_its_text_when_the_history_is_trimmed(start_daemon, fakes) -> None:
+    """An 80-page PDF is 120k tokens as pages but a few thousand as the text gpt-4o gets: turn 2 keeps it."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    book = media(pb.MODALITY_DOCUMENT, "application/pdf",
+                 pdf([f"Chapter {i}: the secret word is PINEAPPLE{i}" for i in range(80)]), "book.pdf")
+    gpt = pb.RoutingHints(model="gpt-4o")
+    first = generate(daemon, text_request("Summarise this book", media=[book], session_id="s", hints=gpt))
+    assert list(first.route.bridges) == ["document->text via local/extract"]
+    second = generate(daemon, text_request("What is the secret word of chapter 3?", session_id="s", hints=gpt))
+    assert not any("history trimmed" in n for n in second.route.notes), second.route.notes
+    sent = fakes["openai"].chat_requests()[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"] and "PINEAPPLE3" in json.dumps(sent)
+
+
+def test_a_bridged_turn_over_claude_s_pages_drops_history_without_bridging_again(start_daemon, fakes) -> None:
+    """Turn 3 brings a 35-page PDF and a recording to Claude after two 35-page PDFs: whisper transcribes
+    the recording, Claude refuses the 105 pages before sending, and the same bridged request goes again
+    without the oldest turn: one transcription, sent to the client once, and Claude answers."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    reports = [media(pb.MODALITY_DOCUMENT, "application/pdf", pdf([f"Report {n} page {p}" for p in range(35)]),
+                     f"report-{n}.pdf") for n in range(3)]
+    for report in reports[:2]:
+        generate(daemon, text_request("Read this", media=[report], session_id="s"))
+    events = stream(daemon, text_request("Does the call match the reports?", media=[reports[2], AUDIO],
+                                         session_id="s"))
+    answer = events[-1].done.answer
+    assert route_of(answer) == ("documents", "anthropic/claude-sonnet-4-6")
+    assert list(answer.route.bridges) == ["audio->transcript via openai/whisper-1"]
+    assert [e.WhichOneof("event") for e in events].count("transcript") == 1
+    assert len(fakes["openai"].uploads()) == 1, "the recording was transcribed twice"
+    assert [(a.model, a.ok) for a in answer.route.attempts] == [
+        ("whisper-1", True), ("claude-sonnet-4-6", False), ("claude-sonnet-4-6", True)]
+    assert [(s.provider, s.model) for s in answer.route.steps] == [
+        ("openai", "whisper-1"), ("anthropic", "claude-sonnet-4-6")]
+    assert any("history trimmed: dropped the 2 oldest" in n and "105 PDF pages" in n for n in answer.route.notes)
+    body = fakes["anthropic"].last_body()
+    assert [b.title for b in media_blocks(body)] == ["report-1.pdf", "report-2.pdf"]
+    assert "[Audio transcript]" in json.dumps(body["messages"][-1])

@@ -187,7 +187,11 @@ def register_providers(register, settings):
 '''
 
 
-def test_sighup_with_a_provider_gone_bad_marks_it_broken_and_serves_the_new_rules(start_daemon, tmp_path) -> None:
+def test_sighup_that_would_break_a_working_provider_is_refused_but_one_broken_already_does_not_block(
+        start_daemon, tmp_path) -> None:
+    """The plugin's code is the one already imported, so only the new file can break its provider: like
+    a settings typo, that is the operator's mistake (``config check`` refuses it), and the reload is
+    refused whole. A provider that was broken before the reload does not stand in its way."""
     from conftest import make_dist_info
 
     site = tmp_path / "flip-site"
@@ -195,20 +199,41 @@ def test_sighup_with_a_provider_gone_bad_marks_it_broken_and_serves_the_new_rule
     (site / "mmrouter_flip.py").write_text(FLIP)
     make_dist_info(site, "mmrouter-flip", "flip", "mmrouter_flip")
     daemon = start_daemon("""
-        providers: {flip: {}}
-        routes: [{name: r1, use: flip/m}]
+        providers: {flip: {junk: true}}
+        routes: [{name: r1, use: local/extract}]
         default: local/extract
         """, plugins=(), extra_sites=(site,))
-    assert route_of(daemon) == ("r1", "flip/m")
-    reload(daemon, """
-providers: {flip: {junk: true}}
-routes: [{name: r2, use: local/extract}]
-default: local/extract
-""", "providers made again")
+
+    def flip_state() -> int:
+        return {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest()).providers}["flip"].state
+
+    assert flip_state() == pb.PROVIDER_STATE_BROKEN
+    reload(daemon, "providers: {flip: {junk: yes, note: still broken}}\nroutes: [{name: r2, use: local/extract}]\n",
+           "providers made again")
+    assert route_of(daemon) == ("r2", "local/extract") and flip_state() == pb.PROVIDER_STATE_BROKEN
+
+    reload(daemon, "providers: {flip: {}}\nroutes: [{name: r3, use: flip/m}]\n", "providers made again")
+    assert route_of(daemon) == ("r3", "flip/m") and flip_state() == pb.PROVIDER_STATE_READY
+
+    reload(daemon, "providers: {flip: {junk: true}}\nroutes: [{name: r4, use: local/extract}]\n", "reload refused")
+    assert "providers.flip: register_providers failed: TypeError: provider 'flip': models[0] is str" in daemon.logs()
+    assert route_of(daemon) == ("r3", "flip/m") and flip_state() == pb.PROVIDER_STATE_READY
     assert daemon.proc.poll() is None
-    assert route_of(daemon) == ("r2", "local/extract")
-    flip = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest()).providers}["flip"]
-    assert flip.state == pb.PROVIDER_STATE_BROKEN and "models[0] is str, not a router.ModelInfo" in flip.reason
+
+
+def test_sighup_with_a_typo_in_a_provider_section_is_refused_and_the_provider_keeps_answering(start_daemon) -> None:
+    """A typo in a key rotation made openai broken and sent every request to the fallback."""
+    key = "sk-typo-rotation-0001"
+    with FakeOpenAI() as fake:
+        fake.api_key = key
+        daemon = start_daemon(OPENAI.format(key=key, url=fake.base_url) + "default: local/extract\n")
+        typo = OPENAI.format(key=key, url=fake.base_url).replace("base_url:", "timout: 5, base_url:")
+        reload(daemon, typo + "default: local/extract\n", "reload refused")
+        assert "providers.openai: register_providers failed: ConfigError: providers.openai.timout" in daemon.logs()
+        assert "rules reloaded" not in daemon.logs()
+        answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=20).answer
+        assert (answer.route.provider, answer.text) == ("openai", "Hello from the fake GPT.")
+        assert key not in daemon.logs()
 
 
 async def test_a_reload_whose_providers_cannot_be_made_is_refused_whole(tmp_path, caplog, monkeypatch) -> None:

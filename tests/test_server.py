@@ -408,6 +408,138 @@ def test_a_second_daemon_on_a_port_in_use_refuses_to_start(daemon, tmp_path) -> 
     assert generate(daemon, text_request("still me")).text.startswith("fake/echo says")
 
 
+def _serve(tmp_path: Path, plugin_sites, address: str) -> tuple[subprocess.Popen, Path, Path]:
+    """``mmrouter serve --address address`` with the testkit's fake provider; the process, its ready
+    file and its log."""
+    import os
+
+    from conftest import TESTKIT
+
+    config_file = tmp_path / "router.yaml"
+    config_file.write_text("providers: {fake: {api_key: k}}\ndefault: fake/echo\n")
+    ready, log = tmp_path / "ready", tmp_path / "daemon.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_sites["testkit"]), str(TESTKIT)])}
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(config_file),
+                                 "--address", address, "--data-dir", str(tmp_path / "data"),
+                                 "--ready-file", str(ready)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    return proc, ready, log
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_daemon_on_a_unix_socket_reports_the_socket_in_its_ready_file_and_log(tmp_path, plugin_sites) -> None:
+    """It wrote ``unix:1`` (gRPC's port for a socket), an address no client can reach."""
+    from mmrouter.v1 import router_pb2_grpc
+
+    socket_path = tmp_path / "mm.sock"
+    proc, ready, log = _serve(tmp_path, plugin_sites, f"unix:{socket_path}")
+    try:
+        assert wait_for(lambda: (ready.exists() and ready.read_text()) or proc.poll() is not None, 60)
+        assert ready.read_text() == f"unix:{socket_path}", log.read_text()
+        assert f"listening on unix:{socket_path} (plaintext" in log.read_text()
+        with grpc.insecure_channel(ready.read_text()) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            answer = stub.Generate(pb.GenerateRequest(request=text_request("over the socket")), timeout=20).answer
+        assert answer.text.startswith("fake/echo says")
+    finally:
+        _stop(proc)
+
+
+def _name_for_both_loopbacks() -> str | None:
+    """A host name this machine resolves to both 127.0.0.1 and ::1, if it has one."""
+    import socket
+
+    for name in ("localhost", "localhost6", "ip6-localhost"):
+        try:
+            found = {info[4][0] for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)}
+        except OSError:
+            continue
+        if {"127.0.0.1", "::1"} <= found:
+            return name
+    return None
+
+
+def _held(host: str, family: int):
+    """A socket listening on a free port of ``host``."""
+    import socket
+
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.bind((host, 0))
+    holder.listen()
+    return holder
+
+
+@pytest.mark.skipif(_name_for_both_loopbacks() is None, reason="no host name resolves to 127.0.0.1 and ::1 here")
+def test_a_host_name_with_one_of_its_addresses_in_use_refuses_to_start(tmp_path, plugin_sites) -> None:
+    """With 127.0.0.1:PORT taken by another daemon, ``localhost:PORT`` started anyway on [::1] alone:
+    clients got one daemon or the other by the address family they tried."""
+    import socket
+
+    name = _name_for_both_loopbacks()
+    with _held("127.0.0.1", socket.AF_INET) as holder:
+        port = holder.getsockname()[1]
+        proc, ready, log = _serve(tmp_path, plugin_sites, f"{name}:{port}")
+        try:
+            assert wait_for(lambda: proc.poll() is not None or ready.exists(), 60)
+            assert proc.poll() == 1, f"it started on some of {name}'s addresses:\n{log.read_text()}"
+        finally:
+            _stop(proc)
+    output = " ".join(log.read_text().split())
+    assert f"cannot listen on {name}:{port}" in output and f"127.0.0.1:{port} cannot be bound" in output
+    assert not ready.exists() and "listening on" not in output
+
+
+async def test_a_host_name_is_listened_on_at_every_address_or_not_at_all(tmp_path, monkeypatch) -> None:
+    """The same, without a host name of two addresses on this machine: one is made up."""
+    import socket
+
+    import mmrouter_testkit
+
+    from router.config import parse_config
+    from router.core import App
+    from router.server import start_server
+
+    try:
+        _held("::1", socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no ::1 here")
+    real = socket.getaddrinfo
+
+    def both(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host != "both.mmrouter.test":
+            return real(host, *args, **kwargs)
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", both)
+    app = App(parse_config(f"providers: {{fake: {{api_key: k}}}}\nserver: {{data_dir: '{tmp_path}'}}\n"),
+              extra_plugins={"fake": mmrouter_testkit})
+    try:
+        with _held("127.0.0.1", socket.AF_INET) as holder:
+            port = holder.getsockname()[1]
+            with pytest.raises(OSError, match=rf"127\.0\.0\.1:{port} cannot be bound \(Address already in use"):
+                await start_server(app, f"both.mmrouter.test:{port}")
+        server, port, _ = await start_server(app, "both.mmrouter.test:0")
+        try:
+            for address in (f"127.0.0.1:{port}", f"[::1]:{port}"):
+                async with grpc.aio.insecure_channel(address) as channel:
+                    check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+                    assert (await check).status == health_pb2.HealthCheckResponse.SERVING, address
+        finally:
+            await server.stop(0)
+    finally:
+        await app.aclose()
+
+
 def test_a_model_named_alone_goes_to_a_provider_that_is_ready(start_daemon) -> None:
     """Both have gpt-4o; `openai`, listed first, has no key."""
     daemon = start_daemon("""
