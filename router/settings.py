@@ -127,6 +127,8 @@ class ModelPrice(BaseModel):
     output_per_mtok: float = Field(0.0, ge=0, description="per million output tokens")
     per_audio_hour: float = Field(0.0, ge=0, description="per hour of audio")
     audio_input_per_mtok: float = Field(0.0, ge=0, description="per million audio input tokens (0: input_per_mtok)")
+    cached_input_per_mtok: float = Field(0.0, ge=0, description="per million input tokens read from the provider's "
+                                         "cache (0: input_per_mtok)")
 
 
 class ModelSpec(BaseModel):

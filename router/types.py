@@ -228,20 +228,30 @@ class Price:
 
     ``audio_input_per_mtok`` prices the audio part of the input tokens (``Usage.audio_input_tokens``)
     for models that bill audio tokens higher than text; 0 means audio tokens cost ``input_per_mtok``.
+    ``cached_input_per_mtok`` prices the input tokens read from the provider's prompt cache
+    (``Usage.cached_input_tokens``), whatever their kind; 0 means no discount: they are priced like
+    the other input tokens.
     """
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
     per_audio_hour: float = 0.0
     audio_input_per_mtok: float = 0.0
+    cached_input_per_mtok: float = 0.0
 
     def cost(self, usage: Usage) -> float:
-        """The cost of ``usage`` at this price."""
-        audio_tokens = min(usage.audio_input_tokens, usage.input_tokens)
-        audio_rate = self.audio_input_per_mtok or self.input_per_mtok
+        """The cost of ``usage`` at this price.
+
+        Input tokens are split three ways: those read from a cache (at ``cached_input_per_mtok``, when
+        set), then audio among the rest (at the audio rate), then text (at ``input_per_mtok``).
+        """
+        cached = min(usage.cached_input_tokens, usage.input_tokens) if self.cached_input_per_mtok else 0
+        audio = min(usage.audio_input_tokens, usage.input_tokens - cached)
+        text = usage.input_tokens - cached - audio
         return (
-            (usage.input_tokens - audio_tokens) * self.input_per_mtok / 1e6
-            + audio_tokens * audio_rate / 1e6
+            text * self.input_per_mtok / 1e6
+            + audio * (self.audio_input_per_mtok or self.input_per_mtok) / 1e6
+            + cached * self.cached_input_per_mtok / 1e6
             + usage.output_tokens * self.output_per_mtok / 1e6
             + usage.audio_seconds * self.per_audio_hour / 3600
         )
@@ -369,8 +379,12 @@ class Usage:
     output_tokens: int = 0
     audio_seconds: float = 0.0
     cost_usd: float = 0.0
-    #: Of ``input_tokens``, how many were audio (priced at ``Price.audio_input_per_mtok``).
+    #: Of ``input_tokens``, how many were audio (priced at ``Price.audio_input_per_mtok``). A provider that
+    #: says which cached tokens were audio leaves those out: they count in ``cached_input_tokens``.
     audio_input_tokens: int = 0
+    #: Of ``input_tokens``, how many were read from the provider's prompt cache (priced at
+    #: ``Price.cached_input_per_mtok``): the repeated prefix of a conversation, say.
+    cached_input_tokens: int = 0
 
     def add(self, other: Usage) -> None:
         """Add ``other`` into this usage."""
@@ -379,6 +393,7 @@ class Usage:
         self.audio_seconds += other.audio_seconds
         self.cost_usd += other.cost_usd
         self.audio_input_tokens += other.audio_input_tokens
+        self.cached_input_tokens += other.cached_input_tokens
 
 
 @dataclass

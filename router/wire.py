@@ -226,7 +226,8 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
 def usage_to_proto(usage: Usage) -> pb.Usage:
     return pb.Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                     audio_seconds=usage.audio_seconds, cost_usd=usage.cost_usd,
-                    audio_input_tokens=usage.audio_input_tokens)
+                    audio_input_tokens=usage.audio_input_tokens,
+                    cached_input_tokens=usage.cached_input_tokens)
 
 
 def transcript_to_proto(t: Transcript) -> pb.Transcript:
@@ -283,7 +284,8 @@ def model_to_proto(model: ModelInfo) -> pb.ModelInfo:
         name=model.name, inputs=[_MODALITY_PB[m] for m in sorted(model.inputs, key=lambda m: m.value)],
         outputs=sorted(model.outputs), features=sorted(model.features), context_tokens=model.context_tokens,
         price=pb.Price(input_per_mtok=model.price.input_per_mtok, output_per_mtok=model.price.output_per_mtok,
-                       per_audio_hour=model.price.per_audio_hour, audio_input_per_mtok=model.price.audio_input_per_mtok),
+                       per_audio_hour=model.price.per_audio_hour, audio_input_per_mtok=model.price.audio_input_per_mtok,
+                       cached_input_per_mtok=model.price.cached_input_per_mtok),
     )
 
 

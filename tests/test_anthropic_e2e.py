@@ -246,7 +246,7 @@ def test_a_configured_newer_model_is_routed_priced_and_capped(start_daemon, fake
     config = CONFIG.format(url=fake.url, timeout=10).replace(
         "    timeout: 10\n",
         "    timeout: 10\n    models:\n      - {name: claude-sonnet-5-5, max_output_tokens: 1000, context_tokens: 1000000,"
-        " price: {input_per_mtok: 4, output_per_mtok: 20}}\n",
+        " price: {input_per_mtok: 4, output_per_mtok: 20, cached_input_per_mtok: 0.4}}\n",
     ).replace("default: anthropic/claude-sonnet-4-6", "default: anthropic/claude-sonnet-5-5")
     daemon = start_daemon(config, env={"ANTHROPIC_TEST_KEY": API_KEY})
     answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"), max_output_tokens=5000)),
@@ -256,6 +256,7 @@ def test_a_configured_newer_model_is_routed_priced_and_capped(start_daemon, fake
     assert (fake.last_body()["model"], fake.last_body()["max_tokens"]) == ("claude-sonnet-5-5", 1000)
     listed = {m.name: m for m in providers_by_name(daemon.stub)["anthropic"].models}
     assert listed["claude-sonnet-5-5"].context_tokens == 1_000_000
+    assert listed["claude-sonnet-5-5"].price.cached_input_per_mtok == pytest.approx(0.4)
     assert "claude-sonnet-4-6" in listed  # the built-in catalogue stays
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import mmrouter_anthropic
 import pytest
@@ -258,6 +259,50 @@ async def test_temperature_is_not_sent(provider: AnthropicProvider, fake: FakeAn
     events = await run(provider, chat(user(text("a")), temperature=0.25))
     assert text_of(events) == "Hello from fake Claude."
     assert "temperature" not in fake.last_body()
+
+
+
+class CachingAnthropic(FakeAnthropic):
+    """The fake behind a proxy that turns prompt caching on: 10,000 prompt tokens read from the cache,
+    1,500 written to a 5-minute entry and 500 to a one-hour one (``input_tokens`` leaves them out).
+    With ``cumulative_delta``, message_delta repeats the input counts, as the API does."""
+
+    cumulative_delta = False
+
+    def _usage(self, output_tokens: int) -> dict[str, Any]:
+        return {**super()._usage(output_tokens), "cache_read_input_tokens": 10_000, "cache_creation_input_tokens": 2_000,
+                "cache_creation": {"ephemeral_5m_input_tokens": 1_500, "ephemeral_1h_input_tokens": 500}}
+
+    def _events(self, model: str) -> list[tuple[str, Any]]:
+        events = super()._events(model)
+        if self.cumulative_delta:
+            for name, data in events:
+                if name == "message_delta":
+                    data["usage"] = {key: value for key, value in self._usage(self.output_tokens).items()
+                                     if key != "cache_creation"}
+        return events
+
+
+@pytest.mark.parametrize("cumulative_delta", [False, True])
+def test_prompt_cache_reads_and_writes_are_counted_once_and_priced(start_daemon, cumulative_delta: bool) -> None:
+    """Cache reads and writes are not in the API's input_tokens: they are added to it (once, whatever
+    message_delta repeats), reads priced at 0.1x the input price, writes at 1.25x (5 minutes) or 2x (1 hour)."""
+    from mmrouter.v1 import router_pb2 as pb
+
+    with CachingAnthropic() as upstream:
+        upstream.cumulative_delta = cumulative_delta
+        daemon = start_daemon(f"""
+providers:
+  anthropic: {{api_key: "{API_KEY}", base_url: "{upstream.url}", timeout: 10}}
+default: anthropic/claude-sonnet-4-6
+""")
+        request = pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="Go on.")])])
+        answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer
+
+    usage = answer.usage
+    assert (usage.input_tokens, usage.cached_input_tokens, usage.output_tokens) == (31 + 2_000 + 10_000, 10_000, 9)
+    reads, writes_5m, writes_1h = 10_000 * 0.30, 1_500 * 3.0 * 1.25, 500 * 3.0 * 2
+    assert usage.cost_usd == pytest.approx((31 * 3.0 + reads + writes_5m + writes_1h + 9 * 15.0) / 1e6)
 
 
 # -- media -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import wave
 
 import grpc
 import pytest
@@ -165,6 +166,40 @@ def test_inline_image_streams_text_deltas_and_usage(daemon, fake):
     assert base64.b64decode(inline["data"]) == png
     assert inline.get("mimeType", inline.get("mime_type")) == "image/png"
     assert fake.calls("upload_start") == []
+
+
+def tiny_wav() -> bytes:
+    """A 50 ms silent WAV (under the inline limit)."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\0\0" * 400)
+    return buf.getvalue()
+
+
+def test_prompt_tokens_read_from_the_cache_are_billed_at_the_cached_rate(daemon, fake):
+    """Gemini 2.5 caches repeated prompt prefixes by itself: prompt_token_count includes
+    cached_content_token_count, billed at the cached price (2.5 Flash: 0.03 instead of 0.30 USD/Mtok);
+    the cached audio tokens are not billed again at the audio price (1.00)."""
+    fake.usage = {"promptTokenCount": 100_000, "cachedContentTokenCount": 90_000, "candidatesTokenCount": 500,
+                  "totalTokenCount": 100_500,
+                  "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 99_000},
+                                          {"modality": "AUDIO", "tokenCount": 1_000}],
+                  "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 89_200},
+                                         {"modality": "AUDIO", "tokenCount": 800}]}
+    audio = pb.Part(media=pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=tiny_wav()))
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(
+        request=ask(pb.Part(text="And what did she say next?"), audio)), timeout=30))
+
+    assert events[0].route_chosen.route.model == "gemini-2.5-flash"
+    usage = events[-1].done.answer.usage
+    assert (usage.input_tokens, usage.cached_input_tokens, usage.audio_input_tokens) == (100_000, 90_000, 200)
+    # 90,000 cached, 200 audio not cached, 9,800 text not cached, 500 out
+    billed = 90_000 * 0.03 / 1e6 + 200 * 1.00 / 1e6 + 9_800 * 0.30 / 1e6 + 500 * 2.50 / 1e6
+    assert usage.cost_usd == pytest.approx(billed)
+    assert [e.usage.cost_usd for e in events if e.HasField("usage")] == [pytest.approx(billed)]
 
 
 def test_a_conversation_gemini_would_refuse_is_sent_alternating_with_registered_mime_types(daemon, fake):

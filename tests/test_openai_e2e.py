@@ -289,6 +289,53 @@ def test_audio_as_chat_input(daemon, fake):
     assert answer.usage.cost_usd == pytest.approx(200 * 2.50 / 1e6 + 800 * 40.00 / 1e6 + 20 * 10.00 / 1e6)
 
 
+
+def test_cached_prompt_tokens_of_a_session_are_billed_at_the_cached_rate(daemon, fake, tmp_path):
+    """A session re-sends its history, which OpenAI serves from its prompt cache: prompt_tokens include
+    cached_tokens, billed at half the input price (gpt-4o: 1.25 instead of 2.50 USD/Mtok)."""
+    daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Read this long contract."), session="s-c")),
+                         timeout=30)
+    fake.usage = {"prompt_tokens": 100_000, "completion_tokens": 500, "total_tokens": 100_500,
+                  "prompt_tokens_details": {"cached_tokens": 90_000, "audio_tokens": 0}}
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(
+        request=ask(text_part("What does clause 4 say?"), session="s-c")), timeout=30))
+
+    billed = 10_000 * 2.50 / 1e6 + 90_000 * 1.25 / 1e6 + 500 * 10.00 / 1e6
+    [usage] = [e.usage for e in events if e.HasField("usage")]
+    assert (usage.input_tokens, usage.cached_input_tokens, usage.output_tokens) == (100_000, 90_000, 500)
+    assert usage.cost_usd == pytest.approx(billed)
+    done = events[-1].done.answer
+    assert done.usage.cached_input_tokens == 90_000 and done.usage.cost_usd == pytest.approx(billed)
+    first_turn = 1234 * 2.50 / 1e6 + 56 * 10.00 / 1e6
+    deadline = time.monotonic() + 10
+    while sum(row["calls"] for row in _stats(tmp_path / "data")) < 2:  # written by the daemon within 50 ms
+        assert time.monotonic() < deadline, "the calls never reached the statistics"
+        time.sleep(0.05)
+    assert sum(row["cost_usd"] for row in _stats(tmp_path / "data")) == pytest.approx(first_turn + billed)
+
+
+def unmeasurable_mp3() -> bytes:
+    """An mp3 the router cannot measure (an ID3 tag, then no frame): its duration is unknown."""
+    return b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\x00" * 5000
+
+
+def test_gpt_transcribe_of_a_clip_of_unknown_length_keeps_its_tokens_and_warns(daemon, fake):
+    """gpt-transcribe is priced per audio hour and answers token usage: when the router could not measure
+    the clip, the tokens are still reported and the daemon warns that the cost ($0) is a lower bound."""
+    clip = pb.Part(media=pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/mpeg", data=unmeasurable_mp3(),
+                                  filename="call.mp3"))
+    request = ask(clip, task=pb.TASK_TRANSCRIBE)
+    request.hints.CopyFrom(pb.RoutingHints(provider="openai", model="gpt-transcribe"))
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer
+
+    assert answer.route.model == "gpt-transcribe" and answer.transcript.text == WHISPER_TEXT
+    assert [u.field("model") for u in fake.uploads()] == ["gpt-transcribe"]
+    usage = answer.usage
+    assert (usage.input_tokens, usage.audio_input_tokens, usage.output_tokens) == (40, 40, 8)
+    assert (usage.audio_seconds, usage.cost_usd) == (0.0, 0.0)
+    assert "'call.mp3' is unknown" in daemon.logs() and "lower bound" in daemon.logs()
+
+
 ERRORS = [
     (400, {}, grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_BAD_REQUEST"),
     (404, {}, grpc.StatusCode.NOT_FOUND, "PROVIDER_MODEL_NOT_FOUND"),

@@ -599,12 +599,13 @@ async def test_ogg_opus_and_aliases_are_named_with_an_extension_the_api_takes(
 async def test_gpt_transcribe_is_charged_by_audio_seconds_and_reads_languages(
     fake: FakeOpenAI, provider: OpenAIProvider
 ) -> None:
-    """gpt-transcribe has only a per-audio-hour price: its token-counted answers are charged by the audio's length."""
+    """gpt-transcribe has only a per-audio-hour price: its token-counted answers are charged by the audio's
+    length; the tokens are reported too (they cost nothing)."""
     request = Request([user(audio(wav_bytes(), duration_seconds=60.0))])
     model = model_of(provider, "gpt-transcribe")
     events = await collect(provider, request, model)
     [usage] = [e.usage for e in events if isinstance(e, UsageReport)]
-    assert (usage.audio_seconds, usage.input_tokens, usage.output_tokens) == (60.0, 0, 0)
+    assert (usage.audio_seconds, usage.input_tokens, usage.output_tokens, usage.audio_input_tokens) == (60.0, 40, 8, 40)
     assert model.price.cost(usage) == pytest.approx(60 * 0.27 / 3600)
     [ready] = [e for e in events if isinstance(e, TranscriptReady)]
     assert ready.transcript.language == "en"  # from languages[0]

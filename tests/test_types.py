@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from router.types import Media, Message, Modality, Part, Request, Role, Transcript, Utterance, Word
+import pytest
+
+from router.types import (
+    Media,
+    Message,
+    Modality,
+    Part,
+    Price,
+    Request,
+    Role,
+    Transcript,
+    Usage,
+    Utterance,
+    Word,
+)
 
 
 def clip(name: str) -> Media:
@@ -82,3 +96,21 @@ def test_task_auto_is_resolved_from_this_turn_not_the_session_history() -> None:
     # without a session, the whole conversation is this turn
     whole = Request(messages=[*history, Message(Role.USER, [Part(media=clip("tuesday.wav"))])])
     assert whole.effective_task is Task.CHAT
+
+
+def test_cached_input_tokens_are_priced_at_the_cached_rate_and_audio_among_the_rest() -> None:
+    price = Price(input_per_mtok=2.0, output_per_mtok=10.0, audio_input_per_mtok=40.0, cached_input_per_mtok=0.5)
+    usage = Usage(input_tokens=1_000, output_tokens=10, audio_input_tokens=300, cached_input_tokens=600)
+    assert price.cost(usage) == pytest.approx((600 * 0.5 + 300 * 40.0 + 100 * 2.0 + 10 * 10.0) / 1e6)
+    # audio beyond what the cache left is capped: no token is priced twice
+    usage.audio_input_tokens = 900
+    assert price.cost(usage) == pytest.approx((600 * 0.5 + 400 * 40.0 + 10 * 10.0) / 1e6)
+    # no cached rate: no discount, the cached tokens are priced as the input they are part of
+    no_discount = Price(input_per_mtok=2.0, output_per_mtok=10.0, audio_input_per_mtok=40.0)
+    assert no_discount.cost(usage) == pytest.approx((900 * 40.0 + 100 * 2.0 + 10 * 10.0) / 1e6)
+
+
+def test_usage_add_sums_cached_input_tokens() -> None:
+    total = Usage(input_tokens=10, cached_input_tokens=4)
+    total.add(Usage(input_tokens=5, cached_input_tokens=3, audio_input_tokens=1))
+    assert (total.input_tokens, total.cached_input_tokens, total.audio_input_tokens) == (15, 7, 1)

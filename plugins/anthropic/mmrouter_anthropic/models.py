@@ -5,6 +5,9 @@ from __future__ import annotations
 from router import FEATURE_STREAMING, OUTPUT_TEXT, Modality, ModelInfo, Price
 
 #: Every Claude model here reads text, images and documents and writes text.
+#: Prompt-cache reads cost 0.1x the input price on every Claude model (platform.claude.com/docs/en/
+#: build-with-claude/prompt-caching, "Pricing", 2026-11); writes cost more, see ``provider.CACHE_WRITE_EXTRA``.
+CACHE_READ_SHARE = 0.1
 CLAUDE_INPUTS = frozenset({Modality.TEXT, Modality.IMAGE, Modality.DOCUMENT})
 
 
@@ -16,7 +19,8 @@ def _claude(name: str, input_per_mtok: float, output_per_mtok: float, default_ma
         outputs=frozenset({OUTPUT_TEXT}),
         features=frozenset({FEATURE_STREAMING}),
         context_tokens=200_000,
-        price=Price(input_per_mtok=input_per_mtok, output_per_mtok=output_per_mtok),
+        price=Price(input_per_mtok=input_per_mtok, output_per_mtok=output_per_mtok,
+                    cached_input_per_mtok=round(input_per_mtok * CACHE_READ_SHARE, 6)),
         default_max_output_tokens=default_max,
         max_output_tokens=max_output,
     )
@@ -24,7 +28,7 @@ def _claude(name: str, input_per_mtok: float, output_per_mtok: float, default_ma
 
 #: The models, the default routing target (claude-sonnet-4-6) first, with their default ``max_tokens``
 #: and the largest each accepts (its output limit). Prices are Anthropic's public list prices in US
-#: dollars per million tokens. claude-sonnet-4-5 reaches end of life on 2026-11-30 (the SDK warns);
+#: dollars per million tokens (cache reads at :data:`CACHE_READ_SHARE` of the input price). claude-sonnet-4-5 reaches end of life on 2026-11-30 (the SDK warns);
 #: it stays listed for rules that name it until then. Newer models are added by configuration
 #: (``providers.anthropic.models``, see :class:`router.ModelSpec`), which takes the rest from
 #: :data:`TYPICAL`.

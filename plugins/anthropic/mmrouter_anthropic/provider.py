@@ -10,6 +10,7 @@ from router import (
     CallContext,
     FinishReason,
     ModelInfo,
+    Price,
     Provider,
     ProviderEvent,
     Request,
@@ -102,7 +103,7 @@ class AnthropicProvider(Provider):
             async with stream:
                 async for event in stream:
                     complete = complete or getattr(event, "type", "") == "message_stop"
-                    delta = _handle_event(event, usage, stop)
+                    delta = _handle_event(event, usage, stop, model.price)
                     if delta:
                         yield TextDelta(delta)
         except Exception as exc:
@@ -146,33 +147,58 @@ STOP_REASONS = {"end_turn": FinishReason.STOP, "stop_sequence": FinishReason.STO
                 "refusal": FinishReason.REFUSAL}
 
 
-def _handle_event(event: Any, usage: Usage, stop: list[FinishReason]) -> str:
-    """Fold one stream event into ``usage`` and its stop reason into ``stop``; return its text, if any."""
+def _handle_event(event: Any, usage: Usage, stop: list[FinishReason], price: Price) -> str:
+    """Fold one stream event into ``usage`` (priced at ``price`` when the prompt cache was written) and its
+    stop reason into ``stop``; return its text, if any."""
     kind = getattr(event, "type", "")
     if kind == "content_block_delta":
         delta = event.delta
         if getattr(delta, "type", "") == "text_delta":
             return delta.text
     elif kind == "message_start":
-        _fold_usage(event.message.usage, usage)
+        _fold_usage(event.message.usage, usage, price)
     elif kind == "message_delta":
-        _fold_usage(event.usage, usage)
+        _fold_usage(event.usage, usage, price)
         reason = getattr(event.delta, "stop_reason", None)
         if reason:
             stop.append(STOP_REASONS.get(reason, FinishReason.OTHER))
     return ""
 
 
-def _fold_usage(reported: Any, usage: Usage) -> None:
+#: What writing a token to the prompt cache costs over the input price, by the entry's lifetime: 1.25x
+#: the input price for 5 minutes, 2x for an hour (platform.claude.com/docs/en/build-with-claude/prompt-caching,
+#: "Pricing", 2026-11). Reading one costs 0.1x: the models' ``cached_input_per_mtok``.
+CACHE_WRITE_EXTRA = {"ephemeral_5m_input_tokens": 0.25, "ephemeral_1h_input_tokens": 1.0}
+
+
+def _fold_usage(reported: Any, usage: Usage, price: Price) -> None:
     """Take the cumulative counts of a ``message_start`` or ``message_delta`` usage.
 
-    Input tokens include tokens written to or read from the prompt cache.
+    ``input_tokens`` leaves out the tokens written to or read from the prompt cache: ours includes them,
+    the ones read as ``cached_input_tokens``. Cache writes cost more than input: when there are any,
+    ``usage.cost_usd`` is set here (``price``'s cost plus the writes' extra), else left to the router.
     """
     if reported is None:
         return
-    input_tokens = reported.input_tokens
-    if input_tokens is not None:
-        input_tokens += (reported.cache_creation_input_tokens or 0) + (reported.cache_read_input_tokens or 0)
-        usage.input_tokens = max(usage.input_tokens, input_tokens)
+    extra = usage.cost_usd - price.cost(usage) if usage.cost_usd else 0.0  # the writes' extra, folded before
+    if reported.input_tokens is not None:
+        reads = reported.cache_read_input_tokens or 0
+        total = reported.input_tokens + (reported.cache_creation_input_tokens or 0) + reads
+        usage.input_tokens = max(usage.input_tokens, total)
+        usage.cached_input_tokens = max(usage.cached_input_tokens, reads)
+    if reported.cache_creation_input_tokens:  # cumulative, like the counts: a repeat without breakdown is no less
+        extra = max(extra, _cache_write_extra(reported, price))
     if reported.output_tokens is not None:
         usage.output_tokens = max(usage.output_tokens, reported.output_tokens)
+    usage.cost_usd = price.cost(usage) + extra if extra else 0.0
+
+
+def _cache_write_extra(reported: Any, price: Price) -> float:
+    """What the prompt-cache writes of ``reported`` cost over the input price (5-minute writes when the
+    ``cache_creation`` breakdown is missing)."""
+    breakdown = getattr(reported, "cache_creation", None)
+    if breakdown is None:
+        written = reported.cache_creation_input_tokens or 0
+        return written * CACHE_WRITE_EXTRA["ephemeral_5m_input_tokens"] * price.input_per_mtok / 1e6
+    return sum((getattr(breakdown, field, 0) or 0) * share * price.input_per_mtok / 1e6
+               for field, share in CACHE_WRITE_EXTRA.items())

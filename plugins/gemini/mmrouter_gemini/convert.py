@@ -158,15 +158,23 @@ def finish_of(response: Any) -> FinishReason | None:
 
 
 def usage_of(metadata: Any) -> Usage:
-    """Usage from ``usage_metadata``: thinking tokens count as output, as they are billed; the
-    prompt's AUDIO tokens (``prompt_tokens_details``) are reported apart, as they cost more."""
+    """Usage from ``usage_metadata``: thinking tokens count as output, as they are billed.
+
+    ``prompt_token_count`` includes the tokens read from a cache (``cached_content_token_count``: implicit
+    caching is on by default for Gemini 2.5), reported apart as they cost less. The prompt's AUDIO tokens
+    (``prompt_tokens_details``) are reported apart too, as they cost more; the cached ones among them
+    (``cache_tokens_details``) are left out of those, priced as cached.
+    """
     if metadata is None:
         return Usage()
+    audio = _audio_tokens(getattr(metadata, "prompt_tokens_details", None))
+    cached_audio = _audio_tokens(getattr(metadata, "cache_tokens_details", None))
     return Usage(
         input_tokens=int(getattr(metadata, "prompt_token_count", 0) or 0),
         output_tokens=int(getattr(metadata, "candidates_token_count", 0) or 0)
         + int(getattr(metadata, "thoughts_token_count", 0) or 0),
-        audio_input_tokens=_audio_tokens(getattr(metadata, "prompt_tokens_details", None)),
+        audio_input_tokens=max(0, audio - cached_audio),
+        cached_input_tokens=int(getattr(metadata, "cached_content_token_count", 0) or 0),
     )
 
 

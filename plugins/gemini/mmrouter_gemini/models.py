@@ -28,11 +28,16 @@ def _model(name: str, price: Price) -> ModelInfo:
 
 #: Public list prices (USD per million tokens, paid tier, prompts up to 200k tokens;
 #: thinking tokens are billed as output; audio input costs more on the Flash models). Config may
-#: override them.
+#: override them. Cached input (implicit caching, on by default) is the "context caching" price of
+#: ai.google.dev/gemini-api/docs/pricing (2026-11: 10% of the input price; 25% when caching came out): 2.5 Pro $0.125,
+#: 2.5 Flash $0.03, 2.5 Flash-Lite $0.01 for text, image and video. Cached audio is listed at 10% of the
+#: audio price ($0.10, $0.03), but a model has one cached rate: cached audio is priced at the text one.
 MODELS: list[ModelInfo] = [
-    _model("gemini-2.5-pro", Price(input_per_mtok=1.25, output_per_mtok=10.00)),
-    _model("gemini-2.5-flash", Price(input_per_mtok=0.30, output_per_mtok=2.50, audio_input_per_mtok=1.00)),
-    _model("gemini-2.5-flash-lite", Price(input_per_mtok=0.10, output_per_mtok=0.40, audio_input_per_mtok=0.30)),
+    _model("gemini-2.5-pro", Price(input_per_mtok=1.25, output_per_mtok=10.00, cached_input_per_mtok=0.125)),
+    _model("gemini-2.5-flash", Price(input_per_mtok=0.30, output_per_mtok=2.50, audio_input_per_mtok=1.00,
+                                     cached_input_per_mtok=0.03)),
+    _model("gemini-2.5-flash-lite", Price(input_per_mtok=0.10, output_per_mtok=0.40, audio_input_per_mtok=0.30,
+                                          cached_input_per_mtok=0.01)),
 ]
 #: What a configured model (``providers.gemini.models``, see :class:`router.ModelSpec`) leaves unset is
 #: taken from this one (and its inputs are all it may name).

@@ -226,9 +226,7 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
                                       else "An error occurred during streaming", request=response.request, body=error)
             u = chunk.get("usage")
             if u:
-                details = u.get("prompt_tokens_details") or {}
-                usage = Usage(input_tokens=u.get("prompt_tokens") or 0, output_tokens=u.get("completion_tokens") or 0,
-                              audio_input_tokens=details.get("audio_tokens") or 0)
+                usage = usage_of(u)
             choices = chunk.get("choices")
             if choices:
                 choice = choices[0]
@@ -253,6 +251,17 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     finally:
         await response.aclose()
     yield UsageReport(usage, finish)
+
+
+def usage_of(reported: dict[str, Any]) -> Usage:
+    """Usage from a chat completion's ``usage``: ``prompt_tokens`` include the audio ones and those read
+    from OpenAI's prompt cache (``prompt_tokens_details.cached_tokens``), each reported apart as they are
+    priced apart. Tokens written to the cache (``cache_write_tokens``) are billed as plain input."""
+    details = reported.get("prompt_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    return Usage(input_tokens=reported.get("prompt_tokens") or 0, output_tokens=reported.get("completion_tokens") or 0,
+                 audio_input_tokens=details.get("audio_tokens") or 0,
+                 cached_input_tokens=details.get("cached_tokens") or 0)
 
 
 async def _sse_data(response: Any, openai: Any, httpx2: Any) -> AsyncIterator[str]:

@@ -4,8 +4,10 @@ Prices are OpenAI's public list prices in US dollars (per million tokens, or
 per hour of audio for duration-billed transcription); the config file can
 override them (``prices:`` in the router config). Transcription models billed
 by tokens also carry OpenAI's per-minute estimate as ``per_audio_hour`` so the
-router can estimate before a call; a call reports either tokens or audio
+router can estimate before a call; a call is priced by tokens or by audio
 seconds (whichever the API billed), never both, so cost is not counted twice.
+Prompt tokens read from OpenAI's automatic prompt cache are priced at
+``cached_input_per_mtok`` where OpenAI lists a cached-input price.
 
 Extra models (for OpenAI-compatible servers such as vLLM, Ollama or
 llama.cpp) come from ``providers.openai.models``::
@@ -16,7 +18,8 @@ llama.cpp) come from ``providers.openai.models``::
         outputs: [text]                # or [transcript] for a speech-to-text model
         context_tokens: 131072
         max_output_tokens: 4096        # its output limit: larger requests are capped to it
-        price: {input_per_mtok: 0, output_per_mtok: 0, per_audio_hour: 0, audio_input_per_mtok: 0}
+        price: {input_per_mtok: 0, output_per_mtok: 0, per_audio_hour: 0, audio_input_per_mtok: 0,
+                cached_input_per_mtok: 0}   # 0: cached prompt tokens cost input_per_mtok
         transcription_format: json     # json | verbose_json | diarized_json (transcript models)
 """
 
@@ -76,9 +79,11 @@ def _stt(name: str, price: Price, fmt: str, diarizes: bool = False, context: int
 
 #: The built-in catalogue, in preference order (the first model is the contract model).
 BUILTIN: tuple[Entry, ...] = (
-    _chat("gpt-4o", _TEXT_IMAGE, Price(2.50, 10.00)),
-    _chat("gpt-4o-mini", _TEXT_IMAGE, Price(0.15, 0.60)),
-    # Audio in chat: audio input tokens cost more than text ones.
+    # Cached input (prompt_tokens_details.cached_tokens) is half the input price: platform.openai.com/docs/pricing
+    # ("Cached input" column, 2026-11: gpt-4o $1.25, gpt-4o-mini $0.075).
+    _chat("gpt-4o", _TEXT_IMAGE, Price(2.50, 10.00, cached_input_per_mtok=1.25)),
+    _chat("gpt-4o-mini", _TEXT_IMAGE, Price(0.15, 0.60, cached_input_per_mtok=0.075)),
+    # Audio in chat: audio input tokens cost more than text ones (no cached-input price is listed for these).
     _chat("gpt-4o-audio-preview", _TEXT_AUDIO, Price(2.50, 10.00, audio_input_per_mtok=40.00)),
     _chat("gpt-4o-mini-audio-preview", _TEXT_AUDIO, Price(0.15, 0.60, audio_input_per_mtok=10.00)),
     # whisper-1 is billed per minute (0.006 USD) and gives segments through verbose_json.
@@ -119,7 +124,8 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
     price_spec = spec.get("price") or {}
     try:
         price = Price(float(price_spec.get("input_per_mtok", 0)), float(price_spec.get("output_per_mtok", 0)),
-                      float(price_spec.get("per_audio_hour", 0)), float(price_spec.get("audio_input_per_mtok", 0)))
+                      float(price_spec.get("per_audio_hour", 0)), float(price_spec.get("audio_input_per_mtok", 0)),
+                      float(price_spec.get("cached_input_per_mtok", 0)))
         context = int(spec.get("context_tokens") or 128_000)
         limit = int(spec.get("max_output_tokens") or 0)
     except (TypeError, ValueError, AttributeError) as exc:

@@ -11,6 +11,7 @@ reported is a BCP-47 tag (whisper names it: ``"english"`` becomes ``"en"``).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,8 @@ from .models import BUILTIN, Entry
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
+
+log = logging.getLogger(__name__)
 
 #: The file extensions ``/audio/transcriptions`` recognises (it finds the audio format by the extension).
 AUDIO_EXTENSIONS = (".flac", ".mp3", ".mp4", ".mpeg", ".mpga", ".m4a", ".ogg", ".wav", ".webm")
@@ -118,22 +121,35 @@ def _has_token_prices(price: Price) -> bool:
 
 
 def _usage(result: Any, media: Media, price: Price) -> Usage:
-    """Tokens if the API billed tokens and the model has token prices, else audio seconds (never both).
+    """What transcribing ``media`` consumed, priced by tokens or by audio seconds (never both).
 
-    A model priced only per audio hour (``gpt-transcribe``) is charged by the audio length even when
-    the answer counts tokens: the response's ``duration``, else the length the router measured. Without
-    usage in the answer (OpenAI-compatible servers), the audio length is reported.
+    Token counts in the answer are always kept. A model with token prices is charged by them; one priced
+    only per audio hour (``gpt-transcribe``) by the audio length: the answer's ``duration`` usage or field,
+    else the length the router measured (its tokens then cost nothing). When that length is unknown (an
+    mp3 the router could not measure, say), no rate from tokens to seconds is documented: the clip is
+    counted at no cost and a warning says the reported cost is a lower bound.
     """
-    usage = getattr(result, "usage", None)
-    kind = getattr(usage, "type", "") if usage is not None else ""
-    if kind == "tokens" and _has_token_prices(price):
-        details = getattr(usage, "input_token_details", None)
-        return Usage(input_tokens=usage.input_tokens or 0, output_tokens=usage.output_tokens or 0,
-                     audio_input_tokens=getattr(details, "audio_tokens", None) or 0)
+    reported = getattr(result, "usage", None)
+    kind = getattr(reported, "type", "") if reported is not None else ""
     if kind == "duration":
-        return Usage(audio_seconds=float(usage.seconds or 0))
-    seconds = getattr(result, "duration", None) or media.duration_seconds or 0.0
-    return Usage(audio_seconds=float(seconds))
+        return Usage(audio_seconds=float(reported.seconds or 0))
+    usage = _token_usage(reported) if kind == "tokens" else Usage()
+    if kind == "tokens" and _has_token_prices(price):
+        return usage
+    usage.audio_seconds = float(getattr(result, "duration", None) or media.duration_seconds or 0.0)
+    if not usage.audio_seconds and price.per_audio_hour:
+        name = f" {media.filename!r}" if media.filename else ""
+        log.warning("the length of audio clip%s is unknown (the router could not measure it and the answer "
+                    "does not say): its transcription, priced per audio hour, is counted at $0, so the "
+                    "reported cost is a lower bound", name)
+    return usage
+
+
+def _token_usage(reported: Any) -> Usage:
+    """The token counts of a ``tokens`` usage: input (its audio part apart) and output."""
+    details = getattr(reported, "input_token_details", None)
+    return Usage(input_tokens=reported.input_tokens or 0, output_tokens=reported.output_tokens or 0,
+                 audio_input_tokens=getattr(details, "audio_tokens", None) or 0)
 
 
 def _detected_language(result: Any, fallback: str) -> str:

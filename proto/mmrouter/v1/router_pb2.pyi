@@ -207,18 +207,20 @@ class Transcript(_message.Message):
     def __init__(self, text: _Optional[str] = ..., utterances: _Optional[_Iterable[_Union[Utterance, _Mapping]]] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ..., language: _Optional[str] = ..., duration_seconds: _Optional[float] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("input_tokens", "output_tokens", "audio_seconds", "cost_usd", "audio_input_tokens")
+    __slots__ = ("input_tokens", "output_tokens", "audio_seconds", "cost_usd", "audio_input_tokens", "cached_input_tokens")
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     AUDIO_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     input_tokens: int
     output_tokens: int
     audio_seconds: float
     cost_usd: float
     audio_input_tokens: int
-    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., audio_seconds: _Optional[float] = ..., cost_usd: _Optional[float] = ..., audio_input_tokens: _Optional[int] = ...) -> None: ...
+    cached_input_tokens: int
+    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., audio_seconds: _Optional[float] = ..., cost_usd: _Optional[float] = ..., audio_input_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ...) -> None: ...
 
 class RuleTrace(_message.Message):
     __slots__ = ("rule", "outcome", "reason")
@@ -391,16 +393,18 @@ class ExplainRouteResponse(_message.Message):
     def __init__(self, route: _Optional[_Union[Route, _Mapping]] = ...) -> None: ...
 
 class Price(_message.Message):
-    __slots__ = ("input_per_mtok", "output_per_mtok", "per_audio_hour", "audio_input_per_mtok")
+    __slots__ = ("input_per_mtok", "output_per_mtok", "per_audio_hour", "audio_input_per_mtok", "cached_input_per_mtok")
     INPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     PER_AUDIO_HOUR_FIELD_NUMBER: _ClassVar[int]
     AUDIO_INPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     input_per_mtok: float
     output_per_mtok: float
     per_audio_hour: float
     audio_input_per_mtok: float
-    def __init__(self, input_per_mtok: _Optional[float] = ..., output_per_mtok: _Optional[float] = ..., per_audio_hour: _Optional[float] = ..., audio_input_per_mtok: _Optional[float] = ...) -> None: ...
+    cached_input_per_mtok: float
+    def __init__(self, input_per_mtok: _Optional[float] = ..., output_per_mtok: _Optional[float] = ..., per_audio_hour: _Optional[float] = ..., audio_input_per_mtok: _Optional[float] = ..., cached_input_per_mtok: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "inputs", "outputs", "features", "context_tokens", "price")
