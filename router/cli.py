@@ -105,6 +105,9 @@ def serve(
         _start_failed(_sessions_problem(server.data_dir.expanduser() / "sessions.sqlite", exc), 1, json_logs)
     except OSError as exc:  # e.g. --data-dir names a file
         data = server.data_dir.expanduser()
+        full = _disk_full(data / "sessions.sqlite", exc)
+        if full:
+            _start_failed(_disk_full_message(data, full), 1, json_logs)
         where = f"{exc.filename}: " if exc.filename else ""
         fix = (f"; --data-dir (server.data_dir) {data} must be a directory the daemon can write"
                if exc.filename and Path(exc.filename).is_relative_to(data) else "")
@@ -236,7 +239,8 @@ def ask(
     sys.stdout.flush()
     u = answer.usage
     print_route(answer.route, err)
-    err.print(f"usage: {u.input_tokens} in, {u.output_tokens} out, {u.audio_seconds:.1f}s audio, "
+    cached = f" ({u.cached_input_tokens} cached)" if u.cached_input_tokens else ""
+    err.print(f"usage: {u.input_tokens} in{cached}, {u.output_tokens} out, {u.audio_seconds:.1f}s audio, "
               f"${u.cost_usd:.6f}, {answer.route.latency_ms:.0f} ms")
     warning = FINISH_WARNINGS.get(answer.finish_reason)
     if warning:
@@ -336,8 +340,52 @@ def _sessions_problem(path: Path, exc: Exception) -> str:
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
         return (f"the sessions database {path} stayed locked by another process (the daemon busy writing) "
                 "for longer than the wait: try again")
+    full = _disk_full(path, exc)
+    if full:
+        return _disk_full_message(path.parent, full)
     why = "is a directory" if path.is_dir() else f"cannot be used ({exc})"
     return f"the sessions database {path} {why}: point --data-dir (or server.data_dir) at the daemon's data directory"
+
+
+def _disk_full_message(data_dir: Path, why: str) -> str:
+    return (f"the data directory's disk is full ({why}; {data_dir}): free space, e.g. with `mmrouter prune`, "
+            "and try again")
+
+
+#: Bytes written to find out whether a folder's disk has room: more than sqlite needs to re-create its -shm file.
+_ROOM_PROBE_BYTES = 64 << 10
+
+
+def _disk_full(path: Path, exc: Exception) -> str | None:
+    """Why ``exc``, raised using the sessions database ``path``, means its disk is full, or None.
+
+    sqlite says SQLITE_FULL only for some writes: a -shm or WAL write that failed for room is a
+    "disk I/O error", so for those a probe write tells whether there is room.
+    """
+    from .media import NO_ROOM
+
+    if isinstance(exc, OSError):
+        return exc.strerror if exc.errno in NO_ROOM else None
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    if code == sqlite3.SQLITE_FULL:
+        return _no_room(path.parent) or "database or disk is full"
+    return _no_room(path.parent) if code == sqlite3.SQLITE_IOERR else None
+
+
+def _no_room(folder: Path) -> str | None:
+    """The system's reason when ``folder``'s disk has no room for a few KiB (ENOSPC, EDQUOT, EFBIG), else None."""
+    import tempfile
+
+    from .media import NO_ROOM
+
+    try:
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(bytes(_ROOM_PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        return exc.strerror if exc.errno in NO_ROOM else None
+    return None
 
 
 def _bad_sessions(path: Path, exc: Exception) -> NoReturn:
@@ -406,22 +454,63 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
     media neither uploaded nor used in that time that no remaining session refers to.
 
     Safe while the daemon runs (run it from cron); a request naming a media id being removed then
-    gets MEDIA_NOT_FOUND, as for any unknown id.
+    gets MEDIA_NOT_FOUND, as for any unknown id. Works on a full disk: media go first (deleting
+    needs no room); when the sessions database cannot be written, a warning says so.
     """
     import time
 
-    from .media import MediaStore
+    from .media import STALE_TEMP_SECONDS, MediaStore
 
     root = _data_dir(config, data_dir)
-    if not (root / "sessions.sqlite").exists() and not (root / "media").is_dir():
+    path = root / "sessions.sqlite"
+    if not path.exists() and not (root / "media").is_dir():
         err.print(f"[red]no data at {root}: is this the daemon's data directory?[/red]")
         raise typer.Exit(1)
     before = time.time() - older_than * 86_400
-    with _sessions(root / "sessions.sqlite") as store:
-        sessions, calls, keep = store.prune(before, dry_run=dry_run)
-    files, size = MediaStore(root / "media", 1).prune(before, keep, dry_run=dry_run)
-    out.print(f"{'would remove' if dry_run else 'removed'} {sessions} session(s), {calls} statistics row(s) and "
-              f"{files} media file(s) ({size / 2**20:.1f} MiB); {len(keep)} media kept for sessions")
+    store, writable = _sessions_to_prune(path)
+    try:
+        # Read-only first: what the remaining sessions refer to. Media go next, since deleting files
+        # needs no room, while the sessions' deletes need room in the WAL and fail on a full disk.
+        sessions, calls, keep = store.prune(before, dry_run=True)
+        media = MediaStore(root / "media", 1, clear_temp=False)
+        files, size = media.prune(before, keep, dry_run=dry_run)
+        temp_files, temp_size = media.remove_temp_files(STALE_TEMP_SECONDS, dry_run=dry_run)
+        if not dry_run and writable:
+            try:
+                sessions, calls, _ = store.prune(before)
+            except sqlite3.Error as exc:
+                writable = False  # the media are freed all the same: a warning, not a failure
+                problem = _sessions_problem(path, exc)
+                err.print(f"[yellow]{escape(f'sessions and statistics rows were not all pruned: {problem}')}[/yellow]")
+    except sqlite3.Error as exc:
+        _bad_sessions(path, exc)
+    finally:
+        store.close()
+    done = "would remove" if dry_run else "removed"
+    records = f"{sessions} session(s), {calls} statistics row(s) and " if writable or dry_run else ""
+    temp = f", {temp_files} temp file(s) of interrupted uploads ({temp_size / 2**20:.1f} MiB)" if temp_files else ""
+    out.print(f"{done} {records}{files} media file(s) ({size / 2**20:.1f} MiB){temp}; {len(keep)} media kept for sessions")
+
+
+def _sessions_to_prune(path: Path) -> tuple[SessionStore, bool]:
+    """The sessions database at ``path`` and whether it can be written. On a full disk with no daemon
+    running, it may open only read-only (re-creating its -shm file needs room): the media can then
+    be pruned still, the sessions not (a warning says so)."""
+    from .sessions import SessionStore
+
+    try:
+        return SessionStore(path), True
+    except (sqlite3.Error, OSError) as exc:
+        wal = path.with_name(f"{path.name}-wal")
+        unwritten = wal.exists() and wal.stat().st_size > 0  # turns the file does not hold yet: not read-only
+        if not _disk_full(path, exc) or not path.is_file() or unwritten:
+            _bad_sessions(path, exc)
+        warning = f"sessions and statistics rows are not pruned, media are: {_sessions_problem(path, exc)}"
+    err.print(f"[yellow]{escape(warning)}[/yellow]")
+    try:
+        return SessionStore(path, frozen=True), False
+    except sqlite3.Error as exc:
+        _bad_sessions(path, exc)
 
 
 @config_app.command("check")

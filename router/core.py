@@ -14,6 +14,7 @@ import math
 import os
 import random
 import re
+import sqlite3
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping
@@ -24,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 from . import routing
 from .config import Config
 from .dispatch import RouterEvent, execute
-from .errors import FieldViolation, InvalidRequest, UnknownSession
+from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownSession
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
@@ -108,6 +109,19 @@ def _router_of(config: Config) -> routing.Router:
         rules=config.routes, default=config.default, bridges=config.bridges,
         allow_overrides=config.overrides.allow, override_providers=config.overrides.providers,
     )
+
+
+def _unsaved_reason(exc: Exception) -> str:
+    """Why a session's turn could not be stored, in words for the client's route note."""
+    if isinstance(exc, StorageFull):  # its media
+        return "the disk of the daemon's data directory is full"
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return "the sessions database stayed locked by another process (e.g. `mmrouter prune`) too long"
+    if isinstance(exc, sqlite3.Error):  # SQLITE_FULL is "database or disk is full"; a WAL write that
+        # found no room can also be a "disk I/O error"
+        ioerr = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_IOERR
+        return f"the sessions database could not be written ({exc}{'; is the disk full?' if ioerr else ''})"
+    return f"storing it failed ({type(exc).__name__}, see the daemon's log)"
 
 
 class App:
@@ -356,18 +370,22 @@ class App:
     async def _finish(self, request: Request, done: Done, started: float) -> None:
         """Save the session's turn, tell the observer hooks (statistics are recorded by :meth:`answer`).
 
-        The answer is already computed: a failure here is logged, never turned into a failed call.
+        The answer is already computed: a failure here is logged, never turned into a failed call;
+        a turn that could not be kept gets a route note, which the client sees (Done is sent after).
         A session reset since the call ``started`` (a time.monotonic()) keeps no turn of it.
         """
         answer = done.answer
         if request.session_id and self._resets.get(request.session_id, -math.inf) > started:
             log.info("session %r was reset while a call on it ran: that call's turn is not kept", request.session_id)
         elif request.session_id:  # on the store's thread: turn_count and append with no other job between
-            await self.sessions.run(self._save_turn, request, answer)
+            lost = await self.sessions.run(self._save_turn, request, answer)
+            if lost:
+                answer.route.notes.append(f"this turn was not kept in session {request.session_id!r}: {lost}")
         self._hook("on_response", request=request, answer=answer)
 
-    def _save_turn(self, request: Request, answer: Answer) -> None:
-        """Append the question and the answer to the request's session (a failure is only logged).
+    def _save_turn(self, request: Request, answer: Answer) -> str | None:
+        """Append the question and the answer to the request's session; return why it failed, if it did
+        (the failure is logged; the answer is sent all the same).
 
         An empty answer (a refusal, a filtered or cut-off reply) keeps no turn: an empty assistant
         message is dropped or refused by providers, and the question alone would make two user
@@ -375,10 +393,10 @@ class App:
         """
         turns = [m for m in request.messages if m.role is not Role.SYSTEM]
         if not turns:  # a call of system prompts only adds no turn to the conversation
-            return
+            return None
         if not answer.text:  # the model's own transcript is already the text of a transcription
             log.info("the answer on session %r is empty: its turn is not kept", request.session_id)
-            return
+            return None
         replies = [i for i, m in enumerate(turns) if m.role is Role.ASSISTANT]
         try:
             if replies and self.sessions.turn_count(request.session_id):
@@ -387,9 +405,11 @@ class App:
                 turns = turns[replies[-1] + 1:]
             turns.append(Message(Role.ASSISTANT, [Part(text=answer.text)]))
             self.sessions.append(request.session_id, turns, self._store_media)
-        except Exception:
+        except Exception as exc:
             log.exception("saving this turn of session %r failed; the answer is sent, the turn is not kept",
                           request.session_id)
+            return _unsaved_reason(exc)
+        return None
 
     def _store_media(self, media: Media) -> str:
         """The media store id of ``media`` (inline bytes are stored first); for URL-free media only."""

@@ -8,6 +8,7 @@ so memory stays bounded by the chunk size whatever the file's size.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import hashlib
@@ -20,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge, StorageFull, UnknownMedia
 from .sniff import HEAD_BYTES, mime_problem
@@ -27,10 +29,11 @@ from .types import Media, Modality
 
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _HEAD = HEAD_BYTES
-#: Temp files older than this at start-up are left over from a daemon that was killed mid-upload.
+#: Temp files older than this are left over from a daemon killed mid-upload, for ``mmrouter prune``, which
+#: takes no lock and may run beside a daemon that is uploading (the daemon itself removes them all at start).
 STALE_TEMP_SECONDS = 3600.0
 #: The write errors that mean "no room": disk full, quota exceeded, file size limit.
-_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +44,28 @@ def _room_needed(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno not in _NO_ROOM:
+        if exc.errno not in NO_ROOM:
             raise
         raise StorageFull(f"cannot store {what}: {exc.strerror} in the daemon's data directory; "
                           "nothing was kept, retry once there is room") from None
+
+
+def _sync(out: IO) -> None:
+    """Flush ``out`` and have its bytes on the disk (``fsync``)."""
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def _sync_directory(folder: Path) -> None:
+    """Have the renames into ``folder`` on the disk."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: a file system that cannot sync directories
+            raise
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -66,24 +87,31 @@ class StoredMedia:
 class MediaStore:
     """Content-addressed media files under ``root``."""
 
-    def __init__(self, root: Path, max_upload_bytes: int) -> None:
+    def __init__(self, root: Path, max_upload_bytes: int, *, clear_temp: bool = True) -> None:
+        """``clear_temp``: remove every temp file now, for the daemon, which holds the data directory
+        (see :func:`router.server.lock_data_dir`), so no upload is under way; ``prune`` passes False."""
         self.root = Path(root)
         self.max_upload_bytes = max_upload_bytes
+        self._utime_failed = False
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temp_files()
+        if clear_temp:
+            removed, _ = self.remove_temp_files(0.0)
+            if removed:
+                log.info("removed %d temp file(s) left by interrupted uploads in %s", removed, self.root / "tmp")
 
-    def _remove_stale_temp_files(self) -> None:
-        """Delete what uploads of a killed daemon left in ``tmp`` (only old files: another daemon
-        sharing the directory may be uploading right now)."""
-        cutoff = time.time() - STALE_TEMP_SECONDS
-        removed = 0
+    def remove_temp_files(self, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
+        """Delete the temp files of interrupted uploads not written to for ``older_than`` seconds;
+        return (files, bytes) deleted, or that would be."""
+        cutoff = time.time() - older_than
+        files = size = 0
         for entry in os.scandir(self.root / "tmp"):
             with contextlib.suppress(OSError):
-                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
-        if removed:
-            log.info("removed %d temp file(s) left by interrupted uploads in %s", removed, self.root / "tmp")
+                stat = entry.stat(follow_symlinks=False)
+                if entry.is_file(follow_symlinks=False) and (not older_than or stat.st_mtime < cutoff):
+                    if not dry_run:
+                        os.unlink(entry.path)
+                    files, size = files + 1, size + stat.st_size
+        return files, size
 
     def _path(self, media_id: str) -> Path:
         return self.root / media_id[:2] / media_id
@@ -98,10 +126,25 @@ class MediaStore:
             meta = json.loads(record.read_text())
             stored = StoredMedia(media_id, path, meta["mime_type"], Modality(meta["modality"]),
                                  path.stat().st_size, meta.get("filename", ""))
-            os.utime(record)  # last used now: prune() keeps media in use
-            return stored
         except (OSError, ValueError, KeyError, TypeError):
             raise UnknownMedia(f"no media with id {media_id}: upload it with UploadMedia first") from None
+        expected = meta.get("size", stored.size)  # records written before sizes were kept: unchecked
+        if stored.size != expected:  # cut short (a power cut before the bytes reached the disk, a hand edit)
+            raise UnknownMedia(f"media {media_id} is damaged: its file holds {stored.size} of its {expected} "
+                               "bytes; upload the same file again with UploadMedia to repair it")
+        self._mark_used(media_id, record)
+        return stored
+
+    def _mark_used(self, media_id: str, record: Path) -> None:
+        """Set the record's time to now: prune() keeps media in use. Best effort: media that can be read
+        is served even when its time cannot be set (a read-only file system, another owner)."""
+        try:
+            os.utime(record)
+        except OSError as exc:
+            if not self._utime_failed:  # once: a read-only disk would otherwise log every request
+                self._utime_failed = True
+                log.warning("cannot mark media %s as used (%s): prune may take media in use for unused; "
+                            "further such failures are not logged", media_id, exc.strerror or exc)
 
     def prune(self, before: float, keep: set[str], *, dry_run: bool = False) -> tuple[int, int]:
         """Delete media last uploaded or used before ``before`` (a time.time()) that are not in
@@ -143,11 +186,12 @@ class MediaStore:
         """
         media_id = hashlib.sha256(data).hexdigest()
         stored = self._stored(media_id)
-        if stored is not None:
+        if stored is not None and stored.size == len(data):
             return stored
-        with self._temp_file() as (fd, tmp):
+        with self._temp_file() as (fd, tmp):  # new, or stored damaged: these bytes replace it
             with _room_needed(f"{len(data)} bytes of {mime_type}"), os.fdopen(fd, "wb") as out:
                 out.write(data)
+                _sync(out)
             with _room_needed(f"the record of media {media_id}"):
                 return self._commit(tmp, media_id, mime_type, modality, filename)
 
@@ -166,17 +210,22 @@ class MediaStore:
         """Move the content ``tmp`` into place as ``media_id`` and write its metadata; return the record.
 
         The bytes go first, the metadata after, each by an atomic rename: a reader never sees a
-        half-written record, and a record never names missing bytes.
+        half-written record, and a record never names missing bytes. ``tmp`` must be synced already
+        (:func:`_sync`): after a power cut, a renamed file whose bytes were not on disk is empty. The
+        record keeps the size, so that bytes cut short anyway are found (see :meth:`get`).
         """
         path = self._path(media_id)
         path.parent.mkdir(parents=True, exist_ok=True)
+        size = tmp.stat().st_size
         os.replace(tmp, path)
-        meta = json.dumps({"mime_type": mime_type, "modality": modality.value, "filename": filename})
+        meta = json.dumps({"mime_type": mime_type, "modality": modality.value, "filename": filename, "size": size})
         with self._temp_file(".json") as (fd, meta_tmp):
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(meta)
+                _sync(out)
             os.replace(meta_tmp, path.with_suffix(".json"))
-        return StoredMedia(media_id, path, mime_type, modality, path.stat().st_size, filename)
+        _sync_directory(path.parent)  # the renames themselves survive a power cut
+        return StoredMedia(media_id, path, mime_type, modality, size, filename)
 
     async def upload(self, mime_type: str, modality: Modality, filename: str, expected_size: int,
                      chunks: AsyncIterator[bytes]) -> StoredMedia:
@@ -218,6 +267,7 @@ class MediaStore:
                             violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")])
                     digest.update(chunk)
                     out.write(chunk)
+                await asyncio.to_thread(_sync, out)  # a GiB takes seconds to reach the disk: not on the loop
             if size == 0:
                 raise InvalidRequest("the upload has no bytes",
                                      violations=[FieldViolation("chunk", "send the file's bytes after the metadata")])
@@ -228,9 +278,9 @@ class MediaStore:
                                      violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")])
             media_id = digest.hexdigest()
             stored = self._stored(media_id)
-            if stored is None:
+            if stored is None or stored.size != size:  # new, or stored damaged: this upload replaces it
                 with _room_needed(f"the upload of {mime_type}"):
-                    return self._commit(tmp, media_id, mime_type, modality, filename)
+                    return await asyncio.to_thread(self._commit, tmp, media_id, mime_type, modality, filename)
             if stored.modality is not modality:
                 problem = (f"media {media_id} (the same bytes) is already stored as {stored.modality.value}"
                            f" ({stored.mime_type}); refer to it by that id as {stored.modality.value}")

@@ -45,6 +45,9 @@ StoreMedia = Callable[[Media], str]
 LoadMedia = Callable[[str], Media]
 
 
+#: The WAL is cut back to this size after a checkpoint (the steady state is about 4 MiB).
+JOURNAL_SIZE_LIMIT = 8 << 20
+
 #: Sessions (or statistics rows) removed per write transaction by prune.
 PRUNE_BATCH = 500
 
@@ -67,21 +70,29 @@ class SessionStore:
     store's own thread, and close with :meth:`aclose`.
     """
 
-    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 5.0, *, frozen: bool = False) -> None:
+        """``frozen``: only read a database that no process writes (no daemon runs) and whose ``-wal``
+        is empty, without the ``-shm`` file, whose re-creation needs room a full disk does not have."""
+        self._pending_calls: list[tuple] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        # one thread: the connection is shared, and jobs must run in the order asked (a call's
+        # history read before the turn a later call appends); started at the first job
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessions")
+        if frozen:
+            self._db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, check_same_thread=False)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL with NORMAL sync stays consistent after a crash and spares the event loop an fsync per call;
         # a power cut may lose the last statistics rows and turns, never corrupt the file.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # the WAL grows to the largest transaction (a long turn, a prune) and would keep that size
+        # while the daemon runs: cut it back after each checkpoint
+        self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         self._db.executescript(_SCHEMA)
         self._add_turn_times()
         self._add_bridged_transcripts()
-        self._pending_calls: list[tuple] = []
-        self._flush_timer: asyncio.TimerHandle | None = None
-        # one thread: the connection is shared, and jobs must run in the order asked (a call's
-        # history read before the turn a later call appends); started at the first job
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessions")
 
     def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
         """Start ``fn(*args)`` on the store's thread, after the jobs asked before."""

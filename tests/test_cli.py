@@ -319,7 +319,8 @@ def test_a_file_over_the_inline_limit_is_uploaded_and_sent_by_id(start_daemon, t
     assert re.search(r"2\.6/2\.6 MB", err), err  # the finished progress bar
     assert stored.read_bytes() == data  # content-addressed: media/<sha[:2]>/<sha256>
     meta = json.loads(stored.with_suffix(".json").read_text())
-    assert meta == {"mime_type": "audio/wav", "modality": "audio", "filename": "long-interview.wav"}
+    assert meta == {"mime_type": "audio/wav", "modality": "audio", "filename": "long-interview.wav",
+                    "size": len(data)}
 
     # Beside it, a small image under the limit goes inline (not through the store).
     mixed = ok(mixed.result())
@@ -666,6 +667,29 @@ def test_serve_stats_and_prune_mistakes_are_one_line_errors(tmp_path):
                                          "127.0.0.1:50051, [::1]:50051 or unix:/run/mmrouter/sock"), result.stderr
     finally:
         taken.close()
+
+
+#: Runs argv[3:] under a file size limit of argv[1] bytes (no privileges needed): every write past it fails
+#: with EFBIG, as writes on a full disk fail with ENOSPC (Python ignores SIGXFSZ, so it is not killed).
+UNDER_A_FILE_SIZE_LIMIT = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2);"
+                           " os.execv(sys.argv[2], sys.argv[2:])")
+
+
+@pytest.mark.parametrize("room", [0, 4096], ids=["no-room-for-the-lock-file", "no-room-for-the-sessions-shm"])
+def test_serve_on_a_full_disk_says_the_disk_is_full(start_daemon, tmp_path, room):
+    """A daemon restarted while its disk is full cannot re-create sessions.sqlite-shm (nor, with no room at
+    all, write its pid to daemon.lock): it says the disk is full, not that --data-dir is wrong."""
+    data = tmp_path / "data"
+    daemon = start_daemon(CONFIG, data_dir=data)
+    assert "fake/echo says" in ok(run_cli("ask", "hi", "--session", "s", "--address", daemon.address)).stdout
+    assert daemon.stop() == 0  # a clean stop removes the -shm file
+    result = subprocess.run([sys.executable, "-c", UNDER_A_FILE_SIZE_LIMIT, str(room), str(MMROUTER), "serve",
+                             "--address", "127.0.0.1:0", "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"})
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (f"the data directory's disk is full (File too large; {data}): "
+                                              "free space, e.g. with `mmrouter prune`, and try again")
 
 
 def test_serve_start_up_errors_in_json_mode_are_json_lines(tmp_path):

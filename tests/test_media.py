@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -376,16 +376,108 @@ def test_a_full_disk_is_resource_exhausted_and_leaves_nothing_behind(tmp_path) -
     assert not list((tmp_path / "media").glob("*/*.json"))
 
 
-def test_temp_files_of_a_killed_daemon_are_removed_at_start(tmp_path) -> None:
-    tmp = tmp_path / "media" / "tmp"
+def test_every_temp_file_of_a_killed_daemon_is_removed_at_its_restart(start_daemon, tmp_path) -> None:
+    """The daemon holds the data directory (daemon.lock): at its start no upload is under way, so even
+    the temp file of an upload cut a second ago (kill -9, then a quick restart) is removed."""
+    tmp = tmp_path / "data" / "media" / "tmp"
     tmp.mkdir(parents=True)
-    old, fresh = tmp / "tmpold", tmp / "tmpfresh"
-    old.write_bytes(b"half an upload")
-    fresh.write_bytes(b"an upload under way (another daemon on this directory)")
-    two_hours_ago = time.time() - 7200
-    os.utime(old, (two_hours_ago, two_hours_ago))
-    MediaStore(tmp_path / "media", 1 << 20)
-    assert not old.exists() and fresh.exists()
+    (tmp / "tmpjustcut").write_bytes(b"half an upload, cut a second ago")
+    daemon = start_daemon(CONFIG, data_dir=tmp_path / "data")
+    assert not _temp_files(daemon)
+    assert "removed 1 temp file(s) left by interrupted uploads" in daemon.logs()
+
+
+# -- damaged media: found, and repaired by uploading it again ---------------------------------
+
+
+def _ask_about(daemon, media_id: str) -> pb.Answer:
+    media = pb.Media(modality=pb.MODALITY_DOCUMENT, media_id=media_id)
+    return daemon.stub.Generate(pb.GenerateRequest(request=text_request("what is in it?", media=[media])),
+                                timeout=30).answer
+
+
+@pytest.mark.parametrize("kept", [0, 10])
+def test_media_cut_short_is_not_found_and_uploading_it_again_repairs_it(daemon, kept) -> None:
+    """Bytes cut short on disk (a power cut before they reached it, a hand edit) are never handed to a
+    provider as complete: the id is MEDIA_NOT_FOUND saying so, and the same upload puts them back."""
+    body = PDF + os.urandom(5000)
+    media_id = upload(daemon.stub, [body], size=len(body)).media_id
+    path = daemon.data_dir / "media" / media_id[:2] / media_id
+    path.write_bytes(body[:kept])
+
+    with pytest.raises(grpc.RpcError) as caught:
+        _ask_about(daemon, media_id)
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "MEDIA_NOT_FOUND")
+    assert f"media {media_id} is damaged: its file holds {kept} of its {len(body)} bytes" in details.message
+    assert "upload the same file again" in details.message
+
+    again = upload(daemon.stub, [body], size=len(body))
+    assert (again.media_id, again.size_bytes) == (media_id, len(body))
+    assert path.read_bytes() == body
+    assert "document=1" in _ask_about(daemon, media_id).text
+    assert not _temp_files(daemon)
+
+
+def test_put_bytes_repairs_stored_bytes_cut_short(tmp_path) -> None:
+    """Inline media a session keeps go through put_bytes: the same bytes again replace a damaged copy."""
+    store = MediaStore(tmp_path, 1 << 20)
+    stored = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT, "a.pdf")
+    stored.path.write_bytes(b"")
+    again = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT, "a.pdf")
+    assert (again.size, stored.path.read_bytes()) == (len(PDF), PDF)
+    assert store.get(stored.media_id).size == len(PDF)
+
+
+def test_records_from_before_sizes_were_kept_still_work(tmp_path) -> None:
+    store = MediaStore(tmp_path, 1 << 20)
+    stored = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT)
+    record = stored.path.with_suffix(".json")
+    record.write_text('{"mime_type": "application/pdf", "modality": "document", "filename": ""}')
+    assert store.get(stored.media_id).size == len(PDF)
+
+
+def test_stored_bytes_reach_the_disk_before_they_are_named(tmp_path, monkeypatch) -> None:
+    """A rename whose bytes were still in the page cache becomes an empty file after a power cut: the
+    temp file is synced before it is renamed into place, and the directory after the renames."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(router.media.os, "fsync", fsync)
+    monkeypatch.setattr(router.media.os, "replace", replace)
+    store = MediaStore(tmp_path, 1 << 20)
+
+    async def chunks():
+        yield PDF
+
+    stored = asyncio.run(store.upload("application/pdf", Modality.DOCUMENT, "a.pdf", 0, chunks()))
+    data_tmp = next(path for kind, path in events if kind == "replace" and not path.endswith(".json"))
+    assert events.index(("fsync", data_tmp)) < events.index(("replace", data_tmp))
+    assert events[-1] == ("fsync", str(stored.path.parent)), events
+
+
+def test_media_whose_use_cannot_be_recorded_is_still_served(tmp_path, monkeypatch, caplog) -> None:
+    """Setting a record's time (prune's "last used") can fail (a read-only remount, files restored as
+    another user): the media is readable, so it is served; the failure is logged once."""
+    store = MediaStore(tmp_path, 1 << 20)
+    stored = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT)
+
+    def utime(path, *args, **kwargs) -> None:
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(router.media.os, "utime", utime)
+    for _ in range(3):
+        assert store.get(stored.media_id).size == len(PDF)
+    warnings = [r.getMessage() for r in caplog.records if "cannot mark media" in r.getMessage()]
+    assert len(warnings) == 1 and "Operation not permitted" in warnings[0] and stored.media_id in warnings[0]
 
 
 # -- text documents ----------------------------------------------------------------------------

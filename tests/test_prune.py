@@ -102,3 +102,100 @@ def test_prune_refuses_a_directory_that_holds_no_data(tmp_path) -> None:
     result = subprocess.run([str(MMROUTER), "prune", "--older-than", "30", "--data-dir", str(tmp_path / "nothing")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "no data at" in result.stderr and not (tmp_path / "nothing").exists()
+
+
+def _old_data(daemon) -> str:
+    """An idle session with an image, an upload nobody uses and a live session's image, all three days
+    old but the live session; returns the id of the live session's image."""
+    idle_image, idle_id = _image("idle, on a full disk")
+    live_image, live_id = _image("live, on a full disk")
+    _ask(daemon, "look", session="idle", media=[idle_image])
+    _ask(daemon, "look", session="live", media=[live_image])
+    unused = _upload(daemon, "never used, on a full disk")
+    db = sqlite3.connect(daemon.data_dir / "sessions.sqlite")
+    with db:
+        db.execute("UPDATE turns SET at = at - ? WHERE session_id = 'idle'", (3 * DAY,))
+    db.close()
+    _age(daemon, [idle_id, unused, live_id], days=3)
+    assert _media_ids(daemon) == {idle_id, unused, live_id}
+    return live_id
+
+
+def _prune_on_a_full_disk(daemon) -> subprocess.CompletedProcess:
+    """prune with no room to write: a file size limit of 0 makes every write fail (EFBIG), as on a full
+    disk (the limit needs no privileges; Python ignores SIGXFSZ, so writes fail instead of killing it)."""
+    return subprocess.run(["sh", "-c", f'ulimit -f 0 && exec "{MMROUTER}" prune --older-than 1 --data-dir "$0"',
+                           str(daemon.data_dir)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"})
+
+
+def _sessions_left(daemon) -> set[str]:
+    db = sqlite3.connect(daemon.data_dir / "sessions.sqlite")
+    try:
+        return {row[0] for row in db.execute("SELECT DISTINCT session_id FROM turns")}
+    finally:
+        db.close()
+
+
+FULL = "the data directory's disk is full (File too large; {}): free space, e.g. with `mmrouter prune`, and try again"
+
+
+def test_prune_on_a_full_disk_frees_the_media_while_the_daemon_runs(start_daemon) -> None:
+    """On a full disk the sessions' deletes fail (they need room in the WAL) but deleting media needs none:
+    the media go first, and the sessions' failure is a warning saying the disk is full."""
+    daemon = start_daemon(CONFIG)
+    live_id = _old_data(daemon)
+
+    result = _prune_on_a_full_disk(daemon)
+    assert result.returncode == 0, result.stderr
+    assert " ".join(result.stderr.split()) == ("sessions and statistics rows were not all pruned: "
+                                               + FULL.format(daemon.data_dir))
+    assert " ".join(result.stdout.split()).startswith("removed 2 media file(s)")
+    assert _media_ids(daemon) == {live_id}
+    assert _sessions_left(daemon) == {"idle", "live"}
+
+    assert _prune(daemon, "--older-than", "1").startswith("removed 1 session(s)")  # room again
+    assert _sessions_left(daemon) == {"live"}
+    assert "[history=1 image=1" in _ask(daemon, "still here", session="live").text
+
+
+def test_prune_on_a_full_disk_frees_the_media_while_the_daemon_is_stopped(start_daemon) -> None:
+    """A stopped daemon removed its -shm file, which sqlite must re-create (it needs room) to open the
+    database for writing: prune then reads it read-only and prunes the media all the same."""
+    daemon = start_daemon(CONFIG)
+    live_id = _old_data(daemon)
+    assert daemon.stop() == 0
+    assert not (daemon.data_dir / "sessions.sqlite-shm").exists()
+
+    result = _prune_on_a_full_disk(daemon)
+    assert result.returncode == 0, result.stderr
+    assert " ".join(result.stderr.split()) == ("sessions and statistics rows are not pruned, media are: "
+                                               + FULL.format(daemon.data_dir))
+    assert " ".join(result.stdout.split()) == "removed 2 media file(s) (0.0 MiB); 1 media kept for sessions"
+    assert _media_ids(daemon) == {live_id}
+    assert _prune(daemon, "--older-than", "1").startswith("removed 1 session(s)")
+    assert _sessions_left(daemon) == {"live"}
+
+
+def test_prune_removes_and_counts_temp_files_of_interrupted_uploads(tmp_path) -> None:
+    """prune takes no lock and may run beside a daemon that is uploading: only temp files unchanged for
+    an hour go, and the summary counts them."""
+    tmp = tmp_path / "data" / "media" / "tmp"
+    tmp.mkdir(parents=True)
+    old, young = tmp / "tmpold", tmp / "tmpyoung"
+    old.write_bytes(b"x" * 3 * 2**20)
+    young.write_bytes(b"an upload under way")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+
+    def prune(*args: str) -> str:
+        result = subprocess.run([str(MMROUTER), "prune", "--older-than", "30", "--data-dir", str(tmp_path / "data"),
+                                 *args], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"})
+        assert result.returncode == 0, result.stderr
+        return " ".join(result.stdout.split())
+
+    summary = "0 session(s), 0 statistics row(s) and 0 media file(s) (0.0 MiB), 1 temp file(s) of interrupted uploads"
+    assert prune("--dry-run") == f"would remove {summary} (3.0 MiB); 0 media kept for sessions"
+    assert old.exists()
+    assert prune() == f"removed {summary} (3.0 MiB); 0 media kept for sessions"
+    assert not old.exists() and young.exists()

@@ -203,6 +203,8 @@ def test_a_turn_that_cannot_be_saved_still_answers_and_counts(start_daemon, tmp_
     media = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=image)
     answer = ask(daemon, "look", session="unsaved", media=[media])
     assert "[history=0 image=1" in answer.text
+    [note] = answer.route.notes
+    assert note.startswith("this turn was not kept in session 'unsaved': storing it failed (")
     assert wait_for(lambda: "saving this turn of session 'unsaved' failed" in daemon.logs())
     assert not list((data_dir / "media" / "tmp").iterdir()), "the failed store left a temp file"
 
@@ -606,3 +608,44 @@ def test_a_locked_session_database_holds_up_only_the_turn_that_waits_for_it(star
     assert done and done[0][1], "the call on the session ended before its turn could be saved"
     assert done[0][0].done.answer.text
     assert "[history=1" in ask(daemon, "and now", session="locked").text, "the turn saved after the lock was lost"
+
+
+def test_the_wal_shrinks_back_after_a_large_turn(tmp_path) -> None:
+    """sqlite keeps the WAL at its largest size: one long turn would hold that much disk while the daemon
+    runs. journal_size_limit cuts it back once the turn is checkpointed."""
+    from router.sessions import JOURNAL_SIZE_LIMIT
+
+    store = SessionStore(tmp_path / "sessions.sqlite")
+    wal = tmp_path / "sessions.sqlite-wal"
+    try:
+        long_turn = [Message(Role.USER, [Part(text="x" * (24 << 20))])]
+        store.append("long", long_turn, lambda media: "")
+        assert wal.stat().st_size > 24 << 20
+        for i in range(3):  # checkpointed, then the next write starts the WAL over and cuts it
+            store.append("short", [Message(Role.USER, [Part(text=f"turn {i}")])], lambda media: "")
+        assert wal.stat().st_size <= JOURNAL_SIZE_LIMIT
+    finally:
+        store.close()
+
+
+def test_a_turn_that_cannot_be_kept_says_so_in_its_route(start_daemon, tmp_path) -> None:
+    """A full disk (here a file size limit on the running daemon, which sqlite meets in its WAL) costs the
+    session its turn, not the answer: the answer's route notes say so, and the next turn is kept."""
+    import resource
+
+    daemon = start_daemon(CONFIG, data_dir=tmp_path / "data")
+    assert not ask(daemon, "kept", session="full").route.notes
+    wal = tmp_path / "data" / "sessions.sqlite-wal"
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (wal.stat().st_size + 100_000, hard))
+    try:
+        answer = ask(daemon, "y" * 300_000, session="full")
+    finally:
+        resource.prlimit(daemon.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+    assert "[history=1" in answer.text, "the question was not answered"
+    assert answer.route.notes == ["this turn was not kept in session 'full': the sessions database could not "
+                                  "be written (disk I/O error; is the disk full?)"]
+    after = ask(daemon, "room again", session="full")
+    assert "[history=1" in after.text and "yyy" not in after.text, "the unkept turn is in the history"
+    assert not after.route.notes
+    assert "[history=2" in ask(daemon, "and again", session="full").text, "the turn after was not kept"
