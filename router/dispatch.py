@@ -24,12 +24,14 @@ from .plugins import Registry
 from .provider import Provider
 from .routing import Decision, Plan
 from .types import (
+    OUTPUT_TEXT,
     CallContext,
     FinishReason,
     Modality,
     ProviderEvent,
     Request,
     Role,
+    Task,
     TextDelta,
     Transcript,
     TranscriptReady,
@@ -147,7 +149,10 @@ async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx:
     for its size before any answer output and it carries session history, the same request, its
     bridges already applied, is tried again with the oldest half of that history dropped (a provider's
     media limits, such as Claude's 100 images or 32 MB per request, are reached far below its context),
-    until no history is left; then the refusal is raised and the next fallback is tried."""
+    until no history is left; then the refusal is raised and the next fallback is tried. A
+    transcription sends no history, so it is not tried again. The route gets a note when a shorter
+    request was answered."""
+    dropped, why = 0, ""
     while True:
         produced = False
         try:
@@ -155,15 +160,18 @@ async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx:
                 async for event in events:
                     produced = produced or isinstance(event, (TextDelta, TranscriptReady))
                     yield event
+            if dropped:
+                route.notes.append(f"history trimmed: dropped the {dropped} oldest message(s) of session "
+                                   f"{request.session_id} because {plan.target} refused the request for its "
+                                   f"size ({why})")
             return
         except ProviderInputTooLarge as exc:
-            shorter = None if produced else _without_older_half(request)
+            transcribing = request.options.task is Task.TRANSCRIBE or OUTPUT_TEXT not in plan.model.outputs
+            shorter = None if produced or transcribing else _without_older_half(request)
             if shorter is None:
                 raise
-            request, dropped = shorter
-            route.notes.append(f"history trimmed: dropped the {dropped} oldest message(s) of session "
-                               f"{request.session_id} because {plan.target} refused the request for its size "
-                               f"({exc.message}); trying again")
+            request, fewer = shorter
+            dropped, why = dropped + fewer, exc.message
 
 
 def _without_older_half(request: Request) -> tuple[Request, int] | None:

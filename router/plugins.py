@@ -144,10 +144,19 @@ def _with_prices(provider: Provider, prices: Mapping[str, Mapping[str, object]])
     for model in provider.models:
         override = prices.get(model.name)
         if override:
-            price = dataclasses.replace(model.price, **{k: _as_price(v) for k, v in override.items()})
-            model = dataclasses.replace(model, price=price)
+            model = dataclasses.replace(model, price=_overridden(model.price, override))
         models.append(model)
     provider.models = models
+
+
+def _overridden(price: Price, override: Mapping[str, object]) -> Price:
+    """``price`` with an operator's ``override``. A new input price without a cached one keeps the
+    cached discount in proportion (a negotiated or zero input price must not leave cache hits at
+    the list rate, dearer than uncached tokens)."""
+    changes = {k: _as_price(v) for k, v in override.items()}
+    if "input_per_mtok" in changes and "cached_input_per_mtok" not in changes and price.input_per_mtok:
+        changes["cached_input_per_mtok"] = price.cached_input_per_mtok * changes["input_per_mtok"] / price.input_per_mtok
+    return dataclasses.replace(price, **changes)
 
 
 def _check_provider(provider: object) -> str | None:

@@ -350,3 +350,72 @@ async def test_a_call_left_after_its_usage_keeps_what_it_cost() -> None:
     [step] = route.steps
     assert (step.purpose, step.usage.cost_usd) == ("answer (cancelled)", pytest.approx(3.0))
     assert [(a.ok, a.error) for a in route.attempts] == [(False, "cancelled")]
+
+
+async def test_a_transcription_refused_for_its_size_is_not_tried_again_with_less_history(tmp_path) -> None:
+    """A transcription sends no history, so a refusal for size goes straight to the next target rather
+    than being retried once per halving of a session's history; a chat model refused for size answers
+    with less history and says so once."""
+    from router.errors import ProviderInputTooLarge
+    from router.types import Options, Task, TextDelta, Transcript, TranscriptReady, Usage, UsageReport
+
+    calls: list[tuple[str, int]] = []
+
+    class Picky(router.Provider):
+        name = "pk"
+        models = [ModelInfo("ears", frozenset({Modality.AUDIO}), outputs=frozenset({OUTPUT_TRANSCRIPT}),
+                            price=Price(per_audio_hour=1.0)),
+                  ModelInfo("ears2", frozenset({Modality.AUDIO}), outputs=frozenset({OUTPUT_TRANSCRIPT}),
+                            price=Price(per_audio_hour=1.0)),
+                  ModelInfo("chat", frozenset({Modality.TEXT}), price=Price(1.0, 1.0))]
+
+        async def generate(self, request, model, ctx):  # type: ignore[no-untyped-def]
+            calls.append((model.name, len(request.messages)))
+            if model.name == "ears" or (model.name == "chat" and len(request.messages) > 3):
+                raise ProviderInputTooLarge(self.name, "the request is over 32 MB")
+            if model.name == "ears2":
+                yield TranscriptReady(Transcript("heard", duration_seconds=1.0))
+            else:
+                yield TextDelta("answered")
+            yield UsageReport(Usage(input_tokens=1))
+
+    class Plugin:
+        @router.hookimpl
+        def register_providers(self, register, settings):  # type: ignore[no-untyped-def]
+            register(Picky())
+
+    config = f"""
+providers: {{pk: {{}}}}
+plugins: {{disabled: [openai, anthropic, gemini, assemblyai, local]}}
+routes:
+  - name: ears
+    match: {{inputs_any: [audio]}}
+    use: pk/ears
+    fallback: [pk/ears2]
+default: pk/chat
+bridges: {{audio: [pk/ears2]}}
+server: {{data_dir: '{tmp_path}'}}
+"""
+    app = App(parse_config(config, "t.yaml"), extra_plugins={"pk": Plugin()})
+
+    async def answer(*parts: Part, task: Task = Task.AUTO):  # type: ignore[no-untyped-def]
+        request = Request(messages=[Message(Role.USER, list(parts))], session_id="s", options=Options(task=task))
+        return [e async for e in app.answer(request, None)][-1].answer
+
+    try:
+        for i in range(4):
+            await answer(Part(text=f"turn {i}"))
+        calls.clear()
+        heard = await answer(Part(media=Media(Modality.AUDIO, "audio/wav", data=wav(0.5))), task=Task.TRANSCRIBE)
+        assert heard.route.model == "ears2" and heard.transcript.text == "heard"
+        assert [name for name, _ in calls] == ["ears", "ears2"]
+        assert not any("history trimmed" in n for n in heard.route.notes)
+
+        calls.clear()
+        chat = await answer(Part(text="and now?"))
+        assert chat.text == "answered"
+        assert [name for name, _ in calls] == ["chat"] * len(calls) and len(calls) > 1
+        [note] = [n for n in chat.route.notes if "history trimmed" in n]
+        assert "refused the request for its size" in note
+    finally:
+        await app.aclose()

@@ -411,6 +411,9 @@ def test_providers_list_shows_the_catalogue(daemon):
     assert set(models["gpt-4o"].inputs) == {pb.MODALITY_TEXT, pb.MODALITY_IMAGE}
     assert list(models["whisper-1"].outputs) == ["transcript"]
     assert models["gpt-4o-mini"].price.input_per_mtok == pytest.approx(1.0)  # overridden in the config
+    # the cached discount follows an overridden input price (list: 0.15 input, 0.075 cached)
+    assert models["gpt-4o-mini"].price.cached_input_per_mtok == pytest.approx(0.5)
+    assert models["gpt-4o"].price.cached_input_per_mtok == pytest.approx(1.25)
     audio = models["gpt-4o-audio-preview"].price
     assert (audio.input_per_mtok, audio.audio_input_per_mtok) == (pytest.approx(2.50), pytest.approx(40.00))
 
@@ -485,7 +488,7 @@ def test_a_stream_cut_before_any_text_falls_back(start_daemon, fake):
                                   timeout=30).answer
     assert [body["model"] for body in fake.chat_requests()] == ["gpt-4o", "gpt-4o-mini"]
     assert [(a.model, a.ok) for a in answer.route.attempts] == [("gpt-4o", False), ("gpt-4o-mini", True)]
-    assert "no [DONE]" in answer.route.attempts[0].error
+    assert "no finish_reason, no [DONE]" in answer.route.attempts[0].error
     assert (answer.route.model, answer.text, answer.finish_reason) == (
         "gpt-4o-mini", "Hello from the fake GPT.", pb.FINISH_REASON_STOP)
     assert (answer.usage.input_tokens, answer.usage.output_tokens) == (1234, 56)
@@ -519,3 +522,16 @@ def test_a_server_that_sends_no_usage_but_done_answers_whole(daemon, fake):
     assert (answer.text, answer.finish_reason) == ("Hello from the fake GPT.", pb.FINISH_REASON_STOP)
     assert (answer.usage.input_tokens, answer.usage.output_tokens) == (0, 0)
     assert [(a.model, a.ok) for a in answer.route.attempts] == [("gpt-4o", True)]
+
+
+def test_a_server_that_ends_with_the_finish_reason_and_no_done_answers_whole(daemon, fake):
+    """A few OpenAI-compatible servers end their stream after the finish_reason (and usage) chunk, with
+    no [DONE]: the answer is whole, billed and kept in the session, not a cut stream."""
+    fake.truncate_next(7)  # role, four deltas, finish_reason, usage: all but [DONE]
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"), session="nodone")),
+                                  timeout=30).answer
+    assert (answer.text, answer.finish_reason) == ("Hello from the fake GPT.", pb.FINISH_REASON_STOP)
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (1234, 56)
+    assert [(a.model, a.ok) for a in answer.route.attempts] == [("gpt-4o", True)]
+    daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("again"), session="nodone")), timeout=30)
+    assert [m["role"] for m in fake.chat_requests()[-1]["messages"]] == ["user", "assistant", "user"]

@@ -43,9 +43,10 @@ FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH,
                   "content_filter": FinishReason.CONTENT_FILTER}
 
 
-#: Why a stream without ``data: [DONE]`` is refused: every Chat Completions stream (OpenAI's and the
-#: OpenAI-compatible servers') ends with it, after the usage chunk when one is asked for.
-INCOMPLETE_STREAM = "the stream ended before the answer was complete (no [DONE])"
+#: Why a stream with neither ``data: [DONE]`` nor a finish_reason is refused: OpenAI ends every Chat
+#: Completions stream with [DONE] (after the usage chunk when one is asked for); a few OpenAI-compatible
+#: servers end after the finish_reason chunk instead.
+INCOMPLETE_STREAM = "the stream ended before the answer was complete (no finish_reason, no [DONE])"
 
 
 class Base64Of:
@@ -242,9 +243,10 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
                 reason = choice.get("finish_reason")
                 if reason and finish is not FinishReason.REFUSAL:
                     finish = FINISH_REASONS.get(reason, FinishReason.OTHER)
-        if not done:
+        if not done and finish is None:
             # The body ended cleanly but early (a dead server behind a proxy, a body delimited by
             # connection close): the answer is cut, so this is a failed call, not a short answer.
+            # (Some OpenAI-compatible servers end with the finish_reason chunk and send no [DONE].)
             if usage != Usage():  # billed all the same
                 yield UsageReport(usage, finish)
             raise openai.APIError(INCOMPLETE_STREAM, request=response.request, body=None)
