@@ -476,7 +476,7 @@ async def section_upload(opt, res: Results, echo: Target, router: Target) -> Non
                    f"  peak RSS growth {med([x[1] for x in r]):5.1f} MiB"
                    f"  server CPU {med([x[3] for x in r]):.2f} ms/MiB")
     alone = await store_cpu_ms_per_mib(router.proc.log.parent, size, UPLOADS_PER_REP)
-    res.detail(f"media store alone (sha256 + temp file write + rename, no gRPC): {alone:.2f} ms CPU/MiB")
+    res.detail(f"media store alone (sha256 + temp file write + fsync + rename, no gRPC): {alone:.2f} ms CPU/MiB")
     ratios = [r[0] / e[0] for r, e in zip(rows["router"], rows["echo"], strict=True)]
     res.figure(f"4a. upload {size // MiB} MiB: router / echo MiB/s",
                f"{med(ratios) * 100:.1f}%{spread([x * 100 for x in ratios], '{:.1f}')}"

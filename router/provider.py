@@ -47,6 +47,14 @@ class Provider(abc.ABC):
         :func:`router.errors.provider_error_from_status`). The router cancels
         the generator when the client's deadline passes or it cancels; honour
         ``ctx.time_remaining()`` for waits you make yourself (polling).
+
+        If the call fails after the provider billed something (a clip transcribed
+        before a later one failed, the prompt read by a stream that was cut), yield
+        a :class:`UsageReport` of that part before raising: the router keeps it as
+        a step ``"<purpose> (failed)"``. A streamed answer that ends without the
+        provider's end-of-answer marker was cut short: raise
+        :class:`router.errors.ProviderUnavailable` (the router then falls back if
+        no text was sent) instead of returning.
         """
 
     async def aclose(self) -> None:  # noqa: B027 (a no-op default is intended)

@@ -186,7 +186,7 @@ def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_ma
 async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: float,
                       with_media: bool = True) -> AsyncIterator[Any]:
     """Yield :class:`TextDelta` events as chunks arrive, then one :class:`UsageReport`; a stream that
-    ends without ``data: [DONE]`` raises ``openai.APIError`` (the answer may be cut).
+    ends with neither ``data: [DONE]`` nor a finish_reason raises ``openai.APIError`` (the answer is cut).
 
     The request goes through the SDK's own client (auth, headers, base URL, error mapping to
     ``openai.APIStatusError`` and friends), but as a raw streamed response: the SSE events are
