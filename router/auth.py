@@ -26,38 +26,54 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def _denied() -> grpc.Status:
+NEEDS_TOKEN = ("this router needs a token: send the metadata 'authorization: Bearer <token>' "
+               "(mmrouter CLI: --token or MMROUTER_TOKEN)")
+WRONG_TOKEN = ("the token was not accepted: send the daemon's server.auth_token "
+               "(mmrouter CLI: --token or MMROUTER_TOKEN)")
+
+
+def _denied(message: str) -> grpc.Status:
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason="UNAUTHENTICATED", domain="mmrouter"))
-    return rpc_status.to_status(status_pb2.Status(
-        code=code_pb2.UNAUTHENTICATED, details=[info],
-        message="this router needs a token: send the metadata 'authorization: Bearer <token>' "
-                "(mmrouter CLI: --token or MMROUTER_TOKEN)",
-    ))
+    return rpc_status.to_status(status_pb2.Status(code=code_pb2.UNAUTHENTICATED, details=[info], message=message))
+
+
+def sent_token(authorization: str) -> str | None:
+    """The token of an ``authorization`` value, or None when it is not ``Bearer <token>``.
+
+    The scheme is case-insensitive (RFC 7235) and extra whitespace is allowed around both parts."""
+    parts = authorization.split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None
+    return parts[1]
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
     """Refuses RouterService calls without the configured bearer token."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
-    def _allowed(self, details: grpc.HandlerCallDetails) -> bool:
+    def _refusal(self, details: grpc.HandlerCallDetails) -> str | None:
+        """Why the call is refused (the message for its client), or None if it may go on."""
         if not details.method.startswith(PROTECTED_PREFIX):
-            return True
-        sent = dict(details.invocation_metadata or ()).get("authorization", "")
-        return hmac.compare_digest(str(sent).encode(), self._expected)
+            return None
+        sent = sent_token(str(dict(details.invocation_metadata or ()).get("authorization", "")))
+        if sent is None:
+            return NEEDS_TOKEN
+        return None if hmac.compare_digest(sent.encode(), self._expected) else WRONG_TOKEN
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or self._allowed(details):
+        refusal = None if handler is None else self._refusal(details)
+        if handler is None or refusal is None:
             return handler
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-            await context.abort_with_status(_denied())
+            await context.abort_with_status(_denied(refusal))
 
         kinds = {
             (False, False): grpc.unary_unary_rpc_method_handler,

@@ -130,11 +130,19 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     )
 
 
+#: Keepalive within the daemon's ping policy (it takes a ping every 5 s): a call that waits silently
+#: for a slow provider is not dropped by a NAT or load balancer that ends idle connections. gRPC
+#: otherwise sends only two pings while no data flows.
+KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
+                     ("grpc.http2.max_pings_without_data", 0)]
+
+
 def daemon_channel(address: str, token: str) -> grpc.Channel:
     """A channel to the daemon: TLS when MMROUTER_TLS_CA is set (and a client certificate from
     MMROUTER_TLS_CERT / MMROUTER_TLS_KEY), sending the bearer ``token`` (--token / MMROUTER_TOKEN) if any."""
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
-               ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+               ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+               *KEEPALIVE_OPTIONS]
     files = {name: os.environ.get(f"MMROUTER_TLS_{name.upper()}", "") for name in ("ca", "cert", "key")}
     if not files["ca"]:
         channel = grpc.insecure_channel(address, options=options)
@@ -148,7 +156,18 @@ def daemon_channel(address: str, token: str) -> grpc.Channel:
                 raise typer.Exit(2) from None
         credentials = grpc.ssl_channel_credentials(pem["ca"], private_key=pem["key"], certificate_chain=pem["cert"])
         channel = grpc.secure_channel(address, credentials, options=options)
-    return with_token(channel, token)
+    return with_token(channel, client_token(token))
+
+
+def client_token(token: str) -> str:
+    """``token`` without surrounding whitespace (a secret file's newline), as the daemon reads it; exit
+    with a message if it holds what no header can carry (gRPC would fail every call obscurely)."""
+    token = token.strip()
+    if not all("!" <= c <= "~" for c in token):
+        err.print("[red]the token (--token or MMROUTER_TOKEN) holds a space, a control character or a "
+                  "character that is not ASCII: no gRPC header can carry it[/red]")
+        raise typer.Exit(2)
+    return token
 
 
 def status_detail(exc: grpc.RpcError, kind: type[M]) -> M | None:

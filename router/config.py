@@ -257,7 +257,12 @@ class ServerSettings(_Strict):
     max_request_media_bytes: int = Field(64 * 1024**3, gt=0, description="most bytes of media one request may "
                                          "refer to, inline and uploaded, each reference counted")
     allow_urls: bool = False
-    auth_token: str = Field("", repr=False, description="if set, clients must send 'authorization: Bearer <token>'")
+    max_concurrent_calls: int = Field(1024, gt=0, description="most Generate, StreamGenerate and ExplainRoute calls "
+                                      "under way at once; more are refused at once with TOO_MANY_CALLS")
+    keepalive_seconds: float = Field(30.0, ge=1, description="ping a connection quiet this long (keeps NAT and load "
+                                     "balancer idle timers from dropping long calls, finds vanished clients)")
+    auth_token: str = Field("", repr=False, description="if set, clients must send 'authorization: Bearer <token>'; "
+                            "surrounding whitespace is ignored")
     tls: TlsSettings | None = None
     shutdown_grace_seconds: float = Field(10.0, ge=0)
     max_call_seconds: float = Field(3600.0, gt=0, description="longest a Generate or StreamGenerate call may "
@@ -270,6 +275,20 @@ class ServerSettings(_Strict):
     def _address(cls, value: str) -> str:
         parse_address(value)
         return value
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        # a secret file's trailing newline is not part of the token; what a header cannot carry
+        # would lock out every client, so it is refused (without quoting the token)
+        token = value.strip()
+        if value and not token:  # an empty token turns authentication off: only if it was meant so
+            raise ValueError("the token is only whitespace: set the token, or remove the key to serve without one")
+        bad = next((i for i, c in enumerate(token) if not "!" <= c <= "~"), None)
+        if bad is not None:
+            raise ValueError(f"character {bad + 1} of the token is a space, a control character or not ASCII: a "
+                             "token may hold only printable ASCII without spaces (no gRPC client can send others)")
+        return token
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -15,6 +15,7 @@
     ├── ConfigError                  INVALID_ARGUMENT     INVALID_CONFIG
     ├── StorageFull                  RESOURCE_EXHAUSTED   STORAGE_FULL      (the data directory's disk is full)
     ├── TooManyUploads               RESOURCE_EXHAUSTED   TOO_MANY_UPLOADS  (server.max_concurrent_uploads; + RetryInfo)
+    ├── TooManyCalls                 RESOURCE_EXHAUSTED   TOO_MANY_CALLS    (server.max_concurrent_calls; + RetryInfo)
     ├── AnswerTooLarge               RESOURCE_EXHAUSTED   ANSWER_TOO_LARGE  (over server.max_message_bytes)
     ├── CallTimeout                  DEADLINE_EXCEEDED    CALL_TIMEOUT      (over server.max_call_seconds)
     └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
@@ -154,6 +155,19 @@ class TooManyUploads(RouterError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "TOO_MANY_UPLOADS"
+
+    def __init__(self, message: str, *, retry_after: float, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message, metadata=metadata)
+        self.retry_after = clamp_retry_after(retry_after)
+
+
+class TooManyCalls(RouterError):
+    """As many Generate, StreamGenerate and ExplainRoute calls as ``server.max_concurrent_calls`` are
+    under way, so a new one is refused before its request is processed; the client may try again
+    after ``retry_after`` seconds."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "TOO_MANY_CALLS"
 
     def __init__(self, message: str, *, retry_after: float, metadata: dict[str, str] | None = None) -> None:
         super().__init__(message, metadata=metadata)

@@ -47,6 +47,7 @@ from .errors import (
     FieldViolation,
     InvalidRequest,
     RouterError,
+    TooManyCalls,
     TooManyUploads,
 )
 from .outcome import Done, RouteChosen, StepUsage
@@ -146,6 +147,37 @@ def within_limit(message: Any, limit: int) -> Any:
     return message
 
 
+#: The receive limit most gRPC clients keep (4 MiB): a larger answer is refused by such a client.
+CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024
+
+
+def _log_if_large(response: Any) -> Any:
+    """``response``; a unary answer over CLIENT_RECEIVE_LIMIT is logged first: if its client refuses
+    it, gRPC can only report a failed send, naming neither size nor cause."""
+    size = response.ByteSize()
+    if size > CLIENT_RECEIVE_LIMIT:
+        log.info("sending an answer of %d bytes: clients that keep gRPC's default receive limit (%d bytes) "
+                 "refuse it (RESOURCE_EXHAUSTED on their side)", size, CLIENT_RECEIVE_LIMIT)
+    return response
+
+
+class SendFailedFilter(logging.Filter):
+    """gRPC logs a response it could not send (a client that refused it, a connection that died) as
+    an ERROR with a traceback of its internals: make it one WARNING line that says what it means."""
+
+    PREFIX = "ExecuteBatchError raised in core by servicer method "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            record.msg = ("could not send the answer of %s: its client refused it (a gRPC client refuses a message "
+                          "over its receive limit, 4 MiB by default) or its connection failed")
+            record.args = (message.removeprefix(self.PREFIX).strip("[]"),)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def unary(method: Callable) -> Callable:
     """Map exceptions of a unary servicer method to rich gRPC statuses."""
 
@@ -179,40 +211,57 @@ def streaming(method: Callable) -> Callable:
 
 #: Longest pause between two messages of an upload before it is cut (DEADLINE_EXCEEDED).
 UPLOAD_IDLE_SECONDS = 60.0
-#: When a client refused for too many uploads is told to try again (RetryInfo).
+#: When a client refused for too many uploads or calls is told to try again (RetryInfo).
 UPLOAD_RETRY_SECONDS = 1.0
+CALL_RETRY_SECONDS = 1.0
 
 
-class UploadSlots:
-    """At most ``limit`` uploads under way at once.
+class Slots:
+    """At most ``limit`` holders at once; ``refuse(limit)`` makes the error for one more.
 
-    Each upload holds a temp file (a file descriptor) and disk space: thousands at once would leave
-    the daemon no descriptors for anything else (the sessions database, provider connections).
+    Uploads each hold a temp file (a file descriptor) and disk space: thousands at once would leave
+    the daemon no descriptors for anything else. Calls each hold their request and its media in
+    memory (about three times its size): without a bound, a burst of large ones takes all memory.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, refuse: Callable[[int], RouterError]) -> None:
         self.limit = limit
         self.in_use = 0
+        self._refuse = refuse
 
     @contextmanager
     def hold(self) -> Iterator[None]:
-        """Hold a slot for the block, however it ends; :class:`TooManyUploads` at once if none is free.
+        """Hold a slot for the block, however it ends; the refusal at once if none is free.
 
         The servicer runs on one event loop thread, so counting needs no lock.
         """
         if self.in_use >= self.limit:
-            raise TooManyUploads(
-                f"{self.limit} uploads are under way, as many as server.max_concurrent_uploads allows: retry in "
-                f"{UPLOAD_RETRY_SECONDS:g} s, or raise server.max_concurrent_uploads in the daemon's configuration "
-                "(takes effect after a restart)",
-                retry_after=UPLOAD_RETRY_SECONDS,
-                metadata={"limit": "max_concurrent_uploads", "limit_uploads": str(self.limit)},
-            )
+            raise self._refuse(self.limit)
         self.in_use += 1
         try:
             yield
         finally:
             self.in_use -= 1
+
+
+def _too_many_uploads(limit: int) -> TooManyUploads:
+    return TooManyUploads(
+        f"{limit} uploads are under way, as many as server.max_concurrent_uploads allows: retry in "
+        f"{UPLOAD_RETRY_SECONDS:g} s, or raise server.max_concurrent_uploads in the daemon's configuration "
+        "(takes effect after a restart)",
+        retry_after=UPLOAD_RETRY_SECONDS,
+        metadata={"limit": "max_concurrent_uploads", "limit_uploads": str(limit)},
+    )
+
+
+def _too_many_calls(limit: int) -> TooManyCalls:
+    return TooManyCalls(
+        f"{limit} calls are under way, as many as server.max_concurrent_calls allows: retry in "
+        f"{CALL_RETRY_SECONDS:g} s, or raise server.max_concurrent_calls in the daemon's configuration "
+        "(takes effect after a restart)",
+        retry_after=CALL_RETRY_SECONDS,
+        metadata={"limit": "max_concurrent_calls", "limit_calls": str(limit)},
+    )
 
 
 async def _within_idle(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -253,7 +302,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.limits = wire.Limits(server.inline_limit_bytes, server.allow_urls, server.max_request_media_bytes)
         self.max_message_bytes = server.max_message_bytes
         self.max_call_seconds = server.max_call_seconds
-        self.uploads = UploadSlots(server.max_concurrent_uploads)
+        self.uploads = Slots(server.max_concurrent_uploads, _too_many_uploads)
+        self.calls = Slots(server.max_concurrent_calls, _too_many_calls)
         #: UTF-8 takes up to 4 bytes a character; 64 bytes leave room for the message's framing.
         self.delta_chars = max(1, min(MAX_DELTA_CHARS, (server.max_message_bytes - 64) // 4))
 
@@ -318,28 +368,30 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     @unary
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        req = self._request(request.request)
-        async with self._bounded(), aclosing(self.app.answer(req, self._deadline(context))) as events:
-            async for event in events:
-                if isinstance(event, Done):
-                    response = pb.GenerateResponse(answer=wire.answer_to_proto(event.answer, self.app.redact))
-                    return within_limit(response, self.max_message_bytes)
+        with self.calls.hold():  # before the request (its media) is processed
+            req = self._request(request.request)
+            async with self._bounded(), aclosing(self.app.answer(req, self._deadline(context))) as events:
+                async for event in events:
+                    if isinstance(event, Done):
+                        response = pb.GenerateResponse(answer=wire.answer_to_proto(event.answer, self.app.redact))
+                        return _log_if_large(within_limit(response, self.max_message_bytes))
         raise RuntimeError("the answer ended without a Done event")
 
     @streaming
     async def StreamGenerate(self, request: pb.StreamGenerateRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamGenerateResponse]:
-        req = self._request(request.request)
-        async with aclosing(self.app.answer(req, self._deadline(context))) as answer, \
-                aclosing(self._bounded_events(answer)) as events:
-            async for event in events:
-                if not isinstance(event, TextDelta):
-                    yield within_limit(_event_to_proto(event, self.app.redact), self.max_message_bytes)
-                elif len(event.text) <= self.delta_chars:
-                    yield pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=event.text))
-                else:
-                    for piece in text_pieces(event.text, self.delta_chars):
-                        yield pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=piece))
+        with self.calls.hold():
+            req = self._request(request.request)
+            async with aclosing(self.app.answer(req, self._deadline(context))) as answer, \
+                    aclosing(self._bounded_events(answer)) as events:
+                async for event in events:
+                    if not isinstance(event, TextDelta):
+                        yield within_limit(_event_to_proto(event, self.app.redact), self.max_message_bytes)
+                    elif len(event.text) <= self.delta_chars:
+                        yield pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=event.text))
+                    else:
+                        for piece in text_pieces(event.text, self.delta_chars):
+                            yield pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=piece))
 
     @unary
     async def UploadMedia(self, request_iterator: AsyncIterator[pb.UploadMediaRequest],
@@ -367,7 +419,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     @unary
     async def ExplainRoute(self, request: pb.ExplainRouteRequest,
                            context: grpc.aio.ServicerContext) -> pb.ExplainRouteResponse:
-        route = await self.app.explain(self._request(request.request))
+        with self.calls.hold():
+            route = await self.app.explain(self._request(request.request))
         return pb.ExplainRouteResponse(route=wire.route_to_proto(route, self.app.redact))
 
     @unary
@@ -406,6 +459,31 @@ TCP_READ_OPTIONS = [
 ]
 
 
+#: Keepalive (gRFC A8, A9). The daemon pings a connection that has been quiet for
+#: server.keepalive_seconds, so that NAT and load balancer idle timers do not drop a long silent call,
+#: and closes it when the ping goes unanswered for KEEPALIVE_TIMEOUT_SECONDS (a client that vanished
+#: would otherwise hold its descriptor for gRPC's default of 2 h). Clients may ping as often as every
+#: CLIENT_PING_SECONDS, idle or not: gRPC's default (once in 5 min) answers the 10 s keepalive many
+#: grpc-js, Go and Java clients use with GOAWAY too_many_pings, which kills their calls.
+KEEPALIVE_TIMEOUT_SECONDS = 10.0
+CLIENT_PING_SECONDS = 5.0
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def transport_options(keepalive_seconds: float) -> list[tuple[str, int]]:
+    """The HTTP/2 keepalive and ping policy; a daemon that pings more often than every
+    CLIENT_PING_SECONDS lets its clients do as much (their network drops idle connections as soon)."""
+    return [
+        ("grpc.keepalive_time_ms", _ms(keepalive_seconds)),
+        ("grpc.keepalive_timeout_ms", _ms(KEEPALIVE_TIMEOUT_SECONDS)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(min(CLIENT_PING_SECONDS, keepalive_seconds))),
+    ]
+
+
 async def start_server(app: App, address: str, certificates: ServerCertificates | None = None,
                        ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Start serving ``app`` on ``address`` (port 0 picks a free one), over TLS with ``certificates``;
@@ -419,6 +497,7 @@ async def start_server(app: App, address: str, certificates: ServerCertificates 
         # the connections with the first (another config, another data directory). Refuse it instead.
         ("grpc.so_reuseport", 0),
         *TCP_READ_OPTIONS,
+        *transport_options(app.config.server.keepalive_seconds),
     ])
     add_router_service(RouterServicer(app), server)
     health_servicer = health.aio.HealthServicer()
@@ -448,7 +527,7 @@ def _listen(server: grpc.aio.Server, address: str, certificates: ServerCertifica
         return add(address)
     host, port = parsed_address
     resolved = _addresses_of(host)
-    if len(resolved) < 2:
+    if not resolved:  # an IP address, or a name gRPC will report it cannot resolve
         return add(address)
     bound = False
     for family, ip in resolved:
@@ -465,9 +544,14 @@ def _listen(server: grpc.aio.Server, address: str, certificates: ServerCertifica
     return port if bound else add(address)  # none usable: gRPC says why
 
 
+#: What gRPC's own resolver makes of ``localhost`` whatever /etc/hosts says: both loopbacks.
+_LOCALHOST = [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+
+
 def _addresses_of(host: str) -> list[tuple[int, str]]:
     """The IP addresses (family, address) the host name ``host`` resolves to; [] for an IP address or a
-    name that does not resolve (gRPC reports it)."""
+    name that does not resolve (gRPC reports it). Each is bound by itself, so gRPC never resolves the
+    name again (for ``localhost`` it finds ::1 even where the system's resolver does not)."""
     try:
         ipaddress.ip_address(host)
         return []
@@ -476,9 +560,12 @@ def _addresses_of(host: str) -> list[tuple[int, str]]:
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError:
-        return []
+        infos = []
     families = (socket.AF_INET, socket.AF_INET6)
-    return list(dict.fromkeys((family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos if family in families))
+    found = [(family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos if family in families]
+    if host.lower().rstrip(".") == "localhost":
+        found += _LOCALHOST
+    return list(dict.fromkeys(found))
 
 
 def _bind_errno(family: int, ip: str, port: int) -> int | None:
@@ -581,6 +668,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     except ValueError as exc:
         raise ConfigError(f"server.address (--address): {exc}") from None
     log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
+    logging.getLogger("grpc._cython.cygrpc").addFilter(SendFailedFilter())
     # what the daemon writes (conversations, media, the sessions database) is its users' data: other
     # local users may not read it, whatever the operator's umask (022 made sessions.sqlite readable)
     os.umask(0o077)

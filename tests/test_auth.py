@@ -36,14 +36,66 @@ def generate(daemon, **kwargs) -> pb.Answer:
     return daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), **kwargs).answer
 
 
-@pytest.mark.parametrize("metadata", [None, (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)],
-                         ids=["none", "wrong", "no-bearer-prefix"])
-def test_calls_without_the_token_are_unauthenticated(daemon, metadata) -> None:
+NEEDS = "this router needs a token: send the metadata 'authorization: Bearer <token>'"
+NOT_ACCEPTED = "the token was not accepted: send the daemon's server.auth_token"
+
+
+@pytest.mark.parametrize("metadata, message", [
+    (None, NEEDS), ((("authorization", TOKEN),), NEEDS), ((("authorization", f"Basic {TOKEN}"),), NEEDS),
+    ((("authorization", "Bearer wrong"),), NOT_ACCEPTED), ((("authorization", f"Bearer {TOKEN}x"),), NOT_ACCEPTED),
+    ((("authorization", f"Bearer {TOKEN} extra"),), NEEDS),
+], ids=["none", "no-bearer-prefix", "other-scheme", "wrong", "longer", "two-words"])
+def test_calls_without_the_token_are_unauthenticated(daemon, metadata, message) -> None:
+    """A wrong token is told apart from none: "needs a token" sent users looking for a missing option."""
     with pytest.raises(grpc.RpcError) as caught:
         generate(daemon, metadata=metadata)
     details = error_details(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+    assert details.message.startswith(message) and "(mmrouter CLI: --token or MMROUTER_TOKEN)" in details.message
     assert TOKEN not in details.message
+
+
+@pytest.mark.parametrize("value", [f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer   {TOKEN}", f"Bearer {TOKEN} ",
+                                   f"bEaReR  {TOKEN}  "])
+def test_the_scheme_is_case_insensitive_and_spaces_are_tolerated(daemon, value) -> None:
+    """RFC 7235: the scheme is case-insensitive; libraries and proxies also add spaces."""
+    assert generate(daemon, metadata=(("authorization", value),)).text.startswith("fake/echo says: hi")
+
+
+def test_a_token_read_from_a_secret_file_with_its_newline_works(start_daemon) -> None:
+    """``$(cat file)`` keeps no newline but Kubernetes ``--from-file`` and many secret stores do: the
+    daemon refused every client, since no gRPC header can carry a newline; so did the CLI's."""
+    daemon = start_daemon(CONFIG, env={"MMROUTER_TEST_TOKEN": f"  {TOKEN}\n"})
+    assert generate(daemon, metadata=bearer(TOKEN)).text.startswith("fake/echo says: hi")
+    mmrouter = Path(sys.executable).parent / "mmrouter"
+    asked = subprocess.run([str(mmrouter), "ask", "--address", daemon.address, "hello"],
+                           env={**os.environ, "MMROUTER_TOKEN": f"{TOKEN}\n"}, capture_output=True, text=True,
+                           timeout=60)
+    assert asked.returncode == 0 and asked.stdout.startswith("fake/echo says: hello"), asked.stderr
+    bad = subprocess.run([str(mmrouter), "providers", "--address", daemon.address],
+                         env={**os.environ, "MMROUTER_TOKEN": "tok\u00e9n"}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no gRPC header can carry it" in bad.stderr, bad.stderr
+    assert "Invalid metadata" not in bad.stderr and "t\u00e9" not in bad.stderr
+
+
+@pytest.mark.parametrize("token, problem", [
+    (f"{TOKEN[:5]}\u00e9{TOKEN[5:]}", "character 6 of the token is a space, a control character or not ASCII"),
+    (f"{TOKEN[:5]} {TOKEN[5:]}", "character 6 of the token is a space"),
+    ("\n", "the token is only whitespace"),
+], ids=["not-ascii", "inner-space", "only-a-newline"])
+def test_a_token_no_client_can_send_stops_the_daemon_naming_the_key_not_the_token(tmp_path, token, problem) -> None:
+    """It started, logged "clients need the auth token" and refused every client; a newline alone
+    (an empty secret file) would have turned authentication off."""
+    config = tmp_path / "router.yaml"
+    line = '  auth_token: "${MMROUTER_TEST_TOKEN}"\n'
+    config.write_text(CONFIG.replace(line, f"{line}  data_dir: {tmp_path / 'data'}\n  address: 127.0.0.1:0\n"))
+    served = subprocess.run([sys.executable, "-m", "router", "serve", "--config", str(config)],
+                            env={**os.environ, "MMROUTER_TEST_TOKEN": token}, capture_output=True, text=True,
+                            timeout=60)
+    output = " ".join(served.stderr.split())
+    assert served.returncode == 2 and "listening" not in output, output
+    assert f"server.auth_token: {problem}" in output and "line 3" in output
+    assert TOKEN[5:] not in output and TOKEN[:5] not in output
 
 
 def test_every_kind_of_call_is_protected(daemon) -> None:

@@ -722,3 +722,12 @@ def test_config_check_warns_of_a_bridge_target_that_can_never_bridge(tmp_path):
     assert result.returncode == 0 and "OK" in result.stdout, output  # a warning, not an error
     assert "bridges.audio.0: anthropic/claude-sonnet-4-6 does not take audio: it never bridges audio" in output
     assert "bridges.audio.1" not in output
+
+
+def test_server_limits_and_keepalive_have_defaults_and_bounds():
+    server = parse_config("").server
+    assert (server.max_concurrent_calls, server.keepalive_seconds) == (1024, 30.0)  # >= bench/'s 1,000 streams
+    assert parse_config("server: {auth_token: ' tok-1 '}").server.auth_token == "tok-1"
+    assert "server.keepalive_seconds: Input should be greater than or equal to 1" in error_of(
+        "server: {keepalive_seconds: 0.5}")
+    assert "server.max_concurrent_calls: Input should be greater than 0" in error_of("server: {max_concurrent_calls: 0}")

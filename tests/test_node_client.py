@@ -63,10 +63,13 @@ def test_node_client_sends_the_token_and_reports_unauthenticated(start_daemon) -
     assert_answered(result, "with a token")
     assert TOKEN not in result.stdout + result.stderr
 
-    for env in ({}, {"MMROUTER_TOKEN": "wrong"}):
+    # a token read from a secret file keeps its newline, which no header can carry: it is stripped
+    assert_answered(run_client(daemon.address, "from a file", {"MMROUTER_TOKEN": f"{TOKEN}\n"}), "from a file")
+
+    for env, message in (({}, "this router needs a token"), ({"MMROUTER_TOKEN": "wrong"}, "the token was not accepted")):
         refused = run_client(daemon.address, "without a token", env)
         assert refused.returncode == 1 and refused.stdout == ""
-        assert "error: UNAUTHENTICATED this router needs a token" in refused.stderr, refused.stderr
+        assert f"error: UNAUTHENTICATED {message}" in refused.stderr, refused.stderr
         assert "MMROUTER_TOKEN" in refused.stderr and TOKEN not in refused.stderr
 
 

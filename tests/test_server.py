@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -15,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import error_details, text_request, wait_for
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mmrouter.v1 import router_pb2 as pb
+from mmrouter.v1 import router_pb2_grpc
 
 SECRET = "sk-test-secret-key-0123456789"
 
@@ -498,6 +503,24 @@ def test_a_host_name_with_one_of_its_addresses_in_use_refuses_to_start(tmp_path,
     assert not ready.exists() and "listening on" not in output
 
 
+def test_localhost_with_127_0_0_1_in_use_refuses_to_start(tmp_path, plugin_sites) -> None:
+    """gRPC resolves ``localhost`` to ::1 and 127.0.0.1 even where the system's resolver gives only
+    127.0.0.1: with that port held, the daemon started on [::1] alone beside the other process."""
+    import socket
+
+    with _held("127.0.0.1", socket.AF_INET) as holder:
+        port = holder.getsockname()[1]
+        proc, ready, log = _serve(tmp_path, plugin_sites, f"localhost:{port}")
+        try:
+            assert wait_for(lambda: proc.poll() is not None or ready.exists(), 60)
+            assert proc.poll() == 1, f"it started on some of localhost's addresses:\n{log.read_text()}"
+        finally:
+            _stop(proc)
+    output = " ".join(log.read_text().split())
+    assert f"cannot listen on localhost:{port}" in output and f"127.0.0.1:{port} cannot be bound" in output
+    assert not ready.exists()
+
+
 async def test_a_host_name_is_listened_on_at_every_address_or_not_at_all(tmp_path, monkeypatch) -> None:
     """The same, without a host name of two addresses on this machine: one is made up."""
     import socket
@@ -717,9 +740,9 @@ async def test_an_upload_slot_is_given_back_when_its_call_is_cancelled() -> None
     import asyncio
 
     from router.errors import TooManyUploads
-    from router.server import UploadSlots
+    from router.server import Slots, _too_many_uploads
 
-    slots = UploadSlots(1)
+    slots = Slots(1, _too_many_uploads)
     holding = asyncio.Event()
 
     async def upload() -> None:
@@ -759,3 +782,116 @@ routes:
         return daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route.rule
 
     assert (rule(), rule(speakers_expected=3), rule(diarization=True)) == ("speech", "meetings", "meetings")
+
+
+class H2Probe:
+    """A bare HTTP/2 client: it pings when told (no gRPC library throttles it) and records every frame
+    the daemon sends as (type, flags, stream, payload); it acknowledges SETTINGS and PINGs."""
+
+    DATA, HEADERS, SETTINGS, PING, GOAWAY = 0, 1, 4, 6, 7
+
+    def __init__(self, address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.frames: list[tuple[int, int, int, bytes]] = []
+        self.received: list[tuple[float, int, int]] = []  # (time, type, flags)
+        self._buffer = b""
+        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + self.frame(self.SETTINGS, 0, 0))
+
+    @staticmethod
+    def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+    def call(self, method: str, request) -> None:
+        """Start a unary call on stream 1 (headers as HPACK literals without indexing)."""
+        def literal(name: str, value: str) -> bytes:
+            return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", method), (":authority", "probe"),
+                   ("content-type", "application/grpc"), ("te", "trailers")]
+        body = request.SerializeToString()
+        self.sock.sendall(self.frame(self.HEADERS, 0x4, 1, b"".join(literal(k, v) for k, v in headers))
+                          + self.frame(self.DATA, 0x1, 1, b"\x00" + struct.pack(">I", len(body)) + body))
+
+    def ping(self) -> None:
+        with contextlib.suppress(OSError):  # the daemon closed the connection (its GOAWAY is in the frames)
+            self.sock.sendall(self.frame(self.PING, 0, 0, b"probe123"))
+
+    def read(self, seconds: float) -> None:
+        """Take what the daemon sends for ``seconds``."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if not select.select([self.sock], [], [], left)[0]:
+                continue
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return
+            self._buffer += chunk
+            while len(self._buffer) >= 9 and len(self._buffer) >= 9 + (size := int.from_bytes(self._buffer[:3], "big")):
+                kind, flags = self._buffer[3], self._buffer[4]
+                stream = int.from_bytes(self._buffer[5:9], "big") & 0x7FFFFFFF
+                payload, self._buffer = self._buffer[9:9 + size], self._buffer[9 + size:]
+                self.frames.append((kind, flags, stream, payload))
+                self.received.append((time.monotonic(), kind, flags))
+                if kind in (self.SETTINGS, self.PING) and not flags & 0x1:
+                    self.sock.sendall(self.frame(kind, 0x1, 0, payload if kind == self.PING else b""))
+
+
+def test_clients_may_ping_every_few_seconds_and_the_daemon_pings_quiet_connections(start_daemon, tmp_path) -> None:
+    """gRPC's default ping policy answered a client's keepalive (grpc-js, Go and Java users commonly
+    ping every 10 s) with GOAWAY too_many_pings, which ended its calls; and the daemon never pinged,
+    so a NAT or load balancer dropped a long silent call. With keepalive_seconds: 1 the daemon takes
+    a ping every 1.2 s during a silent call and after it, and pings the connection itself."""
+    daemon = start_daemon(config(tmp_path, "  keepalive_seconds: 1"))
+    probe = H2Probe(daemon.address)
+    probe.call("/mmrouter.v1.RouterService/Generate", pb.GenerateRequest(request=text_request("SLOW:5")))
+    started = time.monotonic()
+    for _ in range(7):
+        probe.read(1.2)
+        probe.ping()
+    probe.read(0.5)
+    assert not [p for k, _, _, p in probe.frames if k == probe.GOAWAY], "the daemon sent GOAWAY"
+    answer = b"".join(p for k, _, stream, p in probe.frames if k == probe.DATA and stream == 1)
+    assert b"fake/echo says: SLOW:5" in answer
+    own_pings = [t for t, k, f in probe.received if k == probe.PING and not f & 0x1 and t > started + 0.5]
+    assert len(own_pings) >= 3, f"the daemon pinged {len(own_pings)} times in 8 s"
+    probe.sock.close()
+
+
+def test_calls_over_max_concurrent_calls_are_refused_until_one_ends(start_daemon, tmp_path) -> None:
+    """Every call in flight holds its request and media in memory: past server.max_concurrent_calls
+    one more is refused at once, with a reason and when to retry."""
+    daemon = start_daemon(config(tmp_path, "  max_concurrent_calls: 2"))
+    unary = daemon.stub.Generate.future(pb.GenerateRequest(request=text_request("SLOW:3")), timeout=30)
+    stream = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("SLOW:3")), timeout=30)
+    assert wait_for(lambda: len(list(tmp_path.glob("started-*"))) == 2), "the two slow calls did not start"
+    for third in (lambda: generate(daemon, text_request("third")),
+                  lambda: list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("third")))),
+                  lambda: daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=text_request("third")))):
+        details = error_details(failure(third))
+        assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS")
+        assert details.retry_delay == 1.0 and details.metadata["limit"] == "max_concurrent_calls"
+        assert "server.max_concurrent_calls" in details.message
+    assert len(list(tmp_path.glob("started-*"))) == 2, "a refused call reached the provider"
+    assert unary.result().answer.text.startswith("fake/echo says: SLOW:3")
+    assert list(stream)[-1].HasField("done")
+    assert generate(daemon, text_request("after")).text.startswith("fake/echo says: after")
+    assert len(list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("x"))))) > 1
+
+
+def test_an_answer_over_the_clients_receive_limit_is_logged_as_one_line_that_says_why(daemon) -> None:
+    """gRPC logged a refused answer as an ERROR traceback of its internals, naming no size or cause."""
+    channel = grpc.insecure_channel(daemon.address)  # gRPC's default receive limit: 4 MiB
+    try:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        big = "x" * (3 * 1024 * 1024)  # the echo repeats the prompt: an answer of over 6 MiB
+        request = text_request(big, hints=pb.RoutingHints(provider="fake", model="omni"))  # a 1M-token context
+        error = failure(lambda: stub.Generate(pb.GenerateRequest(request=request), timeout=30))
+    finally:
+        channel.close()
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    failed_send = "could not send the answer of /mmrouter.v1.RouterService/Generate: its client refused it"
+    assert wait_for(lambda: failed_send in daemon.logs()), daemon.logs()[-3000:]
+    logs = daemon.logs()
+    assert "sending an answer of 6291" in logs and "gRPC's default receive limit (4194304 bytes)" in logs
+    assert "Traceback" not in logs and "ERROR" not in logs, logs[-3000:]

@@ -50,10 +50,12 @@ function channelCredentials() {
   return grpc.credentials.createSsl(ca, key, cert);
 }
 
-// The metadata sent with every call: the bearer token, if there is one.
+// The metadata sent with every call: the bearer token, if there is one. Surrounding whitespace
+// (the newline a secret file ends with) is not part of it, as for the daemon.
 function callMetadata() {
   const metadata = new grpc.Metadata();
-  if (process.env.MMROUTER_TOKEN) metadata.set('authorization', `Bearer ${process.env.MMROUTER_TOKEN}`);
+  const token = (process.env.MMROUTER_TOKEN || '').trim();
+  if (token) metadata.set('authorization', `Bearer ${token}`);
   return metadata;
 }
 
