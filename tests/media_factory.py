@@ -6,6 +6,7 @@ import io
 import math
 import struct
 import wave
+from collections.abc import Iterator
 
 
 def wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
@@ -130,3 +131,16 @@ def mkv_frames_at(times_ms: list[int], text: str, size: tuple[int, int] = (320, 
         for packet in stream.encode():
             out.mux(packet)
     return buf.getvalue()
+
+
+def looped_pcm(pcm: bytes, seconds: float, chunk: int = 8192) -> Iterator[bytes]:
+    """16 kHz mono s16le ``pcm`` played over and over with no gap for ``seconds`` (the last loop cut
+    short), in chunks of ``chunk`` bytes: long continuous audio that is never held whole."""
+    left = int(seconds * 16000) * 2
+    while left > 0:
+        for start in range(0, len(pcm), chunk):
+            piece = pcm[start:start + min(chunk, left)]
+            left -= len(piece)
+            yield piece
+            if not left:
+                return

@@ -1,9 +1,10 @@
 """Offline speech to text with pocketsphinx and the en-US model shipped in its wheel.
 
 The audio is split into utterances by pocketsphinx's voice activity
-detector, and each utterance is decoded on its own: memory stays bounded
-on long recordings and every utterance and word gets its time (the decoder
-counts 100 frames per second). A job whose call was cancelled stops between
+detector, and each utterance is decoded on its own: every utterance and word
+gets its time (the decoder counts 100 frames per second). Speech without
+pauses (or music) is cut every :data:`MAX_SEGMENT_BYTES`, so memory stays
+bounded however long it runs. A job whose call was cancelled stops between
 audio chunks and utterances (see :func:`mmrouter_local.pool.raise_if_cancelled`),
 freeing the decoder for the next call.
 """
@@ -13,10 +14,11 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from router import Transcript, Utterance, Word
 
-from .audio import SAMPLE_RATE, PcmReader
+from .audio import BYTES_PER_SECOND, SAMPLE_RATE, PcmReader
 from .pool import raise_if_cancelled
 
 #: pocketsphinx decodes 100 feature frames per second of audio.
@@ -28,6 +30,10 @@ FULL_UTT_BYTES = 2 * SAMPLE_RATE * 5
 #: A longer one (speech without pauses) is fed in pieces this long: the decoder holds the GIL during a
 #: call, so the event loop runs between pieces, and a cancelled job stops between them.
 CHUNK_BYTES = 2 * SAMPLE_RATE // 4
+#: The most continuous speech held before it is decoded: pocketsphinx's ``Segmenter`` buffers a whole VAD
+#: segment, which for speech or music without pauses grew 32 KB a second (115 MB an hour). A longer segment
+#: is cut into pieces at most this long (a word at a cut may be misheard).
+MAX_SEGMENT_BYTES = BYTES_PER_SECOND * 30
 #: Fillers and markers in the decoder's output that are not words.
 _NOT_WORDS = re.compile(r"^(<s>|</s>|<sil>|\[.*\]|\+\+.*\+\+)$")
 _ALTERNATE = re.compile(r"\(\d+\)$")
@@ -40,6 +46,50 @@ def _until_cancelled(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
+class Segment(NamedTuple):
+    start: float
+    end: float
+    pcm: bytes
+
+
+def speech_segments(reader: PcmReader, max_bytes: int = 0) -> Iterator[Segment]:
+    """The speech in ``reader``, split at pauses by the VAD and into pieces of at most ``max_bytes``
+    (default :data:`MAX_SEGMENT_BYTES`) within speech without a pause.
+
+    pocketsphinx's ``Segmenter.segment`` with the cut added, and without its loss of speech that runs
+    to the end of a stream whose length is a whole number of VAD frames (it never ends that segment).
+    """
+    from pocketsphinx import Endpointer
+
+    max_bytes = max_bytes or MAX_SEGMENT_BYTES
+    endpointer = Endpointer(sample_rate=SAMPLE_RATE)
+    buffered = bytearray()
+    start: float | None = None  # of the buffered speech; None outside speech
+    while True:
+        frame = reader.read(endpointer.frame_bytes)
+        if len(frame) == endpointer.frame_bytes:
+            speech = endpointer.process(frame)
+        elif endpointer.in_speech:  # the end of the stream; end_stream takes 1 to frame_bytes bytes
+            speech = endpointer.end_stream(frame or b"\x00\x00")
+        else:
+            break
+        if speech is not None:
+            if start is None:
+                start = endpointer.speech_start
+            elif len(buffered) + len(speech) > max_bytes:
+                end = start + len(buffered) / BYTES_PER_SECOND
+                yield Segment(start, end, bytes(buffered))
+                buffered.clear()
+                start = end
+            buffered += speech
+            if not endpointer.in_speech:
+                yield Segment(start, endpointer.speech_end, bytes(buffered))
+                buffered.clear()
+                start = None
+        if len(frame) < endpointer.frame_bytes:
+            break
+
+
 class SpeechRecognizer:
     """One pocketsphinx decoder, loaded on first use and shared (calls are serialised)."""
 
@@ -49,6 +99,9 @@ class SpeechRecognizer:
         #: Pieces of audio fed to the decoder so far, over all calls: one per short utterance, one per
         #: :data:`CHUNK_BYTES` of a long one. Shows how far a job got (a cancelled one stops early).
         self.pieces_decoded = 0
+        #: The longest speech segment held before decoding, in bytes, over all calls (at most
+        #: :data:`MAX_SEGMENT_BYTES`).
+        self.largest_segment_bytes = 0
 
     def _load(self):  # -> pocketsphinx.Decoder
         from pocketsphinx import Decoder
@@ -63,8 +116,6 @@ class SpeechRecognizer:
         Raises :class:`mmrouter_local.pool.JobCancelled` between chunks and utterances once the call
         waiting for it was cancelled.
         """
-        from pocketsphinx import Segmenter
-
         reader = PcmReader(_until_cancelled(pcm))
         utterances: list[Utterance] = []
         words: list[Word] = []
@@ -72,15 +123,15 @@ class SpeechRecognizer:
             if self._decoder is None:
                 self._decoder = self._load()
             decoder = self._decoder
-            segmenter = Segmenter(sample_rate=SAMPLE_RATE)
-            for segment in segmenter.segment(reader):
+            for segment in speech_segments(reader):
                 raise_if_cancelled()
-                seg_words = self._decode(decoder, segment.pcm, segment.start_time)
+                self.largest_segment_bytes = max(self.largest_segment_bytes, len(segment.pcm))
+                seg_words = self._decode(decoder, segment.pcm, segment.start)
                 if seg_words:
                     utterances.append(Utterance(
                         text=" ".join(w.text for w in seg_words),
-                        start=round(segment.start_time, 2),
-                        end=round(segment.end_time, 2),
+                        start=round(segment.start, 2),
+                        end=round(segment.end, 2),
                         confidence=round(sum(w.confidence for w in seg_words) / len(seg_words), 3),
                     ))
                     words.extend(seg_words)
