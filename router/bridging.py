@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,7 +20,7 @@ from .errors import ProviderError
 from .invoke import call_model
 from .outcome import RouteInfo
 from .plugins import Registry
-from .routing import Bridge, Target, bridge_problem
+from .routing import Bridge, Target, bridge_problem, bridged_tokens_guess, media_tokens
 from .types import (
     FEATURE_DIARIZATION,
     FEATURE_EXTRACTION_ONLY,
@@ -56,6 +56,8 @@ class Bridged:
     request: Request
     transcripts: list[Transcript] = field(default_factory=list)
     bridges: list[Bridge] = field(default_factory=list)
+    #: History messages dropped before bridging (see ``trim`` of :func:`apply_bridges`).
+    dropped: int = 0
 
 
 @dataclass
@@ -66,6 +68,14 @@ class BridgedInRequest:
 
     texts: dict[tuple[int, str], tuple[str, Transcript | None]] = field(default_factory=dict)
     failed: dict[tuple[int, str], ProviderError] = field(default_factory=dict)
+
+
+#: A bridged text and the transcript it came from.
+Kept = tuple[str, Transcript | None]
+
+#: ``request`` without its oldest history, to fit the answering model, and how many messages were dropped;
+#: a media in the mapping (by ``id``) counts as the tokens given there, those of its bridged text.
+Trim = Callable[[Request, Mapping[int, int]], tuple[Request, int]]
 
 
 def _transcript_text(transcript: Transcript) -> str:
@@ -140,7 +150,7 @@ def later_bridges(bridge: Bridge, preferences: Mapping[Modality, Sequence[str]],
 async def apply_bridges(bridges: list[Bridge], request: Request, registry: Registry, ctx: CallContext,
                         route: RouteInfo, memo: BridgeMemo | None = None,
                         preferences: Mapping[Modality, Sequence[str]] | None = None,
-                        done: BridgedInRequest | None = None) -> Bridged:
+                        done: BridgedInRequest | None = None, trim: Trim | None = None) -> Bridged:
     """Run every bridge over the media it converts; raise ProviderError if one fails.
 
     A bridge failing with a retryable error (down, rate-limited, the media too large for it) gives
@@ -150,37 +160,142 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     is bridged now is kept; ``done`` does the same within the request (for a fallback plan). A history
     media takes any text kept of it, whatever options made it (those of the turn that sent it), and
     one whose kept text is the very reply that follows it (a transcription turn) is not given twice.
+
+    With ``trim``, the history the answering model will not get is dropped before its media are
+    bridged, so that they are not paid for (:meth:`_Bridging.bridge_history`).
     """
-    result = Bridged(request)
-    converted: dict[int, tuple[str, bool]] = {}  # id(media) -> (text part, keep the media beside it)
-    this_turn = {id(m) for m in request.turn_media()}
-    replies = _replies(request)
-    done = BridgedInRequest() if done is None else done
-    reused = 0
+    run = _Bridging(request, registry, ctx, route, memo, BridgedInRequest() if done is None else done,
+                    Bridged(request), {id(m) for m in request.turn_media()}, _replies(request))
+    todo = _to_bridge(bridges, request, registry, preferences or {})
+    history = [(media, choices) for media, choices in todo if id(media) not in run.this_turn]
+    for media, choices in todo:
+        if id(media) in run.this_turn:
+            await run.convert(media, choices)
+    if trim is None:
+        for media, choices in history:
+            await run.convert(media, choices)
+    else:
+        await run.bridge_history(todo, history, trim)
+    if run.reused:
+        route.notes.append(f"bridging: reused the kept text of {run.reused} media converted before")
+    result = run.result
+    result.bridges = list(dict.fromkeys(run.used[id(m)] for m, _ in todo if id(m) in run.used))  # plan's order
+    result.request = dataclasses.replace(run.request, messages=[
+        dataclasses.replace(message, parts=[new for p in message.parts for new in _converted(p, run.converted)])
+        for message in run.request.messages])
+    return result
+
+
+@dataclass
+class _Bridging:
+    """One :func:`apply_bridges`: the request (its history trimmed so far) and the media converted."""
+
+    request: Request
+    registry: Registry
+    ctx: CallContext
+    route: RouteInfo
+    memo: BridgeMemo | None
+    done: BridgedInRequest
+    result: Bridged
+    this_turn: set[int]
+    replies: dict[int, str]
+    converted: dict[int, tuple[str, bool]] = field(default_factory=dict)  # id -> (text part, keep the media)
+    used: dict[int, Bridge] = field(default_factory=dict)  # id(media) -> the bridge that converted it
+    recalled: dict[int, Kept | None] = field(default_factory=dict)  # id(history media) -> what the memo keeps
+    reused: int = 0
+
+    async def convert(self, media: Media, choices: list[Bridge]) -> None:
+        history = id(media) not in self.this_turn
+        text, transcript, bridge, kept = await _bridge_media(media, choices, self.request, self.registry, self.ctx,
+                                                             self.route, self.memo, self.done, history, self.recalled)
+        self.reused += kept
+        self.used[id(media)] = bridge
+        if transcript is not None and not history:
+            self.result.transcripts.append(transcript)
+        self.converted[id(media)] = (_part_text(media, text, self.replies), bridge.keep_media)
+
+    async def bridge_history(self, todo: list[tuple[Media, list[Bridge]]],
+                             history: list[tuple[Media, list[Bridge]]], trim: Trim) -> None:
+        """Bridge the ``history`` media the answering model will get, newest first.
+
+        The history that cannot fit even once bridged is dropped first, each media counted by
+        :meth:`sizes`; a media whose text turns out longer than it was counted for has the history
+        trimmed again before an older one is bridged: a guess too short costs the media of one message at
+        most, bridged and then dropped.
+        """
+        sizes = await self.sizes(todo)
+        self.trim(trim, sizes)
+        position = {id(m): i for i, m in enumerate(self.request.media())}
+        for media, choices in sorted(history, key=lambda item: position.get(id(item[0]), -1), reverse=True):
+            if id(media) not in position:
+                break  # dropped with every older message
+            await self.convert(media, choices)
+            tokens = self.tokens(media)
+            if tokens > sizes[id(media)]:
+                sizes[id(media)] = tokens
+                self.trim(trim, sizes)
+                position = {id(m): i for i, m in enumerate(self.request.media())}
+
+    def trim(self, trim: Trim, sizes: Mapping[int, int]) -> None:
+        self.request, dropped = trim(self.request, sizes)
+        self.result.dropped += dropped
+
+    def tokens(self, media: Media) -> int:
+        """The tokens of what a converted ``media`` became, as the exact trim counts them."""
+        text, keep_media = self.converted[id(media)]
+        return len(text) // 4 + (media_tokens(media) if keep_media else 0)
+
+    async def sizes(self, todo: list[tuple[Media, list[Bridge]]]) -> dict[int, int]:
+        """By id of each media in ``todo``: the tokens it will count once bridged. A media bridged already
+        or with a text kept (from an earlier turn, or a plan tried before in this request) counts that text
+        exactly; one nothing is known of yet counts :func:`bridged_tokens_guess`, a modest over-estimate.
+        """
+        sizes: dict[int, int] = {}
+        for media, choices in todo:
+            if id(media) in self.converted:
+                sizes[id(media)] = self.tokens(media)
+                continue
+            text = await self.known_text(media, choices)
+            guess = bridged_tokens_guess(media) if text is None else 0
+            raw = media_tokens(media) if choices[0].keep_media else 0
+            sizes[id(media)] = len(_part_text(media, text or "", self.replies)) // 4 + guess + raw
+        return sizes
+
+    async def known_text(self, media: Media, choices: list[Bridge]) -> str | None:
+        """The text of a history ``media`` made earlier in this request or kept from an earlier turn, if
+        any; what the memo keeps is left in ``recalled`` for :func:`_bridge_media`."""
+        for bridge in choices:
+            if (id(media), str(bridge.via)) in self.done.texts:
+                return self.done.texts[(id(media), str(bridge.via))][0]
+        if self.memo is None:
+            return None
+        self.recalled[id(media)] = kept = await _kept_any(media, self.request, self.memo)
+        return kept[0] if kept is not None else None
+
+
+def _to_bridge(bridges: list[Bridge], request: Request, registry: Registry,
+               preferences: Mapping[Modality, Sequence[str]]) -> list[tuple[Media, list[Bridge]]]:
+    """Each media of ``request`` that ``bridges`` convert (the first ready one of its modality), with the
+    bridges to try on it in turn."""
+    todo: list[tuple[Media, list[Bridge]]] = []
+    seen: set[int] = set()
     for bridge in bridges:
         if registry.ready(bridge.via.provider) is None:
             continue  # routing only plans ready bridges; the registry cannot change mid-request
-        choices = [bridge, *later_bridges(bridge, preferences or {}, registry, request.options.diarization)]
+        choices = [bridge, *later_bridges(bridge, preferences, registry, request.options.diarization)]
         for media in request.media():
-            if media.modality is not bridge.modality or id(media) in converted:
-                continue
-            text, transcript, used, kept = await _bridge_media(media, choices, request, registry, ctx, route,
-                                                               memo, done, history=id(media) not in this_turn)
-            reused += kept
-            if used not in result.bridges:
-                result.bridges.append(used)
-            if transcript is not None and id(media) in this_turn:
-                result.transcripts.append(transcript)
-            name = f" {media.filename}" if media.filename else ""
-            if text.strip() and replies.get(id(media)) == text.strip():
-                text = "(given in full by the reply that follows)"
-            converted[id(media)] = (f"{_LABELS[bridge.modality]}{name}\n{text}", bridge.keep_media)
-    if reused:
-        route.notes.append(f"bridging: reused the kept text of {reused} media converted before")
-    messages = [dataclasses.replace(message, parts=[new for p in message.parts for new in _converted(p, converted)])
-                for message in request.messages]
-    result.request = dataclasses.replace(request, messages=messages)
-    return result
+            if media.modality is bridge.modality and id(media) not in seen:
+                seen.add(id(media))
+                todo.append((media, choices))
+    return todo
+
+
+def _part_text(media: Media, text: str, replies: Mapping[int, str]) -> str:
+    """The text part a bridged ``media`` becomes."""
+    name = f" {media.filename}" if media.filename else ""
+    if text.strip() and replies.get(id(media)) == text.strip():
+        text = "(given in full by the reply that follows)"
+    return f"{_LABELS[media.modality]}{name}\n{text}"
 
 
 def _replies(request: Request) -> dict[int, str]:
@@ -202,17 +317,19 @@ def _converted(part: Part, converted: dict[int, tuple[str, bool]]) -> list[Part]
 
 async def _bridge_media(media: Media, choices: list[Bridge], request: Request, registry: Registry,
                         ctx: CallContext, route: RouteInfo, memo: BridgeMemo | None,
-                        done: BridgedInRequest, history: bool) -> tuple[str, Transcript | None, Bridge, bool]:
+                        done: BridgedInRequest, history: bool,
+                        recalled: Mapping[int, Kept | None]) -> tuple[str, Transcript | None, Bridge, bool]:
     """Bridge one media through the first of ``choices`` that succeeds: its text, its transcript, the
     bridge used and whether the text was kept from an earlier turn (a memo hit).
 
-    A ``history`` media (sent by an earlier turn) takes any text kept of it (:func:`_kept_any`), and
-    else is bridged with :func:`history_options`: this turn's language is not that turn's.
+    A ``history`` media (sent by an earlier turn) takes any text kept of it (:func:`_kept_any`, or
+    what ``recalled`` already holds of it), and else is bridged with :func:`history_options`: this
+    turn's language is not that turn's.
     """
     options = history_options(request.options) if history else request.options
     first = (id(media), str(choices[0].via))
     if history and memo is not None and first not in done.texts:
-        kept = await _kept_any(media, request, memo)
+        kept = recalled[id(media)] if id(media) in recalled else await _kept_any(media, request, memo)
         if kept is not None:
             done.texts[first] = kept
             return *kept, choices[0], True

@@ -290,20 +290,18 @@ class App:
         owners.sort(key=lambda name: (not self.catalog[name].ready, allowed is not None and name not in allowed))
         return owners[0] if owners else ""
 
-    def _trim(self, request: Request, plan: Plan) -> tuple[Request, list[str]]:
-        """``request`` (history + current turn, ``plan``'s bridges applied: a bridged media counts as
-        its text) with the oldest history dropped to fit ``plan``'s model."""
+    def _trim(self, request: Request, plan: Plan, bridged: Mapping[int, int]) -> tuple[Request, int]:
+        """``request`` (history + current turn) with the oldest history dropped to fit ``plan``'s model, and
+        how many messages were dropped. A media in ``bridged`` (by ``id``) counts as the tokens given there,
+        those of the text its bridge will make; a media already bridged is its text."""
         history, current = request.messages[:request.history_length], request.messages[request.history_length:]
         if not history:
-            return request, []
-
+            return request, 0
         budget = input_budget(plan.model, request.options.max_output_tokens)
-        kept, dropped = trim_history(history, current, budget, estimate_tokens)
+        kept, dropped = trim_history(history, current, budget, functools.partial(estimate_tokens, bridged=bridged))
         if not dropped:
-            return request, []
-        note = (f"history trimmed: dropped the {dropped} oldest message(s) of session {request.session_id} "
-                f"to fit {plan.target}'s context of {plan.model.context_tokens} tokens with room for its answer")
-        return dataclasses.replace(request, messages=kept + current, history_length=len(kept)), [note]
+            return request, 0
+        return dataclasses.replace(request, messages=kept + current, history_length=len(kept)), dropped
 
     async def _measure_media(self, request: Request) -> None:
         if request.media():

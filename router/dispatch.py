@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 
-from .bridging import BridgedInRequest, BridgeMemo, apply_bridges, remember_transcripts
+from .bridging import BridgedInRequest, BridgeMemo, Trim, apply_bridges, remember_transcripts
 from .errors import NoRoute, ProviderError, ProviderInputTooLarge
 from .invoke import call_model
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
@@ -43,9 +43,9 @@ from .types import (
 RouterEvent = RouteChosen | TextDelta | TranscriptReady | StepUsage | Done
 
 
-#: The request for one plan, its bridges applied, with the history trimmed to the plan's model, and the
-#: notes to add to the route.
-FitRequest = Callable[[Request, Plan], tuple[Request, list[str]]]
+#: The request with its history trimmed to a plan's model, and how many messages were dropped; a media in
+#: the mapping (by ``id``) counts as the tokens given there (those of the text its bridge will make).
+FitRequest = Callable[[Request, Plan, Mapping[int, int]], tuple[Request, int]]
 
 
 async def execute(request: Request, decision: Decision, registry: Registry, ctx: CallContext,
@@ -55,9 +55,10 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                   ) -> AsyncIterator[RouterEvent]:
     """Run the decision's plans in order until one answers.
 
-    ``request`` holds a session's whole history; ``fit`` trims it to each plan's model once the plan's
-    bridges replaced what they convert (a bridged PDF counts as its text, not its pages), else every
-    plan gets it whole. ``started`` (a
+    ``request`` holds a session's whole history; ``fit`` trims it to each plan's model, else every plan
+    gets it whole. A plan with bridges first drops the history that cannot fit even once bridged, then
+    bridges what is left (a history media the model would not get is not paid for), and the history is
+    trimmed again on the bridged texts (a bridged PDF counts as its text, not its pages). ``started`` (a
     ``time.perf_counter()``) is when the router got the request, for the route's latency;
     ``bridge_preferences`` (``bridges`` of the configuration) name the bridges to try when one fails.
 
@@ -87,11 +88,11 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         used_bridges = plan.bridges
         answering = False
         try:
-            answer_request = request
+            answer_request, dropped = request, 0
             if plan.bridges:
                 bridged = await apply_bridges(plan.bridges, answer_request, registry, ctx, route, memo,
-                                              bridge_preferences, bridged_before)
-                answer_request, used_bridges = bridged.request, bridged.bridges
+                                              bridge_preferences, bridged_before, _trim_for(fit, plan))
+                answer_request, used_bridges, dropped = bridged.request, bridged.bridges, bridged.dropped
                 bridged_transcripts = bridged.transcripts
                 for t in _unsent(bridged.transcripts, sent):
                     yield TranscriptReady(t)
@@ -99,8 +100,12 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                     yield StepUsage(step.usage)
                 reported = len(route.steps)
             if fit is not None:
-                answer_request, fitted = fit(answer_request, plan)
-                route.notes.extend(fitted)
+                answer_request, more = fit(answer_request, plan, {})
+                dropped += more
+            if dropped:
+                route.notes.append(f"history trimmed: dropped the {dropped} oldest message(s) of session "
+                                   f"{request.session_id} to fit {plan.target}'s context of "
+                                   f"{plan.model.context_tokens} tokens with room for its answer")
             answering = True  # from here the model's own usage is streamed as it reports it
             # closed with this generator: a client leaving mid-answer closes the provider's stream at once
             async with aclosing(_call_answering(provider, plan, answer_request, ctx, route)) as events:
@@ -141,6 +146,13 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     if last_error is not None:
         raise last_error
     raise NoRoute("every target of the route became unusable")
+
+
+def _trim_for(fit: FitRequest | None, plan: Plan) -> Trim | None:
+    """``fit`` for ``plan``'s model, as :func:`apply_bridges` takes it."""
+    if fit is None:
+        return None
+    return lambda request, bridged: fit(request, plan, bridged)
 
 
 async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx: CallContext,

@@ -39,6 +39,18 @@ TOKENS_PER_PDF_PAGE_FLOOR = 258
 TOKENS_PER_AUDIO_SECOND = 32
 TOKENS_PER_VIDEO_SECOND = 300
 
+#: Rough tokens of the text a bridge makes of a media nothing is kept of yet, counted as
+#: :func:`estimate_tokens` counts text (a token per 4 characters): history is dropped on these before
+#: its media are bridged, so they lean high (a media trimming drops anyway is then rarely paid for) but
+#: only modestly (history that would fit once bridged is rarely dropped). Speech runs ~150 words a minute
+#: (2.5 a second) of ~6 characters with the space: ~3.75 per second, for audio and a video's transcript
+#: (a video's frame text may come on top: see _Bridging.bridge_history in bridging.py).
+BRIDGED_TOKENS_PER_SPEECH_SECOND = 4
+#: A dense page of prose holds ~400 words, ~2,400 characters.
+BRIDGED_TOKENS_PER_PDF_PAGE = 600
+#: The text on a slide or screenshot, a hundred-odd words.
+BRIDGED_TOKENS_PER_IMAGE = 150
+
 
 @dataclass(frozen=True)
 class Target:
@@ -108,6 +120,23 @@ def _media_tokens(media: Media, pdf_page_tokens: int = TOKENS_PER_PDF_PAGE) -> i
     return 0
 
 
+def media_tokens(media: Media) -> int:
+    """The input tokens of ``media`` as a model takes it (0 when its duration or pages are unknown)."""
+    return _media_tokens(media)
+
+
+def bridged_tokens_guess(media: Media) -> int:
+    """The tokens of the text a bridge would make of ``media``, before it is made (0 when its duration or
+    pages are unknown): see BRIDGED_TOKENS_PER_SPEECH_SECOND."""
+    if media.modality is Modality.IMAGE:
+        return BRIDGED_TOKENS_PER_IMAGE
+    if media.modality in (Modality.AUDIO, Modality.VIDEO):
+        return int((media.duration_seconds or 0) * BRIDGED_TOKENS_PER_SPEECH_SECOND)
+    if media.modality is Modality.DOCUMENT and not is_text_document(media):
+        return (media.pages or 0) * BRIDGED_TOKENS_PER_PDF_PAGE
+    return _media_tokens(media)  # a text document's text is itself
+
+
 def is_text_document(media: Media) -> bool:
     """A ``text/*`` document (plain text, Markdown, CSV...), as opposed to a PDF."""
     return normalise_mime(media.mime_type).startswith("text/")
@@ -128,11 +157,14 @@ def _part_tokens(part: Part, pdf_page_tokens: int = TOKENS_PER_PDF_PAGE) -> int:
     return len(part.text or "") // 4 if part.media is None else _media_tokens(part.media, pdf_page_tokens)
 
 
-def estimate_tokens(messages: Iterable[Message]) -> int:
+def estimate_tokens(messages: Iterable[Message], bridged: Mapping[int, int] | None = None) -> int:
     """The input tokens of ``messages``, estimated part by part (so estimates add up exactly): a
     token per 4 characters of text, and fixed rates per image, audio or video second and PDF page
-    (media of unknown length count 0)."""
-    return sum(_part_tokens(part) for message in messages for part in message.parts)
+    (media of unknown length count 0). A media in ``bridged`` (by ``id``) counts the tokens given
+    there instead: what a bridge will make of it."""
+    bridged = bridged or {}
+    return sum(bridged[id(part.media)] if part.media is not None and id(part.media) in bridged else _part_tokens(part)
+               for message in messages for part in message.parts)
 
 
 def _tokens_by_modality(messages: Iterable[Message], pdf_page_tokens: int) -> dict[Modality, int]:

@@ -8,6 +8,12 @@ from grpc_helpers import PAID_BRIDGE, error_details, text_request
 from media_factory import mp4, pdf, wav
 from mmrouter.v1 import router_pb2 as pb
 
+import router
+from router import OUTPUT_TRANSCRIPT, Modality, ModelInfo, Price
+from router.config import parse_config
+from router.core import App
+from router.types import Media, Message, Part, Request, Role, RoutingHints
+
 CONFIG = """
 providers:
   fake: {{api_key: k}}
@@ -261,3 +267,87 @@ server: {{data_dir: '{tmp_path}'}}
         assert all(a.transcript.text == "words heard" for a in answers)
     finally:
         await app.aclose()
+
+
+class Listener(router.Provider):
+    """A model that hears (omni), a 2000-token text model (tiny) that says which transcripts it got, and
+    a paid transcriber (ears) that records what it heard and makes ``words_per_second`` words a second."""
+
+    name = "ls"
+    models = [ModelInfo("omni", frozenset({Modality.TEXT, Modality.AUDIO}), price=Price(1.0, 1.0)),
+              ModelInfo("tiny", frozenset({Modality.TEXT}), price=Price(1.0, 1.0), context_tokens=2000,
+                        default_max_output_tokens=100),
+              ModelInfo("ears", frozenset({Modality.AUDIO}), outputs=frozenset({OUTPUT_TRANSCRIPT}),
+                        price=Price(per_audio_hour=3600.0))]
+
+    def __init__(self, words_per_second: float) -> None:
+        self.words_per_second = words_per_second
+        self.heard: list[str] = []
+
+    async def generate(self, request, model, ctx):  # type: ignore[no-untyped-def]
+        if model.name == "ears":
+            clip = request.media()[0]
+            self.heard.append(clip.filename)
+            words = "words " * int(self.words_per_second * clip.duration_seconds)
+            yield router.TranscriptReady(router.Transcript(words.strip(), duration_seconds=clip.duration_seconds))
+            yield router.UsageReport(router.Usage(audio_seconds=clip.duration_seconds))
+            return
+        got = [p.text.split("\n")[0].removeprefix("[Audio transcript] ") for m in request.messages
+               for p in m.parts if p.text and p.text.startswith("[Audio transcript]")]
+        yield router.TextDelta(f"got {','.join(got)}" if model.name == "tiny" else "heard")
+
+
+async def _summary_after_ten_heard_clips(tmp_path, provider: Listener, seconds: float):  # type: ignore[no-untyped-def]
+    """Ten turns whose clips (``seconds`` + i/100 long) omni heard natively, then a text turn for tiny."""
+    class Plugin:
+        @router.hookimpl
+        def register_providers(self, register, settings):  # type: ignore[no-untyped-def]
+            register(provider)
+
+    app = App(parse_config(f"""
+providers: {{ls: {{}}}}
+plugins: {{disabled: [openai, anthropic, gemini, assemblyai, local]}}
+routes:
+  - name: native
+    match: {{tags: [native]}}
+    use: ls/omni
+  - name: text
+    use: ls/tiny
+    bridging: true
+bridges: {{audio: [ls/ears]}}
+server: {{data_dir: '{tmp_path}'}}
+""", "t.yaml"), extra_plugins={"ls": Plugin()})
+    try:
+        for i in range(10):
+            clip = Media(Modality.AUDIO, "audio/wav", data=wav(seconds + i / 100, rate=500), filename=f"{i}.wav")
+            turn = Request(messages=[Message(Role.USER, [Part(media=clip), Part(text=f"turn {i}")])],
+                           session_id="s", hints=RoutingHints(tags=["native"]))
+            [e async for e in app.answer(turn, None)]
+        assert provider.heard == [], "omni heard the clips itself"
+        summary = Request(messages=[Message(Role.USER, [Part(text="summarise")])], session_id="s")
+        return [e async for e in app.answer(summary, None)][-1].answer
+    finally:
+        await app.aclose()
+
+
+async def test_history_audio_the_model_will_not_get_is_not_transcribed(tmp_path) -> None:
+    """Ten two-minute clips a hearing model took natively, then a turn to a 2000-token text model: only
+    the clips of the history that fits are transcribed (paid), not all ten to be dropped after."""
+    provider = Listener(words_per_second=2.5)  # speech as people speak it
+    answer = await _summary_after_ten_heard_clips(tmp_path, provider, seconds=120.0)
+    assert (answer.route.model, answer.text) == ("tiny", "got 7.wav,8.wav,9.wav")
+    assert provider.heard == ["9.wav", "8.wav", "7.wav"], "a clip the model did not get was transcribed"
+    assert [s.model for s in answer.route.steps] == ["ears", "ears", "ears", "tiny"]
+    assert any(n.startswith("history trimmed: dropped the 14 oldest message(s) of session s to fit ls/tiny")
+               for n in answer.route.notes), answer.route.notes
+
+
+async def test_a_transcript_longer_than_guessed_costs_one_dropped_transcription_at_most(tmp_path) -> None:
+    """Clips of a fifth of a second whose transcripts hold some 500 words: the guess before transcribing is
+    far too short, so the history is trimmed again as each transcript comes, newest first, and only the
+    transcript that no longer fits is paid for in vain (the reviewer's case: ten were before)."""
+    provider = Listener(words_per_second=2000)
+    answer = await _summary_after_ten_heard_clips(tmp_path, provider, seconds=0.2)
+    assert answer.text == "got 8.wav,9.wav"
+    assert provider.heard == ["9.wav", "8.wav", "7.wav"]
+    assert any("dropped the 16 oldest message(s)" in n for n in answer.route.notes), answer.route.notes

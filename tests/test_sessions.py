@@ -312,6 +312,8 @@ def test_token_estimates_add_text_and_media_rates() -> None:
     pdf = Media(Modality.DOCUMENT, "application/pdf", data=b"x", pages=2)
     message = Message(Role.USER, [Part(text="a" * 40), *(Part(media=m) for m in (image, audio, unknown, pdf))])
     assert estimate_tokens([message]) == 10 + TOKENS_PER_IMAGE + 10 * TOKENS_PER_AUDIO_SECOND + 2 * TOKENS_PER_PDF_PAGE
+    # a media a bridge will convert counts as its text's tokens
+    assert estimate_tokens([message], bridged={id(audio): 7, id(pdf): 0}) == 10 + TOKENS_PER_IMAGE + 7
 
 
 def test_a_database_from_before_turn_times_gets_them(tmp_path) -> None:
