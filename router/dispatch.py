@@ -108,7 +108,11 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                                    f"{plan.model.context_tokens} tokens with room for its answer")
             answering = True  # from here the model's own usage is streamed as it reports it
             # closed with this generator: a client leaving mid-answer closes the provider's stream at once
-            async with aclosing(_call_answering(provider, plan, answer_request, ctx, route)) as events:
+            # without history nothing could be dropped on a refusal for size: no retrying layer (it costs
+            # an async-generator hop per streamed chunk)
+            answering_call = (_call_answering(provider, plan, answer_request, ctx, route) if answer_request.history_length
+                              else call_model(provider, plan.model, answer_request, ctx, route, "answer"))
+            async with aclosing(answering_call) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):
                         answered = True
