@@ -212,8 +212,7 @@ def streaming(method: Callable) -> Callable:
 #: Longest pause between two messages of an upload before it is cut (DEADLINE_EXCEEDED).
 UPLOAD_IDLE_SECONDS = 60.0
 #: When a client refused for too many uploads or calls is told to try again (RetryInfo).
-UPLOAD_RETRY_SECONDS = 1.0
-CALL_RETRY_SECONDS = 1.0
+SLOT_RETRY_SECONDS = 1.0
 
 
 class Slots:
@@ -244,24 +243,14 @@ class Slots:
             self.in_use -= 1
 
 
-def _too_many_uploads(limit: int) -> TooManyUploads:
-    return TooManyUploads(
-        f"{limit} uploads are under way, as many as server.max_concurrent_uploads allows: retry in "
-        f"{UPLOAD_RETRY_SECONDS:g} s, or raise server.max_concurrent_uploads in the daemon's configuration "
-        "(takes effect after a restart)",
-        retry_after=UPLOAD_RETRY_SECONDS,
-        metadata={"limit": "max_concurrent_uploads", "limit_uploads": str(limit)},
-    )
-
-
-def _too_many_calls(limit: int) -> TooManyCalls:
-    return TooManyCalls(
-        f"{limit} calls are under way, as many as server.max_concurrent_calls allows: retry in "
-        f"{CALL_RETRY_SECONDS:g} s, or raise server.max_concurrent_calls in the daemon's configuration "
-        "(takes effect after a restart)",
-        retry_after=CALL_RETRY_SECONDS,
-        metadata={"limit": "max_concurrent_calls", "limit_calls": str(limit)},
-    )
+def _over_limit(error: type[RouterError], what: str, setting: str) -> Callable[[int], RouterError]:
+    """The refusal of one more of ``what`` ("uploads", "calls") than ``server.<setting>`` allows."""
+    def refusal(limit: int) -> RouterError:
+        return error(f"{limit} {what} are under way, as many as server.{setting} allows: retry in "
+                     f"{SLOT_RETRY_SECONDS:g} s, or raise server.{setting} in the daemon's configuration "
+                     "(takes effect after a restart)",
+                     retry_after=SLOT_RETRY_SECONDS, metadata={"limit": setting, f"limit_{what}": str(limit)})
+    return refusal
 
 
 async def _within_idle(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -302,8 +291,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.limits = wire.Limits(server.inline_limit_bytes, server.allow_urls, server.max_request_media_bytes)
         self.max_message_bytes = server.max_message_bytes
         self.max_call_seconds = server.max_call_seconds
-        self.uploads = Slots(server.max_concurrent_uploads, _too_many_uploads)
-        self.calls = Slots(server.max_concurrent_calls, _too_many_calls)
+        self.uploads = Slots(server.max_concurrent_uploads, _over_limit(TooManyUploads, "uploads", "max_concurrent_uploads"))
+        self.calls = Slots(server.max_concurrent_calls, _over_limit(TooManyCalls, "calls", "max_concurrent_calls"))
         #: UTF-8 takes up to 4 bytes a character; 64 bytes leave room for the message's framing.
         self.delta_chars = max(1, min(MAX_DELTA_CHARS, (server.max_message_bytes - 64) // 4))
 
