@@ -747,6 +747,14 @@ def test_stats_and_prune_find_the_data_dir_in_config_as_serve_does(start_daemon,
     assert "server.data_dir: Input is not a valid path" in broken.stderr and str(bad) in broken.stderr
 
 
+def _config_check(path: Path) -> tuple[subprocess.CompletedProcess, str, dict[str, str]]:
+    """``mmrouter config check path``: the result, its output without colours, and its lines by key."""
+    result = subprocess.run([str(MMROUTER), "config", "check", str(path)], capture_output=True, text=True,
+                            timeout=120, env={"PATH": "/usr/bin:/bin", "COLUMNS": "400"})
+    output = ANSI.sub("", result.stdout + result.stderr)
+    return result, output, {line.split(":")[0]: line for line in output.splitlines() if ":" in line}
+
+
 def test_config_check_suggests_the_name_meant_by_a_typo(tmp_path):
     """A misspelled provider section, provider or model in a target is pointed at the installed name it is
     closest to; a name like no other gets no guess."""
@@ -756,11 +764,8 @@ def test_config_check_suggests_the_name_meant_by_a_typo(tmp_path):
         "routes:\n  - name: pictures\n    match: {inputs_any: [image]}\n    use: openai/gpt4o\n"
         "    fallback: [antropic/claude-sonnet-4-6, anthropic/claude-sonet-4-6, zzz/model]\n"
         "default: local/extract\n")
-    result = subprocess.run([str(MMROUTER), "config", "check", str(typo)], capture_output=True, text=True,
-                            timeout=120, env={"PATH": "/usr/bin:/bin", "COLUMNS": "400"})
-    output = ANSI.sub("", result.stdout + result.stderr)
+    result, output, lines = _config_check(typo)
     assert result.returncode == 1, output
-    lines = {line.split(":")[0]: line for line in output.splitlines() if ":" in line}
     assert lines["providers.opneai"].endswith("did you mean 'openai'?")
     assert lines["routes.0.use"].endswith("did you mean 'gpt-4o'?")
     assert lines["routes.0.fallback.0"].endswith("did you mean 'anthropic'?")
@@ -779,11 +784,8 @@ def test_config_check_warns_of_provider_and_plugin_names_no_installed_plugin_off
         "default: local/extract\n"
         "overrides: {providers: [opeanai, local]}\n"
         "plugins: {disabled: [openia, gemini]}\n")
-    result = subprocess.run([str(MMROUTER), "config", "check", str(typos)], capture_output=True, text=True,
-                            timeout=120, env={"PATH": "/usr/bin:/bin", "COLUMNS": "400"})
-    output = ANSI.sub("", result.stdout + result.stderr)
+    result, output, lines = _config_check(typos)
     assert result.returncode == 0 and "OK — 1 rule(s)" in result.stdout, output
-    lines = {line.split(":")[0]: line for line in output.splitlines() if ":" in line}
     elsewhere = "(a warning only: it may be installed where the daemon runs)"
     assert lines["routes.0.use"] == (f"routes.0.use: no provider 'opeani' here: no installed plugin offers it "
                                      f"{elsewhere}; did you mean 'openai'?")

@@ -4,7 +4,6 @@ real google-genai SDK against the fake Gemini API, in the provider and in the ro
 from __future__ import annotations
 
 import gc
-import hashlib
 from contextlib import aclosing
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import mmrouter_gemini.files
 import pytest
 from mmrouter_gemini import GeminiProvider
 
-from router import Media, Message, Modality, Options, Part, Request, Role, Task
+from router import Media, Message, Options, Part, Request, Role, Task
 from router.config import parse_config
 from router.core import App
 from router.errors import ProviderTimeout
@@ -20,6 +19,7 @@ from router.outcome import Answer, Done
 from router.testing import collect
 from tests.fakes.base import Recorded, Reply
 from tests.fakes.gemini import _MODEL_CALL, FakeGemini, _error
+from tests.test_gemini_provider import stored_video
 
 KEY = "AIza-files-secret-0123456789"
 OTHER_KEY = "AIza-other-project-9876543210"
@@ -48,16 +48,6 @@ def make_provider(fake: FakeGemini, **overrides) -> GeminiProvider:
                 "inline_limit_bytes": 0}
     settings.update(overrides)
     return GeminiProvider.from_settings(settings)
-
-
-def stored_video(tmp_path: Path, size: int = 3000) -> Media:
-    """A 'video' in a content-addressed store, as the router hands uploaded media to providers."""
-    data = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * (size // 256)
-    digest = hashlib.sha256(data).hexdigest()
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / digest
-    path.write_bytes(data)
-    return Media(Modality.VIDEO, "video/mp4", path=path, media_id=digest, size=len(data), filename="clip.mp4")
 
 
 def ask(*media: Media) -> Request:
