@@ -50,6 +50,22 @@ def _room_needed(what: str) -> Iterator[None]:
                           "nothing was kept, retry once there is room") from None
 
 
+#: Bytes of an upload written between two starts of their writeback to the disk.
+_WRITEBACK_STEP = 4 << 20
+
+
+def _start_writeback(out: IO, start: int, length: int) -> None:
+    """Have the kernel start writing ``length`` bytes of ``out`` from ``start`` to the disk, without waiting.
+
+    ``POSIX_FADV_DONTNEED`` starts the writeback of dirty pages and drops only clean ones, so the
+    bytes just written stay cached; the final ``fsync`` then waits for less (bench/ figure 4a).
+    It is advice: a file system that refuses it costs nothing but the wait.
+    """
+    out.flush()
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(out.fileno(), start, length, os.POSIX_FADV_DONTNEED)
+
+
 def _sync(out: IO) -> None:
     """Flush ``out`` and have its bytes on the disk (``fsync``)."""
     out.flush()
@@ -249,7 +265,7 @@ class MediaStore:
             raise PayloadTooLarge(f"upload of {expected_size} bytes exceeds the limit of {self.max_upload_bytes}",
                                   violations=[FieldViolation("metadata.size_bytes", "over max_upload_bytes")])
         digest = hashlib.sha256()
-        size = 0
+        size = flushed = 0
         head = b""
         with self._temp_file() as (fd, tmp):
             with _room_needed(f"the upload of {mime_type}"), os.fdopen(fd, "wb") as out:
@@ -267,6 +283,9 @@ class MediaStore:
                             violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")])
                     digest.update(chunk)
                     out.write(chunk)
+                    if size - flushed >= _WRITEBACK_STEP:  # the disk writes start now, not all at the fsync
+                        _start_writeback(out, flushed, size - flushed)
+                        flushed = size
                 await asyncio.to_thread(_sync, out)  # a GiB takes seconds to reach the disk: not on the loop
             if size == 0:
                 raise InvalidRequest("the upload has no bytes",

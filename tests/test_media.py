@@ -46,7 +46,7 @@ def daemon(start_daemon):
 
 
 def test_upload_is_content_addressed_and_usable_by_id(daemon) -> None:
-    body = PDF + os.urandom(3 * 1024 * 1024)
+    body = PDF + os.urandom(5 * 1024 * 1024)  # past one writeback step (4 MiB)
     chunks = [body[i:i + 1024 * 1024] for i in range(0, len(body), 1024 * 1024)]
     reply = upload(daemon.stub, chunks, size=len(body), filename="report.pdf")
     digest = hashlib.sha256(body).hexdigest()
