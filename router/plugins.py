@@ -149,13 +149,28 @@ def _with_prices(provider: Provider, prices: Mapping[str, Mapping[str, object]])
     provider.models = models
 
 
+#: The rates that follow a base rate an override changes, in proportion, unless it sets them too.
+_FOLLOWING_RATES = {
+    "input_per_mtok": ("cached_input_per_mtok", "long_context_input_per_mtok", "long_context_cached_input_per_mtok"),
+    "output_per_mtok": ("long_context_output_per_mtok",),
+}
+
+
 def _overridden(price: Price, override: Mapping[str, object]) -> Price:
-    """``price`` with an operator's ``override``. A new input price without a cached one keeps the
-    cached discount in proportion (a negotiated or zero input price must not leave cache hits at
-    the list rate, dearer than uncached tokens)."""
-    changes = {k: _as_price(v) for k, v in override.items()}
-    if "input_per_mtok" in changes and "cached_input_per_mtok" not in changes and price.input_per_mtok:
-        changes["cached_input_per_mtok"] = price.cached_input_per_mtok * changes["input_per_mtok"] / price.input_per_mtok
+    """``price`` with an operator's ``override``. A new input price keeps the cached discount and the
+    long-context surcharge in proportion unless the override sets them too (a negotiated or zero
+    input price must not leave cache hits at the list rate, dearer than uncached tokens); a new
+    output price likewise keeps the long-context output surcharge."""
+    changes: dict[str, float | int | None] = {k: _as_price(v) for k, v in override.items()}
+    for base, following in _FOLLOWING_RATES.items():
+        old, new = getattr(price, base), changes.get(base)
+        if new is None or not old:
+            continue
+        for rate in following:
+            if rate not in changes:
+                changes[rate] = getattr(price, rate) * new / old
+    if changes.get("long_context_above_tokens") is not None:
+        changes["long_context_above_tokens"] = int(changes["long_context_above_tokens"])
     return dataclasses.replace(price, **changes)
 
 

@@ -129,6 +129,12 @@ class ModelPrice(BaseModel):
     audio_input_per_mtok: float = Field(0.0, ge=0, description="per million audio input tokens (0: input_per_mtok)")
     cached_input_per_mtok: float = Field(0.0, ge=0, description="per million input tokens read from the provider's "
                                          "cache (0: input_per_mtok)")
+    long_context_above_tokens: int = Field(0, ge=0, description="input tokens past which a call is priced at the "
+                                           "long_context_* rates (0: no long-context tier)")
+    long_context_input_per_mtok: float = Field(0.0, ge=0, description="input rate of such a call (0: input_per_mtok)")
+    long_context_output_per_mtok: float = Field(0.0, ge=0, description="output rate of such a call (0: output_per_mtok)")
+    long_context_cached_input_per_mtok: float = Field(0.0, ge=0, description="cached input rate of such a call "
+                                                      "(0: cached_input_per_mtok)")
 
 
 class ModelSpec(BaseModel):

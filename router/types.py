@@ -231,6 +231,11 @@ class Price:
     ``cached_input_per_mtok`` prices the input tokens read from the provider's prompt cache
     (``Usage.cached_input_tokens``), whatever their kind; 0 means no discount: they are priced like
     the other input tokens.
+
+    Some models cost more per token when the prompt is long (Gemini 2.5 Pro: above 200k input
+    tokens). ``long_context_above_tokens`` (0: no such tier) is that size: a call whose input tokens
+    exceed it is priced, all its tokens, at the ``long_context_*`` rates, each of which left at 0 is
+    the rate it stands for (``long_context_input_per_mtok`` for ``input_per_mtok``, and so on).
     """
 
     input_per_mtok: float = 0.0
@@ -238,21 +243,31 @@ class Price:
     per_audio_hour: float = 0.0
     audio_input_per_mtok: float = 0.0
     cached_input_per_mtok: float = 0.0
+    long_context_above_tokens: int = 0
+    long_context_input_per_mtok: float = 0.0
+    long_context_output_per_mtok: float = 0.0
+    long_context_cached_input_per_mtok: float = 0.0
 
     def cost(self, usage: Usage) -> float:
         """The cost of ``usage`` at this price.
 
         Input tokens are split three ways: those read from a cache (at ``cached_input_per_mtok``, when
-        set), then audio among the rest (at the audio rate), then text (at ``input_per_mtok``).
+        set), then audio among the rest (at the audio rate), then text (at ``input_per_mtok``). A call
+        past ``long_context_above_tokens`` is priced at the long-context rates.
         """
-        cached = min(usage.cached_input_tokens, usage.input_tokens) if self.cached_input_per_mtok else 0
+        input_rate, output_rate, cached_rate = self.input_per_mtok, self.output_per_mtok, self.cached_input_per_mtok
+        if self.long_context_above_tokens and usage.input_tokens > self.long_context_above_tokens:
+            input_rate = self.long_context_input_per_mtok or input_rate
+            output_rate = self.long_context_output_per_mtok or output_rate
+            cached_rate = self.long_context_cached_input_per_mtok or cached_rate
+        cached = min(usage.cached_input_tokens, usage.input_tokens) if cached_rate else 0
         audio = min(usage.audio_input_tokens, usage.input_tokens - cached)
         text = usage.input_tokens - cached - audio
         return (
-            text * self.input_per_mtok / 1e6
-            + audio * (self.audio_input_per_mtok or self.input_per_mtok) / 1e6
-            + cached * self.cached_input_per_mtok / 1e6
-            + usage.output_tokens * self.output_per_mtok / 1e6
+            text * input_rate / 1e6
+            + audio * (self.audio_input_per_mtok or input_rate) / 1e6
+            + cached * cached_rate / 1e6
+            + usage.output_tokens * output_rate / 1e6
             + usage.audio_seconds * self.per_audio_hour / 3600
         )
 

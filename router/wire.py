@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from urllib.parse import urlsplit
 
 from mmrouter.v1 import router_pb2 as pb
@@ -283,9 +283,7 @@ def model_to_proto(model: ModelInfo) -> pb.ModelInfo:
     return pb.ModelInfo(
         name=model.name, inputs=[_MODALITY_PB[m] for m in sorted(model.inputs, key=lambda m: m.value)],
         outputs=sorted(model.outputs), features=sorted(model.features), context_tokens=model.context_tokens,
-        price=pb.Price(input_per_mtok=model.price.input_per_mtok, output_per_mtok=model.price.output_per_mtok,
-                       per_audio_hour=model.price.per_audio_hour, audio_input_per_mtok=model.price.audio_input_per_mtok,
-                       cached_input_per_mtok=model.price.cached_input_per_mtok),
+        price=pb.Price(**asdict(model.price)),
     )
 
 

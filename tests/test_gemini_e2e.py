@@ -202,6 +202,30 @@ def test_prompt_tokens_read_from_the_cache_are_billed_at_the_cached_rate(daemon,
     assert [e.usage.cost_usd for e in events if e.HasField("usage")] == [pytest.approx(billed)]
 
 
+def test_a_gemini_pro_call_past_200k_prompt_tokens_is_billed_at_the_long_context_tier(start_daemon, fake):
+    """Gemini 2.5 Pro bills a call over 200k prompt tokens at higher rates, all its tokens; an
+    operator's input price override keeps that surcharge in proportion."""
+    config = CONFIG.format(url=fake.url).replace("use: gemini/gemini-2.5-flash", "use: gemini/gemini-2.5-pro")
+    config = config.replace("    poll_interval: 0.02\n", "    poll_interval: 0.02\n"
+                            "    prices: {gemini-2.5-pro: {input_per_mtok: 1.0}}\n")
+    daemon = start_daemon(config, env={"GEMINI_TEST_KEY": KEY})
+    [pro] = [m for p in daemon.stub.ListProviders(pb.ListProvidersRequest()).providers for m in p.models
+             if m.name == "gemini-2.5-pro"]
+    # list 1.25 -> 1.00: the long-context input (2.50) and cached (0.25, 0.125) rates follow, output stays
+    assert (pro.price.long_context_above_tokens, pro.price.long_context_output_per_mtok) == (200_000, 15.0)
+    assert pro.price.long_context_input_per_mtok == pytest.approx(2.0)
+    assert pro.price.long_context_cached_input_per_mtok == pytest.approx(0.2)
+
+    def billed(prompt_tokens: int) -> float:
+        fake.usage = {"promptTokenCount": prompt_tokens, "cachedContentTokenCount": 50_000,
+                      "candidatesTokenCount": 1_000, "totalTokenCount": prompt_tokens + 1_000}
+        return daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="Summarise the talk."))),
+                                    timeout=30).answer.usage.cost_usd
+
+    assert billed(200_000) == pytest.approx((150_000 * 1.0 + 50_000 * 0.1 + 1_000 * 10.0) / 1e6)
+    assert billed(200_001) == pytest.approx((150_001 * 2.0 + 50_000 * 0.2 + 1_000 * 15.0) / 1e6)
+
+
 def test_a_conversation_gemini_would_refuse_is_sent_alternating_with_registered_mime_types(daemon, fake):
     """A conversation sent whole that starts with the assistant and has two user turns in a row, an
     ``image/jpg`` and a Markdown document: the real API refuses all three as they are (the fake too)."""

@@ -211,7 +211,9 @@ def test_a_bad_price_override_breaks_only_its_provider(start_daemon) -> None:
     assert listed["openai"].state == pb.PROVIDER_STATE_BROKEN
     assert listed["openai"].reason == (
         "providers.openai.prices.gpt-4o.input: unknown price "
-        "(known: input_per_mtok, output_per_mtok, per_audio_hour, audio_input_per_mtok, cached_input_per_mtok)")
+        "(known: input_per_mtok, output_per_mtok, per_audio_hour, audio_input_per_mtok, cached_input_per_mtok,"
+        " long_context_above_tokens, long_context_input_per_mtok, long_context_output_per_mtok,"
+        " long_context_cached_input_per_mtok)")
     assert listed["fake"].state == pb.PROVIDER_STATE_READY
     answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("still here"))).answer
     assert answer.route.model == "echo" and "still here" in answer.text

@@ -114,3 +114,15 @@ def test_usage_add_sums_cached_input_tokens() -> None:
     total = Usage(input_tokens=10, cached_input_tokens=4)
     total.add(Usage(input_tokens=5, cached_input_tokens=3, audio_input_tokens=1))
     assert (total.input_tokens, total.cached_input_tokens, total.audio_input_tokens) == (15, 7, 1)
+
+
+def test_a_call_past_the_long_context_size_is_priced_whole_at_the_long_context_rates() -> None:
+    price = Price(input_per_mtok=1.0, output_per_mtok=10.0, cached_input_per_mtok=0.1, long_context_above_tokens=1_000,
+                  long_context_input_per_mtok=2.0, long_context_output_per_mtok=15.0)
+    at_the_size = Usage(input_tokens=1_000, output_tokens=10, cached_input_tokens=100)
+    assert price.cost(at_the_size) == pytest.approx((900 * 1.0 + 100 * 0.1 + 10 * 10.0) / 1e6)
+    past_it = Usage(input_tokens=1_001, output_tokens=10, cached_input_tokens=100)
+    # every token at the long rates; a long cached rate left at 0 is the normal cached rate
+    assert price.cost(past_it) == pytest.approx((901 * 2.0 + 100 * 0.1 + 10 * 15.0) / 1e6)
+    no_tier = Price(input_per_mtok=1.0, output_per_mtok=10.0, long_context_input_per_mtok=2.0)
+    assert no_tier.cost(past_it) == pytest.approx((1_001 * 1.0 + 10 * 10.0) / 1e6)

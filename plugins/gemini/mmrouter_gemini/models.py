@@ -32,8 +32,12 @@ def _model(name: str, price: Price) -> ModelInfo:
 #: ai.google.dev/gemini-api/docs/pricing (2026-11: 10% of the input price; 25% when caching came out): 2.5 Pro $0.125,
 #: 2.5 Flash $0.03, 2.5 Flash-Lite $0.01 for text, image and video. Cached audio is listed at 10% of the
 #: audio price ($0.10, $0.03), but a model has one cached rate: cached audio is priced at the text one.
+#: 2.5 Pro costs more past 200k prompt tokens (the whole call: input $2.50, output $15.00, cached
+#: $0.25); the Flash models have one price at every length.
 MODELS: list[ModelInfo] = [
-    _model("gemini-2.5-pro", Price(input_per_mtok=1.25, output_per_mtok=10.00, cached_input_per_mtok=0.125)),
+    _model("gemini-2.5-pro", Price(input_per_mtok=1.25, output_per_mtok=10.00, cached_input_per_mtok=0.125,
+                                   long_context_above_tokens=200_000, long_context_input_per_mtok=2.50,
+                                   long_context_output_per_mtok=15.00, long_context_cached_input_per_mtok=0.25)),
     _model("gemini-2.5-flash", Price(input_per_mtok=0.30, output_per_mtok=2.50, audio_input_per_mtok=1.00,
                                      cached_input_per_mtok=0.03)),
     _model("gemini-2.5-flash-lite", Price(input_per_mtok=0.10, output_per_mtok=0.40, audio_input_per_mtok=0.30,

@@ -393,18 +393,26 @@ class ExplainRouteResponse(_message.Message):
     def __init__(self, route: _Optional[_Union[Route, _Mapping]] = ...) -> None: ...
 
 class Price(_message.Message):
-    __slots__ = ("input_per_mtok", "output_per_mtok", "per_audio_hour", "audio_input_per_mtok", "cached_input_per_mtok")
+    __slots__ = ("input_per_mtok", "output_per_mtok", "per_audio_hour", "audio_input_per_mtok", "cached_input_per_mtok", "long_context_above_tokens", "long_context_input_per_mtok", "long_context_output_per_mtok", "long_context_cached_input_per_mtok")
     INPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     PER_AUDIO_HOUR_FIELD_NUMBER: _ClassVar[int]
     AUDIO_INPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     CACHED_INPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    LONG_CONTEXT_ABOVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LONG_CONTEXT_INPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    LONG_CONTEXT_OUTPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    LONG_CONTEXT_CACHED_INPUT_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     input_per_mtok: float
     output_per_mtok: float
     per_audio_hour: float
     audio_input_per_mtok: float
     cached_input_per_mtok: float
-    def __init__(self, input_per_mtok: _Optional[float] = ..., output_per_mtok: _Optional[float] = ..., per_audio_hour: _Optional[float] = ..., audio_input_per_mtok: _Optional[float] = ..., cached_input_per_mtok: _Optional[float] = ...) -> None: ...
+    long_context_above_tokens: int
+    long_context_input_per_mtok: float
+    long_context_output_per_mtok: float
+    long_context_cached_input_per_mtok: float
+    def __init__(self, input_per_mtok: _Optional[float] = ..., output_per_mtok: _Optional[float] = ..., per_audio_hour: _Optional[float] = ..., audio_input_per_mtok: _Optional[float] = ..., cached_input_per_mtok: _Optional[float] = ..., long_context_above_tokens: _Optional[int] = ..., long_context_input_per_mtok: _Optional[float] = ..., long_context_output_per_mtok: _Optional[float] = ..., long_context_cached_input_per_mtok: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "inputs", "outputs", "features", "context_tokens", "price")
