@@ -72,8 +72,15 @@ class ProviderSettings(BaseModel):
             ]
             raise ConfigError("; ".join(problems)) from None
         settings._environment = environment
-        remember([settings.api_key, settings.key, *cls._environment_keys()])
+        remember([settings.api_key, settings.key, *cls._environment_keys(), *settings._url_credentials()])
         return settings
+
+    def _url_credentials(self) -> list[str]:
+        """The credentials of the URLs among the string settings (``http://user:password@gateway``),
+        those from the environment (``OPENAI_BASE_URL``) too, which the config-based secrets miss."""
+        from .core import _url_credentials  # core imports this module
+
+        return [c for value in self.model_dump().values() if isinstance(value, str) for c in _url_credentials(value)]
 
     @classmethod
     def _environment_keys(cls) -> list[str]:

@@ -5,12 +5,16 @@
 setting, 404 -> NOT_FOUND, 429 -> RESOURCE_EXHAUSTED with the Retry-After,
 5xx, connection failures and SDK timeouts -> UNAVAILABLE. Messages never
 contain the API key: 401/403 messages are ours (OpenAI's echo part of the
-key), and every other upstream message is scrubbed of it.
+key), and every other upstream message is scrubbed of it; nor the credentials of
+a ``base_url`` (``http://user:password@gateway``). An HTTP error names the
+provider's request id (``x-request-id``), in the message and as ``provider_request_id``
+in the error's metadata, for a support ticket.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from router import ProviderError, ProviderUnavailable, provider_error_from_status
 from router.errors import parse_retry_after
@@ -18,6 +22,8 @@ from router.errors import parse_retry_after
 from .settings import key_setting_hint
 
 _MAX_MESSAGE = 500
+#: The longest provider request id quoted; a longer header is not an id.
+_MAX_REQUEST_ID = 200
 
 
 def scrub(text: str, secret: str) -> str:
@@ -52,6 +58,36 @@ def _error_code(exc: Any) -> str:
     return code if isinstance(code, str) else ""
 
 
+def shown_url(url: str) -> str:
+    """``url`` with its credentials (``user:password@``), if any, shown as ``***@``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unreadable URL)"
+    _userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
+def request_id_of(exc: Any) -> str:
+    """The provider's id of the failed request (``x-request-id``, kept by the SDK), else ``""``."""
+    value = getattr(exc, "request_id", None)
+    if not isinstance(value, str) or not value.strip().isprintable() or len(value.strip()) > _MAX_REQUEST_ID:
+        return ""
+    return value.strip()
+
+
+def with_request_id(error: ProviderError, request_id: str) -> ProviderError:
+    """``error`` naming ``request_id`` in its message and as ``provider_request_id`` in its metadata:
+    what OpenAI's support asks for."""
+    if request_id:
+        error.message = f"{error.message} (request id {request_id})"
+        error.args = (error.message,)
+        error.metadata["provider_request_id"] = request_id
+    return error
+
+
 def retry_after_seconds(headers: Any) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``retry-after`` response headers, if given."""
     if headers is None:
@@ -67,6 +103,7 @@ def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, a
     """The router error for an exception raised by the SDK during a call to ``model``."""
     import openai
 
+    base_url = shown_url(base_url)
     if isinstance(exc, openai.APITimeoutError):
         after = f" after {timeout:g}s" if timeout else ""
         return ProviderUnavailable(provider, f"request to {model} timed out{after} ({base_url})")
@@ -78,17 +115,20 @@ def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, a
         status = exc.status_code
         if status in (401, 403):
             what = "authentication failed" if status == 401 else "permission denied"
-            return provider_error_from_status(provider, status, f"{what} (HTTP {status}): check {key_setting_hint(provider)}")
+            return with_request_id(provider_error_from_status(
+                provider, status, f"{what} (HTTP {status}): check {key_setting_hint(provider)}"), request_id_of(exc))
         message = scrub(_upstream_message(exc), api_key)
         if status == 404:
             message = f"model {model!r} not found at {base_url}: {message}"
         else:
             message = f"HTTP {status} from {model}: {message}"
         retry_after = retry_after_seconds(exc.response.headers) if status == 429 else None
-        return provider_error_from_status(provider, status, message, retry_after=retry_after,
-                                          too_large=_error_code(exc) in _TOO_LARGE_CODES)
+        error = provider_error_from_status(provider, status, message, retry_after=retry_after,
+                                           too_large=_error_code(exc) in _TOO_LARGE_CODES)
+        return with_request_id(error, request_id_of(exc))
     if isinstance(exc, openai.APIError):
         # An error event inside a stream: no HTTP status, the provider failed mid-answer.
-        return ProviderUnavailable(provider, f"{model} failed while answering: "
-                                             f"{scrub(_upstream_message(exc), api_key)}")
+        error = ProviderUnavailable(provider, f"{model} failed while answering: "
+                                              f"{scrub(_upstream_message(exc), api_key)}")
+        return with_request_id(error, request_id_of(exc))  # when the raiser kept the stream's x-request-id
     return ProviderUnavailable(provider, scrub(f"{type(exc).__name__}: {exc}", api_key))
