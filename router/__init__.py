@@ -40,6 +40,7 @@ from .errors import (
     ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
+    ProviderUnsupportedInput,
     provider_error_from_status,
 )
 from .provider import Provider
@@ -103,6 +104,7 @@ __all__ = [
     "ProviderSettings",
     "ProviderTimeout",
     "ProviderUnavailable",
+    "ProviderUnsupportedInput",
     "Request",
     "Role",
     "Task",

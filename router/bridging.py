@@ -282,12 +282,21 @@ def _to_bridge(bridges: list[Bridge], request: Request, registry: Registry,
     for bridge in bridges:
         if registry.ready(bridge.via.provider) is None:
             continue  # routing only plans ready bridges; the registry cannot change mid-request
-        choices = [bridge, *later_bridges(bridge, preferences, registry, request.options.diarization)]
+        later = later_bridges(bridge, preferences, registry, request.options.diarization)
         for media in request.media():
-            if media.modality is bridge.modality and id(media) not in seen:
+            if bridge.converts(media) and id(media) not in seen:
                 seen.add(id(media))
-                todo.append((media, choices))
+                todo.append((media, [bridge, *(b for b in later if _takes(b, media, registry))]))
     return todo
+
+
+def _takes(bridge: Bridge, media: Media, registry: Registry) -> bool:
+    """Whether ``bridge``'s model takes ``media``: its format, and its length if the model has a cap."""
+    provider = registry.ready(bridge.via.provider)
+    model = provider.model(bridge.via.model) if provider is not None else None
+    if model is None or not model.takes_mime(media.mime_type, media.modality):
+        return False
+    return not (model.max_audio_seconds and (media.duration_seconds or 0.0) > model.max_audio_seconds)
 
 
 def _part_text(media: Media, text: str, replies: Mapping[int, str]) -> str:

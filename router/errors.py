@@ -20,7 +20,8 @@
     ├── CallTimeout                  DEADLINE_EXCEEDED    CALL_TIMEOUT      (over server.max_call_seconds)
     └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
         ├── ProviderBadRequest       INVALID_ARGUMENT     PROVIDER_BAD_REQUEST
-        │   └── ProviderInputTooLarge INVALID_ARGUMENT    INPUT_TOO_LARGE   (413, context or media limit: retryable)
+        │   ├── ProviderInputTooLarge INVALID_ARGUMENT    INPUT_TOO_LARGE   (413, context or media limit: retryable)
+        │   └── ProviderUnsupportedInput INVALID_ARGUMENT UNSUPPORTED_INPUT (a media format it does not take: retryable)
         ├── ProviderAuthError        FAILED_PRECONDITION  PROVIDER_AUTH
         ├── ProviderNotConfigured    FAILED_PRECONDITION  PROVIDER_NOT_CONFIGURED
         ├── ProviderModelNotFound    NOT_FOUND            PROVIDER_MODEL_NOT_FOUND
@@ -201,6 +202,23 @@ class ProviderError(RouterError):
         self.provider = provider
         self.retry_after = clamp_retry_after(retry_after)
 
+    def with_provider_request_id(self, sdk_error: BaseException) -> ProviderError:
+        """This error naming the provider's id of the failed request, which its support asks for:
+        in the message and as ``metadata['provider_request_id']``. The id is the ``request_id`` an
+        SDK keeps on its errors (OpenAI's ``x-request-id``, Anthropic's ``request-id`` header); an
+        error without a usable one is returned unchanged."""
+        request_id = getattr(sdk_error, "request_id", None)
+        request_id = request_id.strip() if isinstance(request_id, str) else ""
+        if request_id and request_id.isprintable() and len(request_id) <= _MAX_REQUEST_ID:
+            self.message = f"{self.message} (request id {request_id})"
+            self.args = (self.message,)
+            self.metadata["provider_request_id"] = request_id
+        return self
+
+
+#: The longest provider request id quoted; a longer header value is not an id.
+_MAX_REQUEST_ID = 200
+
 
 class ProviderBadRequest(ProviderError):
     """The provider rejected the request as invalid (HTTP 400/422)."""
@@ -216,6 +234,16 @@ class ProviderInputTooLarge(ProviderBadRequest):
     take it, so dispatch tries the next one; raised to the client only when every target refused."""
 
     reason = "INPUT_TOO_LARGE"
+    retryable = True
+
+
+class ProviderUnsupportedInput(ProviderBadRequest):
+    """Media in a format the model does not take (see :attr:`router.ModelInfo.input_mime_types`),
+    refused by the plugin before sending. Routing normally sends such media elsewhere; when it comes
+    anyway (an override, a type the catalogue did not foresee), dispatch tries the next target or
+    bridge, as after a refusal for size; raised to the client only when no target took it."""
+
+    reason = "UNSUPPORTED_INPUT"
     retryable = True
 
 
@@ -274,6 +302,7 @@ _TOO_LARGE = re.compile(
     r"|exceeds the maximum number of tokens|input token count|request_too_large|request too large"
     r"|payload size exceeds|content size limit|maximum of \d+ pdf pages|pdf pages may be provided"
     r"|image exceeds|image dimensions exceed|file is too large|file too large|string_above_max_length"
+    r"|longer than [\d.]+ seconds which is the maximum"  # a transcription model's duration cap
 )
 
 

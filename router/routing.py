@@ -39,6 +39,9 @@ TOKENS_PER_PDF_PAGE_FLOOR = 258
 TOKENS_PER_AUDIO_SECOND = 32
 TOKENS_PER_VIDEO_SECOND = 300
 
+#: The modalities that carry speech, which diarization labels by speaker.
+_SPEECH = frozenset({Modality.AUDIO, Modality.VIDEO})
+
 #: Rough tokens of the text a bridge makes of a media nothing is kept of yet, counted as
 #: :func:`estimate_tokens` counts text (a token per 4 characters): history is dropped on these before
 #: its media are bridged, so they lean high (a media trimming drops anyway is then rarely paid for) but
@@ -99,6 +102,11 @@ class Facts:
     #: This turn's estimated input tokens per modality: what a model's context must hold, since a
     #: session's history is trimmed to fit the chosen model.
     turn_tokens: Mapping[Modality, int] = field(default_factory=dict)
+    #: The normalised MIME types of the media, per modality: a model must take each format it gets.
+    mime_types: Mapping[Modality, frozenset[str]] = field(default_factory=dict)
+    #: The longest media of each speech modality (audio, video), in seconds; those of unknown length
+    #: are left out.
+    longest_seconds: Mapping[Modality, float] = field(default_factory=dict)
 
 
 def _total(values: Sequence[float | None]) -> float | None:
@@ -211,7 +219,26 @@ def facts_of(request: Request) -> Facts:
         metadata=dict(request.metadata),
         tags=frozenset(request.hints.tags),
         turn_tokens=turn_tokens,
+        mime_types=_mime_types(media),
+        longest_seconds=_longest(media),
     )
+
+
+def _longest(media: Iterable[Media]) -> dict[Modality, float]:
+    """The longest known duration of ``media`` per speech modality."""
+    longest: dict[Modality, float] = {}
+    for one in media:
+        if one.modality in _SPEECH and one.duration_seconds:
+            longest[one.modality] = max(longest.get(one.modality, 0.0), one.duration_seconds)
+    return longest
+
+
+def _mime_types(media: Iterable[Media]) -> dict[Modality, frozenset[str]]:
+    """The normalised MIME types of ``media``, per modality."""
+    found: dict[Modality, set[str]] = {}
+    for one in media:
+        found.setdefault(one.modality, set()).add(normalise_mime(one.mime_type))
+    return {modality: frozenset(types) for modality, types in found.items()}
 
 
 def _names(mods: Sequence[Modality] | frozenset[Modality]) -> str:
@@ -285,14 +312,23 @@ class Bridge:
     #: Keep the media and add the bridged text beside it (a video the model sees, whose speakers
     #: only a diarizing bridge can label), instead of replacing the media with it.
     keep_media: bool = False
+    #: The formats (normalised MIME types) of the media it converts, those the model does not take;
+    #: empty: every media of its modality.
+    mime_types: frozenset[str] = frozenset()
 
     @property
     def output(self) -> str:
         return "transcript" if self.modality in (Modality.AUDIO, Modality.VIDEO) else "text"
 
+    def converts(self, media: Media) -> bool:
+        """Whether this bridge converts ``media``: one of its modality, in one of its formats if it names any."""
+        return media.modality is self.modality and (
+            not self.mime_types or normalise_mime(media.mime_type) in self.mime_types)
+
     def __str__(self) -> str:
         beside = " (beside the media)" if self.keep_media else ""
-        return f"{self.modality.value}->{self.output}{beside} via {self.via}"
+        formats = f" ({', '.join(sorted(self.mime_types))})" if self.mime_types else ""
+        return f"{self.modality.value}{formats}->{self.output}{beside} via {self.via}"
 
 
 @dataclass
@@ -318,10 +354,6 @@ class Decision:
         return [self.plan, *self.fallbacks]
 
 
-#: The modalities that carry speech, which diarization labels by speaker.
-_SPEECH = frozenset({Modality.AUDIO, Modality.VIDEO})
-
-
 def bridge_problem(modality: Modality, model: ModelInfo) -> str | None:
     """Why ``model`` can never bridge ``modality`` (convert it for models that cannot take it), or None.
 
@@ -336,6 +368,22 @@ def bridge_problem(modality: Modality, model: ModelInfo) -> str | None:
     return None
 
 
+def unfit_formats(model: ModelInfo, modality: Modality, mime_types: Iterable[str]) -> frozenset[str]:
+    """Those of ``mime_types`` (media of ``modality``) that ``model`` does not take."""
+    return frozenset(mime for mime in mime_types if not model.takes_mime(mime, modality))
+
+
+def too_long(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> str | None:
+    """Why ``model`` cannot take the speech of ``modalities`` for its length (``max_audio_seconds``), or None."""
+    if not model.max_audio_seconds:
+        return None
+    for modality in sorted(modalities, key=lambda m: m.value):
+        seconds = facts.longest_seconds.get(modality, 0.0)
+        if seconds > model.max_audio_seconds:
+            return f"{seconds:g} s of {modality.value} is longer than its {model.max_audio_seconds:g} s"
+    return None
+
+
 def _too_big(plan: Plan, facts: Facts) -> str | None:
     """Why ``plan``'s model cannot hold this turn's input, or None.
 
@@ -345,7 +393,8 @@ def _too_big(plan: Plan, facts: Facts) -> str | None:
     """
     if facts.task is Task.TRANSCRIBE or FEATURE_EXTRACTION_ONLY in plan.model.features:
         return None
-    replaced = {b.modality for b in plan.bridges if not b.keep_media}
+    replaced = {b.modality for b in plan.bridges if not b.keep_media  # (of some formats only: the rest stay)
+                and (not b.mime_types or b.mime_types >= facts.mime_types.get(b.modality, frozenset()))}
     tokens = sum(n for modality, n in facts.turn_tokens.items() if modality not in replaced)
     if tokens > plan.model.context_tokens:
         return f"{plan.target}: input of ~{tokens} tokens exceeds its context of {plan.model.context_tokens}"
@@ -364,7 +413,9 @@ class Router:
 
     # -- usability -------------------------------------------------------------------------
 
-    def _bridge_for(self, modality: Modality, facts: Facts, catalog: Catalog) -> Bridge | None:
+    def _bridge_for(self, modality: Modality, facts: Facts, catalog: Catalog,
+                    formats: frozenset[str]) -> Bridge | None:
+        """The first usable bridge of ``modality`` for media in ``formats``, or None."""
         for text in self.bridges.get(modality, ()):
             target = Target.parse(text)
             status = catalog.get(target.provider)
@@ -372,6 +423,8 @@ class Router:
             if model is None or bridge_problem(modality, model):
                 continue
             if facts.diarization and modality in _SPEECH and FEATURE_DIARIZATION not in model.features:
+                continue
+            if unfit_formats(model, modality, formats) or too_long(model, {modality}, facts):
                 continue
             return Bridge(modality, target)
         return None
@@ -406,21 +459,34 @@ class Router:
             else:
                 missing |= needed & {Modality.AUDIO}
                 beside = (needed & {Modality.VIDEO}) - missing
-        if not missing and not beside:
+        # The formats of a modality it takes but not in every format: only those media are bridged.
+        unfit = {m: f for m in sorted(needed - missing, key=lambda m: m.value)
+                 if (f := unfit_formats(model, m, facts.mime_types.get(m, ())))}
+        for modality in beside & unfit.keys():  # a video it cannot see is replaced by the transcript
+            beside.discard(modality)
+            missing.add(modality)
+            del unfit[modality]
+        if long := too_long(model, (needed - missing) & _SPEECH, facts):
+            return f"{target}: {long}"
+        if not missing and not beside and not unfit:
             plan = Plan(target, model)
             return _too_big(plan, facts) or plan
         if not bridging or facts.task is Task.TRANSCRIBE:
             if missing:
                 return f"{target}: does not take {_names(frozenset(missing))}"
+            if unfit:
+                return f"{target}: does not take {', '.join(sorted(set().union(*unfit.values())))}"
             return f"{target}: cannot label the speakers of {_names(frozenset(beside))} and bridging is off"
         bridges = []
-        for modality in sorted(missing | beside, key=lambda m: m.value):
-            bridge = self._bridge_for(modality, facts, catalog)
+        for modality in sorted(missing | beside | unfit.keys(), key=lambda m: m.value):
+            formats = unfit.get(modality, frozenset())
+            bridge = self._bridge_for(modality, facts, catalog, formats or facts.mime_types.get(modality, frozenset()))
             if bridge is None:
                 extra = " with diarization" if facts.diarization and modality in _SPEECH else ""
-                problem = "does not take" if modality in missing else "cannot label the speakers of"
-                return f"{target}: {problem} {modality.value} and no bridge{extra} is usable"
-            bridges.append(dataclasses.replace(bridge, keep_media=modality in beside))
+                problem = "cannot label the speakers of" if modality in beside else "does not take"
+                what = ", ".join(sorted(formats)) if formats else modality.value
+                return f"{target}: {problem} {what} and no bridge{extra} is usable"
+            bridges.append(dataclasses.replace(bridge, keep_media=modality in beside, mime_types=formats))
         plan = Plan(target, model, bridges)
         return _too_big(plan, facts) or plan
 

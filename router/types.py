@@ -281,9 +281,23 @@ FEATURE_DIARIZATION = "diarization"
 FEATURE_EXTRACTION_ONLY = "extraction_only"
 
 
+#: The top-level MIME types of each media modality (video may also be declared as audio: a soundtrack).
+MIME_TOPS: dict[Modality, frozenset[str]] = {
+    Modality.IMAGE: frozenset({"image"}), Modality.AUDIO: frozenset({"audio"}),
+    Modality.VIDEO: frozenset({"video"}), Modality.DOCUMENT: frozenset({"application", "text"}),
+}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a model takes and gives, how much it holds and what it costs."""
+    """What a model takes and gives, how much it holds and what it costs.
+
+    ``input_mime_types`` are the formats of media it takes (see :meth:`takes_mime`); empty: any type
+    of its ``inputs``. Each entry is a normalised MIME type (:func:`router.mime.normalise_mime`, so
+    ``audio/mpeg`` stands for mp3 and ``audio/mp4`` for m4a) or a wildcard such as ``text/*``.
+    ``max_audio_seconds`` is the longest audio or video it takes per media (0: no cap): routing skips
+    it for longer speech.
+    """
 
     name: str
     inputs: frozenset[Modality]
@@ -294,10 +308,31 @@ class ModelInfo:
     default_max_output_tokens: int = 4096
     #: The most tokens it may write in one answer (a larger request is capped to it); 0: not known.
     max_output_tokens: int = 0
+    input_mime_types: frozenset[str] = frozenset()
+    max_audio_seconds: float = 0
 
     def can_take(self, modalities: set[Modality]) -> bool:
         """True when every modality in ``modalities`` is an input of this model."""
         return modalities <= self.inputs
+
+    def takes_mime(self, mime: str, modality: Modality | None = None) -> bool:
+        """Whether this model takes media of MIME type ``mime`` (declared as ``modality``, if given).
+
+        The rule: with no ``input_mime_types`` it takes every type. Else it takes ``mime`` (normalised)
+        when an entry names it exactly or by wildcard (``audio/*``). Otherwise it refuses it only when
+        the list speaks of that kind of media: some entry has the same top-level type as ``mime``, or
+        one of ``modality``'s top-level types (image, audio, video; application and text for documents).
+        A list naming only images thus says nothing of audio, which stays allowed; a list naming
+        ``application/pdf`` refuses ``text/plain`` documents unless it also names ``text/*`` or it.
+        """
+        if not self.input_mime_types:
+            return True
+        mime = normalise_mime(mime)
+        top = mime.split("/", 1)[0]
+        if mime in self.input_mime_types or f"{top}/*" in self.input_mime_types:
+            return True
+        tops = {top} | (MIME_TOPS.get(modality, frozenset()) if modality is not None else set())
+        return not any(entry.split("/", 1)[0] in tops for entry in self.input_mime_types)
 
     def can_do(self, task: Task) -> bool:
         """True when the model produces what ``task`` needs."""

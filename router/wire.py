@@ -283,7 +283,8 @@ def model_to_proto(model: ModelInfo) -> pb.ModelInfo:
     return pb.ModelInfo(
         name=model.name, inputs=[_MODALITY_PB[m] for m in sorted(model.inputs, key=lambda m: m.value)],
         outputs=sorted(model.outputs), features=sorted(model.features), context_tokens=model.context_tokens,
-        price=pb.Price(**asdict(model.price)),
+        price=pb.Price(**asdict(model.price)), input_mime_types=sorted(model.input_mime_types),
+        max_audio_seconds=model.max_audio_seconds,
     )
 
 

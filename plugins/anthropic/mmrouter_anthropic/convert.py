@@ -4,7 +4,8 @@ The Messages API wants the system prompt apart (``system``), a conversation
 that starts with a ``user`` turn and alternates ``user``/``assistant``, and
 content as typed blocks: ``text``, ``image`` (base64 with its media type, or a
 URL) and ``document`` (a base64 PDF, plain text, or a URL).
-Content over the API's documented size limits (:mod:`.limits`) is refused before any call.
+Content over the API's documented size limits (:mod:`.limits`) is refused before any call, as is media in
+a format Claude does not take (:class:`ProviderUnsupportedInput`: routing normally sends it elsewhere).
 """
 
 from __future__ import annotations
@@ -14,19 +15,27 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from router import Media, Message, Modality, ModelInfo, Request, Role
+from router import (
+    Media,
+    Message,
+    Modality,
+    ModelInfo,
+    ProviderUnsupportedInput,
+    Request,
+    Role,
+)
 from router.mime import normalise_mime
 
 from . import limits
 from .errors import bad_request
+from .models import IMAGE_TYPES
 
-#: Image media types the API accepts, after normalising aliases (:func:`router.mime.normalise_mime`).
-IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 PDF = "application/pdf"
 PLAIN_TEXT = "text/plain"
 
 #: The user turn put in front of a conversation that starts with the assistant.
 LEADING_USER_TURN = "(The conversation so far follows.)"
+
 
 
 @dataclass
@@ -59,8 +68,8 @@ async def media_block(media: Media, where: str, provider: str, images: limits.Im
     mime = normalise_mime(media.mime_type)
     if media.modality is Modality.IMAGE:
         if mime not in IMAGE_TYPES:
-            raise bad_request(provider,
-                              f"{where}: Claude takes png, jpeg, gif or webp images, not {media.mime_type!r}")
+            raise ProviderUnsupportedInput(provider,
+                                    f"{where}: Claude takes png, jpeg, gif or webp images, not {media.mime_type!r}")
         if media.url:
             source, size = {"type": "url", "url": media.url}, None
         else:
@@ -83,8 +92,7 @@ async def media_block(media: Media, where: str, provider: str, images: limits.Im
             text = raw.decode("utf-8", errors="replace")
             block = {"type": "document", "source": {"type": "text", "media_type": PLAIN_TEXT, "data": text}}
         else:
-            raise bad_request(provider,
-                              f"{where}: Claude takes PDF or text documents, not {media.mime_type!r}")
+            raise ProviderUnsupportedInput(provider, f"{where}: Claude takes PDF or text documents, not {media.mime_type!r}")
         if media.filename:
             block["title"] = media.filename
         return block

@@ -49,28 +49,6 @@ def _scrub(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-#: The longest provider request id quoted; a longer header is not an id.
-_MAX_REQUEST_ID = 200
-
-
-def request_id_of(exc: Any) -> str:
-    """Anthropic's id of the failed request (``request-id``, kept by the SDK), else ``""``."""
-    value = getattr(exc, "request_id", None)
-    if not isinstance(value, str) or not value.strip().isprintable() or len(value.strip()) > _MAX_REQUEST_ID:
-        return ""
-    return value.strip()
-
-
-def with_request_id(error: ProviderError, request_id: str) -> ProviderError:
-    """``error`` naming ``request_id`` in its message and as ``provider_request_id`` in its metadata:
-    what Anthropic's support asks for."""
-    if request_id:
-        error.message = f"{error.message} (request id {request_id})"
-        error.args = (error.message,)
-        error.metadata["provider_request_id"] = request_id
-    return error
-
-
 def _error_body(exc: Any) -> tuple[str, str]:
     """(error type, error message) from an SDK status error's body, either possibly empty."""
     body = getattr(exc, "body", None)
@@ -115,7 +93,7 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
             provider, status, _scrub(message, api_key), retry_after=retry_after,
             too_large=err_type == "request_too_large",
         )
-        return with_request_id(error, request_id_of(exc))
+        return error.with_provider_request_id(exc)
     if isinstance(exc, transport_errors()):
         return ProviderUnavailable(provider, f"connection to the Anthropic API failed ({type(exc).__name__})")
     return ProviderUnavailable(provider, _scrub(f"bad answer from the Anthropic API: {exc}", api_key))

@@ -9,6 +9,10 @@ from router import FEATURE_STREAMING, OUTPUT_TEXT, Modality, ModelInfo, Price
 #: build-with-claude/prompt-caching, "Pricing", 2026-11); writes cost more, see ``provider.CACHE_WRITE_EXTRA``.
 CACHE_READ_SHARE = 0.1
 CLAUDE_INPUTS = frozenset({Modality.TEXT, Modality.IMAGE, Modality.DOCUMENT})
+#: Image media types the API accepts, after normalising aliases (:func:`router.mime.normalise_mime`).
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+#: The formats Claude takes: those images, PDF documents and any ``text/*`` document (sent as plain text).
+CLAUDE_MIME_TYPES = IMAGE_TYPES | {"application/pdf", "text/*"}
 
 
 def _claude(name: str, input_per_mtok: float, output_per_mtok: float, default_max: int,
@@ -23,6 +27,7 @@ def _claude(name: str, input_per_mtok: float, output_per_mtok: float, default_ma
                     cached_input_per_mtok=round(input_per_mtok * CACHE_READ_SHARE, 6)),
         default_max_output_tokens=default_max,
         max_output_tokens=max_output,
+        input_mime_types=CLAUDE_MIME_TYPES,
     )
 
 

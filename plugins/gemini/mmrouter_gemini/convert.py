@@ -7,8 +7,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from router import FinishReason, Media, ProviderBadRequest, Request, Role, Usage
+from router import FinishReason, Media, ProviderBadRequest, ProviderUnsupportedInput, Request, Role, Usage
 from router.mime import normalise_mime
+
+from .models import TYPICAL
 
 #: Turns a media that is too large to send inline into a (file URI, MIME type) reference.
 Uploader = Callable[[Media], Awaitable[tuple[str, str]]]
@@ -22,6 +24,7 @@ LEADING_USER_TURN = "(The conversation so far follows.)"
 
 #: Finish reasons meaning the answer was withheld rather than finished.
 BLOCKED_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
+
 
 
 @dataclass
@@ -50,6 +53,13 @@ def gemini_mime(mime_type: str) -> str:
     if mime.startswith("text/") and mime not in TEXT_TYPES:
         return "text/plain"
     return mime
+
+
+def check_format(media: Media, provider: str) -> None:
+    """Refuse ``media`` in a format Gemini does not take with :class:`ProviderUnsupportedInput`."""
+    if not TYPICAL.takes_mime(media.mime_type, media.modality):
+        raise ProviderUnsupportedInput(provider, f"Gemini does not take {media.modality.value} in "
+                                          f"{normalise_mime(media.mime_type)} (refused before sending)")
 
 
 async def _media_part(media: Media, inline_left: int, upload: Uploader, file_uris: set[str]) -> tuple[Any, int]:
@@ -91,6 +101,7 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout
         parts: list[Any] = []
         for part in message.parts:
             if part.media is not None:
+                check_format(part.media, provider)
                 sdk_part, inline_left = await _media_part(part.media, inline_left, upload, file_uris)
                 parts.append(sdk_part)
             elif part.text:

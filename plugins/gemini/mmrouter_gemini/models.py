@@ -8,6 +8,18 @@ from router import FEATURE_STREAMING, OUTPUT_TEXT, Modality, ModelInfo, Price
 ALL_INPUTS = frozenset(
     {Modality.TEXT, Modality.IMAGE, Modality.AUDIO, Modality.VIDEO, Modality.DOCUMENT}
 )
+#: The media formats Gemini takes (ai.google.dev/gemini-api/docs: image, audio, video and document
+#: understanding; the audio list also has what Vertex AI lists, such as m4a and webm). Not BMP, TIFF, SVG
+#: or Matroska video: the API answers 400 INVALID_ARGUMENT. Text documents of any ``text/*`` type are sent
+#: (as ``text/plain`` when Gemini does not list the type).
+MIME_TYPES = frozenset({
+    "image/png", "image/jpeg", "image/webp", "image/heic", "image/heif",
+    "audio/wav", "audio/mpeg", "audio/aiff", "audio/x-aiff", "audio/aac", "audio/ogg", "audio/flac",
+    "audio/mp4", "audio/webm", "audio/opus", "audio/mpga", "audio/pcm",
+    "video/mp4", "video/mpeg", "video/quicktime", "video/avi", "video/x-msvideo", "video/x-flv", "video/mpg",
+    "video/webm", "video/wmv", "video/x-ms-wmv", "video/3gpp",
+    "application/pdf", "application/json", "application/x-javascript", "application/x-python", "text/*",
+})
 #: Context window of the Gemini 2.5 models, in tokens.
 CONTEXT_TOKENS = 1_048_576
 
@@ -23,6 +35,7 @@ def _model(name: str, price: Price) -> ModelInfo:
         price=price,
         default_max_output_tokens=8192,
         max_output_tokens=65_536,
+        input_mime_types=MIME_TYPES,
     )
 
 

@@ -30,6 +30,7 @@ from router import (
 
 from .audio import DecodeError
 from .extract import Extractor, Section, UnreadableMedia, label
+from .models import EXTRACT_MIME_TYPES
 from .pdf import PdfError
 from .pool import WorkerPool
 from .settings import LocalSettings
@@ -51,6 +52,7 @@ EXTRACT_MODEL = ModelInfo(
     features=frozenset({FEATURE_EXTRACTION_ONLY}),
     context_tokens=1_000_000,
     price=Price(),
+    input_mime_types=EXTRACT_MIME_TYPES,
 )
 
 

@@ -22,8 +22,6 @@ from router.errors import parse_retry_after
 from .settings import key_setting_hint
 
 _MAX_MESSAGE = 500
-#: The longest provider request id quoted; a longer header is not an id.
-_MAX_REQUEST_ID = 200
 
 
 def scrub(text: str, secret: str) -> str:
@@ -70,24 +68,6 @@ def shown_url(url: str) -> str:
     return parts._replace(netloc=f"***@{host}").geturl()
 
 
-def request_id_of(exc: Any) -> str:
-    """The provider's id of the failed request (``x-request-id``, kept by the SDK), else ``""``."""
-    value = getattr(exc, "request_id", None)
-    if not isinstance(value, str) or not value.strip().isprintable() or len(value.strip()) > _MAX_REQUEST_ID:
-        return ""
-    return value.strip()
-
-
-def with_request_id(error: ProviderError, request_id: str) -> ProviderError:
-    """``error`` naming ``request_id`` in its message and as ``provider_request_id`` in its metadata:
-    what OpenAI's support asks for."""
-    if request_id:
-        error.message = f"{error.message} (request id {request_id})"
-        error.args = (error.message,)
-        error.metadata["provider_request_id"] = request_id
-    return error
-
-
 def retry_after_seconds(headers: Any) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``retry-after`` response headers, if given."""
     if headers is None:
@@ -115,8 +95,8 @@ def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, a
         status = exc.status_code
         if status in (401, 403):
             what = "authentication failed" if status == 401 else "permission denied"
-            return with_request_id(provider_error_from_status(
-                provider, status, f"{what} (HTTP {status}): check {key_setting_hint(provider)}"), request_id_of(exc))
+            return provider_error_from_status(
+                provider, status, f"{what} (HTTP {status}): check {key_setting_hint(provider)}").with_provider_request_id(exc)
         message = scrub(_upstream_message(exc), api_key)
         if status == 404:
             message = f"model {model!r} not found at {base_url}: {message}"
@@ -125,10 +105,10 @@ def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, a
         retry_after = retry_after_seconds(exc.response.headers) if status == 429 else None
         error = provider_error_from_status(provider, status, message, retry_after=retry_after,
                                            too_large=_error_code(exc) in _TOO_LARGE_CODES)
-        return with_request_id(error, request_id_of(exc))
+        return error.with_provider_request_id(exc)
     if isinstance(exc, openai.APIError):
         # An error event inside a stream: no HTTP status, the provider failed mid-answer.
         error = ProviderUnavailable(provider, f"{model} failed while answering: "
                                               f"{scrub(_upstream_message(exc), api_key)}")
-        return with_request_id(error, request_id_of(exc))  # when the raiser kept the stream's x-request-id
+        return error.with_provider_request_id(exc)  # when the raiser kept the stream's x-request-id
     return ProviderUnavailable(provider, scrub(f"{type(exc).__name__}: {exc}", api_key))

@@ -43,6 +43,20 @@ from router.errors import ConfigError
 #: Response formats of ``/audio/transcriptions`` this plugin understands.
 TRANSCRIPTION_FORMATS = ("json", "verbose_json", "diarized_json")
 
+#: The image formats chat models take (platform.openai.com/docs/guides/images-vision: png, jpeg, webp, gif).
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+#: The audio formats audio-input chat models take (``input_audio.format``: wav or mp3).
+CHAT_AUDIO_TYPES = frozenset({"audio/wav", "audio/mpeg"})
+#: The formats ``/audio/transcriptions`` takes, each with the extension a clip of it is uploaded under (the
+#: API finds the format by the extension; transcribe.AUDIO_EXTENSIONS: flac, mp3, mp4, mpeg, mpga, m4a, ogg,
+#: wav, webm). Not AAC (ADTS), AMR, AIFF or Matroska: the API answers 400 "Invalid file format".
+TRANSCRIBE_SUFFIXES = {
+    "audio/flac": ".flac", "audio/mpeg": ".mp3", "audio/mpga": ".mpga", "audio/mp4": ".m4a", "audio/ogg": ".ogg",
+    "audio/opus": ".ogg", "audio/wav": ".wav", "audio/webm": ".webm", "video/mp4": ".mp4", "video/mpeg": ".mpeg",
+    "video/webm": ".webm", "video/ogg": ".ogg",
+}
+TRANSCRIBE_TYPES = frozenset(TRANSCRIBE_SUFFIXES)
+
 _TEXT_IMAGE = frozenset({Modality.TEXT, Modality.IMAGE})
 _TEXT_AUDIO = frozenset({Modality.TEXT, Modality.AUDIO})
 _AUDIO = frozenset({Modality.AUDIO})
@@ -67,14 +81,18 @@ class Entry:
 
 def _chat(name: str, inputs: frozenset[Modality], price: Price, context: int = 128_000,
           max_out: int = 16_384) -> Entry:
+    formats = (IMAGE_TYPES if Modality.IMAGE in inputs else frozenset()) | (
+        CHAT_AUDIO_TYPES if Modality.AUDIO in inputs else frozenset())
     return Entry(ModelInfo(name, inputs=inputs, context_tokens=context, price=price,
-                           default_max_output_tokens=max_out), max_output_tokens=max_out)
+                           default_max_output_tokens=max_out, input_mime_types=formats), max_output_tokens=max_out)
 
 
-def _stt(name: str, price: Price, fmt: str, diarizes: bool = False, context: int = 16_000) -> Entry:
+def _stt(name: str, price: Price, fmt: str, diarizes: bool = False, context: int = 16_000,
+         max_seconds: float = 0) -> Entry:
     features = frozenset({FEATURE_DIARIZATION}) if diarizes else frozenset()
     return Entry(ModelInfo(name, inputs=_AUDIO, outputs=_TRANSCRIPT, features=features,
-                           context_tokens=context, price=price, default_max_output_tokens=2_000), fmt)
+                           context_tokens=context, price=price, default_max_output_tokens=2_000,
+                           input_mime_types=TRANSCRIBE_TYPES, max_audio_seconds=max_seconds), fmt)
 
 
 #: The built-in catalogue, in preference order (the first model is the contract model).
@@ -88,10 +106,14 @@ BUILTIN: tuple[Entry, ...] = (
     _chat("gpt-4o-mini-audio-preview", _TEXT_AUDIO, Price(0.15, 0.60, audio_input_per_mtok=10.00)),
     # whisper-1 is billed per minute (0.006 USD) and gives segments through verbose_json.
     _stt("whisper-1", Price(per_audio_hour=0.36), "verbose_json"),
-    _stt("gpt-4o-transcribe", Price(2.50, 10.00, per_audio_hour=0.36, audio_input_per_mtok=6.00), "json"),
-    _stt("gpt-4o-mini-transcribe", Price(1.25, 5.00, per_audio_hour=0.18, audio_input_per_mtok=3.00), "json"),
+    # Length caps: gpt-4o-transcribe-diarize answers longer audio with 400 "audio duration N seconds is longer
+    # than 1400 seconds which is the maximum for this model"; the 1500 s of the other two is from memory.
+    _stt("gpt-4o-transcribe", Price(2.50, 10.00, per_audio_hour=0.36, audio_input_per_mtok=6.00), "json",
+         max_seconds=1500),
+    _stt("gpt-4o-mini-transcribe", Price(1.25, 5.00, per_audio_hour=0.18, audio_input_per_mtok=3.00), "json",
+         max_seconds=1500),
     _stt("gpt-4o-transcribe-diarize", Price(2.50, 10.00, per_audio_hour=0.36, audio_input_per_mtok=6.00),
-         "diarized_json", diarizes=True),
+         "diarized_json", diarizes=True, max_seconds=1400),
     _stt("gpt-transcribe", Price(per_audio_hour=0.27), "json"),
 )
 

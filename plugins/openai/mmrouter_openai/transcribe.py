@@ -4,7 +4,8 @@ whisper-1 is asked for ``verbose_json`` with word and segment timestamps, the
 diarizing model for ``diarized_json`` (speaker-labelled segments), the other
 GPT-4o transcription models for ``json`` (the only format they give).
 Uploaded media are streamed from their file in the media store. A clip over
-OpenAI's upload limit is refused before anything is uploaded. The language
+OpenAI's upload limit, over the model's length cap or in a format it does not
+take is refused before anything is uploaded. The language
 reported is a BCP-47 tag (whisper names it: ``"english"`` becomes ``"en"``).
 """
 
@@ -28,12 +29,12 @@ from router import (
     Utterance,
     Word,
 )
-from router.errors import ProviderInputTooLarge
+from router.errors import ProviderInputTooLarge, ProviderUnsupportedInput
 from router.language import language_tag
 from router.mime import normalise_mime
 from router.types import mime_suffix
 
-from .models import BUILTIN, Entry
+from .models import BUILTIN, TRANSCRIBE_SUFFIXES, Entry
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -73,6 +74,24 @@ def check_sizes(provider: str, entry: Entry, clips: list[Media]) -> None:
                           f"({MAX_UPLOAD_BYTES:,} bytes) per file (refused before uploading)")
 
 
+
+def check_formats(provider: str, entry: Entry, clips: list[Media]) -> None:
+    """Refuse, before any upload, a clip whose format the model does not take (:class:`ProviderUnsupportedInput`)
+    or longer than its cap (``max_audio_seconds``: :class:`ProviderInputTooLarge`)."""
+    info = entry.info
+    for n, media in enumerate(clips):
+        name = f" {media.filename!r}" if media.filename else ""
+        if not info.takes_mime(media.mime_type, media.modality):
+            raise ProviderUnsupportedInput(
+                provider, f"audio clip {n + 1}{name} is {normalise_mime(media.mime_type)}, which {info.name} does "
+                          "not take (it takes flac, mp3, mp4, m4a, mpga, ogg, wav or webm; refused before uploading)")
+        seconds = media.duration_seconds or 0.0
+        if info.max_audio_seconds and seconds > info.max_audio_seconds:
+            raise ProviderInputTooLarge(
+                provider, f"audio clip {n + 1}{name} is {seconds:g} s long, over {info.name}'s limit of "
+                          f"{info.max_audio_seconds:g} s (refused before uploading)")
+
+
 def pick_audio(provider: str, entry: Entry, request: Request) -> list[Media]:
     """The audio clips to transcribe, in order: those of the newest user message with media
     (``request.current_media()``; earlier turns were transcribed when sent), or a clear error."""
@@ -91,7 +110,8 @@ def upload_name(media: Media) -> str:
     knows (``standup.2024-05-01`` -> ``standup.2024-05-01.wav``, ``rec.opus`` -> ``rec.opus.ogg``).
     """
     name = media.filename.rsplit("/", 1)[-1] if media.filename else ""
-    suffix = mime_suffix(normalise_mime(media.mime_type))
+    mime = normalise_mime(media.mime_type)
+    suffix = TRANSCRIBE_SUFFIXES.get(mime) or mime_suffix(mime)
     if not name:
         return f"audio{suffix}"
     if not name.lower().endswith(AUDIO_EXTENSIONS):
@@ -219,6 +239,7 @@ async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: 
     """
     clips = pick_audio(provider, entry, request)
     check_sizes(provider, entry, clips)
+    check_formats(provider, entry, clips)
     params = build_params(entry, request)
     language = request.options.language.strip()
     transcripts: list[Transcript] = []

@@ -415,20 +415,24 @@ class Price(_message.Message):
     def __init__(self, input_per_mtok: _Optional[float] = ..., output_per_mtok: _Optional[float] = ..., per_audio_hour: _Optional[float] = ..., audio_input_per_mtok: _Optional[float] = ..., cached_input_per_mtok: _Optional[float] = ..., long_context_above_tokens: _Optional[int] = ..., long_context_input_per_mtok: _Optional[float] = ..., long_context_output_per_mtok: _Optional[float] = ..., long_context_cached_input_per_mtok: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "inputs", "outputs", "features", "context_tokens", "price")
+    __slots__ = ("name", "inputs", "outputs", "features", "context_tokens", "price", "input_mime_types", "max_audio_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_MIME_TYPES_FIELD_NUMBER: _ClassVar[int]
+    MAX_AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     inputs: _containers.RepeatedScalarFieldContainer[Modality]
     outputs: _containers.RepeatedScalarFieldContainer[str]
     features: _containers.RepeatedScalarFieldContainer[str]
     context_tokens: int
     price: Price
-    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., outputs: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., context_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ...) -> None: ...
+    input_mime_types: _containers.RepeatedScalarFieldContainer[str]
+    max_audio_seconds: float
+    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., outputs: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., context_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., input_mime_types: _Optional[_Iterable[str]] = ..., max_audio_seconds: _Optional[float] = ...) -> None: ...
 
 class ProviderInfo(_message.Message):
     __slots__ = ("name", "plugin", "state", "reason", "models")

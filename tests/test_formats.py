@@ -1,0 +1,273 @@
+"""Media formats and lengths in routing: ModelInfo.takes_mime, the catalogues' formats, Router.plan skipping
+or bridging a model for a format (or a speech length) it does not take, and the plugins' own refusals.
+
+Routing is pure: requests are built from ``router.types``, catalogs from the plugins' real catalogues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+
+import pytest
+from mmrouter_anthropic.convert import media_block
+from mmrouter_anthropic.models import MODELS as CLAUDE_MODELS
+from mmrouter_assemblyai.models import MODELS as AAI_MODELS
+from mmrouter_gemini.convert import check_format
+from mmrouter_gemini.models import MODELS as GEMINI_MODELS
+from mmrouter_local.provider import EXTRACT_MODEL
+from mmrouter_openai.models import BUILTIN
+from mmrouter_openai.transcribe import check_formats, upload_name
+
+from router.config import embedded_default
+from router.errors import (
+    NoRoute,
+    ProviderInputTooLarge,
+    ProviderUnsupportedInput,
+    is_input_too_large,
+    provider_error_from_status,
+)
+from router.routing import Bridge, Plan, ProviderStatus, Router, Target, facts_of
+from router.types import Media, Message, Modality, ModelInfo, Options, Part, Request, Role, Task
+from router.wire import model_to_proto
+
+IMAGE, AUDIO, VIDEO, DOC = Modality.IMAGE, Modality.AUDIO, Modality.VIDEO, Modality.DOCUMENT
+OPENAI = {e.info.name: e for e in BUILTIN}
+GPT_4O = OPENAI["gpt-4o"].info
+WHISPER = OPENAI["whisper-1"]
+DIARIZE = OPENAI["gpt-4o-transcribe-diarize"]
+
+
+def catalog(*ready: str) -> dict[str, ProviderStatus]:
+    """The built-in providers with their real catalogues; those in ``ready`` (default: all) are configured."""
+    models = {"openai": [e.info for e in BUILTIN], "anthropic": CLAUDE_MODELS, "gemini": GEMINI_MODELS,
+              "assemblyai": AAI_MODELS, "local": [EXTRACT_MODEL]}
+    ready = ready or tuple(models)
+    return {name: ProviderStatus(name in ready, "" if name in ready else "no key", {m.name: m for m in found})
+            for name, found in models.items()}
+
+
+@functools.cache
+def hybrid() -> Router:
+    config = embedded_default()
+    return Router(rules=config.routes, default=config.default, bridges=config.bridges)
+
+
+def media(modality: Modality, mime: str, seconds: float | None = None, name: str = "") -> Media:
+    return Media(modality, mime, data=b"x", duration_seconds=seconds, filename=name)
+
+
+def ask(*items: Media, question: str = "What is this?", task: Task = Task.AUTO,
+        diarization: bool = False) -> Request:
+    parts = ([Part(text=question)] if question else []) + [Part(media=m) for m in items]
+    return Request([Message(Role.USER, parts)], Options(task=task, diarization=diarization))
+
+
+def decide(req: Request, *ready: str):
+    return hybrid().decide(facts_of(req), catalog(*ready))
+
+
+def trace_of(decision, rule: str) -> str:
+    return next(t.reason for t in decision.trace if t.rule == rule)
+
+
+# -- ModelInfo.takes_mime ----------------------------------------------------------------------
+
+
+def test_a_model_with_no_formats_takes_every_type() -> None:
+    model = ModelInfo("any", inputs=frozenset(Modality))
+    assert model.takes_mime("image/bmp", IMAGE) and model.takes_mime("application/x-anything", DOC)
+
+
+def test_takes_mime_matches_exact_types_after_normalising_and_wildcards() -> None:
+    model = ModelInfo("m", inputs=frozenset(Modality), input_mime_types=frozenset({"image/jpeg", "audio/mpeg",
+                                                                                    "text/*"}))
+    assert model.takes_mime("Image/JPG", IMAGE)
+    assert model.takes_mime("audio/mp3; rate=44100", AUDIO)
+    assert model.takes_mime("text/markdown", DOC)
+    assert not model.takes_mime("image/bmp", IMAGE)
+    assert not model.takes_mime("audio/aac", AUDIO)
+
+
+def test_a_kind_of_media_the_list_says_nothing_of_stays_allowed() -> None:
+    images_only = ModelInfo("m", inputs=frozenset(Modality), input_mime_types=frozenset({"image/png"}))
+    assert images_only.takes_mime("audio/aac", AUDIO)
+    assert images_only.takes_mime("video/x-matroska", VIDEO)
+    assert images_only.takes_mime("application/pdf", DOC)
+
+
+def test_a_document_list_speaks_of_text_documents_too() -> None:
+    pdf_only = ModelInfo("m", inputs=frozenset(Modality), input_mime_types=frozenset({"application/pdf"}))
+    assert not pdf_only.takes_mime("text/plain", DOC)
+    assert not pdf_only.takes_mime("application/vnd.openxmlformats-officedocument.wordprocessingml.document", DOC)
+
+
+def test_video_declared_as_audio_is_checked_against_the_audio_list() -> None:
+    assert WHISPER.info.takes_mime("video/mp4", AUDIO)
+    assert not WHISPER.info.takes_mime("video/x-matroska", AUDIO)
+    assert not WHISPER.info.takes_mime("video/quicktime", AUDIO)
+
+
+# -- the catalogues ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "modality", "taken", "refused"), [
+    (GPT_4O, IMAGE, ["image/png", "image/jpg", "image/webp", "image/gif"], ["image/bmp", "image/tiff", "image/heic"]),
+    (OPENAI["gpt-4o-audio-preview"].info, AUDIO, ["audio/wav", "audio/x-wav", "audio/mp3"], ["audio/ogg", "audio/aac"]),
+    (WHISPER.info, AUDIO, ["audio/flac", "audio/mpeg", "audio/m4a", "audio/ogg", "audio/wav", "audio/webm",
+                           "video/mp4"], ["audio/aac", "audio/amr", "audio/aiff", "audio/x-matroska"]),
+    (CLAUDE_MODELS[0], IMAGE, ["image/png", "image/jpeg", "image/gif", "image/webp"], ["image/bmp", "image/heic"]),
+    (CLAUDE_MODELS[0], DOC, ["application/pdf", "text/plain", "text/csv"],
+     ["application/vnd.openxmlformats-officedocument.wordprocessingml.document"]),
+    (GEMINI_MODELS[0], IMAGE, ["image/png", "image/heic", "image/heif"], ["image/bmp", "image/tiff", "image/svg+xml"]),
+    (GEMINI_MODELS[0], AUDIO, ["audio/wav", "audio/mp3", "audio/aiff", "audio/aac", "audio/ogg", "audio/flac",
+                               "audio/m4a"], ["audio/amr"]),
+    (GEMINI_MODELS[0], VIDEO, ["video/mp4", "video/quicktime", "video/webm", "video/3gpp"], ["video/x-matroska"]),
+    (GEMINI_MODELS[0], DOC, ["application/pdf", "text/markdown"], []),
+    (AAI_MODELS[0], AUDIO, ["audio/aac", "audio/amr", "audio/aiff", "audio/x-matroska"], []),
+])
+def test_each_catalogue_declares_what_its_models_take(model, modality, taken, refused) -> None:
+    assert [m for m in taken if not model.takes_mime(m, modality)] == []
+    assert [m for m in refused if model.takes_mime(m, modality)] == []
+
+
+def test_the_transcription_models_declare_their_length_caps() -> None:
+    caps = {name: OPENAI[name].info.max_audio_seconds for name in
+            ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize")}
+    assert caps == {"whisper-1": 0, "gpt-4o-transcribe": 1500, "gpt-4o-mini-transcribe": 1500,
+                    "gpt-4o-transcribe-diarize": 1400}
+
+
+def test_list_providers_shows_the_formats_and_the_cap() -> None:
+    shown = model_to_proto(DIARIZE.info)
+    assert "audio/wav" in shown.input_mime_types and "audio/aac" not in shown.input_mime_types
+    assert list(shown.input_mime_types) == sorted(shown.input_mime_types)
+    assert shown.max_audio_seconds == 1400
+
+
+# -- routing -----------------------------------------------------------------------------------
+
+
+def test_a_png_still_goes_to_gpt_4o_unbridged() -> None:
+    decision = decide(ask(media(IMAGE, "image/png")))
+    assert (decision.rule, str(decision.plan.target), decision.plan.bridges) == ("cross-modal", "openai/gpt-4o", [])
+
+
+def test_a_bmp_is_bridged_by_a_model_that_reads_it() -> None:
+    decision = decide(ask(media(IMAGE, "image/bmp")))
+    assert str(decision.plan.target) == "openai/gpt-4o"
+    assert decision.plan.bridges == [Bridge(IMAGE, Target("local", "extract"), mime_types=frozenset({"image/bmp"}))]
+    assert str(decision.plan.bridges[0]) == "image (image/bmp)->text via local/extract"
+
+
+def test_only_the_media_in_a_format_the_model_cannot_take_are_bridged() -> None:
+    png, bmp = media(IMAGE, "image/png"), media(IMAGE, "image/bmp")
+    bridge = decide(ask(png, bmp)).plan.bridges[0]
+    assert (bridge.converts(png), bridge.converts(bmp)) == (False, True)
+
+
+def test_without_bridging_a_format_skips_the_target_and_names_the_format() -> None:
+    router = Router(rules=[*hybrid().rules], bridges={})  # no bridges: formats can only be skipped
+    decision = router.decide(facts_of(ask(media(IMAGE, "image/heic"))), catalog())
+    assert str(decision.plan.target) == "gemini/gemini-2.5-pro"
+    reason = trace_of(decision, "cross-modal")
+    assert "openai/gpt-4o: does not take image/heic and no bridge is usable" in reason
+    assert "anthropic/claude-sonnet-4-6: does not take image/heic" in reason
+
+
+def test_a_bridge_that_cannot_take_the_format_is_passed_over() -> None:
+    # bridges.audio lists whisper-1 first, which takes no AAC: AssemblyAI transcribes it for gpt-4o
+    decision = decide(ask(media(AUDIO, "audio/aac", 30)))
+    assert decision.plan.bridges == [Bridge(AUDIO, Target("assemblyai", "best"))]
+    decision = decide(ask(media(AUDIO, "audio/wav", 30)))
+    assert decision.plan.bridges == [Bridge(AUDIO, Target("openai", "whisper-1"))]
+
+
+def test_an_aac_clip_to_transcribe_goes_to_assemblyai_not_whisper() -> None:
+    decision = decide(ask(media(AUDIO, "audio/aac", 30), question="", task=Task.TRANSCRIBE))
+    assert (decision.rule, str(decision.plan.target)) == ("transcription", "assemblyai/best")
+    assert "openai/whisper-1: does not take audio/aac" in trace_of(decision, "transcription")
+
+
+def test_a_docx_is_not_planned_for_claude() -> None:
+    docx = media(DOC, "application/vnd.openxmlformats-officedocument.wordprocessingml.document")
+    router = Router(rules=[*hybrid().rules], bridges={})
+    with pytest.raises(NoRoute, match=re.escape("does not take application/vnd.openxml")):
+        router.decide(facts_of(ask(docx)), catalog("anthropic"))
+
+
+def test_a_matroska_video_is_not_sent_to_gemini() -> None:
+    decision = decide(ask(media(VIDEO, "video/x-matroska", 20)), "gemini", "local")
+    assert decision.rule == "video"
+    bridges = decision.plan.bridges
+    assert str(decision.plan.target) == "gemini/gemini-2.5-pro" and bridges[0].via == Target("local", "extract")
+    assert bridges[0].mime_types == {"video/x-matroska"}
+
+
+def test_a_long_meeting_is_not_planned_for_the_diarizing_model() -> None:
+    meeting = ask(media(AUDIO, "audio/wav", 1830.5), question="", task=Task.TRANSCRIBE, diarization=True)
+    with pytest.raises(NoRoute, match=re.escape("1830.5 s of audio is longer than its 1400 s")):
+        decide(meeting, "openai", "local")
+    short = ask(media(AUDIO, "audio/wav", 600), question="", task=Task.TRANSCRIBE, diarization=True)
+    assert str(decide(short, "openai", "local").plan.target) == "openai/gpt-4o-transcribe-diarize"
+
+
+def test_a_long_clip_passes_over_a_capped_bridge() -> None:
+    router = Router(rules=[*hybrid().rules],
+                    bridges={AUDIO: ["openai/gpt-4o-transcribe", "openai/whisper-1"]})
+    long_clip = ask(media(AUDIO, "audio/wav", 1600))
+    assert router.decide(facts_of(long_clip), catalog()).plan.bridges[0].via == Target("openai", "whisper-1")
+    short = ask(media(AUDIO, "audio/wav", 60))
+    assert router.decide(facts_of(short), catalog()).plan.bridges[0].via == Target("openai", "gpt-4o-transcribe")
+
+
+def test_a_partial_bridge_leaves_the_other_media_counted_against_the_context() -> None:
+    small = ModelInfo("small", inputs=frozenset({Modality.TEXT, IMAGE}), context_tokens=1000,
+                      input_mime_types=frozenset({"image/png"}))
+    cat = {**catalog(), "tiny": ProviderStatus(True, "", {"small": small})}
+    router = Router(rules=[], default="tiny/small", bridges={IMAGE: ["local/extract"]})
+    req = ask(media(IMAGE, "image/bmp"), media(IMAGE, "image/png"), media(IMAGE, "image/png"))
+    with pytest.raises(NoRoute, match="exceeds its context of 1000"):
+        router.decide(facts_of(req), cat)  # two PNGs (765 tokens each) stay, though the BMP is bridged
+    assert isinstance(router.plan(Target("tiny", "small"), facts_of(ask(media(IMAGE, "image/bmp"))), cat, True),
+                      Plan)
+
+
+# -- the plugins' own checks -------------------------------------------------------------------
+
+
+def test_whisper_refuses_a_format_it_does_not_take_with_a_retryable_error() -> None:
+    with pytest.raises(ProviderUnsupportedInput, match="audio/aac") as caught:
+        check_formats("openai", WHISPER, [media(AUDIO, "audio/aac", name="voice.aac")])
+    assert caught.value.retryable and caught.value.reason == "UNSUPPORTED_INPUT"
+    check_formats("openai", WHISPER, [media(AUDIO, "audio/x-m4a", 3000)])  # whisper-1 has no length cap
+
+
+def test_the_diarizing_model_refuses_audio_over_its_cap_before_uploading() -> None:
+    with pytest.raises(ProviderInputTooLarge, match=re.escape("1830.5 s long, over gpt-4o-transcribe-diarize's limit of 1400")):
+        check_formats("openai", DIARIZE, [media(AUDIO, "audio/wav", 1830.5)])
+
+
+def test_an_mpeg_video_soundtrack_is_uploaded_under_an_extension_whisper_knows() -> None:
+    assert upload_name(media(AUDIO, "video/mpeg")) == "audio.mpeg"
+    assert upload_name(media(AUDIO, "audio/mpeg", name="talk")) == "talk.mp3"
+
+
+def test_claude_refuses_a_bmp_with_a_retryable_error() -> None:
+    with pytest.raises(ProviderUnsupportedInput, match="image/bmp") as caught:
+        asyncio.run(media_block(media(IMAGE, "image/bmp"), "messages[0].parts[0]", "anthropic"))
+    assert caught.value.retryable
+
+
+def test_gemini_refuses_a_tiff_with_a_retryable_error() -> None:
+    with pytest.raises(ProviderUnsupportedInput, match="image/tiff") as caught:
+        check_format(media(IMAGE, "image/tiff"), "gemini")
+    assert caught.value.retryable
+    check_format(media(IMAGE, "image/heic"), "gemini")
+
+
+def test_the_duration_refusal_counts_as_too_large() -> None:
+    text = "audio duration 1830.5 seconds is longer than 1400 seconds which is the maximum for this model"
+    assert is_input_too_large(text)
+    assert isinstance(provider_error_from_status("openai", 400, text), ProviderInputTooLarge)
