@@ -7,7 +7,9 @@ named after the hooks below. It is found through an entry point of group
     [project.entry-points.mmrouter]
     myprovider = "mmrouter_myprovider"
 
-Hooks are synchronous; providers' methods are ``async``. An implementation
+A plugin without any marked function is listed broken. Hooks are synchronous (a plain ``def``:
+an ``async def register_providers`` is never awaited, and its plugin is listed broken); providers'
+methods are ``async``. An implementation
 may take fewer arguments than the spec names (pluggy's opt-in arguments), so
 arguments are only ever added, never renamed or removed.
 """
@@ -35,6 +37,8 @@ def register_providers(register: RegisterProvider, settings: Mapping[str, Any], 
     plugin itself, and once more for each extra instance the config asks of it.
 
     :param register: call ``register(provider)`` once for each :class:`router.Provider` you offer.
+        It checks the provider and each of its models (see :attr:`router.Provider.models`) and
+        raises :class:`TypeError` for a bad one, which lists your plugin broken with that reason.
     :param settings: the provider's section of the config file, with ``${ENV}`` references
         expanded; empty if absent.
     :param name: the provider name to register under. It is the plugin's entry-point name, whose
@@ -43,7 +47,8 @@ def register_providers(register: RegisterProvider, settings: Mapping[str, Any], 
         extra instance register exactly one provider with this name, and read only ``settings``
         (no environment fallbacks such as ``OPENAI_API_KEY``: they belong to the plugin's own
         provider). A plugin that ignores ``name`` offers no extra instances: the router refuses them
-        with a reason.
+        with a reason. A plugin that offers no provider of its own is logged with a warning (fine
+        for a plugin of other hooks only).
     """
 
 

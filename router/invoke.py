@@ -11,7 +11,9 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 
+from .contract import event_problem
 from .errors import ProviderError, ProviderFailed
 from .outcome import Attempt, RouteInfo, Step
 from .provider import Provider
@@ -21,8 +23,6 @@ from .types import (
     ProviderEvent,
     Request,
     TextDelta,
-    Transcript,
-    TranscriptReady,
     Usage,
     UsageReport,
 )
@@ -31,6 +31,20 @@ log = logging.getLogger(__name__)
 
 #: The task of each provider call under way -> its provider's name (to say which one hangs at exit).
 _UNDER_WAY: dict[asyncio.Task, str] = {}
+
+
+@dataclass
+class FailedAttempt(Attempt):
+    """A failed attempt. ``unpaid`` is its zero-cost ``"<purpose> (failed)"`` step for the statistics
+    when no paid step (see :func:`_keep_paid_part`) already counts it: not in the route's steps, which
+    the client gets with their usage."""
+
+    unpaid: Step | None = None
+
+
+def unpaid_failures(route: RouteInfo) -> list[Step]:
+    """The steps of ``route``'s failed attempts that no step of ``route.steps`` counts (for statistics)."""
+    return [a.unpaid for a in route.attempts if isinstance(a, FailedAttempt) and a.unpaid is not None]
 
 
 def providers_running(tasks: Iterable[asyncio.Task]) -> list[str]:
@@ -67,14 +81,15 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
             event = await _next_event(provider, events)
             if event is None:
                 break
+            if isinstance(event, TextDelta) and not event.text:
+                continue  # no text: not an answer begun (fallbacks stay open), and nothing to send
             if isinstance(event, UsageReport):
                 if not event.usage.cost_usd:
                     event.usage.cost_usd = model.price.cost(event.usage)
                 usage.add(event.usage)
             yield event
     except ProviderError as exc:
-        route.attempts.append(Attempt(provider.name, model.name, False, exc.message, elapsed()))
-        _keep_paid_part(route, purpose, provider, model, elapsed(), usage)
+        _failed(route, purpose, provider, model, ctx, exc, elapsed(), usage)
         raise
     except (asyncio.CancelledError, GeneratorExit):  # ours: the call was cancelled or its consumer left
         route.attempts.append(Attempt(provider.name, model.name, False, "cancelled", elapsed()))
@@ -82,8 +97,7 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
         raise
     except Exception as exc:  # our accounting of what the plugin sent (a Usage with odd values)
         error = _plugin_failed(provider, exc)
-        route.attempts.append(Attempt(provider.name, model.name, False, error.message, elapsed()))
-        _keep_paid_part(route, purpose, provider, model, elapsed(), usage)
+        _failed(route, purpose, provider, model, ctx, error, elapsed(), usage)
         raise error from exc
     finally:
         try:
@@ -96,13 +110,28 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
     route.steps.append(Step(purpose, provider.name, model.name, elapsed(), usage))
 
 
+def _failed(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo, ctx: CallContext,
+            error: ProviderError, latency_ms: float, usage: Usage) -> None:
+    """Record a failed call in ``route`` (its attempt; a step for what was paid, else one for the
+    statistics only) and log it: a provider that fails while a fallback answers is seen nowhere else."""
+    paid = _keep_paid_part(route, purpose, provider, model, latency_ms, usage)
+    unpaid = None if paid else Step(f"{purpose} (failed)", provider.name, model.name, latency_ms)
+    route.attempts.append(FailedAttempt(provider.name, model.name, False, error.message, latency_ms, unpaid))
+    log.warning("provider call %s/%s failed (%s, %s) after %.0f ms: %s [request_id=%s]", provider.name, model.name, purpose,
+                error.reason, latency_ms, error.message, ctx.request_id,
+                extra={"provider": provider.name, "model": model.name, "purpose": purpose, "reason": error.reason,
+                       "latency_ms": round(latency_ms, 1), "request_id": ctx.request_id})
+
+
 def _keep_paid_part(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo, latency_ms: float,
-                    usage: Usage, how: str = "failed") -> None:
+                    usage: Usage, how: str = "failed") -> bool:
     """A call that failed or was cancelled after it reported usage (clips transcribed before a later one
     failed; a client gone between the usage and the end) was billed for it: a step ``"<purpose> (<how>)"``
-    keeps it in the answer's usage and the statistics."""
-    if usage != Usage():
-        route.steps.append(Step(f"{purpose} ({how})", provider.name, model.name, latency_ms, usage))
+    keeps it in the answer's usage and the statistics. Returns whether there was such a part."""
+    if usage == Usage():
+        return False
+    route.steps.append(Step(f"{purpose} ({how})", provider.name, model.name, latency_ms, usage))
+    return True
 
 
 def _start(provider: Provider, request: Request, model: ModelInfo, ctx: CallContext) -> AsyncIterator[object]:
@@ -132,27 +161,12 @@ async def _next_event(provider: Provider, events: AsyncIterator[object]) -> Prov
         raise _plugin_failed(provider, exc) from exc
     except BaseException as exc:
         raise _plugin_failed(provider, exc) from exc
-    problem = _event_problem(event)
+    problem = event_problem(event)
     if problem:
-        message = (f"the plugin yielded {problem}; a provider yields TextDelta(str), TranscriptReady(Transcript) "
-                   "or UsageReport(Usage)")
+        message = f"the plugin yielded a bad event: {problem}"
         log.error("provider %s: %s", provider.name, message)
         raise ProviderFailed(provider.name, message)
     return event
-
-
-def _event_problem(event: object) -> str | None:
-    """What is wrong with an event a plugin yielded (named by types only: it may hold anything), or None."""
-    if isinstance(event, TextDelta):
-        return None if isinstance(event.text, str) else f"TextDelta({type(event.text).__name__})"
-    if isinstance(event, TranscriptReady):
-        transcript = event.transcript
-        if isinstance(transcript, Transcript) and isinstance(transcript.text, str):
-            return None
-        return f"TranscriptReady({type(transcript).__name__})"
-    if isinstance(event, UsageReport):
-        return None if isinstance(event.usage, Usage) else f"UsageReport({type(event.usage).__name__})"
-    return "None" if event is None else f"a {type(event).__name__}"
 
 
 def _describe(exc: BaseException) -> str:

@@ -9,20 +9,24 @@ broken and the rest keep working (pluggy's own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
+import inspect
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from .mime import normalise_mime
 from .provider import Provider
-from .types import ModelInfo, Price
+from .types import Modality, ModelInfo, Price
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +197,126 @@ def _check_provider(provider: object) -> str | None:
             return f"provider {name!r}: models[{index}] is {type(model).__name__}, not a router.ModelInfo"
         if not isinstance(model.name, str):
             return f"provider {name!r}: models[{index}].name is {type(model.name).__name__}, not str"
+        problem = model_problem(model)
+        if problem:
+            return f"provider {name!r}: model {model.name!r}: {problem}"
+    names = [model.name for model in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        return f"provider {name!r}: model name(s) {', '.join(map(repr, duplicates))} declared more than once"
     return None
+
+
+#: The largest integer the wire API carries (int64).
+_MAX_INT = 2**63 - 1
+
+
+def _count_problem(value: object, minimum: int) -> str | None:
+    """Why ``value`` is not an int in ``minimum``..int64 max, or None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"is {type(value).__name__}, not int"
+    if value < minimum:
+        return f"is {value}, not {'> 0' if minimum else '>= 0'}"
+    return f"is {value}, over 2**63-1" if value > _MAX_INT else None
+
+
+def _amount_problem(value: object) -> str | None:
+    """Why ``value`` is not a finite number >= 0, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"is {type(value).__name__}, not a number"
+    if not (math.isfinite(value) and value >= 0):
+        return f"is {value!r}, not a finite number >= 0"
+    return None
+
+
+def _modalities_problem(value: object) -> str | None:
+    """Why ``value`` is not a non-empty set of :class:`Modality` (or of their names), or None."""
+    if not isinstance(value, AbstractSet):
+        return f"is {type(value).__name__}, not a frozenset of router.Modality"
+    if not value:
+        return "is empty"
+    known = {m.value for m in Modality}
+    bad = [m for m in value if not isinstance(m, Modality) and not (isinstance(m, str) and m in known)]
+    if bad:
+        return f"holds {bad[0]!r}, not a router.Modality (one of {', '.join(sorted(known))})"
+    return None
+
+
+def _strings_problem(value: object, *, required: bool = False) -> str | None:
+    """Why ``value`` is not a set of non-empty str (non-empty itself if ``required``), or None."""
+    if not isinstance(value, AbstractSet):
+        return f"is {type(value).__name__}, not a frozenset of str"
+    if required and not value:
+        return "is empty"
+    bad = [s for s in value if not isinstance(s, str) or not s]
+    return f"holds {bad[0]!r}, not a non-empty str" if bad else None
+
+
+def _mime_types_problem(value: object) -> str | None:
+    """Why ``value`` is not a set of normalised MIME types or wildcards (``text/*``), or None."""
+    problem = _strings_problem(value)
+    if problem:
+        return problem
+    for mime in value:  # type: ignore[attr-defined] (a set, checked above)
+        top, _, sub = mime.partition("/")
+        if not (top and sub):
+            return f"holds {mime!r}, not a MIME type such as 'image/png' or 'text/*'"
+        if normalise_mime(mime) != mime:
+            return f"holds {mime!r}, not normalised (write {normalise_mime(mime)!r})"
+    return None
+
+
+def _price_problem(price: object) -> str | None:
+    """Why ``price`` is not a :class:`Price` of finite amounts >= 0, or None."""
+    if not isinstance(price, Price):
+        return f"is {type(price).__name__}, not a router.Price"
+    for f in dataclasses.fields(Price):
+        value = getattr(price, f.name)
+        problem = _count_problem(value, 0) if f.name == "long_context_above_tokens" else _amount_problem(value)
+        if problem:
+            return f".{f.name} {problem}"
+    return None
+
+
+#: ModelInfo field -> what is wrong with its value, or None. A field missing here is not checked.
+_MODEL_CHECKS: dict[str, Callable[[object], str | None]] = {
+    "name": lambda v: None if v else "is empty",
+    "inputs": _modalities_problem,
+    "outputs": lambda v: _strings_problem(v, required=True),
+    "features": _strings_problem,
+    "context_tokens": lambda v: _count_problem(v, 1),
+    "price": _price_problem,
+    "default_max_output_tokens": lambda v: _count_problem(v, 1),
+    "max_output_tokens": lambda v: _count_problem(v, 0),
+    "input_mime_types": _mime_types_problem,
+    "max_audio_seconds": _amount_problem,
+}
+
+
+def model_problem(model: ModelInfo) -> str | None:
+    """What is wrong with one of ``model``'s fields, or None. The registry checks every model when
+    a plugin registers its provider, so that a bad value cannot fail routing or the providers list
+    later; ``inputs`` may name modalities by their value (``"text"``)."""
+    for f in dataclasses.fields(model):
+        check = _MODEL_CHECKS.get(f.name)
+        problem = check(getattr(model, f.name)) if check is not None else None
+        if problem:
+            separator = "" if problem.startswith(".") else " "  # ".input_per_mtok is ..." names a sub-field
+            return f"{f.name}{separator}{problem}"
+    return None
+
+
+def _normalised(model: ModelInfo) -> ModelInfo:
+    """``model`` (checked by :func:`model_problem`) with frozensets, and ``inputs`` given by name made
+    :class:`Modality` (``"text"`` works for routing, a StrEnum, but not on the wire); itself if so already."""
+    changes: dict[str, Any] = {}
+    if not isinstance(model.inputs, frozenset) or not all(isinstance(m, Modality) for m in model.inputs):
+        changes["inputs"] = frozenset(Modality(m) for m in model.inputs)
+    for name in ("outputs", "features", "input_mime_types"):
+        value = getattr(model, name, frozenset())
+        if not isinstance(value, frozenset):
+            changes[name] = frozenset(value)
+    return dataclasses.replace(model, **changes) if changes else model
 
 
 def load_registry(
@@ -214,7 +337,7 @@ def load_registry(
     disabled = set(disabled)
     loaded: list[tuple[str, object]] = []
 
-    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+    for ep in _unique_entry_points(registry):
         if ep.name in disabled:
             pm.set_blocked(ep.name)
             registry.entries[ep.name] = ProviderEntry(ep.name, ep.name, State.DISABLED, "disabled in config")
@@ -224,8 +347,7 @@ def load_registry(
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # sys.exit() at import too: one plugin must not stop the daemon
-            dist = ep.dist.name if ep.dist is not None else ep.value
-            reason = f"failed to import {dist}: {_describe(exc)}"
+            reason = f"failed to import {_dist_name(ep)}: {_describe(exc)}"
             registry.entries[ep.name] = ProviderEntry(ep.name, ep.name, State.BROKEN, reason)
     loaded.extend((extra_plugins or {}).items())
 
@@ -233,7 +355,7 @@ def load_registry(
     for name, plugin in loaded:
         problem = _register(pm, name, plugin)
         if problem:
-            registry.entries[name] = ProviderEntry(name, name, State.BROKEN, f"cannot register: {problem}")
+            _add(registry, ProviderEntry(name, name, State.BROKEN, f"cannot register: {problem}"))
             continue
         own = provider_settings.get(name) or {}
         if own.get(PLUGIN_KEY) in (None, name):  # else the section named like this plugin is another's instance
@@ -250,6 +372,26 @@ def load_registry(
     return registry
 
 
+def _dist_name(ep: EntryPoint) -> str:
+    """The name of the distribution that declares ``ep`` (its target when that is not known)."""
+    return ep.dist.name if ep.dist is not None else ep.value
+
+
+def _unique_entry_points(registry: Registry) -> list[EntryPoint]:
+    """The ``mmrouter`` entry points by name, the first of each name only (in ``sys.path`` order, the
+    one Python would import). Each later one is listed BROKEN as ``<name> (from <distribution>)``:
+    registering it would fail and must not take the name from the first."""
+    first: dict[str, EntryPoint] = {}
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):  # a stable sort: path order kept
+        kept = first.setdefault(ep.name, ep)
+        if kept is not ep:
+            key = f"{ep.name} (from {_dist_name(ep)})"
+            reason = (f"entry point name {ep.name!r} is already used by {_dist_name(kept)}, which is loaded;"
+                      f" {_dist_name(ep)} is not (uninstall one of them)")
+            registry.entries[key] = ProviderEntry(key, ep.name, State.BROKEN, reason)
+    return list(first.values())
+
+
 def _register(pm: pluggy.PluginManager, name: str, plugin: object) -> str | None:
     """Register ``plugin`` as ``name`` and check its hooks; why it cannot be used, or None."""
     try:
@@ -258,6 +400,11 @@ def _register(pm: pluggy.PluginManager, name: str, plugin: object) -> str | None
         raise
     except BaseException as exc:
         return _describe(exc)
+    if not pm.get_hookcallers(plugin):
+        pm.unregister(plugin)
+        if hasattr(plugin, "register_providers"):
+            return "register_providers is not marked @router.hookimpl (the plugin has no hook functions)"
+        return "no @router.hookimpl functions found: a plugin marks its hooks with @router.hookimpl"
     try:
         pm.check_pending()  # a hook of a name no spec has (a typo) would never be called
     except pluggy.PluginValidationError:
@@ -311,19 +458,30 @@ def _collect_providers(pm: pluggy.PluginManager, registry: Registry, plugin_name
         problem = _check_provider(provider)
         if problem:
             raise TypeError(problem)
+        models = [_normalised(model) for model in provider.models]
+        if any(new is not old for new, old in zip(models, provider.models, strict=True)):
+            provider.models = models  # only then: ``models`` may be a read-only property
         offered.append(provider)
 
     others = [p for p in pm.get_plugins() if p is not plugin]
     call = pm.subset_hook_caller("register_providers", remove_plugins=others)
     registry.asked[provider_name] = plugin_name
     try:
-        call(register=register, settings=settings, name=provider_name)
+        results = call(register=register, settings=settings, name=provider_name)
     except asyncio.CancelledError:
         raise
     except BaseException as exc:  # KeyboardInterrupt, SystemExit too: this plugin is broken, not the daemon
         reason = f"register_providers failed: {_describe(exc)}"
         _add(registry, ProviderEntry(provider_name, plugin_name, State.BROKEN, reason))
         return
+    if _awaitables_closed(results):  # an ``async def`` hook: it ran no code, it was never awaited
+        reason = "register_providers must be a plain def, not async def: hooks are called without await"
+        _add(registry, ProviderEntry(provider_name, plugin_name, State.BROKEN, reason))
+        return
+    if provider_name == plugin_name and not offered:
+        hooks = ", ".join(sorted(caller.name for caller in pm.get_hookcallers(plugin) or []))
+        log.warning("plugin %s offers no provider (its hooks: %s): fine for a plugin of hooks only; otherwise its"
+                    " register_providers must call register(provider)", plugin_name, hooks)
     if provider_name != plugin_name and [p.name for p in offered] != [provider_name]:
         reason = (f"plugin {plugin_name!r} does not make extra instances: asked for {provider_name!r}, it offered "
                   f"{', '.join(repr(p.name) for p in offered) or 'nothing'}")
@@ -331,6 +489,19 @@ def _collect_providers(pm: pluggy.PluginManager, registry: Registry, plugin_name
         return
     for provider in offered:
         _add(registry, _entry_of(provider, plugin_name, settings))
+
+
+def _awaitables_closed(results: object) -> bool:
+    """Whether a hook returned an awaitable (closed here, so Python does not warn it was never awaited)."""
+    found = False
+    for result in results if isinstance(results, list) else [results]:
+        if inspect.isawaitable(result):
+            found = True
+            close = getattr(result, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+    return found
 
 
 def _entry_of(provider: Provider, plugin_name: str, settings: Mapping) -> ProviderEntry:

@@ -19,7 +19,12 @@ class Provider(abc.ABC):
 
     #: The provider's unique name, used in routing targets (``name/model``).
     name: str = ""
-    #: The models it offers.
+    #: The models it offers, each with a unique non-empty name. They are checked when the plugin
+    #: registers the provider, which is listed broken for a bad field: ``inputs`` a non-empty set of
+    #: :class:`router.Modality`, ``outputs`` (non-empty) and ``features`` sets of str, the token
+    #: counts ints (``context_tokens`` and ``default_max_output_tokens`` > 0, ``max_output_tokens``
+    #: >= 0), ``price`` a :class:`router.Price` of finite numbers >= 0, ``input_mime_types``
+    #: normalised MIME types or wildcards (``text/*``), ``max_audio_seconds`` a number >= 0.
     models: list[ModelInfo] = []
 
     def unconfigured_reason(self) -> str | None:
@@ -41,8 +46,12 @@ class Provider(abc.ABC):
         """Answer ``request`` with ``model``, yielding events as they come.
 
         Implement as an ``async def`` generator. Yield :class:`TextDelta` for
-        text (many small ones when streaming), :class:`TranscriptReady` for a
-        transcript, and one :class:`UsageReport` at the end. Raise
+        text (many small ones when streaming; never an empty one: skip chunks
+        with no text, such as a stream's first, role-only chunk),
+        :class:`TranscriptReady` for a transcript, and one :class:`UsageReport`
+        at the end: its token counts ints from 0 to 2**63-1, ``audio_seconds``
+        and ``cost_usd`` finite and >= 0, ``finish_reason`` None or a
+        :class:`router.FinishReason` (map the provider's own strings). Raise
         :mod:`router.errors` ``Provider*`` errors for failures (see
         :func:`router.errors.provider_error_from_status`). The router cancels
         the generator when the client's deadline passes or it cancels; honour

@@ -1,0 +1,46 @@
+"""What a provider's events must be: checked by the daemon on every event a plugin yields, and by
+the plugin authors' test kit (:mod:`router.testing`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from .types import FinishReason, TextDelta, Transcript, TranscriptReady, Usage, UsageReport
+
+#: The largest token count the wire (int64) carries.
+MAX_TOKENS = 2**63 - 1
+
+#: Usage's fields, and whether each is a count (an int) rather than an amount (a float).
+_USAGE_FIELDS = tuple((f.name, f.type in ("int", int)) for f in dataclasses.fields(Usage))
+
+
+def event_problem(event: object) -> str | None:
+    """What is wrong with one event ``generate`` yielded, or None if it keeps the contract."""
+    if isinstance(event, TextDelta):
+        return None if isinstance(event.text, str) else f"TextDelta.text is {type(event.text).__name__}, not str"
+    if isinstance(event, TranscriptReady):
+        transcript = event.transcript
+        if not isinstance(transcript, Transcript) or not isinstance(transcript.text, str):
+            return f"TranscriptReady.transcript must be a router.Transcript with str text, not {type(transcript).__name__}"
+        return None
+    if isinstance(event, UsageReport):
+        return usage_report_problem(event)
+    return f"unexpected event {type(event).__name__}: generate yields TextDelta, TranscriptReady and UsageReport"
+
+
+def usage_report_problem(report: UsageReport) -> str | None:
+    """What is wrong with a UsageReport: its counts, its amounts or its finish reason."""
+    if report.finish_reason is not None and not isinstance(report.finish_reason, FinishReason):
+        return f"UsageReport.finish_reason is {report.finish_reason!r}, not None or a router.FinishReason"
+    usage = report.usage
+    if not isinstance(usage, Usage):
+        return f"UsageReport.usage is {type(usage).__name__}, not a router.Usage"
+    for name, is_count in _USAGE_FIELDS:
+        value = getattr(usage, name)
+        if is_count:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+                return f"Usage.{name} is {value!r}, not an int in 0..2**63-1"
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= 0):
+            return f"Usage.{name} is {value!r}, not a finite number >= 0"
+    return None
