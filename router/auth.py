@@ -8,6 +8,7 @@ and reflection stay open so load balancers and tools can probe the daemon.
 from __future__ import annotations
 
 import hmac
+import logging
 from collections import namedtuple
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +17,8 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+log = logging.getLogger(__name__)
 
 #: Only calls to these services need the token.
 PROTECTED_PREFIX = "/mmrouter."
@@ -54,14 +57,18 @@ class TokenAuth(grpc.aio.ServerInterceptor):
     def __init__(self, token: str) -> None:
         self._expected = token.encode()
 
-    def _refusal(self, details: grpc.HandlerCallDetails) -> str | None:
-        """Why the call is refused (the message for its client), or None if it may go on."""
+    def _refusal(self, details: grpc.HandlerCallDetails) -> tuple[str, str] | None:
+        """Why the call is refused (the message for its client, and for the log which refusal it is),
+        or None if it may go on."""
         if not details.method.startswith(PROTECTED_PREFIX):
             return None
-        sent = sent_token(str(dict(details.invocation_metadata or ()).get("authorization", "")))
+        authorization = dict(details.invocation_metadata or ()).get("authorization")
+        if authorization is None:
+            return NEEDS_TOKEN, "no authorization metadata"
+        sent = sent_token(str(authorization))
         if sent is None:
-            return NEEDS_TOKEN
-        return None if hmac.compare_digest(sent.encode(), self._expected) else WRONG_TOKEN
+            return NEEDS_TOKEN, "authorization is not 'Bearer <token>'"
+        return None if hmac.compare_digest(sent.encode(), self._expected) else (WRONG_TOKEN, "wrong token")
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -72,8 +79,13 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         if handler is None or refusal is None:
             return handler
 
+        message, which = refusal
+
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-            await context.abort_with_status(_denied(refusal))
+            # the token is never logged: a wrong one may be another service's real secret
+            log.warning("refused %s from %s: %s (UNAUTHENTICATED)", details.method, context.peer(), which,
+                        extra={"method": details.method, "peer": context.peer(), "refusal": which})
+            await context.abort_with_status(_denied(message))
 
         kinds = {
             (False, False): grpc.unary_unary_rpc_method_handler,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import difflib
 import json
 import logging
 import os
@@ -30,10 +29,24 @@ from .cli_calls import (
     out,
     print_route,
 )
-from .config import DEFAULT_ADDRESS, Config, default_data_dir, load_config, parse_config, read_config_file
+from .config import (
+    DEFAULT_ADDRESS,
+    Config,
+    Match,
+    Rule,
+    default_data_dir,
+    did_you_mean,
+    load_config,
+    parse_config,
+    read_config_file,
+    replaced_default_rules,
+    targets_of,
+    unknown_models,
+)
 from .errors import ConfigError
-from .plugins import GROUP, State, load_registry
+from .plugins import GROUP, Registry, State, load_registry
 from .routing import Target, bridge_problem
+from .types import FEATURE_DIARIZATION, FEATURE_EXTRACTION_ONLY, Modality, ModelInfo, Task
 
 if TYPE_CHECKING:
     from .sessions import SessionStore
@@ -432,19 +445,6 @@ def stats(data_dir: DataDirOption = None,
     out.print(table)
 
 
-def _targets(config: Config) -> Iterator[tuple[str, str]]:
-    """Every provider/model a config names, with its key (``routes.0.use``, ``bridges.audio.1``...)."""
-    for i, rule in enumerate(config.routes):
-        yield f"routes.{i}.use", rule.use
-        for j, fallback in enumerate(rule.fallback):
-            yield f"routes.{i}.fallback.{j}", fallback
-    if config.default:
-        yield "default", config.default
-    for modality, targets in config.bridges.items():
-        for j, target in enumerate(targets):
-            yield f"bridges.{modality.value}.{j}", target
-
-
 @app.command()
 def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, help="Age in days (fractions allowed).")],
           data_dir: DataDirOption = None,
@@ -516,7 +516,7 @@ def _sessions_to_prune(path: Path) -> tuple[SessionStore, bool]:
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="The routing file to check.")]) -> None:
     """Validate a routing file: every key, value and target, with file and line for each problem, and each
-    provider section through its installed plugin."""
+    provider section through its installed plugin; warn of rules that can never serve a request."""
     try:
         text = read_config_file(file)
     except ConfigError as exc:
@@ -527,13 +527,20 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     except ConfigError as exc:
         err.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from None
+    # secrets are masked here as in the daemon's log (a check's output often lands in a CI log)
+    from . import redact
+    from .core import secrets_of
+
+    logging.basicConfig(level="WARNING", stream=sys.stderr, format="%(message)s")
+    log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
     registry = load_registry(config.providers, disabled=config.plugins.disabled)  # plugins check their sections
+    log_filter.add(secrets_of(config.providers))  # the key variables of the settings classes just imported
     broken = [e for e in registry.entries.values() if e.state is State.BROKEN]
     for entry in broken:
-        err.print(f"[red]providers.{escape(entry.name)}: {escape(entry.reason)}[/red]")
+        err.print(f"[red]providers.{escape(entry.name)}: {escape(redact.mask(entry.reason, log_filter.secrets))}[/red]")
     for name in sorted(set(config.providers) - set(registry.entries)):
         err.print(f"[yellow]providers.{escape(name)}: no installed plugin offers a provider {name!r}; "
-                  f"the section is not used here{_did_you_mean(name, registry.entries)}[/yellow]")
+                  f"the section is not used here{did_you_mean(name, registry.entries)}[/yellow]")
     for key, name in _named_providers(config):
         if name not in registry.entries:
             _not_installed(key, f"no provider {name!r} here: no installed plugin offers it", name, registry.entries)
@@ -541,35 +548,142 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     for j, name in enumerate(config.plugins.disabled):
         if name not in installed:
             _not_installed(f"plugins.disabled.{j}", f"no installed plugin is called {name!r}", name, installed)
-    unknown_models = False
-    for key, text in _targets(config):
-        target = Target.parse(text)
-        entry = registry.entries.get(target.provider)
-        if entry is None:
-            continue  # warned of above
-        if entry.provider is not None and target.model not in {m.name for m in entry.models}:
-            unknown_models = True
-            names = [m.name for m in entry.models]
-            err.print(f"[red]{key}: provider {target.provider!r} has no model {escape(repr(target.model))} "
-                      f"(it has: {escape(', '.join(names))}){escape(_did_you_mean(target.model, names))}[/red]")
-    for modality, targets in config.bridges.items():
-        for j, text in enumerate(targets):
-            target = Target.parse(text)
-            entry = registry.entries.get(target.provider)
-            model = next((m for m in entry.models if m.name == target.model), None) if entry else None
-            problem = bridge_problem(modality, model) if model is not None else None
-            if problem:
-                err.print(f"[yellow]bridges.{modality.value}.{j}: {escape(text)} {problem}: it never bridges "
-                          f"{modality.value}[/yellow]")
-    if broken or unknown_models:
+    unknown = unknown_models(config, registry.entries)
+    for _, problem in unknown:
+        err.print(f"[red]{escape(problem)}[/red]")
+    for warning in _warnings(config, registry):
+        err.print(f"[yellow]{escape(warning)}[/yellow]")
+    if broken or unknown:
         raise typer.Exit(1)
     out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}")
+
+
+def _warnings(config: Config, registry: Registry) -> Iterator[str]:
+    """What ``config check`` warns of without failing: targets of disabled providers, bridges that never
+    bridge, rules that never serve a request, embedded rules replaced by the file's."""
+    for key, text in targets_of(config):
+        entry = registry.entries.get(Target.parse(text).provider)
+        if entry is not None and entry.state is State.DISABLED:
+            yield f"{key}: {text}: never used, provider {entry.name!r} is off: {entry.reason} (plugins.disabled)"
+    for modality, targets in config.bridges.items():
+        for j, text in enumerate(targets):
+            model = _model_of(text, registry)
+            problem = bridge_problem(modality, model) if model is not None else None
+            if problem:
+                yield f"bridges.{modality.value}.{j}: {text} {problem}: it never bridges {modality.value}"
+    yield from _useless_rules(config, registry)
+    for index, name in replaced_default_rules(config):
+        yield (f"routes.{index} {name!r} replaces the embedded rule of that name (extend_default_routes): "
+               "the embedded one is not used; rename yours to keep both")
+
+
+def _model_of(text: str, registry: Registry) -> ModelInfo | None:
+    """The model a ``provider/model`` target names, if its provider is made here and offers it."""
+    target = Target.parse(text)
+    entry = registry.entries.get(target.provider)
+    return next((m for m in entry.models if m.name == target.model), None) if entry is not None else None
+
+
+def _useless_rules(config: Config, registry: Registry) -> Iterator[str]:
+    """A warning for each rule that can never serve a request: its conditions contradict each other,
+    none of its targets can ever serve what it matches, or an unconditioned rule before it whose
+    target is always ready takes every request it could serve."""
+    catch_all: tuple[int, Rule, str, ModelInfo] | None = None
+    for index, rule in enumerate(config.routes):
+        where = f"routes.{index} {rule.name!r}"
+        contradiction = _never_matches(rule.match)
+        if contradiction:
+            yield f"{where}: {contradiction}: it never matches a request"
+            continue
+        if catch_all is not None and not _takes_leftovers(rule, catch_all[3], registry):
+            before, _, target, _ = catch_all
+            left = "" if FEATURE_DIARIZATION in catch_all[3].features else " but diarized transcriptions"
+            yield (f"{where}: never serves a request: routes.{before} {catch_all[1].name!r} before it has no "
+                   f"conditions and its target {target} is always usable, so it takes every request{left}")
+            continue
+        reasons = [_never_serves(rule, text, registry) for text in (rule.use, *rule.fallback)]
+        if all(reasons):
+            yield f"{where}: never used, no target can serve what it matches: {'; '.join(r for r in reasons if r)}"
+        elif catch_all is None and rule.match == Match():
+            catch_all = _always_usable(index, rule, registry)
+
+
+def _never_matches(match: Match) -> str | None:
+    """Why no request can meet all the conditions of ``match`` (they contradict each other), or None."""
+    inputs, none = set(match.inputs or ()), set(match.inputs_none or ())
+    if inputs & none:
+        return f"inputs and inputs_none both name {_modality_names(inputs & none)}"
+    if match.inputs_any and set(match.inputs_any) <= none:
+        return f"every modality of inputs_any is in inputs_none ({_modality_names(set(match.inputs_any))})"
+    if match.inputs_only is not None:
+        only = set(match.inputs_only)
+        if inputs - only:
+            return f"inputs names {_modality_names(inputs - only)}, which inputs_only leaves out"
+        if match.inputs_any and not set(match.inputs_any) & only:
+            return f"inputs_any names only modalities that inputs_only leaves out ({_modality_names(set(match.inputs_any))})"
+        if only <= none:
+            return "inputs_only names only modalities that inputs_none excludes"
+    return None
+
+
+def _modality_names(modalities: set[Modality]) -> str:
+    return ", ".join(sorted(m.value for m in modalities))
+
+
+def _never_serves(rule: Rule, text: str, registry: Registry) -> str | None:
+    """Why target ``text`` of ``rule`` can never serve a request the rule matches, or None (also when
+    its provider or model is unknown here: that is warned of, or refused, on its own)."""
+    entry = registry.entries.get(Target.parse(text).provider)
+    if entry is not None and entry.state is State.DISABLED:
+        return f"{text}: its provider is disabled"
+    model = _model_of(text, registry)
+    if model is None:
+        return None
+    tasks = rule.match.task or [Task.CHAT, Task.TRANSCRIBE]
+    able = [task for task in tasks if model.can_do(task)]
+    if not able:
+        return f"{text} cannot {' or '.join(t.value for t in tasks)} (it produces {', '.join(sorted(model.outputs))})"
+    transcribes_only = able == [Task.TRANSCRIBE]
+    if rule.match.diarization and transcribes_only and FEATURE_DIARIZATION not in model.features:
+        return f"{text} cannot diarize"
+    if not rule.bridging:
+        needed = set(rule.match.inputs or ()) - ({Modality.TEXT} if transcribes_only else set())
+        if needed - model.inputs:
+            return f"{text} does not take {_modality_names(needed - model.inputs)} and bridging is off"
+        if rule.match.inputs_any and not set(rule.match.inputs_any) & model.inputs:
+            return f"{text} takes none of {_modality_names(set(rule.match.inputs_any))} and bridging is off"
+    return None
+
+
+def _always_usable(index: int, rule: Rule, registry: Registry) -> tuple[int, Rule, str, ModelInfo] | None:
+    """The first target of an unconditioned ``rule`` that takes every request (bar diarization), such as
+    ``local/extract``: ready, needing no bridge, chatting and transcribing, with no context to outgrow."""
+    for text in (rule.use, *rule.fallback):
+        entry = registry.entries.get(Target.parse(text).provider)
+        model = _model_of(text, registry)
+        if entry is None or entry.state is not State.READY or model is None:
+            continue
+        if (model.inputs >= set(Modality) and model.can_do(Task.CHAT) and model.can_do(Task.TRANSCRIBE)
+                and FEATURE_EXTRACTION_ONLY in model.features):
+            return index, rule, text, model
+    return None
+
+
+def _takes_leftovers(rule: Rule, catch_all: ModelInfo, registry: Registry) -> bool:
+    """Whether ``rule`` can still serve a request the catch-all target ``catch_all`` leaves: only a diarized
+    transcription, when that target cannot diarize."""
+    if FEATURE_DIARIZATION in catch_all.features or rule.match.diarization is False:
+        return False
+    if rule.match.task is not None and Task.TRANSCRIBE not in rule.match.task:
+        return False
+    return any(model is not None and model.can_do(Task.TRANSCRIBE) and FEATURE_DIARIZATION in model.features
+               for model in (_model_of(text, registry) for text in (rule.use, *rule.fallback)))
 
 
 def _named_providers(config: Config) -> Iterator[tuple[str, str]]:
     """Every provider name a config gives outside its ``providers`` sections, with its key: the
     targets' and those of ``overrides.providers``."""
-    for key, text in _targets(config):
+    for key, text in targets_of(config):
         yield key, Target.parse(text).provider
     for j, name in enumerate(config.overrides.providers or []):
         yield f"overrides.providers.{j}", name
@@ -579,13 +693,7 @@ def _not_installed(key: str, problem: str, name: str, known: Iterable[str]) -> N
     """Warn that ``name`` at ``key`` is nothing installed here. Only a warning: the file may be meant
     for a host with more plugins installed."""
     err.print(f"[yellow]{escape(f'{key}: {problem} (a warning only: it may be installed where the daemon runs)')}"
-              f"{escape(_did_you_mean(name, known))}[/yellow]")
-
-
-def _did_you_mean(name: str, known: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``known`` to a misspelled ``name``, else ""."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
-    return f"; did you mean {close[0]!r}?" if close else ""
+              f"{escape(did_you_mean(name, known))}[/yellow]")
 
 
 @config_app.command("show-default")

@@ -13,13 +13,15 @@ environment when the file is loaded, so keys stay out of the file. In the
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import ssl
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -36,10 +38,18 @@ from pydantic import (
 from .errors import ConfigError
 from .types import Modality, Task
 
+if TYPE_CHECKING:
+    from .plugins import ProviderEntry
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: provider/model; the model part may hold more slashes (``openai/meta-llama/Llama-3.1-8B-Instruct``).
 _TARGET = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.:@-]+(/[A-Za-z0-9_.:@-]+)*$")
+
+
+#: Rule names the router gives its own decisions (the default target, a client's override, a
+#: route_request plugin's choice) in traces and ``mmrouter stats``.
+RESERVED_RULE_NAMES = ("default", "override", "plugin")
 
 
 class _Strict(BaseModel):
@@ -328,7 +338,8 @@ class Config(_Strict):
         default_factory=dict, description="per modality, the targets that convert it for models that cannot take it"
     )
     extend_default_routes: bool = Field(
-        False, description="append the embedded default rules after this file's rules"
+        False, description="append the embedded default rules after this file's rules; one named like a rule "
+        "of this file is replaced by it (see replaced_default_rules)"
     )
 
     @field_validator("default")
@@ -357,6 +368,10 @@ class Config(_Strict):
     def _unique_rule_names(cls, routes: list[Rule]) -> list[Rule]:
         seen: dict[str, int] = {}
         for index, rule in enumerate(routes):
+            if rule.name in RESERVED_RULE_NAMES:
+                # stats and traces are kept per rule name: such a rule would merge with the router's own rows
+                raise ValueError(f"rule {index} is named {rule.name!r}, a name the router uses for its own "
+                                 f"decisions ({', '.join(RESERVED_RULE_NAMES)}): give the rule another name")
             if rule.name in seen:
                 raise ValueError(f"rules {seen[rule.name]} and {index} are both named {rule.name!r}: "
                                  "rule names must be unique")
@@ -523,3 +538,52 @@ def embedded_default_text() -> str:
 def embedded_default() -> Config:
     """The embedded default configuration."""
     return parse_config(embedded_default_text(), "embedded default")
+
+
+def replaced_default_rules(config: Config) -> list[tuple[int, str]]:
+    """With ``extend_default_routes``, the embedded rules that a rule of the file replaces by having
+    their name (and not the same conditions and targets), as ``(index in config.routes, name)``."""
+    if not config.extend_default_routes:
+        return []
+    embedded = {rule.name: rule for rule in embedded_default().routes}
+    return [(index, rule.name) for index, rule in enumerate(config.routes)
+            if rule.name in embedded and embedded[rule.name] != rule]
+
+
+def targets_of(config: Config) -> Iterator[tuple[str, str]]:
+    """Every provider/model a config names, with its key (``routes.0.use``, ``bridges.audio.1``...)."""
+    for i, rule in enumerate(config.routes):
+        yield f"routes.{i}.use", rule.use
+        for j, fallback in enumerate(rule.fallback):
+            yield f"routes.{i}.fallback.{j}", fallback
+    if config.default:
+        yield "default", config.default
+    for modality, targets in config.bridges.items():
+        for j, target in enumerate(targets):
+            yield f"bridges.{modality.value}.{j}", target
+
+
+def unknown_models(config: Config, entries: Mapping[str, ProviderEntry]) -> list[tuple[ProviderEntry, str]]:
+    """Each target of ``config`` whose provider (made by its plugin: ready or not configured) offers no
+    such model, as its provider's entry and ``"<key>: provider 'x' has no model 'y' (it has: ...)"``.
+
+    Routing skips such a target on every request, so ``config check`` refuses it and so do ``serve``
+    and a reload when the provider is ready. Providers that are not installed, disabled or broken
+    have no models to check against."""
+    problems = []
+    for key, text in targets_of(config):
+        provider, _, model = text.partition("/")
+        entry = entries.get(provider)
+        if entry is None or entry.provider is None:
+            continue
+        names = [m.name for m in entry.models]
+        if model not in names:
+            problems.append((entry, f"{key}: provider {provider!r} has no model {model!r} "
+                                    f"(it has: {', '.join(names)}){did_you_mean(model, names)}"))
+    return problems
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known`` to a misspelled ``name``, else ""."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -20,16 +20,15 @@ from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from . import routing
-from .config import Config
+from .config import Config, unknown_models
 from .dispatch import RouterEvent, execute
 from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownSession
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
-from .redact import longest_first, mask
+from .redact import longest_first, mask, remembered, url_credentials
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
 from .sessions import SessionStore, StoredBridges, trim_history
 from .settings import ProviderSettings
@@ -66,36 +65,13 @@ def _settings_secrets(value: object, secret: bool = False) -> set[str]:
     """The secrets in a provider's settings: strings under a key named like a secret (at any depth, in
     mappings and lists) and the credentials of URLs."""
     if isinstance(value, str):
-        return {value, *_url_credentials(value)} if secret else _url_credentials(value)
+        return {value, *url_credentials(value)} if secret else url_credentials(value)
     if isinstance(value, Mapping):
         return {s for key, item in value.items()
                 for s in _settings_secrets(item, secret or bool(_SECRET_KEY.search(str(key))))}
     if isinstance(value, list | tuple):
         return {s for item in value for s in _settings_secrets(item, secret)}
     return set()
-
-
-#: A user name in a URL this long is taken for a token (some gateways take the key as the user name).
-_TOKEN_AS_USER = 16
-
-
-def _url_credentials(value: object) -> set[str]:
-    """Of a URL with credentials: the ``user:password`` part and the password, as written and decoded;
-    a user name alone when it is long enough to be a token."""
-    if not isinstance(value, str) or "@" not in value or "://" not in value:
-        return set()
-    try:
-        netloc = urlsplit(value.strip()).netloc
-    except ValueError:
-        return set()
-    userinfo, at, _host = netloc.rpartition("@")
-    if not at:
-        return set()
-    user, _, password = userinfo.partition(":")
-    found = {userinfo, password, unquote(password)} if password else set()
-    if len(user) >= _TOKEN_AS_USER:  # ``TOKEN@host``, ``TOKEN:@host``, ``TOKEN:x-oauth-basic@host``
-        found |= {user, unquote(user)}
-    return found
 
 
 @functools.lru_cache(maxsize=4096)
@@ -124,6 +100,20 @@ def _unsaved_reason(exc: Exception) -> str:
     return f"storing it failed ({type(exc).__name__}, see the daemon's log)"
 
 
+def missing_models(config: Config, registry: Registry) -> list[str]:
+    """The targets of ``config`` naming a model that their ready provider in ``registry`` does not
+    offer, as ``config check`` words them: routing would skip each on every request, so start-up
+    and reloads refuse them. Those of a provider not ready (no key) are only logged as warnings."""
+    problems = []
+    for entry, problem in unknown_models(config, registry.entries):
+        if entry.state is State.READY:
+            problems.append(problem)
+        else:
+            log.warning("%s: routing skips it (provider %r is %s now, so this is only a warning; "
+                        "`mmrouter config check` refuses it)", problem, entry.name, entry.state.value)
+    return problems
+
+
 class App:
     """Everything a running daemon holds."""
 
@@ -145,6 +135,7 @@ class App:
         self._in_flight: Counter[str] = Counter()  # session id -> calls on it under way
         self.router = _router_of(config)
         self.secrets = longest_first(secrets_of(config.providers, config.server.auth_token))
+        self._remembered: frozenset[str] = frozenset()
         self.catalog: Catalog = self._build_catalog()
 
     def reload(self, config: Config) -> tuple[bool, list[str]] | None:
@@ -154,9 +145,10 @@ class App:
         started with; replaced providers are closed after the last of those calls.
 
         Returns whether the providers were made again, and the sections that changed but need a
-        restart (``server``). When the providers cannot be made at all, or a provider would become
-        broken that is not broken now (a settings typo that ``config check`` refuses too), nothing
-        changes: the reload is refused (logged) and None returned."""
+        restart (``server``). When the providers cannot be made at all, a provider would become
+        broken that is not broken now (a settings typo that ``config check`` refuses too), or a target
+        names a model its ready provider does not offer (see :func:`missing_models`), nothing changes:
+        the reload is refused (logged) and None returned."""
         old, new = self.config, config
         remade = (old.providers, old.plugins) != (new.providers, new.plugins)
         registry = None
@@ -170,13 +162,14 @@ class App:
                 log.exception("reload refused: the providers of the new configuration could not be made; "
                               "the running configuration, rules and providers stay")
                 return None
-            broken = self._broken_by(registry)
-            if broken:
-                log.error("reload refused, the running configuration, rules and providers stay: %s",
-                          "; ".join(broken))
+        problems = self._broken_by(registry) if registry is not None else []
+        problems += missing_models(new, registry or self.registry)
+        if problems:
+            log.error("reload refused, the running configuration, rules and providers stay: %s", "; ".join(problems))
+            if registry is not None:
                 self._retired.append(registry)  # its providers are closed, unused
                 self._close_retired()
-                return None
+            return None
         self.router = _router_of(new)
         if registry is not None:
             self._replace_registry(registry)
@@ -224,7 +217,12 @@ class App:
         }
 
     def redact(self, text: str) -> str:
-        """``text`` with every configured secret replaced by ``***``."""
+        """``text`` with every secret replaced by ``***``: the configured ones and those plugins
+        resolved themselves (:func:`redact.remembered`)."""
+        known = remembered()
+        if not known <= self._remembered:  # a plugin made since (a reload) resolved more
+            self._remembered = known
+            self.secrets = longest_first([*self.secrets, *known])
         return mask(text, self.secrets)
 
     # -- requests ------------------------------------------------------------------------
@@ -314,9 +312,11 @@ class App:
         decision, _ = self._decide(full, observed=False)
         return RouteInfo.planned(decision)
 
-    async def answer(self, request: Request, deadline: float | None) -> AsyncIterator[RouterEvent]:
+    async def answer(self, request: Request, deadline: float | None,
+                     request_id: str | None = None) -> AsyncIterator[RouterEvent]:
         """Route and answer ``request``; yields router events ending with Done.
 
+        ``request_id`` names the call in the log and to the providers (:func:`new_request_id` when None).
         The steps that completed (paid bridges, the answer) are recorded for statistics whatever
         the outcome: answered, failed or cancelled. The session's turn is kept on Done only.
         """
@@ -333,7 +333,7 @@ class App:
             decision, _ = self._decide(untrimmed)
             # each plan gets the history trimmed to its own model's context, after its bridges
             fit = self._trim if history else None
-            ctx = CallContext(request_id=f"{random.getrandbits(128):032x}", deadline=deadline)
+            ctx = CallContext(request_id=request_id or new_request_id(), deadline=deadline)
             registry = self.registry  # the one the decision was made with (no await since): kept for the call
             registry.calls += 1
             # Closed explicitly: a consumer that stops at Done must not leave the generator to the
@@ -509,6 +509,11 @@ def _without_urls(message: Message) -> Message:
         if p.media is not None and p.media.url else p
         for p in message.parts
     ])
+
+
+def new_request_id() -> str:
+    """A new id for one call: 32 hex digits."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def monotonic_deadline(time_remaining: float | None) -> float | None:

@@ -8,9 +8,12 @@ import logging
 import time
 import weakref
 from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
 
 #: Every SecretFilter alive, so that :func:`remember` reaches them all.
 _FILTERS: weakref.WeakSet[SecretFilter] = weakref.WeakSet()
+#: Every secret :func:`remember` was given, for the masking of what clients get (see :func:`remembered`).
+_REMEMBERED: set[str] = set()
 
 
 def longest_first(secrets: Iterable[str]) -> tuple[str, ...]:
@@ -54,15 +57,45 @@ class SecretFilter(logging.Filter):
         return True
 
 
+#: A user name in a URL this long is taken for a token (some gateways take the key as the user name).
+_TOKEN_AS_USER = 16
+
+
+def url_credentials(value: object) -> set[str]:
+    """Of a URL with credentials: the ``user:password`` part and the password, as written and decoded;
+    a user name alone when it is long enough to be a token."""
+    if not isinstance(value, str) or "@" not in value or "://" not in value:
+        return set()
+    try:
+        netloc = urlsplit(value.strip()).netloc
+    except ValueError:
+        return set()
+    userinfo, at, _host = netloc.rpartition("@")
+    if not at:
+        return set()
+    user, _, password = userinfo.partition(":")
+    found = {userinfo, password, unquote(password)} if password else set()
+    if len(user) >= _TOKEN_AS_USER:  # ``TOKEN@host``, ``TOKEN:@host``, ``TOKEN:x-oauth-basic@host``
+        found |= {user, unquote(user)}
+    return found
+
+
 def remember(secrets: Iterable[str]) -> None:
     """Mask these secrets too in every log filter alive: keys a plugin resolved itself (say from an
     environment variable named by ``ProviderSettings.api_key_env``), which no config section holds.
     Values are stripped; those under 4 characters are left out (they would mask ordinary words)."""
     found = {s.strip() for s in secrets if isinstance(s, str)}
     found = {s for s in found if len(s) >= 4}
+    _REMEMBERED.update(found)
     for log_filter in list(_FILTERS):
         if not found <= set(log_filter.secrets):
             log_filter.add(found)
+
+
+def remembered() -> frozenset[str]:
+    """The secrets :func:`remember` was given so far (a plugin's keys from its environment variables,
+    the credentials of an ``OPENAI_BASE_URL``): masked in what clients get too."""
+    return frozenset(_REMEMBERED)
 
 
 def install(secrets: Iterable[str]) -> SecretFilter:
@@ -73,9 +106,15 @@ def install(secrets: Iterable[str]) -> SecretFilter:
     return log_filter
 
 
+#: The attributes every LogRecord has; the others were given as ``extra=`` by the log call.
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message`` and,
-    with an exception, ``exception``. Runs after :class:`SecretFilter`, so it sees masked text."""
+    """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``, with an
+    exception ``exception``, and the fields the log call gave as ``extra=`` (e.g. an access line's
+    ``method``, ``code``, ``duration_ms``, ``request_id``). Runs after :class:`SecretFilter`, so it sees
+    masked text; the filter does not mask the extra fields, so they never hold error text."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -86,6 +125,9 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exception"] = record.exc_text
-        return json.dumps(entry, ensure_ascii=False)
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES and key not in entry:
+                entry[key] = value
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
     converter = time.gmtime

@@ -37,8 +37,8 @@ from mmrouter.v1 import router_pb2_grpc
 
 from . import invoke, redact, wire
 from .auth import TokenAuth
-from .config import Config, load_config, parse_address
-from .core import App, monotonic_deadline, secrets_of
+from .config import Config, load_config, parse_address, replaced_default_rules
+from .core import App, missing_models, monotonic_deadline, new_request_id, secrets_of
 from .dispatch import RouterEvent
 from .errors import (
     AnswerTooLarge,
@@ -50,7 +50,7 @@ from .errors import (
     TooManyCalls,
     TooManyUploads,
 )
-from .outcome import Done, RouteChosen, StepUsage
+from .outcome import Done, RouteChosen, RouteInfo, StepUsage
 from .registration import add_router_service, parsed
 from .tls import ServerCertificates
 from .types import TextDelta, TranscriptReady
@@ -83,9 +83,12 @@ def clip(text: str, limit: int) -> str:
     return data[: limit - 3].decode(errors="ignore") + "..."
 
 
-def error_status(error: RouterError, redact: Callable[[str], str]) -> status_pb2.Status:
-    """The google.rpc.Status for a router error, with its details, bounded in size."""
+def error_status(error: RouterError, redact: Callable[[str], str], request_id: str = "") -> status_pb2.Status:
+    """The google.rpc.Status for a router error, with its details, bounded in size; ``request_id``
+    (the call's, in the daemon's log) goes in the ErrorInfo metadata."""
     metadata = {k: clip(redact(v), MAX_DETAIL_BYTES) for k, v in list(error.metadata.items())[:MAX_ENTRIES]}
+    if request_id:
+        metadata["request_id"] = request_id
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))]
     message = redact(error.message)
     if error.violations:
@@ -103,25 +106,95 @@ def error_status(error: RouterError, redact: Callable[[str], str]) -> status_pb2
     return status_pb2.Status(code=error.code.value[0], message=clip(message, MAX_ERROR_MESSAGE_BYTES), details=details)
 
 
-def _internal_status(app: App, exc: BaseException) -> status_pb2.Status:
+def _internal_status(app: App, exc: BaseException, request_id: str) -> status_pb2.Status:
     incident = uuid.uuid4().hex[:12]
-    log.error("internal error %s: %s", incident, app.redact(repr(exc)), exc_info=exc)
+    log.error("internal error %s: %s [request_id=%s]", incident, app.redact(repr(exc)), request_id, exc_info=exc)
     return status_pb2.Status(
         code=code_pb2.INTERNAL, message=f"internal error {incident}; the daemon log has the details",
-        details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))],
+        details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN,
+                                                   metadata={"request_id": request_id}))],
     )
 
 
-async def _abort(context: grpc.aio.ServicerContext, app: App, exc: BaseException) -> None:
+#: The trailing metadata that carries a call's request id (also ``request_id`` in an error's
+#: ErrorInfo metadata): the id its line in the daemon's log and its provider calls' lines carry.
+REQUEST_ID_KEY = "x-mmrouter-request-id"
+
+
+class CallLog:
+    """One call's facts, filled in as it goes, for the one line logged when it ends (the access log):
+    INFO when it succeeded, WARNING when it failed, was cancelled or its deadline passed. In JSON logs
+    the fields are keys of their own (see :class:`redact.JsonFormatter`)."""
+
+    __slots__ = ("method", "redact", "request_id", "route", "session", "started")
+
+    def __init__(self, method: str, redact: Callable[[str], str]) -> None:
+        self.method = method
+        self.redact = redact
+        self.request_id = new_request_id()
+        self.started = time.perf_counter()
+        self.session = ""
+        self.route: RouteInfo | None = None
+
+    def succeeded(self, context: grpc.aio.ServicerContext) -> None:
+        """Tell the client the request id, and log the call."""
+        context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
+        if log.isEnabledFor(logging.INFO):
+            self._log(logging.INFO, "OK")
+
+    def ended_early(self, context: grpc.aio.ServicerContext) -> None:
+        """Log a call cancelled by its client or by gRPC at its deadline (its client gets nothing more)."""
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            self._log(logging.WARNING, "DEADLINE_EXCEEDED", "", "the client's deadline passed")
+        else:
+            self._log(logging.WARNING, "CANCELLED", "", "the client cancelled the call or left, or the daemon stopped")
+
+    def failed(self, status: status_pb2.Status, reason: str) -> None:
+        """Log a call that ends with ``status`` (its message is the client's, already redacted)."""
+        self._log(logging.WARNING, code_pb2.Code.Name(status.code), reason, status.message)
+
+    def _target(self, ok: bool) -> tuple[str, str]:
+        """The provider and model: those that answered; of a failed call the last one tried."""
+        route = self.route
+        if route is None:
+            return "", ""
+        if not ok and route.attempts:
+            return route.attempts[-1].provider, route.attempts[-1].model
+        return route.provider, route.model
+
+    def _log(self, level: int, code: str, reason: str = "", error: str = "") -> None:
+        route = self.route
+        attempts = route.attempts if route is not None else []
+        provider, model = self._target(code == "OK")
+        duration_ms = round((time.perf_counter() - self.started) * 1000, 1)
+        facts = {"rule": route.rule if route is not None else "", "provider": provider, "model": model,
+                 "attempts": len(attempts), "session_id": self.session, "request_id": self.request_id}
+        line = " ".join([self.method, code, *([reason] if reason else []), f"in {duration_ms:.0f} ms",
+                         *(f"{k}={v}" for k, v in facts.items() if v)])
+        if error:
+            line += f": {error}"
+        if len(attempts) > 1 and code != "OK":  # every target failed: each one's error, not the last alone
+            tried = "; ".join(f"{a.provider}/{a.model}: {a.error}" for a in attempts)
+            line += f" (attempts: {self.redact(tried)})"
+        log.log(level, "%s", line, extra={"method": self.method, "code": code, "reason": reason,
+                                          "duration_ms": duration_ms, **facts})
+
+
+async def _abort(context: grpc.aio.ServicerContext, app: App, call: CallLog, exc: BaseException) -> None:
+    """End the call with the status for ``exc``, which names its request id; log it (one line)."""
+    reason = "INTERNAL"
     if isinstance(exc, RouterError):
-        log.info("request failed: %s %s", exc.reason, app.redact(exc.message))
         try:
-            status = error_status(exc, app.redact)
+            status, reason = error_status(exc, app.redact, call.request_id), exc.reason
         except Exception as broken:  # a plugin's odd error (metadata, retry_after) must not become UNKNOWN
-            status = _internal_status(app, broken)
+            status = _internal_status(app, broken, call.request_id)
     else:
-        status = _internal_status(app, exc)
-    await context.abort_with_status(rpc_status.to_status(status))
+        status = _internal_status(app, exc, call.request_id)
+    call.failed(status, reason)
+    grpc_status = rpc_status.to_status(status)
+    await context.abort(grpc_status.code, grpc_status.details,
+                        (*grpc_status.trailing_metadata, (REQUEST_ID_KEY, call.request_id)))
 
 
 #: A text delta longer than this goes out in pieces, so that no client's receive limit (4 MiB by
@@ -179,32 +252,47 @@ class SendFailedFilter(logging.Filter):
 
 
 def unary(method: Callable) -> Callable:
-    """Map exceptions of a unary servicer method to rich gRPC statuses."""
+    """Map exceptions of a unary servicer method to rich gRPC statuses; give it a :class:`CallLog`
+    (its last argument), logged when the call ends, whose request id the client gets."""
 
     @functools.wraps(method)
     async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call = CallLog(method.__name__, self.app.redact)
         try:
-            return await method(self, parsed(request), context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
+            response = await method(self, parsed(request), context, call)
+        except asyncio.CancelledError:
+            call.ended_early(context)
+            raise
+        except grpc.aio.AbortError:
             raise
         except BaseException as exc:  # a KeyboardInterrupt or SystemExit that got this far must not stop the daemon
-            await _abort(context, self.app, exc)
+            await _abort(context, self.app, call, exc)
+        else:
+            call.succeeded(context)
+            return response
 
     return wrapper
 
 
 def streaming(method: Callable) -> Callable:
-    """Map exceptions of a server-streaming servicer method to rich gRPC statuses."""
+    """Map exceptions of a server-streaming servicer method to rich gRPC statuses; give it a
+    :class:`CallLog` (its last argument), logged when the call ends, whose request id the client gets."""
 
     @functools.wraps(method)
     async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
+        call = CallLog(method.__name__, self.app.redact)
         try:
-            async for item in method(self, parsed(request), context):
+            async for item in method(self, parsed(request), context, call):
                 yield item
-        except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):  # GeneratorExit: gRPC closed us
+        except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: gRPC closed us
+            call.ended_early(context)
+            raise
+        except grpc.aio.AbortError:
             raise
         except BaseException as exc:  # a KeyboardInterrupt or SystemExit that got this far must not stop the daemon
-            await _abort(context, self.app, exc)
+            await _abort(context, self.app, call, exc)
+        else:
+            call.succeeded(context)
 
     return wrapper
 
@@ -356,25 +444,33 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             timer.cancel()
 
     @unary
-    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext,
+                       call: CallLog) -> pb.GenerateResponse:
         with self.calls.hold():  # before the request (its media) is processed
             req = self._request(request.request)
-            async with self._bounded(), aclosing(self.app.answer(req, self._deadline(context))) as events:
+            call.session = req.session_id
+            answer = self.app.answer(req, self._deadline(context), call.request_id)
+            async with self._bounded(), aclosing(answer) as events:
                 async for event in events:
                     if isinstance(event, Done):
                         response = pb.GenerateResponse(answer=wire.answer_to_proto(event.answer, self.app.redact))
                         return _log_if_large(within_limit(response, self.max_message_bytes))
+                    if isinstance(event, RouteChosen):
+                        call.route = event.route
         raise RuntimeError("the answer ended without a Done event")
 
     @streaming
-    async def StreamGenerate(self, request: pb.StreamGenerateRequest,
-                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamGenerateResponse]:
+    async def StreamGenerate(self, request: pb.StreamGenerateRequest, context: grpc.aio.ServicerContext,
+                             call: CallLog) -> AsyncIterator[pb.StreamGenerateResponse]:
         with self.calls.hold():
             req = self._request(request.request)
-            async with aclosing(self.app.answer(req, self._deadline(context))) as answer, \
+            call.session = req.session_id
+            async with aclosing(self.app.answer(req, self._deadline(context), call.request_id)) as answer, \
                     aclosing(self._bounded_events(answer)) as events:
                 async for event in events:
                     if not isinstance(event, TextDelta):
+                        if isinstance(event, RouteChosen):
+                            call.route = event.route
                         yield within_limit(_event_to_proto(event, self.app.redact), self.max_message_bytes)
                     elif len(event.text) <= self.delta_chars:
                         yield pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=event.text))
@@ -384,7 +480,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     @unary
     async def UploadMedia(self, request_iterator: AsyncIterator[pb.UploadMediaRequest],
-                          context: grpc.aio.ServicerContext) -> pb.UploadMediaResponse:
+                          context: grpc.aio.ServicerContext, call: CallLog) -> pb.UploadMediaResponse:
         with self.uploads.hold():  # before anything is read or a temp file made
             async with aclosing(_within_idle(request_iterator)) as messages:
                 return await self._upload(messages)
@@ -406,20 +502,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                                       mime_type=stored.mime_type, modality=meta.modality)
 
     @unary
-    async def ExplainRoute(self, request: pb.ExplainRouteRequest,
-                           context: grpc.aio.ServicerContext) -> pb.ExplainRouteResponse:
+    async def ExplainRoute(self, request: pb.ExplainRouteRequest, context: grpc.aio.ServicerContext,
+                           call: CallLog) -> pb.ExplainRouteResponse:
         with self.calls.hold():
-            route = await self.app.explain(self._request(request.request))
+            req = self._request(request.request)
+            call.session = req.session_id
+            route = await self.app.explain(req)
         return pb.ExplainRouteResponse(route=wire.route_to_proto(route, self.app.redact))
 
     @unary
-    async def ListProviders(self, request: pb.ListProvidersRequest,
-                            context: grpc.aio.ServicerContext) -> pb.ListProvidersResponse:
+    async def ListProviders(self, request: pb.ListProvidersRequest, context: grpc.aio.ServicerContext,
+                            call: CallLog) -> pb.ListProvidersResponse:
         return pb.ListProvidersResponse(providers=[wire.provider_to_proto(e, self.app.redact) for e in self.app.providers()])
 
     @unary
-    async def ResetSession(self, request: pb.ResetSessionRequest,
-                           context: grpc.aio.ServicerContext) -> pb.ResetSessionResponse:
+    async def ResetSession(self, request: pb.ResetSessionRequest, context: grpc.aio.ServicerContext,
+                           call: CallLog) -> pb.ResetSessionResponse:
+        call.session = request.session_id
         if not request.session_id:
             raise InvalidRequest("session_id is required",
                                  violations=[FieldViolation("session_id", "required")])
@@ -595,6 +694,7 @@ def reload_config(app: App, config_path: Path | None, certificates: ServerCertif
     remade, needs_restart = reloaded
     log.info("SIGHUP: rules reloaded from %s (%d rules, default %s)", config_path, len(config.routes),
              config.default or "none")
+    _log_replaced_rules(config)
     if remade:
         log.info("SIGHUP: providers made again (calls under way finish on the old ones)")
         _log_providers(app)
@@ -610,6 +710,12 @@ def reload_config(app: App, config_path: Path | None, certificates: ServerCertif
             log.info("SIGHUP: TLS certificate reloaded from %s (used from the next connection on)", tls.cert_file)
     if needs_restart:
         log.warning("SIGHUP: changes to %s take effect only after a restart", ", ".join(needs_restart))
+
+
+def _log_replaced_rules(config: Config) -> None:
+    for index, name in replaced_default_rules(config):
+        log.info("routes.%d %r replaces the embedded rule of that name (extend_default_routes): the embedded one "
+                 "is not used", index, name)
 
 
 def _log_providers(app: App) -> None:
@@ -656,6 +762,8 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         parse_address(config.server.address)
     except ValueError as exc:
         raise ConfigError(f"server.address (--address): {exc}") from None
+    if ready_file is not None:
+        check_ready_file(ready_file)
     log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
     logging.getLogger("grpc._cython.cygrpc").addFilter(SendFailedFilter())
     # what the daemon writes (conversations, media, the sessions database) is its users' data: other
@@ -663,6 +771,12 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     os.umask(0o077)
     data_lock = lock_data_dir(Path(config.server.data_dir).expanduser())
     app = App(config, extra_plugins=extra_plugins)
+    problems = missing_models(config, app.registry)
+    if problems:  # refused as by `config check`: routing would skip these targets on every request, unsaid
+        await app.aclose()
+        data_lock.close()
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    _log_replaced_rules(config)
     certificates = ServerCertificates(config.server.tls) if config.server.tls else None
     server, port, health_servicer = await start_server(app, config.server.address, certificates)
     bound = _bound_address(config.server.address, port)
@@ -678,7 +792,16 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path, certificates, log_filter,
                             server_overrides)
     if ready_file is not None:  # only once signals are handled: a SIGHUP right after must not kill the daemon
-        ready_file.write_text(bound)
+        try:
+            ready_file.write_text(bound)
+        except BaseException as exc:  # a gRPC server left to the garbage collector writes tracebacks
+            await server.stop(0)
+            await app.aclose()
+            data_lock.close()
+            if isinstance(exc, OSError):  # without its errno: ENOSPC would be taken for the data directory's
+                raise OSError(None, f"the --ready-file cannot be written ({exc.strerror or exc})",
+                              str(ready_file)) from None
+            raise
     await stop.wait()
     grace = config.server.shutdown_grace_seconds
     log.info("shutting down: draining in-flight calls for up to %gs", grace)
@@ -692,6 +815,21 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         logging.shutdown()
         os._exit(1)  # asyncio.run would wait for those calls forever
     log.info("stopped")
+
+
+def check_ready_file(path: Path) -> None:
+    """Refuse (OSError) a ``--ready-file`` the daemon cannot write, before anything starts: found only
+    once serving, the failure would stop a daemon that had already said it listens."""
+    directory = path.parent
+    if path.is_dir():
+        problem = errno.EISDIR
+    elif not directory.is_dir():
+        problem = errno.ENOTDIR if directory.exists() else errno.ENOENT
+    elif not os.access(path if path.exists() else directory, os.W_OK):
+        problem = errno.EACCES
+    else:
+        return
+    raise OSError(problem, f"the --ready-file cannot be written ({os.strerror(problem)})", str(path))
 
 
 def _bound_address(address: str, port: int) -> str:

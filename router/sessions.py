@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from .invoke import unpaid_failures
 from .outcome import Answer
 from .types import Media, Message, Modality, Part, Role, Transcript, Utterance, Word
 
@@ -293,12 +294,14 @@ class SessionStore:
         return {item["media_id"] for (parts_json,) in rows for item in json.loads(parts_json) if "media_id" in item}
 
     def record(self, answer: Answer) -> None:
-        """Record every step of an answered request, for statistics (written within 50 ms)."""
+        """Record every step of a request, for statistics (written within 50 ms): those of its route and,
+        as ``<purpose> (failed)`` at no cost, its failed provider calls that no step counts."""
         route = answer.route
         now = time.time()
+        steps = [*route.steps, *unpaid_failures(route)]
         self._pending_calls.extend(
             (now, route.rule, s.provider, s.model, s.purpose, s.latency_ms, s.usage.cost_usd,
-             s.usage.input_tokens, s.usage.output_tokens, s.usage.audio_seconds) for s in route.steps)
+             s.usage.input_tokens, s.usage.output_tokens, s.usage.audio_seconds) for s in steps)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (a script using the store): write now

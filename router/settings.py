@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import ConfigError
-from .redact import remember
+from .redact import remember, url_credentials
 from .types import Modality, ModelInfo, Price
 
 
@@ -78,9 +78,7 @@ class ProviderSettings(BaseModel):
     def _url_credentials(self) -> list[str]:
         """The credentials of the URLs among the string settings (``http://user:password@gateway``),
         those from the environment (``OPENAI_BASE_URL``) too, which the config-based secrets miss."""
-        from .core import _url_credentials  # core imports this module
-
-        return [c for value in self.model_dump().values() if isinstance(value, str) for c in _url_credentials(value)]
+        return [c for value in self.model_dump().values() if isinstance(value, str) for c in url_credentials(value)]
 
     @classmethod
     def _environment_keys(cls) -> list[str]:

@@ -38,9 +38,10 @@ class ErrorDetails:
     message: str
     reason: str
     domain: str
-    metadata: dict[str, str]
+    metadata: dict[str, str]  # ErrorInfo's, but for request_id
     violations: list[tuple[str, str]]
     retry_delay: float | None
+    request_id: str = ""  # every error names its call's (ErrorInfo metadata "request_id")
 
 
 def error_details(error: grpc.RpcError) -> ErrorDetails:
@@ -61,7 +62,8 @@ def error_details(error: grpc.RpcError) -> ErrorDetails:
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)
             delay = retry.retry_delay.ToTimedelta().total_seconds()
-    return ErrorDetails(error.code(), error.details(), reason, domain, metadata, violations, delay)
+    request_id = metadata.pop("request_id", "")
+    return ErrorDetails(error.code(), error.details(), reason, domain, metadata, violations, delay, request_id)
 
 
 def wait_for(condition, timeout: float = 10, interval: float = 0.05):

@@ -731,3 +731,197 @@ def test_server_limits_and_keepalive_have_defaults_and_bounds():
     assert "server.keepalive_seconds: Input should be greater than or equal to 1" in error_of(
         "server: {keepalive_seconds: 0.5}")
     assert "server.max_concurrent_calls: Input should be greater than 0" in error_of("server: {max_concurrent_calls: 0}")
+
+
+# -- rules that can never be used, names the router keeps, models a ready provider lacks ---------------
+
+
+@pytest.mark.parametrize("name", ["default", "override", "plugin"])
+def test_a_rule_may_not_take_a_name_the_router_gives_its_own_decisions(name, tmp_path):
+    """A rule named ``default`` merged with the router's default in ``mmrouter stats`` and showed two
+    ``default`` rows in explain: such names are refused, by the daemon too."""
+    text = f"routes:\n  - name: mine\n    use: local/extract\n  - name: {name}\n    match: {{tags: [x]}}\n" \
+           "    use: local/extract\n"
+    message = error_of(text)
+    assert (f"routes: rule 1 is named {name!r}, a name the router uses for its own decisions (default, override, "
+            "plugin): give the rule another name (router.yaml, line 2)") in message
+    file = tmp_path / "router.yaml"
+    file.write_text(text + f"server: {{data_dir: '{tmp_path / 'data'}', address: '127.0.0.1:0'}}\n")
+    served = serve_exit(file)
+    assert served.returncode == 2 and f"rule 1 is named {name!r}" in " ".join(served.stderr.split()), served.stderr
+    assert "listening" not in served.stderr
+
+
+def test_config_check_warns_of_rules_that_can_never_serve_a_request(tmp_path):
+    """Each rule below passed the check with OK yet never served anything; each is now named with the
+    reason (a warning: exit 0), while the rules that can serve get no word."""
+    never = tmp_path / "never.yaml"
+    never.write_text(yaml("""
+        providers: {local: {}}
+        routes:
+          - name: transcribe-claude
+            match: {inputs_any: [audio], task: [transcribe]}
+            use: anthropic/claude-sonnet-4-6
+          - name: chat-whisper
+            match: {task: [chat], tags: [voice]}
+            use: openai/whisper-1
+          - name: diarize-whisper
+            match: {inputs_any: [audio], task: [transcribe], diarization: true}
+            use: openai/whisper-1
+          - name: deaf-no-bridging
+            match: {inputs: [audio]}
+            use: anthropic/claude-sonnet-4-6
+            bridging: false
+          - name: contradictory
+            match: {inputs: [audio], inputs_none: [audio]}
+            use: local/extract
+          - name: only-excludes
+            match: {inputs: [image], inputs_only: [text, audio]}
+            use: local/extract
+          - name: transcription
+            match: {inputs_any: [audio], task: [transcribe]}
+            use: openai/whisper-1
+            fallback: [anthropic/claude-sonnet-4-6]
+          - name: catch-all
+            use: local/extract
+          - name: pictures
+            match: {inputs_any: [image]}
+            use: openai/gpt-4o
+          - name: meetings
+            match: {inputs_any: [audio], diarization: true}
+            use: assemblyai/best
+    """))
+    result = check(never)
+    output = " ".join(result.stderr.split())
+    assert result.returncode == 0 and "OK — 10 rule(s)" in result.stdout, output
+    assert ("routes.0 'transcribe-claude': never used, no target can serve what it matches: "
+            "anthropic/claude-sonnet-4-6 cannot transcribe (it produces text)") in output
+    assert ("routes.1 'chat-whisper': never used, no target can serve what it matches: openai/whisper-1 cannot "
+            "chat (it produces transcript)") in output
+    assert "routes.2 'diarize-whisper': never used, no target can serve what it matches: openai/whisper-1 " \
+           "cannot diarize" in output
+    assert "routes.3 'deaf-no-bridging': never used, no target can serve what it matches: " \
+           "anthropic/claude-sonnet-4-6 does not take audio and bridging is off" in output
+    assert "routes.4 'contradictory': inputs and inputs_none both name audio: it never matches a request" in output
+    assert "routes.5 'only-excludes': inputs names image, which inputs_only leaves out: it never matches" in output
+    assert ("routes.8 'pictures': never serves a request: routes.7 'catch-all' before it has no conditions and its "
+            "target local/extract is always usable, so it takes every request but diarized transcriptions") in output
+    for usable in ("routes.6 ", "routes.7 'catch-all':", "routes.9 "):  # a diarizing one still gets what local cannot
+        assert usable not in output
+
+
+def test_config_check_warns_of_targets_whose_provider_is_disabled(tmp_path):
+    """``plugins.disabled: [openai]`` with openai targets: the check was silent and the rules were skipped
+    at run time with "disabled in config"."""
+    disabled = tmp_path / "disabled.yaml"
+    disabled.write_text(yaml("""
+        plugins: {disabled: [openai]}
+        routes:
+          - name: r
+            use: openai/gpt-4o
+          - name: r2
+            use: anthropic/claude-sonnet-4-6
+            fallback: [openai/gpt-4o]
+        default: openai/gpt-4o
+        bridges:
+          audio: [openai/whisper-1, local/extract]
+    """))
+    result = check(disabled)
+    output = " ".join(result.stderr.split())
+    assert result.returncode == 0 and "OK" in result.stdout, output
+    for key, target in [("routes.0.use", "openai/gpt-4o"), ("routes.1.fallback.0", "openai/gpt-4o"),
+                        ("default", "openai/gpt-4o"), ("bridges.audio.0", "openai/whisper-1")]:
+        assert (f"{key}: {target}: never used, provider 'openai' is off: disabled in config "
+                "(plugins.disabled)") in output
+    assert "routes.0 'r': never used, no target can serve what it matches: openai/gpt-4o: its provider is " \
+           "disabled" in output
+    assert "routes.1 'r2'" not in output and "bridges.audio.1" not in output
+
+
+def test_extend_default_routes_names_the_embedded_rules_a_rule_of_yours_replaces(tmp_path, start_daemon):
+    """A narrow ``documents`` rule of one's own silently removed the embedded ``documents`` rule (plain
+    PDFs then went to ``general``): config check and the daemon's start-up log now say so."""
+    text = yaml("""
+        extend_default_routes: true
+        routes:
+          - name: documents
+            match: {inputs_any: [document], tags: [legal]}
+            use: anthropic/claude-opus-4-5
+          - name: general
+            use: openai/gpt-4o
+            fallback: [anthropic/claude-sonnet-4-6, gemini/gemini-2.5-pro, local/extract]
+    """)
+    file = tmp_path / "extend.yaml"
+    file.write_text(text)
+    result = check(file)
+    output = " ".join(result.stderr.split())
+    assert result.returncode == 0 and "OK" in result.stdout, output
+    assert ("routes.0 'documents' replaces the embedded rule of that name (extend_default_routes): the embedded "
+            "one is not used; rename yours to keep both") in output
+    assert "'general' replaces" not in output  # the same rule as the embedded one: nothing is lost
+    daemon = start_daemon(text, plugins=())
+    assert ("routes.0 'documents' replaces the embedded rule of that name (extend_default_routes): the embedded "
+            "one is not used") in daemon.logs()
+    assert "'general' replaces" not in daemon.logs()
+
+
+MISSING_MODEL = """
+providers: {local: {}}
+routes:
+  - name: pics
+    match: {inputs_any: [image]}
+    use: local/extrat
+  - name: chat
+    use: openai/gpt4o
+default: local/extract
+"""
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_serve_refuses_a_target_whose_ready_provider_has_no_such_model_as_config_check_does(tmp_path, log_format):
+    """``use: local/extrat`` failed config check but serve started without a word and skipped the rule on
+    every request. The provider without a key (openai here) cannot be trusted to know its models: its
+    target stays a warning."""
+    file = tmp_path / "router.yaml"
+    file.write_text(MISSING_MODEL + f"server: {{log_format: {log_format}, data_dir: '{tmp_path / 'data'}', "
+                                    "address: '127.0.0.1:0'}\n")
+    served = serve_exit(file, env={"GRPC_VERBOSITY": "NONE"})
+    problem = "routes.0.use: provider 'local' has no model 'extrat' (it has: extract); did you mean 'extract'?"
+    assert served.returncode == 2, served.stderr
+    assert problem in served.stderr and "listening" not in served.stderr
+    assert "routes.1.use: provider 'openai' has no model 'gpt4o'" in served.stderr  # the warning
+    if log_format == "json":
+        import json
+
+        records = [json.loads(line) for line in served.stderr.splitlines()]
+        assert records[-1]["level"] == "CRITICAL" and problem in records[-1]["message"]
+        assert any(r["level"] == "WARNING" and "openai" in r["message"] for r in records)
+    checked = check(file)
+    assert checked.returncode == 1 and problem in " ".join(checked.stderr.split())
+
+
+def test_serve_starts_with_a_warning_when_the_provider_without_a_key_has_no_such_model(start_daemon):
+    daemon = start_daemon(MISSING_MODEL.replace("local/extrat", "local/extract"), plugins=())
+    assert "WARNING router.core: routes.1.use: provider 'openai' has no model 'gpt4o'" in daemon.logs()
+    assert "only a warning" in daemon.logs() and daemon.proc.poll() is None
+
+
+def test_config_check_masks_the_keys_a_broken_plugin_quotes(tmp_path):
+    """A plugin's error may quote its settings: config check (whose output often lands in a CI log)
+    masks the configured keys in what it prints, like the daemon's log."""
+    from conftest import make_dist_info
+
+    site = tmp_path / "site"
+    make_dist_info(site, "mmrouter-leaky", "leaky", "mmrouter_leaky")
+    (site / "mmrouter_leaky.py").write_text(
+        "import router\n\n\n"
+        "@router.hookimpl\n"
+        "def register_providers(register, settings):\n"
+        "    raise RuntimeError(f\"cannot log in with {settings['api_key']}\")\n")
+    path = tmp_path / "leaky.yaml"
+    path.write_text("providers:\n  leaky: {api_key: sk-leaky-0123456789}\nroutes:\n  - {name: all, use: local/extract}\n")
+    result = subprocess.run([str(MMROUTER), "config", "check", str(path)], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": str(site)})
+    assert result.returncode == 1
+    assert "providers.leaky: register_providers failed: RuntimeError: cannot log in with ***" in result.stderr
+    assert "sk-leaky" not in result.stdout + result.stderr

@@ -18,6 +18,9 @@ from router.plugins import State, load_registry
 
 #: A variable no secret-name pattern matches: only ``api_key_env`` tells that it holds a key.
 KEY_VARIABLE = "FAULTY_ACCESS"
+#: Its base URL, from the environment (``env_fields``), with a gateway's login in it.
+URL_VARIABLE = "FAULTY_GATEWAY"
+GATEWAY_PASSWORD = "gw-pass-4242-faulty"
 ENV_KEY = "envsecret-ZZZ999-faulty"
 NESTED_KEY = "nested-secret-777-faulty"
 
@@ -28,11 +31,12 @@ import router
 
 T = frozenset({{router.Modality.TEXT}})
 FAULTS = ["ok", "kbi", "sysexit", "genexit", "own-cancel", "none-text", "int-text", "bare-str", "none", "object",
-          "leak-env", "leak-nested", "swallow-cancel"]
+          "leak-env", "leak-nested", "leak-url", "swallow-cancel", "empty-then-503", "float-tokens", "raw-finish", "nan-audio"]
 
 
 class FaultySettings(router.ProviderSettings):
     api_key_env = ("{KEY_VARIABLE}",)
+    env_fields = {{"base_url": "{URL_VARIABLE}"}}
 
 
 class Faulty(router.Provider):
@@ -48,6 +52,14 @@ class Faulty(router.Provider):
                 "none": None, "object": object()}}
         if fault in junk:
             yield junk[fault]
+        if fault == "empty-then-503":  # an OpenAI-style role-only first chunk, then the upstream fails
+            yield router.TextDelta("")
+            raise router.provider_error_from_status("faulty", 503, "overloaded")
+        odd_usage = {{"float-tokens": router.UsageReport(router.Usage(input_tokens=2.5)),
+                     "raw-finish": router.UsageReport(router.Usage(1, 1), "end_turn"),
+                     "nan-audio": router.UsageReport(router.Usage(audio_seconds=float("nan")))}}
+        if fault in odd_usage:
+            yield odd_usage[fault]
         yield router.TextDelta("part1 ")
         if fault == "kbi":
             raise KeyboardInterrupt
@@ -59,6 +71,8 @@ class Faulty(router.Provider):
             raise asyncio.CancelledError
         if fault == "leak-env":
             raise RuntimeError(f"401: bad key {{self.settings.key}}")
+        if fault == "leak-url":
+            raise router.ProviderUnavailable("faulty", f"cannot reach {{self.settings.base_url}}")
         if fault == "leak-nested":
             raise RuntimeError(f"401: bad key {{self.auth['api_key']}}")
         while fault == "swallow-cancel":
@@ -151,6 +165,10 @@ providers:
   faulty: {{auth: {{api_key: {NESTED_KEY}}}}}
 server: {{shutdown_grace_seconds: 0.5}}
 routes:
+  - name: empty-then-local
+    match: {{metadata: {{route: empty}}}}
+    use: faulty/empty-then-503
+    fallback: [local/extract]
   - name: junk-then-local
     match: {{metadata: {{route: junk}}}}
     use: faulty/int-text
@@ -206,11 +224,15 @@ def test_a_plugin_raising_any_base_exception_fails_its_call_only(faulty_daemon, 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 def test_junk_events_fail_the_call_as_the_plugins_fault(faulty_daemon, stream) -> None:
-    for fault, what in [("none-text", "TextDelta(NoneType)"), ("int-text", "TextDelta(int)"), ("bare-str", "a str"),
-                        ("none", "None"), ("object", "a object")]:
+    for fault, what in [("none-text", "TextDelta.text is NoneType, not str"), ("int-text", "TextDelta.text is int"),
+                        ("bare-str", "unexpected event str"), ("none", "unexpected event NoneType"),
+                        ("object", "unexpected event object"),
+                        ("float-tokens", "Usage.input_tokens is 2.5, not an int"),
+                        ("raw-finish", "UsageReport.finish_reason is 'end_turn', not None or a router.FinishReason"),
+                        ("nan-audio", "Usage.audio_seconds is nan, not a finite number")]:
         details = error_details(ask(faulty_daemon, fault, stream))
         assert (details.code, details.reason) == (grpc.StatusCode.INTERNAL, "PROVIDER_FAILED"), (fault, details)
-        assert details.message.startswith(f"faulty: the plugin yielded {what}; a provider yields TextDelta(str)")
+        assert details.message.startswith(f"faulty: the plugin yielded a bad event: {what}"), details.message
 
 
 def test_a_junk_event_is_a_failed_attempt_and_the_fallback_answers(faulty_daemon) -> None:
@@ -219,7 +241,34 @@ def test_a_junk_event_is_a_failed_attempt_and_the_fallback_answers(faulty_daemon
     assert (route.provider, route.model) == ("local", "extract")
     first = route.attempts[0]
     assert (first.provider, first.model, first.ok) == ("faulty", "int-text", False)
-    assert first.error.startswith("faulty: the plugin yielded TextDelta(int)")
+    assert first.error.startswith("faulty: the plugin yielded a bad event: TextDelta.text is int")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_an_empty_text_delta_is_no_answer_begun_the_fallback_still_answers(faulty_daemon, stream) -> None:
+    """Plugins often yield a role-only first chunk as TextDelta(""): it is dropped, so a failure right
+    after it still falls back (no answer text was sent), and a client never gets an empty delta."""
+    request = text_request("hello", metadata={"route": "empty"})
+    if stream:
+        events = list(faulty_daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=20))
+        assert all(e.text_delta.text for e in events if e.HasField("text_delta"))
+        route = events[-1].done.answer.route
+    else:
+        route = faulty_daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=20).answer.route
+    assert (route.provider, route.model) == ("local", "extract")
+    assert (route.attempts[0].model, route.attempts[0].ok) == ("empty-then-503", False)
+
+
+def test_the_login_of_a_base_url_from_the_environment_is_masked_for_the_client(start_daemon, tmp_path) -> None:
+    """A plugin quoting its base URL, which its settings took from the environment: the login in it,
+    known only to the settings (no config section holds it), is masked in what the client gets."""
+    site = site_with(tmp_path, {"faulty": FAULTY})
+    url = f"https://gateway-user:{GATEWAY_PASSWORD}@gateway.example/v1"
+    daemon = start_daemon(CONFIG, env={KEY_VARIABLE: ENV_KEY, URL_VARIABLE: url}, plugins=(), extra_sites=(site,))
+    failed = ask(daemon, "leak-url", stream=False)
+    assert failed.details() == "faulty: cannot reach https://***@gateway.example/v1"
+    daemon.stop()
+    assert GATEWAY_PASSWORD not in daemon.logs()
 
 
 def test_keys_read_through_api_key_env_or_nested_are_masked_everywhere(start_daemon, tmp_path) -> None:

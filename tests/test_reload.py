@@ -265,3 +265,27 @@ async def test_a_reload_whose_providers_cannot_be_made_is_refused_whole(tmp_path
         assert app.router is old_router
     finally:
         await app.aclose()
+
+
+def test_sighup_naming_a_model_a_ready_provider_does_not_offer_is_refused(start_daemon) -> None:
+    """``use: fake/ech0`` was reloaded ("rules reloaded") and the rule silently skipped on every request
+    from then on, though ``config check`` refuses it. The reload is refused now, the log says why as
+    config check does, and the running rules stay; a provider without a key only gets a warning."""
+    daemon = start_daemon(FIRST)
+    typo = SECOND.replace("use: fake/omni", "use: fake/omnii")
+    reload(daemon, typo, "reload refused")
+    assert ("reload refused, the running configuration, rules and providers stay: routes.1.use: provider 'fake' "
+            "has no model 'omnii' (it has: echo, docs, omni, small, ears, diarizer); did you mean 'omni'?"
+            in daemon.logs())
+    assert "rules reloaded" not in daemon.logs()
+    assert route_of(daemon) == ("to-echo", "fake/echo")
+
+    reload(daemon, typo.replace("api_key: k", "api_key: k2"), "routes.1.use: provider 'fake' has no model")
+    assert "rules reloaded" not in daemon.logs() and "providers made again" not in daemon.logs()
+    assert route_of(daemon) == ("to-echo", "fake/echo")
+
+    no_key = SECOND.replace("use: fake/omni", "use: fake/omni\n    fallback: [openai/gpt4o]")
+    reload(daemon, no_key, "rules reloaded")
+    assert "routes.1.fallback.0: provider 'openai' has no model 'gpt4o'" in daemon.logs()
+    assert "only a warning" in daemon.logs()
+    assert route_of(daemon) == ("to-omni", "fake/omni") and daemon.proc.poll() is None

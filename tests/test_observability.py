@@ -1,0 +1,285 @@
+"""What an operator finds in the daemon's log and statistics, and the request id that ties a client's
+call to them: failed provider calls behind a fallback, one access line per call (successes,
+errors, deadlines, cancellations), authentication refusals, and a --ready-file that cannot be written.
+
+Each test runs the real daemon (tests/conftest.py); the provider failures come from the fake
+OpenAI and Anthropic servers (tests/fakes) or the testkit's scripted plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_helpers import error_details, text_request, wait_for
+from media_factory import wav
+from mmrouter.v1 import router_pb2 as pb
+from test_auth import CONFIG as AUTH_CONFIG
+from test_auth import TOKEN
+
+from router.auth import bearer
+from router.sessions import SessionStore
+from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.openai import API_KEY as OPENAI_KEY
+from tests.fakes.openai import FakeOpenAI
+
+REQUEST_ID = "x-mmrouter-request-id"
+
+#: A key the fake OpenAI no longer accepts (revoked): it answers every call with 401, quoting the key.
+REVOKED = "sk-REVOKED-key-000000000000"
+
+FALLBACK = """
+providers:
+  openai: {{api_key: "${{OPENAI_TEST_KEY}}", base_url: "{openai}", timeout: 20}}
+  anthropic: {{api_key: "${{ANTHROPIC_TEST_KEY}}", base_url: "{anthropic}", timeout: 20}}
+routes:
+  - name: main
+    use: openai/gpt-4o
+    fallback: [anthropic/claude-sonnet-4-6]
+"""
+
+SCRIPTED = """
+providers:
+  fake: {{api_key: k, marker_dir: "{marker_dir}"}}
+routes:
+  - name: with-fallback
+    match: {{tags: [fallback]}}
+    use: fake/echo
+    fallback: [fake/docs]
+  - name: general
+    use: fake/echo
+server:
+  log_format: {log_format}
+"""
+
+
+def request_id_of(call: grpc.Call) -> str:
+    """The request id the daemon sent in the call's trailing metadata."""
+    found = [value for key, value in call.trailing_metadata() or () if key == REQUEST_ID]
+    assert len(found) == 1, call.trailing_metadata()
+    return found[0]
+
+
+def json_entries(daemon) -> list[dict]:
+    """The daemon's JSON log lines (gRPC's C core may add its own plain lines, skipped)."""
+    return [json.loads(line) for line in daemon.logs().splitlines() if line.startswith("{")]
+
+
+def access_entry(daemon, request_id: str) -> dict:
+    """The one access log line of the call with ``request_id``, once it is written."""
+    def find() -> list[dict]:
+        return [e for e in json_entries(daemon) if e.get("request_id") == request_id and "code" in e]
+    assert wait_for(find), f"no access line for {request_id}:\n{daemon.logs()}"
+    [entry] = find()
+    return entry
+
+
+def stats(daemon) -> list[dict]:
+    """What `mmrouter stats` shows of the daemon's data directory."""
+    store = SessionStore(daemon.data_dir / "sessions.sqlite")
+    try:
+        return store.stats()
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def upstreams():
+    servers = FakeOpenAI().start(), FakeAnthropic().start()
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_a_provider_failing_behind_a_fallback_is_logged_and_counted(start_daemon, upstreams) -> None:
+    """The OpenAI key was revoked (every call gets 401) and Anthropic answers each call: each failed
+    attempt is a WARNING naming the provider, model, reason and the call's request id, and
+    `stats` has an `answer (failed)` row for them at no cost."""
+    openai, anthropic = upstreams
+    daemon = start_daemon(FALLBACK.format(openai=openai.base_url, anthropic=anthropic.url), plugins=(),
+                          env={"OPENAI_TEST_KEY": REVOKED, "ANTHROPIC_TEST_KEY": ANTHROPIC_KEY})
+    ids = []
+    for _ in range(3):
+        response, call = daemon.stub.Generate.with_call(pb.GenerateRequest(request=text_request("hi")), timeout=30)
+        assert response.answer.route.provider == "anthropic"
+        ids.append(request_id_of(call))
+    assert len(set(ids)) == 3 and len(openai.requests) == 3
+
+    def failed_lines() -> list[str]:
+        return [line for line in daemon.logs().splitlines() if "provider call openai/gpt-4o failed" in line]
+    assert wait_for(lambda: len(failed_lines()) == 3), daemon.logs()
+    for line, request_id in zip(failed_lines(), ids, strict=True):
+        assert " WARNING " in line and "PROVIDER_AUTH" in line and f"request_id={request_id}" in line
+        assert re.search(r"after \d+ ms", line)
+    assert REVOKED not in daemon.logs()
+
+    assert daemon.stop() == 0
+    rows = {(r["provider"], r["purpose"]): r for r in stats(daemon)}
+    assert set(rows) == {("openai", "answer (failed)"), ("anthropic", "answer")}
+    failed = rows["openai", "answer (failed)"]
+    assert (failed["model"], failed["calls"], failed["cost_usd"]) == ("gpt-4o", 3, 0)
+    assert rows["anthropic", "answer"]["calls"] == 3
+
+
+TRANSCRIBE = """
+providers:
+  openai: {{api_key: "${{OPENAI_TEST_KEY}}", base_url: "{openai}", timeout: 20}}
+routes:
+  - name: transcription
+    use: openai/whisper-1
+"""
+
+
+def test_a_failed_attempt_that_was_paid_is_counted_once(start_daemon, upstreams) -> None:
+    """Clip a.wav was transcribed (billed) when b.wav failed: that paid `answer (failed)` step is the
+    statistics row of the failed attempt, not one more beside it."""
+    openai, _ = upstreams
+    openai.fail_files["b.wav"] = 500
+    daemon = start_daemon(TRANSCRIBE.format(openai=openai.base_url), plugins=(),
+                          env={"OPENAI_TEST_KEY": OPENAI_KEY})
+    clips = [pb.Part(media=pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(0.3), filename=name))
+             for name in ("a.wav", "b.wav")]
+    request = pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_USER, parts=clips)],
+                                   options=pb.Options(task=pb.TASK_TRANSCRIBE))
+    with pytest.raises(grpc.RpcError):
+        daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30)
+    assert wait_for(lambda: "provider call openai/whisper-1 failed" in daemon.logs())
+    assert daemon.stop() == 0
+    [row] = stats(daemon)
+    assert (row["purpose"], row["calls"]) == ("answer (failed)", 1) and row["cost_usd"] > 0
+
+
+@pytest.fixture
+def json_daemon(start_daemon, tmp_path):
+    return start_daemon(SCRIPTED.format(marker_dir=tmp_path, log_format="json"))
+
+
+def test_every_call_gets_a_request_id_and_one_access_line(json_daemon) -> None:
+    daemon = json_daemon
+    response, call = daemon.stub.Generate.with_call(
+        pb.GenerateRequest(request=text_request("hello", session_id="s-1")), timeout=30)
+    entry = access_entry(daemon, request_id_of(call))
+    assert entry["level"] == "INFO" and entry["logger"] == "router.server"
+    assert {k: entry[k] for k in ("method", "code", "rule", "provider", "model", "attempts", "session_id")} == {
+        "method": "Generate", "code": "OK", "rule": "general", "provider": "fake", "model": "echo",
+        "attempts": 1, "session_id": "s-1"}
+    assert isinstance(entry["duration_ms"], float) and entry["duration_ms"] > 0
+    assert response.answer.text.startswith("fake/echo says")
+
+    stream = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("stream it")), timeout=30)
+    assert list(stream)[-1].HasField("done")
+    entry = access_entry(daemon, request_id_of(stream))
+    assert (entry["method"], entry["code"], entry["provider"]) == ("StreamGenerate", "OK", "fake")
+
+    _, call = daemon.stub.ListProviders.with_call(pb.ListProvidersRequest(), timeout=30)
+    assert access_entry(daemon, request_id_of(call))["method"] == "ListProviders"
+
+
+def test_a_failed_call_names_its_request_id_and_every_failed_target(json_daemon) -> None:
+    """Both targets fail: the client's error carries the request id (trailers and ErrorInfo), and the
+    call's one WARNING line has the code, reason and each target's failure, not only the last."""
+    daemon = json_daemon
+    request = text_request("FAIL:503", hints=pb.RoutingHints(tags=["fallback"]))
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30)
+    details = error_details(caught.value)
+    request_id = request_id_of(caught.value)
+    assert details.code == grpc.StatusCode.UNAVAILABLE and details.request_id == request_id
+    entry = access_entry(daemon, request_id)
+    assert (entry["level"], entry["code"], entry["reason"], entry["attempts"]) == (
+        "WARNING", "UNAVAILABLE", "PROVIDER_UNAVAILABLE", 2)
+    assert (entry["rule"], entry["provider"], entry["model"]) == ("with-fallback", "fake", "docs")
+    assert "fake/echo: " in entry["message"] and "fake/docs: " in entry["message"]
+    assert not [e for e in json_entries(daemon) if e["message"].startswith("request failed")]  # said once
+
+    with pytest.raises(grpc.RpcError) as caught:  # refused before routing: an id all the same
+        daemon.stub.ResetSession(pb.ResetSessionRequest(), timeout=30)
+    request_id = request_id_of(caught.value)
+    assert error_details(caught.value).request_id == request_id
+    entry = access_entry(daemon, request_id)
+    assert (entry["method"], entry["code"], entry["reason"]) == ("ResetSession", "INVALID_ARGUMENT", "INVALID_REQUEST")
+
+
+def test_a_deadline_and_a_cancellation_are_logged(json_daemon, tmp_path) -> None:
+    daemon = json_daemon
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("SLOW:30")), timeout=1)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def ended(method: str, code: str) -> list[dict]:
+        return [e for e in json_entries(daemon) if e.get("method") == method and e.get("code") == code]
+    assert wait_for(lambda: ended("Generate", "DEADLINE_EXCEEDED")), daemon.logs()
+    [entry] = ended("Generate", "DEADLINE_EXCEEDED")
+    assert entry["level"] == "WARNING" and entry["duration_ms"] >= 900 and entry["provider"] == "fake"
+
+    stream = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("SLOW:30")))
+    assert next(stream).HasField("route_chosen")
+    assert wait_for(lambda: list(tmp_path.glob("started-*")))
+    stream.cancel()
+    assert wait_for(lambda: ended("StreamGenerate", "CANCELLED")), daemon.logs()
+    [entry] = ended("StreamGenerate", "CANCELLED")
+    assert entry["level"] == "WARNING" and entry["rule"] == "general"
+    assert entry["request_id"] in {p.name.removeprefix("started-") for p in tmp_path.glob("started-*")}
+
+
+def test_text_logs_have_the_access_line_readable(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(SCRIPTED.format(marker_dir=tmp_path, log_format="text"))
+    _, call = daemon.stub.Generate.with_call(pb.GenerateRequest(request=text_request("hi")), timeout=30)
+    request_id = request_id_of(call)
+    assert wait_for(lambda: f"request_id={request_id}" in daemon.logs())
+    [line] = [line for line in daemon.logs().splitlines() if f"request_id={request_id}" in line]
+    assert re.search(r" INFO router\.server: Generate OK in \d+ ms rule=general provider=fake model=echo "
+                     r"attempts=1 request_id=", line), line
+
+
+WRONG = "wrong-token-ab12cd34ef"
+
+
+def test_authentication_refusals_are_logged_without_the_token(start_daemon) -> None:
+    daemon = start_daemon(AUTH_CONFIG, env={"MMROUTER_TEST_TOKEN": TOKEN})
+    for metadata in (None, bearer(WRONG), (("authorization", f"Basic {WRONG}"),)):
+        with pytest.raises(grpc.RpcError) as caught:
+            daemon.stub.ListProviders(pb.ListProvidersRequest(), metadata=metadata, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    daemon.stub.ListProviders(pb.ListProvidersRequest(), metadata=bearer(TOKEN), timeout=30)
+
+    def refusals() -> list[str]:
+        return [line for line in daemon.logs().splitlines() if "refused /mmrouter.v1.RouterService/" in line]
+    assert wait_for(lambda: len(refusals()) == 3), daemon.logs()
+    for line, which in zip(refusals(), ("no authorization metadata", "wrong token", "is not 'Bearer <token>'"),
+                           strict=True):
+        assert " WARNING " in line and "/ListProviders from ipv" in line and which in line, line
+    assert WRONG not in daemon.logs() and TOKEN not in daemon.logs()
+
+
+@pytest.mark.parametrize("ready", ["missing-dir/ready", "is-a-dir"])
+def test_an_unwritable_ready_file_stops_start_up_with_one_json_line(tmp_path, ready) -> None:
+    (tmp_path / "is-a-dir").mkdir()
+    config = tmp_path / "router.yaml"
+    config.write_text("server:\n  log_format: json\n")
+    result = subprocess.run([sys.executable, "-m", "router", "serve", "--config", str(config), "--address",
+                             "127.0.0.1:0", "--data-dir", str(tmp_path / "data"), "--ready-file",
+                             str(tmp_path / ready)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len(lines) == 1, lines
+    entry = json.loads(lines[0])
+    assert entry["level"] == "CRITICAL" and "--ready-file" in entry["message"] and ready in entry["message"]
+
+
+def test_a_ready_file_that_fails_to_be_written_stops_the_server_cleanly(tmp_path) -> None:
+    """/dev/full passes every check and fails the write itself (ENOSPC), once the server runs: it is
+    stopped before the exit, so no gRPC or asyncio complaint breaks the JSON log."""
+    config = tmp_path / "router.yaml"
+    config.write_text("server:\n  log_format: json\n")
+    result = subprocess.run([sys.executable, "-m", "router", "serve", "--config", str(config), "--address",
+                             "127.0.0.1:0", "--data-dir", str(tmp_path / "data"), "--ready-file", "/dev/full"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    entries = [json.loads(line) for line in (result.stdout + result.stderr).splitlines()]
+    assert entries[-1]["level"] == "CRITICAL" and "/dev/full" in entries[-1]["message"]
