@@ -28,7 +28,7 @@ from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownSession
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
-from .redact import longest_first, mask, remembered, url_credentials
+from .redact import longest_first, mask, remembered, remembered_count, url_credentials
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
 from .sessions import SessionStore, StoredBridges, trim_history
 from .settings import ProviderSettings
@@ -135,7 +135,7 @@ class App:
         self._in_flight: Counter[str] = Counter()  # session id -> calls on it under way
         self.router = _router_of(config)
         self.secrets = longest_first(secrets_of(config.providers, config.server.auth_token))
-        self._remembered: frozenset[str] = frozenset()
+        self._remembered = 0  # how many of redact.remembered() self.secrets holds
         self.catalog: Catalog = self._build_catalog()
 
     def reload(self, config: Config) -> tuple[bool, list[str]] | None:
@@ -219,10 +219,9 @@ class App:
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced by ``***``: the configured ones and those plugins
         resolved themselves (:func:`redact.remembered`)."""
-        known = remembered()
-        if not known <= self._remembered:  # a plugin made since (a reload) resolved more
-            self._remembered = known
-            self.secrets = longest_first([*self.secrets, *known])
+        if remembered_count() != self._remembered:  # a plugin made since (a reload) resolved more
+            self._remembered = remembered_count()
+            self.secrets = longest_first([*self.secrets, *remembered()])
         return mask(text, self.secrets)
 
     # -- requests ------------------------------------------------------------------------

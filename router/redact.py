@@ -98,6 +98,11 @@ def remembered() -> frozenset[str]:
     return frozenset(_REMEMBERED)
 
 
+def remembered_count() -> int:
+    """How many secrets :func:`remember` holds: a cheap test of whether :func:`remembered` grew."""
+    return len(_REMEMBERED)
+
+
 def install(secrets: Iterable[str]) -> SecretFilter:
     """Add a :class:`SecretFilter` to every handler of the root logger; return it (to add secrets later)."""
     log_filter = SecretFilter(secrets)
