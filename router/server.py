@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from pathlib import Path
@@ -802,7 +803,9 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
                 raise OSError(None, f"the --ready-file cannot be written ({exc.strerror or exc})",
                               str(ready_file)) from None
             raise
+    watch = asyncio.create_task(_report_stuck_calls(max(config.server.shutdown_grace_seconds, 0.1)))
     await stop.wait()
+    watch.cancel()
     grace = config.server.shutdown_grace_seconds
     log.info("shutting down: draining in-flight calls for up to %gs", grace)
     await health_servicer.enter_graceful_shutdown()
@@ -815,6 +818,25 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         logging.shutdown()
         os._exit(1)  # asyncio.run would wait for those calls forever
     log.info("stopped")
+
+
+async def _report_stuck_calls(every: float) -> None:
+    """Log an error, once each, for provider calls cancelled (client gone, deadline passed) at least
+    ``every`` seconds ago that still run: a plugin that ignores cancellation holds the call's slot
+    (``server.max_concurrent_calls``), which nothing else shows until the daemon stops. A look every
+    ``every`` seconds at the calls under way, nothing per call."""
+    reported: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
+    cancelled_before: set[asyncio.Task] = set()
+    while True:
+        await asyncio.sleep(every)
+        cancelled = {task for task in invoke.calls_under_way() if task.cancelling() and not task.done()}
+        for task in cancelled & cancelled_before:
+            if task not in reported:
+                reported.add(task)
+                log.error("a call to %s still runs over %gs after it was cancelled: the plugin ignores cancellation "
+                          "(catches CancelledError?) and holds a call slot until the daemon stops",
+                          " and ".join(invoke.providers_running([task])), every)
+        cancelled_before = cancelled
 
 
 def check_ready_file(path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import make_dist_info
-from grpc_helpers import error_details, providers_by_name, text_request
+from grpc_helpers import error_details, providers_by_name, text_request, wait_for
 from mmrouter.v1 import router_pb2 as pb
 
 import router
@@ -315,6 +315,10 @@ def test_sigterm_stops_the_daemon_though_a_plugin_ignores_cancellation(faulty_da
     with pytest.raises(grpc.RpcError) as failed:
         faulty_daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=1)
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # the stuck call holds a call slot: said shutdown_grace_seconds (0.5) after its deadline, not only at shutdown
+    assert wait_for(lambda: "ignores cancellation" in faulty_daemon.logs(), timeout=10)
+    [stuck] = [line for line in faulty_daemon.logs().splitlines() if "ignores cancellation" in line]
+    assert " ERROR " in stuck and "a call to faulty still runs over 0.5s after it was cancelled" in stuck
     started = time.monotonic()
     faulty_daemon.proc.send_signal(signal.SIGTERM)
     faulty_daemon.proc.wait(30)
