@@ -427,14 +427,19 @@ def _sessions(path: Path) -> Iterator[SessionStore]:
 @app.command()
 def stats(data_dir: DataDirOption = None,
           config: DaemonConfigOption = None,
+          since: Annotated[float | None, typer.Option(
+              "--since", min=0.0, help="Only the last this many days (fractions allowed: 0.04 is about an hour).")] = None,
           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Calls, latency and cost per rule, provider and model, from the daemon's records."""
+    """Calls, latency and cost per rule, provider and model, from the daemon's records (all of them
+    still kept, see prune, or those of the last --since days)."""
+    import time
+
     path = _data_dir(config, data_dir) / "sessions.sqlite"
     if not path.exists():
         err.print(f"[red]no records at {path}: has the daemon answered anything yet?[/red]")
         raise typer.Exit(1)
     with _sessions(path) as store:
-        rows = store.stats()
+        rows = store.stats(0.0 if since is None else time.time() - since * 86400)
     if as_json:
         out.print_json(json.dumps(rows))
         return

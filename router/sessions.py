@@ -335,13 +335,14 @@ class SessionStore:
         """Write the statistics rows that wait (here and now: not on an event loop)."""
         self._write_calls(self._take_pending())
 
-    def stats(self) -> list[dict]:
-        """Per rule, provider and model: calls, mean and max latency, total cost."""
+    def stats(self, since: float = 0.0) -> list[dict]:
+        """Per rule, provider and model: calls, mean and max latency, total cost; of the calls made
+        at ``since`` (a ``time.time()``) or later."""
         self.flush()
         rows = self._db.execute(
             "SELECT rule, provider, model, purpose, COUNT(*), AVG(latency_ms), MAX(latency_ms), SUM(cost_usd),"
-            " SUM(input_tokens), SUM(output_tokens), SUM(audio_seconds) FROM calls"
-            " GROUP BY rule, provider, model, purpose ORDER BY rule, provider, model"
+            " SUM(input_tokens), SUM(output_tokens), SUM(audio_seconds) FROM calls WHERE at >= ?"
+            " GROUP BY rule, provider, model, purpose ORDER BY rule, provider, model", (since,)
         ).fetchall()
         keys = ["rule", "provider", "model", "purpose", "calls", "mean_latency_ms", "max_latency_ms", "cost_usd",
                 "input_tokens", "output_tokens", "audio_seconds"]

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -554,6 +555,14 @@ def test_stats_shows_calls_and_cost_per_rule_provider_and_model(start_daemon, tm
     assert table["chat"][6] == f"{costs['chat']:.6f}"
     assert table["media"][:4] == ["media", "fake/omni", "answer", "1"]
     assert table["media"][6] == f"{costs['media']:.6f}"
+
+    # --since: the calls of the last days only (an hour ago, none; a day ago, all three)
+    with sqlite3.connect(daemon.data_dir / "sessions.sqlite") as db:  # the chats were two hours ago
+        db.execute("UPDATE calls SET at = at - 7200 WHERE rule = 'chat'")
+    recent = json.loads(ok(Cli("stats", "--data-dir", daemon.data_dir, "--since", "0.04", "--json").result()).stdout)
+    assert [(r["rule"], r["calls"]) for r in recent] == [("media", 1)]
+    today = json.loads(ok(Cli("stats", "--data-dir", daemon.data_dir, "--since", "1", "--json").result()).stdout)
+    assert {r["rule"]: r["calls"] for r in today} == {"chat": 2, "media": 1}
 
 
 
