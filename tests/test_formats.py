@@ -29,7 +29,7 @@ from router.errors import (
     provider_error_from_status,
 )
 from router.routing import Bridge, Plan, ProviderStatus, Router, Target, facts_of
-from router.types import Media, Message, Modality, ModelInfo, Options, Part, Request, Role, Task
+from router.types import Media, Message, Modality, ModelInfo, Options, Part, Price, Request, Role, Task
 from router.wire import model_to_proto
 
 IMAGE, AUDIO, VIDEO, DOC = Modality.IMAGE, Modality.AUDIO, Modality.VIDEO, Modality.DOCUMENT
@@ -271,3 +271,27 @@ def test_the_duration_refusal_counts_as_too_large() -> None:
     text = "audio duration 1830.5 seconds is longer than 1400 seconds which is the maximum for this model"
     assert is_input_too_large(text)
     assert isinstance(provider_error_from_status("openai", 400, text), ProviderInputTooLarge)
+
+
+def test_gemini_takes_video_mov_the_name_its_docs_use() -> None:
+    """Gemini's video docs name ``video/mov``: routing must not bridge such a video away from Gemini."""
+    pro = next(m for m in GEMINI_MODELS if m.name == "gemini-2.5-pro")
+    assert pro.takes_mime("video/mov", Modality.VIDEO) and pro.takes_mime("video/quicktime", Modality.VIDEO)
+    decision = decide(ask(media(Modality.VIDEO, "video/mov", 2.0)), "gemini", "local")
+    assert (str(decision.plan.target), decision.plan.bridges) == ("gemini/gemini-2.5-pro", [])
+
+
+def test_an_audio_format_a_chat_model_cannot_send_is_refused_retryably() -> None:
+    """A configured audio chat model takes any format by its catalogue, but the chat API takes wav
+    and mp3 only: the refusal lets the whisper bridge or the rule's next target take the audio."""
+    from mmrouter_openai.chat import _media_part
+
+    model = ModelInfo("my-audio-chat", frozenset({Modality.TEXT, Modality.AUDIO}))
+    with pytest.raises(ProviderUnsupportedInput, match="wav or mp3 only") as caught:
+        _media_part("openai", model, media(Modality.AUDIO, "audio/mp4"), "messages[0].parts[1]")
+    assert caught.value.retryable
+
+
+def test_a_long_context_size_over_four_billion_tokens_still_goes_on_the_wire() -> None:
+    model = ModelInfo("big", frozenset({Modality.TEXT}), price=Price(long_context_above_tokens=5_000_000_000))
+    assert model_to_proto(model).price.long_context_above_tokens == 5_000_000_000

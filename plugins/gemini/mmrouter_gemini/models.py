@@ -16,7 +16,7 @@ MIME_TYPES = frozenset({
     "image/png", "image/jpeg", "image/webp", "image/heic", "image/heif",
     "audio/wav", "audio/mpeg", "audio/aiff", "audio/x-aiff", "audio/aac", "audio/ogg", "audio/flac",
     "audio/mp4", "audio/webm", "audio/opus", "audio/mpga", "audio/pcm",
-    "video/mp4", "video/mpeg", "video/quicktime", "video/avi", "video/x-msvideo", "video/x-flv", "video/mpg",
+    "video/mp4", "video/mpeg", "video/mov", "video/quicktime", "video/avi", "video/x-msvideo", "video/x-flv", "video/mpg",
     "video/webm", "video/wmv", "video/x-ms-wmv", "video/3gpp",
     "application/pdf", "application/json", "application/x-javascript", "application/x-python", "text/*",
 })

@@ -23,6 +23,7 @@ from router import (
     Modality,
     ModelInfo,
     ProviderBadRequest,
+    ProviderUnsupportedInput,
     Request,
     Role,
     TextDelta,
@@ -83,9 +84,9 @@ def _media_part(provider: str, model: ModelInfo, media: Media, where: str) -> di
         return {"type": "image_url", "image_url": {"url": url}}
     if media.modality is Modality.AUDIO:
         fmt = AUDIO_FORMATS.get(normalise_mime(media.mime_type))
-        if fmt is None:
-            raise ProviderBadRequest(provider, f"{model.name} takes audio as wav or mp3 only, "
-                                               f"got {media.mime_type} ({where})")
+        if fmt is None:  # retryable: a bridge (whisper-1) or the rule's next target may take it
+            raise ProviderUnsupportedInput(provider, f"{model.name} takes audio as wav or mp3 only, "
+                                                     f"got {media.mime_type} ({where})")
         if media.data is None and media.path is None:
             raise ProviderBadRequest(provider, f"{model.name} cannot fetch audio by URL ({where})")
         return {"type": "input_audio", "input_audio": {"data": Base64Of(media), "format": fmt}}
