@@ -35,9 +35,10 @@ WRONG_TOKEN = ("the token was not accepted: send the daemon's server.auth_token 
                "(mmrouter CLI: --token or MMROUTER_TOKEN)")
 
 
-def _denied(message: str) -> grpc.Status:
+def _denied(message: str, request_id: str) -> grpc.Status:
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason="UNAUTHENTICATED", domain="mmrouter"))
+    info.Pack(error_details_pb2.ErrorInfo(reason="UNAUTHENTICATED", domain="mmrouter",
+                                          metadata={"request_id": request_id}))
     return rpc_status.to_status(status_pb2.Status(code=code_pb2.UNAUTHENTICATED, details=[info], message=message))
 
 
@@ -82,10 +83,16 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         message, which = refusal
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+            from .core import REQUEST_ID_KEY, new_request_id  # the daemon's (core is not for clients to load)
+
+            request_id = new_request_id()
             # the token is never logged: a wrong one may be another service's real secret
-            log.warning("refused %s from %s: %s (UNAUTHENTICATED)", details.method, context.peer(), which,
-                        extra={"method": details.method, "peer": context.peer(), "refusal": which})
-            await context.abort_with_status(_denied(message))
+            log.warning("refused %s from %s: %s (UNAUTHENTICATED) request_id=%s", details.method, context.peer(),
+                        which, request_id,
+                        extra={"method": details.method, "peer": context.peer(), "refusal": which,
+                               "request_id": request_id})
+            status = _denied(message, request_id)
+            await context.abort(status.code, status.details, (*status.trailing_metadata, (REQUEST_ID_KEY, request_id)))
 
         kinds = {
             (False, False): grpc.unary_unary_rpc_method_handler,

@@ -565,7 +565,10 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
 
 def _warnings(config: Config, registry: Registry) -> Iterator[str]:
     """What ``config check`` warns of without failing: targets of disabled providers, bridges that never
-    bridge, rules that never serve a request, embedded rules replaced by the file's."""
+    bridge, rules that never serve a request, embedded rules replaced by the file's, and embedded rules'
+    targets naming models a provider does not offer (an Ollama served as ``openai``)."""
+    for _, problem in unknown_models(config, registry.entries, embedded=True):
+        yield f"{problem}: routing skips it"
     for key, text in targets_of(config):
         entry = registry.entries.get(Target.parse(text).provider)
         if entry is not None and entry.state is State.DISABLED:
@@ -674,15 +677,26 @@ def _always_usable(index: int, rule: Rule, registry: Registry) -> tuple[int, Rul
     return None
 
 
+def _reads_more(model: ModelInfo, catch_all: ModelInfo) -> bool:
+    """Whether ``model`` takes a media format ``catch_all`` does not (any, when it lists none)."""
+    if not model.input_mime_types:
+        return True
+    return any(mime not in catch_all.input_mime_types and not catch_all.takes_mime(mime)
+               for mime in model.input_mime_types)
+
+
 def _takes_leftovers(rule: Rule, catch_all: ModelInfo, registry: Registry) -> bool:
-    """Whether ``rule`` can still serve a request the catch-all target ``catch_all`` leaves: only a diarized
-    transcription, when that target cannot diarize."""
+    """Whether ``rule`` can still serve a request the catch-all target ``catch_all`` leaves: media in a
+    format it does not read (``local`` leaves HEIC photos), or a diarized transcription, when that
+    target cannot diarize."""
+    models = [m for m in (_model_of(text, registry) for text in (rule.use, *rule.fallback)) if m is not None]
+    if catch_all.input_mime_types and any(_reads_more(model, catch_all) for model in models):
+        return True
     if FEATURE_DIARIZATION in catch_all.features or rule.match.diarization is False:
         return False
     if rule.match.task is not None and Task.TRANSCRIBE not in rule.match.task:
         return False
-    return any(model is not None and model.can_do(Task.TRANSCRIBE) and FEATURE_DIARIZATION in model.features
-               for model in (_model_of(text, registry) for text in (rule.use, *rule.fallback)))
+    return any(model.can_do(Task.TRANSCRIBE) and FEATURE_DIARIZATION in model.features for model in models)
 
 
 def _named_providers(config: Config) -> Iterator[tuple[str, str]]:

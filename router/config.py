@@ -563,15 +563,41 @@ def targets_of(config: Config) -> Iterator[tuple[str, str]]:
             yield f"bridges.{modality.value}.{j}", target
 
 
-def unknown_models(config: Config, entries: Mapping[str, ProviderEntry]) -> list[tuple[ProviderEntry, str]]:
+def embedded_keys(config: Config) -> set[str]:
+    """The keys of ``config`` (``routes.5``, ``bridges.audio``, ``default``) that ``extend_default_routes``
+    filled from the embedded default rather than the file (a part identical to the embedded one counts
+    as embedded: the file adds nothing there)."""
+    if not config.extend_default_routes:
+        return set()
+    default = embedded_default()
+    embedded_rules = {rule.name: rule for rule in default.routes}
+    keys = {f"routes.{i}" for i, rule in enumerate(config.routes) if embedded_rules.get(rule.name) == rule}
+    keys |= {f"bridges.{modality.value}" for modality, targets in config.bridges.items()
+             if list(default.bridges.get(modality, [])) == list(targets)}
+    if config.default == default.default:
+        keys.add("default")
+    return keys
+
+
+def unknown_models(config: Config, entries: Mapping[str, ProviderEntry],
+                   *, embedded: bool = False) -> list[tuple[ProviderEntry, str]]:
     """Each target of ``config`` whose provider (made by its plugin: ready or not configured) offers no
     such model, as its provider's entry and ``"<key>: provider 'x' has no model 'y' (it has: ...)"``.
 
     Routing skips such a target on every request, so ``config check`` refuses it and so do ``serve``
     and a reload when the provider is ready. Providers that are not installed, disabled or broken
-    have no models to check against."""
+    have no models to check against. Only the file's own targets are checked; with ``embedded``,
+    only those ``extend_default_routes`` took from the embedded rules (``"embedded rule 'x' (routes.5.use)"``):
+    an operator who serves other models under a provider's name (an Ollama as ``openai``) cannot
+    change those, and routing passes over them."""
     problems = []
+    from_embedded = embedded_keys(config)
     for key, text in targets_of(config):
+        section = key if key == "default" else ".".join(key.split(".")[:2])
+        if (section in from_embedded) != embedded:
+            continue
+        if embedded and key.startswith("routes."):
+            key = f"embedded rule {config.routes[int(key.split('.')[1])].name!r} ({key})"
         provider, _, model = text.partition("/")
         entry = entries.get(provider)
         if entry is None or entry.provider is None:

@@ -103,7 +103,8 @@ def _unsaved_reason(exc: Exception) -> str:
 def missing_models(config: Config, registry: Registry) -> list[str]:
     """The targets of ``config`` naming a model that their ready provider in ``registry`` does not
     offer, as ``config check`` words them: routing would skip each on every request, so start-up
-    and reloads refuse them. Those of a provider not ready (no key) are only logged as warnings."""
+    and reloads refuse them. Those of a provider not ready (no key) are only logged as warnings, as are
+    those of the embedded rules ``extend_default_routes`` appended, which the file cannot change."""
     problems = []
     for entry, problem in unknown_models(config, registry.entries):
         if entry.state is State.READY:
@@ -111,6 +112,8 @@ def missing_models(config: Config, registry: Registry) -> list[str]:
         else:
             log.warning("%s: routing skips it (provider %r is %s now, so this is only a warning; "
                         "`mmrouter config check` refuses it)", problem, entry.name, entry.state.value)
+    for _, problem in unknown_models(config, registry.entries, embedded=True):
+        log.warning("%s: routing skips it (extend_default_routes)", problem)
     return problems
 
 
@@ -508,6 +511,11 @@ def _without_urls(message: Message) -> Message:
         if p.media is not None and p.media.url else p
         for p in message.parts
     ])
+
+
+#: The trailing metadata that carries a call's request id (also ``request_id`` in an error's
+#: ErrorInfo metadata): the id its line in the daemon's log and its provider calls' lines carry.
+REQUEST_ID_KEY = "x-mmrouter-request-id"
 
 
 def new_request_id() -> str:

@@ -39,7 +39,7 @@ from mmrouter.v1 import router_pb2_grpc
 from . import invoke, redact, wire
 from .auth import TokenAuth
 from .config import Config, load_config, parse_address, replaced_default_rules
-from .core import App, missing_models, monotonic_deadline, new_request_id, secrets_of
+from .core import REQUEST_ID_KEY, App, missing_models, monotonic_deadline, new_request_id, secrets_of
 from .dispatch import RouterEvent
 from .errors import (
     AnswerTooLarge,
@@ -117,9 +117,10 @@ def _internal_status(app: App, exc: BaseException, request_id: str) -> status_pb
     )
 
 
-#: The trailing metadata that carries a call's request id (also ``request_id`` in an error's
-#: ErrorInfo metadata): the id its line in the daemon's log and its provider calls' lines carry.
-REQUEST_ID_KEY = "x-mmrouter-request-id"
+
+
+#: A call ended this close to its deadline is logged as DEADLINE_EXCEEDED, not CANCELLED.
+DEADLINE_MARGIN_SECONDS = 0.25
 
 
 class CallLog:
@@ -146,7 +147,8 @@ class CallLog:
     def ended_early(self, context: grpc.aio.ServicerContext) -> None:
         """Log a call cancelled by its client or by gRPC at its deadline (its client gets nothing more)."""
         remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
+        # the client's reset at its deadline may come a little before gRPC's own: within the margin it is that
+        if remaining is not None and remaining <= DEADLINE_MARGIN_SECONDS:
             self._log(logging.WARNING, "DEADLINE_EXCEEDED", "", "the client's deadline passed")
         else:
             self._log(logging.WARNING, "CANCELLED", "", "the client cancelled the call or left, or the daemon stopped")

@@ -810,6 +810,26 @@ def test_config_check_warns_of_rules_that_can_never_serve_a_request(tmp_path):
         assert usable not in output
 
 
+def test_a_rule_taking_formats_the_catch_all_cannot_read_is_not_called_unreachable(tmp_path):
+    """local/extract cannot read HEIC photos, which routing then sends on to a later rule on Gemini:
+    that rule serves requests, so config check must not invite the operator to delete it."""
+    path = tmp_path / "heic.yaml"
+    path.write_text(yaml("""
+        providers:
+          gemini: {api_key: "gm-key-123456789"}
+          local: {}
+        routes:
+          - name: offline
+            use: local/extract
+          - name: photos
+            match: {inputs_any: [image]}
+            use: gemini/gemini-2.5-flash
+        default: local/extract
+    """))
+    result = check(path)
+    assert result.returncode == 0 and "never serves" not in result.stderr, result.stderr
+
+
 def test_config_check_warns_of_targets_whose_provider_is_disabled(tmp_path):
     """``plugins.disabled: [openai]`` with openai targets: the check was silent and the rules were skipped
     at run time with "disabled in config"."""
@@ -925,3 +945,36 @@ def test_config_check_masks_the_keys_a_broken_plugin_quotes(tmp_path):
     assert result.returncode == 1
     assert "providers.leaky: register_providers failed: RuntimeError: cannot log in with ***" in result.stderr
     assert "sk-leaky" not in result.stdout + result.stderr
+
+
+OLLAMA_AS_OPENAI = """
+providers:
+  openai:
+    base_url: http://127.0.0.1:9/v1
+    builtin_models: false
+    models: [{name: llama3.2-vision, inputs: [text, image], context_tokens: 131072}]
+routes:
+  - name: private
+    match: {tags: [private]}
+    use: openai/llama3.2-vision
+extend_default_routes: true
+"""
+
+
+def test_embedded_rules_naming_models_a_provider_lacks_are_warned_of_not_refused(start_daemon, tmp_path):
+    """An Ollama served as ``openai`` (builtin_models: false) with the embedded rules appended: their
+    openai/gpt-4o targets are skipped by routing, which the file cannot change, so config check warns
+    (naming the embedded rule) and serve starts, as before; the file's own typos are still refused."""
+    path = tmp_path / "ollama.yaml"
+    path.write_text(OLLAMA_AS_OPENAI)
+    result = check(path)
+    assert result.returncode == 0, result.stderr
+    assert ("embedded rule 'cross-modal' (routes.7.use): provider 'openai' has no model 'gpt-4o' "
+            "(it has: llama3.2-vision): routing skips it") in result.stderr
+    daemon = start_daemon(OLLAMA_AS_OPENAI, plugins=())
+    route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=text_request("hi")), timeout=30).route
+    assert (route.rule, route.provider) == ("general", "local")
+    assert "embedded rule 'general' (routes.8.use): provider 'openai' has no model 'gpt-4o'" in daemon.logs()
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(OLLAMA_AS_OPENAI.replace("use: openai/llama3.2-vision", "use: openai/llama3.2-visio"))
+    assert check(typo).returncode == 1
