@@ -289,12 +289,14 @@ def test_providers_list_shows_the_catalogue(daemon):
     anthropic = providers["anthropic"]
     assert anthropic.state == pb.PROVIDER_STATE_READY and anthropic.plugin == "anthropic"
     models = {m.name: m for m in anthropic.models}
-    assert {"claude-sonnet-4-6", "claude-opus-4-1", "claude-haiku-4-5"} <= set(models)
+    assert {"claude-sonnet-4-6", "claude-opus-4-5", "claude-haiku-4-5"} <= set(models)
+    assert "claude-opus-4-1" not in models  # retired on 2026-08-05
     for model in models.values():
         assert set(model.inputs) == {pb.MODALITY_TEXT, pb.MODALITY_IMAGE, pb.MODALITY_DOCUMENT}
-        assert model.context_tokens == 200_000
-    assert (models["claude-opus-4-1"].price.input_per_mtok, models["claude-opus-4-1"].price.output_per_mtok) == (
-        15.0, 75.0)
+    assert models["claude-sonnet-4-6"].context_tokens == 1_000_000
+    assert models["claude-haiku-4-5"].context_tokens == 200_000
+    assert (models["claude-opus-4-5"].price.input_per_mtok, models["claude-opus-4-5"].price.output_per_mtok) == (
+        5.0, 25.0)
 
 
 def test_without_key_the_provider_is_not_configured(start_daemon, fake):
@@ -383,11 +385,13 @@ def long_pdf(pages: int, label: str) -> bytes:
 
 
 def pdf_turn(pdf: bytes, question: str, session: str) -> pb.MultimodalRequest:
-    return ask(media_part(pb.MODALITY_DOCUMENT, "application/pdf", pdf), text_part(question), session=session)
+    """A PDF turn for claude-haiku-4-5 (the ``cheap`` rule): a 200k-token model, 100 PDF pages per request."""
+    return ask(media_part(pb.MODALITY_DOCUMENT, "application/pdf", pdf), text_part(question), session=session,
+               tags=("cheap",))
 
 
 def test_a_session_over_claudes_pdf_pages_drops_older_history_and_goes_on(daemon, fake):
-    """Three 35-page PDFs are 105 pages: over Claude's 100 pages per request, though far under its
+    """Three 35-page PDFs are 105 pages: over Claude Haiku 4.5's 100 pages per request, though far under its
     context. The turn is refused before sending, tried again without the oldest turn, and answered;
     so is the next one, streamed (the history on the router's side is untouched)."""
     pdfs = [long_pdf(35, f"report {n}") for n in range(1, 5)]
@@ -397,24 +401,24 @@ def test_a_session_over_claudes_pdf_pages_drops_older_history_and_goes_on(daemon
 
     answer = daemon.stub.Generate(pb.GenerateRequest(request=pdf_turn(pdfs[2], "Compare them.", "reports")),
                                   timeout=30).answer
-    assert (answer.route.model, answer.text) == ("claude-sonnet-4-6", "Hello from fake Claude.")
+    assert (answer.route.model, answer.text) == ("claude-haiku-4-5", "Hello from fake Claude.")
     assert len(fake.message_calls()) == 3  # the refused request was never sent
     assert [b.data for b in media_blocks(fake.last_body())] == [pdfs[1], pdfs[2]]
     assert [m["role"] for m in fake.last_body()["messages"]] == ["user", "assistant", "user"]
     [note] = [n for n in answer.route.notes if "history trimmed" in n]
     assert "dropped the 2 oldest message(s) of session reports" in note
-    assert "105 PDF pages" in note and "anthropic/claude-sonnet-4-6" in note
-    assert [(a.model, a.ok) for a in answer.route.attempts] == [("claude-sonnet-4-6", False),
-                                                                 ("claude-sonnet-4-6", True)]
+    assert "105 PDF pages" in note and "anthropic/claude-haiku-4-5" in note
+    assert [(a.model, a.ok) for a in answer.route.attempts] == [("claude-haiku-4-5", False),
+                                                                 ("claude-haiku-4-5", True)]
     assert "105 PDF pages" in answer.route.attempts[0].error
     assert (answer.usage.input_tokens, answer.usage.output_tokens) == (1500, 80)  # the refusal cost nothing
-    assert answer.usage.cost_usd == pytest.approx(cost((1500, 80), SONNET))
+    assert answer.usage.cost_usd == pytest.approx(cost((1500, 80), HAIKU))
 
     events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(
         request=pdf_turn(pdfs[3], "And this one?", "reports")), timeout=30))
     assert [e.text_delta.text for e in events if e.HasField("text_delta")] == ["Hello", " from", " fake", " Claude."]
     done = events[-1].done.answer
-    assert done.text == "Hello from fake Claude." and done.route.model == "claude-sonnet-4-6"
+    assert done.text == "Hello from fake Claude." and done.route.model == "claude-haiku-4-5"
     assert any("refused the request for its size" in n for n in done.route.notes)
     assert [b.data for b in media_blocks(fake.last_body())] == [pdfs[2], pdfs[3]]
     assert [(u.input_tokens, u.output_tokens) for u in (e.usage for e in events if e.HasField("usage"))] == [
@@ -435,3 +439,20 @@ def test_a_current_turn_over_the_limit_alone_still_fails_and_keeps_no_turn(daemo
     daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Still there?"), session="big")), timeout=30)
     assert [(m["role"], [b["text"] for b in m["content"]]) for m in fake.last_body()["messages"]] == [
         ("user", ["Hello."]), ("assistant", ["Hello from fake Claude."]), ("user", ["Still there?"])]
+
+
+def test_a_conversation_ending_with_the_assistant_is_answered_by_claude_sonnet_4_6(daemon, fake):
+    """Claude 4.6 refuses a final assistant turn (prefill) with 400; the plugin sends the partial answer as
+    user text asking Claude to continue it, so the default target answers instead of INVALID_ARGUMENT."""
+    request = pb.MultimodalRequest(messages=[
+        pb.Message(role=pb.ROLE_USER, parts=[text_part("Name a colour.")]),
+        pb.Message(role=pb.ROLE_ASSISTANT, parts=[text_part("The colour is ")]),
+    ])
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer
+    assert (answer.route.model, answer.text) == ("claude-sonnet-4-6", "Hello from fake Claude.")
+    [turn] = fake.last_body()["messages"]
+    assert turn["role"] == "user"
+    assert [b["text"] for b in turn["content"]] == [
+        "Name a colour.",
+        "(Your answer so far follows. Continue it from exactly where it stops, without repeating it.)\n\n"
+        "The colour is"]

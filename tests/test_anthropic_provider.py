@@ -116,13 +116,14 @@ class TestAnthropicContract(ProviderContract):
 def test_models_declare_inputs_context_and_prices() -> None:
     prov = AnthropicProvider({"api_key": "k"})
     assert prov.models[0].name == "claude-sonnet-4-6"
-    expected = {"claude-sonnet-4-6": (3.0, 15.0), "claude-opus-4-1": (15.0, 75.0), "claude-haiku-4-5": (1.0, 5.0)}
-    for name, (price_in, price_out) in expected.items():
+    expected = {"claude-sonnet-4-6": (3.0, 15.0, 1_000_000, 128_000), "claude-opus-4-5": (5.0, 25.0, 200_000, 64_000),
+                "claude-haiku-4-5": (1.0, 5.0, 200_000, 64_000)}
+    for name, (price_in, price_out, context, max_output) in expected.items():
         model = prov.model(name)
         assert model is not None, name
         assert model.inputs == {Modality.TEXT, Modality.IMAGE, Modality.DOCUMENT}
         assert not model.can_take({Modality.AUDIO})
-        assert model.context_tokens == 200_000
+        assert (model.context_tokens, model.max_output_tokens) == (context, max_output)
         assert (model.price.input_per_mtok, model.price.output_per_mtok) == (price_in, price_out)
         assert model.default_max_output_tokens > 0
 
@@ -248,10 +249,12 @@ async def test_streams_deltas_then_usage(provider: AnthropicProvider, fake: Fake
 async def test_max_output_tokens_overrides_and_is_capped(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
     await run(provider, chat(user(text("short")), max_output_tokens=256))
     assert fake.last_body()["max_tokens"] == 256
-    await run(provider, chat(user(text("long")), max_output_tokens=1_000_000), "claude-opus-4-1")
-    assert fake.last_body()["max_tokens"] == 32_000
-    await run(provider, chat(user(text("default"))), "claude-opus-4-1")
-    assert fake.last_body()["max_tokens"] == 4096
+    await run(provider, chat(user(text("long")), max_output_tokens=1_000_000))
+    assert fake.last_body()["max_tokens"] == 128_000  # claude-sonnet-4-6 writes up to 128K
+    await run(provider, chat(user(text("long")), max_output_tokens=1_000_000), "claude-haiku-4-5")
+    assert fake.last_body()["max_tokens"] == 64_000
+    await run(provider, chat(user(text("default"))), "claude-haiku-4-5")
+    assert fake.last_body()["max_tokens"] == 8192
 
 
 async def test_temperature_is_not_sent(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
@@ -430,7 +433,9 @@ async def test_system_prompts_and_multi_turn_history(provider: AnthropicProvider
 
 
 async def test_final_assistant_prefill_is_trimmed(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
-    await run(provider, chat(user(text("Name a colour.")), Message(Role.ASSISTANT, [text("The colour is ")])))
+    """A Claude 4.5 model still takes prefill: sent as the final assistant turn, trimmed."""
+    await run(provider, chat(user(text("Name a colour.")), Message(Role.ASSISTANT, [text("The colour is ")])),
+              "claude-haiku-4-5")
     body = fake.last_body()
     assert body["messages"][-1] == {"role": "assistant", "content": [{"type": "text", "text": "The colour is"}]}
 
@@ -618,8 +623,8 @@ async def test_content_over_the_api_limits_is_refused_before_calling(
     """Over a documented limit: INPUT_TOO_LARGE (the router tries the fallbacks), naming the limit and
     the size, and nothing is sent."""
     parts, match = OVER_THE_LIMITS[case]
-    with pytest.raises(ProviderInputTooLarge, match=match) as info:
-        await run(provider, chat(user(*parts, text("Describe."))))
+    with pytest.raises(ProviderInputTooLarge, match=match) as info:  # a 200k-token model: 100 pages and images
+        await run(provider, chat(user(*parts, text("Describe."))), "claude-haiku-4-5")
     assert info.value.retryable and info.value.reason == "INPUT_TOO_LARGE"
     assert "refused before sending" in str(info.value)
     assert fake.requests == []
@@ -695,7 +700,7 @@ async def test_the_fake_refuses_what_the_api_refuses_and_it_maps_to_input_too_la
     client = AsyncAnthropic(api_key=API_KEY, base_url=fake.url, max_retries=0)
     try:
         with pytest.raises(Exception) as raised:
-            await client.messages.create(model="claude-sonnet-4-6", max_tokens=10,
+            await client.messages.create(model="claude-haiku-4-5", max_tokens=10,
                                          messages=[{"role": "user", "content": over_the_limit_body(case)}])
     finally:
         await client.close()
@@ -706,11 +711,85 @@ async def test_the_fake_refuses_what_the_api_refuses_and_it_maps_to_input_too_la
 
 
 def test_a_configured_model_replacing_a_built_in_one_keeps_its_limits() -> None:
-    """Repricing claude-opus-4-1 keeps its output limit (32,000) and default (4,096), not those of the
-    plugin's typical model: max_tokens over the model's limit is refused by the API."""
+    """Repricing claude-opus-4-5 keeps its output limit (64,000) and context (200k), not those of the
+    plugin's typical model (128,000, 1M): max_tokens over the model's limit is refused by the API."""
     provider = AnthropicProvider({"api_key": "k", "models": [
-        {"name": "claude-opus-4-1", "price": {"input_per_mtok": 12, "output_per_mtok": 60}}]})
-    opus = provider.model("claude-opus-4-1")
-    assert opus is not None and (opus.max_output_tokens, opus.default_max_output_tokens) == (32_000, 4096)
-    assert (opus.price.input_per_mtok, opus.price.output_per_mtok) == (12.0, 60.0)
-    assert [m.name for m in provider.models].count("claude-opus-4-1") == 1
+        {"name": "claude-opus-4-5", "price": {"input_per_mtok": 4, "output_per_mtok": 20}}]})
+    opus = provider.model("claude-opus-4-5")
+    assert opus is not None and (opus.max_output_tokens, opus.context_tokens) == (64_000, 200_000)
+    assert (opus.price.input_per_mtok, opus.price.output_per_mtok) == (4.0, 20.0)
+    assert [m.name for m in provider.models].count("claude-opus-4-5") == 1
+
+
+# -- prefill (a final assistant turn), which Claude 4.6 and later refuse with 400 ------------------
+PREFILL_NOTE = "(Your answer so far follows. Continue it from exactly where it stops, without repeating it.)"
+
+
+async def test_prefill_to_a_model_without_prefill_becomes_user_text(provider: AnthropicProvider,
+                                                                    fake: FakeAnthropic) -> None:
+    """claude-sonnet-4-6 (the default target) answers 400 to a final assistant turn: the partial answer
+    goes into the last user turn instead, asking Claude to continue it, and the call succeeds."""
+    events = await run(provider, chat(user(text("Name a colour.")),
+                                      Message(Role.ASSISTANT, [text("The colour is ")])))
+    assert text_of(events) == "Hello from fake Claude."
+    messages = fake.last_body()["messages"]
+    assert messages == [{"role": "user", "content": [
+        {"type": "text", "text": "Name a colour."},
+        {"type": "text", "text": f"{PREFILL_NOTE}\n\nThe colour is"}]}]
+
+
+async def test_prefill_after_a_longer_conversation_keeps_the_turns_before_it(provider: AnthropicProvider,
+                                                                             fake: FakeAnthropic) -> None:
+    await run(provider, chat(user(text("Hi.")), Message(Role.ASSISTANT, [text("Hello!")]), user(text("A poem?")),
+                             Message(Role.ASSISTANT, [text("Roses are red,")]),
+                             Message(Role.ASSISTANT, [text("violets")])))
+    messages = fake.last_body()["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[2]["content"][-1]["text"] == f"{PREFILL_NOTE}\n\nRoses are red,\n\nviolets"
+
+
+async def test_a_conversation_of_only_the_assistant_is_one_user_turn(provider: AnthropicProvider,
+                                                                     fake: FakeAnthropic) -> None:
+    await run(provider, chat(Message(Role.ASSISTANT, [text("Once upon a time")])))
+    assert fake.last_body()["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": f"{PREFILL_NOTE}\n\nOnce upon a time"}]}]
+
+
+async def test_prefill_goes_to_a_dated_4_5_snapshot_but_not_to_a_configured_newer_model(fake: FakeAnthropic) -> None:
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": fake.url, "timeout": 10, "models": [
+        {"name": "claude-haiku-4-5-20251001", "price": {"input_per_mtok": 1, "output_per_mtok": 5}},
+        {"name": "claude-opus-4-7", "price": {"input_per_mtok": 5, "output_per_mtok": 25}}]})
+    try:
+        request = chat(user(text("Name a colour.")), Message(Role.ASSISTANT, [text("The colour is")]))
+        await run(prov, request, "claude-haiku-4-5-20251001")
+        assert fake.last_body()["messages"][-1] == {"role": "assistant",
+                                                    "content": [{"type": "text", "text": "The colour is"}]}
+        await run(prov, request, "claude-opus-4-7")
+        assert [m["role"] for m in fake.last_body()["messages"]] == ["user"]
+    finally:
+        await prov.aclose()
+
+
+async def test_fake_refuses_prefill_on_claude_4_6_like_the_api(fake: FakeAnthropic) -> None:
+    from anthropic import AsyncAnthropic, BadRequestError
+
+    client = AsyncAnthropic(api_key=API_KEY, base_url=fake.url, max_retries=0)
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "The colour is"}]
+    try:
+        with pytest.raises(BadRequestError, match="does not support assistant message prefill"):
+            await client.messages.create(model="claude-sonnet-4-6", max_tokens=10, messages=messages)
+        answer = await client.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=messages)
+    finally:
+        await client.close()
+    assert answer.content[0].text == "Hello from fake Claude."
+
+
+def test_every_built_in_model_is_one_the_installed_sdk_names() -> None:
+    """Anthropic removes retired models from the SDK's model list (claude-opus-4-1, retired 2026-08-05, is
+    gone from anthropic 2.14): a built-in model missing there would answer 404 not_found_error."""
+    import typing
+
+    from anthropic.types.model_param import ModelParam
+
+    sdk_models = {name for arg in typing.get_args(ModelParam) for name in typing.get_args(arg)}
+    assert {m.name for m in AnthropicProvider({"api_key": "k"}).models} <= sdk_models

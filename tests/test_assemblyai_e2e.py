@@ -84,7 +84,8 @@ def test_diarized_transcript_through_the_daemon(daemon, fake):
     (created,) = fake.created
     assert created["speaker_labels"] is True
     assert created["speakers_expected"] == 2
-    assert created["speech_model"] == "best"
+    assert created["speech_models"] == ["assemblyai-stt-3-7", "universal-2"]
+    assert "speech_model" not in created
     assert created["language_detection"] is True
     assert next(iter(fake.transcripts.values())).history == ["processing", "completed"]
 
@@ -102,7 +103,7 @@ def test_diarized_transcript_through_the_daemon(daemon, fake):
     assert answer.text == SPEAKER_TEXT
     assert answer.transcript.language == "en-US"
     assert answer.usage.audio_seconds == 7
-    assert answer.usage.cost_usd == pytest.approx(7 * 0.37 / 3600)
+    assert answer.usage.cost_usd == pytest.approx(7 * 0.21 / 3600)
     assert (answer.route.rule, answer.route.provider, answer.route.model) == ("diarization", "assemblyai", "best")
     assert [(a.provider, a.model, a.ok) for a in answer.route.attempts] == [("assemblyai", "best", True)]
 
@@ -130,9 +131,9 @@ def test_video_without_diarization_goes_to_the_default_nano(daemon, fake):
     resp = daemon.stub.Generate(
         pb.GenerateRequest(request=request_for(media, diarization=False, speakers=0)), timeout=30)
     assert fake.uploads == [video]
-    assert fake.created[0]["speech_model"] == "nano"
+    assert fake.created[0]["speech_models"] == ["universal-2"]  # nano: a deprecated alias of universal-2
     assert (resp.answer.route.provider, resp.answer.route.model) == ("assemblyai", "nano")
-    assert resp.answer.usage.cost_usd == pytest.approx(7 * 0.12 / 3600)
+    assert resp.answer.usage.cost_usd == pytest.approx(7 * 0.15 / 3600)
     assert resp.answer.text == SPEAKER_TEXT
 
 
@@ -204,10 +205,11 @@ def test_listed_as_a_ready_diarizing_provider(daemon):
     info = providers["assemblyai"]
     assert info.state == pb.PROVIDER_STATE_READY
     models = {m.name: m for m in info.models}
-    assert set(models) == {"best", "nano"}
+    assert set(models) == {"best", "universal-2", "nano"}
     assert "diarization" in models["best"].features
     assert set(models["best"].inputs) == {pb.MODALITY_AUDIO, pb.MODALITY_VIDEO}
-    assert models["best"].price.per_audio_hour == pytest.approx(0.37)
+    assert models["best"].price.per_audio_hour == pytest.approx(0.21)
+    assert models["universal-2"].price.per_audio_hour == pytest.approx(0.15)
 
 
 def test_an_extra_instance_with_its_own_key_next_to_assemblyai(start_daemon, fake):
@@ -216,7 +218,7 @@ def test_an_extra_instance_with_its_own_key_next_to_assemblyai(start_daemon, fak
     eu_key = "aai-eu-e2e-key-40b7"
     with FakeAssemblyAI(api_key=eu_key) as eu:
         daemon = start_daemon(instance_config("assemblyai", "assemblyai-eu", eu.url, "timeout: 10, poll_interval: 0.05",
-                                              "assemblyai-eu/best", "assemblyai/nano", extra="poll_interval: 0.05"),
+                                              "assemblyai-eu/best", "assemblyai/universal-2", extra="poll_interval: 0.05"),
                               env={"ASSEMBLYAI_API_KEY": KEY, "ASSEMBLYAI_BASE_URL": fake.url, "INSTANCE_KEY": eu_key})
         audio = wav_bytes()
         eu_request = request_for(wav_media(audio))
@@ -224,11 +226,34 @@ def test_an_extra_instance_with_its_own_key_next_to_assemblyai(start_daemon, fak
         mine = daemon.stub.Generate(pb.GenerateRequest(request=eu_request), timeout=30).answer
         theirs = daemon.stub.Generate(pb.GenerateRequest(request=request_for(wav_media(audio))), timeout=30).answer
         assert (mine.route.provider, mine.route.model) == ("assemblyai-eu", "best")
-        assert (theirs.route.provider, theirs.route.model) == ("assemblyai", "nano")
+        assert (theirs.route.provider, theirs.route.model) == ("assemblyai", "universal-2")
         assert eu.uploads == [audio] and fake.uploads == [audio]
         assert {r.headers["authorization"] for r in eu.requests} == {eu_key}
         assert {r.headers["authorization"] for r in fake.requests} == {KEY}
-        assert [c["speech_model"] for c in eu.created] == ["best"]
-        assert [c["speech_model"] for c in fake.created] == ["nano"]
+        assert [c["speech_models"] for c in eu.created] == [["assemblyai-stt-3-7", "universal-2"]]
+        assert [c["speech_models"] for c in fake.created] == [["universal-2"]]
 
         assert_instance_listed(daemon.stub, "assemblyai", "assemblyai-eu")
+
+
+def test_speech_models_setting_reaches_assemblyai_through_the_daemon(start_daemon, fake):
+    """providers.assemblyai.speech_models is what assemblyai/best sends (as AssemblyAI's plural
+    speech_models, never the singular speech_model it refuses), so operators follow AssemblyAI's models
+    without a release."""
+    config = CONFIG.replace("poll_interval: 0.05}", "poll_interval: 0.05, speech_models: [universal-3-5-pro, universal-2]}")
+    daemon = start_daemon(config.format(url=fake.url), env={"AAI_TEST_KEY": KEY})
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=request_for(wav_media(wav_bytes()))), timeout=30).answer
+    assert (answer.route.provider, answer.route.model) == ("assemblyai", "best")
+    (created,) = fake.created
+    assert created["speech_models"] == ["universal-3-5-pro", "universal-2"]
+    assert "speech_model" not in created
+    assert answer.transcript.text == SPEAKER_TEXT
+
+
+def test_a_refused_speech_models_setting_lists_the_provider_broken_with_the_key(start_daemon, fake):
+    config = CONFIG.replace("poll_interval: 0.05}", "poll_interval: 0.05, speech_models: [nano]}")
+    daemon = start_daemon(config.format(url=fake.url), env={"AAI_TEST_KEY": KEY})
+    info = providers_by_name(daemon.stub, timeout=10)["assemblyai"]
+    assert info.state == pb.PROVIDER_STATE_BROKEN
+    assert "providers.assemblyai.speech_models" in info.reason
+    assert "no longer takes 'nano'" in info.reason

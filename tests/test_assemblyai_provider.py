@@ -107,7 +107,8 @@ async def test_transcribes_with_speaker_labels_and_maps_utterances(fake, provide
     assert created["speakers_expected"] == 2
     assert created["language_code"] == "en_us"
     assert "language_detection" not in created
-    assert created["speech_model"] == "best"
+    assert created["speech_models"] == ["assemblyai-stt-3-7", "universal-2"]  # best: the default list
+    assert "speech_model" not in created  # the singular, which AssemblyAI refuses
     # queued (create) -> processing -> completed: polled until done, then stopped.
     (job,) = fake.transcripts.values()
     assert job.history == ["processing", "completed"]
@@ -165,9 +166,11 @@ async def test_speaker_labels_off_unless_asked_when_configured(fake):
         await provider.aclose()
 
 
-async def test_nano_model_is_sent_as_speech_model(fake, provider):
-    await collect(provider, audio_request(), provider.model("nano"))
-    assert fake.created[0]["speech_model"] == "nano"
+@pytest.mark.parametrize("name", ["universal-2", "nano"])
+async def test_universal_2_and_its_deprecated_alias_nano_send_universal_2(fake, provider, name):
+    await collect(provider, audio_request(), provider.model(name))
+    assert fake.created[0]["speech_models"] == ["universal-2"]
+    assert "speech_model" not in fake.created[0]
 
 
 async def test_stored_media_is_streamed_from_its_file(fake, provider, tmp_path: Path):
@@ -471,7 +474,7 @@ async def test_two_providers_keep_their_own_key_and_url():
         try:
             r1, r2 = await asyncio.gather(
                 collect(p1, audio_request(), p1.model("best")),
-                collect(p2, audio_request(), p2.model("nano")),
+                collect(p2, audio_request(), p2.model("universal-2")),
             )
         finally:
             await p1.aclose()
@@ -479,7 +482,8 @@ async def test_two_providers_keep_their_own_key_and_url():
         assert isinstance(r1[0], TranscriptReady) and isinstance(r2[0], TranscriptReady)
         assert {r.headers["authorization"] for r in one.requests} == {"key-one"}
         assert {r.headers["authorization"] for r in two.requests} == {"key-two"}
-        assert one.created[0]["speech_model"] == "best" and two.created[0]["speech_model"] == "nano"
+        assert one.created[0]["speech_models"][0] == "assemblyai-stt-3-7"
+        assert two.created[0]["speech_models"] == ["universal-2"]
     assert aai.settings.api_key == global_key  # the SDK's globals were not touched
 
 
@@ -564,7 +568,7 @@ def test_registers_one_provider_with_diarizing_transcription_models(fake):
     register_providers(registered.append, {"api_key": KEY, "base_url": fake.url}, "assemblyai")
     (provider,) = registered
     assert provider.name == "assemblyai"
-    assert [m.name for m in provider.models] == ["best", "nano"]
+    assert [m.name for m in provider.models] == ["best", "universal-2", "nano"]
     for model in provider.models:
         assert model.inputs == {Modality.AUDIO, Modality.VIDEO}
         assert model.outputs == {"transcript"}
@@ -594,7 +598,74 @@ def test_fake_bodies_are_json():  # guards the fake: create answers parse as JSO
         import urllib.request
 
         req = urllib.request.Request(f"{upstream.url}/v2/transcript", method="POST",
-                                     data=json.dumps({"audio_url": "https://x/y"}).encode(),
+                                     data=json.dumps({"audio_url": "https://x/y",
+                                                      "speech_models": ["universal-2"]}).encode(),
                                      headers={"authorization": KEY, "content-type": "application/json"})
         with urllib.request.urlopen(req) as resp:
             assert json.loads(resp.read())["status"] == "queued"
+
+
+# -- speech models (AssemblyAI refuses the singular speech_model and the best/nano tiers) ---------
+
+
+async def test_configured_speech_models_are_sent_for_best_in_their_order(fake):
+    provider = make_provider(fake, speech_models=["universal-3-5-pro", "universal-2"])
+    try:
+        await collect(provider, audio_request(), provider.model("best"))
+        await collect(provider, audio_request(), provider.model("universal-2"))  # not touched by the setting
+    finally:
+        await provider.aclose()
+    assert [c["speech_models"] for c in fake.created] == [["universal-3-5-pro", "universal-2"], ["universal-2"]]
+    assert all("speech_model" not in c for c in fake.created)
+
+
+def test_speech_models_setting_is_checked():
+    load = AssemblyAISettings.load
+    assert load("assemblyai", {}).speech_models == ("assemblyai-stt-3-7", "universal-2")
+    assert load("assemblyai", {"speech_models": "universal-3-5-pro, universal-2"}).speech_models == (
+        "universal-3-5-pro", "universal-2")  # a comma-separated string, as from ${VAR}
+    for bad, message in [
+        (["nano"], "AssemblyAI no longer takes 'nano'"),
+        (["assemblyai-stt-3-7", "best"], "AssemblyAI no longer takes 'best'"),
+        ([], "give at least one AssemblyAI speech model id"),
+        (["Universal 2"], "'Universal 2' is not a speech model id"),
+        (["universal-2", "universal-2"], "a speech model is listed twice"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"providers\.assemblyai\.speech_models: .*{message}"):
+            load("assemblyai", {"speech_models": bad})
+
+
+def test_fake_refuses_the_singular_speech_model_and_unknown_ids_like_assemblyai():
+    import urllib.error
+    import urllib.request
+
+    with FakeAssemblyAI(api_key=KEY) as upstream:
+        def create(body: dict) -> tuple[int, str]:
+            req = urllib.request.Request(f"{upstream.url}/v2/transcript", method="POST",
+                                         data=json.dumps({"audio_url": "https://x/y", **body}).encode(),
+                                         headers={"authorization": KEY, "content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(req) as resp:
+                    return resp.status, ""
+            except urllib.error.HTTPError as err:
+                return err.code, json.loads(err.read())["error"]
+
+        assert create({"speech_model": "best"})[0] == 400
+        assert create({"speech_models": ["universal-2"], "speech_model": "nano"})[0] == 400
+        assert create({"speech_models": ["nano"]}) == (400, "Invalid speech_models ['nano']: accepted values are "
+                                                            "assemblyai-stt-3-7, universal-2, universal-3-5-pro")
+        assert create({"speech_models": ["universal-3-pro"]})[0] == 400
+        assert create({"speech_models": []})[0] == 400
+        assert create({})[0] == 400
+        assert create({"speech_models": ["assemblyai-stt-3-7", "universal-2"]})[0] == 200
+
+
+async def test_a_speech_model_assemblyai_refuses_is_a_bad_request(fake):
+    provider = make_provider(fake, speech_models=["universal-9"])
+    try:
+        with pytest.raises(ProviderBadRequest) as refused:
+            await collect(provider, audio_request(), provider.model("best"))
+    finally:
+        await provider.aclose()
+    assert "universal-9" in refused.value.message
+    assert fake.transcripts == {}

@@ -114,7 +114,7 @@ def test_video_declared_as_audio_is_checked_against_the_audio_list() -> None:
 
 @pytest.mark.parametrize(("model", "modality", "taken", "refused"), [
     (GPT_4O, IMAGE, ["image/png", "image/jpg", "image/webp", "image/gif"], ["image/bmp", "image/tiff", "image/heic"]),
-    (OPENAI["gpt-4o-audio-preview"].info, AUDIO, ["audio/wav", "audio/x-wav", "audio/mp3"], ["audio/ogg", "audio/aac"]),
+    (OPENAI["gpt-audio"].info, AUDIO, ["audio/wav", "audio/x-wav", "audio/mp3"], ["audio/ogg", "audio/aac"]),
     (WHISPER.info, AUDIO, ["audio/flac", "audio/mpeg", "audio/m4a", "audio/ogg", "audio/wav", "audio/webm",
                            "video/mp4"], ["audio/aac", "audio/amr", "audio/aiff", "audio/x-matroska"]),
     (CLAUDE_MODELS[0], IMAGE, ["image/png", "image/jpeg", "image/gif", "image/webp"], ["image/bmp", "image/heic"]),

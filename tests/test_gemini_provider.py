@@ -19,6 +19,7 @@ from mmrouter_gemini.files import EXPIRY_MARGIN
 
 from router import (
     CallContext,
+    FinishReason,
     Media,
     Message,
     Modality,
@@ -664,3 +665,32 @@ async def test_no_automatic_function_calling_loop_or_its_log_line(provider, fake
     caplog.set_level("INFO")
     events = await collect(provider, ask(Part(text="hi")), model(provider))
     assert text_of(events) and "AFC" not in caplog.text
+
+
+# -- finish reasons ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason", ["SAFETY", "LANGUAGE", "ESCALATION", "PUP_LIMITED_DISABLED", "MODEL_ARMOR",
+                                    "IMAGE_PROHIBITED_CONTENT"])
+async def test_an_answer_withheld_without_text_is_refused(provider, fake, reason):
+    """An empty answer Gemini withheld (a filter, an escalation rule, a limited account...) is an error the
+    router can fall back on, not an empty successful answer."""
+    fake.reply_chunks = [""]
+    fake.finish_reason = reason
+    with pytest.raises(ProviderBadRequest, match=rf"the answer was withheld \(finish reason {reason}\)"):
+        await collect(provider, ask(Part(text="hi")), model(provider))
+
+
+@pytest.mark.parametrize(("reason", "finish"), [("CONTINUATION", FinishReason.LENGTH),
+                                                ("MAX_TOKENS", FinishReason.LENGTH),
+                                                ("LANGUAGE", FinishReason.CONTENT_FILTER),
+                                                ("STOP", FinishReason.STOP),
+                                                ("MALFORMED_RESPONSE", FinishReason.OTHER)])
+async def test_finish_reasons_are_mapped(provider, fake, reason, finish):
+    """CONTINUATION ("reached the per-request token limit, but generation is not yet complete") is a cut
+    answer, like MAX_TOKENS: the client learns the text is incomplete."""
+    fake.finish_reason = reason
+    events = await collect(provider, ask(Part(text="hi")), model(provider))
+    assert text_of(events) == "Hello from Gemini."
+    [report] = [e for e in events if isinstance(e, UsageReport)]
+    assert report.finish_reason is finish

@@ -58,6 +58,16 @@ def config_for(fakes, without: str = "") -> str:
     return "\n".join(line for line in text.splitlines() if not (without and line.startswith(f"  {without}:")))
 
 
+def with_200k_claude(config: str) -> str:
+    """``config`` with claude-sonnet-4-6 at a 200k context (as on an account without its 1M window),
+    where Anthropic's limit is 100 PDF pages per request instead of 600."""
+    claude = ('timeout: 20, models: [{name: claude-sonnet-4-6, context_tokens: 200000, '
+              'price: {input_per_mtok: 3, output_per_mtok: 15}}]}\n  gemini:')
+    changed = config.replace('timeout: 20}\n  gemini:', claude, 1)
+    assert changed != config
+    return changed
+
+
 def media(modality: int, mime: str, data: bytes, name: str = "") -> pb.Media:
     return pb.Media(modality=modality, mime_type=mime, data=data, filename=name)
 
@@ -369,9 +379,9 @@ def test_audio_over_whisper_s_25_mb_goes_to_assemblyai_without_reaching_openai(s
 def test_a_pdf_over_claude_s_100_pages_is_answered_by_the_fallback_without_reaching_anthropic(
     start_daemon, fakes
 ) -> None:
-    """A 120-page PDF: the router counts its pages, the anthropic plugin refuses it before sending, and
-    the documents rule's fallback (Gemini) answers."""
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    """A 120-page PDF for a 200k-context Claude: the router counts its pages, the anthropic plugin refuses
+    it before sending, and the documents rule's fallback (Gemini) answers."""
+    daemon = start_daemon(with_200k_claude(config_for(fakes)), env=ALL_KEYS, plugins=())
     report = media(pb.MODALITY_DOCUMENT, "application/pdf", pdf([f"Page {n + 1}" for n in range(120)]), "annual.pdf")
     answer = generate(daemon, text_request("Summarise this", media=[report]))
     assert route_of(answer) == ("documents", "gemini/gemini-2.5-pro")
@@ -463,8 +473,9 @@ def test_a_bridged_history_pdf_counts_as_its_text_when_the_history_is_trimmed(st
 def test_a_bridged_turn_over_claude_s_pages_drops_history_without_bridging_again(start_daemon, fakes) -> None:
     """Turn 3 brings a 35-page PDF and a recording to Claude after two 35-page PDFs: whisper transcribes
     the recording, Claude refuses the 105 pages before sending, and the same bridged request goes again
-    without the oldest turn: one transcription, sent to the client once, and Claude answers."""
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    without the oldest turn: one transcription, sent to the client once, and Claude (200k context: 100
+    pages) answers."""
+    daemon = start_daemon(with_200k_claude(config_for(fakes)), env=ALL_KEYS, plugins=())
     reports = [media(pb.MODALITY_DOCUMENT, "application/pdf", pdf([f"Report {n} page {p}" for p in range(35)]),
                      f"report-{n}.pdf") for n in range(3)]
     for report in reports[:2]:

@@ -35,7 +35,7 @@ routes:
     use: openai/whisper-1
   - name: audio-chat
     match: {{inputs_any: [audio], task: [chat]}}
-    use: openai/gpt-4o-audio-preview
+    use: openai/gpt-audio
   - name: cheap
     match: {{tags: [cheap]}}
     use: openai/gpt-4o-mini
@@ -277,16 +277,16 @@ def test_audio_as_chat_input(daemon, fake):
                   "prompt_tokens_details": {"audio_tokens": 800, "cached_tokens": 0}}
     answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(
         text_part("What is the tone?"), audio_part(clip), task=pb.TASK_CHAT)), timeout=30).answer
-    assert (answer.route.rule, answer.route.model) == ("audio-chat", "gpt-4o-audio-preview")
+    assert (answer.route.rule, answer.route.model) == ("audio-chat", "gpt-audio")
     assert answer.text == "Hello from the fake GPT."
     [body] = fake.chat_requests()
-    assert body["model"] == "gpt-4o-audio-preview"
+    assert body["model"] == "gpt-audio"
     parts = fake.parts(body["messages"][0])
     assert [(p.kind, p.mime_type) for p in parts] == [("text", ""), ("audio", "wav")]
     assert parts[1].data == clip
-    # audio input tokens are billed at the audio rate (40 USD/Mtok), the rest at the text rate
+    # audio input tokens are billed at the audio rate (32 USD/Mtok), the rest at the text rate
     assert (answer.usage.input_tokens, answer.usage.audio_input_tokens) == (1000, 800)
-    assert answer.usage.cost_usd == pytest.approx(200 * 2.50 / 1e6 + 800 * 40.00 / 1e6 + 20 * 10.00 / 1e6)
+    assert answer.usage.cost_usd == pytest.approx(200 * 2.50 / 1e6 + 800 * 32.00 / 1e6 + 20 * 10.00 / 1e6)
 
 
 
@@ -414,8 +414,8 @@ def test_providers_list_shows_the_catalogue(daemon):
     # the cached discount follows an overridden input price (list: 0.15 input, 0.075 cached)
     assert models["gpt-4o-mini"].price.cached_input_per_mtok == pytest.approx(0.5)
     assert models["gpt-4o"].price.cached_input_per_mtok == pytest.approx(1.25)
-    audio = models["gpt-4o-audio-preview"].price
-    assert (audio.input_per_mtok, audio.audio_input_per_mtok) == (pytest.approx(2.50), pytest.approx(40.00))
+    audio = models["gpt-audio"].price
+    assert (audio.input_per_mtok, audio.audio_input_per_mtok) == (pytest.approx(2.50), pytest.approx(32.00))
 
 
 def test_a_model_named_org_slash_model_is_routed_and_sent_whole(start_daemon, fake):
@@ -535,3 +535,18 @@ def test_a_server_that_ends_with_the_finish_reason_and_no_done_answers_whole(dae
     assert [(a.model, a.ok) for a in answer.route.attempts] == [("gpt-4o", True)]
     daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("again"), session="nodone")), timeout=30)
     assert [m["role"] for m in fake.chat_requests()[-1]["messages"]] == ["user", "assistant", "user"]
+
+
+def test_audio_chat_to_gpt_audio_mini_through_the_daemon(start_daemon, fake):
+    """gpt-audio-mini replaces the shut-down gpt-4o-mini-audio-preview: routed, sent and priced (0.60 / 2.40
+    per Mtok of text, 10 of audio input)."""
+    config = CONFIG.replace("openai/gpt-audio\n", "openai/gpt-audio-mini\n")
+    assert config != CONFIG
+    daemon = start_daemon(config.format(url=fake.base_url, timeout=10), env={"OPENAI_TEST_KEY": API_KEY})
+    fake.usage = {"prompt_tokens": 1000, "completion_tokens": 20, "total_tokens": 1020,
+                  "prompt_tokens_details": {"audio_tokens": 800, "cached_tokens": 0}}
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(
+        text_part("What is the tone?"), audio_part(wav_bytes()), task=pb.TASK_CHAT)), timeout=30).answer
+    assert (answer.route.rule, answer.route.model) == ("audio-chat", "gpt-audio-mini")
+    assert fake.chat_requests()[0]["model"] == "gpt-audio-mini"
+    assert answer.usage.cost_usd == pytest.approx(200 * 0.60 / 1e6 + 800 * 10.00 / 1e6 + 20 * 2.40 / 1e6)

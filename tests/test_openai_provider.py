@@ -11,6 +11,7 @@ import time
 import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import grpc
 import mmrouter_openai
@@ -145,7 +146,7 @@ def test_catalogue_declares_inputs_outputs_and_prices(provider: OpenAIProvider) 
     assert gpt4o.can_do(Task.CHAT) and not gpt4o.can_do(Task.TRANSCRIBE)
     assert (gpt4o.price.input_per_mtok, gpt4o.price.output_per_mtok) == (2.50, 10.00)
     assert gpt4o.context_tokens == 128_000
-    assert model_of(provider, "gpt-4o-audio-preview").inputs == {Modality.TEXT, Modality.AUDIO}
+    assert model_of(provider, "gpt-audio").inputs == {Modality.TEXT, Modality.AUDIO}
     whisper = model_of(provider, "whisper-1")
     assert whisper.inputs == {Modality.AUDIO} and whisper.can_do(Task.TRANSCRIBE)
     assert whisper.price.per_audio_hour == pytest.approx(0.36)
@@ -276,7 +277,7 @@ class CountedReads(Media):
 
 
 @pytest.mark.parametrize(("kind", "mime", "model"), [("image", "image/png", "gpt-4o"),
-                                                     ("audio", "audio/wav", "gpt-4o-audio-preview")])
+                                                     ("audio", "audio/wav", "gpt-audio")])
 async def test_media_named_many_times_is_read_and_encoded_once_off_the_event_loop(
     fake: FakeOpenAI, provider: OpenAIProvider, tmp_path: Path, kind: str, mime: str, model: str
 ) -> None:
@@ -321,10 +322,10 @@ async def test_audio_chat_sends_input_audio(fake: FakeOpenAI, provider: OpenAIPr
     mp3ish = b"ID3\x04\x00\x00\x00\x00\x00\x00fake-mp3"
     request = Request([user(text("What is said?"), audio(clip), audio(mp3ish, "audio/mpeg"))],
                       Options(task=Task.CHAT))
-    events = await collect(provider, request, model_of(provider, "gpt-4o-audio-preview"))
+    events = await collect(provider, request, model_of(provider, "gpt-audio"))
     assert any(isinstance(e, TextDelta) for e in events)
     [body] = fake.chat_requests()
-    assert body["model"] == "gpt-4o-audio-preview"
+    assert body["model"] == "gpt-audio"
     parts = fake.parts(body["messages"][0])
     assert [(p.kind, p.mime_type) for p in parts] == [("text", ""), ("audio", "wav"), ("audio", "mp3")]
     assert parts[1].data == clip and parts[2].data == mp3ish
@@ -333,7 +334,7 @@ async def test_audio_chat_sends_input_audio(fake: FakeOpenAI, provider: OpenAIPr
 async def test_audio_chat_refuses_formats_the_api_cannot_take(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
     request = Request([user(text("What is said?"), audio(b"OggS fake", "audio/ogg"))], Options(task=Task.CHAT))
     with pytest.raises(ProviderBadRequest, match="wav or mp3"):
-        await collect(provider, request, model_of(provider, "gpt-4o-audio-preview"))
+        await collect(provider, request, model_of(provider, "gpt-audio"))
     assert fake.requests == []
 
 
@@ -816,3 +817,47 @@ def test_the_request_body_splices_each_media_once_and_leaves_marker_like_text_al
     plain = Request([Message(Role.USER, [Part(text=tricky)])])
     assert json.loads(request_body(build_params("openai", model, plain, legacy_max_tokens=False)))[
         "messages"] == [{"role": "user", "content": tricky}]
+
+
+# -- the catalogue against the installed SDK's model lists ----------------------------------------
+#: The date the catalogue was last checked against OpenAI's shutdown dates.
+CATALOGUE_CHECKED = "2026-11-30"
+
+
+def sdk_shutdown_dates(literal_module: ModuleType) -> dict[str, str]:
+    """Model id -> shutdown date, from the "Deprecated values" docstring after an SDK model literal
+    (``- "a", "b": Announced shutdown date: 2026-05-07.``)."""
+    import inspect
+    import re
+
+    source = inspect.getsource(literal_module)
+    dates: dict[str, str] = {}
+    for names, date in re.findall(r'^- ((?:"[^"]+",?\s*)+):\s*Announced shutdown\s+date:\s*(\d{4}-\d{2}-\d{2})',
+                                  source, flags=re.MULTILINE):
+        dates.update(dict.fromkeys(re.findall(r'"([^"]+)"', names), date))
+    return dates
+
+
+def test_no_built_in_model_is_past_the_shutdown_date_the_sdk_announces() -> None:
+    """gpt-4o-audio-preview and gpt-4o-mini-audio-preview were shut down on 2026-05-07 (types/shared/
+    chat_model.py): calls to them fail with model_not_found. No built-in model may be past such a date."""
+    from mmrouter_openai.models import BUILTIN
+    from openai.types import audio_model
+    from openai.types.shared import chat_model
+
+    shutdown = sdk_shutdown_dates(chat_model) | sdk_shutdown_dates(audio_model)
+    assert shutdown["gpt-4o-audio-preview"] == "2026-05-07"  # the parsing works
+    retired = {e.info.name: shutdown[e.info.name] for e in BUILTIN
+               if shutdown.get(e.info.name, "9999") <= CATALOGUE_CHECKED}
+    assert retired == {}
+
+
+async def test_audio_chat_with_gpt_audio_mini(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    model = model_of(provider, "gpt-audio-mini")
+    assert model.inputs == {Modality.TEXT, Modality.AUDIO}
+    assert (model.price.input_per_mtok, model.price.output_per_mtok, model.price.audio_input_per_mtok) == (
+        0.60, 2.40, 10.00)
+    request = Request([user(text("What is said?"), audio(wav_bytes()))], Options(task=Task.CHAT))
+    events = await collect(provider, request, model)
+    assert any(isinstance(e, TextDelta) for e in events)
+    assert fake.chat_requests()[0]["model"] == "gpt-audio-mini"

@@ -30,8 +30,12 @@ API_KEY = "sk-ant-test-0123456789abcdef"
 #: and the plugin's catalogue.
 KNOWN_MODELS = frozenset(
     {name for arg in typing.get_args(Model) for name in typing.get_args(arg)}
-    | {"claude-sonnet-4-6", "claude-sonnet-4-5", "claude-opus-4-5", "claude-opus-4-1", "claude-haiku-4-5"}
+    | {"claude-sonnet-4-6", "claude-sonnet-4-5", "claude-opus-4-5", "claude-haiku-4-5"}
 )
+#: The Claude 4.5 models (and their dated snapshots), the last with a 200k-token context window and
+#: prefill. The API answers 400 to a prefill on the others (Claude 4.6 and later:
+#: platform.claude.com/docs/en/api/errors, "Prefill not supported"), which hold 1M tokens.
+CLAUDE_4_5 = ("claude-sonnet-4-5", "claude-opus-4-5", "claude-haiku-4-5")
 IMAGE_MAGIC = {
     "image/png": (b"\x89PNG\r\n\x1a\n",),
     "image/jpeg": (b"\xff\xd8\xff",),
@@ -43,8 +47,10 @@ IMAGE_MAGIC = {
 #: The API's size limits (see mmrouter_anthropic.limits for the sources).
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
 MAX_IMAGE_BASE64 = 5 * 1024 * 1024
+#: Images and PDF pages per request: 100 for a 200k-token context window, 600 for a larger one.
 MAX_IMAGES = 100
 MAX_PDF_PAGES = 100
+MAX_ITEMS_LARGE_CONTEXT = 600
 
 
 def error_body(err_type: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -146,14 +152,17 @@ def _pdf_pages(block: dict[str, Any]) -> int:
         return 0
 
 
-def check_sizes(messages: list[dict[str, Any]]) -> None:
-    """Refuse the request over the image count, image sides or PDF pages, as the real API does."""
+def check_sizes(messages: list[dict[str, Any]], model: str = "") -> None:
+    """Refuse the request over the image count, image sides or PDF pages, as the real API does (counts
+    of ``model``'s context window: 100 for Claude 4.5, 600 for later models)."""
+    max_images = MAX_IMAGES if model.startswith(CLAUDE_4_5) else MAX_ITEMS_LARGE_CONTEXT
+    max_pages = MAX_PDF_PAGES if model.startswith(CLAUDE_4_5) else MAX_ITEMS_LARGE_CONTEXT
     blocks = [(f"messages.{i}.content.{j}", block) for i, m in enumerate(messages)
               if isinstance(m["content"], list) for j, block in enumerate(m["content"])]
     images = [(where, b) for where, b in blocks if b["type"] == "image"]
-    if len(images) > MAX_IMAGES:
+    if len(images) > max_images:
         raise RequestRejected(400, "invalid_request_error",
-                              f"messages: Too many images: {len(images)} > {MAX_IMAGES} images per request")
+                              f"messages: Too many images: {len(images)} > {max_images} images per request")
     max_side = 2000 if len(images) > 20 else 8000
     over = [where for where, b in images if _image_sides(b) > max_side]
     if over:
@@ -162,9 +171,9 @@ def check_sizes(messages: list[dict[str, Any]]) -> None:
             f"{over[0]}.image.source.base64.data: At least one of the image dimensions exceed max allowed "
             f"size: {max_side} pixels",
             {"error_code": "image_dimensions_too_large", "max_side_length_pixels": max_side, "paths": over})
-    if sum(_pdf_pages(b) for _, b in blocks if b["type"] == "document") > MAX_PDF_PAGES:
+    if sum(_pdf_pages(b) for _, b in blocks if b["type"] == "document") > max_pages:
         raise RequestRejected(400, "invalid_request_error",
-                              f"A maximum of {MAX_PDF_PAGES} PDF pages may be provided.")
+                              f"A maximum of {max_pages} PDF pages may be provided.")
 
 
 def validate(body: Any) -> None:
@@ -200,8 +209,11 @@ def validate(body: Any) -> None:
             raise RequestRejected(400, "invalid_request_error", f"messages.{i}: content must be non-empty")
         for j, block in enumerate(content):
             _check_block(block, f"messages.{i}.content.{j}", role)
-    check_sizes(messages)
+    check_sizes(messages, str(body.get("model", "")))
     last = messages[-1]
+    if last["role"] == "assistant" and not str(body.get("model", "")).startswith(CLAUDE_4_5):
+        raise RequestRejected(400, "invalid_request_error", "This model does not support assistant message "
+                                                            "prefill. The conversation must end with a user message.")
     if last["role"] == "assistant":
         final = last["content"] if isinstance(last["content"], str) else last["content"][-1].get("text", "")
         if final != final.rstrip():

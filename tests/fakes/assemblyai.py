@@ -6,7 +6,9 @@ takes the JSON config and answers the transcript with status ``queued``; each
 GET of ``/v2/transcript/<id>`` moves it one step along :attr:`statuses`
 (the last one sticks), answering the full result once ``completed`` or
 ``{"status": "error", "error": ...}`` for ``error``. Errors are
-``{"error": "..."}`` bodies, as AssemblyAI sends them. An upload over
+``{"error": "..."}`` bodies, as AssemblyAI sends them. Like the real API, a create carrying the
+singular ``speech_model`` (refused since AssemblyAI dropped ``best``/``nano``), or a ``speech_models``
+that is not a non-empty list of ids in :attr:`FakeAssemblyAI.speech_models`, is answered 400. An upload over
 :attr:`FakeAssemblyAI.max_upload_bytes` (AssemblyAI's documented 2.2 GB) is refused with 413; the
 real API's status and wording for it are not documented.
 """
@@ -19,6 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .base import FakeUpstream, Recorded, Reply
+
+#: The pre-recorded ``speech_models`` ids AssemblyAI accepts (its model-selection and assemblyai-stt-3-7
+#: migration pages, read 2026-11; universal-3-pro is no longer among them).
+ACCEPTED_SPEECH_MODELS = frozenset({"assemblyai-stt-3-7", "universal-3-5-pro", "universal-2"})
 
 #: Speaker, start ms, end ms, text: the default conversation the fake "hears".
 DEFAULT_TURNS: list[tuple[str, int, int, str]] = [
@@ -63,6 +69,8 @@ class FakeAssemblyAI(FakeUpstream):
         self.error_message = error_message or "Transcoding failed. File does not appear to contain audio."
         self.audio_duration = audio_duration
         self.detected_language = detected_language
+        #: The ids a create's ``speech_models`` may name.
+        self.speech_models = set(ACCEPTED_SPEECH_MODELS)
         #: The largest upload taken (AssemblyAI documents 2.2 GB for /v2/upload).
         self.max_upload_bytes = 2_200_000_000
         #: Every upload's bytes, in order.
@@ -117,11 +125,28 @@ class FakeAssemblyAI(FakeUpstream):
         if not isinstance(body, dict) or not body.get("audio_url"):
             reply.json({"error": "audio_url is required"}, 400)
             return
+        if (problem := self._speech_models_problem(body)) is not None:
+            reply.json({"error": problem}, 400)
+            return
         with self._state_lock:
             statuses = self.later_statuses if self.transcripts and self.later_statuses else self.statuses
             job = FakeTranscript(id=f"tr-{next(self._ids)}", request=body, statuses=list(statuses))
             self.transcripts[job.id] = job
         reply.json(self._payload(job, job.statuses[0]))
+
+    def _speech_models_problem(self, body: dict[str, Any]) -> str | None:
+        """Why AssemblyAI would refuse the create's model selection, or None."""
+        if "speech_model" in body:
+            return ("The speech_model parameter is no longer supported; use speech_models, "
+                    f"one or more of: {', '.join(sorted(self.speech_models))}")
+        models = body.get("speech_models")
+        if not isinstance(models, list) or not models:
+            return "speech_models must be a non-empty list of speech model ids"
+        unknown = [m for m in models if m not in self.speech_models]
+        if unknown:
+            return (f"Invalid speech_models {unknown}: accepted values are "
+                    f"{', '.join(sorted(self.speech_models))}")
+        return None
 
     def _get(self, transcript_id: str, reply: Reply) -> None:
         job = self.transcripts.get(transcript_id)
@@ -143,7 +168,8 @@ class FakeAssemblyAI(FakeUpstream):
             "id": job.id,
             "status": status,
             "audio_url": req["audio_url"],
-            "speech_model": req.get("speech_model"),
+            "speech_models": req.get("speech_models"),
+            "speech_model_used": (req.get("speech_models") or [None])[0],
             "language_code": req.get("language_code"),
             "language_detection": req.get("language_detection", False),
             "speaker_labels": req.get("speaker_labels", False),

@@ -26,11 +26,11 @@ from typing import Any
 from .base import FakeUpstream, Recorded, Reply
 
 API_KEY = "sk-test-openai-0123456789abcdef"
-CHAT_MODELS = frozenset({"gpt-4o", "gpt-4o-mini", "gpt-4o-audio-preview", "gpt-4o-mini-audio-preview"})
+CHAT_MODELS = frozenset({"gpt-4o", "gpt-4o-mini", "gpt-audio", "gpt-audio-mini"})
 #: The most completion tokens each chat model writes; a larger max_tokens / max_completion_tokens is refused.
-MAX_COMPLETION_TOKENS = {"gpt-4o": 16_384, "gpt-4o-mini": 16_384, "gpt-4o-audio-preview": 16_384,
-                         "gpt-4o-mini-audio-preview": 16_384}
-AUDIO_CHAT_MODELS = frozenset({"gpt-4o-audio-preview", "gpt-4o-mini-audio-preview"})
+MAX_COMPLETION_TOKENS = {"gpt-4o": 16_384, "gpt-4o-mini": 16_384, "gpt-audio": 16_384, "gpt-audio-mini": 16_384}
+#: The audio-input chat models (gpt-4o(-mini)-audio-preview were shut down on 2026-05-07: unknown here, 404).
+AUDIO_CHAT_MODELS = frozenset({"gpt-audio", "gpt-audio-mini"})
 STT_MODELS = frozenset({"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
                         "gpt-4o-transcribe-diarize", "gpt-transcribe"})
 AUDIO_EXTENSIONS = frozenset({"flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "wav", "webm"})

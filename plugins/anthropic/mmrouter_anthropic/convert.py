@@ -35,6 +35,16 @@ PLAIN_TEXT = "text/plain"
 
 #: The user turn put in front of a conversation that starts with the assistant.
 LEADING_USER_TURN = "(The conversation so far follows.)"
+#: How a final assistant turn (a prefill) reaches a model that refuses prefill: as user text after
+#: the last question, so the model still continues that answer instead of starting another.
+PREFILL_AS_USER_TEXT = ("(Your answer so far follows. Continue it from exactly where it stops, "
+                        "without repeating it.)\n\n{text}")
+#: The catalogue's models that still take a final assistant turn (prefill), and their dated
+#: snapshots (``claude-haiku-4-5-20251001``). Claude 4.6 and later answer it with 400 "This model
+#: does not support assistant message prefill" (platform.claude.com migration guide, "Prefilling
+#: assistant messages returns a 400 error on Claude 4.6 models", read 2026-11), and so, to be safe,
+#: may any model added by configuration.
+PREFILL_MODELS = frozenset({"claude-sonnet-4-5", "claude-opus-4-5", "claude-haiku-4-5"})
 
 
 
@@ -146,13 +156,34 @@ def _strip_final_assistant(turns: list[dict[str, Any]]) -> None:
         turns.pop()
 
 
+def takes_prefill(model: ModelInfo | None) -> bool:
+    """Whether ``model`` takes a conversation ending with an assistant turn (see :data:`PREFILL_MODELS`)."""
+    if model is None:
+        return False
+    return any(model.name == name or model.name.startswith(f"{name}-2") for name in PREFILL_MODELS)
+
+
+def _prefill_as_user_text(turns: list[dict[str, Any]]) -> None:
+    """Move a final assistant turn into the user turn before it (made if there is none), as
+    :data:`PREFILL_AS_USER_TEXT`, for a model that refuses prefill."""
+    if not turns or turns[-1]["role"] != "assistant":
+        return
+    prefill = "\n\n".join(block["text"] for block in turns.pop()["content"])
+    block = {"type": "text", "text": PREFILL_AS_USER_TEXT.format(text=prefill)}
+    if turns:
+        turns[-1]["content"].append(block)  # the turn before an assistant turn is a user turn
+    else:
+        turns.append({"role": "user", "content": [block]})
+
+
 async def prepare(request: Request, provider: str, model: ModelInfo | None = None) -> Prepared:
     """The ``system`` and ``messages`` for ``request``, sent by the provider called ``provider`` to
     ``model`` (whose context window sets the page and image counts allowed; None: 200k tokens').
 
     System messages become ``system``; consecutive turns of one role are merged
     into one turn; a conversation that would start with the assistant gets a
-    short user turn in front. Raises :class:`router.ProviderBadRequest` for
+    short user turn in front. A final assistant turn (prefill) is sent as is to a model that takes it
+    (:func:`takes_prefill`), else as user text asking to continue it. Raises :class:`router.ProviderBadRequest` for
     content Claude cannot take, and :class:`router.errors.ProviderInputTooLarge`
     for content over the API's documented limits (:mod:`.limits`), before any call.
     """
@@ -171,6 +202,8 @@ async def prepare(request: Request, provider: str, model: ModelInfo | None = Non
         else:
             turns.append({"role": role, "content": blocks})
     _strip_final_assistant(turns)
+    if not takes_prefill(model):
+        _prefill_as_user_text(turns)
     if not turns:
         raise bad_request(provider, "the request has no user content to answer")
     if turns[0]["role"] == "assistant":

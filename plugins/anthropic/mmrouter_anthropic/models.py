@@ -16,13 +16,13 @@ CLAUDE_MIME_TYPES = IMAGE_TYPES | {"application/pdf", "text/*"}
 
 
 def _claude(name: str, input_per_mtok: float, output_per_mtok: float, default_max: int,
-            max_output: int) -> ModelInfo:
+            max_output: int, context: int = 200_000) -> ModelInfo:
     return ModelInfo(
         name=name,
         inputs=CLAUDE_INPUTS,
         outputs=frozenset({OUTPUT_TEXT}),
         features=frozenset({FEATURE_STREAMING}),
-        context_tokens=200_000,
+        context_tokens=context,
         price=Price(input_per_mtok=input_per_mtok, output_per_mtok=output_per_mtok,
                     cached_input_per_mtok=round(input_per_mtok * CACHE_READ_SHARE, 6)),
         default_max_output_tokens=default_max,
@@ -34,14 +34,17 @@ def _claude(name: str, input_per_mtok: float, output_per_mtok: float, default_ma
 #: The models, the default routing target (claude-sonnet-4-6) first, with their default ``max_tokens``
 #: and the largest each accepts (its output limit). Prices are Anthropic's public list prices in US
 #: dollars per million tokens (cache reads at :data:`CACHE_READ_SHARE` of the input price). claude-sonnet-4-5 reaches end of life on 2026-11-30 (the SDK warns);
-#: it stays listed for rules that name it until then. Newer models are added by configuration
-#: (``providers.anthropic.models``, see :class:`router.ModelSpec`), which takes the rest from
-#: :data:`TYPICAL`.
+#: it stays listed for rules that name it until then. claude-opus-4-1 was retired on 2026-08-05 (gone
+#: from the anthropic 2.14 SDK's model list) and is no longer offered. claude-sonnet-4-6 holds 1M tokens
+#: and writes up to 128K at the same flat price (platform.claude.com/docs/en/models/sonnet-4-6/overview,
+#: "Context window: 1M tokens · Max output: 128K tokens · $3 / $15 per MTok", read 2026-11); its larger
+#: window also allows 600 PDF pages and images per request (see :mod:`.limits`).
+#: Newer models are added by configuration (``providers.anthropic.models``, see :class:`router.ModelSpec`),
+#: which takes the rest from :data:`TYPICAL`.
 MODELS: list[ModelInfo] = [
-    _claude("claude-sonnet-4-6", 3.0, 15.0, 8192, 64_000),
+    _claude("claude-sonnet-4-6", 3.0, 15.0, 8192, 128_000, context=1_000_000),
     _claude("claude-sonnet-4-5", 3.0, 15.0, 8192, 64_000),
     _claude("claude-opus-4-5", 5.0, 25.0, 8192, 64_000),
-    _claude("claude-opus-4-1", 15.0, 75.0, 4096, 32_000),
     _claude("claude-haiku-4-5", 1.0, 5.0, 8192, 64_000),
 ]
 #: What a configured model leaves unset is taken from this one (and its inputs are all it may name).

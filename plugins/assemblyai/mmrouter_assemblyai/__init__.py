@@ -1,7 +1,8 @@
 """mmrouter-assemblyai: AssemblyAI transcription with speaker diarization, as an mmrouter provider plugin.
 
-Registers the provider ``assemblyai``, with the models ``best`` and ``nano``, and one more for each
-extra instance the config asks for (``providers.<name>`` with ``plugin: assemblyai``).
+Registers the provider ``assemblyai``, with the models ``best``, ``universal-2`` and ``nano`` (a deprecated
+alias of ``universal-2``), and one more for each extra instance the config asks for
+(``providers.<name>`` with ``plugin: assemblyai``).
 Settings come from ``providers.assemblyai`` (see :mod:`mmrouter_assemblyai.settings`).
 """
 

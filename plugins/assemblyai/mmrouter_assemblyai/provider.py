@@ -24,7 +24,7 @@ from router import (
 from router.errors import ProviderNotConfigured, ProviderUnavailable
 
 from . import errors, transcripts
-from .models import MODELS, speech_model
+from .models import MODELS, speech_models
 from .settings import PLUGIN, AssemblyAISettings
 
 if TYPE_CHECKING:
@@ -118,7 +118,8 @@ class AssemblyAIProvider(Provider):
 
         client, transcriber = self._sdk()
         config = transcripts.transcription_config(
-            request.options, speech_model(model), always_diarize=self.settings.speaker_labels
+            request.options, speech_models(model, self.settings.speech_models),
+            always_diarize=self.settings.speaker_labels,
         )
         try:
             submitted = await transcriber.submit(transcripts.audio_source(media, self.name), config)

@@ -9,6 +9,7 @@ Keys (all optional)::
         timeout: 30                     # seconds per HTTP request (default 30)
         poll_interval: 3                # seconds between transcript status polls (default 3)
         speaker_labels: true            # diarize every call, not only when asked (default true)
+        speech_models: [assemblyai-stt-3-7, universal-2]  # what assemblyai/best sends, in priority order
 
 An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
 
@@ -19,17 +20,24 @@ base_url defaults to AssemblyAI's.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field, field_validator
 
 from router import ProviderSettings
 
+from .models import DEFAULT_BEST_MODELS
+
 #: The official endpoint, used when no base_url is configured.
 ASSEMBLYAI_BASE_URL = "https://api.assemblyai.com"
 #: The plugin's own provider name; other names are extra instances (``plugin: assemblyai``).
 PLUGIN = "assemblyai"
+#: What a speech model id looks like (``universal-2``, ``assemblyai-stt-3-7``).
+_MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
+#: Values AssemblyAI refuses in ``speech_models`` now (the old singular ``speech_model``'s tiers).
+_REFUSED_MODELS = frozenset({"best", "nano"})
 
 
 def key_setting_hint(provider: str) -> str:
@@ -49,12 +57,35 @@ class AssemblyAISettings(ProviderSettings):
     timeout: float = Field(30.0, gt=0, description="seconds per HTTP request (upload, submit, each poll)")
     poll_interval: float = Field(3.0, gt=0, description="seconds between transcript status polls")
     speaker_labels: bool = Field(True, description="diarize every call, not only when asked")
-
+    speech_models: tuple[str, ...] = Field(
+        DEFAULT_BEST_MODELS, description="AssemblyAI's speech_models sent for assemblyai/best, in priority order")
 
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, url: str) -> str:
         return url.rstrip("/") or ASSEMBLYAI_BASE_URL
+
+    @field_validator("speech_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        """A string (say from ``${AAI_MODELS}``) is a comma-separated list."""
+        return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("speech_models")
+    @classmethod
+    def _check_models(cls, models: tuple[str, ...]) -> tuple[str, ...]:
+        models = tuple(m.strip() for m in models)
+        if not models:
+            raise ValueError("give at least one AssemblyAI speech model id")
+        for model in models:
+            if not _MODEL_ID.fullmatch(model):
+                raise ValueError(f"{model!r} is not a speech model id (lower case, like universal-2)")
+            if model in _REFUSED_MODELS:
+                raise ValueError(f"AssemblyAI no longer takes {model!r}; use its current ids, "
+                                 f"like {', '.join(DEFAULT_BEST_MODELS)}")
+        if len(set(models)) != len(models):
+            raise ValueError("a speech model is listed twice")
+        return models
 
 
     def unconfigured_reason(self, provider: str = PLUGIN) -> str | None:

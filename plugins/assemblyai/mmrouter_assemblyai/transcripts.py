@@ -27,15 +27,16 @@ def language_code(language: str) -> str:
 
 
 def transcription_config(
-    options: Options, speech_model: assemblyai.SpeechModel, *, always_diarize: bool
+    options: Options, speech_models: list[str], *, always_diarize: bool
 ) -> assemblyai.TranscriptionConfig:
-    """The SDK config for a call: speaker labels, speakers expected and the language (or detection)."""
+    """The SDK config for a call: the speech models in priority order (``speech_models``: AssemblyAI
+    refuses the singular ``speech_model``), speaker labels, speakers expected and the language (or detection)."""
     import assemblyai as aai
 
     diarize = always_diarize or options.diarization or options.speakers_expected > 0
     code = language_code(options.language)
     return aai.TranscriptionConfig(
-        speech_model=speech_model,
+        speech_models=list(speech_models),
         speaker_labels=diarize or None,
         speakers_expected=options.speakers_expected if diarize and options.speakers_expected > 0 else None,
         language_code=code or None,

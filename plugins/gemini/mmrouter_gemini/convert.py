@@ -22,9 +22,14 @@ TEXT_TYPES = frozenset({"text/plain", "text/html", "text/css", "text/javascript"
 #: The user turn put in front of a conversation that starts with the model (Gemini wants a user turn first).
 LEADING_USER_TURN = "(The conversation so far follows.)"
 
-#: Finish reasons meaning the answer was withheld rather than finished.
-BLOCKED_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
-
+#: Finish reasons meaning the answer was withheld rather than finished (google-genai 3.6.1 ``FinishReason``):
+#: an unsupported language (LANGUAGE), an escalation rule (ESCALATION), an account limited or disabled for
+#: policy violations (PUP_LIMITED_DISABLED), Model Armor (MODEL_ARMOR), prohibited image content.
+BLOCKED_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE",
+                  "ESCALATION", "PUP_LIMITED_DISABLED", "MODEL_ARMOR", "IMAGE_PROHIBITED_CONTENT"}
+#: Finish reasons meaning the answer was cut: CONTINUATION is "reached the per-request token limit, but
+#: generation is not yet complete" (the SDK's FinishReason), seen when its automatic continuation cannot go on.
+CUT_FINISH = {"MAX_TOKENS", "CONTINUATION"}
 
 
 @dataclass
@@ -165,7 +170,9 @@ def finish_of(response: Any) -> FinishReason | None:
         return None
     if name in BLOCKED_FINISH:
         return FinishReason.CONTENT_FILTER
-    return {"STOP": FinishReason.STOP, "MAX_TOKENS": FinishReason.LENGTH}.get(name, FinishReason.OTHER)
+    if name in CUT_FINISH:
+        return FinishReason.LENGTH
+    return FinishReason.STOP if name == "STOP" else FinishReason.OTHER
 
 
 def usage_of(metadata: Any) -> Usage:

@@ -102,8 +102,13 @@ BUILTIN: tuple[Entry, ...] = (
     _chat("gpt-4o", _TEXT_IMAGE, Price(2.50, 10.00, cached_input_per_mtok=1.25)),
     _chat("gpt-4o-mini", _TEXT_IMAGE, Price(0.15, 0.60, cached_input_per_mtok=0.075)),
     # Audio in chat: audio input tokens cost more than text ones (no cached-input price is listed for these).
-    _chat("gpt-4o-audio-preview", _TEXT_AUDIO, Price(2.50, 10.00, audio_input_per_mtok=40.00)),
-    _chat("gpt-4o-mini-audio-preview", _TEXT_AUDIO, Price(0.15, 0.60, audio_input_per_mtok=10.00)),
+    # gpt-4o(-mini)-audio-preview were shut down on 2026-05-07 (the openai SDK's types/shared/chat_model.py);
+    # their successors, from developers.openai.com/api/docs/models/gpt-audio and .../gpt-audio-mini (read
+    # 2026-11): gpt-audio text $2.50 / $10, audio input $32; gpt-audio-mini text $0.60 / $2.40 (its page
+    # lists no audio price: $10, that of OpenAI's other mini audio models, gpt-realtime-mini). Both 128k
+    # context, 16,384 output tokens. gpt-audio-mini is announced to shut down on 2027-01-20 (the SDK).
+    _chat("gpt-audio", _TEXT_AUDIO, Price(2.50, 10.00, audio_input_per_mtok=32.00)),
+    _chat("gpt-audio-mini", _TEXT_AUDIO, Price(0.60, 2.40, audio_input_per_mtok=10.00)),
     # whisper-1 is billed per minute (0.006 USD) and gives segments through verbose_json.
     _stt("whisper-1", Price(per_audio_hour=0.36), "verbose_json"),
     # Length caps: gpt-4o-transcribe-diarize answers longer audio with 400 "audio duration N seconds is longer
