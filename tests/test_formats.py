@@ -295,3 +295,23 @@ def test_an_audio_format_a_chat_model_cannot_send_is_refused_retryably() -> None
 def test_a_long_context_size_over_four_billion_tokens_still_goes_on_the_wire() -> None:
     model = ModelInfo("big", frozenset({Modality.TEXT}), price=Price(long_context_above_tokens=5_000_000_000))
     assert model_to_proto(model).price.long_context_above_tokens == 5_000_000_000
+
+
+def test_configured_openai_models_take_what_the_plugin_can_send() -> None:
+    """A configured audio chat model gets audio as wav or mp3 only (what chat.py sends), a configured
+    transcriber the upload formats; a built-in given again keeps its formats and length cap."""
+    from mmrouter_openai.models import catalogue
+
+    models = {name: e.info for name, e in catalogue(True, [
+        {"name": "my-audio-chat", "inputs": ["text", "audio"]},
+        {"name": "my-stt", "outputs": ["transcript"]},
+        {"name": "gpt-4o-transcribe-diarize", "outputs": ["transcript"], "transcription_format": "diarized_json",
+         "price": {"per_audio_hour": 0.3}},
+    ]).items()}
+    assert not models["my-audio-chat"].takes_mime("audio/mp4", Modality.AUDIO)
+    assert models["my-audio-chat"].takes_mime("audio/wav", Modality.AUDIO)
+    assert models["my-stt"].takes_mime("audio/mp4", Modality.AUDIO)
+    assert not models["my-stt"].takes_mime("audio/aac", Modality.AUDIO)
+    diarize = models["gpt-4o-transcribe-diarize"]
+    assert diarize.max_audio_seconds == 1400 and not diarize.takes_mime("audio/aac", Modality.AUDIO)
+    assert diarize.price.per_audio_hour == 0.3

@@ -26,7 +26,7 @@ llama.cpp) come from ``providers.openai.models``::
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from router import (
@@ -163,15 +163,24 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
     features = set() if transcribes else {FEATURE_STREAMING}
     if fmt == "diarized_json" and transcribes:
         features.add(FEATURE_DIARIZATION)
+    # what this plugin can send: transcription uploads named by their type, chat audio as wav or mp3 (images
+    # as they are: a local server may read more than OpenAI)
+    formats = TRANSCRIBE_TYPES if transcribes else CHAT_AUDIO_TYPES if Modality.AUDIO in inputs else frozenset()
     info = ModelInfo(name, inputs=inputs, outputs=outputs, features=frozenset(features),
-                     context_tokens=context, price=price, default_max_output_tokens=limit or 4096)
+                     context_tokens=context, price=price, default_max_output_tokens=limit or 4096,
+                     input_mime_types=formats)
     return Entry(info, fmt if transcribes else "", max_output_tokens=limit)
 
 
 def catalogue(builtin: bool, extra: Iterable[Mapping[str, Any]], provider: str = "openai") -> dict[str, Entry]:
     """The models to offer, by name: the built-in ones (if wanted) then configured ones (which win)."""
     entries: dict[str, Entry] = {e.info.name: e for e in BUILTIN} if builtin else {}
+    known = {e.info.name: e.info for e in BUILTIN}
     for index, spec in enumerate(extra):
         entry = entry_from_config(spec, index, provider)
+        same = known.get(entry.info.name)
+        if same is not None:  # a built-in model given again (a new price, say): what it takes does not change
+            entry = replace(entry, info=replace(entry.info, input_mime_types=same.input_mime_types,
+                                                max_audio_seconds=same.max_audio_seconds))
         entries[entry.info.name] = entry
     return entries
