@@ -201,6 +201,15 @@ def test_bad_settings_are_named() -> None:
         OpenAIProvider({"api_key": "k", "timeout": "soon"})
     with pytest.raises(ConfigError, match=r"providers\.openai\.models\[0\]\.inputs"):
         OpenAIProvider({"api_key": "k", "models": [{"name": "x", "inputs": ["smell"]}]})
+    # a typo in a price or model key would have priced the model at 0 without a word
+    with pytest.raises(ConfigError, match=r"models\[0\]\.price: unknown key\(s\) input \(known: input_per_mtok"):
+        OpenAIProvider({"api_key": "k", "models": [{"name": "x", "price": {"input": 5}}]})
+    with pytest.raises(ConfigError, match=r"models\[1\]: unknown key\(s\) pricee"):
+        OpenAIProvider({"api_key": "k", "models": [{"name": "x"}, {"name": "y", "pricee": {"input_per_mtok": 1}}]})
+    tiered = OpenAIProvider({"api_key": "k", "models": [{"name": "x", "price": {
+        "input_per_mtok": 1, "long_context_above_tokens": 200000, "long_context_input_per_mtok": 2}}]})
+    price = next(m.price for m in tiered.models if m.name == "x")
+    assert (price.input_per_mtok, price.long_context_above_tokens, price.long_context_input_per_mtok) == (1, 200000, 2)
 
 
 def test_a_served_model_name_may_hold_slashes() -> None:

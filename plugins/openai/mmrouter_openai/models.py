@@ -26,7 +26,7 @@ llama.cpp) come from ``providers.openai.models``::
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from router import (
@@ -135,9 +135,24 @@ def _modalities(value: Any, where: str) -> frozenset[Modality]:
     return result
 
 
+#: The keys of one item of ``providers.<provider>.models``.
+SPEC_KEYS = ("name", "inputs", "outputs", "price", "context_tokens", "max_output_tokens", "transcription_format")
+_PRICE_KEYS = tuple(f.name for f in fields(Price))
+
+
+def _unknown_keys(given: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Refuse a key not in ``known`` (a typo such as ``input`` for ``input_per_mtok`` would price a model at 0)."""
+    unknown = [str(key) for key in given if key not in known]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+
+
 def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "openai") -> Entry:
     """Build a model from one item of ``providers.<provider>.models``."""
     where = f"providers.{provider}.models[{index}]"
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}: must be a mapping (name, inputs, price...), got {type(spec).__name__}")
+    _unknown_keys(spec, SPEC_KEYS, where)
     name = str(spec.get("name") or "").strip()
     if not name:
         raise ConfigError(f"{where}.name is required")
@@ -149,10 +164,12 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
     default_inputs = ["audio"] if transcribes else ["text"]
     inputs = _modalities(spec.get("inputs") or default_inputs, where)
     price_spec = spec.get("price") or {}
+    if not isinstance(price_spec, Mapping):
+        raise ConfigError(f"{where}.price: must map price names to numbers, got {type(price_spec).__name__}")
+    _unknown_keys(price_spec, _PRICE_KEYS, f"{where}.price")
     try:
-        price = Price(float(price_spec.get("input_per_mtok", 0)), float(price_spec.get("output_per_mtok", 0)),
-                      float(price_spec.get("per_audio_hour", 0)), float(price_spec.get("audio_input_per_mtok", 0)),
-                      float(price_spec.get("cached_input_per_mtok", 0)))
+        price = Price(**{key: (int if key == "long_context_above_tokens" else float)(value)
+                         for key, value in price_spec.items()})
         context = int(spec.get("context_tokens") or 128_000)
         limit = int(spec.get("max_output_tokens") or 0)
     except (TypeError, ValueError, AttributeError) as exc:
