@@ -14,8 +14,11 @@ $(VENV)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(VENV)/bin/pip install --quiet -e '.[test]' $(addprefix -e ,$(PLUGINS))
 	touch $@
 
+# Options for `mmrouter serve`, e.g. make serve ARGS="--address 127.0.0.1:50052".
+ARGS ?=
+
 serve: setup
-	$(VENV)/bin/mmrouter serve
+	$(VENV)/bin/mmrouter serve $(ARGS)
 
 # espeak-ng makes the speech the local provider's tests transcribe (Debian package; needs root).
 system-deps:

@@ -80,7 +80,9 @@ TokenOption = Annotated[str, typer.Option(
 @app.command()
 def serve(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Routing file (YAML). Default: the embedded hybrid policy.")] = None,
-    address: Annotated[str | None, typer.Option("--address", "-a", help=f"Listen on host:port (default {DEFAULT_ADDRESS}).")] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", "-a", envvar="MMROUTER_ADDRESS", show_default=False,
+        help=f"Listen on host:port (default: server.address of --config, else {DEFAULT_ADDRESS}).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Where media and sessions are kept.")] = None,
     ready_file: Annotated[Path | None, typer.Option(help="Write the bound address here once serving.")] = None,
 ) -> None:
@@ -111,7 +113,7 @@ def serve(
         if "Failed to bind" not in str(exc):
             raise
         _start_failed(f"cannot listen on {server.address}: the address is in use or invalid; give --address "
-                      f"(or server.address) a free host:port, e.g. {DEFAULT_ADDRESS}", 1, json_logs)
+                      f"(or server.address) a free host:port, e.g. {_other_address(server.address)}", 1, json_logs)
     except ConfigError as exc:  # e.g. another daemon holds the data directory
         _start_failed(exc.message, 2, json_logs)
     except sqlite3.Error as exc:
@@ -125,6 +127,16 @@ def serve(
         fix = (f"; --data-dir (server.data_dir) {data} must be a directory the daemon can write"
                if exc.filename and Path(exc.filename).is_relative_to(data) else "")
         _start_failed(f"cannot start: {where}{exc.strerror or exc}{fix}", 1, json_logs)
+
+
+def _other_address(address: str) -> str:
+    """Addresses to suggest instead of ``address``, which could not be listened on: the next port of
+    its host (of the default address for a socket path or port 0), or any free port."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0 or host.startswith("unix"):
+        host, _, port = DEFAULT_ADDRESS.rpartition(":")
+    following = f"{host}:{int(port) + 1}, or " if int(port) < 65535 else ""
+    return f"{following}{host}:0 for any free port"
 
 
 def _log_to_stderr(level: str, json_logs: bool) -> None:
@@ -155,8 +167,9 @@ def _asks_for_json_logs(config: Path | None) -> bool:
 
 def _quiet_grpc_core() -> None:
     """Start this command again with GRPC_VERBOSITY=NONE unless the operator set it: gRPC's C core
-    writes plain-text lines straight to stderr (a bind warning, say), which break a JSON log. It reads
-    the variable once, when grpc is imported, and the ``router`` package has imported it by now."""
+    writes plain-text lines straight to stderr (a bind warning, a bad TLS certificate), which break a
+    JSON log and repeat a client's own message. It reads the variable once, when grpc is imported, and
+    the ``router`` package has imported it by now."""
     if "GRPC_VERBOSITY" in os.environ:
         return
     os.environ["GRPC_VERBOSITY"] = "NONE"
@@ -177,12 +190,14 @@ FileList = Annotated[list[Path] | None, typer.Option(help="A file to send (repea
 SystemOption = Annotated[str, typer.Option(help="A system prompt.")]
 TaskOption = Annotated[str, typer.Option(help="auto, chat or transcribe.")]
 DiarizeOption = Annotated[bool, typer.Option("--diarize", help="Label speakers in audio.")]
-SpeakersOption = Annotated[int, typer.Option(help="Speakers to expect when diarizing.")]
+#: The largest value of the request's int32 fields (options.speakers_expected, max_output_tokens).
+INT32_MAX = 2**31 - 1
+SpeakersOption = Annotated[int, typer.Option(min=0, max=INT32_MAX, help="Speakers to expect when diarizing (0: any).")]
 ProviderOption = Annotated[str | None, typer.Option(help="Use this provider instead of the rules' choice.")]
 ModelOption = Annotated[str | None, typer.Option(help="Use this model.")]
 TagOption = Annotated[list[str] | None, typer.Option(help="A tag for routing rules (repeatable).")]
 SessionOption = Annotated[str | None, typer.Option(help="Keep a conversation under this id.")]
-InlineLimitOption = Annotated[int, typer.Option(help="Files larger than this many bytes go by UploadMedia.")]
+InlineLimitOption = Annotated[int, typer.Option(min=0, help="Files larger than this many bytes go by UploadMedia.")]
 
 
 @app.command()
@@ -201,7 +216,8 @@ def ask(
     tag: TagOption = None,
     session: SessionOption = None,
     inline_limit: InlineLimitOption = 4 * 1024 * 1024,
-    max_tokens: Annotated[int, typer.Option(min=0, help="Most tokens the answer may have (0: the model's default).")] = 0,
+    max_tokens: Annotated[int, typer.Option(min=0, max=INT32_MAX,
+                                            help="Most tokens the answer may have (0: the model's default).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")] = False,
     address: AddressOption = DEFAULT_ADDRESS,
     token: TokenOption = "",
@@ -239,7 +255,7 @@ def ask(
         try:
             answer, streamed = call_with_media(build, stream, inline_limit)
         except grpc.RpcError as exc:
-            fail(exc)
+            fail(exc, address)
     if answer is None:
         err.print("[red]the stream ended without an answer[/red]")
         raise typer.Exit(1)
@@ -304,7 +320,7 @@ def explain(
                 lambda request: stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route,
                 inline_limit)
         except grpc.RpcError as exc:
-            fail(exc)
+            fail(exc, address)
     print_route(route, out)
 
 
@@ -318,7 +334,7 @@ def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "")
         try:
             listing = router_pb2_grpc.RouterServiceStub(channel).ListProviders(pb.ListProvidersRequest())
         except grpc.RpcError as exc:
-            fail(exc)
+            fail(exc, address)
     # Names and states are never cut short (even at 80 columns); models and reasons wrap, nothing is cut.
     table = Table(Column("provider", no_wrap=True), Column("plugin", no_wrap=True), Column("state", no_wrap=True),
                   Column("models", overflow="fold"), Column("reason", overflow="fold"))
@@ -436,16 +452,18 @@ def stats(data_dir: DataDirOption = None,
 
     path = _data_dir(config, data_dir) / "sessions.sqlite"
     if not path.exists():
-        err.print(f"[red]no records at {path}: has the daemon answered anything yet?[/red]")
+        err.print(f"[red]no records at {escape(str(path))}: has the daemon answered anything yet?[/red]")
         raise typer.Exit(1)
     with _sessions(path) as store:
         rows = store.stats(0.0 if since is None else time.time() - since * 86400)
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table("rule", "provider/model", "step", "calls", "mean ms", "max ms", "cost $")
+    # Names are never cut short (piped, or at 80 columns): they wrap (as in `providers`).
+    table = Table(*(Column(name, overflow="fold") for name in ("rule", "provider/model", "step")),
+                  *(Column(name, no_wrap=True, justify="right") for name in ("calls", "mean ms", "max ms", "cost $")))
     for r in rows:
-        table.add_row(r["rule"], f"{r['provider']}/{r['model']}", r["purpose"], str(r["calls"]),
+        table.add_row(*map(escape, (r["rule"], f"{r['provider']}/{r['model']}", r["purpose"])), str(r["calls"]),
                       f"{r['mean_latency_ms']:.0f}", f"{r['max_latency_ms']:.0f}", f"{r['cost_usd']:.6f}")
     out.print(table)
 
@@ -469,7 +487,7 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
     root = _data_dir(config, data_dir)
     path = root / "sessions.sqlite"
     if not path.exists() and not (root / "media").is_dir():
-        err.print(f"[red]no data at {root}: is this the daemon's data directory?[/red]")
+        err.print(f"[red]no data at {escape(str(root))}: is this the daemon's data directory?[/red]")
         raise typer.Exit(1)
     before = time.time() - older_than * 86_400
     store, writable = _sessions_to_prune(path)
@@ -530,7 +548,7 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     try:
         config = parse_config(text, str(file))
     except ConfigError as exc:
-        err.print(f"[red]{exc.message}[/red]")
+        err.print(f"[red]{escape(exc.message)}[/red]")
         raise typer.Exit(1) from None
     # secrets are masked here as in the daemon's log (a check's output often lands in a CI log)
     from . import redact
@@ -544,8 +562,8 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     for entry in broken:
         err.print(f"[red]providers.{escape(entry.name)}: {escape(redact.mask(entry.reason, log_filter.secrets))}[/red]")
     for name in sorted(set(config.providers) - set(registry.entries)):
-        err.print(f"[yellow]providers.{escape(name)}: no installed plugin offers a provider {name!r}; "
-                  f"the section is not used here{did_you_mean(name, registry.entries)}[/yellow]")
+        err.print(f"[yellow]{escape(f'providers.{name}: no installed plugin offers a provider {name!r}; ')}"
+                  f"the section is not used here{escape(did_you_mean(name, registry.entries))}[/yellow]")
     for key, name in _named_providers(config):
         if name not in registry.entries:
             _not_installed(key, f"no provider {name!r} here: no installed plugin offers it", name, registry.entries)
@@ -560,7 +578,7 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
         err.print(f"[yellow]{escape(warning)}[/yellow]")
     if broken or unknown:
         raise typer.Exit(1)
-    out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}")
+    out.print(escape(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}"))
 
 
 def _warnings(config: Config, registry: Registry) -> Iterator[str]:

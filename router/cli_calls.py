@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import typer
@@ -43,10 +44,19 @@ def media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: l
                         (pb.MODALITY_DOCUMENT, pdf)):
         for path in files:
             if not path.is_file():
-                err.print(f"[red]no such file: {escape(str(path))}[/red]")
+                err.print(f"[red]{escape(not_a_file(path))}[/red]")
                 raise typer.Exit(2)
             mime = MIME_BY_EXTENSION.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             yield kind, path, mime
+
+
+def not_a_file(path: Path) -> str:
+    """Why ``path``, which is no regular file, cannot be sent."""
+    if path.is_dir():
+        return f"{path} is a directory, not a file"
+    if path.exists():
+        return f"{path} is not a regular file (a device, a pipe or a socket)"
+    return f"no such file: {path}"
 
 
 #: The longest ``upload_file`` waits in all for the daemon to have a free upload place.
@@ -62,7 +72,7 @@ def upload_file(stub, kind: int, path: Path, mime: str) -> str:
     size = path.stat().st_size
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), console=err, transient=True) as progress:
-        task = progress.add_task(f"uploading {path.name}", total=size)
+        task = progress.add_task(f"uploading {escape(path.name)}", total=size)  # read as markup
 
         def messages():
             progress.reset(task)  # a retry sends the file from its start again
@@ -101,21 +111,41 @@ def upload_retry_delay(exc: grpc.RpcError) -> float | None:
     return max(retry.retry_delay.ToTimedelta().total_seconds(), 0.1)
 
 
+#: Most bytes of media one request carries inline, well under the channel's 64 MiB message limit
+#: (``daemon_channel``): past it the largest files are uploaded, however small each is.
+INLINE_BUDGET = 48 * 1024 * 1024
+
+
+def inline_choice(sizes: list[int], inline_limit: int, budget: int = INLINE_BUDGET) -> set[int]:
+    """The indexes of the files (by ``sizes``) to send inline: those of at most ``inline_limit`` bytes,
+    smallest first, while their total stays within ``budget``; the others are uploaded."""
+    chosen, total = set(), 0
+    for i in sorted(range(len(sizes)), key=sizes.__getitem__):
+        if sizes[i] > inline_limit or total + sizes[i] > budget:
+            break
+        chosen.add(i)
+        total += sizes[i]
+    return chosen
+
+
 def build_request(stub, prompt: str, images, audio, video, pdf, system, task, diarize, speakers, provider, model,
                    tags, session, inline_limit, max_tokens: int = 0):
-    """The request of ``ask`` and ``explain``: files over ``inline_limit`` bytes are uploaded first."""
+    """The request of ``ask`` and ``explain``: files over ``inline_limit`` bytes, and the largest ones
+    once the inline total would pass :data:`INLINE_BUDGET`, are uploaded first."""
     from mmrouter.v1 import router_pb2 as pb
 
     if task not in ("auto", "chat", "transcribe"):
         err.print("[red]--task must be auto, chat or transcribe[/red]")
         raise typer.Exit(2)
+    files = list(media_parts(images, audio, video, pdf))
+    inline = inline_choice([path.stat().st_size for _, path, _ in files], inline_limit)
     parts = []
-    for kind, path, mime in media_parts(images, audio, video, pdf):
+    for i, (kind, path, mime) in enumerate(files):
         media = pb.Media(modality=kind, mime_type=mime, filename=path.name)
-        if path.stat().st_size > inline_limit:
-            media.media_id = upload_file(stub, kind, path, mime)
-        else:
+        if i in inline:
             media.data = path.read_bytes()
+        else:
+            media.media_id = upload_file(stub, kind, path, mime)
         parts.append(pb.Part(media=media))
     if prompt:
         parts.append(pb.Part(text=prompt))
@@ -152,11 +182,36 @@ def daemon_channel(address: str, token: str) -> grpc.Channel:
             try:
                 pem[name] = Path(path).expanduser().read_bytes() if path else None
             except OSError as exc:
-                err.print(f"[red]cannot read MMROUTER_TLS_{name.upper()} {escape(path)}: {exc.strerror}[/red]")
+                err.print(f"[red]cannot read MMROUTER_TLS_{name.upper()} {escape(path)}: {escape(exc.strerror or str(exc))}[/red]")
                 raise typer.Exit(2) from None
+        check_ca(files["ca"], pem["ca"] or b"")
+        if files["cert"] or files["key"]:
+            check_client_certificate(files["cert"], files["key"])
         credentials = grpc.ssl_channel_credentials(pem["ca"], private_key=pem["key"], certificate_chain=pem["cert"])
         channel = grpc.secure_channel(address, credentials, options=options)
     return with_token(channel, client_token(token))
+
+
+def check_ca(path: str, pem: bytes) -> None:
+    """Exit with a message naming MMROUTER_TLS_CA if ``pem`` (read from ``path``) holds no PEM
+    certificate: gRPC would only fail every call with "Failed to create security handshaker"."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("latin-1"))
+    except (ssl.SSLError, ValueError):
+        err.print(f"[red]MMROUTER_TLS_CA {escape(path)} holds no valid PEM certificate: give the certificate of "
+                  "the CA that signed the daemon's server.tls certificate[/red]")
+        raise typer.Exit(2) from None
+
+
+def check_client_certificate(cert: str, key: str) -> None:
+    """Exit with a message naming MMROUTER_TLS_CERT and MMROUTER_TLS_KEY unless they are a certificate
+    and its private key: gRPC would fail every handshake, its C core writing lines of its own."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(Path(cert).expanduser(), Path(key).expanduser())
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        err.print(f"[red]MMROUTER_TLS_CERT {escape(cert or '(unset)')} and MMROUTER_TLS_KEY {escape(key or '(unset)')}"
+                  f" are not a client certificate and its private key ({escape(str(exc))})[/red]")
+        raise typer.Exit(2) from None
 
 
 def client_token(token: str) -> str:
@@ -192,36 +247,58 @@ def error_info(exc: grpc.RpcError) -> tuple[str, dict[str, str]]:
 
 
 def call_with_media(build: Callable[[int], Any], call: Callable[[Any], Any], inline_limit: int) -> Any:
-    """``call(build(inline_limit))``; if the daemon finds inline media too large (its own
-    ``inline_limit_bytes`` is smaller than ours), build again with every file uploaded and retry once.
-    Another limit (``max_request_media_bytes``) is not helped by uploading: its error is raised."""
+    """``call(build(inline_limit))``; if the request with its inline media is too large (over the
+    daemon's ``inline_limit_bytes``, or a gRPC message limit of either side), build again with every
+    file uploaded and retry once. Another limit (``max_request_media_bytes``) is not helped by
+    uploading: its error is raised."""
     request = build(inline_limit)
     try:
         return call(request)
     except grpc.RpcError as exc:
         inline = any(p.media.data for m in request.messages for p in m.parts if p.HasField("media"))
-        reason, metadata = error_info(exc)
-        if not inline or reason != "PAYLOAD_TOO_LARGE" or metadata.get("limit") != "inline_limit_bytes":
+        why = too_large_inline(exc)
+        if not inline or why is None:
             raise
-    err.print("[yellow]the daemon takes less inline media than --inline-limit: uploading the files[/yellow]")
+    err.print(f"[yellow]{escape(why)}: uploading the files[/yellow]")
     return call(build(0))
 
 
-def fail(exc: grpc.RpcError) -> None:
-    from grpc_status import rpc_status
+def too_large_inline(exc: grpc.RpcError) -> str | None:
+    """What was too large, when ``exc`` refused a request for the size of its inline media, else None."""
+    reason, metadata = error_info(exc)
+    if reason == "PAYLOAD_TOO_LARGE" and metadata.get("limit") == "inline_limit_bytes":
+        return "the daemon takes less inline media than --inline-limit"
+    # gRPC's own refusals carry no ErrorInfo: "Sent message larger than max" (this side's send limit)
+    # or "Received message larger than max" (the daemon's server.max_message_bytes)
+    if not reason and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in (exc.details() or ""):
+        return f"the request is larger than a gRPC message may be ({exc.details()})"
+    return None
 
-    err.print(f"[red]{exc.code().name}: {escape(exc.details() or '')}[/red]")
-    status = rpc_status.from_call(exc)
-    if status is not None:
-        from google.rpc import error_details_pb2
 
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                for v in bad.field_violations:
-                    err.print(f"  {escape(v.field)}: {escape(v.description)}")
+def fail(exc: grpc.RpcError, address: str) -> NoReturn:
+    """Print the failed call's status (its field violations too, and a hint when the daemon was not
+    reached at ``address``) and exit 1."""
+    from google.rpc import error_details_pb2
+
+    details = exc.details() or ""
+    err.print(f"[red]{exc.code().name}: {escape(details)}[/red]")
+    bad = status_detail(exc, error_details_pb2.BadRequest)
+    for v in bad.field_violations if bad is not None else ():
+        if v.description not in details:  # most messages say it already
+            err.print(f"  {escape(v.field)}: {escape(v.description)}")
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and not error_info(exc)[0]:  # gRPC's, not the daemon's
+        err.print(escape(unreachable_hint(details, address)))
     raise typer.Exit(1)
+
+
+def unreachable_hint(details: str, address: str) -> str:
+    """What to check when the daemon at ``address`` could not be reached (gRPC said ``details``)."""
+    if "handshake" in details.lower():
+        return ("the TLS handshake with the daemon failed: MMROUTER_TLS_CA must be the CA that signed its "
+                "certificate (MMROUTER_TLS_CERT and MMROUTER_TLS_KEY a client certificate it accepts), and "
+                "the daemon must serve TLS (server.tls)")
+    return (f"is the daemon running at {address}? start it with `mmrouter serve`, or give --address "
+            "(or MMROUTER_ADDRESS) where it listens")
 
 
 def print_route(route, console: Console) -> None:
@@ -238,7 +315,7 @@ def print_route(route, console: Console) -> None:
         table.add_row(escape(t.rule), outcome.get(t.outcome, "?"), escape(t.reason))
     console.print(table)
     for step in route.steps:
-        console.print(f"step {step.purpose}: {step.provider}/{step.model} {step.latency_ms:.0f} ms "
-                      f"${step.usage.cost_usd:.6f}")
+        console.print(escape(f"step {step.purpose}: {step.provider}/{step.model} {step.latency_ms:.0f} ms "
+                             f"${step.usage.cost_usd:.6f}"))
     for note in route.notes:
         console.print(f"note: {escape(note)}")

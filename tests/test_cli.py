@@ -498,12 +498,11 @@ def test_errors_exit_non_zero_with_the_code_and_a_readable_message(start_daemon,
     assert no_model.returncode == 1
     assert no_model.stderr.startswith("NOT_FOUND: provider 'fake' has no model 'nope'")
 
-    # INVALID_ARGUMENT, with the BadRequest field violation at fault.
+    # INVALID_ARGUMENT naming the field at fault, once (its BadRequest field violation says the same).
     bad = bad.result()
     assert bad.returncode == 1
-    assert bad.stderr.startswith("INVALID_ARGUMENT: ")
-    assert "image/png" in bad.stderr and "application/pdf" in bad.stderr
-    assert re.search(r"^  \S*mime_type: ", bad.stderr, re.MULTILINE), bad.stderr
+    assert bad.stderr == ("INVALID_ARGUMENT: request.messages[0].parts[0].media: declared 'image/png' but the "
+                          "content looks like application/pdf\n"), bad.stderr
     assert "Traceback" not in bad.stderr
 
     # Mistakes caught before any call.
@@ -645,7 +644,7 @@ def test_serve_stats_and_prune_mistakes_are_one_line_errors(tmp_path):
     cases = {  # side by side: each daemon its own data directory, which a daemon holds while it starts
         Cli("serve", "--address", busy, "--data-dir", tmp_path / "data2"):
             f"cannot listen on {busy}: the address is in use or invalid; give --address (or server.address) "
-            "a free host:port, e.g. 127.0.0.1:50051",
+            f"a free host:port, e.g. 127.0.0.1:{taken.getsockname()[1] + 1}, or 127.0.0.1:0 for any free port",
         Cli("serve", "--address", "127.0.0.1:0", "--data-dir", not_a_dir):
             f"cannot start: {not_a_dir}: Not a directory; --data-dir (server.data_dir) {not_a_dir} "
             "must be a directory the daemon can write",
@@ -803,3 +802,229 @@ def test_config_check_warns_of_provider_and_plugin_names_no_installed_plugin_off
     assert lines["plugins.disabled.0"] == (f"plugins.disabled.0: no installed plugin is called 'openia' "
                                            f"{elsewhere}; did you mean 'openai'?")
     assert not {"overrides.providers.1", "plugins.disabled.1", "default"} & set(lines), output
+
+
+# -- text from files and the daemon is printed as written, never read as markup ------------------
+
+
+def test_config_check_prints_yaml_errors_and_names_with_brackets_as_written(tmp_path):
+    """A YAML error quotes the faulty line, brackets and all; a target like ``local/[/b]`` is echoed
+    as is, not taken for a closing tag (a MarkupError traceback)."""
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("routes:\n  - name: x\n    match: {inputs_any: [audio]}\n    use: local/extract\n"
+                    "  fallback: [openai/whisper-1]\n")
+    tag = tmp_path / "tag.yaml"
+    tag.write_text('routes:\n  - name: x\n    matc: {tags: [a]}\n    use: "local/[/b]"\n')
+    result, output, _ = _config_check(flow)
+    assert result.returncode == 1 and "Traceback" not in output, output
+    assert "  fallback: [openai/whisper-1]" in output
+    result, output, lines = _config_check(tag)
+    assert result.returncode == 1 and "Traceback" not in output, output
+    assert lines["  routes.0.use"].startswith("  routes.0.use: 'local/[/b]' is not a target"), output
+
+
+def folded_rows(text: str) -> list[list[str]]:
+    """The rows of a boxed rich table whose first cells may fold onto more lines (those lines have an
+    empty fourth cell), each cell's lines joined without spaces."""
+    rows: list[list[str]] = []
+    for line in text.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        if cells[3] or not rows:
+            rows.append(cells)
+        else:
+            rows[-1] = [a + b for a, b in zip(rows[-1], cells, strict=True)]
+    return rows
+
+
+def test_stats_shows_whole_rule_and_model_names_at_80_columns(start_daemon):
+    """Piped at 80 columns, stats folds long names instead of cutting them with "…", and prints rule
+    names with brackets as they are (``[/beta]`` is no closing tag)."""
+    long_rule = "video-transcription-of-the-weekly-all-hands-meetings"
+    daemon = start_daemon("""
+        providers:
+          fake: {api_key: k}
+        routes:
+          - name: "[/beta]"
+            match: {tags: [beta]}
+            use: fake/echo
+          - name: "pdfs [v2]"
+            match: {tags: [v2]}
+            use: fake/docs
+          - name: LONG
+            use: fake/omni
+    """.replace("LONG", long_rule))
+    calls = [Cli("ask", "a", "--tag", "beta", "--address", daemon.address),
+             Cli("ask", "b", "--tag", "v2", "--address", daemon.address),
+             Cli("ask", "c", "--address", daemon.address)]
+    for call in calls:
+        ok(call.result())
+    result = ok(run_cli("stats", "--data-dir", daemon.data_dir, env={"COLUMNS": "80"}))
+    assert "…" not in result.stdout, result.stdout
+    rows = {(r[0].replace(" ", ""), r[1]) for r in folded_rows(result.stdout)}  # (a fold at a space drops it)
+    assert rows == {("[/beta]", "fake/echo"), ("pdfs[v2]", "fake/docs"), (long_rule, "fake/omni")}, result.stdout
+    assert all(len(line) <= 80 for line in result.stdout.splitlines()), result.stdout
+
+
+def test_the_route_is_printed_with_brackets_in_names_as_written():
+    """Rule, provider, model and step names come from configs and plugins (an OpenAI-compatible server
+    names its own models): each is printed as sent, none read as rich markup."""
+    from io import StringIO
+
+    from mmrouter.v1 import router_pb2 as pb
+    from rich.console import Console
+
+    from router.cli_calls import print_route
+
+    route = pb.Route(rule="pdfs [v2]", provider="vllm", model="[/b]llama [8B]", steps=[
+        pb.Step(purpose="answer [retry]", provider="vllm", model="[/b]llama [8B]", latency_ms=12,
+                usage=pb.Usage(cost_usd=0.5))])
+    console = Console(file=StringIO(), width=200)
+    print_route(route, console)
+    printed = console.file.getvalue().splitlines()
+    assert printed[0] == "route: rule pdfs [v2] -> vllm/[/b]llama [8B]"
+    assert printed[-1] == "step answer [retry]: vllm/[/b]llama [8B] 12 ms $0.500000"
+
+
+# -- many files under the inline limit ---------------------------------------------------------
+
+
+def test_many_files_under_the_inline_limit_are_inlined_only_up_to_a_budget(start_daemon, tmp_path):
+    """17 files of about 4 MB, each under --inline-limit, are 68 MB together: more than a gRPC message
+    may be (64 MiB). The largest are uploaded once the inline ones would pass 48 MiB."""
+    daemon = start_daemon(CONFIG)
+    files = [make_wav(tmp_path / f"part{i}.wav", 250 - i / 1000) for i in range(17)]  # 4,000,044 - 16i bytes
+    shas = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    args = [arg for f in files for arg in ("--audio", f)]
+    result = ok(run_cli("explain", "transcribe all", *args, "--address", daemon.address))
+    assert "route: rule media -> fake/omni" in result.stdout
+    assert "uploading the files" not in result.stderr  # no retry: it fit the first time
+    stored = {p.name for p in (daemon.data_dir / "media").rglob("*") if p.is_file() and p.suffix != ".json"}
+    assert stored == set(shas[:5]), "the 5 largest files (48 MB inline is 12 of them) should be uploaded"
+
+
+def test_a_request_over_the_daemons_message_limit_is_sent_again_with_the_files_uploaded(start_daemon, tmp_path):
+    """A daemon with a smaller server.max_message_bytes refuses the whole message (gRPC's own
+    RESOURCE_EXHAUSTED, no ErrorInfo): the CLI uploads the files and asks again, as it does for the
+    daemon's smaller inline_limit_bytes."""
+    daemon = start_daemon(CONFIG + "server:\n  max_message_bytes: 2097152\n  inline_limit_bytes: 1572864\n")
+    files = [make_wav(tmp_path / f"part{i}.wav", 62 + i) for i in range(3)]  # ~1 MB each, 3 MB together
+    args = [arg for f in files for arg in ("--audio", f)]
+    result = ok(run_cli("ask", "--task", "transcribe", *args, "--json", "--address", daemon.address))
+    assert "larger than a gRPC message may be" in result.stderr and "uploading the files" in result.stderr
+    assert json.loads(result.stdout)["route"]["rule"] == "transcription"
+    stored = {p.name for p in (daemon.data_dir / "media").rglob("*") if p.is_file() and p.suffix != ".json"}
+    assert stored == {hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+# -- serve's address -----------------------------------------------------------------------------
+
+
+def test_serve_takes_its_address_from_mmrouter_address_and_make_serve_from_args(tmp_path):
+    """serve reads MMROUTER_ADDRESS as the client commands do (an address in use then says so and
+    suggests another), and `make serve ARGS=...` passes options on."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        result = Cli("serve", "--data-dir", tmp_path / "data", env={"MMROUTER_ADDRESS": f"127.0.0.1:{port}"}).result(60)
+    finally:
+        taken.close()
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"cannot listen on 127.0.0.1:{port}: ")
+    assert result.stderr.splitlines()[-1].endswith(f"e.g. 127.0.0.1:{port + 1}, or 127.0.0.1:0 for any free port")
+    assert "MMROUTER_ADDRESS" in ok(run_cli("serve", "--help")).stdout
+    make = subprocess.run(["make", "-n", "serve", "ARGS=--address 127.0.0.1:50052"], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert make.returncode == 0 and make.stdout.splitlines()[-1].endswith("mmrouter serve --address 127.0.0.1:50052")
+
+
+# -- bad input on the command line -----------------------------------------------------------------
+
+
+def test_numbers_over_int32_are_usage_errors():
+    """--speakers and --max-tokens go in int32 fields: a larger value is a usage error, not a traceback."""
+    calls = {option: Cli(command, "x", option, str(2**31), "--address", "127.0.0.1:1")
+             for command, option in (("ask", "--speakers"), ("ask", "--max-tokens"), ("explain", "--speakers"))}
+    negative = Cli("ask", "x", "--inline-limit", "-1", "--address", "127.0.0.1:1")
+    for option, call in [*calls.items(), ("--inline-limit", negative)]:
+        result = call.result()
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"Invalid value for '{option}'" in result.stderr, result.stderr
+
+
+def test_a_directory_or_device_given_as_a_file_says_what_it_is(tmp_path):
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    cases = {tmp_path: f"{tmp_path} is a directory, not a file",
+             Path("/dev/null"): "/dev/null is not a regular file (a device, a pipe or a socket)",
+             fifo: f"{fifo} is not a regular file (a device, a pipe or a socket)",
+             tmp_path / "gone.png": f"no such file: {tmp_path / 'gone.png'}"}
+    calls = {path: Cli("explain", "x", "--image", path, "--address", "127.0.0.1:1") for path in cases}
+    for path, message in cases.items():
+        result = calls[path].result()
+        assert result.returncode == 2 and result.stderr.strip() == message, result.stderr
+
+
+# -- an unreachable daemon -----------------------------------------------------------------------
+
+
+def _without_grpc_verbosity() -> dict[str, str]:
+    """The environment of a user who never set GRPC_VERBOSITY."""
+    return {k: v for k, v in os.environ.items() if k not in ("GRPC_VERBOSITY", "MMROUTER_ADDRESS")} | {"COLUMNS": "300"}
+
+
+def test_no_daemon_says_how_to_start_one_and_bad_tls_files_are_named(start_daemon, tmp_path):
+    """No daemon at the address: a hint to start one. A CA file that is no certificate names
+    MMROUTER_TLS_CA, a key that is none names MMROUTER_TLS_KEY, before gRPC's C core could add log
+    lines of its own."""
+    address = f"127.0.0.1:{free_port()}"
+    commands = [[str(MMROUTER), command, "x", "--address", address] for command in ("ask", "explain")]
+    commands.append([str(MMROUTER), "providers", "--address", address])
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=_without_grpc_verbosity())
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.splitlines() == [
+            result.stderr.splitlines()[0],
+            f"is the daemon running at {address}? start it with `mmrouter serve`, or give --address "
+            "(or MMROUTER_ADDRESS) where it listens"], result.stderr
+        assert result.stderr.startswith("UNAVAILABLE: failed to connect")
+
+    daemon = start_daemon(CONFIG)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(_self_signed_ca())
+    bad_ca = subprocess.run([str(MMROUTER), "providers", "--address", daemon.address], capture_output=True, text=True,
+                            timeout=60, env=_without_grpc_verbosity() | {"MMROUTER_TLS_CA": str(garbage)})
+    assert bad_ca.returncode == 2
+    assert bad_ca.stderr.strip() == (f"MMROUTER_TLS_CA {garbage} holds no valid PEM certificate: give the "
+                                     "certificate of the CA that signed the daemon's server.tls certificate")
+    bad_key = subprocess.run([str(MMROUTER), "providers", "--address", daemon.address], capture_output=True,
+                             text=True, timeout=60,
+                             env=_without_grpc_verbosity() | {"MMROUTER_TLS_CA": str(ca), "MMROUTER_TLS_CERT": str(ca),
+                                                              "MMROUTER_TLS_KEY": str(garbage)})
+    assert bad_key.returncode == 2
+    lines = " ".join(bad_key.stderr.split())
+    assert lines.startswith(f"MMROUTER_TLS_CERT {ca} and MMROUTER_TLS_KEY {garbage} are not a client certificate "
+                            "and its private key ("), bad_key.stderr  # and no "E1126 ... ssl_utils.cc" line
+
+
+def _self_signed_ca() -> bytes:
+    """A CA certificate as PEM."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
