@@ -938,7 +938,10 @@ def test_serve_takes_its_address_from_mmrouter_address_and_make_serve_from_args(
     assert "MMROUTER_ADDRESS" in ok(run_cli("serve", "--help")).stdout
     make = subprocess.run(["make", "-n", "serve", "ARGS=--address 127.0.0.1:50052"], capture_output=True,
                           text=True, timeout=60, cwd=Path(__file__).parent.parent)
-    assert make.returncode == 0 and make.stdout.splitlines()[-1].endswith("mmrouter serve --address 127.0.0.1:50052")
+    # (under `make test` the inner make also prints the directories it enters and leaves)
+    assert make.returncode == 0, make.stderr
+    assert [line for line in make.stdout.splitlines() if "mmrouter serve" in line] == [
+        ".venv/bin/mmrouter serve --address 127.0.0.1:50052"], make.stdout
 
 
 # -- bad input on the command line -----------------------------------------------------------------
