@@ -8,8 +8,8 @@ import math
 
 from .types import FinishReason, TextDelta, Transcript, TranscriptReady, Usage, UsageReport
 
-#: The largest token count the wire (int64) carries.
-MAX_TOKENS = 2**63 - 1
+#: The largest integer the wire (int64) carries: of token counts, and of a model's counts (router.plugins).
+MAX_INT64 = 2**63 - 1
 
 #: Usage's fields, and whether each is a count (an int) rather than an amount (a float).
 _USAGE_FIELDS = tuple((f.name, f.type in ("int", int)) for f in dataclasses.fields(Usage))
@@ -39,7 +39,7 @@ def usage_report_problem(report: UsageReport) -> str | None:
     for name, is_count in _USAGE_FIELDS:
         value = getattr(usage, name)
         if is_count:
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT64:
                 return f"Usage.{name} is {value!r}, not an int in 0..2**63-1"
         elif isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= 0):
             return f"Usage.{name} is {value!r}, not a finite number >= 0"

@@ -24,6 +24,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .contract import MAX_INT64
 from .mime import normalise_mime
 from .provider import Provider
 from .types import Modality, ModelInfo, Price
@@ -207,17 +208,13 @@ def _check_provider(provider: object) -> str | None:
     return None
 
 
-#: The largest integer the wire API carries (int64).
-_MAX_INT = 2**63 - 1
-
-
 def _count_problem(value: object, minimum: int) -> str | None:
     """Why ``value`` is not an int in ``minimum``..int64 max, or None."""
     if isinstance(value, bool) or not isinstance(value, int):
         return f"is {type(value).__name__}, not int"
     if value < minimum:
         return f"is {value}, not {'> 0' if minimum else '>= 0'}"
-    return f"is {value}, over 2**63-1" if value > _MAX_INT else None
+    return f"is {value}, over 2**63-1" if value > MAX_INT64 else None
 
 
 def _amount_problem(value: object) -> str | None:
