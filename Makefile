@@ -33,8 +33,10 @@ $(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json $(NODE_CLIEN
 	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The suite runs on the machine's cores (pytest-xdist, at most 4 workers); a single test file or
+# test runs as usual: .venv/bin/pytest tests/test_x.py.
 test: setup system-deps node-deps
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n auto --maxprocesses=4
 
 lint: setup node-deps
 	$(VENV)/bin/ruff check .
