@@ -37,7 +37,7 @@ if "raw_http" in patches:
 
     _sessions: dict = {}
 
-    async def _raw_stream_chat(client, params, timeout):  # type: ignore[no-untyped-def]
+    async def _raw_stream_chat(client, params, timeout, with_media=True):  # type: ignore[no-untyped-def]
         import aiohttp
 
         session = _sessions.get("s")
