@@ -32,6 +32,10 @@ _HEAD = HEAD_BYTES
 #: Temp files older than this are left over from a daemon killed mid-upload, for ``mmrouter prune``, which
 #: takes no lock and may run beside a daemon that is uploading (the daemon itself removes them all at start).
 STALE_TEMP_SECONDS = 3600.0
+#: Media uploaded or used this recently are never pruned, whatever age ``prune`` is given (``--older-than 0``
+#: included): a call under way marked its media used when it started and reads them for up to
+#: server.max_call_seconds (an hour by default), and a client names its upload in a request after it is stored.
+PRUNE_GRACE_SECONDS = 3600.0
 #: The write errors that mean "no room": disk full, quota exceeded, file size limit.
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -163,8 +167,10 @@ class MediaStore:
                             "further such failures are not logged", media_id, exc.strerror or exc)
 
     def prune(self, before: float, keep: set[str], *, dry_run: bool = False) -> tuple[int, int]:
-        """Delete media last uploaded or used before ``before`` (a time.time()) that are not in
-        ``keep`` (the ids sessions refer to); return (files, bytes) deleted, or that would be."""
+        """Delete media last uploaded or used before ``before`` (a time.time()), and before the last
+        :data:`PRUNE_GRACE_SECONDS`, that are not in ``keep`` (the ids sessions refer to); return
+        (files, bytes) deleted, or that would be."""
+        before = min(before, time.time() - PRUNE_GRACE_SECONDS)
         files = size = 0
         for folder in self.root.iterdir():
             if folder.name == "tmp" or not folder.is_dir():

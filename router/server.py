@@ -360,8 +360,9 @@ async def _within_idle(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield message
 
 
-async def _upload_chunks(messages: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-    """The chunks of the UploadMedia messages after the metadata; InvalidRequest for any other payload."""
+async def _upload_chunks(messages: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    """The chunks of the UploadMedia messages after the metadata; InvalidRequest for any other payload.
+    They end only when the client ended its stream: a cancelled call raises CancelledError instead."""
     async for message in messages:
         payload = parsed(message).WhichOneof("payload")
         if payload == "metadata":
@@ -371,6 +372,24 @@ async def _upload_chunks(messages: AsyncIterator[Any]) -> AsyncIterator[bytes]:
             raise InvalidRequest("an UploadMedia message after the metadata carries no chunk",
                                  violations=[FieldViolation("chunk", "required in every message after the first")])
         yield message.chunk
+    await _client_finished(context)
+
+
+async def _client_finished(context: grpc.aio.ServicerContext) -> None:
+    """Return if the client ended its request stream itself; raise CancelledError if the call is gone.
+
+    grpc.aio ends a request stream alike when the client half-closes it and when the call is cancelled
+    (the client cancelled or left, its deadline passed, the daemon stopped): the servicer's task is
+    cancelled only a moment later, by then an upload cut short would be stored as if whole (without
+    ``size_bytes`` nothing tells it apart), an orphan nobody has the id of. Sending the response
+    headers tells the two apart: on a cancelled call the send fails.
+    """
+    try:
+        await context.send_initial_metadata(())
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # gRPC's failed batch (ExecuteBatchError) or its server-stopped error: both private
+        raise asyncio.CancelledError("the call was cancelled before its client ended the upload") from None
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -486,9 +505,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                           context: grpc.aio.ServicerContext, call: CallLog) -> pb.UploadMediaResponse:
         with self.uploads.hold():  # before anything is read or a temp file made
             async with aclosing(_within_idle(request_iterator)) as messages:
-                return await self._upload(messages)
+                return await self._upload(messages, context)
 
-    async def _upload(self, messages: AsyncIterator[pb.UploadMediaRequest]) -> pb.UploadMediaResponse:
+    async def _upload(self, messages: AsyncIterator[pb.UploadMediaRequest],
+                      context: grpc.aio.ServicerContext) -> pb.UploadMediaResponse:
         """Store the upload of ``messages``: the metadata first, then the chunks."""
         first = parsed(await anext(messages, None))
         if first is None or first.WhichOneof("payload") != "metadata":
@@ -499,7 +519,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if modality is None:
             raise InvalidRequest(f"the upload's modality is {'missing' if not meta.modality else meta.modality}",
                                  violations=[FieldViolation("metadata.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT")])
-        async with aclosing(_upload_chunks(messages)) as chunks:
+        async with aclosing(_upload_chunks(messages, context)) as chunks:
             stored = await self.app.media.upload(meta.mime_type, modality, meta.filename, meta.size_bytes, chunks)
         return pb.UploadMediaResponse(media_id=stored.media_id, size_bytes=stored.size,
                                       mime_type=stored.mime_type, modality=meta.modality)
@@ -564,10 +584,14 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def transport_options(keepalive_seconds: float) -> list[tuple[str, int]]:
-    """The HTTP/2 keepalive and ping policy; a daemon that pings more often than every
-    CLIENT_PING_SECONDS lets its clients do as much (their network drops idle connections as soon)."""
+def transport_options(keepalive_seconds: float, max_concurrent_streams: int) -> list[tuple[str, int]]:
+    """The HTTP/2 keepalive and ping policy, and the streams (calls) one connection may have open at
+    once; a daemon that pings more often than every CLIENT_PING_SECONDS lets its clients do as much
+    (their network drops idle connections as soon)."""
     return [
+        # advertised in the HTTP/2 SETTINGS: a client queues its calls past it, so one connection
+        # cannot hold every slot of server.max_concurrent_calls (or uploads) while others are refused
+        ("grpc.max_concurrent_streams", max_concurrent_streams),
         ("grpc.keepalive_time_ms", _ms(keepalive_seconds)),
         ("grpc.keepalive_timeout_ms", _ms(KEEPALIVE_TIMEOUT_SECONDS)),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -588,7 +612,7 @@ async def start_server(app: App, address: str, certificates: ServerCertificates 
         # the connections with the first (another config, another data directory). Refuse it instead.
         ("grpc.so_reuseport", 0),
         *TCP_READ_OPTIONS,
-        *transport_options(app.config.server.keepalive_seconds),
+        *transport_options(app.config.server.keepalive_seconds, app.config.server.max_concurrent_streams),
     ])
     add_router_service(RouterServicer(app), server)
     health_servicer = health.aio.HealthServicer()

@@ -733,6 +733,13 @@ def test_server_limits_and_keepalive_have_defaults_and_bounds():
     assert "server.max_concurrent_calls: Input should be greater than 0" in error_of("server: {max_concurrent_calls: 0}")
 
 
+def test_the_calls_one_connection_may_have_under_way_have_a_default_and_a_bound():
+    assert parse_config("").server.max_concurrent_streams == 1024  # one channel (one connection) may use every call slot
+    assert parse_config("server: {max_concurrent_streams: 1000}").server.max_concurrent_streams == 1000
+    assert "server.max_concurrent_streams: Input should be greater than 0" in error_of(
+        "server: {max_concurrent_streams: 0}")
+
+
 # -- rules that can never be used, names the router keeps, models a ready provider lacks ---------------
 
 

@@ -98,6 +98,22 @@ def test_prune_removes_idle_sessions_old_statistics_and_media_nobody_uses(start_
     assert daemon.proc.poll() is None
 
 
+def test_media_uploaded_or_used_within_the_hour_are_kept_whatever_age_prune_is_given(start_daemon) -> None:
+    """prune takes no lock: `--older-than 0` (or a fraction of a day) removed an upload its client was
+    about to name, and the media of calls under way, which then failed with MEDIA_NOT_FOUND. Media
+    uploaded or used within the last hour stay; older ones go as before."""
+    daemon = start_daemon(CONFIG)
+    fresh, aged, used = _upload(daemon, "new"), _upload(daemon, "aged"), _upload(daemon, "used")
+    _age(daemon, [aged, used], days=2 / 24)  # uploaded two hours ago; one of them is used now
+    used_now = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", media_id=used)
+    assert "image=1" in _ask(daemon, "look", media=[used_now]).text
+
+    assert _prune(daemon, "--older-than", "0").startswith("removed 0 session(s), 1 statistics row(s) and 1 media file(s)")
+    assert _media_ids(daemon) == {fresh, used}
+    just_uploaded = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", media_id=fresh)
+    assert "image=1" in _ask(daemon, "and now this", media=[just_uploaded]).text
+
+
 def test_prune_refuses_a_directory_that_holds_no_data(tmp_path) -> None:
     result = subprocess.run([str(MMROUTER), "prune", "--older-than", "30", "--data-dir", str(tmp_path / "nothing")],
                             capture_output=True, text=True, timeout=60)
