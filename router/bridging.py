@@ -2,7 +2,8 @@
 
 Audio becomes an ``[Audio transcript]`` text part (speaker turns kept when
 diarized), a PDF its text, a video its transcript and frame text, an image
-its text. Each bridge is a step of its own in the route, with its latency
+its text; an image in a format the model does not take but Pillow reads (BMP,
+TIFF) is first converted to PNG, staying an image (:mod:`router.convert`). Each bridge is a step of its own in the route, with its latency
 and cost; transcripts are also passed on to the client.
 """
 
@@ -16,8 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .convert import convertible, to_png
 from .errors import ProviderError
 from .invoke import call_model
+from .mime import normalise_mime
 from .outcome import RouteInfo
 from .plugins import Registry
 from .routing import Bridge, Target, bridge_problem, bridged_tokens_guess, media_tokens
@@ -151,7 +154,8 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
                         route: RouteInfo, memo: BridgeMemo | None = None,
                         preferences: Mapping[Modality, Sequence[str]] | None = None,
                         done: BridgedInRequest | None = None, trim: Trim | None = None) -> Bridged:
-    """Run every bridge over the media it converts; raise ProviderError if one fails.
+    """Run every bridge over the media it converts; raise ProviderError if one fails. Images a bridge
+    converts to another format first (``Bridge.convert_to``) are converted, and no model is called for them.
 
     A bridge failing with a retryable error (down, rate-limited, the media too large for it) gives
     way to the next usable one of ``preferences`` for that media. The transcripts passed on are those
@@ -164,6 +168,7 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     With ``trim``, the history the answering model will not get is dropped before its media are
     bridged, so that they are not paid for (:meth:`_Bridging.bridge_history`).
     """
+    request = await _convert_images(bridges, request, route)
     run = _Bridging(request, registry, ctx, route, memo, BridgedInRequest() if done is None else done,
                     Bridged(request), {id(m) for m in request.turn_media()}, _replies(request))
     todo = _to_bridge(bridges, request, registry, preferences or {})
@@ -179,11 +184,37 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     if run.reused:
         route.notes.append(f"bridging: reused the kept text of {run.reused} media converted before")
     result = run.result
-    result.bridges = list(dict.fromkeys(run.used[id(m)] for m, _ in todo if id(m) in run.used))  # plan's order
+    # in the plan's order; a media a bridge converts was not converted to another format
+    result.bridges = list(dict.fromkeys(dataclasses.replace(run.used[id(m)], convert_to="")
+                                        for m, _ in todo if id(m) in run.used))
     result.request = dataclasses.replace(run.request, messages=[
         dataclasses.replace(message, parts=[new for p in message.parts for new in _converted(p, run.converted)])
         for message in run.request.messages])
     return result
+
+
+async def _convert_images(bridges: list[Bridge], request: Request, route: RouteInfo) -> Request:
+    """``request`` with the images that ``bridges`` convert to another format (``Bridge.convert_to``)
+    converted, in worker threads; those that cannot be are left to the bridges' models."""
+    planned = [b for b in bridges if b.convert_to]
+    if not planned:
+        return request
+    converted: dict[int, Media] = {}
+    for media in request.media():
+        if id(media) in converted or not convertible(media) or not any(b.converts(media) for b in planned):
+            continue
+        png = await asyncio.to_thread(to_png, media)
+        if png is not None:
+            converted[id(media)] = png
+            route.notes.append(f"converted {media.filename or 'an image'} from {normalise_mime(media.mime_type)} "
+                               f"to {png.mime_type} for the model")
+    if not converted:
+        return request
+    return dataclasses.replace(request, messages=[
+        dataclasses.replace(message, parts=[Part(media=converted[id(p.media)])
+                                            if p.media is not None and id(p.media) in converted else p
+                                            for p in message.parts])
+        for message in request.messages])
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge, StorageFull, UnknownMedia
-from .sniff import HEAD_BYTES, mime_problem
+from .sniff import HEAD_BYTES, content_mime, mime_problem
 from .types import Media, Modality
 
 _ID = re.compile(r"^[0-9a-f]{64}$")
@@ -279,7 +279,7 @@ class MediaStore:
                     if len(head) < _HEAD:  # check the type as soon as the first bytes are in
                         head += chunk[: _HEAD - len(head)]
                         if len(head) >= _HEAD:
-                            self._check_mime(mime_type, modality, head)
+                            mime_type = self._check_mime(mime_type, modality, head)
                     size += len(chunk)
                     if size > self.max_upload_bytes:
                         raise PayloadTooLarge(f"upload exceeds the limit of {self.max_upload_bytes} bytes")
@@ -297,7 +297,7 @@ class MediaStore:
                 raise InvalidRequest("the upload has no bytes",
                                      violations=[FieldViolation("chunk", "send the file's bytes after the metadata")])
             if len(head) < _HEAD:  # a file shorter than the head: checked only now
-                self._check_mime(mime_type, modality, head)
+                mime_type = self._check_mime(mime_type, modality, head)
             if expected_size and size != expected_size:
                 raise InvalidRequest(f"received {size} bytes but metadata.size_bytes said {expected_size}",
                                      violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")])
@@ -314,7 +314,10 @@ class MediaStore:
             return stored
 
     @staticmethod
-    def _check_mime(mime_type: str, modality: Modality, head: bytes) -> None:
+    def _check_mime(mime_type: str, modality: Modality, head: bytes) -> str:
+        """The type to record for content declared ``mime_type`` (see :func:`content_mime`); raises
+        :class:`MimeMismatch` when it does not fit the content."""
         problem = mime_problem(mime_type, modality, head)
         if problem:
             raise MimeMismatch(problem, violations=[FieldViolation("metadata.mime_type", problem)])
+        return content_mime(mime_type, head)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .config import Match, Rule
+from .convert import target_format
 from .errors import DiarizationUnavailable, NoRoute, OverrideNotAllowed, ProviderNotConfigured, UnknownTarget
 from .mime import normalise_mime
 from .types import (
@@ -315,6 +316,9 @@ class Bridge:
     #: The formats (normalised MIME types) of the media it converts, those the model does not take;
     #: empty: every media of its modality.
     mime_types: frozenset[str] = frozenset()
+    #: The format the router converts these media to first when it can (``image/png``, which the model
+    #: takes: see :mod:`router.convert`), keeping them images; ``via`` converts the others.
+    convert_to: str = ""
 
     @property
     def output(self) -> str:
@@ -328,7 +332,8 @@ class Bridge:
     def __str__(self) -> str:
         beside = " (beside the media)" if self.keep_media else ""
         formats = f" ({', '.join(sorted(self.mime_types))})" if self.mime_types else ""
-        return f"{self.modality.value}{formats}->{self.output}{beside} via {self.via}"
+        first = f"{self.convert_to}, else " if self.convert_to else ""
+        return f"{self.modality.value}{formats}->{first}{self.output}{beside} via {self.via}"
 
 
 @dataclass
@@ -393,7 +398,8 @@ def _too_big(plan: Plan, facts: Facts) -> str | None:
     """
     if facts.task is Task.TRANSCRIBE or FEATURE_EXTRACTION_ONLY in plan.model.features:
         return None
-    replaced = {b.modality for b in plan.bridges if not b.keep_media  # (of some formats only: the rest stay)
+    # a bridge of some formats only leaves the others; converted images stay images
+    replaced = {b.modality for b in plan.bridges if not b.keep_media and not b.convert_to
                 and (not b.mime_types or b.mime_types >= facts.mime_types.get(b.modality, frozenset()))}
     tokens = sum(n for modality, n in facts.turn_tokens.items() if modality not in replaced)
     if tokens > plan.model.context_tokens:
@@ -486,7 +492,8 @@ class Router:
                 problem = "cannot label the speakers of" if modality in beside else "does not take"
                 what = ", ".join(sorted(formats)) if formats else modality.value
                 return f"{target}: {problem} {what} and no bridge{extra} is usable"
-            bridges.append(dataclasses.replace(bridge, keep_media=modality in beside, mime_types=formats))
+            bridges.append(dataclasses.replace(bridge, keep_media=modality in beside, mime_types=formats,
+                                               convert_to=target_format(model, modality, formats)))
         plan = Plan(target, model, bridges)
         return _too_big(plan, facts) or plan
 

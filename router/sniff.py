@@ -1,10 +1,12 @@
-"""Cheap content checks: magic bytes -> MIME family, text or binary, media duration, PDF page count."""
+"""Cheap content checks: magic bytes -> MIME family, text or binary, media duration, PDF page count,
+animated GIFs."""
 
 from __future__ import annotations
 
 import codecs
 import contextlib
 import io
+import os
 import re
 import wave
 
@@ -41,6 +43,11 @@ _COMPATIBLE: dict[str, set[str]] = {
     "audio/mp4": {"mp4"}, "audio/m4a": {"mp4"}, "audio/x-m4a": {"mp4"}, "audio/aac": {"mp4", "adts"},
     "video/mp4": {"mp4"}, "video/quicktime": {"mp4"},
 }
+
+#: (declared type, normalised; content family) -> the type of that content, where the declared type is
+#: compatible with the family but names another format: browsers and phones declare an m4a (AAC in an mp4
+#: container) ``audio/aac``, which routing would take for raw AAC (ADTS), a format fewer models take.
+_RETYPE: dict[tuple[str, str], str] = {("audio/aac", "mp4"): "audio/mp4"}
 
 #: Top-level MIME type -> the modality it must be declared as.
 MIME_MODALITY = {"image": Modality.IMAGE, "audio": Modality.AUDIO, "video": Modality.VIDEO,
@@ -82,6 +89,14 @@ def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
     return None
 
 
+def content_mime(mime_type: str, head: bytes) -> str:
+    """The MIME type to keep for content declared ``mime_type`` whose first bytes are ``head``: the
+    declared one, or the content's real type when the declared one is a compatible but wrong alias
+    (``audio/aac`` for an mp4 container: ``audio/mp4``). Call it on content :func:`mime_problem` passed."""
+    family = magic_family(head)
+    return _RETYPE.get((normalise_mime(mime_type), family), mime_type) if family else mime_type
+
+
 def _text_problem(mime_type: str, head: bytes) -> str | None:
     """Why ``head`` is not the start of UTF-8 text, or None. Providers and the local extractor read
     text documents as UTF-8, so binary content (or UTF-16, which has NUL bytes) declared as text is
@@ -94,6 +109,39 @@ def _text_problem(mime_type: str, head: bytes) -> str | None:
         return (f"declared {mime_type!r} but the content is not UTF-8 text (byte {exc.start} is invalid); "
                 "send text documents as UTF-8")
     return None
+
+
+def animated_gif(source: bytes | str | os.PathLike[str]) -> bool:
+    """Whether a GIF (bytes or a path) holds more than one image frame: an animation.
+
+    Walks the GIF's block structure (color tables and sub-blocks are skipped by their lengths, not
+    decoded) and stops at the second image; content that is not a GIF, or is cut short, counts as
+    still. Blocking for a path: it reads the file up to its second frame (all of a still one).
+    """
+    with contextlib.ExitStack() as stack:
+        f = io.BytesIO(source) if isinstance(source, bytes) else stack.enter_context(open(source, "rb"))
+        head = f.read(13)  # signature, then the logical screen descriptor
+        if len(head) < 13 or head[:6] not in (b"GIF87a", b"GIF89a"):
+            return False
+        if head[10] & 0x80:  # a global color table
+            f.seek(3 << ((head[10] & 7) + 1), io.SEEK_CUR)
+        frames = 0
+        while (kind := f.read(1)) in (b"\x21", b"\x2c"):  # an extension, an image; anything else: the end
+            if kind == b"\x2c":
+                frames += 1
+                if frames > 1:
+                    return True
+                descriptor = f.read(9)
+                if len(descriptor) < 9:
+                    return False
+                if descriptor[8] & 0x80:  # a local color table
+                    f.seek(3 << ((descriptor[8] & 7) + 1), io.SEEK_CUR)
+            f.read(1)  # the extension's label, or the image's LZW code size
+            while (size := f.read(1)) and size != b"\0":  # the data sub-blocks, up to the empty one
+                f.seek(size[0], io.SEEK_CUR)
+            if not size:
+                return False
+        return False
 
 
 _PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")

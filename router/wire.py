@@ -16,7 +16,7 @@ from . import routing
 from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge
 from .outcome import Answer, RouteInfo, Step
 from .plugins import ProviderEntry, State
-from .sniff import HEAD_BYTES, mime_problem
+from .sniff import HEAD_BYTES, content_mime, mime_problem
 from .types import (
     FinishReason,
     Media,
@@ -102,7 +102,9 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
     problem = mime_problem(media.mime_type, modality, data[:HEAD_BYTES])
     if problem:
         raise MimeMismatch(f"{path}: {problem}", violations=[FieldViolation(f"{path}.mime_type", problem)])
-    return Media(modality, media.mime_type, data=data, filename=media.filename, size=len(data))
+    # routing and plugins go by the type: an m4a declared audio/aac is audio/mp4 from here on
+    mime = content_mime(media.mime_type, data[:HEAD_BYTES])
+    return Media(modality, mime, data=data, filename=media.filename, size=len(data))
 
 
 def url_problem(url: str) -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import re
+import struct
 
 import pytest
 from mmrouter_anthropic.convert import media_block
@@ -17,10 +19,15 @@ from mmrouter_assemblyai.models import MODELS as AAI_MODELS
 from mmrouter_gemini.convert import check_format
 from mmrouter_gemini.models import MODELS as GEMINI_MODELS
 from mmrouter_local.provider import EXTRACT_MODEL
+from mmrouter_openai.chat import refuse_animated_gifs
 from mmrouter_openai.models import BUILTIN
+from mmrouter_openai.models import catalogue as openai_catalogue
 from mmrouter_openai.transcribe import check_formats, upload_name
+from PIL import Image
 
+import router.convert
 from router.config import embedded_default
+from router.convert import to_png
 from router.errors import (
     NoRoute,
     ProviderInputTooLarge,
@@ -29,6 +36,7 @@ from router.errors import (
     provider_error_from_status,
 )
 from router.routing import Bridge, Plan, ProviderStatus, Router, Target, facts_of
+from router.sniff import animated_gif, content_mime, mime_problem
 from router.types import Media, Message, Modality, ModelInfo, Options, Part, Price, Request, Role, Task
 from router.wire import model_to_proto
 
@@ -154,11 +162,47 @@ def test_a_png_still_goes_to_gpt_4o_unbridged() -> None:
     assert (decision.rule, str(decision.plan.target), decision.plan.bridges) == ("cross-modal", "openai/gpt-4o", [])
 
 
-def test_a_bmp_is_bridged_by_a_model_that_reads_it() -> None:
+def test_a_bmp_is_converted_to_png_for_gpt_4o_and_else_bridged_by_a_model_that_reads_it() -> None:
     decision = decide(ask(media(IMAGE, "image/bmp")))
     assert str(decision.plan.target) == "openai/gpt-4o"
-    assert decision.plan.bridges == [Bridge(IMAGE, Target("local", "extract"), mime_types=frozenset({"image/bmp"}))]
+    assert decision.plan.bridges == [Bridge(IMAGE, Target("local", "extract"), mime_types=frozenset({"image/bmp"}),
+                                            convert_to="image/png")]
+    assert str(decision.plan.bridges[0]) == "image (image/bmp)->image/png, else text via local/extract"
+
+
+def test_without_pillow_a_bmp_is_only_bridged(monkeypatch) -> None:
+    monkeypatch.setattr(router.convert, "available", lambda: False)
+    decision = decide(ask(media(IMAGE, "image/bmp")))
     assert str(decision.plan.bridges[0]) == "image (image/bmp)->text via local/extract"
+
+
+def test_a_model_that_takes_no_png_gets_no_conversion() -> None:
+    jpeg_only = ModelInfo("m", inputs=frozenset({Modality.TEXT, IMAGE}), input_mime_types=frozenset({"image/jpeg"}))
+    assert router.convert.target_format(jpeg_only, IMAGE, frozenset({"image/bmp"})) == ""
+    assert router.convert.target_format(GPT_4O, IMAGE, frozenset({"image/bmp", "image/heic"})) == "image/png"
+    assert router.convert.target_format(GPT_4O, IMAGE, frozenset({"image/heic"})) == ""
+
+
+def test_a_bmp_or_tiff_becomes_a_png_of_the_same_picture_and_a_bomb_or_garbage_does_not() -> None:
+    picture = Image.new("RGB", (120, 80), (200, 30, 60))
+    for fmt, mime in (("BMP", "image/bmp"), ("TIFF", "image/tiff")):
+        out = io.BytesIO()
+        picture.save(out, format=fmt)
+        png = to_png(Media(IMAGE, mime, data=out.getvalue(), filename=f"scan.{fmt.lower()}"))
+        assert png is not None and (png.mime_type, png.filename) == ("image/png", f"scan.{fmt.lower()}")
+        with Image.open(io.BytesIO(png.data)) as back:
+            assert (back.format, back.size, back.convert("RGB").getpixel((5, 5))) == ("PNG", (120, 80), (200, 30, 60))
+        assert to_png(Media(IMAGE, mime, data=out.getvalue()), max_pixels=120 * 80 - 1) is None
+    # a BMP header declaring 100,000 x 100,000 pixels on a few bytes: refused before decoding
+    bomb = b"BM" + struct.pack("<IHHI", 70, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 100_000, 100_000, 1, 24,
+                                                                     0, 0, 0, 0, 0, 0) + bytes(16)
+    assert to_png(Media(IMAGE, "image/bmp", data=bomb)) is None
+    assert to_png(Media(IMAGE, "image/bmp", data=b"BM" + bytes(80))) is None
+    big = Image.new("L", (4000, 1000), 128)
+    out = io.BytesIO()
+    big.save(out, format="BMP")
+    with Image.open(io.BytesIO(to_png(Media(IMAGE, "image/bmp", data=out.getvalue())).data)) as back:
+        assert back.size == (2048, 512)  # scaled down as the models would
 
 
 def test_only_the_media_in_a_format_the_model_cannot_take_are_bridged() -> None:
@@ -315,3 +359,71 @@ def test_configured_openai_models_take_what_the_plugin_can_send() -> None:
     diarize = models["gpt-4o-transcribe-diarize"]
     assert diarize.max_audio_seconds == 1400 and not diarize.takes_mime("audio/aac", Modality.AUDIO)
     assert diarize.price.per_audio_hour == 0.3
+
+
+# -- what clients send: declared types re-typed by content, animated GIFs, files over the Files API limit ----
+
+
+def m4a_head() -> bytes:
+    return b"\0\0\0\x1cftypM4A \0\0\x02\0M4A isomiso2" + bytes(64)
+
+
+def test_an_m4a_declared_aac_is_retyped_by_its_content_and_raw_aac_is_not() -> None:
+    assert mime_problem("audio/aac", AUDIO, m4a_head()) is None
+    assert content_mime("audio/aac", m4a_head()) == "audio/mp4"
+    assert content_mime("Audio/X-AAC; codecs=mp4a.40.2", m4a_head()) == "audio/mp4"
+    adts = b"\xff\xf1\x50\x80" + bytes(64)
+    assert content_mime("audio/aac", adts) == "audio/aac"
+    assert content_mime("audio/mp4", m4a_head()) == "audio/mp4"
+    assert content_mime("video/quicktime", m4a_head()) == "video/quicktime"  # a type of its own: kept
+
+
+def still_and_animated_gifs() -> tuple[bytes, bytes]:
+    images = [Image.new("RGB", (300, 200), (60 * i, 90, 30)) for i in range(3)]
+    still, animated = io.BytesIO(), io.BytesIO()
+    images[0].save(still, format="GIF", loop=0)  # with a NETSCAPE looping extension, yet one frame
+    images[0].save(animated, format="GIF", save_all=True, append_images=images[1:], loop=0, duration=80)
+    return still.getvalue(), animated.getvalue()
+
+
+def test_an_animated_gif_is_told_from_a_still_one_by_its_frames(tmp_path) -> None:
+    still, animated = still_and_animated_gifs()
+    assert b"NETSCAPE2.0" in still and not animated_gif(still)
+    assert animated_gif(animated)
+    (tmp_path / "a.gif").write_bytes(animated)
+    assert animated_gif(tmp_path / "a.gif")
+    for broken in (animated[:40], b"GIF89a", b"\x89PNG\r\n\x1a\n" + bytes(32), b""):
+        assert not animated_gif(broken)
+
+
+def test_gpt_4o_refuses_an_animated_gif_retryably_and_a_local_server_model_does_not() -> None:
+    still, animated = still_and_animated_gifs()
+    gifs = [Media(IMAGE, "image/gif", data=still), Media(IMAGE, "image/gif", data=animated, filename="a.gif")]
+    assert OPENAI["gpt-4o"].still_gifs_only and not OPENAI["whisper-1"].still_gifs_only
+    with pytest.raises(ProviderUnsupportedInput, match=re.escape("the GIF 'a.gif' is animated")) as caught:
+        refuse_animated_gifs("openai", GPT_4O, gifs)
+    assert caught.value.retryable
+    refuse_animated_gifs("openai", GPT_4O, gifs[:1])
+    configured = openai_catalogue(False, [{"name": "llava", "inputs": ["text", "image"]},
+                                          {"name": "gpt-4o", "price": {"input_per_mtok": 1}}])
+    assert not configured["llava"].still_gifs_only and configured["gpt-4o"].still_gifs_only
+
+
+async def test_gemini_refuses_a_file_over_2_gb_before_reading_or_uploading_it(tmp_path) -> None:
+    """The default limit, on a sparse file of 2 GiB and a byte: nothing is hashed, read or sent."""
+    from mmrouter_gemini import GeminiProvider
+
+    from router.testing import collect
+    from tests.fakes.gemini import FakeGemini
+
+    big = tmp_path / "big.mp4"
+    with big.open("wb") as f:
+        f.truncate(2 * 1024**3 + 1)
+    video = Media(VIDEO, "video/mp4", path=big, size=2 * 1024**3 + 1, filename="big.mp4")
+    with FakeGemini(api_key="k") as fake:
+        provider = GeminiProvider.from_settings({"api_key": "k", "base_url": fake.url, "timeout": 10})
+        assert provider.settings.max_file_bytes == 2 * 1024**3
+        with pytest.raises(ProviderInputTooLarge, match=re.escape("'big.mp4' is 2147483649 bytes, over the Files API")) as caught:
+            await collect(provider, ask(video), GEMINI_MODELS[0])
+        await provider.aclose()
+        assert caught.value.retryable and fake.requests == []

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 from grpc_helpers import text_request
-from media_factory import png
+from media_factory import pdf, png
 from mmrouter.v1 import router_pb2 as pb
 from PIL import Image
 
@@ -72,6 +72,38 @@ def aac(seconds: float = 1.0, rate: int = 16000) -> bytes:
     return out.getvalue()
 
 
+def m4a(seconds: float = 1.0, rate: int = 16000) -> bytes:
+    """An AAC clip in an mp4 container (what a ``.m4a`` file holds: an ``ftyp`` box first), encoded with PyAV."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="ipod") as box:
+        stream = box.add_stream("aac", rate=rate, layout="mono")
+        t = np.arange(int(rate * seconds)) / rate
+        frame = av.AudioFrame.from_ndarray((np.sin(2 * np.pi * 440 * t) * 10000).astype(np.int16).reshape(1, -1),
+                                           format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            box.mux(packet)
+    return out.getvalue()
+
+
+def gif(frames: int) -> bytes:
+    """A GIF of ``frames`` frames, each of another colour (Pillow keeps them all)."""
+    images = [Image.new("RGB", (40, 30), (80 * i, 120, 200)) for i in range(frames)]
+    out = io.BytesIO()
+    images[0].save(out, format="GIF", save_all=frames > 1, append_images=images[1:], loop=0, duration=100)
+    return out.getvalue()
+
+
+def upload(daemon, data: bytes, mime_type: str, modality: int, filename: str) -> pb.UploadMediaResponse:
+    def chunks():
+        yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=modality, mime_type=mime_type,
+                                                               filename=filename, size_bytes=len(data)))
+        for i in range(0, len(data), 1024):
+            yield pb.UploadMediaRequest(chunk=data[i:i + 1024])
+
+    return daemon.stub.UploadMedia(chunks(), timeout=30)
+
+
 def image(mime: str, data: bytes, name: str) -> pb.Media:
     return pb.Media(modality=pb.MODALITY_IMAGE, mime_type=mime, data=data, filename=name)
 
@@ -84,17 +116,45 @@ def sent_parts(fake: FakeOpenAI) -> list:
     return fake.parts(fake.chat_requests()[-1]["messages"][-1])
 
 
-def test_a_bmp_is_read_by_the_local_ocr_and_only_its_text_reaches_gpt_4o(start_daemon, fakes) -> None:
+@pytest.mark.parametrize("sent", ["inline", "uploaded"])
+def test_a_bmp_reaches_gpt_4o_as_a_png_image_not_as_its_ocr_text(start_daemon, fakes, sent) -> None:
+    """GPT-4o takes no BMP: the router converts it to PNG (Pillow), so the model sees the picture; the
+    local OCR, planned as the fallback, is not called."""
     daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
-    request = text_request("What does the scan say?", media=[image("image/bmp", bmp("INVOICE"), "scan.bmp"),
-                                                              image("image/png", png("chart"), "chart.png")])
+    scan = bmp("INVOICE")
+    if sent == "inline":
+        sent_scan = image("image/bmp", scan, "scan.bmp")
+    else:
+        stored = upload(daemon, scan, "image/bmp", pb.MODALITY_IMAGE, "scan.bmp")
+        sent_scan = pb.Media(modality=pb.MODALITY_IMAGE, media_id=stored.media_id, filename="scan.bmp")
+    request = text_request("What does the scan say?", media=[sent_scan, image("image/png", png("chart"), "chart.png")])
+    route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route
+    assert list(route.bridges) == ["image (image/bmp)->image/png, else text via local/extract"]
+    answer = generate(daemon, request)
+    assert (answer.route.rule, answer.route.provider, answer.route.model) == ("cross-modal", "openai", "gpt-4o")
+    assert list(answer.route.bridges) == [] and [s.purpose for s in answer.route.steps] == ["answer"]
+    assert "converted scan.bmp from image/bmp to image/png for the model" in answer.route.notes
+    images = [p for p in sent_parts(fakes["openai"]) if p.kind == "image"]
+    assert [p.mime_type for p in images] == ["image/png", "image/png"]
+    with Image.open(io.BytesIO(images[0].data)) as received, Image.open(io.BytesIO(scan)) as original:
+        assert received.format == "PNG" and received.size == original.size
+        assert received.convert("RGB").tobytes() == original.convert("RGB").tobytes()  # the same picture
+    assert not any(p.kind == "text" and p.text.startswith("[Image text]") for p in sent_parts(fakes["openai"]))
+    assert len(fakes["openai"].chat_requests()) == 1
+
+
+def test_an_image_that_cannot_be_converted_is_read_by_the_local_ocr_instead(start_daemon, fakes) -> None:
+    """A "BMP" Pillow cannot read as one (here a PNG declared image/bmp, which nothing checks) falls back to
+    the planned OCR bridge: only its text reaches gpt-4o."""
+    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    request = text_request("What does the scan say?", media=[image("image/bmp", png("INVOICE", size=(160, 48)),
+                                                                   "scan.bmp")])
     answer = generate(daemon, request)
     assert (answer.route.rule, answer.route.provider, answer.route.model) == ("cross-modal", "openai", "gpt-4o")
     assert list(answer.route.bridges) == ["image (image/bmp)->text via local/extract"]
     parts = sent_parts(fakes["openai"])
-    assert [p.kind for p in parts].count("image") == 1  # the PNG, as it is; the BMP as its text
+    assert [p.kind for p in parts].count("image") == 0
     assert any(p.kind == "text" and p.text.startswith("[Image text] scan.bmp") for p in parts)
-    assert len(fakes["openai"].chat_requests()) == 1  # no refused call before
 
 
 def test_a_png_still_goes_to_gpt_4o_as_an_image(start_daemon, fakes) -> None:
@@ -152,3 +212,67 @@ def test_a_heic_photo_goes_to_gemini_which_reads_it_not_through_an_ocr_that_cann
     assert (answer.route.rule, answer.route.provider, answer.route.model) == ("cross-modal", "gemini", "gemini-2.5-pro")
     assert list(answer.route.bridges) == []
     assert fakes["openai"].chat_requests() == [] and fakes["anthropic"].message_calls() == []
+
+
+@pytest.mark.parametrize("sent", ["inline", "uploaded"])
+def test_an_m4a_declared_audio_aac_is_typed_by_its_content_and_transcribed_by_whisper(start_daemon, fakes,
+                                                                                       sent) -> None:
+    """Browsers and phones declare an m4a ``audio/aac``; its ``ftyp`` box says mp4, which Whisper takes
+    (raw AAC it does not: see the test above, where the same rules send an ADTS clip to AssemblyAI)."""
+    daemon = start_daemon(config_for(fakes, "openai", "assemblyai"), env=KEYS, plugins=())
+    if sent == "inline":
+        clip = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/aac", data=m4a(), filename="voice.aac")
+    else:
+        stored = upload(daemon, m4a(), "audio/aac", pb.MODALITY_AUDIO, "voice.aac")
+        assert stored.mime_type == "audio/mp4"  # what the record holds, and routing reads
+        clip = pb.Media(modality=pb.MODALITY_AUDIO, media_id=stored.media_id)
+    request = text_request("", media=[clip], options=pb.Options(task=pb.TASK_TRANSCRIBE))
+    route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route
+    assert (route.rule, route.provider, route.model) == ("transcription", "openai", "whisper-1")
+    answer = generate(daemon, request)
+    assert (answer.route.provider, answer.route.model, list(answer.route.bridges)) == ("openai", "whisper-1", [])
+    assert answer.transcript.text == "Hello there. General Kenobi."
+    [sent_upload] = fakes["openai"].uploads()
+    assert sent_upload.files["file"][0] == "voice.aac.m4a"  # the API finds the format by the extension
+    assert fakes["assemblyai"].created == []
+
+
+def test_an_animated_gif_is_refused_by_gpt_4o_before_sending_and_claude_answers(start_daemon, fakes) -> None:
+    """OpenAI's chat models take still GIFs only: an animated one goes to the rule's next target, and the
+    route says why; a still GIF still goes to gpt-4o."""
+    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    answer = generate(daemon, text_request("What moves?", media=[image("image/gif", gif(3), "spinner.gif")]))
+    assert (answer.route.rule, answer.route.provider) == ("cross-modal", "anthropic")
+    [refused] = [a for a in answer.route.attempts if not a.ok]
+    assert (refused.provider, refused.model) == ("openai", "gpt-4o")
+    assert "the GIF 'spinner.gif' is animated" in refused.error
+    assert fakes["openai"].chat_requests() == []  # refused before sending
+    assert len(fakes["anthropic"].message_calls()) == 1
+
+    answer = generate(daemon, text_request("What is it?", media=[image("image/gif", gif(1), "still.gif")]))
+    assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
+    assert [p.mime_type for p in sent_parts(fakes["openai"]) if p.kind == "image"] == ["image/gif"]
+
+
+def test_an_uploaded_animated_gif_is_refused_by_gpt_4o_too(start_daemon, fakes) -> None:
+    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    stored = upload(daemon, gif(2), "image/gif", pb.MODALITY_IMAGE, "wave.gif")
+    answer = generate(daemon, text_request("What moves?", media=[
+        pb.Media(modality=pb.MODALITY_IMAGE, media_id=stored.media_id)]))
+    assert answer.route.provider == "anthropic" and fakes["openai"].chat_requests() == []
+
+
+def test_a_file_over_the_gemini_files_api_limit_is_refused_before_uploading(start_daemon, fakes) -> None:
+    """Gemini's Files API takes files up to 2 GB (``max_file_bytes``, lowered here): a larger media is refused
+    before a byte is uploaded, and the rule's next target answers."""
+    config = config_for(fakes, "gemini").replace("timeout: 20}", "timeout: 20, inline_limit_bytes: 0, "
+                                                 "max_file_bytes: 1000}")
+    daemon = start_daemon(config, env={"GEMINI_API_KEY": GEMINI_KEY}, plugins=())
+    report = pdf(["Quarterly report: revenue grew."])
+    assert len(report) > 1000
+    document = pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", data=report, filename="q3.pdf")
+    answer = generate(daemon, text_request("Summarise", media=[document]))
+    assert (answer.route.rule, answer.route.provider) == ("documents", "local")
+    [refused] = [a for a in answer.route.attempts if not a.ok]
+    assert refused.provider == "gemini" and "over the Files API's limit of 1000 bytes" in refused.error
+    assert fakes["gemini"].calls("upload_start") == [] and fakes["gemini"].calls("stream") == []

@@ -41,7 +41,8 @@ class Prepared:
     file_uris: set[str] = field(default_factory=set)
 
 
-def _media_size(media: Media) -> int:
+def media_size(media: Media) -> int:
+    """The bytes of ``media``'s content (0 for a URL), without reading it."""
     if media.data is not None:
         return len(media.data)
     if media.size:
@@ -74,7 +75,7 @@ async def _media_part(media: Media, inline_left: int, upload: Uploader, file_uri
     mime = gemini_mime(media.mime_type)
     if media.url is not None:
         return types.Part.from_uri(file_uri=media.url, mime_type=mime), inline_left
-    size = _media_size(media)
+    size = media_size(media)
     if size <= inline_left:
         data = media.data if media.data is not None else await asyncio.to_thread(media.read_bytes)
         return types.Part.from_bytes(data=data, mime_type=mime), inline_left - size

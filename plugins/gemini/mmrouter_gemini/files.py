@@ -19,8 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from router import CallContext, Media, ProviderBadRequest, ProviderTimeout
+from router.errors import ProviderInputTooLarge
 
-from .convert import gemini_mime
+from .convert import gemini_mime, media_size
 
 #: A copy this close to its expiry is not used any more (it must outlive the call).
 EXPIRY_MARGIN = timedelta(minutes=15)
@@ -57,6 +58,17 @@ def media_key(media: Media) -> str:
         with media.path.open("rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
     return hashlib.sha256(media.read_bytes()).hexdigest()
+
+
+def check_file_size(media: Media, limit: int, provider: str) -> None:
+    """Refuse ``media`` over ``limit`` bytes (the Files API's per-file limit) with :class:`ProviderInputTooLarge`,
+    before anything is read or uploaded: retryable, so the rule's next target (or a bridge) takes it."""
+    size = media_size(media)
+    if size > limit:
+        name = f" {media.filename!r}" if media.filename else ""
+        raise ProviderInputTooLarge(provider, f"the media{name} is {size} bytes, over the Files API's limit of {limit} "
+                                              "bytes per file (providers.gemini.max_file_bytes); refused before "
+                                              "uploading")
 
 
 def _state(file: Any) -> str:

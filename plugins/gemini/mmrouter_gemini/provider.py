@@ -22,7 +22,7 @@ from router.errors import ProviderAuthError, ProviderModelNotFound, ProviderUnav
 
 from .convert import check_blocked, finish_of, prepare, response_text, usage_of
 from .errors import map_exception
-from .files import FileStore, media_key, shared_uploads
+from .files import FileStore, check_file_size, media_key, shared_uploads
 from .models import MODELS, TYPICAL
 from .settings import PLUGIN, GeminiSettings
 
@@ -98,6 +98,7 @@ class GeminiProvider(Provider):
             raise ProviderAuthError(self.name, self.unconfigured_reason() or "no API key")
 
         async def upload(media: Media) -> tuple[str, str]:
+            check_file_size(media, self.settings.max_file_bytes, self.name)  # before hashing 2 GB for its key
             key = media.media_id or await asyncio.to_thread(media_key, media)
             remote = await self.files.ensure(self.client(), media, key, ctx)
             return remote.uri, remote.mime_type

@@ -27,6 +27,8 @@ def key_hint(provider: str) -> str:
 
 
 DEFAULT_INLINE_LIMIT = 8 * 1024 * 1024
+#: The Files API's limit per file: "each file not exceeding 2GB in size" (ai.google.dev, Files API).
+DEFAULT_MAX_FILE_BYTES = 2 * 1024**3
 
 
 class GeminiSettings(ProviderSettings):
@@ -46,6 +48,10 @@ class GeminiSettings(ProviderSettings):
     )
     max_processing_seconds: float = Field(
         600.0, gt=0, description="longest wait for a file to become ACTIVE when the call has no deadline"
+    )
+    max_file_bytes: int = Field(
+        DEFAULT_MAX_FILE_BYTES, gt=0,
+        description="the largest media the Files API takes (2 GB); a larger one is refused before its upload",
     )
     models: list[ModelSpec] = Field(
         default_factory=list, description="models added to the built-in catalogue, e.g. newer ones"

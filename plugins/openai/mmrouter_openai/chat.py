@@ -31,6 +31,7 @@ from router import (
     UsageReport,
 )
 from router.mime import normalise_mime
+from router.sniff import animated_gif
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -91,6 +92,22 @@ def _media_part(provider: str, model: ModelInfo, media: Media, where: str) -> di
             raise ProviderBadRequest(provider, f"{model.name} cannot fetch audio by URL ({where})")
         return {"type": "input_audio", "input_audio": {"data": Base64Of(media), "format": fmt}}
     raise ProviderBadRequest(provider, f"{model.name} does not take {media.modality.value} input ({where})")
+
+
+def local_gifs(request: Request) -> list[Media]:
+    """The GIF images of ``request`` with local bytes (those sent inline, which can be checked)."""
+    return [m for m in request.media() if m.modality is Modality.IMAGE and normalise_mime(m.mime_type) == "image/gif"
+            and (m.data is not None or m.path is not None)]
+
+
+def refuse_animated_gifs(provider: str, model: ModelInfo, gifs: list[Media]) -> None:
+    """Raise :class:`ProviderUnsupportedInput` (retryable: the rule's next target is tried) for the first
+    animated one of ``gifs``, which OpenAI's chat models refuse. Blocking: reads stored files."""
+    for media in gifs:
+        if animated_gif(media.data if media.data is not None else media.path):
+            name = f" {media.filename!r}" if media.filename else ""
+            raise ProviderUnsupportedInput(provider, f"{model.name} takes still GIFs only; the GIF{name} is "
+                                                     "animated (refused before sending)")
 
 
 #: A media's place in the serialised parameters (compiled once: a per-request pattern would be

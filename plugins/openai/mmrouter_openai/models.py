@@ -72,6 +72,9 @@ class Entry:
     transcription_format: str = ""
     #: The most tokens the model writes in one answer (0: unknown); larger requests are capped to it.
     max_output_tokens: int = 0
+    #: Refuse animated GIFs before sending: OpenAI's chat models take "non-animated GIF" only
+    #: (platform.openai.com/docs/guides/images-vision) and answer 400; a local server's may read them.
+    still_gifs_only: bool = False
 
     @property
     def transcribes(self) -> bool:
@@ -84,7 +87,8 @@ def _chat(name: str, inputs: frozenset[Modality], price: Price, context: int = 1
     formats = (IMAGE_TYPES if Modality.IMAGE in inputs else frozenset()) | (
         CHAT_AUDIO_TYPES if Modality.AUDIO in inputs else frozenset())
     return Entry(ModelInfo(name, inputs=inputs, context_tokens=context, price=price,
-                           default_max_output_tokens=max_out, input_mime_types=formats), max_output_tokens=max_out)
+                           default_max_output_tokens=max_out, input_mime_types=formats), max_output_tokens=max_out,
+                 still_gifs_only=Modality.IMAGE in inputs)
 
 
 def _stt(name: str, price: Price, fmt: str, diarizes: bool = False, context: int = 16_000,
@@ -192,12 +196,13 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
 def catalogue(builtin: bool, extra: Iterable[Mapping[str, Any]], provider: str = "openai") -> dict[str, Entry]:
     """The models to offer, by name: the built-in ones (if wanted) then configured ones (which win)."""
     entries: dict[str, Entry] = {e.info.name: e for e in BUILTIN} if builtin else {}
-    known = {e.info.name: e.info for e in BUILTIN}
+    known = {e.info.name: e for e in BUILTIN}
     for index, spec in enumerate(extra):
         entry = entry_from_config(spec, index, provider)
         same = known.get(entry.info.name)
         if same is not None:  # a built-in model given again (a new price, say): what it takes does not change
-            entry = replace(entry, info=replace(entry.info, input_mime_types=same.input_mime_types,
-                                                max_audio_seconds=same.max_audio_seconds))
+            entry = replace(entry, still_gifs_only=same.still_gifs_only,
+                            info=replace(entry.info, input_mime_types=same.info.input_mime_types,
+                                         max_audio_seconds=same.info.max_audio_seconds))
         entries[entry.info.name] = entry
     return entries

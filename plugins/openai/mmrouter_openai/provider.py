@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,9 @@ class OpenAIProvider(router.Provider):
         if entry.transcribes:
             events = transcribe.transcribe(self.client(), self.name, entry, request, timeout, model.price)
         else:
+            gifs = chat.local_gifs(request) if entry.still_gifs_only else []
+            if gifs:  # read in a thread: a stored GIF is walked up to its second frame
+                await asyncio.to_thread(chat.refuse_animated_gifs, self.name, model, gifs)
             params = chat.build_params(self.name, model, request, legacy_max_tokens=self.settings.legacy_max_tokens,
                                        output_limit=entry.max_output_tokens)
             events = chat.stream_chat(self.client(), params, timeout, with_media=bool(request.media()))
