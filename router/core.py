@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import routing
 from .config import Config, unknown_models
-from .dispatch import RouterEvent, execute
+from .dispatch import HistoryCuts, RouterEvent, execute
 from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownSession
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
@@ -133,6 +133,7 @@ class App:
         self.media = MediaStore(data_dir / "media", config.server.max_upload_bytes)
         self.sessions = SessionStore(data_dir / "sessions.sqlite")
         self.bridge_memo = StoredBridges(self.sessions)
+        self.history_cuts = HistoryCuts()  # history a target refused for its size, per session
         #: Sessions reset lately, and when (time.monotonic()), the newest last.
         self._resets: OrderedDict[str, float] = OrderedDict()
         self._in_flight: Counter[str] = Counter()  # session id -> calls on it under way
@@ -341,7 +342,7 @@ class App:
             # Closed explicitly: a consumer that stops at Done must not leave the generator to the
             # garbage collector, whose finalizer schedules a task per request to close it.
             async with aclosing(execute(untrimmed, decision, registry, ctx, None, fit, self.bridge_memo, clock,
-                                        self.router.bridges)) as events:
+                                        self.router.bridges, self.history_cuts)) as events:
                 async for event in events:
                     if isinstance(event, RouteChosen):
                         route = event.route  # the steps are added to it as they complete
@@ -442,6 +443,7 @@ class App:
         """Forget a session; return how many turns were removed (:class:`UnknownSession` if it has
         none stored and no call on it is under way)."""
         in_use = self._mark_reset(session_id)
+        self.history_cuts.forget(session_id)
         return _reset_result(session_id, await self.sessions.run(self.sessions.reset, session_id), in_use)
 
     def _mark_reset(self, session_id: str) -> bool:

@@ -6,13 +6,16 @@ the complete :class:`Answer`. A retryable failure (down, rate-limited, the
 input too large for the target) before the answering model sent any output moves
 on to the next fallback; a failure after it (the client already has part of an
 answer) or a non-retryable one is raised. A request refused for its size that carries a session's
-history is first tried again on the same target with less history.
+history is first tried again on the same target with less history; :class:`HistoryCuts` remembers how
+much, so the session's next turns on that target start from there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 
@@ -27,6 +30,7 @@ from .types import (
     OUTPUT_TEXT,
     CallContext,
     FinishReason,
+    Message,
     Modality,
     ProviderEvent,
     Request,
@@ -47,12 +51,91 @@ RouterEvent = RouteChosen | TextDelta | TranscriptReady | StepUsage | Done
 #: the mapping (by ``id``) counts as the tokens given there (those of the text its bridge will make).
 FitRequest = Callable[[Request, Plan, Mapping[int, int]], tuple[Request, int]]
 
+#: How many sessions :class:`HistoryCuts` remembers (the least recently used are forgotten first).
+HISTORY_CUTS_KEPT = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cut:
+    """The oldest ``count`` messages of a session's history, which a target refused (``why``) with them."""
+
+    count: int
+    digest: str  # of those messages (see _digest): the cut holds for a history starting with them only
+    why: str
+
+
+class HistoryCuts:
+    """Per session and target, how many of the session's oldest messages had to be left out of a turn
+    the target refused for its size (see :func:`_call_answering`).
+
+    A session's history only grows and every turn sends its media again, so a prefix too large once
+    stays too large: the session's next turns on that target start without it instead of paying a
+    refused call each. Kept in memory for the :data:`HISTORY_CUTS_KEPT` sessions used last (after a
+    restart one refused call learns it again); :meth:`forget` a session when it is reset. A cut
+    applies only to a history that still starts with the messages it left out (a session reset or
+    pruned and started again under the same id does not lose its first turns).
+    """
+
+    def __init__(self, kept: int = HISTORY_CUTS_KEPT) -> None:
+        self._kept = kept
+        self._cuts: OrderedDict[str, dict[str, _Cut]] = OrderedDict()  # session -> target -> cut
+
+    def start(self, request: Request, target: str) -> tuple[Request, int, str]:
+        """``request`` (a session's whole history and its new turn) without the oldest messages learnt
+        for ``target``, how many were left out, and the refusal that taught it ("" when none)."""
+        cut = self._cuts.get(request.session_id, {}).get(target)
+        if cut is None or not 0 < cut.count <= request.history_length:
+            return request, 0, ""
+        history = request.messages[:request.history_length]
+        if _digest(history[:cut.count]) != cut.digest:
+            return request, 0, ""
+        self._cuts.move_to_end(request.session_id)
+        count = cut.count
+        while count < len(history) and history[count].role is not Role.USER:
+            count += 1
+        kept = history[count:]
+        shorter = dataclasses.replace(request, messages=kept + request.messages[request.history_length:],
+                                      history_length=len(kept))
+        return shorter, count, cut.why
+
+    def learn(self, request: Request, target: str, accepted: Request, why: str) -> None:
+        """Remember that ``target`` took ``accepted``, ``request`` (the whole history and the turn) with
+        its oldest messages left out, after refusing more (``why``)."""
+        if not request.session_id:
+            return
+        count = request.history_length - accepted.history_length
+        if count <= 0:
+            return
+        digest = _digest(request.messages[:count])
+        self._cuts.setdefault(request.session_id, {})[target] = _Cut(count, digest, why)
+        self._cuts.move_to_end(request.session_id)
+        while len(self._cuts) > self._kept:
+            self._cuts.popitem(last=False)
+
+    def forget(self, session_id: str) -> None:
+        """Forget what was learnt of ``session_id`` (it was reset)."""
+        self._cuts.pop(session_id, None)
+
+
+def _digest(messages: Sequence[Message]) -> str:
+    """A digest of ``messages`` as a session keeps them: roles, texts and media ids (or URLs)."""
+    h = hashlib.sha256()
+    for message in messages:
+        h.update(b"\0m" + message.role.value.encode())
+        for part in message.parts:
+            if part.media is not None:
+                media = part.media
+                h.update(b"\0p" + (media.media_id or media.url or f"{media.mime_type}:{media.size}").encode())
+            else:
+                h.update(b"\0t" + (part.text or "").encode())
+    return h.hexdigest()
+
 
 async def execute(request: Request, decision: Decision, registry: Registry, ctx: CallContext,
                   notes: list[str] | None = None, fit: FitRequest | None = None,
                   memo: BridgeMemo | None = None, started: float | None = None,
                   bridge_preferences: Mapping[Modality, Sequence[str]] | None = None,
-                  ) -> AsyncIterator[RouterEvent]:
+                  cuts: HistoryCuts | None = None) -> AsyncIterator[RouterEvent]:
     """Run the decision's plans in order until one answers.
 
     ``request`` holds a session's whole history; ``fit`` trims it to each plan's model, else every plan
@@ -61,6 +144,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     trimmed again on the bridged texts (a bridged PDF counts as its text, not its pages). ``started`` (a
     ``time.perf_counter()``) is when the router got the request, for the route's latency;
     ``bridge_preferences`` (``bridges`` of the configuration) name the bridges to try when one fails.
+    With ``cuts``, a plan starts without the oldest history its target refused on an earlier turn of
+    the session (before bridges: what is left out is not bridged) and teaches it the history it refuses now.
 
     A fallback is tried when a plan fails with a retryable error before its answering model sent
     any text or transcript of its own (bridges' transcripts already sent are not sent again); one
@@ -88,7 +173,9 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         used_bridges = plan.bridges
         answering = False
         try:
-            answer_request, dropped = request, 0
+            answer_request, dropped, skipped, why = request, 0, 0, ""
+            if cuts is not None and request.history_length:
+                answer_request, skipped, why = cuts.start(request, str(plan.target))
             if plan.bridges:
                 bridged = await apply_bridges(plan.bridges, answer_request, registry, ctx, route, memo,
                                               bridge_preferences, bridged_before, _trim_for(fit, plan))
@@ -110,8 +197,10 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
             # closed with this generator: a client leaving mid-answer closes the provider's stream at once
             # without history nothing could be dropped on a refusal for size: no retrying layer (it costs
             # an async-generator hop per streamed chunk)
-            answering_call = (_call_answering(provider, plan, answer_request, ctx, route) if answer_request.history_length
-                              else call_model(provider, plan.model, answer_request, ctx, route, "answer"))
+            answering_call = (
+                _call_answering(provider, plan, answer_request, ctx, route, _Learning(request, cuts, skipped, why))
+                if answer_request.history_length or skipped
+                else call_model(provider, plan.model, answer_request, ctx, route, "answer"))
             async with aclosing(answering_call) as events:
                 async for event in events:
                     if isinstance(event, TextDelta):
@@ -159,16 +248,29 @@ def _trim_for(fit: FitRequest | None, plan: Plan) -> Trim | None:
     return lambda request, bridged: fit(request, plan, bridged)
 
 
+@dataclasses.dataclass
+class _Learning:
+    """What :func:`_call_answering` needs to remember a cut: the session's ``whole`` request, where to
+    keep it, and the history already left out at the start (``skipped``) for an earlier refusal (``why``)."""
+
+    whole: Request
+    cuts: HistoryCuts | None = None
+    skipped: int = 0
+    why: str = ""
+
+
 async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx: CallContext,
-                          route: RouteInfo) -> AsyncIterator[ProviderEvent]:
+                          route: RouteInfo, learning: _Learning | None = None) -> AsyncIterator[ProviderEvent]:
     """The answering call of ``plan``: ``call_model``'s events. When the provider refuses the request
     for its size before any answer output and it carries session history, the same request, its
     bridges already applied, is tried again with the oldest half of that history dropped (a provider's
     media limits, such as Claude's 100 images or 32 MB per request, are reached far below its context),
     until no history is left; then the refusal is raised and the next fallback is tried. A
     transcription sends no history, so it is not tried again. The route gets a note when a shorter
-    request was answered."""
-    dropped, why = 0, ""
+    request was answered (``learning.skipped`` messages left out before the call count too), and
+    ``learning.cuts`` remembers how much shorter it was than the session's whole history."""
+    learning = learning or _Learning(request)
+    dropped, why, earlier = learning.skipped, learning.why, bool(learning.skipped)
     while True:
         produced = False
         try:
@@ -177,9 +279,12 @@ async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx:
                     produced = produced or isinstance(event, (TextDelta, TranscriptReady))
                     yield event
             if dropped:
+                when = " on an earlier turn" if earlier else ""
                 route.notes.append(f"history trimmed: dropped the {dropped} oldest message(s) of session "
                                    f"{request.session_id} because {plan.target} refused the request for its "
-                                   f"size ({why})")
+                                   f"size{when} ({why})")
+            if learning.cuts is not None and dropped and not earlier:  # refused this turn: a longer cut
+                learning.cuts.learn(learning.whole, str(plan.target), request, why)
             return
         except ProviderInputTooLarge as exc:
             transcribing = request.options.task is Task.TRANSCRIBE or OUTPUT_TEXT not in plan.model.outputs
@@ -187,7 +292,7 @@ async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx:
             if shorter is None:
                 raise
             request, fewer = shorter
-            dropped, why = dropped + fewer, exc.message
+            dropped, why, earlier = dropped + fewer, exc.message, False
 
 
 def _without_older_half(request: Request) -> tuple[Request, int] | None:

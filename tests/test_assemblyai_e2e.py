@@ -163,6 +163,59 @@ def test_failed_transcript_is_a_clear_grpc_error(daemon, fake):
     assert fake.polls() == 2
 
 
+#: CONFIG with a fallback for diarized transcription: another AssemblyAI model (a second transcript).
+FALLBACK_CONFIG = CONFIG.replace("    use: assemblyai/best\n",
+                                 "    use: assemblyai/best\n    fallback: [assemblyai/universal-2]\n")
+
+
+def test_a_transcript_failed_on_assemblyais_side_falls_back_to_the_next_target(start_daemon, fake):
+    """AssemblyAI's "Server error, developers have been alerted." is its fault, and resubmitting is what it
+    advises: UNAVAILABLE, so the rule's fallback is tried and answers."""
+    assert FALLBACK_CONFIG != CONFIG
+    daemon = start_daemon(FALLBACK_CONFIG.format(url=fake.url), env={"AAI_TEST_KEY": KEY})
+    fake.statuses = ("queued", "processing", "error")
+    fake.error_message = "Server error, developers have been alerted."
+    fake.later_statuses = ("queued", "processing", "completed")
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=request_for(wav_media(wav_bytes()))), timeout=30).answer
+    assert (answer.route.provider, answer.route.model, answer.text) == ("assemblyai", "universal-2", SPEAKER_TEXT)
+    assert [(a.model, a.ok) for a in answer.route.attempts] == [("best", False), ("universal-2", True)]
+    assert "Server error, developers have been alerted." in answer.route.attempts[0].error
+    assert any("assemblyai/best failed (PROVIDER_UNAVAILABLE" in n and "trying the next target" in n
+               for n in answer.route.notes), answer.route.notes
+    assert [t.history[-1] for t in fake.transcripts.values()] == ["error", "completed"]
+    assert [c["speech_models"] for c in fake.created][1] == ["universal-2"]
+
+
+def test_a_transcript_failed_on_assemblyais_side_without_fallback_is_unavailable(daemon, fake):
+    fake.statuses = ("queued", "error")
+    fake.error_message = "Internal server error"
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=request_for(wav_media(wav_bytes()))), timeout=30)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_details(info.value).reason == "PROVIDER_UNAVAILABLE"
+    assert "Internal server error" in info.value.details() and KEY not in info.value.details()
+
+
+@pytest.mark.parametrize("text", [
+    "Download error, unable to download https://foo.bar. Please make sure the file exists and is accessible "
+    "from the internet.",
+    "Audio duration is too short.",
+    "Failed to transcribe.",  # unknown: the media's fault, as before
+])
+def test_a_transcript_failed_for_its_media_does_not_fall_back(start_daemon, fake, text):
+    """The media is at fault: another model would fail on it too (and be billed): INVALID_ARGUMENT at once."""
+    daemon = start_daemon(FALLBACK_CONFIG.format(url=fake.url), env={"AAI_TEST_KEY": KEY})
+    fake.statuses = ("queued", "error")
+    fake.error_message = text
+    fake.later_statuses = ("queued", "completed")
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=request_for(wav_media(wav_bytes()))), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(info.value).reason == "PROVIDER_BAD_REQUEST"
+    assert text in info.value.details()
+    assert len(fake.created) == 1  # the fallback was not tried
+
+
 def test_a_failing_later_clip_keeps_the_cost_of_the_clips_before_it(daemon, fake, tmp_path):
     """Clip 1 was transcribed (and billed by AssemblyAI) when clip 2 failed: its audio seconds and cost
     reach the statistics as a failed step."""

@@ -311,6 +311,46 @@ async def test_transcript_error_status_carries_assemblyai_message(fake, provider
     assert fake.polls() == 2
 
 
+#: Failed transcripts' error texts: AssemblyAI's documented ones and the like, by whose fault they are.
+SERVER_FAULTS = [
+    "Server error, developers have been alerted.",  # AssemblyAI's documented text: resubmit the file
+    "Internal server error",
+    "Failed to transcribe audio due to an internal error.",
+    "Transcription timed out, please try again.",
+]
+MEDIA_FAULTS = [
+    "Transcoding failed. File does not appear to contain audio.",
+    "File does not appear to contain audio. File type is text/html (HTML document, ASCII text).",
+    "Download error, unable to download https://foo.bar. Please make sure the file exists and is "
+    "accessible from the internet.",
+    "Download error, the connection timed out.",  # the URL's host, not AssemblyAI: no retry elsewhere
+    "Audio duration is too short.",
+    "Failed to transcribe.",  # unknown: as before, the media's fault
+    "",
+]
+
+
+@pytest.mark.parametrize("text", SERVER_FAULTS)
+async def test_a_transcript_failed_on_assemblyais_side_is_unavailable(fake, provider, text):
+    """AssemblyAI advises resubmitting a transcript its servers failed: UNAVAILABLE, so a fallback is tried."""
+    fake.statuses = ("queued", "error")
+    fake.error_message = text
+    with pytest.raises(ProviderUnavailable) as info:
+        await collect(provider, audio_request(), provider.model("best"))
+    assert info.value.retryable
+    assert text in info.value.message and "transcription failed (transcript tr-1)" in info.value.message
+
+
+@pytest.mark.parametrize("text", MEDIA_FAULTS)
+async def test_a_transcript_failed_for_its_media_stays_a_bad_request(fake, provider, text):
+    fake.statuses = ("queued", "error")
+    fake.error_message = text
+    with pytest.raises(ProviderBadRequest) as info:
+        await collect(provider, audio_request(), provider.model("best"))
+    assert type(info.value) is ProviderBadRequest and not info.value.retryable
+    assert (text or "no reason given") in info.value.message
+
+
 async def test_auth_failure_names_the_setting_and_never_the_key(fake, provider):
     fake.fail_next(401, {"error": f"Authentication error, API token {KEY} invalid"})
     with pytest.raises(ProviderAuthError) as info:

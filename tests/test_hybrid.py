@@ -495,3 +495,29 @@ def test_a_bridged_turn_over_claude_s_pages_drops_history_without_bridging_again
     body = fakes["anthropic"].last_body()
     assert [b.title for b in media_blocks(body)] == ["report-1.pdf", "report-2.pdf"]
     assert "[Audio transcript]" in json.dumps(body["messages"][-1])
+
+
+def test_assemblyai_failing_on_its_side_gives_diarization_to_openai_s_diarizing_model(start_daemon, fakes) -> None:
+    """A transcript AssemblyAI failed on its side ("Server error, developers have been alerted.") is
+    UNAVAILABLE: the embedded diarization rule's fallback, gpt-4o-transcribe-diarize, answers."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    fakes["assemblyai"].statuses = ("queued", "error")
+    fakes["assemblyai"].error_message = "Server error, developers have been alerted."
+    answer = generate(daemon, KINDS["diarization"][0])
+    assert route_of(answer) == ("diarization", "openai/gpt-4o-transcribe-diarize")
+    assert [(a.provider, a.ok) for a in answer.route.attempts] == [("assemblyai", False), ("openai", True)]
+    assert "Server error, developers have been alerted." in answer.route.attempts[0].error
+    assert answer.transcript.text and len(fakes["assemblyai"].created) == 1
+
+
+def test_assemblyai_failing_for_the_media_does_not_fall_back(start_daemon, fakes) -> None:
+    """A transcript failed for its media ("Transcoding failed. File does not appear to contain audio.")
+    would fail elsewhere too: INVALID_ARGUMENT at once, OpenAI is not called."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    fakes["assemblyai"].statuses = ("queued", "error")
+    with pytest.raises(grpc.RpcError) as caught:
+        generate(daemon, KINDS["diarization"][0])
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_BAD_REQUEST")
+    assert "File does not appear to contain audio" in caught.value.details()
+    assert fakes["openai"].uploads() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from typing import Any
 
@@ -27,18 +28,42 @@ def bad_request(provider: str, message: str) -> ProviderBadRequest:
     return ProviderBadRequest(provider, message)
 
 
+#: A failed transcript's error text (lower case) blaming the media or its URL: AssemblyAI's documented
+#: texts ("Transcoding failed. File does not appear to contain audio.", "Download error, unable to
+#: download ...", "Audio duration is too short.") and the like. It wins over any sign of a transient
+#: failure in the same text (a download that timed out is the URL's host's doing).
+_MEDIA_FAULT = re.compile(
+    r"does not appear to contain|no (spoken )?audio|no speech|transcoding failed|download error"
+    r"|unable to (download|access)|too short|too long|too large|too big|exceeds|maximum|unsupported"
+    r"|not supported|corrupt|invalid|could not (decode|read|open)|unreadable|not available in this language"
+)
+#: A failed transcript's error text (lower case) blaming AssemblyAI: its documented "Server error,
+#: developers have been alerted." (resubmitting it is what AssemblyAI advises) and other clearly transient
+#: wordings. Any other text stays the media's fault, as it always was.
+_SERVER_FAULT = re.compile(
+    r"server error|internal (server )?error|developers have been alerted|timed out|timeout"
+    r"|temporar(y|ily)|try again|unavailable|overloaded|capacity"
+)
+
+
 def transcript_failed(provider: str, transcript_id: str | None, error: str | None,
                       api_key: str) -> ProviderError:
     """The error (of the provider called ``provider``) for a transcript that ended with status ``error``,
     carrying AssemblyAI's message.
 
-    AssemblyAI fails a transcript for what it was given (no audio stream, an
-    unsupported or unreachable file, too little speech), so this is INVALID_ARGUMENT
-    and not worth a fallback to another model on the same media.
+    AssemblyAI mostly fails a transcript for what it was given (no audio stream, an unsupported,
+    unreachable or too short file): INVALID_ARGUMENT, not worth a fallback to another model on the
+    same media. An error on its side (a server error, a timeout) is UNAVAILABLE, so the rule's
+    fallback is tried; only a text that says so clearly and does not blame the media counts as one
+    (see :data:`_SERVER_FAULT`), an unknown text stays INVALID_ARGUMENT.
     """
     detail = (error or "no reason given").strip()
     where = f"transcript {transcript_id}" if transcript_id else "transcript"
-    return ProviderBadRequest(provider, _scrub(f"transcription failed ({where}): {detail}", api_key))
+    message = _scrub(f"transcription failed ({where}): {detail}", api_key)
+    lowered = detail.lower()
+    if _SERVER_FAULT.search(lowered) and not _MEDIA_FAULT.search(lowered):
+        return ProviderUnavailable(provider, f"{message} (an error on AssemblyAI's side)")
+    return ProviderBadRequest(provider, message)
 
 
 def poll_timed_out(provider: str, transcript_id: str | None, status: str, waited: float) -> ProviderTimeout:
