@@ -8,8 +8,10 @@ import logging
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -26,6 +28,7 @@ from .cli_calls import (
     daemon_channel,
     err,
     fail,
+    file_labels,
     out,
     print_route,
 )
@@ -244,7 +247,8 @@ def ask(
                     t = event.transcript
                     lines = [f"[{u.start_seconds:7.2f}s] {('Speaker ' + u.speaker + ': ') if u.speaker else ''}{u.text}"
                              for u in t.utterances] or [t.text]
-                    err.print("[bold]transcript[/bold]\n" + escape("\n".join(lines)))
+                    if t.text.strip() or any(u.text.strip() for u in t.utterances):  # a silent video's has none
+                        err.print("[bold]transcript[/bold]\n" + escape("\n".join(lines)))
                 elif kind == "done":
                     answer = event.done.answer
             return answer, streamed
@@ -252,7 +256,7 @@ def ask(
         try:
             answer, streamed = call_with_media(build, stream, inline_limit)
         except grpc.RpcError as exc:
-            fail(exc, address)
+            fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system))
     if answer is None:
         err.print("[red]the stream ended without an answer[/red]")
         raise typer.Exit(1)
@@ -317,7 +321,7 @@ def explain(
                 lambda request: stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route,
                 inline_limit)
         except grpc.RpcError as exc:
-            fail(exc, address)
+            fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system))
     print_route(route, out)
 
 
@@ -334,11 +338,48 @@ def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "")
             fail(exc, address)
     # Names and states are never cut short (even at 80 columns); models and reasons wrap, nothing is cut.
     table = Table(Column("provider", no_wrap=True), Column("plugin", no_wrap=True), Column("state", no_wrap=True),
-                  Column("models", overflow="fold"), Column("reason", overflow="fold"))
+                  Column("models", overflow="fold"), Column("reason", overflow="fold"),
+                  Column("last 5 min", overflow="fold"))
     for p in listing.providers:
         state = pb.ProviderState.Name(p.state).removeprefix("PROVIDER_STATE_").lower()
-        table.add_row(*map(escape, (p.name, p.plugin, state, ", ".join(m.name for m in p.models), p.reason)))
+        table.add_row(*map(escape, (p.name, p.plugin, state, ", ".join(m.name for m in p.models), p.reason,
+                                    recent_calls(p.health))))
     out.print(table)
+    now = time.time()
+    for p in listing.providers:  # below the table, one line each: a message is too long for a cell
+        if p.health.last_failure_unix_seconds:
+            out.print(escape(last_failure(p.name, p.health, now)))
+
+
+#: The most characters of a provider's last failure message ``providers`` shows (the daemon keeps 500).
+FAILURE_CHARS = 200
+
+
+def recent_calls(health) -> str:
+    """A provider's ``ProviderHealth`` calls of the window, e.g. ``0 ok, 3 failed``; empty for a
+    provider never called."""
+    if not health.window_seconds:
+        return ""
+    return f"{health.succeeded_calls} ok, {health.failed_calls} failed"
+
+
+def last_failure(name: str, health, now: float) -> str:
+    """The line saying when a provider's last call failed (it may be older than the window), why and
+    its message, cut to :data:`FAILURE_CHARS`."""
+    message = health.last_failure_message
+    if len(message) > FAILURE_CHARS:
+        message = message[:FAILURE_CHARS - 1] + "…"
+    return (f"last failure of {name}, {_ago(now - health.last_failure_unix_seconds)}: "
+            f"{health.last_failure_reason}: {message}")
+
+
+def _ago(seconds: float) -> str:
+    """``seconds`` (a past duration) as ``12 s ago``, ``3 min ago``, ``5 h ago`` or ``2 d ago``."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
 
 
 DataDirOption = Annotated[Path | None, typer.Option(help="The daemon's data directory (default: server.data_dir "
@@ -437,30 +478,46 @@ def _sessions(path: Path) -> Iterator[SessionStore]:
         store.close()
 
 
+class StatsGroup(StrEnum):
+    """What ``stats`` groups the calls by, besides provider, model and step."""
+
+    RULE = "rule"
+    TAG = "tag"
+
+
+#: How ``stats --by tag`` names the calls of requests without tags (and those recorded before tags were kept).
+UNTAGGED = "(no tag)"
+
+
 @app.command()
 def stats(data_dir: DataDirOption = None,
           config: DaemonConfigOption = None,
           since: Annotated[float | None, typer.Option(
               "--since", min=0.0, help="Only the last this many days (fractions allowed: 0.04 is about an hour).")] = None,
+          by: Annotated[StatsGroup, typer.Option(
+              "--by", help="Group by routing rule, or by request tag (--tag of ask, RoutingHints.tags): a call of "
+                           "a request with several tags counts under each.")] = StatsGroup.RULE,
+          tag: Annotated[str | None, typer.Option(
+              "--tag", help="Only the calls of requests that carried this tag.")] = None,
           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Calls, latency and cost per rule, provider and model, from the daemon's records (all of them
-    still kept, see prune, or those of the last --since days)."""
-    import time
-
+    """Calls, latency and cost per rule (or request tag), provider and model, from the daemon's records
+    (all of them still kept, see prune, or those of the last --since days)."""
     path = _data_dir(config, data_dir) / "sessions.sqlite"
     if not path.exists():
         err.print(f"[red]no records at {escape(str(path))}: has the daemon answered anything yet?[/red]")
         raise typer.Exit(1)
+    by_tag = by is StatsGroup.TAG
     with _sessions(path) as store:
-        rows = store.stats(0.0 if since is None else time.time() - since * 86400)
+        rows = store.stats(0.0 if since is None else time.time() - since * 86400, by_tag=by_tag, tag=tag)
     if as_json:
         out.print_json(json.dumps(rows))
         return
     # Names are never cut short (piped, or at 80 columns): they wrap (as in `providers`).
-    table = Table(*(Column(name, overflow="fold") for name in ("rule", "provider/model", "step")),
+    table = Table(*(Column(name, overflow="fold") for name in ("tag" if by_tag else "rule", "provider/model", "step")),
                   *(Column(name, no_wrap=True, justify="right") for name in ("calls", "mean ms", "max ms", "cost $")))
     for r in rows:
-        table.add_row(*map(escape, (r["rule"], f"{r['provider']}/{r['model']}", r["purpose"])), str(r["calls"]),
+        group = (r["tag"] if r["tag"] is not None else UNTAGGED) if by_tag else r["rule"]
+        table.add_row(*map(escape, (group, f"{r['provider']}/{r['model']}", r["purpose"])), str(r["calls"]),
                       f"{r['mean_latency_ms']:.0f}", f"{r['max_latency_ms']:.0f}", f"{r['cost_usd']:.6f}")
     out.print(table)
 
@@ -477,8 +534,6 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
     gets MEDIA_NOT_FOUND, as for any unknown id. Works on a full disk: media go first (deleting
     needs no room); when the sessions database cannot be written, a warning says so.
     """
-    import time
-
     from .media import STALE_TEMP_SECONDS, MediaStore
 
     root = _data_dir(config, data_dir)
@@ -506,10 +561,16 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
         _bad_sessions(path, exc)
     finally:
         store.close()
-    done = "would remove" if dry_run else "removed"
-    records = f"{sessions} session(s), {calls} statistics row(s) and " if writable or dry_run else ""
-    temp = f", {temp_files} temp file(s) of interrupted uploads ({temp_size / 2**20:.1f} MiB)" if temp_files else ""
-    out.print(f"{done} {records}{files} media file(s) ({size / 2**20:.1f} MiB){temp}; {len(keep)} media kept for sessions")
+    # one part a line: at 80 columns the whole sentence wrapped mid-clause
+    lines = [f"{sessions} session(s), {calls} statistics row(s) and"] if writable or dry_run else []
+    lines.append(f"{files} media file(s) ({size / 2**20:.1f} MiB)")
+    if temp_files:
+        lines[-1] += ","
+        lines.append(f"{temp_files} temp file(s) of interrupted uploads ({temp_size / 2**20:.1f} MiB)")
+    lines[0] = f"{'would remove' if dry_run else 'removed'} {lines[0]}"
+    lines[-1] += ";"
+    lines.append(f"{len(keep)} media kept for sessions")
+    out.print(escape("\n".join(lines)))
 
 
 def _sessions_to_prune(path: Path) -> tuple[SessionStore, bool]:

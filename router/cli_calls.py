@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -70,8 +71,9 @@ def upload_file(stub, kind: int, path: Path, mime: str) -> str:
     from mmrouter.v1 import router_pb2 as pb
 
     size = path.stat().st_size
+    # only on a terminal: piped or logged, a bar cannot be erased (and left an empty line)
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=err, transient=True) as progress:
+                  TransferSpeedColumn(), console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task(f"uploading {escape(path.name)}", total=size)  # read as markup
 
         def messages():
@@ -275,17 +277,46 @@ def too_large_inline(exc: grpc.RpcError) -> str | None:
     return None
 
 
-def fail(exc: grpc.RpcError, address: str) -> NoReturn:
+def file_labels(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path],
+                system: str) -> dict[str, str]:
+    """The field path of each file's part in the request :func:`build_request` makes (the files come
+    first in the user message, in :func:`media_parts`' order, after the system message if any) ->
+    the file as the user gave it, e.g. ``--image photo.png``."""
+    message = 1 if system else 0
+    given = [(option, path) for option, files in (("--image", images), ("--audio", audio), ("--video", video),
+                                                   ("--pdf", pdf)) for path in files]
+    return {f"request.messages[{message}].parts[{j}]": f"{option} {path}" for j, (option, path) in enumerate(given)}
+
+
+#: A part's field path in the daemon's errors, with the media field at fault if any.
+_PART_PATH = re.compile(r"(request\.messages\[\d+\]\.parts\[\d+\])(?:\.media)?(?:\.(\w+))?")
+
+
+def name_files(text: str, files: dict[str, str]) -> str:
+    """``text`` with the field paths of the parts in ``files`` (see :func:`file_labels`) replaced by the
+    files they carry: ``--image photo.png`` for ``request.messages[0].parts[0].media``, and
+    ``--image photo.png (mime_type)`` for one of its fields."""
+    def label(match: re.Match) -> str:
+        given = files.get(match[1])
+        if given is None:
+            return match[0]
+        return f"{given} ({match[2]})" if match[2] else given
+
+    return _PART_PATH.sub(label, text)
+
+
+def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None) -> NoReturn:
     """Print the failed call's status (its field violations too, and a hint when the daemon was not
-    reached at ``address``) and exit 1."""
+    reached at ``address``) and exit 1. ``files`` (see :func:`file_labels`) names the files the user
+    gave instead of the request's field paths of their parts."""
     from google.rpc import error_details_pb2
 
     details = exc.details() or ""
-    err.print(f"[red]{exc.code().name}: {escape(details)}[/red]")
+    err.print(f"[red]{exc.code().name}: {escape(name_files(details, files or {}))}[/red]")
     bad = status_detail(exc, error_details_pb2.BadRequest)
     for v in bad.field_violations if bad is not None else ():
         if v.description not in details:  # most messages say it already
-            err.print(f"  {escape(v.field)}: {escape(v.description)}")
+            err.print(f"  {escape(name_files(v.field, files or {}))}: {escape(v.description)}")
     if exc.code() == grpc.StatusCode.UNAVAILABLE and not error_info(exc)[0]:  # gRPC's, not the daemon's
         err.print(escape(unreachable_hint(details, address)))
     raise typer.Exit(1)

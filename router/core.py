@@ -17,7 +17,7 @@ import re
 import sqlite3
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
 
@@ -25,6 +25,8 @@ from . import routing
 from .config import Config, unknown_models
 from .dispatch import HistoryCuts, RouterEvent, execute
 from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownSession
+from .health import Failure, ProviderHealth
+from .invoke import FailedAttempt
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
@@ -133,6 +135,8 @@ class App:
         self.media = MediaStore(data_dir / "media", config.server.max_upload_bytes)
         self.sessions = SessionStore(data_dir / "sessions.sqlite")
         self.bridge_memo = StoredBridges(self.sessions)
+        #: Recent successes and failures of each provider's calls (kept over reloads: by name).
+        self.health = ProviderHealth()
         self.history_cuts = HistoryCuts()  # history a target refused for its size, per session
         #: Sessions reset lately, and when (time.monotonic()), the newest last.
         self._resets: OrderedDict[str, float] = OrderedDict()
@@ -351,7 +355,7 @@ class App:
                     yield event
         finally:
             if route is not None:
-                self._record(route)
+                self._record(route, request.hints.tags)
             if registry is not None:
                 registry.calls -= 1
                 if registry is not self.registry:
@@ -361,10 +365,20 @@ class App:
                 if not self._in_flight[session]:
                     del self._in_flight[session]
 
-    def _record(self, route: RouteInfo) -> None:
-        """Record the route's completed steps for statistics (a failure is only logged)."""
+    def _record(self, route: RouteInfo, tags: Sequence[str] = ()) -> None:
+        """Record the route's completed steps for statistics, with the request's ``tags``, and its
+        provider calls in :attr:`health` (a failure is only logged)."""
         try:
-            self.sessions.record(Answer("", None, Usage(), route))  # record() reads the route's steps only
+            for attempt in route.attempts:
+                if attempt.ok:
+                    self.health.succeeded(attempt.provider)
+                elif isinstance(attempt, FailedAttempt):  # not a cancelled call: no fault of the provider's
+                    self.health.failed(attempt.provider,
+                                       Failure(attempt.at, attempt.reason, self.redact(attempt.error)))
+        except Exception:
+            log.exception("recording the providers' recent health failed")
+        try:
+            self.sessions.record(Answer("", None, Usage(), route), tags)  # record() reads the route's steps only
         except Exception:
             log.exception("recording call statistics failed")
 

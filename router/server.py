@@ -51,6 +51,7 @@ from .errors import (
     TooManyCalls,
     TooManyUploads,
 )
+from .health import Health as RecentHealth
 from .outcome import Done, RouteChosen, RouteInfo, StepUsage
 from .registration import add_router_service, parsed
 from .tls import ServerCertificates
@@ -536,7 +537,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     @unary
     async def ListProviders(self, request: pb.ListProvidersRequest, context: grpc.aio.ServicerContext,
                             call: CallLog) -> pb.ListProvidersResponse:
-        return pb.ListProvidersResponse(providers=[wire.provider_to_proto(e, self.app.redact) for e in self.app.providers()])
+        providers = []
+        for entry in self.app.providers():
+            info = wire.provider_to_proto(entry, self.app.redact)
+            _health_to_proto(self.app.health.of(entry.name), info.health)
+            providers.append(info)
+        return pb.ListProvidersResponse(providers=providers)
 
     @unary
     async def ResetSession(self, request: pb.ResetSessionRequest, context: grpc.aio.ServicerContext,
@@ -546,6 +552,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidRequest("session_id is required",
                                  violations=[FieldViolation("session_id", "required")])
         return pb.ResetSessionResponse(turns_removed=await self.app.areset_session(request.session_id))
+
+
+def _health_to_proto(recent: RecentHealth | None, into: pb.ProviderHealth) -> None:
+    """Fill ``into`` with a provider's recent health (left empty for a provider never called); the
+    failure's message was masked when it was recorded."""
+    if recent is None:
+        return
+    into.window_seconds, into.succeeded_calls, into.failed_calls = recent.window_seconds, recent.succeeded, recent.failed
+    failure = recent.last_failure
+    if failure is not None:
+        into.last_failure_unix_seconds, into.last_failure_reason, into.last_failure_message = (
+            failure.at, failure.reason, failure.message)
 
 
 def _event_to_proto(event: object, redact: Callable[[str], str]) -> pb.StreamGenerateResponse:

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS bridged (key TEXT PRIMARY KEY, text TEXT NOT NULL, tr
 CREATE TABLE IF NOT EXISTS calls (
     at REAL NOT NULL, rule TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, purpose TEXT NOT NULL,
     latency_ms REAL NOT NULL, cost_usd REAL NOT NULL, input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL, audio_seconds REAL NOT NULL
+    output_tokens INTEGER NOT NULL, audio_seconds REAL NOT NULL, tags TEXT
 );
 """
 
@@ -94,6 +94,7 @@ class SessionStore:
         self._db.executescript(_SCHEMA)
         self._add_turn_times()
         self._add_bridged_transcripts()
+        self._add_call_tags()
 
     def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
         """Start ``fn(*args)`` on the store's thread, after the jobs asked before."""
@@ -120,6 +121,13 @@ class SessionStore:
         if "transcript" not in columns:
             with self._writing():
                 self._db.execute("ALTER TABLE bridged ADD COLUMN transcript TEXT")
+
+    def _add_call_tags(self) -> None:
+        """Statistics rows from before they kept their request's tags get the column (NULL: no tags)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
+        if "tags" not in columns:
+            with self._writing():
+                self._db.execute("ALTER TABLE calls ADD COLUMN tags TEXT")
 
     def history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
         """The session's messages, oldest first (empty for a new session)."""
@@ -293,15 +301,18 @@ class SessionStore:
         """The media store ids in turns' ``parts`` JSON."""
         return {item["media_id"] for (parts_json,) in rows for item in json.loads(parts_json) if "media_id" in item}
 
-    def record(self, answer: Answer) -> None:
+    def record(self, answer: Answer, tags: Iterable[str] = ()) -> None:
         """Record every step of a request, for statistics (written within 50 ms): those of its route and,
-        as ``<purpose> (failed)`` at no cost, its failed provider calls that no step counts."""
+        as ``<purpose> (failed)`` at no cost, its failed provider calls that no step counts; each with the
+        request's ``tags`` (its routing hints), by which :meth:`stats` can group and filter."""
         route = answer.route
         now = time.time()
         steps = [*route.steps, *unpaid_failures(route)]
+        unique = sorted(set(tags))
+        kept_tags = json.dumps(unique) if unique else None
         self._pending_calls.extend(
             (now, route.rule, s.provider, s.model, s.purpose, s.latency_ms, s.usage.cost_usd,
-             s.usage.input_tokens, s.usage.output_tokens, s.usage.audio_seconds) for s in steps)
+             s.usage.input_tokens, s.usage.output_tokens, s.usage.audio_seconds, kept_tags) for s in steps)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (a script using the store): write now
@@ -329,23 +340,36 @@ class SessionStore:
     def _write_calls(self, rows: list[tuple]) -> None:
         if rows:
             with self._writing():
-                self._db.executemany("INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.executemany(
+                    "INSERT INTO calls (at, rule, provider, model, purpose, latency_ms, cost_usd, input_tokens,"
+                    " output_tokens, audio_seconds, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def flush(self) -> None:
         """Write the statistics rows that wait (here and now: not on an event loop)."""
         self._write_calls(self._take_pending())
 
-    def stats(self, since: float = 0.0) -> list[dict]:
-        """Per rule, provider and model: calls, mean and max latency, total cost; of the calls made
-        at ``since`` (a ``time.time()``) or later."""
+    def stats(self, since: float = 0.0, *, by_tag: bool = False, tag: str | None = None) -> list[dict]:
+        """Per rule (or, ``by_tag``, per request tag), provider, model and step: calls, mean and max
+        latency, total cost and usage; of the calls made at ``since`` (a ``time.time()``) or later, and
+        only of requests tagged ``tag`` when given.
+
+        By tag, a call of a request with several tags counts under each (so the tags' costs may add up
+        to more than the total), and one with none under the tag ``None`` (rows recorded before tags
+        were kept too)."""
         self.flush()
+        group = "t.value" if by_tag else "rule"
+        tagged = ("t.value = ?" if by_tag
+                  else "EXISTS (SELECT 1 FROM json_each(calls.tags) WHERE json_each.value = ?)")
         rows = self._db.execute(
-            "SELECT rule, provider, model, purpose, COUNT(*), AVG(latency_ms), MAX(latency_ms), SUM(cost_usd),"
-            " SUM(input_tokens), SUM(output_tokens), SUM(audio_seconds) FROM calls WHERE at >= ?"
-            " GROUP BY rule, provider, model, purpose ORDER BY rule, provider, model", (since,)
+            f"SELECT {group}, provider, model, purpose, COUNT(*), AVG(latency_ms), MAX(latency_ms), SUM(cost_usd),"
+            " SUM(input_tokens), SUM(output_tokens), SUM(audio_seconds) FROM calls"
+            + (" LEFT JOIN json_each(calls.tags) AS t" if by_tag else "")
+            + " WHERE at >= ?" + (f" AND {tagged}" if tag is not None else "")
+            + f" GROUP BY {group}, provider, model, purpose ORDER BY {group} IS NULL, {group}, provider, model",
+            (since,) if tag is None else (since, tag),
         ).fetchall()
-        keys = ["rule", "provider", "model", "purpose", "calls", "mean_latency_ms", "max_latency_ms", "cost_usd",
-                "input_tokens", "output_tokens", "audio_seconds"]
+        keys = ["tag" if by_tag else "rule", "provider", "model", "purpose", "calls", "mean_latency_ms",
+                "max_latency_ms", "cost_usd", "input_tokens", "output_tokens", "audio_seconds"]
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def close(self) -> None:

@@ -451,12 +451,12 @@ def test_providers_lists_states_models_and_broken_plugins(start_daemon):
     narrow = Cli("providers", "--address", daemon.address, env={"COLUMNS": "80"})
     result = ok(wide.result())
     rows = table_rows(result.stdout)
-    assert rows["fake"] == ["fake", "fake", "ready", "echo, docs, omni, small, ears, diarizer", ""]
-    _, plugin, state, models, reason = rows["broken_import"]
+    assert rows["fake"] == ["fake", "fake", "ready", "echo, docs, omni, small, ears, diarizer", "", ""]
+    _, plugin, state, models, reason, _ = rows["broken_import"]
     assert (plugin, state, models) == ("broken_import", "broken", "")
     assert "mmrouter-broken-import" in reason and "ImportError" in reason
     assert "this plugin needs a library that is not installed (on purpose)" in reason
-    _, plugin, state, models, reason = rows["broken_register"]
+    _, plugin, state, models, reason, _ = rows["broken_register"]
     assert (plugin, state, models) == ("broken_register", "broken", "")
     assert "RuntimeError: cannot start: on purpose" in reason
     assert rows["openai"][2] == "not_configured" and "OPENAI_API_KEY" in rows["openai"][4]
@@ -498,10 +498,10 @@ def test_errors_exit_non_zero_with_the_code_and_a_readable_message(start_daemon,
     assert no_model.returncode == 1
     assert no_model.stderr.startswith("NOT_FOUND: provider 'fake' has no model 'nope'")
 
-    # INVALID_ARGUMENT naming the field at fault, once (its BadRequest field violation says the same).
+    # INVALID_ARGUMENT naming the file at fault as given, once (its BadRequest field violation says the same).
     bad = bad.result()
     assert bad.returncode == 1
-    assert bad.stderr == ("INVALID_ARGUMENT: request.messages[0].parts[0].media: declared 'image/png' but the "
+    assert bad.stderr == (f"INVALID_ARGUMENT: --image {fake_png}: declared 'image/png' but the "
                           "content looks like application/pdf\n"), bad.stderr
     assert "Traceback" not in bad.stderr
 

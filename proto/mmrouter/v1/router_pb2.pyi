@@ -435,18 +435,36 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., outputs: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., context_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., input_mime_types: _Optional[_Iterable[str]] = ..., max_audio_seconds: _Optional[float] = ...) -> None: ...
 
 class ProviderInfo(_message.Message):
-    __slots__ = ("name", "plugin", "state", "reason", "models")
+    __slots__ = ("name", "plugin", "state", "reason", "models", "health")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     name: str
     plugin: str
     state: ProviderState
     reason: str
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, name: _Optional[str] = ..., plugin: _Optional[str] = ..., state: _Optional[_Union[ProviderState, str]] = ..., reason: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    health: ProviderHealth
+    def __init__(self, name: _Optional[str] = ..., plugin: _Optional[str] = ..., state: _Optional[_Union[ProviderState, str]] = ..., reason: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., health: _Optional[_Union[ProviderHealth, _Mapping]] = ...) -> None: ...
+
+class ProviderHealth(_message.Message):
+    __slots__ = ("window_seconds", "succeeded_calls", "failed_calls", "last_failure_unix_seconds", "last_failure_reason", "last_failure_message")
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    window_seconds: int
+    succeeded_calls: int
+    failed_calls: int
+    last_failure_unix_seconds: float
+    last_failure_reason: str
+    last_failure_message: str
+    def __init__(self, window_seconds: _Optional[int] = ..., succeeded_calls: _Optional[int] = ..., failed_calls: _Optional[int] = ..., last_failure_unix_seconds: _Optional[float] = ..., last_failure_reason: _Optional[str] = ..., last_failure_message: _Optional[str] = ...) -> None: ...
 
 class ListProvidersRequest(_message.Message):
     __slots__ = ()

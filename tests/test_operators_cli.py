@@ -1,0 +1,72 @@
+"""What the CLI prints, seen by an operator: a refused file named as given, no empty line left by the
+upload progress bar when stderr is no terminal, prune's summary within 80 columns, and no empty
+``transcript`` header for a silent video.
+
+The real CLI (tests/test_cli.py's ``Cli``) against the real daemon (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from media_factory import mp4
+from test_cli import CONFIG, Cli, make_png, ok
+
+
+def test_a_refused_file_is_named_as_the_user_gave_it_not_by_its_field_path(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(CONFIG)
+    good = make_png(tmp_path / "good.png", (1, 2, 3))
+    fake = tmp_path / "photo.png"
+    fake.write_bytes(b"%PDF-1.4 not a picture at all")
+    # with a system message first and a good image before it, the bad one is messages[1].parts[1]
+    asked = Cli("ask", "what is it", "--system", "be brief", "--image", good, "--image", fake,
+                "--address", daemon.address).result()
+    explained = Cli("explain", "what is it", "--image", fake, "--address", daemon.address).result()
+    for result in asked, explained:
+        assert result.returncode == 1
+        assert result.stderr == (f"INVALID_ARGUMENT: --image {fake}: declared 'image/png' but the content looks "
+                                 "like application/pdf\n"), result.stderr
+
+
+def test_an_upload_to_a_stderr_that_is_no_terminal_leaves_no_empty_line(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(CONFIG)
+    png = make_png(tmp_path / "p.png", (9, 9, 9))
+    result = ok(Cli("ask", "pic", "--image", png, "--inline-limit", "0", "--address", daemon.address).result())
+    assert result.stdout.startswith("fake/omni says: pic")
+    assert result.stderr.startswith("route: rule media -> fake/omni"), repr(result.stderr)
+    assert "" not in result.stderr.splitlines()
+
+
+def test_prunes_summary_is_broken_into_lines_that_fit_80_columns(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(CONFIG)
+    ok(Cli("ask", "hi", "--address", daemon.address).result())
+    temp = daemon.data_dir / "media" / "tmp" / "tmpcut"  # an upload cut short two hours ago
+    temp.write_bytes(b"x" * 3 * 2**20)
+    os.utime(temp, (time.time() - 7200, time.time() - 7200))
+    assert daemon.stop() == 0
+
+    result = ok(Cli("prune", "--older-than", "0", "--dry-run", "--data-dir", daemon.data_dir,
+                    env={"COLUMNS": "80"}).result())
+    assert result.stdout.splitlines() == [
+        "would remove 0 session(s), 1 statistics row(s) and",
+        "0 media file(s) (0.0 MiB),",
+        "1 temp file(s) of interrupted uploads (3.0 MiB);",
+        "0 media kept for sessions",
+    ]
+
+
+SILENT = """
+routes:
+  - name: all
+    use: local/extract
+"""
+
+
+def test_a_silent_videos_answer_has_no_empty_transcript_header(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(SILENT, plugins=())
+    video = tmp_path / "silent.mp4"
+    video.write_bytes(mp4())
+    result = ok(Cli("ask", "what is shown?", "--video", video, "--address", daemon.address).result(timeout=120))
+    assert result.stderr.startswith("route: rule all -> local/extract"), result.stderr
+    assert "transcript" not in result.stderr.splitlines()

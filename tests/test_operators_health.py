@@ -1,0 +1,145 @@
+"""A provider that is ready (configured) but whose every call fails shows it in ListProviders and in
+`mmrouter providers`: its calls of the last minutes, failed and succeeded, and its last failure's
+time, reason and message, with the key masked.
+
+The daemon runs for real (tests/conftest.py) against the fake OpenAI and Anthropic servers
+(tests/fakes), which the official SDKs call; the OpenAI key has been revoked: the fake answers
+every call with 401, quoting the key.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from grpc_helpers import providers_by_name, text_request
+from mmrouter.v1 import router_pb2 as pb
+from test_cli import Cli, ok
+
+from router.health import HEALTH_MINUTES, Failure, ProviderHealth
+from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.openai import FakeOpenAI
+
+REVOKED = "sk-REVOKED-key-111111111111"
+
+FALLBACK = """
+providers:
+  openai: {{api_key: "${{OPENAI_TEST_KEY}}", base_url: "{openai}", timeout: 20}}
+  anthropic: {{api_key: "${{ANTHROPIC_TEST_KEY}}", base_url: "{anthropic}", timeout: 20}}
+routes:
+  - name: main
+    use: openai/gpt-4o
+    fallback: [anthropic/claude-sonnet-4-6]
+"""
+
+
+@pytest.fixture
+def upstreams():
+    servers = FakeOpenAI().start(), FakeAnthropic().start()
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_a_ready_provider_whose_calls_fail_shows_its_failures_in_list_providers_and_the_cli(
+        start_daemon, upstreams) -> None:
+    openai, anthropic = upstreams
+    daemon = start_daemon(FALLBACK.format(openai=openai.base_url, anthropic=anthropic.url), plugins=(),
+                          env={"OPENAI_TEST_KEY": REVOKED, "ANTHROPIC_TEST_KEY": ANTHROPIC_KEY})
+    untouched = providers_by_name(daemon.stub)
+    assert untouched["openai"].state == pb.PROVIDER_STATE_READY
+    assert not untouched["openai"].HasField("health"), "a provider never called has no health yet"
+
+    before = time.time()
+    for _ in range(3):  # the fallback answers: the client sees nothing wrong
+        answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30).answer
+        assert answer.route.provider == "anthropic"
+    after = time.time()
+    assert len(openai.requests) == 3
+
+    listed = providers_by_name(daemon.stub)
+    failing = listed["openai"]
+    assert failing.state == pb.PROVIDER_STATE_READY  # configured: ready, yet...
+    health = failing.health
+    assert (health.window_seconds, health.succeeded_calls, health.failed_calls) == (HEALTH_MINUTES * 60, 0, 3)
+    assert before <= health.last_failure_unix_seconds <= after
+    assert health.last_failure_reason == "PROVIDER_AUTH"
+    assert health.last_failure_message.startswith("openai: authentication failed (HTTP 401)")
+    assert REVOKED not in str(listed)
+    working = listed["anthropic"].health
+    assert (working.succeeded_calls, working.failed_calls) == (3, 0)
+    assert not working.last_failure_reason and not working.last_failure_unix_seconds
+    assert not listed["gemini"].HasField("health")
+
+    shown = ok(Cli("providers", "--address", daemon.address, env={"COLUMNS": "400"}).result()).stdout
+    assert REVOKED not in shown
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("│").split("│")]
+                                          for line in shown.splitlines() if line.startswith("│"))}
+    assert rows["openai"][2:] == ["ready", rows["openai"][3], "", "0 ok, 3 failed"]
+    assert rows["anthropic"][-1] == "3 ok, 0 failed"
+    assert rows["gemini"][-1] == ""
+    [failure] = [line for line in shown.splitlines() if line.startswith("last failure of ")]
+    assert failure.startswith("last failure of openai, ")
+    assert " s ago: PROVIDER_AUTH: openai: authentication failed (HTTP 401)" in failure
+
+    # at 80 columns names and states stay whole, the failure wraps as a sentence
+    narrow = ok(Cli("providers", "--address", daemon.address, env={"COLUMNS": "80"}).result()).stdout
+    assert REVOKED not in narrow
+    cells = [[c.strip() for c in line.split("│")[1:4:2]] for line in narrow.splitlines() if line.startswith("│")]
+    assert ["openai", "ready"] in cells
+    assert all(len(line) <= 80 for line in narrow.splitlines())
+    assert "last failure of openai, " in narrow and "PROVIDER_AUTH: openai: authentication failed" in narrow
+
+
+LEAKY_KEY = "sk-fake-leaky-key-2222"
+
+LEAKY = f"""
+providers:
+  fake: {{api_key: "{LEAKY_KEY}"}}
+routes:
+  - name: all
+    use: fake/echo
+    fallback: [fake/docs]
+"""
+
+
+def test_a_failure_message_quoting_the_key_is_shown_masked(start_daemon) -> None:
+    """A careless plugin's error quotes its key (the testkit's ``LEAK``): the last failure's message
+    keeps it masked, in ListProviders and in `mmrouter providers`."""
+    daemon = start_daemon(LEAKY)
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("LEAK@echo")), timeout=30).answer
+    assert answer.route.model == "docs"
+    listed = providers_by_name(daemon.stub)
+    health = listed["fake"].health
+    assert (health.succeeded_calls, health.failed_calls) == (1, 1)
+    assert health.last_failure_reason == "PROVIDER_FAILED"
+    assert health.last_failure_message == "fake: the plugin failed: RuntimeError: upstream refused key ***"
+    assert LEAKY_KEY not in str(listed)
+    shown = ok(Cli("providers", "--address", daemon.address, env={"COLUMNS": "400"}).result()).stdout
+    assert "upstream refused key ***" in shown and LEAKY_KEY not in shown
+
+
+def test_health_counts_only_the_last_minutes_and_keeps_the_last_failure() -> None:
+    """The ring of minute buckets: calls older than the window leave the counts, the last failure stays,
+    and memory does not grow with the calls."""
+    now = [1_000_000.0]
+    health = ProviderHealth(clock=lambda: now[0])
+    assert health.of("openai") is None
+    health.failed("openai", Failure(100.0, "PROVIDER_AUTH", "x" * 10_000))
+    health.succeeded("openai")
+    now[0] += 60 * (HEALTH_MINUTES - 1)  # the first minute is still in the window
+    for _ in range(1000):
+        health.succeeded("openai")
+    recent = health.of("openai")
+    assert (recent.succeeded, recent.failed) == (1001, 1)
+    assert recent.last_failure.reason == "PROVIDER_AUTH" and len(recent.last_failure.message) == 500
+    now[0] += 60  # the first minute has left the window
+    recent = health.of("openai")
+    assert (recent.succeeded, recent.failed) == (1000, 0)
+    assert recent.last_failure.at == 100.0
+    now[0] += 60 * HEALTH_MINUTES
+    recent = health.of("openai")
+    assert (recent.succeeded, recent.failed) == (0, 0) and recent.last_failure is not None
+    ring = health._rings["openai"]
+    assert len(ring.minutes) == len(ring.succeeded) == len(ring.failed) == HEALTH_MINUTES
