@@ -632,10 +632,10 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections: {','.join(SECTIONS)}")
     parser.add_argument("--reps", type=int, help="repetitions per figure (default 3; --quick 1)")
     parser.add_argument("--seconds", type=float, help="measured seconds per run (default 4; --quick 1.5)")
-    parser.add_argument("--openai", default="http_client: aiohttp",
+    parser.add_argument("--openai", default="",
                         help="extra providers.openai settings (YAML flow-mapping items) for the routers under test;"
-                             " default %(default)r, the plugin's fast transport; '' or 'http_client: httpx' for the"
-                             " SDK's default transport")
+                             " default none (the plugin's default transport, aiohttp); 'http_client: httpx' for the"
+                             " SDK's own default transport")
     parser.add_argument("--whatif", default="", help="measure candidate router/ changes monkeypatched in by"
                                                      " bench/whatif.py, e.g. sync_normal,quiet_http_logs")
     parser.add_argument("--json", type=Path, help="also write the raw results here")

@@ -27,6 +27,7 @@ providers:
     api_key: "${{OPENAI_TEST_KEY}}"
     base_url: "{url}"
     timeout: {timeout}
+    http_client: {transport}
     prices:
       gpt-4o-mini: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
 routes:
@@ -90,13 +91,21 @@ def fake():
         yield upstream
 
 
-def start(start_daemon, fake: FakeOpenAI, *, key: str = API_KEY, timeout: float = 10):
-    return start_daemon(CONFIG.format(url=fake.base_url, timeout=timeout), env={"OPENAI_TEST_KEY": key})
+def start(start_daemon, fake: FakeOpenAI, *, key: str = API_KEY, timeout: float = 10, transport: str = ""):
+    """A daemon whose openai provider calls ``fake``; ``transport`` is its http_client ("": the default)."""
+    return start_daemon(CONFIG.format(url=fake.base_url, timeout=timeout, transport=transport),
+                        env={"OPENAI_TEST_KEY": key})
 
 
 @pytest.fixture
 def daemon(start_daemon, fake):
     return start(start_daemon, fake)
+
+
+@pytest.fixture(params=["aiohttp", "httpx"])
+def each_transport(request, start_daemon, fake):
+    """A daemon with each of the SDK transports the plugin offers (aiohttp is the default)."""
+    return start(start_daemon, fake, transport=request.param)
 
 
 def test_images_and_text_through_generate(daemon, fake):
@@ -121,7 +130,8 @@ def test_images_and_text_through_generate(daemon, fake):
     assert answer.usage.cost_usd == pytest.approx(1234 * 2.50 / 1e6 + 56 * 10.00 / 1e6)
 
 
-def test_stream_generate_delivers_deltas_then_usage_and_done(daemon, fake):
+def test_stream_generate_delivers_deltas_then_usage_and_done(each_transport, fake):
+    daemon = each_transport
     events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(
         request=ask(text_part("Say hello"), tags=("cheap",))), timeout=30))
     kinds = [e.WhichOneof("event") for e in events]
@@ -168,7 +178,8 @@ def test_session_history_reaches_the_model(daemon, fake):
         ("user", "What is my name?")]
 
 
-def test_whisper_transcription_with_segments_and_cost(daemon, fake):
+def test_whisper_transcription_with_segments_and_cost(each_transport, fake):
+    daemon = each_transport
     clip = wav_bytes()
     answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(audio_part(clip, "standup.wav"))),
                                   timeout=30).answer
@@ -345,7 +356,8 @@ ERRORS = [
 ]
 
 
-def test_http_errors_map_to_grpc_statuses(daemon, fake):
+def test_http_errors_map_to_grpc_statuses(each_transport, fake):
+    daemon = each_transport
     for status, headers, code, reason in ERRORS:
         fake.fail_next(status, error_body(f"upstream failure {status}"), headers)
         with pytest.raises(grpc.RpcError) as info:
@@ -393,8 +405,9 @@ def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
     assert secret not in everything and secret[:15] not in everything
 
 
-def test_upstream_timeout_is_unavailable(start_daemon, fake):
-    daemon = start(start_daemon, fake, timeout=0.5)
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_upstream_timeout_is_unavailable(start_daemon, fake, transport):
+    daemon = start(start_daemon, fake, timeout=0.5, transport=transport)
     fake.chunk_delay = 3.0
     with pytest.raises(grpc.RpcError) as info:
         daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
@@ -479,7 +492,7 @@ default: openai/gpt-4o
 def test_a_stream_cut_before_any_text_falls_back(start_daemon, fake):
     """The server dies before answering and its body just ends (delimited by connection close): no
     [DONE], so the call failed and the fallback answers, not an empty Done with 0 tokens."""
-    config = CONFIG.format(url=fake.base_url, timeout=10).replace(
+    config = CONFIG.format(url=fake.base_url, timeout=10, transport="").replace(
         "default: openai/gpt-4o", "  - name: sturdy\n    match: {tags: [sturdy]}\n    use: openai/gpt-4o\n"
                                   "    fallback: [openai/gpt-4o-mini]\ndefault: openai/gpt-4o")
     daemon = start_daemon(config, env={"OPENAI_TEST_KEY": API_KEY})
@@ -542,7 +555,7 @@ def test_audio_chat_to_gpt_audio_mini_through_the_daemon(start_daemon, fake):
     per Mtok of text, 10 of audio input)."""
     config = CONFIG.replace("openai/gpt-audio\n", "openai/gpt-audio-mini\n")
     assert config != CONFIG
-    daemon = start_daemon(config.format(url=fake.base_url, timeout=10), env={"OPENAI_TEST_KEY": API_KEY})
+    daemon = start_daemon(config.format(url=fake.base_url, timeout=10, transport=""), env={"OPENAI_TEST_KEY": API_KEY})
     fake.usage = {"prompt_tokens": 1000, "completion_tokens": 20, "total_tokens": 1020,
                   "prompt_tokens_details": {"audio_tokens": 800, "cached_tokens": 0}}
     answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(

@@ -17,7 +17,7 @@ import grpc
 import mmrouter_openai
 import pytest
 from mmrouter_openai import OpenAIProvider
-from mmrouter_openai.settings import NO_KEY_PLACEHOLDER
+from mmrouter_openai.settings import NO_KEY_PLACEHOLDER, OpenAISettings
 from PIL import Image
 
 from router import (
@@ -738,11 +738,14 @@ async def test_call_deadline_shortens_the_timeout(fake: FakeOpenAI, provider: Op
     assert time.monotonic() - started < 5
 
 
-async def test_connection_refused_is_unavailable() -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_connection_refused_is_unavailable(transport) -> None:
+    """Not "timed out": the SDK's aiohttp transport reports a refused connection as a connect timeout."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{port}/v1", "timeout": 5})
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{port}/v1", "timeout": 5,
+                        "http_client": transport})
     try:
         with pytest.raises(ProviderUnavailable, match="cannot reach") as info:
             await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
@@ -870,3 +873,11 @@ async def test_audio_chat_with_gpt_audio_mini(fake: FakeOpenAI, provider: OpenAI
     events = await collect(provider, request, model)
     assert any(isinstance(e, TextDelta) for e in events)
     assert fake.chat_requests()[0]["model"] == "gpt-audio-mini"
+
+
+def test_the_aiohttp_transport_is_the_default_but_a_url_with_credentials_uses_httpx() -> None:
+    """aiohttp refuses credentials in the URL beside the bearer token, so that URL gets httpx."""
+    assert OpenAISettings.load("openai", {"api_key": API_KEY}).transport == "aiohttp"
+    assert OpenAISettings.load("openai", {"api_key": API_KEY, "http_client": "httpx"}).transport == "httpx"
+    with_password = {"api_key": API_KEY, "base_url": "http://svc:pw@127.0.0.1:9/v1"}
+    assert OpenAISettings.load("openai", with_password).transport == "httpx"

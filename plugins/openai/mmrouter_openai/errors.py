@@ -78,17 +78,30 @@ def retry_after_seconds(headers: Any) -> float | None:
     return parse_retry_after(headers.get("retry-after"))
 
 
+def _aiohttp_connection_error(exc: BaseException) -> BaseException | None:
+    """The aiohttp error behind an SDK timeout error when it is no timeout: the SDK's aiohttp transport
+    turns every ``aiohttp.ClientConnectionError`` (connection refused, server disconnected) into a
+    connect timeout, which would tell the operator to look at timeouts instead of the server."""
+    cause, depth = exc.__cause__, 0
+    while cause is not None and depth < 8:
+        if type(cause).__module__.startswith("aiohttp") and not isinstance(cause, TimeoutError):
+            return cause
+        cause, depth = cause.__cause__, depth + 1
+    return None
+
+
 def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, api_key: str,
               timeout: float | None = None) -> ProviderError:
     """The router error for an exception raised by the SDK during a call to ``model``."""
     import openai
 
     base_url = shown_url(base_url)
-    if isinstance(exc, openai.APITimeoutError):
+    refused = _aiohttp_connection_error(exc) if isinstance(exc, openai.APITimeoutError) else None
+    if isinstance(exc, openai.APITimeoutError) and refused is None:
         after = f" after {timeout:g}s" if timeout else ""
         return ProviderUnavailable(provider, f"request to {model} timed out{after} ({base_url})")
     if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc
+        cause = refused or exc.__cause__ or exc
         detail = scrub(f"{type(cause).__name__}: {cause}", api_key)
         return ProviderUnavailable(provider, f"cannot reach {base_url}: {detail}")
     if isinstance(exc, openai.APIStatusError):

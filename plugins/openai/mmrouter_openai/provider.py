@@ -54,7 +54,7 @@ class OpenAIProvider(router.Provider):
 
             s = self.settings
             http_client = None
-            if s.http_client == "aiohttp":
+            if s.transport == "aiohttp":
                 from openai import DefaultAioHttpClient  # needs the aiohttp package
 
                 http_client = DefaultAioHttpClient(timeout=s.timeout)

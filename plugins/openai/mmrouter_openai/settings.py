@@ -11,7 +11,7 @@ Keys (all optional)::
         timeout: 60                    # seconds per HTTP request (default 600)
         max_retries: 0                 # SDK retries; the router does fallbacks (default 0)
         legacy_max_tokens: false       # send max_tokens instead of max_completion_tokens
-        http_client: httpx             # or aiohttp: the SDK's DefaultAioHttpClient transport (faster)
+        http_client: aiohttp           # the SDK's DefaultAioHttpClient transport (default), or httpx
         builtin_models: true           # offer the built-in OpenAI catalogue
         models: [...]                  # extra models, see mmrouter_openai.models
 
@@ -57,7 +57,9 @@ class OpenAISettings(ProviderSettings):
     max_retries: int = Field(0, ge=0, description="SDK retries; the router does fallbacks")
     legacy_max_tokens: bool = Field(False, description="send max_tokens instead of max_completion_tokens")
     builtin_models: bool = Field(True, description="offer the built-in OpenAI catalogue")
-    http_client: Literal["httpx", "aiohttp"] = Field("httpx", description="the SDK's HTTP transport")
+    http_client: Literal["httpx", "aiohttp"] = Field(
+        "aiohttp", description="the SDK's HTTP transport: aiohttp (DefaultAioHttpClient, less than half the CPU "
+        "per call) or httpx (the SDK's own default); a base_url with credentials always uses httpx")
     models: list[dict[str, Any]] = Field(default_factory=list, description="extra models, see mmrouter_openai.models")
 
 
@@ -75,6 +77,14 @@ class OpenAISettings(ProviderSettings):
     def effective_base_url(self) -> str:
         """The URL requests go to."""
         return self.base_url or OPENAI_BASE_URL
+
+    @property
+    def transport(self) -> Literal["httpx", "aiohttp"]:
+        """The HTTP transport the SDK client uses: ``http_client``, but httpx for a base URL with
+        credentials (``https://user:pass@host/v1``), which aiohttp refuses beside the bearer token."""
+        if self.http_client == "aiohttp" and "@" in urlsplit(self.effective_base_url).netloc:
+            return "httpx"
+        return self.http_client
 
     @property
     def is_openai(self) -> bool:
