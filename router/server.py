@@ -11,6 +11,7 @@ takes the daemon down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import functools
@@ -795,6 +796,21 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
+def warn_if_open_to_others(data_dir: Path) -> None:
+    """Warn when the data directory, its media or its sessions database can be read or entered by
+    other local users: the daemon's umask 077 covers what it creates, not what an older version or an
+    operator's umask made before."""
+    open_ = []
+    for path in (data_dir, data_dir / "media", data_dir / "sessions.sqlite"):
+        with contextlib.suppress(OSError):
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                open_.append(f"{path} ({mode:04o})")
+    if open_:
+        log.warning("other local users may read the conversations and media: %s; if not meant, run "
+                    "chmod -R go-rwx %s", ", ".join(open_), data_dir)
+
+
 async def serve(config: Config, *, ready_file: Path | None = None, config_path: Path | None = None,
                 extra_plugins: Mapping[str, object] | None = None,
                 server_overrides: Mapping[str, Any] | None = None) -> None:
@@ -815,6 +831,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     # local users may not read it, whatever the operator's umask (022 made sessions.sqlite readable)
     os.umask(0o077)
     data_lock = lock_data_dir(Path(config.server.data_dir).expanduser())
+    warn_if_open_to_others(Path(config.server.data_dir).expanduser())
     app = App(config, extra_plugins=extra_plugins)
     problems = missing_models(config, app.registry)
     if problems:  # refused as by `config check`: routing would skip these targets on every request, unsaid

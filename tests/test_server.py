@@ -673,6 +673,22 @@ def test_what_the_daemon_writes_is_its_own_to_read(start_daemon, tmp_path) -> No
     assert any(p.name == "sessions.sqlite" for p in written)
     readable = [p for p in written if stat.S_IMODE(p.stat().st_mode) & 0o077]
     assert readable == [], [(str(p), oct(p.stat().st_mode)) for p in readable]
+    assert "other local users may read" not in daemon.logs()
+
+
+def test_a_data_dir_other_users_can_read_is_warned_of_at_start(start_daemon, tmp_path) -> None:
+    """The umask covers what the daemon creates: a data directory an older version (or the operator's
+    umask 022) made readable stays so, and the operator is told how to close it."""
+    data = tmp_path / "data"
+    (data / "media").mkdir(parents=True)
+    data.chmod(0o755)
+    (data / "media").chmod(0o755)
+    daemon = start_daemon("providers: {fake: {api_key: k}}\ndefault: fake/echo\n", data_dir=data)
+    generate(daemon, text_request("hello"))
+    logs = daemon.logs()
+    assert "other local users may read the conversations and media" in logs
+    assert f"{data} (0755)" in logs and f"{data / 'media'} (0755)" in logs
+    assert f"chmod -R go-rwx {data}" in logs
 
 
 @pytest.mark.parametrize("quiet_after", [0, 2], ids=["before-the-metadata", "after-a-chunk"])
