@@ -34,9 +34,17 @@ CREATE TABLE IF NOT EXISTS bridged (key TEXT PRIMARY KEY, text TEXT NOT NULL, tr
 CREATE TABLE IF NOT EXISTS calls (
     at REAL NOT NULL, rule TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, purpose TEXT NOT NULL,
     latency_ms REAL NOT NULL, cost_usd REAL NOT NULL, input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL, audio_seconds REAL NOT NULL, tags TEXT
+    output_tokens INTEGER NOT NULL, audio_seconds REAL NOT NULL
 );
+-- the request tags of a calls row (its rowid): a table of their own, so that the calls table keeps the
+-- columns older versions insert (a daemon not yet restarted after an upgrade, a rollback)
+CREATE TABLE IF NOT EXISTS call_tags (call INTEGER NOT NULL, tag TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS call_tags_of_call ON call_tags (call);
 """
+
+#: A statistics row, in the columns every version has written (see call_tags).
+_INSERT_CALL = ("INSERT INTO calls (at, rule, provider, model, purpose, latency_ms, cost_usd, input_tokens,"
+                " output_tokens, audio_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +102,6 @@ class SessionStore:
         self._db.executescript(_SCHEMA)
         self._add_turn_times()
         self._add_bridged_transcripts()
-        self._add_call_tags()
 
     def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
         """Start ``fn(*args)`` on the store's thread, after the jobs asked before."""
@@ -121,13 +128,6 @@ class SessionStore:
         if "transcript" not in columns:
             with self._writing():
                 self._db.execute("ALTER TABLE bridged ADD COLUMN transcript TEXT")
-
-    def _add_call_tags(self) -> None:
-        """Statistics rows from before they kept their request's tags get the column (NULL: no tags)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
-        if "tags" not in columns:
-            with self._writing():
-                self._db.execute("ALTER TABLE calls ADD COLUMN tags TEXT")
 
     def history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
         """The session's messages, oldest first (empty for a new session)."""
@@ -271,8 +271,11 @@ class SessionStore:
             sessions += len(still)
         while True:
             with self._writing():
-                removed = self._db.execute("DELETE FROM calls WHERE rowid IN (SELECT rowid FROM calls WHERE at < ?"
-                                           " LIMIT ?)", (before, PRUNE_BATCH)).rowcount
+                ids = [(row[0],) for row in self._db.execute("SELECT rowid FROM calls WHERE at < ? LIMIT ?",
+                                                              (before, PRUNE_BATCH))]
+                # their tags first: a calls rowid may be given again once the newest rows are gone
+                self._db.executemany("DELETE FROM call_tags WHERE call = ?", ids)
+                removed = self._db.executemany("DELETE FROM calls WHERE rowid = ?", ids).rowcount
             calls += removed
             if removed < PRUNE_BATCH:
                 break
@@ -308,11 +311,10 @@ class SessionStore:
         route = answer.route
         now = time.time()
         steps = [*route.steps, *unpaid_failures(route)]
-        unique = sorted(set(tags))
-        kept_tags = json.dumps(unique) if unique else None
+        unique = tuple(sorted(set(tags)))
         self._pending_calls.extend(
             (now, route.rule, s.provider, s.model, s.purpose, s.latency_ms, s.usage.cost_usd,
-             s.usage.input_tokens, s.usage.output_tokens, s.usage.audio_seconds, kept_tags) for s in steps)
+             s.usage.input_tokens, s.usage.output_tokens, s.usage.audio_seconds, unique) for s in steps)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (a script using the store): write now
@@ -338,11 +340,16 @@ class SessionStore:
         return rows
 
     def _write_calls(self, rows: list[tuple]) -> None:
-        if rows:
-            with self._writing():
-                self._db.executemany(
-                    "INSERT INTO calls (at, rule, provider, model, purpose, latency_ms, cost_usd, input_tokens,"
-                    " output_tokens, audio_seconds, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        """Insert statistics rows (each ends with its request's tags) in one transaction."""
+        if not rows:
+            return
+        with self._writing():
+            untagged = [row[:-1] for row in rows if not row[-1]]
+            if untagged:
+                self._db.executemany(_INSERT_CALL, untagged)
+            for *row, tags in (row for row in rows if row[-1]):
+                call = self._db.execute(_INSERT_CALL, row).lastrowid
+                self._db.executemany("INSERT INTO call_tags (call, tag) VALUES (?, ?)", [(call, t) for t in tags])
 
     def flush(self) -> None:
         """Write the statistics rows that wait (here and now: not on an event loop)."""
@@ -357,13 +364,13 @@ class SessionStore:
         to more than the total), and one with none under the tag ``None`` (rows recorded before tags
         were kept too)."""
         self.flush()
-        group = "t.value" if by_tag else "rule"
-        tagged = ("t.value = ?" if by_tag
-                  else "EXISTS (SELECT 1 FROM json_each(calls.tags) WHERE json_each.value = ?)")
+        group = "t.tag" if by_tag else "rule"
+        tagged = ("t.tag = ?" if by_tag
+                  else "EXISTS (SELECT 1 FROM call_tags WHERE call_tags.call = calls.rowid AND call_tags.tag = ?)")
         rows = self._db.execute(
             f"SELECT {group}, provider, model, purpose, COUNT(*), AVG(latency_ms), MAX(latency_ms), SUM(cost_usd),"
             " SUM(input_tokens), SUM(output_tokens), SUM(audio_seconds) FROM calls"
-            + (" LEFT JOIN json_each(calls.tags) AS t" if by_tag else "")
+            + (" LEFT JOIN call_tags AS t ON t.call = calls.rowid" if by_tag else "")
             + " WHERE at >= ?" + (f" AND {tagged}" if tag is not None else "")
             + f" GROUP BY {group}, provider, model, purpose ORDER BY {group} IS NULL, {group}, provider, model",
             (since,) if tag is None else (since, tag),

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from urllib.parse import urlsplit
 
@@ -122,6 +122,10 @@ def url_problem(url: str) -> str:
 #: The most bytes of media one request may refer to by default: as much as one upload may hold
 #: (``server.max_upload_bytes``' default), so any single upload stays usable.
 MAX_REQUEST_MEDIA_BYTES = 64 * 1024**3
+#: The most routing tags a request may carry, and the longest tag: each is kept with the request's
+#: statistics rows.
+MAX_TAGS = 32
+MAX_TAG_CHARS = 128
 
 
 class Limits:
@@ -199,6 +203,7 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
         problems.append(FieldViolation("request.options.max_output_tokens", "cannot be negative"))
     if options.HasField("temperature") and not 0 <= options.temperature <= 2:
         problems.append(FieldViolation("request.options.temperature", "must be between 0 and 2"))
+    problems += _tag_problems(msg.hints.tags)
     request = Request(
         messages=messages,
         options=Options(
@@ -220,6 +225,14 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
                              violations=problems)
     _check_media_bytes(request, limits.media_bytes)
     return request
+
+
+def _tag_problems(tags: Sequence[str]) -> list[FieldViolation]:
+    """What is wrong with a request's tags: each is kept with its statistics rows (``stats --by tag``)."""
+    if len(tags) > MAX_TAGS:
+        return [FieldViolation("request.hints.tags", f"{len(tags)} tags; at most {MAX_TAGS}")]
+    return [FieldViolation(f"request.hints.tags[{i}]", "empty" if not tag else f"longer than {MAX_TAG_CHARS} characters")
+            for i, tag in enumerate(tags) if not tag or len(tag) > MAX_TAG_CHARS]
 
 
 # -- answers ---------------------------------------------------------------------------------

@@ -107,3 +107,17 @@ def test_stats_by_tag_and_for_one_tag_on_a_database_of_the_old_schema(start_daem
     ok(Cli("ask", "six", "--tag", "team-a", "--address", restarted.address).result())
     assert restarted.stop() == 0
     assert {r["tag"]: r["calls"] for r in stats(data_dir, "--by", "tag")}["team-a"] == 3
+
+    # a daemon of the older version, not yet restarted after the upgrade, still writes its rows
+    db = sqlite3.connect(data_dir / "sessions.sqlite")
+    with db:
+        db.execute("INSERT INTO calls VALUES (?, 'chat', 'fake', 'echo', 'answer', 1.0, 0.25, 1, 1, 0)", (time.time(),))
+    db.close()
+    assert {r["tag"]: r["calls"] for r in stats(data_dir, "--by", "tag")}[None] == 3
+
+    # prune takes the tags with their rows: none is left to be given to a later row of the same rowid
+    ok(Cli("prune", "--older-than", "0", "--data-dir", data_dir).result())
+    db = sqlite3.connect(data_dir / "sessions.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM call_tags").fetchone()[0] == 0
+    db.close()

@@ -169,9 +169,16 @@ WAV = b"RIFF\0\0\0\0WAVEfmt " + b"\0" * 64
         # a field of the proto, not its oneof ("source"), which descriptors do not list as a field
         (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png")]),
          grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0].media"),
+        # tags are kept with every statistics row: bounded, and none empty (a blank group in stats --by tag)
+        (text_request("x", hints=pb.RoutingHints(tags=[f"t{i}" for i in range(33)])),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.hints.tags"),
+        (text_request("x", hints=pb.RoutingHints(tags=["team-a", ""])),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.hints.tags[1]"),
+        (text_request("x", hints=pb.RoutingHints(tags=["t" * 129])),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.hints.tags[0]"),
     ],
     ids=["empty", "empty-part", "blank-text", "mime-vs-bytes", "mime-vs-modality", "no-modality", "oversize",
-         "url-not-allowed", "bad-temperature", "no-source"],
+         "url-not-allowed", "bad-temperature", "no-source", "too-many-tags", "empty-tag", "long-tag"],
 )
 def test_bad_requests_get_invalid_argument_with_field_violations(daemon, request_, code, reason, field) -> None:
     details = error_details(failure(lambda: generate(daemon, request_)))

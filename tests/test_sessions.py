@@ -270,7 +270,7 @@ def test_each_write_is_one_transaction(tmp_path) -> None:
     store.append("s1", [Message(Role.USER, [Part(text="q")]), Message(Role.ASSISTANT, [Part(text="a")])],
                  lambda media: "")
     for _ in range(3):
-        store._pending_calls.append((0.0, "r", "p", "m", "answer", 1.0, 0.0, 1, 1, 0.0, None))
+        store._pending_calls.append((0.0, "r", "p", "m", "answer", 1.0, 0.0, 1, 1, 0.0, ()))
     store.flush()
     writes = [s.split()[0] for s in statements if s.split()[0] in ("BEGIN", "INSERT", "COMMIT")]
     assert writes == ["BEGIN", "INSERT", "INSERT", "COMMIT", "BEGIN", "INSERT", "INSERT", "INSERT", "COMMIT"]
