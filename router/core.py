@@ -25,7 +25,7 @@ from . import routing
 from .config import Config, unknown_models
 from .dispatch import HistoryCuts, RouterEvent, execute
 from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownSession
-from .health import Failure, ProviderHealth
+from .health import Failure, ProviderHealth, shown_to_clients
 from .invoke import FailedAttempt
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
@@ -374,7 +374,8 @@ class App:
                     self.health.succeeded(attempt.provider)
                 elif isinstance(attempt, FailedAttempt):  # not a cancelled call: no fault of the provider's
                     self.health.failed(attempt.provider,
-                                       Failure(attempt.at, attempt.reason, self.redact(attempt.error)))
+                                       Failure(attempt.at, attempt.reason,
+                                               shown_to_clients(self.redact(attempt.error))))
         except Exception:
             log.exception("recording the providers' recent health failed")
         try:

@@ -4,6 +4,7 @@ fallback hides)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,24 @@ from dataclasses import dataclass
 HEALTH_MINUTES = 5
 #: The longest failure message :class:`ProviderHealth` keeps (a provider may send a whole HTML page).
 HEALTH_MESSAGE_CHARS = 500
+
+
+_URL = re.compile(r"\b([a-z][a-z0-9+.-]*://[^/\s'\"?#]+)[^\s'\"]*", re.IGNORECASE)
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+
+
+def shown_to_clients(message: str) -> str:
+    """``message`` (secrets already masked) as any client may see it in ``ListProviders``: URLs cut to
+    their scheme and host, quoted text left out. A provider's error may quote what another client sent
+    (a file name, a signed media URL); the daemon log keeps the message whole."""
+    return _QUOTED.sub("'…'", _URL.sub(_host_only, message))[:HEALTH_MESSAGE_CHARS]
+
+
+def _host_only(url: re.Match[str]) -> str:
+    """A URL matched by :data:`_URL` as its scheme and host, keeping the punctuation that ends a sentence."""
+    host, rest = url.group(1), url.group(0)[len(url.group(1)):]
+    path = rest.rstrip(".,:;)]")
+    return host + ("/…" if path else "") + rest[len(path):]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import pytest
 from grpc_helpers import providers_by_name, text_request
 from mmrouter.v1 import router_pb2 as pb
@@ -19,7 +20,8 @@ from test_cli import Cli, ok
 from router.health import HEALTH_MINUTES, Failure, ProviderHealth
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
 from tests.fakes.anthropic import FakeAnthropic
-from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai import API_KEY as OPENAI_KEY
+from tests.fakes.openai import FakeOpenAI, error_body
 
 REVOKED = "sk-REVOKED-key-111111111111"
 
@@ -118,6 +120,21 @@ def test_a_failure_message_quoting_the_key_is_shown_masked(start_daemon) -> None
     assert LEAKY_KEY not in str(listed)
     shown = ok(Cli("providers", "--address", daemon.address, env={"COLUMNS": "400"}).result()).stdout
     assert "upstream refused key ***" in shown and LEAKY_KEY not in shown
+
+
+def test_the_last_failure_leaves_out_what_another_client_sent(start_daemon, upstreams) -> None:
+    """Any client may list the providers: a provider's error quoting a file name or a signed URL of the
+    request that failed is shown without them (the daemon log has the message whole)."""
+    openai, anthropic = upstreams
+    daemon = start_daemon(FALLBACK.format(openai=openai.base_url, anthropic=anthropic.url), plugins=(),
+                          env={"OPENAI_TEST_KEY": OPENAI_KEY, "ANTHROPIC_TEST_KEY": ANTHROPIC_KEY})
+    openai.fail_next(400, error_body("Invalid image 'patient_x_scan.png' fetched from "
+                                     "https://bucket.example/scans/x.png?X-Amz-Signature=SIGNED123."))
+    with pytest.raises(grpc.RpcError):  # a bad request: not tried on the fallback
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
+    failure = providers_by_name(daemon.stub)["openai"].health.last_failure_message
+    assert failure == "openai: HTTP 400 from gpt-4o: Invalid image '…' fetched from https://bucket.example/…."
+    assert "patient_x_scan.png" in daemon.logs() and "SIGNED123" in daemon.logs()
 
 
 def test_health_counts_only_the_last_minutes_and_keeps_the_last_failure() -> None:
