@@ -881,3 +881,69 @@ def test_the_aiohttp_transport_is_the_default_but_a_url_with_credentials_uses_ht
     assert OpenAISettings.load("openai", {"api_key": API_KEY, "http_client": "httpx"}).transport == "httpx"
     with_password = {"api_key": API_KEY, "base_url": "http://svc:pw@127.0.0.1:9/v1"}
     assert OpenAISettings.load("openai", with_password).transport == "httpx"
+
+
+class RawServer:
+    """A TCP server on a free loopback port that answers each connection with ``reply`` (bytes, after
+    reading the request's first bytes), or, with ``reply=None``, accepts and never reads."""
+
+    def __init__(self, reply: bytes | None) -> None:
+        self.reply = reply
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            if self.reply is not None:
+                conn.recv(65536)
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("reply", [
+    b"SSH-2.0-OpenSSH_9.6\r\n",  # a base_url at a port that is not HTTP
+    b"HTTP/1.1 200 OK\r\nset-cookie: " + b"a" * 9000 + b"\r\ncontent-length: 0\r\n\r\n",  # over aiohttp's 8190
+], ids=["not-http", "long-header"])
+async def test_a_malformed_response_is_unavailable_not_a_plugin_failure(transport, reply) -> None:
+    """The SDK's aiohttp transport lets aiohttp's own response errors through unmapped: they were
+    INTERNAL "the plugin failed", with tracebacks."""
+    server = RawServer(reply)
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5,
+                        "http_client": transport})
+    try:
+        with pytest.raises(ProviderUnavailable) as info:
+            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+        server.close()
+    assert API_KEY not in info.value.message
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_an_upload_to_a_server_that_stopped_reading_times_out(transport) -> None:
+    """aiohttp has no write timeout (its read timeout starts once the body is sent): a large request to
+    a server that stopped reading waited for TCP to give up, not for the configured timeout."""
+    server = RawServer(None)
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 1,
+                        "http_client": transport})
+    big = image_bytes() + bytes(24 * 1024 * 1024)  # base64: 32 MB, more than loopback buffers hold
+    try:
+        with pytest.raises(ProviderUnavailable, match="timed out after 1s"):
+            await collect(p, Request([user(text("What is it?"), image(big))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+        server.close()

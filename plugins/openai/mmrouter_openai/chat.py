@@ -33,6 +33,8 @@ from router import (
 from router.mime import normalise_mime
 from router.sniff import animated_gif
 
+from .errors import whole_request_timeout
+
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
@@ -220,8 +222,9 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
 
     # a text-only body is small: a thread hop would cost more than serialising it here
     body = await asyncio.to_thread(request_body, params) if with_media else request_body(params)
-    response = await client.post("/chat/completions", cast_to=httpx2.Response, content=body,
-                                 options={"timeout": timeout}, stream=True)
+    async with whole_request_timeout(timeout, f"{client.base_url}chat/completions"):
+        response = await client.post("/chat/completions", cast_to=httpx2.Response, content=body,
+                                     options={"timeout": timeout}, stream=True)
     usage = Usage()
     finish: FinishReason | None = None
     done = False

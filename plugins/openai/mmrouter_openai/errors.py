@@ -13,6 +13,9 @@ in the error's metadata, for a support ticket.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -88,6 +91,33 @@ def _aiohttp_connection_error(exc: BaseException) -> BaseException | None:
             return cause
         cause, depth = cause.__cause__, depth + 1
     return None
+
+
+def transport_error(exc: BaseException, provider: str, *, base_url: str, api_key: str) -> ProviderError | None:
+    """The router error for an error of the SDK's aiohttp transport that the SDK lets through unmapped
+    (a response header over aiohttp's 8190 bytes, a malformed status line or header, a server that is
+    not HTTP), or None for any other exception. The httpx transport reports these as connection errors."""
+    if not type(exc).__module__.startswith("aiohttp"):
+        return None
+    detail = scrub(f"{type(exc).__name__}: {exc}", api_key)
+    return ProviderUnavailable(provider, f"bad HTTP response from {shown_url(base_url)}: {detail} "
+                                         "(http_client: httpx accepts longer headers)")
+
+
+@contextlib.asynccontextmanager
+async def whole_request_timeout(timeout: float, url: str) -> AsyncIterator[None]:
+    """Bound a request, its body sent and its response's headers received, by ``timeout`` seconds as a
+    whole: the aiohttp transport has no write timeout (its read timeout starts once the body is
+    written), so an upload to a server that stopped reading waited for TCP to give up. Raises the
+    SDK's ``APITimeoutError``, as its own timeouts do."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        import httpx2
+        import openai
+
+        raise openai.APITimeoutError(request=httpx2.Request("POST", url)) from None
 
 
 def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, api_key: str,

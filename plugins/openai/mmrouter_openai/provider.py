@@ -17,7 +17,7 @@ from router import (
 )
 
 from . import chat, transcribe
-from .errors import map_error
+from .errors import map_error, transport_error
 from .models import Entry, catalogue
 from .settings import PLUGIN, OpenAISettings
 
@@ -103,6 +103,11 @@ class OpenAIProvider(router.Provider):
         except openai.OpenAIError as exc:
             raise map_error(exc, self.name, model=model.name, base_url=self.settings.effective_base_url,
                             api_key=self.settings.key, timeout=timeout) from None
+        except Exception as exc:
+            error = transport_error(exc, self.name, base_url=self.settings.effective_base_url, api_key=self.settings.key)
+            if error is None:
+                raise
+            raise error from None
         finally:
             await events.aclose()
 

@@ -34,6 +34,7 @@ from router.language import language_tag
 from router.mime import normalise_mime
 from router.types import mime_suffix
 
+from .errors import whole_request_timeout
 from .models import BUILTIN, TRANSCRIBE_SUFFIXES, Entry
 
 if TYPE_CHECKING:
@@ -218,9 +219,10 @@ async def transcribe_clip(client: AsyncOpenAI, media: Media, params: dict[str, A
             content: Any = stack.enter_context(open(media.path, "rb"))
         else:
             content = media.read_bytes()
-        result = await client.audio.transcriptions.create(
-            file=(upload_name(media), content, normalise_mime(media.mime_type)), timeout=timeout, **params
-        )
+        async with whole_request_timeout(timeout, f"{client.base_url}audio/transcriptions"):
+            result = await client.audio.transcriptions.create(
+                file=(upload_name(media), content, normalise_mime(media.mime_type)), timeout=timeout, **params
+            )
     transcript = to_transcript(result, params["response_format"], language)
     usage = _usage(result, media, price)
     if not transcript.duration_seconds:
