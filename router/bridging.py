@@ -3,7 +3,7 @@
 Audio becomes an ``[Audio transcript]`` text part (speaker turns kept when
 diarized), a PDF its text, a video its transcript and frame text, an image
 its text; an image in a format the model does not take but Pillow reads (BMP,
-TIFF) is first converted to PNG, staying an image (:mod:`router.convert`). Each bridge is a step of its own in the route, with its latency
+TIFF) is first converted to PNG (or JPEG), staying an image (:mod:`router.convert`). Each bridge is a step of its own in the route, with its latency
 and cost; transcripts are also passed on to the client.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .convert import convertible, to_png
+from .convert import convert, convertible
 from .errors import ProviderError
 from .invoke import call_model
 from .mime import normalise_mime
@@ -71,6 +71,8 @@ class BridgedInRequest:
 
     texts: dict[tuple[int, str], tuple[str, Transcript | None]] = field(default_factory=dict)
     failed: dict[tuple[int, str], ProviderError] = field(default_factory=dict)
+    #: Images converted (None: those that could not be), by id and the formats of ``Bridge.convert_to``.
+    images: dict[tuple[int, tuple[str, ...]], Media | None] = field(default_factory=dict)
 
 
 #: A bridged text and the transcript it came from.
@@ -168,9 +170,10 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     With ``trim``, the history the answering model will not get is dropped before its media are
     bridged, so that they are not paid for (:meth:`_Bridging.bridge_history`).
     """
-    request = await _convert_images(bridges, request, route)
-    run = _Bridging(request, registry, ctx, route, memo, BridgedInRequest() if done is None else done,
-                    Bridged(request), {id(m) for m in request.turn_media()}, _replies(request))
+    done = BridgedInRequest() if done is None else done
+    request, dropped = await _convert_images(bridges, request, route, done, trim)
+    run = _Bridging(request, registry, ctx, route, memo, done,
+                    Bridged(request, dropped=dropped), {id(m) for m in request.turn_media()}, _replies(request))
     todo = _to_bridge(bridges, request, registry, preferences or {})
     history = [(media, choices) for media, choices in todo if id(media) not in run.this_turn]
     for media, choices in todo:
@@ -185,7 +188,7 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
         route.notes.append(f"bridging: reused the kept text of {run.reused} media converted before")
     result = run.result
     # in the plan's order; a media a bridge converts was not converted to another format
-    result.bridges = list(dict.fromkeys(dataclasses.replace(run.used[id(m)], convert_to="")
+    result.bridges = list(dict.fromkeys(dataclasses.replace(run.used[id(m)], convert_to=())
                                         for m, _ in todo if id(m) in run.used))
     result.request = dataclasses.replace(run.request, messages=[
         dataclasses.replace(message, parts=[new for p in message.parts for new in _converted(p, run.converted)])
@@ -193,28 +196,65 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     return result
 
 
-async def _convert_images(bridges: list[Bridge], request: Request, route: RouteInfo) -> Request:
+async def _convert_images(bridges: list[Bridge], request: Request, route: RouteInfo, done: BridgedInRequest,
+                          trim: Trim | None) -> tuple[Request, int]:
     """``request`` with the images that ``bridges`` convert to another format (``Bridge.convert_to``)
-    converted, in worker threads; those that cannot be are left to the bridges' models."""
-    planned = [b for b in bridges if b.convert_to]
-    if not planned:
-        return request
-    converted: dict[int, Media] = {}
+    converted, in worker threads (those that cannot be are left to the bridges' models), and how many of
+    its history messages were dropped.
+
+    With ``trim``, the history that cannot fit is dropped first, each image counted as the image it
+    becomes and every other media a bridge converts as nothing (the history bridged later can only be
+    shorter), so the images of the history the model will not get are not decoded; an image that cannot
+    be converted counts as nothing too, and may let an older one in. A conversion made before, in this
+    request (``done``) or lately (:func:`router.convert.convert`), is reused.
+    """
+    if not any(b.convert_to for b in bridges):
+        return request, 0
+    wanted: dict[int, tuple[Media, tuple[str, ...]]] = {}  # id -> the image and the formats to convert it to
+    free: dict[int, int] = {}  # media bridged to text, counted as nothing
     for media in request.media():
-        if id(media) in converted or not convertible(media) or not any(b.converts(media) for b in planned):
-            continue
-        png = await asyncio.to_thread(to_png, media)
-        if png is not None:
-            converted[id(media)] = png
-            route.notes.append(f"converted {media.filename or 'an image'} from {normalise_mime(media.mime_type)} "
-                               f"to {png.mime_type} for the model")
+        bridge = next((b for b in bridges if b.converts(media)), None)
+        if bridge is not None and bridge.convert_to and convertible(media):
+            wanted[id(media)] = (media, bridge.convert_to)
+        elif bridge is not None:
+            free[id(media)] = 0
+    converted: dict[int, Media] = {}
+    reused = 0
+    while True:
+        kept, dropped = trim(request, free) if trim is not None and request.history_length else (request, 0)
+        todo = list({id(m): wanted[id(m)] for m in kept.media()
+                     if id(m) in wanted and id(m) not in converted and id(m) not in free}.values())
+        if not todo:
+            break
+        made = await asyncio.gather(*(_convert_image(media, formats, done) for media, formats in todo))
+        for (media, _), (image, before) in zip(todo, made, strict=True):
+            if image is None:
+                free[id(media)] = 0
+                continue
+            converted[id(media)] = image
+            reused += before
+            if not before:
+                route.notes.append(f"converted {media.filename or 'an image'} from "
+                                   f"{normalise_mime(media.mime_type)} to {image.mime_type} for the model")
+    if reused:
+        route.notes.append(f"reused {reused} image(s) converted to another format before")
     if not converted:
-        return request
-    return dataclasses.replace(request, messages=[
+        return kept, dropped
+    return dataclasses.replace(kept, messages=[
         dataclasses.replace(message, parts=[Part(media=converted[id(p.media)])
                                             if p.media is not None and id(p.media) in converted else p
                                             for p in message.parts])
-        for message in request.messages])
+        for message in kept.messages]), dropped
+
+
+async def _convert_image(media: Media, formats: tuple[str, ...], done: BridgedInRequest) -> tuple[Media | None, bool]:
+    """``media`` converted to one of ``formats`` (or None) and whether it was converted before: lately
+    (:func:`router.convert.convert`), or earlier in this request by a plan tried before (``done``)."""
+    if (id(media), formats) in done.images:
+        return done.images[(id(media), formats)], True
+    image, before = await convert(media, formats)
+    done.images[(id(media), formats)] = image
+    return image, before
 
 
 @dataclass

@@ -1,23 +1,40 @@
-"""Image formats a model cannot take, converted to PNG by the router, keeping them images.
+"""Image formats a model cannot take, converted to PNG (or JPEG) by the router, keeping them images.
 
 GPT-4o, Claude and Gemini take PNG but not BMP or TIFF (scanners and old Windows tools write them).
 When Pillow is installed (it comes with mmrouter-local), such an image is converted to PNG for a model
 that takes PNG, rather than replaced by the text an OCR bridge reads in it; routing still plans that
 bridge, which converts the images the conversion could not (see ``Bridge.convert_to`` in routing).
+
+A session's history comes back on every turn, and a client without sessions sends its history again
+each time: :func:`convert` keeps the images it converted lately (by content), and runs at most
+:data:`MAX_CONVERSIONS` conversions at once, each of which may take a few hundred MB.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import hashlib
 import importlib.util
 import io
 import logging
+import math
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .mime import normalise_mime
 from .types import Media, Modality, ModelInfo
 
 #: The format images are converted to.
 PNG = "image/png"
+#: The format a picture too large as a PNG is converted to, for a model that takes it.
+JPEG = "image/jpeg"
+#: Its quality: a noisy scan of 2000 x 2000 pixels stays under :data:`MAX_BYTES`.
+JPEG_QUALITY = 85
 #: The formats converted (normalised MIME types): those Pillow reads and few models take.
 CONVERTIBLE = frozenset({"image/bmp", "image/x-bmp", "image/x-ms-bmp", "image/tiff", "image/x-tiff"})
 #: Pillow's names of those formats: no other decoder is tried on the bytes.
@@ -25,9 +42,20 @@ _PILLOW_FORMATS = ["BMP", "TIFF"]
 #: The most pixels an image may have to be converted: decoding takes up to 4 bytes a pixel, and a small
 #: file can declare a huge image (a decompression bomb). As many as the local OCR reads.
 MAX_PIXELS = 40_000_000
-#: The longest side of a converted image: larger ones are scaled down to it. The models scale larger
-#: images down anyway (OpenAI first fits them in 2048 x 2048), and the PNG stays small enough to send.
-MAX_SIDE = 2048
+#: The longest side of a converted image: larger ones are scaled down to it. Claude takes at most 2000
+#: pixels a side in a request of more than 20 images, and the others scale larger images down anyway
+#: (OpenAI first fits them in 2048 x 2048).
+MAX_SIDE = 2000
+#: The largest converted image: Claude takes 5 MiB of base64 an image, which this stays under (4/3 of it).
+MAX_BYTES = 3_700_000
+#: How many conversions run at once (each decodes a whole image: up to some 200 MB for the largest).
+MAX_CONVERSIONS = 2
+#: How many bytes of converted images are kept for the next turns and requests, and how many images.
+KEPT_BYTES = 64 * 1024 * 1024
+KEPT_IMAGES = 256
+#: Pillow's modes of more than 8 bits a channel (16-bit scans, 32-bit integers, floats), which
+#: ``Image.convert`` clips rather than scales to 8 bits.
+_WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 
 log = logging.getLogger(__name__)
 
@@ -38,43 +66,199 @@ def available() -> bool:
     return importlib.util.find_spec("PIL") is not None
 
 
-def target_format(model: ModelInfo, modality: Modality, formats: frozenset[str]) -> str:
-    """The format to convert media of ``formats`` (normalised types ``model`` does not take) to, or ""
-    when none of them can be converted for it."""
+def target_formats(model: ModelInfo, modality: Modality, formats: frozenset[str]) -> tuple[str, ...]:
+    """The formats to convert media of ``formats`` (normalised types ``model`` does not take) to, in
+    order of preference (``Bridge.convert_to``): PNG, and JPEG when the model takes it too (for a
+    picture too large as a PNG); none when they cannot be converted for it."""
     if modality is not Modality.IMAGE or not formats & CONVERTIBLE or not available():
-        return ""
-    return PNG if model.takes_mime(PNG, modality) else ""
+        return ()
+    if not model.takes_mime(PNG, modality):
+        return ()
+    return (PNG, JPEG) if model.takes_mime(JPEG, modality) else (PNG,)
 
 
 def convertible(media: Media) -> bool:
-    """Whether ``media`` is in a format :func:`to_png` converts, with bytes the router holds."""
+    """Whether ``media`` is in a format :func:`to_image` converts, with bytes the router holds."""
     return (media.modality is Modality.IMAGE and normalise_mime(media.mime_type) in CONVERTIBLE
             and (media.data is not None or media.path is not None))
 
 
 def to_png(media: Media, max_pixels: int = MAX_PIXELS) -> Media | None:
-    """``media`` converted to a PNG (its first frame, at most :data:`MAX_SIDE` pixels a side), or None
-    when it cannot be: Pillow missing, content it cannot read, or more than ``max_pixels`` pixels (checked
-    from the header, before anything is decoded). Blocking: decodes the image."""
+    """``media`` converted to a PNG (see :func:`to_image`), or None."""
+    return to_image(media, (PNG,), max_pixels)
+
+
+def to_image(media: Media, formats: Sequence[str] = (PNG,), max_pixels: int = MAX_PIXELS) -> Media | None:
+    """``media`` converted to a PNG (its first frame, at most :data:`MAX_SIDE` pixels a side, 8 bits a
+    channel), or to a JPEG when the PNG is over :data:`MAX_BYTES` and ``formats`` has JPEG; None when it
+    cannot be: Pillow missing, content it cannot read, more than ``max_pixels`` pixels (checked from the
+    header, before anything is decoded), or still over :data:`MAX_BYTES` (the OCR bridge reads it then).
+    Blocking: decodes the image.
+    """
     try:
         from PIL import Image
     except ImportError:
         return None
+    name = media.filename or "an image"
     try:
         source = io.BytesIO(media.data) if media.data is not None else media.path
         with Image.open(source, formats=_PILLOW_FORMATS) as image:
             if image.width * image.height > max_pixels:
-                log.info("not converting %s to PNG: %dx%d pixels is over %d", media.filename or "an image",
-                         image.width, image.height, max_pixels)
+                log.info("not converting %s: %dx%d pixels is over %d", name, image.width, image.height, max_pixels)
                 return None
             image.load()
-            picture = image if image.mode in ("1", "L", "LA", "P", "RGB", "RGBA") else image.convert(
-                "RGBA" if "A" in image.getbands() else "RGB")
-            picture.thumbnail((MAX_SIDE, MAX_SIDE))
-            out = io.BytesIO()
-            picture.save(out, format="PNG")
+            image.thumbnail((MAX_SIDE, MAX_SIDE))  # first: a 16-bit image is scaled to 8 bits through floats
+            picture = _eight_bits(image)
+        data, mime = _encoded(picture, "PNG"), PNG
+        if len(data) > MAX_BYTES and JPEG in formats:
+            data, mime = _encoded(_flattened(picture), "JPEG", quality=JPEG_QUALITY), JPEG
     except Exception as exc:  # Pillow raises many kinds (OSError, ValueError, SyntaxError...) on bad content
-        log.info("cannot convert %s to PNG: %s", media.filename or "an image", exc)
+        log.info("cannot convert %s: %s", name, exc)
         return None
-    data = out.getvalue()
-    return Media(Modality.IMAGE, PNG, data=data, filename=media.filename, size=len(data))
+    if len(data) > MAX_BYTES:
+        log.info("not converting %s: %d bytes as %s is over %d", name, len(data), mime, MAX_BYTES)
+        return None
+    return Media(Modality.IMAGE, mime, data=data, filename=media.filename, size=len(data))
+
+
+def _eight_bits(image: Any) -> Any:
+    """``image`` in a mode PNG and the models take with 8 bits a channel. A 16-bit, 32-bit or float
+    grayscale image is stretched from its lowest to its highest value (``convert`` would clip it to
+    white or black); one of a single value keeps it, as a 16-bit one seen on 8 bits."""
+    if image.mode in ("1", "L", "LA", "P", "RGB", "RGBA"):
+        return image
+    if image.mode not in _WIDE_MODES:
+        return image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    low, high = image.getextrema()
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("the image has pixels that are not numbers")
+    if high > low:
+        scale, offset = 255 / (high - low), -low * 255 / (high - low)
+    else:
+        scale, offset = 0.0, min(max(low / 257 if image.mode.startswith("I;16") else low, 0), 255)
+    return image.convert("F").point(lambda value: value * scale + offset).convert("L")
+
+
+def _flattened(picture: Any) -> Any:
+    """``picture`` without transparency (laid on white) in a mode JPEG takes."""
+    from PIL import Image
+
+    if picture.mode in ("L", "RGB"):
+        return picture
+    if picture.mode == "1":
+        return picture.convert("L")
+    rgba = picture.convert("RGBA")
+    flat = Image.new("RGB", rgba.size, "white")
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    return flat
+
+
+def _encoded(picture: Any, fmt: str, **options: Any) -> bytes:
+    out = io.BytesIO()
+    picture.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+# -- converting at most MAX_CONVERSIONS at once, each image once ------------------------------------
+
+Key = tuple[str, tuple[str, ...]]
+
+
+class _Kept:
+    """The images converted lately (None: those that could not be), by content and formats, least
+    recently used dropped first past :data:`KEPT_BYTES` or :data:`KEPT_IMAGES`."""
+
+    def __init__(self) -> None:
+        self._images: OrderedDict[Key, Media | None] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # each daemon has one event loop, but a process may run several
+
+    def get(self, key: Key) -> tuple[bool, Media | None]:
+        with self._lock:
+            if key not in self._images:
+                return False, None
+            self._images.move_to_end(key)
+            return True, self._images[key]
+
+    def put(self, key: Key, image: Media | None) -> None:
+        size = image.size if image is not None else 0
+        if size > KEPT_BYTES:
+            return
+        with self._lock:
+            old = self._images.pop(key, None)
+            self._bytes += size - (old.size if old is not None else 0)
+            self._images[key] = image
+            while self._bytes > KEPT_BYTES or len(self._images) > KEPT_IMAGES:
+                _, dropped = self._images.popitem(last=False)
+                self._bytes -= dropped.size if dropped is not None else 0
+
+    def clear(self) -> None:
+        with self._lock:
+            self._images.clear()
+            self._bytes = 0
+
+
+_KEPT = _Kept()
+
+
+@dataclass
+class _Running:
+    """The conversions of one event loop: the slots they take, and those under way by key."""
+
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CONVERSIONS))
+    under_way: dict[Key, asyncio.Task[Media | None]] = field(default_factory=dict)
+
+
+_RUNNING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Running] = weakref.WeakKeyDictionary()
+
+
+def forget() -> None:
+    """Forget the images converted so far (the next request converts them again)."""
+    _KEPT.clear()
+
+
+def _key(media: Media, formats: tuple[str, ...]) -> Key | None:
+    """What a conversion of ``media`` is kept under: its content and the formats; None for a stored
+    file of unknown content."""
+    if media.media_id:
+        return media.media_id, formats
+    if media.data is not None:
+        return hashlib.sha256(media.data).hexdigest(), formats
+    return None
+
+
+async def convert(media: Media, formats: Sequence[str] = (PNG,)) -> tuple[Media | None, bool]:
+    """``media`` converted (:func:`to_image`, in a worker thread) or None, and whether it was converted
+    before (kept from an earlier turn or request, or being converted for another one, which this waits
+    for). At most :data:`MAX_CONVERSIONS` run at once in the event loop.
+
+    A conversion goes on when its caller is cancelled (a client left): its thread cannot be stopped, so it
+    keeps its slot until it ends, and what it makes is kept for the next request.
+    """
+    formats = tuple(formats)
+    key = _key(media, formats)
+    if key is not None:
+        found, image = _KEPT.get(key)
+        if found:
+            return _named(image, media), True
+    running = _RUNNING.setdefault(asyncio.get_running_loop(), _Running())
+    if key is not None and key in running.under_way:
+        return _named(await asyncio.shield(running.under_way[key]), media), True
+    task = asyncio.ensure_future(_convert(media, formats, running.slots, key))
+    if key is not None:
+        running.under_way[key] = task
+        task.add_done_callback(lambda _: running.under_way.pop(key, None))
+    return await asyncio.shield(task), False
+
+
+async def _convert(media: Media, formats: tuple[str, ...], slots: asyncio.Semaphore, key: Key | None) -> Media | None:
+    async with slots:
+        image = await asyncio.to_thread(to_image, media, formats)
+    if key is not None:
+        _KEPT.put(key, image)
+    return image
+
+
+def _named(image: Media | None, media: Media) -> Media | None:
+    """A kept conversion, named as ``media`` is now (the same picture may come under another name)."""
+    return replace(image, filename=media.filename) if image is not None else None

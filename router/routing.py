@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .config import Match, Rule
-from .convert import target_format
+from .convert import target_formats
 from .errors import DiarizationUnavailable, NoRoute, OverrideNotAllowed, ProviderNotConfigured, UnknownTarget
 from .mime import normalise_mime
 from .types import (
@@ -316,9 +316,10 @@ class Bridge:
     #: The formats (normalised MIME types) of the media it converts, those the model does not take;
     #: empty: every media of its modality.
     mime_types: frozenset[str] = frozenset()
-    #: The format the router converts these media to first when it can (``image/png``, which the model
-    #: takes: see :mod:`router.convert`), keeping them images; ``via`` converts the others.
-    convert_to: str = ""
+    #: The formats the router converts these media to first when it can, in order of preference (PNG, then
+    #: JPEG for a picture too large as a PNG; formats the model takes: see :mod:`router.convert`), keeping
+    #: them images; ``via`` converts the others.
+    convert_to: tuple[str, ...] = ()
 
     @property
     def output(self) -> str:
@@ -332,7 +333,7 @@ class Bridge:
     def __str__(self) -> str:
         beside = " (beside the media)" if self.keep_media else ""
         formats = f" ({', '.join(sorted(self.mime_types))})" if self.mime_types else ""
-        first = f"{self.convert_to}, else " if self.convert_to else ""
+        first = f"{' or '.join(self.convert_to)}, else " if self.convert_to else ""
         return f"{self.modality.value}{formats}->{first}{self.output}{beside} via {self.via}"
 
 
@@ -493,7 +494,7 @@ class Router:
                 what = ", ".join(sorted(formats)) if formats else modality.value
                 return f"{target}: {problem} {what} and no bridge{extra} is usable"
             bridges.append(dataclasses.replace(bridge, keep_media=modality in beside, mime_types=formats,
-                                               convert_to=target_format(model, modality, formats)))
+                                               convert_to=target_formats(model, modality, formats)))
         plan = Plan(target, model, bridges)
         return _too_big(plan, facts) or plan
 

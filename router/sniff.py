@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import io
+import mmap
 import os
 import re
 import wave
@@ -111,37 +112,67 @@ def _text_problem(mime_type: str, head: bytes) -> str | None:
     return None
 
 
+#: The most steps (blocks, data sub-blocks, runs of stray bytes) :func:`animated_gif` takes before it
+#: answers: a real GIF's first frame takes some thousands (its data comes in sub-blocks of 255 bytes),
+#: one crafted of 1-byte sub-blocks could take millions.
+GIF_MAX_STEPS = 1 << 20
+#: What starts a block of a GIF: an extension, an image, the trailer.
+_GIF_BLOCK = re.compile(rb"[\x21\x2c\x3b]")
+
+
 def animated_gif(source: bytes | str | os.PathLike[str]) -> bool:
     """Whether a GIF (bytes or a path) holds more than one image frame: an animation.
 
-    Walks the GIF's block structure (color tables and sub-blocks are skipped by their lengths, not
-    decoded) and stops at the second image; content that is not a GIF, or is cut short, counts as
-    still. Blocking for a path: it reads the file up to its second frame (all of a still one).
+    Walks the GIF's block structure as Pillow reads it (color tables and sub-blocks are skipped by their
+    lengths, not decoded; a stray byte between blocks is skipped; the trailer or the end stops it) up to
+    the second image. Content that is not a GIF, or is cut short, counts as still; one that takes over
+    :data:`GIF_MAX_STEPS` steps counts as animated, so a model that takes still GIFs only refuses it
+    retryably rather than be sent what it may refuse for good. Blocking for a path: it maps the file and
+    reads it up to its second frame (all of a still one).
     """
-    with contextlib.ExitStack() as stack:
-        f = io.BytesIO(source) if isinstance(source, bytes) else stack.enter_context(open(source, "rb"))
-        head = f.read(13)  # signature, then the logical screen descriptor
-        if len(head) < 13 or head[:6] not in (b"GIF87a", b"GIF89a"):
+    if isinstance(source, bytes):
+        return _second_image(source)
+    with open(source, "rb") as f:
+        try:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped
             return False
-        if head[10] & 0x80:  # a global color table
-            f.seek(3 << ((head[10] & 7) + 1), io.SEEK_CUR)
-        frames = 0
-        while (kind := f.read(1)) in (b"\x21", b"\x2c"):  # an extension, an image; anything else: the end
-            if kind == b"\x2c":
-                frames += 1
-                if frames > 1:
-                    return True
-                descriptor = f.read(9)
-                if len(descriptor) < 9:
-                    return False
-                if descriptor[8] & 0x80:  # a local color table
-                    f.seek(3 << ((descriptor[8] & 7) + 1), io.SEEK_CUR)
-            f.read(1)  # the extension's label, or the image's LZW code size
-            while (size := f.read(1)) and size != b"\0":  # the data sub-blocks, up to the empty one
-                f.seek(size[0], io.SEEK_CUR)
-            if not size:
-                return False
+        with mapped:
+            return _second_image(mapped)
+
+
+def _second_image(data: bytes | mmap.mmap) -> bool:
+    """Whether the GIF ``data`` holds a second image (see :func:`animated_gif`)."""
+    if len(data) < 13 or data[:6] not in (b"GIF87a", b"GIF89a"):
         return False
+    at = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # the header, the global color table
+    images = 0
+    in_blocks = False  # walking the data sub-blocks of an extension or image
+    for _ in range(GIF_MAX_STEPS):
+        if at >= len(data):
+            return False
+        if in_blocks:
+            size = data[at]
+            at += size + 1
+            in_blocks = size > 0  # an empty sub-block ends them
+        elif data[at] == 0x3B:  # the trailer
+            return False
+        elif data[at] == 0x2C:  # an image: its descriptor, local color table and LZW code size
+            images += 1
+            if images > 1 or at + 10 > len(data):
+                return images > 1
+            flags = data[at + 9]
+            at += 11 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+            in_blocks = True
+        elif data[at] == 0x21:  # an extension: its label
+            at += 2
+            in_blocks = True
+        else:  # a stray byte (some encoders leave them): Pillow skips it and reads the frames that follow
+            found = _GIF_BLOCK.search(data, at + 1)
+            if found is None:
+                return False
+            at = found.start()
+    return True
 
 
 _PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")

@@ -12,7 +12,9 @@ import io
 import re
 import struct
 
+import numpy as np
 import pytest
+from mmrouter_anthropic import limits as claude_limits
 from mmrouter_anthropic.convert import media_block
 from mmrouter_anthropic.models import MODELS as CLAUDE_MODELS
 from mmrouter_assemblyai.models import MODELS as AAI_MODELS
@@ -27,7 +29,7 @@ from PIL import Image
 
 import router.convert
 from router.config import embedded_default
-from router.convert import to_png
+from router.convert import JPEG, PNG, to_image, to_png
 from router.errors import (
     NoRoute,
     ProviderInputTooLarge,
@@ -36,7 +38,7 @@ from router.errors import (
     provider_error_from_status,
 )
 from router.routing import Bridge, Plan, ProviderStatus, Router, Target, facts_of
-from router.sniff import animated_gif, content_mime, mime_problem
+from router.sniff import GIF_MAX_STEPS, animated_gif, content_mime, mime_problem
 from router.types import Media, Message, Modality, ModelInfo, Options, Part, Price, Request, Role, Task
 from router.wire import model_to_proto
 
@@ -166,8 +168,8 @@ def test_a_bmp_is_converted_to_png_for_gpt_4o_and_else_bridged_by_a_model_that_r
     decision = decide(ask(media(IMAGE, "image/bmp")))
     assert str(decision.plan.target) == "openai/gpt-4o"
     assert decision.plan.bridges == [Bridge(IMAGE, Target("local", "extract"), mime_types=frozenset({"image/bmp"}),
-                                            convert_to="image/png")]
-    assert str(decision.plan.bridges[0]) == "image (image/bmp)->image/png, else text via local/extract"
+                                            convert_to=("image/png", "image/jpeg"))]
+    assert str(decision.plan.bridges[0]) == "image (image/bmp)->image/png or image/jpeg, else text via local/extract"
 
 
 def test_without_pillow_a_bmp_is_only_bridged(monkeypatch) -> None:
@@ -178,9 +180,12 @@ def test_without_pillow_a_bmp_is_only_bridged(monkeypatch) -> None:
 
 def test_a_model_that_takes_no_png_gets_no_conversion() -> None:
     jpeg_only = ModelInfo("m", inputs=frozenset({Modality.TEXT, IMAGE}), input_mime_types=frozenset({"image/jpeg"}))
-    assert router.convert.target_format(jpeg_only, IMAGE, frozenset({"image/bmp"})) == ""
-    assert router.convert.target_format(GPT_4O, IMAGE, frozenset({"image/bmp", "image/heic"})) == "image/png"
-    assert router.convert.target_format(GPT_4O, IMAGE, frozenset({"image/heic"})) == ""
+    assert router.convert.target_formats(jpeg_only, IMAGE, frozenset({"image/bmp"})) == ()
+    assert router.convert.target_formats(GPT_4O, IMAGE, frozenset({"image/bmp", "image/heic"})) == (
+        "image/png", "image/jpeg")
+    png_only = ModelInfo("m", inputs=frozenset({Modality.TEXT, IMAGE}), input_mime_types=frozenset({"image/png"}))
+    assert router.convert.target_formats(png_only, IMAGE, frozenset({"image/bmp"})) == ("image/png",)
+    assert router.convert.target_formats(GPT_4O, IMAGE, frozenset({"image/heic"})) == ()
 
 
 def test_a_bmp_or_tiff_becomes_a_png_of_the_same_picture_and_a_bomb_or_garbage_does_not() -> None:
@@ -202,7 +207,57 @@ def test_a_bmp_or_tiff_becomes_a_png_of_the_same_picture_and_a_bomb_or_garbage_d
     out = io.BytesIO()
     big.save(out, format="BMP")
     with Image.open(io.BytesIO(to_png(Media(IMAGE, "image/bmp", data=out.getvalue())).data)) as back:
-        assert back.size == (2048, 512)  # scaled down as the models would
+        assert back.size == (2000, 500)  # scaled down as the models would, to Claude's side for many images
+
+
+def tiff(values: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(values).save(out, format="TIFF")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("dtype", "mode", "page", "ink"), [(np.uint16, "I;16", 30000, 5000),
+                                                          (np.int32, "I", 70000, -20), (np.float32, "F", 0.8, 0.1)])
+def test_a_16_bit_32_bit_or_float_tiff_becomes_the_same_picture_on_8_bits_not_a_blank_one(dtype, mode, page,
+                                                                                           ink) -> None:
+    """Image.convert clips such values (a 16-bit scan became all white, a float one all black): they are
+    stretched from the lowest to the highest."""
+    values = np.full((90, 120), page, dtype=dtype)
+    values[30:60, 40:80] = ink
+    data = tiff(values)
+    assert Image.open(io.BytesIO(data)).mode == mode
+    png = to_png(Media(IMAGE, "image/tiff", data=data))
+    with Image.open(io.BytesIO(png.data)) as back:
+        assert (back.mode, back.size, back.getpixel((60, 45)), back.getpixel((5, 5))) == ("L", (120, 90), 0, 255)
+    # a page of one value keeps it (as 8 bits), whatever the mode
+    plain = to_png(Media(IMAGE, "image/tiff", data=tiff(np.full((10, 10), 25700, dtype=np.uint16))))
+    assert Image.open(io.BytesIO(plain.data)).getextrema() == (100, 100)
+    nan = to_png(Media(IMAGE, "image/tiff", data=tiff(np.full((10, 10), np.nan, dtype=np.float32))))
+    assert nan is None  # left to the OCR bridge
+
+
+def test_a_noisy_picture_too_large_as_a_png_becomes_a_jpeg_claude_takes_or_is_left_to_the_ocr() -> None:
+    """A noisy 2048 x 2048 BMP made a 12.6 MB PNG, over Claude's 5 MB of base64 an image, and over its 2000
+    pixels a side in a request of more than 20 images."""
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (2048, 2048, 3), dtype=np.uint8)).save(out, format="BMP")
+    noisy = Media(IMAGE, "image/bmp", data=out.getvalue(), filename="noise.bmp")
+    jpeg = to_image(noisy, (PNG, JPEG))
+    assert (jpeg.mime_type, jpeg.filename, jpeg.size) == ("image/jpeg", "noise.bmp", len(jpeg.data))
+    claude_limits.check_image_size(jpeg, "image 1", "anthropic")  # raises over 5 MB of base64
+    many = [("image", claude_limits.check_image_sides(jpeg.data, "image", "anthropic"))] * 21
+    claude_limits.check_images(many, CLAUDE_MODELS[0], "anthropic")  # raises over 2000 px a side
+    with Image.open(io.BytesIO(jpeg.data)) as back:
+        assert (back.format, back.size) == ("JPEG", (2000, 2000))
+    assert to_image(noisy, (PNG,)) is None  # a model that takes PNG only: the OCR bridge reads it
+    assert to_png(noisy) is None
+    # a transparent picture too large as a PNG is laid on white
+    rgba = np.random.default_rng(4).integers(0, 256, (1200, 1200, 4), dtype=np.uint8)
+    rgba[:100, :100, 3] = 0
+    out = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(out, format="TIFF")
+    with Image.open(io.BytesIO(to_image(Media(IMAGE, "image/tiff", data=out.getvalue()), (PNG, JPEG)).data)) as back:
+        assert back.mode == "RGB" and min(back.getpixel((50, 50))) > 240
 
 
 def test_only_the_media_in_a_format_the_model_cannot_take_are_bridged() -> None:
@@ -394,6 +449,34 @@ def test_an_animated_gif_is_told_from_a_still_one_by_its_frames(tmp_path) -> Non
     assert animated_gif(tmp_path / "a.gif")
     for broken in (animated[:40], b"GIF89a", b"\x89PNG\r\n\x1a\n" + bytes(32), b""):
         assert not animated_gif(broken)
+
+
+def test_a_gif_with_stray_bytes_between_its_blocks_is_read_as_pillow_reads_it(tmp_path) -> None:
+    """Pillow skips a byte between blocks that starts none (some encoders pad) and reads on to the trailer:
+    OpenAI does too, so such an animation must not pass for a still GIF."""
+    still, animated = still_and_animated_gifs()
+    first = animated.index(b"\x21\xf9\x04")  # the frames' control extensions
+    second = animated.index(b"\x21\xf9\x04", first + 1)
+    trailer = len(still) - 1
+    cases = {
+        "one stray byte before the second frame": (animated[:second] + b"\x00" + animated[second:], True),
+        "three": (animated[:second] + b"\x00\x07\xff" + animated[second:], True),
+        "before the first frame": (animated[:first] + b"\x01" + animated[first:], True),
+        "a still one padded before its trailer": (still[:trailer] + b"\x00\x00" + still[trailer:], False),
+        "a still one whose trailer is followed by another image": (still + animated[second:], False),
+    }
+    for name, (gif, moving) in cases.items():
+        assert (Image.open(io.BytesIO(gif)).n_frames > 1) is moving, name
+        assert animated_gif(gif) is moving, name
+        (tmp_path / "g.gif").write_bytes(gif)
+        assert animated_gif(tmp_path / "g.gif") is moving, name
+    (tmp_path / "empty.gif").write_bytes(b"")
+    assert not animated_gif(tmp_path / "empty.gif")
+    # one image of a million 1-byte sub-blocks: the walk stops, and takes it for animated
+    endless = b"GIF89a" + struct.pack("<HHBBB", 2, 2, 0, 0, 0) + b"\x2c" + struct.pack("<HHHHB", 0, 0, 2, 2, 0) + b"\x02"
+    assert not animated_gif(endless + b"\x01\x00" * 1000 + b"\x00\x3b")
+    endless += b"\x01\x00" * GIF_MAX_STEPS
+    assert animated_gif(endless)
 
 
 def test_gpt_4o_refuses_an_animated_gif_retryably_and_a_local_server_model_does_not() -> None:

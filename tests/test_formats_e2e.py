@@ -129,7 +129,7 @@ def test_a_bmp_reaches_gpt_4o_as_a_png_image_not_as_its_ocr_text(start_daemon, f
         sent_scan = pb.Media(modality=pb.MODALITY_IMAGE, media_id=stored.media_id, filename="scan.bmp")
     request = text_request("What does the scan say?", media=[sent_scan, image("image/png", png("chart"), "chart.png")])
     route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route
-    assert list(route.bridges) == ["image (image/bmp)->image/png, else text via local/extract"]
+    assert list(route.bridges) == ["image (image/bmp)->image/png or image/jpeg, else text via local/extract"]
     answer = generate(daemon, request)
     assert (answer.route.rule, answer.route.provider, answer.route.model) == ("cross-modal", "openai", "gpt-4o")
     assert list(answer.route.bridges) == [] and [s.purpose for s in answer.route.steps] == ["answer"]
@@ -141,6 +141,40 @@ def test_a_bmp_reaches_gpt_4o_as_a_png_image_not_as_its_ocr_text(start_daemon, f
         assert received.convert("RGB").tobytes() == original.convert("RGB").tobytes()  # the same picture
     assert not any(p.kind == "text" and p.text.startswith("[Image text]") for p in sent_parts(fakes["openai"]))
     assert len(fakes["openai"].chat_requests()) == 1
+
+
+def test_a_16_bit_grayscale_tiff_reaches_gpt_4o_as_the_same_picture_not_a_blank_one(start_daemon, fakes) -> None:
+    """A 16-bit scan (Pillow's mode I;16): a dark square on mid-gray reaches the model as a dark square on a
+    lighter gray, stretched to 8 bits; clipped to 8 bits it was all white."""
+    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    values = np.full((120, 160), 30000, dtype=np.uint16)
+    values[40:80, 60:100] = 5000
+    out = io.BytesIO()
+    Image.fromarray(values).save(out, format="TIFF")
+    assert Image.open(io.BytesIO(out.getvalue())).mode == "I;16"
+    answer = generate(daemon, text_request("What is in the scan?", media=[image("image/tiff", out.getvalue(),
+                                                                               "scan.tif")]))
+    assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
+    assert "converted scan.tif from image/tiff to image/png for the model" in answer.route.notes
+    [received] = [p for p in sent_parts(fakes["openai"]) if p.kind == "image"]
+    with Image.open(io.BytesIO(received.data)) as picture:
+        assert (picture.format, picture.size, picture.mode) == ("PNG", (160, 120), "L")
+        assert (picture.getpixel((80, 60)), picture.getpixel((10, 10))) == (0, 255)  # the square, the page
+
+
+def test_a_noisy_bmp_too_large_as_a_png_reaches_gpt_4o_as_a_jpeg_within_claudes_size(start_daemon, fakes) -> None:
+    """A photo-like BMP (noise) makes a PNG as large as the bitmap (7.7 MB here, over Claude's 5 MB of base64
+    an image): it is sent as a JPEG instead."""
+    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (1600, 1600, 3), dtype=np.uint8)).save(out, format="BMP")
+    answer = generate(daemon, text_request("What is it?", media=[image("image/bmp", out.getvalue(), "noise.bmp")]))
+    assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
+    assert "converted noise.bmp from image/bmp to image/jpeg for the model" in answer.route.notes
+    [received] = [p for p in sent_parts(fakes["openai"]) if p.kind == "image"]
+    assert received.mime_type == "image/jpeg" and 4 * ((len(received.data) + 2) // 3) < 5 * 1024 * 1024
+    with Image.open(io.BytesIO(received.data)) as picture:
+        assert (picture.format, picture.size) == ("JPEG", (1600, 1600))
 
 
 def test_an_image_that_cannot_be_converted_is_read_by_the_local_ocr_instead(start_daemon, fakes) -> None:
@@ -252,6 +286,19 @@ def test_an_animated_gif_is_refused_by_gpt_4o_before_sending_and_claude_answers(
     answer = generate(daemon, text_request("What is it?", media=[image("image/gif", gif(1), "still.gif")]))
     assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
     assert [p.mime_type for p in sent_parts(fakes["openai"]) if p.kind == "image"] == ["image/gif"]
+
+
+def test_an_animated_gif_with_a_stray_byte_between_frames_is_refused_by_gpt_4o_too(start_daemon, fakes) -> None:
+    """Pillow (and OpenAI) skip a stray byte between a GIF's blocks and read every frame: the router's check
+    must not stop there and take it for a still GIF, which OpenAI would refuse for good (400)."""
+    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    animated = gif(3)
+    second = animated.index(b"\x21\xf9\x04", animated.index(b"\x21\xf9\x04") + 1)  # the 2nd frame's control
+    padded = animated[:second] + b"\x00" + animated[second:]
+    assert Image.open(io.BytesIO(padded)).n_frames == 3
+    answer = generate(daemon, text_request("What moves?", media=[image("image/gif", padded, "spinner.gif")]))
+    assert answer.route.provider == "anthropic" and fakes["openai"].chat_requests() == []
+    assert any("the GIF 'spinner.gif' is animated" in a.error for a in answer.route.attempts if not a.ok)
 
 
 def test_an_uploaded_animated_gif_is_refused_by_gpt_4o_too(start_daemon, fakes) -> None:
