@@ -3,6 +3,7 @@ format (one object per line) for log collectors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -14,6 +15,13 @@ from urllib.parse import unquote, urlsplit
 _FILTERS: weakref.WeakSet[SecretFilter] = weakref.WeakSet()
 #: Every secret :func:`remember` was given, for the masking of what clients get (see :func:`remembered`).
 _REMEMBERED: set[str] = set()
+
+
+def session_tag(session_id: str) -> str:
+    """How logs name a session: the first 12 hex digits of the sha256 of its id. The id itself is the
+    key to the conversation (whoever has it may go on with it), and logs travel further than the daemon;
+    an operator finds a user's session with ``printf %s "$id" | sha256sum | cut -c1-12``."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:12] if session_id else ""
 
 
 def longest_first(secrets: Iterable[str]) -> tuple[str, ...]:

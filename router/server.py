@@ -174,7 +174,7 @@ class CallLog:
         provider, model = self._target(code == "OK")
         duration_ms = round((time.perf_counter() - self.started) * 1000, 1)
         facts = {"rule": route.rule if route is not None else "", "provider": provider, "model": model,
-                 "attempts": len(attempts), "session_id": self.session, "request_id": self.request_id}
+                 "attempts": len(attempts), "session": redact.session_tag(self.session), "request_id": self.request_id}
         line = " ".join([self.method, code, *([reason] if reason else []), f"in {duration_ms:.0f} ms",
                          *(f"{k}={v}" for k, v in facts.items() if v)])
         if error:

@@ -8,6 +8,7 @@ OpenAI and Anthropic servers (tests/fakes) or the testkit's scripted plugin.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -165,9 +166,10 @@ def test_every_call_gets_a_request_id_and_one_access_line(json_daemon) -> None:
         pb.GenerateRequest(request=text_request("hello", session_id="s-1")), timeout=30)
     entry = access_entry(daemon, request_id_of(call))
     assert entry["level"] == "INFO" and entry["logger"] == "router.server"
-    assert {k: entry[k] for k in ("method", "code", "rule", "provider", "model", "attempts", "session_id")} == {
+    assert {k: entry[k] for k in ("method", "code", "rule", "provider", "model", "attempts", "session")} == {
         "method": "Generate", "code": "OK", "rule": "general", "provider": "fake", "model": "echo",
-        "attempts": 1, "session_id": "s-1"}
+        "attempts": 1, "session": hashlib.sha256(b"s-1").hexdigest()[:12]}
+    assert "s-1" not in daemon.logs()  # the session id is the key to the conversation
     assert isinstance(entry["duration_ms"], float) and entry["duration_ms"] > 0
     assert response.answer.text.startswith("fake/echo says")
 
