@@ -58,10 +58,11 @@ def bmp(text: str) -> bytes:
     return out.getvalue()
 
 
-def aac(seconds: float = 1.0, rate: int = 16000) -> bytes:
-    """An AAC clip in an ADTS stream (what a ``.aac`` file holds), encoded with PyAV."""
+def aac(seconds: float = 1.0, rate: int = 16000, container: str = "adts") -> bytes:
+    """An AAC clip in an ADTS stream (what a ``.aac`` file holds), or in another ``container`` of PyAV's,
+    encoded with PyAV."""
     out = io.BytesIO()
-    with av.open(out, "w", format="adts") as box:
+    with av.open(out, "w", format=container) as box:
         stream = box.add_stream("aac", rate=rate, layout="mono")
         t = np.arange(int(rate * seconds)) / rate
         frame = av.AudioFrame.from_ndarray((np.sin(2 * np.pi * 440 * t) * 10000).astype(np.int16).reshape(1, -1),
@@ -73,17 +74,8 @@ def aac(seconds: float = 1.0, rate: int = 16000) -> bytes:
 
 
 def m4a(seconds: float = 1.0, rate: int = 16000) -> bytes:
-    """An AAC clip in an mp4 container (what a ``.m4a`` file holds: an ``ftyp`` box first), encoded with PyAV."""
-    out = io.BytesIO()
-    with av.open(out, "w", format="ipod") as box:
-        stream = box.add_stream("aac", rate=rate, layout="mono")
-        t = np.arange(int(rate * seconds)) / rate
-        frame = av.AudioFrame.from_ndarray((np.sin(2 * np.pi * 440 * t) * 10000).astype(np.int16).reshape(1, -1),
-                                           format="s16", layout="mono")
-        frame.sample_rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            box.mux(packet)
-    return out.getvalue()
+    """An AAC clip in an mp4 container (what a ``.m4a`` file holds: an ``ftyp`` box first)."""
+    return aac(seconds, rate, container="ipod")
 
 
 def gif(frames: int) -> bytes:

@@ -16,6 +16,7 @@ import pytest
 from grpc_helpers import providers_by_name, text_request
 from mmrouter.v1 import router_pb2 as pb
 from test_cli import Cli, ok
+from test_observability import FALLBACK
 
 from router.health import HEALTH_MINUTES, Failure, ProviderHealth
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
@@ -24,16 +25,6 @@ from tests.fakes.openai import API_KEY as OPENAI_KEY
 from tests.fakes.openai import FakeOpenAI, error_body
 
 REVOKED = "sk-REVOKED-key-111111111111"
-
-FALLBACK = """
-providers:
-  openai: {{api_key: "${{OPENAI_TEST_KEY}}", base_url: "{openai}", timeout: 20}}
-  anthropic: {{api_key: "${{ANTHROPIC_TEST_KEY}}", base_url: "{anthropic}", timeout: 20}}
-routes:
-  - name: main
-    use: openai/gpt-4o
-    fallback: [anthropic/claude-sonnet-4-6]
-"""
 
 
 @pytest.fixture
