@@ -195,7 +195,8 @@ INT32_MAX = 2**31 - 1
 SpeakersOption = Annotated[int, typer.Option(min=0, max=INT32_MAX, help="Speakers to expect when diarizing (0: any).")]
 ProviderOption = Annotated[str | None, typer.Option(help="Use this provider instead of the rules' choice.")]
 ModelOption = Annotated[str | None, typer.Option(help="Use this model.")]
-TagOption = Annotated[list[str] | None, typer.Option(help="A tag for routing rules (repeatable).")]
+TagOption = Annotated[list[str] | None, typer.Option(
+    help="A tag for routing rules, kept with the call's statistics (repeatable; at most 32, of 1 to 128 characters).")]
 SessionOption = Annotated[str | None, typer.Option(help="Keep a conversation under this id.")]
 InlineLimitOption = Annotated[int, typer.Option(min=0, help="Files larger than this many bytes go by UploadMedia.")]
 
@@ -528,7 +529,8 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
           config: DaemonConfigOption = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False) -> None:
     """Free the data directory: sessions idle for --older-than days, statistics rows that old, and
-    media neither uploaded nor used in that time that no remaining session refers to.
+    media neither uploaded nor used in that time (nor within the last hour, whatever the age given)
+    that no remaining session refers to.
 
     Safe while the daemon runs (run it from cron); a request naming a media id being removed then
     gets MEDIA_NOT_FOUND, as for any unknown id. Works on a full disk: media go first (deleting

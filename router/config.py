@@ -269,7 +269,7 @@ class ServerSettings(_Strict):
     allow_urls: bool = False
     max_concurrent_calls: int = Field(1024, gt=0, description="most Generate, StreamGenerate and ExplainRoute calls "
                                       "under way at once; more are refused at once with TOO_MANY_CALLS")
-    max_concurrent_streams: int = Field(1024, gt=0, description="most calls one client connection may have under "
+    max_concurrent_streams: int = Field(1024, gt=0, le=2**31 - 1, description="most calls one client connection may have under "
                                         "way at once (HTTP/2 streams); its next calls wait on the client until one "
                                         "ends. Lower it so one connection cannot take every call slot from the "
                                         "others (gRPC clients use one connection per channel)")

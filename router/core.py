@@ -30,7 +30,7 @@ from .invoke import FailedAttempt
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry
-from .redact import longest_first, mask, remembered, remembered_count, url_credentials
+from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
 from .sessions import SessionStore, StoredBridges, trim_history
 from .settings import ProviderSettings
@@ -392,7 +392,8 @@ class App:
         """
         answer = done.answer
         if request.session_id and self._resets.get(request.session_id, -math.inf) > started:
-            log.info("session %r was reset while a call on it ran: that call's turn is not kept", request.session_id)
+            log.info("session %s was reset while a call on it ran: that call's turn is not kept",
+                     session_tag(request.session_id))
         elif request.session_id:  # on the store's thread: turn_count and append with no other job between
             lost = await self.sessions.run(self._save_turn, request, answer)
             if lost:
@@ -411,7 +412,7 @@ class App:
         if not turns:  # a call of system prompts only adds no turn to the conversation
             return None
         if not answer.text:  # the model's own transcript is already the text of a transcription
-            log.info("the answer on session %r is empty: its turn is not kept", request.session_id)
+            log.info("the answer on session %s is empty: its turn is not kept", session_tag(request.session_id))
             return None
         replies = [i for i, m in enumerate(turns) if m.role is Role.ASSISTANT]
         try:
@@ -422,8 +423,8 @@ class App:
             turns.append(Message(Role.ASSISTANT, [Part(text=answer.text)]))
             self.sessions.append(request.session_id, turns, self._store_media)
         except Exception as exc:
-            log.exception("saving this turn of session %r failed; the answer is sent, the turn is not kept",
-                          request.session_id)
+            log.exception("saving this turn of session %s failed; the answer is sent, the turn is not kept",
+                          session_tag(request.session_id))
             return _unsaved_reason(exc)
         return None
 
@@ -502,7 +503,7 @@ def input_budget(model: ModelInfo, max_output_tokens: int) -> int:
 def _reset_result(session_id: str, removed: int, in_use: bool) -> int:
     """The turns a reset removed; :class:`UnknownSession` for a session with none and no call under way."""
     if not removed and not in_use:
-        raise UnknownSession(f"no session {session_id!r}: it has no stored turns")
+        raise UnknownSession("no such session: it has no stored turns")  # its id is a key: not in the log line
     return removed
 
 
@@ -512,7 +513,7 @@ def _check_only_new_turn(request: Request, stored: int) -> None:
     session may be started from a conversation given whole."""
     replies = [i for i, m in enumerate(request.messages) if m.role is Role.ASSISTANT]
     if replies:
-        problem = (f"session {request.session_id!r} already holds {stored} message(s): send only the new turn "
+        problem = (f"the session already holds {stored} message(s): send only the new turn "
                    "(user and system messages); the router adds the earlier ones")
         raise InvalidRequest(f"invalid request: {problem}", violations=[
             FieldViolation(f"request.messages[{replies[0]}].role", problem)])

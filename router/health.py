@@ -28,9 +28,11 @@ def shown_to_clients(message: str) -> str:
 
 def _host_only(url: re.Match[str]) -> str:
     """A URL matched by :data:`_URL` as its scheme and host, keeping the punctuation that ends a sentence."""
-    host, rest = url.group(1), url.group(0)[len(url.group(1)):]
+    origin, rest = url.group(1), url.group(0)[len(url.group(1)):]
+    scheme, _, netloc = origin.partition("://")
+    origin = f"{scheme}://{netloc.rpartition('@')[2]}"  # never a user:password@
     path = rest.rstrip(".,:;)]")
-    return host + ("/…" if path else "") + rest[len(path):]
+    return origin + ("/…" if path else "") + rest[len(path):]
 
 
 @dataclass(frozen=True)

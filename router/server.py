@@ -18,6 +18,7 @@ import functools
 import ipaddress
 import logging
 import os
+import shlex
 import signal
 import socket
 import time
@@ -808,7 +809,7 @@ def warn_if_open_to_others(data_dir: Path) -> None:
                 open_.append(f"{path} ({mode:04o})")
     if open_:
         log.warning("other local users may read the conversations and media: %s; if not meant, run "
-                    "chmod -R go-rwx %s", ", ".join(open_), data_dir)
+                    "chmod -R go-rwx %s", ", ".join(open_), shlex.quote(str(data_dir)))
 
 
 async def serve(config: Config, *, ready_file: Path | None = None, config_path: Path | None = None,

@@ -169,7 +169,16 @@ def test_every_call_gets_a_request_id_and_one_access_line(json_daemon) -> None:
     assert {k: entry[k] for k in ("method", "code", "rule", "provider", "model", "attempts", "session")} == {
         "method": "Generate", "code": "OK", "rule": "general", "provider": "fake", "model": "echo",
         "attempts": 1, "session": hashlib.sha256(b"s-1").hexdigest()[:12]}
-    assert "s-1" not in daemon.logs()  # the session id is the key to the conversation
+    # the session id is the key to the conversation: in no line of the log, a failed call's message included
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="sk-session-never-logged"), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    seeded = text_request("again", session_id="s-1")
+    seeded.messages.append(pb.Message(role=pb.ROLE_ASSISTANT, parts=[pb.Part(text="an old reply")]))
+    with pytest.raises(grpc.RpcError) as caught:  # a whole conversation sent again on a session that holds it
+        daemon.stub.Generate(pb.GenerateRequest(request=seeded), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "s-1" not in daemon.logs() and "sk-session-never-logged" not in daemon.logs()
     assert isinstance(entry["duration_ms"], float) and entry["duration_ms"] > 0
     assert response.answer.text.startswith("fake/echo says")
 

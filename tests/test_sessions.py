@@ -14,6 +14,7 @@ from media_factory import mp4, pdf, png
 from mmrouter.v1 import router_pb2 as pb
 
 from router.outcome import Answer, RouteInfo, Step
+from router.redact import session_tag
 from router.routing import TOKENS_PER_AUDIO_SECOND, TOKENS_PER_IMAGE, TOKENS_PER_PDF_PAGE, estimate_tokens
 from router.sessions import STATS_BATCH_ROWS, SessionStore, trim_history
 from router.types import Media, Message, Modality, Part, Role, Usage
@@ -128,7 +129,7 @@ def test_a_session_with_turns_takes_only_the_new_turn(start_daemon) -> None:
         daemon.stub.Generate(pb.GenerateRequest(request=seeded), timeout=30)
     got = error_details(caught.value)
     assert (got.code, got.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
-    assert got.violations == [("request.messages[1].role", "session 'seeded' already holds 4 message(s): send only "
+    assert got.violations == [("request.messages[1].role", "the session already holds 4 message(s): send only "
                                "the new turn (user and system messages); the router adds the earlier ones")]
     after = ask(daemon, "q2", session="seeded")
     assert "[history=2" in after.text and "q0 | a0 | q1" in after.text
@@ -205,7 +206,7 @@ def test_a_turn_that_cannot_be_saved_still_answers_and_counts(start_daemon, tmp_
     assert "[history=0 image=1" in answer.text
     [note] = answer.route.notes
     assert note.startswith("this turn was not kept in session 'unsaved': storing it failed (")
-    assert wait_for(lambda: "saving this turn of session 'unsaved' failed" in daemon.logs())
+    assert wait_for(lambda: f"saving this turn of session {session_tag('unsaved')} failed" in daemon.logs())
     assert not list((data_dir / "media" / "tmp").iterdir()), "the failed store left a temp file"
 
     def calls() -> int:
