@@ -738,6 +738,9 @@ def test_the_calls_one_connection_may_have_under_way_have_a_default_and_a_bound(
     assert parse_config("server: {max_concurrent_streams: 1000}").server.max_concurrent_streams == 1000
     assert "server.max_concurrent_streams: Input should be greater than 0" in error_of(
         "server: {max_concurrent_streams: 0}")
+    # gRPC takes an int32: a larger value passed config check and crashed serve
+    assert "server.max_concurrent_streams: Input should be less than or equal to 2147483647" in error_of(
+        "server: {max_concurrent_streams: 3000000000}")
 
 
 # -- rules that can never be used, names the router keeps, models a ready provider lacks ---------------

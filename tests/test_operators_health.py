@@ -18,7 +18,7 @@ from mmrouter.v1 import router_pb2 as pb
 from test_cli import Cli, ok
 from test_observability import FALLBACK
 
-from router.health import HEALTH_MINUTES, Failure, ProviderHealth
+from router.health import HEALTH_MINUTES, Failure, ProviderHealth, shown_to_clients
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import API_KEY as OPENAI_KEY
@@ -126,6 +126,12 @@ def test_the_last_failure_leaves_out_what_another_client_sent(start_daemon, upst
     failure = providers_by_name(daemon.stub)["openai"].health.last_failure_message
     assert failure == "openai: HTTP 400 from gpt-4o: Invalid image '…' fetched from https://bucket.example/…."
     assert "patient_x_scan.png" in daemon.logs() and "SIGNED123" in daemon.logs()
+
+
+def test_urls_in_a_failure_shown_to_clients_keep_their_scheme_and_host_only() -> None:
+    assert shown_to_clients("cannot fetch http://user:pw@host:8080/a/b?sig=1: refused.") == (
+        "cannot fetch http://host:8080/…: refused.")
+    assert shown_to_clients("see https://api.example.com.") == "see https://api.example.com."
 
 
 def test_health_counts_only_the_last_minutes_and_keeps_the_last_failure() -> None:
