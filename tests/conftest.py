@@ -136,3 +136,15 @@ def start_daemon(tmp_path, plugin_sites) -> Iterator[Callable[..., Daemon]]:
     yield start
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture
+def upstreams():
+    """The fake OpenAI and Anthropic servers, started (for a primary and its fallback)."""
+    from tests.fakes.anthropic import FakeAnthropic
+    from tests.fakes.openai import FakeOpenAI
+
+    servers = FakeOpenAI().start(), FakeAnthropic().start()
+    yield servers
+    for server in servers:
+        server.stop()

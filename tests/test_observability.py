@@ -25,9 +25,7 @@ from test_auth import TOKEN
 from router.auth import bearer
 from router.sessions import SessionStore
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
-from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import API_KEY as OPENAI_KEY
-from tests.fakes.openai import FakeOpenAI
 
 REQUEST_ID = "x-mmrouter-request-id"
 
@@ -87,14 +85,6 @@ def stats(daemon) -> list[dict]:
         return store.stats()
     finally:
         store.close()
-
-
-@pytest.fixture
-def upstreams():
-    servers = FakeOpenAI().start(), FakeAnthropic().start()
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 def test_a_provider_failing_behind_a_fallback_is_logged_and_counted(start_daemon, upstreams) -> None:

@@ -20,19 +20,10 @@ from test_observability import FALLBACK
 
 from router.health import HEALTH_MINUTES, Failure, ProviderHealth, shown_to_clients
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
-from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import API_KEY as OPENAI_KEY
-from tests.fakes.openai import FakeOpenAI, error_body
+from tests.fakes.openai import error_body
 
 REVOKED = "sk-REVOKED-key-111111111111"
-
-
-@pytest.fixture
-def upstreams():
-    servers = FakeOpenAI().start(), FakeAnthropic().start()
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 def test_a_ready_provider_whose_calls_fail_shows_its_failures_in_list_providers_and_the_cli(
