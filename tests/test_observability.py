@@ -220,14 +220,18 @@ def test_a_deadline_and_a_cancellation_are_logged(json_daemon, tmp_path) -> None
     entry = ended("Generate", "DEADLINE_EXCEEDED")[0]
     assert entry["level"] == "WARNING" and entry["duration_ms"] >= 500 and entry["provider"] == "fake"
 
+    def markers() -> set[str]:  # request ids of the provider calls started (the deadline calls' too)
+        return {p.name.removeprefix("started-") for p in tmp_path.glob("started-*")}
+
+    before = markers()
     stream = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("SLOW:30")))
     assert next(stream).HasField("route_chosen")
-    assert wait_for(lambda: list(tmp_path.glob("started-*")))
+    assert wait_for(lambda: markers() - before)  # this call's provider call is under way
     stream.cancel()
     assert wait_for(lambda: ended("StreamGenerate", "CANCELLED")), daemon.logs()
     [entry] = ended("StreamGenerate", "CANCELLED")
     assert entry["level"] == "WARNING" and entry["rule"] == "general"
-    assert entry["request_id"] in {p.name.removeprefix("started-") for p in tmp_path.glob("started-*")}
+    assert {entry["request_id"]} == markers() - before
 
 
 def test_text_logs_have_the_access_line_readable(start_daemon, tmp_path) -> None:
