@@ -551,13 +551,13 @@ async def test_timeout_maps_to_unavailable(fake: FakeAnthropic) -> None:
 async def test_call_deadline_shortens_the_timeout(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
     import time
 
-    fake.delay = 1.5
+    fake.delay = 5
     ctx = router.CallContext(request_id="t", deadline=time.monotonic() + 0.3)
     started = time.monotonic()
     with pytest.raises(ProviderUnavailable):
         async for _ in provider.generate(chat(user(text("hi"))), sonnet(provider), ctx):
             pass
-    assert time.monotonic() - started < 1.2
+    assert time.monotonic() - started < 4  # not the fake's 5 s (room for the SDK's import on a loaded machine)
 
 
 async def test_connection_refused_maps_to_unavailable() -> None:
