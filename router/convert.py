@@ -83,11 +83,6 @@ def convertible(media: Media) -> bool:
             and (media.data is not None or media.path is not None))
 
 
-def to_png(media: Media, max_pixels: int = MAX_PIXELS) -> Media | None:
-    """``media`` converted to a PNG (see :func:`to_image`), or None."""
-    return to_image(media, (PNG,), max_pixels)
-
-
 def to_image(media: Media, formats: Sequence[str] = (PNG,), max_pixels: int = MAX_PIXELS) -> Media | None:
     """``media`` converted to a PNG (its first frame, at most :data:`MAX_SIDE` pixels a side, 8 bits a
     channel), or to a JPEG when the PNG is over :data:`MAX_BYTES` and ``formats`` has JPEG; None when it

@@ -23,7 +23,7 @@ def shown_to_clients(message: str) -> str:
     """``message`` (secrets already masked) as any client may see it in ``ListProviders``: URLs cut to
     their scheme and host, quoted text left out. A provider's error may quote what another client sent
     (a file name, a signed media URL); the daemon log keeps the message whole."""
-    return _QUOTED.sub("'…'", _URL.sub(_host_only, message))[:HEALTH_MESSAGE_CHARS]
+    return _QUOTED.sub("'…'", _URL.sub(_host_only, message))
 
 
 def _host_only(url: re.Match[str]) -> str:

@@ -29,7 +29,7 @@ from PIL import Image
 
 import router.convert
 from router.config import embedded_default
-from router.convert import JPEG, PNG, to_image, to_png
+from router.convert import JPEG, PNG, to_image
 from router.errors import (
     NoRoute,
     ProviderInputTooLarge,
@@ -193,20 +193,20 @@ def test_a_bmp_or_tiff_becomes_a_png_of_the_same_picture_and_a_bomb_or_garbage_d
     for fmt, mime in (("BMP", "image/bmp"), ("TIFF", "image/tiff")):
         out = io.BytesIO()
         picture.save(out, format=fmt)
-        png = to_png(Media(IMAGE, mime, data=out.getvalue(), filename=f"scan.{fmt.lower()}"))
+        png = to_image(Media(IMAGE, mime, data=out.getvalue(), filename=f"scan.{fmt.lower()}"))
         assert png is not None and (png.mime_type, png.filename) == ("image/png", f"scan.{fmt.lower()}")
         with Image.open(io.BytesIO(png.data)) as back:
             assert (back.format, back.size, back.convert("RGB").getpixel((5, 5))) == ("PNG", (120, 80), (200, 30, 60))
-        assert to_png(Media(IMAGE, mime, data=out.getvalue()), max_pixels=120 * 80 - 1) is None
+        assert to_image(Media(IMAGE, mime, data=out.getvalue()), max_pixels=120 * 80 - 1) is None
     # a BMP header declaring 100,000 x 100,000 pixels on a few bytes: refused before decoding
     bomb = b"BM" + struct.pack("<IHHI", 70, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 100_000, 100_000, 1, 24,
                                                                      0, 0, 0, 0, 0, 0) + bytes(16)
-    assert to_png(Media(IMAGE, "image/bmp", data=bomb)) is None
-    assert to_png(Media(IMAGE, "image/bmp", data=b"BM" + bytes(80))) is None
+    assert to_image(Media(IMAGE, "image/bmp", data=bomb)) is None
+    assert to_image(Media(IMAGE, "image/bmp", data=b"BM" + bytes(80))) is None
     big = Image.new("L", (4000, 1000), 128)
     out = io.BytesIO()
     big.save(out, format="BMP")
-    with Image.open(io.BytesIO(to_png(Media(IMAGE, "image/bmp", data=out.getvalue())).data)) as back:
+    with Image.open(io.BytesIO(to_image(Media(IMAGE, "image/bmp", data=out.getvalue())).data)) as back:
         assert back.size == (2000, 500)  # scaled down as the models would, to Claude's side for many images
 
 
@@ -226,13 +226,13 @@ def test_a_16_bit_32_bit_or_float_tiff_becomes_the_same_picture_on_8_bits_not_a_
     values[30:60, 40:80] = ink
     data = tiff(values)
     assert Image.open(io.BytesIO(data)).mode == mode
-    png = to_png(Media(IMAGE, "image/tiff", data=data))
+    png = to_image(Media(IMAGE, "image/tiff", data=data))
     with Image.open(io.BytesIO(png.data)) as back:
         assert (back.mode, back.size, back.getpixel((60, 45)), back.getpixel((5, 5))) == ("L", (120, 90), 0, 255)
     # a page of one value keeps it (as 8 bits), whatever the mode
-    plain = to_png(Media(IMAGE, "image/tiff", data=tiff(np.full((10, 10), 25700, dtype=np.uint16))))
+    plain = to_image(Media(IMAGE, "image/tiff", data=tiff(np.full((10, 10), 25700, dtype=np.uint16))))
     assert Image.open(io.BytesIO(plain.data)).getextrema() == (100, 100)
-    nan = to_png(Media(IMAGE, "image/tiff", data=tiff(np.full((10, 10), np.nan, dtype=np.float32))))
+    nan = to_image(Media(IMAGE, "image/tiff", data=tiff(np.full((10, 10), np.nan, dtype=np.float32))))
     assert nan is None  # left to the OCR bridge
 
 
@@ -250,7 +250,7 @@ def test_a_noisy_picture_too_large_as_a_png_becomes_a_jpeg_claude_takes_or_is_le
     with Image.open(io.BytesIO(jpeg.data)) as back:
         assert (back.format, back.size) == ("JPEG", (2000, 2000))
     assert to_image(noisy, (PNG,)) is None  # a model that takes PNG only: the OCR bridge reads it
-    assert to_png(noisy) is None
+    assert to_image(noisy) is None
     # a transparent picture too large as a PNG is laid on white
     rgba = np.random.default_rng(4).integers(0, 256, (1200, 1200, 4), dtype=np.uint8)
     rgba[:100, :100, 3] = 0

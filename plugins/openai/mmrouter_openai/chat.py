@@ -222,7 +222,7 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
 
     # a text-only body is small: a thread hop would cost more than serialising it here
     body = await asyncio.to_thread(request_body, params) if with_media else request_body(params)
-    async with whole_request_timeout(timeout, f"{client.base_url}chat/completions"):
+    async with whole_request_timeout(timeout, client, "chat/completions"):
         response = await client.post("/chat/completions", cast_to=httpx2.Response, content=body,
                                      options={"timeout": timeout}, stream=True)
     usage = Usage()

@@ -81,13 +81,18 @@ def retry_after_seconds(headers: Any) -> float | None:
     return parse_retry_after(headers.get("retry-after"))
 
 
+def _of_aiohttp(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of aiohttp's own exceptions (without importing aiohttp)."""
+    return type(exc).__module__.startswith("aiohttp")
+
+
 def _aiohttp_connection_error(exc: BaseException) -> BaseException | None:
     """The aiohttp error behind an SDK timeout error when it is no timeout: the SDK's aiohttp transport
     turns every ``aiohttp.ClientConnectionError`` (connection refused, server disconnected) into a
     connect timeout, which would tell the operator to look at timeouts instead of the server."""
     cause, depth = exc.__cause__, 0
     while cause is not None and depth < 8:
-        if type(cause).__module__.startswith("aiohttp") and not isinstance(cause, TimeoutError):
+        if _of_aiohttp(cause) and not isinstance(cause, TimeoutError):
             return cause
         cause, depth = cause.__cause__, depth + 1
     return None
@@ -97,7 +102,7 @@ def transport_error(exc: BaseException, provider: str, *, base_url: str, api_key
     """The router error for an error of the SDK's aiohttp transport that the SDK lets through unmapped
     (a response header over aiohttp's 8190 bytes, a malformed status line or header, a server that is
     not HTTP), or None for any other exception. The httpx transport reports these as connection errors."""
-    if not type(exc).__module__.startswith("aiohttp"):
+    if not _of_aiohttp(exc):
         return None
     detail = scrub(f"{type(exc).__name__}: {exc}", api_key)
     return ProviderUnavailable(provider, f"bad HTTP response from {shown_url(base_url)}: {detail} "
@@ -105,11 +110,12 @@ def transport_error(exc: BaseException, provider: str, *, base_url: str, api_key
 
 
 @contextlib.asynccontextmanager
-async def whole_request_timeout(timeout: float, url: str) -> AsyncIterator[None]:
-    """Bound a request, its body sent and its response's headers received, by ``timeout`` seconds as a
-    whole: the aiohttp transport has no write timeout (its read timeout starts once the body is
-    written), so an upload to a server that stopped reading waited for TCP to give up. Raises the
-    SDK's ``APITimeoutError``, as its own timeouts do."""
+async def whole_request_timeout(timeout: float, client: Any, path: str) -> AsyncIterator[None]:
+    """Bound a request to ``path`` of ``client`` (an ``AsyncOpenAI``), its body sent and its response's
+    headers received, by ``timeout`` seconds as a whole: the aiohttp transport has no write timeout
+    (its read timeout starts once the body is written), so an upload to a server that stopped reading
+    waited for TCP to give up. Raises the SDK's ``APITimeoutError``, as its own timeouts do (its URL is
+    made then only: not on every call)."""
     try:
         async with asyncio.timeout(timeout):
             yield
@@ -117,7 +123,7 @@ async def whole_request_timeout(timeout: float, url: str) -> AsyncIterator[None]
         import httpx2
         import openai
 
-        raise openai.APITimeoutError(request=httpx2.Request("POST", url)) from None
+        raise openai.APITimeoutError(request=httpx2.Request("POST", f"{client.base_url}{path}")) from None
 
 
 def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, api_key: str,

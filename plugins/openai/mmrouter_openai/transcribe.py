@@ -219,7 +219,7 @@ async def transcribe_clip(client: AsyncOpenAI, media: Media, params: dict[str, A
             content: Any = stack.enter_context(open(media.path, "rb"))
         else:
             content = media.read_bytes()
-        async with whole_request_timeout(timeout, f"{client.base_url}audio/transcriptions"):
+        async with whole_request_timeout(timeout, client, "audio/transcriptions"):
             result = await client.audio.transcriptions.create(
                 file=(upload_name(media), content, normalise_mime(media.mime_type)), timeout=timeout, **params
             )
