@@ -8,6 +8,8 @@ Patches (comma-separated in MMROUTER_WHATIF; bench/run.py --whatif sets it):
 - ``no_record``: skip ``SessionStore.record`` entirely (upper bound of what recording statistics costs).
 - ``raw_http``: the OpenAI plugin's chat call made with a bare aiohttp session instead of the SDK
   (what the router costs without the SDK's request path; not an option the daemon offers).
+- ``canned_chat``: the OpenAI plugin answers at once with the requested number of text deltas, no HTTP
+  call at all (what the router's own layers and gRPC cost; compare with the echo server).
 
 Never used by the daemon itself; only by the benchmark.
 """
@@ -59,6 +61,18 @@ if "raw_http" in patches:
         yield UsageReport(usage)
 
     chat.stream_chat = _raw_stream_chat
+
+if "canned_chat" in patches:
+    import mmrouter_openai.chat as chat
+
+    from router import TextDelta, Usage, UsageReport
+
+    async def _canned_stream_chat(client, params, timeout, with_media=True):  # type: ignore[no-untyped-def]
+        for i in range(max(1, params.get("max_completion_tokens", 1))):
+            yield TextDelta(f"tok{i} ")
+        yield UsageReport(Usage(12, 1))
+
+    chat.stream_chat = _canned_stream_chat
 
 from router.cli import app  # noqa: E402
 
