@@ -12,6 +12,7 @@ import mmrouter_anthropic
 import pytest
 from mmrouter_anthropic import AnthropicProvider
 from mmrouter_anthropic.convert import LEADING_USER_TURN
+from mmrouter_anthropic.settings import AnthropicSettings
 from PIL import Image
 from reportlab.pdfgen import canvas
 
@@ -29,6 +30,7 @@ from router import (
     UsageReport,
 )
 from router.errors import (
+    ConfigError,
     ProviderAuthError,
     ProviderBadRequest,
     ProviderInputTooLarge,
@@ -39,6 +41,7 @@ from router.errors import (
 )
 from router.testing import ProviderContract, collect
 from tests.fakes.anthropic import API_KEY, FakeAnthropic, media_blocks, sent_key
+from tests.fakes.raw import RawServer
 
 
 # -- media made in the tests -----------------------------------------------------------------
@@ -538,9 +541,10 @@ async def test_error_event_mid_stream_maps_by_type(
     assert "mid-stream trouble" in info.value.message
 
 
-async def test_timeout_maps_to_unavailable(fake: FakeAnthropic) -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_timeout_maps_to_unavailable(fake: FakeAnthropic, transport: str) -> None:
     fake.delay = 1.5
-    prov = AnthropicProvider({"api_key": API_KEY, "base_url": fake.url, "timeout": 0.3})
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": fake.url, "timeout": 0.3, "http_client": transport})
     try:
         with pytest.raises(ProviderUnavailable, match="did not answer in time"):
             await run(prov, chat(user(text("hi"))))
@@ -560,17 +564,73 @@ async def test_call_deadline_shortens_the_timeout(provider: AnthropicProvider, f
     assert time.monotonic() - started < 4  # not the fake's 5 s (room for the SDK's import on a loaded machine)
 
 
-async def test_connection_refused_maps_to_unavailable() -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_connection_refused_maps_to_unavailable(transport: str) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{port}"})
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{port}", "http_client": transport})
     try:
         with pytest.raises(ProviderUnavailable, match="cannot reach") as info:
             await run(prov, chat(user(text("hi"))))
     finally:
         await prov.aclose()
     assert API_KEY not in str(info.value)
+
+
+def test_the_aiohttp_transport_is_the_default_but_a_url_with_credentials_uses_httpx(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp refuses credentials in the URL beside an Authorization header, so that URL gets httpx;
+    for the plugin's own provider without a base_url, the SDK's ANTHROPIC_BASE_URL is the URL."""
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    assert AnthropicSettings.load("anthropic", {"api_key": API_KEY}).transport == "aiohttp"
+    assert AnthropicSettings.load("anthropic", {"api_key": API_KEY, "http_client": "HTTPX"}).transport == "httpx"
+    with_password = {"api_key": API_KEY, "base_url": "http://svc:pw@127.0.0.1:9"}
+    assert AnthropicSettings.load("anthropic", with_password).transport == "httpx"
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://svc:pw@127.0.0.1:9")
+    assert AnthropicSettings.load("anthropic", {"api_key": API_KEY}).transport == "httpx"
+    assert AnthropicSettings.load("claude-eu", {"api_key": API_KEY}, environment=False).transport == "aiohttp"
+    with pytest.raises(ConfigError, match=r"providers\.anthropic\.http_client"):
+        AnthropicSettings.load("anthropic", {"api_key": API_KEY, "http_client": "curl"})
+
+
+LONG_HEADER = b"HTTP/1.1 200 OK\r\nset-cookie: " + b"a" * 9000 + b"\r\ncontent-length: 0\r\n\r\n"  # over aiohttp's 8190
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx", None], ids=["aiohttp", "httpx", "default"])
+@pytest.mark.parametrize("reply", [b"SSH-2.0-OpenSSH_9.6\r\n", LONG_HEADER], ids=["not-http", "long-header"])
+async def test_a_malformed_response_is_unavailable_not_a_plugin_failure(transport: str | None, reply: bytes) -> None:
+    """The SDK's aiohttp transport lets aiohttp's own response errors through unmapped; the plugin makes
+    them UNAVAILABLE (a fallback answers) instead of a plugin failure. By default the transport is
+    aiohttp, whose header limit the long header is over."""
+    server = RawServer(reply)
+    settings = {"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}", "timeout": 5}
+    prov = AnthropicProvider(settings | ({"http_client": transport} if transport else {}))
+    try:
+        with pytest.raises(ProviderUnavailable) as info:
+            await run(prov, chat(user(text("hi"))))
+    finally:
+        await prov.aclose()
+        server.close()
+    assert API_KEY not in info.value.message
+    if transport != "httpx":  # not "cannot reach": the server answered
+        assert "bad HTTP response from the Anthropic API" in info.value.message
+        assert ("http_client: httpx accepts longer headers" in info.value.message) == (reply == LONG_HEADER)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_an_upload_to_a_server_that_stopped_reading_times_out(transport: str) -> None:
+    """aiohttp has no write timeout (its read timeout starts once the body is sent): a large request to
+    a server that stopped reading would wait for TCP to give up, not for the configured timeout."""
+    server = RawServer(None)
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}", "timeout": 1,
+                              "http_client": transport})
+    try:  # 20 MB of PDF, 27 MB as base64: below the API's 32 MB, more than loopback buffers hold
+        with pytest.raises(ProviderUnavailable, match="did not answer in time"):
+            await run(prov, chat(user(text("Summarise it"), pdf_part(1, 20 * MB))))
+    finally:
+        await prov.aclose()
+        server.close()
 
 
 # -- the API's size limits, refused before calling ---------------------------------------------

@@ -46,6 +46,7 @@ from router.errors import (
 )
 from router.testing import ProviderContract, collect
 from tests.fakes.openai import API_KEY, FakeOpenAI, error_body
+from tests.fakes.raw import RawServer
 
 
 # -- media made in the tests -----------------------------------------------------------------
@@ -881,36 +882,6 @@ def test_the_aiohttp_transport_is_the_default_but_a_url_with_credentials_uses_ht
     assert OpenAISettings.load("openai", {"api_key": API_KEY, "http_client": "httpx"}).transport == "httpx"
     with_password = {"api_key": API_KEY, "base_url": "http://svc:pw@127.0.0.1:9/v1"}
     assert OpenAISettings.load("openai", with_password).transport == "httpx"
-
-
-class RawServer:
-    """A TCP server on a free loopback port that answers each connection with ``reply`` (bytes, after
-    reading the request's first bytes), or, with ``reply=None``, accepts and never reads."""
-
-    def __init__(self, reply: bytes | None) -> None:
-        self.reply = reply
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-            if self.reply is not None:
-                conn.recv(65536)
-                conn.sendall(self.reply)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
 
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])

@@ -16,6 +16,7 @@ from router.errors import (
     parse_retry_after,
     provider_error_from_status,
 )
+from router.sdk_http import is_aiohttp_error
 
 from .settings import key_setting_hint
 
@@ -73,6 +74,9 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
     if isinstance(exc, anthropic.APITimeoutError):
         return ProviderUnavailable(provider, "the Anthropic API did not answer in time")
     if isinstance(exc, anthropic.APIConnectionError):
+        bad = _bad_response(exc)
+        if bad:
+            return ProviderUnavailable(provider, _scrub(f"bad HTTP response from the Anthropic API: {bad}", api_key))
         return ProviderUnavailable(provider, "cannot reach the Anthropic API (connection failed)")
     if isinstance(exc, anthropic.APIStatusError):
         err_type, err_message = _error_body(exc)
@@ -97,6 +101,23 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
     if isinstance(exc, transport_errors()):
         return ProviderUnavailable(provider, f"connection to the Anthropic API failed ({type(exc).__name__})")
     return ProviderUnavailable(provider, _scrub(f"bad answer from the Anthropic API: {exc}", api_key))
+
+
+def _bad_response(exc: BaseException) -> str:
+    """What was wrong with the reply, when the SDK's aiohttp transport reports a reply it could not parse
+    (a header over aiohttp's 8190 bytes, a server that does not speak HTTP) as a connection error; else ""."""
+    cause = exc.__cause__
+    if cause is None or not is_aiohttp_error(cause):
+        return ""
+    import aiohttp
+
+    if not isinstance(cause, aiohttp.ClientResponseError):
+        return ""
+    too_long, inner, depth = False, cause.__cause__ or cause.__context__, 0
+    while inner is not None and depth < 4:  # aiohttp's parser error is a cause or two below
+        too_long = too_long or isinstance(inner, aiohttp.http_exceptions.LineTooLong)
+        inner, depth = inner.__cause__ or inner.__context__, depth + 1
+    return " ".join(cause.message.split())[:200] + (" (http_client: httpx accepts longer headers)" if too_long else "")
 
 
 def transport_errors() -> tuple[type[BaseException], ...]:

@@ -20,6 +20,7 @@ from router import (
     with_configured_models,
 )
 from router.errors import ProviderNotConfigured, ProviderUnavailable
+from router.sdk_http import until_headers
 
 from .convert import prepare
 from .errors import is_mappable, key_hint, map_sdk_error
@@ -59,12 +60,17 @@ class AnthropicProvider(Provider):
             from anthropic import AsyncAnthropic
 
             s = self.settings
+            http_client = None
+            if s.transport == "aiohttp":
+                from anthropic import DefaultAioHttpClient  # needs the aiohttp package (the SDK's extra)
+
+                http_client = DefaultAioHttpClient(timeout=s.timeout)
             # api_key is always given (a str), so the SDK reads no credential of its own (ANTHROPIC_API_KEY,
             # ANTHROPIC_AUTH_TOKEN, profiles). For an extra instance, base_url is never None (None reads
             # ANTHROPIC_BASE_URL) and ANTHROPIC_CUSTOM_HEADERS is cancelled.
             self._client = AsyncAnthropic(
                 api_key=s.key, base_url=s.client_base_url, timeout=s.timeout, max_retries=s.max_retries,
-                default_headers=None if s.uses_environment else _without_environment_headers(s.key),
+                http_client=http_client, default_headers=None if s.uses_environment else _without_environment_headers(s.key),
             )
         return self._client
 
@@ -96,10 +102,11 @@ class AnthropicProvider(Provider):
         usage = Usage()
         stop: list[FinishReason] = []
         complete = False
+        timeout = self._call_timeout(ctx)
+        client = self.client()
         try:
-            stream = await self.client().messages.create(
-                stream=True, timeout=self._call_timeout(ctx), **params
-            )
+            async with until_headers(timeout, lambda: _timed_out(client)):
+                stream = await client.messages.create(stream=True, timeout=timeout, **params)
             async with stream:
                 async for event in stream:
                     complete = complete or getattr(event, "type", "") == "message_stop"
@@ -124,6 +131,14 @@ class AnthropicProvider(Provider):
         client, self._client = self._client, None
         if client is not None:
             await client.close()
+
+
+def _timed_out(client: AsyncAnthropic) -> BaseException:
+    """The SDK's timeout error for a call to ``client``'s Messages API."""
+    import anthropic
+    import httpx2
+
+    return anthropic.APITimeoutError(request=httpx2.Request("POST", f"{str(client.base_url).rstrip('/')}/v1/messages"))
 
 
 def _without_environment_headers(api_key: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Keys (all optional)::
                                               # default: ANTHROPIC_BASE_URL, else the public API
         timeout: 120                   # seconds per call (default 120), shortened to the call's deadline
         max_retries: 0                 # SDK retries; the router does fallbacks (default 0)
+        http_client: aiohttp           # the SDK's DefaultAioHttpClient transport (default), or httpx
         models:                        # models newer than the plugin's catalogue (router.ModelSpec)
           - {name: claude-sonnet-5-5, price: {input_per_mtok: 3, output_per_mtok: 15}}
 
@@ -21,11 +22,13 @@ base_url defaults to the public API.
 
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 from pydantic import Field, field_validator
 
 from router import ModelSpec, ProviderSettings
+from router.sdk_http import SdkTransportSettings, Transport
 
 #: The plugin's own provider name; other names are extra instances (``plugin: anthropic``).
 PLUGIN = "anthropic"
@@ -38,7 +41,7 @@ def key_setting_hint(provider: str) -> str:
     return AnthropicSettings.key_settings(provider, PLUGIN)
 
 
-class AnthropicSettings(ProviderSettings):
+class AnthropicSettings(ProviderSettings, SdkTransportSettings):
     """Settings of one Anthropic provider."""
 
     api_key_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY",)
@@ -59,6 +62,13 @@ class AnthropicSettings(ProviderSettings):
         """The ``base_url`` to give the SDK. None lets it read ANTHROPIC_BASE_URL: the plugin's own
         provider only; an extra instance gets its own or the public API."""
         return self.base_url or (None if self.uses_environment else ANTHROPIC_API_URL)
+
+    @property
+    def transport(self) -> Transport:
+        """The HTTP transport the SDK client uses (see :meth:`SdkTransportSettings.transport_for`); for the
+        plugin's own provider without a base_url, the SDK's ANTHROPIC_BASE_URL is the URL."""
+        url = self.client_base_url
+        return self.transport_for(url if url is not None else os.environ.get("ANTHROPIC_BASE_URL", ""))
 
     def unconfigured_reason(self, provider: str = PLUGIN) -> str | None:
         """Why the provider cannot be used (no key), or None."""

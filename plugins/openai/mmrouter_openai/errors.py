@@ -13,14 +13,13 @@ in the error's metadata, for a support ticket.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 from router import ProviderError, ProviderUnavailable, provider_error_from_status
 from router.errors import parse_retry_after
+from router.sdk_http import is_aiohttp_error, until_headers
 
 from .settings import key_setting_hint
 
@@ -81,18 +80,13 @@ def retry_after_seconds(headers: Any) -> float | None:
     return parse_retry_after(headers.get("retry-after"))
 
 
-def _of_aiohttp(exc: BaseException) -> bool:
-    """Whether ``exc`` is one of aiohttp's own exceptions (without importing aiohttp)."""
-    return type(exc).__module__.startswith("aiohttp")
-
-
 def _aiohttp_connection_error(exc: BaseException) -> BaseException | None:
     """The aiohttp error behind an SDK timeout error when it is no timeout: the SDK's aiohttp transport
     turns every ``aiohttp.ClientConnectionError`` (connection refused, server disconnected) into a
     connect timeout, which would tell the operator to look at timeouts instead of the server."""
     cause, depth = exc.__cause__, 0
     while cause is not None and depth < 8:
-        if _of_aiohttp(cause) and not isinstance(cause, TimeoutError):
+        if is_aiohttp_error(cause) and not isinstance(cause, TimeoutError):
             return cause
         cause, depth = cause.__cause__, depth + 1
     return None
@@ -102,28 +96,26 @@ def transport_error(exc: BaseException, provider: str, *, base_url: str, api_key
     """The router error for an error of the SDK's aiohttp transport that the SDK lets through unmapped
     (a response header over aiohttp's 8190 bytes, a malformed status line or header, a server that is
     not HTTP), or None for any other exception. The httpx transport reports these as connection errors."""
-    if not _of_aiohttp(exc):
+    if not is_aiohttp_error(exc):
         return None
     detail = scrub(f"{type(exc).__name__}: {exc}", api_key)
     return ProviderUnavailable(provider, f"bad HTTP response from {shown_url(base_url)}: {detail} "
                                          "(http_client: httpx accepts longer headers)")
 
 
-@contextlib.asynccontextmanager
-async def whole_request_timeout(timeout: float, client: Any, path: str) -> AsyncIterator[None]:
+def whole_request_timeout(timeout: float, client: Any, path: str) -> contextlib.AbstractAsyncContextManager[None]:
     """Bound a request to ``path`` of ``client`` (an ``AsyncOpenAI``), its body sent and its response's
-    headers received, by ``timeout`` seconds as a whole: the aiohttp transport has no write timeout
-    (its read timeout starts once the body is written), so an upload to a server that stopped reading
-    waited for TCP to give up. Raises the SDK's ``APITimeoutError``, as its own timeouts do (its URL is
-    made then only: not on every call)."""
-    try:
-        async with asyncio.timeout(timeout):
-            yield
-    except TimeoutError:
+    headers received, by ``timeout`` seconds as a whole (:func:`router.sdk_http.until_headers`: the aiohttp
+    transport has no write timeout). Raises the SDK's ``APITimeoutError``, as its own timeouts do (its URL
+    is made then only: not on every call)."""
+
+    def timed_out() -> BaseException:
         import httpx2
         import openai
 
-        raise openai.APITimeoutError(request=httpx2.Request("POST", f"{client.base_url}{path}")) from None
+        return openai.APITimeoutError(request=httpx2.Request("POST", f"{client.base_url}{path}"))
+
+    return until_headers(timeout, timed_out)
 
 
 def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, api_key: str,

@@ -21,12 +21,13 @@ An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, field_validator
 
 from router import ProviderSettings
+from router.sdk_http import SdkTransportSettings, Transport
 
 #: The official endpoint, used when no base_url is configured.
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -41,7 +42,7 @@ def key_setting_hint(provider: str) -> str:
 NO_KEY_PLACEHOLDER = "sk-no-key-required"
 
 
-class OpenAISettings(ProviderSettings):
+class OpenAISettings(ProviderSettings, SdkTransportSettings):
     """Settings of one OpenAI provider."""
 
     model_config = ConfigDict(str_strip_whitespace=True)
@@ -57,9 +58,6 @@ class OpenAISettings(ProviderSettings):
     max_retries: int = Field(0, ge=0, description="SDK retries; the router does fallbacks")
     legacy_max_tokens: bool = Field(False, description="send max_tokens instead of max_completion_tokens")
     builtin_models: bool = Field(True, description="offer the built-in OpenAI catalogue")
-    http_client: Literal["httpx", "aiohttp"] = Field(
-        "aiohttp", description="the SDK's HTTP transport: aiohttp (DefaultAioHttpClient, less than half the CPU "
-        "per call) or httpx (the SDK's own default); a base_url with credentials always uses httpx")
     models: list[dict[str, Any]] = Field(default_factory=list, description="extra models, see mmrouter_openai.models")
 
 
@@ -68,23 +66,15 @@ class OpenAISettings(ProviderSettings):
     def _no_trailing_slash(cls, url: str) -> str:
         return url.rstrip("/")
 
-    @field_validator("http_client", mode="before")
-    @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
-
     @property
     def effective_base_url(self) -> str:
         """The URL requests go to."""
         return self.base_url or OPENAI_BASE_URL
 
     @property
-    def transport(self) -> Literal["httpx", "aiohttp"]:
-        """The HTTP transport the SDK client uses: ``http_client``, but httpx for a base URL with
-        credentials (``https://user:pass@host/v1``), which aiohttp refuses beside the bearer token."""
-        if self.http_client == "aiohttp" and "@" in urlsplit(self.effective_base_url).netloc:
-            return "httpx"
-        return self.http_client
+    def transport(self) -> Transport:
+        """The HTTP transport the SDK client uses (see :meth:`SdkTransportSettings.transport_for`)."""
+        return self.transport_for(self.effective_base_url)
 
     @property
     def is_openai(self) -> bool:
