@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """CPU per streamed call of the Anthropic plugin on each of the SDK's transports (``http_client``).
 
-    .venv/bin/python bench/anthropic_transport.py [--calls 600] [--concurrency 10] [--rounds 2]
+    .venv/bin/python bench/anthropic_transport.py [--calls 600] [--concurrency 10] [--rounds 2] [--chunks 4]
 
 The fake Messages API of the tests (``tests/fakes/anthropic.py``) runs in its own process on the
 client core; the plugin (``AnthropicProvider.generate``, the real SDK) runs in this process pinned to
@@ -29,6 +29,7 @@ import sys, time
 sys.path.insert(0, {root!r})
 from tests.fakes.anthropic import FakeAnthropic
 with FakeAnthropic() as fake:
+    fake.chunks = [f"tok{{i}} " for i in range({chunks})]
     print(fake.url, flush=True)
     time.sleep(3600)
 """
@@ -75,15 +76,17 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--chunks", type=int, default=4, help="text deltas per answer")
     opt = parser.parse_args()
-    fake = subprocess.Popen(["taskset", "-c", str(run.CLIENT_CORE), sys.executable, "-c", FAKE.format(root=str(ROOT))],
+    fake = subprocess.Popen(["taskset", "-c", str(run.CLIENT_CORE), sys.executable, "-c", FAKE.format(root=str(ROOT), chunks=opt.chunks)],
                             stdout=subprocess.PIPE, text=True)
     try:
         url = (fake.stdout.readline() if fake.stdout else "").strip()
         if not url:
             raise SystemExit("the fake Messages API did not start")
         os.sched_setaffinity(0, {run.SERVER_CORE})
-        print(f"Anthropic plugin, streamed calls at concurrency {opt.concurrency}, pinned to core {run.SERVER_CORE}")
+        print(f"Anthropic plugin, streamed calls of {opt.chunks} text deltas at concurrency {opt.concurrency},"
+              f" pinned to core {run.SERVER_CORE}")
         for round_ in range(opt.rounds):
             for transport in ("aiohttp", "httpx"):
                 ms = asyncio.run(measure(url, transport, opt.calls, opt.concurrency))
