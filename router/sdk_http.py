@@ -12,6 +12,9 @@ their default httpx one. It differs from httpx in three ways a plugin must cover
 - aiohttp refuses credentials in the URL beside an ``Authorization`` header:
   :func:`url_has_credentials` says when to keep httpx.
 
+Streamed answers are read as raw responses and parsed with :func:`sse_data` and ``json.loads``: the
+SDKs' typed stream events (a pydantic model per event) cost several times the CPU per chunk.
+
 A plugin's settings take :class:`SdkTransportSettings` in (its ``http_client`` key).
 """
 
@@ -39,6 +42,33 @@ def url_has_credentials(url: str) -> bool:
         return "@" in urlsplit(url).netloc
     except ValueError:
         return False
+
+
+async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event in ``chunks`` (a response body's bytes as they come),
+    multi-line data joined by newlines; events without data (comments, ``event:`` alone) are skipped."""
+    buffer = b""
+    data: list[bytes] = []
+    async for piece in chunks:
+        buffer += piece
+        if b"\n" not in piece and b"\r" not in piece:
+            continue
+        lines = buffer.splitlines(keepends=True)
+        buffer = lines.pop() if not lines[-1].endswith((b"\n", b"\r")) else b""
+        for line in lines:
+            line = line.rstrip(b"\r\n")
+            if not line:  # the blank line ends an event
+                if data:
+                    yield b"\n".join(data).decode("utf-8")
+                    data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+    if buffer.strip().startswith(b"data:"):
+        value = buffer.strip()[5:]
+        data.append(value[1:] if value.startswith(b" ") else value)
+    if data:
+        yield b"\n".join(data).decode("utf-8")
 
 
 @contextlib.asynccontextmanager

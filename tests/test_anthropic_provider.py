@@ -618,6 +618,54 @@ async def test_a_malformed_response_is_unavailable_not_a_plugin_failure(transpor
         assert ("http_client: httpx accepts longer headers" in info.value.message) == (reply == LONG_HEADER)
 
 
+def sse_reply(body: bytes) -> bytes:
+    """A whole HTTP response of ``body`` as a server-sent event stream."""
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: " + str(len(body)).encode()
+            + b"\r\n\r\n" + body)
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]"], ids=["not-json", "not-an-object"])
+async def test_a_stream_event_that_is_not_a_json_object_is_unavailable(data: bytes) -> None:
+    """The plugin decodes the events itself: a broken one is a bad answer (a fallback may answer), not
+    the plugin's failure."""
+    start = (b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":7,'
+             b'"output_tokens":1}}}\n\n')
+    server = RawServer(sse_reply(start + b"event: content_block_delta\ndata: " + data + b"\n\n"))
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}", "timeout": 5})
+    try:
+        with pytest.raises(ProviderUnavailable, match="not a JSON object"):
+            await run(prov, chat(user(text("hi"))))
+    finally:
+        await prov.aclose()
+        server.close()
+
+
+async def test_events_without_text_or_of_unknown_types_are_skipped() -> None:
+    """Pings, thinking deltas and event types newer than the plugin carry no answer text; the stop reason
+    and the usage still count."""
+    body = b"".join(b"event: x\ndata: " + json_event + b"\n\n" for json_event in [
+        b'{"type":"message_start","message":{"usage":{"input_tokens":7,"output_tokens":1}}}',
+        b'{"type":"ping"}',
+        b'{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}',
+        b'{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Hi"}}',
+        b'{"type":"some_new_event","delta":{"text":"not text"}}',
+        b'{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":9}}',
+        b'{"type":"message_stop"}',
+    ])
+    server = RawServer(sse_reply(body))
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}", "timeout": 5})
+    try:
+        events = await run(prov, chat(user(text("hi"))))
+    finally:
+        await prov.aclose()
+        server.close()
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hi"]
+    report = events[-1]
+    assert isinstance(report, UsageReport)
+    assert (report.usage.input_tokens, report.usage.output_tokens) == (7, 9)
+    assert report.finish_reason is router.FinishReason.LENGTH
+
+
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 async def test_an_upload_to_a_server_that_stopped_reading_times_out(transport: str) -> None:
     """aiohttp has no write timeout (its read timeout starts once the body is sent): a large request to

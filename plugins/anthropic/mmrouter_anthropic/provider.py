@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from router import (
     with_configured_models,
 )
 from router.errors import ProviderNotConfigured, ProviderUnavailable
-from router.sdk_http import until_headers
+from router.sdk_http import sse_data, until_headers
 
 from .convert import prepare
 from .errors import is_mappable, key_hint, map_sdk_error
@@ -105,14 +106,29 @@ class AnthropicProvider(Provider):
         timeout = self._call_timeout(ctx)
         client = self.client()
         try:
+            import anthropic
+            import httpx2
+
+            # A raw streamed response, its events decoded with json.loads: the SDK's typed events (a
+            # pydantic model each) cost several times the CPU per chunk. The SDK still builds the
+            # request (auth, headers, base URL, the API version) and maps HTTP errors.
             async with until_headers(timeout, lambda: _timed_out(client)):
-                stream = await client.messages.create(stream=True, timeout=timeout, **params)
-            async with stream:
-                async for event in stream:
-                    complete = complete or getattr(event, "type", "") == "message_stop"
-                    delta = _handle_event(event, usage, stop, model.price)
-                    if delta:
-                        yield TextDelta(delta)
+                response = await client.post("/v1/messages", body={**params, "stream": True}, cast_to=httpx2.Response,
+                                             options={"timeout": timeout}, stream=True)
+            try:
+                async for data in sse_data(response.aiter_bytes()):
+                    event = _event_of(data, response, anthropic)
+                    kind = event.get("type")
+                    if kind == "content_block_delta":
+                        delta = event.get("delta")
+                        if isinstance(delta, dict) and delta.get("type") == "text_delta" and delta.get("text"):
+                            yield TextDelta(delta["text"])
+                    elif kind == "message_stop":
+                        complete = True
+                    else:
+                        _handle_event(event, usage, stop, model.price)
+            finally:
+                await response.aclose()
         except Exception as exc:
             if is_mappable(exc):
                 raise map_sdk_error(exc, self.name, self.settings.key) from exc
@@ -162,22 +178,34 @@ STOP_REASONS = {"end_turn": FinishReason.STOP, "stop_sequence": FinishReason.STO
                 "refusal": FinishReason.REFUSAL}
 
 
-def _handle_event(event: Any, usage: Usage, stop: list[FinishReason], price: Price) -> str:
-    """Fold one stream event into ``usage`` (priced at ``price`` when the prompt cache was written) and its
-    stop reason into ``stop``; return its text, if any."""
-    kind = getattr(event, "type", "")
-    if kind == "content_block_delta":
-        delta = event.delta
-        if getattr(delta, "type", "") == "text_delta":
-            return delta.text
-    elif kind == "message_start":
-        _fold_usage(event.message.usage, usage, price)
+def _event_of(data: str, response: Any, anthropic: Any) -> dict[str, Any]:
+    """The stream event of an SSE ``data``; an ``error`` event raises the SDK's ``APIStatusError`` (as its
+    own stream does), and data that is not a JSON object its ``APIError``."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):
+        raise anthropic.APIError("the server sent a stream event that is not a JSON object", response.request,
+                                 body=data[:200])
+    if event.get("type") == "error":
+        raise anthropic.APIStatusError(f"{event}", response=response, body=event)
+    return event
+
+
+def _handle_event(event: dict[str, Any], usage: Usage, stop: list[FinishReason], price: Price) -> None:
+    """Fold the usage of a ``message_start`` or ``message_delta`` event into ``usage`` (priced at ``price``
+    when the prompt cache was written) and its stop reason into ``stop``; other events are ignored."""
+    kind = event.get("type")
+    if kind == "message_start":
+        message = event.get("message")
+        _fold_usage(message.get("usage") if isinstance(message, dict) else None, usage, price)
     elif kind == "message_delta":
-        _fold_usage(event.usage, usage, price)
-        reason = getattr(event.delta, "stop_reason", None)
+        _fold_usage(event.get("usage"), usage, price)
+        delta = event.get("delta")
+        reason = delta.get("stop_reason") if isinstance(delta, dict) else None
         if reason:
             stop.append(STOP_REASONS.get(reason, FinishReason.OTHER))
-    return ""
 
 
 #: What writing a token to the prompt cache costs over the input price, by the entry's lifetime: 1.25x
@@ -187,33 +215,40 @@ CACHE_WRITE_EXTRA = {"ephemeral_5m_input_tokens": 0.25, "ephemeral_1h_input_toke
 
 
 def _fold_usage(reported: Any, usage: Usage, price: Price) -> None:
-    """Take the cumulative counts of a ``message_start`` or ``message_delta`` usage.
+    """Take the cumulative counts of a ``message_start`` or ``message_delta`` usage (a JSON object).
 
     ``input_tokens`` leaves out the tokens written to or read from the prompt cache: ours includes them,
     the ones read as ``cached_input_tokens``. Cache writes cost more than input: when there are any,
     ``usage.cost_usd`` is set here (``price``'s cost plus the writes' extra), else left to the router.
     """
-    if reported is None:
+    if not isinstance(reported, dict):
         return
     extra = usage.cost_usd - price.cost(usage) if usage.cost_usd else 0.0  # the writes' extra, folded before
-    if reported.input_tokens is not None:
-        reads = reported.cache_read_input_tokens or 0
-        total = reported.input_tokens + (reported.cache_creation_input_tokens or 0) + reads
+    written = _count(reported, "cache_creation_input_tokens") or 0
+    if _count(reported, "input_tokens") is not None:
+        reads = _count(reported, "cache_read_input_tokens") or 0
+        total = (_count(reported, "input_tokens") or 0) + written + reads
         usage.input_tokens = max(usage.input_tokens, total)
         usage.cached_input_tokens = max(usage.cached_input_tokens, reads)
-    if reported.cache_creation_input_tokens:  # cumulative, like the counts: a repeat without breakdown is no less
-        extra = max(extra, _cache_write_extra(reported, price))
-    if reported.output_tokens is not None:
-        usage.output_tokens = max(usage.output_tokens, reported.output_tokens)
+    if written:  # cumulative, like the counts: a repeat without breakdown is no less
+        extra = max(extra, _cache_write_extra(reported, written, price))
+    output = _count(reported, "output_tokens")
+    if output is not None:
+        usage.output_tokens = max(usage.output_tokens, output)
     usage.cost_usd = price.cost(usage) + extra if extra else 0.0
 
 
-def _cache_write_extra(reported: Any, price: Price) -> float:
-    """What the prompt-cache writes of ``reported`` cost over the input price (5-minute writes when the
-    ``cache_creation`` breakdown is missing)."""
-    breakdown = getattr(reported, "cache_creation", None)
-    if breakdown is None:
-        written = reported.cache_creation_input_tokens or 0
+def _count(reported: dict[str, Any], key: str) -> int | None:
+    """A token count of a usage object: None when absent (or not a number)."""
+    value = reported.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _cache_write_extra(reported: dict[str, Any], written: int, price: Price) -> float:
+    """What the ``written`` prompt-cache tokens of ``reported`` cost over the input price (5-minute writes
+    when the ``cache_creation`` breakdown is missing)."""
+    breakdown = reported.get("cache_creation")
+    if not isinstance(breakdown, dict):
         return written * CACHE_WRITE_EXTRA["ephemeral_5m_input_tokens"] * price.input_per_mtok / 1e6
-    return sum((getattr(breakdown, field, 0) or 0) * share * price.input_per_mtok / 1e6
+    return sum((_count(breakdown, field) or 0) * share * price.input_per_mtok / 1e6
                for field, share in CACHE_WRITE_EXTRA.items())

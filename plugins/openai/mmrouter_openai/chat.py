@@ -31,6 +31,7 @@ from router import (
     UsageReport,
 )
 from router.mime import normalise_mime
+from router.sdk_http import sse_data
 from router.sniff import animated_gif
 
 from .errors import whole_request_timeout
@@ -229,7 +230,7 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     finish: FinishReason | None = None
     done = False
     try:
-        async for data in _sse_data(response, openai, httpx2):
+        async for data in sse_data(response.aiter_bytes()):
             # After [DONE] the rest of the body is read (and ignored) so the connection is reused.
             if done or data.startswith("[DONE]"):
                 done = True
@@ -271,6 +272,10 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
             if usage != Usage():  # billed all the same
                 yield UsageReport(usage, finish)
             raise openai.APIError(INCOMPLETE_STREAM, request=response.request, body=None)
+    except httpx2.TimeoutException as exc:  # while the body is read: as the SDK reports them
+        raise openai.APITimeoutError(request=response.request) from exc
+    except httpx2.RequestError as exc:
+        raise openai.APIConnectionError(request=response.request) from exc
     finally:
         await response.aclose()
     yield UsageReport(usage, finish)
@@ -285,34 +290,3 @@ def usage_of(reported: dict[str, Any]) -> Usage:
     return Usage(input_tokens=reported.get("prompt_tokens") or 0, output_tokens=reported.get("completion_tokens") or 0,
                  audio_input_tokens=details.get("audio_tokens") or 0,
                  cached_input_tokens=details.get("cached_tokens") or 0)
-
-
-async def _sse_data(response: Any, openai: Any, httpx2: Any) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event of ``response`` (multi-line data joined by newlines)."""
-    buffer = b""
-    data: list[bytes] = []
-    try:
-        async for piece in response.aiter_bytes():
-            buffer += piece
-            if b"\n" not in piece and b"\r" not in piece:
-                continue
-            lines = buffer.splitlines(keepends=True)
-            buffer = lines.pop() if not lines[-1].endswith((b"\n", b"\r")) else b""
-            for line in lines:
-                line = line.rstrip(b"\r\n")
-                if not line:  # the blank line ends an event
-                    if data:
-                        yield b"\n".join(data).decode("utf-8")
-                        data = []
-                elif line.startswith(b"data:"):
-                    value = line[5:]
-                    data.append(value[1:] if value.startswith(b" ") else value)
-        if buffer.strip().startswith(b"data:"):
-            value = buffer.strip()[5:]
-            data.append(value[1:] if value.startswith(b" ") else value)
-        if data:
-            yield b"\n".join(data).decode("utf-8")
-    except httpx2.TimeoutException as exc:
-        raise openai.APITimeoutError(request=response.request) from exc
-    except httpx2.RequestError as exc:
-        raise openai.APIConnectionError(request=response.request) from exc
