@@ -624,7 +624,8 @@ def sse_reply(body: bytes) -> bytes:
             + b"\r\n\r\n" + body)
 
 
-@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]"], ids=["not-json", "not-an-object"])
+@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]", b'{"type":"content_block_delta","delta":{"type":"text_delta","text":"\xff\xfe"}}'],
+                         ids=["not-json", "not-an-object", "not-utf8"])
 async def test_a_stream_event_that_is_not_a_json_object_is_unavailable(data: bytes) -> None:
     """The plugin decodes the events itself: a broken one is a bad answer (a fallback may answer), not
     the plugin's failure."""
@@ -638,6 +639,37 @@ async def test_a_stream_event_that_is_not_a_json_object_is_unavailable(data: byt
     finally:
         await prov.aclose()
         server.close()
+
+
+@pytest.mark.parametrize(("err_type", "expected"), [("overloaded_error", ProviderUnavailable),
+                                                     ("request_too_large", ProviderInputTooLarge)])
+async def test_an_error_event_is_mapped_by_its_error_type_even_without_a_type_field(err_type: str, expected) -> None:
+    """A proxy may send ``event: error`` with only the ``error`` object: the SSE event name makes it the
+    error it is (a size refusal lets the router try a model with room), not a stream cut short."""
+    body = (b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":7}}}\n\n'
+            b'event: error\ndata: {"error":{"type":"' + err_type.encode() + b'","message":"busy or big"}}\n\n')
+    server = RawServer(sse_reply(body))
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}", "timeout": 5})
+    try:
+        with pytest.raises(ProviderUnavailable if expected is ProviderUnavailable else ProviderInputTooLarge) as info:
+            await run(prov, chat(user(text("hi"))))
+    finally:
+        await prov.aclose()
+        server.close()
+    assert type(info.value) is expected
+    assert "busy or big" in info.value.message
+
+
+async def test_sdk_retries_are_not_cut_by_the_whole_call_bound(fake: FakeAnthropic) -> None:
+    """With max_retries the SDK waits out a Retry-After and asks again: that is no timeout."""
+    fake.fail_next_api(529, "overloaded_error", "busy", headers={"retry-after": "1.2"})
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": fake.url, "timeout": 1, "max_retries": 1})
+    try:
+        events = await run(prov, chat(user(text("hi"))))
+    finally:
+        await prov.aclose()
+    assert text_of(events) == "".join(fake.chunks)
+    assert len(fake.message_calls()) == 2
 
 
 async def test_events_without_text_or_of_unknown_types_are_skipped() -> None:

@@ -904,6 +904,20 @@ async def test_a_malformed_response_is_unavailable_not_a_plugin_failure(transpor
     assert API_KEY not in info.value.message
 
 
+async def test_a_stream_event_that_is_not_utf8_is_unavailable() -> None:
+    """The events are decoded by json.loads: bad UTF-8 is a bad answer (fallbacks run), not a plugin failure."""
+    body = b'data: {"choices":[{"index":0,"delta":{"content":"\xff\xfe"}}]}\n\n'
+    server = RawServer(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
+                       + str(len(body)).encode() + b"\r\n\r\n" + body)
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5})
+    try:
+        with pytest.raises(ProviderUnavailable, match="failed while answering"):
+            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+        server.close()
+
+
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 async def test_an_upload_to_a_server_that_stopped_reading_times_out(transport) -> None:
     """aiohttp has no write timeout (its read timeout starts once the body is sent): a large request to

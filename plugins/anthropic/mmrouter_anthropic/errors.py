@@ -99,7 +99,8 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
         )
         return error.with_provider_request_id(exc)
     if isinstance(exc, transport_errors()):
-        return ProviderUnavailable(provider, f"connection to the Anthropic API failed ({type(exc).__name__})")
+        return ProviderUnavailable(provider, f"the connection to the Anthropic API failed or its reply could not "
+                                             f"be read ({type(exc).__name__})")
     return ProviderUnavailable(provider, _scrub(f"bad answer from the Anthropic API: {exc}", api_key))
 
 
@@ -121,14 +122,15 @@ def _bad_response(exc: BaseException) -> str:
 
 
 def transport_errors() -> tuple[type[BaseException], ...]:
-    """The HTTP library's network error classes (the SDK does not wrap errors while a stream is read)."""
+    """The HTTP library's request errors: network errors, and a body that cannot be decoded (bad gzip);
+    the SDK does not wrap them while a stream is read."""
     found: list[type[BaseException]] = []
     for module_name in ("httpx2", "httpx"):
         try:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        found.append(module.TransportError)
+        found.append(module.RequestError)
     return tuple(found)
 
 

@@ -21,7 +21,7 @@ from router import (
     with_configured_models,
 )
 from router.errors import ProviderNotConfigured, ProviderUnavailable
-from router.sdk_http import sse_data, until_headers
+from router.sdk_http import ServerSentEvent, sse_events, until_headers
 
 from .convert import prepare
 from .errors import is_mappable, key_hint, map_sdk_error
@@ -112,12 +112,12 @@ class AnthropicProvider(Provider):
             # A raw streamed response, its events decoded with json.loads: the SDK's typed events (a
             # pydantic model each) cost several times the CPU per chunk. The SDK still builds the
             # request (auth, headers, base URL, the API version) and maps HTTP errors.
-            async with until_headers(timeout, lambda: _timed_out(client)):
+            async with until_headers(timeout, lambda: _timed_out(client), client.max_retries):
                 response = await client.post("/v1/messages", body={**params, "stream": True}, cast_to=httpx2.Response,
                                              options={"timeout": timeout}, stream=True)
             try:
-                async for data in sse_data(response.aiter_bytes()):
-                    event = _event_of(data, response, anthropic)
+                async for sse in sse_events(response.aiter_bytes()):
+                    event = _event_of(sse, response, anthropic)
                     kind = event.get("type")
                     if kind == "content_block_delta":
                         delta = event.get("delta")
@@ -178,18 +178,20 @@ STOP_REASONS = {"end_turn": FinishReason.STOP, "stop_sequence": FinishReason.STO
                 "refusal": FinishReason.REFUSAL}
 
 
-def _event_of(data: str, response: Any, anthropic: Any) -> dict[str, Any]:
-    """The stream event of an SSE ``data``; an ``error`` event raises the SDK's ``APIStatusError`` (as its
-    own stream does), and data that is not a JSON object its ``APIError``."""
+def _event_of(sse: ServerSentEvent, response: Any, anthropic: Any) -> dict[str, Any]:
+    """The stream event of a server-sent event; an error event (``event: error``, or data of type
+    ``error``) raises the SDK's ``APIStatusError`` (as its own stream does), and data that is not a JSON
+    object (or not UTF-8) its ``APIError``."""
     try:
-        event = json.loads(data)
+        event = json.loads(sse.data)
     except ValueError:
         event = None
+    if sse.event == "error" or (isinstance(event, dict) and event.get("type") == "error"):
+        body = event if event is not None else sse.data.decode("utf-8", "replace")
+        raise anthropic.APIStatusError(f"{body}", response=response, body=body)
     if not isinstance(event, dict):
         raise anthropic.APIError("the server sent a stream event that is not a JSON object", response.request,
-                                 body=data[:200])
-    if event.get("type") == "error":
-        raise anthropic.APIStatusError(f"{event}", response=response, body=event)
+                                 body=sse.data[:200].decode("utf-8", "replace"))
     return event
 
 

@@ -47,7 +47,6 @@ class AnthropicSettings(ProviderSettings, SdkTransportSettings):
     api_key_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY",)
 
     timeout: float = Field(120.0, gt=0, description="seconds per call, shortened to the call's deadline")
-    max_retries: int = Field(0, ge=0, description="SDK retries; the router does fallbacks")
     models: list[ModelSpec] = Field(default_factory=list, description="models added to the built-in catalogue")
 
 

@@ -31,7 +31,7 @@ from router import (
     UsageReport,
 )
 from router.mime import normalise_mime
-from router.sdk_http import sse_data
+from router.sdk_http import sse_events
 from router.sniff import animated_gif
 
 from .errors import whole_request_timeout
@@ -230,16 +230,17 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     finish: FinishReason | None = None
     done = False
     try:
-        async for data in sse_data(response.aiter_bytes()):
+        async for event in sse_events(response.aiter_bytes()):
+            data = event.data
             # After [DONE] the rest of the body is read (and ignored) so the connection is reused.
-            if done or data.startswith("[DONE]"):
+            if done or data.startswith(b"[DONE]"):
                 done = True
                 continue
             try:
                 chunk = json.loads(data)
-            except ValueError:
+            except ValueError:  # bad JSON or bad UTF-8
                 raise openai.APIError("the server sent a stream event that is not JSON",
-                                      request=response.request, body=data[:200]) from None
+                                      request=response.request, body=data[:200].decode("utf-8", "replace")) from None
             if not isinstance(chunk, dict):
                 continue
             error = chunk.get("error")

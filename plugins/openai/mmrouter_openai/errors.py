@@ -106,7 +106,7 @@ def transport_error(exc: BaseException, provider: str, *, base_url: str, api_key
 def whole_request_timeout(timeout: float, client: Any, path: str) -> contextlib.AbstractAsyncContextManager[None]:
     """Bound a request to ``path`` of ``client`` (an ``AsyncOpenAI``), its body sent and its response's
     headers received, by ``timeout`` seconds as a whole (:func:`router.sdk_http.until_headers`: the aiohttp
-    transport has no write timeout). Raises the SDK's ``APITimeoutError``, as its own timeouts do (its URL
+    transport has no write timeout), unless the client retries. Raises the SDK's ``APITimeoutError``, as its own timeouts do (its URL
     is made then only: not on every call)."""
 
     def timed_out() -> BaseException:
@@ -115,7 +115,7 @@ def whole_request_timeout(timeout: float, client: Any, path: str) -> contextlib.
 
         return openai.APITimeoutError(request=httpx2.Request("POST", f"{client.base_url}{path}"))
 
-    return until_headers(timeout, timed_out)
+    return until_headers(timeout, timed_out, client.max_retries)
 
 
 def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, api_key: str,

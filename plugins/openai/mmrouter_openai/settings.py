@@ -55,7 +55,6 @@ class OpenAISettings(ProviderSettings, SdkTransportSettings):
     organization: str = ""
     project: str = ""
     timeout: float = Field(600.0, gt=0, description="seconds per HTTP request, shortened to the call's deadline")
-    max_retries: int = Field(0, ge=0, description="SDK retries; the router does fallbacks")
     legacy_max_tokens: bool = Field(False, description="send max_tokens instead of max_completion_tokens")
     builtin_models: bool = Field(True, description="offer the built-in OpenAI catalogue")
     models: list[dict[str, Any]] = Field(default_factory=list, description="extra models, see mmrouter_openai.models")
