@@ -231,10 +231,15 @@ async def test_one_client_reused_and_closed(provider: AnthropicProvider, fake: F
 
 
 # -- streaming, usage, max_tokens ------------------------------------------------------------
-async def test_streams_deltas_then_usage(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_streams_deltas_then_usage(fake: FakeAnthropic, transport: str) -> None:
+    provider = AnthropicProvider({"api_key": API_KEY, "base_url": fake.url, "timeout": 10, "http_client": transport})
     fake.chunks = ["Bon", "jour", "!"]
     fake.input_tokens, fake.output_tokens = 123, 45
-    events = await run(provider, chat(user(text("Say hello in French."))))
+    try:
+        events = await run(provider, chat(user(text("Say hello in French."))))
+    finally:
+        await provider.aclose()
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["Bon", "jour", "!"]
     assert isinstance(events[-1], UsageReport)
     usage = events[-1].usage
