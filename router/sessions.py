@@ -16,6 +16,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -63,6 +64,8 @@ PRUNE_BATCH = 500
 #: Statistics rows wait in memory at most this long (or until this many wait), then go in one transaction.
 STATS_FLUSH_SECONDS = 0.05
 STATS_BATCH_ROWS = 512
+#: The most history messages kept parsed in memory, over all sessions (see :meth:`SessionStore.history`).
+HISTORY_CACHE_MESSAGES = 50_000
 
 T = TypeVar("T")
 
@@ -87,6 +90,8 @@ class SessionStore:
         # one thread: the connection is shared, and jobs must run in the order asked (a call's
         # history read before the turn a later call appends); started at the first job
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessions")
+        self._histories: OrderedDict[str, _Parsed] = OrderedDict()  # session -> its history read last, newest last
+        self._cached_messages = 0
         if frozen:
             self._db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, check_same_thread=False)
             return
@@ -130,28 +135,31 @@ class SessionStore:
                 self._db.execute("ALTER TABLE bridged ADD COLUMN transcript TEXT")
 
     def history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
-        """The session's messages, oldest first (empty for a new session)."""
-        rows = self._db.execute(
-            "SELECT role, parts FROM turns WHERE session_id = ? ORDER BY position", (session_id,)
-        ).fetchall()
-        messages = []
-        for role, parts_json in rows:
-            parts = []
-            for item in json.loads(parts_json):
-                if "text" in item:
-                    parts.append(Part(text=item["text"]))
-                elif "url" in item:
-                    parts.append(Part(media=Media(Modality(item["modality"]), item["mime_type"], url=item["url"],
-                                                  filename=item.get("filename", ""))))
-                else:
-                    media = load_media(item["media_id"])
-                    media.filename = item.get("filename", media.filename)
-                    # as the turn sent it: the same bytes may be stored under another modality
-                    if "modality" in item:
-                        media.modality, media.mime_type = Modality(item["modality"]), item["mime_type"]
-                    parts.append(Part(media=media))
-            messages.append(Message(Role(role), parts))
-        return messages
+        """The session's messages, oldest first (empty for a new session).
+
+        A session's turns are only ever appended (or all deleted), so the history read last is kept
+        parsed, for the :data:`HISTORY_CACHE_MESSAGES` messages of the sessions used last, and only the
+        turns added since are read: a long session no longer costs its whole history's parsing and
+        media lookups on every turn. The session's first row (its rowid and time) tells it from one
+        reset and started again, by this daemon or another process."""
+        origin = self._db.execute("SELECT rowid, at FROM turns WHERE session_id = ? AND position = 0",
+                                  (session_id,)).fetchone()
+        cached = self._histories.pop(session_id, None)
+        if cached is not None:
+            self._cached_messages -= len(cached.messages)
+        if origin is None:
+            return []
+        known = cached.messages if cached is not None and cached.origin == tuple(origin) else []
+        rows = self._db.execute("SELECT role, parts FROM turns WHERE session_id = ? AND position >= ? ORDER BY position",
+                                (session_id, len(known))).fetchall()
+        messages = known + [_message(role, json.loads(parts), load_media) for role, parts in rows]
+        if len(messages) <= HISTORY_CACHE_MESSAGES:
+            self._histories[session_id] = _Parsed(tuple(origin), messages)
+            self._cached_messages += len(messages)
+            while self._cached_messages > HISTORY_CACHE_MESSAGES:
+                _, dropped = self._histories.popitem(last=False)
+                self._cached_messages -= len(dropped.messages)
+        return list(messages)
 
     def turn_count(self, session_id: str) -> int:
         """How many messages the session holds."""
@@ -425,6 +433,33 @@ def _transcript_from_json(stored: str) -> Transcript:
 
     return Transcript(data["text"], [Utterance(**only_fields(Utterance, u)) for u in data["utterances"]],
                       [Word(**only_fields(Word, w)) for w in data["words"]], data["language"], data["duration_seconds"])
+
+
+@dataclasses.dataclass
+class _Parsed:
+    """A session's history as read last: its first row (rowid, time) and its messages."""
+
+    origin: tuple[int, float]
+    messages: list[Message]
+
+
+def _message(role: str, items: list[dict], load_media: LoadMedia) -> Message:
+    """A stored turn: its role and parts, stored media loaded."""
+    parts = []
+    for item in items:
+        if "text" in item:
+            parts.append(Part(text=item["text"]))
+        elif "url" in item:
+            parts.append(Part(media=Media(Modality(item["modality"]), item["mime_type"], url=item["url"],
+                                          filename=item.get("filename", ""))))
+        else:
+            media = load_media(item["media_id"])
+            media.filename = item.get("filename", media.filename)
+            # as the turn sent it: the same bytes may be stored under another modality
+            if "modality" in item:
+                media.modality, media.mime_type = Modality(item["modality"]), item["mime_type"]
+            parts.append(Part(media=media))
+    return Message(Role(role), parts)
 
 
 def _part_record(part: Part, store_media: StoreMedia) -> dict:
