@@ -64,8 +64,10 @@ PRUNE_BATCH = 500
 #: Statistics rows wait in memory at most this long (or until this many wait), then go in one transaction.
 STATS_FLUSH_SECONDS = 0.05
 STATS_BATCH_ROWS = 512
-#: The most history messages kept parsed in memory, over all sessions (see :meth:`SessionStore.history`).
-HISTORY_CACHE_MESSAGES = 50_000
+#: How much parsed history is kept in memory, over all sessions (see :meth:`SessionStore.history`), counted
+#: as the stored rows' sizes plus :data:`MESSAGE_OVERHEAD_BYTES` a message.
+HISTORY_CACHE_BYTES = 32 << 20
+MESSAGE_OVERHEAD_BYTES = 500
 
 T = TypeVar("T")
 
@@ -91,7 +93,7 @@ class SessionStore:
         # history read before the turn a later call appends); started at the first job
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessions")
         self._histories: OrderedDict[str, _Parsed] = OrderedDict()  # session -> its history read last, newest last
-        self._cached_messages = 0
+        self._cached_bytes = 0
         if frozen:
             self._db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, check_same_thread=False)
             return
@@ -138,7 +140,7 @@ class SessionStore:
         """The session's messages, oldest first (empty for a new session).
 
         A session's turns are only ever appended (or all deleted), so the history read last is kept
-        parsed, for the :data:`HISTORY_CACHE_MESSAGES` messages of the sessions used last, and only the
+        parsed, up to :data:`HISTORY_CACHE_BYTES` for the sessions used last, and only the
         turns added since are read: a long session no longer costs its whole history's parsing and
         media lookups on every turn. The session's first row (its rowid and time) tells it from one
         reset and started again, by this daemon or another process."""
@@ -146,19 +148,21 @@ class SessionStore:
                                   (session_id,)).fetchone()
         cached = self._histories.pop(session_id, None)
         if cached is not None:
-            self._cached_messages -= len(cached.messages)
+            self._cached_bytes -= cached.size
         if origin is None:
             return []
-        known = cached.messages if cached is not None and cached.origin == tuple(origin) else []
+        if cached is None or cached.origin != tuple(origin):
+            cached = _Parsed(tuple(origin), [], 0)
         rows = self._db.execute("SELECT role, parts FROM turns WHERE session_id = ? AND position >= ? ORDER BY position",
-                                (session_id, len(known))).fetchall()
-        messages = known + [_message(role, json.loads(parts), load_media) for role, parts in rows]
-        if len(messages) <= HISTORY_CACHE_MESSAGES:
-            self._histories[session_id] = _Parsed(tuple(origin), messages)
-            self._cached_messages += len(messages)
-            while self._cached_messages > HISTORY_CACHE_MESSAGES:
+                                (session_id, len(cached.messages))).fetchall()
+        messages = cached.messages + [_message(role, json.loads(parts), load_media) for role, parts in rows]
+        size = cached.size + sum(len(parts) + MESSAGE_OVERHEAD_BYTES for _role, parts in rows)
+        if size <= HISTORY_CACHE_BYTES:
+            self._histories[session_id] = _Parsed(cached.origin, messages, size)
+            self._cached_bytes += size
+            while self._cached_bytes > HISTORY_CACHE_BYTES:
                 _, dropped = self._histories.popitem(last=False)
-                self._cached_messages -= len(dropped.messages)
+                self._cached_bytes -= dropped.size
         return list(messages)
 
     def turn_count(self, session_id: str) -> int:
@@ -437,10 +441,12 @@ def _transcript_from_json(stored: str) -> Transcript:
 
 @dataclasses.dataclass
 class _Parsed:
-    """A session's history as read last: its first row (rowid, time) and its messages."""
+    """A session's history as read last: its first row (rowid, time), its messages, and their size as
+    :data:`HISTORY_CACHE_BYTES` counts it."""
 
     origin: tuple[int, float]
     messages: list[Message]
+    size: int
 
 
 def _message(role: str, items: list[dict], load_media: LoadMedia) -> Message:

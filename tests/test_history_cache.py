@@ -110,12 +110,14 @@ def test_a_reset_between_two_reads_is_not_taken_for_the_same_session(stores) -> 
 
 def test_the_kept_histories_are_bounded_and_reads_stay_right(stores, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     store, media, path = stores
-    monkeypatch.setattr(sessions, "HISTORY_CACHE_MESSAGES", 10)
+    # a message counts its stored row and an overhead: 4 messages of a session are about 2,200 bytes
+    monkeypatch.setattr(sessions, "MESSAGE_OVERHEAD_BYTES", 500)
+    monkeypatch.setattr(sessions, "HISTORY_CACHE_BYTES", 5000)
     for s in range(5):
         for n in range(2):
             store.append(f"s{s}", turn(s * 10 + n), store_media(media))
         store.history(f"s{s}", Loads(media))  # 4 messages each: at most 2 sessions kept
-    assert store._cached_messages <= 10
+    assert 0 < store._cached_bytes <= 5000 and len(store._histories) == 2
     for s in range(5):
         assert shape(store.history(f"s{s}", Loads(media))) == shape(fresh_read(path, media, f"s{s}"))
     for n in range(2, 5):  # a session longer than the bound is read whole each time, and right
@@ -124,4 +126,4 @@ def test_the_kept_histories_are_bounded_and_reads_stay_right(stores, monkeypatch
     assert len(store.history("s0", loads)) == 10
     store.append("s0", turn(9), store_media(media))
     assert len(store.history("s0", loads)) == 12
-    assert store._cached_messages <= 10
+    assert store._cached_bytes <= 5000 and "s0" not in store._histories
