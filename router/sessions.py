@@ -64,10 +64,9 @@ PRUNE_BATCH = 500
 #: Statistics rows wait in memory at most this long (or until this many wait), then go in one transaction.
 STATS_FLUSH_SECONDS = 0.05
 STATS_BATCH_ROWS = 512
-#: How much parsed history is kept in memory, over all sessions (see :meth:`SessionStore.history`), counted
-#: as the stored rows' sizes plus :data:`MESSAGE_OVERHEAD_BYTES` a message.
+#: How much parsed history is kept in memory, over all sessions (see :meth:`SessionStore.history`), as
+#: :func:`_parsed_size` estimates it.
 HISTORY_CACHE_BYTES = 32 << 20
-MESSAGE_OVERHEAD_BYTES = 500
 
 T = TypeVar("T")
 
@@ -140,30 +139,45 @@ class SessionStore:
         """The session's messages, oldest first (empty for a new session).
 
         A session's turns are only ever appended (or all deleted), so the history read last is kept
-        parsed, up to :data:`HISTORY_CACHE_BYTES` for the sessions used last, and only the
-        turns added since are read: a long session no longer costs its whole history's parsing and
-        media lookups on every turn. The session's first row (its rowid and time) tells it from one
-        reset and started again, by this daemon or another process."""
+        parsed, up to :data:`HISTORY_CACHE_BYTES` for the sessions used last, and only the turns added
+        since are read: a long session no longer costs its whole history's parsing on every turn. The
+        session's first row (its rowid and time) tells it from one reset and started again, by this
+        daemon or another process. The stored media of every turn are loaded again each time, as
+        before (``load_media``: a deleted or damaged file is refused, and the media is marked used
+        for the media store's prune)."""
         origin = self._db.execute("SELECT rowid, at FROM turns WHERE session_id = ? AND position = 0",
                                   (session_id,)).fetchone()
-        cached = self._histories.pop(session_id, None)
-        if cached is not None:
-            self._cached_bytes -= cached.size
+        cached = self._forget_history(session_id)
         if origin is None:
             return []
         if cached is None or cached.origin != tuple(origin):
-            cached = _Parsed(tuple(origin), [], 0)
+            cached = _Parsed(tuple(origin), [], {}, 0)
         rows = self._db.execute("SELECT role, parts FROM turns WHERE session_id = ? AND position >= ? ORDER BY position",
                                 (session_id, len(cached.messages))).fetchall()
-        messages = cached.messages + [_message(role, json.loads(parts), load_media) for role, parts in rows]
-        size = cached.size + sum(len(parts) + MESSAGE_OVERHEAD_BYTES for _role, parts in rows)
+        with_media = dict(cached.with_media)
+        messages = [_message(*with_media[i], load_media) if i in with_media else m
+                    for i, m in enumerate(cached.messages)]
+        size = cached.size
+        for role, parts_json in rows:
+            items = json.loads(parts_json)
+            if any("media_id" in item for item in items):
+                with_media[len(messages)] = (role, items)
+            messages.append(_message(role, items, load_media))
+            size += _parsed_size(items)
         if size <= HISTORY_CACHE_BYTES:
-            self._histories[session_id] = _Parsed(cached.origin, messages, size)
+            self._histories[session_id] = _Parsed(cached.origin, messages, with_media, size)
             self._cached_bytes += size
             while self._cached_bytes > HISTORY_CACHE_BYTES:
                 _, dropped = self._histories.popitem(last=False)
                 self._cached_bytes -= dropped.size
         return list(messages)
+
+    def _forget_history(self, session_id: str) -> _Parsed | None:
+        """Drop the session's kept history (see :meth:`history`); return it."""
+        cached = self._histories.pop(session_id, None)
+        if cached is not None:
+            self._cached_bytes -= cached.size
+        return cached
 
     def turn_count(self, session_id: str) -> int:
         """How many messages the session holds."""
@@ -247,6 +261,7 @@ class SessionStore:
             used_here = self._media_of(self._db.execute(
                 "SELECT parts FROM turns WHERE session_id = ? AND parts LIKE ?", (session_id, '%"media_id"%')))
             removed = self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
+            self._forget_history(session_id)
             for media_id in used_here:  # each looked up, not every turn of every session read
                 elsewhere = self._db.execute("SELECT 1 FROM turns WHERE parts LIKE ? LIMIT 1",
                                              (f'%"media_id": "{media_id}"%',)).fetchone()
@@ -280,6 +295,8 @@ class SessionStore:
                     f"SELECT session_id FROM turns WHERE session_id IN ({marks}) GROUP BY session_id"
                     " HAVING MAX(at) < ?", (*batch, before))]
                 self._db.executemany("DELETE FROM turns WHERE session_id = ?", [(s,) for s in still])
+                for session in still:
+                    self._forget_history(session)
             sessions += len(still)
         while True:
             with self._writing():
@@ -441,12 +458,24 @@ def _transcript_from_json(stored: str) -> Transcript:
 
 @dataclasses.dataclass
 class _Parsed:
-    """A session's history as read last: its first row (rowid, time), its messages, and their size as
-    :data:`HISTORY_CACHE_BYTES` counts it."""
+    """A session's history as read last: its first row (rowid, time), its messages, the stored rows of
+    those with stored media (role and parts, by position: their media are loaded again on each read),
+    and their size as :data:`HISTORY_CACHE_BYTES` counts it."""
 
     origin: tuple[int, float]
     messages: list[Message]
+    with_media: dict[int, tuple[str, list[dict]]]
     size: int
+
+
+def _parsed_size(items: list[dict]) -> int:
+    """About the memory a stored turn of parts ``items`` takes parsed (a Message, its parts, and their
+    texts at up to 4 bytes a character), and its stored row for a turn with media."""
+    size = 300
+    for item in items:
+        text = item.get("text")
+        size += 200 + (4 * len(text) if isinstance(text, str) else 1500)
+    return size
 
 
 def _message(role: str, items: list[dict], load_media: LoadMedia) -> Message:

@@ -3,10 +3,14 @@ the same messages as a fresh read, whoever changed the session meanwhile."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 from media_factory import png
 
 import router.sessions as sessions
+from router.errors import UnknownMedia
 from router.media import MediaStore
 from router.sessions import SessionStore
 from router.types import Media, Message, Modality, Part, Role
@@ -59,7 +63,9 @@ def fresh_read(path, media: MediaStore, session: str) -> list[Message]:  # type:
         other.close()
 
 
-def test_a_later_turn_reads_only_the_new_turns_and_loads_only_their_media(stores) -> None:  # type: ignore[no-untyped-def]
+def test_a_later_turn_parses_only_the_new_turns_and_loads_every_media_again(stores) -> None:  # type: ignore[no-untyped-def]
+    """Turns read before are kept parsed; their stored media are loaded again on each read, as the media
+    store checks them (a deleted or damaged file) and marks them used there (its prune's grace)."""
     store, media, path = stores
     for n in range(6):
         store.append("s", turn(n, png(f"image {n}") if n % 2 == 0 else None), store_media(media))
@@ -69,11 +75,25 @@ def test_a_later_turn_reads_only_the_new_turns_and_loads_only_their_media(stores
     store.append("s", turn(6, png("image 6")), store_media(media))
     store.append("s", turn(7), store_media(media))
     second = store.history("s", loads)
-    assert len(loads.ids) == 4  # the one image of the two new turns
+    assert len(loads.ids) == 3 + 4
     assert shape(second) == shape(fresh_read(path, media, "s"))
     assert len(second) == 16
+    assert second[2] is first[2] and second[0] is not first[0]  # text only: kept; with media: made again
     second.append(Message(Role.USER, [Part(text="the caller's own list")]))
     assert len(store.history("s", loads)) == 16
+
+
+def test_a_media_deleted_after_its_turn_was_kept_is_still_refused_and_reads_mark_media_used(stores) -> None:  # type: ignore[no-untyped-def]
+    store, media, _path = stores
+    store.append("s", turn(1, png("kept")), store_media(media))
+    [media_id] = {p.media.media_id for m in store.history("s", Loads(media)) for p in m.parts if p.media}
+    record = media.get(media_id).path.with_suffix(".json")
+    os.utime(record, (time.time() - 7200, time.time() - 7200))
+    store.history("s", Loads(media))
+    assert time.time() - record.stat().st_mtime < 600  # used now: the media store's prune keeps it an hour
+    media.get(media_id).path.unlink()
+    with pytest.raises(UnknownMedia):
+        store.history("s", Loads(media))
 
 
 def test_a_session_reset_and_started_again_is_read_anew(stores) -> None:  # type: ignore[no-untyped-def]
@@ -98,6 +118,7 @@ def test_a_session_reset_and_started_again_is_read_anew(stores) -> None:  # type
 
 
 def test_a_reset_between_two_reads_is_not_taken_for_the_same_session(stores) -> None:  # type: ignore[no-untyped-def]
+    """The new first row may get the same rowid again: a reset forgets the kept history."""
     store, media, _path = stores
     store.append("s", turn(1), store_media(media))
     assert len(store.history("s", Loads(media))) == 2
@@ -110,9 +131,7 @@ def test_a_reset_between_two_reads_is_not_taken_for_the_same_session(stores) -> 
 
 def test_the_kept_histories_are_bounded_and_reads_stay_right(stores, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     store, media, path = stores
-    # a message counts its stored row and an overhead: 4 messages of a session are about 2,200 bytes
-    monkeypatch.setattr(sessions, "MESSAGE_OVERHEAD_BYTES", 500)
-    monkeypatch.setattr(sessions, "HISTORY_CACHE_BYTES", 5000)
+    monkeypatch.setattr(sessions, "HISTORY_CACHE_BYTES", 5000)  # 4 short messages: about 2,200 bytes
     for s in range(5):
         for n in range(2):
             store.append(f"s{s}", turn(s * 10 + n), store_media(media))
