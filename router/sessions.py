@@ -154,7 +154,7 @@ class SessionStore:
             cached = _Parsed(tuple(origin), [], {}, 0)
         rows = self._db.execute("SELECT role, parts FROM turns WHERE session_id = ? AND position >= ? ORDER BY position",
                                 (session_id, len(cached.messages))).fetchall()
-        with_media = dict(cached.with_media)
+        with_media = cached.with_media  # the entry was taken out: a failure below leaves nothing half-made kept
         messages = [_message(*with_media[i], load_media) if i in with_media else m
                     for i, m in enumerate(cached.messages)]
         size = cached.size
