@@ -68,8 +68,8 @@ def main() -> None:
         target = run.Target(router)
         await drive(target, opt.mode, opt.concurrency, 1.0)  # warm up (lazy SDK import)
         spy = subprocess.Popen([py_spy, "record", "--pid", str(router.pid), "--rate", "250", "--format", "raw",
-                                "--duration", str(int(opt.seconds)), "--output", str(opt.out), "--nonblocking"]
-                               + (["--native"] if opt.native else []),
+                                "--duration", str(int(opt.seconds)), "--output", str(opt.out)]
+                               + (["--native"] if opt.native else ["--nonblocking"]),  # native needs blocking
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         time.sleep(0.5)
         result = await drive(target, opt.mode, opt.concurrency, opt.seconds)

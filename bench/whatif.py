@@ -8,8 +8,11 @@ Patches (comma-separated in MMROUTER_WHATIF; bench/run.py --whatif sets it):
 - ``no_record``: skip ``SessionStore.record`` entirely (upper bound of what recording statistics costs).
 - ``raw_http``: the OpenAI plugin's chat call made with a bare aiohttp session instead of the SDK
   (what the router costs without the SDK's request path; not an option the daemon offers).
+- ``raw_http_whole``: as ``raw_http``, but the answer's body is read whole before it is parsed (not a
+  stream any more: what reading the body line by line costs).
 - ``canned_chat``: the OpenAI plugin answers at once with the requested number of text deltas, no HTTP
   call at all (what the router's own layers and gRPC cost; compare with the echo server).
+- ``gc_off``: the cyclic garbage collector disabled (an upper bound of what it costs).
 
 Never used by the daemon itself; only by the benchmark.
 """
@@ -30,7 +33,7 @@ if "no_record" in patches:
 
     sessions.SessionStore.record = lambda self, answer: None
 
-if "raw_http" in patches:
+if "raw_http" in patches or "raw_http_whole" in patches:
     import json
 
     import mmrouter_openai.chat as chat
@@ -39,28 +42,44 @@ if "raw_http" in patches:
 
     _sessions: dict = {}
 
-    async def _raw_stream_chat(client, params, timeout, with_media=True):  # type: ignore[no-untyped-def]
+    def _post(client, params):  # type: ignore[no-untyped-def]
         import aiohttp
 
         session = _sessions.get("s")
         if session is None:
             session = _sessions["s"] = aiohttp.ClientSession()
         headers = {"authorization": f"Bearer {client.api_key}", "content-type": "application/json"}
-        usage = Usage()
-        async with session.post(f"{client.base_url}chat/completions", data=json.dumps(params), headers=headers) as r:
-            async for line in r.content:
-                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    usage = Usage(chunk["usage"]["prompt_tokens"], chunk["usage"]["completion_tokens"])
-                for choice in chunk.get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        yield TextDelta(text)
-        yield UsageReport(usage)
+        return session.post(f"{client.base_url}chat/completions", data=json.dumps(params), headers=headers)
 
-    chat.stream_chat = _raw_stream_chat
+    def _events(line: bytes, usage: list):  # type: ignore[no-untyped-def]
+        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+            return
+        chunk = json.loads(line[6:])
+        if chunk.get("usage"):
+            usage[0] = Usage(chunk["usage"]["prompt_tokens"], chunk["usage"]["completion_tokens"])
+        for choice in chunk.get("choices") or ():
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                yield TextDelta(text)
+
+    async def _raw_stream_chat(client, params, timeout, with_media=True):  # type: ignore[no-untyped-def]
+        usage = [Usage()]
+        async with _post(client, params) as r:
+            async for line in r.content:
+                for event in _events(line, usage):
+                    yield event
+        yield UsageReport(usage[0])
+
+    async def _raw_whole_stream_chat(client, params, timeout, with_media=True):  # type: ignore[no-untyped-def]
+        usage = [Usage()]
+        async with _post(client, params) as r:
+            body = await r.read()
+        for line in body.split(b"\n"):
+            for event in _events(line, usage):
+                yield event
+        yield UsageReport(usage[0])
+
+    chat.stream_chat = _raw_whole_stream_chat if "raw_http_whole" in patches else _raw_stream_chat
 
 if "canned_chat" in patches:
     import mmrouter_openai.chat as chat
@@ -73,6 +92,11 @@ if "canned_chat" in patches:
         yield UsageReport(Usage(12, 1))
 
     chat.stream_chat = _canned_stream_chat
+
+if "gc_off" in patches:  # upper bound of what the cyclic garbage collector costs
+    import gc
+
+    gc.disable()
 
 from router.cli import app  # noqa: E402
 
