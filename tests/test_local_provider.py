@@ -388,6 +388,32 @@ def test_speech_cut_into_pieces_is_still_transcribed_with_times(monkeypatch) -> 
 
 
 @needs_espeak
+def test_a_transcript_does_not_depend_on_what_earlier_calls_decoded() -> None:
+    """Speech without pauses longer than one batch-normalised call (FULL_UTT_BYTES) is decoded with the
+    decoder's running acoustic normalisation. A recognizer that decoded other speech first gives the same
+    transcript of it as a fresh one: before the decoder was reset per call, the same audio gave three
+    different texts after three different histories."""
+    from mmrouter_local import asr as asr_module
+    from mmrouter_local.audio import iter_pcm16k
+
+    long = repeated_wav(media.speech_wav(PANGRAM), 2, pause=0)
+    assert len(b"".join(iter_pcm16k(long))) > asr_module.FULL_UTT_BYTES  # the running normalisation is used
+    other = media.speech_wav(", ".join([CALL] * 3))
+
+    def transcript_after(*earlier: bytes) -> tuple:
+        recognizer = asr_module.SpeechRecognizer()
+        for clip in earlier:
+            recognizer.transcribe(iter_pcm16k(clip))
+        transcript = recognizer.transcribe(iter_pcm16k(long))
+        return transcript.text, transcript.words
+
+    fresh = transcript_after()
+    assert fresh[0]
+    assert transcript_after(other) == fresh
+    assert transcript_after(long, other) == fresh
+
+
+@needs_espeak
 @pytest.mark.parametrize(("container", "codec", "mime", "rate"), [
     ("mp3", "libmp3lame", "audio/mpeg", 44100),
     ("ogg", "libopus", "audio/ogg", 48000),
