@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarg
 from .sniff import HEAD_BYTES, content_mime, mime_problem
 from .types import Media, Modality
 
-_ID = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(r"[0-9a-f]{64}")
 _HEAD = HEAD_BYTES
 #: Temp files older than this are left over from a daemon killed mid-upload, for ``mmrouter prune``, which
 #: takes no lock and may run beside a daemon that is uploading (the daemon itself removes them all at start).
@@ -113,6 +114,8 @@ class MediaStore:
         self.root = Path(root)
         self.max_upload_bytes = max_upload_bytes
         self._utime_failed = False
+        #: Held while an id's record is checked and committed (see :meth:`_keep`).
+        self._commit_lock = threading.Lock()
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
         if clear_temp:
             removed, _ = self.remove_temp_files(0.0)
@@ -138,7 +141,7 @@ class MediaStore:
 
     def get(self, media_id: str) -> StoredMedia:
         """The stored media ``media_id``; :class:`UnknownMedia` if absent."""
-        if not _ID.match(media_id):
+        if not _ID.fullmatch(media_id):
             raise UnknownMedia(f"media id {media_id!r} is not a sha256 hex digest; use the id UploadMedia returned")
         path = self._path(media_id)
         record = path.with_suffix(".json")
@@ -215,7 +218,19 @@ class MediaStore:
                 out.write(data)
                 _sync(out)
             with _room_needed(f"the record of media {media_id}"):
-                return self._commit(tmp, media_id, mime_type, modality, filename)
+                return self._keep(tmp, media_id, mime_type, modality, filename)[0]
+
+    def _keep(self, tmp: Path, media_id: str, mime_type: str, modality: Modality,
+              filename: str) -> tuple[StoredMedia, bool]:
+        """Commit ``tmp`` as ``media_id``, unless the same content is stored already, whole: then its record
+        is returned as it is. Returns the record and whether ``tmp`` was committed. One at a time: two
+        uploads of the same bytes at once both found nothing stored, and the last record written won, so
+        that one client was given an id whose record named another modality."""
+        with self._commit_lock:
+            stored = self._stored(media_id)
+            if stored is not None and stored.size == tmp.stat().st_size:
+                return stored, False
+            return self._commit(tmp, media_id, mime_type, modality, filename), True
 
     @contextlib.contextmanager
     def _temp_file(self, suffix: str = "") -> Iterator[tuple[int, Path]]:
@@ -302,11 +317,9 @@ class MediaStore:
                 raise InvalidRequest(f"received {size} bytes but metadata.size_bytes said {expected_size}",
                                      violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")])
             media_id = digest.hexdigest()
-            stored = self._stored(media_id)
-            if stored is None or stored.size != size:  # new, or stored damaged: this upload replaces it
-                with _room_needed(f"the upload of {mime_type}"):
-                    return await asyncio.to_thread(self._commit, tmp, media_id, mime_type, modality, filename)
-            if stored.modality is not modality:
+            with _room_needed(f"the upload of {mime_type}"):  # new, or stored damaged: this upload replaces it
+                stored, committed = await asyncio.to_thread(self._keep, tmp, media_id, mime_type, modality, filename)
+            if not committed and stored.modality is not modality:
                 problem = (f"media {media_id} (the same bytes) is already stored as {stored.modality.value}"
                            f" ({stored.mime_type}); refer to it by that id as {stored.modality.value}")
                 raise InvalidRequest(problem, violations=[FieldViolation("metadata.modality", problem)],

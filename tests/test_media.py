@@ -599,3 +599,38 @@ def test_a_text_head_may_end_inside_a_character_but_whole_content_may_not() -> N
     text = b"a" + ("é" * HEAD_BYTES).encode()  # two bytes each, after one: a cut at an even offset splits one
     assert mime_problem("text/plain", Modality.DOCUMENT, text[:HEAD_BYTES]) is None  # the head of longer content
     assert "not UTF-8" in mime_problem("text/plain", Modality.DOCUMENT, text[:HEAD_BYTES - 2])  # all of it
+
+
+def test_the_same_bytes_uploaded_twice_at_once_as_two_modalities_get_one_record(tmp_path) -> None:
+    """Two uploads of the same bytes that end together, one as audio and one as video: one is stored, the
+    other refused as it is when they come one after the other. Before, both found nothing stored, both
+    were told OK, and the last record written won: one client held an id that named the other modality."""
+    from media_factory import mp4
+
+    from router.errors import InvalidRequest
+
+    store = MediaStore(tmp_path, 1 << 24)
+    clip = mp4()
+
+    async def upload_both(data: bytes) -> list:
+        release = asyncio.Event()
+
+        async def chunks():
+            await release.wait()
+            yield data
+
+        uploads = [asyncio.ensure_future(store.upload(mime, modality, "", 0, chunks()))
+                   for mime, modality in (("audio/mp4", Modality.AUDIO), ("video/mp4", Modality.VIDEO))]
+        await asyncio.sleep(0.05)
+        release.set()
+        return await asyncio.gather(*uploads, return_exceptions=True)
+
+    for round_ in range(5):  # each round other bytes (a tail the type check does not read)
+        data = clip + round_.to_bytes(4, "big")
+        results = asyncio.run(upload_both(data))
+        stored = store.get(hashlib.sha256(data).hexdigest())
+        answered = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(answered) == 1 and len(refused) == 1, results
+        assert answered[0].modality is stored.modality
+        assert isinstance(refused[0], InvalidRequest) and f"already stored as {stored.modality.value}" in str(refused[0])
