@@ -634,3 +634,14 @@ def test_the_same_bytes_uploaded_twice_at_once_as_two_modalities_get_one_record(
         assert len(answered) == 1 and len(refused) == 1, results
         assert answered[0].modality is stored.modality
         assert isinstance(refused[0], InvalidRequest) and f"already stored as {stored.modality.value}" in str(refused[0])
+
+
+def test_a_media_id_with_a_trailing_newline_is_no_id(tmp_path) -> None:
+    """``$`` matched before a final newline: such an id passed the check and split the error and the log line."""
+    from router.errors import UnknownMedia
+
+    store = MediaStore(tmp_path, 1 << 20)
+    stored = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT)
+    with pytest.raises(UnknownMedia, match="is not a sha256 hex digest"):
+        store.get(stored.media_id + "\n")
+    assert store.get(stored.media_id).size == len(PDF)

@@ -191,3 +191,19 @@ def test_large_wavs_and_matroska_audio_are_recognised() -> None:
     assert measure(rf64(seconds=3), Modality.AUDIO) == (3.0, None)
     assert mime_problem("audio/x-matroska", Modality.AUDIO, b"\x1a\x45\xdf\xa3" + b"\0" * 60) is None
     assert "looks like" in mime_problem("audio/x-matroska", Modality.AUDIO, wav(0.1)[:64])
+
+
+def test_a_request_of_too_many_parts_is_refused_before_it_is_converted(start_daemon) -> None:
+    """Each part becomes an object and each bad one a listed problem: 4 million empty parts (8 MB) held the
+    event loop for 12 s and took 1.8 GB. Over MAX_PARTS the request is refused at once, with its count."""
+    from router.wire import MAX_PARTS
+
+    daemon = start_daemon(CONFIG)
+    request = pb.MultimodalRequest(messages=[pb.Message(parts=[pb.Part()] * (MAX_PARTS // 2)),
+                                             pb.Message(parts=[pb.Part()] * (MAX_PARTS // 2 + 1))])
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=request))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(caught.value).violations == [("request.messages",
+                                                       f"{MAX_PARTS + 1} parts in all; at most {MAX_PARTS}")]
+    assert daemon.stub.Generate(pb.GenerateRequest(request=text_request("still there?"))).answer.text
