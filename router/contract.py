@@ -29,6 +29,35 @@ def event_problem(event: object) -> str | None:
     return f"unexpected event {type(event).__name__}: generate yields TextDelta, TranscriptReady and UsageReport"
 
 
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: lone surrogates (a PDF's odd text map read by pypdf, a JSON ``"\\ud83d"``
+    escape) become U+FFFD, and a surrogate pair the character it stands for. Protobuf cannot send them,
+    so an answer holding one failed as INTERNAL after it was produced."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def with_valid_text(event: object) -> object:
+    """``event`` (one that keeps the contract) with its texts made valid (see :func:`valid_text`); the
+    same object when they are, as nearly always."""
+    if isinstance(event, TextDelta):
+        text = valid_text(event.text)
+        return event if text is event.text else TextDelta(text)
+    if isinstance(event, TranscriptReady):
+        transcript = event.transcript
+        for item in (transcript, *transcript.utterances, *transcript.words):
+            for name in ("text", "speaker", "language"):
+                value = getattr(item, name, None)
+                if isinstance(value, str) and not value.isascii():
+                    setattr(item, name, valid_text(value))
+    return event
+
+
 def usage_report_problem(report: UsageReport) -> str | None:
     """What is wrong with a UsageReport: its counts, its amounts or its finish reason."""
     if report.finish_reason is not None and not isinstance(report.finish_reason, FinishReason):

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from .contract import event_problem
+from .contract import event_problem, with_valid_text
 from .errors import ProviderError, ProviderFailed
 from .outcome import Attempt, RouteInfo, Step
 from .provider import Provider
@@ -170,7 +170,7 @@ async def _next_event(provider: Provider, events: AsyncIterator[object]) -> Prov
         message = f"the plugin yielded a bad event: {problem}"
         log.error("provider %s: %s", provider.name, message)
         raise ProviderFailed(provider.name, message)
-    return event
+    return with_valid_text(event)  # type: ignore[return-value]
 
 
 def _describe(exc: BaseException) -> str:

@@ -207,3 +207,29 @@ def test_a_request_of_too_many_parts_is_refused_before_it_is_converted(start_dae
     assert error_details(caught.value).violations == [("request.messages",
                                                        f"{MAX_PARTS + 1} parts in all; at most {MAX_PARTS}")]
     assert daemon.stub.Generate(pb.GenerateRequest(request=text_request("still there?"))).answer.text
+
+
+def test_text_with_a_lone_surrogate_is_answered_with_the_character_replaced(start_daemon) -> None:
+    """A plugin's text may hold a lone surrogate (pypdf reads one from a PDF's odd text map; a JSON
+    "\\ud83d" escape decodes to one). Protobuf cannot send it: the answer failed as INTERNAL after it was
+    produced, and its session kept the turn. It is now U+FFFD everywhere: answer, stream and session."""
+    daemon = start_daemon(CONFIG)
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("SURROGATE", session_id="s"))).answer
+    assert answer.text == "bad \ufffd text"
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("SURROGATE"))))
+    assert "".join(e.text_delta.text for e in events if e.HasField("text_delta")) == "bad \ufffd text"
+    assert events[-1].done.answer.text == "bad \ufffd text"
+    later = daemon.stub.Generate(pb.GenerateRequest(request=text_request("and now?", session_id="s"))).answer
+    assert "bad \ufffd text" in later.text  # the kept turn, as the fake echoes the history
+
+
+def test_transcript_texts_are_made_valid_and_valid_events_are_left_as_they_are() -> None:
+    from router.contract import with_valid_text
+    from router.types import TextDelta, Transcript, TranscriptReady, Utterance, Word
+
+    event = TranscriptReady(Transcript("a \ud83d", [Utterance("b \udc00", speaker="\ud83d")], [Word("\ud83d\ude00")]))
+    transcript = with_valid_text(event).transcript
+    assert (transcript.text, transcript.utterances[0].text, transcript.utterances[0].speaker, transcript.words[0].text) \
+        == ("a \ufffd", "b \ufffd", "\ufffd", "\U0001f600")
+    fine = TextDelta("héllo")
+    assert with_valid_text(fine) is fine

@@ -68,6 +68,10 @@ class ScriptedProvider(router.Provider):
             raise RuntimeError(f"upstream refused key {self.settings.get('api_key')}")
         if text == "CRASH":
             raise RuntimeError("scripted crash")
+        if text == "SURROGATE":  # text protobuf cannot send: a lone surrogate (as pypdf reads from odd PDFs)
+            yield router.TextDelta("bad \ud83d text")
+            yield router.UsageReport(router.Usage(input_tokens=1, output_tokens=1), router.FinishReason.STOP)
+            return
         if text.startswith("SLOW:"):
             marker_dir = self.settings.get("marker_dir")
             if marker_dir:
