@@ -358,8 +358,9 @@ async def _within_idle(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise CallTimeout(f"the upload sent nothing for {UPLOAD_IDLE_SECONDS:g} s: send its chunks "
-                              "without pausing") from None
+            raise CallTimeout(f"the upload sent nothing for {UPLOAD_IDLE_SECONDS:g} s (no whole message arrived): "
+                              "send its chunks without pausing, each small enough to arrive within that time "
+                              "(1 MiB chunks are best)") from None
         yield message
 
 
