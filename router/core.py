@@ -15,6 +15,7 @@ import os
 import random
 import re
 import sqlite3
+import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -395,14 +396,23 @@ class App:
             log.info("session %s was reset while a call on it ran: that call's turn is not kept",
                      session_tag(request.session_id))
         elif request.session_id:  # on the store's thread: turn_count and append with no other job between
-            lost = await self.sessions.run(self._save_turn, request, answer)
+            cancelled = threading.Event()
+            try:
+                lost = await self.sessions.run(self._save_turn, request, answer, cancelled)
+            except asyncio.CancelledError:  # the client gets no answer: the turn waiting for the write lock is dropped
+                cancelled.set()
+                raise
             if lost:
                 answer.route.notes.append(f"this turn was not kept in session {request.session_id!r}: {lost}")
         self._hook("on_response", request=request, answer=answer)
 
-    def _save_turn(self, request: Request, answer: Answer) -> str | None:
+    def _save_turn(self, request: Request, answer: Answer, cancelled: threading.Event | None = None) -> str | None:
         """Append the question and the answer to the request's session; return why it failed, if it did
         (the failure is logged; the answer is sent all the same).
+
+        A call ``cancelled`` meanwhile (its deadline passed, its client left) while the turn waited for the
+        database (another process writing, up to the busy timeout) keeps no turn: its client saw it fail and
+        may ask again. Once written, the turn stays (a cancellation in the instant of the commit).
 
         An empty answer (a refusal, a filtered or cut-off reply) keeps no turn: an empty assistant
         message is dropped or refused by providers, and the question alone would make two user
@@ -421,7 +431,11 @@ class App:
                 # only this call's own turn is added, not the conversation a second time
                 turns = turns[replies[-1] + 1:]
             turns.append(Message(Role.ASSISTANT, [Part(text=answer.text)]))
-            self.sessions.append(request.session_id, turns, self._store_media)
+            kept = self.sessions.append(request.session_id, turns, self._store_media,
+                                        wanted=None if cancelled is None else lambda: not cancelled.is_set())
+            if not kept:
+                log.info("the call on session %s was cancelled before its turn was written: the turn is not kept",
+                         session_tag(request.session_id))
         except Exception as exc:
             log.exception("saving this turn of session %s failed; the answer is sent, the turn is not kept",
                           session_tag(request.session_id))

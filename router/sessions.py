@@ -184,8 +184,10 @@ class SessionStore:
         (count,) = self._db.execute("SELECT COUNT(*) FROM turns WHERE session_id = ?", (session_id,)).fetchone()
         return count
 
-    def append(self, session_id: str, messages: list[Message], store_media: StoreMedia) -> None:
-        """Add turns to the end of the session."""
+    def append(self, session_id: str, messages: list[Message], store_media: StoreMedia,
+               wanted: Callable[[], bool] | None = None) -> bool:
+        """Add turns to the end of the session; return whether they were. ``wanted`` is asked once the write
+        lock is held (which may take up to the busy timeout): when it says no, nothing is written."""
         (start,) = self._db.execute(
             "SELECT COALESCE(MAX(position) + 1, 0) FROM turns WHERE session_id = ?", (session_id,)
         ).fetchone()
@@ -195,8 +197,11 @@ class SessionStore:
             parts = [_part_record(p, store_media) for p in message.parts]
             rows.append((session_id, start + offset, message.role.value, json.dumps(parts), now))
         with self._writing():
+            if wanted is not None and not wanted():
+                return False
             self._db.executemany("INSERT INTO turns (session_id, position, role, parts, at) VALUES (?, ?, ?, ?, ?)",
                                  rows)
+        return True
 
     def recall(self, key: str) -> tuple[str, Transcript | None] | None:
         """A bridged text and its transcript kept by :meth:`remember` (see

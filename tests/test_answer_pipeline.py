@@ -419,3 +419,40 @@ server: {{data_dir: '{tmp_path}'}}
         assert "refused the request for its size" in note
     finally:
         await app.aclose()
+
+
+async def test_a_call_cancelled_while_its_turn_waits_for_the_database_keeps_no_turn(tmp_path) -> None:
+    """The turn is written before Done is sent. When another process holds the database's write lock
+    (``mmrouter prune``, up to the busy timeout) and the call is cancelled meanwhile (its deadline, its
+    client gone), the client never gets the answer: the turn is dropped, so that its retry does not
+    store the question twice. Before, the shielded write went on and kept it."""
+    import sqlite3
+
+    app = App(parse_config(CONFIG % tmp_path, "test.yaml"), extra_plugins={"fake": mmrouter_testkit})
+
+    def request(text: str) -> Request:
+        return Request(messages=[Message(Role.USER, [Part(text=text)])], session_id="s")
+
+    async def answer(text: str) -> list:
+        return [e async for e in app.answer(request(text), None) if isinstance(e, Done)]
+
+    try:
+        assert await answer("one")
+        other = sqlite3.connect(str(tmp_path / "sessions.sqlite"), isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # another process writing
+        task = asyncio.ensure_future(answer("two"))
+        await asyncio.sleep(0.5)  # the answer is made; its turn waits for the lock
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        other.execute("COMMIT")
+        other.close()
+        history = await app.sessions.run(app.sessions.history, "s", app.load_media)
+        assert [m.role for m in history] == [Role.USER, Role.ASSISTANT]
+        assert history[0].text == "one"
+        assert await answer("three")  # the session goes on
+        history = await app.sessions.run(app.sessions.history, "s", app.load_media)
+        assert [m.text for m in history if m.role is Role.USER] == ["one", "three"]
+    finally:
+        await app.aclose()
