@@ -151,7 +151,8 @@ def _with_prices(provider: Provider, prices: Mapping[str, Mapping[str, object]])
         if override:
             model = dataclasses.replace(model, price=_overridden(model.price, override))
         models.append(model)
-    provider.models = models
+    if any(new is not old for new, old in zip(models, provider.models, strict=True)):
+        provider.models = models  # only then: ``models`` may be a read-only property
 
 
 #: The rates that follow a base rate an override changes, in proportion, unless it sets them too.

@@ -197,6 +197,35 @@ def test_prices_can_be_overridden_in_config() -> None:
     assert (echo.price.input_per_mtok, echo.price.output_per_mtok) == (9.0, 2.0)
 
 
+class ReadOnlyModels:
+    """A plugin whose provider's ``models`` is a read-only property (the Provider API allows it)."""
+
+    @router.hookimpl
+    def register_providers(self, register, settings):
+        class Fixed(ScriptedProvider):
+            @property  # type: ignore[override]
+            def models(self) -> list:
+                return self._fixed
+
+            @models.setter
+            def models(self, value: list) -> None:
+                if hasattr(self, "_fixed"):
+                    raise AttributeError("models is read-only")
+                self._fixed = value
+
+        register(Fixed("fixed", dict(settings)))
+
+
+def test_a_provider_with_read_only_models_is_ready_without_price_overrides() -> None:
+    """Prices were applied by assigning ``models`` even when none was configured, so such a provider was
+    always listed broken ("applying providers.fixed.prices failed")."""
+    registry = load_registry({"fixed": {"api_key": "k"}}, disabled=["openai", "anthropic", "gemini", "assemblyai", "local"],
+                             extra_plugins={"fixed": ReadOnlyModels()})
+    entry = registry.entries["fixed"]
+    assert entry.state is State.READY, entry.reason
+    assert registry.ready("fixed").model("echo") is not None
+
+
 def test_a_bad_price_override_breaks_only_its_provider(start_daemon) -> None:
     """A typo under providers.<name>.prices marks that provider broken, naming the key; the daemon serves."""
     daemon = start_daemon("""
