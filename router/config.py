@@ -473,8 +473,34 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _refuse_cycles(data: object, source: str) -> None:
+    """Raise :class:`ConfigError` for a YAML alias that holds itself (``routes: &r [*r]``): every later
+    step went over it without end (a RecursionError from ``config check``, ``serve`` and a reload)."""
+    inside: set[int] = set()
+
+    def walk(value: object) -> None:
+        if not isinstance(value, dict | list):
+            return
+        if id(value) in inside:
+            raise ConfigError(f"{source}: a YAML alias refers to a value that contains it (an anchor used "
+                              "inside itself); write the value out")
+        inside.add(id(value))
+        for item in value.values() if isinstance(value, dict) else value:
+            walk(item)
+        inside.discard(id(value))
+
+    walk(data)
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate YAML text; raise :class:`ConfigError` naming the key, problem and line."""
+    try:
+        return _parse_config(text, source)
+    except RecursionError:
+        raise ConfigError(f"{source}: values nested too deeply to read") from None
+
+
+def _parse_config(text: str, source: str) -> Config:
     try:
         node = yaml.compose(text)
         data = yaml.load(text, Loader=_UniqueKeyLoader)
@@ -487,6 +513,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of settings, not {type(data).__name__}")
+    _refuse_cycles(data, source)
     _check_server_references(data, node, source)
     try:
         config = Config.model_validate(expand_env(data))

@@ -988,3 +988,17 @@ def test_embedded_rules_naming_models_a_provider_lacks_are_warned_of_not_refused
     typo = tmp_path / "typo.yaml"
     typo.write_text(OLLAMA_AS_OPENAI.replace("use: openai/llama3.2-vision", "use: openai/llama3.2-visio"))
     assert check(typo).returncode == 1
+
+
+@pytest.mark.parametrize("text", ["routes: &r [*r]\n", "a: &a [*a]\n", "providers: {x: &p {k: *p}}\n",
+                                  "routes: " + "[" * 5000 + "]" * 5000 + "\n"])
+def test_a_recursive_alias_or_deep_nesting_is_a_config_error(text: str) -> None:
+    """An anchor used inside itself made every later step recurse without end: config check, serve and
+    a reload (SIGHUP, whose handler takes ConfigError only) failed with a RecursionError traceback."""
+    with pytest.raises(ConfigError, match=r"t\.yaml: (a YAML alias refers to a value that contains it|values nested)"):
+        parse_config(text, "t.yaml")
+
+
+def test_an_alias_used_twice_side_by_side_is_no_cycle() -> None:
+    config = parse_config("providers:\n  a: &key {api_key: k}\n  b: *key\n", "t.yaml")
+    assert config.providers["a"] == config.providers["b"]
