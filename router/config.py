@@ -112,6 +112,13 @@ class Match(_Strict):
             raise ValueError("must list at least one value (leave the key out for no condition)")
         return value
 
+    @field_validator("tags")
+    @classmethod
+    def _real_tags(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and "" in value:
+            raise ValueError("an empty tag never matches: a request's tags are 1 to 128 characters")
+        return value
+
     @field_validator("task")
     @classmethod
     def _no_auto(cls, value: list[Task] | None) -> list[Task] | None:
@@ -350,6 +357,14 @@ class Config(_Strict):
     @classmethod
     def _default_target(cls, value: str | None) -> str | None:
         return None if value is None else _check_target(value)
+
+    @field_validator("bridges")
+    @classmethod
+    def _no_text_bridge(cls, value: dict[Modality, list[str]]) -> dict[Modality, list[str]]:
+        if Modality.TEXT in value:
+            raise ValueError("text is never bridged (every model takes text); bridges are for image, audio, "
+                             "video and document")
+        return value
 
     @field_validator("providers", mode="before")
     @classmethod

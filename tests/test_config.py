@@ -150,6 +150,22 @@ def test_a_bad_modality_as_a_bridges_key():
     assert "(router.yaml, line 2)" in message
 
 
+def test_text_is_no_bridge_key_and_an_empty_rule_tag_is_refused():
+    """Both were accepted and did nothing: text is never bridged, and a request's tags are never empty."""
+    message = error_of("""
+        bridges:
+          text: [local/extract]
+    """)
+    assert "bridges: text is never bridged" in message and "(router.yaml, line 2)" in message
+    message = error_of("""
+        routes:
+          - name: a
+            match: {tags: [batch, ""]}
+            use: openai/gpt-4o
+    """)
+    assert "routes.0.match.tags: an empty tag never matches" in message
+
+
 @pytest.mark.parametrize(("text", "key", "line"), [
     pytest.param("routes:\n  - name: a\n    use: gpt-4o\n", "routes.0.use", 3, id="use"),
     pytest.param("routes:\n  - name: a\n    use: openai/gpt-4o\n    fallback:\n      - local/extract\n      - local\n",
