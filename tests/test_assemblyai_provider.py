@@ -710,3 +710,144 @@ async def test_a_speech_model_assemblyai_refuses_is_a_bad_request(fake):
         await provider.aclose()
     assert "universal-9" in refused.value.message
     assert fake.transcripts == {}
+
+
+# -- failed status polls: retried while the transcript runs on at AssemblyAI ---------------------
+
+
+async def generate_with(provider, ctx: CallContext, request: Request | None = None) -> list:
+    """Every event of ``provider.generate`` under ``ctx`` (no deadline with ``deadline=None``), within 5 s."""
+
+    async def run() -> list:
+        return [e async for e in provider.generate(request or audio_request(), provider.model("best"), ctx)]
+
+    return await asyncio.wait_for(run(), timeout=5)
+
+
+@pytest.mark.parametrize("failure", [500, 502, 503, 504, "disconnect"])
+async def test_transient_poll_failures_are_retried_without_a_second_submit(fake, provider, failure):
+    """A status poll answered 5xx, or a connection closed without an answer, does not end the call: the job
+    runs on (and is billed) at AssemblyAI, so it is polled again and its transcript returned."""
+    fake.poll_failures = [failure, failure]
+    events = await collect(provider, audio_request(), provider.model("best"))
+    assert [type(e) for e in events] == [TranscriptReady, UsageReport]
+    assert events[0].transcript.utterances
+    assert len(fake.uploads) == 1 and len(fake.created) == 1  # submitted once
+    (job,) = fake.transcripts.values()
+    label = failure if failure == "disconnect" else f"HTTP {failure}"
+    assert job.history == [label, label, "processing", "completed"]
+
+
+async def test_each_retried_poll_failure_is_logged_as_a_warning_without_the_key(fake, provider, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="mmrouter_assemblyai")
+    fake.poll_failures = [502, "disconnect"]
+    await collect(provider, audio_request(), provider.model("best"))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("mmrouter_assemblyai")]
+    assert len(warnings) == 2
+    texts = [r.getMessage() for r in warnings]
+    assert all("tr-1" in t for t in texts)
+    assert "HTTP 502" in texts[0] and "cannot reach the AssemblyAI API" in texts[1]
+    assert not any(KEY in t for t in texts)
+
+
+@pytest.mark.parametrize(("status", "error_type"), [
+    (400, ProviderBadRequest), (401, ProviderAuthError), (403, ProviderAuthError),
+])
+async def test_a_non_transient_poll_failure_fails_at_once_even_after_a_retried_one(fake, provider, status,
+                                                                                    error_type):
+    fake.poll_failures = [502, status, 502]
+    with pytest.raises(error_type) as info:
+        await collect(provider, audio_request(), provider.model("best"))
+    assert type(info.value) is error_type
+    assert fake.polls() == 2  # the 502 retried, then no more polls
+    assert len(fake.created) == 1
+    assert KEY not in str(info.value)
+
+
+async def test_without_a_deadline_consecutive_poll_failures_end_the_call_at_the_bound(fake, provider):
+    from mmrouter_assemblyai.provider import MAX_POLL_FAILURES
+
+    fake.poll_failures = [503] * (MAX_POLL_FAILURES + 3)
+    with pytest.raises(ProviderUnavailable) as info:
+        await generate_with(provider, CallContext(request_id="no-deadline", deadline=None))
+    assert type(info.value) is ProviderUnavailable and info.value.reason == "PROVIDER_UNAVAILABLE"
+    assert fake.polls() == MAX_POLL_FAILURES
+    assert "HTTP 503" in info.value.message and "tr-1" in info.value.message
+    assert f"{MAX_POLL_FAILURES} failed status polls in a row" in info.value.message
+    assert len(fake.created) == 1
+
+
+async def test_a_successful_poll_resets_the_count_of_failed_polls(fake, provider):
+    from mmrouter_assemblyai.provider import MAX_POLL_FAILURES
+
+    bad = [503] * (MAX_POLL_FAILURES - 1)
+    fake.poll_failures = [*bad, None, *bad]  # None: answered normally ("processing")
+    events = await generate_with(provider, CallContext(request_id="reset", deadline=None))
+    assert isinstance(events[0], TranscriptReady)
+    (job,) = fake.transcripts.values()
+    assert job.history == [*["HTTP 503"] * len(bad), "processing", *["HTTP 503"] * len(bad), "completed"]
+
+
+async def test_with_a_deadline_failing_polls_are_retried_until_it_passes(fake):
+    """With a deadline the bound does not apply: the polls are retried until the deadline, then the last poll
+    error (the API's failure, not a "still processing" the plugin cannot know) ends the call."""
+    from mmrouter_assemblyai.provider import MAX_POLL_FAILURES
+
+    fake.poll_failures = [503] * 10_000
+    provider = make_provider(fake, poll_interval=0.02)
+    provider._sdk()  # imported before the clock starts
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProviderUnavailable) as info:
+            await generate_with(provider, CallContext(request_id="deadline", deadline=started + 0.8))
+    finally:
+        await provider.aclose()
+    elapsed = time.monotonic() - started
+    assert 0.75 <= elapsed < 3
+    assert fake.polls() > MAX_POLL_FAILURES
+    assert "HTTP 503" in info.value.message and "the call's deadline passed" in info.value.message
+    assert len(fake.created) == 1
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_poll_failure_with_retry_after_waits_it(fake, provider, status):
+    fake.poll_failures = [(status, {"Retry-After": "1"})]
+    started = time.monotonic()
+    events = await collect(provider, audio_request(), provider.model("best"))
+    elapsed = time.monotonic() - started
+    assert isinstance(events[0], TranscriptReady)
+    assert 1.0 <= elapsed < 3  # polled every 10 ms otherwise
+    (job,) = fake.transcripts.values()
+    assert job.history == [f"HTTP {status}", "processing", "completed"]
+
+
+async def test_a_retry_after_past_the_deadline_is_cut_to_the_deadline(fake):
+    """A Retry-After of 30 s with 1 s left: the plugin waits until the deadline and polls once more there."""
+    fake.statuses = ("queued", "completed")
+    fake.poll_failures = [(429, {"Retry-After": "30"})]
+    provider = make_provider(fake)
+    provider._sdk()
+    started = time.monotonic()
+    try:
+        events = await generate_with(provider, CallContext(request_id="cut", deadline=started + 1.0))
+    finally:
+        await provider.aclose()
+    elapsed = time.monotonic() - started
+    assert isinstance(events[0], TranscriptReady)
+    assert 0.95 <= elapsed < 3
+    assert fake.polls() == 2
+
+
+async def test_a_404_on_a_poll_is_unavailable_and_names_the_transcript(fake, provider):
+    """The model exists; the transcript id is unknown (deleted, another account or region): UNAVAILABLE, so the
+    router may fall back, and not PROVIDER_MODEL_NOT_FOUND. Not retried."""
+    fake.poll_failures = [404]
+    with pytest.raises(ProviderUnavailable) as info:
+        await collect(provider, audio_request(), provider.model("best"))
+    err = info.value
+    assert type(err) is ProviderUnavailable and not isinstance(err, ProviderModelNotFound)
+    assert err.reason == "PROVIDER_UNAVAILABLE" and err.retryable
+    assert "transcript tr-1" in err.message and "HTTP 404" in err.message
+    assert fake.polls() == 1

@@ -10,13 +10,15 @@ GET of ``/v2/transcript/<id>`` moves it one step along :attr:`statuses`
 singular ``speech_model`` (refused since AssemblyAI dropped ``best``/``nano``), or a ``speech_models``
 that is not a non-empty list of ids in :attr:`FakeAssemblyAI.speech_models`, is answered 400. An upload over
 :attr:`FakeAssemblyAI.max_upload_bytes` (AssemblyAI's documented 2.2 GB) is refused with 413; the
-real API's status and wording for it are not documented.
+real API's status and wording for it are not documented. :attr:`FakeAssemblyAI.poll_failures` scripts
+failed status polls (an HTTP error, or the connection closed without an answer).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +80,12 @@ class FakeAssemblyAI(FakeUpstream):
         self.upload_headers: list[dict[str, str]] = []
         #: Every transcript created, by id.
         self.transcripts: dict[str, FakeTranscript] = {}
+        #: How the next status GETs of a known transcript are answered, used up one per GET in order before
+        #: answering normally again: an HTTP status (with an ``{"error": ...}`` body), ``(status, headers)``,
+        #: ``"disconnect"`` (the connection closed without an answer) or None (answered normally). A failed
+        #: poll does not move the transcript along; its ``history`` records ``"HTTP <status>"`` or
+        #: ``"disconnect"``.
+        self.poll_failures: list[int | tuple[int, Mapping[str, str]] | str | None] = []
         self._ids = itertools.count(1)
         self._state_lock = threading.Lock()
 
@@ -154,6 +162,17 @@ class FakeAssemblyAI(FakeUpstream):
             reply.json({"error": "Transcript not found"}, 404)
             return
         with self._state_lock:
+            scripted = self.poll_failures.pop(0) if self.poll_failures else None
+        if scripted == "disconnect":
+            job.history.append("disconnect")
+            reply._h.close_connection = True  # ends the connection without an answer (base.py has no helper)
+            return
+        if scripted is not None:
+            status, headers = (scripted, {}) if isinstance(scripted, int) else scripted
+            job.history.append(f"HTTP {status}")
+            reply.json({"error": f"scripted poll failure: HTTP {status}"}, status, dict(headers))
+            return
+        with self._state_lock:
             job.polls += 1
             status = job.statuses[min(job.polls, len(job.statuses) - 1)]
             job.history.append(status)
@@ -217,3 +236,4 @@ class FakeAssemblyAI(FakeUpstream):
             "confidence": 0.92,
             "audio_duration": self.audio_duration,
         }
+

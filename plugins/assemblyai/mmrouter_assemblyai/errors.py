@@ -140,3 +140,56 @@ def is_mappable(exc: BaseException) -> bool:
 
     # ValueError covers malformed JSON and pydantic validation; KeyError a missing field.
     return isinstance(exc, (aai.types.AssemblyAIError, httpx.HTTPError, pydantic.ValidationError, ValueError, KeyError))
+
+
+#: HTTP statuses of a failed status poll worth polling again: a rate limit and the gateway or server failures
+#: AssemblyAI (or a proxy before it) answers while the transcript goes on. Other 4xx (a refused key, a bad
+#: request, an unknown transcript) would fail again, and 501/505 are no passing state.
+_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an SDK failure that the same request may not meet again: one of :data:`_TRANSIENT_STATUSES`,
+    or no answer at all (a connection refused, reset or closed, a timeout: ``httpx.TransportError``)."""
+    import assemblyai as aai
+    import httpx
+
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, aai.types.AssemblyAIError) and exc.status_code in _TRANSIENT_STATUSES
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The Retry-After seconds of the failing response behind ``exc`` (a 429 or a 503, which may say how long
+    to wait), received in the current task; None if it gave none."""
+    status = getattr(exc, "status_code", None)
+    return _retry_after(status) if status in (429, 503) else None
+
+
+def poll_failed(exc: BaseException, provider: str, transcript_id: str, api_key: str) -> ProviderError:
+    """The error of the provider called ``provider`` for a failed status poll of ``transcript_id``.
+
+    As :func:`map_sdk_error`, but a 404 is no unknown model: the transcript id is unknown to the account
+    (deleted, or made with another key or in another region). That is UNAVAILABLE, so the router may
+    transcribe the media elsewhere, and names the transcript.
+    """
+    import assemblyai as aai
+
+    if isinstance(exc, aai.types.AssemblyAIError) and exc.status_code == 404:
+        detail = str(exc).strip() or type(exc).__name__
+        return ProviderUnavailable(provider, _scrub(
+            f"AssemblyAI does not know transcript {transcript_id} (HTTP 404: {detail}): it was deleted, or "
+            "belongs to another account or region than the configured api_key and base_url", api_key))
+    return map_sdk_error(exc, provider, api_key)
+
+
+def detail(error: ProviderError) -> str:
+    """``error``'s message without the ``<provider>: `` it starts with."""
+    return error.message.removeprefix(f"{error.provider}: ")
+
+
+def with_note(error: ProviderError, note: str) -> ProviderError:
+    """``error`` with `` (note)`` added to its message."""
+    error.message = f"{error.message} ({note})"
+    error.args = (error.message,)
+    return error

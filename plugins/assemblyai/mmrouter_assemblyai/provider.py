@@ -21,7 +21,7 @@ from router import (
     Usage,
     UsageReport,
 )
-from router.errors import ProviderNotConfigured, ProviderUnavailable
+from router.errors import ProviderError, ProviderNotConfigured, ProviderUnavailable
 
 from . import errors, transcripts
 from .models import MODELS, speech_models
@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MEDIA_KINDS = (Modality.AUDIO, Modality.VIDEO)
+
+#: Failed status polls in a row (5xx, 429, no answer) after which a call without a deadline gives up and
+#: raises the last one's error. The transcript runs on, and is billed, at AssemblyAI whatever its polls
+#: meet, so a passing failure is polled again rather than transcribed elsewhere a second time; with a
+#: deadline the polls are retried until it passes instead. 5 polls span at least 4 poll intervals (12 s
+#: by default, more when a Retry-After says so): longer than a gateway's hiccup, and an outage lasting
+#: longer makes the router fall back instead of waiting without end.
+MAX_POLL_FAILURES = 5
 
 
 class AssemblyAIProvider(Provider):
@@ -136,8 +144,11 @@ class AssemblyAIProvider(Provider):
     ) -> assemblyai.types.TranscriptResponse:
         """Fetch the transcript until it is completed or failed, sleeping between polls.
 
-        Sleeps never run past the call's deadline; cancelling the call stops the
-        loop at its next await.
+        A poll that fails in passing (5xx, 429, no answer: :func:`errors.is_transient`) is retried after
+        the poll interval, or the Retry-After of a 429 or 503 when longer, until the call's deadline
+        passes or, without a deadline, :data:`MAX_POLL_FAILURES` polls in a row failed; then its error
+        is raised. Any other failure (a refused key, a 400, an unknown transcript) is raised at once.
+        Sleeps never run past the call's deadline; cancelling the call stops the loop at its next await.
         """
         import assemblyai as aai
         from assemblyai.prerecorded.v2 import async_api
@@ -145,11 +156,24 @@ class AssemblyAIProvider(Provider):
         if not transcript_id:
             raise ProviderUnavailable(self.name, "bad answer from the AssemblyAI API: a transcript without an id")
         started = time.monotonic()
+        failures = 0  # polls failed in a row
+        last_failure = ""  # why the latest retried poll failed
         while True:
             try:
                 response = await async_api.get_transcript(client.http_client, transcript_id)
             except Exception as exc:
-                self._raise_mapped(exc)
+                if not errors.is_mappable(exc):
+                    raise
+                error = errors.poll_failed(exc, self.name, transcript_id, self.settings.key)
+                failures += 1
+                wait = self._poll_retry_wait(exc, error, transcript_id, failures, last_failure, ctx, started)
+                log.warning("%s: status poll of transcript %s failed (%d in a row, request %s): %s; "
+                            "polling again in %.2fs", self.name, transcript_id, failures, ctx.request_id,
+                            errors.detail(error), wait)
+                last_failure = errors.detail(error)
+                await asyncio.sleep(wait)
+                continue
+            failures, last_failure = 0, ""
             if response.status in (aai.TranscriptStatus.completed, aai.TranscriptStatus.error):
                 return response
             remaining = ctx.time_remaining()
@@ -158,6 +182,32 @@ class AssemblyAIProvider(Provider):
                 raise errors.poll_timed_out(self.name, transcript_id, str(status), time.monotonic() - started)
             interval = self.settings.poll_interval
             await asyncio.sleep(interval if remaining is None else min(interval, remaining))
+
+    def _poll_retry_wait(self, exc: Exception, error: ProviderError, transcript_id: str, failures: int,
+                         last_failure: str, ctx: CallContext, started: float) -> float:
+        """Seconds to wait before polling ``transcript_id`` again after its poll failed with ``exc`` (mapped
+        to ``error``), the ``failures``-th in a row; or ``error`` raised when the poll is not to be retried.
+
+        When the deadline passes while polls fail, the last poll's error is raised rather than
+        :func:`errors.poll_timed_out`: the transcript's status is then unknown, and the cause to report
+        is AssemblyAI's failing API (UNAVAILABLE, or RATE_LIMITED with its Retry-After), not a call
+        deadline too short for the job.
+        """
+        if not errors.is_transient(exc):
+            if last_failure:
+                errors.with_note(error, f"after {failures - 1} failed status poll(s) retried, the last: "
+                                        f"{last_failure}")
+            raise error from exc
+        remaining = ctx.time_remaining()
+        if remaining is None and failures >= MAX_POLL_FAILURES:
+            raise errors.with_note(error, f"transcript {transcript_id}: {failures} failed status polls in a row, "
+                                          "giving up; it may still complete at AssemblyAI") from exc
+        if remaining is not None and remaining <= 0:
+            raise errors.with_note(
+                error, f"transcript {transcript_id}: status polls failing ({failures} in a row) when the call's "
+                       f"deadline passed, after {time.monotonic() - started:.1f}s of polling") from exc
+        wait = max(self.settings.poll_interval, errors.retry_after(exc) or 0.0)
+        return wait if remaining is None else min(wait, remaining)
 
     def _raise_mapped(self, exc: Exception) -> NoReturn:
         """Raise the provider error for an SDK failure, or ``exc`` itself if it is none of the SDK's."""
