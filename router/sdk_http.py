@@ -105,6 +105,24 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEv
         yield event
 
 
+#: How long a streamed body may stay open after its end marker (OpenAI's ``data: [DONE]``, Anthropic's
+#: ``message_stop``), in seconds. Its end usually comes with the marker, and reading it lets the pooled
+#: connection be reused; but a proxy may hold a chunked body open, and the whole answer is in by then:
+#: past this wait the caller closes the response (its connection is not reused) and the call succeeds,
+#: instead of failing at the read timeout.
+END_OF_BODY_WAIT = 1.0
+
+
+async def read_rest(events: AsyncIterator[object], timeout: float) -> None:
+    """Read what is left of a body after its stream's end marker, for at most :data:`END_OF_BODY_WAIT`
+    seconds (``timeout`` when shorter); a read error or the wait running out is ignored: the answer is
+    complete. A cancellation goes through."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(min(END_OF_BODY_WAIT, timeout)):
+            async for _ in events:
+                pass
+
+
 @contextlib.asynccontextmanager
 async def until_headers(timeout: float, timed_out: Callable[[], BaseException],
                         max_retries: int = 0) -> AsyncIterator[None]:

@@ -542,7 +542,8 @@ async def test_error_event_mid_stream_maps_by_type(
         async for event in provider.generate(chat(user(text("hi"))), model, ctx):
             received.append(event)
     assert type(info.value) is expected
-    assert [e.text for e in received] == ["Hello"]
+    assert [e.text for e in received if isinstance(e, TextDelta)] == ["Hello"]
+    assert isinstance(received[-1], UsageReport) and received[-1].usage.input_tokens  # the prompt was billed
     assert "mid-stream trouble" in info.value.message
 
 
@@ -938,3 +939,147 @@ def test_every_built_in_model_is_one_the_installed_sdk_names() -> None:
 
     sdk_models = {name for arg in typing.get_args(ModelParam) for name in typing.get_args(arg)}
     assert {m.name for m in AnthropicProvider({"api_key": "k"}).models} <= sdk_models
+
+
+# -- a stream that breaks, or that is held open after message_stop ----------------------------
+CHUNKED_SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+MESSAGE_START = b'{"type":"message_start","message":{"usage":{"input_tokens":1000,"output_tokens":1}}}'
+HELLO_DELTA = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}'
+MESSAGE_DELTA = b'{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}'
+MESSAGE_STOP = b'{"type":"message_stop"}'
+
+
+def chunked_events(*events: bytes) -> bytes:
+    """The stream events as chunks of a chunked body, without the terminating 0-chunk."""
+    import json
+
+    pieces = []
+    for data in events:
+        event = b"event: " + json.loads(data)["type"].encode() + b"\ndata: " + data + b"\n\n"
+        pieces.append(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+    return b"".join(pieces)
+
+
+async def events_then_error(prov: AnthropicProvider) -> tuple[list, Exception]:
+    """What ``generate`` yields before it raises, and what it raises."""
+    import time
+
+    received: list = []
+    ctx = router.CallContext(request_id="t", deadline=time.monotonic() + 30)
+    with pytest.raises(router.errors.ProviderError) as info:
+        async for event in prov.generate(chat(user(text("hi"))), sonnet(prov), ctx):
+            received.append(event)
+    return received, info.value
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("how", ["cut", "stalled"])
+async def test_a_stream_broken_after_message_start_reports_the_usage_before_failing(transport: str, how: str) -> None:
+    """The prompt was read (message_start's usage), then the body is cut (the server closes without the
+    terminating chunk) or stalls past the read timeout: the usage counted comes before the error, so
+    the router keeps the billed part as a failed step."""
+    import threading
+
+    server = RawServer(CHUNKED_SSE_HEAD + chunked_events(MESSAGE_START, HELLO_DELTA))
+    if how == "cut":  # the end of the connection, after 0.5 s, instead of the body's last chunk
+        threading.Timer(0.5, lambda: [conn.shutdown(socket.SHUT_WR) for conn in server.held]).start()
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}",
+                              "timeout": 5 if how == "cut" else 1, "http_client": transport})
+    try:
+        received, error = await events_then_error(prov)
+    finally:
+        await prov.aclose()
+        server.close()
+    assert isinstance(error, ProviderUnavailable)
+    assert [type(e) for e in received] == [TextDelta, UsageReport]
+    assert received[0].text == "Hello"
+    report = received[1]
+    assert (report.usage.input_tokens, report.usage.output_tokens, report.finish_reason) == (1000, 1, None)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_an_error_event_after_message_start_reports_the_usage_before_failing(fake: FakeAnthropic,
+                                                                                   transport: str) -> None:
+    fake.stream_error = ("overloaded_error", "boom")
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": fake.url, "timeout": 10, "http_client": transport})
+    try:
+        received, error = await events_then_error(prov)
+    finally:
+        await prov.aclose()
+    assert isinstance(error, ProviderUnavailable) and "boom" in error.message
+    assert [type(e) for e in received] == [TextDelta, UsageReport]
+    assert (received[1].usage.input_tokens, received[1].usage.output_tokens) == (fake.input_tokens, 1)
+
+
+async def test_a_failed_stream_s_usage_is_kept_by_the_router_as_a_failed_step(fake: FakeAnthropic) -> None:
+    from contextlib import aclosing
+
+    from router.invoke import call_model
+    from router.outcome import RouteInfo
+
+    fake.stream_error = ("overloaded_error", "boom")
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": fake.url, "timeout": 10})
+    route = RouteInfo("default", prov.name, "claude-sonnet-4-6")
+    try:
+        with pytest.raises(ProviderUnavailable):
+            async with aclosing(call_model(prov, sonnet(prov), chat(user(text("hi"))), router.CallContext("t"),
+                                           route, "answer")) as calls:
+                async for _ in calls:
+                    pass
+    finally:
+        await prov.aclose()
+    [step] = route.steps
+    assert (step.purpose, step.usage.input_tokens) == ("answer (failed)", fake.input_tokens)
+    assert step.usage.cost_usd > 0
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_body_held_open_after_message_stop_still_completes_the_answer(transport: str) -> None:
+    """A proxy keeps the chunked body open after message_stop: the answer is whole, so the call succeeds
+    soon after it instead of failing at the read timeout."""
+    import time
+
+    server = RawServer(CHUNKED_SSE_HEAD + chunked_events(MESSAGE_START, HELLO_DELTA, MESSAGE_DELTA, MESSAGE_STOP))
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}", "timeout": 2,
+                              "http_client": transport})
+    events, times = [], []
+    try:
+        ctx = router.CallContext(request_id="t", deadline=time.monotonic() + 30)
+        async for event in prov.generate(chat(user(text("hi"))), sonnet(prov), ctx):
+            events.append(event)
+            times.append(time.monotonic())
+    finally:
+        await prov.aclose()
+        server.close()
+    assert text_of(events) == "Hello"
+    report = events[-1]
+    assert isinstance(report, UsageReport) and report.finish_reason is router.FinishReason.STOP
+    assert (report.usage.input_tokens, report.usage.output_tokens) == (1000, 5)
+    # the whole stream came at once: the end follows the text after the short wait for the body's end
+    # (1 s), not the 2 s read timeout
+    assert times[-1] - times[0] < 1.6
+
+
+class ConnectionCountingAnthropic(FakeAnthropic):
+    """The fake, noting the client port of each request's connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[int] = []
+
+    def handle(self, request: Any, reply: Any) -> None:
+        self.ports.append(reply._h.client_address[1])
+        super().handle(request, reply)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_stream_ended_with_its_body_leaves_the_connection_for_the_next_call(transport: str) -> None:
+    with ConnectionCountingAnthropic() as upstream:
+        prov = AnthropicProvider({"api_key": API_KEY, "base_url": upstream.url, "timeout": 10,
+                                  "http_client": transport})
+        try:
+            for _ in range(3):
+                assert text_of(await run(prov, chat(user(text("hi"))))) == "Hello from fake Claude."
+        finally:
+            await prov.aclose()
+    assert len(upstream.ports) == 3 and len(set(upstream.ports)) == 1

@@ -21,7 +21,7 @@ from router import (
     with_configured_models,
 )
 from router.errors import ProviderNotConfigured, ProviderUnavailable
-from router.sdk_http import ServerSentEvent, sse_events, until_headers
+from router.sdk_http import ServerSentEvent, read_rest, sse_events, until_headers
 
 from .convert import prepare
 from .errors import is_mappable, key_hint, map_sdk_error
@@ -86,7 +86,9 @@ class AnthropicProvider(Provider):
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
         """Stream Claude's answer: text deltas as they come, then one usage report. A stream that ends
-        without ``message_stop`` (nor a ``stop_reason``) is a failed call: ``ProviderUnavailable``."""
+        without ``message_stop`` (nor a ``stop_reason``) is a failed call: ``ProviderUnavailable``. A call
+        that fails after ``message_start`` (cut short, broken, an error event) reports the usage counted
+        so far before raising: the prompt read is billed."""
         if not self.settings.key:
             raise ProviderNotConfigured(self.name, f"no API key: {key_hint(self.name)}")
         prepared = await prepare(request, self.name, model)
@@ -116,7 +118,8 @@ class AnthropicProvider(Provider):
                 response = await client.post("/v1/messages", body={**params, "stream": True}, cast_to=httpx2.Response,
                                              options={"timeout": timeout}, stream=True)
             try:
-                async for sse in sse_events(response.aiter_bytes()):
+                events = sse_events(response.aiter_bytes())
+                async for sse in events:
                     event = _event_of(sse, response, anthropic)
                     kind = event.get("type")
                     if kind == "content_block_delta":
@@ -125,14 +128,22 @@ class AnthropicProvider(Provider):
                             yield TextDelta(delta["text"])
                     elif kind == "message_stop":
                         complete = True
+                        break
                     else:
                         _handle_event(event, usage, stop, model.price)
+                if complete:
+                    await read_rest(events, timeout)
             finally:
                 await response.aclose()
         except Exception as exc:
-            if is_mappable(exc):
-                raise map_sdk_error(exc, self.name, self.settings.key) from exc
-            raise
+            error = map_sdk_error(exc, self.name, self.settings.key) if is_mappable(exc) else None
+            # The stream broke (a transport error, an error event) after message_start: the prompt read
+            # is billed all the same, and the router keeps a usage reported before the error.
+            if usage != Usage():
+                yield UsageReport(usage)
+            if error is None:
+                raise
+            raise error from exc
         if not (complete or stop):
             # The body ended cleanly but early (a dead server behind a proxy, a body delimited by
             # connection close), and the SDK does not notice: the answer is cut, the call failed.

@@ -31,7 +31,7 @@ from router import (
     UsageReport,
 )
 from router.mime import normalise_mime
-from router.sdk_http import sse_events
+from router.sdk_http import read_rest, sse_events
 from router.sniff import animated_gif
 
 from .errors import whole_request_timeout
@@ -230,12 +230,12 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     finish: FinishReason | None = None
     done = False
     try:
-        async for event in sse_events(response.aiter_bytes()):
+        events = sse_events(response.aiter_bytes())
+        async for event in events:
             data = event.data
-            # After [DONE] the rest of the body is read (and ignored) so the connection is reused.
-            if done or data.startswith(b"[DONE]"):
+            if data.startswith(b"[DONE]"):
                 done = True
-                continue
+                break
             try:
                 chunk = json.loads(data)
             except ValueError:  # bad JSON or bad UTF-8
@@ -266,7 +266,9 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
                 reason = choice.get("finish_reason")
                 if reason and finish is not FinishReason.REFUSAL:
                     finish = FINISH_REASONS.get(reason, FinishReason.OTHER)
-        if not done and finish is None:
+        if done:  # the rest of the body is read (and ignored) so the connection is reused
+            await read_rest(events, timeout)
+        elif finish is None:
             # The body ended cleanly but early (a dead server behind a proxy, a body delimited by
             # connection close): the answer is cut, so this is a failed call, not a short answer.
             # (Some OpenAI-compatible servers end with the finish_reason chunk and send no [DONE].)
