@@ -932,3 +932,160 @@ async def test_an_upload_to_a_server_that_stopped_reading_times_out(transport) -
     finally:
         await p.aclose()
         server.close()
+
+
+# -- transcription answers of the wrong shape ---------------------------------------------------------
+def raw_reply(body: bytes, content_type: str = "application/json", status: str = "200 OK") -> bytes:
+    """A whole HTTP/1.1 response carrying ``body``."""
+    return (f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
+
+
+async def transcribe_from(reply: bytes, model: str, transport: str = "aiohttp",
+                          clip: Part | None = None) -> list[object]:
+    """The events of transcribing one clip with ``model`` at a server answering ``reply``."""
+    server = RawServer(reply)
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5,
+                        "http_client": transport})
+    try:
+        return await collect(p, Request([user(clip or audio(wav_bytes()))], Options(task=Task.TRANSCRIBE)),
+                             model_of(p, model))
+    finally:
+        await p.aclose()
+        server.close()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("model", ["whisper-1", "gpt-4o-transcribe"])
+async def test_a_transcription_answered_with_an_html_page_is_unavailable(transport: str, model: str) -> None:
+    """The SDK returns a body that is not JSON as a str: a proxy's login page was a "transcript" of HTML, at $0."""
+    page = b"<html><head><title>Sign in</title></head><body>Please log in to the corporate proxy</body></html>"
+    with pytest.raises(ProviderUnavailable, match=rf"bad answer from {model} .*not a JSON object") as info:
+        await transcribe_from(raw_reply(page, "text/html"), model, transport)
+    assert API_KEY not in info.value.message and "<html>" not in info.value.message
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_transcription_answered_with_an_error_envelope_is_unavailable(transport: str) -> None:
+    """A 200 carrying {"error": ...} was an empty transcript, with no error."""
+    body = b'{"error": {"message": "upstream overloaded", "type": "server_error"}}'
+    with pytest.raises(ProviderUnavailable, match="gpt-4o-transcribe failed while answering: upstream overloaded"):
+        await transcribe_from(raw_reply(body), "gpt-4o-transcribe", transport)
+
+
+@pytest.mark.parametrize(("body", "what"), [
+    ({"segments": [{"id": 0, "start": 0.0, "end": 1.0, "text": None}]}, "segment 1 has no text"),
+    ({"segments": [{"id": 0, "text": "hi"}]}, "segment 1 has no start"),
+    ({"segments": [{"id": 0, "start": 0.0, "end": "1.0", "text": "hi"}]}, "segment 1 has no end"),
+    ({"segments": ["hi"]}, "segment 1 has no text"),
+    ({"segments": "hi"}, "segments is not a list"),
+    ({"words": [{"word": None, "start": 0.0, "end": 1.0}]}, "word 1 has no text"),
+    ({"text": None}, "the answer has no text"),
+    ({"text": 42}, "the answer has no text"),
+], ids=["null-segment-text", "no-segment-times", "string-end", "segment-not-object", "segments-not-list",
+        "null-word", "null-text", "int-text"])
+async def test_a_malformed_verbose_json_is_unavailable_not_a_plugin_failure(body: dict, what: str) -> None:
+    """The SDK builds its result without validation: a segment's null text reached .strip() (INTERNAL
+    "the plugin failed: AttributeError"), one without times became an Utterance(start=None, end=None)."""
+    answer = {"text": "hi", "language": "english", "duration": 1.0, **body}
+    with pytest.raises(ProviderUnavailable, match=rf"bad answer from whisper-1 .*: {what}"):
+        await transcribe_from(raw_reply(json_bytes(answer)), "whisper-1")
+
+
+def json_bytes(value: object) -> bytes:
+    import json
+
+    return json.dumps(value).encode()
+
+
+@pytest.mark.parametrize(("model", "answer", "expected"), [
+    ("gpt-4o-transcribe", {"text": "hi", "usage": {"type": "tokens", "input_tokens": "40", "output_tokens": 2.5}},
+     (0, 0, 0.0)),
+    ("gpt-4o-transcribe", {"text": "hi", "usage": {"type": "tokens", "input_tokens": 40, "output_tokens": 8,
+                                                   "input_token_details": {"audio_tokens": "x"}}}, (40, 8, 0.0)),
+    ("gpt-transcribe", {"text": "hi", "usage": {"type": "duration", "seconds": "abc"}}, (0, 0, 2.0)),
+    ("gpt-transcribe", {"text": "hi", "usage": {"type": "duration", "seconds": -3}}, (0, 0, 2.0)),
+    ("whisper-1", {"text": "hi", "duration": "abc", "language": 7, "segments": None}, (0, 0, 2.0)),
+    ("gpt-transcribe", {"text": "hi", "duration": [], "languages": 5}, (0, 0, 2.0)),
+], ids=["string-tokens", "string-audio-tokens", "string-seconds", "negative-seconds", "string-duration", "odd-languages"])
+async def test_odd_usage_and_optional_fields_of_a_transcription_are_read_defensively(
+    model: str, answer: dict, expected: tuple[int, int, float]
+) -> None:
+    """Odd counts were kept (a str token count crashed when clips' usages were added: "the plugin failed"),
+    or crashed float(). Like the Anthropic plugin, a count that is no number counts as absent: the audio
+    length then comes from the answer's duration or the router's measure (2 s here)."""
+    clip = audio(wav_bytes(), duration_seconds=2.0)
+    events = await transcribe_from(raw_reply(json_bytes(answer)), model, clip=clip)
+    [ready] = [e for e in events if isinstance(e, TranscriptReady)]
+    [usage] = [e.usage for e in events if isinstance(e, UsageReport)]
+    assert ready.transcript.text == "hi" and ready.transcript.duration_seconds == 2.0
+    assert (usage.input_tokens, usage.output_tokens, usage.audio_seconds) == expected
+    assert type(usage.input_tokens) is int and type(usage.output_tokens) is int
+    assert type(usage.audio_input_tokens) is int and type(usage.audio_seconds) is float
+
+
+# -- a stream whose body is held open after data: [DONE] ------------------------------------------
+def _held_open_chat_reply() -> bytes:
+    """A chunked Chat Completions stream through ``data: [DONE]``, without the terminating 0-chunk."""
+    chunk = '{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":%s,"finish_reason":%s}]}'
+    events = [chunk % ('{"role":"assistant","content":"Hel"}', "null"), chunk % ('{"content":"lo"}', "null"),
+              chunk % ("{}", '"stop"'),
+              '{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":1000,'
+              '"completion_tokens":5,"total_tokens":1005}}', "[DONE]"]
+    body = b""
+    for data in events:
+        event = f"data: {data}\n\n".encode()
+        body += f"{len(event):x}\r\n".encode() + event + b"\r\n"
+    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" + body
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_body_held_open_after_done_still_completes_the_answer(transport: str) -> None:
+    """A proxy keeps the chunked body open after data: [DONE]: the answer is whole, so the call succeeds
+    soon after it instead of failing at the read timeout."""
+    from router import FinishReason
+
+    server = RawServer(_held_open_chat_reply())
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 2,
+                        "http_client": transport})
+    events, times = [], []
+    try:
+        ctx = CallContext(request_id="t", deadline=time.monotonic() + 30)
+        async for event in p.generate(Request([user(text("hi"))]), model_of(p, "gpt-4o"), ctx):
+            events.append(event)
+            times.append(time.monotonic())
+    finally:
+        await p.aclose()
+        server.close()
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello"
+    report = events[-1]
+    assert isinstance(report, UsageReport) and report.finish_reason is FinishReason.STOP
+    assert (report.usage.input_tokens, report.usage.output_tokens) == (1000, 5)
+    # the whole stream came at once: the end follows the first text after the short wait for the
+    # body's end (1 s), not the 2 s read timeout
+    assert times[-1] - times[0] < 1.6
+
+
+class _ConnectionCountingOpenAI(FakeOpenAI):
+    """The fake, noting the client port of each request's connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[int] = []
+
+    def handle(self, request, reply) -> None:
+        self.ports.append(reply._h.client_address[1])
+        super().handle(request, reply)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_stream_ended_with_its_body_leaves_the_connection_for_the_next_call(transport: str) -> None:
+    with _ConnectionCountingOpenAI() as upstream:
+        p = make_provider(upstream, http_client=transport)
+        try:
+            for _ in range(3):
+                events = await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+                assert isinstance(events[-1], UsageReport)
+        finally:
+            await p.aclose()
+    assert len(upstream.ports) == 3 and len(set(upstream.ports)) == 1

@@ -7,12 +7,18 @@ Uploaded media are streamed from their file in the media store. A clip over
 OpenAI's upload limit, over the model's length cap or in a format it does not
 take is refused before anything is uploaded. The language
 reported is a BCP-47 tag (whisper names it: ``"english"`` becomes ``"en"``).
+
+The SDK builds its result without validation, and returns a body that is not JSON as a str: an answer
+that is no transcript (a proxy's login page, a 200 carrying an ``error``, a segment without text or
+times) is a bad answer, ``ProviderUnavailable``, so the router tries the fallbacks. Counts and lengths
+that are no numbers count as absent, as the Anthropic plugin reads them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +27,7 @@ from router import (
     Modality,
     Price,
     ProviderBadRequest,
+    ProviderUnavailable,
     Request,
     Transcript,
     TranscriptReady,
@@ -34,7 +41,7 @@ from router.language import language_tag
 from router.mime import normalise_mime
 from router.types import mime_suffix
 
-from .errors import whole_request_timeout
+from .errors import scrub, shown_url, whole_request_timeout
 from .models import BUILTIN, TRANSCRIBE_SUFFIXES, Entry
 
 if TYPE_CHECKING:
@@ -136,6 +143,40 @@ def build_params(entry: Entry, request: Request) -> dict[str, Any]:
     return params
 
 
+class BadAnswer(Exception):
+    """An answer that is no transcript of the format asked for; the message says what is wrong."""
+
+
+class ErrorAnswer(BadAnswer):
+    """An answer (HTTP 200) that carries an error (``{"error": {"message": ...}}``); the message is its text."""
+
+
+def _field(item: Any, name: str) -> Any:
+    """The field ``name`` of an SDK object (or of a JSON object the SDK left as a dict), else None."""
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is no number (a str, a bool, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    with contextlib.suppress(OverflowError):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _seconds(value: Any) -> float:
+    """A length in seconds: ``value`` when it is a number over 0, else 0."""
+    number = _number(value)
+    return number if number is not None and number > 0 else 0.0
+
+
+def _count(value: Any) -> int:
+    """A token count: ``value`` when it is an int of at least 0, else 0 (absent)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def _has_token_prices(price: Price) -> bool:
     """True when ``price`` charges for tokens (else the model is priced per audio hour only)."""
     return bool(price.input_per_mtok or price.output_per_mtok or price.audio_input_per_mtok)
@@ -150,14 +191,16 @@ def _usage(result: Any, media: Media, price: Price) -> Usage:
     mp3 the router could not measure, say), no rate from tokens to seconds is documented: the clip is
     counted at no cost and a warning says the reported cost is a lower bound.
     """
-    reported = getattr(result, "usage", None)
-    kind = getattr(reported, "type", "") if reported is not None else ""
+    reported = _field(result, "usage")
+    kind = _field(reported, "type") if reported is not None else ""
     if kind == "duration":
-        return Usage(audio_seconds=float(reported.seconds or 0))
+        seconds = _number(_field(reported, "seconds"))
+        if seconds is not None and seconds >= 0:
+            return Usage(audio_seconds=seconds)
     usage = _token_usage(reported) if kind == "tokens" else Usage()
     if kind == "tokens" and _has_token_prices(price):
         return usage
-    usage.audio_seconds = float(getattr(result, "duration", None) or media.duration_seconds or 0.0)
+    usage.audio_seconds = _seconds(_field(result, "duration")) or media.duration_seconds or 0.0
     if not usage.audio_seconds and price.per_audio_hour:
         name = f" {media.filename!r}" if media.filename else ""
         log.warning("the length of audio clip%s is unknown (the router could not measure it and the answer "
@@ -168,41 +211,86 @@ def _usage(result: Any, media: Media, price: Price) -> Usage:
 
 def _token_usage(reported: Any) -> Usage:
     """The token counts of a ``tokens`` usage: input (its audio part apart) and output."""
-    details = getattr(reported, "input_token_details", None)
-    return Usage(input_tokens=reported.input_tokens or 0, output_tokens=reported.output_tokens or 0,
-                 audio_input_tokens=getattr(details, "audio_tokens", None) or 0)
+    details = _field(reported, "input_token_details")
+    return Usage(input_tokens=_count(_field(reported, "input_tokens")),
+                 output_tokens=_count(_field(reported, "output_tokens")),
+                 audio_input_tokens=_count(_field(details, "audio_tokens")) if details is not None else 0)
 
 
 def _detected_language(result: Any, fallback: str) -> str:
     """The language the API detected as a BCP-47 tag: ``language`` (whisper names it: ``"english"``),
     else the first of ``languages`` (``gpt-transcribe``), else ``fallback`` (the requested language)."""
-    language = getattr(result, "language", None)
+    language = _field(result, "language")
     if isinstance(language, str) and language.strip():
         return language_tag(language)
-    for entry in getattr(result, "languages", None) or []:
-        code = getattr(entry, "code", None) if not isinstance(entry, dict) else entry.get("code")
+    languages = _field(result, "languages")
+    for entry in languages if isinstance(languages, list) else []:
+        code = _field(entry, "code")
         if isinstance(code, str) and code.strip():
             return language_tag(code)
     return fallback
 
 
+def _items(result: Any, name: str) -> list[Any]:
+    """The list ``name`` of the answer (``segments``, ``words``): empty when absent."""
+    items = _field(result, name)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise BadAnswer(f"{name} is not a list")
+    return items
+
+
+def _timed(item: Any, what: str, text_field: str = "text") -> tuple[str, float, float]:
+    """The text, start and end of a segment or word (``what``, as "segment 2"), or :class:`BadAnswer`."""
+    text = _field(item, text_field)
+    if not isinstance(text, str):
+        raise BadAnswer(f"{what} has no text")
+    start, end = _number(_field(item, "start")), _number(_field(item, "end"))
+    if start is None:
+        raise BadAnswer(f"{what} has no start time (a number)")
+    if end is None:
+        raise BadAnswer(f"{what} has no end time (a number)")
+    return text.strip(), start, end
+
+
+def _check_answer(result: Any) -> str:
+    """The text of an answer that is a transcript, else :class:`BadAnswer` (:class:`ErrorAnswer` for an error)."""
+    if isinstance(result, str):  # the SDK's answer for a body that is not JSON: no format we ask for
+        raise BadAnswer("the answer is not a JSON object but a page of text (a proxy's or captive portal's "
+                        "login page, or a base_url that is not an OpenAI API?)")
+    error = _field(result, "error")
+    if error:
+        message = _field(error, "message") if not isinstance(error, str) else error
+        raise ErrorAnswer(message if isinstance(message, str) and message.strip() else "an error, with no message")
+    text = _field(result, "text")
+    if not isinstance(text, str):
+        raise BadAnswer("the answer has no text")
+    return text
+
+
 def to_transcript(result: Any, fmt: str, language: str) -> Transcript:
     """Our :class:`Transcript` from the SDK's Transcription, TranscriptionVerbose or TranscriptionDiarized;
-    ``language`` (the requested one, a BCP-47 tag) stands where the answer names none."""
-    if isinstance(result, str):
-        return Transcript(text=result.strip(), language=language)
-    text = (getattr(result, "text", "") or "").strip()
+    ``language`` (the requested one, a BCP-47 tag) stands where the answer names none.
+
+    Raises :class:`BadAnswer` for an answer that is no transcript (the SDK does not validate it).
+    """
+    text = _check_answer(result).strip()
     language = _detected_language(result, language)
-    duration = float(getattr(result, "duration", 0) or 0)
-    segments = getattr(result, "segments", None) or []
+    duration = _seconds(_field(result, "duration"))
+    segments = _items(result, "segments")
     if fmt == "diarized_json":
-        utterances = [Utterance(text=s.text.strip(), start=s.start, end=s.end, speaker=s.speaker)
-                      for s in segments]
+        utterances = []
+        for n, segment in enumerate(segments):
+            said, start, end = _timed(segment, f"segment {n + 1}")
+            speaker = _field(segment, "speaker")
+            utterances.append(Utterance(text=said, start=start, end=end,
+                                        speaker=speaker if isinstance(speaker, str) else ""))
         if utterances:
             text = Transcript.speaker_text(utterances)
         return Transcript(text=text, utterances=utterances, language=language, duration_seconds=duration)
-    utterances = [Utterance(text=s.text.strip(), start=s.start, end=s.end) for s in segments]
-    words = [Word(text=w.word.strip(), start=w.start, end=w.end) for w in (getattr(result, "words", None) or [])]
+    utterances = [Utterance(*_timed(s, f"segment {n + 1}")) for n, s in enumerate(segments)]
+    words = [Word(*_timed(w, f"word {n + 1}", "word")) for n, w in enumerate(_items(result, "words"))]
     return Transcript(text=text, utterances=utterances, words=words, language=language,
                       duration_seconds=duration or (utterances[-1].end if utterances else 0.0))
 
@@ -248,8 +336,15 @@ async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: 
     usage = Usage()
     try:
         for media in clips:
-            transcript, clip_usage = await transcribe_clip(client, media, params, price or entry.info.price,
-                                                           timeout, language)
+            try:
+                transcript, clip_usage = await transcribe_clip(client, media, params, price or entry.info.price,
+                                                               timeout, language)
+            except ErrorAnswer as exc:
+                raise ProviderUnavailable(provider, f"{entry.info.name} failed while answering: "
+                                                    f"{scrub(str(exc), client.api_key)}") from None
+            except BadAnswer as exc:
+                raise ProviderUnavailable(provider, f"bad answer from {entry.info.name} "
+                                                    f"({shown_url(str(client.base_url))}): {exc}") from None
             transcripts.append(transcript)
             usage.add(clip_usage)
     except Exception:  # not a cancellation (BaseException): the caller left, nobody reads usage
