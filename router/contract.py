@@ -29,6 +29,13 @@ def event_problem(event: object) -> str | None:
     return f"unexpected event {type(event).__name__}: generate yields TextDelta, TranscriptReady and UsageReport"
 
 
+def usage_count(value: object) -> int:
+    """A token count a provider reported, as :class:`Usage` takes it: ``value`` when it is an int in
+    0..2**63-1, else 0 (absent: a str, a float, a negative number from a compatible server). For plugins
+    reading usage from JSON, which the contract would otherwise refuse as a bad event (INTERNAL)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT64 else 0
+
+
 def valid_text(text: str) -> str:
     """``text`` as valid Unicode: lone surrogates (a PDF's odd text map read by pypdf, a JSON ``"\\ud83d"``
     escape) become U+FFFD, and a surrogate pair the character it stands for. Protobuf cannot send them,

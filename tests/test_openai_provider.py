@@ -1089,3 +1089,31 @@ async def test_a_stream_ended_with_its_body_leaves_the_connection_for_the_next_c
         finally:
             await p.aclose()
     assert len(upstream.ports) == 3 and len(set(upstream.ports)) == 1
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_odd_usage_counts_of_a_chat_answer_count_as_absent(transport: str) -> None:
+    """A compatible server's usage with a count that is a string, a negative number or a float: the answer
+    is given, its usage counted as absent. Before, the router refused the plugin's event (INTERNAL)."""
+    import json
+
+    def sse(payload: object) -> bytes:
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+    body = (sse({**chunk, "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]})
+            + sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            + sse({**chunk, "choices": [], "usage": {"prompt_tokens": "12", "completion_tokens": -1,
+                                                     "prompt_tokens_details": {"cached_tokens": 2.5}}})
+            + b"data: [DONE]\n\n")
+    server = RawServer(raw_reply(body, "text/event-stream"))
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5,
+                        "http_client": transport})
+    try:
+        events = await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+        server.close()
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hi"]
+    usage = events[-1].usage
+    assert (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens) == (0, 0, 0)

@@ -30,6 +30,7 @@ from router import (
     Usage,
     UsageReport,
 )
+from router.contract import usage_count
 from router.mime import normalise_mime
 from router.sdk_http import read_rest, sse_events
 from router.sniff import animated_gif
@@ -290,6 +291,7 @@ def usage_of(reported: dict[str, Any]) -> Usage:
     priced apart. Tokens written to the cache (``cache_write_tokens``) are billed as plain input."""
     details = reported.get("prompt_tokens_details")
     details = details if isinstance(details, dict) else {}
-    return Usage(input_tokens=reported.get("prompt_tokens") or 0, output_tokens=reported.get("completion_tokens") or 0,
-                 audio_input_tokens=details.get("audio_tokens") or 0,
-                 cached_input_tokens=details.get("cached_tokens") or 0)
+    return Usage(input_tokens=usage_count(reported.get("prompt_tokens")),
+                 output_tokens=usage_count(reported.get("completion_tokens")),
+                 audio_input_tokens=usage_count(details.get("audio_tokens")),
+                 cached_input_tokens=usage_count(details.get("cached_tokens")))

@@ -36,6 +36,7 @@ from router import (
     Utterance,
     Word,
 )
+from router.contract import usage_count
 from router.errors import ProviderInputTooLarge, ProviderUnsupportedInput
 from router.language import language_tag
 from router.mime import normalise_mime
@@ -172,11 +173,6 @@ def _seconds(value: Any) -> float:
     return number if number is not None and number > 0 else 0.0
 
 
-def _count(value: Any) -> int:
-    """A token count: ``value`` when it is an int of at least 0, else 0 (absent)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
 def _has_token_prices(price: Price) -> bool:
     """True when ``price`` charges for tokens (else the model is priced per audio hour only)."""
     return bool(price.input_per_mtok or price.output_per_mtok or price.audio_input_per_mtok)
@@ -212,9 +208,9 @@ def _usage(result: Any, media: Media, price: Price) -> Usage:
 def _token_usage(reported: Any) -> Usage:
     """The token counts of a ``tokens`` usage: input (its audio part apart) and output."""
     details = _field(reported, "input_token_details")
-    return Usage(input_tokens=_count(_field(reported, "input_tokens")),
-                 output_tokens=_count(_field(reported, "output_tokens")),
-                 audio_input_tokens=_count(_field(details, "audio_tokens")) if details is not None else 0)
+    return Usage(input_tokens=usage_count(_field(reported, "input_tokens")),
+                 output_tokens=usage_count(_field(reported, "output_tokens")),
+                 audio_input_tokens=usage_count(_field(details, "audio_tokens")) if details is not None else 0)
 
 
 def _detected_language(result: Any, fallback: str) -> str:
