@@ -1117,3 +1117,36 @@ async def test_odd_usage_counts_of_a_chat_answer_count_as_absent(transport: str)
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hi"]
     usage = events[-1].usage
     assert (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_server_that_ignores_stream_and_answers_one_completion_is_read_whole(transport: str) -> None:
+    """Some OpenAI-compatible servers answer a streamed request with one JSON chat completion. Its text was
+    thrown away and the call failed as a cut stream; it is now the answer, with its usage."""
+    import json
+
+    completion = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "Whole answer."},
+                               "finish_reason": "length"}],
+                  "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}
+    error = {"error": {"message": "upstream overloaded", "type": "server_error"}}
+    from router import FinishReason
+    from router.errors import ProviderError
+
+    results: list = []
+    for body in (completion, error):
+        server = RawServer(raw_reply(json.dumps(body).encode()))
+        p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5,
+                            "http_client": transport})
+        try:
+            results.append(await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o")))
+        except ProviderError as exc:
+            results.append(exc)
+        finally:
+            await p.aclose()
+            server.close()
+    answered, failed = results
+    assert [e.text for e in answered if isinstance(e, TextDelta)] == ["Whole answer."]
+    assert (answered[-1].usage.input_tokens, answered[-1].usage.output_tokens) == (12, 3)
+    assert answered[-1].finish_reason is FinishReason.LENGTH
+    assert isinstance(failed, ProviderUnavailable) and "upstream overloaded" in failed.message

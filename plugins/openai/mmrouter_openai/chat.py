@@ -209,6 +209,7 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
                       with_media: bool = True) -> AsyncIterator[Any]:
     """Yield :class:`TextDelta` events as chunks arrive, then one :class:`UsageReport`; a stream that
     ends with neither ``data: [DONE]`` nor a finish_reason raises ``openai.APIError`` (the answer is cut).
+    A compatible server that ignores ``"stream": true`` and answers one JSON chat completion is read whole.
 
     The request goes through the SDK's own client (auth, headers, base URL, error mapping to
     ``openai.APIStatusError`` and friends), but as a raw streamed response: the SSE events are
@@ -227,6 +228,22 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     async with whole_request_timeout(timeout, client, "chat/completions"):
         response = await client.post("/chat/completions", cast_to=httpx2.Response, content=body,
                                      options={"timeout": timeout}, stream=True)
+    if response.headers.get("content-type", "").startswith("application/json"):
+        # an OpenAI-compatible server that ignores "stream": one chat completion, answered whole
+        try:
+            completion = json.loads(await response.aread())
+        except httpx2.TimeoutException as exc:
+            raise openai.APITimeoutError(request=response.request) from exc
+        except httpx2.RequestError as exc:
+            raise openai.APIConnectionError(request=response.request) from exc
+        except ValueError:
+            raise openai.APIError("the server answered with a body that is not JSON", request=response.request,
+                                  body=None) from None
+        finally:
+            await response.aclose()
+        for event in _whole_completion(completion, response.request):
+            yield event
+        return
     usage = Usage()
     finish: FinishReason | None = None
     done = False
@@ -283,6 +300,36 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     finally:
         await response.aclose()
     yield UsageReport(usage, finish)
+
+
+def _whole_completion(completion: Any, request: Any) -> list[Any]:
+    """The events of a chat completion answered whole (``chat.completion``, not a stream): its text (or
+    refusal), then its usage and finish reason; ``openai.APIError`` for an error or a body of no answer."""
+    import openai
+
+    error = completion.get("error") if isinstance(completion, dict) else None
+    if error:
+        message = error.get("message") if isinstance(error, dict) else None
+        raise openai.APIError(message if isinstance(message, str) and message else "the server answered an error",
+                              request=request, body=error)
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    message = choices[0].get("message") if isinstance(choices, list) and choices and isinstance(choices[0], dict) \
+        else None
+    if not isinstance(message, dict):
+        raise openai.APIError("the server's answer holds no message (choices[0].message)", request=request, body=None)
+    events: list[Any] = []
+    refusal, text = message.get("refusal"), message.get("content")
+    if isinstance(refusal, str) and refusal:
+        events.append(TextDelta(refusal))
+        finish: FinishReason | None = FinishReason.REFUSAL
+    else:
+        if isinstance(text, str) and text:
+            events.append(TextDelta(text))
+        reason = choices[0].get("finish_reason")
+        finish = FINISH_REASONS.get(reason, FinishReason.OTHER) if reason else None
+    usage = completion.get("usage")
+    events.append(UsageReport(usage_of(usage) if isinstance(usage, dict) else Usage(), finish))
+    return events
 
 
 def usage_of(reported: dict[str, Any]) -> Usage:
