@@ -488,12 +488,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _refuse_cycles(data: object, source: str) -> None:
-    """Raise :class:`ConfigError` for a YAML alias that holds itself (``routes: &r [*r]``): every later
-    step went over it without end (a RecursionError from ``config check``, ``serve`` and a reload)."""
+#: The most values (mappings, lists and scalars) a configuration may hold once its YAML aliases are
+#: written out: a real one holds hundreds. Aliases of aliases grow exponentially ("billion laughs": 500
+#: bytes of nested anchors held config check and serve for minutes and a GB before this bound).
+MAX_CONFIG_VALUES = 100_000
+
+
+def _refuse_odd_shapes(data: object, source: str) -> None:
+    """Raise :class:`ConfigError` for a YAML alias that holds itself (``routes: &r [*r]``: every later step
+    went over it without end) and for aliases that write out to over :data:`MAX_CONFIG_VALUES` values."""
     inside: set[int] = set()
+    seen = 0
 
     def walk(value: object) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{source}: over {MAX_CONFIG_VALUES} values once its YAML aliases are written out "
+                              "(aliases of aliases); write the configuration out plainly")
         if not isinstance(value, dict | list):
             return
         if id(value) in inside:
@@ -505,6 +517,21 @@ def _refuse_cycles(data: object, source: str) -> None:
         inside.discard(id(value))
 
     walk(data)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong with the YAML, and where, without the file's text: PyYAML's own message quotes the
+    lines around the fault, which may hold an API key or the auth token."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return " ".join(str(exc).replace('"<unicode string>"', "the file").split())
+    parts = []
+    if exc.context:
+        where = f" (line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})" if exc.context_mark else ""
+        parts.append(f"{exc.context}{where}")
+    if exc.problem:
+        where = f" at line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}" if exc.problem_mark else ""
+        parts.append(f"{exc.problem}{where}")
+    return ": ".join(parts) or type(exc).__name__
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -523,12 +550,12 @@ def _parse_config(text: str, source: str) -> Config:
         raise ConfigError(f"{source}, line {exc.line}: duplicate key {exc.key!r} (first at line {exc.first_line}): "
                           "YAML would silently keep only the last one; write each key once") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of settings, not {type(data).__name__}")
-    _refuse_cycles(data, source)
+    _refuse_odd_shapes(data, source)
     _check_server_references(data, node, source)
     try:
         config = Config.model_validate(expand_env(data))

@@ -1018,3 +1018,26 @@ def test_a_recursive_alias_or_deep_nesting_is_a_config_error(text: str) -> None:
 def test_an_alias_used_twice_side_by_side_is_no_cycle() -> None:
     config = parse_config("providers:\n  a: &key {api_key: k}\n  b: *key\n", "t.yaml")
     assert config.providers["a"] == config.providers["b"]
+
+
+@pytest.mark.parametrize("text", [
+    "providers:\n  openai: {api_key: sk-proj-SECRETSECRETSECRET123, timeout: 5\n  anthropic: {api_key: sk-ant-ANOTHERSECRET}\n",
+    'server:\n  auth_token: "tok-SECRETTOKEN123"\t\n',
+])
+def test_a_yaml_syntax_error_says_where_without_quoting_the_file(text: str) -> None:
+    """PyYAML's message quotes the lines around the fault: config check, serve and a reload's log line
+    printed API keys and the auth token."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "router.yaml")
+    message = info.value.message
+    assert message.startswith("router.yaml: not valid YAML:") and "line " in message
+    assert "SECRET" not in message
+
+
+def test_aliases_of_aliases_that_write_out_to_too_many_values_are_refused() -> None:
+    """A 'billion laughs' file: 500 bytes of nested anchors that write out to 10**8 values held config
+    check and serve for minutes and a GB."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    with pytest.raises(ConfigError, match="over 100000 values once its YAML aliases are written out"):
+        parse_config("\n".join(lines) + "\n", "t.yaml")
