@@ -166,3 +166,104 @@ async def test_a_reload_that_remakes_the_providers_keeps_the_gemini_uploads(fake
     assert done.text == "Hello from Gemini."
     assert len(fake.calls("upload_start")) == 1
     await app.aclose()
+
+
+class PurgingGemini(RetiringGemini):
+    """The fake where the first :attr:`purges` files are purged while still processing: their first poll
+    answers :attr:`status` (403 "... may not exist", as Google answers, or 404)."""
+
+    def __init__(self, api_key: str, purges: int, status: int = 403) -> None:
+        super().__init__(api_key=api_key)
+        self.purges, self.status = purges, status
+
+    def _file_get(self, request: Recorded, reply: Reply) -> None:
+        name = "files/" + request.path.rsplit("/", 1)[-1]
+        with self._files_lock:
+            file = self.files.get(name)
+            if file is not None and file.polls == 0 and self.purges > 0:
+                self.purges -= 1
+                del self.files[name]
+        if self.status == 404 and name not in self.files:
+            return reply.json(_error(404, "NOT_FOUND", f"File {name} not found."), 404)
+        return super()._file_get(request, reply)
+
+
+@pytest.mark.parametrize("status", [403, 404])
+async def test_a_file_uploaded_in_this_call_and_purged_while_processing_is_uploaded_again(tmp_path, status):
+    """The README's promise holds for a file uploaded in this call too: gone upstream while PROCESSING,
+    it is uploaded again within the call, not taken for a refused key (403) or an unknown model (404)."""
+    with PurgingGemini(KEY, purges=1, status=status) as fake:
+        p = make_provider(fake)
+        events = await collect(p, ask(stored_video(tmp_path)), p.model("gemini-2.5-flash"))
+        await p.aclose()
+    assert any(getattr(e, "text", "") for e in events)
+    assert len(fake.calls("upload_start")) == 2
+    assert p.files.cached(stored_video(tmp_path).media_id).state == "ACTIVE"
+
+
+@pytest.mark.parametrize("remembered", [False, True], ids=["uploaded-now", "remembered"])
+async def test_a_file_purged_again_after_its_new_upload_is_unavailable_naming_it(tmp_path, remembered):
+    """Uploaded again once; gone again, the call fails retryably, naming the file, and nothing is
+    remembered of it."""
+    from router.errors import ProviderUnavailable
+
+    with PurgingGemini(KEY, purges=0) as fake:
+        fake.processing_polls = 10_000
+        p = make_provider(fake, poll_interval=0.05, max_processing_seconds=0.2)
+        video = stored_video(tmp_path)
+        if remembered:  # a copy left PROCESSING by an earlier call
+            with pytest.raises(ProviderTimeout):
+                await collect(p, ask(video), p.model("gemini-2.5-flash"))
+            fake.files.clear()
+        fake.purges = 2
+        with pytest.raises(ProviderUnavailable) as caught:
+            await collect(p, ask(video), p.model("gemini-2.5-flash"))
+        await p.aclose()
+    assert len(fake.calls("upload_start")) == 2
+    last = fake.calls("file_get")[-1].path.rsplit("/", 1)[-1]
+    assert f"files/{last}" in caught.value.message and "while it was processing" in caught.value.message
+    assert p.files.cached(video.media_id) is None
+
+
+async def test_an_upload_start_without_an_upload_url_is_unavailable(tmp_path):
+    """A gateway that answers the upload's start 200 without X-Goog-Upload-URL: the SDK's KeyError is a bad
+    answer (the router falls back), not a plugin failure."""
+    from router.errors import ProviderUnavailable
+    from tests.fakes.raw import RawServer
+
+    server = RawServer(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                       b"Connection: close\r\n\r\n{}")
+    p = GeminiProvider.from_settings({"api_key": KEY, "base_url": f"http://127.0.0.1:{server.port}", "timeout": 5,
+                                      "inline_limit_bytes": 0})
+    try:
+        with pytest.raises(ProviderUnavailable, match="file upload failed: bad answer") as caught:
+            await collect(p, ask(stored_video(tmp_path)), p.model("gemini-2.5-flash"))
+    finally:
+        await p.aclose()
+        server.close()
+    assert "Upload URL was not returned" in caught.value.message
+
+
+class BadFinalizeGemini(RetiringGemini):
+    """The fake whose upload's last answer (finalize) is :attr:`final` instead of ``{"file": {...}}``."""
+
+    def __init__(self, api_key: str, final: object) -> None:
+        super().__init__(api_key=api_key)
+        self.final = final
+
+    def _upload_chunk(self, request: Recorded, reply: Reply) -> None:
+        if "finalize" not in request.headers.get("x-goog-upload-command", ""):
+            return super()._upload_chunk(request, reply)
+        reply.json(self.final, headers={"X-Goog-Upload-Status": "final"})
+
+
+@pytest.mark.parametrize("final", [{}, [], {"file": {}}], ids=["no-file", "a-list", "a-file-without-a-name"])
+async def test_a_finalize_answer_without_the_file_is_unavailable(tmp_path, final):
+    from router.errors import ProviderUnavailable
+
+    with BadFinalizeGemini(KEY, final) as fake:
+        p = make_provider(fake)
+        with pytest.raises(ProviderUnavailable, match="file upload failed: bad answer"):
+            await collect(p, ask(stored_video(tmp_path)), p.model("gemini-2.5-flash"))
+        await p.aclose()
+    assert fake.calls("file_get") == [] and fake.calls("stream") == []

@@ -695,3 +695,159 @@ async def test_finish_reasons_are_mapped(provider, fake, reason, finish):
     assert text_of(events) == "Hello from Gemini."
     [report] = [e for e in events if isinstance(e, UsageReport)]
     assert report.finish_reason is finish
+
+
+# -- replies a proxy or gateway may give ----------------------------------------------------------
+
+
+def _sse_http(chunks: list, end: bool = True) -> bytes:
+    """A whole chunked SSE response of ``chunks`` (JSON payloads); ``end=False`` leaves its body open."""
+    import json
+
+    body = b""
+    for chunk in chunks:
+        data = f"data: {json.dumps(chunk)}\r\n\r\n".encode()
+        body += f"{len(data):x}\r\n".encode() + data + b"\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + body + (b"0\r\n\r\n" if end else b"")
+
+
+def _http(body: bytes, content_type: str = "application/json") -> bytes:
+    """A whole HTTP 200 response of ``body``, its end the connection's."""
+    return (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+def _candidate(text: str, finish: str | None = None) -> dict:
+    cand: dict = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+    if finish:
+        cand["finishReason"] = finish
+    return cand
+
+
+@pytest.mark.parametrize("late_usage", [False, True], ids=["usage-with-finish", "usage-in-a-later-chunk"])
+async def test_a_body_held_open_after_the_finish_reason_still_completes_the_answer(late_usage):
+    """A proxy keeps the chunked body open after the chunk with the finishReason: the answer is whole, so
+    the call ends soon after it (reading on for at most router.sdk_http.END_OF_BODY_WAIT, 1 s, for a later
+    chunk's usage) with its usage report, instead of failing at the read timeout (2 s here)."""
+    from tests.fakes.raw import RawServer
+
+    usage = {"promptTokenCount": 12, "candidatesTokenCount": 5, "totalTokenCount": 17}
+    chunks = [{"candidates": [_candidate("Hello")], "usageMetadata": {"promptTokenCount": 12, "totalTokenCount": 12}},
+              {"candidates": [_candidate(" world.", "STOP")], **({} if late_usage else {"usageMetadata": usage})}]
+    if late_usage:
+        chunks.append({"usageMetadata": usage})
+    server = RawServer(_sse_http(chunks, end=False))
+    p = GeminiProvider.from_settings({"api_key": KEY, "base_url": f"http://127.0.0.1:{server.port}", "timeout": 2})
+    p.client()
+    events, times = [], []
+    try:
+        ctx = CallContext(request_id="t", deadline=time.monotonic() + 30)
+        async for event in p.generate(ask(Part(text="hi")), model(p), ctx):
+            events.append(event)
+            times.append(time.monotonic())
+    finally:
+        await p.aclose()
+        server.close()
+    assert text_of(events) == "Hello world."
+    report = events[-1]
+    assert isinstance(report, UsageReport) and report.finish_reason is FinishReason.STOP
+    assert (report.usage.input_tokens, report.usage.output_tokens) == (12, 5)
+    assert times[-1] - times[0] < 1.6
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
+@pytest.mark.parametrize(("body", "content_type"), [
+    (b"{}", "application/json"), (b'{"foo": 1}', "application/json"), (b"[]", "application/json"),
+    (b'"x"', "application/json"), (b"<html><body>Welcome to the proxy</body></html>", "text/html"),
+], ids=["empty-object", "other-object", "list", "string", "html"])
+async def test_a_200_that_is_no_answer_is_unavailable(streaming, body, content_type):
+    """A gateway's 200 that holds no answer (no candidate with a finishReason) or is not JSON is a failed
+    call the router can fall back on, streamed or not: not an empty answer, nor a plugin failure."""
+    from tests.fakes.raw import RawServer
+
+    server = RawServer(_http(body, content_type))
+    p = GeminiProvider.from_settings({"api_key": KEY, "base_url": f"http://127.0.0.1:{server.port}", "timeout": 5,
+                                      "streaming": streaming})
+    try:
+        with pytest.raises(ProviderUnavailable) as caught:
+            await collect(p, ask(Part(text="hi")), model(p))
+    finally:
+        await p.aclose()
+        server.close()
+    assert type(caught.value) is ProviderUnavailable and KEY not in caught.value.message
+    if not streaming:
+        assert ("bad answer" if content_type == "text/html" else "no answer") in caught.value.message
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
+async def test_a_unary_answer_without_a_finish_reason_is_unavailable_but_billed(fake, streaming):
+    """Like a stream cut short, a reply whose candidate has no finishReason is a failed call; its usage is
+    reported all the same, as it is billed."""
+    class Unfinished(FakeGemini):
+        def _generate(self, request, reply, *, stream):
+            body = {"candidates": [_candidate("Hel")], "usageMetadata": {"promptTokenCount": 9,
+                                                                         "candidatesTokenCount": 1}}
+            return reply.sse([(None, body)]) if stream else reply.json(body)
+
+    with Unfinished(api_key=KEY) as unfinished:
+        p = make_provider(unfinished, streaming=streaming)
+        events = []
+        with pytest.raises(ProviderUnavailable, match="finishReason"):
+            async for event in p.generate(ask(Part(text="hi")), model(p), CallContext(request_id="t")):
+                events.append(event)
+        await p.aclose()
+    [report] = [e for e in events if isinstance(e, UsageReport)]
+    assert (report.usage.input_tokens, report.usage.output_tokens) == (9, 1)
+
+
+@pytest.mark.parametrize("message", [
+    "User location is not supported for the API use.",
+    "Gemini API free tier is not available in your country. Please enable billing on your project in Google "
+    "AI Studio.",
+], ids=["location", "free-tier"])
+async def test_a_region_refusal_is_unavailable_so_the_fallbacks_run(fake, message):
+    """Gemini refuses every request from a deployment in a region it does not serve (400
+    FAILED_PRECONDITION): retryable, so the router tries the other providers, and the message says why."""
+    p = make_provider(fake)
+    fake.fail_next(400, google_error(400, "FAILED_PRECONDITION", message))
+    with pytest.raises(ProviderUnavailable) as caught:
+        await collect(p, ask(Part(text="hi")), model(p))
+    await p.aclose()
+    assert caught.value.retryable and message in caught.value.message
+    assert "region" in caught.value.message and "billing" in caught.value.message
+
+
+async def test_another_failed_precondition_stays_a_bad_request(fake):
+    p = make_provider(fake)
+    fake.fail_next(400, google_error(400, "FAILED_PRECONDITION", "The File files/x is not in an ACTIVE state."))
+    with pytest.raises(ProviderBadRequest) as caught:
+        await collect(p, ask(Part(text="hi")), model(p))
+    await p.aclose()
+    assert type(caught.value) is ProviderBadRequest
+
+
+async def test_media_in_a_system_message_is_refused_before_sending(provider, fake):
+    """Gemini's system instruction takes the system messages' text: media there would be dropped
+    silently, so the request is refused (as the Anthropic plugin refuses it), nothing sent."""
+    logo = Media(Modality.IMAGE, "image/png", data=png_bytes())
+    request = Request(messages=[Message(Role.SYSTEM, [Part(text="Use this logo:"), Part(media=logo)]),
+                                Message(Role.USER, [Part(text="Describe the logo")])],
+                      options=Options(task=Task.CHAT))
+    with pytest.raises(ProviderBadRequest, match=r"messages\[0\]: a system message can hold only text") as caught:
+        await collect(provider, request, model(provider))
+    assert type(caught.value) is ProviderBadRequest
+    assert fake.requests == []
+
+
+async def test_the_generate_timeout_is_what_is_left_once_the_media_are_uploaded(fake, tmp_path):
+    """The media are uploaded and waited for first; the generate call gets the time left of the call
+    (x-server-timeout), not the time left before the upload."""
+    fake.processing_polls = 1  # PROCESSING, then ACTIVE: 0.4 + 0.6 s of waiting
+    p = make_provider(fake, inline_limit_bytes=0, poll_interval=0.4, timeout=30)
+    p.client()
+    ctx = CallContext(request_id="t", deadline=time.monotonic() + 4)
+    events = [e async for e in p.generate(ask(Part(text="?"), Part(media=stored_video(tmp_path))), model(p), ctx)]
+    await p.aclose()
+    assert text_of(events) == "Hello from Gemini."
+    assert int(fake.calls("stream")[0].headers["x-server-timeout"]) <= 3  # 4 s less 1 s of processing

@@ -84,13 +84,14 @@ async def _media_part(media: Media, inline_left: int, upload: Uploader, file_uri
     return types.Part.from_uri(file_uri=uri, mime_type=mime_type), inline_left
 
 
-async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout_ms: int | None,
-                  provider: str, output_limit: int = 0) -> Prepared:
+async def prepare(request: Request, inline_limit: int, upload: Uploader, provider: str,
+                  output_limit: int = 0) -> Prepared:
     """Build the contents and config of a generateContent call for ``request``, by the provider called
     ``provider`` (named in errors). The request's ``max_output_tokens`` is capped at ``output_limit``
-    (the model's output limit; 0: not known).
+    (the model's output limit; 0: not known). The config has no HTTP timeout yet: see :func:`with_timeout`.
 
-    System messages become the system instruction; the assistant is the ``model``
+    System messages become the system instruction (text only: media there is refused with
+    :class:`ProviderBadRequest` before anything is uploaded or sent); the assistant is the ``model``
     role. Gemini wants turns that alternate between ``user`` and ``model``, so consecutive
     turns of one role are merged into one, and a conversation that would start with the model
     (a trimmed session history) gets a short user turn in front. Media go inline until their
@@ -98,6 +99,7 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout
     """
     from google.genai import types
 
+    check_system_messages(request, provider)
     contents: list[Any] = []
     file_uris: set[str] = set()
     inline_left = inline_limit
@@ -128,11 +130,27 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, timeout
         system_instruction=request.system_prompt or None,
         max_output_tokens=min(options.max_output_tokens, output_limit or options.max_output_tokens) or None,
         temperature=options.temperature,
-        http_options=types.HttpOptions(timeout=timeout_ms) if timeout_ms else None,
         # no tools are sent: the SDK's automatic function calling loop (and its INFO line per call) is off
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
     )
     return Prepared(contents=contents, config=config, file_uris=file_uris)
+
+
+def check_system_messages(request: Request, provider: str) -> None:
+    """Refuse media in a system message (the system instruction takes their text only; the media would be
+    dropped silently) with :class:`ProviderBadRequest`, as the Anthropic plugin does."""
+    for i, message in enumerate(request.messages):
+        if message.role is Role.SYSTEM and any(p.media is not None for p in message.parts):
+            raise ProviderBadRequest(provider, f"messages[{i}]: a system message can hold only text for Gemini")
+
+
+def with_timeout(prepared: Prepared, timeout_ms: int) -> Prepared:
+    """``prepared`` with the generate call's HTTP timeout (milliseconds; also sent as ``x-server-timeout``)
+    set: computed once the media are uploaded, so that it is what is left of the call."""
+    from google.genai import types
+
+    prepared.config.http_options = types.HttpOptions(timeout=timeout_ms)
+    return prepared
 
 
 def response_text(response: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from typing import Any
 
@@ -11,6 +12,10 @@ from router.errors import ProviderError, ProviderUnavailable, parse_retry_after,
 from .settings import key_hint
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+#: How Gemini words its refusal of every request from a region it does not serve (400 FAILED_PRECONDITION):
+#: "User location is not supported for the API use.", "Gemini API free tier is not available in your
+#: country. Please enable billing ...".
+_REGION = re.compile(r"location is not supported|not available in your (country|region)", re.IGNORECASE)
 
 
 def redact(text: str, api_key: str) -> str:
@@ -56,6 +61,11 @@ def from_api_error(error: Any, provider: str, api_key: str) -> ProviderError:
     text = redact(str(getattr(error, "message", "") or getattr(error, "status", "") or "no message"), api_key)
     if _is_bad_key(error):
         status = 401
+    if status == 400 and _REGION.search(text):
+        # not this request's fault: every request from this deployment fails, so another provider must answer
+        return ProviderUnavailable(provider, f"Gemini does not serve this deployment's region (HTTP 400: {text}): "
+                                             "the API is not offered where the daemon runs, or only with billing; "
+                                             "enable billing on the key's project, or let another provider answer")
     if status in (401, 403):
         message = f"authentication failed (HTTP {status}: {text}): {key_hint(provider)}"
     elif status is None:
@@ -109,6 +119,8 @@ def map_exception(error: Exception, provider: str, api_key: str) -> ProviderErro
         return ProviderUnavailable(provider, f"could not reach the Gemini API: {detail}")
     if isinstance(error, (ConnectionError, TimeoutError)):
         return ProviderUnavailable(provider, f"could not reach the Gemini API: {type(error).__name__}")
+    if isinstance(error, json.JSONDecodeError):  # the SDK parses a whole (not streamed) reply itself
+        return ProviderUnavailable(provider, f"bad answer from the Gemini API: not JSON ({error.msg})")
     if isinstance(error, ValueError) and "upload" in str(error).lower():
         # The SDK's resumable upload raises ValueError when the upload does not finalize.
         return ProviderUnavailable(provider, f"file upload failed: {redact(str(error), api_key)}")

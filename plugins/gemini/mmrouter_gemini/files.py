@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from router import CallContext, Media, ProviderBadRequest, ProviderTimeout
-from router.errors import ProviderInputTooLarge
+from router.errors import ProviderInputTooLarge, ProviderUnavailable
 
 from .convert import gemini_mime, media_size
 
@@ -168,23 +168,32 @@ class FileStore:
                 self._locks[key] = (lock, users - 1)
 
     async def ensure(self, client: Any, media: Media, key: str, ctx: CallContext) -> RemoteFile:
-        """The ACTIVE copy of ``media``: cached, or uploaded now and polled until ACTIVE. A remembered copy
-        still processing that the API no longer has (403/404 on its poll) is forgotten and uploaded again."""
+        """The ACTIVE copy of ``media``: cached, or uploaded now and polled until ACTIVE. A copy still
+        processing that the API no longer has (403/404 on its poll: deleted or purged upstream), remembered
+        or uploaded in this call, is forgotten and uploaded again, once; gone again, the call fails with
+        :class:`ProviderUnavailable` naming it."""
         from google.genai import errors as genai_errors
 
         self._prune()
         async with self._exclusive(key):
             entry = self.cached(key)
-            if entry is not None:
+            lost_once = False
+            while True:
+                if entry is None:
+                    entry = await self._upload(client, media, key)
+                    self._files[key] = entry
                 try:
                     return await self._settle(client, entry, key, ctx)
                 except genai_errors.APIError as exc:
                     if exc.code not in (403, 404):
                         raise
-                    self.forget(key)  # deleted or purged upstream while we waited for it
-            entry = await self._upload(client, media, key)
-            self._files[key] = entry
-            return await self._settle(client, entry, key, ctx)
+                    self.forget(key)
+                    if lost_once:
+                        raise ProviderUnavailable(
+                            self.provider, f"the Files API lost {entry.name} (media {key[:12]}) while it was "
+                                           f"processing, after uploading it again (HTTP {exc.code}: {exc.message})"
+                        ) from exc
+                    lost_once, entry = True, None
 
     async def _settle(self, client: Any, entry: RemoteFile, key: str, ctx: CallContext) -> RemoteFile:
         """``entry`` once ACTIVE, remembered; a copy whose processing FAILED is forgotten."""
@@ -199,14 +208,24 @@ class FileStore:
         return entry
 
     async def _upload(self, client: Any, media: Media, key: str) -> RemoteFile:
+        """Upload ``media`` (resumable); an answer that is not the Files API's (a gateway that does not
+        speak it) is :class:`ProviderUnavailable`, "file upload failed: bad answer"."""
         from google.genai import types
 
         mime = gemini_mime(media.mime_type)
         config = types.UploadFileConfig(mime_type=mime, display_name=media.filename or key)
-        if media.path is not None:  # stream from the media store, never load it whole
-            file = await client.aio.files.upload(file=str(media.path), config=config)
-        else:
-            file = await client.aio.files.upload(file=io.BytesIO(media.read_bytes()), config=config)
+        # a stored media is streamed from the media store, never loaded whole
+        source = str(media.path) if media.path is not None else io.BytesIO(media.read_bytes())
+        try:
+            file = await client.aio.files.upload(file=source, config=config)
+        except (KeyError, TypeError) as exc:
+            # The SDK indexes the answers as it expects them: a start answered without X-Goog-Upload-URL (a
+            # gateway's base_url) or a finalize without its "file" is a KeyError, a non-object a TypeError.
+            raise ProviderUnavailable(self.provider, f"file upload failed: bad answer from the Files API "
+                                                     f"({type(exc).__name__}: {exc})") from exc
+        if not file.name or not file.uri:
+            raise ProviderUnavailable(self.provider, "file upload failed: bad answer from the Files API (the "
+                                                     "uploaded file has no name or URI)")
         return _remote(file, mime)
 
     async def _wait_active(self, client: Any, entry: RemoteFile, key: str, ctx: CallContext) -> RemoteFile:

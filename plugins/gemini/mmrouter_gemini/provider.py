@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from router import (
@@ -19,8 +19,9 @@ from router import (
     with_configured_models,
 )
 from router.errors import ProviderAuthError, ProviderModelNotFound, ProviderUnavailable
+from router.sdk_http import read_rest
 
-from .convert import check_blocked, finish_of, prepare, response_text, usage_of
+from .convert import check_blocked, finish_of, prepare, response_text, usage_of, with_timeout
 from .errors import map_exception
 from .files import FileStore, check_file_size, media_key, shared_uploads
 from .models import MODELS, TYPICAL
@@ -108,23 +109,22 @@ class GeminiProvider(Provider):
             produced = False
             try:
                 client = self.client()
-                prepared = await prepare(request, self.settings.inline_limit_bytes, upload,
-                                         self._timeout_ms(ctx), self.name, model.max_output_tokens)
+                prepared = await prepare(request, self.settings.inline_limit_bytes, upload, self.name,
+                                         model.max_output_tokens)
                 file_uris = prepared.file_uris
+                # the generate call's HTTP timeout: what is left of the call once the media are uploaded
+                with_timeout(prepared, self._timeout_ms(ctx))
                 if self.settings.streaming:
-                    async for event in self._stream(client, model, prepared):
+                    async for event in self._stream(client, model, prepared, ctx):
                         produced = True
                         yield event
                 else:
                     response = await client.aio.models.generate_content(
                         model=model.name, contents=prepared.contents, config=prepared.config
                     )
-                    text = response_text(response)
-                    check_blocked(response, bool(text), self.name)
-                    produced = True
-                    if text:
-                        yield TextDelta(text)
-                    yield UsageReport(usage_of(response.usage_metadata), finish_of(response))
+                    for event in self._unary_events(response):
+                        produced = True
+                        yield event
                 return
             except Exception as exc:
                 error = map_exception(exc, self.name, self.settings.key)
@@ -142,15 +142,45 @@ class GeminiProvider(Provider):
                     raise
                 raise error from exc
 
-    async def _stream(self, client: Any, model: ModelInfo, prepared: Any) -> AsyncIterator[ProviderEvent]:
+    def _unary_events(self, response: Any) -> Iterator[ProviderEvent]:
+        """The events of a whole (not streamed) answer. A reply without a candidate that has a finishReason
+        (``{}``, ``[]``, a gateway's other JSON) holds no answer: ``ProviderUnavailable``, as when streamed,
+        after a usage report if it has usage (billed all the same)."""
+        text = response_text(response)
+        check_blocked(response, bool(text), self.name)
+        finish = finish_of(response)
+        if finish is None:
+            if response.usage_metadata is not None:
+                yield UsageReport(usage_of(response.usage_metadata))
+            raise ProviderUnavailable(self.name, "no answer from the Gemini API (the reply has no candidate "
+                                                 "with a finishReason)")
+        if text:
+            yield TextDelta(text)
+        yield UsageReport(usage_of(response.usage_metadata), finish)
+
+    async def _stream(self, client: Any, model: ModelInfo, prepared: Any,
+                      ctx: CallContext) -> AsyncIterator[ProviderEvent]:
         """Stream the answer, then one usage report from the last usage metadata; a stream whose chunks
-        carry no finishReason is cut short: ``ProviderUnavailable``."""
+        carry no finishReason is cut short: ``ProviderUnavailable``.
+
+        Once a chunk with a finishReason came, the answer is whole: what is left of the body (a later chunk
+        with the usage, say) is read for at most ``router.sdk_http.END_OF_BODY_WAIT``, so a proxy that holds
+        the body open does not make the call wait for the read timeout."""
         stream = await client.aio.models.generate_content_stream(
             model=model.name, contents=prepared.contents, config=prepared.config
         )
         metadata = None
         finish = None
         produced = False
+
+        async def rest() -> AsyncIterator[Any]:
+            """The chunks after the one with the finishReason, their usage kept."""
+            nonlocal metadata
+            async for chunk in stream:
+                if chunk.usage_metadata is not None:
+                    metadata = chunk.usage_metadata
+                yield chunk
+
         try:
             async for chunk in stream:
                 text = response_text(chunk)
@@ -161,6 +191,9 @@ class GeminiProvider(Provider):
                 if text:
                     produced = True
                     yield TextDelta(text)
+                if finish is not None:
+                    await read_rest(rest(), self._timeout_ms(ctx) / 1000)
+                    break
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
