@@ -103,7 +103,7 @@ def to_image(media: Media, formats: Sequence[str] = (PNG,), max_pixels: int = MA
                 return None
             image.load()
             image.thumbnail((MAX_SIDE, MAX_SIDE))  # first: a 16-bit image is scaled to 8 bits through floats
-            picture = _eight_bits(image)
+            picture = eight_bits(image)
         data, mime = _encoded(picture, "PNG"), PNG
         if len(data) > MAX_BYTES and JPEG in formats:
             data, mime = _encoded(_flattened(picture), "JPEG", quality=JPEG_QUALITY), JPEG
@@ -116,7 +116,7 @@ def to_image(media: Media, formats: Sequence[str] = (PNG,), max_pixels: int = MA
     return Media(Modality.IMAGE, mime, data=data, filename=media.filename, size=len(data))
 
 
-def _eight_bits(image: Any) -> Any:
+def eight_bits(image: Any) -> Any:
     """``image`` in a mode PNG and the models take with 8 bits a channel. A 16-bit, 32-bit or float
     grayscale image is stretched from its lowest to its highest value (``convert`` would clip it to
     white or black); one of a single value keeps it, as a 16-bit one seen on 8 bits."""

@@ -144,3 +144,146 @@ def looped_pcm(pcm: bytes, seconds: float, chunk: int = 8192) -> Iterator[bytes]
             yield piece
             if not left:
                 return
+
+
+def mp3_tone(rate: int, seconds: float = 1.0, layout: str = "mono") -> bytes:
+    """An MP3 of a 440 Hz tone sampled at ``rate`` Hz. Two joined are one legal MPEG audio stream whose
+    sample rate (or channels) changes where the second begins."""
+    import av
+    import numpy as np
+
+    channels = 2 if layout == "stereo" else 1
+    pcm = (np.sin(2 * math.pi * 440 * np.arange(int(rate * seconds)) / rate) * 8000).astype(np.int16)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp3") as out:
+        stream = out.add_stream("libmp3lame", rate=rate)
+        stream.layout = layout
+        for start in range(0, len(pcm), 1152):
+            block = np.repeat(pcm[start:start + 1152], channels)[None, :]
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="s16", layout=layout)
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def pdf_with_deep_page_tree(depth: int = 150) -> bytes:
+    """A one-page PDF whose page sits under ``depth`` nested page-tree nodes (pypdf stops at 100)."""
+    objects = {1: b"<< /Type /Catalog /Pages 2 0 R >>"}
+    for i in range(depth):
+        objects[2 + i] = f"<< /Type /Pages /Kids [{3 + i} 0 R] /Count 1 >>".encode()
+    objects[2 + depth] = b"<< /Type /Page /MediaBox [0 0 100 100] >>"
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = {}
+    for number, body in objects.items():
+        offsets[number] = out.tell()
+        out.write(f"{number} 0 obj\n".encode() + body + b"\nendobj\n")
+    xref, size = out.tell(), max(objects) + 1
+    out.write(f"xref\n0 {size}\n0000000000 65535 f \n".encode())
+    out.write(b"".join(f"{offsets[i]:010d} 00000 n \n".encode() for i in range(1, size)))
+    out.write(f"trailer\n<< /Size {size} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
+    return out.getvalue()
+
+
+def gray16_png(image, ink: int = 5000, paper: int = 30000) -> bytes:
+    """``image`` (dark text on a light page) as a 16-bit grayscale PNG whose values all lie in
+    ``ink``..``paper`` of 0..65535, as a scanner writes them."""
+    import numpy as np
+    from PIL import Image
+
+    levels = np.where(np.asarray(image.convert("L")) < 128, ink, paper).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(levels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def blank_png(width: int, height: int, mode: str = "L") -> bytes:
+    """A valid all-black PNG of ``width`` x ``height`` (8-bit gray or RGBA): huge images stay small files.
+    Made row by row, never whole in memory."""
+    import zlib
+
+    channels = {"L": 1, "RGBA": 4}[mode]
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (1 + channels * width)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, {"L": 0, "RGBA": 6}[mode], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def ico_holding(png_data: bytes, declared: int = 16) -> bytes:
+    """An ICO whose one directory entry says ``declared`` x ``declared`` but holds ``png_data``."""
+    entry = struct.pack("<BBBBHHII", declared % 256, declared % 256, 0, 0, 1, 32, len(png_data), 22)
+    return struct.pack("<HHH", 0, 1, 1) + entry + png_data
+
+
+def icns_holding(png_data: bytes) -> bytes:
+    """A Mac ICNS whose 512x512@2x entry (``ic10``) holds ``png_data``, whatever its size."""
+    block = b"ic10" + struct.pack(">I", 8 + len(png_data)) + png_data
+    return b"icns" + struct.pack(">I", 8 + len(block)) + block
+
+
+def mjpeg_mkv(sizes: list[tuple[int, int]], fps: int = 25) -> bytes:
+    """A Matroska MJPEG video of plain frames of the given sizes, one after another: its header (and
+    first frame) say the first size, later frames may be larger."""
+    import fractions
+
+    import av
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as out:
+        stream = out.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height = sizes[0]
+        stream.pix_fmt = "yuvj444p"
+        for index, size in enumerate(sizes):
+            jpeg = io.BytesIO()
+            Image.new("RGB", size, (200, 100, 50)).save(jpeg, format="JPEG", quality=50, subsampling=0)
+            packet = av.Packet(jpeg.getvalue())
+            packet.stream = stream
+            packet.pts = packet.dts = index * 1000 // fps
+            packet.time_base = fractions.Fraction(1, 1000)
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def video_stream(image, seconds: float, fps: int = 25, container: str = "h264",
+                 start_seconds: float = 0.0) -> bytes:
+    """``image`` (a Pillow RGB image of even size) shown for ``seconds`` as H.264, in ``container``:
+    "h264" is a raw elementary stream (no timestamps at all), "mpegts" a transport stream whose frames
+    start at ``start_seconds`` (a segment cut from a live stream)."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    pixels = np.asarray(image.convert("RGB"))
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = image.size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        stream.codec_context.time_base = fractions.Fraction(1, fps)
+        first = round(start_seconds * fps)
+        for index in range(round(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = first + index, fractions.Fraction(1, fps)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def multipage_tiff(images: list) -> bytes:
+    """The Pillow ``images`` as the pages of one TIFF (as fax machines and scanners write them)."""
+    buf = io.BytesIO()
+    images[0].save(buf, format="TIFF", save_all=True, append_images=images[1:])
+    return buf.getvalue()

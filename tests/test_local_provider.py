@@ -592,3 +592,174 @@ async def test_a_video_whose_sound_fails_stops_its_picture_job() -> None:
         assert len(frames_read) < 10, "the picture job ran on after the call had failed"
     finally:
         await provider.aclose()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+async def test_a_truncated_image_is_invalid_argument(local: LocalProvider, fmt: str) -> None:
+    """Pillow opens lazily: a cut PNG or JPEG fails when its pixels are decoded, which is INVALID_ARGUMENT
+    (it was 'image file is truncated' from outside the error handling: INTERNAL)."""
+    image = media.text_image([((40, 40), "HELLO TRUNCATED WORLD")], size=(800, 200), font_size=40)
+    data = media.encode_image(image, fmt)
+    item = Media(Modality.IMAGE, f"image/{fmt.lower()}", data=data[: len(data) // 2], filename="cut.img")
+    with pytest.raises(ProviderBadRequest, match=r"cannot read cut\.img: .*cannot be decoded"):
+        await collect(local, ask(item), local.models[0])
+
+
+def test_audio_whose_sample_rate_changes_midstream_is_decoded() -> None:
+    """Two MP3s joined (44.1 then 22.05 kHz) are one legal stream: the resampler is set up again where the
+    rate changes, nothing lost (it raised 'Frame does not match AudioResampler setup': INTERNAL)."""
+    from media_factory import mp3_tone
+    from mmrouter_local.audio import BYTES_PER_SECOND, iter_pcm16k
+
+    data = mp3_tone(44100) + mp3_tone(22050)
+    seconds = sum(len(chunk) for chunk in iter_pcm16k(data)) / BYTES_PER_SECOND
+    assert seconds == pytest.approx(2.0, abs=0.15)
+
+
+async def test_audio_whose_sample_rate_changes_midstream_is_transcribed(local: LocalProvider) -> None:
+    from media_factory import mp3_tone
+
+    item = Media(Modality.AUDIO, "audio/mpeg", data=mp3_tone(44100) + mp3_tone(22050), filename="joined.mp3")
+    (transcript,) = transcripts_of(await collect(local, ask(item, task=Task.TRANSCRIBE), local.models[0]))
+    assert transcript.duration_seconds == pytest.approx(2.0, abs=0.15)
+
+
+async def test_a_pdf_pypdf_refuses_to_walk_is_invalid_argument(local: LocalProvider) -> None:
+    """pypdf stops at a page tree deeper than 100 levels with LimitReachedError (a PyPdfError, not a
+    PdfReadError): the PDF is unreadable, INVALID_ARGUMENT, not INTERNAL."""
+    from media_factory import pdf_with_deep_page_tree
+    from mmrouter_local.pdf import PdfError, iter_pages
+
+    data = pdf_with_deep_page_tree(150)
+    with pytest.raises(PdfError, match="not a readable PDF"):
+        list(iter_pages(data))
+    item = Media(Modality.DOCUMENT, "application/pdf", data=data, filename="deep.pdf")
+    with pytest.raises(ProviderBadRequest, match=r"cannot read deep\.pdf: not a readable PDF"):
+        await collect(local, ask(item), local.models[0])
+
+
+async def test_a_16_bit_grayscale_scan_is_read(local: LocalProvider) -> None:
+    """A 16-bit scan's values (here 5000 ink on a 30000 page, of 65535) are stretched to 8 bits as the
+    router's conversion does; Pillow's convert clipped them all to white, and OCR found nothing."""
+    from media_factory import gray16_png
+
+    image = media.text_image([((40, 40), "HELLO SIXTEEN BITS")], size=(800, 200), font_size=40)
+    item = Media(Modality.IMAGE, "image/png", data=gray16_png(image), filename="scan16.png")
+    text = text_of(await collect(local, ask(item), local.models[0]))
+    assert "[Image scan16.png: PNG 800x200]" in text
+    assert "HELLOSIXTEENBITS" in text.replace(" ", ""), text
+
+
+@pytest.mark.parametrize("kind", ["ico", "icns"])
+async def test_an_icon_holding_a_huge_image_is_refused_before_decoding(monkeypatch, kind: str) -> None:
+    """An icon's directory may say 16x16 (ICO) or 1024x1024 (ICNS) and hold a PNG of 6400x6400: Pillow
+    decoded it whole (inside Image.open for ICO), before the pixel limit was checked."""
+    from media_factory import blank_png, icns_holding, ico_holding
+    from mmrouter_local.extract import Extractor, UnreadableMedia
+    from PIL import ImageFile
+
+    decoded: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy_load(self):  # self: a Pillow ImageFile
+        if self.width * self.height > 40_000_000:
+            decoded.append(self.size)
+            raise MemoryError("the test does not decode huge images")
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy_load)
+    data = (ico_holding if kind == "ico" else icns_holding)(blank_png(6400, 6400))
+    extractor = Extractor()
+    extractor.ocr.read_lines = lambda bgr: []  # type: ignore[method-assign]  # no OCR model needed
+    with pytest.raises(UnreadableMedia, match="6400x6400 pixels, over the 40,000,000"):
+        extractor.image(Media(Modality.IMAGE, f"image/{kind}", data=data), "icon")
+    assert decoded == []
+
+
+def test_video_frames_over_the_pixel_limit_are_refused_after_a_small_first_frame(monkeypatch) -> None:
+    """A video's header and first frame may be small and later frames huge (an MJPEG of 64x64, then
+    15000x15000 took 1.4 GB): frames over the limit are refused by the decoder, sampled or not."""
+    import mmrouter_local.video
+    from media_factory import mjpeg_mkv
+    from mmrouter_local.audio import DecodeError
+    from mmrouter_local.video import iter_sampled_frames
+
+    monkeypatch.setattr(mmrouter_local.video, "MAX_OCR_PIXELS", 100_000)
+    video = mjpeg_mkv([(64, 64), (640, 480), (640, 480)])
+    with pytest.raises(DecodeError, match=r"decoding failed.*over the 100,000"):  # by the decoder
+        list(iter_sampled_frames(video, 2.0))
+    assert [t for t, _ in iter_sampled_frames(mjpeg_mkv([(64, 64), (320, 240)]), 0.01)] == [0.0, 0.04]
+
+
+def on_screen(text: str):
+    return media.text_image([((20, 30), text)], size=(320, 120), font_size=40)
+
+
+def test_raw_h264_frames_without_timestamps_are_sampled(local: LocalProvider) -> None:
+    """A raw H.264 elementary stream has no timestamps (every frame.time is None): frames are timed by
+    their count at the stream's rate (they were all skipped, and no text was found)."""
+    from media_factory import video_stream
+    from mmrouter_local.video import iter_sampled_frames
+
+    video = video_stream(on_screen("ON SCREEN"), 3.0, fps=25, container="h264")
+    assert [t for t, _ in iter_sampled_frames(video, 1.0)] == [0.0, 1.0, 2.0]
+    sections = local.extractor.video_frames(Media(Modality.VIDEO, "video/h264", data=video), "cam.h264")
+    assert [(s.heading, s.text) for s in sections] == [("Video cam.h264 frames at 0.0s-2.0s", "ON SCREEN")]
+
+
+async def test_a_cancelled_video_job_stops_while_skipping_frames() -> None:
+    """Frames between samples are decoded and skipped: the job checks for cancellation on every frame,
+    not only on the sampled ones (a cancelled call decoded a long stream to its end)."""
+    from media_factory import video_stream
+    from mmrouter_local.video import iter_sampled_frames
+
+    video = video_stream(on_screen("T"), 4.0, fps=25, container="h264")
+    pool = WorkerPool(1)
+    sampled, go = threading.Event(), threading.Event()
+
+    def job() -> list:
+        frames = iter_sampled_frames(video, 1000.0)  # one sample, then 99 frames skipped
+        next(frames)
+        sampled.set()
+        go.wait(10)
+        return list(frames)
+
+    task = asyncio.ensure_future(pool.run(job))
+    await asyncio.to_thread(sampled.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    go.set()
+    for _ in range(200):
+        if pool.cancelled_jobs or not pool._running:
+            break
+        await asyncio.sleep(0.05)
+    assert pool.cancelled_jobs == 1
+    pool.close()
+
+
+def test_video_frame_times_count_from_the_start_of_the_clip() -> None:
+    """A transport stream cut from a live stream starts at, say, 3600 s: its frames are timed from the
+    clip's start, as its audio transcript is (they said 'frames at 3600.0s-3602.0s')."""
+    from media_factory import video_stream
+    from mmrouter_local.video import iter_sampled_frames
+
+    video = video_stream(on_screen("LIVE"), 3.0, fps=25, container="mpegts", start_seconds=3600)
+    assert [round(t, 2) for t, _ in iter_sampled_frames(video, 1.0)] == [0.0, 1.0, 2.0]
+
+
+async def test_every_page_of_a_multipage_tiff_is_read(local: LocalProvider, monkeypatch) -> None:
+    """A fax or scanner TIFF has several pages: each is read, headed with its number (only the first
+    was, silently); past MAX_IMAGE_PAGES the rest are named as not read."""
+    import mmrouter_local.extract
+    from media_factory import multipage_tiff
+
+    pages = [media.text_image([((40, 40), f"PAGE {word}")], size=(500, 140), font_size=40)
+             for word in ("ONE", "TWO", "THREE")]
+    item = Media(Modality.IMAGE, "image/tiff", data=multipage_tiff(pages), filename="fax.tif")
+    monkeypatch.setattr(mmrouter_local.extract, "MAX_IMAGE_PAGES", 2)
+    text = text_of(await collect(local, ask(item), local.models[0]))
+    first = text.index("[Image fax.tif: TIFF 500x140, page 1 of 3]")
+    second = text.index("[Image fax.tif: TIFF 500x140, page 2 of 3]")
+    assert first < text.index("PAGE ONE") < second < text.index("PAGE TWO")
+    assert "PAGE THREE" not in text and "page 3 of 3 not read" in text, text

@@ -40,7 +40,8 @@ def check_sample_rate(rate: int) -> None:
 def iter_pcm16k(source: Path | bytes) -> Iterator[bytes]:
     """Yield the first audio track of ``source`` as 16 kHz mono s16le PCM chunks.
 
-    Yields nothing when the container has no audio track (a silent video).
+    Yields nothing when the container has no audio track (a silent video). The sample rate and channels
+    may change mid-stream (MP3s joined end to end): the resampler is set up again where they do.
     Raises :class:`DecodeError` when the data is not a decodable container, or its sample rate is
     under :data:`MIN_SAMPLE_RATE`.
     """
@@ -54,16 +55,45 @@ def iter_pcm16k(source: Path | bytes) -> Iterator[bytes]:
         if not container.streams.audio:
             return
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        resampler, setup = None, None
         try:
-            for frame in container.decode(stream):
+            for frame in _decoded(container, stream):
                 check_sample_rate(frame.sample_rate)  # per frame: the rate may change mid-stream
+                frame_setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+                if frame_setup != setup:  # the first frame, or the rate or channels changed (joined MP3s)
+                    if resampler is not None:  # a resampler takes one input format: flush it, make another
+                        for out in resampler.resample(None):
+                            yield out.to_ndarray().tobytes()
+                    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+                    setup = frame_setup
                 for out in resampler.resample(frame):
                     yield out.to_ndarray().tobytes()
         except av.error.FFmpegError as e:
             raise DecodeError(f"audio decoding failed ({e})") from e
-        for out in resampler.resample(None):
-            yield out.to_ndarray().tobytes()
+        if resampler is not None:
+            for out in resampler.resample(None):
+                yield out.to_ndarray().tobytes()
+
+
+#: How a tag inside an MPEG audio stream starts: MP3s joined end to end (``cat a.mp3 b.mp3``) carry the
+#: next one's ID3v2 tag (and the last one's ID3v1 ``TAG``) between their frames, which the demuxer passes
+#: to the decoder as a packet.
+_TAG_STARTS = (b"ID3", b"TAG")
+
+
+def _decoded(container, stream) -> Iterator:  # -> av.AudioFrame
+    """The frames of ``stream``, packet by packet. A packet the decoder rejects as invalid is skipped if
+    it is a tag (as players skip it); any other decoding error is raised."""
+    import av
+
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            if packet.size and memoryview(packet)[:3].tobytes() in _TAG_STARTS:
+                continue
+            raise
+        yield from frames
 
 
 class PcmReader:

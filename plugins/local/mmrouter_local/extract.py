@@ -10,8 +10,9 @@ from router.mime import normalise_mime
 
 from .asr import SpeechRecognizer
 from .audio import iter_pcm16k
-from .ocr import MAX_OCR_PIXELS, TextReader, image_facts, open_image, to_bgr
+from .ocr import MAX_OCR_PIXELS, ImageTooLarge, TextReader, image_facts, open_image, to_bgr
 from .pdf import iter_pages
+from .pool import raise_if_cancelled
 from .video import read_frames
 
 
@@ -61,6 +62,11 @@ def transcript_lines(transcript: Transcript) -> str:
 
 #: The most bytes of a text document read (an answer holding more could not be sent anyway).
 MAX_TEXT_BYTES = 16 * 1024 * 1024
+#: The most pages of a multi-page TIFF (a fax, a scanner's batch) read by OCR; the rest are named only.
+MAX_IMAGE_PAGES = 20
+#: The image formats whose frames are pages, each read. Other formats' later frames (an animated GIF,
+#: WebP or PNG, an MPO's second view) are not: the first frame is read.
+PAGED_FORMATS = frozenset({"TIFF"})
 
 
 def too_many_pixels(image) -> str | None:  # image: an opened, not yet decoded, Pillow image
@@ -90,7 +96,11 @@ class Extractor:
 
     def ocr_image_bytes(self, data: bytes) -> list[str]:
         """OCR lines of an encoded image (an image in a PDF page); one too large to decode is named only."""
-        with open_image(data) as image:
+        try:
+            image = open_image(data)
+        except ImageTooLarge as e:
+            return [f"({e}: not read)"]
+        with image:
             problem = too_many_pixels(image)
             if problem:
                 return [f"({problem}: not read)"]
@@ -116,20 +126,52 @@ class Extractor:
         return sections
 
     def image(self, media: Media, name: str) -> list[Section]:
-        """Format and size of an image, then its OCR text in reading order."""
+        """Format and size of an image, then its OCR text in reading order; each page of a multi-page
+        TIFF (up to :data:`MAX_IMAGE_PAGES`) in its own section, headed ``page 2 of 5``."""
         try:
             image = open_image(source_of(media))
         except UnreadableMedia:
             raise
+        except ImageTooLarge as e:  # an icon holding a huge image: refused before Pillow decodes it
+            raise UnreadableMedia(f"{e}: send a smaller image") from e
         except Exception as e:
             raise UnreadableMedia(f"not an image Pillow can open ({type(e).__name__})") from e
         with image:
-            facts = image_facts(image)
-            problem = too_many_pixels(image)
-            if problem:  # decoding it would take gigabytes (a decompression bomb, or a huge scan)
-                raise UnreadableMedia(f"{problem}: send a smaller image")
-            lines = self.ocr.read_lines(to_bgr(image))
-        return [Section(f"Image {name}: {facts.describe()}", "\n".join(lines))]
+            pages = self._page_count(image)
+            sections = []
+            for index in range(min(pages, MAX_IMAGE_PAGES)):
+                raise_if_cancelled()  # each page is an OCR
+                if index:
+                    try:
+                        image.seek(index)
+                    except Exception as e:
+                        raise UnreadableMedia(f"page {index + 1} of {pages} cannot be read ({type(e).__name__})") from e
+                facts = image_facts(image)
+                problem = too_many_pixels(image)
+                if problem:  # decoding it would take gigabytes (a decompression bomb, or a huge scan)
+                    raise UnreadableMedia(f"{problem}: send a smaller image")
+                try:  # Pillow opens lazily: a truncated or corrupt file fails only here
+                    bgr = to_bgr(image)
+                except Exception as e:
+                    raise UnreadableMedia(f"the image cannot be decoded ({type(e).__name__}: {e})") from e
+                heading = f"Image {name}: {facts.describe()}" + (f", page {index + 1} of {pages}" if pages > 1 else "")
+                sections.append(Section(heading, "\n".join(self.ocr.read_lines(bgr))))
+        if pages > MAX_IMAGE_PAGES:
+            first = MAX_IMAGE_PAGES + 1
+            which = f"page {first} of {pages}" if first == pages else f"pages {first}-{pages} of {pages}"
+            sections.append(Section(f"Image {name}: {which} not read",
+                                    f"(the local provider reads the first {MAX_IMAGE_PAGES} pages of an image)"))
+        return sections
+
+    @staticmethod
+    def _page_count(image) -> int:  # image: an opened Pillow image
+        """How many pages ``image`` has: a TIFF's frames, else 1 (see :data:`PAGED_FORMATS`)."""
+        if image.format not in PAGED_FORMATS:
+            return 1
+        try:
+            return max(1, int(getattr(image, "n_frames", 1)))
+        except Exception:  # a broken chain of pages: the first is read
+            return 1
 
     def transcribe(self, media: Media) -> Transcript:
         """The speech in an audio file or a video's audio track."""

@@ -43,11 +43,89 @@ class ImageFacts:
         return f"{self.format} {self.width}x{self.height}"
 
 
+class ImageTooLarge(ValueError):
+    """An image (or the image an icon holds) has more pixels than :data:`MAX_OCR_PIXELS`."""
+
+    def __init__(self, width: int, height: int) -> None:
+        super().__init__(f"the image is {width}x{height} pixels, over the {MAX_OCR_PIXELS:,} the local OCR reads")
+        self.width, self.height = width, height
+
+
+def check_pixels(width: int, height: int) -> None:
+    """Raise :class:`ImageTooLarge` if ``width`` x ``height`` is over :data:`MAX_OCR_PIXELS`."""
+    if width * height > MAX_OCR_PIXELS:
+        raise ImageTooLarge(width, height)
+
+
 def open_image(source: Path | bytes):  # -> PIL.Image.Image
-    """Open an image file or bytes with Pillow (lazily imported)."""
+    """Open an image file or bytes with Pillow (lazily imported), not yet decoded.
+
+    Raises :class:`ImageTooLarge` if it is an icon holding an image over :data:`MAX_OCR_PIXELS`: an icon's
+    directory may say 16x16 and hold a 13,300 x 13,300 PNG, which Pillow decodes while opening an ICO
+    (and loading an ICNS), before its size can be checked."""
     from PIL import Image
 
+    with _binary(source) as fp:
+        size = held_icon_size(fp)
+    if size is not None:
+        check_pixels(*size)
     return Image.open(str(source) if isinstance(source, Path) else io.BytesIO(source))
+
+
+def _binary(source: Path | bytes):  # -> a binary file object (a context manager)
+    return source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
+
+
+def held_icon_size(fp) -> tuple[int, int] | None:  # fp: a seekable binary file at its start
+    """The size of the image Pillow would decode from an ICO or ICNS file, read from that image's own
+    header (an icon's directory may say otherwise); None for other files and for icons Pillow cannot
+    read either (it raises then). Reads headers only: nothing is decoded."""
+    from PIL import IcnsImagePlugin, IcoImagePlugin
+
+    head = fp.read(4)
+    fp.seek(0)
+    try:
+        if head == b"\0\0\1\0":
+            ico = IcoImagePlugin.IcoFile(fp)
+            if not ico.entry:
+                return None
+            entry = ico.entry[0]  # the largest the directory lists: what Image.open decodes
+            width, height = _embedded_size(fp, entry.offset, entry.size)
+            return width, height if _is_png(fp, entry.offset) else height // 2  # a DIB holds its mask too
+        if head == b"icns":
+            icns = IcnsImagePlugin.IcnsFile(fp)
+            largest: tuple[int, int] | None = None
+            for code, reader in icns.SIZES[icns.bestsize()]:  # the size load() decodes
+                if code in icns.dct and reader is IcnsImagePlugin.read_png_or_jpeg2000:
+                    size = _embedded_size(fp, *icns.dct[code])
+                    if largest is None or size[0] * size[1] > largest[0] * largest[1]:
+                        largest = size
+            return largest
+    except Exception:  # not a readable icon: Image.open says so
+        return None
+    return None
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(fp, offset: int) -> bool:
+    fp.seek(offset)
+    return fp.read(8) == _PNG_MAGIC
+
+
+def _embedded_size(fp, offset: int, length: int) -> tuple[int, int]:
+    """The declared size of the PNG, JPEG 2000 or DIB image at ``offset`` in ``fp`` (headers only)."""
+    from PIL import BmpImagePlugin, Jpeg2KImagePlugin, PngImagePlugin
+
+    fp.seek(offset)
+    signature = fp.read(12)
+    fp.seek(offset)
+    if signature.startswith(_PNG_MAGIC):
+        return PngImagePlugin.PngImageFile(fp).size
+    if signature.startswith((b"\xff\x4f\xff\x51", b"\x0d\x0a\x87\x0a", b"\x00\x00\x00\x0cjP  ")):
+        return Jpeg2KImagePlugin.Jpeg2KImageFile(io.BytesIO(fp.read(length))).size
+    return BmpImagePlugin.DibImageFile(fp).size
 
 
 def image_facts(image) -> ImageFacts:
@@ -56,9 +134,16 @@ def image_facts(image) -> ImageFacts:
 
 
 def to_bgr(image) -> np.ndarray:
-    """A Pillow image as the BGR uint8 array OCR takes (alpha flattened onto white)."""
+    """A Pillow image as the BGR uint8 array OCR takes (alpha flattened onto white). A 16-bit, 32-bit or
+    float image is stretched to 8 bits as the router converts it (``convert`` clipped a 16-bit scan to
+    white); one with pixels that are not numbers raises ``ValueError``."""
     from PIL import Image
 
+    from router.convert import eight_bits
+
+    if image.mode in ("I;16L", "I;16B", "I;16N"):  # 16-bit modes Pillow cannot take extrema of
+        image = image.convert("I")
+    image = eight_bits(image)
     if image.mode in ("RGBA", "LA", "P"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pool import raise_if_cancelled
+from .pool import JobCancelled, raise_if_cancelled
 
 
 class PdfError(ValueError):
@@ -32,19 +32,27 @@ def iter_pages(
     ``ocr_image`` (image bytes -> lines) when one is given.
     """
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import PyPdfError
 
+    # pypdf raises its own errors (PdfReadError, and LimitReachedError for a page tree deeper than 100),
+    # and ValueError, KeyError or RecursionError on odd structures (as router.sniff.pdf_pages finds).
+    unreadable = (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
     try:
         reader = PdfReader(str(source) if isinstance(source, Path) else io.BytesIO(source))
         if reader.is_encrypted and not reader.decrypt(""):
             raise PdfError("the PDF is encrypted")
         pages = reader.pages
         count = len(pages)
-    except PdfReadError as e:
-        raise PdfError(f"not a readable PDF ({e})") from e
+    except PdfError:
+        raise
+    except unreadable as e:
+        raise PdfError(f"not a readable PDF ({type(e).__name__}: {e})") from e
     for index in range(count):
         raise_if_cancelled()  # a page may take seconds of OCR: stop here once nobody waits for it
-        page = pages[index]
+        try:
+            page = pages[index]
+        except unreadable as e:
+            raise PdfError(f"page {index + 1} of the PDF cannot be read ({type(e).__name__}: {e})") from e
         try:
             text = (page.extract_text() or "").strip()
         except Exception as e:  # pypdf raises many types on odd content streams
@@ -57,6 +65,8 @@ def iter_pages(
             for image in page.images:
                 raise_if_cancelled()
                 lines.extend(ocr_image(image.data))
+        except JobCancelled:
+            raise
         except Exception as e:
             lines.append(f"(embedded images could not be read: {type(e).__name__})")
         yield PdfPage(index + 1, "\n".join(lines), ocr=True)

@@ -55,11 +55,19 @@ def to_bgr(frame) -> np.ndarray:  # frame: av.VideoFrame
     return frame.to_ndarray(width=width, height=height, format="bgr24", interpolation="AREA")
 
 
+#: The frame rate assumed for a stream whose frames carry no timestamps and that declares no rate.
+DEFAULT_FPS = 25
+
+
 def iter_sampled_frames(source: Path | bytes, interval: float) -> Iterator[tuple[float, np.ndarray]]:
     """Yield ``(seconds, BGR frame)`` for the first frame at or after each multiple of ``interval``.
 
-    Frames are at most :data:`MAX_FRAME_SIDE` pixels on their longer side. Raises :class:`DecodeError`
-    for data that is not a decodable video, and before decoding for frames over :data:`MAX_OCR_PIXELS`.
+    Seconds count from the start of the clip (a segment cut from a live stream starts at its own 0, as
+    its audio transcript does). A frame without a timestamp (a raw H.264 or HEVC stream has none) is
+    timed by its count at the stream's frame rate. Frames are at most :data:`MAX_FRAME_SIDE` pixels on
+    their longer side. Raises :class:`DecodeError` for data that is not a decodable video, and for frames
+    over :data:`MAX_OCR_PIXELS`: from the header before decoding, and for frames that grow later
+    (the decoder refuses to allocate them), sampled or skipped. Checks for cancellation on every frame.
     """
     import av
 
@@ -72,16 +80,54 @@ def iter_sampled_frames(source: Path | bytes, interval: float) -> Iterator[tuple
             return
         stream = container.streams.video[0]
         check_frame_size(stream.codec_context.width, stream.codec_context.height)
+        # The decoder itself refuses a frame over the limit before allocating it: a stream may start small
+        # and grow (an MJPEG of 64x64 then 15000x15000 frames decoded 1.4 GB).
+        stream.codec_context.options = {"max_pixels": str(MAX_OCR_PIXELS)}
         stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
+        origin = _clip_start(container, stream)
         next_time = 0.0
         try:
-            for frame in container.decode(stream):
-                if frame.time is None or frame.time + 1e-6 < next_time:
+            for index, frame in enumerate(container.decode(stream)):
+                raise_if_cancelled()  # skipped frames are decoded too: a long stream takes a while
+                check_frame_size(frame.width, frame.height)  # in case a decoder ignores max_pixels
+                stamp = _timestamp(frame, stream)
+                if stamp is None:
+                    seconds = index / rate
+                else:
+                    if origin is None:
+                        origin = stamp
+                    seconds = max(0.0, stamp - origin)
+                if seconds + 1e-6 < next_time:
                     continue
-                yield float(frame.time), to_bgr(frame)
-                next_time = next_sample_time(frame.time, interval)
+                yield seconds, to_bgr(frame)
+                next_time = next_sample_time(seconds, interval)
+        except av.error.ArgumentError as e:  # EINVAL: max_pixels (or a frame size the decoder refuses)
+            raise DecodeError(f"video decoding failed ({e}): a frame may be over the {MAX_OCR_PIXELS:,} pixels "
+                              "the local OCR reads") from e
         except av.error.FFmpegError as e:
             raise DecodeError(f"video decoding failed ({e})") from e
+
+
+def _clip_start(container, stream) -> float | None:  # container: av.container.InputContainer
+    """Seconds where the clip starts (the container's, else the stream's start time), or None if unknown
+    (the first frame's time is used)."""
+    import av
+
+    if container.start_time is not None:
+        return container.start_time / av.time_base
+    if stream.start_time is not None and stream.time_base:
+        return float(stream.start_time * stream.time_base)
+    return None
+
+
+def _timestamp(frame, stream) -> float | None:  # frame: av.VideoFrame
+    """The frame's time in seconds from its timestamp, or None if it has none."""
+    if frame.time is not None:
+        return float(frame.time)
+    if frame.pts is not None and stream.time_base:
+        return float(frame.pts * stream.time_base)
+    return None
 
 
 def read_frames(
