@@ -124,13 +124,16 @@ def eight_bits(image: Any) -> Any:
         return image
     if image.mode not in _WIDE_MODES:
         return image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    sixteen = image.mode.startswith("I;16")
+    if image.mode in ("I;16B", "I;16L", "I;16N"):  # Pillow finds no extrema of these byte orders
+        image = image.convert("I")
     low, high = image.getextrema()
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError("the image has pixels that are not numbers")
     if high > low:
         scale, offset = 255 / (high - low), -low * 255 / (high - low)
     else:
-        scale, offset = 0.0, min(max(low / 257 if image.mode.startswith("I;16") else low, 0), 255)
+        scale, offset = 0.0, min(max(low / 257 if sixteen else low, 0), 255)
     return image.convert("F").point(lambda value: value * scale + offset).convert("L")
 
 

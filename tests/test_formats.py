@@ -217,6 +217,7 @@ def tiff(values: np.ndarray) -> bytes:
 
 
 @pytest.mark.parametrize(("dtype", "mode", "page", "ink"), [(np.uint16, "I;16", 30000, 5000),
+                                                          (np.dtype(">u2"), "I;16B", 30000, 5000),
                                                           (np.int32, "I", 70000, -20), (np.float32, "F", 0.8, 0.1)])
 def test_a_16_bit_32_bit_or_float_tiff_becomes_the_same_picture_on_8_bits_not_a_blank_one(dtype, mode, page,
                                                                                            ink) -> None:
