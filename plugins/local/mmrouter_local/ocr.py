@@ -141,8 +141,6 @@ def to_bgr(image) -> np.ndarray:
 
     from router.convert import eight_bits
 
-    if image.mode in ("I;16L", "I;16B", "I;16N"):  # 16-bit modes Pillow cannot take extrema of
-        image = image.convert("I")
     image = eight_bits(image)
     if image.mode in ("RGBA", "LA", "P"):
         image = image.convert("RGBA")
