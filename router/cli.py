@@ -21,6 +21,7 @@ import typer
 import yaml
 from rich.markup import escape
 from rich.table import Column, Table
+from rich.text import Text
 
 from .cli_calls import (
     build_request,
@@ -31,10 +32,12 @@ from .cli_calls import (
     file_labels,
     out,
     print_route,
+    utf8_text,
 )
 from .config import (
     DEFAULT_ADDRESS,
     Config,
+    data_dir_of,
     default_data_dir,
     did_you_mean,
     load_config,
@@ -249,7 +252,8 @@ def ask(
                     lines = [f"[{u.start_seconds:7.2f}s] {('Speaker ' + u.speaker + ': ') if u.speaker else ''}{u.text}"
                              for u in t.utterances] or [t.text]
                     if t.text.strip() or any(u.text.strip() for u in t.utterances):  # a silent video's has none
-                        err.print("[bold]transcript[/bold]\n" + escape("\n".join(lines)))
+                        err.print("[bold]transcript[/bold]")
+                        err.print("\n".join(lines), markup=False)
                 elif kind == "done":
                     answer = event.done.answer
             return answer, streamed
@@ -343,13 +347,14 @@ def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "")
                   Column("last 5 min", overflow="fold"))
     for p in listing.providers:
         state = pb.ProviderState.Name(p.state).removeprefix("PROVIDER_STATE_").lower()
-        table.add_row(*map(escape, (p.name, p.plugin, state, ", ".join(m.name for m in p.models), p.reason,
-                                    recent_calls(p.health))))
+        # cells as Text, not escaped markup: escape() doubles a backslash that ends a value
+        table.add_row(*map(Text, (p.name, p.plugin, state, ", ".join(m.name for m in p.models), p.reason,
+                                  recent_calls(p.health))))
     out.print(table)
     now = time.time()
     for p in listing.providers:  # below the table, one line each: a message is too long for a cell
         if p.health.last_failure_unix_seconds:
-            out.print(escape(last_failure(p.name, p.health, now)))
+            out.print(last_failure(p.name, p.health, now), markup=False)
 
 
 #: The most characters of a provider's last failure message ``providers`` shows (the daemon keeps 500).
@@ -397,7 +402,7 @@ def _data_dir(config: Path | None, data_dir: Path | None) -> Path:
     if config is None:
         return default_data_dir()
     try:
-        return load_config(config).server.data_dir.expanduser()
+        return data_dir_of(config).expanduser()
     except ConfigError as exc:
         err.print(f"[red]{escape(exc.message)}[/red]")
         raise typer.Exit(2) from None
@@ -503,6 +508,8 @@ def stats(data_dir: DataDirOption = None,
           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Calls, latency and cost per rule (or request tag), provider and model, from the daemon's records
     (all of them still kept, see prune, or those of the last --since days)."""
+    if tag is not None:
+        utf8_text(tag, "--tag")
     path = _data_dir(config, data_dir) / "sessions.sqlite"
     if not path.exists():
         err.print(f"[red]no records at {escape(str(path))}: has the daemon answered anything yet?[/red]")
@@ -518,7 +525,7 @@ def stats(data_dir: DataDirOption = None,
                   *(Column(name, no_wrap=True, justify="right") for name in ("calls", "mean ms", "max ms", "cost $")))
     for r in rows:
         group = (r["tag"] if r["tag"] is not None else UNTAGGED) if by_tag else r["rule"]
-        table.add_row(*map(escape, (group, f"{r['provider']}/{r['model']}", r["purpose"])), str(r["calls"]),
+        table.add_row(*map(Text, (group, f"{r['provider']}/{r['model']}", r["purpose"])), str(r["calls"]),
                       f"{r['mean_latency_ms']:.0f}", f"{r['max_latency_ms']:.0f}", f"{r['cost_usd']:.6f}")
     out.print(table)
 
@@ -539,20 +546,36 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
     from .media import STALE_TEMP_SECONDS, MediaStore
 
     root = _data_dir(config, data_dir)
-    path = root / "sessions.sqlite"
-    if not path.exists() and not (root / "media").is_dir():
+    path, media_root = root / "sessions.sqlite", root / "media"
+    if not path.exists() and not media_root.is_dir():
         err.print(f"[red]no data at {escape(str(root))}: is this the daemon's data directory?[/red]")
         raise typer.Exit(1)
+    for folder in (media_root, media_root / "tmp"):
+        if folder.exists() and not folder.is_dir():
+            _prune_failed(f"{folder} must be a directory, not a file: point --data-dir (or server.data_dir) at "
+                          "the daemon's data directory")
     before = time.time() - older_than * 86_400
-    store, writable = _sessions_to_prune(path)
+    # Nothing is created: neither a sessions database where there is none, nor a media folder. A dry
+    # run writes nothing at all: it reads the database read-only (and does not migrate an old one).
+    if dry_run or not path.exists():
+        sessions, calls, keep = _preview_prune(path, before) if path.exists() else (0, 0, set())
+        store, writable = None, not dry_run
+    else:
+        store, writable = _sessions_to_prune(path)
     try:
         # Read-only first: what the remaining sessions refer to. Media go next, since deleting files
         # needs no room, while the sessions' deletes need room in the WAL and fail on a full disk.
-        sessions, calls, keep = store.prune(before, dry_run=True)
-        media = MediaStore(root / "media", 1, clear_temp=False)
-        files, size = media.prune(before, keep, dry_run=dry_run)
-        temp_files, temp_size = media.remove_temp_files(STALE_TEMP_SECONDS, dry_run=dry_run)
-        if not dry_run and writable:
+        if store is not None:
+            sessions, calls, keep = store.prune(before, dry_run=True)
+        media = MediaStore(media_root, 1, clear_temp=False, create=False)
+        try:
+            files, size = media.prune(before, keep, dry_run=dry_run) if media_root.is_dir() else (0, 0)
+            temp_files, temp_size = ((0, 0) if not (media_root / "tmp").is_dir()
+                                     else media.remove_temp_files(STALE_TEMP_SECONDS, dry_run=dry_run))
+        except OSError as exc:  # e.g. a folder this user may not read
+            where = f"{exc.filename}: " if exc.filename else ""
+            _prune_failed(f"cannot prune the media in {media_root}: {where}{exc.strerror or exc}")
+        if store is not None and writable:
             try:
                 sessions, calls, _ = store.prune(before)
             except sqlite3.Error as exc:
@@ -562,7 +585,8 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
     except sqlite3.Error as exc:
         _bad_sessions(path, exc)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     # one part a line: at 80 columns the whole sentence wrapped mid-clause
     lines = [f"{sessions} session(s), {calls} statistics row(s) and"] if writable or dry_run else []
     lines.append(f"{files} media file(s) ({size / 2**20:.1f} MiB)")
@@ -572,7 +596,22 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
     lines[0] = f"{'would remove' if dry_run else 'removed'} {lines[0]}"
     lines[-1] += ";"
     lines.append(f"{len(keep)} media kept for sessions")
-    out.print(escape("\n".join(lines)))
+    out.print("\n".join(lines), markup=False)
+
+
+def _prune_failed(message: str) -> NoReturn:
+    err.print(f"[red]{escape(message)}[/red]")
+    raise typer.Exit(1)
+
+
+def _preview_prune(path: Path, before: float) -> tuple[int, int, set[str]]:
+    """:func:`router.sessions.preview_prune`, a database that cannot be read reported as prune's are."""
+    from .sessions import preview_prune
+
+    try:
+        return preview_prune(path, before)
+    except sqlite3.Error as exc:
+        _bad_sessions(path, exc)
 
 
 def _sessions_to_prune(path: Path) -> tuple[SessionStore, bool]:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .auth import with_token
 
@@ -51,6 +52,31 @@ def media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: l
             yield kind, path, mime
 
 
+def wire_name(path: Path) -> str:
+    """The name of ``path`` as sent to the daemon: a POSIX name is bytes, and one that is not UTF-8 (an
+    old Latin-1 name) has its bad bytes replaced by U+FFFD (a protobuf string must be UTF-8)."""
+    return os.fsencode(path.name).decode("utf-8", "replace")
+
+
+def utf8_text(value: str, what: str) -> str:
+    """``value`` (a command-line argument, ``what`` naming it) if it is UTF-8 text; else exit with a usage
+    error: Python keeps the bytes of an argument that are not UTF-8 as surrogates, which protobuf refuses."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        os.fsencode(value).decode("utf-8")
+        why = "it holds a lone surrogate"
+    except UnicodeDecodeError as exc:
+        why = f"byte {exc.start + 1} is 0x{exc.object[exc.start]:02x}"
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        why = "it holds a lone surrogate"
+    err.print(f"[red]{escape(f'{what} is not UTF-8 text: {why}; give it as UTF-8')}[/red]")
+    raise typer.Exit(2)
+
+
 def not_a_file(path: Path) -> str:
     """Why ``path``, which is no regular file, cannot be sent."""
     if path.is_dir():
@@ -78,8 +104,8 @@ def upload_file(stub, kind: int, path: Path, mime: str) -> str:
 
         def messages():
             progress.reset(task)  # a retry sends the file from its start again
-            yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=kind, mime_type=mime, filename=path.name,
-                                                                   size_bytes=size))
+            yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=kind, mime_type=mime,
+                                                                   filename=wire_name(path), size_bytes=size))
             with path.open("rb") as f:
                 while chunk := f.read(CHUNK):
                     progress.advance(task, len(chunk))
@@ -139,11 +165,14 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     if task not in ("auto", "chat", "transcribe"):
         err.print("[red]--task must be auto, chat or transcribe[/red]")
         raise typer.Exit(2)
+    for value, what in ((prompt, "the prompt"), (system, "--system"), (session or "", "--session"),
+                        (provider or "", "--provider"), (model or "", "--model"), *((t, "--tag") for t in tags or [])):
+        utf8_text(value, what)
     files = list(media_parts(images, audio, video, pdf))
     inline = inline_choice([path.stat().st_size for _, path, _ in files], inline_limit)
     parts = []
     for i, (kind, path, mime) in enumerate(files):
-        media = pb.Media(modality=kind, mime_type=mime, filename=path.name)
+        media = pb.Media(modality=kind, mime_type=mime, filename=wire_name(path))
         if i in inline:
             media.data = path.read_bytes()
         else:
@@ -316,9 +345,9 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None) 
     bad = status_detail(exc, error_details_pb2.BadRequest)
     for v in bad.field_violations if bad is not None else ():
         if v.description not in details:  # most messages say it already
-            err.print(f"  {escape(name_files(v.field, files or {}))}: {escape(v.description)}")
+            err.print(f"  {name_files(v.field, files or {})}: {v.description}", markup=False)
     if exc.code() == grpc.StatusCode.UNAVAILABLE and not error_info(exc)[0]:  # gRPC's, not the daemon's
-        err.print(escape(unreachable_hint(details, address)))
+        err.print(unreachable_hint(details, address), markup=False)
     raise typer.Exit(1)
 
 
@@ -328,6 +357,20 @@ def unreachable_hint(details: str, address: str) -> str:
         return ("the TLS handshake with the daemon failed: MMROUTER_TLS_CA must be the CA that signed its "
                 "certificate (MMROUTER_TLS_CERT and MMROUTER_TLS_KEY a client certificate it accepts), and "
                 "the daemon must serve TLS (server.tls)")
+    if "socket closed" in details.lower() or "connection reset" in details.lower():
+        # the daemon (or something) took the connection and closed it: a TLS daemon closes a plaintext
+        # one, an mTLS daemon one whose TLS handshake brought no client certificate it accepts
+        closed = f"the daemon at {address} closed the connection"
+        if not os.environ.get("MMROUTER_TLS_CA"):
+            return (f"{closed}: if it serves TLS (server.tls), export MMROUTER_TLS_CA (the CA that signed its "
+                    "certificate), and MMROUTER_TLS_CERT and MMROUTER_TLS_KEY if it asks for a client certificate "
+                    f"(server.tls.client_ca_file); else is the daemon running at {address}? start it with "
+                    "`mmrouter serve`")
+        if not os.environ.get("MMROUTER_TLS_CERT"):
+            return (f"{closed} in the TLS handshake: if it asks for a client certificate (server.tls.client_ca_file), "
+                    "export MMROUTER_TLS_CERT and MMROUTER_TLS_KEY (a certificate that CA signed, and its key)")
+        return (f"{closed} in the TLS handshake: it may not accept the client certificate of MMROUTER_TLS_CERT "
+                "(it must be signed by the CA of its server.tls.client_ca_file)")
     return (f"is the daemon running at {address}? start it with `mmrouter serve`, or give --address "
             "(or MMROUTER_ADDRESS) where it listens")
 
@@ -343,10 +386,11 @@ def print_route(route, console: Console) -> None:
                   + escape(f"  bridges: {', '.join(route.bridges)}" if route.bridges else ""))
     table = Table("rule", "outcome", "why", show_header=True, box=None)
     for t in route.trace:
-        table.add_row(escape(t.rule), outcome.get(t.outcome, "?"), escape(t.reason))
+        # cells as Text, not escaped markup: escape() doubles a backslash that ends a value
+        table.add_row(Text(t.rule), outcome.get(t.outcome, "?"), Text(t.reason))
     console.print(table)
     for step in route.steps:
-        console.print(escape(f"step {step.purpose}: {step.provider}/{step.model} {step.latency_ms:.0f} ms "
-                             f"${step.usage.cost_usd:.6f}"))
+        console.print(f"step {step.purpose}: {step.provider}/{step.model} {step.latency_ms:.0f} ms "
+                      f"${step.usage.cost_usd:.6f}", markup=False)
     for note in route.notes:
-        console.print(f"note: {escape(note)}")
+        console.print(f"note: {note}", markup=False)

@@ -534,6 +534,44 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return ": ".join(parts) or type(exc).__name__
 
 
+def data_dir_of(config: Path) -> Path:
+    """``server.data_dir`` of the routing file ``config`` (the default without one), read alone: ``mmrouter
+    stats`` and ``prune`` need no other setting, so the file's other ``${VAR}`` need not be set, nor its
+    TLS files be on this host. Raises :class:`ConfigError` for a file that cannot be read, is no YAML,
+    or whose data_dir is not a path (or names an unset ``${VAR}``, as serve refuses it)."""
+    source = str(config)
+    text = read_config_file(config)
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: values nested too deeply to read") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of settings, not {type(data).__name__}")
+    server = data.get("server") if isinstance(data, dict) else None
+
+    def where(*loc: str) -> str:
+        line = _line_of(node, loc)
+        return f" ({source}, line {line})" if line else f" ({source})"
+
+    if server is not None and not isinstance(server, dict):
+        raise ConfigError(f"invalid configuration:\n  server: should be a mapping of settings{where('server')}")
+    if not server or "data_dir" not in server:
+        return default_data_dir()
+    loc = ("server", "data_dir")
+    unset = [name for _, name in _unset_references(server["data_dir"], loc)]
+    if unset:
+        raise ConfigError(f"invalid configuration:\n  server.data_dir: ${{{unset[0]}}} is not set (or empty){where(*loc)}: "
+                          f"set {unset[0]}, or write ${{{unset[0]}:-}} to allow an empty value")
+    try:
+        return ServerSettings.model_validate({"data_dir": expand_env(server["data_dir"])}).data_dir
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid configuration:\n  server.data_dir: {problem}{where(*loc)}") from None
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate YAML text; raise :class:`ConfigError` naming the key, problem and line."""
     try:

@@ -108,15 +108,17 @@ class StoredMedia:
 class MediaStore:
     """Content-addressed media files under ``root``."""
 
-    def __init__(self, root: Path, max_upload_bytes: int, *, clear_temp: bool = True) -> None:
+    def __init__(self, root: Path, max_upload_bytes: int, *, clear_temp: bool = True, create: bool = True) -> None:
         """``clear_temp``: remove every temp file now, for the daemon, which holds the data directory
-        (see :func:`router.server.lock_data_dir`), so no upload is under way; ``prune`` passes False."""
+        (see :func:`router.server.lock_data_dir`), so no upload is under way; ``prune`` passes False.
+        ``create``: make the store's folders; ``prune``, which only lists and deletes, passes False."""
         self.root = Path(root)
         self.max_upload_bytes = max_upload_bytes
         self._utime_failed = False
         #: Held while an id's record is checked and committed (see :meth:`_keep`).
         self._commit_lock = threading.Lock()
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        if create:
+            (self.root / "tmp").mkdir(parents=True, exist_ok=True)
         if clear_temp:
             removed, _ = self.remove_temp_files(0.0)
             if removed:

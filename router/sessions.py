@@ -284,13 +284,10 @@ class SessionStore:
         writes wait milliseconds, not the whole prune; a session that got a turn meanwhile is kept.
         """
         self.flush()
+        if dry_run:
+            return _prune_preview(self._db, before)
         stale = [row[0] for row in self._db.execute(
             "SELECT session_id FROM turns GROUP BY session_id HAVING MAX(at) < ?", (before,))]
-        if dry_run:
-            gone = set(stale)
-            calls = self._db.execute("SELECT COUNT(*) FROM calls WHERE at < ?", (before,)).fetchone()[0]
-            kept = self._db.execute("SELECT session_id, parts FROM turns WHERE parts LIKE ?", ('%"media_id"%',))
-            return len(stale), calls, self._media_of((parts,) for session, parts in kept if session not in gone)
         sessions = calls = 0
         for i in range(0, len(stale), PRUNE_BATCH):
             batch = stale[i:i + PRUNE_BATCH]
@@ -443,6 +440,40 @@ class StoredBridges:
             self._store.submit(self._store.remember, key, text, transcript)
         except RuntimeError:  # the store is closed (the daemon stops): the next run bridges again
             log.info("the daemon is closing: a bridged text is not kept")
+
+
+def preview_prune(path: Path, before: float) -> tuple[int, int, set[str]]:
+    """What :meth:`SessionStore.prune` of the database ``path`` would remove, as ``prune(before,
+    dry_run=True)`` says, read without writing anything: no -wal or -shm file made, an old database
+    not migrated (the turns of one too old to have times count as used now, as its migration dates
+    them). Raises ``sqlite3.Error`` for a file that is no sessions database."""
+    # A -wal file means a connection has the database open (a daemon): read it read-only, through its -wal
+    # and -shm. Without one nobody writes it: immutable, which makes no -wal or -shm (read-only would).
+    mode = "mode=ro" if path.with_name(f"{path.name}-wal").exists() else "immutable=1"
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
+    try:
+        return _prune_preview(db, before)
+    finally:
+        db.close()
+
+
+def _prune_preview(db: sqlite3.Connection, before: float) -> tuple[int, int, set[str]]:
+    """The sessions whose newest turn is older than ``before``, the statistics rows older than it (their
+    numbers) and the media ids the other sessions' turns refer to, in the database ``db``; a database
+    made before turns had times has no stale session."""
+    columns = {table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")} for table in ("turns", "calls")}
+    stale: set[str] = set()
+    if "at" in columns["turns"]:
+        stale = {row[0] for row in db.execute(
+            "SELECT session_id FROM turns GROUP BY session_id HAVING MAX(at) < ?", (before,))}
+    calls = 0
+    if "at" in columns["calls"]:
+        calls = db.execute("SELECT COUNT(*) FROM calls WHERE at < ?", (before,)).fetchone()[0]
+    keep: set[str] = set()
+    if columns["turns"]:
+        kept = db.execute("SELECT session_id, parts FROM turns WHERE parts LIKE ?", ('%"media_id"%',))
+        keep = SessionStore._media_of((parts,) for session, parts in kept if session not in stale)
+    return len(stale), calls, keep
 
 
 def _log_lost_rows(written: Future[None]) -> None:

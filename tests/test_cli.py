@@ -808,8 +808,8 @@ def test_config_check_warns_of_provider_and_plugin_names_no_installed_plugin_off
 
 
 def test_config_check_prints_yaml_errors_and_names_with_brackets_as_written(tmp_path):
-    """A YAML error quotes the faulty line, brackets and all; a target like ``local/[/b]`` is echoed
-    as is, not taken for a closing tag (a MarkupError traceback)."""
+    """A YAML error says where it is (it no longer quotes the faulty line, which may hold a key); a target
+    like ``local/[/b]`` is echoed as is, not taken for a closing tag (a MarkupError traceback)."""
     flow = tmp_path / "flow.yaml"
     flow.write_text("routes:\n  - name: x\n    match: {inputs_any: [audio]}\n    use: local/extract\n"
                     "  fallback: [openai/whisper-1]\n")
@@ -817,7 +817,7 @@ def test_config_check_prints_yaml_errors_and_names_with_brackets_as_written(tmp_
     tag.write_text('routes:\n  - name: x\n    matc: {tags: [a]}\n    use: "local/[/b]"\n')
     result, output, _ = _config_check(flow)
     assert result.returncode == 1 and "Traceback" not in output, output
-    assert "  fallback: [openai/whisper-1]" in output
+    assert "not valid YAML" in output and "line 5, column 3" in output and "whisper" not in output, output
     result, output, lines = _config_check(tag)
     assert result.returncode == 1 and "Traceback" not in output, output
     assert lines["  routes.0.use"].startswith("  routes.0.use: 'local/[/b]' is not a target"), output
@@ -1031,3 +1031,174 @@ def _self_signed_ca() -> bytes:
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+# -- text that is not UTF-8 on the command line ------------------------------------------------------
+
+EXTRACT = """
+routes:
+  - name: all
+    use: local/extract
+"""
+
+
+def test_a_file_name_that_is_not_utf8_is_sent_with_its_bad_bytes_replaced(start_daemon, tmp_path):
+    """A POSIX file name is bytes: one that is not UTF-8 (a Latin-1 name) is sent with U+FFFD for its bad
+    bytes, inline or uploaded, by ask and explain (a protobuf string must be UTF-8: it was a traceback)."""
+    daemon = start_daemon(EXTRACT, plugins=())
+    path = tmp_path / os.fsdecode(b"na\xffme.txt")
+    path.write_text("hello bytes\n")
+    inline = Cli("ask", "x", "--pdf", path, "--address", daemon.address)
+    uploaded = Cli("ask", "x", "--pdf", path, "--inline-limit", "0", "--address", daemon.address)
+    explained = Cli("explain", "x", "--pdf", path, "--address", daemon.address)
+    for call in (inline, uploaded):
+        assert "[Document na\ufffdme.txt]" in ok(call.result()).stdout
+    assert "route: rule all -> local/extract" in ok(explained.result()).stdout
+    records = [json.loads(p.read_text()) for p in (daemon.data_dir / "media").glob("*/*.json")]
+    assert [r["filename"] for r in records] == ["na\ufffdme.txt"]
+
+
+def test_text_options_that_are_not_utf8_are_usage_errors():
+    """A prompt, system prompt, session id, tag, provider or model that is not UTF-8 text (bytes a shell
+    passed as they were) is a one-line usage error before anything is sent, not a protobuf traceback."""
+    bad = os.fsdecode(b"bad\xff")
+    cases = {("ask", bad): "the prompt", ("explain", bad): "the prompt", ("ask", "x", "--system", bad): "--system",
+             ("explain", "x", "--session", bad): "--session", ("ask", "x", "--tag", "ok", "--tag", bad): "--tag",
+             ("ask", "x", "--provider", bad): "--provider", ("explain", "x", "--model", bad): "--model"}
+    calls = {args: Cli(*args, "--address", "127.0.0.1:1") for args in cases}
+    calls["stats", "--tag", bad] = Cli("stats", "--tag", bad, "--data-dir", "/nonexistent")  # sqlite's traceback
+    cases["stats", "--tag", bad] = "--tag"
+    for args, what in cases.items():
+        result = calls[args].result()
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [f"{what} is not UTF-8 text: byte 4 is 0xff; give it as UTF-8"], \
+            result.stderr
+
+
+# -- a TLS daemon reached without TLS or without a client certificate --------------------------------
+
+
+def test_a_tls_daemon_reached_without_tls_or_a_client_certificate_says_what_to_export(start_daemon, tmp_path):
+    """A TLS daemon closes a plaintext connection ("Socket closed"), and an mTLS daemon one without a client
+    certificate it accepts: the hint names the variables to export, not only `mmrouter serve`."""
+    from test_tls import _issue
+
+    pem = _issue(tmp_path, "daemon", "a CA")
+    other = _issue(tmp_path, "other", "another CA")
+    tls = f"server:\n  tls:\n    cert_file: {pem['cert']}\n    key_file: {pem['key']}\n"
+    plain = start_daemon(CONFIG + tls, data_dir=tmp_path / "d1")
+    mutual = start_daemon(CONFIG + tls + f"    client_ca_file: {pem['ca']}\n", data_dir=tmp_path / "d2")
+    ca = {"MMROUTER_TLS_CA": str(pem["ca"])}
+    cases = [
+        (plain, {}, f"the daemon at {plain.address} closed the connection: if it serves TLS (server.tls), export "
+                    "MMROUTER_TLS_CA (the CA that signed its certificate), and MMROUTER_TLS_CERT and MMROUTER_TLS_KEY "
+                    "if it asks for a client certificate (server.tls.client_ca_file); else is the daemon running "
+                    f"at {plain.address}? start it with `mmrouter serve`"),
+        (mutual, ca, f"the daemon at {mutual.address} closed the connection in the TLS handshake: if it asks for a "
+                     "client certificate (server.tls.client_ca_file), export MMROUTER_TLS_CERT and MMROUTER_TLS_KEY "
+                     "(a certificate that CA signed, and its key)"),
+        (mutual, ca | {"MMROUTER_TLS_CERT": str(other["cert"]), "MMROUTER_TLS_KEY": str(other["key"])},
+         f"the daemon at {mutual.address} closed the connection in the TLS handshake: it may not accept the client "
+         "certificate of MMROUTER_TLS_CERT (it must be signed by the CA of its server.tls.client_ca_file)"),
+    ]
+    for daemon, env, hint in cases:
+        for command in (["providers"], ["ask", "x"]):
+            result = subprocess.run([str(MMROUTER), *command, "--address", daemon.address], capture_output=True,
+                                    text=True, timeout=60, env=_without_grpc_verbosity() | env)
+            assert result.returncode == 1, result.stderr
+            assert "Socket closed" in result.stderr.splitlines()[-2], result.stderr
+            assert result.stderr.splitlines()[-1] == hint, result.stderr
+
+
+# -- stats and prune read only server.data_dir of --config --------------------------------------------
+
+
+def test_stats_and_prune_read_only_the_data_dir_of_the_config_file(start_daemon, tmp_path):
+    """stats and prune need only server.data_dir: a token variable unset on this host (the README's
+    auth_token: "${MMROUTER_TOKEN}") or TLS files that are elsewhere no longer stop them; data_dir's own
+    ${VAR} is expanded (and must be set), and a file that cannot be read or is no YAML is still an error."""
+    from grpc_helpers import wait_for
+
+    daemon = start_daemon(CONFIG)
+    ok(run_cli("ask", "count me", "--address", daemon.address))
+    db = sqlite3.connect(daemon.data_dir / "sessions.sqlite")
+    assert wait_for(lambda: db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 1)  # rows are batched
+    db.close()
+    config = tmp_path / "router.yaml"
+    config.write_text('server:\n  auth_token: "${MMROUTER_UNSET_TOKEN}"\n  data_dir: "${MMROUTER_THE_DATA}"\n'
+                      "  tls:\n    cert_file: /nowhere/server.pem\n    key_file: /nowhere/server.key\n"
+                      'providers:\n  openai: {api_key: "${MMROUTER_UNSET_KEY}"}\n')
+    env = {"MMROUTER_THE_DATA": str(daemon.data_dir), "MMROUTER_DATA_DIR": str(tmp_path / "elsewhere")}
+    from_config = Cli("stats", "--config", config, "--json", env=env)
+    pruned = Cli("prune", "--older-than", "0", "--dry-run", "-c", config, env=env)
+    unset = Cli("stats", "--config", config, env={"MMROUTER_DATA_DIR": str(tmp_path / "elsewhere")})
+    missing = Cli("prune", "--older-than", "1", "--config", tmp_path / "gone.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  data_dir: [unclosed\n")
+    not_yaml = Cli("stats", "--config", bad)
+
+    assert [(r["rule"], r["calls"]) for r in json.loads(ok(from_config.result()).stdout)] == [("chat", 1)]
+    assert "would remove 0 session(s), 1 statistics row(s)" in ok(pruned.result()).stdout
+    for result, message in ((unset.result(), f"server.data_dir: ${{MMROUTER_THE_DATA}} is not set (or empty) ({config}, "
+                                             "line 3): set MMROUTER_THE_DATA"),
+                            (missing.result(), f"cannot read config file {tmp_path / 'gone.yaml'}: No such file"),
+                            (not_yaml.result(), f"{bad}: not valid YAML: ")):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert message in " ".join(result.stderr.split()), result.stderr
+
+
+# -- names ending in a backslash ------------------------------------------------------------------------
+
+
+def test_table_cells_ending_in_a_backslash_are_printed_as_they_are(tmp_path):
+    r"""rich's escape() adds a backslash to text ending in one (for a tag that may follow): in a table cell
+    alone, ``a\`` was shown ``a\\``. stats (by rule and by tag) and the route's trace show it once."""
+    from io import StringIO
+
+    from mmrouter.v1 import router_pb2 as pb
+    from rich.console import Console
+
+    from router.cli_calls import print_route
+    from router.sessions import SessionStore
+
+    data = tmp_path / "data"
+    SessionStore(data / "sessions.sqlite").close()
+    db = sqlite3.connect(data / "sessions.sqlite")
+    with db:
+        call = db.execute("INSERT INTO calls (at, rule, provider, model, purpose, latency_ms, cost_usd, input_tokens,"
+                          " output_tokens, audio_seconds) VALUES (?, 'rule\\', 'fake', 'echo\\', 'answer\\', 1, 0, 1, 1, 0)",
+                          (time.time(),)).lastrowid
+        db.execute("INSERT INTO call_tags (call, tag) VALUES (?, 'a\\')", (call,))
+    db.close()
+    by_rule = table_rows(ok(run_cli("stats", "--data-dir", data)).stdout)
+    assert by_rule["rule\\"][:4] == ["rule\\", "fake/echo\\", "answer\\", "1"], by_rule
+    by_tag = table_rows(ok(run_cli("stats", "--data-dir", data, "--by", "tag")).stdout)
+    assert by_tag["a\\"][:4] == ["a\\", "fake/echo\\", "answer\\", "1"], by_tag
+
+    route = pb.Route(rule="r", provider="p", model="m", trace=[
+        pb.RuleTrace(rule="dir\\", outcome=pb.RULE_OUTCOME_NOT_MATCHED, reason="needs C:\\")])
+    console = Console(file=StringIO(), width=200)
+    print_route(route, console)
+    assert console.file.getvalue().splitlines()[2].split() == ["dir\\", "not", "matched", "needs", "C:\\"]
+
+
+def test_providers_prints_a_reason_ending_in_a_backslash_as_it_is(monkeypatch):
+    from mmrouter.v1 import router_pb2 as pb
+    from mmrouter.v1 import router_pb2_grpc
+    from typer.testing import CliRunner
+
+    from router.cli import app
+
+    class Stub:
+        def __init__(self, channel) -> None:
+            pass
+
+        def ListProviders(self, request):
+            return pb.ListProvidersResponse(providers=[pb.ProviderInfo(
+                name="p", plugin="plug", state=pb.PROVIDER_STATE_BROKEN, reason="cannot read C:\\")])
+
+    monkeypatch.setattr(router_pb2_grpc, "RouterServiceStub", Stub)
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(app, ["providers", "--address", "127.0.0.1:1"])
+    assert result.exit_code == 0, result.output
+    assert "cannot read C:\\ " in result.output and "C:\\\\" not in result.output, result.output

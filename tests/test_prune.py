@@ -215,3 +215,66 @@ def test_prune_removes_and_counts_temp_files_of_interrupted_uploads(tmp_path) ->
     assert old.exists()
     assert prune() == f"removed {summary} (3.0 MiB); 0 media kept for sessions"
     assert not old.exists() and young.exists()
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes | None, float]]:
+    """Every file and folder under ``root``: its bytes (None for a folder) and modification time."""
+    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+#: A sessions database as the oldest versions made it: turns without a time, bridged texts without transcripts.
+OLDEST_SCHEMA = """
+CREATE TABLE turns (session_id TEXT NOT NULL, position INTEGER NOT NULL, role TEXT NOT NULL, parts TEXT NOT NULL,
+                    PRIMARY KEY (session_id, position));
+CREATE TABLE bridged (key TEXT PRIMARY KEY, text TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE calls (
+    at REAL NOT NULL, rule TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, purpose TEXT NOT NULL,
+    latency_ms REAL NOT NULL, cost_usd REAL NOT NULL, input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, audio_seconds REAL NOT NULL
+);
+"""
+
+
+def test_a_dry_run_writes_nothing_to_the_data_directory(tmp_path) -> None:
+    """--dry-run only says what would go: it created sessions.sqlite where there was none and media/tmp,
+    and migrated an old database (its turns' times set to now). A database of the oldest schema counts
+    its sessions as used now, as the migration would."""
+    media_only = tmp_path / "media-only"
+    (media_only / "media" / "ab").mkdir(parents=True)
+    old = tmp_path / "old"
+    old.mkdir()
+    db = sqlite3.connect(old / "sessions.sqlite")
+    db.executescript(OLDEST_SCHEMA)
+    media_id = "ab" * 32
+    with db:
+        db.execute("INSERT INTO turns VALUES ('s', 0, 'user', ?)", (f'[{{"media_id": "{media_id}"}}]',))
+        db.execute("INSERT INTO calls VALUES (?, 'chat', 'fake', 'echo', 'answer', 1, 0, 1, 1, 0)",
+                   (time.time() - 3 * DAY,))
+    db.close()
+    expected = {media_only: "would remove 0 session(s), 0 statistics row(s) and 0 media file(s) (0.0 MiB); "
+                            "0 media kept for sessions",
+                old: "would remove 0 session(s), 1 statistics row(s) and 0 media file(s) (0.0 MiB); "
+                     "1 media kept for sessions"}
+    for data, summary in expected.items():
+        before = _tree(data)
+        result = subprocess.run([str(MMROUTER), "prune", "--older-than", "1", "--dry-run", "--data-dir", str(data)],
+                                capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"})
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert " ".join(result.stdout.split()) == summary
+        assert _tree(data) == before
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["prune", "dry-run"])
+@pytest.mark.parametrize("folder", ["media", "media/tmp"])
+def test_a_media_folder_that_is_a_file_is_a_one_line_error(tmp_path, folder, dry_run) -> None:
+    data = tmp_path / "data"
+    (data / folder).parent.mkdir(parents=True, exist_ok=True)
+    (data / folder).write_text("not a folder")
+    sqlite3.connect(data / "sessions.sqlite").close()
+    result = subprocess.run([str(MMROUTER), "prune", "--older-than", "1", "--data-dir", str(data),
+                             *(["--dry-run"] if dry_run else [])],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [f"{data / folder} must be a directory, not a file: point --data-dir "
+                                          "(or server.data_dir) at the daemon's data directory"], result.stderr
