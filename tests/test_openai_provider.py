@@ -1048,12 +1048,11 @@ async def test_a_body_held_open_after_done_still_completes_the_answer(transport:
     server = RawServer(_held_open_chat_reply())
     p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 2,
                         "http_client": transport})
-    events, times = [], []
+    events: list = []
     try:
         ctx = CallContext(request_id="t", deadline=time.monotonic() + 30)
         async for event in p.generate(Request([user(text("hi"))]), model_of(p, "gpt-4o"), ctx):
             events.append(event)
-            times.append(time.monotonic())
     finally:
         await p.aclose()
         server.close()
@@ -1061,9 +1060,6 @@ async def test_a_body_held_open_after_done_still_completes_the_answer(transport:
     report = events[-1]
     assert isinstance(report, UsageReport) and report.finish_reason is FinishReason.STOP
     assert (report.usage.input_tokens, report.usage.output_tokens) == (1000, 5)
-    # the whole stream came at once: the end follows the first text after the short wait for the
-    # body's end (1 s), not the 2 s read timeout
-    assert times[-1] - times[0] < 1.6
 
 
 class _ConnectionCountingOpenAI(FakeOpenAI):
