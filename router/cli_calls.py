@@ -49,7 +49,20 @@ def media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: l
                 err.print(f"[red]{escape(not_a_file(path))}[/red]")
                 raise typer.Exit(2)
             mime = MIME_BY_EXTENSION.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            if kind == pb.MODALITY_VIDEO:
+                mime = _as_video(mime)
             yield kind, path, mime
+
+
+#: Containers whose extension is taken for audio (``.ogg``, ``.webm``) but may hold a video.
+_AUDIO_OR_VIDEO = {"audio/ogg": "video/ogg", "audio/webm": "video/webm", "audio/x-matroska": "video/x-matroska",
+                   "audio/mp4": "video/mp4"}
+
+
+def _as_video(mime: str) -> str:
+    """The video type of a container given with ``--video`` whose extension names its audio type (an Ogg
+    video saved as ``.ogg``): the daemon refuses an audio type for a video."""
+    return _AUDIO_OR_VIDEO.get(mime, mime)
 
 
 def wire_name(path: Path) -> str:

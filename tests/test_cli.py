@@ -628,6 +628,25 @@ def test_media_types_python_does_not_know_are_sent_by_extension(start_daemon, tm
         assert meta["mime_type"] == mime, name
 
 
+def test_a_container_given_with_video_is_sent_as_a_video_whatever_its_extension_says(start_daemon, tmp_path):
+    """``.ogg`` (and ``.oga``, ``.weba``, ``.mka``, ``.m4a``) name audio types: a video in such a file,
+    given with --video, was sent as audio/ogg and refused ("not a video type")."""
+    daemon = start_daemon(CONFIG)
+    ebml = b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x88matroska"
+    files = {"clip.ogg": (b"OggS" + b"\x04" * 64, "video/ogg"), "clip.mka": (ebml + b"\x05" * 64, "video/x-matroska")}
+    calls = {}
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+        calls[name] = Cli("explain", "what is it", "--video", tmp_path / name, "--inline-limit", "0",
+                          "--address", daemon.address)
+    for name, (data, mime) in files.items():
+        result = ok(calls[name].result())
+        assert "route: rule media -> fake/omni" in result.stdout
+        sha = hashlib.sha256(data).hexdigest()
+        meta = json.loads((daemon.data_dir / "media" / sha[:2] / f"{sha}.json").read_text())
+        assert (meta["mime_type"], meta["modality"]) == (mime, "video"), name
+
+
 # -- operator mistakes: one line, no traceback -------------------------------------------------
 
 
