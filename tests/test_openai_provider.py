@@ -1146,3 +1146,22 @@ async def test_a_server_that_ignores_stream_and_answers_one_completion_is_read_w
     assert (answered[-1].usage.input_tokens, answered[-1].usage.output_tokens) == (12, 3)
     assert answered[-1].finish_reason is FinishReason.LENGTH
     assert isinstance(failed, ProviderUnavailable) and "upstream overloaded" in failed.message
+
+
+@pytest.mark.parametrize(("code", "expected"), [("context_length_exceeded", ProviderInputTooLarge),
+                                                ("server_error", ProviderUnavailable)])
+async def test_an_error_event_refusing_the_size_is_input_too_large(code: str, expected: type) -> None:
+    """A compatible server that checks the context only once it streams sends the refusal as an error
+    event: INPUT_TOO_LARGE, so a model with a larger context is tried, as for the same refusal as HTTP 400."""
+    import json
+
+    event = {"error": {"message": "This model's maximum context length is 8192 tokens", "code": code}}
+    server = RawServer(raw_reply(b"data: " + json.dumps(event).encode() + b"\n\n", "text/event-stream"))
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5})
+    try:
+        with pytest.raises(expected) as info:
+            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+        server.close()
+    assert type(info.value) is expected and "maximum context length" in info.value.message

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from router import ProviderError, ProviderUnavailable, provider_error_from_status
-from router.errors import parse_retry_after
+from router.errors import ProviderInputTooLarge, parse_retry_after
 from router.sdk_http import is_aiohttp_error, until_headers
 
 from .settings import key_setting_hint
@@ -148,8 +148,10 @@ def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, a
                                            too_large=_error_code(exc) in _TOO_LARGE_CODES)
         return error.with_provider_request_id(exc)
     if isinstance(exc, openai.APIError):
-        # An error event inside a stream: no HTTP status, the provider failed mid-answer.
-        error = ProviderUnavailable(provider, f"{model} failed while answering: "
-                                              f"{scrub(_upstream_message(exc), api_key)}")
+        # An error event inside a stream: no HTTP status, the provider failed mid-answer; one that refuses
+        # the request for its size (a compatible server checks the context only once streaming) is that.
+        message = f"{model} failed while answering: {scrub(_upstream_message(exc), api_key)}"
+        too_large = _error_code(exc) in _TOO_LARGE_CODES
+        error = ProviderInputTooLarge(provider, message) if too_large else ProviderUnavailable(provider, message)
         return error.with_provider_request_id(exc)  # when the raiser kept the stream's x-request-id
     return ProviderUnavailable(provider, scrub(f"{type(exc).__name__}: {exc}", api_key))
