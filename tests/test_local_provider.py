@@ -763,3 +763,24 @@ async def test_every_page_of_a_multipage_tiff_is_read(local: LocalProvider, monk
     second = text.index("[Image fax.tif: TIFF 500x140, page 2 of 3]")
     assert first < text.index("PAGE ONE") < second < text.index("PAGE TWO")
     assert "PAGE THREE" not in text and "page 3 of 3 not read" in text, text
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+async def test_a_photo_is_read_as_its_exif_orientation_shows_it(local: LocalProvider, orientation: int) -> None:
+    """A phone stores a photo as the camera was held and says in EXIF how to turn it. OCR read such a photo's
+    lines bottom to top (or each rotated line on its own), and the heading gave the stored size."""
+    from PIL import Image
+
+    upright = media.text_image([((20, 40), "Invoice number 4711"), ((20, 150), "Total due 42 EUR")])
+    turn = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = io.BytesIO()
+    upright.transpose(turn).save(stored, format="JPEG", exif=exif, quality=95)
+    events = await collect(local, ask(Media(Modality.IMAGE, "image/jpeg", data=stored.getvalue(), filename="photo.jpg")),
+                           local.models[0])
+    text = text_of(events)
+    heading = "[Image photo.jpg: JPEG 640x240]\n"
+    assert heading in text, text
+    lines = [line.replace(" ", "") for line in text.split(heading, 1)[1].strip().splitlines()]
+    assert lines == ["Invoicenumber4711", "Totaldue42EUR"], text

@@ -10,7 +10,7 @@ from router.mime import normalise_mime
 
 from .asr import SpeechRecognizer
 from .audio import iter_pcm16k
-from .ocr import MAX_OCR_PIXELS, ImageTooLarge, TextReader, image_facts, open_image, to_bgr
+from .ocr import MAX_OCR_PIXELS, ImageTooLarge, TextReader, image_facts, open_image, to_bgr, upright
 from .pdf import iter_pages
 from .pool import raise_if_cancelled
 from .video import read_frames
@@ -151,7 +151,7 @@ class Extractor:
                 if problem:  # decoding it would take gigabytes (a decompression bomb, or a huge scan)
                     raise UnreadableMedia(f"{problem}: send a smaller image")
                 try:  # Pillow opens lazily: a truncated or corrupt file fails only here
-                    bgr = to_bgr(image)
+                    bgr = to_bgr(upright(image))
                 except Exception as e:
                     raise UnreadableMedia(f"the image cannot be decoded ({type(e).__name__}: {e})") from e
                 heading = f"Image {name}: {facts.describe()}" + (f", page {index + 1} of {pages}" if pages > 1 else "")

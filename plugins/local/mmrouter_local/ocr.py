@@ -128,9 +128,33 @@ def _embedded_size(fp, offset: int, length: int) -> tuple[int, int]:
     return BmpImagePlugin.DibImageFile(fp).size
 
 
+#: The EXIF orientations (tag 0x0112) that turn a picture a quarter: its width and height swap.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
+def orientation_of(image) -> int:  # image: an opened Pillow image
+    """The EXIF orientation of ``image`` (1 to 8; 1, upright, when it has none or an odd one)."""
+    try:
+        value = int(image.getexif().get(0x0112, 1))
+    except Exception:  # an unreadable EXIF block: taken as upright
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def upright(image):  # -> PIL.Image.Image
+    """``image`` turned as its EXIF orientation says (a phone stores a photo as the camera was held), so
+    that OCR reads its lines in order; ``image`` itself when it needs no turn. Decodes it."""
+    from PIL import ImageOps
+
+    return image if orientation_of(image) == 1 else ImageOps.exif_transpose(image)
+
+
 def image_facts(image) -> ImageFacts:
-    """Format, size and mode of an opened Pillow image."""
-    return ImageFacts(image.format or "unknown", image.width, image.height, image.mode)
+    """Format, size (as shown: an EXIF quarter turn swaps them) and mode of an opened Pillow image."""
+    width, height = image.width, image.height
+    if orientation_of(image) in _QUARTER_TURNS:
+        width, height = height, width
+    return ImageFacts(image.format or "unknown", width, height, image.mode)
 
 
 def to_bgr(image) -> np.ndarray:
