@@ -511,3 +511,16 @@ async def test_gemini_refuses_a_file_over_2_gb_before_reading_or_uploading_it(tm
             await collect(provider, ask(video), GEMINI_MODELS[0])
         await provider.aclose()
         assert caught.value.retryable and fake.requests == []
+
+
+def test_a_converted_picture_is_turned_as_its_orientation_tag_says() -> None:
+    """A TIFF (a scanner's, a camera's) may say in its orientation tag how to turn it; the PNG made for the
+    model carries no tag, so it must be turned (Pillow turns a TIFF as it opens it). 16-bit included."""
+    for values in (np.full((100, 300), 200, dtype=np.uint8), np.full((100, 300), 30000, dtype=np.uint16)):
+        out = io.BytesIO()
+        exif = Image.Exif()
+        exif[0x0112] = 6  # turn a quarter clockwise to show it
+        Image.fromarray(values).save(out, format="TIFF", exif=exif)
+        png = to_image(Media(IMAGE, "image/tiff", data=out.getvalue()))
+        with Image.open(io.BytesIO(png.data)) as back:
+            assert back.size == (100, 300)

@@ -784,3 +784,22 @@ async def test_a_photo_is_read_as_its_exif_orientation_shows_it(local: LocalProv
     assert heading in text, text
     lines = [line.replace(" ", "") for line in text.split(heading, 1)[1].strip().splitlines()]
     assert lines == ["Invoicenumber4711", "Totaldue42EUR"], text
+
+
+async def test_a_tiff_s_orientation_tag_is_applied_once(local: LocalProvider) -> None:
+    """Pillow turns a TIFF as its orientation tag says when it opens it: the OCR reads it upright, and the
+    heading gives the size as shown, not turned a second time."""
+    from PIL import Image
+
+    upright = media.text_image([((20, 40), "Invoice number 4711"), ((20, 150), "Total due 42 EUR")]).convert("L")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(stored, format="TIFF", exif=exif)
+    events = await collect(local, ask(Media(Modality.IMAGE, "image/tiff", data=stored.getvalue(), filename="scan.tif")),
+                           local.models[0])
+    text = text_of(events)
+    heading = "[Image scan.tif: TIFF 640x240]\n"
+    assert heading in text, text
+    lines = [line.replace(" ", "") for line in text.split(heading, 1)[1].strip().splitlines()]
+    assert lines == ["Invoicenumber4711", "Totaldue42EUR"], text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from router import Media, Transcript
@@ -151,9 +151,11 @@ class Extractor:
                 if problem:  # decoding it would take gigabytes (a decompression bomb, or a huge scan)
                     raise UnreadableMedia(f"{problem}: send a smaller image")
                 try:  # Pillow opens lazily: a truncated or corrupt file fails only here
-                    bgr = to_bgr(upright(image))
+                    page = upright(image)
+                    bgr = to_bgr(page)
                 except Exception as e:
                     raise UnreadableMedia(f"the image cannot be decoded ({type(e).__name__}: {e})") from e
+                facts = replace(facts, width=page.width, height=page.height)  # as shown
                 heading = f"Image {name}: {facts.describe()}" + (f", page {index + 1} of {pages}" if pages > 1 else "")
                 sections.append(Section(heading, "\n".join(self.ocr.read_lines(bgr))))
         if pages > MAX_IMAGE_PAGES:

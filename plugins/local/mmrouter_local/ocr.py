@@ -128,10 +128,6 @@ def _embedded_size(fp, offset: int, length: int) -> tuple[int, int]:
     return BmpImagePlugin.DibImageFile(fp).size
 
 
-#: The EXIF orientations (tag 0x0112) that turn a picture a quarter: its width and height swap.
-_QUARTER_TURNS = frozenset({5, 6, 7, 8})
-
-
 def orientation_of(image) -> int:  # image: an opened Pillow image
     """The EXIF orientation of ``image`` (1 to 8; 1, upright, when it has none or an odd one)."""
     try:
@@ -143,18 +139,16 @@ def orientation_of(image) -> int:  # image: an opened Pillow image
 
 def upright(image):  # -> PIL.Image.Image
     """``image`` turned as its EXIF orientation says (a phone stores a photo as the camera was held), so
-    that OCR reads its lines in order; ``image`` itself when it needs no turn. Decodes it."""
+    that OCR reads its lines in order; ``image`` itself when it needs no turn. Decodes it. (Pillow turns
+    a TIFF itself as it opens it, and drops the tag as it decodes it: nothing is turned twice.)"""
     from PIL import ImageOps
 
     return image if orientation_of(image) == 1 else ImageOps.exif_transpose(image)
 
 
 def image_facts(image) -> ImageFacts:
-    """Format, size (as shown: an EXIF quarter turn swaps them) and mode of an opened Pillow image."""
-    width, height = image.width, image.height
-    if orientation_of(image) in _QUARTER_TURNS:
-        width, height = height, width
-    return ImageFacts(image.format or "unknown", width, height, image.mode)
+    """Format, size and mode of an opened Pillow image."""
+    return ImageFacts(image.format or "unknown", image.width, image.height, image.mode)
 
 
 def to_bgr(image) -> np.ndarray:
