@@ -3,7 +3,9 @@ real google-genai SDK against the fake Gemini API, in the provider and in the ro
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import time
 from contextlib import aclosing
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import mmrouter_gemini.files
 import pytest
 from mmrouter_gemini import GeminiProvider
 
-from router import Media, Message, Options, Part, Request, Role, Task
+from router import CallContext, Media, Message, Options, Part, Request, Role, Task
 from router.config import parse_config
 from router.core import App
 from router.errors import ProviderTimeout
@@ -267,3 +269,144 @@ async def test_a_finalize_answer_without_the_file_is_unavailable(tmp_path, final
             await collect(p, ask(stored_video(tmp_path)), p.model("gemini-2.5-flash"))
         await p.aclose()
     assert fake.calls("file_get") == [] and fake.calls("stream") == []
+
+
+# -- transient failures of the status polls of a PROCESSING file --------------------------------------------
+
+
+@pytest.mark.parametrize("failure", [503, 500, 502, 504, 429, "disconnect"])
+async def test_transient_poll_failures_are_polled_again_with_one_upload(fake, tmp_path, failure):
+    """Two failed polls of a file still PROCESSING (a 5xx, a 429, a dropped connection): the file is fine and
+    processing goes on, so the call polls again and answers, with the media uploaded once."""
+    fake.poll_failures = [failure, failure]
+    p = make_provider(fake)
+    video = stored_video(tmp_path)
+    events = await collect(p, ask(video), p.model("gemini-2.5-flash"))
+    await p.aclose()
+    assert any(getattr(e, "text", "") for e in events)
+    assert len(fake.calls("upload_start")) == 1
+    assert len(fake.calls("file_get")) == 3  # two failed, then ACTIVE
+    assert p.files.cached(video.media_id).state == "ACTIVE"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_failed_poll_with_retry_after_waits_it(fake, tmp_path, status):
+    fake.poll_failures = [(status, {"Retry-After": "1"})]
+    p = make_provider(fake)
+    p.client()  # the SDK imported first: its import is not the wait measured
+    started = time.monotonic()
+    events = await collect(p, ask(stored_video(tmp_path)), p.model("gemini-2.5-flash"))
+    elapsed = time.monotonic() - started
+    await p.aclose()
+    assert any(getattr(e, "text", "") for e in events)
+    assert 1.0 <= elapsed < 2.5  # the Retry-After, not the 0.02 s poll interval
+    assert len(fake.calls("upload_start")) == 1 and len(fake.calls("file_get")) == 2
+
+
+async def test_a_retry_after_is_not_waited_past_the_processing_bound(fake, tmp_path):
+    """Without time for it (here max_processing_seconds; the call's deadline alike) a long Retry-After is
+    not waited: the poll's own error ends the call, at the bound."""
+    from router.errors import ProviderRateLimited
+
+    fake.poll_failures = [(429, {"Retry-After": "30"})] * 3
+    p = make_provider(fake, max_processing_seconds=0.4)
+    p.client()
+    started = time.monotonic()
+    with pytest.raises(ProviderRateLimited):
+        await collect(p, ask(stored_video(tmp_path)), p.model("gemini-2.5-flash"))
+    elapsed = time.monotonic() - started
+    await p.aclose()
+    assert elapsed < 2.0
+    assert len(fake.calls("file_get")) == 2  # failed, retried at the bound, failed: no time left
+
+
+async def test_consecutive_poll_failures_beyond_the_bound_fail_unavailable(fake, tmp_path):
+    from mmrouter_gemini.files import MAX_POLL_FAILURES
+
+    from router.errors import ProviderUnavailable
+
+    fake.poll_failures = [503] * (MAX_POLL_FAILURES + 3)
+    p = make_provider(fake)
+    video = stored_video(tmp_path)
+    with pytest.raises(ProviderUnavailable, match="503"):
+        await collect(p, ask(video), p.model("gemini-2.5-flash"))
+    await p.aclose()
+    assert len(fake.calls("file_get")) == MAX_POLL_FAILURES
+    assert len(fake.calls("upload_start")) == 1
+    assert p.files.cached(video.media_id).state == "PROCESSING"  # kept: the next call polls on
+    assert fake.calls("stream") == []
+
+
+async def test_a_successful_poll_resets_the_count_of_failed_polls(fake, tmp_path):
+    from mmrouter_gemini.files import MAX_POLL_FAILURES
+
+    fake.processing_polls = 1  # the poll answered between the failures is still PROCESSING
+    bad = [503] * (MAX_POLL_FAILURES - 1)
+    fake.poll_failures = [*bad, None, *bad]
+    p = make_provider(fake)
+    events = await collect(p, ask(stored_video(tmp_path)), p.model("gemini-2.5-flash"))
+    await p.aclose()
+    assert any(getattr(e, "text", "") for e in events)
+    assert len(fake.calls("file_get")) == 2 * MAX_POLL_FAILURES
+    assert len(fake.calls("upload_start")) == 1
+
+
+async def test_a_403_after_a_retried_502_still_uploads_the_purged_file_again(fake, tmp_path):
+    fake.poll_failures = [502, 403]  # the file purged while the first poll failed
+    p = make_provider(fake)
+    video = stored_video(tmp_path)
+    events = await collect(p, ask(video), p.model("gemini-2.5-flash"))
+    await p.aclose()
+    assert any(getattr(e, "text", "") for e in events)
+    assert len(fake.calls("upload_start")) == 2  # forgotten and uploaded again, as without the 502
+    assert p.files.cached(video.media_id).state == "ACTIVE"
+
+
+@pytest.mark.parametrize("status", [400, 401])
+async def test_a_non_transient_poll_failure_after_a_retried_one_fails_at_once(fake, tmp_path, status):
+    from router.errors import ProviderError
+
+    fake.poll_failures = [503, status, 503]
+    p = make_provider(fake)
+    with pytest.raises(ProviderError, match=str(status)):
+        await collect(p, ask(stored_video(tmp_path)), p.model("gemini-2.5-flash"))
+    await p.aclose()
+    assert len(fake.calls("file_get")) == 2 and len(fake.calls("upload_start")) == 1
+
+
+async def test_each_retried_poll_failure_is_logged_as_a_warning_without_the_key(fake, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="mmrouter_gemini.files")
+    fake.poll_failures = [502, 504]
+    p = make_provider(fake)
+    await collect(p, ask(stored_video(tmp_path)), p.model("gemini-2.5-flash"))
+    await p.aclose()
+    [name] = fake.files
+    warnings = [r for r in caplog.records if r.name == "mmrouter_gemini.files" and r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert all(name in r.getMessage() for r in warnings)
+    assert "HTTP 502" in warnings[0].getMessage() and "HTTP 504" in warnings[1].getMessage()
+    assert not any(KEY in r.getMessage() for r in caplog.records)
+
+
+async def test_cancelling_the_call_while_a_failed_poll_waits_stops_at_once(fake, tmp_path):
+    fake.poll_failures = [(503, {"Retry-After": "30"})]
+    p = make_provider(fake)
+    ctx = CallContext(request_id="t")  # no deadline: only max_processing_seconds (600 s) bounds the wait
+
+    async def run() -> list:
+        return [e async for e in p.generate(ask(stored_video(tmp_path)), p.model("gemini-2.5-flash"), ctx)]
+
+    task = asyncio.ensure_future(run())
+    for _ in range(200):
+        if fake.calls("file_get"):
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # the failed poll answered: the call waits the Retry-After
+    assert not task.done()
+    task.cancel()
+    started = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 0.5
+    await p.aclose()
+    assert len(fake.calls("file_get")) == 1

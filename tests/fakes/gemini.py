@@ -9,7 +9,8 @@ It speaks the wire format the official ``google-genai`` SDK uses:
   POSTs the bytes there in chunks (``upload`` / ``upload, finalize`` with
   ``X-Goog-Upload-Offset``) and the final one answers ``{"file": {...}}``;
 * ``GET /{version}/files/{id}`` answers the file, ``PROCESSING`` for the first
-  :attr:`FakeGemini.processing_polls` polls, then ``ACTIVE`` (or ``FAILED``);
+  :attr:`FakeGemini.processing_polls` polls, then ``ACTIVE`` (or ``FAILED``); the next
+  polls may be made to fail first (:attr:`FakeGemini.poll_failures`);
 * ``DELETE /{version}/files/{id}``.
 
 Like the real service it checks the ``x-goog-api-key`` header (a wrong key is a
@@ -37,6 +38,12 @@ from .base import FakeUpstream, Recorded, Reply
 _MODEL_CALL = re.compile(r"^/(?P<ver>[^/]+)/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
 _FILE = re.compile(r"^/(?P<ver>[^/]+)/files/(?P<id>[^/]+)$")
 _UPLOAD_START = re.compile(r"^/upload/(?P<ver>[^/]+)/files$")
+
+
+#: The google.rpc status Google names in an error body for each HTTP status.
+_STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
+                 504: "DEADLINE_EXCEEDED"}
 
 
 def _rfc3339(when: datetime) -> str:
@@ -115,6 +122,11 @@ class FakeGemini(FakeUpstream):
         self.finish_reason = "STOP"
         #: When set, the prompt is blocked with this reason (promptFeedback.blockReason).
         self.block_reason: str | None = None
+        #: Failures scripted for the next polls (``GET /files/{id}`` of a known file), one per poll, in
+        #: order: a status (answered with Google's error body for it), ``(status, headers)`` (a Retry-After,
+        #: say), ``"disconnect"`` (the connection closed without an answer) or None (answered normally).
+        #: A failed poll does not count as one of :attr:`processing_polls`.
+        self.poll_failures: list[int | tuple[int, dict[str, str]] | str | None] = []
         #: Files by name (``files/<id>``).
         self.files: dict[str, FakeFile] = {}
         self._uploads: dict[str, FakeFile] = {}
@@ -215,6 +227,14 @@ class FakeGemini(FakeUpstream):
             if f is None:
                 return reply.json(_error(403, "PERMISSION_DENIED", "You do not have permission to access "
                                          f"the File {m['id']} or it may not exist."), 403)
+            scripted = self.poll_failures.pop(0) if self.poll_failures else None
+            if scripted == "disconnect":
+                reply._h.close_connection = True  # ends the connection without an answer (base.py has no helper)
+                return None
+            if scripted is not None:
+                status, headers = (scripted, {}) if isinstance(scripted, int) else scripted
+                return reply.json(_error(status, _STATUS_NAMES.get(status, "UNKNOWN"),
+                                         f"scripted poll failure: HTTP {status}"), status, dict(headers))
             if f.state == "PROCESSING":
                 f.polls += 1
                 if f.polls > self.processing_polls:

@@ -125,3 +125,42 @@ def map_exception(error: Exception, provider: str, api_key: str) -> ProviderErro
         # The SDK's resumable upload raises ValueError when the upload does not finalize.
         return ProviderUnavailable(provider, f"file upload failed: {redact(str(error), api_key)}")
     return None
+
+
+#: HTTP statuses of a failed status poll (``files.get``) worth polling again: a rate limit and the server or
+#: gateway failures Google (or a proxy before it) answers while the file's processing goes on. Any other
+#: status (a refused key, a bad request, a file the API no longer has) would fail again.
+_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for an SDK failure that the same request may not meet again: an ``APIError`` with one of
+    :data:`_TRANSIENT_STATUSES`, or no answer at all (a connection refused, reset or closed, a timeout:
+    the transport errors of httpx, httpx2 or aiohttp, ``ConnectionError``, ``TimeoutError``)."""
+    from google.genai import errors as genai_errors
+
+    if isinstance(error, genai_errors.APIError):
+        return error.code in _TRANSIENT_STATUSES
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    if any(isinstance(error, http.TransportError) for http in _http_modules()):  # timeouts are TransportErrors
+        return True
+    aiohttp = _aiohttp()
+    return aiohttp is not None and isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError))
+
+
+def retry_after(error: BaseException) -> float | None:
+    """The seconds a failing 429 or 503 asked to wait (its Retry-After header, or a google.rpc.RetryInfo
+    detail), or None."""
+    return _retry_after(error) if getattr(error, "code", None) in (429, 503) else None
+
+
+def describe(error: BaseException, api_key: str = "") -> str:
+    """A short reason for a failed request, for a log line: the HTTP status and message of an ``APIError``,
+    else the exception's type and text; the key, if it appears, redacted."""
+    code = getattr(error, "code", None)
+    if isinstance(code, int) and hasattr(error, "message"):
+        text = f"HTTP {code} {getattr(error, 'status', '') or ''}: {getattr(error, 'message', '') or 'no message'}"
+        return redact(text.replace("  ", " "), api_key)
+    detail = str(error)
+    return redact(f"{type(error).__name__}: {detail}" if detail else type(error).__name__, api_key)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import logging
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -21,7 +22,10 @@ from typing import Any
 from router import CallContext, Media, ProviderBadRequest, ProviderTimeout
 from router.errors import ProviderInputTooLarge, ProviderUnavailable
 
+from . import errors
 from .convert import gemini_mime, media_size
+
+log = logging.getLogger(__name__)
 
 #: A copy this close to its expiry is not used any more (it must outlive the call).
 EXPIRY_MARGIN = timedelta(minutes=15)
@@ -29,6 +33,13 @@ EXPIRY_MARGIN = timedelta(minutes=15)
 MAX_POLL_INTERVAL = 10.0
 #: How often expired copies are forgotten.
 PRUNE_INTERVAL_SECONDS = 60.0
+#: Failed status polls of a PROCESSING file in a row (5xx, 429, no answer: :func:`errors.is_transient`) after
+#: which the last one's error ends the call. The file is fine and its processing goes on whatever its polls
+#: meet, so a passing failure is polled again (after the poll interval, or a longer Retry-After) rather than
+#: failing the call; 5 polls span at least 4 poll intervals, longer than a gateway's hiccup, and an outage
+#: lasting longer makes the router fall back instead of waiting. The deadline (or max_processing_seconds)
+#: bounds the retries too.
+MAX_POLL_FAILURES = 5
 
 
 @dataclass
@@ -115,8 +126,10 @@ class FileStore:
     :func:`shared_uploads`)."""
 
     def __init__(self, provider: str, poll_interval: float = 1.0, max_processing_seconds: float = 600.0,
-                 uploads: Uploads | None = None) -> None:
+                 uploads: Uploads | None = None, api_key: str = "") -> None:
+        """``api_key``: the provider's key, kept out of the log lines of failed polls."""
         self.provider = provider
+        self.api_key = api_key
         self.poll_interval = poll_interval
         self.max_processing_seconds = max_processing_seconds
         self.uploads = uploads or Uploads()
@@ -241,14 +254,44 @@ class FileStore:
                     f"the Files API could not process media {key[:12]} ({entry.mime_type}, {entry.name}): "
                     f"{entry.error or 'processing FAILED'}; check that the file is a valid, supported {entry.mime_type}",
                 )
-            remaining = ctx.time_remaining()
-            left = give_up - time.monotonic()
-            if remaining is not None:
-                left = min(left, remaining)
+            left = self._time_left(give_up, ctx)
             if left <= 0:
                 raise ProviderTimeout(
                     self.provider, f"file {entry.name} was still {entry.state} when the call's time ran out"
                 )
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 1.5, MAX_POLL_INTERVAL)
-            entry = _remote(await client.aio.files.get(name=entry.name), entry.mime_type)
+            entry = await self._poll(client, entry, give_up, ctx)
+
+    @staticmethod
+    def _time_left(give_up: float, ctx: CallContext) -> float:
+        """Seconds left to wait for processing: to the call's deadline, and at most to ``give_up``."""
+        left = give_up - time.monotonic()
+        remaining = ctx.time_remaining()
+        return left if remaining is None else min(left, remaining)
+
+    async def _poll(self, client: Any, entry: RemoteFile, give_up: float, ctx: CallContext) -> RemoteFile:
+        """``entry`` as ``files.get`` now answers it. A poll that fails in passing (5xx, 429, no answer:
+        :func:`errors.is_transient`) is logged and made again after the poll interval, or the Retry-After of a
+        429 or 503 when longer, never past the call's deadline (or ``give_up``); its error is raised once
+        :data:`MAX_POLL_FAILURES` polls in a row failed or no time is left. Any other failure (a 403/404 for a
+        file the API no longer has, a refused key) is raised at once."""
+        failures = 0
+        while True:
+            try:
+                return _remote(await client.aio.files.get(name=entry.name), entry.mime_type)
+            except Exception as exc:
+                if not errors.is_transient(exc):
+                    raise
+                failures += 1
+                reason = errors.describe(exc, self.api_key)
+                left = self._time_left(give_up, ctx)
+                if failures >= MAX_POLL_FAILURES or left <= 0:
+                    log.warning("%s: status poll of file %s failed (%d in a row, request %s): %s; giving up (%s)",
+                                self.provider, entry.name, failures, ctx.request_id, reason,
+                                "no time left" if left <= 0 else f"{MAX_POLL_FAILURES} failed polls in a row")
+                    raise
+                wait = min(max(self.poll_interval, errors.retry_after(exc) or 0.0), left)
+                log.warning("%s: status poll of file %s failed (%d in a row, request %s): %s; polling again "
+                            "in %.2fs", self.provider, entry.name, failures, ctx.request_id, reason, wait)
+                await asyncio.sleep(wait)

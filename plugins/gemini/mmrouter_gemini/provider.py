@@ -48,7 +48,7 @@ class GeminiProvider(Provider):
         self.models = with_configured_models(models or MODELS, self.settings.models, TYPICAL, provider=name)
         s = self.settings
         self.files = FileStore(name, s.poll_interval, s.max_processing_seconds,
-                               shared_uploads(s.key, s.client_base_url or ""))
+                               shared_uploads(s.key, s.client_base_url or ""), s.key)
         self._client: Any = None
 
     @classmethod
