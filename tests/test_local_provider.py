@@ -765,41 +765,25 @@ async def test_every_page_of_a_multipage_tiff_is_read(local: LocalProvider, monk
     assert "PAGE THREE" not in text and "page 3 of 3 not read" in text, text
 
 
-@pytest.mark.parametrize("orientation", [3, 6, 8])
-async def test_a_photo_is_read_as_its_exif_orientation_shows_it(local: LocalProvider, orientation: int) -> None:
+@pytest.mark.parametrize(("fmt", "orientation"), [("JPEG", 3), ("JPEG", 6), ("JPEG", 8), ("TIFF", 6)])
+async def test_a_picture_is_read_as_its_orientation_tag_shows_it(local: LocalProvider, fmt: str,
+                                                                  orientation: int) -> None:
     """A phone stores a photo as the camera was held and says in EXIF how to turn it. OCR read such a photo's
-    lines bottom to top (or each rotated line on its own), and the heading gave the stored size."""
+    lines bottom to top (or each rotated line on its own), and the heading gave the stored size. Pillow turns
+    a TIFF itself as it opens it: that one is not turned a second time."""
     from PIL import Image
 
-    upright = media.text_image([((20, 40), "Invoice number 4711"), ((20, 150), "Total due 42 EUR")])
+    upright = media.text_image([((20, 40), "Invoice number 4711"), ((20, 150), "Total due 42 EUR")]).convert("L")
     turn = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
     exif = Image.Exif()
     exif[0x0112] = orientation
     stored = io.BytesIO()
-    upright.transpose(turn).save(stored, format="JPEG", exif=exif, quality=95)
-    events = await collect(local, ask(Media(Modality.IMAGE, "image/jpeg", data=stored.getvalue(), filename="photo.jpg")),
-                           local.models[0])
+    upright.transpose(turn).save(stored, format=fmt, exif=exif)
+    name = f"picture.{fmt.lower()}"
+    events = await collect(local, ask(Media(Modality.IMAGE, f"image/{fmt.lower()}", data=stored.getvalue(),
+                                            filename=name)), local.models[0])
     text = text_of(events)
-    heading = "[Image photo.jpg: JPEG 640x240]\n"
-    assert heading in text, text
-    lines = [line.replace(" ", "") for line in text.split(heading, 1)[1].strip().splitlines()]
-    assert lines == ["Invoicenumber4711", "Totaldue42EUR"], text
-
-
-async def test_a_tiff_s_orientation_tag_is_applied_once(local: LocalProvider) -> None:
-    """Pillow turns a TIFF as its orientation tag says when it opens it: the OCR reads it upright, and the
-    heading gives the size as shown, not turned a second time."""
-    from PIL import Image
-
-    upright = media.text_image([((20, 40), "Invoice number 4711"), ((20, 150), "Total due 42 EUR")]).convert("L")
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    stored = io.BytesIO()
-    upright.transpose(Image.Transpose.ROTATE_90).save(stored, format="TIFF", exif=exif)
-    events = await collect(local, ask(Media(Modality.IMAGE, "image/tiff", data=stored.getvalue(), filename="scan.tif")),
-                           local.models[0])
-    text = text_of(events)
-    heading = "[Image scan.tif: TIFF 640x240]\n"
+    heading = f"[Image {name}: {fmt} 640x240]\n"
     assert heading in text, text
     lines = [line.replace(" ", "") for line in text.split(heading, 1)[1].strip().splitlines()]
     assert lines == ["Invoicenumber4711", "Totaldue42EUR"], text
