@@ -340,6 +340,12 @@ def provider_error_from_status(
     return ProviderUnavailable(provider, message)
 
 
+#: HTTP statuses worth asking again for the same thing (a status poll of a job that goes on): a rate limit
+#: and the server or gateway failures a provider (or a proxy before it) answers in passing. Any other status
+#: (a refused key, a bad request, an unknown id) would fail again, and 501/505 are no passing state.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
 #: The longest wait a RetryInfo detail passes on; a provider's larger (or infinite) Retry-After is cut to it.
 MAX_RETRY_AFTER_SECONDS = 86_400.0
 

@@ -7,6 +7,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from router.errors import (
+    TRANSIENT_STATUSES,
     ProviderBadRequest,
     ProviderError,
     ProviderTimeout,
@@ -142,21 +143,16 @@ def is_mappable(exc: BaseException) -> bool:
     return isinstance(exc, (aai.types.AssemblyAIError, httpx.HTTPError, pydantic.ValidationError, ValueError, KeyError))
 
 
-#: HTTP statuses of a failed status poll worth polling again: a rate limit and the gateway or server failures
-#: AssemblyAI (or a proxy before it) answers while the transcript goes on. Other 4xx (a refused key, a bad
-#: request, an unknown transcript) would fail again, and 501/505 are no passing state.
-_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
 def is_transient(exc: BaseException) -> bool:
-    """True for an SDK failure that the same request may not meet again: one of :data:`_TRANSIENT_STATUSES`,
-    or no answer at all (a connection refused, reset or closed, a timeout: ``httpx.TransportError``)."""
+    """True for an SDK failure that the same request may not meet again: a status of
+    :data:`router.errors.TRANSIENT_STATUSES`, or no answer at all (a connection refused, reset or closed, a
+    timeout: ``httpx.TransportError``)."""
     import assemblyai as aai
     import httpx
 
     if isinstance(exc, httpx.TransportError):
         return True
-    return isinstance(exc, aai.types.AssemblyAIError) and exc.status_code in _TRANSIENT_STATUSES
+    return isinstance(exc, aai.types.AssemblyAIError) and exc.status_code in TRANSIENT_STATUSES
 
 
 def retry_after(exc: BaseException) -> float | None:

@@ -7,7 +7,13 @@ import json
 import re
 from typing import Any
 
-from router.errors import ProviderError, ProviderUnavailable, parse_retry_after, provider_error_from_status
+from router.errors import (
+    TRANSIENT_STATUSES,
+    ProviderError,
+    ProviderUnavailable,
+    parse_retry_after,
+    provider_error_from_status,
+)
 
 from .settings import key_hint
 
@@ -127,20 +133,14 @@ def map_exception(error: Exception, provider: str, api_key: str) -> ProviderErro
     return None
 
 
-#: HTTP statuses of a failed status poll (``files.get``) worth polling again: a rate limit and the server or
-#: gateway failures Google (or a proxy before it) answers while the file's processing goes on. Any other
-#: status (a refused key, a bad request, a file the API no longer has) would fail again.
-_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
 def is_transient(error: BaseException) -> bool:
     """True for an SDK failure that the same request may not meet again: an ``APIError`` with one of
-    :data:`_TRANSIENT_STATUSES`, or no answer at all (a connection refused, reset or closed, a timeout:
-    the transport errors of httpx, httpx2 or aiohttp, ``ConnectionError``, ``TimeoutError``)."""
+    :data:`router.errors.TRANSIENT_STATUSES`, or no answer at all (a connection refused, reset or closed, a
+    timeout: the transport errors of httpx, httpx2 or aiohttp, ``ConnectionError``, ``TimeoutError``)."""
     from google.genai import errors as genai_errors
 
     if isinstance(error, genai_errors.APIError):
-        return error.code in _TRANSIENT_STATUSES
+        return error.code in TRANSIENT_STATUSES
     if isinstance(error, (ConnectionError, TimeoutError)):
         return True
     if any(isinstance(error, http.TransportError) for http in _http_modules()):  # timeouts are TransportErrors
