@@ -540,17 +540,11 @@ def data_dir_of(config: Path) -> Path:
     TLS files be on this host. Raises :class:`ConfigError` for a file that cannot be read, is no YAML,
     or whose data_dir is not a path (or names an unset ``${VAR}``, as serve refuses it)."""
     source = str(config)
-    text = read_config_file(config)
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+        node, data = _yaml_document(read_config_file(config), source, yaml.SafeLoader)
     except RecursionError:
         raise ConfigError(f"{source}: values nested too deeply to read") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of settings, not {type(data).__name__}")
-    server = data.get("server") if isinstance(data, dict) else None
+    server = data.get("server")
 
     def where(*loc: str) -> str:
         line = _line_of(node, loc)
@@ -560,16 +554,12 @@ def data_dir_of(config: Path) -> Path:
         raise ConfigError(f"invalid configuration:\n  server: should be a mapping of settings{where('server')}")
     if not server or "data_dir" not in server:
         return default_data_dir()
-    loc = ("server", "data_dir")
-    unset = [name for _, name in _unset_references(server["data_dir"], loc)]
-    if unset:
-        raise ConfigError(f"invalid configuration:\n  server.data_dir: ${{{unset[0]}}} is not set (or empty){where(*loc)}: "
-                          f"set {unset[0]}, or write ${{{unset[0]}:-}} to allow an empty value")
+    _check_server_references({"server": {"data_dir": server["data_dir"]}}, node, source)  # an unset ${VAR}
     try:
         return ServerSettings.model_validate({"data_dir": expand_env(server["data_dir"])}).data_dir
     except ValidationError as exc:
         problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"invalid configuration:\n  server.data_dir: {problem}{where(*loc)}") from None
+        raise ConfigError(f"invalid configuration:\n  server.data_dir: {problem}{where('server', 'data_dir')}") from None
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -580,10 +570,13 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: values nested too deeply to read") from None
 
 
-def _parse_config(text: str, source: str) -> Config:
+def _yaml_document(text: str, source: str, loader: type = _UniqueKeyLoader) -> tuple[yaml.Node | None, dict]:
+    """The YAML ``text`` as its node tree (for line numbers) and its data, a mapping (empty for an empty
+    file); :class:`ConfigError` for text that is no YAML (said without quoting it), a duplicate key (with
+    ``_UniqueKeyLoader``) or a top level that is no mapping."""
     try:
         node = yaml.compose(text)
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=loader)
     except _DuplicateKey as exc:
         raise ConfigError(f"{source}, line {exc.line}: duplicate key {exc.key!r} (first at line {exc.first_line}): "
                           "YAML would silently keep only the last one; write each key once") from None
@@ -593,6 +586,11 @@ def _parse_config(text: str, source: str) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of settings, not {type(data).__name__}")
+    return node, data
+
+
+def _parse_config(text: str, source: str) -> Config:
+    node, data = _yaml_document(text, source)
     _refuse_odd_shapes(data, source)
     _check_server_references(data, node, source)
     try:
