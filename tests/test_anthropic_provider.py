@@ -991,6 +991,8 @@ async def test_a_stream_broken_after_message_start_reports_the_usage_before_fail
         await prov.aclose()
         server.close()
     assert isinstance(error, ProviderUnavailable)
+    if how == "stalled":
+        assert "did not answer in time" in error.message
     assert [type(e) for e in received] == [TextDelta, UsageReport]
     assert received[0].text == "Hello"
     report = received[1]

@@ -99,6 +99,8 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
         )
         return error.with_provider_request_id(exc)
     if isinstance(exc, transport_errors()):
+        if isinstance(exc, transport_errors("TimeoutException")):  # a body that stalled past the read timeout
+            return ProviderUnavailable(provider, "the Anthropic API did not answer in time (its answer stalled)")
         return ProviderUnavailable(provider, f"the connection to the Anthropic API failed or its reply could not "
                                              f"be read ({type(exc).__name__})")
     return ProviderUnavailable(provider, _scrub(f"bad answer from the Anthropic API: {exc}", api_key))
@@ -121,16 +123,17 @@ def _bad_response(exc: BaseException) -> str:
     return " ".join(cause.message.split())[:200] + (" (http_client: httpx accepts longer headers)" if too_long else "")
 
 
-def transport_errors() -> tuple[type[BaseException], ...]:
+def transport_errors(kind: str = "RequestError") -> tuple[type[BaseException], ...]:
     """The HTTP library's request errors: network errors, and a body that cannot be decoded (bad gzip);
-    the SDK does not wrap them while a stream is read."""
+    the SDK does not wrap them while a stream is read. ``kind`` names a subclass to take instead
+    (``"TimeoutException"``: its timeouts)."""
     found: list[type[BaseException]] = []
     for module_name in ("httpx2", "httpx"):
         try:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        found.append(module.RequestError)
+        found.append(getattr(module, kind))
     return tuple(found)
 
 
