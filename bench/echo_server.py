@@ -47,9 +47,35 @@ class Echo(router_pb2_grpc.RouterServiceServicer):
 
     async def StreamGenerate(self, request, context):
         n = max(1, min(request.request.options.max_output_tokens, 10_000))
+        if self.upstream is not None:
+            async for message in self._forward_stream(request, n):
+                yield message
+            return
         for i in range(n):
             yield pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=f"tok{i} "))
         yield pb.StreamGenerateResponse(done=pb.Done(answer=pb.Answer(text="done")))
+
+    async def _forward_stream(self, request, n: int):
+        """The bare streaming forwarder: one aiohttp POST with ``"stream": true``, the SSE answer read
+        line by line, each event's JSON decoded and its text sent as a delta (no SDK, no routing)."""
+        import aiohttp
+
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        text = request.request.messages[0].parts[0].text
+        body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": text}], "stream": True,
+                           "stream_options": {"include_usage": True}, "max_completion_tokens": n})
+        answer = []
+        async with self.session.post(self.upstream, data=body, headers=FORWARD_HEADERS) as response:
+            async for line in response.content:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                for choice in json.loads(line[6:]).get("choices") or ():
+                    delta = (choice.get("delta") or {}).get("content")
+                    if delta:
+                        answer.append(delta)
+                        yield pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=delta))
+        yield pb.StreamGenerateResponse(done=pb.Done(answer=pb.Answer(text="".join(answer))))
 
     async def UploadMedia(self, request_iterator, context):
         size = 0

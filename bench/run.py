@@ -375,15 +375,15 @@ async def section_unary(opt, res: Results, echo: Target, router: Target, direct:
                    f"{spread(fwd_added, '{:.2f}')}")
 
 
-async def section_stream(opt, res: Results, echo: Target, router: Target) -> None:
-    print(f"== StreamGenerate, {STREAM_CHUNKS} chunks per answer: echo vs mmrouter", flush=True)
+async def section_stream(opt, res: Results, echo: Target, router: Target, forwarder: Target) -> None:
+    print(f"== StreamGenerate, {STREAM_CHUNKS} chunks per answer: echo vs mmrouter vs a bare forwarder", flush=True)
     by: dict[tuple[str, int], list[Run]] = {}
     for c in opt.stream_concurrency:
         for _rep in range(opt.reps):
-            for name, target in (("echo", echo), ("router", router)):
+            for name, target in (("echo", echo), ("router", router), ("fwd", forwarder)):
                 run = await load(lambda i, t=target: t.stream(), c, opt.seconds, target.proc.pid, opt.warmup)
                 by.setdefault((name, c), []).append(run)
-        for name in ("echo", "router"):
+        for name in ("echo", "router", "fwd"):
             runs = by[(name, c)]
             res.detail(f"{name:>6} c={c:<3} answers/s {med([r.rps for r in runs]):6.0f}{spread([r.rps for r in runs])}"
                        f"  p50 {med([r.p50_ms for r in runs]):6.2f} ms"
@@ -395,6 +395,9 @@ async def section_stream(opt, res: Results, echo: Target, router: Target) -> Non
     res.figure(f"3. stream server CPU per chunk at c={c}: router / echo",
                f"{med(ratios):.2f}x{spread(ratios, '{:.2f}')} ({med([r.cpu_ms_per_item for r in by[('router', c)]]) * 1000:.1f}"
                f" vs {med([r.cpu_ms_per_item for r in by[('echo', c)]]) * 1000:.1f} us)", "<= 2x", med(ratios) <= 2)
+    fwd = [f.cpu_ms_per_item / e.cpu_ms_per_item for f, e in zip(by[("fwd", c)], by[("echo", c)], strict=True)]
+    res.figure(f"   reference: bare grpc.aio -> aiohttp streaming forwarder / echo, c={c}",
+               f"{med(fwd):.2f}x{spread(fwd, '{:.2f}')} ({med([r.cpu_ms_per_item for r in by[('fwd', c)]]) * 1000:.1f} us)")
 
 
 def upload_messages(size: int, chunk: int = MiB):
@@ -679,6 +682,7 @@ async def amain(opt: argparse.Namespace) -> Results:
             echo, router, forwarder = Target(echo_proc), Target(router_proc), Target(fwd_proc)
             targets += [echo, router, forwarder]
             await forwarder.unary()
+            await forwarder.stream()
             for t in (echo, router):  # first call: connection, and the router imports the SDK lazily
                 await t.unary()
                 await t.stream()
@@ -686,7 +690,7 @@ async def amain(opt: argparse.Namespace) -> Results:
             if "unary" in opt.sections:
                 await section_unary(opt, res, echo, router, direct, forwarder)
             if "stream" in opt.sections:
-                await section_stream(opt, res, echo, router)
+                await section_stream(opt, res, echo, router, forwarder)
             if "upload" in opt.sections:
                 await section_upload(opt, res, echo, router)
             await direct.close()
