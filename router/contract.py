@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 
-from .types import FinishReason, TextDelta, Transcript, TranscriptReady, Usage, UsageReport
+from .types import FinishReason, TextDelta, Transcript, TranscriptReady, Usage, UsageReport, Utterance, Word
 
 #: The largest integer the wire (int64) carries: of token counts, and of a model's counts (router.plugins).
 MAX_INT64 = 2**63 - 1
@@ -20,13 +21,72 @@ def event_problem(event: object) -> str | None:
     if isinstance(event, TextDelta):
         return None if isinstance(event.text, str) else f"TextDelta.text is {type(event.text).__name__}, not str"
     if isinstance(event, TranscriptReady):
-        transcript = event.transcript
-        if not isinstance(transcript, Transcript) or not isinstance(transcript.text, str):
-            return f"TranscriptReady.transcript must be a router.Transcript with str text, not {type(transcript).__name__}"
-        return None
+        return transcript_problem(event.transcript)
     if isinstance(event, UsageReport):
         return usage_report_problem(event)
     return f"unexpected event {type(event).__name__}: generate yields TextDelta, TranscriptReady and UsageReport"
+
+
+def transcript_problem(transcript: object) -> str | None:
+    """What is wrong with a TranscriptReady's transcript: not a router.Transcript, or a field of it or of
+    one of its utterances or words not of the type router/types.py declares (times, confidences and the
+    duration: finite numbers >= 0). Protobuf, bridging and ``with_valid_text`` would fail on it later."""
+    if not isinstance(transcript, Transcript):
+        return f"TranscriptReady.transcript is {type(transcript).__name__}, not a router.Transcript"
+    problem = _fields_problem(transcript, Transcript)
+    return f"Transcript.{problem}" if problem else None
+
+
+def _fields_problem(item: object, cls: type) -> str | None:
+    """What is wrong with the fields of ``item``, a ``cls``: ``"<field> is ..."``, or None. The field's
+    path is written only for a problem: a long transcript has thousands of words to check."""
+    for name, declared in _SPEECH_FIELDS[cls]:
+        value = getattr(item, name)
+        if declared is str:
+            if not isinstance(value, str):
+                return f"{name} is {type(value).__name__}, not str"
+        elif declared is float:
+            if not _is_amount(value):
+                return f"{name} is {reprlib.repr(value)}, not a finite number >= 0"
+        else:
+            problem = _list_problem(value, declared)
+            if problem:
+                return f"{name}{problem}"
+    return None
+
+
+def _list_problem(items: object, cls: type) -> str | None:
+    """What is wrong with a list of ``cls`` (Utterance or Word): ``" is ..."`` or ``"[2]..."``, or None."""
+    if not isinstance(items, list):
+        return f" is {type(items).__name__}, not a list of router.{cls.__name__}"
+    for index, item in enumerate(items):
+        if not isinstance(item, cls):
+            return f"[{index}] is {type(item).__name__}, not a router.{cls.__name__}"
+        problem = _fields_problem(item, cls)
+        if problem:
+            return f"[{index}].{problem}"
+    return None
+
+
+def _is_amount(value: object) -> bool:
+    """Whether ``value`` is a finite number >= 0 (an int or a float, not a bool) that a double holds."""
+    if type(value) is float:  # nearly always
+        return 0 <= value < math.inf  # NaN is not
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return 0 <= float(value) < math.inf
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+#: What a transcript's field holds, by the type router/types.py declares for it (a field of another type
+#: fails the import: teach :func:`_fields_problem` to check it).
+_DECLARED = {"str": str, "float": float, "list[Utterance]": Utterance, "list[Word]": Word}
+#: The fields of Transcript, Utterance and Word, each with what it holds (str, float, or the class of
+#: its list's items).
+_SPEECH_FIELDS = {cls: tuple((f.name, _DECLARED[f.type]) for f in dataclasses.fields(cls))
+                  for cls in (Transcript, Utterance, Word)}
 
 
 def usage_count(value: object) -> int:
@@ -77,6 +137,6 @@ def usage_report_problem(report: UsageReport) -> str | None:
         if is_count:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT64:
                 return f"Usage.{name} is {value!r}, not an int in 0..2**63-1"
-        elif isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= 0):
-            return f"Usage.{name} is {value!r}, not a finite number >= 0"
+        elif not _is_amount(value):
+            return f"Usage.{name} is {reprlib.repr(value)}, not a finite number >= 0"
     return None

@@ -386,8 +386,26 @@ BAD_EVENTS = [
     (usage_of(input_tokens=-1), "Usage.input_tokens is -1, not an int in 0..2**63-1"),
     (usage_of(audio_seconds=float("nan")), "Usage.audio_seconds is nan, not a finite number >= 0"),
     (usage_of(cost_usd=-0.5), "Usage.cost_usd is -0.5, not a finite number >= 0"),
+    (usage_of(audio_seconds=10**400), "Usage.audio_seconds is 100000000000000000...0000000000000000000, not a finite number >= 0"),
     (usage_of("end_turn"), "UsageReport.finish_reason is 'end_turn', not None or a router.FinishReason"),
     (router.UsageReport({"input_tokens": 1}), "UsageReport.usage is dict, not a router.Usage"),
+    *[(router.TranscriptReady(transcript), problem) for transcript, problem in [
+        ({"text": "hi"}, "TranscriptReady.transcript is dict, not a router.Transcript"),
+        (router.Transcript(None), "Transcript.text is NoneType, not str"),
+        (router.Transcript("hi", utterances=None), "Transcript.utterances is NoneType, not a list of router.Utterance"),
+        (router.Transcript("hi", [router.Word("hi")]), "Transcript.utterances[0] is Word, not a router.Utterance"),
+        (router.Transcript("hi", [router.Utterance("hi", speaker=None)]),
+         "Transcript.utterances[0].speaker is NoneType, not str"),
+        (router.Transcript("hi", [router.Utterance("a"), router.Utterance("b", end=float("inf"))]),
+         "Transcript.utterances[1].end is inf, not a finite number >= 0"),
+        (router.Transcript("hi", words=(router.Word("hi"),)), "Transcript.words is tuple, not a list of router.Word"),
+        (router.Transcript("hi", words=[router.Word(7)]), "Transcript.words[0].text is int, not str"),
+        (router.Transcript("hi", words=[router.Word("hi", confidence=True)]),
+         "Transcript.words[0].confidence is True, not a finite number >= 0"),
+        (router.Transcript("hi", language=None), "Transcript.language is NoneType, not str"),
+        (router.Transcript("hi", duration_seconds=-2), "Transcript.duration_seconds is -2, not a finite number >= 0"),
+        (router.Transcript("hi", duration_seconds=10**400), "Transcript.duration_seconds is 1000"),
+    ]],
 ]
 
 
@@ -405,3 +423,13 @@ def test_the_kit_fails_a_provider_yielding_malformed_events(bad, problem) -> Non
 def test_the_kit_passes_well_formed_events() -> None:
     ProviderContract().test_generate_yields_contract_events(Yields(
         router.TextDelta("hi"), usage_of(router.FinishReason.LENGTH, input_tokens=1, audio_seconds=2)))
+
+
+def test_the_kit_passes_a_transcript_with_every_field_well_formed() -> None:
+    """Times given as ints, zeros and empty speakers are well formed."""
+    transcript = router.Transcript("Speaker A: hi there", [router.Utterance("hi there", 0, 1.5, "A", 0.9)],
+                                   [router.Word("hi", 0, 0.5, "A", 1), router.Word("there", 0.5, 1.5, "", 0.0)],
+                                   "en-US", 1.5)
+    ProviderContract().test_generate_yields_contract_events(Yields(
+        router.TranscriptReady(transcript), router.TranscriptReady(router.Transcript("")),
+        usage_of(audio_seconds=1.5)))

@@ -31,7 +31,22 @@ import router
 
 T = frozenset({{router.Modality.TEXT}})
 FAULTS = ["ok", "kbi", "sysexit", "genexit", "own-cancel", "none-text", "int-text", "bare-str", "none", "object",
-          "leak-env", "leak-nested", "leak-url", "swallow-cancel", "empty-then-503", "float-tokens", "raw-finish", "nan-audio"]
+          "leak-env", "leak-nested", "leak-url", "swallow-cancel", "empty-then-503", "float-tokens", "raw-finish", "nan-audio",
+          "utterances-str", "utterance-dict", "speaker-int", "start-str", "end-nan", "start-negative", "confidence-str",
+          "language-int", "duration-none"]
+U, W = router.Utterance, router.Word
+#: Transcripts with a field of the wrong type or range, by fault (yielded before any text).
+ODD_TRANSCRIPTS = {{
+    "utterances-str": router.Transcript("hi", utterances="hi"),
+    "utterance-dict": router.Transcript("hi", [{{"text": "hi"}}]),
+    "speaker-int": router.Transcript("hi", [U("hi", 0.0, 1.0, speaker=1)]),
+    "start-str": router.Transcript("a b c", [U("a", 0, 1), U("b", 1, 2), U("c", "x", 3)]),
+    "end-nan": router.Transcript("hi", words=[W("hi", 0.0, float("nan"))]),
+    "start-negative": router.Transcript("a b", words=[W("a", 0.0, 1.0), W("b", -1.0, 2.0)]),
+    "confidence-str": router.Transcript("hi", words=[W("hi", 0.0, 1.0, confidence="0.9")]),
+    "language-int": router.Transcript("hi", language=7),
+    "duration-none": router.Transcript("hi", duration_seconds=None),
+}}
 
 
 class FaultySettings(router.ProviderSettings):
@@ -60,6 +75,8 @@ class Faulty(router.Provider):
                      "nan-audio": router.UsageReport(router.Usage(audio_seconds=float("nan")))}}
         if fault in odd_usage:
             yield odd_usage[fault]
+        if fault in ODD_TRANSCRIPTS:
+            yield router.TranscriptReady(ODD_TRANSCRIPTS[fault])
         yield router.TextDelta("part1 ")
         if fault == "kbi":
             raise KeyboardInterrupt
@@ -173,6 +190,10 @@ routes:
     match: {{metadata: {{route: junk}}}}
     use: faulty/int-text
     fallback: [local/extract]
+  - name: transcript-junk-then-local
+    match: {{metadata: {{route: transcript}}}}
+    use: faulty/start-str
+    fallback: [local/extract]
 default: local/extract
 """
 
@@ -235,13 +256,37 @@ def test_junk_events_fail_the_call_as_the_plugins_fault(faulty_daemon, stream) -
         assert details.message.startswith(f"faulty: the plugin yielded a bad event: {what}"), details.message
 
 
-def test_a_junk_event_is_a_failed_attempt_and_the_fallback_answers(faulty_daemon) -> None:
-    request = text_request("hello", metadata={"route": "junk"})
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_a_transcript_with_fields_of_the_wrong_type_or_range_fails_the_call_as_the_plugins_fault(
+        faulty_daemon, stream) -> None:
+    """Not INTERNAL from the wire when the transcript is sent, nor NaN or negative times sent on: the
+    field is named, as for any bad event."""
+    for fault, what in [("utterances-str", "Transcript.utterances is str, not a list of router.Utterance"),
+                        ("utterance-dict", "Transcript.utterances[0] is dict, not a router.Utterance"),
+                        ("speaker-int", "Transcript.utterances[0].speaker is int, not str"),
+                        ("start-str", "Transcript.utterances[2].start is 'x', not a finite number >= 0"),
+                        ("end-nan", "Transcript.words[0].end is nan, not a finite number >= 0"),
+                        ("start-negative", "Transcript.words[1].start is -1.0, not a finite number >= 0"),
+                        ("confidence-str", "Transcript.words[0].confidence is '0.9', not a finite number >= 0"),
+                        ("language-int", "Transcript.language is int, not str"),
+                        ("duration-none", "Transcript.duration_seconds is None, not a finite number >= 0")]:
+        details = error_details(ask(faulty_daemon, fault, stream))
+        assert (details.code, details.reason) == (grpc.StatusCode.INTERNAL, "PROVIDER_FAILED"), (fault, details)
+        assert details.message == f"faulty: the plugin yielded a bad event: {what}", details.message
+    assert faulty_daemon.proc.poll() is None
+
+
+@pytest.mark.parametrize(("route_name", "model", "problem"), [
+    ("junk", "int-text", "TextDelta.text is int"),
+    ("transcript", "start-str", "Transcript.utterances[2].start is 'x'"),
+])
+def test_a_junk_event_is_a_failed_attempt_and_the_fallback_answers(faulty_daemon, route_name, model, problem) -> None:
+    request = text_request("hello", metadata={"route": route_name})
     route = faulty_daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=20).answer.route
     assert (route.provider, route.model) == ("local", "extract")
     first = route.attempts[0]
-    assert (first.provider, first.model, first.ok) == ("faulty", "int-text", False)
-    assert first.error.startswith("faulty: the plugin yielded a bad event: TextDelta.text is int")
+    assert (first.provider, first.model, first.ok) == ("faulty", model, False)
+    assert first.error.startswith(f"faulty: the plugin yielded a bad event: {problem}")
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
