@@ -992,6 +992,22 @@ async def test_a_malformed_verbose_json_is_unavailable_not_a_plugin_failure(body
         await transcribe_from(raw_reply(json_bytes(answer)), "whisper-1")
 
 
+async def test_negative_times_of_a_transcription_are_taken_as_the_clip_s_start() -> None:
+    """A compatible server's segment at -0.02 s: the router's contract refuses negative times (the call
+    failed as the plugin's fault); the plugin takes them as 0."""
+    from router.contract import event_problem
+
+    answer = {"text": "hi there", "language": "english", "duration": 1.0,
+              "segments": [{"id": 0, "start": -0.02, "end": 0.5, "text": " hi"},
+                           {"id": 1, "start": 0.5, "end": 1.0, "text": " there"}],
+              "words": [{"word": "hi", "start": -0.02, "end": -0.01}, {"word": "there", "start": 0.5, "end": 1.0}]}
+    events = await transcribe_from(raw_reply(json_bytes(answer)), "whisper-1")
+    [ready] = [e for e in events if isinstance(e, TranscriptReady)]
+    assert event_problem(ready) is None
+    assert [(u.start, u.end) for u in ready.transcript.utterances] == [(0.0, 0.5), (0.5, 1.0)]
+    assert [(w.text, w.start, w.end) for w in ready.transcript.words] == [("hi", 0.0, 0.0), ("there", 0.5, 1.0)]
+
+
 def json_bytes(value: object) -> bytes:
     import json
 

@@ -238,7 +238,9 @@ def _items(result: Any, name: str) -> list[Any]:
 
 
 def _timed(item: Any, what: str, text_field: str = "text") -> tuple[str, float, float]:
-    """The text, start and end of a segment or word (``what``, as "segment 2"), or :class:`BadAnswer`."""
+    """The text, start and end of a segment or word (``what``, as "segment 2"), or :class:`BadAnswer`.
+    A time before the clip's start (a compatible server's -0.02) is taken as its start: the router
+    refuses negative times as a plugin's fault."""
     text = _field(item, text_field)
     if not isinstance(text, str):
         raise BadAnswer(f"{what} has no text")
@@ -247,7 +249,7 @@ def _timed(item: Any, what: str, text_field: str = "text") -> tuple[str, float, 
         raise BadAnswer(f"{what} has no start time (a number)")
     if end is None:
         raise BadAnswer(f"{what} has no end time (a number)")
-    return text.strip(), start, end
+    return text.strip(), max(start, 0.0), max(end, 0.0)
 
 
 def _check_answer(result: Any) -> str:
