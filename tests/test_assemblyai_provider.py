@@ -37,6 +37,7 @@ from router.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from router.polling import MAX_POLL_FAILURES
 from router.testing import ProviderContract, collect
 from tests.fakes.assemblyai import FakeAssemblyAI
 
@@ -767,8 +768,6 @@ async def test_a_non_transient_poll_failure_fails_at_once_even_after_a_retried_o
 
 
 async def test_without_a_deadline_consecutive_poll_failures_end_the_call_at_the_bound(fake, provider):
-    from mmrouter_assemblyai.provider import MAX_POLL_FAILURES
-
     fake.poll_failures = [503] * (MAX_POLL_FAILURES + 3)
     with pytest.raises(ProviderUnavailable) as info:
         await generate_with(provider, CallContext(request_id="no-deadline", deadline=None))
@@ -780,8 +779,6 @@ async def test_without_a_deadline_consecutive_poll_failures_end_the_call_at_the_
 
 
 async def test_a_successful_poll_resets_the_count_of_failed_polls(fake, provider):
-    from mmrouter_assemblyai.provider import MAX_POLL_FAILURES
-
     bad = [503] * (MAX_POLL_FAILURES - 1)
     fake.poll_failures = [*bad, None, *bad]  # None: answered normally ("processing")
     events = await generate_with(provider, CallContext(request_id="reset", deadline=None))
@@ -790,24 +787,39 @@ async def test_a_successful_poll_resets_the_count_of_failed_polls(fake, provider
     assert job.history == [*["HTTP 503"] * len(bad), "processing", *["HTTP 503"] * len(bad), "completed"]
 
 
-async def test_with_a_deadline_failing_polls_are_retried_until_it_passes(fake):
-    """With a deadline the bound does not apply: the polls are retried until the deadline, then the last poll
-    error (the API's failure, not a "still processing" the plugin cannot know) ends the call."""
-    from mmrouter_assemblyai.provider import MAX_POLL_FAILURES
-
+async def test_with_a_near_deadline_failing_polls_are_retried_until_it_passes(fake):
+    """A deadline that passes before the bound of failed polls in a row: the polls are retried until the
+    deadline, then the last poll error (the API's failure, not a "still processing" the plugin cannot know)
+    ends the call."""
     fake.poll_failures = [503] * 10_000
-    provider = make_provider(fake, poll_interval=0.02)
+    provider = make_provider(fake, poll_interval=0.4)  # at most 4 polls (0, 0.4, 0.8, 1.0 s) before the deadline
     provider._sdk()  # imported before the clock starts
     started = time.monotonic()
     try:
         with pytest.raises(ProviderUnavailable) as info:
-            await generate_with(provider, CallContext(request_id="deadline", deadline=started + 0.8))
+            await generate_with(provider, CallContext(request_id="deadline", deadline=started + 1.0))
     finally:
         await provider.aclose()
-    elapsed = time.monotonic() - started
-    assert 0.75 <= elapsed < 10  # the deadline's, with room for a loaded machine
-    assert fake.polls() > MAX_POLL_FAILURES
+    assert time.monotonic() - started >= 0.95  # the deadline's
+    assert 1 <= fake.polls() < MAX_POLL_FAILURES
     assert "HTTP 503" in info.value.message and "the call's deadline passed" in info.value.message
+    assert len(fake.created) == 1
+
+
+async def test_with_a_far_deadline_consecutive_poll_failures_end_the_call_at_the_bound(fake, provider):
+    """The bound of failed polls in a row holds whatever the deadline (it used to apply only to a call without
+    one): an outage makes the router fall back instead of polling until a far deadline."""
+    fake.poll_failures = [503] * (MAX_POLL_FAILURES + 3)
+    ctx = CallContext(request_id="far-deadline", deadline=time.monotonic() + 3600)
+    with pytest.raises(ProviderUnavailable) as info:
+        await generate_with(provider, ctx)
+    assert type(info.value) is ProviderUnavailable and info.value.reason == "PROVIDER_UNAVAILABLE"
+    assert fake.polls() == MAX_POLL_FAILURES
+    (job,) = fake.transcripts.values()
+    assert job.history == ["HTTP 503"] * MAX_POLL_FAILURES
+    assert "HTTP 503" in info.value.message and "tr-1" in info.value.message
+    assert f"{MAX_POLL_FAILURES} failed status polls in a row" in info.value.message
+    assert KEY not in info.value.message
     assert len(fake.created) == 1
 
 

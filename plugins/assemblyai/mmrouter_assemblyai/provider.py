@@ -22,6 +22,7 @@ from router import (
     UsageReport,
 )
 from router.errors import ProviderError, ProviderNotConfigured, ProviderUnavailable
+from router.polling import PollFailures
 
 from . import errors, transcripts
 from .models import MODELS, speech_models
@@ -33,14 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MEDIA_KINDS = (Modality.AUDIO, Modality.VIDEO)
-
-#: Failed status polls in a row (5xx, 429, no answer) after which a call without a deadline gives up and
-#: raises the last one's error. The transcript runs on, and is billed, at AssemblyAI whatever its polls
-#: meet, so a passing failure is polled again rather than transcribed elsewhere a second time; with a
-#: deadline the polls are retried until it passes instead. 5 polls span at least 4 poll intervals (12 s
-#: by default, more when a Retry-After says so): longer than a gateway's hiccup, and an outage lasting
-#: longer makes the router fall back instead of waiting without end.
-MAX_POLL_FAILURES = 5
 
 
 class AssemblyAIProvider(Provider):
@@ -144,10 +137,12 @@ class AssemblyAIProvider(Provider):
     ) -> assemblyai.types.TranscriptResponse:
         """Fetch the transcript until it is completed or failed, sleeping between polls.
 
-        A poll that fails in passing (5xx, 429, no answer: :func:`errors.is_transient`) is retried after
-        the poll interval, or the Retry-After of a 429 or 503 when longer, until the call's deadline
-        passes or, without a deadline, :data:`MAX_POLL_FAILURES` polls in a row failed; then its error
-        is raised. Any other failure (a refused key, a 400, an unknown transcript) is raised at once.
+        The transcript runs on, and is billed, at AssemblyAI whatever its polls meet, so a poll that fails
+        in passing (5xx, 429, no answer: :func:`errors.is_transient`) is retried rather than transcribed
+        elsewhere a second time, as :class:`router.polling.PollFailures` says: after the poll interval, or
+        the Retry-After of a 429 or 503 when longer, until the call's deadline passes or
+        :data:`router.polling.MAX_POLL_FAILURES` polls in a row failed (whatever the deadline); then its
+        error is raised. Any other failure (a refused key, a 400, an unknown transcript) is raised at once.
         Sleeps never run past the call's deadline; cancelling the call stops the loop at its next await.
         """
         import assemblyai as aai
@@ -156,7 +151,7 @@ class AssemblyAIProvider(Provider):
         if not transcript_id:
             raise ProviderUnavailable(self.name, "bad answer from the AssemblyAI API: a transcript without an id")
         started = time.monotonic()
-        failures = 0  # polls failed in a row
+        failures = PollFailures(self.settings.poll_interval)
         last_failure = ""  # why the latest retried poll failed
         while True:
             try:
@@ -165,15 +160,15 @@ class AssemblyAIProvider(Provider):
                 if not errors.is_mappable(exc):
                     raise
                 error = errors.poll_failed(exc, self.name, transcript_id, self.settings.key)
-                failures += 1
                 wait = self._poll_retry_wait(exc, error, transcript_id, failures, last_failure, ctx, started)
                 log.warning("%s: status poll of transcript %s failed (%d in a row, request %s): %s; "
-                            "polling again in %.2fs", self.name, transcript_id, failures, ctx.request_id,
-                            errors.detail(error), wait)
+                            "polling again in %.2fs", self.name, transcript_id, failures.in_a_row,
+                            ctx.request_id, errors.detail(error), wait)
                 last_failure = errors.detail(error)
                 await asyncio.sleep(wait)
                 continue
-            failures, last_failure = 0, ""
+            failures.succeeded()
+            last_failure = ""
             if response.status in (aai.TranscriptStatus.completed, aai.TranscriptStatus.error):
                 return response
             remaining = ctx.time_remaining()
@@ -183,10 +178,10 @@ class AssemblyAIProvider(Provider):
             interval = self.settings.poll_interval
             await asyncio.sleep(interval if remaining is None else min(interval, remaining))
 
-    def _poll_retry_wait(self, exc: Exception, error: ProviderError, transcript_id: str, failures: int,
+    def _poll_retry_wait(self, exc: Exception, error: ProviderError, transcript_id: str, failures: PollFailures,
                          last_failure: str, ctx: CallContext, started: float) -> float:
         """Seconds to wait before polling ``transcript_id`` again after its poll failed with ``exc`` (mapped
-        to ``error``), the ``failures``-th in a row; or ``error`` raised when the poll is not to be retried.
+        to ``error``), counted in ``failures``; or ``error`` raised when the poll is not to be retried.
 
         When the deadline passes while polls fail, the last poll's error is raised rather than
         :func:`errors.poll_timed_out`: the transcript's status is then unknown, and the cause to report
@@ -195,19 +190,19 @@ class AssemblyAIProvider(Provider):
         """
         if not errors.is_transient(exc):
             if last_failure:
-                errors.with_note(error, f"after {failures - 1} failed status poll(s) retried, the last: "
+                errors.with_note(error, f"after {failures.in_a_row} failed status poll(s) retried, the last: "
                                         f"{last_failure}")
             raise error from exc
         remaining = ctx.time_remaining()
-        if remaining is None and failures >= MAX_POLL_FAILURES:
-            raise errors.with_note(error, f"transcript {transcript_id}: {failures} failed status polls in a row, "
-                                          "giving up; it may still complete at AssemblyAI") from exc
-        if remaining is not None and remaining <= 0:
+        wait = failures.failed(errors.retry_after(exc), remaining)
+        if wait is not None:
+            return wait
+        if failures.out_of_time(remaining):
             raise errors.with_note(
-                error, f"transcript {transcript_id}: status polls failing ({failures} in a row) when the call's "
-                       f"deadline passed, after {time.monotonic() - started:.1f}s of polling") from exc
-        wait = max(self.settings.poll_interval, errors.retry_after(exc) or 0.0)
-        return wait if remaining is None else min(wait, remaining)
+                error, f"transcript {transcript_id}: status polls failing ({failures.in_a_row} in a row) when the "
+                       f"call's deadline passed, after {time.monotonic() - started:.1f}s of polling") from exc
+        raise errors.with_note(error, f"transcript {transcript_id}: {failures.in_a_row} failed status polls in a "
+                                      "row, giving up; it may still complete at AssemblyAI") from exc
 
     def _raise_mapped(self, exc: Exception) -> NoReturn:
         """Raise the provider error for an SDK failure, or ``exc`` itself if it is none of the SDK's."""
