@@ -369,3 +369,28 @@ def test_a_stream_cut_after_some_text_is_unavailable_and_keeps_no_turn(daemon, f
     again.session_id = "cut"
     daemon.stub.Generate(pb.GenerateRequest(request=again), timeout=30)
     assert fake.calls("stream")[-1].json()["contents"] == [{"role": "user", "parts": [{"text": "Again?"}]}]
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
+def test_a_blocked_prompt_is_invalid_argument_after_its_billed_usage(start_daemon, fake, streaming):
+    """Gemini blocks the prompt (promptFeedback.blockReason) and bills its tokens (usageMetadata): the client
+    gets their usage and cost, then INVALID_ARGUMENT as before, whether the plugin streams or not."""
+    config = CONFIG.format(url=fake.url).replace(
+        "    poll_interval: 0.02\n", f"    poll_interval: 0.02\n    streaming: {str(streaming).lower()}\n")
+    daemon = start_daemon(config, env={"GEMINI_TEST_KEY": KEY})
+    fake.block_reason = "PROHIBITED_CONTENT"
+    received = []
+    with pytest.raises(grpc.RpcError) as info:
+        for event in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=ask(pb.Part(text="bad"))),
+                                                timeout=30):
+            received.append(event)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    got = error_details(info.value)
+    assert (got.reason, got.metadata["provider"]) == ("PROVIDER_BAD_REQUEST", "gemini")
+    assert "the prompt was blocked (PROHIBITED_CONTENT)" in info.value.details()
+    assert KEY not in info.value.details()
+    assert not any(e.HasField("text_delta") or e.HasField("done") for e in received)
+    [usage] = [e.usage for e in received if e.HasField("usage")]
+    assert (usage.input_tokens, usage.output_tokens) == (3, 0)
+    assert usage.cost_usd == pytest.approx(3 * 0.30 / 1e6)  # gemini-2.5-flash's input price
+    assert len(fake.calls("stream" if streaming else "generate")) == 1

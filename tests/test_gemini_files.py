@@ -4,6 +4,7 @@ real google-genai SDK against the fake Gemini API, in the provider and in the ro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import time
 from contextlib import aclosing
@@ -12,8 +13,9 @@ from pathlib import Path
 import mmrouter_gemini.files
 import pytest
 from mmrouter_gemini import GeminiProvider
+from mmrouter_gemini.files import RemoteFile, upload_key
 
-from router import CallContext, Media, Message, Options, Part, Request, Role, Task
+from router import CallContext, Media, Message, Modality, Options, Part, Request, Role, Task
 from router.config import parse_config
 from router.core import App
 from router.errors import ProviderTimeout
@@ -50,6 +52,11 @@ def make_provider(fake: FakeGemini, **overrides) -> GeminiProvider:
                 "inline_limit_bytes": 0}
     settings.update(overrides)
     return GeminiProvider.from_settings(settings)
+
+
+def copy_of(p: GeminiProvider, media: Media) -> RemoteFile | None:
+    """The copy of the stored ``media`` that ``p`` remembers (by its sha256 and MIME type), or None."""
+    return p.files.cached(upload_key(media, media.media_id))
 
 
 def ask(*media: Media) -> Request:
@@ -106,13 +113,35 @@ async def test_only_the_copy_the_api_forgot_is_uploaded_again(fake, tmp_path):
     first, second = stored_video(tmp_path / "a", 3000), stored_video(tmp_path / "b", 4000)
     await collect(p, ask(first, second), p.model("gemini-2.5-flash"))
     assert len(fake.calls("upload_start")) == 2
-    gone = p.files.cached(first.media_id).name
+    gone = copy_of(p, first).name
     del fake.files[gone]  # deleted upstream: the API names it in a 403
     events = await collect(p, ask(first, second), p.model("gemini-2.5-flash"))
     assert any(getattr(e, "text", "") for e in events)
     assert len(fake.calls("upload_start")) == 3  # the first again; the second's copy was still good
-    assert p.files.cached(first.media_id).name != gone
+    assert copy_of(p, first).name != gone
     await p.aclose()
+
+
+async def test_the_same_bytes_sent_as_another_mime_type_are_uploaded_again_as_that_type(fake, tmp_path):
+    """An .mp4 sent as video/mp4, then (for its sound) as audio/mp4: Gemini reads a file as the type it was
+    uploaded with, so each type gets its own copy, referenced with its own type; each type sent again reuses
+    its copy."""
+    video = stored_video(tmp_path)
+    audio = dataclasses.replace(video, modality=Modality.AUDIO, mime_type="audio/mp4")
+    p = make_provider(fake)
+    for media in (video, audio, video, audio):
+        events = await collect(p, ask(media), p.model("gemini-2.5-flash"))
+        assert any(getattr(e, "text", "") for e in events)
+    await p.aclose()
+    starts = fake.calls("upload_start")
+    assert [s.headers["x-goog-upload-header-content-type"] for s in starts] == ["video/mp4", "audio/mp4"]
+    assert sorted(f.mime_type for f in fake.files.values()) == ["audio/mp4", "video/mp4"]
+    assert all(bytes(f.data) == video.path.read_bytes() for f in fake.files.values())
+    uri_of = {f.mime_type: f"{fake.url}/v1beta/{f.name}" for f in fake.files.values()}
+    sent = [call.json()["contents"][0]["parts"][1]["fileData"] for call in fake.calls("stream")]
+    assert sent == [{"file_uri": uri_of[mime], "mime_type": mime}
+                    for mime in ("video/mp4", "audio/mp4", "video/mp4", "audio/mp4")]
+    assert copy_of(p, video).mime_type == "video/mp4" and copy_of(p, audio).mime_type == "audio/mp4"
 
 
 async def test_a_copy_gone_upstream_while_still_processing_is_uploaded_again(fake, tmp_path):
@@ -122,14 +151,14 @@ async def test_a_copy_gone_upstream_while_still_processing_is_uploaded_again(fak
     with pytest.raises(ProviderTimeout, match="PROCESSING"):
         await collect(p, ask(video), p.model("gemini-2.5-flash"))
     [name] = fake.files
-    assert p.files.cached(video.media_id).state == "PROCESSING"  # kept: the next call polls on
+    assert copy_of(p, video).state == "PROCESSING"  # kept: the next call polls on
     del fake.files[name]  # then deleted (or purged) upstream: its poll answers 403
     fake.processing_polls = 0
     for _ in range(2):
         events = await collect(p, ask(video), p.model("gemini-2.5-flash"))
         assert any(getattr(e, "text", "") for e in events)
     assert len(fake.calls("upload_start")) == 2  # uploaded again once, then remembered
-    assert p.files.cached(video.media_id).state == "ACTIVE"
+    assert copy_of(p, video).state == "ACTIVE"
     await p.aclose()
 
 
@@ -200,7 +229,7 @@ async def test_a_file_uploaded_in_this_call_and_purged_while_processing_is_uploa
         await p.aclose()
     assert any(getattr(e, "text", "") for e in events)
     assert len(fake.calls("upload_start")) == 2
-    assert p.files.cached(stored_video(tmp_path).media_id).state == "ACTIVE"
+    assert copy_of(p, stored_video(tmp_path)).state == "ACTIVE"
 
 
 @pytest.mark.parametrize("remembered", [False, True], ids=["uploaded-now", "remembered"])
@@ -224,7 +253,7 @@ async def test_a_file_purged_again_after_its_new_upload_is_unavailable_naming_it
     assert len(fake.calls("upload_start")) == 2
     last = fake.calls("file_get")[-1].path.rsplit("/", 1)[-1]
     assert f"files/{last}" in caught.value.message and "while it was processing" in caught.value.message
-    assert p.files.cached(video.media_id) is None
+    assert copy_of(p, video) is None
 
 
 async def test_an_upload_start_without_an_upload_url_is_unavailable(tmp_path):
@@ -286,7 +315,7 @@ async def test_transient_poll_failures_are_polled_again_with_one_upload(fake, tm
     assert any(getattr(e, "text", "") for e in events)
     assert len(fake.calls("upload_start")) == 1
     assert len(fake.calls("file_get")) == 3  # two failed, then ACTIVE
-    assert p.files.cached(video.media_id).state == "ACTIVE"
+    assert copy_of(p, video).state == "ACTIVE"
 
 
 @pytest.mark.parametrize("status", [429, 503])
@@ -333,7 +362,7 @@ async def test_consecutive_poll_failures_beyond_the_bound_fail_unavailable(fake,
     await p.aclose()
     assert len(fake.calls("file_get")) == MAX_POLL_FAILURES
     assert len(fake.calls("upload_start")) == 1
-    assert p.files.cached(video.media_id).state == "PROCESSING"  # kept: the next call polls on
+    assert copy_of(p, video).state == "PROCESSING"  # kept: the next call polls on
     assert fake.calls("stream") == []
 
 
@@ -359,7 +388,7 @@ async def test_a_403_after_a_retried_502_still_uploads_the_purged_file_again(fak
     await p.aclose()
     assert any(getattr(e, "text", "") for e in events)
     assert len(fake.calls("upload_start")) == 2  # forgotten and uploaded again, as without the 502
-    assert p.files.cached(video.media_id).state == "ACTIVE"
+    assert copy_of(p, video).state == "ACTIVE"
 
 
 @pytest.mark.parametrize("status", [400, 401])

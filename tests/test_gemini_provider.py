@@ -360,10 +360,38 @@ async def test_thoughts_are_not_part_of_the_answer(fake):
     assert usage_of(events).output_tokens == 10
 
 
-async def test_blocked_prompt_is_a_bad_request(provider, fake):
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
+async def test_blocked_prompt_is_a_bad_request_after_reporting_its_billed_usage(fake, streaming):
+    """Gemini bills the tokens of a prompt it blocks (promptFeedback.blockReason, with usageMetadata): the usage
+    is reported, then the call fails as before; the router keeps it as the failed call's paid step."""
+    from contextlib import aclosing
+
+    from router.invoke import call_model
+    from router.outcome import RouteInfo
+
     fake.block_reason = "SAFETY"
+    p = make_provider(fake, streaming=streaming)
+    events = []
+    with pytest.raises(ProviderBadRequest, match=r"blocked \(SAFETY\)") as caught:
+        async for event in p.generate(ask(Part(text="something bad")), model(p), CallContext(request_id="t")):
+            events.append(event)
+    assert type(caught.value) is ProviderBadRequest and KEY not in caught.value.message
+    [report] = events
+    assert isinstance(report, UsageReport) and report.finish_reason is None
+    assert (report.usage.input_tokens, report.usage.output_tokens) == (3, 0)
+
+    route = RouteInfo("default", p.name, "gemini-2.5-pro")
     with pytest.raises(ProviderBadRequest, match=r"blocked \(SAFETY\)"):
-        await collect(provider, ask(Part(text="something bad")), model(provider))
+        async with aclosing(call_model(p, model(p), ask(Part(text="something bad")), CallContext(request_id="t"),
+                                       route, "answer")) as calls:
+            async for _ in calls:
+                pass
+    await p.aclose()
+    [step] = route.steps
+    assert (step.purpose, step.usage.input_tokens) == ("answer (failed)", 3)
+    assert step.usage.cost_usd == pytest.approx(3 * 1.25 / 1e6)  # gemini-2.5-pro's input price
+    assert [(a.ok, "blocked (SAFETY)" in a.error) for a in route.attempts] == [(False, True)]
+    assert len(fake.calls("stream" if streaming else "generate")) == 2
 
 
 # -- the Files API ---------------------------------------------------------------------------------
@@ -441,9 +469,9 @@ async def test_expired_copies_are_forgotten_not_kept_forever(fake, tmp_path, mon
     p = make_provider(fake, inline_limit_bytes=0)
     first, second = stored_video(tmp_path / "a", 3000), stored_video(tmp_path / "b", 4000)
     await collect(p, ask(Part(text="?"), Part(media=first)), model(p))
-    assert set(p.files._files) == {first.media_id}
+    assert set(p.files._files) == {(first.media_id, "video/mp4")}
     await collect(p, ask(Part(text="?"), Part(media=second)), model(p))
-    assert set(p.files._files) == {second.media_id}  # the first one's expired copy was dropped
+    assert set(p.files._files) == {(second.media_id, "video/mp4")}  # the first one's expired copy was dropped
     await p.aclose()
 
 

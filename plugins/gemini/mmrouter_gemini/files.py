@@ -1,6 +1,8 @@
 """Large media through the Gemini Files API: upload once, poll until ACTIVE, remember.
 
-The cache maps a media's sha256 to the provider's copy (file name, URI, expiry).
+The cache maps a media's sha256 and the MIME type it is sent as to the provider's copy
+(file name, URI, expiry): the same bytes sent as another type (an .mp4 as audio/mp4, then
+as video/mp4) are another upload, as Gemini reads a file by the type it was uploaded with.
 A media is uploaded again only once its copy has expired (or is about to) or the
 API has forgotten it.
 """
@@ -17,10 +19,11 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from router import CallContext, Media, ProviderBadRequest, ProviderTimeout
 from router.errors import ProviderInputTooLarge, ProviderUnavailable
+from router.polling import MAX_POLL_FAILURES, PollFailures  # the policy of failed status polls (5 in a row)
 
 from . import errors
 from .convert import gemini_mime, media_size
@@ -33,13 +36,19 @@ EXPIRY_MARGIN = timedelta(minutes=15)
 MAX_POLL_INTERVAL = 10.0
 #: How often expired copies are forgotten.
 PRUNE_INTERVAL_SECONDS = 60.0
-#: Failed status polls of a PROCESSING file in a row (5xx, 429, no answer: :func:`errors.is_transient`) after
-#: which the last one's error ends the call. The file is fine and its processing goes on whatever its polls
-#: meet, so a passing failure is polled again (after the poll interval, or a longer Retry-After) rather than
-#: failing the call; 5 polls span at least 4 poll intervals, longer than a gateway's hiccup, and an outage
-#: lasting longer makes the router fall back instead of waiting. The deadline (or max_processing_seconds)
-#: bounds the retries too.
-MAX_POLL_FAILURES = 5
+
+
+class UploadKey(NamedTuple):
+    """What a Files API copy is remembered by: the media's sha256 and the MIME type it was uploaded as
+    (:func:`gemini_mime` of the media's), as Gemini reads the file by that type."""
+
+    sha256: str
+    mime_type: str
+
+
+def upload_key(media: Media, sha256: str) -> UploadKey:
+    """The key of ``media``'s copy, given its ``sha256`` (:func:`media_key`)."""
+    return UploadKey(sha256, gemini_mime(media.mime_type))
 
 
 @dataclass
@@ -98,11 +107,12 @@ def _remote(file: Any, mime_type: str) -> RemoteFile:
 
 @dataclass(eq=False)
 class Uploads:
-    """The copies held at one Files API (one key, one endpoint): sha256 -> copy, and the per-media locks."""
+    """The copies held at one Files API (one key, one endpoint): (sha256, MIME type) -> copy, and the
+    per-copy locks."""
 
-    files: dict[str, RemoteFile] = field(default_factory=dict)
-    #: sha256 -> (lock, how many calls hold or wait for it); dropped when the last one leaves.
-    locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
+    files: dict[UploadKey, RemoteFile] = field(default_factory=dict)
+    #: (sha256, MIME type) -> (lock, how many calls hold or wait for it); dropped when the last one leaves.
+    locks: dict[UploadKey, tuple[asyncio.Lock, int]] = field(default_factory=dict)
 
 
 #: (sha256 of the key, base_url) -> the uploads of the live providers using them. A provider made again
@@ -121,9 +131,9 @@ def shared_uploads(api_key: str, base_url: str) -> Uploads:
 
 
 class FileStore:
-    """Uploads media to the Files API and remembers the copies, keyed by sha256, for the provider
-    called ``provider`` (named in its errors); ``uploads`` may be shared with other providers (see
-    :func:`shared_uploads`)."""
+    """Uploads media to the Files API and remembers the copies, keyed by sha256 and MIME type
+    (:class:`UploadKey`), for the provider called ``provider`` (named in its errors); ``uploads`` may be
+    shared with other providers (see :func:`shared_uploads`)."""
 
     def __init__(self, provider: str, poll_interval: float = 1.0, max_processing_seconds: float = 600.0,
                  uploads: Uploads | None = None, api_key: str = "") -> None:
@@ -137,15 +147,15 @@ class FileStore:
         self._locks = self.uploads.locks
         self._next_prune = 0.0
 
-    def cached(self, key: str) -> RemoteFile | None:
-        """The usable copy of the media with this sha256, or None."""
+    def cached(self, key: UploadKey) -> RemoteFile | None:
+        """The usable copy of the media with this sha256 and MIME type, or None."""
         entry = self._files.get(key)
         if entry is not None and not entry.usable():
             del self._files[key]
             return None
         return entry
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: UploadKey) -> None:
         """Drop the copy of one media (e.g. the API no longer knows it)."""
         self._files.pop(key, None)
 
@@ -165,9 +175,9 @@ class FileStore:
             del self._files[key]
 
     @contextlib.asynccontextmanager
-    async def _exclusive(self, key: str) -> AsyncIterator[None]:
-        """One call at a time per media (one upload even for concurrent calls); the lock is dropped
-        when no call holds or waits for it."""
+    async def _exclusive(self, key: UploadKey) -> AsyncIterator[None]:
+        """One call at a time per copy (media and MIME type: one upload even for concurrent calls); the
+        lock is dropped when no call holds or waits for it."""
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
         self._locks[key] = (lock, users + 1)
         try:
@@ -180,11 +190,11 @@ class FileStore:
             else:
                 self._locks[key] = (lock, users - 1)
 
-    async def ensure(self, client: Any, media: Media, key: str, ctx: CallContext) -> RemoteFile:
-        """The ACTIVE copy of ``media``: cached, or uploaded now and polled until ACTIVE. A copy still
-        processing that the API no longer has (403/404 on its poll: deleted or purged upstream), remembered
-        or uploaded in this call, is forgotten and uploaded again, once; gone again, the call fails with
-        :class:`ProviderUnavailable` naming it."""
+    async def ensure(self, client: Any, media: Media, key: UploadKey, ctx: CallContext) -> RemoteFile:
+        """The ACTIVE copy of ``media`` (its :func:`upload_key` is ``key``): cached, or uploaded now as
+        ``key.mime_type`` and polled until ACTIVE. A copy still processing that the API no longer has
+        (403/404 on its poll: deleted or purged upstream), remembered or uploaded in this call, is forgotten
+        and uploaded again, once; gone again, the call fails with :class:`ProviderUnavailable` naming it."""
         from google.genai import errors as genai_errors
 
         self._prune()
@@ -203,12 +213,12 @@ class FileStore:
                     self.forget(key)
                     if lost_once:
                         raise ProviderUnavailable(
-                            self.provider, f"the Files API lost {entry.name} (media {key[:12]}) while it was "
+                            self.provider, f"the Files API lost {entry.name} (media {key.sha256[:12]}) while it was "
                                            f"processing, after uploading it again (HTTP {exc.code}: {exc.message})"
                         ) from exc
                     lost_once, entry = True, None
 
-    async def _settle(self, client: Any, entry: RemoteFile, key: str, ctx: CallContext) -> RemoteFile:
+    async def _settle(self, client: Any, entry: RemoteFile, key: UploadKey, ctx: CallContext) -> RemoteFile:
         """``entry`` once ACTIVE, remembered; a copy whose processing FAILED is forgotten."""
         if entry.state == "ACTIVE":
             return entry
@@ -220,13 +230,13 @@ class FileStore:
         self._files[key] = entry
         return entry
 
-    async def _upload(self, client: Any, media: Media, key: str) -> RemoteFile:
-        """Upload ``media`` (resumable); an answer that is not the Files API's (a gateway that does not
-        speak it) is :class:`ProviderUnavailable`, "file upload failed: bad answer"."""
+    async def _upload(self, client: Any, media: Media, key: UploadKey) -> RemoteFile:
+        """Upload ``media`` (resumable) as ``key.mime_type``; an answer that is not the Files API's (a gateway
+        that does not speak it) is :class:`ProviderUnavailable`, "file upload failed: bad answer"."""
         from google.genai import types
 
-        mime = gemini_mime(media.mime_type)
-        config = types.UploadFileConfig(mime_type=mime, display_name=media.filename or key)
+        mime = key.mime_type
+        config = types.UploadFileConfig(mime_type=mime, display_name=media.filename or key.sha256)
         # a stored media is streamed from the media store, never loaded whole
         source = str(media.path) if media.path is not None else io.BytesIO(media.read_bytes())
         try:
@@ -241,7 +251,7 @@ class FileStore:
                                                      "uploaded file has no name or URI)")
         return _remote(file, mime)
 
-    async def _wait_active(self, client: Any, entry: RemoteFile, key: str, ctx: CallContext) -> RemoteFile:
+    async def _wait_active(self, client: Any, entry: RemoteFile, key: UploadKey, ctx: CallContext) -> RemoteFile:
         """Poll with backoff until ACTIVE, bounded by the call's deadline; FAILED is an error."""
         give_up = time.monotonic() + self.max_processing_seconds
         delay = self.poll_interval
@@ -251,7 +261,7 @@ class FileStore:
             if entry.state == "FAILED":
                 raise ProviderBadRequest(
                     self.provider,
-                    f"the Files API could not process media {key[:12]} ({entry.mime_type}, {entry.name}): "
+                    f"the Files API could not process media {key.sha256[:12]} ({entry.mime_type}, {entry.name}): "
                     f"{entry.error or 'processing FAILED'}; check that the file is a valid, supported {entry.mime_type}",
                 )
             left = self._time_left(give_up, ctx)
@@ -272,26 +282,27 @@ class FileStore:
 
     async def _poll(self, client: Any, entry: RemoteFile, give_up: float, ctx: CallContext) -> RemoteFile:
         """``entry`` as ``files.get`` now answers it. A poll that fails in passing (5xx, 429, no answer:
-        :func:`errors.is_transient`) is logged and made again after the poll interval, or the Retry-After of a
-        429 or 503 when longer, never past the call's deadline (or ``give_up``); its error is raised once
-        :data:`MAX_POLL_FAILURES` polls in a row failed or no time is left. Any other failure (a 403/404 for a
-        file the API no longer has, a refused key) is raised at once."""
-        failures = 0
+        :func:`errors.is_transient`) is logged and made again as :class:`router.polling.PollFailures` says:
+        after the poll interval, or the Retry-After of a 429 or 503 when longer, never past the call's
+        deadline (or ``give_up``); its error is raised once :data:`MAX_POLL_FAILURES` polls in a row failed
+        or no time is left. Any other failure (a 403/404 for a file the API no longer has, a refused key) is
+        raised at once."""
+        failures = PollFailures(self.poll_interval)
         while True:
             try:
                 return _remote(await client.aio.files.get(name=entry.name), entry.mime_type)
             except Exception as exc:
                 if not errors.is_transient(exc):
                     raise
-                failures += 1
-                reason = errors.describe(exc, self.api_key)
                 left = self._time_left(give_up, ctx)
-                if failures >= MAX_POLL_FAILURES or left <= 0:
+                wait = failures.failed(errors.retry_after(exc), left)
+                reason = errors.describe(exc, self.api_key)
+                if wait is None:
                     log.warning("%s: status poll of file %s failed (%d in a row, request %s): %s; giving up (%s)",
-                                self.provider, entry.name, failures, ctx.request_id, reason,
-                                "no time left" if left <= 0 else f"{MAX_POLL_FAILURES} failed polls in a row")
+                                self.provider, entry.name, failures.in_a_row, ctx.request_id, reason,
+                                "no time left" if failures.out_of_time(left)
+                                else f"{MAX_POLL_FAILURES} failed polls in a row")
                     raise
-                wait = min(max(self.poll_interval, errors.retry_after(exc) or 0.0), left)
                 log.warning("%s: status poll of file %s failed (%d in a row, request %s): %s; polling again "
-                            "in %.2fs", self.provider, entry.name, failures, ctx.request_id, reason, wait)
+                            "in %.2fs", self.provider, entry.name, failures.in_a_row, ctx.request_id, reason, wait)
                 await asyncio.sleep(wait)

@@ -18,12 +18,12 @@ from router import (
     UsageReport,
     with_configured_models,
 )
-from router.errors import ProviderAuthError, ProviderModelNotFound, ProviderUnavailable
+from router.errors import ProviderAuthError, ProviderError, ProviderModelNotFound, ProviderUnavailable
 from router.sdk_http import read_rest
 
-from .convert import check_blocked, finish_of, prepare, response_text, usage_of, with_timeout
+from .convert import check_blocked, finish_of, prepare, prompt_blocked, response_text, usage_of, with_timeout
 from .errors import map_exception
-from .files import FileStore, check_file_size, media_key, shared_uploads
+from .files import FileStore, check_file_size, media_key, shared_uploads, upload_key
 from .models import MODELS, TYPICAL
 from .settings import PLUGIN, GeminiSettings
 
@@ -100,8 +100,8 @@ class GeminiProvider(Provider):
 
         async def upload(media: Media) -> tuple[str, str]:
             check_file_size(media, self.settings.max_file_bytes, self.name)  # before hashing 2 GB for its key
-            key = media.media_id or await asyncio.to_thread(media_key, media)
-            remote = await self.files.ensure(self.client(), media, key, ctx)
+            sha256 = media.media_id or await asyncio.to_thread(media_key, media)
+            remote = await self.files.ensure(self.client(), media, upload_key(media, sha256), ctx)
             return remote.uri, remote.mime_type
 
         for attempt in (1, 2):
@@ -145,7 +145,11 @@ class GeminiProvider(Provider):
     def _unary_events(self, response: Any) -> Iterator[ProviderEvent]:
         """The events of a whole (not streamed) answer. A reply without a candidate that has a finishReason
         (``{}``, ``[]``, a gateway's other JSON) holds no answer: ``ProviderUnavailable``, as when streamed,
-        after a usage report if it has usage (billed all the same)."""
+        after a usage report if it has usage (billed all the same). A blocked prompt reports its usage too
+        (its tokens are billed), then raises."""
+        blocked = prompt_blocked(response, self.name)
+        if blocked is not None:
+            yield from _billed_then(blocked, response.usage_metadata)
         text = response_text(response)
         check_blocked(response, bool(text), self.name)
         finish = finish_of(response)
@@ -183,10 +187,14 @@ class GeminiProvider(Provider):
 
         try:
             async for chunk in stream:
-                text = response_text(chunk)
-                check_blocked(chunk, produced or bool(text), self.name)
                 if chunk.usage_metadata is not None:
                     metadata = chunk.usage_metadata
+                blocked = prompt_blocked(chunk, self.name)
+                if blocked is not None:  # the prompt's tokens are billed all the same
+                    for event in _billed_then(blocked, metadata):
+                        yield event
+                text = response_text(chunk)
+                check_blocked(chunk, produced or bool(text), self.name)
                 finish = finish_of(chunk) or finish
                 if text:
                     produced = True
@@ -213,6 +221,14 @@ class GeminiProvider(Provider):
         if client is not None:
             await client.aio.aclose()
             client.close()
+
+
+def _billed_then(error: ProviderError, metadata: Any) -> Iterator[ProviderEvent]:
+    """A usage report of ``metadata`` (``usage_metadata``: what the failed call was billed), when there is
+    one, then ``error`` raised, so that the router keeps the paid part of the failed call."""
+    if metadata is not None:
+        yield UsageReport(usage_of(metadata))
+    raise error
 
 
 def _named_files(message: str, file_uris: set[str]) -> set[str]:
