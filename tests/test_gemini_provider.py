@@ -701,13 +701,21 @@ async def test_no_automatic_function_calling_loop_or_its_log_line(provider, fake
 
 @pytest.mark.parametrize("reason", ["SAFETY", "LANGUAGE", "ESCALATION", "PUP_LIMITED_DISABLED", "MODEL_ARMOR",
                                     "IMAGE_PROHIBITED_CONTENT"])
-async def test_an_answer_withheld_without_text_is_refused(provider, fake, reason):
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
+async def test_an_answer_withheld_without_text_is_refused_after_its_billed_usage(fake, reason, streaming):
     """An empty answer Gemini withheld (a filter, an escalation rule, a limited account...) is an error the
-    router can fall back on, not an empty successful answer."""
+    router can fall back on, not an empty successful answer; the prompt it read is billed, so its usage is
+    reported first."""
     fake.reply_chunks = [""]
     fake.finish_reason = reason
+    p = make_provider(fake, streaming=streaming)
+    events = []
     with pytest.raises(ProviderBadRequest, match=rf"the answer was withheld \(finish reason {reason}\)"):
-        await collect(provider, ask(Part(text="hi")), model(provider))
+        async for event in p.generate(ask(Part(text="hi")), model(p), CallContext(request_id="t")):
+            events.append(event)
+    await p.aclose()
+    [report] = events
+    assert isinstance(report, UsageReport) and report.usage.input_tokens == fake.usage["promptTokenCount"] > 0
 
 
 @pytest.mark.parametrize(("reason", "finish"), [("CONTINUATION", FinishReason.LENGTH),

@@ -163,29 +163,22 @@ def response_text(response: Any) -> str:
     return "".join(p.text for p in parts if getattr(p, "text", None) and not getattr(p, "thought", False))
 
 
-def prompt_blocked(response: Any, provider: str) -> ProviderBadRequest | None:
-    """The error (of the provider called ``provider``) for a prompt Gemini blocked
-    (``promptFeedback.blockReason``), or None. Its tokens are billed: report ``usage_metadata`` first."""
+def blocked(response: Any, produced_text: bool, provider: str) -> ProviderBadRequest | None:
+    """The error (of the provider called ``provider``) when Gemini blocked the prompt
+    (``promptFeedback.blockReason``) or withheld the answer (a blocking finish reason) and nothing was
+    produced; else None. The prompt's tokens are billed all the same: report ``usage_metadata`` first."""
     feedback = getattr(response, "prompt_feedback", None)
     reason = getattr(feedback, "block_reason", None)
-    if not reason:
-        return None
-    return ProviderBadRequest(provider, f"the prompt was blocked ({getattr(reason, 'value', reason)})")
-
-
-def check_blocked(response: Any, produced_text: bool, provider: str) -> None:
-    """Raise (an error of the provider called ``provider``) when the prompt (:func:`prompt_blocked`) or the
-    answer was blocked and nothing was produced."""
-    blocked = prompt_blocked(response, provider)
-    if blocked is not None:
-        raise blocked
+    if reason:
+        return ProviderBadRequest(provider, f"the prompt was blocked ({getattr(reason, 'value', reason)})")
     if produced_text:
-        return
+        return None
     for candidate in getattr(response, "candidates", None) or []:
         finish = getattr(candidate, "finish_reason", None)
         name = str(getattr(finish, "value", finish) or "")
         if name in BLOCKED_FINISH:
-            raise ProviderBadRequest(provider, f"the answer was withheld (finish reason {name})")
+            return ProviderBadRequest(provider, f"the answer was withheld (finish reason {name})")
+    return None
 
 
 def finish_of(response: Any) -> FinishReason | None:

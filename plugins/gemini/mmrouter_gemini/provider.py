@@ -21,7 +21,7 @@ from router import (
 from router.errors import ProviderAuthError, ProviderError, ProviderModelNotFound, ProviderUnavailable
 from router.sdk_http import read_rest
 
-from .convert import check_blocked, finish_of, prepare, prompt_blocked, response_text, usage_of, with_timeout
+from .convert import blocked, finish_of, prepare, response_text, usage_of, with_timeout
 from .errors import map_exception
 from .files import FileStore, check_file_size, media_key, shared_uploads, upload_key
 from .models import MODELS, TYPICAL
@@ -145,13 +145,12 @@ class GeminiProvider(Provider):
     def _unary_events(self, response: Any) -> Iterator[ProviderEvent]:
         """The events of a whole (not streamed) answer. A reply without a candidate that has a finishReason
         (``{}``, ``[]``, a gateway's other JSON) holds no answer: ``ProviderUnavailable``, as when streamed,
-        after a usage report if it has usage (billed all the same). A blocked prompt reports its usage too
-        (its tokens are billed), then raises."""
-        blocked = prompt_blocked(response, self.name)
-        if blocked is not None:
-            yield from _billed_then(blocked, response.usage_metadata)
+        after a usage report if it has usage (billed all the same). A blocked prompt or withheld answer
+        reports its usage too (its tokens are billed), then raises."""
         text = response_text(response)
-        check_blocked(response, bool(text), self.name)
+        refusal = blocked(response, bool(text), self.name)
+        if refusal is not None:
+            yield from _billed_then(refusal, response.usage_metadata)
         finish = finish_of(response)
         if finish is None:
             if response.usage_metadata is not None:
@@ -189,12 +188,11 @@ class GeminiProvider(Provider):
             async for chunk in stream:
                 if chunk.usage_metadata is not None:
                     metadata = chunk.usage_metadata
-                blocked = prompt_blocked(chunk, self.name)
-                if blocked is not None:  # the prompt's tokens are billed all the same
-                    for event in _billed_then(blocked, metadata):
-                        yield event
                 text = response_text(chunk)
-                check_blocked(chunk, produced or bool(text), self.name)
+                refusal = blocked(chunk, produced or bool(text), self.name)
+                if refusal is not None:  # the prompt's tokens are billed all the same
+                    for event in _billed_then(refusal, metadata):
+                        yield event
                 finish = finish_of(chunk) or finish
                 if text:
                     produced = True
