@@ -221,6 +221,19 @@ async def test_clips_of_one_message_make_one_merged_transcript_and_usage_adds_up
     assert events[-1].usage.audio_seconds == 14  # billed by AssemblyAI's durations
 
 
+async def test_a_time_before_the_clip_s_start_is_taken_as_its_start(fake, provider):
+    """A transcript whose first turn starts at -20 ms (a proxy's rounding): the times are kept >= 0, so the
+    router's contract takes the transcript instead of failing the call as the plugin's fault."""
+    from router.contract import event_problem
+
+    fake.turns = [("A", -20, 900, "hello there"), ("B", 1000, 2000, "hi")]
+    events = await collect(provider, audio_request(diarization=True), provider.model("best"))
+    [ready] = [e for e in events if isinstance(e, TranscriptReady)]
+    assert event_problem(ready) is None
+    assert [(u.speaker, u.start, u.end) for u in ready.transcript.utterances] == [("A", 0.0, 0.9), ("B", 1.0, 2.0)]
+    assert ready.transcript.words[0].start == 0.0
+
+
 async def test_only_the_newest_messages_clips_are_transcribed(fake, provider):
     """In a session the earlier turns' clips come first in the messages; they were transcribed (and billed)
     when sent."""

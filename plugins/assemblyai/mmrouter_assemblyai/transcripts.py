@@ -87,7 +87,9 @@ def check_upload_size(media: Media, provider: str = "assemblyai") -> None:
 
 
 def _seconds(ms: int | float | None) -> float:
-    return (ms or 0) / 1000.0
+    """Milliseconds as seconds; a time before the clip's start (a proxy's -20) as 0, which the router's
+    contract takes (it refuses negative times as the plugin's fault)."""
+    return max(ms or 0, 0) / 1000.0
 
 
 def _speaker(label: str | None) -> str:
