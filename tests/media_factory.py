@@ -287,3 +287,39 @@ def multipage_tiff(images: list) -> bytes:
     buf = io.BytesIO()
     images[0].save(buf, format="TIFF", save_all=True, append_images=images[1:])
     return buf.getvalue()
+
+
+def _crc(data: bytes, width: int, poly: int) -> int:
+    """FLAC's CRC-8 (``width`` 8, ``poly`` 0x07) or CRC-16 (16, 0x8005) of ``data``."""
+    crc, top, mask = 0, 1 << (width - 1), (1 << width) - 1
+    for byte in data:
+        crc ^= byte << (width - 8)
+        for _ in range(8):
+            crc = ((crc << 1) ^ poly) & mask if crc & top else (crc << 1) & mask
+    return crc
+
+
+def _flac_frame_number(number: int) -> bytes:
+    """A frame number as FLAC codes it (UTF-8 style, up to 36 bits)."""
+    if number < 0x80:
+        return bytes([number])
+    length = next(n for n in range(2, 8) if number < 1 << (5 * n + 1))
+    tail = [0x80 | (number >> (6 * i) & 0x3F) for i in range(length - 1)][::-1]
+    return bytes([(0xFF << (8 - length) & 0xFF) | number >> (6 * (length - 1)), *tail])
+
+
+def constant_flac(seconds: float, rate: int = 16000, declared: bool = True) -> bytes:
+    """A mono 16-bit FLAC of ``seconds`` of silence, each frame of 65,535 samples one CONSTANT subframe
+    (16 bytes: 235 KB hold 3 days at 4 kHz). Its STREAMINFO gives the length if ``declared``, else 0
+    (unknown, as FLAC allows)."""
+    total, block = int(seconds * rate), 65535
+    info = struct.pack(">HH", block, block) + bytes(6)  # block sizes; frame sizes unknown
+    info += (rate << 44 | 15 << 36 | (total if declared else 0)).to_bytes(8, "big") + bytes(16)  # no MD5
+    out = bytearray(b"fLaC\x80" + len(info).to_bytes(3, "big") + info)  # the last (only) metadata block
+    for number in range(-(-total // block)):
+        samples = min(block, total - number * block)
+        # sync, fixed blocks; block size in 16 bits at the end, rate from STREAMINFO; mono, 16 bits
+        header = b"\xff\xf8\x70\x08" + _flac_frame_number(number) + struct.pack(">H", samples - 1)
+        frame = header + bytes([_crc(header, 8, 0x07)]) + b"\x00" + struct.pack(">h", 0)  # CONSTANT 0
+        out += frame + struct.pack(">H", _crc(frame, 16, 0x8005))
+    return bytes(out)

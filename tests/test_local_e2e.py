@@ -171,3 +171,28 @@ def test_a_video_claiming_a_huge_duration_is_read_promptly(fresh) -> None:
     assert "[Video long.mkv frames at 0.0s]\nLATE FRAME" in text, text
     assert "[Video long.mkv frames at 1125899906842.6s]\nLATE FRAME" in text, text
     assert time.monotonic() - started < 30
+
+
+def test_audio_of_days_in_a_small_flac_is_refused_as_too_large(fresh) -> None:
+    """235 KB of FLAC constant subframes stand for 3 days of audio: it was all decoded and fed to the speech
+    recognizer until the call's time ran out. Over the default hour it is refused as INPUT_TOO_LARGE, from
+    the header, or where decoding reaches the hour when the header does not say; the daemon stays up."""
+    from media_factory import constant_flac
+
+    cases = [  # (file name, task, what the message says)
+        ("days.flac", pb.TASK_TRANSCRIBE, "the audio is 259,200 seconds (72:00:00) long, over the 3,600 seconds "
+                                          "(1:00:00) the local provider transcribes"),
+        ("unsaid.flac", pb.TASK_AUTO, "the audio goes on past 3,600 seconds (1:00:00), the most the local "
+                                      "provider transcribes (decoding stopped there)"),
+    ]
+    for name, task, says in cases:
+        audio = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/flac", filename=name,
+                         data=constant_flac(3 * 86400, rate=4000, declared=name == "days.flac"))
+        request = text_request("", media=[audio], options=pb.Options(task=task))
+        with pytest.raises(grpc.RpcError) as err:  # the timeout bounds a call that would run for minutes
+            fresh.stub.Generate(pb.GenerateRequest(request=request), timeout=30)
+        details = error_details(err.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INPUT_TOO_LARGE"), details
+        assert f"cannot transcribe {name}: {says}: send a shorter clip, or raise providers.local.max_audio_seconds" \
+            in details.message, details.message
+    assert fresh.proc.poll() is None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import struct
 import threading
 import time
 import wave
@@ -39,7 +40,7 @@ from router import (
     TranscriptReady,
     UsageReport,
 )
-from router.errors import ConfigError, ProviderBadRequest
+from router.errors import ConfigError, ProviderBadRequest, ProviderInputTooLarge
 from router.testing import ProviderContract, collect
 from tests.fakes import local as media
 
@@ -106,11 +107,14 @@ def test_model_declares_extraction_and_no_diarization(local: LocalProvider) -> N
 
 def test_register_hook_reads_settings_and_rejects_bad_ones() -> None:
     registered: list = []
-    register_providers(registered.append, {"workers": 3, "ocr_frame_interval_seconds": 0.5})
+    register_providers(registered.append, {"workers": 3, "ocr_frame_interval_seconds": 0.5, "max_audio_seconds": 90})
     (provider,) = registered
     assert provider.pool.workers == 3 and provider.extractor.frame_interval == 0.5
+    assert provider.extractor.max_audio_seconds == 90
     with pytest.raises(ConfigError, match=r"providers\.local\.workers"):
         register_providers(registered.append, {"workers": 0})
+    with pytest.raises(ConfigError, match=r"providers\.local\.max_audio_seconds"):
+        register_providers(registered.append, {"max_audio_seconds": 0})
     with pytest.raises(ConfigError, match="ocr_frame_interval_seconds"):
         register_providers(registered.append, {"ocr_frame_interval_seconds": "often"})
     for key, value in (("api_key", "sk-1"), ("base_url", "http://x"), ("timeout", 5)):  # keys it has no use for
@@ -510,7 +514,6 @@ async def test_event_loop_keeps_serving_while_ocr_runs(local: LocalProvider) -> 
 
 def png_declaring(width: int, height: int) -> bytes:
     """A small PNG whose header declares ``width`` x ``height`` pixels (a decompression bomb's shape)."""
-    import struct
     import zlib
 
     from PIL import Image
@@ -605,6 +608,52 @@ async def test_a_truncated_image_is_invalid_argument(local: LocalProvider, fmt: 
         await collect(local, ask(item), local.models[0])
 
 
+@pytest.fixture(scope="module")
+def five_seconds() -> LocalProvider:
+    """A provider that transcribes at most 5 s of audio (``max_audio_seconds``)."""
+    return LocalProvider.from_settings({"workers": 1, "max_audio_seconds": 5})
+
+
+def long_audio(name: str) -> bytes:
+    """The audio ``name`` of the limit tests: 60 s of FLAC silence whose header gives its length or not,
+    8 s of a tone as WAV or MP3."""
+    from media_factory import constant_flac, mp3_tone, wav
+
+    makers = {"declared.flac": lambda: constant_flac(60), "undeclared.flac": lambda: constant_flac(60, declared=False),
+              "tone.wav": lambda: wav(8, rate=8000), "tone.mp3": lambda: mp3_tone(8000, seconds=8)}
+    return makers[name]()
+
+
+OVER_FIVE_SECONDS = "over the 5 seconds (0:00:05) the local provider transcribes"
+
+
+@pytest.mark.parametrize(("name", "mime", "says"), [
+    ("declared.flac", "audio/flac", f"the audio is 60 seconds (0:01:00) long, {OVER_FIVE_SECONDS}"),
+    ("undeclared.flac", "audio/flac", "the audio goes on past 5 seconds (0:00:05), the most the local provider "
+                                      "transcribes (decoding stopped there)"),
+    ("tone.wav", "audio/wav", f"the audio is 8 seconds (0:00:08) long, {OVER_FIVE_SECONDS}"),
+    ("tone.mp3", "audio/mpeg", f"the audio is 8 seconds (0:00:08) long, {OVER_FIVE_SECONDS}"),
+], ids=["flac-declared", "flac-undeclared", "wav", "mp3"])
+async def test_audio_over_max_audio_seconds_is_refused_as_too_large(five_seconds: LocalProvider, name: str,
+                                                                    mime: str, says: str) -> None:
+    """A 1 MB FLAC of constant subframes can stand for days of audio, all decoded and fed to the recognizer
+    until the call's time ran out: audio over the limit is refused from its header, or where decoding
+    reaches the limit (a header may not say), with its length and the limit; audio under it is read."""
+    item = Media(Modality.AUDIO, mime, data=long_audio(name), filename=name)
+    for task in (Task.TRANSCRIBE, Task.AUTO):
+        with pytest.raises(ProviderInputTooLarge) as info:
+            await collect(five_seconds, ask(item, task=task), five_seconds.models[0])
+        assert info.value.reason == "INPUT_TOO_LARGE" and info.value.retryable
+        assert info.value.message == (f"local: cannot transcribe {name}: {says}: send a shorter clip, or raise "
+                                      "providers.local.max_audio_seconds")
+    from media_factory import constant_flac
+
+    short = Media(Modality.AUDIO, "audio/flac", data=constant_flac(4.5, declared=False), filename="short.flac")
+    (transcript,) = transcripts_of(await collect(five_seconds, ask(short, task=Task.TRANSCRIBE),
+                                                 five_seconds.models[0]))
+    assert transcript.duration_seconds == pytest.approx(4.5, abs=0.05)
+
+
 def test_audio_whose_sample_rate_changes_midstream_is_decoded() -> None:
     """Two MP3s joined (44.1 then 22.05 kHz) are one legal stream: the resampler is set up again where the
     rate changes, nothing lost (it raised 'Frame does not match AudioResampler setup': INTERNAL)."""
@@ -636,6 +685,35 @@ async def test_a_pdf_pypdf_refuses_to_walk_is_invalid_argument(local: LocalProvi
     item = Media(Modality.DOCUMENT, "application/pdf", data=data, filename="deep.pdf")
     with pytest.raises(ProviderBadRequest, match=r"cannot read deep\.pdf: not a readable PDF"):
         await collect(local, ask(item), local.models[0])
+
+
+def pdf_showing_its_first_page(pdf: bytes, times: int) -> bytes:
+    """``pdf`` with its page tree pointing ``times`` times at its first page (one page object)."""
+    from pypdf import PdfReader, PdfWriter
+    from pypdf.generic import ArrayObject, NameObject, NumberObject
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(pdf)))
+    tree = writer.root_object["/Pages"]
+    tree[NameObject("/Kids")] = ArrayObject([tree["/Kids"][0]] * times)
+    tree[NameObject("/Count")] = NumberObject(times)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("layout", ["one-image-on-every-page", "one-page-many-times"])
+async def test_an_image_a_pdf_shows_on_many_pages_is_read_once(local: LocalProvider, layout: str) -> None:
+    """Every page of a scanned PDF may show one image XObject, or its page tree point many times at one
+    page: the image is read once and its text given on every page (it was one OCR per page, up to 100,000)."""
+    pages = 12
+    pdf = scanned_pdf(pages) if layout == "one-image-on-every-page" else pdf_showing_its_first_page(
+        scanned_pdf(1), pages)
+    item = Media(Modality.DOCUMENT, "application/pdf", data=pdf, filename="scan.pdf")
+    before = local.extractor.ocr.images_read
+    text = text_of(await collect(local, ask(item), local.models[0]))
+    for number in range(1, pages + 1):
+        assert f"[PDF scan.pdf, page {number}, OCR of a page without a text layer]\nscanned page" in text, text
+    assert local.extractor.ocr.images_read - before == 1
 
 
 async def test_a_16_bit_grayscale_scan_is_read(local: LocalProvider) -> None:

@@ -19,10 +19,28 @@ BYTES_PER_SECOND = SAMPLE_RATE * 2
 #: The lowest sample rate decoded. Resampling to 16 kHz multiplies the samples by 16,000 / rate: a
 #: 200 KB WAV declaring 1 Hz became 28 hours of audio to recognise. Telephone speech is 8 kHz.
 MIN_SAMPLE_RATE = 4_000
+#: The longest audio transcribed by default (``providers.local.max_audio_seconds``). Speech recognition runs
+#: at about real time on a 2-core machine, so an hour is what finishes within a call's default limit
+#: (``server.max_call_seconds``, an hour). A 1 MB FLAC of constant subframes can stand for days of audio.
+MAX_AUDIO_SECONDS = 3600.0
 
 
 class DecodeError(ValueError):
     """The media could not be decoded (not audio, corrupt, or unsupported)."""
+
+
+class AudioTooLong(ValueError):
+    """The audio lasts longer than the local provider transcribes (``providers.local.max_audio_seconds``)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"{why}: send a shorter clip, or raise providers.local.max_audio_seconds")
+
+
+def describe_seconds(seconds: float) -> str:
+    """``seconds`` for a message: ``259,200 seconds (72:00:00)``."""
+    whole = int(seconds)
+    clock = f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+    return f"{seconds:,.1f}".removesuffix(".0") + f" seconds ({clock})"
 
 
 def open_source(source: Path | bytes) -> object:
@@ -37,13 +55,41 @@ def check_sample_rate(rate: int) -> None:
                           "speech recognizer reads")
 
 
-def iter_pcm16k(source: Path | bytes) -> Iterator[bytes]:
+def declared_seconds(container, stream) -> float | None:  # container: av InputContainer, stream: its audio
+    """How long the audio ``stream`` says it lasts (its header, or ffmpeg's estimate from the bit rate), or
+    None if unknown. A container without video stands for its audio when the stream says nothing (WebM)."""
+    import av
+
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and not container.streams.video:
+        return container.duration / av.time_base
+    return None
+
+
+def check_declared_duration(seconds: float | None, max_seconds: float) -> None:
+    """Raise :class:`AudioTooLong` if the header says the audio lasts over ``max_seconds``."""
+    if seconds is not None and seconds > max_seconds:
+        raise AudioTooLong(f"the audio is {describe_seconds(seconds)} long, over the "
+                           f"{describe_seconds(max_seconds)} the local provider transcribes")
+
+
+def check_decoded_duration(seconds: float, max_seconds: float) -> None:
+    """Raise :class:`AudioTooLong` once the audio decoded so far lasts over ``max_seconds`` (a header may
+    say nothing, or lie: decoding stops there)."""
+    if seconds > max_seconds:
+        raise AudioTooLong(f"the audio goes on past {describe_seconds(max_seconds)}, the most the local "
+                           "provider transcribes (decoding stopped there)")
+
+
+def iter_pcm16k(source: Path | bytes, max_seconds: float = MAX_AUDIO_SECONDS) -> Iterator[bytes]:
     """Yield the first audio track of ``source`` as 16 kHz mono s16le PCM chunks.
 
     Yields nothing when the container has no audio track (a silent video). The sample rate and channels
     may change mid-stream (MP3s joined end to end): the resampler is set up again where they do.
     Raises :class:`DecodeError` when the data is not a decodable container, or its sample rate is
-    under :data:`MIN_SAMPLE_RATE`.
+    under :data:`MIN_SAMPLE_RATE`; :class:`AudioTooLong` when it lasts over ``max_seconds``: from its
+    header before decoding, else when decoding gets there (a frame at a time, so memory stays bounded).
     """
     import av
 
@@ -55,10 +101,16 @@ def iter_pcm16k(source: Path | bytes) -> Iterator[bytes]:
         if not container.streams.audio:
             return
         stream = container.streams.audio[0]
+        if stream.sample_rate:  # known from the header: a rate too slow is the reason to give, not the length
+            check_sample_rate(stream.sample_rate)
+        check_declared_duration(declared_seconds(container, stream), max_seconds)
         resampler, setup = None, None
+        decoded = 0.0  # seconds
         try:
             for frame in _decoded(container, stream):
                 check_sample_rate(frame.sample_rate)  # per frame: the rate may change mid-stream
+                decoded += frame.samples / frame.sample_rate
+                check_decoded_duration(decoded, max_seconds)
                 frame_setup = (frame.format.name, frame.layout.name, frame.sample_rate)
                 if frame_setup != setup:  # the first frame, or the rate or channels changed (joined MP3s)
                     if resampler is not None:  # a resampler takes one input format: flush it, make another

@@ -9,7 +9,7 @@ from router import Media, Transcript
 from router.mime import normalise_mime
 
 from .asr import SpeechRecognizer
-from .audio import iter_pcm16k
+from .audio import MAX_AUDIO_SECONDS, iter_pcm16k
 from .ocr import MAX_OCR_PIXELS, ImageTooLarge, TextReader, image_facts, open_image, to_bgr, upright
 from .pdf import iter_pages
 from .pool import raise_if_cancelled
@@ -89,8 +89,9 @@ def _head(media: Media, size: int) -> bytes:
 class Extractor:
     """The blocking work for each media kind, sharing one OCR engine and one speech decoder."""
 
-    def __init__(self, frame_interval: float = 2.0) -> None:
+    def __init__(self, frame_interval: float = 2.0, max_audio_seconds: float = MAX_AUDIO_SECONDS) -> None:
         self.frame_interval = frame_interval
+        self.max_audio_seconds = max_audio_seconds
         self.ocr = TextReader()
         self.asr = SpeechRecognizer()
 
@@ -176,8 +177,9 @@ class Extractor:
             return 1
 
     def transcribe(self, media: Media) -> Transcript:
-        """The speech in an audio file or a video's audio track."""
-        return self.asr.transcribe(iter_pcm16k(source_of(media)))
+        """The speech in an audio file or a video's audio track; raises :class:`mmrouter_local.audio.AudioTooLong`
+        for one over ``max_audio_seconds``."""
+        return self.asr.transcribe(iter_pcm16k(source_of(media), self.max_audio_seconds))
 
     def audio(self, media: Media, name: str, kind: str = "Audio") -> tuple[Transcript, list[Section]]:
         """The transcript of the speech and its section, headed e.g. ``Audio talk.mp3: transcript, 3.0s``."""

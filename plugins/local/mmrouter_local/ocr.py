@@ -188,6 +188,8 @@ class TextReader:
         self.min_score = min_score
         self._engine = None
         self._lock = threading.Lock()
+        #: Images read so far, over all calls (an image a PDF shows on many pages is read once).
+        self.images_read = 0
 
     def _load(self):  # -> rapidocr_onnxruntime.RapidOCR
         from rapidocr_onnxruntime import RapidOCR
@@ -203,6 +205,7 @@ class TextReader:
             if self._engine is None:
                 self._engine = self._load()
             result, _elapsed = self._engine(bgr)
+            self.images_read += 1
         boxes = []
         for points, text, score in result or []:
             if float(score) < self.min_score or not str(text).strip():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def iter_pages(
     """Yield each page's text in order.
 
     A page with no extractable text (a scan) has its embedded images read by
-    ``ocr_image`` (image bytes -> lines) when one is given.
+    ``ocr_image`` (image bytes -> lines) when one is given. Each image is read once per document
+    (see :func:`_image_lines`): a page tree may point at one scanned page 100,000 times, or every page
+    show one image.
     """
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
@@ -47,6 +50,7 @@ def iter_pages(
         raise
     except unreadable as e:
         raise PdfError(f"not a readable PDF ({type(e).__name__}: {e})") from e
+    read: dict[Hashable, list[str]] = {}  # the lines of each image read so far, by its identity
     for index in range(count):
         raise_if_cancelled()  # a page may take seconds of OCR: stop here once nobody waits for it
         try:
@@ -60,14 +64,45 @@ def iter_pages(
         if text or ocr_image is None:
             yield PdfPage(index + 1, text)
             continue
-        lines: list[str] = []
         try:
-            for image in page.images:
-                raise_if_cancelled()
-                lines.extend(ocr_image(image.data))
+            lines = _image_lines(page, ocr_image, read)
         except JobCancelled:
             raise
         except Exception as e:
-            lines.append(f"(embedded images could not be read: {type(e).__name__})")
+            lines = [f"(embedded images could not be read: {type(e).__name__})"]
         yield PdfPage(index + 1, "\n".join(lines), ocr=True)
 
+
+def _image_lines(page, ocr_image: Callable[[bytes], list[str]], read: dict[Hashable, list[str]]) -> list[str]:
+    """The OCR lines of the images on ``page`` (a pypdf page), in order.
+
+    An image already in ``read`` is not decoded or read again: its lines are reused. An image XObject is
+    known by its indirect reference, found before pypdf decodes it; an inline image (it has none) by a
+    hash of its bytes. So a PDF whose pages all show one scan costs one OCR, not one per page.
+    """
+    images = page.images
+    lines: list[str] = []
+    for key in images.keys():  # noqa: SIM118 (iterating over images decodes each one)
+        raise_if_cancelled()
+        identity = _xobject_reference(page, key)
+        if identity is None or identity not in read:  # not shown before: decode it
+            data = images[key].data
+            identity = identity or hashlib.sha256(data).hexdigest()
+            if identity not in read:
+                read[identity] = ocr_image(data)
+        lines.extend(read[identity])
+    return lines
+
+
+def _xobject_reference(page, key: str | list[str]) -> tuple[int, int] | None:
+    """``(object number, generation)`` of the image XObject named ``key`` on ``page``: a name, or a path of
+    names through form XObjects, as ``page.images.keys()`` gives it. None for an inline image, an image not
+    stored as an object of its own, or resources pypdf cannot walk (the image is then known by its bytes)."""
+    holder, image = page, None
+    try:
+        for name in [key] if isinstance(key, str) else key:
+            holder = image = holder["/Resources"]["/XObject"][name]  # pypdf resolves each reference
+    except Exception:  # no such name (an inline image), or odd resources: pypdf raises many types
+        return None
+    reference = getattr(image, "indirect_reference", None)
+    return None if reference is None else (reference.idnum, reference.generation)

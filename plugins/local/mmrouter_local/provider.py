@@ -19,6 +19,7 @@ from router import (
     Provider,
     ProviderBadRequest,
     ProviderEvent,
+    ProviderInputTooLarge,
     Request,
     Task,
     TextDelta,
@@ -28,7 +29,7 @@ from router import (
     UsageReport,
 )
 
-from .audio import DecodeError
+from .audio import MAX_AUDIO_SECONDS, AudioTooLong, DecodeError
 from .extract import Extractor, Section, UnreadableMedia, label
 from .models import EXTRACT_MIME_TYPES
 from .pdf import PdfError
@@ -59,23 +60,26 @@ EXTRACT_MODEL = ModelInfo(
 class LocalProvider(Provider):
     """Extracts text from PDFs, images (OCR), audio (speech to text) and video, offline.
 
-    Settings (``providers.local``): ``workers`` (threads for CPU work, default 2)
-    and ``ocr_frame_interval_seconds`` (video frame sampling, default 2).
+    Settings (``providers.local``): ``workers`` (threads for CPU work, default 2),
+    ``ocr_frame_interval_seconds`` (video frame sampling, default 2) and ``max_audio_seconds`` (the
+    longest audio transcribed, default an hour).
     """
 
     name = "local"
     models = [EXTRACT_MODEL]
 
-    def __init__(self, workers: int = 2, frame_interval: float = 2.0) -> None:
+    def __init__(self, workers: int = 2, frame_interval: float = 2.0,
+                 max_audio_seconds: float = MAX_AUDIO_SECONDS) -> None:
         self.pool = WorkerPool(workers)
-        self.extractor = Extractor(frame_interval)
+        self.extractor = Extractor(frame_interval, max_audio_seconds)
 
     @classmethod
     def from_settings(cls, settings: LocalSettings | Mapping[str, Any] | None) -> LocalProvider:
         """Build from the ``providers.local`` config section (raises ``ConfigError`` on bad values)."""
         if not isinstance(settings, LocalSettings):
             settings = LocalSettings.load(cls.name, settings)
-        return cls(workers=settings.workers, frame_interval=settings.ocr_frame_interval_seconds)
+        return cls(workers=settings.workers, frame_interval=settings.ocr_frame_interval_seconds,
+                   max_audio_seconds=settings.max_audio_seconds)
 
     def unconfigured_reason(self) -> str | None:
         missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
@@ -162,9 +166,12 @@ class LocalProvider(Provider):
         raise ProviderBadRequest(self.name, f"{name}: unsupported modality {media.modality.value}")
 
     async def _run(self, name: str, fn: Any, *args: Any) -> Any:
-        """Run blocking extraction of media ``name`` on the pool; unreadable input is INVALID_ARGUMENT."""
+        """Run blocking extraction of media ``name`` on the pool; unreadable input is INVALID_ARGUMENT, audio
+        too long to transcribe INPUT_TOO_LARGE (a fallback, such as a cloud transcriber, may take it)."""
         try:
             return await self.pool.run(fn, *args)
+        except AudioTooLong as e:
+            raise ProviderInputTooLarge(self.name, f"cannot transcribe {name}: {e}") from e
         except (DecodeError, PdfError, UnreadableMedia) as e:
             raise ProviderBadRequest(self.name, f"cannot read {name}: {e}") from e
 

@@ -6,6 +6,7 @@ Keys (all optional)::
       local:
         workers: 2                     # threads for CPU work (default: min(2, CPUs))
         ocr_frame_interval_seconds: 2  # video frame sampling (default 2)
+        max_audio_seconds: 3600        # the longest audio (or video sound) transcribed (default an hour)
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pydantic import Field, field_validator
 
 from router import ProviderSettings
 
+from .audio import MAX_AUDIO_SECONDS
+
 
 class LocalSettings(ProviderSettings):
     """Settings of the local provider (it needs no key)."""
@@ -24,6 +27,8 @@ class LocalSettings(ProviderSettings):
         default_factory=lambda: max(1, min(2, os.cpu_count() or 1)), gt=0, description="threads for CPU work"
     )
     ocr_frame_interval_seconds: float = Field(2.0, gt=0, description="seconds between video frames to OCR")
+    max_audio_seconds: float = Field(MAX_AUDIO_SECONDS, gt=0, description="the longest audio, or sound of a "
+                                     "video, transcribed; longer is refused (INPUT_TOO_LARGE)")
 
     @field_validator("api_key", "base_url", "timeout", mode="before")
     @classmethod
