@@ -365,6 +365,22 @@ async def test_a_transcript_failed_for_its_media_stays_a_bad_request(fake, provi
     assert (text or "no reason given") in info.value.message
 
 
+@pytest.mark.parametrize("text", [
+    "Audio duration of 12.5 hours exceeds the maximum allowed duration of 10 hours.",
+    "File is too large to be processed.",
+    "Audio file is too long.",
+])
+async def test_a_transcript_failed_for_media_over_assemblyais_limits_is_input_too_large(fake, provider, text):
+    """Media too long or too large for AssemblyAI is INPUT_TOO_LARGE (retryable): a fallback with larger
+    limits (Gemini, say) is tried on it; other faults of the media stay INVALID_ARGUMENT."""
+    fake.statuses = ("queued", "error")
+    fake.error_message = text
+    with pytest.raises(ProviderInputTooLarge) as info:
+        await collect(provider, audio_request(), provider.model("best"))
+    assert info.value.reason == "INPUT_TOO_LARGE" and info.value.retryable
+    assert text in info.value.message and "transcription failed (transcript tr-1)" in info.value.message
+
+
 async def test_auth_failure_names_the_setting_and_never_the_key(fake, provider):
     fake.fail_next(401, {"error": f"Authentication error, API token {KEY} invalid"})
     with pytest.raises(ProviderAuthError) as info:

@@ -10,6 +10,7 @@ from router.errors import (
     TRANSIENT_STATUSES,
     ProviderBadRequest,
     ProviderError,
+    ProviderInputTooLarge,
     ProviderTimeout,
     ProviderUnavailable,
     parse_retry_after,
@@ -38,6 +39,9 @@ _MEDIA_FAULT = re.compile(
     r"|unable to (download|access)|too short|too long|too large|too big|exceeds|maximum|unsupported"
     r"|not supported|corrupt|invalid|could not (decode|read|open)|unreadable|not available in this language"
 )
+#: A failed transcript's error text (lower case) saying the media is over AssemblyAI's limits (its
+#: length or size): INPUT_TOO_LARGE, so a fallback with larger limits is tried on the same media.
+_TOO_LARGE = re.compile(r"too long|too large|too big|exceeds|maximum")
 #: A failed transcript's error text (lower case) blaming AssemblyAI: its documented "Server error,
 #: developers have been alerted." (resubmitting it is what AssemblyAI advises) and other clearly transient
 #: wordings. Any other text stays the media's fault, as it always was.
@@ -56,7 +60,8 @@ def transcript_failed(provider: str, transcript_id: str | None, error: str | Non
     unreachable or too short file): INVALID_ARGUMENT, not worth a fallback to another model on the
     same media. An error on its side (a server error, a timeout) is UNAVAILABLE, so the rule's
     fallback is tried; only a text that says so clearly and does not blame the media counts as one
-    (see :data:`_SERVER_FAULT`), an unknown text stays INVALID_ARGUMENT.
+    (see :data:`_SERVER_FAULT`), an unknown text stays INVALID_ARGUMENT. Media over AssemblyAI's limits
+    (too long, too large: :data:`_TOO_LARGE`) is INPUT_TOO_LARGE: a fallback with larger limits may take it.
     """
     detail = (error or "no reason given").strip()
     where = f"transcript {transcript_id}" if transcript_id else "transcript"
@@ -64,6 +69,8 @@ def transcript_failed(provider: str, transcript_id: str | None, error: str | Non
     lowered = detail.lower()
     if _SERVER_FAULT.search(lowered) and not _MEDIA_FAULT.search(lowered):
         return ProviderUnavailable(provider, f"{message} (an error on AssemblyAI's side)")
+    if _TOO_LARGE.search(lowered):
+        return ProviderInputTooLarge(provider, message)
     return ProviderBadRequest(provider, message)
 
 
