@@ -17,11 +17,12 @@ import typer
 from google.protobuf.message import Message
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
 
 from .auth import with_token
+from .config import parse_address
 
 M = TypeVar("M", bound=Message)
 
@@ -110,10 +111,12 @@ def upload_file(stub, kind: int, path: Path, mime: str) -> str:
     from mmrouter.v1 import router_pb2 as pb
 
     size = path.stat().st_size
-    # only on a terminal: piped or logged, a bar cannot be erased (and left an empty line)
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task(f"uploading {escape(path.name)}", total=size)  # read as markup
+    # only on a terminal: piped or logged, a bar cannot be erased (and left an empty line). The label is
+    # plain text, not markup: escape() doubles a backslash that ends a name (shown "uploading a\\").
+    label = TextColumn("{task.description}", style="progress.description", markup=False)
+    with Progress(label, BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=err, transient=True,
+                  disable=not err.is_terminal) as progress:
+        task = progress.add_task(f"uploading {path.name}", total=size)
 
         def messages():
             progress.reset(task)  # a retry sends the file from its start again
@@ -133,8 +136,9 @@ def upload_file(stub, kind: int, path: Path, mime: str) -> str:
                 if delay is None or waited + delay > UPLOAD_WAIT_SECONDS:
                     raise
             if not waited:
-                err.print(f"[yellow]the daemon has as many uploads under way as it takes: waiting to upload "
-                          f"{escape(path.name)} (up to {UPLOAD_WAIT_SECONDS:.0f} s)[/yellow]")
+                waiting = (f"the daemon has as many uploads under way as it takes: waiting to upload {path.name} "
+                           f"(up to {UPLOAD_WAIT_SECONDS:.0f} s)")
+                err.print(f"[yellow]{escape(waiting)}[/yellow]")
             time.sleep(delay)
             waited += delay
 
@@ -214,6 +218,7 @@ KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeou
 def daemon_channel(address: str, token: str) -> grpc.Channel:
     """A channel to the daemon: TLS when MMROUTER_TLS_CA is set (and a client certificate from
     MMROUTER_TLS_CERT / MMROUTER_TLS_KEY), sending the bearer ``token`` (--token / MMROUTER_TOKEN) if any."""
+    check_address(address)
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                *KEEPALIVE_OPTIONS]
@@ -234,6 +239,23 @@ def daemon_channel(address: str, token: str) -> grpc.Channel:
         credentials = grpc.ssl_channel_credentials(pem["ca"], private_key=pem["key"], certificate_chain=pem["cert"])
         channel = grpc.secure_channel(address, credentials, options=options)
     return with_token(channel, client_token(token))
+
+
+def check_address(address: str) -> None:
+    """Exit with a message naming --address unless ``address`` is one a daemon can listen on (see
+    :func:`router.config.parse_address`) other than port 0: gRPC would write its own log lines for an
+    empty one, fail to resolve a malformed one as if the daemon were down, and take a port over
+    65535 modulo 65536."""
+    try:
+        parsed = parse_address(address)
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parsed is None or parsed[1]:
+            return
+        problem = f"port 0 in {address!r} names no daemon: give the port it listens on"
+    err.print(f"[red]{escape(f'--address (or MMROUTER_ADDRESS): {problem}')}[/red]")
+    raise typer.Exit(2)
 
 
 def check_ca(path: str, pem: bytes) -> None:

@@ -360,40 +360,80 @@ def test_over_the_requests_media_limit_the_cli_does_not_upload_in_vain(start_dae
     assert not list((daemon.data_dir / "media").rglob("*.json")), "files were uploaded in vain"
 
 
-def test_when_the_daemon_runs_all_the_uploads_it_takes_the_cli_waits_and_uploads(start_daemon, tmp_path):
-    """Over server.max_concurrent_uploads the daemon refuses an upload with TOO_MANY_UPLOADS and a
-    RetryInfo: the CLI waits as told (saying so once) and uploads when a place is free."""
+def _run_while_the_only_upload_place_is_held(daemon, *args: str | Path,
+                                             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``mmrouter *args`` while another client's upload holds the only upload place of ``daemon``
+    (``max_concurrent_uploads: 1``): its metadata and a first chunk, then a pause until the CLI says it
+    waits for a place (or ends); then it ends, stored. The CLI's stderr comes without ANSI codes."""
     from mmrouter.v1 import router_pb2 as pb
 
-    daemon = start_daemon(CONFIG + "server:\n  max_concurrent_uploads: 1\n  inline_limit_bytes: 1024\n")
     release = threading.Event()
 
-    def held_upload():  # another client's upload: its metadata and a first chunk, then it pauses
+    def held_upload():
         yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(
             modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", size_bytes=len(PDF)))
         yield pb.UploadMediaRequest(chunk=PDF[:10])
-        release.wait(30)
+        release.wait(60)
         yield pb.UploadMediaRequest(chunk=PDF[10:])
 
-    held = daemon.stub.UploadMedia.future(held_upload(), timeout=60)
+    held = daemon.stub.UploadMedia.future(held_upload(), timeout=90)
     tmp = daemon.data_dir / "media" / "tmp"
     deadline = time.monotonic() + 10
     while not (tmp.is_dir() and any(tmp.iterdir())):  # the held upload has the only place
         assert time.monotonic() < deadline, "the held upload never started"
         time.sleep(0.05)
+    cli = Cli(*args, env=env)
+    lines: list[str] = []
 
+    def read_stderr() -> None:
+        for line in cli.proc.stderr:
+            lines.append(ANSI.sub("", line))
+            if "waiting to upload" in line:
+                release.set()
+        release.set()  # it ended without waiting
+
+    reader = threading.Thread(target=read_stderr)
+    reader.start()
+    try:
+        cli.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        cli.proc.kill()
+        pytest.fail(f"{cli.args} did not finish in 60 s:\n{''.join(lines)}")
+    finally:
+        release.set()
+        reader.join(60)
+    assert held.result(30).size_bytes == len(PDF)
+    return subprocess.CompletedProcess(cli.args, cli.proc.returncode, cli.proc.stdout.read(), "".join(lines))
+
+
+def test_when_the_daemon_runs_all_the_uploads_it_takes_the_cli_waits_and_uploads(start_daemon, tmp_path):
+    """Over server.max_concurrent_uploads the daemon refuses an upload with TOO_MANY_UPLOADS and a
+    RetryInfo: the CLI waits as told (saying so once) and uploads when a place is free."""
+    daemon = start_daemon(CONFIG + "server:\n  max_concurrent_uploads: 1\n  inline_limit_bytes: 1024\n")
     png = tmp_path / "photo.png"
     Image.frombytes("RGB", (40, 40), os.urandom(40 * 40 * 3)).save(png, format="PNG")  # noise: ~5 KB
     sha = hashlib.sha256(png.read_bytes()).hexdigest()
-    asked = Cli("ask", "what is this", "--image", png, "--address", daemon.address)
-    time.sleep(2)
-    release.set()
-    result = ok(asked.result())
-    assert held.result(30).size_bytes == len(PDF)
+    result = ok(_run_while_the_only_upload_place_is_held(daemon, "ask", "what is this", "--image", png,
+                                                          "--address", daemon.address))
     assert result.stdout == echo("omni", "what is this", image=1) + "\n"
     assert result.stderr.count("the daemon has as many uploads under way as it takes: waiting to upload "
                                "photo.png (up to 30 s)") == 1, result.stderr
     assert (daemon.data_dir / "media" / sha[:2] / sha).read_bytes() == png.read_bytes()
+
+
+def test_an_uploaded_file_name_ending_in_a_backslash_is_shown_as_it_is(start_daemon, tmp_path):
+    r"""rich's escape() adds a backslash to text ending in one (for a tag that may follow): the upload's
+    progress label and the message saying the upload waits showed a file ``scan\`` as ``scan\\``."""
+    daemon = start_daemon(CONFIG + "server:\n  max_concurrent_uploads: 1\n")
+    scan = tmp_path / "scan\\"
+    scan.write_bytes(PDF)
+    # FORCE_COLOR makes rich draw its live progress display even though stderr is a pipe.
+    result = ok(_run_while_the_only_upload_place_is_held(daemon, "ask", "read it", "--pdf", scan, "--inline-limit",
+                                                          "0", "--address", daemon.address, env={"FORCE_COLOR": "1"}))
+    assert result.stdout == echo("docs", "read it", document=1) + "\n"
+    assert "waiting to upload scan\\ (up to 30 s)" in result.stderr, result.stderr
+    assert re.search(r"uploading scan\\ +━", result.stderr), result.stderr  # the label, then the bar
+    assert "scan\\\\" not in result.stderr, result.stderr
 
 
 # -- explain -----------------------------------------------------------------------------------
@@ -1032,6 +1072,37 @@ def test_no_daemon_says_how_to_start_one_and_bad_tls_files_are_named(start_daemo
     lines = " ".join(bad_key.stderr.split())
     assert lines.startswith(f"MMROUTER_TLS_CERT {ca} and MMROUTER_TLS_KEY {garbage} are not a client certificate "
                             "and its private key ("), bad_key.stderr  # and no "E1126 ... ssl_utils.cc" line
+
+
+#: Addresses no daemon can be at, and what the CLI says of each after ``--address (or MMROUTER_ADDRESS): ``.
+NOT_HOST_PORT = "is not host:port: write e.g. 127.0.0.1:50051, [::1]:50051 or unix:/run/mmrouter/sock"
+MALFORMED_ADDRESSES = [
+    pytest.param("", f"'' {NOT_HOST_PORT}", id="empty"),
+    pytest.param(" ", f"' ' {NOT_HOST_PORT}", id="a-space"),
+    pytest.param(":", f"':' {NOT_HOST_PORT}", id="a-colon"),
+    pytest.param("host:notaport", f"'host:notaport' {NOT_HOST_PORT}", id="not-a-port"),
+    pytest.param("host:1:2", f"'host:1:2' {NOT_HOST_PORT}", id="two-ports"),
+    pytest.param("localhost", f"'localhost' {NOT_HOST_PORT}", id="no-port"),
+    pytest.param("localhost:99999", "port 99999 is over 65535 in 'localhost:99999'", id="port-over-65535"),
+    pytest.param("127.0.0.1:0", "port 0 in '127.0.0.1:0' names no daemon: give the port it listens on", id="port-0"),
+    pytest.param("[nope]:1", "[nope] is not an IPv6 address in '[nope]:1'", id="not-ipv6"),
+    pytest.param("unix:", "'unix:' names no socket: write e.g. unix:/run/mmrouter/sock", id="no-socket"),
+]
+
+
+@pytest.mark.parametrize(("address", "problem"), MALFORMED_ADDRESSES)
+def test_a_malformed_address_is_a_one_line_usage_error(address, problem):
+    """An empty --address printed gRPC's C-core log lines and a raw UNKNOWN error; a malformed one was
+    blamed on a daemon not running, and a port over 65535 was taken modulo 65536 (another port). Each
+    is now one line naming the option, exit 2, before any channel is made."""
+    commands = [[str(MMROUTER), *command, "--address", address] for command in (["ask", "x"], ["explain", "x"],
+                                                                                 ["providers"])]
+    calls = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_without_grpc_verbosity()) for command in commands]
+    for call in calls:
+        stdout, stderr = call.communicate(timeout=60)
+        assert (call.returncode, stdout) == (2, ""), stderr
+        assert stderr == f"--address (or MMROUTER_ADDRESS): {problem}\n"
 
 
 def _self_signed_ca() -> bytes:
