@@ -14,7 +14,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -446,10 +448,47 @@ def preview_prune(path: Path, before: float) -> tuple[int, int, set[str]]:
     """What :meth:`SessionStore.prune` of the database ``path`` would remove, as ``prune(before,
     dry_run=True)`` says, read without writing anything: no -wal or -shm file made, an old database
     not migrated (the turns of one too old to have times count as used now, as its migration dates
-    them). Raises ``sqlite3.Error`` for a file that is no sessions database."""
-    # A -wal file means a connection has the database open (a daemon): read it read-only, through its -wal
-    # and -shm. Without one nobody writes it: immutable, which makes no -wal or -shm (read-only would).
-    mode = "mode=ro" if path.with_name(f"{path.name}-wal").exists() else "immutable=1"
+    them). Raises ``sqlite3.Error`` for a file that is no sessions database, ``OSError`` when the
+    private copy it may need (see :func:`_read_copy`) cannot be made."""
+    wal, shm = (path.with_name(f"{path.name}{suffix}") for suffix in ("-wal", "-shm"))
+    # A -wal and its -shm: a connection may have the database open (a daemon): read it read-only,
+    # through both.
+    if wal.exists() and shm.exists():
+        return _read_preview(path, "mode=ro", before)
+    # Without a -wal, or with one that holds no frame, nobody writes it and the file holds every row:
+    # read it immutable, which makes no -wal or -shm (read-only would).
+    if not _holds_frames(wal):
+        return _read_preview(path, "immutable=1", before)
+    # A -wal without its -shm: read-only would make the -shm, and immutable does not read the -wal.
+    return _read_copy(path, wal, before)
+
+
+#: The size of a -wal file's header: a -wal no larger holds no frame (no rows the database file lacks).
+_WAL_HEADER_BYTES = 32
+
+
+def _holds_frames(wal: Path) -> bool:
+    """Whether the -wal file ``wal`` may hold rows its database file lacks: it is there, past its header."""
+    try:
+        return wal.stat().st_size > _WAL_HEADER_BYTES
+    except FileNotFoundError:
+        return False
+
+
+def _read_copy(path: Path, wal: Path, before: float) -> tuple[int, int, set[str]]:
+    """:func:`preview_prune` of the database ``path`` and its ``wal``, which has no -shm file, read from
+    a copy of both in a private temporary folder: sqlite reads a -wal only through a -shm file, which
+    it would make beside them (or, in exclusive locking mode, with none, but then it checkpoints as it
+    closes: it tries to write the file, and deletes a -wal it finds empty)."""
+    with tempfile.TemporaryDirectory(prefix="mmrouter-prune-") as folder:
+        copy = Path(folder) / path.name
+        shutil.copyfile(path, copy)
+        shutil.copyfile(wal, copy.with_name(wal.name))
+        return _read_preview(copy, "mode=ro", before)
+
+
+def _read_preview(path: Path, mode: str, before: float) -> tuple[int, int, set[str]]:
+    """:func:`_prune_preview` of the database ``path`` opened with the URI parameters ``mode``."""
     db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
     try:
         return _prune_preview(db, before)

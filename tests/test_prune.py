@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -278,3 +281,70 @@ def test_a_media_folder_that_is_a_file_is_a_one_line_error(tmp_path, folder, dry
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [f"{data / folder} must be a directory, not a file: point --data-dir "
                                           "(or server.data_dir) at the daemon's data directory"], result.stderr
+
+
+def _wal_without_shm(data: Path, rows_in_wal: bool) -> None:
+    """A sessions database in ``data`` with its -wal and no -shm, as a copy of a daemon's data directory
+    (or a deleted -shm) leaves it: an idle session of three days ago and a live one, each with a media,
+    and a statistics row of three days ago and one of now. The rows are in the -wal's frames only when
+    ``rows_in_wal``, else in the file beside an empty -wal."""
+    from router.sessions import SessionStore
+
+    live = data.parent / f"{data.name}-live"
+    SessionStore(live / "sessions.sqlite").close()  # the schema, in WAL mode
+    db = sqlite3.connect(live / "sessions.sqlite")
+    db.execute("PRAGMA wal_autocheckpoint=0")  # the rows stay in the -wal
+    now = time.time()
+    with db:
+        db.executemany("INSERT INTO turns VALUES (?, 0, 'user', ?, ?)",
+                       [("idle", json.dumps([{"media_id": "aa" * 32}]), now - 3 * DAY),
+                        ("live", json.dumps([{"media_id": "bb" * 32}]), now)])
+        db.executemany("INSERT INTO calls VALUES (?, 'chat', 'fake', 'echo', 'answer', 1, 0, 1, 1, 0)",
+                       [(now - 3 * DAY,), (now,)])
+    if not rows_in_wal:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data.mkdir()
+    for name in ("sessions.sqlite", "sessions.sqlite-wal"):  # while it is open: the -wal as it is
+        shutil.copyfile(live / name, data / name)
+    db.close()
+    assert sorted(p.name for p in data.iterdir()) == ["sessions.sqlite", "sessions.sqlite-wal"]
+    assert ((data / "sessions.sqlite-wal").stat().st_size > 0) is rows_in_wal
+
+
+@pytest.mark.parametrize("rows_in_wal", [True, False], ids=["rows-in-the-wal", "empty-wal"])
+def test_a_dry_run_of_a_wal_without_its_shm_writes_nothing_and_counts_the_wals_rows(tmp_path, rows_in_wal) -> None:
+    """A -wal without its -shm was read read-only, which made sqlite create the -shm beside them; read
+    immutable, the -wal's rows would not count. The folder stays as it was, and the rows count."""
+    data = tmp_path / "data"
+    _wal_without_shm(data, rows_in_wal)
+    before = _tree(data)
+    result = subprocess.run([str(MMROUTER), "prune", "--older-than", "1", "--dry-run", "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"})
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert " ".join(result.stdout.split()) == ("would remove 1 session(s), 1 statistics row(s) and 0 media file(s) "
+                                               "(0.0 MiB); 1 media kept for sessions")
+    assert _tree(data) == before
+
+
+@pytest.mark.parametrize("limit", [0, 1], ids=["no-temporary-folder", "no-room-for-the-copy"])
+def test_a_dry_run_that_cannot_copy_a_wal_without_its_shm_says_so_in_one_line(tmp_path, limit) -> None:
+    """The dry run reads a -wal without its -shm from a copy in a temporary folder. With no room (a file
+    size limit, as on a full disk: 0 leaves no temporary folder usable, 512 bytes no room for the copy),
+    one line says what failed and what to do, and nothing is left in the data directory or TMPDIR."""
+    data, temp = tmp_path / "data", tmp_path / "temp"
+    _wal_without_shm(data, rows_in_wal=True)
+    temp.mkdir()
+    before = _tree(data)
+    result = subprocess.run(["sh", "-c", f'ulimit -f {limit} && exec "{MMROUTER}" prune --older-than 1 --dry-run '
+                                         '--data-dir "$0"', str(data)],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COLUMNS": "300", "TMPDIR": str(temp)})
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    why = (rf"No usable temporary directory found in \['{re.escape(str(temp))}', .*\]" if limit == 0
+           else rf"{re.escape(str(temp))}/mmrouter-prune-\w+/sessions\.sqlite: File too large")
+    assert re.fullmatch(
+        f"cannot read {re.escape(str(data / 'sessions.sqlite'))} without writing beside it: its -wal has no -shm, "
+        f"so it is read from a copy in a temporary folder, which failed \\({why}\\): set TMPDIR to a folder "
+        "with room\n", result.stderr), result.stderr
+    assert _tree(data) == before
+    assert not any(temp.iterdir())
