@@ -148,7 +148,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     the session (before bridges: what is left out is not bridged) and teaches it the history it refuses now.
 
     A fallback is tried when a plan fails with a retryable error before its answering model sent
-    any text or transcript of its own (bridges' transcripts already sent are not sent again); one
+    any text or transcript of its own (bridges' transcripts already sent are not sent again, nor the
+    same transcript made again by a fallback that takes the audio itself); one
     refused for its size is first tried again with less history (see :func:`_call_answering`).
     A transcription's transcript is kept in ``memo`` as the bridged text of the audio it transcribed.
     """
@@ -194,6 +195,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                                    f"{request.session_id} to fit {plan.target}'s context of "
                                    f"{plan.model.context_tokens} tokens with room for its answer")
             answering = True  # from here the model's own usage is streamed as it reports it
+            unmatched = list(sent)  # the bridges' transcripts sent, each matched by one of the model's at most
             # closed with this generator: a client leaving mid-answer closes the provider's stream at once
             # without history nothing could be dropped on a refusal for size: no retrying layer (it costs
             # an async-generator hop per streamed chunk)
@@ -210,7 +212,10 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                     elif isinstance(event, TranscriptReady):
                         answered = True
                         own.append(event.transcript)  # one per recording, if a plugin sends several
-                        yield event
+                        if event.transcript in unmatched:  # a bridge's, already sent: a model hearing the
+                            unmatched.remove(event.transcript)  # audio itself made it again (local/extract)
+                        else:
+                            yield event
                     elif isinstance(event, UsageReport):
                         finish = event.finish_reason or finish
                         yield StepUsage(event.usage)

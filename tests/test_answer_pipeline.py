@@ -456,3 +456,66 @@ async def test_a_call_cancelled_while_its_turn_waits_for_the_database_keeps_no_t
         assert [m.text for m in history if m.role is Role.USER] == ["one", "three"]
     finally:
         await app.aclose()
+
+
+class Hearing(router.Provider):
+    """A text model that is down, an audio bridge, and a model that hears audio itself and sends the same
+    transcript the bridge made (as local/extract does when it is both the bridge and the fallback)."""
+
+    def __init__(self) -> None:
+        self.name = "h"
+        self.models = [
+            ModelInfo("chat", frozenset({Modality.TEXT})),
+            ModelInfo("ears", frozenset({Modality.AUDIO}), outputs=frozenset({OUTPUT_TRANSCRIPT})),
+            ModelInfo("hears", frozenset({Modality.TEXT, Modality.AUDIO})),
+        ]
+
+    def unconfigured_reason(self) -> str | None:
+        return None
+
+    async def generate(self, request, model, ctx):
+        if model.name == "chat":
+            raise ProviderUnavailable(self.name, "chat is down")
+        yield router.TranscriptReady(router.Transcript("heard words", duration_seconds=2.0))
+        if model.name == "hears":
+            yield router.TextDelta("it says: heard words")
+        yield router.UsageReport(router.Usage(audio_seconds=2.0))
+
+
+class HearingPlugin:
+    @router.hookimpl
+    def register_providers(self, register, settings):
+        register(Hearing())
+
+
+HEARING = """
+providers:
+  h: {}
+plugins:
+  disabled: [openai, anthropic, gemini, assemblyai, local]
+routes:
+  - name: main
+    use: h/chat
+    fallback: [h/hears]
+bridges:
+  audio: [h/ears]
+server:
+  data_dir: "%s"
+"""
+
+
+async def test_a_fallback_that_hears_the_audio_again_does_not_send_its_transcript_twice(tmp_path) -> None:
+    """The bridge's transcript is sent before h/chat fails; h/hears, the fallback, takes the audio itself and
+    makes the same transcript: the client gets it once, as the README says of transcripts on a fallback."""
+    app = App(parse_config(HEARING % tmp_path, "test.yaml"), extra_plugins={"h": HearingPlugin()})
+    audio = Media(Modality.AUDIO, "audio/wav", data=wav(0.1), filename="a.wav")
+    try:
+        events = await _events(app, Request(messages=[Message(Role.USER, [Part(media=audio),
+                                                                         Part(text="What is said?")])]))
+    finally:
+        await app.aclose()
+    transcripts = [e.transcript.text for e in events if isinstance(e, router.TranscriptReady)]
+    assert transcripts == ["heard words"]
+    answer = events[-1].answer
+    assert (answer.text, answer.route.model) == ("it says: heard words", "hears")
+    assert answer.transcript is not None and answer.transcript.text == "heard words"
