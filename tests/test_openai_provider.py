@@ -918,6 +918,43 @@ async def test_a_stream_event_that_is_not_utf8_is_unavailable() -> None:
         server.close()
 
 
+class ClosingServer(RawServer):
+    """A RawServer that closes each connection once its reply is sent (before the body's announced end)."""
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            conn.recv(65536)
+            conn.sendall(self.reply)
+            conn.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_connection_broken_mid_answer_is_a_failure_while_answering_not_cannot_reach(transport) -> None:
+    """The server answered, sent a chunk, then closed before the body's end: it was reached, so the error
+    says the connection broke while the answer was read (it said "cannot reach")."""
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n'
+    server = ClosingServer(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 10000\r\n\r\n"
+                           + event)
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5,
+                        "http_client": transport})
+    received: list = []
+    try:
+        with pytest.raises(ProviderUnavailable) as info:
+            async for item in p.generate(Request([user(text("hi"))]), model_of(p, "gpt-4o"), CallContext("t")):
+                received.append(item)
+    finally:
+        await p.aclose()
+        server.close()
+    assert [e.text for e in received if isinstance(e, TextDelta)] == ["Hel"]
+    assert "gpt-4o failed while answering: the connection broke while the answer was read" in info.value.message
+    assert "cannot reach" not in info.value.message and API_KEY not in info.value.message
+
+
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 async def test_an_upload_to_a_server_that_stopped_reading_times_out(transport) -> None:
     """aiohttp has no write timeout (its read timeout starts once the body is sent): a large request to

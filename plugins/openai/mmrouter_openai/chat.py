@@ -235,7 +235,7 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
         except httpx2.TimeoutException as exc:
             raise openai.APITimeoutError(request=response.request) from exc
         except httpx2.RequestError as exc:
-            raise openai.APIConnectionError(request=response.request) from exc
+            raise _broke_while_read(exc, response.request) from exc
         except ValueError:
             raise openai.APIError("the server answered with a body that is not JSON", request=response.request,
                                   body=None) from None
@@ -296,10 +296,19 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     except httpx2.TimeoutException as exc:  # while the body is read: as the SDK reports them
         raise openai.APITimeoutError(request=response.request) from exc
     except httpx2.RequestError as exc:
-        raise openai.APIConnectionError(request=response.request) from exc
+        raise _broke_while_read(exc, response.request) from exc
     finally:
         await response.aclose()
     yield UsageReport(usage, finish)
+
+
+def _broke_while_read(exc: BaseException, request: Any) -> Exception:
+    """The SDK error for a connection that broke while the answer was read (the server was reached and
+    answered: not "cannot reach"), mapped as a failure while answering."""
+    import openai
+
+    return openai.APIError(f"the connection broke while the answer was read ({type(exc).__name__}: {exc})",
+                           request=request, body=None)
 
 
 def _whole_completion(completion: Any, request: Any) -> list[Any]:
