@@ -484,6 +484,38 @@ async def test_unreadable_media_is_invalid_argument(local: LocalProvider, item: 
         await collect(local, ask(item), local.models[0])
 
 
+@pytest.mark.parametrize("keep", ["half", "header"])
+@pytest.mark.parametrize("stored", [False, True], ids=["inline", "stored"])
+async def test_a_wav_file_cut_short_is_invalid_argument(local: LocalProvider, tmp_path, keep: str, stored: bool) -> None:
+    """A WAV whose header announces more sound than the file holds (a recording cut off) was transcribed as far
+    as it went, or as an empty transcript for its header alone: ffmpeg takes its length from the file's size."""
+    from media_factory import wav
+
+    whole = wav(1.0)
+    data = whole[:len(whole) // 2] if keep == "half" else whole[:44]
+    item = Media(Modality.AUDIO, "audio/wav", data=data, filename="cut.wav")
+    if stored:
+        (tmp_path / "cut.wav").write_bytes(data)
+        item = Media(Modality.AUDIO, "audio/wav", path=tmp_path / "cut.wav", filename="cut.wav")
+    present = len(data) - 44
+    with pytest.raises(ProviderBadRequest, match=rf"cannot read cut\.wav: the WAV file is cut short: its header "
+                                                 rf"announces 32,000 bytes of sound, {present:,} are there"):
+        await collect(local, ask(item, task=Task.TRANSCRIBE), local.models[0])
+
+
+@pytest.mark.parametrize("placeholder", [0, 0x7FFFF000, 0xFFFFFFFF])
+async def test_a_wav_file_whose_writer_did_not_know_its_length_is_read(local: LocalProvider, placeholder: int) -> None:
+    """A placeholder data size (ffmpeg writing to a pipe puts 0xFFFFFFFF, espeak-ng 0x7FFFF000) is not a cut file."""
+    from media_factory import wav
+
+    data = bytearray(wav(1.0))
+    data[40:44] = struct.pack("<I", placeholder)
+    events = await collect(local, ask(Media(Modality.AUDIO, "audio/wav", data=bytes(data), filename="pipe.wav"),
+                                      task=Task.TRANSCRIBE), local.models[0])
+    (transcript,) = transcripts_of(events)
+    assert transcript.duration_seconds == 1.0
+
+
 async def test_event_loop_keeps_serving_while_ocr_runs(local: LocalProvider) -> None:
     big = media.text_image([((40, 40 + 60 * i), f"Line number {i} of a long page") for i in range(12)],
                            size=(1600, 900), font_size=40)

@@ -10,6 +10,7 @@ Decoding is streamed packet by packet, so a long file is never held whole.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,38 @@ def check_sample_rate(rate: int) -> None:
                           "speech recognizer reads")
 
 
+#: How far into a WAV file its ``data`` chunk is looked for (the chunks before it are small: fmt, LIST).
+_WAV_HEAD_BYTES = 64 * 1024
+#: The ``data`` chunk sizes that writers which did not know the length put as placeholders: 0, and sizes of
+#: 2 GB or more (ffmpeg writing to a pipe puts 0xFFFFFFFF, espeak-ng 0x7FFFF000).
+_LARGEST_KNOWN_WAV_SIZE = 0x7FFEFFFF
+
+
+def check_wav_complete(source: Path | bytes) -> None:
+    """Raise :class:`DecodeError` when ``source`` is a WAV file whose ``data`` chunk announces more bytes
+    of sound than the file holds: a file cut short (its header written first, as recorders do), which
+    ffmpeg reads as far as it goes (its length taken from the file's size), so the transcript would be
+    silently partial, or empty for a header alone. A placeholder size (0, 2 GB or more) is not checked."""
+    if isinstance(source, Path):
+        with source.open("rb") as f:
+            head = f.read(_WAV_HEAD_BYTES)
+        total = source.stat().st_size
+    else:
+        head, total = source[:_WAV_HEAD_BYTES], len(source)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    at = 12
+    while at + 8 <= len(head):  # bounded: each pass moves past one chunk
+        name, size = head[at:at + 4], struct.unpack_from("<I", head, at + 4)[0]
+        if name == b"data":
+            present = total - (at + 8)
+            if 0 < size <= _LARGEST_KNOWN_WAV_SIZE and present < size:
+                raise DecodeError(f"the WAV file is cut short: its header announces {size:,} bytes of sound, "
+                                  f"{max(present, 0):,} are there")
+            return
+        at += 8 + size + (size & 1)  # chunks are padded to an even size
+
+
 def declared_seconds(container, stream) -> float | None:  # container: av InputContainer, stream: its audio
     """How long the audio ``stream`` says it lasts (its header, or ffmpeg's estimate from the bit rate), or
     None if unknown. A container without video stands for its audio when the stream says nothing (WebM)."""
@@ -87,12 +120,13 @@ def iter_pcm16k(source: Path | bytes, max_seconds: float = MAX_AUDIO_SECONDS) ->
 
     Yields nothing when the container has no audio track (a silent video). The sample rate and channels
     may change mid-stream (MP3s joined end to end): the resampler is set up again where they do.
-    Raises :class:`DecodeError` when the data is not a decodable container, or its sample rate is
-    under :data:`MIN_SAMPLE_RATE`; :class:`AudioTooLong` when it lasts over ``max_seconds``: from its
+    Raises :class:`DecodeError` when the data is not a decodable container, a WAV file cut short (see
+    :func:`check_wav_complete`), or its sample rate is under :data:`MIN_SAMPLE_RATE`; :class:`AudioTooLong` when it lasts over ``max_seconds``: from its
     header before decoding, else when decoding gets there (a frame at a time, so memory stays bounded).
     """
     import av
 
+    check_wav_complete(source)
     try:
         container = av.open(open_source(source))
     except (av.error.FFmpegError, OSError) as e:
