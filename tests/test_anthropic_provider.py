@@ -582,6 +582,20 @@ async def test_connection_refused_maps_to_unavailable(transport: str) -> None:
     finally:
         await prov.aclose()
     assert API_KEY not in str(info.value)
+    assert f"cannot reach the Anthropic API at http://127.0.0.1:{port} (connection failed)" in info.value.message
+
+
+async def test_a_refused_connection_names_the_server_without_its_credentials() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://user:pw-secret@127.0.0.1:{port}"})
+    try:
+        with pytest.raises(ProviderUnavailable, match="cannot reach") as info:
+            await run(prov, chat(user(text("hi"))))
+    finally:
+        await prov.aclose()
+    assert f"at http://127.0.0.1:{port} " in info.value.message and "pw-secret" not in info.value.message
 
 
 def test_the_aiohttp_transport_is_the_default_but_a_url_with_credentials_uses_httpx(

@@ -629,6 +629,7 @@ async def test_unreachable_api_is_unavailable():
     with pytest.raises(ProviderUnavailable, match="could not reach") as caught:
         await collect(p, ask(Part(text="hi")), model(p))
     assert KEY not in caught.value.message
+    assert f"127.0.0.1:{port}" in caught.value.message and "SSLContext" not in caught.value.message
     await p.aclose()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
+from urllib.parse import urlsplit
 
 from router.errors import (
     ProviderBadRequest,
@@ -77,7 +78,7 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
         bad = _bad_response(exc)
         if bad:
             return ProviderUnavailable(provider, _scrub(f"bad HTTP response from the Anthropic API: {bad}", api_key))
-        return ProviderUnavailable(provider, "cannot reach the Anthropic API (connection failed)")
+        return ProviderUnavailable(provider, f"cannot reach the Anthropic API{_where(exc)} (connection failed)")
     if isinstance(exc, anthropic.APIStatusError):
         err_type, err_message = _error_body(exc)
         status = exc.status_code
@@ -104,6 +105,19 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
         return ProviderUnavailable(provider, f"the connection to the Anthropic API failed or its reply could not "
                                              f"be read ({type(exc).__name__})")
     return ProviderUnavailable(provider, _scrub(f"bad answer from the Anthropic API: {exc}", api_key))
+
+
+def _where(exc: BaseException) -> str:
+    """`` at <scheme>://<host>[:port]``, the server a failed request went to (no credentials, no path), or ""."""
+    try:
+        parts = urlsplit(str(exc.request.url))  # type: ignore[attr-defined]
+        host, port = parts.hostname, parts.port
+    except (AttributeError, RuntimeError, ValueError):  # no request kept, or an unreadable URL
+        return ""
+    if not host:
+        return ""
+    shown = f"[{host}]" if ":" in host else host
+    return f" at {parts.scheme}://{shown}" + (f":{port}" if port else "")
 
 
 def _bad_response(exc: BaseException) -> str:

@@ -120,6 +120,10 @@ def map_exception(error: Exception, provider: str, api_key: str) -> ProviderErro
     aiohttp = _aiohttp()
     if isinstance(error, TimeoutError) or (aiohttp is not None and isinstance(error, aiohttp.ServerTimeoutError)):
         return ProviderUnavailable(provider, f"timed out waiting for the Gemini API ({type(error).__name__})")
+    if aiohttp is not None and isinstance(error, aiohttp.ClientConnectorError):  # its text shows an SSLContext repr
+        why = error.strerror or type(error.os_error).__name__
+        return ProviderUnavailable(provider, f"could not reach the Gemini API: cannot connect to {error.host}:"
+                                             f"{error.port} ({why})")
     if aiohttp is not None and isinstance(error, aiohttp.ClientError):  # google-genai uses aiohttp when installed
         detail = redact(str(error), api_key) or type(error).__name__
         return ProviderUnavailable(provider, f"could not reach the Gemini API: {detail}")
