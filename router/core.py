@@ -14,6 +14,7 @@ import math
 import os
 import random
 import re
+import reprlib
 import sqlite3
 import threading
 import time
@@ -266,27 +267,40 @@ class App:
             history = [_without_urls(message) for message in history]
         return dataclasses.replace(request, messages=history + request.messages, history_length=len(history)), history
 
-    def _decide(self, request: Request, *, observed: bool = True) -> tuple[Decision, Facts]:
-        """Route ``request``; ``observed`` tells the ``on_request`` hooks (not for explain: no request is made)."""
+    def _decide(self, request: Request, *, observed: bool = True,
+                notes: list[str] | None = None) -> tuple[Decision, Facts]:
+        """Route ``request``; ``observed`` tells the ``on_request`` hooks (not for explain: no request is made).
+        Route notes for the client (a route_request hook's choice that was ignored) go to ``notes``."""
         facts = facts_of(request)
         if observed:
             self._hook("on_request", request=request)
         override = None
         if request.hints.provider or request.hints.model:
             override = Target(request.hints.provider or self._provider_of(request.hints.model), request.hints.model)
-        chosen = None
-        pm = self.registry.plugin_manager
-        if override is None and pm is not None and pm.hook.route_request.get_hookimpls():
-            candidates = [str(t) for t in self.router.usable_targets(facts, self.catalog)]
-            try:
-                picked = pm.hook.route_request(request=request, candidates=candidates)
-            except asyncio.CancelledError:
-                raise
-            except BaseException:  # a plugin's KeyboardInterrupt or SystemExit too: never the daemon's end
-                log.exception("a route_request hook failed; using the rules")
-                picked = None
-            chosen = Target.parse(picked) if picked in candidates else None
+        chosen = self._plugin_choice(request, facts, notes) if override is None else None
         return self.router.decide(facts, self.catalog, override=override, chosen_by_plugin=chosen), facts
+
+    def _plugin_choice(self, request: Request, facts: Facts, notes: list[str] | None) -> Target | None:
+        """The target a ``route_request`` hook chose, or None to leave it to the rules. A hook that fails,
+        or chooses what is not one of the candidates, is logged (and the latter noted in ``notes``): the
+        rules decide then. None is "no opinion", said by no log line."""
+        pm = self.registry.plugin_manager
+        if pm is None or not pm.hook.route_request.get_hookimpls():
+            return None
+        candidates = [str(t) for t in self.router.usable_targets(facts, self.catalog)]
+        try:
+            picked = pm.hook.route_request(request=request, candidates=candidates)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # a plugin's KeyboardInterrupt or SystemExit too: never the daemon's end
+            log.exception("a route_request hook failed; using the rules")
+            return None
+        if picked is None:
+            return None
+        if isinstance(picked, str) and picked in candidates:
+            return Target.parse(picked)
+        _ignored_choice(picked, len(candidates), notes)
+        return None
 
     def _provider_of(self, model: str) -> str:
         """The provider for a model named alone: one that is ready and may be overridden to first
@@ -317,8 +331,11 @@ class App:
         """The route a request would take; no provider is called."""
         full, _ = await self._with_history(request)
         await self._measure_media(full)  # the history's media too: rules on pages and durations see them
-        decision, _ = self._decide(full, observed=False)
-        return RouteInfo.planned(decision)
+        notes: list[str] = []
+        decision, _ = self._decide(full, observed=False, notes=notes)
+        route = RouteInfo.planned(decision)
+        route.notes.extend(notes)
+        return route
 
     async def answer(self, request: Request, deadline: float | None,
                      request_id: str | None = None) -> AsyncIterator[RouterEvent]:
@@ -338,7 +355,8 @@ class App:
         try:
             untrimmed, history = await self._with_history(request)
             await self._measure_media(untrimmed)
-            decision, _ = self._decide(untrimmed)
+            notes: list[str] = []
+            decision, _ = self._decide(untrimmed, notes=notes)
             # each plan gets the history trimmed to its own model's context, after its bridges
             fit = self._trim if history else None
             ctx = CallContext(request_id=request_id or new_request_id(), deadline=deadline)
@@ -346,7 +364,7 @@ class App:
             registry.calls += 1
             # Closed explicitly: a consumer that stops at Done must not leave the generator to the
             # garbage collector, whose finalizer schedules a task per request to close it.
-            async with aclosing(execute(untrimmed, decision, registry, ctx, None, fit, self.bridge_memo, clock,
+            async with aclosing(execute(untrimmed, decision, registry, ctx, notes, fit, self.bridge_memo, clock,
                                         self.router.bridges, self.history_cuts)) as events:
                 async for event in events:
                     if isinstance(event, RouteChosen):
@@ -512,6 +530,24 @@ def input_budget(model: ModelInfo, max_output_tokens: int) -> int:
     if model.max_output_tokens:
         answer = min(answer, model.max_output_tokens)
     return max(0, int(model.context_tokens * (1 - CONTEXT_MARGIN)) - answer)
+
+
+#: How route_request choices are shown in the log and route notes: a plugin may return anything.
+_CHOICE_REPR = reprlib.Repr()
+_CHOICE_REPR.maxstring = _CHOICE_REPR.maxother = 100
+
+
+def _ignored_choice(picked: object, candidates: int, notes: list[str] | None) -> None:
+    """Log, and note for the client, a ``route_request`` choice that is not one of the ``candidates``
+    (how many there were): the request is routed by the rules instead."""
+    shown = _CHOICE_REPR.repr(picked)
+    targets = f"{candidates} target{'' if candidates == 1 else 's'}"
+    log.warning("a route_request hook chose %s, which is not one of the %s that can take this request "
+                "(return one of `candidates` exactly, as \"provider/model\", or None to leave the choice to the "
+                "rules); routed by the rules", shown, targets)
+    if notes is not None:
+        notes.append(f"the route_request hook chose {shown}, which is not one of the {targets} that can take "
+                     "this request; routed by the rules")
 
 
 def _reset_result(session_id: str, removed: int, in_use: bool) -> int:

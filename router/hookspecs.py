@@ -39,6 +39,8 @@ def register_providers(register: RegisterProvider, settings: Mapping[str, Any], 
     :param register: call ``register(provider)`` once for each :class:`router.Provider` you offer.
         It checks the provider and each of its models (see :attr:`router.Provider.models`) and
         raises :class:`TypeError` for a bad one, which lists your plugin broken with that reason.
+        A second provider of a name you registered already is listed broken as ``<name> (from
+        <plugin>)``, saying it was registered twice; the first is kept.
     :param settings: the provider's section of the config file, with ``${ENV}`` references
         expanded; empty if absent.
     :param name: the provider name to register under. It is the plugin's entry-point name, whose
@@ -60,7 +62,11 @@ def route_request(request: Request, candidates: list[str]) -> str | None:
 
     :param request: the validated request.
     :param candidates: every usable target as ``"provider/model"``, in registry order.
-    :returns: one of ``candidates``, or None to leave the choice to the rules.
+    :returns: one of ``candidates``, or None to leave the choice to the rules. Anything else (a
+        target not in ``candidates``, a model that cannot take this request, a value that is not a
+        str) is ignored: the rules decide, the daemon logs a WARNING naming the
+        value, and the route the client gets has a note saying so. A hook that raises is logged, and
+        the rules decide.
     """
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from .contract import event_problem, with_valid_text
-from .errors import ProviderError, ProviderFailed
+from .errors import ProviderError, ProviderFailed, ProviderTimeout
 from .outcome import Attempt, RouteInfo, Step
 from .provider import Provider
 from .types import (
@@ -28,6 +28,11 @@ from .types import (
 )
 
 log = logging.getLogger(__name__)
+
+#: A call cancelled this close to its deadline, or after it, was cancelled for its deadline (a client's
+#: reset at its deadline may come a little before it): the provider did not answer in time. The access
+#: log draws the same line (``router.server.DEADLINE_MARGIN_SECONDS``).
+DEADLINE_MARGIN_SECONDS = 0.25
 
 #: The task of each provider call under way -> its provider's name (to say which one hangs at exit).
 _UNDER_WAY: dict[asyncio.Task, str] = {}
@@ -66,7 +71,10 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
 
     A :class:`UsageReport` without a cost gets one from the model's price.
     Cancellation (client gone, deadline passed) closes the provider's
-    generator, which cancels its HTTP call.
+    generator, which cancels its HTTP call. A cancellation at the call's deadline (``ctx.deadline``,
+    which ``server.max_call_seconds`` bounds) while it waits for the provider is the provider's failure
+    to answer in time: a failed attempt (``PROVIDER_TIMEOUT``), logged and counted as the others are;
+    the cancellation goes on all the same.
     """
     started = time.perf_counter()
     usage = Usage()
@@ -94,9 +102,14 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
     except ProviderError as exc:
         _failed(route, purpose, provider, model, ctx, exc, elapsed(), usage)
         raise
-    except (asyncio.CancelledError, GeneratorExit):  # ours: the call was cancelled or its consumer left
-        route.attempts.append(Attempt(provider.name, model.name, False, "cancelled", elapsed()))
-        _keep_paid_part(route, purpose, provider, model, elapsed(), usage, "cancelled")
+    except asyncio.CancelledError:  # ours: the call was cancelled while it waited for the provider
+        if _deadline_passed(ctx):  # the provider's failure to answer in time: cancelled, but counted
+            _failed(route, purpose, provider, model, ctx, _timed_out(provider, elapsed()), elapsed(), usage)
+        else:
+            _cancelled(route, purpose, provider, model, elapsed(), usage)
+        raise
+    except GeneratorExit:  # its consumer left between two events: no fault of the provider's
+        _cancelled(route, purpose, provider, model, elapsed(), usage)
         raise
     except Exception as exc:  # our accounting of what the plugin sent (a Usage with odd values)
         error = _plugin_failed(provider, exc)
@@ -125,6 +138,26 @@ def _failed(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo
                 error.reason, latency_ms, error.message, ctx.request_id,
                 extra={"provider": provider.name, "model": model.name, "purpose": purpose, "reason": error.reason,
                        "latency_ms": round(latency_ms, 1), "request_id": ctx.request_id})
+
+
+def _deadline_passed(ctx: CallContext) -> bool:
+    """Whether the call's deadline (the client's, or the daemon's ``server.max_call_seconds``) has passed,
+    within :data:`DEADLINE_MARGIN_SECONDS`: a cancellation then is the deadline's, not the client's."""
+    return ctx.deadline is not None and time.monotonic() >= ctx.deadline - DEADLINE_MARGIN_SECONDS
+
+
+def _timed_out(provider: Provider, latency_ms: float) -> ProviderTimeout:
+    """The error of a call cancelled at its deadline: the provider did not answer in time."""
+    return ProviderTimeout(provider.name, f"no answer before the deadline of the call (set by its client, or "
+                                          f"server.max_call_seconds): cancelled after {latency_ms:.0f} ms")
+
+
+def _cancelled(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo, latency_ms: float,
+               usage: Usage) -> None:
+    """Record a call cancelled before its deadline (its client cancelled or left, the daemon stops):
+    an attempt ``"cancelled"``, not a failure of the provider's, and a step for what was paid."""
+    route.attempts.append(Attempt(provider.name, model.name, False, "cancelled", latency_ms))
+    _keep_paid_part(route, purpose, provider, model, latency_ms, usage, "cancelled")
 
 
 def _keep_paid_part(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo, latency_ms: float,

@@ -317,6 +317,18 @@ def _normalised(model: ModelInfo) -> ModelInfo:
     return dataclasses.replace(model, **changes) if changes else model
 
 
+def registered_models(provider: object) -> list[ModelInfo]:
+    """``provider``'s models as the registry keeps them (:func:`_normalised`), once the checks a
+    plugin's ``register(provider)`` makes have passed: :class:`TypeError` with the reason for a
+    provider it refuses (:func:`_check_provider`: its name, its models, each model's fields, and no
+    two models of one name). ``provider`` is not changed. The conformance kit checks through it, so
+    the kit and the daemon take and refuse the same providers."""
+    problem = _check_provider(provider)
+    if problem:
+        raise TypeError(problem)
+    return [_normalised(model) for model in provider.models]  # type: ignore[attr-defined] (checked)
+
+
 def load_registry(
     provider_settings: Mapping[str, Mapping[str, Any]],
     *,
@@ -453,10 +465,7 @@ def _collect_providers(pm: pluggy.PluginManager, registry: Registry, plugin_name
     offered: list[Provider] = []
 
     def register(provider: Provider) -> None:
-        problem = _check_provider(provider)
-        if problem:
-            raise TypeError(problem)
-        models = [_normalised(model) for model in provider.models]
+        models = registered_models(provider)
         if any(new is not old for new, old in zip(models, provider.models, strict=True)):
             provider.models = models  # only then: ``models`` may be a read-only property
         offered.append(provider)
@@ -536,8 +545,15 @@ def _add(registry: Registry, entry: ProviderEntry) -> None:
     winner, loser = (entry, taken) if _asked_for(registry, entry) and not _asked_for(registry, taken) else (taken, entry)
     registry.entries[entry.name] = winner
     key = f"{loser.name} (from {loser.plugin})"
-    registry.entries[key] = ProviderEntry(key, loser.plugin, State.BROKEN,
-                                          f"name taken by plugin {winner.plugin}", loser.provider)
+    registry.entries[key] = ProviderEntry(key, loser.plugin, State.BROKEN, _clash(winner, loser), loser.provider)
+
+
+def _clash(winner: ProviderEntry, loser: ProviderEntry) -> str:
+    """Why ``loser`` did not get its provider name, which ``winner`` kept: another plugin has it, or
+    its own plugin offered a provider of that name twice (in one ``register_providers`` or two)."""
+    if winner.plugin == loser.plugin:
+        return f"plugin {loser.plugin} registered the provider name {loser.name!r} twice; the first is kept"
+    return f"name taken by plugin {winner.plugin}"
 
 
 def _asked_for(registry: Registry, entry: ProviderEntry) -> bool:

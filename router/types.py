@@ -476,11 +476,22 @@ ProviderEvent = TextDelta | TranscriptReady | UsageReport
 
 @dataclass
 class CallContext:
-    """What a provider call knows beyond the request: its deadline and id."""
+    """What a provider call knows beyond the request: its deadline and id.
+
+    ``request_id`` is the call's id in the daemon's log and in its client's trailing metadata (put it
+    in your own log lines about the call). ``deadline`` is a ``time.monotonic()`` value (None: no
+    deadline): the client's, or the daemon's ``server.max_call_seconds`` if sooner (see
+    :meth:`time_remaining`). A call still waiting for its provider then is cancelled, and counted as
+    the provider's failure to answer in time (``PROVIDER_TIMEOUT``).
+
+    ``settings`` is reserved and deprecated: the daemon never fills it, so it is always empty (a
+    provider's settings come to its plugin's ``register_providers``: keep them on the provider).
+    It stays only so that code constructing a ``CallContext`` with it keeps working: do not read it.
+    """
 
     request_id: str
     deadline: float | None = None  # time.monotonic() value, or None for no deadline
-    settings: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # reserved, deprecated: always empty (see above)
 
     def time_remaining(self) -> float | None:
         """Seconds until the deadline (never negative), or None without one."""

@@ -13,10 +13,10 @@ import time
 
 import grpc
 import pytest
-from grpc_helpers import providers_by_name, text_request
+from grpc_helpers import error_details, providers_by_name, text_request, wait_for
 from mmrouter.v1 import router_pb2 as pb
 from test_cli import Cli, ok
-from test_observability import FALLBACK
+from test_observability import FALLBACK, stats
 
 from router.health import HEALTH_MINUTES, Failure, ProviderHealth, shown_to_clients
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
@@ -148,3 +148,50 @@ def test_health_counts_only_the_last_minutes_and_keeps_the_last_failure() -> Non
     assert (recent.succeeded, recent.failed) == (0, 0) and recent.last_failure is not None
     ring = health._rings["openai"]
     assert len(ring.minutes) == len(ring.succeeded) == len(ring.failed) == HEALTH_MINUTES
+
+
+HANGING = """
+providers:
+  fake: {{api_key: k, marker_dir: "{marks}"}}
+routes:
+  - name: all
+    use: fake/echo
+server: {{max_call_seconds: 1}}
+"""
+
+
+def test_a_provider_that_hangs_until_max_call_seconds_is_a_failure_a_client_that_cancels_is_not(
+        start_daemon, tmp_path) -> None:
+    """The daemon cuts a call at server.max_call_seconds: a provider still silent then failed to answer
+    in time, as if its own timeout had fired (a WARNING, a failure in ListProviders and in `stats`).
+    A client that cancels before the deadline is no fault of the provider's."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    daemon = start_daemon(HANGING.format(marks=marks))
+    before = time.time()
+    with pytest.raises(grpc.RpcError) as caught:  # the client sets no deadline: the daemon's limit cuts it
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("SLOW:30")))
+    assert error_details(caught.value).reason == "CALL_TIMEOUT"
+    health = providers_by_name(daemon.stub)["fake"].health
+    assert (health.succeeded_calls, health.failed_calls) == (0, 1)
+    assert health.last_failure_reason == "PROVIDER_TIMEOUT" and health.last_failure_unix_seconds >= before
+    assert health.last_failure_message.startswith("fake: no answer before the deadline of the call")
+
+    def failed_lines() -> list[str]:
+        return [line for line in daemon.logs().splitlines() if "provider call fake/echo failed" in line]
+    assert wait_for(failed_lines), daemon.logs()
+    [line] = failed_lines()
+    assert " WARNING " in line and "PROVIDER_TIMEOUT" in line and "request_id=" in line
+
+    stream = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("SLOW:30")))
+    assert next(stream).HasField("route_chosen")
+    assert wait_for(lambda: len(list(marks.glob("started-*"))) == 2)  # its provider call is under way
+    stream.cancel()  # long before its deadline
+    assert wait_for(lambda: "StreamGenerate CANCELLED" in daemon.logs()), daemon.logs()
+    health = providers_by_name(daemon.stub)["fake"].health
+    assert (health.succeeded_calls, health.failed_calls) == (0, 1)
+    assert len(failed_lines()) == 1
+
+    assert daemon.stop() == 0
+    [row] = stats(daemon)
+    assert (row["provider"], row["model"], row["purpose"], row["calls"]) == ("fake", "echo", "answer (failed)", 1)

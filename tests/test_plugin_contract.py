@@ -176,6 +176,37 @@ def test_models_given_with_plain_sets_and_modality_names_are_taken_as_frozensets
     hash(taken)  # a frozen ModelInfo holding sets could not be hashed
 
 
+def offered(models: list) -> router.Provider:
+    """The provider :class:`Offers` registers, made as its plugin makes it."""
+    made = []
+    Offers(models).register_providers(made.append)
+    return made[0]
+
+
+def test_the_kit_takes_models_with_modality_names_as_the_daemon_does() -> None:
+    """``inputs={"text"}`` names a modality: the daemon takes it (a set of names is made frozenset of
+    Modality), and so does the conformance kit, which checks through the daemon's own check."""
+    models = [_model(inputs={"text"}), _model(name="both", inputs=frozenset({"image", router.Modality.TEXT}))]
+    assert registry_with(p=Offers(models)).entries["p"].state is State.READY
+    ProviderContract().test_models_declare_what_they_take_and_give(offered(models))
+
+
+KIT_REFUSES = [(model, f"model {model.name!r}: {problem}") for model, problem in BAD_MODELS] + [
+    (router.ModelInfo(3, inputs=TEXT), "models[1].name is int, not str"),
+    (_model(name="good"), "model name(s) 'good' declared more than once"),
+]
+
+
+@pytest.mark.parametrize(("model", "problem"), KIT_REFUSES, ids=[p for _, p in KIT_REFUSES])
+def test_the_kit_refuses_what_the_daemon_refuses_with_its_reason(model, problem) -> None:
+    models = [_model(name="good"), model]
+    entry = registry_with(p=Offers(models)).entries["p"]
+    assert (entry.state, entry.reason) == (State.BROKEN, f"register_providers failed: TypeError: provider 'p': {problem}")
+    with pytest.raises(AssertionError) as refused:
+        ProviderContract().test_models_declare_what_they_take_and_give(offered(models))
+    assert str(refused.value) == f"the daemon lists this provider broken: provider 'p': {problem}"
+
+
 # -- F4: a plugin that offers nothing is visible -----------------------------------------------------
 
 NO_PROVIDER_PLUGINS = {
@@ -293,6 +324,58 @@ def test_a_plugin_that_cannot_register_does_not_overwrite_a_provider_of_its_name
     taken = entries["typo (from aaa)"]
     assert (taken.plugin, taken.state, taken.reason) == ("aaa", State.BROKEN, "name taken by plugin typo")
     assert taken.provider is not None
+
+
+def twice_module(name: str, answer: str) -> str:
+    """The source of a plugin offering two providers both called ``name`` (a copy-paste slip)."""
+    return f'''
+        import router
+
+        class P(router.Provider):
+            models = [router.ModelInfo("m", inputs=frozenset({{router.Modality.TEXT}}))]
+
+            def __init__(self, answer):
+                self.name, self.answer = {name!r}, answer
+
+            async def generate(self, request, model, ctx):
+                yield router.TextDelta(self.answer)
+                yield router.UsageReport(router.Usage(1, 1))
+
+        @router.hookimpl
+        def register_providers(register, settings):
+            register(P({answer!r}))
+            register(P("the second"))
+        '''
+
+
+def test_a_plugin_registering_a_name_twice_is_told_apart_from_a_clash_with_another_plugin(
+        start_daemon, tmp_path) -> None:
+    """``dupname`` registers its provider name twice: the first is kept and the second is listed saying
+    so, not as if another plugin had the name; ``grabber`` offering that name too is such a clash."""
+    site = site_of(tmp_path / "site", {
+        "mmrouter-dupname": ("dupname", twice_module("dupname", "the first")),
+        "mmrouter-grabber": ("grabber", provider_module(
+            "dupname", "router.ModelInfo('m', inputs=frozenset({router.Modality.TEXT}))", "the grabber")),
+    })
+    daemon = start_daemon("""
+        providers:
+          fake: {api_key: k}
+        routes:
+          - name: all
+            use: dupname/m
+        """, extra_sites=(site,))
+    listed = providers_by_name(daemon.stub)
+    assert (listed["dupname"].plugin, listed["dupname"].state) == ("dupname", pb.PROVIDER_STATE_READY)
+    twice = listed["dupname (from dupname)"]
+    assert (twice.plugin, twice.state) == ("dupname", pb.PROVIDER_STATE_BROKEN)
+    assert twice.reason == "plugin dupname registered the provider name 'dupname' twice; the first is kept"
+    clash = listed["dupname (from grabber)"]
+    assert (clash.plugin, clash.state, clash.reason) == ("grabber", pb.PROVIDER_STATE_BROKEN,
+                                                         "name taken by plugin dupname")
+    assert daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=20).answer.text == "the first"
+    daemon.stop()
+    assert "provider dupname (from dupname) (plugin dupname) is broken: plugin dupname registered the provider" \
+           " name 'dupname' twice" in daemon.logs()
 
 
 # -- F7 and the event checks: the conformance kit --------------------------------------------------

@@ -325,6 +325,69 @@ def test_route_request_and_observer_hooks(start_daemon, tmp_path) -> None:
     ]
 
 
+CHOOSER_MODULE = '''
+"""A third party's route chooser: returns ``metadata['choose']`` as it is, however wrong."""
+import router
+
+
+@router.hookimpl
+def route_request(request, candidates):
+    wanted = request.metadata.get("choose")
+    if wanted == "42":
+        return 42  # not even a str
+    if wanted == "count":  # says how many candidates it got, as a choice no target is called
+        return f"n={len(candidates)}"
+    return wanted  # None when the request says nothing: no opinion
+'''
+
+
+def test_a_route_request_choice_that_is_no_candidate_is_logged_and_noted_and_the_rules_decide(
+        start_daemon, tmp_path) -> None:
+    """A near miss, a model that cannot take the request or a non-string is not silently dropped: the
+    log names the plugin and what it chose, and the client's route says so. None says nothing."""
+    from conftest import make_dist_info
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "mmrouter_chooser.py").write_text(CHOOSER_MODULE)
+    make_dist_info(site, "mmrouter-chooser", "chooser", "mmrouter_chooser")
+    daemon = start_daemon("""
+        providers:
+          fake: {api_key: k}
+        routes:
+          - name: all
+            use: fake/echo
+        """, extra_sites=(site,))
+
+    def generate(choose: str | None) -> pb.RouteInfo:
+        metadata = {} if choose is None else {"choose": choose}
+        request = text_request("hi", metadata=metadata)
+        return daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer.route
+
+    counted = generate("count")
+    [note] = counted.notes
+    count = int(re.fullmatch(r"the route_request hook chose 'n=(\d+)', which is not one of the \1 targets that "
+                             r"can take this request; routed by the rules", note).group(1))
+    for choose, shown in [("fake/ech", "'fake/ech'"), ("fake/ears", "'fake/ears'"), ("42", "42")]:
+        route = generate(choose)
+        assert (route.rule, route.provider, route.model) == ("all", "fake", "echo")
+        assert list(route.notes) == [f"the route_request hook chose {shown}, which is not one of the {count} targets"
+                                     " that can take this request; routed by the rules"]
+    explained = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=text_request(
+        "a dry run", metadata={"choose": "fake/ech"})), timeout=30).route
+    assert explained.rule == "all" and "the route_request hook chose 'fake/ech'" in explained.notes[0]
+    silent = generate(None)
+    assert (silent.rule, list(silent.notes)) == ("all", [])
+    usable = generate("fake/docs")
+    assert (usable.rule, usable.model, list(usable.notes)) == ("plugin", "docs", [])
+
+    daemon.stop()
+    warnings = [line for line in daemon.logs().splitlines() if "a route_request hook chose" in line]
+    assert len(warnings) == 5 and all(" WARNING " in line for line in warnings)
+    for shown in ("'fake/ech'", "'fake/ears'", "42"):
+        assert any(f"chose {shown}, which is not one of the {count} targets" in line for line in warnings)
+
+
 KIT_USER = '''
 import pytest
 import router
@@ -399,3 +462,42 @@ async def test_hooks_raising_systemexit_or_keyboardinterrupt_are_ignored(tmp_pat
         assert (answer.route.rule, answer.route.model) == ("all", "echo") and "still here" in answer.text
     finally:
         await app.aclose()
+
+
+class ContextReader:
+    """A third party's provider that answers with what its CallContext holds; its settings section
+    has a value, which comes to register_providers only."""
+
+    @router.hookimpl
+    def register_providers(self, register, settings):
+        class Reader(router.Provider):
+            name = "reader"
+            models = [router.ModelInfo("m", inputs=frozenset({router.Modality.TEXT}))]
+
+            async def generate(self, request, model, ctx):
+                yield router.TextDelta(f"settings={ctx.settings!r}")
+                yield router.UsageReport(router.Usage(1, 1))
+
+        register(Reader())
+
+
+async def test_call_context_settings_is_documented_as_reserved_and_is_always_empty(tmp_path) -> None:
+    """``CallContext.settings`` is public: it stays (plugins' tests construct it) and says what it is,
+    reserved and deprecated, since the daemon never fills it: a call sees it empty."""
+    from router.config import parse_config
+    from router.core import App
+    from router.types import Message, Part, Request, Role
+
+    doc = inspect.getdoc(router.CallContext) or ""
+    assert "``settings`` is reserved and deprecated" in doc and "always empty" in doc
+    assert router.CallContext("id", settings={"x": 1}).settings == {"x": 1}  # still constructed as before
+    config = ("providers: {reader: {greeting: hello}}\nroutes: [{name: all, use: reader/m}]\n"
+              f"server: {{data_dir: '{tmp_path}'}}\n")
+    app = App(parse_config(config, "t.yaml"), extra_plugins={"reader": ContextReader()})
+    try:
+        request = Request(messages=[Message(Role.USER, [Part(text="what do you know?")])])
+        events = [event async for event in app.answer(request, None)]
+        assert events[-1].answer.text == "settings={}"
+    finally:
+        await app.aclose()
+
