@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge, StorageFull, UnknownMedia
+from .mime import normalise_mime
 from .sniff import HEAD_BYTES, content_mime, mime_problem
 from .types import Media, Modality
 
@@ -41,6 +42,31 @@ PRUNE_GRACE_SECONDS = 3600.0
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 log = logging.getLogger(__name__)
+
+
+def is_media_id(text: str) -> bool:
+    """Whether ``text`` has the form of a media id: a sha256 digest, 64 lower-case hex digits."""
+    return _ID.fullmatch(text) is not None
+
+
+def stored_type_problem(declared: str, stored: Media) -> str | None:
+    """Why the MIME type ``declared`` by a part naming the stored media ``stored`` (by media_id) does not
+    fit its content, or None: the check inline media get (:func:`mime_problem` on the first bytes, read
+    only when ``declared`` is not the recorded type). A type that fits but is not the recorded one is no
+    problem: the bytes are stored once, under the type of their first upload, which another client may
+    have sent as another type; the recorded type is the one used."""
+    if normalise_mime(declared) == normalise_mime(stored.mime_type) or stored.path is None:
+        return None
+    try:
+        with open(stored.path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError:  # reported where the bytes are read for use
+        return None
+    problem = mime_problem(declared, stored.modality, head)
+    if not problem:
+        return None
+    return (f"{problem} (media {stored.media_id} was uploaded as {stored.mime_type!r}): send that type, "
+            "or leave mime_type empty")
 
 
 @contextlib.contextmanager
@@ -285,8 +311,7 @@ class MediaStore:
             raise InvalidRequest(f"metadata.size_bytes is {expected_size}",
                                  violations=[FieldViolation("metadata.size_bytes", "cannot be negative (0: not said)")])
         if expected_size > self.max_upload_bytes:
-            raise PayloadTooLarge(f"upload of {expected_size} bytes exceeds the limit of {self.max_upload_bytes}",
-                                  violations=[FieldViolation("metadata.size_bytes", "over max_upload_bytes")])
+            raise self._too_large(expected_size, declared=True)
         digest = hashlib.sha256()
         size = flushed = 0
         head = b""
@@ -299,7 +324,7 @@ class MediaStore:
                             mime_type = self._check_mime(mime_type, modality, head)
                     size += len(chunk)
                     if size > self.max_upload_bytes:
-                        raise PayloadTooLarge(f"upload exceeds the limit of {self.max_upload_bytes} bytes")
+                        raise self._too_large(size, declared=False)
                     if expected_size and size > expected_size:  # refused now, not after reading the rest
                         raise InvalidRequest(
                             f"received more than the {expected_size} bytes metadata.size_bytes said",
@@ -327,6 +352,20 @@ class MediaStore:
                 raise InvalidRequest(problem, violations=[FieldViolation("metadata.modality", problem)],
                                      metadata={"media_id": media_id, "stored_modality": stored.modality.value})
             return stored
+
+    def _too_large(self, size: int, *, declared: bool) -> PayloadTooLarge:
+        """The refusal of an upload over ``server.max_upload_bytes``: of the ``size`` its metadata.size_bytes
+        said (``declared``), or of the ``size`` bytes received so far. Its ErrorInfo metadata names the
+        setting, its limit and the size, as for inline media over theirs."""
+        limit = self.max_upload_bytes
+        problem = f"over server.max_upload_bytes ({limit} bytes)"
+        said = f"metadata.size_bytes says {size} bytes" if declared else f"{size} bytes received so far"
+        return PayloadTooLarge(
+            f"the upload is too large ({said}, {problem}): send a smaller file, or raise "
+            "server.max_upload_bytes in the daemon's configuration (takes effect after a restart)",
+            violations=[FieldViolation("metadata.size_bytes" if declared else "chunk", problem)],
+            metadata={"limit": "max_upload_bytes", "limit_bytes": str(limit), "size_bytes": str(size)},
+        )
 
     @staticmethod
     def _check_mime(mime_type: str, modality: Modality, head: bytes) -> str:

@@ -53,14 +53,20 @@ def _forgiving(message_class: Any) -> Callable[[bytes], Any]:
     return deserialize
 
 
+#: Why a request cannot be parsed: the parser (upb) says "Wire format was corrupt" for both causes.
+UNPARSABLE = ("not a valid protobuf message of this method's request type: its wire format is corrupt or cut "
+              "short, or a string field is not UTF-8 (binary data goes in bytes fields)")
+
+
 def parsed(message: M | Unparsable) -> M:
     """``message``, or InvalidRequest when it could not be parsed."""
     if isinstance(message, Unparsable):
         raise InvalidRequest(
             f"the {message.message_type} message cannot be parsed: {message.problem}",
-            violations=[FieldViolation("request", "not a valid protobuf message; string fields must be UTF-8")],
+            violations=[FieldViolation("request", UNPARSABLE)],
         )
     return message
+
 
 
 def add_router_service(servicer: object, server: grpc.aio.Server) -> None:

@@ -6,14 +6,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from urllib.parse import urlsplit
 
 from mmrouter.v1 import router_pb2 as pb
 
 from . import routing
-from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge
+from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge, UnknownMedia
+from .media import is_media_id, stored_type_problem
 from .outcome import Answer, RouteInfo, Step
 from .plugins import ProviderEntry, State
 from .sniff import HEAD_BYTES, content_mime, mime_problem
@@ -66,13 +69,7 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
         problems.append(FieldViolation(path, "set one of its fields data, media_id or url"))
         return None
     if source == "media_id":
-        stored = resolve(media.media_id)
-        if stored.modality is not modality:
-            problems.append(FieldViolation(f"{path}.modality",
-                                           f"media {media.media_id} was uploaded as {stored.modality.value}"))
-        if media.filename and media.filename != stored.filename:  # this reference's name, not every one's
-            stored = replace(stored, filename=media.filename)
-        return stored
+        return _stored_media(media, modality, path, resolve, problems)
     if not media.mime_type:
         problems.append(FieldViolation(f"{path}.mime_type", "required, e.g. image/png"))
         return None
@@ -107,6 +104,29 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
     return Media(modality, mime, data=data, filename=media.filename, size=len(data))
 
 
+def _stored_media(media: pb.Media, modality: Modality, path: str, resolve: ResolveMedia,
+                  problems: list[FieldViolation]) -> Media | None:
+    """The uploaded media that ``media`` names by its ``media_id``, checked against the modality and
+    MIME type the part declares (as inline media are: MIME_MISMATCH on another type)."""
+    if not is_media_id(media.media_id):
+        problems.append(FieldViolation(f"{path}.media_id", "is not a media id (64 lower-case hex digits): send "
+                                       "the media_id UploadMedia returned, as it returned it"))
+        return None
+    try:
+        stored = resolve(media.media_id)
+    except UnknownMedia as exc:  # the part that names it: a request may name many
+        raise UnknownMedia(exc.message, violations=[FieldViolation(f"{path}.media_id", exc.message)]) from None
+    if stored.modality is not modality:
+        problems.append(FieldViolation(f"{path}.modality",
+                                       f"media {media.media_id} was uploaded as {stored.modality.value}"))
+    problem = stored_type_problem(media.mime_type, stored) if media.mime_type else None
+    if problem:
+        raise MimeMismatch(f"{path}: {problem}", violations=[FieldViolation(f"{path}.mime_type", problem)])
+    if media.filename and media.filename != stored.filename:  # this reference's name, not every one's
+        stored = replace(stored, filename=media.filename)
+    return stored
+
+
 def url_problem(url: str) -> str:
     """Why a media URL is refused, or "": only http(s) URLs with a host reach providers (an SDK may
     read any other string as a path on the daemon's host)."""
@@ -130,6 +150,21 @@ MAX_TAGS = 32
 #: A conversation sent whole with one part a turn may have this many turns.
 MAX_PARTS = 100_000
 MAX_TAG_CHARS = 128
+#: The longest session id: it is stored with every turn of its session.
+MAX_SESSION_ID_CHARS = 256
+#: The most metadata entries a request may carry, and the longest key and value: rules match on them.
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_VALUE_CHARS = 1024
+#: The longest language tag (BCP-47 asks that 35 characters be supported).
+MAX_LANGUAGE_CHARS = 64
+#: A BCP-47 language tag, by its syntax: a language of 2 or 3 letters, then subtags of 1 to 8 letters or digits.
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
+#: Why a media part in a system message is refused: OpenAI, Anthropic and Gemini refuse it (not retryably:
+#: no fallback was tried), transcribers and ``local`` transcribe user messages only, ``local``'s extraction
+#: took it for the user's, and a session keeps no system message: the request means something else.
+SYSTEM_MEDIA = ("a system message holds text only (instructions for the model): send the media in a user "
+                "message")
 
 
 class Limits:
@@ -196,6 +231,8 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
             if kind == "text":
                 parts.append(Part(text=part.text))
             elif kind == "media":
+                if message.role == pb.ROLE_SYSTEM:
+                    problems.append(FieldViolation(f"{path}.media", SYSTEM_MEDIA))
                 media = _media_from_proto(part.media, f"{path}.media", limits, resolve, problems)
                 if media is not None:
                     parts.append(Part(media=media))
@@ -211,7 +248,10 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
         problems.append(FieldViolation("request.options.max_output_tokens", "cannot be negative"))
     if options.HasField("temperature") and not 0 <= options.temperature <= 2:
         problems.append(FieldViolation("request.options.temperature", "must be between 0 and 2"))
+    problems += _language_problems(options.language)
     problems += _tag_problems(msg.hints.tags)
+    problems += _session_id_problems(msg.session_id)
+    problems += _metadata_problems(msg.metadata)
     request = Request(
         messages=messages,
         options=Options(
@@ -228,6 +268,8 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
     )
     if not problems and not request.modalities():
         problems.append(FieldViolation("request.messages", "the request has no content: all text parts are empty"))
+    if not problems:  # a media part refused above is missing from ``request``
+        problems += _task_problems(request)
     if problems:
         raise InvalidRequest("invalid request: " + "; ".join(f"{p.field}: {p.description}" for p in problems),
                              violations=problems)
@@ -241,6 +283,54 @@ def _tag_problems(tags: Sequence[str]) -> list[FieldViolation]:
         return [FieldViolation("request.hints.tags", f"{len(tags)} tags; at most {MAX_TAGS}")]
     return [FieldViolation(f"request.hints.tags[{i}]", "empty" if not tag else f"longer than {MAX_TAG_CHARS} characters")
             for i, tag in enumerate(tags) if not tag or len(tag) > MAX_TAG_CHARS]
+
+
+def _task_problems(request: Request) -> list[FieldViolation]:
+    """What is wrong with the task for what the request holds: a transcription transcribes the audio and
+    video of the newest user message with media (:meth:`Request.current_media`), and with none there no
+    provider can do it. A session's request without media may transcribe its history's, unseen here."""
+    if request.options.task is not Task.TRANSCRIBE:
+        return []
+    media = request.current_media()
+    if any(m.modality in (Modality.AUDIO, Modality.VIDEO) for m in media) or (not media and request.session_id):
+        return []
+    return [FieldViolation("request.options.task", "TASK_TRANSCRIBE transcribes the audio or video of the newest "
+                           "user message with media, and this request has none there: send the recording in "
+                           "that message, or ask with TASK_CHAT")]
+
+
+def _language_problems(language: str) -> list[FieldViolation]:
+    """What is wrong with ``options.language``: empty (detect it) or a BCP-47 tag."""
+    if not language or (len(language) <= MAX_LANGUAGE_CHARS and _LANGUAGE_TAG.fullmatch(language)):
+        return []
+    return [FieldViolation("request.options.language", "not a BCP-47 language tag: a language code of 2 or 3 "
+                           "letters, then subtags of 1 to 8 letters or digits after a '-', e.g. en, en-US or "
+                           f"zh-Hant-TW, at most {MAX_LANGUAGE_CHARS} characters; leave it empty to detect it")]
+
+
+def _session_id_problems(session_id: str) -> list[FieldViolation]:
+    """What is wrong with a session id: it is kept with every turn of its session."""
+    if len(session_id) > MAX_SESSION_ID_CHARS:
+        return [FieldViolation("request.session_id", f"{len(session_id)} characters; at most {MAX_SESSION_ID_CHARS}")]
+    if not session_id.isprintable():
+        return [FieldViolation("request.session_id", "has a character that cannot be printed (a newline, a tab, "
+                               "another control character): send the id without it")]
+    return []
+
+
+def _metadata_problems(metadata: Mapping[str, str]) -> list[FieldViolation]:
+    """What is wrong with a request's metadata: rules match on it, and each call holds it."""
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        return [FieldViolation("request.metadata", f"{len(metadata)} entries; at most {MAX_METADATA_ENTRIES}")]
+    problems = []
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            problems.append(FieldViolation("request.metadata", f"the key {key[:32]!r}... has {len(key)} characters; "
+                                           f"at most {MAX_METADATA_KEY_CHARS}"))
+        elif len(value) > MAX_METADATA_VALUE_CHARS:
+            problems.append(FieldViolation(f"request.metadata[{json.dumps(key, ensure_ascii=False)}]",
+                                           f"{len(value)} characters; at most {MAX_METADATA_VALUE_CHARS}"))
+    return problems
 
 
 # -- answers ---------------------------------------------------------------------------------

@@ -62,6 +62,54 @@ def test_upload_is_content_addressed_and_usable_by_id(daemon) -> None:
     assert "document=1" in answer.text
 
 
+def _explain(daemon, media: pb.Media) -> pb.Route:
+    request = text_request("what is it?", media=[media])
+    return daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route
+
+
+M4A = b"\0\0\0\x20ftypM4A " + b"\0" * 100
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+
+
+def test_a_media_id_reference_is_checked_against_the_uploaded_content(daemon) -> None:
+    """A mime_type given with a media_id was not checked at all; inline, the same mismatch is MIME_MISMATCH.
+    The upload's own type, an alias of it, a type the upload corrected (aac for an m4a), or one that cannot
+    be checked (what the CLI sends for a file without an extension) still pass, as inline."""
+    pdf_id = upload(daemon.stub, [PDF]).media_id
+    png_id = upload(daemon.stub, [PNG], modality=pb.MODALITY_IMAGE, mime="image/png").media_id
+    m4a_id = upload(daemon.stub, [M4A], modality=pb.MODALITY_AUDIO, mime="audio/aac").media_id
+    for modality, media_id, mime in [
+        (pb.MODALITY_DOCUMENT, pdf_id, ""), (pb.MODALITY_DOCUMENT, pdf_id, "Application/PDF"),
+        (pb.MODALITY_DOCUMENT, pdf_id, "application/octet-stream"), (pb.MODALITY_IMAGE, png_id, "image/x-png"),
+        (pb.MODALITY_AUDIO, m4a_id, "audio/mp4"), (pb.MODALITY_AUDIO, m4a_id, "audio/aac"),
+    ]:
+        assert _explain(daemon, pb.Media(modality=modality, media_id=media_id, mime_type=mime)).model == "omni"
+    for modality, media_id, mime in [(pb.MODALITY_IMAGE, png_id, "image/jpeg"), (pb.MODALITY_AUDIO, m4a_id, "audio/wav")]:
+        with pytest.raises(grpc.RpcError) as caught:
+            _explain(daemon, pb.Media(modality=modality, media_id=media_id, mime_type=mime))
+        details = error_details(caught.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MIME_MISMATCH")
+        assert details.violations[0][0] == "request.messages[0].parts[0].media.mime_type"
+        assert f"declared {mime!r} but the content looks like" in details.violations[0][1]
+        assert f"media {media_id} was uploaded as" in details.violations[0][1]
+
+
+def test_a_malformed_media_id_is_invalid_and_an_unknown_one_not_found_naming_the_field(daemon) -> None:
+    real = upload(daemon.stub, [PDF]).media_id
+    for media_id in (real.upper(), "../../etc/passwd", real + "\n"):
+        with pytest.raises(grpc.RpcError) as caught:
+            _explain(daemon, pb.Media(modality=pb.MODALITY_DOCUMENT, media_id=media_id))
+        details = error_details(caught.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), media_id
+        assert details.violations[0][0] == "request.messages[0].parts[0].media.media_id"
+        assert "UploadMedia returned" in details.violations[0][1]
+    with pytest.raises(grpc.RpcError) as caught:
+        _explain(daemon, pb.Media(modality=pb.MODALITY_DOCUMENT, media_id="0" * 64))
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "MEDIA_NOT_FOUND")
+    assert [f for f, _ in details.violations] == ["request.messages[0].parts[0].media.media_id"]
+
+
 def test_upload_checks_the_mime_type_against_the_bytes(daemon) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         upload(daemon.stub, [b"\x89PNG\r\n\x1a\n" + b"\0" * 100], mime="application/pdf")
@@ -119,12 +167,18 @@ def test_an_upload_longer_than_it_said_is_refused_at_once(daemon) -> None:
     assert "cannot be negative" in error_details(caught.value).violations[0][1]
 
 
-def test_upload_over_the_limit_is_refused(start_daemon) -> None:
+@pytest.mark.parametrize(("declared", "size", "field"), [(True, 2000, "metadata.size_bytes"), (False, 1064, "chunk")],
+                         ids=["size-said", "bytes-received"])
+def test_upload_over_the_limit_is_refused(start_daemon, declared, size, field) -> None:
+    """The refusal names the setting, its limit and the size, as inline media's does (the CLI reads "limit")."""
     daemon = start_daemon(CONFIG + "server:\n  max_upload_bytes: 1000\n")
     with pytest.raises(grpc.RpcError) as caught:
-        upload(daemon.stub, [PDF + b"\0" * 2000])
+        upload(daemon.stub, [PDF + b"\0" * (1000 - len(PDF)), b"\0" * 64, b"\0" * 936], size=size if declared else 0)
     details = error_details(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAYLOAD_TOO_LARGE")
+    assert details.metadata == {"limit": "max_upload_bytes", "limit_bytes": "1000", "size_bytes": str(size)}
+    assert [f for f, _ in details.violations] == [field]
+    assert "server.max_upload_bytes" in details.message
 
 
 def _peak_rss_kib(pid: int) -> int:
@@ -189,7 +243,10 @@ def test_an_upload_over_the_limit_midway_stops_and_leaves_no_temp_file(start_dae
     daemon = start_daemon(CONFIG + "server:\n  max_upload_bytes: 300000\n")
     with pytest.raises(grpc.RpcError) as caught:  # no size declared: the limit is met on the 5th chunk
         upload(daemon.stub, [PDF + os.urandom(65536)] + [os.urandom(65536)] * 20)
-    assert error_details(caught.value).reason == "PAYLOAD_TOO_LARGE"
+    details = error_details(caught.value)
+    assert details.reason == "PAYLOAD_TOO_LARGE"
+    assert details.metadata == {"limit": "max_upload_bytes", "limit_bytes": "300000",
+                                "size_bytes": str(len(PDF) + 5 * 65536)}
     assert not _temp_files(daemon), "a refused upload left a temp file"
     ok = upload(daemon.stub, [PDF, os.urandom(1000)])  # the store still works
     assert ok.size_bytes == len(PDF) + 1000

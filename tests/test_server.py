@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_helpers import error_details, text_request, wait_for
+from grpc_helpers import error_details, providers_by_name, text_request, wait_for
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
@@ -176,14 +176,96 @@ WAV = b"RIFF\0\0\0\0WAVEfmt " + b"\0" * 64
          grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.hints.tags[1]"),
         (text_request("x", hints=pb.RoutingHints(tags=["t" * 129])),
          grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.hints.tags[0]"),
+        # strings kept with sessions or matched by rules are bounded
+        (text_request("x", session_id="s" * 257), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST",
+         "request.session_id"),
+        (text_request("x", session_id="chat\n1"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST",
+         "request.session_id"),
+        (text_request("x", metadata={f"k{i}": "v" for i in range(65)}), grpc.StatusCode.INVALID_ARGUMENT,
+         "INVALID_REQUEST", "request.metadata"),
+        (text_request("x", metadata={"k" * 129: "v"}), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST",
+         "request.metadata"),
+        (text_request("x", metadata={"team": "v" * 1025}), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST",
+         'request.metadata["team"]'),
+        (text_request("x", options=pb.Options(language="zz-!!-??")), grpc.StatusCode.INVALID_ARGUMENT,
+         "INVALID_REQUEST", "request.options.language"),
+        (text_request("x", options=pb.Options(language="en-" + "a" * 64)), grpc.StatusCode.INVALID_ARGUMENT,
+         "INVALID_REQUEST", "request.options.language"),
+        # a media id is UploadMedia's as it returned it (64 lower-case hex digits), not a path
+        (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, media_id="../../etc/passwd")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0].media.media_id"),
+        (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, media_id="AB" * 32)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0].media.media_id"),
     ],
     ids=["empty", "empty-part", "blank-text", "mime-vs-bytes", "mime-vs-modality", "no-modality", "oversize",
-         "url-not-allowed", "bad-temperature", "no-source", "too-many-tags", "empty-tag", "long-tag"],
+         "url-not-allowed", "bad-temperature", "no-source", "too-many-tags", "empty-tag", "long-tag",
+         "long-session-id", "session-id-with-newline", "too-much-metadata", "long-metadata-key",
+         "long-metadata-value", "bad-language", "long-language", "media-id-a-path", "media-id-upper-case"],
 )
 def test_bad_requests_get_invalid_argument_with_field_violations(daemon, request_, code, reason, field) -> None:
     details = error_details(failure(lambda: generate(daemon, request_)))
     assert (details.code, details.reason, details.domain) == (code, reason, "mmrouter")
     assert field in [f for f, _ in details.violations]
+
+
+@pytest.mark.parametrize("language", ["", "en", "en-US", "zh-Hant-TW", "sgn-BE-FR", "de-CH-1901"])
+def test_language_tags_and_bounded_strings_are_accepted(daemon, language) -> None:
+    request = text_request("x", options=pb.Options(language=language), session_id="é" * 256,
+                           metadata={f"k{i}" + "k" * 120: "v" * 1024 for i in range(64)})
+    assert daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route.model == "echo"
+
+
+def _system_media() -> pb.MultimodalRequest:
+    image = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=PNG)
+    return pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_SYSTEM, parts=[pb.Part(text="Logo:"), pb.Part(media=image)]),
+                                          pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="Is this ours?")])])
+
+
+@pytest.mark.parametrize(("request_", "field", "hint"), [
+    (text_request("say hi", options=pb.Options(task=pb.TASK_TRANSCRIBE)), "request.options.task", "send the recording"),
+    (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=PNG)],
+                  options=pb.Options(task=pb.TASK_TRANSCRIBE)), "request.options.task", "send the recording"),
+    (_system_media(), "request.messages[0].parts[1].media", "send the media in a user message"),
+], ids=["transcribe-text", "transcribe-an-image", "system-media"])
+def test_shapes_no_provider_takes_are_refused_by_the_router_before_routing(start_daemon, request_, field, hint) -> None:
+    """They went to the first target, which refused them (local: "transcribe needs audio or video input",
+    OpenAI: "only user messages may carry media") as PROVIDER_BAD_REQUEST: no fallback was tried, the
+    failure counted against the provider's health, and ExplainRoute accepted them."""
+    daemon = start_daemon("""
+providers: {fake: {api_key: k}}
+routes:
+  - name: speech
+    match: {task: [transcribe]}
+    use: local/extract
+    fallback: [fake/ears]
+default: local/extract
+""")
+    calls = {"Generate": lambda: generate(daemon, request_),
+             "ExplainRoute": lambda: daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request_), timeout=30)}
+    for name, call in calls.items():
+        details = error_details(failure(call))
+        assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), (name, details)
+        assert [f for f, _ in details.violations] == [field], name
+        assert hint in details.violations[0][1]
+    health = providers_by_name(daemon.stub)["local"].health
+    assert (health.succeeded_calls, health.failed_calls) == (0, 0)
+
+
+def test_a_transcription_in_a_session_may_send_no_media(start_daemon) -> None:
+    """The session's history may hold the recording (the wire layer does not see it): not refused as a shape."""
+    daemon = start_daemon("""
+providers: {fake: {api_key: k}}
+routes:
+  - name: speech
+    match: {task: [transcribe]}
+    use: fake/ears
+default: fake/echo
+""")
+    audio = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=WAV)
+    transcribe = pb.Options(task=pb.TASK_TRANSCRIBE)
+    first = generate(daemon, text_request("", media=[audio], options=transcribe, session_id="dictation"))
+    again = generate(daemon, text_request("once more", options=transcribe, session_id="dictation"))
+    assert first.transcript.text and again.transcript.text == first.transcript.text
 
 
 def test_oversize_inline_media_points_to_upload_media(daemon) -> None:
@@ -284,6 +366,15 @@ def test_a_request_with_a_string_that_is_not_utf8_is_invalid_argument_not_unknow
         details = error_details(failure(call))
         assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), (name, details)
         assert "cannot be parsed" in details.message and details.violations[0][0] == "request", name
+        assert "a string field is not UTF-8" in details.violations[0][1], name
+    assert generate(daemon, text_request("still serving")).text.startswith("fake/echo says")
+
+
+def test_a_request_whose_wire_format_is_corrupt_is_invalid_argument_saying_so(daemon) -> None:
+    raw = daemon.channel.unary_unary("/mmrouter.v1.RouterService/Generate")
+    details = error_details(failure(lambda: raw(b"\xff\xff\xff\xff\x0f", timeout=10)))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    assert details.violations[0][0] == "request" and "its wire format is corrupt" in details.violations[0][1]
     assert generate(daemon, text_request("still serving")).text.startswith("fake/echo says")
 
 
@@ -400,7 +491,10 @@ def test_errors_that_quote_huge_input_keep_their_code_and_details(daemon) -> Non
         (lambda: daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="é" * 20_000)), "SESSION_NOT_FOUND"),
         (lambda: generate(daemon, text_request("hi", hints=pb.RoutingHints(model="m" * 50_000))), "UNKNOWN_TARGET"),
         (lambda: generate(daemon, text_request("hi", media=[pb.Media(modality=pb.MODALITY_IMAGE,
-                                                                     media_id="x" * 50_000)])), "MEDIA_NOT_FOUND"),
+                                                                     media_id="x" * 50_000)])), "INVALID_REQUEST"),
+        (lambda: generate(daemon, text_request("hi", media=[pb.Media(modality=pb.MODALITY_IMAGE, data=PNG,
+                                                                     mime_type="audio/" + "x" * 50_000)])),
+         "MIME_MISMATCH"),
         (lambda: generate(daemon, empty_parts), "INVALID_REQUEST"),
     ]
     for call, reason in calls:
