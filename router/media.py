@@ -262,8 +262,15 @@ class MediaStore:
 
     @contextlib.contextmanager
     def _temp_file(self, suffix: str = "") -> Iterator[tuple[int, Path]]:
-        """A new file in ``tmp``, as its descriptor and path; removed on exit unless moved into place."""
-        fd, name = tempfile.mkstemp(dir=self.root / "tmp", suffix=suffix)
+        """A new file in ``tmp``, as its descriptor and path; removed on exit unless moved into place.
+        ``tmp`` is made again if it is gone (a cleaner of old files, an operator, removed it while the
+        daemon ran): every upload failed as INTERNAL until a restart."""
+        folder = self.root / "tmp"
+        try:
+            fd, name = tempfile.mkstemp(dir=folder, suffix=suffix)
+        except FileNotFoundError:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=folder, suffix=suffix)
         path = Path(name)
         try:
             yield fd, path

@@ -62,6 +62,18 @@ def test_upload_is_content_addressed_and_usable_by_id(daemon) -> None:
     assert "document=1" in answer.text
 
 
+def test_uploads_go_on_after_the_media_folder_is_removed_under_the_daemon(daemon) -> None:
+    """A cleaner of old files (or an operator) removed <data_dir>/media while the daemon ran: every upload
+    then failed as INTERNAL (no media/tmp to write to) until a restart."""
+    import shutil
+
+    shutil.rmtree(daemon.data_dir / "media")
+    reply = upload(daemon.stub, [PDF], size=len(PDF), filename="after.pdf")
+    assert reply.media_id == hashlib.sha256(PDF).hexdigest()
+    assert (daemon.data_dir / "media" / reply.media_id[:2] / reply.media_id).read_bytes() == PDF
+    assert (daemon.data_dir / "media" / "tmp").stat().st_mode & 0o777 == 0o700
+
+
 def _explain(daemon, media: pb.Media) -> pb.Route:
     request = text_request("what is it?", media=[media])
     return daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route
