@@ -9,6 +9,9 @@ Errors name the key, the problem, and the file and line::
 environment when the file is loaded, so keys stay out of the file. In the
 ``server`` section a ``${VAR}`` without fallback must be set and not empty
 (an unset token must not turn authentication off); ``${VAR:-}`` allows empty.
+In ``providers`` such a value is an :class:`UnsetReference`: the provider is
+not configured (see :meth:`router.settings.ProviderSettings.load`), never
+served with a key the plugin finds elsewhere.
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ if TYPE_CHECKING:
     from .plugins import ProviderEntry
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+#: The largest value gRPC takes for its integer settings (a C int): message sizes in bytes,
+#: keepalive in milliseconds, streams per connection.
+GRPC_INT_MAX = 2**31 - 1
+#: The size of the chunks ``mmrouter ask`` (and the README's clients) upload media in.
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+#: The smallest ``server.max_message_bytes``: an upload chunk with its framing (1 MiB + a few bytes)
+#: and room to spare; below it every file over about 1 MiB failed with gRPC's RESOURCE_EXHAUSTED.
+MIN_MESSAGE_BYTES = 2 * UPLOAD_CHUNK_BYTES
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: provider/model; the model part may hold more slashes (``openai/meta-llama/Llama-3.1-8B-Instruct``).
 _TARGET = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.:@-]+(/[A-Za-z0-9_.:@-]+)*$")
@@ -267,7 +278,8 @@ class ServerSettings(_Strict):
     address: str = Field(DEFAULT_ADDRESS, description="host:port, [ipv6]:port, unix:/path or unix-abstract:name")
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
     inline_limit_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest inline media part")
-    max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest gRPC message")
+    max_message_bytes: int = Field(64 * 1024 * 1024, description="largest gRPC message, from MIN_MESSAGE_BYTES "
+                                   "to GRPC_INT_MAX")
     max_upload_bytes: int = Field(64 * 1024**3, gt=0, description="largest UploadMedia file")
     max_concurrent_uploads: int = Field(32, gt=0, description="most UploadMedia calls under way at once (each "
                                         "holds a file open); more are refused at once with TOO_MANY_UPLOADS")
@@ -276,12 +288,13 @@ class ServerSettings(_Strict):
     allow_urls: bool = False
     max_concurrent_calls: int = Field(1024, gt=0, description="most Generate, StreamGenerate and ExplainRoute calls "
                                       "under way at once; more are refused at once with TOO_MANY_CALLS")
-    max_concurrent_streams: int = Field(1024, gt=0, le=2**31 - 1, description="most calls one client connection may have under "
+    max_concurrent_streams: int = Field(1024, gt=0, le=GRPC_INT_MAX, description="most calls one client connection may have under "
                                         "way at once (HTTP/2 streams); its next calls wait on the client until one "
                                         "ends. Lower it so one connection cannot take every call slot from the "
                                         "others (gRPC clients use one connection per channel)")
     keepalive_seconds: float = Field(30.0, ge=1, description="ping a connection quiet this long (keeps NAT and load "
-                                     "balancer idle timers from dropping long calls, finds vanished clients)")
+                                     "balancer idle timers from dropping long calls, finds vanished clients); "
+                                     "gRPC takes it in milliseconds, at most GRPC_INT_MAX")
     auth_token: str = Field("", repr=False, description="if set, clients must send 'authorization: Bearer <token>'; "
                             "surrounding whitespace is ignored")
     tls: TlsSettings | None = None
@@ -295,6 +308,24 @@ class ServerSettings(_Strict):
     @classmethod
     def _address(cls, value: str) -> str:
         parse_address(value)
+        return value
+
+    @field_validator("max_message_bytes")
+    @classmethod
+    def _message_size(cls, value: int) -> int:
+        if value < MIN_MESSAGE_BYTES:
+            raise ValueError(f"must be at least {MIN_MESSAGE_BYTES} (2 MiB): clients upload media in 1 MiB chunks "
+                             "(mmrouter ask does), and a chunk with its framing must fit in one message")
+        if value > GRPC_INT_MAX:
+            raise ValueError(f"must be at most {GRPC_INT_MAX} (2**31-1, the largest gRPC takes)")
+        return value
+
+    @field_validator("keepalive_seconds")
+    @classmethod
+    def _keepalive(cls, value: float) -> float:
+        if not value * 1000 <= GRPC_INT_MAX:  # NaN and infinity too
+            raise ValueError(f"must be at most {GRPC_INT_MAX / 1000} (gRPC takes it in milliseconds, "
+                             "at most 2**31-1, about 24 days)")
         return value
 
     @field_validator("auth_token")
@@ -406,15 +437,44 @@ def default_data_dir() -> Path:
     return Path(base) / "mmrouter"
 
 
-def expand_env(value: Any) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-fallback}`` in every string of ``value``."""
+class UnsetReference(str):
+    """A provider setting that names a ``${VAR}`` (without fallback) whose variable is unset or empty:
+    the text with that reference read as empty, and the variables (``.variables``). The plugin's
+    :meth:`router.settings.ProviderSettings.load` takes the provider for not configured, naming the
+    variable, rather than let it fall back to anything (an ``OPENAI_API_KEY`` of another account)."""
+
+    variables: tuple[str, ...]
+
+    def __new__(cls, text: str, variables: tuple[str, ...]) -> UnsetReference:
+        self = super().__new__(cls, text)
+        self.variables = variables
+        return self
+
+    def __getnewargs__(self) -> tuple[str, tuple[str, ...]]:  # copy and pickle keep the variables
+        return str(self), self.variables
+
+
+def expand_env(value: Any, *, mark_unset: bool = False) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-fallback}`` in every string of ``value``. With ``mark_unset``, a
+    string with a ``${VAR}`` whose variable is unset or empty is an :class:`UnsetReference`."""
     if isinstance(value, str):
-        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
+        expanded = _ENV_REF.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
+        unset = tuple(name for _, name in _unset_references(value)) if mark_unset else ()
+        return UnsetReference(expanded, unset) if unset else expanded
     if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
+        return {k: expand_env(v, mark_unset=mark_unset) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v) for v in value]
+        return [expand_env(v, mark_unset=mark_unset) for v in value]
     return value
+
+
+def _expanded(data: dict[str, Any]) -> dict[str, Any]:
+    """The file's ``data`` with its ``${VAR}`` replaced; in ``providers``, values naming unset variables
+    marked as :class:`UnsetReference`."""
+    expanded = expand_env(data)
+    if isinstance(data.get("providers"), dict):
+        expanded["providers"] = expand_env(data["providers"], mark_unset=True)
+    return expanded
 
 
 def _unset_references(value: Any, loc: tuple = ()) -> list[tuple[tuple, str]]:
@@ -594,7 +654,7 @@ def _parse_config(text: str, source: str) -> Config:
     _refuse_odd_shapes(data, source)
     _check_server_references(data, node, source)
     try:
-        config = Config.model_validate(expand_env(data))
+        config = Config.model_validate(_expanded(data))
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -604,7 +664,8 @@ def _parse_config(text: str, source: str) -> Config:
             line = _line_of(node, loc)
             where = f" ({source}, line {line})" if line else f" ({source})"
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {msg}{where}")
+            hint = _unknown_key_hint(loc) if err["type"] == "extra_forbidden" else ""
+            problems.append(f"{key}: {msg}{where}{hint}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
     if config.extend_default_routes:
         default = embedded_default()
@@ -615,6 +676,21 @@ def _parse_config(text: str, source: str) -> Config:
             "bridges": {**default.bridges, **config.bridges},
         })
     return config
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    """The settings class of the mapping at ``loc`` (``("server",)``, ``("routes", 2, "match")``), whose
+    fields are the keys that mapping takes; None for other mappings."""
+    shape = tuple("*" if isinstance(part, int) else part for part in loc)
+    return {(): Config, ("server",): ServerSettings, ("server", "tls"): TlsSettings, ("routes", "*"): Rule,
+            ("routes", "*", "match"): Match, ("overrides",): OverrideSettings,
+            ("plugins",): PluginSettings}.get(shape)
+
+
+def _unknown_key_hint(loc: tuple) -> str:
+    """``"; did you mean 'address'?"`` for the unknown key at ``loc`` (``server.adress``), else ""."""
+    model = _section_model(loc[:-1]) if loc else None
+    return did_you_mean(str(loc[-1]), model.model_fields) if model is not None else ""
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -1,13 +1,15 @@
 """What ``mmrouter config check`` warns of without failing: parts of a routing file that can never
-take effect (targets of disabled providers, bridges that never bridge, rules that never serve a
-request, embedded rules replaced or naming models a provider lacks)."""
+take effect (no rules and no default, targets of disabled providers, bridges that never bridge, rules
+that never serve a request, embedded rules replaced or naming models a provider lacks), plugins
+broken for reasons outside the file, and providers not configured for a ``${VAR}`` unset here.
+Also which broken providers are the file's fault (:func:`broken_provider_errors`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .config import Config, Match, Rule, replaced_default_rules, targets_of, unknown_models
-from .plugins import Registry, State
+from .config import Config, Match, Rule, UnsetReference, replaced_default_rules, targets_of, unknown_models
+from .plugins import ProviderEntry, Registry, State
 from .routing import Target, bridge_problem
 from .types import FEATURE_DIARIZATION, FEATURE_EXTRACTION_ONLY, Modality, ModelInfo, Task
 
@@ -15,7 +17,12 @@ from .types import FEATURE_DIARIZATION, FEATURE_EXTRACTION_ONLY, Modality, Model
 def config_warnings(config: Config, registry: Registry) -> Iterator[str]:
     """What ``config check`` warns of without failing: targets of disabled providers, bridges that never
     bridge, rules that never serve a request, embedded rules replaced by the file's, and embedded rules'
-    targets naming models a provider does not offer (an Ollama served as ``openai``)."""
+    targets naming models a provider does not offer (an Ollama served as ``openai``); plugins broken for
+    reasons outside the file that it does not use, and providers whose ``${VAR}`` is unset here."""
+    if not config.routes and not config.default:
+        yield "no routes and no default: every request will be refused (add a `default:` target or rules)"
+    yield from _broken_plugins(config, registry)
+    yield from _unset_variables(config, registry)
     for _, problem in unknown_models(config, registry.entries, embedded=True):
         yield f"{problem}: routing skips it"
     for key, text in targets_of(config):
@@ -32,6 +39,70 @@ def config_warnings(config: Config, registry: Registry) -> Iterator[str]:
     for index, name in replaced_default_rules(config):
         yield (f"routes.{index} {name!r} replaces the embedded rule of that name (extend_default_routes): "
                "the embedded one is not used; rename yours to keep both")
+
+
+#: How the registry words a provider whose plugin refused its settings (``ProviderSettings.load``'s ConfigError).
+_REFUSED_SETTINGS = "register_providers failed: ConfigError: "
+
+
+def refused_section(entry: ProviderEntry, config: Config) -> str | None:
+    """Why the plugin of broken ``entry`` refused its ``providers`` section of ``config`` (a key it does
+    not know, a bad value), naming the key: ``providers.local.worker: Extra inputs are not permitted``;
+    None when it is not broken by what its plugin found in its section (a plugin that fails to import,
+    or a bad price, which the router itself checks and which breaks that provider alone)."""
+    if entry.state is not State.BROKEN or entry.name not in config.providers:
+        return None
+    if entry.reason.startswith(_REFUSED_SETTINGS):
+        problem = entry.reason.removeprefix(_REFUSED_SETTINGS)
+        return problem if problem.startswith(f"providers.{entry.name}.") else f"providers.{entry.name}: {problem}"
+    return None
+
+
+def _uses(config: Config, name: str) -> str | None:
+    """The first key at which ``config`` uses provider ``name``: its ``providers`` section, or a route,
+    fallback, bridge or default target naming it; None when it does not."""
+    if name in config.providers:
+        return f"providers.{name}"
+    return next((key for key, text in targets_of(config) if Target.parse(text).provider == name), None)
+
+
+def broken_provider_errors(config: Config, registry: Registry) -> list[str]:
+    """The broken providers ``config check`` fails on: those whose section the plugin refused, and those
+    broken for other reasons (a plugin that fails to import, a register hook that raises) that the
+    file uses, each as ``<key>: <why>``."""
+    problems = []
+    for entry in registry.entries.values():
+        refused = refused_section(entry, config)
+        used = _uses(config, entry.name) if entry.state is State.BROKEN else None
+        if refused:
+            problems.append(refused)
+        elif used and entry.reason.startswith(f"providers.{entry.name}."):  # names its key (a bad price)
+            problems.append(entry.reason)
+        elif used == f"providers.{entry.name}":
+            problems.append(f"{used}: {entry.reason}")
+        elif used:
+            problems.append(f"{used}: provider {entry.name!r} is broken: {entry.reason}")
+    return problems
+
+
+def _broken_plugins(config: Config, registry: Registry) -> Iterator[str]:
+    """A warning for each provider broken for reasons outside the file (its plugin fails to import, its
+    register hook raises) that the file does not use: the daemon starts and lists it broken."""
+    for entry in registry.entries.values():
+        if entry.state is State.BROKEN and _uses(config, entry.name) is None:
+            yield (f"plugin {entry.plugin!r} is broken (this file does not use provider {entry.name!r}, so a warning "
+                   f"only; the daemon lists it broken): {entry.reason}")
+
+
+def _unset_variables(config: Config, registry: Registry) -> Iterator[str]:
+    """A warning for each provider not configured here because its section names a ``${VAR}`` unset here
+    (it may be set where the daemon runs)."""
+    for name, section in config.providers.items():
+        entry = registry.entries.get(name)
+        variables = {v for value in section.values() if isinstance(value, UnsetReference) for v in value.variables}
+        if entry is not None and entry.state is State.NOT_CONFIGURED and any(f"${{{v}}}" in entry.reason
+                                                                              for v in variables):
+            yield f"{entry.reason}: provider {name!r} is not configured here (set it where the daemon runs)"
 
 
 def _model_of(text: str, registry: Registry) -> ModelInfo | None:

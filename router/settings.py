@@ -6,6 +6,13 @@ section and raises :class:`router.errors.ConfigError` naming each bad key
 registry reports as the plugin being broken, with that reason, in
 ``mmrouter providers``. Unknown keys are refused, so typos are caught.
 
+A value naming a ``${VAR}`` that is unset (``api_key: "${MY_OPENAI_KEY}"``)
+falls back to nothing: the provider is not configured, with the reason
+``providers.openai.api_key: ${MY_OPENAI_KEY} is not set`` (the
+``unconfigured_reason`` a subclass defines reports it first). A settings
+class without ``unconfigured_reason`` cannot say so: its ``load`` refuses
+such a value with a ConfigError instead.
+
 ::
 
     class EchoSettings(router.ProviderSettings):
@@ -18,12 +25,14 @@ registry reports as the plugin being broken, with that reason, in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from .config import UnsetReference
 from .errors import ConfigError
 from .redact import remember, url_credentials
 from .types import Modality, ModelInfo, Price
@@ -41,6 +50,9 @@ class ProviderSettings(BaseModel):
     env_fields: ClassVar[Mapping[str, str]] = {}
 
     _environment: bool = PrivateAttr(default=True)
+    #: The settings whose ``${VAR}`` is unset (see :meth:`load`), and why, one problem each.
+    _unset_fields: frozenset[str] = PrivateAttr(default=frozenset())
+    _unset_problems: tuple[str, ...] = PrivateAttr(default=())
 
     api_key: str = Field("", repr=False, description="the API key; empty means: read api_key_env")
     base_url: str = Field("", description="the API's address; empty for the provider's own")
@@ -50,19 +62,36 @@ class ProviderSettings(BaseModel):
     )
 
     @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Make the ``unconfigured_reason`` a subclass defines report unset ``${VAR}`` first (see :meth:`load`)."""
+        super().__pydantic_init_subclass__(**kwargs)
+        own = cls.__dict__.get("unconfigured_reason")
+        if callable(own):
+            cls.unconfigured_reason = _unset_first(own)
+
+    @classmethod
     def load(cls, provider: str, section: Mapping[str, Any] | None, *, environment: bool = True) -> Self:
         """Validate ``section`` (this provider's config); ConfigError names every bad key.
 
-        Empty values (``timeout:`` with nothing, or an unset ``${VAR}``) count as unset: the default
-        applies. With ``environment`` (the plugin's own provider) unset fields and the key fall back to
+        Empty values (``timeout:`` with nothing, or ``${VAR:-}``) count as unset: the default applies.
+        With ``environment`` (the plugin's own provider) unset fields and the key fall back to
         :attr:`env_fields` and :attr:`api_key_env`; an extra instance (``providers.<name>`` with
         ``plugin:``) passes False and reads its section only, so ``OPENAI_API_KEY`` never goes to a
         server the operator pointed another instance at.
+
+        A value naming an unset ``${VAR}`` (an :class:`router.config.UnsetReference`) falls back to
+        nothing: the provider is not configured, its reason naming the key and variable
+        (:attr:`unset_reason`). Only ``${VAR}`` alone naming a variable the field falls back to anyway
+        (``api_key: "${OPENAI_API_KEY}"``) is as if the key were left out. A class without
+        ``unconfigured_reason`` refuses such a value with a ConfigError.
         """
-        given = {k: v for k, v in (section or {}).items() if v not in (None, "")}
+        section = dict(section or {})
+        unset = {key: value.variables for key, value in section.items()
+                 if isinstance(value, UnsetReference) and not (environment and cls._falls_back_to(key, value))}
+        given = {k: v for k, v in section.items() if v not in (None, "") and k not in unset}
         if environment:
             for name, variable in cls.env_fields.items():
-                if name not in given and os.environ.get(variable, "").strip():
+                if name not in given and name not in unset and os.environ.get(variable, "").strip():
                     given[name] = os.environ[variable]
         try:
             settings = cls.model_validate(given)
@@ -72,8 +101,25 @@ class ProviderSettings(BaseModel):
             ]
             raise ConfigError("; ".join(problems)) from None
         settings._environment = environment
+        settings._unset_fields = frozenset(unset)
+        settings._unset_problems = tuple(_unset_problem(provider, key, names) for key, names in unset.items())
+        if unset and not hasattr(cls, "unconfigured_reason"):
+            raise ConfigError("; ".join(settings._unset_problems))
         remember([settings.api_key, settings.key, *cls._environment_keys(), *settings._url_credentials()])
         return settings
+
+    @classmethod
+    def _falls_back_to(cls, key: str, value: UnsetReference) -> bool:
+        """Whether ``value`` of ``key`` is only ``${VAR}`` naming variables that ``key`` reads when left
+        out (:attr:`api_key_env`, :attr:`env_fields`): ``api_key: "${OPENAI_API_KEY}"``, as the
+        embedded default writes, is the same as no ``api_key``."""
+        own = set(cls.api_key_env) if key == "api_key" else {cls.env_fields.get(key)}
+        return value == "" and set(value.variables) <= own
+
+    @property
+    def unset_reason(self) -> str | None:
+        """``providers.<name>.<key>: ${VAR} is not set`` for each value naming an unset variable, or None."""
+        return "; ".join(self._unset_problems) or None
 
     def _url_credentials(self) -> list[str]:
         """The credentials of the URLs among the string settings (``http://user:password@gateway``),
@@ -106,7 +152,10 @@ class ProviderSettings(BaseModel):
         return " or ".join([*cls.api_key_env, setting]) if provider == plugin else setting
 
     def missing_key(self, provider: str, plugin: str) -> str | None:
-        """``no API key: set ...`` (see :meth:`key_settings`) when there is no key, else None."""
+        """``no API key: set ...`` (see :meth:`key_settings`) when there is no key, else None; an unset
+        ``${VAR}`` is said first (see :attr:`unset_reason`)."""
+        if self.unset_reason:
+            return self.unset_reason
         return None if self.key else f"no API key: set {self.key_settings(provider, plugin)}"
 
     @property
@@ -117,10 +166,29 @@ class ProviderSettings(BaseModel):
     @property
     def key(self) -> str:
         """``api_key`` if set, else the first non-empty variable of ``api_key_env`` (unless loaded
-        without the environment), else ``""`` (stripped)."""
-        if self.api_key.strip() or not self._environment:
+        without the environment, or ``api_key`` names an unset ``${VAR}``), else ``""`` (stripped)."""
+        if self.api_key.strip() or not self._environment or "api_key" in self._unset_fields:
             return self.api_key.strip()
         return next((os.environ[name].strip() for name in self.api_key_env if os.environ.get(name, "").strip()), "")
+
+
+def _unset_problem(provider: str, key: str, variables: tuple[str, ...]) -> str:
+    """``providers.openai.api_key: ${MY_OPENAI_KEY} is not set`` (``is empty`` when it is set but empty)."""
+    names = " and ".join(f"${{{name}}}" for name in variables)
+    verb = "is" if len(variables) == 1 else "are"
+    found = [name in os.environ for name in variables]
+    state = "empty" if all(found) else "not set or empty" if any(found) else "not set"
+    return f"providers.{provider}.{key}: {names} {verb} {state}"
+
+
+def _unset_first(unconfigured_reason: Callable[..., str | None]) -> Callable[..., str | None]:
+    """``unconfigured_reason`` of a settings class, giving :attr:`ProviderSettings.unset_reason` first."""
+
+    @functools.wraps(unconfigured_reason)
+    def reason(self: ProviderSettings, *args: Any, **kwargs: Any) -> str | None:
+        return self.unset_reason or unconfigured_reason(self, *args, **kwargs)
+
+    return reason
 
 
 class ModelPrice(BaseModel):

@@ -43,7 +43,7 @@ GOOD = yaml("""
     server:
       address: 0.0.0.0:6000
       inline_limit_bytes: 1000
-      max_message_bytes: 2000
+      max_message_bytes: 2097152
     plugins: {disabled: [gemini]}
     providers:
       openai: {api_key: sk-test}
@@ -76,7 +76,7 @@ GOOD = yaml("""
 def test_a_good_file_is_parsed_into_settings():
     config = parse_config(GOOD, "router.yaml")
     assert config.server.address == "0.0.0.0:6000"
-    assert (config.server.inline_limit_bytes, config.server.max_message_bytes) == (1000, 2000)
+    assert (config.server.inline_limit_bytes, config.server.max_message_bytes) == (1000, 2097152)
     assert config.plugins.disabled == ["gemini"]
     assert config.providers == {"openai": {"api_key": "sk-test"}, "local": {}}
     meetings, images = config.routes
@@ -291,12 +291,12 @@ def test_every_problem_is_listed_one_per_line():
 def test_inline_limit_above_the_message_limit_is_rejected():
     message = error_of("""
         server:
-          inline_limit_bytes: 2000
-          max_message_bytes: 1000
+          inline_limit_bytes: 3000000
+          max_message_bytes: 2097152
     """)
     assert "server: inline_limit_bytes cannot exceed max_message_bytes (router.yaml, line 2)" in message
-    config = parse_config("server: {inline_limit_bytes: 1000, max_message_bytes: 1000}\n")
-    assert config.server.inline_limit_bytes == 1000
+    config = parse_config("server: {inline_limit_bytes: 2097152, max_message_bytes: 2097152}\n")
+    assert config.server.inline_limit_bytes == 2097152
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
@@ -1041,3 +1041,158 @@ def test_aliases_of_aliases_that_write_out_to_too_many_values_are_refused() -> N
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     with pytest.raises(ConfigError, match="over 100000 values once its YAML aliases are written out"):
         parse_config("\n".join(lines) + "\n", "t.yaml")
+
+
+# -- server settings gRPC must take, files that route nothing, typos under server and rules ---------
+
+
+@pytest.mark.parametrize("setting, problem", [
+    ("max_message_bytes: 1048576", "server.max_message_bytes: must be at least 2097152 (2 MiB): clients upload "
+                                   "media in 1 MiB chunks (mmrouter ask does), and a chunk with its framing must "
+                                   "fit in one message"),
+    ("max_message_bytes: 2147483648", "server.max_message_bytes: must be at most 2147483647 (2**31-1, the largest "
+                                      "gRPC takes)"),
+    ("keepalive_seconds: 3000000", "server.keepalive_seconds: must be at most 2147483.647 (gRPC takes it in "
+                                   "milliseconds, at most 2**31-1, about 24 days)"),
+], ids=["message-below-an-upload-chunk", "message-over-a-c-int", "keepalive-ms-over-a-c-int"])
+def test_server_settings_grpc_cannot_take_are_refused_by_config_check_and_serve(tmp_path, setting, problem):
+    """1 MiB messages failed every upload over about 1 MiB (RESOURCE_EXHAUSTED 1048580 vs. 1048576); a
+    2 GiB message limit or 3,000,000 s of keepalive passed config check and crashed serve with an
+    OverflowError traceback (gRPC takes a C int, keepalive in milliseconds)."""
+    file = tmp_path / "router.yaml"
+    file.write_text(f"server:\n  {setting}\n  address: 127.0.0.1:0\n  data_dir: '{tmp_path / 'data'}'\n"
+                    "  inline_limit_bytes: 1000\ndefault: local/extract\n")
+    checked = check(file)
+    assert checked.returncode == 1 and "OK" not in checked.stdout, checked.stdout + checked.stderr
+    assert f"{problem} ({file}, line 2)" in " ".join(checked.stderr.split())
+    served = serve_exit(file)
+    output = " ".join(served.stderr.split())
+    assert served.returncode == 2 and "Traceback" not in output and "listening" not in output, output
+    assert problem in output
+
+
+def test_config_check_warns_that_a_file_without_routes_or_default_refuses_every_request(tmp_path):
+    """An empty file, or one with only a server section, passed without a word; the daemon then refused
+    every request."""
+    empty, server_only, routed = tmp_path / "empty.yaml", tmp_path / "server.yaml", tmp_path / "routed.yaml"
+    empty.write_text("")
+    server_only.write_text("server:\n  log_level: info\n")
+    routed.write_text("routes:\n  - {name: all, use: local/extract}\n")
+    for file in (empty, server_only):
+        result = check(file)
+        assert result.returncode == 0 and "OK — 0 rule(s), default (none)" in result.stdout, result.stderr
+        assert result.stderr.splitlines() == ["no routes and no default: every request will be refused (add a "
+                                              "`default:` target or rules)"], result.stderr
+    assert "no routes" not in check(routed).stderr
+
+
+@pytest.mark.parametrize("text, key, meant", [
+    ("server:\n  adress: 127.0.0.1:1\n", "server.adress", "address"),
+    ("server:\n  tls: {cert_file: a.pem, key_file: b.pem, client_ca: c.pem}\n", "server.tls.client_ca", "client_ca_file"),
+    ("routes:\n  - {name: a, use: local/extract, fallbak: [openai/gpt-4o]}\n", "routes.0.fallbak", "fallback"),
+    ("routes:\n  - {name: a, use: local/extract, match: {input: [text]}}\n", "routes.0.match.input", "inputs"),
+    ("rotues: []\n", "rotues", "routes"),
+])
+def test_config_check_suggests_the_key_meant_by_a_typo_under_server_and_rules(tmp_path, text, key, meant):
+    file = tmp_path / "typo.yaml"
+    file.write_text(text)
+    result = check(file)
+    assert result.returncode == 1, result.stdout
+    line = next(line for line in result.stderr.splitlines() if f"{key}: " in line)
+    assert line.strip().startswith(f"{key}: Extra inputs are not permitted ({file}, line "), line
+    assert line.endswith(f"; did you mean '{meant}'?"), line
+    far = tmp_path / "far.yaml"
+    far.write_text("server:\n  zzz: 1\n")
+    assert "did you mean" not in check(far).stderr
+
+
+# -- provider sections the plugins refuse, plugins broken for reasons outside the file ---------------
+
+
+TYPO_IN_SECTION = "providers:\n  local: {worker: 2}\ndefault: local/extract\n"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_serve_refuses_a_provider_section_its_plugin_refuses_as_config_check_does(tmp_path, log_format):
+    """``providers.local.worker`` (for ``workers``) failed config check, but serve started and listed local
+    broken, so every request to it failed. Config check says it once (it was also a log line)."""
+    file = tmp_path / "router.yaml"
+    file.write_text(TYPO_IN_SECTION + f"server: {{log_format: {log_format}, data_dir: '{tmp_path / 'data'}', "
+                                      "address: '127.0.0.1:0'}\n")
+    problem = "providers.local.worker: Extra inputs are not permitted"
+    checked = check(file)
+    assert checked.returncode == 1 and "OK" not in checked.stdout, checked.stderr
+    assert checked.stderr.count("providers.local.worker") == 1 and problem in checked.stderr, checked.stderr
+    assert "is broken" not in checked.stderr
+    served = serve_exit(file, env={"GRPC_VERBOSITY": "NONE"})
+    assert served.returncode == 2, served.stderr
+    assert problem in served.stderr and "listening" not in served.stderr and "Traceback" not in served.stderr
+    if log_format == "json":
+        import json
+
+        records = [json.loads(line) for line in served.stderr.splitlines()]
+        assert records[-1]["level"] == "CRITICAL" and problem in records[-1]["message"], served.stderr
+
+
+def check_with_plugins(path: Path, *sites: Path) -> subprocess.CompletedProcess:
+    """``config check`` with test-only plugins installed (their site directories on PYTHONPATH)."""
+    testkit = Path(__file__).parent / "testkit"
+    return subprocess.run([str(MMROUTER), "config", "check", str(path)], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "300", "NO_COLOR": "1",
+                               "PYTHONPATH": ":".join(map(str, [*sites, testkit]))})
+
+
+def test_a_plugin_broken_for_reasons_outside_the_file_is_a_warning_unless_the_file_uses_it(tmp_path, plugin_sites):
+    """A third-party plugin that fails to import, or whose register hook raises, failed the check of a
+    valid file, under a made-up key ``providers.<name>``, and twice (a log line too). It is a warning,
+    once; an error where the file uses that provider (its section, or a target)."""
+    sites = (plugin_sites["broken_import"], plugin_sites["broken_register"])
+    valid = tmp_path / "valid.yaml"
+    valid.write_text("routes:\n  - {name: all, use: local/extract}\n")
+    result = check_with_plugins(valid, *sites)
+    assert result.returncode == 0 and "OK — 1 rule(s)" in result.stdout, result.stderr
+    assert result.stderr.splitlines() == [
+        "plugin 'broken_import' is broken (this file does not use provider 'broken_import', so a warning only; the "
+        "daemon lists it broken): failed to import mmrouter-broken-import: ImportError: this plugin needs a library "
+        "that is not installed (on purpose)",
+        "plugin 'broken_register' is broken (this file does not use provider 'broken_register', so a warning only; "
+        "the daemon lists it broken): register_providers failed: RuntimeError: cannot start: on purpose",
+    ], result.stderr
+
+    using = tmp_path / "using.yaml"
+    using.write_text("providers:\n  broken_import: {}\nroutes:\n  - {name: all, use: local/extract}\n"
+                     "bridges:\n  audio: [broken_register/x]\n")
+    result = check_with_plugins(using, *sites)
+    assert result.returncode == 1 and "OK" not in result.stdout, result.stderr
+    assert result.stderr.splitlines() == [
+        "providers.broken_import: failed to import mmrouter-broken-import: ImportError: this plugin needs a library "
+        "that is not installed (on purpose)",
+        "bridges.audio.0: provider 'broken_register' is broken: register_providers failed: RuntimeError: cannot "
+        "start: on purpose",
+    ], result.stderr
+
+
+def test_an_unset_variable_in_a_provider_section_leaves_the_provider_unconfigured_naming_it(start_daemon, tmp_path):
+    """``api_key: "${MY_OPENAI_KEY}"`` with MY_OPENAI_KEY unset used OPENAI_API_KEY from the environment
+    (another account); without it the reason named OPENAI_API_KEY. Now the provider is not configured,
+    for that variable; ``${OPENAI_API_KEY}`` itself still reads the plugin's own variables."""
+    from test_cli import Cli, ok, table_rows
+
+    key = "sk-other-account-0123456789"
+    config = ("providers:\n  openai: {api_key: \"${MY_OPENAI_KEY}\"}\n  anthropic: {api_key: \"${ANTHROPIC_API_KEY}\"}\n"
+              "default: local/extract\n")
+    daemon = start_daemon(config, env={"OPENAI_API_KEY": key, "ANTHROPIC_API_KEY": "sk-ant-own-0123456789"},
+                          plugins=())
+    result = ok(Cli("providers", "--address", daemon.address, env={"COLUMNS": "1000"}).result())
+    rows = table_rows(result.stdout)
+    assert rows["openai"][2:5:2] == ["not_configured", "providers.openai.api_key: ${MY_OPENAI_KEY} is not set"]
+    assert rows["anthropic"][2] == "ready"
+    assert key not in result.stdout + daemon.logs()
+
+    file = tmp_path / "router.yaml"
+    file.write_text(config)
+    checked = check(file)
+    assert checked.returncode == 0 and "OK" in checked.stdout, checked.stderr
+    assert ("providers.openai.api_key: ${MY_OPENAI_KEY} is not set: provider 'openai' is not configured here "
+            "(set it where the daemon runs)") in checked.stderr
+    assert "anthropic" not in checked.stderr  # no key here either, but it was not named by another variable

@@ -86,7 +86,7 @@ def test_secrets_are_masked_with_and_without_surrounding_whitespace(monkeypatch)
 SMALL_MESSAGES = """
 providers:
   fake: {api_key: k}
-server: {max_message_bytes: 100000, inline_limit_bytes: 50000}
+server: {max_message_bytes: 2097152, inline_limit_bytes: 1048576}
 routes:
   - name: everything
     use: fake/omni
@@ -94,14 +94,14 @@ routes:
 
 
 def test_an_answer_over_the_message_limit_is_refused_with_details_and_kept(start_daemon) -> None:
-    """The fake answer repeats the question twice: 60 kB of question make a 120 kB answer."""
+    """The fake answer repeats the question twice: 1.1 MB of question make a 2.2 MB answer (the limit's floor is 2 MiB)."""
     daemon = start_daemon(SMALL_MESSAGES)
-    request = text_request("x" * 60_000, session_id="big")
+    request = text_request("x" * 1_100_000, session_id="big")
     with pytest.raises(grpc.RpcError) as unary:
         daemon.stub.Generate(pb.GenerateRequest(request=request))
     error = error_details(unary.value)
     assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "ANSWER_TOO_LARGE")
-    assert int(error.metadata["size_bytes"]) > 100_000 and error.metadata["limit_bytes"] == "100000"
+    assert int(error.metadata["size_bytes"]) > 2_097_152 and error.metadata["limit_bytes"] == "2097152"
     assert "max_message_bytes" in error.message
 
     deltas = []
@@ -109,7 +109,7 @@ def test_an_answer_over_the_message_limit_is_refused_with_details_and_kept(start
         for event in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request)):
             deltas.append(event.text_delta.text)
     assert error_details(streamed.value).reason == "ANSWER_TOO_LARGE"
-    assert "".join(deltas).startswith("fake/omni says: " + "x" * 60_000 + " [")  # the text arrived, only Done did not
+    assert "".join(deltas).startswith("fake/omni says: " + "x" * 1_100_000 + " [")  # the text arrived, only Done did not
 
     # Both answers were produced, so both turns were kept.
     removed = daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="big")).turns_removed
@@ -118,12 +118,12 @@ def test_an_answer_over_the_message_limit_is_refused_with_details_and_kept(start
 
 def test_a_long_text_delta_is_streamed_in_pieces_under_the_message_limit(start_daemon) -> None:
     daemon = start_daemon(SMALL_MESSAGES)
-    request = text_request("ONE-DELTA " + "é" * 15_000)  # 2 bytes each in UTF-8: a 60 kB answer, in one delta
+    request = text_request("ONE-DELTA " + "é" * 300_000)  # 2 bytes each in UTF-8: a 1.2 MB answer, in one delta
     events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request)))
     deltas = [e.text_delta.text for e in events if e.WhichOneof("event") == "text_delta"]
-    assert len(deltas) > 1 and all(len(d.encode()) < 100_000 for d in deltas)
+    assert len(deltas) > 1 and all(len(d.encode()) < 2_097_152 for d in deltas)
     assert "".join(deltas) == events[-1].done.answer.text
-    assert events[-1].done.answer.text.count("é" * 15_000) == 2
+    assert events[-1].done.answer.text.count("é" * 300_000) == 2
 
 
 def test_a_password_in_a_provider_url_is_masked_in_errors_and_logs(start_daemon) -> None:
