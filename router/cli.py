@@ -46,9 +46,9 @@ from .config import (
     targets_of,
     unknown_models,
 )
-from .config_warnings import config_warnings
+from .config_warnings import broken_provider_errors, config_warnings, refused_section
 from .errors import ConfigError
-from .plugins import GROUP, State, load_registry
+from .plugins import GROUP, load_registry
 from .routing import Target
 
 if TYPE_CHECKING:
@@ -108,13 +108,15 @@ def serve(
     if json_logs:
         _quiet_grpc_core()
     _log_to_stderr(server.log_level, json_logs)
+    if config is not None and settings.providers:  # the embedded default's sections are known good
+        _refuse_refused_sections(settings, json_logs)
     from .server import serve as run
 
     try:
         asyncio.run(run(settings, ready_file=ready_file, config_path=config, server_overrides=overrides))
     except RuntimeError as exc:
         if "Failed to bind" not in str(exc):
-            raise
+            _stopped_by_a_bug(exc)
         _start_failed(f"cannot listen on {server.address}: the address is in use or invalid; give --address "
                       f"(or server.address) a free host:port, e.g. {_other_address(server.address)}", 1, json_logs)
     except ConfigError as exc:  # e.g. another daemon holds the data directory
@@ -130,6 +132,37 @@ def serve(
         fix = (f"; --data-dir (server.data_dir) {data} must be a directory the daemon can write"
                if exc.filename and Path(exc.filename).is_relative_to(data) else "")
         _start_failed(f"cannot start: {where}{exc.strerror or exc}{fix}", 1, json_logs)
+    except Exception as exc:
+        _stopped_by_a_bug(exc)
+
+
+def _stopped_by_a_bug(exc: Exception) -> NoReturn:
+    """End ``serve`` with exit 1 after an exception nothing expects: one CRITICAL log record in the
+    configured format, with the traceback (in json mode inside the object, its ``exception`` field),
+    not a traceback box that breaks a JSON log."""
+    log.critical("the daemon stopped on an unexpected error (a bug: please report it with the traceback): %s",
+                 f"{type(exc).__name__}: {exc}", exc_info=exc)
+    raise typer.Exit(1) from None
+
+
+def _refuse_refused_sections(settings: Config, json_logs: bool) -> None:
+    """End ``serve`` with exit 2 when a plugin refuses its ``providers`` section (a key it does not know,
+    a bad value: see :func:`router.config_warnings.refused_section`), as ``config check`` does: the
+    provider would be broken and every request to it fail. The providers are made for this alone and
+    closed; plugins broken for reasons outside the file (one that fails to import) do not stop the
+    daemon, which lists them broken."""
+    from . import redact
+    from .core import secrets_of
+
+    with _plugins_log_below(logging.DEBUG):  # the daemon's own registry logs what there is to log
+        registry = load_registry(settings.providers, disabled=settings.plugins.disabled)
+    try:
+        problems = [problem for entry in registry.entries.values() if (problem := refused_section(entry, settings))]
+    finally:
+        asyncio.run(registry.aclose())
+    if problems:
+        secrets = redact.longest_first(secrets_of(settings.providers, settings.server.auth_token))
+        _start_failed(redact.mask("invalid configuration:\n  " + "\n  ".join(problems), secrets), 2, json_logs)
 
 
 def _other_address(address: str) -> str:
@@ -663,11 +696,12 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
 
     logging.basicConfig(level="WARNING", stream=sys.stderr, format="%(message)s")
     log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
-    registry = load_registry(config.providers, disabled=config.plugins.disabled)  # plugins check their sections
+    with _plugins_log_below(logging.ERROR):  # each broken provider is printed below, once
+        registry = load_registry(config.providers, disabled=config.plugins.disabled)  # plugins check their sections
     log_filter.add(secrets_of(config.providers))  # the key variables of the settings classes just imported
-    broken = [e for e in registry.entries.values() if e.state is State.BROKEN]
-    for entry in broken:
-        err.print(f"[red]providers.{escape(entry.name)}: {escape(redact.mask(entry.reason, log_filter.secrets))}[/red]")
+    broken = broken_provider_errors(config, registry)
+    for problem in broken:
+        err.print(f"[red]{escape(redact.mask(problem, log_filter.secrets))}[/red]")
     for name in sorted(set(config.providers) - set(registry.entries)):
         err.print(f"[yellow]{escape(f'providers.{name}: no installed plugin offers a provider {name!r}; ')}"
                   f"the section is not used here{escape(did_you_mean(name, registry.entries))}[/yellow]")
@@ -682,10 +716,35 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     for _, problem in unknown:
         err.print(f"[red]{escape(problem)}[/red]")
     for warning in config_warnings(config, registry):
-        err.print(f"[yellow]{escape(warning)}[/yellow]")
+        err.print(f"[yellow]{escape(redact.mask(warning, log_filter.secrets))}[/yellow]")
     if broken or unknown:
         raise typer.Exit(1)
     out.print(escape(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}"))
+
+
+@contextmanager
+def _plugins_log_below(level: int) -> Iterator[None]:
+    """Leave out the lines of ``router.plugins`` at ``level`` and above meanwhile: at ERROR, the lines
+    :func:`router.plugins.load_registry` logs for broken providers (its only ERROR lines), which the
+    caller reports itself; at DEBUG, all of them (a registry made only for a check)."""
+    plugins_log = logging.getLogger("router.plugins")
+    below = _BelowLevel(level)
+    plugins_log.addFilter(below)
+    try:
+        yield
+    finally:
+        plugins_log.removeFilter(below)
+
+
+class _BelowLevel(logging.Filter):
+    """Lets through only records below ``level``."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
 
 
 def _named_providers(config: Config) -> Iterator[tuple[str, str]]:

@@ -22,14 +22,15 @@ from rich.table import Table
 from rich.text import Text
 
 from .auth import with_token
-from .config import parse_address
+from .config import UPLOAD_CHUNK_BYTES, parse_address
 
 M = TypeVar("M", bound=Message)
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line each when piped or logged
 
-CHUNK = 1024 * 1024
+#: The size of an upload's chunks; a daemon's server.max_message_bytes is at least twice that.
+CHUNK = UPLOAD_CHUNK_BYTES
 
 #: Media types by extension, before Python's mimetypes (which lacks some and varies by system): the
 #: daemon refuses application/octet-stream for images, audio and video.
@@ -181,6 +182,9 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
 
     if task not in ("auto", "chat", "transcribe"):
         err.print("[red]--task must be auto, chat or transcribe[/red]")
+        raise typer.Exit(2)
+    if not prompt and not (images or audio or video or pdf):
+        err.print("[red]nothing to send: give a question, or a file with --image, --audio, --video or --pdf[/red]")
         raise typer.Exit(2)
     for value, what in ((prompt, "the prompt"), (system, "--system"), (session or "", "--session"),
                         (provider or "", "--provider"), (model or "", "--model"), *((t, "--tag") for t in tags or [])):
@@ -386,8 +390,15 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None) 
     raise typer.Exit(1)
 
 
+#: What gRPC says of the calls under way when their daemon shuts down (SIGTERM) before they end.
+DAEMON_STOPPED = "Cancelling all calls"
+
+
 def unreachable_hint(details: str, address: str) -> str:
-    """What to check when the daemon at ``address`` could not be reached (gRPC said ``details``)."""
+    """What to check when the daemon at ``address`` could not be reached (gRPC said ``details``), or
+    what happened when it stopped while the call ran."""
+    if DAEMON_STOPPED in details:
+        return f"the daemon at {address} stopped while the call ran (it was shut down): retry once it is back"
     if "handshake" in details.lower():
         return ("the TLS handshake with the daemon failed: MMROUTER_TLS_CA must be the CA that signed its "
                 "certificate (MMROUTER_TLS_CERT and MMROUTER_TLS_KEY a client certificate it accepts), and "

@@ -584,6 +584,9 @@ class Router:
         raise NoRoute("the requested override cannot take this request: " + "; ".join(problems))
 
     def _no_route(self, facts: Facts, catalog: Catalog, trace: list[TraceEntry]) -> NoRoute:
+        """The error for a request no rule, default or fallback can take: why, rule by rule. When no rule
+        matched and there is no default, it says so (the file lacks a catch-all), not that no provider
+        can take it."""
         summary = "; ".join(f"{t.rule}: {t.reason}" for t in trace)
         if facts.diarization:
             ready = [n for n, s in catalog.items() if s.ready and any(
@@ -595,6 +598,10 @@ class Router:
                     "install and configure a provider with the diarization feature, e.g. mmrouter-assemblyai"
                 return DiarizationUnavailable(
                     f"diarization was requested but no configured provider can diarize: {hint}")
-        return NoRoute(f"no provider can take this request ({_names(facts.modalities)}, "
-                       f"task {facts.task.value}). {summary}")
+        request = f"({_names(facts.modalities)}, task {facts.task.value})"
+        if self.default is None and all(t.outcome is Outcome.NOT_MATCHED for t in trace):
+            rules = f": {summary}" if summary else " (there are no rules)"
+            return NoRoute("no rule matched and no default is set: add a `default:` target or a rule that "
+                           f"matches this request {request}{rules}")
+        return NoRoute(f"no provider can take this request {request}: {summary}")
 

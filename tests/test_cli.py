@@ -482,6 +482,24 @@ def test_explain_shows_every_rule_and_calls_no_provider(start_daemon, tmp_path):
     assert json.loads(ok(run_cli("stats", "--data-dir", daemon.data_dir, "--json")).stdout) == []
 
 
+def test_a_request_no_rule_matches_without_a_default_says_so(start_daemon, tmp_path):
+    """With no default, a request no rule matched got "no provider can take this request (text, task
+    chat). " (trailing off when there were no rules): it says no rule matched and no default is set,
+    with each rule's reason."""
+    with_rules = start_daemon("providers: {fake: {api_key: k}}\n"
+                              "routes:\n  - {name: pictures, match: {inputs_any: [image]}, use: fake/omni}\n")
+    without_rules = start_daemon("server: {log_level: info}\n", data_dir=tmp_path / "data2")
+    fix = "no rule matched and no default is set: add a `default:` target or a rule that matches this request"
+    for command in ("ask", "explain"):
+        result = Cli(command, "hi", "--address", with_rules.address).result()
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == (f"FAILED_PRECONDITION: {fix} (text, task chat): pictures: needs any of [image], "
+                                 "request has [text]\n"), result.stderr
+    result = Cli("ask", "hi", "--address", without_rules.address).result()
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"FAILED_PRECONDITION: {fix} (text, task chat) (there are no rules)\n", result.stderr
+
+
 # -- providers ---------------------------------------------------------------------------------
 
 
@@ -783,6 +801,47 @@ def test_serve_start_up_errors_in_json_mode_are_json_lines(tmp_path):
         assert result.returncode == code, result.stderr
         entries = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
         assert any(e["level"] == "CRITICAL" and message in e["message"] for e in entries), result.stderr
+
+
+#: A plugin that breaks the daemon's start on purpose when it is imported: start_server raises what no
+#: start-up error handling expects (a bug).
+SABOTAGE = '''"""Breaks the daemon's start on purpose."""
+import router.server
+
+
+def _fail(*args, **kwargs):
+    raise LookupError("start_server broken on purpose")
+
+
+router.server.start_server = _fail
+'''
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_serve_logs_an_unexpected_start_up_error_as_one_record_in_its_log_format(tmp_path, log_format):
+    """An exception serve did not expect printed a rich traceback box, which broke a JSON log: it is one
+    CRITICAL record with the traceback (in JSON, in the object's exception field), and exit 1."""
+    from conftest import make_dist_info
+
+    site = tmp_path / "site"
+    make_dist_info(site, "mmrouter-sabotage", "sabotage", "mmrouter_sabotage")
+    (site / "mmrouter_sabotage.py").write_text(SABOTAGE)
+    config = tmp_path / "router.yaml"
+    config.write_text(f"server: {{log_format: {log_format}}}\ndefault: local/extract\n")
+    result = subprocess.run([str(MMROUTER), "serve", "-c", config, "-a", "127.0.0.1:0", "--data-dir", tmp_path / "data"],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(site), "COLUMNS": "300"})
+    assert result.returncode == 1, result.stderr
+    message = ("the daemon stopped on an unexpected error (a bug: please report it with the traceback): "
+               "LookupError: start_server broken on purpose")
+    assert "╭" not in result.stderr and "listening" not in result.stderr, result.stderr
+    if log_format == "json":
+        records = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+        assert (records[-1]["level"], records[-1]["message"]) == ("CRITICAL", message), result.stderr
+        assert records[-1]["exception"].endswith("LookupError: start_server broken on purpose")
+    else:
+        assert f"CRITICAL router.cli: {message}" in result.stderr
+        assert result.stderr.rstrip().endswith("LookupError: start_server broken on purpose")
 
 
 # -- stats and prune --config ------------------------------------------------------------------

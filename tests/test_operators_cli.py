@@ -1,6 +1,7 @@
 """What the CLI prints, seen by an operator: a refused file named as given, no empty line left by the
-upload progress bar when stderr is no terminal, prune's summary within 80 columns, and no empty
-``transcript`` header for a silent video.
+upload progress bar when stderr is no terminal, prune's summary within 80 columns, no empty
+``transcript`` header for a silent video, a call cut by the daemon's shutdown said so, and ``ask``
+with nothing to send a usage error.
 
 The real CLI (tests/test_cli.py's ``Cli``) against the real daemon (tests/conftest.py).
 """
@@ -8,8 +9,10 @@ The real CLI (tests/test_cli.py's ``Cli``) against the real daemon (tests/confte
 from __future__ import annotations
 
 import os
+import signal
 import time
 
+from grpc_helpers import wait_for
 from media_factory import mp4
 from test_cli import CONFIG, Cli, make_png, ok
 
@@ -70,3 +73,31 @@ def test_a_silent_videos_answer_has_no_empty_transcript_header(start_daemon, tmp
     result = ok(Cli("ask", "what is shown?", "--video", video, "--address", daemon.address).result(timeout=120))
     assert result.stderr.startswith("route: rule all -> local/extract"), result.stderr
     assert "transcript" not in result.stderr.splitlines()
+
+
+def test_a_call_cut_by_the_daemons_shutdown_says_it_stopped_and_to_retry(start_daemon, tmp_path) -> None:
+    """SIGTERM while a call ran (gRPC's UNAVAILABLE "Cancelling all calls") printed "is the daemon running
+    at ...? start it with `mmrouter serve`", though it had been running a moment before."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    daemon = start_daemon(f"providers:\n  fake: {{api_key: k, marker_dir: '{markers}'}}\n"
+                          "server: {shutdown_grace_seconds: 0}\nroutes:\n  - {name: chat, use: fake/echo}\n")
+    call = Cli("ask", "SLOW:60", "--address", daemon.address)
+    assert wait_for(lambda: list(markers.glob("started-*")), timeout=30), "the call never reached the provider"
+    daemon.proc.send_signal(signal.SIGTERM)
+    result = call.result(timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "UNAVAILABLE: Cancelling all calls" in result.stderr.splitlines(), result.stderr
+    assert (f"the daemon at {daemon.address} stopped while the call ran (it was shut down): retry once it is "
+            "back") in result.stderr.splitlines(), result.stderr
+    assert "mmrouter serve" not in result.stderr
+
+
+def test_ask_with_nothing_to_send_is_a_usage_error(start_daemon) -> None:
+    """``mmrouter ask`` alone sent a request and printed the daemon's INVALID_ARGUMENT about
+    ``request.messages[0].parts``."""
+    daemon = start_daemon(CONFIG)
+    for command in ("ask", "explain"):
+        result = Cli(command, "--address", daemon.address).result()
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == "nothing to send: give a question, or a file with --image, --audio, --video or --pdf\n"

@@ -525,8 +525,24 @@ def test_no_route_when_nothing_fits_lists_every_reason():
 
 
 def test_no_rules_and_no_default_is_no_route():
-    with pytest.raises(NoRoute):
+    with pytest.raises(NoRoute) as info:
         decide(Router(rules=[]), request(text()))
+    assert info.value.message == ("no rule matched and no default is set: add a `default:` target or a rule that "
+                                  "matches this request (text, task chat) (there are no rules)")
+
+
+def test_when_no_rule_matches_and_there_is_no_default_the_message_says_so_with_each_rule():
+    """It said "no provider can take this request", though no provider was even tried."""
+    router = Router(rules=[rule("images", "openai/gpt-4o", inputs_any=[IMAGE])])
+    with pytest.raises(NoRoute) as info:
+        decide(router, request(text()))
+    assert info.value.message == ("no rule matched and no default is set: add a `default:` target or a rule that "
+                                  "matches this request (text, task chat): images: needs any of [image], request "
+                                  "has [text]")
+    skipped = Router(rules=[rule("r", "anthropic/claude-sonnet-4-6")])  # a rule matched, its target unusable
+    with pytest.raises(NoRoute) as info:
+        decide(skipped, request(text()), catalog({"openai"}))
+    assert info.value.message.startswith("no provider can take this request (text, task chat): r: no usable target")
 
 
 def test_diarization_unavailable_names_the_provider_to_configure():
