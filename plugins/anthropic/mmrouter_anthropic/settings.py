@@ -13,7 +13,7 @@ Keys (all optional)::
         models:                        # models newer than the plugin's catalogue (router.ModelSpec)
           - {name: claude-sonnet-5-5, price: {input_per_mtok: 3, output_per_mtok: 15}}
 
-An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
+An empty value (``timeout:``, or ``${VAR:-}``) means the default; an unset ``${VAR}`` leaves the provider not configured.
 
 Another section with ``plugin: anthropic`` (say ``providers.claude-eu``) is one more provider, an
 extra instance: it reads only its own section (no ``ANTHROPIC_*`` environment variables), and its

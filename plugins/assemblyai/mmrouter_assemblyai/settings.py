@@ -11,7 +11,7 @@ Keys (all optional)::
         speaker_labels: true            # diarize every call, not only when asked (default true)
         speech_models: [assemblyai-stt-3-7, universal-2]  # what assemblyai/best sends, in priority order
 
-An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
+An empty value (``timeout:``, or ``${VAR:-}``) means the default; an unset ``${VAR}`` leaves the provider not configured.
 
 Another section with ``plugin: assemblyai`` (say ``providers.assemblyai-eu``) is one more provider,
 an extra instance: it reads only its own section (no ASSEMBLYAI_* environment variables), and its

@@ -1,6 +1,6 @@
 """The plugin's settings (``providers.gemini`` in the config), checked and defaulted.
 
-An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
+An empty value (``timeout:``, or ``${VAR:-}``) means the default; an unset ``${VAR}`` leaves the provider not configured.
 
 Another section with ``plugin: gemini`` (say ``providers.gemini-team``) is one more provider, an
 extra instance: it reads only its own section (no GEMINI_API_KEY, GOOGLE_API_KEY or

@@ -15,7 +15,7 @@ Keys (all optional)::
         builtin_models: true           # offer the built-in OpenAI catalogue
         models: [...]                  # extra models, see mmrouter_openai.models
 
-An empty value (``timeout:``, or an unset ``${VAR}``) means the default.
+An empty value (``timeout:``, or ``${VAR:-}``) means the default; an unset ``${VAR}`` leaves the provider not configured.
 """
 
 from __future__ import annotations
