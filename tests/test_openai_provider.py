@@ -918,28 +918,13 @@ async def test_a_stream_event_that_is_not_utf8_is_unavailable() -> None:
         server.close()
 
 
-class ClosingServer(RawServer):
-    """A RawServer that closes each connection once its reply is sent (before the body's announced end)."""
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-            conn.recv(65536)
-            conn.sendall(self.reply)
-            conn.shutdown(socket.SHUT_RDWR)
-
-
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 async def test_a_connection_broken_mid_answer_is_a_failure_while_answering_not_cannot_reach(transport) -> None:
     """The server answered, sent a chunk, then closed before the body's end: it was reached, so the error
     says the connection broke while the answer was read (it said "cannot reach")."""
     event = b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n'
-    server = ClosingServer(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 10000\r\n\r\n"
-                           + event)
+    server = RawServer(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 10000\r\n\r\n"
+                       + event, then_close=True)
     p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5,
                         "http_client": transport})
     received: list = []

@@ -9,10 +9,12 @@ import threading
 
 class RawServer:
     """A TCP server on a free loopback port that answers each connection with ``reply`` (bytes, after
-    reading the request's first bytes), or, with ``reply=None``, accepts and never reads."""
+    reading the request's first bytes), or, with ``reply=None``, accepts and never reads. With
+    ``then_close`` it closes each connection once its reply is sent (a body cut before its end)."""
 
-    def __init__(self, reply: bytes | None) -> None:
+    def __init__(self, reply: bytes | None, then_close: bool = False) -> None:
         self.reply = reply
+        self.then_close = then_close
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -30,6 +32,8 @@ class RawServer:
             if self.reply is not None:
                 conn.recv(65536)
                 conn.sendall(self.reply)
+                if self.then_close:
+                    conn.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self.sock.close()
