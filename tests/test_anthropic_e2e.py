@@ -303,7 +303,8 @@ def test_without_key_the_provider_is_not_configured(start_daemon, fake):
     daemon = start(start_daemon, fake, key="")
     providers = providers_by_name(daemon.stub)
     assert providers["anthropic"].state == pb.PROVIDER_STATE_NOT_CONFIGURED
-    assert "ANTHROPIC_API_KEY" in providers["anthropic"].reason
+    # the file's ${ANTHROPIC_TEST_KEY} is named: an unset or empty one never falls back to ANTHROPIC_API_KEY
+    assert "providers.anthropic.api_key: ${ANTHROPIC_TEST_KEY} is empty" in providers["anthropic"].reason
     with pytest.raises(grpc.RpcError) as info:
         daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION

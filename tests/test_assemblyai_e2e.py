@@ -303,10 +303,11 @@ def test_speech_models_setting_reaches_assemblyai_through_the_daemon(start_daemo
     assert answer.transcript.text == SPEAKER_TEXT
 
 
-def test_a_refused_speech_models_setting_lists_the_provider_broken_with_the_key(start_daemon, fake):
+def test_a_refused_speech_models_setting_stops_serve_naming_the_key(start_daemon, fake):
+    """A provider section its plugin refuses is a configuration error: serve refuses to start, as config
+    check fails (it started and listed the provider broken, so every request to it failed)."""
     config = CONFIG.replace("poll_interval: 0.05}", "poll_interval: 0.05, speech_models: [nano]}")
-    daemon = start_daemon(config.format(url=fake.url), env={"AAI_TEST_KEY": KEY})
-    info = providers_by_name(daemon.stub, timeout=10)["assemblyai"]
-    assert info.state == pb.PROVIDER_STATE_BROKEN
-    assert "providers.assemblyai.speech_models" in info.reason
-    assert "no longer takes 'nano'" in info.reason
+    with pytest.raises(RuntimeError, match="daemon exited") as info:
+        start_daemon(config.format(url=fake.url), env={"AAI_TEST_KEY": KEY})
+    assert "providers.assemblyai.speech_models" in str(info.value)
+    assert "no longer takes 'nano'" in str(info.value) and KEY not in str(info.value)
