@@ -46,7 +46,7 @@ from .config import (
     targets_of,
     unknown_models,
 )
-from .config_warnings import broken_provider_errors, config_warnings, refused_section
+from .config_warnings import broken_provider_errors, config_warnings
 from .errors import ConfigError
 from .plugins import GROUP, load_registry
 from .routing import Target
@@ -108,8 +108,6 @@ def serve(
     if json_logs:
         _quiet_grpc_core()
     _log_to_stderr(server.log_level, json_logs)
-    if config is not None and settings.providers:  # the embedded default's sections are known good
-        _refuse_refused_sections(settings, json_logs)
     from .server import serve as run
 
     try:
@@ -143,26 +141,6 @@ def _stopped_by_a_bug(exc: Exception) -> NoReturn:
     log.critical("the daemon stopped on an unexpected error (a bug: please report it with the traceback): %s",
                  f"{type(exc).__name__}: {exc}", exc_info=exc)
     raise typer.Exit(1) from None
-
-
-def _refuse_refused_sections(settings: Config, json_logs: bool) -> None:
-    """End ``serve`` with exit 2 when a plugin refuses its ``providers`` section (a key it does not know,
-    a bad value: see :func:`router.config_warnings.refused_section`), as ``config check`` does: the
-    provider would be broken and every request to it fail. The providers are made for this alone and
-    closed; plugins broken for reasons outside the file (one that fails to import) do not stop the
-    daemon, which lists them broken."""
-    from . import redact
-    from .core import secrets_of
-
-    with _plugins_log_below(logging.DEBUG):  # the daemon's own registry logs what there is to log
-        registry = load_registry(settings.providers, disabled=settings.plugins.disabled)
-    try:
-        problems = [problem for entry in registry.entries.values() if (problem := refused_section(entry, settings))]
-    finally:
-        asyncio.run(registry.aclose())
-    if problems:
-        secrets = redact.longest_first(secrets_of(settings.providers, settings.server.auth_token))
-        _start_failed(redact.mask("invalid configuration:\n  " + "\n  ".join(problems), secrets), 2, json_logs)
 
 
 def _other_address(address: str) -> str:
@@ -726,7 +704,7 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
 def _plugins_log_below(level: int) -> Iterator[None]:
     """Leave out the lines of ``router.plugins`` at ``level`` and above meanwhile: at ERROR, the lines
     :func:`router.plugins.load_registry` logs for broken providers (its only ERROR lines), which the
-    caller reports itself; at DEBUG, all of them (a registry made only for a check)."""
+    caller reports itself."""
     plugins_log = logging.getLogger("router.plugins")
     below = _BelowLevel(level)
     plugins_log.addFilter(below)

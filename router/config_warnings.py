@@ -58,6 +58,12 @@ def refused_section(entry: ProviderEntry, config: Config) -> str | None:
     return None
 
 
+def refused_sections(config: Config, registry: Registry) -> list[str]:
+    """Every ``providers`` section of ``config`` its plugin refused (see :func:`refused_section`): start-up
+    and reloads refuse them, as ``config check`` does."""
+    return [problem for entry in registry.entries.values() if (problem := refused_section(entry, config))]
+
+
 def _uses(config: Config, name: str) -> str | None:
     """The first key at which ``config`` uses provider ``name``: its ``providers`` section, or a route,
     fallback, bridge or default target naming it; None when it does not."""

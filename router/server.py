@@ -41,6 +41,7 @@ from mmrouter.v1 import router_pb2_grpc
 from . import invoke, redact, wire
 from .auth import TokenAuth
 from .config import Config, load_config, parse_address, replaced_default_rules
+from .config_warnings import refused_sections
 from .core import REQUEST_ID_KEY, App, missing_models, monotonic_deadline, new_request_id, secrets_of
 from .dispatch import RouterEvent
 from .errors import (
@@ -835,8 +836,10 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     data_lock = lock_data_dir(Path(config.server.data_dir).expanduser())
     warn_if_open_to_others(Path(config.server.data_dir).expanduser())
     app = App(config, extra_plugins=extra_plugins)
-    problems = missing_models(config, app.registry)
-    if problems:  # refused as by `config check`: routing would skip these targets on every request, unsaid
+    # refused as by `config check`: a section its plugin refused breaks its provider (every request to it
+    # fails), and routing would skip a target naming a model its provider lacks on every request, unsaid
+    problems = [*refused_sections(config, app.registry), *missing_models(config, app.registry)]
+    if problems:
         await app.aclose()
         data_lock.close()
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
