@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from pathlib import Path
 
 from . import routing
@@ -143,6 +143,7 @@ class App:
         #: Sessions reset lately, and when (time.monotonic()), the newest last.
         self._resets: OrderedDict[str, float] = OrderedDict()
         self._in_flight: Counter[str] = Counter()  # session id -> calls on it under way
+        self._session_turns: dict[str, asyncio.Lock] = {}  # session id -> the lock its calls take in turn
         self.router = _router_of(config)
         self.secrets = longest_first(secrets_of(config.providers, config.server.auth_token))
         self._remembered = 0  # how many of redact.remembered() self.secrets holds
@@ -353,25 +354,31 @@ class App:
         registry: Registry | None = None
         route: RouteInfo | None = None
         try:
-            untrimmed, history = await self._with_history(request)
-            await self._measure_media(untrimmed)
-            notes: list[str] = []
-            decision, _ = self._decide(untrimmed, notes=notes)
-            # each plan gets the history trimmed to its own model's context, after its bridges
-            fit = self._trim if history else None
-            ctx = CallContext(request_id=request_id or new_request_id(), deadline=deadline)
-            registry = self.registry  # the one the decision was made with (no await since): kept for the call
-            registry.calls += 1
-            # Closed explicitly: a consumer that stops at Done must not leave the generator to the
-            # garbage collector, whose finalizer schedules a task per request to close it.
-            async with aclosing(execute(untrimmed, decision, registry, ctx, notes, fit, self.bridge_memo, clock,
-                                        self.router.bridges, self.history_cuts)) as events:
-                async for event in events:
-                    if isinstance(event, RouteChosen):
-                        route = event.route  # the steps are added to it as they complete
-                    elif isinstance(event, Done):
-                        await self._finish(request, event, started)
-                    yield event
+            waited = time.perf_counter()
+            async with self._turn_of(session):  # a session's calls one at a time: each sees the turns before it
+                waited_ms = (time.perf_counter() - waited) * 1000
+                started = time.monotonic()  # a reset while it waited came before its history was read
+                untrimmed, history = await self._with_history(request)
+                await self._measure_media(untrimmed)
+                notes: list[str] = []
+                if waited_ms >= 1:
+                    notes.append(f"waited {waited_ms:.0f} ms for the call before it on session {session!r} to end")
+                decision, _ = self._decide(untrimmed, notes=notes)
+                # each plan gets the history trimmed to its own model's context, after its bridges
+                fit = self._trim if history else None
+                ctx = CallContext(request_id=request_id or new_request_id(), deadline=deadline)
+                registry = self.registry  # the one the decision was made with (no await since): kept for the call
+                registry.calls += 1
+                # Closed explicitly: a consumer that stops at Done must not leave the generator to the
+                # garbage collector, whose finalizer schedules a task per request to close it.
+                async with aclosing(execute(untrimmed, decision, registry, ctx, notes, fit, self.bridge_memo, clock,
+                                            self.router.bridges, self.history_cuts)) as events:
+                    async for event in events:
+                        if isinstance(event, RouteChosen):
+                            route = event.route  # the steps are added to it as they complete
+                        elif isinstance(event, Done):
+                            await self._finish(request, event, started)
+                        yield event
         finally:
             if route is not None:
                 self._record(route, request.hints.tags)
@@ -383,6 +390,15 @@ class App:
                 self._in_flight[session] -= 1
                 if not self._in_flight[session]:
                     del self._in_flight[session]
+                    self._session_turns.pop(session, None)
+
+    def _turn_of(self, session: str) -> AbstractAsyncContextManager[object]:
+        """What a call on ``session`` holds from reading its history to keeping its turn: a second call
+        waits for the first to end, then reads the history with the first's turn in it (else both would
+        answer on the same history and be kept one after the other). Nothing for a call without a session."""
+        if not session:
+            return nullcontext()
+        return self._session_turns.setdefault(session, asyncio.Lock())
 
     def _record(self, route: RouteInfo, tags: Sequence[str] = ()) -> None:
         """Record the route's completed steps for statistics, with the request's ``tags``, and its

@@ -524,6 +524,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if modality is None:
             raise InvalidRequest(f"the upload's modality is {'missing' if not meta.modality else meta.modality}",
                                  violations=[FieldViolation("metadata.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT")])
+        problems = wire.filename_problems(meta.filename, "metadata.filename")
+        if problems:
+            raise InvalidRequest(f"invalid metadata.filename: {problems[0].description}", violations=problems)
         async with aclosing(_upload_chunks(messages, context)) as chunks:
             stored = await self.app.media.upload(meta.mime_type, modality, meta.filename, meta.size_bytes, chunks)
         return pb.UploadMediaResponse(media_id=stored.media_id, size_bytes=stored.size,
@@ -551,10 +554,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     @unary
     async def ResetSession(self, request: pb.ResetSessionRequest, context: grpc.aio.ServicerContext,
                            call: CallLog) -> pb.ResetSessionResponse:
-        call.session = request.session_id
         if not request.session_id:
             raise InvalidRequest("session_id is required",
                                  violations=[FieldViolation("session_id", "required")])
+        problems = wire.session_id_problems(request.session_id, "session_id")
+        if problems:  # not logged: the access log would carry it
+            raise InvalidRequest(f"invalid session_id: {problems[0].description}", violations=problems)
+        call.session = request.session_id
         return pb.ResetSessionResponse(turns_removed=await self.app.areset_session(request.session_id))
 
 

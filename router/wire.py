@@ -64,6 +64,10 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
     if modality is None or modality is Modality.TEXT:
         problems.append(FieldViolation(f"{path}.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT"))
         return None
+    name_issues = filename_problems(media.filename, f"{path}.filename")
+    if name_issues:
+        problems += name_issues
+        return None
     source = media.WhichOneof("source")
     if source is None:
         problems.append(FieldViolation(path, "set one of its fields data, media_id or url"))
@@ -152,6 +156,10 @@ MAX_PARTS = 100_000
 MAX_TAG_CHARS = 128
 #: The longest session id: it is stored with every turn of its session.
 MAX_SESSION_ID_CHARS = 256
+#: The longest provider and model names a client may ask for (``hints``): they are logged and answered back.
+MAX_HINT_CHARS = 256
+#: The longest media file name: it is stored with an upload, logged, and sent to providers.
+MAX_FILENAME_CHARS = 255
 #: The most metadata entries a request may carry, and the longest key and value: rules match on them.
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY_CHARS = 128
@@ -250,7 +258,9 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
         problems.append(FieldViolation("request.options.temperature", "must be between 0 and 2"))
     problems += _language_problems(options.language)
     problems += _tag_problems(msg.hints.tags)
-    problems += _session_id_problems(msg.session_id)
+    problems += session_id_problems(msg.session_id)
+    problems += name_problems(msg.hints.provider, "request.hints.provider", MAX_HINT_CHARS, "the name")
+    problems += name_problems(msg.hints.model, "request.hints.model", MAX_HINT_CHARS, "the name")
     problems += _metadata_problems(msg.metadata)
     request = Request(
         messages=messages,
@@ -308,13 +318,24 @@ def _language_problems(language: str) -> list[FieldViolation]:
                            f"zh-Hant-TW, at most {MAX_LANGUAGE_CHARS} characters; leave it empty to detect it")]
 
 
-def _session_id_problems(session_id: str) -> list[FieldViolation]:
+def session_id_problems(session_id: str, field: str = "request.session_id") -> list[FieldViolation]:
     """What is wrong with a session id: it is kept with every turn of its session."""
-    if len(session_id) > MAX_SESSION_ID_CHARS:
-        return [FieldViolation("request.session_id", f"{len(session_id)} characters; at most {MAX_SESSION_ID_CHARS}")]
-    if not session_id.isprintable():
-        return [FieldViolation("request.session_id", "has a character that cannot be printed (a newline, a tab, "
-                               "another control character): send the id without it")]
+    return name_problems(session_id, field, MAX_SESSION_ID_CHARS, "the id")
+
+
+def filename_problems(filename: str, field: str) -> list[FieldViolation]:
+    """What is wrong with a media file name: it is stored with an upload, logged and sent to providers."""
+    return name_problems(filename, field, MAX_FILENAME_CHARS, "the name")
+
+
+def name_problems(value: str, field: str, max_chars: int, what: str) -> list[FieldViolation]:
+    """What is wrong with a name a client sends that the daemon keeps, logs or sends on: longer than
+    ``max_chars``, or holding a character that cannot be printed (which would break a log line)."""
+    if len(value) > max_chars:
+        return [FieldViolation(field, f"{len(value)} characters; at most {max_chars}")]
+    if not value.isprintable():
+        return [FieldViolation(field, "has a character that cannot be printed (a newline, a tab, another control "
+                               f"character): send {what} without it")]
     return []
 
 

@@ -138,6 +138,18 @@ def test_upload_needs_metadata_first(daemon) -> None:
     assert details.violations[0][0] == "metadata"
 
 
+@pytest.mark.parametrize("filename", ["f" * 256 + ".pdf", "report\n2026-11-26 12:00:00 INFO fake.pdf"],
+                         ids=["too-long", "newline"])
+def test_upload_checks_the_file_name(daemon, filename) -> None:
+    """The name is stored with the upload, logged and sent to providers: bounded and printable."""
+    meta = pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", filename=filename)
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.UploadMedia(iter([pb.UploadMediaRequest(metadata=meta), pb.UploadMediaRequest(chunk=PDF)]))
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    assert details.violations[0][0] == "metadata.filename"
+
+
 @pytest.mark.parametrize(("after_metadata", "field"), [
     (pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf")),
      "metadata"),

@@ -196,11 +196,23 @@ WAV = b"RIFF\0\0\0\0WAVEfmt " + b"\0" * 64
          grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0].media.media_id"),
         (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, media_id="AB" * 32)]),
          grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0].media.media_id"),
+        # names that are logged, answered back or sent to providers are bounded and printable
+        (text_request("x", hints=pb.RoutingHints(provider="p" * 257)), grpc.StatusCode.INVALID_ARGUMENT,
+         "INVALID_REQUEST", "request.hints.provider"),
+        (text_request("x", hints=pb.RoutingHints(model="gpt-4o\nFAKE LOG LINE")), grpc.StatusCode.INVALID_ARGUMENT,
+         "INVALID_REQUEST", "request.hints.model"),
+        (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=PNG,
+                                           filename="f" * 256 + ".png")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0].media.filename"),
+        (text_request("x", media=[pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=PNG,
+                                           filename="a\r\nb.png")]),
+         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "request.messages[0].parts[0].media.filename"),
     ],
     ids=["empty", "empty-part", "blank-text", "mime-vs-bytes", "mime-vs-modality", "no-modality", "oversize",
          "url-not-allowed", "bad-temperature", "no-source", "too-many-tags", "empty-tag", "long-tag",
          "long-session-id", "session-id-with-newline", "too-much-metadata", "long-metadata-key",
-         "long-metadata-value", "bad-language", "long-language", "media-id-a-path", "media-id-upper-case"],
+         "long-metadata-value", "bad-language", "long-language", "media-id-a-path", "media-id-upper-case",
+         "long-provider-hint", "model-hint-with-newline", "long-filename", "filename-with-newline"],
 )
 def test_bad_requests_get_invalid_argument_with_field_violations(daemon, request_, code, reason, field) -> None:
     details = error_details(failure(lambda: generate(daemon, request_)))
@@ -296,6 +308,14 @@ def test_unknown_things_get_clear_codes(daemon, request_, code, reason) -> None:
 def test_unknown_session_reset_is_not_found(daemon) -> None:
     details = error_details(failure(lambda: daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="nope"))))
     assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+
+
+@pytest.mark.parametrize("session_id", ["s" * 257, "chat\n1"], ids=["too-long", "newline"])
+def test_reset_session_checks_the_id_as_a_request_does(daemon, session_id) -> None:
+    """No such id can hold turns: INVALID_REQUEST names the field, as Generate does, not SESSION_NOT_FOUND."""
+    details = error_details(failure(lambda: daemon.stub.ResetSession(pb.ResetSessionRequest(session_id=session_id))))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    assert [f for f, _ in details.violations] == ["session_id"]
 
 
 def test_overrides_can_be_forbidden(start_daemon, tmp_path) -> None:
@@ -488,8 +508,8 @@ def test_errors_that_quote_huge_input_keep_their_code_and_details(daemon) -> Non
     """Statuses travel in trailers, which clients refuse over 8 KiB: a bare RESOURCE_EXHAUSTED without details."""
     empty_parts = pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part()])] * 2000)
     calls = [
-        (lambda: daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="é" * 20_000)), "SESSION_NOT_FOUND"),
-        (lambda: generate(daemon, text_request("hi", hints=pb.RoutingHints(model="m" * 50_000))), "UNKNOWN_TARGET"),
+        (lambda: daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="é" * 20_000)), "INVALID_REQUEST"),
+        (lambda: generate(daemon, text_request("hi", hints=pb.RoutingHints(model="m" * 50_000))), "INVALID_REQUEST"),
         (lambda: generate(daemon, text_request("hi", media=[pb.Media(modality=pb.MODALITY_IMAGE,
                                                                      media_id="x" * 50_000)])), "INVALID_REQUEST"),
         (lambda: generate(daemon, text_request("hi", media=[pb.Media(modality=pb.MODALITY_IMAGE, data=PNG,

@@ -542,9 +542,10 @@ def test_a_reset_reads_only_its_own_session_and_keeps_texts_other_sessions_use(t
 
 
 def test_two_calls_starting_one_session_from_a_conversation_store_it_once(start_daemon) -> None:
-    """Both start while the session is empty, so both may give the conversation whole: the second to
-    finish adds only its own turn."""
-    import threading
+    """Both send the conversation whole, as a new session may: the second waits for the first (a session's
+    calls run one at a time), finds the session started, and is refused as any whole conversation sent to
+    a session with turns is, rather than storing the conversation twice."""
+    from concurrent.futures import ThreadPoolExecutor
 
     daemon = start_daemon(CONFIG)
     conversation = pb.MultimodalRequest(session_id="dup", messages=[
@@ -552,13 +553,42 @@ def test_two_calls_starting_one_session_from_a_conversation_store_it_once(start_
         pb.Message(role=pb.ROLE_ASSISTANT, parts=[pb.Part(text="hello!")]),
         pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="SLOW:0.5")]),
     ])
-    calls = [threading.Thread(target=lambda: daemon.stub.Generate(pb.GenerateRequest(request=conversation),
-                                                                  timeout=30)) for _ in range(2)]
-    for call in calls:
-        call.start()
-    for call in calls:
-        call.join(30)
-    assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="dup")).turns_removed == 6  # 4 + 2, not 8
+
+    def call() -> str:
+        try:
+            daemon.stub.Generate(pb.GenerateRequest(request=conversation), timeout=30)
+            return "answered"
+        except grpc.RpcError as exc:
+            return error_details(exc).reason
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(lambda _: call(), range(2)))
+    assert outcomes == ["INVALID_REQUEST", "answered"]
+    assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="dup")).turns_removed == 4
+
+
+def test_calls_on_one_session_run_one_at_a_time_each_on_the_turns_before_it(start_daemon) -> None:
+    """A second call sent while the first is answered waits for it, then answers on a history holding the
+    first turn, and says it waited; both answered on the same history before, the second's turn stored after
+    a first turn it never saw. Calls on other sessions do not wait."""
+    import threading
+
+    daemon = start_daemon(CONFIG)
+    ask(daemon, "remember: blue", session="busy")
+    first: list[pb.Answer] = []
+    slow = threading.Thread(target=lambda: first.append(ask(daemon, "SLOW:1", session="busy")))
+    slow.start()
+    time.sleep(0.3)
+    other = ask(daemon, "elsewhere", session="quiet")  # another session: no wait
+    second = ask(daemon, "and now?", session="busy")
+    slow.join(30)
+    assert first and "[history=1" in first[0].text
+    assert "[history=2" in second.text, second.text  # it saw the slow call's turn
+    assert any("waited" in note and "'busy'" in note for note in second.route.notes), second.route.notes
+    assert not any("waited" in note for note in [*other.route.notes, *first[0].route.notes])
+    third = ask(daemon, "last", session="busy")
+    assert "[history=3" in third.text
+    assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="busy")).turns_removed == 8
 
 
 def test_a_locked_session_database_holds_up_only_the_turn_that_waits_for_it(start_daemon, tmp_path) -> None:
