@@ -697,7 +697,7 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
         err.print(f"[yellow]{escape(redact.mask(warning, log_filter.secrets))}[/yellow]")
     if broken or unknown:
         raise typer.Exit(1)
-    out.print(escape(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}"))
+    out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}", markup=False)
 
 
 @contextmanager

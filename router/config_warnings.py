@@ -41,8 +41,6 @@ def config_warnings(config: Config, registry: Registry) -> Iterator[str]:
                "the embedded one is not used; rename yours to keep both")
 
 
-#: How the registry words a provider whose plugin refused its settings (``ProviderSettings.load``'s ConfigError).
-_REFUSED_SETTINGS = "register_providers failed: ConfigError: "
 
 
 def refused_section(entry: ProviderEntry, config: Config) -> str | None:
@@ -50,12 +48,10 @@ def refused_section(entry: ProviderEntry, config: Config) -> str | None:
     not know, a bad value), naming the key: ``providers.local.worker: Extra inputs are not permitted``;
     None when it is not broken by what its plugin found in its section (a plugin that fails to import,
     or a bad price, which the router itself checks and which breaks that provider alone)."""
-    if entry.state is not State.BROKEN or entry.name not in config.providers:
+    if entry.state is not State.BROKEN or entry.name not in config.providers or not entry.refused_settings:
         return None
-    if entry.reason.startswith(_REFUSED_SETTINGS):
-        problem = entry.reason.removeprefix(_REFUSED_SETTINGS)
-        return problem if problem.startswith(f"providers.{entry.name}.") else f"providers.{entry.name}: {problem}"
-    return None
+    problem = entry.refused_settings
+    return problem if problem.startswith(f"providers.{entry.name}.") else f"providers.{entry.name}: {problem}"
 
 
 def refused_sections(config: Config, registry: Registry) -> list[str]:

@@ -25,6 +25,7 @@ import pluggy
 
 from . import hookspecs
 from .contract import MAX_INT64
+from .errors import ConfigError
 from .mime import normalise_mime
 from .provider import Provider
 from .types import Modality, ModelInfo, Price
@@ -52,6 +53,9 @@ class ProviderEntry:
     state: State
     reason: str = ""
     provider: Provider | None = None
+    #: For a broken provider whose plugin refused its ``providers`` section (its settings raised
+    #: ConfigError): that problem, naming the key (``providers.local.worker: Extra inputs are not permitted``).
+    refused_settings: str = ""
 
     @property
     def models(self) -> list[ModelInfo]:
@@ -479,7 +483,8 @@ def _collect_providers(pm: pluggy.PluginManager, registry: Registry, plugin_name
         raise
     except BaseException as exc:  # KeyboardInterrupt, SystemExit too: this plugin is broken, not the daemon
         reason = f"register_providers failed: {_describe(exc)}"
-        _add(registry, ProviderEntry(provider_name, plugin_name, State.BROKEN, reason))
+        refused = str(exc) if isinstance(exc, ConfigError) else ""
+        _add(registry, ProviderEntry(provider_name, plugin_name, State.BROKEN, reason, refused_settings=refused))
         return
     if _awaitables_closed(results):  # an ``async def`` hook: it ran no code, it was never awaited
         reason = "register_providers must be a plain def, not async def: hooks are called without await"
