@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from pathlib import Path
 
-from . import routing
+from . import routing, wire
 from .config import Config, unknown_models
 from .dispatch import HistoryCuts, RouterEvent, execute
 from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownSession
@@ -266,7 +266,11 @@ class App:
             _check_only_new_turn(request, len(history))
         if not self.config.server.allow_urls:
             history = [_without_urls(message) for message in history]
-        return dataclasses.replace(request, messages=history + request.messages, history_length=len(history)), history
+        full = dataclasses.replace(request, messages=history + request.messages, history_length=len(history))
+        problems = wire.task_problems(full, history_read=True)  # a transcription of the history's recording
+        if problems:
+            raise InvalidRequest(f"invalid request: {problems[0].field}: {problems[0].description}", violations=problems)
+        return full, history
 
     def _decide(self, request: Request, *, observed: bool = True,
                 notes: list[str] | None = None) -> tuple[Decision, Facts]:

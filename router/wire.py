@@ -279,7 +279,7 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
     if not problems and not request.modalities():
         problems.append(FieldViolation("request.messages", "the request has no content: all text parts are empty"))
     if not problems:  # a media part refused above is missing from ``request``
-        problems += _task_problems(request)
+        problems += task_problems(request)
     if problems:
         raise InvalidRequest("invalid request: " + "; ".join(f"{p.field}: {p.description}" for p in problems),
                              violations=problems)
@@ -295,18 +295,23 @@ def _tag_problems(tags: Sequence[str]) -> list[FieldViolation]:
             for i, tag in enumerate(tags) if not tag or len(tag) > MAX_TAG_CHARS]
 
 
-def _task_problems(request: Request) -> list[FieldViolation]:
+def task_problems(request: Request, history_read: bool = False) -> list[FieldViolation]:
     """What is wrong with the task for what the request holds: a transcription transcribes the audio and
     video of the newest user message with media (:meth:`Request.current_media`), and with none there no
-    provider can do it. A session's request without media may transcribe its history's, unseen here."""
+    provider can do it. A session's request without media may transcribe its history's, unseen here
+    unless ``history_read`` (``request`` holds the history then)."""
     if request.options.task is not Task.TRANSCRIBE:
         return []
     media = request.current_media()
-    if any(m.modality in (Modality.AUDIO, Modality.VIDEO) for m in media) or (not media and request.session_id):
+    if any(m.modality in (Modality.AUDIO, Modality.VIDEO) for m in media):
         return []
+    if not media and request.session_id and not history_read:
+        return []
+    where = "this request and its session's history have" if history_read and request.session_id else \
+        "this request has"
     return [FieldViolation("request.options.task", "TASK_TRANSCRIBE transcribes the audio or video of the newest "
-                           "user message with media, and this request has none there: send the recording in "
-                           "that message, or ask with TASK_CHAT")]
+                           f"user message with media, and {where} none there: send the recording in that "
+                           "message, or ask with TASK_CHAT")]
 
 
 def _language_problems(language: str) -> list[FieldViolation]:

@@ -682,3 +682,31 @@ def test_a_turn_that_cannot_be_kept_says_so_in_its_route(start_daemon, tmp_path)
     assert "[history=1" in after.text and "yyy" not in after.text, "the unkept turn is in the history"
     assert not after.route.notes
     assert "[history=2" in ask(daemon, "and again", session="full").text, "the turn after was not kept"
+
+
+def test_a_transcription_in_a_session_needs_a_recording_in_the_request_or_its_history(start_daemon) -> None:
+    """A session's request without media may transcribe the recording of an earlier turn; with none in the
+    history either, it is refused before routing (as without a session), not sent to a provider that
+    refused it as PROVIDER_BAD_REQUEST, counted against its health."""
+    from media_factory import wav
+
+    daemon = start_daemon("""
+providers: {fake: {api_key: k}}
+routes:
+  - {name: speech, match: {task: [transcribe]}, use: fake/ears}
+  - {name: everything, use: fake/omni}
+""")
+    transcribe = pb.Options(task=pb.TASK_TRANSCRIBE)
+    ask(daemon, "hello", session="text-only")
+    request = text_request("transcribe it", session_id="text-only", options=transcribe)
+    for call in (lambda: daemon.stub.Generate(pb.GenerateRequest(request=request)),
+                 lambda: daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request))):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        details = error_details(caught.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+        assert details.violations[0][0] == "request.options.task" and "session's history" in details.violations[0][1]
+    audio = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(1.0))
+    ask(daemon, "what is said?", session="recorded", media=[audio])
+    answer = ask(daemon, "transcribe it", session="recorded", options=transcribe)
+    assert answer.route.model == "ears" and "bytes heard" in answer.text
