@@ -8,7 +8,9 @@ and reflection stay open so load balancers and tools can probe the daemon.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import socket
 from collections import namedtuple
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +19,8 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from .config import parse_address
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +105,37 @@ class TokenAuth(grpc.aio.ServerInterceptor):
             (True, True): grpc.stream_stream_rpc_method_handler,
         }
         make = kinds[(handler.request_streaming, handler.response_streaming)]
-        return make(deny, request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer)
+        # the request is refused unread: decoding it (60 MB of text a call) would let anyone without the
+        # token make the daemon parse and hold whatever it is sent
+        return make(deny, request_deserializer=_discard, response_serializer=handler.response_serializer)
+
+
+def _discard(data: bytes) -> None:
+    """The request deserializer of a refused call: the request is never decoded."""
+    return None
+
+
+def loopback_only(address: str) -> bool:
+    """Whether a listening ``address`` is reached from this machine only: a unix socket, or a host
+    whose every address is a loopback one (``127.0.0.1``, ``[::1]``, ``localhost``). A host that does
+    not resolve counts as loopback (the daemon cannot listen on it anyway)."""
+    try:
+        parsed = parse_address(address)
+        if parsed is None:
+            return True
+        found = {info[4][0] for info in socket.getaddrinfo(parsed[0], None, proto=socket.IPPROTO_TCP)}
+    except (ValueError, OSError):
+        return True
+    return all(ipaddress.ip_address(ip.partition("%")[0]).is_loopback for ip in found)
+
+
+def warn_if_token_in_clear(address: str, token: str, tls: bool) -> None:
+    """Warn when clients would send the auth ``token`` in clear over the network: set, without TLS, on
+    an ``address`` others can reach (``0.0.0.0``, a LAN address). Whoever sees the traffic has the token."""
+    if token and not tls and not loopback_only(address):
+        log.warning("server.auth_token on %s without server.tls: clients send the token (and their requests) "
+                    "in clear over the network, where anyone who sees the traffic can take it; set server.tls, "
+                    "or listen on loopback behind a TLS proxy", address)
 
 
 class _CallDetails(

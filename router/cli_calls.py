@@ -295,6 +295,18 @@ def client_token(token: str) -> str:
     return token
 
 
+def shown(text: str, lines: bool = False) -> str:
+    """``text`` that came from the daemon or a provider, safe to print: each character that cannot be
+    printed (ESC, a newline, a bidirectional override...) is written as Python escapes it (``\\x1b``,
+    ``\\n``, ``\\u202e``), so an error message or a name can neither drive the terminal (colours, a
+    cleared screen, the window title) nor forge a line. With ``lines`` (an answer's text), newlines and
+    tabs are kept."""
+    if text.isprintable():
+        return text
+    keep = "\n\t" if lines else ""
+    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def status_detail(exc: grpc.RpcError, kind: type[M]) -> M | None:
     """The first ``google.rpc.Status`` detail of type ``kind`` (ErrorInfo, RetryInfo...) of a failed call, or None."""
     from grpc_status import rpc_status
@@ -329,7 +341,7 @@ def call_with_media(build: Callable[[int], Any], call: Callable[[Any], Any], inl
         why = too_large_inline(exc)
         if not inline or why is None:
             raise
-    err.print(f"[yellow]{escape(why)}: uploading the files[/yellow]")
+    err.print(f"[yellow]{escape(shown(why))}: uploading the files[/yellow]")
     return call(build(0))
 
 
@@ -380,11 +392,11 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None) 
     from google.rpc import error_details_pb2
 
     details = exc.details() or ""
-    err.print(f"[red]{exc.code().name}: {escape(name_files(details, files or {}))}[/red]")
+    err.print(f"[red]{exc.code().name}: {escape(shown(name_files(details, files or {})))}[/red]")
     bad = status_detail(exc, error_details_pb2.BadRequest)
     for v in bad.field_violations if bad is not None else ():
         if v.description not in details:  # most messages say it already
-            err.print(f"  {name_files(v.field, files or {})}: {v.description}", markup=False)
+            err.print(shown(f"  {name_files(v.field, files or {})}: {v.description}"), markup=False)
     if exc.code() == grpc.StatusCode.UNAVAILABLE and not error_info(exc)[0]:  # gRPC's, not the daemon's
         err.print(unreachable_hint(details, address), markup=False)
     raise typer.Exit(1)
@@ -426,17 +438,17 @@ def print_route(route, console: Console) -> None:
 
     outcome = {pb.RULE_OUTCOME_MATCHED: "[green]matched[/green]", pb.RULE_OUTCOME_SKIPPED: "[yellow]skipped[/yellow]",
                pb.RULE_OUTCOME_NOT_MATCHED: "not matched", pb.RULE_OUTCOME_NOT_EVALUATED: "[dim]not evaluated[/dim]"}
-    console.print(f"route: rule [bold]{escape(route.rule)}[/bold] -> [bold]{escape(route.provider)}/"
-                  f"{escape(route.model)}[/bold]"
-                  + escape(f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else "")
-                  + escape(f"  bridges: {', '.join(route.bridges)}" if route.bridges else ""))
+    console.print(f"route: rule [bold]{escape(shown(route.rule))}[/bold] -> [bold]{escape(shown(route.provider))}/"
+                  f"{escape(shown(route.model))}[/bold]"
+                  + escape(shown(f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else ""))
+                  + escape(shown(f"  bridges: {', '.join(route.bridges)}" if route.bridges else "")))
     table = Table("rule", "outcome", "why", show_header=True, box=None)
     for t in route.trace:
         # cells as Text, not escaped markup: escape() doubles a backslash that ends a value
-        table.add_row(Text(t.rule), outcome.get(t.outcome, "?"), Text(t.reason))
+        table.add_row(Text(shown(t.rule)), outcome.get(t.outcome, "?"), Text(shown(t.reason)))
     console.print(table)
     for step in route.steps:
-        console.print(f"step {step.purpose}: {step.provider}/{step.model} {step.latency_ms:.0f} ms "
-                      f"${step.usage.cost_usd:.6f}", markup=False)
+        console.print(shown(f"step {step.purpose}: {step.provider}/{step.model} {step.latency_ms:.0f} ms "
+                            f"${step.usage.cost_usd:.6f}"), markup=False)
     for note in route.notes:
-        console.print(f"note: {note}", markup=False)
+        console.print(shown(f"note: {note}"), markup=False)

@@ -3,6 +3,7 @@ format (one object per line) for log collectors."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -37,8 +38,21 @@ def mask(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+def _masked(value: object, secrets: tuple[str, ...]) -> object:
+    """``value`` with the secrets masked when it is a string, or a list, tuple or dict (of such values,
+    keys too); anything else as it is."""
+    if isinstance(value, str):
+        return mask(value, secrets)
+    if type(value) in (list, tuple):  # not their subclasses (a named tuple is not made of an iterable)
+        return type(value)(_masked(item, secrets) for item in value)
+    if type(value) is dict:
+        return {_masked(key, secrets): _masked(item, secrets) for key, item in value.items()}
+    return value
+
+
 class SecretFilter(logging.Filter):
-    """Masks secrets in a record's message and traceback before any handler writes it."""
+    """Masks secrets in a record's message, traceback and ``extra=`` fields (which the JSON log writes)
+    before any handler writes it."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
@@ -62,6 +76,9 @@ class SecretFilter(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = mask(record.exc_text, self.secrets)
+        for key, value in list(record.__dict__.items()):
+            if key not in _RECORD_ATTRIBUTES:
+                record.__dict__[key] = _masked(value, self.secrets)
         return True
 
 
@@ -69,9 +86,16 @@ class SecretFilter(logging.Filter):
 _TOKEN_AS_USER = 16
 
 
+def basic_auth(user: str, password: str) -> str:
+    """The base64 of ``user:password`` as HTTP Basic authentication sends it (httpx makes it of a URL's
+    credentials, and an upstream that echoes its request headers in an error shows it)."""
+    return base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
 def url_credentials(value: object) -> set[str]:
     """Of a URL with credentials: the ``user:password`` part and the password, as written and decoded;
-    a user name alone when it is long enough to be a token."""
+    a user name alone when it is long enough to be a token; and the ``Authorization: Basic`` value an
+    HTTP client makes of them (:func:`basic_auth`, of the credentials as written and decoded)."""
     if not isinstance(value, str) or "@" not in value or "://" not in value:
         return set()
     try:
@@ -85,6 +109,8 @@ def url_credentials(value: object) -> set[str]:
     found = {userinfo, password, unquote(password)} if password else set()
     if len(user) >= _TOKEN_AS_USER:  # ``TOKEN@host``, ``TOKEN:@host``, ``TOKEN:x-oauth-basic@host``
         found |= {user, unquote(user)}
+    if password or len(user) >= _TOKEN_AS_USER:  # httpx sends ``Basic base64(user:password)``, decoded
+        found |= {basic_auth(user, password), basic_auth(unquote(user), unquote(password))}
     return found
 
 
@@ -127,7 +153,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``, with an
     exception ``exception``, and the fields the log call gave as ``extra=`` (e.g. an access line's
     ``method``, ``code``, ``duration_ms``, ``request_id``). Runs after :class:`SecretFilter`, so it sees
-    masked text; the filter does not mask the extra fields, so they never hold error text."""
+    masked text, in the extra fields too."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {

@@ -39,7 +39,7 @@ from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
 
 from . import invoke, redact, wire
-from .auth import TokenAuth
+from .auth import TokenAuth, warn_if_token_in_clear
 from .config import Config, load_config, parse_address, replaced_default_rules
 from .config_warnings import refused_sections
 from .core import REQUEST_ID_KEY, App, missing_models, monotonic_deadline, new_request_id, secrets_of
@@ -57,7 +57,7 @@ from .errors import (
 from .health import Health as RecentHealth
 from .outcome import Done, RouteChosen, RouteInfo, StepUsage
 from .registration import add_router_service, parsed
-from .tls import ServerCertificates
+from .tls import ServerCertificates, warn_if_key_open
 from .types import TextDelta, TranscriptReady
 
 log = logging.getLogger(__name__)
@@ -476,7 +476,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         with self.calls.hold():  # before the request (its media) is processed
             req = self._request(request.request)
             call.session = req.session_id
-            answer = self.app.answer(req, self._deadline(context), call.request_id)
+            answer = self.app.answer(req, self._deadline(context), call.request_id, held=True)
             async with self._bounded(), aclosing(answer) as events:
                 async for event in events:
                     if isinstance(event, Done):
@@ -841,6 +841,9 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     os.umask(0o077)
     data_lock = lock_data_dir(Path(config.server.data_dir).expanduser())
     warn_if_open_to_others(Path(config.server.data_dir).expanduser())
+    warn_if_token_in_clear(config.server.address, config.server.auth_token, config.server.tls is not None)
+    if config.server.tls:
+        warn_if_key_open(config.server.tls)
     app = App(config, extra_plugins=extra_plugins)
     # refused as by `config check`: a section its plugin refused breaks its provider (every request to it
     # fails), and routing would skip a target naming a model its provider lacks on every request, unsaid

@@ -8,12 +8,27 @@ keep the certificate they were made with.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import shlex
 import threading
 
 import grpc
 
 from .config import TlsSettings, tls_problem
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def warn_if_key_open(tls: TlsSettings) -> None:
+    """Warn when the TLS private key can be read by its group or other local users: with it, they can
+    pass for the daemon."""
+    with contextlib.suppress(OSError):
+        mode = tls.key_file.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("other local users may read the TLS private key %s (%04o): run chmod 600 %s",
+                        tls.key_file, mode, shlex.quote(str(tls.key_file)))
 
 
 def _configuration(tls: TlsSettings) -> grpc.ServerCertificateConfiguration:

@@ -64,7 +64,8 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
     if modality is None or modality is Modality.TEXT:
         problems.append(FieldViolation(f"{path}.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT"))
         return None
-    name_issues = filename_problems(media.filename, f"{path}.filename")
+    name_issues = [*filename_problems(media.filename, f"{path}.filename"),
+                   *mime_type_problems(media.mime_type, f"{path}.mime_type")]
     if name_issues:
         problems += name_issues
         return None
@@ -160,6 +161,8 @@ MAX_SESSION_ID_CHARS = 256
 MAX_HINT_CHARS = 256
 #: The longest media file name: it is stored with an upload, logged, and sent to providers.
 MAX_FILENAME_CHARS = 255
+#: The longest media type (RFC 6838 allows 127 characters each side of the ``/``, and parameters follow).
+MAX_MIME_TYPE_CHARS = 255
 #: The most metadata entries a request may carry, and the longest key and value: rules match on them.
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY_CHARS = 128
@@ -291,8 +294,11 @@ def _tag_problems(tags: Sequence[str]) -> list[FieldViolation]:
     """What is wrong with a request's tags: each is kept with its statistics rows (``stats --by tag``)."""
     if len(tags) > MAX_TAGS:
         return [FieldViolation("request.hints.tags", f"{len(tags)} tags; at most {MAX_TAGS}")]
-    return [FieldViolation(f"request.hints.tags[{i}]", "empty" if not tag else f"longer than {MAX_TAG_CHARS} characters")
-            for i, tag in enumerate(tags) if not tag or len(tag) > MAX_TAG_CHARS]
+    problems = []
+    for i, tag in enumerate(tags):  # printable as a session id: stats --by tag prints them, the log names them
+        field = f"request.hints.tags[{i}]"
+        problems += name_problems(tag, field, MAX_TAG_CHARS, "the tag") if tag else [FieldViolation(field, "empty")]
+    return problems
 
 
 def task_problems(request: Request, history_read: bool = False) -> list[FieldViolation]:
@@ -331,6 +337,12 @@ def session_id_problems(session_id: str, field: str = "request.session_id") -> l
 def filename_problems(filename: str, field: str) -> list[FieldViolation]:
     """What is wrong with a media file name: it is stored with an upload, logged and sent to providers."""
     return name_problems(filename, field, MAX_FILENAME_CHARS, "the name")
+
+
+def mime_type_problems(mime_type: str, field: str) -> list[FieldViolation]:
+    """What is wrong with a media type a client sends: it is stored with an upload, logged, answered
+    back and quoted in errors (a NO_ROUTE message names it)."""
+    return name_problems(mime_type, field, MAX_MIME_TYPE_CHARS, "the type")
 
 
 def name_problems(value: str, field: str, max_chars: int, what: str) -> list[FieldViolation]:

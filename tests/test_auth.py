@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import error_details, text_request
 from mmrouter.v1 import router_pb2 as pb
 
-from router.auth import bearer
+from router.auth import TokenAuth, bearer
 
 TOKEN = "tok-0123456789-secret"
 CONFIG = """
@@ -153,3 +153,79 @@ def test_the_cli_takes_the_token_as_an_option_and_never_shows_it(daemon) -> None
         shown = run(command, "--help", MMROUTER_TOKEN=TOKEN)
         assert shown.returncode == 0 and "--token" in shown.stdout and "MMROUTER_TOKEN" in shown.stdout
         assert TOKEN not in shown.stdout + shown.stderr
+
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["unary", "client-streaming"])
+async def test_a_call_without_the_token_is_refused_without_decoding_its_request(streaming) -> None:
+    """The refusal decoded the request first (8 calls of 60 MB each took 600 MB before being refused):
+    the method's request deserializer is never called for a refused call, only for an accepted one."""
+    decoded: list[bytes] = []
+
+    def deserialize(data: bytes) -> bytes:
+        decoded.append(data)
+        return data
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b"ok"
+
+    async def stream(requests, context: grpc.aio.ServicerContext) -> bytes:
+        return b"".join([r async for r in requests]) and b"ok"
+
+    handler = (grpc.stream_unary_rpc_method_handler(stream, request_deserializer=deserialize) if streaming
+               else grpc.unary_unary_rpc_method_handler(unary, request_deserializer=deserialize))
+    server = grpc.aio.server(interceptors=[TokenAuth(TOKEN)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("mmrouter.v1.Test", {"Call": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            method = "/mmrouter.v1.Test/Call"
+            call = channel.stream_unary(method) if streaming else channel.unary_unary(method)
+
+            def request():
+                return iter([b"x" * 1024, b"y"]) if streaming else b"x" * 1024
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call(request(), metadata=(("authorization", "Bearer wrong"),), timeout=30)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert decoded == []
+            assert await call(request(), metadata=bearer(TOKEN), timeout=30) == b"ok"  # the test's premise
+            assert decoded
+    finally:
+        await server.stop(None)
+
+
+def _serve_until_ready(tmp_path: Path, address: str) -> str:
+    """Start ``serve`` with the token on ``address``, wait until it listens, stop it; its log."""
+    import signal
+    import time
+
+    config = tmp_path / "router.yaml"
+    config.write_text('server:\n  auth_token: "${MMROUTER_TEST_TOKEN}"\n'
+                      "providers:\n  openai: {api_key: sk-test-0010}\ndefault: openai/gpt-4o\n")
+    ready, log = tmp_path / "ready", tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(config), "--address", address,
+                                 "--data-dir", str(tmp_path / "data"), "--ready-file", str(ready)],
+                                env={**os.environ, "MMROUTER_TEST_TOKEN": TOKEN}, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            while not (ready.exists() and ready.read_text()) and proc.poll() is None:
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    return log.read_text()
+
+
+def test_a_token_served_in_clear_beyond_loopback_is_warned_of_at_start(tmp_path) -> None:
+    """Without TLS on 0.0.0.0 every client's token crosses the network in clear: nothing said so."""
+    logs = _serve_until_ready(tmp_path, "0.0.0.0:0")
+    assert "listening" in logs, logs
+    assert "server.auth_token on 0.0.0.0:0 without server.tls: clients send the token" in logs
+    assert logs.count("without server.tls") == 1 and TOKEN not in logs
+
+
+def test_a_token_served_on_loopback_is_not_warned_of(daemon) -> None:
+    generate(daemon, metadata=bearer(TOKEN))
+    assert "without server.tls" not in daemon.logs()

@@ -94,3 +94,96 @@ def test_gateway_credentials_in_openai_base_url_reach_neither_the_client_nor_the
     assert "cannot reach http://***@127.0.0.1:" in info.value.details()  # where it went, without the login
     daemon.stop()
     assert GATEWAY_PASSWORD not in everything_said(info.value, daemon)
+
+
+def test_url_credentials_hold_the_basic_authorization_an_http_client_makes_of_them() -> None:
+    """httpx sends a URL's ``user:password`` as ``Authorization: Basic base64(user:password)``, decoded."""
+    import base64
+
+    from router.redact import url_credentials
+
+    found = url_credentials("http://gw%20user:Pass%2199word@gateway.example/v1")
+    assert base64.b64encode(b"gw user:Pass!99word").decode() in found
+    assert base64.b64encode(b"gw%20user:Pass%2199word").decode() in found
+    token = "tok_0123456789abcdef"
+    assert base64.b64encode(f"{token}:".encode()).decode() in url_credentials(f"https://{token}@gateway.example")
+    assert url_credentials("https://bob@gateway.example") == set()  # a short user name alone is no secret
+
+
+def test_a_base_url_login_echoed_by_the_upstream_as_basic_auth_is_masked_everywhere(start_daemon) -> None:
+    """An upstream that echoes its request headers in an error showed the ``Basic`` header httpx made
+    of the base_url's login to the client and in the log: only the raw ``user:password`` was masked."""
+    import base64
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import grpc
+    import pytest
+    from grpc_helpers import everything_said, text_request
+    from mmrouter.v1 import router_pb2 as pb
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = json.dumps({"error": {"message": f"bad request; you sent {dict(self.headers)}",
+                                         "type": "invalid_request_error"}}).encode()
+            self.send_response(400)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        config = f"""
+        server: {{log_level: DEBUG}}
+        providers:
+          openai:
+            api_key: sk-config-key-0008
+            base_url: http://gwuser:{GATEWAY_PASSWORD}%21@127.0.0.1:{upstream.server_address[1]}/v1
+            max_retries: 0
+        default: openai/gpt-4o
+        """
+        daemon = start_daemon(config)
+        with pytest.raises(grpc.RpcError) as info:
+            daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
+        daemon.stop()
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    said = everything_said(info.value, daemon)
+    basic = base64.b64encode(f"gwuser:{GATEWAY_PASSWORD}!".encode()).decode()
+    assert "Basic ***" in info.value.details(), info.value.details()  # the upstream did echo it
+    assert basic not in said and GATEWAY_PASSWORD not in said
+
+
+def test_the_json_log_masks_secrets_in_extra_fields() -> None:
+    """``log.warning("key %s", key, extra={"hdr": key})`` wrote the key in the JSON line's ``hdr``."""
+    import io
+    import json
+
+    from router.redact import JsonFormatter
+
+    secret = "sk-extra-0123456789"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(SecretFilter([secret]))
+    log = logging.getLogger("test.redact.json")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("key %s", secret, extra={"hdr": secret, "headers": {"authorization": f"Bearer {secret}"},
+                                             "keys": [secret, 3], "code": 7})
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    assert secret not in stream.getvalue()
+    entry = json.loads(stream.getvalue())
+    assert (entry["message"], entry["hdr"], entry["keys"], entry["code"]) == ("key ***", "***", ["***", 3], 7)
+    assert entry["headers"] == {"authorization": "Bearer ***"}

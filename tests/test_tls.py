@@ -239,3 +239,14 @@ def test_client_certificates_cannot_be_turned_on_or_off_by_a_reload(pki) -> None
         assert certificates.fetch() is None  # nothing waits to be swapped in
         certificates.reload(running)
         assert certificates.fetch() is not None and certificates.fetch() is None  # handed over once
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o600])
+def test_a_private_key_others_may_read_is_warned_of_at_start(start_daemon, pki, tmp_path, mode) -> None:
+    """A key_file of mode 0644 lets every local user pass for the daemon: nothing said so."""
+    key = tmp_path / "server_key.pem"
+    shutil.copy(pki["server_key"], key)
+    key.chmod(mode)
+    daemon = start_daemon(_tls_config({**pki, "server_key": key}))
+    warning = f"other local users may read the TLS private key {key} ({mode:04o}): run chmod 600 {key}"
+    assert (warning in daemon.logs()) == (mode != 0o600), daemon.logs()
