@@ -32,24 +32,22 @@ from .cli_calls import (
     file_labels,
     out,
     print_route,
+    shown,
     utf8_text,
 )
 from .config import (
     DEFAULT_ADDRESS,
-    Config,
     data_dir_of,
     default_data_dir,
     did_you_mean,
     load_config,
     parse_config,
     read_config_file,
-    targets_of,
     unknown_models,
 )
-from .config_warnings import broken_provider_errors, config_warnings
+from .config_warnings import broken_provider_errors, config_warnings, unknown_providers
 from .errors import ConfigError
 from .plugins import GROUP, load_registry
-from .routing import Target
 
 if TYPE_CHECKING:
     from .sessions import SessionStore
@@ -255,13 +253,13 @@ def ask(
                 kind = event.WhichOneof("event")
                 if kind == "text_delta" and not as_json:
                     # Plain writes: rich would wrap long deltas and turn ":smile:" into emoji.
-                    sys.stdout.write(event.text_delta.text)
+                    sys.stdout.write(shown(event.text_delta.text, lines=True))
                     sys.stdout.flush()
                     streamed = streamed or bool(event.text_delta.text)
                 elif kind == "transcript" and not as_json:
                     t = event.transcript
-                    lines = [f"[{u.start_seconds:7.2f}s] {('Speaker ' + u.speaker + ': ') if u.speaker else ''}{u.text}"
-                             for u in t.utterances] or [t.text]
+                    lines = [shown(f"[{u.start_seconds:7.2f}s] {('Speaker ' + u.speaker + ': ') if u.speaker else ''}"
+                                   f"{u.text}") for u in t.utterances] or [shown(t.text, lines=True)]
                     if t.text.strip() or any(u.text.strip() for u in t.utterances):  # a silent video's has none
                         err.print("[bold]transcript[/bold]")
                         err.print("\n".join(lines), markup=False)
@@ -280,7 +278,7 @@ def ask(
         out.print_json(json_format.MessageToJson(answer))
         return
     if not streamed and answer.text:  # e.g. a transcription: its text is the answer
-        sys.stdout.write(answer.text)
+        sys.stdout.write(shown(answer.text, lines=True))
     sys.stdout.write("\n")
     sys.stdout.flush()
     u = answer.usage
@@ -359,13 +357,13 @@ def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "")
     for p in listing.providers:
         state = pb.ProviderState.Name(p.state).removeprefix("PROVIDER_STATE_").lower()
         # cells as Text, not escaped markup: escape() doubles a backslash that ends a value
-        table.add_row(*map(Text, (p.name, p.plugin, state, ", ".join(m.name for m in p.models), p.reason,
-                                  recent_calls(p.health))))
+        table.add_row(*(Text(shown(cell)) for cell in (p.name, p.plugin, state, ", ".join(m.name for m in p.models),
+                                                       p.reason, recent_calls(p.health))))
     out.print(table)
     now = time.time()
     for p in listing.providers:  # below the table, one line each: a message is too long for a cell
         if p.health.last_failure_unix_seconds:
-            out.print(last_failure(p.name, p.health, now), markup=False)
+            out.print(shown(last_failure(p.name, p.health, now)), markup=False)
 
 
 #: The most characters of a provider's last failure message ``providers`` shows (the daemon keeps 500).
@@ -536,7 +534,8 @@ def stats(data_dir: DataDirOption = None,
                   *(Column(name, no_wrap=True, justify="right") for name in ("calls", "mean ms", "max ms", "cost $")))
     for r in rows:
         group = (r["tag"] if r["tag"] is not None else UNTAGGED) if by_tag else r["rule"]
-        table.add_row(*map(Text, (group, f"{r['provider']}/{r['model']}", r["purpose"])), str(r["calls"]),
+        table.add_row(*(Text(shown(cell)) for cell in (group, f"{r['provider']}/{r['model']}", r["purpose"])),
+                      str(r["calls"]),
                       f"{r['mean_latency_ms']:.0f}", f"{r['max_latency_ms']:.0f}", f"{r['cost_usd']:.6f}")
     out.print(table)
 
@@ -677,15 +676,14 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     with _plugins_log_below(logging.ERROR):  # each broken provider is printed below, once
         registry = load_registry(config.providers, disabled=config.plugins.disabled)  # plugins check their sections
     log_filter.add(secrets_of(config.providers))  # the key variables of the settings classes just imported
-    broken = broken_provider_errors(config, registry)
+    broken = broken_provider_errors(config, registry, text, str(file))
     for problem in broken:
         err.print(f"[red]{escape(redact.mask(problem, log_filter.secrets))}[/red]")
     for name in sorted(set(config.providers) - set(registry.entries)):
         err.print(f"[yellow]{escape(f'providers.{name}: no installed plugin offers a provider {name!r}; ')}"
                   f"the section is not used here{escape(did_you_mean(name, registry.entries))}[/yellow]")
-    for key, name in _named_providers(config):
-        if name not in registry.entries:
-            _not_installed(key, f"no provider {name!r} here: no installed plugin offers it", name, registry.entries)
+    for key, name, _ in unknown_providers(config, registry):
+        _not_installed(key, f"no provider {name!r} here: no installed plugin offers it", name, registry.entries)
     installed = {ep.name for ep in entry_points(group=GROUP)}
     for j, name in enumerate(config.plugins.disabled):
         if name not in installed:
@@ -723,15 +721,6 @@ class _BelowLevel(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < self.level
-
-
-def _named_providers(config: Config) -> Iterator[tuple[str, str]]:
-    """Every provider name a config gives outside its ``providers`` sections, with its key: the
-    targets' and those of ``overrides.providers``."""
-    for key, text in targets_of(config):
-        yield key, Target.parse(text).provider
-    for j, name in enumerate(config.overrides.providers or []):
-        yield f"overrides.providers.{j}", name
 
 
 def _not_installed(key: str, problem: str, name: str, known: Iterable[str]) -> None:

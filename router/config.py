@@ -6,9 +6,10 @@ Errors name the key, the problem, and the file and line::
     (router.yaml, line 14)
 
 ``${VAR}`` and ``${VAR:-fallback}`` in string values are replaced from the
-environment when the file is loaded, so keys stay out of the file. In the
-``server`` section a ``${VAR}`` without fallback must be set and not empty
-(an unset token must not turn authentication off); ``${VAR:-}`` allows empty.
+environment when the file is loaded, so keys stay out of the file. Outside
+``providers`` (in ``server``, ``routes``, ``default``...) a ``${VAR}`` without fallback
+must be set and not empty (an unset token must not turn authentication off, an
+unset metadata value make a rule that never matches); ``${VAR:-}`` allows empty.
 In ``providers`` such a value is an :class:`UnsetReference`: the provider is
 not configured (see :meth:`router.settings.ProviderSettings.load`), never
 served with a key the plugin finds elsewhere.
@@ -126,8 +127,31 @@ class Match(_Strict):
     @field_validator("tags")
     @classmethod
     def _real_tags(cls, value: list[str] | None) -> list[str] | None:
+        from .wire import MAX_TAG_CHARS  # not at the top: wire imports routing, which imports this module
+
         if value is not None and "" in value:
-            raise ValueError("an empty tag never matches: a request's tags are 1 to 128 characters")
+            raise ValueError(f"an empty tag never matches: a request's tags are 1 to {MAX_TAG_CHARS} characters")
+        long = next((tag for tag in value or () if len(tag) > MAX_TAG_CHARS), None)
+        if long is not None:
+            raise ValueError(f"the tag {long[:32]!r}... has {len(long)} characters and never matches: a request's "
+                             f"tags are 1 to {MAX_TAG_CHARS} characters")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _real_metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        """Refuse a condition no request can meet: keys and values longer than a request's may be."""
+        from .wire import MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS
+
+        for key, text in value.items():
+            if not key:
+                raise ValueError("an empty key: name the metadata key the rule matches on")
+            if len(key) > MAX_METADATA_KEY_CHARS:
+                raise ValueError(f"the key {key[:32]!r}... has {len(key)} characters and never matches: a "
+                                 f"request's metadata keys are at most {MAX_METADATA_KEY_CHARS}")
+            if len(text) > MAX_METADATA_VALUE_CHARS:
+                raise ValueError(f"the value of {key!r} has {len(text)} characters and never matches: a "
+                                 f"request's metadata values are at most {MAX_METADATA_VALUE_CHARS}")
         return value
 
     @field_validator("task")
@@ -169,6 +193,17 @@ class Rule(_Strict):
     use: str
     fallback: list[TargetStr] = []
     bridging: bool = Field(True, description="convert inputs the target cannot take through other models")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # the name is a row of stats and explain, and a word of the one-line log format
+        if not value.strip():
+            raise ValueError("a rule name cannot be empty or blank: name the rule (it is shown in explain and stats)")
+        if not value.isprintable():
+            raise ValueError("the name has a character that cannot be printed (a newline, a tab, another control "
+                             "character): it would break the log's lines; name the rule without it")
+        return value
 
     @field_validator("use")
     @classmethod
@@ -490,17 +525,38 @@ def _unset_references(value: Any, loc: tuple = ()) -> list[tuple[tuple, str]]:
     return []
 
 
-def _check_server_references(data: dict[str, Any], node: yaml.Node | None, source: str) -> None:
-    """Refuse a ``${VAR}`` in the ``server`` section whose variable is unset or empty: an empty
-    ``auth_token`` would serve without authentication, an empty ``data_dir`` in the working directory."""
+def _check_references(data: dict[str, Any], node: yaml.Node | None, source: str) -> None:
+    """Refuse a ``${VAR}`` outside the ``providers`` section whose variable is unset or empty: an empty
+    ``auth_token`` would serve without authentication, an empty ``data_dir`` in the working directory,
+    and in ``routes`` a condition would never match (``metadata: {team: "${QA_TEAM}"}``) or a target or
+    range be refused without naming the variable (``'' is not a target``)."""
     problems = []
-    for loc, name in _unset_references(data.get("server"), ("server",)):
+    outside = {key: value for key, value in data.items() if key != "providers"}
+    for loc, name in _unset_references(outside):
         line = _line_of(node, loc)
         where = f" ({source}, line {line})" if line else f" ({source})"
         problems.append(f"{'.'.join(map(str, loc))}: ${{{name}}} is not set (or empty){where}: set {name}, "
                         f"or write ${{{name}:-}} to allow an empty value")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def with_lines(problem: str, text: str, source: str, fields: Iterable[str] = ()) -> str:
+    """``problem`` as a plugin words it (``providers.openai.timout: Extra inputs are not permitted``, several
+    joined by "; ") with the file and line of each key it names, as the file's other errors have, and
+    for an unknown key of the section the closest of its settings' ``fields`` (``did you mean 'timeout'?``)."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:  # read once already: cannot happen, but a line is only a help
+        return problem
+    parts = []
+    for part in re.split(r"; (?=providers\.)", problem):
+        key, sep, message = part.partition(": ")
+        loc = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+        line = _line_of(node, loc) if sep and key.startswith("providers.") else None
+        hint = did_you_mean(str(loc[-1]), fields) if len(loc) == 3 and message.startswith("Extra inputs") else ""
+        parts.append(f"{key}: {message} ({source}, line {line}){hint}" if line else part)
+    return "; ".join(parts)
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
@@ -614,7 +670,7 @@ def data_dir_of(config: Path) -> Path:
         raise ConfigError(f"invalid configuration:\n  server: should be a mapping of settings{where('server')}")
     if not server or "data_dir" not in server:
         return default_data_dir()
-    _check_server_references({"server": {"data_dir": server["data_dir"]}}, node, source)  # an unset ${VAR}
+    _check_references({"server": {"data_dir": server["data_dir"]}}, node, source)  # an unset ${VAR}
     try:
         return ServerSettings.model_validate({"data_dir": expand_env(server["data_dir"])}).data_dir
     except ValidationError as exc:
@@ -652,7 +708,7 @@ def _yaml_document(text: str, source: str, loader: type = _UniqueKeyLoader) -> t
 def _parse_config(text: str, source: str) -> Config:
     node, data = _yaml_document(text, source)
     _refuse_odd_shapes(data, source)
-    _check_server_references(data, node, source)
+    _check_references(data, node, source)
     try:
         config = Config.model_validate(_expanded(data))
     except ValidationError as exc:

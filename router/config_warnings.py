@@ -7,9 +7,20 @@ Also which broken providers are the file's fault (:func:`broken_provider_errors`
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 
-from .config import Config, Match, Rule, UnsetReference, replaced_default_rules, targets_of, unknown_models
-from .plugins import ProviderEntry, Registry, State
+from .config import (
+    Config,
+    Match,
+    Rule,
+    UnsetReference,
+    did_you_mean,
+    replaced_default_rules,
+    targets_of,
+    unknown_models,
+    with_lines,
+)
+from .plugins import GROUP, ProviderEntry, Registry, State
 from .routing import Target, bridge_problem
 from .types import FEATURE_DIARIZATION, FEATURE_EXTRACTION_ONLY, Modality, ModelInfo, Task
 
@@ -21,6 +32,7 @@ def config_warnings(config: Config, registry: Registry) -> Iterator[str]:
     reasons outside the file that it does not use, and providers whose ``${VAR}`` is unset here."""
     if not config.routes and not config.default:
         yield "no routes and no default: every request will be refused (add a `default:` target or rules)"
+    yield from _override_warnings(config)
     yield from _broken_plugins(config, registry)
     yield from _unset_variables(config, registry)
     for _, problem in unknown_models(config, registry.entries, embedded=True):
@@ -41,6 +53,35 @@ def config_warnings(config: Config, registry: Registry) -> Iterator[str]:
                "the embedded one is not used; rename yours to keep both")
 
 
+def _override_warnings(config: Config) -> Iterator[str]:
+    """A warning for a file with rules or a default but no ``overrides`` section (clients may then choose
+    any provider and model, past its rules: ``allow`` is true by default), and for ``overrides.providers``
+    given with ``allow: false``, which then has no effect."""
+    if "overrides" not in config.model_fields_set and (config.routes or config.default):
+        yield ("overrides: not set, so clients may choose any provider and model with hints.provider/hints.model, "
+               "bypassing these rules: set `overrides: {allow: false}` to enforce them, or `allow: true` to "
+               "silence this")
+    if not config.overrides.allow and config.overrides.providers:
+        yield (f"overrides.providers: {', '.join(config.overrides.providers)} ignored: with `allow: false` no "
+               "client may choose a provider (set `allow: true` to let clients choose among these)")
+
+
+def named_providers(config: Config) -> Iterator[tuple[str, str]]:
+    """Every provider name ``config`` gives outside its ``providers`` sections, with its key: the
+    targets' (``routes.0.use``, ``default``, ``bridges.audio.1``) and those of ``overrides.providers``."""
+    for key, text in targets_of(config):
+        yield key, Target.parse(text).provider
+    for j, name in enumerate(config.overrides.providers or []):
+        yield f"overrides.providers.{j}", name
+
+
+def unknown_providers(config: Config, registry: Registry) -> list[tuple[str, str, str]]:
+    """Each provider ``config`` names (see :func:`named_providers`) that no installed plugin offers, as
+    ``(key, name, hint)``, the hint being ``"; did you mean 'openai'?"`` for the closest installed name,
+    else "". ``config check`` warns of them (the plugin may be installed where the daemon runs); the
+    daemon, which knows, logs them at start-up and reload."""
+    return [(key, name, did_you_mean(name, registry.entries)) for key, name in named_providers(config)
+            if name not in registry.entries]
 
 
 def refused_section(entry: ProviderEntry, config: Config) -> str | None:
@@ -68,23 +109,44 @@ def _uses(config: Config, name: str) -> str | None:
     return next((key for key, text in targets_of(config) if Target.parse(text).provider == name), None)
 
 
-def broken_provider_errors(config: Config, registry: Registry) -> list[str]:
+def broken_provider_errors(config: Config, registry: Registry, text: str | None = None,
+                           source: str = "") -> list[str]:
     """The broken providers ``config check`` fails on: those whose section the plugin refused, and those
     broken for other reasons (a plugin that fails to import, a register hook that raises) that the
-    file uses, each as ``<key>: <why>``."""
+    file uses, each as ``<key>: <why>``; given the file's ``text``, with the line of each key in a
+    ``providers`` section (``providers.openai.timout: ... (router.yaml, line 3)``)."""
     problems = []
     for entry in registry.entries.values():
         refused = refused_section(entry, config)
         used = _uses(config, entry.name) if entry.state is State.BROKEN else None
         if refused:
-            problems.append(refused)
+            problems.append(refused if text is None else with_lines(refused, text, source, _settings_fields(entry)))
         elif used and entry.reason.startswith(f"providers.{entry.name}."):  # names its key (a bad price)
-            problems.append(entry.reason)
+            problems.append(entry.reason if text is None else with_lines(entry.reason, text, source))
         elif used == f"providers.{entry.name}":
             problems.append(f"{used}: {entry.reason}")
         elif used:
             problems.append(f"{used}: provider {entry.name!r} is broken: {entry.reason}")
     return problems
+
+
+def _settings_fields(entry: ProviderEntry) -> set[str]:
+    """The settings a provider's section may hold: the fields of the :class:`ProviderSettings` classes its
+    plugin's package defines (empty when they cannot be told)."""
+    from .settings import ProviderSettings
+
+    modules = [ep.module for ep in entry_points(group=GROUP) if ep.name == entry.plugin]
+    if not modules:
+        return set()
+    package = modules[0].split(".")[0]
+    fields: set[str] = set()
+    classes: list[type[ProviderSettings]] = [ProviderSettings]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        if cls.__module__.split(".")[0] == package:
+            fields.update(cls.model_fields)
+    return fields
 
 
 def _broken_plugins(config: Config, registry: Registry) -> Iterator[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from . import routing, wire
 from .config import Config, unknown_models
+from .config_warnings import unknown_providers
 from .dispatch import HistoryCuts, RouterEvent, execute
 from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownSession
 from .health import Failure, ProviderHealth, shown_to_clients
@@ -108,7 +109,12 @@ def missing_models(config: Config, registry: Registry) -> list[str]:
     """The targets of ``config`` naming a model that their ready provider in ``registry`` does not
     offer, as ``config check`` words them: routing would skip each on every request, so start-up
     and reloads refuse them. Those of a provider not ready (no key) are only logged as warnings, as are
-    those of the embedded rules ``extend_default_routes`` appended, which the file cannot change."""
+    those of the embedded rules ``extend_default_routes`` appended, which the file cannot change, and
+    the providers no installed plugin offers (``use: opnai/gpt-4o``: routing skips the target, unsaid
+    otherwise; ``config check`` only warns of them, since it may run where fewer plugins are installed)."""
+    for key, name, hint in unknown_providers(config, registry):
+        log.warning("%s: no installed plugin offers a provider %r%s: it is never used (a rule goes on to its "
+                    "fallbacks)", key, name, hint)
     problems = []
     for entry, problem in unknown_models(config, registry.entries):
         if entry.state is State.READY:
@@ -157,7 +163,8 @@ class App:
 
         Returns whether the providers were made again, and the sections that changed but need a
         restart (``server``). When the providers cannot be made at all, a provider would become
-        broken that is not broken now (a settings typo that ``config check`` refuses too), or a target
+        broken that is not broken now (a settings typo that ``config check`` refuses too), a ready
+        provider would become not configured (its key's ``${VAR}`` unset), or a target
         names a model its ready provider does not offer (see :func:`missing_models`), nothing changes:
         the reload is refused (logged) and None returned."""
         old, new = self.config, config
@@ -173,7 +180,7 @@ class App:
                 log.exception("reload refused: the providers of the new configuration could not be made; "
                               "the running configuration, rules and providers stay")
                 return None
-        problems = self._broken_by(registry) if registry is not None else []
+        problems = self._taken_down_by(registry) if registry is not None else []
         problems += missing_models(new, registry or self.registry)
         if problems:
             log.error("reload refused, the running configuration, rules and providers stay: %s", "; ".join(problems))
@@ -193,15 +200,23 @@ class App:
                                              "plugins": new.plugins})
         return remade, needs_restart
 
-    def _broken_by(self, registry: Registry) -> list[str]:
-        """The providers broken in ``registry`` that are not broken now, as ``providers.<name>: <why>``.
+    def _taken_down_by(self, registry: Registry) -> list[str]:
+        """The providers broken in ``registry`` that are not broken now, and those ready now that it
+        leaves not configured (``api_key: "${UNSET}"``), as ``providers.<name>: <why>``.
 
         The plugin code is the same as the running one's (modules are imported once), so what breaks
         them is the new file: a reload must not take a working provider down. A provider broken
         already (a plugin that fails to import) does not block reloads."""
-        now = {name for name, entry in self.registry.entries.items() if entry.state is State.BROKEN}
-        return [f"providers.{entry.name}: {entry.reason}" for entry in registry.entries.values()
-                if entry.state is State.BROKEN and entry.name not in now]
+        now = self.registry.entries
+        problems = []
+        for entry in registry.entries.values():
+            before = now.get(entry.name)
+            if entry.state is State.BROKEN and (before is None or before.state is not State.BROKEN):
+                problems.append(f"providers.{entry.name}: {entry.reason}")
+            elif entry.state is State.NOT_CONFIGURED and before is not None and before.state is State.READY:
+                problems.append(f"providers.{entry.name}: provider {entry.name!r} is ready and would no longer be "
+                                f"configured: {entry.reason}")
+        return problems
 
     def _replace_registry(self, registry: Registry) -> None:
         old, self.registry = self.registry, registry
@@ -343,10 +358,12 @@ class App:
         return route
 
     async def answer(self, request: Request, deadline: float | None,
-                     request_id: str | None = None) -> AsyncIterator[RouterEvent]:
+                     request_id: str | None = None, held: bool = False) -> AsyncIterator[RouterEvent]:
         """Route and answer ``request``; yields router events ending with Done.
 
         ``request_id`` names the call in the log and to the providers (:func:`new_request_id` when None).
+        ``held``: the client gets Done only (``Generate``), so a model failing mid-answer may give way to a
+        fallback (see :func:`router.dispatch.execute`).
         The steps that completed (paid bridges, the answer) are recorded for statistics whatever
         the outcome: answered, failed or cancelled. The session's turn is kept on Done only.
         """
@@ -376,7 +393,7 @@ class App:
                 # Closed explicitly: a consumer that stops at Done must not leave the generator to the
                 # garbage collector, whose finalizer schedules a task per request to close it.
                 async with aclosing(execute(untrimmed, decision, registry, ctx, notes, fit, self.bridge_memo, clock,
-                                            self.router.bridges, self.history_cuts)) as events:
+                                            self.router.bridges, self.history_cuts, held)) as events:
                     async for event in events:
                         if isinstance(event, RouteChosen):
                             route = event.route  # the steps are added to it as they complete
@@ -475,9 +492,14 @@ class App:
                 log.info("the call on session %s was cancelled before its turn was written: the turn is not kept",
                          session_tag(request.session_id))
         except Exception as exc:
-            log.exception("saving this turn of session %s failed; the answer is sent, the turn is not kept",
-                          session_tag(request.session_id))
-            return _unsaved_reason(exc)
+            reason = _unsaved_reason(exc)
+            if isinstance(exc, StorageFull | sqlite3.Error):  # the disk or the database: one line, no traceback
+                log.error("saving this turn of session %s failed; the answer is sent, the turn is not kept: %s",
+                          session_tag(request.session_id), reason)
+            else:
+                log.exception("saving this turn of session %s failed; the answer is sent, the turn is not kept",
+                              session_tag(request.session_id))
+            return reason
         return None
 
     def _store_media(self, media: Media) -> str:

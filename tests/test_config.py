@@ -1148,7 +1148,7 @@ def test_a_plugin_broken_for_reasons_outside_the_file_is_a_warning_unless_the_fi
     once; an error where the file uses that provider (its section, or a target)."""
     sites = (plugin_sites["broken_import"], plugin_sites["broken_register"])
     valid = tmp_path / "valid.yaml"
-    valid.write_text("routes:\n  - {name: all, use: local/extract}\n")
+    valid.write_text("routes:\n  - {name: all, use: local/extract}\noverrides: {allow: true}\n")
     result = check_with_plugins(valid, *sites)
     assert result.returncode == 0 and "OK — 1 rule(s)" in result.stdout, result.stderr
     assert result.stderr.splitlines() == [
@@ -1161,7 +1161,7 @@ def test_a_plugin_broken_for_reasons_outside_the_file_is_a_warning_unless_the_fi
 
     using = tmp_path / "using.yaml"
     using.write_text("providers:\n  broken_import: {}\nroutes:\n  - {name: all, use: local/extract}\n"
-                     "bridges:\n  audio: [broken_register/x]\n")
+                     "bridges:\n  audio: [broken_register/x]\noverrides: {allow: true}\n")
     result = check_with_plugins(using, *sites)
     assert result.returncode == 1 and "OK" not in result.stdout, result.stderr
     assert result.stderr.splitlines() == [
