@@ -135,7 +135,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                   notes: list[str] | None = None, fit: FitRequest | None = None,
                   memo: BridgeMemo | None = None, started: float | None = None,
                   bridge_preferences: Mapping[Modality, Sequence[str]] | None = None,
-                  cuts: HistoryCuts | None = None) -> AsyncIterator[RouterEvent]:
+                  cuts: HistoryCuts | None = None, held: bool = False) -> AsyncIterator[RouterEvent]:
     """Run the decision's plans in order until one answers.
 
     ``request`` holds a session's whole history; ``fit`` trims it to each plan's model, else every plan
@@ -149,9 +149,12 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
 
     A fallback is tried when a plan fails with a retryable error before its answering model sent
     any text or transcript of its own (bridges' transcripts already sent are not sent again, nor the
-    same transcript made again by a fallback that takes the audio itself); one
+    same transcript made again by a fallback that takes the audio itself), or at any point when the
+    answer is ``held``: its client gets Done only (``Generate``), so the part it never saw is dropped; one
     refused for its size is first tried again with less history (see :func:`_call_answering`).
     A transcription's transcript is kept in ``memo`` as the bridged text of the audio it transcribed.
+    A transcription whose model sent no text deltas (only its transcript) gets its text as one delta
+    before Done, so a client joining the deltas reads every answer alike.
     """
     started = time.perf_counter() if started is None else started
     route = RouteInfo.planned(decision)
@@ -226,10 +229,14 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 for step in route.steps[reported:]:  # bridges paid for before the failure
                     yield StepUsage(step.usage)
             reported = len(route.steps)  # an answer's paid part (a failed step) was streamed as it came
-            if answered or not exc.retryable:
+            if (answered and not held) or not exc.retryable:
                 raise
             route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target")
             continue
+        if own and not texts:  # a transcriber's answer is its transcript: streamed as text too
+            texts.append(Transcript.merged(own).text)
+            if texts[0]:
+                yield TextDelta(texts[0])
         if own and memo is not None:
             remember_transcripts(request, own, plan.target, memo)
         route.provider, route.model = plan.target.provider, plan.target.model

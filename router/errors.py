@@ -26,9 +26,14 @@
         ├── ProviderNotConfigured    FAILED_PRECONDITION  PROVIDER_NOT_CONFIGURED
         ├── ProviderModelNotFound    NOT_FOUND            PROVIDER_MODEL_NOT_FOUND
         ├── ProviderRateLimited      RESOURCE_EXHAUSTED   PROVIDER_RATE_LIMITED (+ RetryInfo)
-        ├── ProviderUnavailable      UNAVAILABLE          PROVIDER_UNAVAILABLE (5xx, overload, network)
+        ├── ProviderUnavailable      UNAVAILABLE          PROVIDER_UNAVAILABLE (5xx, overload, network; + RetryInfo
+        │                                                                     when the provider said when)
         ├── ProviderTimeout          DEADLINE_EXCEEDED    PROVIDER_TIMEOUT
         └── ProviderFailed           INTERNAL             PROVIDER_FAILED   (the plugin itself raised)
+
+Besides these, router/auth.py refuses a call without the right token with UNAUTHENTICATED, reason
+``UNAUTHENTICATED``. ``INVALID_CONFIG`` is for the configuration file (``config check``, start-up, reloads)
+and never reaches a client.
 
 Messages name the thing, the cause and the fix. They never contain a secret.
 Provider plugins raise the ``Provider*`` classes, usually through
@@ -37,6 +42,8 @@ Provider plugins raise the ``Provider*`` classes, usually through
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import math
 import re
 from dataclasses import dataclass
@@ -337,7 +344,7 @@ def provider_error_from_status(
         return ProviderTimeout(provider, message)
     if status == 429:
         return ProviderRateLimited(provider, message, retry_after=retry_after)
-    return ProviderUnavailable(provider, message)
+    return ProviderUnavailable(provider, message, retry_after=retry_after)  # a 503 or 529 may say when
 
 
 #: HTTP statuses worth asking again for the same thing (a status poll of a job that goes on): a rate limit
@@ -358,10 +365,18 @@ def clamp_retry_after(seconds: float | None) -> float | None:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds only, at most a day), or None."""
+    """Seconds from a Retry-After header, delta-seconds or an HTTP date (RFC 9110), at most a day; None
+    when it has neither."""
     if not value:
         return None
     try:
         return clamp_retry_after(float(value))
     except (ValueError, OverflowError):
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if when.tzinfo is None:  # an HTTP date is in GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return clamp_retry_after((when - datetime.datetime.now(datetime.UTC)).total_seconds())

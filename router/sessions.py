@@ -516,8 +516,11 @@ def _prune_preview(db: sqlite3.Connection, before: float) -> tuple[int, int, set
 
 
 def _log_lost_rows(written: Future[None]) -> None:
-    if written.exception() is not None:
-        log.error("writing call statistics failed; those rows are lost", exc_info=written.exception())
+    error = written.exception()
+    if isinstance(error, sqlite3.Error):  # a full disk, a locked database: one line a batch, no traceback
+        log.error("writing call statistics failed; those rows are lost: %s: %s", type(error).__name__, error)
+    elif error is not None:
+        log.error("writing call statistics failed; those rows are lost", exc_info=error)
 
 
 def _transcript_from_json(stored: str) -> Transcript:

@@ -195,6 +195,7 @@ ERRORS = [
     (429, "rate_limit_error", {"retry-after": "7"}, grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
     (500, "api_error", {}, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
     (529, "overloaded_error", {}, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+    (529, "overloaded_error", {"retry-after": "7"}, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
 ]
 
 
@@ -210,7 +211,7 @@ def test_http_errors_map_to_grpc_statuses(daemon, fake):
         assert f"upstream failure {status}" in err.details()
         if status in (401, 403):
             assert "ANTHROPIC_API_KEY or providers.anthropic.api_key" in err.details()
-        assert got.retry_delay == (7 if status == 429 else None)
+        assert got.retry_delay == (7 if headers else None)
     assert len(fake.message_calls()) == len(ERRORS)  # one call each: no SDK retries
     assert API_KEY not in daemon.logs()
 

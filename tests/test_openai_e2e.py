@@ -7,6 +7,7 @@ client got back (text, streamed deltas, transcript, usage, cost, route).
 
 from __future__ import annotations
 
+import email.utils
 import io
 import struct
 import time
@@ -353,6 +354,7 @@ ERRORS = [
     (429, {"Retry-After": "7"}, grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED"),
     (500, {}, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
     (503, {}, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+    (503, {"Retry-After": "7"}, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),  # an overload that says when
 ]
 
 
@@ -367,8 +369,18 @@ def test_http_errors_map_to_grpc_statuses(each_transport, fake):
         got = error_details(err)
         assert (got.reason, got.metadata["provider"]) == (reason, "openai"), status
         assert f"upstream failure {status}" in err.details()
-        assert got.retry_delay == (7 if status == 429 else None)
+        assert got.retry_delay == (7 if headers else None)
     assert len(fake.chat_requests()) == len(ERRORS)  # one call each: no SDK retries
+
+
+def test_a_retry_after_given_as_an_http_date_is_passed_on(daemon, fake):
+    """RFC 9110 allows an HTTP date as well as seconds; it was dropped."""
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    fake.fail_next(503, error_body("overloaded"), {"Retry-After": when})
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert 100 <= error_details(info.value).retry_delay <= 120
 
 
 @pytest.mark.parametrize("retry_after", ["99999999999999999999", "inf", "1e400"])

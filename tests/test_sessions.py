@@ -682,6 +682,11 @@ def test_a_turn_that_cannot_be_kept_says_so_in_its_route(start_daemon, tmp_path)
     assert "[history=1" in after.text and "yyy" not in after.text, "the unkept turn is in the history"
     assert not after.route.notes
     assert "[history=2" in ask(daemon, "and again", session="full").text, "the turn after was not kept"
+    # one line for the lost turn, no traceback: a full disk must not be filled further by the log
+    [line] = [line for line in daemon.logs().splitlines() if "saving this turn of session" in line]
+    assert line.endswith("the turn is not kept: the sessions database could not be written (disk I/O error; "
+                         "is the disk full?)"), line
+    assert "Traceback" not in daemon.logs()
 
 
 def test_a_transcription_in_a_session_needs_a_recording_in_the_request_or_its_history(start_daemon) -> None:

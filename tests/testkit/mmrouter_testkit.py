@@ -5,6 +5,7 @@ Text commands in the last user message:
   ``FAIL:<status>@<model>`` fails only on that model.
 - ``LEAK`` raises an error whose message carries the configured api_key (a careless plugin);
   ``LEAK@<model>`` only on that model.
+- ``PARTIAL:<status>[@<model>]`` sends some text, then fails as ``FAIL`` does (a stream broken mid-answer).
 - ``CRASH`` raises a plain RuntimeError (a buggy plugin).
 - ``CUT`` answers only ``max_output_tokens`` * 4 characters, with finish reason LENGTH;
 - ``SLOW:<seconds>`` sleeps; it writes ``started-<request id>`` into ``settings['marker_dir']``
@@ -64,6 +65,11 @@ class ScriptedProvider(router.Provider):
             if only_model in ("", model.name):
                 raise router.provider_error_from_status(self.name, int(status), f"scripted failure {status}",
                                                         retry_after=7 if status == "429" else None)
+        if text.startswith("PARTIAL:"):  # text first, then the failure: a stream that breaks mid-answer
+            status, _, only_model = text[len("PARTIAL:"):].partition("@")
+            if only_model in ("", model.name):
+                yield router.TextDelta(f"{self.name}/{model.name} began ")
+                raise router.provider_error_from_status(self.name, int(status), f"scripted failure {status} mid-answer")
         if text == "LEAK" or text == f"LEAK@{model.name}":
             raise RuntimeError(f"upstream refused key {self.settings.get('api_key')}")
         if text == "CRASH":

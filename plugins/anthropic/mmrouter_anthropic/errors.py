@@ -92,7 +92,7 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
         else:
             message = f"HTTP {status}: {detail}"
         retry_after = None
-        if status == 429 and exc.status_code == 429:
+        if exc.status_code == 429 or exc.status_code >= 500:  # a rate limit, or an overload (529) that says when
             retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
         error = provider_error_from_status(
             provider, status, _scrub(message, api_key), retry_after=retry_after,

@@ -143,7 +143,8 @@ def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, a
             message = f"model {model!r} not found at {base_url}: {message}"
         else:
             message = f"HTTP {status} from {model}: {message}"
-        retry_after = retry_after_seconds(exc.response.headers) if status == 429 else None
+        # a rate limit, or an overload (503) that says when to try again
+        retry_after = retry_after_seconds(exc.response.headers) if status == 429 or status >= 500 else None
         error = provider_error_from_status(provider, status, message, retry_after=retry_after,
                                            too_large=_error_code(exc) in _TOO_LARGE_CODES)
         return error.with_provider_request_id(exc)
