@@ -77,7 +77,8 @@ def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
     mime = normalise_mime(mime_type)
     top = mime.split("/")[0]
     if MIME_MODALITY.get(top) is not modality and not (top == "video" and modality is Modality.AUDIO):
-        return f"MIME type {mime_type!r} is not a {modality.value} type"
+        article = "an" if modality.value[0] in "aeiou" else "a"
+        return f"MIME type {mime_type!r} is not {article} {modality.value} type"
     if top == "text":
         return _text_problem(mime_type, head)
     accepted = _COMPATIBLE.get(mime)

@@ -607,7 +607,7 @@ def test_text_is_a_document_type_only(daemon) -> None:
     inline = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="text/plain", data=NOTES)
     with pytest.raises(grpc.RpcError) as caught:
         daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi", media=[inline])))
-    assert "is not a image type" in caught.value.details()
+    assert "is not an image type" in caught.value.details()
 
 
 # -- the media one request may refer to --------------------------------------------------------
