@@ -14,6 +14,8 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from .ocr import MAX_OCR_PIXELS
+
 #: The format the speech recognizer takes.
 SAMPLE_RATE = 16_000
 BYTES_PER_SECOND = SAMPLE_RATE * 2
@@ -28,6 +30,13 @@ MAX_AUDIO_SECONDS = 3600.0
 
 class DecodeError(ValueError):
     """The media could not be decoded (not audio, corrupt, or unsupported)."""
+
+
+class NoAudioTrack(DecodeError):
+    """The file holds no audio track (a video without sound): there is no speech to transcribe."""
+
+    def __init__(self) -> None:
+        super().__init__("it has no audio track: there is no speech to transcribe")
 
 
 class AudioTooLong(ValueError):
@@ -47,6 +56,57 @@ def describe_seconds(seconds: float) -> str:
 def open_source(source: Path | bytes) -> object:
     """What ``av.open`` takes for a stored file or for inline bytes."""
     return str(source) if isinstance(source, Path) else io.BytesIO(source)
+
+
+def check_frame_size(width: int, height: int) -> None:
+    """Raise :class:`DecodeError` if video frames of ``width`` x ``height`` are too large to decode for OCR."""
+    if width * height > MAX_OCR_PIXELS:
+        raise DecodeError(f"the video is {width}x{height} pixels, over the {MAX_OCR_PIXELS:,} the local OCR "
+                          "reads: send a smaller video")
+
+
+#: The longest YUV4MPEG2 header line read (ffmpeg reads at most 256 bytes).
+_Y4M_HEADER_BYTES = 256
+
+
+def y4m_frame_size(source: Path | bytes) -> tuple[int, int] | None:
+    """The frame size a raw YUV4MPEG2 video's header declares (``YUV4MPEG2 W640 H480 ...``), or None for
+    another file. ffmpeg refuses to open one whose frames it cannot allocate without saying why ("[Errno 16]
+    Device or resource busy" for 20000x20000)."""
+    if isinstance(source, Path):
+        with source.open("rb") as f:
+            head = f.read(_Y4M_HEADER_BYTES)
+    else:
+        head = source[:_Y4M_HEADER_BYTES]
+    if not head.startswith(b"YUV4MPEG2 "):
+        return None
+    fields = head.split(b"\n", 1)[0].split(b" ")[1:]
+    size = {f[:1]: f[1:] for f in fields if f[:1] in (b"W", b"H")}
+    try:
+        return int(size[b"W"]), int(size[b"H"])
+    except (KeyError, ValueError):
+        return None
+
+
+def open_container(source: Path | bytes):  # -> av.container.InputContainer
+    """``source`` opened with PyAV. Raises :class:`DecodeError` when it is not a decodable container, or is
+    a raw video whose header declares frames over :data:`MAX_OCR_PIXELS` (said before ffmpeg tries)."""
+    import av
+
+    size = y4m_frame_size(source)
+    if size is not None:
+        check_frame_size(*size)
+    try:
+        return av.open(open_source(source))
+    except (av.error.FFmpegError, OSError) as e:
+        raise DecodeError(f"not a decodable audio/video file ({e})") from e
+
+
+def check_decoder(stream, kind: str) -> None:  # stream: an av stream
+    """Raise :class:`DecodeError` if ffmpeg has no decoder for ``stream`` (PyAV then gives it no codec
+    context: a WAV declaring 0 bits per sample)."""
+    if stream.codec_context is None:
+        raise DecodeError(f"not a decodable audio/video file (no decoder for its {kind} stream)")
 
 
 def check_sample_rate(rate: int) -> None:
@@ -118,7 +178,7 @@ def check_decoded_duration(seconds: float, max_seconds: float) -> None:
 def iter_pcm16k(source: Path | bytes, max_seconds: float = MAX_AUDIO_SECONDS) -> Iterator[bytes]:
     """Yield the first audio track of ``source`` as 16 kHz mono s16le PCM chunks.
 
-    Yields nothing when the container has no audio track (a silent video). The sample rate and channels
+    Raises :class:`NoAudioTrack` when the container has no audio track (a silent video). The sample rate and channels
     may change mid-stream (MP3s joined end to end): the resampler is set up again where they do.
     Raises :class:`DecodeError` when the data is not a decodable container, a WAV file cut short (see
     :func:`check_wav_complete`), or its sample rate is under :data:`MIN_SAMPLE_RATE`; :class:`AudioTooLong` when it lasts over ``max_seconds``: from its
@@ -127,14 +187,12 @@ def iter_pcm16k(source: Path | bytes, max_seconds: float = MAX_AUDIO_SECONDS) ->
     import av
 
     check_wav_complete(source)
-    try:
-        container = av.open(open_source(source))
-    except (av.error.FFmpegError, OSError) as e:
-        raise DecodeError(f"not a decodable audio/video file ({e})") from e
+    container = open_container(source)
     with container:
         if not container.streams.audio:
-            return
+            raise NoAudioTrack()
         stream = container.streams.audio[0]
+        check_decoder(stream, "audio")
         if stream.sample_rate:  # known from the header: a rate too slow is the reason to give, not the length
             check_sample_rate(stream.sample_rate)
         check_declared_duration(declared_seconds(container, stream), max_seconds)

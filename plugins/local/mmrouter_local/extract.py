@@ -9,7 +9,7 @@ from router import Media, Transcript
 from router.mime import normalise_mime
 
 from .asr import SpeechRecognizer
-from .audio import MAX_AUDIO_SECONDS, iter_pcm16k
+from .audio import MAX_AUDIO_SECONDS, NoAudioTrack, iter_pcm16k
 from .ocr import MAX_OCR_PIXELS, ImageTooLarge, TextReader, image_facts, open_image, to_bgr, upright
 from .pdf import iter_pages
 from .pool import raise_if_cancelled
@@ -178,12 +178,19 @@ class Extractor:
 
     def transcribe(self, media: Media) -> Transcript:
         """The speech in an audio file or a video's audio track; raises :class:`mmrouter_local.audio.AudioTooLong`
-        for one over ``max_audio_seconds``."""
+        for one over ``max_audio_seconds``, :class:`mmrouter_local.audio.NoAudioTrack` for a file without sound."""
         return self.asr.transcribe(iter_pcm16k(source_of(media), self.max_audio_seconds))
 
-    def audio(self, media: Media, name: str, kind: str = "Audio") -> tuple[Transcript, list[Section]]:
-        """The transcript of the speech and its section, headed e.g. ``Audio talk.mp3: transcript, 3.0s``."""
-        transcript = self.transcribe(media)
+    def audio(self, media: Media, name: str, kind: str = "Audio") -> tuple[Transcript | None, list[Section]]:
+        """The transcript of the speech and its section, headed e.g. ``Audio talk.mp3: transcript, 3.0s``. A
+        video without an audio track has no transcript (None), and its section says so."""
+        try:
+            transcript = self.transcribe(media)
+        except NoAudioTrack:
+            if kind == "Audio":
+                raise
+            return None, [Section(f"{kind} {name}: no audio track",
+                                  "(the video has no audio track: there is no speech to transcribe)")]
         what = "transcript" if kind == "Audio" else "audio transcript"
         heading = f"{kind} {name}: {what}, {format_seconds(transcript.duration_seconds)}"
         return transcript, [Section(heading, transcript_lines(transcript))]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .pool import raise_if_cancelled
+
 #: The most pixels an image or a video frame may have for OCR: decoding takes several bytes a pixel,
 #: and the detector reads it shrunk to 960 px anyway (a 700 KB PNG can declare 13,300 x 13,300 pixels).
 MAX_OCR_PIXELS = 40_000_000
@@ -69,7 +71,37 @@ def open_image(source: Path | bytes):  # -> PIL.Image.Image
         size = held_icon_size(fp)
     if size is not None:
         check_pixels(*size)
-    return Image.open(str(source) if isinstance(source, Path) else io.BytesIO(source))
+    try:
+        return Image.open(str(source) if isinstance(source, Path) else io.BytesIO(source))
+    except Image.DecompressionBombError:  # over Pillow's own limit (~179 Mpx), far over ours: say its size
+        size = declared_size(source)
+        if size is None:
+            raise
+        raise ImageTooLarge(*size) from None
+
+
+def declared_size(source: Path | bytes) -> tuple[int, int] | None:
+    """The size an image's header declares, read as :func:`PIL.Image.open` reads it but without Pillow's
+    decompression-bomb check (which refuses a header declaring over ~179 Mpx without saying its size);
+    None if no format Pillow knows reads the header. Reads headers only: nothing is decoded."""
+    import struct
+
+    from PIL import Image
+
+    Image.init()
+    with _binary(source) as fp:
+        prefix = fp.read(16)
+        for format_id in Image.ID:
+            factory, accept = Image.OPEN[format_id]
+            accepted = accept(prefix) if accept is not None else True
+            if not accepted or isinstance(accepted, str):  # a str is Pillow's warning: not this format
+                continue
+            fp.seek(0)
+            try:  # what Image.open tries, format by format (it skips a format on these errors too)
+                return factory(fp, "").size
+            except (SyntaxError, IndexError, TypeError, ValueError, OSError, EOFError, struct.error):
+                continue
+    return None
 
 
 def _binary(source: Path | bytes):  # -> a binary file object (a context manager)
@@ -181,6 +213,77 @@ def reading_order(boxes: list[OcrBox]) -> list[str]:
     return [" ".join(b.text for b in sorted(row, key=lambda b: b.left)) for row in rows]
 
 
+#: An image whose longer side is over this many times its shorter side is a strip, read in tiles: RapidOCR
+#: shrinks an image whole so its longer side is 960 px (and first 2,000), so a strip's text shrinks
+#: with it, unread; past about 125:1 its shorter side rounds to 0 px and RapidOCR fails (``ResizeImgError``).
+STRIP_RATIO = 16
+#: The length of a strip's tiles (along the strip): the detector's 960 px, so a tile is read unshrunk.
+TILE_LENGTH = 960
+#: How far consecutive tiles overlap, so that text cut by one tile's edge is whole in the next.
+TILE_OVERLAP = 240
+#: The most tiles a strip is read in; a longer one is scaled down to fit (a 40 Mpx image may be 1 px high
+#: and 40 million long).
+MAX_TILES = 64
+#: The shorter side a tile is padded to (white): RapidOCR enlarges an image under 30 px to 30 px on that side,
+#: and a 960x1 tile enlarged 30 times and letterboxed made a 28,800 x 7,200 image.
+MIN_TILE_SIDE = 32
+#: A tile whose darkest and lightest values differ by less than this is one colour: it holds no text.
+_BLANK_CONTRAST = 16
+
+
+@dataclass
+class Tile:
+    """A piece ``start:end`` along a strip; its boxes centred in ``keep_from:keep_to`` are its own."""
+
+    start: int
+    end: int
+    keep_from: float
+    keep_to: float
+
+
+def strip_tiles(width: int, height: int) -> list[Tile] | None:
+    """The tiles a ``width`` x ``height`` image is read in, along its longer side, or None when it is not
+    a strip (see :data:`STRIP_RATIO`) and is read whole. Tiles are :data:`TILE_LENGTH` long and overlap
+    by :data:`TILE_OVERLAP`; at most :data:`MAX_TILES` (the image is scaled down to fit first: see
+    :func:`fit_strip`)."""
+    length, side = max(width, height), max(1, min(width, height))
+    if length <= STRIP_RATIO * side or length <= TILE_LENGTH:
+        return None
+    step = TILE_LENGTH - TILE_OVERLAP
+    tiles: list[Tile] = []
+    start = 0
+    while True:
+        end = min(start + TILE_LENGTH, length)
+        last = end == length
+        keep_from = 0.0 if not tiles else start + TILE_OVERLAP / 2
+        tiles.append(Tile(start, end, keep_from, float("inf") if last else end - TILE_OVERLAP / 2))
+        if last:
+            return tiles
+        start += step
+
+
+def fit_strip(bgr: np.ndarray) -> np.ndarray:
+    """``bgr`` scaled down, if it is a strip longer than :data:`MAX_TILES` tiles, so that it is not."""
+    import cv2
+
+    height, width = bgr.shape[:2]
+    longest = TILE_LENGTH + (MAX_TILES - 1) * (TILE_LENGTH - TILE_OVERLAP)
+    if strip_tiles(width, height) is None or max(width, height) <= longest:
+        return bgr
+    scale = longest / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+
+
+def _padded(bgr: np.ndarray) -> np.ndarray:
+    """``bgr`` with white added below or to the right so both sides are at least :data:`MIN_TILE_SIDE`."""
+    height, width = bgr.shape[:2]
+    below, right = max(0, MIN_TILE_SIDE - height), max(0, MIN_TILE_SIDE - width)
+    if not below and not right:
+        return bgr
+    return np.pad(bgr, ((0, below), (0, right), (0, 0)), constant_values=255)
+
+
 class TextReader:
     """One RapidOCR engine, loaded on first use and shared (calls are serialised)."""
 
@@ -200,11 +303,49 @@ class TextReader:
         return RapidOCR(det_limit_type="max", det_limit_side_len=960)
 
     def read_boxes(self, bgr: np.ndarray) -> list[OcrBox]:
-        """Every text box found in a BGR image."""
+        """Every text box found in a BGR image. A long thin strip (a receipt, a banner) is read in tiles
+        (see :func:`strip_tiles`); RapidOCR shrinks it whole until its text is too small to read, or, past
+        about 125:1, fails to resize it at all (``ResizeImgError``)."""
+        tiles = strip_tiles(bgr.shape[1], bgr.shape[0])
+        if tiles is None:
+            return self._read_tile(bgr)
+        original = bgr.shape[:2]
+        bgr = fit_strip(bgr)
+        tiles = strip_tiles(bgr.shape[1], bgr.shape[0]) or [Tile(0, max(bgr.shape[:2]), 0.0, float("inf"))]
+        boxes: list[OcrBox] = []
+        vertical = bgr.shape[0] > bgr.shape[1]
+        for tile in tiles:
+            raise_if_cancelled()  # a long strip is many OCRs
+            part = bgr[tile.start:tile.end] if vertical else bgr[:, tile.start:tile.end]
+            if int(part.max()) - int(part.min()) < _BLANK_CONTRAST:  # one colour: no text to find
+                continue
+            for box in self._read_tile(_padded(part)):
+                if vertical:
+                    box.top, box.bottom = box.top + tile.start, box.bottom + tile.start
+                else:
+                    box.left, box.right = box.left + tile.start, box.right + tile.start
+                centre = (box.top + box.bottom) / 2 if vertical else (box.left + box.right) / 2
+                if tile.keep_from <= centre < tile.keep_to:  # a box in an overlap is kept by one tile
+                    boxes.append(box)
+        if bgr.shape[:2] != original:  # scaled down to fit MAX_TILES: boxes in the image's own pixels
+            down, across = original[0] / bgr.shape[0], original[1] / bgr.shape[1]
+            for box in boxes:
+                box.left, box.right = box.left * across, box.right * across
+                box.top, box.bottom = box.top * down, box.bottom * down
+        return boxes
+
+    def _read_tile(self, bgr: np.ndarray) -> list[OcrBox]:
+        """Every text box RapidOCR finds in ``bgr`` (none if it cannot resize it)."""
+        from rapidocr_onnxruntime.ch_ppocr_det.utils import ResizeImgError as DetResizeError
+        from rapidocr_onnxruntime.utils.process_img import ResizeImgError
+
         with self._lock:
             if self._engine is None:
                 self._engine = self._load()
-            result, _elapsed = self._engine(bgr)
+            try:
+                result, _elapsed = self._engine(bgr)
+            except (ResizeImgError, DetResizeError):  # a shape tiling did not foresee: nothing read
+                result = None
             self.images_read += 1
         boxes = []
         for points, text, score in result or []:

@@ -29,7 +29,7 @@ from router import (
     UsageReport,
 )
 
-from .audio import MAX_AUDIO_SECONDS, AudioTooLong, DecodeError
+from .audio import MAX_AUDIO_SECONDS, AudioTooLong, DecodeError, NoAudioTrack
 from .extract import Extractor, Section, UnreadableMedia, label
 from .models import EXTRACT_MIME_TYPES
 from .pdf import PdfError
@@ -172,6 +172,8 @@ class LocalProvider(Provider):
             return await self.pool.run(fn, *args)
         except AudioTooLong as e:
             raise ProviderInputTooLarge(self.name, f"cannot transcribe {name}: {e}") from e
+        except NoAudioTrack as e:  # a video without sound asked for its transcript (or "audio" without any)
+            raise ProviderBadRequest(self.name, f"cannot transcribe {name}: {e}") from e
         except (DecodeError, PdfError, UnreadableMedia) as e:
             raise ProviderBadRequest(self.name, f"cannot read {name}: {e}") from e
 

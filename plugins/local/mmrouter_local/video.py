@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import DecodeError, open_source
+from .audio import DecodeError, check_decoder, check_frame_size, open_container
 from .ocr import MAX_OCR_PIXELS
 from .pool import raise_if_cancelled
 
@@ -25,13 +25,6 @@ class FrameText:
     start: float
     end: float
     lines: list[str]
-
-
-def check_frame_size(width: int, height: int) -> None:
-    """Raise :class:`DecodeError` if frames of ``width`` x ``height`` are too large to decode for OCR."""
-    if width * height > MAX_OCR_PIXELS:
-        raise DecodeError(f"the video is {width}x{height} pixels, over the {MAX_OCR_PIXELS:,} the local OCR "
-                          "reads: send a smaller video")
 
 
 def scaled_size(width: int, height: int, longest: int = MAX_FRAME_SIDE) -> tuple[int, int]:
@@ -71,14 +64,12 @@ def iter_sampled_frames(source: Path | bytes, interval: float) -> Iterator[tuple
     """
     import av
 
-    try:
-        container = av.open(open_source(source))
-    except (av.error.FFmpegError, OSError) as e:
-        raise DecodeError(f"not a decodable video file ({e})") from e
+    container = open_container(source)
     with container:
         if not container.streams.video:
             return
         stream = container.streams.video[0]
+        check_decoder(stream, "video")
         check_frame_size(stream.codec_context.width, stream.codec_context.height)
         # The decoder itself refuses a frame over the limit before allocating it: a stream may start small
         # and grow (an MJPEG of 64x64 then 15000x15000 frames decoded 1.4 GB).

@@ -1,0 +1,182 @@
+"""The ``local`` provider given hostile or odd media: each is read, or refused clearly (INVALID_ARGUMENT), never
+failed as a plugin bug (INTERNAL ``PROVIDER_FAILED``)."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+from mmrouter_local import LocalProvider
+
+from router import Media, Message, Modality, Options, Part, Request, Role, Task, TextDelta, TranscriptReady
+from router.errors import ProviderBadRequest
+from router.testing import collect
+from tests.fakes import local as media
+
+
+@pytest.fixture(scope="module")
+def local() -> LocalProvider:
+    """One provider for the module, so the OCR and speech models load once."""
+    return LocalProvider(workers=2, frame_interval=1.0)
+
+
+def ask(*items: Media, task: Task = Task.AUTO) -> Request:
+    return Request([Message(Role.USER, [Part(text="read it"), *(Part(media=m) for m in items)])], Options(task=task))
+
+
+def text_of(events: list) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def strip_png(width: int, height: int, text: str = "RECEIPT 123", at: int = 8) -> bytes:
+    """A white gray ``width`` x ``height`` PNG with ``text`` drawn at ``at`` px along it (a receipt strip)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (width, height), 255)
+    if text and min(width, height) >= 12:
+        ImageDraw.Draw(image).text((at, 2), text, fill=0, font=media.font(min(width, height) - 10))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_item(data: bytes, name: str) -> Media:
+    return Media(Modality.IMAGE, "image/png", data=data, filename=name)
+
+
+# 1. Long thin images: RapidOCR failed to resize them (ResizeImgError, INTERNAL) or shrank their text unread.
+
+async def test_a_long_thin_receipt_strip_is_read(local: LocalProvider) -> None:
+    text = text_of(await collect(local, ask(png_item(strip_png(8000, 40), "strip.png")), local.models[0]))
+    assert "[Image strip.png: PNG 8000x40]\nRECEIPT 123" in text
+
+
+@pytest.mark.parametrize("size", [(4000, 20), (20, 3000), (5000, 5), (100000, 1)])
+async def test_long_thin_images_of_any_shape_are_not_a_plugin_failure(local: LocalProvider,
+                                                                      size: tuple[int, int]) -> None:
+    width, height = size
+    text = text_of(await collect(local, ask(png_item(strip_png(width, height), "thin.png")), local.models[0]))
+    assert f"[Image thin.png: PNG {width}x{height}]" in text
+
+
+async def test_one_thin_image_among_good_ones_does_not_fail_the_request(local: LocalProvider) -> None:
+    good = media.encode_image(media.text_image([((40, 80), "WELCOME")]))
+    text = text_of(await collect(local, ask(png_item(good, "good.png"), png_item(strip_png(100000, 1), "line.png"),
+                                            png_item(strip_png(4000, 20), "banner.png")), local.models[0]))
+    assert "[Image good.png: PNG 640x240]\nWELCOME" in text
+    assert "[Image line.png: PNG 100000x1]\n(no text found)" in text
+    assert "[Image banner.png: PNG 4000x20]" in text
+
+
+def test_text_across_a_tile_edge_is_read_once() -> None:
+    """Tiles overlap, and a box in the overlap belongs to one tile: text on the cut is read whole, once."""
+    from mmrouter_local.ocr import TextReader, to_bgr
+    from PIL import Image
+
+    reader = TextReader()
+    bgr = to_bgr(Image.open(io.BytesIO(strip_png(6000, 44, at=820))))  # across the first tile's end (960)
+    lines = reader.read_lines(bgr)
+    assert len(lines) == 1 and lines[0].replace(" ", "") == "RECEIPT123", lines
+
+
+def test_a_strip_is_read_in_a_bounded_number_of_tiles(monkeypatch) -> None:
+    """A 40 Mpx image may be 1 px high and 40 million long: it is scaled to fit MAX_TILES tiles, and tiles of
+    one colour are not read at all."""
+    import mmrouter_local.ocr as ocr
+    import numpy as np
+
+    monkeypatch.setattr(ocr, "MAX_TILES", 3)
+    reader = ocr.TextReader()
+    reader.read_boxes(np.full((1, 100_000, 3), 255, np.uint8))
+    assert reader.images_read == 0
+    noise = np.random.default_rng(3).integers(0, 256, (8, 200_000, 3), dtype=np.uint8)
+    reader.read_boxes(noise)
+    assert 1 <= reader.images_read <= 3
+
+
+# 2. Audio whose stream ffmpeg has no decoder for (PyAV gives it no codec context).
+
+async def test_a_wav_declaring_zero_bits_per_sample_is_invalid_argument(local: LocalProvider) -> None:
+    from media_factory import wav
+
+    data = bytearray(wav(1.0))
+    struct.pack_into("<H", data, 34, 0)  # bits per sample
+    item = Media(Modality.AUDIO, "audio/wav", data=bytes(data), filename="zero.wav")
+    for task in (Task.TRANSCRIBE, Task.AUTO):
+        with pytest.raises(ProviderBadRequest, match=r"cannot read zero\.wav: not a decodable audio/video file"):
+            await collect(local, ask(item, task=task), local.models[0])
+
+
+# 3. Images over Pillow's own decompression-bomb limit (~179 Mpx) get the size and the plugin's limit.
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+def gif_declaring(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("P", (4, 4)).save(buf, format="GIF")
+    data = bytearray(buf.getvalue())
+    struct.pack_into("<HH", data, 6, width, height)  # the logical screen
+    return bytes(data)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    from tests.test_local_provider import png_declaring
+
+    return png_declaring(width, height)
+
+
+@pytest.mark.parametrize(("make", "mime", "width", "height"), [
+    (png_declaring, "image/png", 50000, 50000),
+    (jpeg_declaring, "image/jpeg", 65500, 65500),
+    (gif_declaring, "image/gif", 65535, 65535),
+])
+async def test_an_image_over_pillows_bomb_limit_is_refused_with_its_size(local: LocalProvider, make, mime: str,
+                                                                         width: int, height: int) -> None:
+    item = Media(Modality.IMAGE, mime, data=make(width, height), filename="bomb.img")
+    with pytest.raises(ProviderBadRequest, match=rf"cannot read bomb\.img: the image is {width}x{height} pixels, "
+                                                 r"over the 40,000,000 the local OCR reads: send a smaller image"):
+        await collect(local, ask(item), local.models[0])
+
+
+def test_an_image_in_a_pdf_over_pillows_bomb_limit_is_named_with_its_size(local: LocalProvider) -> None:
+    lines = local.extractor.ocr_image_bytes(png_declaring(50000, 50000))
+    assert lines == ["(the image is 50000x50000 pixels, over the 40,000,000 the local OCR reads: not read)"]
+
+
+# 4. A raw video whose header declares frames ffmpeg will not allocate.
+
+@pytest.mark.parametrize("task", [Task.AUTO, Task.TRANSCRIBE])
+async def test_a_y4m_declaring_huge_frames_is_refused_naming_their_size(local: LocalProvider, task: Task) -> None:
+    from media_factory import y4m_declaring
+
+    item = Media(Modality.VIDEO, "video/x-yuv4mpeg", data=y4m_declaring(100000, 100000), filename="huge.y4m")
+    with pytest.raises(ProviderBadRequest, match=r"cannot read huge\.y4m: the video is 100000x100000 pixels, "
+                                                 r"over the 40,000,000 the local OCR reads"):
+        await collect(local, ask(item, task=task), local.models[0])
+
+
+# 5. A video without an audio track.
+
+async def test_a_video_without_an_audio_track_says_so(local: LocalProvider) -> None:
+    from media_factory import mp4
+
+    item = Media(Modality.VIDEO, "video/mp4", data=mp4(), filename="mute.mp4")
+    events = await collect(local, ask(item), local.models[0])
+    text = text_of(events)
+    assert "[Video mute.mp4: no audio track]\n(the video has no audio track" in text
+    assert "audio transcript" not in text
+    assert not [e for e in events if isinstance(e, TranscriptReady)]
+    with pytest.raises(ProviderBadRequest, match=r"cannot transcribe mute\.mp4: it has no audio track"):
+        await collect(local, ask(item, task=Task.TRANSCRIBE), local.models[0])
