@@ -180,3 +180,80 @@ async def test_a_video_without_an_audio_track_says_so(local: LocalProvider) -> N
     assert not [e for e in events if isinstance(e, TranscriptReady)]
     with pytest.raises(ProviderBadRequest, match=r"cannot transcribe mute\.mp4: it has no audio track"):
         await collect(local, ask(item, task=Task.TRANSCRIBE), local.models[0])
+
+
+_DECODER_ELSEWHERE = """
+import sys
+from pathlib import Path
+
+import pocketsphinx
+
+class Refused:
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("a pocketsphinx Decoder was made in the daemon's own process")
+
+pocketsphinx.Decoder = Refused  # what runs in this process cannot decode
+from mmrouter_local.asr import SpeechRecognizer
+from mmrouter_local.audio import iter_pcm16k
+
+recognizer = SpeechRecognizer()
+text = recognizer.transcribe(iter_pcm16k(Path(sys.argv[1]))).text
+import os
+print(text, recognizer.decoder_pid, os.getpid())
+"""
+
+
+@pytest.mark.skipif(media.ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_speech_is_decoded_in_a_process_of_its_own(tmp_path) -> None:
+    """pocketsphinx holds the GIL while it decodes (1 to 3 s for a long or noisy utterance): decoded on a
+    worker thread, it stalled every other call of the daemon. The decoder now runs in a child process:
+    a process whose own pocketsphinx cannot make a Decoder still transcribes."""
+    import subprocess
+    import sys
+
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(media.speech_wav("the meeting is moved to the third floor"))
+    done = subprocess.run([sys.executable, "-c", _DECODER_ELSEWHERE, str(wav)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    *words, decoder_pid, own_pid = done.stdout.split()
+    assert "meeting" in words and "moved" in words, done.stdout
+    assert decoder_pid != own_pid
+
+
+def test_a_speech_decoder_process_that_died_is_started_again(local) -> None:
+    """A decoder process killed (out of memory, by an operator) fails the call it was in; the next starts
+    a new one."""
+    import os
+    import signal
+
+    from mmrouter_local.asr import SpeechRecognizer
+    from mmrouter_local.decoder_process import DecoderGone
+
+    recognizer = SpeechRecognizer()
+    silence = b"\x00\x00" * 16000
+    recognizer.transcribe(iter([silence]))
+    first = recognizer.decoder_pid
+    assert first is not None and first != os.getpid()
+    os.kill(first, signal.SIGKILL)
+    os.waitpid(first, 0)
+    with pytest.raises(DecoderGone):  # the dead process is seen at once: its pipe is closed
+        recognizer._decoder.start_utt()
+    tone = (b"\x00\x40\x00\xc0" * 8000) * 4
+    recognizer.transcribe(iter([tone]))
+    assert recognizer.decoder_pid not in (None, first)
+
+
+async def test_closing_the_provider_ends_its_speech_decoder_process() -> None:
+    """A reload makes a new provider and closes the old one: its decoder's process must end with it, not
+    stay until the daemon stops (one more per reload)."""
+    import os
+
+    provider = LocalProvider(workers=1)
+    provider.extractor.asr.transcribe(iter([b"\x00\x00" * 16000]))
+    pid = provider.extractor.asr.decoder_pid
+    assert pid is not None
+    await provider.aclose()
+    assert provider.extractor.asr.decoder_pid is None
+    with pytest.raises(ChildProcessError):  # ended and reaped
+        os.waitpid(pid, os.WNOHANG)

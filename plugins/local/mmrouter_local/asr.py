@@ -19,6 +19,7 @@ from typing import NamedTuple
 from router import Transcript, Utterance, Word
 
 from .audio import BYTES_PER_SECOND, SAMPLE_RATE, PcmReader
+from .decoder_process import DecoderProcess
 from .pool import raise_if_cancelled
 
 #: pocketsphinx decodes 100 feature frames per second of audio.
@@ -27,8 +28,7 @@ FRAME_RATE = 100
 _PAD = b"\x00\x00" * (SAMPLE_RATE // 4)
 #: A segment up to this long is decoded in one call (batch normalisation, the most accurate).
 FULL_UTT_BYTES = 2 * SAMPLE_RATE * 5
-#: A longer one (speech without pauses) is fed in pieces this long: the decoder holds the GIL during a
-#: call, so the event loop runs between pieces, and a cancelled job stops between them.
+#: A longer one (speech without pauses) is fed in pieces this long, so a cancelled job stops between them.
 CHUNK_BYTES = 2 * SAMPLE_RATE // 4
 #: The most continuous speech held before it is decoded: pocketsphinx's ``Segmenter`` buffers a whole VAD
 #: segment, which for speech or music without pauses grew 32 KB a second (115 MB an hour). A longer segment
@@ -94,7 +94,7 @@ class SpeechRecognizer:
     """One pocketsphinx decoder, loaded on first use and shared (calls are serialised)."""
 
     def __init__(self) -> None:
-        self._decoder = None
+        self._decoder: DecoderProcess | None = None
         self._lock = threading.Lock()
         #: Pieces of audio fed to the decoder so far, over all calls: one per short utterance, one per
         #: :data:`CHUNK_BYTES` of a long one. Shows how far a job got (a cancelled one stops early).
@@ -103,23 +103,33 @@ class SpeechRecognizer:
         #: :data:`MAX_SEGMENT_BYTES`).
         self.largest_segment_bytes = 0
 
-    def _load(self):  # -> pocketsphinx.Decoder
-        from pocketsphinx import Decoder
+    def _load(self) -> DecoderProcess:
+        # The default en-US acoustic model, dictionary and language model ship in the wheel. The decoder
+        # runs in a process of its own: pocketsphinx holds the GIL for seconds while it decodes.
+        return DecoderProcess(SAMPLE_RATE)
 
-        # The default en-US acoustic model, dictionary and language model ship
-        # in the wheel; loglevel keeps the decoder quiet on stderr.
-        return Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
-
-    def _ready_decoder(self):  # -> pocketsphinx.Decoder
-        """The decoder for a new call: loaded on first use, else with its feature state reset. Every
-        utterance updates the acoustic normalisation (the cepstral mean a long utterance is decoded with)
-        and the noise statistics: without the reset a transcript depended on what earlier calls decoded
-        (the same audio gave three different texts). The reset takes about 0.1 ms."""
-        if self._decoder is None:
+    def _ready_decoder(self) -> DecoderProcess:
+        """The decoder for a new call: loaded on first use (or again, when its process ended), else with
+        its feature state reset. Every utterance updates the acoustic normalisation (the cepstral mean a
+        long utterance is decoded with) and the noise statistics: without the reset a transcript depended
+        on what earlier calls decoded (the same audio gave three different texts)."""
+        if self._decoder is None or not self._decoder.alive():
             self._decoder = self._load()
         else:
             self._decoder.reinit_feat()
         return self._decoder
+
+    def close(self) -> None:
+        """End the decoder's process (a call still decoding fails; the next one starts a new process).
+        Blocks up to about 2 s: run it off the event loop."""
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            decoder.close()
+
+    @property
+    def decoder_pid(self) -> int | None:
+        """The process id of the decoder's process, None before the first call."""
+        return self._decoder.pid if self._decoder is not None else None
 
     def transcribe(self, pcm: Iterator[bytes]) -> Transcript:
         """Transcribe 16 kHz mono s16le PCM chunks into utterances and timed words.
@@ -152,7 +162,7 @@ class SpeechRecognizer:
             duration_seconds=round(reader.seconds, 2),
         )
 
-    def _decode(self, decoder, pcm: bytes, offset: float) -> list[Word]:
+    def _decode(self, decoder: DecoderProcess, pcm: bytes, offset: float) -> list[Word]:
         """Decode one utterance; word times are shifted by ``offset`` seconds.
 
         Raises :class:`mmrouter_local.pool.JobCancelled` between the pieces of a long utterance once

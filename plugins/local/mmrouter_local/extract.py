@@ -210,4 +210,5 @@ class Extractor:
     def unload(self) -> None:
         """Drop the loaded models (they load again if used)."""
         self.ocr = TextReader(self.ocr.min_score)
+        self.asr.close()
         self.asr = SpeechRecognizer()

@@ -179,3 +179,4 @@ class LocalProvider(Provider):
 
     async def aclose(self) -> None:
         self.pool.close()
+        await asyncio.to_thread(self.extractor.asr.close)  # its decoder's process (a reload makes another)
