@@ -157,6 +157,27 @@ def test_catalogue_declares_inputs_outputs_and_prices(provider: OpenAIProvider) 
     assert "diarization" not in whisper.features
 
 
+def test_a_built_in_model_given_again_keeps_what_the_item_leaves_out() -> None:
+    """``models: [{name: gpt-4o, context_tokens: 64000}]`` (to shrink its context) made gpt-4o free and
+    text-only: the item's missing price was all zeros, its missing inputs text. What the item gives wins."""
+    from mmrouter_openai.models import BUILTIN, catalogue
+
+    builtin = {e.info.name: e.info for e in BUILTIN}
+    models = catalogue(True, [{"name": "gpt-4o", "context_tokens": 64000},
+                              {"name": "whisper-1"},
+                              {"name": "gpt-4o-mini", "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.2}}])
+    gpt4o = models["gpt-4o"].info
+    assert gpt4o.context_tokens == 64000
+    assert (gpt4o.price, gpt4o.inputs, gpt4o.outputs) == (builtin["gpt-4o"].price, builtin["gpt-4o"].inputs,
+                                                          builtin["gpt-4o"].outputs)
+    assert gpt4o.default_max_output_tokens == builtin["gpt-4o"].default_max_output_tokens
+    whisper = models["whisper-1"]
+    assert whisper.info.price.per_audio_hour == pytest.approx(0.36) and whisper.transcription_format == "verbose_json"
+    mini = models["gpt-4o-mini"].info
+    assert (mini.price.input_per_mtok, mini.price.output_per_mtok, mini.price.cached_input_per_mtok) == (0.1, 0.2, 0.0)
+    assert mini.inputs == builtin["gpt-4o-mini"].inputs
+
+
 def test_register_providers_hook_registers_one_configured_provider(fake: FakeOpenAI) -> None:
     registered: list = []
     mmrouter_openai.register_providers(registered.append, {"api_key": API_KEY, "base_url": fake.base_url}, "openai")

@@ -26,7 +26,7 @@ llama.cpp) come from ``providers.openai.models``::
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from router import (
@@ -193,16 +193,29 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
     return Entry(info, fmt if transcribes else "", max_output_tokens=limit)
 
 
+def _spec_of(entry: Entry) -> dict[str, Any]:
+    """A built-in model as an item of ``models:`` would give it (what :func:`entry_from_config` reads)."""
+    info = entry.info
+    return {"name": info.name, "inputs": sorted(m.value for m in info.inputs), "outputs": sorted(info.outputs),
+            "price": asdict(info.price), "context_tokens": info.context_tokens,
+            "max_output_tokens": entry.max_output_tokens,
+            "transcription_format": entry.transcription_format or None}
+
+
 def catalogue(builtin: bool, extra: Iterable[Mapping[str, Any]], provider: str = "openai") -> dict[str, Entry]:
     """The models to offer, by name: the built-in ones (if wanted) then configured ones (which win)."""
     entries: dict[str, Entry] = {e.info.name: e for e in BUILTIN} if builtin else {}
     known = {e.info.name: e for e in BUILTIN}
     for index, spec in enumerate(extra):
-        entry = entry_from_config(spec, index, provider)
-        same = known.get(entry.info.name)
-        if same is not None:  # a built-in model given again (a new price, say): what it takes does not change
+        same = known.get(str(spec.get("name") or "").strip()) if isinstance(spec, Mapping) else None
+        # a built-in model given again (a smaller context, a new price): what the item leaves out is the
+        # built-in's, its price and inputs above all (left out, they were 0 and text only)
+        entry = entry_from_config({**_spec_of(same), **spec} if same is not None else spec, index, provider)
+        if same is not None:  # what it takes does not change
             entry = replace(entry, still_gifs_only=same.still_gifs_only,
                             info=replace(entry.info, input_mime_types=same.info.input_mime_types,
-                                         max_audio_seconds=same.info.max_audio_seconds))
+                                         max_audio_seconds=same.info.max_audio_seconds,
+                                         default_max_output_tokens=same.info.default_max_output_tokens
+                                         if "max_output_tokens" not in spec else entry.info.default_max_output_tokens))
         entries[entry.info.name] = entry
     return entries
