@@ -48,10 +48,14 @@ class Provider(abc.ABC):
         Implement as an ``async def`` generator. Yield :class:`TextDelta` for
         text (many small ones when streaming; never an empty one: skip chunks
         with no text, such as a stream's first, role-only chunk),
-        :class:`TranscriptReady` for a transcript, and one :class:`UsageReport`
+        :class:`TranscriptReady` for a transcript, and a :class:`UsageReport`
         at the end: its token counts ints from 0 to 2**63-1, ``audio_seconds``
         and ``cost_usd`` finite and >= 0, ``finish_reason`` None or a
-        :class:`router.FinishReason` (map the provider's own strings). Raise
+        :class:`router.FinishReason` (map the provider's own strings). Usage the
+        provider reports before the end (a stream's prompt tokens at its start)
+        may be yielded then, in a UsageReport of its own: the reports add up, and
+        one yielded before the client cancels is billed (the router keeps it as a
+        step ``"<purpose> (cancelled)"``); the last carries the finish reason. Raise
         :mod:`router.errors` ``Provider*`` errors for failures (see
         :func:`router.errors.provider_error_from_status`). The router cancels
         the generator when the client's deadline passes or it cancels; honour

@@ -183,7 +183,7 @@ class ProviderContract:
         produced = [e for e in events if isinstance(e, (TextDelta, TranscriptReady))]
         assert produced, "generate yielded no text and no transcript"
         usages = [e for e in events if isinstance(e, UsageReport)]
-        assert len(usages) == 1, f"expected exactly one UsageReport, got {len(usages)}"
+        assert usages, "generate yielded no UsageReport (yield one at the end, with the finish reason)"
 
     def test_generate_can_be_cancelled(self, provider: Provider) -> None:
         model = self.contract_model(provider)

@@ -157,7 +157,10 @@ def test_stream_generate_deltas_usage_done(daemon, fake):
     assert events[0].route_chosen.route.model == "claude-haiku-4-5"
     assert [e.text_delta.text for e in events if e.HasField("text_delta")] == ["Claude", " streams", " well."]
     usages = [e.usage for e in events if e.HasField("usage")]
-    assert [(u.input_tokens, u.output_tokens) for u in usages] == [(1500, 80)]
+    # the prompt as message_start reports it, before any text (billed if the client leaves), then the rest
+    assert [(u.input_tokens, u.output_tokens) for u in usages] == [(1500, 1), (0, 79)]
+    assert kinds.index("usage") < kinds.index("text_delta")
+    assert sum(u.cost_usd for u in usages) == pytest.approx(cost((1500, 80), HAIKU))
     done = events[-1].done.answer
     assert done.text == "Claude streams well."
     assert (done.route.rule, done.route.provider, done.route.model) == ("cheap", "anthropic", "claude-haiku-4-5")
@@ -424,7 +427,7 @@ def test_a_session_over_claudes_pdf_pages_drops_older_history_and_goes_on(daemon
     assert any("refused the request for its size" in n for n in done.route.notes)
     assert [b.data for b in media_blocks(fake.last_body())] == [pdfs[2], pdfs[3]]
     assert [(u.input_tokens, u.output_tokens) for u in (e.usage for e in events if e.HasField("usage"))] == [
-        (1500, 80)]
+        (1500, 1), (0, 79)]
 
 
 def test_a_current_turn_over_the_limit_alone_still_fails_and_keeps_no_turn(daemon, fake):

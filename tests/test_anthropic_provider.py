@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import socket
@@ -99,6 +100,15 @@ async def run(prov: AnthropicProvider, request: Request, model_name: str = "clau
     model = prov.model(model_name)
     assert model is not None
     return await collect(prov, request, model)
+
+
+def usage_total(events: list) -> router.Usage:
+    """The usage of a call's reports, which add up (the prompt's at message_start, the rest at the end)."""
+    total = router.Usage()
+    for event in events:
+        if isinstance(event, UsageReport):
+            total.add(event.usage)
+    return total
 
 
 def text_of(events: list) -> str:
@@ -241,10 +251,13 @@ async def test_streams_deltas_then_usage(fake: FakeAnthropic, transport: str) ->
     finally:
         await provider.aclose()
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["Bon", "jour", "!"]
-    assert isinstance(events[-1], UsageReport)
-    usage = events[-1].usage
+    assert isinstance(events[-1], UsageReport) and isinstance(events[0], UsageReport)
+    # the prompt's usage as message_start reports it (billed if the call is cancelled then), the rest at the end
+    assert [(e.usage.input_tokens, e.usage.output_tokens) for e in events if isinstance(e, UsageReport)] == [
+        (123, 1), (0, 44)]
+    usage = usage_total(events)
     assert (usage.input_tokens, usage.output_tokens) == (123, 45)
-    assert usage.cost_usd == 0  # the router prices it from ModelInfo.price
+    assert usage.cost_usd == pytest.approx(sonnet(provider).price.cost(usage))  # each part priced as the whole
     call = fake.message_calls()[-1]
     assert sent_key(call) == API_KEY and call.headers["anthropic-version"]
     body = call.json()
@@ -543,7 +556,7 @@ async def test_error_event_mid_stream_maps_by_type(
             received.append(event)
     assert type(info.value) is expected
     assert [e.text for e in received if isinstance(e, TextDelta)] == ["Hello"]
-    assert isinstance(received[-1], UsageReport) and received[-1].usage.input_tokens  # the prompt was billed
+    assert usage_total(received).input_tokens  # the prompt was billed
     assert "mid-stream trouble" in info.value.message
 
 
@@ -714,7 +727,7 @@ async def test_events_without_text_or_of_unknown_types_are_skipped() -> None:
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hi"]
     report = events[-1]
     assert isinstance(report, UsageReport)
-    assert (report.usage.input_tokens, report.usage.output_tokens) == (7, 9)
+    assert (usage_total(events).input_tokens, usage_total(events).output_tokens) == (7, 9)
     assert report.finish_reason is router.FinishReason.LENGTH
 
 
@@ -1007,9 +1020,9 @@ async def test_a_stream_broken_after_message_start_reports_the_usage_before_fail
     assert isinstance(error, ProviderUnavailable)
     if how == "stalled":
         assert "did not answer in time" in error.message
-    assert [type(e) for e in received] == [TextDelta, UsageReport]
-    assert received[0].text == "Hello"
-    report = received[1]
+    assert [type(e) for e in received] == [UsageReport, TextDelta]  # the prompt billed from message_start
+    assert received[1].text == "Hello"
+    report = received[0]
     assert (report.usage.input_tokens, report.usage.output_tokens, report.finish_reason) == (1000, 1, None)
 
 
@@ -1023,8 +1036,8 @@ async def test_an_error_event_after_message_start_reports_the_usage_before_faili
     finally:
         await prov.aclose()
     assert isinstance(error, ProviderUnavailable) and "boom" in error.message
-    assert [type(e) for e in received] == [TextDelta, UsageReport]
-    assert (received[1].usage.input_tokens, received[1].usage.output_tokens) == (fake.input_tokens, 1)
+    assert [type(e) for e in received] == [UsageReport, TextDelta]  # the prompt billed from message_start
+    assert (received[0].usage.input_tokens, received[0].usage.output_tokens) == (fake.input_tokens, 1)
 
 
 async def test_a_failed_stream_s_usage_is_kept_by_the_router_as_a_failed_step(fake: FakeAnthropic) -> None:
@@ -1049,6 +1062,38 @@ async def test_a_failed_stream_s_usage_is_kept_by_the_router_as_a_failed_step(fa
     assert step.usage.cost_usd > 0
 
 
+async def test_a_call_cancelled_after_message_start_keeps_the_prompt_billed() -> None:
+    """A client that cancels mid-answer (here: after the first text delta; the server then holds the body
+    open) was billed for the prompt message_start reported, but the plugin reported usage only at the
+    end: the router recorded nothing. It now has the prompt's usage as a step ``answer (cancelled)``."""
+    from contextlib import aclosing
+
+    from router.invoke import call_model
+    from router.outcome import RouteInfo
+
+    server = RawServer(CHUNKED_SSE_HEAD + chunked_events(MESSAGE_START, HELLO_DELTA))
+    prov = AnthropicProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}", "timeout": 30})
+    route = RouteInfo("default", prov.name, "claude-sonnet-4-6")
+
+    async def answer() -> None:
+        async with aclosing(call_model(prov, sonnet(prov), chat(user(text("hi"))), router.CallContext("t"),
+                                       route, "answer")) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    asyncio.current_task().cancel()  # the client leaves once text came
+                    await asyncio.sleep(0)
+
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.create_task(answer())
+    finally:
+        await prov.aclose()
+        server.close()
+    [step] = route.steps
+    assert (step.purpose, step.usage.input_tokens, step.usage.output_tokens) == ("answer (cancelled)", 1000, 1)
+    assert step.usage.cost_usd == pytest.approx(sonnet(prov).price.cost(step.usage))
+
+
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 async def test_a_body_held_open_after_message_stop_still_completes_the_answer(transport: str) -> None:
     """A proxy keeps the chunked body open after message_stop: the answer is whole, so the call succeeds
@@ -1069,7 +1114,7 @@ async def test_a_body_held_open_after_message_stop_still_completes_the_answer(tr
     assert text_of(events) == "Hello"
     report = events[-1]
     assert isinstance(report, UsageReport) and report.finish_reason is router.FinishReason.STOP
-    assert (report.usage.input_tokens, report.usage.output_tokens) == (1000, 5)
+    assert (usage_total(events).input_tokens, usage_total(events).output_tokens) == (1000, 5)
 
 
 class ConnectionCountingAnthropic(FakeAnthropic):

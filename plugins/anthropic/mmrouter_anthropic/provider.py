@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -85,10 +86,10 @@ class AnthropicProvider(Provider):
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
-        """Stream Claude's answer: text deltas as they come, then one usage report. A stream that ends
-        without ``message_stop`` (nor a ``stop_reason``) is a failed call: ``ProviderUnavailable``. A call
-        that fails after ``message_start`` (cut short, broken, an error event) reports the usage counted
-        so far before raising: the prompt read is billed."""
+        """Stream Claude's answer: the prompt's usage as ``message_start`` reports it (billed even if the
+        call is then cancelled or fails), text deltas as they come, then the rest of the usage with the
+        finish reason. A stream that ends without ``message_stop`` (nor a ``stop_reason``) is a failed
+        call: ``ProviderUnavailable``, after the usage counted since ``message_start``."""
         if not self.settings.key:
             raise ProviderNotConfigured(self.name, f"no API key: {key_hint(self.name)}")
         prepared = await prepare(request, self.name, model)
@@ -103,6 +104,7 @@ class AnthropicProvider(Provider):
         # anthropic 2.x SDK speaks (2026-10-21) refuses sampling parameters with a 400.
 
         usage = Usage()
+        reported = Usage()  # what the usage reports yielded so far hold
         stop: list[FinishReason] = []
         complete = False
         timeout = self._call_timeout(ctx)
@@ -131,27 +133,30 @@ class AnthropicProvider(Provider):
                         break
                     else:
                         _handle_event(event, usage, stop, model.price)
+                        if kind == "message_start" and usage != reported:  # the prompt is billed from here
+                            yield UsageReport(_since(usage, reported, model.price))
+                            reported = dataclasses.replace(usage)
                 if complete:
                     await read_rest(events, timeout)
             finally:
                 await response.aclose()
         except Exception as exc:
             error = map_sdk_error(exc, self.name, self.settings.key) if is_mappable(exc) else None
-            # The stream broke (a transport error, an error event) after message_start: the prompt read
-            # is billed all the same, and the router keeps a usage reported before the error.
-            if usage != Usage():
-                yield UsageReport(usage)
+            # The stream broke (a transport error, an error event) after message_start: what it counted
+            # since is billed all the same, and the router keeps a usage reported before the error.
+            if usage != reported:
+                yield UsageReport(_since(usage, reported, model.price))
             if error is None:
                 raise
             raise error from exc
         if not (complete or stop):
             # The body ended cleanly but early (a dead server behind a proxy, a body delimited by
             # connection close), and the SDK does not notice: the answer is cut, the call failed.
-            if usage != Usage():  # the prompt read (message_start) is billed all the same
-                yield UsageReport(usage)
+            if usage != reported:  # what it counted since message_start is billed all the same
+                yield UsageReport(_since(usage, reported, model.price))
             raise ProviderUnavailable(self.name, "the stream ended before the answer was complete "
                                                  "(no message_stop)")
-        yield UsageReport(usage, stop[-1] if stop else None)
+        yield UsageReport(_since(usage, reported, model.price), stop[-1] if stop else None)
 
     async def aclose(self) -> None:
         """Close the SDK client (and its connection pool); safe to call twice."""
@@ -204,6 +209,22 @@ def _event_of(sse: ServerSentEvent, response: Any, anthropic: Any) -> dict[str, 
         raise anthropic.APIError("the server sent a stream event that is not a JSON object", response.request,
                                  body=sse.data[:200].decode("utf-8", "replace"))
     return event
+
+
+def _since(usage: Usage, reported: Usage, price: Price) -> Usage:
+    """What ``usage`` (cumulative) holds beyond what was ``reported`` already: the next usage report, its
+    cost the difference of the two totals' (a part priced alone would miss a long-context tier, which
+    the whole prompt's size decides, and the prompt-cache writes' extra)."""
+    total = usage.cost_usd or price.cost(usage)
+    before = reported.cost_usd or price.cost(reported)
+    return Usage(
+        input_tokens=usage.input_tokens - reported.input_tokens,
+        output_tokens=usage.output_tokens - reported.output_tokens,
+        audio_seconds=usage.audio_seconds - reported.audio_seconds,
+        cost_usd=max(0.0, total - before),
+        audio_input_tokens=usage.audio_input_tokens - reported.audio_input_tokens,
+        cached_input_tokens=usage.cached_input_tokens - reported.cached_input_tokens,
+    )
 
 
 def _handle_event(event: dict[str, Any], usage: Usage, stop: list[FinishReason], price: Price) -> None:
