@@ -524,9 +524,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if modality is None:
             raise InvalidRequest(f"the upload's modality is {'missing' if not meta.modality else meta.modality}",
                                  violations=[FieldViolation("metadata.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT")])
-        problems = wire.filename_problems(meta.filename, "metadata.filename")
+        # stored with the upload, answered back and logged: bounded and printable, as in requests
+        problems = [*wire.filename_problems(meta.filename, "metadata.filename"),
+                    *wire.mime_type_problems(meta.mime_type, "metadata.mime_type")]
         if problems:
-            raise InvalidRequest(f"invalid metadata.filename: {problems[0].description}", violations=problems)
+            raise InvalidRequest("invalid upload metadata: " + "; ".join(f"{p.field}: {p.description}" for p in problems),
+                                 violations=problems)
         async with aclosing(_upload_chunks(messages, context)) as chunks:
             stored = await self.app.media.upload(meta.mime_type, modality, meta.filename, meta.size_bytes, chunks)
         return pb.UploadMediaResponse(media_id=stored.media_id, size_bytes=stored.size,
