@@ -445,6 +445,25 @@ class Usage:
         self.audio_input_tokens += other.audio_input_tokens
         self.cached_input_tokens += other.cached_input_tokens
 
+    def since(self, reported: Usage, price: Price) -> Usage:
+        """What this usage (a call's running total) holds beyond what was ``reported`` already: the next
+        of a call's usage reports when it reports in parts (the prompt as soon as the provider counts it,
+        so a client that leaves mid-answer is still billed for it; the rest at the end).
+
+        Its cost is the difference of the two totals' costs at ``price`` (a total's own ``cost_usd`` when
+        set): a part priced alone would miss a long-context tier, which the whole prompt's size decides.
+        """
+        total = self.cost_usd or price.cost(self)
+        before = reported.cost_usd or price.cost(reported)
+        return Usage(
+            input_tokens=self.input_tokens - reported.input_tokens,
+            output_tokens=self.output_tokens - reported.output_tokens,
+            audio_seconds=self.audio_seconds - reported.audio_seconds,
+            cost_usd=max(0.0, total - before),
+            audio_input_tokens=self.audio_input_tokens - reported.audio_input_tokens,
+            cached_input_tokens=self.cached_input_tokens - reported.cached_input_tokens,
+        )
+
 
 @dataclass
 class TextDelta:

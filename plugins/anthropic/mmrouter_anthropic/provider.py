@@ -134,7 +134,7 @@ class AnthropicProvider(Provider):
                     else:
                         _handle_event(event, usage, stop, model.price)
                         if kind == "message_start" and usage != reported:  # the prompt is billed from here
-                            yield UsageReport(_since(usage, reported, model.price))
+                            yield UsageReport(usage.since(reported, model.price))
                             reported = dataclasses.replace(usage)
                 if complete:
                     await read_rest(events, timeout)
@@ -145,7 +145,7 @@ class AnthropicProvider(Provider):
             # The stream broke (a transport error, an error event) after message_start: what it counted
             # since is billed all the same, and the router keeps a usage reported before the error.
             if usage != reported:
-                yield UsageReport(_since(usage, reported, model.price))
+                yield UsageReport(usage.since(reported, model.price))
             if error is None:
                 raise
             raise error from exc
@@ -153,10 +153,10 @@ class AnthropicProvider(Provider):
             # The body ended cleanly but early (a dead server behind a proxy, a body delimited by
             # connection close), and the SDK does not notice: the answer is cut, the call failed.
             if usage != reported:  # what it counted since message_start is billed all the same
-                yield UsageReport(_since(usage, reported, model.price))
+                yield UsageReport(usage.since(reported, model.price))
             raise ProviderUnavailable(self.name, "the stream ended before the answer was complete "
                                                  "(no message_stop)")
-        yield UsageReport(_since(usage, reported, model.price), stop[-1] if stop else None)
+        yield UsageReport(usage.since(reported, model.price), stop[-1] if stop else None)
 
     async def aclose(self) -> None:
         """Close the SDK client (and its connection pool); safe to call twice."""
@@ -209,22 +209,6 @@ def _event_of(sse: ServerSentEvent, response: Any, anthropic: Any) -> dict[str, 
         raise anthropic.APIError("the server sent a stream event that is not a JSON object", response.request,
                                  body=sse.data[:200].decode("utf-8", "replace"))
     return event
-
-
-def _since(usage: Usage, reported: Usage, price: Price) -> Usage:
-    """What ``usage`` (cumulative) holds beyond what was ``reported`` already: the next usage report, its
-    cost the difference of the two totals' (a part priced alone would miss a long-context tier, which
-    the whole prompt's size decides, and the prompt-cache writes' extra)."""
-    total = usage.cost_usd or price.cost(usage)
-    before = reported.cost_usd or price.cost(reported)
-    return Usage(
-        input_tokens=usage.input_tokens - reported.input_tokens,
-        output_tokens=usage.output_tokens - reported.output_tokens,
-        audio_seconds=usage.audio_seconds - reported.audio_seconds,
-        cost_usd=max(0.0, total - before),
-        audio_input_tokens=usage.audio_input_tokens - reported.audio_input_tokens,
-        cached_input_tokens=usage.cached_input_tokens - reported.cached_input_tokens,
-    )
 
 
 def _handle_event(event: dict[str, Any], usage: Usage, stop: list[FinishReason], price: Price) -> None:

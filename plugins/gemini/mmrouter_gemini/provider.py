@@ -166,6 +166,10 @@ class GeminiProvider(Provider):
         """Stream the answer, then one usage report from the last usage metadata; a stream whose chunks
         carry no finishReason is cut short: ``ProviderUnavailable``.
 
+        Unlike Anthropic's ``message_start``, the chunks before the last do not count the prompt fully (no
+        ``cachedContentTokenCount``; sometimes a different ``promptTokenCount``), so a part reported early
+        would overbill a cached prompt: a stream its client leaves mid-answer is not billed.
+
         Once a chunk with a finishReason came, the answer is whole: what is left of the body (a later chunk
         with the usage, say) is read for at most ``router.sdk_http.END_OF_BODY_WAIT``, so a proxy that holds
         the body open does not make the call wait for the read timeout."""
