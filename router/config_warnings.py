@@ -95,10 +95,15 @@ def refused_section(entry: ProviderEntry, config: Config) -> str | None:
     return problem if problem.startswith(f"providers.{entry.name}.") else f"providers.{entry.name}: {problem}"
 
 
-def refused_sections(config: Config, registry: Registry) -> list[str]:
+def refused_sections(config: Config, registry: Registry, text: str | None = None, source: str = "") -> list[str]:
     """Every ``providers`` section of ``config`` its plugin refused (see :func:`refused_section`): start-up
-    and reloads refuse them, as ``config check`` does."""
-    return [problem for entry in registry.entries.values() if (problem := refused_section(entry, config))]
+    and reloads refuse them, as ``config check`` does. Given the file's ``text``, each with the line of
+    the key it names and a did-you-mean for an unknown key (see :func:`router.config.with_lines`)."""
+    problems = []
+    for entry in registry.entries.values():
+        if problem := refused_section(entry, config):
+            problems.append(problem if text is None else with_lines(problem, text, source, _settings_fields(entry)))
+    return problems
 
 
 def _uses(config: Config, name: str) -> str | None:

@@ -40,7 +40,7 @@ from mmrouter.v1 import router_pb2_grpc
 
 from . import invoke, redact, wire
 from .auth import TokenAuth, warn_if_token_in_clear
-from .config import Config, load_config, parse_address, replaced_default_rules
+from .config import Config, load_config, parse_address, read_config_file, replaced_default_rules
 from .config_warnings import refused_sections
 from .core import REQUEST_ID_KEY, App, missing_models, monotonic_deadline, new_request_id, secrets_of
 from .dispatch import RouterEvent
@@ -823,6 +823,17 @@ def warn_if_open_to_others(data_dir: Path) -> None:
                     "chmod -R go-rwx %s", ", ".join(open_), shlex.quote(str(data_dir)))
 
 
+def _config_text(config_path: Path | None) -> str | None:
+    """The text of the file at ``config_path`` (read already, so the lines of its errors can be told);
+    None without a file or when it cannot be read again."""
+    if config_path is None:
+        return None
+    try:
+        return read_config_file(config_path)
+    except (OSError, ConfigError):
+        return None
+
+
 async def serve(config: Config, *, ready_file: Path | None = None, config_path: Path | None = None,
                 extra_plugins: Mapping[str, object] | None = None,
                 server_overrides: Mapping[str, Any] | None = None) -> None:
@@ -850,7 +861,8 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     app = App(config, extra_plugins=extra_plugins)
     # refused as by `config check`: a section its plugin refused breaks its provider (every request to it
     # fails), and routing would skip a target naming a model its provider lacks on every request, unsaid
-    problems = [*refused_sections(config, app.registry), *missing_models(config, app.registry)]
+    text = _config_text(config_path)
+    problems = [*refused_sections(config, app.registry, text, str(config_path)), *missing_models(config, app.registry)]
     if problems:
         await app.aclose()
         data_lock.close()

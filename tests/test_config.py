@@ -1127,6 +1127,8 @@ def test_serve_refuses_a_provider_section_its_plugin_refuses_as_config_check_doe
     served = serve_exit(file, env={"GRPC_VERBOSITY": "NONE"})
     assert served.returncode == 2, served.stderr
     assert problem in served.stderr and "listening" not in served.stderr and "Traceback" not in served.stderr
+    # with its file, line and the setting meant, as config check says it
+    assert f"{problem} ({file}, line 2); did you mean 'workers'?" in served.stderr, served.stderr
     if log_format == "json":
         import json
 
