@@ -135,6 +135,10 @@ class Match(_Strict):
         if long is not None:
             raise ValueError(f"the tag {long[:32]!r}... has {len(long)} characters and never matches: a request's "
                              f"tags are 1 to {MAX_TAG_CHARS} characters")
+        odd = next((tag for tag in value or () if not tag.isprintable()), None)
+        if odd is not None:  # requests' tags with control characters are refused, so it could never match
+            raise ValueError(f"the tag {odd!r} has unprintable characters and never matches: a request's tags "
+                             "are printable")
         return value
 
     @field_validator("metadata")

@@ -189,6 +189,7 @@ def test_a_blank_or_unprintable_rule_name_is_refused_with_its_key_and_line(name,
      f"the value of 'team' has {MAX_METADATA_VALUE_CHARS + 1} characters and never matches"),
     (f"{{tags: [ok, {'t' * (MAX_TAG_CHARS + 1)}]}}", "routes.0.match.tags",
      f"has {MAX_TAG_CHARS + 1} characters and never matches"),
+    ('{tags: [ok, "team\\ta"]}', "routes.0.match.tags", "has unprintable characters and never matches"),
 ])
 def test_a_condition_no_request_can_carry_is_refused_with_its_key_and_line(match, key, problem):
     message = error_of(f"routes:\n  - name: r\n    use: local/extract\n    match: {match}\n")
