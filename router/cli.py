@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sqlite3
@@ -31,6 +30,7 @@ from .cli_calls import (
     fail,
     file_labels,
     out,
+    print_json,
     print_route,
     shown,
     utf8_text,
@@ -275,7 +275,7 @@ def ask(
         err.print("[red]the stream ended without an answer[/red]")
         raise typer.Exit(1)
     if as_json:
-        out.print_json(json_format.MessageToJson(answer))
+        print_json(json_format.MessageToDict(answer))
         return
     if not streamed and answer.text:  # e.g. a transcription: its text is the answer
         sys.stdout.write(shown(answer.text, lines=True))
@@ -527,7 +527,7 @@ def stats(data_dir: DataDirOption = None,
     with _sessions(path) as store:
         rows = store.stats(0.0 if since is None else time.time() - since * 86400, by_tag=by_tag, tag=tag)
     if as_json:
-        out.print_json(json.dumps(rows))
+        print_json(rows)
         return
     # Names are never cut short (piped, or at 80 columns): they wrap (as in `providers`).
     table = Table(*(Column(name, overflow="fold") for name in ("tag" if by_tag else "rule", "provider/model", "step")),

@@ -3,10 +3,12 @@ and printing its errors and routes."""
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import os
 import re
 import ssl
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -305,6 +307,23 @@ def shown(text: str, lines: bool = False) -> str:
         return text
     keep = "\n\t" if lines else ""
     return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def print_json(data: object) -> None:
+    """Print ``data`` as indented JSON whose text a terminal cannot misread: JSON escapes only C0
+    control characters, so each other character that cannot be printed (a C1 control such as U+009B,
+    which some terminals take as an escape sequence; a bidirectional override) is written as its
+    ``\\uXXXX`` escape, which JSON readers decode back to the same text."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if not all(c.isprintable() or c == "\n" for c in text):
+        text = "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+    sys.stdout.write(text + "\n")
+
+
+def _json_escape(char: str) -> str:
+    """``char`` as JSON escapes it: ``\\uXXXX``, a surrogate pair beyond U+FFFF."""
+    units = char.encode("utf-16-be")
+    return "".join(f"\\u{int.from_bytes(units[i:i + 2], 'big'):04x}" for i in range(0, len(units), 2))
 
 
 def status_detail(exc: grpc.RpcError, kind: type[M]) -> M | None:

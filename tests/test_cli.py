@@ -235,6 +235,17 @@ def test_ask_sends_max_tokens_and_says_when_the_answer_was_cut(start_daemon):
     assert as_json["finishReason"] == "FINISH_REASON_LENGTH" and len(as_json["text"]) == 8
 
 
+def test_ask_json_escapes_characters_a_terminal_would_misread(start_daemon):
+    """JSON escapes only C0 controls: a provider's C1 control (U+009B, CSI to some terminals) or a
+    bidirectional override was printed raw. They are escaped now, and the JSON reads back the same."""
+    daemon = start_daemon(CONFIG)
+    question = "csi \x9b2J and \u202eevil and \x1b[31m and \u00e9t\u00e9"
+    result = ok(run_cli("ask", question, "--json", "--address", daemon.address))
+    assert not any(c in result.stdout for c in "\x9b\u202e\x1b"), repr(result.stdout)
+    assert "\u00e9t\u00e9" in result.stdout  # printable text stays as it is
+    assert json.loads(result.stdout)["text"] == echo("echo", question)
+
+
 def test_ask_json_prints_the_whole_answer(start_daemon):
     daemon = start_daemon(CONFIG)
     result = ok(run_cli("ask", "as json please", "--json", "--address", daemon.address))
