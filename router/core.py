@@ -565,10 +565,17 @@ class App:
 CONTEXT_MARGIN = 0.05
 
 
+#: Of a model's context, the most kept for an answer whose length the request does not say: a model's
+#: default answer length may be as large as its whole context (4,096 for a local 4k model), which left
+#: no room for any history.
+DEFAULT_ANSWER_SHARE = 0.25
+
+
 def input_budget(model: ModelInfo, max_output_tokens: int) -> int:
-    """The input tokens a request to ``model`` may have: its context less room for the answer (the
-    request's ``max_output_tokens``, else the model's default, within its output limit) and a margin."""
-    answer = max_output_tokens or model.default_max_output_tokens
+    """The input tokens a request to ``model`` may have: its context less room for the answer and a
+    margin. The room is the request's ``max_output_tokens``, else the model's default answer length but
+    at most :data:`DEFAULT_ANSWER_SHARE` of its context; within the model's output limit either way."""
+    answer = max_output_tokens or min(model.default_max_output_tokens, int(model.context_tokens * DEFAULT_ANSWER_SHARE))
     if model.max_output_tokens:
         answer = min(answer, model.max_output_tokens)
     return max(0, int(model.context_tokens * (1 - CONTEXT_MARGIN)) - answer)

@@ -115,6 +115,23 @@ def test_trimming_leaves_room_in_the_context_for_the_answer(start_daemon) -> Non
     assert any("with room for its answer" in note for note in answer.route.notes), answer.route.notes
 
 
+def test_a_small_context_keeps_room_for_history_when_the_answer_length_is_not_said() -> None:
+    """A model whose default answer length (4,096 tokens) fills its context (a local 4k model, as the
+    README's vLLM example declares) had every session turn sent without history: all of it trimmed for
+    an answer length nobody asked for. At most a quarter of the context is kept for such an answer."""
+    from router import Modality, ModelInfo
+    from router.core import input_budget
+
+    local = ModelInfo("llama", frozenset({Modality.TEXT}), context_tokens=4096)
+    assert local.default_max_output_tokens == 4096
+    assert input_budget(local, 0) == int(4096 * 0.95) - 1024
+    assert input_budget(local, 200) == int(4096 * 0.95) - 200  # an answer length the request says is kept whole
+    big = ModelInfo("gpt", frozenset({Modality.TEXT}), context_tokens=128_000, default_max_output_tokens=16_384)
+    assert input_budget(big, 0) == int(128_000 * 0.95) - 16_384  # a default within a quarter: as before
+    capped = ModelInfo("c", frozenset({Modality.TEXT}), context_tokens=4096, max_output_tokens=500)
+    assert input_budget(capped, 3000) == int(4096 * 0.95) - 500
+
+
 def test_a_session_with_turns_takes_only_the_new_turn(start_daemon) -> None:
     """A client resending the whole conversation with a session id would have it stored twice: refused
     once the session holds turns. A new session may start from a conversation given whole."""
