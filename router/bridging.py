@@ -78,6 +78,9 @@ class BridgedInRequest:
 #: A bridged text and the transcript it came from.
 Kept = tuple[str, Transcript | None]
 
+#: A kept text found by :meth:`BridgeMemo.recall_any`: the key it is kept under, the text and its transcript.
+Found = tuple[str, str, Transcript | None]
+
 #: ``request`` without its oldest history, to fit the answering model, and how many messages were dropped;
 #: a media in the mapping (by ``id``) counts as the tokens given there, those of its bridged text.
 Trim = Callable[[Request, Mapping[int, int]], tuple[Request, int]]
@@ -96,9 +99,12 @@ class BridgeMemo(Protocol):
     async def recall(self, key: str) -> tuple[str, Transcript | None] | None:
         """The text and transcript kept under ``key``, if any."""
 
-    async def recall_any(self, prefix: str, diarized: bool) -> tuple[str, Transcript | None] | None:
+    async def recall_any(self, prefix: str, diarized: bool,
+                         accept: Callable[[str], bool] | None = None) -> Found | None:
         """A text and transcript kept under a key starting with ``prefix`` (:func:`media_prefix`),
-        whatever bridge and options made it; only a diarized one when ``diarized``."""
+        whatever bridge and options made it, with that key (which names the bridge that made it, see
+        :func:`made_by`); only a diarized one when ``diarized``, and only under a key that ``accept``
+        takes, when given."""
 
     def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
         """Keep ``text`` (and the ``transcript`` it came from) under ``key``; without waiting for it, but a
@@ -126,6 +132,26 @@ def memo_key(media: Media, request: Request, bridge: Bridge, options: Options | 
     options = request.options if options is None else options
     return (f"{prefix}{bridge.via}|diarization={options.diarization}"
             f"|speakers={options.speakers_expected}|language={options.language}")
+
+
+def made_by(key: str, prefix: str) -> Target:
+    """The bridge target that made the text kept under ``key`` (a :func:`memo_key` starting with ``prefix``)."""
+    return Target.parse(key[len(prefix):].split("|", 1)[0])
+
+
+def _made_with(options: Options) -> Callable[[str], bool] | None:
+    """Whether a text kept under a key (:func:`memo_key`) was made with the language and the speaker count
+    that ``options`` name (each as asked, when it names one); None when it names neither: any will do."""
+    if not options.language and not options.speakers_expected:
+        return None
+    language, speakers = options.language.lower(), str(options.speakers_expected)
+
+    def accept(key: str) -> bool:
+        rest, _, kept_language = key.rpartition("|language=")
+        kept_speakers = rest.rpartition("|speakers=")[2]
+        return ((not options.language or kept_language.lower() == language)
+                and (not options.speakers_expected or kept_speakers == speakers))
+    return accept
 
 
 def history_options(options: Options) -> Options:
@@ -163,9 +189,11 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     way to the next usable one of ``preferences`` for that media. The transcripts passed on are those
     of this turn's media (:meth:`Request.turn_media`): the history's were sent with their own turns.
     With a ``memo``, a media bridged before gets its kept text and transcript and no call, and what
-    is bridged now is kept; ``done`` does the same within the request (for a fallback plan). A history
-    media takes any text kept of it, whatever options made it (those of the turn that sent it), and
-    one whose kept text is the very reply that follows it (a transcription turn) is not given twice.
+    is bridged now is kept; ``done`` does the same within the request (for a fallback plan). A text
+    kept by another bridge than the first choice is reused too, before any bridge is called (see
+    :func:`_bridge_media`), and the route names the bridge that made it. A history media takes any text
+    kept of it, whatever options made it (those of the turn that sent it), and one whose kept text is
+    the very reply that follows it (a transcription turn) is not given twice.
 
     With ``trim``, the history the answering model will not get is dropped before its media are
     bridged, so that they are not paid for (:meth:`_Bridging.bridge_history`).
@@ -272,7 +300,8 @@ class _Bridging:
     replies: dict[int, str]
     converted: dict[int, tuple[str, bool]] = field(default_factory=dict)  # id -> (text part, keep the media)
     used: dict[int, Bridge] = field(default_factory=dict)  # id(media) -> the bridge that converted it
-    recalled: dict[int, Kept | None] = field(default_factory=dict)  # id(history media) -> what the memo keeps
+    #: id(history media) -> what the memo keeps of it and the bridge that made it (see :func:`_kept_before`)
+    recalled: dict[int, tuple[Bridge, Kept] | None] = field(default_factory=dict)
     reused: int = 0
 
     async def convert(self, media: Media, choices: list[Bridge]) -> None:
@@ -340,8 +369,9 @@ class _Bridging:
                 return self.done.texts[(id(media), str(bridge.via))][0]
         if self.memo is None:
             return None
-        self.recalled[id(media)] = kept = await _kept_any(media, self.request, self.memo)
-        return kept[0] if kept is not None else None
+        history = id(media) not in self.this_turn
+        self.recalled[id(media)] = found = await _kept_before(media, choices, self.request, self.memo, history)
+        return found[1][0] if found is not None else None
 
 
 def _to_bridge(bridges: list[Bridge], request: Request, registry: Registry,
@@ -398,32 +428,37 @@ def _converted(part: Part, converted: dict[int, tuple[str, bool]]) -> list[Part]
 async def _bridge_media(media: Media, choices: list[Bridge], request: Request, registry: Registry,
                         ctx: CallContext, route: RouteInfo, memo: BridgeMemo | None,
                         done: BridgedInRequest, history: bool,
-                        recalled: Mapping[int, Kept | None]) -> tuple[str, Transcript | None, Bridge, bool]:
+                        recalled: Mapping[int, tuple[Bridge, Kept] | None],
+                        ) -> tuple[str, Transcript | None, Bridge, bool]:
     """Bridge one media through the first of ``choices`` that succeeds: its text, its transcript, the
-    bridge used and whether the text was kept from an earlier turn (a memo hit).
+    bridge used and whether the text was kept from an earlier turn or request (a memo hit).
 
-    A ``history`` media (sent by an earlier turn) takes any text kept of it (:func:`_kept_any`, or
-    what ``recalled`` already holds of it), and else is bridged with :func:`history_options`: this
-    turn's language is not that turn's.
+    Before any bridge is called, a text already made is taken: one made earlier in this request
+    (``done``), then one kept in ``memo`` (:func:`_kept_before`, or what ``recalled`` already holds of
+    a history media), whichever bridge made it (the bridge returned is the one that made it, for the
+    route). Only then are ``choices`` called in turn. A ``history`` media (sent by an earlier turn) is
+    bridged with :func:`history_options`: this turn's language is not that turn's.
     """
     options = history_options(request.options) if history else request.options
-    first = (id(media), str(choices[0].via))
-    if history and memo is not None and first not in done.texts:
-        kept = recalled[id(media)] if id(media) in recalled else await _kept_any(media, request, memo)
-        if kept is not None:
-            done.texts[first] = kept
-            return *kept, choices[0], True
+    for bridge in choices:
+        if (id(media), str(bridge.via)) in done.texts:
+            return *done.texts[(id(media), str(bridge.via))], bridge, False
+    if memo is not None:
+        found = (recalled[id(media)] if history and id(media) in recalled
+                 else await _kept_before(media, choices, request, memo, history))
+        if found is not None:
+            bridge, kept = found
+            done.texts[(id(media), str(bridge.via))] = kept
+            return *kept, bridge, True
     error: ProviderError | None = None
     for bridge in choices:
         this = (id(media), str(bridge.via))
-        if this in done.texts:
-            return *done.texts[this], bridge, False
         if this in done.failed:
             error = done.failed[this]
             continue
         key = memo_key(media, request, bridge, options) if memo is not None else None
         kept = await _kept(key, memo) if memo is not None and key is not None else None
-        if kept is not None:
+        if kept is not None:  # made meanwhile by another call
             done.texts[this] = kept
             return *kept, bridge, True
         provider = registry.ready(bridge.via.provider)
@@ -452,12 +487,49 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
     raise error
 
 
-async def _kept_any(media: Media, request: Request, memo: BridgeMemo) -> tuple[str, Transcript | None] | None:
-    """Any text kept of ``media``, whatever bridge and options made it, or None. When this turn asks
-    for speakers, only a diarized text of speech will do: the turn that sent it may not have asked."""
+async def _kept_before(media: Media, choices: list[Bridge], request: Request, memo: BridgeMemo,
+                       history: bool) -> tuple[Bridge, Kept] | None:
+    """A text kept of ``media`` by an earlier turn or request, and the bridge that made it (one of
+    ``choices`` with its ``via`` if it is one, else the first with the ``via`` read from the memo key); None
+    when nothing usable is kept, and ``media`` must be bridged.
+
+    A ``history`` media takes any text kept of it (:func:`_kept_any`): the options that made it are those
+    of the turn that sent it. A media of this turn takes first the text kept under the exact key of one of
+    ``choices`` (in their order), then any text kept of it, made by whichever bridge and with whichever
+    options, so that, say, a diarized transcript AssemblyAI made serves a question to a model that cannot
+    hear instead of a second transcription by Whisper (the first bridge). Options that change the text
+    still rule a kept text out: when this turn asks for speakers only a diarized one will do, and when it
+    names a ``language`` or ``speakers_expected``, only one made with that same language or count (an
+    auto-detected language or a guessed count is not taken for one asked for); a text made with a language
+    or count when this turn names none is taken. A text made of a video by a bridge that leaves the video
+    beside it holds its speech only, like one of its history.
+    """
+    prefix = media_prefix(media, request)
+    if prefix is None:
+        return None
+    if not history:
+        for bridge in choices:
+            key = memo_key(media, request, bridge)
+            kept = await _kept(key, memo) if key is not None else None
+            if kept is not None:
+                return bridge, kept
+    found = await _kept_any(media, request, memo, None if history else _made_with(request.options))
+    if found is None:
+        return None
+    key, text, transcript = found
+    via = made_by(key, prefix)
+    bridge = next((b for b in choices if str(b.via) == str(via)), None)
+    return (bridge or dataclasses.replace(choices[0], via=via)), (text, transcript)
+
+
+async def _kept_any(media: Media, request: Request, memo: BridgeMemo,
+                    accept: Callable[[str], bool] | None = None) -> Found | None:
+    """Any text kept of ``media`` (that ``accept`` takes, by its key), whatever bridge and options made it,
+    with its key, or None. When this turn asks for speakers, only a diarized text of speech will do: the
+    turn or request that made it may not have asked."""
     prefix = media_prefix(media, request)
     diarized = request.options.diarization and media.modality in _SPEECH
-    return await memo.recall_any(prefix, diarized) if prefix is not None else None
+    return await memo.recall_any(prefix, diarized, accept) if prefix is not None else None
 
 
 async def _kept(key: str, memo: BridgeMemo) -> tuple[str, Transcript | None] | None:

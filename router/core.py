@@ -27,7 +27,7 @@ from . import routing, wire
 from .config import Config, unknown_models
 from .config_warnings import unknown_providers
 from .dispatch import HistoryCuts, RouterEvent, execute
-from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownSession
+from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownMedia, UnknownSession
 from .health import Failure, ProviderHealth, shown_to_clients
 from .invoke import FailedAttempt
 from .media import MediaStore
@@ -276,7 +276,17 @@ class App:
     async def _with_history(self, request: Request) -> tuple[Request, list[Message]]:
         if not request.session_id:
             return request, []
-        history = await self.sessions.run(self.sessions.history, request.session_id, self.load_media)
+        try:
+            history = await self.sessions.run(self.sessions.history, request.session_id, self.load_media)
+        except UnknownMedia as exc:  # the client did not send this id: say where it comes from and what to do
+            media_id = exc.metadata.get("media_id", "")
+            problem = (f"an earlier turn of this session refers to media {media_id}, which the media store no "
+                       "longer holds whole (deleted or damaged): upload the same file again with UploadMedia "
+                       "(the history finds it by its content), or start the session over with ResetSession")
+            violation = (f"its history refers to media {media_id}, no longer stored whole: upload the same file "
+                         "again, or ResetSession")
+            raise UnknownMedia(problem, violations=[FieldViolation("request.session_id", violation)],
+                               metadata={"media_id": media_id, "in": "session_history"}) from None
         if history:
             _check_only_new_turn(request, len(history))
         if not self.config.server.allow_urls:

@@ -178,11 +178,13 @@ class MediaStore:
             stored = StoredMedia(media_id, path, meta["mime_type"], Modality(meta["modality"]),
                                  path.stat().st_size, meta.get("filename", ""))
         except (OSError, ValueError, KeyError, TypeError):
-            raise UnknownMedia(f"no media with id {media_id}: upload it with UploadMedia first") from None
+            raise UnknownMedia(f"no media with id {media_id}: upload it with UploadMedia first",
+                               metadata={"media_id": media_id}) from None
         expected = meta.get("size", stored.size)  # records written before sizes were kept: unchecked
         if stored.size != expected:  # cut short (a power cut before the bytes reached the disk, a hand edit)
             raise UnknownMedia(f"media {media_id} is damaged: its file holds {stored.size} of its {expected} "
-                               "bytes; upload the same file again with UploadMedia to repair it")
+                               "bytes; upload the same file again with UploadMedia to repair it",
+                               metadata={"media_id": media_id})
         self._mark_used(media_id, record)
         return stored
 

@@ -228,21 +228,23 @@ class SessionStore:
             log.warning("could not mark a kept bridged text as used: %s", exc)
         return text, transcript
 
-    def recall_any(self, prefix: str, diarized: bool) -> tuple[str, Transcript | None] | None:
-        """The bridged text used last of those kept under a key starting with ``prefix`` (a media and its
-        modality, see :func:`router.bridging.media_prefix`), whatever bridge and options made it; only
-        a diarized one when ``diarized``."""
+    def recall_any(self, prefix: str, diarized: bool,
+                   accept: Callable[[str], bool] | None = None) -> tuple[str, str, Transcript | None] | None:
+        """The key, bridged text and transcript used last of those kept under a key starting with ``prefix``
+        (a media and its modality, see :func:`router.bridging.media_prefix`), whatever bridge and options
+        made it; only a diarized one when ``diarized``, and only one whose key ``accept`` takes, if given."""
         try:  # a range on the primary key: the keys of one media, read from the index
             rows = self._db.execute("SELECT key FROM bridged WHERE key >= ? AND key < ? ORDER BY at DESC",
                                     (prefix, prefix + "\uffff")).fetchall()
         except sqlite3.Error as exc:
             log.warning("could not read a kept bridged text: %s", exc)
             return None
-        keys = [key for (key,) in rows if not diarized or "|diarization=True|" in key]
+        keys = [key for (key,) in rows
+                if (not diarized or "|diarization=True|" in key) and (accept is None or accept(key))]
         for key in keys:
             kept = self.recall(key)
             if kept is not None:
-                return kept
+                return key, *kept
         return None
 
     def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
@@ -434,8 +436,9 @@ class StoredBridges:
     async def recall(self, key: str) -> tuple[str, Transcript | None] | None:
         return await self._store.run(self._store.recall, key)
 
-    async def recall_any(self, prefix: str, diarized: bool) -> tuple[str, Transcript | None] | None:
-        return await self._store.run(self._store.recall_any, prefix, diarized)
+    async def recall_any(self, prefix: str, diarized: bool,
+                         accept: Callable[[str], bool] | None = None) -> tuple[str, str, Transcript | None] | None:
+        return await self._store.run(self._store.recall_any, prefix, diarized, accept)
 
     def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
         try:  # queued: a later recall runs after it on the same thread

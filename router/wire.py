@@ -120,7 +120,8 @@ def _stored_media(media: pb.Media, modality: Modality, path: str, resolve: Resol
     try:
         stored = resolve(media.media_id)
     except UnknownMedia as exc:  # the part that names it: a request may name many
-        raise UnknownMedia(exc.message, violations=[FieldViolation(f"{path}.media_id", exc.message)]) from None
+        raise UnknownMedia(exc.message, violations=[FieldViolation(f"{path}.media_id", exc.message)],
+                           metadata=exc.metadata) from None
     if stored.modality is not modality:
         problems.append(FieldViolation(f"{path}.modality",
                                        f"media {media.media_id} was uploaded as {stored.modality.value}"))

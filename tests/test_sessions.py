@@ -389,6 +389,36 @@ def test_history_media_keep_the_modality_their_turn_gave_them(start_daemon) -> N
     assert "[history=1 image=0 audio=0 video=1" in ask(daemon, "and then?", session="vid").text
 
 
+def test_a_history_media_no_longer_stored_is_named_with_what_to_do(start_daemon) -> None:
+    """A session whose earlier turn's media file was deleted (a hand clean-up, a damaged disk) failed every
+    later turn with "no media with id ...: upload it with UploadMedia first" and no field: the client had
+    not sent that id in this request. Re-uploading the same bytes repairs the session."""
+    from pathlib import Path
+
+    daemon = start_daemon(CONFIG)
+    clip = mp4()
+    upload = iter([pb.UploadMediaRequest(metadata=pb.UploadMetadata(
+        modality=pb.MODALITY_VIDEO, mime_type="video/mp4", size_bytes=len(clip))), pb.UploadMediaRequest(chunk=clip)])
+    media_id = daemon.stub.UploadMedia(upload).media_id
+    stored = pb.Media(modality=pb.MODALITY_VIDEO, mime_type="video/mp4", media_id=media_id)
+    ask(daemon, "what is shown?", session="gone", media=[stored])
+    [file] = [f for f in Path(daemon.data_dir, "media").rglob(media_id)]
+    file.unlink()
+    with pytest.raises(grpc.RpcError) as caught:
+        ask(daemon, "and then?", session="gone")
+    got = error_details(caught.value)
+    assert (got.code, got.reason) == (grpc.StatusCode.NOT_FOUND, "MEDIA_NOT_FOUND")
+    assert got.metadata == {"media_id": media_id, "in": "session_history"}
+    assert f"an earlier turn of this session refers to media {media_id}" in got.message
+    assert "upload the same file again with UploadMedia" in got.message and "ResetSession" in got.message
+    [(field, problem)] = got.violations
+    assert field == "request.session_id" and media_id in problem and "upload the same file again" in problem
+    again = iter([pb.UploadMediaRequest(metadata=pb.UploadMetadata(
+        modality=pb.MODALITY_VIDEO, mime_type="video/mp4", size_bytes=len(clip))), pb.UploadMediaRequest(chunk=clip)])
+    assert daemon.stub.UploadMedia(again).media_id == media_id
+    assert "[history=1 image=0 audio=0 video=1" in ask(daemon, "and then?", session="gone").text
+
+
 def test_bridged_texts_are_kept_until_unused_for_the_prune_period(tmp_path) -> None:
     import time
 
