@@ -282,6 +282,8 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
     )
     if not problems and not request.modalities():
         problems.append(FieldViolation("request.messages", "the request has no content: all text parts are empty"))
+    elif not problems and not request.session_id:  # a session's history may hold the question: checked with it
+        problems += question_problems(request)
     if not problems:  # a media part refused above is missing from ``request``
         problems += task_problems(request)
     if problems:
@@ -300,6 +302,17 @@ def _tag_problems(tags: Sequence[str]) -> list[FieldViolation]:
         field = f"request.hints.tags[{i}]"
         problems += name_problems(tag, field, MAX_TAG_CHARS, "the tag") if tag else [FieldViolation(field, "empty")]
     return problems
+
+
+def question_problems(request: Request) -> list[FieldViolation]:
+    """What is wrong when ``request`` (with its session's history, if any) has no user message with content:
+    system or assistant messages alone ask nothing. Some models answered such a request and others refused
+    it (Claude), so the same request failed or not by the fallback taken."""
+    if any(message.role is Role.USER and any(part.media is not None or part.text.strip() for part in message.parts)
+           for message in request.messages):
+        return []
+    return [FieldViolation("request.messages", "no user message with text or media: system and assistant "
+                           "messages alone ask nothing; send the question as a user message")]
 
 
 def task_problems(request: Request, history_read: bool = False) -> list[FieldViolation]:
