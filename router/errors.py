@@ -18,6 +18,7 @@
     ├── TooManyCalls                 RESOURCE_EXHAUSTED   TOO_MANY_CALLS    (server.max_concurrent_calls; + RetryInfo)
     ├── AnswerTooLarge               RESOURCE_EXHAUSTED   ANSWER_TOO_LARGE  (over server.max_message_bytes)
     ├── CallTimeout                  DEADLINE_EXCEEDED    CALL_TIMEOUT      (over server.max_call_seconds)
+    │   └── UploadIdle               DEADLINE_EXCEEDED    UPLOAD_IDLE       (an upload that sent nothing for 60 s)
     └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
         ├── ProviderBadRequest       INVALID_ARGUMENT     PROVIDER_BAD_REQUEST
         │   ├── ProviderInputTooLarge INVALID_ARGUMENT    INPUT_TOO_LARGE   (413, context or media limit: retryable)
@@ -195,6 +196,13 @@ class CallTimeout(RouterError):
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "CALL_TIMEOUT"
+
+
+class UploadIdle(CallTimeout):
+    """An upload whose client sent nothing for a while (``server.UPLOAD_IDLE_SECONDS``): a stalled client,
+    not a call over ``server.max_call_seconds``."""
+
+    reason = "UPLOAD_IDLE"
 
 
 class ProviderError(RouterError):

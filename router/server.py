@@ -53,6 +53,7 @@ from .errors import (
     RouterError,
     TooManyCalls,
     TooManyUploads,
+    UploadIdle,
 )
 from .health import Health as RecentHealth
 from .outcome import Done, RouteChosen, RouteInfo, StepUsage
@@ -349,7 +350,7 @@ def _over_limit(error: type[RouterError], what: str, setting: str) -> Callable[[
 
 
 async def _within_idle(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """``messages``, cut with :class:`CallTimeout` when the client sends nothing for UPLOAD_IDLE_SECONDS:
+    """``messages``, cut with :class:`UploadIdle` when the client sends nothing for UPLOAD_IDLE_SECONDS:
     a client that goes quiet must not hold its upload slot and temp file (a file descriptor) forever."""
     iterator = aiter(messages)
     while True:
@@ -359,7 +360,7 @@ async def _within_idle(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise CallTimeout(f"the upload sent nothing for {UPLOAD_IDLE_SECONDS:g} s (no whole message arrived): "
+            raise UploadIdle(f"the upload sent nothing for {UPLOAD_IDLE_SECONDS:g} s (no whole message arrived): "
                               "send its chunks without pausing, each small enough to arrive within that time "
                               "(1 MiB chunks are best)") from None
         yield message

@@ -844,6 +844,7 @@ async def test_an_upload_that_goes_quiet_is_cut_and_frees_its_file_and_slot(tmp_
                 await asyncio.wait_for(stub.UploadMedia(quiet()), 20)
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert "sent nothing for 0.5 s" in caught.value.details()
+            assert error_details(caught.value).reason == "UPLOAD_IDLE"  # not CALL_TIMEOUT: max_call_seconds was not the cause
             assert not [p for p in (tmp_path / "media" / "tmp").iterdir()], "the temp file was left behind"
 
             async def whole():  # type: ignore[no-untyped-def]
