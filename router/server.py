@@ -33,7 +33,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
@@ -631,6 +631,25 @@ def transport_options(keepalive_seconds: float, max_concurrent_streams: int) -> 
     ]
 
 
+#: The service of server reflection's stable protocol, which newer tools (grpc-java's and grpc-go's
+#: reflection clients, GUI clients) speak alone; grpcio-reflection serves only v1alpha.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _add_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
+    """Serve server reflection for ``service_names`` as ``grpc.reflection.v1alpha`` (grpcio-reflection's)
+    and as ``grpc.reflection.v1``: the two protocols' messages are the same field for field, so v1's
+    method is the same servicer with the same (de)serializers."""
+    servicer = reflection.aio.ReflectionServicer(service_names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString),
+    }),))
+
+
 async def start_server(app: App, address: str, certificates: ServerCertificates | None = None,
                        ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Start serving ``app`` on ``address`` (port 0 picks a free one), over TLS with ``certificates``;
@@ -649,9 +668,8 @@ async def start_server(app: App, address: str, certificates: ServerCertificates 
     add_router_service(RouterServicer(app), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    _add_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                             reflection.SERVICE_NAME))
     port = _listen(server, address, certificates)
     await server.start()
     for name in ("", SERVICE_NAME):

@@ -97,6 +97,15 @@ def test_health_and_reflection(daemon) -> None:
     replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert {"mmrouter.v1.RouterService", "grpc.health.v1.Health"} <= names
+    # grpc.reflection.v1 too (its messages are v1alpha's, field for field), which newer tools speak alone
+    v1 = daemon.channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                      request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                      response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    asked = [reflection_pb2.ServerReflectionRequest(list_services=""),
+             reflection_pb2.ServerReflectionRequest(file_containing_symbol="mmrouter.v1.RouterService")]
+    listed, described = list(v1(iter(asked), timeout=10))
+    assert {s.name for s in listed.list_services_response.service} == names
+    assert described.file_descriptor_response.file_descriptor_proto  # the proto file that declares it
 
 
 def test_explain_lists_every_rule_and_calls_no_provider(daemon) -> None:
