@@ -18,6 +18,7 @@ import reprlib
 import sqlite3
 import threading
 import time
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
@@ -150,6 +151,10 @@ class App:
         self._resets: OrderedDict[str, float] = OrderedDict()
         self._in_flight: Counter[str] = Counter()  # session id -> calls on it under way
         self._session_turns: dict[str, asyncio.Lock] = {}  # session id -> the lock its calls take in turn
+        #: The tasks handling gRPC calls now (router.server adds and removes them), and those of them the
+        #: daemon cancels as it stops (see :func:`router.server.stop_calls`).
+        self.call_tasks: set[asyncio.Task] = set()
+        self.stopped_calls: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
         self.router = _router_of(config)
         self.secrets = longest_first(secrets_of(config.providers, config.server.auth_token))
         self._remembered = 0  # how many of redact.remembered() self.secrets holds

@@ -17,6 +17,7 @@
     ├── TooManyUploads               RESOURCE_EXHAUSTED   TOO_MANY_UPLOADS  (server.max_concurrent_uploads; + RetryInfo)
     ├── TooManyCalls                 RESOURCE_EXHAUSTED   TOO_MANY_CALLS    (server.max_concurrent_calls; + RetryInfo)
     ├── AnswerTooLarge               RESOURCE_EXHAUSTED   ANSWER_TOO_LARGE  (over server.max_message_bytes)
+    ├── DaemonStopping               UNAVAILABLE          SHUTTING_DOWN     (still running at the end of the shutdown grace)
     ├── CallTimeout                  DEADLINE_EXCEEDED    CALL_TIMEOUT      (over server.max_call_seconds)
     │   └── UploadIdle               DEADLINE_EXCEEDED    UPLOAD_IDLE       (an upload that sent nothing for 60 s)
     └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
@@ -189,6 +190,14 @@ class AnswerTooLarge(RouterError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "ANSWER_TOO_LARGE"
+
+
+class DaemonStopping(RouterError):
+    """The daemon stops: a call still running at the end of ``server.shutdown_grace_seconds`` is ended."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "SHUTTING_DOWN"
+    retryable = True
 
 
 class CallTimeout(RouterError):

@@ -48,6 +48,7 @@ from .errors import (
     AnswerTooLarge,
     CallTimeout,
     ConfigError,
+    DaemonStopping,
     FieldViolation,
     InvalidRequest,
     RouterError,
@@ -259,6 +260,34 @@ class SendFailedFilter(logging.Filter):
         return True
 
 
+@contextlib.contextmanager
+def _handling(app: App) -> Iterator[asyncio.Task]:
+    """Count the current task among ``app``'s calls being handled while in the block (see :func:`stop_calls`)."""
+    task = asyncio.current_task()
+    assert task is not None
+    app.call_tasks.add(task)
+    try:
+        yield task
+    finally:
+        app.call_tasks.discard(task)
+
+
+def stop_calls(app: App) -> int:
+    """Cancel every call ``app`` is still handling, as the daemon stops: each ends with SHUTTING_DOWN and
+    its request id (cut by gRPC at the end of the grace, it would end with no status at all). Returns
+    how many there were."""
+    for task in app.call_tasks:
+        app.stopped_calls.add(task)
+        task.cancel("the daemon is stopping")
+    return len(app.call_tasks)
+
+
+def _stopping() -> DaemonStopping:
+    return DaemonStopping("the daemon is stopping and this call was still running at the end of its "
+                          "server.shutdown_grace_seconds: nothing of it was kept; send it again (to another "
+                          "instance, or once the daemon is back)")
+
+
 def unary(method: Callable) -> Callable:
     """Map exceptions of a unary servicer method to rich gRPC statuses; give it a :class:`CallLog`
     (its last argument), logged when the call ends, whose request id the client gets."""
@@ -267,8 +296,11 @@ def unary(method: Callable) -> Callable:
     async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = CallLog(method.__name__, self.app.redact)
         try:
-            response = await method(self, parsed(request), context, call)
+            with _handling(self.app) as task:
+                response = await method(self, parsed(request), context, call)
         except asyncio.CancelledError:
+            if task in self.app.stopped_calls:
+                await _abort(context, self.app, call, _stopping())
             call.ended_early(context)
             raise
         except grpc.aio.AbortError:
@@ -290,9 +322,15 @@ def streaming(method: Callable) -> Callable:
     async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
         call = CallLog(method.__name__, self.app.redact)
         try:
-            async for item in method(self, parsed(request), context, call):
-                yield item
-        except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: gRPC closed us
+            with _handling(self.app) as task:
+                async for item in method(self, parsed(request), context, call):
+                    yield item
+        except asyncio.CancelledError:
+            if task in self.app.stopped_calls:
+                await _abort(context, self.app, call, _stopping())
+            call.ended_early(context)
+            raise
+        except GeneratorExit:  # gRPC closed us
             call.ended_early(context)
             raise
         except grpc.aio.AbortError:
@@ -304,6 +342,10 @@ def streaming(method: Callable) -> Callable:
 
     return wrapper
 
+
+#: How long before the end of server.shutdown_grace_seconds the daemon ends the calls still running
+#: itself (see :func:`stop_calls`), so that they get its status before gRPC cuts them.
+STOP_NOTICE_SECONDS = 0.5
 
 #: Longest pause between two messages of an upload before it is cut (DEADLINE_EXCEEDED).
 UPLOAD_IDLE_SECONDS = 60.0
@@ -918,7 +960,13 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     grace = config.server.shutdown_grace_seconds
     log.info("shutting down: draining in-flight calls for up to %gs", grace)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace)
+    stopped = asyncio.create_task(server.stop(grace))
+    # calls still running just before the grace ends are ended by the daemon, with a status of its own
+    # (with no grace to speak of, gRPC cuts them at once)
+    done = grace <= STOP_NOTICE_SECONDS or (await asyncio.wait({stopped}, timeout=grace - STOP_NOTICE_SECONDS))[0]
+    if not done and (count := stop_calls(app)):
+        log.info("%d call(s) still running at the end of the shutdown grace: ended (SHUTTING_DOWN)", count)
+    await stopped
     stuck = await _finish_within(STOP_SECONDS, app.aclose())
     data_lock.close()
     if stuck:

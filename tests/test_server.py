@@ -488,6 +488,29 @@ def test_sigterm_drains_in_flight_calls_and_exits_cleanly(daemon) -> None:
     assert "draining" in daemon.logs() and "stopped" in daemon.logs()
 
 
+def test_a_call_still_running_at_the_end_of_the_shutdown_grace_gets_the_daemons_status(start_daemon, tmp_path) -> None:
+    """gRPC cut such calls with UNAVAILABLE "Cancelling all calls", no details and no request id: the client
+    could not tell a stopping daemon from a network error, nor find the call in the log."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    daemon = start_daemon(f"providers:\n  fake: {{api_key: k, marker_dir: '{markers}'}}\n"
+                          "server: {shutdown_grace_seconds: 2}\ndefault: fake/echo\n")
+    for call in (lambda: daemon.stub.Generate.future(pb.GenerateRequest(request=text_request("SLOW:60")), timeout=60),
+                 lambda: daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("SLOW:60")), timeout=60)):
+        daemon.extra.setdefault("calls", []).append(call())
+    assert wait_for(lambda: len(list(markers.glob("started-*"))) == 2, timeout=30), "the calls never reached the provider"
+    daemon.proc.send_signal(signal.SIGTERM)
+    unary, stream = daemon.extra["calls"]
+    failures = [failure(unary.result), failure(lambda: list(stream))]
+    for caught in failures:
+        details = error_details(caught)
+        assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN"), details
+        assert "the daemon is stopping" in details.message and "send it again" in details.message
+        assert details.request_id and details.request_id in daemon.logs()
+    assert daemon.proc.wait(20) == 0
+    assert "2 call(s) still running at the end of the shutdown grace" in daemon.logs()
+
+
 def test_diarization_without_a_diarizing_provider_says_which_to_configure(start_daemon) -> None:
     daemon = start_daemon(None, plugins=())  # the embedded default, no keys: only `local` is ready
     request = text_request("", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=WAV)],
