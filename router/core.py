@@ -46,9 +46,12 @@ log = logging.getLogger(__name__)
 #: How many recent resets are remembered for the calls under way (see App.areset_session).
 RESETS_KEPT = 10_000
 
-# "tokens" (max_output_tokens, context_tokens) are counts, not secrets
-_SECRET_KEY = re.compile(r"key|token(?!s)|secret|password|credential", re.IGNORECASE)
-_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIALS?)$")
+#: Provider settings whose values are secrets, by their name (documented for plugin authors in the README):
+#: "tokens" (max_output_tokens, context_tokens) are counts, not secrets; "pat" (a personal access token)
+#: only as a whole word of the name (not "path").
+_SECRET_KEY = re.compile(r"key|token(?!s)|secret|passw|passphrase|credential|bearer|cookie|signature|private|(?:^|[_-])pat(?:$|[_-])",
+                         re.IGNORECASE)
+_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|BEARER|COOKIE|SIGNATURE|_PAT)$")
 
 
 def secrets_of(providers: Mapping[str, Mapping], *extra: str) -> set[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from router.redact import SecretFilter, longest_first, mask
 
 
@@ -51,6 +53,23 @@ def test_secrets_of_walks_nested_settings_and_broader_variable_names(monkeypatch
                               "headers": [{"token": "listed-0005"}], "max_output_tokens": "64000"}})
     assert {"speech-key-0002", "/secret/creds-0003.json", "nested-0004", "listed-0005"} <= found
     assert "bob-the-user" not in found and "64000" not in found
+
+
+@pytest.mark.parametrize("name", ["bearer", "pat", "gh_pat", "passwd", "db_passphrase", "session_cookie",
+                                  "request_signature", "private_pem", "Bearer-Token"])
+def test_settings_named_like_other_secrets_are_secrets(name) -> None:
+    """Only names holding key, token, secret, password or credential were masked: a plugin's `bearer` or
+    `pat` setting reached client errors, the log and `providers`."""
+    from router.core import secrets_of
+
+    assert "value-of-the-secret-0007" in secrets_of({"acme": {name: "value-of-the-secret-0007"}})
+
+
+@pytest.mark.parametrize("name", ["path", "patience", "model_path", "spatial", "dispatch"])
+def test_settings_merely_containing_pat_stay_shown(name) -> None:
+    from router.core import secrets_of
+
+    assert "/var/lib/models-0008" not in secrets_of({"acme": {name: "/var/lib/models-0008"}})
 
 
 GATEWAY_PASSWORD = "GatewayPass-42xyz"
