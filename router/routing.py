@@ -510,11 +510,17 @@ class Router:
     # -- decisions -------------------------------------------------------------------------
 
     def _plans(self, targets: Sequence[str], facts: Facts, catalog: Catalog,
-               bridging: bool) -> tuple[list[Plan], list[str]]:
-        plans, problems = [], []
+               bridging: bool) -> tuple[list[Plan], list[tuple[Target, str]]]:
+        """The usable targets' plans, and the others with why each cannot be used."""
+        plans: list[Plan] = []
+        problems: list[tuple[Target, str]] = []
         for text in targets:
-            result = self.plan(Target.parse(text), facts, catalog, bridging)
-            (plans if isinstance(result, Plan) else problems).append(result)
+            target = Target.parse(text)
+            result = self.plan(target, facts, catalog, bridging)
+            if isinstance(result, Plan):
+                plans.append(result)
+            else:
+                problems.append((target, result))
         return plans, problems
 
     def decide(self, facts: Facts, catalog: Catalog, *, override: Target | None = None,
@@ -528,6 +534,8 @@ class Router:
                 entry = TraceEntry("plugin", Outcome.MATCHED, f"a route_request plugin chose {chosen_by_plugin}")
                 return Decision("plugin", result, [], [entry])
         trace: list[TraceEntry] = []
+        #: The rules that matched but had no usable target (then the default), with why each target was not.
+        unusable: list[tuple[str, list[tuple[Target, str]]]] = []
         winner: Decision | None = None
         for rule in self.rules:
             if winner is not None:
@@ -539,11 +547,12 @@ class Router:
                 continue
             plans, problems = self._plans([rule.use, *rule.fallback], facts, catalog, rule.bridging)
             if not plans:
-                trace.append(TraceEntry(rule.name, Outcome.SKIPPED, "no usable target: " + "; ".join(problems)))
+                trace.append(TraceEntry(rule.name, Outcome.SKIPPED, "no usable target: " + _joined(problems)))
+                unusable.append((rule.name, problems))
                 continue
             reason = f"conditions hold; using {plans[0].target}"
             if problems:
-                reason += " (skipped " + "; ".join(problems) + ")"
+                reason += " (skipped " + _joined(problems) + ")"
             trace.append(TraceEntry(rule.name, Outcome.MATCHED, reason))
             winner = Decision(rule.name, plans[0], plans[1:], trace)
         if winner is not None:
@@ -553,8 +562,9 @@ class Router:
             if plans:
                 trace.append(TraceEntry("default", Outcome.MATCHED, f"no rule chose; using default {self.default}"))
                 return Decision("default", plans[0], [], trace)
-            trace.append(TraceEntry("default", Outcome.SKIPPED, "; ".join(problems)))
-        raise self._no_route(facts, catalog, trace)
+            trace.append(TraceEntry("default", Outcome.SKIPPED, _joined(problems)))
+            unusable.append(("default", problems))
+        raise self._no_route(facts, catalog, trace, unusable)
 
     def _decide_override(self, override: Target, facts: Facts, catalog: Catalog) -> Decision:
         if not self.allow_overrides:
@@ -583,11 +593,11 @@ class Router:
             problems.append(result)
         raise NoRoute("the requested override cannot take this request: " + "; ".join(problems))
 
-    def _no_route(self, facts: Facts, catalog: Catalog, trace: list[TraceEntry]) -> NoRoute:
+    def _no_route(self, facts: Facts, catalog: Catalog, trace: list[TraceEntry],
+                  unusable: Sequence[tuple[str, Sequence[tuple[Target, str]]]]) -> NoRoute:
         """The error for a request no rule, default or fallback can take: why, rule by rule. When no rule
         matched and there is no default, it says so (the file lacks a catch-all), not that no provider
-        can take it."""
-        summary = "; ".join(f"{t.rule}: {t.reason}" for t in trace)
+        can take it; else see :func:`_unusable_summary`."""
         if facts.diarization:
             ready = [n for n, s in catalog.items() if s.ready and any(
                 FEATURE_DIARIZATION in m.features for m in s.models.values())]
@@ -600,8 +610,59 @@ class Router:
                     f"diarization was requested but no configured provider can diarize: {hint}")
         request = f"({_names(facts.modalities)}, task {facts.task.value})"
         if self.default is None and all(t.outcome is Outcome.NOT_MATCHED for t in trace):
+            summary = "; ".join(f"{t.rule}: {t.reason}" for t in trace)
             rules = f": {summary}" if summary else " (there are no rules)"
             return NoRoute("no rule matched and no default is set: add a `default:` target or a rule that "
                            f"matches this request {request}{rules}")
-        return NoRoute(f"no provider can take this request {request}: {summary}")
+        not_matched = [t.rule for t in trace if t.outcome is Outcome.NOT_MATCHED]
+        return NoRoute(f"no provider can take this request {request}: "
+                       + _unusable_summary(unusable, not_matched, catalog))
 
+
+def _joined(problems: Iterable[tuple[Target, str]]) -> str:
+    return "; ".join(problem for _, problem in problems)
+
+
+def _provider_problem(target: Target, catalog: Catalog) -> str | None:
+    """Why ``target``'s provider cannot be used at all (as :meth:`Router.plan` first checks), or None."""
+    status = catalog.get(target.provider)
+    if status is None:
+        return "not installed"
+    return None if status.ready else status.reason.strip() or "not usable"
+
+
+def _unusable_summary(unusable: Sequence[tuple[str, Sequence[tuple[Target, str]]]], not_matched: Sequence[str],
+                      catalog: Catalog) -> str:
+    """Why nothing could take a request, what matters first (the error message is clipped, at 768 bytes by
+    the server): each rule that matched (then the default) with why its targets cannot be used, rules whose
+    reasons are the same together and a target's reason said again only as ``as above``; then why each
+    provider named there is unusable, once (not for each of its targets in each rule); then the names of
+    the rules whose conditions do not hold."""
+    said: dict[tuple[tuple[Target, str], ...], list[str]] = {}  # a rule's target problems -> the rules they are of
+    for name, problems in unusable:
+        said.setdefault(tuple(problems), []).append(name)
+    providers: dict[str, str] = {}  # unusable provider -> why, in the order they come up
+    seen: set[str] = set()
+    out = []
+    for problems, names in said.items():
+        own, grouped = [], []
+        for target, problem in problems:
+            why = _provider_problem(target, catalog)
+            if why is not None:
+                grouped.append(target)
+                providers.setdefault(target.provider, why)
+            elif problem in seen:
+                own.append(f"{target}: as above")
+            else:
+                seen.add(problem)
+                own.append(problem)
+        if grouped:
+            many = len({t.provider for t in grouped}) > 1
+            own.append(f"{', '.join(map(str, grouped))}: {'providers' if many else 'provider'} not usable")
+        prefix = "" if names == ["default"] else "no usable target: "
+        out.append(f"{', '.join(names)}: {prefix}{'; '.join(own)}")
+    if providers:
+        out.append("unusable providers: " + ", ".join(f"{p} ({why})" for p, why in providers.items()))
+    if not_matched:
+        out.append("not matched: " + ", ".join(not_matched))
+    return "; ".join(out)

@@ -519,9 +519,11 @@ def test_no_route_when_nothing_fits_lists_every_reason():
     assert err.reason == "NO_ROUTE"
     assert err.code is grpc.StatusCode.FAILED_PRECONDITION
     assert "(video, task chat)" in err.message
-    assert "images: needs any of [image]" in err.message
-    assert "r: no usable target: openai/gpt-4o: does not take video and no bridge is usable" in err.message
-    assert "default: anthropic/claude-sonnet-4-6: does not take video" in err.message
+    # what matters first: the rules that matched, then the default; those that did not match only named, last
+    assert err.message == ("no provider can take this request (video, task chat): "
+                           "r: no usable target: openai/gpt-4o: does not take video and no bridge is usable; "
+                           "default: anthropic/claude-sonnet-4-6: does not take video and no bridge is usable; "
+                           "not matched: images")
 
 
 def test_no_rules_and_no_default_is_no_route():
