@@ -80,6 +80,8 @@ def _pack(message: Any) -> any_pb2.Any:
 MAX_ERROR_MESSAGE_BYTES = 768
 MAX_ENTRIES = 8  # field violations, and ErrorInfo metadata entries
 MAX_DETAIL_BYTES = 200
+#: The longest error message the access log keeps (the client's is cut at MAX_ERROR_MESSAGE_BYTES).
+MAX_LOGGED_ERROR_BYTES = 8192
 
 
 def clip(text: str, limit: int) -> str:
@@ -159,9 +161,10 @@ class CallLog:
         else:
             self._log(logging.WARNING, "CANCELLED", "", "the client cancelled the call or left, or the daemon stopped")
 
-    def failed(self, status: status_pb2.Status, reason: str) -> None:
-        """Log a call that ends with ``status`` (its message is the client's, already redacted)."""
-        self._log(logging.WARNING, code_pb2.Code.Name(status.code), reason, status.message)
+    def failed(self, status: status_pb2.Status, reason: str, message: str = "") -> None:
+        """Log a call that ends with ``status``: its ``message`` whole when given (redacted; the client's is
+        clipped), else the status's (the client's, already redacted)."""
+        self._log(logging.WARNING, code_pb2.Code.Name(status.code), reason, message or status.message)
 
     def _target(self, ok: bool) -> tuple[str, str]:
         """The provider and model: those that answered; of a failed call the last one tried."""
@@ -192,15 +195,16 @@ class CallLog:
 
 async def _abort(context: grpc.aio.ServicerContext, app: App, call: CallLog, exc: BaseException) -> None:
     """End the call with the status for ``exc``, which names its request id; log it (one line)."""
-    reason = "INTERNAL"
+    reason, whole = "INTERNAL", ""
     if isinstance(exc, RouterError):
         try:
             status, reason = error_status(exc, app.redact, call.request_id), exc.reason
+            whole = clip(app.redact(str(exc.message)), MAX_LOGGED_ERROR_BYTES)  # the client's copy is clipped sooner
         except Exception as broken:  # a plugin's odd error (metadata, retry_after) must not become UNKNOWN
             status = _internal_status(app, broken, call.request_id)
     else:
         status = _internal_status(app, exc, call.request_id)
-    call.failed(status, reason)
+    call.failed(status, reason, whole)
     grpc_status = rpc_status.to_status(status)
     await context.abort(grpc_status.code, grpc_status.details,
                         (*grpc_status.trailing_metadata, (REQUEST_ID_KEY, call.request_id)))

@@ -511,6 +511,16 @@ def test_a_call_still_running_at_the_end_of_the_shutdown_grace_gets_the_daemons_
     assert "2 call(s) still running at the end of the shutdown grace" in daemon.logs()
 
 
+def test_the_access_log_keeps_an_error_message_the_client_gets_clipped(daemon) -> None:
+    """The client's copy of a message is cut at 768 bytes (trailers are bounded); the log line kept only
+    that copy, so the operator could not read the rest from the request id either."""
+    request = text_request("hi", hints=pb.RoutingHints(tags=[f"bad\ntag {i}" for i in range(20)]))
+    details = error_details(failure(lambda: generate(daemon, request)))
+    assert len(details.message.encode()) <= 768 and "request.hints.tags[19]" not in details.message
+    [line] = [line for line in daemon.logs().splitlines() if details.request_id in line and "INVALID_REQUEST" in line]
+    assert "request.hints.tags[19]: has a character that cannot be printed" in line
+
+
 def test_diarization_without_a_diarizing_provider_says_which_to_configure(start_daemon) -> None:
     daemon = start_daemon(None, plugins=())  # the embedded default, no keys: only `local` is ready
     request = text_request("", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=WAV)],
