@@ -501,8 +501,9 @@ async def _kept_before(media: Media, choices: list[Bridge], request: Request, me
     still rule a kept text out: when this turn asks for speakers only a diarized one will do, and when it
     names a ``language`` or ``speakers_expected``, only one made with that same language or count (an
     auto-detected language or a guessed count is not taken for one asked for); a text made with a language
-    or count when this turn names none is taken. A text made of a video by a bridge that leaves the video
-    beside it holds its speech only, like one of its history.
+    or count when this turn names none is taken. A video of this turn takes only the text of its exact keys:
+    one kept by a bridge that left the video beside it holds its speech and no frame text (a video of the
+    history takes it all the same).
     """
     prefix = media_prefix(media, request)
     if prefix is None:
@@ -513,6 +514,8 @@ async def _kept_before(media: Media, choices: list[Bridge], request: Request, me
             kept = await _kept(key, memo) if key is not None else None
             if kept is not None:
                 return bridge, kept
+        if media.modality is not Modality.AUDIO:
+            return None
     found = await _kept_any(media, request, memo, None if history else _made_with(request.options))
     if found is None:
         return None
