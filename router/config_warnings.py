@@ -106,7 +106,7 @@ def refused_sections(config: Config, registry: Registry, text: str | None = None
     return problems
 
 
-def _uses(config: Config, name: str) -> str | None:
+def uses_provider(config: Config, name: str) -> str | None:
     """The first key at which ``config`` uses provider ``name``: its ``providers`` section, or a route,
     fallback, bridge or default target naming it; None when it does not."""
     if name in config.providers:
@@ -123,7 +123,7 @@ def broken_provider_errors(config: Config, registry: Registry, text: str | None 
     problems = []
     for entry in registry.entries.values():
         refused = refused_section(entry, config)
-        used = _uses(config, entry.name) if entry.state is State.BROKEN else None
+        used = uses_provider(config, entry.name) if entry.state is State.BROKEN else None
         if refused:
             problems.append(refused if text is None else with_lines(refused, text, source, _settings_fields(entry)))
         elif used and entry.reason.startswith(f"providers.{entry.name}."):  # names its key (a bad price)
@@ -158,7 +158,7 @@ def _broken_plugins(config: Config, registry: Registry) -> Iterator[str]:
     """A warning for each provider broken for reasons outside the file (its plugin fails to import, its
     register hook raises) that the file does not use: the daemon starts and lists it broken."""
     for entry in registry.entries.values():
-        if entry.state is State.BROKEN and _uses(config, entry.name) is None:
+        if entry.state is State.BROKEN and uses_provider(config, entry.name) is None:
             yield (f"plugin {entry.plugin!r} is broken (this file does not use provider {entry.name!r}, so a warning "
                    f"only; the daemon lists it broken): {entry.reason}")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import routing, wire
 from .config import Config, unknown_models
-from .config_warnings import unknown_providers
+from .config_warnings import unknown_providers, uses_provider
 from .dispatch import HistoryCuts, RouterEvent, execute
 from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownMedia, UnknownSession
 from .health import Failure, ProviderHealth, shown_to_clients
@@ -188,7 +188,7 @@ class App:
                 log.exception("reload refused: the providers of the new configuration could not be made; "
                               "the running configuration, rules and providers stay")
                 return None
-        problems = self._taken_down_by(registry) if registry is not None else []
+        problems = self._taken_down_by(registry, new) if registry is not None else []
         problems += missing_models(new, registry or self.registry)
         if problems:
             log.error("reload refused, the running configuration, rules and providers stay: %s", "; ".join(problems))
@@ -208,18 +208,24 @@ class App:
                                              "plugins": new.plugins})
         return remade, needs_restart
 
-    def _taken_down_by(self, registry: Registry) -> list[str]:
+    def _taken_down_by(self, registry: Registry, config: Config) -> list[str]:
         """The providers broken in ``registry`` that are not broken now, and those ready now that it
         leaves not configured (``api_key: "${UNSET}"``), as ``providers.<name>: <why>``.
 
         The plugin code is the same as the running one's (modules are imported once), so what breaks
         them is the new file: a reload must not take a working provider down. A provider broken
-        already (a plugin that fails to import) does not block reloads."""
+        already (a plugin that fails to import) does not block reloads, nor does a broken one new since
+        (a plugin installed beside the running daemon) that ``config`` does not use: as at start-up, it
+        is only a warning."""
         now = self.registry.entries
         problems = []
         for entry in registry.entries.values():
             before = now.get(entry.name)
-            if entry.state is State.BROKEN and (before is None or before.state is not State.BROKEN):
+            if entry.state is State.BROKEN and before is None and uses_provider(config, entry.name) is None:
+                log.warning("plugin %r, new since the daemon started, is broken (the configuration does not use "
+                            "provider %r, so the reload goes on and lists it broken): %s", entry.plugin,
+                            entry.name, entry.reason)
+            elif entry.state is State.BROKEN and (before is None or before.state is not State.BROKEN):
                 problems.append(f"providers.{entry.name}: {entry.reason}")
             elif entry.state is State.NOT_CONFIGURED and before is not None and before.state is State.READY:
                 problems.append(f"providers.{entry.name}: provider {entry.name!r} is ready and would no longer be "

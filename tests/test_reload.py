@@ -289,3 +289,25 @@ def test_sighup_naming_a_model_a_ready_provider_does_not_offer_is_refused(start_
     assert "routes.1.fallback.0: provider 'openai' has no model 'gpt4o'" in daemon.logs()
     assert "only a warning" in daemon.logs()
     assert route_of(daemon) == ("to-omni", "fake/omni") and daemon.proc.poll() is None
+
+
+def test_a_broken_plugin_installed_beside_the_running_daemon_does_not_block_reloads(start_daemon, tmp_path) -> None:
+    """A plugin installed after the daemon started that fails at import made every reload refused, a key
+    rotation included, though the file does not use it (at start-up it is only a warning)."""
+    import shutil
+    from pathlib import Path
+
+    from conftest import make_dist_info
+
+    site = tmp_path / "later-site"
+    site.mkdir()
+    daemon = start_daemon(FIRST, extra_sites=(site,))
+    shutil.copy(Path(__file__).parent / "testkit" / "mmrouter_broken_import.py", site / "mmrouter_later_broken.py")
+    make_dist_info(site, "mmrouter-later-broken", "later", "mmrouter_later_broken")
+    # a file that uses it is refused, as one that breaks a provider
+    reload(daemon, SECOND.replace("api_key: k", "api_key: k2") + "  - {name: later, match: {tags: [l]}, use: later/m}\n",
+           "reload refused")
+    assert route_of(daemon) == ("to-echo", "fake/echo")
+    reload(daemon, SECOND.replace("api_key: k", "api_key: k2"), "rules reloaded")
+    assert "plugin 'later', new since the daemon started, is broken" in daemon.logs()
+    assert route_of(daemon) == ("to-omni", "fake/omni")
