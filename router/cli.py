@@ -153,12 +153,12 @@ def _other_address(address: str) -> str:
 
 def _log_to_stderr(level: str, json_logs: bool) -> None:
     """Send the daemon's log to stderr at ``level``: as text, or one JSON object per line."""
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if json_logs:
-        from .redact import JsonFormatter
+    from .redact import JsonFormatter, TextFormatter
 
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level, stream=sys.stderr)
+    formatter = JsonFormatter() if json_logs else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
     if level != "DEBUG":  # HTTP clients log every upstream request at INFO
         for name in ("httpx", "httpx2", "httpcore", "aiohttp.access"):
             logging.getLogger(name).setLevel(logging.WARNING)

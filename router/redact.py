@@ -149,6 +149,20 @@ def install(secrets: Iterable[str]) -> SecretFilter:
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
+class TextFormatter(logging.Formatter):
+    """The text log: each record's line with the control characters of its message escaped as Python
+    writes them (``\\x1b``, ``\\r``), and the lines after a newline indented, so that text a provider or
+    a plugin put in a message (an upstream error body, a provider's name) can neither forge a line of the
+    daemon's own nor drive the terminal of whoever reads the log. A traceback follows as usual."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        if text.isprintable():
+            return text
+        return "".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode("ascii")
+                       for c in text).replace("\n", "\n  ")
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``, with an
     exception ``exception``, and the fields the log call gave as ``extra=`` (e.g. an access line's

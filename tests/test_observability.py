@@ -117,6 +117,20 @@ def test_a_provider_failing_behind_a_fallback_is_logged_and_counted(start_daemon
     assert rows["anthropic", "answer"]["calls"] == 3
 
 
+def test_an_upstream_error_cannot_forge_a_line_of_the_text_log(start_daemon, upstreams) -> None:
+    """An upstream error body (which the plugins quote) or a plugin's provider name with a newline and a
+    line of its own wrote a line that looked like the daemon's, and its ESC codes reached the terminal."""
+    openai, anthropic = upstreams
+    forged = "2026-11-26 22:00:00,000 INFO router.server: FORGED"
+    openai.fail_next(503, {"error": {"message": f"overloaded\n{forged} \x1b[2J", "type": "server_error"}})
+    daemon = start_daemon(FALLBACK.format(openai=openai.base_url, anthropic=anthropic.url), plugins=(),
+                          env={"OPENAI_TEST_KEY": OPENAI_KEY, "ANTHROPIC_TEST_KEY": ANTHROPIC_KEY})
+    assert daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30).answer.route.provider
+    assert wait_for(lambda: "FORGED" in daemon.logs()), daemon.logs()
+    assert not any(line.startswith(forged) for line in daemon.logs().splitlines()), daemon.logs()
+    assert "\x1b" not in daemon.logs() and "\\x1b[2J" in daemon.logs()  # written as Python escapes it
+
+
 TRANSCRIBE = """
 providers:
   openai: {{api_key: "${{OPENAI_TEST_KEY}}", base_url: "{openai}", timeout: 20}}
