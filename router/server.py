@@ -371,18 +371,25 @@ class Slots:
         self._refuse = refuse
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        """Hold a slot for the block, however it ends; the refusal at once if none is free.
+    def hold(self) -> Iterator[Callable[[], None]]:
+        """Hold a slot for the block, however it ends; the refusal at once if none is free. The block gets
+        a function that gives the slot back before the block ends (once, however often it is called).
 
         The servicer runs on one event loop thread, so counting needs no lock.
         """
         if self.in_use >= self.limit:
             raise self._refuse(self.limit)
         self.in_use += 1
+        held = [True]
+
+        def release() -> None:
+            if held[0]:
+                held[0] = False
+                self.in_use -= 1
         try:
-            yield
+            yield release
         finally:
-            self.in_use -= 1
+            release()
 
 
 def _over_limit(error: type[RouterError], what: str, setting: str) -> Callable[[int], RouterError]:
@@ -480,13 +487,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except TimeoutError:
             raise self._call_timeout() from None
 
-    async def _bounded_events(self, events: AsyncIterator[RouterEvent]) -> AsyncIterator[RouterEvent]:
+    async def _bounded_events(self, events: AsyncIterator[RouterEvent], release: Callable[[], None],
+                              call: CallLog) -> AsyncIterator[RouterEvent]:
         """``events`` cut at server.max_call_seconds, for a streamed call.
 
         A timeout around the whole stream would also fire while gRPC sends an event (to a client
         reading slowly): the cancellation then lands in gRPC's own code, which ends the call with no
-        status at all. So the call is cancelled only while it waits for the answer's next event; past
-        the limit during a send, it ends with CALL_TIMEOUT as soon as the send is done.
+        status at all, and its client, if it reads again, waits for one forever (gRPC cannot send a
+        status either while the client reads nothing). So the call is cancelled only while it waits for
+        the answer's next event; past the limit during a send, it ends with CALL_TIMEOUT as soon as the
+        send is done, and meanwhile its call slot (server.max_concurrent_calls) is given back with
+        ``release``: clients that stop reading cannot hold every slot.
         """
         task = asyncio.current_task()
         assert task is not None
@@ -496,6 +507,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             state["expired"] = True
             if state["waiting"]:
                 task.cancel()
+            else:
+                release()
+                log.warning("%s %s: its client has read nothing for a while past server.max_call_seconds "
+                            "(%g s): its call slot is given back; the call ends when its client reads again or "
+                            "leaves", call.method, call.request_id, self.max_call_seconds)
 
         timer = asyncio.get_running_loop().call_later(self.max_call_seconds, expire)
         try:
@@ -513,7 +529,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     state["waiting"] = False
                 yield event
                 if state["expired"]:
-                    raise self._call_timeout()
+                    raise CallTimeout(f"the call ran longer than server.max_call_seconds ({self.max_call_seconds:g} s) "
+                                      "while its client was not reading the answer")
         finally:
             timer.cancel()
 
@@ -536,11 +553,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     @streaming
     async def StreamGenerate(self, request: pb.StreamGenerateRequest, context: grpc.aio.ServicerContext,
                              call: CallLog) -> AsyncIterator[pb.StreamGenerateResponse]:
-        with self.calls.hold():
+        with self.calls.hold() as release:
             req = self._request(request.request)
             call.session = req.session_id
             async with aclosing(self.app.answer(req, self._deadline(context), call.request_id)) as answer, \
-                    aclosing(self._bounded_events(answer)) as events:
+                    aclosing(self._bounded_events(answer, release, call)) as events:
                 async for event in events:
                     if not isinstance(event, TextDelta):
                         if isinstance(event, RouteChosen):

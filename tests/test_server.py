@@ -797,16 +797,20 @@ async def test_a_stream_to_a_slow_reader_is_cut_at_max_call_seconds_with_its_sta
 providers: {{st: {{}}}}
 plugins: {{disabled: [openai, anthropic, gemini, assemblyai, local]}}
 default: st/fast
-server: {{data_dir: '{tmp_path}', max_call_seconds: 1}}
+server: {{data_dir: '{tmp_path}', max_call_seconds: 1, max_concurrent_calls: 1}}
 """
     app = App(parse_config(config, "t.yaml"), extra_plugins={"st": Plugin()})
     server, port, _ = await start_server(app, "127.0.0.1:0")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = router_pb2_grpc.RouterServiceStub(channel).StreamGenerate(
-                pb.StreamGenerateRequest(request=text_request("hi")))
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            call = stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("hi")))
             assert (await call.read()).HasField("route_chosen")
             await asyncio.sleep(2)  # reading slowly: the server waits in gRPC's send when the limit passes
+            # past the limit, a client that reads nothing no longer holds the only call slot
+            other = stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("other")))
+            assert (await other.read()).HasField("route_chosen")
+            other.cancel()
 
             async def drain() -> None:
                 while await call.read() is not grpc.aio.EOF:
@@ -815,7 +819,7 @@ server: {{data_dir: '{tmp_path}', max_call_seconds: 1}}
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await asyncio.wait_for(drain(), 20)
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert "max_call_seconds (1 s)" in caught.value.details()
+            assert "max_call_seconds (1 s) while its client was not reading the answer" in caught.value.details()
     finally:
         await server.stop(0)
         await app.aclose()
