@@ -158,6 +158,8 @@ class App:
         #: daemon cancels as it stops (see :func:`router.server.stop_calls`).
         self.call_tasks: set[asyncio.Task] = set()
         self.stopped_calls: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
+        #: The daemon is stopping: new calls are refused (router.server).
+        self.stopping = False
         self.router = _router_of(config)
         self.secrets = longest_first(secrets_of(config.providers, config.server.auth_token))
         self._remembered = 0  # how many of redact.remembered() self.secrets holds

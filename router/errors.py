@@ -17,7 +17,7 @@
     ├── TooManyUploads               RESOURCE_EXHAUSTED   TOO_MANY_UPLOADS  (server.max_concurrent_uploads; + RetryInfo)
     ├── TooManyCalls                 RESOURCE_EXHAUSTED   TOO_MANY_CALLS    (server.max_concurrent_calls; + RetryInfo)
     ├── AnswerTooLarge               RESOURCE_EXHAUSTED   ANSWER_TOO_LARGE  (over server.max_message_bytes)
-    ├── DaemonStopping               UNAVAILABLE          SHUTTING_DOWN     (still running at the end of the shutdown grace)
+    ├── DaemonStopping               UNAVAILABLE          SHUTTING_DOWN     (the daemon stops: a call sent or still running)
     ├── CallTimeout                  DEADLINE_EXCEEDED    CALL_TIMEOUT      (over server.max_call_seconds)
     │   └── UploadIdle               DEADLINE_EXCEEDED    UPLOAD_IDLE       (an upload that sent nothing for 60 s)
     └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
@@ -193,11 +193,16 @@ class AnswerTooLarge(RouterError):
 
 
 class DaemonStopping(RouterError):
-    """The daemon stops: a call still running at the end of ``server.shutdown_grace_seconds`` is ended."""
+    """The daemon stops: a call still running at the end of ``server.shutdown_grace_seconds`` is ended, and
+    a call that arrives while it drains is refused (with RetryInfo)."""
 
     code = grpc.StatusCode.UNAVAILABLE
     reason = "SHUTTING_DOWN"
     retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = None if retry_after is None else clamp_retry_after(retry_after)
 
 
 class CallTimeout(RouterError):

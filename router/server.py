@@ -267,6 +267,9 @@ class SendFailedFilter(logging.Filter):
 @contextlib.contextmanager
 def _handling(app: App) -> Iterator[asyncio.Task]:
     """Count the current task among ``app``'s calls being handled while in the block (see :func:`stop_calls`)."""
+    if app.stopping:  # health says NOT_SERVING: a client that sends it now gets a status it can retry on
+        raise DaemonStopping("the daemon is stopping: this call was not started; send it again (to another "
+                             "instance, or once the daemon is back)", retry_after=SHUTDOWN_RETRY_SECONDS)
     task = asyncio.current_task()
     assert task is not None
     app.call_tasks.add(task)
@@ -350,6 +353,10 @@ def streaming(method: Callable) -> Callable:
 #: How long before the end of server.shutdown_grace_seconds the daemon ends the calls still running
 #: itself (see :func:`stop_calls`), so that they get its status before gRPC cuts them.
 STOP_NOTICE_SECONDS = 0.5
+#: How often a stopping daemon looks whether its calls have ended.
+DRAIN_POLL_SECONDS = 0.05
+#: When a call refused by a stopping daemon is told to try again (RetryInfo).
+SHUTDOWN_RETRY_SECONDS = 1.0
 
 #: Longest pause between two messages of an upload before it is cut (DEADLINE_EXCEEDED).
 UPLOAD_IDLE_SECONDS = 60.0
@@ -981,13 +988,9 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     grace = config.server.shutdown_grace_seconds
     log.info("shutting down: draining in-flight calls for up to %gs", grace)
     await health_servicer.enter_graceful_shutdown()
-    stopped = asyncio.create_task(server.stop(grace))
-    # calls still running just before the grace ends are ended by the daemon, with a status of its own
-    # (with no grace to speak of, gRPC cuts them at once)
-    done = grace <= STOP_NOTICE_SECONDS or (await asyncio.wait({stopped}, timeout=grace - STOP_NOTICE_SECONDS))[0]
-    if not done and (count := stop_calls(app)):
-        log.info("%d call(s) still running at the end of the shutdown grace: ended (SHUTTING_DOWN)", count)
-    await stopped
+    app.stopping = True  # calls arriving from now on are refused with SHUTTING_DOWN (see _handling)
+    await _drain(app, grace)
+    await server.stop(0)
     stuck = await _finish_within(STOP_SECONDS, app.aclose())
     data_lock.close()
     if stuck:
@@ -996,6 +999,22 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         logging.shutdown()
         os._exit(1)  # asyncio.run would wait for those calls forever
     log.info("stopped")
+
+
+async def _drain(app: App, grace: float) -> None:
+    """Let the calls under way end, for up to ``grace`` seconds; those still running just before it
+    ends are ended by the daemon (:func:`stop_calls`: SHUTTING_DOWN, with their request id), given
+    :data:`STOP_NOTICE_SECONDS` (at least) to send their status. The server keeps serving meanwhile, so
+    that a call sent on an open connection is refused with a status of the daemon's (see :func:`_handling`),
+    not cancelled bare by gRPC's own stop."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + max(grace, STOP_NOTICE_SECONDS)
+    while app.call_tasks and loop.time() < end - STOP_NOTICE_SECONDS:
+        await asyncio.sleep(DRAIN_POLL_SECONDS)
+    if count := stop_calls(app):
+        log.info("%d call(s) still running at the end of the shutdown grace: ended (SHUTTING_DOWN)", count)
+        while app.call_tasks and loop.time() < end:
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
 
 
 async def _report_stuck_calls(every: float) -> None:

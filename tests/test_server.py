@@ -482,6 +482,13 @@ def test_sigterm_drains_in_flight_calls_and_exits_cleanly(daemon) -> None:
     worker.start()
     time.sleep(0.7)
     daemon.proc.send_signal(signal.SIGTERM)
+    # a call sent while it drains, on the open connection, is refused with a status a client can retry on
+    # (gRPC's own stop cancelled it bare: no details, no request id, no log line)
+    assert wait_for(lambda: "draining" in daemon.logs())
+    details = error_details(failure(lambda: generate(daemon, text_request("late"))))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN"), details
+    assert "this call was not started; send it again" in details.message and details.retry_delay == 1
+    assert details.request_id and details.request_id in daemon.logs()
     worker.join(30)
     assert result["answer"].text.startswith("fake/echo says: SLOW:2")
     assert daemon.proc.wait(20) == 0
