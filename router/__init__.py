@@ -9,8 +9,12 @@ The public plugin API lives here. A provider plugin::
         models = [router.ModelInfo("echo-1", inputs=frozenset({router.Modality.TEXT}))]
 
         async def generate(self, request, model, ctx):
-            yield router.TextDelta(request.messages[-1].text)
-            yield router.UsageReport(router.Usage(input_tokens=1, output_tokens=1))
+            text = request.messages[-1].text
+            if not text:  # a message of media only: never yield an empty TextDelta
+                raise router.ProviderUnsupportedInput(self.name, "echo-1 echoes text only")
+            yield router.TextDelta(text)
+            yield router.UsageReport(router.Usage(input_tokens=1, output_tokens=1),
+                                     router.FinishReason.STOP)
 
     @router.hookimpl
     def register_providers(register, settings):
@@ -24,6 +28,15 @@ and in its ``pyproject.toml``::
 To be usable more than once (``providers.<name>: {plugin: echo, ...}``), take the hook's ``name``
 argument too, name the provider with it, and read only ``settings`` for names other than your
 own (see :func:`router.hookspecs.register_providers`).
+
+Errors are ``Provider*`` classes made with the provider's name, then the message:
+``raise router.ProviderUnavailable(self.name, "upstream answered 503")``; the full signature is
+``(provider_name, message, *, retry_after=None)`` (``retry_after``: seconds, for a rate limit).
+
+``generate`` and ``register_providers`` run on the daemon's event loop: never block there
+(``time.sleep``, ``requests`` or another synchronous client: use an async client or
+``await asyncio.to_thread(...)``). ``register_providers`` runs at start-up and again, for every
+plugin, on each reload (SIGHUP) that changes the providers: keep it fast, with no network I/O.
 
 Run ``router.testing.ProviderContract`` against it to check it conforms.
 """

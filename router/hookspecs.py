@@ -12,6 +12,10 @@ an ``async def register_providers`` is never awaited, and its plugin is listed b
 methods are ``async``. An implementation
 may take fewer arguments than the spec names (pluggy's opt-in arguments), so
 arguments are only ever added, never renamed or removed.
+
+Every hook, like every provider method, runs on the daemon's event loop, which serves all calls:
+never block in one (no ``time.sleep``, no network or other slow I/O, no synchronous HTTP client such
+as ``requests``). While a hook runs, the whole daemon waits.
 """
 
 from __future__ import annotations
@@ -36,13 +40,40 @@ def register_providers(register: RegisterProvider, settings: Mapping[str, Any], 
     """Offer providers to the router. Called when the daemon loads its configuration: once for the
     plugin itself, and once more for each extra instance the config asks of it.
 
+    It is called at start-up (and by ``mmrouter config check``), and again on every reload (SIGHUP)
+    that changes the ``providers`` or ``plugins`` sections, for every plugin, not only those whose
+    section changed; the providers it made before are closed (:meth:`router.Provider.aclose`). It runs
+    on the daemon's event loop, with all serving stopped meanwhile: keep it fast. Do no network I/O
+    here (no model catalogue fetched, no key checked against the API, no ``time.sleep``): read
+    ``settings``, build the provider, and connect lazily on its first call.
+
+    Read the settings with your :class:`router.ProviderSettings` subclass, passing ``environment``
+    only for your own provider, so an extra instance reads its section alone::
+
+        @router.hookimpl
+        def register_providers(register, settings, name):
+            own = name == "acme"  # the entry-point name
+            s = AcmeSettings.load(name, settings, environment=own)  # ConfigError: the provider is broken
+            register(AcmeProvider(s, name=name))
+
+    and report a missing key with ``s.missing_key(name, "acme")`` in
+    :meth:`router.Provider.unconfigured_reason`: ``no API key: set ACME_API_KEY or
+    providers.acme.api_key`` for your own provider, ``no API key: set providers.<name>.api_key`` for an
+    instance (:meth:`router.ProviderSettings.key_settings` gives that "where" alone).
+
     :param register: call ``register(provider)`` once for each :class:`router.Provider` you offer.
         It checks the provider and each of its models (see :attr:`router.Provider.models`) and
         raises :class:`TypeError` for a bad one, which lists your plugin broken with that reason.
         A second provider of a name you registered already is listed broken as ``<name> (from
         <plugin>)``, saying it was registered twice; the first is kept.
     :param settings: the provider's section of the config file, with ``${ENV}`` references
-        expanded; empty if absent.
+        expanded; empty if absent. The daemon masks (as ``***``) in its log, in errors sent to clients
+        and in ``mmrouter providers`` the values of the settings it takes for secrets: those whose name
+        contains ``key``, ``token`` (not ``tokens``: ``max_output_tokens`` is a count), ``secret``,
+        ``passw``, ``credential``, ``bearer``, ``cookie``, ``signature`` or ``private``
+        (in any case), or is exactly ``pat``; the values of :attr:`router.ProviderSettings.api_key_env`
+        variables; and the credentials of URLs. Name secret settings accordingly (``client_secret``,
+        ``bearer_token``, ``password``); a secret under another name (``pin``) is shown as it is.
     :param name: the provider name to register under. It is the plugin's entry-point name, whose
         section is ``providers.<plugin name>``; or, for an extra instance, the name of a section
         that says ``plugin: <plugin name>`` (a local vLLM next to OpenAI, a second account). For an
@@ -81,7 +112,15 @@ def on_request(request: Request) -> None:
 
 @hookspec
 def on_response(request: Request, answer: Any) -> None:
-    """Observe a finished answer (:class:`router.dispatch.Answer`). Called once per answered request.
+    """Observe a finished answer. Called once per answered request.
+
+    :param request: the request that was answered.
+    :param answer: the answer, an object (not part of the public API: read only these attributes)
+        with ``text`` (str, the answer's text; a transcription's text too), ``transcript``
+        (:class:`router.Transcript` or None), ``usage`` (:class:`router.Usage`, every step of the call
+        summed: tokens, audio seconds, ``cost_usd``), ``finish_reason`` (:class:`router.FinishReason`
+        or None) and ``route``, whose ``provider`` and ``model`` (str) name the model that answered
+        and ``rule`` (str) the routing rule that chose it.
 
     Exceptions are logged and ignored.
     """

@@ -28,7 +28,7 @@ from .contract import MAX_INT64
 from .errors import ConfigError
 from .mime import normalise_mime
 from .provider import Provider
-from .types import Modality, ModelInfo, Price
+from .types import OUTPUT_TEXT, OUTPUT_TRANSCRIPT, Modality, ModelInfo, Price
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,9 @@ def _check_provider(provider: object) -> str | None:
         return f"provider name is {type(name).__name__}, not str"
     if not name or "/" in name:
         return f"provider name {name!r} is empty or contains '/'"
+    problem = name_problem(name)
+    if problem:
+        return f"provider name {_shown(name)} {problem}"
     models = getattr(provider, "models", None)
     if not isinstance(models, list | tuple):
         return f"provider {name!r}: models is {type(models).__name__}, not a list of router.ModelInfo"
@@ -205,12 +208,34 @@ def _check_provider(provider: object) -> str | None:
             return f"provider {name!r}: models[{index}].name is {type(model.name).__name__}, not str"
         problem = model_problem(model)
         if problem:
-            return f"provider {name!r}: model {model.name!r}: {problem}"
+            return f"provider {name!r}: model {_shown(model.name)}: {problem}"
     names = [model.name for model in models]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         return f"provider {name!r}: model name(s) {', '.join(map(repr, duplicates))} declared more than once"
     return None
+
+
+#: The longest provider or model name: a request's ``hints.provider`` and ``hints.model`` hold at
+#: most this many characters (:data:`router.wire.MAX_HINT_CHARS`), so a longer name could never be asked for.
+MAX_NAME_CHARS = 256
+
+
+def name_problem(name: str) -> str | None:
+    """Why a provider's or model's ``name`` cannot be used, or None. A name is a word of the daemon's
+    text log and of a ``provider/model`` target: a space, a newline, an escape or another character
+    that cannot be printed would forge or break log lines, and no target could name it."""
+    if len(name) > MAX_NAME_CHARS:
+        return f"has {len(name)} characters; at most {MAX_NAME_CHARS} (a request's hints could not name it)"
+    if not name.isprintable() or any(c.isspace() for c in name):
+        return ("holds a space or a character that cannot be printed (a newline, a tab, an escape): it would"
+                " break the daemon's log lines, and no provider/model target could name it")
+    return None
+
+
+def _shown(name: str) -> str:
+    """``name`` for a message: its ``repr`` (control characters escaped), cut after 60 characters."""
+    return repr(name) if len(name) <= 60 else f"{name[:60]!r}..."
 
 
 def _count_problem(value: object, minimum: int) -> str | None:
@@ -282,7 +307,7 @@ def _price_problem(price: object) -> str | None:
 
 #: ModelInfo field -> what is wrong with its value, or None. A field missing here is not checked.
 _MODEL_CHECKS: dict[str, Callable[[object], str | None]] = {
-    "name": lambda v: None if v else "is empty",
+    "name": lambda v: "is empty" if not v else name_problem(v),  # type: ignore[arg-type] (a str: _check_provider)
     "inputs": _modalities_problem,
     "outputs": lambda v: _strings_problem(v, required=True),
     "features": _strings_problem,
@@ -298,14 +323,30 @@ _MODEL_CHECKS: dict[str, Callable[[object], str | None]] = {
 def model_problem(model: ModelInfo) -> str | None:
     """What is wrong with one of ``model``'s fields, or None. The registry checks every model when
     a plugin registers its provider, so that a bad value cannot fail routing or the providers list
-    later; ``inputs`` may name modalities by their value (``"text"``)."""
+    later; ``inputs`` may name modalities by their value (``"text"``). Beyond each field's type and
+    range: the name is one :func:`name_problem` takes, ``outputs`` name :data:`OUTPUT_TEXT` or
+    :data:`OUTPUT_TRANSCRIPT` (or the model could do no task), and a ``default_max_output_tokens`` the
+    plugin sets is not over a ``max_output_tokens`` it sets (the field's own default, 4096, is capped to
+    that limit where the router uses it)."""
     for f in dataclasses.fields(model):
         check = _MODEL_CHECKS.get(f.name)
         problem = check(getattr(model, f.name)) if check is not None else None
         if problem:
             separator = "" if problem.startswith(".") else " "  # ".input_per_mtok is ..." names a sub-field
             return f"{f.name}{separator}{problem}"
+    if not any(output in model.outputs for output in (OUTPUT_TEXT, OUTPUT_TRANSCRIPT)):
+        return (f"outputs {', '.join(map(repr, sorted(model.outputs)))} name neither {OUTPUT_TEXT!r} nor"
+                f" {OUTPUT_TRANSCRIPT!r}: the model could do no task")
+    default, limit = model.default_max_output_tokens, model.max_output_tokens
+    if limit and default > limit and default != _DEFAULT_ANSWER_TOKENS:
+        return (f"default_max_output_tokens is {default}, over max_output_tokens {limit}: a default answer"
+                " could not be that long")
     return None
+
+
+#: ``ModelInfo.default_max_output_tokens`` when a plugin leaves it out: over a smaller ``max_output_tokens``
+#: it is not refused (it was taken before that check), and the router caps it to that limit where it uses it.
+_DEFAULT_ANSWER_TOKENS = next(f.default for f in dataclasses.fields(ModelInfo) if f.name == "default_max_output_tokens")
 
 
 def _normalised(model: ModelInfo) -> ModelInfo:

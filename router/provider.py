@@ -15,16 +15,36 @@ class Provider(abc.ABC):
     :meth:`generate`. One instance serves every call, so make SDK clients and
     HTTP pools once (lazily, on first use, to keep daemon start-up fast) and
     reuse them.
+
+    Every method runs on the daemon's one event loop, which serves all calls of all providers: never
+    block it. No ``time.sleep`` (``await asyncio.sleep``), no synchronous HTTP client such as
+    ``requests`` or a blocking SDK (use an async client, e.g. ``httpx.AsyncClient``, or run the
+    blocking call in a thread with ``await asyncio.to_thread(...)``), no long CPU work inline. While
+    one ``generate`` blocks, every other call, stream and health check of the daemon waits.
+
+    The constructor runs inside the plugin's ``register_providers`` (see
+    :func:`router.hookspecs.register_providers`): at start-up and again on every reload, so keep it
+    quick and free of network I/O.
+
+    Failures are :mod:`router.errors` ``Provider*`` errors, made with the provider's name first, then
+    the message: ``ProviderError(provider_name, message, *, retry_after=None)``; for example
+    ``raise router.ProviderUnavailable(self.name, "upstream answered 503")`` or
+    ``raise router.ProviderRateLimited(self.name, "slow down", retry_after=2.5)``, or
+    :func:`router.provider_error_from_status` for an HTTP status.
     """
 
-    #: The provider's unique name, used in routing targets (``name/model``).
+    #: The provider's unique name, used in routing targets (``name/model``): no ``/``, no space, no
+    #: newline or other character that cannot be printed, at most 256 characters (the same holds for
+    #: model names, which may contain ``/``). A provider named otherwise is listed broken.
     name: str = ""
     #: The models it offers, each with a unique non-empty name. They are checked when the plugin
     #: registers the provider, which is listed broken for a bad field: ``inputs`` a non-empty set of
-    #: :class:`router.Modality`, ``outputs`` (non-empty) and ``features`` sets of str, the token
-    #: counts ints (``context_tokens`` and ``default_max_output_tokens`` > 0, ``max_output_tokens``
-    #: >= 0), ``price`` a :class:`router.Price` of finite numbers >= 0, ``input_mime_types``
-    #: normalised MIME types or wildcards (``text/*``), ``max_audio_seconds`` a number >= 0.
+    #: :class:`router.Modality`, ``outputs`` (non-empty, naming :data:`router.OUTPUT_TEXT` or
+    #: :data:`router.OUTPUT_TRANSCRIPT`) and ``features`` sets of str, the token counts ints
+    #: (``context_tokens`` and ``default_max_output_tokens`` > 0, ``max_output_tokens`` >= 0, and a
+    #: ``default_max_output_tokens`` you set not over a ``max_output_tokens`` you set), ``price`` a
+    #: :class:`router.Price` of finite numbers >= 0, ``input_mime_types`` normalised MIME types or
+    #: wildcards (``text/*``), ``max_audio_seconds`` a number >= 0.
     models: list[ModelInfo] = []
 
     def unconfigured_reason(self) -> str | None:
@@ -68,8 +88,37 @@ class Provider(abc.ABC):
         provider's end-of-answer marker was cut short: raise
         :class:`router.errors.ProviderUnavailable` (the router then falls back if
         no text was sent) instead of returning.
+
+        Errors take the provider's name, then the message:
+        ``raise router.ProviderUnavailable(self.name, "the stream was cut short")``
+        (``router.ProviderRateLimited(self.name, "...", retry_after=seconds)`` says when to retry).
+        Anything else raised fails the call as ``PROVIDER_FAILED``, without the error class's meaning
+        (a wrong call such as ``ProviderUnavailable("message")`` raises TypeError, so it fails that way).
+
+        It runs on the daemon's event loop: never block it (no ``time.sleep``, no ``requests`` or
+        other synchronous client: use an async client, or ``await asyncio.to_thread(blocking_call)``).
+
+        Cancellation: the router cancels the call (``task.cancel()``) at whatever ``await`` it is in,
+        before it connects or mid-stream between two chunks. Let :class:`asyncio.CancelledError`
+        through, promptly: never swallow it with a bare ``except:`` or ``except BaseException`` (least
+        of all in a retry loop); code that must clean up re-raises it. A provider that swallows it
+        keeps its client waiting and its call slot taken past ``server.max_call_seconds``. The
+        conformance kit cancels at the first await, after the first event and a moment into the call.
+
+        Timeouts: the router cancels the call at ``ctx.deadline`` whatever your HTTP client does, but
+        it shortens none of your own waits. ``ProviderSettings.timeout`` ("shortened to the call's
+        deadline") is shortened only if you do it: the base class hands it to nobody. Cut it (and a
+        poll's wait) to the time left yourself, so your waits end by the deadline::
+
+            remaining = ctx.time_remaining()  # seconds, or None without a deadline
+            timeout = self.settings.timeout if remaining is None else max(0.001, min(self.settings.timeout, remaining))
         """
 
     async def aclose(self) -> None:  # noqa: B027 (a no-op default is intended)
-        """Release clients and pools; called once at daemon shutdown."""
+        """Release clients and pools. Called at daemon shutdown, and on reloads (SIGHUP): a reload
+        that changes the ``providers`` or ``plugins`` sections makes every provider again, and closes
+        each instance it replaced once the calls under way on it have ended (and those it made, unused,
+        if it is refused). Over the daemon's life several instances of your class are thus made and
+        closed, some never used: free only this instance's resources here, never state the module
+        shares (a global client, a cache). It may be called more than once: make it idempotent."""
 
