@@ -59,8 +59,9 @@ def sent_token(authorization: str) -> str | None:
 class TokenAuth(grpc.aio.ServerInterceptor):
     """Refuses RouterService calls without the configured bearer token."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = token.encode()
+    def __init__(self, token: str | Callable[[], str]) -> None:
+        """``token``: the token, or a function that gives the one in force (a reload may rotate it)."""
+        self._token = token if callable(token) else (lambda: token)
 
     def _refusal(self, details: grpc.HandlerCallDetails) -> tuple[str, str] | None:
         """Why the call is refused (the message for its client, and for the log which refusal it is),
@@ -73,7 +74,7 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         sent = sent_token(str(authorization))
         if sent is None:
             return NEEDS_TOKEN, "authorization is not 'Bearer <token>'"
-        return None if hmac.compare_digest(sent.encode(), self._expected) else (WRONG_TOKEN, "wrong token")
+        return None if hmac.compare_digest(sent.encode(), self._token().encode()) else (WRONG_TOKEN, "wrong token")
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],

@@ -203,11 +203,22 @@ class App:
             self._replace_registry(registry)
             # old keys stay masked too: a call under way may still quote one
             self.secrets = longest_first([*self.secrets, *secrets_of(new.providers, new.server.auth_token)])
-        kept = {"tls"}  # the daemon reloads its certificate itself (server.reload_config)
-        needs_restart = [] if old.server.model_dump(exclude=kept) == new.server.model_dump(exclude=kept) else ["server"]
+        was, wants = old.server.model_dump(exclude={"tls"}), new.server.model_dump(exclude={"tls"})  # TLS: see
+        changed = [key for key in wants if wants[key] != was[key]]  # server.reload_config
+        server = old.server
+        if "auth_token" in changed and old.server.auth_token and new.server.auth_token:  # rotated: at once
+            server = old.server.model_copy(update={"auth_token": new.server.auth_token})
+            self.secrets = longest_first([*self.secrets, new.server.auth_token])
+            changed.remove("auth_token")
+            log.warning("SIGHUP: server.auth_token rotated: calls must send the new token from now on (the old "
+                        "one is refused)")
+        needs_restart = [f"server.{key}" for key in changed]
+        if "auth_token" in changed:
+            needs_restart[needs_restart.index("server.auth_token")] = (
+                "server.auth_token (turning the token on or off; until the restart calls are checked as before)")
         self.config = old.model_copy(update={"routes": new.routes, "default": new.default, "bridges": new.bridges,
                                              "overrides": new.overrides, "providers": new.providers,
-                                             "plugins": new.plugins})
+                                             "plugins": new.plugins, "server": server})
         return remade, needs_restart
 
     def _taken_down_by(self, registry: Registry, config: Config) -> list[str]:

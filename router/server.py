@@ -726,7 +726,8 @@ async def start_server(app: App, address: str, certificates: ServerCertificates 
     return the server, port and health."""
     limit = app.config.server.max_message_bytes
     token = app.config.server.auth_token
-    server = grpc.aio.server(interceptors=[TokenAuth(token)] if token else [], options=[
+    # the token in force: a reload may rotate it (App.reload)
+    server = grpc.aio.server(interceptors=[TokenAuth(lambda: app.config.server.auth_token)] if token else [], options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         # gRPC sets SO_REUSEPORT by default: a second daemon on a port in use would start and share

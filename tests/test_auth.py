@@ -229,3 +229,27 @@ def test_a_token_served_in_clear_beyond_loopback_is_warned_of_at_start(tmp_path)
 def test_a_token_served_on_loopback_is_not_warned_of(daemon) -> None:
     generate(daemon, metadata=bearer(TOKEN))
     assert "without server.tls" not in daemon.logs()
+
+
+def test_a_reload_rotates_the_token_and_names_the_server_settings_it_cannot_apply(start_daemon) -> None:
+    """A leaked token rotated in the file and SIGHUP: the old one kept working until a restart, and the log
+    said only "changes to server take effect only after a restart"."""
+    import signal
+
+    from grpc_helpers import wait_for
+
+    new = "tok-rotated-9876543210"
+    daemon = start_daemon(CONFIG.replace("${MMROUTER_TEST_TOKEN}", TOKEN))
+    assert generate(daemon, metadata=bearer(TOKEN)).text
+    daemon.config_path.write_text(CONFIG.replace("${MMROUTER_TEST_TOKEN}", new).replace(
+        "server:\n", "server:\n  log_level: DEBUG\n  max_concurrent_calls: 7\n"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "rules reloaded" in daemon.logs()), daemon.logs()
+    assert generate(daemon, metadata=bearer(new)).text
+    with pytest.raises(grpc.RpcError) as caught:
+        generate(daemon, metadata=bearer(TOKEN))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    logs = daemon.logs()
+    assert "server.auth_token rotated" in logs
+    assert "changes to server.max_concurrent_calls, server.log_level take effect only after a restart" in logs
+    assert TOKEN not in logs and new not in logs

@@ -60,7 +60,7 @@ def test_sighup_swaps_in_the_new_rules_and_refuses_a_bad_file(start_daemon) -> N
     assert route_of(daemon) == ("to-omni", "fake/omni")
     assert "other-key" not in daemon.logs()
     reload(daemon, SECOND.replace("routes:", "server: {inline_limit_bytes: 1024}\nroutes:"), "rules reloaded")
-    assert "changes to server take effect only after a restart" in daemon.logs()
+    assert "changes to server.inline_limit_bytes take effect only after a restart" in daemon.logs()
     assert daemon.proc.poll() is None
 
 
@@ -154,11 +154,11 @@ async def test_a_new_address_or_data_dir_needs_a_restart_unless_the_command_line
     path.write_text(server("a", "127.0.0.1:7001"))
     app = App(load_config(path), extra_plugins={"fake": mmrouter_testkit})
     try:
-        for moved in (server("b", "127.0.0.1:7001"), server("a", "127.0.0.1:7002")):
+        for moved, key in ((server("b", "127.0.0.1:7001"), "data_dir"), (server("a", "127.0.0.1:7002"), "address")):
             path.write_text(moved)
             caplog.clear()
             reload_config(app, path)
-            assert "changes to server take effect only after a restart" in caplog.text, moved
+            assert f"changes to server.{key} take effect only after a restart" in caplog.text, moved
         caplog.clear()  # the command line's --data-dir and --address win over the file: nothing changes
         reload_config(app, path, server_overrides={"data_dir": tmp_path / "a", "address": "127.0.0.1:7001"})
         assert "rules reloaded" in caplog.text and "restart" not in caplog.text
