@@ -242,7 +242,8 @@ class App:
                 problems.append(f"providers.{entry.name}: {entry.reason}")
             elif entry.state is State.NOT_CONFIGURED and before is not None and before.state is State.READY:
                 problems.append(f"providers.{entry.name}: provider {entry.name!r} is ready and would no longer be "
-                                f"configured: {entry.reason}")
+                                f"configured: {entry.reason} (to take it out of service on purpose, list it in "
+                                "plugins.disabled)")
         return problems
 
     def _replace_registry(self, registry: Registry) -> None:

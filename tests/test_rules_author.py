@@ -126,7 +126,8 @@ async def test_a_reload_that_would_leave_a_ready_provider_not_configured_is_refu
         refused = [r for r in caplog.records if "reload refused" in r.getMessage()]
         assert refused and refused[0].levelname == "ERROR", caplog.text
         assert ("providers.openai: provider 'openai' is ready and would no longer be configured: "
-                "providers.openai.api_key: ${SOME_UNSET_VAR} is not set") in refused[0].getMessage()
+                "providers.openai.api_key: ${SOME_UNSET_VAR} is not set (to take it out of service on purpose, "
+                "list it in plugins.disabled)") in refused[0].getMessage()
 
         caplog.clear()  # a provider not configured before may stay so; and a new key is taken
         assert app.reload(parse_config(config.replace("sk-test-ready-0001", "sk-test-rotated-0002"), "t.yaml"))
