@@ -78,6 +78,7 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
     """
     started = time.perf_counter()
     usage = Usage()
+    reported = False
     task = asyncio.current_task()
 
     def elapsed() -> float:
@@ -98,6 +99,7 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
                 if not event.usage.cost_usd:
                     event.usage.cost_usd = model.price.cost(event.usage)
                 usage.add(event.usage)
+                reported = True
             yield event
     except ProviderError as exc:
         _failed(route, purpose, provider, model, ctx, exc, elapsed(), usage)
@@ -122,8 +124,24 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
         finally:
             if task is not None:
                 _UNDER_WAY.pop(task, None)
+    if not reported:
+        _warn_unreported(provider, model)
     route.attempts.append(Attempt(provider.name, model.name, True, "", elapsed()))
     route.steps.append(Step(purpose, provider.name, model.name, elapsed(), usage))
+
+
+#: The models whose answer came without a usage report, warned of once each (see :func:`_warn_unreported`).
+_UNREPORTED: set[tuple[str, str]] = set()
+
+
+def _warn_unreported(provider: Provider, model: ModelInfo) -> None:
+    """Log, once per model, an answer that ended without a :class:`UsageReport`: it is billed as free and
+    its finish reason is unknown (the plugin breaks its contract; the conformance kit checks it)."""
+    if (provider.name, model.name) not in _UNREPORTED:
+        _UNREPORTED.add((provider.name, model.name))
+        log.warning("provider %s answered with %s without a usage report (the plugin's generate must yield a "
+                    "router.UsageReport): its calls are recorded as free and their finish reason unknown; "
+                    "said once", provider.name, model.name)
 
 
 def _failed(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo, ctx: CallContext,

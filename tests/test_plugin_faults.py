@@ -419,3 +419,30 @@ def test_the_provider_named_like_its_plugin_keeps_the_name_whatever_the_order() 
     assert registry.entries["fake"].plugin == "fake" and registry.ready("fake").model("echo") is not None
     loser = registry.entries["fake (from aaa)"]
     assert (loser.plugin, loser.state, loser.reason) == ("aaa", State.BROKEN, "name taken by plugin fake")
+
+
+async def test_an_answer_without_a_usage_report_is_warned_of_once(caplog) -> None:
+    """A provider that yields no UsageReport was answered at $0 with no word: its calls count as free."""
+    from contextlib import aclosing
+
+    import router
+    from router.invoke import call_model
+    from router.outcome import RouteInfo
+
+    class Free(router.Provider):
+        name = "free"
+        models = [router.ModelInfo("m", frozenset({router.Modality.TEXT}), price=router.Price(1.0, 2.0))]
+
+        async def generate(self, request, model, ctx):  # type: ignore[no-untyped-def]
+            yield router.TextDelta("hi")
+
+    provider = Free()
+    request = router.Request(messages=[router.Message(router.Role.USER, [router.Part(text="q")])])
+    for _ in range(2):
+        route = RouteInfo("r", "free", "m")
+        async with aclosing(call_model(provider, provider.models[0], request, router.CallContext("t"), route,
+                                       "answer")) as events:
+            assert [type(e) async for e in events] == [router.TextDelta]
+        assert route.steps[0].usage.cost_usd == 0
+    warned = [r for r in caplog.records if "without a usage report" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING" and "free answered with m" in warned[0].getMessage()
