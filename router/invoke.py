@@ -8,13 +8,14 @@ the attempt and, on success, the step with its latency and cost.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from .contract import event_problem, with_valid_text
-from .errors import ProviderError, ProviderFailed, ProviderTimeout
+from .errors import ProviderError, ProviderFailed, ProviderTimeout, ProviderUnavailable
 from .outcome import Attempt, RouteInfo, Step
 from .provider import Provider
 from .types import (
@@ -229,10 +230,35 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _plugin_failed(provider: Provider, exc: BaseException) -> ProviderFailed:
-    """The error for a plugin that raised ``exc`` (logged with its traceback)."""
+def _plugin_failed(provider: Provider, exc: BaseException) -> ProviderError:
+    """The error for a plugin that raised ``exc`` (logged with its traceback); the daemon out of file
+    descriptors is said as such (no plugin's bug, and one traceback per call is no help)."""
+    if _out_of_descriptors(exc):
+        now = time.monotonic()
+        if now - _DESCRIPTORS_WARNED[0] >= DESCRIPTORS_WARN_SECONDS:
+            _DESCRIPTORS_WARNED[0] = now
+            log.error("the daemon ran out of file descriptors (%s) while calling %s: raise its limit (ulimit -n, "
+                      "systemd LimitNOFILE) or lower server.max_concurrent_calls; said at most once a minute",
+                      _describe(exc), provider.name)
+        return ProviderUnavailable(provider.name, "the daemon ran out of file descriptors (too many open "
+                                                  "connections or files): try again shortly")
     log.error("provider %s raised while answering", provider.name, exc_info=exc)
     return ProviderFailed(provider.name, f"the plugin failed: {_describe(exc)}")
+
+
+#: How often running out of file descriptors is logged, and when it was last (time.monotonic()).
+DESCRIPTORS_WARN_SECONDS = 60.0
+_DESCRIPTORS_WARNED = [-DESCRIPTORS_WARN_SECONDS]
+
+
+def _out_of_descriptors(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is EMFILE or ENFILE."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 async def _close(provider: Provider, events: AsyncIterator[object]) -> None:

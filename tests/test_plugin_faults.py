@@ -446,3 +446,37 @@ async def test_an_answer_without_a_usage_report_is_warned_of_once(caplog) -> Non
         assert route.steps[0].usage.cost_usd == 0
     warned = [r for r in caplog.records if "without a usage report" in r.getMessage()]
     assert len(warned) == 1 and warned[0].levelname == "WARNING" and "free answered with m" in warned[0].getMessage()
+
+
+async def test_running_out_of_file_descriptors_is_said_once_not_as_a_plugin_bug(caplog) -> None:
+    """Under `ulimit -n 256` every call failed as PROVIDER_FAILED "the plugin failed: OSError: [Errno 24]",
+    with one ERROR traceback each (711 in 20 s)."""
+    import errno
+    from contextlib import aclosing
+
+    import router
+    from router.errors import ProviderUnavailable
+    from router.invoke import call_model
+    from router.outcome import RouteInfo
+
+    class Starved(router.Provider):
+        name = "starved"
+        models = [router.ModelInfo("m", frozenset({router.Modality.TEXT}))]
+
+        async def generate(self, request, model, ctx):  # type: ignore[no-untyped-def]
+            try:
+                raise OSError(errno.EMFILE, "Too many open files")
+            except OSError as exc:
+                raise RuntimeError("could not connect") from exc
+            yield  # pragma: no cover (an async generator)
+
+    provider = Starved()
+    request = router.Request(messages=[router.Message(router.Role.USER, [router.Part(text="q")])])
+    for _ in range(3):
+        with pytest.raises(ProviderUnavailable) as caught:
+            async with aclosing(call_model(provider, provider.models[0], request, router.CallContext("t"),
+                                           RouteInfo("r", "starved", "m"), "answer")) as events:
+                [e async for e in events]
+        assert "ran out of file descriptors" in caught.value.message and caught.value.retryable
+    said = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(said) == 1 and "ulimit -n" in said[0].getMessage() and said[0].exc_info is None
