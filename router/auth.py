@@ -92,9 +92,11 @@ class TokenAuth(grpc.aio.ServerInterceptor):
 
             request_id = new_request_id()
             # the token is never logged: a wrong one may be another service's real secret
+            # its JSON fields as an access line's (router.server.CallLog): the method's name, its code and reason
             log.warning("refused %s from %s: %s (UNAUTHENTICATED) request_id=%s", details.method, context.peer(),
                         which, request_id,
-                        extra={"method": details.method, "peer": context.peer(), "refusal": which,
+                        extra={"method": details.method.rpartition("/")[2], "code": "UNAUTHENTICATED",
+                               "reason": "UNAUTHENTICATED", "peer": context.peer(), "refusal": which,
                                "request_id": request_id})
             status = _denied(message, request_id)
             await context.abort(status.code, status.details, (*status.trailing_metadata, (REQUEST_ID_KEY, request_id)))

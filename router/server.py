@@ -180,10 +180,12 @@ class CallLog:
         attempts = route.attempts if route is not None else []
         provider, model = self._target(code == "OK")
         duration_ms = round((time.perf_counter() - self.started) * 1000, 1)
+        cost = round(sum(step.usage.cost_usd for step in route.steps), 8) if route is not None else 0
         facts = {"rule": route.rule if route is not None else "", "provider": provider, "model": model,
-                 "attempts": len(attempts), "session": redact.session_tag(self.session), "request_id": self.request_id}
+                 "attempts": len(attempts), "cost_usd": cost, "session": redact.session_tag(self.session),
+                 "request_id": self.request_id}
         line = " ".join([self.method, code, *([reason] if reason else []), f"in {duration_ms:.0f} ms",
-                         *(f"{k}={v}" for k, v in facts.items() if v)])
+                         *(f"{k}={v:.6f}" if k == "cost_usd" else f"{k}={v}" for k, v in facts.items() if v)])
         if error:
             line += f": {error}"
         if len(attempts) > 1 and code != "OK":  # every target failed: each one's error, not the last alone

@@ -185,6 +185,7 @@ def test_every_call_gets_a_request_id_and_one_access_line(json_daemon) -> None:
     assert "s-1" not in daemon.logs() and "sk-session-never-logged" not in daemon.logs()
     assert isinstance(entry["duration_ms"], float) and entry["duration_ms"] > 0
     assert response.answer.text.startswith("fake/echo says")
+    assert entry["cost_usd"] > 0 and entry["cost_usd"] == pytest.approx(response.answer.usage.cost_usd)  # per call
 
     stream = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("stream it")), timeout=30)
     assert list(stream)[-1].HasField("done")
@@ -255,7 +256,7 @@ def test_text_logs_have_the_access_line_readable(start_daemon, tmp_path) -> None
     assert wait_for(lambda: f"request_id={request_id}" in daemon.logs())
     [line] = [line for line in daemon.logs().splitlines() if f"request_id={request_id}" in line]
     assert re.search(r" INFO router\.server: Generate OK in \d+ ms rule=general provider=fake model=echo "
-                     r"attempts=1 request_id=", line), line
+                     r"attempts=1 cost_usd=0\.0000\d\d request_id=", line), line
 
 
 WRONG = "wrong-token-ab12cd34ef"
@@ -280,6 +281,18 @@ def test_authentication_refusals_are_logged_without_the_token(start_daemon) -> N
         assert " WARNING " in line and "/ListProviders from ipv" in line and which in line, line
         assert line.endswith(f"request_id={request_id}"), line
     assert WRONG not in daemon.logs() and TOKEN not in daemon.logs()
+
+
+def test_an_authentication_refusal_in_the_json_log_has_the_fields_of_an_access_line(start_daemon) -> None:
+    """Its "method" was the whole path ("/mmrouter.v1.RouterService/ListProviders") and it had no "code": a
+    dashboard grouping by method and code split or dropped it."""
+    daemon = start_daemon(AUTH_CONFIG.replace("server:\n", "server:\n  log_format: json\n"),
+                          env={"MMROUTER_TEST_TOKEN": TOKEN})
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.ListProviders(pb.ListProvidersRequest(), metadata=bearer(WRONG), timeout=30)
+    entry = access_entry(daemon, request_id_of(caught.value))
+    assert (entry["method"], entry["code"], entry["reason"], entry["refusal"]) == (
+        "ListProviders", "UNAUTHENTICATED", "UNAUTHENTICATED", "wrong token")
 
 
 @pytest.mark.parametrize("ready", ["missing-dir/ready", "is-a-dir"])
