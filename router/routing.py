@@ -16,9 +16,16 @@ import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .config import Match, Rule
+from .config import Match, Rule, did_you_mean
 from .convert import target_formats
-from .errors import DiarizationUnavailable, NoRoute, OverrideNotAllowed, ProviderNotConfigured, UnknownTarget
+from .errors import (
+    DiarizationUnavailable,
+    FieldViolation,
+    NoRoute,
+    OverrideNotAllowed,
+    ProviderNotConfigured,
+    UnknownTarget,
+)
 from .mime import normalise_mime
 from .types import (
     FEATURE_DIARIZATION,
@@ -570,17 +577,21 @@ class Router:
         if not self.allow_overrides:
             raise OverrideNotAllowed("this router does not allow clients to choose the provider or model")
         if not override.provider:
-            raise UnknownTarget(f"no provider has a model named {override.model!r}")
+            models = {m for status in catalog.values() for m in status.models}
+            raise _unknown(f"no provider has a model named {override.model!r}", "request.hints.model",
+                           override.model, models)
         if self.override_providers is not None and override.provider not in self.override_providers:
             allowed = ", ".join(self.override_providers) or "none"
             raise OverrideNotAllowed(f"clients may not choose provider {override.provider!r} (allowed: {allowed})")
         status = catalog.get(override.provider)
         if status is None:
             known = ", ".join(sorted(catalog)) or "none"
-            raise UnknownTarget(f"unknown provider {override.provider!r} (known: {known})")
+            raise _unknown(f"unknown provider {override.provider!r} (known: {known})", "request.hints.provider",
+                           override.provider, catalog)
         if override.model and override.model not in status.models:
             models = ", ".join(status.models)
-            raise UnknownTarget(f"provider {override.provider!r} has no model {override.model!r} (it has: {models})")
+            raise _unknown(f"provider {override.provider!r} has no model {override.model!r} (it has: {models})",
+                           "request.hints.model", override.model, status.models)
         if not status.ready:
             raise ProviderNotConfigured(override.provider, status.reason)
         names = [override.model] if override.model else list(status.models)
@@ -591,7 +602,8 @@ class Router:
                 entry = TraceEntry("override", Outcome.MATCHED, f"the client chose {result.target}")
                 return Decision("override", result, [], [entry])
             problems.append(result)
-        raise NoRoute("the requested override cannot take this request: " + "; ".join(problems))
+        problem = "the requested override cannot take this request: " + "; ".join(problems)
+        raise NoRoute(problem, violations=[FieldViolation("request.hints", problem)])
 
     def _no_route(self, facts: Facts, catalog: Catalog, trace: list[TraceEntry],
                   unusable: Sequence[tuple[str, Sequence[tuple[Target, str]]]]) -> NoRoute:
@@ -617,6 +629,15 @@ class Router:
         not_matched = [t.rule for t in trace if t.outcome is Outcome.NOT_MATCHED]
         return NoRoute(f"no provider can take this request {request}: "
                        + _unusable_summary(unusable, not_matched, catalog))
+
+
+def _unknown(problem: str, field: str, name: str, known: Iterable[str]) -> UnknownTarget:
+    """The refusal of a client's ``name`` (in ``field``) that is none of ``known``, with the name meant:
+    the same but for case or spaces, else the closest."""
+    known = list(known)
+    same = next((k for k in known if k.lower() == name.strip().lower()), None)
+    hint = f"; did you mean {same!r}?" if same is not None else did_you_mean(name, known)
+    return UnknownTarget(problem + hint, violations=[FieldViolation(field, f"{name!r} is not known{hint}")])
 
 
 def _joined(problems: Iterable[tuple[Target, str]]) -> str:

@@ -314,6 +314,29 @@ def test_unknown_things_get_clear_codes(daemon, request_, code, reason) -> None:
     assert (details.code, details.reason) == (code, reason)
 
 
+@pytest.mark.parametrize("hints, field, meant", [
+    (pb.RoutingHints(provider="Fake"), "request.hints.provider", "'fake'"),
+    (pb.RoutingHints(provider=" fake"), "request.hints.provider", "'fake'"),
+    (pb.RoutingHints(provider="fak"), "request.hints.provider", "'fake'"),
+    (pb.RoutingHints(provider="fake", model="ecoh"), "request.hints.model", "'echo'"),
+    (pb.RoutingHints(model="Echo"), "request.hints.model", "'echo'"),
+])
+def test_an_unknown_hint_names_its_field_and_the_name_meant(daemon, hints, field, meant) -> None:
+    """UNKNOWN_TARGET came without a field violation, and names are matched as given (case, spaces) with
+    no "did you mean", as config check has."""
+    details = error_details(failure(lambda: generate(daemon, text_request("x", hints=hints))))
+    assert details.reason == "UNKNOWN_TARGET" and f"did you mean {meant}?" in details.message
+    [(named, problem)] = details.violations
+    assert named == field and f"did you mean {meant}?" in problem
+
+
+def test_an_override_that_cannot_take_the_request_names_the_hints(daemon) -> None:
+    request = text_request("x", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=WAV)],
+                           hints=pb.RoutingHints(provider="fake", model="small"))
+    details = error_details(failure(lambda: generate(daemon, request)))
+    assert details.reason == "NO_ROUTE" and details.violations[0][0] == "request.hints"
+
+
 def test_unknown_session_reset_is_not_found(daemon) -> None:
     details = error_details(failure(lambda: daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="nope"))))
     assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
