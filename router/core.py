@@ -467,7 +467,8 @@ class App:
             for attempt in route.attempts:
                 if attempt.ok:
                     self.health.succeeded(attempt.provider)
-                elif isinstance(attempt, FailedAttempt):  # not a cancelled call: no fault of the provider's
+                elif isinstance(attempt, FailedAttempt) and attempt.reason not in _REQUESTS_FAULT:
+                    # not a cancelled call (no fault of the provider's), nor one refused for its input
                     self.health.failed(attempt.provider,
                                        Failure(attempt.at, attempt.reason,
                                                shown_to_clients(self.redact(attempt.error))))
@@ -597,6 +598,12 @@ class App:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         await self.sessions.aclose()
+
+
+#: Failures that say nothing of a provider's health: the request's input was too large for the model, or
+#: of a format it does not take (Whisper refuses a file over 25 MB before sending it); the next target is
+#: tried, and ``providers`` would otherwise show a working provider failing.
+_REQUESTS_FAULT = frozenset({"INPUT_TOO_LARGE", "UNSUPPORTED_INPUT"})
 
 
 #: Of a model's context, the share kept free when history is trimmed: token counts are estimated

@@ -119,6 +119,19 @@ def test_the_last_failure_leaves_out_what_another_client_sent(start_daemon, upst
     assert "patient_x_scan.png" in daemon.logs() and "SIGNED123" in daemon.logs()
 
 
+def test_an_input_a_model_refuses_for_its_size_or_format_is_no_failure_of_its_provider(start_daemon) -> None:
+    """Whisper refuses a file over 25 MB before sending it, and the next target answers: `providers` showed
+    OpenAI failing (`5 failed`, last failure INPUT_TOO_LARGE), though it was never called."""
+    daemon = start_daemon("providers: {fake: {api_key: k}}\n"
+                          "routes: [{name: r, use: fake/echo, fallback: [fake/docs]}]\n")
+    for text in ("FAIL:413@echo", "FAIL:503@echo"):
+        answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request(text)), timeout=30).answer
+        assert [(a.model, a.ok) for a in answer.route.attempts] == [("echo", False), ("docs", True)]
+    health = providers_by_name(daemon.stub)["fake"].health
+    assert (health.succeeded_calls, health.failed_calls) == (2, 1)  # the 503 counts; the 413 does not
+    assert health.last_failure_reason == "PROVIDER_UNAVAILABLE"
+
+
 def test_urls_in_a_failure_shown_to_clients_keep_their_scheme_and_host_only() -> None:
     assert shown_to_clients("cannot fetch http://user:pw@host:8080/a/b?sig=1: refused.") == (
         "cannot fetch http://host:8080/…: refused.")
