@@ -383,4 +383,6 @@ class MediaStore:
         problem = mime_problem(mime_type, modality, head)
         if problem:
             raise MimeMismatch(problem, violations=[FieldViolation("metadata.mime_type", problem)])
-        return content_mime(mime_type, head)
+        kept = content_mime(mime_type, head)
+        base, separator, parameters = kept.partition(";")  # type and subtype are case-insensitive: kept lower
+        return base.strip().lower() + separator + parameters

@@ -130,6 +130,13 @@ def test_upload_checks_the_mime_type_against_the_bytes(daemon) -> None:
     assert not list((daemon.data_dir / "media" / "tmp").iterdir()), "a rejected upload left a temp file"
 
 
+def test_an_uploaded_mime_type_is_recorded_in_lower_case_with_its_parameters(daemon) -> None:
+    """`IMAGE/PNG` was recorded and answered as given: MIME types and subtypes are case-insensitive."""
+    assert upload(daemon.stub, [PDF], mime="Application/PDF").mime_type == "application/pdf"
+    text = upload(daemon.stub, [b"hello"], mime="Text/Plain; charset=UTF-8")
+    assert text.mime_type == "text/plain; charset=UTF-8"
+
+
 def test_upload_needs_metadata_first(daemon) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         daemon.stub.UploadMedia(iter([pb.UploadMediaRequest(chunk=PDF)]))
