@@ -10,35 +10,13 @@ import pytest
 from grpc_helpers import text_request
 from media_factory import wav
 from mmrouter.v1 import router_pb2 as pb
+from test_hybrid import ALL_KEYS, CONFIG, cloud_fakes
 
 from router.bridging import media_prefix, memo_key
 from router.routing import Bridge, Target
 from router.sessions import SessionStore, StoredBridges
 from router.types import Media, Message, Modality, Options, Part, Request, Role, Transcript, Utterance
-from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
-from tests.fakes.anthropic import FakeAnthropic
-from tests.fakes.assemblyai import FakeAssemblyAI
-from tests.fakes.gemini import FakeGemini
-from tests.fakes.openai import API_KEY as OPENAI_KEY
-from tests.fakes.openai import FakeOpenAI
 from tests.fakes.openai import error_body as openai_error
-
-GEMINI_KEY = "gemini-reuse-key"
-AAI_KEY = "aai-reuse-key"
-
-#: The embedded rules, with each provider pointed at its fake.
-CONFIG = """
-extend_default_routes: true
-providers:
-  openai: {{api_key: "${{OPENAI_API_KEY}}", base_url: "{openai}", timeout: 20}}
-  anthropic: {{api_key: "${{ANTHROPIC_API_KEY}}", base_url: "{anthropic}", timeout: 20}}
-  gemini: {{api_key: "${{GEMINI_API_KEY}}", base_url: "{gemini}", timeout: 20, poll_interval: 0.02}}
-  assemblyai: {{api_key: "${{ASSEMBLYAI_API_KEY}}", base_url: "{assemblyai}", timeout: 20, poll_interval: 0.02}}
-  local: {{}}
-"""
-
-ALL_KEYS = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "GEMINI_API_KEY": GEMINI_KEY,
-            "ASSEMBLYAI_API_KEY": AAI_KEY}
 
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 WHISPER_TOO_LARGE = openai_error("Maximum content size limit (26214400) exceeded (31457280 bytes read)",
@@ -50,13 +28,8 @@ WHISPER_BRIDGE = "audio->transcript via openai/whisper-1"
 
 @pytest.fixture
 def fakes():
-    servers = {"openai": FakeOpenAI(), "anthropic": FakeAnthropic(), "gemini": FakeGemini(api_key=GEMINI_KEY),
-               "assemblyai": FakeAssemblyAI(api_key=AAI_KEY)}
-    for server in servers.values():
-        server.start()
-    yield servers
-    for server in servers.values():
-        server.stop()
+    with cloud_fakes() as servers:
+        yield servers
 
 
 @pytest.fixture

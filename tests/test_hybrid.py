@@ -6,7 +6,9 @@ come from the environment and a tiny override file, exactly as an operator would
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -40,15 +42,24 @@ ALL_KEYS = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "G
             "ASSEMBLYAI_API_KEY": AAI_KEY}
 
 
-@pytest.fixture
-def fakes():
+@contextlib.contextmanager
+def cloud_fakes() -> Iterator[dict]:
+    """The four cloud providers' fakes, started, by provider name (CONFIG's placeholders)."""
     servers = {"openai": FakeOpenAI(), "anthropic": FakeAnthropic(), "gemini": FakeGemini(api_key=GEMINI_KEY),
                "assemblyai": FakeAssemblyAI(api_key=AAI_KEY)}
     for server in servers.values():
         server.start()
-    yield servers
-    for server in servers.values():
-        server.stop()
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@pytest.fixture
+def fakes():
+    with cloud_fakes() as servers:
+        yield servers
 
 
 def config_for(fakes, without: str = "") -> str:
