@@ -896,3 +896,47 @@ async def test_a_picture_is_read_as_its_orientation_tag_shows_it(local: LocalPro
     assert heading in text, text
     lines = [line.replace(" ", "") for line in text.split(heading, 1)[1].strip().splitlines()]
     assert lines == ["Invoicenumber4711", "Totaldue42EUR"], text
+
+
+OCR_IN_A_FRESH_PROCESS = """
+import asyncio
+from mmrouter_local import LocalProvider
+from router import Media, Message, Modality, Options, Part, Request, Role
+from router.testing import collect
+from tests.fakes import local as media
+
+image = media.encode_image(media.text_image([((20, 20), "Invoice number 4711")]))
+request = Request([Message(Role.USER, [Part(media=Media(Modality.IMAGE, "image/png", data=image))])], Options())
+provider = LocalProvider(workers=1)
+events = asyncio.run(collect(provider, request, provider.models[0]))
+print("".join(getattr(e, "text", "") for e in events))
+"""
+
+
+@pytest.mark.parametrize("home", ["a home", "no home"])
+def test_ocr_leaves_onnxruntime_telemetry_off(tmp_path, home: str) -> None:
+    """onnxruntime wrote a device id and queued telemetry events in ~/.cache/Microsoft (outside the data
+    directory) and, with no usable home, an ANSI-coloured warning into the daemon's stderr (its JSON log).
+    The OCR runs in a process of its own (onnxruntime starts its telemetry when first imported), with HOME
+    and the working directory in tmp_path."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if home == "a home":
+        (tmp_path / "home").mkdir()
+    else:  # a file where the home should be: nothing can be made under it, even by root
+        (tmp_path / "home").write_text("")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path / "home"), PYTHONPATH=os.pathsep.join(filter(None, [str(root),
+                                                                                     env.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", OCR_IN_A_FRESH_PROCESS], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Invoicenumber4711" in done.stdout.replace(" ", ""), done.stdout
+    assert "telemetry" not in done.stderr.lower() and "\x1b" not in done.stderr, done.stderr
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["home", "work"]

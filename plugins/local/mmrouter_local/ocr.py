@@ -7,6 +7,7 @@ vertical overlap, rows go top to bottom and boxes within a row left to right.
 from __future__ import annotations
 
 import io
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +285,21 @@ def _padded(bgr: np.ndarray) -> np.ndarray:
     return np.pad(bgr, ((0, below), (0, right), (0, 0)), constant_values=255)
 
 
+def _onnxruntime_offline() -> None:
+    """Turn ONNX Runtime's telemetry off, before its first import in this process.
+
+    Left on, onnxruntime (1.32, on Linux too) writes a device id and queues 1DS telemetry events under
+    ``~/.cache/Microsoft/DeveloperTools/.onnxruntime`` (outside the data directory, so never pruned) and,
+    with no writable home, prints an ANSI-coloured warning to stderr that breaks ``log_format: json``. It
+    starts that when imported, so ``ORT_DISABLE_TELEMETRY`` must be set before; ``disable_telemetry_events``
+    then stops the events of an onnxruntime imported earlier by something else, or too old for the variable.
+    """
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    import onnxruntime
+
+    onnxruntime.disable_telemetry_events()
+
+
 class TextReader:
     """One RapidOCR engine, loaded on first use and shared (calls are serialised)."""
 
@@ -295,6 +311,7 @@ class TextReader:
         self.images_read = 0
 
     def _load(self):  # -> rapidocr_onnxruntime.RapidOCR
+        _onnxruntime_offline()  # before rapidocr_onnxruntime imports onnxruntime and makes its sessions
         from rapidocr_onnxruntime import RapidOCR
 
         # Detect on the image scaled so its longer side is at most 960 px (the
@@ -336,12 +353,13 @@ class TextReader:
 
     def _read_tile(self, bgr: np.ndarray) -> list[OcrBox]:
         """Every text box RapidOCR finds in ``bgr`` (none if it cannot resize it)."""
-        from rapidocr_onnxruntime.ch_ppocr_det.utils import ResizeImgError as DetResizeError
-        from rapidocr_onnxruntime.utils.process_img import ResizeImgError
-
         with self._lock:
             if self._engine is None:
                 self._engine = self._load()
+            # Imported only once loaded: importing rapidocr_onnxruntime imports onnxruntime (see _load).
+            from rapidocr_onnxruntime.ch_ppocr_det.utils import ResizeImgError as DetResizeError
+            from rapidocr_onnxruntime.utils.process_img import ResizeImgError
+
             try:
                 result, _elapsed = self._engine(bgr)
             except (ResizeImgError, DetResizeError):  # a shape tiling did not foresee: nothing read
