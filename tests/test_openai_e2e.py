@@ -411,7 +411,9 @@ def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     got = error_details(err)
     assert (got.reason, got.metadata["provider"]) == ("PROVIDER_AUTH", "openai")
-    assert "OPENAI_API_KEY or providers.openai.api_key" in err.details()
+    # the section gives the key (api_key: "${OPENAI_TEST_KEY}"): OPENAI_API_KEY was never read
+    assert "check providers.openai.api_key (the key this section gives)" in err.details()
+    assert "OPENAI_API_KEY" not in err.details()
     assert fake.requests[0].headers["authorization"] == f"Bearer {secret}"  # the fake did get (and echo) it
     everything = everything_said(err, daemon)
     assert secret not in everything and secret[:15] not in everything

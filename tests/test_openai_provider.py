@@ -714,9 +714,39 @@ async def test_auth_errors_name_the_setting_and_never_the_key(fake: FakeOpenAI, 
         await p.aclose()
     err = info.value
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION and err.reason == "PROVIDER_AUTH"
-    assert "OPENAI_API_KEY or providers.openai.api_key" in err.message
+    # the section gives the key: OPENAI_API_KEY was not read (see the test below)
+    assert "check providers.openai.api_key (the key this section gives)" in err.message
     assert secret not in str(err) and secret[:12] not in err.message
     assert err.__cause__ is None and err.__suppress_context__
+
+
+@pytest.mark.parametrize(("name", "section", "environment", "hint"), [
+    pytest.param("openai", {}, "sk-refused", "check OPENAI_API_KEY or providers.openai.api_key", id="from-the-variable"),
+    # api_key: "${OPS_OPENAI_KEY}": the plugin sees the key only, not the variable's name
+    pytest.param("openai", {"api_key": "sk-refused"}, "", "check providers.openai.api_key (the key this section "
+                 "gives)", id="from-the-section"),
+    pytest.param("openai", {"api_key": "sk-refused"}, "sk-another", "check providers.openai.api_key (the key this "
+                 "section gives)", id="from-the-section-beside-the-variable"),
+    pytest.param("openai", {"api_key": "sk-refused"}, "sk-refused", "check OPENAI_API_KEY or providers.openai.api_key",
+                 id="the-section-names-the-variable"),
+    pytest.param("openai-eu", {"api_key": "sk-refused"}, "sk-refused", "check providers.openai-eu.api_key",
+                 id="an-extra-instance"),
+])
+async def test_a_refused_key_names_where_it_came_from(fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, name: str,
+                                                      section: dict, environment: str, hint: str) -> None:
+    """The 401 hint named OPENAI_API_KEY also when the section gave the key (``api_key: "${OPS_OPENAI_KEY}"``),
+    which never reads that variable: the operator was sent to the wrong one."""
+    if environment:
+        monkeypatch.setenv("OPENAI_API_KEY", environment)
+    fake.fail_next(401, error_body("Incorrect API key provided"))
+    p = OpenAIProvider({"base_url": fake.base_url, "timeout": 10, **section}, name=name)
+    try:
+        with pytest.raises(ProviderAuthError) as info:
+            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+    assert info.value.message.endswith(f"authentication failed (HTTP 401): {hint}"), info.value.message
+    assert fake.requests[0].headers["authorization"] == f"Bearer {section.get('api_key') or environment}"
 
 
 async def test_rate_limit_carries_retry_after(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
