@@ -80,6 +80,7 @@ TokenOption = Annotated[str, typer.Option(
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Routing file (YAML). Default: the embedded hybrid policy.")] = None,
     address: Annotated[str | None, typer.Option(
         "--address", "-a", envvar="MMROUTER_ADDRESS", show_default=False,
@@ -113,8 +114,8 @@ def serve(
     except RuntimeError as exc:
         if "Failed to bind" not in str(exc):
             _stopped_by_a_bug(exc)
-        _start_failed(f"cannot listen on {server.address}: the address is in use or invalid; give --address "
-                      f"(or server.address) a free host:port, e.g. {_other_address(server.address)}", 1, json_logs)
+        _start_failed(_cannot_listen(server.address, from_environment=_from_environment(ctx, "address")),
+                      1, json_logs)
     except ConfigError as exc:  # e.g. another daemon holds the data directory
         _start_failed(exc.message, 2, json_logs)
     except sqlite3.Error as exc:
@@ -139,6 +140,24 @@ def _stopped_by_a_bug(exc: Exception) -> NoReturn:
     log.critical("the daemon stopped on an unexpected error (a bug: please report it with the traceback): %s",
                  f"{type(exc).__name__}: {exc}", exc_info=exc)
     raise typer.Exit(1) from None
+
+
+def _from_environment(ctx: typer.Context, option: str) -> bool:
+    """Whether ``option`` of the command took its value from its environment variable (not the command line)."""
+    source = ctx.get_parameter_source(option)
+    return source is not None and source.name == "ENVIRONMENT"
+
+
+def _cannot_listen(address: str, *, from_environment: bool) -> str:
+    """Why serve stopped when it could not listen on ``address``, naming where the address came from: an
+    MMROUTER_ADDRESS exported for the client commands also moves serve off server.address of its --config."""
+    if from_environment:
+        where = ("it came from the environment's MMROUTER_ADDRESS, which serve reads before server.address: "
+                 "unset MMROUTER_ADDRESS (for server.address), or give it or --address")
+    else:
+        where = "give --address (or server.address)"
+    return (f"cannot listen on {address}: the address is in use or invalid; {where} a free host:port, "
+            f"e.g. {_other_address(address)}")
 
 
 def _other_address(address: str) -> str:
@@ -340,8 +359,12 @@ def explain(
 
 
 @app.command()
-def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "") -> None:
+def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "",
+              as_json: Annotated[bool, typer.Option("--json", help="Print ListProviders' answer as JSON (for "
+                                                    "monitoring): states, reasons, models, recent health.")] = False,
+              ) -> None:
     """List the daemon's providers: ready, not configured (and why), broken (and why), disabled."""
+    from google.protobuf import json_format
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
@@ -350,6 +373,9 @@ def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "")
             listing = router_pb2_grpc.RouterServiceStub(channel).ListProviders(pb.ListProvidersRequest())
         except grpc.RpcError as exc:
             fail(exc, address)
+    if as_json:
+        print_json(json_format.MessageToDict(listing))
+        return
     # Names and states are never cut short (even at 80 columns); models and reasons wrap, nothing is cut.
     table = Table(Column("provider", no_wrap=True), Column("plugin", no_wrap=True), Column("state", no_wrap=True),
                   Column("models", overflow="fold"), Column("reason", overflow="fold"),
@@ -417,21 +443,30 @@ def _data_dir(config: Path | None, data_dir: Path | None) -> Path:
         raise typer.Exit(2) from None
 
 
-def _sessions_problem(path: Path, exc: Exception) -> str:
-    """One line saying why ``path`` is not a usable sessions database."""
+def _sessions_problem(path: Path, exc: Exception, *, full_fix: str | None = None) -> str:
+    """One line saying why ``path`` is not a usable sessions database; of a full disk, what to do is
+    ``full_fix`` (see :func:`_disk_full_message`)."""
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
         return (f"the sessions database {path} stayed locked by another process (the daemon busy writing) "
                 "for longer than the wait: try again")
     full = _disk_full(path, exc)
     if full:
-        return _disk_full_message(path.parent, full)
+        return _disk_full_message(path.parent, full, full_fix)
     why = "is a directory" if path.is_dir() else f"cannot be used ({exc})"
     return f"the sessions database {path} {why}: point --data-dir (or server.data_dir) at the daemon's data directory"
 
 
-def _disk_full_message(data_dir: Path, why: str) -> str:
-    return (f"the data directory's disk is full ({why}; {data_dir}): free space, e.g. with `mmrouter prune`, "
-            "and try again")
+#: What prune says to do of a full disk when it removed the media it could (the sessions' deletes need room)...
+PRUNE_FULL_MORE_MEDIA = "free space on it (a smaller --older-than removes more media), then prune again"
+#: ... and when it stopped before removing anything.
+PRUNE_FULL_OTHERWISE = "free space on it by other means (prune removed nothing), then prune again"
+
+
+def _disk_full_message(data_dir: Path, why: str, fix: str | None = None) -> str:
+    """The disk of ``data_dir`` is full, and ``fix``, what to do (by default: free space, e.g. with prune,
+    which prune itself must not say)."""
+    fix = fix or "free space, e.g. with `mmrouter prune`, and try again"
+    return f"the data directory's disk is full ({why}; {data_dir}): {fix}"
 
 
 #: Bytes written to find out whether a folder's disk has room: more than sqlite needs to re-create its -shm file.
@@ -470,9 +505,9 @@ def _no_room(folder: Path) -> str | None:
     return None
 
 
-def _bad_sessions(path: Path, exc: Exception) -> NoReturn:
-    """Exit with one line saying why ``path`` is not a usable sessions database."""
-    _start_failed(_sessions_problem(path, exc), 1, json_logs=False)
+def _bad_sessions(path: Path, exc: Exception, *, full_fix: str | None = None) -> NoReturn:
+    """Exit with one line saying why ``path`` is not a usable sessions database (see :func:`_sessions_problem`)."""
+    _start_failed(_sessions_problem(path, exc, full_fix=full_fix), 1, json_logs=False)
 
 
 @contextmanager
@@ -590,10 +625,10 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
                 sessions, calls, _ = store.prune(before)
             except sqlite3.Error as exc:
                 writable = False  # the media are freed all the same: a warning, not a failure
-                problem = _sessions_problem(path, exc)
+                problem = _sessions_problem(path, exc, full_fix=PRUNE_FULL_MORE_MEDIA)
                 err.print(f"[yellow]{escape(f'sessions and statistics rows were not all pruned: {problem}')}[/yellow]")
     except sqlite3.Error as exc:
-        _bad_sessions(path, exc)
+        _bad_sessions(path, exc, full_fix=PRUNE_FULL_OTHERWISE)
     finally:
         if store is not None:
             store.close()
@@ -623,7 +658,7 @@ def _preview_prune(path: Path, before: float) -> tuple[int, int, set[str]]:
     try:
         return preview_prune(path, before)
     except sqlite3.Error as exc:
-        _bad_sessions(path, exc)
+        _bad_sessions(path, exc, full_fix=PRUNE_FULL_OTHERWISE)
     except OSError as exc:  # the copy, or the temporary folder (no file named: none was usable)
         where = exc.filename2 or exc.filename
         fix = ": set TMPDIR to a folder with room" if exc.errno in NO_ROOM or not where else ""
@@ -644,13 +679,14 @@ def _sessions_to_prune(path: Path) -> tuple[SessionStore, bool]:
         wal = path.with_name(f"{path.name}-wal")
         unwritten = wal.exists() and wal.stat().st_size > 0  # turns the file does not hold yet: not read-only
         if not _disk_full(path, exc) or not path.is_file() or unwritten:
-            _bad_sessions(path, exc)
-        warning = f"sessions and statistics rows are not pruned, media are: {_sessions_problem(path, exc)}"
+            _bad_sessions(path, exc, full_fix=PRUNE_FULL_OTHERWISE)
+        problem = _sessions_problem(path, exc, full_fix=PRUNE_FULL_MORE_MEDIA)
+        warning = f"sessions and statistics rows are not pruned, media are: {problem}"
     err.print(f"[yellow]{escape(warning)}[/yellow]")
     try:
         return SessionStore(path, frozen=True), False
     except sqlite3.Error as exc:
-        _bad_sessions(path, exc)
+        _bad_sessions(path, exc, full_fix=PRUNE_FULL_OTHERWISE)
 
 
 @config_app.command("check")

@@ -239,7 +239,7 @@ def daemon_channel(address: str, token: str) -> grpc.Channel:
             except OSError as exc:
                 err.print(f"[red]cannot read MMROUTER_TLS_{name.upper()} {escape(path)}: {escape(exc.strerror or str(exc))}[/red]")
                 raise typer.Exit(2) from None
-        check_ca(files["ca"], pem["ca"] or b"")
+        pem["ca"] = ca_certificates(files["ca"], pem["ca"] or b"")
         if files["cert"] or files["key"]:
             check_client_certificate(files["cert"], files["key"])
         credentials = grpc.ssl_channel_credentials(pem["ca"], private_key=pem["key"], certificate_chain=pem["cert"])
@@ -264,15 +264,41 @@ def check_address(address: str) -> None:
     raise typer.Exit(2)
 
 
-def check_ca(path: str, pem: bytes) -> None:
-    """Exit with a message naming MMROUTER_TLS_CA if ``pem`` (read from ``path``) holds no PEM
-    certificate: gRPC would only fail every call with "Failed to create security handshaker"."""
+def ca_certificates(path: str, data: bytes) -> bytes:
+    """The CA certificates of the MMROUTER_TLS_CA file ``path`` (its content ``data``) as PEM, which is
+    what gRPC takes: a PEM file as it is, a DER one (binary, as many PKIs hand a ``.der`` or ``.crt``
+    out) converted. Exit with a message naming MMROUTER_TLS_CA if it holds neither: gRPC would only
+    fail every call with "Failed to create security handshaker"."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("latin-1"))
+        if b"-----BEGIN" in data:
+            # ssl takes PEM as an ASCII str; bytes outside the PEM blocks (a bundle's comments naming its
+            # CAs) may be UTF-8, and gRPC reads past them
+            context.load_verify_locations(cadata=data.decode("ascii", "ignore"))
+            return data
+        context.load_verify_locations(cadata=data)  # bytes: DER, one certificate or several end to end
+        return "".join(ssl.DER_cert_to_PEM_cert(der) for der in _der_items(data)).encode("ascii")
     except (ssl.SSLError, ValueError):
         err.print(f"[red]MMROUTER_TLS_CA {escape(path)} holds no valid PEM certificate: give the certificate of "
                   "the CA that signed the daemon's server.tls certificate[/red]")
         raise typer.Exit(2) from None
+
+
+def _der_items(data: bytes) -> list[bytes]:
+    """The DER values (certificates) ``data`` holds end to end; ValueError if it holds anything else."""
+    items, at = [], 0
+    while at < len(data):
+        if data[at] != 0x30 or at + 2 > len(data):  # every certificate is an ASN.1 SEQUENCE
+            raise ValueError("not a DER certificate")
+        length, start = data[at + 1], at + 2
+        if length & 0x80:  # the long form: the length in the next (length & 0x7f) bytes
+            start += length & 0x7F
+            length = int.from_bytes(data[at + 2:start], "big")
+        if start + length > len(data):
+            raise ValueError("not a DER certificate")
+        items.append(data[at:start + length])
+        at = start + length
+    return items
 
 
 def check_client_certificate(cert: str, key: str) -> None:

@@ -110,6 +110,7 @@ class SessionStore:
         self._db.executescript(_SCHEMA)
         self._add_turn_times()
         self._add_bridged_transcripts()
+        self._index_call_times()
 
     def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
         """Start ``fn(*args)`` on the store's thread, after the jobs asked before."""
@@ -136,6 +137,21 @@ class SessionStore:
         if "transcript" not in columns:
             with self._writing():
                 self._db.execute("ALTER TABLE bridged ADD COLUMN transcript TEXT")
+
+    def _index_call_times(self) -> None:
+        """The statistics rows get an index by time (made when missing, in a database of an older version
+        too), so that :meth:`prune` finds the old rows without reading every row while it holds the write
+        lock. An index that cannot be made now (a full disk; the database locked by another process past the
+        busy timeout) is left to a later start: prune is slower without it, not wrong, and neither must stop
+        the daemon (or ``prune``) from opening the database. Once made, the statement writes nothing."""
+        try:
+            self._db.execute("CREATE INDEX IF NOT EXISTS calls_at ON calls (at)")
+        except sqlite3.OperationalError as exc:
+            later = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY)
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in later:
+                raise
+            log.warning("the statistics rows could not be indexed by time (%s): prune reads them all until they "
+                        "are, at a later start", exc)
 
     def history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
         """The session's messages, oldest first (empty for a new session).
@@ -321,14 +337,23 @@ class SessionStore:
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """One write transaction that takes the write lock at its start (waiting up to the busy
-        timeout): a deferred one that read first fails at once when another connection wrote meanwhile."""
+        timeout): a deferred one that read first fails at once when another connection wrote meanwhile.
+
+        On an error the transaction is rolled back and the error raised. SQLite has already rolled it
+        back after some errors (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM): a ROLLBACK then fails with
+        "cannot rollback - no transaction is active", which must not hide the error that says why (a
+        full disk)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")  # a COMMIT that fails (no room for the WAL) is rolled back too
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error as exc:  # the error being raised says more
+                    log.warning("rolling back a sessions database transaction failed: %s", exc)
             raise
-        self._db.execute("COMMIT")
 
     def media_in_use(self) -> set[str]:
         """The media store ids that session turns refer to (kept by :meth:`MediaStore.prune`)."""
@@ -406,7 +431,8 @@ class SessionStore:
             f"SELECT {group}, provider, model, purpose, COUNT(*), AVG(latency_ms), MAX(latency_ms), SUM(cost_usd),"
             " SUM(input_tokens), SUM(output_tokens), SUM(audio_seconds) FROM calls"
             + (" LEFT JOIN call_tags AS t ON t.call = calls.rowid" if by_tag else "")
-            + " WHERE at >= ?" + (f" AND {tagged}" if tag is not None else "")
+            # all of them: "+at" keeps SQLite from reading the rows through the index on at (in its order)
+            + (" WHERE at >= ?" if since > 0 else " WHERE +at >= ?") + (f" AND {tagged}" if tag is not None else "")
             + f" GROUP BY {group}, provider, model, purpose ORDER BY {group} IS NULL, {group}, provider, model",
             (since,) if tag is None else (since, tag),
         ).fetchall()

@@ -540,6 +540,13 @@ def test_providers_lists_states_models_and_broken_plugins(start_daemon):
     assert firsts["fake"] == ["fake", "ready"]
     assert firsts["openai"] == ["openai", "not_configured"]
 
+    # --json, for monitoring: the whole listing, parsed
+    listed = {p["name"]: p for p in json.loads(ok(run_cli("providers", "--json", "--address", daemon.address)).stdout)
+              ["providers"]}
+    assert listed["fake"]["state"] == "PROVIDER_STATE_READY" and listed["broken_import"]["state"] == "PROVIDER_STATE_BROKEN"
+    assert [m["name"] for m in listed["fake"]["models"]][:2] == ["echo", "docs"]
+    assert "OPENAI_API_KEY" in listed["openai"]["reason"]
+
 
 # -- errors ------------------------------------------------------------------------------------
 

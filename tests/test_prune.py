@@ -156,7 +156,8 @@ def _sessions_left(daemon) -> set[str]:
         db.close()
 
 
-FULL = "the data directory's disk is full (File too large; {}): free space, e.g. with `mmrouter prune`, and try again"
+FULL = ("the data directory's disk is full (File too large; {}): free space on it (a smaller --older-than removes "
+        "more media), then prune again")
 
 
 def test_prune_on_a_full_disk_frees_the_media_while_the_daemon_runs(start_daemon) -> None:
