@@ -56,7 +56,7 @@ class ProviderSettings(BaseModel):
 
     api_key: str = Field("", repr=False, description="the API key; empty means: read api_key_env")
     base_url: str = Field("", description="the API's address; empty for the provider's own")
-    timeout: float = Field(60.0, gt=0, description="seconds for one HTTP call (shortened to the call's deadline)")
+    timeout: float = Field(60.0, gt=0, description="seconds for one HTTP call; a plugin shortens it to the call's deadline (CallContext.time_remaining)")
     prices: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per model price overrides, applied by the router"
     )
