@@ -152,8 +152,14 @@ class CallLog:
         if log.isEnabledFor(logging.INFO):
             self._log(logging.INFO, "OK")
 
-    def ended_early(self, context: grpc.aio.ServicerContext) -> None:
-        """Log a call cancelled by its client or by gRPC at its deadline (its client gets nothing more)."""
+    def ended_early(self, context: grpc.aio.ServicerContext, stopped: bool = False) -> None:
+        """Log a call cancelled by its client or by gRPC at its deadline (its client gets nothing more), or
+        ``stopped`` by the daemon's stop while gRPC was sending to a client that read nothing (no status
+        could be sent)."""
+        if stopped:
+            self._log(logging.WARNING, "UNAVAILABLE", "SHUTTING_DOWN", "the daemon stopped while the call ran; its "
+                      "client was not reading the answer, so no status could be sent")
+            return
         remaining = context.time_remaining()
         # the client's reset at its deadline may come a little before gRPC's own: within the margin it is that
         if remaining is not None and remaining <= DEADLINE_MARGIN_SECONDS:
@@ -340,7 +346,7 @@ def streaming(method: Callable) -> Callable:
             call.ended_early(context)
             raise
         except GeneratorExit:  # gRPC closed us
-            call.ended_early(context)
+            call.ended_early(context, stopped=task in self.app.stopped_calls)
             raise
         except grpc.aio.AbortError:
             raise
@@ -992,7 +998,10 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     log.info("shutting down: draining in-flight calls for up to %gs", grace)
     await health_servicer.enter_graceful_shutdown()
     app.stopping = True  # calls arriving from now on are refused with SHUTTING_DOWN (see _handling)
-    await _drain(app, grace)
+    hurry = asyncio.Event()  # a second SIGTERM or SIGINT: end the calls under way now
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, hurry.set)
+    await _drain(app, grace, hurry)
     await server.stop(0)
     stuck = await _finish_within(STOP_SECONDS, app.aclose())
     data_lock.close()
@@ -1004,18 +1013,21 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     log.info("stopped")
 
 
-async def _drain(app: App, grace: float) -> None:
-    """Let the calls under way end, for up to ``grace`` seconds; those still running just before it
-    ends are ended by the daemon (:func:`stop_calls`: SHUTTING_DOWN, with their request id), given
-    :data:`STOP_NOTICE_SECONDS` (at least) to send their status. The server keeps serving meanwhile, so
-    that a call sent on an open connection is refused with a status of the daemon's (see :func:`_handling`),
-    not cancelled bare by gRPC's own stop."""
+async def _drain(app: App, grace: float, hurry: asyncio.Event) -> None:
+    """Let the calls under way end, for up to ``grace`` seconds (or until ``hurry`` is set: a second
+    signal); those still running then are ended by the daemon (:func:`stop_calls`: SHUTTING_DOWN, with
+    their request id), given :data:`STOP_NOTICE_SECONDS` (at least) to send their status. The server keeps
+    serving meanwhile, so that a call sent on an open connection is refused with a status of the daemon's
+    (see :func:`_handling`), not cancelled bare by gRPC's own stop."""
     loop = asyncio.get_running_loop()
     end = loop.time() + max(grace, STOP_NOTICE_SECONDS)
-    while app.call_tasks and loop.time() < end - STOP_NOTICE_SECONDS:
+    while app.call_tasks and loop.time() < end - STOP_NOTICE_SECONDS and not hurry.is_set():
         await asyncio.sleep(DRAIN_POLL_SECONDS)
+    if hurry.is_set():
+        end = min(end, loop.time() + STOP_NOTICE_SECONDS)
     if count := stop_calls(app):
-        log.info("%d call(s) still running at the end of the shutdown grace: ended (SHUTTING_DOWN)", count)
+        when = "on a second signal" if hurry.is_set() else "at the end of the shutdown grace"
+        log.info("%d call(s) still running %s: ended (SHUTTING_DOWN)", count, when)
         while app.call_tasks and loop.time() < end:
             await asyncio.sleep(DRAIN_POLL_SECONDS)
 

@@ -541,6 +541,23 @@ def test_a_call_still_running_at_the_end_of_the_shutdown_grace_gets_the_daemons_
     assert "2 call(s) still running at the end of the shutdown grace" in daemon.logs()
 
 
+def test_a_second_signal_ends_the_drain_at_once(start_daemon, tmp_path) -> None:
+    """A second Ctrl-C or SIGTERM while the daemon drained did nothing: it waited out the whole grace."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    daemon = start_daemon(f"providers:\n  fake: {{api_key: k, marker_dir: '{markers}'}}\n"
+                          "server: {shutdown_grace_seconds: 600}\ndefault: fake/echo\n")
+    slow = daemon.stub.Generate.future(pb.GenerateRequest(request=text_request("SLOW:600")), timeout=600)
+    assert wait_for(lambda: list(markers.glob("started-*")), timeout=30), "the call never reached the provider"
+    daemon.proc.send_signal(signal.SIGINT)
+    assert wait_for(lambda: "draining" in daemon.logs())
+    daemon.proc.send_signal(signal.SIGINT)
+    details = error_details(failure(lambda: slow.result(timeout=60)))  # not after the 600 s of the grace
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    assert daemon.proc.wait(60) == 0
+    assert "1 call(s) still running on a second signal: ended (SHUTTING_DOWN)" in daemon.logs()
+
+
 def test_the_access_log_keeps_an_error_message_the_client_gets_clipped(daemon) -> None:
     """The client's copy of a message is cut at 768 bytes (trailers are bounded); the log line kept only
     that copy, so the operator could not read the rest from the request id either."""
