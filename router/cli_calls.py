@@ -25,6 +25,7 @@ from rich.text import Text
 
 from .auth import with_token
 from .config import UPLOAD_CHUNK_BYTES, parse_address
+from .redact import escaped
 
 M = TypeVar("M", bound=Message)
 
@@ -328,11 +329,8 @@ def shown(text: str, lines: bool = False) -> str:
     printed (ESC, a newline, a bidirectional override...) is written as Python escapes it (``\\x1b``,
     ``\\n``, ``\\u202e``), so an error message or a name can neither drive the terminal (colours, a
     cleared screen, the window title) nor forge a line. With ``lines`` (an answer's text), newlines and
-    tabs are kept."""
-    if text.isprintable():
-        return text
-    keep = "\n\t" if lines else ""
-    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii") for c in text)
+    tabs are kept (see :func:`router.redact.escaped`)."""
+    return escaped(text, keep="\n\t" if lines else "")
 
 
 def print_json(data: object) -> None:
