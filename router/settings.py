@@ -151,6 +151,19 @@ class ProviderSettings(BaseModel):
         setting = f"providers.{provider}.api_key"
         return " or ".join([*cls.api_key_env, setting]) if provider == plugin else setting
 
+    @classmethod
+    def refused_key_settings(cls, provider: str, plugin: str, key: str) -> str:
+        """Where the refused key ``key`` (the one sent) of ``provider`` was set, for messages. The plugin's
+        own provider reads :attr:`api_key_env` only when its section gives no ``api_key``: a key that is
+        none of those variables' came from the section, and naming the variables would send the operator
+        to settings never read. The section's ``${VAR}`` was replaced before the plugin saw the key, so
+        its name cannot be given."""
+        if provider == plugin and key.strip():
+            from_environment = {os.environ.get(name, "").strip() for name in cls.api_key_env}
+            if key.strip() not in from_environment:
+                return f"providers.{provider}.api_key (the key this section gives)"
+        return cls.key_settings(provider, plugin)
+
     def missing_key(self, provider: str, plugin: str) -> str | None:
         """``no API key: set ...`` (see :meth:`key_settings`) when there is no key, else None; an unset
         ``${VAR}`` is said first (see :attr:`unset_reason`)."""

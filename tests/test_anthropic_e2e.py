@@ -213,7 +213,7 @@ def test_http_errors_map_to_grpc_statuses(daemon, fake):
         assert (got.reason, got.metadata["provider"]) == (reason, "anthropic"), status
         assert f"upstream failure {status}" in err.details()
         if status in (401, 403):
-            assert "ANTHROPIC_API_KEY or providers.anthropic.api_key" in err.details()
+            assert "check providers.anthropic.api_key (the key this section gives)" in err.details()
         assert got.retry_delay == (7 if headers else None)
     assert len(fake.message_calls()) == len(ERRORS)  # one call each: no SDK retries
     assert API_KEY not in daemon.logs()
@@ -273,7 +273,7 @@ def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     got = error_details(err)
     assert (got.reason, got.metadata["provider"]) == ("PROVIDER_AUTH", "anthropic")
-    assert "ANTHROPIC_API_KEY or providers.anthropic.api_key" in err.details()
+    assert "check providers.anthropic.api_key (the key this section gives)" in err.details()
     assert sent_key(fake.message_calls()[0]) == secret  # the fake did get it
     everything = everything_said(err, daemon)
     assert secret not in everything and secret[:15] not in everything

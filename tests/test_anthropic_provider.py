@@ -494,7 +494,7 @@ async def test_http_errors_map_to_provider_errors(
     assert API_KEY not in str(err) and API_KEY not in err.message
     assert f"upstream says {err_type}" in err.message
     if status in (401, 403):
-        assert "ANTHROPIC_API_KEY" in err.message and "providers.anthropic.api_key" in err.message
+        assert "check providers.anthropic.api_key (the key this section gives)" in err.message
     assert len(fake.message_calls()) == 1  # max_retries 0: no SDK retries
 
 
@@ -535,7 +535,8 @@ async def test_wrong_key_is_rejected_by_the_fake_and_never_leaked(fake: FakeAnth
     finally:
         await prov.aclose()
     assert secret not in str(info.value)
-    assert "invalid x-api-key" in info.value.message and "ANTHROPIC_API_KEY" in info.value.message
+    assert "invalid x-api-key" in info.value.message
+    assert "check providers.anthropic.api_key (the key this section gives)" in info.value.message
     assert sent_key(fake.message_calls()[-1]) == secret
 
 

@@ -246,7 +246,8 @@ def test_refused_key_names_the_setting_not_the_key(start_daemon, fake):
         daemon.stub.Generate(pb.GenerateRequest(request=request_for(wav_media(wav_bytes()))), timeout=30)
     err = info.value
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "ASSEMBLYAI_API_KEY or providers.assemblyai.api_key" in err.details()
+    # the key came from the section (api_key: ${AAI_TEST_KEY}), which never reads ASSEMBLYAI_API_KEY
+    assert "check providers.assemblyai.api_key (the key this section gives)" in err.details()
     assert "wrong-secret-771" not in err.details()
     assert "wrong-secret-771" not in str(rpc_status.from_call(err))
     assert "wrong-secret-771" not in daemon.logs()

@@ -386,7 +386,7 @@ async def test_auth_failure_names_the_setting_and_never_the_key(fake, provider):
     with pytest.raises(ProviderAuthError) as info:
         await collect(provider, audio_request(), provider.model("best"))
     message = info.value.message
-    assert "ASSEMBLYAI_API_KEY or providers.assemblyai.api_key" in message
+    assert "check providers.assemblyai.api_key (the key this section gives)" in message
     assert KEY not in message and KEY not in str(info.value)
     assert fake.created == []  # stopped at the upload
 

@@ -272,7 +272,7 @@ def test_upstream_errors_reach_the_client_mapped(daemon, fake, status, headers, 
     if retry is not None:
         assert got.retry_delay == pytest.approx(retry)
     if status == 403:
-        assert "GEMINI_API_KEY" in err.details()
+        assert "check providers.gemini.api_key (the key this section gives)" in err.details()
 
 
 def test_an_extra_instance_with_its_own_key_next_to_gemini(start_daemon, fake):

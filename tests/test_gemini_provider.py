@@ -593,7 +593,7 @@ async def test_http_errors_map_like_every_provider(fake, streaming, status, body
     assert body["error"]["message"] in caught.value.message
     assert KEY not in caught.value.message
     if status in (401, 403):
-        assert "GEMINI_API_KEY" in caught.value.message and "providers.gemini.api_key" in caught.value.message
+        assert "check providers.gemini.api_key (the key this section gives)" in caught.value.message
     if retry_after is not None:
         assert caught.value.retry_after == retry_after
     assert len(fake.calls("stream" if streaming else "generate")) == 1  # the SDK did not retry
@@ -605,7 +605,7 @@ async def test_invalid_key_answered_400_is_an_auth_error_that_names_the_setting(
     with pytest.raises(ProviderAuthError) as caught:
         await collect(p, ask(Part(text="hi")), model(p))
     assert "API key not valid" in caught.value.message
-    assert "GEMINI_API_KEY" in caught.value.message and "providers.gemini.api_key" in caught.value.message
+    assert "check providers.gemini.api_key (the key this section gives)" in caught.value.message
     assert "AIza-wrong-key-987654" not in caught.value.message
     assert fake.requests[0].headers["x-goog-api-key"] == "AIza-wrong-key-987654"
     await p.aclose()

@@ -19,7 +19,7 @@ from router.errors import (
 )
 from router.sdk_http import is_aiohttp_error
 
-from .settings import key_setting_hint
+from .settings import PLUGIN, AnthropicSettings, key_setting_hint
 
 #: HTTP status for each Anthropic error type, for errors that arrive inside a 200 stream.
 _STATUS_BY_TYPE: dict[str, int] = {
@@ -39,6 +39,11 @@ _STATUS_BY_TYPE: dict[str, int] = {
 def key_hint(provider: str) -> str:
     """Where ``provider``'s key comes from, named in authentication errors."""
     return f"check {key_setting_hint(provider)}"
+
+
+def refused_key_settings(provider: str, api_key: str) -> str:
+    """Where the refused key ``api_key`` of ``provider`` was set (see ProviderSettings.refused_key_settings)."""
+    return AnthropicSettings.refused_key_settings(provider, PLUGIN, api_key)
 
 
 def bad_request(provider: str, message: str) -> ProviderBadRequest:
@@ -86,7 +91,7 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
             status = _STATUS_BY_TYPE.get(err_type, 500)
         detail = err_message or err_type or f"HTTP {status}"
         if status in (401, 403):
-            message = f"authentication failed ({detail}): {key_hint(provider)}"
+            message = f"authentication failed ({detail}): check {refused_key_settings(provider, api_key)}"
         elif status == 529 or err_type == "overloaded_error":
             message = f"overloaded ({detail})"
         else:

@@ -17,7 +17,7 @@ from router.errors import (
     provider_error_from_status,
 )
 
-from .settings import key_setting_hint
+from .settings import PLUGIN, AssemblyAISettings
 
 
 def _scrub(text: str, secret: str) -> str:
@@ -127,7 +127,8 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
         status = exc.status_code
         detail = str(exc).strip() or type(exc).__name__
         if status in (401, 403):
-            message = f"authentication failed ({detail}): check {key_setting_hint(provider)}"
+            message = (f"authentication failed ({detail}): check "
+                       f"{AssemblyAISettings.refused_key_settings(provider, PLUGIN, api_key)}")
         elif status is None:
             message = detail
         else:

@@ -15,7 +15,7 @@ from router.errors import (
     provider_error_from_status,
 )
 
-from .settings import key_hint
+from .settings import PLUGIN, GeminiSettings
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 #: How Gemini words its refusal of every request from a region it does not serve (400 FAILED_PRECONDITION):
@@ -73,7 +73,8 @@ def from_api_error(error: Any, provider: str, api_key: str) -> ProviderError:
                                              "the API is not offered where the daemon runs, or only with billing; "
                                              "enable billing on the key's project, or let another provider answer")
     if status in (401, 403):
-        message = f"authentication failed (HTTP {status}: {text}): {key_hint(provider)}"
+        message = (f"authentication failed (HTTP {status}: {text}): check "
+                   f"{GeminiSettings.refused_key_settings(provider, PLUGIN, api_key)}")
     elif status is None:
         message = f"request failed: {text}"
     else:

@@ -14,7 +14,6 @@ in the error's metadata, for a support ticket.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +21,7 @@ from router import ProviderError, ProviderUnavailable, provider_error_from_statu
 from router.errors import ProviderInputTooLarge, parse_retry_after
 from router.sdk_http import is_aiohttp_error, until_headers
 
-from .settings import PLUGIN, OpenAISettings, key_setting_hint
+from .settings import PLUGIN, OpenAISettings
 
 _MAX_MESSAGE = 500
 
@@ -72,15 +71,8 @@ def shown_url(url: str) -> str:
 
 
 def refused_key_hint(provider: str, api_key: str) -> str:
-    """The settings to check when the key ``api_key`` (the one sent) is refused. The plugin's own provider
-    reads OPENAI_API_KEY only when its section gives no ``api_key``: a key that is not that variable's
-    came from the section, and naming OPENAI_API_KEY would send the operator to a variable it never read.
-    The section's ``${VAR}`` was replaced before the plugin saw it, so its name cannot be given."""
-    if provider == PLUGIN and api_key:
-        from_environment = {os.environ.get(name, "").strip() for name in OpenAISettings.api_key_env}
-        if api_key.strip() not in from_environment:
-            return f"providers.{provider}.api_key (the key this section gives)"
-    return key_setting_hint(provider)
+    """The settings to check when the key ``api_key`` (the one sent) is refused."""
+    return OpenAISettings.refused_key_settings(provider, PLUGIN, api_key)
 
 
 def retry_after_seconds(headers: Any) -> float | None:
