@@ -25,15 +25,15 @@ from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
 from pathlib import Path
 
 from . import routing, wire
-from .config import Config, unknown_models
-from .config_warnings import unknown_providers, uses_provider
+from .config import Config, unknown_models, with_lines
+from .config_warnings import refused_section, settings_fields, unknown_providers, uses_provider
 from .dispatch import HistoryCuts, RouterEvent, execute
 from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownMedia, UnknownSession
 from .health import Failure, ProviderHealth, shown_to_clients
 from .invoke import FailedAttempt
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
-from .plugins import ProviderEntry, Registry, State, load_registry
+from .plugins import ProviderEntry, Registry, State, load_registry, log_broken_providers
 from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
 from .sessions import SessionStore, StoredBridges, trim_history
@@ -165,7 +165,7 @@ class App:
         self._remembered = 0  # how many of redact.remembered() self.secrets holds
         self.catalog: Catalog = self._build_catalog()
 
-    def reload(self, config: Config) -> tuple[bool, list[str]] | None:
+    def reload(self, config: Config, text: str | None = None, source: str = "") -> tuple[bool, list[str]] | None:
         """Serve ``config`` from now on: its rules, default, bridges and overrides, and, when the
         ``providers`` or ``plugins`` sections changed (a rotated key, a new base_url or model),
         providers made again from them. Calls under way finish on the route and providers they
@@ -176,21 +176,23 @@ class App:
         broken that is not broken now (a settings typo that ``config check`` refuses too), a ready
         provider would become not configured (its key's ``${VAR}`` unset), or a target
         names a model its ready provider does not offer (see :func:`missing_models`), nothing changes:
-        the reload is refused (logged) and None returned."""
+        the reload is refused (logged) and None returned. Given the file's ``text`` and its name
+        (``source``), a refused section is said as at start-up: with the line of the key it names and a
+        did-you-mean for an unknown key."""
         old, new = self.config, config
         remade = (old.providers, old.plugins) != (new.providers, new.plugins)
         registry = None
         if remade:  # before anything is switched: the new rules may name the new providers
             try:
                 registry = load_registry(new.providers, disabled=new.plugins.disabled,
-                                         extra_plugins=self._extra_plugins)
+                                         extra_plugins=self._extra_plugins, log_broken=False)
             except asyncio.CancelledError:
                 raise
             except BaseException:
                 log.exception("reload refused: the providers of the new configuration could not be made; "
                               "the running configuration, rules and providers stay")
                 return None
-        problems = self._taken_down_by(registry, new) if registry is not None else []
+        problems = self._taken_down_by(registry, new, text, source) if registry is not None else []
         problems += missing_models(new, registry or self.registry)
         if problems:
             log.error("reload refused, the running configuration, rules and providers stay: %s", "; ".join(problems))
@@ -200,6 +202,7 @@ class App:
             return None
         self.router = _router_of(new)
         if registry is not None:
+            log_broken_providers(registry)
             self._replace_registry(registry)
             # old keys stay masked too: a call under way may still quote one
             self.secrets = longest_first([*self.secrets, *secrets_of(new.providers, new.server.auth_token)])
@@ -221,7 +224,8 @@ class App:
                                              "plugins": new.plugins, "server": server})
         return remade, needs_restart
 
-    def _taken_down_by(self, registry: Registry, config: Config) -> list[str]:
+    def _taken_down_by(self, registry: Registry, config: Config, text: str | None = None,
+                       source: str = "") -> list[str]:
         """The providers broken in ``registry`` that are not broken now, and those ready now that it
         leaves not configured (``api_key: "${UNSET}"``), as ``providers.<name>: <why>``.
 
@@ -239,7 +243,12 @@ class App:
                             "provider %r, so the reload goes on and lists it broken): %s", entry.plugin,
                             entry.name, entry.reason)
             elif entry.state is State.BROKEN and (before is None or before.state is not State.BROKEN):
-                problems.append(f"providers.{entry.name}: {entry.reason}")
+                refused = refused_section(entry, config)
+                if refused is None:
+                    problems.append(f"providers.{entry.name}: {entry.reason}")
+                else:  # a key of the section: said as start-up and `config check` say it
+                    problems.append(refused if text is None else
+                                    with_lines(refused, text, source, settings_fields(entry)))
             elif entry.state is State.NOT_CONFIGURED and before is not None and before.state is State.READY:
                 problems.append(f"providers.{entry.name}: provider {entry.name!r} is ready and would no longer be "
                                 f"configured: {entry.reason} (to take it out of service on purpose, list it in "

@@ -379,6 +379,7 @@ def load_registry(
     *,
     disabled: Iterable[str] = (),
     extra_plugins: Mapping[str, object] | None = None,
+    log_broken: bool = True,
 ) -> Registry:
     """Load every plugin of group ``mmrouter`` (and ``extra_plugins``) and collect their providers.
 
@@ -386,6 +387,8 @@ def load_registry(
         and a section with ``plugin: <name>`` is one more provider made by that plugin (an instance).
     :param disabled: entry point names to block.
     :param extra_plugins: name -> plugin object, registered as if found by entry point (tests).
+    :param log_broken: log each broken provider (see :func:`log_broken_providers`); a reload logs them
+        only once the registry is in service, not for one it refuses.
     """
     pm = new_plugin_manager()
     registry = Registry(plugin_manager=pm)
@@ -421,10 +424,16 @@ def load_registry(
         for instance, _ in sections:
             registry.entries[instance] = _without_plugin(instance, plugin_name, registry)
     # logged at the end: keys the plugins resolved (ProviderSettings.load) are known to the log filter by now
+    if log_broken:
+        log_broken_providers(registry)
+    return registry
+
+
+def log_broken_providers(registry: Registry) -> None:
+    """Log an error for each broken provider of ``registry``."""
     for entry in registry.entries.values():
         if entry.state is State.BROKEN:
             log.error("provider %s (plugin %s) is broken: %s", entry.name, entry.plugin, entry.reason)
-    return registry
 
 
 def _dist_name(ep: EntryPoint) -> str:

@@ -844,7 +844,7 @@ def reload_config(app: App, config_path: Path | None, certificates: ServerCertif
         config = config.model_copy(update={"server": config.server.model_copy(update=server_overrides)})
     if log_filter is not None:  # before anything logs the new keys' providers
         log_filter.add(secrets_of(config.providers, config.server.auth_token))
-    reloaded = app.reload(config)
+    reloaded = app.reload(config, _config_text(config_path), str(config_path))
     if reloaded is None:  # refused, and said why
         return
     remade, needs_restart = reloaded

@@ -229,7 +229,12 @@ def test_sighup_with_a_typo_in_a_provider_section_is_refused_and_the_provider_ke
         daemon = start_daemon(OPENAI.format(key=key, url=fake.base_url) + "default: local/extract\n")
         typo = OPENAI.format(key=key, url=fake.base_url).replace("base_url:", "timout: 5, base_url:")
         reload(daemon, typo + "default: local/extract\n", "reload refused")
-        assert "providers.openai: register_providers failed: ConfigError: providers.openai.timout" in daemon.logs()
+        # said as `config check` and a refused start-up say it: the key's line and the setting meant
+        assert (f"reload refused, the running configuration, rules and providers stay: providers.openai.timout: "
+                f"Extra inputs are not permitted ({daemon.config_path}, line 3); did you mean 'timeout'?"
+                in daemon.logs()), daemon.logs()
+        # the candidate providers of the refused file were never in service: the running openai is not broken
+        assert "is broken" not in daemon.logs()
         assert "rules reloaded" not in daemon.logs()
         answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=20).answer
         assert (answer.route.provider, answer.text) == ("openai", "Hello from the fake GPT.")
