@@ -102,7 +102,7 @@ def refused_sections(config: Config, registry: Registry, text: str | None = None
     problems = []
     for entry in registry.entries.values():
         if problem := refused_section(entry, config):
-            problems.append(problem if text is None else with_lines(problem, text, source, _settings_fields(entry)))
+            problems.append(problem if text is None else with_lines(problem, text, source, settings_fields(entry)))
     return problems
 
 
@@ -125,7 +125,7 @@ def broken_provider_errors(config: Config, registry: Registry, text: str | None 
         refused = refused_section(entry, config)
         used = uses_provider(config, entry.name) if entry.state is State.BROKEN else None
         if refused:
-            problems.append(refused if text is None else with_lines(refused, text, source, _settings_fields(entry)))
+            problems.append(refused if text is None else with_lines(refused, text, source, settings_fields(entry)))
         elif used and entry.reason.startswith(f"providers.{entry.name}."):  # names its key (a bad price)
             problems.append(entry.reason if text is None else with_lines(entry.reason, text, source))
         elif used == f"providers.{entry.name}":
@@ -135,7 +135,7 @@ def broken_provider_errors(config: Config, registry: Registry, text: str | None 
     return problems
 
 
-def _settings_fields(entry: ProviderEntry) -> set[str]:
+def settings_fields(entry: ProviderEntry) -> set[str]:
     """The settings a provider's section may hold: the fields of the :class:`ProviderSettings` classes its
     plugin's package defines (empty when they cannot be told)."""
     from .settings import ProviderSettings
@@ -150,7 +150,7 @@ def _settings_fields(entry: ProviderEntry) -> set[str]:
         cls = classes.pop()
         classes.extend(cls.__subclasses__())
         if cls.__module__.split(".")[0] == package:
-            fields.update(cls.model_fields)
+            fields.update(name for name in cls.model_fields if name not in cls.not_used)
     return fields
 
 

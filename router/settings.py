@@ -48,6 +48,10 @@ class ProviderSettings(BaseModel):
     #: Other fields read from an environment variable when the section leaves them unset, e.g.
     #: ``{"base_url": "OPENAI_BASE_URL"}``. Subclasses set it.
     env_fields: ClassVar[Mapping[str, str]] = {}
+    #: Settings of this base class that the plugin refuses (a provider that needs no key has no use for
+    #: ``api_key``): ``config check`` suggests none of them for a mistyped key. Subclasses set it, and
+    #: refuse them with a validator.
+    not_used: ClassVar[frozenset[str]] = frozenset()
 
     _environment: bool = PrivateAttr(default=True)
     #: The settings whose ``${VAR}`` is unset (see :meth:`load`), and why, one problem each.

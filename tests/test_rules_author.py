@@ -215,3 +215,16 @@ def test_a_provider_section_its_plugin_refuses_is_named_with_its_line_and_the_se
     assert (f"providers.openai.timout: Extra inputs are not permitted ({file}, line 4); did you mean 'timeout'?"
             in output)
     assert f"providers.local.worker: Extra inputs are not permitted ({file}, line 5); did you mean 'workers'?" in output
+
+
+def test_no_setting_the_plugin_refuses_is_suggested_for_a_typo(tmp_path):
+    """`providers.local.timout` suggested 'timeout', which the local provider refuses ("does not use it;
+    remove the key"): the operator was sent from one refusal to another."""
+    file = tmp_path / "router.yaml"
+    file.write_text("providers:\n  local: {timout: 5, api_kee: x}\ndefault: local/extract\noverrides: {allow: true}\n")
+    result = check(file)
+    output = " ".join(result.stderr.split())
+    assert result.returncode == 1 and "OK" not in result.stdout, output
+    assert f"providers.local.timout: Extra inputs are not permitted ({file}, line 2)" in output
+    assert f"providers.local.api_kee: Extra inputs are not permitted ({file}, line 2)" in output
+    assert "did you mean" not in output

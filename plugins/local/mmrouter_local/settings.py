@@ -19,9 +19,14 @@ from router import ProviderSettings
 
 from .audio import MAX_AUDIO_SECONDS
 
+#: The settings of every provider that this one, running on this machine, has no use for.
+NOT_USED = frozenset({"api_key", "base_url", "timeout"})
+
 
 class LocalSettings(ProviderSettings):
     """Settings of the local provider (it needs no key)."""
+
+    not_used = NOT_USED
 
     workers: int = Field(
         default_factory=lambda: max(1, min(2, os.cpu_count() or 1)), gt=0, description="threads for CPU work"
@@ -30,7 +35,7 @@ class LocalSettings(ProviderSettings):
     max_audio_seconds: float = Field(MAX_AUDIO_SECONDS, gt=0, description="the longest audio, or sound of a "
                                      "video, transcribed; longer is refused (INPUT_TOO_LARGE)")
 
-    @field_validator("api_key", "base_url", "timeout", mode="before")
+    @field_validator(*NOT_USED, mode="before")
     @classmethod
     def _not_used(cls, value: object) -> object:
         raise ValueError("the local provider runs on this machine and does not use it; remove the key")
