@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
@@ -714,11 +714,29 @@ def transport_options(keepalive_seconds: float, max_concurrent_streams: int) -> 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
+def _declare_reflection_v1() -> None:
+    """Add ``grpc/reflection/v1/reflection.proto`` to the default descriptor pool, made from v1alpha's
+    (grpcio-reflection ships no v1 module; the two files differ only in their package), so that tools
+    can describe the v1 service they find listed."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(REFLECTION_V1)
+        return
+    except KeyError:
+        pass
+    file = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(file)
+    file.name, file.package = "grpc/reflection/v1/reflection.proto", "grpc.reflection.v1"
+    file.ClearField("options")
+    pool.Add(file)
+
+
 def _add_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
-    """Serve server reflection for ``service_names`` as ``grpc.reflection.v1alpha`` (grpcio-reflection's)
-    and as ``grpc.reflection.v1``: the two protocols' messages are the same field for field, so v1's
-    method is the same servicer with the same (de)serializers."""
-    servicer = reflection.aio.ReflectionServicer(service_names)
+    """Serve server reflection for ``service_names`` and for itself, as ``grpc.reflection.v1alpha``
+    (grpcio-reflection's) and as ``grpc.reflection.v1``: the two protocols' messages are the same field
+    for field, so v1's method is the same servicer with the same (de)serializers."""
+    _declare_reflection_v1()
+    servicer = reflection.aio.ReflectionServicer((*service_names, REFLECTION_V1))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
         "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(

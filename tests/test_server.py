@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import error_details, providers_by_name, text_request, wait_for
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -102,10 +103,15 @@ def test_health_and_reflection(daemon) -> None:
                                       request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
                                       response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
     asked = [reflection_pb2.ServerReflectionRequest(list_services=""),
-             reflection_pb2.ServerReflectionRequest(file_containing_symbol="mmrouter.v1.RouterService")]
-    listed, described = list(v1(iter(asked), timeout=10))
+             reflection_pb2.ServerReflectionRequest(file_containing_symbol="mmrouter.v1.RouterService"),
+             reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection")]
+    listed, described, described_v1 = list(v1(iter(asked), timeout=10))
     assert {s.name for s in listed.list_services_response.service} == names
+    # both protocols are listed (tools show what is listed), and each can be described
+    assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= names
     assert described.file_descriptor_response.file_descriptor_proto  # the proto file that declares it
+    v1_file = descriptor_pb2.FileDescriptorProto.FromString(described_v1.file_descriptor_response.file_descriptor_proto[0])
+    assert (v1_file.package, [s.name for s in v1_file.service]) == ("grpc.reflection.v1", ["ServerReflection"])
 
 
 def test_explain_lists_every_rule_and_calls_no_provider(daemon) -> None:
