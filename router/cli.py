@@ -65,13 +65,14 @@ app = typer.Typer(
     "See `mmrouter ask --help`.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",  # a docstring's paragraphs are wrapped to the terminal, not at their source lines
 )
 config_app = typer.Typer(help="Work with routing configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 
 AddressOption = Annotated[str, typer.Option("--address", "-a", envvar="MMROUTER_ADDRESS",
-                                            help="Where the daemon listens (host:port).")]
+                                            help="Where the daemon listens (host:port, or unix:/path).")]
 TokenOption = Annotated[str, typer.Option(
     "--token", envvar="MMROUTER_TOKEN", show_default=False,
     help="The daemon's server.auth_token, if it has one. Prefer the environment variable: a command line "
@@ -84,14 +85,17 @@ def serve(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Routing file (YAML). Default: the embedded hybrid policy.")] = None,
     address: Annotated[str | None, typer.Option(
         "--address", "-a", envvar="MMROUTER_ADDRESS", show_default=False,
-        help=f"Listen on host:port (default: server.address of --config, else {DEFAULT_ADDRESS}).")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Where media and sessions are kept.")] = None,
+        help=f"Listen on host:port or unix:/path (default: server.address of --config, else {DEFAULT_ADDRESS}).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where media and sessions are kept (default: server.data_dir of "
+                                                        "--config, else $MMROUTER_DATA_DIR, else "
+                                                        "$XDG_DATA_HOME/mmrouter or ~/.local/share/mmrouter).")] = None,
     ready_file: Annotated[Path | None, typer.Option(help="Write the bound address here once serving.")] = None,
 ) -> None:
     """Run the daemon (stop it with Ctrl-C or SIGTERM; in-flight calls are drained).
 
-    SIGHUP re-reads --config and serves its rules, providers and TLS certificate from then on
-    (server settings need a restart); a file with mistakes is refused and the running one stays.
+    SIGHUP re-reads --config and serves its rules, providers, TLS certificate and a rotated
+    server.auth_token from then on (other server settings need a restart); a file with mistakes is
+    refused and the running one stays.
     """
     try:
         settings = load_config(config)
@@ -332,15 +336,18 @@ def explain(
     provider: ProviderOption = None,
     model: ModelOption = None,
     tag: TagOption = None,
-    session: SessionOption = None,
+    session: Annotated[str | None, typer.Option(
+        help="Route as a turn of this session would be (its earlier turns count); nothing is added to it.")] = None,
     inline_limit: InlineLimitOption = 4 * 1024 * 1024,
     address: AddressOption = DEFAULT_ADDRESS,
     token: TokenOption = "",
 ) -> None:
     """Show how a request would be routed, rule by rule, without calling any provider.
 
-    It takes ask's options, so it shows the route that ask with the same options would take (with
-    --session, the session's earlier turns count as they would; nothing is added to it).
+    It takes ask's options (but --max-tokens, which does not change the route), so it shows the route
+    that ask with the same options would take (with --session, the session's earlier turns count as
+    they would; nothing is added to it). Files over --inline-limit are uploaded, and kept in the
+    daemon's media store as ask's are.
     """
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc

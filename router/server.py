@@ -410,7 +410,8 @@ class Slots:
 def _over_limit(error: type[RouterError], what: str, setting: str) -> Callable[[int], RouterError]:
     """The refusal of one more of ``what`` ("uploads", "calls") than ``server.<setting>`` allows."""
     def refusal(limit: int) -> RouterError:
-        return error(f"{limit} {what} are under way, as many as server.{setting} allows: retry in "
+        under_way = f"1 {what.removesuffix('s')} is" if limit == 1 else f"{limit} {what} are"
+        return error(f"{under_way} under way, as many as server.{setting} allows: retry in "
                      f"{SLOT_RETRY_SECONDS:g} s, or raise server.{setting} in the daemon's configuration "
                      "(takes effect after a restart)",
                      retry_after=SLOT_RETRY_SECONDS, metadata={"limit": setting, f"limit_{what}": str(limit)})

@@ -188,9 +188,19 @@ def test_help_tells_a_newcomer_how_to_start():
                    "--task", "transcribe", "--diarize", "--session"):
         assert needed in ask_help, f"{needed!r} missing from `mmrouter ask --help`:\n{ask_help}"
 
-    explain_help = ok(calls[2].result()).stdout
+    explain_help = " ".join(ok(calls[2].result()).stdout.split())
     assert "without calling any provider" in explain_help
     assert "--image" in explain_help and "--address" in explain_help
+    # explain keeps nothing in a session (its --session said "Keep a conversation under this id", as ask's)
+    assert "nothing is added to it" in explain_help and "Keep a conversation" not in explain_help
+
+
+def test_serve_help_names_the_defaults_it_reads():
+    """serve's --data-dir gave no default, its --address no unix: socket, and SIGHUP said every server
+    setting needs a restart, though a rotated auth_token is served at once."""
+    shown = " ".join(ok(run_cli("serve", "--help")).stdout.replace("│", " ").split())
+    for needed in ("MMROUTER_DATA_DIR", "~/.local/share/mmrouter", "unix:/path", "rotated server.auth_token"):
+        assert needed in shown, f"{needed!r} missing from `mmrouter serve --help`:\n{shown}"
 
 
 # -- ask ---------------------------------------------------------------------------------------

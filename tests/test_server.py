@@ -973,8 +973,9 @@ async def test_an_upload_slot_is_given_back_when_its_call_is_cancelled() -> None
 
     task = asyncio.create_task(upload())
     await holding.wait()
-    with pytest.raises(TooManyUploads), slots.hold():
+    with pytest.raises(TooManyUploads) as refused, slots.hold():
         pass
+    assert refused.value.message.startswith("1 upload is under way, as many as server.max_concurrent_uploads allows")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
