@@ -246,7 +246,10 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, pattern=r"^\S+$", description="the model's name in the provider's API")
+    # no spaces, and no control characters: the name is shown in logs, `providers` and `stats` (an ESC
+    # would drive the operator's terminal)
+    name: str = Field(min_length=1, pattern=r"^[^\s\x00-\x1f\x7f-\x9f]+$",
+                      description="the model's name in the provider's API")
     price: ModelPrice = Field(description="list prices; write zeros for a free model")
     inputs: frozenset[Modality] | None = Field(None, min_length=1, description="what it reads")
     context_tokens: int | None = Field(None, gt=0, description="its context window in tokens")

@@ -715,7 +715,7 @@ def test_config_check_takes_configured_models_and_refuses_what_the_plugin_cannot
           anthropic:
             models: [{name: claude-sonnet-5-5, inputs: [text, audio], price: {input_per_mtok: 3}}]
           gemini:
-            models: [{name: gemini-3.5-flash}]
+            models: [{name: gemini-3.5-flash}, {name: "gemini-9\\e[31m", price: {input_per_mtok: 1}}]
         default: local/extract
     """))
     failed = check(bad)
@@ -723,6 +723,9 @@ def test_config_check_takes_configured_models_and_refuses_what_the_plugin_cannot
     assert failed.returncode == 1 and "OK" not in failed.stdout, output
     assert "providers.anthropic.models.0.inputs: this plugin cannot send audio" in output
     assert "providers.gemini.models.0.price: Field required" in output
+    # a control character (an ESC that would drive the terminal of `providers` and `stats`) is refused
+    assert "providers.gemini.models.1.name: String should match pattern" in output
+    assert "\x1b" not in output
 
 
 def test_config_check_warns_of_a_bridge_target_that_can_never_bridge(tmp_path):
