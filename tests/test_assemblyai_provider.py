@@ -435,7 +435,7 @@ async def test_rate_limit_retry_after_is_the_failing_calls_own_while_another_cal
 
 
 @pytest.mark.parametrize(("status", "error_type"), [
-    (400, ProviderBadRequest), (404, ProviderModelNotFound), (500, ProviderUnavailable),
+    (400, ProviderBadRequest), (404, ProviderUnavailable), (500, ProviderUnavailable),
     (503, ProviderUnavailable),
 ])
 async def test_http_errors_on_create_map_like_other_providers(fake, provider, status, error_type):

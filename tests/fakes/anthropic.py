@@ -264,6 +264,9 @@ class FakeAnthropic(FakeUpstream):
         #: The streamed message's ``stop_reason`` ("max_tokens", "refusal", ...).
         self.stop_reason = "end_turn"
         self.delay = 0.0
+        #: Raw answers (status, body, content type, headers) to give the next requests instead of the
+        #: API's, one per request in order: a proxy's HTML error page, a redirect (see :meth:`page_next`).
+        self.pages: list[tuple[int, bytes, str, dict[str, str]]] = []
 
     # -- what was received -------------------------------------------------------------------
     def message_calls(self) -> list[Recorded]:
@@ -281,8 +284,19 @@ class FakeAnthropic(FakeUpstream):
         """Answer the next request with an Anthropic-shaped error."""
         self.fail_next(status, error_body(err_type, message), headers)
 
+    def page_next(self, status: int, body: bytes | str, content_type: str = "text/html",
+                  headers: dict[str, str] | None = None) -> None:
+        """Answer the next request with ``body`` as is (not Anthropic's envelope), as a proxy or
+        gateway before the API may: an nginx error page, a captive portal's 200 page, a 3xx ``Location``."""
+        data = body.encode() if isinstance(body, str) else body
+        self.pages.append((status, data, content_type, dict(headers or {})))
+
     # -- answering ---------------------------------------------------------------------------
     def handle(self, request: Recorded, reply: Reply) -> None:
+        if self.pages:  # whatever the path: a gateway answers for any
+            status, body, content_type, headers = self.pages.pop(0)
+            reply.raw(body, status, content_type, headers)
+            return
         if request.method != "POST" or request.path != "/v1/messages":
             reply.json(error_body("not_found_error", f"Not found: {request.path}"), 404)
             return

@@ -86,6 +86,9 @@ class FakeAssemblyAI(FakeUpstream):
         #: poll does not move the transcript along; its ``history`` records ``"HTTP <status>"`` or
         #: ``"disconnect"``.
         self.poll_failures: list[int | tuple[int, Mapping[str, str]] | str | None] = []
+        #: Raw answers (path or None for any, status, body, content type, headers) given instead of the API's,
+        #: before any check of the key: what a proxy or gateway before the API sends (see :meth:`page_next`).
+        self.pages: list[tuple[str | None, int, bytes, str, dict[str, str]]] = []
         self._ids = itertools.count(1)
         self._state_lock = threading.Lock()
 
@@ -100,9 +103,25 @@ class FakeAssemblyAI(FakeUpstream):
         """How many status GETs the fake has answered."""
         return sum(1 for r in self.requests if r.method == "GET" and r.path.startswith("/v2/transcript/"))
 
+    def page_next(self, status: int, body: bytes | str = b"", content_type: str = "text/html",
+                  headers: Mapping[str, str] | None = None, *, path: str | None = None) -> None:
+        """Answer the next request (to ``path`` if given) with ``body`` as is, not AssemblyAI's JSON: a proxy's
+        error page, a 3xx with a ``Location``."""
+        data = body.encode() if isinstance(body, str) else body
+        with self._state_lock:
+            self.pages.append((path, status, data, content_type, dict(headers or {})))
+
     # -- the API ---------------------------------------------------------------------------
 
     def handle(self, request: Recorded, reply: Reply) -> None:
+        with self._state_lock:
+            page = next((p for p in self.pages if p[0] in (None, request.path)), None)
+            if page is not None:
+                self.pages.remove(page)
+        if page is not None:
+            _, status, body, content_type, headers = page
+            reply.raw(body, status, content_type, headers)
+            return
         if request.headers.get("authorization") != self.api_key:
             reply.json({"error": "Authentication error, API token missing/invalid"}, 401)
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from router.errors import (
     ProviderBadRequest,
@@ -56,13 +56,20 @@ def _scrub(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-def _error_body(exc: Any) -> tuple[str, str]:
-    """(error type, error message) from an SDK status error's body, either possibly empty."""
+#: The most characters of an error body that is not Anthropic's JSON envelope quoted in a message.
+MAX_BODY_QUOTE = 300
+
+
+def _error_body(exc: Any, api_key: str) -> tuple[str, str]:
+    """(error type, error message) from an SDK status error's body, either possibly empty, without
+    ``api_key``. A body that is not Anthropic's error envelope (a proxy's HTML page, other JSON) gives
+    its text, whitespace collapsed and cut to :data:`MAX_BODY_QUOTE` characters, as the message."""
     body = getattr(exc, "body", None)
     err = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(err, dict):
-        return "", ""
-    return str(err.get("type") or ""), str(err.get("message") or "")
+    if isinstance(err, dict):
+        return str(err.get("type") or ""), _scrub(str(err.get("message") or ""), api_key)
+    text = _scrub(" ".join(str(body).split()), api_key) if body else ""  # the key out before the cut
+    return "", text if len(text) <= MAX_BODY_QUOTE else text[:MAX_BODY_QUOTE - 3] + "..."
 
 
 def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderError:
@@ -85,17 +92,20 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
             return ProviderUnavailable(provider, _scrub(f"bad HTTP response from the Anthropic API: {bad}", api_key))
         return ProviderUnavailable(provider, f"cannot reach the Anthropic API{_where(exc)} (connection failed)")
     if isinstance(exc, anthropic.APIStatusError):
-        err_type, err_message = _error_body(exc)
+        if 300 <= exc.status_code < 400:
+            return ProviderUnavailable(provider, _scrub(redirect_message(exc.response), api_key))
+        err_type, err_message = _error_body(exc, api_key)
         status = exc.status_code
         if status < 400:
             status = _STATUS_BY_TYPE.get(err_type, 500)
-        detail = err_message or err_type or f"HTTP {status}"
+        detail = err_message or err_type
         if status in (401, 403):
-            message = f"authentication failed ({detail}): check {refused_key_settings(provider, api_key)}"
+            message = (f"authentication failed ({detail or f'HTTP {status}'}): "
+                       f"check {refused_key_settings(provider, api_key)}")
         elif status == 529 or err_type == "overloaded_error":
-            message = f"overloaded ({detail})"
+            message = f"overloaded ({detail or f'HTTP {status}'})"
         else:
-            message = f"HTTP {status}: {detail}"
+            message = f"HTTP {status}: {detail}" if detail else f"HTTP {status} (no error body)"
         retry_after = None
         if exc.status_code == 429 or exc.status_code >= 500:  # a rate limit, or an overload (529) that says when
             retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
@@ -110,6 +120,41 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
         return ProviderUnavailable(provider, f"the connection to the Anthropic API failed or its reply could not "
                                              f"be read ({type(exc).__name__})")
     return ProviderUnavailable(provider, _scrub(f"bad answer from the Anthropic API: {exc}", api_key))
+
+
+def shown_url(url: str) -> str:
+    """``url`` as ``scheme://host[:port]/path``: without credentials, query or fragment ("" if unreadable)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return ""
+    if not host:
+        return ""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{shown}" + (f":{port}" if port else "") + parts.path
+
+
+#: The path the plugin calls under the configured base_url.
+MESSAGES_PATH = "/v1/messages"
+
+
+def api_root(request_url: Any) -> str:
+    """The base_url a call to ``request_url`` (a Messages API URL) went to, as :func:`shown_url` shows it."""
+    return shown_url(str(request_url)).removesuffix(MESSAGES_PATH)
+
+
+def redirect_message(response: Any) -> str:
+    """Why a 3xx ``response`` to an API call failed it: redirects are not followed (a provider API does not
+    redirect its calls; following one could send the key to another host, and hides a wrong base_url).
+    Names the base_url called and where the answer pointed, without credentials or query."""
+    url = str(response.request.url)
+    base = api_root(url)
+    location = response.headers.get("location")
+    target = shown_url(urljoin(url, location)) if location else ""
+    return (f"the Anthropic API at {base} answered HTTP {response.status_code} redirecting to "
+            f"{target or '(no Location given)'}; redirects are not followed: set base_url to where the API "
+            "is served")
 
 
 def _where(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ from router.errors import ProviderNotConfigured, ProviderUnavailable
 from router.sdk_http import ServerSentEvent, read_rest, sse_events, until_headers
 
 from .convert import prepare
-from .errors import is_mappable, key_hint, map_sdk_error
+from .errors import api_root, is_mappable, key_hint, map_sdk_error
 from .models import MODELS, TYPICAL, max_tokens_for
 from .settings import PLUGIN, AnthropicSettings
 
@@ -117,8 +117,10 @@ class AnthropicProvider(Provider):
             # pydantic model each) cost several times the CPU per chunk. The SDK still builds the
             # request (auth, headers, base URL, the API version) and maps HTTP errors.
             async with until_headers(timeout, lambda: _timed_out(client), client.max_retries):
+                # Never follow a redirect (the SDK's clients do by default): the API does not redirect its
+                # calls, and following one could send the key elsewhere; a 3xx fails the call (errors.py).
                 response = await client.post("/v1/messages", body={**params, "stream": True}, cast_to=httpx2.Response,
-                                             options={"timeout": timeout}, stream=True)
+                                             options={"timeout": timeout, "follow_redirects": False}, stream=True)
             try:
                 events = sse_events(response.aiter_bytes())
                 async for sse in events:
@@ -154,6 +156,8 @@ class AnthropicProvider(Provider):
             # connection close), and the SDK does not notice: the answer is cut, the call failed.
             if usage != reported:  # what it counted since message_start is billed all the same
                 yield UsageReport(usage.since(reported, model.price))
+            if content_type := _other_content_type(response):  # it was never a stream
+                raise ProviderUnavailable(self.name, _not_a_stream(response, content_type))
             raise ProviderUnavailable(self.name, "the stream ended before the answer was complete "
                                                  "(no message_stop)")
         yield UsageReport(usage.since(reported, model.price), stop[-1] if stop else None)
@@ -171,6 +175,20 @@ def _timed_out(client: AsyncAnthropic) -> BaseException:
     import httpx2
 
     return anthropic.APITimeoutError(request=httpx2.Request("POST", f"{str(client.base_url).rstrip('/')}/v1/messages"))
+
+
+def _other_content_type(response: Any) -> str:
+    """The media type of ``response`` when it says it is something else than an event stream (a proxy's
+    or captive portal's HTML page, JSON), else ""."""
+    media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return "" if media_type in ("", "text/event-stream") else media_type
+
+
+def _not_a_stream(response: Any, content_type: str) -> str:
+    """Why ``response``, a 200 of type ``content_type`` that held no complete stream, failed the call."""
+    return (f"the Anthropic API at {api_root(response.request.url)} answered HTTP 200 with a page of type "
+            f"{content_type}, not an event stream (a proxy's or captive portal's page?): check base_url "
+            "and the network on the way")
 
 
 def _without_environment_headers(api_key: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 from router.errors import (
     TRANSIENT_STATUSES,
@@ -98,21 +99,75 @@ async def remember_response(response: Any) -> None:
     _task_response.set(response)
 
 
-def _retry_after(status: int) -> float | None:
-    """Retry-After of this task's last response, when that response is the 429 being mapped."""
+def _failing_response(status: int | None) -> Any:
+    """This task's last response, when it is the one of ``status`` being mapped; else None."""
     last = _task_response.get()
-    if last is None or getattr(last, "status_code", None) != status:
-        return None
-    return parse_retry_after(last.headers.get("retry-after"))
+    return last if last is not None and getattr(last, "status_code", None) == status else None
 
 
-def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderError:
-    """The :class:`ProviderError` of the provider called ``provider`` for an exception raised while
-    calling the assemblyai SDK (in the current task).
+def _retry_after(status: int) -> float | None:
+    """Retry-After of this task's last response, when that response is the one of ``status`` being mapped."""
+    last = _failing_response(status)
+    return None if last is None else parse_retry_after(last.headers.get("retry-after"))
 
-    HTTP failures (``AssemblyAIError`` with a ``status_code``) map by status;
-    connection failures and timeouts are UNAVAILABLE. A 429 keeps the Retry-After of the failing
-    response (see :func:`remember_response`). The message never holds ``api_key``.
+
+#: The most characters of an SDK error's text (what failed, and AssemblyAI's reason or the body) quoted.
+MAX_DETAIL = 300
+
+
+def _sdk_detail(exc: BaseException, api_key: str) -> str:
+    """An SDK error's text on one line, without ``api_key``: what failed and why, cut to :data:`MAX_DETAIL`.
+
+    For a body that is not JSON the SDK's text is ``"<what failed>: \\nReason: <body>\\nRequest: <repr>"``;
+    the request's repr is dropped and the body (a proxy's page, say) quoted with whitespace collapsed.
+    """
+    text = str(exc)
+    what, marker, rest = text.partition("\nReason:")
+    if marker:
+        reason = rest.rpartition("\nRequest:")[0] if "\nRequest:" in rest else rest
+        what = what.strip().rstrip(":")
+        text = f"{what}: {reason}" if reason.strip() else what
+    text = _scrub(" ".join(text.split()), api_key) or type(exc).__name__  # the key out before the cut
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL - 3] + "..."
+
+
+def shown_url(url: str) -> str:
+    """``url`` as ``scheme://host[:port]/path``: without credentials, query or fragment ("" if unreadable)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return ""
+    if not host:
+        return ""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{shown}" + (f":{port}" if port else "") + parts.path
+
+
+def _redirect_message(status: int, base_url: str) -> str:
+    """Why a 3xx answer to an API call failed it: redirects are not followed (an API does not redirect its
+    calls; following one could send the key to another host, and hides a wrong base_url). Names the
+    base_url and where the answer pointed (this task's failing response's ``Location``), without
+    credentials or query."""
+    last = _failing_response(status)
+    location = last.headers.get("location") if last is not None else None
+    target = shown_url(urljoin(str(last.request.url), location)) if last is not None and location else ""
+    return (f"the AssemblyAI API at {shown_url(base_url)} answered HTTP {status} redirecting to "
+            f"{target or '(no Location given)'}; redirects are not followed: set base_url to where the API "
+            "is served")
+
+
+def map_sdk_error(exc: BaseException, provider: str, api_key: str, base_url: str = "") -> ProviderError:
+    """The :class:`ProviderError` of the provider called ``provider`` (whose API is at ``base_url``) for an
+    exception raised while calling the assemblyai SDK (in the current task).
+
+    HTTP failures (``AssemblyAIError`` with a ``status_code``) map by status, with one line saying what
+    failed and AssemblyAI's reason (or the body, cut short); connection failures and timeouts are
+    UNAVAILABLE. A 429 or 5xx keeps the Retry-After of the failing response (see
+    :func:`remember_response`). No AssemblyAI call takes a model in its URL, so a 404 is no unknown model:
+    the API is not at ``base_url`` (a wrong one, say ending in ``/v2``): UNAVAILABLE, as a 3xx is (the
+    SDK never follows a redirect), so the rule's fallback answers while base_url is fixed. The message
+    never holds ``api_key``, nor credentials of a URL.
     """
     import assemblyai as aai
     import httpx
@@ -125,7 +180,13 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
         )
     if isinstance(exc, aai.types.AssemblyAIError):
         status = exc.status_code
-        detail = str(exc).strip() or type(exc).__name__
+        detail = _sdk_detail(exc, api_key)
+        if status is not None and 300 <= status < 400:
+            return ProviderUnavailable(provider, _scrub(_redirect_message(status, base_url), api_key))
+        if status == 404:
+            return ProviderUnavailable(provider, _scrub(
+                f"the AssemblyAI API was not found at {shown_url(base_url)} (HTTP 404: {detail}): check "
+                "base_url (the API's root, such as https://api.assemblyai.com, without /v2)", api_key))
         if status in (401, 403):
             message = (f"authentication failed ({detail}): check "
                        f"{AssemblyAISettings.refused_key_settings(provider, PLUGIN, api_key)}")
@@ -133,7 +194,8 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
             message = detail
         else:
             message = f"HTTP {status}: {detail}"
-        retry_after = _retry_after(status) if status == 429 else None
+        # A rate limit, or a 503/529 that said when to try again.
+        retry_after = _retry_after(status) if status is not None and (status == 429 or status >= 500) else None
         # No status means the SDK failed without an HTTP answer: treat as unavailable.
         return provider_error_from_status(provider, status, _scrub(message, api_key), retry_after=retry_after)
     return ProviderUnavailable(
@@ -170,7 +232,8 @@ def retry_after(exc: BaseException) -> float | None:
     return _retry_after(status) if status in (429, 503) else None
 
 
-def poll_failed(exc: BaseException, provider: str, transcript_id: str, api_key: str) -> ProviderError:
+def poll_failed(exc: BaseException, provider: str, transcript_id: str, api_key: str,
+                base_url: str = "") -> ProviderError:
     """The error of the provider called ``provider`` for a failed status poll of ``transcript_id``.
 
     As :func:`map_sdk_error`, but a 404 is no unknown model: the transcript id is unknown to the account
@@ -180,11 +243,10 @@ def poll_failed(exc: BaseException, provider: str, transcript_id: str, api_key: 
     import assemblyai as aai
 
     if isinstance(exc, aai.types.AssemblyAIError) and exc.status_code == 404:
-        detail = str(exc).strip() or type(exc).__name__
         return ProviderUnavailable(provider, _scrub(
-            f"AssemblyAI does not know transcript {transcript_id} (HTTP 404: {detail}): it was deleted, or "
-            "belongs to another account or region than the configured api_key and base_url", api_key))
-    return map_sdk_error(exc, provider, api_key)
+            f"AssemblyAI does not know transcript {transcript_id} (HTTP 404: {_sdk_detail(exc, api_key)}): it was "
+            "deleted, or belongs to another account or region than the configured api_key and base_url", api_key))
+    return map_sdk_error(exc, provider, api_key, base_url)
 
 
 def detail(error: ProviderError) -> str:

@@ -159,7 +159,7 @@ class AssemblyAIProvider(Provider):
             except Exception as exc:
                 if not errors.is_mappable(exc):
                     raise
-                error = errors.poll_failed(exc, self.name, transcript_id, self.settings.key)
+                error = errors.poll_failed(exc, self.name, transcript_id, self.settings.key, self.settings.base_url)
                 wait = self._poll_retry_wait(exc, error, transcript_id, failures, last_failure, ctx, started)
                 log.warning("%s: status poll of transcript %s failed (%d in a row, request %s): %s; "
                             "polling again in %.2fs", self.name, transcript_id, failures.in_a_row,
@@ -207,7 +207,7 @@ class AssemblyAIProvider(Provider):
     def _raise_mapped(self, exc: Exception) -> NoReturn:
         """Raise the provider error for an SDK failure, or ``exc`` itself if it is none of the SDK's."""
         if errors.is_mappable(exc):
-            raise errors.map_sdk_error(exc, self.name, self.settings.key) from exc
+            raise errors.map_sdk_error(exc, self.name, self.settings.key, self.settings.base_url) from exc
         raise exc
 
     async def aclose(self) -> None:
