@@ -100,6 +100,11 @@ class SessionStore:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+        # pages freed by prune can be given back to the file system (see _give_back_free_pages); it must be
+        # said before the first table is made, so a database made by an older version keeps its pages (and
+        # only a new one is told: on an existing one it is a write, which fails on a full disk)
+        if self._db.execute("PRAGMA page_count").fetchone()[0] == 0:
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL with NORMAL sync stays consistent after a crash and spares the event loop an fsync per call;
         # a power cut may lose the last statistics rows and turns, never corrupt the file.
@@ -332,7 +337,26 @@ class SessionStore:
                 break
         with self._writing():
             self._db.execute("DELETE FROM bridged WHERE at < ?", (before,))
+        self._give_back_free_pages()
         return sessions, calls, self.media_in_use()
+
+    def _give_back_free_pages(self) -> None:
+        """Shrink the file by the pages the deletes freed (SQLite keeps them for later writes), a
+        :data:`PRUNE_BATCH` pages per write transaction, so the daemon's writes wait milliseconds. A
+        database made before its store set ``auto_vacuum`` keeps them (only a VACUUM, which rewrites
+        the whole file under the write lock, would free them)."""
+        (mode,) = self._db.execute("PRAGMA auto_vacuum").fetchone()
+        if mode != 2:  # 2: INCREMENTAL
+            return
+        free, before = self._free_pages(), None
+        while free and free != before:  # (a round that frees nothing ends it)
+            with self._writing():
+                self._db.execute(f"PRAGMA incremental_vacuum({PRUNE_BATCH})").fetchall()  # a page freed per row
+            free, before = self._free_pages(), free
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the file's new end is written back now
+
+    def _free_pages(self) -> int:
+        return self._db.execute("PRAGMA freelist_count").fetchone()[0]
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:

@@ -296,3 +296,44 @@ routes:
     [failed, answered] = answer.route.attempts
     assert (failed.provider, failed.ok, answered.ok) == ("openai", False, True)
     assert "PROVIDER_UNAVAILABLE" in " ".join(answer.route.notes) and "timed out after 0.5s" in failed.error
+
+
+def _sessions_of_text(store: SessionStore, count: int, at: float) -> None:
+    """``count`` sessions of one long turn each, made at ``at`` (a time.time())."""
+    text = "a long conversation turn " * 400  # ~10 KB
+    for i in range(count):
+        store.append(f"s{i}", [Message(Role.USER, [Part(text=text)])], lambda part: "")
+    store._db.execute("UPDATE turns SET at = ?", (at,))
+
+
+def test_prune_gives_the_freed_pages_back_to_the_file_system(tmp_path) -> None:
+    """prune deleted old sessions but the sessions database kept its size: SQLite keeps freed pages for
+    later writes, so an operator freeing disk space got none. A database the store makes now shrinks."""
+    path = tmp_path / "sessions.sqlite"
+    store = SessionStore(path)
+    try:
+        _sessions_of_text(store, 300, time.time() - 10 * DAY)
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        full = path.stat().st_size
+        assert full > 2 << 20
+        sessions, _, _ = store.prune(time.time() - DAY)
+        assert sessions == 300
+        assert store._free_pages() == 0
+    finally:
+        store.close()
+    assert path.stat().st_size < full / 4, (full, path.stat().st_size)
+
+
+def test_prune_of_a_database_made_before_auto_vacuum_still_works(tmp_path) -> None:
+    """A database made by an older version (no auto_vacuum, which only a VACUUM could turn on) is pruned as
+    before: its freed pages stay for later writes, and nothing fails."""
+    path = tmp_path / "sessions.sqlite"
+    _statistics_rows(path, [time.time() - 10 * DAY] * 50)
+    store = SessionStore(path)
+    try:
+        assert store._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+        _sessions_of_text(store, 20, time.time() - 10 * DAY)
+        assert store.prune(time.time() - DAY)[:2] == (20, 50)
+        assert store._db.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 0
+    finally:
+        store.close()
