@@ -49,6 +49,7 @@ import email.utils
 import math
 import re
 from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import grpc
 
@@ -402,3 +403,39 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:  # an HTTP date is in GMT
         when = when.replace(tzinfo=datetime.UTC)
     return clamp_retry_after((when - datetime.datetime.now(datetime.UTC)).total_seconds())
+
+
+def public_url(url: str) -> str:
+    """``url`` as ``scheme://host[:port]/path``, for messages: without its credentials (``user:password@``),
+    query (a ``?key=``) or fragment; "" when it is no URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if not parts.scheme or not parts.netloc:
+        return ""
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def redirect_refused(provider: str, api: str, base_url: str, status: int, location: str | None,
+                     request_url: str = "") -> ProviderUnavailable:
+    """The error of an API call answered with HTTP ``status`` redirecting to ``location`` (relative to
+    ``request_url``), by ``api`` ("the OpenAI API") at the configured ``base_url``.
+
+    Plugins follow no redirect: a provider API does not redirect its calls, following one may take the
+    key (or the media) to another host, and it hides a wrong ``base_url``. UNAVAILABLE, so a fallback
+    answers; the message shows neither URL's credentials nor query."""
+    target = public_url(urljoin(request_url, location)) if location else ""
+    return ProviderUnavailable(provider, f"{api} at {public_url(base_url) or base_url} answered HTTP {status} "
+                                         f"redirecting to {target or 'nowhere (no Location header)'}; redirects "
+                                         f"are not followed: set providers.{provider}.base_url to where the API "
+                                         "is served")
+
+
+def page_answered(provider: str, api: str, base_url: str, content_type: str, expected: str) -> ProviderUnavailable:
+    """The error of an API call answered HTTP 200 with a page of ``content_type`` (a proxy's or captive
+    portal's login page) instead of ``expected`` ("an event stream", "JSON"), by ``api`` at ``base_url``."""
+    return ProviderUnavailable(provider, f"{api} at {public_url(base_url) or base_url} answered HTTP 200 with a "
+                                         f"page of type {content_type}, not {expected} (a proxy's or captive "
+                                         f"portal's page?): check providers.{provider}.base_url and the network "
+                                         "on the way")

@@ -93,7 +93,7 @@ async def test_a_redirect_is_not_followed_and_names_both_ends(fake: FakeAnthropi
     error = await call(fake, transport)
     assert elsewhere.requests == []
     assert error.message == (f"anthropic: the Anthropic API at {fake.url} answered HTTP {status} redirecting to "
-                             f"http://127.0.0.1:{port}/v1/messages; redirects are not followed: set base_url to "
+                             f"http://127.0.0.1:{port}/v1/messages; redirects are not followed: set providers.anthropic.base_url to "
                              "where the API is served")
     assert len(fake.message_calls()) == 1
 
@@ -106,7 +106,7 @@ async def test_a_relative_redirect_names_the_full_target_and_a_base_url_s_creden
     error = await call(fake, "httpx", f"http://svc:pw-secret@127.0.0.1:{port}/anthropic")
     assert error.message == (f"anthropic: the Anthropic API at http://127.0.0.1:{port}/anthropic answered HTTP 302 "
                              f"redirecting to http://127.0.0.1:{port}/gateway/v1/messages; redirects are not "
-                             "followed: set base_url to where the API is served")
+                             "followed: set providers.anthropic.base_url to where the API is served")
     assert [r.path for r in fake.requests] == ["/anthropic/v1/messages"]
 
 
@@ -116,7 +116,7 @@ async def test_a_200_page_is_not_taken_for_a_stream_cut_short(fake: FakeAnthropi
                    "text/html; charset=utf-8")
     error = await call(fake, transport)
     assert error.message == (f"anthropic: the Anthropic API at {fake.url} answered HTTP 200 with a page of type "
-                             "text/html, not an event stream (a proxy's or captive portal's page?): check base_url "
+                             "text/html, not an event stream (a proxy's or captive portal's page?): check providers.anthropic.base_url "
                              "and the network on the way")
 
 

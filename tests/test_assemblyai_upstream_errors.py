@@ -119,8 +119,8 @@ async def test_a_redirect_is_not_followed_and_names_both_ends(fake: FakeAssembly
         assert elsewhere.requests == []
     assert type(error) is ProviderUnavailable
     assert error.message == (f"assemblyai: the AssemblyAI API at {fake.url} answered HTTP {status} redirecting to "
-                             f"http://127.0.0.1:{port}{path}; redirects are not followed: set base_url to where "
-                             "the API is served")
+                             f"http://127.0.0.1:{port}{path}; redirects are not followed: set "
+                             "providers.assemblyai.base_url to where the API is served")
 
 
 async def test_a_relative_redirect_names_the_full_target_and_a_base_url_s_credentials_are_not_shown(
@@ -130,4 +130,4 @@ async def test_a_relative_redirect_names_the_full_target_and_a_base_url_s_creden
     error = await failure(f"http://svc:pw-secret@127.0.0.1:{port}")
     assert error.message == (f"assemblyai: the AssemblyAI API at http://127.0.0.1:{port} answered HTTP 302 "
                              f"redirecting to http://127.0.0.1:{port}/eu/v2/upload; redirects are not followed: "
-                             "set base_url to where the API is served")
+                             "set providers.assemblyai.base_url to where the API is served")

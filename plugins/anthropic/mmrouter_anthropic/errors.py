@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from router.errors import (
     ProviderBadRequest,
@@ -16,6 +16,8 @@ from router.errors import (
     ProviderUnavailable,
     parse_retry_after,
     provider_error_from_status,
+    public_url,
+    redirect_refused,
 )
 from router.sdk_http import is_aiohttp_error
 
@@ -93,7 +95,9 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
         return ProviderUnavailable(provider, f"cannot reach the Anthropic API{_where(exc)} (connection failed)")
     if isinstance(exc, anthropic.APIStatusError):
         if 300 <= exc.status_code < 400:
-            return ProviderUnavailable(provider, _scrub(redirect_message(exc.response), api_key))
+            url = str(exc.response.request.url)
+            return redirect_refused(provider, "the Anthropic API", api_root(url), exc.status_code,
+                                    exc.response.headers.get("location"), url)
         err_type, err_message = _error_body(exc, api_key)
         status = exc.status_code
         if status < 400:
@@ -122,39 +126,13 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
     return ProviderUnavailable(provider, _scrub(f"bad answer from the Anthropic API: {exc}", api_key))
 
 
-def shown_url(url: str) -> str:
-    """``url`` as ``scheme://host[:port]/path``: without credentials, query or fragment ("" if unreadable)."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return ""
-    if not host:
-        return ""
-    shown = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{shown}" + (f":{port}" if port else "") + parts.path
-
-
 #: The path the plugin calls under the configured base_url.
 MESSAGES_PATH = "/v1/messages"
 
 
 def api_root(request_url: Any) -> str:
-    """The base_url a call to ``request_url`` (a Messages API URL) went to, as :func:`shown_url` shows it."""
-    return shown_url(str(request_url)).removesuffix(MESSAGES_PATH)
-
-
-def redirect_message(response: Any) -> str:
-    """Why a 3xx ``response`` to an API call failed it: redirects are not followed (a provider API does not
-    redirect its calls; following one could send the key to another host, and hides a wrong base_url).
-    Names the base_url called and where the answer pointed, without credentials or query."""
-    url = str(response.request.url)
-    base = api_root(url)
-    location = response.headers.get("location")
-    target = shown_url(urljoin(url, location)) if location else ""
-    return (f"the Anthropic API at {base} answered HTTP {response.status_code} redirecting to "
-            f"{target or '(no Location given)'}; redirects are not followed: set base_url to where the API "
-            "is served")
+    """The base_url a call to ``request_url`` (a Messages API URL) went to, without credentials or query."""
+    return public_url(str(request_url)).removesuffix(MESSAGES_PATH)
 
 
 def _where(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ from router import (
     UsageReport,
     with_configured_models,
 )
-from router.errors import ProviderNotConfigured, ProviderUnavailable
+from router.errors import ProviderNotConfigured, ProviderUnavailable, page_answered
 from router.sdk_http import ServerSentEvent, read_rest, sse_events, until_headers
 
 from .convert import prepare
@@ -157,7 +157,8 @@ class AnthropicProvider(Provider):
             if usage != reported:  # what it counted since message_start is billed all the same
                 yield UsageReport(usage.since(reported, model.price))
             if content_type := _other_content_type(response):  # it was never a stream
-                raise ProviderUnavailable(self.name, _not_a_stream(response, content_type))
+                raise page_answered(self.name, "the Anthropic API", api_root(response.request.url), content_type,
+                                    "an event stream")
             raise ProviderUnavailable(self.name, "the stream ended before the answer was complete "
                                                  "(no message_stop)")
         yield UsageReport(usage.since(reported, model.price), stop[-1] if stop else None)
@@ -182,13 +183,6 @@ def _other_content_type(response: Any) -> str:
     or captive portal's HTML page, JSON), else ""."""
     media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
     return "" if media_type in ("", "text/event-stream") else media_type
-
-
-def _not_a_stream(response: Any, content_type: str) -> str:
-    """Why ``response``, a 200 of type ``content_type`` that held no complete stream, failed the call."""
-    return (f"the Anthropic API at {api_root(response.request.url)} answered HTTP 200 with a page of type "
-            f"{content_type}, not an event stream (a proxy's or captive portal's page?): check base_url "
-            "and the network on the way")
 
 
 def _without_environment_headers(api_key: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from contextvars import ContextVar
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 from router.errors import (
     TRANSIENT_STATUSES,
@@ -16,6 +15,8 @@ from router.errors import (
     ProviderUnavailable,
     parse_retry_after,
     provider_error_from_status,
+    public_url,
+    redirect_refused,
 )
 
 from .settings import PLUGIN, AssemblyAISettings
@@ -131,32 +132,6 @@ def _sdk_detail(exc: BaseException, api_key: str) -> str:
     return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL - 3] + "..."
 
 
-def shown_url(url: str) -> str:
-    """``url`` as ``scheme://host[:port]/path``: without credentials, query or fragment ("" if unreadable)."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return ""
-    if not host:
-        return ""
-    shown = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{shown}" + (f":{port}" if port else "") + parts.path
-
-
-def _redirect_message(status: int, base_url: str) -> str:
-    """Why a 3xx answer to an API call failed it: redirects are not followed (an API does not redirect its
-    calls; following one could send the key to another host, and hides a wrong base_url). Names the
-    base_url and where the answer pointed (this task's failing response's ``Location``), without
-    credentials or query."""
-    last = _failing_response(status)
-    location = last.headers.get("location") if last is not None else None
-    target = shown_url(urljoin(str(last.request.url), location)) if last is not None and location else ""
-    return (f"the AssemblyAI API at {shown_url(base_url)} answered HTTP {status} redirecting to "
-            f"{target or '(no Location given)'}; redirects are not followed: set base_url to where the API "
-            "is served")
-
-
 def map_sdk_error(exc: BaseException, provider: str, api_key: str, base_url: str = "") -> ProviderError:
     """The :class:`ProviderError` of the provider called ``provider`` (whose API is at ``base_url``) for an
     exception raised while calling the assemblyai SDK (in the current task).
@@ -182,10 +157,13 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str, base_url: str
         status = exc.status_code
         detail = _sdk_detail(exc, api_key)
         if status is not None and 300 <= status < 400:
-            return ProviderUnavailable(provider, _scrub(_redirect_message(status, base_url), api_key))
+            last = _failing_response(status)
+            return redirect_refused(provider, "the AssemblyAI API", base_url, status,
+                                    last.headers.get("location") if last is not None else None,
+                                    str(last.request.url) if last is not None else "")
         if status == 404:
             return ProviderUnavailable(provider, _scrub(
-                f"the AssemblyAI API was not found at {shown_url(base_url)} (HTTP 404: {detail}): check "
+                f"the AssemblyAI API was not found at {public_url(base_url)} (HTTP 404: {detail}): check "
                 "base_url (the API's root, such as https://api.assemblyai.com, without /v2)", api_key))
         if status in (401, 403):
             message = (f"authentication failed ({detail}): check "
