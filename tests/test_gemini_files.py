@@ -18,7 +18,7 @@ from mmrouter_gemini.files import RemoteFile, upload_key
 from router import CallContext, Media, Message, Modality, Options, Part, Request, Role, Task
 from router.config import parse_config
 from router.core import App
-from router.errors import ProviderTimeout
+from router.errors import ProviderTimeout, ProviderUnavailable
 from router.outcome import Answer, Done
 from router.testing import collect
 from tests.fakes.base import Recorded, Reply
@@ -439,3 +439,28 @@ async def test_cancelling_the_call_while_a_failed_poll_waits_stops_at_once(fake,
     assert time.monotonic() - started < 0.5
     await p.aclose()
     assert len(fake.calls("file_get")) == 1
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"name": "files/fake0001", "mimeType": "video/mp4", "uri": "x"},
+    {"name": "files/fake0001", "mimeType": "video/mp4", "uri": "x", "state": "STATE_UNSPECIFIED"},
+    {"name": "files/fake0001", "mimeType": "video/mp4", "uri": "x", "state": "SCANNING"},
+], ids=["empty", "no-state", "unspecified", "unknown"])
+@pytest.mark.filterwarnings("ignore:SCANNING is not a valid FileState")  # the SDK's, parsing the answer
+async def test_a_file_status_without_a_known_state_is_a_bad_answer_at_once(fake, tmp_path, body):
+    """A 200 status without PROCESSING, ACTIVE or FAILED (a gateway's answer: the API leaves out only the
+    enum's default, STATE_UNSPECIFIED, which no file has) is not waited on until the deadline: the call
+    fails at once, retryably, so that a fallback answers."""
+    fake.fail_next(200, body, path="/v1beta/files/fake0001")
+    p = make_provider(fake)
+    try:
+        with pytest.raises(ProviderUnavailable) as caught:
+            await collect(p, ask(stored_video(tmp_path)), p.model("gemini-2.5-flash"), timeout=20)
+    finally:
+        await p.aclose()
+    what = f"the state {body['state']} (not PROCESSING, ACTIVE or FAILED)" if "state" in body else "no state"
+    assert caught.value.message == f"gemini: bad answer from the Files API: the status of files/fake0001 has {what}"
+    assert len(fake.calls("file_get")) == 1  # not polled again
+    assert fake.calls("stream") == []
+

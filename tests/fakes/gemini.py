@@ -13,6 +13,10 @@ It speaks the wire format the official ``google-genai`` SDK uses:
   polls may be made to fail first (:attr:`FakeGemini.poll_failures`);
 * ``DELETE /{version}/files/{id}``.
 
+Any kind of request may be answered with a redirect instead (:meth:`FakeGemini.redirect`), as a
+misconfigured gateway or a moved endpoint would, or with a page (:attr:`FakeGemini.pages`), as a captive
+portal or a proxy's login would.
+
 Like the real service it checks the ``x-goog-api-key`` header (a wrong key is a
 400 ``API_KEY_INVALID``), refuses to use a file that is not ``ACTIVE`` (400
 ``FAILED_PRECONDITION``) and one it does not know (403 ``PERMISSION_DENIED``), and
@@ -32,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from .base import FakeUpstream, Recorded, Reply
 
@@ -127,6 +132,10 @@ class FakeGemini(FakeUpstream):
         #: say), ``"disconnect"`` (the connection closed without an answer) or None (answered normally).
         #: A failed poll does not count as one of :attr:`processing_polls`.
         self.poll_failures: list[int | tuple[int, dict[str, str]] | str | None] = []
+        #: Kind of request (see :meth:`calls`) -> (HTTP status, URL prefix) of the redirect that answers it.
+        self.redirects: dict[str, tuple[int, str]] = {}
+        #: Kind of request -> (content type, body) of the 200 page that answers it instead of the API.
+        self.pages: dict[str, tuple[str, bytes]] = {}
         #: Files by name (``files/<id>``).
         self.files: dict[str, FakeFile] = {}
         self._uploads: dict[str, FakeFile] = {}
@@ -151,6 +160,11 @@ class FakeGemini(FakeUpstream):
             return "file_get" if r.method == "GET" else "file_delete"
         return "other"
 
+    def redirect(self, kind: str, status: int, to: str) -> None:
+        """Answer every request of ``kind`` (``stream``, ``upload_chunk``, ...) with ``status`` and a
+        ``Location`` of ``to`` followed by the request's path and query."""
+        self.redirects[kind] = (status, to)
+
     # -- the API ---------------------------------------------------------------------------
 
     def handle(self, request: Recorded, reply: Reply) -> None:
@@ -159,6 +173,13 @@ class FakeGemini(FakeUpstream):
 
     def _handle(self, request: Recorded, reply: Reply) -> None:
         kind = self._kind(request)
+        if kind in self.redirects:
+            status, to = self.redirects[kind]
+            query = f"?{urlencode(request.query, doseq=True)}" if request.query else ""
+            return reply.raw(b"", status, headers={"Location": f"{to}{request.path}{query}"})
+        if kind in self.pages:
+            content_type, page = self.pages[kind]
+            return reply.raw(page, content_type=content_type)
         if kind == "upload_chunk":  # authorised by the upload id, as at Google
             return self._upload_chunk(request, reply)
         if request.headers.get("x-goog-api-key") != self.api_key:

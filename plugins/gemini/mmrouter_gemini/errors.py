@@ -11,11 +11,14 @@ from router.errors import (
     TRANSIENT_STATUSES,
     ProviderError,
     ProviderUnavailable,
+    page_answered,
     parse_retry_after,
     provider_error_from_status,
+    redirect_refused,
 )
 
 from .settings import PLUGIN, GeminiSettings
+from .transport import PageAnswered, RedirectRefused, redirect_of
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 #: How Gemini words its refusal of every request from a region it does not serve (400 FAILED_PRECONDITION):
@@ -101,13 +104,21 @@ def _aiohttp() -> Any:
         return None
 
 
-def map_exception(error: Exception, provider: str, api_key: str) -> ProviderError | None:
+def map_exception(error: Exception, provider: str, api_key: str, base_url: str = "") -> ProviderError | None:
     """The error of the provider called ``provider`` for an exception the SDK (or its HTTP stack) raised,
-    or None if not ours."""
+    or None if not ours; a redirect (never followed) or an HTML page names ``base_url``, where the API was
+    called."""
     from google.genai import errors as genai_errors
 
     if isinstance(error, ProviderError):
         return error
+    if isinstance(error, (RedirectRefused, genai_errors.APIError)):
+        redirect = redirect_of(error)
+        if redirect is not None:
+            return redirect_refused(provider, "the Gemini API", base_url, *redirect)
+    if isinstance(error, PageAnswered):
+        expected = "an event stream" if error.streamed else "the API's JSON"
+        return page_answered(provider, "the Gemini API", base_url, error.content_type, expected)
     if isinstance(error, genai_errors.APIError):
         return from_api_error(error, provider, api_key)
     if isinstance(error, genai_errors.UnknownApiResponseError):

@@ -91,9 +91,15 @@ def check_file_size(media: Media, limit: int, provider: str) -> None:
                                               "uploading")
 
 
+#: The states the API gives a File it has: PROCESSING, then ACTIVE or FAILED. The SDK's ``FileState`` also
+#: has STATE_UNSPECIFIED, the enum's default value, which the API's JSON leaves out: no file is in it.
+STATES = ("PROCESSING", "ACTIVE", "FAILED")
+
+
 def _state(file: Any) -> str:
+    """The file's state as the API named it ("" when it has none; any name, known or not)."""
     state = getattr(file, "state", None)
-    return str(getattr(state, "value", state) or "STATE_UNSPECIFIED")
+    return str(getattr(state, "value", state) or "")
 
 
 def _remote(file: Any, mime_type: str) -> RemoteFile:
@@ -267,7 +273,8 @@ class FileStore:
             left = self._time_left(give_up, ctx)
             if left <= 0:
                 raise ProviderTimeout(
-                    self.provider, f"file {entry.name} was still {entry.state} when the call's time ran out"
+                    self.provider, f"file {entry.name} was still {entry.state or 'not ACTIVE'} when the call's "
+                                   "time ran out"
                 )
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 1.5, MAX_POLL_INTERVAL)
@@ -286,11 +293,12 @@ class FileStore:
         after the poll interval, or the Retry-After of a 429 or 503 when longer, never past the call's
         deadline (or ``give_up``); its error is raised once :data:`MAX_POLL_FAILURES` polls in a row failed
         or no time is left. Any other failure (a 403/404 for a file the API no longer has, a refused key) is
-        raised at once."""
+        raised at once, and so is an answer without one of the :data:`STATES` (:class:`ProviderUnavailable`,
+        "bad answer from the Files API")."""
         failures = PollFailures(self.poll_interval)
         while True:
             try:
-                return _remote(await client.aio.files.get(name=entry.name), entry.mime_type)
+                file = await client.aio.files.get(name=entry.name)
             except Exception as exc:
                 if not errors.is_transient(exc):
                     raise
@@ -306,3 +314,12 @@ class FileStore:
                 log.warning("%s: status poll of file %s failed (%d in a row, request %s): %s; polling again "
                             "in %.2fs", self.provider, entry.name, failures.in_a_row, ctx.request_id, reason, wait)
                 await asyncio.sleep(wait)
+                continue
+            state = _state(file)
+            if state not in STATES:
+                # Not the Files API's answer (a gateway's "200 {}", say): waiting for it to change would last
+                # until the call's deadline, and the fallbacks would never run.
+                what = f"the state {state} (not PROCESSING, ACTIVE or FAILED)" if state else "no state"
+                raise ProviderUnavailable(self.provider, f"bad answer from the Files API: the status of "
+                                                         f"{entry.name} has {what}")
+            return _remote(file, entry.mime_type)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -25,7 +26,8 @@ from .convert import blocked, finish_of, prepare, response_text, usage_of, with_
 from .errors import map_exception
 from .files import FileStore, check_file_size, media_key, shared_uploads, upload_key
 from .models import MODELS, TYPICAL
-from .settings import PLUGIN, GeminiSettings
+from .settings import GEMINI_API_URL, PLUGIN, GeminiSettings
+from .transport import HTTPX_ARGS, session
 
 
 class GeminiProvider(Provider):
@@ -50,6 +52,7 @@ class GeminiProvider(Provider):
         self.files = FileStore(name, s.poll_interval, s.max_processing_seconds,
                                shared_uploads(s.key, s.client_base_url or ""), s.key)
         self._client: Any = None
+        self._session: Any = None  # the aiohttp session the client uses (see transport.py)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], name: str = PLUGIN) -> GeminiProvider:
@@ -61,7 +64,8 @@ class GeminiProvider(Provider):
         return self.settings.unconfigured_reason(self.name)
 
     def client(self) -> Any:
-        """The one SDK client of this provider, made on first use."""
+        """The one SDK client of this provider, made on first use, in the event loop its calls run in (its
+        aiohttp session, which follows no redirect, belongs to that loop)."""
         if self._client is None:
             from google import genai
             from google.genai import types
@@ -72,12 +76,22 @@ class GeminiProvider(Provider):
             # For an extra instance the base_url is never None, which would read GOOGLE_GEMINI_BASE_URL.
             # attempts=1: no retries of the SDK's own (without retry options it sleeps 1-10 s and sends
             # the request again after a dropped connection, maybe billed twice); the router does fallbacks.
+            # No call follows a redirect (transport.py): our aiohttp session refuses them (and HTML pages),
+            # and so do the httpx clients the SDK uses without aiohttp.
+            self._session = session()
             http_options = types.HttpOptions(
                 base_url=s.client_base_url, api_version=s.api_version, timeout=int(s.timeout * 1000),
                 retry_options=types.HttpRetryOptions(attempts=1),
+                client_args=dict(HTTPX_ARGS), async_client_args=dict(HTTPX_ARGS), aiohttp_client=self._session,
             )
             self._client = genai.Client(api_key=s.key, vertexai=False, http_options=http_options)
         return self._client
+
+    @property
+    def base_url(self) -> str:
+        """Where the API is called: the configured base_url, else where the SDK finds it
+        (GOOGLE_GEMINI_BASE_URL, else the public API)."""
+        return self.settings.client_base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or GEMINI_API_URL
 
     def _timeout_ms(self, ctx: CallContext) -> int:
         """This call's HTTP timeout: the configured one, cut to the call's deadline."""
@@ -127,7 +141,7 @@ class GeminiProvider(Provider):
                         yield event
                 return
             except Exception as exc:
-                error = map_exception(exc, self.name, self.settings.key)
+                error = map_exception(exc, self.name, self.settings.key, self.base_url)
                 if error is None:
                     raise
                 gone = _named_files(error.message, file_uris) if isinstance(
@@ -220,9 +234,12 @@ class GeminiProvider(Provider):
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
+        session, self._session = self._session, None
         if client is not None:
             await client.aio.aclose()
             client.close()
+        if session is not None:  # the SDK closes only the sessions it made
+            await session.close()
 
 
 def _billed_then(error: ProviderError, metadata: Any) -> Iterator[ProviderEvent]:
