@@ -38,6 +38,7 @@ from router.errors import (
     ConfigError,
     ProviderAuthError,
     ProviderBadRequest,
+    ProviderError,
     ProviderInputTooLarge,
     ProviderModelNotFound,
     ProviderNotConfigured,
@@ -1254,3 +1255,101 @@ async def test_an_error_event_refusing_the_size_is_input_too_large(code: str, ex
         await p.aclose()
         server.close()
     assert type(info.value) is expected and "maximum context length" in info.value.message
+
+
+# -- error events, pages and bodies that are no answer, redirects -------------------------------------
+@pytest.mark.parametrize(("code", "err_type", "expected"), [
+    ("rate_limit_exceeded", "requests", ProviderRateLimited),
+    (None, "tokens", ProviderRateLimited),
+    (429, "RateLimitError", ProviderRateLimited),  # vLLM: the HTTP status as the code
+    ("429", None, ProviderRateLimited),  # LiteLLM: the same, as a str
+    ("invalid_api_key", "invalid_request_error", ProviderAuthError),
+    (None, "authentication_error", ProviderAuthError),
+    ("context_length_exceeded", "invalid_request_error", ProviderInputTooLarge),
+    (None, "invalid_request_error", ProviderBadRequest),
+    (None, "server_error", ProviderUnavailable),
+    ("something_new", "unheard_of", ProviderUnavailable),
+], ids=["rate-limit", "tokens", "vllm-429", "litellm-429", "bad-key", "auth-type", "context", "invalid", "server",
+        "unknown"])
+async def test_an_error_event_in_a_stream_is_mapped_as_the_http_error_it_stands_for(
+        fake: FakeOpenAI, provider: OpenAIProvider, code: str | int | None, err_type: str | None,
+        expected: type) -> None:
+    """An error event was always UNAVAILABLE: a gateway's rate limit or refused key inside the stream
+    showed as an outage. It maps by its code, else its type, as the HTTP error of that kind does."""
+    fake.stream_error = f"Incorrect API key provided: {API_KEY}" if expected is ProviderAuthError else "refused"
+    fake.stream_error_code, fake.stream_error_type = code, err_type
+    with pytest.raises(ProviderError) as info:
+        await collect(provider, Request([user(text("hi"))]), model_of(provider, "gpt-4o"))
+    assert type(info.value) is expected
+    assert API_KEY not in info.value.message
+    if expected is ProviderAuthError:
+        assert "authentication failed (reported in the answer): check providers.openai.api_key" in info.value.message
+    else:
+        assert "gpt-4o failed while answering: refused" in info.value.message
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("body", [b'{"text": "Hello th', b"", b'{"text": "\xff\xfe"}'], ids=["cut", "empty", "not-utf8"])
+async def test_a_transcription_whose_json_does_not_parse_is_unavailable_not_a_plugin_failure(
+        transport: str, body: bytes) -> None:
+    """The SDK lets json.JSONDecodeError out for an application/json body that does not parse: it was
+    INTERNAL "the plugin failed"; it is worded as chat words it."""
+    with pytest.raises(ProviderUnavailable, match=r"bad answer from whisper-1 .*: the server answered with a body "
+                                                  r"that is not JSON") as info:
+        await transcribe_from(raw_reply(body), "whisper-1", transport)
+    assert API_KEY not in info.value.message
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_chat_answered_with_an_html_page_says_so_not_a_cut_stream(transport: str) -> None:
+    """A captive portal's 200 text/html was "the stream ended before the answer was complete"."""
+    page = b"<html><head><title>Sign in</title></head><body>Please log in to the hotel wifi</body></html>"
+    server = RawServer(raw_reply(page, "text/html; charset=utf-8"))
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5,
+                        "http_client": transport})
+    try:
+        with pytest.raises(ProviderUnavailable) as info:
+            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+        server.close()
+    assert ("the answer is not an event stream but a page of type text/html (a proxy's or captive portal's login "
+            "page") in info.value.message
+    assert "ended before" not in info.value.message and "<html>" not in info.value.message
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("task", [Task.CHAT, Task.TRANSCRIBE])
+async def test_a_redirect_is_never_followed_and_names_where_it_pointed(
+        fake: FakeOpenAI, transport: str, status: int, task: Task) -> None:
+    """The SDK's clients follow redirects: the call (and the key) went to the other host, and its 404 was
+    reported as the model missing at the configured base_url. A 3xx is now UNAVAILABLE (a fallback answers)."""
+    with FakeOpenAI() as other:
+        fake.fail_next(status, {"moved": True},
+                       {"Location": f"http://svc:hunter2@127.0.0.1:{other.url.rsplit(':', 1)[1]}/steal?token=t0k"})
+        p = make_provider(fake, http_client=transport)
+        model, clip = ("gpt-4o", text("hi")) if task is Task.CHAT else ("whisper-1", audio(wav_bytes()))
+        try:
+            with pytest.raises(ProviderUnavailable) as info:
+                await collect(p, Request([user(clip)], Options(task=task)), model_of(p, model))
+        finally:
+            await p.aclose()
+        assert other.requests == []
+    message = info.value.message
+    assert message == (f"openai: the API at {fake.base_url} answered HTTP {status} redirecting to "
+                       f"{other.url}/steal; redirects are not followed: set providers.openai.base_url to where the "
+                       "API is served")
+    assert info.value.retryable and len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_a_relative_redirect_is_named_on_the_host_that_answered(fake: FakeOpenAI, transport: str) -> None:
+    fake.fail_next(302, {}, {"Location": "/login?next=%2Fv1"})
+    p = make_provider(fake, http_client=transport)
+    try:
+        with pytest.raises(ProviderUnavailable, match=f"HTTP 302 redirecting to {fake.url}/login; ") as info:
+            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+    assert "next" not in info.value.message and len(fake.requests) == 1

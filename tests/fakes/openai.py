@@ -119,6 +119,10 @@ class FakeOpenAI(FakeUpstream):
         self.usage: dict[str, int] | None = {"prompt_tokens": 1234, "completion_tokens": 56, "total_tokens": 1290}
         #: If set, the stream sends this error event after the first chunk.
         self.stream_error: str | None = None
+        #: The ``type`` and ``code`` of that error event (a rate limit is ``requests`` /
+        #: ``rate_limit_exceeded``; vLLM gives the HTTP status as the code, an int).
+        self.stream_error_type = "server_error"
+        self.stream_error_code: str | int | None = None
         #: Seconds between streamed chunks.
         self.chunk_delay = 0.0
         #: Chat models it serves (an OpenAI-compatible server may add its own, e.g. org/model).
@@ -256,7 +260,9 @@ class FakeOpenAI(FakeUpstream):
         for i, text in enumerate([] if self.refusal else self.reply_chunks):
             events.append(json.dumps(chunk({"content": text})))
             if i == 0 and self.stream_error:
-                events.append(json.dumps(error_body(self.stream_error, "server_error")))
+                error = error_body(self.stream_error, self.stream_error_type)
+                error["error"]["code"] = self.stream_error_code
+                events.append(json.dumps(error))
                 break
         else:
             if self.refusal:

@@ -35,7 +35,7 @@ from router.mime import normalise_mime
 from router.sdk_http import read_rest, sse_events
 from router.sniff import animated_gif
 
-from .errors import whole_request_timeout
+from .errors import NOT_JSON, page_not_answer, whole_request_timeout
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -208,7 +208,8 @@ def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_ma
 async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: float,
                       with_media: bool = True) -> AsyncIterator[Any]:
     """Yield :class:`TextDelta` events as chunks arrive, then one :class:`UsageReport`; a stream that
-    ends with neither ``data: [DONE]`` nor a finish_reason raises ``openai.APIError`` (the answer is cut).
+    ends with neither ``data: [DONE]`` nor a finish_reason raises ``openai.APIError`` (the answer is cut),
+    and so does an HTML page (a proxy's login page) answered instead of a stream, unread.
     A compatible server that ignores ``"stream": true`` and answers one JSON chat completion is read whole.
 
     The request goes through the SDK's own client (auth, headers, base URL, error mapping to
@@ -228,7 +229,12 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     async with whole_request_timeout(timeout, client, "chat/completions"):
         response = await client.post("/chat/completions", cast_to=httpx2.Response, content=body,
                                      options={"timeout": timeout}, stream=True)
-    if response.headers.get("content-type", "").startswith("application/json"):
+    content_type = response.headers.get("content-type", "")
+    if content_type.startswith("text/html"):  # a proxy's or captive portal's page: no stream, no answer
+        await response.aclose()
+        raise openai.APIError(page_not_answer("an event stream", f"type {content_type.split(';')[0]}"),
+                              request=response.request, body=None)
+    if content_type.startswith("application/json"):
         # an OpenAI-compatible server that ignores "stream": one chat completion, answered whole
         try:
             completion = json.loads(await response.aread())
@@ -237,8 +243,7 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
         except httpx2.RequestError as exc:
             raise _broke_while_read(exc, response.request) from exc
         except ValueError:
-            raise openai.APIError("the server answered with a body that is not JSON", request=response.request,
-                                  body=None) from None
+            raise openai.APIError(NOT_JSON, request=response.request, body=None) from None
         finally:
             await response.aclose()
         for event in _whole_completion(completion, response.request):

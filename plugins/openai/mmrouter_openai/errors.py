@@ -3,7 +3,9 @@
 400/422 -> INVALID_ARGUMENT (413 and size refusals such as ``context_length_exceeded``
 -> INPUT_TOO_LARGE, which lets the router try a fallback), 401/403 -> FAILED_PRECONDITION naming the key
 setting, 404 -> NOT_FOUND, 429 -> RESOURCE_EXHAUSTED with the Retry-After,
-5xx, connection failures and SDK timeouts -> UNAVAILABLE. Messages never
+5xx, connection failures and SDK timeouts -> UNAVAILABLE. An error event inside a stream (or a 200 carrying
+an ``error``) is mapped as the HTTP error its ``code`` or ``type`` stands for. A redirect (3xx: the client
+never follows one) is UNAVAILABLE, naming where it pointed. Messages never
 contain the API key: 401/403 messages are ours (OpenAI's echo part of the
 key), and every other upstream message is scrubbed of it; nor the credentials of
 a ``base_url`` (``http://user:password@gateway``). An HTTP error names the
@@ -18,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from router import ProviderError, ProviderUnavailable, provider_error_from_status
-from router.errors import ProviderInputTooLarge, parse_retry_after
+from router.errors import parse_retry_after, redirect_refused
 from router.sdk_http import is_aiohttp_error, until_headers
 
 from .settings import PLUGIN, OpenAISettings
@@ -56,6 +58,46 @@ def _error_code(exc: Any) -> str:
     body = getattr(exc, "body", None)
     code = body.get("code") if isinstance(body, dict) else None
     return code if isinstance(code, str) else ""
+
+
+#: The HTTP status an error's ``code`` or ``type`` stands for, where an error event inside a stream has no
+#: status of its own: OpenAI's (``rate_limit_exceeded`` of type ``requests`` or ``tokens``, ``invalid_api_key``)
+#: and the Anthropic-style types some gateways use (``authentication_error``, ``overloaded_error``). vLLM and
+#: LiteLLM give the status itself as the code (``400``, ``"429"``).
+_STATUS_OF_CODE = {
+    "invalid_request_error": 400, "invalid_api_key": 401, "authentication_error": 401, "permission_error": 403,
+    "model_not_found": 404, "rate_limit_exceeded": 429, "requests": 429, "tokens": 429, "insufficient_quota": 429,
+    "rate_limit_error": 429, "server_error": 500, "overloaded_error": 503,
+}
+
+
+def _event_status(exc: Any) -> int | None:
+    """The HTTP status an error without one (an error event) stands for: 400 for a size refusal, its ``code``
+    when a number (vLLM's 429, a gateway's "429"), else what its ``code`` or ``type`` names; None when unknown."""
+    body = getattr(exc, "body", None)
+    if not isinstance(body, dict):
+        return None
+    code, kind = body.get("code"), body.get("type")
+    if code in _TOO_LARGE_CODES:
+        return 400
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
+        return code
+    for name in (code, kind):
+        if isinstance(name, str) and name in _STATUS_OF_CODE:
+            return _STATUS_OF_CODE[name]
+    return None
+
+
+#: Why a body announced as JSON that does not parse (cut short, empty) is refused.
+NOT_JSON = "the server answered with a body that is not JSON"
+
+
+def page_not_answer(expected: str, page: str = "text") -> str:
+    """Why an answer that is a page (of ``page``: "text", "type text/html") and not ``expected`` is refused."""
+    return (f"the answer is not {expected} but a page of {page} (a proxy's or captive portal's login page, "
+            "or a base_url that is not an OpenAI API?)")
 
 
 def shown_url(url: str) -> str:
@@ -128,37 +170,46 @@ def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, a
     """The router error for an exception raised by the SDK during a call to ``model``."""
     import openai
 
-    base_url = shown_url(base_url)
+    shown = shown_url(base_url)
     refused = _aiohttp_connection_error(exc) if isinstance(exc, openai.APITimeoutError) else None
     if isinstance(exc, openai.APITimeoutError) and refused is None:
         after = f" after {timeout:g}s" if timeout else ""
-        return ProviderUnavailable(provider, f"request to {model} timed out{after} ({base_url})")
+        return ProviderUnavailable(provider, f"request to {model} timed out{after} ({shown})")
     if isinstance(exc, openai.APIConnectionError):
         cause = refused or exc.__cause__ or exc
         detail = scrub(f"{type(cause).__name__}: {cause}", api_key)
-        return ProviderUnavailable(provider, f"cannot reach {base_url}: {detail}")
+        return ProviderUnavailable(provider, f"cannot reach {shown}: {detail}")
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        if status in (401, 403):
-            what = "authentication failed" if status == 401 else "permission denied"
-            return provider_error_from_status(
-                provider, status, f"{what} (HTTP {status}): check {refused_key_hint(provider, api_key)}",
-            ).with_provider_request_id(exc)
+        if 300 <= status < 400:
+            return redirect_refused(provider, "the API", base_url, status, exc.response.headers.get("location"),
+                                    str(exc.response.request.url))
         message = scrub(_upstream_message(exc), api_key)
         if status == 404:
-            message = f"model {model!r} not found at {base_url}: {message}"
+            message = f"model {model!r} not found at {shown}: {message}"
         else:
             message = f"HTTP {status} from {model}: {message}"
         # a rate limit, or an overload (503) that says when to try again
         retry_after = retry_after_seconds(exc.response.headers) if status == 429 or status >= 500 else None
-        error = provider_error_from_status(provider, status, message, retry_after=retry_after,
-                                           too_large=_error_code(exc) in _TOO_LARGE_CODES)
-        return error.with_provider_request_id(exc)
+        return _status_error(exc, provider, status, message, f"HTTP {status}", api_key, retry_after)
     if isinstance(exc, openai.APIError):
-        # An error event inside a stream: no HTTP status, the provider failed mid-answer; one that refuses
-        # the request for its size (a compatible server checks the context only once streaming) is that.
+        # An error event inside a stream (or a 200 carrying an error): no HTTP status, the provider failed
+        # mid-answer; its code or type says which HTTP error it stands for (a compatible server checks
+        # the context only once streaming, a gateway rate-limits the stream).
+        status = _event_status(exc)
         message = f"{model} failed while answering: {scrub(_upstream_message(exc), api_key)}"
-        too_large = _error_code(exc) in _TOO_LARGE_CODES
-        error = ProviderInputTooLarge(provider, message) if too_large else ProviderUnavailable(provider, message)
-        return error.with_provider_request_id(exc)  # when the raiser kept the stream's x-request-id
+        return _status_error(exc, provider, status, message, "reported in the answer", api_key)
     return ProviderUnavailable(provider, scrub(f"{type(exc).__name__}: {exc}", api_key))
+
+
+def _status_error(exc: Any, provider: str, status: int | None, message: str, where: str, api_key: str,
+                  retry_after: float | None = None) -> ProviderError:
+    """The router error for the HTTP status ``status`` (None: unknown, UNAVAILABLE) of ``exc`` with
+    ``message``; a refused key gets a message of ours naming the setting (``where`` the refusal was
+    seen: "HTTP 401"), as OpenAI's echoes part of the key."""
+    if status in (401, 403):
+        what = "authentication failed" if status == 401 else "permission denied"
+        message = f"{what} ({where}): check {refused_key_hint(provider, api_key)}"
+    error = provider_error_from_status(provider, status, message, retry_after=retry_after,
+                                       too_large=_error_code(exc) in _TOO_LARGE_CODES)
+    return error.with_provider_request_id(exc)

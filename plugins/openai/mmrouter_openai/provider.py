@@ -53,11 +53,16 @@ class OpenAIProvider(router.Provider):
             from openai import AsyncOpenAI
 
             s = self.settings
-            http_client = None
+            # A call never follows a redirect (the SDK's clients do): it could take the key to another
+            # host, and hides a wrong base_url. The 3xx is an error (router.errors.redirect_refused).
             if s.transport == "aiohttp":
                 from openai import DefaultAioHttpClient  # needs the aiohttp package
 
-                http_client = DefaultAioHttpClient(timeout=s.timeout)
+                http_client = DefaultAioHttpClient(timeout=s.timeout, follow_redirects=False)
+            else:
+                from openai import DefaultAsyncHttpxClient
+
+                http_client = DefaultAsyncHttpxClient(timeout=s.timeout, follow_redirects=False)
             self._client = AsyncOpenAI(
                 http_client=http_client,
                 api_key=s.key_for_client,

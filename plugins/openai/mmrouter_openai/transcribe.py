@@ -8,15 +8,17 @@ OpenAI's upload limit, over the model's length cap or in a format it does not
 take is refused before anything is uploaded. The language
 reported is a BCP-47 tag (whisper names it: ``"english"`` becomes ``"en"``).
 
-The SDK builds its result without validation, and returns a body that is not JSON as a str: an answer
-that is no transcript (a proxy's login page, a 200 carrying an ``error``, a segment without text or
-times) is a bad answer, ``ProviderUnavailable``, so the router tries the fallbacks. Counts and lengths
+The SDK builds its result without validation, returns a body that is not JSON as a str, and lets
+``json.JSONDecodeError`` out for an ``application/json`` body that does not parse: an answer that is no
+transcript (a proxy's login page, a JSON body cut short, a 200 carrying an ``error``, a segment without
+text or times) is a bad answer, ``ProviderUnavailable``, so the router tries the fallbacks. Counts and lengths
 that are no numbers count as absent, as the Anthropic plugin reads them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -42,7 +44,7 @@ from router.language import language_tag
 from router.mime import normalise_mime
 from router.types import mime_suffix
 
-from .errors import scrub, shown_url, whole_request_timeout
+from .errors import NOT_JSON, page_not_answer, scrub, shown_url, whole_request_timeout
 from .models import BUILTIN, TRANSCRIBE_SUFFIXES, Entry
 
 if TYPE_CHECKING:
@@ -255,8 +257,7 @@ def _timed(item: Any, what: str, text_field: str = "text") -> tuple[str, float, 
 def _check_answer(result: Any) -> str:
     """The text of an answer that is a transcript, else :class:`BadAnswer` (:class:`ErrorAnswer` for an error)."""
     if isinstance(result, str):  # the SDK's answer for a body that is not JSON: no format we ask for
-        raise BadAnswer("the answer is not a JSON object but a page of text (a proxy's or captive portal's "
-                        "login page, or a base_url that is not an OpenAI API?)")
+        raise BadAnswer(page_not_answer("a JSON object"))
     error = _field(result, "error")
     if error:
         message = _field(error, "message") if not isinstance(error, str) else error
@@ -306,9 +307,12 @@ async def transcribe_clip(client: AsyncOpenAI, media: Media, params: dict[str, A
         else:
             content = media.read_bytes()
         async with whole_request_timeout(timeout, client, "audio/transcriptions"):
-            result = await client.audio.transcriptions.create(
-                file=(upload_name(media), content, normalise_mime(media.mime_type)), timeout=timeout, **params
-            )
+            try:
+                result = await client.audio.transcriptions.create(
+                    file=(upload_name(media), content, normalise_mime(media.mime_type)), timeout=timeout, **params
+                )
+            except (json.JSONDecodeError, UnicodeDecodeError):  # a JSON body cut short, empty or not UTF-8
+                raise BadAnswer(NOT_JSON) from None
     transcript = to_transcript(result, params["response_format"], language)
     usage = _usage(result, media, price)
     if not transcript.duration_seconds:
