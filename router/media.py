@@ -356,8 +356,9 @@ class MediaStore:
             with _room_needed(f"the upload of {mime_type}"):  # new, or stored damaged: this upload replaces it
                 stored, committed = await asyncio.to_thread(self._keep, tmp, media_id, mime_type, modality, filename)
             if not committed and stored.modality is not modality:
+                also = " (or as audio, for its sound)" if stored.modality is Modality.VIDEO else ""
                 problem = (f"media {media_id} (the same bytes) is already stored as {stored.modality.value}"
-                           f" ({stored.mime_type}); refer to it by that id as {stored.modality.value}")
+                           f" ({stored.mime_type}); refer to it by that id as {stored.modality.value}{also}")
                 raise InvalidRequest(problem, violations=[FieldViolation("metadata.modality", problem)],
                                      metadata={"media_id": media_id, "stored_modality": stored.modality.value})
             return stored

@@ -122,9 +122,12 @@ def _stored_media(media: pb.Media, modality: Modality, path: str, resolve: Resol
     except UnknownMedia as exc:  # the part that names it: a request may name many
         raise UnknownMedia(exc.message, violations=[FieldViolation(f"{path}.media_id", exc.message)],
                            metadata=exc.metadata) from None
-    if stored.modality is not modality:
-        problems.append(FieldViolation(f"{path}.modality",
-                                       f"media {media.media_id} was uploaded as {stored.modality.value}"))
+    if stored.modality is Modality.VIDEO and modality is Modality.AUDIO:  # its sound, as inline video bytes
+        stored = replace(stored, modality=modality)                       # sent as audio are
+    elif stored.modality is not modality:
+        also = " (or as audio, for its sound)" if stored.modality is Modality.VIDEO else ""
+        problems.append(FieldViolation(f"{path}.modality", f"media {media.media_id} was uploaded as "
+                                                           f"{stored.modality.value}: send its modality as {stored.modality.value}{also}"))
     problem = stored_type_problem(media.mime_type, stored) if media.mime_type else None
     if problem:
         raise MimeMismatch(f"{path}: {problem}", violations=[FieldViolation(f"{path}.mime_type", problem)])

@@ -733,3 +733,27 @@ def test_a_media_id_with_a_trailing_newline_is_no_id(tmp_path) -> None:
     with pytest.raises(UnknownMedia, match="is not a sha256 hex digest"):
         store.get(stored.media_id + "\n")
     assert store.get(stored.media_id).size == len(PDF)
+
+
+def test_an_uploaded_video_may_be_sent_as_audio_for_its_sound(daemon) -> None:
+    """The proto says the same stored bytes may be sent as video or as audio (inline bytes may), but a
+    media_id uploaded as video and sent as audio was refused, and uploading the bytes again as audio too."""
+    from media_factory import mp4
+
+    data = mp4()
+    video_id = upload(daemon.stub, [data], modality=pb.MODALITY_VIDEO, mime="video/mp4").media_id
+    sound = pb.Media(modality=pb.MODALITY_AUDIO, media_id=video_id)
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("what is said?", media=[sound]))).answer
+    assert "audio=1 video=0" in answer.text
+
+    # other modalities stay refused, naming the one to send
+    with pytest.raises(grpc.RpcError) as caught:
+        _explain(daemon, pb.Media(modality=pb.MODALITY_IMAGE, media_id=video_id))
+    details = error_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.violations == [("request.messages[0].parts[0].media.modality",
+                                   f"media {video_id} was uploaded as video: send its modality as video (or as "
+                                   "audio, for its sound)")]
+    with pytest.raises(grpc.RpcError) as caught:
+        upload(daemon.stub, [data], modality=pb.MODALITY_AUDIO, mime="audio/mp4")
+    assert "refer to it by that id as video (or as audio, for its sound)" in caught.value.details()
