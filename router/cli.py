@@ -270,15 +270,19 @@ def ask(
             return build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
                                   diarize, speakers, provider, model, tag, session, limit, max_tokens)
 
+        line_open = [False]  # streamed text printed without a newline at its end yet
+
         def stream(request: pb.MultimodalRequest) -> tuple[pb.Answer | None, bool]:
             answer, streamed = None, False
             for event in stub.StreamGenerate(pb.StreamGenerateRequest(request=request)):
                 kind = event.WhichOneof("event")
                 if kind == "text_delta" and not as_json:
                     # Plain writes: rich would wrap long deltas and turn ":smile:" into emoji.
-                    sys.stdout.write(shown(event.text_delta.text, lines=True))
+                    text = shown(event.text_delta.text, lines=True)
+                    sys.stdout.write(text)
                     sys.stdout.flush()
                     streamed = streamed or bool(event.text_delta.text)
+                    line_open[0] = not text.endswith("\n") if text else line_open[0]
                 elif kind == "transcript" and not as_json:
                     t = event.transcript
                     lines = [shown(f"[{u.start_seconds:7.2f}s] {('Speaker ' + u.speaker + ': ') if u.speaker else ''}"
@@ -293,6 +297,9 @@ def ask(
         try:
             answer, streamed = call_with_media(build, stream, inline_limit)
         except grpc.RpcError as exc:
+            if line_open[0]:  # the error's own line, not the end of the answer's text
+                sys.stdout.write("\n")
+                sys.stdout.flush()
             fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system))
     if answer is None:
         err.print("[red]the stream ended without an answer[/red]")

@@ -206,6 +206,16 @@ def test_serve_help_names_the_defaults_it_reads():
 # -- ask ---------------------------------------------------------------------------------------
 
 
+def test_a_stream_that_fails_after_text_puts_its_error_on_a_line_of_its_own(start_daemon):
+    """The error of a stream broken mid-answer was printed right after the text already shown
+    ("...began INTERNAL: ..."), reading as part of the answer."""
+    daemon = start_daemon(CONFIG)
+    result = run_cli("ask", "PARTIAL:500", "--address", daemon.address)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == "fake/echo began \n"
+    assert result.stderr.startswith("UNAVAILABLE: fake: scripted failure 500 mid-answer"), result.stderr
+
+
 def test_ask_streams_the_answer_and_reports_route_usage_and_cost(start_daemon):
     daemon = start_daemon(CONFIG)
     # Markup and emoji codes must reach stdout as the provider wrote them.
