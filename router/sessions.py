@@ -211,19 +211,20 @@ class SessionStore:
                wanted: Callable[[], bool] | None = None) -> bool:
         """Add turns to the end of the session; return whether they were. ``wanted`` is asked once the write
         lock is held (which may take up to the busy timeout): when it says no, nothing is written."""
-        (start,) = self._db.execute(
-            "SELECT COALESCE(MAX(position) + 1, 0) FROM turns WHERE session_id = ?", (session_id,)
-        ).fetchone()
-        rows = []
         now = time.time()
-        for offset, message in enumerate(messages):
-            parts = [_part_record(p, store_media) for p in message.parts]
-            rows.append((session_id, start + offset, message.role.value, json.dumps(parts), now))
+        turns = [(message.role.value, json.dumps([_part_record(p, store_media) for p in message.parts]))
+                 for message in messages]
         with self._writing():
             if wanted is not None and not wanted():
                 return False
+            # numbered under the write lock: read before it, a prune deleting the session meanwhile left
+            # the new turns at positions after a gap, and the session read as empty from then on
+            (start,) = self._db.execute(
+                "SELECT COALESCE(MAX(position) + 1, 0) FROM turns WHERE session_id = ?", (session_id,)
+            ).fetchone()
             self._db.executemany("INSERT INTO turns (session_id, position, role, parts, at) VALUES (?, ?, ?, ?, ?)",
-                                 rows)
+                                 [(session_id, start + offset, role, parts, now)
+                                  for offset, (role, parts) in enumerate(turns)])
         return True
 
     def recall(self, key: str) -> tuple[str, Transcript | None] | None:

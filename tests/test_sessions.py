@@ -773,3 +773,36 @@ routes:
     ask(daemon, "what is said?", session="recorded", media=[audio])
     answer = ask(daemon, "transcribe it", session="recorded", options=transcribe)
     assert answer.route.model == "ears" and "bytes heard" in answer.text
+
+
+def test_a_turn_saved_while_prune_deletes_its_session_starts_the_session_again(tmp_path) -> None:
+    """The new turns were numbered before the write lock was taken: when a prune deleted the session
+    meanwhile, they landed after a gap (positions 2 and 3 of a session that no longer had 0 and 1), and
+    every later turn went to the model without that history."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "s.sqlite"
+    store = SessionStore(path)
+    try:
+        store.append("conv", [Message(Role.USER, [Part(text="q1")]), Message(Role.ASSISTANT, [Part(text="a1")])],
+                     lambda part: "")
+        pruner = sqlite3.connect(path, isolation_level=None, timeout=5)
+        pruner.execute("BEGIN IMMEDIATE")  # prune's write lock, taken before the turn is saved
+        pruner.execute("DELETE FROM turns WHERE session_id = 'conv'")
+        saving = threading.Thread(target=store.append, args=(
+            "conv", [Message(Role.USER, [Part(text="q2")]), Message(Role.ASSISTANT, [Part(text="a2")])],
+            lambda part: ""))
+        saving.start()
+        time.sleep(0.3)  # the append waits for the lock (a passing fix numbers the turns after it anyway)
+        pruner.execute("COMMIT")
+        pruner.close()
+        saving.join(timeout=10)
+        assert not saving.is_alive()
+        positions = [row[0] for row in store._db.execute(
+            "SELECT position FROM turns WHERE session_id = 'conv' ORDER BY position")]
+        assert positions == [0, 1]
+        store._forget_history("conv")
+        assert [m.text for m in store.history("conv", lambda media: media)] == ["q2", "a2"]
+    finally:
+        store.close()
