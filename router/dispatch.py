@@ -21,7 +21,7 @@ from contextlib import aclosing
 
 from .bridging import BridgedInRequest, BridgeMemo, Trim, apply_bridges, remember_transcripts
 from .errors import NoRoute, ProviderError, ProviderInputTooLarge
-from .invoke import call_model
+from .invoke import call_model, deadline_passed
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
 from .plugins import Registry
 from .provider import Provider
@@ -229,7 +229,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 for step in route.steps[reported:]:  # bridges paid for before the failure
                     yield StepUsage(step.usage)
             reported = len(route.steps)  # an answer's paid part (a failed step) was streamed as it came
-            if (answered and not held) or not exc.retryable:
+            if (answered and not held) or not exc.retryable or deadline_passed(ctx):  # no time for a fallback
                 raise
             route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target")
             continue

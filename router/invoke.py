@@ -103,10 +103,16 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
                 reported = True
             yield event
     except ProviderError as exc:
+        if deadline_passed(ctx) and not isinstance(exc, ProviderTimeout):
+            # the plugin's own timeout, cut to the call's deadline, fired a moment before it: the deadline's
+            # failure, as when the router's cancellation wins the race (not an outage of the provider's)
+            timed_out = _timed_out(provider, elapsed(), exc)
+            _failed(route, purpose, provider, model, ctx, timed_out, elapsed(), usage)
+            raise timed_out from exc
         _failed(route, purpose, provider, model, ctx, exc, elapsed(), usage)
         raise
     except asyncio.CancelledError:  # ours: the call was cancelled while it waited for the provider
-        if _deadline_passed(ctx):  # the provider's failure to answer in time: cancelled, but counted
+        if deadline_passed(ctx):  # the provider's failure to answer in time: cancelled, but counted
             _failed(route, purpose, provider, model, ctx, _timed_out(provider, elapsed()), elapsed(), usage)
         else:
             _cancelled(route, purpose, provider, model, elapsed(), usage)
@@ -159,16 +165,18 @@ def _failed(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo
                        "latency_ms": round(latency_ms, 1), "request_id": ctx.request_id})
 
 
-def _deadline_passed(ctx: CallContext) -> bool:
+def deadline_passed(ctx: CallContext) -> bool:
     """Whether the call's deadline (the client's, or the daemon's ``server.max_call_seconds``) has passed,
     within :data:`DEADLINE_MARGIN_SECONDS`: a cancellation then is the deadline's, not the client's."""
     return ctx.deadline is not None and time.monotonic() >= ctx.deadline - DEADLINE_MARGIN_SECONDS
 
 
-def _timed_out(provider: Provider, latency_ms: float) -> ProviderTimeout:
-    """The error of a call cancelled at its deadline: the provider did not answer in time."""
+def _timed_out(provider: Provider, latency_ms: float, cause: ProviderError | None = None) -> ProviderTimeout:
+    """The error of a call cancelled at its deadline (or that failed with ``cause`` at it): the provider
+    did not answer in time."""
+    how = "cancelled" if cause is None else f"{cause.reason} ({cause.message.removeprefix(provider.name + ': ')})"
     return ProviderTimeout(provider.name, f"no answer before the deadline of the call (set by its client, or "
-                                          f"server.max_call_seconds): cancelled after {latency_ms:.0f} ms")
+                                          f"server.max_call_seconds): {how} after {latency_ms:.0f} ms")
 
 
 def _cancelled(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo, latency_ms: float,

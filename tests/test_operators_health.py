@@ -208,3 +208,20 @@ def test_a_provider_that_hangs_until_max_call_seconds_is_a_failure_a_client_that
     assert daemon.stop() == 0
     [row] = stats(daemon)
     assert (row["provider"], row["model"], row["purpose"], row["calls"]) == ("fake", "echo", "answer (failed)", 1)
+
+
+def test_a_plugin_timeout_cut_to_the_deadline_is_the_deadline_s_and_starts_no_fallback(start_daemon) -> None:
+    """A plugin that cuts its HTTP timeout to the call's deadline may fail a few ms before it: that was counted
+    as PROVIDER_UNAVAILABLE (an outage of a healthy provider) and a fallback was started with no time
+    left, which failed too (a second failure, maybe a billed request)."""
+    daemon = start_daemon("providers: {fake: {api_key: k}}\nroutes:\n"
+                          "  - {name: all, use: fake/echo, fallback: [fake/small]}\n")
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("GIVEUP@echo")), timeout=1.0)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert wait_for(lambda: providers_by_name(daemon.stub)["fake"].health.failed_calls == 1)
+    health = providers_by_name(daemon.stub)["fake"].health
+    assert health.last_failure_reason == "PROVIDER_TIMEOUT", health
+    assert "PROVIDER_UNAVAILABLE (the API did not answer in time)" in health.last_failure_message
+    assert wait_for(lambda: "provider call fake/echo failed" in daemon.logs())
+    assert "provider call fake/small" not in daemon.logs()  # no fallback was started
