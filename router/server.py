@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import time
@@ -965,12 +966,15 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         raise ConfigError(f"server.address (--address): {exc}") from None
     if ready_file is not None:
         check_ready_file(ready_file)
+        _remove_ready_file(ready_file)  # a stopped daemon's address must not be read as this one's
     log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
     logging.getLogger("grpc._cython.cygrpc").addFilter(SendFailedFilter())
     # what the daemon writes (conversations, media, the sessions database) is its users' data: other
     # local users may not read it, whatever the operator's umask (022 made sessions.sqlite readable)
     os.umask(0o077)
-    data_lock = lock_data_dir(Path(config.server.data_dir).expanduser())
+    data_dir = Path(config.server.data_dir).expanduser()
+    made_data_dir = not data_dir.exists()  # removed again if the daemon does not start (a mistyped data_dir)
+    data_lock = lock_data_dir(data_dir)
     warn_if_open_to_others(Path(config.server.data_dir).expanduser())
     warn_if_token_in_clear(config.server.address, config.server.auth_token, config.server.tls is not None)
     if config.server.tls:
@@ -982,11 +986,16 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     problems = [*refused_sections(config, app.registry, text, str(config_path)), *missing_models(config, app.registry)]
     if problems:
         await app.aclose()
-        data_lock.close()
+        _unlock(data_lock, data_dir if made_data_dir else None)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     _log_replaced_rules(config)
-    certificates = ServerCertificates(config.server.tls) if config.server.tls else None
-    server, port, health_servicer = await start_server(app, config.server.address, certificates)
+    try:
+        certificates = ServerCertificates(config.server.tls) if config.server.tls else None
+        server, port, health_servicer = await start_server(app, config.server.address, certificates)
+    except BaseException:
+        await app.aclose()
+        _unlock(data_lock, data_dir if made_data_dir else None)
+        raise
     bound = _bound_address(config.server.address, port)
     _log_providers(app)
     tls = config.server.tls
@@ -1024,6 +1033,8 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     await server.stop(0)
     stuck = await _finish_within(STOP_SECONDS, app.aclose())
     data_lock.close()
+    if ready_file is not None:
+        _remove_ready_file(ready_file, bound)
     if stuck:
         log.error("stopped, but %s did not stop within %gs of being cancelled (a plugin that catches "
                   "CancelledError?): exiting without waiting for it", " and ".join(stuck), STOP_SECONDS)
@@ -1068,6 +1079,25 @@ async def _report_stuck_calls(every: float) -> None:
                           "(catches CancelledError?) and holds a call slot until the daemon stops",
                           " and ".join(invoke.providers_running([task])), every)
         cancelled_before = cancelled
+
+
+def _remove_ready_file(path: Path, holding: str | None = None) -> None:
+    """Remove the ``--ready-file`` (only if it still says ``holding``, when given: a daemon started since
+    may have written its own): a stopped daemon's address must not be taken for a running one's."""
+    try:
+        if holding is None or path.read_text() == holding:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove the --ready-file %s (%s): it may still name a daemon that is gone", path,
+                    exc.strerror or exc)
+
+
+def _unlock(data_lock: IO[str], made: Path | None) -> None:
+    """Release the data directory of a daemon that did not start; ``made``: the directory it created, removed
+    again (it holds only what the start made: an empty database, the lock)."""
+    data_lock.close()
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def check_ready_file(path: Path) -> None:

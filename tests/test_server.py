@@ -1122,3 +1122,43 @@ def test_an_answer_over_the_clients_receive_limit_is_logged_as_one_line_that_say
     wait_for(lambda: failed_send in daemon.logs(), timeout=5)
     logs = daemon.logs()
     assert "Traceback" not in logs and "ERROR" not in logs, logs[-3000:]
+
+
+def test_the_ready_file_names_only_a_running_daemon(tmp_path, plugin_sites) -> None:
+    """The --ready-file outlived its daemon: after a clean stop it still named the stopped daemon's address,
+    a supervisor starting the next one read that address until the new one was written, and a start that
+    failed left it naming a daemon that was gone."""
+    proc, ready, log = _serve(tmp_path, plugin_sites, "127.0.0.1:0")
+    try:
+        assert wait_for(lambda: (ready.exists() and ready.read_text()) or proc.poll() is not None, 60)
+        address = ready.read_text()
+        assert address.startswith("127.0.0.1:"), log.read_text()
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0 and not ready.exists(), log.read_text()
+
+    ready.write_text(address)  # a stale file (a daemon killed without its clean stop), then a start that fails:
+    with socket.socket() as taken:  # its address is in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc, ready, log = _serve(tmp_path, plugin_sites, f"127.0.0.1:{taken.getsockname()[1]}")
+        assert proc.wait(60) == 1
+    assert not ready.exists(), log.read_text()
+
+
+def test_a_start_refused_for_its_configuration_leaves_no_data_directory(tmp_path, plugin_sites) -> None:
+    """serve made the data directory (and an empty sessions database) before refusing the file: a mistyped
+    data_dir was left behind."""
+    import os
+
+    from conftest import TESTKIT
+
+    config_file = tmp_path / "router.yaml"
+    config_file.write_text("providers: {fake: {api_key: k}}\ndefault: fake/no-such-model\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_sites["testkit"]), str(TESTKIT)])}
+    data = tmp_path / "mistyped" / "data"
+    result = subprocess.run([sys.executable, "-m", "router", "serve", "--config", str(config_file), "--address",
+                             "127.0.0.1:0", "--data-dir", str(data)], capture_output=True, text=True, timeout=60,
+                            env=env)
+    assert result.returncode != 0 and "invalid configuration" in result.stderr, result.stderr
+    assert not data.exists()
