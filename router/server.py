@@ -195,8 +195,9 @@ class CallLog:
                          *(f"{k}={v:.6f}" if k == "cost_usd" else f"{k}={v}" for k, v in facts.items() if v)])
         if error:
             line += f": {error}"
-        if len(attempts) > 1 and code != "OK":  # every target failed: each one's error, not the last alone
-            tried = "; ".join(f"{a.provider}/{a.model}: {a.error}" for a in attempts)
+        failed = [a for a in attempts if not a.ok]  # a bridge that answered before the targets failed: not one
+        if len(failed) > 1 and code != "OK":  # every target failed: each one's error, not the last alone
+            tried = "; ".join(f"{a.provider}/{a.model}: {a.error}" for a in failed)
             line += f" (attempts: {self.redact(tried)})"
         log.log(level, "%s", line, extra={"method": self.method, "code": code, "reason": reason,
                                           "duration_ms": duration_ms, **facts})

@@ -321,3 +321,25 @@ def test_a_ready_file_that_fails_to_be_written_stops_the_server_cleanly(tmp_path
     assert result.returncode != 0
     entries = [json.loads(line) for line in (result.stdout + result.stderr).splitlines()]
     assert entries[-1]["level"] == "CRITICAL" and "/dev/full" in entries[-1]["message"]
+
+
+def test_the_access_line_of_a_call_whose_targets_all_failed_lists_only_the_failed_attempts(caplog) -> None:
+    """A bridge that answered (a transcription) was listed among the failures with an empty error:
+    "(attempts: openai/whisper-1: ; openai/gpt-4o: ...)"."""
+    import logging
+
+    from google.rpc import code_pb2, status_pb2
+
+    from router.invoke import FailedAttempt
+    from router.outcome import Attempt, RouteInfo
+    from router.server import CallLog
+
+    call = CallLog("Generate", lambda text: text)
+    call.route = RouteInfo("audio", "anthropic", "claude")
+    call.route.attempts = [Attempt("openai", "whisper-1", True, "", 300.0),
+                           FailedAttempt("openai", "gpt-4o", False, "openai: HTTP 500", 20.0),
+                           FailedAttempt("anthropic", "claude", False, "anthropic: overloaded", 20.0)]
+    with caplog.at_level(logging.WARNING, logger="router.server"):
+        call.failed(status_pb2.Status(code=code_pb2.UNAVAILABLE, message="all failed"), "PROVIDER_UNAVAILABLE")
+    assert "(attempts: openai/gpt-4o: openai: HTTP 500; anthropic/claude: anthropic: overloaded)" in caplog.text
+    assert "whisper-1" not in caplog.text
