@@ -233,12 +233,21 @@ def _wav_seconds(source: bytes | str) -> float | None:
     """Seconds of a WAV file (bytes or a path) from its header, or None if it is not a readable WAV.
 
     Any failure to parse counts as unknown: a malformed header must not fail the request that carries it.
+    A data size past the file's end (a recorder that streamed its WAV wrote a placeholder, 0x7FFFFFFF or
+    0xFFFFFFFF, it never went back to fix) counts the frames the file holds.
     """
     try:
+        size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
         with wave.open(io.BytesIO(source) if isinstance(source, bytes) else source) as wav:
-            return wav.getnframes() / float(wav.getframerate())
+            frame_bytes = wav.getnchannels() * wav.getsampwidth()
+            frames = min(wav.getnframes(), max(0, size - _WAV_HEADER_BYTES) // frame_bytes)
+            return frames / float(wav.getframerate())
     except Exception:  # the wave module raises more than wave.Error (a bare RuntimeError, struct.error...)
         return None
+
+
+#: The size of a canonical WAV header (RIFF, fmt and data chunk headers): the least before the samples.
+_WAV_HEADER_BYTES = 44
 
 
 def _container_seconds(source: bytes | str) -> float | None:

@@ -46,6 +46,20 @@ def test_a_wav_the_wave_module_cannot_read_is_measured_by_its_container_or_left_
         assert measure(wav_with_list_chunk_past_riff_size(), Modality.AUDIO) == (0.1, None)
 
 
+@pytest.mark.parametrize("placeholder", [0x7FFFFFFF, 0xFFFFFFFF - 36])
+def test_a_streamed_wav_whose_header_holds_a_placeholder_size_is_measured_by_its_samples(tmp_path,
+                                                                                         placeholder) -> None:
+    """espeak-ng and recorders writing to a pipe leave a placeholder data size in the header: the 2 s of
+    speech measured 48,695 s, and routing refused every model with max_audio_seconds for it."""
+    good = wav(2.0)  # 16-bit mono at 16 kHz
+    streamed = good[:4] + struct.pack("<L", placeholder + 36) + good[8:40] + struct.pack("<L", placeholder) + good[44:]
+    assert measure(streamed, Modality.AUDIO)[0] == pytest.approx(2.0)
+    stored = tmp_path / "streamed.wav"
+    stored.write_bytes(streamed)
+    assert measure(str(stored), Modality.AUDIO)[0] == pytest.approx(2.0)
+    assert measure(good, Modality.AUDIO)[0] == pytest.approx(2.0)  # a finished header is read as before
+
+
 def test_a_malformed_wav_is_answered_with_its_duration_unknown(start_daemon) -> None:
     daemon = start_daemon(CONFIG)
     media = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav_with_list_chunk_past_riff_size())
