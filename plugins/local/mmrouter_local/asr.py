@@ -11,12 +11,14 @@ freeing the decoder for the next call.
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections.abc import Iterator
 from typing import NamedTuple
 
 from router import Transcript, Utterance, Word
+from router.errors import ProviderUnsupportedInput
 
 from .audio import BYTES_PER_SECOND, SAMPLE_RATE, PcmReader
 from .decoder_process import DecoderProcess
@@ -37,6 +39,22 @@ MAX_SEGMENT_BYTES = BYTES_PER_SECOND * 30
 #: Fillers and markers in the decoder's output that are not words.
 _NOT_WORDS = re.compile(r"^(<s>|</s>|<sil>|\[.*\]|\+\+.*\+\+)$")
 _ALTERNATE = re.compile(r"\(\d+\)$")
+
+
+#: The language the decoder's model transcribes (its primary BCP-47 subtag).
+LANGUAGE = "en"
+
+
+def check_language(language: str, provider: str = "local") -> None:
+    """Raise :class:`router.errors.ProviderUnsupportedInput` (a fallback may take the request) when
+    ``language`` (``Options.language``) is set and is not English: the shipped model is en-US, and speech
+    in another language came back as confident English words. Any ``en`` or ``en-XX`` tag is English."""
+    primary = re.split(r"[-_]", language.strip(), maxsplit=1)[0]
+    if primary and primary.lower() != LANGUAGE:
+        raise ProviderUnsupportedInput(
+            provider, f"the local provider transcribes English only (its speech model is en-US), and the request "
+                     f"asks for language {language.strip()!r}: leave options.language empty or set it to \"en\", "
+                     "or send the request to a provider that transcribes that language")
 
 
 def _until_cancelled(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -135,9 +153,15 @@ class SpeechRecognizer:
         """Transcribe 16 kHz mono s16le PCM chunks into utterances and timed words.
 
         Raises :class:`mmrouter_local.pool.JobCancelled` between chunks and utterances once the call
-        waiting for it was cancelled.
+        waiting for it was cancelled, :class:`mmrouter_local.decoder_process.DecoderGone` (retryable) when
+        the decoder's process ended. The first chunk is read before the decoder is taken, so the errors of
+        opening the audio (no audio track, not decodable, too long) do not wait for another call's decoding.
         """
-        reader = PcmReader(_until_cancelled(pcm))
+        raise_if_cancelled()
+        chunks = iter(pcm)
+        # Opened before the decoder is taken: a file without sound or not decodable fails without waiting for it.
+        first = next(chunks, b"")
+        reader = PcmReader(_until_cancelled(itertools.chain([first], chunks)))
         utterances: list[Utterance] = []
         words: list[Word] = []
         with self._lock:

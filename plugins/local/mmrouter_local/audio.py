@@ -175,6 +175,17 @@ def check_decoded_duration(seconds: float, max_seconds: float) -> None:
                            "provider transcribes (decoding stopped there)")
 
 
+def has_audio_track(source: Path | bytes) -> bool:
+    """Whether ``source`` is a container holding an audio track (only its header is read). False for one that
+    cannot be opened: transcribing it fails at once, when it is opened again."""
+    try:
+        container = open_container(source)
+    except DecodeError:
+        return False
+    with container:
+        return bool(container.streams.audio)
+
+
 def iter_pcm16k(source: Path | bytes, max_seconds: float = MAX_AUDIO_SECONDS) -> Iterator[bytes]:
     """Yield the first audio track of ``source`` as 16 kHz mono s16le PCM chunks.
 

@@ -15,9 +15,16 @@ import subprocess
 import sys
 from typing import Any, BinaryIO, NamedTuple
 
+from router.errors import ProviderUnavailable
 
-class DecoderGone(RuntimeError):
-    """The decoder's process ended (killed, out of memory): the next call starts a new one."""
+
+class DecoderGone(ProviderUnavailable):
+    """The decoder's process ended (killed, out of memory): the call fails as retryable UNAVAILABLE, and the
+    next call starts a new process."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__("local", f"the local speech decoder stopped ({cause}; killed, or out of memory?): "
+                                  "retry the call, which starts it again")
 
 
 class Seg(NamedTuple):
@@ -78,7 +85,7 @@ class DecoderProcess:
             ok, value = pickle.load(self._child.stdout)
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             self._child.kill()
-            raise DecoderGone(f"the speech decoder's process ended ({type(exc).__name__})") from None
+            raise DecoderGone(f"its process ended: {type(exc).__name__}") from None
         if not ok:
             raise RuntimeError(f"the speech decoder failed: {value}")
         return value

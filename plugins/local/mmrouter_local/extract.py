@@ -9,10 +9,10 @@ from router import Media, Transcript
 from router.mime import normalise_mime
 
 from .asr import SpeechRecognizer
-from .audio import MAX_AUDIO_SECONDS, NoAudioTrack, iter_pcm16k
+from .audio import MAX_AUDIO_SECONDS, NoAudioTrack, has_audio_track, iter_pcm16k
 from .ocr import MAX_OCR_PIXELS, ImageTooLarge, TextReader, image_facts, open_image, to_bgr, upright
 from .pdf import iter_pages
-from .pool import raise_if_cancelled
+from .pool import one_at_a_time, raise_if_cancelled
 from .video import read_frames
 
 
@@ -47,6 +47,19 @@ def source_of(media: Media) -> Path | bytes:
     if media.data is not None:
         return media.data
     raise UnreadableMedia("media given by URL cannot be fetched offline; upload it instead")
+
+
+#: The text of an audio section, and of a transcription's answer, when no speech was heard (the transcript's
+#: own text stays empty).
+NO_SPEECH = "(no speech found)"
+
+
+def may_use_decoder(media: Media, *_: object) -> bool:
+    """Whether transcribing ``media`` may need the speech decoder: False for a file without an audio track
+    (a video without sound), or one that cannot be opened (either fails before the decoder is used)."""
+    if media.path is None and media.data is None:
+        return False  # refused before anything is read
+    return has_audio_track(source_of(media))
 
 
 def format_seconds(seconds: float) -> str:
@@ -176,11 +189,14 @@ class Extractor:
         except Exception:  # a broken chain of pages: the first is read
             return 1
 
+    @one_at_a_time(may_use_decoder)
     def transcribe(self, media: Media) -> Transcript:
         """The speech in an audio file or a video's audio track; raises :class:`mmrouter_local.audio.AudioTooLong`
-        for one over ``max_audio_seconds``, :class:`mmrouter_local.audio.NoAudioTrack` for a file without sound."""
+        for one over ``max_audio_seconds``, :class:`mmrouter_local.audio.NoAudioTrack` for a file without sound.
+        The pool runs such jobs one at a time (there is one decoder); one without sound does not wait."""
         return self.asr.transcribe(iter_pcm16k(source_of(media), self.max_audio_seconds))
 
+    @one_at_a_time(may_use_decoder)
     def audio(self, media: Media, name: str, kind: str = "Audio") -> tuple[Transcript | None, list[Section]]:
         """The transcript of the speech and its section, headed e.g. ``Audio talk.mp3: transcript, 3.0s``. A
         video without an audio track has no transcript (None), and its section says so."""
@@ -193,7 +209,7 @@ class Extractor:
                                   "(the video has no audio track: there is no speech to transcribe)")]
         what = "transcript" if kind == "Audio" else "audio transcript"
         heading = f"{kind} {name}: {what}, {format_seconds(transcript.duration_seconds)}"
-        return transcript, [Section(heading, transcript_lines(transcript))]
+        return transcript, [Section(heading, transcript_lines(transcript) or NO_SPEECH)]
 
     def video_frames(self, media: Media, name: str) -> list[Section]:
         """Text read on frames sampled every ``frame_interval`` seconds, one section per span."""

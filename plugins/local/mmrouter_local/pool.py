@@ -9,6 +9,10 @@ A job keeps running on its thread when the coroutine awaiting it is cancelled (t
 cancelled or passed its deadline), so each job gets a cancel flag: the pool sets it then, and
 long work calls :func:`raise_if_cancelled` between its steps to stop early and free what it
 holds (such as the one speech decoder).
+
+Jobs marked with :func:`one_at_a_time` (those using the one speech decoder) run one after another, and one
+waiting for its turn waits on the event loop, not on a worker: a long transcription holds one worker, and
+the others keep reading PDFs and images.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., object])
+
+#: The attribute :func:`one_at_a_time` sets on a job function: its ``needed`` check.
+_NEEDED = "_mmrouter_one_at_a_time"
 
 #: The running job's cancel flag, per worker thread.
 _current = threading.local()
@@ -38,6 +46,22 @@ def raise_if_cancelled() -> None:
         raise JobCancelled("the call waiting for this job was cancelled")
 
 
+def one_at_a_time(needed: Callable[..., bool]) -> Callable[[F], F]:
+    """Mark a job function that uses a resource only one job may use at a time (the speech decoder).
+
+    :meth:`WorkerPool.run` runs such jobs one after another, in the order they came; one waiting for its
+    turn waits on the event loop, holding no worker, so other jobs run meanwhile. ``needed`` takes the
+    job's arguments and says whether this call uses the resource at all; it runs on a worker, only when
+    the job would have to wait: a job that does not (a video without sound needs no decoder) runs at once.
+    """
+
+    def mark(fn: F) -> F:
+        setattr(fn, _NEEDED, needed)
+        return fn
+
+    return mark
+
+
 class WorkerPool:
     """A fixed-size thread pool that coroutines await work on."""
 
@@ -48,6 +72,10 @@ class WorkerPool:
         #: How many jobs stopped early because the coroutine awaiting them was cancelled.
         self.cancelled_jobs = 0
         self._running: set[threading.Event] = set()  # the cancel flags of the jobs running now
+        #: The turn of the :func:`one_at_a_time` jobs, and the event loop it is for (a lock serves one loop).
+        self._turn: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        #: How many :func:`one_at_a_time` jobs wait for their turn now (holding no worker).
+        self.waiting_for_turn = 0
 
     def _get(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -56,11 +84,37 @@ class WorkerPool:
             return self._executor
 
     async def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """Run ``fn(*args, **kwargs)`` on a worker thread and await its result.
+        """Run ``fn(*args, **kwargs)`` on a worker thread and await its result; a :func:`one_at_a_time`
+        job first waits for its turn, on the event loop.
 
         If the awaiting coroutine is cancelled, the job's cancel flag is set: a job not started yet never
         runs, and a running one stops at its next :func:`raise_if_cancelled`.
         """
+        needed: Callable[..., bool] | None = getattr(fn, _NEEDED, None)
+        if needed is None:
+            return await self._submit(fn, *args, **kwargs)
+        turn = self._turn_lock()
+        if turn.locked() and not await self._submit(needed, *args, **kwargs):
+            return await self._submit(fn, *args, **kwargs)  # it does not use what the turn guards
+        self.waiting_for_turn += 1
+        try:
+            await turn.acquire()
+        finally:
+            self.waiting_for_turn -= 1
+        try:
+            return await self._submit(fn, *args, **kwargs)
+        finally:
+            turn.release()
+
+    def _turn_lock(self) -> asyncio.Lock:
+        """The lock of the :func:`one_at_a_time` jobs' turn on the running event loop."""
+        loop = asyncio.get_running_loop()
+        if self._turn is None or self._turn[0] is not loop:
+            self._turn = (loop, asyncio.Lock())
+        return self._turn[1]
+
+    async def _submit(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Run ``fn(*args, **kwargs)`` on a worker thread, with a cancel flag, and await its result."""
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
         future = loop.run_in_executor(self._get(), functools.partial(self._job, cancel, fn, *args, **kwargs))
