@@ -122,6 +122,36 @@ def test_register_hook_reads_settings_and_rejects_bad_ones() -> None:
             register_providers(registered.append, {key: value})
 
 
+def encrypted_pdf() -> bytes:
+    """A one-page PDF that opens only with a user password."""
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(media.pdf([["Secret plans"]]))))
+    writer.encrypt("user-password")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+async def test_the_first_text_comes_with_the_first_media_extracted(local: LocalProvider) -> None:
+    """The header was sent before any media was read, so a failure came after text and the router (which
+    falls back only before any text) could not try the rule's fallback in a stream. Now nothing is sent
+    before the first media is extracted: an unreadable one fails with no event sent; a readable one comes
+    with the header in the first text, each later media in a text of its own."""
+    ctx = CallContext(request_id="first-text", deadline=time.monotonic() + 60)
+    events: list = []
+    secret = Media(Modality.DOCUMENT, "application/pdf", data=encrypted_pdf(), filename="secret.pdf")
+    with pytest.raises(ProviderBadRequest, match=r"cannot read secret\.pdf: the PDF is encrypted"):
+        async for event in local.generate(ask(secret), local.models[0], ctx):
+            events.append(event)
+    assert events == []
+    first = Media(Modality.DOCUMENT, "application/pdf", data=media.pdf([["Alpha page"]]), filename="a.pdf")
+    second = Media(Modality.DOCUMENT, "application/pdf", data=media.pdf([["Beta page"]]), filename="b.pdf")
+    texts = [e.text for e in await collect(local, ask(first, second), local.models[0]) if isinstance(e, TextDelta)]
+    assert len(texts) == 2 and texts[0].startswith(HEADER), texts
+    assert texts[0].endswith("\n\n[PDF a.pdf, page 1]\nAlpha page") and texts[1] == "\n\n[PDF b.pdf, page 1]\nBeta page"
+
+
 async def test_pdf_text_page_by_page(local: LocalProvider) -> None:
     pdf = media.pdf([["Quarterly report", "Revenue grew by ten percent"], ["Appendix with zebra tables"]])
     events = await collect(local, ask(Media(Modality.DOCUMENT, "application/pdf", data=pdf,
@@ -745,6 +775,41 @@ async def test_an_image_a_pdf_shows_on_many_pages_is_read_once(local: LocalProvi
     for number in range(1, pages + 1):
         assert f"[PDF scan.pdf, page {number}, OCR of a page without a text layer]\nscanned page" in text, text
     assert local.extractor.ocr.images_read - before == 1
+
+
+def stamped_scan_pdf() -> bytes:
+    """Page 1: a scan covering the page, with an 8-pt Bates stamp as its text layer (as legal workflows and
+    scanner apps add); page 2: a short title and a small picture (a logo), a sixth of the page."""
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    scan = media.text_image([((40, 60), "Scanned page number 1"), ((40, 140), "Meeting at nine oclock")],
+                            size=(600, 800))
+    logo = media.text_image([((20, 20), "SMALL LOGO")], size=(400, 100))
+    out = io.BytesIO()
+    doc = canvas.Canvas(out)  # A4: 595 x 842 points
+    doc.drawImage(ImageReader(io.BytesIO(media.encode_image(scan))), 0, 0, width=595, height=842)
+    doc.setFont("Helvetica", 8)
+    doc.drawString(480, 20, "BATES-000123")
+    doc.showPage()
+    doc.drawString(72, 760, "Quarterly report")
+    doc.drawImage(ImageReader(io.BytesIO(media.encode_image(logo))), 72, 400, width=400, height=200)
+    doc.showPage()
+    doc.save()
+    return out.getvalue()
+
+
+async def test_a_scan_with_a_small_text_layer_is_read_too(local: LocalProvider) -> None:
+    """A page's images were OCRed only when its text layer was empty: a scanned page with a Bates stamp
+    gave the stamp alone. Under 200 characters of text with images over half the page: the images are read
+    too, after the text layer. A short title with a small picture is left as its text."""
+    item = Media(Modality.DOCUMENT, "application/pdf", data=stamped_scan_pdf(), filename="stamped.pdf")
+    before = local.extractor.ocr.images_read
+    text = text_of(await collect(local, ask(item), local.models[0]))
+    page1 = text.split("[PDF stamped.pdf, page 1]\n", 1)[1].split("\n\n[PDF stamped.pdf, page 2]\n")[0]
+    assert page1.splitlines() == ["BATES-000123", "Scanned page number 1", "Meeting at nine oclock"], text
+    assert text.endswith("[PDF stamped.pdf, page 2]\nQuarterly report"), text
+    assert local.extractor.ocr.images_read - before == 1  # the scan, not the logo
 
 
 async def test_a_16_bit_grayscale_scan_is_read(local: LocalProvider) -> None:

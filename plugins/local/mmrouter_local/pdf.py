@@ -1,4 +1,4 @@
-"""PDF text, page by page, with pypdf; pages without a text layer are OCRed."""
+"""PDF text, page by page, with pypdf; pages without a text layer, or scans with a small one, are OCRed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ from pathlib import Path
 
 from .pool import JobCancelled, raise_if_cancelled
 
+#: A page whose text layer is shorter than this (in characters, stripped) while its images cover more than
+#: :data:`MIN_SCAN_COVER` of it is a scan with a stamp (a Bates number, a "Scanned by ..." footer): its
+#: images are OCRed too, their text after the text layer's.
+MAX_STAMP_CHARS = 200
+#: The share of a page's area its images must cover for a page with a short text layer to be OCRed.
+MIN_SCAN_COVER = 0.5
+
 
 class PdfError(ValueError):
     """The data is not a readable PDF (corrupt or encrypted)."""
@@ -17,7 +24,8 @@ class PdfError(ValueError):
 
 @dataclass
 class PdfPage:
-    """The text of one page; ``number`` counts from 1. ``ocr`` says the text came from OCR."""
+    """The text of one page; ``number`` counts from 1. ``ocr`` says the text came from OCR alone (a page
+    without a text layer); a scan with a small text layer has its OCR text after that layer's."""
 
     number: int
     text: str
@@ -30,7 +38,9 @@ def iter_pages(
     """Yield each page's text in order.
 
     A page with no extractable text (a scan) has its embedded images read by
-    ``ocr_image`` (image bytes -> lines) when one is given. Each image is read once per document
+    ``ocr_image`` (image bytes -> lines) when one is given; so has a page with under
+    :data:`MAX_STAMP_CHARS` characters of text whose images cover over :data:`MIN_SCAN_COVER` of it (a scan
+    with a stamp), its OCR text after the text layer's. Each image is read once per document
     (see :func:`_image_lines`): a page tree may point at one scanned page 100,000 times, or every page
     show one image.
     """
@@ -61,7 +71,7 @@ def iter_pages(
             text = (page.extract_text() or "").strip()
         except Exception as e:  # pypdf raises many types on odd content streams
             text = f"(text could not be extracted: {type(e).__name__})"
-        if text or ocr_image is None:
+        if ocr_image is None or (text and (len(text) >= MAX_STAMP_CHARS or _image_cover(page) <= MIN_SCAN_COVER)):
             yield PdfPage(index + 1, text)
             continue
         try:
@@ -70,7 +80,40 @@ def iter_pages(
             raise
         except Exception as e:
             lines = [f"(embedded images could not be read: {type(e).__name__})"]
-        yield PdfPage(index + 1, "\n".join(lines), ocr=True)
+        yield PdfPage(index + 1, "\n".join([text, *lines]) if text else "\n".join(lines), ocr=not text)
+
+
+def _image_cover(page) -> float:
+    """The share of ``page``'s area (a pypdf page) that its images cover: the images its content stream
+    draws (XObjects of the page's resources, and inline images), each the unit square scaled by the
+    transformation matrix in force, their areas added. Images inside form XObjects are not counted; 0
+    when the page's size or content cannot be read."""
+    try:
+        box = page.mediabox
+        page_area = abs(float(box.width) * float(box.height))
+        content = page.get_contents()
+        if not page_area or content is None:
+            return 0.0
+        xobjects = {}  # read with [], which resolves indirect objects (get() does not)
+        if "/Resources" in page and "/XObject" in page["/Resources"]:
+            xobjects = page["/Resources"]["/XObject"]
+        # only the matrix's determinant matters for areas: the determinant of a product is the product of theirs
+        scale, saved, covered = 1.0, [], 0.0
+        for operands, operator in content.operations:
+            if operator == b"q":
+                saved.append(scale)
+            elif operator == b"Q" and saved:
+                scale = saved.pop()
+            elif operator == b"cm" and len(operands) == 6:
+                a, b, c, d = (float(x) for x in operands[:4])
+                scale *= a * d - b * c
+            elif operator == b"INLINE IMAGE" or (
+                    operator == b"Do" and operands and operands[0] in xobjects
+                    and xobjects[operands[0]].get("/Subtype") == "/Image"):
+                covered += abs(scale)
+        return covered / page_area
+    except Exception:  # odd content or resources: pypdf raises many types
+        return 0.0
 
 
 def _image_lines(page, ocr_image: Callable[[bytes], list[str]], read: dict[Hashable, list[str]]) -> list[str]:

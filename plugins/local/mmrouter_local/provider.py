@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -29,8 +30,9 @@ from router import (
     UsageReport,
 )
 
+from .asr import check_language
 from .audio import MAX_AUDIO_SECONDS, AudioTooLong, DecodeError, NoAudioTrack
-from .extract import Extractor, Section, UnreadableMedia, label
+from .extract import NO_SPEECH, Extractor, Section, UnreadableMedia, label
 from .models import EXTRACT_MIME_TYPES
 from .pdf import PdfError
 from .pool import WorkerPool
@@ -54,6 +56,7 @@ EXTRACT_MODEL = ModelInfo(
     context_tokens=1_000_000,
     price=Price(),
     input_mime_types=EXTRACT_MIME_TYPES,
+    max_audio_seconds=MAX_AUDIO_SECONDS,  # an instance declares its own setting (see LocalProvider.__init__)
 )
 
 
@@ -62,7 +65,7 @@ class LocalProvider(Provider):
 
     Settings (``providers.local``): ``workers`` (threads for CPU work, default 2),
     ``ocr_frame_interval_seconds`` (video frame sampling, default 2) and ``max_audio_seconds`` (the
-    longest audio transcribed, default an hour).
+    longest audio transcribed, default an hour, which its model declares: routing skips it for longer media).
     """
 
     name = "local"
@@ -72,6 +75,8 @@ class LocalProvider(Provider):
                  max_audio_seconds: float = MAX_AUDIO_SECONDS) -> None:
         self.pool = WorkerPool(workers)
         self.extractor = Extractor(frame_interval, max_audio_seconds)
+        # routing and bridges skip this model for audio (or video) longer than it transcribes
+        self.models = [dataclasses.replace(EXTRACT_MODEL, max_audio_seconds=max_audio_seconds)]
 
     @classmethod
     def from_settings(cls, settings: LocalSettings | Mapping[str, Any] | None) -> LocalProvider:
@@ -95,12 +100,15 @@ class LocalProvider(Provider):
         In a session, earlier turns' media are not extracted again: their text is in the answers
         the session keeps (an hour of speech is not decoded again on every follow-up question)."""
         if request.effective_task is Task.TRANSCRIBE:
+            check_language(request.options.language, self.name)
             async for event in self._transcribe(request.current_media()):
                 yield event
             return
         media = request.turn_media()
         for item in media:
             self._check_local(item)
+        if any(m.modality in (Modality.AUDIO, Modality.VIDEO) for m in media):  # speech to read
+            check_language(request.options.language, self.name)
         audio_seconds = 0.0
         question = "\n".join(p.text for p in request.parts() if p.text and p.text.strip())
         intro = HEADER + ("\n" + NOT_ANSWERED if question else "")
@@ -109,13 +117,18 @@ class LocalProvider(Provider):
                       "in their answers.")
         elif not media:
             intro += "\n\n[No media to extract]\nThe request has only text, which is left as it is."
-        yield TextDelta(intro)
+        if not media:
+            yield TextDelta(intro)
+        # The intro waits for the first media's sections: a failure before any text (audio over
+        # max_audio_seconds, an encrypted PDF, a corrupt file) lets the route's fallback answer a stream too.
+        pending = intro
         for index, item in enumerate(media):
             sections, transcript = await self._extract(item, label(item, index))
             if transcript is not None:
                 audio_seconds += transcript.duration_seconds
                 yield TranscriptReady(transcript)  # the structured transcript too, with times
-            yield TextDelta("\n\n" + "\n\n".join(s.render() for s in sections))
+            yield TextDelta(pending + "\n\n" + "\n\n".join(s.render() for s in sections))
+            pending = ""
         yield UsageReport(Usage(audio_seconds=round(audio_seconds, 2)))
 
     def _check_local(self, media: Media) -> None:
@@ -138,7 +151,7 @@ class LocalProvider(Provider):
             transcripts.append(await self._run(label(item, index), self.extractor.transcribe, item))
         transcript = Transcript.merged(transcripts)
         yield TranscriptReady(transcript)
-        yield TextDelta(transcript.text)
+        yield TextDelta(transcript.text or NO_SPEECH)  # silence: said, as in an extraction's section
         yield UsageReport(Usage(audio_seconds=transcript.duration_seconds))
 
     async def _extract(self, media: Media, name: str) -> tuple[list[Section], Transcript | None]:

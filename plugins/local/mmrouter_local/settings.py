@@ -7,6 +7,9 @@ Keys (all optional)::
         workers: 2                     # threads for CPU work (default: min(2, CPUs))
         ocr_frame_interval_seconds: 2  # video frame sampling (default 2)
         max_audio_seconds: 3600        # the longest audio (or video sound) transcribed (default an hour)
+
+``max_audio_seconds`` is also the ``extract`` model's declared ``max_audio_seconds``: routing skips the model
+for audio or video whose header gives a longer length.
 """
 
 from __future__ import annotations
