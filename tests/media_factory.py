@@ -13,6 +13,11 @@ def wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
     """A mono 16-bit WAV with a quiet 440 Hz tone."""
     frames = b"".join(struct.pack("<h", int(3000 * math.sin(2 * math.pi * 440 * i / rate)))
                       for i in range(int(seconds * rate)))
+    return wav_of(frames, rate)
+
+
+def wav_of(frames: bytes, rate: int = 16000) -> bytes:
+    """A mono 16-bit WAV of the samples ``frames``."""
     buf = io.BytesIO()
     with wave.open(buf, "wb") as out:
         out.setnchannels(1)
@@ -20,6 +25,18 @@ def wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
         out.setframerate(rate)
         out.writeframes(frames)
     return buf.getvalue()
+
+
+def repeated_wav(data: bytes, times: int, pause: float = 0.5) -> bytes:
+    """The WAV ``data`` played ``times`` times, with ``pause`` seconds of silence after each."""
+    with wave.open(io.BytesIO(data)) as w:
+        params, frames = w.getparams(), w.readframes(w.getnframes())
+    silence = b"\x00" * (params.sampwidth * params.nchannels * int(params.framerate * pause))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setparams(params)
+        w.writeframes((frames + silence) * times)
+    return out.getvalue()
 
 
 def png(text: str = "", size: tuple[int, int] = (64, 32)) -> bytes:

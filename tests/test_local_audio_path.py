@@ -7,13 +7,11 @@ Speech comes from espeak-ng (see tests/fakes/local.py) and is decoded by the rea
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import signal
-import wave
 
 import pytest
-from media_factory import mp4, pdf
+from media_factory import mp4, pdf, repeated_wav, wav_of
 from mmrouter_local import LocalProvider
 
 from router import Media, Message, Modality, Options, Part, Request, Role, Task, TextDelta, TranscriptReady
@@ -37,28 +35,6 @@ def ask(*items: Media, task: Task = Task.AUTO, language: str = "") -> Request:
 
 def text_of(events: list) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
-
-
-def wav_of(frames: bytes, rate: int = 16000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(frames)
-    return out.getvalue()
-
-
-def repeated_wav(data: bytes, times: int, pause: float = 0.5) -> bytes:
-    """The WAV ``data`` played ``times`` times, with ``pause`` seconds of silence after each."""
-    with wave.open(io.BytesIO(data)) as w:
-        params, frames = w.getparams(), w.readframes(w.getnframes())
-    silence = b"\x00" * (params.sampwidth * params.nchannels * int(params.framerate * pause))
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setparams(params)
-        w.writeframes((frames + silence) * times)
-    return out.getvalue()
 
 
 def audio(data: bytes, name: str = "") -> Media:

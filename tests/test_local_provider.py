@@ -19,6 +19,7 @@ import time
 import wave
 
 import pytest
+from media_factory import repeated_wav
 from mmrouter_local import LocalProvider, register_providers
 from mmrouter_local.pool import JobCancelled, WorkerPool, raise_if_cancelled
 from mmrouter_local.provider import HEADER
@@ -75,18 +76,6 @@ def wav_seconds(data: bytes) -> float:
     with wave.open(io.BytesIO(data)) as w:  # espeak-ng's header does not hold the length: count the frames
         frames = w.readframes(w.getnframes())
         return len(frames) / (w.getsampwidth() * w.getnchannels() * w.getframerate())
-
-
-def repeated_wav(data: bytes, times: int, pause: float = 0.5) -> bytes:
-    """The WAV ``data`` played ``times`` times, with ``pause`` seconds of silence after each."""
-    with wave.open(io.BytesIO(data)) as w:
-        params, frames = w.getparams(), w.readframes(w.getnframes())
-    silence = b"\x00" * (params.sampwidth * params.nchannels * int(params.framerate * pause))
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setparams(params)
-        w.writeframes((frames + silence) * times)
-    return out.getvalue()
 
 
 class TestLocalContract(ProviderContract):

@@ -944,30 +944,14 @@ def test_the_aiohttp_transport_is_the_default_but_a_url_with_credentials_uses_ht
 async def test_a_malformed_response_is_unavailable_not_a_plugin_failure(transport, reply) -> None:
     """The SDK's aiohttp transport lets aiohttp's own response errors through unmapped: they were
     INTERNAL "the plugin failed", with tracebacks."""
-    server = RawServer(reply)
-    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5,
-                        "http_client": transport})
-    try:
-        with pytest.raises(ProviderUnavailable) as info:
-            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
-    finally:
-        await p.aclose()
-        server.close()
-    assert API_KEY not in info.value.message
+    assert API_KEY not in (await chat_unavailable(reply, transport)).message
 
 
 async def test_a_stream_event_that_is_not_utf8_is_unavailable() -> None:
     """The events are decoded by json.loads: bad UTF-8 is a bad answer (fallbacks run), not a plugin failure."""
     body = b'data: {"choices":[{"index":0,"delta":{"content":"\xff\xfe"}}]}\n\n'
-    server = RawServer(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
-                       + str(len(body)).encode() + b"\r\n\r\n" + body)
-    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5})
-    try:
-        with pytest.raises(ProviderUnavailable, match="failed while answering"):
-            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
-    finally:
-        await p.aclose()
-        server.close()
+    error = await chat_unavailable(raw_reply(body, "text/event-stream"))
+    assert "failed while answering" in error.message
 
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
@@ -1013,6 +997,20 @@ def raw_reply(body: bytes, content_type: str = "application/json", status: str =
     """A whole HTTP/1.1 response carrying ``body``."""
     return (f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n").encode() + body
+
+
+async def chat_unavailable(reply: bytes, transport: str = "aiohttp") -> ProviderUnavailable:
+    """The error of a chat call to a server that answers ``reply`` (raw bytes) to any request."""
+    server = RawServer(reply)
+    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5,
+                        "http_client": transport})
+    try:
+        with pytest.raises(ProviderUnavailable) as info:
+            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
+    finally:
+        await p.aclose()
+        server.close()
+    return info.value
 
 
 async def transcribe_from(reply: bytes, model: str, transport: str = "aiohttp",
@@ -1304,18 +1302,10 @@ async def test_a_transcription_whose_json_does_not_parse_is_unavailable_not_a_pl
 async def test_a_chat_answered_with_an_html_page_says_so_not_a_cut_stream(transport: str) -> None:
     """A captive portal's 200 text/html was "the stream ended before the answer was complete"."""
     page = b"<html><head><title>Sign in</title></head><body>Please log in to the hotel wifi</body></html>"
-    server = RawServer(raw_reply(page, "text/html; charset=utf-8"))
-    p = OpenAIProvider({"api_key": API_KEY, "base_url": f"http://127.0.0.1:{server.port}/v1", "timeout": 5,
-                        "http_client": transport})
-    try:
-        with pytest.raises(ProviderUnavailable) as info:
-            await collect(p, Request([user(text("hi"))]), model_of(p, "gpt-4o"))
-    finally:
-        await p.aclose()
-        server.close()
+    message = (await chat_unavailable(raw_reply(page, "text/html; charset=utf-8"), transport)).message
     assert ("the answer is not an event stream but a page of type text/html (a proxy's or captive portal's login "
-            "page") in info.value.message
-    assert "ended before" not in info.value.message and "<html>" not in info.value.message
+            "page") in message
+    assert "ended before" not in message and "<html>" not in message
 
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
