@@ -22,6 +22,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import time
 import uuid
 import weakref
@@ -967,7 +968,6 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         raise ConfigError(f"server.address (--address): {exc}") from None
     if ready_file is not None:
         check_ready_file(ready_file)
-        _remove_ready_file(ready_file)  # a stopped daemon's address must not be read as this one's
     log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
     logging.getLogger("grpc._cython.cygrpc").addFilter(SendFailedFilter())
     # what the daemon writes (conversations, media, the sessions database) is its users' data: other
@@ -976,6 +976,8 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     data_dir = Path(config.server.data_dir).expanduser()
     made_data_dir = not data_dir.exists()  # removed again if the daemon does not start (a mistyped data_dir)
     data_lock = lock_data_dir(data_dir)
+    if ready_file is not None:  # a stopped daemon's address must not be read as this one's (removed only
+        _remove_ready_file(ready_file)  # now: a second daemon refused the data directory leaves it alone)
     warn_if_open_to_others(Path(config.server.data_dir).expanduser())
     warn_if_token_in_clear(config.server.address, config.server.auth_token, config.server.tls is not None)
     if config.server.tls:
@@ -1084,10 +1086,15 @@ async def _report_stuck_calls(every: float) -> None:
 
 def _remove_ready_file(path: Path, holding: str | None = None) -> None:
     """Remove the ``--ready-file`` (only if it still says ``holding``, when given: a daemon started since
-    may have written its own): a stopped daemon's address must not be taken for a running one's."""
+    may have written its own): a stopped daemon's address must not be taken for a running one's. Only a
+    regular file is removed (``/dev/stdout``, a FIFO a supervisor reads, ``/dev/full`` in a test, stay)."""
     try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return
         if holding is None or path.read_text() == holding:
-            path.unlink(missing_ok=True)
+            path.unlink()
+    except FileNotFoundError:
+        return
     except OSError as exc:
         log.warning("cannot remove the --ready-file %s (%s): it may still name a daemon that is gone", path,
                     exc.strerror or exc)

@@ -1133,6 +1133,9 @@ def test_the_ready_file_names_only_a_running_daemon(tmp_path, plugin_sites) -> N
         assert wait_for(lambda: (ready.exists() and ready.read_text()) or proc.poll() is not None, 60)
         address = ready.read_text()
         assert address.startswith("127.0.0.1:"), log.read_text()
+        second, _, _ = _serve(tmp_path, plugin_sites, "127.0.0.1:0")  # refused: the data directory is taken
+        assert second.wait(60) != 0
+        assert ready.read_text() == address  # the running daemon's file stays
     finally:
         _stop(proc)
     assert proc.returncode == 0 and not ready.exists(), log.read_text()
@@ -1144,6 +1147,15 @@ def test_the_ready_file_names_only_a_running_daemon(tmp_path, plugin_sites) -> N
         proc, ready, log = _serve(tmp_path, plugin_sites, f"127.0.0.1:{taken.getsockname()[1]}")
         assert proc.wait(60) == 1
     assert not ready.exists(), log.read_text()
+
+    proc, ready, log = _serve(tmp_path, plugin_sites, "127.0.0.1:0")  # its file removed by someone else:
+    try:                                                               # nothing to say at the stop
+        assert wait_for(lambda: (ready.exists() and ready.read_text()) or proc.poll() is not None, 60)
+        ready.unlink()
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0 and "--ready-file" not in log.read_text().split(" stopped")[-1]
+    assert "cannot remove the --ready-file" not in log.read_text()
 
 
 def test_a_start_refused_for_its_configuration_leaves_no_data_directory(tmp_path, plugin_sites) -> None:
