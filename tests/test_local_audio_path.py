@@ -134,7 +134,7 @@ async def test_silence_is_said_to_have_no_speech() -> None:
     assert transcript.text == "" and not transcript.utterances
 
 
-@pytest.mark.parametrize("language", ["", "en", "en-US", "EN-gb", "en_AU"])
+@pytest.mark.parametrize("language", ["", "en", "en-US", "EN-gb", "en_AU", "eng", "eng-US"])
 def test_english_or_no_language_may_be_transcribed(language: str) -> None:
     from mmrouter_local.asr import check_language
 

@@ -154,25 +154,20 @@ def test_broken_and_hostile_containers_are_refused_cleanly(fresh) -> None:
 
 def test_a_wav_of_noise_is_transcribed_and_one_declaring_1_hz_is_refused(fresh) -> None:
     """Random samples behind a real WAV header are just (noisy) audio. At 1 Hz, 200 KB of them resampled to
-    16 kHz were 28 hours of audio for the recognizer (routing now skips local for that length, over its
-    max_audio_seconds): under 4 kHz is refused, here 2 KB, 1,000 s at 1 Hz."""
+    16 kHz were 28 hours of audio for the recognizer: under 4 kHz is refused."""
     text = extract(fresh, pb.MODALITY_AUDIO, "audio/wav", media_factory.wav_declaring_rate(8000), "noise.wav")
     assert "[Audio noise.wav: transcript, 12.5s]" in text, text
     started = time.monotonic()
-    details = refusal(fresh, pb.MODALITY_AUDIO, "audio/wav", media_factory.wav_declaring_rate(1, size=2_000),
-                      "slow.wav")
+    details = refusal(fresh, pb.MODALITY_AUDIO, "audio/wav", media_factory.wav_declaring_rate(1), "slow.wav")
     assert "cannot read slow.wav: the audio is sampled at 1 Hz, under the 4,000 Hz" in details.message
     assert time.monotonic() - started < 30
 
 
-def test_a_video_claiming_a_huge_duration_is_read_promptly(start_daemon) -> None:
-    """A frame stamped 35,000 years in: sampling used to step there 2 s at a time (hung forever). (Routing
-    skips local for a video longer than its max_audio_seconds, raised here so that local reads it.)"""
-    daemon = start_daemon("providers: {local: {max_audio_seconds: 1.0e+16}}\ndefault: local/extract\n",
-                          plugins=())
+def test_a_video_claiming_a_huge_duration_is_read_promptly(fresh) -> None:
+    """A frame stamped 35,000 years in: sampling used to step there 2 s at a time (hung forever)."""
     video = media_factory.mkv_frames_at([0, 2**50], "LATE FRAME")
     started = time.monotonic()
-    text = extract(daemon, pb.MODALITY_VIDEO, "video/x-matroska", video, "long.mkv", timeout=60)
+    text = extract(fresh, pb.MODALITY_VIDEO, "video/x-matroska", video, "long.mkv", timeout=60)
     assert "[Video long.mkv frames at 0.0s]\nLATE FRAME" in text, text
     assert "[Video long.mkv frames at 1125899906842.6s]\nLATE FRAME" in text, text
     assert time.monotonic() - started < 30
@@ -180,31 +175,27 @@ def test_a_video_claiming_a_huge_duration_is_read_promptly(start_daemon) -> None
 
 def test_audio_of_days_in_a_small_flac_is_refused_as_too_large(fresh) -> None:
     """235 KB of FLAC constant subframes stand for 3 days of audio: it was all decoded and fed to the speech
-    recognizer until the call's time ran out. Over the default hour it is refused: by routing when the header
-    says so (local declares its max_audio_seconds: with no other provider, NO_ROUTE), else by local as
-    INPUT_TOO_LARGE where decoding reaches the hour; the daemon stays up."""
+    recognizer until the call's time ran out. Over the default hour it is refused as INPUT_TOO_LARGE, from
+    the header, or where decoding reaches the hour when the header does not say; the daemon stays up."""
     from media_factory import constant_flac
 
-    for name, task in (("days.flac", pb.TASK_TRANSCRIBE), ("unsaid.flac", pb.TASK_AUTO)):
+    cases = [  # (file name, task, what the message says)
+        ("days.flac", pb.TASK_TRANSCRIBE, "the audio is 259,200 seconds (72:00:00) long, over the 3,600 seconds "
+                                          "(1:00:00) the local provider transcribes"),
+        ("unsaid.flac", pb.TASK_AUTO, "the audio goes on past 3,600 seconds (1:00:00), the most the local "
+                                      "provider transcribes (decoding stopped there)"),
+    ]
+    for name, task, says in cases:
         audio = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/flac", filename=name,
                          data=constant_flac(3 * 86400, rate=4000, declared=name == "days.flac"))
         request = text_request("", media=[audio], options=pb.Options(task=task))
         with pytest.raises(grpc.RpcError) as err:  # the timeout bounds a call that would run for minutes
             fresh.stub.Generate(pb.GenerateRequest(request=request), timeout=30)
         details = error_details(err.value)
-        if name == "days.flac":
-            assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_ROUTE"), details
-            assert "local/extract: 259200 s of audio is longer than its 3600 s" in details.message, details.message
-            continue
         assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INPUT_TOO_LARGE"), details
-        assert (f"cannot transcribe {name}: the audio goes on past 3,600 seconds (1:00:00), the most the local "
-                "provider transcribes (decoding stopped there): send a shorter clip, or raise "
-                "providers.local.max_audio_seconds") in details.message, details.message
+        assert f"cannot transcribe {name}: {says}: send a shorter clip, or raise providers.local.max_audio_seconds" \
+            in details.message, details.message
     assert fresh.proc.poll() is None
-
-
-#: local/extract first, OpenAI (the fake) as its fallbacks (a FLAC reaches them through whisper-1: gpt-audio
-#: takes WAV and MP3 only); local transcribes at most 3 s of audio.
 LOCAL_FIRST = """
 providers:
   openai: {{api_key: "{key}", base_url: "{url}"}}
@@ -250,24 +241,3 @@ def test_a_stream_falls_back_when_local_refuses_audio_over_its_limit(local_first
     answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60).answer  # the same route
     assert (answer.text, answer.route.provider, answer.route.model) == (text, "openai", "gpt-audio")
     assert len(fake.chat_requests()) == 2
-
-
-def test_local_declares_its_audio_limit_so_routing_skips_it_for_longer_audio(local_first) -> None:
-    """ListProviders gave local/extract no audio limit (0), so routing and explain picked it for audio it
-    then refused. It declares providers.local.max_audio_seconds: 8 s of WAV go to the fallback at once,
-    2 s stay with local."""
-    daemon, _ = local_first
-    (local,) = [p for p in daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=30).providers
-                if p.name == "local"]
-    assert [m.max_audio_seconds for m in local.models] == [3]
-
-    def route_of(seconds: float) -> pb.Route:
-        audio = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=media_factory.wav(seconds, 8000))
-        request = text_request("What is said?", media=[audio])
-        return daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route
-
-    route = route_of(8)
-    assert (route.provider, route.model) == ("openai", "gpt-audio"), route
-    assert "8 s of audio is longer than its 3 s" in str(route.trace), route.trace
-    route = route_of(2)
-    assert (route.provider, route.model) == ("local", "extract"), route

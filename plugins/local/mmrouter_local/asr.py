@@ -41,16 +41,17 @@ _NOT_WORDS = re.compile(r"^(<s>|</s>|<sil>|\[.*\]|\+\+.*\+\+)$")
 _ALTERNATE = re.compile(r"\(\d+\)$")
 
 
-#: The language the decoder's model transcribes (its primary BCP-47 subtag).
-LANGUAGE = "en"
+#: The language the decoder's model transcribes, as a primary BCP-47 subtag (ISO 639-1 or 639-2).
+LANGUAGES = ("en", "eng")
 
 
 def check_language(language: str, provider: str = "local") -> None:
     """Raise :class:`router.errors.ProviderUnsupportedInput` (a fallback may take the request) when
     ``language`` (``Options.language``) is set and is not English: the shipped model is en-US, and speech
-    in another language came back as confident English words. Any ``en`` or ``en-XX`` tag is English."""
+    in another language came back as confident English words. Any ``en``, ``eng`` or ``en-XX`` tag is
+    English."""
     primary = re.split(r"[-_]", language.strip(), maxsplit=1)[0]
-    if primary and primary.lower() != LANGUAGE:
+    if primary and primary.lower() not in LANGUAGES:
         raise ProviderUnsupportedInput(
             provider, f"the local provider transcribes English only (its speech model is en-US), and the request "
                      f"asks for language {language.strip()!r}: leave options.language empty or set it to \"en\", "

@@ -12,10 +12,12 @@ from .pool import JobCancelled, raise_if_cancelled
 
 #: A page whose text layer is shorter than this (in characters, stripped) while its images cover more than
 #: :data:`MIN_SCAN_COVER` of it is a scan with a stamp (a Bates number, a "Scanned by ..." footer): its
-#: images are OCRed too, their text after the text layer's.
-MAX_STAMP_CHARS = 200
+#: images are OCRed too, their text after the text layer's. Kept short: a slide with a few words over a
+#: full-page photo, or a scan with an OCR text layer of its own, is read from its text alone (OCR costs
+#: about a second a page).
+MAX_STAMP_CHARS = 50
 #: The share of a page's area its images must cover for a page with a short text layer to be OCRed.
-MIN_SCAN_COVER = 0.5
+MIN_SCAN_COVER = 0.8
 
 
 class PdfError(ValueError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib.util
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -56,7 +55,6 @@ EXTRACT_MODEL = ModelInfo(
     context_tokens=1_000_000,
     price=Price(),
     input_mime_types=EXTRACT_MIME_TYPES,
-    max_audio_seconds=MAX_AUDIO_SECONDS,  # an instance declares its own setting (see LocalProvider.__init__)
 )
 
 
@@ -75,8 +73,6 @@ class LocalProvider(Provider):
                  max_audio_seconds: float = MAX_AUDIO_SECONDS) -> None:
         self.pool = WorkerPool(workers)
         self.extractor = Extractor(frame_interval, max_audio_seconds)
-        # routing and bridges skip this model for audio (or video) longer than it transcribes
-        self.models = [dataclasses.replace(EXTRACT_MODEL, max_audio_seconds=max_audio_seconds)]
 
     @classmethod
     def from_settings(cls, settings: LocalSettings | Mapping[str, Any] | None) -> LocalProvider:
