@@ -103,9 +103,10 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
                 reported = True
             yield event
     except ProviderError as exc:
-        if deadline_passed(ctx) and not isinstance(exc, ProviderTimeout):
+        if isinstance(exc, ProviderUnavailable) and deadline_passed(ctx):
             # the plugin's own timeout, cut to the call's deadline, fired a moment before it: the deadline's
-            # failure, as when the router's cancellation wins the race (not an outage of the provider's)
+            # failure, as when the router's cancellation wins the race (not an outage of the provider's); a
+            # refusal (a bad request, a key, a rate limit) stays what it is
             timed_out = _timed_out(provider, elapsed(), exc)
             _failed(route, purpose, provider, model, ctx, timed_out, elapsed(), usage)
             raise timed_out from exc

@@ -225,3 +225,8 @@ def test_a_plugin_timeout_cut_to_the_deadline_is_the_deadline_s_and_starts_no_fa
     assert "PROVIDER_UNAVAILABLE (the API did not answer in time)" in health.last_failure_message
     assert wait_for(lambda: "provider call fake/echo failed" in daemon.logs())
     assert "provider call fake/small" not in daemon.logs()  # no fallback was started
+
+    # a refusal at the deadline stays what it is: the request's fault, not the clock's
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("GIVEUP:400@echo")), timeout=1.0)
+    assert error_details(caught.value).reason == "PROVIDER_BAD_REQUEST"

@@ -7,8 +7,8 @@ Text commands in the last user message:
   ``LEAK@<model>`` only on that model.
 - ``PARTIAL:<status>[@<model>]`` sends some text, then fails as ``FAIL`` does (a stream broken mid-answer).
 - ``CRASH`` raises a plain RuntimeError (a buggy plugin).
-- ``GIVEUP[@<model>]`` waits until 50 ms before the call's deadline, then fails as a plugin whose own
-  timeout was cut to the deadline does (503, "did not answer in time").
+- ``GIVEUP[:<status>][@<model>]`` waits until 50 ms before the call's deadline, then fails as a plugin
+  whose own timeout was cut to the deadline does (503, "did not answer in time"), or with ``status``.
 - ``CUT`` answers only ``max_output_tokens`` * 4 characters, with finish reason LENGTH;
 - ``SLOW:<seconds>`` sleeps; it writes ``started-<request id>`` into ``settings['marker_dir']``
   when it begins and ``cancelled-<request id>`` when cancelled, so tests can prove
@@ -75,10 +75,12 @@ class ScriptedProvider(router.Provider):
                 raise router.provider_error_from_status(self.name, int(status), f"scripted failure {status} mid-answer")
         if text == "LEAK" or text == f"LEAK@{model.name}":
             raise RuntimeError(f"upstream refused key {self.settings.get('api_key')}")
-        if text == "GIVEUP" or text == f"GIVEUP@{model.name}":
-            if ctx.deadline is not None:
-                await asyncio.sleep(max(0.0, ctx.deadline - time.monotonic() - 0.05))
-            raise router.provider_error_from_status(self.name, 503, "the API did not answer in time")
+        if text.startswith("GIVEUP"):
+            status, _, only_model = text[len("GIVEUP"):].removeprefix(":").partition("@")
+            if only_model in ("", model.name):
+                if ctx.deadline is not None:
+                    await asyncio.sleep(max(0.0, ctx.deadline - time.monotonic() - 0.05))
+                raise router.provider_error_from_status(self.name, int(status or 503), "the API did not answer in time")
         if text == "CRASH":
             raise RuntimeError("scripted crash")
         if text == "SURROGATE":  # text protobuf cannot send: a lone surrogate (as pypdf reads from odd PDFs)
