@@ -852,7 +852,7 @@ async def test_with_a_far_deadline_consecutive_poll_failures_end_the_call_at_the
     assert len(fake.created) == 1
 
 
-@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
 async def test_a_poll_failure_with_retry_after_waits_it(fake, provider, status):
     fake.poll_failures = [(status, {"Retry-After": "1"})]
     started = time.monotonic()

@@ -204,10 +204,11 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def retry_after(exc: BaseException) -> float | None:
-    """The Retry-After seconds of the failing response behind ``exc`` (a 429 or a 503, which may say how long
-    to wait), received in the current task; None if it gave none."""
+    """The Retry-After seconds of the failing response behind ``exc`` (of a status polls are retried on,
+    :data:`router.errors.TRANSIENT_STATUSES`, which may say how long to wait), received in the current task;
+    None if it gave none."""
     status = getattr(exc, "status_code", None)
-    return _retry_after(status) if status in (429, 503) else None
+    return _retry_after(status) if status in TRANSIENT_STATUSES else None
 
 
 def poll_failed(exc: BaseException, provider: str, transcript_id: str, api_key: str,
