@@ -978,7 +978,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     data_lock = lock_data_dir(data_dir)
     if ready_file is not None:  # a stopped daemon's address must not be read as this one's (removed only
         _remove_ready_file(ready_file)  # now: a second daemon refused the data directory leaves it alone)
-    warn_if_open_to_others(Path(config.server.data_dir).expanduser())
+    warn_if_open_to_others(data_dir)
     warn_if_token_in_clear(config.server.address, config.server.auth_token, config.server.tls is not None)
     if config.server.tls:
         warn_if_key_open(config.server.tls)
@@ -1017,7 +1017,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         except BaseException as exc:  # a gRPC server left to the garbage collector writes tracebacks
             await server.stop(0)
             await app.aclose()
-            data_lock.close()
+            _unlock(data_lock, data_dir if made_data_dir else None)
             if isinstance(exc, OSError):  # without its errno: ENOSPC would be taken for the data directory's
                 raise OSError(None, f"the --ready-file cannot be written ({exc.strerror or exc})",
                               str(ready_file)) from None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -321,6 +323,8 @@ def test_a_ready_file_that_fails_to_be_written_stops_the_server_cleanly(tmp_path
     assert result.returncode != 0
     entries = [json.loads(line) for line in (result.stdout + result.stderr).splitlines()]
     assert entries[-1]["level"] == "CRITICAL" and "/dev/full" in entries[-1]["message"]
+    assert not (tmp_path / "data").exists()  # the data directory this start made is gone with it
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # a ready file that is no regular file is never removed
 
 
 def test_the_access_line_of_a_call_whose_targets_all_failed_lists_only_the_failed_attempts(caplog) -> None:
