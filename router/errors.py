@@ -329,6 +329,7 @@ class ProviderFailed(ProviderError):
 #: How providers word a refusal for size in a 400/422 (OpenAI, Anthropic, Gemini, whisper), lower case.
 _TOO_LARGE = re.compile(
     r"context[ _]length|context window|maximum context|exceed context limit|prompt is too long|too many tokens"
+    r"|exceeds the available context size"  # llama.cpp's server, run with a smaller window (-c) than the model's
     r"|exceeds the maximum number of tokens|input token count|request_too_large|request too large"
     r"|payload size exceeds|content size limit|maximum of \d+ pdf pages|pdf pages may be provided"
     r"|image exceeds|image dimensions exceed|file is too large|file too large|string_above_max_length"

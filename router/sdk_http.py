@@ -53,6 +53,10 @@ class ServerSentEvent(NamedTuple):
     data: bytes
 
 
+#: UTF-8's byte order mark, which a stream may begin with (.NET servers write one).
+_BOM = b"\xef\xbb\xbf"
+
+
 class SseParser:
     """Server-sent events from a body fed in pieces as they come (a line may be cut anywhere, a CRLF
     included); events without data (comments, ``event:`` alone, pings with no data) are skipped."""
@@ -61,10 +65,17 @@ class SseParser:
         self._buffer = b""
         self._event = b""
         self._data: list[bytes] = []
+        self._started = False  # a byte order mark may open the stream (the SSE spec drops it)
 
     def feed(self, piece: bytes) -> list[ServerSentEvent]:
         """The events that ``piece`` completes."""
         self._buffer += piece
+        if not self._started:
+            if len(self._buffer) < len(_BOM) and _BOM.startswith(self._buffer):
+                return []  # the mark may be cut between two pieces
+            self._started = True
+            self._buffer = self._buffer.removeprefix(_BOM)
+            piece = self._buffer
         if b"\n" not in piece and b"\r" not in piece:
             return []
         lines = self._buffer.splitlines(keepends=True)
@@ -74,6 +85,8 @@ class SseParser:
 
     def end(self) -> list[ServerSentEvent]:
         """The events left when the body ends (its last event may lack the blank line after it)."""
+        if not self._started:
+            self._buffer = self._buffer.removeprefix(_BOM)
         lines, self._buffer = [*self._buffer.splitlines(), b""], b""
         return self._lines(lines)
 

@@ -524,3 +524,10 @@ def test_a_converted_picture_is_turned_as_its_orientation_tag_says() -> None:
         png = to_image(Media(IMAGE, "image/tiff", data=out.getvalue()))
         with Image.open(io.BytesIO(png.data)) as back:
             assert back.size == (100, 300)
+
+
+def test_llama_cpp_s_context_overflow_counts_as_too_large() -> None:
+    """llama.cpp's server, run with a smaller window (-c) than the model's, refuses with its own words: the
+    rule's fallbacks did not run (PROVIDER_BAD_REQUEST)."""
+    assert is_input_too_large("the request exceeds the available context size, try increasing it")
+    assert not is_input_too_large("the request is invalid: unknown field 'size'")

@@ -36,6 +36,16 @@ def test_events_are_the_same_however_the_body_is_cut(size: int) -> None:
     assert json.loads(parse(pieces)[2].data) == {"text": "h\u00e9llo \u2603"}
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 4, len(STREAM) + 3])
+def test_a_byte_order_mark_opening_the_stream_is_dropped(size: int) -> None:
+    """A .NET server's stream began with a UTF-8 BOM: its first line was not read as ``data:`` and the first
+    chunk of the answer was lost without a word (the SSE spec drops a leading BOM)."""
+    body = b"\xef\xbb\xbf" + STREAM
+    assert parse([body[i:i + size] for i in range(0, len(body), size)]) == EXPECTED
+    assert parse([b"\xef\xbb\xbfdata: only"]) == [ServerSentEvent("", b"only")]  # no line end at all
+    assert parse([b"data: a\n\n\xef\xbb\xbfdata: b\n\n"]) == [ServerSentEvent("", b"a")]  # only at the start
+
+
 def test_a_crlf_cut_between_two_reads_is_one_line_end() -> None:
     assert parse([b"data: a\r", b"\ndata: b\r\n\r\n"]) == [ServerSentEvent("", b"a\nb")]
 
