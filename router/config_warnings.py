@@ -33,6 +33,7 @@ def config_warnings(config: Config, registry: Registry) -> Iterator[str]:
     if not config.routes and not config.default:
         yield "no routes and no default: every request will be refused (add a `default:` target or rules)"
     yield from _override_warnings(config)
+    yield from registry.hidden
     yield from _broken_plugins(config, registry)
     yield from _unset_variables(config, registry)
     for _, problem in unknown_models(config, registry.entries, embedded=True):

@@ -89,6 +89,12 @@ def _measure_stored(path: str, modality: Modality) -> tuple[float | None, int | 
     return measure(path, modality)
 
 
+def _warn_hidden(registry: Registry) -> None:
+    """Log the plugins whose own provider a section's name hides (:attr:`Registry.hidden`)."""
+    for warning in registry.hidden:
+        log.warning("%s", warning)
+
+
 def _router_of(config: Config) -> routing.Router:
     return routing.Router(
         rules=config.routes, default=config.default, bridges=config.bridges,
@@ -141,6 +147,7 @@ class App:
         self.registry: Registry = load_registry(
             config.providers, disabled=config.plugins.disabled, extra_plugins=extra_plugins
         )
+        _warn_hidden(self.registry)
         #: Registries replaced by a reload that still have calls under way; closed when the last ends.
         self._retired: list[Registry] = []
         self._closing: set[asyncio.Task] = set()
@@ -203,6 +210,7 @@ class App:
         self.router = _router_of(new)
         if registry is not None:
             log_broken_providers(registry)
+            _warn_hidden(registry)
             self._replace_registry(registry)
             # old keys stay masked too: a call under way may still quote one
             self.secrets = longest_first([*self.secrets, *secrets_of(new.providers, new.server.auth_token)])

@@ -73,6 +73,10 @@ class Registry:
     asked: dict[str, str] = field(default_factory=dict)
     #: Calls that started on this registry and have not finished (a replaced registry closes at 0).
     calls: int = 0
+    #: Warnings of ``providers`` sections named like an installed plugin that make another plugin's
+    #: instance (``local: {plugin: openai}``): that plugin's own provider is not served (see
+    #: :func:`hidden_by_instances`).
+    hidden: list[str] = field(default_factory=list)
 
     def ready(self, name: str) -> Provider | None:
         """The provider called ``name`` if it is ready to use."""
@@ -410,6 +414,7 @@ def load_registry(
     loaded.extend((extra_plugins or {}).items())
 
     instances = _instances(provider_settings)
+    registry.hidden = hidden_by_instances(provider_settings, [name for name, _ in loaded])
     for name, plugin in loaded:
         problem = _register(pm, name, plugin)
         if problem:
@@ -497,6 +502,18 @@ def _instances(provider_settings: Mapping[str, Mapping[str, Any]]) -> dict[str, 
         if plugin and plugin != name:
             instances.setdefault(str(plugin), []).append((name, _section(section)))
     return instances
+
+
+def hidden_by_instances(provider_settings: Mapping[str, Mapping[str, Any]], plugins: Iterable[str]) -> list[str]:
+    """A warning for each section named like one of ``plugins`` (loaded plugins) that makes another
+    plugin's instance: ``local: {plugin: openai}`` serves an OpenAI-compatible server as ``local``, and the
+    local plugin's own provider (its extraction, the embedded bridges' last resort) is gone, unsaid."""
+    loaded = set(plugins)
+    return [f"providers.{name}: `plugin: {section[PLUGIN_KEY]}` gives this name to an instance of plugin "
+            f"{section[PLUGIN_KEY]!r}, so the {name!r} plugin's own provider is not served: name the section "
+            f"otherwise (say {name}-{section[PLUGIN_KEY]})"
+            for name, section in provider_settings.items()
+            if name in loaded and isinstance(section, Mapping) and section.get(PLUGIN_KEY) not in (None, name)]
 
 
 def _without_plugin(instance: str, plugin_name: str, registry: Registry) -> ProviderEntry:

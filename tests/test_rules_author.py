@@ -228,3 +228,24 @@ def test_no_setting_the_plugin_refuses_is_suggested_for_a_typo(tmp_path):
     assert f"providers.local.timout: Extra inputs are not permitted ({file}, line 2)" in output
     assert f"providers.local.api_kee: Extra inputs are not permitted ({file}, line 2)" in output
     assert "did you mean" not in output
+
+
+def test_a_section_named_like_another_plugin_that_makes_an_instance_is_warned_of(tmp_path, start_daemon):
+    """`local: {plugin: openai}` (a natural name for an Ollama box) served the OpenAI-compatible server as
+    `local`, and the local plugin's own provider (its extraction, the bridges' last resort) was gone, unsaid."""
+    config = ("providers:\n  local: {plugin: openai, base_url: 'http://127.0.0.1:9/v1', builtin_models: false,\n"
+              "          models: [{name: llama3, price: {input_per_mtok: 0}}]}\n"
+              "default: local/llama3\noverrides: {allow: true}\n")
+    file = tmp_path / "router.yaml"
+    file.write_text(config)
+    result = check(file)
+    output = " ".join(result.stderr.split())
+    warning = ("providers.local: `plugin: openai` gives this name to an instance of plugin 'openai', so the 'local' "
+               "plugin's own provider is not served: name the section otherwise (say local-openai)")
+    assert result.returncode == 0 and output.count(warning) == 1, output
+    daemon = start_daemon(config)
+    assert wait_for(lambda: warning in " ".join(daemon.logs().split())), daemon.logs()
+
+    renamed = config.replace("  local: {", "  ollama: {").replace("local/llama3", "ollama/llama3")
+    file.write_text(renamed)
+    assert "is not served" not in check(file).stderr
