@@ -139,6 +139,9 @@ class FakeOpenAI(FakeUpstream):
         self.language = "english"
         #: Uploaded file name -> the HTTP status its transcription fails with (a clip of several failing).
         self.fail_files: dict[str, int] = {}
+        #: Chat request fields it refuses, as Azure with an older api-version or older LocalAI builds do
+        #: (400 "Unrecognized request argument supplied: stream_options").
+        self.refused_fields: set[str] = set()
 
     @property
     def base_url(self) -> str:
@@ -205,6 +208,9 @@ class FakeOpenAI(FakeUpstream):
         if model not in self.chat_models:
             raise Rejected(404, f"The model `{model}` does not exist or you do not have access to it.",
                            "model_not_found")
+        refused = sorted(self.refused_fields & set(body))
+        if refused:
+            raise Rejected(400, f"Unrecognized request argument supplied: {refused[0]}")
         limit = self.max_completion_tokens.get(model)
         for key in ("max_completion_tokens", "max_tokens"):
             wanted = body.get(key)

@@ -35,7 +35,7 @@ from router.mime import normalise_mime
 from router.sdk_http import read_rest, sse_events
 from router.sniff import animated_gif
 
-from .errors import NOT_JSON, page_not_answer, whole_request_timeout
+from .errors import NOT_JSON, BadAnswer, page_not_answer, whole_request_timeout
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -44,9 +44,11 @@ if TYPE_CHECKING:
 AUDIO_FORMATS = {"audio/wav": "wav", "audio/mpeg": "mp3"}
 
 
-#: Chat Completions' ``finish_reason`` values (others, like ``tool_calls``, are OTHER).
+#: Chat Completions' ``finish_reason`` values (others, like ``tool_calls``, are OTHER), and those of
+#: compatible servers that mean the model stopped (``eos``, ``eos_token``: TGI, llama.cpp wrappers).
 FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH,
-                  "content_filter": FinishReason.CONTENT_FILTER}
+                  "content_filter": FinishReason.CONTENT_FILTER, "eos": FinishReason.STOP,
+                  "eos_token": FinishReason.STOP}
 
 
 #: Why a stream with neither ``data: [DONE]`` nor a finish_reason is refused: OpenAI ends every Chat
@@ -184,8 +186,9 @@ def build_messages(provider: str, model: ModelInfo, request: Request) -> list[di
 
 
 def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_max_tokens: bool,
-                 output_limit: int = 0) -> dict[str, Any]:
-    """Keyword arguments for ``chat.completions.create`` (streaming with usage at the end).
+                 output_limit: int = 0, stream_usage: bool = True) -> dict[str, Any]:
+    """Keyword arguments for ``chat.completions.create`` (streaming, with usage at the end when
+    ``stream_usage``: ``stream_options``, which some compatible servers refuse, is left out without it).
 
     The request's ``max_output_tokens`` is capped at ``output_limit``, the model's output limit from the
     catalogue (0: unknown, not capped): the API refuses larger values.
@@ -194,8 +197,9 @@ def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_ma
         "model": model.name,
         "messages": build_messages(provider, model, request),
         "stream": True,
-        "stream_options": {"include_usage": True},
     }
+    if stream_usage:
+        params["stream_options"] = {"include_usage": True}
     opts = request.options
     if opts.max_output_tokens > 0:
         wanted = min(opts.max_output_tokens, output_limit) if output_limit > 0 else opts.max_output_tokens
@@ -211,6 +215,8 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     ends with neither ``data: [DONE]`` nor a finish_reason raises ``openai.APIError`` (the answer is cut),
     and so does an HTML page (a proxy's login page) answered instead of a stream, unread.
     A compatible server that ignores ``"stream": true`` and answers one JSON chat completion is read whole.
+    Content given as a list of parts is taken as its text parts (:func:`content_text`); a chunk or
+    completion whose fields have another wrong shape raises :class:`BadAnswer`.
 
     The request goes through the SDK's own client (auth, headers, base URL, error mapping to
     ``openai.APIStatusError`` and friends), but as a raw streamed response: the SSE events are
@@ -275,20 +281,27 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
             if u:
                 usage = usage_of(u)
             choices = chunk.get("choices")
-            if choices:
+            if not choices:
+                continue
+            try:  # the fields' shapes are trusted (no cost): a wrong one fails on its way
                 choice = choices[0]
                 delta = choice.get("delta")
-                if delta:
-                    text = delta.get("content")
-                    if text:
-                        yield TextDelta(text)
-                    refusal = delta.get("refusal")  # the model declining: its explanation is the answer
-                    if refusal:
-                        finish = FinishReason.REFUSAL
-                        yield TextDelta(refusal)
                 reason = choice.get("finish_reason")
-                if reason and finish is not FinishReason.REFUSAL:
-                    finish = FINISH_REASONS.get(reason, FinishReason.OTHER)
+                text = delta.get("content") if delta else None
+                refusal = delta.get("refusal") if delta else None  # the model declining: its explanation
+            except (AttributeError, KeyError, TypeError):
+                raise BadAnswer(f"a chunk's choices are not a list of objects with an object delta: "
+                                f"{_excerpt(chunk)}") from None
+            if text:
+                if not isinstance(text, str):
+                    text = content_text(text, "a chunk's delta.content")
+                if text:
+                    yield TextDelta(text)
+            if refusal:
+                finish = FinishReason.REFUSAL
+                yield TextDelta(_refusal_text(refusal, "a chunk's delta.refusal"))
+            if reason and finish is not FinishReason.REFUSAL:
+                finish = finish_reason_of(reason)
         if done:  # the rest of the body is read (and ignored) so the connection is reused
             await read_rest(events, timeout)
         elif finish is None:
@@ -318,7 +331,8 @@ def _broke_while_read(exc: BaseException, request: Any) -> Exception:
 
 def _whole_completion(completion: Any, request: Any) -> list[Any]:
     """The events of a chat completion answered whole (``chat.completion``, not a stream): its text (or
-    refusal), then its usage and finish reason; ``openai.APIError`` for an error or a body of no answer."""
+    refusal), then its usage and finish reason; ``openai.APIError`` for an error, :class:`BadAnswer` for a
+    body of no answer or of fields of the wrong shape."""
     import openai
 
     error = completion.get("error") if isinstance(completion, dict) else None
@@ -330,26 +344,65 @@ def _whole_completion(completion: Any, request: Any) -> list[Any]:
     message = choices[0].get("message") if isinstance(choices, list) and choices and isinstance(choices[0], dict) \
         else None
     if not isinstance(message, dict):
-        raise openai.APIError("the server's answer holds no message (choices[0].message)", request=request, body=None)
+        raise BadAnswer("the answer holds no message (choices[0].message)")
     events: list[Any] = []
     refusal, text = message.get("refusal"), message.get("content")
-    if isinstance(refusal, str) and refusal:
-        events.append(TextDelta(refusal))
+    if refusal:
+        events.append(TextDelta(_refusal_text(refusal, "the answer's message.refusal")))
         finish: FinishReason | None = FinishReason.REFUSAL
     else:
-        if isinstance(text, str) and text:
+        text = content_text(text, "the answer's message.content") if text else ""
+        if text:
             events.append(TextDelta(text))
         reason = choices[0].get("finish_reason")
-        finish = FINISH_REASONS.get(reason, FinishReason.OTHER) if reason else None
+        finish = finish_reason_of(reason) if reason else None
     usage = completion.get("usage")
-    events.append(UsageReport(usage_of(usage) if isinstance(usage, dict) else Usage(), finish))
+    events.append(UsageReport(usage_of(usage) if usage else Usage(), finish))
     return events
 
 
-def usage_of(reported: dict[str, Any]) -> Usage:
+def content_text(content: Any, what: str) -> str:
+    """The text of a message's or delta's ``content`` (``what``, for the error): a string as it is, or the
+    text parts of a list of content parts joined (Mistral's reasoning models, and LiteLLM passing them on,
+    send ``[{"type": "text", "text": ...}]``, next to ``thinking`` parts, which are left out);
+    :class:`BadAnswer` for anything else."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(part, dict) for part in content):
+        texts = [part.get("text") for part in content if part.get("type") == "text"]
+        if all(isinstance(piece, str) for piece in texts):
+            return "".join(texts)
+    raise BadAnswer(f"{what} is neither text nor a list of text parts: {_excerpt(content)}")
+
+
+def _refusal_text(refusal: Any, what: str) -> str:
+    """A refusal's explanation (``what``, for the error), or :class:`BadAnswer` when it is no text."""
+    if isinstance(refusal, str):
+        return refusal
+    raise BadAnswer(f"{what} is not text: {_excerpt(refusal)}")
+
+
+def finish_reason_of(reason: Any) -> FinishReason:
+    """The finish reason a (non-empty) ``finish_reason`` stands for (OTHER for values not in
+    :data:`FINISH_REASONS`), or :class:`BadAnswer` when it is not a string."""
+    if not isinstance(reason, str):
+        raise BadAnswer(f"finish_reason is not a string: {_excerpt(reason)}")
+    return FINISH_REASONS.get(reason, FinishReason.OTHER)
+
+
+def _excerpt(value: Any) -> str:
+    """``value`` as JSON for an error message, shortened (the text of an answer is no secret, but it may be long)."""
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    return shown if len(shown) <= 120 else shown[:117] + "..."
+
+
+def usage_of(reported: Any) -> Usage:
     """Usage from a chat completion's ``usage``: ``prompt_tokens`` include the audio ones and those read
     from OpenAI's prompt cache (``prompt_tokens_details.cached_tokens``), each reported apart as they are
-    priced apart. Tokens written to the cache (``cache_write_tokens``) are billed as plain input."""
+    priced apart. Tokens written to the cache (``cache_write_tokens``) are billed as plain input.
+    :class:`BadAnswer` when ``reported`` is no JSON object."""
+    if not isinstance(reported, dict):
+        raise BadAnswer(f"usage is not an object: {_excerpt(reported)}")
     details = reported.get("prompt_tokens_details")
     details = details if isinstance(details, dict) else {}
     return Usage(input_tokens=usage_count(reported.get("prompt_tokens")),

@@ -1,7 +1,8 @@
 """Turn ``openai`` SDK exceptions into the router's ``Provider*`` errors.
 
-400/422 -> INVALID_ARGUMENT (413 and size refusals such as ``context_length_exceeded``
--> INPUT_TOO_LARGE, which lets the router try a fallback), 401/403 -> FAILED_PRECONDITION naming the key
+400/422 -> INVALID_ARGUMENT (413 and size refusals such as ``context_length_exceeded``, or llama.cpp's type
+``exceed_context_size_error``, -> INPUT_TOO_LARGE, which lets the router try a fallback; a refused
+``stream_options`` names the ``stream_usage`` setting), 401/403 -> FAILED_PRECONDITION naming the key
 setting, 404 -> NOT_FOUND, 429 -> RESOURCE_EXHAUSTED with the Retry-After,
 5xx, connection failures and SDK timeouts -> UNAVAILABLE. An error event inside a stream (or a 200 carrying
 an ``error``) is mapped as the HTTP error its ``code`` or ``type`` stands for. A redirect (3xx: the client
@@ -28,6 +29,12 @@ from .settings import PLUGIN, OpenAISettings
 _MAX_MESSAGE = 500
 
 
+class BadAnswer(Exception):
+    """An answer of the wrong shape (no transcript of the format asked for, a chat chunk whose fields
+    are not what the API gives); the message says what is wrong. The provider reports it as
+    ``ProviderUnavailable`` "bad answer from <model>", so the router tries the fallbacks."""
+
+
 def scrub(text: str, secret: str) -> str:
     """``text`` without ``secret`` (and shortened to a readable length)."""
     if secret and len(secret) >= 4:
@@ -51,13 +58,17 @@ def _upstream_message(exc: Any) -> str:
 
 #: OpenAI error codes that refuse a request for its size: another model may take it.
 _TOO_LARGE_CODES = frozenset({"context_length_exceeded", "string_above_max_length", "request_too_large"})
+#: Error types that do the same: llama.cpp server's, whose ``code`` is the HTTP status (400).
+_TOO_LARGE_TYPES = frozenset({"exceed_context_size_error"})
 
 
-def _error_code(exc: Any) -> str:
-    """The ``code`` of the provider's error body, if any."""
+def _too_large(exc: Any) -> bool:
+    """Whether the provider's error body refuses the request for its size, by its ``code`` or ``type``."""
     body = getattr(exc, "body", None)
-    code = body.get("code") if isinstance(body, dict) else None
-    return code if isinstance(code, str) else ""
+    if not isinstance(body, dict):
+        return False
+    code, kind = body.get("code"), body.get("type")
+    return (isinstance(code, str) and code in _TOO_LARGE_CODES) or (isinstance(kind, str) and kind in _TOO_LARGE_TYPES)
 
 
 #: The HTTP status an error's ``code`` or ``type`` stands for, where an error event inside a stream has no
@@ -77,9 +88,9 @@ def _event_status(exc: Any) -> int | None:
     body = getattr(exc, "body", None)
     if not isinstance(body, dict):
         return None
-    code, kind = body.get("code"), body.get("type")
-    if code in _TOO_LARGE_CODES:
+    if _too_large(exc):
         return 400
+    code, kind = body.get("code"), body.get("type")
     if isinstance(code, str) and code.isdigit():
         code = int(code)
     if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
@@ -189,6 +200,8 @@ def map_error(exc: BaseException, provider: str, *, model: str, base_url: str, a
             message = f"model {model!r} not found at {shown}: {message}"
         else:
             message = f"HTTP {status} from {model}: {message}"
+        if status in (400, 422) and "stream_options" in message:  # a compatible server that refuses it
+            message += f" (set providers.{provider}.stream_usage: false for a server that refuses stream_options)"
         # a rate limit, or an overload (503) that says when to try again
         retry_after = retry_after_seconds(exc.response.headers) if status == 429 or status >= 500 else None
         return _status_error(exc, provider, status, message, f"HTTP {status}", api_key, retry_after)
@@ -211,5 +224,5 @@ def _status_error(exc: Any, provider: str, status: int | None, message: str, whe
         what = "authentication failed" if status == 401 else "permission denied"
         message = f"{what} ({where}): check {refused_key_hint(provider, api_key)}"
     error = provider_error_from_status(provider, status, message, retry_after=retry_after,
-                                       too_large=_error_code(exc) in _TOO_LARGE_CODES)
+                                       too_large=_too_large(exc))
     return error.with_provider_request_id(exc)

@@ -14,7 +14,7 @@ llama.cpp) come from ``providers.openai.models``::
 
     models:
       - name: llama3.2-vision
-        inputs: [text, image]          # text, image, audio
+        inputs: [text, image]          # text, image, audio (the plugin cannot send document or video)
         outputs: [text]                # or [transcript] for a speech-to-text model
         context_tokens: 131072
         max_output_tokens: 4096        # its output limit: larger requests are capped to it
@@ -127,7 +127,14 @@ BUILTIN: tuple[Entry, ...] = (
 )
 
 
+#: What this plugin can send a model: text, images (``image_url``) and audio (``input_audio``, or an upload
+#: to transcribe); not documents or video, which routing then bridges (``local/extract``) or sends elsewhere.
+SENDABLE = frozenset({Modality.TEXT, Modality.IMAGE, Modality.AUDIO})
+
+
 def _modalities(value: Any, where: str) -> frozenset[Modality]:
+    """The modalities of ``inputs`` (``where`` names the item, for errors); ConfigError for an unknown one
+    or one the plugin cannot send (a model declared to take documents would be sent PDFs it never gets)."""
     names = [value] if isinstance(value, str) else list(value or [])
     try:
         result = frozenset(Modality(str(n).lower()) for n in names)
@@ -136,6 +143,10 @@ def _modalities(value: Any, where: str) -> frozenset[Modality]:
         raise ConfigError(f"{where}.inputs must list modalities among {choices}, got {value!r}") from None
     if not result:
         raise ConfigError(f"{where}.inputs must not be empty")
+    if not result <= SENDABLE:
+        cannot = ", ".join(sorted(m.value for m in result - SENDABLE))
+        can = ", ".join(sorted(m.value for m in SENDABLE))
+        raise ConfigError(f"{where}.inputs: this plugin cannot send {cannot} (it sends {can})")
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -13,16 +14,19 @@ from router import (
     ProviderEvent,
     ProviderModelNotFound,
     ProviderNotConfigured,
+    ProviderUnavailable,
     Request,
 )
 
 from . import chat, transcribe
-from .errors import map_error, transport_error
+from .errors import BadAnswer, map_error, scrub, shown_url, transport_error
 from .models import Entry, catalogue
 from .settings import PLUGIN, OpenAISettings
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
+
+log = logging.getLogger(__name__)
 
 
 class OpenAIProvider(router.Provider):
@@ -42,6 +46,11 @@ class OpenAIProvider(router.Provider):
         self._entries: dict[str, Entry] = catalogue(self.settings.builtin_models, self.settings.models, name)
         self.models: list[ModelInfo] = [e.info for e in self._entries.values()]
         self._client: AsyncOpenAI | None = None
+        if self.settings.sends_environment_key_elsewhere:
+            # the key itself is never logged
+            log.warning("providers.%s sends the OPENAI_API_KEY of the environment to %s, which is not OpenAI: "
+                        "give that server its own section (`plugin: openai`, which reads no OPENAI_* variable) or "
+                        "an explicit providers.%s.api_key", name, shown_url(self.settings.effective_base_url), name)
 
     def unconfigured_reason(self) -> str | None:
         """Why the provider cannot be used (no key for OpenAI itself), or None."""
@@ -100,7 +109,7 @@ class OpenAIProvider(router.Provider):
             if gifs:  # read in a thread: a stored GIF is walked up to its second frame
                 await asyncio.to_thread(chat.refuse_animated_gifs, self.name, model, gifs)
             params = chat.build_params(self.name, model, request, legacy_max_tokens=self.settings.legacy_max_tokens,
-                                       output_limit=entry.max_output_tokens)
+                                       output_limit=entry.max_output_tokens, stream_usage=self.settings.stream_usage)
             events = chat.stream_chat(self.client(), params, timeout, with_media=bool(request.media()))
         try:
             async for event in events:
@@ -108,6 +117,10 @@ class OpenAIProvider(router.Provider):
         except openai.OpenAIError as exc:
             raise map_error(exc, self.name, model=model.name, base_url=self.settings.effective_base_url,
                             api_key=self.settings.key, timeout=timeout) from None
+        except BadAnswer as exc:  # a chat answer of the wrong shape (transcription reports its own)
+            raise ProviderUnavailable(self.name, f"bad answer from {model.name} "
+                                                 f"({shown_url(self.settings.effective_base_url)}): "
+                                                 f"{scrub(str(exc), self.settings.key)}") from None
         except Exception as exc:
             error = transport_error(exc, self.name, base_url=self.settings.effective_base_url, api_key=self.settings.key)
             if error is None:

@@ -5,12 +5,13 @@ Keys (all optional)::
     providers:
       openai:
         api_key: ${OPENAI_API_KEY}     # else the OPENAI_API_KEY environment variable
-        base_url: http://localhost:11434/v1   # else OPENAI_BASE_URL, else https://api.openai.com/v1
+        base_url: http://localhost:11434/v1   # else OPENAI_BASE_URL, else https://api.openai.com/v1 (no ?query)
         organization: org-...          # else OPENAI_ORG_ID
         project: proj_...              # else OPENAI_PROJECT_ID
         timeout: 60                    # seconds per HTTP request (default 600)
         max_retries: 0                 # SDK retries; the router does fallbacks (default 0)
         legacy_max_tokens: false       # send max_tokens instead of max_completion_tokens
+        stream_usage: true             # send stream_options (usage at a stream's end); false for servers refusing it
         http_client: aiohttp           # the SDK's DefaultAioHttpClient transport (default), or httpx
         builtin_models: true           # offer the built-in OpenAI catalogue
         models: [...]                  # extra models, see mmrouter_openai.models
@@ -20,6 +21,7 @@ An empty value (``timeout:``, or ``${VAR:-}``) means the default; an unset ``${V
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -56,6 +58,8 @@ class OpenAISettings(ProviderSettings, SdkTransportSettings):
     project: str = ""
     timeout: float = Field(600.0, gt=0, description="seconds per HTTP request, shortened to the call's deadline")
     legacy_max_tokens: bool = Field(False, description="send max_tokens instead of max_completion_tokens")
+    stream_usage: bool = Field(True, description="send stream_options.include_usage (the usage at a stream's end); "
+                                                 "false for a server that refuses stream_options")
     builtin_models: bool = Field(True, description="offer the built-in OpenAI catalogue")
     models: list[dict[str, Any]] = Field(default_factory=list, description="extra models, see mmrouter_openai.models")
 
@@ -63,6 +67,12 @@ class OpenAISettings(ProviderSettings, SdkTransportSettings):
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, url: str) -> str:
+        """The URL without a trailing slash; a query or fragment is refused: the SDK appends the paths
+        (``/chat/completions``) to the whole URL, after the query (Azure's ``?api-version=``), so every
+        call would be "model not found"."""
+        if "?" in url or "#" in url:
+            raise ValueError("this plugin cannot send query parameters (the SDK appends /chat/completions "
+                             "after them): give the API root, with no '?' or '#'")
         return url.rstrip("/")
 
     @property
@@ -81,6 +91,14 @@ class OpenAISettings(ProviderSettings, SdkTransportSettings):
         host = urlsplit(self.effective_base_url).hostname or ""
         return host == "openai.com" or host.endswith(".openai.com")
 
+
+    @property
+    def sends_environment_key_elsewhere(self) -> bool:
+        """True when the plugin's own provider sends the ``OPENAI_API_KEY`` of the environment (left out of
+        the section, or given as ``${OPENAI_API_KEY}``) to a base_url that is not OpenAI's."""
+        key = self.key
+        return (self.uses_environment and not self.is_openai and bool(key)
+                and key in {os.environ.get(name, "").strip() for name in self.api_key_env})
 
     @property
     def key_for_client(self) -> str:

@@ -44,7 +44,7 @@ from router.language import language_tag
 from router.mime import normalise_mime
 from router.types import mime_suffix
 
-from .errors import NOT_JSON, page_not_answer, scrub, shown_url, whole_request_timeout
+from .errors import NOT_JSON, BadAnswer, page_not_answer, scrub, shown_url, whole_request_timeout
 from .models import BUILTIN, TRANSCRIBE_SUFFIXES, Entry
 
 if TYPE_CHECKING:
@@ -144,10 +144,6 @@ def build_params(entry: Entry, request: Request) -> dict[str, Any]:
     if request.options.temperature is not None:
         params["temperature"] = max(0.0, min(1.0, request.options.temperature))
     return params
-
-
-class BadAnswer(Exception):
-    """An answer that is no transcript of the format asked for; the message says what is wrong."""
 
 
 class ErrorAnswer(BadAnswer):
