@@ -43,11 +43,6 @@ def key_hint(provider: str) -> str:
     return f"check {key_setting_hint(provider)}"
 
 
-def refused_key_settings(provider: str, api_key: str) -> str:
-    """Where the refused key ``api_key`` of ``provider`` was set (see ProviderSettings.refused_key_settings)."""
-    return AnthropicSettings.refused_key_settings(provider, PLUGIN, api_key)
-
-
 def bad_request(provider: str, message: str) -> ProviderBadRequest:
     """A request the provider called ``provider`` cannot send, found before calling the API."""
     return ProviderBadRequest(provider, message)
@@ -105,7 +100,7 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
         detail = err_message or err_type
         if status in (401, 403):
             message = (f"authentication failed ({detail or f'HTTP {status}'}): "
-                       f"check {refused_key_settings(provider, api_key)}")
+                       f"check {AnthropicSettings.refused_key_settings(provider, PLUGIN, api_key)}")
         elif status == 529 or err_type == "overloaded_error":
             message = f"overloaded ({detail or f'HTTP {status}'})"
         else:

@@ -40,11 +40,6 @@ _MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _REFUSED_MODELS = frozenset({"best", "nano"})
 
 
-def key_setting_hint(provider: str) -> str:
-    """The settings to fix when the key is missing or refused (an extra instance has no environment)."""
-    return AssemblyAISettings.key_settings(provider, PLUGIN)
-
-
 class AssemblyAISettings(ProviderSettings):
     """Settings of one AssemblyAI provider."""
 

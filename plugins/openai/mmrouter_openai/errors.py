@@ -123,11 +123,6 @@ def shown_url(url: str) -> str:
     return parts._replace(netloc=f"***@{host}").geturl()
 
 
-def refused_key_hint(provider: str, api_key: str) -> str:
-    """The settings to check when the key ``api_key`` (the one sent) is refused."""
-    return OpenAISettings.refused_key_settings(provider, PLUGIN, api_key)
-
-
 def retry_after_seconds(headers: Any) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``retry-after`` response headers, if given."""
     if headers is None:
@@ -222,7 +217,7 @@ def _status_error(exc: Any, provider: str, status: int | None, message: str, whe
     seen: "HTTP 401"), as OpenAI's echoes part of the key."""
     if status in (401, 403):
         what = "authentication failed" if status == 401 else "permission denied"
-        message = f"{what} ({where}): check {refused_key_hint(provider, api_key)}"
+        message = f"{what} ({where}): check {OpenAISettings.refused_key_settings(provider, PLUGIN, api_key)}"
     error = provider_error_from_status(provider, status, message, retry_after=retry_after,
                                        too_large=_too_large(exc))
     return error.with_provider_request_id(exc)
