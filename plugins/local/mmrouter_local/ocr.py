@@ -17,7 +17,8 @@ import numpy as np
 from .pool import raise_if_cancelled
 
 #: The most pixels an image or a video frame may have for OCR: decoding takes several bytes a pixel,
-#: and the detector reads it shrunk to 960 px anyway (a 700 KB PNG can declare 13,300 x 13,300 pixels).
+#: and RapidOCR shrinks it to 2,000 px on its longer side anyway (a 700 KB PNG can declare 13,300 x 13,300
+#: pixels).
 MAX_OCR_PIXELS = 40_000_000
 
 
@@ -215,10 +216,10 @@ def reading_order(boxes: list[OcrBox]) -> list[str]:
 
 
 #: An image whose longer side is over this many times its shorter side is a strip, read in tiles: RapidOCR
-#: shrinks an image whole so its longer side is 960 px (and first 2,000), so a strip's text shrinks
+#: shrinks an image whole so its longer side is at most 2,000 px, so a strip's text shrinks
 #: with it, unread; past about 125:1 its shorter side rounds to 0 px and RapidOCR fails (``ResizeImgError``).
 STRIP_RATIO = 16
-#: The length of a strip's tiles (along the strip): the detector's 960 px, so a tile is read unshrunk.
+#: The length of a strip's tiles (along the strip): under RapidOCR's 2,000 px, so a tile is read unshrunk.
 TILE_LENGTH = 960
 #: How far consecutive tiles overlap, so that text cut by one tile's edge is whole in the next.
 TILE_OVERLAP = 240
@@ -314,9 +315,10 @@ class TextReader:
         _onnxruntime_offline()  # before rapidocr_onnxruntime imports onnxruntime and makes its sessions
         from rapidocr_onnxruntime import RapidOCR
 
-        # Detect on the image scaled so its longer side is at most 960 px (the
-        # default scales the *shorter* side up to 736 px: slower, and it merges
-        # words on small images).
+        # Limit type "max": detect on the image as it is, up to the 2,000 px RapidOCR shrinks every image to
+        # (the default "min" scales the *shorter* side up to 736 px: slower, and it merges words on small
+        # images). RapidOCR 1.4 does not read det_limit_side_len with "max": it picks 960, 1,500 or 2,000
+        # by the image's size, which never shrinks it; a 2,000 x 2,000 page takes seconds to detect here.
         return RapidOCR(det_limit_type="max", det_limit_side_len=960)
 
     def read_boxes(self, bgr: np.ndarray) -> list[OcrBox]:
