@@ -223,6 +223,40 @@ def test_a_request_of_too_many_parts_is_refused_before_it_is_converted(start_dae
     assert daemon.stub.Generate(pb.GenerateRequest(request=text_request("still there?"))).answer.text
 
 
+def test_too_many_messages_or_metadata_entries_are_refused_before_they_are_converted(start_daemon) -> None:
+    """Messages without parts went around the parts count: a million of them (2 MB) held the event loop for
+    10-20 s and took 570 MB, a problem listed for each and all joined in one 70 MB message; a million
+    metadata entries were copied to a dict before their count was checked. Both are refused at once now,
+    with their count, and an ordinary bad request's message joins only its first problems."""
+    from router.errors import InvalidRequest
+    from router.wire import MAX_JOINED_PROBLEMS, MAX_METADATA_ENTRIES, MAX_PARTS, Limits, request_from_proto
+
+    daemon = start_daemon(CONFIG)
+
+    def refused(request: pb.MultimodalRequest) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as caught:
+            daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request))
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        return caught.value
+
+    empty = refused(pb.MultimodalRequest(messages=[pb.Message()] * (MAX_PARTS + 1)))
+    assert error_details(empty).violations == [("request.messages", f"{MAX_PARTS + 1} messages; at most {MAX_PARTS}")]
+    crowded = text_request("hello")
+    for i in range(MAX_METADATA_ENTRIES * 1000):
+        crowded.metadata[f"k{i}"] = "v"
+    assert error_details(refused(crowded)).violations == [
+        ("request.metadata", f"{MAX_METADATA_ENTRIES * 1000} entries; at most {MAX_METADATA_ENTRIES}")]
+    many = refused(pb.MultimodalRequest(messages=[pb.Message()] * (MAX_JOINED_PROBLEMS + 10)))
+    assert many.details().startswith(f"{MAX_JOINED_PROBLEMS + 10} problems, the first")
+    with pytest.raises(InvalidRequest) as caught:
+        request_from_proto(pb.MultimodalRequest(messages=[pb.Message()] * (MAX_JOINED_PROBLEMS + 10)),
+                           Limits(1024, False), lambda media_id: None)
+    assert len(caught.value.violations) == MAX_JOINED_PROBLEMS + 10
+    assert f"messages[{MAX_JOINED_PROBLEMS - 1}]" in caught.value.message
+    assert f"messages[{MAX_JOINED_PROBLEMS}]" not in caught.value.message
+    assert daemon.stub.Generate(pb.GenerateRequest(request=text_request("still there?"))).answer.text
+
+
 def test_text_with_a_lone_surrogate_is_answered_with_the_character_replaced(start_daemon) -> None:
     """A plugin's text may hold a lone surrogate (pypdf reads one from a PDF's odd text map; a JSON
     "\\ud83d" escape decodes to one). Protobuf cannot send it: the answer failed as INTERNAL after it was
