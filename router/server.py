@@ -34,8 +34,8 @@ from typing import IO, Any
 import grpc
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
@@ -60,7 +60,7 @@ from .errors import (
 )
 from .health import Health as RecentHealth
 from .outcome import Done, RouteChosen, RouteInfo, StepUsage
-from .registration import add_router_service, parsed
+from .registration import add_guarded_service, add_router_service, parsed
 from .tls import ServerCertificates, warn_if_key_open
 from .types import TextDelta, TranscriptReady
 
@@ -683,6 +683,15 @@ TCP_READ_OPTIONS = [
     ("grpc.experimental.tcp_max_read_chunk_size", 16 * 1024 * 1024),
 ]
 
+#: The most bytes of headers (metadata) a call may send: the same soft and hard limit, so a call is
+#: refused or not by its size alone. gRPC's defaults (8 KiB soft, 16 KiB hard) refused a growing random
+#: share of calls between the two (a 12 KB tracing header: 4 calls in 10).
+MAX_METADATA_BYTES = 16 * 1024
+METADATA_OPTIONS = [
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+]
+
 
 #: Keepalive (gRFC A8, A9). The daemon pings a connection that has been quiet for
 #: server.keepalive_seconds, so that NAT and load balancer idle timers do not drop a long silent call,
@@ -732,6 +741,16 @@ def _declare_reflection_v1() -> None:
     reflection_pb2.DESCRIPTOR.CopyToProto(file)
     file.name, file.package = "grpc/reflection/v1/reflection.proto", "grpc.reflection.v1"
     file.ClearField("options")
+
+    def in_v1(type_name: str) -> str:  # references are fully qualified: they named v1alpha's messages
+        return type_name.replace(".grpc.reflection.v1alpha.", ".grpc.reflection.v1.", 1)
+
+    for message in file.message_type:
+        for one in message.field:
+            if one.type_name:  # set only for message and enum fields (setting it makes it present)
+                one.type_name = in_v1(one.type_name)
+    for method in file.service[0].method:
+        method.input_type, method.output_type = in_v1(method.input_type), in_v1(method.output_type)
     pool.Add(file)
 
 
@@ -741,13 +760,26 @@ def _add_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> 
     for field, so v1's method is the same servicer with the same (de)serializers."""
     _declare_reflection_v1()
     servicer = reflection.aio.ReflectionServicer((*service_names, REFLECTION_V1))
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
-        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-            servicer.ServerReflectionInfo,
-            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString),
-    }),))
+    for service in (reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+                    descriptor_pool.Default().FindServiceByName(REFLECTION_V1)):
+        add_guarded_service(servicer, server, service, reflection_pb2, _refuse)
+
+
+class HealthServicer(health.aio.HealthServicer):
+    """grpcio-health-checking's servicer, with ``List`` (added to health.proto in 2024; the servicer answers
+    it UNIMPLEMENTED, logging an ERROR)."""
+
+    async def List(self, request: health_pb2.HealthListRequest,
+                   context: grpc.aio.ServicerContext) -> health_pb2.HealthListResponse:
+        """The status of every service the daemon reports on."""
+        return health_pb2.HealthListResponse(statuses={
+            name: health_pb2.HealthCheckResponse(status=status) for name, status in self._server_status.items()})
+
+
+async def _refuse(context: grpc.aio.ServicerContext, error: InvalidRequest) -> None:
+    """End a health or reflection call whose request cannot be parsed, as RouterService's are."""
+    status = rpc_status.to_status(error_status(error, str))
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 async def start_server(app: App, address: str, certificates: ServerCertificates | None = None,
@@ -764,11 +796,13 @@ async def start_server(app: App, address: str, certificates: ServerCertificates 
         # the connections with the first (another config, another data directory). Refuse it instead.
         ("grpc.so_reuseport", 0),
         *TCP_READ_OPTIONS,
+        *METADATA_OPTIONS,
         *transport_options(app.config.server.keepalive_seconds, app.config.server.max_concurrent_streams),
     ])
     add_router_service(RouterServicer(app), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer = HealthServicer()
+    add_guarded_service(health_servicer, server, health_pb2.DESCRIPTOR.services_by_name["Health"], health_pb2,
+                        _refuse)
     _add_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                              reflection.SERVICE_NAME))
     port = _listen(server, address, certificates)

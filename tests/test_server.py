@@ -112,6 +112,9 @@ def test_health_and_reflection(daemon) -> None:
     assert described.file_descriptor_response.file_descriptor_proto  # the proto file that declares it
     v1_file = descriptor_pb2.FileDescriptorProto.FromString(described_v1.file_descriptor_response.file_descriptor_proto[0])
     assert (v1_file.package, [s.name for s in v1_file.service]) == ("grpc.reflection.v1", ["ServerReflection"])
+    method = v1_file.service[0].method[0]  # its own messages (they named v1alpha's, which its file does not import)
+    assert (method.input_type, method.output_type) == (".grpc.reflection.v1.ServerReflectionRequest",
+                                                       ".grpc.reflection.v1.ServerReflectionResponse")
 
 
 def test_explain_lists_every_rule_and_calls_no_provider(daemon) -> None:
@@ -434,6 +437,49 @@ def test_a_request_whose_wire_format_is_corrupt_is_invalid_argument_saying_so(da
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
     assert details.violations[0][0] == "request" and "its wire format is corrupt" in details.violations[0][1]
     assert generate(daemon, text_request("still serving")).text.startswith("fake/echo says")
+
+
+def test_health_and_reflection_refuse_a_request_they_cannot_parse_as_the_router_does(daemon) -> None:
+    """They need no token, and their generated handlers parsed with FromString: a garbled request was
+    UNKNOWN with Python's exception text (reflection v1's naming the v1alpha type), and an ERROR with a
+    traceback in the log, for anyone. Health's List, newer than the servicer, was UNIMPLEMENTED the same way."""
+    def raw(method: str, streaming: bool = False):
+        path = daemon.channel.stream_stream if streaming else daemon.channel.unary_unary
+        return path(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+
+    calls = {
+        "health check": (lambda: raw("/grpc.health.v1.Health/Check")(b"\xff\xff\xff", timeout=10),
+                         "grpc.health.v1.HealthCheckRequest"),
+        "health watch": (lambda: list(daemon.channel.unary_stream("/grpc.health.v1.Health/Watch")(
+            b"\x0a\x02\xff\xfe", timeout=10)), "grpc.health.v1.HealthCheckRequest"),
+        "reflection v1alpha": (lambda: list(raw("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                                True)(iter([b"\xff\xff\xff"]), timeout=10)),
+                               "grpc.reflection.v1alpha.ServerReflectionRequest"),
+        "reflection v1": (lambda: list(raw("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", True)(
+            iter([b"\x0a\x02\xff\xfe"]), timeout=10)), "grpc.reflection.v1.ServerReflectionRequest"),
+    }
+    for name, (call, message_type) in calls.items():
+        details = error_details(failure(call))
+        assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), (name, details)
+        assert f"the {message_type} message cannot be parsed" in details.message, (name, details.message)
+        assert details.violations[0][0] == "request", name
+    listed = health_pb2_grpc.HealthStub(daemon.channel).List(health_pb2.HealthListRequest(), timeout=10)
+    assert {name: s.status for name, s in listed.statuses.items()} == {
+        "": health_pb2.HealthCheckResponse.SERVING, "mmrouter.v1.RouterService": health_pb2.HealthCheckResponse.SERVING}
+    assert "Traceback" not in daemon.logs() and "ERROR" not in daemon.logs()
+    test_health_and_reflection(daemon)  # a good request is still answered
+
+
+def test_headers_up_to_16_kib_are_always_taken_and_larger_ones_always_refused(daemon) -> None:
+    """gRPC's default soft limit (8 KiB) refused a random share of calls with headers between 8 and 16 KiB
+    (4 calls in 10 with a 12 KB header): the same call got different statuses."""
+    stub = router_pb2_grpc.RouterServiceStub(daemon.channel)
+    for _ in range(20):
+        assert stub.ListProviders(pb.ListProvidersRequest(), metadata=[("x-trace", "v" * 15_000)], timeout=10)
+    for _ in range(5):
+        too_large = failure(lambda: stub.ListProviders(pb.ListProvidersRequest(),
+                                                       metadata=[("x-trace", "v" * 17_000)], timeout=10))
+        assert too_large.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_a_lower_case_log_level_is_understood(start_daemon, tmp_path) -> None:
