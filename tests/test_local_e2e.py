@@ -241,3 +241,43 @@ def test_a_stream_falls_back_when_local_refuses_audio_over_its_limit(local_first
     answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60).answer  # the same route
     assert (answer.text, answer.route.provider, answer.route.model) == (text, "openai", "gpt-audio")
     assert len(fake.chat_requests()) == 2
+
+
+#: OpenAI (the fake) ready and answering every request by the rules; local only when a client asks for it.
+OPENAI_BY_RULE = """
+providers:
+  openai: {{api_key: "{key}", base_url: "{url}"}}
+  local: {{}}
+routes:
+  - name: general
+    use: openai/gpt-4o
+"""
+
+
+@pytest.mark.parametrize(("hints", "named"), [(pb.RoutingHints(provider="local"), "hints.provider=local"),
+                                             (pb.RoutingHints(model="extract"), "hints.model=extract")],
+                         ids=["provider", "model"])
+def test_a_question_sent_to_local_by_the_client_says_the_client_chose_it(start_daemon, hints, named) -> None:
+    """The client chose local itself while a language model was ready: the answer says so, and does not
+    send the user looking for a provider that is not configured or failed."""
+    from tests.fakes.openai import API_KEY, FakeOpenAI
+
+    with FakeOpenAI() as fake:
+        daemon = start_daemon(OPENAI_BY_RULE.format(key=API_KEY, url=fake.base_url), plugins=())
+        request = text_request("What is the capital of France?", hints=hints)
+        answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60).answer
+        assert (answer.route.rule, answer.route.provider) == ("override", "local")
+        assert answer.text.startswith(HEADER)
+        assert f"the client asked for the local provider ({named}), which only extracts text" in answer.text
+        assert "configured" not in answer.text and "failed" not in answer.text, answer.text
+        assert fake.chat_requests() == []
+
+
+def test_a_question_local_answers_by_rule_says_the_route_tells_why(local_first) -> None:
+    """Without a hint, local cannot tell a rule's choice from a fallback: its answer points at the route."""
+    daemon, fake = local_first
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("What is 2 + 2?")), timeout=60).answer
+    assert (answer.route.rule, answer.route.provider) == ("local-first", "local")
+    assert "the route says why the local provider was used (a rule or the default that names it" in answer.text
+    assert "the client asked" not in answer.text
+    assert fake.chat_requests() == []

@@ -41,7 +41,7 @@ from router import (
     TranscriptReady,
     UsageReport,
 )
-from router.errors import ConfigError, ProviderBadRequest, ProviderInputTooLarge
+from router.errors import ConfigError, ProviderBadRequest, ProviderInputTooLarge, ProviderUnsupportedInput
 from router.testing import ProviderContract, collect
 from tests.fakes import local as media
 
@@ -495,11 +495,25 @@ async def test_transcribe_without_audio_is_a_bad_request(local: LocalProvider) -
     (Media(Modality.AUDIO, "audio/mpeg", data=b"not really an mp3", filename="broken.mp3"), "cannot read broken.mp3"),
     (Media(Modality.DOCUMENT, "application/pdf", data=b"%PDF-1.4 garbage", filename="bad.pdf"), "cannot read bad.pdf"),
     (Media(Modality.IMAGE, "image/png", data=b"\x89PNG nope", filename="bad.png"), "cannot read bad.png"),
-    (Media(Modality.IMAGE, "image/png", url="https://example.com/a.png"), "cannot fetch it"),
 ])
 async def test_unreadable_media_is_invalid_argument(local: LocalProvider, item: Media, message: str) -> None:
     with pytest.raises(ProviderBadRequest, match=message):
         await collect(local, ask(item), local.models[0])
+
+
+@pytest.mark.parametrize(("item", "task"), [
+    (Media(Modality.IMAGE, "image/png", url="https://example.com/a.png"), Task.AUTO),
+    (Media(Modality.AUDIO, "audio/mpeg", url="https://example.com/talk.mp3"), Task.AUTO),
+    (Media(Modality.AUDIO, "audio/mpeg", url="https://example.com/talk.mp3?sig=SECRET"), Task.TRANSCRIBE),
+], ids=["image", "audio", "transcribe"])
+async def test_media_given_by_url_is_refused_retryably(local: LocalProvider, item: Media, task: Task) -> None:
+    """Offline, a URL is a form local cannot take: UNSUPPORTED_INPUT, so the route's next target or bridge
+    (a provider that fetches URLs) is tried. The message names the URL without its query (a signed URL's
+    token would be in the route's attempts and the log)."""
+    with pytest.raises(ProviderUnsupportedInput, match="is given by URL; the local provider works offline") as refused:
+        await collect(local, ask(item, task=task), local.models[0])
+    assert refused.value.retryable
+    assert "https://example.com/" in refused.value.message and "SECRET" not in refused.value.message
 
 
 @pytest.mark.parametrize("keep", ["half", "header"])

@@ -44,6 +44,7 @@ from router.errors import (
     ProviderNotConfigured,
     ProviderRateLimited,
     ProviderUnavailable,
+    ProviderUnsupportedInput,
 )
 from router.testing import ProviderContract, collect
 from tests.fakes.openai import API_KEY, FakeOpenAI, error_body
@@ -370,6 +371,17 @@ async def test_audio_chat_refuses_formats_the_api_cannot_take(fake: FakeOpenAI, 
     assert fake.requests == []
 
 
+async def test_audio_chat_refuses_audio_by_url_retryably(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    """``input_audio`` carries bytes only: audio given by URL is UNSUPPORTED_INPUT (the next target or
+    bridge is tried), while an image URL is passed through (the API fetches images itself)."""
+    remote = Part(media=Media(Modality.AUDIO, "audio/mpeg", url="https://example.com/talk.mp3"))
+    request = Request([user(text("What is said?"), remote)], Options(task=Task.CHAT))
+    with pytest.raises(ProviderUnsupportedInput, match=r"gpt-audio cannot fetch audio by URL") as refused:
+        await collect(provider, request, model_of(provider, "gpt-audio"))
+    assert refused.value.retryable
+    assert fake.requests == []
+
+
 async def test_chat_normalises_the_image_jpg_alias(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
     photo = image_bytes("JPEG", (0, 0, 255))
     request = Request([user(text("What is it?"), image(photo, "image/jpg"))])
@@ -595,10 +607,13 @@ async def test_without_a_detected_language_the_requested_one_is_reported_as_give
     assert fake.uploads()[0].field("language") == "pt"
 
 
-async def test_a_clip_given_by_url_is_a_bad_request(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+async def test_a_clip_given_by_url_is_refused_retryably(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    """The API is sent bytes only: a URL is a form whisper-1 does not take, so the router tries a provider
+    that fetches URLs (UNSUPPORTED_INPUT, retryable), and nothing is uploaded."""
     remote = Part(media=Media(Modality.AUDIO, "audio/wav", url="https://example.com/b.wav"))
-    with pytest.raises(ProviderBadRequest, match="cannot fetch audio by URL"):
+    with pytest.raises(ProviderUnsupportedInput, match="whisper-1 cannot fetch audio by URL") as refused:
         await collect(provider, Request([user(remote, audio(wav_bytes()))]), model_of(provider, "whisper-1"))
+    assert refused.value.retryable
     assert fake.requests == []
 
 

@@ -20,6 +20,7 @@ from router import (
     ProviderBadRequest,
     ProviderEvent,
     ProviderInputTooLarge,
+    ProviderUnsupportedInput,
     Request,
     Task,
     TextDelta,
@@ -28,6 +29,7 @@ from router import (
     Usage,
     UsageReport,
 )
+from router.errors import public_url
 
 from .asr import check_language
 from .audio import MAX_AUDIO_SECONDS, AudioTooLong, DecodeError, NoAudioTrack
@@ -41,8 +43,15 @@ from .settings import LocalSettings
 HEADER = "[Extracted by local provider — no language model was used]"
 NOT_ANSWERED = (
     "The question was not answered: the local provider only extracts text from media. "
-    "No language model answered it: the route says whether none is configured (set, for example, "
-    "providers.openai.api_key) or the configured ones failed."
+    "No language model answered it: the route says why the local provider was used (a rule or the "
+    "default that names it, no language model configured: set, for example, providers.openai.api_key; "
+    "or the configured ones failed)."
+)
+#: The same when the client chose the provider itself; ``{hint}`` is the hint that named it.
+NOT_ANSWERED_CHOSEN = (
+    "The question was not answered: the client asked for the local provider ({hint}), which only "
+    "extracts text from media, so no language model was asked. Leave the choice to the router's rules, "
+    "or name a provider with a language model, to have the question answered."
 )
 #: The Python modules the provider needs at call time.
 REQUIRED_MODULES = ("av", "pocketsphinx", "rapidocr_onnxruntime", "pypdf", "PIL", "numpy")
@@ -107,7 +116,7 @@ class LocalProvider(Provider):
             check_language(request.options.language, self.name)
         audio_seconds = 0.0
         question = "\n".join(p.text for p in request.parts() if p.text and p.text.strip())
-        intro = HEADER + ("\n" + NOT_ANSWERED if question else "")
+        intro = HEADER + ("\n" + self._not_answered(request) if question else "")
         if not media and len(request.media()) > 0:
             intro += ("\n\n[No new media to extract]\nThe media of the session's earlier turns were extracted "
                       "in their answers.")
@@ -127,11 +136,25 @@ class LocalProvider(Provider):
             pending = ""
         yield UsageReport(Usage(audio_seconds=round(audio_seconds, 2)))
 
+    def _not_answered(self, request: Request) -> str:
+        """Why the question got no answer. A request whose hints name this provider (or its model, without
+        a provider) was routed here by the client's own choice: an override has no fallbacks, and a bridge
+        is sent its media without hints, so only the override reaches here with them. Otherwise this
+        provider cannot tell a rule's choice from a fallback: the route says which it was."""
+        hints = request.hints
+        if hints.provider == self.name:
+            return NOT_ANSWERED_CHOSEN.format(hint=f"hints.provider={self.name}")
+        if not hints.provider and hints.model in {m.name for m in self.models}:
+            return NOT_ANSWERED_CHOSEN.format(hint=f"hints.model={hints.model}")
+        return NOT_ANSWERED
+
     def _check_local(self, media: Media) -> None:
-        """Refuse media given by URL: the provider works offline."""
+        """Refuse media given by URL: the provider works offline. The refusal is of the form the media
+        comes in, :class:`ProviderUnsupportedInput` (retryable): the route's next target or bridge, such
+        as a cloud provider that fetches URLs, is tried."""
         if media.data is None and media.path is None:
-            raise ProviderBadRequest(
-                self.name, f"media {media.url or ''} is given by URL; the local provider works "
+            raise ProviderUnsupportedInput(
+                self.name, f"media {public_url(media.url or '')} is given by URL; the local provider works "
                 "offline and cannot fetch it: upload it with UploadMedia instead")
 
     async def _transcribe(self, media: list[Media]) -> AsyncIterator[ProviderEvent]:

@@ -94,8 +94,9 @@ def _media_part(provider: str, model: ModelInfo, media: Media, where: str) -> di
         if fmt is None:  # retryable: a bridge (whisper-1) or the rule's next target may take it
             raise ProviderUnsupportedInput(provider, f"{model.name} takes audio as wav or mp3 only, "
                                                      f"got {media.mime_type} ({where})")
-        if media.data is None and media.path is None:
-            raise ProviderBadRequest(provider, f"{model.name} cannot fetch audio by URL ({where})")
+        if media.data is None and media.path is None:  # input_audio carries bytes only: retryable, as above
+            raise ProviderUnsupportedInput(provider, f"{model.name} cannot fetch audio by URL ({where}; "
+                                                     "upload it with UploadMedia; refused before sending)")
         return {"type": "input_audio", "input_audio": {"data": Base64Of(media), "format": fmt}}
     raise ProviderBadRequest(provider, f"{model.name} does not take {media.modality.value} input ({where})")
 

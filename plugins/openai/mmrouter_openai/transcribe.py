@@ -105,12 +105,16 @@ def check_formats(provider: str, entry: Entry, clips: list[Media]) -> None:
 
 def pick_audio(provider: str, entry: Entry, request: Request) -> list[Media]:
     """The audio clips to transcribe, in order: those of the newest user message with media
-    (``request.current_media()``; earlier turns were transcribed when sent), or a clear error."""
+    (``request.current_media()``; earlier turns were transcribed when sent), or a clear error.
+
+    A clip given by URL is a format the API does not take (it is sent the bytes): it is refused with
+    :class:`ProviderUnsupportedInput`, so the router tries the next target or bridge (AssemblyAI fetches URLs)."""
     clips = [m for m in request.current_media() if m.modality is Modality.AUDIO]
     if not clips:
         raise ProviderBadRequest(provider, f"{entry.info.name} transcribes audio, and the request has none")
-    if any(m.data is None and m.path is None for m in clips):
-        raise ProviderBadRequest(provider, f"{entry.info.name} cannot fetch audio by URL")
+    if any(m.data is None and m.path is None for m in clips):  # retryable: a provider that fetches URLs may take it
+        raise ProviderUnsupportedInput(provider, f"{entry.info.name} cannot fetch audio by URL "
+                                                 "(upload it with UploadMedia; refused before sending)")
     return clips
 
 
