@@ -394,3 +394,28 @@ def test_a_blocked_prompt_is_invalid_argument_after_its_billed_usage(start_daemo
     assert (usage.input_tokens, usage.output_tokens) == (3, 0)
     assert usage.cost_usd == pytest.approx(3 * 0.30 / 1e6)  # gemini-2.5-flash's input price
     assert len(fake.calls("stream" if streaming else "generate")) == 1
+
+
+def test_a_media_the_files_api_fails_to_process_goes_to_the_fallback(start_daemon, fake):
+    """Processing that ends FAILED (Gemini could not decode a video of a type it takes: an odd codec) is a
+    refusal of the media's format, UNSUPPORTED_INPUT: the rule's fallback answers, with the same bytes."""
+    with FakeGemini(api_key=KEY) as backup:
+        config = CONFIG.format(url=fake.url).replace(
+            "    use: gemini/gemini-2.5-pro\n",
+            "    use: gemini/gemini-2.5-pro\n    fallback: [gemini-backup/gemini-2.5-flash]\n", 1,
+        ).replace("routes:\n", "  gemini-backup:\n    plugin: gemini\n    api_key: \"${GEMINI_TEST_KEY}\"\n"
+                               f"    base_url: \"{backup.url}\"\n    poll_interval: 0.02\nroutes:\n", 1)
+        daemon = start_daemon(config, env={"GEMINI_TEST_KEY": KEY})
+        fake.processing_polls, fake.fail_processing = 1, True
+        video = short_video()
+        request = ask(pb.Part(text="What is shown?"),
+                      pb.Part(media=pb.Media(modality=pb.MODALITY_VIDEO, mime_type="video/mp4", data=video)))
+        answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer
+        assert (answer.route.rule, answer.route.provider, answer.text) == ("video", "gemini-backup",
+                                                                           "Hello from Gemini.")
+        [failed, answered] = answer.route.attempts
+        assert (failed.provider, failed.ok, answered.ok) == ("gemini", False, True)
+        assert "could not process" in failed.error and "The video could not be processed." in failed.error
+        assert fake.calls("stream") == [] and [f.state for f in fake.files.values()] == ["FAILED"]
+        [call] = backup.calls("stream")  # inline there: its inline limit is the default 8 MB
+        assert base64.urlsafe_b64decode(call.json()["contents"][0]["parts"][1]["inlineData"]["data"]) == video

@@ -39,6 +39,7 @@ from router.errors import (
     ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
+    ProviderUnsupportedInput,
 )
 from router.testing import ProviderContract, collect
 from tests.fakes.gemini import FakeGemini
@@ -480,7 +481,7 @@ async def test_failed_processing_is_a_clear_error_and_is_not_remembered(fake, tm
     fake.fail_processing = True
     p = make_provider(fake, inline_limit_bytes=0)
     video = stored_video(tmp_path)
-    with pytest.raises(ProviderBadRequest) as err:
+    with pytest.raises(ProviderUnsupportedInput) as err:  # a format refusal: the router tries the next target
         await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
     message = str(err.value)
     assert "could not process" in message and "video/mp4" in message

@@ -1,8 +1,9 @@
-"""Translation between mmrouter requests/responses and google-genai types."""
+"""Translation between mmrouter requests and the Gemini REST API's JSON, and of google-genai's typed answers."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,16 +29,16 @@ LEADING_USER_TURN = "(The conversation so far follows.)"
 BLOCKED_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE",
                   "ESCALATION", "PUP_LIMITED_DISABLED", "MODEL_ARMOR", "IMAGE_PROHIBITED_CONTENT"}
 #: Finish reasons meaning the answer was cut: CONTINUATION is "reached the per-request token limit, but
-#: generation is not yet complete" (the SDK's FinishReason), seen when its automatic continuation cannot go on.
+#: generation is not yet complete" (the SDK's FinishReason): the plugin does not ask for the rest (no automatic
+#: continuation: see rest.py), so the answer is cut.
 CUT_FINISH = {"MAX_TOKENS", "CONTINUATION"}
 
 
 @dataclass
 class Prepared:
-    """A request in the SDK's terms, plus the Files API URIs it references."""
+    """A generateContent request body, in the REST API's JSON, plus the Files API URIs it references."""
 
-    contents: list[Any]
-    config: Any
+    body: dict[str, Any]
     file_uris: set[str] = field(default_factory=set)
 
 
@@ -68,27 +69,49 @@ def check_format(media: Media, provider: str) -> None:
                                           f"{normalise_mime(media.mime_type)} (refused before sending)")
 
 
-async def _media_part(media: Media, inline_left: int, upload: Uploader, file_uris: set[str]) -> tuple[Any, int]:
-    """One media as an SDK Part: inline while the budget lasts, else a Files API reference."""
-    from google.genai import types
+def text_part(text: str) -> dict[str, Any]:
+    """A text part, as the REST API's JSON."""
+    return {"text": text}
 
+
+def inline_part(data: bytes, mime_type: str) -> dict[str, Any]:
+    """A media sent inline (``inlineData``), as google-genai sends ``Part.from_bytes``: its bytes in URL-safe
+    base64, its fields by their snake_case names (the API reads both spellings)."""
+    return {"inlineData": {"data": base64.urlsafe_b64encode(data).decode("ascii"), "mime_type": mime_type}}
+
+
+def file_part(uri: str, mime_type: str) -> dict[str, Any]:
+    """A media referenced by URI (``fileData``: a Files API copy or a URL), as google-genai sends
+    ``Part.from_uri``."""
+    return {"fileData": {"file_uri": uri, "mime_type": mime_type}}
+
+
+async def _media_part(media: Media, inline_left: int, upload: Uploader,
+                      file_uris: set[str]) -> tuple[dict[str, Any], int]:
+    """One media as a part: inline while the budget lasts, else a Files API reference."""
     mime = gemini_mime(media.mime_type)
     if media.url is not None:
-        return types.Part.from_uri(file_uri=media.url, mime_type=mime), inline_left
+        return file_part(media.url, mime), inline_left
     size = media_size(media)
     if size <= inline_left:
         data = media.data if media.data is not None else await asyncio.to_thread(media.read_bytes)
-        return types.Part.from_bytes(data=data, mime_type=mime), inline_left - size
+        return inline_part(data, mime), inline_left - size
     uri, mime_type = await upload(media)
     file_uris.add(uri)
-    return types.Part.from_uri(file_uri=uri, mime_type=mime_type), inline_left
+    return file_part(uri, mime_type), inline_left
 
 
 async def prepare(request: Request, inline_limit: int, upload: Uploader, provider: str,
                   output_limit: int = 0) -> Prepared:
-    """Build the contents and config of a generateContent call for ``request``, by the provider called
-    ``provider`` (named in errors). The request's ``max_output_tokens`` is capped at ``output_limit``
-    (the model's output limit; 0: not known). The config has no HTTP timeout yet: see :func:`with_timeout`.
+    """Build the body of a generateContent call for ``request``, by the provider called ``provider``
+    (named in errors). The request's ``max_output_tokens`` is capped at ``output_limit`` (the model's
+    output limit; 0: not known).
+
+    The body is the REST API's JSON, built here rather than by google-genai's pydantic types, whose
+    validation and conversion cost about 1 ms per turn on the event loop (see :mod:`.rest`). It is what the
+    SDK would send for the same contents and config (``tests/test_gemini_body.py`` compares them):
+    ``contents``, ``systemInstruction`` (a ``user`` content, as the SDK makes of a string) and
+    ``generationConfig`` (always there, maybe empty).
 
     System messages become the system instruction (text only: media there is refused with
     :class:`ProviderBadRequest` before anything is uploaded or sent); the assistant is the ``model``
@@ -97,43 +120,43 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, provide
     (a trimmed session history) gets a short user turn in front. Media go inline until their
     total passes ``inline_limit`` bytes, the rest through ``upload``.
     """
-    from google.genai import types
-
     check_system_messages(request, provider)
-    contents: list[Any] = []
+    contents: list[dict[str, Any]] = []
     file_uris: set[str] = set()
     inline_left = inline_limit
     for message in request.messages:
         if message.role is Role.SYSTEM:
             continue
-        parts: list[Any] = []
+        parts: list[dict[str, Any]] = []
         for part in message.parts:
             if part.media is not None:
                 check_format(part.media, provider)
-                sdk_part, inline_left = await _media_part(part.media, inline_left, upload, file_uris)
-                parts.append(sdk_part)
+                media_part, inline_left = await _media_part(part.media, inline_left, upload, file_uris)
+                parts.append(media_part)
             elif part.text:
-                parts.append(types.Part.from_text(text=part.text))
+                parts.append(text_part(part.text))
         if parts:
             role = "model" if message.role is Role.ASSISTANT else "user"
-            if contents and contents[-1].role == role:
-                contents[-1].parts.extend(parts)
+            if contents and contents[-1]["role"] == role:
+                contents[-1]["parts"].extend(parts)
             else:
-                contents.append(types.Content(role=role, parts=parts))
+                contents.append({"role": role, "parts": parts})
     if not contents:
         raise ProviderBadRequest(provider, "the request has no user or assistant content to send")
-    if contents[0].role == "model":
-        contents.insert(0, types.Content(role="user", parts=[types.Part.from_text(text=LEADING_USER_TURN)]))
+    if contents[0]["role"] == "model":
+        contents.insert(0, {"role": "user", "parts": [text_part(LEADING_USER_TURN)]})
 
     options = request.options
-    config = types.GenerateContentConfig(
-        system_instruction=request.system_prompt or None,
-        max_output_tokens=min(options.max_output_tokens, output_limit or options.max_output_tokens) or None,
-        temperature=options.temperature,
-        # no tools are sent: the SDK's automatic function calling loop (and its INFO line per call) is off
-        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
-    )
-    return Prepared(contents=contents, config=config, file_uris=file_uris)
+    generation: dict[str, Any] = {}
+    if options.temperature is not None:
+        generation["temperature"] = options.temperature
+    max_tokens = min(options.max_output_tokens, output_limit or options.max_output_tokens)
+    if max_tokens:
+        generation["maxOutputTokens"] = max_tokens
+    body: dict[str, Any] = {"contents": contents, "generationConfig": generation}
+    if request.system_prompt:
+        body["systemInstruction"] = {"role": "user", "parts": [text_part(request.system_prompt)]}
+    return Prepared(body=body, file_uris=file_uris)
 
 
 def check_system_messages(request: Request, provider: str) -> None:
@@ -142,15 +165,6 @@ def check_system_messages(request: Request, provider: str) -> None:
     for i, message in enumerate(request.messages):
         if message.role is Role.SYSTEM and any(p.media is not None for p in message.parts):
             raise ProviderBadRequest(provider, f"messages[{i}]: a system message can hold only text for Gemini")
-
-
-def with_timeout(prepared: Prepared, timeout_ms: int) -> Prepared:
-    """``prepared`` with the generate call's HTTP timeout (milliseconds; also sent as ``x-server-timeout``)
-    set: computed once the media are uploaded, so that it is what is left of the call."""
-    from google.genai import types
-
-    prepared.config.http_options = types.HttpOptions(timeout=timeout_ms)
-    return prepared
 
 
 def response_text(response: Any) -> str:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from router import CallContext, Media, ProviderBadRequest, ProviderTimeout
-from router.errors import ProviderInputTooLarge, ProviderUnavailable
+from router.errors import ProviderInputTooLarge, ProviderUnavailable, ProviderUnsupportedInput
 from router.polling import MAX_POLL_FAILURES, PollFailures  # the policy of failed status polls (5 in a row)
 
 from . import errors
@@ -258,14 +258,16 @@ class FileStore:
         return _remote(file, mime)
 
     async def _wait_active(self, client: Any, entry: RemoteFile, key: UploadKey, ctx: CallContext) -> RemoteFile:
-        """Poll with backoff until ACTIVE, bounded by the call's deadline; FAILED is an error."""
+        """Poll with backoff until ACTIVE, bounded by the call's deadline. FAILED (Gemini could not decode a
+        media of a type it declares it takes: an odd codec, say) is a refusal of the media's format,
+        :class:`ProviderUnsupportedInput`, so that the router tries the next target or bridge."""
         give_up = time.monotonic() + self.max_processing_seconds
         delay = self.poll_interval
         while True:
             if entry.state == "ACTIVE":
                 return entry
             if entry.state == "FAILED":
-                raise ProviderBadRequest(
+                raise ProviderUnsupportedInput(
                     self.provider,
                     f"the Files API could not process media {key.sha256[:12]} ({entry.mime_type}, {entry.name}): "
                     f"{entry.error or 'processing FAILED'}; check that the file is a valid, supported {entry.mime_type}",

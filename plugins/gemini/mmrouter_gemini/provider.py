@@ -1,4 +1,4 @@
-"""The Gemini provider: generateContent / streamGenerateContent through google-genai."""
+"""The Gemini provider: generateContent / streamGenerateContent through google-genai's API client (rest.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from router import (
 from router.errors import ProviderAuthError, ProviderError, ProviderModelNotFound, ProviderUnavailable
 from router.sdk_http import read_rest
 
-from .convert import blocked, finish_of, prepare, response_text, usage_of, with_timeout
+from . import rest
+from .convert import blocked, finish_of, prepare, response_text, usage_of
 from .errors import map_exception
 from .files import FileStore, check_file_size, media_key, shared_uploads, upload_key
 from .models import MODELS, TYPICAL
@@ -127,15 +128,13 @@ class GeminiProvider(Provider):
                                          model.max_output_tokens)
                 file_uris = prepared.file_uris
                 # the generate call's HTTP timeout: what is left of the call once the media are uploaded
-                with_timeout(prepared, self._timeout_ms(ctx))
+                timeout_ms = self._timeout_ms(ctx)
                 if self.settings.streaming:
-                    async for event in self._stream(client, model, prepared, ctx):
+                    async for event in self._stream(client, model, prepared.body, timeout_ms, ctx):
                         produced = True
                         yield event
                 else:
-                    response = await client.aio.models.generate_content(
-                        model=model.name, contents=prepared.contents, config=prepared.config
-                    )
+                    response = await rest.generate(client, model.name, prepared.body, timeout_ms)
                     for event in self._unary_events(response):
                         produced = True
                         yield event
@@ -175,7 +174,7 @@ class GeminiProvider(Provider):
             yield TextDelta(text)
         yield UsageReport(usage_of(response.usage_metadata), finish)
 
-    async def _stream(self, client: Any, model: ModelInfo, prepared: Any,
+    async def _stream(self, client: Any, model: ModelInfo, body: dict[str, Any], timeout_ms: int,
                       ctx: CallContext) -> AsyncIterator[ProviderEvent]:
         """Stream the answer, then one usage report from the last usage metadata; a stream whose chunks
         carry no finishReason is cut short: ``ProviderUnavailable``.
@@ -187,14 +186,12 @@ class GeminiProvider(Provider):
         Once a chunk with a finishReason came, the answer is whole: what is left of the body (a later chunk
         with the usage, say) is read for at most ``router.sdk_http.END_OF_BODY_WAIT``, so a proxy that holds
         the body open does not make the call wait for the read timeout."""
-        stream = await client.aio.models.generate_content_stream(
-            model=model.name, contents=prepared.contents, config=prepared.config
-        )
+        stream = rest.stream(client, model.name, body, timeout_ms)
         metadata = None
         finish = None
         produced = False
 
-        async def rest() -> AsyncIterator[Any]:
+        async def after_finish() -> AsyncIterator[Any]:
             """The chunks after the one with the finishReason, their usage kept."""
             nonlocal metadata
             async for chunk in stream:
@@ -216,12 +213,10 @@ class GeminiProvider(Provider):
                     produced = True
                     yield TextDelta(text)
                 if finish is not None:
-                    await read_rest(rest(), self._timeout_ms(ctx) / 1000)
+                    await read_rest(after_finish(), self._timeout_ms(ctx) / 1000)
                     break
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await stream.aclose()
         if finish is None:
             # The last chunk of a whole answer has a finishReason. The body ended cleanly but early (a dead
             # server behind a proxy, a body delimited by connection close), and the SDK does not notice:
