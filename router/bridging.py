@@ -186,12 +186,15 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     converts to another format first (``Bridge.convert_to``) are converted, and no model is called for them.
 
     A bridge failing with a retryable error (down, rate-limited, the media too large for it) gives
-    way to the next usable one of ``preferences`` for that media. The transcripts passed on are those
+    way to the next usable one of ``preferences`` for that media. A bridge whose text goes beside the
+    media (``Bridge.keep_media``) fails no call: when all of them fail, the media goes alone, with a
+    note saying why. The transcripts passed on are those
     of this turn's media (:meth:`Request.turn_media`): the history's were sent with their own turns.
     With a ``memo``, a media bridged before gets its kept text and transcript and no call, and what
     is bridged now is kept; ``done`` does the same within the request (for a fallback plan). A text
     kept by another bridge than the first choice is reused too, before any bridge is called (see
-    :func:`_bridge_media`), and the route names the bridge that made it. A history media takes any text
+    :func:`_bridge_media`; not one an extraction-only model made as a stand-in, see :func:`_kept_before`),
+    and the route names the bridge that made it, in its bridges and its notes. A history media takes any text
     kept of it, whatever options made it (those of the turn that sent it), and one whose kept text is
     the very reply that follows it (a transcription turn) is not given twice.
 
@@ -305,10 +308,18 @@ class _Bridging:
     reused: int = 0
 
     async def convert(self, media: Media, choices: list[Bridge]) -> None:
+        """Bridge ``media`` through the first of ``choices`` that can; a bridge that leaves the media beside
+        its text and fails on it leaves the media alone (see :func:`_bridge_media`)."""
         history = id(media) not in self.this_turn
-        text, transcript, bridge, kept = await _bridge_media(media, choices, self.request, self.registry, self.ctx,
-                                                             self.route, self.memo, self.done, history, self.recalled)
+        bridged = await _bridge_media(media, choices, self.request, self.registry, self.ctx,
+                                      self.route, self.memo, self.done, history, self.recalled)
+        if bridged is None:
+            return
+        text, transcript, bridge, kept = bridged
         self.reused += kept
+        if kept and bridge.via != choices[0].via:
+            self.route.notes.append(f"bridging: the text of {_name(media)} was made before by {bridge.via}, "
+                                    f"not by {choices[0].via}")
         self.used[id(media)] = bridge
         if transcript is not None and not history:
             self.result.transcripts.append(transcript)
@@ -330,6 +341,8 @@ class _Bridging:
             if id(media) not in position:
                 break  # dropped with every older message
             await self.convert(media, choices)
+            if id(media) not in self.converted:
+                continue  # left alone by a bridge that failed: no longer than it was counted
             tokens = self.tokens(media)
             if tokens > sizes[id(media)]:
                 sizes[id(media)] = tokens
@@ -370,7 +383,8 @@ class _Bridging:
         if self.memo is None:
             return None
         history = id(media) not in self.this_turn
-        self.recalled[id(media)] = found = await _kept_before(media, choices, self.request, self.memo, history)
+        self.recalled[id(media)] = found = await _kept_before(media, choices, self.request, self.registry,
+                                                              self.memo, history)
         return found[1][0] if found is not None else None
 
 
@@ -429,15 +443,21 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
                         ctx: CallContext, route: RouteInfo, memo: BridgeMemo | None,
                         done: BridgedInRequest, history: bool,
                         recalled: Mapping[int, tuple[Bridge, Kept] | None],
-                        ) -> tuple[str, Transcript | None, Bridge, bool]:
+                        ) -> tuple[str, Transcript | None, Bridge, bool] | None:
     """Bridge one media through the first of ``choices`` that succeeds: its text, its transcript, the
     bridge used and whether the text was kept from an earlier turn or request (a memo hit).
 
     Before any bridge is called, a text already made is taken: one made earlier in this request
     (``done``), then one kept in ``memo`` (:func:`_kept_before`, or what ``recalled`` already holds of
     a history media), whichever bridge made it (the bridge returned is the one that made it, for the
-    route). Only then are ``choices`` called in turn. A ``history`` media (sent by an earlier turn) is
-    bridged with :func:`history_options`: this turn's language is not that turn's.
+    route). Only then are ``choices`` called in turn, each taking first what the memo keeps under its
+    own key. A ``history`` media (sent by an earlier turn) is bridged with :func:`history_options`:
+    this turn's language is not that turn's.
+
+    A bridge failing with a retryable error gives way to the next choice; one failing otherwise fails the
+    call. But the text of a bridge that leaves the media beside it (``Bridge.keep_media``) is extra: when
+    each of its choices fails, whatever the error, the route notes why and None is returned (the model
+    gets the media without it).
     """
     options = history_options(request.options) if history else request.options
     for bridge in choices:
@@ -445,7 +465,7 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
             return *done.texts[(id(media), str(bridge.via))], bridge, False
     if memo is not None:
         found = (recalled[id(media)] if history and id(media) in recalled
-                 else await _kept_before(media, choices, request, memo, history))
+                 else await _kept_before(media, choices, request, registry, memo, history))
         if found is not None:
             bridge, kept = found
             done.texts[(id(media), str(bridge.via))] = kept
@@ -471,11 +491,10 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
             text, transcript = await _bridge_one(media, bridge, provider, model, options, ctx, route)
             result = (text, transcript)
         except ProviderError as exc:
-            if not exc.retryable:
+            if not exc.retryable and not bridge.keep_media:
                 raise
             error = done.failed[this] = exc
-            route.notes.append(f"bridging: {bridge.via} failed on {media.filename or media.modality.value} "
-                               f"({exc.reason})")
+            route.notes.append(f"bridging: {bridge.via} failed on {_name(media)} ({exc.reason})")
             continue
         finally:
             _settle(key, leader, result)  # those waiting get the text, or None (then bridge themselves)
@@ -483,12 +502,20 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
             memo.remember(key, text, transcript)
         done.texts[this] = (text, transcript)
         return text, transcript, bridge, False
+    if choices[0].keep_media:
+        failed = ", ".join(str(b.via) for b in choices if (id(media), str(b.via)) in done.failed)
+        why = f" ({error.reason}: {error.message})" if error is not None else ""
+        note = (f"bridging: no {_LABELS[media.modality][1:-1].lower()} beside {_name(media)}: {failed} "
+                f"failed{why}; the model gets the {media.modality.value} alone")
+        if note not in route.notes:  # a fallback plan gives up on it again
+            route.notes.append(note)
+        return None
     assert error is not None  # the first choice is a ready bridge: it was called (now or before) and failed
     raise error
 
 
-async def _kept_before(media: Media, choices: list[Bridge], request: Request, memo: BridgeMemo,
-                       history: bool) -> tuple[Bridge, Kept] | None:
+async def _kept_before(media: Media, choices: list[Bridge], request: Request, registry: Registry,
+                       memo: BridgeMemo, history: bool) -> tuple[Bridge, Kept] | None:
     """A text kept of ``media`` by an earlier turn or request, and the bridge that made it (one of
     ``choices`` with its ``via`` if it is one, else the first with the ``via`` read from the memo key); None
     when nothing usable is kept, and ``media`` must be bridged.
@@ -504,25 +531,50 @@ async def _kept_before(media: Media, choices: list[Bridge], request: Request, me
     or count when this turn names none is taken. A video of this turn takes only the text of its exact keys:
     one kept by a bridge that left the video beside it holds its speech and no frame text (a video of the
     history takes it all the same).
+
+    A text made by an extraction-only model (``local/extract``, which makes it offline, without a language
+    model) is not taken here unless the first choice is one too: it stood in for the bridges before it
+    while they failed, and must not stand in for them once they may work again. It is still taken at its
+    own turn (:func:`_bridge_media`), when the bridges before it fail again.
     """
     prefix = media_prefix(media, request)
     if prefix is None:
         return None
+    offline = _extraction_only(choices[0].via, registry)
+
+    def preferred(key: str) -> bool:
+        """Whether the text kept under ``key`` may be taken ahead of the bridges: see above."""
+        return offline or not _extraction_only(made_by(key, prefix), registry)
+
     if not history:
         for bridge in choices:
             key = memo_key(media, request, bridge)
-            kept = await _kept(key, memo) if key is not None else None
+            kept = await _kept(key, memo) if key is not None and preferred(key) else None
             if kept is not None:
                 return bridge, kept
         if media.modality is not Modality.AUDIO:
             return None
-    found = await _kept_any(media, request, memo, None if history else _made_with(request.options))
+    made_with = None if history else _made_with(request.options)
+    found = await _kept_any(media, request, memo,
+                            preferred if made_with is None else lambda key: preferred(key) and made_with(key))
     if found is None:
         return None
     key, text, transcript = found
     via = made_by(key, prefix)
     bridge = next((b for b in choices if str(b.via) == str(via)), None)
     return (bridge or dataclasses.replace(choices[0], via=via)), (text, transcript)
+
+
+def _extraction_only(target: Target, registry: Registry) -> bool:
+    """Whether ``target`` is an extraction-only model (``local/extract``) of a ready provider."""
+    provider = registry.ready(target.provider)
+    model = provider.model(target.model) if provider is not None else None
+    return model is not None and FEATURE_EXTRACTION_ONLY in model.features
+
+
+def _name(media: Media) -> str:
+    """How the route's notes name ``media``: its file name, else its modality."""
+    return media.filename or media.modality.value
 
 
 async def _kept_any(media: Media, request: Request, memo: BridgeMemo,
