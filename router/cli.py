@@ -48,6 +48,7 @@ from .config import (
 from .config_warnings import broken_provider_errors, config_warnings, unknown_providers
 from .errors import ConfigError
 from .plugins import GROUP, load_registry
+from .version import version
 
 if TYPE_CHECKING:
     from .sessions import SessionStore
@@ -67,6 +68,21 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",  # a docstring's paragraphs are wrapped to the terminal, not at their source lines
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"mmrouter {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(show_version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print mmrouter's version and exit.")] = False,
+             ) -> None:
+    """Options of every command (the app's help is its ``help``)."""
+
+
 config_app = typer.Typer(help="Work with routing configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
@@ -130,8 +146,10 @@ def serve(
         if full:
             _start_failed(_disk_full_message(data, full), 1, json_logs)
         where = f"{exc.filename}: " if exc.filename else ""
-        fix = (f"; --data-dir (server.data_dir) {data} must be a directory the daemon can write"
-               if exc.filename and Path(exc.filename).is_relative_to(data) else "")
+        # the data directory, or a folder above it that the start had to make (a HOME that does not exist)
+        ours = exc.filename and (Path(exc.filename).is_relative_to(data) or data.is_relative_to(exc.filename))
+        fix = (f"; --data-dir (server.data_dir, else $MMROUTER_DATA_DIR) {data} must be a directory the daemon "
+               "can write" if ours else "")
         _start_failed(f"cannot start: {where}{exc.strerror or exc}{fix}", 1, json_logs)
     except Exception as exc:
         _stopped_by_a_bug(exc)
@@ -185,6 +203,14 @@ def _log_to_stderr(level: str, json_logs: bool) -> None:
     if level != "DEBUG":  # HTTP clients log every upstream request at INFO
         for name in ("httpx", "httpx2", "httpcore", "aiohttp.access"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    # The SDKs log whole request bodies at DEBUG (Anthropic's "Request options": the conversation, each PDF
+    # and image in base64, one line of many MB): not even a debug log holds what clients send.
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
+
+
+#: The loggers of the providers' SDKs, kept at INFO or above (see :func:`_log_to_stderr`).
+SDK_LOGGERS = ("anthropic", "openai", "google_genai", "assemblyai")
 
 
 def _asks_for_json_logs(config: Path | None) -> bool:

@@ -63,6 +63,7 @@ from .outcome import Done, RouteChosen, RouteInfo, StepUsage
 from .registration import add_guarded_service, add_router_service, parsed
 from .tls import ServerCertificates, warn_if_key_open
 from .types import TextDelta, TranscriptReady
+from .version import version
 
 log = logging.getLogger(__name__)
 
@@ -1037,7 +1038,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     _log_providers(app)
     tls = config.server.tls
     security = "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file else "TLS"
-    log.info("mmrouter listening on %s (%s; data in %s%s)", bound, security, config.server.data_dir,
+    log.info("mmrouter %s listening on %s (%s; data in %s%s)", version(), bound, security, config.server.data_dir,
              "; clients need the auth token" if config.server.auth_token else "")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -203,6 +203,46 @@ def test_serve_help_names_the_defaults_it_reads():
         assert needed in shown, f"{needed!r} missing from `mmrouter serve --help`:\n{shown}"
 
 
+def test_version_is_the_installed_distributions() -> None:
+    """There was no way to tell what a container runs but ``pip show``; the start-up line names it too."""
+    from importlib.metadata import version
+
+    assert ok(run_cli("--version")).stdout.strip() == f"mmrouter {version('mmrouter')}"
+
+
+def test_a_data_directory_under_a_folder_that_cannot_be_made_is_named(tmp_path) -> None:
+    """A default data directory under a HOME that does not exist (a container's arbitrary user) said only
+    "cannot start: /nonexistent: Permission denied": the folder the start failed to make is above the
+    data directory, and the hint naming the data directory was left out."""
+    data = "/proc/no-such-folder/mmrouter"  # /proc takes no new folder, for root too
+    done = subprocess.run([str(MMROUTER), "serve", "--address", "127.0.0.1:0"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "MMROUTER_DATA_DIR": data}, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "cannot start: /proc/no-such-folder:" in done.stderr
+    assert f"(server.data_dir, else $MMROUTER_DATA_DIR) {data} must be a directory the daemon can write" in done.stderr
+
+
+def test_sdk_loggers_stay_at_info_when_the_daemon_logs_debug() -> None:
+    """At log_level debug, Anthropic's SDK logged each request's whole body ("Request options": the
+    conversation, each PDF and image in base64, one line of many MB)."""
+    import logging
+
+    from router.cli import SDK_LOGGERS, _log_to_stderr
+
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers), {name: logging.getLogger(name).level for name in SDK_LOGGERS}
+    try:
+        _log_to_stderr("DEBUG", False)
+        for name in ("anthropic._base_client", "openai._base_client", "google_genai._api_client", "assemblyai"):
+            assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+            assert logging.getLogger(name).isEnabledFor(logging.INFO), name
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
+
+
 # -- ask ---------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
 
 import pytest
 from mmrouter_local import LocalProvider
@@ -242,6 +243,58 @@ def test_a_speech_decoder_process_that_died_is_started_again(local) -> None:
     tone = (b"\x00\x40\x00\xc0" * 8000) * 4
     recognizer.transcribe(iter([tone]))
     assert recognizer.decoder_pid not in (None, first)
+
+
+def test_the_speech_decoder_process_imports_nothing_from_the_working_directory(tmp_path, monkeypatch) -> None:
+    """It was started as ``python -m``, which puts the working directory first on sys.path: a pickle.py
+    where the daemon was started ran in it (and an old source tree's router/ broke every transcription)."""
+    from mmrouter_local.asr import SpeechRecognizer
+
+    marker = tmp_path / "ran"
+    (tmp_path / "pickle.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nraise ImportError('planted')\n")
+    monkeypatch.chdir(tmp_path)
+    recognizer = SpeechRecognizer()
+    try:
+        recognizer.transcribe(iter([b"\x00\x00" * 16000]))
+        assert recognizer.decoder_pid is not None
+    finally:
+        recognizer.close()
+    assert not marker.exists()
+
+
+_WITHOUT_OPENCV = """
+import asyncio, sys
+sys.modules["cv2"] = None  # as in a slim image without libGL.so.1: importing OpenCV fails
+from mmrouter_local import LocalProvider
+from router import Media, Message, Modality, Part, Request, Role
+from router.errors import ProviderUnavailable
+from router.testing import collect
+from tests.fakes import local as media
+
+async def main():
+    local = LocalProvider(workers=1)
+    request = Request(messages=[Message(Role.USER, [Part(media=Media(Modality.IMAGE, "image/png", data=media.encode_image(media.text_image([((20, 20), "HELLO")]))))])])
+    try:
+        await collect(local, request, local.models[0])
+    except ProviderUnavailable as exc:
+        print(exc.retryable, exc.message)
+    await local.aclose()
+
+asyncio.run(main())
+"""
+
+
+def test_an_ocr_that_cannot_load_opencv_is_unavailable_saying_what_to_install() -> None:
+    """In a slim container, opencv-python (RapidOCR's) cannot load libGL.so.1: every image, video and scanned
+    PDF failed as INTERNAL ImportError, with no word of the system libraries it needs."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_OPENCV], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("True local: the local OCR cannot be loaded"), done.stdout
+    assert "apt-get install libgl1 libglib2.0-0" in done.stdout
 
 
 async def test_closing_the_provider_ends_its_speech_decoder_process() -> None:

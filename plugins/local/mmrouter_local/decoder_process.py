@@ -41,8 +41,10 @@ class DecoderProcess:
     serialises its calls, as :class:`mmrouter_local.asr.SpeechRecognizer` does)."""
 
     def __init__(self, sample_rate: int) -> None:
+        # -P: ``-m`` would put the working directory first on the child's sys.path, so a pickle.py or an old
+        # source tree's router/ where the daemon was started would run in it
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "mmrouter_local.decoder_process", str(sample_rate)],
+            [sys.executable, "-P", "-m", "mmrouter_local.decoder_process", str(sample_rate)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
     @property

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from router.errors import ProviderUnavailable
+
 from .pool import raise_if_cancelled
 
 #: The most pixels an image or a video frame may have for OCR: decoding takes several bytes a pixel,
@@ -53,6 +55,17 @@ class ImageTooLarge(ValueError):
     def __init__(self, width: int, height: int) -> None:
         super().__init__(f"the image is {width}x{height} pixels, over the {MAX_OCR_PIXELS:,} the local OCR reads")
         self.width, self.height = width, height
+
+
+class OcrUnavailable(ProviderUnavailable):
+    """The OCR cannot be loaded: RapidOCR depends on opencv-python, whose wheel loads system libraries a
+    slim container image lacks (libGL.so.1, libglib). The call fails as retryable UNAVAILABLE (a fallback
+    may answer), saying what to install, instead of INTERNAL."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__("local", f"the local OCR cannot be loaded ({cause}): install the system libraries "
+                                  "OpenCV needs (Debian/Ubuntu: apt-get install libgl1 libglib2.0-0), or replace "
+                                  "opencv-python by opencv-python-headless")
 
 
 def check_pixels(width: int, height: int) -> None:
@@ -266,7 +279,10 @@ def strip_tiles(width: int, height: int) -> list[Tile] | None:
 
 def fit_strip(bgr: np.ndarray) -> np.ndarray:
     """``bgr`` scaled down, if it is a strip longer than :data:`MAX_TILES` tiles, so that it is not."""
-    import cv2
+    try:
+        import cv2
+    except ImportError as exc:
+        raise OcrUnavailable(str(exc)) from exc
 
     height, width = bgr.shape[:2]
     longest = TILE_LENGTH + (MAX_TILES - 1) * (TILE_LENGTH - TILE_OVERLAP)
@@ -313,7 +329,10 @@ class TextReader:
 
     def _load(self):  # -> rapidocr_onnxruntime.RapidOCR
         _onnxruntime_offline()  # before rapidocr_onnxruntime imports onnxruntime and makes its sessions
-        from rapidocr_onnxruntime import RapidOCR
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError as exc:  # a slim image without the system libraries OpenCV's wheel loads
+            raise OcrUnavailable(str(exc)) from exc
 
         # Limit type "max": detect on the image as it is, up to the 2,000 px RapidOCR shrinks every image to
         # (the default "min" scales the *shorter* side up to 736 px: slower, and it merges words on small
