@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import importlib.util
 import inspect
 import logging
 import math
@@ -593,8 +594,10 @@ def _entry_of(provider: Provider, plugin_name: str, settings: Mapping) -> Provid
         if problems:
             return ProviderEntry(provider.name, plugin_name, State.BROKEN, "; ".join(problems), provider)
         _with_prices(provider, prices)
+        step = "required_modules"
+        reason = _missing_modules(provider, plugin_name)
         step = "unconfigured_reason()"
-        reason = provider.unconfigured_reason()
+        reason = reason or provider.unconfigured_reason()
     except asyncio.CancelledError:
         raise
     except BaseException as exc:
@@ -604,6 +607,23 @@ def _entry_of(provider: Provider, plugin_name: str, settings: Mapping) -> Provid
                              f"unconfigured_reason() returned {type(reason).__name__}, not str or None", provider)
     state = State.NOT_CONFIGURED if reason else State.READY
     return ProviderEntry(provider.name, plugin_name, state, reason or "", provider)
+
+
+def _missing_modules(provider: Provider, plugin_name: str) -> str | None:
+    """Why ``provider`` cannot be used when a module of its :attr:`~router.Provider.required_modules` is not
+    installed, or None. Found without importing them (start-up stays quick)."""
+    missing = []
+    for module in provider.required_modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing (google of google.genai)
+            found = False
+        if not found:
+            missing.append(module)
+    if not missing:
+        return None
+    return (f"missing Python packages ({', '.join(missing)}) that plugin {plugin_name!r} needs: reinstall the "
+            "plugin with its dependencies")
 
 
 def _add(registry: Registry, entry: ProviderEntry) -> None:

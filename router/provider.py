@@ -46,6 +46,11 @@ class Provider(abc.ABC):
     #: :class:`router.Price` of finite numbers >= 0, ``input_mime_types`` normalised MIME types or
     #: wildcards (``text/*``), ``max_audio_seconds`` a number >= 0.
     models: list[ModelInfo] = []
+    #: The modules (import names, e.g. ``("openai",)`` or ``("google.genai",)``) the provider imports at
+    #: call time, lazily, as its SDK: when one cannot be found (a plugin installed without its
+    #: dependencies, a slimmed image), the provider is listed not configured, naming it, instead of
+    #: ready with every call failing as INTERNAL ``ModuleNotFoundError``. Checked without importing them.
+    required_modules: tuple[str, ...] = ()
 
     def unconfigured_reason(self) -> str | None:
         """Why the provider cannot be used (e.g. ``"OPENAI_API_KEY is not set"``), or None if it can.

@@ -226,6 +226,32 @@ def test_a_provider_with_read_only_models_is_ready_without_price_overrides() -> 
     assert registry.ready("fixed").model("echo") is not None
 
 
+class NeedsMissingModules:
+    """A plugin whose provider imports, at call time, modules that are not installed."""
+
+    @router.hookimpl
+    def register_providers(self, register, settings):
+        class Lacking(ScriptedProvider):
+            required_modules = ("json", "no_such_sdk_xyz", "google.no_such_sdk", "no_such_parent.sdk")
+
+        register(Lacking("lacking", dict(settings)))
+
+
+def test_a_provider_whose_sdk_is_not_installed_is_not_configured_and_named() -> None:
+    """The cloud plugins import their SDK on first use: with it missing (a plugin installed with --no-deps,
+    a slimmed image) the provider was listed ready, health said SERVING and every call failed as INTERNAL
+    ModuleNotFoundError. The router checks required_modules (without importing them)."""
+    registry = load_registry({"lacking": {"api_key": "k"}}, disabled=["openai", "anthropic", "gemini", "assemblyai", "local"],
+                             extra_plugins={"lacking": NeedsMissingModules()})
+    entry = registry.entries["lacking"]
+    assert entry.state is State.NOT_CONFIGURED
+    assert entry.reason == ("missing Python packages (no_such_sdk_xyz, google.no_such_sdk, no_such_parent.sdk) that "
+                            "plugin 'lacking' needs: reinstall the plugin with its dependencies")
+    for plugin in ("openai", "anthropic", "gemini", "assemblyai", "local"):  # ours say what they import
+        provider = load_registry({}, log_broken=False).entries[plugin].provider
+        assert provider is not None and provider.required_modules, plugin
+
+
 def test_a_bad_price_override_breaks_only_its_provider(start_daemon) -> None:
     """A typo under providers.<name>.prices marks that provider broken, naming the key; the daemon serves."""
     daemon = start_daemon("""

@@ -39,6 +39,7 @@ class AnthropicProvider(Provider):
     """
 
     name = PLUGIN
+    required_modules = ("anthropic", "aiohttp")  # imported on first use
 
     def __init__(self, settings: AnthropicSettings | Mapping[str, Any] | None = None, *,
                  name: str = PLUGIN) -> None:

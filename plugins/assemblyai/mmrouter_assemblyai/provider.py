@@ -45,6 +45,7 @@ class AssemblyAIProvider(Provider):
     """
 
     name = PLUGIN
+    required_modules = ("assemblyai",)  # imported on first use
 
     def __init__(self, settings: AssemblyAISettings | None = None, *, name: str = PLUGIN) -> None:
         """``name`` other than ``assemblyai`` makes an extra instance (say ``assemblyai-eu``); give it settings

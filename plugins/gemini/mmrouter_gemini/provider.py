@@ -41,6 +41,7 @@ class GeminiProvider(Provider):
     """
 
     name = PLUGIN
+    required_modules = ("google.genai", "aiohttp")  # imported on first use
 
     def __init__(self, settings: GeminiSettings | None = None, models: list[ModelInfo] | None = None, *,
                  name: str = PLUGIN) -> None:

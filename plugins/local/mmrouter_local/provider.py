@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -76,6 +75,7 @@ class LocalProvider(Provider):
     """
 
     name = "local"
+    required_modules = REQUIRED_MODULES
     models = [EXTRACT_MODEL]
 
     def __init__(self, workers: int = 2, frame_interval: float = 2.0,
@@ -90,12 +90,6 @@ class LocalProvider(Provider):
             settings = LocalSettings.load(cls.name, settings)
         return cls(workers=settings.workers, frame_interval=settings.ocr_frame_interval_seconds,
                    max_audio_seconds=settings.max_audio_seconds)
-
-    def unconfigured_reason(self) -> str | None:
-        missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
-        if missing:
-            return f"missing Python packages ({', '.join(missing)}): reinstall mmrouter-local"
-        return None
 
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext

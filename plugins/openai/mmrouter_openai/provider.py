@@ -36,6 +36,7 @@ class OpenAIProvider(router.Provider):
     """
 
     name = PLUGIN
+    required_modules = ("openai", "aiohttp")  # imported on first use
 
     def __init__(self, settings: OpenAISettings | Mapping[str, Any] | None = None, *, name: str = PLUGIN) -> None:
         """``name`` other than ``openai`` makes an extra instance (say ``vllm``): its settings are its own
