@@ -423,7 +423,7 @@ class App:
         The steps that completed (paid bridges, the answer) are recorded for statistics whatever
         the outcome: answered, failed or cancelled. The session's turn is kept on Done only.
         """
-        started = time.monotonic()
+        started = time.monotonic()  # a reset from now on drops this call's turn, waiting on the session or not
         clock = time.perf_counter()  # the route's latency covers history, measuring and routing too
         session = request.session_id
         if session:  # a ResetSession meanwhile must know the session is in use
@@ -434,7 +434,6 @@ class App:
             waited = time.perf_counter()
             async with self._turn_of(session):  # a session's calls one at a time: each sees the turns before it
                 waited_ms = (time.perf_counter() - waited) * 1000
-                started = time.monotonic()  # a reset while it waited came before its history was read
                 untrimmed, history = await self._with_history(request)
                 await self._measure_media(untrimmed)
                 notes: list[str] = []
@@ -501,12 +500,16 @@ class App:
 
         The answer is already computed: a failure here is logged, never turned into a failed call;
         a turn that could not be kept gets a route note, which the client sees (Done is sent after).
-        A session reset since the call ``started`` (a time.monotonic()) keeps no turn of it.
+        A session reset since the call ``started`` (a time.monotonic(), when it arrived: one waiting for the
+        call before it on the session was sent for the conversation the reset forgot) keeps no turn of it,
+        and its route says so.
         """
         answer = done.answer
         if request.session_id and self._resets.get(request.session_id, -math.inf) > started:
-            log.info("session %s was reset while a call on it ran: that call's turn is not kept",
+            log.info("session %s was reset while a call on it was under way: that call's turn is not kept",
                      session_tag(request.session_id))
+            answer.route.notes.append(f"this turn was not kept in session {request.session_id!r}: the session "
+                                      "was reset (ResetSession) while the call was under way")
         elif request.session_id:  # on the store's thread: turn_count and append with no other job between
             cancelled = threading.Event()
             try:

@@ -549,10 +549,35 @@ def test_a_reset_during_a_call_keeps_that_calls_turn_out(start_daemon) -> None:
     assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="r")).turns_removed == 2
     slow.join(30)
     assert answered and "history=1" in answered[0].text  # it was answered, on the old history
+    assert ("this turn was not kept in session 'r': the session was reset (ResetSession) while the call was "
+            "under way") in answered[0].route.notes  # its client learns the model will not remember it
     with pytest.raises(grpc.RpcError) as caught:  # ... and left nothing behind
         daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="r"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert "[history=0" in ask(daemon, "fresh start", session="r").text
+
+
+def test_a_reset_drops_the_turn_of_a_call_still_waiting_for_the_one_before_it(start_daemon) -> None:
+    """A call sent before the reset and waiting behind another call on the session was kept: a question of
+    the conversation the reset forgot became the first turn of the fresh one."""
+    import threading
+
+    daemon = start_daemon(CONFIG)
+    ask(daemon, "first", session="r")
+    answered: dict[str, object] = {}
+    running = threading.Thread(target=lambda: answered.setdefault("running", ask(daemon, "SLOW:1", session="r")))
+    running.start()
+    time.sleep(0.3)
+    waiting = threading.Thread(target=lambda: answered.setdefault("waiting", ask(daemon, "queued before", session="r")))
+    waiting.start()
+    time.sleep(0.3)
+    assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="r")).turns_removed == 2
+    running.join(30)
+    waiting.join(30)
+    assert "history=0" in answered["waiting"].text  # read after the reset
+    assert any("the session was reset" in note for note in answered["waiting"].route.notes)
+    later = ask(daemon, "after", session="r").text
+    assert "[history=0" in later and "queued before" not in later
 
 
 def test_a_reset_during_a_new_sessions_first_turn_drops_that_turn(start_daemon) -> None:

@@ -113,7 +113,9 @@ class RouterServiceServicer:
 
     def ResetSession(self, request, context):
         """ResetSession forgets the history of a conversation; a call on it under
-        way keeps no turn. NOT_FOUND when it has no stored turn and no call.
+        way (sent before the reset: answering, or waiting for the call before it)
+        keeps no turn, and its route's notes say so. NOT_FOUND when it has no
+        stored turn and no call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
