@@ -165,6 +165,7 @@ class App:
         #: daemon cancels as it stops (see :func:`router.server.stop_calls`).
         self.call_tasks: set[asyncio.Task] = set()
         self.stopped_calls: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
+        self.stopped_at_once = False  # they were ended by a second signal, not at the end of the grace
         #: The daemon is stopping: new calls are refused (router.server).
         self.stopping = False
         self.router = _router_of(config)

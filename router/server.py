@@ -291,20 +291,25 @@ def _handling(app: App) -> Iterator[asyncio.Task]:
         app.call_tasks.discard(task)
 
 
-def stop_calls(app: App) -> int:
-    """Cancel every call ``app`` is still handling, as the daemon stops: each ends with SHUTTING_DOWN and
-    its request id (cut by gRPC at the end of the grace, it would end with no status at all). Returns
-    how many there were."""
+def stop_calls(app: App, at_once: bool = False) -> int:
+    """Cancel every call ``app`` is still handling, as the daemon stops (``at_once``: told to by a second
+    signal, before the end of the grace): each ends with SHUTTING_DOWN and its request id (cut by gRPC at
+    the end of the grace, it would end with no status at all). Returns how many there were."""
+    app.stopped_at_once = at_once
     for task in app.call_tasks:
         app.stopped_calls.add(task)
         task.cancel("the daemon is stopping")
     return len(app.call_tasks)
 
 
-def _stopping() -> DaemonStopping:
-    return DaemonStopping("the daemon is stopping and this call was still running at the end of its "
-                          "server.shutdown_grace_seconds: nothing of it was kept; send it again (to another "
-                          "instance, or once the daemon is back)")
+def _stopping(app: App) -> DaemonStopping:
+    """The error of a call the stopping daemon ended (see :func:`stop_calls`), saying why it was ended
+    then: a client told "at the end of the grace" of a call cut by a second signal would raise the grace."""
+    when = ("the daemon was told to stop at once (a second SIGTERM or SIGINT) while this call was running"
+            if app.stopped_at_once else
+            "the daemon is stopping and this call was still running at the end of its server.shutdown_grace_seconds")
+    return DaemonStopping(f"{when}: nothing of it was kept; send it again (to another instance, or once the "
+                          "daemon is back)")
 
 
 def unary(method: Callable) -> Callable:
@@ -319,7 +324,7 @@ def unary(method: Callable) -> Callable:
                 response = await method(self, parsed(request), context, call)
         except asyncio.CancelledError:
             if task in self.app.stopped_calls:
-                await _abort(context, self.app, call, _stopping())
+                await _abort(context, self.app, call, _stopping(self.app))
             call.ended_early(context)
             raise
         except grpc.aio.AbortError:
@@ -346,7 +351,7 @@ def streaming(method: Callable) -> Callable:
                     yield item
         except asyncio.CancelledError:
             if task in self.app.stopped_calls:
-                await _abort(context, self.app, call, _stopping())
+                await _abort(context, self.app, call, _stopping(self.app))
             call.ended_early(context)
             raise
         except GeneratorExit:  # gRPC closed us
@@ -1093,7 +1098,7 @@ async def _drain(app: App, grace: float, hurry: asyncio.Event) -> None:
         await asyncio.sleep(DRAIN_POLL_SECONDS)
     if hurry.is_set():
         end = min(end, loop.time() + STOP_NOTICE_SECONDS)
-    if count := stop_calls(app):
+    if count := stop_calls(app, at_once=hurry.is_set()):
         when = "on a second signal" if hurry.is_set() else "at the end of the shutdown grace"
         log.info("%d call(s) still running %s: ended (SHUTTING_DOWN)", count, when)
         while app.call_tasks and loop.time() < end:

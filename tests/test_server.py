@@ -588,6 +588,7 @@ def test_a_call_still_running_at_the_end_of_the_shutdown_grace_gets_the_daemons_
         details = error_details(caught)
         assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN"), details
         assert "the daemon is stopping" in details.message and "send it again" in details.message
+        assert "at the end of its server.shutdown_grace_seconds" in details.message
         assert details.request_id and details.request_id in daemon.logs()
     assert daemon.proc.wait(20) == 0
     assert "2 call(s) still running at the end of the shutdown grace" in daemon.logs()
@@ -606,6 +607,9 @@ def test_a_second_signal_ends_the_drain_at_once(start_daemon, tmp_path) -> None:
     daemon.proc.send_signal(signal.SIGINT)
     details = error_details(failure(lambda: slow.result(timeout=60)))  # not after the 600 s of the grace
     assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    # its client is not told the grace ran out (it would raise it for nothing)
+    assert details.message.startswith("the daemon was told to stop at once (a second SIGTERM or SIGINT)")
+    assert "shutdown_grace_seconds" not in details.message
     assert daemon.proc.wait(60) == 0
     assert "1 call(s) still running on a second signal: ended (SHUTTING_DOWN)" in daemon.logs()
 
