@@ -355,10 +355,13 @@ class MediaStore:
             media_id = digest.hexdigest()
             with _room_needed(f"the upload of {mime_type}"):  # new, or stored damaged: this upload replaces it
                 stored, committed = await asyncio.to_thread(self._keep, tmp, media_id, mime_type, modality, filename)
-            if not committed and stored.modality is not modality:
-                also = " (or as audio, for its sound)" if stored.modality is Modality.VIDEO else ""
+            # the same bytes stored before as another modality: its record stands. A video's is answered for
+            # an upload as audio (a request may name a stored video as audio, for its sound); another
+            # modality is refused (an id naming audio is no video)
+            if not committed and stored.modality is not modality and not (
+                    stored.modality is Modality.VIDEO and modality is Modality.AUDIO):
                 problem = (f"media {media_id} (the same bytes) is already stored as {stored.modality.value}"
-                           f" ({stored.mime_type}); refer to it by that id as {stored.modality.value}{also}")
+                           f" ({stored.mime_type}); refer to it by that id as {stored.modality.value}")
                 raise InvalidRequest(problem, violations=[FieldViolation("metadata.modality", problem)],
                                      metadata={"media_id": media_id, "stored_modality": stored.modality.value})
             return stored

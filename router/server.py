@@ -622,7 +622,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async with aclosing(_upload_chunks(messages, context)) as chunks:
             stored = await self.app.media.upload(meta.mime_type, modality, meta.filename, meta.size_bytes, chunks)
         return pb.UploadMediaResponse(media_id=stored.media_id, size_bytes=stored.size,
-                                      mime_type=stored.mime_type, modality=meta.modality)
+                                      mime_type=stored.mime_type, modality=wire.modality_to_proto(stored.modality))
 
     @unary
     async def ExplainRoute(self, request: pb.ExplainRouteRequest, context: grpc.aio.ServicerContext,

@@ -53,6 +53,11 @@ _STATE = {State.READY: pb.PROVIDER_STATE_READY, State.NOT_CONFIGURED: pb.PROVIDE
 ResolveMedia = Callable[[str], Media]
 
 
+def modality_to_proto(modality: Modality) -> int:
+    """The wire value of ``modality``."""
+    return _MODALITY_PB[modality]
+
+
 def modality_from_proto(value: int) -> Modality | None:
     """The internal modality of a wire enum value (None if unspecified or unknown)."""
     return _MODALITY.get(value)
@@ -467,7 +472,7 @@ def answer_to_proto(answer: Answer, redact: Callable[[str], str] = _same) -> pb.
 
 def model_to_proto(model: ModelInfo) -> pb.ModelInfo:
     return pb.ModelInfo(
-        name=model.name, inputs=[_MODALITY_PB[m] for m in sorted(model.inputs, key=lambda m: m.value)],
+        name=model.name, inputs=[modality_to_proto(m) for m in sorted(model.inputs, key=lambda m: m.value)],
         outputs=sorted(model.outputs), features=sorted(model.features), context_tokens=model.context_tokens,
         price=pb.Price(**asdict(model.price)), input_mime_types=sorted(model.input_mime_types),
         max_audio_seconds=model.max_audio_seconds,
