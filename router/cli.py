@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import grpc
 import typer
 import yaml
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
@@ -106,12 +107,19 @@ def serve(
                                                         "--config, else $MMROUTER_DATA_DIR, else "
                                                         "$XDG_DATA_HOME/mmrouter or ~/.local/share/mmrouter).")] = None,
     ready_file: Annotated[Path | None, typer.Option(help="Write the bound address here once serving.")] = None,
+    log_level: Annotated[str | None, typer.Option(
+        envvar="MMROUTER_LOG_LEVEL", show_default=False,
+        help="debug, info, warning, error or critical (default: server.log_level of --config, else info).")] = None,
+    log_format: Annotated[str | None, typer.Option(
+        envvar="MMROUTER_LOG_FORMAT", show_default=False,
+        help="text, or json: one object per line (default: server.log_format of --config, else text).")] = None,
 ) -> None:
     """Run the daemon (stop it with Ctrl-C or SIGTERM; in-flight calls are drained).
 
     SIGHUP re-reads --config and serves its rules, providers, TLS certificate and a rotated
     server.auth_token from then on (other server settings need a restart); a file with mistakes is
-    refused and the running one stays.
+    refused and the running one stays. $MMROUTER_AUTH_TOKEN, when set, is the token clients must send,
+    in place of server.auth_token (a container configured by its environment alone).
     """
     try:
         settings = load_config(config)
@@ -120,8 +128,14 @@ def serve(
         if json_logs:
             _log_to_stderr("INFO", json_logs)
         _start_failed(exc.message, 2, json_logs)
-    overrides = {k: v for k, v in {"address": address, "data_dir": data_dir}.items() if v is not None}
-    server = settings.server.model_copy(update=overrides)
+    given = {"address": address, "data_dir": data_dir, "log_level": log_level, "log_format": log_format,
+             "auth_token": os.environ.get(AUTH_TOKEN_VARIABLE)}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    try:
+        server = type(settings.server).model_validate({**settings.server.model_dump(), **overrides})
+    except ValidationError as exc:
+        _start_failed(_override_problems(exc), 2, settings.server.log_format == "json")
+    overrides = {k: getattr(server, k) for k in overrides}  # as validated: a reload applies them again
     settings = settings.model_copy(update={"server": server})
     json_logs = server.log_format == "json"
     if json_logs:
@@ -153,6 +167,23 @@ def serve(
         _start_failed(f"cannot start: {where}{exc.strerror or exc}{fix}", 1, json_logs)
     except Exception as exc:
         _stopped_by_a_bug(exc)
+
+
+#: The environment variable ``serve`` takes the clients' token from, in place of server.auth_token (never a
+#: command-line option: other users of the machine see command lines).
+AUTH_TOKEN_VARIABLE = "MMROUTER_AUTH_TOKEN"
+
+
+def _override_problems(exc: ValidationError) -> str:
+    """What is wrong with the server settings ``serve`` took from its options and environment."""
+    where = {"log_level": "--log-level", "log_format": "--log-format", "auth_token": AUTH_TOKEN_VARIABLE,
+             "address": "--address", "data_dir": "--data-dir"}
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"server.{name} ({where.get(name, 'the configuration')}): {message}")
+    return "; ".join(problems)
 
 
 def _stopped_by_a_bug(exc: Exception) -> NoReturn:

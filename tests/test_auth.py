@@ -253,3 +253,30 @@ def test_a_reload_rotates_the_token_and_names_the_server_settings_it_cannot_appl
     assert "server.auth_token rotated" in logs
     assert "changes to server.max_concurrent_calls, server.log_level take effect only after a restart" in logs
     assert TOKEN not in logs and new not in logs
+
+
+def test_the_token_and_log_settings_may_come_from_the_environment_alone(start_daemon) -> None:
+    """A container configured by its environment alone could set the address and data directory but not
+    the token (nor JSON logs): the embedded default served every client unauthenticated. The token from
+    MMROUTER_AUTH_TOKEN stays in force over a reload of a file that has none."""
+    import json
+    import signal
+
+    from grpc_helpers import wait_for
+
+    daemon = start_daemon("providers:\n  fake: {api_key: k}\ndefault: fake/echo\n",
+                          env={"MMROUTER_AUTH_TOKEN": TOKEN, "MMROUTER_LOG_FORMAT": "json",
+                               "MMROUTER_LOG_LEVEL": "debug"})
+    with pytest.raises(grpc.RpcError) as caught:
+        generate(daemon)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert generate(daemon, metadata=bearer(TOKEN)).text
+    daemon.config_path.write_text("providers:\n  fake: {api_key: k}\ndefault: fake/echo\n# again\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "rules reloaded" in daemon.logs()), daemon.logs()
+    with pytest.raises(grpc.RpcError) as caught:
+        generate(daemon)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    lines = [json.loads(line) for line in daemon.logs().splitlines() if line.startswith("{")]
+    assert lines and any(line.get("level") == "DEBUG" for line in lines)
+    assert TOKEN not in daemon.logs()

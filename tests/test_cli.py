@@ -801,7 +801,8 @@ def test_serve_stats_and_prune_mistakes_are_one_line_errors(tmp_path):
             f"cannot listen on {busy}: the address is in use or invalid; give --address (or server.address) "
             f"a free host:port, e.g. 127.0.0.1:{taken.getsockname()[1] + 1}, or 127.0.0.1:0 for any free port",
         Cli("serve", "--address", "127.0.0.1:0", "--data-dir", not_a_dir):
-            f"cannot start: {not_a_dir}: Not a directory; --data-dir (server.data_dir) {not_a_dir} "
+            f"cannot start: {not_a_dir}: Not a directory; --data-dir (server.data_dir, else $MMROUTER_DATA_DIR) "
+            f"{not_a_dir} "
             "must be a directory the daemon can write",
         Cli("stats", "--data-dir", tmp_path / "notdb"):
             f"the sessions database {tmp_path}/notdb/sessions.sqlite cannot be used (file is not a database): "
