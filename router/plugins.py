@@ -261,11 +261,11 @@ def _amount_problem(value: object) -> str | None:
     return None
 
 
-def _modalities_problem(value: object) -> str | None:
-    """Why ``value`` is not a non-empty set of :class:`Modality` (or of their names), or None."""
+def _modalities_problem(value: object, *, required: bool = True) -> str | None:
+    """Why ``value`` is not a set of :class:`Modality` (or of their names), non-empty if ``required``, or None."""
     if not isinstance(value, AbstractSet):
         return f"is {type(value).__name__}, not a frozenset of router.Modality"
-    if not value:
+    if required and not value:
         return "is empty"
     known = {m.value for m in Modality}
     bad = [m for m in value if not isinstance(m, Modality) and not (isinstance(m, str) and m in known)]
@@ -322,6 +322,8 @@ _MODEL_CHECKS: dict[str, Callable[[object], str | None]] = {
     "max_output_tokens": lambda v: _count_problem(v, 0),
     "input_mime_types": _mime_types_problem,
     "max_audio_seconds": _amount_problem,
+    # None: not declared (every modality taken by URL); an empty set: no media by URL
+    "url_inputs": lambda v: None if v is None else _modalities_problem(v, required=False),
 }
 
 
@@ -355,11 +357,15 @@ _DEFAULT_ANSWER_TOKENS = next(f.default for f in dataclasses.fields(ModelInfo) i
 
 
 def _normalised(model: ModelInfo) -> ModelInfo:
-    """``model`` (checked by :func:`model_problem`) with frozensets, and ``inputs`` given by name made
-    :class:`Modality` (``"text"`` works for routing, a StrEnum, but not on the wire); itself if so already."""
+    """``model`` (checked by :func:`model_problem`) with frozensets, and ``inputs`` and ``url_inputs`` given
+    by name made :class:`Modality` (``"text"`` works for routing, a StrEnum, but not on the wire); itself if
+    so already."""
     changes: dict[str, Any] = {}
     if not isinstance(model.inputs, frozenset) or not all(isinstance(m, Modality) for m in model.inputs):
         changes["inputs"] = frozenset(Modality(m) for m in model.inputs)
+    urls = model.url_inputs
+    if urls is not None and (not isinstance(urls, frozenset) or not all(isinstance(m, Modality) for m in urls)):
+        changes["url_inputs"] = frozenset(Modality(m) for m in urls)
     for name in ("outputs", "features", "input_mime_types"):
         value = getattr(model, name, frozenset())
         if not isinstance(value, frozenset):

@@ -3,7 +3,8 @@
 :func:`decide` tries the rules top-down. The first rule whose conditions hold
 and which has a usable target wins; its other usable targets become the
 fallbacks. A target is usable when its provider is ready, the model exists,
-it produces what the task needs, and it takes every input of the request,
+it produces what the task needs, and it takes every input of the request
+(in its format, and by URL for media given so: ``ModelInfo.url_inputs``),
 either directly or through a bridge (another model that turns, say, audio
 into a transcript first). Every rule's outcome and the reason for it is
 kept in the decision's trace, which ``explain`` shows.
@@ -115,6 +116,14 @@ class Facts:
     #: The longest media of each speech modality (audio, video), in seconds; those of unknown length
     #: are left out.
     longest_seconds: Mapping[Modality, float] = field(default_factory=dict)
+    #: The normalised MIME types of the media given only by URL (no bytes), per modality: a model or
+    #: bridge must take that modality by URL (:meth:`ModelInfo.takes_url`).
+    url_mime_types: Mapping[Modality, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def url_modalities(self) -> frozenset[Modality]:
+        """The modalities of which some media is given only by URL."""
+        return frozenset(self.url_mime_types)
 
 
 def _total(values: Sequence[float | None]) -> float | None:
@@ -156,6 +165,11 @@ def bridged_tokens_guess(media: Media) -> int:
 def is_text_document(media: Media) -> bool:
     """A ``text/*`` document (plain text, Markdown, CSV...), as opposed to a PDF."""
     return normalise_mime(media.mime_type).startswith("text/")
+
+
+def is_url_only(media: Media) -> bool:
+    """Whether ``media`` is given by URL alone, with no bytes the router holds (``server.allow_urls``)."""
+    return bool(media.url) and media.data is None and media.path is None
 
 
 def _byte_size(media: Media) -> int:
@@ -229,6 +243,7 @@ def facts_of(request: Request) -> Facts:
         turn_tokens=turn_tokens,
         mime_types=_mime_types(media),
         longest_seconds=_longest(media),
+        url_mime_types=_mime_types(m for m in media if is_url_only(m)),
     )
 
 
@@ -251,6 +266,13 @@ def _mime_types(media: Iterable[Media]) -> dict[Modality, frozenset[str]]:
 
 def _names(mods: Sequence[Modality] | frozenset[Modality]) -> str:
     return ", ".join(sorted(m.value for m in mods)) or "nothing"
+
+
+def _not_taken(missing: set[Modality], by_url: frozenset[Modality]) -> str:
+    """The modalities a model does not take, in words: those it does not take by URL only said so
+    (``image, audio by URL``)."""
+    plain, url = frozenset(missing - by_url), frozenset(missing & by_url)
+    return ", ".join(([_names(plain)] if plain else []) + ([f"{_names(url)} by URL"] if url else []))
 
 
 def why_not_matched(match: Match, facts: Facts) -> str | None:
@@ -386,6 +408,11 @@ def unfit_formats(model: ModelInfo, modality: Modality, mime_types: Iterable[str
     return frozenset(mime for mime in mime_types if not model.takes_mime(mime, modality))
 
 
+def url_refused(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> frozenset[Modality]:
+    """Those of ``modalities`` with media given only by URL that ``model`` does not take by URL."""
+    return frozenset(m for m in modalities if m in facts.url_mime_types and not model.takes_url(m))
+
+
 def too_long(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> str | None:
     """Why ``model`` cannot take the speech of ``modalities`` for its length (``max_audio_seconds``), or None."""
     if not model.max_audio_seconds:
@@ -440,6 +467,8 @@ class Router:
                 continue
             if unfit_formats(model, modality, formats) or too_long(model, {modality}, facts):
                 continue
+            if facts.url_mime_types.get(modality, frozenset()) & formats and not model.takes_url(modality):
+                continue
             return Bridge(modality, target)
         return None
 
@@ -463,6 +492,8 @@ class Router:
         if diarize_here and FEATURE_DIARIZATION not in model.features:
             return f"{target}: cannot diarize"
         missing = needed - model.inputs
+        by_url = url_refused(model, needed - missing, facts)  # bridged, as a modality it does not take
+        missing |= by_url
         beside: set[Modality] = set()  # taken as they are, with a diarizing bridge's transcript beside them
         if facts.diarization and not diarize_here and FEATURE_DIARIZATION not in model.features:
             # The speakers must come from a diarizing bridge: audio becomes its transcript, while a video
@@ -487,7 +518,7 @@ class Router:
             return _too_big(plan, facts) or plan
         if not bridging or facts.task is Task.TRANSCRIBE:
             if missing:
-                return f"{target}: does not take {_names(frozenset(missing))}"
+                return f"{target}: does not take {_not_taken(missing, by_url)}"
             if unfit:
                 return f"{target}: does not take {', '.join(sorted(set().union(*unfit.values())))}"
             return f"{target}: cannot label the speakers of {_names(frozenset(beside))} and bridging is off"
@@ -499,6 +530,10 @@ class Router:
                 extra = " with diarization" if facts.diarization and modality in _SPEECH else ""
                 problem = "cannot label the speakers of" if modality in beside else "does not take"
                 what = ", ".join(sorted(formats)) if formats else modality.value
+                if modality in by_url:
+                    what += " by URL"
+                elif modality in facts.url_mime_types:  # a bridge must take it by URL
+                    extra += " that takes it by URL"
                 return f"{target}: {problem} {what} and no bridge{extra} is usable"
             bridges.append(dataclasses.replace(bridge, keep_media=modality in beside, mime_types=formats,
                                                convert_to=target_formats(model, modality, formats)))

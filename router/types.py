@@ -296,7 +296,10 @@ class ModelInfo:
     of its ``inputs``. Each entry is a normalised MIME type (:func:`router.mime.normalise_mime`, so
     ``audio/mpeg`` stands for mp3 and ``audio/mp4`` for m4a) or a wildcard such as ``text/*``.
     ``max_audio_seconds`` is the longest audio or video it takes per media (0: no cap): routing skips
-    it for longer speech.
+    it for longer speech. ``url_inputs`` are the media modalities it takes given by URL (``Media.url``,
+    no bytes: the provider passes the URL on, or fetches it itself); None, the default: not declared,
+    every modality is assumed taken by URL. Routing skips a target or bridge for media given by URL in a
+    modality it does not list, as for a MIME type it does not take (see :meth:`takes_url`).
     """
 
     name: str
@@ -310,6 +313,7 @@ class ModelInfo:
     max_output_tokens: int = 0
     input_mime_types: frozenset[str] = frozenset()
     max_audio_seconds: float = 0
+    url_inputs: frozenset[Modality] | None = None
 
     def can_take(self, modalities: set[Modality]) -> bool:
         """True when every modality in ``modalities`` is an input of this model."""
@@ -333,6 +337,11 @@ class ModelInfo:
             return True
         tops = {top} | (MIME_TOPS.get(modality, frozenset()) if modality is not None else set())
         return not any(entry.split("/", 1)[0] in tops for entry in self.input_mime_types)
+
+    def takes_url(self, modality: Modality) -> bool:
+        """Whether this model takes media of ``modality`` given by URL: always when ``url_inputs`` is not
+        declared (None), else when it lists ``modality``."""
+        return self.url_inputs is None or modality in self.url_inputs
 
     def can_do(self, task: Task) -> bool:
         """True when the model produces what ``task`` needs."""

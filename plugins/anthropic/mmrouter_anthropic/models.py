@@ -13,6 +13,9 @@ CLAUDE_INPUTS = frozenset({Modality.TEXT, Modality.IMAGE, Modality.DOCUMENT})
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 #: The formats Claude takes: those images, PDF documents and any ``text/*`` document (sent as plain text).
 CLAUDE_MIME_TYPES = IMAGE_TYPES | {"application/pdf", "text/*"}
+#: What Claude is given by URL (a ``url`` source, which Anthropic fetches): images and PDF documents. A text
+#: document is sent as its text, so a text document given by URL is refused (:mod:`.convert`).
+CLAUDE_URL_INPUTS = frozenset({Modality.IMAGE, Modality.DOCUMENT})
 
 
 def _claude(name: str, input_per_mtok: float, output_per_mtok: float, default_max: int,
@@ -28,6 +31,7 @@ def _claude(name: str, input_per_mtok: float, output_per_mtok: float, default_ma
         default_max_output_tokens=default_max,
         max_output_tokens=max_output,
         input_mime_types=CLAUDE_MIME_TYPES,
+        url_inputs=CLAUDE_URL_INPUTS,
     )
 
 

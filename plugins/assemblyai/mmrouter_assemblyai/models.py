@@ -19,6 +19,8 @@ from router import (
 _INPUTS = frozenset({Modality.AUDIO, Modality.VIDEO})
 _OUTPUTS = frozenset({OUTPUT_TRANSCRIPT})
 _FEATURES = frozenset({FEATURE_DIARIZATION})
+#: AssemblyAI fetches audio and video given by URL itself (the URL is its ``audio_url``): no upload.
+_URL_INPUTS = _INPUTS
 
 #: What ``best`` sends unless ``providers.assemblyai.speech_models`` says otherwise: AssemblyAI's newest
 #: pre-recorded model, then Universal-2 for the languages it lacks (the assemblyai-stt-3-7 migration
@@ -34,12 +36,12 @@ UNIVERSAL_2 = "universal-2"
 #: $0.21/hr, Universal-2 $0.15/hr; no price for assemblyai-stt-3-7 was published in what we could read,
 #: so ``best`` keeps the Universal-3.5 Pro price). Override them with ``providers.assemblyai.prices``.
 MODELS: list[ModelInfo] = [
-    ModelInfo("best", inputs=_INPUTS, outputs=_OUTPUTS, features=_FEATURES,
+    ModelInfo("best", inputs=_INPUTS, outputs=_OUTPUTS, features=_FEATURES, url_inputs=_URL_INPUTS,
               price=Price(per_audio_hour=0.21)),
-    ModelInfo(UNIVERSAL_2, inputs=_INPUTS, outputs=_OUTPUTS, features=_FEATURES,
+    ModelInfo(UNIVERSAL_2, inputs=_INPUTS, outputs=_OUTPUTS, features=_FEATURES, url_inputs=_URL_INPUTS,
               price=Price(per_audio_hour=0.15)),
     # Deprecated: AssemblyAI refuses "nano" now; kept so configs naming assemblyai/nano still work.
-    ModelInfo("nano", inputs=_INPUTS, outputs=_OUTPUTS, features=_FEATURES,
+    ModelInfo("nano", inputs=_INPUTS, outputs=_OUTPUTS, features=_FEATURES, url_inputs=_URL_INPUTS,
               price=Price(per_audio_hour=0.15)),
 ]
 

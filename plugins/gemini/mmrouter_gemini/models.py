@@ -20,6 +20,9 @@ MIME_TYPES = frozenset({
     "video/webm", "video/wmv", "video/x-ms-wmv", "video/3gpp",
     "application/pdf", "application/json", "application/x-javascript", "application/x-python", "text/*",
 })
+#: What Gemini is given by URL: every media, the URL sent as a ``fileData`` part's ``file_uri`` (Gemini
+#: fetches it), as a Files API upload is referenced.
+URL_INPUTS = ALL_INPUTS - {Modality.TEXT}
 #: Context window of the Gemini 2.5 models, in tokens.
 CONTEXT_TOKENS = 1_048_576
 
@@ -36,6 +39,7 @@ def _model(name: str, price: Price) -> ModelInfo:
         default_max_output_tokens=8192,
         max_output_tokens=65_536,
         input_mime_types=MIME_TYPES,
+        url_inputs=URL_INPUTS,
     )
 
 

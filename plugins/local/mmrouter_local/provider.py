@@ -63,6 +63,7 @@ EXTRACT_MODEL = ModelInfo(
     context_tokens=1_000_000,
     price=Price(),
     input_mime_types=EXTRACT_MIME_TYPES,
+    url_inputs=frozenset(),  # offline: media given by URL are refused (_check_local), so routing passes it over
 )
 
 

@@ -56,6 +56,10 @@ TRANSCRIBE_SUFFIXES = {
     "video/webm": ".webm", "video/ogg": ".ogg",
 }
 TRANSCRIBE_TYPES = frozenset(TRANSCRIBE_SUFFIXES)
+#: The media a chat model is given by URL (``ModelInfo.url_inputs``): images, whose URL goes as the
+#: ``image_url`` itself. Audio is sent as bytes (``input_audio``, or an upload to transcribe): a clip given
+#: by URL is refused before sending, so routing sends it to a model that takes URLs (AssemblyAI) instead.
+URL_INPUTS = frozenset({Modality.IMAGE})
 
 _TEXT_IMAGE = frozenset({Modality.TEXT, Modality.IMAGE})
 _TEXT_AUDIO = frozenset({Modality.TEXT, Modality.AUDIO})
@@ -87,7 +91,8 @@ def _chat(name: str, inputs: frozenset[Modality], price: Price, context: int = 1
     formats = (IMAGE_TYPES if Modality.IMAGE in inputs else frozenset()) | (
         CHAT_AUDIO_TYPES if Modality.AUDIO in inputs else frozenset())
     return Entry(ModelInfo(name, inputs=inputs, context_tokens=context, price=price,
-                           default_max_output_tokens=max_out, input_mime_types=formats), max_output_tokens=max_out,
+                           default_max_output_tokens=max_out, input_mime_types=formats,
+                           url_inputs=inputs & URL_INPUTS), max_output_tokens=max_out,
                  still_gifs_only=Modality.IMAGE in inputs)
 
 
@@ -96,7 +101,8 @@ def _stt(name: str, price: Price, fmt: str, diarizes: bool = False, context: int
     features = frozenset({FEATURE_DIARIZATION}) if diarizes else frozenset()
     return Entry(ModelInfo(name, inputs=_AUDIO, outputs=_TRANSCRIPT, features=features,
                            context_tokens=context, price=price, default_max_output_tokens=2_000,
-                           input_mime_types=TRANSCRIBE_TYPES, max_audio_seconds=max_seconds), fmt)
+                           input_mime_types=TRANSCRIBE_TYPES, max_audio_seconds=max_seconds,
+                           url_inputs=frozenset()), fmt)
 
 
 #: The built-in catalogue, in preference order (the first model is the contract model).
@@ -200,7 +206,7 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
     formats = TRANSCRIBE_TYPES if transcribes else CHAT_AUDIO_TYPES if Modality.AUDIO in inputs else frozenset()
     info = ModelInfo(name, inputs=inputs, outputs=outputs, features=frozenset(features),
                      context_tokens=context, price=price, default_max_output_tokens=limit or 4096,
-                     input_mime_types=formats)
+                     input_mime_types=formats, url_inputs=frozenset() if transcribes else inputs & URL_INPUTS)
     return Entry(info, fmt if transcribes else "", max_output_tokens=limit)
 
 
