@@ -23,7 +23,7 @@ from .invoke import call_model
 from .mime import normalise_mime
 from .outcome import RouteInfo
 from .plugins import Registry
-from .routing import Bridge, Target, bridge_problem, bridged_tokens_guess, media_tokens
+from .routing import Bridge, Target, bridge_problem, bridged_tokens_guess, is_url_only, media_tokens
 from .types import (
     FEATURE_DIARIZATION,
     FEATURE_EXTRACTION_ONLY,
@@ -406,10 +406,13 @@ def _to_bridge(bridges: list[Bridge], request: Request, registry: Registry,
 
 
 def _takes(bridge: Bridge, media: Media, registry: Registry) -> bool:
-    """Whether ``bridge``'s model takes ``media``: its format, and its length if the model has a cap."""
+    """Whether ``bridge``'s model takes ``media``: its format, by URL if it is given so (routing checked
+    the first bridge alone), and its length if the model has a cap."""
     provider = registry.ready(bridge.via.provider)
     model = provider.model(bridge.via.model) if provider is not None else None
     if model is None or not model.takes_mime(media.mime_type, media.modality):
+        return False
+    if is_url_only(media) and not model.takes_url(media.modality):
         return False
     return not (model.max_audio_seconds and (media.duration_seconds or 0.0) > model.max_audio_seconds)
 

@@ -1141,3 +1141,19 @@ async def test_a_stream_ended_with_its_body_leaves_the_connection_for_the_next_c
         finally:
             await prov.aclose()
     assert len(upstream.ports) == 3 and len(set(upstream.ports)) == 1
+
+
+async def test_a_text_document_given_by_url_is_a_form_claude_does_not_take_and_retryable() -> None:
+    """Claude takes PDFs and images by URL but text documents only as bytes: the refusal was a bad request,
+    so a text file given by URL failed the call instead of going to a fallback that fetches URLs."""
+    from mmrouter_anthropic.convert import media_block
+
+    from router import Media, Modality
+    from router.errors import ProviderUnsupportedInput
+
+    notes = Media(Modality.DOCUMENT, "text/markdown", url="https://example.com/notes.md")
+    with pytest.raises(ProviderUnsupportedInput, match="Claude takes text documents as bytes, not by URL") as refused:
+        await media_block(notes, "messages[0].parts[0]", "anthropic")
+    assert refused.value.retryable
+    pdf = await media_block(Media(Modality.DOCUMENT, "application/pdf", url="https://example.com/a.pdf"), "x", "anthropic")
+    assert pdf["source"] == {"type": "url", "url": "https://example.com/a.pdf"}

@@ -253,3 +253,19 @@ def test_explain_of_a_question_about_url_audio_bridges_through_assemblyai(start_
     route = explain(daemon, text_request("Summarise this podcast", media=[PODCAST]))
     assert (route.provider, route.model) == ("openai", "gpt-4o")
     assert list(route.bridges) == ["audio->transcript via assemblyai/best"]
+
+
+def test_a_later_audio_bridge_is_not_tried_on_url_audio_it_cannot_take() -> None:
+    """When the planned bridge fails, the next one of ``bridges.audio`` is tried: it was taken whatever it
+    took by URL, so a URL clip went to whisper-1 after AssemblyAI failed, and was refused there."""
+    from router.bridging import _takes
+    from router.plugins import load_registry
+    from router.routing import Bridge, Target
+
+    registry = load_registry({"openai": {"api_key": "k"}, "assemblyai": {"api_key": "k"}}, log_broken=False)
+    whisper = Bridge(Modality.AUDIO, Target.parse("openai/whisper-1"))
+    assemblyai = Bridge(Modality.AUDIO, Target.parse("assemblyai/best"))
+    by_url = Media(Modality.AUDIO, "audio/mpeg", url="https://cdn.example.com/talk.mp3")
+    as_bytes = Media(Modality.AUDIO, "audio/mpeg", data=b"\xff\xfb" + b"\0" * 64)
+    assert not _takes(whisper, by_url, registry) and _takes(whisper, as_bytes, registry)
+    assert _takes(assemblyai, by_url, registry)

@@ -96,8 +96,8 @@ async def media_block(media: Media, where: str, provider: str, images: limits.Im
                 data = await asyncio.to_thread(_base64_of, media)
                 block = {"type": "document", "source": {"type": "base64", "media_type": PDF, "data": data}}
         elif mime.startswith("text/"):  # markdown, CSV...: their text, as plain text
-            if media.url:
-                raise bad_request(provider, f"{where}: Claude takes text documents as bytes, not by URL")
+            if media.url:  # a form it does not take (retryable): a fallback that fetches it may answer
+                raise ProviderUnsupportedInput(provider, f"{where}: Claude takes text documents as bytes, not by URL")
             raw = await asyncio.to_thread(media.read_bytes)
             text = raw.decode("utf-8", errors="replace")
             block = {"type": "document", "source": {"type": "text", "media_type": PLAIN_TEXT, "data": text}}
