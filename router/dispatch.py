@@ -20,7 +20,14 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 
 from .bridging import BridgedInRequest, BridgeMemo, Trim, apply_bridges, remember_transcripts
-from .errors import NoRoute, ProviderError, ProviderInputTooLarge
+from .errors import (
+    NoRoute,
+    ProviderError,
+    ProviderInputTooLarge,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
 from .invoke import call_model, deadline_passed
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
 from .plugins import Registry
@@ -164,6 +171,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     bridged_before = BridgedInRequest()
     reported = 0  # route.steps whose usage the client was sent
     last_error: ProviderError | None = None
+    passing: ProviderError | None = None  # the first target's failure that may pass (down, rate-limited)
     plans = decision.plans
     for index, plan in enumerate(plans):
         provider = registry.ready(plan.target.provider)
@@ -229,8 +237,15 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 for step in route.steps[reported:]:  # bridges paid for before the failure
                     yield StepUsage(step.usage)
             reported = len(route.steps)  # an answer's paid part (a failed step) was streamed as it came
-            if (answered and not held) or not exc.retryable or deadline_passed(ctx):  # no time for a fallback
+            if (answered and not held) or deadline_passed(ctx):  # no time for a fallback
                 raise
+            if not exc.retryable:
+                error = final_error(exc, passing)
+                if error is exc:
+                    raise
+                raise error from exc
+            if passing is None and isinstance(exc, PASSING):
+                passing = exc
             route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target")
             continue
         if own and not texts:  # a transcriber's answer is its transcript: streamed as text too
@@ -249,8 +264,28 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         yield Done(_answer(texts, own, bridged_transcripts, route, finish))
         return
     if last_error is not None:
-        raise last_error
+        raise final_error(last_error, passing)
     raise NoRoute("every target of the route became unusable")
+
+
+#: Failures that may pass: the same request may be answered by that target later.
+PASSING = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout)
+
+
+def final_error(last: ProviderError, passing: ProviderError | None) -> ProviderError:
+    """The error a call ends with when no target answered: the ``last`` target's, unless it is a refusal
+    of the request (a bad input, a format or size a fallback could not take) after an earlier target
+    failed in a way that may pass (``passing``: down, rate-limited, timed out). Then it is that earlier
+    failure, its message naming the last refusal: the client should retry, as the preferred target may
+    answer the same request later (a PDF local could not read, after Claude answered 529, was
+    INVALID_ARGUMENT "not a readable PDF", so clients did not retry a request Claude answers)."""
+    if passing is None or isinstance(last, PASSING):
+        return last
+    kind = next(kind for kind in PASSING if isinstance(passing, kind))  # a plugin's subclass may take other arguments
+    detail = passing.message.removeprefix(f"{passing.provider}: ")
+    error = kind(passing.provider, f"{detail} (then {last.message})", retry_after=passing.retry_after)
+    error.metadata = {**passing.metadata, **error.metadata}
+    return error
 
 
 def _trim_for(fit: FitRequest | None, plan: Plan) -> Trim | None:

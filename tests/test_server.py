@@ -136,6 +136,25 @@ def test_retryable_failure_moves_to_the_fallback(daemon) -> None:
     assert "503" in answer.route.attempts[0].error
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_a_fallbacks_refusal_after_an_outage_ends_the_call_as_the_outage(daemon, stream) -> None:
+    """The first target down (503), its fallback refusing the input (400): the call ended with the last error
+    alone, INVALID_ARGUMENT, so clients did not retry a request the first target answers once it is back
+    (a PDF local could not read, after Claude answered 529). It ends as the outage now, naming both."""
+    request = text_request("FAIL:503@echo,400@docs", hints=pb.RoutingHints(tags=["fallback"]))
+    if stream:
+        details = error_details(failure(lambda: list(daemon.stub.StreamGenerate(
+            pb.StreamGenerateRequest(request=request), timeout=30))))
+    else:
+        details = error_details(failure(lambda: generate(daemon, request)))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
+    assert "scripted failure 503" in details.message and "(then fake: scripted failure 400" in details.message
+    # a refusal with no outage before it is still the refusal
+    alone = error_details(failure(lambda: generate(daemon, text_request("FAIL:400", hints=pb.RoutingHints(
+        tags=["fallback"])))))
+    assert (alone.code, alone.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_BAD_REQUEST")
+
+
 def test_list_providers_shows_ready_not_configured_and_broken(start_daemon, tmp_path) -> None:
     daemon = start_daemon(config(tmp_path), plugins=("testkit", "broken_import", "broken_register"))
     providers = {p.name: p for p in daemon.stub.ListProviders(pb.ListProvidersRequest()).providers}
@@ -491,6 +510,7 @@ def test_a_lower_case_log_level_is_understood(start_daemon, tmp_path) -> None:
 def test_json_logs_are_one_masked_object_per_line(start_daemon, tmp_path) -> None:
     import json
     import re
+    from importlib.metadata import version
 
     daemon = start_daemon(config(tmp_path, "  log_format: json"))
     failure(lambda: generate(daemon, text_request("LEAK")))
@@ -502,7 +522,7 @@ def test_json_logs_are_one_masked_object_per_line(start_daemon, tmp_path) -> Non
             continue
         entries.append(json.loads(line))
     assert {"time", "level", "logger", "message"} <= set(entries[0])
-    assert any(e["level"] == "INFO" and "mmrouter listening" in e["message"] for e in entries)
+    assert any(e["level"] == "INFO" and e["message"].startswith(f"mmrouter {version('mmrouter')} listening on") for e in entries)
     crash = next(e for e in entries if "exception" in e and "scripted crash" in e["exception"])
     assert crash["level"] == "ERROR" and "Traceback" in crash["exception"]
     assert any("upstream refused key ***" in e["message"] for e in entries)

@@ -2,7 +2,7 @@
 
 Text commands in the last user message:
 - ``FAIL:<status>`` raises the ProviderError an HTTP status maps to (429 carries retry_after 7);
-  ``FAIL:<status>@<model>`` fails only on that model.
+  ``FAIL:<status>@<model>`` fails only on that model; ``FAIL:503@echo,400@docs`` each model its own way.
 - ``LEAK`` raises an error whose message carries the configured api_key (a careless plugin);
   ``LEAK@<model>`` only on that model.
 - ``PARTIAL:<status>[@<model>]`` sends some text, then fails as ``FAIL`` does (a stream broken mid-answer).
@@ -64,10 +64,11 @@ class ScriptedProvider(router.Provider):
     async def generate(self, request, model, ctx):
         text = request.messages[-1].text.strip()
         if text.startswith("FAIL:"):
-            status, _, only_model = text[len("FAIL:"):].partition("@")
-            if only_model in ("", model.name):
-                raise router.provider_error_from_status(self.name, int(status), f"scripted failure {status}",
-                                                        retry_after=7 if status == "429" else None)
+            for directive in text[len("FAIL:"):].split(","):  # FAIL:503@echo,400@docs: each model its own
+                status, _, only_model = directive.partition("@")
+                if only_model in ("", model.name):
+                    raise router.provider_error_from_status(self.name, int(status), f"scripted failure {status}",
+                                                            retry_after=7 if status == "429" else None)
         if text.startswith("PARTIAL:"):  # text first, then the failure: a stream that breaks mid-answer
             status, _, only_model = text[len("PARTIAL:"):].partition("@")
             if only_model in ("", model.name):
