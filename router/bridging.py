@@ -3,7 +3,8 @@
 Audio becomes an ``[Audio transcript]`` text part (speaker turns kept when
 diarized), a PDF its text, a video its transcript and frame text, an image
 its text; an image in a format the model does not take but Pillow reads (BMP,
-TIFF) is first converted to PNG (or JPEG), staying an image (:mod:`router.convert`). Each bridge is a step of its own in the route, with its latency
+TIFF) is first converted to PNG (or JPEG), staying an image, one per page of a multi-page TIFF
+(:mod:`router.convert`). Each bridge is a step of its own in the route, with its latency
 and cost; transcripts are also passed on to the client.
 """
 
@@ -17,13 +18,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .convert import convert, convertible
+from .convert import MAX_PAGES, MAX_PAGES_BYTES, Pages, convert, convertible
 from .errors import ProviderError
 from .invoke import call_model
 from .mime import normalise_mime
 from .outcome import RouteInfo
 from .plugins import Registry
-from .routing import Bridge, Target, bridge_problem, bridged_tokens_guess, is_url_only, media_tokens
+from .routing import (
+    Bridge,
+    Target,
+    bridge_problem,
+    bridged_tokens_guess,
+    estimate_tokens,
+    is_url_only,
+    media_tokens,
+)
 from .types import (
     FEATURE_DIARIZATION,
     FEATURE_EXTRACTION_ONLY,
@@ -72,7 +81,7 @@ class BridgedInRequest:
     texts: dict[tuple[int, str], tuple[str, Transcript | None]] = field(default_factory=dict)
     failed: dict[tuple[int, str], ProviderError] = field(default_factory=dict)
     #: Images converted (None: those that could not be), by id and the formats of ``Bridge.convert_to``.
-    images: dict[tuple[int, tuple[str, ...]], Media | None] = field(default_factory=dict)
+    images: dict[tuple[int, tuple[str, ...]], Pages | None] = field(default_factory=dict)
 
 
 #: A bridged text and the transcript it came from.
@@ -231,61 +240,91 @@ async def _convert_images(bridges: list[Bridge], request: Request, route: RouteI
                           trim: Trim | None) -> tuple[Request, int]:
     """``request`` with the images that ``bridges`` convert to another format (``Bridge.convert_to``)
     converted, in worker threads (those that cannot be are left to the bridges' models), and how many of
-    its history messages were dropped.
+    its history messages were dropped. An image of several pages (a multi-page TIFF) becomes the parts of
+    :func:`_page_parts`: each page an image, after a text part naming it.
 
     With ``trim``, the history that cannot fit is dropped first, each image counted as the image it
-    becomes and every other media a bridge converts as nothing (the history bridged later can only be
-    shorter), so the images of the history the model will not get are not decoded; an image that cannot
-    be converted counts as nothing too, and may let an older one in. A conversion made before, in this
-    request (``done``) or lately (:func:`router.convert.convert`), is reused.
+    becomes (the images and labels of its pages, once converted) and every other media a bridge converts
+    as nothing (the history bridged later can only be shorter), so the images of the history the model
+    will not get are not decoded; an image that cannot be converted counts as nothing too, and may let an
+    older one in. A conversion made before, in this request (``done``) or lately
+    (:func:`router.convert.convert`), is reused.
     """
     if not any(b.convert_to for b in bridges):
         return request, 0
     wanted: dict[int, tuple[Media, tuple[str, ...]]] = {}  # id -> the image and the formats to convert it to
-    free: dict[int, int] = {}  # media bridged to text, counted as nothing
+    counted: dict[int, int] = {}  # id -> the tokens of what it became: its pages, or nothing (bridged to text)
     for media in request.media():
         bridge = next((b for b in bridges if b.converts(media)), None)
         if bridge is not None and bridge.convert_to and convertible(media):
             wanted[id(media)] = (media, bridge.convert_to)
         elif bridge is not None:
-            free[id(media)] = 0
-    converted: dict[int, Media] = {}
+            counted[id(media)] = 0
+    converted: dict[int, list[Part]] = {}
     reused = 0
     while True:
-        kept, dropped = trim(request, free) if trim is not None and request.history_length else (request, 0)
-        todo = list({id(m): wanted[id(m)] for m in kept.media()
-                     if id(m) in wanted and id(m) not in converted and id(m) not in free}.values())
+        kept, dropped = trim(request, counted) if trim is not None and request.history_length else (request, 0)
+        todo = list({id(m): wanted[id(m)] for m in kept.media() if id(m) in wanted and id(m) not in counted}.values())
         if not todo:
             break
         made = await asyncio.gather(*(_convert_image(media, formats, done) for media, formats in todo))
-        for (media, _), (image, before) in zip(todo, made, strict=True):
-            if image is None:
-                free[id(media)] = 0
+        for (media, _), (pages, before) in zip(todo, made, strict=True):
+            if pages is None:
+                counted[id(media)] = 0
                 continue
-            converted[id(media)] = image
+            converted[id(media)] = _page_parts(media, pages)
+            counted[id(media)] = estimate_tokens([Message(Role.USER, converted[id(media)])])
             reused += before
             if not before:
-                route.notes.append(f"converted {media.filename or 'an image'} from "
-                                   f"{normalise_mime(media.mime_type)} to {image.mime_type} for the model")
+                route.notes.append(_conversion_note(media, pages))
     if reused:
         route.notes.append(f"reused {reused} image(s) converted to another format before")
     if not converted:
         return kept, dropped
     return dataclasses.replace(kept, messages=[
-        dataclasses.replace(message, parts=[Part(media=converted[id(p.media)])
-                                            if p.media is not None and id(p.media) in converted else p
-                                            for p in message.parts])
+        dataclasses.replace(message, parts=[new for p in message.parts
+                                            for new in (converted.get(id(p.media), [p]) if p.media is not None else [p])])
         for message in kept.messages]), dropped
 
 
-async def _convert_image(media: Media, formats: tuple[str, ...], done: BridgedInRequest) -> tuple[Media | None, bool]:
+def _page_parts(media: Media, pages: Pages) -> list[Part]:
+    """The parts an image converted to ``pages`` becomes: its image, when it has one page; else each page's
+    image after a text part naming it (``[fax.tif, page 2 of 3]``), and a text part saying which pages
+    were left out, if any, so that the model does not take the first pages for the whole file."""
+    if pages.total == 1:
+        return [Part(media=pages.images[0])]
+    name = media.filename or "image"
+    parts: list[Part] = []
+    for number, image in enumerate(pages.images, start=1):
+        parts += [Part(text=f"[{name}, page {number} of {pages.total}]"), Part(media=image)]
+    if pages.left_out:
+        parts.append(Part(text=f"[{name}: pages {len(pages.images) + 1} to {pages.total} of {pages.total} "
+                               "were left out: the router sends the first pages only]"))
+    return parts
+
+
+def _conversion_note(media: Media, pages: Pages) -> str:
+    """The route's note on the conversion of ``media`` to ``pages``: their formats, and how many pages
+    were converted and left out."""
+    formats = " and ".join(sorted({image.mime_type for image in pages.images}))
+    note = f"converted {media.filename or 'an image'} from {normalise_mime(media.mime_type)} to {formats} for the model"
+    if pages.total == 1:
+        return note
+    if not pages.left_out:
+        return f"{note}: its {pages.total} pages, an image each"
+    return (f"{note}: the first {len(pages.images)} of its {pages.total} pages, an image each; pages "
+            f"{len(pages.images) + 1} to {pages.total} were left out (at most {MAX_PAGES} pages and "
+            f"{MAX_PAGES_BYTES // (1024 * 1024)} MB of images are sent)")
+
+
+async def _convert_image(media: Media, formats: tuple[str, ...], done: BridgedInRequest) -> tuple[Pages | None, bool]:
     """``media`` converted to one of ``formats`` (or None) and whether it was converted before: lately
     (:func:`router.convert.convert`), or earlier in this request by a plan tried before (``done``)."""
     if (id(media), formats) in done.images:
         return done.images[(id(media), formats)], True
-    image, before = await convert(media, formats)
-    done.images[(id(media), formats)] = image
-    return image, before
+    pages, before = await convert(media, formats)
+    done.images[(id(media), formats)] = pages
+    return pages, before
 
 
 @dataclass

@@ -4,6 +4,8 @@ GPT-4o, Claude and Gemini take PNG but not BMP or TIFF (scanners and old Windows
 When Pillow is installed (it comes with mmrouter-local), such an image is converted to PNG for a model
 that takes PNG, rather than replaced by the text an OCR bridge reads in it; routing still plans that
 bridge, which converts the images the conversion could not (see ``Bridge.convert_to`` in routing).
+A TIFF of several pages (a fax, a scanner's batch) becomes one image per page, in order, up to
+:data:`MAX_PAGES` pages and :data:`MAX_PAGES_BYTES` bytes (:func:`to_pages`).
 
 A session's history comes back on every turn, and a client without sessions sends its history again
 each time: :func:`convert` keeps the images it converted lately (by content), and runs at most
@@ -48,6 +50,12 @@ MAX_PIXELS = 40_000_000
 MAX_SIDE = 2000
 #: The largest converted image: Claude takes 5 MiB of base64 an image, which this stays under (4/3 of it).
 MAX_BYTES = 3_700_000
+#: The most pages of one image (a multi-page TIFF) converted, each to an image of its own: those after
+#: them are left out, and the model and the route are told. Claude takes 100 images a request.
+MAX_PAGES = 20
+#: The most bytes of the pages of one image converted: the pages after them are left out too. As
+#: base64 it stays under Claude's 32 MB a request, with room for the rest of it.
+MAX_PAGES_BYTES = 16 * 1024 * 1024
 #: How many conversions run at once (each decodes a whole image: up to some 200 MB for the largest).
 MAX_CONVERSIONS = 2
 #: How many bytes of converted images are kept for the next turns and requests, and how many images.
@@ -78,42 +86,77 @@ def target_formats(model: ModelInfo, modality: Modality, formats: frozenset[str]
 
 
 def convertible(media: Media) -> bool:
-    """Whether ``media`` is in a format :func:`to_image` converts, with bytes the router holds."""
+    """Whether ``media`` is in a format :func:`to_pages` converts, with bytes the router holds."""
     return (media.modality is Modality.IMAGE and normalise_mime(media.mime_type) in CONVERTIBLE
             and (media.data is not None or media.path is not None))
 
 
-def to_image(media: Media, formats: Sequence[str] = (PNG,), max_pixels: int = MAX_PIXELS) -> Media | None:
-    """``media`` converted to a PNG (its first frame, at most :data:`MAX_SIDE` pixels a side, 8 bits a
-    channel), or to a JPEG when the PNG is over :data:`MAX_BYTES` and ``formats`` has JPEG; None when it
-    cannot be: Pillow missing, content it cannot read, more than ``max_pixels`` pixels (checked from the
-    header, before anything is decoded), or still over :data:`MAX_BYTES` (the OCR bridge reads it then).
-    Blocking: decodes the image.
+@dataclass(frozen=True)
+class Pages:
+    """An image converted by :func:`to_pages`: an image of each page converted, in order, and how many
+    pages the file has (a BMP or most TIFFs: one; a fax or a scanner's batch: several). The pages after
+    the first ``len(images)`` were left out (:data:`MAX_PAGES`, :data:`MAX_PAGES_BYTES`)."""
+
+    images: tuple[Media, ...]
+    total: int
+
+    @property
+    def size(self) -> int:
+        """The bytes of the converted images."""
+        return sum(image.size for image in self.images)
+
+    @property
+    def left_out(self) -> int:
+        """How many pages were not converted, past the first ones."""
+        return self.total - len(self.images)
+
+
+def to_pages(media: Media, formats: Sequence[str] = (PNG,), max_pixels: int = MAX_PIXELS) -> Pages | None:
+    """``media`` converted, each page (frame) to a PNG of at most :data:`MAX_SIDE` pixels a side and 8 bits
+    a channel, or to a JPEG when the PNG is over :data:`MAX_BYTES` and ``formats`` has JPEG: its first
+    :data:`MAX_PAGES` pages, fewer when they would be over :data:`MAX_PAGES_BYTES` together. None when it
+    cannot be: Pillow missing, content it cannot read, a page of more than ``max_pixels`` pixels (checked
+    from its header, before it is decoded), or one still over :data:`MAX_BYTES` (the OCR bridge, which
+    reads every page, reads it then). Blocking: decodes the pages one after the other.
     """
     try:
         from PIL import Image
     except ImportError:
         return None
     name = media.filename or "an image"
+    images: list[Media] = []
     try:
         source = io.BytesIO(media.data) if media.data is not None else media.path
         with Image.open(source, formats=_PILLOW_FORMATS) as image:
-            if image.width * image.height > max_pixels:
-                log.info("not converting %s: %dx%d pixels is over %d", name, image.width, image.height, max_pixels)
-                return None
-            image.load()
-            image.thumbnail((MAX_SIDE, MAX_SIDE))  # first: a 16-bit image is scaled to 8 bits through floats
-            picture = eight_bits(image)
-        data, mime = _encoded(picture, "PNG"), PNG
-        if len(data) > MAX_BYTES and JPEG in formats:
-            data, mime = _encoded(_flattened(picture), "JPEG", quality=JPEG_QUALITY), JPEG
+            total = getattr(image, "n_frames", 1)  # a BMP has one
+            for page in range(min(total, MAX_PAGES)):
+                image.seek(page)
+                data, mime = _page(image, formats, max_pixels, f"page {page + 1}: " if total > 1 else "")
+                if images and sum(i.size for i in images) + len(data) > MAX_PAGES_BYTES:
+                    break
+                images.append(Media(Modality.IMAGE, mime, data=data, filename=media.filename, size=len(data)))
     except Exception as exc:  # Pillow raises many kinds (OSError, ValueError, SyntaxError...) on bad content
         log.info("cannot convert %s: %s", name, exc)
         return None
+    if len(images) < total:
+        log.info("converted the first %d of the %d pages of %s", len(images), total, name)
+    return Pages(tuple(images), total)
+
+
+def _page(image: Any, formats: Sequence[str], max_pixels: int, page: str) -> tuple[bytes, str]:
+    """The page ``image`` is on (seeked to, not decoded yet) encoded, and its format; raises ValueError,
+    its message starting with ``page``, when it cannot be (too many pixels, too many bytes)."""
+    if image.width * image.height > max_pixels:
+        raise ValueError(f"{page}{image.width}x{image.height} pixels is over {max_pixels}")
+    image.load()
+    image.thumbnail((MAX_SIDE, MAX_SIDE))  # first: a 16-bit image is scaled to 8 bits through floats
+    picture = eight_bits(image)
+    data, mime = _encoded(picture, "PNG"), PNG
+    if len(data) > MAX_BYTES and JPEG in formats:
+        data, mime = _encoded(_flattened(picture), "JPEG", quality=JPEG_QUALITY), JPEG
     if len(data) > MAX_BYTES:
-        log.info("not converting %s: %d bytes as %s is over %d", name, len(data), mime, MAX_BYTES)
-        return None
-    return Media(Modality.IMAGE, mime, data=data, filename=media.filename, size=len(data))
+        raise ValueError(f"{page}{len(data)} bytes as {mime} is over {MAX_BYTES}")
+    return data, mime
 
 
 def eight_bits(image: Any) -> Any:
@@ -164,21 +207,22 @@ Key = tuple[str, tuple[str, ...]]
 
 class _Kept:
     """The images converted lately (None: those that could not be), by content and formats, least
-    recently used dropped first past :data:`KEPT_BYTES` or :data:`KEPT_IMAGES`."""
+    recently used dropped first past :data:`KEPT_BYTES` or :data:`KEPT_IMAGES` (a multi-page one counts
+    once, with the bytes of all its pages)."""
 
     def __init__(self) -> None:
-        self._images: OrderedDict[Key, Media | None] = OrderedDict()
+        self._images: OrderedDict[Key, Pages | None] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()  # each daemon has one event loop, but a process may run several
 
-    def get(self, key: Key) -> tuple[bool, Media | None]:
+    def get(self, key: Key) -> tuple[bool, Pages | None]:
         with self._lock:
             if key not in self._images:
                 return False, None
             self._images.move_to_end(key)
             return True, self._images[key]
 
-    def put(self, key: Key, image: Media | None) -> None:
+    def put(self, key: Key, image: Pages | None) -> None:
         size = image.size if image is not None else 0
         if size > KEPT_BYTES:
             return
@@ -204,7 +248,7 @@ class _Running:
     """The conversions of one event loop: the slots they take, and those under way by key."""
 
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_CONVERSIONS))
-    under_way: dict[Key, asyncio.Task[Media | None]] = field(default_factory=dict)
+    under_way: dict[Key, asyncio.Task[Pages | None]] = field(default_factory=dict)
 
 
 _RUNNING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Running] = weakref.WeakKeyDictionary()
@@ -225,8 +269,8 @@ def _key(media: Media, formats: tuple[str, ...]) -> Key | None:
     return None
 
 
-async def convert(media: Media, formats: Sequence[str] = (PNG,)) -> tuple[Media | None, bool]:
-    """``media`` converted (:func:`to_image`, in a worker thread) or None, and whether it was converted
+async def convert(media: Media, formats: Sequence[str] = (PNG,)) -> tuple[Pages | None, bool]:
+    """``media`` converted (:func:`to_pages`, in a worker thread) or None, and whether it was converted
     before (kept from an earlier turn or request, or being converted for another one, which this waits
     for). At most :data:`MAX_CONVERSIONS` run at once in the event loop.
 
@@ -249,14 +293,16 @@ async def convert(media: Media, formats: Sequence[str] = (PNG,)) -> tuple[Media 
     return await asyncio.shield(task), False
 
 
-async def _convert(media: Media, formats: tuple[str, ...], slots: asyncio.Semaphore, key: Key | None) -> Media | None:
+async def _convert(media: Media, formats: tuple[str, ...], slots: asyncio.Semaphore, key: Key | None) -> Pages | None:
     async with slots:
-        image = await asyncio.to_thread(to_image, media, formats)
+        image = await asyncio.to_thread(to_pages, media, formats)
     if key is not None:
         _KEPT.put(key, image)
     return image
 
 
-def _named(image: Media | None, media: Media) -> Media | None:
+def _named(pages: Pages | None, media: Media) -> Pages | None:
     """A kept conversion, named as ``media`` is now (the same picture may come under another name)."""
-    return replace(image, filename=media.filename) if image is not None else None
+    if pages is None:
+        return None
+    return replace(pages, images=tuple(replace(image, filename=media.filename) for image in pages.images))

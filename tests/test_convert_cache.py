@@ -1,5 +1,6 @@
 """Converting BMP and TIFF images for a model that takes PNG, in a running App: each image once (a session's
-history comes back on every turn), only those of the history the model will get, a few at a time."""
+history comes back on every turn, a multi-page TIFF with every page), only those of the history the model will
+get, a few at a time."""
 
 from __future__ import annotations
 
@@ -51,13 +52,13 @@ def nothing_converted_before():
 def conversions(monkeypatch) -> list[str]:
     """The names of the images converted (decoded and encoded again), as they are."""
     made: list[str] = []
-    convert = router.convert.to_image
+    convert = router.convert.to_pages
 
     def counted(media: Media, *args):  # type: ignore[no-untyped-def]
         made.append(media.filename)
         return convert(media, *args)
 
-    monkeypatch.setattr(router.convert, "to_image", counted)
+    monkeypatch.setattr(router.convert, "to_pages", counted)
     return made
 
 
@@ -114,6 +115,26 @@ async def test_a_sessions_bmp_is_converted_once_not_again_on_every_turn(app, con
     assert again.text == "got image/png copy.bmp" and conversions == ["scan.bmp"]
 
 
+async def test_a_sessions_multi_page_tiff_is_converted_once_and_every_page_comes_back_on_later_turns(
+        app, conversions) -> None:
+    """A 2-page TIFF reaches the model as 2 PNGs, on its turn and on the next, decoded once; kept with both
+    pages (the cache holds them all, their bytes counted)."""
+    out = io.BytesIO()
+    pages = [Image.new("L", (60, 40), shade) for shade in (30, 220)]
+    pages[0].save(out, format="TIFF", save_all=True, append_images=pages[1:])
+    fax = Media(IMAGE, "image/tiff", data=out.getvalue(), filename="fax.tif")
+    first = await ask(app, "what does it say?", fax)
+    assert first.text == "got image/png fax.tif,image/png fax.tif" and conversions == ["fax.tif"]
+    assert "converted fax.tif from image/tiff to image/png for the model: its 2 pages, an image each" in (
+        first.route.notes)
+    second = await ask(app, "and the second page?")
+    assert second.text == "got image/png fax.tif,image/png fax.tif", "the history's TIFF lost pages"
+    assert conversions == ["fax.tif"], "the history's TIFF was converted again"
+    assert "reused 1 image(s) converted to another format before" in second.route.notes
+    [kept] = router.convert._KEPT._images.values()
+    assert kept is not None and len(kept.images) == 2 and router.convert._KEPT._bytes == kept.size
+
+
 async def test_only_the_history_images_the_model_will_get_are_converted(app, conversions) -> None:
     """Six BMPs a model took natively, then a turn to a 2000-token model that takes PNG (765 tokens an
     image): only the two newest fit, and only they are converted; the history's other images are not
@@ -157,18 +178,20 @@ async def test_conversions_run_a_few_at_a_time_and_once_per_image(monkeypatch) -
             more.wait()
         with lock:
             running -= 1
-        return Media(IMAGE, "image/png", data=b"png of " + media.data, filename=media.filename)
+        png = b"png of " + media.data
+        return router.convert.Pages((Media(IMAGE, "image/png", data=png, filename=media.filename, size=len(png)),), 1)
 
-    monkeypatch.setattr(router.convert, "to_image", converting)
+    monkeypatch.setattr(router.convert, "to_pages", converting)
     images = [Media(IMAGE, "image/bmp", data=bmp(i), filename=f"{i}.bmp") for i in range(limit + 2)]
     results = await asyncio.gather(*(router.convert.convert(m) for m in images))
     assert peak == limit, f"{peak} conversions ran at once"
-    assert [(image.data, before) for image, before in results] == [(b"png of " + m.data, False) for m in images]
+    assert [(pages.images[0].data, before) for pages, before in results] == [(b"png of " + m.data, False)
+                                                                              for m in images]
 
     calls.clear()
     router.convert.forget()
     same = [Media(IMAGE, "image/bmp", data=bmp(7), filename=f"{name}.bmp") for name in ("a", "b", "c")]
     results = await asyncio.gather(*(router.convert.convert(m) for m in same))
     assert len(calls) == 1
-    assert [(image.filename, before) for image, before in results] == [("a.bmp", False), ("b.bmp", True),
-                                                                         ("c.bmp", True)]
+    assert [(pages.images[0].filename, before) for pages, before in results] == [("a.bmp", False), ("b.bmp", True),
+                                                                                 ("c.bmp", True)]

@@ -29,7 +29,7 @@ from PIL import Image
 
 import router.convert
 from router.config import embedded_default
-from router.convert import JPEG, PNG, to_image
+from router.convert import JPEG, PNG, convertible, to_pages
 from router.errors import (
     NoRoute,
     ProviderInputTooLarge,
@@ -186,6 +186,65 @@ def test_a_model_that_takes_no_png_gets_no_conversion() -> None:
     png_only = ModelInfo("m", inputs=frozenset({Modality.TEXT, IMAGE}), input_mime_types=frozenset({"image/png"}))
     assert router.convert.target_formats(png_only, IMAGE, frozenset({"image/bmp"})) == ("image/png",)
     assert router.convert.target_formats(GPT_4O, IMAGE, frozenset({"image/heic"})) == ()
+
+
+def to_image(media: Media, *args, **kwargs) -> Media | None:  # type: ignore[no-untyped-def]
+    """The one image a single-page ``media`` is converted to (:func:`to_pages`), or None."""
+    pages = to_pages(media, *args, **kwargs)
+    if pages is None:
+        return None
+    assert pages.total == 1 and len(pages.images) == 1
+    return pages.images[0]
+
+
+def multi_page_tiff(pages: list[Image.Image]) -> bytes:
+    out = io.BytesIO()
+    pages[0].save(out, format="TIFF", save_all=True, append_images=pages[1:])
+    return out.getvalue()
+
+
+def test_a_multi_page_tiff_becomes_an_image_per_page_in_order() -> None:
+    """A fax or a scanner's batch: every page is converted (it was the first only), each as a single page
+    is (its own size, mode and depth), in order."""
+    deep = np.full((30, 50), 30000, dtype=np.uint16)
+    deep[10:20, 20:30] = 5000
+    fax = multi_page_tiff([Image.new("L", (120, 80), 10), Image.fromarray(deep), Image.new("RGB", (4000, 100), "red")])
+    pages = to_pages(Media(IMAGE, "image/tiff", data=fax, filename="fax.tif"))
+    assert pages is not None and (pages.total, pages.left_out) == (3, 0)
+    assert [(i.mime_type, i.filename, i.size) for i in pages.images] == [("image/png", "fax.tif", len(i.data))
+                                                                        for i in pages.images]
+    backs = [Image.open(io.BytesIO(i.data)) for i in pages.images]
+    assert [(b.size, b.mode) for b in backs] == [((120, 80), "L"), ((50, 30), "L"), ((2000, 50), "RGB")]
+    assert (backs[0].getpixel((5, 5)), backs[1].getpixel((25, 15)), backs[1].getpixel((2, 2))) == (10, 0, 255)
+    assert backs[2].getpixel((5, 5)) == (255, 0, 0)
+    # a page of too many pixels (checked before it is decoded) leaves the whole file to the OCR bridge, which
+    # reads every page
+    assert to_pages(Media(IMAGE, "image/tiff", data=fax), max_pixels=120 * 80) is None
+
+
+def test_a_tiff_of_more_pages_than_the_cap_gives_its_first_pages_and_how_many_it_has(monkeypatch) -> None:
+    many = multi_page_tiff([Image.new("L", (20, 10), shade) for shade in range(router.convert.MAX_PAGES + 3)])
+    pages = to_pages(Media(IMAGE, "image/tiff", data=many, filename="batch.tif"))
+    assert pages is not None and (len(pages.images), pages.total, pages.left_out) == (20, 23, 3)
+    assert [Image.open(io.BytesIO(i.data)).getpixel((1, 1)) for i in pages.images] == list(range(20))
+    # and no more bytes than MAX_PAGES_BYTES: the pages after those are left out
+    one = len(pages.images[0].data)
+    monkeypatch.setattr(router.convert, "MAX_PAGES_BYTES", 2 * one + one // 2)
+    pages = to_pages(Media(IMAGE, "image/tiff", data=many, filename="batch.tif"))
+    assert pages is not None and (len(pages.images), pages.total) == (2, 23)
+
+
+def test_an_animated_gif_webp_or_png_is_never_split_into_its_frames() -> None:
+    """Only the formats the router converts (BMP, TIFF) are split into pages: an animation a model takes is
+    sent as it is, and routing plans no conversion of it."""
+    frames = [Image.new("RGB", (40, 30), (80 * i, 120, 200)) for i in range(3)]
+    for fmt, mime in (("GIF", "image/gif"), ("WEBP", "image/webp"), ("PNG", "image/png")):
+        out = io.BytesIO()
+        frames[0].save(out, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+        assert Image.open(io.BytesIO(out.getvalue())).n_frames == 3
+        assert not convertible(Media(IMAGE, mime, data=out.getvalue()))
+        assert router.convert.target_formats(GPT_4O, IMAGE, frozenset({mime})) == ()
+        assert to_pages(Media(IMAGE, mime, data=out.getvalue())) is None  # not read as a BMP or TIFF either
 
 
 def test_a_bmp_or_tiff_becomes_a_png_of_the_same_picture_and_a_bomb_or_garbage_does_not() -> None:

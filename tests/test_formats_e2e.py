@@ -14,8 +14,9 @@ from media_factory import pdf, png
 from mmrouter.v1 import router_pb2 as pb
 from PIL import Image
 
+import router.convert
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
-from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.anthropic import FakeAnthropic, media_blocks
 from tests.fakes.assemblyai import FakeAssemblyAI
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.openai import API_KEY as OPENAI_KEY
@@ -76,6 +77,19 @@ def aac(seconds: float = 1.0, rate: int = 16000, container: str = "adts") -> byt
 def m4a(seconds: float = 1.0, rate: int = 16000) -> bytes:
     """An AAC clip in an mp4 container (what a ``.m4a`` file holds: an ``ftyp`` box first)."""
     return aac(seconds, rate, container="ipod")
+
+
+def tiff_pages(*texts: str) -> tuple[bytes, list[Image.Image]]:
+    """A multi-page TIFF (a fax), a page with each of ``texts`` drawn on it, and its pages (grayscale)."""
+    pages = [Image.open(io.BytesIO(png(text, size=(400, 60)))).convert("L") for text in texts]
+    out = io.BytesIO()
+    pages[0].save(out, format="TIFF", save_all=True, append_images=pages[1:])
+    return out.getvalue(), pages
+
+
+def pictures_and_labels(parts: list) -> list:
+    """What a model got of converted pages: each image as the page it shows (grayscale bytes), each text as is."""
+    return [Image.open(io.BytesIO(p.data)).convert("L").tobytes() if p.kind == "image" else p.text for p in parts]
 
 
 def gif(frames: int) -> bytes:
@@ -148,10 +162,63 @@ def test_a_16_bit_grayscale_tiff_reaches_gpt_4o_as_the_same_picture_not_a_blank_
                                                                                "scan.tif")]))
     assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
     assert "converted scan.tif from image/tiff to image/png for the model" in answer.route.notes
-    [received] = [p for p in sent_parts(fakes["openai"]) if p.kind == "image"]
+    [received, question] = sent_parts(fakes["openai"])  # a single page: no label
+    assert (received.kind, question.text) == ("image", "What is in the scan?")
     with Image.open(io.BytesIO(received.data)) as picture:
         assert (picture.format, picture.size, picture.mode) == ("PNG", (160, 120), "L")
         assert (picture.getpixel((80, 60)), picture.getpixel((10, 10))) == (0, 255)  # the square, the page
+
+
+def test_a_multi_page_tiff_reaches_gpt_4o_as_an_image_per_page_in_order_each_labelled(start_daemon, fakes) -> None:
+    """A 3-page fax: GPT-4o used to get page 1 only, and the route said nothing of pages 2 and 3."""
+    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    fax, pages = tiff_pages(*(f"FAX PAGE {n} AMOUNT {n * 100}" for n in (1, 2, 3)))
+    answer = generate(daemon, text_request("Add up the amounts on every page",
+                                           media=[image("image/tiff", fax, "fax.tif")]))
+    assert (answer.route.rule, answer.route.provider, answer.route.model) == ("cross-modal", "openai", "gpt-4o")
+    assert "converted fax.tif from image/tiff to image/png for the model: its 3 pages, an image each" in (
+        answer.route.notes)
+    parts = sent_parts(fakes["openai"])
+    assert [p.mime_type for p in parts if p.kind == "image"] == ["image/png"] * 3
+    assert pictures_and_labels(parts) == [
+        "[fax.tif, page 1 of 3]", pages[0].tobytes(), "[fax.tif, page 2 of 3]", pages[1].tobytes(),
+        "[fax.tif, page 3 of 3]", pages[2].tobytes(), "Add up the amounts on every page"]
+    assert [s.purpose for s in answer.route.steps] == ["answer"]  # no OCR
+
+
+def test_a_tiff_of_more_pages_than_the_cap_sends_the_first_and_says_the_rest_were_left_out(start_daemon,
+                                                                                           fakes) -> None:
+    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    cap = router.convert.MAX_PAGES
+    batch, pages = tiff_pages(*(f"PAGE {n}" for n in range(1, cap + 3)))
+    answer = generate(daemon, text_request("Summarise", media=[image("image/tiff", batch, "batch.tif")]))
+    assert answer.route.provider == "openai"
+    assert (f"converted batch.tif from image/tiff to image/png for the model: the first {cap} of its {cap + 2} "
+            f"pages, an image each; pages {cap + 1} to {cap + 2} were left out (at most {cap} pages and 16 MB of "
+            "images are sent)") in answer.route.notes
+    got = pictures_and_labels(sent_parts(fakes["openai"]))
+    assert got[:2] == [f"[batch.tif, page 1 of {cap + 2}]", pages[0].tobytes()]
+    assert got[-4:] == [f"[batch.tif, page {cap} of {cap + 2}]", pages[cap - 1].tobytes(),
+                        f"[batch.tif: pages {cap + 1} to {cap + 2} of {cap + 2} were left out: the router sends "
+                        "the first pages only]", "Summarise"]
+    assert len(got) == 2 * cap + 2
+
+
+def test_a_multi_page_tiff_beside_a_pdf_reaches_claude_as_an_image_per_page(start_daemon, fakes) -> None:
+    """The `documents` rule: Claude takes the PDF, and each page of the TIFF as a PNG, after its label."""
+    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    fax, pages = tiff_pages("FAX PAGE 1", "FAX PAGE 2")
+    report = pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", data=pdf(["Q3"]), filename="q3.pdf")
+    answer = generate(daemon, text_request("Compare", media=[report, image("image/tiff", fax, "fax.tif")]))
+    assert (answer.route.rule, answer.route.provider) == ("documents", "anthropic")
+    assert "converted fax.tif from image/tiff to image/png for the model: its 2 pages, an image each" in (
+        answer.route.notes)
+    [message] = fakes["anthropic"].last_body()["messages"]
+    blocks = [(b["type"], b.get("text") or b["source"].get("media_type")) for b in message["content"]]
+    assert blocks == [("document", "application/pdf"), ("text", "[fax.tif, page 1 of 2]"), ("image", "image/png"),
+                      ("text", "[fax.tif, page 2 of 2]"), ("image", "image/png"), ("text", "Compare")]
+    received = [b for b in media_blocks(fakes["anthropic"].last_body()) if b.type == "image"]
+    assert [Image.open(io.BytesIO(b.data)).convert("L").tobytes() for b in received] == [p.tobytes() for p in pages]
 
 
 def test_a_noisy_bmp_too_large_as_a_png_reaches_gpt_4o_as_a_jpeg_within_claudes_size(start_daemon, fakes) -> None:
