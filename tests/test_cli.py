@@ -207,7 +207,7 @@ def test_version_is_the_installed_distributions() -> None:
     """There was no way to tell what a container runs but ``pip show``; the start-up line names it too."""
     from importlib.metadata import version
 
-    assert ok(run_cli("--version")).stdout.strip() == f"mmrouter {version('mmrouter')}"
+    assert ok(run_cli("--version")).stdout.strip() == f"mmrouter {version('mmrouter-daemon')}"
 
 
 def test_a_data_directory_under_a_folder_that_cannot_be_made_is_named(tmp_path) -> None:
@@ -1430,3 +1430,40 @@ def test_providers_prints_a_reason_ending_in_a_backslash_as_it_is(monkeypatch):
     result = CliRunner().invoke(app, ["providers", "--address", "127.0.0.1:1"])
     assert result.exit_code == 0, result.output
     assert "cannot read C:\\ " in result.output and "C:\\\\" not in result.output, result.output
+
+
+def test_pdf_sends_utf8_text_of_any_extension_as_text_and_refuses_other_files_itself(start_daemon, tmp_path):
+    """A log, a README without an extension, XML or RTF given with --pdf was sent as its extension's type
+    (application/octet-stream when it has none) and refused with every route's reason (NO_ROUTE): UTF-8 text
+    is sent as text/plain, a PDF without its extension as a PDF; any other file is refused by the CLI in
+    one line naming it and its extension, without a call."""
+    daemon = start_daemon(EXTRACT, plugins=())
+    texts = {"app.log": "app started\nERROR disk full\n", "README": "plain UTF-8 notes, café\n",
+             "data.xml": "<?xml version='1.0'?><rows><row>42</row></rows>\n", "letter.rtf": "{\\rtf1 Dear Sir}\n"}
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    (tmp_path / "scan").write_bytes(make_pdf(tmp_path / "scan.pdf", "Scanned contract").read_bytes())
+    calls = {name: Cli("ask", "Any errors?", "--pdf", tmp_path / name, "--inline-limit", "0", "--address",
+                       daemon.address) for name in [*texts, "scan"]}
+    for name, text in texts.items():
+        result = ok(calls[name].result())
+        assert f"[Document {name}]\n{text}" in result.stdout, result.stdout
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        assert json.loads((daemon.data_dir / "media" / sha[:2] / f"{sha}.json").read_text())["mime_type"] == "text/plain"
+    assert "[PDF scan, page 1]\nScanned contract" in ok(calls["scan"].result()).stdout
+
+    binary = {"blob.bin": "its extension .bin names no known type",
+              "photo": "it has no extension",
+              "report.docx": "its extension .docx names application/vnd.openxmlformats-officedocument."
+                             "wordprocessingml.document",
+              "notes.log": "its extension .log names no known type"}
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02binary")
+    make_png(tmp_path / "photo", (0, 128, 0))
+    (tmp_path / "report.docx").write_bytes(b"PK\x03\x04\x14\x00\x06\x00" + b"\x00" * 40)
+    (tmp_path / "notes.log").write_bytes("UTF-16 notes".encode("utf-16"))
+    for name, named in binary.items():
+        for command in ("ask", "explain"):
+            result = run_cli(command, "read it", "--pdf", tmp_path / name, "--address", daemon.address)
+            assert (result.returncode, result.stdout) == (2, ""), result
+            assert result.stderr.splitlines() == [f"cannot send {tmp_path / name} with --pdf: {named}, and it is "
+                                                  "not UTF-8 text; --pdf sends PDF files and UTF-8 text"], result.stderr

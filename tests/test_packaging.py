@@ -22,7 +22,7 @@ def test_the_router_wheel_ships_its_types_licence_and_duration_reader(tmp_path) 
     embedded long-audio one) never matched."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(tmp_path), str(ROOT)], check=True, timeout=300)
-    (wheel,) = tmp_path.glob("mmrouter-*.whl")
+    (wheel,) = tmp_path.glob("mmrouter_daemon-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
@@ -36,11 +36,12 @@ def test_the_router_wheel_ships_its_types_licence_and_duration_reader(tmp_path) 
 
 def test_every_plugin_bounds_the_router_it_was_written_for_and_ships_the_licence() -> None:
     """The plugins use the router's API (router.sdk_http, router.errors): "mmrouter" with no bound let a
-    future router break an installed plugin with no resolver error."""
+    future router break an installed plugin with no resolver error; and "mmrouter" on PyPI is another
+    project, which a resolver installed in its place (the distribution is mmrouter-daemon)."""
     assert {p.name for p in PLUGINS} >= {"openai", "anthropic", "gemini", "assemblyai", "local"}
     for plugin in PLUGINS:
         project = tomllib.loads((plugin / "pyproject.toml").read_text())["project"]
-        (router,) = [Requirement(d) for d in project["dependencies"] if Requirement(d).name == "mmrouter"]
+        (router,) = [Requirement(d) for d in project["dependencies"] if Requirement(d).name == "mmrouter-daemon"]
         version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
         assert router.specifier.contains(version), plugin.name
         assert any(s.operator == "<" for s in router.specifier), f"{plugin.name}: {router} has no upper bound"

@@ -522,7 +522,7 @@ def test_json_logs_are_one_masked_object_per_line(start_daemon, tmp_path) -> Non
             continue
         entries.append(json.loads(line))
     assert {"time", "level", "logger", "message"} <= set(entries[0])
-    assert any(e["level"] == "INFO" and e["message"].startswith(f"mmrouter {version('mmrouter')} listening on") for e in entries)
+    assert any(e["level"] == "INFO" and e["message"].startswith(f"mmrouter {version('mmrouter-daemon')} listening on") for e in entries)
     crash = next(e for e in entries if "exception" in e and "scripted crash" in e["exception"])
     assert crash["level"] == "ERROR" and "Traceback" in crash["exception"]
     assert any("upstream refused key ***" in e["message"] for e in entries)
