@@ -121,20 +121,28 @@ def serve(
     refused and the running one stays. $MMROUTER_AUTH_TOKEN, when set, is the token clients must send,
     in place of server.auth_token (a container configured by its environment alone).
     """
+    # a failure to start is logged as the daemon's log would be: JSON when the option or file asks for it
+    json_asked = (log_format or "").strip().lower() == "json" or (log_format is None and _asks_for_json_logs(config))
     try:
         settings = load_config(config)
+        token = os.environ.get(AUTH_TOKEN_VARIABLE)
+        if token == "":  # set from an unset variable (compose, a Dockerfile's ENV): it would turn the token off
+            raise ConfigError(f"{AUTH_TOKEN_VARIABLE} is set but empty: an empty token would serve every client "
+                              f"without one; set the token, or unset {AUTH_TOKEN_VARIABLE} to use server.auth_token")
     except ConfigError as exc:
-        json_logs = _asks_for_json_logs(config)
-        if json_logs:
-            _log_to_stderr("INFO", json_logs)
-        _start_failed(exc.message, 2, json_logs)
+        if json_asked:
+            _log_to_stderr("INFO", True)
+        _start_failed(exc.message, 2, json_asked)
     given = {"address": address, "data_dir": data_dir, "log_level": log_level, "log_format": log_format,
-             "auth_token": os.environ.get(AUTH_TOKEN_VARIABLE)}
+             "auth_token": token}
     overrides = {k: v for k, v in given.items() if v is not None}
     try:
         server = type(settings.server).model_validate({**settings.server.model_dump(), **overrides})
     except ValidationError as exc:
-        _start_failed(_override_problems(exc), 2, settings.server.log_format == "json")
+        json_asked = json_asked or (log_format is None and settings.server.log_format == "json")
+        if json_asked:
+            _log_to_stderr("INFO", True)
+        _start_failed(_override_problems(exc), 2, json_asked)
     overrides = {k: getattr(server, k) for k in overrides}  # as validated: a reload applies them again
     settings = settings.model_copy(update={"server": server})
     json_logs = server.log_format == "json"
@@ -227,7 +235,7 @@ def _log_to_stderr(level: str, json_logs: bool) -> None:
     """Send the daemon's log to stderr at ``level``: as text, or one JSON object per line."""
     from .redact import JsonFormatter, TextFormatter
 
-    logging.basicConfig(level=level, stream=sys.stderr)
+    logging.basicConfig(level=level, stream=sys.stderr, force=True)  # again once the settings are read
     formatter = JsonFormatter() if json_logs else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.setFormatter(formatter)

@@ -280,3 +280,22 @@ def test_the_token_and_log_settings_may_come_from_the_environment_alone(start_da
     lines = [json.loads(line) for line in daemon.logs().splitlines() if line.startswith("{")]
     assert lines and any(line.get("level") == "DEBUG" for line in lines)
     assert TOKEN not in daemon.logs()
+
+
+def test_an_empty_token_variable_is_refused_and_start_failures_are_logged_as_asked(tmp_path) -> None:
+    """MMROUTER_AUTH_TOKEN= (compose or a Dockerfile's ENV with the secret unset) replaced the file's token by
+    none: every client was served, unwarned. And a failed start was text whatever --log-format or
+    MMROUTER_LOG_FORMAT said (only the file's log_format gave JSON)."""
+    import json
+
+    config = tmp_path / "router.yaml"
+    config.write_text(f"server:\n  auth_token: {TOKEN}\ndefault: fake/echo\n")
+    env = {**os.environ, "MMROUTER_AUTH_TOKEN": "", "MMROUTER_LOG_FORMAT": "json"}
+    done = subprocess.run([sys.executable, "-m", "router", "serve", "--config", str(config), "--address",
+                           "127.0.0.1:0", "--data-dir", str(tmp_path / "data")], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 2
+    record = json.loads(done.stderr.strip().splitlines()[-1])
+    assert record["level"] == "CRITICAL"
+    assert record["message"].startswith("MMROUTER_AUTH_TOKEN is set but empty")
+    assert TOKEN not in done.stderr
