@@ -87,7 +87,7 @@ class TokenAuth(grpc.aio.ServerInterceptor):
 
         message, which = refusal
 
-        async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async def deny(requests: Any, context: grpc.aio.ServicerContext) -> None:
             from .core import REQUEST_ID_KEY, new_request_id  # the daemon's (core is not for clients to load)
 
             request_id = new_request_id()
@@ -107,9 +107,10 @@ class TokenAuth(grpc.aio.ServerInterceptor):
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler,
         }
-        make = kinds[(handler.request_streaming, handler.response_streaming)]
-        # the request is refused unread: decoding it (60 MB of text a call) would let anyone without the
-        # token make the daemon parse and hold whatever it is sent
+        # The request is refused unread, for every method as a request stream never read: for a handler of one
+        # request gRPC receives the whole message before the handler runs, so anyone without the token could
+        # make the daemon hold 64 MiB a call (2.5 GB from one connection), or forever a message never finished.
+        make = kinds[(True, handler.response_streaming)]
         return make(deny, request_deserializer=_discard, response_serializer=handler.response_serializer)
 
 

@@ -107,6 +107,32 @@ def test_every_kind_of_call_is_protected(daemon) -> None:
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+@pytest.mark.parametrize("method", ["Generate", "StreamGenerate", "ExplainRoute", "ListProviders"])
+def test_a_call_without_the_token_is_refused_before_its_request_arrives(daemon, method) -> None:
+    """gRPC received a whole request message before the refusal of a one-request method ran: anyone without
+    the token could make the daemon hold 64 MiB a call, or forever a message never finished (2.5 GB from one
+    connection). The refusal now comes as the call's headers do: here while no request has been sent."""
+    import threading
+
+    never = threading.Event()
+
+    def nothing_yet():
+        never.wait(20)  # the request would come later: the refusal must not wait for it
+        yield b""
+
+    streaming = method == "StreamGenerate"
+    call = (daemon.channel.stream_stream if streaming else daemon.channel.stream_unary)(
+        f"/mmrouter.v1.RouterService/{method}", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            answer = call(nothing_yet(), timeout=15)
+            if streaming:
+                list(answer)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        never.set()
+
+
 def test_the_token_opens_the_api_and_health_stays_open(daemon) -> None:
     assert generate(daemon, metadata=bearer(TOKEN)).text.startswith("fake/echo says: hi")
     health = health_pb2_grpc.HealthStub(daemon.channel).Check(health_pb2.HealthCheckRequest())
