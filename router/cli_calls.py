@@ -26,6 +26,8 @@ from rich.text import Text
 from .auth import with_token
 from .config import UPLOAD_CHUNK_BYTES, parse_address
 from .redact import escaped
+from .sniff import HEAD_BYTES, magic_family, mime_problem
+from .types import Modality
 
 M = TypeVar("M", bound=Message)
 
@@ -56,7 +58,34 @@ def media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: l
             mime = MIME_BY_EXTENSION.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             if kind == pb.MODALITY_VIDEO:
                 mime = _as_video(mime)
+            if kind == pb.MODALITY_DOCUMENT:
+                mime = document_mime(path, mime)
             yield kind, path, mime
+
+
+def document_mime(path: Path, mime: str) -> str:
+    """The type to send ``path``, given with ``--pdf``, as: ``mime`` (its extension's) when that is PDF or
+    ``text/*``, the types document routes take; else ``application/pdf`` for a PDF (by its header) and
+    ``text/plain`` for UTF-8 text (no NUL bytes, its first :data:`router.sniff.HEAD_BYTES` decode, as the
+    daemon checks them): a log, a file without an extension, XML, JSON or RTF. Any other file exits with a
+    usage error naming it and its extension; sent, it was refused with every route's reason (NO_ROUTE)."""
+    if mime == "application/pdf" or mime.startswith("text/"):
+        return mime
+    with path.open("rb") as f:
+        head = f.read(HEAD_BYTES)
+    if magic_family(head) == "application/pdf":
+        return "application/pdf"
+    if mime_problem("text/plain", Modality.DOCUMENT, head) is None:
+        return "text/plain"
+    if not path.suffix:
+        named = "it has no extension"
+    elif mime == "application/octet-stream":
+        named = f"its extension {path.suffix} names no known type"
+    else:
+        named = f"its extension {path.suffix} names {mime}"
+    why = f"cannot send {path} with --pdf: {named}, and it is not UTF-8 text; --pdf sends PDF files and UTF-8 text"
+    err.print(f"[red]{escape(why)}[/red]")
+    raise typer.Exit(2)
 
 
 #: Containers whose extension is taken for audio (``.ogg``, ``.webm``) but may hold a video.

@@ -86,9 +86,36 @@ def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
         return None  # a type we cannot check cheaply
     found = magic_family(head)
     if found is None or found not in accepted:
-        shown = found or "unrecognised bytes"
-        return f"declared {mime_type!r} but the content looks like {shown}"
+        return f"declared {mime_type!r} but {_unlike(found, accepted, head)}"
     return None
+
+
+#: How far into a PDF :func:`mime_problem` looks for a misplaced ``%PDF-`` header (pypdf and most viewers
+#: accept one within the first 1024 bytes; the router does not).
+_PDF_HEADER_WITHIN = 1024
+#: The start of a web page (after white space and a byte order mark): what a server's error or login page,
+#: saved under the name of the file that was meant, looks like.
+_HTML = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*(?:<!--.*?-->\s*|<\?xml[^>]*>\s*)*<(?:!doctype\s+html|html|head|body)[\s>]",
+                   re.IGNORECASE | re.DOTALL)
+
+
+def _unlike(found: str | None, accepted: set[str], head: bytes) -> str:
+    """What the content (its first bytes ``head``, of the family ``found``) is, for a MIME_MISMATCH message
+    where the declared type takes the families ``accepted``: a PDF whose header is not at byte 0 (a CRLF
+    or a byte order mark before it) is told where it is and that it must come first; a web page is
+    named as such."""
+    at = head.find(b"%PDF-", 0, _PDF_HEADER_WITHIN + len(b"%PDF-"))
+    if found is None and "application/pdf" in accepted and at > 0:
+        if head[:at] == codecs.BOM_UTF8:
+            before = "a UTF-8 byte order mark"
+        elif head[:at].isspace():
+            before = f"{at} bytes of white space (line breaks or spaces)"
+        else:
+            before = f"{at} other bytes"
+        return f"its %PDF- header is at byte {at} (after {before}): it must come first; remove what is before it"
+    if found is None and _HTML.match(head):
+        return "the content looks like HTML (a web page, such as an error or login page saved under the file's name)"
+    return f"the content looks like {found or 'unrecognised bytes'}"
 
 
 def content_mime(mime_type: str, head: bytes) -> str:
@@ -102,7 +129,12 @@ def content_mime(mime_type: str, head: bytes) -> str:
 def _text_problem(mime_type: str, head: bytes) -> str | None:
     """Why ``head`` is not the start of UTF-8 text, or None. Providers and the local extractor read
     text documents as UTF-8, so binary content (or UTF-16, which has NUL bytes) declared as text is
-    refused here rather than sent as mojibake."""
+    refused here rather than sent as mojibake; UTF-16 and UTF-32 are named by their byte order mark."""
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                          (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if head.startswith(bom):
+            return (f"declared {mime_type!r} but the content is {encoding} text (it starts with a {encoding} byte "
+                    f"order mark), not UTF-8: convert it to UTF-8")
     if b"\0" in head:
         return f"declared {mime_type!r} but the content is binary (it has NUL bytes), not UTF-8 text"
     try:  # a full head may end inside a multi-byte character; a shorter one is the whole content

@@ -281,3 +281,35 @@ def test_a_question_local_answers_by_rule_says_the_route_tells_why(local_first) 
     assert "the route says why the local provider was used (a rule or the default that names it" in answer.text
     assert "the client asked" not in answer.text
     assert fake.chat_requests() == []
+
+
+#: GPT-4o (the fake OpenAI) answers everything; it takes no documents, so a PDF is bridged through local.
+GPT_WITH_DOCUMENT_BRIDGE = """
+providers:
+  openai: {{api_key: "{key}", base_url: "{url}"}}
+  local: {{}}
+routes:
+  - name: general
+    use: openai/gpt-4o
+    bridging: true
+bridges:
+  document: [local/extract]
+"""
+
+
+def test_a_filled_in_form_bridged_to_a_model_keeps_its_values(start_daemon) -> None:
+    """A filled-in PDF form sent to GPT-4o through the document bridge: the model was given the form's
+    labels alone ("Name:\\nIBAN:"), and said it was blank. It now gets the fields' values too."""
+    from test_local_provider import filled_form_pdf
+
+    from tests.fakes.openai import API_KEY, FakeOpenAI
+
+    with FakeOpenAI() as fake:
+        daemon = start_daemon(GPT_WITH_DOCUMENT_BRIDGE.format(key=API_KEY, url=fake.base_url), plugins=())
+        answer = extract(daemon, pb.MODALITY_DOCUMENT, "application/pdf", filled_form_pdf(), "form.pdf")
+        assert answer == "Hello from the fake GPT."
+        (sent,) = fake.chat_requests()
+        text = "\n".join(part.text for message in sent["messages"] for part in fake.parts(message)
+                         if part.kind == "text")
+    assert "[PDF form.pdf, page 1]\nName:\nIBAN:\nForm fields:\nname: Jane Q Public\n" \
+           "Bank account (IBAN): DE89370400440532013000\nagree: checked\n" in text, text

@@ -1014,3 +1014,49 @@ def test_ocr_leaves_onnxruntime_telemetry_off(tmp_path, home: str) -> None:
     assert "Invoicenumber4711" in done.stdout.replace(" ", ""), done.stdout
     assert "telemetry" not in done.stderr.lower() and "\x1b" not in done.stderr, done.stderr
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["home", "work"]
+
+
+def filled_form_pdf() -> bytes:
+    """A two-page AcroForm PDF, filled in: page 1 has text fields (one left empty, the IBAN with a user name,
+    a tooltip), two check boxes (one ticked), a radio group and a combo box; page 2 a multi-line text field
+    and, again, the name field (a field may be shown on several pages)."""
+    from reportlab.pdfgen import canvas
+
+    out = io.BytesIO()
+    doc = canvas.Canvas(out)
+    form = doc.acroForm
+    doc.drawString(72, 720, "Name:")
+    form.textfield(name="name", value="Jane Q Public", x=130, y=710, width=200, height=20)
+    doc.drawString(72, 680, "IBAN:")
+    form.textfield(name="iban", value="DE89370400440532013000", x=130, y=670, width=250, height=20,
+                   tooltip="Bank account (IBAN)")
+    form.textfield(name="fax", value="", x=130, y=640, width=250, height=20)
+    form.checkbox(name="agree", checked=True, x=72, y=600)
+    form.checkbox(name="newsletter", checked=False, x=100, y=600)
+    form.radio(name="colour", value="red", selected=False, x=72, y=560)
+    form.radio(name="colour", value="blue", selected=True, x=100, y=560)
+    form.choice(name="country", value="France", options=["Germany", "France"], x=72, y=520, width=100, height=20)
+    doc.showPage()
+    doc.drawString(72, 720, "Remarks:")
+    form.textfield(name="remarks", value="first line\nsecond line", x=130, y=680, width=300, height=40,
+                   fieldFlags="multiline")
+    form.textfield(name="name", value="Jane Q Public", x=130, y=600, width=200, height=20)
+    doc.showPage()
+    doc.save()
+    return out.getvalue()
+
+
+async def test_the_values_of_a_filled_in_form_are_read(local: LocalProvider) -> None:
+    """pypdf's text layer has a form's labels, not its fields' values: a model fed through the document
+    bridge was told the form was blank ("Name:\\nIBAN:"). The fields a page shows follow its text, after a
+    "Form fields:" line, each once, labelled by its user name if it has one; a check box reads checked or
+    not checked, a radio group its choice; an empty field is left out."""
+    item = Media(Modality.DOCUMENT, "application/pdf", data=filled_form_pdf(), filename="form.pdf")
+    text = text_of(await collect(local, ask(item), local.models[0]))
+    page1 = text.split("[PDF form.pdf, page 1]\n", 1)[1].split("\n\n[PDF form.pdf, page 2]\n")[0]
+    assert page1.splitlines() == ["Name:", "IBAN:", "Form fields:", "name: Jane Q Public",
+                                  "Bank account (IBAN): DE89370400440532013000", "agree: checked",
+                                  "newsletter: not checked", "colour: blue", "country: France"], text
+    page2 = text.split("[PDF form.pdf, page 2]\n", 1)[1]
+    assert page2.splitlines() == ["Remarks:", "Form fields:", "remarks: first line", "  second line"], text
+    assert text.count("Jane Q Public") == 1, text

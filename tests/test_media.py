@@ -600,7 +600,7 @@ def test_utf8_text_documents_are_accepted_inline_and_uploaded(daemon, mime) -> N
 @pytest.mark.parametrize(("content", "why"), [
     (PDF, None),  # ASCII enough to be text, so it passes: only NULs and bad UTF-8 are refused
     (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "NUL bytes"),
-    ("UTF-16 text".encode("utf-16"), "NUL bytes"),
+    ("UTF-16 text".encode("utf-16"), "UTF-16 text"),
     ("latin-1: café".encode("latin-1"), "not UTF-8"),
     ("café in latin-1".encode("latin-1") * 1000, "not UTF-8"),
 ], ids=["ascii-pdf", "png", "utf-16", "latin-1-at-the-end", "latin-1-long"])
@@ -771,3 +771,53 @@ def test_an_uploaded_video_may_be_sent_as_audio_for_its_sound(daemon) -> None:
     # uploading the bytes again as audio is answered with the video's id and record (see above)
     again = upload(daemon.stub, [data], modality=pb.MODALITY_AUDIO, mime="audio/mp4")
     assert (again.media_id, again.modality) == (video_id, pb.MODALITY_VIDEO)
+
+
+# -- MIME_MISMATCH messages for common document mistakes -------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "mime", "says"), [
+    (b"\r\n" + PDF, "application/pdf",
+     "declared 'application/pdf' but its %PDF- header is at byte 2 (after 2 bytes of white space (line breaks "
+     "or spaces)): it must come first; remove what is before it"),
+    (b"\xef\xbb\xbf" + PDF, "application/pdf",
+     "declared 'application/pdf' but its %PDF- header is at byte 3 (after a UTF-8 byte order mark): it must "
+     "come first; remove what is before it"),
+    (b"\n<!DOCTYPE html><html><body>Your session expired</body></html>", "application/pdf",
+     "declared 'application/pdf' but the content looks like HTML (a web page, such as an error or login page "
+     "saved under the file's name)"),
+    ("Grüße\r\n".encode("utf-16"), "text/plain",
+     "declared 'text/plain' but the content is UTF-16 text (it starts with a UTF-16 byte order mark), not "
+     "UTF-8: convert it to UTF-8"),
+    (b"\xfe\xff" + "Grüße\r\n".encode("utf-16-be"), "text/plain",
+     "declared 'text/plain' but the content is UTF-16 text (it starts with a UTF-16 byte order mark), not "
+     "UTF-8: convert it to UTF-8"),
+], ids=["crlf-before-pdf", "bom-before-pdf", "html-as-pdf", "utf-16-le", "utf-16-be"])
+def test_common_document_mistakes_are_named_in_the_mismatch(daemon, content, mime, says) -> None:
+    """A PDF with a line break or a byte order mark before its header, a web page (an expired session's
+    error page) saved as a PDF, and Notepad's "Unicode" (UTF-16) text were all refused as "unrecognised
+    bytes" or "binary (it has NUL bytes)": the message says what the content is and what to do. What is
+    refused does not change; inline and uploaded say the same."""
+    inline = pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type=mime, data=content, filename="f")
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("read it", media=[inline])))
+    details = error_details(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MIME_MISMATCH")
+    assert details.violations[0][1] == says, details.violations
+    with pytest.raises(grpc.RpcError) as caught:
+        upload(daemon.stub, [content], mime=mime)
+    assert error_details(caught.value).reason == "MIME_MISMATCH" and says in caught.value.details()
+
+
+def test_a_pdf_header_further_in_and_other_bytes_keep_the_plain_message() -> None:
+    """Only a header within the first 1024 bytes (where pypdf finds one) is pointed at; other bytes before
+    it are counted, and content that is neither a PDF nor a web page still "looks like unrecognised bytes"."""
+    from router.sniff import mime_problem
+
+    assert mime_problem("application/pdf", Modality.DOCUMENT, b"junk" + PDF) == (
+        "declared 'application/pdf' but its %PDF- header is at byte 4 (after 4 other bytes): it must come "
+        "first; remove what is before it")
+    for head in (b" " * 2000 + PDF, b"plain words, no header"):
+        assert mime_problem("application/pdf", Modality.DOCUMENT, head) == (
+            "declared 'application/pdf' but the content looks like unrecognised bytes")
+    assert mime_problem("application/pdf", Modality.DOCUMENT, PDF) is None

@@ -1,4 +1,5 @@
-"""PDF text, page by page, with pypdf; pages without a text layer, or scans with a small one, are OCRed."""
+"""PDF text, page by page, with pypdf; pages without a text layer, or scans with a small one, are OCRed.
+The values of a filled-in form (AcroForm fields) follow the text of the page that shows them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ from .pool import JobCancelled, raise_if_cancelled
 MAX_STAMP_CHARS = 50
 #: The share of a page's area its images must cover for a page with a short text layer to be OCRed.
 MIN_SCAN_COVER = 0.8
+#: The line that starts the form fields of a page, after its text: each field then on a line ``label: value``.
+FORM_FIELDS = "Form fields:"
+#: Field flags (PDF 32000-1, table 226) of a button field: a radio button, a push button (it has no value).
+_RADIO, _PUSHBUTTON = 1 << 15, 1 << 16
+#: The most parents a form field's name and inherited entries are looked for through (a cycle stops there).
+_MAX_FIELD_DEPTH = 32
 
 
 class PdfError(ValueError):
@@ -44,7 +51,8 @@ def iter_pages(
     :data:`MAX_STAMP_CHARS` characters of text whose images cover over :data:`MIN_SCAN_COVER` of it (a scan
     with a stamp), its OCR text after the text layer's. Each image is read once per document
     (see :func:`_image_lines`): a page tree may point at one scanned page 100,000 times, or every page
-    show one image.
+    show one image. The filled-in form fields a page shows come last, after a :data:`FORM_FIELDS` line
+    (see :func:`_form_lines`), each field once per document.
     """
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
@@ -63,6 +71,8 @@ def iter_pages(
     except unreadable as e:
         raise PdfError(f"not a readable PDF ({type(e).__name__}: {e})") from e
     read: dict[Hashable, list[str]] = {}  # the lines of each image read so far, by its identity
+    fields_seen: set[str] = set()  # the form fields given so far, by their full names
+    pages_seen: set[Hashable] = set()  # the page objects whose form fields were looked at
     for index in range(count):
         raise_if_cancelled()  # a page may take seconds of OCR: stop here once nobody waits for it
         try:
@@ -73,8 +83,18 @@ def iter_pages(
             text = (page.extract_text() or "").strip()
         except Exception as e:  # pypdf raises many types on odd content streams
             text = f"(text could not be extracted: {type(e).__name__})"
+        reference = page.indirect_reference
+        identity = (reference.idnum, reference.generation) if reference is not None else index
+        fields: list[str] = []
+        if identity not in pages_seen:  # a page shown again has had its fields given
+            pages_seen.add(identity)
+            try:
+                fields = _form_lines(page, fields_seen)
+            except Exception as e:  # odd annotations: pypdf raises many types
+                fields = [f"(form fields could not be read: {type(e).__name__})"]
+        form = [FORM_FIELDS, *fields] if fields else []
         if ocr_image is None or (text and (len(text) >= MAX_STAMP_CHARS or _image_cover(page) <= MIN_SCAN_COVER)):
-            yield PdfPage(index + 1, text)
+            yield PdfPage(index + 1, "\n".join([text, *form]) if text else "\n".join(form))
             continue
         try:
             lines = _image_lines(page, ocr_image, read)
@@ -82,7 +102,98 @@ def iter_pages(
             raise
         except Exception as e:
             lines = [f"(embedded images could not be read: {type(e).__name__})"]
-        yield PdfPage(index + 1, "\n".join([text, *lines]) if text else "\n".join(lines), ocr=not text)
+        yield PdfPage(index + 1, "\n".join([text, *lines, *form]) if text else "\n".join([*lines, *form]),
+                      ocr=not text)
+
+
+def _form_lines(page, seen: set[str]) -> list[str]:
+    """``label: value`` lines of the filled-in form fields whose widgets ``page`` (a pypdf page) shows, in the
+    order of its annotations; a field named in ``seen`` (given on an earlier page: a radio group's buttons,
+    or a field shown on several pages) is left out, and those given here are added to it.
+
+    pypdf's ``extract_text`` reads the content stream only, not the fields' values. The label is the
+    field's user name (``/TU``) if it has one, else its full name (``/T`` of it and its parents, joined by
+    dots); a check box is ``checked`` or ``not checked``, a radio group shows the chosen button's name
+    (``(none selected)`` if none), a list or combo box its choices, a multi-line text its later lines
+    indented by two spaces; empty text fields and push buttons are left out."""
+    lines = []
+    annotations = page.get("/Annots")
+    for annotation in annotations.get_object() if annotations is not None else []:
+        widget = annotation.get_object()
+        if widget.get("/Subtype") != "/Widget":
+            continue
+        field = widget  # a widget is its field, or a kid of it (a radio button, a field shown twice)
+        for _ in range(_MAX_FIELD_DEPTH):
+            if "/T" in field or "/Parent" not in field:
+                break
+            field = field["/Parent"]
+        if "/T" not in field:
+            continue
+        name = _field_name(field)
+        if name in seen:
+            continue
+        seen.add(name)
+        value = _field_value(field)
+        if value is not None:
+            label = _inherited(field, "/TU")
+            lines.append(f"{label if isinstance(label, str) and label.strip() else name}: {value}")
+    return lines
+
+
+def _inherited(field, key: str):
+    """The entry ``key`` of a form field (a pypdf dictionary) or, as the PDF lets a kid inherit it, of its
+    nearest parent that has it; None if none has."""
+    for _ in range(_MAX_FIELD_DEPTH):
+        if key in field:
+            return field[key]
+        if "/Parent" not in field:
+            return None
+        field = field["/Parent"]
+    return None
+
+
+def _field_name(field) -> str:
+    """A form field's full name: the ``/T`` of its parents and its own, joined by dots."""
+    parts = []
+    for _ in range(_MAX_FIELD_DEPTH):
+        if "/T" in field:
+            parts.append(str(field["/T"]))
+        if "/Parent" not in field:
+            break
+        field = field["/Parent"]
+    return ".".join(reversed(parts))
+
+
+def _field_value(field) -> str | None:
+    """The value of a form field (a pypdf dictionary) as text, or None for an empty field or a push button
+    (see :func:`_form_lines`)."""
+    kind, value = _inherited(field, "/FT"), _inherited(field, "/V")
+    flags = int(_inherited(field, "/Ff") or 0)
+    if kind == "/Btn":
+        if flags & _PUSHBUTTON:
+            return None
+        chosen = value is not None and str(value) not in ("/Off", "")
+        if flags & _RADIO:
+            return str(value).lstrip("/") if chosen else "(none selected)"
+        return "checked" if chosen else "not checked"
+    if kind == "/Sig":
+        return "signed" if value is not None else None
+    if value is None:
+        return None
+    if kind == "/Ch":  # a choice may be given by its export value: the options say what it shows
+        shown = {}
+        for option in _inherited(field, "/Opt") or []:
+            option = option.get_object()
+            if isinstance(option, list) and len(option) == 2:
+                shown[str(option[0])] = str(option[1])
+        values = value if isinstance(value, list) else [value]
+        text = ", ".join(shown.get(str(v), str(v)) for v in values)
+    elif hasattr(value, "get_data"):  # a long text may be a stream
+        text = value.get_data().decode("utf-8", errors="replace")
+    else:
+        text = str(value)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").strip().split("\n")
+    return "\n  ".join(lines) if lines[0] else None  # a multi-line value's later lines indented
 
 
 def _image_cover(page) -> float:
