@@ -230,6 +230,25 @@ async def test_base_url_with_v1_suffix_is_accepted(fake: FakeAnthropic) -> None:
     assert fake.message_calls()[-1].path == "/v1/messages"
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/?code=AZQUERYSECRET", "http://127.0.0.1:9/#AZQUERYSECRET"])
+def test_a_base_url_with_a_query_or_fragment_is_refused_naming_the_key(monkeypatch: pytest.MonkeyPatch,
+                                                                      url: str) -> None:
+    """The SDK appends /v1/messages after the query (``/?code=.../v1/messages``, logged whole at INFO by
+    httpx): refused as the OpenAI plugin refuses it, naming the key, never quoting the query."""
+    with pytest.raises(ConfigError, match=r"providers\.claude-eu\.base_url: .*cannot send query parameters") as c:
+        AnthropicProvider({"api_key": "k", "base_url": url}, name="claude-eu")
+    assert "QUERYSECRET" not in str(c.value)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)  # read by the SDK for the plugin's own provider
+    with pytest.raises(ConfigError, match=r"ANTHROPIC_BASE_URL \(read for providers\.anthropic\.base_url\): "
+                                          r".*cannot send query parameters") as c:
+        AnthropicProvider({"api_key": "k"})
+    assert "QUERYSECRET" not in str(c.value)
+    # not read when a base_url is given, nor by an extra instance
+    assert AnthropicProvider({"api_key": "k", "base_url": "http://127.0.0.1:9/v1"}).settings.base_url == \
+        "http://127.0.0.1:9"
+    assert AnthropicProvider({"api_key": "k"}, name="claude-eu").settings.client_base_url == "https://api.anthropic.com"
+
+
 async def test_one_client_reused_and_closed(provider: AnthropicProvider, fake: FakeAnthropic) -> None:
     await run(provider, chat(user(text("one"))))
     client = provider.client()

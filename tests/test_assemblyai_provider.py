@@ -201,6 +201,41 @@ async def test_url_media_is_not_uploaded(fake, provider):
     assert fake.created[0]["audio_url"] == "https://example.com/talk.mp3"
 
 
+#: A signed media URL: its query is a credential to the object, never to be logged.
+SIGNED = "https://user:PASSWORDSECRET@bucket.s3.amazonaws.com/talk.mp3?X-Amz-Signature=SIGSECRET123&X-Amz-Expires=60"
+SIGNED_PUBLIC = "https://bucket.s3.amazonaws.com/talk.mp3"
+
+
+def assert_url_hidden(message: str) -> None:
+    """``message`` names the signed URL without its credentials or query."""
+    assert SIGNED_PUBLIC in message
+    assert "SIGSECRET" not in message and "PASSWORDSECRET" not in message and "X-Amz" not in message
+
+
+async def test_a_refused_url_is_named_without_its_query_or_credentials(fake, provider):
+    """The SDK's message quotes the URL whole ("failed to transcribe url <url>: ..."): the error (logged,
+    and kept in the route's attempts) shows it without the signed query or the credentials."""
+    fake.fail_next(400, {"error": "Invalid audio_url"})
+    with pytest.raises(ProviderBadRequest) as info:
+        await collect(provider, audio_request(Media(Modality.AUDIO, "audio/mpeg", url=SIGNED)), provider.model("best"))
+    assert fake.created == [] and "Invalid audio_url" in info.value.message
+    assert f"failed to transcribe url {SIGNED_PUBLIC}: " in info.value.message
+    assert_url_hidden(info.value.message)
+    assert_url_hidden(str(info.value))
+
+
+async def test_a_failed_transcript_quoting_the_url_names_it_without_its_query(fake, provider):
+    """AssemblyAI's "Download error, unable to download <url>" quotes the URL it was given."""
+    fake.statuses = ("queued", "error")
+    fake.error_message = f"Download error, unable to download {SIGNED}. Please make sure the file exists."
+    with pytest.raises(ProviderBadRequest) as info:
+        await collect(provider, audio_request(Media(Modality.AUDIO, "audio/mpeg", url=SIGNED)), provider.model("best"))
+    assert fake.created[0]["audio_url"] == SIGNED  # sent whole: AssemblyAI needs the signature
+    assert f"unable to download {SIGNED_PUBLIC}. Please" in info.value.message
+    assert_url_hidden(info.value.message)
+    assert_url_hidden(str(info.value))
+
+
 async def test_clips_of_one_message_make_one_merged_transcript_and_usage_adds_up(fake, provider):
     parts = [Part(text="what was said?"),
              Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.1), duration_seconds=7.6)),
@@ -582,6 +617,19 @@ def test_bad_setting_names_the_key():
         AssemblyAISettings.load("assemblyai", {"poll_interval": "often"})
     with pytest.raises(ConfigError, match=r"providers\.assemblyai\.timeout: Input should be greater than 0"):
         AssemblyAISettings.load("assemblyai", {"timeout": 0})
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/?code=AAIQUERYSECRET", "http://127.0.0.1:9/#AAIQUERYSECRET"])
+def test_a_base_url_with_a_query_or_fragment_is_refused_naming_the_key(monkeypatch, url):
+    """The SDK's httpx client appends /v2/... after the query (``/?code=.../v2/upload``, logged whole by
+    httpx): refused as the OpenAI plugin refuses it, naming the key, never quoting the query."""
+    with pytest.raises(ConfigError, match=r"providers\.assemblyai-eu\.base_url: .*cannot send query parameters") as c:
+        AssemblyAISettings.load("assemblyai-eu", {"base_url": url}, environment=False)
+    assert "QUERYSECRET" not in str(c.value)
+    monkeypatch.setenv("ASSEMBLYAI_BASE_URL", url)
+    with pytest.raises(ConfigError, match=r"providers\.assemblyai\.base_url: .*cannot send query parameters") as c:
+        AssemblyAISettings.load("assemblyai", {"api_key": "k"})
+    assert "QUERYSECRET" not in str(c.value)
 
 
 async def test_without_key_it_is_unconfigured(monkeypatch, fake):

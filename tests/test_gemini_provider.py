@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import io
 import socket
 import time
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import pluggy
 import pytest
 from mmrouter_gemini import GeminiProvider, GeminiSettings
 from mmrouter_gemini.files import EXPIRY_MARGIN
+from mmrouter_gemini.models import TYPICAL
+from mmrouter_gemini.settings import GEMINI_API_URL
 
 from router import (
     CallContext,
@@ -45,6 +49,7 @@ from router.testing import ProviderContract, collect
 from tests.fakes.gemini import FakeGemini
 
 KEY = "AIza-test-secret-key-0123456789"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -186,6 +191,55 @@ def test_settings_are_checked():
         GeminiSettings.load("gemini", {"inline_limit_bytes": "lots"})
     with pytest.raises(ConfigError, match="timeout"):
         GeminiSettings.load("gemini", {"timeout": 0})
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/gem?key=AIzaQUERYSECRET", "http://127.0.0.1:9/gem#AIzaQUERYSECRET"])
+def test_a_base_url_with_a_query_or_fragment_is_refused_naming_the_key(monkeypatch, url):
+    """The SDK appends /v1beta/models/... after the query (``?key=...`` then sent nowhere useful, and logged
+    at INFO by httpx): refused as the OpenAI plugin refuses it, naming the key, never quoting the query."""
+    with pytest.raises(ConfigError, match=r"providers\.gemini-team\.base_url: .*cannot send query parameters") as c:
+        GeminiProvider.from_settings({"base_url": url}, "gemini-team")
+    assert "QUERYSECRET" not in str(c.value)
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", url)  # read by the SDK for the plugin's own provider
+    with pytest.raises(ConfigError, match=r"GOOGLE_GEMINI_BASE_URL \(read for providers\.gemini\.base_url\): "
+                                          r".*cannot send query parameters") as c:
+        GeminiProvider.from_settings({"api_key": "k"})
+    assert "QUERYSECRET" not in str(c.value)
+    # not read when a base_url is given, nor by an extra instance
+    assert GeminiProvider.from_settings({"base_url": "http://127.0.0.1:9/"}).settings.base_url == "http://127.0.0.1:9"
+    assert GeminiProvider.from_settings({}, "gemini-team").settings.client_base_url == GEMINI_API_URL
+
+
+@pytest.mark.parametrize("name", ["weird..name", "models/../files", "gemini?alt=x", "gemini&x"])
+def test_a_configured_model_name_the_sdk_refuses_is_refused_naming_the_key(name):
+    """google.genai refuses a model name with ``..``, ``?`` or ``&`` in every call (ValueError, then
+    INTERNAL): refused with the settings, so ``config check`` and ``serve`` say so."""
+    spec = {"name": name, "price": {"input_per_mtok": 1, "output_per_mtok": 2}}
+    with pytest.raises(ConfigError, match=r"providers\.gemini\.models: .*cannot be called"):
+        GeminiProvider.from_settings({"api_key": KEY, "models": [spec]})
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+async def test_a_model_name_the_sdk_refuses_is_a_bad_request_not_internal(fake, streaming):
+    """The safety net behind the settings' check: a model given in code with such a name is
+    PROVIDER_BAD_REQUEST, nothing sent (it was an unmapped ValueError: INTERNAL, with a traceback)."""
+    weird = dataclasses.replace(TYPICAL, name="weird..name")
+    p = GeminiProvider(GeminiSettings.load("gemini", {"api_key": KEY, "base_url": fake.url, "streaming": streaming}),
+                       models=[weird])
+    try:
+        with pytest.raises(ProviderBadRequest, match=r"the model name 'weird\.\.name' cannot be called") as caught:
+            await collect(p, ask(Part(text="hi")), p.model("weird..name"))
+    finally:
+        await p.aclose()
+    assert type(caught.value) is ProviderBadRequest
+    assert fake.requests == []
+
+
+def test_the_wheel_has_the_readme_as_its_description():
+    """The plugin's pyproject names its README, as the other plugins do (the wheel had no description)."""
+    project = tomllib.loads((ROOT / "plugins" / "gemini" / "pyproject.toml").read_text())["project"]
+    assert project["readme"] == "README.md"
+    assert (ROOT / "plugins" / "gemini" / project["readme"]).is_file()
 
 
 async def test_plugin_registers_through_its_entry_point(fake):

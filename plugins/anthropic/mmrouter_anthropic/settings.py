@@ -5,8 +5,8 @@ Keys (all optional)::
     providers:
       anthropic:
         api_key: ${ANTHROPIC_API_KEY}  # else the ANTHROPIC_API_KEY environment variable
-        base_url: https://api.anthropic.com   # API root (a trailing /v1 is dropped); else the SDK's
-                                              # default: ANTHROPIC_BASE_URL, else the public API
+        base_url: https://api.anthropic.com   # API root (a trailing /v1 is dropped, no ?query); else the
+                                              # SDK's default: ANTHROPIC_BASE_URL, else the public API
         timeout: 120                   # seconds per call (default 120), shortened to the call's deadline
         max_retries: 0                 # SDK retries; the router does fallbacks (default 0)
         http_client: aiohttp           # the SDK's DefaultAioHttpClient transport (default), or httpx
@@ -23,17 +23,24 @@ base_url defaults to the public API.
 from __future__ import annotations
 
 import os
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
 from pydantic import Field, field_validator
 
 from router import ModelSpec, ProviderSettings
+from router.errors import ConfigError
 from router.sdk_http import SdkTransportSettings, Transport
 
 #: The plugin's own provider name; other names are extra instances (``plugin: anthropic``).
 PLUGIN = "anthropic"
 #: The public API root, where an extra instance without a base_url goes.
 ANTHROPIC_API_URL = "https://api.anthropic.com"
+#: The environment variable the SDK reads for the plugin's own provider without a base_url.
+BASE_URL_ENV = "ANTHROPIC_BASE_URL"
+#: Why a base_url with a query or fragment is refused (never quoting it: a ``?code=`` is often a key).
+QUERY_REFUSED = ("this plugin cannot send query parameters (the SDK appends /v1/messages after them): "
+                 "give the API root, with no '?' or '#'")
 
 
 def key_setting_hint(provider: str) -> str:
@@ -50,10 +57,23 @@ class AnthropicSettings(ProviderSettings, SdkTransportSettings):
     models: list[ModelSpec] = Field(default_factory=list, description="models added to the built-in catalogue")
 
 
+    @classmethod
+    def load(cls, provider: str, section: Mapping[str, Any] | None, *, environment: bool = True) -> Self:
+        """As :meth:`ProviderSettings.load`; also refuses an ``ANTHROPIC_BASE_URL`` with a query or fragment
+        when the SDK would read it (the plugin's own provider without a base_url), naming the variable."""
+        settings = super().load(provider, section, environment=environment)
+        if settings.client_base_url is None and _has_query(os.environ.get(BASE_URL_ENV, "")):
+            raise ConfigError(f"{BASE_URL_ENV} (read for providers.{provider}.base_url): {QUERY_REFUSED}")
+        return settings
+
     @field_validator("base_url")
     @classmethod
     def _api_root(cls, url: str) -> str:
-        # The SDK adds /v1/messages itself; accept a root given with /v1 too.
+        """The API root: without a trailing slash or /v1 (the SDK adds /v1/messages itself). A query or
+        fragment is refused: the SDK appends the path after it (``/?code=.../v1/messages``), and httpx
+        logs the whole URL, query included."""
+        if _has_query(url):
+            raise ValueError(QUERY_REFUSED)
         return url.rstrip("/").removesuffix("/v1")
 
     @property
@@ -72,3 +92,8 @@ class AnthropicSettings(ProviderSettings, SdkTransportSettings):
     def unconfigured_reason(self, provider: str = PLUGIN) -> str | None:
         """Why the provider cannot be used (no key), or None."""
         return self.missing_key(provider, PLUGIN)
+
+
+def _has_query(url: str) -> bool:
+    """Whether ``url`` has a query or fragment."""
+    return "?" in url or "#" in url

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import urlsplit
 
 from router.errors import (
     TRANSIENT_STATUSES,
@@ -226,6 +227,25 @@ def poll_failed(exc: BaseException, provider: str, transcript_id: str, api_key: 
             f"AssemblyAI does not know transcript {transcript_id} (HTTP 404: {_sdk_detail(exc, api_key)}): it was "
             "deleted, or belongs to another account or region than the configured api_key and base_url", api_key))
     return map_sdk_error(exc, provider, api_key, base_url)
+
+
+def hide_media_url(error: ProviderError, url: str) -> ProviderError:
+    """``error`` with the media ``url`` in its message shown as :func:`router.errors.public_url` shows it
+    (without credentials, query or fragment); its query, fragment or password found elsewhere (a
+    re-encoded copy) is blanked out too, when long enough to be a secret (``?a=1`` garbles nothing).
+
+    The SDK writes a URL it was given whole ("failed to transcribe url <url>: ..."), and AssemblyAI may
+    quote it in a failed transcript's error ("unable to download <url>"); a signed URL's query
+    (``X-Amz-Signature=...``) is a credential to the object, and the message goes to the daemon's log
+    and the route's attempts."""
+    message = error.message.replace(url, public_url(url) or "the media URL")
+    parts = urlsplit(url)
+    for secret in (parts.query, parts.fragment, parts.password or ""):
+        if len(secret) >= 8:
+            message = _scrub(message, secret)
+    error.message = message
+    error.args = (message,)
+    return error
 
 
 def detail(error: ProviderError) -> str:

@@ -100,7 +100,12 @@ class AssemblyAIProvider(Provider):
         results: list[Transcript] = []
         try:
             for item in media:
-                response = await self._transcribe(item, request, model, ctx)
+                try:
+                    response = await self._transcribe(item, request, model, ctx)
+                except ProviderError as error:
+                    if item.url:  # the SDK's messages (and AssemblyAI's) quote the URL whole
+                        errors.hide_media_url(error, item.url)
+                    raise
                 transcript = transcripts.to_transcript(response, item)
                 total += transcripts.audio_seconds(response, item, transcript.words)
                 results.append(transcript)

@@ -5,7 +5,7 @@ Keys (all optional)::
     providers:
       assemblyai:
         api_key: ${ASSEMBLYAI_API_KEY}  # else the ASSEMBLYAI_API_KEY environment variable
-        base_url: https://api.assemblyai.com  # else ASSEMBLYAI_BASE_URL
+        base_url: https://api.assemblyai.com  # else ASSEMBLYAI_BASE_URL (no ?query)
         timeout: 30                     # seconds per HTTP request (default 30)
         poll_interval: 3                # seconds between transcript status polls (default 3)
         speaker_labels: true            # diarize every call, not only when asked (default true)
@@ -36,6 +36,9 @@ ASSEMBLYAI_BASE_URL = "https://api.assemblyai.com"
 PLUGIN = "assemblyai"
 #: What a speech model id looks like (``universal-2``, ``assemblyai-stt-3-7``).
 _MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
+#: Why a base_url with a query or fragment is refused (never quoting it: the query is often a key).
+QUERY_REFUSED = ("this plugin cannot send query parameters (the SDK appends /v2/transcript after them): "
+                 "give the API root, with no '?' or '#'")
 #: Values AssemblyAI refuses in ``speech_models`` now (the old singular ``speech_model``'s tiers).
 _REFUSED_MODELS = frozenset({"best", "nano"})
 
@@ -58,6 +61,10 @@ class AssemblyAISettings(ProviderSettings):
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, url: str) -> str:
+        """The URL without a trailing slash. A query or fragment is refused: the SDK's httpx client appends
+        the paths after it (``/?code=.../v2/upload``), and httpx logs the whole URL, query included."""
+        if "?" in url or "#" in url:
+            raise ValueError(QUERY_REFUSED)
         return url.rstrip("/") or ASSEMBLYAI_BASE_URL
 
     @field_validator("speech_models", mode="before")

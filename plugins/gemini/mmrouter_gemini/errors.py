@@ -9,6 +9,7 @@ from typing import Any
 
 from router.errors import (
     TRANSIENT_STATUSES,
+    ProviderBadRequest,
     ProviderError,
     ProviderUnavailable,
     page_answered,
@@ -17,6 +18,7 @@ from router.errors import (
     redirect_refused,
 )
 
+from .rest import InvalidModelName
 from .settings import PLUGIN, GeminiSettings
 from .transport import PageAnswered, RedirectRefused, redirect_of
 
@@ -112,6 +114,8 @@ def map_exception(error: Exception, provider: str, api_key: str, base_url: str =
 
     if isinstance(error, ProviderError):
         return error
+    if isinstance(error, InvalidModelName):
+        return ProviderBadRequest(provider, str(error))
     if isinstance(error, (RedirectRefused, genai_errors.APIError)):
         redirect = redirect_of(error)
         if redirect is not None:

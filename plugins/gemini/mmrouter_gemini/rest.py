@@ -30,12 +30,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 
+class InvalidModelName(ValueError):
+    """A model name the SDK refuses to put in a path (one with ``..``, ``?`` or ``&``): no call can be made
+    with it (errors.py maps it to ProviderBadRequest; the settings refuse such a configured name)."""
+
+
 def _path(client: Any, model: str, method: str) -> str:
     """The call's path under the API version, as the SDK makes it (``models/<model>:<method>``; a
-    ``models/`` or ``tunedModels/`` name as it is; a name with ``..``, ``?`` or ``&`` is a ValueError)."""
+    ``models/`` or ``tunedModels/`` name as it is; a name with ``..``, ``?`` or ``&`` is an
+    :class:`InvalidModelName`)."""
     from google.genai import _transformers
 
-    return f"{_transformers.t_model(client.aio._api_client, model)}:{method}"
+    try:
+        return f"{_transformers.t_model(client.aio._api_client, model)}:{method}"
+    except ValueError as exc:
+        raise InvalidModelName(
+            f"the model name {model!r} cannot be called: the Gemini SDK refuses it ({exc})") from exc
 
 
 def _options(timeout_ms: int) -> Any:

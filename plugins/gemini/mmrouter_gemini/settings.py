@@ -9,16 +9,26 @@ GOOGLE_GEMINI_BASE_URL), and its base_url defaults to the public API.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
 from pydantic import Field, field_validator
 
 from router import ModelSpec, ProviderSettings
+from router.errors import ConfigError
 
 #: The plugin's own provider name; other names are extra instances (``plugin: gemini``).
 PLUGIN = "gemini"
 #: The Gemini API's root, where an extra instance without a base_url goes.
 GEMINI_API_URL = "https://generativelanguage.googleapis.com"
+#: The environment variable the SDK reads for the plugin's own provider without a base_url.
+BASE_URL_ENV = "GOOGLE_GEMINI_BASE_URL"
+#: Why a base_url with a query or fragment is refused (never quoting it: a ``?key=`` is a key).
+QUERY_REFUSED = ("this plugin cannot send query parameters (the SDK appends /v1beta/models/... after them): "
+                 "give the API root, with no '?' or '#'")
+#: What the SDK refuses in a model name (``_transformers.t_model``: "invalid model parameter").
+MODEL_NAME_REFUSED = ("..", "?", "&")
 
 
 def key_hint(provider: str) -> str:
@@ -58,10 +68,34 @@ class GeminiSettings(ProviderSettings):
     )
 
 
+    @classmethod
+    def load(cls, provider: str, section: Mapping[str, Any] | None, *, environment: bool = True) -> Self:
+        """As :meth:`ProviderSettings.load`; also refuses a ``GOOGLE_GEMINI_BASE_URL`` with a query or
+        fragment when the SDK would read it (the plugin's own provider without a base_url), naming the
+        variable."""
+        settings = super().load(provider, section, environment=environment)
+        if settings.client_base_url is None and _has_query(os.environ.get(BASE_URL_ENV, "")):
+            raise ConfigError(f"{BASE_URL_ENV} (read for providers.{provider}.base_url): {QUERY_REFUSED}")
+        return settings
+
     @field_validator("base_url")
     @classmethod
     def _no_trailing_slash(cls, url: str) -> str:
+        """The URL without a trailing slash. A query or fragment is refused: the SDK appends the path after
+        it (``/gem?key=.../v1beta/models/...``), and httpx logs the whole URL, query included."""
+        if _has_query(url):
+            raise ValueError(QUERY_REFUSED)
         return url.rstrip("/")
+
+    @field_validator("models")
+    @classmethod
+    def _callable_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        """Refuse a model name the SDK refuses in every call (one with ``..``, ``?`` or ``&``)."""
+        for spec in models:
+            if any(part in spec.name for part in MODEL_NAME_REFUSED):
+                raise ValueError(f"the model name {spec.name!r} cannot be called: the Gemini SDK refuses a name "
+                                 f"with {', '.join(repr(p) for p in MODEL_NAME_REFUSED)}")
+        return models
 
     @property
     def client_base_url(self) -> str | None:
@@ -72,3 +106,8 @@ class GeminiSettings(ProviderSettings):
     def unconfigured_reason(self, provider: str = PLUGIN) -> str | None:
         """Why the provider cannot be used (no key), or None."""
         return self.missing_key(provider, PLUGIN)
+
+
+def _has_query(url: str) -> bool:
+    """Whether ``url`` has a query or fragment."""
+    return "?" in url or "#" in url
