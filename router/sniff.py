@@ -10,6 +10,7 @@ import mmap
 import os
 import re
 import wave
+from pathlib import Path
 
 from .mime import normalise_mime
 from .types import Modality
@@ -282,6 +283,14 @@ def _wav_seconds(source: bytes | str) -> float | None:
 _WAV_HEADER_BYTES = 44
 
 
+def demux_options(source: bytes | str | Path) -> dict[str, str]:
+    """``av.open``'s options for ``source`` (bytes, or a stored file's path): ffmpeg may open nothing but it.
+    A client's bytes may be a session description or playlist naming other inputs (SDP, HLS, concat), which
+    ffmpeg opens: 300 bytes of SDP declared ``audio/x-sdp`` made the daemon bind UDP ports and wait 10 s in
+    a worker thread, and playlists may name URLs or the daemon's files."""
+    return {"protocol_whitelist": "none" if isinstance(source, bytes) else "file"}
+
+
 def _container_seconds(source: bytes | str) -> float | None:
     """The duration a media container declares, read by PyAV if installed; None if unknown."""
     try:
@@ -289,7 +298,8 @@ def _container_seconds(source: bytes | str) -> float | None:
     except ImportError:
         return None
     try:
-        with av.open(io.BytesIO(source) if isinstance(source, bytes) else source, metadata_errors="ignore") as box:
+        with av.open(io.BytesIO(source) if isinstance(source, bytes) else source, metadata_errors="ignore",
+                     options=demux_options(source)) as box:
             if box.duration:
                 return box.duration / av.time_base
             stream = next(iter(box.streams), None)

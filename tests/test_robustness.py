@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import grpc
@@ -281,3 +282,44 @@ def test_transcript_texts_are_made_valid_and_valid_events_are_left_as_they_are()
         == ("a \ufffd", "b \ufffd", "\ufffd", "\U0001f600")
     fine = TextDelta("héllo")
     assert with_valid_text(fine) is fine
+
+
+#: A session description (SDP) naming an RTP stream on a UDP port: 300 bytes a client may send as audio.
+SDP_PORT = 47123
+SDP = (f"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+       f"m=audio {SDP_PORT} RTP/AVP 0\r\n").encode()
+
+
+def udp_port_bound(port: int) -> bool:
+    """Whether some process of this network namespace has a UDP socket bound to ``port``."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            if any(line.split()[1].rsplit(":", 1)[1] == f"{port:04X}" for line in list(f)[1:]):
+                return True
+    return False
+
+
+def test_media_that_names_other_inputs_opens_nothing_while_it_is_measured(start_daemon) -> None:
+    """A type the router cannot check by its bytes (audio/x-sdp) is taken as sent, and ffmpeg, measuring its
+    length, opened what an SDP names: the daemon bound UDP ports and held a worker thread 10 s per part (six
+    requests of three parts stalled every other client's media 29 s). ffmpeg may open nothing but the media."""
+    import threading
+
+    daemon = start_daemon(CONFIG)
+    part = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/x-sdp", data=SDP)
+    done = threading.Event()
+    bound = []
+
+    def watch() -> None:
+        while not done.is_set():
+            bound.append(udp_port_bound(SDP_PORT))
+            done.wait(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=text_request("listen", media=[part])), timeout=60)
+    finally:
+        done.set()
+        watcher.join()
+    assert bound and not any(bound), "ffmpeg opened the UDP port the SDP names"

@@ -14,6 +14,8 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from router.sniff import demux_options
+
 from .ocr import MAX_OCR_PIXELS
 
 #: The format the speech recognizer takes.
@@ -97,7 +99,7 @@ def open_container(source: Path | bytes):  # -> av.container.InputContainer
     if size is not None:
         check_frame_size(*size)
     try:
-        return av.open(open_source(source))
+        return av.open(open_source(source), options=demux_options(source))  # nothing but ``source`` itself
     except (av.error.FFmpegError, OSError) as e:
         raise DecodeError(f"not a decodable audio/video file ({e})") from e
 
