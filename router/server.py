@@ -994,6 +994,27 @@ def _config_text(config_path: Path | None) -> str | None:
         return None
 
 
+#: Fewer open files than this, even at the hard limit, is warned of at start.
+LOW_OPEN_FILES = 4096
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit of open files to the hard one: each client connection, upload and upstream
+    connection takes a descriptor, and at the usual soft limit of 1024, 1,100 idle connections (no token
+    needed to open them) left the daemon unreachable. Warn when even the hard limit is low."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft != resource.RLIM_INFINITY and soft < LOW_OPEN_FILES:
+        log.warning("the daemon may open at most %d files (ulimit -n): each client connection, upload and "
+                    "provider connection takes one, so a few hundred idle connections can make it unreachable; "
+                    "raise the limit (LimitNOFILE= in a systemd unit, ulimits in a container)", soft)
+
+
 async def serve(config: Config, *, ready_file: Path | None = None, config_path: Path | None = None,
                 extra_plugins: Mapping[str, object] | None = None,
                 server_overrides: Mapping[str, Any] | None = None) -> None:
@@ -1013,6 +1034,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     # what the daemon writes (conversations, media, the sessions database) is its users' data: other
     # local users may not read it, whatever the operator's umask (022 made sessions.sqlite readable)
     os.umask(0o077)
+    raise_open_files_limit()
     data_dir = Path(config.server.data_dir).expanduser()
     made_data_dir = not data_dir.exists()  # removed again if the daemon does not start (a mistyped data_dir)
     data_lock = lock_data_dir(data_dir)

@@ -1244,3 +1244,30 @@ def test_a_start_refused_for_its_configuration_leaves_no_data_directory(tmp_path
                             env=env)
     assert result.returncode != 0 and "invalid configuration" in result.stderr, result.stderr
     assert not data.exists()
+
+
+def test_the_daemon_raises_its_open_files_limit_and_warns_when_it_stays_low(tmp_path) -> None:
+    """At the usual soft limit of 1024 descriptors, 1,100 idle connections (no token needed to open them)
+    left the daemon unreachable. It takes its hard limit at start, and warns when even that is low."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cases = [(min(512, hard), hard)] + ([(512, 1024)] if hard >= 1024 else [])
+    for limits in cases:
+        ready, log = tmp_path / f"ready{limits}", tmp_path / f"log{limits}"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "router", "serve", "--address", "127.0.0.1:0",  # the embedded default
+                 "--data-dir", str(tmp_path / f"data{limits[1]}"), "--ready-file", str(ready)],
+                stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=lambda limits=limits: resource.setrlimit(resource.RLIMIT_NOFILE, limits))
+        try:
+            assert wait_for(lambda ready=ready: ready.exists() and ready.read_text(), timeout=60), log.read_text()
+            line = next(x for x in Path(f"/proc/{proc.pid}/limits").read_text().splitlines()
+                        if x.startswith("Max open files"))
+            assert line.split()[3:5] == [str(limits[1])] * 2, line  # soft raised to the hard limit
+            low = "the daemon may open at most 1024 files" in log.read_text()
+            assert low == (limits[1] == 1024), log.read_text()
+        finally:
+            proc.terminate()
+            proc.wait(30)
