@@ -28,7 +28,7 @@ from . import routing, wire
 from .config import Config, unknown_models, with_lines
 from .config_warnings import refused_section, settings_fields, unknown_providers, uses_provider
 from .dispatch import HistoryCuts, RouterEvent, execute
-from .errors import FieldViolation, InvalidRequest, StorageFull, UnknownMedia, UnknownSession
+from .errors import AnswerTooLarge, FieldViolation, InvalidRequest, StorageFull, UnknownMedia, UnknownSession
 from .health import Failure, ProviderHealth, shown_to_clients
 from .invoke import FailedAttempt
 from .media import MediaStore
@@ -39,7 +39,7 @@ from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, est
 from .sessions import SessionStore, StoredBridges, trim_history
 from .settings import ProviderSettings
 from .sniff import measure
-from .types import CallContext, Media, Message, Modality, ModelInfo, Part, Request, Role, Usage
+from .types import CallContext, Media, Message, Modality, ModelInfo, Part, Request, Role, TextDelta, Usage
 
 log = logging.getLogger(__name__)
 
@@ -448,10 +448,15 @@ class App:
                 registry.calls += 1
                 # Closed explicitly: a consumer that stops at Done must not leave the generator to the
                 # garbage collector, whose finalizer schedules a task per request to close it.
+                produced = 0  # characters of answer text so far
                 async with aclosing(execute(untrimmed, decision, registry, ctx, notes, fit, self.bridge_memo, clock,
                                             self.router.bridges, self.history_cuts, held)) as events:
                     async for event in events:
-                        if isinstance(event, RouteChosen):
+                        if isinstance(event, TextDelta):
+                            produced += len(event.text)
+                            if produced > self._most_answer_chars:
+                                raise self._answer_runs_on()
+                        elif isinstance(event, RouteChosen):
                             route = event.route  # the steps are added to it as they complete
                         elif isinstance(event, Done):
                             await self._finish(request, event, started)
@@ -468,6 +473,21 @@ class App:
                 if not self._in_flight[session]:
                     del self._in_flight[session]
                     self._session_turns.pop(session, None)
+
+    @property
+    def _most_answer_chars(self) -> int:
+        """The most characters an answer may grow to before it is cut off: twice what one message may carry
+        (``server.max_message_bytes``), past which it can never be sent whole (Done carries it)."""
+        return 2 * self.config.server.max_message_bytes
+
+    def _answer_runs_on(self) -> AnswerTooLarge:
+        """The error of an answer cut off at :attr:`_most_answer_chars`: a provider that did not stop (an
+        endless stream grew the daemon 80 MB a second, the text kept until the call's deadline)."""
+        limit = self._most_answer_chars
+        return AnswerTooLarge(
+            f"the answer passed {limit} characters (twice server.max_message_bytes) while it was produced, and "
+            "was cut off: the provider did not stop. Ask for a shorter answer (options.max_output_tokens)",
+            metadata={"limit_chars": str(limit)})
 
     def _turn_of(self, session: str) -> AbstractAsyncContextManager[object]:
         """What a call on ``session`` holds from reading its history to keeping its turn: a second call

@@ -323,3 +323,22 @@ def test_media_that_names_other_inputs_opens_nothing_while_it_is_measured(start_
         done.set()
         watcher.join()
     assert bound and not any(bound), "ffmpeg opened the UDP port the SDP names"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_an_answer_that_never_ends_is_cut_off(start_daemon, stream) -> None:
+    """A broken or hostile upstream's endless stream was kept whole until the call's deadline (an hour by
+    default): the daemon grew 80 MB a second. Past twice server.max_message_bytes (it could never be sent
+    whole) the answer is cut off, the provider's stream closed, and the daemon serves on."""
+    daemon = start_daemon(SMALL_MESSAGES)
+    request = text_request("ENDLESS")
+    with pytest.raises(grpc.RpcError) as caught:
+        if stream:
+            for _ in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=120):
+                pass
+        else:
+            daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=120)
+    error = error_details(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "ANSWER_TOO_LARGE")
+    assert "was cut off" in error.message and error.metadata["limit_chars"] == str(2 * 2_097_152)
+    assert daemon.stub.Generate(pb.GenerateRequest(request=text_request("still there?"))).answer.text

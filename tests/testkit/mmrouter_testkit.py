@@ -9,6 +9,7 @@ Text commands in the last user message:
 - ``CRASH`` raises a plain RuntimeError (a buggy plugin).
 - ``GIVEUP[:<status>][@<model>]`` waits until 50 ms before the call's deadline, then fails as a plugin
   whose own timeout was cut to the deadline does (503, "did not answer in time"), or with ``status``.
+- ``ENDLESS`` streams text that never ends (a broken or hostile upstream).
 - ``CUT`` answers only ``max_output_tokens`` * 4 characters, with finish reason LENGTH;
 - ``SLOW:<seconds>`` sleeps; it writes ``started-<request id>`` into ``settings['marker_dir']``
   when it begins and ``cancelled-<request id>`` when cancelled, so tests can prove
@@ -88,6 +89,10 @@ class ScriptedProvider(router.Provider):
             yield router.TextDelta("bad \ud83d text")
             yield router.UsageReport(router.Usage(input_tokens=1, output_tokens=1), router.FinishReason.STOP)
             return
+        if text == "ENDLESS":  # a broken upstream that never stops: 64 KiB deltas, forever
+            while True:
+                yield router.TextDelta("z" * 65536)
+                await asyncio.sleep(0)
         if text.startswith("SLOW:"):
             marker_dir = self.settings.get("marker_dir")
             if marker_dir:
