@@ -39,9 +39,26 @@ from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, est
 from .sessions import SessionStore, StoredBridges, trim_history
 from .settings import ProviderSettings
 from .sniff import measure
-from .types import CallContext, Media, Message, Modality, ModelInfo, Part, Request, Role, TextDelta, Usage
+from .types import (
+    FEATURE_EXTRACTION_ONLY,
+    CallContext,
+    Media,
+    Message,
+    Modality,
+    ModelInfo,
+    Part,
+    Request,
+    Role,
+    Task,
+    TextDelta,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
+
+#: What a session keeps as the reply to a question an extraction-only model answered (see App._kept_reply).
+NOT_ANSWERED_TURN = ("(No language model answered this question: the text of its media was extracted offline "
+                     "instead. It is still to be answered.)")
 
 #: How many recent resets are remembered for the calls under way (see App.areset_session).
 RESETS_KEPT = 10_000
@@ -566,7 +583,7 @@ class App:
                 # a conversation given whole to start the session, which another call started meanwhile:
                 # only this call's own turn is added, not the conversation a second time
                 turns = turns[replies[-1] + 1:]
-            turns.append(Message(Role.ASSISTANT, [Part(text=answer.text)]))
+            turns.append(Message(Role.ASSISTANT, [Part(text=self._kept_reply(request, answer))]))
             kept = self.sessions.append(request.session_id, turns, self._store_media,
                                         wanted=None if cancelled is None else lambda: not cancelled.is_set())
             if not kept:
@@ -582,6 +599,17 @@ class App:
                               session_tag(request.session_id))
             return reason
         return None
+
+    def _kept_reply(self, request: Request, answer: Answer) -> str:
+        """The assistant message a session keeps for ``answer``: its text, but for a question an
+        extraction-only model (``local/extract``) answered with the media's text, :data:`NOT_ANSWERED_TURN`.
+        Kept as the reply, that text told the next turn's model, as its own words, that no language model
+        was configured, left the question settled, and sent every document twice from then on."""
+        provider = self.registry.ready(answer.route.provider)
+        model = provider.model(answer.route.model) if provider is not None else None
+        if model is None or FEATURE_EXTRACTION_ONLY not in model.features:
+            return answer.text
+        return answer.text if request.effective_task is Task.TRANSCRIBE else NOT_ANSWERED_TURN
 
     def _store_media(self, media: Media) -> str:
         """The media store id of ``media`` (inline bytes are stored first); for URL-free media only."""

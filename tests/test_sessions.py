@@ -10,7 +10,7 @@ import grpc
 import pytest
 from conftest import make_dist_info
 from grpc_helpers import error_details, text_request, wait_for
-from media_factory import mp4, pdf, png
+from media_factory import mp4, pdf, png, wav
 from mmrouter.v1 import router_pb2 as pb
 
 from router.outcome import Answer, RouteInfo, Step
@@ -831,3 +831,36 @@ def test_a_turn_saved_while_prune_deletes_its_session_starts_the_session_again(t
         assert [m.text for m in store.history("conv", lambda media: media)] == ["q2", "a2"]
     finally:
         store.close()
+
+
+OFFLINE_FIRST = """
+providers:
+  fake: {api_key: k}
+  local: {}
+routes:
+  - name: offline
+    match: {tags: [offline]}
+    use: local/extract
+  - name: everything
+    use: fake/omni
+"""
+
+
+def test_a_question_local_answered_with_extracted_text_is_kept_as_still_to_be_answered(start_daemon) -> None:
+    """A session turn that fell back to local/extract kept the extraction as the model's reply: the next
+    turn's model read, as its own words, "the question was not answered ... no language model configured",
+    took the question as settled, and got each document twice (the file and its text) from then on."""
+    daemon = start_daemon(OFFLINE_FIRST)
+    lease = pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="text/plain", data=b"The rent is 900 EUR a month.")
+    first = ask(daemon, "What is the rent?", session="lease", media=[lease],
+                hints=pb.RoutingHints(tags=["offline"]))
+    assert first.route.provider == "local" and "The rent is 900 EUR" in first.text  # its client got the text
+    later = ask(daemon, "And the deposit?", session="lease").text
+    assert "It is still to be answered" in later and "What is the rent?" in later
+    assert "Extracted by local provider" not in later and "no language model configured" not in later
+    # a transcription local made is a real reply: kept as it is
+    heard = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(0.5))
+    transcribed = ask(daemon, "", session="memo", media=[heard], hints=pb.RoutingHints(tags=["offline"]),
+                      options=pb.Options(task=pb.TASK_TRANSCRIBE))
+    assert "still to be answered" not in ask(daemon, "thanks", session="memo").text
+    assert transcribed.route.provider == "local"
