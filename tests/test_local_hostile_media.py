@@ -315,25 +315,9 @@ async def test_closing_the_provider_ends_its_speech_decoder_process() -> None:
 def test_inline_media_naming_other_inputs_is_not_followed_by_the_decoder() -> None:
     """local opened inline bytes with ffmpeg probing them as anything: an SDP sent as audio made it bind the
     UDP ports it names and wait 10 s. It is now not decodable, and nothing is opened."""
-    import threading
-
     from mmrouter_local.audio import DecodeError, open_container
-    from test_robustness import SDP, SDP_PORT, udp_port_bound
+    from test_robustness import SDP, SDP_PORT, watching_udp_port
 
-    done = threading.Event()
-    bound: list[bool] = []
-
-    def watch() -> None:
-        while not done.is_set():
-            bound.append(udp_port_bound(SDP_PORT))
-            done.wait(0.02)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        with pytest.raises(DecodeError):
-            open_container(SDP)
-    finally:
-        done.set()
-        watcher.join()
+    with watching_udp_port(SDP_PORT) as bound, pytest.raises(DecodeError):
+        open_container(SDP)
     assert bound and not any(bound)

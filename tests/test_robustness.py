@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -299,29 +300,36 @@ def udp_port_bound(port: int) -> bool:
     return False
 
 
-def test_media_that_names_other_inputs_opens_nothing_while_it_is_measured(start_daemon) -> None:
-    """A type the router cannot check by its bytes (audio/x-sdp) is taken as sent, and ffmpeg, measuring its
-    length, opened what an SDP names: the daemon bound UDP ports and held a worker thread 10 s per part (six
-    requests of three parts stalled every other client's media 29 s). ffmpeg may open nothing but the media."""
+@contextlib.contextmanager
+def watching_udp_port(port: int) -> Iterator[list[bool]]:
+    """While the block runs, whether ``port`` is bound, looked at every 20 ms (and at least once)."""
     import threading
 
-    daemon = start_daemon(CONFIG)
-    part = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/x-sdp", data=SDP)
     done = threading.Event()
-    bound = []
+    bound: list[bool] = []
 
     def watch() -> None:
         while not done.is_set():
-            bound.append(udp_port_bound(SDP_PORT))
+            bound.append(udp_port_bound(port))
             done.wait(0.02)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=text_request("listen", media=[part])), timeout=60)
+        yield bound
     finally:
         done.set()
         watcher.join()
+
+
+def test_media_that_names_other_inputs_opens_nothing_while_it_is_measured(start_daemon) -> None:
+    """A type the router cannot check by its bytes (audio/x-sdp) is taken as sent, and ffmpeg, measuring its
+    length, opened what an SDP names: the daemon bound UDP ports and held a worker thread 10 s per part (six
+    requests of three parts stalled every other client's media 29 s). ffmpeg may open nothing but the media."""
+    daemon = start_daemon(CONFIG)
+    part = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/x-sdp", data=SDP)
+    with watching_udp_port(SDP_PORT) as bound:
+        daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=text_request("listen", media=[part])), timeout=60)
     assert bound and not any(bound), "ffmpeg opened the UDP port the SDP names"
 
 
