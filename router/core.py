@@ -465,13 +465,13 @@ class App:
                 registry.calls += 1
                 # Closed explicitly: a consumer that stops at Done must not leave the generator to the
                 # garbage collector, whose finalizer schedules a task per request to close it.
-                produced = 0  # characters of answer text so far
+                produced, most = 0, self._most_answer_chars  # characters of answer text so far, and the bound
                 async with aclosing(execute(untrimmed, decision, registry, ctx, notes, fit, self.bridge_memo, clock,
                                             self.router.bridges, self.history_cuts, held)) as events:
                     async for event in events:
                         if isinstance(event, TextDelta):
                             produced += len(event.text)
-                            if produced > self._most_answer_chars:
+                            if produced > most:
                                 raise self._answer_runs_on()
                         elif isinstance(event, RouteChosen):
                             route = event.route  # the steps are added to it as they complete
