@@ -189,6 +189,16 @@ class ProviderSettings(BaseModel):
         return next((os.environ[name].strip() for name in self.api_key_env if os.environ.get(name, "").strip()), "")
 
 
+def base_url_query_problem(url: str, appended: str) -> str | None:
+    """Why a ``base_url`` cannot be used when it has a query or fragment (``?api-version=``, ``?key=``), or
+    None: an SDK appends its paths (``appended``, e.g. ``/v1/messages``) after it, and HTTP clients log the
+    whole URL. The problem never quotes the query (it often holds a key)."""
+    if "?" not in url and "#" not in url:
+        return None
+    return (f"this plugin cannot send query parameters (the SDK appends {appended} after them): give the API "
+            "root, with no '?' or '#'")
+
+
 def _unset_problem(provider: str, key: str, variables: tuple[str, ...]) -> str:
     """``providers.openai.api_key: ${MY_OPENAI_KEY} is not set`` (``is empty`` when it is set but empty)."""
     names = " and ".join(f"${{{name}}}" for name in variables)

@@ -31,6 +31,7 @@ from pydantic import Field, field_validator
 from router import ModelSpec, ProviderSettings
 from router.errors import ConfigError
 from router.sdk_http import SdkTransportSettings, Transport
+from router.settings import base_url_query_problem
 
 #: The plugin's own provider name; other names are extra instances (``plugin: anthropic``).
 PLUGIN = "anthropic"
@@ -39,8 +40,8 @@ ANTHROPIC_API_URL = "https://api.anthropic.com"
 #: The environment variable the SDK reads for the plugin's own provider without a base_url.
 BASE_URL_ENV = "ANTHROPIC_BASE_URL"
 #: Why a base_url with a query or fragment is refused (never quoting it: a ``?code=`` is often a key).
-QUERY_REFUSED = ("this plugin cannot send query parameters (the SDK appends /v1/messages after them): "
-                 "give the API root, with no '?' or '#'")
+#: What the SDK appends to the base_url (see :func:`router.settings.base_url_query_problem`).
+APPENDED_PATH = "/v1/messages"
 
 
 def key_setting_hint(provider: str) -> str:
@@ -62,8 +63,9 @@ class AnthropicSettings(ProviderSettings, SdkTransportSettings):
         """As :meth:`ProviderSettings.load`; also refuses an ``ANTHROPIC_BASE_URL`` with a query or fragment
         when the SDK would read it (the plugin's own provider without a base_url), naming the variable."""
         settings = super().load(provider, section, environment=environment)
-        if settings.client_base_url is None and _has_query(os.environ.get(BASE_URL_ENV, "")):
-            raise ConfigError(f"{BASE_URL_ENV} (read for providers.{provider}.base_url): {QUERY_REFUSED}")
+        problem = base_url_query_problem(os.environ.get(BASE_URL_ENV, ""), APPENDED_PATH)
+        if settings.client_base_url is None and problem:
+            raise ConfigError(f"{BASE_URL_ENV} (read for providers.{provider}.base_url): {problem}")
         return settings
 
     @field_validator("base_url")
@@ -72,8 +74,9 @@ class AnthropicSettings(ProviderSettings, SdkTransportSettings):
         """The API root: without a trailing slash or /v1 (the SDK adds /v1/messages itself). A query or
         fragment is refused: the SDK appends the path after it (``/?code=.../v1/messages``), and httpx
         logs the whole URL, query included."""
-        if _has_query(url):
-            raise ValueError(QUERY_REFUSED)
+        problem = base_url_query_problem(url, APPENDED_PATH)
+        if problem:
+            raise ValueError(problem)
         return url.rstrip("/").removesuffix("/v1")
 
     @property
@@ -93,7 +96,3 @@ class AnthropicSettings(ProviderSettings, SdkTransportSettings):
         """Why the provider cannot be used (no key), or None."""
         return self.missing_key(provider, PLUGIN)
 
-
-def _has_query(url: str) -> bool:
-    """Whether ``url`` has a query or fragment."""
-    return "?" in url or "#" in url

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from pydantic import ConfigDict, Field, field_validator
 
 from router import ProviderSettings
+from router.settings import base_url_query_problem
 
 from .models import DEFAULT_BEST_MODELS
 
@@ -37,8 +38,6 @@ PLUGIN = "assemblyai"
 #: What a speech model id looks like (``universal-2``, ``assemblyai-stt-3-7``).
 _MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]*")
 #: Why a base_url with a query or fragment is refused (never quoting it: the query is often a key).
-QUERY_REFUSED = ("this plugin cannot send query parameters (the SDK appends /v2/transcript after them): "
-                 "give the API root, with no '?' or '#'")
 #: Values AssemblyAI refuses in ``speech_models`` now (the old singular ``speech_model``'s tiers).
 _REFUSED_MODELS = frozenset({"best", "nano"})
 
@@ -63,8 +62,9 @@ class AssemblyAISettings(ProviderSettings):
     def _no_trailing_slash(cls, url: str) -> str:
         """The URL without a trailing slash. A query or fragment is refused: the SDK's httpx client appends
         the paths after it (``/?code=.../v2/upload``), and httpx logs the whole URL, query included."""
-        if "?" in url or "#" in url:
-            raise ValueError(QUERY_REFUSED)
+        problem = base_url_query_problem(url, "/v2/transcript")
+        if problem:
+            raise ValueError(problem)
         return url.rstrip("/") or ASSEMBLYAI_BASE_URL
 
     @field_validator("speech_models", mode="before")

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 
 from router import ModelSpec, ProviderSettings
 from router.errors import ConfigError
+from router.settings import base_url_query_problem
 
 #: The plugin's own provider name; other names are extra instances (``plugin: gemini``).
 PLUGIN = "gemini"
@@ -25,8 +26,8 @@ GEMINI_API_URL = "https://generativelanguage.googleapis.com"
 #: The environment variable the SDK reads for the plugin's own provider without a base_url.
 BASE_URL_ENV = "GOOGLE_GEMINI_BASE_URL"
 #: Why a base_url with a query or fragment is refused (never quoting it: a ``?key=`` is a key).
-QUERY_REFUSED = ("this plugin cannot send query parameters (the SDK appends /v1beta/models/... after them): "
-                 "give the API root, with no '?' or '#'")
+#: What the SDK appends to the base_url (see :func:`router.settings.base_url_query_problem`).
+APPENDED_PATH = "/v1beta/models/..."
 #: What the SDK refuses in a model name (``_transformers.t_model``: "invalid model parameter").
 MODEL_NAME_REFUSED = ("..", "?", "&")
 
@@ -67,15 +68,15 @@ class GeminiSettings(ProviderSettings):
         default_factory=list, description="models added to the built-in catalogue, e.g. newer ones"
     )
 
-
     @classmethod
     def load(cls, provider: str, section: Mapping[str, Any] | None, *, environment: bool = True) -> Self:
         """As :meth:`ProviderSettings.load`; also refuses a ``GOOGLE_GEMINI_BASE_URL`` with a query or
         fragment when the SDK would read it (the plugin's own provider without a base_url), naming the
         variable."""
         settings = super().load(provider, section, environment=environment)
-        if settings.client_base_url is None and _has_query(os.environ.get(BASE_URL_ENV, "")):
-            raise ConfigError(f"{BASE_URL_ENV} (read for providers.{provider}.base_url): {QUERY_REFUSED}")
+        problem = base_url_query_problem(os.environ.get(BASE_URL_ENV, ""), APPENDED_PATH)
+        if settings.client_base_url is None and problem:
+            raise ConfigError(f"{BASE_URL_ENV} (read for providers.{provider}.base_url): {problem}")
         return settings
 
     @field_validator("base_url")
@@ -83,8 +84,9 @@ class GeminiSettings(ProviderSettings):
     def _no_trailing_slash(cls, url: str) -> str:
         """The URL without a trailing slash. A query or fragment is refused: the SDK appends the path after
         it (``/gem?key=.../v1beta/models/...``), and httpx logs the whole URL, query included."""
-        if _has_query(url):
-            raise ValueError(QUERY_REFUSED)
+        problem = base_url_query_problem(url, APPENDED_PATH)
+        if problem:
+            raise ValueError(problem)
         return url.rstrip("/")
 
     @field_validator("models")
@@ -107,7 +109,3 @@ class GeminiSettings(ProviderSettings):
         """Why the provider cannot be used (no key), or None."""
         return self.missing_key(provider, PLUGIN)
 
-
-def _has_query(url: str) -> bool:
-    """Whether ``url`` has a query or fragment."""
-    return "?" in url or "#" in url

@@ -30,6 +30,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from router import ProviderSettings
 from router.sdk_http import SdkTransportSettings, Transport
+from router.settings import base_url_query_problem
 
 #: The official endpoint, used when no base_url is configured.
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -70,9 +71,9 @@ class OpenAISettings(ProviderSettings, SdkTransportSettings):
         """The URL without a trailing slash; a query or fragment is refused: the SDK appends the paths
         (``/chat/completions``) to the whole URL, after the query (Azure's ``?api-version=``), so every
         call would be "model not found"."""
-        if "?" in url or "#" in url:
-            raise ValueError("this plugin cannot send query parameters (the SDK appends /chat/completions "
-                             "after them): give the API root, with no '?' or '#'")
+        problem = base_url_query_problem(url, "/chat/completions")
+        if problem:
+            raise ValueError(problem)
         return url.rstrip("/")
 
     @property
