@@ -29,7 +29,7 @@ from .config import Config, unknown_models, with_lines
 from .config_warnings import refused_section, settings_fields, unknown_providers, uses_provider
 from .dispatch import HistoryCuts, RouterEvent, execute
 from .errors import AnswerTooLarge, FieldViolation, InvalidRequest, StorageFull, UnknownMedia, UnknownSession
-from .health import Failure, ProviderHealth, shown_to_clients
+from .health import Failure, ProviderHealth, http_status
 from .invoke import FailedAttempt
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
@@ -523,9 +523,9 @@ class App:
                     self.health.succeeded(attempt.provider)
                 elif isinstance(attempt, FailedAttempt) and attempt.reason not in _REQUESTS_FAULT:
                     # not a cancelled call (no fault of the provider's), nor one refused for its input
-                    self.health.failed(attempt.provider,
-                                       Failure(attempt.at, attempt.reason,
-                                               shown_to_clients(self.redact(attempt.error))))
+                    # what any client reads of it: no text of the provider's (the log has it whole)
+                    self.health.failed(attempt.provider, Failure(attempt.at, attempt.reason, attempt.model,
+                                                                 http_status(attempt.error)))
         except Exception:
             log.exception("recording the providers' recent health failed")
         try:

@@ -11,37 +11,51 @@ from dataclasses import dataclass
 
 #: The minutes of recent calls :class:`ProviderHealth` counts (one bucket each).
 HEALTH_MINUTES = 5
-#: The longest failure message :class:`ProviderHealth` keeps (a provider may send a whole HTML page).
-HEALTH_MESSAGE_CHARS = 500
+
+#: What ``ListProviders`` says of a failure, per its reason: a text of the daemon's own. A provider's or
+#: plugin's message may repeat what the failed request held (a file name, the prompt, a signed URL), in
+#: quotes or not, and every client may list the providers: that message goes to the daemon log only.
+REASON_DESCRIPTIONS = {
+    "PROVIDER_AUTH": "the provider refused the credentials (a wrong, revoked or expired API key, or one "
+                     "without access to the model)",
+    "PROVIDER_NOT_CONFIGURED": "the provider lacks configuration (an API key?)",
+    "PROVIDER_MODEL_NOT_FOUND": "the provider does not know the model",
+    "PROVIDER_RATE_LIMITED": "the provider rate-limited the call (or the account's quota is spent)",
+    "PROVIDER_UNAVAILABLE": "the provider failed, is overloaded or could not be reached",
+    "PROVIDER_TIMEOUT": "the provider did not answer in time",
+    "PROVIDER_BAD_REQUEST": "the provider refused the request as invalid",
+    "PROVIDER_FAILED": "the provider's plugin failed (raised an unexpected error)",
+}
+
+#: The HTTP status a plugin's message names (``HTTP 401 from gpt-4o: ...``, ``authentication failed
+#: (HTTP 401)``): its first, and a number only.
+_HTTP_STATUS = re.compile(r"\bHTTP ([1-5][0-9][0-9])\b")
 
 
-_URL = re.compile(r"\b([a-z][a-z0-9+.-]*://[^/\s'\"?#]+)[^\s'\"]*", re.IGNORECASE)
-_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
-
-
-def shown_to_clients(message: str) -> str:
-    """``message`` (secrets already masked) as any client may see it in ``ListProviders``: URLs cut to
-    their scheme and host, quoted text left out. A provider's error may quote what another client sent
-    (a file name, a signed media URL); the daemon log keeps the message whole."""
-    return _QUOTED.sub("'…'", _URL.sub(_host_only, message))
-
-
-def _host_only(url: re.Match[str]) -> str:
-    """A URL matched by :data:`_URL` as its scheme and host, keeping the punctuation that ends a sentence."""
-    origin, rest = url.group(1), url.group(0)[len(url.group(1)):]
-    scheme, _, netloc = origin.partition("://")
-    origin = f"{scheme}://{netloc.rpartition('@')[2]}"  # never a user:password@
-    path = rest.rstrip(".,:;)]")
-    return origin + ("/…" if path else "") + rest[len(path):]
+def http_status(message: str) -> int | None:
+    """The HTTP status a failure's ``message`` names first (plugins write ``HTTP <status>``), or None."""
+    found = _HTTP_STATUS.search(message)
+    return int(found.group(1)) if found else None
 
 
 @dataclass(frozen=True)
 class Failure:
-    """A provider's last failed call: when (a ``time.time()``), its reason and its message (masked)."""
+    """A provider's last failed call: when (a ``time.time()``), its reason, the model called and the HTTP
+    status the provider answered (None if none is known). No text of the provider's or the plugin's:
+    every client may read it (see :data:`REASON_DESCRIPTIONS`)."""
 
     at: float
     reason: str
-    message: str
+    model: str
+    status: int | None = None
+
+    @property
+    def message(self) -> str:
+        """The failure as ``ListProviders`` shows it, written by the daemon alone, e.g. ``gpt-4o: HTTP 401:
+        the provider refused the credentials (...); its whole message is in the daemon log``."""
+        status = f"HTTP {self.status}: " if self.status else ""
+        described = REASON_DESCRIPTIONS.get(self.reason, "the provider call failed")
+        return f"{self.model}: {status}{described}; its whole message is in the daemon log"
 
 
 @dataclass(frozen=True)
@@ -94,11 +108,11 @@ class ProviderHealth:
         self._ring(provider).add(int(self._clock() // 60), True)
 
     def failed(self, provider: str, failure: Failure) -> None:
-        """Count a failed call to ``provider``; ``failure`` (its message already masked) is its last."""
+        """Count a failed call to ``provider``; ``failure`` is its last."""
         ring = self._ring(provider)
         ring.add(int(self._clock() // 60), False)
         if ring.last_failure is None or failure.at >= ring.last_failure.at:
-            ring.last_failure = Failure(failure.at, failure.reason, failure.message[:HEALTH_MESSAGE_CHARS])
+            ring.last_failure = failure
 
     def of(self, provider: str) -> Health | None:
         """``provider``'s recent health; None if it was never called."""

@@ -1,5 +1,6 @@
-"""Keep secrets out of logs: a logging filter that masks every configured secret; and the JSON log
-format (one object per line) for log collectors."""
+"""Keep secrets out of logs: a logging filter that masks every configured secret and cuts the query of
+every URL (a signed media URL is a live capability); and the JSON log format (one object per line) for
+log collectors."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 #: Every SecretFilter alive, so that :func:`remember` reaches them all.
@@ -38,21 +40,42 @@ def mask(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
-def _masked(value: object, secrets: tuple[str, ...]) -> object:
-    """``value`` with the secrets masked when it is a string, or a list, tuple or dict (of such values,
-    keys too); anything else as it is."""
+#: A URL: its scheme, its authority (``user:password@`` included), its path, then its query or fragment.
+_URL = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^/\s?#'\"<>]*)([^\s?#'\"<>]*)([?#][^\s'\"<>]*)?", re.IGNORECASE)
+#: What ends a sentence after a URL, not part of it.
+_AFTER_URL = ".,:;!?)]"
+
+
+def without_url_secrets(text: str) -> str:
+    """``text`` with the query and fragment of each URL cut to ``?…`` and its ``user:password@`` left out,
+    the punctuation that ends a sentence kept: a signed media URL (``?X-Amz-Signature=...``) that an upstream
+    error repeats is a live capability, and logs travel further than the daemon."""
+    return _URL.sub(_url_without_secrets, text) if "://" in text else text
+
+
+def _url_without_secrets(url: re.Match[str]) -> str:
+    """A URL matched by :data:`_URL` without its credentials, query and fragment."""
+    scheme, authority, path, rest = url.group(1, 2, 3, 4)
+    cut = (rest or "").rstrip(_AFTER_URL)
+    return f"{scheme}{authority.rpartition('@')[2]}{path}{'?…' if cut else ''}{(rest or '')[len(cut):]}"
+
+
+def _cleaned(value: object, clean: Callable[[str], str]) -> object:
+    """``value`` made ``clean`` when it is a string, or a list, tuple or dict (of such values, keys too);
+    anything else as it is."""
     if isinstance(value, str):
-        return mask(value, secrets)
+        return clean(value)
     if type(value) in (list, tuple):  # not their subclasses (a named tuple is not made of an iterable)
-        return type(value)(_masked(item, secrets) for item in value)
+        return type(value)(_cleaned(item, clean) for item in value)
     if type(value) is dict:
-        return {_masked(key, secrets): _masked(item, secrets) for key, item in value.items()}
+        return {_cleaned(key, clean): _cleaned(item, clean) for key, item in value.items()}
     return value
 
 
 class SecretFilter(logging.Filter):
-    """Masks secrets in a record's message, traceback and ``extra=`` fields (which the JSON log writes)
-    before any handler writes it."""
+    """Masks secrets and cuts URLs to their scheme, host and path (:func:`without_url_secrets`) in a
+    record's message, traceback and ``extra=`` fields (which the JSON log writes) before any handler
+    writes it. Added to the root logger's handlers, it sees the records of every logger."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
@@ -63,22 +86,24 @@ class SecretFilter(logging.Filter):
         """Mask these secrets too (keys of providers made again by a reload)."""
         self.secrets = longest_first([*self.secrets, *secrets])
 
+    def clean(self, text: str) -> str:
+        """``text`` as a log may hold it: the secrets masked, then each URL without its query or login."""
+        return without_url_secrets(mask(text, self.secrets))
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         try:
             message = record.getMessage()
         except Exception:  # a log call whose arguments do not fit its format: log what there is, not raise
             message = f"{record.msg!r} {record.args!r} (the log call's arguments do not fit its format)"
-        record.msg = mask(message, self.secrets)
+        record.msg = self.clean(message)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = mask(record.exc_text, self.secrets)
+            record.exc_text = self.clean(record.exc_text)
         for key, value in list(record.__dict__.items()):
             if key not in _RECORD_ATTRIBUTES:
-                record.__dict__[key] = _masked(value, self.secrets)
+                record.__dict__[key] = _cleaned(value, self.clean)
         return True
 
 

@@ -658,7 +658,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
 def _health_to_proto(recent: RecentHealth | None, into: pb.ProviderHealth) -> None:
     """Fill ``into`` with a provider's recent health (left empty for a provider never called); the
-    failure's message was masked when it was recorded."""
+    failure's message is the daemon's own (:attr:`router.health.Failure.message`): any client may read it."""
     if recent is None:
         return
     into.window_seconds, into.succeeded_calls, into.failed_calls = recent.window_seconds, recent.succeeded, recent.failed

@@ -1,6 +1,7 @@
 """A provider that is ready (configured) but whose every call fails shows it in ListProviders and in
 `mmrouter providers`: its calls of the last minutes, failed and succeeded, and its last failure's
-time, reason and message, with the key masked.
+time, reason and the daemon's own message (the model, the HTTP status, what the reason means); the
+provider's message, with the key masked, is in the daemon log only.
 
 The daemon runs for real (tests/conftest.py) against the fake OpenAI and Anthropic servers
 (tests/fakes), which the official SDKs call; the OpenAI key has been revoked: the fake answers
@@ -18,7 +19,7 @@ from mmrouter.v1 import router_pb2 as pb
 from test_cli import Cli, ok
 from test_observability import FALLBACK, stats
 
-from router.health import HEALTH_MINUTES, Failure, ProviderHealth, shown_to_clients
+from router.health import HEALTH_MINUTES, Failure, ProviderHealth
 from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
 from tests.fakes.openai import API_KEY as OPENAI_KEY
 from tests.fakes.openai import error_body
@@ -49,7 +50,7 @@ def test_a_ready_provider_whose_calls_fail_shows_its_failures_in_list_providers_
     assert (health.window_seconds, health.succeeded_calls, health.failed_calls) == (HEALTH_MINUTES * 60, 0, 3)
     assert before <= health.last_failure_unix_seconds <= after
     assert health.last_failure_reason == "PROVIDER_AUTH"
-    assert health.last_failure_message.startswith("openai: authentication failed (HTTP 401)")
+    assert health.last_failure_message.startswith("gpt-4o: HTTP 401: the provider refused the credentials")
     assert REVOKED not in str(listed)
     working = listed["anthropic"].health
     assert (working.succeeded_calls, working.failed_calls) == (3, 0)
@@ -65,7 +66,7 @@ def test_a_ready_provider_whose_calls_fail_shows_its_failures_in_list_providers_
     assert rows["gemini"][-1] == ""
     [failure] = [line for line in shown.splitlines() if line.startswith("last failure of ")]
     assert failure.startswith("last failure of openai, ")
-    assert " s ago: PROVIDER_AUTH: openai: authentication failed (HTTP 401)" in failure
+    assert " s ago: PROVIDER_AUTH: gpt-4o: HTTP 401: the provider refused the credentials" in failure
 
     # at 80 columns names and states stay whole, the failure wraps as a sentence
     narrow = ok(Cli("providers", "--address", daemon.address, env={"COLUMNS": "80"}).result()).stdout
@@ -73,7 +74,7 @@ def test_a_ready_provider_whose_calls_fail_shows_its_failures_in_list_providers_
     cells = [[c.strip() for c in line.split("│")[1:4:2]] for line in narrow.splitlines() if line.startswith("│")]
     assert ["openai", "ready"] in cells
     assert all(len(line) <= 80 for line in narrow.splitlines())
-    assert "last failure of openai, " in narrow and "PROVIDER_AUTH: openai: authentication failed" in narrow
+    assert "last failure of openai, " in narrow and "PROVIDER_AUTH: gpt-4o: HTTP 401: the provider" in narrow
 
 
 LEAKY_KEY = "sk-fake-leaky-key-2222"
@@ -89,8 +90,8 @@ routes:
 
 
 def test_a_failure_message_quoting_the_key_is_shown_masked(start_daemon) -> None:
-    """A careless plugin's error quotes its key (the testkit's ``LEAK``): the last failure's message
-    keeps it masked, in ListProviders and in `mmrouter providers`."""
+    """A careless plugin's error quotes its key (the testkit's ``LEAK``): ListProviders and `mmrouter
+    providers` show the daemon's own message, the log the plugin's with the key masked."""
     daemon = start_daemon(LEAKY)
     answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("LEAK@echo")), timeout=30).answer
     assert answer.route.model == "docs"
@@ -98,15 +99,17 @@ def test_a_failure_message_quoting_the_key_is_shown_masked(start_daemon) -> None
     health = listed["fake"].health
     assert (health.succeeded_calls, health.failed_calls) == (1, 1)
     assert health.last_failure_reason == "PROVIDER_FAILED"
-    assert health.last_failure_message == "fake: the plugin failed: RuntimeError: upstream refused key ***"
+    assert health.last_failure_message == ("echo: the provider's plugin failed (raised an unexpected error); its "
+                                           "whole message is in the daemon log")
     assert LEAKY_KEY not in str(listed)
     shown = ok(Cli("providers", "--address", daemon.address, env={"COLUMNS": "400"}).result()).stdout
-    assert "upstream refused key ***" in shown and LEAKY_KEY not in shown
+    assert "PROVIDER_FAILED: echo: the provider's plugin failed" in shown and LEAKY_KEY not in shown
+    assert "upstream refused key ***" in daemon.logs() and LEAKY_KEY not in daemon.logs()
 
 
 def test_the_last_failure_leaves_out_what_another_client_sent(start_daemon, upstreams) -> None:
     """Any client may list the providers: a provider's error quoting a file name or a signed URL of the
-    request that failed is shown without them (the daemon log has the message whole)."""
+    request that failed is shown without them (the daemon log has the message, the URL without its query)."""
     openai, anthropic = upstreams
     daemon = start_daemon(FALLBACK.format(openai=openai.base_url, anthropic=anthropic.url), plugins=(),
                           env={"OPENAI_TEST_KEY": OPENAI_KEY, "ANTHROPIC_TEST_KEY": ANTHROPIC_KEY})
@@ -115,8 +118,9 @@ def test_the_last_failure_leaves_out_what_another_client_sent(start_daemon, upst
     with pytest.raises(grpc.RpcError):  # a bad request: not tried on the fallback
         daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
     failure = providers_by_name(daemon.stub)["openai"].health.last_failure_message
-    assert failure == "openai: HTTP 400 from gpt-4o: Invalid image '…' fetched from https://bucket.example/…."
-    assert "patient_x_scan.png" in daemon.logs() and "SIGNED123" in daemon.logs()
+    assert failure == "gpt-4o: HTTP 400: the provider refused the request as invalid; its whole message is in the daemon log"
+    assert "patient_x_scan.png" in daemon.logs() and "https://bucket.example/scans/x.png?…." in daemon.logs()
+    assert "SIGNED123" not in daemon.logs()
 
 
 def test_an_input_a_model_refuses_for_its_size_or_format_is_no_failure_of_its_provider(start_daemon) -> None:
@@ -132,26 +136,21 @@ def test_an_input_a_model_refuses_for_its_size_or_format_is_no_failure_of_its_pr
     assert health.last_failure_reason == "PROVIDER_UNAVAILABLE"
 
 
-def test_urls_in_a_failure_shown_to_clients_keep_their_scheme_and_host_only() -> None:
-    assert shown_to_clients("cannot fetch http://user:pw@host:8080/a/b?sig=1: refused.") == (
-        "cannot fetch http://host:8080/…: refused.")
-    assert shown_to_clients("see https://api.example.com.") == "see https://api.example.com."
-
-
 def test_health_counts_only_the_last_minutes_and_keeps_the_last_failure() -> None:
     """The ring of minute buckets: calls older than the window leave the counts, the last failure stays,
     and memory does not grow with the calls."""
     now = [1_000_000.0]
     health = ProviderHealth(clock=lambda: now[0])
     assert health.of("openai") is None
-    health.failed("openai", Failure(100.0, "PROVIDER_AUTH", "x" * 10_000))
+    health.failed("openai", Failure(100.0, "PROVIDER_AUTH", "gpt-4o", 401))
     health.succeeded("openai")
     now[0] += 60 * (HEALTH_MINUTES - 1)  # the first minute is still in the window
     for _ in range(1000):
         health.succeeded("openai")
     recent = health.of("openai")
     assert (recent.succeeded, recent.failed) == (1001, 1)
-    assert recent.last_failure.reason == "PROVIDER_AUTH" and len(recent.last_failure.message) == 500
+    assert recent.last_failure.reason == "PROVIDER_AUTH"
+    assert recent.last_failure.message.startswith("gpt-4o: HTTP 401: the provider refused the credentials")
     now[0] += 60  # the first minute has left the window
     recent = health.of("openai")
     assert (recent.succeeded, recent.failed) == (1000, 0)
@@ -188,7 +187,7 @@ def test_a_provider_that_hangs_until_max_call_seconds_is_a_failure_a_client_that
     health = providers_by_name(daemon.stub)["fake"].health
     assert (health.succeeded_calls, health.failed_calls) == (0, 1)
     assert health.last_failure_reason == "PROVIDER_TIMEOUT" and health.last_failure_unix_seconds >= before
-    assert health.last_failure_message.startswith("fake: no answer before the deadline of the call")
+    assert health.last_failure_message.startswith("echo: the provider did not answer in time")
 
     def failed_lines() -> list[str]:
         return [line for line in daemon.logs().splitlines() if "provider call fake/echo failed" in line]
@@ -222,8 +221,8 @@ def test_a_plugin_timeout_cut_to_the_deadline_is_the_deadline_s_and_starts_no_fa
     assert wait_for(lambda: providers_by_name(daemon.stub)["fake"].health.failed_calls == 1)
     health = providers_by_name(daemon.stub)["fake"].health
     assert health.last_failure_reason == "PROVIDER_TIMEOUT", health
-    assert "PROVIDER_UNAVAILABLE (the API did not answer in time)" in health.last_failure_message
     assert wait_for(lambda: "provider call fake/echo failed" in daemon.logs())
+    assert "PROVIDER_UNAVAILABLE (the API did not answer in time)" in daemon.logs()
     assert "provider call fake/small" not in daemon.logs()  # no fallback was started
 
     # a refusal at the deadline stays what it is: the request's fault, not the clock's
