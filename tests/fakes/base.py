@@ -5,12 +5,16 @@ Each fake provider subclasses :class:`FakeUpstream` and implements
 answers through the ``reply`` helpers. Every request is recorded in
 ``upstream.requests`` so tests can assert what the real SDK sent. Failures
 to inject are queued with :meth:`FakeUpstream.fail_next`; streams to cut short
-(the body ending cleanly mid-answer) with :meth:`FakeUpstream.truncate_next`.
+(the body ending cleanly mid-answer) with :meth:`FakeUpstream.truncate_next`; error answers with a
+huge or endless body with :meth:`FakeUpstream.huge_error_next`, which counts what it could send in
+``upstream.huge_bytes_sent``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -48,6 +52,20 @@ class Failure:
 
 
 @dataclass
+class HugeError:
+    """An error answer whose body is ``size`` bytes (None: it never ends), made as it is sent: ``head``
+    then filler, in writes of ``piece`` bytes (endless: ``pause`` seconds apart)."""
+
+    status: int
+    size: int | None
+    head: bytes
+    content_type: str
+    path: str | None
+    pause: float
+    piece: int
+
+
+@dataclass
 class Truncation:
     """A stream to end early: after ``after`` events the body ends cleanly, as when a proxy closes the
     chunked body properly or (``close``) a server whose body is delimited by connection close dies."""
@@ -82,6 +100,42 @@ class Reply:
             h.wfile.flush()
             time.sleep(body_delay)
         h.wfile.write(body)
+
+    def huge(self, error: HugeError) -> int:
+        """Answer ``error`` (chunked when endless, else with its Content-Length) until it is all sent or
+        the client closes the connection; the bytes of body sent. Its send buffer is kept small, so what
+        was sent is close to what the client read."""
+        h = self._h
+        h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        h.close_connection = True
+        h.send_response(error.status)
+        h.send_header("Content-Type", error.content_type)
+        chunked = error.size is None
+        if chunked:
+            h.send_header("Transfer-Encoding", "chunked")
+        else:
+            h.send_header("Content-Length", str(error.size))
+        h.end_headers()
+        h.wfile.flush()
+        sent, left = 0, error.size
+        pieces = itertools.chain([error.head], itertools.repeat(b"x" * error.piece))
+        try:
+            for piece in pieces:
+                if left is not None:
+                    if left <= 0:
+                        break
+                    piece = piece[:left]
+                    left -= len(piece)
+                h.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" if chunked else piece)
+                sent += len(piece)
+                if self._upstream is not None:
+                    self._upstream.huge_sent(len(piece))
+                if chunked and error.pause:
+                    time.sleep(error.pause)
+            h.wfile.flush()
+        except OSError:  # the client closed the connection: what it had not read was not sent
+            pass
+        return sent
 
     def sse(self, events: Iterable[str | tuple[str, Any]], delay: float = 0.0) -> None:
         """Answer with a Server-Sent Events stream (cut short if the upstream was told to).
@@ -124,6 +178,11 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self._failures: list[Failure] = []
         self._truncations: list[Truncation] = []
+        self._huge: list[HugeError] = []
+        #: The bytes of huge error bodies (:meth:`huge_error_next`) sent so far.
+        self.huge_bytes_sent = 0
+        #: Set when a huge error body's answer ended (all sent, or the client closed the connection).
+        self.huge_done = threading.Event()
         self._lock = threading.Lock()
         upstream = self
 
@@ -144,7 +203,16 @@ class FakeUpstream:
                     failure = next((f for f in upstream._failures if f.path in (None, rec.path)), None)
                     if failure is not None:
                         upstream._failures.remove(failure)
+                    huge = next((e for e in upstream._huge if e.path in (None, rec.path)), None)
+                    if huge is not None and failure is None:
+                        upstream._huge.remove(huge)
                 reply = Reply(self, upstream)
+                if huge is not None and failure is None:
+                    try:
+                        reply.huge(huge)
+                    finally:
+                        upstream.huge_done.set()
+                    return
                 if failure is not None:
                     reply.json(failure.body, failure.status, failure.headers, failure.body_delay)
                     return
@@ -172,6 +240,20 @@ class FakeUpstream:
         ``body_delay`` seconds after its headers."""
         with self._lock:
             self._failures.append(Failure(status, body, headers or {}, path, body_delay))
+
+    def huge_error_next(self, status: int, size: int | None, *, head: bytes = b"",
+                        content_type: str = "application/json", path: str | None = None,
+                        pause: float = 0.001, piece: int = 65536) -> None:
+        """Answer the next request (to ``path`` if given) with ``status`` and a body of ``size`` bytes (None:
+        one that never ends, chunked, a write of ``piece`` bytes every ``pause`` seconds), ``head`` then
+        filler; see :attr:`huge_bytes_sent` and :attr:`huge_done`."""
+        with self._lock:
+            self._huge.append(HugeError(status, size, head, content_type, path, pause, piece))
+
+    def huge_sent(self, count: int) -> None:
+        """Count ``count`` more bytes of a huge error body sent."""
+        with self._lock:
+            self.huge_bytes_sent += count
 
     def truncate_next(self, after: int, *, close: bool = False) -> None:
         """End the next SSE stream cleanly after ``after`` events: no error, the body just

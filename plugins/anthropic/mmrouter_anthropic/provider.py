@@ -21,6 +21,7 @@ from router import (
     UsageReport,
     with_configured_models,
 )
+from router.error_body import httpx_error_hook
 from router.errors import ProviderNotConfigured, ProviderUnavailable, page_answered
 from router.sdk_http import ServerSentEvent, read_rest, sse_events, until_headers
 
@@ -60,14 +61,21 @@ class AnthropicProvider(Provider):
     def client(self) -> AsyncAnthropic:
         """The one SDK client of this provider, made on first use."""
         if self._client is None:
+            import httpx2  # the SDK's HTTP client, on either transport
             from anthropic import AsyncAnthropic
 
             s = self.settings
-            http_client = None
+            # An error answer's body is read up to router.error_body.ERROR_BODY_LIMIT, no further.
+            hooks = {"response": [httpx_error_hook(httpx2)]}
+            http_client: httpx2.AsyncClient
             if s.transport == "aiohttp":
                 from anthropic import DefaultAioHttpClient  # needs the aiohttp package (the SDK's extra)
 
-                http_client = DefaultAioHttpClient(timeout=s.timeout)
+                http_client = DefaultAioHttpClient(timeout=s.timeout, event_hooks=hooks)
+            else:
+                from anthropic import DefaultAsyncHttpxClient
+
+                http_client = DefaultAsyncHttpxClient(timeout=s.timeout, event_hooks=hooks)
             # api_key is always given (a str), so the SDK reads no credential of its own (ANTHROPIC_API_KEY,
             # ANTHROPIC_AUTH_TOKEN, profiles). For an extra instance, base_url is never None (None reads
             # ANTHROPIC_BASE_URL) and ANTHROPIC_CUSTOM_HEADERS is cancelled.

@@ -21,6 +21,7 @@ from router import (
     Usage,
     UsageReport,
 )
+from router.error_body import httpx_error_hook
 from router.errors import ProviderError, ProviderNotConfigured, ProviderUnavailable
 from router.polling import PollFailures
 
@@ -63,6 +64,7 @@ class AssemblyAIProvider(Provider):
         """The provider's one SDK client and transcriber, made on first use."""
         if self._client is None or self._transcriber is None:
             import assemblyai as aai
+            import httpx  # the SDK's HTTP client
 
             # Every setting the calls use is given: aai.Settings reads ASSEMBLYAI_<FIELD> for the others
             # (ASSEMBLYAI_API_KEY, ASSEMBLYAI_BASE_URL...), which belong to the plugin's own provider.
@@ -73,10 +75,11 @@ class AssemblyAIProvider(Provider):
                 polling_interval=self.settings.poll_interval,
             )
             self._client = aai.AsyncClient(settings=sdk_settings)
-            # Each call's own responses, for Retry-After (the SDK's errors carry only the status).
+            # Each call's own responses, for Retry-After (the SDK's errors carry only the status); an error
+            # answer's body read up to router.error_body.ERROR_BODY_LIMIT, no further.
             http_client = self._client.http_client
             http_client.event_hooks = {**http_client.event_hooks, "response": [
-                *http_client.event_hooks["response"], errors.remember_response]}
+                *http_client.event_hooks["response"], errors.remember_response, httpx_error_hook(httpx)]}
             # Given a client, the transcriber borrows it; aclose() closes the client.
             self._transcriber = aai.AsyncTranscriber(client=self._client)
         return self._client, self._transcriber

@@ -21,6 +21,7 @@ import importlib
 from typing import Any
 from urllib.parse import urljoin
 
+from router.error_body import bound_aiohttp_error
 from router.errors import public_url
 
 #: The SDK's httpx clients' arguments (``HttpOptions.client_args`` / ``async_client_args``).
@@ -64,16 +65,22 @@ def redirect_of(error: BaseException) -> tuple[int, str] | None:
 
 
 async def check_answer(request: Any, handler: Any) -> Any:
-    """aiohttp client middleware: a 3xx answer is closed unread and raised as :class:`RedirectRefused`,
-    before the session could follow it; a 200 HTML page is closed and raised as :class:`PageAnswered`."""
+    """aiohttp client middleware: a 200 HTML page is closed and raised as :class:`PageAnswered`; a 3xx
+    answer is closed unread and raised as :class:`RedirectRefused`, before the session could follow it;
+    any other answer but 200 (an error, to google-genai) keeps at most the first
+    :data:`router.error_body.ERROR_BODY_LIMIT` bytes of its body (:func:`router.error_body.bound_aiohttp_error`)."""
     response = await handler(request)
-    if 300 <= response.status < 400:
+    status = response.status
+    if status == 200:
+        if response.content_type == "text/html":
+            response.close()
+            raise PageAnswered(response.content_type, request.url.query.get("alt") == "sse")
+        return response
+    if 300 <= status < 400:
         location = response.headers.get("Location", "")
         response.close()
-        raise RedirectRefused(response.status, urljoin(str(request.url), location) if location else "")
-    if response.status == 200 and response.content_type == "text/html":
-        response.close()
-        raise PageAnswered(response.content_type, request.url.query.get("alt") == "sse")
+        raise RedirectRefused(status, urljoin(str(request.url), location) if location else "")
+    await bound_aiohttp_error(response)
     return response
 
 

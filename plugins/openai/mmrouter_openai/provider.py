@@ -17,6 +17,7 @@ from router import (
     ProviderUnavailable,
     Request,
 )
+from router.error_body import httpx_error_hook
 
 from . import chat, transcribe
 from .errors import BadAnswer, map_error, scrub, shown_url, transport_error
@@ -60,19 +61,22 @@ class OpenAIProvider(router.Provider):
     def client(self) -> AsyncOpenAI:
         """The provider's one SDK client, made on first use (imports the SDK then)."""
         if self._client is None:
+            import httpx2  # the SDK's HTTP client, on either transport
             from openai import AsyncOpenAI
 
             s = self.settings
             # A call never follows a redirect (the SDK's clients do): it could take the key to another
             # host, and hides a wrong base_url. The 3xx is an error (router.errors.redirect_refused).
+            # An error answer's body is read up to router.error_body.ERROR_BODY_LIMIT, no further.
+            hooks = {"response": [httpx_error_hook(httpx2)]}
             if s.transport == "aiohttp":
                 from openai import DefaultAioHttpClient  # needs the aiohttp package
 
-                http_client = DefaultAioHttpClient(timeout=s.timeout, follow_redirects=False)
+                http_client = DefaultAioHttpClient(timeout=s.timeout, follow_redirects=False, event_hooks=hooks)
             else:
                 from openai import DefaultAsyncHttpxClient
 
-                http_client = DefaultAsyncHttpxClient(timeout=s.timeout, follow_redirects=False)
+                http_client = DefaultAsyncHttpxClient(timeout=s.timeout, follow_redirects=False, event_hooks=hooks)
             self._client = AsyncOpenAI(
                 http_client=http_client,
                 api_key=s.key_for_client,
