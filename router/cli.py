@@ -33,6 +33,7 @@ from .cli_calls import (
     out,
     print_json,
     print_route,
+    read_prompt,
     shown,
     utf8_text,
 )
@@ -297,13 +298,22 @@ ProviderOption = Annotated[str | None, typer.Option(help="Use this provider inst
 ModelOption = Annotated[str | None, typer.Option(help="Use this model.")]
 TagOption = Annotated[list[str] | None, typer.Option(
     help="A tag for routing rules, kept with the call's statistics (repeatable; at most 32, of 1 to 128 characters).")]
-SessionOption = Annotated[str | None, typer.Option(help="Keep a conversation under this id.")]
+#: The environment variable ``ask`` and ``explain`` take the session id from when --session is not given:
+#: the id is the key to a conversation, and other users of the machine see command lines.
+SESSION_VARIABLE = "MMROUTER_SESSION"
+SessionOption = Annotated[str | None, typer.Option(
+    envvar=SESSION_VARIABLE, show_default=False,
+    help="Keep a conversation under this id. Prefer the environment variable: a command line is visible to "
+         "other users of this machine, and the id is the key to the conversation.")]
 InlineLimitOption = Annotated[int, typer.Option(min=0, help="Files larger than this many bytes go by UploadMedia.")]
 
 
 @app.command()
 def ask(
-    prompt: Annotated[str, typer.Argument(help="Your question or instruction (may be empty for transcription).")] = "",
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(
+        help="Your question or instruction (may be empty for transcription); - reads it from standard input, "
+             "out of sight of other users and of the shell history.")] = "",
     image: FileList = None,
     audio: FileList = None,
     video: FileList = None,
@@ -328,6 +338,7 @@ def ask(
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
+    prompt, session = read_prompt(prompt), _session(ctx, session)
     with daemon_channel(address, token) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
 
@@ -386,6 +397,15 @@ def ask(
         err.print(f"[yellow]{warning}[/yellow]")
 
 
+def _session(ctx: typer.Context, session: str | None) -> str | None:
+    """The session id of ``ask`` or ``explain``: --session, else $MMROUTER_SESSION (typer reads it; an
+    empty one is no session). One from the environment that is not UTF-8 is a usage error naming the
+    variable, not --session."""
+    if session is not None and _from_environment(ctx, "session"):
+        utf8_text(session, SESSION_VARIABLE)
+    return session
+
+
 #: What ``ask`` says when an answer did not simply finish (by ``Answer.finish_reason``).
 FINISH_WARNINGS = {
     2: "the answer was cut at the output limit: ask again with a larger --max-tokens",  # FINISH_REASON_LENGTH
@@ -396,7 +416,9 @@ FINISH_WARNINGS = {
 
 @app.command()
 def explain(
-    prompt: Annotated[str, typer.Argument(help="The question, as you would ask it.")] = "",
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(
+        help="The question, as you would ask it; - reads it from standard input.")] = "",
     image: FileList = None,
     audio: FileList = None,
     video: FileList = None,
@@ -409,6 +431,7 @@ def explain(
     model: ModelOption = None,
     tag: TagOption = None,
     session: Annotated[str | None, typer.Option(
+        envvar=SESSION_VARIABLE, show_default=False,
         help="Route as a turn of this session would be (its earlier turns count); nothing is added to it.")] = None,
     inline_limit: InlineLimitOption = 4 * 1024 * 1024,
     address: AddressOption = DEFAULT_ADDRESS,
@@ -424,6 +447,7 @@ def explain(
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
+    prompt, session = read_prompt(prompt), _session(ctx, session)
     with daemon_channel(address, token) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         try:

@@ -34,6 +34,9 @@ M = TypeVar("M", bound=Message)
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line each when piped or logged
 
+#: The largest gRPC message the CLI sends or takes (see :func:`daemon_channel`).
+MESSAGE_BYTES = 64 * 1024 * 1024
+
 #: The size of an upload's chunks; a daemon's server.max_message_bytes is at least twice that.
 CHUNK = UPLOAD_CHUNK_BYTES
 
@@ -122,6 +125,43 @@ def utf8_text(value: str, what: str) -> str:
         why = "it holds a lone surrogate"
     err.print(f"[red]{escape(f'{what} is not UTF-8 text: {why}; give it as UTF-8')}[/red]")
     raise typer.Exit(2)
+
+
+#: The question argument that stands for standard input (``mmrouter ask -``).
+STDIN_PROMPT = "-"
+
+
+def read_prompt(prompt: str) -> str:
+    """The question of ``ask`` and ``explain``: ``prompt`` as given, or, for :data:`STDIN_PROMPT`, the
+    whole of standard input (a question kept out of ``ps`` and shell history), without its final
+    newline. It must be UTF-8 text of at most :data:`MESSAGE_BYTES` (a gRPC message could not carry
+    more; the bound also stops ``ask - < /dev/zero`` from filling memory), else exit with a usage error.
+    Standard input is read only for ``-``: a script's loop reading its own stdin keeps it, and a stdin
+    left open (ssh, a service) cannot make a call wait."""
+    if prompt != STDIN_PROMPT:
+        return prompt
+    what = "the question from standard input (-)"
+    if sys.stdin is None:  # started with its file descriptor 0 closed
+        err.print(f"[red]{escape(f'cannot read {what}: standard input is closed')}[/red]")
+        raise typer.Exit(2)
+    if sys.stdin.isatty():
+        err.print("[dim]reading the question from standard input: end it with Ctrl-D[/dim]")
+    try:
+        data = sys.stdin.buffer.read(MESSAGE_BYTES + 1)
+    except OSError as exc:  # e.g. a directory given as stdin
+        err.print(f"[red]{escape(f'cannot read {what}: {exc.strerror or exc}')}[/red]")
+        raise typer.Exit(2) from None
+    if len(data) > MESSAGE_BYTES:
+        err.print(f"[red]{escape(what)} is over {MESSAGE_BYTES >> 20} MiB, more than a request may carry: "
+                  "send a long text as a file with --pdf[/red]")
+        raise typer.Exit(2)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        err.print(f"[red]{escape(what)} is not UTF-8 text: byte {exc.start + 1} is 0x{data[exc.start]:02x}; "
+                  "give it as UTF-8[/red]")
+        raise typer.Exit(2) from None
+    return text[:-1].removesuffix("\r") if text.endswith("\n") else text  # echo's newline, or a CRLF
 
 
 def not_a_file(path: Path) -> str:
@@ -255,8 +295,8 @@ def daemon_channel(address: str, token: str) -> grpc.Channel:
     """A channel to the daemon: TLS when MMROUTER_TLS_CA is set (and a client certificate from
     MMROUTER_TLS_CERT / MMROUTER_TLS_KEY), sending the bearer ``token`` (--token / MMROUTER_TOKEN) if any."""
     check_address(address)
-    options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
-               ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    options = [("grpc.max_send_message_length", MESSAGE_BYTES),
+               ("grpc.max_receive_message_length", MESSAGE_BYTES),
                *KEEPALIVE_OPTIONS]
     files = {name: os.environ.get(f"MMROUTER_TLS_{name.upper()}", "") for name in ("ca", "cert", "key")}
     if not files["ca"]:
