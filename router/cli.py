@@ -83,6 +83,16 @@ def _options(show_version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True, help="Print mmrouter's version and exit.")] = False,
              ) -> None:
     """Options of every command (the app's help is its ``help``)."""
+    _escape_what_cannot_be_written()
+
+
+def _escape_what_cannot_be_written() -> None:
+    """Write what the terminal's encoding cannot show (an emoji on a Latin-1 or Shift-JIS console) as
+    ``\\u`` escapes instead of failing: an answer already paid for is printed, not lost to a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # a TextIOWrapper's; not a test's StringIO
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
 
 
 config_app = typer.Typer(help="Work with routing configuration files.", no_args_is_help=True)

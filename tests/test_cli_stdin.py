@@ -133,3 +133,15 @@ def test_a_session_variable_that_is_not_utf8_is_named() -> None:
     for command in ("ask", "explain"):
         code, _, err = text(mmrouter(command, "x", "--address", NOWHERE, env={"MMROUTER_SESSION": bad}))
         assert (code, err) == (2, "MMROUTER_SESSION is not UTF-8 text: byte 4 is 0xff; give it as UTF-8\n")
+
+
+def test_an_answer_the_terminal_cannot_encode_is_printed_escaped_not_lost(start_daemon) -> None:
+    """A Latin-1 (or Shift-JIS, cp1252) console cannot show an emoji: the answer, already paid for, is
+    printed with such characters as ``\\U`` escapes, not lost to a UnicodeEncodeError traceback."""
+    daemon = start_daemon(CONFIG)
+    result = mmrouter("ask", "café 🎉 日本", "--address", daemon.address, env={"PYTHONIOENCODING": "latin-1"})
+    code, err = result.returncode, result.stderr.decode("latin-1")
+    assert code == 0, err
+    printed = result.stdout.decode("latin-1")
+    assert printed == echo("echo", "café \\U0001f389 \\u65e5\\u672c") + "\n"  # é is Latin-1: kept as it is
+    assert "route: rule chat -> fake/echo" in err and "Traceback" not in err
