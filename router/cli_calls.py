@@ -25,8 +25,8 @@ from rich.text import Text
 
 from .auth import with_token
 from .config import UPLOAD_CHUNK_BYTES, parse_address
-from .redact import escaped
 from .sniff import HEAD_BYTES, magic_family, mime_problem
+from .text import escaped, json_escape
 from .types import Modality
 
 M = TypeVar("M", bound=Message)
@@ -394,29 +394,22 @@ def client_token(token: str) -> str:
 
 
 def shown(text: str, lines: bool = False) -> str:
-    """``text`` that came from the daemon or a provider, safe to print: each character that cannot be
-    printed (ESC, a newline, a bidirectional override...) is written as Python escapes it (``\\x1b``,
-    ``\\n``, ``\\u202e``), so an error message or a name can neither drive the terminal (colours, a
-    cleared screen, the window title) nor forge a line. With ``lines`` (an answer's text), newlines and
-    tabs are kept (see :func:`router.redact.escaped`)."""
+    """``text`` that came from the daemon or a provider, safe to print: each control character, line
+    separator or bidirectional override (ESC, a newline, U+202E...) is written as Python escapes it
+    (``\\x1b``, ``\\n``, ``\\u202e``), so an error message or a name can neither drive the terminal (colours,
+    a cleared screen, the window title) nor forge a line; every other character (any script's spaces,
+    joiners, emoji) as it is. With ``lines`` (an answer's text), newlines and tabs are kept (see
+    :func:`router.text.escaped`)."""
     return escaped(text, keep="\n\t" if lines else "")
 
 
 def print_json(data: object) -> None:
     """Print ``data`` as indented JSON whose text a terminal cannot misread: JSON escapes only C0
-    control characters, so each other character that cannot be printed (a C1 control such as U+009B,
-    which some terminals take as an escape sequence; a bidirectional override) is written as its
+    control characters, so each other control character, line separator or bidirectional override (a C1
+    control such as U+009B, which some terminals take as an escape sequence; U+202E) is written as its
     ``\\uXXXX`` escape, which JSON readers decode back to the same text."""
-    text = json.dumps(data, indent=2, ensure_ascii=False)
-    if not all(c.isprintable() or c == "\n" for c in text):
-        text = "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+    text = escaped(json.dumps(data, indent=2, ensure_ascii=False), keep="\n", escape=json_escape)
     sys.stdout.write(text + "\n")
-
-
-def _json_escape(char: str) -> str:
-    """``char`` as JSON escapes it: ``\\uXXXX``, a surrogate pair beyond U+FFFF."""
-    units = char.encode("utf-16-be")
-    return "".join(f"\\u{int.from_bytes(units[i:i + 2], 'big'):04x}" for i in range(0, len(units), 2))
 
 
 def status_detail(exc: grpc.RpcError, kind: type[M]) -> M | None:

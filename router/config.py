@@ -40,6 +40,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .text import name_problem
 from .types import Modality, Task
 
 if TYPE_CHECKING:
@@ -135,10 +136,10 @@ class Match(_Strict):
         if long is not None:
             raise ValueError(f"the tag {long[:32]!r}... has {len(long)} characters and never matches: a request's "
                              f"tags are 1 to {MAX_TAG_CHARS} characters")
-        odd = next((tag for tag in value or () if not tag.isprintable()), None)
-        if odd is not None:  # requests' tags with control characters are refused, so it could never match
-            raise ValueError(f"the tag {odd!r} has unprintable characters and never matches: a request's tags "
-                             "are printable")
+        for tag in value or ():
+            problem = name_problem(tag)
+            if problem:  # requests' tags with such characters are refused, so it could never match
+                raise ValueError(f"the tag {tag!r} {problem} and never matches: a request's tags cannot hold it")
         return value
 
     @field_validator("metadata")
@@ -204,9 +205,9 @@ class Rule(_Strict):
         # the name is a row of stats and explain, and a word of the one-line log format
         if not value.strip():
             raise ValueError("a rule name cannot be empty or blank: name the rule (it is shown in explain and stats)")
-        if not value.isprintable():
-            raise ValueError("the name has a character that cannot be printed (a newline, a tab, another control "
-                             "character): it would break the log's lines; name the rule without it")
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(f"the name {problem}: name the rule without it")
         return value
 
     @field_validator("use")

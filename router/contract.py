@@ -7,6 +7,7 @@ import dataclasses
 import math
 import reprlib
 
+from .text import held_back, valid_text
 from .types import FinishReason, TextDelta, Transcript, TranscriptReady, Usage, UsageReport, Utterance, Word
 
 #: The largest integer the wire (int64) carries: of token counts, and of a model's counts (router.plugins).
@@ -96,19 +97,6 @@ def usage_count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT64 else 0
 
 
-def valid_text(text: str) -> str:
-    """``text`` as valid Unicode: lone surrogates (a PDF's odd text map read by pypdf, a JSON ``"\\ud83d"``
-    escape) become U+FFFD, and a surrogate pair the character it stands for. Protobuf cannot send them,
-    so an answer holding one failed as INTERNAL after it was produced."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
-
-
 def with_valid_text(event: object) -> object:
     """``event`` (one that keeps the contract) with its texts made valid (see :func:`valid_text`); the
     same object when they are, as nearly always."""
@@ -123,6 +111,29 @@ def with_valid_text(event: object) -> object:
                 if isinstance(value, str) and not value.isascii():
                     setattr(item, name, valid_text(value))
     return event
+
+
+class PairJoiner:
+    """Joins the halves of a surrogate pair that two TextDeltas of one stream split (a server that cuts its
+    text by UTF-16 units, as JavaScript's ``substring`` does): a delta's trailing high surrogate is held
+    back and put before the next delta's text; held at the end of the text (another event, the stream's
+    end), it is U+FFFD, as any lone surrogate is (see :func:`valid_text`)."""
+
+    def __init__(self) -> None:
+        self.held = ""
+
+    def joined(self, delta: TextDelta) -> TextDelta:
+        """``delta`` to send: after the half held back, made valid, without a trailing high surrogate
+        (held for the next delta); its text may be empty. The same object when nothing changes."""
+        text, self.held = held_back(self.held + delta.text if self.held else delta.text)
+        return delta if text is delta.text else TextDelta(text)
+
+    def flush(self) -> TextDelta | None:
+        """The delta of the half held back (U+FFFD, its pair never came), or None when none is."""
+        if not self.held:
+            return None
+        self.held = ""
+        return TextDelta("\ufffd")
 
 
 def usage_report_problem(report: UsageReport) -> str | None:

@@ -39,6 +39,7 @@ from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, est
 from .sessions import SessionStore, StoredBridges, trim_history
 from .settings import ProviderSettings
 from .sniff import measure
+from .text import valid_text
 from .types import (
     FEATURE_EXTRACTION_ONLY,
     CallContext,
@@ -306,12 +307,15 @@ class App:
         }
 
     def redact(self, text: str) -> str:
-        """``text`` with every secret replaced by ``***``: the configured ones and those plugins
-        resolved themselves (:func:`redact.remembered`)."""
+        """``text`` as clients may get it: with every secret replaced by ``***`` (the configured ones and
+        those plugins resolved themselves, :func:`redact.remembered`), and valid Unicode
+        (:func:`router.text.valid_text`: a plugin's text, such as a reason quoting an environment variable's
+        undecodable bytes, may hold a lone surrogate, which protobuf cannot send). Every free text a client
+        gets goes through it: error messages and details, route notes, attempts and providers' reasons."""
         if remembered_count() != self._remembered:  # a plugin made since (a reload) resolved more
             self._remembered = remembered_count()
             self.secrets = longest_first([*self.secrets, *remembered()])
-        return mask(text, self.secrets)
+        return valid_text(mask(text, self.secrets))
 
     # -- requests ------------------------------------------------------------------------
 

@@ -53,6 +53,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import grpc
 
+from .text import refused_at, valid_text
+
 
 @dataclass
 class FieldViolation:
@@ -63,7 +65,9 @@ class FieldViolation:
 
 
 class RouterError(Exception):
-    """Base of all router errors."""
+    """Base of all router errors. Its message, violations and metadata are made valid Unicode
+    (:func:`router.text.valid_text`) when it is made: a provider's message cut by UTF-16 units may end in
+    half a surrogate pair, which neither protobuf nor a UTF-8 log could write."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
@@ -79,10 +83,11 @@ class RouterError(Exception):
         violations: list[FieldViolation] | None = None,
         metadata: dict[str, str] | None = None,
     ) -> None:
+        message = valid_text(message)  # a provider's message may hold a lone surrogate, which no UTF-8 holds
         super().__init__(message)
         self.message = message
-        self.violations = violations or []
-        self.metadata = dict(metadata or {})
+        self.violations = [FieldViolation(valid_text(v.field), valid_text(v.description)) for v in violations or ()]
+        self.metadata = {key: valid_text(value) for key, value in (metadata or {}).items()}
 
 
 class InvalidRequest(RouterError):
@@ -239,7 +244,7 @@ class ProviderError(RouterError):
         error without a usable one is returned unchanged."""
         request_id = getattr(sdk_error, "request_id", None)
         request_id = request_id.strip() if isinstance(request_id, str) else ""
-        if request_id and request_id.isprintable() and len(request_id) <= _MAX_REQUEST_ID:
+        if request_id and refused_at(request_id) is None and len(request_id) <= _MAX_REQUEST_ID:
             self.message = f"{self.message} (request id {request_id})"
             self.args = (self.message,)
             self.metadata["provider_request_id"] = request_id

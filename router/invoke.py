@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
-from .contract import event_problem, with_valid_text
+from .contract import PairJoiner, event_problem, with_valid_text
 from .errors import ProviderError, ProviderFailed, ProviderTimeout, ProviderUnavailable
 from .outcome import Attempt, RouteInfo, Step
 from .provider import Provider
@@ -90,10 +90,14 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
         _UNDER_WAY[task] = provider.name
     try:
         events = _start(provider, request, model, ctx)
+        pairs = PairJoiner()  # a surrogate pair split across two deltas arrives whole
         while True:
             event = await _next_event(provider, events)
+            if not isinstance(event, TextDelta) and (rest := pairs.flush()) is not None:
+                yield rest
             if event is None:
                 break
+            event = pairs.joined(event) if isinstance(event, TextDelta) else with_valid_text(event)
             if isinstance(event, TextDelta) and not event.text:
                 continue  # no text: not an answer begun (fallbacks stay open), and nothing to send
             if isinstance(event, UsageReport):
@@ -210,7 +214,8 @@ def _start(provider: Provider, request: Request, model: ModelInfo, ctx: CallCont
 
 
 async def _next_event(provider: Provider, events: AsyncIterator[object]) -> ProviderEvent | None:
-    """The plugin's next event, or None at its end. Anything the plugin raises other than a
+    """The plugin's next event, checked (its texts are made valid by :func:`call_model`, which joins a
+    surrogate pair split across two deltas), or None at its end. Anything the plugin raises other than a
     ProviderError (BaseException too: KeyboardInterrupt, SystemExit, GeneratorExit, a CancelledError
     of its own) becomes ProviderFailed; a CancelledError of this task's cancellation goes through."""
     try:
@@ -231,7 +236,7 @@ async def _next_event(provider: Provider, events: AsyncIterator[object]) -> Prov
         message = f"the plugin yielded a bad event: {problem}"
         log.error("provider %s: %s", provider.name, message)
         raise ProviderFailed(provider.name, message)
-    return with_valid_text(event)  # type: ignore[return-value]
+    return event  # type: ignore[return-value]
 
 
 def _describe(exc: BaseException) -> str:

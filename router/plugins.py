@@ -228,13 +228,19 @@ MAX_NAME_CHARS = 256
 
 def name_problem(name: str) -> str | None:
     """Why a provider's or model's ``name`` cannot be used, or None. A name is a word of the daemon's
-    text log and of a ``provider/model`` target: a space, a newline, an escape or another character
-    that cannot be printed would forge or break log lines, and no target could name it."""
+    text log and of a ``provider/model`` target, typed in configurations: a space, a newline, an escape
+    or another character that cannot be printed would forge or break log lines, and no target could name
+    it. Stricter than the names clients send (:mod:`router.text`): an invisible character (a joiner, a
+    direction mark) would make two names look alike. The message names the character."""
+    from .text import describe
+
     if len(name) > MAX_NAME_CHARS:
         return f"has {len(name)} characters; at most {MAX_NAME_CHARS} (a request's hints could not name it)"
-    if not name.isprintable() or any(c.isspace() for c in name):
-        return ("holds a space or a character that cannot be printed (a newline, a tab, an escape): it would"
-                " break the daemon's log lines, and no provider/model target could name it")
+    index = next((i for i, c in enumerate(name) if not c.isprintable() or c.isspace()), None)
+    if index is not None:
+        return (f"holds {describe(name[index])} at character {index + 1}, a space or a character that cannot be "
+                "printed (a newline, a tab, an escape): it would break the daemon's log lines, and no provider/model"
+                " target could name it")
     return None
 
 

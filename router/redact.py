@@ -14,6 +14,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
+from .text import escaped
+
 #: Every SecretFilter alive, so that :func:`remember` reaches them all.
 _FILTERS: weakref.WeakSet[SecretFilter] = weakref.WeakSet()
 #: Every secret :func:`remember` was given, for the masking of what clients get (see :func:`remembered`).
@@ -174,15 +176,6 @@ def install(secrets: Iterable[str]) -> SecretFilter:
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
-def escaped(text: str, keep: str = "") -> str:
-    """``text`` with each character that cannot be printed (ESC, a newline, a bidirectional override...)
-    but those in ``keep`` written as Python escapes it (``\\x1b``, ``\\n``, ``\\u202e``): text a provider
-    or a plugin wrote can then neither drive a terminal nor forge a line of a log or of the CLI's output."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
 class TextFormatter(logging.Formatter):
     """The text log: each record's line with the control characters of its message escaped as Python
     writes them (``\\x1b``, ``\\r``), and the lines after a newline indented, so that text a provider or
@@ -190,8 +183,7 @@ class TextFormatter(logging.Formatter):
     daemon's own nor drive the terminal of whoever reads the log. A traceback follows as usual."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        text = super().formatMessage(record)
-        return text if text.isprintable() else escaped(text, keep="\n").replace("\n", "\n  ")
+        return escaped(super().formatMessage(record), keep="\n").replace("\n", "\n  ")
 
 
 class JsonFormatter(logging.Formatter):

@@ -613,7 +613,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if modality is None:
             raise InvalidRequest(f"the upload's modality is {'missing' if not meta.modality else meta.modality}",
                                  violations=[FieldViolation("metadata.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT")])
-        # stored with the upload, answered back and logged: bounded and printable, as in requests
+        # stored with the upload, answered back and logged: bounded and without control characters, as in requests
         problems = [*wire.filename_problems(meta.filename, "metadata.filename"),
                     *wire.mime_type_problems(meta.mime_type, "metadata.mime_type")]
         if problems:

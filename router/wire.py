@@ -20,6 +20,7 @@ from .media import is_media_id, stored_type_problem
 from .outcome import Answer, RouteInfo, Step
 from .plugins import ProviderEntry, State
 from .sniff import HEAD_BYTES, content_mime, mime_problem
+from .text import name_problem
 from .types import (
     FinishReason,
     Media,
@@ -388,12 +389,13 @@ def mime_type_problems(mime_type: str, field: str) -> list[FieldViolation]:
 
 def name_problems(value: str, field: str, max_chars: int, what: str) -> list[FieldViolation]:
     """What is wrong with a name a client sends that the daemon keeps, logs or sends on: longer than
-    ``max_chars``, or holding a character that cannot be printed (which would break a log line)."""
+    ``max_chars``, or holding a character that breaks a log line or misleads its reader (a control
+    character, a line separator, a bidirectional override: :mod:`router.text`); the message names it."""
     if len(value) > max_chars:
         return [FieldViolation(field, f"{len(value)} characters; at most {max_chars}")]
-    if not value.isprintable():
-        return [FieldViolation(field, "has a character that cannot be printed (a newline, a tab, another control "
-                               f"character): send {what} without it")]
+    problem = name_problem(value)
+    if problem:
+        return [FieldViolation(field, f"{problem}: send {what} without it")]
     return []
 
 

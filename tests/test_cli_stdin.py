@@ -145,3 +145,17 @@ def test_an_answer_the_terminal_cannot_encode_is_printed_escaped_not_lost(start_
     printed = result.stdout.decode("latin-1")
     assert printed == echo("echo", "café \\U0001f389 \\u65e5\\u672c") + "\n"  # é is Latin-1: kept as it is
     assert "route: rule chat -> fake/echo" in err and "Traceback" not in err
+
+
+def test_an_answer_in_any_script_is_printed_as_written(start_daemon) -> None:
+    """Spaces of every script, joiners, direction marks and new emoji are the answer's text: the CLI prints
+    them as they are (it once wrote U+3000 as ``\\u3000``); a control character or a bidi override from
+    upstream is still escaped."""
+    daemon = start_daemon(CONFIG)
+    question = "東京\u3000大阪 Bonjour\u202f! Ça va\xa0? می\u200cخواهم 🏳️\u200d🌈 שלום \u200fעולם \U0001fa77"
+    code, out, err = text(mmrouter("ask", "-", "--address", daemon.address, stdin=question.encode()))
+    assert code == 0, err
+    assert out == echo("echo", question) + "\n"
+    code, out, err = text(mmrouter("ask", "-", "--address", daemon.address, stdin="evil\x1b[2J\u202e".encode()))
+    assert code == 0, err
+    assert out == echo("echo", "evil\\x1b[2J\\u202e") + "\n"

@@ -238,17 +238,22 @@ def registry_offering(name: object, models: list):
                          extra_plugins={"fake": mmrouter_testkit, "p": Offers(name, models)})
 
 
-UNPRINTABLE = ("holds a space or a character that cannot be printed (a newline, a tab, an escape): it would break"
-               " the daemon's log lines, and no provider/model target could name it")
+def unprintable(char: str, at: int) -> str:
+    """The reason of a name that holds ``char`` (say ``U+000A LINE FEED``) at character ``at``."""
+    return (f"holds {char} at character {at}, a space or a character that cannot be printed (a newline, a tab, an "
+            "escape): it would break the daemon's log lines, and no provider/model target could name it")
+
+
 BAD_NAMES = [
-    ("weird\nINFO router.server: provider FORGED ready", UNPRINTABLE),
-    ("esc\x1b[2J", UNPRINTABLE),
-    ("two words", UNPRINTABLE),
-    ("tab\tname", UNPRINTABLE),
-    ("bell\x07", UNPRINTABLE),
-    ("c1\x9bcontrol", UNPRINTABLE),
-    ("rtl\u202eoverride", UNPRINTABLE),
-    ("nbsp\u00a0name", UNPRINTABLE),
+    ("weird\nINFO router.server: provider FORGED ready", unprintable("U+000A LINE FEED", 6)),
+    ("esc\x1b[2J", unprintable("U+001B ESCAPE", 4)),
+    ("two words", unprintable("U+0020 SPACE", 4)),
+    ("tab\tname", unprintable("U+0009 CHARACTER TABULATION", 4)),
+    ("bell\x07", unprintable("U+0007 BELL", 5)),
+    ("c1\x9bcontrol", unprintable("U+009B (a control character)", 3)),
+    ("rtl\u202eoverride", unprintable("U+202E RIGHT-TO-LEFT OVERRIDE", 4)),
+    ("nbsp\u00a0name", unprintable("U+00A0 NO-BREAK SPACE", 5)),
+    ("zwj\u200dname", unprintable("U+200D ZERO WIDTH JOINER", 4)),
     ("x" * (MAX_NAME_CHARS + 1), f"has {MAX_NAME_CHARS + 1} characters; at most {MAX_NAME_CHARS} (a request's"
                                  " hints could not name it)"),
 ]

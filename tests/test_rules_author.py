@@ -174,8 +174,9 @@ def test_an_unset_variable_in_the_rules_is_an_error_naming_the_key_and_variable(
 @pytest.mark.parametrize("name, problem", [
     ('""', "a rule name cannot be empty or blank"),
     ('"   "', "a rule name cannot be empty or blank"),
-    ('"a\\nb rule=fake"', "the name has a character that cannot be printed"),
-    ('"tab\\there"', "the name has a character that cannot be printed"),
+    ('"a\\nb rule=fake"', "the name has U+000A LINE FEED at character 2, which breaks a log line"),
+    ('"tab\\there"', "the name has U+0009 CHARACTER TABULATION at character 4, which breaks a log line"),
+    ('"left\\u202eright"', "the name has U+202E RIGHT-TO-LEFT OVERRIDE at character 5, which reorders"),
 ])
 def test_a_blank_or_unprintable_rule_name_is_refused_with_its_key_and_line(name, problem):
     message = error_of(f"default: local/extract\nroutes:\n  - name: {name}\n    use: local/extract\n")
@@ -190,7 +191,7 @@ def test_a_blank_or_unprintable_rule_name_is_refused_with_its_key_and_line(name,
      f"the value of 'team' has {MAX_METADATA_VALUE_CHARS + 1} characters and never matches"),
     (f"{{tags: [ok, {'t' * (MAX_TAG_CHARS + 1)}]}}", "routes.0.match.tags",
      f"has {MAX_TAG_CHARS + 1} characters and never matches"),
-    ('{tags: [ok, "team\\ta"]}', "routes.0.match.tags", "has unprintable characters and never matches"),
+    ('{tags: [ok, "team\\ta"]}', "routes.0.match.tags", "has U+0009 CHARACTER TABULATION at character 5, which breaks a log line and never matches"),
 ])
 def test_a_condition_no_request_can_carry_is_refused_with_its_key_and_line(match, key, problem):
     message = error_of(f"routes:\n  - name: r\n    use: local/extract\n    match: {match}\n")

@@ -641,7 +641,7 @@ def test_the_access_log_keeps_an_error_message_the_client_gets_clipped(daemon) -
     details = error_details(failure(lambda: generate(daemon, request)))
     assert len(details.message.encode()) <= 768 and "request.hints.tags[19]" not in details.message
     [line] = [line for line in daemon.logs().splitlines() if details.request_id in line and "INVALID_REQUEST" in line]
-    assert "request.hints.tags[19]: has a character that cannot be printed" in line
+    assert "request.hints.tags[19]: has U+000A LINE FEED at character 4" in line
 
 
 def test_diarization_without_a_diarizing_provider_says_which_to_configure(start_daemon) -> None:
