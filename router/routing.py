@@ -1,4 +1,5 @@
-"""Routing: rules + what the providers offer -> a Decision. Pure: no I/O, no clock.
+"""Routing: rules + what the providers offer -> a Decision. Pure: no clock, and no I/O but the size and
+(once per stored file) the head of a text document, to estimate its tokens.
 
 :func:`decide` tries the rules top-down. The first rule whose conditions hold
 and which has a usable target wins; its other usable targets become the
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -52,7 +55,7 @@ TOKENS_PER_VIDEO_SECOND = 300
 _SPEECH = frozenset({Modality.AUDIO, Modality.VIDEO})
 
 #: Rough tokens of the text a bridge makes of a media nothing is kept of yet, counted as
-#: :func:`estimate_tokens` counts text (a token per 4 characters): history is dropped on these before
+#: :func:`text_tokens` counts Latin-script text (a token per 4 characters): history is dropped on these before
 #: its media are bridged, so they lean high (a media trimming drops anyway is then rarely paid for) but
 #: only modestly (history that would fit once bridged is rarely dropped). Speech runs ~150 words a minute
 #: (2.5 a second) of ~6 characters with the space: ~3.75 per second, for audio and a video's transcript
@@ -139,8 +142,8 @@ def _media_tokens(media: Media, pdf_page_tokens: int = TOKENS_PER_PDF_PAGE) -> i
     if media.modality is Modality.VIDEO:
         return int((media.duration_seconds or 0) * TOKENS_PER_VIDEO_SECOND)
     if media.modality is Modality.DOCUMENT:
-        if is_text_document(media):  # read as text: a token per 4 bytes
-            return _byte_size(media) // 4
+        if is_text_document(media):  # read as text: counted as a prompt of its text is
+            return _text_document_tokens(media)
         return (media.pages or 0) * pdf_page_tokens
     return 0
 
@@ -183,15 +186,84 @@ def _byte_size(media: Media) -> int:
         return 0
 
 
+#: The class of each byte of UTF-8 for :func:`text_tokens`, by the block of the character it starts:
+#: ``n`` counts as English (4 characters a token): ASCII and the Latin letters, accents (also combining
+#: ones: NFD text) and IPA of U+0080-U+037F; ``w`` about a token a character, or more, for tokenizers
+#: (o200k, cl100k, Claude's): U+3000-U+FFFF (CJK ideographs and punctuation, kana, Bopomofo, Hangul, Yi,
+#: full-width forms) and everything beyond the BMP (emoji, rare ideographs); ``o`` about 2 characters a
+#: token: the other scripts (Greek, Cyrillic, Armenian, Hebrew, Arabic, Devanagari and the other Indic
+#: scripts, Thai, Georgian, Hangul jamo, Vietnamese letters of U+1E00, symbols and punctuation of U+2000);
+#: ``c``, a continuation byte, is not a character.
+_UTF8_CLASSES = bytes.maketrans(
+    bytes(range(256)),
+    b"n" * 0x80 + b"c" * 0x40 + b"n" * (0xCE - 0xC0) + b"o" * (0xE3 - 0xCE) + b"w" * (0x100 - 0xE3))
+
+
+def text_tokens(text: str) -> int:
+    """The estimated tokens of ``text``, close to real tokenizers' counts in every script: a token per 4
+    characters of ASCII and Latin-script text, per character of CJK, kana and Hangul, and per 2 characters
+    of the other scripts (Cyrillic, Greek, Arabic, Hebrew, Devanagari, Thai...): see :data:`_UTF8_CLASSES`.
+
+    ASCII text costs a length (``str.isascii`` is constant-time); other text an encoding to UTF-8 and a
+    pass over its bytes."""
+    if text.isascii():
+        return len(text) // 4
+    return _utf8_tokens(text.encode("utf-8", "surrogatepass"))
+
+
+def _utf8_tokens(data: bytes) -> int:
+    """:func:`text_tokens` of the text ``data`` holds in UTF-8 (other bytes count as what UTF-8 would make
+    of them)."""
+    classes = data.translate(_UTF8_CLASSES)
+    return (4 * classes.count(b"w") + 2 * classes.count(b"o") + classes.count(b"n")) // 4
+
+
+#: How much of a text document is read to estimate its tokens: a longer one counts its size at the
+#: rate of this head (it is UTF-8, as providers read it).
+TEXT_SAMPLE_BYTES = 256 * 1024
+
+
+def _text_document_tokens(media: Media) -> int:
+    """The tokens of a ``text/*`` document, as :func:`text_tokens` counts its text: of the whole text up to
+    :data:`TEXT_SAMPLE_BYTES`, else of its head scaled to its size. A stored file's head is read once
+    (its path names its content); a document whose bytes cannot be read counts a token per 4 bytes."""
+    size = _byte_size(media)
+    if media.data is not None:
+        return _scaled_tokens(media.data[:TEXT_SAMPLE_BYTES], size)
+    if media.path is not None:
+        return _stored_text_tokens(str(media.path), size)
+    return size // 4
+
+
+@functools.lru_cache(maxsize=4096)
+def _stored_text_tokens(path: str, size: int) -> int:
+    """:func:`_text_document_tokens` of a stored file of ``size`` bytes."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(TEXT_SAMPLE_BYTES)
+    except OSError:
+        return size // 4
+    return _scaled_tokens(head, size)
+
+
+def _scaled_tokens(head: bytes, size: int) -> int:
+    """The tokens of a text of ``size`` bytes of UTF-8 that starts with ``head``."""
+    if not head:
+        return size // 4
+    tokens = _utf8_tokens(head)
+    return tokens if len(head) >= size else tokens * size // len(head)
+
+
 def _part_tokens(part: Part, pdf_page_tokens: int = TOKENS_PER_PDF_PAGE) -> int:
-    return len(part.text or "") // 4 if part.media is None else _media_tokens(part.media, pdf_page_tokens)
+    return text_tokens(part.text or "") if part.media is None else _media_tokens(part.media, pdf_page_tokens)
 
 
 def estimate_tokens(messages: Iterable[Message], bridged: Mapping[int, int] | None = None) -> int:
-    """The input tokens of ``messages``, estimated part by part (so estimates add up exactly): a
-    token per 4 characters of text, and fixed rates per image, audio or video second and PDF page
-    (media of unknown length count 0). A media in ``bridged`` (by ``id``) counts the tokens given
-    there instead: what a bridge will make of it."""
+    """The input tokens of ``messages``, estimated part by part (so estimates add up exactly): text
+    as :func:`text_tokens` counts it (a prompt, a system prompt, history or a ``text/*`` document
+    alike), and fixed rates per image, audio or video second and PDF page (media of unknown length
+    count 0). A media in ``bridged`` (by ``id``) counts the tokens given there instead: what a bridge
+    will make of it."""
     bridged = bridged or {}
     return sum(bridged[id(part.media)] if part.media is not None and id(part.media) in bridged else _part_tokens(part)
                for message in messages for part in message.parts)
@@ -291,9 +363,12 @@ def why_not_matched(match: Match, facts: Facts) -> str | None:
     if match.diarization is not None and match.diarization != facts.diarization:
         return f"diarization is {'on' if facts.diarization else 'off'}, rule wants it {'on' if match.diarization else 'off'}"
     for key, value in match.metadata.items():
-        if facts.metadata.get(key) != value:
-            return f"metadata {key}={facts.metadata.get(key)!r}, rule wants {value!r}"
+        got = _metadata_value(facts.metadata, key)
+        if got is None or _nfc(got) != value:
+            return f"metadata {key}={got!r}, rule wants {value!r}{_look_alike(got, value)}"
     missing_tags = set(match.tags) - facts.tags
+    if missing_tags and not all(tag.isascii() for tag in facts.tags):
+        missing_tags -= {_nfc(tag) for tag in facts.tags}
     if missing_tags:
         return f"missing tags: {', '.join(sorted(missing_tags))}"
     # The token estimate is only known when every media's size is: unknown durations count 0.
@@ -313,6 +388,47 @@ def why_not_matched(match: Match, facts: Facts) -> str | None:
         if not wanted.holds(value):
             return f"{name} is {value:g}, rule wants {wanted.describe()}"
     return None
+
+
+def _nfc(text: str) -> str:
+    """``text`` in Unicode's composed form (NFC), as rules compare it: ASCII is returned as it is, at once."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def _metadata_value(metadata: Mapping[str, str], key: str) -> str | None:
+    """The value of ``key`` (in NFC, as a rule's) in a request's ``metadata``, whose keys may be in
+    another form (NFD)."""
+    value = metadata.get(key)
+    if value is not None or key.isascii():
+        return value
+    return next((v for k, v in metadata.items() if not k.isascii() and _nfc(k) == key), None)
+
+
+def _look_alike(got: str | None, wanted: str) -> str:
+    """For a request's value that differs from a rule's yet looks the same (compatibility forms such as
+    full-width letters, or invisible characters), the code points of both, for ``explain``; else ``""``."""
+    if got is None or (got.isascii() and wanted.isascii()):
+        return ""
+    visible = [unicodedata.normalize("NFKC", "".join(c for c in text if unicodedata.category(c) != "Cf"))
+               for text in (got, wanted)]
+    if visible[0] != visible[1]:
+        return ""
+    return f" (code points {_code_points(got)} vs {_code_points(wanted)})"
+
+
+def _code_points(text: str) -> str:
+    return " ".join(f"U+{ord(c):04X}" for c in text)
+
+
+def _nfc_rule(rule: Rule) -> Rule:
+    """``rule`` with the metadata keys, values and tags it matches in NFC, as requests' are compared."""
+    match = rule.match
+    texts = [*match.metadata, *match.metadata.values(), *match.tags]
+    if all(text.isascii() for text in texts):
+        return rule
+    match = match.model_copy(update={"metadata": {_nfc(k): _nfc(v) for k, v in match.metadata.items()},
+                                     "tags": [_nfc(tag) for tag in match.tags]})
+    return rule.model_copy(update={"match": match})
 
 
 class Outcome(enum.StrEnum):
@@ -451,6 +567,10 @@ class Router:
     bridges: Mapping[Modality, Sequence[str]] = field(default_factory=dict)
     allow_overrides: bool = True
     override_providers: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        """Put the rules' metadata and tags in NFC once: requests' are compared in that form."""
+        self.rules = [_nfc_rule(rule) for rule in self.rules]
 
     # -- usability -------------------------------------------------------------------------
 
