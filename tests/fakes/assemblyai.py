@@ -12,6 +12,13 @@ that is not a non-empty list of ids in :attr:`FakeAssemblyAI.speech_models`, is 
 :attr:`FakeAssemblyAI.max_upload_bytes` (AssemblyAI's documented 2.2 GB) is refused with 413; the
 real API's status and wording for it are not documented. :attr:`FakeAssemblyAI.poll_failures` scripts
 failed status polls (an HTTP error, or the connection closed without an answer).
+
+``DELETE /v2/transcript/<id>`` is answered as AssemblyAI documents it ("Remove the data from the transcript
+and mark it as deleted"): the transcript, its status kept, with ``text`` ``"Deleted by user."``,
+``audio_url`` ``"http://deleted_by_user"`` and no words or utterances; later GETs answer the same.
+:attr:`FakeAssemblyAI.deleted` records the ids deleted, in order; :attr:`FakeAssemblyAI.delete_failure`
+answers every DELETE with an HTTP error instead, and :attr:`FakeAssemblyAI.delete_hold` holds DELETE
+answers until a test releases them.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ class FakeTranscript:
     statuses: list[str]
     polls: int = 0
     history: list[str] = field(default_factory=list)
+    #: Set by a DELETE: the text, words, utterances and audio_url are gone, as at AssemblyAI.
+    deleted: bool = False
 
 
 class FakeAssemblyAI(FakeUpstream):
@@ -89,6 +98,21 @@ class FakeAssemblyAI(FakeUpstream):
         #: Raw answers (path or None for any, status, body, content type, headers) given instead of the API's,
         #: before any check of the key: what a proxy or gateway before the API sends (see :meth:`page_next`).
         self.pages: list[tuple[str | None, int, bytes, str, dict[str, str]]] = []
+        #: The ids of the transcripts deleted (``DELETE /v2/transcript/<id>`` answered 200), in order.
+        self.deleted: list[str] = []
+        #: Every DELETE's transcript id, answered or not, in the order they arrived.
+        self.delete_requests: list[str] = []
+        #: If set, the HTTP status every DELETE is answered with (an ``{"error": ...}`` body), deleting nothing.
+        self.delete_failure: int | None = None
+        #: If set, a DELETE is answered only once this event is set (or after :attr:`delete_hold_timeout`
+        #: seconds, so a test never hangs); :attr:`deletes_released` records, per DELETE, whether the event
+        #: was set when it was answered. Keep the timeout below the client's HTTP timeout, so a client that
+        #: waits for the DELETE's answer meets the timeout here first (recorded False), not its own.
+        self.delete_hold: threading.Event | None = None
+        self.delete_hold_timeout = 5.0
+        self.deletes_released: list[bool] = []
+        #: Set at each DELETE answered (whatever the answer).
+        self.delete_answered = threading.Event()
         self._ids = itertools.count(1)
         self._state_lock = threading.Lock()
 
@@ -131,6 +155,11 @@ class FakeAssemblyAI(FakeUpstream):
             self._create(request, reply)
         elif request.method == "GET" and request.path.startswith("/v2/transcript/"):
             self._get(request.path.rsplit("/", 1)[-1], reply)
+        elif request.method == "DELETE" and request.path.startswith("/v2/transcript/"):
+            try:
+                self._delete(request.path.rsplit("/", 1)[-1], reply)
+            finally:
+                self.delete_answered.set()
         else:
             reply.json({"error": f"Not found: {request.method} {request.path}"}, 404)
 
@@ -197,6 +226,26 @@ class FakeAssemblyAI(FakeUpstream):
             job.history.append(status)
         reply.json(self._payload(job, status))
 
+    def _delete(self, transcript_id: str, reply: Reply) -> None:
+        with self._state_lock:
+            self.delete_requests.append(transcript_id)
+        if self.delete_hold is not None:
+            released = self.delete_hold.wait(self.delete_hold_timeout)
+            with self._state_lock:
+                self.deletes_released.append(released)
+        job = self.transcripts.get(transcript_id)
+        if job is None:
+            reply.json({"error": "Transcript not found"}, 404)
+            return
+        if self.delete_failure is not None:
+            reply.json({"error": f"scripted delete failure: HTTP {self.delete_failure}"}, self.delete_failure)
+            return
+        with self._state_lock:
+            job.deleted = True
+            self.deleted.append(transcript_id)
+            status = job.statuses[min(job.polls, len(job.statuses) - 1)]
+        reply.json(self._payload(job, status))
+
     # -- transcript bodies -----------------------------------------------------------------
 
     def _payload(self, job: FakeTranscript, status: str) -> dict[str, Any]:
@@ -221,7 +270,9 @@ class FakeAssemblyAI(FakeUpstream):
             "audio_duration": None,
             "error": None,
         }
-        if status == "error":
+        if job.deleted:  # what AssemblyAI leaves of a deleted transcript
+            payload.update(audio_url="http://deleted_by_user", text="Deleted by user.")
+        elif status == "error":
             payload["error"] = self.error_message
         elif status == "completed":
             payload.update(self._result(bool(req.get("speaker_labels"))))

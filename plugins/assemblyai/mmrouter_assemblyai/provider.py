@@ -1,4 +1,4 @@
-"""The AssemblyAI provider: upload, submit with speaker labels, poll until done, map the transcript."""
+"""The AssemblyAI provider: upload, submit with speaker labels, poll until done, map the transcript, delete it."""
 
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ class AssemblyAIProvider(Provider):
         self.models = list(MODELS)
         self._client: assemblyai.AsyncClient | None = None
         self._transcriber: assemblyai.AsyncTranscriber | None = None
+        #: Transcript deletes still running (:meth:`_delete_later`), kept so none is garbage-collected.
+        self._deletes: set[asyncio.Task[None]] = set()
 
     def unconfigured_reason(self) -> str | None:
         return self.settings.unconfigured_reason(self.name)
@@ -136,7 +138,10 @@ class AssemblyAIProvider(Provider):
         except Exception as exc:
             self._raise_mapped(exc)
         log.debug("assemblyai transcript %s submitted (request %s)", submitted.id, ctx.request_id)
-        response = await self._poll(client, submitted.id, ctx)
+        try:
+            response = await self._poll(client, submitted.id, ctx)
+        finally:  # read, failed or cancelled: AssemblyAI need keep it no longer
+            self._delete_later(client, submitted.id, ctx.request_id, media.url)
         if response.status == aai.TranscriptStatus.error:
             raise errors.transcript_failed(self.name, response.id, response.error, self.settings.key)
         return response
@@ -213,6 +218,37 @@ class AssemblyAIProvider(Provider):
         raise errors.with_note(error, f"transcript {transcript_id}: {failures.in_a_row} failed status polls in a "
                                       "row, giving up; it may still complete at AssemblyAI") from exc
 
+    def _delete_later(self, client: assemblyai.AsyncClient, transcript_id: str | None, request_id: str,
+                      media_url: str | None = None) -> None:
+        """Delete ``transcript_id`` at AssemblyAI (when ``delete_transcripts``) in a task of its own, so the
+        call's answer, or its error, never waits for the delete; :meth:`aclose` waits for those not done."""
+        if not self.settings.delete_transcripts or not transcript_id:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._delete(client, transcript_id, request_id, media_url), name=f"assemblyai-delete-{transcript_id}")
+        self._deletes.add(task)
+        task.add_done_callback(self._deletes.discard)
+
+    async def _delete(self, client: assemblyai.AsyncClient, transcript_id: str, request_id: str,
+                      media_url: str | None) -> None:
+        """``DELETE /v2/transcript/<id>`` through the SDK: AssemblyAI then drops the transcript's text, words,
+        speakers and ``audio_url`` (and, its API reference says, the file uploaded for it). Best effort: a failure is logged at WARNING
+        (naming the transcript, never the key or a URL's query), as the call was already answered."""
+        from assemblyai.prerecorded.v2 import async_api
+
+        try:
+            await async_api.delete_transcript(client.http_client, transcript_id)
+        except Exception as exc:
+            if errors.is_mappable(exc):
+                error = errors.map_sdk_error(exc, self.name, self.settings.key, self.settings.base_url)
+                reason = errors.detail(errors.hide_media_url(error, media_url) if media_url else error)
+            else:
+                reason = type(exc).__name__
+            log.warning("%s: could not delete transcript %s at AssemblyAI (request %s): %s; it stays in the "
+                        "account until deleted there", self.name, transcript_id, request_id, reason)
+            return
+        log.debug("%s: transcript %s deleted at AssemblyAI (request %s)", self.name, transcript_id, request_id)
+
     def _raise_mapped(self, exc: Exception) -> NoReturn:
         """Raise the provider error for an SDK failure, or ``exc`` itself if it is none of the SDK's."""
         if errors.is_mappable(exc):
@@ -220,7 +256,12 @@ class AssemblyAIProvider(Provider):
         raise exc
 
     async def aclose(self) -> None:
-        """Close the SDK client's connection pool (safe to call more than once)."""
+        """Close the SDK client's connection pool (safe to call more than once), once the transcript deletes
+        still running have ended, waiting for them at most the HTTP ``timeout`` (any left then is cancelled)."""
+        if self._deletes:
+            _, pending = await asyncio.wait(set(self._deletes), timeout=self.settings.timeout)
+            for task in pending:
+                task.cancel()
         client, self._client, self._transcriber = self._client, None, None
         if client is not None:
             await client.aclose()

@@ -10,6 +10,7 @@ Keys (all optional)::
         poll_interval: 3                # seconds between transcript status polls (default 3)
         speaker_labels: true            # diarize every call, not only when asked (default true)
         speech_models: [assemblyai-stt-3-7, universal-2]  # what assemblyai/best sends, in priority order
+        delete_transcripts: true        # delete each transcript at AssemblyAI once read (default true)
 
 An empty value (``timeout:``, or ``${VAR:-}``) means the default; an unset ``${VAR}`` leaves the provider not configured.
 
@@ -56,6 +57,9 @@ class AssemblyAISettings(ProviderSettings):
     speaker_labels: bool = Field(True, description="diarize every call, not only when asked")
     speech_models: tuple[str, ...] = Field(
         DEFAULT_BEST_MODELS, description="AssemblyAI's speech_models sent for assemblyai/best, in priority order")
+    delete_transcripts: bool = Field(
+        True, description="delete each transcript at AssemblyAI once read, or once its call failed or was "
+                          "cancelled (false: AssemblyAI keeps them, per the account's retention)")
 
     @field_validator("base_url")
     @classmethod
