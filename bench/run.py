@@ -458,7 +458,7 @@ async def store_cpu_ms_per_mib(workdir: Path, size: int, count: int) -> float:
 
     started = time.thread_time()
     for _ in range(count):
-        await store.upload("video/mp4", Modality.VIDEO, "bench.mp4", size, chunks())
+        await store.upload("video/mp4", Modality.VIDEO, size, chunks())
     spent = time.thread_time() - started
     shutil.rmtree(workdir / "store-alone", ignore_errors=True)
     return spent * 1000 / (count * size / MiB)

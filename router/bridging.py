@@ -120,16 +120,23 @@ class BridgeMemo(Protocol):
         :meth:`recall` asked afterwards finds it."""
 
 
+#: The form of the kept texts read: part of every memo key (:func:`media_prefix`). Texts kept before it
+#: (keys without it) were made by bridges given the media's file name, which ``local/extract`` wrote into
+#: its headings: another client's name, for a client sending the same bytes. They are never read again,
+#: and go with ``prune`` or with a ``ResetSession`` of a session that sent their media.
+KEPT_FORMAT = "k2"
+
+
 def media_prefix(media: Media, request: Request) -> str | None:
-    """What every memo key of ``media`` starts with: its content and modality. None for media not
-    kept by the router (URLs, inline media outside a session)."""
+    """What every memo key of ``media`` starts with: its content, its modality and :data:`KEPT_FORMAT`.
+    None for media not kept by the router (URLs, inline media outside a session)."""
     if media.media_id:
         content = media.media_id
     elif media.data is not None and request.session_id:  # stored under this id when the turn is saved
         content = hashlib.sha256(media.data).hexdigest()
     else:
         return None
-    return f"{content}|{media.modality.value}|"
+    return f"{content}|{media.modality.value}|{KEPT_FORMAT}|"
 
 
 def memo_key(media: Media, request: Request, bridge: Bridge, options: Options | None = None) -> str | None:
@@ -674,11 +681,15 @@ def _settle(key: str | None, leader: asyncio.Future | None, result: tuple[str, T
 async def _bridge_one(media: Media, bridge: Bridge, provider, model, options: Options, ctx: CallContext,
                       route: RouteInfo) -> tuple[str, Transcript | None]:
     """Call the bridge's model on one media: its text, and its transcript (several merged) if any.
-    Its usage is recorded in ``route``'s steps by :func:`call_model`."""
+    Its usage is recorded in ``route``'s steps by :func:`call_model`.
+
+    The model gets the media without its file name: the text is kept by content (:func:`memo_key`) and
+    given to any client that sends the same bytes, so it must not name them as this client did (the text
+    part it becomes names them as each request's part does, see :func:`_part_text`)."""
     extraction = FEATURE_EXTRACTION_ONLY in model.features
     task = Task.CHAT if extraction or bridge.modality in (Modality.DOCUMENT, Modality.IMAGE) else Task.TRANSCRIBE
     sub = Request(
-        messages=[Message(Role.USER, [Part(media=media)])],
+        messages=[Message(Role.USER, [Part(media=dataclasses.replace(media, filename=""))])],
         options=Options(task=task, diarization=options.diarization,
                         speakers_expected=options.speakers_expected, language=options.language),
     )

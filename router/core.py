@@ -619,7 +619,7 @@ class App:
         """The media store id of ``media`` (inline bytes are stored first); for URL-free media only."""
         if media.media_id:
             return media.media_id
-        stored = self.media.put_bytes(media.read_bytes(), media.mime_type, media.modality, media.filename)
+        stored = self.media.put_bytes(media.read_bytes(), media.mime_type, media.modality)
         media.media_id = stored.media_id
         return stored.media_id
 

@@ -1,7 +1,9 @@
 """The media store: chunked uploads, content-addressed on disk (sha256) under the data directory.
 
 Layout: ``<data_dir>/media/<id[:2]>/<id>`` holds the bytes and
-``<id>.json`` beside it the MIME type, modality and file name. Uploads are
+``<id>.json`` beside it the MIME type, modality and size. No file name is kept: one record serves every
+client that sends the same bytes, and one client's name for them is none of another's (a part names its
+media itself, see ``router.wire``). Uploads are
 written to ``<data_dir>/media/tmp`` while hashed, then renamed into place,
 so memory stays bounded by the chunk size whatever the file's size.
 """
@@ -124,11 +126,10 @@ class StoredMedia:
     mime_type: str
     modality: Modality
     size: int
-    filename: str = ""
 
     def as_media(self) -> Media:
-        return Media(self.modality, self.mime_type, path=self.path, media_id=self.media_id,
-                     filename=self.filename, size=self.size)
+        """The stored media as a request's media, without a file name (the part naming it gives its own)."""
+        return Media(self.modality, self.mime_type, path=self.path, media_id=self.media_id, size=self.size)
 
 
 class MediaStore:
@@ -176,7 +177,7 @@ class MediaStore:
         try:  # a record that is missing, unreadable or names no bytes counts as absent
             meta = json.loads(record.read_text())
             stored = StoredMedia(media_id, path, meta["mime_type"], Modality(meta["modality"]),
-                                 path.stat().st_size, meta.get("filename", ""))
+                                 path.stat().st_size)  # a "filename" older versions kept is never read
         except (OSError, ValueError, KeyError, TypeError):
             raise UnknownMedia(f"no media with id {media_id}: upload it with UploadMedia first",
                                metadata={"media_id": media_id}) from None
@@ -232,12 +233,13 @@ class MediaStore:
         except UnknownMedia:
             return None
 
-    def put_bytes(self, data: bytes, mime_type: str, modality: Modality, filename: str = "") -> StoredMedia:
+    def put_bytes(self, data: bytes, mime_type: str, modality: Modality) -> StoredMedia:
         """Store bytes already in memory (inline media kept for a session).
 
         If the same content is already stored, its record is kept as it is and returned (its
-        modality, MIME type and file name may differ from the arguments'): the bytes are what a
-        session needs, and an upload's record must not change under its client.
+        modality and MIME type may differ from the arguments'): the bytes are what a session needs,
+        and an upload's record must not change under its client. No file name is kept (see the
+        module's docstring): the session's turn keeps its part's own.
         """
         media_id = hashlib.sha256(data).hexdigest()
         stored = self._stored(media_id)
@@ -248,10 +250,9 @@ class MediaStore:
                 out.write(data)
                 _sync(out)
             with _room_needed(f"the record of media {media_id}"):
-                return self._keep(tmp, media_id, mime_type, modality, filename)[0]
+                return self._keep(tmp, media_id, mime_type, modality)[0]
 
-    def _keep(self, tmp: Path, media_id: str, mime_type: str, modality: Modality,
-              filename: str) -> tuple[StoredMedia, bool]:
+    def _keep(self, tmp: Path, media_id: str, mime_type: str, modality: Modality) -> tuple[StoredMedia, bool]:
         """Commit ``tmp`` as ``media_id``, unless the same content is stored already, whole: then its record
         is returned as it is. Returns the record and whether ``tmp`` was committed. One at a time: two
         uploads of the same bytes at once both found nothing stored, and the last record written won, so
@@ -260,7 +261,7 @@ class MediaStore:
             stored = self._stored(media_id)
             if stored is not None and stored.size == tmp.stat().st_size:
                 return stored, False
-            return self._commit(tmp, media_id, mime_type, modality, filename), True
+            return self._commit(tmp, media_id, mime_type, modality), True
 
     @contextlib.contextmanager
     def _temp_file(self, suffix: str = "") -> Iterator[tuple[int, Path]]:
@@ -280,7 +281,7 @@ class MediaStore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def _commit(self, tmp: Path, media_id: str, mime_type: str, modality: Modality, filename: str) -> StoredMedia:
+    def _commit(self, tmp: Path, media_id: str, mime_type: str, modality: Modality) -> StoredMedia:
         """Move the content ``tmp`` into place as ``media_id`` and write its metadata; return the record.
 
         The bytes go first, the metadata after, each by an atomic rename: a reader never sees a
@@ -292,21 +293,22 @@ class MediaStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         size = tmp.stat().st_size
         os.replace(tmp, path)
-        meta = json.dumps({"mime_type": mime_type, "modality": modality.value, "filename": filename, "size": size})
+        meta = json.dumps({"mime_type": mime_type, "modality": modality.value, "size": size})
         with self._temp_file(".json") as (fd, meta_tmp):
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(meta)
                 _sync(out)
             os.replace(meta_tmp, path.with_suffix(".json"))
         _sync_directory(path.parent)  # the renames themselves survive a power cut
-        return StoredMedia(media_id, path, mime_type, modality, size, filename)
+        return StoredMedia(media_id, path, mime_type, modality, size)
 
-    async def upload(self, mime_type: str, modality: Modality, filename: str, expected_size: int,
+    async def upload(self, mime_type: str, modality: Modality, expected_size: int,
                      chunks: AsyncIterator[bytes]) -> StoredMedia:
         """Write ``chunks`` to disk while hashing; check the MIME type on the first bytes.
 
         Content is stored once, under its sha256. Uploading content that is already stored returns
-        the existing record unchanged (its MIME type and file name are those of the first upload);
+        the existing record unchanged (its MIME type is that of the first upload); no file name is
+        kept (see the module's docstring: a request's part gives its own);
         under another modality it is refused with :class:`InvalidRequest` naming the media id and the
         modality it is stored as, since one id has one modality.
         """
@@ -354,7 +356,7 @@ class MediaStore:
                                      violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")])
             media_id = digest.hexdigest()
             with _room_needed(f"the upload of {mime_type}"):  # new, or stored damaged: this upload replaces it
-                stored, committed = await asyncio.to_thread(self._keep, tmp, media_id, mime_type, modality, filename)
+                stored, committed = await asyncio.to_thread(self._keep, tmp, media_id, mime_type, modality)
             # the same bytes stored before as another modality: its record stands. A video's is answered for
             # an upload as audio (a request may name a stored video as audio, for its sound); another
             # modality is refused (an id naming audio is no video)

@@ -620,7 +620,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise InvalidRequest("invalid upload metadata: " + "; ".join(f"{p.field}: {p.description}" for p in problems),
                                  violations=problems)
         async with aclosing(_upload_chunks(messages, context)) as chunks:
-            stored = await self.app.media.upload(meta.mime_type, modality, meta.filename, meta.size_bytes, chunks)
+            stored = await self.app.media.upload(meta.mime_type, modality, meta.size_bytes, chunks)
         return pb.UploadMediaResponse(media_id=stored.media_id, size_bytes=stored.size,
                                       mime_type=stored.mime_type, modality=wire.modality_to_proto(stored.modality))
 

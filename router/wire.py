@@ -118,7 +118,9 @@ def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: Resol
 def _stored_media(media: pb.Media, modality: Modality, path: str, resolve: ResolveMedia,
                   problems: list[FieldViolation]) -> Media | None:
     """The uploaded media that ``media`` names by its ``media_id``, checked against the modality and
-    MIME type the part declares (as inline media are: MIME_MISMATCH on another type)."""
+    MIME type the part declares (as inline media are: MIME_MISMATCH on another type). Its file name is
+    the part's, or none: one stored media serves every client that sends the same bytes, and one
+    client's name for them must not reach another (in answers, or sent to its provider)."""
     if not is_media_id(media.media_id):
         problems.append(FieldViolation(f"{path}.media_id", "is not a media id (64 lower-case hex digits): send "
                                        "the media_id UploadMedia returned, as it returned it"))
@@ -137,7 +139,7 @@ def _stored_media(media: pb.Media, modality: Modality, path: str, resolve: Resol
     problem = stored_type_problem(media.mime_type, stored) if media.mime_type else None
     if problem:
         raise MimeMismatch(f"{path}: {problem}", violations=[FieldViolation(f"{path}.mime_type", problem)])
-    if media.filename and media.filename != stored.filename:  # this reference's name, not every one's
+    if media.filename != stored.filename:  # this part's own name, or none: never another client's
         stored = replace(stored, filename=media.filename)
     return stored
 

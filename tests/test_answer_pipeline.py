@@ -68,7 +68,7 @@ async def test_an_answer_closed_at_done_leaves_no_generator_to_the_garbage_colle
 
 class Scripted(router.Provider):
     """A text model, an omni model, a paid audio bridge ($1 per second) and a document reader that
-    fails on files named ``bad*``."""
+    fails on documents whose bytes hold ``bad`` (a bridge is given no file name)."""
 
     def __init__(self) -> None:
         self.name = "s"
@@ -88,7 +88,7 @@ class Scripted(router.Provider):
             yield router.TranscriptReady(router.Transcript("heard words", duration_seconds=2.0))
             yield router.UsageReport(router.Usage(audio_seconds=2.0))
         elif model.name == "reader":
-            if request.media()[0].filename.startswith("bad"):
+            if b"bad" in request.media()[0].read_bytes():
                 raise ProviderUnavailable(self.name, "the reader is down")
             yield router.TextDelta("the document's text")
         else:
@@ -137,7 +137,7 @@ async def test_a_bridge_paid_before_another_bridge_failed_counts_in_the_answers_
     transcription is still in the answer's total and was streamed as a step's usage."""
     app = App(parse_config(SCRIPTED % tmp_path, "test.yaml"), extra_plugins={"s": ScriptedPlugin()})
     audio = Media(Modality.AUDIO, "audio/wav", data=wav(0.1), filename="a.wav")
-    pdf = Media(Modality.DOCUMENT, "application/pdf", data=b"%PDF-1.4\n%%EOF", filename="bad.pdf")
+    pdf = Media(Modality.DOCUMENT, "application/pdf", data=b"%PDF-1.4\n%bad\n%%EOF", filename="bad.pdf")
     try:
         events = await _events(app, Request(messages=[Message(Role.USER, [Part(media=audio), Part(media=pdf),
                                                                          Part(text="Summarise")])]))

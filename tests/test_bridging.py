@@ -235,7 +235,7 @@ server: {{data_dir: '{tmp_path}'}}
     app = App(parse_config(config, "t.yaml"), extra_plugins={"sl": Plugin()})
     try:
         def ask(data: bytes) -> Request:
-            stored = app.media.put_bytes(data, "audio/wav", Modality.AUDIO, "call.wav")
+            stored = app.media.put_bytes(data, "audio/wav", Modality.AUDIO)
             media = app.load_media(stored.media_id)
             return Request(messages=[Message(Role.USER, [Part(media=media), Part(text="summarise")])])
 
@@ -271,7 +271,8 @@ server: {{data_dir: '{tmp_path}'}}
 
 class Listener(router.Provider):
     """A model that hears (omni), a 2000-token text model (tiny) that says which transcripts it got, and
-    a paid transcriber (ears) that records what it heard and makes ``words_per_second`` words a second."""
+    a paid transcriber (ears) that records what it heard (each clip's length: a bridge gets no file name) and
+    makes ``words_per_second`` words a second."""
 
     name = "ls"
     models = [ModelInfo("omni", frozenset({Modality.TEXT, Modality.AUDIO}), price=Price(1.0, 1.0)),
@@ -282,12 +283,12 @@ class Listener(router.Provider):
 
     def __init__(self, words_per_second: float) -> None:
         self.words_per_second = words_per_second
-        self.heard: list[str] = []
+        self.heard: list[float] = []
 
     async def generate(self, request, model, ctx):  # type: ignore[no-untyped-def]
         if model.name == "ears":
             clip = request.media()[0]
-            self.heard.append(clip.filename)
+            self.heard.append(round(clip.duration_seconds, 2))
             words = "words " * int(self.words_per_second * clip.duration_seconds)
             yield router.TranscriptReady(router.Transcript(words.strip(), duration_seconds=clip.duration_seconds))
             yield router.UsageReport(router.Usage(audio_seconds=clip.duration_seconds))
@@ -336,7 +337,7 @@ async def test_history_audio_the_model_will_not_get_is_not_transcribed(tmp_path)
     provider = Listener(words_per_second=2.5)  # speech as people speak it
     answer = await _summary_after_ten_heard_clips(tmp_path, provider, seconds=120.0)
     assert (answer.route.model, answer.text) == ("tiny", "got 7.wav,8.wav,9.wav")
-    assert provider.heard == ["9.wav", "8.wav", "7.wav"], "a clip the model did not get was transcribed"
+    assert provider.heard == [120.09, 120.08, 120.07], "a clip the model did not get was transcribed"
     assert [s.model for s in answer.route.steps] == ["ears", "ears", "ears", "tiny"]
     assert any(n.startswith("history trimmed: dropped the 14 oldest message(s) of session s to fit ls/tiny")
                for n in answer.route.notes), answer.route.notes
@@ -349,5 +350,5 @@ async def test_a_transcript_longer_than_guessed_costs_one_dropped_transcription_
     provider = Listener(words_per_second=2000)
     answer = await _summary_after_ten_heard_clips(tmp_path, provider, seconds=0.2)
     assert answer.text == "got 8.wav,9.wav"
-    assert provider.heard == ["9.wav", "8.wav", "7.wav"]
+    assert provider.heard == [0.29, 0.28, 0.27]  # clips 9, 8 and 7
     assert any("dropped the 16 oldest message(s)" in n for n in answer.route.notes), answer.route.notes

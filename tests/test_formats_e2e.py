@@ -318,7 +318,8 @@ def test_an_m4a_declared_audio_aac_is_typed_by_its_content_and_transcribed_by_wh
     else:
         stored = upload(daemon, m4a(), "audio/aac", pb.MODALITY_AUDIO, "voice.aac")
         assert stored.mime_type == "audio/mp4"  # what the record holds, and routing reads
-        clip = pb.Media(modality=pb.MODALITY_AUDIO, media_id=stored.media_id)
+        # the part names its upload: a media named by id without a name has none (none is stored)
+        clip = pb.Media(modality=pb.MODALITY_AUDIO, media_id=stored.media_id, filename="voice.aac")
     request = text_request("", media=[clip], options=pb.Options(task=pb.TASK_TRANSCRIBE))
     route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route
     assert (route.rule, route.provider, route.model) == ("transcription", "openai", "whisper-1")

@@ -51,7 +51,7 @@ def stores(tmp_path):  # type: ignore[no-untyped-def]
 
 def store_media(media: MediaStore):  # type: ignore[no-untyped-def]
     def put(m: Media) -> str:
-        return media.put_bytes(m.data, m.mime_type, m.modality, m.filename).media_id
+        return media.put_bytes(m.data, m.mime_type, m.modality).media_id
     return put
 
 

@@ -403,9 +403,10 @@ def test_a_pdf_over_claude_s_100_pages_is_answered_by_the_fallback_without_reach
     assert answer.text
 
 
-def whisper_uploads(fakes) -> list[tuple[str, str | None]]:
-    """Each audio sent to OpenAI's transcription endpoint: its file name and the language asked."""
-    return [(u.files["file"][0], u.field("language")) for u in fakes["openai"].uploads()]
+def whisper_uploads(fakes) -> list[tuple[bytes, str | None]]:
+    """Each audio sent to OpenAI's transcription endpoint: its bytes (a bridge sends no file name) and the
+    language asked."""
+    return [(u.files["file"][2], u.field("language")) for u in fakes["openai"].uploads()]
 
 
 def test_a_follow_up_s_language_does_not_reach_the_history_s_audio(start_daemon, fakes) -> None:
@@ -419,14 +420,14 @@ def test_a_follow_up_s_language_does_not_reach_the_history_s_audio(start_daemon,
     second = generate(daemon, text_request("Compare it with this one", media=[french], session_id="s",
                                            options=pb.Options(language="fr")))
     assert route_of(second) == ("general", "openai/gpt-4o")
-    assert whisper_uploads(fakes) == [("english.wav", "en"), ("french.wav", "fr")], "turn 1's audio paid again"
+    assert whisper_uploads(fakes) == [(english.data, "en"), (french.data, "fr")], "turn 1's audio paid again"
 
     heard = media(pb.MODALITY_AUDIO, "audio/wav", wav(0.5), "heard.wav")
     generate(daemon, text_request("Listen", media=[heard], session_id="native",
                                   options=pb.Options(language="en"), hints=pb.RoutingHints(provider="gemini")))
     generate(daemon, text_request("And this?", media=[french], session_id="native",
                                   options=pb.Options(language="fr")))
-    assert whisper_uploads(fakes)[2:] == [("heard.wav", None)], "the history's audio got this turn's language"
+    assert whisper_uploads(fakes)[2:] == [(heard.data, None)], "the history's audio got this turn's language"
 
 
 def test_a_diarized_transcript_in_the_history_is_reused_by_a_plain_follow_up(start_daemon, fakes) -> None:

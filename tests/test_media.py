@@ -401,11 +401,11 @@ def test_the_same_bytes_keep_their_first_record(daemon) -> None:
 
 def test_put_bytes_keeps_the_stored_record(tmp_path) -> None:
     store = MediaStore(tmp_path, 1 << 20)
-    first = store.put_bytes(WEBM, "video/webm", Modality.VIDEO, "clip.webm")
-    second = store.put_bytes(WEBM, "audio/webm", Modality.AUDIO, "voice.webm")
-    assert (second.media_id, second.modality, second.mime_type, second.filename) == (
-        first.media_id, Modality.VIDEO, "video/webm", "clip.webm")
+    first = store.put_bytes(WEBM, "video/webm", Modality.VIDEO)
+    second = store.put_bytes(WEBM, "audio/webm", Modality.AUDIO)
+    assert (second.media_id, second.modality, second.mime_type) == (first.media_id, Modality.VIDEO, "video/webm")
     assert store.get(first.media_id).modality is Modality.VIDEO
+    assert store.get(first.media_id).as_media().filename == ""  # no client's name for the bytes is kept
 
 
 def test_put_bytes_that_fail_to_commit_leave_no_temp_file(tmp_path) -> None:
@@ -430,8 +430,8 @@ def test_a_record_is_written_whole_or_not_at_all(tmp_path, monkeypatch) -> None:
     assert not record.exists(), f"a half-written record was left: {record.read_bytes()!r}"
     assert not list((tmp_path / "tmp").iterdir())
     monkeypatch.setattr(router.media.json, "dumps", real_dumps)
-    stored = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT, "again.pdf")
-    assert store.get(media_id).filename == "again.pdf" == stored.filename
+    stored = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT)
+    assert store.get(media_id).size == len(PDF) == stored.size
 
 
 STORE_UNDER_A_FILE_SIZE_LIMIT = """
@@ -448,7 +448,7 @@ async def chunks():
     yield b"%PDF-1.4\\n" + b"x" * (1 << 20)
     yield b"y" * (1 << 20)
 
-for name, call in (("upload", lambda: asyncio.run(store.upload("application/pdf", Modality.DOCUMENT, "big.pdf",
+for name, call in (("upload", lambda: asyncio.run(store.upload("application/pdf", Modality.DOCUMENT,
                                                                  0, chunks()))),
                    ("put_bytes", lambda: store.put_bytes(b"%PDF-1.4" + b"z" * (2 << 20), "application/pdf",
                                                          Modality.DOCUMENT))):
@@ -521,9 +521,9 @@ def test_media_cut_short_is_not_found_and_uploading_it_again_repairs_it(daemon, 
 def test_put_bytes_repairs_stored_bytes_cut_short(tmp_path) -> None:
     """Inline media a session keeps go through put_bytes: the same bytes again replace a damaged copy."""
     store = MediaStore(tmp_path, 1 << 20)
-    stored = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT, "a.pdf")
+    stored = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT)
     stored.path.write_bytes(b"")
-    again = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT, "a.pdf")
+    again = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT)
     assert (again.size, stored.path.read_bytes()) == (len(PDF), PDF)
     assert store.get(stored.media_id).size == len(PDF)
 
@@ -557,7 +557,7 @@ def test_stored_bytes_reach_the_disk_before_they_are_named(tmp_path, monkeypatch
     async def chunks():
         yield PDF
 
-    stored = asyncio.run(store.upload("application/pdf", Modality.DOCUMENT, "a.pdf", 0, chunks()))
+    stored = asyncio.run(store.upload("application/pdf", Modality.DOCUMENT, 0, chunks()))
     data_tmp = next(path for kind, path in events if kind == "replace" and not path.endswith(".json"))
     assert events.index(("fsync", data_tmp)) < events.index(("replace", data_tmp))
     assert events[-1] == ("fsync", str(stored.path.parent)), events
@@ -669,7 +669,7 @@ def test_the_media_limit_counts_inline_and_stored_media_and_each_reference(tmp_p
     from router.errors import PayloadTooLarge
 
     store = MediaStore(tmp_path, 1 << 20)
-    stored = store.put_bytes(PDF + b"x" * 400, "application/pdf", Modality.DOCUMENT, "a.pdf")
+    stored = store.put_bytes(PDF + b"x" * 400, "application/pdf", Modality.DOCUMENT)
     looked_up: list[str] = []
 
     def resolve(media_id: str):
@@ -718,7 +718,7 @@ def test_the_same_bytes_uploaded_twice_at_once_as_two_modalities_get_one_record(
             await release.wait()
             yield data
 
-        uploads = [asyncio.ensure_future(store.upload(mime, modality, "", 0, chunks()))
+        uploads = [asyncio.ensure_future(store.upload(mime, modality, 0, chunks()))
                    for mime, modality in (("audio/mp4", Modality.AUDIO), ("video/mp4", Modality.VIDEO))]
         await asyncio.sleep(0.05)
         release.set()
