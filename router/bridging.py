@@ -115,9 +115,10 @@ class BridgeMemo(Protocol):
         :func:`made_by`); only a diarized one when ``diarized``, and only under a key that ``accept``
         takes, when given."""
 
-    def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
-        """Keep ``text`` (and the ``transcript`` it came from) under ``key``; without waiting for it, but a
-        :meth:`recall` asked afterwards finds it."""
+    def remember(self, key: str, text: str, transcript: Transcript | None, session_id: str = "") -> None:
+        """Keep ``text`` (and the ``transcript`` it came from) under ``key``, made by a call on ``session_id``
+        (if any: its ResetSession forgets it); without waiting for it, but a :meth:`recall` asked afterwards
+        finds it."""
 
 
 #: The form of the kept texts read: part of every memo key (:func:`media_prefix`). Texts kept before it
@@ -548,7 +549,7 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
         finally:
             _settle(key, leader, result)  # those waiting get the text, or None (then bridge themselves)
         if memo is not None and key is not None:
-            memo.remember(key, text, transcript)
+            memo.remember(key, text, transcript, request.session_id)
         done.texts[this] = (text, transcript)
         return text, transcript, bridge, False
     if choices[0].keep_media:
@@ -723,4 +724,4 @@ def remember_transcripts(request: Request, transcripts: list[Transcript], target
     for one, transcript in zip(media, transcripts, strict=True):
         key = memo_key(one, request, Bridge(Modality.AUDIO, target))
         if key is not None:
-            memo.remember(key, _transcript_text(transcript), transcript)
+            memo.remember(key, _transcript_text(transcript), transcript, request.session_id)

@@ -763,21 +763,13 @@ def _prune_failed(message: str) -> NoReturn:
 
 
 def _preview_prune(path: Path, before: float) -> tuple[int, int, set[str]]:
-    """:func:`router.sessions.preview_prune`, a database that cannot be read reported as prune's are,
-    and the copy it reads a -wal without its -shm from, when it cannot be made, in one line."""
-    from .media import NO_ROOM
+    """:func:`router.sessions.preview_prune`, a database that cannot be read reported as prune's are."""
     from .sessions import preview_prune
 
     try:
         return preview_prune(path, before)
     except sqlite3.Error as exc:
         _bad_sessions(path, exc, full_fix=PRUNE_FULL_OTHERWISE)
-    except OSError as exc:  # the copy, or the temporary folder (no file named: none was usable)
-        where = exc.filename2 or exc.filename
-        fix = ": set TMPDIR to a folder with room" if exc.errno in NO_ROOM or not where else ""
-        _prune_failed(f"cannot read {path} without writing beside it: its -wal has no -shm, so it is read from "
-                      f"a copy in a temporary folder, which failed ({f'{where}: ' if where else ''}"
-                      f"{exc.strerror or exc}){fix}")
 
 
 def _sessions_to_prune(path: Path) -> tuple[SessionStore, bool]:

@@ -36,7 +36,7 @@ from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry, log_broken_providers
 from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
-from .sessions import SessionStore, StoredBridges, trim_history
+from .sessions import Removed, SessionStore, StoredBridges, trim_history
 from .settings import ProviderSettings
 from .sniff import measure
 from .text import valid_text
@@ -719,11 +719,12 @@ def _ignored_choice(picked: object, candidates: int, notes: list[str] | None) ->
                      "this request; routed by the rules")
 
 
-def _reset_result(session_id: str, removed: int, in_use: bool) -> int:
-    """The turns a reset removed; :class:`UnknownSession` for a session with none and no call under way."""
-    if not removed and not in_use:
+def _reset_result(session_id: str, removed: Removed, in_use: bool) -> int:
+    """The turns a reset removed; :class:`UnknownSession` for a session of which nothing was removed (no
+    turn, no kept text of a call of its) and no call is under way."""
+    if not removed.anything and not in_use:
         raise UnknownSession("no such session: it has no stored turns")  # its id is a key: not in the log line
-    return removed
+    return removed.turns
 
 
 def _check_only_new_turn(request: Request, stored: int) -> None:

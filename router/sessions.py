@@ -14,15 +14,13 @@ import contextlib
 import dataclasses
 import json
 import logging
-import shutil
 import sqlite3
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from .invoke import unpaid_failures
 from .outcome import Answer
@@ -34,6 +32,10 @@ CREATE TABLE IF NOT EXISTS turns (
     PRIMARY KEY (session_id, position)
 );
 CREATE TABLE IF NOT EXISTS bridged (key TEXT PRIMARY KEY, text TEXT NOT NULL, transcript TEXT, at REAL NOT NULL);
+-- the sessions whose calls made a kept bridged text of a media (its id, as its keys start), so that their
+-- ResetSession forgets it even when no turn of theirs was stored (the call failed after the bridge)
+CREATE TABLE IF NOT EXISTS bridged_for (session_id TEXT NOT NULL, media TEXT NOT NULL, PRIMARY KEY (session_id, media));
+CREATE INDEX IF NOT EXISTS bridged_for_media ON bridged_for (media);
 CREATE TABLE IF NOT EXISTS calls (
     at REAL NOT NULL, rule TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, purpose TEXT NOT NULL,
     latency_ms REAL NOT NULL, cost_usd REAL NOT NULL, input_tokens INTEGER NOT NULL,
@@ -71,6 +73,20 @@ STATS_BATCH_ROWS = 512
 HISTORY_CACHE_BYTES = 32 << 20
 
 T = TypeVar("T")
+
+
+class Removed(NamedTuple):
+    """What :meth:`SessionStore.reset` removed: the session's turns (``ResetSession``'s ``turns_removed``)
+    and the other rows (kept bridged texts of its media, its links to them). A session whose calls
+    stored no turn but left a kept text is found: it removed something."""
+
+    turns: int
+    others: int = 0
+
+    @property
+    def anything(self) -> bool:
+        """Whether the reset removed any row."""
+        return self.turns > 0 or self.others > 0
 
 
 class SessionStore:
@@ -112,6 +128,10 @@ class SessionStore:
         # the WAL grows to the largest transaction (a long turn, a prune) and would keep that size
         # while the daemon runs: cut it back after each checkpoint
         self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        # what is deleted (a reset session, a pruned one) is overwritten with zeros, not left in free pages
+        # (some SQLite builds, python.org's and macOS's among them, do not do it by default)
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._busy_timeout = busy_timeout
         self._db.executescript(_SCHEMA)
         self._add_turn_times()
         self._add_bridged_transcripts()
@@ -269,8 +289,10 @@ class SessionStore:
                 return key, *kept
         return None
 
-    def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
-        """Keep a bridged text (a transcript, a PDF's text) for the later turns of a session."""
+    def remember(self, key: str, text: str, transcript: Transcript | None, session_id: str = "") -> None:
+        """Keep a bridged text (a transcript, a PDF's text) for the later turns of a session: that of the
+        call that made it, ``session_id`` (if any), whose :meth:`reset` forgets it even when the call
+        failed and stored no turn (a retry reuses it meanwhile)."""
         try:  # numbers from numpy and the like are floats to JSON
             stored = json.dumps(dataclasses.asdict(transcript), default=float) if transcript is not None else None
         except (TypeError, ValueError) as exc:
@@ -280,25 +302,55 @@ class SessionStore:
             with self._writing():
                 self._db.execute("INSERT OR REPLACE INTO bridged (key, text, transcript, at) VALUES (?, ?, ?, ?)",
                                  (key, text, stored, time.time()))
+                if session_id:
+                    self._db.execute("INSERT OR IGNORE INTO bridged_for (session_id, media) VALUES (?, ?)",
+                                     (session_id, key.split("|", 1)[0]))
         except sqlite3.Error as exc:  # the answer goes on; the next turn bridges again
             log.warning("could not keep a bridged text: %s", exc)
 
-    def reset(self, session_id: str) -> int:
-        """Forget a session; return how many turns were removed.
+    def reset(self, session_id: str) -> Removed:
+        """Forget a session; return how many turns were removed (and, beside, how many other rows).
 
-        The bridged texts (transcripts) of its media go too, unless another session refers to them.
+        The bridged texts (transcripts) of the media its calls sent go too, those of calls that stored
+        no turn included, unless another session refers to them (a turn of its, or a call of its that
+        made them). What was removed is then overwritten in the file (``secure_delete``) and the
+        journal emptied (:meth:`_empty_journal`): no copy of it is left in the data directory.
         """
         with self._writing():
             used_here = self._media_of(self._db.execute(
                 "SELECT parts FROM turns WHERE session_id = ? AND parts LIKE ?", (session_id, '%"media_id"%')))
+            used_here |= {row[0] for row in self._db.execute("SELECT media FROM bridged_for WHERE session_id = ?",
+                                                             (session_id,))}
             removed = self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
+            others = self._db.execute("DELETE FROM bridged_for WHERE session_id = ?", (session_id,)).rowcount
             self._forget_history(session_id)
             for media_id in used_here:  # each looked up, not every turn of every session read
-                elsewhere = self._db.execute("SELECT 1 FROM turns WHERE parts LIKE ? LIMIT 1",
-                                             (f'%"media_id": "{media_id}"%',)).fetchone()
+                elsewhere = (self._db.execute("SELECT 1 FROM turns WHERE parts LIKE ? LIMIT 1",
+                                              (f'%"media_id": "{media_id}"%',)).fetchone()
+                             or self._db.execute("SELECT 1 FROM bridged_for WHERE media = ? LIMIT 1",
+                                                 (media_id,)).fetchone())
                 if elsewhere is None:
-                    self._db.execute("DELETE FROM bridged WHERE key LIKE ?", (f"{media_id}|%",))
-        return removed
+                    others += self._db.execute("DELETE FROM bridged WHERE key LIKE ?", (f"{media_id}|%",)).rowcount
+        if removed or others:
+            self._empty_journal()
+        return Removed(removed, others)
+
+    def _empty_journal(self) -> None:
+        """Write the journal's pages into the file and cut the journal to nothing, so that the rows just
+        deleted leave no copy there (it holds them until a checkpoint, which comes after about 4 MiB of
+        later writes). It does not wait for other connections (a ``mmrouter stats`` reading): when one
+        is in the way, a warning says so and the next checkpoint empties it."""
+        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            busy = exc
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+        if busy:
+            log.warning("the sessions database's journal could not be emptied after a reset (%s): what the reset "
+                        "deleted stays there until the next checkpoint",
+                        busy if isinstance(busy, sqlite3.Error) else "another connection is reading")
 
     def prune(self, before: float, *, dry_run: bool = False) -> tuple[int, int, set[str]]:
         """Forget sessions whose newest turn is older than ``before`` (a time.time()), statistics rows
@@ -323,6 +375,7 @@ class SessionStore:
                     f"SELECT session_id FROM turns WHERE session_id IN ({marks}) GROUP BY session_id"
                     " HAVING MAX(at) < ?", (*batch, before))]
                 self._db.executemany("DELETE FROM turns WHERE session_id = ?", [(s,) for s in still])
+                self._db.executemany("DELETE FROM bridged_for WHERE session_id = ?", [(s,) for s in still])
                 for session in still:
                     self._forget_history(session)
             sessions += len(still)
@@ -338,6 +391,9 @@ class SessionStore:
                 break
         with self._writing():
             self._db.execute("DELETE FROM bridged WHERE at < ?", (before,))
+            # the links of media no text is kept for any more (a range of the bridged keys, by the index)
+            self._db.execute("DELETE FROM bridged_for WHERE NOT EXISTS (SELECT 1 FROM bridged WHERE"
+                             " key >= bridged_for.media || '|' AND key < bridged_for.media || '|' || char(65535))")
         self._give_back_free_pages()
         return sessions, calls, self.media_in_use()
 
@@ -491,9 +547,9 @@ class StoredBridges:
                          accept: Callable[[str], bool] | None = None) -> tuple[str, str, Transcript | None] | None:
         return await self._store.run(self._store.recall_any, prefix, diarized, accept)
 
-    def remember(self, key: str, text: str, transcript: Transcript | None) -> None:
+    def remember(self, key: str, text: str, transcript: Transcript | None, session_id: str = "") -> None:
         try:  # queued: a later recall runs after it on the same thread
-            self._store.submit(self._store.remember, key, text, transcript)
+            self._store.submit(self._store.remember, key, text, transcript, session_id)
         except RuntimeError:  # the store is closed (the daemon stops): the next run bridges again
             log.info("the daemon is closing: a bridged text is not kept")
 
@@ -502,8 +558,8 @@ def preview_prune(path: Path, before: float) -> tuple[int, int, set[str]]:
     """What :meth:`SessionStore.prune` of the database ``path`` would remove, as ``prune(before,
     dry_run=True)`` says, read without writing anything: no -wal or -shm file made, an old database
     not migrated (the turns of one too old to have times count as used now, as its migration dates
-    them). Raises ``sqlite3.Error`` for a file that is no sessions database, ``OSError`` when the
-    private copy it may need (see :func:`_read_copy`) cannot be made."""
+    them), nor copied elsewhere. Raises ``sqlite3.Error`` for a file that is no sessions database
+    (or that cannot be read)."""
     wal, shm = (path.with_name(f"{path.name}{suffix}") for suffix in ("-wal", "-shm"))
     # A -wal and its -shm: a connection may have the database open (a daemon): read it read-only,
     # through both.
@@ -513,8 +569,11 @@ def preview_prune(path: Path, before: float) -> tuple[int, int, set[str]]:
     # read it immutable, which makes no -wal or -shm (read-only would).
     if not _holds_frames(wal):
         return _read_preview(path, "immutable=1", before)
-    # A -wal without its -shm: read-only would make the -shm, and immutable does not read the -wal.
-    return _read_copy(path, wal, before)
+    # A -wal without its -shm: no connection has the database open (the first makes the -shm). Read-only
+    # would make the -shm, and immutable does not read the -wal; exclusive locking mode keeps the index of
+    # the -wal in memory instead, and without locks (the unix-none VFS) it needs no write access to take
+    # them: nothing is written, there or elsewhere (no copy of the database is made).
+    return _read_preview(path, "mode=ro&vfs=unix-none", before, exclusive=True)
 
 
 #: The size of a -wal file's header: a -wal no larger holds no frame (no rows the database file lacks).
@@ -529,22 +588,13 @@ def _holds_frames(wal: Path) -> bool:
         return False
 
 
-def _read_copy(path: Path, wal: Path, before: float) -> tuple[int, int, set[str]]:
-    """:func:`preview_prune` of the database ``path`` and its ``wal``, which has no -shm file, read from
-    a copy of both in a private temporary folder: sqlite reads a -wal only through a -shm file, which
-    it would make beside them (or, in exclusive locking mode, with none, but then it checkpoints as it
-    closes: it tries to write the file, and deletes a -wal it finds empty)."""
-    with tempfile.TemporaryDirectory(prefix="mmrouter-prune-") as folder:
-        copy = Path(folder) / path.name
-        shutil.copyfile(path, copy)
-        shutil.copyfile(wal, copy.with_name(wal.name))
-        return _read_preview(copy, "mode=ro", before)
-
-
-def _read_preview(path: Path, mode: str, before: float) -> tuple[int, int, set[str]]:
-    """:func:`_prune_preview` of the database ``path`` opened with the URI parameters ``mode``."""
+def _read_preview(path: Path, mode: str, before: float, exclusive: bool = False) -> tuple[int, int, set[str]]:
+    """:func:`_prune_preview` of the database ``path`` opened with the URI parameters ``mode`` (in
+    exclusive locking mode when ``exclusive``)."""
     db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
     try:
+        if exclusive:  # before the first read
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
         return _prune_preview(db, before)
     finally:
         db.close()

@@ -104,7 +104,7 @@ def test_a_session_reset_and_started_again_is_read_anew(stores) -> None:  # type
     assert len(store.history("s", Loads(media))) == 6
     other = SessionStore(path)
     try:
-        assert other.reset("s") == 6
+        assert other.reset("s").turns == 6
         assert store.history("s", Loads(media)) == []
         other.append("s", turn(10), store_media(media))
         other.append("s", turn(11), store_media(media))

@@ -618,7 +618,7 @@ def test_a_reset_reads_only_its_own_session_and_keeps_texts_other_sessions_use(t
         store.remember(f"{media_id}|bridge", "heard", None)
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)
-    assert store.reset("text-only") == 2 and store.reset("mine") == 2
+    assert store.reset("text-only").turns == 2 and store.reset("mine").turns == 2
     assert not [s for s in statements if "SELECT parts FROM turns WHERE parts LIKE" in s]
     assert store.recall(f"{shared}|bridge") is not None and store.recall(f"{own}|bridge") is None
     store.close()

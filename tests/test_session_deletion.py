@@ -1,0 +1,143 @@
+"""ResetSession deletes what a session left in the data directory: its turns, the texts kept for the media its
+calls sent (of a call that stored no turn too), and their copies in the journal; and ``prune --dry-run``
+reads a database without copying it anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_helpers import error_details, text_request
+from media_factory import wav
+from mmrouter.v1 import router_pb2 as pb
+from test_hybrid import ALL_KEYS, CONFIG, cloud_fakes
+from test_prune import MMROUTER, _tree, _wal_without_shm
+
+from router.sessions import SessionStore
+from tests.fakes.openai import error_body as openai_error
+
+CHAT = "/v1/chat/completions"
+GPT_4O = pb.RoutingHints(provider="openai", model="gpt-4o")  # cannot hear: Whisper bridges the audio
+
+
+@pytest.fixture
+def fakes():
+    with cloud_fakes() as servers:
+        yield servers
+
+
+@pytest.fixture
+def daemon(start_daemon, fakes):
+    config = CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
+                           gemini=fakes["gemini"].url, assemblyai=fakes["assemblyai"].url)
+    return start_daemon(config, env=ALL_KEYS, plugins=())
+
+
+def _on_disk(data_dir: Path, text: str) -> list[str]:
+    """The files of the sessions database (the file, its -wal and -shm) that hold ``text``."""
+    return [p.name for p in sorted(data_dir.glob("sessions.sqlite*")) if text.encode() in p.read_bytes()]
+
+
+def _kept_texts(data_dir: Path, media_hash: str) -> list[str]:
+    db = sqlite3.connect(f"{(data_dir / 'sessions.sqlite').as_uri()}?mode=ro", uri=True)
+    try:
+        return [row[0] for row in db.execute("SELECT text FROM bridged WHERE key LIKE ?", (f"{media_hash}|%",))]
+    finally:
+        db.close()
+
+
+def _reset(daemon, session: str) -> int:
+    return daemon.stub.ResetSession(pb.ResetSessionRequest(session_id=session), timeout=30).turns_removed
+
+
+def test_a_reset_forgets_the_transcript_of_a_call_that_stored_no_turn(daemon, fakes) -> None:
+    """Whisper transcribed the audio, then gpt-4o refused the call: no turn was stored, but the transcript was
+    kept (a retry need not pay for it again). ResetSession of that session answered NOT_FOUND and left the
+    transcript in sessions.sqlite until a prune; now it removes it, from the file and from its journal."""
+    audio = wav(1.7)
+    media = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=audio, filename="confession.wav")
+    fakes["openai"].fail_next(400, openai_error("Invalid request."), path=CHAT)
+    with pytest.raises(grpc.RpcError) as failed:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request(
+            "what is said", media=[media], session_id="leo", hints=GPT_4O)), timeout=60)
+    assert error_details(failed.value).reason == "PROVIDER_BAD_REQUEST"
+    [transcript] = _kept_texts(daemon.data_dir, hashlib.sha256(audio).hexdigest())  # kept for a retry
+    assert _on_disk(daemon.data_dir, transcript)
+
+    assert _reset(daemon, "leo") == 0  # found (it left a text), though it stored no turn
+    assert _kept_texts(daemon.data_dir, hashlib.sha256(audio).hexdigest()) == []
+    assert _on_disk(daemon.data_dir, transcript) == []
+    with pytest.raises(grpc.RpcError) as again:  # nothing left of it now
+        _reset(daemon, "leo")
+    assert error_details(again.value).reason == "SESSION_NOT_FOUND"
+
+
+def test_a_reset_leaves_no_copy_of_the_turns_in_the_journal(daemon) -> None:
+    """The deleted turns stayed in sessions.sqlite-wal until about 4 MiB of later writes checkpointed it."""
+    daemon.stub.Generate(pb.GenerateRequest(request=text_request(
+        "WALSECRET my bank account is 12345", session_id="bob", hints=GPT_4O)), timeout=60)
+    assert _on_disk(daemon.data_dir, "WALSECRET")
+    assert _reset(daemon, "bob") == 2
+    assert _on_disk(daemon.data_dir, "WALSECRET") == []
+
+
+def test_a_kept_text_goes_with_the_last_session_whose_calls_made_it(tmp_path) -> None:
+    """Two sessions' calls made the text of one media and stored no turn: it stays for the other session's
+    retry until that one is reset too. A reset with nothing to remove is not a removal."""
+    store = SessionStore(tmp_path / "sessions.sqlite")
+    try:
+        media = "c" * 64
+        store.remember(f"{media}|audio|openai/whisper-1", "heard", None, "one")
+        store.remember(f"{media}|audio|openai/whisper-1", "heard", None, "two")
+        first = store.reset("one")
+        assert first.turns == 0 and first.anything  # its link went: something was removed
+        assert store.recall(f"{media}|audio|openai/whisper-1") == ("heard", None)
+        assert store.reset("two").turns == 0 and store.recall(f"{media}|audio|openai/whisper-1") is None
+        assert not store.reset("two").anything
+    finally:
+        store.close()
+
+
+def test_prune_forgets_the_links_of_texts_it_removes(tmp_path) -> None:
+    """A kept text's link to the session whose call made it goes with the text (and with the session)."""
+    store = SessionStore(tmp_path / "sessions.sqlite")
+    try:
+        store.remember(f"{'d' * 64}|audio|openai/whisper-1", "heard", None, "idle")
+        store.prune(time.time() + 1)
+        assert store._db.execute("SELECT COUNT(*) FROM bridged_for").fetchone() == (0,)
+    finally:
+        store.close()
+
+
+def test_the_daemons_connection_overwrites_what_it_deletes(tmp_path) -> None:
+    """``secure_delete`` is set whatever the SQLite build's default (off on python.org's and macOS's)."""
+    store = SessionStore(tmp_path / "sessions.sqlite")
+    try:
+        assert store._db.execute("PRAGMA secure_delete").fetchone() == (1,)
+    finally:
+        store.close()
+
+
+def test_a_dry_run_of_a_wal_without_its_shm_copies_nothing(tmp_path) -> None:
+    """It copied the database and its -wal (every user's turns) to $TMPDIR to read them there. Now it reads
+    them in place, writing nothing anywhere: with no room to write even 512 bytes, it still answers, and
+    leaves TMPDIR (pointed at an empty folder) and the data directory as they were."""
+    data, temp = tmp_path / "data", tmp_path / "temp"
+    _wal_without_shm(data, rows_in_wal=True)
+    temp.mkdir()
+    before = _tree(data)
+    result = subprocess.run(["sh", "-c", f'ulimit -f 1 && exec "{MMROUTER}" prune --older-than 1 --dry-run '
+                                         '--data-dir "$0"', str(data)],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COLUMNS": "300", "TMPDIR": str(temp)})
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert " ".join(result.stdout.split()) == ("would remove 1 session(s), 1 statistics row(s) and 0 media file(s) "
+                                               "(0.0 MiB); 1 media kept for sessions")
+    assert _tree(data) == before
+    assert not any(temp.iterdir())
