@@ -32,6 +32,7 @@ from .routing import (
     estimate_tokens,
     is_url_only,
     media_tokens,
+    text_tokens,
 )
 from .types import (
     FEATURE_DIARIZATION,
@@ -403,7 +404,7 @@ class _Bridging:
     def tokens(self, media: Media) -> int:
         """The tokens of what a converted ``media`` became, as the exact trim counts them."""
         text, keep_media = self.converted[id(media)]
-        return len(text) // 4 + (media_tokens(media) if keep_media else 0)
+        return text_tokens(text) + (media_tokens(media) if keep_media else 0)
 
     async def sizes(self, todo: list[tuple[Media, list[Bridge]]]) -> dict[int, int]:
         """By id of each media in ``todo``: the tokens it will count once bridged. A media bridged already
@@ -418,7 +419,7 @@ class _Bridging:
             text = await self.known_text(media, choices)
             guess = bridged_tokens_guess(media) if text is None else 0
             raw = media_tokens(media) if choices[0].keep_media else 0
-            sizes[id(media)] = len(_part_text(media, text or "", self.replies)) // 4 + guess + raw
+            sizes[id(media)] = text_tokens(_part_text(media, text or "", self.replies)) + guess + raw
         return sizes
 
     async def known_text(self, media: Media, choices: list[Bridge]) -> str | None:
