@@ -152,7 +152,7 @@ def test_an_answer_in_any_script_is_printed_as_written(start_daemon) -> None:
     them as they are (it once wrote U+3000 as ``\\u3000``); a control character or a bidi override from
     upstream is still escaped."""
     daemon = start_daemon(CONFIG)
-    question = "東京\u3000大阪 Bonjour\u202f! Ça va\xa0? می\u200cخواهم 🏳️\u200d🌈 שלום \u200fעולם \U0001fa77"
+    question = "東京\u3000大阪 Bonjour\u202f! Ça va\xa0? می\u200cخواهم 🏳️\u200d🌈 שלום \u200fעולם \U0001fa77"  # noqa: RUF001 (the scripts are the point)
     code, out, err = text(mmrouter("ask", "-", "--address", daemon.address, stdin=question.encode()))
     assert code == 0, err
     assert out == echo("echo", question) + "\n"
