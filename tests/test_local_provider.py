@@ -607,6 +607,23 @@ async def test_a_long_text_document_is_read_up_to_a_bound(local: LocalProvider, 
     assert "cut: the local provider reads the first 1000 bytes" in text
 
 
+async def test_a_text_document_cut_mid_character_and_its_byte_order_mark_leave_no_trace(local: LocalProvider,
+                                                                                        monkeypatch) -> None:
+    """The bound falls inside a 3-byte character: the cut leaves it out, not a U+FFFD; a UTF-8 byte order
+    mark is not text."""
+    import mmrouter_local.extract
+
+    monkeypatch.setattr(mmrouter_local.extract, "MAX_TEXT_BYTES", 1000)
+    data = "\ufeff".encode() + "あ".encode() * 2000  # 1000 bytes: the BOM and 332 characters and 1 byte
+    text = text_of(await collect(local, ask(Media(Modality.DOCUMENT, "text/plain", data=data), question=""),
+                                 local.models[0]))
+    assert "あ" * 332 in text and "あ" * 333 not in text
+    assert "\ufffd" not in text and "\ufeff" not in text
+    short = text_of(await collect(local, ask(Media(Modality.DOCUMENT, "text/plain", data=data[:30]), question=""),
+                                  local.models[0]))
+    assert "あ" * 9 in short and "\ufeff" not in short
+
+
 def test_video_frames_are_scaled_down_for_ocr_keeping_their_shape() -> None:
     """A 4K frame reaches OCR at 1920x1080 (25 MB of BGR becomes 6 MB); small frames stay as they are."""
     from mmrouter_local.video import iter_sampled_frames

@@ -30,6 +30,7 @@ import base64
 import contextlib
 import hashlib
 import itertools
+import json
 import re
 import threading
 import time
@@ -95,6 +96,14 @@ def _field(d: dict, camel: str, snake: str) -> Any:
     return d.get(camel, d.get(snake))
 
 
+def _replaced(text: str, replaced: dict[str, bytes]) -> bytes:
+    """``text`` as UTF-8 with each text of ``replaced`` replaced by its bytes (which need not be UTF-8)."""
+    body = text.encode()
+    for old, raw in replaced.items():
+        body = body.replace(old.encode(), raw)
+    return body
+
+
 def _error(code: int, status: str, message: str, details: list | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"error": {"code": code, "message": message, "status": status}}
     if details:
@@ -136,6 +145,9 @@ class FakeGemini(FakeUpstream):
         self.redirects: dict[str, tuple[int, str]] = {}
         #: Kind of request -> (content type, body) of the 200 page that answers it instead of the API.
         self.pages: dict[str, tuple[str, bytes]] = {}
+        #: Text of the answer -> the bytes sent in its place, when set: the answer (its JSON, or each event of
+        #: the stream, sent as one body) has each such text replaced, e.g. by bytes that are not UTF-8.
+        self.answer_bytes: dict[str, bytes] = {}
         #: Files by name (``files/<id>``).
         self.files: dict[str, FakeFile] = {}
         self._uploads: dict[str, FakeFile] = {}
@@ -319,5 +331,12 @@ class FakeGemini(FakeUpstream):
 
         chunks = self.reply_chunks
         if not stream:
+            if self.answer_bytes:
+                return reply.raw(_replaced(json.dumps(chunk("".join(chunks), True)), self.answer_bytes),
+                                 content_type="application/json; charset=UTF-8")
             return reply.json(chunk("".join(chunks), True))
+        if self.answer_bytes:
+            events = "".join(f"data: {json.dumps(chunk(t, i == len(chunks) - 1))}\n\n"
+                             for i, t in enumerate(chunks))
+            return reply.raw(_replaced(events, self.answer_bytes), content_type="text/event-stream")
         reply.sse([(None, chunk(t, i == len(chunks) - 1)) for i, t in enumerate(chunks)])

@@ -46,6 +46,15 @@ def error_body(message: str, err_type: str = "invalid_request_error", code: str 
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
 
 
+def raw_events(events: list[str], replaced: dict[str, bytes]) -> bytes:
+    """A whole SSE body of ``events`` (each a ``data`` string) with each text of ``replaced`` replaced by its
+    bytes (which need not be UTF-8)."""
+    body = b"".join(f"data: {event}\n\n".encode() for event in events)
+    for text, raw in replaced.items():
+        body = body.replace(text.encode(), raw)
+    return body
+
+
 class Rejected(Exception):
     """A request the real API would refuse."""
 
@@ -139,6 +148,9 @@ class FakeOpenAI(FakeUpstream):
         self.language = "english"
         #: Uploaded file name -> the HTTP status its transcription fails with (a clip of several failing).
         self.fail_files: dict[str, int] = {}
+        #: Text of the streamed answer -> the bytes sent in its place, when set: the stream goes as one body
+        #: whose events have each such text (in their JSON) replaced, e.g. by bytes that are not UTF-8.
+        self.event_bytes: dict[str, bytes] = {}
         #: Chat request fields it refuses, as Azure with an older api-version or older LocalAI builds do
         #: (400 "Unrecognized request argument supplied: stream_options").
         self.refused_fields: set[str] = set()
@@ -281,7 +293,10 @@ class FakeOpenAI(FakeUpstream):
         events.append("[DONE]")
         # The client may give up (timeout or cancellation): then there is nothing to answer.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            reply.sse(events, delay=self.chunk_delay)
+            if self.event_bytes:
+                reply.raw(raw_events(events, self.event_bytes), content_type="text/event-stream")
+            else:
+                reply.sse(events, delay=self.chunk_delay)
 
 
     def _verbose(self, granularities: list[str]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from router import (
     Role,
 )
 from router.mime import normalise_mime
+from router.textdoc import document_text
 
 from . import limits
 from .errors import bad_request
@@ -99,7 +100,7 @@ async def media_block(media: Media, where: str, provider: str, images: limits.Im
             if media.url:  # a form it does not take (retryable): a fallback that fetches it may answer
                 raise ProviderUnsupportedInput(provider, f"{where}: Claude takes text documents as bytes, not by URL")
             raw = await asyncio.to_thread(media.read_bytes)
-            text = raw.decode("utf-8", errors="replace")
+            text = document_text(raw)  # without a byte order mark
             block = {"type": "document", "source": {"type": "text", "media_type": PLAIN_TEXT, "data": text}}
         else:
             raise ProviderUnsupportedInput(provider, f"{where}: Claude takes PDF or text documents, not {media.mime_type!r}")

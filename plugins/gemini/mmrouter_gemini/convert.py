@@ -10,6 +10,7 @@ from typing import Any
 
 from router import FinishReason, Media, ProviderBadRequest, ProviderUnsupportedInput, Request, Role, Usage
 from router.mime import normalise_mime
+from router.textdoc import without_bom
 
 from .models import TYPICAL
 
@@ -88,13 +89,16 @@ def file_part(uri: str, mime_type: str) -> dict[str, Any]:
 
 async def _media_part(media: Media, inline_left: int, upload: Uploader,
                       file_uris: set[str]) -> tuple[dict[str, Any], int]:
-    """One media as a part: inline while the budget lasts, else a Files API reference."""
+    """One media as a part: inline while the budget lasts, else a Files API reference. A text document
+    goes inline without a leading UTF-8 byte order mark (:func:`router.textdoc.without_bom`)."""
     mime = gemini_mime(media.mime_type)
     if media.url is not None:
         return file_part(media.url, mime), inline_left
     size = media_size(media)
     if size <= inline_left:
         data = media.data if media.data is not None else await asyncio.to_thread(media.read_bytes)
+        if mime.startswith("text/"):
+            data = without_bom(data)
         return inline_part(data, mime), inline_left - size
     uri, mime_type = await upload(media)
     file_uris.add(uri)

@@ -18,7 +18,7 @@ from router.errors import (
     redirect_refused,
 )
 
-from .rest import InvalidModelName
+from .rest import InvalidModelName, NotUtf8
 from .settings import PLUGIN, GeminiSettings
 from .transport import PageAnswered, RedirectRefused, redirect_of
 
@@ -116,6 +116,8 @@ def map_exception(error: Exception, provider: str, api_key: str, base_url: str =
         return error
     if isinstance(error, InvalidModelName):
         return ProviderBadRequest(provider, str(error))
+    if isinstance(error, NotUtf8):
+        return ProviderUnavailable(provider, f"bad answer from the Gemini API: {error}")
     if isinstance(error, (RedirectRefused, genai_errors.APIError)):
         redirect = redirect_of(error)
         if redirect is not None:

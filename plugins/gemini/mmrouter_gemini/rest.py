@@ -35,6 +35,17 @@ class InvalidModelName(ValueError):
     with it (errors.py maps it to ProviderBadRequest; the settings refuse such a configured name)."""
 
 
+class NotUtf8(ValueError):
+    """An answer the SDK could not decode as UTF-8 (its aiohttp transport decodes a whole body and each
+    line of a stream strictly; errors.py maps it to ProviderUnavailable, as the other plugins refuse such
+    a stream event). The message says what was wrong, without the bytes."""
+
+
+#: What was wrong with a whole answer, or a streamed one, that is not valid UTF-8.
+NOT_UTF8_BODY = "the server answered with a body that is not valid UTF-8"
+NOT_UTF8_EVENT = "the server sent a stream event that is not valid UTF-8"
+
+
 def _path(client: Any, model: str, method: str) -> str:
     """The call's path under the API version, as the SDK makes it (``models/<model>:<method>``; a
     ``models/`` or ``tunedModels/`` name as it is; a name with ``..``, ``?`` or ``&`` is an
@@ -65,19 +76,27 @@ def typed(body: str | None) -> Any:
 
 
 async def generate(client: Any, model: str, body: dict[str, Any], timeout_ms: int) -> Any:
-    """One generateContent call of ``model`` with ``body`` (the REST API's JSON): the typed answer."""
-    response = await client.aio._api_client.async_request(
-        "post", _path(client, model, "generateContent"), body, _options(timeout_ms))
+    """One generateContent call of ``model`` with ``body`` (the REST API's JSON): the typed answer; an
+    answer that is not UTF-8 raises :class:`NotUtf8`."""
+    try:
+        response = await client.aio._api_client.async_request(
+            "post", _path(client, model, "generateContent"), body, _options(timeout_ms))
+    except UnicodeDecodeError:
+        raise NotUtf8(NOT_UTF8_BODY) from None
     return typed(response.body)
 
 
 async def stream(client: Any, model: str, body: dict[str, Any], timeout_ms: int) -> AsyncIterator[Any]:
     """One streamGenerateContent call of ``model`` with ``body``: its typed chunks. Sent when the first
-    chunk is asked for; closing the generator closes the SDK's stream (and its response)."""
+    chunk is asked for; closing the generator closes the SDK's stream (and its response). A line of the
+    stream that is not UTF-8 raises :class:`NotUtf8` (the SDK's httpx transport, used without aiohttp,
+    decodes it with U+FFFD instead: that answer cannot be told from one that has the character)."""
     chunks = await client.aio._api_client.async_request_streamed(
         "post", _path(client, model, "streamGenerateContent") + "?alt=sse", body, _options(timeout_ms))
     try:
         async for chunk in chunks:
             yield typed(chunk.body)
+    except UnicodeDecodeError:
+        raise NotUtf8(NOT_UTF8_EVENT) from None
     finally:
         await chunks.aclose()

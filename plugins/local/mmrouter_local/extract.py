@@ -7,6 +7,7 @@ from pathlib import Path
 
 from router import Media, Transcript
 from router.mime import normalise_mime
+from router.textdoc import document_head_text, document_text
 
 from .asr import SpeechRecognizer
 from .audio import MAX_AUDIO_SECONDS, NoAudioTrack, has_audio_track, iter_pcm16k
@@ -125,7 +126,7 @@ class Extractor:
         mime = normalise_mime(media.mime_type)
         if mime.startswith("text/"):
             head = _head(media, MAX_TEXT_BYTES + 1)
-            text = head[:MAX_TEXT_BYTES].decode("utf-8", errors="replace")
+            text = document_head_text(head[:MAX_TEXT_BYTES]) if len(head) > MAX_TEXT_BYTES else document_text(head)
             if len(head) > MAX_TEXT_BYTES:
                 text += f"\n[... cut: the local provider reads the first {MAX_TEXT_BYTES} bytes of a text document]"
             return [Section(f"Document {name}", text)]

@@ -51,6 +51,10 @@ FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH,
                   "eos_token": FinishReason.STOP}
 
 
+#: Why a stream event is refused whose data is not UTF-8, or not JSON.
+NOT_UTF8_EVENT = "the server sent a stream event that is not valid UTF-8"
+NOT_JSON_EVENT = "the server sent a stream event that is not JSON"
+
 #: Why a stream with neither ``data: [DONE]`` nor a finish_reason is refused: OpenAI ends every Chat
 #: Completions stream with [DONE] (after the usage chunk when one is asked for); a few OpenAI-compatible
 #: servers end after the finish_reason chunk instead.
@@ -217,7 +221,9 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     and so does an HTML page (a proxy's login page) answered instead of a stream, unread.
     A compatible server that ignores ``"stream": true`` and answers one JSON chat completion is read whole.
     Content given as a list of parts is taken as its text parts (:func:`content_text`); a chunk or
-    completion whose fields have another wrong shape raises :class:`BadAnswer`.
+    completion whose fields have another wrong shape raises :class:`BadAnswer`. An event that is not valid
+    UTF-8 or not JSON raises ``openai.APIError`` saying which (:data:`NOT_UTF8_EVENT`, :data:`NOT_JSON_EVENT`),
+    without the event as its body: errors.py would take that body for the provider's message.
 
     The request goes through the SDK's own client (auth, headers, base URL, error mapping to
     ``openai.APIStatusError`` and friends), but as a raw streamed response: the SSE events are
@@ -268,9 +274,9 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
                 break
             try:
                 chunk = json.loads(data)
-            except ValueError:  # bad JSON or bad UTF-8
-                raise openai.APIError("the server sent a stream event that is not JSON",
-                                      request=response.request, body=data[:200].decode("utf-8", "replace")) from None
+            except ValueError as exc:  # bad UTF-8 or bad JSON, said as such: no body (the event is no message)
+                raise openai.APIError(NOT_UTF8_EVENT if isinstance(exc, UnicodeDecodeError) else NOT_JSON_EVENT,
+                                      request=response.request, body=None) from None
             if not isinstance(chunk, dict):
                 continue
             error = chunk.get("error")

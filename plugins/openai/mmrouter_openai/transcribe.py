@@ -134,6 +134,21 @@ def upload_name(media: Media) -> str:
     return name
 
 
+#: ISO 639 codes of a language Whisper knows by another code (its ``LANGUAGES`` table, github.com/openai/whisper,
+#: whisper/tokenizer.py), which the API asks for: Norwegian Bokmål ``nb`` is Whisper's ``no`` (Nynorsk ``nn``
+#: is its own), Filipino ``fil`` its Tagalog ``tl``, Moldavian ``mo`` its Romanian ``ro``, and the codes ISO 639
+#: withdrew for Hebrew (``iw``), Indonesian (``in``) and Yiddish (``ji``), which Java and Android still give.
+#: Javanese is left as given: Whisper's code is ``jw``, ISO's ``jv``, and which one the API takes is not known.
+WHISPER_CODES = {"nb": "no", "fil": "tl", "mo": "ro", "iw": "he", "in": "id", "ji": "yi"}
+
+
+def whisper_language(tag: str) -> str:
+    """The ``language`` to send for the requested BCP-47 ``tag``: its primary subtag, lower-cased
+    (``zh-Hant-TW`` -> ``zh``), as Whisper codes it (:data:`WHISPER_CODES`: ``nb`` -> ``no``); "" for none."""
+    primary = tag.split("-")[0].strip().lower()
+    return WHISPER_CODES.get(primary, primary)
+
+
 def build_params(entry: Entry, request: Request) -> dict[str, Any]:
     """Keyword arguments for ``audio.transcriptions.create`` (without the file)."""
     fmt = entry.transcription_format or "json"
@@ -142,7 +157,7 @@ def build_params(entry: Entry, request: Request) -> dict[str, Any]:
         params["timestamp_granularities"] = ["word", "segment"]
     if fmt == "diarized_json":
         params["chunking_strategy"] = "auto"  # required by the API for audio over 30 s
-    language = request.options.language.split("-")[0].strip().lower()
+    language = whisper_language(request.options.language)
     if language:
         params["language"] = language
     if request.options.temperature is not None:
