@@ -12,7 +12,7 @@ from grpc_helpers import error_details, text_request
 from media_factory import mp4
 from mmrouter.v1 import router_pb2 as pb
 from test_bridge_reuse import TRANSCRIPTIONS, WHISPER_BRIDGE, generate, route_of, sent_texts, upload_wav
-from test_hybrid import ALL_KEYS, CONFIG, cloud_fakes
+from test_hybrid import ALL_KEYS, cloud_fakes, config_for
 
 from tests.fakes.openai import error_body as openai_error
 
@@ -30,9 +30,7 @@ def fakes():
 
 @pytest.fixture
 def daemon(start_daemon, fakes):
-    config = CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
-                           gemini=fakes["gemini"].url, assemblyai=fakes["assemblyai"].url)
-    return start_daemon(config, env=ALL_KEYS, plugins=())
+    return start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
 
 
 def cloud_bridges_down_once(fakes) -> None:

@@ -16,7 +16,7 @@ import pytest
 from grpc_helpers import error_details, text_request
 from media_factory import wav
 from mmrouter.v1 import router_pb2 as pb
-from test_hybrid import ALL_KEYS, CONFIG, cloud_fakes
+from test_hybrid import ALL_KEYS, cloud_fakes, config_for
 from test_prune import MMROUTER, _tree, _wal_without_shm
 
 from router.sessions import SessionStore
@@ -34,9 +34,7 @@ def fakes():
 
 @pytest.fixture
 def daemon(start_daemon, fakes):
-    config = CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
-                           gemini=fakes["gemini"].url, assemblyai=fakes["assemblyai"].url)
-    return start_daemon(config, env=ALL_KEYS, plugins=())
+    return start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
 
 
 def _on_disk(data_dir: Path, text: str) -> list[str]:
