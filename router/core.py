@@ -665,12 +665,15 @@ class App:
         return bool(self._in_flight.get(session_id))
 
     async def aclose(self) -> None:
-        for registry in [self.registry, *self._retired]:
-            await registry.aclose()
-        self._retired.clear()
+        """Close the providers and the sessions database at once: a provider slow to close (past the
+        daemon's stop bound) leaves the database closed all the same."""
+        await asyncio.gather(self._close_providers(), self.sessions.aclose())
+
+    async def _close_providers(self) -> None:
+        registries, self._retired = [self.registry, *self._retired], []
+        await asyncio.gather(*(registry.aclose() for registry in registries))
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-        await self.sessions.aclose()
 
 
 #: Failures that say nothing of a provider's health: the request's input was too large for the model, or

@@ -128,3 +128,24 @@ def test_a_failing_delete_does_not_fail_the_call(start_daemon, fake):
     assert "scripted delete failure" in line  # AssemblyAI's reason
     assert KEY not in logs
     assert fake.deleted == []
+
+
+def test_a_delete_still_running_at_shutdown_is_named_and_the_daemon_stops_cleanly(start_daemon, fake):
+    """A DELETE that AssemblyAI does not answer (held past the daemon's stop bound) is given up after
+    DELETE_WAIT_SECONDS, named in a WARNING; the daemon exits 0 with every other provider and the sessions
+    database closed (a close waiting the HTTP timeout ran past the stop bound: exit 1, the database left open)."""
+    fake.delete_hold = threading.Event()  # never set: the fake answers after delete_hold_timeout
+    fake.delete_hold_timeout = 12.0
+    daemon = start(start_daemon, fake)
+    generate(daemon)
+    deadline = time.monotonic() + WAIT
+    while not any(r.method == "DELETE" for r in fake.requests) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (transcript_id,) = fake.transcripts
+
+    assert daemon.stop() == 0
+    logs = daemon.logs()
+    assert f"closing before transcript {transcript_id} was deleted at AssemblyAI" in logs, logs
+    assert "did not stop within" not in logs
+    assert not (daemon.data_dir / "sessions.sqlite-wal").exists()  # the database was closed
+    fake.delete_hold.set()

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 _MEDIA_KINDS = (Modality.AUDIO, Modality.VIDEO)
 
 
+#: How long closing the provider (the daemon's stop, a reload) waits for transcript deletes still running.
+DELETE_WAIT_SECONDS = 2.0
+
 class AssemblyAIProvider(Provider):
     """Transcription with speaker diarization through the official ``assemblyai`` SDK's asyncio client.
 
@@ -257,11 +260,14 @@ class AssemblyAIProvider(Provider):
 
     async def aclose(self) -> None:
         """Close the SDK client's connection pool (safe to call more than once), once the transcript deletes
-        still running have ended, waiting for them at most the HTTP ``timeout`` (any left then is cancelled)."""
+        still running have ended, waiting for them at most :data:`DELETE_WAIT_SECONDS` (the daemon stops
+        within 5 s): those left then are cancelled, each named in a WARNING."""
         if self._deletes:
-            _, pending = await asyncio.wait(set(self._deletes), timeout=self.settings.timeout)
+            _, pending = await asyncio.wait(set(self._deletes), timeout=DELETE_WAIT_SECONDS)
             for task in pending:
                 task.cancel()
+                log.warning("%s: closing before transcript %s was deleted at AssemblyAI; it stays in the account "
+                            "until deleted there", self.name, task.get_name().removeprefix("assemblyai-delete-"))
         client, self._client, self._transcriber = self._client, None, None
         if client is not None:
             await client.aclose()
