@@ -407,9 +407,15 @@ def print_json(data: object) -> None:
     """Print ``data`` as indented JSON whose text a terminal cannot misread: JSON escapes only C0
     control characters, so each other control character, line separator or bidirectional override (a C1
     control such as U+009B, which some terminals take as an escape sequence; U+202E) is written as its
-    ``\\uXXXX`` escape, which JSON readers decode back to the same text."""
-    text = escaped(json.dumps(data, indent=2, ensure_ascii=False), keep="\n", escape=json_escape)
-    sys.stdout.write(text + "\n")
+    ``\\uXXXX`` escape, which JSON readers decode back to the same text. On a console whose encoding
+    cannot show every character (Latin-1, Shift-JIS), every non-ASCII character is a JSON escape: the CLI
+    writes what a console cannot show as Python escapes, which are not JSON."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        text = json.dumps(data, indent=2)
+    sys.stdout.write(escaped(text, keep="\n", escape=json_escape) + "\n")
 
 
 def status_detail(exc: grpc.RpcError, kind: type[M]) -> M | None:

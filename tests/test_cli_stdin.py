@@ -8,6 +8,7 @@ provider echoes what it was asked and how many earlier turns (``history=N``) it 
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -159,3 +160,15 @@ def test_an_answer_in_any_script_is_printed_as_written(start_daemon) -> None:
     code, out, err = text(mmrouter("ask", "-", "--address", daemon.address, stdin="evil\x1b[2J\u202e".encode()))
     assert code == 0, err
     assert out == echo("echo", "evil\\x1b[2J\\u202e") + "\n"
+
+
+def test_json_on_a_console_that_cannot_show_the_answer_stays_json(start_daemon) -> None:
+    """``--json`` on a Latin-1 or Shift-JIS console: the Python escapes used for what the console cannot
+    show are not JSON, so the answer's non-ASCII characters are JSON escapes there (a script parses it)."""
+    daemon = start_daemon(CONFIG)
+    question = "café 🎉 日本"
+    for encoding in ("latin-1", "ascii", "shift_jis"):
+        result = mmrouter("ask", question, "--json", "--address", daemon.address, env={"PYTHONIOENCODING": encoding})
+        assert result.returncode == 0, result.stderr
+        answer = json.loads(result.stdout.decode(encoding))
+        assert answer["text"] == echo("echo", question), encoding
