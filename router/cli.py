@@ -50,6 +50,7 @@ from .config import (
 from .config_warnings import broken_provider_errors, config_warnings, unknown_providers
 from .errors import ConfigError
 from .plugins import GROUP, load_registry
+from .text import composed
 from .version import version
 
 if TYPE_CHECKING:
@@ -666,7 +667,7 @@ def stats(data_dir: DataDirOption = None,
     """Calls, latency and cost per rule (or request tag), provider and model, from the daemon's records
     (all of them still kept, see prune, or those of the last --since days)."""
     if tag is not None:
-        utf8_text(tag, "--tag")
+        tag = composed(utf8_text(tag, "--tag"))  # requests' tags are kept composed (NFC)
     path = _data_dir(config, data_dir) / "sessions.sqlite"
     if not path.exists():
         err.print(f"[red]no records at {escape(str(path))}: has the daemon answered anything yet?[/red]")

@@ -106,3 +106,9 @@ def held_back(text: str) -> tuple[str, str]:
     if text and "\ud800" <= text[-1] <= "\udbff":
         return valid_text(text[:-1]), text[-1]
     return valid_text(text), ""
+
+
+def composed(text: str) -> str:
+    """``text`` in Unicode's composed form (NFC): a tag typed on a Mac (NFD, ``e`` + U+0301) is the same tag
+    as one typed elsewhere (``é``), in rules and in statistics. ASCII text is returned as it is, at once."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)

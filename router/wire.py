@@ -20,7 +20,7 @@ from .media import is_media_id, stored_type_problem
 from .outcome import Answer, RouteInfo, Step
 from .plugins import ProviderEntry, State
 from .sniff import HEAD_BYTES, content_mime, mime_problem
-from .text import name_problem
+from .text import composed, name_problem
 from .types import (
     FinishReason,
     Media,
@@ -287,7 +287,7 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
             max_output_tokens=options.max_output_tokens,
             temperature=options.temperature if options.HasField("temperature") else None,
         ),
-        hints=RoutingHints(msg.hints.provider, msg.hints.model, list(msg.hints.tags)),
+        hints=RoutingHints(msg.hints.provider, msg.hints.model, [composed(tag) for tag in msg.hints.tags]),
         session_id=msg.session_id,
         metadata=dict(msg.metadata),
     )

@@ -1466,3 +1466,14 @@ def test_pdf_sends_utf8_text_of_any_extension_as_text_and_refuses_other_files_it
             assert (result.returncode, result.stdout) == (2, ""), result
             assert result.stderr.splitlines() == [f"cannot send {tmp_path / name} with --pdf: {named}, and it is "
                                                   "not UTF-8 text; --pdf sends PDF files and UTF-8 text"], result.stderr
+
+
+def test_a_tag_counts_alike_in_its_composed_and_decomposed_forms(start_daemon):
+    """A tag typed on a Mac (NFD: e + U+0301) is the tag typed elsewhere (NFC: é): in statistics as in rules."""
+    daemon = start_daemon(CONFIG)
+    decomposed, composed = "e\u0301te\u0301", "\u00e9t\u00e9"
+    ok(Cli("ask", "a", "--tag", decomposed, "--address", daemon.address).result())
+    ok(Cli("ask", "b", "--tag", composed, "--address", daemon.address).result())
+    for asked in (composed, decomposed):
+        result = ok(run_cli("stats", "--data-dir", daemon.data_dir, "--tag", asked, "--json"))
+        assert sum(row["calls"] for row in json.loads(result.stdout)) == 2, result.stdout
