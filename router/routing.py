@@ -31,6 +31,7 @@ from .errors import (
     UnknownTarget,
 )
 from .mime import normalise_mime
+from .text import composed
 from .types import (
     FEATURE_DIARIZATION,
     FEATURE_EXTRACTION_ONLY,
@@ -364,11 +365,11 @@ def why_not_matched(match: Match, facts: Facts) -> str | None:
         return f"diarization is {'on' if facts.diarization else 'off'}, rule wants it {'on' if match.diarization else 'off'}"
     for key, value in match.metadata.items():
         got = _metadata_value(facts.metadata, key)
-        if got is None or _nfc(got) != value:
+        if got is None or composed(got) != value:
             return f"metadata {key}={got!r}, rule wants {value!r}{_look_alike(got, value)}"
     missing_tags = set(match.tags) - facts.tags
     if missing_tags and not all(tag.isascii() for tag in facts.tags):
-        missing_tags -= {_nfc(tag) for tag in facts.tags}
+        missing_tags -= {composed(tag) for tag in facts.tags}
     if missing_tags:
         return f"missing tags: {', '.join(sorted(missing_tags))}"
     # The token estimate is only known when every media's size is: unknown durations count 0.
@@ -390,18 +391,13 @@ def why_not_matched(match: Match, facts: Facts) -> str | None:
     return None
 
 
-def _nfc(text: str) -> str:
-    """``text`` in Unicode's composed form (NFC), as rules compare it: ASCII is returned as it is, at once."""
-    return text if text.isascii() else unicodedata.normalize("NFC", text)
-
-
 def _metadata_value(metadata: Mapping[str, str], key: str) -> str | None:
     """The value of ``key`` (in NFC, as a rule's) in a request's ``metadata``, whose keys may be in
     another form (NFD)."""
     value = metadata.get(key)
     if value is not None or key.isascii():
         return value
-    return next((v for k, v in metadata.items() if not k.isascii() and _nfc(k) == key), None)
+    return next((v for k, v in metadata.items() if not k.isascii() and composed(k) == key), None)
 
 
 def _look_alike(got: str | None, wanted: str) -> str:
@@ -426,8 +422,8 @@ def _nfc_rule(rule: Rule) -> Rule:
     texts = [*match.metadata, *match.metadata.values(), *match.tags]
     if all(text.isascii() for text in texts):
         return rule
-    match = match.model_copy(update={"metadata": {_nfc(k): _nfc(v) for k, v in match.metadata.items()},
-                                     "tags": [_nfc(tag) for tag in match.tags]})
+    match = match.model_copy(update={"metadata": {composed(k): composed(v) for k, v in match.metadata.items()},
+                                     "tags": [composed(tag) for tag in match.tags]})
     return rule.model_copy(update={"match": match})
 
 
