@@ -28,7 +28,15 @@ from . import routing, wire
 from .config import Config, unknown_models, with_lines
 from .config_warnings import refused_section, settings_fields, unknown_providers, uses_provider
 from .dispatch import HistoryCuts, RouterEvent, execute
-from .errors import AnswerTooLarge, FieldViolation, InvalidRequest, StorageFull, UnknownMedia, UnknownSession
+from .errors import (
+    AnswerTooLarge,
+    DataDirGone,
+    FieldViolation,
+    InvalidRequest,
+    StorageFull,
+    UnknownMedia,
+    UnknownSession,
+)
 from .health import Failure, ProviderHealth, http_status
 from .invoke import FailedAttempt
 from .media import MediaStore
@@ -36,7 +44,7 @@ from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import ProviderEntry, Registry, State, load_registry, log_broken_providers
 from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
-from .sessions import Removed, SessionStore, StoredBridges, trim_history
+from .sessions import Removed, SessionStore, StoredBridges, storage_error, trim_history
 from .settings import ProviderSettings
 from .sniff import measure
 from .text import valid_text
@@ -124,6 +132,8 @@ def _unsaved_reason(exc: Exception) -> str:
     """Why a session's turn could not be stored, in words for the client's route note."""
     if isinstance(exc, StorageFull):  # its media
         return "the disk of the daemon's data directory is full"
+    if isinstance(exc, DataDirGone):
+        return "the daemon's data directory was removed or replaced while it ran (restart the daemon)"
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
         return "the sessions database stayed locked by another process (e.g. `mmrouter prune`) too long"
     if isinstance(exc, sqlite3.Error):  # SQLITE_FULL is "database or disk is full"; a WAL write that
@@ -595,7 +605,7 @@ class App:
                          session_tag(request.session_id))
         except Exception as exc:
             reason = _unsaved_reason(exc)
-            if isinstance(exc, StorageFull | sqlite3.Error):  # the disk or the database: one line, no traceback
+            if isinstance(exc, StorageFull | DataDirGone | sqlite3.Error):  # the disk or the database: one line, no traceback
                 log.error("saving this turn of session %s failed; the answer is sent, the turn is not kept: %s",
                           session_tag(request.session_id), reason)
             else:
@@ -644,10 +654,25 @@ class App:
 
     async def areset_session(self, session_id: str) -> int:
         """Forget a session; return how many turns were removed (:class:`UnknownSession` if it has
-        none stored and no call on it is under way)."""
+        none stored and no call on it is under way).
+
+        A database another process keeps locked is :class:`StorageBusy` (retryable), a full disk
+        :class:`StorageFull` (see :func:`router.sessions.storage_error`), and a data directory removed or
+        replaced under the daemon :class:`DataDirGone`: no internal error, the session left as it was."""
         in_use = self._mark_reset(session_id)
         self.history_cuts.forget(session_id)
-        return _reset_result(session_id, await self.sessions.run(self.sessions.reset, session_id), in_use)
+        try:
+            removed = await self.sessions.run(self.sessions.reset, session_id)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, "reset the session") or exc from None
+        return _reset_result(session_id, removed, in_use)
+
+    def stop_storing(self) -> None:
+        """Store nothing more in the data directory, which was removed or replaced under the daemon (see
+        :func:`router.server.watch_data_dir`): calls on a session, uploads and resets are refused with
+        :class:`DataDirGone`, and statistics rows are no longer kept."""
+        self.sessions.stop_storing()
+        self.media.stop_storing()
 
     def _mark_reset(self, session_id: str) -> bool:
         """Note the reset of ``session_id`` now, before the store does it; return whether a call on it is

@@ -14,6 +14,8 @@
     │   └── DiarizationUnavailable   FAILED_PRECONDITION  DIARIZATION_UNAVAILABLE
     ├── ConfigError                  INVALID_ARGUMENT     INVALID_CONFIG
     ├── StorageFull                  RESOURCE_EXHAUSTED   STORAGE_FULL      (the data directory's disk is full)
+    ├── StorageBusy                  UNAVAILABLE          STORAGE_BUSY      (the sessions database stayed locked; + RetryInfo)
+    ├── DataDirGone                  UNAVAILABLE          DATA_DIR_GONE     (the data directory was removed or replaced)
     ├── TooManyUploads               RESOURCE_EXHAUSTED   TOO_MANY_UPLOADS  (server.max_concurrent_uploads; + RetryInfo)
     ├── TooManyCalls                 RESOURCE_EXHAUSTED   TOO_MANY_CALLS    (server.max_concurrent_calls; + RetryInfo)
     ├── AnswerTooLarge               RESOURCE_EXHAUSTED   ANSWER_TOO_LARGE  (over server.max_message_bytes)
@@ -163,6 +165,34 @@ class StorageFull(RouterError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "STORAGE_FULL"
+
+
+class StorageBusy(RouterError):
+    """The sessions database stayed locked by another process (a ``mmrouter prune``, a backup script, a
+    ``sqlite3`` shell) for longer than the busy timeout. Nothing was changed; the client may retry after
+    ``retry_after`` seconds."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "STORAGE_BUSY"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = clamp_retry_after(retry_after)
+
+
+class DataDirGone(RouterError):
+    """The daemon's data directory (or its ``daemon.lock`` or ``sessions.sqlite``) was removed or replaced
+    while the daemon ran: what it would store now would be lost at its restart, so calls that store
+    something (session turns, uploads, ResetSession) are refused until it is restarted."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "DATA_DIR_GONE"
+
+    def __init__(self) -> None:
+        super().__init__("the daemon's data directory was removed or replaced while the daemon ran: nothing can be "
+                         "stored any more (session calls, uploads and ResetSession are refused; calls without a "
+                         "session are still answered); the daemon must be restarted")
 
 
 class TooManyUploads(RouterError):

@@ -26,7 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge, StorageFull, UnknownMedia
+from .errors import (
+    DataDirGone,
+    FieldViolation,
+    InvalidRequest,
+    MimeMismatch,
+    PayloadTooLarge,
+    StorageFull,
+    UnknownMedia,
+)
 from .mime import normalise_mime
 from .sniff import HEAD_BYTES, content_mime, mime_problem
 from .types import Media, Modality
@@ -144,12 +152,24 @@ class MediaStore:
         self._utime_failed = False
         #: Held while an id's record is checked and committed (see :meth:`_keep`).
         self._commit_lock = threading.Lock()
+        self._storing = True  # until stop_storing()
         if create:
             (self.root / "tmp").mkdir(parents=True, exist_ok=True)
         if clear_temp:
             removed, _ = self.remove_temp_files(0.0)
             if removed:
                 log.info("removed %d temp file(s) left by interrupted uploads in %s", removed, self.root / "tmp")
+
+    def stop_storing(self) -> None:
+        """Store nothing from now on: the data directory was removed or replaced, so what is stored would be
+        lost at the daemon's restart. Uploads and inline media kept for a session raise :class:`DataDirGone`;
+        stored media are still read."""
+        self._storing = False
+
+    def _refuse_if_gone(self) -> None:
+        """:class:`DataDirGone` once :meth:`stop_storing` was called."""
+        if not self._storing:
+            raise DataDirGone
 
     def remove_temp_files(self, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
         """Delete the temp files of interrupted uploads not written to for ``older_than`` seconds;
@@ -241,6 +261,7 @@ class MediaStore:
         and an upload's record must not change under its client. No file name is kept (see the
         module's docstring): the session's turn keeps its part's own.
         """
+        self._refuse_if_gone()
         media_id = hashlib.sha256(data).hexdigest()
         stored = self._stored(media_id)
         if stored is not None and stored.size == len(data):
@@ -266,13 +287,19 @@ class MediaStore:
     @contextlib.contextmanager
     def _temp_file(self, suffix: str = "") -> Iterator[tuple[int, Path]]:
         """A new file in ``tmp``, as its descriptor and path; removed on exit unless moved into place.
-        ``tmp`` is made again if it is gone (a cleaner of old files, an operator, removed it while the
-        daemon ran): every upload failed as INTERNAL until a restart."""
+        ``tmp`` (and the store's folder) is made again if it is gone (a cleaner of old files, an operator,
+        removed it while the daemon ran): every upload failed as INTERNAL until a restart. The data
+        directory itself is never made again (:class:`DataDirGone`): removed, it holds no sessions
+        database, and a new one would hide that the daemon's own is gone."""
         folder = self.root / "tmp"
         try:
             fd, name = tempfile.mkstemp(dir=folder, suffix=suffix)
         except FileNotFoundError:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(mode=0o700, exist_ok=True)
+            except FileNotFoundError:
+                raise DataDirGone from None
+            folder.mkdir(mode=0o700, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=folder, suffix=suffix)
         path = Path(name)
         try:
@@ -290,7 +317,7 @@ class MediaStore:
         record keeps the size, so that bytes cut short anyway are found (see :meth:`get`).
         """
         path = self._path(media_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)  # not the store's folder, which holds tmp: never the data directory
         size = tmp.stat().st_size
         os.replace(tmp, path)
         meta = json.dumps({"mime_type": mime_type, "modality": modality.value, "size": size})
@@ -312,6 +339,7 @@ class MediaStore:
         under another modality it is refused with :class:`InvalidRequest` naming the media id and the
         modality it is stored as, since one id has one modality.
         """
+        self._refuse_if_gone()
         if modality is Modality.TEXT:
             raise InvalidRequest("an upload must be media, not text",
                                  violations=[FieldViolation("metadata.modality", "must be image, audio, video or document")])

@@ -61,6 +61,7 @@ from .errors import (
 from .health import Health as RecentHealth
 from .outcome import Done, RouteChosen, RouteInfo, StepUsage
 from .registration import add_guarded_service, add_router_service, parsed
+from .sessions import file_identity
 from .tls import ServerCertificates, warn_if_key_open
 from .types import TextDelta, TranscriptReady
 from .version import version
@@ -968,6 +969,59 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
+#: How often the daemon looks whether its data directory, ``daemon.lock`` and ``sessions.sqlite`` are still the
+#: files it opened (see :func:`watch_data_dir`): three stat() calls off the event loop, nothing per call.
+DATA_DIR_CHECK_SECONDS = 2.0
+
+#: A file the daemon holds: its identity (device, inode) when opened, None when it was already gone.
+Held = dict[Path, tuple[int, int] | None]
+
+
+def held_files(data_dir: Path, data_lock: IO[str], app: App) -> Held:
+    """The data directory, its ``daemon.lock`` and ``sessions.sqlite``, each with the identity of what the
+    daemon opened (see :func:`data_dir_change`)."""
+    try:
+        directory: tuple[int, int] | None = file_identity(data_dir)
+    except OSError:  # removed since the daemon made it: the first look says so
+        directory = None
+    lock = os.fstat(data_lock.fileno())
+    return {data_dir: directory, data_dir / "daemon.lock": (lock.st_dev, lock.st_ino),
+            app.sessions.path: app.sessions.identity}
+
+
+def data_dir_change(held: Held) -> str | None:
+    """What became of the first of the ``held`` files that is no longer the one the daemon opened ("<path> was
+    removed", "<path> was replaced": by a new directory, a restored backup), or None while all are."""
+    for path, identity in held.items():
+        try:
+            if file_identity(path) != identity:
+                return f"{path} was replaced"
+        except (FileNotFoundError, NotADirectoryError):
+            return f"{path} was removed"
+        except OSError:  # unreadable just now (permissions, an I/O error): not known to be gone
+            continue
+    return None
+
+
+async def watch_data_dir(app: App, held: Held, health_servicer: health.aio.HealthServicer,
+                         every: float = DATA_DIR_CHECK_SECONDS) -> None:
+    """Look every ``every`` seconds whether the ``held`` files are still those the daemon opened. Once one was
+    removed or replaced (an operator's ``rm -rf``, a cleanup job, a re-provisioned volume), the daemon's
+    database and lock are files no longer in its data directory: what it stored from then on would be lost at
+    its restart, unsaid. So it logs an ERROR, stores nothing more (:meth:`App.stop_storing`: calls on a
+    session, uploads and ResetSession are refused with DATA_DIR_GONE; calls without a session are still
+    answered) and its health says NOT_SERVING, until it is restarted. A second daemon may then take the
+    directory (its lock is another file): this one writes nothing there."""
+    while (change := await asyncio.to_thread(data_dir_change, held)) is None:
+        await asyncio.sleep(every)
+    app.stop_storing()
+    log.error("the data directory was removed or replaced while the daemon ran (%s): the daemon stores nothing "
+              "from now on (calls on a session, uploads and ResetSession are refused with DATA_DIR_GONE; statistics "
+              "are not kept) and its health says NOT_SERVING; what it stored since then is lost. Restart it", change)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
 def warn_if_open_to_others(data_dir: Path) -> None:
     """Warn when the data directory, its media or its sessions database can be read or entered by
     other local users: the daemon's umask 077 covers what it creates, not what an older version or an
@@ -1085,8 +1139,10 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
                               str(ready_file)) from None
             raise
     watch = asyncio.create_task(_report_stuck_calls(max(config.server.shutdown_grace_seconds, 0.1)))
+    data_watch = asyncio.create_task(watch_data_dir(app, held_files(data_dir, data_lock, app), health_servicer))
     await stop.wait()
     watch.cancel()
+    data_watch.cancel()
     grace = config.server.shutdown_grace_seconds
     log.info("shutting down: draining in-flight calls for up to %gs", grace)
     await health_servicer.enter_graceful_shutdown()

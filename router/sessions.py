@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
+from .errors import DataDirGone, RouterError, StorageBusy, StorageFull
 from .invoke import unpaid_failures
 from .outcome import Answer
 from .types import Media, Message, Modality, Part, Role, Transcript, Utterance, Word
@@ -72,7 +74,34 @@ STATS_BATCH_ROWS = 512
 #: :func:`_parsed_size` estimates it.
 HISTORY_CACHE_BYTES = 32 << 20
 
+#: When a client refused because the sessions database stayed locked by another process is told to retry.
+STORAGE_RETRY_SECONDS = 5.0
+
 T = TypeVar("T")
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """The device and inode of the file at ``path`` (``OSError`` when it is not there): another file put in
+    its place (a restored backup, a new directory) has another."""
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+def storage_error(exc: sqlite3.Error, doing: str) -> RouterError | None:
+    """The client's error for ``exc``, raised by the sessions database while ``doing`` ("reset the session"),
+    when it is no bug of the daemon's: :class:`StorageBusy` for a database another process kept locked past the
+    busy timeout (retryable), :class:`StorageFull` for a full disk (SQLite's "database or disk is full", or a
+    "disk I/O error", which a write that found no room can be too). None for any other failure."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc):
+        return StorageBusy(f"could not {doing}: the daemon's sessions database stayed locked by another process "
+                           "(e.g. `mmrouter prune` or a backup) too long; nothing was changed, try again",
+                           retry_after=STORAGE_RETRY_SECONDS)
+    if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+        hint = "; is the disk full?" if code == sqlite3.SQLITE_IOERR else ""
+        return StorageFull(f"could not {doing}: the daemon's sessions database could not be written ({exc}{hint}) "
+                           "in its data directory; nothing was changed, retry once there is room")
+    return None
 
 
 class Removed(NamedTuple):
@@ -111,11 +140,16 @@ class SessionStore:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessions")
         self._histories: OrderedDict[str, _Parsed] = OrderedDict()  # session -> its history read last, newest last
         self._cached_bytes = 0
+        self.path = path
+        #: The file opened (see :func:`file_identity`), which the daemon's watch of its data directory compares.
+        self.identity: tuple[int, int] | None = None
+        self._storing = True  # until stop_storing()
         if frozen:
             self._db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, check_same_thread=False)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+        self.identity = file_identity(path)
         # pages freed by prune can be given back to the file system (see _give_back_free_pages); it must be
         # said before the first table is made, so a database made by an older version keeps its pages (and
         # only a new one is told: on an existing one it is a write, which fails on a full disk)
@@ -136,6 +170,17 @@ class SessionStore:
         self._add_turn_times()
         self._add_bridged_transcripts()
         self._index_call_times()
+
+    def stop_storing(self) -> None:
+        """Store nothing from now on: the data directory holding the database was removed or replaced, so what
+        is written would be lost at the daemon's restart. Reading a session's history, appending to it and
+        resetting it raise :class:`DataDirGone`; statistics rows are dropped."""
+        self._storing = False
+
+    def _refuse_if_gone(self) -> None:
+        """:class:`DataDirGone` once :meth:`stop_storing` was called."""
+        if not self._storing:
+            raise DataDirGone
 
     def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
         """Start ``fn(*args)`` on the store's thread, after the jobs asked before."""
@@ -187,7 +232,19 @@ class SessionStore:
         session's first row (its rowid and time) tells it from one reset and started again, by this
         daemon or another process. The stored media of every turn are loaded again each time, as
         before (``load_media``: a deleted or damaged file is refused, and the media is marked used
-        for the media store's prune)."""
+        for the media store's prune).
+
+        A session call is refused here, before any provider is called, once nothing is stored
+        (:meth:`stop_storing`); a database another process keeps locked, or a disk too full for SQLite's
+        shared memory file, is :func:`storage_error`'s error."""
+        self._refuse_if_gone()
+        try:
+            return self._history(session_id, load_media)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, "read the session's history") or exc from None
+
+    def _history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
+        """The body of :meth:`history`."""
         origin = self._db.execute("SELECT rowid, at FROM turns WHERE session_id = ? AND position = 0",
                                   (session_id,)).fetchone()
         cached = self._forget_history(session_id)
@@ -231,6 +288,7 @@ class SessionStore:
                wanted: Callable[[], bool] | None = None) -> bool:
         """Add turns to the end of the session; return whether they were. ``wanted`` is asked once the write
         lock is held (which may take up to the busy timeout): when it says no, nothing is written."""
+        self._refuse_if_gone()  # before its media are stored
         now = time.time()
         turns = [(message.role.value, json.dumps([_part_record(p, store_media) for p in message.parts]))
                  for message in messages]
@@ -316,6 +374,7 @@ class SessionStore:
         made them). What was removed is then overwritten in the file (``secure_delete``) and the
         journal emptied (:meth:`_empty_journal`): no copy of it is left in the data directory.
         """
+        self._refuse_if_gone()
         with self._writing():
             used_here = self._media_of(self._db.execute(
                 "SELECT parts FROM turns WHERE session_id = ? AND parts LIKE ?", (session_id, '%"media_id"%')))
@@ -481,8 +540,9 @@ class SessionStore:
         return rows
 
     def _write_calls(self, rows: list[tuple]) -> None:
-        """Insert statistics rows (each ends with its request's tags) in one transaction."""
-        if not rows:
+        """Insert statistics rows (each ends with its request's tags) in one transaction; none once nothing is
+        stored (:meth:`stop_storing`, which the daemon's log says)."""
+        if not rows or not self._storing:
             return
         with self._writing():
             untagged = [row[:-1] for row in rows if not row[-1]]
