@@ -41,6 +41,15 @@ plugin, on each reload (SIGHUP) that changes the providers: keep it fast, with n
 Run ``router.testing.ProviderContract`` against it to check it conforms.
 """
 
+import os as _os
+import signal as _signal
+import sys as _sys
+
+if _sys.argv[1:2] == ["serve"] and (_sys.argv[0] == "-m" or _os.path.basename(_sys.argv[0]) == "mmrouter"):
+    # `mmrouter serve` imports this package first (about 0.5 s): a SIGHUP then (its default action ends the
+    # process) or a SIGINT (a traceback) waits; serve acts on them once it can (see router.cli.serve)
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT, _signal.SIGHUP})
+
 import pluggy
 
 from .errors import (

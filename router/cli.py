@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sqlite3
 import sys
 import time
@@ -133,8 +134,25 @@ def serve(
     refused and the running one stays. $MMROUTER_AUTH_TOKEN, when set, is the token clients must send,
     in place of server.auth_token (a container configured by its environment alone).
     """
+    # a SIGHUP before the daemon serves is held, not fatal (its default action): the daemon reloads on it once
+    # it serves (router.server.serve lets it through then), the file it read at start may have changed since
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     # a failure to start is logged as the daemon's log would be: JSON when the option or file asks for it
     json_asked = (log_format or "").strip().lower() == "json" or (log_format is None and _asks_for_json_logs(config))
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held over _quiet_grpc_core's exec: raised here
+        _start(ctx, config, address, data_dir, ready_file, log_level, log_format, json_asked)
+    except KeyboardInterrupt:  # Ctrl-C before serving (once serving, the daemon stops on it as on SIGTERM)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one: no traceback either
+        if json_asked:
+            _log_to_stderr("INFO", True)
+        _start_failed("interrupted (SIGINT) while starting: the daemon did not start", 130, json_asked)
+
+
+def _start(ctx: typer.Context, config: Path | None, address: str | None, data_dir: Path | None,
+           ready_file: Path | None, log_level: str | None, log_format: str | None, json_asked: bool) -> None:
+    """Read the settings of ``serve`` (its options, as described there) and run the daemon until it stops;
+    a failure to start ends the command with one message, as JSON when ``json_asked``."""
     try:
         settings = load_config(config)
         token = os.environ.get(AUTH_TOKEN_VARIABLE)
@@ -154,17 +172,21 @@ def serve(
         json_asked = json_asked or (log_format is None and settings.server.log_format == "json")
         if json_asked:
             _log_to_stderr("INFO", True)
-        _start_failed(_override_problems(exc), 2, json_asked)
+        _start_failed(_override_problems(exc, ctx), 2, json_asked)
     overrides = {k: getattr(server, k) for k in overrides}  # as validated: a reload applies them again
     settings = settings.model_copy(update={"server": server})
     json_logs = server.log_format == "json"
     if json_logs:
         _quiet_grpc_core()
     _log_to_stderr(server.log_level, json_logs)
+    from .server import StartInterrupted, hold_start_up_interrupts
     from .server import serve as run
 
+    hold_start_up_interrupts()  # from here, a SIGINT stops the start where it can stop cleanly
     try:
         asyncio.run(run(settings, ready_file=ready_file, config_path=config, server_overrides=overrides))
+    except StartInterrupted:
+        raise KeyboardInterrupt from None  # as before the start: see serve
     except RuntimeError as exc:
         if "Failed to bind" not in str(exc):
             _stopped_by_a_bug(exc)
@@ -194,16 +216,28 @@ def serve(
 AUTH_TOKEN_VARIABLE = "MMROUTER_AUTH_TOKEN"
 
 
-def _override_problems(exc: ValidationError) -> str:
-    """What is wrong with the server settings ``serve`` took from its options and environment."""
-    where = {"log_level": "--log-level", "log_format": "--log-format", "auth_token": AUTH_TOKEN_VARIABLE,
-             "address": "--address", "data_dir": "--data-dir"}
+def _override_problems(exc: ValidationError, ctx: typer.Context) -> str:
+    """What is wrong with the server settings ``serve`` took from its options and environment, each named
+    as the operator gave it: ``MMROUTER_LOG_LEVEL`` when it came from that variable, else ``--log-level``."""
     problems = []
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else ""
         message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"server.{name} ({where.get(name, 'the configuration')}): {message}")
+        problems.append(f"server.{name} ({_given_by(ctx, name)}): {message}")
     return "; ".join(problems)
+
+
+def _given_by(ctx: typer.Context, name: str) -> str:
+    """Where the server setting ``name`` given to ``serve`` came from: its option (``--log-level``), or its
+    environment variable (``MMROUTER_LOG_LEVEL``) when it was read from there."""
+    if name == "auth_token":
+        return AUTH_TOKEN_VARIABLE
+    param = next((p for p in ctx.command.params if p.name == name), None)
+    if param is None:
+        return "the configuration"
+    if isinstance(param.envvar, str) and _from_environment(ctx, name):
+        return param.envvar
+    return max(param.opts, key=len)  # --log-level, not -a
 
 
 def _stopped_by_a_bug(exc: Exception) -> NoReturn:
@@ -274,7 +308,7 @@ def _asks_for_json_logs(config: Path | None) -> bool:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     server = data.get("server") if isinstance(data, dict) else None
-    return isinstance(server, dict) and server.get("log_format") == "json"
+    return isinstance(server, dict) and str(server.get("log_format")).strip().lower() == "json"
 
 
 def _quiet_grpc_core() -> None:
@@ -285,7 +319,13 @@ def _quiet_grpc_core() -> None:
     if "GRPC_VERBOSITY" in os.environ:
         return
     os.environ["GRPC_VERBOSITY"] = "NONE"
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # the same pid, for supervisors
+    # a SIGINT (and a SIGHUP: held by serve already) while the new image imports stays pending, then is raised
+    # in serve: a handler does not survive exec, and the imports' KeyboardInterrupt would print a traceback
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
+    try:
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # the same pid, for supervisors
+    finally:  # reached only when exec failed
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _start_failed(message: str, code: int, json_logs: bool) -> NoReturn:
@@ -548,11 +588,9 @@ def _data_dir(config: Path | None, data_dir: Path | None) -> Path:
     else the default."""
     if data_dir is not None:
         return data_dir.expanduser()
-    if config is None:
-        return default_data_dir()
     try:
-        return data_dir_of(config).expanduser()
-    except ConfigError as exc:
+        return default_data_dir() if config is None else data_dir_of(config).expanduser()
+    except ConfigError as exc:  # an empty MMROUTER_DATA_DIR, a bad config file
         err.print(f"[red]{escape(exc.message)}[/red]")
         raise typer.Exit(2) from None
 

@@ -312,6 +312,10 @@ def parse_address(address: str) -> tuple[str, int] | None:
     return match["v6"], port
 
 
+#: The values of ``server.log_level``, in any case.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class ServerSettings(_Strict):
     """Where and how the daemon serves."""
 
@@ -385,7 +389,19 @@ class ServerSettings(_Strict):
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
-        return value.strip().upper() if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:  # WARN, CRIT, ERR: the names other tools take
+            hint = next((f"; did you mean {known!r}?" for known in LOG_LEVELS if level and known.startswith(level)),
+                        did_you_mean(level, LOG_LEVELS))
+            raise ValueError(f"Input should be {', '.join(map(repr, LOG_LEVELS[:-1]))} or {LOG_LEVELS[-1]!r}{hint}")
+        return level
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value  # JSON, Text: as log_level takes any case
 
     @model_validator(mode="after")
     def _limits(self) -> ServerSettings:
@@ -469,10 +485,24 @@ class Config(_Strict):
         return routes
 
 
+#: The environment variable that moves the default data directory.
+DATA_DIR_VARIABLE = "MMROUTER_DATA_DIR"
+
+
 def default_data_dir() -> Path:
-    """``$MMROUTER_DATA_DIR``, else ``$XDG_DATA_HOME/mmrouter``, else ``~/.local/share/mmrouter``."""
-    if os.environ.get("MMROUTER_DATA_DIR"):
-        return Path(os.environ["MMROUTER_DATA_DIR"])
+    """``$MMROUTER_DATA_DIR``, else ``$XDG_DATA_HOME/mmrouter``, else ``~/.local/share/mmrouter``.
+
+    :class:`ConfigError` when ``MMROUTER_DATA_DIR`` is set but empty (``MMROUTER_DATA_DIR=${DATA_DIR}`` in a
+    container with DATA_DIR unset): taken as unset, every conversation and upload would go to the home
+    directory (a container's ephemeral layer) instead of the volume meant, as an empty ``${VAR}`` for
+    ``server.data_dir`` or an empty ``MMROUTER_AUTH_TOKEN`` is refused."""
+    value = os.environ.get(DATA_DIR_VARIABLE)
+    if value == "":
+        raise ConfigError(f"{DATA_DIR_VARIABLE} is set but empty: the conversations and media would go to the "
+                          f"default data directory instead of the one meant; set {DATA_DIR_VARIABLE} to a "
+                          f"directory, or unset it for $XDG_DATA_HOME/mmrouter or ~/.local/share/mmrouter")
+    if value:
+        return Path(value)
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "mmrouter"
 

@@ -1069,6 +1069,51 @@ def raise_open_files_limit() -> None:
                     "raise the limit (LimitNOFILE= in a systemd unit, ulimits in a container)", soft)
 
 
+class StartInterrupted(Exception):
+    """A SIGINT came while the daemon started (held until it could stop cleanly): it stopped without serving."""
+
+
+class _HeldInterrupt:
+    """The SIGINT handler while the daemon starts: it notes the signal, for :func:`serve` to stop the start
+    where it can stop cleanly. A handler of Python's runs in the main thread, whichever thread the signal
+    reached (the log's writer thread, gRPC's), and in place of asyncio's, which cancels the start wherever it
+    is: in gRPC's server start too, which then fails on the closed loop with errors logged."""
+
+    received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+
+
+_start_up_interrupt = _HeldInterrupt()
+
+
+def hold_start_up_interrupts() -> None:
+    """Hold SIGINT until :func:`serve` serves (or stops the start on it): called by ``mmrouter serve`` right
+    before the event loop starts. A SIGINT the command was started to ignore stays ignored until then."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _start_up_interrupt)
+
+
+#: Less address space than this (ulimit -v, RLIMIT_AS) is warned of at start: the daemon maps about 0.7 GiB
+#: once serving with every plugin (VmPeak 0.70-0.76 GiB on 2 cores; mostly thread stacks and malloc arenas,
+#: never touched, and more with more cores), and gRPC aborts (SIGABRT) when it cannot start its threads.
+LOW_ADDRESS_SPACE = 1024**3
+
+
+def warn_if_address_space_low() -> None:
+    """Warn when the address space (``ulimit -v``) is limited under :data:`LOW_ADDRESS_SPACE`: gRPC's threads
+    may then fail to start, and the daemon aborts with only gRPC's own lines (``pthread_create failed``)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY and soft < LOW_ADDRESS_SPACE:
+        log.warning("the daemon's address space is limited to %d MiB (ulimit -v): it maps about 700 MiB once "
+                    "serving, and gRPC aborts when it cannot start a thread (\"pthread_create failed\"); raise "
+                    "the limit to %d MiB or more, or lift it (LimitAS= in a systemd unit)", soft // 1024**2,
+                    LOW_ADDRESS_SPACE // 1024**2)
+
+
 async def serve(config: Config, *, ready_file: Path | None = None, config_path: Path | None = None,
                 extra_plugins: Mapping[str, object] | None = None,
                 server_overrides: Mapping[str, Any] | None = None) -> None:
@@ -1089,6 +1134,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     # local users may not read it, whatever the operator's umask (022 made sessions.sqlite readable)
     os.umask(0o077)
     raise_open_files_limit()
+    warn_if_address_space_low()
     data_dir = Path(config.server.data_dir).expanduser()
     made_data_dir = not data_dir.exists()  # removed again if the daemon does not start (a mistyped data_dir)
     data_lock = lock_data_dir(data_dir)
@@ -1115,18 +1161,27 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         await app.aclose()
         _unlock(data_lock, data_dir if made_data_dir else None)
         raise
-    bound = _bound_address(config.server.address, port)
-    _log_providers(app)
-    tls = config.server.tls
-    security = "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file else "TLS"
-    log.info("mmrouter %s listening on %s (%s; data in %s%s)", version(), bound, security, config.server.data_dir,
-             "; clients need the auth token" if config.server.auth_token else "")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path, certificates, log_filter,
                             server_overrides)
+    # `mmrouter serve` holds SIGINT and SIGHUP while the daemon starts (see hold_start_up_interrupts; SIGHUP's
+    # default action would end it): a SIGINT sent since ends the start here, a SIGHUP is a reload
+    if _start_up_interrupt.received:
+        await server.stop(0)
+        await app.aclose()
+        _unlock(data_lock, data_dir if made_data_dir else None)
+        raise StartInterrupted  # not KeyboardInterrupt: raised from a task, it would stop the loop at once,
+        # before gRPC's stop ends (its tasks then fail on the closed loop, with errors logged)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    bound = _bound_address(config.server.address, port)
+    _log_providers(app)
+    tls = config.server.tls
+    security = "plaintext" if tls is None else "TLS, client certificates required" if tls.client_ca_file else "TLS"
+    log.info("mmrouter %s listening on %s (%s; data in %s%s)", version(), bound, security, config.server.data_dir,
+             "; clients need the auth token" if config.server.auth_token else "")
     if ready_file is not None:  # only once signals are handled: a SIGHUP right after must not kill the daemon
         try:
             ready_file.write_text(bound)
