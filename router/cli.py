@@ -278,13 +278,14 @@ def _other_address(address: str) -> str:
 
 
 def _log_to_stderr(level: str, json_logs: bool) -> None:
-    """Send the daemon's log to stderr at ``level``: as text, or one JSON object per line."""
+    """Send the daemon's log to stderr at ``level``: as text, or one JSON object per line, written by a
+    thread of its own through a bounded queue (:mod:`router.logsink`): a reader of stderr that stops
+    reading costs log lines (counted), never the daemon."""
+    from .logsink import log_to
     from .redact import JsonFormatter, TextFormatter
 
-    logging.basicConfig(level=level, stream=sys.stderr, force=True)  # again once the settings are read
     formatter = JsonFormatter() if json_logs else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(formatter)
+    log_to(sys.stderr, formatter, level)  # again once the settings are read
     if level != "DEBUG":  # HTTP clients log every upstream request at INFO
         for name in ("httpx", "httpx2", "httpcore", "aiohttp.access"):
             logging.getLogger(name).setLevel(logging.WARNING)
