@@ -562,6 +562,11 @@ class App:
                      session_tag(request.session_id))
             answer.route.notes.append(f"this turn was not kept in session {request.session_id!r}: the session "
                                       "was reset (ResetSession) while the call was under way")
+            try:  # nor what its bridges kept (a transcript), which the reset came too early to forget
+                await self.sessions.run(self.sessions.forget_kept, request.session_id)
+            except Exception as exc:
+                log.warning("session %s: the texts kept by a call that ran while it was reset could not be "
+                            "forgotten (%s); the next reset or prune forgets them", session_tag(request.session_id), exc)
         elif request.session_id:  # on the store's thread: turn_count and append with no other job between
             cancelled = threading.Event()
             try:

@@ -383,16 +383,42 @@ class SessionStore:
             removed = self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
             others = self._db.execute("DELETE FROM bridged_for WHERE session_id = ?", (session_id,)).rowcount
             self._forget_history(session_id)
-            for media_id in used_here:  # each looked up, not every turn of every session read
-                elsewhere = (self._db.execute("SELECT 1 FROM turns WHERE parts LIKE ? LIMIT 1",
-                                              (f'%"media_id": "{media_id}"%',)).fetchone()
-                             or self._db.execute("SELECT 1 FROM bridged_for WHERE media = ? LIMIT 1",
-                                                 (media_id,)).fetchone())
-                if elsewhere is None:
-                    others += self._db.execute("DELETE FROM bridged WHERE key LIKE ?", (f"{media_id}|%",)).rowcount
+            others += self._forget_texts_of(used_here)
         if removed or others:
             self._empty_journal()
         return Removed(removed, others)
+
+    def forget_kept(self, session_id: str) -> int:
+        """Forget the texts bridges kept for the media of ``session_id``'s calls that no stored turn refers
+        to, unless another session's call made them too: those of a call that ran while its session was
+        reset (its turn is not kept; the reset ran before its bridge kept the text). Returns the rows removed."""
+        self._refuse_if_gone()
+        with self._writing():
+            linked = {row[0] for row in self._db.execute("SELECT media FROM bridged_for WHERE session_id = ?",
+                                                         (session_id,))}
+            unused = {media_id for media_id in linked if not self._in_a_turn(media_id)}
+            removed = sum(self._db.execute("DELETE FROM bridged_for WHERE session_id = ? AND media = ?",
+                                           (session_id, media_id)).rowcount for media_id in unused)
+            removed += self._forget_texts_of(unused)
+        if removed:
+            self._empty_journal()
+        return removed
+
+    def _in_a_turn(self, media_id: str) -> bool:
+        """Whether a stored turn (of any session) holds the media ``media_id``."""
+        return self._db.execute("SELECT 1 FROM turns WHERE parts LIKE ? LIMIT 1",
+                                (f'%"media_id": "{media_id}"%',)).fetchone() is not None
+
+    def _forget_texts_of(self, media_ids: Iterable[str]) -> int:
+        """Delete the kept texts of each of ``media_ids`` that no stored turn holds and no session's call made
+        (see ``bridged_for``); return the rows deleted. Each media looked up, not every turn of every session."""
+        removed = 0
+        for media_id in media_ids:
+            if self._in_a_turn(media_id) or self._db.execute("SELECT 1 FROM bridged_for WHERE media = ? LIMIT 1",
+                                                               (media_id,)).fetchone():
+                continue
+            removed += self._db.execute("DELETE FROM bridged WHERE key LIKE ?", (f"{media_id}|%",)).rowcount
+        return removed
 
     def _empty_journal(self) -> None:
         """Write the journal's pages into the file and cut the journal to nothing, so that the rows just

@@ -23,6 +23,7 @@ from router.sessions import SessionStore
 from tests.fakes.openai import error_body as openai_error
 
 CHAT = "/v1/chat/completions"
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
 GPT_4O = pb.RoutingHints(provider="openai", model="gpt-4o")  # cannot hear: Whisper bridges the audio
 
 
@@ -74,6 +75,25 @@ def test_a_reset_forgets_the_transcript_of_a_call_that_stored_no_turn(daemon, fa
     with pytest.raises(grpc.RpcError) as again:  # nothing left of it now
         _reset(daemon, "leo")
     assert error_details(again.value).reason == "SESSION_NOT_FOUND"
+
+
+def test_a_reset_during_a_call_also_forgets_what_its_bridge_kept_after_it(daemon, fakes) -> None:
+    """ResetSession while the call's bridge (Whisper) transcribes: the call's turn is not kept, and neither is
+    the transcript its bridge keeps after the reset (it stayed until a second reset or a prune)."""
+    audio = wav(1.3)
+    media = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=audio, filename="race.wav")
+    transcribing = fakes["openai"].hold_next(path=TRANSCRIPTIONS)
+    call = daemon.stub.Generate.future(pb.GenerateRequest(request=text_request(
+        "what is said", media=[media], session_id="race", hints=GPT_4O)), timeout=60)
+    deadline = time.monotonic() + 30
+    while not any(r.path == TRANSCRIPTIONS for r in fakes["openai"].requests) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not call.done()
+    assert _reset(daemon, "race") == 0  # nothing stored yet; the call under way is told
+    transcribing.set()
+    answer = call.result().answer
+    assert any("was reset (ResetSession) while the call was under way" in note for note in answer.route.notes)
+    assert _kept_texts(daemon.data_dir, hashlib.sha256(audio).hexdigest()) == []
 
 
 def test_a_reset_leaves_no_copy_of_the_turns_in_the_journal(daemon) -> None:

@@ -171,6 +171,10 @@ class Reply:
         h.wfile.flush()
 
 
+#: The longest a request held by :meth:`FakeUpstream.hold_next` waits for its release.
+HOLD_SECONDS = 20.0
+
+
 class FakeUpstream:
     """Base of the fake provider servers. Use as a context manager or call start()/stop()."""
 
@@ -179,6 +183,7 @@ class FakeUpstream:
         self._failures: list[Failure] = []
         self._truncations: list[Truncation] = []
         self._huge: list[HugeError] = []
+        self._holds: list[tuple[str | None, threading.Event]] = []
         #: The bytes of huge error bodies (:meth:`huge_error_next`) sent so far.
         self.huge_bytes_sent = 0
         #: Set when a huge error body's answer ended (all sent, or the client closed the connection).
@@ -206,6 +211,11 @@ class FakeUpstream:
                     huge = next((e for e in upstream._huge if e.path in (None, rec.path)), None)
                     if huge is not None and failure is None:
                         upstream._huge.remove(huge)
+                    hold = next((h for h in upstream._holds if h[0] in (None, rec.path)), None)
+                    if hold is not None:
+                        upstream._holds.remove(hold)
+                if hold is not None:
+                    hold[1].wait(HOLD_SECONDS)
                 reply = Reply(self, upstream)
                 if huge is not None and failure is None:
                     try:
@@ -233,6 +243,14 @@ class FakeUpstream:
     def handle(self, request: Recorded, reply: Reply) -> None:
         """Answer one request. Subclasses implement the provider's endpoints."""
         reply.json({"error": {"message": f"no fake for {request.method} {request.path}"}}, 404)
+
+    def hold_next(self, path: str | None = None) -> threading.Event:
+        """Hold the next request (to ``path`` if given) until the event returned is set (or for
+        :data:`HOLD_SECONDS`, so a test never hangs), then answer it as usual."""
+        release = threading.Event()
+        with self._lock:
+            self._holds.append((path, release))
+        return release
 
     def fail_next(self, status: int, body: dict, headers: dict[str, str] | None = None, *,
                   path: str | None = None, body_delay: float = 0.0) -> None:
