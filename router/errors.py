@@ -399,11 +399,11 @@ def provider_error_from_status(
         return ProviderAuthError(provider, message)
     if status == 404:
         return ProviderModelNotFound(provider, message)
-    if status == 408:
-        return ProviderTimeout(provider, message)
     if status == 429:
         return ProviderRateLimited(provider, message, retry_after=retry_after)
-    return ProviderUnavailable(provider, message, retry_after=retry_after)  # a 503 or 529 may say when
+    # a 503 or 529 may say when; a 408 is a server that gave up waiting for the request, at once: a passing
+    # failure (the fallbacks run), not PROVIDER_TIMEOUT, which says the call's own deadline passed
+    return ProviderUnavailable(provider, message, retry_after=retry_after)
 
 
 #: HTTP statuses worth asking again for the same thing (a status poll of a job that goes on): a rate limit

@@ -12,6 +12,7 @@ import io
 import re
 import struct
 
+import grpc
 import numpy as np
 import pytest
 from mmrouter_anthropic import limits as claude_limits
@@ -33,6 +34,7 @@ from router.convert import JPEG, PNG, convertible, to_pages
 from router.errors import (
     NoRoute,
     ProviderInputTooLarge,
+    ProviderUnavailable,
     ProviderUnsupportedInput,
     is_input_too_large,
     provider_error_from_status,
@@ -430,6 +432,14 @@ def test_the_duration_refusal_counts_as_too_large() -> None:
     text = "audio duration 1830.5 seconds is longer than 1400 seconds which is the maximum for this model"
     assert is_input_too_large(text)
     assert isinstance(provider_error_from_status("openai", 400, text), ProviderInputTooLarge)
+
+
+def test_a_408_is_a_passing_unavailable_not_the_calls_deadline() -> None:
+    """A 408 is a server that gave up waiting for the request, answered at once: UNAVAILABLE (the fallbacks
+    run), not DEADLINE_EXCEEDED PROVIDER_TIMEOUT, which says the call's deadline passed during a job."""
+    error = provider_error_from_status("openai", 408, "Request Timeout")
+    assert isinstance(error, ProviderUnavailable)
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
 
 
 def test_gemini_takes_video_mov_the_name_its_docs_use() -> None:
