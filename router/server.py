@@ -246,6 +246,18 @@ def within_limit(message: Any, limit: int) -> Any:
     return message
 
 
+def _streamed_within_limit(message: pb.StreamGenerateResponse, limit: int) -> pb.StreamGenerateResponse:
+    """A streamed event as :func:`within_limit` lets it through; of a ``Done`` over ``limit``, the answer's
+    text is left out (the text deltas before it carried it all) and a route note says so, so that its
+    client still gets the route, usage and finish reason of an answer it has read whole."""
+    if message.WhichOneof("event") == "done" and message.done.answer.text and message.ByteSize() > limit:
+        answer = message.done.answer
+        answer.route.notes.append(f"the answer's text ({len(answer.text)} characters) is left out of Done: it is "
+                                  f"over server.max_message_bytes ({limit}), and the text deltas above carried it")
+        answer.text = ""
+    return within_limit(message, limit)
+
+
 #: The receive limit most gRPC clients keep (4 MiB): a larger answer is refused by such a client.
 CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024
 
@@ -588,7 +600,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     if not isinstance(event, TextDelta):
                         if isinstance(event, RouteChosen):
                             call.route = event.route
-                        yield within_limit(_event_to_proto(event, self.app.redact), self.max_message_bytes)
+                        yield _streamed_within_limit(_event_to_proto(event, self.app.redact), self.max_message_bytes)
                     elif len(event.text) <= self.delta_chars:
                         yield pb.StreamGenerateResponse(text_delta=pb.TextDelta(text=event.text))
                     else:
