@@ -843,6 +843,7 @@ def _listen(server: grpc.aio.Server, address: str, certificates: ServerCertifica
 
     parsed_address = parse_address(address)
     if parsed_address is None:  # a unix socket
+        _refuse_a_socket_in_use(address)
         return add(address)
     host, port = parsed_address
     resolved = _addresses_of(host)
@@ -861,6 +862,32 @@ def _listen(server: grpc.aio.Server, address: str, certificates: ServerCertifica
         else:
             port, bound = add(one), True  # port 0: the next addresses take the port the first one got
     return port if bound else add(address)  # none usable: gRPC says why
+
+
+def _refuse_a_socket_in_use(address: str) -> None:
+    """Refuse (OSError, EADDRINUSE) a ``unix:`` socket another process accepts connections on: gRPC replaces
+    the file of the socket it binds, and the other daemon would go on serving, unreachable, until either
+    stops and takes the file away from both. A file nothing listens on (left by a daemon killed) is
+    replaced, as before."""
+    path = address.removeprefix("unix:").removeprefix("//") if address.startswith("unix:") else ""
+    if not path or not stat.S_ISSOCK(_mode_of(path)):
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:  # refused: nobody listens
+            return
+    raise OSError(errno.EADDRINUSE, f"cannot listen on {address}: another process listens on it (another "
+                                    "daemon?): stop it, or set server.address (--address) to another path")
+
+
+def _mode_of(path: str) -> int:
+    """The file mode of ``path``, 0 when there is none."""
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
 
 
 #: What gRPC's own resolver makes of ``localhost`` whatever /etc/hosts says: both loopbacks.

@@ -745,6 +745,34 @@ def test_a_daemon_on_a_unix_socket_reports_the_socket_in_its_ready_file_and_log(
         _stop(proc)
 
 
+def test_a_second_daemon_on_a_unix_socket_in_use_is_refused_and_a_stale_one_replaced(tmp_path, plugin_sites) -> None:
+    """gRPC replaces the file of the socket it binds: a second daemon on the first's socket took it over, and the
+    first went on serving, unreachable. It is refused now; a socket file nothing listens on is taken as before."""
+    import socket as sockets
+
+    socket_path = tmp_path / "mm.sock"
+    for name in ("one", "two", "three"):
+        (tmp_path / name).mkdir()
+    first, ready, log = _serve(tmp_path / "one", plugin_sites, f"unix:{socket_path}")
+    try:
+        assert wait_for(lambda: ready.exists() or first.poll() is not None, 60), log.read_text()
+        second, _, second_log = _serve(tmp_path / "two", plugin_sites, f"unix:{socket_path}")
+        assert second.wait(60) != 0
+        assert f"cannot listen on unix:{socket_path}: another process listens on it" in second_log.read_text()
+        assert first.poll() is None and socket_path.is_socket()  # the first still serves, on its socket
+    finally:
+        _stop(first)
+    stale = tmp_path / "stale.sock"
+    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as left:  # bound, never listening: as a daemon killed
+        left.bind(str(stale))
+    third, ready, log = _serve(tmp_path / "three", plugin_sites, f"unix:{stale}")
+    try:
+        assert wait_for(lambda: ready.exists() or third.poll() is not None, 60)
+        assert ready.read_text() == f"unix:{stale}", log.read_text()
+    finally:
+        _stop(third)
+
+
 def _name_for_both_loopbacks() -> str | None:
     """A host name this machine resolves to both 127.0.0.1 and ::1, if it has one."""
     import socket
