@@ -278,8 +278,14 @@ def final_error(last: ProviderError, passing: ProviderError | None) -> ProviderE
     failed in a way that may pass (``passing``: down, rate-limited, timed out). Then it is that earlier
     failure, its message naming the last refusal: the client should retry, as the preferred target may
     answer the same request later (a PDF local could not read, after Claude answered 529, was
-    INVALID_ARGUMENT "not a readable PDF", so clients did not retry a request Claude answers)."""
-    if passing is None or isinstance(last, PASSING):
+    INVALID_ARGUMENT "not a readable PDF", so clients did not retry a request Claude answers). A passing
+    ``last`` that does not say when to retry takes the earlier failure's delay (a rate limit's Retry-After,
+    then a fallback's 503: the client learns when the preferred target may answer)."""
+    if passing is None:
+        return last
+    if isinstance(last, PASSING):
+        if last.retry_after is None and passing.retry_after is not None:
+            last.retry_after = passing.retry_after
         return last
     kind = next(kind for kind in PASSING if isinstance(passing, kind))  # a plugin's subclass may take other arguments
     detail = passing.message.removeprefix(f"{passing.provider}: ")

@@ -347,3 +347,18 @@ def test_the_access_line_of_a_call_whose_targets_all_failed_lists_only_the_faile
         call.failed(status_pb2.Status(code=code_pb2.UNAVAILABLE, message="all failed"), "PROVIDER_UNAVAILABLE")
     assert "(attempts: openai/gpt-4o: openai: HTTP 500; anthropic/claude: anthropic: overloaded)" in caplog.text
     assert "whisper-1" not in caplog.text
+
+
+def test_a_rate_limits_retry_delay_outlives_a_fallback_that_failed_without_one(start_daemon, upstreams) -> None:
+    """gpt-4o answered 429 with Retry-After: 7, then the fallback Claude 503 with none: the call ended
+    UNAVAILABLE without a RetryInfo, and the client did not learn when the preferred target may answer."""
+    openai, anthropic = upstreams
+    daemon = start_daemon(FALLBACK.format(openai=openai.base_url, anthropic=anthropic.url), plugins=(),
+                          env={"OPENAI_TEST_KEY": OPENAI_KEY, "ANTHROPIC_TEST_KEY": ANTHROPIC_KEY})
+    openai.fail_next(429, {"error": {"message": "Rate limit reached", "type": "requests"}}, {"Retry-After": "7"})
+    anthropic.fail_next(503, {"type": "error", "error": {"type": "api_error", "message": "down"}})
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
+    details = error_details(info.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
+    assert details.retry_delay == 7
