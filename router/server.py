@@ -464,7 +464,7 @@ async def _upload_chunks(messages: AsyncIterator[Any], context: grpc.aio.Service
         payload = parsed(message).WhichOneof("payload")
         if payload == "metadata":
             raise InvalidRequest("metadata may only be sent once, first",
-                                 violations=[FieldViolation("metadata", "sent again after chunks")])
+                                 violations=[FieldViolation("metadata", "sent again: only the first message carries it, the chunks follow")])
         if payload is None:
             raise InvalidRequest("an UploadMedia message after the metadata carries no chunk",
                                  violations=[FieldViolation("chunk", "required in every message after the first")])

@@ -169,6 +169,15 @@ def test_upload_messages_after_the_first_carry_chunks(daemon, after_metadata, fi
     assert error_details(caught.value).violations[0][0] == field
 
 
+def test_metadata_sent_twice_before_any_chunk_is_named_as_it_happened(daemon) -> None:
+    """The refusal said "sent again after chunks" of metadata sent twice before any chunk."""
+    first = pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf"))
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.UploadMedia(iter([first, first, pb.UploadMediaRequest(chunk=PDF)]))
+    [(field, description)] = error_details(caught.value).violations
+    assert field == "metadata" and "after chunks" not in description and "only the first message" in description
+
+
 def test_upload_size_must_match_the_metadata(daemon) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         upload(daemon.stub, [PDF], size=len(PDF) + 1)
