@@ -277,10 +277,17 @@ class MediaStore:
         """Commit ``tmp`` as ``media_id``, unless the same content is stored already, whole: then its record
         is returned as it is. Returns the record and whether ``tmp`` was committed. One at a time: two
         uploads of the same bytes at once both found nothing stored, and the last record written won, so
-        that one client was given an id whose record named another modality."""
+        that one client was given an id whose record named another modality.
+
+        Bytes stored as audio and now stored as video (the same file: a recording uploaded first for its
+        sound) take the video's record, which serves both (a request may name a stored video as audio):
+        the first record stood, and the video could never be asked about."""
         with self._commit_lock:
             stored = self._stored(media_id)
             if stored is not None and stored.size == tmp.stat().st_size:
+                if stored.modality is Modality.AUDIO and modality is Modality.VIDEO:
+                    self._write_record(stored.path, mime_type, modality, stored.size)
+                    return StoredMedia(media_id, stored.path, mime_type, modality, stored.size), False
                 return stored, False
             return self._commit(tmp, media_id, mime_type, modality), True
 
@@ -320,6 +327,11 @@ class MediaStore:
         path.parent.mkdir(exist_ok=True)  # not the store's folder, which holds tmp: never the data directory
         size = tmp.stat().st_size
         os.replace(tmp, path)
+        self._write_record(path, mime_type, modality, size)
+        return StoredMedia(media_id, path, mime_type, modality, size)
+
+    def _write_record(self, path: Path, mime_type: str, modality: Modality, size: int) -> None:
+        """Write the record of the bytes at ``path`` (its ``.json`` beside it) by an atomic rename, synced."""
         meta = json.dumps({"mime_type": mime_type, "modality": modality.value, "size": size})
         with self._temp_file(".json") as (fd, meta_tmp):
             with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -327,7 +339,6 @@ class MediaStore:
                 _sync(out)
             os.replace(meta_tmp, path.with_suffix(".json"))
         _sync_directory(path.parent)  # the renames themselves survive a power cut
-        return StoredMedia(media_id, path, mime_type, modality, size)
 
     async def upload(self, mime_type: str, modality: Modality, expected_size: int,
                      chunks: AsyncIterator[bytes]) -> StoredMedia:
@@ -386,8 +397,8 @@ class MediaStore:
             with _room_needed(f"the upload of {mime_type}"):  # new, or stored damaged: this upload replaces it
                 stored, committed = await asyncio.to_thread(self._keep, tmp, media_id, mime_type, modality)
             # the same bytes stored before as another modality: its record stands. A video's is answered for
-            # an upload as audio (a request may name a stored video as audio, for its sound); another
-            # modality is refused (an id naming audio is no video)
+            # an upload as audio (a request may name a stored video as audio, for its sound), audio's became
+            # a video's (see _keep); another modality is refused (an id naming a document is no video)
             if not committed and stored.modality is not modality and not (
                     stored.modality is Modality.VIDEO and modality is Modality.AUDIO):
                 problem = (f"media {media_id} (the same bytes) is already stored as {stored.modality.value}"

@@ -133,7 +133,9 @@ def _stored_media(media: pb.Media, modality: Modality, path: str, resolve: Resol
     if stored.modality is Modality.VIDEO and modality is Modality.AUDIO:  # its sound, as inline video bytes
         stored = replace(stored, modality=modality)                       # sent as audio are
     elif stored.modality is not modality:
-        also = " (or as audio, for its sound)" if stored.modality is Modality.VIDEO else ""
+        also = (" (or as audio, for its sound)" if stored.modality is Modality.VIDEO
+                else "; to ask about it as video, upload it with UploadMedia as video (its record then serves both)"
+                if stored.modality is Modality.AUDIO and modality is Modality.VIDEO else "")
         problems.append(FieldViolation(f"{path}.modality", f"media {media.media_id} was uploaded as "
                                                            f"{stored.modality.value}: send its modality as {stored.modality.value}{also}"))
     problem = stored_type_problem(media.mime_type, stored) if media.mime_type else None
