@@ -151,7 +151,7 @@ class MediaStore:
         self.max_upload_bytes = max_upload_bytes
         self._utime_failed = False
         #: Held while an id's record is checked and committed (see :meth:`_keep`).
-        self._commit_lock = threading.Lock()
+        self._commit_lock = threading.RLock()  # get() takes it too (an old record rewritten), also within _keep
         self._storing = True  # until stop_storing()
         if create:
             (self.root / "tmp").mkdir(parents=True, exist_ok=True)
@@ -206,8 +206,20 @@ class MediaStore:
             raise UnknownMedia(f"media {media_id} is damaged: its file holds {stored.size} of its {expected} "
                                "bytes; upload the same file again with UploadMedia to repair it",
                                metadata={"media_id": media_id})
+        if "filename" in meta:  # a record of an older version keeps its first uploader's name: not any more
+            self._forget_name(stored)
         self._mark_used(media_id, record)
         return stored
+
+    def _forget_name(self, stored: StoredMedia) -> None:
+        """Write ``stored``'s record again without the file name an older version kept in it (best effort: a
+        record that cannot be written keeps it, never read)."""
+        try:
+            with self._commit_lock:
+                self._write_record(stored.path, stored.mime_type, stored.modality, stored.size)
+        except OSError as exc:
+            log.info("could not write media %s's record without its file name (%s)", stored.media_id,
+                     exc.strerror or exc)
 
     def _mark_used(self, media_id: str, record: Path) -> None:
         """Set the record's time to now: prune() keeps media in use. Best effort: media that can be read

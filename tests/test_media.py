@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -831,3 +832,20 @@ def test_a_pdf_header_further_in_and_other_bytes_keep_the_plain_message() -> Non
         assert mime_problem("application/pdf", Modality.DOCUMENT, head) == (
             "declared 'application/pdf' but the content looks like unrecognised bytes")
     assert mime_problem("application/pdf", Modality.DOCUMENT, PDF) is None
+
+
+def test_a_record_an_older_version_wrote_forgets_its_file_name_when_read(tmp_path) -> None:
+    """Records written before file names were dropped keep the first uploader's name on disk: the first read
+    writes the record again without it (also from within a store of the same bytes)."""
+    store = MediaStore(tmp_path, 1 << 20)
+    stored = store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT)
+    record = stored.path.with_suffix(".json")
+    record.write_text(json.dumps({"mime_type": "application/pdf", "modality": "document",
+                                  "filename": "Layoffs-Plan-Q3.pdf", "size": len(PDF)}))
+    async def chunks():
+        yield PDF
+
+    # an upload of the same bytes reads the record while it holds the commit lock
+    again = asyncio.run(store.upload("application/pdf", Modality.DOCUMENT, 0, chunks()))
+    assert again.media_id == stored.media_id
+    assert "Layoffs" not in record.read_text() and store.get(stored.media_id).size == len(PDF)
