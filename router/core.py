@@ -37,7 +37,7 @@ from .errors import (
     UnknownMedia,
     UnknownSession,
 )
-from .health import Failure, ProviderHealth, http_status
+from .health import Failure, ProviderHealth
 from .invoke import FailedAttempt
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
@@ -539,7 +539,7 @@ class App:
                     # not a cancelled call (no fault of the provider's), nor one refused for its input
                     # what any client reads of it: no text of the provider's (the log has it whole)
                     self.health.failed(attempt.provider, Failure(attempt.at, attempt.reason, attempt.model,
-                                                                 http_status(attempt.error)))
+                                                                 attempt.http_status))
         except Exception:
             log.exception("recording the providers' recent health failed")
         try:

@@ -261,6 +261,9 @@ class ProviderError(RouterError):
     code = grpc.StatusCode.UNAVAILABLE
     reason = "PROVIDER_ERROR"
     retryable = True
+    #: The HTTP status the provider answered (None: none known, or no HTTP answer); set by
+    #: :func:`provider_error_from_status`, and shown by ``ListProviders`` with the last failure.
+    http_status: int | None = None
 
     def __init__(self, provider: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{provider}: {message}", metadata={"provider": provider})
@@ -391,6 +394,14 @@ def provider_error_from_status(
     """
     if status is None:
         return ProviderUnavailable(provider, message)
+    error = _error_for_status(provider, status, message, retry_after, too_large)
+    error.http_status = status
+    return error
+
+
+def _error_for_status(provider: str, status: int, message: str, retry_after: float | None,
+                      too_large: bool) -> ProviderError:
+    """The :class:`ProviderError` class for the HTTP ``status`` (see :func:`provider_error_from_status`)."""
     if status == 413 or (status in (400, 422) and (too_large or is_input_too_large(message))):
         return ProviderInputTooLarge(provider, message)
     if status in (400, 422):
@@ -462,10 +473,12 @@ def redirect_refused(provider: str, api: str, base_url: str, status: int, locati
     key (or the media) to another host, and it hides a wrong ``base_url``. UNAVAILABLE, so a fallback
     answers; the message shows neither URL's credentials nor query."""
     target = public_url(urljoin(request_url, location)) if location else ""
-    return ProviderUnavailable(provider, f"{api} at {public_url(base_url) or base_url} answered HTTP {status} "
-                                         f"redirecting to {target or 'nowhere (no Location header)'}; redirects "
-                                         f"are not followed: set providers.{provider}.base_url to where the API "
-                                         "is served")
+    error = ProviderUnavailable(provider, f"{api} at {public_url(base_url) or base_url} answered HTTP {status} "
+                                          f"redirecting to {target or 'nowhere (no Location header)'}; redirects "
+                                          f"are not followed: set providers.{provider}.base_url to where the API "
+                                          "is served")
+    error.http_status = status
+    return error
 
 
 def page_answered(provider: str, api: str, base_url: str, content_type: str, expected: str) -> ProviderUnavailable:

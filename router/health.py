@@ -4,7 +4,6 @@ fallback hides)."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,17 +25,6 @@ REASON_DESCRIPTIONS = {
     "PROVIDER_BAD_REQUEST": "the provider refused the request as invalid",
     "PROVIDER_FAILED": "the provider's plugin failed (raised an unexpected error)",
 }
-
-#: The HTTP status a plugin's message names (``HTTP 401 from gpt-4o: ...``, ``authentication failed
-#: (HTTP 401)``): its first, and a number only.
-_HTTP_STATUS = re.compile(r"\bHTTP ([1-5][0-9][0-9])\b")
-
-
-def http_status(message: str) -> int | None:
-    """The HTTP status a failure's ``message`` names first (plugins write ``HTTP <status>``), or None."""
-    found = _HTTP_STATUS.search(message)
-    return int(found.group(1)) if found else None
-
 
 @dataclass(frozen=True)
 class Failure:

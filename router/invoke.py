@@ -44,11 +44,13 @@ class FailedAttempt(Attempt):
     """A failed attempt. ``unpaid`` is its zero-cost ``"<purpose> (failed)"`` step for the statistics
     when no paid step (see :func:`_keep_paid_part`) already counts it: not in the route's steps, which
     the client gets with their usage. ``reason`` is the error's ErrorInfo reason and ``at`` when it
-    failed (a ``time.time()``), for :class:`ProviderHealth`."""
+    failed (a ``time.time()``) and ``http_status`` the HTTP status the provider answered (None: none
+    known), for :class:`ProviderHealth`."""
 
     unpaid: Step | None = None
     reason: str = ""
     at: float = 0.0
+    http_status: int | None = None
 
 
 def unpaid_failures(route: RouteInfo) -> list[Step]:
@@ -163,7 +165,7 @@ def _failed(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo
     paid = _keep_paid_part(route, purpose, provider, model, latency_ms, usage)
     unpaid = None if paid else Step(f"{purpose} (failed)", provider.name, model.name, latency_ms)
     route.attempts.append(FailedAttempt(provider.name, model.name, False, error.message, latency_ms, unpaid,
-                                        error.reason, time.time()))
+                                        error.reason, time.time(), error.http_status))
     log.warning("provider call %s/%s failed (%s, %s) after %.0f ms: %s [request_id=%s]", provider.name, model.name, purpose,
                 error.reason, latency_ms, error.message, ctx.request_id,
                 extra={"provider": provider.name, "model": model.name, "purpose": purpose, "reason": error.reason,

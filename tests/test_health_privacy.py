@@ -79,6 +79,20 @@ def test_a_revoked_key_is_still_recognisable_in_list_providers_and_the_cli(start
     assert "PROVIDER_AUTH: gpt-4o: HTTP 401: the provider refused the credentials" in failure_line(daemon.address)
 
 
+def test_the_status_shown_is_the_one_answered_not_one_the_provider_text_names(start_daemon, upstreams) -> None:
+    """The HTTP status comes with the plugin's error, not from its message: the provider's text (quoted in
+    the message after the plugin's words) may name another status first."""
+    openai, anthropic = upstreams
+    daemon = start_daemon(FALLBACK.format(openai=openai.base_url, anthropic=anthropic.url), plugins=(), env=keys())
+    openai.fail_next(404, error_body("The model was retired (HTTP 410 Gone upstream)", code="model_not_found"))
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30).answer
+    assert answer.route.provider == "anthropic"  # the fallback answers
+    health = providers_by_name(daemon.stub)["openai"].health
+    assert health.last_failure_reason == "PROVIDER_MODEL_NOT_FOUND"
+    assert health.last_failure_message.startswith("gpt-4o: HTTP 404: the provider does not know the model")
+    assert "HTTP 410 Gone upstream" in daemon.logs()  # the whole message, for the operator
+
+
 def test_list_providers_shows_no_file_name_local_could_not_read(start_daemon) -> None:
     """``local`` names the file it cannot read without quotes (``local: cannot read <name>: ...``)."""
     daemon = start_daemon(None, plugins=())  # a fresh install: the embedded default, with local

@@ -74,9 +74,11 @@ def from_api_error(error: Any, provider: str, api_key: str) -> ProviderError:
         status = 401
     if status == 400 and _REGION.search(text):
         # not this request's fault: every request from this deployment fails, so another provider must answer
-        return ProviderUnavailable(provider, f"Gemini does not serve this deployment's region (HTTP 400: {text}): "
-                                             "the API is not offered where the daemon runs, or only with billing; "
-                                             "enable billing on the key's project, or let another provider answer")
+        unserved = ProviderUnavailable(provider, f"Gemini does not serve this deployment's region (HTTP 400: {text}): "
+                                                 "the API is not offered where the daemon runs, or only with billing; "
+                                                 "enable billing on the key's project, or let another provider answer")
+        unserved.http_status = status
+        return unserved
     if status in (401, 403):
         message = (f"authentication failed (HTTP {status}: {text}): check "
                    f"{GeminiSettings.refused_key_settings(provider, PLUGIN, api_key)}")
