@@ -94,7 +94,7 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
         events = _start(provider, request, model, ctx)
         pairs = PairJoiner()  # a surrogate pair split across two deltas arrives whole
         while True:
-            event = await _next_event(provider, events)
+            event = await _next_event(provider, model, ctx, events)
             if not isinstance(event, TextDelta) and (rest := pairs.flush()) is not None:
                 yield rest
             if event is None:
@@ -128,7 +128,7 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
         _cancelled(route, purpose, provider, model, elapsed(), usage)
         raise
     except Exception as exc:  # our accounting of what the plugin sent (a Usage with odd values)
-        error = _plugin_failed(provider, exc)
+        error = _plugin_failed(provider, model, ctx, exc)
         _failed(route, purpose, provider, model, ctx, error, elapsed(), usage)
         raise error from exc
     finally:
@@ -212,10 +212,11 @@ def _start(provider: Provider, request: Request, model: ModelInfo, ctx: CallCont
     except ProviderError:
         raise
     except BaseException as exc:
-        raise _plugin_failed(provider, exc) from exc
+        raise _plugin_failed(provider, model, ctx, exc) from exc
 
 
-async def _next_event(provider: Provider, events: AsyncIterator[object]) -> ProviderEvent | None:
+async def _next_event(provider: Provider, model: ModelInfo, ctx: CallContext,
+                      events: AsyncIterator[object]) -> ProviderEvent | None:
     """The plugin's next event, checked (its texts are made valid by :func:`call_model`, which joins a
     surrogate pair split across two deltas), or None at its end. Anything the plugin raises other than a
     ProviderError (BaseException too: KeyboardInterrupt, SystemExit, GeneratorExit, a CancelledError
@@ -230,13 +231,14 @@ async def _next_event(provider: Provider, events: AsyncIterator[object]) -> Prov
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
-        raise _plugin_failed(provider, exc) from exc
+        raise _plugin_failed(provider, model, ctx, exc) from exc
     except BaseException as exc:
-        raise _plugin_failed(provider, exc) from exc
+        raise _plugin_failed(provider, model, ctx, exc) from exc
     problem = event_problem(event)
     if problem:
         message = f"the plugin yielded a bad event: {problem}"
-        log.error("provider %s: %s", provider.name, message)
+        log.error("provider %s: %s [request_id=%s]", provider.name, message, ctx.request_id,
+                  extra=_call_fields(provider, model, ctx))
         raise ProviderFailed(provider.name, message)
     return event  # type: ignore[return-value]
 
@@ -246,9 +248,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _plugin_failed(provider: Provider, exc: BaseException) -> ProviderError:
-    """The error for a plugin that raised ``exc`` (logged with its traceback); the daemon out of file
-    descriptors is said as such (no plugin's bug, and one traceback per call is no help)."""
+def _call_fields(provider: Provider, model: ModelInfo, ctx: CallContext) -> dict[str, str]:
+    """The fields a log record of a provider call carries (JSON log), to tie it to the call's other lines."""
+    return {"provider": provider.name, "model": model.name, "request_id": ctx.request_id}
+
+
+def _plugin_failed(provider: Provider, model: ModelInfo, ctx: CallContext, exc: BaseException) -> ProviderError:
+    """The error for a plugin that raised ``exc`` during the call ``ctx`` to ``model`` (logged with its
+    traceback and the call's request id); the daemon out of file descriptors is said as such (no plugin's
+    bug, and one traceback per call is no help)."""
     if _out_of_descriptors(exc):
         now = time.monotonic()
         if now - _DESCRIPTORS_WARNED[0] >= DESCRIPTORS_WARN_SECONDS:
@@ -258,7 +266,8 @@ def _plugin_failed(provider: Provider, exc: BaseException) -> ProviderError:
                       _describe(exc), provider.name)
         return ProviderUnavailable(provider.name, "the daemon ran out of file descriptors (too many open "
                                                   "connections or files): try again shortly")
-    log.error("provider %s raised while answering", provider.name, exc_info=exc)
+    log.error("provider %s raised while answering with %s [request_id=%s]", provider.name, model.name,
+              ctx.request_id, exc_info=exc, extra=_call_fields(provider, model, ctx))
     return ProviderFailed(provider.name, f"the plugin failed: {_describe(exc)}")
 
 

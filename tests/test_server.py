@@ -514,7 +514,7 @@ def test_json_logs_are_one_masked_object_per_line(start_daemon, tmp_path) -> Non
 
     daemon = start_daemon(config(tmp_path, "  log_format: json"))
     failure(lambda: generate(daemon, text_request("LEAK")))
-    failure(lambda: generate(daemon, text_request("CRASH")))
+    crashed = error_details(failure(lambda: generate(daemon, text_request("CRASH"))))
     assert wait_for(lambda: "scripted crash" in daemon.logs())
     entries = []
     for line in daemon.logs().splitlines():
@@ -525,6 +525,9 @@ def test_json_logs_are_one_masked_object_per_line(start_daemon, tmp_path) -> Non
     assert any(e["level"] == "INFO" and e["message"].startswith(f"mmrouter {version('mmrouter-daemon')} listening on") for e in entries)
     crash = next(e for e in entries if "exception" in e and "scripted crash" in e["exception"])
     assert crash["level"] == "ERROR" and "Traceback" in crash["exception"]
+    # the traceback names its call, as the call's other lines do: one of many interleaved is told apart
+    assert (crash["request_id"], crash["provider"], crash["model"]) == (crashed.request_id, "fake", "echo")
+    assert crashed.request_id in crash["message"]
     assert any("upstream refused key ***" in e["message"] for e in entries)
     assert SECRET not in daemon.logs()
 
