@@ -176,8 +176,18 @@ def install(secrets: Iterable[str]) -> SecretFilter:
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
-class TextFormatter(logging.Formatter):
-    """The text log: each record's line with the control characters of its message escaped as Python
+class UtcFormatter(logging.Formatter):
+    """A formatter whose times (``%(asctime)s``) are ISO 8601 in UTC, to the millisecond:
+    ``2026-11-27T08:45:32.247Z``, whatever the host's time zone (``TZ``)."""
+
+    converter = time.gmtime
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return super().formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z"
+
+
+class TextFormatter(UtcFormatter):
+    """The text log (times in UTC, as :class:`UtcFormatter` writes them): each record's line with the control characters of its message escaped as Python
     writes them (``\\x1b``, ``\\r``), and the lines after a newline indented, so that text a provider or
     a plugin put in a message (an upstream error body, a provider's name) can neither forge a line of the
     daemon's own nor drive the terminal of whoever reads the log. A traceback follows as usual."""
@@ -186,7 +196,7 @@ class TextFormatter(logging.Formatter):
         return escaped(super().formatMessage(record), keep="\n").replace("\n", "\n  ")
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(UtcFormatter):
     """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``, with an
     exception ``exception``, and the fields the log call gave as ``extra=`` (e.g. an access line's
     ``method``, ``code``, ``duration_ms``, ``request_id``). Runs after :class:`SecretFilter`, so it sees
@@ -194,7 +204,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "time": self.formatTime(record),
             "level": record.levelname, "logger": record.name, "message": record.getMessage(),
         }
         if record.exc_info and not record.exc_text:
@@ -205,5 +215,3 @@ class JsonFormatter(logging.Formatter):
             if key not in _RECORD_ATTRIBUTES and key not in entry:
                 entry[key] = value
         return json.dumps(entry, ensure_ascii=False, default=str)
-
-    converter = time.gmtime

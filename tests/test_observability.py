@@ -119,6 +119,24 @@ def test_a_provider_failing_behind_a_fallback_is_logged_and_counted(start_daemon
     assert rows["anthropic", "answer"]["calls"] == 3
 
 
+def test_text_log_times_are_utc_with_their_zone_whatever_the_host_zone(start_daemon, upstreams) -> None:
+    """The text log wrote the host's local time without its zone ('2026-11-27 03:45:32,247' under New York
+    time), five hours from the JSON log's UTC times; both now write UTC, saying so."""
+    import datetime
+
+    openai, anthropic = upstreams
+    daemon = start_daemon(FALLBACK.format(openai=openai.base_url, anthropic=anthropic.url), plugins=(),
+                          env={"OPENAI_TEST_KEY": OPENAI_KEY, "ANTHROPIC_TEST_KEY": ANTHROPIC_KEY,
+                               "TZ": "EST+5"})  # a POSIX zone: no tzdata needed
+    daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
+    assert wait_for(lambda: "Generate OK" in daemon.logs())
+    line = next(line for line in daemon.logs().splitlines() if "Generate OK" in line)
+    stamp = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z INFO router\.server: Generate OK", line)
+    assert stamp, line
+    logged = datetime.datetime.fromisoformat(stamp.group(1)).replace(tzinfo=datetime.UTC)
+    assert abs((datetime.datetime.now(datetime.UTC) - logged).total_seconds()) < 600
+
+
 def test_an_upstream_error_cannot_forge_a_line_of_the_text_log(start_daemon, upstreams) -> None:
     """An upstream error body (which the plugins quote) or a plugin's provider name with a newline and a
     line of its own wrote a line that looked like the daemon's, and its ESC codes reached the terminal."""
