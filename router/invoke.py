@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .contract import PairJoiner, event_problem, with_valid_text
 from .errors import ProviderError, ProviderFailed, ProviderTimeout, ProviderUnavailable
 from .outcome import Attempt, RouteInfo, Step
+from .prepare import prepared
 from .provider import Provider
 from .types import (
     CallContext,
@@ -79,6 +80,7 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
     to answer in time: a failed attempt (``PROVIDER_TIMEOUT``), logged and counted as the others are;
     the cancellation goes on all the same.
     """
+    await prepared(provider, route)  # its SDK imported off the event loop, before its attempt is timed
     started = time.perf_counter()
     usage = Usage()
     reported = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import AsyncIterator
 
 from .types import CallContext, ModelInfo, ProviderEvent, Request
@@ -60,6 +61,21 @@ class Provider(abc.ABC):
         the decision trace and in ``mmrouter providers``.
         """
         return None
+
+    def prepare(self) -> None:
+        """Import what the provider's calls need, its SDK above all, so that its first call does not.
+
+        The router calls it once per provider instance (and again for the instances a reload makes),
+        before that provider's first call, in a thread of its own, while the event loop serves other
+        calls: an SDK imported on the event loop (1-4 s) held every call of the daemon. Import
+        modules here and nothing else: make no client (an async client belongs to the event loop) and
+        do no network I/O. What it raises is logged and the call goes on. The default imports
+        :attr:`required_modules`; override it to import more (the parts of the SDK a call loads
+        lazily) or less (nothing, for a provider whose calls run in threads of its own). Keep the
+        imports where the code uses them too (then no-ops): a ``prepare`` that failed leaves them
+        to be done there."""
+        for module in self.required_modules:
+            importlib.import_module(module)
 
     def model(self, name: str) -> ModelInfo | None:
         """The model called ``name``, or None."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +57,15 @@ class ScriptedProvider(router.Provider):
                       outputs=frozenset({OUTPUT_TRANSCRIPT}), features=frozenset({FEATURE_DIARIZATION}),
                       price=Price(per_audio_hour=0.9)),
         ]
+
+    def prepare(self) -> None:
+        """Blocks ``settings['prepare_seconds']`` (a slow SDK import), after writing ``preparing`` (the name of
+        the thread it runs in) into ``settings['marker_dir']``."""
+        seconds = float(self.settings.get("prepare_seconds", 0))
+        if seconds:
+            if self.settings.get("marker_dir"):
+                Path(self.settings["marker_dir"], "preparing").write_text(threading.current_thread().name)
+            time.sleep(seconds)
 
     def unconfigured_reason(self) -> str | None:
         if self.settings.get("api_key") in (None, ""):

@@ -92,6 +92,10 @@ class LocalProvider(Provider):
         return cls(workers=settings.workers, frame_interval=settings.ocr_frame_interval_seconds,
                    max_audio_seconds=settings.max_audio_seconds)
 
+    def prepare(self) -> None:
+        """Nothing: each kind of media imports what it needs (OCR, speech, PDF: about 100 MB together) in
+        the provider's worker threads, where its work runs, when it first comes."""
+
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:

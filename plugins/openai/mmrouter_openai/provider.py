@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,11 @@ from . import chat, transcribe
 from .errors import BadAnswer, map_error, scrub, shown_url, transport_error
 from .models import Entry, catalogue
 from .settings import PLUGIN, OpenAISettings
+
+#: What the first call imports beyond the SDK's package (:meth:`OpenAIProvider.prepare`): the chat and audio
+#: resources, which the client loads on first use, and the HTTP stack the client is made with.
+_CALL_MODULES = ("openai.resources.chat.chat", "openai.resources.chat.completions.completions",
+                 "openai.resources.audio.audio", "httpx2", "httpcore2", "truststore")
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -57,6 +63,12 @@ class OpenAIProvider(router.Provider):
     def unconfigured_reason(self) -> str | None:
         """Why the provider cannot be used (no key for OpenAI itself), or None."""
         return self.settings.unconfigured_reason(self.name)
+
+    def prepare(self) -> None:
+        """Import the SDK, the parts of it a call loads lazily and its HTTP stack (about 1.3 s), in the
+        router's prepare thread (see :meth:`router.Provider.prepare`)."""
+        for module in (*self.required_modules, *_CALL_MODULES):
+            importlib.import_module(module)
 
     def client(self) -> AsyncOpenAI:
         """The provider's one SDK client, made on first use (imports the SDK then)."""

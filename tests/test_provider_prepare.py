@@ -1,0 +1,104 @@
+"""A provider's SDK is imported off the event loop, before its first call (``Provider.prepare``).
+
+Imported on the event loop at the first call, an SDK (1-4 s) held every other call and the health checks,
+and its time showed as the provider's latency. The scripted provider of tests/testkit blocks in
+``prepare`` as an import does (``prepare_seconds``), in a daemon that runs for real (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_helpers import text_request, wait_for
+from mmrouter.v1 import router_pb2 as pb
+
+#: How long the scripted provider's prepare blocks.
+PREPARE_SECONDS = 5.0
+
+CONFIG = """\
+providers:
+  fake: {{api_key: k, marker_dir: "{markers}", prepare_seconds: {seconds}}}
+routes:
+  - name: general
+    use: fake/echo
+"""
+
+
+def test_the_first_call_waits_for_prepare_in_a_thread_while_the_daemon_serves(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(CONFIG.format(markers=tmp_path, seconds=PREPARE_SECONDS))
+    first = daemon.stub.Generate.future(pb.GenerateRequest(request=text_request("hello")), timeout=60)
+    assert wait_for(lambda: (tmp_path / "preparing").exists(), timeout=30)
+    assert (tmp_path / "preparing").read_text().startswith("mmrouter-prepare")  # not the event loop's thread
+
+    # while prepare blocks, the daemon answers: a health check, and the providers' list
+    health = health_pb2_grpc.HealthStub(daemon.channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert [p.name for p in daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=30).providers]
+    assert not first.done()  # still waiting for prepare, which the other calls did not wait for
+
+    answer = first.result().answer
+    assert answer.text.startswith("fake/echo says: hello")
+    assert any(note.startswith("waited ") and "for fake to load its SDK" in note for note in answer.route.notes)
+    # the wait is the call's, not the provider's: its attempt is timed from prepare's end
+    assert answer.route.latency_ms >= PREPARE_SECONDS * 1000 > answer.route.attempts[0].latency_ms
+
+    second = daemon.stub.Generate(pb.GenerateRequest(request=text_request("again")), timeout=30).answer
+    assert not any("load its SDK" in note for note in second.route.notes)  # prepared once
+
+
+def test_a_call_cancelled_while_prepare_runs_leaves_it_to_the_next(start_daemon, tmp_path) -> None:
+    daemon = start_daemon(CONFIG.format(markers=tmp_path, seconds=PREPARE_SECONDS))
+    started = time.monotonic()
+    try:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hello")), timeout=1)
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    else:
+        raise AssertionError("answered before prepare ended")
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("again")), timeout=60).answer
+    assert answer.text.startswith("fake/echo says: again")
+    if time.monotonic() - started < PREPARE_SECONDS:  # it waited for the same prepare, not one begun anew
+        assert any("load its SDK" in note for note in answer.route.notes)
+    assert "preparing its calls (prepare) failed" not in daemon.logs()
+
+
+PREPARED_IMPORTS = """
+import asyncio, sys
+from mmrouter_{plugin} import {cls}
+provider = {cls}({settings})
+assert not [m for m in sys.modules if m.split(".")[0] in {roots}], "imported before prepare"
+provider.prepare()
+before = set(sys.modules)
+
+async def first_call_setup():
+{setup}
+
+asyncio.run(first_call_setup())
+print(sorted(m for m in set(sys.modules) - before if m.split(".")[0] in {roots}))
+"""
+
+#: Per cloud plugin: the class, its settings, the SDK's top-level packages, and what its first call makes
+#: (the client, and the SDK resources a call reaches).
+PLUGINS = {
+    "openai": ("OpenAIProvider", "{'api_key': 'sk-test'}", ("openai", "httpx2", "httpcore2", "aiohttp"),
+               "    client = provider.client()\n    client.chat.completions, client.audio.transcriptions\n"
+               "    await client.close()"),
+    "anthropic": ("AnthropicProvider", "{'api_key': 'sk-ant-test'}", ("anthropic", "aiohttp"),
+                  "    client = provider.client()\n    client.messages\n    await client.close()"),
+}
+
+
+@pytest.mark.parametrize("plugin", sorted(PLUGINS))
+def test_prepare_imports_what_a_first_call_would_import_on_the_event_loop(plugin) -> None:
+    """The SDK's packages a first call loads (making the client, reaching its resources) are loaded by
+    ``prepare`` already, in its thread, instead of on the event loop."""
+    cls, settings, roots, setup = PLUGINS[plugin]
+    script = PREPARED_IMPORTS.format(plugin=plugin, cls=cls, settings=settings, roots=set(roots), setup=setup)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"imported by the first call, not by prepare: {done.stdout}"
