@@ -69,7 +69,7 @@ def test_a_call_cancelled_while_prepare_runs_leaves_it_to_the_next(start_daemon,
 
 PREPARED_IMPORTS = """
 import asyncio, sys
-from mmrouter_{plugin} import {cls}
+from mmrouter_{plugin} import {cls_name}
 provider = {cls}({settings})
 assert not [m for m in sys.modules if m.split(".")[0] in {roots}], "imported before prepare"
 provider.prepare()
@@ -90,6 +90,12 @@ PLUGINS = {
                "    await client.close()"),
     "anthropic": ("AnthropicProvider", "{'api_key': 'sk-ant-test'}", ("anthropic", "aiohttp"),
                   "    client = provider.client()\n    client.messages\n    await client.close()"),
+    "gemini": ("GeminiProvider.from_settings", "{'api_key': 'gm-test'}", ("google", "aiohttp"),
+               "    provider.client().aio.models\n    await provider.aclose()"),
+    "assemblyai": ("AssemblyAIProvider",
+                   "__import__('mmrouter_assemblyai.settings').settings.AssemblyAISettings.load("
+                   "'assemblyai', {'api_key': 'aai-test'}, environment=False)", ("assemblyai", "httpx"),
+                   "    provider._sdk()\n    await provider.aclose()"),
 }
 
 
@@ -98,7 +104,8 @@ def test_prepare_imports_what_a_first_call_would_import_on_the_event_loop(plugin
     """The SDK's packages a first call loads (making the client, reaching its resources) are loaded by
     ``prepare`` already, in its thread, instead of on the event loop."""
     cls, settings, roots, setup = PLUGINS[plugin]
-    script = PREPARED_IMPORTS.format(plugin=plugin, cls=cls, settings=settings, roots=set(roots), setup=setup)
+    script = PREPARED_IMPORTS.format(plugin=plugin, cls=cls, cls_name=cls.split(".")[0], settings=settings,
+                                     roots=set(roots), setup=setup)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", f"imported by the first call, not by prepare: {done.stdout}"

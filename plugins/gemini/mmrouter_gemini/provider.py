@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -64,6 +65,12 @@ class GeminiProvider(Provider):
 
     def unconfigured_reason(self) -> str | None:
         return self.settings.unconfigured_reason(self.name)
+
+    def prepare(self) -> None:
+        """Import the SDK and what its client loads when first made (about 1-4 s), in the router's prepare
+        thread (see :meth:`router.Provider.prepare`)."""
+        for module in (*self.required_modules, "google.genai.types", "google.auth.aio.credentials"):
+            importlib.import_module(module)
 
     def client(self) -> Any:
         """The one SDK client of this provider, made on first use, in the event loop its calls run in (its
