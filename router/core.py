@@ -181,6 +181,7 @@ class App:
         self._closing: set[asyncio.Task] = set()
         self.media = MediaStore(data_dir / "media", config.server.max_upload_bytes)
         self.sessions = SessionStore(data_dir / "sessions.sqlite")
+        self.sessions.drop_stale_links()  # before any call of this daemon's makes one
         self.bridge_memo = StoredBridges(self.sessions)
         #: Recent successes and failures of each provider's calls (kept over reloads: by name).
         self.health = ProviderHealth()

@@ -223,6 +223,28 @@ class SessionStore:
             log.warning("the statistics rows could not be indexed by time (%s): prune reads them all until they "
                         "are, at a later start", exc)
 
+    def drop_stale_links(self) -> None:
+        """Drop the ``bridged_for`` links of sessions that hold no turn (the daemon does it at start, before any
+        call could make a link of its own), left by an older version (before the
+        table, which it does not know) that reset those sessions after a rollback: each would keep its media's
+        text from every later reset of a session that sent the same media. A link of a session whose only
+        call failed after its bridge goes too (the text stays, until a reset or prune forgets it). Nothing
+        is written when there is none; what cannot be written now (a full disk, a busy database) waits for a
+        later start."""
+        stale = "FROM bridged_for WHERE NOT EXISTS (SELECT 1 FROM turns WHERE turns.session_id = bridged_for.session_id)"
+        if self._db.execute(f"SELECT 1 {stale} LIMIT 1").fetchone() is None:
+            return
+        try:
+            with self._writing():
+                dropped = self._db.execute(f"DELETE {stale}").rowcount
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR,
+                                                                   sqlite3.SQLITE_BUSY):
+                raise
+            log.warning("the links of reset sessions to kept texts could not be dropped (%s): at a later start", exc)
+            return
+        log.info("dropped %d link(s) to kept texts of sessions that hold no turn (reset by an older version?)", dropped)
+
     def history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
         """The session's messages, oldest first (empty for a new session).
 

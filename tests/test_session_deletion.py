@@ -159,3 +159,49 @@ def test_a_dry_run_of_a_wal_without_its_shm_copies_nothing(tmp_path) -> None:
                                                "(0.0 MiB); 1 media kept for sessions")
     assert _tree(data) == before
     assert not any(temp.iterdir())
+
+
+def _older_version_reset(store: SessionStore, session: str) -> None:
+    """What ResetSession of a version before ``bridged_for`` did (after a rollback): the turns go, not the links."""
+    store._db.execute("DELETE FROM turns WHERE session_id = ?", (session,))
+
+
+def _turn_with(store: SessionStore, session: str, media: str) -> None:
+    store._db.execute("INSERT INTO turns (session_id, position, role, parts, at) VALUES (?, 0, 'user', ?, ?)",
+                      (session, f'[{{"media_id": "{media}"}}]', time.time()))
+
+
+def test_links_left_by_an_older_versions_reset_are_dropped_at_start(tmp_path) -> None:
+    """Rolled back to a version that did not know ``bridged_for``, a reset left the session's links; upgraded
+    again, that link kept the media's text from the reset of the next session that sent the same media."""
+    media, key = "e" * 64, f"{'e' * 64}|audio|k2|openai/whisper-1"
+    store = SessionStore(tmp_path / "sessions.sqlite")
+    try:
+        _turn_with(store, "S1", media)
+        store.remember(key, "heard", None, "S1")
+        _older_version_reset(store, "S1")
+        store.drop_stale_links()  # the daemon's start
+        _turn_with(store, "S2", media)
+        store.remember(key, "heard", None, "S2")
+        assert store.reset("S2").turns == 1
+        assert store.recall(key) is None  # no session refers to it any more
+    finally:
+        store.close()
+
+
+def test_the_daemon_drops_stale_links_when_it_starts(start_daemon, fakes, tmp_path) -> None:
+    data_dir = tmp_path / "old-data"
+    data_dir.mkdir(mode=0o700)
+    store = SessionStore(data_dir / "sessions.sqlite")
+    try:
+        _turn_with(store, "kept", "f" * 64)
+        store.remember(f"{'f' * 64}|audio|k2|openai/whisper-1", "heard", None, "kept")
+        store.remember(f"{'f' * 64}|audio|k2|openai/whisper-1", "heard", None, "gone")  # its turns reset by then
+    finally:
+        store.close()
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=(), data_dir=data_dir)
+    db = sqlite3.connect(f"{(daemon.data_dir / 'sessions.sqlite').as_uri()}?mode=ro", uri=True)
+    try:
+        assert db.execute("SELECT session_id FROM bridged_for").fetchall() == [("kept",)]
+    finally:
+        db.close()
