@@ -77,6 +77,9 @@ HISTORY_CACHE_BYTES = 32 << 20
 #: When a client refused because the sessions database stayed locked by another process is told to retry.
 STORAGE_RETRY_SECONDS = 5.0
 
+#: Free pages a prune leaves in a database an older version made worth a VACUUM, said then (8 MiB).
+FREE_BYTES_WORTH_A_VACUUM = 8 << 20
+
 T = TypeVar("T")
 
 
@@ -511,6 +514,13 @@ class SessionStore:
         the whole file under the write lock, would free them)."""
         (mode,) = self._db.execute("PRAGMA auto_vacuum").fetchone()
         if mode != 2:  # 2: INCREMENTAL
+            (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
+            if (free := self._free_pages() * page_size) >= FREE_BYTES_WORTH_A_VACUUM:
+                log.warning("%s was made by an older version of mmrouter, which keeps the %d MiB that prune freed "
+                            "for later writes instead of giving them back to the disk: once, with the daemon stopped, "
+                            "run `sqlite3 %s 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM'` (it rewrites the file, and "
+                            "needs as much free disk again); later prunes then shrink it", self.path, free >> 20,
+                            self.path)
             return
         free, before = self._free_pages(), None
         while free and free != before:  # (a round that frees nothing ends it)
