@@ -375,10 +375,9 @@ def test_a_stream_cut_after_some_text_is_unavailable_and_keeps_no_turn(daemon, f
 def test_a_blocked_prompt_is_invalid_argument_after_its_billed_usage(start_daemon, fake, streaming):
     """Gemini blocks the prompt (promptFeedback.blockReason) and bills its tokens (usageMetadata): the client
     gets their usage and cost, then INVALID_ARGUMENT as before, whether the plugin streams or not."""
-    config = CONFIG.format(url=fake.url).replace(
-        "    poll_interval: 0.02\n", f"    poll_interval: 0.02\n    streaming: {str(streaming).lower()}\n")
-    daemon = start_daemon(config, env={"GEMINI_TEST_KEY": KEY})
+    daemon = start_daemon(with_streaming(CONFIG.format(url=fake.url), streaming), env={"GEMINI_TEST_KEY": KEY})
     fake.block_reason = "PROHIBITED_CONTENT"
+    fake.safety_ratings = [{"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "MEDIUM"}]
     received = []
     with pytest.raises(grpc.RpcError) as info:
         for event in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=ask(pb.Part(text="bad"))),
@@ -387,13 +386,69 @@ def test_a_blocked_prompt_is_invalid_argument_after_its_billed_usage(start_daemo
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     got = error_details(info.value)
     assert (got.reason, got.metadata["provider"]) == ("PROVIDER_BAD_REQUEST", "gemini")
-    assert "the prompt was blocked (PROHIBITED_CONTENT)" in info.value.details()
+    assert ("the prompt was blocked (PROHIBITED_CONTENT); flagged: HARM_CATEGORY_SEXUALLY_EXPLICIT (MEDIUM)"
+            in info.value.details())
     assert KEY not in info.value.details()
     assert not any(e.HasField("text_delta") or e.HasField("done") for e in received)
     [usage] = [e.usage for e in received if e.HasField("usage")]
     assert (usage.input_tokens, usage.output_tokens) == (3, 0)
     assert usage.cost_usd == pytest.approx(3 * 0.30 / 1e6)  # gemini-2.5-flash's input price
     assert len(fake.calls("stream" if streaming else "generate")) == 1
+
+
+def with_streaming(config: str, streaming: bool) -> str:
+    """``config`` with the gemini provider's ``streaming`` setting."""
+    return config.replace("    poll_interval: 0.02\n", f"    poll_interval: 0.02\n    streaming: {str(streaming).lower()}\n", 1)
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
+@pytest.mark.parametrize("chunks", [[""], ["Hello", " from", ""]], ids=["whole", "after-text"])
+def test_an_answer_withheld_by_the_filter_is_an_answer(start_daemon, fake, streaming, chunks):
+    """Gemini's filter withholds the answer (finishReason SAFETY, the last chunk without content), whole or
+    after some text: the client gets an OK answer with the text produced so far (maybe none), CONTENT_FILTER
+    and the billed usage, as from OpenAI or Claude; the rule's fallback is not tried."""
+    config = with_streaming(CONFIG.format(url=fake.url), streaming).replace(
+        "    use: gemini/gemini-2.5-flash\n", "    use: gemini/gemini-2.5-flash\n    fallback: [gemini/gemini-2.5-pro]\n")
+    daemon = start_daemon(config, env={"GEMINI_TEST_KEY": KEY})
+    fake.reply_chunks = chunks
+    fake.finish_reason = "SAFETY"
+    fake.safety_ratings = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=ask(pb.Part(text="Tell me"))),
+                                             timeout=30))
+    text = "".join(chunks)
+    deltas = [e.text_delta.text for e in events if e.HasField("text_delta")]
+    assert deltas == (chunks[:-1] if streaming else [text] if text else [])  # sent as they came
+    [done] = [e.done for e in events if e.HasField("done")]
+    answer = done.answer
+    assert (answer.text, answer.finish_reason) == (text, pb.FINISH_REASON_CONTENT_FILTER)
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (12, 7)
+    assert answer.usage.cost_usd == pytest.approx(12 * 0.30e-6 + 7 * 2.5e-6)  # gemini-2.5-flash
+    assert [(a.model, a.ok) for a in answer.route.attempts] == [("gemini-2.5-flash", True)]
+    assert len(fake.calls("stream" if streaming else "generate")) == 1
+
+    unary = daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="Tell me"))), timeout=30).answer
+    assert (unary.text, unary.finish_reason) == (text, pb.FINISH_REASON_CONTENT_FILTER)
+
+
+def test_an_answer_stopped_for_a_limited_account_goes_to_the_fallback(start_daemon, fake):
+    """PUP_LIMITED_DISABLED without text: the key's account is limited, nothing said of the answer; the
+    rule's fallback (another key) answers, and the failed call's billed usage is kept."""
+    with FakeGemini(api_key=KEY) as backup:
+        config = CONFIG.format(url=fake.url).replace(
+            "    use: gemini/gemini-2.5-flash\n",
+            "    use: gemini/gemini-2.5-flash\n    fallback: [gemini-backup/gemini-2.5-flash]\n", 1,
+        ).replace("routes:\n", "  gemini-backup:\n    plugin: gemini\n    api_key: \"${GEMINI_TEST_KEY}\"\n"
+                               f"    base_url: \"{backup.url}\"\nroutes:\n", 1)
+        daemon = start_daemon(config, env={"GEMINI_TEST_KEY": KEY})
+        fake.reply_chunks = [""]
+        fake.finish_reason = "PUP_LIMITED_DISABLED"
+        answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="hi"))), timeout=30).answer
+        assert (answer.route.provider, answer.text, answer.finish_reason) == (
+            "gemini-backup", "Hello from Gemini.", pb.FINISH_REASON_STOP)
+        [failed, answered] = answer.route.attempts
+        assert (failed.provider, failed.ok, answered.ok) == ("gemini", False, True)
+        assert "account is limited" in failed.error
+        assert answer.usage.input_tokens == 24  # the failed call's prompt, billed, and the fallback's
 
 
 def test_a_media_the_files_api_fails_to_process_goes_to_the_fallback(start_daemon, fake):

@@ -425,12 +425,17 @@ async def test_blocked_prompt_is_a_bad_request_after_reporting_its_billed_usage(
     from router.outcome import RouteInfo
 
     fake.block_reason = "SAFETY"
+    fake.safety_ratings = [{"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"},
+                           {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"},
+                           {"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "LOW", "blocked": True}]
     p = make_provider(fake, streaming=streaming)
     events = []
     with pytest.raises(ProviderBadRequest, match=r"blocked \(SAFETY\)") as caught:
         async for event in p.generate(ask(Part(text="something bad")), model(p), CallContext(request_id="t")):
             events.append(event)
     assert type(caught.value) is ProviderBadRequest and KEY not in caught.value.message
+    assert caught.value.message == ("gemini: the prompt was blocked (SAFETY); flagged: "
+                                    "HARM_CATEGORY_DANGEROUS_CONTENT (HIGH), HARM_CATEGORY_HATE_SPEECH (LOW, blocked)")
     [report] = events
     assert isinstance(report, UsageReport) and report.finish_reason is None
     assert (report.usage.input_tokens, report.usage.output_tokens) == (3, 0)
@@ -755,21 +760,52 @@ async def test_no_automatic_function_calling_loop_or_its_log_line(provider, fake
 # -- finish reasons ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reason", ["SAFETY", "LANGUAGE", "ESCALATION", "PUP_LIMITED_DISABLED", "MODEL_ARMOR",
-                                    "IMAGE_PROHIBITED_CONTENT"])
+@pytest.mark.parametrize("reason", ["SAFETY", "PROHIBITED_CONTENT", "RECITATION", "BLOCKLIST", "SPII",
+                                    "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "LANGUAGE",
+                                    "ESCALATION", "MODEL_ARMOR"])
 @pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
-async def test_an_answer_withheld_without_text_is_refused_after_its_billed_usage(fake, reason, streaming):
-    """An empty answer Gemini withheld (a filter, an escalation rule, a limited account...) is an error the
-    router can fall back on, not an empty successful answer; the prompt it read is billed, so its usage is
-    reported first."""
+async def test_an_answer_withheld_whole_is_an_empty_content_filter_answer(fake, reason, streaming):
+    """An answer Gemini's filters withheld whole (its last chunk has no content) is an answer, as OpenAI's
+    ``content_filter`` and Claude's ``refusal`` are: no text, CONTENT_FILTER, its usage billed."""
     fake.reply_chunks = [""]
     fake.finish_reason = reason
+    fake.safety_ratings = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]
+    p = make_provider(fake, streaming=streaming)
+    events = await collect(p, ask(Part(text="hi")), model(p))
+    await p.aclose()
+    [report] = events
+    assert isinstance(report, UsageReport) and report.finish_reason is FinishReason.CONTENT_FILTER
+    assert (report.usage.input_tokens, report.usage.output_tokens) == (12, 7)
+    assert len(fake.calls("stream" if streaming else "generate")) == 1
+
+
+async def test_a_stream_stopped_by_the_safety_filter_keeps_the_text_sent(fake):
+    """The filter stops a streamed answer after some text (the last chunk has the finishReason, no content):
+    the deltas sent stay sent, then the finish is CONTENT_FILTER."""
+    fake.reply_chunks = ["Hello", " from", ""]
+    fake.finish_reason = "SAFETY"
+    p = make_provider(fake)
+    events = await collect(p, ask(Part(text="hi")), model(p))
+    await p.aclose()
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hello", " from"]
+    assert isinstance(events[-1], UsageReport) and events[-1].finish_reason is FinishReason.CONTENT_FILTER
+    assert events[-1].usage.input_tokens == 12
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
+async def test_an_answer_stopped_for_a_limited_account_is_retryable_after_its_billed_usage(fake, streaming):
+    """PUP_LIMITED_DISABLED without text: the key's account is limited for policy violations, which says
+    nothing of this answer; a PROVIDER_AUTH error, after the billed usage, that the rule's next target takes."""
+    fake.reply_chunks = [""]
+    fake.finish_reason = "PUP_LIMITED_DISABLED"
     p = make_provider(fake, streaming=streaming)
     events = []
-    with pytest.raises(ProviderBadRequest, match=rf"the answer was withheld \(finish reason {reason}\)"):
+    with pytest.raises(ProviderAuthError, match=r"account is limited .*\(finish reason PUP_LIMITED_DISABLED\)") \
+            as caught:
         async for event in p.generate(ask(Part(text="hi")), model(p), CallContext(request_id="t")):
             events.append(event)
     await p.aclose()
+    assert caught.value.retryable
     [report] = events
     assert isinstance(report, UsageReport) and report.usage.input_tokens == fake.usage["promptTokenCount"] > 0
 
@@ -777,6 +813,7 @@ async def test_an_answer_withheld_without_text_is_refused_after_its_billed_usage
 @pytest.mark.parametrize(("reason", "finish"), [("CONTINUATION", FinishReason.LENGTH),
                                                 ("MAX_TOKENS", FinishReason.LENGTH),
                                                 ("LANGUAGE", FinishReason.CONTENT_FILTER),
+                                                ("PUP_LIMITED_DISABLED", FinishReason.CONTENT_FILTER),
                                                 ("STOP", FinishReason.STOP),
                                                 ("MALFORMED_RESPONSE", FinishReason.OTHER)])
 async def test_finish_reasons_are_mapped(provider, fake, reason, finish):

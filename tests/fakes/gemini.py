@@ -112,7 +112,9 @@ def _error(code: int, status: str, message: str, details: list | None = None) ->
 
 
 class FakeGemini(FakeUpstream):
-    """The fake Gemini API. Configure the answer with :attr:`reply_chunks` and file processing
+    """The fake Gemini API. Configure the answer with :attr:`reply_chunks` (an empty piece: a chunk without
+    content, so ``[""]`` with a :attr:`finish_reason` of ``SAFETY`` is an answer withheld whole, and ``["Hi",
+    ""]`` one stopped after some text, as Google sends them) and file processing
     with :attr:`processing_polls` / :attr:`fail_processing`; inspect :attr:`files` and ``requests``.
     ``truncate_next`` cuts a stream short (its body ends cleanly, without the chunk with the finishReason)."""
 
@@ -136,6 +138,9 @@ class FakeGemini(FakeUpstream):
         self.finish_reason = "STOP"
         #: When set, the prompt is blocked with this reason (promptFeedback.blockReason).
         self.block_reason: str | None = None
+        #: ``safetyRatings`` of the blocked prompt's promptFeedback and of the last chunk's candidate, as the
+        #: API sends them (``{"category": "HARM_CATEGORY_...", "probability": "HIGH", "blocked": true}``).
+        self.safety_ratings: list[dict[str, Any]] = []
         #: Failures scripted for the next polls (``GET /files/{id}`` of a known file), one per poll, in
         #: order: a status (answered with Google's error body for it), ``(status, headers)`` (a Retry-After,
         #: say), ``"disconnect"`` (the connection closed without an answer) or None (answered normally).
@@ -314,15 +319,22 @@ class FakeGemini(FakeUpstream):
         if self.delay:
             time.sleep(self.delay)
         if self.block_reason:
-            blocked = {"promptFeedback": {"blockReason": self.block_reason},
-                       "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3}}
+            feedback: dict[str, Any] = {"blockReason": self.block_reason}
+            if self.safety_ratings:
+                feedback["safetyRatings"] = self.safety_ratings
+            blocked = {"promptFeedback": feedback, "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3}}
             return reply.sse([(None, blocked)]) if stream else reply.json(blocked)
 
         def chunk(text: str, last: bool) -> dict[str, Any]:
-            cand: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+            # an empty piece has no content, as a withheld answer's last chunk at Google ("SAFETY": "When
+            # streaming, the content field is empty if content filters block the output")
+            cand: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}} if text else {}
+            cand["index"] = 0
             out: dict[str, Any] = {"candidates": [cand], "modelVersion": model, "responseId": "fake-resp"}
             if last:
                 cand["finishReason"] = self.finish_reason
+                if self.safety_ratings:
+                    cand["safetyRatings"] = self.safety_ratings
                 out["usageMetadata"] = self.usage
             else:  # the real API repeats a running prompt count on every chunk
                 out["usageMetadata"] = {"promptTokenCount": self.usage["promptTokenCount"],

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router import FinishReason, Media, ProviderBadRequest, ProviderUnsupportedInput, Request, Role, Usage
+from router.errors import ProviderAuthError, ProviderError
 from router.mime import normalise_mime
 from router.textdoc import without_bom
 
@@ -24,11 +25,20 @@ TEXT_TYPES = frozenset({"text/plain", "text/html", "text/css", "text/javascript"
 #: The user turn put in front of a conversation that starts with the model (Gemini wants a user turn first).
 LEADING_USER_TURN = "(The conversation so far follows.)"
 
-#: Finish reasons meaning the answer was withheld rather than finished (google-genai 3.6.1 ``FinishReason``):
-#: an unsupported language (LANGUAGE), an escalation rule (ESCALATION), an account limited or disabled for
-#: policy violations (PUP_LIMITED_DISABLED), Model Armor (MODEL_ARMOR), prohibited image content.
-BLOCKED_FINISH = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE",
-                  "ESCALATION", "PUP_LIMITED_DISABLED", "MODEL_ARMOR", "IMAGE_PROHIBITED_CONTENT"}
+#: Finish reasons meaning Gemini's filters stopped or withheld the answer (google-genai 3.6.1 ``FinishReason``),
+#: reported as ``CONTENT_FILTER`` with the text produced so far, maybe none, as OpenAI's ``content_filter``:
+#: its safety filters (SAFETY, IMAGE_SAFETY), prohibited content (PROHIBITED_CONTENT, IMAGE_PROHIBITED_CONTENT),
+#: a recitation of a source (RECITATION, IMAGE_RECITATION), a blocklist term (BLOCKLIST), personal data (SPII),
+#: an unsupported language (LANGUAGE), an escalation rule (ESCALATION), Model Armor (MODEL_ARMOR), and an account
+#: limited for policy violations (PUP_LIMITED_DISABLED) once some text came (without text: see :func:`blocked`).
+FILTERED_FINISH = {"SAFETY", "IMAGE_SAFETY", "PROHIBITED_CONTENT", "IMAGE_PROHIBITED_CONTENT", "RECITATION",
+                   "IMAGE_RECITATION", "BLOCKLIST", "SPII", "LANGUAGE", "ESCALATION", "MODEL_ARMOR",
+                   "PUP_LIMITED_DISABLED"}
+#: The finish reason of a key whose account is "limited or disabled due to Prohibited Use Policy (PUP)
+#: violations": a refusal of the account, not a verdict on this answer.
+ACCOUNT_LIMITED_FINISH = "PUP_LIMITED_DISABLED"
+#: Safety rating probabilities that name a category in a blocked prompt's error.
+FLAGGED_PROBABILITIES = {"MEDIUM", "HIGH"}
 #: Finish reasons meaning the answer was cut: CONTINUATION is "reached the per-request token limit, but
 #: generation is not yet complete" (the SDK's FinishReason): the plugin does not ask for the rest (no automatic
 #: continuation: see rest.py), so the answer is cut.
@@ -181,22 +191,46 @@ def response_text(response: Any) -> str:
     return "".join(p.text for p in parts if getattr(p, "text", None) and not getattr(p, "thought", False))
 
 
-def blocked(response: Any, produced_text: bool, provider: str) -> ProviderBadRequest | None:
+def blocked(response: Any, produced_text: bool, provider: str) -> ProviderError | None:
     """The error (of the provider called ``provider``) when Gemini blocked the prompt
-    (``promptFeedback.blockReason``) or withheld the answer (a blocking finish reason) and nothing was
-    produced; else None. The prompt's tokens are billed all the same: report ``usage_metadata`` first."""
+    (``promptFeedback.blockReason``): :class:`ProviderBadRequest` naming the reason, as OpenAI's 400 for a
+    flagged prompt; or when it stopped an answer without text because the key's account is limited
+    (``PUP_LIMITED_DISABLED``): :class:`ProviderAuthError`, retryable, as another provider may answer. Else
+    None: an answer withheld by a filter is an answer (``CONTENT_FILTER``, see :func:`finish_of`). The
+    prompt's tokens are billed all the same: report ``usage_metadata`` first."""
     feedback = getattr(response, "prompt_feedback", None)
-    reason = getattr(feedback, "block_reason", None)
-    if reason:
-        return ProviderBadRequest(provider, f"the prompt was blocked ({getattr(reason, 'value', reason)})")
+    if getattr(feedback, "block_reason", None):
+        return ProviderBadRequest(provider, prompt_blocked_message(feedback))
     if produced_text:
         return None
     for candidate in getattr(response, "candidates", None) or []:
         finish = getattr(candidate, "finish_reason", None)
-        name = str(getattr(finish, "value", finish) or "")
-        if name in BLOCKED_FINISH:
-            return ProviderBadRequest(provider, f"the answer was withheld (finish reason {name})")
+        if str(getattr(finish, "value", finish) or "") == ACCOUNT_LIMITED_FINISH:
+            return ProviderAuthError(provider, "Gemini stopped the answer: the key's account is limited or "
+                                               "disabled for Prohibited Use Policy violations (finish reason "
+                                               f"{ACCOUNT_LIMITED_FINISH})")
     return None
+
+
+def prompt_blocked_message(feedback: Any) -> str:
+    """Why Gemini blocked the prompt, from its ``promptFeedback``: ``the prompt was blocked (SAFETY)``, then
+    the reason's explanation when given (``blockReasonMessage``, Vertex AI only) and the safety categories
+    rated a MEDIUM or HIGH probability of harm, or rated blocked."""
+    reason = feedback.block_reason
+    message = f"the prompt was blocked ({getattr(reason, 'value', reason)})"
+    explanation = getattr(feedback, "block_reason_message", None)
+    if explanation:
+        message += f": {explanation}"
+    flagged = []
+    for rating in getattr(feedback, "safety_ratings", None) or []:
+        probability = str(getattr(rating.probability, "value", rating.probability) or "")
+        if rating.blocked or probability in FLAGGED_PROBABILITIES:
+            category = getattr(rating.category, "value", rating.category)
+            marks = ", ".join(m for m in (probability, "blocked" if rating.blocked else "") if m)
+            flagged.append(f"{category} ({marks})")
+    if flagged:
+        message += f"; flagged: {', '.join(flagged)}"
+    return message
 
 
 def finish_of(response: Any) -> FinishReason | None:
@@ -207,7 +241,7 @@ def finish_of(response: Any) -> FinishReason | None:
     name = str(getattr(finish, "value", finish) or "")
     if not name or name == "FINISH_REASON_UNSPECIFIED":
         return None
-    if name in BLOCKED_FINISH:
+    if name in FILTERED_FINISH:
         return FinishReason.CONTENT_FILTER
     if name in CUT_FINISH:
         return FinishReason.LENGTH

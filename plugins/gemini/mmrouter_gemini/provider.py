@@ -166,8 +166,9 @@ class GeminiProvider(Provider):
     def _unary_events(self, response: Any) -> Iterator[ProviderEvent]:
         """The events of a whole (not streamed) answer. A reply without a candidate that has a finishReason
         (``{}``, ``[]``, a gateway's other JSON) holds no answer: ``ProviderUnavailable``, as when streamed,
-        after a usage report if it has usage (billed all the same). A blocked prompt or withheld answer
-        reports its usage too (its tokens are billed), then raises."""
+        after a usage report if it has usage (billed all the same). A blocked prompt reports its usage too (its
+        tokens are billed), then raises; an answer withheld by a filter is an answer (``CONTENT_FILTER``, its
+        text maybe empty)."""
         text = response_text(response)
         refusal = blocked(response, bool(text), self.name)
         if refusal is not None:
