@@ -850,13 +850,14 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
         raise typer.Exit(1) from None
     # secrets are masked here as in the daemon's log (a check's output often lands in a CI log)
     from . import redact
-    from .core import secrets_of
+    from .core import config_names, secrets_of
 
     logging.basicConfig(level="WARNING", stream=sys.stderr, format="%(message)s")
-    log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
+    names = config_names(config)  # a placeholder key equal to a name is not masked (see core.config_secrets)
+    log_filter = redact.install(secrets_of(config.providers, config.server.auth_token, names=names))
     with _plugins_log_below(logging.ERROR):  # each broken provider is printed below, once
         registry = load_registry(config.providers, disabled=config.plugins.disabled)  # plugins check their sections
-    log_filter.add(secrets_of(config.providers))  # the key variables of the settings classes just imported
+    log_filter.add(secrets_of(config.providers, names=names))  # the key variables of the settings classes just imported
     broken = broken_provider_errors(config, registry, text, str(file))
     for problem in broken:
         err.print(f"[red]{escape(redact.mask(problem, log_filter.secrets))}[/red]")

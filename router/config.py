@@ -806,6 +806,13 @@ def read_config_file(path: Path) -> str:
                           f"{data[exc.start:exc.start + 1]!r}; save the file as UTF-8") from None
 
 
+def holds_nothing(text: str) -> bool:
+    """Whether a configuration file's ``text`` holds nothing but whitespace and comments: valid YAML (the
+    embedded default's settings, no rules), but a reload reads it so when it comes between the truncation
+    and the writing of a file rewritten in place, so reloads refuse it."""
+    return all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines())
+
+
 def embedded_default_text() -> str:
     """The YAML of the embedded default configuration (the hybrid policy)."""
     return resources.files("router").joinpath("default_config.yaml").read_text(encoding="utf-8")

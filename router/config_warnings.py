@@ -24,14 +24,22 @@ from .plugins import GROUP, ProviderEntry, Registry, State
 from .routing import Target, bridge_problem
 from .types import FEATURE_DIARIZATION, FEATURE_EXTRACTION_ONLY, Modality, ModelInfo, Task
 
+#: Said of a configuration with neither rules nor a default (see :func:`routes_nothing`).
+NO_ROUTE_WARNING = "no routes and no default: every request will be refused (add a `default:` target or rules)"
+
+
+def routes_nothing(config: Config) -> bool:
+    """Whether ``config`` has neither rules nor a default: every request is refused (NO_ROUTE)."""
+    return not config.routes and not config.default
+
 
 def config_warnings(config: Config, registry: Registry) -> Iterator[str]:
     """What ``config check`` warns of without failing: targets of disabled providers, bridges that never
     bridge, rules that never serve a request, embedded rules replaced by the file's, and embedded rules'
     targets naming models a provider does not offer (an Ollama served as ``openai``); plugins broken for
     reasons outside the file that it does not use, and providers whose ``${VAR}`` is unset here."""
-    if not config.routes and not config.default:
-        yield "no routes and no default: every request will be refused (add a `default:` target or rules)"
+    if routes_nothing(config):
+        yield NO_ROUTE_WARNING
     yield from _override_warnings(config)
     yield from registry.hidden
     yield from _broken_plugins(config, registry)

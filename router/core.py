@@ -20,13 +20,20 @@ import threading
 import time
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import routing, wire
-from .config import Config, unknown_models, with_lines
-from .config_warnings import refused_section, settings_fields, unknown_providers, uses_provider
+from .config import Config, did_you_mean, holds_nothing, targets_of, unknown_models, with_lines
+from .config_warnings import (
+    refused_section,
+    routes_nothing,
+    settings_fields,
+    unknown_providers,
+    uses_provider,
+)
 from .dispatch import HistoryCuts, RouterEvent, execute
 from .errors import (
     AnswerTooLarge,
@@ -41,7 +48,7 @@ from .health import Failure, ProviderHealth
 from .invoke import FailedAttempt
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
-from .plugins import ProviderEntry, Registry, State, load_registry, log_broken_providers
+from .plugins import GROUP, ProviderEntry, Registry, State, load_registry, log_broken_providers
 from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
 from .sessions import Removed, SessionStore, StoredBridges, storage_error, trim_history
@@ -80,20 +87,58 @@ _SECRET_KEY = re.compile(r"key|token(?!s)|secret|passw|passphrase|credential|bea
 _SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|BEARER|COOKIE|SIGNATURE|_PAT)$")
 
 
-def secrets_of(providers: Mapping[str, Mapping], *extra: str) -> set[str]:
+def secrets_of(providers: Mapping[str, Mapping], *extra: str, names: Collection[str] = ()) -> set[str]:
     """Every secret-looking value: provider settings named like keys (in nested sections too), such
     environment variables, those any ``ProviderSettings.api_key_env`` names, and ``extra``.
 
     A URL's password (``http://user:password@host``, e.g. in a ``base_url``) counts as a secret too.
     Each value is kept as given and stripped of surrounding whitespace, since plugins send the
-    stripped key (a secret file usually ends with a newline); values under 4 characters are left out.
+    stripped key (a secret file usually ends with a newline); values under 4 characters are left out,
+    as are ``names`` (see :func:`config_secrets`).
     """
     found = {secret for settings in providers.values() for secret in _settings_secrets(settings)}
     found |= {value for name, value in os.environ.items() if _SECRET_ENV.search(name)}
     found |= {os.environ[name] for name in ProviderSettings.key_variables() if name in os.environ}
     found |= set(extra)
     found |= {value.strip() for value in found}
-    return {value for value in found if len(value) >= 4}
+    return {value for value in found if len(value) >= 4 and value not in names}
+
+
+def config_names(config: Config) -> set[str]:
+    """The names ``config`` uses, which are no secrets: its providers' (sections, instances' plugins,
+    targets, ``overrides.providers``), the installed plugins', its rules' and its models' (targets, the
+    ``models`` lists of its sections)."""
+    names = {ep.name for ep in entry_points(group=GROUP)} | set(config.providers)
+    names |= {rule.name for rule in config.routes} | set(config.overrides.providers or ())
+    for section in config.providers.values():
+        names |= {value for value in (section.get("plugin"),) if isinstance(value, str)}
+        for model in section.get("models") or ():
+            model = model.get("name") if isinstance(model, Mapping) else model
+            names |= {model} if isinstance(model, str) else set()
+    for _, text in targets_of(config):
+        target = Target.parse(text)
+        names |= {target.provider, target.model}
+    return names
+
+
+#: The (section, value) pairs :func:`config_secrets` warned of already: said once in a daemon's life.
+_NAMES_WARNED: set[tuple[str, str]] = set()
+
+
+def config_secrets(config: Config) -> set[str]:
+    """:func:`secrets_of` ``config``'s providers and auth token, but for a value equal to a name the
+    configuration uses (:func:`config_names`): a placeholder key (Ollama's docs give ``api_key: ollama``)
+    masked as a secret hid that name in every log line, route, explanation and error. Such a value is
+    warned of (once), not masked."""
+    names = config_names(config)
+    for section, settings in config.providers.items():
+        for value in sorted({v.strip() for v in _settings_secrets(settings)} & names):
+            if (section, value) not in _NAMES_WARNED:
+                _NAMES_WARNED.add((section, value))
+                log.warning("providers.%s: a secret setting (its key?) is %r, the name of a provider, plugin, model "
+                            "or rule of this configuration: it is not masked as a secret in the log and in what "
+                            "clients get (fine for a placeholder key a local server ignores)", section, value)
+    return secrets_of(config.providers, config.server.auth_token, names=names)
 
 
 def _settings_secrets(value: object, secret: bool = False) -> set[str]:
@@ -143,16 +188,36 @@ def _unsaved_reason(exc: Exception) -> str:
     return f"storing it failed ({type(exc).__name__}, see the daemon's log)"
 
 
-def missing_models(config: Config, registry: Registry) -> list[str]:
+def _emptied(old: Config, new: Config, text: str | None) -> list[str]:
+    """Why a reload must not serve ``new`` in place of ``old``: its file's ``text`` holds nothing, or it has
+    no rules and no default where ``old`` routes requests. Either is what a reload reads when it comes
+    between the truncation and the writing of a file rewritten in place (``cat new.yaml > router.yaml``,
+    an editor, a config management tool): served, it refused every request (and turned the file's
+    providers and ``overrides.allow: false`` off) until the next SIGHUP."""
+    atomically = ("it may have been read while it was being written: replace the file atomically (write a "
+                  "temporary file beside it, then rename it over this one, as `mv` does), then send SIGHUP")
+    if text is not None and holds_nothing(text):
+        return [f"the file is empty (nothing but whitespace and comments); {atomically}"]
+    if routes_nothing(new) and not routes_nothing(old):
+        return [f"the file has no routes and no default, so every request would be refused; {atomically}"]
+    return []
+
+
+def missing_models(config: Config, registry: Registry, gone: Collection[str] = ()) -> list[str]:
     """The targets of ``config`` naming a model that their ready provider in ``registry`` does not
     offer, as ``config check`` words them: routing would skip each on every request, so start-up
     and reloads refuse them. Those of a provider not ready (no key) are only logged as warnings, as are
     those of the embedded rules ``extend_default_routes`` appended, which the file cannot change, and
     the providers no installed plugin offers (``use: opnai/gpt-4o``: routing skips the target, unsaid
-    otherwise; ``config check`` only warns of them, since it may run where fewer plugins are installed)."""
+    otherwise; ``config check`` only warns of them, since it may run where fewer plugins are installed),
+    or, those in ``gone``, that the running daemon has but no section of ``config`` configures any more."""
     for key, name, hint in unknown_providers(config, registry):
-        log.warning("%s: no installed plugin offers a provider %r%s: it is never used (a rule goes on to its "
-                    "fallbacks)", key, name, hint)
+        if name in gone:
+            log.warning("%s: provider %r is no longer configured (the file has no section for it%s): it is never "
+                        "used (a rule goes on to its fallbacks)", key, name, hint)
+        else:
+            log.warning("%s: no installed plugin offers a provider %r%s: it is never used (a rule goes on to its "
+                        "fallbacks)", key, name, hint)
     problems = []
     for entry, problem in unknown_models(config, registry.entries):
         if entry.state is State.READY:
@@ -163,6 +228,33 @@ def missing_models(config: Config, registry: Registry) -> list[str]:
     for _, problem in unknown_models(config, registry.entries, embedded=True):
         log.warning("%s: routing skips it (extend_default_routes)", problem)
     return problems
+
+
+def reload_changes(old: Config, new: Config, old_providers: Mapping[str, ProviderEntry],
+                   new_providers: Mapping[str, ProviderEntry]) -> list[str]:
+    """What a reload from ``old`` to ``new`` changed, by name only (never a setting's value, which may be a
+    key): the rules added, removed and changed, whether their order, the default, bridges or overrides
+    changed; the providers added, removed, and those whose section or state changed (made again with new
+    settings, disabled). One line for the rules ("rules unchanged" when none is), one for the providers
+    when any changed."""
+    rules_before, rules_now = {r.name: r for r in old.routes}, {r.name: r for r in new.routes}
+    kept = [name for name in rules_now if name in rules_before]
+    rules = [f"{what}: {', '.join(names)}" for what, names in (
+        ("added", [name for name in rules_now if name not in rules_before]),
+        ("removed", [name for name in rules_before if name not in rules_now]),
+        ("changed", [name for name in kept if rules_now[name] != rules_before[name]])) if names]
+    if kept != [name for name in rules_before if name in rules_now]:
+        rules.append("reordered")
+    rules += [f"{what} changed" for what in ("default", "bridges", "overrides") if getattr(old, what) != getattr(new, what)]
+    providers = [f"{what}: {', '.join(names)}" for what, names in (
+        ("added", sorted(set(new_providers) - set(old_providers))),
+        ("removed", sorted(set(old_providers) - set(new_providers))),
+        ("settings changed", sorted(name for name in set(new_providers) & set(old_providers)
+                                    if old.providers.get(name) != new.providers.get(name))),
+        ("state changed", sorted(name for name in set(new_providers) & set(old_providers)
+                                 if old_providers[name].state is not new_providers[name].state))) if names]
+    changes = ["rules " + "; ".join(rules) if rules else "rules unchanged"]
+    return changes + (["providers " + "; ".join(providers)] if providers else [])
 
 
 class App:
@@ -198,8 +290,10 @@ class App:
         #: The daemon is stopping: new calls are refused (router.server).
         self.stopping = False
         self.router = _router_of(config)
-        self.secrets = longest_first(secrets_of(config.providers, config.server.auth_token))
+        self.secrets = longest_first(config_secrets(config))
+        self._names = config_names(config)  # never masked (see config_secrets)
         self._remembered = 0  # how many of redact.remembered() self.secrets holds
+        self._refused_keys: set[str] = set()  # remembered only by the plugins of refused reloads: never used
         self.catalog: Catalog = self._build_catalog()
 
     def reload(self, config: Config, text: str | None = None, source: str = "") -> tuple[bool, list[str]] | None:
@@ -213,12 +307,17 @@ class App:
         broken that is not broken now (a settings typo that ``config check`` refuses too), a ready
         provider would become not configured (its key's ``${VAR}`` unset), or a target
         names a model its ready provider does not offer (see :func:`missing_models`), nothing changes:
-        the reload is refused (logged) and None returned. Given the file's ``text`` and its name
+        the reload is refused (logged) and None returned. So it is for a file that would route nothing
+        (see :func:`_emptied`). Given the file's ``text`` and its name
         (``source``), a refused section is said as at start-up: with the line of the key it names and a
         did-you-mean for an unknown key."""
         old, new = self.config, config
+        if problems := _emptied(old, new, text):  # before the providers are made: nothing to close then
+            log.error("reload refused, the running configuration, rules and providers stay: %s", "; ".join(problems))
+            return None
         remade = (old.providers, old.plugins) != (new.providers, new.plugins)
         registry = None
+        known = remembered()
         if remade:  # before anything is switched: the new rules may name the new providers
             try:
                 registry = load_registry(new.providers, disabled=new.plugins.disabled,
@@ -230,20 +329,25 @@ class App:
                               "the running configuration, rules and providers stay")
                 return None
         problems = self._taken_down_by(registry, new, text, source) if registry is not None else []
-        problems += missing_models(new, registry or self.registry)
+        gone = set(self.registry.entries) - set(registry.entries) if registry is not None else set()
+        problems += missing_models(new, registry or self.registry, gone)
         if problems:
             log.error("reload refused, the running configuration, rules and providers stay: %s", "; ".join(problems))
             if registry is not None:
                 self._retired.append(registry)  # its providers are closed, unused
                 self._close_retired()
+                self._refused_keys |= remembered() - known  # not masked: a reload's keys once it is accepted
             return None
         self.router = _router_of(new)
+        self._names = config_names(new)
+        self.secrets = longest_first(s for s in self.secrets if s not in self._names)
         if registry is not None:
             log_broken_providers(registry)
             _warn_hidden(registry)
             self._replace_registry(registry)
             # old keys stay masked too: a call under way may still quote one
-            self.secrets = longest_first([*self.secrets, *secrets_of(new.providers, new.server.auth_token)])
+            self.secrets = longest_first([*self.secrets, *config_secrets(new)])
+            self._refused_keys -= {*self.secrets, *(remembered() - known)}
         was, wants = old.server.model_dump(exclude={"tls"}), new.server.model_dump(exclude={"tls"})  # TLS: see
         changed = [key for key in wants if wants[key] != was[key]]  # server.reload_config
         server = old.server
@@ -271,7 +375,9 @@ class App:
         them is the new file: a reload must not take a working provider down. A provider broken
         already (a plugin that fails to import) does not block reloads, nor does a broken one new since
         (a plugin installed beside the running daemon) that ``config`` does not use: as at start-up, it
-        is only a warning."""
+        is only a warning. A provider ready now that ``registry`` lacks (an instance, ``backup: {plugin:
+        openai}``, whose section was removed or misspelled) while a target of ``config`` still names it is
+        taken down too: its rules would move to their fallbacks, unsaid."""
         now = self.registry.entries
         problems = []
         for entry in registry.entries.values():
@@ -291,6 +397,15 @@ class App:
                 problems.append(f"providers.{entry.name}: provider {entry.name!r} is ready and would no longer be "
                                 f"configured: {entry.reason} (to take it out of service on purpose, list it in "
                                 "plugins.disabled)")
+        for name, before in now.items():
+            if before.state is not State.READY or name in registry.entries or name in config.providers:
+                continue
+            key = next((key for key, target in targets_of(config) if Target.parse(target).provider == name), None)
+            if key is not None:
+                new_sections = [section for section in config.providers if section not in now]
+                problems.append(f"providers.{name}: provider {name!r} is ready and would no longer be configured: "
+                                f"the file has no section for it{did_you_mean(name, new_sections)}, and {key} still "
+                                "names it (to take it out of service on purpose, take it out of the rules too)")
         return problems
 
     def _replace_registry(self, registry: Registry) -> None:
@@ -325,7 +440,8 @@ class App:
         gets goes through it: error messages and details, route notes, attempts and providers' reasons."""
         if remembered_count() != self._remembered:  # a plugin made since (a reload) resolved more
             self._remembered = remembered_count()
-            self.secrets = longest_first([*self.secrets, *remembered()])
+            unused = self._names | self._refused_keys
+            self.secrets = longest_first([*self.secrets, *(s for s in remembered() if s not in unused)])
         return valid_text(mask(text, self.secrets))
 
     # -- requests ------------------------------------------------------------------------
@@ -491,7 +607,7 @@ class App:
                         elif isinstance(event, RouteChosen):
                             route = event.route  # the steps are added to it as they complete
                         elif isinstance(event, Done):
-                            await self._finish(request, event, started)
+                            await self._finish(request, event, started, registry)
                         yield event
         finally:
             if route is not None:
@@ -548,14 +664,14 @@ class App:
         except Exception:
             log.exception("recording call statistics failed")
 
-    async def _finish(self, request: Request, done: Done, started: float) -> None:
+    async def _finish(self, request: Request, done: Done, started: float, registry: Registry | None = None) -> None:
         """Save the session's turn, tell the observer hooks (statistics are recorded by :meth:`answer`).
 
         The answer is already computed: a failure here is logged, never turned into a failed call;
         a turn that could not be kept gets a route note, which the client sees (Done is sent after).
         A session reset since the call ``started`` (a time.monotonic(), when it arrived: one waiting for the
         call before it on the session was sent for the conversation the reset forgot) keeps no turn of it,
-        and its route says so.
+        and its route says so. ``registry``: the one the call ran on (see :meth:`_kept_reply`).
         """
         answer = done.answer
         if request.session_id and self._resets.get(request.session_id, -math.inf) > started:
@@ -571,7 +687,7 @@ class App:
         elif request.session_id:  # on the store's thread: turn_count and append with no other job between
             cancelled = threading.Event()
             try:
-                lost = await self.sessions.run(self._save_turn, request, answer, cancelled)
+                lost = await self.sessions.run(self._save_turn, request, answer, cancelled, registry)
             except asyncio.CancelledError:  # the client gets no answer: the turn waiting for the write lock is dropped
                 cancelled.set()
                 raise
@@ -579,7 +695,8 @@ class App:
                 answer.route.notes.append(f"this turn was not kept in session {request.session_id!r}: {lost}")
         self._hook("on_response", request=request, answer=answer)
 
-    def _save_turn(self, request: Request, answer: Answer, cancelled: threading.Event | None = None) -> str | None:
+    def _save_turn(self, request: Request, answer: Answer, cancelled: threading.Event | None = None,
+                   registry: Registry | None = None) -> str | None:
         """Append the question and the answer to the request's session; return why it failed, if it did
         (the failure is logged; the answer is sent all the same).
 
@@ -603,7 +720,7 @@ class App:
                 # a conversation given whole to start the session, which another call started meanwhile:
                 # only this call's own turn is added, not the conversation a second time
                 turns = turns[replies[-1] + 1:]
-            turns.append(Message(Role.ASSISTANT, [Part(text=self._kept_reply(request, answer))]))
+            turns.append(Message(Role.ASSISTANT, [Part(text=self._kept_reply(request, answer, registry))]))
             kept = self.sessions.append(request.session_id, turns, self._store_media,
                                         wanted=None if cancelled is None else lambda: not cancelled.is_set())
             if not kept:
@@ -620,12 +737,14 @@ class App:
             return reason
         return None
 
-    def _kept_reply(self, request: Request, answer: Answer) -> str:
+    def _kept_reply(self, request: Request, answer: Answer, registry: Registry | None = None) -> str:
         """The assistant message a session keeps for ``answer``: its text, but for a question an
         extraction-only model (``local/extract``) answered with the media's text, :data:`NOT_ANSWERED_TURN`.
         Kept as the reply, that text told the next turn's model, as its own words, that no language model
-        was configured, left the question settled, and sent every document twice from then on."""
-        provider = self.registry.ready(answer.route.provider)
+        was configured, left the question settled, and sent every document twice from then on.
+        ``registry``: the one the call ran on (the current one when None): a reload during the call may
+        have disabled or removed its provider since."""
+        provider = (registry or self.registry).ready(answer.route.provider)
         model = provider.model(answer.route.model) if provider is not None else None
         if model is None or FEATURE_EXTRACTION_ONLY not in model.features:
             return answer.text

@@ -42,7 +42,7 @@ from mmrouter.v1 import router_pb2_grpc
 
 from . import invoke, redact, wire
 from .auth import TokenAuth, warn_if_token_in_clear
-from .config import Config, load_config, parse_address, read_config_file, replaced_default_rules
+from .config import Config, parse_address, parse_config, read_config_file, replaced_default_rules
 from .config_warnings import refused_sections
 from .core import REQUEST_ID_KEY, App, missing_models, monotonic_deadline, new_request_id, secrets_of
 from .dispatch import RouterEvent
@@ -933,25 +933,40 @@ def reload_config(app: App, config_path: Path | None, certificates: ServerCertif
     Rules, providers and plugins are swapped in (see :meth:`App.reload`); a TLS daemon also reads
     its certificate, key and client CA files again (a rotated certificate is served from the next
     connection on). Server settings need a restart; those the command line set (``server_overrides``,
-    e.g. ``--address``) keep its values."""
+    e.g. ``--address``) keep its values. The file is read once: its errors' lines are those of the text
+    served, whatever a writer does meanwhile."""
+    from .config_warnings import NO_ROUTE_WARNING, routes_nothing
+    from .core import config_names, reload_changes
+
     if config_path is None:
         log.warning("SIGHUP: nothing to reload, the daemon runs the embedded default (start it with --config)")
         return
     try:
-        config = load_config(config_path)
+        text = read_config_file(config_path)
+        config = parse_config(text, str(config_path))
     except ConfigError as exc:
         log.error("SIGHUP: reload refused, the running configuration stays: %s", app.redact(exc.message))
         return
     if server_overrides:
         config = config.model_copy(update={"server": config.server.model_copy(update=server_overrides)})
+    masked = log_filter.secrets if log_filter is not None else ()
     if log_filter is not None:  # before anything logs the new keys' providers
-        log_filter.add(secrets_of(config.providers, config.server.auth_token))
-    reloaded = app.reload(config, _config_text(config_path), str(config_path))
-    if reloaded is None:  # refused, and said why
+        log_filter.add(secrets_of(config.providers, config.server.auth_token, names=config_names(config)))
+    before, providers_before = app.config, dict(app.registry.entries)
+    reloaded = app.reload(config, text, str(config_path))
+    if reloaded is None:  # refused, and said why: its keys, never used, are not masked from now on
+        if log_filter is not None:
+            log_filter.secrets = masked
         return
+    if log_filter is not None:
+        unmask_names(log_filter, config)
     remade, needs_restart = reloaded
     log.info("SIGHUP: rules reloaded from %s (%d rules, default %s)", config_path, len(config.routes),
              config.default or "none")
+    for change in reload_changes(before, config, providers_before, app.registry.entries):
+        log.info("SIGHUP: %s", change)
+    if routes_nothing(config):
+        log.warning("%s", NO_ROUTE_WARNING)
     _log_replaced_rules(config)
     if remade:
         log.info("SIGHUP: providers made again (calls under way finish on the old ones)")
@@ -968,6 +983,16 @@ def reload_config(app: App, config_path: Path | None, certificates: ServerCertif
             log.info("SIGHUP: TLS certificate reloaded from %s (used from the next connection on)", tls.cert_file)
     if needs_restart:
         log.warning("SIGHUP: changes to %s take effect only after a restart", ", ".join(needs_restart))
+
+
+def unmask_names(log_filter: redact.SecretFilter, config: Config) -> None:
+    """Mask no name ``config`` uses in the log (see :func:`router.core.config_secrets`): a plugin remembers the
+    key it resolved in every log filter (:func:`redact.remember`), a placeholder ``api_key: ollama`` too."""
+    from .core import config_names
+
+    names = config_names(config)
+    if any(secret in names for secret in log_filter.secrets):
+        log_filter.secrets = redact.longest_first(s for s in log_filter.secrets if s not in names)
 
 
 def _log_replaced_rules(config: Config) -> None:
@@ -1159,15 +1184,19 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     """Run the daemon until SIGTERM or SIGINT, then drain in-flight calls and exit.
 
     SIGHUP re-reads ``config_path`` and swaps in its rules, providers and TLS certificate (see
-    :func:`reload_config`); ``server_overrides`` are the server settings the command line gave.
+    :func:`reload_config`); ``server_overrides`` are the server settings the command line gave. Once the
+    shutdown begins, SIGHUP is ignored until the process exits (see :func:`_ignore_reloads`).
     """
+    from .config_warnings import NO_ROUTE_WARNING, routes_nothing
+    from .core import config_names
+
     try:  # the command line's --address is not validated with the file
         parse_address(config.server.address)
     except ValueError as exc:
         raise ConfigError(f"server.address (--address): {exc}") from None
     if ready_file is not None:
         check_ready_file(ready_file)
-    log_filter = redact.install(secrets_of(config.providers, config.server.auth_token))
+    log_filter = redact.install(secrets_of(config.providers, config.server.auth_token, names=config_names(config)))
     logging.getLogger("grpc._cython.cygrpc").addFilter(SendFailedFilter())
     # what the daemon writes (conversations, media, the sessions database) is its users' data: other
     # local users may not read it, whatever the operator's umask (022 made sessions.sqlite readable)
@@ -1184,6 +1213,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     if config.server.tls:
         warn_if_key_open(config.server.tls)
     app = App(config, extra_plugins=extra_plugins)
+    unmask_names(log_filter, config)
     # refused as by `config check`: a section its plugin refused breaks its provider (every request to it
     # fails), and routing would skip a target naming a model its provider lacks on every request, unsaid
     text = _config_text(config_path)
@@ -1192,6 +1222,8 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         await app.aclose()
         _unlock(data_lock, data_dir if made_data_dir else None)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    if routes_nothing(config):
+        log.warning("%s", NO_ROUTE_WARNING)
     _log_replaced_rules(config)
     try:
         certificates = ServerCertificates(config.server.tls) if config.server.tls else None
@@ -1235,6 +1267,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     watch = asyncio.create_task(_report_stuck_calls(max(config.server.shutdown_grace_seconds, 0.1)))
     data_watch = asyncio.create_task(watch_data_dir(app, held_files(data_dir, data_lock, app), health_servicer))
     await stop.wait()
+    _ignore_reloads(loop)
     watch.cancel()
     data_watch.cancel()
     grace = config.server.shutdown_grace_seconds
@@ -1256,6 +1289,21 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         logging.shutdown()
         os._exit(1)  # asyncio.run would wait for those calls forever
     log.info("stopped")
+
+
+def _ignore_reloads(loop: asyncio.AbstractEventLoop) -> None:
+    """Ignore SIGHUP from now until the process exits: the daemon is stopping. A reload during the drain
+    made providers again that were closed seconds later (or never, when it came while they were being
+    closed), and the loop's handler, removed when ``asyncio.run`` closes the loop, gives SIGHUP back its
+    default action, which ended the stopped daemon (status 129) in the last moments of its exit.
+    SIGHUP is blocked meanwhile: one that comes between the handler's removal (which sets the default
+    action) and SIG_IGN waits, then is discarded."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        loop.remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 async def _drain(app: App, grace: float, hurry: asyncio.Event) -> None:
