@@ -23,12 +23,15 @@ KEY = "aai-retention-key-5e0b"
 
 CONFIG = """
 providers:
-  assemblyai: {{api_key: "${{AAI_TEST_KEY}}", base_url: "{url}", timeout: 10, poll_interval: 0.05{extra}}}
+  assemblyai: {{api_key: "${{AAI_TEST_KEY}}", base_url: "{url}", timeout: {timeout}, poll_interval: 0.05{extra}}}
 default: assemblyai/best
 """
 
 #: How long a test waits for the daemon to send a DELETE it should send (a broken fix fails, never hangs).
 WAIT = 15.0
+
+#: What the daemon logs once it has cancelled a provider call at the call's deadline (router/invoke.py).
+DEADLINE_LOG = "no answer before the deadline of the call"
 
 
 @pytest.fixture
@@ -37,8 +40,8 @@ def fake():
         yield upstream
 
 
-def start(start_daemon, fake: FakeAssemblyAI, extra: str = ""):
-    return start_daemon(CONFIG.format(url=fake.url, extra=extra), env={"AAI_TEST_KEY": KEY})
+def start(start_daemon, fake: FakeAssemblyAI, extra: str = "", timeout: float = 10):
+    return start_daemon(CONFIG.format(url=fake.url, extra=extra, timeout=timeout), env={"AAI_TEST_KEY": KEY})
 
 
 def generate(daemon, timeout: float = 30) -> pb.GenerateResponse:
@@ -56,6 +59,14 @@ def wait_for_log(daemon, text: str) -> str:
     while text not in (logs := daemon.logs()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return logs
+
+
+def warm_up(daemon, fake: FakeAssemblyAI) -> None:
+    """One whole call, its transcript deleted: the plugin has imported the SDK and connected, so a short
+    deadline of the next call is spent on the step a test holds, not on the daemon's first-call work."""
+    generate(daemon)
+    wait_for_delete(fake)
+    fake.delete_answered.clear()
 
 
 def test_a_transcript_is_deleted_after_the_answer(start_daemon, fake):
@@ -101,8 +112,9 @@ def test_a_failed_transcript_is_deleted_too(start_daemon, fake):
 
 
 def test_a_call_given_up_while_transcribing_deletes_its_transcript(start_daemon, fake):
-    fake.statuses = ("queued", "processing")  # never done: the call's deadline ends it
     daemon = start(start_daemon, fake)
+    warm_up(daemon, fake)
+    fake.statuses = ("queued", "processing")  # never done: the call's deadline ends it
 
     with pytest.raises(grpc.RpcError) as info:
         generate(daemon, timeout=1.5)
@@ -149,3 +161,106 @@ def test_a_delete_still_running_at_shutdown_is_named_and_the_daemon_stops_cleanl
     assert "did not stop within" not in logs
     assert not (daemon.data_dir / "sessions.sqlite-wal").exists()  # the database was closed
     fake.delete_hold.set()
+
+
+def test_a_call_given_up_during_the_create_deletes_the_transcript_it_made(start_daemon, fake):
+    """The client's deadline passes while ``POST /v2/transcript`` is in flight (the fake holds it): the
+    create is let finish, AssemblyAI makes the transcript, and the plugin deletes it."""
+    daemon = start(start_daemon, fake)
+    warm_up(daemon, fake)
+    release = fake.hold_next("/v2/transcript")
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            generate(daemon, timeout=2)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert [r.path for r in fake.requests if r.method == "POST"][2:] == ["/v2/upload", "/v2/transcript"]
+        # the daemon gave the call up (cancelled the plugin's generate) before AssemblyAI answers the create
+        assert DEADLINE_LOG in wait_for_log(daemon, DEADLINE_LOG)
+    finally:
+        release.set()
+
+    wait_for_delete(fake)
+    assert list(fake.transcripts) == ["tr-1", "tr-2"]
+    assert fake.deleted == ["tr-1", "tr-2"]
+
+
+LEFT = "a transcript may have been left at AssemblyAI, its id unknown"
+
+
+def log_line(logs: str, text: str) -> str:
+    """The first line of ``logs`` holding ``text`` (empty if none)."""
+    return next((line for line in logs.splitlines() if text in line), "")
+
+
+def test_a_create_unanswered_after_the_call_was_given_up_is_named_in_a_warning(start_daemon, fake):
+    """The create is still unanswered when the plugin's HTTP timeout (4 s) passes, after the call's deadline
+    (2 s): no transcript id is known, so nothing can be deleted; a WARNING says a transcript may be left."""
+    daemon = start(start_daemon, fake, timeout=4)
+    warm_up(daemon, fake)
+    release = fake.hold_next("/v2/transcript")
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            generate(daemon, timeout=2)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        logs = wait_for_log(daemon, LEFT)
+    finally:
+        release.set()
+
+    line = log_line(logs, LEFT)
+    assert "WARNING" in line and "no answer to the transcript create (ReadTimeout)" in line, logs
+    assert KEY not in logs
+    assert fake.delete_requests == ["tr-1"]  # the warm-up's only
+
+
+def test_a_create_whose_answer_never_came_is_named_in_a_warning(start_daemon, fake):
+    """Not cancelled: the create meets the plugin's HTTP timeout (1 s), the call fails (UNAVAILABLE), and a
+    WARNING says a transcript may have been made at AssemblyAI, its id unknown."""
+    daemon = start(start_daemon, fake, timeout=1)
+    release = fake.hold_next("/v2/transcript")
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            generate(daemon)
+        logs = wait_for_log(daemon, LEFT)
+    finally:
+        release.set()
+
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "WARNING" in log_line(logs, LEFT), logs
+
+
+def test_a_create_of_a_given_up_call_still_running_at_shutdown_is_named(start_daemon, fake):
+    """The daemon stops while the create of a call given up is still unanswered: the plugin waits for it
+    no longer than for a delete (DELETE_WAIT_SECONDS), names the request in a WARNING, and the daemon exits 0."""
+    daemon = start(start_daemon, fake)
+    warm_up(daemon, fake)
+    release = fake.hold_next("/v2/transcript")
+    try:
+        with pytest.raises(grpc.RpcError):
+            generate(daemon, timeout=2)
+        assert DEADLINE_LOG in wait_for_log(daemon, DEADLINE_LOG)
+        assert daemon.stop() == 0
+    finally:
+        release.set()
+
+    logs = daemon.logs()
+    line = log_line(logs, LEFT)
+    assert "WARNING" in line and "closing before the transcript create of a cancelled call answered" in line, logs
+    assert "did not stop within" not in logs
+
+
+def test_an_upload_given_up_is_named_in_a_warning(start_daemon, fake):
+    """The call's deadline passes while ``POST /v2/upload`` is in flight: AssemblyAI may keep the file (no call
+    deletes an upload), which a WARNING says."""
+    daemon = start(start_daemon, fake)
+    warm_up(daemon, fake)
+    release = fake.hold_next("/v2/upload")
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            generate(daemon, timeout=2)
+        logs = wait_for_log(daemon, "while uploading its media")
+    finally:
+        release.set()
+
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "WARNING" in log_line(logs, "while uploading its media"), logs
+    assert len(fake.created) == 1  # the warm-up's only

@@ -204,6 +204,15 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, aai.types.AssemblyAIError) and exc.status_code in TRANSIENT_STATUSES
 
 
+def answer_lost(exc: BaseException) -> bool:
+    """True when a request was sent whole but its answer never came (a read timeout, the connection reset or
+    closed while waiting for it): AssemblyAI may have carried it out. A connection never made, or a request
+    whose body was not all sent, was not."""
+    import httpx
+
+    return isinstance(exc, (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError))
+
+
 def retry_after(exc: BaseException) -> float | None:
     """The Retry-After seconds of the failing response behind ``exc`` (of a status polls are retried on,
     :data:`router.errors.TRANSIENT_STATUSES`, which may say how long to wait), received in the current task;

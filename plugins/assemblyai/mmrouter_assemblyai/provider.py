@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from router import (
     CallContext,
@@ -37,8 +37,13 @@ log = logging.getLogger(__name__)
 _MEDIA_KINDS = (Modality.AUDIO, Modality.VIDEO)
 
 
-#: How long closing the provider (the daemon's stop, a reload) waits for transcript deletes still running.
+#: How long closing the provider (the daemon's stop, a reload) waits for transcript deletes still running
+#: (and the creates of cancelled calls, whose transcripts are deleted once made).
 DELETE_WAIT_SECONDS = 2.0
+
+#: The names of the background tasks: a transcript's delete, and the create of a cancelled call (by request id).
+_DELETE_TASK = "assemblyai-delete-"
+_CREATE_TASK = "assemblyai-create-"
 
 class AssemblyAIProvider(Provider):
     """Transcription with speaker diarization through the official ``assemblyai`` SDK's asyncio client.
@@ -128,7 +133,10 @@ class AssemblyAIProvider(Provider):
     async def _transcribe(
         self, media: Media, request: Request, model: ModelInfo, ctx: CallContext
     ) -> assemblyai.types.TranscriptResponse:
-        """Upload and submit one media, then poll it to the end; the completed response."""
+        """Upload and submit one media, then poll it to the end; the completed response.
+
+        What the SDK's ``AsyncTranscriber.submit`` does, in two steps (:meth:`_upload`, :meth:`_create`), so
+        that a transcript created by a call cancelled during its create is deleted too."""
         import assemblyai as aai
 
         client, transcriber = self._sdk()
@@ -136,10 +144,9 @@ class AssemblyAIProvider(Provider):
             request.options, speech_models(model, self.settings.speech_models),
             always_diarize=self.settings.speaker_labels,
         )
-        try:
-            submitted = await transcriber.submit(transcripts.audio_source(media, self.name), config)
-        except Exception as exc:
-            self._raise_mapped(exc)
+        audio_url = await self._upload(transcriber, media, ctx)
+        create = aai.types.TranscriptRequest(audio_url=audio_url, **config.raw.dict(exclude_none=True))
+        submitted = await self._create(client, create, media, ctx)
         log.debug("assemblyai transcript %s submitted (request %s)", submitted.id, ctx.request_id)
         try:
             response = await self._poll(client, submitted.id, ctx)
@@ -221,14 +228,101 @@ class AssemblyAIProvider(Provider):
         raise errors.with_note(error, f"transcript {transcript_id}: {failures.in_a_row} failed status polls in a "
                                       "row, giving up; it may still complete at AssemblyAI") from exc
 
+    async def _upload(self, transcriber: assemblyai.AsyncTranscriber, media: Media, ctx: CallContext) -> str:
+        """The URL AssemblyAI reads ``media`` from: its own http(s) URL, else that of the file uploaded
+        (``POST /v2/upload``, streamed by the SDK).
+
+        A call cancelled (a client's cancel, its deadline) during the upload logs a WARNING when
+        ``delete_transcripts``: AssemblyAI may hold the file (all of it sent, its answer not read), and has no
+        call to delete an upload; its own schedule removes it."""
+        source = transcripts.audio_source(media, self.name)
+        if media.url:
+            return str(source)
+        try:
+            return await transcriber.upload_file(source)
+        except asyncio.CancelledError:
+            if self.settings.delete_transcripts:
+                log.warning("%s: call given up (cancelled, or past its deadline) while uploading its media "
+                            "(request %s): the file may stay at AssemblyAI (no API call deletes an upload) "
+                            "until AssemblyAI's retention removes it", self.name, ctx.request_id)
+            raise
+        except Exception as exc:
+            self._raise_mapped(exc)
+
+    async def _create(self, client: assemblyai.AsyncClient, create: assemblyai.types.TranscriptRequest,
+                      media: Media, ctx: CallContext) -> assemblyai.types.TranscriptResponse:
+        """``POST /v2/transcript``: the transcript created (status ``queued``).
+
+        The create runs in a task of its own, shielded from the call's cancellation: when the call is
+        cancelled (a client's cancel, its deadline) while the create is in flight, the cancellation is raised
+        at once, and :meth:`_delete_when_created` lets the create end (AssemblyAI carries it out anyway), then
+        deletes the transcript it made, as any other transcript of the call would be."""
+        task = asyncio.get_running_loop().create_task(self._send_create(client, create, ctx.request_id))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._in_background(self._delete_when_created(client, task, ctx.request_id, media.url),
+                                _CREATE_TASK + ctx.request_id)
+            raise
+
+    async def _send_create(self, client: assemblyai.AsyncClient, create: assemblyai.types.TranscriptRequest,
+                           request_id: str) -> assemblyai.types.TranscriptResponse:
+        """The create's HTTP request through the SDK, its failure mapped here, in the task that received the
+        answer (whose Retry-After :func:`errors.remember_response` kept). A create whose answer never came
+        (:func:`errors.answer_lost`) logs a WARNING when ``delete_transcripts``: AssemblyAI may have made a
+        transcript whose id is unknown, so it cannot be deleted."""
+        from assemblyai.prerecorded.v2 import async_api
+
+        try:
+            return await async_api.create_transcript(client.http_client, create)
+        except Exception as exc:
+            if errors.answer_lost(exc):
+                self._warn_transcript_left(request_id, f"no answer to the transcript create ({type(exc).__name__})")
+            self._raise_mapped(exc)
+
+    async def _delete_when_created(self, client: assemblyai.AsyncClient,
+                                   create: asyncio.Task[assemblyai.types.TranscriptResponse], request_id: str,
+                                   media_url: str | None) -> None:
+        """Wait for the create of a cancelled call (``create``, at most ``timeout`` seconds more), then delete
+        the transcript it made (when ``delete_transcripts``). A create not answered by then is given up with
+        a WARNING; one that failed was logged by :meth:`_send_create` if it may have made a transcript."""
+        try:
+            response = await asyncio.wait_for(create, self.settings.timeout)
+        except TimeoutError:
+            self._warn_transcript_left(
+                request_id, f"no answer to the transcript create within {self.settings.timeout:g}s of the call's "
+                            "cancellation")
+            return
+        except Exception:  # refused, or no answer (then logged by _send_create): nothing to delete
+            return
+        if self.settings.delete_transcripts and response.id:
+            current = asyncio.current_task()
+            if current is not None:  # aclose names what it gives up by the task's name
+                current.set_name(_DELETE_TASK + response.id)
+            log.debug("%s: transcript %s created for a cancelled call (request %s), deleting it", self.name,
+                      response.id, request_id)
+            await self._delete(client, response.id, request_id, media_url)
+
+    def _warn_transcript_left(self, request_id: str, why: str) -> None:
+        """Log (when ``delete_transcripts``) that a transcript of ``request_id`` may stay at AssemblyAI,
+        its id unknown."""
+        if self.settings.delete_transcripts:
+            log.warning("%s: %s (request %s): a transcript may have been left at AssemblyAI, its id unknown, "
+                        "so it is not deleted (look for it in the account's transcript list)", self.name, why,
+                        request_id)
+
     def _delete_later(self, client: assemblyai.AsyncClient, transcript_id: str | None, request_id: str,
                       media_url: str | None = None) -> None:
         """Delete ``transcript_id`` at AssemblyAI (when ``delete_transcripts``) in a task of its own, so the
         call's answer, or its error, never waits for the delete; :meth:`aclose` waits for those not done."""
         if not self.settings.delete_transcripts or not transcript_id:
             return
-        task = asyncio.get_running_loop().create_task(
-            self._delete(client, transcript_id, request_id, media_url), name=f"assemblyai-delete-{transcript_id}")
+        self._in_background(self._delete(client, transcript_id, request_id, media_url), _DELETE_TASK + transcript_id)
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` in a task called ``name``, kept in :attr:`_deletes` until it ends (:meth:`aclose`
+        waits for it)."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self._deletes.add(task)
         task.add_done_callback(self._deletes.discard)
 
@@ -266,8 +360,13 @@ class AssemblyAIProvider(Provider):
             _, pending = await asyncio.wait(set(self._deletes), timeout=DELETE_WAIT_SECONDS)
             for task in pending:
                 task.cancel()
-                log.warning("%s: closing before transcript %s was deleted at AssemblyAI; it stays in the account "
-                            "until deleted there", self.name, task.get_name().removeprefix("assemblyai-delete-"))
+                name = task.get_name()
+                if name.startswith(_CREATE_TASK):
+                    self._warn_transcript_left(name.removeprefix(_CREATE_TASK),
+                                               "closing before the transcript create of a cancelled call answered")
+                else:
+                    log.warning("%s: closing before transcript %s was deleted at AssemblyAI; it stays in the "
+                                "account until deleted there", self.name, name.removeprefix(_DELETE_TASK))
         client, self._client, self._transcriber = self._client, None, None
         if client is not None:
             await client.aclose()
