@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 #: Each provider instance's ``prepare`` under way or done (a reload's new instances prepare again: a quick
 #: no-op once the modules are imported).
 _PREPARED: weakref.WeakKeyDictionary[Provider, asyncio.Future[None]] = weakref.WeakKeyDictionary()
+#: The shortest wait for a provider's ``prepare`` a call's route notes (a provider with nothing to import
+#: is prepared in well under a millisecond: no note).
+NOTED_WAIT_MS = 100.0
 #: One thread for every provider's ``prepare``, one after the other: two threads importing overlapping
 #: packages (aiohttp, pydantic) at once could take Python's module locks in opposite orders.
 _EXECUTOR: list[ThreadPoolExecutor] = []
@@ -31,7 +34,8 @@ _EXECUTOR: list[ThreadPoolExecutor] = []
 
 async def prepared(provider: Provider, route: RouteInfo) -> None:
     """Return once ``provider.prepare()`` has run (started by the first call to come here, in the
-    router's prepare thread); a call that waited for it says so in ``route``'s notes. A ``prepare``
+    router's prepare thread); a call that waited for it :data:`NOTED_WAIT_MS` or more says so in ``route``'s
+    notes. A ``prepare``
     that raised is logged, and the calls go on (the provider fails them its own way)."""
     try:
         future = _PREPARED.get(provider)
@@ -46,8 +50,10 @@ async def prepared(provider: Provider, route: RouteInfo) -> None:
         return
     started = time.perf_counter()
     await asyncio.shield(future)  # a cancelled caller leaves it running for the next
-    route.notes.append(f"waited {(time.perf_counter() - started) * 1000:.0f} ms for {provider.name} to load "
-                       "its SDK (its first call since the daemon started)")
+    waited_ms = (time.perf_counter() - started) * 1000
+    if waited_ms >= NOTED_WAIT_MS:
+        route.notes.append(f"waited {waited_ms:.0f} ms for {provider.name} to load its SDK (its first call since "
+                           "the daemon started)")
 
 
 def _prepare(provider: Provider) -> None:
