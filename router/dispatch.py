@@ -161,7 +161,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     refused for its size is first tried again with less history (see :func:`_call_answering`).
     A transcription's transcript is kept in ``memo`` as the bridged text of the audio it transcribed.
     A transcription whose model sent no text deltas (only its transcript) gets its text as one delta
-    before Done, so a client joining the deltas reads every answer alike.
+    before Done, so a client joining the deltas reads every answer alike. A request's temperature that the
+    answering model does not take (``ModelInfo.takes_temperature``) is left out by its plugin: a route note says so.
     """
     started = time.perf_counter() if started is None else started
     route = RouteInfo.planned(decision)
@@ -261,6 +262,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         route.latency_ms = (time.perf_counter() - started) * 1000
         if finish is FinishReason.LENGTH:
             route.notes.append(f"the answer was cut at {plan.target}'s output limit (max_output_tokens)")
+        if request.options.temperature is not None and not plan.model.takes_temperature:
+            route.notes.append(f"temperature not sent: {plan.target} takes no sampling temperature")
         yield Done(_answer(texts, own, bridged_transcripts, route, finish))
         return
     if last_error is not None:

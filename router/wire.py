@@ -193,6 +193,15 @@ _LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 #: took it for the user's, and a session keeps no system message: the request means something else.
 SYSTEM_MEDIA = ("a system message holds text only (instructions for the model): send the media in a user "
                 "message")
+#: Why a media part in an assistant message is refused: OpenAI and Claude refuse it (not retryably: no
+#: fallback was tried), and a session started with it on Gemini, which takes it, kept it in its history,
+#: so that every later turn sent to OpenAI or Claude failed.
+ASSISTANT_MEDIA = ("only user messages may carry media: an assistant message holds text only; put the media in "
+                   "a user message")
+#: Why a user message with no media and only blank text is refused: the question cannot be blank. Each
+#: provider did something else with it, and Claude 4.6 was told to continue the answer before it.
+BLANK_USER = ("a user message needs text or media: this one has no media and its text is empty or only "
+              "whitespace; send the question in it, or leave the message out")
 
 
 class Limits:
@@ -258,6 +267,8 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
             elif kind == "media":
                 if message.role == pb.ROLE_SYSTEM:
                     problems.append(FieldViolation(f"{path}.media", SYSTEM_MEDIA))
+                elif message.role == pb.ROLE_ASSISTANT:
+                    problems.append(FieldViolation(path, ASSISTANT_MEDIA))
                 media = _media_from_proto(part.media, f"{path}.media", limits, resolve, problems)
                 if media is not None:
                     parts.append(Part(media=media))
@@ -295,8 +306,10 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
     )
     if not problems and not request.modalities():
         problems.append(FieldViolation("request.messages", "the request has no content: all text parts are empty"))
-    elif not problems and not request.session_id:  # a session's history may hold the question: checked with it
-        problems += question_problems(request)
+    elif not problems:
+        problems += blank_user_problems(request)
+        if not problems and not request.session_id:  # a session's history may hold the question: checked with it
+            problems += question_problems(request)
     if not problems:  # a media part refused above is missing from ``request``
         problems += task_problems(request)
     if problems:
@@ -334,6 +347,16 @@ def _tag_problems(tags: Sequence[str]) -> list[FieldViolation]:
         field = f"request.hints.tags[{i}]"
         problems += name_problems(tag, field, MAX_TAG_CHARS, "the tag") if tag else [FieldViolation(field, "empty")]
     return problems
+
+
+def blank_user_problems(request: Request) -> list[FieldViolation]:
+    """A violation for each user message with no media whose text is empty or only whitespace. Plugins
+    left it out or sent it as is, so a conversation ending with one asked nothing, or (Claude 4.6) asked
+    to continue the assistant's answer before it. A blank assistant message is kept: an answer a content
+    filter withheld is empty, and clients send it back with the conversation."""
+    return [FieldViolation(f"request.messages[{i}]", BLANK_USER) for i, message in enumerate(request.messages)
+            if message.role is Role.USER
+            and not any(part.media is not None or part.text.strip() for part in message.parts)]
 
 
 def question_problems(request: Request) -> list[FieldViolation]:

@@ -32,6 +32,9 @@ def _claude(name: str, input_per_mtok: float, output_per_mtok: float, default_ma
         max_output_tokens=max_output,
         input_mime_types=CLAUDE_MIME_TYPES,
         url_inputs=CLAUDE_URL_INPUTS,
+        # the Messages API version the anthropic 2.x SDK speaks refuses sampling parameters (provider.py):
+        # a request's temperature is left out, and the answer's route says so
+        takes_temperature=False,
     )
 
 
