@@ -26,7 +26,7 @@ import stat
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -140,7 +140,7 @@ class CallLog:
     INFO when it succeeded, WARNING when it failed, was cancelled or its deadline passed. In JSON logs
     the fields are keys of their own (see :class:`redact.JsonFormatter`)."""
 
-    __slots__ = ("method", "redact", "request_id", "route", "session", "started")
+    __slots__ = ("method", "redact", "request_id", "route", "sending", "session", "started")
 
     def __init__(self, method: str, redact: Callable[[str], str]) -> None:
         self.method = method
@@ -149,6 +149,8 @@ class CallLog:
         self.started = time.perf_counter()
         self.session = ""
         self.route: RouteInfo | None = None
+        #: A stream's message handed to gRPC last: the one being sent when a send fails (see SendFailedFilter).
+        self.sending: Any = None
 
     def succeeded(self, context: grpc.aio.ServicerContext) -> None:
         """Tell the client the request id, and log the call."""
@@ -190,7 +192,7 @@ class CallLog:
         attempts = route.attempts if route is not None else []
         provider, model = self._target(code == "OK")
         duration_ms = round((time.perf_counter() - self.started) * 1000, 1)
-        cost = round(sum(step.usage.cost_usd for step in route.steps), 8) if route is not None else 0
+        cost = sum(step.usage.cost_usd for step in route.steps) if route is not None else 0  # as stats keeps it
         facts = {"rule": route.rule if route is not None else "", "provider": provider, "model": model,
                  "attempts": len(attempts), "cost_usd": cost, "session": redact.session_tag(self.session),
                  "request_id": self.request_id}
@@ -272,15 +274,42 @@ def _log_if_large(response: Any) -> Any:
     return response
 
 
+#: The streamed calls being handled, by the task that handles each: gRPC reports a failed send in that task.
+_STREAMING: weakref.WeakKeyDictionary[asyncio.Task, tuple[CallLog, grpc.aio.ServicerContext]] = weakref.WeakKeyDictionary()
+
+
+def _ended_by_its_client() -> bool:
+    """Whether the send gRPC reports as failed (in the task of its call) is that of a stream whose deadline
+    passed, or whose client cancelled or left (its message was one any client takes): its access line,
+    logged next, says so. gRPC tells neither apart from a refused message, and sees the client's cancel
+    only after it reports the failed send. (A unary call's access line was logged OK before the send.)"""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop in this thread
+        return False
+    streaming = _STREAMING.get(task) if task is not None else None
+    if streaming is None:
+        return False
+    call, context = streaming
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DEADLINE_MARGIN_SECONDS:
+        return True
+    return call.sending is not None and call.sending.ByteSize() <= CLIENT_RECEIVE_LIMIT
+
+
 class SendFailedFilter(logging.Filter):
     """gRPC logs a response it could not send (a client that refused it, a connection that died) as
-    an ERROR with a traceback of its internals: make it one WARNING line that says what it means."""
+    an ERROR with a traceback of its internals: make it one WARNING line that says what it means.
+    A stream whose deadline passed, or whose client cancelled or left, gets none: its access line says
+    so (see :func:`_ended_by_its_client`)."""
 
     PREFIX = "ExecuteBatchError raised in core by servicer method "
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if message.startswith(self.PREFIX):
+            if _ended_by_its_client():
+                return False
             record.msg = ("could not send the answer of %s: its client refused it (a gRPC client refuses a message "
                           "over its receive limit, 4 MiB by default) or its connection failed")
             record.args = (message.removeprefix(self.PREFIX).strip("[]"),)
@@ -353,15 +382,21 @@ def unary(method: Callable) -> Callable:
 
 def streaming(method: Callable) -> Callable:
     """Map exceptions of a server-streaming servicer method to rich gRPC statuses; give it a
-    :class:`CallLog` (its last argument), logged when the call ends, whose request id the client gets."""
+    :class:`CallLog` (its last argument), logged when the call ends, whose request id the client gets.
+
+    The method is closed before its call is logged, however the call ends: closing it records what
+    its provider calls cost (a stream its client cancelled during a send is closed, not cancelled)."""
 
     @functools.wraps(method)
     async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
         call = CallLog(method.__name__, self.app.redact)
         try:
             with _handling(self.app) as task:
-                async for item in method(self, parsed(request), context, call):
-                    yield item
+                _STREAMING[task] = call, context
+                async with aclosing(method(self, parsed(request), context, call)) as items:
+                    async for item in items:
+                        call.sending = item
+                        yield item
         except asyncio.CancelledError:
             if task in self.app.stopped_calls:
                 await _abort(context, self.app, call, _stopping(self.app))
@@ -489,6 +524,26 @@ async def _client_finished(context: grpc.aio.ServicerContext) -> None:
         raise asyncio.CancelledError("the call was cancelled before its client ended the upload") from None
 
 
+async def _close_answer(events: AsyncGenerator[RouterEvent, None], call: CallLog) -> None:
+    """Close the answer ``events`` of ``call`` (its provider call, its session's turn); what that raises is logged."""
+    try:
+        await events.aclose()
+    except Exception:
+        log.exception("%s %s: closing its answer failed", call.method, call.request_id)
+
+
+async def _finished(task: asyncio.Task[None]) -> None:
+    """Wait until ``task`` is done, even if the current task is cancelled meanwhile (raised once it is)."""
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = cancelled or not task.done()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """mmrouter.v1.RouterService over an :class:`App`."""
 
@@ -525,7 +580,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except TimeoutError:
             raise self._call_timeout() from None
 
-    async def _bounded_events(self, events: AsyncIterator[RouterEvent], release: Callable[[], None],
+    async def _bounded_events(self, events: AsyncGenerator[RouterEvent, None], release: Callable[[], None],
                               call: CallLog) -> AsyncIterator[RouterEvent]:
         """``events`` cut at server.max_call_seconds, for a streamed call.
 
@@ -533,13 +588,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         reading slowly): the cancellation then lands in gRPC's own code, which ends the call with no
         status at all, and its client, if it reads again, waits for one forever (gRPC cannot send a
         status either while the client reads nothing). So the call is cancelled only while it waits for
-        the answer's next event; past the limit during a send, it ends with CALL_TIMEOUT as soon as the
-        send is done, and meanwhile its call slot (server.max_concurrent_calls) is given back with
-        ``release``: clients that stop reading cannot hold every slot.
+        the answer's next event; past the limit during a send, ``events`` (suspended at its yield, not
+        running) is closed from a task of its own: its provider call ends (the upstream request is
+        cancelled), the session it holds is free for the next call (its turn is not kept: the client never
+        got the whole answer), and its call slot (server.max_concurrent_calls) is given back with
+        ``release``, so clients that stop reading hold neither a provider nor every slot. The call ends
+        with CALL_TIMEOUT as soon as the send is done.
         """
         task = asyncio.current_task()
         assert task is not None
         state = {"waiting": False, "expired": False}
+        closing: list[asyncio.Task[None]] = []  # the task closing ``events`` past the limit, while a send blocks
 
         def expire() -> None:
             state["expired"] = True
@@ -547,9 +606,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 task.cancel()
             else:
                 release()
+                closing.append(asyncio.get_running_loop().create_task(_close_answer(events, call)))
                 log.warning("%s %s: its client has read nothing for a while past server.max_call_seconds "
-                            "(%g s): its call slot is given back; the call ends when its client reads again or "
-                            "leaves", call.method, call.request_id, self.max_call_seconds)
+                            "(%g s): its provider call is closed and its call slot given back; the call ends "
+                            "when its client reads again or leaves", call.method, call.request_id,
+                            self.max_call_seconds)
 
         timer = asyncio.get_running_loop().call_later(self.max_call_seconds, expire)
         try:
@@ -571,6 +632,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                                       "while its client was not reading the answer")
         finally:
             timer.cancel()
+            if closing:  # nothing may touch ``events`` (its caller closes it again) before it is closed
+                await _finished(closing[0])
 
     @unary
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext,
