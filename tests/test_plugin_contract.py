@@ -114,6 +114,7 @@ BAD_MODELS = [
     (_model(price=router.Price(output_per_mtok=-1.0)), "price.output_per_mtok is -1.0, not a finite number >= 0"),
     (_model(price=router.Price(per_audio_hour="0.3")), "price.per_audio_hour is str, not a number"),
     (_model(price=router.Price(long_context_above_tokens=2e5)), "price.long_context_above_tokens is float, not int"),
+    (_model(takes_temperature="no"), "takes_temperature is str, not bool"),
 ]
 if "input_mime_types" in {f.name for f in dataclasses.fields(router.ModelInfo)}:
     BAD_MODELS += [
