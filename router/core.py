@@ -485,6 +485,7 @@ class App:
             _check_only_new_turn(request, len(history))
         if not self.config.server.allow_urls:
             history = [_without_urls(message) for message in history]
+        history = [_without_assistant_media(message) for message in history]
         full = dataclasses.replace(request, messages=history + request.messages, history_length=len(history))
         # a transcription of the history's recording; a question the history holds
         problems = wire.question_problems(full) or wire.task_problems(full, history_read=True)
@@ -900,6 +901,19 @@ def _without_urls(message: Message) -> Message:
     return Message(message.role, [
         Part(text=f"[{p.media.modality.value} given by URL left out: this daemon no longer accepts media URLs]")
         if p.media is not None and p.media.url else p
+        for p in message.parts
+    ])
+
+
+def _without_assistant_media(message: Message) -> Message:
+    """``message`` with the media of an assistant turn replaced by a note: sessions kept before such media
+    were refused (one started on Gemini, which takes them) held turns that OpenAI and Claude refuse, so that
+    every later turn sent to them failed."""
+    if message.role is not Role.ASSISTANT or not any(p.media is not None for p in message.parts):
+        return message
+    return Message(message.role, [
+        Part(text=f"[{p.media.modality.value} left out: only user messages may carry media]")
+        if p.media is not None else p
         for p in message.parts
     ])
 

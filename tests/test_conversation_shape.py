@@ -275,3 +275,32 @@ def test_no_claude_model_takes_a_temperature_nor_one_added_by_configuration() ->
     catalogue = with_configured_models(MODELS, [added], TYPICAL, provider="anthropic")
     assert [m.name for m in catalogue if m.takes_temperature] == []
     assert catalogue[-1].name == "claude-opus-5"
+
+
+def test_a_session_kept_with_assistant_media_before_they_were_refused_goes_on(start_daemon, fakes, tmp_path) -> None:
+    """A session an older daemon kept with media in an assistant turn (started on Gemini, which takes it) failed
+    every later turn sent to OpenAI or Claude; its history now sends that media as a note."""
+    from router.media import MediaStore
+    from router.sessions import SessionStore
+    from router.types import Media, Message, Modality, Part, Role
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    stored = MediaStore(data_dir / "media", 1 << 20).put_bytes(png(), "image/png", Modality.IMAGE)
+    chart = Media(Modality.IMAGE, "image/png", path=stored.path, media_id=stored.media_id, size=stored.size)
+    store = SessionStore(data_dir / "sessions.sqlite")
+    try:
+        store.append("agent", [Message(Role.USER, [Part(text="Draw me a chart")]),
+                               Message(Role.ASSISTANT, [Part(text="Here it is:"), Part(media=chart)])],
+                     lambda media: media.media_id)
+    finally:
+        store.close()
+    config = CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
+                           gemini=fakes["gemini"].url)
+    daemon = start_daemon(config, env=KEYS, plugins=(), data_dir=data_dir)
+    answer = generate(daemon, conversation(message(pb.ROLE_USER, "What colour is it?"), session_id="agent"))
+    assert answer.route.provider == "openai"
+    sent = fakes["openai"].chat_requests()[-1]["messages"]
+    assistant = next(m for m in sent if m["role"] == "assistant")
+    assert "image left out: only user messages may carry media" in str(assistant["content"])
+    assert "image_url" not in str(assistant["content"])
