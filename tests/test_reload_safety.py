@@ -185,17 +185,17 @@ async def test_a_placeholder_key_equal_to_a_name_is_not_masked_and_a_refused_rel
         assert log_filter.clean("provider ollama ready") == "provider ollama ready"
         assert caplog.text.count("providers.ollama: a secret setting (its key?) is 'ollama'") == 1
 
-        refused = OLLAMA.format(key="sk-refused-key-0001", data=tmp_path).replace("use: ollama/llama3",
+        refused = OLLAMA.format(key="zq-refused-reload-key-0001", data=tmp_path).replace("use: ollama/llama3",
                                                                                   "use: ollama/llama4")
         path.write_text(refused)
         reload_config(app, path, log_filter=log_filter)
         assert REFUSED in caplog.text
-        assert "sk-refused-key-0001" not in log_filter.secrets, "a refused reload's key is masked from then on"
-        assert app.redact("sk-refused-key-0001") == "sk-refused-key-0001", "nor in what clients get"
+        assert "zq-refused-reload-key-0001" not in log_filter.secrets, "a refused reload's key is masked from then on"
+        assert app.redact("zq-refused-reload-key-0001") == "zq-refused-reload-key-0001", "nor in what clients get"
 
-        path.write_text(OLLAMA.format(key="sk-accepted-key-0002", data=tmp_path))
+        path.write_text(OLLAMA.format(key="zq-accepted-reload-key-0002", data=tmp_path))
         reload_config(app, path, log_filter=log_filter)
-        assert "sk-accepted-key-0002" in log_filter.secrets and "sk-accepted-key-0002" in app.secrets
+        assert "zq-accepted-reload-key-0002" in log_filter.secrets and "zq-accepted-reload-key-0002" in app.secrets
         path.write_text(OLLAMA.format(key="ollama", data=tmp_path))
         reload_config(app, path, log_filter=log_filter)
         assert caplog.text.count("is 'ollama', the name of a provider") == 1, "warned of once"

@@ -48,6 +48,7 @@ def _launch(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
     with log.open("wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env,
                                 preexec_fn=lambda: _child_defaults(address_space))
+    proc.log_path = log  # type: ignore[attr-defined]  # shown when it exits early (see _wait_for)
     return proc, data, ready, log
 
 
@@ -55,7 +56,10 @@ def _wait_for(proc: subprocess.Popen, done, what: str) -> None:
     """Wait (at most START_SECONDS) until ``done()``; fail if the daemon exits first."""
     deadline = time.monotonic() + START_SECONDS
     while not done():
-        assert proc.poll() is None, f"the daemon exited ({proc.returncode}) before {what}"
+        if proc.poll() is not None:
+            log = getattr(proc, "log_path", None)
+            raise AssertionError(f"the daemon exited ({proc.returncode}) before {what}; its output:\n"
+                                 + (log.read_text(errors="replace")[-4000:] if log is not None and log.exists() else ""))
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait()
