@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -36,6 +37,7 @@ from .cli_calls import (
     print_route,
     read_prompt,
     shown,
+    table_console,
     utf8_text,
 )
 from .config import (
@@ -267,14 +269,39 @@ def _cannot_listen(address: str, *, from_environment: bool) -> str:
             f"e.g. {_other_address(address)}")
 
 
+#: How many ports after one that could not be listened on ``serve`` tries before it suggests only port 0.
+PORTS_TO_TRY = 5
+
+
 def _other_address(address: str) -> str:
-    """Addresses to suggest instead of ``address``, which could not be listened on: the next port of
-    its host (of the default address for a socket path or port 0), or any free port."""
+    """Addresses to suggest instead of ``address``, which could not be listened on: the first of the
+    :data:`PORTS_TO_TRY` ports after its own that is free on its host (of the default address for a socket
+    path or port 0), and any free port (``:0``). A port is tried by binding it, briefly: the next port was
+    suggested unchecked, and was often taken too (by the next daemon of the same kind)."""
     host, _, port = address.rpartition(":")
     if not port.isdigit() or int(port) == 0 or host.startswith("unix"):
         host, _, port = DEFAULT_ADDRESS.rpartition(":")
-    following = f"{host}:{int(port) + 1}, or " if int(port) < 65535 else ""
+    free = next((p for p in range(int(port) + 1, min(int(port) + PORTS_TO_TRY, 65535) + 1)
+                 if _can_listen(host.removeprefix("[").removesuffix("]"), p)), None)
+    following = f"{host}:{free}, or " if free is not None else ""
     return f"{following}{host}:0 for any free port"
+
+
+def _can_listen(host: str, port: int) -> bool:
+    """Whether ``port`` can be bound now on every address ``host`` resolves to (the socket is closed at
+    once). SO_REUSEADDR, as gRPC binds: a port whose last connections wait in TIME_WAIT counts as free."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:  # a host name that does not resolve
+        return False
+    for family, kind, proto, _, where in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(where)
+        except OSError:
+            return False
+    return bool(addresses)
 
 
 def _log_to_stderr(level: str, json_logs: bool) -> None:
@@ -358,6 +385,9 @@ SessionOption = Annotated[str | None, typer.Option(
     help="Keep a conversation under this id. Prefer the environment variable: a command line is visible to "
          "other users of this machine, and the id is the key to the conversation.")]
 InlineLimitOption = Annotated[int, typer.Option(min=0, help="Files larger than this many bytes go by UploadMedia.")]
+LanguageOption = Annotated[str, typer.Option(
+    "--language", show_default=False,
+    help="The language spoken in the audio or video, as a BCP-47 tag such as en or pt-BR (default: detected).")]
 
 
 @app.command()
@@ -378,6 +408,7 @@ def ask(
     model: ModelOption = None,
     tag: TagOption = None,
     session: SessionOption = None,
+    language: LanguageOption = "",
     inline_limit: InlineLimitOption = 4 * 1024 * 1024,
     max_tokens: Annotated[int, typer.Option(min=0, max=INT32_MAX,
                                             help="Most tokens the answer may have (0: the model's default).")] = 0,
@@ -396,7 +427,7 @@ def ask(
 
         def build(limit: int) -> pb.MultimodalRequest:
             return build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
-                                  diarize, speakers, provider, model, tag, session, limit, max_tokens)
+                                  diarize, speakers, provider, model, tag, session, limit, max_tokens, language)
 
         line_open = [False]  # streamed text printed without a newline at its end yet
 
@@ -485,6 +516,7 @@ def explain(
     session: Annotated[str | None, typer.Option(
         envvar=SESSION_VARIABLE, show_default=False,
         help="Route as a turn of this session would be (its earlier turns count); nothing is added to it.")] = None,
+    language: LanguageOption = "",
     inline_limit: InlineLimitOption = 4 * 1024 * 1024,
     address: AddressOption = DEFAULT_ADDRESS,
     token: TokenOption = "",
@@ -505,7 +537,8 @@ def explain(
         try:
             route = call_with_media(
                 lambda limit: build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system,
-                                             task, diarize, speakers, provider, model, tag, session, limit),
+                                             task, diarize, speakers, provider, model, tag, session, limit,
+                                             language=language),
                 lambda request: stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route,
                 inline_limit)
         except grpc.RpcError as exc:
@@ -532,6 +565,8 @@ def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "",
         print_json(json_format.MessageToDict(listing))
         return
     # Names and states are never cut short (even at 80 columns); models and reasons wrap, nothing is cut.
+    # Piped (a CI log), without COLUMNS, nothing wraps either: see table_console.
+    console = table_console()
     table = Table(Column("provider", no_wrap=True), Column("plugin", no_wrap=True), Column("state", no_wrap=True),
                   Column("models", overflow="fold"), Column("reason", overflow="fold"),
                   Column("last 5 min", overflow="fold"))
@@ -540,11 +575,11 @@ def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "",
         # cells as Text, not escaped markup: escape() doubles a backslash that ends a value
         table.add_row(*(Text(shown(cell)) for cell in (p.name, p.plugin, state, ", ".join(m.name for m in p.models),
                                                        p.reason, recent_calls(p.health))))
-    out.print(table)
+    console.print(table)
     now = time.time()
     for p in listing.providers:  # below the table, one line each: a message is too long for a cell
         if p.health.last_failure_unix_seconds:
-            out.print(shown(last_failure(p.name, p.health, now)), markup=False)
+            console.print(shown(last_failure(p.name, p.health, now)), markup=False)
 
 
 #: The most characters of a provider's last failure message ``providers`` shows (the daemon keeps 500).
@@ -576,6 +611,36 @@ def _ago(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds // size:.0f} {unit} ago"
     return f"{seconds:.0f} s ago"
+
+
+@app.command()
+def reset(ctx: typer.Context,
+          session_id: Annotated[str | None, typer.Argument(
+              envvar=SESSION_VARIABLE, show_default=False, metavar="SESSION_ID",
+              help=f"The session to forget (default: ${SESSION_VARIABLE}: the id is the key to the conversation, "
+                   "and a command line is visible to other users of this machine).")] = None,
+          address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "") -> None:
+    """Forget a session's conversation (ResetSession): its stored turns are removed, and the next ask
+    with its id starts afresh. Prints how many stored messages were removed (a turn keeps two: the
+    question and its answer); a session the daemon does not know is an error (exit 1)."""
+    from mmrouter.v1 import router_pb2 as pb
+    from mmrouter.v1 import router_pb2_grpc
+
+    if not session_id:
+        err.print(f"[red]give the session to reset: mmrouter reset SESSION_ID, or export {SESSION_VARIABLE}[/red]")
+        raise typer.Exit(2)
+    utf8_text(session_id, SESSION_VARIABLE if _from_environment(ctx, "session_id") else "SESSION_ID")
+    with daemon_channel(address, token) as channel:
+        try:
+            removed = router_pb2_grpc.RouterServiceStub(channel).ResetSession(
+                pb.ResetSessionRequest(session_id=session_id)).turns_removed
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                err.print(f"[red]NOT_FOUND: the daemon at {escape(address)} has no such session (no stored turn, "
+                          "no call under way): nothing to reset; check the id[/red]")
+                raise typer.Exit(1) from None
+            fail(exc, address)
+    out.print(f"session reset: {removed} stored message(s) removed", markup=False)
 
 
 DataDirOption = Annotated[Path | None, typer.Option(help="The daemon's data directory (default: server.data_dir "
@@ -717,7 +782,8 @@ def stats(data_dir: DataDirOption = None,
     if as_json:
         print_json(rows)
         return
-    # Names are never cut short (piped, or at 80 columns): they wrap (as in `providers`).
+    # Names are never cut short (at 80 columns): they wrap, as in `providers`; piped without COLUMNS,
+    # nothing wraps (see table_console).
     table = Table(*(Column(name, overflow="fold") for name in ("tag" if by_tag else "rule", "provider/model", "step")),
                   *(Column(name, no_wrap=True, justify="right") for name in ("calls", "mean ms", "max ms", "cost $")))
     for r in rows:
@@ -725,7 +791,7 @@ def stats(data_dir: DataDirOption = None,
         table.add_row(*(Text(shown(cell)) for cell in (group, f"{r['provider']}/{r['model']}", r["purpose"])),
                       str(r["calls"]),
                       f"{r['mean_latency_ms']:.0f}", f"{r['max_latency_ms']:.0f}", f"{r['cost_usd']:.6f}")
-    out.print(table)
+    table_console().print(table)
 
 
 @app.command()

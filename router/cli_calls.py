@@ -34,6 +34,19 @@ M = TypeVar("M", bound=Message)
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line each when piped or logged
 
+#: How wide :func:`table_console` draws on a stdout that is no terminal: wider than any row.
+WIDE_COLUMNS = 4096
+
+
+def table_console() -> Console:
+    """The console for the tables of ``providers`` and ``stats`` (and the lines below them): ``out`` at a
+    terminal or when COLUMNS is set; else (piped, a CI log) one :data:`WIDE_COLUMNS` wide, so a row is
+    one line and no name is broken (at rich's default there, 80 columns, ``claude-sonnet-4-6`` came out
+    as ``claude-so`` / ``nnet-4-6``)."""
+    if out.is_terminal or os.environ.get("COLUMNS"):
+        return out
+    return Console(width=WIDE_COLUMNS)
+
 #: The largest gRPC message the CLI sends or takes (see :func:`daemon_channel`).
 MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -50,10 +63,14 @@ MIME_BY_EXTENSION = {".m4a": "audio/mp4", ".m4b": "audio/mp4", ".aac": "audio/aa
 
 
 def media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path]) -> Iterator[tuple[int, Path, str]]:
+    """(modality, file, MIME type) of each file given with ``--image``, ``--audio``, ``--video`` and ``--pdf``,
+    in that order: the type is the extension's, else the content's (see :func:`document_mime` and
+    :func:`content_type`). A file that is missing, or that says neither way what it is, exits with a usage
+    error."""
     from mmrouter.v1 import router_pb2 as pb
 
-    for kind, files in ((pb.MODALITY_IMAGE, images), (pb.MODALITY_AUDIO, audio), (pb.MODALITY_VIDEO, video),
-                        (pb.MODALITY_DOCUMENT, pdf)):
+    for kind, modality, files in ((pb.MODALITY_IMAGE, Modality.IMAGE, images), (pb.MODALITY_AUDIO, Modality.AUDIO, audio),
+                                  (pb.MODALITY_VIDEO, Modality.VIDEO, video), (pb.MODALITY_DOCUMENT, Modality.DOCUMENT, pdf)):
         for path in files:
             if not path.is_file():
                 err.print(f"[red]{escape(not_a_file(path))}[/red]")
@@ -63,7 +80,58 @@ def media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: l
                 mime = _as_video(mime)
             if kind == pb.MODALITY_DOCUMENT:
                 mime = document_mime(path, mime)
+            elif mime.partition("/")[0] not in _TOP_TYPES[modality]:
+                mime = content_type(path, mime, modality)
             yield kind, path, mime
+
+
+def _extension_says(path: Path, mime: str) -> str:
+    """What the extension of ``path`` says of its type (``mime``, the type it gave), for a refusal."""
+    if not path.suffix:
+        return "it has no extension"
+    if mime == "application/octet-stream":
+        return f"its extension {path.suffix} names no known type"
+    return f"its extension {path.suffix} names {mime}"
+
+
+#: The top-level MIME types each media option of ``ask`` takes (the daemon takes a video's sound as audio).
+_TOP_TYPES = {Modality.IMAGE: {"image"}, Modality.AUDIO: {"audio", "video"}, Modality.VIDEO: {"video"}}
+#: The type to send a file as by its content's family (:func:`router.sniff.magic_family`), for each option.
+_FAMILY_TYPES = {
+    Modality.IMAGE: {"image/png": "image/png", "image/jpeg": "image/jpeg", "image/gif": "image/gif",
+                     "webp": "image/webp"},
+    Modality.AUDIO: {"wav": "audio/wav", "audio/mpeg": "audio/mpeg", "mpeg-frame": "audio/mpeg",
+                     "audio/flac": "audio/flac", "ogg": "audio/ogg", "mp4": "audio/mp4", "adts": "audio/aac",
+                     "matroska": "audio/x-matroska"},
+    Modality.VIDEO: {"mp4": "video/mp4", "ogg": "video/ogg", "matroska": "video/x-matroska"},
+}
+#: The EBML DocType element of a WebM file (the Matroska subset browsers record), near a file's start.
+_WEBM_DOCTYPE = b"\x42\x82\x84webm"
+#: Extensions to name when asking for a file of each kind to be renamed.
+_EXAMPLE_EXTENSIONS = {Modality.IMAGE: ".png, .jpg or .heic", Modality.AUDIO: ".m4a, .mp3 or .wav",
+                       Modality.VIDEO: ".mp4 or .mov"}
+
+
+def content_type(path: Path, mime: str, modality: Modality) -> str:
+    """The type to send ``path`` as, given with the option of ``modality`` while its extension names
+    ``mime``, a type of another kind (``application/octet-stream`` for none): the type of its content,
+    known by its first bytes as the daemon checks them (:func:`router.sniff.magic_family`). Files from
+    chat apps, ``curl -o`` or a phone's export often have no extension or an odd one. Content that is
+    not of that kind either exits with a usage error saying to rename the file with its extension (sent,
+    it was refused as "not an image type", with no hint)."""
+    with path.open("rb") as f:
+        head = f.read(HEAD_BYTES)
+    family = magic_family(head)
+    found = _FAMILY_TYPES[modality].get(family or "")
+    if found is not None:
+        return found.replace("x-matroska", "webm") if _WEBM_DOCTYPE in head[:64] else found
+    seen = f" (it looks like {family})" if family else ""
+    article = "an" if modality.value[0] in "aeiou" else "a"
+    why = (f"cannot send {path} with --{modality.value}: {_extension_says(path, mime)}, and its content is not "
+           f"{article} {modality.value} the CLI knows by its first bytes{seen}; rename it with its extension "
+           f"(e.g. {_EXAMPLE_EXTENSIONS[modality]})")
+    err.print(f"[red]{escape(why)}[/red]")
+    raise typer.Exit(2)
 
 
 def document_mime(path: Path, mime: str) -> str:
@@ -80,13 +148,7 @@ def document_mime(path: Path, mime: str) -> str:
         return "application/pdf"
     if mime_problem("text/plain", Modality.DOCUMENT, head) is None:
         return "text/plain"
-    if not path.suffix:
-        named = "it has no extension"
-    elif mime == "application/octet-stream":
-        named = f"its extension {path.suffix} names no known type"
-    else:
-        named = f"its extension {path.suffix} names {mime}"
-    why = f"cannot send {path} with --pdf: {named}, and it is not UTF-8 text; --pdf sends PDF files and UTF-8 text"
+    why = f"cannot send {path} with --pdf: {_extension_says(path, mime)}, and it is not UTF-8 text; --pdf sends PDF files and UTF-8 text"
     err.print(f"[red]{escape(why)}[/red]")
     raise typer.Exit(2)
 
@@ -247,9 +309,10 @@ def inline_choice(sizes: list[int], inline_limit: int, budget: int = INLINE_BUDG
 
 
 def build_request(stub, prompt: str, images, audio, video, pdf, system, task, diarize, speakers, provider, model,
-                   tags, session, inline_limit, max_tokens: int = 0):
+                   tags, session, inline_limit, max_tokens: int = 0, language: str = ""):
     """The request of ``ask`` and ``explain``: files over ``inline_limit`` bytes, and the largest ones
-    once the inline total would pass :data:`INLINE_BUDGET`, are uploaded first."""
+    once the inline total would pass :data:`INLINE_BUDGET`, are uploaded first. ``language`` (a BCP-47
+    tag, ``--language``) is sent as it is: the daemon checks it."""
     from mmrouter.v1 import router_pb2 as pb
 
     if task not in ("auto", "chat", "transcribe"):
@@ -259,7 +322,8 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
         err.print("[red]nothing to send: give a question, or a file with --image, --audio, --video or --pdf[/red]")
         raise typer.Exit(2)
     for value, what in ((prompt, "the prompt"), (system, "--system"), (session or "", "--session"),
-                        (provider or "", "--provider"), (model or "", "--model"), *((t, "--tag") for t in tags or [])):
+                        (provider or "", "--provider"), (model or "", "--model"), (language, "--language"),
+                        *((t, "--tag") for t in tags or [])):
         utf8_text(value, what)
     files = list(media_parts(images, audio, video, pdf))
     inline = inline_choice([path.stat().st_size for _, path, _ in files], inline_limit)
@@ -279,7 +343,7 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     return pb.MultimodalRequest(
         messages=messages, session_id=session or "",
         options=pb.Options(task=tasks[task], diarization=diarize, speakers_expected=speakers,
-                           max_output_tokens=max_tokens),
+                           max_output_tokens=max_tokens, language=language),
         hints=pb.RoutingHints(provider=provider or "", model=model or "", tags=tags or []),
     )
 
