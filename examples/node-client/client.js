@@ -1,6 +1,6 @@
 // A Node.js client for mmrouter, built from the .proto alone.
 //
-//   npm install
+//   npm ci   (the versions of package-lock.json)
 //   node client.js [address] [prompt]
 //
 // Calls Generate, then StreamGenerate, and prints one JSON line per result so
