@@ -332,6 +332,10 @@ class ServerSettings(_Strict):
     allow_urls: bool = False
     max_concurrent_calls: int = Field(1024, gt=0, description="most Generate, StreamGenerate and ExplainRoute calls "
                                       "under way at once; more are refused at once with TOO_MANY_CALLS")
+    max_waiting_per_session: int = Field(4, ge=0, description="most Generate and StreamGenerate calls that may "
+                                         "wait for the call under way on their session (each holds a call slot); "
+                                         "one more is refused at once with SESSION_BUSY. 0: a call on a busy "
+                                         "session is refused")
     max_concurrent_streams: int = Field(1024, gt=0, le=GRPC_INT_MAX, description="most calls one client connection may have under "
                                         "way at once (HTTP/2 streams); its next calls wait on the client until one "
                                         "ends. Lower it so one connection cannot take every call slot from the "

@@ -21,7 +21,7 @@ import time
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, aclosing, nullcontext
+from contextlib import aclosing, asynccontextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -40,12 +40,14 @@ from .errors import (
     DataDirGone,
     FieldViolation,
     InvalidRequest,
+    NoTimeLeft,
+    SessionBusy,
     StorageFull,
     UnknownMedia,
     UnknownSession,
 )
 from .health import Failure, ProviderHealth
-from .invoke import FailedAttempt
+from .invoke import DEADLINE_MARGIN_SECONDS, FailedAttempt
 from .media import MediaStore
 from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import GROUP, ProviderEntry, Registry, State, load_registry, log_broken_providers
@@ -78,6 +80,9 @@ NOT_ANSWERED_TURN = ("(No language model answered this question: the text of its
 
 #: How many recent resets are remembered for the calls under way (see App.areset_session).
 RESETS_KEPT = 10_000
+
+#: When a call refused for the calls already waiting on its session is told to try again (RetryInfo).
+SESSION_RETRY_SECONDS = 1.0
 
 #: Provider settings whose values are secrets, by their name (documented for plugin authors in the README):
 #: "tokens" (max_output_tokens, context_tokens) are counts, not secrets; "pat" (a personal access token)
@@ -571,19 +576,21 @@ class App:
         ``held``: the client gets Done only (``Generate``), so a model failing mid-answer may give way to a
         fallback (see :func:`router.dispatch.execute`).
         The steps that completed (paid bridges, the answer) are recorded for statistics whatever
-        the outcome: answered, failed or cancelled. The session's turn is kept on Done only.
+        the outcome: answered, failed or cancelled. The session's turn is kept on Done only. A call on a
+        session where ``server.max_waiting_per_session`` calls already wait is refused (:class:`SessionBusy`), and
+        one whose deadline comes while it waits for its turn ends with :class:`NoTimeLeft` (see :meth:`_turn_of`).
         """
         started = time.monotonic()  # a reset from now on drops this call's turn, waiting on the session or not
         clock = time.perf_counter()  # the route's latency covers history, measuring and routing too
         session = request.session_id
         if session:  # a ResetSession meanwhile must know the session is in use
+            self._refuse_if_queue_full(session)  # before it waits, holding a call slot
             self._in_flight[session] += 1
         registry: Registry | None = None
         route: RouteInfo | None = None
         try:
-            waited = time.perf_counter()
-            async with self._turn_of(session):  # a session's calls one at a time: each sees the turns before it
-                waited_ms = (time.perf_counter() - waited) * 1000
+            # a session's calls one at a time: each sees the turns before it
+            async with self._turn_of(session, deadline) as waited_ms:
                 untrimmed, history = await self._with_history(request)
                 await self._measure_media(untrimmed)
                 notes: list[str] = []
@@ -638,13 +645,58 @@ class App:
             "was cut off: the provider did not stop. Ask for a shorter answer (options.max_output_tokens)",
             metadata={"limit_chars": str(limit)})
 
-    def _turn_of(self, session: str) -> AbstractAsyncContextManager[object]:
+    def _refuse_if_queue_full(self, session: str) -> None:
+        """Refuse a call on ``session`` with :class:`SessionBusy` when as many calls as
+        ``server.max_waiting_per_session`` already wait there for the one under way: each waiting call holds a
+        call slot (``server.max_concurrent_calls``), and one client's queue on one session must not take them
+        all from the other sessions. Of the calls on a session under way (:attr:`_in_flight`), one answers
+        (or was just given the turn) and the others wait."""
+        limit = self.config.server.max_waiting_per_session  # a server setting: a reload keeps the old one
+        under_way = self._in_flight.get(session, 0)
+        if not under_way or under_way - 1 < limit:
+            return
+        waiting = under_way - 1
+        busy = ("a call is under way on this session and server.max_waiting_per_session is 0: no other may wait "
+                "for it" if not limit else
+                f"{'1 call already waits' if waiting == 1 else f'{waiting} calls already wait'} for the call under "
+                "way on this session, as many as server.max_waiting_per_session allows")
+        raise SessionBusy(
+            f"{busy} (a session's calls run one at a time): send the session's next call once the one before it is "
+            f"answered, retry in {SESSION_RETRY_SECONDS:g} s, or raise server.max_waiting_per_session in the "
+            "daemon's configuration (takes effect after a restart)",
+            retry_after=SESSION_RETRY_SECONDS,
+            metadata={"limit": "max_waiting_per_session", "limit_waiting_calls": str(limit)})
+
+    @asynccontextmanager
+    async def _turn_of(self, session: str, deadline: float | None) -> AsyncIterator[float]:
         """What a call on ``session`` holds from reading its history to keeping its turn: a second call
         waits for the first to end, then reads the history with the first's turn in it (else both would
-        answer on the same history and be kept one after the other). Nothing for a call without a session."""
+        answer on the same history and be kept one after the other). Yields how long the call waited, in
+        milliseconds; nothing is held for a call without a session.
+
+        The wait ends :data:`DEADLINE_MARGIN_SECONDS` before ``deadline`` (a ``time.monotonic()``: its
+        client's, or ``server.max_call_seconds``) with :class:`NoTimeLeft`, as does a turn that comes later
+        than that: no provider call is started with no time left (it would be cut at once and counted as the
+        provider's timeout), and the client learns that its call waited for the earlier ones on its session,
+        not that a provider may hang."""
         if not session:
-            return nullcontext()
-        return self._session_turns.setdefault(session, asyncio.Lock())
+            yield 0.0
+            return
+        ahead = self._in_flight[session] - 1  # the calls before this one, which counts itself already
+        turn = self._session_turns.setdefault(session, asyncio.Lock())
+        started = time.perf_counter()
+        latest = None if deadline is None else deadline - DEADLINE_MARGIN_SECONDS
+        try:
+            async with asyncio.timeout(None if latest is None else latest - time.monotonic()):
+                await turn.acquire()
+        except TimeoutError:
+            raise _no_turn(ahead, time.perf_counter() - started) from None
+        try:
+            if ahead and latest is not None and time.monotonic() >= latest:  # given the turn just too late
+                raise _no_turn(ahead, time.perf_counter() - started)
+            yield (time.perf_counter() - started) * 1000
+        finally:
+            turn.release()
 
     def _record(self, route: RouteInfo, tags: Sequence[str] = ()) -> None:
         """Record the route's completed steps for statistics, with the request's ``tags``, and its
@@ -921,6 +973,16 @@ def _without_assistant_media(message: Message) -> Message:
 #: The trailing metadata that carries a call's request id (also ``request_id`` in an error's
 #: ErrorInfo metadata): the id its line in the daemon's log and its provider calls' lines carry.
 REQUEST_ID_KEY = "x-mmrouter-request-id"
+
+
+def _no_turn(ahead: int, waited: float) -> NoTimeLeft:
+    """The error of a call whose deadline came while it waited ``waited`` seconds for the ``ahead`` calls
+    that were on its session before it."""
+    before = "the call" if ahead <= 1 else f"the {ahead} calls"
+    return NoTimeLeft(f"the call waited {waited:.1f} s for {before} before it on its session (a session's calls run "
+                      "one at a time), and its deadline (set by its client, or server.max_call_seconds) came, or was "
+                      f"less than {DEADLINE_MARGIN_SECONDS:g} s away, before its turn: no provider was called. Send a "
+                      "session's next call once the one before it is answered, or set a longer deadline")
 
 
 def new_request_id() -> str:

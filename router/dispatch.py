@@ -22,13 +22,14 @@ from contextlib import aclosing
 from .bridging import BridgedInRequest, BridgeMemo, Trim, apply_bridges, remember_transcripts
 from .errors import (
     NoRoute,
+    NoTimeLeft,
     ProviderError,
     ProviderInputTooLarge,
     ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
 )
-from .invoke import call_model, deadline_passed
+from .invoke import DEADLINE_MARGIN_SECONDS, call_model, deadline_passed
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
 from .plugins import Registry
 from .provider import Provider
@@ -158,7 +159,9 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     any text or transcript of its own (bridges' transcripts already sent are not sent again, nor the
     same transcript made again by a fallback that takes the audio itself), or at any point when the
     answer is ``held``: its client gets Done only (``Generate``), so the part it never saw is dropped; one
-    refused for its size is first tried again with less history (see :func:`_call_answering`).
+    refused for its size is first tried again with less history (see :func:`_call_answering`). Neither a
+    fallback nor the first target is started within :data:`DEADLINE_MARGIN_SECONDS` of the call's deadline:
+    with no target tried yet, the call ends with :class:`NoTimeLeft`, blaming no provider.
     A transcription's transcript is kept in ``memo`` as the bridged text of the audio it transcribed.
     A transcription whose model sent no text deltas (only its transcript) gets its text as one delta
     before Done, so a client joining the deltas reads every answer alike. A request's temperature that the
@@ -168,6 +171,10 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     route = RouteInfo.planned(decision)
     route.notes.extend(notes or [])
     yield RouteChosen(route)
+    if deadline_passed(ctx):  # as for a fallback: a first attempt now would be cut at once, blaming its provider
+        raise NoTimeLeft(f"the call's deadline (set by its client, or server.max_call_seconds) came, or was less than "
+                         f"{DEADLINE_MARGIN_SECONDS:g} s away, before any provider was called: none was called. Set "
+                         "a longer deadline")
     sent: list[Transcript] = []  # bridges' transcripts the client has
     bridged_before = BridgedInRequest()
     reported = 0  # route.steps whose usage the client was sent

@@ -18,9 +18,11 @@
     ├── DataDirGone                  UNAVAILABLE          DATA_DIR_GONE     (the data directory was removed or replaced)
     ├── TooManyUploads               RESOURCE_EXHAUSTED   TOO_MANY_UPLOADS  (server.max_concurrent_uploads; + RetryInfo)
     ├── TooManyCalls                 RESOURCE_EXHAUSTED   TOO_MANY_CALLS    (server.max_concurrent_calls; + RetryInfo)
+    ├── SessionBusy                  RESOURCE_EXHAUSTED   SESSION_BUSY      (server.max_waiting_per_session; + RetryInfo)
     ├── AnswerTooLarge               RESOURCE_EXHAUSTED   ANSWER_TOO_LARGE  (over server.max_message_bytes)
     ├── DaemonStopping               UNAVAILABLE          SHUTTING_DOWN     (the daemon stops: a call sent or still running)
     ├── CallTimeout                  DEADLINE_EXCEEDED    CALL_TIMEOUT      (over server.max_call_seconds)
+    │   ├── NoTimeLeft               DEADLINE_EXCEEDED    CALL_TIMEOUT      (the deadline came before any provider call)
     │   └── UploadIdle               DEADLINE_EXCEEDED    UPLOAD_IDLE       (an upload that sent nothing for 60 s)
     └── ProviderError                UNAVAILABLE          PROVIDER_ERROR    (one provider call failed)
         ├── ProviderBadRequest       INVALID_ARGUMENT     PROVIDER_BAD_REQUEST
@@ -220,6 +222,21 @@ class TooManyCalls(RouterError):
         self.retry_after = clamp_retry_after(retry_after)
 
 
+class SessionBusy(RouterError):
+    """As many calls as ``server.max_waiting_per_session`` already wait for the call under way on the same
+    session (a session's calls run one at a time), so one more is refused at once, before it waits: the
+    waiting calls each hold a call slot (``server.max_concurrent_calls``), and one client's queue on one
+    session would take them all from the other sessions. The client may try again after ``retry_after``
+    seconds, better once the session's earlier answers came."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "SESSION_BUSY"
+
+    def __init__(self, message: str, *, retry_after: float, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message, metadata=metadata)
+        self.retry_after = clamp_retry_after(retry_after)
+
+
 class AnswerTooLarge(RouterError):
     """The answer was produced (and counted) but its message is larger than ``server.max_message_bytes``,
     so gRPC cannot send it. ``metadata`` has its ``size_bytes`` and the ``limit_bytes``."""
@@ -246,6 +263,13 @@ class CallTimeout(RouterError):
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "CALL_TIMEOUT"
+
+
+class NoTimeLeft(CallTimeout):
+    """The call's deadline (its client's, or ``server.max_call_seconds``) passed, or came within
+    ``router.invoke.DEADLINE_MARGIN_SECONDS``, before any provider was called: while the call waited for the
+    earlier calls on its session, or before its first target. No provider is blamed: none was called (a
+    provider call started with no time left would be cut at once and counted as its ``PROVIDER_TIMEOUT``)."""
 
 
 class UploadIdle(CallTimeout):
