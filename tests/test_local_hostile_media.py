@@ -264,7 +264,12 @@ def test_the_speech_decoder_process_imports_nothing_from_the_working_directory(t
 
 _WITHOUT_OPENCV = """
 import asyncio, sys
-sys.modules["cv2"] = None  # as in a slim image without libGL.so.1: importing OpenCV fails
+class NoLibGL:  # as in a slim image without libGL.so.1: importing OpenCV fails as the loader says
+    def find_spec(self, name, path=None, target=None):
+        if name == "cv2":
+            raise ImportError("libGL.so.1: cannot open shared object file: No such file or directory", name="cv2")
+
+sys.meta_path.insert(0, NoLibGL())
 from mmrouter_local import LocalProvider
 from router import Media, Message, Modality, Part, Request, Role
 from router.errors import ProviderUnavailable

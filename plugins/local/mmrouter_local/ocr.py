@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 
 from router.errors import ProviderUnavailable
 
+from .memory import OutOfMemory, ensure_address_space, memory_cause, one_line, raise_if_out_of_memory
 from .pool import raise_if_cancelled
 
 #: The most pixels an image or a video frame may have for OCR: decoding takes several bytes a pixel,
@@ -60,12 +62,28 @@ class ImageTooLarge(ValueError):
 class OcrUnavailable(ProviderUnavailable):
     """The OCR cannot be loaded: RapidOCR depends on opencv-python, whose wheel loads system libraries a
     slim container image lacks (libGL.so.1, libglib). The call fails as retryable UNAVAILABLE (a fallback
-    may answer), saying what to install, instead of INTERNAL."""
+    may answer), instead of INTERNAL, saying what to install when the loader found a library missing
+    ("cannot open shared object file"). A lack of memory is :class:`OutOfMemory` instead (see
+    :func:`ocr_load_error`)."""
 
-    def __init__(self, cause: str) -> None:
-        super().__init__("local", f"the local OCR cannot be loaded ({cause}): install the system libraries "
-                                  "OpenCV needs (Debian/Ubuntu: apt-get install libgl1 libglib2.0-0), or replace "
-                                  "opencv-python by opencv-python-headless")
+    def __init__(self, cause: BaseException) -> None:
+        message = f"the local OCR cannot be loaded ({one_line(cause)})"
+        if _MISSING_LIBRARY in str(cause):
+            message += (": install the system libraries OpenCV needs (Debian/Ubuntu: apt-get install libgl1 "
+                        "libglib2.0-0), or replace opencv-python by opencv-python-headless")
+        super().__init__("local", message)
+
+
+#: How the dynamic loader says a library a module needs is not installed (ENOENT).
+_MISSING_LIBRARY = "cannot open shared object file"
+
+
+def ocr_load_error(exc: BaseException) -> ProviderUnavailable:
+    """The error for the OCR failing to load with ``exc``: :class:`OutOfMemory` when memory or address space
+    ran out (the loader's "failed to map segment from shared object" under ``ulimit -v``, ONNX Runtime's
+    ``bad_alloc``), else :class:`OcrUnavailable`."""
+    cause = memory_cause(exc)
+    return OutOfMemory("loading its OCR", cause) if cause is not None else OcrUnavailable(exc)
 
 
 def check_pixels(width: int, height: int) -> None:
@@ -279,15 +297,16 @@ def strip_tiles(width: int, height: int) -> list[Tile] | None:
 
 def fit_strip(bgr: np.ndarray) -> np.ndarray:
     """``bgr`` scaled down, if it is a strip longer than :data:`MAX_TILES` tiles, so that it is not."""
-    try:
-        import cv2
-    except ImportError as exc:
-        raise OcrUnavailable(str(exc)) from exc
-
     height, width = bgr.shape[:2]
     longest = TILE_LENGTH + (MAX_TILES - 1) * (TILE_LENGTH - TILE_OVERLAP)
     if strip_tiles(width, height) is None or max(width, height) <= longest:
         return bgr
+    _ensure_room_for_opencv()
+    try:
+        import cv2
+    except ImportError as exc:
+        raise ocr_load_error(exc) from exc
+
     scale = longest / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
@@ -317,6 +336,19 @@ def _onnxruntime_offline() -> None:
     onnxruntime.disable_telemetry_events()
 
 
+#: The address space loading the OCR maps (OpenCV's wheel about 350 MiB, ONNX Runtime 45 MiB), and some
+#: room for its first allocations: with less left, OpenCV's libraries crashed the daemon (SIGSEGV while
+#: they initialised) instead of failing to load, so loading is refused (:func:`ensure_address_space`).
+OCR_LOAD_BYTES = 450 * 2**20
+
+
+def _ensure_room_for_opencv() -> None:
+    """Raise :class:`OutOfMemory` if OpenCV is not loaded yet and there is not room for the OCR's libraries
+    under the process's address-space limit (see :data:`OCR_LOAD_BYTES`)."""
+    if "cv2" not in sys.modules:
+        ensure_address_space(OCR_LOAD_BYTES, "loading its OCR")
+
+
 class TextReader:
     """One RapidOCR engine, loaded on first use and shared (calls are serialised)."""
 
@@ -328,17 +360,24 @@ class TextReader:
         self.images_read = 0
 
     def _load(self):  # -> rapidocr_onnxruntime.RapidOCR
-        _onnxruntime_offline()  # before rapidocr_onnxruntime imports onnxruntime and makes its sessions
+        """RapidOCR, imported and its ONNX sessions made. Raises :class:`OcrUnavailable` when a library is
+        missing (a slim image without the system libraries OpenCV's wheel loads), :class:`OutOfMemory` when
+        memory or address space ran out (see :func:`ocr_load_error`)."""
+        _ensure_room_for_opencv()
         try:
+            _onnxruntime_offline()  # before rapidocr_onnxruntime imports onnxruntime and makes its sessions
             from rapidocr_onnxruntime import RapidOCR
-        except ImportError as exc:  # a slim image without the system libraries OpenCV's wheel loads
-            raise OcrUnavailable(str(exc)) from exc
 
-        # Limit type "max": detect on the image as it is, up to the 2,000 px RapidOCR shrinks every image to
-        # (the default "min" scales the *shorter* side up to 736 px: slower, and it merges words on small
-        # images). RapidOCR 1.4 does not read det_limit_side_len with "max": it picks 960, 1,500 or 2,000
-        # by the image's size, which never shrinks it; a 2,000 x 2,000 page takes seconds to detect here.
-        return RapidOCR(det_limit_type="max", det_limit_side_len=960)
+            # Limit type "max": detect on the image as it is, up to the 2,000 px RapidOCR shrinks every image
+            # to (the default "min" scales the *shorter* side up to 736 px: slower, and it merges words on
+            # small images). RapidOCR 1.4 does not read det_limit_side_len with "max": it picks 960, 1,500 or
+            # 2,000 by the image's size, which never shrinks it; a 2,000 x 2,000 page takes seconds to detect.
+            return RapidOCR(det_limit_type="max", det_limit_side_len=960)
+        except ImportError as exc:
+            raise ocr_load_error(exc) from exc
+        except Exception as exc:  # making a session: ONNX Runtime's bad_alloc is memory, anything else a bug
+            raise_if_out_of_memory(exc, "loading its OCR")
+            raise
 
     def read_boxes(self, bgr: np.ndarray) -> list[OcrBox]:
         """Every text box found in a BGR image. A long thin strip (a receipt, a banner) is read in tiles
@@ -385,6 +424,9 @@ class TextReader:
                 result, _elapsed = self._engine(bgr)
             except (ResizeImgError, DetResizeError):  # a shape tiling did not foresee: nothing read
                 result = None
+            except Exception as exc:  # ONNX Runtime's bad_alloc (RapidOCR wraps it with its traceback as text)
+                raise_if_out_of_memory(exc, "running its OCR")
+                raise
             self.images_read += 1
         boxes = []
         for points, text, score in result or []:

@@ -9,6 +9,9 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.errors import ProviderError
+
+from .memory import memory_cause
 from .pool import JobCancelled, raise_if_cancelled
 
 #: A page whose text layer is shorter than this (in characters, stripped) while its images cover more than
@@ -82,6 +85,8 @@ def iter_pages(
         try:
             text = (page.extract_text() or "").strip()
         except Exception as e:  # pypdf raises many types on odd content streams
+            if memory_cause(e) is not None:  # not the page's fault: the call fails, retryably
+                raise
             text = f"(text could not be extracted: {type(e).__name__})"
         reference = page.indirect_reference
         identity = (reference.idnum, reference.generation) if reference is not None else index
@@ -98,9 +103,11 @@ def iter_pages(
             continue
         try:
             lines = _image_lines(page, ocr_image, read)
-        except JobCancelled:
+        except (JobCancelled, ProviderError):  # the OCR cannot load, or memory ran out: not the page's fault
             raise
         except Exception as e:
+            if memory_cause(e) is not None:
+                raise
             lines = [f"(embedded images could not be read: {type(e).__name__})"]
         yield PdfPage(index + 1, "\n".join([text, *lines, *form]) if text else "\n".join([*lines, *form]),
                       ocr=not text)

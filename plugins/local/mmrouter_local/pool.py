@@ -117,7 +117,11 @@ class WorkerPool:
         """Run ``fn(*args, **kwargs)`` on a worker thread, with a cancel flag, and await its result."""
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
-        future = loop.run_in_executor(self._get(), functools.partial(self._job, cancel, fn, *args, **kwargs))
+        try:
+            future = loop.run_in_executor(self._get(), functools.partial(self._job, cancel, fn, *args, **kwargs))
+        except RuntimeError:  # a worker could not start (no memory or address space for its stack): the job
+            cancel.set()  # stays queued in the executor, and must not run when a later call starts a worker
+            raise
         try:
             return await future
         except asyncio.CancelledError:
@@ -130,6 +134,7 @@ class WorkerPool:
         with self._lock:
             self._running.add(cancel)
         try:
+            raise_if_cancelled()  # cancelled before it started (or its worker failed to start)
             return fn(*args, **kwargs)
         except JobCancelled:
             with self._lock:

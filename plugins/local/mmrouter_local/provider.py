@@ -17,6 +17,7 @@ from router import (
     Price,
     Provider,
     ProviderBadRequest,
+    ProviderError,
     ProviderEvent,
     ProviderInputTooLarge,
     ProviderUnsupportedInput,
@@ -33,6 +34,7 @@ from router.errors import public_url
 from .asr import check_language
 from .audio import MAX_AUDIO_SECONDS, AudioTooLong, DecodeError, NoAudioTrack
 from .extract import NO_SPEECH, Extractor, Section, UnreadableMedia, label
+from .memory import OutOfMemory, activity, memory_cause
 from .models import EXTRACT_MIME_TYPES
 from .pdf import PdfError
 from .pool import WorkerPool
@@ -198,15 +200,27 @@ class LocalProvider(Provider):
 
     async def _run(self, name: str, fn: Any, *args: Any) -> Any:
         """Run blocking extraction of media ``name`` on the pool; unreadable input is INVALID_ARGUMENT, audio
-        too long to transcribe INPUT_TOO_LARGE (a fallback, such as a cloud transcriber, may take it)."""
+        too long to transcribe INPUT_TOO_LARGE (a fallback, such as a cloud transcriber, may take it).
+
+        A lack of memory or address space anywhere in the failure's chain (a library that cannot be mapped,
+        a thread that cannot start, a decoder's EAGAIN or ENOMEM, a ``MemoryError``), even one wrapped as
+        unreadable input, is :class:`mmrouter_local.memory.OutOfMemory`: retryable UNAVAILABLE, not the
+        file's fault nor the plugin's bug."""
         try:
             return await self.pool.run(fn, *args)
+        except ProviderError:
+            raise
         except AudioTooLong as e:
             raise ProviderInputTooLarge(self.name, f"cannot transcribe {name}: {e}") from e
         except NoAudioTrack as e:  # a video without sound asked for its transcript (or "audio" without any)
             raise ProviderBadRequest(self.name, f"cannot transcribe {name}: {e}") from e
-        except (DecodeError, PdfError, UnreadableMedia) as e:
-            raise ProviderBadRequest(self.name, f"cannot read {name}: {e}") from e
+        except Exception as e:
+            cause = memory_cause(e)
+            if cause is not None:
+                raise OutOfMemory(activity(cause, name), cause) from e
+            if isinstance(e, (DecodeError, PdfError, UnreadableMedia)):
+                raise ProviderBadRequest(self.name, f"cannot read {name}: {e}") from e
+            raise
 
     async def aclose(self) -> None:
         self.pool.close()
