@@ -290,6 +290,8 @@ class App:
         #: The tasks handling gRPC calls now (router.server adds and removes them), and those of them the
         #: daemon cancels as it stops (see :func:`router.server.stop_calls`).
         self.call_tasks: set[asyncio.Task] = set()
+        #: How many calls ended since the daemon started (see router.memory.give_back_when_idle).
+        self.calls_ended = 0
         self.stopped_calls: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()
         self.stopped_at_once = False  # they were ended by a second signal, not at the end of the grace
         #: The daemon is stopping: new calls are refused (router.server).

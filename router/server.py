@@ -59,6 +59,7 @@ from .errors import (
     UploadIdle,
 )
 from .health import Health as RecentHealth
+from .memory import give_back_when_idle
 from .outcome import Done, RouteChosen, RouteInfo, StepUsage
 from .registration import add_guarded_service, add_router_service, parsed
 from .sessions import file_identity
@@ -331,6 +332,7 @@ def _handling(app: App) -> Iterator[asyncio.Task]:
         yield task
     finally:
         app.call_tasks.discard(task)
+        app.calls_ended += 1
 
 
 def stop_calls(app: App, at_once: bool = False) -> int:
@@ -1329,10 +1331,13 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
             raise
     watch = asyncio.create_task(_report_stuck_calls(max(config.server.shutdown_grace_seconds, 0.1)))
     data_watch = asyncio.create_task(watch_data_dir(app, held_files(data_dir, data_lock, app), health_servicer))
+    # the memory a burst of calls freed, given back to the system once none is under way
+    trimmer = asyncio.create_task(give_back_when_idle(lambda: app.calls_ended, lambda: len(app.call_tasks)))
     await stop.wait()
     _ignore_reloads(loop)
     watch.cancel()
     data_watch.cancel()
+    trimmer.cancel()
     grace = config.server.shutdown_grace_seconds
     log.info("shutting down: draining in-flight calls for up to %gs", grace)
     await health_servicer.enter_graceful_shutdown()

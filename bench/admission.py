@@ -1,0 +1,218 @@
+#!/usr/bin/env python
+"""Admission and event-loop figures: a burst of large calls over server.max_concurrent_calls, and requests of
+many messages while health checks are sent.
+
+    .venv/bin/python bench/admission.py                       # both sections (~1 minute)
+    .venv/bin/python bench/admission.py --only burst --calls 300 --mib 7
+    .venv/bin/python bench/admission.py --only bigconv --messages 99999 --at-once 8
+
+- ``burst``: a daemon with ``max_concurrent_calls: 2`` whose upstream (bench/fake_upstream.py) answers after
+  20 s; ``--calls`` Generate calls at once, each on its own connection, each with an inline ``--mib`` MiB PNG.
+  Prints the outcomes, the daemon's peak RSS (VmHWM, and RSS polled every 0.1 s) and when the refusals came
+  (seconds from the first call). A refusal before the request is read keeps the peak near that of the two
+  admitted calls; one after it grows with the calls refused.
+- ``bigconv``: ``--at-once`` Generate calls of ``--messages`` messages each (100,000 is within every limit),
+  while health checks are sent one after another: prints the health checks' latency (p50, p99, max) during
+  the calls, and how long the calls took. Their conversion on the event loop held the health checks for
+  seconds.
+
+The daemon runs on core 0 (taskset), this process and the fake upstream on core 1, as bench/run.py.
+Loopback only, on ports 43150-43151 (``--port``); every wait is bounded. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import io
+import shutil
+import statistics
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mmrouter.v1 import router_pb2 as pb
+from mmrouter.v1 import router_pb2_grpc
+from PIL import Image
+from run import BENCH, CLIENT_CORE, PY, SERVER_CORE, Proc, reset_peak, spawn, status_mib
+
+OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
+           ("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
+
+
+def png(size: int) -> bytes:
+    """A valid PNG of ``size`` bytes: a 5x4 image with a private chunk of padding."""
+    out = io.BytesIO()
+    Image.new("RGB", (5, 4), (10, 20, 30)).save(out, format="PNG")
+    small = out.getvalue()
+    pad = max(0, size - len(small) - 12)
+    data = bytes(pad)
+    chunk = struct.pack(">I", pad) + b"prIv" + data + struct.pack(">I", zlib.crc32(b"prIv" + data))
+    return small[:-12] + chunk + small[-12:]
+
+
+def start(workdir: Path, port: int, calls: int, delay: float) -> tuple[Proc, Proc]:
+    """The fake upstream (answering after ``delay`` s) on ``port + 1`` and the daemon on ``port``."""
+    fake = spawn("fake", [PY, str(BENCH / "fake_upstream.py"), "--port", str(port + 1), "--delay", str(delay)],
+                 CLIENT_CORE, workdir)
+    config = workdir / "router.yaml"
+    config.write_text(f"""\
+server:
+  max_concurrent_calls: {calls}
+  max_message_bytes: 67108864
+  inline_limit_bytes: 33554432
+  log_level: warning
+providers:
+  openai: {{base_url: "http://127.0.0.1:{port + 1}/v1", api_key: "sk-bench-not-a-key", timeout: 120}}
+default: openai/gpt-4o
+""")
+    router = spawn("router", [PY, "-m", "router", "serve", "--config", str(config), "--address",
+                              f"127.0.0.1:{port}", "--data-dir", str(workdir / "data")], SERVER_CORE, workdir)
+    return fake, router
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call, else its code."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return error.code().name
+
+
+async def burst(opt: argparse.Namespace, workdir: Path) -> None:
+    fake, router = start(workdir, opt.port, 2, 20.0)
+    try:
+        pid = router.popen.pid
+        rss_before = status_mib(pid, "VmRSS")
+        peak_reset = reset_peak(pid)
+        image = png(int(opt.mib * (1 << 20)))
+        request = pb.GenerateRequest(request=pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_USER, parts=[
+            pb.Part(media=pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=image)),
+            pb.Part(text="what is it?")])]))
+        serialized = request.SerializeToString()  # once: the client's own work stays small
+        channels = [grpc.aio.insecure_channel(router.address, options=OPTIONS) for _ in range(opt.calls)]
+        outcomes: collections.Counter[str] = collections.Counter()
+        refused_at: list[float] = []
+        polled = [0.0]
+
+        async def poll() -> None:
+            while True:
+                polled[0] = max(polled[0], status_mib(pid, "VmRSS"))
+                await asyncio.sleep(0.1)
+
+        async def one(channel: grpc.aio.Channel, started: float) -> None:
+            try:
+                generate = channel.unary_unary("/mmrouter.v1.RouterService/Generate",
+                                               request_serializer=bytes, response_deserializer=pb.GenerateResponse.FromString)
+                await generate(serialized, timeout=120)
+                outcomes["OK"] += 1
+            except grpc.aio.AioRpcError as exc:
+                reason = reason_of(exc)
+                outcomes[reason] += 1
+                if reason == "TOO_MANY_CALLS":
+                    refused_at.append(time.monotonic() - started)
+
+        poller = asyncio.create_task(poll())
+        started = time.monotonic()
+        await asyncio.gather(*(one(channel, started) for channel in channels))
+        poller.cancel()
+        for channel in channels:
+            await channel.close()
+        print(f"burst: {opt.calls} calls with a {opt.mib:g} MiB image each, at max_concurrent_calls: 2")
+        print(f"  outcomes {dict(outcomes)}")
+        peak = f"VmHWM {status_mib(pid, 'VmHWM'):.0f} MiB, " if peak_reset else ""
+        print(f"  daemon RSS before {rss_before:.0f} MiB; peak {peak}polled {polled[0]:.0f} MiB; "
+              f"after {status_mib(pid, 'VmRSS'):.0f} MiB")
+        if refused_at:
+            refused_at.sort()
+            print(f"  refusals after (s): first {refused_at[0]:.2f}, median {statistics.median(refused_at):.2f}, "
+                  f"last {refused_at[-1]:.2f}")
+    finally:
+        router.stop()
+        fake.stop()
+
+
+async def bigconv(opt: argparse.Namespace, workdir: Path) -> None:
+    fake, router = start(workdir, opt.port, 1024, 0.0)
+    try:
+        messages = [pb.Message(role=pb.ROLE_USER if i % 2 == 0 else pb.ROLE_ASSISTANT, parts=[pb.Part(text=f"m{i}")])
+                    for i in range(opt.messages - 1)]
+        messages.append(pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="last?")]))
+        request = pb.GenerateRequest(request=pb.MultimodalRequest(messages=messages))
+        async with grpc.aio.insecure_channel(router.address, options=OPTIONS) as calls, \
+                grpc.aio.insecure_channel(router.address) as probes:
+            stub, health = router_pb2_grpc.RouterServiceStub(calls), health_pb2_grpc.HealthStub(probes)
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            latencies: list[float] = []
+            done = asyncio.Event()
+
+            async def probe() -> None:
+                while not done.is_set():
+                    sent = time.perf_counter()
+                    await health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+                    latencies.append((time.perf_counter() - sent) * 1000)
+                    await asyncio.sleep(0.02)
+
+            async def one() -> tuple[float, str]:
+                sent = time.perf_counter()
+                try:
+                    await stub.Generate(request, timeout=120)
+                    outcome = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    outcome = reason_of(exc)
+                return time.perf_counter() - sent, outcome
+
+            prober = asyncio.create_task(probe())
+            await asyncio.sleep(0.5)
+            idle = len(latencies)
+            results = await asyncio.gather(*(one() for _ in range(opt.at_once)))
+            done.set()
+            await prober
+        during = sorted(latencies[idle:])
+        print(f"bigconv: {opt.at_once} calls at once of {opt.messages} messages ({request.ByteSize() / 1e6:.1f} MB each)")
+        print(f"  calls took (s): {', '.join(f'{s:.2f} {o}' for s, o in results)}")
+        if during:
+            p99 = during[min(len(during) - 1, int(len(during) * 0.99))]
+            print(f"  health checks during the calls: n={len(during)} p50 {statistics.median(during):.1f} ms, "
+                  f"p99 {p99:.1f} ms, max {during[-1]:.1f} ms")
+    finally:
+        router.stop()
+        fake.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("burst", "bigconv"))
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--mib", type=float, default=7.0)
+    parser.add_argument("--messages", type=int, default=99_999)
+    parser.add_argument("--at-once", type=int, default=8)
+    parser.add_argument("--port", type=int, default=43150)
+    opt = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="mmrouter-admission-"))
+    try:
+        if opt.only in (None, "burst"):
+            asyncio.run(burst(opt, workdir))
+        if opt.only in (None, "bigconv"):
+            (workdir / "bigconv").mkdir()
+            asyncio.run(bigconv(opt, workdir / "bigconv"))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
