@@ -1228,19 +1228,40 @@ def hold_start_up_interrupts() -> None:
 #: once serving with every plugin (VmPeak 0.70-0.76 GiB on 2 cores; mostly thread stacks and malloc arenas,
 #: never touched, and more with more cores), and gRPC aborts (SIGABRT) when it cannot start its threads.
 LOW_ADDRESS_SPACE = 1024**3
+#: Less address space than this is warned of once the ``local`` provider is ready: its first OCR, speech or
+#: video call maps 1.1-2.0 GiB in all (VmPeak after one OCR 1.8, one video 2.0), and under a lower limit those
+#: calls fail (UNAVAILABLE, saying so) while PDFs and the cloud providers work.
+LOCAL_ADDRESS_SPACE = 2150 * 1024**2
+
+
+def _address_space_limit() -> int | None:
+    """The soft ``RLIMIT_AS`` (``ulimit -v``) in bytes, or None when unlimited."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def warn_if_address_space_low() -> None:
     """Warn when the address space (``ulimit -v``) is limited under :data:`LOW_ADDRESS_SPACE`: gRPC's threads
     may then fail to start, and the daemon aborts with only gRPC's own lines (``pthread_create failed``)."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY and soft < LOW_ADDRESS_SPACE:
+    soft = _address_space_limit()
+    if soft is not None and soft < LOW_ADDRESS_SPACE:
         log.warning("the daemon's address space is limited to %d MiB (ulimit -v): it maps about 700 MiB once "
                     "serving, and gRPC aborts when it cannot start a thread (\"pthread_create failed\"); raise "
                     "the limit to %d MiB or more, or lift it (LimitAS= in a systemd unit)", soft // 1024**2,
                     LOW_ADDRESS_SPACE // 1024**2)
+
+
+def warn_if_address_space_low_for_local(app: App) -> None:
+    """Warn when the ``local`` provider is ready under an address-space limit of less than
+    :data:`LOCAL_ADDRESS_SPACE` (but at least :data:`LOW_ADDRESS_SPACE`, warned of already)."""
+    soft = _address_space_limit()
+    if soft is not None and LOW_ADDRESS_SPACE <= soft < LOCAL_ADDRESS_SPACE and app.registry.ready("local"):
+        log.warning("the daemon's address space is limited to %d MiB (ulimit -v): the local provider's OCR, speech "
+                    "and video calls need up to %d MiB and fail under it (PDF text and the cloud providers work); "
+                    "raise the limit, lift it (LimitAS= in a systemd unit), or disable local (plugins.disabled)",
+                    soft // 1024**2, LOCAL_ADDRESS_SPACE // 1024**2)
 
 
 async def serve(config: Config, *, ready_file: Path | None = None, config_path: Path | None = None,
@@ -1279,6 +1300,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         warn_if_key_open(config.server.tls)
     app = App(config, extra_plugins=extra_plugins)
     unmask_names(log_filter, config)
+    warn_if_address_space_low_for_local(app)
     # refused as by `config check`: a section its plugin refused breaks its provider (every request to it
     # fails), and routing would skip a target naming a model its provider lacks on every request, unsaid
     text = _config_text(config_path)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from router.server import LOW_ADDRESS_SPACE
+from router.server import LOCAL_ADDRESS_SPACE, LOW_ADDRESS_SPACE
 
 #: How long a start may take before a test gives up (a loaded host: imports and plugins take seconds).
 START_SECONDS = 60
@@ -170,6 +170,19 @@ def test_log_format_json_is_taken_in_any_case_and_a_low_address_space_is_warned_
     records = [json.loads(line) for line in log.read_text().splitlines()]
     warnings = [r["message"] for r in records if r["level"] == "WARNING" and "ulimit -v" in r["message"]]
     assert warnings and f"limited to {limit // 1024**2} MiB" in warnings[0], records
+
+
+def test_an_address_space_too_small_for_the_local_providers_media_is_warned_of(tmp_path) -> None:
+    """Between LOW_ADDRESS_SPACE and LOCAL_ADDRESS_SPACE the daemon starts, but the local provider's OCR, speech
+    and video calls fail: nothing said so at start (the warning began below 1 GiB only)."""
+    limit = (LOW_ADDRESS_SPACE + LOCAL_ADDRESS_SPACE) // 2
+    proc, _, ready, log = _launch(tmp_path, env={"MMROUTER_LOG_FORMAT": "json"}, address_space=limit)
+    _wait_for(proc, lambda: _ready(ready), "ready file")
+    assert _stop(proc) == 0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    warnings = [r["message"] for r in records if r["level"] == "WARNING" and "ulimit -v" in r["message"]]
+    assert len(warnings) == 1, records
+    assert f"limited to {limit // 1024**2} MiB" in warnings[0] and "local provider's OCR" in warnings[0]
 
 
 def test_log_format_text_in_any_case_and_no_address_space_warning_without_a_limit(tmp_path) -> None:
