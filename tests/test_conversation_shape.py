@@ -14,24 +14,18 @@ pointed at their fakes:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import grpc
 import pytest
 from grpc_helpers import error_details, text_request
 from media_factory import png
 from mmrouter.v1 import router_pb2 as pb
+from test_hybrid import ALL_KEYS, cloud_fakes
 
-from tests.fakes.anthropic import API_KEY as ANTHROPIC_KEY
-from tests.fakes.anthropic import FakeAnthropic
-from tests.fakes.gemini import FakeGemini
-from tests.fakes.openai import API_KEY as OPENAI_KEY
-from tests.fakes.openai import FakeOpenAI
 from tests.fakes.openai import error_body as openai_error
 
-GEMINI_KEY = "gemini-shape-key"
-KEYS = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "GEMINI_API_KEY": GEMINI_KEY}
+KEYS = ALL_KEYS  # the fakes of test_hybrid.cloud_fakes take them
 
 #: GPT first with Claude and Gemini as fallbacks (as the embedded default), Claude first for ``claude``.
 CONFIG = """
@@ -55,19 +49,6 @@ overrides: {{allow: true}}
 ASSISTANT_MEDIA = "only user messages may carry media"
 BLANK_USER = "a user message needs text or media"
 TEMPERATURE_NOTE = "temperature not sent: anthropic/claude-sonnet-4-6 takes no sampling temperature"
-
-
-@contextlib.contextmanager
-def cloud_fakes() -> Iterator[dict]:
-    """The three providers' fakes, started, by provider name (CONFIG's placeholders)."""
-    servers = {"openai": FakeOpenAI(), "anthropic": FakeAnthropic(), "gemini": FakeGemini(api_key=GEMINI_KEY)}
-    for server in servers.values():
-        server.start()
-    try:
-        yield servers
-    finally:
-        for server in servers.values():
-            server.stop()
 
 
 @pytest.fixture
