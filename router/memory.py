@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 
@@ -24,13 +23,12 @@ TRIM_SECONDS = 10.0
 
 
 def malloc_trim() -> Callable[[], object] | None:
-    """glibc's ``malloc_trim(0)``, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
+    """glibc's ``malloc_trim(0)``, or None where the C library has none. Looked up in what the process has
+    loaded (``dlopen(NULL)``), not with ``ctypes.util.find_library``, which runs ``ldconfig -p``: a fork in
+    the daemon runs gRPC's fork handlers, which closed its poller's epoll descriptor under it (SIGABRT)."""
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
-        return None
-    if trim is None:
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda: trim(0)
