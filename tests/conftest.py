@@ -139,6 +139,16 @@ def start_daemon(tmp_path, plugin_sites) -> Iterator[Callable[..., Daemon]]:
 
 
 @pytest.fixture
+def fakes():
+    """The four cloud providers' fakes, started, by provider name (``test_hybrid.cloud_fakes``); a module that
+    needs other fakes defines its own ``fakes``."""
+    from test_hybrid import cloud_fakes
+
+    with cloud_fakes() as servers:
+        yield servers
+
+
+@pytest.fixture
 def upstreams():
     """The fake OpenAI and Anthropic servers, started (for a primary and its fallback)."""
     from tests.fakes.anthropic import FakeAnthropic

@@ -12,7 +12,7 @@ from grpc_helpers import error_details, text_request
 from media_factory import mp4
 from mmrouter.v1 import router_pb2 as pb
 from test_bridge_reuse import TRANSCRIPTIONS, WHISPER_BRIDGE, generate, route_of, sent_texts, upload_wav
-from test_hybrid import ALL_KEYS, cloud_fakes, config_for
+from test_hybrid import ALL_KEYS, config_for
 
 from tests.fakes.openai import error_body as openai_error
 
@@ -20,12 +20,6 @@ LOCAL_BRIDGE = "audio->transcript via local/extract"
 LOCAL_BANNER = "[Extracted by local provider"
 DOWN = openai_error("down", "server_error")
 NO_AUDIO = "Transcoding failed. File does not appear to contain audio."
-
-
-@pytest.fixture
-def fakes():
-    with cloud_fakes() as servers:
-        yield servers
 
 
 @pytest.fixture

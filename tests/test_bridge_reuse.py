@@ -10,7 +10,7 @@ import pytest
 from grpc_helpers import text_request
 from media_factory import wav
 from mmrouter.v1 import router_pb2 as pb
-from test_hybrid import ALL_KEYS, cloud_fakes, config_for
+from test_hybrid import ALL_KEYS, config_for
 
 from router.bridging import media_prefix, memo_key
 from router.routing import Bridge, Target
@@ -24,12 +24,6 @@ WHISPER_TOO_LARGE = openai_error("Maximum content size limit (26214400) exceeded
 DIARIZED = pb.Options(task=pb.TASK_TRANSCRIBE, diarization=True)
 ASSEMBLYAI_BRIDGE = "audio->transcript via assemblyai/best"
 WHISPER_BRIDGE = "audio->transcript via openai/whisper-1"
-
-
-@pytest.fixture
-def fakes():
-    with cloud_fakes() as servers:
-        yield servers
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 from grpc_helpers import error_details, text_request
 from media_factory import png
 from mmrouter.v1 import router_pb2 as pb
-from test_hybrid import ALL_KEYS, cloud_fakes
+from test_hybrid import ALL_KEYS
 
 from tests.fakes.openai import error_body as openai_error
 
@@ -49,12 +49,6 @@ overrides: {{allow: true}}
 ASSISTANT_MEDIA = "only user messages may carry media"
 BLANK_USER = "a user message needs text or media"
 TEMPERATURE_NOTE = "temperature not sent: anthropic/claude-sonnet-4-6 takes no sampling temperature"
-
-
-@pytest.fixture
-def fakes():
-    with cloud_fakes() as servers:
-        yield servers
 
 
 @pytest.fixture

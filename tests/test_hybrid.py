@@ -56,12 +56,6 @@ def cloud_fakes() -> Iterator[dict]:
             server.stop()
 
 
-@pytest.fixture
-def fakes():
-    with cloud_fakes() as servers:
-        yield servers
-
-
 def config_for(fakes, without: str = "") -> str:
     """The config with every provider pointed at its fake, except ``without`` (left unconfigured)."""
     text = CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,

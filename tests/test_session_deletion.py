@@ -16,7 +16,7 @@ import pytest
 from grpc_helpers import error_details, text_request
 from media_factory import wav
 from mmrouter.v1 import router_pb2 as pb
-from test_hybrid import ALL_KEYS, cloud_fakes, config_for
+from test_hybrid import ALL_KEYS, config_for
 from test_prune import MMROUTER, _tree, _wal_without_shm
 
 from router.sessions import SessionStore
@@ -25,12 +25,6 @@ from tests.fakes.openai import error_body as openai_error
 CHAT = "/v1/chat/completions"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 GPT_4O = pb.RoutingHints(provider="openai", model="gpt-4o")  # cannot hear: Whisper bridges the audio
-
-
-@pytest.fixture
-def fakes():
-    with cloud_fakes() as servers:
-        yield servers
 
 
 @pytest.fixture
