@@ -34,16 +34,30 @@ def malloc_trim() -> Callable[[], object] | None:
     return lambda: trim(0)
 
 
-def resident_mib() -> int:
-    """This process's resident memory (``VmRSS``) in MiB; 0 where /proc does not tell."""
+def address_space_limit() -> int | None:
+    """The soft ``RLIMIT_AS`` (``ulimit -v``, ``LimitAS=``) in bytes, or None when unlimited."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def status_bytes(key: str) -> int | None:
+    """A size line of this process's ``/proc/self/status`` (``VmRSS``, ``VmSize``) in bytes; None where it
+    cannot be read."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) >> 10
+                if line.startswith(f"{key}:"):
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
-    return 0
+    return None
+
+
+def resident_mib() -> int:
+    """This process's resident memory (``VmRSS``) in MiB; 0 where /proc does not tell."""
+    return (status_bytes("VmRSS") or 0) >> 20
 
 
 async def give_back_when_idle(calls_ended: Callable[[], int], under_way: Callable[[], int],

@@ -59,7 +59,7 @@ from .errors import (
     UploadIdle,
 )
 from .health import Health as RecentHealth
-from .memory import give_back_when_idle
+from .memory import address_space_limit, give_back_when_idle
 from .outcome import Done, RouteChosen, RouteInfo, StepUsage
 from .registration import add_guarded_service, add_router_service, parsed
 from .sessions import file_identity
@@ -1234,18 +1234,10 @@ LOW_ADDRESS_SPACE = 1024**3
 LOCAL_ADDRESS_SPACE = 2150 * 1024**2
 
 
-def _address_space_limit() -> int | None:
-    """The soft ``RLIMIT_AS`` (``ulimit -v``) in bytes, or None when unlimited."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    return None if soft == resource.RLIM_INFINITY else soft
-
-
 def warn_if_address_space_low() -> None:
     """Warn when the address space (``ulimit -v``) is limited under :data:`LOW_ADDRESS_SPACE`: gRPC's threads
     may then fail to start, and the daemon aborts with only gRPC's own lines (``pthread_create failed``)."""
-    soft = _address_space_limit()
+    soft = address_space_limit()
     if soft is not None and soft < LOW_ADDRESS_SPACE:
         log.warning("the daemon's address space is limited to %d MiB (ulimit -v): it maps about 700 MiB once "
                     "serving, and gRPC aborts when it cannot start a thread (\"pthread_create failed\"); raise "
@@ -1256,7 +1248,7 @@ def warn_if_address_space_low() -> None:
 def warn_if_address_space_low_for_local(app: App) -> None:
     """Warn when the ``local`` provider is ready under an address-space limit of less than
     :data:`LOCAL_ADDRESS_SPACE` (but at least :data:`LOW_ADDRESS_SPACE`, warned of already)."""
-    soft = _address_space_limit()
+    soft = address_space_limit()
     if soft is not None and LOW_ADDRESS_SPACE <= soft < LOCAL_ADDRESS_SPACE and app.registry.ready("local"):
         log.warning("the daemon's address space is limited to %d MiB (ulimit -v): the local provider's OCR, speech "
                     "and video calls need up to %d MiB and fail under it (PDF text and the cloud providers work); "

@@ -17,6 +17,7 @@ import re
 from pathlib import PurePath
 
 from router.errors import ProviderUnavailable
+from router.memory import address_space_limit, status_bytes
 
 #: What the messages of a failed allocation, mapping or thread start say (lower case).
 _MEMORY_WORDS = (
@@ -106,19 +107,8 @@ def activity(cause: BaseException, name: str) -> str:
 def address_space_left() -> int | None:
     """Bytes of address space this process may still map under its ``RLIMIT_AS`` (``ulimit -v``), or None
     when there is no limit (or it cannot be read)."""
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit == resource.RLIM_INFINITY:
-        return None
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return limit - int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
+    limit, mapped = address_space_limit(), status_bytes("VmSize")
+    return None if limit is None or mapped is None else limit - mapped
 
 
 def ensure_address_space(needed: int, doing: str) -> None:
