@@ -80,9 +80,14 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
     to answer in time: a failed attempt (``PROVIDER_TIMEOUT``), logged and counted as the others are;
     the cancellation goes on all the same.
     """
-    await prepared(provider, route)  # its SDK imported off the event loop, before its attempt is timed
     started = time.perf_counter()
     usage = Usage()
+    try:
+        await prepared(provider, route, ctx)  # its SDK imported off the event loop, before its attempt is timed
+    except ProviderError as exc:  # prepare() hangs: this attempt fails, the fallbacks are tried
+        _failed(route, purpose, provider, model, ctx, exc, (time.perf_counter() - started) * 1000, usage)
+        raise
+    started = time.perf_counter()
     reported = False
     task = asyncio.current_task()
 

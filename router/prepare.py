@@ -6,18 +6,28 @@ checks, for 1-4 s (``import anthropic`` took 3.7 s on a loaded 2-core host), and
 provider's latency. The router runs ``prepare`` in a thread of its own before a provider's first call
 instead: the other calls go on meanwhile (the import thread and the event loop share the GIL, which
 changes hands every few milliseconds), and the waiting calls' attempts are timed from its end.
+
+A ``prepare`` that never ends (a plugin's bug: an import that deadlocks, network I/O) must not take
+more than its own provider down: a call waits for it at most :data:`WAIT_SECONDS`, and keeps
+:data:`FALLBACK_RESERVE_SECONDS` of what its deadline leaves for its fallbacks (half, when under a second is
+left), then fails that attempt (UNAVAILABLE, so the fallbacks are tried); the prepares run one after
+another, but one that holds the others back for :data:`SERIAL_WAIT_SECONDS` is passed; and the threads
+are daemon threads, which never hold up the daemon's exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 
+from .errors import ProviderUnavailable
 from .outcome import RouteInfo
 from .provider import Provider
+from .types import CallContext
 
 log = logging.getLogger(__name__)
 
@@ -27,37 +37,95 @@ _PREPARED: weakref.WeakKeyDictionary[Provider, asyncio.Future[None]] = weakref.W
 #: The shortest wait for a provider's ``prepare`` a call's route notes (a provider with nothing to import
 #: is prepared in well under a millisecond: no note).
 NOTED_WAIT_MS = 100.0
-#: One thread for every provider's ``prepare``, one after the other: two threads importing overlapping
-#: packages (aiohttp, pydantic) at once could take Python's module locks in opposite orders.
-_EXECUTOR: list[ThreadPoolExecutor] = []
+#: The longest a call waits for its provider's ``prepare`` (an SDK's import takes 1-4 s on a loaded host).
+WAIT_SECONDS = 30.0
+#: What a call's deadline keeps for its fallbacks when it waits for ``prepare``.
+FALLBACK_RESERVE_SECONDS = 0.5
+#: The prepares run one after another: two threads importing overlapping packages (aiohttp, pydantic) at
+#: once could see each other's modules half made. One still running after this long is taken to hang,
+#: and the next ones go on beside it.
+SERIAL_WAIT_SECONDS = 5.0
+_ONE_AT_A_TIME = threading.Lock()
+#: The provider whose ``prepare`` holds :data:`_ONE_AT_A_TIME`, and when it began (``time.monotonic()``).
+_running: tuple[str, float] | None = None
 
 
-async def prepared(provider: Provider, route: RouteInfo) -> None:
-    """Return once ``provider.prepare()`` has run (started by the first call to come here, in the
-    router's prepare thread); a call that waited for it :data:`NOTED_WAIT_MS` or more says so in ``route``'s
-    notes. A ``prepare``
-    that raised is logged, and the calls go on (the provider fails them its own way)."""
+async def prepared(provider: Provider, route: RouteInfo, ctx: CallContext) -> None:
+    """Return once ``provider.prepare()`` has run (started by the first call to come here, in a thread
+    of its own); a call that waited for it :data:`NOTED_WAIT_MS` or more says so in ``route``'s notes.
+    A ``prepare`` that raised is logged, and the calls go on (the provider fails them its own way).
+
+    Raises :class:`~router.errors.ProviderUnavailable` when ``prepare`` has not ended after
+    :data:`WAIT_SECONDS`, or by what the call's deadline leaves less :data:`FALLBACK_RESERVE_SECONDS` (half of
+    it, when under a second is left); it goes on running, for the next calls."""
     try:
         future = _PREPARED.get(provider)
     except TypeError:  # a provider class that is not hashable: nothing to remember it by
         return
     if future is None:
-        if not _EXECUTOR:
-            _EXECUTOR.append(ThreadPoolExecutor(1, thread_name_prefix="mmrouter-prepare"))
-        future = asyncio.get_running_loop().run_in_executor(_EXECUTOR[0], _prepare, provider)
+        future = _start(provider)
         _PREPARED[provider] = future
     if future.done():
         return
     started = time.perf_counter()
-    await asyncio.shield(future)  # a cancelled caller leaves it running for the next
+    limit = WAIT_SECONDS
+    if (left := ctx.time_remaining()) is not None:
+        limit = min(limit, max(left - FALLBACK_RESERVE_SECONDS, left / 2))
+    try:
+        # shielded: a cancelled or timed-out caller leaves it running for the next
+        await asyncio.wait_for(asyncio.shield(future), limit)
+    except TimeoutError:
+        running = _running
+        hangs = "it" if running is None or running[0] == provider.name else f"the prepare of {running[0]}"
+        raise ProviderUnavailable(provider.name, f"its SDK is still loading: prepare() has not ended after "
+                                                 f"{time.perf_counter() - started:.1f} s (does {hangs} hang? see "
+                                                 "the daemon's log); the call did not wait longer") from None
     waited_ms = (time.perf_counter() - started) * 1000
     if waited_ms >= NOTED_WAIT_MS:
         route.notes.append(f"waited {waited_ms:.0f} ms for {provider.name} to load its SDK (its first call since "
                            "the daemon started)")
 
 
+def _start(provider: Provider) -> asyncio.Future[None]:
+    """Run ``provider.prepare()`` in a daemon thread of its own; the future is done when it has ended."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def done() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    def run() -> None:
+        global _running
+        if _ONE_AT_A_TIME.acquire(timeout=_serial_wait()):
+            _running = (provider.name, time.monotonic())
+            try:
+                _prepare(provider)
+            finally:
+                _running = None
+                _ONE_AT_A_TIME.release()
+        else:
+            log.warning("provider %s: the prepare of %s has run over %.0f s (does it hang?); preparing beside it",
+                        provider.name, _running[0] if _running else "another provider", SERIAL_WAIT_SECONDS)
+            _prepare(provider)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the daemon stopped)
+            loop.call_soon_threadsafe(done)
+
+    threading.Thread(target=run, name=f"mmrouter-prepare-{provider.name}", daemon=True).start()
+    return future
+
+
+def _serial_wait() -> float:
+    """How long a new ``prepare`` waits for the one running: what is left of its
+    :data:`SERIAL_WAIT_SECONDS` (none once it has run longer)."""
+    running = _running
+    if running is None:
+        return SERIAL_WAIT_SECONDS
+    return max(0.0, SERIAL_WAIT_SECONDS - (time.monotonic() - running[1]))
+
+
 def _prepare(provider: Provider) -> None:
-    """``provider.prepare()``, in the prepare thread; whatever it raises is logged, never raised."""
+    """``provider.prepare()``, in its thread; whatever it raises is logged, never raised."""
     started = time.perf_counter()
     try:
         provider.prepare()

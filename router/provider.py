@@ -69,7 +69,8 @@ class Provider(abc.ABC):
         before that provider's first call, in a thread of its own, while the event loop serves other
         calls: an SDK imported on the event loop (1-4 s) held every call of the daemon. Import
         modules here and nothing else: make no client (an async client belongs to the event loop) and
-        do no network I/O. What it raises is logged and the call goes on. The default imports
+        do no network I/O. What it raises is logged and the call goes on; a call waits for it at most
+        30 s (less when its deadline is near), then fails its attempt as UNAVAILABLE. The default imports
         :attr:`required_modules`; override it to import more (the parts of the SDK a call loads
         lazily) or less (nothing, for a provider whose calls run in threads of its own). Keep the
         imports where the code uses them too (then no-ops): a ``prepare`` that failed leaves them

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 import time
 
 import grpc
 import pytest
+from conftest import make_dist_info
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import text_request, wait_for
 from mmrouter.v1 import router_pb2 as pb
@@ -56,8 +58,9 @@ def test_a_call_cancelled_while_prepare_runs_leaves_it_to_the_next(start_daemon,
     started = time.monotonic()
     try:
         daemon.stub.Generate(pb.GenerateRequest(request=text_request("hello")), timeout=1)
-    except grpc.RpcError as exc:
-        assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    except grpc.RpcError as exc:  # it waited what the deadline left, less the fallbacks' share
+        assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+        assert "fake: its SDK is still loading: prepare() has not ended after" in exc.details()
     else:
         raise AssertionError("answered before prepare ended")
     answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("again")), timeout=60).answer
@@ -65,6 +68,61 @@ def test_a_call_cancelled_while_prepare_runs_leaves_it_to_the_next(start_daemon,
     if time.monotonic() - started < PREPARE_SECONDS:  # it waited for the same prepare, not one begun anew
         assert any("load its SDK" in note for note in answer.route.notes)
     assert "preparing its calls (prepare) failed" not in daemon.logs()
+
+
+#: A plugin whose ``prepare`` never ends (an import that deadlocks, network I/O in it: a plugin's bug).
+HANGING_PLUGIN = """
+import time
+import router
+
+class Hangs(router.Provider):
+    name = "hangs"
+    models = [router.ModelInfo("m", inputs=frozenset({router.Modality.TEXT}))]
+
+    def prepare(self):
+        time.sleep(3600)
+
+    async def generate(self, request, model, ctx):
+        yield router.TextDelta("never")
+        yield router.UsageReport(router.Usage(1, 1))
+
+@router.hookimpl
+def register_providers(register, settings):
+    register(Hangs())
+"""
+
+
+def test_a_prepare_that_hangs_fails_its_own_attempts_only_and_the_daemon_still_stops(start_daemon, tmp_path) -> None:
+    """The call waits for the hanging prepare only what its deadline leaves for the fallbacks, which answer; a
+    provider whose prepare comes after it is not held behind it; SIGTERM ends the daemon (the prepare threads
+    are daemon threads)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "mmrouter_hangs.py").write_text(textwrap.dedent(HANGING_PLUGIN))
+    make_dist_info(site, "mmrouter-hangs", "hangs", "mmrouter_hangs")
+    daemon = start_daemon("""
+        providers:
+          fake: {api_key: k}
+        routes:
+          - name: quick
+            match: {tags: [quick]}
+            use: fake/echo
+          - name: general
+            use: hangs/m
+            fallback: [fake/echo]
+        """, extra_sites=(site,))
+    started = time.monotonic()
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("hello")), timeout=8).answer
+    assert answer.text.startswith("fake/echo says: hello")
+    failed = answer.route.attempts[0]
+    assert (failed.provider, failed.ok) == ("hangs", False)
+    assert "its SDK is still loading: prepare() has not ended after" in failed.error
+    assert time.monotonic() - started < 8
+    tagged = text_request("tagged")
+    tagged.hints.tags.append("quick")
+    assert daemon.stub.Generate(pb.GenerateRequest(request=tagged), timeout=30).answer.text.startswith("fake/echo")
+    assert "the prepare of hangs has run over" in daemon.logs() or "waited" not in daemon.logs()
+    assert daemon.stop() == 0
 
 
 PREPARED_IMPORTS = """
