@@ -136,6 +136,12 @@ def _internal_status(app: App, exc: BaseException, request_id: str) -> status_pb
 DEADLINE_MARGIN_SECONDS = 0.25
 
 
+def dollars(amount: float) -> str:
+    """``amount`` in decimal notation to 12 places, without trailing zeros (``0.0000007``,
+    ``0.003645``): the text access lines of many tiny calls add up to what ``mmrouter stats`` keeps."""
+    return f"{amount:.12f}".rstrip("0").rstrip(".")
+
+
 class CallLog:
     """One call's facts, filled in as it goes, for the one line logged when it ends (the access log):
     INFO when it succeeded, WARNING when it failed, was cancelled or its deadline passed. In JSON logs
@@ -184,8 +190,8 @@ class CallLog:
         route = self.route
         if route is None:
             return "", ""
-        if not ok and route.attempts:
-            return route.attempts[-1].provider, route.attempts[-1].model
+        if not ok:  # none when no provider was called (the deadline came first): the plan blames nobody
+            return (route.attempts[-1].provider, route.attempts[-1].model) if route.attempts else ("", "")
         return route.provider, route.model
 
     def _log(self, level: int, code: str, reason: str = "", error: str = "") -> None:
@@ -198,7 +204,7 @@ class CallLog:
                  "attempts": len(attempts), "cost_usd": cost, "session": redact.session_tag(self.session),
                  "request_id": self.request_id}
         line = " ".join([self.method, code, *([reason] if reason else []), f"in {duration_ms:.0f} ms",
-                         *(f"{k}={v:.6f}" if k == "cost_usd" else f"{k}={v}" for k, v in facts.items() if v)])
+                         *(f"{k}={dollars(v)}" if k == "cost_usd" else f"{k}={v}" for k, v in facts.items() if v)])
         if error:
             line += f": {error}"
         failed = [a for a in attempts if not a.ok]  # a bridge that answered before the targets failed: not one

@@ -276,7 +276,7 @@ def test_text_logs_have_the_access_line_readable(start_daemon, tmp_path) -> None
     assert wait_for(lambda: f"request_id={request_id}" in daemon.logs())
     [line] = [line for line in daemon.logs().splitlines() if f"request_id={request_id}" in line]
     assert re.search(r" INFO router\.server: Generate OK in \d+ ms rule=general provider=fake model=echo "
-                     r"attempts=1 cost_usd=0\.0000\d\d request_id=", line), line
+                     r"attempts=1 cost_usd=0\.0000\d+ request_id=", line), line
 
 
 WRONG = "wrong-token-ab12cd34ef"
@@ -380,3 +380,14 @@ def test_a_rate_limits_retry_delay_outlives_a_fallback_that_failed_without_one(s
     details = error_details(info.value)
     assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
     assert details.retry_delay == 7
+
+
+def test_text_access_line_costs_add_up_to_what_stats_keep() -> None:
+    """The text line's cost of a tiny call is not rounded to $0.000001 (300 calls of $0.0000007 summed 43% high)."""
+    from router.server import dollars
+
+    costs = [3 * 0.1e-6 + 1 * 0.4e-6] * 300  # gemini-2.5-flash-lite: 3 input tokens and 1 output token
+    shown = [dollars(cost) for cost in costs]
+    assert shown[0] == "0.0000007"
+    assert abs(sum(map(float, shown)) - sum(costs)) < 1e-12
+    assert (dollars(0.003645), dollars(12.5), dollars(0.1 + 0.2)) == ("0.003645", "12.5", "0.3")

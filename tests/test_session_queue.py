@@ -140,3 +140,7 @@ def test_no_provider_call_is_started_within_the_deadline_margin(start_daemon, tm
     assert "before any provider was called" in details.message
     assert not started(marks)
     assert not providers_by_name(daemon.stub)["fake"].HasField("health")  # never called: neither ok nor failed
+    # its access line blames no provider either: the planned target was never called
+    assert wait_for(lambda: "Generate DEADLINE_EXCEEDED CALL_TIMEOUT" in daemon.logs()), daemon.logs()
+    [line] = [line for line in daemon.logs().splitlines() if "Generate DEADLINE_EXCEEDED CALL_TIMEOUT" in line]
+    assert "rule=" in line and "provider=" not in line and "model=" not in line, line
