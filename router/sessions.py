@@ -15,7 +15,9 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import sqlite3
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -76,6 +78,15 @@ HISTORY_CACHE_BYTES = 32 << 20
 
 #: When a client refused because the sessions database stayed locked by another process is told to retry.
 STORAGE_RETRY_SECONDS = 5.0
+
+def vacuum_command(path: Path) -> str:
+    """The shell command that turns on ``auto_vacuum`` in the database at ``path`` (made by an older
+    version) and rewrites it: this Python's sqlite3 module, as the ``sqlite3`` tool may not be installed;
+    the path quoted for the shell."""
+    script = ('import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); '
+              'db.execute("PRAGMA auto_vacuum=INCREMENTAL"); db.execute("VACUUM")')
+    return shlex.join([sys.executable, "-c", script, str(path)])
+
 
 #: Free pages a prune leaves in a database an older version made worth a VACUUM, said then (8 MiB).
 FREE_BYTES_WORTH_A_VACUUM = 8 << 20
@@ -518,9 +529,8 @@ class SessionStore:
             if (free := self._free_pages() * page_size) >= FREE_BYTES_WORTH_A_VACUUM:
                 log.warning("%s was made by an older version of mmrouter, which keeps the %d MiB that prune freed "
                             "for later writes instead of giving them back to the disk: once, with the daemon stopped, "
-                            "run `sqlite3 %s 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM'` (it rewrites the file, and "
-                            "needs as much free disk again); later prunes then shrink it", self.path, free >> 20,
-                            self.path)
+                            "run `%s` (it rewrites the file, and needs as much free disk again); later prunes then "
+                            "shrink it", self.path, free >> 20, vacuum_command(self.path))
             return
         free, before = self._free_pages(), None
         while free and free != before:  # (a round that frees nothing ends it)

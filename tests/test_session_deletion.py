@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -204,7 +205,8 @@ def test_the_daemon_drops_stale_links_when_it_starts(start_daemon, fakes, tmp_pa
 def test_prune_of_a_database_an_older_version_made_says_how_to_give_its_space_back(tmp_path, caplog) -> None:
     """A database made before the store set ``auto_vacuum`` keeps the pages prune frees: the file never
     shrinks, which nothing said (an operator's 200 MB database grew after halving it)."""
-    path = tmp_path / "sessions.sqlite"
+    path = tmp_path / "data dir" / "sessions.sqlite"  # a space: the command must quote it
+    path.parent.mkdir()
     old = sqlite3.connect(path)  # made by an older version: a table before any auto_vacuum setting
     old.execute("CREATE TABLE turns (session_id TEXT NOT NULL, position INTEGER NOT NULL, role TEXT NOT NULL, "
                 "parts TEXT NOT NULL, PRIMARY KEY (session_id, position))")
@@ -219,7 +221,15 @@ def test_prune_of_a_database_an_older_version_made_says_how_to_give_its_space_ba
         store.close()
     assert sessions == 4000
     [warning] = [r.getMessage() for r in caplog.records if "made by an older version" in r.getMessage()]
-    assert f"sqlite3 {path} 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM'" in warning
+    # the command it names, run as printed (by a shell, without the sqlite3 tool), converts the file
+    [command] = re.findall(r"run `([^`]+)`", warning)
+    subprocess.run(command, shell=True, check=True, timeout=60)
+    converted = sqlite3.connect(path)
+    try:
+        assert converted.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # INCREMENTAL: later prunes shrink it
+        assert converted.execute("PRAGMA freelist_count").fetchone() == (0,)
+    finally:
+        converted.close()
 
 
 def test_prune_of_a_database_that_shrinks_says_nothing_of_vacuum(tmp_path, caplog) -> None:
