@@ -235,6 +235,21 @@ def missing_models(config: Config, registry: Registry, gone: Collection[str] = (
     return problems
 
 
+def reload_losses(old: Config, new: Config) -> str | None:
+    """A warning when a reload from ``old`` to ``new`` removes rules or the default, or None: what a file cut
+    short reads like (read mid-write, every rule after the cut and the default gone), and what an operator
+    should see above the INFO lines of a reload."""
+    removed = [rule.name for rule in old.routes if rule.name not in {r.name for r in new.routes}]
+    lost = [f"rule{'s' if len(removed) > 1 else ''} {', '.join(removed)}"] if removed else []
+    if old.default and not new.default:
+        lost.append("the default")
+    if not lost:
+        return None
+    return (f"this reload removed {' and '.join(lost)}: the requests they served now go to the rules left, or are "
+            "refused (NO_ROUTE). If that was not meant (a file read while it was being written), replace the file "
+            "atomically (write it beside, then `mv` it over) and send SIGHUP again")
+
+
 def reload_changes(old: Config, new: Config, old_providers: Mapping[str, ProviderEntry],
                    new_providers: Mapping[str, ProviderEntry]) -> list[str]:
     """What a reload from ``old`` to ``new`` changed, by name only (never a setting's value, which may be a

@@ -1007,7 +1007,7 @@ def reload_config(app: App, config_path: Path | None, certificates: ServerCertif
     e.g. ``--address``) keep its values. The file is read once: its errors' lines are those of the text
     served, whatever a writer does meanwhile."""
     from .config_warnings import NO_ROUTE_WARNING, routes_nothing
-    from .core import config_names, reload_changes
+    from .core import config_names, reload_changes, reload_losses
 
     if config_path is None:
         log.warning("SIGHUP: nothing to reload, the daemon runs the embedded default (start it with --config)")
@@ -1036,6 +1036,8 @@ def reload_config(app: App, config_path: Path | None, certificates: ServerCertif
              config.default or "none")
     for change in reload_changes(before, config, providers_before, app.registry.entries):
         log.info("SIGHUP: %s", change)
+    if (losses := reload_losses(before, config)) is not None:
+        log.warning("SIGHUP: %s", losses)
     if routes_nothing(config):
         log.warning("%s", NO_ROUTE_WARNING)
     _log_replaced_rules(config)

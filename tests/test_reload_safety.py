@@ -54,6 +54,19 @@ def test_a_reload_that_reads_the_file_empty_or_half_written_is_refused(start_dae
     assert route_of(daemon) == ("to-omni", "fake/omni")
 
 
+def test_a_reload_that_removes_rules_or_the_default_is_a_warning(start_daemon) -> None:
+    """A file cut after its first rule (read mid-write) still parses: served, it dropped the later rules and the
+    default with one INFO line; the WARNING names what went."""
+    whole = ROUTED.replace("overrides: {allow: false}\n", "  - name: general\n    use: fake/omni\ndefault: fake/echo\n")
+    daemon = start_daemon(whole)
+    cut = whole.split("  - name: general")[0]
+    reload(daemon, cut, "rules reloaded")
+    [warning] = [line for line in daemon.logs().splitlines() if "this reload removed" in line]
+    assert " WARNING " in warning and "removed rule general and the default" in warning, warning
+    reload(daemon, whole, "rules added: general")
+    assert len([line for line in daemon.logs().splitlines() if "this reload removed" in line]) == 1  # added: no warning
+
+
 def test_start_up_with_no_routes_and_no_default_says_every_request_is_refused(start_daemon) -> None:
     daemon = start_daemon("providers:\n  fake: {api_key: k}\n")
     assert "no routes and no default: every request will be refused" in daemon.logs()
