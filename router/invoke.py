@@ -22,6 +22,7 @@ from .provider import Provider
 from .types import (
     CallContext,
     ModelInfo,
+    Price,
     ProviderEvent,
     Request,
     TextDelta,
@@ -147,6 +148,9 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
                 _UNDER_WAY.pop(task, None)
     if not reported:
         _warn_unreported(provider, model)
+    elif usage == Usage() and model.price != Price():
+        _warn_unreported(provider, model, "with a usage report of nothing (0 tokens, 0 s: the provider sent no "
+                                          "usage, or the plugin did not read it)")
     route.attempts.append(Attempt(provider.name, model.name, True, "", elapsed()))
     route.steps.append(Step(purpose, provider.name, model.name, elapsed(), usage))
 
@@ -155,11 +159,16 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
 _UNREPORTED: set[tuple[str, str]] = set()
 
 
-def _warn_unreported(provider: Provider, model: ModelInfo) -> None:
-    """Log, once per model, an answer that ended without a :class:`UsageReport`: it is billed as free and
-    its finish reason is unknown (the plugin breaks its contract; the conformance kit checks it)."""
+def _warn_unreported(provider: Provider, model: ModelInfo, how: str = "") -> None:
+    """Log, once per model, an answer of a priced model that ended without a :class:`UsageReport` (the
+    plugin breaks its contract; the conformance kit checks it: its finish reason is unknown too), or, said
+    ``how``, with one of nothing (a provider or proxy that sends no usage): it is recorded as free."""
     if (provider.name, model.name) not in _UNREPORTED:
         _UNREPORTED.add((provider.name, model.name))
+        if how:
+            log.warning("provider %s answered with %s %s: its calls are recorded as free; said once",
+                        provider.name, model.name, how)
+            return
         log.warning("provider %s answered with %s without a usage report (the plugin's generate must yield a "
                     "router.UsageReport): its calls are recorded as free and their finish reason unknown; "
                     "said once", provider.name, model.name)
