@@ -55,9 +55,20 @@ class FailedAttempt(Attempt):
     http_status: int | None = None
 
 
+@dataclass
+class CancelledAttempt(Attempt):
+    """An attempt cancelled before its deadline (its client left, the daemon stopped). ``unpaid`` is its
+    zero-cost ``"<purpose> (cancelled)"`` step for the statistics when it reported no usage (a stream's
+    usage comes at its end with OpenAI), so that the call is counted all the same."""
+
+    unpaid: Step | None = None
+
+
 def unpaid_failures(route: RouteInfo) -> list[Step]:
-    """The steps of ``route``'s failed attempts that no step of ``route.steps`` counts (for statistics)."""
-    return [a.unpaid for a in route.attempts if isinstance(a, FailedAttempt) and a.unpaid is not None]
+    """The steps of ``route``'s failed or cancelled attempts that no step of ``route.steps`` counts (for
+    statistics)."""
+    return [a.unpaid for a in route.attempts
+            if isinstance(a, FailedAttempt | CancelledAttempt) and a.unpaid is not None]
 
 
 def providers_running(tasks: Iterable[asyncio.Task]) -> list[str]:
@@ -205,9 +216,11 @@ def _timed_out(provider: Provider, latency_ms: float, cause: ProviderError | Non
 def _cancelled(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo, latency_ms: float,
                usage: Usage) -> None:
     """Record a call cancelled before its deadline (its client cancelled or left, the daemon stops):
-    an attempt ``"cancelled"``, not a failure of the provider's, and a step for what was paid."""
-    route.attempts.append(Attempt(provider.name, model.name, False, "cancelled", latency_ms))
-    _keep_paid_part(route, purpose, provider, model, latency_ms, usage, "cancelled")
+    an attempt ``"cancelled"``, not a failure of the provider's, and a step for what was paid (else one
+    for the statistics only)."""
+    paid = _keep_paid_part(route, purpose, provider, model, latency_ms, usage, "cancelled")
+    unpaid = None if paid else Step(f"{purpose} (cancelled)", provider.name, model.name, latency_ms)
+    route.attempts.append(CancelledAttempt(provider.name, model.name, False, "cancelled", latency_ms, unpaid))
 
 
 def _keep_paid_part(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo, latency_ms: float,

@@ -30,7 +30,7 @@ def test_answers_without_usage_from_the_provider_are_said_to_be_recorded_as_free
     daemon = start_daemon(CONFIG.format(url=fake.base_url))
     answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30).answer
     assert answer.text and answer.usage.input_tokens == 0 and answer.usage.cost_usd == 0
-    streamed = list(daemon.stub.StreamGenerate(pb.GenerateRequest(request=text_request("again")), timeout=30))
+    streamed = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("again")), timeout=30))
     assert streamed[-1].done.answer.usage.cost_usd == 0
     assert wait_for(lambda: WARNING in daemon.logs()), daemon.logs()
     [line] = [line for line in daemon.logs().splitlines() if WARNING in line]  # said once
@@ -43,3 +43,24 @@ def test_answers_with_usage_say_nothing_of_it(start_daemon) -> None:
         answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30).answer
     assert answer.usage.input_tokens == 1234
     assert "usage report" not in daemon.logs()
+
+
+def test_a_stream_cancelled_before_any_usage_is_counted_in_the_statistics(start_daemon) -> None:
+    """OpenAI sends a stream's usage at its end: one its client left before was in no statistics row at all
+    (an unpaid failed attempt has its row at $0, a cancelled one had none), so stats missed the call."""
+    from router.sessions import SessionStore
+
+    with FakeOpenAI() as fake:
+        fake.reply_chunks = ["word "] * 200
+        fake.chunk_delay = 0.05  # the stream still runs when its client leaves
+        daemon = start_daemon(CONFIG.format(url=fake.base_url))
+        call = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("cut")), timeout=30)
+        for event in call:
+            if event.HasField("text_delta"):
+                call.cancel()
+                break
+        assert wait_for(lambda: "StreamGenerate CANCELLED" in daemon.logs()), daemon.logs()
+        daemon.stop()
+    rows = SessionStore(daemon.data_dir / "sessions.sqlite").stats()
+    [row] = [row for row in rows if row["purpose"] == "answer (cancelled)"]
+    assert (row["provider"], row["model"], row["calls"], row["cost_usd"]) == ("openai", "gpt-4o", 1, 0)
