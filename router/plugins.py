@@ -138,19 +138,26 @@ def price_problems(provider: str, prices: object) -> list[str]:
             if key not in _PRICE_FIELDS:
                 problems.append(f"{where}.{model}.{key}: unknown price (known: {', '.join(_PRICE_FIELDS)})")
             elif _as_price(value) is None:
-                problems.append(f"{where}.{model}.{key}: {value!r} is not a price (a number >= 0, in US dollars)")
+                problems.append(f"{where}.{model}.{key}: {value!r} is not a price (a number from 0 to "
+                                f"{MAX_PRICE:,.0f}, in US dollars)")
     return problems
 
 
+#: The highest price the configuration takes, in US dollars per million tokens or per audio hour ($1 a token):
+#: far above any model's, and low enough that no call's cost overflows to infinity (not JSON, in logs and stats).
+MAX_PRICE = 1_000_000.0
+
+
 def _as_price(value: object) -> float | None:
-    """``value`` as a price (a finite number >= 0; numeric strings come from ``${VAR}``), or None."""
+    """``value`` as a price (a finite number from 0 to :data:`MAX_PRICE`; numeric strings come from
+    ``${VAR}``), or None."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
         number = float(value)
     except ValueError:
         return None
-    return number if math.isfinite(number) and number >= 0 else None
+    return number if math.isfinite(number) and 0 <= number <= MAX_PRICE else None
 
 
 def _with_prices(provider: Provider, prices: Mapping[str, Mapping[str, object]]) -> None:

@@ -279,6 +279,9 @@ def test_a_bad_price_override_breaks_only_its_provider(start_daemon) -> None:
     ({"omni": {"input_per_mtok": "cheap"}}, "providers.fake.prices.omni.input_per_mtok: 'cheap' is not a price"),
     ({"omni": {"output_per_mtok": -1}}, "providers.fake.prices.omni.output_per_mtok: -1 is not a price"),
     ({"omni": {"output_per_mtok": True}}, "providers.fake.prices.omni.output_per_mtok: True is not a price"),
+    # a cost of inf is no number in JSON logs and stats (`Infinity`), and would stay in the stats' sums
+    ({"omni": {"input_per_mtok": 1e308}}, "providers.fake.prices.omni.input_per_mtok: 1e+308 is not a price "
+                                         "(a number from 0 to 1,000,000, in US dollars)"),
     ({"omni": 2.5}, "providers.fake.prices.omni: must map price names"),
     (["omni"], "providers.fake.prices: must map model names to prices, got list"),
 ])
