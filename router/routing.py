@@ -120,6 +120,8 @@ class Facts:
     #: The longest media of each speech modality (audio, video), in seconds; those of unknown length
     #: are left out.
     longest_seconds: Mapping[Modality, float] = field(default_factory=dict)
+    #: The largest media of each modality, in bytes; those of unknown size (given by URL) are left out.
+    largest_bytes: Mapping[Modality, int] = field(default_factory=dict)
     #: The normalised MIME types of the media given only by URL (no bytes), per modality: a model or
     #: bridge must take that modality by URL (:meth:`ModelInfo.takes_url`).
     url_mime_types: Mapping[Modality, frozenset[str]] = field(default_factory=dict)
@@ -316,6 +318,7 @@ def facts_of(request: Request) -> Facts:
         turn_tokens=turn_tokens,
         mime_types=_mime_types(media),
         longest_seconds=_longest(media),
+        largest_bytes=_largest(media),
         url_mime_types=_mime_types(m for m in media if is_url_only(m)),
     )
 
@@ -327,6 +330,15 @@ def _longest(media: Iterable[Media]) -> dict[Modality, float]:
         if one.modality in _SPEECH and one.duration_seconds:
             longest[one.modality] = max(longest.get(one.modality, 0.0), one.duration_seconds)
     return longest
+
+
+def _largest(media: Iterable[Media]) -> dict[Modality, int]:
+    """The largest known size in bytes of ``media`` per modality."""
+    largest: dict[Modality, int] = {}
+    for one in media:
+        if size := _byte_size(one):
+            largest[one.modality] = max(largest.get(one.modality, 0), size)
+    return largest
 
 
 def _mime_types(media: Iterable[Media]) -> dict[Modality, frozenset[str]]:
@@ -536,6 +548,23 @@ def too_long(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> 
     return None
 
 
+def too_large(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> str | None:
+    """Why ``model`` cannot take the media of ``modalities`` for their size (``max_media_bytes``), or None."""
+    if not model.max_media_bytes:
+        return None
+    for modality in sorted(modalities, key=lambda m: m.value):
+        size = facts.largest_bytes.get(modality, 0)
+        if size > model.max_media_bytes:
+            return (f"{_megabytes(size)} of {modality.value} is larger than its {_megabytes(model.max_media_bytes)} "
+                    "per file")
+    return None
+
+
+def _megabytes(size: int) -> str:
+    """``size`` bytes in MiB, as a size limit is shown (``25 MiB``), to a tenth where not whole."""
+    return f"{size / 2**20:.1f}".removesuffix(".0") + " MiB"
+
+
 def _too_big(plan: Plan, facts: Facts) -> str | None:
     """Why ``plan``'s model cannot hold this turn's input, or None.
 
@@ -581,7 +610,8 @@ class Router:
                 continue
             if facts.diarization and modality in _SPEECH and FEATURE_DIARIZATION not in model.features:
                 continue
-            if unfit_formats(model, modality, formats) or too_long(model, {modality}, facts):
+            if unfit_formats(model, modality, formats) or too_long(model, {modality}, facts) \
+                    or too_large(model, {modality}, facts):
                 continue
             if facts.url_mime_types.get(modality, frozenset()) & formats and not model.takes_url(modality):
                 continue
@@ -611,15 +641,17 @@ class Router:
         by_url = url_refused(model, needed - missing, facts)  # bridged, as a modality it does not take
         missing |= by_url
         beside: set[Modality] = set()  # taken as they are, with a diarizing bridge's transcript beside them
+        unlabeled: set[Modality] = set()  # taken, but bridged only for their speakers' labels
         if facts.diarization and not diarize_here and FEATURE_DIARIZATION not in model.features:
             # The speakers must come from a diarizing bridge: audio becomes its transcript, while a video
             # the model can see stays, with the transcript beside it. An extraction-only model would make
             # its own transcript of that video, without speakers: it gets the bridge's instead.
             if FEATURE_EXTRACTION_ONLY in model.features:
-                missing |= needed & _SPEECH
+                unlabeled = (needed & _SPEECH) - missing
             else:
-                missing |= needed & {Modality.AUDIO}
-                beside = (needed & {Modality.VIDEO}) - missing
+                unlabeled = (needed & {Modality.AUDIO}) - missing
+                beside = (needed & {Modality.VIDEO}) - missing - unlabeled
+            missing |= unlabeled
         # The formats of a modality it takes but not in every format: only those media are bridged.
         unfit = {m: f for m in sorted(needed - missing, key=lambda m: m.value)
                  if (f := unfit_formats(model, m, facts.mime_types.get(m, ())))}
@@ -627,24 +659,26 @@ class Router:
             beside.discard(modality)
             missing.add(modality)
             del unfit[modality]
-        if long := too_long(model, (needed - missing) & _SPEECH, facts):
+        if long := too_long(model, (needed - missing) & _SPEECH, facts) or too_large(model, needed - missing, facts):
             return f"{target}: {long}"
         if not missing and not beside and not unfit:
             plan = Plan(target, model)
             return _too_big(plan, facts) or plan
         if not bridging or facts.task is Task.TRANSCRIBE:
-            if missing:
-                return f"{target}: does not take {_not_taken(missing, by_url)}"
+            if missing - unlabeled:
+                return f"{target}: does not take {_not_taken(missing - unlabeled, by_url)}"
             if unfit:
                 return f"{target}: does not take {', '.join(sorted(set().union(*unfit.values())))}"
-            return f"{target}: cannot label the speakers of {_names(frozenset(beside))} and bridging is off"
+            return f"{target}: cannot label the speakers of {_names(frozenset(beside | unlabeled))} and bridging is off"
         bridges = []
         for modality in sorted(missing | beside | unfit.keys(), key=lambda m: m.value):
             formats = unfit.get(modality, frozenset())
             bridge = self._bridge_for(modality, facts, catalog, formats or facts.mime_types.get(modality, frozenset()))
             if bridge is None:
+                if modality in beside or modality in unlabeled:
+                    return f"{target}: {self._no_diarizing_bridge(modality)}"
                 extra = " with diarization" if facts.diarization and modality in _SPEECH else ""
-                problem = "cannot label the speakers of" if modality in beside else "does not take"
+                problem = "does not take"
                 what = ", ".join(sorted(formats)) if formats else modality.value
                 if modality in by_url:
                     what += " by URL"
@@ -655,6 +689,13 @@ class Router:
                                                convert_to=target_formats(model, modality, formats)))
         plan = Plan(target, model, bridges)
         return _too_big(plan, facts) or plan
+
+    def _no_diarizing_bridge(self, modality: Modality) -> str:
+        """Why a model that takes ``modality`` but cannot label its speakers cannot be used: no diarizing
+        bridge of it is usable, with the bridges the config lists for it."""
+        listed = ", ".join(self.bridges.get(modality, ())) or "none"
+        return (f"cannot label the speakers of {modality.value}, and no diarizing bridge is usable "
+                f"(bridges.{modality.value} lists {listed})")
 
     def usable_targets(self, facts: Facts, catalog: Catalog) -> list[Target]:
         """Every target that could answer directly, in catalog order (for plugins' route_request)."""

@@ -296,10 +296,13 @@ class ModelInfo:
     of its ``inputs``. Each entry is a normalised MIME type (:func:`router.mime.normalise_mime`, so
     ``audio/mpeg`` stands for mp3 and ``audio/mp4`` for m4a) or a wildcard such as ``text/*``.
     ``max_audio_seconds`` is the longest audio or video it takes per media (0: no cap): routing skips
-    it for longer speech. ``url_inputs`` are the media modalities it takes given by URL (``Media.url``,
-    no bytes: the provider passes the URL on, or fetches it itself); None, the default: not declared,
-    every modality is assumed taken by URL. Routing skips a target or bridge for media given by URL in a
-    modality it does not list, as for a MIME type it does not take (see :meth:`takes_url`).
+    it for longer speech. ``max_media_bytes`` is the largest media it takes, in bytes (0: no cap; an
+    upload limit such as Whisper's 25 MB): routing skips it for a larger media of a modality it takes,
+    as for longer speech (a media of unknown size passes). ``url_inputs`` are the media modalities it
+    takes given by URL (``Media.url``, no bytes: the provider passes the URL on, or fetches it itself);
+    None, the default: not declared, every modality is assumed taken by URL. Routing skips a target or
+    bridge for media given by URL in a modality it does not list, as for a MIME type it does not take
+    (see :meth:`takes_url`).
     """
 
     name: str
@@ -313,6 +316,7 @@ class ModelInfo:
     max_output_tokens: int = 0
     input_mime_types: frozenset[str] = frozenset()
     max_audio_seconds: float = 0
+    max_media_bytes: int = 0
     url_inputs: frozenset[Modality] | None = None
     #: Whether its provider sends ``options.temperature`` to it; False: it is left out, and the answer's
     #: route says so in a note.

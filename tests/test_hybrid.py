@@ -366,17 +366,19 @@ def upload(daemon, data: bytes, modality: int, mime: str, filename: str) -> pb.M
 
 
 def test_audio_over_whisper_s_25_mb_goes_to_assemblyai_without_reaching_openai(start_daemon, fakes) -> None:
-    """A 30 MB recording: the openai plugin refuses it (INPUT_TOO_LARGE) before uploading, and the rule's
-    fallback, AssemblyAI, transcribes it."""
+    """A 30 MB recording: whisper-1 declares its 25 MB limit (ModelInfo.max_media_bytes), so routing plans
+    the rule's fallback, AssemblyAI, which transcribes it; ExplainRoute says the same."""
     daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
     audio = big_wav(30 * 1024 * 1024)
     media = upload(daemon, audio, pb.MODALITY_AUDIO, "audio/wav", "all-hands.wav")
-    answer = generate(daemon, text_request("", media=[media], options=TRANSCRIBE))
+    request = text_request("", media=[media], options=TRANSCRIBE)
+    answer = generate(daemon, request)
     assert route_of(answer) == ("transcription", "assemblyai/best")
-    refused, took = answer.route.attempts
-    assert (refused.provider, refused.model, refused.ok, took.provider, took.ok) == (
-        "openai", "whisper-1", False, "assemblyai", True)
-    assert "over whisper-1's limit of 25 MB" in refused.error and "refused before uploading" in refused.error
+    [took] = answer.route.attempts
+    assert (took.provider, took.ok) == ("assemblyai", True)
+    assert any("whisper-1: 30 MiB of audio is larger than its 25 MiB per file" in t.reason for t in answer.route.trace)
+    explained = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route
+    assert (explained.provider, explained.model) == ("assemblyai", "best")
     assert fakes["openai"].requests == [], "nothing was uploaded to OpenAI"
     assert fakes["assemblyai"].uploads == [audio] and answer.transcript.text
 

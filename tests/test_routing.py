@@ -1081,3 +1081,70 @@ def test_default_policy_diarizes_with_openai_when_it_is_the_only_key():
                          everyone)) == "assemblyai/best"
     assert decide(default_router(), request(text("who spoke?"), audio(60), diarization=True),
                   everyone).plan.bridges == [Bridge(AUDIO, Target("assemblyai", "best"))]
+
+
+# -- media sizes (ModelInfo.max_media_bytes) ---------------------------------------------------
+
+#: Whisper as the openai plugin declares it: at most 25 MiB a file.
+CAPPED_WHISPER = dataclasses.replace(WHISPER, max_media_bytes=25 * 1024 * 1024)
+
+
+def sized_audio(size: int) -> Part:
+    """Audio of ``size`` bytes, as an uploaded file the router holds (its size known without its bytes)."""
+    return Part(media=Media(AUDIO, "audio/wav", size=size, duration_seconds=60.0, media_id="m1"))
+
+
+def test_facts_keep_the_largest_media_of_each_modality():
+    facts = facts_of(request(text(), sized_audio(10), sized_audio(30_000_000), image()))
+    assert facts.largest_bytes == {AUDIO: 30_000_000, IMAGE: 3}
+    url_only = Media(AUDIO, "audio/wav", url="https://example.com/a.wav")
+    assert facts_of(request(text(), Part(media=url_only))).largest_bytes == {}  # unknown size: left out
+
+
+def test_a_bridge_whose_model_caps_the_file_size_is_passed_over_for_a_larger_file():
+    """Whisper takes 25 MiB a file: a 30 MB recording goes to the next audio bridge, in the plan that
+    explain shows as in the one Generate follows; a file under the cap still goes to Whisper."""
+    cat = catalog(openai=status(GPT_4O, CAPPED_WHISPER))
+    router = Router(rules=[rule("r", "openai/gpt-4o")], bridges={AUDIO: ["openai/whisper-1", "local/extract"]})
+    big = decide(router, request(text("summarise"), sized_audio(30_000_000)), cat)
+    assert big.plan.bridges == [Bridge(AUDIO, Target("local", "extract"))]
+    small = decide(router, request(text("summarise"), sized_audio(20_000_000)), cat)
+    assert small.plan.bridges == [Bridge(AUDIO, Target("openai", "whisper-1"))]
+
+
+def test_a_target_whose_model_caps_the_file_size_is_skipped_with_the_reason():
+    cat = catalog(openai=status(GPT_4O, CAPPED_WHISPER))
+    router = Router(rules=[rule("transcription", "openai/whisper-1", "assemblyai/best", task=[Task.TRANSCRIBE])])
+    decision = decide(router, request(sized_audio(60 * 1024 * 1024), task=Task.TRANSCRIBE), cat)
+    assert chosen(decision) == "assemblyai/best"
+    assert "openai/whisper-1: 60 MiB of audio is larger than its 25 MiB per file" in decision.trace[0].reason
+    with pytest.raises(NoRoute, match=r"openai/whisper-1: 30\.5 MiB of audio is larger than its 25 MiB per file"):
+        decide(Router(rules=[], default="openai/whisper-1"), request(sized_audio(32_000_000), task=Task.TRANSCRIBE),
+               cat)
+
+
+# -- diarization without a diarizing bridge ---------------------------------------------------
+
+
+@pytest.mark.parametrize("listed", [[], ["openai/whisper-1", "local/extract"]], ids=["none", "whisper-local"])
+def test_no_route_for_diarization_says_the_model_cannot_label_speakers_not_that_it_does_not_take_audio(listed):
+    """local/extract takes audio: it only cannot label who speaks, and no diarizing bridge is listed."""
+    router = Router(rules=[], default="local/extract", bridges={AUDIO: listed} if listed else {})
+    with pytest.raises(NoRoute) as info:
+        decide(router, request(text("who said what?"), audio(), diarization=True))
+    shown = ", ".join(listed) or "none"
+    assert ("local/extract: cannot label the speakers of audio, and no diarizing bridge is usable "
+            f"(bridges.audio lists {shown})") in info.value.message, info.value.message
+    assert "does not take audio" not in info.value.message
+
+
+def test_a_model_that_sees_audio_but_cannot_diarize_is_said_to_lack_the_speakers():
+    gpt_audio = ModelInfo("gpt-audio", inputs=frozenset({TEXT, AUDIO}))
+    router = Router(rules=[rule("r", "openai/gpt-audio")], bridges={AUDIO: ["openai/whisper-1"]})
+    cat = catalog(openai=status(gpt_audio, WHISPER))
+    with pytest.raises(NoRoute, match=r"openai/gpt-audio: cannot label the speakers of audio, and no diarizing "
+                                      r"bridge is usable \(bridges\.audio lists openai/whisper-1\)"):
+        decide(router, request(text("who?"), audio(), diarization=True), cat)
+    no_bridging = Router(rules=[rule("r", "openai/gpt-audio", bridging=False)])
+    with pytest.raises(NoRoute, match="openai/gpt-audio: cannot label the speakers of audio and bridging is off"):
+        decide(no_bridging, request(text("who?"), audio(), diarization=True), cat)

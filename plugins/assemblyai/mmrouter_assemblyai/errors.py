@@ -163,9 +163,9 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str, base_url: str
                                     last.headers.get("location") if last is not None else None,
                                     str(last.request.url) if last is not None else "")
         if status == 404:
-            return ProviderUnavailable(provider, _scrub(
+            return _with_status(ProviderUnavailable(provider, _scrub(
                 f"the AssemblyAI API was not found at {public_url(base_url)} (HTTP 404: {detail}): check "
-                "base_url (the API's root, such as https://api.assemblyai.com, without /v2)", api_key))
+                "base_url (the API's root, such as https://api.assemblyai.com, without /v2)", api_key)), status)
         if status in (401, 403):
             message = (f"authentication failed ({detail}): check "
                        f"{AssemblyAISettings.refused_key_settings(provider, PLUGIN, api_key)}")
@@ -180,6 +180,13 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str, base_url: str
     return ProviderUnavailable(
         provider, _scrub(f"bad answer from the AssemblyAI API ({type(exc).__name__}): {exc}", api_key)
     )
+
+
+def _with_status(error: ProviderError, status: int) -> ProviderError:
+    """``error`` with the HTTP ``status`` AssemblyAI answered (``ProviderError.http_status``), which
+    ``ListProviders`` shows with the last failure, for an error not made by ``provider_error_from_status``."""
+    error.http_status = status
+    return error
 
 
 def is_mappable(exc: BaseException) -> bool:
@@ -232,9 +239,10 @@ def poll_failed(exc: BaseException, provider: str, transcript_id: str, api_key: 
     import assemblyai as aai
 
     if isinstance(exc, aai.types.AssemblyAIError) and exc.status_code == 404:
-        return ProviderUnavailable(provider, _scrub(
+        return _with_status(ProviderUnavailable(provider, _scrub(
             f"AssemblyAI does not know transcript {transcript_id} (HTTP 404: {_sdk_detail(exc, api_key)}): it was "
-            "deleted, or belongs to another account or region than the configured api_key and base_url", api_key))
+            "deleted, or belongs to another account or region than the configured api_key and base_url", api_key)),
+            404)
     return map_sdk_error(exc, provider, api_key, base_url)
 
 

@@ -218,10 +218,11 @@ class FileStore:
                         raise
                     self.forget(key)
                     if lost_once:
-                        raise ProviderUnavailable(
+                        lost = ProviderUnavailable(
                             self.provider, f"the Files API lost {entry.name} (media {key.sha256[:12]}) while it was "
-                                           f"processing, after uploading it again (HTTP {exc.code}: {exc.message})"
-                        ) from exc
+                                           f"processing, after uploading it again (HTTP {exc.code}: {exc.message})")
+                        lost.http_status = exc.code  # shown by ListProviders with the last failure
+                        raise lost from exc
                     lost_once, entry = True, None
 
     async def _settle(self, client: Any, entry: RemoteFile, key: UploadKey, ctx: CallContext) -> RemoteFile:

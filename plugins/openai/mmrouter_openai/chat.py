@@ -209,7 +209,7 @@ def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_ma
     if opts.max_output_tokens > 0:
         wanted = min(opts.max_output_tokens, output_limit) if output_limit > 0 else opts.max_output_tokens
         params["max_tokens" if legacy_max_tokens else "max_completion_tokens"] = wanted
-    if opts.temperature is not None:
+    if opts.temperature is not None and model.takes_temperature:  # else left out (the route says so)
         params["temperature"] = opts.temperature
     return params
 

@@ -9,7 +9,7 @@ seconds (whichever the API billed), never both, so cost is not counted twice.
 Prompt tokens read from OpenAI's automatic prompt cache are priced at
 ``cached_input_per_mtok`` where OpenAI lists a cached-input price.
 
-Extra models (for OpenAI-compatible servers such as vLLM, Ollama or
+Extra models (OpenAI's newer ones, or those of OpenAI-compatible servers such as vLLM, Ollama or
 llama.cpp) come from ``providers.openai.models``::
 
     models:
@@ -21,6 +21,10 @@ llama.cpp) come from ``providers.openai.models``::
         price: {input_per_mtok: 0, output_per_mtok: 0, per_audio_hour: 0, audio_input_per_mtok: 0,
                 cached_input_per_mtok: 0}   # 0: cached prompt tokens cost input_per_mtok
         transcription_format: json     # json | verbose_json | diarized_json (transcript models)
+        takes_temperature: true        # false: options.temperature is not sent (OpenAI's reasoning models)
+
+``price`` is required for a model of OpenAI's own API (a provider whose base_url is OpenAI's): a model
+left unpriced there would be billed $0. Elsewhere (a local server) it defaults to 0.
 """
 
 from __future__ import annotations
@@ -66,6 +70,15 @@ _TEXT_AUDIO = frozenset({Modality.TEXT, Modality.AUDIO})
 _AUDIO = frozenset({Modality.AUDIO})
 _TRANSCRIPT = frozenset({OUTPUT_TRANSCRIPT})
 
+#: The largest file OpenAI's transcription models take: "File uploads are currently limited to 25 MB"
+#: (platform.openai.com/docs/guides/speech-to-text); "the maximum request size is 25 MiB" (help.openai.com
+#: article 7031512, Audio API FAQ). The API answers a larger upload with 413 "Maximum content size limit
+#: (26214400) exceeded (N bytes read)" after reading it. The built-in transcription models declare it
+#: (``ModelInfo.max_media_bytes``), so routing passes over them for a larger file. Models an operator
+#: configures (OpenAI-compatible servers) have their own limits, unknown here. (transcribe.py, which
+#: refuses such a file before uploading it, imports this module: it cannot be imported from there.)
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -102,7 +115,7 @@ def _stt(name: str, price: Price, fmt: str, diarizes: bool = False, context: int
     return Entry(ModelInfo(name, inputs=_AUDIO, outputs=_TRANSCRIPT, features=features,
                            context_tokens=context, price=price, default_max_output_tokens=2_000,
                            input_mime_types=TRANSCRIBE_TYPES, max_audio_seconds=max_seconds,
-                           url_inputs=frozenset()), fmt)
+                           max_media_bytes=MAX_UPLOAD_BYTES, url_inputs=frozenset()), fmt)
 
 
 #: The built-in catalogue, in preference order (the first model is the contract model).
@@ -157,7 +170,8 @@ def _modalities(value: Any, where: str) -> frozenset[Modality]:
 
 
 #: The keys of one item of ``providers.<provider>.models``.
-SPEC_KEYS = ("name", "inputs", "outputs", "price", "context_tokens", "max_output_tokens", "transcription_format")
+SPEC_KEYS = ("name", "inputs", "outputs", "price", "context_tokens", "max_output_tokens", "transcription_format",
+             "takes_temperature")
 _PRICE_KEYS = tuple(f.name for f in fields(Price))
 
 
@@ -168,8 +182,10 @@ def _unknown_keys(given: Mapping[str, Any], known: tuple[str, ...], where: str) 
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
 
 
-def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "openai") -> Entry:
-    """Build a model from one item of ``providers.<provider>.models``."""
+def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "openai", *,
+                      price_required: bool = False) -> Entry:
+    """Build a model from one item of ``providers.<provider>.models``; with ``price_required`` (a provider
+    of OpenAI's own API), an item without ``price`` is a ConfigError: it would be billed $0."""
     where = f"providers.{provider}.models[{index}]"
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where}: must be a mapping (name, inputs, price...), got {type(spec).__name__}")
@@ -184,6 +200,10 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
     transcribes = OUTPUT_TRANSCRIPT in outputs
     default_inputs = ["audio"] if transcribes else ["text"]
     inputs = _modalities(spec.get("inputs") or default_inputs, where)
+    if price_required and spec.get("price") is None:
+        raise ConfigError(f"{where}.price is required for a model of OpenAI's API, or its calls are billed $0: "
+                          "give its list prices (price: {input_per_mtok: .., output_per_mtok: ..}; zeros for a "
+                          "free model)")
     price_spec = spec.get("price") or {}
     if not isinstance(price_spec, Mapping):
         raise ConfigError(f"{where}.price: must map price names to numbers, got {type(price_spec).__name__}")
@@ -195,6 +215,9 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
         limit = int(spec.get("max_output_tokens") or 0)
     except (TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(f"{where}: bad number ({exc})") from None
+    temperature = spec.get("takes_temperature", True)
+    if not isinstance(temperature, bool):
+        raise ConfigError(f"{where}.takes_temperature must be true or false, got {temperature!r}")
     fmt = str(spec.get("transcription_format") or ("verbose_json" if "whisper" in name else "json"))
     if transcribes and fmt not in TRANSCRIPTION_FORMATS:
         raise ConfigError(f"{where}.transcription_format must be one of {', '.join(TRANSCRIPTION_FORMATS)}")
@@ -206,7 +229,8 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
     formats = TRANSCRIBE_TYPES if transcribes else CHAT_AUDIO_TYPES if Modality.AUDIO in inputs else frozenset()
     info = ModelInfo(name, inputs=inputs, outputs=outputs, features=frozenset(features),
                      context_tokens=context, price=price, default_max_output_tokens=limit or 4096,
-                     input_mime_types=formats, url_inputs=frozenset() if transcribes else inputs & URL_INPUTS)
+                     input_mime_types=formats, url_inputs=frozenset() if transcribes else inputs & URL_INPUTS,
+                     takes_temperature=temperature)
     return Entry(info, fmt if transcribes else "", max_output_tokens=limit)
 
 
@@ -216,22 +240,29 @@ def _spec_of(entry: Entry) -> dict[str, Any]:
     return {"name": info.name, "inputs": sorted(m.value for m in info.inputs), "outputs": sorted(info.outputs),
             "price": asdict(info.price), "context_tokens": info.context_tokens,
             "max_output_tokens": entry.max_output_tokens,
-            "transcription_format": entry.transcription_format or None}
+            "transcription_format": entry.transcription_format or None,
+            "takes_temperature": info.takes_temperature}
 
 
-def catalogue(builtin: bool, extra: Iterable[Mapping[str, Any]], provider: str = "openai") -> dict[str, Entry]:
-    """The models to offer, by name: the built-in ones (if wanted) then configured ones (which win)."""
+def catalogue(builtin: bool, extra: Iterable[Mapping[str, Any]], provider: str = "openai", *,
+              openai_api: bool = False) -> dict[str, Entry]:
+    """The models to offer, by name: the built-in ones (if wanted) then configured ones (which win).
+
+    ``openai_api``: the provider talks to OpenAI's own API (``OpenAISettings.is_openai``), where a configured
+    model needs a ``price`` (a built-in one given again keeps the built-in's)."""
     entries: dict[str, Entry] = {e.info.name: e for e in BUILTIN} if builtin else {}
     known = {e.info.name: e for e in BUILTIN}
     for index, spec in enumerate(extra):
         same = known.get(str(spec.get("name") or "").strip()) if isinstance(spec, Mapping) else None
         # a built-in model given again (a smaller context, a new price): what the item leaves out is the
         # built-in's, its price and inputs above all (left out, they were 0 and text only)
-        entry = entry_from_config({**_spec_of(same), **spec} if same is not None else spec, index, provider)
+        entry = entry_from_config({**_spec_of(same), **spec} if same is not None else spec, index, provider,
+                                  price_required=openai_api)
         if same is not None:  # what it takes does not change
             entry = replace(entry, still_gifs_only=same.still_gifs_only,
                             info=replace(entry.info, input_mime_types=same.info.input_mime_types,
                                          max_audio_seconds=same.info.max_audio_seconds,
+                                         max_media_bytes=same.info.max_media_bytes,
                                          default_max_output_tokens=same.info.default_max_output_tokens
                                          if "max_output_tokens" not in spec else entry.info.default_max_output_tokens))
         entries[entry.info.name] = entry

@@ -51,7 +51,8 @@ class OpenAIProvider(router.Provider):
         self.name = name
         self.settings = settings if isinstance(settings, OpenAISettings) else OpenAISettings.load(
             name, settings, environment=name == PLUGIN)
-        self._entries: dict[str, Entry] = catalogue(self.settings.builtin_models, self.settings.models, name)
+        self._entries: dict[str, Entry] = catalogue(self.settings.builtin_models, self.settings.models, name,
+                                                     openai_api=self.settings.is_openai)
         self.models: list[ModelInfo] = [e.info for e in self._entries.values()]
         self._client: AsyncOpenAI | None = None
         if self.settings.sends_environment_key_elsewhere:

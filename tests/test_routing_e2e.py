@@ -1,0 +1,102 @@
+"""Routing facts through the running daemon: what ExplainRoute plans is what Generate follows, for a media a
+model declares it cannot take (over its file size, ``max_media_bytes``, or its length, ``max_audio_seconds``).
+
+The real SDKs talk to the fakes of tests/fakes/ (OpenAI, and AssemblyAI as the next audio bridge).
+"""
+
+from __future__ import annotations
+
+import pytest
+from grpc_helpers import providers_by_name, text_request
+from media_factory import wav, wav_of
+from mmrouter.v1 import router_pb2 as pb
+
+from tests.fakes.assemblyai import FakeAssemblyAI
+from tests.fakes.openai import API_KEY, FakeOpenAI
+
+AAI_KEY = "aai-routing-key"
+
+SIZES = """
+providers:
+  openai: {{api_key: "{key}", base_url: "{url}", timeout: 30}}
+  assemblyai: {{api_key: "{aai_key}", base_url: "{aai_url}", timeout: 30, poll_interval: 0.02}}
+default: openai/gpt-4o
+bridges:
+  audio: [openai/whisper-1, assemblyai/best]
+"""
+
+LENGTHS = """
+providers:
+  openai: {{api_key: "{key}", base_url: "{url}", timeout: 30}}
+  local: {{max_audio_seconds: 3}}
+routes:
+  - name: local-first
+    use: local/extract
+    fallback: [openai/gpt-audio]
+"""
+
+
+@pytest.fixture
+def fake():
+    """The fake OpenAI API, started."""
+    with FakeOpenAI() as server:
+        yield server
+
+
+def upload(daemon, data: bytes, filename: str) -> pb.Media:
+    """``data`` (audio/wav) sent with UploadMedia, as a Media to refer to it."""
+    metadata = pb.UploadMetadata(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", filename=filename,
+                                 size_bytes=len(data))
+    chunks = [pb.UploadMediaRequest(metadata=metadata)]
+    chunks += [pb.UploadMediaRequest(chunk=data[i:i + 1024 * 1024]) for i in range(0, len(data), 1024 * 1024)]
+    media_id = daemon.stub.UploadMedia(iter(chunks), timeout=60).media_id
+    return pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", media_id=media_id, filename=filename)
+
+
+def test_audio_over_whisper_s_25_mb_is_planned_for_the_next_bridge_by_explain_and_generate(start_daemon, fake):
+    """ExplainRoute planned Whisper for a recording over its 25 MB upload limit, which the plugin then
+    refused: the two disagreed. whisper-1 declares the limit (``max_media_bytes``), so both plan the next
+    audio bridge, and Whisper is never tried."""
+    assemblyai = FakeAssemblyAI(api_key=AAI_KEY)
+    with assemblyai:
+        daemon = start_daemon(SIZES.format(key=API_KEY, url=fake.base_url, aai_key=AAI_KEY, aai_url=assemblyai.url),
+                              plugins=())
+        check_size_plan(daemon, fake, assemblyai)
+
+
+def check_size_plan(daemon, fake: FakeOpenAI, assemblyai: FakeAssemblyAI) -> None:
+    """The over-limit recording goes to AssemblyAI in ExplainRoute's plan and in Generate's route."""
+    models = {m.name: m for m in providers_by_name(daemon.stub)["openai"].models}
+    assert "whisper-1" in models
+    audio = wav_of(b"\0\0" * (13 * 1024 * 1024 + 8000), rate=8000)  # 26 MiB and a bit: ~27 minutes
+    assert len(audio) > 25 * 1024 * 1024
+    request = text_request("Summarise the meeting", media=[upload(daemon, audio, "all-hands.wav")])
+
+    explained = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=60).route
+    assert (explained.provider, explained.model) == ("openai", "gpt-4o")
+    assert list(explained.bridges) == ["audio->transcript via assemblyai/best"], explained.bridges
+
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=120).answer
+    assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
+    assert list(answer.route.bridges) == list(explained.bridges)
+    assert not any("whisper-1" in note for note in answer.route.notes), answer.route.notes
+    assert fake.uploads() == [] and len(assemblyai.uploads) == 1
+
+
+def test_local_declares_its_max_audio_seconds_so_explain_and_generate_pass_it_over(start_daemon, fake):
+    """local/extract refuses audio over ``providers.local.max_audio_seconds`` but declared no cap, so
+    ExplainRoute planned it for longer audio and Generate then fell back. It declares the setting now:
+    both go to the rule's fallback, with the reason in the trace."""
+    daemon = start_daemon(LENGTHS.format(key=API_KEY, url=fake.base_url), plugins=())
+    (extract,) = providers_by_name(daemon.stub)["local"].models
+    assert extract.max_audio_seconds == 3
+    request = text_request("What is said?", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav",
+                                                             data=wav(5.0, rate=8000), filename="five.wav")])
+
+    explained = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=60).route
+    assert (explained.provider, explained.model) == ("openai", "gpt-audio")
+    assert "local/extract: 5 s of audio is longer than its 3 s" in explained.trace[0].reason, explained.trace
+
+    answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60).answer
+    assert (answer.route.provider, answer.route.model) == ("openai", "gpt-audio")
+    assert [(a.provider, a.ok) for a in answer.route.attempts] == [("openai", True)], answer.route.attempts
