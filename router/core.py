@@ -509,8 +509,8 @@ class App:
             history = [_without_urls(message) for message in history]
         history = [_without_assistant_media(message) for message in history]
         full = dataclasses.replace(request, messages=history + request.messages, history_length=len(history))
-        # a transcription of the history's recording; a question the history holds
-        problems = wire.question_problems(full) or wire.task_problems(full, history_read=True)
+        # a transcription of the history's recording
+        problems = wire.task_problems(full, history_read=True)
         if problems:
             raise InvalidRequest(f"invalid request: {problems[0].field}: {problems[0].description}", violations=problems)
         return full, history

@@ -308,7 +308,7 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
         problems.append(FieldViolation("request.messages", "the request has no content: all text parts are empty"))
     elif not problems:
         problems += blank_user_problems(request)
-        if not problems and not request.session_id:  # a session's history may hold the question: checked with it
+        if not problems:  # a session's too: its history holds a question, but one answered already
             problems += question_problems(request)
     if not problems:  # a media part refused above is missing from ``request``
         problems += task_problems(request)
@@ -360,14 +360,17 @@ def blank_user_problems(request: Request) -> list[FieldViolation]:
 
 
 def question_problems(request: Request) -> list[FieldViolation]:
-    """What is wrong when ``request`` (with its session's history, if any) has no user message with content:
-    system or assistant messages alone ask nothing. Some models answered such a request and others refused
-    it (Claude), so the same request failed or not by the fallback taken."""
+    """What is wrong when ``request`` has no user message with content: system or assistant messages alone
+    ask nothing. Some models answered such a request and others refused it (Claude), so the same request
+    failed or not by the fallback taken. A call on a session is no different: the question its history
+    ends with was answered, and asked again it was answered anew (OpenAI), or its answer continued
+    (Claude), a turn billed and not kept."""
     if any(message.role is Role.USER and any(part.media is not None or part.text.strip() for part in message.parts)
            for message in request.messages):
         return []
+    session = " (a session's history does not count: its last question was answered)" if request.session_id else ""
     return [FieldViolation("request.messages", "no user message with text or media: system and assistant "
-                           "messages alone ask nothing; send the question as a user message")]
+                           f"messages alone ask nothing{session}; send the question as a user message")]
 
 
 def task_problems(request: Request, history_read: bool = False) -> list[FieldViolation]:

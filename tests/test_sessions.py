@@ -62,7 +62,8 @@ def test_history_and_media_survive_a_restart_and_reset_clears_them(start_daemon,
 
 def test_a_call_of_system_prompts_only_is_refused_and_adds_no_turn(start_daemon) -> None:
     """System messages alone ask nothing: GPT-4o answered such a call and Claude refused it, so the same
-    request failed or not by the fallback taken. A session's history may hold the question."""
+    request failed or not by the fallback taken. On a session whose history ends with an answered question
+    too: OpenAI answered that question anew, Claude continued its answer (a prefill), billed and not kept."""
     daemon = start_daemon(CONFIG)
     request = pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_SYSTEM, parts=[pb.Part(text="be brief")])],
                                    session_id="system-only")
@@ -74,8 +75,15 @@ def test_a_call_of_system_prompts_only_is_refused_and_adds_no_turn(start_daemon)
         assert (got.code, got.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
         assert got.violations[0][0] == "request.messages" and "no user message" in got.violations[0][1]
     ask(daemon, "q0", session="asked")
-    request.session_id = "asked"  # its history holds a question: a system message may steer the next answer
-    assert "<<q0" in daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer.text
+    request.session_id = "asked"  # its history holds a question, answered: asked again, it meant one thing by provider
+    for call in (daemon.stub.Generate, daemon.stub.ExplainRoute):
+        with pytest.raises(grpc.RpcError) as caught:
+            call(pb.GenerateRequest(request=request) if call is daemon.stub.Generate
+                 else pb.ExplainRouteRequest(request=request), timeout=30)
+        got = error_details(caught.value)
+        assert (got.code, got.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+        assert "a session's history does not count" in got.violations[0][1]
+    assert "<<q0" in ask(daemon, "q1", session="asked").text  # the session goes on with a user message
     with pytest.raises(grpc.RpcError) as caught:  # nothing was stored: an assistant turn alone is no conversation
         daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="system-only"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
