@@ -464,9 +464,11 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return clamp_retry_after(float(value))
+        seconds = float(value)
     except (ValueError, OverflowError):
         pass
+    else:  # delta-seconds are never negative: a "-5" is as unreadable as "soon" (retrying at once is no advice)
+        return clamp_retry_after(seconds) if seconds >= 0 else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):

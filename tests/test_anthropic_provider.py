@@ -545,6 +545,16 @@ async def test_rate_limit_carries_retry_after(provider: AnthropicProvider, fake:
     assert info.value.retry_after == 7.0
 
 
+@pytest.mark.parametrize("header", ["-5", "-inf", "soon"])
+async def test_a_retry_after_that_is_no_delay_gives_no_retry_delay(provider: AnthropicProvider, fake: FakeAnthropic,
+                                                                   header: str) -> None:
+    """A negative delta became a delay of 0 s: a client honouring RetryInfo retried at once."""
+    fake.fail_next_api(429, "rate_limit_error", "slow down", headers={"retry-after": header})
+    with pytest.raises(ProviderRateLimited) as info:
+        await run(provider, chat(user(text("hi"))))
+    assert info.value.retry_after is None
+
+
 async def test_wrong_key_is_rejected_by_the_fake_and_never_leaked(fake: FakeAnthropic) -> None:
     secret = "sk-ant-WRONG-secret-key-xyz"
     prov = AnthropicProvider({"api_key": secret, "base_url": fake.url})
