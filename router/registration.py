@@ -59,7 +59,7 @@ def _forgiving(message_class: Any, name: str = "") -> Callable[[bytes], Any]:
 
 #: Why a request cannot be parsed: the parser (upb) says "Wire format was corrupt" for both causes.
 UNPARSABLE = ("not a valid protobuf message of this method's request type: its wire format is corrupt or cut "
-              "short, or a string field is not UTF-8 (binary data goes in bytes fields)")
+              "short, or a string field is not UTF-8 (a JS string cut inside an emoji; bytes go in bytes fields)")
 
 
 def parsed(message: M | Unparsable) -> M:
