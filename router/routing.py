@@ -769,6 +769,11 @@ class Router:
         if not self.allow_overrides:
             raise OverrideNotAllowed("this router does not allow clients to choose the provider or model")
         if not override.provider:
+            provider, _, model = override.model.partition("/")
+            if model in getattr(catalog.get(provider), "models", ()):  # the form routes are written in
+                hint = f"; give hints.provider {provider!r} and hints.model {model!r} (the model alone)"
+                raise UnknownTarget(f"no provider has a model named {override.model!r}{hint}", violations=[
+                    FieldViolation("request.hints.model", f"{override.model!r} is not known{hint}")])
             models = {m for status in catalog.values() for m in status.models}
             raise _unknown(f"no provider has a model named {override.model!r}", "request.hints.model",
                            override.model, models)
