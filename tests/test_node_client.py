@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,6 +72,19 @@ def test_node_client_sends_the_token_and_reports_unauthenticated(start_daemon) -
         assert refused.returncode == 1 and refused.stdout == ""
         assert f"error: UNAUTHENTICATED {message}" in refused.stderr, refused.stderr
         assert "MMROUTER_TOKEN" in refused.stderr and TOKEN not in refused.stderr
+        # the google.rpc.Status details, decoded in JS from the grpc-status-details-bin trailer
+        assert re.search(r"^reason=UNAUTHENTICATED request_id=[0-9a-f]+", refused.stderr, re.M), refused.stderr
+
+
+def test_node_client_decodes_the_retry_delay_and_field_violations(start_daemon) -> None:
+    daemon = start_daemon(CONFIG)
+    limited = run_client(daemon.address, "FAIL:429")  # the scripted provider's rate limit: Retry-After 7 s
+    assert limited.returncode == 1 and "error: RESOURCE_EXHAUSTED" in limited.stderr, limited.stderr
+    assert re.search(r"^reason=PROVIDER_RATE_LIMITED request_id=[0-9a-f]+ retry_after_seconds=7$", limited.stderr,
+                     re.M), limited.stderr
+    blank = run_client(daemon.address, "   ")  # a blank question: a field violation, named as the proto does
+    assert blank.returncode == 1 and "reason=INVALID_REQUEST" in blank.stderr, blank.stderr
+    assert re.search(r"^  request\.messages: the request has no content", blank.stderr, re.M), blank.stderr
 
 
 def tls_config(certs: dict[str, Path], client_ca: bool) -> str:

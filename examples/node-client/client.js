@@ -16,6 +16,7 @@ const fs = require('fs');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
+const protobuf = require('protobufjs');
 
 const PROTO = path.join(__dirname, '..', '..', 'proto', 'mmrouter', 'v1', 'router.proto');
 
@@ -24,6 +25,50 @@ function loadService() {
     keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true,
   });
   return grpc.loadPackageDefinition(definition).mmrouter.v1.RouterService;
+}
+
+// The google.rpc types of an error's details (google/rpc/status.proto and error_details.proto, the
+// fields this client reads): the daemon sends a google.rpc.Status in the trailer
+// "grpc-status-details-bin", whose details are Any messages.
+const RPC_TYPES = protobuf.Root.fromJSON({ nested: { google: { nested: {
+  protobuf: { nested: {
+    Any: { fields: { type_url: { type: 'string', id: 1 }, value: { type: 'bytes', id: 2 } } },
+    Duration: { fields: { seconds: { type: 'int64', id: 1 }, nanos: { type: 'int32', id: 2 } } },
+  } },
+  rpc: { nested: {
+    Status: { fields: { code: { type: 'int32', id: 1 }, message: { type: 'string', id: 2 },
+                        details: { rule: 'repeated', type: 'google.protobuf.Any', id: 3 } } },
+    ErrorInfo: { fields: { reason: { type: 'string', id: 1 }, domain: { type: 'string', id: 2 },
+                           metadata: { keyType: 'string', type: 'string', id: 3 } } },
+    RetryInfo: { fields: { retry_delay: { type: 'google.protobuf.Duration', id: 1 } } },
+    BadRequest: { nested: { FieldViolation: { fields: { field: { type: 'string', id: 1 },
+                                                        description: { type: 'string', id: 2 } } } },
+                  fields: { field_violations: { rule: 'repeated', type: 'FieldViolation', id: 1 } } },
+  } },
+} } } });
+
+// The details of a failed call: { reason, metadata, retryAfterSeconds, violations } (empty when the
+// transport refused it before the daemon saw it, which sends no details).
+function errorDetails(err) {
+  const found = { reason: '', metadata: {}, retryAfterSeconds: null, violations: [] };
+  const [raw] = (err.metadata && err.metadata.get('grpc-status-details-bin')) || [];
+  if (!raw) return found;
+  const status = RPC_TYPES.lookupType('google.rpc.Status').decode(raw);
+  for (const any of status.details) {
+    const name = any.type_url.split('/').pop();
+    const type = RPC_TYPES.lookupType(name);
+    const detail = type.toObject(type.decode(any.value), { longs: Number, defaults: true });
+    if (name === 'google.rpc.ErrorInfo') {
+      found.reason = detail.reason;
+      found.metadata = detail.metadata;
+    } else if (name === 'google.rpc.RetryInfo') {
+      const delay = detail.retry_delay || { seconds: 0, nanos: 0 };
+      found.retryAfterSeconds = delay.seconds + delay.nanos / 1e9;
+    } else if (name === 'google.rpc.BadRequest') {
+      found.violations = detail.field_violations;  // field paths use the proto's names: media_id, not mediaId
+    }
+  }
+  return found;
 }
 
 // The contents of the file named by the environment variable `name`, or null when it is unset.
@@ -111,6 +156,12 @@ main().catch((err) => {
   } else {
     const code = Object.keys(grpc.status).find((name) => grpc.status[name] === err.code) || err.code;
     console.error(`error: ${code} ${err.details || err.message}`);
+    const details = errorDetails(err);
+    if (details.reason) {
+      const retry = details.retryAfterSeconds === null ? '' : ` retry_after_seconds=${details.retryAfterSeconds}`;
+      console.error(`reason=${details.reason} request_id=${details.metadata.request_id || ''}${retry}`);
+    }
+    for (const v of details.violations) console.error(`  ${v.field}: ${v.description}`);
     if (err.code === grpc.status.UNAUTHENTICATED) {
       console.error('hint: set MMROUTER_TOKEN to the daemon\'s server.auth_token');
     }
