@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -11,11 +12,11 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import grpc
 import typer
@@ -24,21 +25,28 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from .cli_calls import (
+    EXIT_FAILED,
+    EXIT_PIPE_CLOSED,
+    EXIT_USAGE,
     build_request,
     call_with_media,
     daemon_channel,
     err,
     fail,
     file_labels,
+    message_json,
     out,
     print_json,
     print_route,
     read_prompt,
+    remaining,
     shown,
     table_console,
     utf8_text,
+    wait_for_daemon,
 )
 from .config import (
     DEFAULT_ADDRESS,
@@ -61,7 +69,50 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: What writing standard output fails with when its disk or device cannot take more (a pipe's reader
+#: gone is EPIPE, exit :data:`EXIT_PIPE_CLOSED`).
+STDOUT_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF}
+
+
+class _CommandGroup(TyperGroup):
+    """``mmrouter`` and its commands: standard output is flushed before a command ends, and a failure to
+    write it ends the command with exit 141 (its reader went away, ``ask | head -1``, as a process killed
+    by SIGPIPE) or with one line on stderr and exit 1 (a full disk): never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                if sys.stdout is not None:
+                    sys.stdout.flush()
+        except BrokenPipeError:
+            _discard_stdout()
+            raise typer.Exit(EXIT_PIPE_CLOSED) from None
+        except OSError as exc:
+            if exc.filename is not None or exc.errno not in STDOUT_WRITE_ERRORS:
+                raise
+            _discard_stdout()
+            with suppress(OSError):  # stderr may be no better off
+                err.print(f"[red]cannot write to standard output: {escape(exc.strerror or str(exc))}[/red]")
+            raise typer.Exit(EXIT_FAILED) from None
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null once it could not be written: what its buffer still holds is
+    dropped at exit, instead of failing again there ("Exception ignored" and exit 120)."""
+    if sys.stdout is None:
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 app = typer.Typer(
+    cls=_CommandGroup,
     help="mmrouter routes multimodal AI requests (text, images, audio, video, PDFs) to the right provider.\n\n"
     "Start the daemon with `mmrouter serve`, then ask it things with `mmrouter ask`, e.g.\n\n"
     "    mmrouter ask \"What is in this picture?\" --image photo.png\n\n"
@@ -83,10 +134,15 @@ def _print_version(asked: bool) -> None:
 
 
 @app.callback()
-def _options(show_version: Annotated[bool, typer.Option(
+def _options(ctx: typer.Context, show_version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True, help="Print mmrouter's version and exit.")] = False,
              ) -> None:
-    """Options of every command (the app's help is its ``help``)."""
+    """Options of every command (the app's help is its ``help``). A command that prints its result
+    exits 1 at once when started with standard output closed (``>&-``): its answer would be lost."""
+    if sys.stdout is None and ctx.invoked_subcommand != "serve":
+        err.print("[red]standard output is closed: the result could not be printed; redirect it to a file "
+                  "or /dev/null[/red]")
+        raise typer.Exit(EXIT_FAILED)
     _escape_what_cannot_be_written()
 
 
@@ -103,7 +159,19 @@ config_app = typer.Typer(help="Work with routing configuration files.", no_args_
 app.add_typer(config_app, name="config")
 
 
-AddressOption = Annotated[str, typer.Option("--address", "-a", envvar="MMROUTER_ADDRESS",
+def _address(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
+    """The --address of a client command; an empty MMROUTER_ADDRESS is a usage error, as ``--address ""``
+    is (typer takes an empty variable as unset: a script's ``MMROUTER_ADDRESS=$ADDR`` with ``$ADDR``
+    unset talked to whatever daemon listens on the default address)."""
+    source = ctx.get_parameter_source(param.name or "address")
+    if os.environ.get("MMROUTER_ADDRESS") == "" and source is not None and source.name == "DEFAULT":
+        err.print("[red]MMROUTER_ADDRESS is set but empty: set it to the daemon's host:port (or unix:/path), "
+                  "or unset it for the default address[/red]")
+        raise typer.Exit(EXIT_USAGE)
+    return value
+
+
+AddressOption = Annotated[str, typer.Option("--address", "-a", envvar="MMROUTER_ADDRESS", callback=_address,
                                             help="Where the daemon listens (host:port, or unix:/path).")]
 TokenOption = Annotated[str, typer.Option(
     "--token", envvar="MMROUTER_TOKEN", show_default=False,
@@ -385,6 +453,15 @@ SessionOption = Annotated[str | None, typer.Option(
     help="Keep a conversation under this id. Prefer the environment variable: a command line is visible to "
          "other users of this machine, and the id is the key to the conversation.")]
 InlineLimitOption = Annotated[int, typer.Option(min=0, help="Files larger than this many bytes go by UploadMedia.")]
+TimeoutOption = Annotated[float, typer.Option(
+    "--timeout", envvar="MMROUTER_TIMEOUT", min=0.0, metavar="SECONDS",
+    help="Give up after this many seconds (uploads and the call; a gRPC deadline): exit 6. 0: no limit.")]
+WaitOption = Annotated[float, typer.Option(
+    "--wait", min=0.0, metavar="SECONDS",
+    help="Wait up to this many seconds for a daemon still starting to take connections (0: do not wait).")]
+#: What --json prints, for the help of each command that has it.
+JSON_MAPPING = ("protobuf's canonical JSON mapping: lowerCamelCase keys, enums by name, 64-bit integers as "
+                "strings; every field is printed, also those at their default (0, \"\", [])")
 LanguageOption = Annotated[str, typer.Option(
     "--language", show_default=False,
     help="The language spoken in the audio or video, as a BCP-47 tag such as en or pt-BR (default: detected).")]
@@ -412,32 +489,54 @@ def ask(
     inline_limit: InlineLimitOption = 4 * 1024 * 1024,
     max_tokens: Annotated[int, typer.Option(min=0, max=INT32_MAX,
                                             help="Most tokens the answer may have (0: the model's default).")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help=f"Print the whole answer as JSON, nothing else ({JSON_MAPPING}); when the call fails, "
+                       "{\"error\": {...}}: its code, reason, retry delay and request id.")] = False,
+    raw: Annotated[bool, typer.Option(
+        "--raw", help="Print the answer's text exactly as received, for a file or a program: plain output "
+                      "escapes control characters (\\x1b, \\r...) so that a terminal shows them safely.")] = False,
+    timeout: TimeoutOption = 0.0,
+    wait: WaitOption = 0.0,
     address: AddressOption = DEFAULT_ADDRESS,
     token: TokenOption = "",
 ) -> None:
-    """Ask the daemon: streams the answer, then prints the route, cost and latency."""
-    from google.protobuf import json_format
+    """Ask the daemon: streams the answer, then prints the route, cost and latency (on stderr).
+
+    Exit codes: 0 answered; 1 the call failed otherwise; 2 usage or bad input (the daemon's INVALID_ARGUMENT
+    too); 3 the daemon was not reached; 4 auth refused; 5 try again later (provider down, rate limited,
+    busy); 6 timed out (--timeout, the daemon's CALL_TIMEOUT); 130/143 interrupted (SIGINT/SIGTERM); 141
+    standard output closed by its reader. An error's reason, retry delay and request id are on its last line.
+    """
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
+    if as_json and raw:
+        err.print("[red]--json and --raw are two ways to print the answer: give one[/red]")
+        raise typer.Exit(EXIT_USAGE)
+    deadline = time.monotonic() + timeout if timeout else None
     prompt, session = read_prompt(prompt), _session(ctx, session)
     with daemon_channel(address, token) as channel:
+        wait_for_daemon(channel, wait)
         stub = router_pb2_grpc.RouterServiceStub(channel)
 
         def build(limit: int) -> pb.MultimodalRequest:
             return build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
-                                  diarize, speakers, provider, model, tag, session, limit, max_tokens, language)
+                                  diarize, speakers, provider, model, tag, session, limit, max_tokens, language,
+                                  deadline=deadline)
 
         line_open = [False]  # streamed text printed without a newline at its end yet
+        deltas: list[str] = []  # with --json: the text, in case Done leaves it out (over max_message_bytes)
 
         def stream(request: pb.MultimodalRequest) -> tuple[pb.Answer | None, bool]:
             answer, streamed = None, False
-            for event in stub.StreamGenerate(pb.StreamGenerateRequest(request=request)):
+            deltas.clear()  # a retry with the files uploaded starts a new answer
+            for event in stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=remaining(deadline)):
                 kind = event.WhichOneof("event")
-                if kind == "text_delta" and not as_json:
+                if kind == "text_delta" and as_json:
+                    deltas.append(event.text_delta.text)
+                elif kind == "text_delta":
                     # Plain writes: rich would wrap long deltas and turn ":smile:" into emoji.
-                    text = shown(event.text_delta.text, lines=True)
+                    text = event.text_delta.text if raw else shown(event.text_delta.text, lines=True)
                     sys.stdout.write(text)
                     sys.stdout.flush()
                     streamed = streamed or bool(event.text_delta.text)
@@ -459,19 +558,21 @@ def ask(
             if line_open[0]:  # the error's own line, not the end of the answer's text
                 sys.stdout.write("\n")
                 sys.stdout.flush()
-            fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system))
+            fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system), as_json=as_json)
     if answer is None:
         err.print("[red]the stream ended without an answer[/red]")
         raise typer.Exit(1)
     if as_json:
-        print_json(json_format.MessageToDict(answer))
+        if not answer.text:  # left out of Done (over the daemon's max_message_bytes): the deltas carried it
+            answer.text = "".join(deltas)
+        print_json(message_json(answer))
         return
     if not streamed and answer.text:  # e.g. a transcription: its text is the answer
-        sys.stdout.write(shown(answer.text, lines=True))
+        sys.stdout.write(answer.text if raw else shown(answer.text, lines=True))
     sys.stdout.write("\n")
     sys.stdout.flush()
     u = answer.usage
-    print_route(answer.route, err)
+    print_route(answer.route, table_console(stderr=True))
     cached = f" ({u.cached_input_tokens} cached)" if u.cached_input_tokens else ""
     err.print(f"usage: {u.input_tokens} in{cached}, {u.output_tokens} out, {u.audio_seconds:.1f}s audio, "
               f"${u.cost_usd:.6f}, {answer.route.latency_ms:.0f} ms")
@@ -518,6 +619,10 @@ def explain(
         help="Route as a turn of this session would be (its earlier turns count); nothing is added to it.")] = None,
     language: LanguageOption = "",
     inline_limit: InlineLimitOption = 4 * 1024 * 1024,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help=f"Print the Route as JSON ({JSON_MAPPING}); when the call fails, {{\"error\": {{...}}}}.")] = False,
+    timeout: TimeoutOption = 0.0,
+    wait: WaitOption = 0.0,
     address: AddressOption = DEFAULT_ADDRESS,
     token: TokenOption = "",
 ) -> None:
@@ -526,43 +631,52 @@ def explain(
     It takes ask's options (but --max-tokens, which does not change the route), so it shows the route
     that ask with the same options would take (with --session, the session's earlier turns count as
     they would; nothing is added to it). Files over --inline-limit are uploaded, and kept in the
-    daemon's media store as ask's are.
+    daemon's media store as ask's are. Exit codes are ask's.
     """
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
+    deadline = time.monotonic() + timeout if timeout else None
     prompt, session = read_prompt(prompt), _session(ctx, session)
     with daemon_channel(address, token) as channel:
+        wait_for_daemon(channel, wait)
         stub = router_pb2_grpc.RouterServiceStub(channel)
         try:
             route = call_with_media(
                 lambda limit: build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system,
                                              task, diarize, speakers, provider, model, tag, session, limit,
-                                             language=language),
-                lambda request: stub.ExplainRoute(pb.ExplainRouteRequest(request=request)).route,
+                                             language=language, deadline=deadline),
+                lambda request: stub.ExplainRoute(pb.ExplainRouteRequest(request=request),
+                                                  timeout=remaining(deadline)).route,
                 inline_limit)
         except grpc.RpcError as exc:
-            fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system))
-    print_route(route, out)
+            fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system), as_json=as_json)
+    if as_json:
+        print_json(message_json(route))
+        return
+    print_route(route, table_console())  # piped without COLUMNS, a reason stays on its row's line
 
 
 @app.command()
 def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "",
               as_json: Annotated[bool, typer.Option("--json", help="Print ListProviders' answer as JSON (for "
-                                                    "monitoring): states, reasons, models, recent health.")] = False,
+                                                    "monitoring): states, reasons, models, recent health; "
+                                                    f"{JSON_MAPPING}.")] = False,
+              wait: WaitOption = 0.0,
               ) -> None:
-    """List the daemon's providers: ready, not configured (and why), broken (and why), disabled."""
-    from google.protobuf import json_format
+    """List the daemon's providers: ready, not configured (and why), broken (and why), disabled.
+    Exit codes are ask's (3: the daemon was not reached)."""
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
     with daemon_channel(address, token) as channel:
+        wait_for_daemon(channel, wait)
         try:
             listing = router_pb2_grpc.RouterServiceStub(channel).ListProviders(pb.ListProvidersRequest())
         except grpc.RpcError as exc:
-            fail(exc, address)
+            fail(exc, address, as_json=as_json)
     if as_json:
-        print_json(json_format.MessageToDict(listing))
+        print_json(message_json(listing))
         return
     # Names and states are never cut short (even at 80 columns); models and reasons wrap, nothing is cut.
     # Piped (a CI log), without COLUMNS, nothing wraps either: see table_console.
@@ -901,14 +1015,21 @@ def _sessions_to_prune(path: Path) -> tuple[SessionStore, bool]:
 
 
 @config_app.command("check")
-def config_check(file: Annotated[Path, typer.Argument(help="The routing file to check.")]) -> None:
+def config_check(file: Annotated[Path, typer.Argument(help="The routing file to check.")],
+                 strict: Annotated[bool, typer.Option(
+                     "--strict", help="Fail (exit 1) on warnings too: a CI gate.")] = False) -> None:
     """Validate a routing file: every key, value and target, with file and line for each problem, and each
-    provider section through its installed plugin; warn of rules that can never serve a request."""
+    provider section through its installed plugin; warn of rules that can never serve a request.
+
+    Exit codes: 0 valid (warnings allowed, but with --strict); 1 a problem in the file's content (not
+    UTF-8, invalid YAML, a bad key or value; a warning with --strict); 2 no file to read at that path.
+    """
     try:
         text = read_config_file(file)
     except ConfigError as exc:
         err.print(f"[red]{escape(exc.message)}[/red]")
-        raise typer.Exit(2) from None
+        read = file.is_file() and os.access(file, os.R_OK)  # read, but not UTF-8: a problem of its content
+        raise typer.Exit(EXIT_FAILED if read else EXIT_USAGE) from None
     try:
         config = parse_config(text, str(file))
     except ConfigError as exc:
@@ -927,23 +1048,33 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     broken = broken_provider_errors(config, registry, text, str(file))
     for problem in broken:
         err.print(f"[red]{escape(redact.mask(problem, log_filter.secrets))}[/red]")
+    warned = 0
     for name in sorted(set(config.providers) - set(registry.entries)):
+        warned += 1
         err.print(f"[yellow]{escape(f'providers.{name}: no installed plugin offers a provider {name!r}; ')}"
                   f"the section is not used here{escape(did_you_mean(name, registry.entries))}[/yellow]")
     for key, name, _ in unknown_providers(config, registry):
+        warned += 1
         _not_installed(key, f"no provider {name!r} here: no installed plugin offers it", name, registry.entries)
     installed = {ep.name for ep in entry_points(group=GROUP)}
     for j, name in enumerate(config.plugins.disabled):
         if name not in installed:
+            warned += 1
             _not_installed(f"plugins.disabled.{j}", f"no installed plugin is called {name!r}", name, installed)
     unknown = unknown_models(config, registry.entries)
     for _, problem in unknown:
         err.print(f"[red]{escape(problem)}[/red]")
     for warning in config_warnings(config, registry):
+        warned += 1
         err.print(f"[yellow]{escape(redact.mask(warning, log_filter.secrets))}[/yellow]")
     if broken or unknown:
-        raise typer.Exit(1)
-    out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}", markup=False)
+        raise typer.Exit(EXIT_FAILED)
+    if strict and warned:
+        err.print(f"[red]{warned} warning(s), failing as --strict asks[/red]")
+        raise typer.Exit(EXIT_FAILED)
+    # one line, however long the path: soft_wrap, as "grep ': OK'" in a CI log expects
+    out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}", markup=False,
+              soft_wrap=True)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -38,14 +39,16 @@ err = Console(stderr=True, soft_wrap=True)  # messages stay one line each when p
 WIDE_COLUMNS = 4096
 
 
-def table_console() -> Console:
-    """The console for the tables of ``providers`` and ``stats`` (and the lines below them): ``out`` at a
-    terminal or when COLUMNS is set; else (piped, a CI log) one :data:`WIDE_COLUMNS` wide, so a row is
-    one line and no name is broken (at rich's default there, 80 columns, ``claude-sonnet-4-6`` came out
-    as ``claude-so`` / ``nnet-4-6``)."""
-    if out.is_terminal or os.environ.get("COLUMNS"):
-        return out
-    return Console(width=WIDE_COLUMNS)
+def table_console(stderr: bool = False) -> Console:
+    """The console for the tables of ``providers``, ``stats``, ``explain`` and the route ``ask`` prints
+    (and the lines below them), on stdout or ``stderr``: ``out`` (``err``) at a terminal or when COLUMNS
+    is set; else (piped, a CI log) one :data:`WIDE_COLUMNS` wide, so a row is one line and no name is
+    broken (at rich's default there, 80 columns, ``claude-sonnet-4-6`` came out as ``claude-so`` /
+    ``nnet-4-6``)."""
+    console = err if stderr else out
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return Console(width=WIDE_COLUMNS, stderr=stderr, soft_wrap=stderr)
 
 #: The largest gRPC message the CLI sends or takes (see :func:`daemon_channel`).
 MESSAGE_BYTES = 64 * 1024 * 1024
@@ -239,13 +242,24 @@ def not_a_file(path: Path) -> str:
 UPLOAD_WAIT_SECONDS = 30.0
 
 
-def upload_file(stub, kind: int, path: Path, mime: str) -> str:
-    """Upload ``path`` with UploadMedia and return its media id. While the daemon runs as many uploads
-    as it takes (TOO_MANY_UPLOADS), wait as its RetryInfo says and try again, up to
-    :data:`UPLOAD_WAIT_SECONDS` in all."""
+def remaining(deadline: float | None) -> float | None:
+    """The seconds left until ``deadline`` (a :func:`time.monotonic` time; None: no deadline), as a gRPC
+    call's ``timeout``: never negative, so a deadline already past fails the call with DEADLINE_EXCEEDED."""
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+def upload_file(stub, kind: int, path: Path, mime: str, deadline: float | None = None) -> str:
+    """Upload ``path`` with UploadMedia and return its media id, within ``deadline`` (see :func:`remaining`).
+    While the daemon runs as many uploads as it takes (TOO_MANY_UPLOADS), wait as its RetryInfo says and
+    try again, up to :data:`UPLOAD_WAIT_SECONDS` in all.
+
+    Exactly the size stat'ed first is sent: a file that grows or shrinks meanwhile (a log still written, a
+    recording under way) is not sent whole (its last chunk is held back, so the daemon refuses the upload)
+    and the command exits with a usage error naming the file and both sizes."""
     from mmrouter.v1 import router_pb2 as pb
 
     size = path.stat().st_size
+    changed: list[int] = []  # the file's size when it was found to have changed
     # only on a terminal: piped or logged, a bar cannot be erased (and left an empty line). The label is
     # plain text, not markup: escape() doubles a backslash that ends a name (shown "uploading a\\").
     label = TextColumn("{task.description}", style="progress.description", markup=False)
@@ -258,18 +272,32 @@ def upload_file(stub, kind: int, path: Path, mime: str) -> str:
             yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=kind, mime_type=mime,
                                                                    filename=wire_name(path), size_bytes=size))
             with path.open("rb") as f:
-                while chunk := f.read(CHUNK):
+                left = size
+                while left:
+                    chunk = f.read(min(CHUNK, left))
+                    left -= len(chunk)
+                    # the last chunk goes only once the file is known not to have grown
+                    if not chunk or (not left and f.read(1)):
+                        changed.append(os.fstat(f.fileno()).st_size)
+                        return
                     progress.advance(task, len(chunk))
                     yield pb.UploadMediaRequest(chunk=chunk)
 
         waited = 0.0
         while True:
             try:
-                return stub.UploadMedia(messages()).media_id
+                media_id = stub.UploadMedia(messages(), timeout=remaining(deadline)).media_id
+                if not changed:
+                    return media_id
             except grpc.RpcError as exc:
                 delay = upload_retry_delay(exc)
-                if delay is None or waited + delay > UPLOAD_WAIT_SECONDS:
+                if not changed and (delay is None or waited + delay > UPLOAD_WAIT_SECONDS):
                     raise
+            if changed:
+                why = (f"{path} changed while it was being uploaded ({size} -> {changed[-1]} bytes): "
+                       "send a finished copy")
+                err.print(f"[red]{escape(why)}[/red]")
+                raise typer.Exit(EXIT_USAGE)
             if not waited:
                 waiting = (f"the daemon has as many uploads under way as it takes: waiting to upload {path.name} "
                            f"(up to {UPLOAD_WAIT_SECONDS:.0f} s)")
@@ -309,14 +337,18 @@ def inline_choice(sizes: list[int], inline_limit: int, budget: int = INLINE_BUDG
 
 
 def build_request(stub, prompt: str, images, audio, video, pdf, system, task, diarize, speakers, provider, model,
-                   tags, session, inline_limit, max_tokens: int = 0, language: str = ""):
+                   tags, session, inline_limit, max_tokens: int = 0, language: str = "", deadline: float | None = None):
     """The request of ``ask`` and ``explain``: files over ``inline_limit`` bytes, and the largest ones
-    once the inline total would pass :data:`INLINE_BUDGET`, are uploaded first. ``language`` (a BCP-47
-    tag, ``--language``) is sent as it is: the daemon checks it."""
+    once the inline total would pass :data:`INLINE_BUDGET`, are uploaded first (within ``deadline``, see
+    :func:`remaining`). ``language`` (a BCP-47 tag, ``--language``) is sent as it is: the daemon checks it.
+    ``--speakers`` without ``--diarize`` is a usage error: no provider would read it."""
     from mmrouter.v1 import router_pb2 as pb
 
     if task not in ("auto", "chat", "transcribe"):
         err.print("[red]--task must be auto, chat or transcribe[/red]")
+        raise typer.Exit(2)
+    if speakers and not diarize:
+        err.print("[red]--speakers is the number of speakers to label: give it with --diarize[/red]")
         raise typer.Exit(2)
     if not prompt and not (images or audio or video or pdf):
         err.print("[red]nothing to send: give a question, or a file with --image, --audio, --video or --pdf[/red]")
@@ -333,7 +365,7 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
         if i in inline:
             media.data = path.read_bytes()
         else:
-            media.media_id = upload_file(stub, kind, path, mime)
+            media.media_id = upload_file(stub, kind, path, mime, deadline)
         parts.append(pb.Part(media=media))
     if prompt:
         parts.append(pb.Part(text=prompt))
@@ -560,21 +592,143 @@ def name_files(text: str, files: dict[str, str]) -> str:
     return _PART_PATH.sub(label, text)
 
 
-def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None) -> NoReturn:
-    """Print the failed call's status (its field violations too, and a hint when the daemon was not
-    reached at ``address``) and exit 1. ``files`` (see :func:`file_labels`) names the files the user
-    gave instead of the request's field paths of their parts."""
+#: The exit codes of the commands that call the daemon (see :func:`exit_code`); 0 is success, and a
+#: SIGINT or SIGTERM ends them with 130 or 143 as usual.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHED = 3
+EXIT_AUTH = 4
+EXIT_RETRY_LATER = 5
+EXIT_TIMED_OUT = 6
+#: Standard output closed by its reader (``ask | head -1``): as a process killed by SIGPIPE.
+EXIT_PIPE_CLOSED = 141
+
+#: The daemon's reasons that trying again later does not help, though their status says "try again".
+_FINAL_REASONS = {"ANSWER_TOO_LARGE"}
+
+
+def exit_code(exc: grpc.RpcError) -> int:
+    """The exit code of a command whose call failed with ``exc``: the one place that maps a gRPC status
+    (and the daemon's ErrorInfo reason) to an exit code.
+
+    ====  ==========================================================================================
+    code  when
+    ====  ==========================================================================================
+    1     the call failed otherwise: INTERNAL, NOT_FOUND, FAILED_PRECONDITION (NO_ROUTE, a provider
+          refusing its key), CANCELLED, ANSWER_TOO_LARGE, gRPC's own message-size refusal...
+    2     bad input: INVALID_ARGUMENT, OUT_OF_RANGE (as the CLI's own usage errors)
+    3     the daemon was not reached: gRPC's own UNAVAILABLE (no ErrorInfo), but a daemon that
+          stopped while the call ran (5)
+    4     auth refused: UNAUTHENTICATED, PERMISSION_DENIED
+    5     try again later: the daemon's UNAVAILABLE, RESOURCE_EXHAUSTED or ABORTED (with ErrorInfo:
+          provider down, rate limited, daemon or session busy; RetryInfo says when)
+    6     timed out: DEADLINE_EXCEEDED (--timeout, the daemon's CALL_TIMEOUT, a provider's timeout)
+    ====  ==========================================================================================
+    """
+    code, reason = exc.code(), error_info(exc)[0]
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+        return EXIT_USAGE
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return EXIT_AUTH
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or reason == "CALL_TIMEOUT":
+        return EXIT_TIMED_OUT
+    if code == grpc.StatusCode.UNAVAILABLE and not reason:
+        return EXIT_RETRY_LATER if DAEMON_STOPPED in (exc.details() or "") else EXIT_UNREACHED
+    if (code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
+            and reason and reason not in _FINAL_REASONS):
+        return EXIT_RETRY_LATER
+    return EXIT_FAILED
+
+
+def error_fields(exc: grpc.RpcError) -> dict[str, Any]:
+    """What a script can use of a failed call, as ``--json`` prints it under ``"error"``: the gRPC
+    ``code`` name, the ErrorInfo ``reason`` (``""`` for gRPC's own errors) and ``metadata``, the
+    ``message``, the RetryInfo delay (``retry_after_seconds``, None without one), the ``request_id``
+    (ErrorInfo's, else the ``x-mmrouter-request-id`` trailer; ``""`` if none) and the BadRequest
+    ``field_violations`` (``field``, ``description``), each as the daemon sent it."""
     from google.rpc import error_details_pb2
 
-    details = exc.details() or ""
-    err.print(f"[red]{exc.code().name}: {escape(shown(name_files(details, files or {})))}[/red]")
+    reason, metadata = error_info(exc)
+    retry = status_detail(exc, error_details_pb2.RetryInfo)
+    delay = (retry.retry_delay.ToTimedelta().total_seconds()
+             if retry is not None and retry.HasField("retry_delay") else None)
+    trailers = getattr(exc, "trailing_metadata", lambda: None)() or ()
+    request_id = metadata.get("request_id") or next((v for k, v in trailers if k == REQUEST_ID_TRAILER), "")
     bad = status_detail(exc, error_details_pb2.BadRequest)
-    for v in bad.field_violations if bad is not None else ():
-        if v.description not in details:  # most messages say it already
-            err.print(shown(f"  {name_files(v.field, files or {})}: {v.description}"), markup=False)
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and not error_info(exc)[0]:  # gRPC's, not the daemon's
+    return {"code": exc.code().name, "reason": reason, "message": exc.details() or "",
+            "retry_after_seconds": delay, "request_id": str(request_id), "metadata": metadata,
+            "field_violations": [{"field": v.field, "description": v.description}
+                                 for v in (bad.field_violations if bad is not None else ())]}
+
+
+#: The trailer in which the daemon names a call's request id (as in its log).
+REQUEST_ID_TRAILER = "x-mmrouter-request-id"
+
+
+def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, *, as_json: bool = False) -> NoReturn:
+    """Print the failed call's status (its field violations too, and a hint when the daemon was not
+    reached at ``address``), then one line with its ErrorInfo reason, RetryInfo delay and request id,
+    and exit with :func:`exit_code`'s code. ``files`` (see :func:`file_labels`; given by ``ask`` and
+    ``explain``) names the files and options the user gave instead of the request's field paths. With
+    ``as_json``, stdout also gets ``{"error": ...}`` (see :func:`error_fields`)."""
+    fields = error_fields(exc)
+    details = fields["message"]
+
+    def named(text: str) -> str:
+        return text if files is None else name_options(name_files(text, files))
+
+    err.print(f"[red]{exc.code().name}: {escape(shown(named(details)))}[/red]")
+    for v in fields["field_violations"]:
+        if v["description"] not in details:  # most messages say it already
+            err.print(shown(f"  {named(v['field'])}: {v['description']}"), markup=False)
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and not fields["reason"]:  # gRPC's, not the daemon's
         err.print(unreachable_hint(details, address), markup=False)
-    raise typer.Exit(1)
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not fields["reason"]:
+        err.print("no answer within the deadline (--timeout, or MMROUTER_TIMEOUT)", markup=False)
+    said = [f"reason {fields['reason']}" if fields["reason"] else "",
+            f"retry in {fields['retry_after_seconds']:g} s" if fields["retry_after_seconds"] is not None else "",
+            f"request id {fields['request_id']}" if fields["request_id"] else ""]
+    if any(said):
+        err.print(shown("; ".join(part for part in said if part)), markup=False)
+    if as_json:
+        print_json({"error": fields})
+    raise typer.Exit(exit_code(exc))
+
+
+#: The request's fields that ``ask`` and ``explain`` fill from an option, as the daemon's errors name them.
+_OPTION_FIELDS = {"request.options.language": "--language", "request.session_id": "--session",
+                  "request.options.speakers_expected": "--speakers", "request.options.max_output_tokens": "--max-tokens",
+                  "request.hints.provider": "--provider", "request.hints.model": "--model"}
+_OPTION_PATH = re.compile(r"request\.hints\.tags(?:\[(\d+)\])?|(?:"
+                          + "|".join(re.escape(f) for f in _OPTION_FIELDS) + r")\b")
+
+
+def name_options(text: str) -> str:
+    """``text`` with the request's field paths that an option of ``ask`` fills named by that option:
+    ``--language`` for ``request.options.language``, ``--tag #2`` for ``request.hints.tags[1]``."""
+    def label(match: re.Match) -> str:
+        if match[0].startswith("request.hints.tags"):
+            return f"--tag #{int(match[1]) + 1}" if match[1] is not None else "--tag"
+        return _OPTION_FIELDS[match[0]]
+
+    return _OPTION_PATH.sub(label, text)
+
+
+def wait_for_daemon(channel: grpc.Channel, seconds: float) -> None:
+    """Wait up to ``seconds`` (``--wait``) for the daemon to take connections: one still starting is
+    waited for. If it does not in time, the call that follows fails as it would have."""
+    if seconds > 0:
+        with suppress(grpc.FutureTimeoutError):
+            grpc.channel_ready_future(channel).result(timeout=seconds)
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """``message`` as ``--json`` prints it: protobuf's canonical JSON mapping (lowerCamelCase keys, enums
+    by name, 64-bit integers as strings) with every field, also those at their default (``0``, ``""``,
+    ``[]``), so a script finds each key in every answer."""
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
 #: What gRPC says of the calls under way when their daemon shuts down (SIGTERM) before they end.

@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .config import UnsetReference
 from .errors import ConfigError
@@ -64,6 +64,18 @@ class ProviderSettings(BaseModel):
     prices: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per model price overrides, applied by the router"
     )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_scheme(cls, url: str) -> str:
+        """An empty ``base_url``, or one whose scheme is http or https: every provider SDK speaks HTTP, and a
+        mistyped scheme (``htp://``) was accepted, the provider listed ready, then every call refused. The
+        problem quotes the scheme only (the URL may carry credentials)."""
+        scheme, sep, _ = url.strip().partition("://")
+        if url.strip() and (not sep or scheme.lower() not in ("http", "https")):
+            given = f"its scheme is {scheme!r}" if sep else "it has no scheme"
+            raise ValueError(f"must start with http:// or https:// ({given})")
+        return url
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
