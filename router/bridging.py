@@ -14,12 +14,13 @@ import asyncio
 import dataclasses
 import hashlib
 import itertools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .convert import MAX_PAGES, MAX_PAGES_BYTES, Pages, convert, convertible
-from .errors import ProviderError
+from .errors import ProviderError, ProviderRateLimited, ProviderTimeout, ProviderUnavailable
 from .invoke import call_model
 from .mime import normalise_mime
 from .outcome import RouteInfo
@@ -29,6 +30,7 @@ from .routing import (
     Target,
     bridge_problem,
     bridged_tokens_guess,
+    byte_size,
     estimate_tokens,
     is_url_only,
     media_tokens,
@@ -61,6 +63,25 @@ _LABELS = {
 #: The modalities that carry speech, which only a diarizing bridge labels by speaker.
 _SPEECH = frozenset({Modality.AUDIO, Modality.VIDEO})
 
+#: What a chat model bridging an image or a document (one that is not extraction-only, such as GPT-4o or
+#: Claude listed in ``bridges.image`` or ``bridges.document``) is asked, in a user text after the media
+#: (``{what}``: "image" or "document"): a model shown a bare attachment tends to ask what to do with it,
+#: and that reply would stand in for the media. An extraction-only model (``local/extract``) gets the
+#: media alone, as it makes the same text whatever is asked.
+BRIDGE_INSTRUCTION = ("Transcribe all the text of this {what} verbatim, in reading order, then briefly describe "
+                      "any content that is not text (pictures, charts, diagrams). Reply with that only: nothing "
+                      "else, no introduction, no comment, no question.")
+
+#: The bridged text of speech (audio, video) in which the bridge found none, and of an image or a document
+#: in which it found no text (as ``local/extract`` words it): an empty section would leave the model unable
+#: to tell nothing said from a text lost, and some models fill it in.
+NO_SPEECH = "(no speech found)"
+NO_TEXT = "(no text found)"
+
+#: The line a video's bridged text starts with when its bridge only transcribes (AssemblyAI, Whisper):
+#: the model must not take the transcript for all the video shows.
+SPEECH_ONLY = "(only the speech of this video: its pictures were not read)"
+
 
 @dataclass
 class Bridged:
@@ -68,7 +89,9 @@ class Bridged:
 
     request: Request
     transcripts: list[Transcript] = field(default_factory=list)
-    bridges: list[Bridge] = field(default_factory=list)
+    #: What the bridges did, as the route's ``bridges`` says it (``str`` of each :class:`Bridge`, but
+    #: ``video->speech only via …`` for a video of which only the speech was given: see :data:`SPEECH_ONLY`).
+    bridges: list[str] = field(default_factory=list)
     #: History messages dropped before bridging (see ``trim`` of :func:`apply_bridges`).
     dropped: int = 0
 
@@ -83,6 +106,12 @@ class BridgedInRequest:
     failed: dict[tuple[int, str], ProviderError] = field(default_factory=dict)
     #: Images converted (None: those that could not be), by id and the formats of ``Bridge.convert_to``.
     images: dict[tuple[int, tuple[str, ...]], Pages | None] = field(default_factory=dict)
+    #: The errors :func:`apply_bridges` raised, each with the media its bridges failed on.
+    refused: list[tuple[ProviderError, Media]] = field(default_factory=list)
+
+    def media_refused(self, error: ProviderError) -> Media | None:
+        """The media whose bridges failed with ``error`` (one :func:`apply_bridges` raised), or None."""
+        return next((media for raised, media in self.refused if raised is error), None)
 
 
 #: A bridged text and the transcript it came from.
@@ -220,9 +249,10 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     bridged, so that they are not paid for (:meth:`_Bridging.bridge_history`).
     """
     done = BridgedInRequest() if done is None else done
-    request, dropped = await _convert_images(bridges, request, route, done, trim)
-    run = _Bridging(request, registry, ctx, route, memo, done,
-                    Bridged(request, dropped=dropped), {id(m) for m in request.turn_media()}, _replies(request))
+    names, order = part_names(request), [id(m) for m in request.media()]
+    request, dropped, images = await _convert_images(bridges, request, route, done, trim)
+    run = _Bridging(request, registry, ctx, route, memo, done, Bridged(request, dropped=dropped),
+                    {id(m) for m in request.turn_media()}, _replies(request), names)
     todo = _to_bridge(bridges, request, registry, preferences or {})
     history = [(media, choices) for media, choices in todo if id(media) not in run.this_turn]
     for media, choices in todo:
@@ -236,9 +266,10 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     if run.reused:
         route.notes.append(f"bridging: reused the kept text of {run.reused} media converted before")
     result = run.result
-    # in the plan's order; a media a bridge converts was not converted to another format
-    result.bridges = list(dict.fromkeys(dataclasses.replace(run.used[id(m)], convert_to=())
-                                        for m, _ in todo if id(m) in run.used))
+    # in the request's order: an image converted to another format as explain says it, one a bridge converts
+    # (never converted to another format) as what was done
+    done_to = {**run.done_to, **{key: str(bridge) for key, bridge in images.items()}}
+    result.bridges = list(dict.fromkeys(done_to[key] for key in order if key in done_to))
     result.request = dataclasses.replace(run.request, messages=[
         dataclasses.replace(message, parts=[new for p in message.parts for new in _converted(p, run.converted)])
         for message in run.request.messages])
@@ -246,10 +277,10 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
 
 
 async def _convert_images(bridges: list[Bridge], request: Request, route: RouteInfo, done: BridgedInRequest,
-                          trim: Trim | None) -> tuple[Request, int]:
+                          trim: Trim | None) -> tuple[Request, int, dict[int, Bridge]]:
     """``request`` with the images that ``bridges`` convert to another format (``Bridge.convert_to``)
-    converted, in worker threads (those that cannot be are left to the bridges' models), and how many of
-    its history messages were dropped. An image of several pages (a multi-page TIFF) becomes the parts of
+    converted, in worker threads (those that cannot be are left to the bridges' models), how many of
+    its history messages were dropped, and the bridge of each image converted (by its id). An image of several pages (a multi-page TIFF) becomes the parts of
     :func:`_page_parts`: each page an image, after a text part naming it.
 
     With ``trim``, the history that cannot fit is dropped first, each image counted as the image it
@@ -260,13 +291,15 @@ async def _convert_images(bridges: list[Bridge], request: Request, route: RouteI
     (:func:`router.convert.convert`), is reused.
     """
     if not any(b.convert_to for b in bridges):
-        return request, 0
+        return request, 0, {}
     wanted: dict[int, tuple[Media, tuple[str, ...]]] = {}  # id -> the image and the formats to convert it to
+    converters: dict[int, Bridge] = {}  # id -> the bridge converting it
     counted: dict[int, int] = {}  # id -> the tokens of what it became: its pages, or nothing (bridged to text)
     for media in request.media():
         bridge = next((b for b in bridges if b.converts(media)), None)
         if bridge is not None and bridge.convert_to and convertible(media):
             wanted[id(media)] = (media, bridge.convert_to)
+            converters[id(media)] = bridge
         elif bridge is not None:
             counted[id(media)] = 0
     converted: dict[int, list[Part]] = {}
@@ -289,11 +322,11 @@ async def _convert_images(bridges: list[Bridge], request: Request, route: RouteI
     if reused:
         route.notes.append(f"reused {reused} image(s) converted to another format before")
     if not converted:
-        return kept, dropped
+        return kept, dropped, {}
     return dataclasses.replace(kept, messages=[
         dataclasses.replace(message, parts=[new for p in message.parts
                                             for new in (converted.get(id(p.media), [p]) if p.media is not None else [p])])
-        for message in kept.messages]), dropped
+        for message in kept.messages]), dropped, {key: converters[key] for key in converted}
 
 
 def _page_parts(media: Media, pages: Pages) -> list[Part]:
@@ -349,8 +382,9 @@ class _Bridging:
     result: Bridged
     this_turn: set[int]
     replies: dict[int, str]
+    names: dict[int, str]  # id(media) -> how errors, notes and texts name it (:func:`part_names`)
     converted: dict[int, tuple[str, bool]] = field(default_factory=dict)  # id -> (text part, keep the media)
-    used: dict[int, Bridge] = field(default_factory=dict)  # id(media) -> the bridge that converted it
+    done_to: dict[int, str] = field(default_factory=dict)  # id(media) -> what was done to it, as route.bridges says
     #: id(history media) -> what the memo keeps of it and the bridge that made it (see :func:`_kept_before`)
     recalled: dict[int, tuple[Bridge, Kept] | None] = field(default_factory=dict)
     reused: int = 0
@@ -359,19 +393,33 @@ class _Bridging:
         """Bridge ``media`` through the first of ``choices`` that can; a bridge that leaves the media beside
         its text and fails on it leaves the media alone (see :func:`_bridge_media`)."""
         history = id(media) not in self.this_turn
+        name = self.name(media)
         bridged = await _bridge_media(media, choices, self.request, self.registry, self.ctx,
-                                      self.route, self.memo, self.done, history, self.recalled)
+                                      self.route, self.memo, self.done, history, self.recalled, name)
         if bridged is None:
             return
         text, transcript, bridge, kept = bridged
         self.reused += kept
         if kept and bridge.via != choices[0].via:
-            self.route.notes.append(f"bridging: the text of {_name(media)} was made before by {bridge.via}, "
+            self.route.notes.append(f"bridging: the text of {name} was made before by {bridge.via}, "
                                     f"not by {choices[0].via}")
-        self.used[id(media)] = bridge
+        speech_only = (media.modality is Modality.VIDEO and not bridge.keep_media
+                       and not _extraction_only(bridge.via, self.registry))
+        plain = dataclasses.replace(bridge, convert_to=())  # a media a bridge converts was not converted to another format
+        self.done_to[id(media)] = f"video->speech only via {bridge.via}" if speech_only else str(plain)
+        if speech_only:
+            self.route.notes.append(f"bridging: video->speech only via {bridge.via} for {name}: the model gets "
+                                    "its speech, its pictures were not read")
+        if not text.strip():
+            self.route.notes.append(f"bridging: {bridge.via} found no "
+                                    f"{'speech' if media.modality in _SPEECH else 'text'} in {name}")
         if transcript is not None and not history:
             self.result.transcripts.append(transcript)
-        self.converted[id(media)] = (_part_text(media, text, self.replies), bridge.keep_media)
+        self.converted[id(media)] = (_part_text(media, text, self.replies, name, speech_only), bridge.keep_media)
+
+    def name(self, media: Media) -> str:
+        """How errors, notes and bridged texts name ``media`` (see :func:`part_names`)."""
+        return self.names.get(id(media)) or media.filename or media.modality.value
 
     async def bridge_history(self, todo: list[tuple[Media, list[Bridge]]],
                              history: list[tuple[Media, list[Bridge]]], trim: Trim) -> None:
@@ -419,7 +467,8 @@ class _Bridging:
             text = await self.known_text(media, choices)
             guess = bridged_tokens_guess(media) if text is None else 0
             raw = media_tokens(media) if choices[0].keep_media else 0
-            sizes[id(media)] = text_tokens(_part_text(media, text or "", self.replies)) + guess + raw
+            part = _part_text(media, text or "", self.replies, self.name(media), media.modality is Modality.VIDEO)
+            sizes[id(media)] = text_tokens(part) + guess + raw
         return sizes
 
     async def known_text(self, media: Media, choices: list[Bridge]) -> str | None:
@@ -455,22 +504,56 @@ def _to_bridge(bridges: list[Bridge], request: Request, registry: Registry,
 
 def _takes(bridge: Bridge, media: Media, registry: Registry) -> bool:
     """Whether ``bridge``'s model takes ``media``: its format, by URL if it is given so (routing checked
-    the first bridge alone), and its length if the model has a cap."""
+    the first bridge alone), and its length and size if the model has caps (Whisper's 25 MB)."""
     provider = registry.ready(bridge.via.provider)
     model = provider.model(bridge.via.model) if provider is not None else None
     if model is None or not model.takes_mime(media.mime_type, media.modality):
         return False
     if is_url_only(media) and not model.takes_url(media.modality):
         return False
+    if model.max_media_bytes and byte_size(media) > model.max_media_bytes:
+        return False
     return not (model.max_audio_seconds and (media.duration_seconds or 0.0) > model.max_audio_seconds)
 
 
-def _part_text(media: Media, text: str, replies: Mapping[int, str]) -> str:
-    """The text part a bridged ``media`` becomes."""
-    name = f" {media.filename}" if media.filename else ""
+def _part_text(media: Media, text: str, replies: Mapping[int, str], name: str, speech_only: bool = False) -> str:
+    """The text part a bridged ``media`` becomes: a heading with its file name, then ``text``, in which what
+    the bridge called the media (given alone, without its file name: see :func:`_anonymous`) is ``name``
+    (:func:`part_names`); :data:`NO_SPEECH` or :data:`NO_TEXT` when it is empty, and after the
+    :data:`SPEECH_ONLY` line for a video of which only the speech was transcribed (``speech_only``)."""
+    heading = f"{_LABELS[media.modality]}{f' {media.filename}' if media.filename else ''}"
     if text.strip() and replies.get(id(media)) == text.strip():
         text = "(given in full by the reply that follows)"
-    return f"{_LABELS[media.modality]}{name}\n{text}"
+    elif not text.strip():
+        text = NO_SPEECH if media.modality in _SPEECH else NO_TEXT
+    else:
+        text = _anonymous(media, r"^\[(?:PDF|Document|Image|Audio|Video) ", r"(?=[,:\] ])").sub(
+            lambda found: found[0][:found.start("label") - found.start()] + name, text)
+    lines = [heading, SPEECH_ONLY, text] if speech_only else [heading, text]
+    return "\n".join(lines)
+
+
+def _anonymous(media: Media, before: str = r"(?<![\w#])", after: str = r"(?![\w])") -> re.Pattern[str]:
+    """A pattern of what a bridge calls ``media`` given alone and without its file name (as ``local/extract``
+    does in its headings and errors): the first 12 characters of its id, else its place in that one-media
+    request (``#1``); as group ``label``, between ``before`` and ``after``."""
+    labels = [re.escape(media.media_id[:12])] if media.media_id else []
+    return re.compile(f"{before}(?P<label>{'|'.join([*labels, '#1'])}){after}", re.MULTILINE)
+
+
+def part_names(request: Request) -> dict[int, str]:
+    """By id of each media of ``request``: how the router names it in a bridge's errors, in the route's notes
+    and in the texts it is bridged to: its file name, else its place in the request ("part 2 of message 1",
+    counting the messages the client sent; "part 1 of a message of an earlier turn" for a session's history)."""
+    names: dict[int, str] = {}
+    for index, message in enumerate(request.messages):
+        turn = index - request.history_length
+        for number, part in enumerate(message.parts, start=1):
+            if part.media is None:
+                continue
+            where = f"message {turn + 1}" if turn >= 0 else "a message of an earlier turn"
+            names[id(part.media)] = part.media.filename or f"part {number} of {where}"
+    return names
 
 
 def _replies(request: Request) -> dict[int, str]:
@@ -493,7 +576,7 @@ def _converted(part: Part, converted: dict[int, tuple[str, bool]]) -> list[Part]
 async def _bridge_media(media: Media, choices: list[Bridge], request: Request, registry: Registry,
                         ctx: CallContext, route: RouteInfo, memo: BridgeMemo | None,
                         done: BridgedInRequest, history: bool,
-                        recalled: Mapping[int, tuple[Bridge, Kept] | None],
+                        recalled: Mapping[int, tuple[Bridge, Kept] | None], name: str,
                         ) -> tuple[str, Transcript | None, Bridge, bool] | None:
     """Bridge one media through the first of ``choices`` that succeeds: its text, its transcript, the
     bridge used and whether the text was kept from an earlier turn or request (a memo hit).
@@ -506,9 +589,12 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
     this turn's language is not that turn's.
 
     A bridge failing with a retryable error gives way to the next choice; one failing otherwise fails the
-    call. But the text of a bridge that leaves the media beside it (``Bridge.keep_media``) is extra: when
-    each of its choices fails, whatever the error, the route notes why and None is returned (the model
-    gets the media without it).
+    call. The error raised is that of the chain (:func:`chain_error`): an earlier bridge's failure that may
+    pass (down, rate-limited) after which a later one refused the media, else each refusal; each bridge's
+    error names the media ``name`` (:func:`_naming`), and is in ``done.refused`` with ``media``. But the
+    text of a bridge that leaves the media beside it (``Bridge.keep_media``) is extra: when each of its
+    choices fails, whatever the error, the route notes why and None is returned (the model gets the media
+    without it).
     """
     options = history_options(request.options) if history else request.options
     for bridge in choices:
@@ -521,11 +607,13 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
             bridge, kept = found
             done.texts[(id(media), str(bridge.via))] = kept
             return *kept, bridge, True
-    error: ProviderError | None = None
+    errors: list[ProviderError] = []
     for bridge in choices:
         this = (id(media), str(bridge.via))
         if this in done.failed:
-            error = done.failed[this]
+            errors.append(done.failed[this])
+            if not errors[-1].retryable and not bridge.keep_media:
+                break
             continue
         key = memo_key(media, request, bridge, options) if memo is not None else None
         kept = await _kept(key, memo) if memo is not None and key is not None else None
@@ -542,10 +630,11 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
             text, transcript = await _bridge_one(media, bridge, provider, model, options, ctx, route)
             result = (text, transcript)
         except ProviderError as exc:
+            error = done.failed[this] = _naming(exc, media, name)
+            errors.append(error)
             if not exc.retryable and not bridge.keep_media:
-                raise
-            error = done.failed[this] = exc
-            route.notes.append(f"bridging: {bridge.via} failed on {_name(media)} ({exc.reason})")
+                break
+            route.notes.append(f"bridging: {bridge.via} failed on {name} ({exc.reason})")
             continue
         finally:
             _settle(key, leader, result)  # those waiting get the text, or None (then bridge themselves)
@@ -555,13 +644,15 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
         return text, transcript, bridge, False
     if choices[0].keep_media:
         failed = ", ".join(str(b.via) for b in choices if (id(media), str(b.via)) in done.failed)
-        why = f" ({error.reason}: {error.message})" if error is not None else ""
-        note = (f"bridging: no {_LABELS[media.modality][1:-1].lower()} beside {_name(media)}: {failed} "
+        why = f" ({errors[-1].reason}: {errors[-1].message})" if errors else ""
+        note = (f"bridging: no {_LABELS[media.modality][1:-1].lower()} beside {name}: {failed} "
                 f"failed{why}; the model gets the {media.modality.value} alone")
         if note not in route.notes:  # a fallback plan gives up on it again
             route.notes.append(note)
         return None
-    assert error is not None  # the first choice is a ready bridge: it was called (now or before) and failed
+    assert errors  # the first choice is a ready bridge: it was called (now or before) and failed
+    error = chain_error(errors)
+    done.refused.append((error, media))
     raise error
 
 
@@ -623,9 +714,67 @@ def _extraction_only(target: Target, registry: Registry) -> bool:
     return model is not None and FEATURE_EXTRACTION_ONLY in model.features
 
 
-def _name(media: Media) -> str:
-    """How the route's notes name ``media``: its file name, else its modality."""
-    return media.filename or media.modality.value
+#: Failures that may pass: the same request may be answered by that target (or bridge) later.
+PASSING = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout)
+
+
+def final_error(last: ProviderError, passing: ProviderError | None) -> ProviderError:
+    """The error a call ends with when no target answered: the ``last`` target's, unless it is a refusal
+    of the request (a bad input, a format or size a fallback could not take) after an earlier target
+    failed in a way that may pass (``passing``: down, rate-limited, timed out). Then it is that earlier
+    failure, its message naming the last refusal: the client should retry, as the preferred target may
+    answer the same request later (a PDF local could not read, after Claude answered 529, was
+    INVALID_ARGUMENT "not a readable PDF", so clients did not retry a request Claude answers). A passing
+    ``last`` that does not say when to retry takes the earlier failure's delay (a rate limit's Retry-After,
+    then a fallback's 503: the client learns when the preferred target may answer). The bridges tried in
+    turn on one media end alike (:func:`chain_error`)."""
+    if passing is None:
+        return last
+    if isinstance(last, PASSING):
+        if last.retry_after is None and passing.retry_after is not None:
+            last.retry_after = passing.retry_after
+        return last
+    kind = next(kind for kind in PASSING if isinstance(passing, kind))  # a plugin's subclass may take other arguments
+    detail = passing.message.removeprefix(f"{passing.provider}: ")
+    error = kind(passing.provider, f"{detail} (then {last.message})", retry_after=passing.retry_after)
+    error.metadata = {**passing.metadata, **error.metadata}
+    return error
+
+
+def chain_error(errors: Sequence[ProviderError]) -> ProviderError:
+    """The error of the bridges of one media that each failed, with ``errors`` in turn, as
+    :func:`final_error` ends a call whose targets each failed: the first failure that may pass (down,
+    rate-limited, timed out), with its code and retry delay, its message naming the refusals after it
+    ("… (then local: cannot transcribe call.wav: …)"); else the last refusal's code, its message naming
+    each refusal in turn ("openai: …; then local: …")."""
+    passing = next((e for e in errors if isinstance(e, PASSING)), None)
+    refusals = [e for e in errors if not isinstance(e, PASSING)]
+    if not refusals:
+        return final_error(errors[-1], passing)
+    refused = refusals[-1] if len(refusals) == 1 else _with_message(
+        refusals[-1], "; then ".join(e.message for e in refusals))
+    return final_error(refused, passing)
+
+
+def _with_message(error: ProviderError, message: str) -> ProviderError:
+    """A copy of ``error`` (its class, a plugin's subclass too, and its fields) with ``message``."""
+    copy = type(error).__new__(type(error))
+    copy.__dict__.update(error.__dict__)
+    copy.metadata = dict(error.metadata)
+    copy.message = message
+    copy.args = (message,)
+    return copy
+
+
+def _naming(error: ProviderError, media: Media, name: str) -> ProviderError:
+    """``error`` of a bridge given ``media`` alone and without its file name, naming the part ``name``
+    (:func:`part_names`) in place of what the bridge called it (``#1``, its id's first characters: see
+    :func:`_anonymous`), else after the provider's name ("openai: bridging call.wav: HTTP 503 …")."""
+    detail = error.message.removeprefix(f"{error.provider}: ")
+    named, found = _anonymous(media).subn(lambda _: name, detail, count=1)
+    if not found:
+        named = f"bridging {name}: {detail}"
+    return _with_message(error, f"{error.provider}: {named}")
 
 
 async def _kept_any(media: Media, request: Request, memo: BridgeMemo,
@@ -687,11 +836,16 @@ async def _bridge_one(media: Media, bridge: Bridge, provider, model, options: Op
 
     The model gets the media without its file name: the text is kept by content (:func:`memo_key`) and
     given to any client that sends the same bytes, so it must not name them as this client did (the text
-    part it becomes names them as each request's part does, see :func:`_part_text`)."""
+    part it becomes names them as each request's part does, see :func:`_part_text`). A chat model reading
+    an image or a document is asked for its text (:data:`BRIDGE_INSTRUCTION`); an extraction-only model
+    gets the media alone."""
     extraction = FEATURE_EXTRACTION_ONLY in model.features
     task = Task.CHAT if extraction or bridge.modality in (Modality.DOCUMENT, Modality.IMAGE) else Task.TRANSCRIBE
+    parts = [Part(media=dataclasses.replace(media, filename=""))]
+    if task is Task.CHAT and not extraction:  # a chat model reading an image or a document: asked to
+        parts.append(Part(text=BRIDGE_INSTRUCTION.format(what=bridge.modality.value)))
     sub = Request(
-        messages=[Message(Role.USER, [Part(media=dataclasses.replace(media, filename=""))])],
+        messages=[Message(Role.USER, parts)],
         options=Options(task=task, diarization=options.diarization,
                         speakers_expected=options.speakers_expected, language=options.language),
     )

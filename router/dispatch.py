@@ -19,16 +19,16 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 
-from .bridging import BridgedInRequest, BridgeMemo, Trim, apply_bridges, remember_transcripts
-from .errors import (
-    NoRoute,
-    NoTimeLeft,
-    ProviderError,
-    ProviderInputTooLarge,
-    ProviderRateLimited,
-    ProviderTimeout,
-    ProviderUnavailable,
+from .bridging import (
+    PASSING,
+    BridgedInRequest,
+    BridgeMemo,
+    Trim,
+    apply_bridges,
+    final_error,
+    remember_transcripts,
 )
+from .errors import NoRoute, NoTimeLeft, ProviderError, ProviderInputTooLarge
 from .invoke import DEADLINE_MARGIN_SECONDS, call_model, deadline_passed
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
 from .plugins import Registry
@@ -38,6 +38,7 @@ from .types import (
     OUTPUT_TEXT,
     CallContext,
     FinishReason,
+    Media,
     Message,
     Modality,
     ProviderEvent,
@@ -155,6 +156,9 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     With ``cuts``, a plan starts without the oldest history its target refused on an earlier turn of
     the session (before bridges: what is left out is not bridged) and teaches it the history it refuses now.
 
+    A bridge's failure is that of the chain of bridges tried on its media (:func:`router.bridging.chain_error`).
+    One that refuses a media for good (an unreadable PDF) ends the call only when no later plan takes that
+    media itself: else the next plans are tried (one bridging it again fails at once, at no cost).
     A fallback is tried when a plan fails with a retryable error before its answering model sent
     any text or transcript of its own (bridges' transcripts already sent are not sent again, nor the
     same transcript made again by a fallback that takes the audio itself), or at any point when the
@@ -190,7 +194,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         texts: list[str] = []
         own: list[Transcript] = []
         bridged_transcripts: list[Transcript] = []
-        used_bridges = plan.bridges
+        used_bridges = [str(b) for b in plan.bridges]
         answering = False
         try:
             answer_request, dropped, skipped, why = request, 0, 0, ""
@@ -247,6 +251,12 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
             reported = len(route.steps)  # an answer's paid part (a failed step) was streamed as it came
             if (answered and not held) or deadline_passed(ctx):  # no time for a fallback
                 raise
+            refused = None if answering else bridged_before.media_refused(exc)
+            if not exc.retryable and refused is not None and _taken_later(refused, plans[index + 1:]):
+                route.notes.append(f"{plan.target} failed: its bridge refused a {refused.modality.value} "
+                                   f"({exc.reason}: {exc.message}); trying the next target, as a later one "
+                                   f"takes the {refused.modality.value} itself")
+                continue
             if not exc.retryable:
                 error = final_error(exc, passing)
                 if error is exc:
@@ -265,7 +275,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         route.provider, route.model = plan.target.provider, plan.target.model
         if index:  # a fallback answered: those still untried after it
             route.fallbacks = [str(p.target) for p in plans[index + 1:]]
-        route.bridges = [str(b) for b in used_bridges]
+        route.bridges = used_bridges
         route.latency_ms = (time.perf_counter() - started) * 1000
         if finish is FinishReason.LENGTH:
             route.notes.append(f"the answer was cut at {plan.target}'s output limit (max_output_tokens)")
@@ -278,30 +288,10 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     raise NoRoute("every target of the route became unusable")
 
 
-#: Failures that may pass: the same request may be answered by that target later.
-PASSING = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout)
-
-
-def final_error(last: ProviderError, passing: ProviderError | None) -> ProviderError:
-    """The error a call ends with when no target answered: the ``last`` target's, unless it is a refusal
-    of the request (a bad input, a format or size a fallback could not take) after an earlier target
-    failed in a way that may pass (``passing``: down, rate-limited, timed out). Then it is that earlier
-    failure, its message naming the last refusal: the client should retry, as the preferred target may
-    answer the same request later (a PDF local could not read, after Claude answered 529, was
-    INVALID_ARGUMENT "not a readable PDF", so clients did not retry a request Claude answers). A passing
-    ``last`` that does not say when to retry takes the earlier failure's delay (a rate limit's Retry-After,
-    then a fallback's 503: the client learns when the preferred target may answer)."""
-    if passing is None:
-        return last
-    if isinstance(last, PASSING):
-        if last.retry_after is None and passing.retry_after is not None:
-            last.retry_after = passing.retry_after
-        return last
-    kind = next(kind for kind in PASSING if isinstance(passing, kind))  # a plugin's subclass may take other arguments
-    detail = passing.message.removeprefix(f"{passing.provider}: ")
-    error = kind(passing.provider, f"{detail} (then {last.message})", retry_after=passing.retry_after)
-    error.metadata = {**passing.metadata, **error.metadata}
-    return error
+def _taken_later(media: Media, plans: Sequence[Plan]) -> bool:
+    """Whether one of ``plans`` takes ``media`` itself (no bridge of it converts it): a media a bridge
+    refused for good (an unreadable or encrypted PDF) may still be read by such a target (Claude)."""
+    return any(not any(b.converts(media) for b in plan.bridges) for plan in plans)
 
 
 def _trim_for(fit: FitRequest | None, plan: Plan) -> Trim | None:

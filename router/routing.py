@@ -178,7 +178,8 @@ def is_url_only(media: Media) -> bool:
     return bool(media.url) and media.data is None and media.path is None
 
 
-def _byte_size(media: Media) -> int:
+def byte_size(media: Media) -> int:
+    """The size of ``media`` in bytes: of its data, its declared size or its stored file; 0 when unknown."""
     if media.data is not None:
         return len(media.data)
     if media.size:
@@ -230,7 +231,7 @@ def _text_document_tokens(media: Media) -> int:
     """The tokens of a ``text/*`` document, as :func:`text_tokens` counts its text: of the whole text up to
     :data:`TEXT_SAMPLE_BYTES`, else of its head scaled to its size. A stored file's head is read once
     (its path names its content); a document whose bytes cannot be read counts a token per 4 bytes."""
-    size = _byte_size(media)
+    size = byte_size(media)
     if media.data is not None:
         return _scaled_tokens(media.data[:TEXT_SAMPLE_BYTES], size)
     if media.path is not None:
@@ -336,7 +337,7 @@ def _largest(media: Iterable[Media]) -> dict[Modality, int]:
     """The largest known size in bytes of ``media`` per modality."""
     largest: dict[Modality, int] = {}
     for one in media:
-        if size := _byte_size(one):
+        if size := byte_size(one):
             largest[one.modality] = max(largest.get(one.modality, 0), size)
     return largest
 

@@ -175,20 +175,13 @@ def test_a_video_claiming_a_huge_duration_is_read_promptly(fresh) -> None:
 
 def test_audio_of_days_in_a_small_flac_is_refused_as_too_large(fresh) -> None:
     """235 KB of FLAC constant subframes stand for 3 days of audio: it was all decoded and fed to the speech
-    recognizer until the call's time ran out. Over the default hour it is refused: by routing, from the header
-    (local/extract declares its max_audio_seconds: NO_ROUTE), or as INPUT_TOO_LARGE where decoding reaches the
-    hour when the header does not say; the daemon stays up."""
+    recognizer until the call's time ran out. Over the default hour it is refused as INPUT_TOO_LARGE, from
+    the header, or where decoding reaches the hour when the header does not say; the daemon stays up."""
     from media_factory import constant_flac
 
-    days = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/flac", filename="days.flac",
-                    data=constant_flac(3 * 86400, rate=4000, declared=True))
-    with pytest.raises(grpc.RpcError) as err:
-        fresh.stub.Generate(pb.GenerateRequest(request=text_request("", media=[days], options=pb.Options(
-            task=pb.TASK_TRANSCRIBE))), timeout=30)
-    details = error_details(err.value)
-    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_ROUTE"), details
-    assert "local/extract: 259200 s of audio is longer than its 3600 s" in details.message, details.message
     cases = [  # (file name, task, what the message says)
+        ("days.flac", pb.TASK_TRANSCRIBE, "the audio is 259,200 seconds (72:00:00) long, over the 3,600 seconds "
+                                          "(1:00:00) the local provider transcribes"),
         ("unsaid.flac", pb.TASK_AUTO, "the audio goes on past 3,600 seconds (1:00:00), the most the local "
                                       "provider transcribes (decoding stopped there)"),
     ]
@@ -320,5 +313,5 @@ def test_a_filled_in_form_bridged_to_a_model_keeps_its_values(start_daemon) -> N
                          if part.kind == "text")
     # the part's name heads the text; the bridge got none (its text is kept for any client sending the bytes)
     assert "[Document text] form.pdf\n" in text, text
-    assert "[PDF #1, page 1]\nName:\nIBAN:\nForm fields:\nname: Jane Q Public\n" \
+    assert "[PDF form.pdf, page 1]\nName:\nIBAN:\nForm fields:\nname: Jane Q Public\n" \
            "Bank account (IBAN): DE89370400440532013000\nagree: checked\n" in text, text

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from grpc_helpers import providers_by_name, text_request
-from media_factory import wav, wav_of
+from media_factory import wav_of
 from mmrouter.v1 import router_pb2 as pb
 
 from tests.fakes.assemblyai import FakeAssemblyAI
@@ -25,15 +25,6 @@ bridges:
   audio: [openai/whisper-1, assemblyai/best]
 """
 
-LENGTHS = """
-providers:
-  openai: {{api_key: "{key}", base_url: "{url}", timeout: 30}}
-  local: {{max_audio_seconds: 3}}
-routes:
-  - name: local-first
-    use: local/extract
-    fallback: [openai/gpt-audio]
-"""
 
 
 @pytest.fixture
@@ -81,22 +72,3 @@ def check_size_plan(daemon, fake: FakeOpenAI, assemblyai: FakeAssemblyAI) -> Non
     assert list(answer.route.bridges) == list(explained.bridges)
     assert not any("whisper-1" in note for note in answer.route.notes), answer.route.notes
     assert fake.uploads() == [] and len(assemblyai.uploads) == 1
-
-
-def test_local_declares_its_max_audio_seconds_so_explain_and_generate_pass_it_over(start_daemon, fake):
-    """local/extract refuses audio over ``providers.local.max_audio_seconds`` but declared no cap, so
-    ExplainRoute planned it for longer audio and Generate then fell back. It declares the setting now:
-    both go to the rule's fallback, with the reason in the trace."""
-    daemon = start_daemon(LENGTHS.format(key=API_KEY, url=fake.base_url), plugins=())
-    (extract,) = providers_by_name(daemon.stub)["local"].models
-    assert extract.max_audio_seconds == 3
-    request = text_request("What is said?", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav",
-                                                             data=wav(5.0, rate=8000), filename="five.wav")])
-
-    explained = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=60).route
-    assert (explained.provider, explained.model) == ("openai", "gpt-audio")
-    assert "local/extract: 5 s of audio is longer than its 3 s" in explained.trace[0].reason, explained.trace
-
-    answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60).answer
-    assert (answer.route.provider, answer.route.model) == ("openai", "gpt-audio")
-    assert [(a.provider, a.ok) for a in answer.route.attempts] == [("openai", True)], answer.route.attempts
