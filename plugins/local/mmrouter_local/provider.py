@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -66,7 +65,6 @@ EXTRACT_MODEL = ModelInfo(
     context_tokens=1_000_000,
     price=Price(),
     input_mime_types=EXTRACT_MIME_TYPES,
-    max_audio_seconds=MAX_AUDIO_SECONDS,  # each provider's: providers.local.max_audio_seconds
     url_inputs=frozenset(),  # offline: media given by URL are refused (_check_local), so routing passes it over
 )
 
@@ -87,8 +85,6 @@ class LocalProvider(Provider):
                  max_audio_seconds: float = MAX_AUDIO_SECONDS) -> None:
         self.pool = WorkerPool(workers)
         self.extractor = Extractor(frame_interval, max_audio_seconds)
-        # the longest speech it transcribes, declared: routing skips it for longer audio or video
-        self.models = [dataclasses.replace(EXTRACT_MODEL, max_audio_seconds=max_audio_seconds)]
 
     @classmethod
     def from_settings(cls, settings: LocalSettings | Mapping[str, Any] | None) -> LocalProvider:

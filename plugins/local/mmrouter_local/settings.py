@@ -8,8 +8,10 @@ Keys (all optional)::
         ocr_frame_interval_seconds: 2  # video frame sampling (default 2)
         max_audio_seconds: 3600        # the longest audio (or video sound) transcribed (default an hour)
 
-``max_audio_seconds`` is also the ``extract`` model's declared ``max_audio_seconds``: routing skips the model
-for audio or video whose header gives a longer length.
+``max_audio_seconds`` is not declared to routing (``ModelInfo.max_audio_seconds`` stays 0): it caps the sound
+transcribed, while a silent video longer than it is still read (its frames). A longer audio is refused when its
+call runs (INPUT_TOO_LARGE, which the rule's fallbacks follow), so ExplainRoute may still plan ``local/extract``
+for it.
 """
 
 from __future__ import annotations
