@@ -242,9 +242,10 @@ async def test_clips_of_one_message_make_one_merged_transcript_and_usage_adds_up
              Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.3)))]
     req = Request(messages=[Message(Role.USER, parts)], options=Options(task=Task.TRANSCRIBE))
     events = await collect(provider, req, provider.model("best"))
-    assert [type(e) for e in events] == [TranscriptReady, UsageReport]
+    # a report per clip: the first's before the second is sent, the last's after the transcript
+    assert [type(e) for e in events] == [UsageReport, TranscriptReady, UsageReport]
     assert fake.uploads == [wav_bytes(0.1), wav_bytes(0.3)]  # in order
-    transcript = events[0].transcript
+    transcript = events[1].transcript
     # The second clip's turns follow the first's, shifted by its measured 7.6 s (AssemblyAI's
     # audio_duration is whole seconds: 7), and its speakers are not the first clip's.
     assert [(u.speaker, u.start) for u in transcript.utterances] == [
@@ -253,7 +254,9 @@ async def test_clips_of_one_message_make_one_merged_transcript_and_usage_adds_up
     assert "Speaker C: Hello, thanks for joining the call." in transcript.text
     assert len(transcript.text.splitlines()) == 6
     assert transcript.duration_seconds == 14.6  # 7.6 measured + 7 (the second clip is not measured)
-    assert events[-1].usage.audio_seconds == 14  # billed by AssemblyAI's durations
+    # billed by AssemblyAI's durations (whole seconds: 7 each), a part per clip, which add up
+    assert [events[0].usage.audio_seconds, events[-1].usage.audio_seconds] == [7, 7]
+    assert events[0].usage.audio_seconds + events[-1].usage.audio_seconds == 14
 
 
 async def test_a_time_before_the_clip_s_start_is_taken_as_its_start(fake, provider):

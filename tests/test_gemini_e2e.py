@@ -151,11 +151,16 @@ def test_inline_image_streams_text_deltas_and_usage(daemon, fake):
     assert events[0].route_chosen.route.provider == "gemini"
     assert events[0].route_chosen.route.model == "gemini-2.5-flash"
     assert [e.text_delta.text for e in events if e.HasField("text_delta")] == ["A ", "small ", "blue ", "square."]
+    # reported in parts: the prompt's, from the first chunk (before its text), then the rest at the end
+    assert kinds[1:3] == ["usage", "text_delta"]
     usages = [e.usage for e in events if e.HasField("usage")]
-    assert usages and usages[-1].input_tokens == 12 and usages[-1].output_tokens == 7
+    assert [(u.input_tokens, u.output_tokens) for u in usages] == [(12, 0), (0, 7)]
+    assert [u.cost_usd for u in usages] == [pytest.approx(12 * 0.30e-6), pytest.approx(7 * 2.50e-6)]
     done = events[-1].done.answer
     assert done.text == "A small blue square."
+    assert (done.usage.input_tokens, done.usage.output_tokens) == (12, 7)  # the parts' sum
     assert done.usage.cost_usd == pytest.approx(12 * 0.30e-6 + 7 * 2.50e-6)
+    assert sum(u.cost_usd for u in usages) == pytest.approx(done.usage.cost_usd)
 
     [call] = fake.calls("stream")
     assert call.path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
@@ -199,7 +204,12 @@ def test_prompt_tokens_read_from_the_cache_are_billed_at_the_cached_rate(daemon,
     # 90,000 cached, 200 audio not cached, 9,800 text not cached, 500 out
     billed = 90_000 * 0.03 / 1e6 + 200 * 1.00 / 1e6 + 9_800 * 0.30 / 1e6 + 500 * 2.50 / 1e6
     assert usage.cost_usd == pytest.approx(billed)
-    assert [e.usage.cost_usd for e in events if e.HasField("usage")] == [pytest.approx(billed)]
+    # in parts: the prompt's first (its chunks before the last do not say what was cached: priced all cached,
+    # the least it can cost), then the rest (the difference of the totals); they add up to what is billed
+    usages = [e.usage for e in events if e.HasField("usage")]
+    assert [(u.input_tokens, u.output_tokens) for u in usages] == [(100_000, 0), (0, 500)]
+    assert usages[0].cost_usd == pytest.approx(100_000 * 0.03 / 1e6)
+    assert sum(u.cost_usd for u in usages) == pytest.approx(billed)
 
 
 def test_a_gemini_pro_call_past_200k_prompt_tokens_is_billed_at_the_long_context_tier(start_daemon, fake):

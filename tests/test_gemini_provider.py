@@ -33,6 +33,7 @@ from router import (
     Role,
     Task,
     TextDelta,
+    Usage,
     UsageReport,
 )
 from router.errors import (
@@ -99,10 +100,22 @@ def text_of(events) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
-def usage_of(events):
-    usages = [e.usage for e in events if isinstance(e, UsageReport)]
-    assert len(usages) == 1
-    return usages[0]
+def usage_of(events) -> Usage:
+    """The whole answer's usage: the sum of its reports (the router adds them up). A streamed answer reports
+    in parts: the prompt's as soon as a chunk before the last counts it (before that chunk's text; input
+    tokens only, no finish reason), then the rest with the finish reason, last; an answer in one chunk, or
+    not streamed, reports once, at its end."""
+    reports = [e for e in events if isinstance(e, UsageReport)]
+    assert 1 <= len(reports) <= 2 and reports[-1] is events[-1]
+    if len(reports) == 2:
+        prompt = reports[0]
+        assert prompt.finish_reason is None and prompt.usage.input_tokens > 0 and prompt.usage.output_tokens == 0
+        deltas = [i for i, e in enumerate(events) if isinstance(e, TextDelta)]
+        assert not deltas or events.index(prompt) < deltas[0]
+    total = Usage()
+    for report in reports:
+        total.add(report.usage)
+    return total
 
 
 def model(provider, name="gemini-2.5-pro"):
@@ -275,9 +288,17 @@ async def test_streams_text_deltas_and_one_usage(provider, fake):
     events = await collect(provider, request, model(provider))
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["The ", "answer ", "is ", "42."]
     assert isinstance(events[-1], UsageReport)
+    reports = [e.usage for e in events if isinstance(e, UsageReport)]
+    assert [(u.input_tokens, u.output_tokens) for u in reports] == [(12, 0), (0, 7)]  # the prompt's, then the rest
+    assert isinstance(events[0], UsageReport) and isinstance(events[1], TextDelta)  # the prompt's before any text
     usage = usage_of(events)
     assert (usage.input_tokens, usage.output_tokens) == (12, 7)  # 5 answer + 2 thinking tokens
-    assert usage.cost_usd == 0
+    # the prompt's part is priced by the router (cost 0: short, not cached), the rest as the difference of
+    # the totals: the parts, priced, add up to the whole answer's price
+    price = model(provider).price
+    assert reports[0].cost_usd == 0
+    assert reports[1].cost_usd == pytest.approx(price.cost(usage) - price.cost(reports[0]))
+    assert sum(u.cost_usd or price.cost(u) for u in reports) == pytest.approx(price.cost(usage))
 
     [sent] = fake.calls("stream")
     assert sent.path == "/v1beta/models/gemini-2.5-pro:streamGenerateContent"
@@ -789,7 +810,7 @@ async def test_a_stream_stopped_by_the_safety_filter_keeps_the_text_sent(fake):
     await p.aclose()
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hello", " from"]
     assert isinstance(events[-1], UsageReport) and events[-1].finish_reason is FinishReason.CONTENT_FILTER
-    assert events[-1].usage.input_tokens == 12
+    assert (usage_of(events).input_tokens, usage_of(events).output_tokens) == (12, 7)  # the parts add up
 
 
 @pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
@@ -822,8 +843,10 @@ async def test_finish_reasons_are_mapped(provider, fake, reason, finish):
     fake.finish_reason = reason
     events = await collect(provider, ask(Part(text="hi")), model(provider))
     assert text_of(events) == "Hello from Gemini."
-    [report] = [e for e in events if isinstance(e, UsageReport)]
-    assert report.finish_reason is finish
+    reports = [e for e in events if isinstance(e, UsageReport)]
+    assert [r.finish_reason for r in reports] == [None, finish]  # the prompt's part, then the rest with it
+    assert reports[-1] is events[-1]
+    assert (usage_of(events).input_tokens, usage_of(events).output_tokens) == (12, 7)
 
 
 # -- replies a proxy or gateway may give ----------------------------------------------------------
@@ -880,7 +903,9 @@ async def test_a_body_held_open_after_the_finish_reason_still_completes_the_answ
     assert text_of(events) == "Hello world."
     report = events[-1]
     assert isinstance(report, UsageReport) and report.finish_reason is FinishReason.STOP
-    assert (report.usage.input_tokens, report.usage.output_tokens) == (12, 5)
+    assert [(e.usage.input_tokens, e.usage.output_tokens) for e in events if isinstance(e, UsageReport)] == [
+        (12, 0), (0, 5)]  # the prompt's part from the first chunk, then the rest
+    assert (usage_of(events).input_tokens, usage_of(events).output_tokens) == (12, 5)
 
 
 @pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
@@ -911,8 +936,9 @@ async def test_a_200_that_is_no_answer_is_unavailable(streaming, body, content_t
 
 @pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
 async def test_a_unary_answer_without_a_finish_reason_is_unavailable_but_billed(fake, streaming):
-    """Like a stream cut short, a reply whose candidate has no finishReason is a failed call; its usage is
-    reported all the same, as it is billed."""
+    """Like a stream cut short, a reply whose candidate has no finishReason is a failed call, billed all the
+    same: the unary reply its whole usage; the stream, cut before its end, its prompt only, reported from its
+    first chunk (plugins/gemini/README.md, "What a cut stream costs")."""
     class Unfinished(FakeGemini):
         def _generate(self, request, reply, *, stream):
             body = {"candidates": [_candidate("Hel")], "usageMetadata": {"promptTokenCount": 9,
@@ -927,7 +953,8 @@ async def test_a_unary_answer_without_a_finish_reason_is_unavailable_but_billed(
                 events.append(event)
         await p.aclose()
     [report] = [e for e in events if isinstance(e, UsageReport)]
-    assert (report.usage.input_tokens, report.usage.output_tokens) == (9, 1)
+    assert (report.usage.input_tokens, report.usage.output_tokens) == ((9, 0) if streaming else (9, 1))
+    assert report.finish_reason is None
 
 
 @pytest.mark.parametrize("message", [

@@ -229,7 +229,8 @@ def test_bad_settings_are_named() -> None:
     with pytest.raises(ConfigError, match=r"models\[0\]\.price: unknown key\(s\) input \(known: input_per_mtok"):
         OpenAIProvider({"api_key": "k", "models": [{"name": "x", "price": {"input": 5}}]})
     with pytest.raises(ConfigError, match=r"models\[1\]: unknown key\(s\) pricee"):
-        OpenAIProvider({"api_key": "k", "models": [{"name": "x"}, {"name": "y", "pricee": {"input_per_mtok": 1}}]})
+        OpenAIProvider({"api_key": "k", "models": [{"name": "x", "price": {"input_per_mtok": 1, "output_per_mtok": 2}},
+                                                   {"name": "y", "pricee": {"input_per_mtok": 1}}]})
     tiered = OpenAIProvider({"api_key": "k", "models": [{"name": "x", "price": {
         "input_per_mtok": 1, "long_context_above_tokens": 200000, "long_context_input_per_mtok": 2}}]})
     price = next(m.price for m in tiered.models if m.name == "x")
@@ -237,8 +238,10 @@ def test_bad_settings_are_named() -> None:
 
 
 def test_a_served_model_name_may_hold_slashes() -> None:
-    """vLLM and other OpenAI-compatible servers name models after their repository, org/model."""
-    p = OpenAIProvider({"api_key": "k", "models": [{"name": "meta-llama/Llama-3.1-8B-Instruct"}]})
+    """vLLM and other OpenAI-compatible servers name models after their repository, org/model (a server
+    that is not OpenAI's: its model needs no price)."""
+    p = OpenAIProvider({"api_key": "k", "base_url": "http://127.0.0.1:8000/v1",
+                        "models": [{"name": "meta-llama/Llama-3.1-8B-Instruct"}]})
     assert "meta-llama/Llama-3.1-8B-Instruct" in {m.name for m in p.models}
 
 
@@ -538,17 +541,20 @@ async def test_several_clips_of_the_newest_message_make_one_merged_transcript(
         user(audio(first, filename="part1.wav"), audio(second, filename="part2.wav")),
     ], Options(task=Task.TRANSCRIBE))
     events = await collect(provider, request, model_of(provider, "whisper-1"))
-    assert [type(e) for e in events] == [TranscriptReady, UsageReport]
+    # a report per clip: the first's before the second is sent, the last's after the transcript
+    assert [type(e) for e in events] == [UsageReport, TranscriptReady, UsageReport]
     assert [(u.files["file"][0], u.files["file"][2]) for u in fake.uploads()] == [
         ("part1.wav", first), ("part2.wav", second)]
-    t = events[0].transcript
+    t = events[1].transcript
     assert t.text == "Hello there. General Kenobi. Hello there. General Kenobi."
     # The second clip's segments follow the first clip's 2.5 s.
     assert [(u.start, u.end) for u in t.utterances] == [(0.0, 1.2), (1.2, 2.5), (2.5, 3.7), (3.7, 5.0)]
     assert t.duration_seconds == 5.0
     # so do its words
     assert [(w.text, w.start, w.end) for w in t.words][3:5] == [("Kenobi", 1.8, 2.4), ("Hello", 2.5, 3.0)]
-    assert events[1].usage.audio_seconds == 6.0  # 3 s billed per clip
+    # 3 s billed per clip, a part per clip: 6.0 in all
+    assert [events[0].usage.audio_seconds, events[-1].usage.audio_seconds] == [3.0, 3.0]
+    assert events[0].usage.audio_seconds + events[-1].usage.audio_seconds == 6.0
 
 
 async def test_a_failing_clip_reports_the_usage_of_the_clips_before_it(

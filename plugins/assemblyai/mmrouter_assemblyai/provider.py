@@ -99,8 +99,12 @@ class AssemblyAIProvider(Provider):
     ) -> AsyncIterator[ProviderEvent]:
         """Transcribe the audio and video clips of the newest user message (``request.current_media()``:
         earlier turns were transcribed when they were sent), one after another, and yield one
-        :class:`TranscriptReady` of them all (:meth:`Transcript.merged`) and one :class:`UsageReport`.
-        When a clip fails, the usage of those transcribed before it is reported before the error."""
+        :class:`TranscriptReady` of them all (:meth:`Transcript.merged`) and a :class:`UsageReport` per clip:
+        each one before the next clip is sent, the last clip's at the end (after the transcript, as for one).
+
+        AssemblyAI bills a clip once transcribed: its report, yielded then, is kept by the router when a later
+        clip fails, or the call is cancelled (by its client, or at its deadline) while a later clip is
+        transcribed. The reports are parts, which the router adds up: a whole call's total is their sum."""
         media = [m for m in request.current_media() if m.modality in _MEDIA_KINDS]
         if not media:
             raise errors.bad_request(self.name, "nothing to transcribe: the request has no audio or video")
@@ -109,26 +113,23 @@ class AssemblyAIProvider(Provider):
             transcripts.check_upload_size(item, self.name)
         if (reason := self.unconfigured_reason()) is not None:
             raise ProviderNotConfigured(self.name, reason)
-        total = 0.0
         results: list[Transcript] = []
-        try:
-            for item in media:
-                try:
-                    response = await self._transcribe(item, request, model, ctx)
-                except ProviderError as error:
-                    if item.url:  # the SDK's messages (and AssemblyAI's) quote the URL whole
-                        errors.hide_media_url(error, item.url)
-                    raise
-                transcript = transcripts.to_transcript(response, item)
-                total += transcripts.audio_seconds(response, item, transcript.words)
-                results.append(transcript)
-        except Exception:  # the clips done before were billed: say so (a cancellation is no Exception)
-            if results:
-                yield UsageReport(Usage(audio_seconds=total))
-            raise
+        seconds = 0.0
+        for n, item in enumerate(media):
+            if n:  # the clip before, billed: reported before the next is sent
+                yield UsageReport(Usage(audio_seconds=seconds))
+            try:
+                response = await self._transcribe(item, request, model, ctx)
+            except ProviderError as error:
+                if item.url:  # the SDK's messages (and AssemblyAI's) quote the URL whole
+                    errors.hide_media_url(error, item.url)
+                raise
+            transcript = transcripts.to_transcript(response, item)
+            results.append(transcript)
+            seconds = transcripts.audio_seconds(response, item, transcript.words)
         yield TranscriptReady(Transcript.merged(results))
         # Priced per audio hour: the router computes the cost from audio_seconds.
-        yield UsageReport(Usage(audio_seconds=total))
+        yield UsageReport(Usage(audio_seconds=seconds))  # the last clip's, at the end
 
     async def _transcribe(
         self, media: Media, request: Request, model: ModelInfo, ctx: CallContext

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import os
 import re
@@ -17,6 +18,7 @@ from router import (
     ProviderEvent,
     Request,
     TextDelta,
+    Usage,
     UsageReport,
     with_configured_models,
 )
@@ -185,12 +187,15 @@ class GeminiProvider(Provider):
 
     async def _stream(self, client: Any, model: ModelInfo, body: dict[str, Any], timeout_ms: int,
                       ctx: CallContext) -> AsyncIterator[ProviderEvent]:
-        """Stream the answer, then one usage report from the last usage metadata; a stream whose chunks
-        carry no finishReason is cut short: ``ProviderUnavailable``.
+        """Stream the answer: a usage report of the prompt as soon as a chunk counts it (see
+        :func:`_prompt_part`), then the rest of the usage at the end, from the last usage metadata; a stream
+        whose chunks carry no finishReason is cut short: ``ProviderUnavailable``.
 
-        Unlike Anthropic's ``message_start``, the chunks before the last do not count the prompt fully (no
-        ``cachedContentTokenCount``; sometimes a different ``promptTokenCount``), so a part reported early
-        would overbill a cached prompt: a stream its client leaves mid-answer is not billed.
+        The chunks before the last do not count the prompt fully (no ``cachedContentTokenCount``; sometimes a
+        different ``promptTokenCount``), so the prompt's early report is a part the whole call never exceeds;
+        the last report is the rest (:meth:`router.Usage.since`), so the reports of a whole answer add up to
+        its usage metadata exactly. A stream that ends before its last chunk (its client cancels, its deadline
+        passes, or it is cut) is billed that early part only.
 
         Once a chunk with a finishReason came, the answer is whole: what is left of the body (a later chunk
         with the usage, say) is read for at most ``router.sdk_http.END_OF_BODY_WAIT``, so a proxy that holds
@@ -199,6 +204,7 @@ class GeminiProvider(Provider):
         metadata = None
         finish = None
         produced = False
+        reported = Usage()  # the usage reported so far: the prompt's part, once a chunk counted it
 
         async def after_finish() -> AsyncIterator[Any]:
             """The chunks after the one with the finishReason, their usage kept."""
@@ -215,9 +221,12 @@ class GeminiProvider(Provider):
                 text = response_text(chunk)
                 refusal = blocked(chunk, produced or bool(text), self.name)
                 if refusal is not None:  # the prompt's tokens are billed all the same
-                    for event in _billed_then(refusal, metadata):
+                    for event in _billed_then(refusal, metadata, reported, model):
                         yield event
                 finish = finish_of(chunk) or finish
+                if finish is None and reported == Usage() and (part := _prompt_part(metadata, model)) is not None:
+                    reported = part
+                    yield UsageReport(part)  # before the text: a client that leaves at once is billed it
                 if text:
                     produced = True
                     yield TextDelta(text)
@@ -229,12 +238,10 @@ class GeminiProvider(Provider):
         if finish is None:
             # The last chunk of a whole answer has a finishReason. The body ended cleanly but early (a dead
             # server behind a proxy, a body delimited by connection close), and the SDK does not notice:
-            # the answer is cut, the call failed.
-            if metadata is not None:  # billed all the same
-                yield UsageReport(usage_of(metadata))
+            # the answer is cut, the call failed, billed the prompt's part reported (as a cancelled one).
             raise ProviderUnavailable(self.name, "the stream ended before the answer was complete "
                                                  "(no finishReason)")
-        yield UsageReport(usage_of(metadata), finish)
+        yield UsageReport(_rest(metadata, reported, model), finish)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -246,12 +253,51 @@ class GeminiProvider(Provider):
             await session.close()
 
 
-def _billed_then(error: ProviderError, metadata: Any) -> Iterator[ProviderEvent]:
-    """A usage report of ``metadata`` (``usage_metadata``: what the failed call was billed), when there is
-    one, then ``error`` raised, so that the router keeps the paid part of the failed call."""
+def _billed_then(error: ProviderError, metadata: Any, reported: Usage | None = None,
+                 model: ModelInfo | None = None) -> Iterator[ProviderEvent]:
+    """A usage report of ``metadata`` (``usage_metadata``: what the failed call was billed), beyond what was
+    ``reported`` already (priced at ``model``'s price), when there is one, then ``error`` raised, so that the
+    router keeps the paid part of the failed call."""
     if metadata is not None:
-        yield UsageReport(usage_of(metadata))
+        yield UsageReport(usage_of(metadata) if reported is None or model is None
+                          else _rest(metadata, reported, model))
     raise error
+
+
+#: The fewest prompt tokens Google's context caching reads from a cache: the smallest "min token limit" of
+#: implicit caching, over all models (ai.google.dev/gemini-api/docs/caching: 1,024 for Gemini 2.5 Flash and
+#: 3 Flash, 2,048 or 4,096 for the others). A shorter prompt is billed at the full input rate.
+MIN_CACHED_PROMPT_TOKENS = 1024
+
+
+def _prompt_part(metadata: Any, model: ModelInfo) -> Usage | None:
+    """The prompt's usage from the ``usage_metadata`` of a chunk before the last (None when it counts no
+    prompt): a part of the whole call's usage that never exceeds it.
+
+    Those chunks count the prompt (``promptTokenCount``) but not the part read from a cache, which costs
+    less (about a tenth): a prompt Google may have read from its cache (at least
+    :data:`MIN_CACHED_PROMPT_TOKENS` long, its cached count not given) is priced as if all of it was, the
+    lowest it can cost; a shorter one at the input rate, what it costs."""
+    usage = usage_of(metadata)
+    if usage.input_tokens <= 0:
+        return None
+    part = Usage(input_tokens=usage.input_tokens, audio_input_tokens=usage.audio_input_tokens,
+                 cached_input_tokens=usage.cached_input_tokens)
+    if part.input_tokens >= MIN_CACHED_PROMPT_TOKENS and not part.cached_input_tokens:
+        part.cost_usd = model.price.cost(Usage(input_tokens=part.input_tokens, cached_input_tokens=part.input_tokens))
+    return part
+
+
+def _rest(metadata: Any, reported: Usage, model: ModelInfo) -> Usage:
+    """The usage of ``metadata`` (the call's total) beyond what was ``reported``, priced as the difference of
+    the two (:meth:`router.Usage.since`); a count the total holds fewer of than reported (a last chunk's
+    other ``promptTokenCount``) is 0, never negative."""
+    if reported == Usage():
+        return usage_of(metadata)
+    rest = usage_of(metadata).since(reported, model.price)
+    return dataclasses.replace(
+        rest, input_tokens=max(0, rest.input_tokens), output_tokens=max(0, rest.output_tokens),
+        audio_input_tokens=max(0, rest.audio_input_tokens), cached_input_tokens=max(0, rest.cached_input_tokens))
 
 
 def _named_files(message: str, file_uris: set[str]) -> set[str]:

@@ -75,8 +75,8 @@ _TRANSCRIPT = frozenset({OUTPUT_TRANSCRIPT})
 #: article 7031512, Audio API FAQ). The API answers a larger upload with 413 "Maximum content size limit
 #: (26214400) exceeded (N bytes read)" after reading it. The built-in transcription models declare it
 #: (``ModelInfo.max_media_bytes``), so routing passes over them for a larger file. Models an operator
-#: configures (OpenAI-compatible servers) have their own limits, unknown here. (transcribe.py, which
-#: refuses such a file before uploading it, imports this module: it cannot be imported from there.)
+#: configures (OpenAI-compatible servers) have their own limits, unknown here. transcribe.py refuses a
+#: larger file before uploading it.
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
 

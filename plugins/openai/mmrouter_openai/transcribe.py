@@ -45,7 +45,7 @@ from router.mime import normalise_mime
 from router.types import mime_suffix
 
 from .errors import NOT_JSON, BadAnswer, page_not_answer, scrub, shown_url, whole_request_timeout
-from .models import BUILTIN, TRANSCRIBE_SUFFIXES, Entry
+from .models import BUILTIN, MAX_UPLOAD_BYTES, TRANSCRIBE_SUFFIXES, Entry
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -55,13 +55,6 @@ log = logging.getLogger(__name__)
 #: The file extensions ``/audio/transcriptions`` recognises (it finds the audio format by the extension).
 AUDIO_EXTENSIONS = (".flac", ".mp3", ".mp4", ".mpeg", ".mpga", ".m4a", ".ogg", ".wav", ".webm")
 
-
-#: The largest file OpenAI's transcription models take: "File uploads are currently limited to 25 MB"
-#: (platform.openai.com/docs/guides/speech-to-text); "the maximum request size is 25 MiB" (help.openai.com
-#: article 7031512, Audio API FAQ). The API answers a larger upload with 413 "Maximum content size limit
-#: (26214400) exceeded (N bytes read)" after reading it. Models an operator configures (OpenAI-compatible
-#: servers) have their own limits, unknown here.
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 
 
 def clip_size(media: Media) -> int:
@@ -338,11 +331,13 @@ async def transcribe_clip(client: AsyncOpenAI, media: Media, params: dict[str, A
 async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: Request,
                      timeout: float, price: Price | None = None) -> AsyncIterator[Any]:
     """Transcribe every audio clip of the newest user message, in order, and yield one
-    :class:`TranscriptReady` (the clips' transcripts merged) and one :class:`UsageReport` (their sum).
+    :class:`TranscriptReady` (the clips' transcripts merged) and a :class:`UsageReport` per clip: each one
+    before the next clip is sent, the last clip's at the end (after the transcript, as for one clip).
 
     ``price`` is the model's effective price (default: the catalogue's); it decides how usage is counted.
-    When a clip fails, the usage of the clips before it (transcribed, and billed) is yielded before
-    the error is raised.
+    Each clip is billed by OpenAI once transcribed: its report, yielded then, is kept by the router when a
+    later clip fails, or the call is cancelled (by its client, or at its deadline) while a later clip is
+    transcribed. The reports are parts, which the router adds up: a whole call's total is their sum.
     """
     clips = pick_audio(provider, entry, request)
     check_sizes(provider, entry, clips)
@@ -350,23 +345,19 @@ async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: 
     params = build_params(entry, request)
     language = request.options.language.strip()
     transcripts: list[Transcript] = []
-    usage = Usage()
-    try:
-        for media in clips:
-            try:
-                transcript, clip_usage = await transcribe_clip(client, media, params, price or entry.info.price,
-                                                               timeout, language)
-            except ErrorAnswer as exc:
-                raise ProviderUnavailable(provider, f"{entry.info.name} failed while answering: "
-                                                    f"{scrub(str(exc), client.api_key)}") from None
-            except BadAnswer as exc:
-                raise ProviderUnavailable(provider, f"bad answer from {entry.info.name} "
-                                                    f"({shown_url(str(client.base_url))}): {exc}") from None
-            transcripts.append(transcript)
-            usage.add(clip_usage)
-    except Exception:  # not a cancellation (BaseException): the caller left, nobody reads usage
-        if transcripts:
-            yield UsageReport(usage)
-        raise
+    clip_usage = Usage()
+    for n, media in enumerate(clips):
+        if n:  # the clip before, billed: reported before the next is sent
+            yield UsageReport(clip_usage)
+        try:
+            transcript, clip_usage = await transcribe_clip(client, media, params, price or entry.info.price,
+                                                           timeout, language)
+        except ErrorAnswer as exc:
+            raise ProviderUnavailable(provider, f"{entry.info.name} failed while answering: "
+                                                f"{scrub(str(exc), client.api_key)}") from None
+        except BadAnswer as exc:
+            raise ProviderUnavailable(provider, f"bad answer from {entry.info.name} "
+                                                f"({shown_url(str(client.base_url))}): {exc}") from None
+        transcripts.append(transcript)
     yield TranscriptReady(Transcript.merged(transcripts))
-    yield UsageReport(usage)
+    yield UsageReport(clip_usage)  # the last clip's, at the end
