@@ -6,6 +6,7 @@ The real SDKs talk to the fakes of tests/fakes/ (OpenAI, and AssemblyAI as the n
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from grpc_helpers import providers_by_name, text_request
 from media_factory import wav_of
@@ -72,3 +73,22 @@ def check_size_plan(daemon, fake: FakeOpenAI, assemblyai: FakeAssemblyAI) -> Non
     assert list(answer.route.bridges) == list(explained.bridges)
     assert not any("whisper-1" in note for note in answer.route.notes), answer.route.notes
     assert fake.uploads() == [] and len(assemblyai.uploads) == 1
+
+
+def test_a_later_bridge_over_its_size_is_not_tried_when_the_first_fails(start_daemon, fake):
+    """The first audio bridge (AssemblyAI) is down; the next, Whisper, declares a 25 MB limit the recording is
+    over: it is passed over (no attempt, no upload), as routing passes over a first bridge, rather than tried
+    and refused; the call ends with AssemblyAI's outage."""
+    assemblyai = FakeAssemblyAI(api_key=AAI_KEY)
+    with assemblyai:
+        config = SIZES.replace("audio: [openai/whisper-1, assemblyai/best]", "audio: [assemblyai/best, openai/whisper-1]")
+        daemon = start_daemon(config.format(key=API_KEY, url=fake.base_url, aai_key=AAI_KEY, aai_url=assemblyai.url),
+                              plugins=())
+        audio = wav_of(b"\0\0" * (13 * 1024 * 1024 + 8000), rate=8000)  # 26 MiB and a bit
+        request = text_request("Summarise the meeting", media=[upload(daemon, audio, "all-hands.wav")])
+        assemblyai.fail_next(503, {"error": "Service unavailable"})
+        with pytest.raises(grpc.RpcError) as caught:
+            daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=120)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+    assert "whisper" not in caught.value.details(), caught.value.details()
+    assert fake.uploads() == [] and fake.chat_requests() == []
