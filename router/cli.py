@@ -453,11 +453,14 @@ SessionOption = Annotated[str | None, typer.Option(
     help="Keep a conversation under this id. Prefer the environment variable: a command line is visible to "
          "other users of this machine, and the id is the key to the conversation.")]
 InlineLimitOption = Annotated[int, typer.Option(min=0, help="Files larger than this many bytes go by UploadMedia.")]
+#: The longest --timeout and --wait: gRPC takes no deadline past a few thousand years (inf, 1e10 failed at
+#: once with DEADLINE_EXCEEDED), and no call of the daemon runs past server.max_call_seconds anyway.
+MAX_CLIENT_SECONDS = 1_000_000.0
 TimeoutOption = Annotated[float, typer.Option(
-    "--timeout", envvar="MMROUTER_TIMEOUT", min=0.0, metavar="SECONDS",
+    "--timeout", envvar="MMROUTER_TIMEOUT", min=0.0, max=MAX_CLIENT_SECONDS, metavar="SECONDS",
     help="Give up after this many seconds (uploads and the call; a gRPC deadline): exit 6. 0: no limit.")]
 WaitOption = Annotated[float, typer.Option(
-    "--wait", min=0.0, metavar="SECONDS",
+    "--wait", min=0.0, max=MAX_CLIENT_SECONDS, metavar="SECONDS",
     help="Wait up to this many seconds for a daemon still starting to take connections (0: do not wait).")]
 #: What --json prints, for the help of each command that has it.
 JSON_MAPPING = ("protobuf's canonical JSON mapping: lowerCamelCase keys, enums by name, 64-bit integers as "

@@ -770,9 +770,7 @@ class Router:
         if not self.allow_overrides:
             raise OverrideNotAllowed("this router does not allow clients to choose the provider or model")
         if not override.provider:
-            provider, _, model = override.model.partition("/")
-            if model in getattr(catalog.get(provider), "models", ()):  # the form routes are written in
-                hint = f"; give hints.provider {provider!r} and hints.model {model!r} (the model alone)"
+            if hint := _split_hint(override.model, catalog):
                 raise UnknownTarget(f"no provider has a model named {override.model!r}{hint}", violations=[
                     FieldViolation("request.hints.model", f"{override.model!r} is not known{hint}")])
             models = {m for status in catalog.values() for m in status.models}
@@ -787,6 +785,10 @@ class Router:
             raise _unknown(f"unknown provider {override.provider!r} (known: {known})", "request.hints.provider",
                            override.provider, catalog)
         if override.model and override.model not in status.models:
+            if hint := _split_hint(override.model, {override.provider: status}):
+                raise UnknownTarget(f"provider {override.provider!r} has no model {override.model!r}{hint}",
+                                    violations=[FieldViolation("request.hints.model",
+                                                               f"{override.model!r} is not known{hint}")])
             models = ", ".join(status.models)
             raise _unknown(f"provider {override.provider!r} has no model {override.model!r} (it has: {models})",
                            "request.hints.model", override.model, status.models)
@@ -827,6 +829,15 @@ class Router:
         not_matched = [t.rule for t in trace if t.outcome is Outcome.NOT_MATCHED]
         return NoRoute(f"no provider can take this request {request}: "
                        + _unusable_summary(unusable, not_matched, catalog))
+
+
+def _split_hint(model: str, catalog: Catalog) -> str:
+    """For a model hint written as routes write targets (``openai/gpt-4o``), naming a provider of ``catalog``
+    and one of its models: what to give instead; else ``""``."""
+    provider, _, name = model.partition("/")
+    if name not in getattr(catalog.get(provider), "models", ()):
+        return ""
+    return f"; give request.hints.provider {provider!r} and request.hints.model {name!r} (the model alone)"
 
 
 def _unknown(problem: str, field: str, name: str, known: Iterable[str]) -> UnknownTarget:

@@ -272,3 +272,13 @@ def test_config_check_as_a_ci_gate(tmp_path):
     assert result.returncode == 1
     assert "providers.openai.base_url" in result.stderr and "http:// or https://" in result.stderr
     assert "pw-1234" not in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--timeout", "--wait"])
+@pytest.mark.parametrize("value", ["inf", "1e10"])
+def test_a_timeout_or_wait_too_long_for_grpc_is_a_usage_error(option: str, value: str) -> None:
+    """``--timeout inf`` failed at once as timed out (exit 6) with the daemon up; ``--wait inf`` raised an
+    OverflowError traceback."""
+    refused = run_cli("ask", "hi", option, value, "--address", f"127.0.0.1:{free_port()}")
+    assert refused.returncode == 2, refused
+    assert "Traceback" not in refused.stderr and "less than or equal to 1000000" in refused.stderr, refused.stderr

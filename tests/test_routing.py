@@ -615,8 +615,10 @@ def test_an_empty_provider_list_allows_no_override():
     (Target("openai", "gpt-9"), "provider 'openai' has no model 'gpt-9' (it has: gpt-4o, whisper-1)"),
     (Target("", "gpt-9"), "no provider has a model named 'gpt-9'"),
     # the provider/model form routes are written in: the two hints named
-    (Target("", "openai/gpt-4o"), "no provider has a model named 'openai/gpt-4o'; give hints.provider 'openai' and "
-                                  "hints.model 'gpt-4o' (the model alone)"),
+    (Target("", "openai/gpt-4o"), "no provider has a model named 'openai/gpt-4o'; give request.hints.provider "
+                                  "'openai' and request.hints.model 'gpt-4o' (the model alone)"),
+    (Target("openai", "openai/gpt-4o"), "provider 'openai' has no model 'openai/gpt-4o'; give request.hints.provider "
+                                        "'openai' and request.hints.model 'gpt-4o' (the model alone)"),
 ])
 def test_an_unknown_override_target(override, words):
     with pytest.raises(UnknownTarget) as info:
