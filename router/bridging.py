@@ -415,7 +415,8 @@ class _Bridging:
                                     f"{'speech' if media.modality in _SPEECH else 'text'} in {name}")
         if transcript is not None and not history:
             self.result.transcripts.append(transcript)
-        self.converted[id(media)] = (_part_text(media, text, self.replies, name, speech_only), bridge.keep_media)
+        self.converted[id(media)] = (_part_text(media, text, self.replies, text_label(media) or name, speech_only),
+                                     bridge.keep_media)
 
     def name(self, media: Media) -> str:
         """How errors, notes and bridged texts name ``media`` (see :func:`part_names`)."""
@@ -467,7 +468,8 @@ class _Bridging:
             text = await self.known_text(media, choices)
             guess = bridged_tokens_guess(media) if text is None else 0
             raw = media_tokens(media) if choices[0].keep_media else 0
-            part = _part_text(media, text or "", self.replies, self.name(media), media.modality is Modality.VIDEO)
+            part = _part_text(media, text or "", self.replies, text_label(media) or self.name(media),
+                              media.modality is Modality.VIDEO)
             sizes[id(media)] = text_tokens(part) + guess + raw
         return sizes
 
@@ -539,6 +541,18 @@ def _anonymous(media: Media, before: str = r"(?<![\w#])", after: str = r"(?![\w]
     request (``#1``); as group ``label``, between ``before`` and ``after``."""
     labels = [re.escape(media.media_id[:12])] if media.media_id else []
     return re.compile(f"{before}(?P<label>{'|'.join([*labels, '#1'])}){after}", re.MULTILINE)
+
+
+def text_label(media: Media) -> str:
+    """How a bridged text names ``media`` where its bridge named it (``[PDF <label>, page 1]``): its file name,
+    else the first 12 digits of its content's sha256 (its media id once stored), so that the text a session's
+    history is sent with is the same on every turn, as a provider's prompt cache needs ("part 1 of message 1"
+    on its turn would become "... of an earlier turn" on the next); "" for a media given by URL only."""
+    if media.filename:
+        return media.filename
+    if media.media_id:
+        return media.media_id[:12]
+    return hashlib.sha256(media.data).hexdigest()[:12] if media.data is not None else ""
 
 
 def part_names(request: Request) -> dict[int, str]:

@@ -5,6 +5,7 @@ target reads itself."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import grpc
@@ -129,15 +130,22 @@ def test_a_bridge_error_names_the_part_it_failed_on(start_daemon, fakes) -> None
 
 
 def test_the_texts_of_several_documents_each_name_their_own(start_daemon, fakes) -> None:
-    """Each PDF's text names it (its file name, else its place), not "PDF #1" for all of them."""
+    """Each PDF's text names it (its file name, else its content's id), not "PDF #1" for all of them; the
+    same on the session's next turn, whose history is sent with the same text (a prompt cache's prefix)."""
     daemon = start(start_daemon, fakes)
-    generate(daemon, text_request("Compare", media=[document(pdf(["alpha"])), document(pdf(["beta"])),
-                                                    document(pdf(["gamma"]), "third.pdf")]))
+    alpha, beta = pdf(["alpha"]), pdf(["beta"])
+    request = text_request("Compare", media=[document(alpha), document(beta), document(pdf(["gamma"]), "third.pdf")])
+    request.session_id = "named-texts"
+    generate(daemon, request)
     sent = "\n".join(sent_texts(fakes))
-    assert "[PDF part 1 of message 1, page 1]\nalpha" in sent
-    assert "[PDF part 2 of message 1, page 1]\nbeta" in sent
+    first = f"[PDF {hashlib.sha256(alpha).hexdigest()[:12]}, page 1]\nalpha"
+    assert first in sent
+    assert f"[PDF {hashlib.sha256(beta).hexdigest()[:12]}, page 1]\nbeta" in sent
     assert "[PDF third.pdf, page 1]\ngamma" in sent
     assert "#1" not in sent
+    generate(daemon, text_request("And the second?", session_id="named-texts"))
+    history = fakes["openai"].chat_requests()[-1]["messages"]  # the next turn: its history sent with it
+    assert first in "\n".join(p.text for m in history for p in FakeOpenAI.parts(m) if p.kind == "text")
 
 
 # -- what a chat model bridging an image or a document is asked ----------------------------------------------
