@@ -149,7 +149,7 @@ def test_the_cli_sends_the_token_from_the_environment(daemon) -> None:
     env.pop("MMROUTER_TOKEN")
     refused = subprocess.run([str(mmrouter), "providers", "--address", daemon.address], env=env,
                              capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+    assert refused.returncode == 4 and "UNAUTHENTICATED" in refused.stderr  # auth refused
 
 
 def test_the_cli_takes_the_token_as_an_option_and_never_shows_it(daemon) -> None:
@@ -169,10 +169,10 @@ def test_the_cli_takes_the_token_as_an_option_and_never_shows_it(daemon) -> None
     assert explained.returncode == 0 and "route: rule all -> fake/echo" in explained.stdout, explained.stderr
 
     refused = run("providers", "--address", daemon.address)
-    assert refused.returncode == 1
+    assert refused.returncode == 4  # auth refused
     assert "(mmrouter CLI: --token or MMROUTER_TOKEN)" in refused.stderr
     wrong = run("providers", "--address", daemon.address, "--token", "not-the-" + TOKEN)
-    assert wrong.returncode == 1 and "UNAUTHENTICATED" in wrong.stderr and TOKEN not in wrong.stderr
+    assert wrong.returncode == 4 and "UNAUTHENTICATED" in wrong.stderr and TOKEN not in wrong.stderr
 
     # --help names the option and its variable, never the token the variable holds.
     for command in ("ask", "explain", "providers"):

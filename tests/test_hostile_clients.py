@@ -107,7 +107,7 @@ def test_the_cli_shows_the_control_characters_of_provider_errors_escaped(start_d
         listed = mmrouter("providers", "--address", daemon.address)
     finally:
         upstream.close()
-    assert asked.returncode == 1 and "PWNED" in asked.stderr, asked.stderr
+    assert asked.returncode == 2 and "PWNED" in asked.stderr, asked.stderr  # PROVIDER_BAD_REQUEST: bad input
     # ListProviders shows a failure in the daemon's words only: nothing of the upstream's text
     assert listed.returncode == 0 and "HTTP 400" in listed.stdout and "PWNED" not in listed.stdout, listed.stdout
     for output in (asked.stdout, asked.stderr, listed.stdout, listed.stderr):

@@ -154,8 +154,8 @@ def test_a_model_declared_to_take_what_the_plugin_cannot_send_is_refused(modalit
     and the call failed "does not take document input", contradicting the config."""
     with pytest.raises(ConfigError, match=rf"providers\.vllm\.models\[1\]\.inputs: this plugin cannot send "
                                           rf"{modality} \(it sends audio, image, text\)"):
-        OpenAIProvider({"builtin_models": False, "models": [{"name": "ok", "inputs": ["text", "image"]},
-                                                            {"name": "m", "inputs": ["text", modality]}]},
+        OpenAIProvider({"builtin_models": False, "base_url": "http://127.0.0.1:8000/v1",  # a vLLM: no price needed
+                        "models": [{"name": "ok", "inputs": ["text", "image"]}, {"name": "m", "inputs": ["text", modality]}]},
                        name="vllm")
 
 
