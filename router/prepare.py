@@ -10,9 +10,11 @@ changes hands every few milliseconds), and the waiting calls' attempts are timed
 A ``prepare`` that never ends (a plugin's bug: an import that deadlocks, network I/O) must not take
 more than its own provider down: a call waits for it at most :data:`WAIT_SECONDS`, and keeps
 :data:`FALLBACK_RESERVE_SECONDS` of what its deadline leaves for its fallbacks (half, when under a second is
-left), then fails that attempt (UNAVAILABLE, so the fallbacks are tried); the prepares run one after
-another, but one that holds the others back for :data:`SERIAL_WAIT_SECONDS` is passed; and the threads
-are daemon threads, which never hold up the daemon's exit.
+left), then fails that attempt (UNAVAILABLE, so the fallbacks are tried); once a call has waited for
+it in vain after it ran :data:`SERIAL_WAIT_SECONDS`, the provider's later calls fail at once while it
+runs. The prepares run one after another, but one that has run :data:`SERIAL_WAIT_SECONDS`, or that a
+call waited for in vain, is passed; and the threads are daemon threads, which never hold up the daemon's
+exit.
 """
 
 from __future__ import annotations
@@ -47,7 +49,12 @@ FALLBACK_RESERVE_SECONDS = 0.5
 SERIAL_WAIT_SECONDS = 5.0
 _ONE_AT_A_TIME = threading.Lock()
 #: The provider whose ``prepare`` holds :data:`_ONE_AT_A_TIME`, and when it began (``time.monotonic()``).
-_running: tuple[str, float] | None = None
+_running: tuple[Provider, float] | None = None
+#: The providers whose ``prepare`` a call waited for in vain: the other prepares no longer wait for it.
+_PASSED: weakref.WeakSet[Provider] = weakref.WeakSet()
+#: Those a call waited for in vain after they had run :data:`SERIAL_WAIT_SECONDS`: while it runs, their calls
+#: fail at once.
+_OVERDUE: weakref.WeakSet[Provider] = weakref.WeakSet()
 
 
 async def prepared(provider: Provider, route: RouteInfo, ctx: CallContext) -> None:
@@ -67,6 +74,10 @@ async def prepared(provider: Provider, route: RouteInfo, ctx: CallContext) -> No
         _PREPARED[provider] = future
     if future.done():
         return
+    if provider in _OVERDUE:
+        raise ProviderUnavailable(provider.name, "its SDK is still loading: prepare() has not ended, and a call "
+                                                 "before this one waited for it in vain (does it hang? see the "
+                                                 "daemon's log)")
     started = time.perf_counter()
     limit = WAIT_SECONDS
     if (left := ctx.time_remaining()) is not None:
@@ -76,7 +87,11 @@ async def prepared(provider: Provider, route: RouteInfo, ctx: CallContext) -> No
         await asyncio.wait_for(asyncio.shield(future), limit)
     except TimeoutError:
         running = _running
-        hangs = "it" if running is None or running[0] == provider.name else f"the prepare of {running[0]}"
+        if running is not None and running[0] is provider:  # its own prepare (another's may just be long)
+            _PASSED.add(provider)
+            if time.monotonic() - running[1] >= SERIAL_WAIT_SECONDS:  # longer than an import takes: it hangs
+                _OVERDUE.add(provider)
+        hangs = "it" if running is None or running[0] is provider else f"the prepare of {running[0].name}"
         raise ProviderUnavailable(provider.name, f"its SDK is still loading: prepare() has not ended after "
                                                  f"{time.perf_counter() - started:.1f} s (does {hangs} hang? see "
                                                  "the daemon's log); the call did not wait longer") from None
@@ -97,17 +112,17 @@ def _start(provider: Provider) -> asyncio.Future[None]:
 
     def run() -> None:
         global _running
-        if _ONE_AT_A_TIME.acquire(timeout=_serial_wait()):
-            _running = (provider.name, time.monotonic())
+        if _take_turn(provider):
+            _running = (provider, time.monotonic())
             try:
                 _prepare(provider)
             finally:
                 _running = None
                 _ONE_AT_A_TIME.release()
         else:
-            log.warning("provider %s: the prepare of %s has run over %.0f s (does it hang?); preparing beside it",
-                        provider.name, _running[0] if _running else "another provider", SERIAL_WAIT_SECONDS)
             _prepare(provider)
+        _PASSED.discard(provider)
+        _OVERDUE.discard(provider)
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the daemon stopped)
             loop.call_soon_threadsafe(done)
 
@@ -115,13 +130,17 @@ def _start(provider: Provider) -> asyncio.Future[None]:
     return future
 
 
-def _serial_wait() -> float:
-    """How long a new ``prepare`` waits for the one running: what is left of its
-    :data:`SERIAL_WAIT_SECONDS` (none once it has run longer)."""
-    running = _running
-    if running is None:
-        return SERIAL_WAIT_SECONDS
-    return max(0.0, SERIAL_WAIT_SECONDS - (time.monotonic() - running[1]))
+def _take_turn(provider: Provider) -> bool:
+    """Wait for the prepares before ``provider``'s to end, and take the turn (True); or, once the one running
+    has run :data:`SERIAL_WAIT_SECONDS` or a call waited for it in vain, go beside it (False,
+    with a warning). Each prepare is timed from its own start, not from when the waiting began."""
+    while not _ONE_AT_A_TIME.acquire(timeout=0.1):
+        running = _running
+        if running is not None and (running[0] in _PASSED or time.monotonic() - running[1] >= SERIAL_WAIT_SECONDS):
+            log.warning("provider %s: the prepare of %s has run %.0f s (does it hang?); preparing beside it",
+                        provider.name, running[0].name, time.monotonic() - running[1])
+            return False
+    return True
 
 
 def _prepare(provider: Provider) -> None:

@@ -7,6 +7,7 @@ and its time showed as the provider's latency. The scripted provider of tests/te
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -118,10 +119,15 @@ def test_a_prepare_that_hangs_fails_its_own_attempts_only_and_the_daemon_still_s
     assert (failed.provider, failed.ok) == ("hangs", False)
     assert "its SDK is still loading: prepare() has not ended after" in failed.error
     assert time.monotonic() - started < 8
+    # the fallback's prepare went beside the overdue one at once, not after its 5 s
+    assert "provider fake: the prepare of hangs has run" in daemon.logs(), daemon.logs()
+    # a later call, without a deadline, does not wait 30 s again: the overdue prepare fails it at once
+    later = daemon.stub.Generate(pb.GenerateRequest(request=text_request("later")), timeout=60).answer
+    assert later.text.startswith("fake/echo says: later")
+    assert "a call before this one waited for it in vain" in later.route.attempts[0].error
     tagged = text_request("tagged")
     tagged.hints.tags.append("quick")
     assert daemon.stub.Generate(pb.GenerateRequest(request=tagged), timeout=30).answer.text.startswith("fake/echo")
-    assert "the prepare of hangs has run over" in daemon.logs() or "waited" not in daemon.logs()
     assert daemon.stop() == 0
 
 
@@ -167,3 +173,41 @@ def test_prepare_imports_what_a_first_call_would_import_on_the_event_loop(plugin
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", f"imported by the first call, not by prepare: {done.stdout}"
+
+
+async def test_prepares_queued_behind_others_are_timed_from_their_own_start(monkeypatch, caplog) -> None:
+    """Three prepares of 0.3 s with a serial bound of 0.5 s: the third waited 0.6 s in all, and was told the
+    second 'has run over' the bound (it had run 0.3 s), then ran beside it. Each is timed from its own start."""
+    import asyncio
+    import threading
+
+    import router
+    from router import prepare
+    from router.outcome import RouteInfo
+
+    monkeypatch.setattr(prepare, "SERIAL_WAIT_SECONDS", 0.5)
+    spans: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    class Slow(router.Provider):
+        models = [router.ModelInfo("m", inputs=frozenset({router.Modality.TEXT}))]
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def prepare(self) -> None:
+            began = time.monotonic()
+            time.sleep(0.3)
+            with lock:
+                spans.append((began, time.monotonic()))
+
+        async def generate(self, request, model, ctx):  # type: ignore[no-untyped-def]
+            yield router.TextDelta("hi")
+
+    providers = [Slow(f"slow{i}") for i in range(3)]
+    with caplog.at_level("WARNING", logger="router.prepare"):
+        await asyncio.gather(*(prepare.prepared(p, RouteInfo("r", p.name, "m"), router.CallContext("t"))
+                               for p in providers))
+    assert not [r for r in caplog.records if "preparing beside it" in r.getMessage()]
+    ordered = sorted(spans)
+    assert len(ordered) == 3 and all(one[1] <= two[0] for one, two in itertools.pairwise(ordered))  # one at a time
