@@ -105,16 +105,21 @@ class ProviderSettings(BaseModel):
         unset = {key: value.variables for key, value in section.items()
                  if isinstance(value, UnsetReference) and not (environment and cls._falls_back_to(key, value))}
         given = {k: v for k, v in section.items() if v not in (None, "") and k not in unset}
+        from_environment: dict[str, str] = {}  # field -> the variable its value came from
         if environment:
             for name, variable in cls.env_fields.items():
                 if name not in given and name not in unset and os.environ.get(variable, "").strip():
                     given[name] = os.environ[variable]
+                    from_environment[name] = variable
         try:
             settings = cls.model_validate(given)
         except ValidationError as exc:
-            problems = [
-                f"providers.{provider}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-            ]
+            problems = []
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"])
+                variable = from_environment.get(str(err["loc"][0])) if err["loc"] else None
+                where = f" (from the environment variable {variable})" if variable else ""
+                problems.append(f"providers.{provider}.{field}{where}: {err['msg']}")
             raise ConfigError("; ".join(problems)) from None
         settings._environment = environment
         settings._unset_fields = frozenset(unset)

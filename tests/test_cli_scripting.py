@@ -282,3 +282,13 @@ def test_a_timeout_or_wait_too_long_for_grpc_is_a_usage_error(option: str, value
     refused = run_cli("ask", "hi", option, value, "--address", f"127.0.0.1:{free_port()}")
     assert refused.returncode == 2, refused
     assert "Traceback" not in refused.stderr and "less than or equal to 1000000" in refused.stderr, refused.stderr
+
+
+def test_a_base_url_from_the_environment_is_named_as_such(tmp_path: Path) -> None:
+    """OPENAI_BASE_URL without a scheme was blamed on providers.openai.base_url of the file, which sets none."""
+    config = tmp_path / "router.yaml"
+    config.write_text("providers:\n  openai: {api_key: sk-x}\ndefault: openai/gpt-4o\n")
+    checked = run_cli("config", "check", config, env={"OPENAI_BASE_URL": "localhost:8000/v1"})
+    assert checked.returncode == 1, checked
+    assert ("providers.openai.base_url (from the environment variable OPENAI_BASE_URL): Value error, must start "
+            "with http:// or https:// (it has no scheme)") in " ".join(checked.stderr.split()), checked.stderr
