@@ -410,7 +410,7 @@ class _Bridging:
         if speech_only:
             self.route.notes.append(f"bridging: video->speech only via {bridge.via} for {name}: the model gets "
                                     "its speech, its pictures were not read")
-        if not text.strip():
+        if _found_nothing(text):
             self.route.notes.append(f"bridging: {bridge.via} found no "
                                     f"{'speech' if media.modality in _SPEECH else 'text'} in {name}")
         if transcript is not None and not history:
@@ -541,6 +541,13 @@ def _anonymous(media: Media, before: str = r"(?<![\w#])", after: str = r"(?![\w]
     request (``#1``); as group ``label``, between ``before`` and ``after``."""
     labels = [re.escape(media.media_id[:12])] if media.media_id else []
     return re.compile(f"{before}(?P<label>{'|'.join([*labels, '#1'])}){after}", re.MULTILINE)
+
+
+def _found_nothing(text: str) -> bool:
+    """Whether a bridge's ``text`` holds nothing: empty, or only headings (``[Audio #1: transcript, 2.0s]``)
+    and the markers of nothing found (:data:`NO_SPEECH`, :data:`NO_TEXT`, as ``local/extract`` writes them)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return all((line.startswith("[") and line.endswith("]")) or line in (NO_SPEECH, NO_TEXT) for line in lines)
 
 
 def text_label(media: Media) -> str:

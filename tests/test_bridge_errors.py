@@ -11,7 +11,7 @@ import io
 import grpc
 import pytest
 from grpc_helpers import error_details, text_request
-from media_factory import mp4, pdf, png, wav
+from media_factory import mp4, pdf, png, wav, wav_of
 from mmrouter.v1 import router_pb2 as pb
 from test_hybrid import ALL_KEYS
 
@@ -203,6 +203,16 @@ def test_an_empty_transcript_says_no_speech_was_found(start_daemon, fakes) -> No
         pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(1.0), filename="silence.wav")]))
     assert f"[Audio transcript] silence.wav\n{NO_SPEECH}" in sent_texts(fakes)[-1]
     assert "bridging: assemblyai/best found no speech in silence.wav" in answer.route.notes
+
+
+def test_silence_local_bridges_says_no_speech_and_has_its_note(start_daemon, fakes) -> None:
+    """local/extract writes its own "(no speech found)" under its heading: the note came only for an empty text."""
+    daemon = start(start_daemon, fakes, GPT4O.replace("[openai/whisper-1, local/extract]", "[local/extract]"))
+    silence = wav_of(b"\0\0" * 16000, 16000)  # a second of silence
+    answer = generate(daemon, text_request("What did the caller ask for?", media=[
+        pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=silence, filename="silence.wav")]))
+    assert NO_SPEECH in "\n".join(sent_texts(fakes))
+    assert "bridging: local/extract found no speech in silence.wav" in answer.route.notes, answer.route.notes
 
 
 def test_a_video_bridged_by_a_transcriber_says_only_its_speech_was_given(start_daemon, fakes) -> None:
