@@ -308,7 +308,9 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
         problems.append(FieldViolation("request.messages", "the request has no content: all text parts are empty"))
     elif not problems:
         problems += blank_user_problems(request)
-        if not problems:  # a session's too: its history holds a question, but one answered already
+        # a session's too: its history holds a question, but one answered already (a transcription of the
+        # history's recording asks for that recording: task_problems checks it has one)
+        if not problems and not (request.session_id and request.options.task is Task.TRANSCRIBE):
             problems += question_problems(request)
     if not problems:  # a media part refused above is missing from ``request``
         problems += task_problems(request)
