@@ -85,13 +85,14 @@ def test_a_call_of_system_prompts_only_is_refused_and_adds_no_turn(start_daemon)
         assert "a session's history does not count" in got.violations[0][1]
     assert "<<q0" in ask(daemon, "q1", session="asked").text  # the session goes on with a user message
     # a transcription of the history's recording asks for that recording: not refused for want of a question
-    ask(daemon, "", session="heard", media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(1.0))])
+    ask(daemon, "what is said?", session="heard",
+        media=[pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(1.0))])
     transcribe = pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_SYSTEM, parts=[pb.Part(text="verbatim")])],
                                       session_id="heard", options=pb.Options(task=pb.TASK_TRANSCRIBE))
     with pytest.raises(grpc.RpcError) as caught:  # routed (no rule here transcribes), not refused as asking nothing
         daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=transcribe), timeout=30)
     got = error_details(caught.value)
-    assert got.reason == "NO_ROUTE" and "(audio, task transcribe)" in got.message, got.message
+    assert got.reason == "NO_ROUTE" and "task transcribe): " in got.message, got.message
     with pytest.raises(grpc.RpcError) as caught:  # nothing was stored: an assistant turn alone is no conversation
         daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="system-only"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
