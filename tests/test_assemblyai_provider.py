@@ -630,7 +630,8 @@ def test_a_base_url_with_a_query_or_fragment_is_refused_naming_the_key(monkeypat
         AssemblyAISettings.load("assemblyai-eu", {"base_url": url}, environment=False)
     assert "QUERYSECRET" not in str(c.value)
     monkeypatch.setenv("ASSEMBLYAI_BASE_URL", url)
-    with pytest.raises(ConfigError, match=r"providers\.assemblyai\.base_url: .*cannot send query parameters") as c:
+    with pytest.raises(ConfigError, match=r"providers\.assemblyai\.base_url \(from the environment variable "
+                                          r"ASSEMBLYAI_BASE_URL\): .*cannot send query parameters") as c:
         AssemblyAISettings.load("assemblyai", {"api_key": "k"})
     assert "QUERYSECRET" not in str(c.value)
 

@@ -221,7 +221,8 @@ def test_a_base_url_with_a_query_or_fragment_is_refused(monkeypatch: pytest.Monk
     with pytest.raises(ConfigError, match=r"providers\.vllm\.base_url: .*cannot send query parameters"):
         OpenAIProvider({"base_url": url}, name="vllm")
     monkeypatch.setenv("OPENAI_BASE_URL", url)
-    with pytest.raises(ConfigError, match=r"providers\.openai\.base_url: .*cannot send query parameters"):
+    with pytest.raises(ConfigError, match=r"providers\.openai\.base_url \(from the environment variable "
+                                          r"OPENAI_BASE_URL\): .*cannot send query parameters"):
         OpenAIProvider({"api_key": "k"})
 
 
