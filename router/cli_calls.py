@@ -242,10 +242,46 @@ def not_a_file(path: Path) -> str:
 UPLOAD_WAIT_SECONDS = 30.0
 
 
+class DeadlinePassed(grpc.RpcError, grpc.Call):
+    """The CLI's own deadline (``--timeout``) passed before a call was made: failed as gRPC fails a call
+    whose deadline passes (DEADLINE_EXCEEDED), without making it. gRPC itself does not always fail a call
+    made with a deadline already past: on a loaded host its deadline timer may fire after a quick call's
+    answer (``explain --timeout 0.000001`` once printed the route)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "Deadline Exceeded"
+
+    def initial_metadata(self) -> tuple:
+        return ()
+
+    def trailing_metadata(self) -> None:
+        return None
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+
 def remaining(deadline: float | None) -> float | None:
     """The seconds left until ``deadline`` (a :func:`time.monotonic` time; None: no deadline), as a gRPC
-    call's ``timeout``: never negative, so a deadline already past fails the call with DEADLINE_EXCEEDED."""
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    call's ``timeout``; raises :class:`DeadlinePassed` when none are left."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlinePassed()
+    return left
 
 
 def upload_file(stub, kind: int, path: Path, mime: str, deadline: float | None = None) -> str:
