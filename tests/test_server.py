@@ -19,6 +19,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import error_details, providers_by_name, text_request, wait_for
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from launch import launched
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
 
@@ -1287,11 +1288,11 @@ def test_the_daemon_raises_its_open_files_limit_and_warns_when_it_stays_low(tmp_
     for limits in cases:
         ready, log = tmp_path / f"ready{limits}", tmp_path / f"log{limits}"
         with log.open("wb") as out:
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(launched(
                 [sys.executable, "-m", "router", "serve", "--address", "127.0.0.1:0",  # the embedded default
                  "--data-dir", str(tmp_path / f"data{limits[1]}"), "--ready-file", str(ready)],
-                stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=lambda limits=limits: resource.setrlimit(resource.RLIMIT_NOFILE, limits))
+                limits={"RLIMIT_NOFILE": limits}),
+                stdout=out, stderr=subprocess.STDOUT)
         try:
             assert wait_for(lambda ready=ready: ready.exists() and ready.read_text(), timeout=60), log.read_text()
             line = next(x for x in Path(f"/proc/{proc.pid}/limits").read_text().splitlines()

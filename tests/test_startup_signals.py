@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from launch import launched
 
 from router.server import LOCAL_ADDRESS_SPACE, LOW_ADDRESS_SPACE
 
@@ -26,28 +26,21 @@ from router.server import LOCAL_ADDRESS_SPACE, LOW_ADDRESS_SPACE
 START_SECONDS = 60
 
 
-def _child_defaults(address_space: int | None = None) -> None:
-    """In the child before exec: signals as a shell or supervisor leaves them (a test runner may ignore
-    or block some), and the address-space limit when given."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    for sig in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    if address_space is not None:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-
-
 def _launch(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
             address_space: int | None = None) -> tuple[subprocess.Popen, Path, Path, Path]:
-    """Start ``python -m router serve`` on a free port; return it, its data directory, ready file and log."""
+    """Start ``python -m router serve`` on a free port, with signals as a shell or supervisor leaves them
+    and the address-space limit when given (see :func:`launch.launched`); return it, its data directory,
+    ready file and log."""
     data, ready, log = tmp_path / "data", tmp_path / "ready", tmp_path / "daemon.log"
     full_env = {k: v for k, v in os.environ.items()
                 if not k.endswith("_API_KEY") and not k.startswith(("MMROUTER_", "GRPC_"))}
     full_env.update(env or {})
     command = [sys.executable, "-m", "router", "serve", "--address", "127.0.0.1:0", "--data-dir", str(data),
                "--ready-file", str(ready), *args]
+    limits = {"RLIMIT_AS": (address_space, address_space)} if address_space is not None else None
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env,
-                                preexec_fn=lambda: _child_defaults(address_space))
+        proc = subprocess.Popen(launched(command, limits=limits, default_signals=True), stdout=out,
+                                stderr=subprocess.STDOUT, env=full_env)
     proc.log_path = log  # type: ignore[attr-defined]  # shown when it exits early (see _wait_for)
     return proc, data, ready, log
 
@@ -164,11 +157,7 @@ def test_log_format_json_is_taken_in_any_case_and_a_low_address_space_is_warned_
     """``JSON`` is what ``json`` is (as ``log_level`` takes any case), and an address space limited under
     LOW_ADDRESS_SPACE (still enough to start) gets a warning naming ulimit -v."""
     limit = LOW_ADDRESS_SPACE - 100 * 1024**2
-    # Under 1 GiB gRPC may fail to start its threads and abort (as the README warns): glibc reserves 64 MiB of
-    # address space for each malloc arena, which threads that allocate at once at start-up add, so this start
-    # aborted in one clean-clone CI run (epoll_wait: Bad file descriptor). Two arenas leave it room.
-    env = {"MMROUTER_LOG_FORMAT": "JSON", "MALLOC_ARENA_MAX": "2"}
-    proc, _, ready, log = _launch(tmp_path, env=env, address_space=limit)
+    proc, _, ready, log = _launch(tmp_path, env={"MMROUTER_LOG_FORMAT": "JSON"}, address_space=limit)
     _wait_for(proc, lambda: _ready(ready), "ready file")
     assert _stop(proc) == 0
     records = [json.loads(line) for line in log.read_text().splitlines()]
