@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from test_cli import CONFIG, MMROUTER, Cli, make_mp4, make_pdf, make_png, make_wav, make_webm, ok, run_cli
+
+from router.cli import PORTS_TO_TRY
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "python-client" / "client.py"
 
@@ -94,14 +97,33 @@ def listening(*ports: int) -> Iterator[None]:
         yield
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports of 127.0.0.1 free now, below the kernel's ephemeral range
+    (fixed ports in it were taken by other connections' local ends: a CI run failed so)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(20000, low - count)
+        try:
+            with ExitStack() as stack:
+                for port in range(first, first + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise AssertionError(f"no {count} consecutive free ports under {low}")
+
+
 def test_serve_on_an_address_in_use_suggests_a_port_that_is_free(tmp_path) -> None:
     """The next port was suggested unchecked (the tester's was taken too): a free one is, or only ``:0``
-    when none of the next few is."""
-    with listening(43210, 43211, *range(43220, 43226)):
-        next_taken = Cli("serve", "--address", "127.0.0.1:43210", "--data-dir", tmp_path / "data1")
-        all_taken = Cli("serve", "--address", "127.0.0.1:43220", "--data-dir", tmp_path / "data2")
+    when none of the next few (PORTS_TO_TRY) is."""
+    first = free_ports(3 + 1 + PORTS_TO_TRY)
+    some, all_ = first, first + 3  # some: its next port taken, the one after free; all_: its next ones taken
+    with listening(some, some + 1, *range(all_, all_ + 1 + PORTS_TO_TRY)):
+        next_taken = Cli("serve", "--address", f"127.0.0.1:{some}", "--data-dir", tmp_path / "data1")
+        all_taken = Cli("serve", "--address", f"127.0.0.1:{all_}", "--data-dir", tmp_path / "data2")
         results = next_taken.result(60), all_taken.result(60)
-    for result, suggested in zip(results, ("127.0.0.1:43212, or 127.0.0.1:0", "127.0.0.1:0"), strict=True):
+    for result, suggested in zip(results, (f"127.0.0.1:{some + 2}, or 127.0.0.1:0", "127.0.0.1:0"), strict=True):
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.splitlines()[-1].endswith(f"a free host:port, e.g. {suggested} for any free port"), \
             result.stderr

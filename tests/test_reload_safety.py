@@ -49,8 +49,8 @@ def test_a_reload_that_reads_the_file_empty_or_half_written_is_refused(start_dae
 
     # the file written whole: served, and the log says what changed, by name
     reload(daemon, ROUTED.replace("name: to-echo\n    use: fake/echo", "name: to-omni\n    use: fake/omni"),
-           "rules reloaded")
-    assert "SIGHUP: rules added: to-omni; removed: to-echo" in daemon.logs()
+           "SIGHUP: rules added: to-omni; removed: to-echo")  # logged after "rules reloaded": waited for itself
+    assert "rules reloaded" in daemon.logs()
     assert route_of(daemon) == ("to-omni", "fake/omni")
 
 
@@ -108,9 +108,8 @@ def test_removing_the_section_of_a_ready_instance_the_rules_name_is_refused(star
         assert "rules reloaded" not in daemon.logs() and explained(daemon) == "backup/gpt-4o"
 
         reload(daemon, without.replace("use: backup/gpt-4o\n    fallback: [local/extract]", "use: local/extract"),
-               "rules reloaded")
-        assert "SIGHUP: rules changed: general" in daemon.logs()
-        assert "SIGHUP: providers removed: backup" in daemon.logs()
+               "SIGHUP: providers removed: backup")  # the reload's last line: the log writer may be behind
+        assert "rules reloaded" in daemon.logs() and "SIGHUP: rules changed: general" in daemon.logs()
         assert explained(daemon) == "local/extract"
 
 
