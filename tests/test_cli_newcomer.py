@@ -3,7 +3,7 @@ no Python example, ``ask --language`` and ``reset`` missing, and tables broken m
 
 The real CLI (tests/test_cli.py's ``Cli``) and the Python example (a subprocess) against the real daemon
 (tests/conftest.py's ``start_daemon``, with the scripted ``fake`` provider or the offline ``local`` one).
-TCP ports held by these tests are in 43200-43299.
+TCP ports held by these tests are chosen free, under the kernel's ephemeral range (see ``free_ports``).
 """
 
 from __future__ import annotations
