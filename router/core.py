@@ -86,9 +86,13 @@ SESSION_RETRY_SECONDS = 1.0
 
 #: Provider settings whose values are secrets, by their name (documented for plugin authors in the README):
 #: "tokens" (max_output_tokens, context_tokens) are counts, not secrets; "pat" (a personal access token)
-#: only as a whole word of the name (not "path").
-_SECRET_KEY = re.compile(r"key|token(?!s)|secret|passw|passphrase|credential|bearer|cookie|signature|private|(?:^|[_-])pat(?:$|[_-])",
-                         re.IGNORECASE)
+#: only as a whole word of the name (not "path"); "auth" (Authorization, proxy_auth, auth_header) but not
+#: "author" nor "authority".
+_SECRET_KEY = re.compile(r"key|token(?!s)|secret|passw|passphrase|credential|bearer|cookie|signature|private"
+                         r"|(?:^|[_-])pat(?:$|[_-])|auth(?!or(?!iz))", re.IGNORECASE)
+#: A setting's value that is an HTTP credential whatever its key's name (``extra_headers: {X-Gateway:
+#: "Bearer ..."}``): the scheme, then the credential (group 1).
+_SCHEME_CREDENTIAL = re.compile(r"\s*(?:bearer|basic)\s+(\S.*?)\s*$", re.IGNORECASE | re.DOTALL)
 _SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|BEARER|COOKIE|SIGNATURE|_PAT)$")
 
 
@@ -148,9 +152,13 @@ def config_secrets(config: Config) -> set[str]:
 
 def _settings_secrets(value: object, secret: bool = False) -> set[str]:
     """The secrets in a provider's settings: strings under a key named like a secret (at any depth, in
-    mappings and lists) and the credentials of URLs."""
+    mappings and lists), the credentials of URLs, and values that are an HTTP credential whatever their key
+    (``Bearer ...``, ``Basic ...``: the value and the credential after the scheme)."""
     if isinstance(value, str):
-        return {value, *url_credentials(value)} if secret else url_credentials(value)
+        found = url_credentials(value)
+        if credential := _SCHEME_CREDENTIAL.match(value):
+            found |= {value, credential.group(1)}
+        return {value, *found} if secret else found
     if isinstance(value, Mapping):
         return {s for key, item in value.items()
                 for s in _settings_secrets(item, secret or bool(_SECRET_KEY.search(str(key))))}
@@ -489,7 +497,10 @@ class App:
                                 media.modality.value, media.media_id or media.filename or "(inline)",
                                 media.mime_type, type(exc).__name__)
 
-    async def _with_history(self, request: Request) -> tuple[Request, list[Message]]:
+    async def _with_history(self, request: Request, notes: list[str] | None = None) -> tuple[Request, list[Message]]:
+        """``request`` with its session's history before it, and that history. The history's media count
+        towards ``server.max_request_media_bytes`` with the request's own: its oldest messages are left
+        out until they fit, as trimming to a context does, with a route note in ``notes``."""
         if not request.session_id:
             return request, []
         try:
@@ -508,12 +519,27 @@ class App:
         if not self.config.server.allow_urls:
             history = [_without_urls(message) for message in history]
         history = [_without_assistant_media(message) for message in history]
+        history = self._within_media_limit(request, history, notes)
         full = dataclasses.replace(request, messages=history + request.messages, history_length=len(history))
         # a transcription of the history's recording
         problems = wire.task_problems(full, history_read=True)
         if problems:
             raise InvalidRequest(f"invalid request: {problems[0].field}: {problems[0].description}", violations=problems)
         return full, history
+
+    def _within_media_limit(self, request: Request, history: list[Message],
+                            notes: list[str] | None) -> list[Message]:
+        """``history`` without its oldest messages, until its media and ``request``'s (whose own are within the
+        limit: see :func:`router.wire.request_from_proto`) add up to ``server.max_request_media_bytes`` at most:
+        every turn sends the history's media again, which no limit bounded. The kept history starts with a
+        user message (see :func:`trim_history`); ``notes`` get a route note when any is left out."""
+        limit = self.config.server.max_request_media_bytes
+        kept, dropped = trim_history(history, request.messages, limit, _media_bytes)
+        if dropped and notes is not None:
+            notes.append(f"history trimmed: dropped the {dropped} oldest message(s) of session {request.session_id!r} "
+                         f"to keep the media of the request and its history within {limit} bytes "
+                         "(server.max_request_media_bytes)")
+        return kept
 
     def _decide(self, request: Request, *, observed: bool = True,
                 notes: list[str] | None = None) -> tuple[Decision, Facts]:
@@ -572,14 +598,18 @@ class App:
         return dataclasses.replace(request, messages=kept + current, history_length=len(kept)), dropped
 
     async def _measure_media(self, request: Request) -> None:
+        """:meth:`_measure` ``request``'s media; then refuse an audio or video of this turn that lasts 0 s
+        (see :func:`_empty_recordings`) with :class:`InvalidRequest`, before any provider is called."""
         if request.media():
             await asyncio.to_thread(self._measure, request)  # reads headers and files: keep the loop free
+        if problems := _empty_recordings(request):
+            raise InvalidRequest(f"invalid request: {problems[0].field}: {problems[0].description}", violations=problems)
 
     async def explain(self, request: Request) -> RouteInfo:
         """The route a request would take; no provider is called."""
-        full, _ = await self._with_history(request)
-        await self._measure_media(full)  # the history's media too: rules on pages and durations see them
         notes: list[str] = []
+        full, _ = await self._with_history(request, notes)
+        await self._measure_media(full)  # the history's media too: rules on pages and durations see them
         decision, _ = self._decide(full, observed=False, notes=notes)
         route = RouteInfo.planned(decision)
         route.notes.extend(notes)
@@ -608,11 +638,11 @@ class App:
         try:
             # a session's calls one at a time: each sees the turns before it
             async with self._turn_of(session, deadline) as waited_ms:
-                untrimmed, history = await self._with_history(request)
-                await self._measure_media(untrimmed)
                 notes: list[str] = []
                 if waited_ms >= 1:
                     notes.append(f"waited {waited_ms:.0f} ms for the call before it on session {session!r} to end")
+                untrimmed, history = await self._with_history(request, notes)
+                await self._measure_media(untrimmed)
                 decision, _ = self._decide(untrimmed, notes=notes)
                 # each plan gets the history trimmed to its own model's context, after its bridges
                 fit = self._trim if history else None
@@ -960,6 +990,28 @@ def _check_only_new_turn(request: Request, stored: int) -> None:
                    "(user and system messages); the router adds the earlier ones")
         raise InvalidRequest(f"invalid request: {problem}", violations=[
             FieldViolation(f"request.messages[{replies[0]}].role", problem)])
+
+
+def _empty_recordings(request: Request) -> list[FieldViolation]:
+    """A violation for each audio or video of this turn (not its session's history) measured to last exactly
+    0 s: a WAV header with no samples. Sent, it is paid for (an upload and a call) and refused by the provider
+    ("audio file is too short"), as an empty ``media.data`` is refused here. A duration not measured (None) is
+    no reason: PyAV gives none for a container that declares 0."""
+    problems = []
+    for i, message in enumerate(request.messages[request.history_length:]):
+        for j, part in enumerate(message.parts):
+            media = part.media
+            if media is not None and media.modality in (Modality.AUDIO, Modality.VIDEO) and media.duration_seconds == 0:
+                problems.append(FieldViolation(f"request.messages[{i}].parts[{j}].media",
+                                               f"the {media.modality.value} is empty: its measured duration is 0 s "
+                                               "(a header with no samples), so there is nothing to hear"))
+    return problems
+
+
+def _media_bytes(messages: Sequence[Message]) -> int:
+    """The bytes of the media of ``messages``, as ``server.max_request_media_bytes`` counts them (media given by
+    URL count 0: their size is unknown)."""
+    return sum(part.media.size for message in messages for part in message.parts if part.media is not None)
 
 
 def _without_urls(message: Message) -> Message:

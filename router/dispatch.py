@@ -28,7 +28,7 @@ from .bridging import (
     final_error,
     remember_transcripts,
 )
-from .errors import NoRoute, NoTimeLeft, ProviderError, ProviderInputTooLarge
+from .errors import NoRoute, NoTimeLeft, ProviderBadRequest, ProviderError, ProviderInputTooLarge
 from .invoke import DEADLINE_MARGIN_SECONDS, call_model, deadline_passed
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
 from .plugins import Registry
@@ -215,7 +215,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 dropped += more
             if dropped:
                 route.notes.append(f"history trimmed: dropped the {dropped} oldest message(s) of session "
-                                   f"{request.session_id} to fit {plan.target}'s context of "
+                                   f"{request.session_id!r} to fit {plan.target}'s context of "
                                    f"{plan.model.context_tokens} tokens with room for its answer")
             answering = True  # from here the model's own usage is streamed as it reports it
             unmatched = list(sent)  # the bridges' transcripts sent, each matched by one of the model's at most
@@ -259,6 +259,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 continue
             if not exc.retryable:
                 error = final_error(exc, passing)
+                if isinstance(error, ProviderBadRequest) and not error.retryable:  # its form refused: a stale history URL?
+                    error.with_history_urls(_history_urls(answer_request))
                 if error is exc:
                     raise
                 raise error from exc
@@ -286,6 +288,13 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     if last_error is not None:
         raise final_error(last_error, passing)
     raise NoRoute("every target of the route became unusable")
+
+
+def _history_urls(request: Request) -> int:
+    """How many media of ``request``'s session history are given by URL: sent again with every turn, they
+    must stay valid for the session's life (a presigned URL expires)."""
+    return sum(1 for message in request.messages[:request.history_length] for part in message.parts
+               if part.media is not None and part.media.url)
 
 
 def _taken_later(media: Media, plans: Sequence[Plan]) -> bool:
@@ -334,7 +343,7 @@ async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx:
             if dropped:
                 when = " on an earlier turn" if earlier else ""
                 route.notes.append(f"history trimmed: dropped the {dropped} oldest message(s) of session "
-                                   f"{request.session_id} because {plan.target} refused the request for its "
+                                   f"{request.session_id!r} because {plan.target} refused the request for its "
                                    f"size{when} ({why})")
             if learning.cuts is not None and dropped and not earlier:  # refused this turn: a longer cut
                 learning.cuts.learn(learning.whole, str(plan.target), request, why)

@@ -308,6 +308,26 @@ class ProviderError(RouterError):
         return self
 
 
+    def with_history_urls(self, count: int) -> ProviderError:
+        """This error, of a call whose session history sent ``count`` media URLs of earlier turns again:
+        said first after the provider's name (its own words, which may quote a long URL, follow unchanged,
+        and the client's message is clipped), as ``metadata['history_urls']``, and as a field violation on
+        ``request.session_id``. Nothing is guessed of what the provider meant: only what the history sent and
+        what the client can do."""
+        if count <= 0:
+            return self
+        urls = f"{count} media URL{'' if count == 1 else 's'}"
+        hint = (f"this turn's session history sent again {urls} given on earlier turns, which must stay valid for "
+                "the session's life; if one no longer is, ResetSession starts the session over")
+        own = self.message.removeprefix(f"{self.provider}: ")
+        self.message = f"{self.provider}: ({hint}) {own}"
+        self.args = (self.message,)
+        self.metadata["history_urls"] = str(count)
+        self.violations.append(FieldViolation("request.session_id", f"its history sent again {urls} of earlier "
+                                              "turns, which must stay valid: ResetSession starts over"))
+        return self
+
+
 #: The longest provider request id quoted; a longer header value is not an id.
 _MAX_REQUEST_ID = 200
 

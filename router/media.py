@@ -140,6 +140,11 @@ class StoredMedia:
         return Media(self.modality, self.mime_type, path=self.path, media_id=self.media_id, size=self.size)
 
 
+#: A MIME type of each media modality, as the refusal of an upload without one gives an example.
+_EXAMPLE_TYPES = {Modality.IMAGE: "image/png", Modality.AUDIO: "audio/mpeg", Modality.VIDEO: "video/mp4",
+                  Modality.DOCUMENT: "application/pdf"}
+
+
 class MediaStore:
     """Content-addressed media files under ``root``."""
 
@@ -367,8 +372,9 @@ class MediaStore:
             raise InvalidRequest("an upload must be media, not text",
                                  violations=[FieldViolation("metadata.modality", "must be image, audio, video or document")])
         if not mime_type:
-            raise InvalidRequest("the upload's MIME type is missing",
-                                 violations=[FieldViolation("metadata.mime_type", "required, e.g. video/mp4")])
+            example = _EXAMPLE_TYPES.get(modality, "video/mp4")
+            raise InvalidRequest(f"the upload's MIME type is missing (e.g. {example})",
+                                 violations=[FieldViolation("metadata.mime_type", f"required, e.g. {example}")])
         if expected_size < 0:
             raise InvalidRequest(f"metadata.size_bytes is {expected_size}",
                                  violations=[FieldViolation("metadata.size_bytes", "cannot be negative (0: not said)")])

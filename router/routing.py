@@ -125,6 +125,12 @@ class Facts:
     #: The normalised MIME types of the media given only by URL (no bytes), per modality: a model or
     #: bridge must take that modality by URL (:meth:`ModelInfo.takes_url`).
     url_mime_types: Mapping[Modality, frozenset[str]] = field(default_factory=dict)
+    #: The modalities only the session's history brings (none of this turn's messages has them): a rule or
+    #: target that cannot take them says where they come from.
+    history_modalities: frozenset[Modality] = frozenset()
+    #: With :attr:`history_modalities`, the facts of this turn alone: whether the turn could be routed
+    #: without its history (see :meth:`Router.decide`).
+    turn: Facts | None = None
 
     @property
     def url_modalities(self) -> frozenset[Modality]:
@@ -300,6 +306,9 @@ def facts_of(request: Request) -> Facts:
         media = request.media()
         modalities = request.modalities()
         tokens = estimate_tokens(request.messages)
+    # a transcription's recording may come from the history on purpose: not what is to blame then
+    from_history = frozenset(modalities - request.turn_modalities()) if request.history_length and \
+        task is not Task.TRANSCRIBE else frozenset()
     audio = [m.duration_seconds for m in media if m.modality is Modality.AUDIO]
     video = [m.duration_seconds for m in media if m.modality is Modality.VIDEO]
     pages = [m.pages for m in media if m.modality is Modality.DOCUMENT and not is_text_document(m)]
@@ -321,7 +330,14 @@ def facts_of(request: Request) -> Facts:
         longest_seconds=_longest(media),
         largest_bytes=_largest(media),
         url_mime_types=_mime_types(m for m in media if is_url_only(m)),
+        history_modalities=from_history,
+        turn=facts_of(_turn_alone(request)) if from_history else None,
     )
+
+
+def _turn_alone(request: Request) -> Request:
+    """``request`` without its session's history: this turn's messages only."""
+    return dataclasses.replace(request, messages=request.messages[request.history_length:], history_length=0)
 
 
 def _longest(media: Iterable[Media]) -> dict[Modality, float]:
@@ -361,17 +377,31 @@ def _not_taken(missing: set[Modality], by_url: frozenset[Modality]) -> str:
     return ", ".join(([_names(plain)] if plain else []) + ([f"{_names(url)} by URL"] if url else []))
 
 
+def _from_history(facts: Facts) -> str:
+    """Which modalities only the session's history brings, in words (``video from the session's history``),
+    or ``""``."""
+    return f"{_names(facts.history_modalities)} from the session's history" if facts.history_modalities else ""
+
+
+def _request_has(facts: Facts) -> str:
+    """The request's modalities, as a rule's trace gives them: ``request has [text, video] (video from the
+    session's history)``."""
+    history = _from_history(facts)
+    return f"request has [{_names(facts.modalities)}]" + (f" ({history})" if history else "")
+
+
 def why_not_matched(match: Match, facts: Facts) -> str | None:
     """The first condition of ``match`` that ``facts`` fail, in words; None if all hold."""
     mods = facts.modalities
+    has = _request_has(facts)
     if match.inputs and not set(match.inputs) <= mods:
-        return f"needs all of [{_names(match.inputs)}], request has [{_names(mods)}]"
+        return f"needs all of [{_names(match.inputs)}], {has}"
     if match.inputs_any and not set(match.inputs_any) & mods:
-        return f"needs any of [{_names(match.inputs_any)}], request has [{_names(mods)}]"
+        return f"needs any of [{_names(match.inputs_any)}], {has}"
     if match.inputs_none and set(match.inputs_none) & mods:
-        return f"needs none of [{_names(match.inputs_none)}], request has [{_names(mods)}]"
+        return f"needs none of [{_names(match.inputs_none)}], {has}"
     if match.inputs_only and not mods <= set(match.inputs_only):
-        return f"needs only [{_names(match.inputs_only)}], request has [{_names(mods)}]"
+        return f"needs only [{_names(match.inputs_only)}], {has}"
     if match.task and facts.task not in match.task:
         return f"task is {facts.task.value}, rule wants {', '.join(t.value for t in match.task)}"
     if match.diarization is not None and match.diarization != facts.diarization:
@@ -725,7 +755,23 @@ class Router:
 
     def decide(self, facts: Facts, catalog: Catalog, *, override: Target | None = None,
                chosen_by_plugin: Target | None = None) -> Decision:
-        """Choose where a request goes. Raises :class:`NoRoute` when nothing can take it."""
+        """Choose where a request goes. Raises :class:`NoRoute` when nothing can take it; when this turn
+        alone could be routed, the session's history is to blame and the error says so (see
+        :func:`_history_blamed`)."""
+        try:
+            return self._decide(facts, catalog, override=override, chosen_by_plugin=chosen_by_plugin)
+        except NoRoute as exc:
+            if type(exc) is not NoRoute or facts.turn is None:
+                raise
+            try:
+                self._decide(facts.turn, catalog, override=override, chosen_by_plugin=chosen_by_plugin)
+            except NoRoute:
+                raise exc from None
+            raise _history_blamed(exc, facts) from None
+
+    def _decide(self, facts: Facts, catalog: Catalog, *, override: Target | None = None,
+                chosen_by_plugin: Target | None = None) -> Decision:
+        """:meth:`decide`, with no word of the session's history in a :class:`NoRoute`."""
         if override is not None:
             return self._decide_override(override, facts, catalog)
         if chosen_by_plugin is not None:
@@ -820,7 +866,8 @@ class Router:
                     "install and configure a provider with the diarization feature, e.g. mmrouter-assemblyai"
                 return DiarizationUnavailable(
                     f"diarization was requested but no configured provider can diarize: {hint}")
-        request = f"({_names(facts.modalities)}, task {facts.task.value})"
+        history = _from_history(facts)
+        request = f"({_names(facts.modalities)}, task {facts.task.value}{'; ' + history if history else ''})"
         if self.default is None and all(t.outcome is Outcome.NOT_MATCHED for t in trace):
             summary = "; ".join(f"{t.rule}: {t.reason}" for t in trace)
             rules = f": {summary}" if summary else " (there are no rules)"
@@ -829,6 +876,19 @@ class Router:
         not_matched = [t.rule for t in trace if t.outcome is Outcome.NOT_MATCHED]
         return NoRoute(f"no provider can take this request {request}: "
                        + _unusable_summary(unusable, not_matched, catalog))
+
+
+def _history_blamed(exc: NoRoute, facts: Facts) -> NoRoute:
+    """``exc``, the refusal of a request this turn of which could be routed alone: what no target takes comes
+    from the session's history (a video of an earlier turn, sent again with every turn). Said first (the
+    message is clipped), with a field violation on ``request.session_id`` and what to do."""
+    what = _names(facts.history_modalities)
+    problem = (f"the session's history holds {what} from earlier turns (sent again with every turn), which no "
+               "target can take now, while this turn alone could be routed: start the session over with "
+               "ResetSession, or send this turn without session_id")
+    return NoRoute(f"{problem}. {exc.message}", metadata=exc.metadata, violations=[
+        *exc.violations, FieldViolation("request.session_id", f"its history holds {what}, which no target can take "
+                                        "now: ResetSession, or send this turn without session_id")])
 
 
 def _split_hint(model: str, catalog: Catalog) -> str:

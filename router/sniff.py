@@ -32,6 +32,20 @@ _MAGIC: list[tuple[int, bytes, str]] = [
     (4, b"ftyp", "mp4"),  # mp4 / m4a / mov
 ]
 
+#: A magic family that is not itself a MIME type -> the MIME types of its content, as messages name it
+#: (``adts`` means nothing to a client that declared ``audio/mp4``).
+_FAMILY_NAMES: dict[str, str] = {
+    "wav": "audio/wav", "webp": "image/webp", "adts": "audio/aac (ADTS)", "mpeg-frame": "audio/mpeg",
+    "ogg": "Ogg (audio/ogg or video/ogg)", "matroska": "WebM/Matroska (video/webm, audio/webm or video/x-matroska)",
+    "mp4": "MP4 (video/mp4, audio/mp4 or video/quicktime)",
+}
+
+
+def family_name(family: str) -> str:
+    """The magic ``family`` (see :func:`magic_family`) as a message names it: its MIME type(s)."""
+    return _FAMILY_NAMES.get(family, family)
+
+
 #: Declared MIME type -> the magic families that may carry it.
 _COMPATIBLE: dict[str, set[str]] = {
     "image/png": {"image/png"}, "image/jpeg": {"image/jpeg"}, "image/jpg": {"image/jpeg"},
@@ -116,7 +130,7 @@ def _unlike(found: str | None, accepted: set[str], head: bytes) -> str:
         return f"its %PDF- header is at byte {at} (after {before}): it must come first; remove what is before it"
     if found is None and _HTML.match(head):
         return "the content looks like HTML (a web page, such as an error or login page saved under the file's name)"
-    return f"the content looks like {found or 'unrecognised bytes'}"
+    return f"the content looks like {family_name(found) if found else 'unrecognised bytes'}"
 
 
 def content_mime(mime_type: str, head: bytes) -> str:

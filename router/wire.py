@@ -20,7 +20,7 @@ from .media import is_media_id, stored_type_problem
 from .outcome import Answer, RouteInfo, Step
 from .plugins import ProviderEntry, State
 from .sniff import HEAD_BYTES, content_mime, mime_problem
-from .text import composed, name_problem
+from .text import composed, describe, name_problem, refused_at
 from .types import (
     FinishReason,
     Media,
@@ -251,7 +251,9 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
     resolve = _resolve_once(resolve)
     problems: list[FieldViolation] = []
     messages = []
-    if not msg.messages:
+    # a session's transcription of its history's recording asks for that recording alone: no message needed
+    history_transcription = bool(msg.session_id) and msg.options.task == pb.TASK_TRANSCRIBE
+    if not msg.messages and not history_transcription:
         problems.append(FieldViolation("request.messages", "at least one message is required"))
     for i, message in enumerate(msg.messages):
         if message.role not in _ROLE:
@@ -304,13 +306,13 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
         session_id=msg.session_id,
         metadata=dict(msg.metadata),
     )
-    if not problems and not request.modalities():
+    if not problems and not request.modalities() and not (history_transcription and not msg.messages):
         problems.append(FieldViolation("request.messages", "the request has no content: all text parts are empty"))
     elif not problems:
         problems += blank_user_problems(request)
         # a session's too: its history holds a question, but one answered already (a transcription of the
         # history's recording asks for that recording: task_problems checks it has one)
-        if not problems and not (request.session_id and request.options.task is Task.TRANSCRIBE):
+        if not problems and not history_transcription:
             problems += question_problems(request)
     if not problems:  # a media part refused above is missing from ``request``
         problems += task_problems(request)
@@ -404,8 +406,20 @@ def _language_problems(language: str) -> list[FieldViolation]:
 
 
 def session_id_problems(session_id: str, field: str = "request.session_id") -> list[FieldViolation]:
-    """What is wrong with a session id: it is kept with every turn of its session."""
-    return name_problems(session_id, field, MAX_SESSION_ID_CHARS, "the id")
+    """What is wrong with a session id: it is kept with every turn of its session. Its characters are those
+    of every name (:func:`name_problems`), but a control character or line separator is refused for what it
+    does where a client shows the id, not in the daemon's log, which never holds an id (only a hash of it)."""
+    index = refused_at(session_id) if len(session_id) <= MAX_SESSION_ID_CHARS else None
+    if index is None or not _breaks_a_line(session_id[index]):  # a bidi control, a lone surrogate: as for every name
+        return name_problems(session_id, field, MAX_SESSION_ID_CHARS, "the id")
+    return [FieldViolation(field, f"has {describe(session_id[index])} at character {index + 1}, which no session id "
+                           "may hold (it breaks the line a client shows the id on; the daemon logs only a hash of "
+                           "it): send the id without it")]
+
+
+def _breaks_a_line(char: str) -> bool:
+    """Whether ``char``, one names may not hold, is a control character or a line or paragraph separator."""
+    return char < "\u00a0" or char in "\u2028\u2029"
 
 
 def filename_problems(filename: str, field: str) -> list[FieldViolation]:
@@ -505,11 +519,17 @@ def answer_to_proto(answer: Answer, redact: Callable[[str], str] = _same) -> pb.
 
 
 def model_to_proto(model: ModelInfo) -> pb.ModelInfo:
+    """``model`` as ``ListProviders`` gives it; ``url_inputs`` not declared (None) are every media modality of
+    its inputs (:meth:`ModelInfo.takes_url` takes them all)."""
+    by_url = model.inputs - {Modality.TEXT} if model.url_inputs is None else model.url_inputs
     return pb.ModelInfo(
         name=model.name, inputs=[modality_to_proto(m) for m in sorted(model.inputs, key=lambda m: m.value)],
         outputs=sorted(model.outputs), features=sorted(model.features), context_tokens=model.context_tokens,
         price=pb.Price(**asdict(model.price)), input_mime_types=sorted(model.input_mime_types),
-        max_audio_seconds=model.max_audio_seconds,
+        max_audio_seconds=model.max_audio_seconds, max_output_tokens=model.max_output_tokens,
+        default_max_output_tokens=model.default_max_output_tokens,
+        url_inputs=[modality_to_proto(m) for m in sorted(by_url, key=lambda m: m.value)],
+        max_media_bytes=model.max_media_bytes, takes_temperature=model.takes_temperature,
     )
 
 

@@ -411,7 +411,7 @@ def test_a_session_over_claudes_pdf_pages_drops_older_history_and_goes_on(daemon
     assert [b.data for b in media_blocks(fake.last_body())] == [pdfs[1], pdfs[2]]
     assert [m["role"] for m in fake.last_body()["messages"]] == ["user", "assistant", "user"]
     [note] = [n for n in answer.route.notes if "history trimmed" in n]
-    assert "dropped the 2 oldest message(s) of session reports" in note
+    assert "dropped the 2 oldest message(s) of session 'reports'" in note
     assert "105 PDF pages" in note and "anthropic/claude-haiku-4-5" in note
     assert [(a.model, a.ok) for a in answer.route.attempts] == [("claude-haiku-4-5", False),
                                                                  ("claude-haiku-4-5", True)]

@@ -339,7 +339,7 @@ async def test_history_audio_the_model_will_not_get_is_not_transcribed(tmp_path)
     assert (answer.route.model, answer.text) == ("tiny", "got 7.wav,8.wav,9.wav")
     assert provider.heard == [120.09, 120.08, 120.07], "a clip the model did not get was transcribed"
     assert [s.model for s in answer.route.steps] == ["ears", "ears", "ears", "tiny"]
-    assert any(n.startswith("history trimmed: dropped the 14 oldest message(s) of session s to fit ls/tiny")
+    assert any(n.startswith("history trimmed: dropped the 14 oldest message(s) of session 's' to fit ls/tiny")
                for n in answer.route.notes), answer.route.notes
 
 

@@ -101,7 +101,7 @@ def test_later_turns_start_without_the_history_the_target_refused(daemon, fake):
     assert [(a.model, a.ok) for a in second.route.attempts] == [("claude-sonnet-4-6", False),
                                                                 ("claude-sonnet-4-6", True)]
     [note] = trim_notes(second)
-    assert "dropped the 2 oldest message(s) of session charts" in note
+    assert "dropped the 2 oldest message(s) of session 'charts'" in note
     assert "refused the request for its size (" in note and "maximum allowed number of bytes" in note
     assert sent(fake) == (["user"], [IMAGES[1]])
 
@@ -110,7 +110,7 @@ def test_later_turns_start_without_the_history_the_target_refused(daemon, fake):
     assert [(a.model, a.ok) for a in third.route.attempts] == [("claude-sonnet-4-6", True)]
     assert sent(fake) == (["user", "assistant", "user"], [IMAGES[1]])
     [note] = trim_notes(third)
-    assert "dropped the 2 oldest message(s) of session charts" in note
+    assert "dropped the 2 oldest message(s) of session 'charts'" in note
     assert "refused the request for its size on an earlier turn (" in note and SONNET in note
 
     fourth, calls = turn(daemon, fake, "And this third one?", 2)

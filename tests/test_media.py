@@ -834,6 +834,21 @@ def test_a_pdf_header_further_in_and_other_bytes_keep_the_plain_message() -> Non
     assert mime_problem("application/pdf", Modality.DOCUMENT, PDF) is None
 
 
+@pytest.mark.parametrize(("declared", "modality", "head", "named"), [
+    ("audio/mpeg", Modality.AUDIO, b"RIFF\x24\x00\x00\x00WAVEfmt ", "audio/wav"),
+    ("audio/mp4", Modality.AUDIO, b"\xff\xf1\x50\x80\x02\x1f\xfc" + bytes(9), "audio/aac (ADTS)"),
+    ("audio/wav", Modality.AUDIO, b"OggS" + bytes(12), "Ogg (audio/ogg or video/ogg)"),
+    ("image/png", Modality.IMAGE, b"RIFF\x24\x00\x00\x00WEBPVP8 ", "image/webp"),
+    ("video/mp4", Modality.VIDEO, b"\x1a\x45\xdf\xa3" + bytes(12),
+     "WebM/Matroska (video/webm, audio/webm or video/x-matroska)"),
+])
+def test_a_mime_mismatch_names_what_the_content_is_by_its_mime_types(declared, modality, head, named) -> None:
+    """The content was named by the sniffer's own family names ("looks like adts", "looks like wav")."""
+    from router.sniff import mime_problem
+
+    assert mime_problem(declared, modality, head) == f"declared {declared!r} but the content looks like {named}"
+
+
 def test_a_record_an_older_version_wrote_forgets_its_file_name_when_read(tmp_path) -> None:
     """Records written before file names were dropped keep the first uploader's name on disk: the first read
     writes the record again without it (also from within a store of the same bytes)."""

@@ -49,7 +49,7 @@ def test_secrets_of_walks_nested_settings_and_broader_variable_names(monkeypatch
 
     monkeypatch.setenv("SPEECH_KEY", "speech-key-0002")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/secret/creds-0003.json")
-    found = secrets_of({"x": {"auth": {"api_key": "nested-0004", "user": "bob-the-user"},
+    found = secrets_of({"x": {"account": {"api_key": "nested-0004", "user": "bob-the-user"},
                               "headers": [{"token": "listed-0005"}], "max_output_tokens": "64000"}})
     assert {"speech-key-0002", "/secret/creds-0003.json", "nested-0004", "listed-0005"} <= found
     assert "bob-the-user" not in found and "64000" not in found
@@ -63,6 +63,33 @@ def test_settings_named_like_other_secrets_are_secrets(name) -> None:
     from router.core import secrets_of
 
     assert "value-of-the-secret-0007" in secrets_of({"acme": {name: "value-of-the-secret-0007"}})
+
+
+@pytest.mark.parametrize("name", ["Authorization", "proxy_auth", "auth", "basic_auth_header", "X-Auth-Token"])
+def test_settings_named_like_auth_are_secrets(name) -> None:
+    """A gateway's ``Authorization`` header (``extra_headers: {Authorization: ...}``), whose name the operator
+    chooses, reached client errors and the log: ``auth`` was none of the secret names."""
+    from router.core import secrets_of
+
+    assert "value-of-the-secret-0009" in secrets_of({"acme": {"extra_headers": {name: "value-of-the-secret-0009"}}})
+
+
+@pytest.mark.parametrize("value", ["Bearer gw-TOKEN-abcdef123", "basic dXNlcjpwYXNzd29yZA==", " Bearer  gw-TOKEN-abcdef123\n"])
+def test_a_bearer_or_basic_value_is_a_secret_whatever_its_key(value) -> None:
+    """A credential under a header named otherwise (``X-Gateway``) is masked whole, and so is the credential
+    after its scheme, which an error may quote alone."""
+    from router.core import secrets_of
+
+    found = secrets_of({"acme": {"extra_headers": {"X-Gateway": value}, "notes": [value]}})
+    assert value.strip() in found and value.split()[-1] in found
+    assert "Bearer" not in found and "basic" not in found
+
+
+@pytest.mark.parametrize("name", ["author", "authority", "default_author"])
+def test_settings_named_author_stay_shown(name) -> None:
+    from router.core import secrets_of
+
+    assert "Jane Doe 0010" not in secrets_of({"acme": {name: "Jane Doe 0010"}})
 
 
 @pytest.mark.parametrize("name", ["path", "patience", "model_path", "spatial", "dispatch"])

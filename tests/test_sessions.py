@@ -101,10 +101,11 @@ def test_a_call_of_system_prompts_only_is_refused_and_adds_no_turn(start_daemon)
 def test_a_history_longer_than_the_context_is_trimmed_oldest_first(start_daemon) -> None:
     daemon = start_daemon(CONFIG)
     for i in range(4):
-        ask(daemon, f"turn {i} " + "words " * 20, session="long")
-    answer = ask(daemon, "last", session="long", hints=pb.RoutingHints(tags=["small"]))
+        ask(daemon, f"turn {i} " + "words " * 20, session="long chat")
+    answer = ask(daemon, "last", session="long chat", hints=pb.RoutingHints(tags=["small"]))
     assert answer.route.model == "small"
-    assert any("history trimmed" in note and "oldest" in note for note in answer.route.notes)
+    [note] = [note for note in answer.route.notes if note.startswith("history trimmed")]
+    assert "oldest message(s) of session 'long chat' to fit fake/small's context" in note  # quoted, as other notes'
     assert "turn 0" not in answer.text and "last" in answer.text
 
 
