@@ -440,7 +440,8 @@ TaskOption = Annotated[str, typer.Option(help="auto, chat or transcribe.")]
 DiarizeOption = Annotated[bool, typer.Option("--diarize", help="Label speakers in audio.")]
 #: The largest value of the request's int32 fields (options.speakers_expected, max_output_tokens).
 INT32_MAX = 2**31 - 1
-SpeakersOption = Annotated[int, typer.Option(min=0, max=INT32_MAX, help="Speakers to expect when diarizing (0: any).")]
+SpeakersOption = Annotated[int, typer.Option(min=0, max=INT32_MAX, help=(
+    "Speakers to expect when diarizing (0: any); a number turns --diarize on."))]
 ProviderOption = Annotated[str | None, typer.Option(help="Use this provider instead of the rules' choice.")]
 ModelOption = Annotated[str | None, typer.Option(help="Use this model.")]
 TagOption = Annotated[list[str] | None, typer.Option(
@@ -531,7 +532,7 @@ def ask(
         deltas: list[str] = []  # with --json: the text, in case Done leaves it out (over max_message_bytes)
 
         def stream(request: pb.MultimodalRequest) -> tuple[pb.Answer | None, bool]:
-            answer, streamed = None, False
+            answer, streamed, transcripts = None, False, 0
             deltas.clear()  # a retry with the files uploaded starts a new answer
             for event in stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=remaining(deadline)):
                 kind = event.WhichOneof("event")
@@ -548,8 +549,9 @@ def ask(
                     t = event.transcript
                     lines = [shown(f"[{u.start_seconds:7.2f}s] {('Speaker ' + u.speaker + ': ') if u.speaker else ''}"
                                    f"{u.text}") for u in t.utterances] or [shown(t.text, lines=True)]
+                    transcripts += 1  # one per recording, each with its own times
                     if t.text.strip() or any(u.text.strip() for u in t.utterances):  # a silent video's has none
-                        err.print("[bold]transcript[/bold]")
+                        err.print(f"[bold]transcript{f' {transcripts}' if transcripts > 1 else ''}[/bold]")
                         err.print("\n".join(lines), markup=False)
                 elif kind == "done":
                     answer = event.done.answer
@@ -968,7 +970,8 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
     finally:
         if store is not None:
             store.close()
-    # one part a line: at 80 columns the whole sentence wrapped mid-clause
+    # one part a line where a width is known (a terminal, or COLUMNS): at 80 columns the whole sentence
+    # wrapped mid-clause; piped without COLUMNS (cron, a script's capture) it is one line, never wrapped
     lines = [f"{sessions} session(s), {calls} statistics row(s) and"] if writable or dry_run else []
     lines.append(f"{files} media file(s) ({size / 2**20:.1f} MiB)")
     if temp_files:
@@ -977,7 +980,8 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
     lines[0] = f"{'would remove' if dry_run else 'removed'} {lines[0]}"
     lines[-1] += ";"
     lines.append(f"{len(keep)} media kept for sessions")
-    out.print("\n".join(lines), markup=False)
+    width_known = out.is_terminal or bool(os.environ.get("COLUMNS"))
+    out.print(("\n" if width_known else " ").join(lines), markup=False, soft_wrap=not width_known)
 
 
 def _prune_failed(message: str) -> NoReturn:

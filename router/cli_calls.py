@@ -26,7 +26,7 @@ from rich.text import Text
 
 from .auth import with_token
 from .config import UPLOAD_CHUNK_BYTES, parse_address
-from .sniff import HEAD_BYTES, magic_family, mime_problem
+from .sniff import HEAD_BYTES, family_name, magic_family, mime_problem
 from .text import escaped, json_escape
 from .types import Modality
 
@@ -128,7 +128,7 @@ def content_type(path: Path, mime: str, modality: Modality) -> str:
     found = _FAMILY_TYPES[modality].get(family or "")
     if found is not None:
         return found.replace("x-matroska", "webm") if _WEBM_DOCTYPE in head[:64] else found
-    seen = f" (it looks like {family})" if family else ""
+    seen = f" (it looks like {family_name(family)})" if family else ""
     article = "an" if modality.value[0] in "aeiou" else "a"
     why = (f"cannot send {path} with --{modality.value}: {_extension_says(path, mime)}, and its content is not "
            f"{article} {modality.value} the CLI knows by its first bytes{seen}; rename it with its extension "
@@ -377,14 +377,11 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     """The request of ``ask`` and ``explain``: files over ``inline_limit`` bytes, and the largest ones
     once the inline total would pass :data:`INLINE_BUDGET`, are uploaded first (within ``deadline``, see
     :func:`remaining`). ``language`` (a BCP-47 tag, ``--language``) is sent as it is: the daemon checks it.
-    ``--speakers`` without ``--diarize`` is a usage error: no provider would read it."""
+    ``--speakers`` turns diarization on, as the request's ``speakers_expected`` does (``--diarize`` may be left out)."""
     from mmrouter.v1 import router_pb2 as pb
 
     if task not in ("auto", "chat", "transcribe"):
         err.print("[red]--task must be auto, chat or transcribe[/red]")
-        raise typer.Exit(2)
-    if speakers and not diarize:
-        err.print("[red]--speakers is the number of speakers to label: give it with --diarize[/red]")
         raise typer.Exit(2)
     if not prompt and not (images or audio or video or pdf):
         err.print("[red]nothing to send: give a question, or a file with --image, --audio, --video or --pdf[/red]")
@@ -410,7 +407,7 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     tasks = {"auto": pb.TASK_AUTO, "chat": pb.TASK_CHAT, "transcribe": pb.TASK_TRANSCRIBE}
     return pb.MultimodalRequest(
         messages=messages, session_id=session or "",
-        options=pb.Options(task=tasks[task], diarization=diarize, speakers_expected=speakers,
+        options=pb.Options(task=tasks[task], diarization=diarize or speakers > 0, speakers_expected=speakers,
                            max_output_tokens=max_tokens, language=language),
         hints=pb.RoutingHints(provider=provider or "", model=model or "", tags=tags or []),
     )

@@ -53,6 +53,7 @@ from .errors import (
     DaemonStopping,
     FieldViolation,
     InvalidRequest,
+    ProviderTimeout,
     RouterError,
     TooManyCalls,
     TooManyUploads,
@@ -532,6 +533,17 @@ async def _client_finished(context: grpc.aio.ServicerContext) -> None:
         raise asyncio.CancelledError("the call was cancelled before its client ended the upload") from None
 
 
+def cut_attempt(route: RouteInfo | None, limit: float) -> invoke.FailedAttempt | None:
+    """The provider attempt of ``route`` that the call's cut at ``limit`` (a ``time.time()``: its start plus
+    server.max_call_seconds) ended: its last, recorded by :func:`router.invoke.call_model` as a PROVIDER_TIMEOUT
+    when the cut came (within :data:`DEADLINE_MARGIN_SECONDS`). None when no provider was answering then."""
+    last = route.attempts[-1] if route is not None and route.attempts else None
+    if (isinstance(last, invoke.FailedAttempt) and last.reason == ProviderTimeout.reason
+            and last.at >= limit - DEADLINE_MARGIN_SECONDS):
+        return last
+    return None
+
+
 async def _close_answer(events: AsyncGenerator[RouterEvent, None], call: CallLog) -> None:
     """Close the answer ``events`` of ``call`` (its provider call, its session's turn); what that raises is logged."""
     try:
@@ -575,18 +587,34 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         client = monotonic_deadline(context.time_remaining())
         return own if client is None else min(own, client)
 
-    def _call_timeout(self) -> CallTimeout:
-        return CallTimeout(f"the call ran longer than server.max_call_seconds ({self.max_call_seconds:g} s); "
-                           "a provider may hang: set a deadline on the call, or raise the limit")
+    def _call_timeout(self, call: CallLog, since: float) -> CallTimeout:
+        """The error of ``call``, bounded from ``since`` (a ``time.time()``), cut at server.max_call_seconds.
+
+        When a provider was answering then, the error names it (message and ErrorInfo metadata ``provider``
+        and ``model``): its attempt, cut, is counted as its PROVIDER_TIMEOUT (see :func:`cut_attempt`), and
+        the usual cause is a job that takes longer than the limit (a long recording's transcript), not a hang.
+        """
+        limit = f"server.max_call_seconds ({self.max_call_seconds:g} s)"
+        cut = cut_attempt(call.route, since + self.max_call_seconds)
+        if cut is None:
+            return CallTimeout(f"the call ran longer than {limit}; a provider may hang: set a deadline on the call, "
+                               "or raise the limit")
+        target = f"{cut.provider}/{cut.model}"
+        return CallTimeout(f"the call ran longer than {limit} while {target} was still answering (counted as its "
+                           f"PROVIDER_TIMEOUT): a long job (a long recording's transcript, a long answer) needs a "
+                           f"higher server.max_call_seconds in the daemon's configuration; if {target} hangs, "
+                           "its health in `mmrouter providers` shows it",
+                           metadata={"provider": cut.provider, "model": cut.model})
 
     @asynccontextmanager
-    async def _bounded(self) -> AsyncIterator[None]:
+    async def _bounded(self, call: CallLog) -> AsyncIterator[None]:
         """Cut a unary call at server.max_call_seconds (gRPC itself cuts it at its client's deadline)."""
+        since = time.time()
         try:
             async with asyncio.timeout(self.max_call_seconds):
                 yield
         except TimeoutError:
-            raise self._call_timeout() from None
+            raise self._call_timeout(call, since) from None
 
     async def _bounded_events(self, events: AsyncGenerator[RouterEvent, None], release: Callable[[], None],
                               call: CallLog) -> AsyncIterator[RouterEvent]:
@@ -605,6 +633,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         """
         task = asyncio.current_task()
         assert task is not None
+        since = time.time()
         state = {"waiting": False, "expired": False}
         closing: list[asyncio.Task[None]] = []  # the task closing ``events`` past the limit, while a send blocks
 
@@ -630,7 +659,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     return
                 except asyncio.CancelledError:
                     if state["expired"] and task.uncancel() == 0:  # our timer's, not the client's
-                        raise self._call_timeout() from None
+                        raise self._call_timeout(call, since) from None
                     raise
                 finally:
                     state["waiting"] = False
@@ -650,7 +679,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             req = self._request(request.request)
             call.session = req.session_id
             answer = self.app.answer(req, self._deadline(context), call.request_id, held=True)
-            async with self._bounded(), aclosing(answer) as events:
+            async with self._bounded(call), aclosing(answer) as events:
                 async for event in events:
                     if isinstance(event, Done):
                         response = pb.GenerateResponse(answer=wire.answer_to_proto(event.answer, self.app.redact))

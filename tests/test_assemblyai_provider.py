@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from mmrouter_assemblyai import AssemblyAIProvider, AssemblyAISettings, register_providers
+from mmrouter_assemblyai.provider import DEADLINE_HEADROOM_SECONDS
 from mmrouter_assemblyai.transcripts import audio_source, language_code
 
 from router import (
@@ -23,6 +24,7 @@ from router import (
     Request,
     Role,
     Task,
+    Transcript,
     TranscriptReady,
     UsageReport,
 )
@@ -151,6 +153,22 @@ async def test_without_language_asks_for_detection(fake, provider):
     assert events[0].transcript.language == "en-US"  # the detected language, as BCP-47
 
 
+@pytest.mark.parametrize(("detected", "tag"), [("en_uk", "en-GB"), ("en_au", "en-AU"), ("en_us", "en-US"),
+                                               ("fr", "fr"), ("pt", "pt")])
+async def test_the_language_found_is_a_bcp47_tag(fake, provider, detected, tag):
+    """AssemblyAI's ``en_uk`` is ``en-GB`` (UK is no ISO 3166 region), as _ENGLISH_REGIONS maps it the other
+    way: a client comparing with the ``en-GB`` it asked for, or a library validating regions, takes it."""
+    fake.detected_language = detected
+    events = await collect(provider, audio_request(), provider.model("best"))
+    assert events[0].transcript.language == tag
+
+
+async def test_the_language_asked_comes_back_as_asked(fake, provider):
+    events = await collect(provider, audio_request(language="en-GB", diarization=True), provider.model("best"))
+    assert fake.created[0]["language_code"] == "en_uk"
+    assert events[0].transcript.language == "en-GB"  # it was en-UK
+
+
 async def test_speaker_labels_off_unless_asked_when_configured(fake):
     provider = make_provider(fake, speaker_labels=False)
     try:
@@ -236,16 +254,18 @@ async def test_a_failed_transcript_quoting_the_url_names_it_without_its_query(fa
     assert_url_hidden(str(info.value))
 
 
-async def test_clips_of_one_message_make_one_merged_transcript_and_usage_adds_up(fake, provider):
+async def test_clips_of_one_message_make_a_transcript_each_which_merge_and_usage_adds_up(fake, provider):
     parts = [Part(text="what was said?"),
              Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.1), duration_seconds=7.6)),
              Part(media=Media(Modality.AUDIO, "audio/wav", data=wav_bytes(0.3)))]
     req = Request(messages=[Message(Role.USER, parts)], options=Options(task=Task.TRANSCRIBE))
     events = await collect(provider, req, provider.model("best"))
-    # a report per clip: the first's before the second is sent, the last's after the transcript
-    assert [type(e) for e in events] == [UsageReport, TranscriptReady, UsageReport]
+    # a transcript and a report per clip, each before the next clip is sent (StreamGenerate sends each)
+    assert [type(e) for e in events] == [TranscriptReady, UsageReport, TranscriptReady, UsageReport]
     assert fake.uploads == [wav_bytes(0.1), wav_bytes(0.3)]  # in order
-    transcript = events[1].transcript
+    first, second = events[0].transcript, events[2].transcript
+    assert [(u.speaker, u.start) for u in second.utterances] == [("A", 0.24), ("B", 2.3), ("A", 4.2)]  # its own
+    transcript = Transcript.merged([first, second])  # as the router makes the answer's
     # The second clip's turns follow the first's, shifted by its measured 7.6 s (AssemblyAI's
     # audio_duration is whole seconds: 7), and its speakers are not the first clip's.
     assert [(u.speaker, u.start) for u in transcript.utterances] == [
@@ -255,8 +275,8 @@ async def test_clips_of_one_message_make_one_merged_transcript_and_usage_adds_up
     assert len(transcript.text.splitlines()) == 6
     assert transcript.duration_seconds == 14.6  # 7.6 measured + 7 (the second clip is not measured)
     # billed by AssemblyAI's durations (whole seconds: 7 each), a part per clip, which add up
-    assert [events[0].usage.audio_seconds, events[-1].usage.audio_seconds] == [7, 7]
-    assert events[0].usage.audio_seconds + events[-1].usage.audio_seconds == 14
+    assert [events[1].usage.audio_seconds, events[-1].usage.audio_seconds] == [7, 7]
+    assert events[1].usage.audio_seconds + events[-1].usage.audio_seconds == 14
 
 
 async def test_a_time_before_the_clip_s_start_is_taken_as_its_start(fake, provider):
@@ -538,7 +558,7 @@ async def test_polling_stops_at_the_deadline_without_blocking_the_loop(fake):
         ticking.cancel()
         await provider.aclose()
     elapsed = time.monotonic() - started
-    assert 0.95 <= elapsed < 3  # the deadline's 1 s, with room for a loaded machine
+    assert 0.95 - DEADLINE_HEADROOM_SECONDS <= elapsed < 3  # the deadline's 1 s (less the headroom), with room for a loaded machine
     assert fake.polls() >= 5  # about 20 at 50 ms apiece
     assert ticks >= 20  # the event loop kept running while we polled
 
@@ -881,7 +901,7 @@ async def test_with_a_near_deadline_failing_polls_are_retried_until_it_passes(fa
             await generate_with(provider, CallContext(request_id="deadline", deadline=started + 1.0))
     finally:
         await provider.aclose()
-    assert time.monotonic() - started >= 0.95  # the deadline's
+    assert time.monotonic() - started >= 0.95 - DEADLINE_HEADROOM_SECONDS  # the deadline's, less the headroom
     assert 1 <= fake.polls() < MAX_POLL_FAILURES
     assert "HTTP 503" in info.value.message and "the call's deadline passed" in info.value.message
     assert len(fake.created) == 1
@@ -917,7 +937,8 @@ async def test_a_poll_failure_with_retry_after_waits_it(fake, provider, status):
 
 
 async def test_a_retry_after_past_the_deadline_is_cut_to_the_deadline(fake):
-    """A Retry-After of 30 s with 1 s left: the plugin waits until the deadline and polls once more there."""
+    """A Retry-After of 30 s with 1 s left: the plugin waits until just before the deadline (its headroom) and
+    polls once more there."""
     fake.statuses = ("queued", "completed")
     fake.poll_failures = [(429, {"Retry-After": "30"})]
     provider = make_provider(fake)
@@ -929,7 +950,7 @@ async def test_a_retry_after_past_the_deadline_is_cut_to_the_deadline(fake):
         await provider.aclose()
     elapsed = time.monotonic() - started
     assert isinstance(events[0], TranscriptReady)
-    assert 0.95 <= elapsed < 10  # the deadline's, not the Retry-After's 30 s
+    assert 0.95 - DEADLINE_HEADROOM_SECONDS <= elapsed < 10  # the deadline's (less the headroom), not the Retry-After's 30 s
     assert fake.polls() == 2
 
 

@@ -221,12 +221,6 @@ def test_raw_prints_the_text_as_received_and_plain_output_escapes_it(start_daemo
     assert both.returncode == 2
 
 
-def test_speakers_without_diarize_is_a_usage_error():
-    result = run_cli("ask", "--audio", __file__, "--speakers", "3", "--address", NOWHERE)
-    assert result.returncode == 2
-    assert result.stderr == "--speakers is the number of speakers to label: give it with --diarize\n"
-
-
 def test_a_file_that_grows_during_its_upload_is_refused_naming_it(start_daemon, tmp_path):
     daemon = start_daemon(CONFIG)
     log = tmp_path / "grow.txt"

@@ -238,8 +238,8 @@ def test_several_clips_give_one_transcript_with_shifted_word_times(daemon, fake)
 @pytest.mark.parametrize(("status", "code"), [(500, grpc.StatusCode.UNAVAILABLE),
                                               (400, grpc.StatusCode.INVALID_ARGUMENT)])
 def test_a_failing_later_clip_still_reports_the_usage_of_those_transcribed(daemon, fake, status, code, tmp_path):
-    """Clip 1 was transcribed (and billed) when clip 2 failed: the stream carries its usage before the
-    error, and the statistics keep it as a failed step."""
+    """Clip 1 was transcribed (and billed) when clip 2 failed: the stream carries its transcript and usage
+    before the error, and the statistics keep it as a failed step."""
     fake.fail_files["b.wav"] = status
     stream = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=ask(
         audio_part(wav_bytes(), "a.wav"), audio_part(wav_bytes(), "b.wav"), audio_part(wav_bytes(), "c.wav"))),
@@ -248,9 +248,9 @@ def test_a_failing_later_clip_still_reports_the_usage_of_those_transcribed(daemo
     with pytest.raises(grpc.RpcError) as info:
         events.extend(stream)
     assert info.value.code() == code and "could not transcribe b.wav" in info.value.details()
-    assert [e.WhichOneof("event") for e in events] == ["route_chosen", "usage"]
-    assert events[1].usage.audio_seconds == pytest.approx(3.0)
-    assert events[1].usage.cost_usd == pytest.approx(3.0 * 0.36 / 3600)
+    assert [e.WhichOneof("event") for e in events] == ["route_chosen", "transcript", "usage"]  # clip 1's
+    assert events[2].usage.audio_seconds == pytest.approx(3.0)
+    assert events[2].usage.cost_usd == pytest.approx(3.0 * 0.36 / 3600)
     assert [u.files["file"][0] for u in fake.uploads()] == ["a.wav", "b.wav"]
     deadline = time.monotonic() + 10
     while not (rows := _stats(tmp_path / "data")):  # written by the daemon within 50 ms

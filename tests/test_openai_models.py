@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from grpc_helpers import text_request
 from mmrouter.v1 import router_pb2 as pb
-from mmrouter_openai.models import BUILTIN, MAX_UPLOAD_BYTES, catalogue
+from mmrouter_openai.models import BUILTIN, MAX_FILE_BYTES, MAX_UPLOAD_BYTES, catalogue
 
 from router.errors import ConfigError
 from tests.fakes.openai import API_KEY, FakeOpenAI
@@ -113,10 +113,11 @@ def test_the_transcription_models_declare_openai_s_upload_limit() -> None:
     """The built-in transcription models declare the 25 MB limit the plugin enforces (transcribe.py), so
     routing passes over them for a larger file; chat models and configured ones (other servers) declare none."""
     assert MAX_UPLOAD_BYTES == 26_214_400
+    assert MAX_FILE_BYTES == MAX_UPLOAD_BYTES - 8 * 1024  # room for the multipart envelope: the body is counted
     caps = {e.info.name: e.info.max_media_bytes for e in BUILTIN}
     assert {name for name, cap in caps.items() if cap} == {e.info.name for e in BUILTIN if e.transcribes}
-    assert set(caps.values()) == {0, MAX_UPLOAD_BYTES}
+    assert set(caps.values()) == {0, MAX_FILE_BYTES}
     entries = catalogue(True, [{"name": "whisper-1", "price": {"per_audio_hour": 0.3}},
                                {"name": "faster-whisper", "outputs": ["transcript"]}])
-    assert entries["whisper-1"].info.max_media_bytes == MAX_UPLOAD_BYTES  # the same model, at a new price
+    assert entries["whisper-1"].info.max_media_bytes == MAX_FILE_BYTES  # the same model, at a new price
     assert entries["faster-whisper"].info.max_media_bytes == 0

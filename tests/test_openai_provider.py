@@ -31,6 +31,7 @@ from router import (
     Role,
     Task,
     TextDelta,
+    Transcript,
     TranscriptReady,
     UsageReport,
 )
@@ -541,11 +542,12 @@ async def test_several_clips_of_the_newest_message_make_one_merged_transcript(
         user(audio(first, filename="part1.wav"), audio(second, filename="part2.wav")),
     ], Options(task=Task.TRANSCRIBE))
     events = await collect(provider, request, model_of(provider, "whisper-1"))
-    # a report per clip: the first's before the second is sent, the last's after the transcript
-    assert [type(e) for e in events] == [UsageReport, TranscriptReady, UsageReport]
+    # a transcript and a report per clip, each before the next clip is sent (StreamGenerate sends each)
+    assert [type(e) for e in events] == [TranscriptReady, UsageReport, TranscriptReady, UsageReport]
     assert [(u.files["file"][0], u.files["file"][2]) for u in fake.uploads()] == [
         ("part1.wav", first), ("part2.wav", second)]
-    t = events[1].transcript
+    assert [(u.start, u.end) for u in events[2].transcript.utterances] == [(0.0, 1.2), (1.2, 2.5)]  # its own times
+    t = Transcript.merged([events[0].transcript, events[2].transcript])  # as the router makes the answer's
     assert t.text == "Hello there. General Kenobi. Hello there. General Kenobi."
     # The second clip's segments follow the first clip's 2.5 s.
     assert [(u.start, u.end) for u in t.utterances] == [(0.0, 1.2), (1.2, 2.5), (2.5, 3.7), (3.7, 5.0)]
@@ -553,14 +555,15 @@ async def test_several_clips_of_the_newest_message_make_one_merged_transcript(
     # so do its words
     assert [(w.text, w.start, w.end) for w in t.words][3:5] == [("Kenobi", 1.8, 2.4), ("Hello", 2.5, 3.0)]
     # 3 s billed per clip, a part per clip: 6.0 in all
-    assert [events[0].usage.audio_seconds, events[-1].usage.audio_seconds] == [3.0, 3.0]
-    assert events[0].usage.audio_seconds + events[-1].usage.audio_seconds == 6.0
+    assert [events[1].usage.audio_seconds, events[-1].usage.audio_seconds] == [3.0, 3.0]
+    assert events[1].usage.audio_seconds + events[-1].usage.audio_seconds == 6.0
 
 
 async def test_a_failing_clip_reports_the_usage_of_the_clips_before_it(
     fake: FakeOpenAI, provider: OpenAIProvider
 ) -> None:
-    """The first clip was transcribed, and billed: its usage is yielded before the second clip's error."""
+    """The first clip was transcribed, and billed: its transcript and usage are yielded before the second
+    clip's error."""
     fake.fail_files["part2.wav"] = 500
     request = Request([user(audio(wav_bytes(), filename="part1.wav"), audio(wav_bytes(), filename="part2.wav"),
                             audio(wav_bytes(), filename="part3.wav"))], Options(task=Task.TRANSCRIBE))
@@ -569,8 +572,8 @@ async def test_a_failing_clip_reports_the_usage_of_the_clips_before_it(
     with pytest.raises(ProviderUnavailable, match=r"could not transcribe part2\.wav"):
         async for event in provider.generate(request, model_of(provider, "whisper-1"), ctx):
             events.append(event)
-    assert [type(e) for e in events] == [UsageReport]
-    assert events[0].usage.audio_seconds == 3.0
+    assert [type(e) for e in events] == [TranscriptReady, UsageReport]
+    assert events[1].usage.audio_seconds == 3.0
     assert [u.files["file"][0] for u in fake.uploads()] == ["part1.wav", "part2.wav"]
 
 
@@ -862,9 +865,38 @@ async def test_a_clip_over_25_mb_is_refused_before_anything_is_uploaded(
     with pytest.raises(ProviderInputTooLarge) as info:
         await collect(provider, request, model_of(provider, name))
     assert str(info.value) == (f"openai: audio clip 2 'all-hands.wav' is 26,214,401 bytes, over {name}'s limit "
-                               "of 25 MB (26,214,400 bytes) per file (refused before uploading)")
+                               "of 26,206,208 bytes per file (its 25 MB request limit, 26,214,400 bytes, less "
+                               "room for the multipart envelope; refused before uploading)")
     assert info.value.retryable and info.value.reason == "INPUT_TOO_LARGE"
     assert fake.requests == []
+
+
+async def test_a_clip_just_under_25_mb_that_the_envelope_would_push_over_is_refused_before_uploading(
+    fake: FakeOpenAI, provider: OpenAIProvider, tmp_path: Path
+) -> None:
+    """OpenAI's 25 MB is the multipart body's: a file 200 bytes under it was uploaded whole, then refused
+    (413, the fake counting the body as the API does). It is now refused before anything is sent."""
+    big = big_stored_wav(tmp_path, UPLOAD_LIMIT - 200)
+    with pytest.raises(ProviderInputTooLarge, match="refused before uploading"):
+        await collect(provider, Request([user(Part(media=big))], Options(task=Task.TRANSCRIBE)),
+                      model_of(provider, "whisper-1"))
+    assert fake.requests == []
+
+
+async def test_the_largest_clip_taken_fits_the_body_limit_with_the_longest_name(
+    fake: FakeOpenAI, provider: OpenAIProvider, tmp_path: Path
+) -> None:
+    """A clip of MAX_FILE_BYTES, named with the longest name a request may give (255 characters of 4 bytes
+    in UTF-8), with every field the plugin sends: its body stays within OpenAI's 25 MB, which the fake enforces."""
+    from mmrouter_openai.models import MAX_FILE_BYTES
+
+    big = big_stored_wav(tmp_path, MAX_FILE_BYTES)
+    big.filename = "\U0001f3a4" * 251 + ".wav"
+    request = Request([user(Part(media=big))], Options(task=Task.TRANSCRIBE, language="en-GB", temperature=0.2))
+    events = await collect(provider, request, model_of(provider, "whisper-1"))
+    assert isinstance(events[0], TranscriptReady)
+    [sent] = [r for r in fake.requests if r.path == "/v1/audio/transcriptions"]
+    assert MAX_FILE_BYTES < len(sent.body) <= UPLOAD_LIMIT
 
 
 async def test_a_configured_models_server_sets_its_own_limit(fake: FakeOpenAI, tmp_path: Path) -> None:

@@ -77,14 +77,26 @@ def transcript_failed(provider: str, transcript_id: str | None, error: str | Non
     return ProviderBadRequest(provider, message)
 
 
-def poll_timed_out(provider: str, transcript_id: str | None, status: str, waited: float) -> ProviderTimeout:
-    """The error (of the provider called ``provider``) when the call's deadline passes before the
-    transcript is done."""
-    return ProviderTimeout(
+class TranscriptTimeout(ProviderTimeout):
+    """A transcript still running at AssemblyAI when the call's deadline came: no fallback is tried (not
+    retryable), as none would have the time either."""
+
+    retryable = False
+
+
+def poll_timed_out(provider: str, model: str, transcript_id: str | None, status: str,
+                   waited: float) -> TranscriptTimeout:
+    """The error (of the provider called ``provider``, transcribing with ``model``) when the call's deadline
+    comes before the transcript is done: its id and status in the message and the ErrorInfo metadata
+    (``model``, ``transcript_id``, ``transcript_status``)."""
+    error = TranscriptTimeout(
         provider,
-        f"transcript {transcript_id} still {status} after {waited:.1f}s, when the call's deadline passed; "
-        "give the call a longer deadline",
+        f"transcript {transcript_id} ({model}) still {status} after {waited:.1f}s of polling, when the call's "
+        "deadline came: the job needs more time; give the call a longer deadline (its client's, and the "
+        "daemon's server.max_call_seconds)",
     )
+    error.metadata.update(model=model, transcript_id=str(transcript_id), transcript_status=status)
+    return error
 
 
 #: The last HTTP response received in the current task (set by :func:`remember_response`).

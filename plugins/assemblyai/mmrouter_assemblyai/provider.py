@@ -16,7 +16,6 @@ from router import (
     Provider,
     ProviderEvent,
     Request,
-    Transcript,
     TranscriptReady,
     Usage,
     UsageReport,
@@ -40,6 +39,13 @@ _MEDIA_KINDS = (Modality.AUDIO, Modality.VIDEO)
 #: How long closing the provider (the daemon's stop, a reload) waits for transcript deletes still running
 #: (and the creates of cancelled calls, whose transcripts are deleted once made).
 DELETE_WAIT_SECONDS = 2.0
+
+#: The sleeps between status polls end this long before the call's deadline, and the poll made then must
+#: answer within half of it: so a transcript still running ends the call with the plugin's own
+#: PROVIDER_TIMEOUT, which names it and its status, before the router cuts the call at its deadline (its
+#: CALL_TIMEOUT, or the client's own DEADLINE_EXCEEDED). Less than router.invoke.DEADLINE_MARGIN_SECONDS
+#: (0.25 s): the router then starts no fallback, which would be cut at once.
+DEADLINE_HEADROOM_SECONDS = 0.2
 
 #: The names of the background tasks: a transcript's delete, and the create of a cancelled call (by request id).
 _DELETE_TASK = "assemblyai-delete-"
@@ -98,9 +104,10 @@ class AssemblyAIProvider(Provider):
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
         """Transcribe the audio and video clips of the newest user message (``request.current_media()``:
-        earlier turns were transcribed when they were sent), one after another, and yield one
-        :class:`TranscriptReady` of them all (:meth:`Transcript.merged`) and a :class:`UsageReport` per clip:
-        each one before the next clip is sent, the last clip's at the end (after the transcript, as for one).
+        earlier turns were transcribed when they were sent), one after another, and yield for each clip,
+        as soon as it is transcribed (before the next is sent), its :class:`TranscriptReady` (its own times
+        and speakers: the router merges them into the answer's, :meth:`router.Transcript.merged`) and its
+        :class:`UsageReport`.
 
         AssemblyAI bills a clip once transcribed: its report, yielded then, is kept by the router when a later
         clip fails, or the call is cancelled (by its client, or at its deadline) while a later clip is
@@ -113,11 +120,7 @@ class AssemblyAIProvider(Provider):
             transcripts.check_upload_size(item, self.name)
         if (reason := self.unconfigured_reason()) is not None:
             raise ProviderNotConfigured(self.name, reason)
-        results: list[Transcript] = []
-        seconds = 0.0
-        for n, item in enumerate(media):
-            if n:  # the clip before, billed: reported before the next is sent
-                yield UsageReport(Usage(audio_seconds=seconds))
+        for item in media:
             try:
                 response = await self._transcribe(item, request, model, ctx)
             except ProviderError as error:
@@ -125,11 +128,9 @@ class AssemblyAIProvider(Provider):
                     errors.hide_media_url(error, item.url)
                 raise
             transcript = transcripts.to_transcript(response, item)
-            results.append(transcript)
-            seconds = transcripts.audio_seconds(response, item, transcript.words)
-        yield TranscriptReady(Transcript.merged(results))
-        # Priced per audio hour: the router computes the cost from audio_seconds.
-        yield UsageReport(Usage(audio_seconds=seconds))  # the last clip's, at the end
+            yield TranscriptReady(transcript)
+            # Priced per audio hour: the router computes the cost from audio_seconds.
+            yield UsageReport(Usage(audio_seconds=transcripts.audio_seconds(response, item, transcript.words)))
 
     async def _transcribe(
         self, media: Media, request: Request, model: ModelInfo, ctx: CallContext
@@ -150,7 +151,7 @@ class AssemblyAIProvider(Provider):
         submitted = await self._create(client, create, media, ctx)
         log.debug("assemblyai transcript %s submitted (request %s)", submitted.id, ctx.request_id)
         try:
-            response = await self._poll(client, submitted.id, ctx)
+            response = await self._poll(client, submitted, model, ctx)
         finally:  # read, failed or cancelled: AssemblyAI need keep it no longer
             self._delete_later(client, submitted.id, ctx.request_id, media.url)
         if response.status == aai.TranscriptStatus.error:
@@ -158,9 +159,10 @@ class AssemblyAIProvider(Provider):
         return response
 
     async def _poll(
-        self, client: assemblyai.AsyncClient, transcript_id: str | None, ctx: CallContext
+        self, client: assemblyai.AsyncClient, submitted: assemblyai.types.TranscriptResponse, model: ModelInfo,
+        ctx: CallContext,
     ) -> assemblyai.types.TranscriptResponse:
-        """Fetch the transcript until it is completed or failed, sleeping between polls.
+        """Fetch the ``submitted`` transcript until it is completed or failed, sleeping between polls.
 
         The transcript runs on, and is billed, at AssemblyAI whatever its polls meet, so a poll that fails
         in passing (5xx, 429, no answer: :func:`errors.is_transient`) is retried rather than transcribed
@@ -168,45 +170,76 @@ class AssemblyAIProvider(Provider):
         the Retry-After of a 429 or 503 when longer, until the call's deadline passes or
         :data:`router.polling.MAX_POLL_FAILURES` polls in a row failed (whatever the deadline); then its
         error is raised. Any other failure (a refused key, a 400, an unknown transcript) is raised at once.
-        Sleeps never run past the call's deadline; cancelling the call stops the loop at its next await.
+
+        Sleeps end :data:`DEADLINE_HEADROOM_SECONDS` before the call's deadline, polls half of it before
+        (:meth:`_time_left`): a transcript still ``queued`` or ``processing`` then ends the call with
+        :func:`errors.poll_timed_out` (PROVIDER_TIMEOUT, naming the transcript and its status) before the
+        router cuts it at the deadline.
+        Cancelling the call stops the loop at its next await.
         """
         import assemblyai as aai
         from assemblyai.prerecorded.v2 import async_api
 
+        transcript_id = submitted.id
         if not transcript_id:
             raise ProviderUnavailable(self.name, "bad answer from the AssemblyAI API: a transcript without an id")
+        status = str(getattr(submitted.status, "value", submitted.status) or "queued")
         started = time.monotonic()
         failures = PollFailures(self.settings.poll_interval)
         last_failure = ""  # why the latest retried poll failed
+        last_error: ProviderError | None = None  # its error
         while True:
+            bound = asyncio.timeout(self._time_left(ctx, DEADLINE_HEADROOM_SECONDS / 2))  # None: no deadline
             try:
-                response = await async_api.get_transcript(client.http_client, transcript_id)
+                async with bound:
+                    response = await async_api.get_transcript(client.http_client, transcript_id)
+            except TimeoutError:
+                if not bound.expired():  # not the time left's (httpx raises its own timeouts)
+                    raise
+                if last_error is not None:  # polls failing: AssemblyAI's API is the cause, not a job too long
+                    raise errors.with_note(last_error, f"transcript {transcript_id}: status polls failing "
+                                                       f"({failures.in_a_row} in a row) when the call's deadline "
+                                                       f"passed, after {time.monotonic() - started:.1f}s of "
+                                                       "polling") from None
+                raise errors.poll_timed_out(self.name, model.name, transcript_id, status,
+                                            time.monotonic() - started) from None
             except Exception as exc:
                 if not errors.is_mappable(exc):
                     raise
                 error = errors.poll_failed(exc, self.name, transcript_id, self.settings.key, self.settings.base_url)
-                wait = self._poll_retry_wait(exc, error, transcript_id, failures, last_failure, ctx, started)
+                wait = self._poll_retry_wait(exc, error, transcript_id, failures, last_failure,
+                                             self._time_left(ctx, DEADLINE_HEADROOM_SECONDS), started)
                 log.warning("%s: status poll of transcript %s failed (%d in a row, request %s): %s; "
                             "polling again in %.2fs", self.name, transcript_id, failures.in_a_row,
                             ctx.request_id, errors.detail(error), wait)
-                last_failure = errors.detail(error)
+                last_failure, last_error = errors.detail(error), error
                 await asyncio.sleep(wait)
                 continue
             failures.succeeded()
-            last_failure = ""
+            last_failure, last_error = "", None
             if response.status in (aai.TranscriptStatus.completed, aai.TranscriptStatus.error):
                 return response
-            remaining = ctx.time_remaining()
-            if remaining is not None and remaining <= 0:
-                status = getattr(response.status, "value", response.status)
-                raise errors.poll_timed_out(self.name, transcript_id, str(status), time.monotonic() - started)
+            status = str(getattr(response.status, "value", response.status))
+            left = self._time_left(ctx, DEADLINE_HEADROOM_SECONDS)
+            if left is not None and left <= 0:
+                raise errors.poll_timed_out(self.name, model.name, transcript_id, status,
+                                            time.monotonic() - started)
             interval = self.settings.poll_interval
-            await asyncio.sleep(interval if remaining is None else min(interval, remaining))
+            await asyncio.sleep(interval if left is None else min(interval, left))
+
+    @staticmethod
+    def _time_left(ctx: CallContext, headroom: float) -> float | None:
+        """Seconds left for polling: the call's time left (:meth:`CallContext.time_remaining`: its client's
+        deadline, or the daemon's server.max_call_seconds if sooner) less ``headroom``, never negative;
+        None without a deadline."""
+        remaining = ctx.time_remaining()
+        return None if remaining is None else max(0.0, remaining - headroom)
 
     def _poll_retry_wait(self, exc: Exception, error: ProviderError, transcript_id: str, failures: PollFailures,
-                         last_failure: str, ctx: CallContext, started: float) -> float:
+                         last_failure: str, left: float | None, started: float) -> float:
         """Seconds to wait before polling ``transcript_id`` again after its poll failed with ``exc`` (mapped
-        to ``error``), counted in ``failures``; or ``error`` raised when the poll is not to be retried.
+        to ``error``), counted in ``failures``, with ``left`` seconds left for polling (see :meth:`_time_left`);
+        or ``error`` raised when the poll is not to be retried.
 
         When the deadline passes while polls fail, the last poll's error is raised rather than
         :func:`errors.poll_timed_out`: the transcript's status is then unknown, and the cause to report
@@ -218,11 +251,10 @@ class AssemblyAIProvider(Provider):
                 errors.with_note(error, f"after {failures.in_a_row} failed status poll(s) retried, the last: "
                                         f"{last_failure}")
             raise error from exc
-        remaining = ctx.time_remaining()
-        wait = failures.failed(errors.retry_after(exc), remaining)
+        wait = failures.failed(errors.retry_after(exc), left)
         if wait is not None:
             return wait
-        if failures.out_of_time(remaining):
+        if failures.out_of_time(left):
             raise errors.with_note(
                 error, f"transcript {transcript_id}: status polls failing ({failures.in_a_row} in a row) when the "
                        f"call's deadline passed, after {time.monotonic() - started:.1f}s of polling") from exc

@@ -140,8 +140,17 @@ def to_transcript(response: assemblyai.types.TranscriptResponse, media: Media) -
     )
 
 
+#: AssemblyAI's English codes as BCP-47 tags: :data:`_ENGLISH_REGIONS` reversed, ``en_uk`` as ``en-GB``
+#: (``UK`` is no ISO 3166 region: the United Kingdom is ``GB``).
+_ENGLISH_TAGS = {"en_us": "en-US", "en_uk": "en-GB", "en_au": "en-AU"}
+
+
 def _bcp47(code: str) -> str:
-    """AssemblyAI's ``en_us`` as the BCP-47 ``en-US`` the request's language option uses."""
+    """AssemblyAI's language code as the BCP-47 tag the request's language option uses: ``en_uk`` ->
+    ``en-GB`` (:data:`_ENGLISH_TAGS`), another ``xx_yy`` -> ``xx-YY``, a bare ``fr`` as is."""
+    code = code.strip().lower()
+    if code in _ENGLISH_TAGS:
+        return _ENGLISH_TAGS[code]
     language, _, region = code.partition("_")
     return f"{language}-{region.upper()}" if region else language
 

@@ -70,14 +70,21 @@ _TEXT_AUDIO = frozenset({Modality.TEXT, Modality.AUDIO})
 _AUDIO = frozenset({Modality.AUDIO})
 _TRANSCRIPT = frozenset({OUTPUT_TRANSCRIPT})
 
-#: The largest file OpenAI's transcription models take: "File uploads are currently limited to 25 MB"
+#: The largest request OpenAI's transcription models take: "File uploads are currently limited to 25 MB"
 #: (platform.openai.com/docs/guides/speech-to-text); "the maximum request size is 25 MiB" (help.openai.com
-#: article 7031512, Audio API FAQ). The API answers a larger upload with 413 "Maximum content size limit
-#: (26214400) exceeded (N bytes read)" after reading it. The built-in transcription models declare it
-#: (``ModelInfo.max_media_bytes``), so routing passes over them for a larger file. Models an operator
-#: configures (OpenAI-compatible servers) have their own limits, unknown here. transcribe.py refuses a
-#: larger file before uploading it.
+#: article 7031512, Audio API FAQ). The API counts the whole multipart body, the file and its envelope: it
+#: answers a larger upload with 413 "Maximum content size limit (26214400) exceeded (N bytes read)" after
+#: reading it.
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+#: Room kept in the body for the multipart envelope around the file: the part headers (its name, at most
+#: 255 characters, 4 bytes each in UTF-8), the boundaries and the other fields (model, response_format,
+#: timestamp_granularities, language, temperature, chunking_strategy), about 600 bytes usually, 2 KiB at most.
+ENVELOPE_BYTES = 8 * 1024
+#: The largest file the built-in transcription models are sent: :data:`MAX_UPLOAD_BYTES` less the envelope
+#: (26,206,208 bytes). They declare it (``ModelInfo.max_media_bytes``), so routing passes over them for a
+#: larger file. Models an operator configures (OpenAI-compatible servers) have their own limits, unknown
+#: here. transcribe.py refuses a larger file before uploading it.
+MAX_FILE_BYTES = MAX_UPLOAD_BYTES - ENVELOPE_BYTES
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ def _stt(name: str, price: Price, fmt: str, diarizes: bool = False, context: int
     return Entry(ModelInfo(name, inputs=_AUDIO, outputs=_TRANSCRIPT, features=features,
                            context_tokens=context, price=price, default_max_output_tokens=2_000,
                            input_mime_types=TRANSCRIBE_TYPES, max_audio_seconds=max_seconds,
-                           max_media_bytes=MAX_UPLOAD_BYTES, url_inputs=frozenset()), fmt)
+                           max_media_bytes=MAX_FILE_BYTES, url_inputs=frozenset()), fmt)
 
 
 #: The built-in catalogue, in preference order (the first model is the contract model).

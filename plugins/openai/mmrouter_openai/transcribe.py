@@ -45,7 +45,7 @@ from router.mime import normalise_mime
 from router.types import mime_suffix
 
 from .errors import NOT_JSON, BadAnswer, page_not_answer, scrub, shown_url, whole_request_timeout
-from .models import BUILTIN, MAX_UPLOAD_BYTES, TRANSCRIBE_SUFFIXES, Entry
+from .models import BUILTIN, MAX_FILE_BYTES, MAX_UPLOAD_BYTES, TRANSCRIBE_SUFFIXES, Entry
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -65,17 +65,19 @@ def clip_size(media: Media) -> int:
 
 
 def check_sizes(provider: str, entry: Entry, clips: list[Media]) -> None:
-    """Refuse, before any upload, a clip over OpenAI's 25 MB limit (built-in models only) with
+    """Refuse, before any upload, a clip that would make the request over OpenAI's 25 MB limit (built-in
+    models only): over :data:`MAX_FILE_BYTES`, the limit less room for the multipart envelope, with
     :class:`ProviderInputTooLarge`, so the router tries the next target."""
     if entry not in BUILTIN:
         return
     for n, media in enumerate(clips):
         size = clip_size(media)
-        if size > MAX_UPLOAD_BYTES:
+        if size > MAX_FILE_BYTES:
             name = f" {media.filename!r}" if media.filename else ""
             raise ProviderInputTooLarge(
-                provider, f"audio clip {n + 1}{name} is {size:,} bytes, over {entry.info.name}'s limit of 25 MB "
-                          f"({MAX_UPLOAD_BYTES:,} bytes) per file (refused before uploading)")
+                provider, f"audio clip {n + 1}{name} is {size:,} bytes, over {entry.info.name}'s limit of "
+                          f"{MAX_FILE_BYTES:,} bytes per file (its 25 MB request limit, {MAX_UPLOAD_BYTES:,} "
+                          "bytes, less room for the multipart envelope; refused before uploading)")
 
 
 
@@ -330,9 +332,9 @@ async def transcribe_clip(client: AsyncOpenAI, media: Media, params: dict[str, A
 
 async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: Request,
                      timeout: float, price: Price | None = None) -> AsyncIterator[Any]:
-    """Transcribe every audio clip of the newest user message, in order, and yield one
-    :class:`TranscriptReady` (the clips' transcripts merged) and a :class:`UsageReport` per clip: each one
-    before the next clip is sent, the last clip's at the end (after the transcript, as for one clip).
+    """Transcribe every audio clip of the newest user message, in order, and yield for each clip, as soon
+    as it is transcribed (before the next is sent), its :class:`TranscriptReady` (its own times: the router
+    merges them into the answer's, :meth:`router.Transcript.merged`) and its :class:`UsageReport`.
 
     ``price`` is the model's effective price (default: the catalogue's); it decides how usage is counted.
     Each clip is billed by OpenAI once transcribed: its report, yielded then, is kept by the router when a
@@ -344,11 +346,7 @@ async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: 
     check_formats(provider, entry, clips)
     params = build_params(entry, request)
     language = request.options.language.strip()
-    transcripts: list[Transcript] = []
-    clip_usage = Usage()
-    for n, media in enumerate(clips):
-        if n:  # the clip before, billed: reported before the next is sent
-            yield UsageReport(clip_usage)
+    for media in clips:
         try:
             transcript, clip_usage = await transcribe_clip(client, media, params, price or entry.info.price,
                                                            timeout, language)
@@ -358,6 +356,5 @@ async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: 
         except BadAnswer as exc:
             raise ProviderUnavailable(provider, f"bad answer from {entry.info.name} "
                                                 f"({shown_url(str(client.base_url))}): {exc}") from None
-        transcripts.append(transcript)
-    yield TranscriptReady(Transcript.merged(transcripts))
-    yield UsageReport(clip_usage)  # the last clip's, at the end
+        yield TranscriptReady(transcript)
+        yield UsageReport(clip_usage)
