@@ -7,6 +7,9 @@ named after the hooks below. It is found through an entry point of group
     [project.entry-points.mmrouter]
     myprovider = "mmrouter_myprovider"
 
+The module is imported at every start of the daemon and every ``mmrouter config check``: import
+nothing heavy at module level (a provider imports its SDK in :meth:`router.Provider.prepare` and
+where its calls use it); an import that takes a second or more is logged as a WARNING naming it.
 A plugin without any marked function is listed broken. Hooks are synchronous (a plain ``def``:
 an ``async def register_providers`` is never awaited, and its plugin is listed broken); providers'
 methods are ``async``. An implementation

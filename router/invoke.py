@@ -8,11 +8,13 @@ the attempt and, on success, the step with its latency and cost.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .contract import PairJoiner, event_problem, with_valid_text
 from .errors import ProviderError, ProviderFailed, ProviderTimeout, ProviderUnavailable
@@ -37,8 +39,20 @@ log = logging.getLogger(__name__)
 #: log draws the same line (``router.server.DEADLINE_MARGIN_SECONDS``).
 DEADLINE_MARGIN_SECONDS = 0.25
 
-#: The task of each provider call under way -> its provider's name (to say which one hangs at exit).
-_UNDER_WAY: dict[asyncio.Task, str] = {}
+
+class _Call(NamedTuple):
+    """A provider call: its provider's name and its request id, for the log records about it."""
+
+    provider: str
+    request_id: str
+
+
+#: The task of each provider call under way, and of each background close of one (see :func:`_in_background`)
+#: -> its call (to say which provider hangs at exit, and whose generators a call leaves unfinished).
+_UNDER_WAY: dict[asyncio.Task, _Call] = {}
+#: How long a plugin's generator may take to close in the background (after its answer ended, or left
+#: unfinished by its call) before it is cancelled, with a warning.
+CLOSE_SECONDS = 10.0
 
 
 @dataclass
@@ -73,7 +87,7 @@ def unpaid_failures(route: RouteInfo) -> list[Step]:
 
 def providers_running(tasks: Iterable[asyncio.Task]) -> list[str]:
     """The providers whose calls the ``tasks`` are in (sorted, once each)."""
-    return sorted({_UNDER_WAY[task] for task in tasks if task in _UNDER_WAY})
+    return sorted({_UNDER_WAY[task].provider for task in tasks if task in _UNDER_WAY})
 
 
 def calls_under_way() -> list[asyncio.Task]:
@@ -85,7 +99,12 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
                      route: RouteInfo, purpose: str) -> AsyncIterator[ProviderEvent]:
     """Yield ``provider.generate``'s events; record the attempt and step in ``route``.
 
-    A :class:`UsageReport` without a cost gets one from the model's price.
+    A :class:`UsageReport` without a cost gets one from the model's price. The answer ends with the
+    UsageReport that carries a finish reason: the call ends there, without waiting for ``generate`` to
+    return (an upstream that holds its connection open, a slow cleanup), and the generator is closed in
+    the background (:func:`_close_in_time`). The request's ``options.max_output_tokens`` is capped to
+    the model's ``max_output_tokens`` (:func:`_capped`); a ``Provider*`` error the plugin made with
+    another provider's name is made to name this one (:func:`_renamed`).
     Cancellation (client gone, deadline passed) closes the provider's
     generator, which cancels its HTTP call. A cancellation at the call's deadline (``ctx.deadline``,
     which ``server.max_call_seconds`` bounds) while it waits for the provider is the provider's failure
@@ -99,16 +118,19 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
     except ProviderError as exc:  # prepare() hangs: this attempt fails, the fallbacks are tried
         _failed(route, purpose, provider, model, ctx, exc, (time.perf_counter() - started) * 1000, usage)
         raise
+    request = _capped(request, provider, model, route)
     started = time.perf_counter()
     reported = False
+    finished = False  # the plugin yielded the answer's last UsageReport (one with a finish reason)
     task = asyncio.current_task()
+    call = _Call(provider.name, ctx.request_id)
 
     def elapsed() -> float:
         return (time.perf_counter() - started) * 1000
 
     events: AsyncIterator[object] | None = None
     if task is not None:
-        _UNDER_WAY[task] = provider.name
+        _UNDER_WAY[task] = call
     try:
         events = _start(provider, request, model, ctx)
         pairs = PairJoiner()  # a surrogate pair split across two deltas arrives whole
@@ -126,8 +148,12 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
                     event.usage.cost_usd = model.price.cost(event.usage)
                 usage.add(event.usage)
                 reported = True
+                finished = event.finish_reason is not None
             yield event
+            if finished:
+                break  # the answer is complete: what the generator does after it is not waited for
     except ProviderError as exc:
+        _renamed(exc, provider)
         if isinstance(exc, ProviderUnavailable) and deadline_passed(ctx):
             # the plugin's own timeout, cut to the call's deadline, fired a moment before it: the deadline's
             # failure, as when the router's cancellation wins the race (not an outage of the provider's); a
@@ -152,8 +178,10 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
         raise error from exc
     finally:
         try:
-            if events is not None:
-                await _close(provider, events)
+            if events is not None and finished:  # its client is not kept waiting for the plugin's cleanup
+                _in_background(_close_in_time(call, events, "its call (after its answer ended)", _LINGERS), call)
+            elif events is not None:
+                await _close(call, events)
         finally:
             if task is not None:
                 _UNDER_WAY.pop(task, None)
@@ -315,18 +343,89 @@ def _out_of_descriptors(exc: BaseException | None) -> bool:
     return False
 
 
-async def _close(provider: Provider, events: AsyncIterator[object]) -> None:
-    """Close the plugin's generator (cancelling its HTTP call); what the plugin raises then is logged."""
+async def _close(call: _Call, events: object, what: str = "its call") -> None:
+    """Close the plugin's generator ``events`` (cancelling its HTTP call); what the plugin raises then is
+    logged (:func:`_close_failed`), never raised, but for this task's own cancellation."""
     aclose = getattr(events, "aclose", None)
     if aclose is None:
         return
     try:
         await aclose()
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         task = asyncio.current_task()
         if task is not None and task.cancelling():  # ours: the call is cancelled
             raise
-        log.error("provider %s raised CancelledError of its own while its call was closed; ignored",
-                  provider.name)
-    except BaseException:
-        log.exception("provider %s raised while its call was closed; ignored", provider.name)
+        _close_failed(call, what, exc)
+    except BaseException as exc:
+        _close_failed(call, what, exc)
+
+
+def _close_failed(call: _Call, what: str, exc: BaseException) -> None:
+    """Log, in one record naming the provider and the request id, what the plugin raised while ``what`` was
+    closed: a traceback only for an error that is not said whole by its message."""
+    fields = {"extra": call._asdict()}
+    if isinstance(exc, asyncio.CancelledError):
+        log.error("provider %s raised CancelledError of its own while %s was closed; ignored [request_id=%s]",
+                  call.provider, what, call.request_id, **fields)
+    elif isinstance(exc, RuntimeError) and str(exc).endswith("ignored GeneratorExit"):
+        log.error("provider %s yielded while %s was closed (an async generator that yields in `except "
+                  "GeneratorExit` or `finally` cannot be closed: return, or re-raise, there); ignored "
+                  "[request_id=%s]", call.provider, what, call.request_id, **fields)
+    else:
+        log.error("provider %s raised while %s was closed; ignored [request_id=%s]", call.provider, what,
+                  call.request_id, exc_info=exc, **fields)
+
+
+async def _close_in_time(call: _Call, events: object, what: str, hint: str = "its cleanup takes that long") -> None:
+    """:func:`_close`, in a task of its own (:func:`_in_background`; the whole close in one task: an anyio
+    cancel scope, which httpx's close enters, must be left in the task it was entered in): cancelled, with
+    a warning, when it has not ended after :data:`CLOSE_SECONDS` (a plugin that keeps reading an upstream
+    that holds its connection open, or sleeps in its cleanup)."""
+    try:
+        async with asyncio.timeout(CLOSE_SECONDS):
+            await _close(call, events, what)
+    except TimeoutError:  # ours (_close lets no error of the plugin's through)
+        log.warning("provider %s had not closed %s %g s later (%s); cancelled [request_id=%s]", call.provider, what,
+                    CLOSE_SECONDS, hint, call.request_id, extra=call._asdict())
+
+
+#: Why a plugin's generator may take long to close once its answer ended.
+_LINGERS = ("generate should return once it has yielded its last UsageReport, without reading on, and clean up "
+            "quickly")
+
+
+def _in_background(closing: Coroutine[Any, Any, None], call: _Call) -> None:
+    """Run ``closing`` (which raises nothing but its cancellation) in a task of its own, counted among the
+    calls under way: the daemon's stop cancels it, and names the provider if it hangs."""
+    task = asyncio.get_running_loop().create_task(closing)
+    _UNDER_WAY[task] = call
+    task.add_done_callback(_forget_task)
+
+
+def _forget_task(task: asyncio.Task) -> None:
+    _UNDER_WAY.pop(task, None)
+
+
+def _capped(request: Request, provider: Provider, model: ModelInfo, route: RouteInfo) -> Request:
+    """``request`` with ``options.max_output_tokens`` capped to ``model.max_output_tokens`` (as
+    :attr:`ModelInfo.max_output_tokens` says), with a route note; ``request`` itself when within it."""
+    limit, asked = model.max_output_tokens, request.options.max_output_tokens
+    if not limit or asked <= limit:
+        return request
+    note = f"max_output_tokens {asked} capped to {limit}, the most {provider.name}/{model.name} writes"
+    if note not in route.notes:  # once, though a session's call retries with less history
+        route.notes.append(note)
+    return dataclasses.replace(request, options=dataclasses.replace(request.options, max_output_tokens=limit))
+
+
+def _renamed(error: ProviderError, provider: Provider) -> None:
+    """Make ``error``, raised by ``provider``'s plugin under another provider's name (a plugin built on
+    another's code: ``ProviderUnavailable("openai", ...)``), name ``provider``: in its message and its
+    ``provider`` metadata, which the client gets, as its health already counts it."""
+    other = getattr(error, "provider", provider.name)
+    if other == provider.name:
+        return
+    error.provider = provider.name
+    error.metadata["provider"] = provider.name
+    error.message = f"{provider.name}: {error.message.removeprefix(f'{other}: ')}"
+    error.args = (error.message,)

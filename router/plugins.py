@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -111,7 +112,9 @@ def new_plugin_manager() -> pluggy.PluginManager:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    """``exc`` as a broken plugin's reason: its class and message, on one line (pluggy's
+    PluginValidationError spans three, and a reason is a part of log lines)."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -166,14 +169,18 @@ def _with_prices(provider: Provider, prices: Mapping[str, Mapping[str, object]])
     if unknown:
         log.warning("providers.%s.prices names model(s) %s that %s does not offer; ignored",
                     provider.name, ", ".join(unknown), provider.name)
+    declared = list(provider.models)
     models = []
-    for model in provider.models:
+    for model in declared:
         override = prices.get(model.name)
         if override:
             model = dataclasses.replace(model, price=_overridden(model.price, override))
         models.append(model)
-    if any(new is not old for new, old in zip(models, provider.models, strict=True)):
-        provider.models = models  # only then: ``models`` may be a read-only property
+    if any(new is not old for new, old in zip(models, declared, strict=True)):  # only then: see _models_settable
+        if not _models_settable(provider):
+            raise TypeError(f"{provider.name}'s models is a read-only property, which the prices cannot change: "
+                            f"remove providers.{provider.name}.prices, or make models a plain attribute")
+        provider.models = models
 
 
 #: The rates that follow a base rate an override changes, in proportion, unless it sets them too.
@@ -397,12 +404,28 @@ def registered_models(provider: object) -> list[ModelInfo]:
     """``provider``'s models as the registry keeps them (:func:`_normalised`), once the checks a
     plugin's ``register(provider)`` makes have passed: :class:`TypeError` with the reason for a
     provider it refuses (:func:`_check_provider`: its name, its models, each model's fields, and no
-    two models of one name). ``provider`` is not changed. The conformance kit checks through it, so
-    the kit and the daemon take and refuse the same providers."""
+    two models of one name; and a read-only ``models`` property whose models would need normalising,
+    which the registry could not store). ``provider`` is not changed. The conformance kit checks
+    through it, so the kit and the daemon take and refuse the same providers."""
     problem = _check_provider(provider)
     if problem:
         raise TypeError(problem)
-    return [_normalised(model) for model in provider.models]  # type: ignore[attr-defined] (checked)
+    declared = list(provider.models)  # type: ignore[attr-defined] (checked)
+    models = [_normalised(model) for model in declared]
+    changed = next((new for new, old in zip(models, declared, strict=True) if new is not old), None)
+    if changed is not None and not _models_settable(provider):
+        raise TypeError(f"provider {provider.name!r}: models is a read-only property, and model "  # type: ignore[attr-defined]
+                        f"{_shown(changed.name)} gives inputs, outputs, features, input_mime_types or url_inputs "
+                        "otherwise than as frozensets (of router.Modality for inputs and url_inputs), which the "
+                        "daemon cannot store back: declare them so, or make models a plain attribute")
+    return models
+
+
+def _models_settable(provider: object) -> bool:
+    """Whether the registry may assign ``provider.models`` (its normalised or re-priced models): not when
+    the class declares ``models`` as a property without a setter (the docs allow a read-only property)."""
+    declared = inspect.getattr_static(type(provider), "models", None)
+    return not isinstance(declared, property) or declared.fset is not None
 
 
 def load_registry(
@@ -432,7 +455,7 @@ def load_registry(
             registry.entries[ep.name] = ProviderEntry(ep.name, ep.name, State.DISABLED, "disabled in config")
             continue
         try:
-            loaded.append((ep.name, ep.load()))
+            loaded.append((ep.name, _timed_load(ep)))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # sys.exit() at import too: one plugin must not stop the daemon
@@ -459,6 +482,24 @@ def load_registry(
     if log_broken:
         log_broken_providers(registry)
     return registry
+
+
+#: An entry point whose import (``ep.load()``) takes longer is warned of: the daemon's start and ``config check``
+#: wait for it, and a plugin imports its SDK lazily (:meth:`router.Provider.prepare`), nothing heavy at module level.
+SLOW_IMPORT_SECONDS = 1.0
+
+
+def _timed_load(ep: EntryPoint) -> object:
+    """``ep.load()``, with a WARNING naming the plugin when its import took :data:`SLOW_IMPORT_SECONDS` or more
+    (already imported, on a reload: no time)."""
+    started = time.perf_counter()
+    plugin = ep.load()
+    seconds = time.perf_counter() - started
+    if seconds >= SLOW_IMPORT_SECONDS:
+        log.warning("plugin %s (%s) took %.1f s to import, which delays the daemon's start and every config check:"
+                    " its module should import nothing heavy at module level (import the SDK in the provider's "
+                    "prepare() and where its calls use it)", ep.name, _dist_name(ep), seconds)
+    return plugin
 
 
 def log_broken_providers(registry: Registry) -> None:
@@ -563,9 +604,10 @@ def _collect_providers(pm: pluggy.PluginManager, registry: Registry, plugin_name
     offered: list[Provider] = []
 
     def register(provider: Provider) -> None:
-        models = registered_models(provider)
-        if any(new is not old for new, old in zip(models, provider.models, strict=True)):
-            provider.models = models  # only then: ``models`` may be a read-only property
+        models = registered_models(provider)  # a read-only ``models`` it returns needs no normalising
+        if _models_settable(provider) and any(new is not old for new, old in zip(models, provider.models,
+                                                                                   strict=True)):
+            provider.models = models
         offered.append(provider)
 
     others = [p for p in pm.get_plugins() if p is not plugin]

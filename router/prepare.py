@@ -25,6 +25,8 @@ import logging
 import threading
 import time
 import weakref
+from collections import deque
+from dataclasses import dataclass
 
 from .errors import ProviderUnavailable
 from .outcome import RouteInfo
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 #: Each provider instance's ``prepare`` under way or done (a reload's new instances prepare again: a quick
 #: no-op once the modules are imported).
-_PREPARED: weakref.WeakKeyDictionary[Provider, asyncio.Future[None]] = weakref.WeakKeyDictionary()
+_PREPARED: weakref.WeakKeyDictionary[Provider, asyncio.Future[Queued]] = weakref.WeakKeyDictionary()
 #: The shortest wait for a provider's ``prepare`` a call's route notes (a provider with nothing to import
 #: is prepared in well under a millisecond: no note).
 NOTED_WAIT_MS = 100.0
@@ -55,6 +57,19 @@ _PASSED: weakref.WeakSet[Provider] = weakref.WeakSet()
 #: Those a call waited for in vain after they had run :data:`SERIAL_WAIT_SECONDS`: while it runs, their calls
 #: fail at once.
 _OVERDUE: weakref.WeakSet[Provider] = weakref.WeakSet()
+#: The prepares that ended lately: (provider name, when it ended, a ``time.monotonic()``), to say which ones a
+#: prepare queued behind.
+_ENDED: deque[tuple[str, float]] = deque(maxlen=64)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """How a provider's ``prepare`` waited for its turn (:func:`_take_turn`): from ``since`` to ``until``
+    (``time.monotonic()``), behind the prepares of ``behind`` (provider names; none: it did not wait)."""
+
+    since: float
+    until: float
+    behind: tuple[str, ...] = ()
 
 
 async def prepared(provider: Provider, route: RouteInfo, ctx: CallContext) -> None:
@@ -78,13 +93,13 @@ async def prepared(provider: Provider, route: RouteInfo, ctx: CallContext) -> No
         raise ProviderUnavailable(provider.name, "its SDK is still loading: prepare() has not ended, and a call "
                                                  "before this one waited for it in vain (does it hang? see the "
                                                  "daemon's log)")
-    started = time.perf_counter()
+    started, since = time.perf_counter(), time.monotonic()
     limit = WAIT_SECONDS
     if (left := ctx.time_remaining()) is not None:
         limit = min(limit, max(left - FALLBACK_RESERVE_SECONDS, left / 2))
     try:
         # shielded: a cancelled or timed-out caller leaves it running for the next
-        await asyncio.wait_for(asyncio.shield(future), limit)
+        queued = await asyncio.wait_for(asyncio.shield(future), limit)
     except TimeoutError:
         running = _running
         if running is not None and running[0] is provider:  # its own prepare (another's may just be long)
@@ -97,37 +112,63 @@ async def prepared(provider: Provider, route: RouteInfo, ctx: CallContext) -> No
                                                  "the daemon's log); the call did not wait longer") from None
     waited_ms = (time.perf_counter() - started) * 1000
     if waited_ms >= NOTED_WAIT_MS:
-        route.notes.append(f"waited {waited_ms:.0f} ms for {provider.name} to load its SDK (its first call since "
-                           "the daemon started)")
+        route.notes.append(_waited_note(provider, waited_ms, queued, since))
 
 
-def _start(provider: Provider) -> asyncio.Future[None]:
-    """Run ``provider.prepare()`` in a daemon thread of its own; the future is done when it has ended."""
+def _waited_note(provider: Provider, waited_ms: float, queued: Queued, since: float) -> str:
+    """The route note of a call that waited ``waited_ms`` (from ``since``, a ``time.monotonic()``) for
+    ``provider``'s prepare: what for, its own SDK, or mostly the prepares it queued behind (named)."""
+    note = f"waited {waited_ms:.0f} ms for {provider.name} to load its SDK (its first call since the daemon started)"
+    queued_ms = (queued.until - max(queued.since, since)) * 1000
+    if not queued.behind or queued_ms < NOTED_WAIT_MS:
+        return note
+    return (f"{note}: {queued_ms:.0f} ms of it queued behind the prepare of {', '.join(queued.behind)} (the "
+            f"providers' prepares run one at a time), {max(0.0, waited_ms - queued_ms):.0f} ms for its own")
+
+
+def _start(provider: Provider) -> asyncio.Future[Queued]:
+    """Run ``provider.prepare()`` in a daemon thread of its own; the future is done when it has ended, with how
+    it queued for its turn."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
+    future: asyncio.Future[Queued] = loop.create_future()
 
-    def done() -> None:
+    def done(queued: Queued) -> None:
         if not future.done():
-            future.set_result(None)
+            future.set_result(queued)
 
     def run() -> None:
         global _running
-        if _take_turn(provider):
+        since = time.monotonic()
+        took_turn = _take_turn(provider)
+        queued = Queued(since, time.monotonic(), _ran_since(since, provider))
+        if took_turn:
             _running = (provider, time.monotonic())
             try:
                 _prepare(provider)
             finally:
+                _ENDED.append((provider.name, time.monotonic()))  # before the next one takes its turn
                 _running = None
                 _ONE_AT_A_TIME.release()
         else:
             _prepare(provider)
+            _ENDED.append((provider.name, time.monotonic()))
         _PASSED.discard(provider)
         _OVERDUE.discard(provider)
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the daemon stopped)
-            loop.call_soon_threadsafe(done)
+            loop.call_soon_threadsafe(done, queued)
 
     threading.Thread(target=run, name=f"mmrouter-prepare-{provider.name}", daemon=True).start()
     return future
+
+
+def _ran_since(since: float, provider: Provider) -> tuple[str, ...]:
+    """The providers other than ``provider`` whose prepare ended after ``since`` (a ``time.monotonic()``),
+    or runs still (one gone beside: it hangs), in order, once each."""
+    names = [name for name, ended in list(_ENDED) if ended > since]
+    running = _running
+    if running is not None and running[0] is not provider:
+        names.append(running[0].name)
+    return tuple(dict.fromkeys(name for name in names if name != provider.name))
 
 
 def _take_turn(provider: Provider) -> bool:

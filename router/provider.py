@@ -25,7 +25,10 @@ class Provider(abc.ABC):
 
     The constructor runs inside the plugin's ``register_providers`` (see
     :func:`router.hookspecs.register_providers`): at start-up and again on every reload, so keep it
-    quick and free of network I/O.
+    quick and free of network I/O. The plugin's module is imported at every start and every
+    ``mmrouter config check``: import nothing heavy at module level (the SDK belongs in
+    :meth:`prepare` and where the calls use it); an import that takes a second or more is logged
+    as a WARNING naming the plugin.
 
     Failures are :mod:`router.errors` ``Provider*`` errors, made with the provider's name first, then
     the message: ``ProviderError(provider_name, message, *, retry_after=None)``; for example
@@ -99,7 +102,9 @@ class Provider(abc.ABC):
         provider reports before the end (a stream's prompt tokens at its start)
         may be yielded then, in a UsageReport of its own: the reports add up, and
         one yielded before the client cancels is billed (the router keeps it as a
-        step ``"<purpose> (cancelled)"``); the last carries the finish reason. Raise
+        step ``"<purpose> (cancelled)"``); the last carries the finish reason, and
+        only the last: reports of parts (a transcription's per clip, a stream's
+        prompt tokens) leave ``finish_reason`` None. Raise
         :mod:`router.errors` ``Provider*`` errors for failures (see
         :func:`router.errors.provider_error_from_status`). The router cancels
         the generator when the client's deadline passes or it cancels; honour
@@ -113,9 +118,23 @@ class Provider(abc.ABC):
         :class:`router.errors.ProviderUnavailable` (the router then falls back if
         no text was sent) instead of returning.
 
+        The answer is complete once you yield the UsageReport with a finish reason: the
+        router ends the call there (the client gets its answer at once) and does not wait
+        for ``generate`` to return, nor reads anything it yields after. It closes the
+        generator in the background (``GeneratorExit`` at that ``yield``: your ``finally``
+        and ``async with`` blocks run, closing an upstream that holds its connection open),
+        for at most ``router.invoke.CLOSE_SECONDS`` (10 s) before cancelling it; what the close
+        raises, or a close that takes longer, is logged with the provider and the request
+        id, never sent to the client. So yield that report once the end-of-answer marker is
+        read, and never yield from an ``except GeneratorExit`` or ``finally`` block.
+
+        ``request.options.max_output_tokens`` is never over the model's
+        ``max_output_tokens`` (when set): the router caps it before calling you.
+
         Errors take the provider's name, then the message:
         ``raise router.ProviderUnavailable(self.name, "the stream was cut short")``
-        (``router.ProviderRateLimited(self.name, "...", retry_after=seconds)`` says when to retry).
+        (``router.ProviderRateLimited(self.name, "...", retry_after=seconds)`` says when to retry);
+        one made with another provider's name reaches the client under this provider's.
         Anything else raised fails the call as ``PROVIDER_FAILED``, without the error class's meaning
         (a wrong call such as ``ProviderUnavailable("message")`` raises TypeError, so it fails that way).
 

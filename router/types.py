@@ -312,7 +312,8 @@ class ModelInfo:
     context_tokens: int = 128_000
     price: Price = Price()
     default_max_output_tokens: int = 4096
-    #: The most tokens it may write in one answer (a larger request is capped to it); 0: not known.
+    #: The most tokens it may write in one answer (0: not known): the router caps a larger
+    #: ``options.max_output_tokens`` to it, with a route note, before the provider's ``generate``.
     max_output_tokens: int = 0
     input_mime_types: frozenset[str] = frozenset()
     max_audio_seconds: float = 0
@@ -391,8 +392,9 @@ class Transcript:
 
     @staticmethod
     def speaker_text(utterances: list[Utterance]) -> str:
-        """Plain text with one ``Speaker X: ...`` line per turn."""
-        return "\n".join(f"Speaker {u.speaker}: {u.text}" for u in utterances)
+        """Plain text with one ``Speaker X: ...`` line per turn; a turn without a speaker (one the
+        provider left unlabelled: crosstalk, noise) is its text alone, with no ``Speaker`` prefix."""
+        return "\n".join(f"Speaker {u.speaker}: {u.text}" if u.speaker else u.text for u in utterances)
 
     @staticmethod
     def merged(transcripts: list[Transcript]) -> Transcript:
