@@ -6,11 +6,10 @@ tests/fakes through their official SDKs; the testkit's ``fake`` provider hangs o
 
 from __future__ import annotations
 
-import io
 import json
-import wave
 
 import grpc
+import media_factory
 import pytest
 from grpc_helpers import error_details, providers_by_name, text_request
 from mmrouter.v1 import router_pb2 as pb
@@ -20,15 +19,19 @@ from tests.fakes.assemblyai import FakeAssemblyAI
 AAI_KEY = "aai-s19-key-5e6f"
 
 
+def failed_call(daemon, request: pb.MultimodalRequest, streamed: bool) -> pytest.ExceptionInfo[grpc.RpcError]:
+    """Call Generate (or StreamGenerate, to its end) with ``request``, which must fail; its error."""
+    with pytest.raises(grpc.RpcError) as caught:
+        if streamed:
+            for _ in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=60):
+                pass
+        else:
+            daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60)
+    return caught
+
 def wav_bytes(seconds: float = 0.5, rate: int = 8000) -> bytes:
-    """A mono 16-bit WAV of ``seconds``."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x02\x00" * int(seconds * rate))
-    return buf.getvalue()
+    """A mono 16-bit WAV of ``seconds`` (a quiet tone)."""
+    return media_factory.wav(seconds, rate)
 
 
 def wav_media(name: str = "call.wav", seconds: float = 0.5) -> pb.Media:
@@ -58,12 +61,7 @@ def test_a_call_cut_at_max_call_seconds_names_the_provider_still_answering(start
     message), and says a long job needs a higher limit; it used to say only "a provider may hang"."""
     daemon = start_daemon(HANGING)
     request = text_request("SLOW:30")
-    with pytest.raises(grpc.RpcError) as caught:  # no client deadline: the daemon's limit cuts the call
-        if streamed:
-            for _ in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=60):
-                pass
-        else:
-            daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60)
+    caught = failed_call(daemon, request, streamed)  # no client deadline: the daemon's limit cuts the call
     details = error_details(caught.value)
     assert (details.code, details.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "CALL_TIMEOUT")
     assert (details.metadata.get("provider"), details.metadata.get("model")) == ("fake", "echo")
@@ -92,12 +90,7 @@ def test_a_transcript_still_processing_at_max_call_seconds_is_the_plugins_provid
     with FakeAssemblyAI(api_key=AAI_KEY, statuses=("queued",) + ("processing",) * 100_000) as fake:
         daemon = start_daemon(AAI_SLOW.format(url=fake.url), env={"AAI_TEST_KEY": AAI_KEY})
         request = transcribe(wav_media())
-        with pytest.raises(grpc.RpcError) as caught:
-            if streamed:
-                for _ in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=60):
-                    pass
-            else:
-                daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60)
+        caught = failed_call(daemon, request, streamed)
         details = error_details(caught.value)
         assert (details.code, details.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "PROVIDER_TIMEOUT")
         assert {k: details.metadata.get(k) for k in ("provider", "model", "transcript_id", "transcript_status")} \
