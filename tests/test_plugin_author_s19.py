@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import logging
 import threading
 import time
 import types
-import wave
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import media_factory
 import pytest
 from conftest import make_dist_info
 from grpc_helpers import error_details, text_request
@@ -497,13 +496,7 @@ async def test_assemblyais_unlabelled_utterance_has_no_speaker_prefix() -> None:
     from router.testing import collect
     from tests.fakes.assemblyai import FakeAssemblyAI
 
-    wav = io.BytesIO()
-    with wave.open(wav, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(b"\x01\x00" * 1600)
-    media = router.Media(router.Modality.AUDIO, "audio/wav", data=wav.getvalue())
+    media = router.Media(router.Modality.AUDIO, "audio/wav", data=media_factory.wav(0.2, 8000))
     request = router.Request(messages=[router.Message(router.Role.USER, [router.Part(media=media)])],
                              options=router.Options(task=router.Task.TRANSCRIBE, diarization=True))
     turns = [("A", 0, 1500, "Welcome back."), (None, 1600, 2500, "[inaudible crosstalk]"),
