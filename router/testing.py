@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
@@ -170,6 +171,14 @@ AT_FIRST_AWAIT = "at its first await"
 AFTER_FIRST_EVENT = "after its first event"
 
 
+def events_after_the_end(events: list[Any]) -> str:
+    """What ``events`` holds after the first :class:`UsageReport` with a finish reason, which ends the
+    answer in the router (what a plugin yields after it is dropped), as "2 TextDelta" ("" when nothing)."""
+    ends = [i for i, e in enumerate(events) if isinstance(e, UsageReport) and e.finish_reason is not None]
+    after = events[ends[0] + 1:] if ends else []
+    return ", ".join(f"{count} {name}" for name, count in Counter(type(e).__name__ for e in after).items())
+
+
 async def cancelled_call(provider: Provider, request: Request, model: ModelInfo, moment: str | float,
                          timeout: float = 30) -> None:
     """Start a call and cancel it at ``moment``: :data:`AT_FIRST_AWAIT`, :data:`AFTER_FIRST_EVENT` (while
@@ -301,6 +310,9 @@ class ProviderContract:
         assert produced, "generate yielded no text and no transcript"
         usages = [e for e in events if isinstance(e, UsageReport)]
         assert usages, "generate yielded no UsageReport (yield one at the end, with the finish reason)"
+        assert not (lost := events_after_the_end(events)), (
+            f"{provider.name}: generate yielded {lost} after the UsageReport with a finish reason; the router ends"
+            " the answer at that UsageReport and drops them (yield it last)")
 
     def test_generate_can_be_cancelled(self, provider: Provider) -> None:
         """Cancelled at its first await (before a real provider has connected), ``generate`` ends

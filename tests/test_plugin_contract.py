@@ -517,3 +517,17 @@ def test_the_kit_passes_a_transcript_with_every_field_well_formed() -> None:
     ProviderContract().test_generate_yields_contract_events(Yields(
         router.TranscriptReady(transcript), router.TranscriptReady(router.Transcript("")),
         usage_of(audio_seconds=1.5)))
+
+
+def test_the_kit_fails_events_yielded_after_the_usage_report_that_ends_the_answer() -> None:
+    """The router ends an answer at the UsageReport with a finish reason and drops what follows it."""
+    with pytest.raises(AssertionError, match=r"yields: generate yielded 2 TextDelta, 1 UsageReport after the"
+                                             r" UsageReport with a finish reason"):
+        ProviderContract().test_generate_yields_contract_events(Yields(
+            router.TextDelta("hi"), usage_of(router.FinishReason.STOP, output_tokens=1),
+            router.TextDelta("lost"), router.TextDelta("too"), usage_of(output_tokens=2)))
+
+
+def test_the_kit_passes_usage_reports_without_a_finish_reason_before_the_last() -> None:
+    ProviderContract().test_generate_yields_contract_events(Yields(
+        usage_of(input_tokens=3), router.TextDelta("hi"), usage_of(router.FinishReason.STOP, output_tokens=1)))
