@@ -20,11 +20,12 @@ ARGS ?=
 serve: setup
 	$(VENV)/bin/mmrouter serve $(ARGS)
 
-# espeak-ng makes the speech the local provider's tests transcribe (Debian package; needs root).
+# espeak-ng makes the speech the local provider's tests transcribe; protoc-gen-go(-grpc) check that Go stubs generate
+# from the .proto (Debian packages; needs root).
 system-deps:
-	@command -v espeak-ng >/dev/null || { \
+	@(for tool in espeak-ng protoc-gen-go protoc-gen-go-grpc; do command -v $$tool >/dev/null || exit 1; done) || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng protoc-gen-go protoc-gen-go-grpc >/dev/null; }
 
 # The Node.js example client and buf (for `buf lint`) come from npm.
 node-deps: $(NODE_CLIENT)/node_modules/.installed

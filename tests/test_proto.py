@@ -37,6 +37,25 @@ def test_buf_lint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_go_stubs_generate_from_the_proto_as_its_comment_says(tmp_path: Path) -> None:
+    """protoc-gen-go refuses a .proto without go_package; the comment above it gives the command."""
+    from grpc_tools import protoc
+
+    plugins = [shutil.which(name) for name in ("protoc-gen-go", "protoc-gen-go-grpc")]
+    if None in plugins:
+        pytest.fail("protoc-gen-go and protoc-gen-go-grpc are not installed: run `make system-deps`")
+    result = protoc.main([
+        "grpc_tools.protoc", f"-I{PROTO}", f"--go_out={tmp_path}", "--go_opt=paths=source_relative",
+        f"--go-grpc_out={tmp_path}", "--go-grpc_opt=paths=source_relative",
+        *[f"--plugin={path}" for path in plugins], str(PROTO / "mmrouter" / "v1" / "router.proto"),
+    ])
+    assert result == 0
+    messages = (tmp_path / "mmrouter" / "v1" / "router.pb.go").read_text()
+    service = (tmp_path / "mmrouter" / "v1" / "router_grpc.pb.go").read_text()
+    assert "\npackage routerv1\n" in messages and "type GenerateRequest struct" in messages
+    assert "\npackage routerv1\n" in service and "func NewRouterServiceClient(" in service
+
+
 def test_every_element_of_the_proto_is_commented() -> None:
     """Other languages' users read the .proto: no message, field, enum value or RPC without a comment."""
     lines = (PROTO / "mmrouter" / "v1" / "router.proto").read_text().splitlines()
