@@ -486,8 +486,10 @@ def _over_limit(error: type[RouterError], what: str, setting: str) -> Callable[[
 
 async def _within_idle(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
     """``messages``, cut with :class:`UploadIdle` when the client sends nothing for UPLOAD_IDLE_SECONDS:
-    a client that goes quiet must not hold its upload slot and temp file (a file descriptor) forever."""
+    a client that goes quiet must not hold its upload slot and temp file (a file descriptor) forever.
+    One that sent every byte its metadata's ``size_bytes`` announced is told it never ended its stream."""
     iterator = aiter(messages)
+    declared = received = 0
     while True:
         try:
             async with asyncio.timeout(UPLOAD_IDLE_SECONDS):
@@ -495,10 +497,24 @@ async def _within_idle(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise UploadIdle(f"the upload sent nothing for {UPLOAD_IDLE_SECONDS:g} s (no whole message arrived): "
-                              "send its chunks without pausing, each small enough to arrive within that time "
-                              "(1 MiB chunks are best)") from None
+            raise _idle(declared, received) from None
+        if isinstance(message, pb.UploadMediaRequest):
+            declared = message.metadata.size_bytes if message.HasField("metadata") else declared
+            received += len(message.chunk)
         yield message
+
+
+def _idle(declared: int, received: int) -> UploadIdle:
+    """The refusal of an upload whose client sent nothing for UPLOAD_IDLE_SECONDS, after ``received`` chunk
+    bytes of the ``declared`` size (0: none declared)."""
+    if declared and received >= declared:
+        return UploadIdle(f"the upload's {received} bytes (its size_bytes) arrived, but its client did not end its "
+                          f"request stream within {UPLOAD_IDLE_SECONDS:g} s: end (half-close) the stream after the "
+                          "last chunk (grpc-js: call.end(); Python: the request iterator returns), then the daemon "
+                          "stores the upload and answers")
+    return UploadIdle(f"the upload sent nothing for {UPLOAD_IDLE_SECONDS:g} s (no whole message arrived): "
+                      "send its chunks without pausing, each small enough to arrive within that time "
+                      "(1 MiB chunks are best)")
 
 
 async def _upload_chunks(messages: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:

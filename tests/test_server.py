@@ -1013,6 +1013,45 @@ def test_a_data_dir_other_users_can_read_is_warned_of_at_start(start_daemon, tmp
     assert f"chmod -R go-rwx {data}" in logs
 
 
+async def test_an_upload_whose_client_never_ends_its_stream_is_told_so(tmp_path, monkeypatch) -> None:
+    """Every byte size_bytes announced arrived, but the stream was never half-closed (grpc-js write() without
+    end()): the refusal says so, rather than to send chunks without pausing."""
+    import asyncio
+
+    from mmrouter.v1 import router_pb2_grpc
+
+    from router import server as server_module
+    from router.config import parse_config
+    from router.core import App
+
+    monkeypatch.setattr(server_module, "UPLOAD_IDLE_SECONDS", 0.5)
+    app = App(parse_config(f"server: {{data_dir: '{tmp_path}'}}\ndefault: local/extract\n", "t.yaml"))
+    server, port, _ = await server_module.start_server(app, "127.0.0.1:0")
+    content = b"%PDF-1.4\n%%EOF\n"
+
+    async def never_ended(size: int):  # type: ignore[no-untyped-def]
+        yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(
+            modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", size_bytes=size))
+        yield pb.UploadMediaRequest(chunk=content[:6])
+        yield pb.UploadMediaRequest(chunk=content[6:])
+        await asyncio.sleep(30)
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            for size, told in [(len(content), "15 bytes (its size_bytes) arrived, but its client did not end its "
+                                              "request stream within 0.5 s"),
+                               (len(content) + 1, "sent nothing for 0.5 s (no whole message arrived)")]:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await asyncio.wait_for(stub.UploadMedia(never_ended(size)), 20)
+                assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert told in caught.value.details()
+                assert error_details(caught.value).reason == "UPLOAD_IDLE"
+    finally:
+        await server.stop(0)
+        await app.aclose()
+
+
 @pytest.mark.parametrize("quiet_after", [0, 2], ids=["before-the-metadata", "after-a-chunk"])
 async def test_an_upload_that_goes_quiet_is_cut_and_frees_its_file_and_slot(tmp_path, monkeypatch, quiet_after) -> None:
     """Idle uploads each held a temp file: enough of them used up the daemon's file descriptors. A cut
