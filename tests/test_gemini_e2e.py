@@ -481,6 +481,7 @@ def test_a_media_the_files_api_fails_to_process_goes_to_the_fallback(start_daemo
         [failed, answered] = answer.route.attempts
         assert (failed.provider, failed.ok, answered.ok) == ("gemini", False, True)
         assert "could not process" in failed.error and "The video could not be processed." in failed.error
-        assert fake.calls("stream") == [] and [f.state for f in fake.files.values()] == ["FAILED"]
+        assert fake.calls("stream") == [] and fake.files == {}  # the FAILED copy was deleted
+        assert len(fake.calls("file_delete")) == 1
         [call] = backup.calls("stream")  # inline there: its inline limit is the default 8 MB
         assert base64.urlsafe_b64decode(call.json()["contents"][0]["parts"][1]["inlineData"]["data"]) == video

@@ -17,7 +17,7 @@ import mmrouter_gemini.files
 import pluggy
 import pytest
 from mmrouter_gemini import GeminiProvider, GeminiSettings
-from mmrouter_gemini.files import EXPIRY_MARGIN
+from mmrouter_gemini.files import EXPIRY_MARGIN, upload_key
 from mmrouter_gemini.models import TYPICAL
 from mmrouter_gemini.settings import GEMINI_API_URL
 
@@ -556,7 +556,7 @@ async def test_expired_copies_are_forgotten_not_kept_forever(fake, tmp_path, mon
     await p.aclose()
 
 
-async def test_failed_processing_is_a_clear_error_and_is_not_remembered(fake, tmp_path):
+async def test_failed_processing_is_a_clear_error_and_its_copy_is_not_kept(fake, tmp_path):
     fake.processing_polls = 1
     fake.fail_processing = True
     p = make_provider(fake, inline_limit_bytes=0)
@@ -567,9 +567,11 @@ async def test_failed_processing_is_a_clear_error_and_is_not_remembered(fake, tm
     assert "could not process" in message and "video/mp4" in message
     assert "The video could not be processed." in message
     assert fake.calls("stream") == []
-    fake.fail_processing = False
-    await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
-    assert len(fake.calls("upload_start")) == 2
+    assert p.files.cached(upload_key(video, video.media_id)) is None and fake.files == {}  # deleted at Google
+    # the FAILED result is remembered instead (tests/test_gemini_video_s20.py): refused again, not uploaded
+    with pytest.raises(ProviderUnsupportedInput, match="refused before"):
+        await collect(p, ask(Part(text="?"), Part(media=video)), model(p))
+    assert len(fake.calls("upload_start")) == 1
     await p.aclose()
 
 

@@ -11,7 +11,9 @@ It speaks the wire format the official ``google-genai`` SDK uses:
 * ``GET /{version}/files/{id}`` answers the file, ``PROCESSING`` for the first
   :attr:`FakeGemini.processing_polls` polls, then ``ACTIVE`` (or ``FAILED``); the next
   polls may be made to fail first (:attr:`FakeGemini.poll_failures`);
-* ``DELETE /{version}/files/{id}``.
+* ``DELETE /{version}/files/{id}`` (or its scripted failure, :attr:`FakeGemini.delete_status`).
+
+An upload's chunks may be made to fail (:attr:`FakeGemini.chunk_failures`), as a connection cut midway.
 
 Any kind of request may be answered with a redirect instead (:meth:`FakeGemini.redirect`), as a
 misconfigured gateway or a moved endpoint would, or with a page (:attr:`FakeGemini.pages`), as a captive
@@ -146,6 +148,11 @@ class FakeGemini(FakeUpstream):
         #: say), ``"disconnect"`` (the connection closed without an answer) or None (answered normally).
         #: A failed poll does not count as one of :attr:`processing_polls`.
         self.poll_failures: list[int | tuple[int, dict[str, str]] | str | None] = []
+        #: Failures scripted for the next upload chunks, one per chunk request, in order: ``"disconnect"`` (the
+        #: connection closed without an answer, the chunk not taken) or None (taken normally).
+        self.chunk_failures: list[str | None] = []
+        #: When set, ``DELETE /files/{id}`` answers this HTTP status with Google's error body, deleting nothing.
+        self.delete_status: int | None = None
         #: Kind of request (see :meth:`calls`) -> (HTTP status, URL prefix) of the redirect that answers it.
         self.redirects: dict[str, tuple[int, str]] = {}
         #: Kind of request -> (content type, body) of the 200 page that answers it instead of the API.
@@ -208,6 +215,10 @@ class FakeGemini(FakeUpstream):
         if kind == "file_get":
             return self._file_get(request, reply)
         if kind == "file_delete":
+            if self.delete_status is not None:
+                status = self.delete_status
+                return reply.json(_error(status, _STATUS_NAMES.get(status, "UNKNOWN"),
+                                         f"scripted delete failure: HTTP {status}"), status)
             with self._files_lock:
                 self.files.pop(f"files/{_FILE.match(request.path)['id']}", None)
             return reply.json({})
@@ -238,6 +249,9 @@ class FakeGemini(FakeUpstream):
         upload_id = request.query["upload_id"][0]
         command = request.headers.get("x-goog-upload-command", "")
         with self._files_lock:
+            if (self.chunk_failures.pop(0) if self.chunk_failures else None) == "disconnect":
+                reply._h.close_connection = True  # ends the connection without an answer (base.py has no helper)
+                return None
             f = self._uploads.get(upload_id)
             if f is None:
                 return reply.json(_error(404, "NOT_FOUND", "unknown upload"), 404,

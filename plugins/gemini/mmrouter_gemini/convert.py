@@ -8,7 +8,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from router import FinishReason, Media, ProviderBadRequest, ProviderUnsupportedInput, Request, Role, Usage
+from router import (
+    FinishReason,
+    Media,
+    Modality,
+    ProviderBadRequest,
+    ProviderUnsupportedInput,
+    Request,
+    Role,
+    Usage,
+)
 from router.errors import ProviderAuthError, ProviderError
 from router.mime import normalise_mime
 from router.textdoc import without_bom
@@ -21,6 +30,14 @@ Uploader = Callable[[Media], Awaitable[tuple[str, str]]]
 #: The text types Gemini reads as they are; other ``text/*`` documents are sent as ``text/plain``.
 TEXT_TYPES = frozenset({"text/plain", "text/html", "text/css", "text/javascript", "text/csv", "text/markdown",
                         "text/xml", "text/rtf"})
+
+#: The audio type a video container named as audio ("for its sound") is sent to Gemini as, so that Gemini
+#: reads its sound only, as routing counted it (32 tokens a second; sent as ``video/*``, Gemini reads the
+#: frames too, about 300 a second). MP4 and QuickTime are one family of containers (ISO base media; Gemini
+#: lists ``audio/mp4``, the m4a type), WebM is read as ``audio/webm``. The other video containers Gemini takes
+#: (MPEG, AVI, FLV, WMV, 3GPP) have no audio type it lists: such a media is refused (see :func:`check_format`).
+AUDIO_OF_VIDEO = {"video/mp4": "audio/mp4", "video/quicktime": "audio/mp4", "video/mov": "audio/mp4",
+                  "video/webm": "audio/webm"}
 
 #: The user turn put in front of a conversation that starts with the model (Gemini wants a user turn first).
 LEADING_USER_TURN = "(The conversation so far follows.)"
@@ -73,11 +90,37 @@ def gemini_mime(mime_type: str) -> str:
     return mime
 
 
+def media_mime(media: Media) -> str:
+    """The MIME type ``media`` is sent (and uploaded) to Gemini as: :func:`gemini_mime` of its own, but a video
+    named as audio is sent as its container's audio type (:data:`AUDIO_OF_VIDEO`), for Gemini to read its
+    sound only (one without such a type is refused by :func:`check_format`)."""
+    mime = gemini_mime(media.mime_type)
+    if media.modality is Modality.AUDIO and mime.startswith("video/"):
+        return AUDIO_OF_VIDEO.get(mime, mime)
+    return mime
+
+
 def check_format(media: Media, provider: str) -> None:
-    """Refuse ``media`` in a format Gemini does not take with :class:`ProviderUnsupportedInput`."""
+    """Refuse ``media`` in a format Gemini does not take with :class:`ProviderUnsupportedInput`: also a video
+    named as audio whose container has no audio type Gemini takes (sent as video, Gemini would read its
+    frames too, at about 9 times the tokens routing counted for its sound)."""
+    mime = normalise_mime(media.mime_type)
     if not TYPICAL.takes_mime(media.mime_type, media.modality):
         raise ProviderUnsupportedInput(provider, f"Gemini does not take {media.modality.value} in "
-                                          f"{normalise_mime(media.mime_type)} (refused before sending)")
+                                                 f"{mime} (refused before sending)")
+    if media.modality is Modality.AUDIO and media_mime(media).startswith("video/"):
+        raise ProviderUnsupportedInput(provider, f"Gemini takes no audio type for the {mime} container: sent as "
+                                                 "video it would read the frames too, not only the sound "
+                                                 "(refused before sending)")
+
+
+def check_media(request: Request, provider: str) -> None:
+    """Refuse the request if one of its media is in a format Gemini does not take (:func:`check_format`),
+    before any media is uploaded."""
+    for message in request.messages:
+        for part in message.parts:
+            if part.media is not None:
+                check_format(part.media, provider)
 
 
 def text_part(text: str) -> dict[str, Any]:
@@ -100,8 +143,9 @@ def file_part(uri: str, mime_type: str) -> dict[str, Any]:
 async def _media_part(media: Media, inline_left: int, upload: Uploader,
                       file_uris: set[str]) -> tuple[dict[str, Any], int]:
     """One media as a part: inline while the budget lasts, else a Files API reference. A text document
-    goes inline without a leading UTF-8 byte order mark (:func:`router.textdoc.without_bom`)."""
-    mime = gemini_mime(media.mime_type)
+    goes inline without a leading UTF-8 byte order mark (:func:`router.textdoc.without_bom`); the media is
+    sent as :func:`media_mime` says."""
+    mime = media_mime(media)
     if media.url is not None:
         return file_part(media.url, mime), inline_left
     size = media_size(media)
@@ -128,13 +172,15 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, provide
     ``generationConfig`` (always there, maybe empty).
 
     System messages become the system instruction (text only: media there is refused with
-    :class:`ProviderBadRequest` before anything is uploaded or sent); the assistant is the ``model``
+    :class:`ProviderBadRequest` before anything is uploaded or sent, as is a media in a format Gemini does
+    not take, with :class:`ProviderUnsupportedInput`); the assistant is the ``model``
     role. Gemini wants turns that alternate between ``user`` and ``model``, so consecutive
     turns of one role are merged into one, and a conversation that would start with the model
     (a trimmed session history) gets a short user turn in front. Media go inline until their
     total passes ``inline_limit`` bytes, the rest through ``upload``.
     """
     check_system_messages(request, provider)
+    check_media(request, provider)
     contents: list[dict[str, Any]] = []
     file_uris: set[str] = set()
     inline_left = inline_limit
@@ -144,7 +190,6 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, provide
         parts: list[dict[str, Any]] = []
         for part in message.parts:
             if part.media is not None:
-                check_format(part.media, provider)
                 media_part, inline_left = await _media_part(part.media, inline_left, upload, file_uris)
                 parts.append(media_part)
             elif part.text:

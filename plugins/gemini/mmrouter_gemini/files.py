@@ -4,7 +4,8 @@ The cache maps a media's sha256 and the MIME type it is sent as to the provider'
 (file name, URI, expiry): the same bytes sent as another type (an .mp4 as audio/mp4, then
 as video/mp4) are another upload, as Gemini reads a file by the type it was uploaded with.
 A media is uploaded again only once its copy has expired (or is about to) or the
-API has forgotten it.
+API has forgotten it. A media whose processing FAILED is remembered too, for as long as its copy would
+have lived, and refused again at once, without an upload; its useless copy is deleted (best effort).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from router.errors import ProviderInputTooLarge, ProviderUnavailable, ProviderUn
 from router.polling import MAX_POLL_FAILURES, PollFailures  # the policy of failed status polls (5 in a row)
 
 from . import errors
-from .convert import gemini_mime, media_size
+from .convert import media_mime, media_size
+from .transport import UploadCut
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,18 @@ log = logging.getLogger(__name__)
 EXPIRY_MARGIN = timedelta(minutes=15)
 #: The longest wait between two polls of a PROCESSING file.
 MAX_POLL_INTERVAL = 10.0
-#: How often expired copies are forgotten.
+#: How often expired copies (and FAILED results) are forgotten.
 PRUNE_INTERVAL_SECONDS = 60.0
+#: How long a copy lives at Google when the API does not say (the Files API keeps a file 48 hours).
+FILE_LIFETIME = timedelta(hours=48)
+#: The longest wait for the deletion of a copy whose processing FAILED (best effort: the call is refused anyway).
+DELETE_SECONDS = 5.0
 
 
 class UploadKey(NamedTuple):
     """What a Files API copy is remembered by: the media's sha256 and the MIME type it was uploaded as
-    (:func:`gemini_mime` of the media's), as Gemini reads the file by that type."""
+    (:func:`media_mime`: a video named as audio is uploaded as its audio type), as Gemini reads the file by
+    that type."""
 
     sha256: str
     mime_type: str
@@ -48,7 +55,7 @@ class UploadKey(NamedTuple):
 
 def upload_key(media: Media, sha256: str) -> UploadKey:
     """The key of ``media``'s copy, given its ``sha256`` (:func:`media_key`)."""
-    return UploadKey(sha256, gemini_mime(media.mime_type))
+    return UploadKey(sha256, media_mime(media))
 
 
 @dataclass
@@ -68,6 +75,21 @@ class RemoteFile:
         if self.expires is None:
             return True
         return (now or datetime.now(UTC)) + EXPIRY_MARGIN < self.expires
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A media whose copy's processing FAILED: refused again, without an upload, until ``until`` (when the
+    copy would have expired)."""
+
+    #: The refusal's message when processing FAILED.
+    message: str
+    until: datetime
+
+    def again(self) -> str:
+        """The message refusing the media again."""
+        return (f"{self.message} (refused before: not uploaded again until "
+                f"{self.until:%Y-%m-%d %H:%M} UTC, when its copy would have expired)")
 
 
 def media_key(media: Media) -> str:
@@ -117,6 +139,8 @@ class Uploads:
     per-copy locks."""
 
     files: dict[UploadKey, RemoteFile] = field(default_factory=dict)
+    #: (sha256, MIME type) -> the FAILED processing of its copy, remembered as long as the copy would live.
+    failed: dict[UploadKey, Failed] = field(default_factory=dict)
     #: (sha256, MIME type) -> (lock, how many calls hold or wait for it); dropped when the last one leaves.
     locks: dict[UploadKey, tuple[asyncio.Lock, int]] = field(default_factory=dict)
 
@@ -150,6 +174,7 @@ class FileStore:
         self.max_processing_seconds = max_processing_seconds
         self.uploads = uploads or Uploads()
         self._files = self.uploads.files
+        self._failed = self.uploads.failed
         self._locks = self.uploads.locks
         self._next_prune = 0.0
 
@@ -158,6 +183,15 @@ class FileStore:
         entry = self._files.get(key)
         if entry is not None and not entry.usable():
             del self._files[key]
+            return None
+        return entry
+
+    def failed(self, key: UploadKey) -> Failed | None:
+        """The FAILED processing of the media with this sha256 and MIME type, while its copy would live, or
+        None."""
+        entry = self._failed.get(key)
+        if entry is not None and entry.until <= datetime.now(UTC):
+            del self._failed[key]
             return None
         return entry
 
@@ -171,14 +205,16 @@ class FileStore:
             del self._files[key]
 
     def _prune(self) -> None:
-        """Forget expired copies (at most once a minute), so a long-running daemon does not keep one
-        entry per media it ever sent."""
+        """Forget expired copies and FAILED results (at most once a minute), so a long-running daemon does
+        not keep one entry per media it ever sent."""
         if time.monotonic() < self._next_prune:
             return
         self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
         now = datetime.now(UTC)
         for key in [k for k, entry in self._files.items() if not entry.usable(now)]:
             del self._files[key]
+        for key in [k for k, failed in self._failed.items() if failed.until <= now]:
+            del self._failed[key]
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, key: UploadKey) -> AsyncIterator[None]:
@@ -200,11 +236,16 @@ class FileStore:
         """The ACTIVE copy of ``media`` (its :func:`upload_key` is ``key``): cached, or uploaded now as
         ``key.mime_type`` and polled until ACTIVE. A copy still processing that the API no longer has
         (403/404 on its poll: deleted or purged upstream), remembered or uploaded in this call, is forgotten
-        and uploaded again, once; gone again, the call fails with :class:`ProviderUnavailable` naming it."""
+        and uploaded again, once; gone again, the call fails with :class:`ProviderUnavailable` naming it. A
+        media whose processing FAILED before (:meth:`failed`) is refused at once with
+        :class:`ProviderUnsupportedInput`, as then, without an upload."""
         from google.genai import errors as genai_errors
 
         self._prune()
         async with self._exclusive(key):
+            failed = self.failed(key)
+            if failed is not None:
+                raise ProviderUnsupportedInput(self.provider, failed.again())
             entry = self.cached(key)
             lost_once = False
             while True:
@@ -226,7 +267,8 @@ class FileStore:
                     lost_once, entry = True, None
 
     async def _settle(self, client: Any, entry: RemoteFile, key: UploadKey, ctx: CallContext) -> RemoteFile:
-        """``entry`` once ACTIVE, remembered; a copy whose processing FAILED is forgotten."""
+        """``entry`` once ACTIVE, remembered; a copy whose processing FAILED is forgotten (its FAILED result
+        is remembered: see :meth:`_wait_active`)."""
         if entry.state == "ACTIVE":
             return entry
         try:
@@ -248,6 +290,11 @@ class FileStore:
         source = str(media.path) if media.path is not None else io.BytesIO(media.read_bytes())
         try:
             file = await client.aio.files.upload(file=source, config=config)
+        except UploadCut as exc:
+            # the API was reached, the upload started: say how far it got rather than "could not reach"
+            reason = errors.describe(exc.__cause__ or exc, self.api_key)
+            raise ProviderUnavailable(self.provider, f"the file upload was cut after {exc.offset} of "
+                                                     f"{media_size(media)} bytes ({reason})") from exc
         except (KeyError, TypeError) as exc:
             # The SDK indexes the answers as it expects them: a start answered without X-Goog-Upload-URL (a
             # gateway's base_url) or a finalize without its "file" is a KeyError, a non-object a TypeError.
@@ -259,29 +306,64 @@ class FileStore:
         return _remote(file, mime)
 
     async def _wait_active(self, client: Any, entry: RemoteFile, key: UploadKey, ctx: CallContext) -> RemoteFile:
-        """Poll with backoff until ACTIVE, bounded by the call's deadline. FAILED (Gemini could not decode a
-        media of a type it declares it takes: an odd codec, say) is a refusal of the media's format,
-        :class:`ProviderUnsupportedInput`, so that the router tries the next target or bridge."""
+        """Poll with backoff until ACTIVE, for at most ``max_processing_seconds`` and within the call's
+        deadline: whichever ends first is named in the :class:`ProviderTimeout`. FAILED (Gemini could not
+        decode a media of a type it declares it takes: an odd codec, say) is a refusal of the media's format,
+        :class:`ProviderUnsupportedInput`, so that the router tries the next target or bridge; it is
+        remembered for as long as the copy would live (:meth:`failed`), and the copy is deleted
+        (:meth:`_delete`)."""
         give_up = time.monotonic() + self.max_processing_seconds
         delay = self.poll_interval
-        while True:
-            if entry.state == "ACTIVE":
-                return entry
-            if entry.state == "FAILED":
-                raise ProviderUnsupportedInput(
-                    self.provider,
-                    f"the Files API could not process media {key.sha256[:12]} ({entry.mime_type}, {entry.name}): "
-                    f"{entry.error or 'processing FAILED'}; check that the file is a valid, supported {entry.mime_type}",
-                )
-            left = self._time_left(give_up, ctx)
-            if left <= 0:
-                raise ProviderTimeout(
-                    self.provider, f"file {entry.name} was still {entry.state or 'not ACTIVE'} when the call's "
-                                   "time ran out"
-                )
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 1.5, MAX_POLL_INTERVAL)
-            entry = await self._poll(client, entry, give_up, ctx)
+        try:
+            while True:
+                if entry.state == "ACTIVE":
+                    return entry
+                if entry.state == "FAILED":
+                    refusal = ProviderUnsupportedInput(
+                        self.provider,
+                        f"the Files API could not process media {key.sha256[:12]} ({entry.mime_type}, "
+                        f"{entry.name}): {entry.error or 'processing FAILED'}; check that the file is a valid, "
+                        f"supported {entry.mime_type}",
+                    )
+                    until = entry.expires or datetime.now(UTC) + FILE_LIFETIME
+                    self._failed[key] = Failed(refusal.message.removeprefix(f"{self.provider}: "), until)
+                    await self._delete(client, entry, ctx)
+                    raise refusal
+                left = self._time_left(give_up, ctx)
+                if left <= 0:
+                    raise ProviderTimeout(self.provider, self._timed_out(entry, give_up))
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 1.5, MAX_POLL_INTERVAL)
+                entry = await self._poll(client, entry, give_up, ctx)
+        except asyncio.CancelledError:
+            # the call ended (its client left, or the daemon's max_call_seconds passed): say where it was
+            if entry.state == "PROCESSING":
+                log.warning("%s: file %s (media %s) was still PROCESSING at Google when the call ended "
+                            "(request %s)", self.provider, entry.name, key.sha256[:12], ctx.request_id)
+            raise
+
+    def _timed_out(self, entry: RemoteFile, give_up: float) -> str:
+        """Why the wait for ``entry`` ended: ``max_processing_seconds`` (past ``give_up``), else the call's
+        deadline."""
+        state = entry.state or "not ACTIVE"
+        if time.monotonic() >= give_up:
+            return (f"file {entry.name} was still {state} after {self.max_processing_seconds:g} s, the longest wait "
+                    f"for processing (providers.{self.provider}.max_processing_seconds)")
+        return f"file {entry.name} was still {state} when the call's deadline ran out"
+
+    async def _delete(self, client: Any, entry: RemoteFile, ctx: CallContext) -> None:
+        """Delete ``entry`` (a copy whose processing FAILED, of no use) at Google, best effort: for at most
+        :data:`DELETE_SECONDS` and the call's time left; a failure is logged, never raised (the copy then
+        expires by itself)."""
+        remaining = ctx.time_remaining()
+        seconds = DELETE_SECONDS if remaining is None else min(DELETE_SECONDS, remaining)
+        try:
+            async with asyncio.timeout(max(seconds, 0.0)):
+                await client.aio.files.delete(name=entry.name)
+        except Exception as exc:  # best effort: the call is refused for the FAILED processing all the same
+            reason = f"no answer in {seconds:g} s" if isinstance(exc, TimeoutError) else errors.describe(exc, self.api_key)
+            log.warning("%s: could not delete file %s, whose processing FAILED (request %s): %s; it stays at "
+                        "Google until it expires", self.provider, entry.name, ctx.request_id, reason)
 
     @staticmethod
     def _time_left(give_up: float, ctx: CallContext) -> float:

@@ -52,8 +52,12 @@ class GeminiProvider(Provider):
         loaded without the environment (see :meth:`from_settings`)."""
         self.name = name
         self.settings = settings or GeminiSettings()
-        self.models = with_configured_models(models or MODELS, self.settings.models, TYPICAL, provider=name)
         s = self.settings
+        # The largest media a model takes (routing and ExplainRoute skip Gemini for a larger one, with a reason):
+        # the Files API's per-file limit, or more if media that large still go inline.
+        largest = max(s.max_file_bytes, s.inline_limit_bytes)
+        self.models = [dataclasses.replace(m, max_media_bytes=largest) for m in
+                       with_configured_models(models or MODELS, s.models, TYPICAL, provider=name)]
         self.files = FileStore(name, s.poll_interval, s.max_processing_seconds,
                                shared_uploads(s.key, s.client_base_url or ""), s.key)
         self._client: Any = None

@@ -58,7 +58,8 @@ class GeminiSettings(ProviderSettings):
         1.0, gt=0, description="first wait, in seconds, between polls of a PROCESSING file (then x1.5, max 10 s)"
     )
     max_processing_seconds: float = Field(
-        600.0, gt=0, description="longest wait for a file to become ACTIVE when the call has no deadline"
+        600.0, gt=0, description="longest wait, in seconds, for an uploaded file to become ACTIVE, in each call "
+                                 "(a cap within the call's deadline: whichever ends first ends the wait)"
     )
     max_file_bytes: int = Field(
         DEFAULT_MAX_FILE_BYTES, gt=0,

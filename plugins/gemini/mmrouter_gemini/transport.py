@@ -12,7 +12,9 @@ plugin gives the SDK an aiohttp session of its own (:func:`session`) whose middl
 those without its per-request options), and makes its httpx clients with ``follow_redirects=False``
 (:data:`HTTPX_ARGS`), where a 3xx answer becomes an ``APIError`` with that status. The middleware also
 refuses a 200 HTML page (a captive portal's or proxy's login page), which the API never answers, so that
-the error says what came rather than that the stream ended early or the JSON did not parse.
+the error says what came rather than that the stream ended early or the JSON did not parse. A chunk of a
+Files API upload that gets no answer (the connection cut, a timeout) is raised as :class:`UploadCut`, with
+the offset it started at: the bytes the API had taken, so that the error says how far the upload got.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from router.errors import public_url
 HTTPX_ARGS: dict[str, Any] = {"follow_redirects": False}
 #: What google-genai's own aiohttp session reads at once (4 MiB), kept for ours.
 _READ_BUFSIZE = 2**22
+#: The header of a resumable upload's chunk request giving the offset of its bytes in the file.
+UPLOAD_OFFSET = "X-Goog-Upload-Offset"
 
 
 class RedirectRefused(Exception):
@@ -50,6 +54,15 @@ class PageAnswered(Exception):
         self.streamed = streamed
 
 
+class UploadCut(Exception):
+    """A chunk of a Files API upload got no answer (the connection was cut, or timed out): the API had
+    taken the file's first ``offset`` bytes (the chunks before); the failure is its ``__cause__``."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"the upload was cut after {offset} bytes")
+        self.offset = offset
+
+
 def redirect_of(error: BaseException) -> tuple[int, str] | None:
     """The status and absolute ``Location`` of a redirect that ended a call (refused by our aiohttp
     session, or an SDK ``APIError`` with a 3xx status, as the httpx client answers it), else None."""
@@ -68,8 +81,16 @@ async def check_answer(request: Any, handler: Any) -> Any:
     """aiohttp client middleware: a 200 HTML page is closed and raised as :class:`PageAnswered`; a 3xx
     answer is closed unread and raised as :class:`RedirectRefused`, before the session could follow it;
     any other answer but 200 (an error, to google-genai) keeps at most the first
-    :data:`router.error_body.ERROR_BODY_LIMIT` bytes of its body (:func:`router.error_body.bound_aiohttp_error`)."""
-    response = await handler(request)
+    :data:`router.error_body.ERROR_BODY_LIMIT` bytes of its body (:func:`router.error_body.bound_aiohttp_error`).
+    An upload's chunk that gets no answer is raised as :class:`UploadCut`."""
+    aiohttp = importlib.import_module("aiohttp")  # loaded: this is its session's middleware
+    offset = request.headers.get(UPLOAD_OFFSET)
+    try:
+        response = await handler(request)
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+        if offset is None or not offset.isdigit():
+            raise
+        raise UploadCut(int(offset)) from exc
     status = response.status
     if status == 200:
         if response.content_type == "text/html":
