@@ -59,6 +59,8 @@ _LABELS = {
     Modality.DOCUMENT: "[Document text]",
     Modality.IMAGE: "[Image text]",
 }
+#: The line after a bridged text: what follows it (the client's question) is not the media's.
+_END_LABELS = {modality: f"[End of {label[1:].lower()}" for modality, label in _LABELS.items()}
 
 #: The modalities that carry speech, which only a diarizing bridge labels by speaker.
 _SPEECH = frozenset({Modality.AUDIO, Modality.VIDEO})
@@ -532,7 +534,7 @@ def _part_text(media: Media, text: str, replies: Mapping[int, str], name: str, s
         text = _anonymous(media, r"^\[(?:PDF|Document|Image|Audio|Video) ", r"(?=[,:\] ])").sub(
             lambda found: found[0][:found.start("label") - found.start()] + name, text)
     lines = [heading, SPEECH_ONLY, text] if speech_only else [heading, text]
-    return "\n".join(lines)
+    return "\n".join([*lines, _END_LABELS[media.modality]])
 
 
 def _anonymous(media: Media, before: str = r"(?<![\w#])", after: str = r"(?![\w])") -> re.Pattern[str]:

@@ -49,13 +49,14 @@ from .errors import (
 from .health import Failure, ProviderHealth
 from .invoke import DEADLINE_MARGIN_SECONDS, FailedAttempt
 from .media import MediaStore
+from .mime import normalise_mime
 from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import GROUP, ProviderEntry, Registry, State, load_registry, log_broken_providers
 from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
 from .sessions import Removed, SessionStore, StoredBridges, storage_error, trim_history
 from .settings import ProviderSettings
-from .sniff import measure
+from .sniff import GENERIC_TYPES, Measured, measure_media
 from .text import valid_text
 from .types import (
     FEATURE_EXTRACTION_ONLY,
@@ -168,9 +169,9 @@ def _settings_secrets(value: object, secret: bool = False) -> set[str]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _measure_stored(path: str, modality: Modality) -> tuple[float | None, int | None]:
-    """:func:`measure` of a stored file; its path names its content, so the answer never changes."""
-    return measure(path, modality)
+def _measure_stored(path: str, modality: Modality) -> Measured:
+    """:func:`measure_media` of a stored file; its path names its content, so the answer never changes."""
+    return measure_media(path, modality)
 
 
 def _warn_hidden(registry: Registry) -> None:
@@ -479,23 +480,28 @@ class App:
     def load_media(self, media_id: str) -> Media:
         return self.media.get(media_id).as_media()
 
-    def _measure(self, request: Request) -> None:
-        """Fill in the duration and pages of the request's media where cheap to know.
+    def _measure(self, request: Request) -> dict[int, Measured]:
+        """Fill in the duration and pages of the request's media where cheap to know; return what was
+        measured of each (by the ``id`` of its :class:`Media`), for :func:`_unusable_media`.
 
-        Measuring only informs routing: media that cannot be measured (a malformed header, an
+        Measuring informs routing: media that cannot be measured (a malformed header, an
         unreadable file) keep an unknown duration and page count, and the request goes on.
         """
+        measured: dict[int, Measured] = {}
         for media in request.media():
             if media.duration_seconds is None and media.pages is None and media.url is None:
                 try:
                     if media.data is not None:
-                        media.duration_seconds, media.pages = measure(media.data, media.modality)
+                        facts = measure_media(media.data, media.modality)
                     else:  # content-addressed: measured once, then on every turn of its sessions from memory
-                        media.duration_seconds, media.pages = _measure_stored(str(media.path), media.modality)
+                        facts = _measure_stored(str(media.path), media.modality)
+                    media.duration_seconds, media.pages = facts.seconds, facts.pages
+                    measured[id(media)] = facts
                 except Exception as exc:
                     log.warning("could not measure %s media %s (%s): %s; its duration and pages stay unknown",
                                 media.modality.value, media.media_id or media.filename or "(inline)",
                                 media.mime_type, type(exc).__name__)
+        return measured
 
     async def _with_history(self, request: Request, notes: list[str] | None = None) -> tuple[Request, list[Message]]:
         """``request`` with its session's history before it, and that history. The history's media count
@@ -598,11 +604,12 @@ class App:
         return dataclasses.replace(request, messages=kept + current, history_length=len(kept)), dropped
 
     async def _measure_media(self, request: Request) -> None:
-        """:meth:`_measure` ``request``'s media; then refuse an audio or video of this turn that lasts 0 s
-        (see :func:`_empty_recordings`) with :class:`InvalidRequest`, before any provider is called."""
-        if request.media():
-            await asyncio.to_thread(self._measure, request)  # reads headers and files: keep the loop free
-        if problems := _empty_recordings(request):
+        """:meth:`_measure` ``request``'s media; then refuse media of this turn no provider can use (see
+        :func:`_unusable_media`) with :class:`InvalidRequest`, before any provider is called."""
+        measured: dict[int, Measured] = {}
+        if request.media():  # reads headers and files: keep the loop free
+            measured = await asyncio.to_thread(self._measure, request)
+        if problems := _unusable_media(request, measured):
             raise InvalidRequest(f"invalid request: {problems[0].field}: {problems[0].description}", violations=problems)
 
     async def explain(self, request: Request) -> RouteInfo:
@@ -992,19 +999,49 @@ def _check_only_new_turn(request: Request, stored: int) -> None:
             FieldViolation(f"request.messages[{replies[0]}].role", problem)])
 
 
-def _empty_recordings(request: Request) -> list[FieldViolation]:
-    """A violation for each audio or video of this turn (not its session's history) measured to last exactly
-    0 s: a WAV header with no samples. Sent, it is paid for (an upload and a call) and refused by the provider
-    ("audio file is too short"), as an empty ``media.data`` is refused here. A duration not measured (None) is
-    no reason: PyAV gives none for a container that declares 0."""
+def _unusable_media(request: Request, measured: Mapping[int, Measured]) -> list[FieldViolation]:
+    """A violation for each media of this turn (not its session's history) that no provider can use, found
+    while measuring it (``measured``, by the ``id`` of each :class:`Media`; see :meth:`App._measure`).
+    Sent, each is paid for (an upload, a call) and refused by the provider as a bad request, which ends the
+    call without trying the rule's fallbacks:
+
+    - an audio or video measured to last exactly 0 s: a WAV header with no samples ("audio file is too
+      short"), as an empty ``media.data`` is refused here. A duration not measured (None) is no reason:
+      PyAV gives none for a container that declares 0;
+    - a recording with no audio track (a silent screen recording) to transcribe (TASK_TRANSCRIBE, or audio
+      alone): AssemblyAI answers "File does not appear to contain audio";
+    - a PDF that opens only with its password: every provider refuses it ("The PDF specified was not valid");
+    - a stored media recorded under a type that names no format (``application/octet-stream``, kept by an
+      older version of the router), or a URL's declared so: no model takes it, and NO_ROUTE would not say why.
+    """
     problems = []
+    transcribed = {id(m) for m in request.current_media()} if request.effective_task is Task.TRANSCRIBE else set()
     for i, message in enumerate(request.messages[request.history_length:]):
         for j, part in enumerate(message.parts):
             media = part.media
-            if media is not None and media.modality in (Modality.AUDIO, Modality.VIDEO) and media.duration_seconds == 0:
-                problems.append(FieldViolation(f"request.messages[{i}].parts[{j}].media",
-                                               f"the {media.modality.value} is empty: its measured duration is 0 s "
-                                               "(a header with no samples), so there is nothing to hear"))
+            if media is None:
+                continue
+            field, problem = f"request.messages[{i}].parts[{j}].media", ""
+            facts = measured.get(id(media), Measured())
+            if normalise_mime(media.mime_type) in GENERIC_TYPES and media.media_id:
+                field += ".media_id"
+                problem = (f"stored as {media.mime_type!r} (by an older version), a type naming no format, which "
+                           "no model takes: upload the file again declaring its MIME type; its record then takes it")
+            elif normalise_mime(media.mime_type) in GENERIC_TYPES:  # a URL's: its content is not seen here
+                field += ".mime_type"
+                problem = (f"declared {media.mime_type!r}, a type that names no format, which no model takes: "
+                           "declare the file's MIME type (e.g. application/pdf or image/png)")
+            elif media.modality in (Modality.AUDIO, Modality.VIDEO) and media.duration_seconds == 0:
+                problem = (f"the {media.modality.value} is empty: its measured duration is 0 s "
+                           "(a header with no samples), so there is nothing to hear")
+            elif facts.no_audio and id(media) in transcribed:
+                problem = (f"the {media.modality.value} has no audio track, so there is nothing to transcribe "
+                           "(to ask about its pictures, send the video with TASK_CHAT)")
+            elif facts.locked:
+                problem = ("password-protected PDF: remove the password (it opens only with its password, "
+                           "which no provider is given)")
+            if problem:
+                problems.append(FieldViolation(field, problem))
     return problems
 
 

@@ -416,6 +416,7 @@ _TOO_LARGE = re.compile(
     r"|payload size exceeds|content size limit|maximum of \d+ pdf pages|pdf pages may be provided"
     r"|image exceeds|image dimensions exceed|file is too large|file too large|string_above_max_length"
     r"|longer than [\d.]+ seconds which is the maximum"  # a transcription model's duration cap
+    r"|files bytes are too large to be read"  # Gemini, for files past its per-request bytes (a PDF over ~50 MB)
 )
 
 

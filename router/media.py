@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -36,7 +36,7 @@ from .errors import (
     UnknownMedia,
 )
 from .mime import normalise_mime
-from .sniff import HEAD_BYTES, content_mime, mime_problem
+from .sniff import GENERIC_TYPES, HEAD_BYTES, content_mime, mime_problem
 from .types import Media, Modality
 
 _ID = re.compile(r"[0-9a-f]{64}")
@@ -213,7 +213,31 @@ class MediaStore:
                                metadata={"media_id": media_id})
         if "filename" in meta:  # a record of an older version keeps its first uploader's name: not any more
             self._forget_name(stored)
+        if normalise_mime(stored.mime_type) in GENERIC_TYPES:  # an older version kept application/octet-stream
+            stored = self._retyped(stored)
         self._mark_used(media_id, record)
+        return stored
+
+    def _retyped(self, stored: StoredMedia) -> StoredMedia:
+        """``stored``, recorded by an older version under a type that names no format (``GENERIC_TYPES``),
+        with the type of its content when that is a known format of its modality (as an upload now records
+        it, see :func:`router.sniff.content_mime`), its record written again (best effort: one that cannot
+        be written is corrected again when next read). Other content keeps the type, which a request naming
+        it is refused for (``router.core``), and the next upload of its bytes replaces (see :meth:`_keep`)."""
+        try:
+            with open(stored.path, "rb") as f:
+                head = f.read(HEAD_BYTES)
+        except OSError:  # reported where the bytes are read for use
+            return stored
+        if mime_problem(stored.mime_type, stored.modality, head):
+            return stored
+        stored = replace(stored, mime_type=content_mime(stored.mime_type, head))
+        try:
+            with self._commit_lock:
+                self._write_record(stored.path, stored.mime_type, stored.modality, stored.size)
+        except OSError as exc:
+            log.info("could not write media %s's record with its content's type %s (%s)", stored.media_id,
+                     stored.mime_type, exc.strerror or exc)
         return stored
 
     def _forget_name(self, stored: StoredMedia) -> None:
@@ -298,11 +322,14 @@ class MediaStore:
 
         Bytes stored as audio and now stored as video (the same file: a recording uploaded first for its
         sound) take the video's record, which serves both (a request may name a stored video as audio):
-        the first record stood, and the video could never be asked about."""
+        the first record stood, and the video could never be asked about. So do bytes an older version
+        recorded under a type that names no format (which no model takes) and that are now uploaded with
+        their type: the record of the first upload stood, and the bytes could never be used."""
         with self._commit_lock:
             stored = self._stored(media_id)
             if stored is not None and stored.size == tmp.stat().st_size:
-                if stored.modality is Modality.AUDIO and modality is Modality.VIDEO:
+                if (stored.modality is Modality.AUDIO and modality is Modality.VIDEO) or (
+                        normalise_mime(stored.mime_type) in GENERIC_TYPES):
                     self._write_record(stored.path, mime_type, modality, stored.size)
                     return StoredMedia(media_id, stored.path, mime_type, modality, stored.size), False
                 return stored, False

@@ -15,6 +15,9 @@ ALIASES = {
     "audio/mp3": "audio/mpeg", "audio/x-mp3": "audio/mpeg", "audio/x-mpeg": "audio/mpeg",
     "audio/x-m4a": "audio/mp4", "audio/m4a": "audio/mp4",
     "audio/x-flac": "audio/flac", "audio/x-aac": "audio/aac",
+    # older and browser names of PDF (freedesktop.org's shared-mime-info lists them as its aliases)
+    "application/x-pdf": "application/pdf", "application/acrobat": "application/pdf",
+    "applications/vnd.pdf": "application/pdf", "text/pdf": "application/pdf", "text/x-pdf": "application/pdf",
 }
 
 

@@ -10,6 +10,7 @@ import mmap
 import os
 import re
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 
 from .mime import normalise_mime
@@ -65,6 +66,24 @@ _COMPATIBLE: dict[str, set[str]] = {
 #: container) ``audio/aac``, which routing would take for raw AAC (ADTS), a format fewer models take.
 _RETYPE: dict[tuple[str, str], str] = {("audio/aac", "mp4"): "audio/mp4"}
 
+#: Declared types that name no format, only "some bytes": what HTTP and S3 libraries send for a file whose
+#: type they do not know. No model takes them, so content of a known format declared so is taken as that
+#: format (:data:`_FAMILY_TYPE`), and other content is refused, asking for its type.
+GENERIC_TYPES = frozenset({"application/octet-stream", "binary/octet-stream"})
+
+#: A magic family -> the one MIME type of its content, for content declared with a :data:`GENERIC_TYPES`
+#: type. The containers that hold audio or video (mp4, Ogg, Matroska) have several types (``video/mp4`` or
+#: ``audio/mp4``...): content of theirs must be declared.
+_FAMILY_TYPE: dict[str, str] = {
+    "image/png": "image/png", "image/jpeg": "image/jpeg", "image/gif": "image/gif", "webp": "image/webp",
+    "application/pdf": "application/pdf", "audio/flac": "audio/flac", "wav": "audio/wav",
+    "audio/mpeg": "audio/mpeg", "mpeg-frame": "audio/mpeg", "adts": "audio/aac",
+}
+
+#: A type of each modality, as a refusal asking for the content's type gives an example.
+_EXAMPLE_TYPES = {Modality.IMAGE: "image/png", Modality.AUDIO: "audio/mpeg", Modality.VIDEO: "video/mp4",
+                  Modality.DOCUMENT: "application/pdf, or text/plain for text"}
+
 #: Top-level MIME type -> the modality it must be declared as.
 MIME_MODALITY = {"image": Modality.IMAGE, "audio": Modality.AUDIO, "video": Modality.VIDEO,
                  "application": Modality.DOCUMENT, "text": Modality.DOCUMENT}
@@ -90,6 +109,8 @@ def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
     """Why ``mime_type`` does not fit ``modality`` or the content's first bytes (``head``, up to
     :data:`HEAD_BYTES`), or None."""
     mime = normalise_mime(mime_type)
+    if mime in GENERIC_TYPES:
+        return _generic_problem(mime_type, modality, head)
     top = mime.split("/")[0]
     if MIME_MODALITY.get(top) is not modality and not (top == "video" and modality is Modality.AUDIO):
         article = "an" if modality.value[0] in "aeiou" else "a"
@@ -102,6 +123,28 @@ def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
     found = magic_family(head)
     if found is None or found not in accepted:
         return f"declared {mime_type!r} but {_unlike(found, accepted, head)}"
+    return None
+
+
+def _generic_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
+    """Why content declared ``mime_type``, a type naming no format (:data:`GENERIC_TYPES`), cannot be taken
+    as the format its first bytes ``head`` show (see :func:`content_mime`), or None: that format is not
+    known, has several types, or is not of ``modality``. The refusal names the type to declare."""
+    found = magic_family(head)
+    real = _FAMILY_TYPE.get(found or "")
+    if real is None:
+        if found:
+            what = f"the content looks like {family_name(found)}"
+        elif _text_problem(mime_type, head) is None:
+            what = "the content looks like UTF-8 text (declare text/plain, text/markdown, text/csv...)"
+        else:
+            what = f"the content is not a format the router recognises (e.g. {_EXAMPLE_TYPES.get(modality, '')})"
+        return f"declared {mime_type!r}, which names no format, and {what}: declare the file's MIME type"
+    real_modality = MIME_MODALITY[real.split("/")[0]]
+    if real_modality is not modality:
+        article = "an" if modality.value[0] in "aeiou" else "a"
+        return (f"declared {mime_type!r} and the content is {real}, not {article} {modality.value}: send it as "
+                f"{real_modality.value} with mime_type {real!r}")
     return None
 
 
@@ -136,9 +179,15 @@ def _unlike(found: str | None, accepted: set[str], head: bytes) -> str:
 def content_mime(mime_type: str, head: bytes) -> str:
     """The MIME type to keep for content declared ``mime_type`` whose first bytes are ``head``: the
     declared one, or the content's real type when the declared one is a compatible but wrong alias
-    (``audio/aac`` for an mp4 container: ``audio/mp4``). Call it on content :func:`mime_problem` passed."""
+    (``audio/aac`` for an mp4 container: ``audio/mp4``) or names no format (``application/octet-stream``
+    for a PDF: ``application/pdf``). Call it on content :func:`mime_problem` passed."""
     family = magic_family(head)
-    return _RETYPE.get((normalise_mime(mime_type), family), mime_type) if family else mime_type
+    if not family:
+        return mime_type
+    mime = normalise_mime(mime_type)
+    if mime in GENERIC_TYPES:
+        return _FAMILY_TYPE.get(family, mime_type)
+    return _RETYPE.get((mime, family), mime_type)
 
 
 def _text_problem(mime_type: str, head: bytes) -> str | None:
@@ -228,36 +277,67 @@ _PDF_HEAD = 64 * 1024 * 1024
 
 
 def pdf_pages(source: bytes | str) -> int | None:
-    """The page count of a PDF (bytes or a path), or None if it cannot be read.
+    """The page count of a PDF (bytes or a path), or None if it cannot be read (see :func:`_pdf_facts`)."""
+    return _pdf_facts(source)[0]
+
+
+def _pdf_facts(source: bytes | str) -> tuple[int | None, bool]:
+    """The page count of a PDF (bytes or a path), or None if it cannot be read, and whether it is locked: it
+    opens only with a password (a user password; one with only an owner password opens with the empty one).
 
     pypdf reads the cross-reference table and the page tree's count, which seeks through a stored
     file rather than reading it all; compressed object streams (PDF 1.5+) and incremental updates
-    are counted right. A file pypdf cannot parse falls back to counting the page objects visible
-    in its first 64 MiB.
+    are counted right. A file pypdf cannot parse, or cannot open without its password, falls back to
+    counting the page objects visible in its first 64 MiB.
     """
     import pypdf  # imported on the first PDF, not at start-up
     from pypdf.errors import PyPdfError
 
+    locked = False
     try:
         with contextlib.ExitStack() as stack:
             stream = io.BytesIO(source) if isinstance(source, bytes) else stack.enter_context(open(source, "rb"))
-            return len(pypdf.PdfReader(stream, strict=False).pages) or None
+            reader = pypdf.PdfReader(stream, strict=False)
+            locked = reader.is_encrypted and not reader.decrypt("")  # as mmrouter-local reads it
+            if not locked:
+                return len(reader.pages) or None, False
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError, OSError):
-        pass
+        pass  # an AES-encrypted one without the cryptography package too: locked or not, unknown
     if isinstance(source, bytes):
         head = source[:_PDF_HEAD]
     else:
         with open(source, "rb") as f:
             head = f.read(_PDF_HEAD)
-    return len(_PAGE.findall(head)) or None
+    return len(_PAGE.findall(head)) or None, locked
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What :func:`measure_media` found of a media: what routing goes by (its duration and pages, None where
+    unknown) and what makes it unusable whatever the route, found as cheaply."""
+
+    seconds: float | None = None
+    pages: int | None = None
+    #: A container PyAV read holding streams, none of them audio (a silent screen recording): nothing to hear.
+    no_audio: bool = False
+    #: A PDF that opens only with its (user) password: no provider can read it.
+    locked: bool = False
 
 
 def measure(media_path_or_bytes: bytes | str, modality: Modality) -> tuple[float | None, int | None]:
-    """(duration in seconds, pages) of media where that is cheap to know, else None for each.
+    """(duration in seconds, pages) of media where that is cheap to know, else None for each
+    (see :func:`measure_media`)."""
+    measured = measure_media(media_path_or_bytes, modality)
+    return measured.seconds, measured.pages
+
+
+def measure_media(media_path_or_bytes: bytes | str, modality: Modality) -> Measured:
+    """What is cheap to know of media (bytes or a stored file's path) of ``modality``.
 
     WAV durations come from the header; other audio and video from the
     container's header through PyAV when it is installed (it comes with
-    mmrouter-local); PDF pages from the page tree (:func:`pdf_pages`).
+    mmrouter-local), which lists its streams too (an audio one or none); PDF pages
+    from the page tree (:func:`pdf_pages`), and whether the PDF needs a password.
     Unknown values are None, which rules on durations treat as not matching.
     Blocking: call it from a worker thread for stored files.
     """
@@ -269,11 +349,14 @@ def measure(media_path_or_bytes: bytes | str, modality: Modality) -> tuple[float
     if modality in (Modality.AUDIO, Modality.VIDEO):
         if magic_family(data[:16]) == "wav":
             seconds = _wav_seconds(media_path_or_bytes)  # RF64 and odd headers: the container's answer
-            return (seconds if seconds is not None else _container_seconds(media_path_or_bytes)), None
-        return _container_seconds(media_path_or_bytes), None
+            if seconds is not None:
+                return Measured(seconds)
+        seconds, no_audio = _container_facts(media_path_or_bytes)
+        return Measured(seconds, no_audio=no_audio)
     if modality is Modality.DOCUMENT and magic_family(data[:8]) == "application/pdf":
-        return None, pdf_pages(media_path_or_bytes)
-    return None, None
+        pages, locked = _pdf_facts(media_path_or_bytes)
+        return Measured(pages=pages, locked=locked)
+    return Measured()
 
 
 def _wav_seconds(source: bytes | str) -> float | None:
@@ -305,20 +388,22 @@ def demux_options(source: bytes | str | Path) -> dict[str, str]:
     return {"protocol_whitelist": "none" if isinstance(source, bytes) else "file"}
 
 
-def _container_seconds(source: bytes | str) -> float | None:
-    """The duration a media container declares, read by PyAV if installed; None if unknown."""
+def _container_facts(source: bytes | str) -> tuple[float | None, bool]:
+    """The duration a media container declares (None if unknown), and whether it holds streams but no
+    audio one, read by PyAV if installed (opening a container lists its streams: no more is read)."""
     try:
         import av
     except ImportError:
-        return None
+        return None, False
     try:
         with av.open(io.BytesIO(source) if isinstance(source, bytes) else source, metadata_errors="ignore",
                      options=demux_options(source)) as box:
+            no_audio = bool(box.streams) and not box.streams.audio
             if box.duration:
-                return box.duration / av.time_base
+                return box.duration / av.time_base, no_audio
             stream = next(iter(box.streams), None)
             if stream is not None and stream.duration and stream.time_base:
-                return float(stream.duration * stream.time_base)
-    except Exception:  # any container PyAV cannot read: duration unknown
-        return None
-    return None
+                return float(stream.duration * stream.time_base), no_audio
+            return None, no_audio
+    except Exception:  # any container PyAV cannot read: duration and streams unknown
+        return None, False

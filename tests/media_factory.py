@@ -64,8 +64,9 @@ def pdf(pages: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def mp4(frames: int = 10, size: int = 32) -> bytes:
-    """A short silent H.264 (or MPEG-4) MP4 made with PyAV."""
+def mp4(frames: int = 10, size: int = 32, tone: bool = False) -> bytes:
+    """A short H.264 (or MPEG-4) MP4 made with PyAV: silent (no audio track), or with ``tone`` an AAC track
+    of a second of a quiet 440 Hz tone."""
     import av
     import numpy as np
 
@@ -74,12 +75,19 @@ def mp4(frames: int = 10, size: int = 32) -> bytes:
         stream = out.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=10)
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
+        audio = out.add_stream("aac", rate=16000, layout="mono") if tone else None
         for i in range(frames):
             frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), i * 20, np.uint8), format="rgb24")
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+        if audio is not None:
+            wave = (np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440) * 3000).astype(np.int16).reshape(1, -1)
+            sound = av.AudioFrame.from_ndarray(wave, format="s16", layout="mono")
+            sound.sample_rate = 16000
+            out.mux(audio.encode(sound))
+            out.mux(audio.encode())
     return buf.getvalue()
 
 

@@ -322,9 +322,10 @@ def test_a_long_text_goes_past_a_model_whose_context_cannot_hold_it(start_daemon
 
 def test_a_video_to_transcribe_goes_to_assemblyai(start_daemon, fakes) -> None:
     daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
-    answer = generate(daemon, text_request("", media=[VIDEO], options=TRANSCRIBE))
+    spoken = media(pb.MODALITY_VIDEO, "video/mp4", mp4(tone=True), "talk.mp4")  # a silent one is refused
+    answer = generate(daemon, text_request("", media=[spoken], options=TRANSCRIBE))
     assert route_of(answer) == ("video-transcription", "assemblyai/best")
-    assert answer.transcript.text and fakes["assemblyai"].uploads == [VIDEO.data]
+    assert answer.transcript.text and fakes["assemblyai"].uploads == [spoken.data]
     asked = generate(daemon, KINDS["video"][0])
     assert route_of(asked) == ("video", "gemini/gemini-2.5-pro")
 
