@@ -13,6 +13,7 @@ from router import (
     Media,
     Modality,
     ProviderBadRequest,
+    ProviderInputTooLarge,
     ProviderUnsupportedInput,
     Request,
     Role,
@@ -121,6 +122,33 @@ def check_media(request: Request, provider: str) -> None:
         for part in message.parts:
             if part.media is not None:
                 check_format(part.media, provider)
+
+
+def check_document(media: Media, max_pages: int, max_bytes: int, provider: str) -> None:
+    """Refuse a PDF over Gemini's limits per document with :class:`ProviderInputTooLarge`: more than
+    ``max_pages`` pages (as the router counted them, ``Media.pages``; an unknown count passes) or more than
+    ``max_bytes`` bytes (a PDF given by URL of unknown size passes). Retryable: the rule's next target takes it.
+    Other media pass."""
+    if media.modality is not Modality.DOCUMENT or normalise_mime(media.mime_type) != "application/pdf":
+        return
+    name = f" {media.filename!r}" if media.filename else ""
+    setting = f"providers.{provider}"
+    if media.pages is not None and media.pages > max_pages:
+        raise ProviderInputTooLarge(provider, f"the PDF{name} has {media.pages} pages, over Gemini's limit of "
+                                              f"{max_pages} pages per document ({setting}.max_document_pages); "
+                                              "refused before sending")
+    size = media_size(media)
+    if size > max_bytes:
+        raise ProviderInputTooLarge(provider, f"the PDF{name} is {size:,} bytes, over Gemini's limit of "
+                                              f"{max_bytes:,} bytes per PDF ({setting}.max_document_bytes); "
+                                              "refused before sending")
+
+
+def check_documents(request: Request, max_pages: int, max_bytes: int, provider: str) -> None:
+    """Refuse the request if one of its PDFs is over Gemini's limits per document (:func:`check_document`),
+    before any media is uploaded or the request sent."""
+    for media in request.media():
+        check_document(media, max_pages, max_bytes, provider)
 
 
 def text_part(text: str) -> dict[str, Any]:

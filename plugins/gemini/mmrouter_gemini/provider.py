@@ -26,7 +26,7 @@ from router.errors import ProviderAuthError, ProviderError, ProviderModelNotFoun
 from router.sdk_http import read_rest
 
 from . import rest
-from .convert import blocked, finish_of, prepare, response_text, usage_of
+from .convert import blocked, check_documents, finish_of, prepare, response_text, usage_of
 from .errors import map_exception
 from .files import FileStore, check_file_size, media_key, shared_uploads, upload_key
 from .models import MODELS, TYPICAL
@@ -119,13 +119,17 @@ class GeminiProvider(Provider):
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
-        """Answer ``request`` with ``model``, media beyond the inline limit through the Files API.
+        """Answer ``request`` with ``model``, media beyond the inline limit through the Files API. A PDF over
+        Gemini's limits per document (``max_document_pages``, ``max_document_bytes``) is refused first, with
+        :class:`router.errors.ProviderInputTooLarge`, before anything is uploaded or sent.
 
         When the API no longer has a Files API copy the provider remembered (deleted upstream, or gone
         before its expiry), the copy is forgotten and the call is made once more, uploading it again.
         """
         if not self.settings.key:
             raise ProviderAuthError(self.name, self.unconfigured_reason() or "no API key")
+        # Gemini refuses a PDF over its page or size limit only after the whole file was uploaded: refused here
+        check_documents(request, self.settings.max_document_pages, self.settings.max_document_bytes, self.name)
 
         async def upload(media: Media) -> tuple[str, str]:
             check_file_size(media, self.settings.max_file_bytes, self.name)  # before hashing 2 GB for its key

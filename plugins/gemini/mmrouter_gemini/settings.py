@@ -40,6 +40,12 @@ def key_hint(provider: str) -> str:
 DEFAULT_INLINE_LIMIT = 8 * 1024 * 1024
 #: The Files API's limit per file: "each file not exceeding 2GB in size" (ai.google.dev, Files API).
 DEFAULT_MAX_FILE_BYTES = 2 * 1024**3
+#: Gemini's limits per PDF (ai.google.dev/gemini-api/docs/document-processing): "Gemini supports a maximum of
+#: 1,000 document pages", and a PDF of up to 50 MB. Over them the API answers 400 INVALID_ARGUMENT (for the
+#: size: "The request's total referenced files bytes are too large to be read", python-genai issue 308, from
+#: about 52 MB: 50 MiB), after the whole file was uploaded.
+DEFAULT_MAX_DOCUMENT_PAGES = 1000
+DEFAULT_MAX_DOCUMENT_BYTES = 50 * 1024**2
 
 
 class GeminiSettings(ProviderSettings):
@@ -64,6 +70,16 @@ class GeminiSettings(ProviderSettings):
     max_file_bytes: int = Field(
         DEFAULT_MAX_FILE_BYTES, gt=0,
         description="the largest media the Files API takes (2 GB); a larger one is refused before its upload",
+    )
+    max_document_pages: int = Field(
+        DEFAULT_MAX_DOCUMENT_PAGES, gt=0,
+        description="the most pages of a PDF Gemini reads (1000); a PDF with more (as the router counted them) "
+                    "is refused before its upload or the request",
+    )
+    max_document_bytes: int = Field(
+        DEFAULT_MAX_DOCUMENT_BYTES, gt=0,
+        description="the largest PDF Gemini reads (50 MB: 52428800 bytes); a larger one is refused before its "
+                    "upload or the request",
     )
     models: list[ModelSpec] = Field(
         default_factory=list, description="models added to the built-in catalogue, e.g. newer ones"
