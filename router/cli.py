@@ -508,7 +508,8 @@ def ask(
 
     Exit codes: 0 answered; 1 the call failed otherwise; 2 usage or bad input (the daemon's INVALID_ARGUMENT
     too); 3 the daemon was not reached; 4 auth refused; 5 try again later (provider down, rate limited,
-    busy); 6 timed out (--timeout, the daemon's CALL_TIMEOUT); 130/143 interrupted (SIGINT/SIGTERM); 141
+    busy); 6 timed out (--timeout, the daemon's CALL_TIMEOUT); 7 the connection was lost during the call (the
+    daemon may have completed it: asking again may repeat it); 130/143 interrupted (SIGINT/SIGTERM); 141
     standard output closed by its reader. An error's reason, retry delay and request id are on its last line.
     """
     from mmrouter.v1 import router_pb2 as pb
@@ -529,12 +530,14 @@ def ask(
                                   deadline=deadline)
 
         line_open = [False]  # streamed text printed without a newline at its end yet
+        received = [False]  # an event of the answer arrived: a connection lost now was lost during the call
         deltas: list[str] = []  # with --json: the text, in case Done leaves it out (over max_message_bytes)
 
         def stream(request: pb.MultimodalRequest) -> tuple[pb.Answer | None, bool]:
             answer, streamed, transcripts = None, False, 0
             deltas.clear()  # a retry with the files uploaded starts a new answer
             for event in stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=remaining(deadline)):
+                received[0] = True
                 kind = event.WhichOneof("event")
                 if kind == "text_delta" and as_json:
                     deltas.append(event.text_delta.text)
@@ -563,7 +566,8 @@ def ask(
             if line_open[0]:  # the error's own line, not the end of the answer's text
                 sys.stdout.write("\n")
                 sys.stdout.flush()
-            fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system), as_json=as_json)
+            fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system), as_json=as_json,
+                 received=received[0])
     if answer is None:
         err.print("[red]the stream ended without an answer[/red]")
         raise typer.Exit(1)

@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .auth import with_token
-from .config import UPLOAD_CHUNK_BYTES, parse_address
+from .config import GRPC_INT_MAX, UPLOAD_CHUNK_BYTES, parse_address
 from .sniff import HEAD_BYTES, family_name, magic_family, mime_problem
 from .text import escaped, json_escape
 from .types import Modality
@@ -50,8 +50,12 @@ def table_console(stderr: bool = False) -> Console:
         return console
     return Console(width=WIDE_COLUMNS, stderr=stderr, soft_wrap=stderr)
 
-#: The largest gRPC message the CLI sends or takes (see :func:`daemon_channel`).
+#: The largest gRPC message the CLI sends (see :func:`daemon_channel`).
 MESSAGE_BYTES = 64 * 1024 * 1024
+#: The largest gRPC message the CLI takes: any a daemon may send (its server.max_message_bytes is at most
+#: 2**31-1). A streamed answer's final ``Done`` repeats its whole text; at 64 MiB, gRPC refused the ``Done``
+#: of a longer answer after its text had been printed, and the route and cost were lost.
+RECEIVE_BYTES = GRPC_INT_MAX
 
 #: The size of an upload's chunks; a daemon's server.max_message_bytes is at least twice that.
 CHUNK = UPLOAD_CHUNK_BYTES
@@ -425,7 +429,7 @@ def daemon_channel(address: str, token: str) -> grpc.Channel:
     MMROUTER_TLS_CERT / MMROUTER_TLS_KEY), sending the bearer ``token`` (--token / MMROUTER_TOKEN) if any."""
     check_address(address)
     options = [("grpc.max_send_message_length", MESSAGE_BYTES),
-               ("grpc.max_receive_message_length", MESSAGE_BYTES),
+               ("grpc.max_receive_message_length", RECEIVE_BYTES),
                *KEEPALIVE_OPTIONS]
     files = {name: os.environ.get(f"MMROUTER_TLS_{name.upper()}", "") for name in ("ca", "cert", "key")}
     if not files["ca"]:
@@ -570,9 +574,10 @@ def error_info(exc: grpc.RpcError) -> tuple[str, dict[str, str]]:
 
 def call_with_media(build: Callable[[int], Any], call: Callable[[Any], Any], inline_limit: int) -> Any:
     """``call(build(inline_limit))``; if the request with its inline media is too large (over the
-    daemon's ``inline_limit_bytes``, or a gRPC message limit of either side), build again with every
-    file uploaded and retry once. Another limit (``max_request_media_bytes``) is not helped by
-    uploading: its error is raised."""
+    daemon's ``inline_limit_bytes``, or a gRPC message limit of either side, see :func:`too_large_inline`),
+    build again with every file uploaded and retry once. Another limit (``max_request_media_bytes``) is
+    not helped by uploading, and an answer too large to receive is no fault of the request: their errors
+    are raised (a retry would call and bill the provider again)."""
     request = build(inline_limit)
     try:
         return call(request)
@@ -590,11 +595,24 @@ def too_large_inline(exc: grpc.RpcError) -> str | None:
     reason, metadata = error_info(exc)
     if reason == "PAYLOAD_TOO_LARGE" and metadata.get("limit") == "inline_limit_bytes":
         return "the daemon takes less inline media than --inline-limit"
-    # gRPC's own refusals carry no ErrorInfo: "Sent message larger than max" (this side's send limit)
-    # or "Received message larger than max" (the daemon's server.max_message_bytes)
-    if not reason and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in (exc.details() or ""):
+    # gRPC's own refusals carry no ErrorInfo: "CLIENT: Sent message larger than max" (this side's send
+    # limit) or "SERVER: Received message larger than max" (the daemon's server.max_message_bytes); not
+    # "CLIENT: Received ...", this side refusing an answer the provider has already given (and billed)
+    if not reason and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _REQUEST_REFUSED.search(exc.details() or ""):
         return f"the request is larger than a gRPC message may be ({exc.details()})"
     return None
+
+
+#: gRPC's refusals of a request for its size, by this side (sending) or the daemon (receiving).
+_REQUEST_REFUSED = re.compile(r"Sent message larger than max|SERVER: Received message larger than max")
+#: gRPC's refusal, on this side, of a message from the daemon over :data:`RECEIVE_BYTES`.
+ANSWER_REFUSED = "CLIENT: Received message larger than max"
+
+
+def answer_refused(exc: grpc.RpcError) -> bool:
+    """Whether ``exc`` is this side's refusal of a message from the daemon over :data:`RECEIVE_BYTES`:
+    in ``ask``, the final ``Done`` of an answer the provider has given, billed and the daemon has kept."""
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and ANSWER_REFUSED in (exc.details() or "")
 
 
 def file_labels(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path],
@@ -633,6 +651,7 @@ EXIT_UNREACHED = 3
 EXIT_AUTH = 4
 EXIT_RETRY_LATER = 5
 EXIT_TIMED_OUT = 6
+EXIT_CONNECTION_LOST = 7
 #: Standard output closed by its reader (``ask | head -1``): as a process killed by SIGPIPE.
 EXIT_PIPE_CLOSED = 141
 
@@ -640,9 +659,10 @@ EXIT_PIPE_CLOSED = 141
 _FINAL_REASONS = {"ANSWER_TOO_LARGE"}
 
 
-def exit_code(exc: grpc.RpcError) -> int:
-    """The exit code of a command whose call failed with ``exc``: the one place that maps a gRPC status
-    (and the daemon's ErrorInfo reason) to an exit code.
+def exit_code(exc: grpc.RpcError, received: bool = False) -> int:
+    """The exit code of a command whose call failed with ``exc`` (having ``received`` something of its
+    answer, see :func:`connection_lost`): the one place that maps a gRPC status (and the daemon's ErrorInfo
+    reason) to an exit code.
 
     ====  ==========================================================================================
     code  when
@@ -651,11 +671,13 @@ def exit_code(exc: grpc.RpcError) -> int:
           refusing its key), CANCELLED, ANSWER_TOO_LARGE, gRPC's own message-size refusal...
     2     bad input: INVALID_ARGUMENT, OUT_OF_RANGE (as the CLI's own usage errors)
     3     the daemon was not reached: gRPC's own UNAVAILABLE (no ErrorInfo), but a daemon that
-          stopped while the call ran (5)
+          stopped while the call ran (5) and a connection lost during the call (7)
     4     auth refused: UNAUTHENTICATED, PERMISSION_DENIED
     5     try again later: the daemon's UNAVAILABLE, RESOURCE_EXHAUSTED or ABORTED (with ErrorInfo:
           provider down, rate limited, daemon or session busy; RetryInfo says when)
     6     timed out: DEADLINE_EXCEEDED (--timeout, the daemon's CALL_TIMEOUT, a provider's timeout)
+    7     the connection was lost during the call (:func:`connection_lost`): the daemon may have
+          completed it, so a retry may repeat it
     ====  ==========================================================================================
     """
     code, reason = exc.code(), error_info(exc)[0]
@@ -666,7 +688,9 @@ def exit_code(exc: grpc.RpcError) -> int:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED or reason == "CALL_TIMEOUT":
         return EXIT_TIMED_OUT
     if code == grpc.StatusCode.UNAVAILABLE and not reason:
-        return EXIT_RETRY_LATER if DAEMON_STOPPED in (exc.details() or "") else EXIT_UNREACHED
+        if DAEMON_STOPPED in (exc.details() or ""):
+            return EXIT_RETRY_LATER
+        return EXIT_CONNECTION_LOST if connection_lost(exc, received) else EXIT_UNREACHED
     if (code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
             and reason and reason not in _FINAL_REASONS):
         return EXIT_RETRY_LATER
@@ -698,12 +722,15 @@ def error_fields(exc: grpc.RpcError) -> dict[str, Any]:
 REQUEST_ID_TRAILER = "x-mmrouter-request-id"
 
 
-def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, *, as_json: bool = False) -> NoReturn:
+def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, *, as_json: bool = False,
+         received: bool = False) -> NoReturn:
     """Print the failed call's status (its field violations too, and a hint when the daemon was not
-    reached at ``address``), then one line with its ErrorInfo reason, RetryInfo delay and request id,
-    and exit with :func:`exit_code`'s code. ``files`` (see :func:`file_labels`; given by ``ask`` and
-    ``explain``) names the files and options the user gave instead of the request's field paths. With
-    ``as_json``, stdout also gets ``{"error": ...}`` (see :func:`error_fields`)."""
+    reached at ``address``, the connection was lost during the call, or the answer was over the CLI's
+    receive limit), then one line with its ErrorInfo reason, RetryInfo delay and request id, and exit
+    with :func:`exit_code`'s code. ``files`` (see :func:`file_labels`; given by ``ask`` and ``explain``)
+    names the files and options the user gave instead of the request's field paths; ``received`` says
+    the call had received some of its answer (see :func:`connection_lost`). With ``as_json``, stdout also
+    gets ``{"error": ...}`` (see :func:`error_fields`)."""
     fields = error_fields(exc)
     details = fields["message"]
 
@@ -714,8 +741,14 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, 
     for v in fields["field_violations"]:
         if v["description"] not in details:  # most messages say it already
             err.print(shown(f"  {named(v['field'])}: {v['description']}"), markup=False)
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and not fields["reason"]:  # gRPC's, not the daemon's
+    if connection_lost(exc, received):
+        err.print(lost_hint(address), markup=False)
+    elif exc.code() == grpc.StatusCode.UNAVAILABLE and not fields["reason"]:  # gRPC's, not the daemon's
         err.print(unreachable_hint(details, address), markup=False)
+    if answer_refused(exc):
+        err.print(f"the answer's last message was over the CLI's receive limit ({RECEIVE_BYTES} bytes): the text "
+                  "printed above is the whole answer if it was streamed, but its route and cost were not received; "
+                  "the call was not retried", markup=False)
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not fields["reason"]:
         err.print("no answer within the deadline (--timeout, or MMROUTER_TIMEOUT)", markup=False)
     said = [f"reason {fields['reason']}" if fields["reason"] else "",
@@ -725,7 +758,7 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, 
         err.print(shown("; ".join(part for part in said if part)), markup=False)
     if as_json:
         print_json({"error": fields})
-    raise typer.Exit(exit_code(exc))
+    raise typer.Exit(exit_code(exc, received))
 
 
 #: The request's fields that ``ask`` and ``explain`` fill from an option, as the daemon's errors name them.
@@ -766,6 +799,29 @@ def message_json(message: Message) -> dict[str, Any]:
 
 #: What gRPC says of the calls under way when their daemon shuts down (SIGTERM) before they end.
 DAEMON_STOPPED = "Cancelling all calls"
+
+
+#: What gRPC says of a call whose stream was under way on a connection that then failed: reset, closed, or
+#: silent past its keepalive ping's timeout ("Stream removed (ping timeout)").
+STREAM_REMOVED = "Stream removed"
+
+
+def connection_lost(exc: grpc.RpcError, received: bool = False) -> bool:
+    """Whether ``exc`` (gRPC's own UNAVAILABLE, not the daemon's, nor its shutdown) ended a call after the
+    connection to the daemon was made: the call had ``received`` some of its answer (headers, a delta), or
+    gRPC removed its stream from the connection (a reset, a close, a ping timeout; mid-answer or
+    mid-upload). The daemon may have completed such a call. A connection that was never made (no
+    daemon, or a TLS one refusing the handshake) is "failed to connect to all addresses"."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE or error_info(exc)[0]:
+        return False
+    details = exc.details() or ""
+    return DAEMON_STOPPED not in details and (received or STREAM_REMOVED in details)
+
+
+def lost_hint(address: str) -> str:
+    """What to know when the connection to the daemon at ``address`` was lost during a call."""
+    return (f"the connection to the daemon at {address} was lost during the call: the daemon may have completed "
+            "it (answered, counted its cost and kept its session turn), so retrying may repeat it")
 
 
 def unreachable_hint(details: str, address: str) -> str:
