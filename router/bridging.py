@@ -517,6 +517,8 @@ def _takes(bridge: Bridge, media: Media, registry: Registry) -> bool:
         return False
     if model.max_media_bytes and byte_size(media) > model.max_media_bytes:
         return False
+    if model.max_document_pages and (media.pages or 0) > model.max_document_pages:
+        return False
     return not (model.max_audio_seconds and (media.duration_seconds or 0.0) > model.max_audio_seconds)
 
 

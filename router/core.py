@@ -54,13 +54,14 @@ from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import GROUP, ProviderEntry, Registry, State, load_registry, log_broken_providers
 from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
 from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
-from .sessions import Removed, SessionStore, StoredBridges, storage_error, trim_history
+from .sessions import KeptAnswer, Removed, SessionStore, StoredBridges, storage_error, trim_history
 from .settings import ProviderSettings
 from .sniff import GENERIC_TYPES, Measured, measure_media
 from .text import valid_text
 from .types import (
     FEATURE_EXTRACTION_ONLY,
     CallContext,
+    FinishReason,
     Media,
     Message,
     Modality,
@@ -648,6 +649,12 @@ class App:
                 notes: list[str] = []
                 if waited_ms >= 1:
                     notes.append(f"waited {waited_ms:.0f} ms for the call before it on session {session!r} to end")
+                if request.turn_id and (kept := await self._answered_before(request, notes, clock)) is not None:
+                    yield RouteChosen(kept.route)
+                    if kept.text:
+                        yield TextDelta(kept.text)
+                    yield Done(kept)
+                    return
                 untrimmed, history = await self._with_history(request, notes)
                 await self._measure_media(untrimmed)
                 decision, _ = self._decide(untrimmed, notes=notes)
@@ -683,6 +690,22 @@ class App:
                 if not self._in_flight[session]:
                     del self._in_flight[session]
                     self._session_turns.pop(session, None)
+
+    async def _answered_before(self, request: Request, notes: list[str], clock: float) -> Answer | None:
+        """The kept answer of the session's turn ``request.turn_id`` names (see :meth:`SessionStore.answered`),
+        as the call's answer: the route of the call that answered it, with ``notes`` and one saying so, no
+        usage (nothing is called or billed); None when the session keeps no such turn."""
+        found = await self.sessions.run(self.sessions.answered, request.session_id, request.turn_id)
+        if found is None:
+            return None
+        kept, at = found
+        route = RouteInfo(rule=kept.rule, provider=kept.provider, model=kept.model, notes=[*notes, (
+            f"turn {request.turn_id!r} of session {request.session_id!r} was answered at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(at))} UTC: its kept answer is sent again; no "
+            "provider was called and no turn added")])
+        route.latency_ms = (time.perf_counter() - clock) * 1000
+        finish = next((reason for reason in FinishReason if reason.value == kept.finish_reason), None)
+        return Answer(kept.text, None, Usage(), route, finish)
 
     @property
     def _most_answer_chars(self) -> int:
@@ -828,8 +851,12 @@ class App:
                 # only this call's own turn is added, not the conversation a second time
                 turns = turns[replies[-1] + 1:]
             turns.append(Message(Role.ASSISTANT, [Part(text=self._kept_reply(request, answer, registry))]))
+            reply = None if not request.turn_id else KeptAnswer(
+                request.turn_id, answer.text, answer.route.rule, answer.route.provider, answer.route.model,
+                answer.finish_reason.value if answer.finish_reason is not None else "")
             kept = self.sessions.append(request.session_id, turns, self._store_media,
-                                        wanted=None if cancelled is None else lambda: not cancelled.is_set())
+                                        wanted=None if cancelled is None else lambda: not cancelled.is_set(),
+                                        reply=reply)
             if not kept:
                 log.info("the call on session %s was cancelled before its turn was written: the turn is not kept",
                          session_tag(request.session_id))

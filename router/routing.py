@@ -52,6 +52,9 @@ TOKENS_PER_PDF_PAGE_FLOOR = 258
 TOKENS_PER_AUDIO_SECOND = 32
 TOKENS_PER_VIDEO_SECOND = 300
 
+#: The MIME type of the documents whose pages the router counts (``Media.pages``).
+PDF = "application/pdf"
+
 #: The modalities that carry speech, which diarization labels by speaker.
 _SPEECH = frozenset({Modality.AUDIO, Modality.VIDEO})
 
@@ -122,6 +125,9 @@ class Facts:
     longest_seconds: Mapping[Modality, float] = field(default_factory=dict)
     #: The largest media of each modality, in bytes; those of unknown size (given by URL) are left out.
     largest_bytes: Mapping[Modality, int] = field(default_factory=dict)
+    #: The most pages of one PDF (those of unknown page count left out; 0: none known): a model must read
+    #: that many (``ModelInfo.max_document_pages``).
+    most_pdf_pages: int = 0
     #: The normalised MIME types of the media given only by URL (no bytes), per modality: a model or
     #: bridge must take that modality by URL (:meth:`ModelInfo.takes_url`).
     url_mime_types: Mapping[Modality, frozenset[str]] = field(default_factory=dict)
@@ -329,6 +335,7 @@ def facts_of(request: Request) -> Facts:
         mime_types=_mime_types(media),
         longest_seconds=_longest(media),
         largest_bytes=_largest(media),
+        most_pdf_pages=max((p for p in pages if p is not None), default=0),
         url_mime_types=_mime_types(m for m in media if is_url_only(m)),
         history_modalities=from_history,
         turn=facts_of(_turn_alone(request)) if from_history else None,
@@ -580,14 +587,17 @@ def too_long(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> 
 
 
 def too_large(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> str | None:
-    """Why ``model`` cannot take the media of ``modalities`` for their size (``max_media_bytes``), or None."""
-    if not model.max_media_bytes:
-        return None
-    for modality in sorted(modalities, key=lambda m: m.value):
+    """Why ``model`` cannot take the media of ``modalities`` for their size (``max_media_bytes``) or, of
+    documents, for a PDF's pages (``max_document_pages``, if it takes PDFs at all), or None."""
+    ordered = sorted(modalities, key=lambda m: m.value)
+    for modality in ordered if model.max_media_bytes else ():
         size = facts.largest_bytes.get(modality, 0)
         if size > model.max_media_bytes:
             return (f"{_megabytes(size)} of {modality.value} is larger than its {_megabytes(model.max_media_bytes)} "
                     "per file")
+    pages, limit = facts.most_pdf_pages, model.max_document_pages
+    if limit and pages > limit and Modality.DOCUMENT in ordered and model.takes_mime(PDF, Modality.DOCUMENT):
+        return f"{pages} PDF pages is more than its {limit} per PDF"
     return None
 
 

@@ -28,11 +28,13 @@ from typing import NamedTuple, TypeVar
 from .errors import DataDirGone, RouterError, StorageBusy, StorageFull
 from .invoke import unpaid_failures
 from .outcome import Answer
+from .redact import session_tag
 from .types import Media, Message, Modality, Part, Role, Transcript, Utterance, Word
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL, position INTEGER NOT NULL, role TEXT NOT NULL, parts TEXT NOT NULL, at REAL,
+    turn_id TEXT, answer TEXT,
     PRIMARY KEY (session_id, position)
 );
 CREATE TABLE IF NOT EXISTS bridged (key TEXT PRIMARY KEY, text TEXT NOT NULL, transcript TEXT, at REAL NOT NULL);
@@ -118,6 +120,20 @@ def storage_error(exc: sqlite3.Error, doing: str) -> RouterError | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class KeptAnswer:
+    """The answer to a session's turn that its client named (``Request.turn_id``), kept with the turn, so
+    that the turn asked again (its client never got the answer) is answered with it, not a second time."""
+
+    turn_id: str
+    text: str
+    rule: str
+    provider: str
+    model: str
+    #: The answering model's finish reason (``FinishReason.value``), "" when unknown.
+    finish_reason: str = ""
+
+
 class Removed(NamedTuple):
     """What :meth:`SessionStore.reset` removed: the session's turns (``ResetSession``'s ``turns_removed``)
     and the other rows (kept bridged texts of its media, its links to them). A session whose calls
@@ -158,6 +174,8 @@ class SessionStore:
         #: The file opened (see :func:`file_identity`), which the daemon's watch of its data directory compares.
         self.identity: tuple[int, int] | None = None
         self._storing = True  # until stop_storing()
+        #: Whether the turns table has the turn id columns (see :meth:`_add_turn_ids`).
+        self._turn_ids = True
         if frozen:
             self._db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, check_same_thread=False)
             return
@@ -182,6 +200,7 @@ class SessionStore:
         self._busy_timeout = busy_timeout
         self._db.executescript(_SCHEMA)
         self._add_turn_times()
+        self._add_turn_ids()
         self._add_bridged_transcripts()
         self._index_call_times()
 
@@ -214,6 +233,27 @@ class SessionStore:
             with self._writing():
                 self._db.execute("ALTER TABLE turns ADD COLUMN at REAL")
                 self._db.execute("UPDATE turns SET at = ?", (time.time(),))
+
+    def _add_turn_ids(self) -> None:
+        """Databases made before turns had their client's id get the columns (empty: no turn of theirs is
+        answered again, see :meth:`answered`). Columns that cannot be added now (a full disk; the database
+        locked by another process past the busy timeout) are left to a later start, as the index of
+        :meth:`_index_call_times` is: until then no turn id is kept (:attr:`_turn_ids`), and a turn asked
+        again is answered again."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
+        if "turn_id" in columns:
+            return
+        try:
+            with self._writing():
+                self._db.execute("ALTER TABLE turns ADD COLUMN turn_id TEXT")
+                self._db.execute("ALTER TABLE turns ADD COLUMN answer TEXT")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR,
+                                                                    sqlite3.SQLITE_BUSY):
+                raise
+            log.warning("the sessions database could not be given its turn id columns (%s): turns asked again "
+                        "with their turn_id are answered again until a later start adds them", exc)
+            self._turn_ids = False
 
     def _add_bridged_transcripts(self) -> None:
         """Kept bridged texts from before they kept their transcript get the column (empty)."""
@@ -321,13 +361,17 @@ class SessionStore:
         return count
 
     def append(self, session_id: str, messages: list[Message], store_media: StoreMedia,
-               wanted: Callable[[], bool] | None = None) -> bool:
+               wanted: Callable[[], bool] | None = None, reply: KeptAnswer | None = None) -> bool:
         """Add turns to the end of the session; return whether they were. ``wanted`` is asked once the write
-        lock is held (which may take up to the busy timeout): when it says no, nothing is written."""
+        lock is held (which may take up to the busy timeout): when it says no, nothing is written. ``reply``:
+        the answer of a turn its client named (``turn_id``), kept with the last message (the reply) for
+        :meth:`answered`."""
         self._refuse_if_gone()  # before its media are stored
         now = time.time()
-        turns = [(message.role.value, json.dumps([_part_record(p, store_media) for p in message.parts]))
+        turns = [(message.role.value, json.dumps([_part_record(p, store_media) for p in message.parts]), None, None)
                  for message in messages]
+        if reply is not None and turns and self._turn_ids:
+            turns[-1] = (*turns[-1][:2], reply.turn_id, json.dumps(dataclasses.asdict(reply)))
         with self._writing():
             if wanted is not None and not wanted():
                 return False
@@ -336,10 +380,37 @@ class SessionStore:
             (start,) = self._db.execute(
                 "SELECT COALESCE(MAX(position) + 1, 0) FROM turns WHERE session_id = ?", (session_id,)
             ).fetchone()
-            self._db.executemany("INSERT INTO turns (session_id, position, role, parts, at) VALUES (?, ?, ?, ?, ?)",
-                                 [(session_id, start + offset, role, parts, now)
-                                  for offset, (role, parts) in enumerate(turns)])
+            if self._turn_ids:
+                self._db.executemany(
+                    "INSERT INTO turns (session_id, position, role, parts, at, turn_id, answer) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(session_id, start + offset, role, parts, now, turn_id, answer)
+                     for offset, (role, parts, turn_id, answer) in enumerate(turns)])
+            else:
+                self._db.executemany("INSERT INTO turns (session_id, position, role, parts, at) VALUES (?, ?, ?, ?, ?)",
+                                     [(session_id, start + offset, role, parts, now)
+                                      for offset, (role, parts, _, _) in enumerate(turns)])
         return True
+
+    def answered(self, session_id: str, turn_id: str) -> tuple[KeptAnswer, float] | None:
+        """The answer kept for the session's turn its client named ``turn_id``, and when it was kept (a
+        ``time.time()``), or None when the session keeps no such turn (never answered, not kept, reset or
+        pruned since). Errors as :meth:`history`'s."""
+        self._refuse_if_gone()
+        if not self._turn_ids:
+            return None
+        try:
+            row = self._db.execute("SELECT answer, at FROM turns WHERE session_id = ? AND turn_id = ? "
+                                   "ORDER BY position DESC LIMIT 1", (session_id, turn_id)).fetchone()
+        except sqlite3.Error as exc:
+            raise storage_error(exc, "read the session's turns") or exc from None
+        if row is None:
+            return None
+        try:
+            return KeptAnswer(**json.loads(row[0])), row[1] or 0.0
+        except (ValueError, TypeError) as exc:  # written by a later version: answered anew
+            log.warning("the kept answer of a turn of session %s cannot be read back (%s): answering it again",
+                        session_tag(session_id), exc)
+            return None
 
     def recall(self, key: str) -> tuple[str, Transcript | None] | None:
         """A bridged text and its transcript kept by :meth:`remember` (see

@@ -153,6 +153,8 @@ class Request:
     metadata: dict[str, str] = field(default_factory=dict)
     #: How many of ``messages``, from the start, are the session's earlier turns (0 without a session).
     history_length: int = 0
+    #: The client's id for this turn of its session ("" for none): a turn asked again gets its kept answer.
+    turn_id: str = ""
 
     def parts(self) -> list[Part]:
         """All parts of all messages, in order."""
@@ -298,7 +300,10 @@ class ModelInfo:
     ``max_audio_seconds`` is the longest audio or video it takes per media (0: no cap): routing skips
     it for longer speech. ``max_media_bytes`` is the largest media it takes, in bytes (0: no cap; an
     upload limit such as Whisper's 25 MB): routing skips it for a larger media of a modality it takes,
-    as for longer speech (a media of unknown size passes). ``url_inputs`` are the media modalities it
+    as for longer speech (a media of unknown size passes). ``max_document_pages`` is the most pages of one
+    PDF it reads (0: no cap; Claude's 100 or 600, Gemini's 1000): routing skips it for a PDF with more pages,
+    as the router counted them (a PDF of unknown page count passes), unless it does not take PDFs at all
+    (they are bridged then); its plugin still checks at call time. ``url_inputs`` are the media modalities it
     takes given by URL (``Media.url``, no bytes: the provider passes the URL on, or fetches it itself);
     None, the default: not declared, every modality is assumed taken by URL. Routing skips a target or
     bridge for media given by URL in a modality it does not list, as for a MIME type it does not take
@@ -318,6 +323,7 @@ class ModelInfo:
     input_mime_types: frozenset[str] = frozenset()
     max_audio_seconds: float = 0
     max_media_bytes: int = 0
+    max_document_pages: int = 0
     url_inputs: frozenset[Modality] | None = None
     #: Whether its provider sends ``options.temperature`` to it; False: it is left out, and the answer's
     #: route says so in a note.

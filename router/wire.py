@@ -174,6 +174,7 @@ MAX_JOINED_PROBLEMS = 32
 MAX_TAG_CHARS = 128
 #: The longest session id: it is stored with every turn of its session.
 MAX_SESSION_ID_CHARS = 256
+MAX_TURN_ID_CHARS = 128
 #: The longest provider and model names a client may ask for (``hints``): they are logged and answered back.
 MAX_HINT_CHARS = 256
 #: The longest media file name: it is stored with an upload, logged, and sent to providers.
@@ -289,6 +290,7 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
     problems += _language_problems(options.language)
     problems += _tag_problems(msg.hints.tags)
     problems += session_id_problems(msg.session_id)
+    problems += turn_id_problems(msg.turn_id, msg.session_id)
     problems += name_problems(msg.hints.provider, "request.hints.provider", MAX_HINT_CHARS, "the name")
     problems += name_problems(msg.hints.model, "request.hints.model", MAX_HINT_CHARS, "the name")
     problems += _metadata_problems(msg.metadata)
@@ -305,6 +307,7 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
         hints=RoutingHints(msg.hints.provider, msg.hints.model, [composed(tag) for tag in msg.hints.tags]),
         session_id=msg.session_id,
         metadata=dict(msg.metadata),
+        turn_id=msg.turn_id,
     )
     if not problems and not request.modalities() and not (history_transcription and not msg.messages):
         problems.append(FieldViolation("request.messages", "the request has no content: all text parts are empty"))
@@ -415,6 +418,15 @@ def session_id_problems(session_id: str, field: str = "request.session_id") -> l
     return [FieldViolation(field, f"has {describe(session_id[index])} at character {index + 1}, which no session id "
                            "may hold (it breaks the line a client shows the id on; the daemon logs only a hash of "
                            "it): send the id without it")]
+
+
+def turn_id_problems(turn_id: str, session_id: str) -> list[FieldViolation]:
+    """What is wrong with a turn id: it names a turn of a session, so it needs one; it is stored with the
+    turn, a name of at most :data:`MAX_TURN_ID_CHARS` characters (:func:`name_problems`)."""
+    if turn_id and not session_id:
+        return [FieldViolation("request.turn_id", "names a turn of a session, and the request has no session_id: "
+                               "send it with the session_id, or leave it empty")]
+    return name_problems(turn_id, "request.turn_id", MAX_TURN_ID_CHARS, "the id")
 
 
 def _breaks_a_line(char: str) -> bool:
@@ -529,7 +541,8 @@ def model_to_proto(model: ModelInfo) -> pb.ModelInfo:
         max_audio_seconds=model.max_audio_seconds, max_output_tokens=model.max_output_tokens,
         default_max_output_tokens=model.default_max_output_tokens,
         url_inputs=[modality_to_proto(m) for m in sorted(by_url, key=lambda m: m.value)],
-        max_media_bytes=model.max_media_bytes, takes_temperature=model.takes_temperature,
+        max_media_bytes=model.max_media_bytes, max_document_pages=model.max_document_pages,
+        takes_temperature=model.takes_temperature,
     )
 
 

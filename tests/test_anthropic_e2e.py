@@ -431,14 +431,16 @@ def test_a_session_over_claudes_pdf_pages_drops_older_history_and_goes_on(daemon
 
 
 def test_a_current_turn_over_the_limit_alone_still_fails_and_keeps_no_turn(daemon, fake):
-    """Dropping history cannot help a turn too large by itself: every target refuses it, as before."""
+    """Dropping history cannot help a turn too large by itself: every target refuses it, as before. Two PDFs of
+    51 pages: each within Haiku's 100 pages (routing plans it), 102 together (the plugin refuses them)."""
     daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Hello."), session="big")), timeout=30)
+    halves = [media_part(pb.MODALITY_DOCUMENT, "application/pdf", long_pdf(51, f"huge {n}")) for n in (1, 2)]
     with pytest.raises(grpc.RpcError) as info:
-        daemon.stub.Generate(pb.GenerateRequest(request=pdf_turn(long_pdf(101, "huge"), "Read it.", "big")),
-                             timeout=30)
+        daemon.stub.Generate(pb.GenerateRequest(request=ask(*halves, text_part("Read them."), session="big",
+                                                            tags=("cheap",))), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_details(info.value).reason == "INPUT_TOO_LARGE"
-    assert "101 PDF pages" in info.value.details()
+    assert "102 PDF pages" in info.value.details()
     assert len(fake.message_calls()) == 1  # only the first turn reached Claude
 
     daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Still there?"), session="big")), timeout=30)

@@ -387,15 +387,16 @@ def test_audio_over_whisper_s_25_mb_goes_to_assemblyai_without_reaching_openai(s
 def test_a_pdf_over_claude_s_100_pages_is_answered_by_the_fallback_without_reaching_anthropic(
     start_daemon, fakes
 ) -> None:
-    """A 120-page PDF for a 200k-context Claude: the router counts its pages, the anthropic plugin refuses
-    it before sending, and the documents rule's fallback (Gemini) answers."""
+    """A 120-page PDF for a 200k-context Claude: the router counts its pages, Claude declares its limit of 100
+    (ModelInfo.max_document_pages), so routing passes it by, with the reason in the trace, and the documents
+    rule's fallback (Gemini) answers."""
     daemon = start_daemon(with_200k_claude(config_for(fakes)), env=ALL_KEYS, plugins=())
     report = media(pb.MODALITY_DOCUMENT, "application/pdf", pdf([f"Page {n + 1}" for n in range(120)]), "annual.pdf")
     answer = generate(daemon, text_request("Summarise this", media=[report]))
     assert route_of(answer) == ("documents", "gemini/gemini-2.5-pro")
-    refused = answer.route.attempts[0]
-    assert (refused.provider, refused.ok) == ("anthropic", False)
-    assert "holds 120 PDF pages, over Claude's limit of 100 pages per request" in refused.error
+    assert [(a.provider, a.ok) for a in answer.route.attempts] == [("gemini", True)]
+    assert any("anthropic/claude-sonnet-4-6: 120 PDF pages is more than its 100 per PDF" in t.reason
+               for t in answer.route.trace), answer.route.trace
     assert fakes["anthropic"].requests == [], "nothing was sent to Anthropic"
     assert answer.text
 

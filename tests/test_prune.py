@@ -296,7 +296,7 @@ def _wal_without_shm(data: Path, rows_in_wal: bool) -> None:
     db.execute("PRAGMA wal_autocheckpoint=0")  # the rows stay in the -wal
     now = time.time()
     with db:
-        db.executemany("INSERT INTO turns VALUES (?, 0, 'user', ?, ?)",
+        db.executemany("INSERT INTO turns (session_id, position, role, parts, at) VALUES (?, 0, 'user', ?, ?)",
                        [("idle", json.dumps([{"media_id": "aa" * 32}]), now - 3 * DAY),
                         ("live", json.dumps([{"media_id": "bb" * 32}]), now)])
         db.executemany("INSERT INTO calls VALUES (?, 'chat', 'fake', 'echo', 'answer', 1, 0, 1, 1, 0)",

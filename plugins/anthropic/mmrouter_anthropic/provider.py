@@ -27,6 +27,7 @@ from router.sdk_http import ServerSentEvent, read_rest, sse_events, until_header
 
 from .convert import prepare
 from .errors import api_root, is_mappable, key_hint, map_sdk_error
+from .limits import items_allowed
 from .models import MODELS, TYPICAL, max_tokens_for
 from .settings import PLUGIN, AnthropicSettings
 
@@ -51,7 +52,11 @@ class AnthropicProvider(Provider):
             settings if isinstance(settings, AnthropicSettings)
             else AnthropicSettings.load(name, settings, environment=name == PLUGIN)
         )
-        self.models = with_configured_models(MODELS, self.settings.models, TYPICAL, provider=name)
+        # The most PDF pages each reads (100, or 600 with a window over 200k tokens: limits.py), declared so that
+        # routing and ExplainRoute pass Claude by for a longer PDF, with a reason; check_media still refuses a
+        # request over it in total (several PDFs, a session's history) at call time.
+        self.models = [dataclasses.replace(m, max_document_pages=items_allowed(m)) for m in
+                       with_configured_models(MODELS, self.settings.models, TYPICAL, provider=name)]
         self._client: AsyncAnthropic | None = None
 
     def unconfigured_reason(self) -> str | None:

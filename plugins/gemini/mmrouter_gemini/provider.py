@@ -54,9 +54,10 @@ class GeminiProvider(Provider):
         self.settings = settings or GeminiSettings()
         s = self.settings
         # The largest media a model takes (routing and ExplainRoute skip Gemini for a larger one, with a reason):
-        # the Files API's per-file limit, or more if media that large still go inline.
+        # the Files API's per-file limit, or more if media that large still go inline. Likewise the most pages
+        # of a PDF it reads (max_document_pages; check_documents still refuses a longer one at call time).
         largest = max(s.max_file_bytes, s.inline_limit_bytes)
-        self.models = [dataclasses.replace(m, max_media_bytes=largest) for m in
+        self.models = [dataclasses.replace(m, max_media_bytes=largest, max_document_pages=s.max_document_pages) for m in
                        with_configured_models(models or MODELS, s.models, TYPICAL, provider=name)]
         self.files = FileStore(name, s.poll_interval, s.max_processing_seconds,
                                shared_uploads(s.key, s.client_base_url or ""), s.key)

@@ -144,7 +144,7 @@ class RoutingHints(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MultimodalRequest(_message.Message):
-    __slots__ = ("messages", "options", "hints", "session_id", "metadata")
+    __slots__ = ("messages", "options", "hints", "session_id", "metadata", "turn_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -157,12 +157,14 @@ class MultimodalRequest(_message.Message):
     HINTS_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     options: Options
     hints: RoutingHints
     session_id: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., hints: _Optional[_Union[RoutingHints, _Mapping]] = ..., session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    turn_id: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., options: _Optional[_Union[Options, _Mapping]] = ..., hints: _Optional[_Union[RoutingHints, _Mapping]] = ..., session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., turn_id: _Optional[str] = ...) -> None: ...
 
 class Utterance(_message.Message):
     __slots__ = ("speaker", "start_seconds", "end_seconds", "text", "confidence")
@@ -415,7 +417,7 @@ class Price(_message.Message):
     def __init__(self, input_per_mtok: _Optional[float] = ..., output_per_mtok: _Optional[float] = ..., per_audio_hour: _Optional[float] = ..., audio_input_per_mtok: _Optional[float] = ..., cached_input_per_mtok: _Optional[float] = ..., long_context_above_tokens: _Optional[int] = ..., long_context_input_per_mtok: _Optional[float] = ..., long_context_output_per_mtok: _Optional[float] = ..., long_context_cached_input_per_mtok: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "inputs", "outputs", "features", "context_tokens", "price", "input_mime_types", "max_audio_seconds", "max_output_tokens", "default_max_output_tokens", "url_inputs", "max_media_bytes", "takes_temperature")
+    __slots__ = ("name", "inputs", "outputs", "features", "context_tokens", "price", "input_mime_types", "max_audio_seconds", "max_output_tokens", "default_max_output_tokens", "url_inputs", "max_media_bytes", "takes_temperature", "max_document_pages")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -429,6 +431,7 @@ class ModelInfo(_message.Message):
     URL_INPUTS_FIELD_NUMBER: _ClassVar[int]
     MAX_MEDIA_BYTES_FIELD_NUMBER: _ClassVar[int]
     TAKES_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCUMENT_PAGES_FIELD_NUMBER: _ClassVar[int]
     name: str
     inputs: _containers.RepeatedScalarFieldContainer[Modality]
     outputs: _containers.RepeatedScalarFieldContainer[str]
@@ -442,7 +445,8 @@ class ModelInfo(_message.Message):
     url_inputs: _containers.RepeatedScalarFieldContainer[Modality]
     max_media_bytes: int
     takes_temperature: bool
-    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., outputs: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., context_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., input_mime_types: _Optional[_Iterable[str]] = ..., max_audio_seconds: _Optional[float] = ..., max_output_tokens: _Optional[int] = ..., default_max_output_tokens: _Optional[int] = ..., url_inputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., max_media_bytes: _Optional[int] = ..., takes_temperature: _Optional[bool] = ...) -> None: ...
+    max_document_pages: int
+    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., outputs: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., context_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., input_mime_types: _Optional[_Iterable[str]] = ..., max_audio_seconds: _Optional[float] = ..., max_output_tokens: _Optional[int] = ..., default_max_output_tokens: _Optional[int] = ..., url_inputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., max_media_bytes: _Optional[int] = ..., takes_temperature: _Optional[bool] = ..., max_document_pages: _Optional[int] = ...) -> None: ...
 
 class ProviderInfo(_message.Message):
     __slots__ = ("name", "plugin", "state", "reason", "models", "health")
