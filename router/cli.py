@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from enum import StrEnum
@@ -489,6 +490,10 @@ def ask(
     model: ModelOption = None,
     tag: TagOption = None,
     session: SessionOption = None,
+    turn_id: Annotated[str | None, typer.Option(
+        show_default=False,
+        help="With --session: this turn's id (default: a new one). After exit 7 (connection lost), ask again with "
+             "the id it printed: a turn the daemon kept gets its kept answer, without a second call.")] = None,
     language: LanguageOption = "",
     inline_limit: InlineLimitOption = 4 * 1024 * 1024,
     max_tokens: Annotated[int, typer.Option(min=0, max=INT32_MAX,
@@ -520,6 +525,12 @@ def ask(
         raise typer.Exit(EXIT_USAGE)
     deadline = time.monotonic() + timeout if timeout else None
     prompt, session = read_prompt(prompt), _session(ctx, session)
+    if turn_id is not None and not session:
+        err.print("[red]--turn-id names a turn of a session: give --session (or export "
+                  f"{SESSION_VARIABLE})[/red]")
+        raise typer.Exit(EXIT_USAGE)
+    if session and turn_id is None:  # asked again after a lost connection, the turn is not repeated
+        turn_id = uuid.uuid4().hex
     with daemon_channel(address, token) as channel:
         wait_for_daemon(channel, wait)
         stub = router_pb2_grpc.RouterServiceStub(channel)
@@ -527,7 +538,7 @@ def ask(
         def build(limit: int) -> pb.MultimodalRequest:
             return build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
                                   diarize, speakers, provider, model, tag, session, limit, max_tokens, language,
-                                  deadline=deadline)
+                                  deadline=deadline, turn_id=turn_id or "")
 
         line_open = [False]  # streamed text printed without a newline at its end yet
         received = [False]  # an event of the answer arrived: a connection lost now was lost during the call
@@ -567,7 +578,7 @@ def ask(
                 sys.stdout.write("\n")
                 sys.stdout.flush()
             fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system), as_json=as_json,
-                 received=received[0])
+                 received=received[0], turn_id=turn_id or "")
     if answer is None:
         err.print("[red]the stream ended without an answer[/red]")
         raise typer.Exit(1)

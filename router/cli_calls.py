@@ -377,11 +377,13 @@ def inline_choice(sizes: list[int], inline_limit: int, budget: int = INLINE_BUDG
 
 
 def build_request(stub, prompt: str, images, audio, video, pdf, system, task, diarize, speakers, provider, model,
-                   tags, session, inline_limit, max_tokens: int = 0, language: str = "", deadline: float | None = None):
+                   tags, session, inline_limit, max_tokens: int = 0, language: str = "", deadline: float | None = None,
+                   turn_id: str = ""):
     """The request of ``ask`` and ``explain``: files over ``inline_limit`` bytes, and the largest ones
     once the inline total would pass :data:`INLINE_BUDGET`, are uploaded first (within ``deadline``, see
     :func:`remaining`). ``language`` (a BCP-47 tag, ``--language``) is sent as it is: the daemon checks it.
-    ``--speakers`` turns diarization on, as the request's ``speakers_expected`` does (``--diarize`` may be left out)."""
+    ``--speakers`` turns diarization on, as the request's ``speakers_expected`` does (``--diarize`` may be left out).
+    ``turn_id`` (``ask --turn-id``, or one made for a session's turn) names the turn: asked again, it gets its kept answer."""
     from mmrouter.v1 import router_pb2 as pb
 
     if task not in ("auto", "chat", "transcribe"):
@@ -410,7 +412,7 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     messages.append(pb.Message(role=pb.ROLE_USER, parts=parts))
     tasks = {"auto": pb.TASK_AUTO, "chat": pb.TASK_CHAT, "transcribe": pb.TASK_TRANSCRIBE}
     return pb.MultimodalRequest(
-        messages=messages, session_id=session or "",
+        messages=messages, session_id=session or "", turn_id=turn_id,
         options=pb.Options(task=tasks[task], diarization=diarize or speakers > 0, speakers_expected=speakers,
                            max_output_tokens=max_tokens, language=language),
         hints=pb.RoutingHints(provider=provider or "", model=model or "", tags=tags or []),
@@ -723,13 +725,15 @@ REQUEST_ID_TRAILER = "x-mmrouter-request-id"
 
 
 def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, *, as_json: bool = False,
-         received: bool = False) -> NoReturn:
+         received: bool = False, turn_id: str = "") -> NoReturn:
     """Print the failed call's status (its field violations too, and a hint when the daemon was not
     reached at ``address``, the connection was lost during the call, or the answer was over the CLI's
     receive limit), then one line with its ErrorInfo reason, RetryInfo delay and request id, and exit
     with :func:`exit_code`'s code. ``files`` (see :func:`file_labels`; given by ``ask`` and ``explain``)
     names the files and options the user gave instead of the request's field paths; ``received`` says
-    the call had received some of its answer (see :func:`connection_lost`). With ``as_json``, stdout also
+    the call had received some of its answer (see :func:`connection_lost`), ``turn_id`` the turn id it was
+    sent with (named in the hint of a lost connection: asked again with it, the turn is not repeated). With
+    ``as_json``, stdout also
     gets ``{"error": ...}`` (see :func:`error_fields`)."""
     fields = error_fields(exc)
     details = fields["message"]
@@ -742,7 +746,7 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, 
         if v["description"] not in details:  # most messages say it already
             err.print(shown(f"  {named(v['field'])}: {v['description']}"), markup=False)
     if connection_lost(exc, received):
-        err.print(lost_hint(address), markup=False)
+        err.print(lost_hint(address, turn_id), markup=False)
     elif exc.code() == grpc.StatusCode.UNAVAILABLE and not fields["reason"]:  # gRPC's, not the daemon's
         err.print(unreachable_hint(details, address), markup=False)
     if answer_refused(exc):
@@ -818,8 +822,13 @@ def connection_lost(exc: grpc.RpcError, received: bool = False) -> bool:
     return DAEMON_STOPPED not in details and (received or STREAM_REMOVED in details)
 
 
-def lost_hint(address: str) -> str:
-    """What to know when the connection to the daemon at ``address`` was lost during a call."""
+def lost_hint(address: str, turn_id: str = "") -> str:
+    """What to know when the connection to the daemon at ``address`` was lost during a call (a session's turn
+    sent with ``turn_id``: how to ask again without repeating it)."""
+    if turn_id:
+        return (f"the connection to the daemon at {address} was lost during the call: the daemon may have completed "
+                f"it (answered, counted its cost and kept its session turn); ask again with --turn-id {turn_id} "
+                "(and the same --session) to get its answer if it was kept, without a second call")
     return (f"the connection to the daemon at {address} was lost during the call: the daemon may have completed "
             "it (answered, counted its cost and kept its session turn), so retrying may repeat it")
 

@@ -167,7 +167,7 @@ def test_a_connection_reset_mid_answer_says_it_was_lost_not_that_the_daemon_is_d
     exit 3 with the TLS advice and "is the daemon running?"."""
     daemon = start_daemon(openai_config(slow_openai))
     proxy = proxies(daemon.address)
-    cli = Cli("ask", "tell me", "--address", proxy.address, env={"MMROUTER_SESSION": "s-lost"})
+    cli = Cli("ask", "tell me", "--address", proxy.address)
     printed = read_until(cli, "chunk2 ")
     proxy.mode = "rst"
     result = cli.result(60)
@@ -327,3 +327,41 @@ def test_an_answer_refused_for_its_size_is_not_sent_again(capsys):
     finally:
         sizes.server.stop(None)
     assert MESSAGE_BYTES == 64 << 20  # what the CLI still sends at most
+
+
+def test_a_session_turn_lost_mid_answer_is_asked_again_by_its_turn_id_without_repeating_it(
+        start_daemon, proxies, tmp_path):
+    """ask --session sends a turn id of its own and names it when the connection is lost: asked again with
+    it, a turn the daemon did not keep (its client left: the call was cancelled) is answered, and once kept
+    it is answered from the session, without a second provider call."""
+    import re
+    import sqlite3
+
+    with FakeOpenAI() as fake:
+        fake.reply_chunks, fake.chunk_delay = [f"chunk{i} " for i in range(40)], 0.05
+        daemon = start_daemon(openai_config(fake))
+        proxy = proxies(daemon.address)
+        cli = Cli("ask", "tell me", "--address", proxy.address, env={"MMROUTER_SESSION": "s-again"})
+        read_until(cli, "chunk2 ")
+        proxy.mode = "rst"
+        lost = cli.result(60)
+        assert lost.returncode == EXIT_CONNECTION_LOST, lost.stderr
+        found = re.search(r"ask again with --turn-id ([0-9a-f]{32}) \(and the same --session\) to get its answer "
+                          r"if it was kept, without a second call", lost.stderr)
+        assert found, lost.stderr
+        again = ["ask", "tell me", "--address", daemon.address, "--turn-id", found[1]]
+        first = Cli(*again, env={"MMROUTER_SESSION": "s-again"}).result(60)
+        assert first.returncode == 0 and first.stdout.startswith("chunk0 chunk1"), first.stderr
+        calls = len(fake.chat_requests())
+        second = Cli(*again, env={"MMROUTER_SESSION": "s-again"}).result(60)
+        assert second.returncode == 0 and second.stdout == first.stdout, second.stderr
+        assert f"turn '{found[1]}' of session 's-again' was answered at" in " ".join(second.stderr.split())
+        assert len(fake.chat_requests()) == calls
+    with sqlite3.connect(daemon.data_dir / "sessions.sqlite") as db:
+        roles = [role for (role,) in db.execute("SELECT role FROM turns WHERE session_id = 's-again' ORDER BY position")]
+    assert roles == ["user", "assistant"]
+
+
+def test_a_turn_id_without_a_session_is_a_usage_error():
+    result = Cli("ask", "hi", "--turn-id", "t-1", "--address", "127.0.0.1:1").result(30)
+    assert result.returncode == 2 and "--turn-id names a turn of a session: give --session" in result.stderr
