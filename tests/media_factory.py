@@ -91,6 +91,18 @@ def mp4(frames: int = 10, size: int = 32, tone: bool = False) -> bytes:
     return buf.getvalue()
 
 
+def paged_pdf(pages: int, text: str) -> bytes:
+    """A PDF of ``pages`` pages, cheaply: one page of ``text``, then blank ones (pypdf)."""
+    import pypdf
+
+    writer = pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(pdf([text]))))
+    for _ in range(pages - 1):
+        writer.add_blank_page(200, 200)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
 def y4m_declaring(width: int, height: int) -> bytes:
     """A tiny raw video (YUV4MPEG2) whose header declares ``width`` x ``height`` frames."""
     return f"YUV4MPEG2 W{width} H{height} F1:1 Ip A1:1 C420jpeg\nFRAME\n".encode() + b"\x80" * 1024

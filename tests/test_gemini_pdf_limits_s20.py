@@ -6,11 +6,9 @@ provider and in the daemon (the embedded ``documents`` rule)."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 from grpc_helpers import text_request
-from media_factory import pdf
+from media_factory import paged_pdf, pdf
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter_gemini import GeminiProvider
 from mmrouter_gemini.settings import DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_MAX_DOCUMENT_PAGES, GeminiSettings
@@ -26,15 +24,8 @@ TEXT = "Quarterly report: revenue grew."
 
 
 def many_pages(pages: int) -> bytes:
-    """A PDF of ``pages`` pages, cheaply: one page of text, then blank ones (pypdf)."""
-    import pypdf
-
-    writer = pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(pdf([TEXT]))))
-    for _ in range(pages - 1):
-        writer.add_blank_page(200, 200)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
+    """A PDF of ``pages`` pages (one of text, then blank ones)."""
+    return paged_pdf(pages, TEXT)
 
 
 @pytest.fixture

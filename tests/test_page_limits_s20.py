@@ -10,11 +10,9 @@ fakes of tests/fakes/ (the embedded ``documents`` rule: Claude, then Gemini, the
 
 from __future__ import annotations
 
-import io
-
 import pytest
 from grpc_helpers import text_request
-from media_factory import pdf
+from media_factory import paged_pdf
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter_anthropic import AnthropicProvider
 from mmrouter_gemini import GeminiProvider
@@ -148,15 +146,8 @@ def test_gemini_models_declare_the_max_document_pages_setting() -> None:
 
 
 def many_pages(pages: int) -> bytes:
-    """A PDF of ``pages`` pages, cheaply: one page of text, then blank ones (pypdf)."""
-    import pypdf
-
-    writer = pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(pdf(["Annual report: revenue grew."]))))
-    for _ in range(pages - 1):
-        writer.add_blank_page(200, 200)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
+    """A PDF of ``pages`` pages (one of text, then blank ones)."""
+    return paged_pdf(pages, "Annual report: revenue grew.")
 
 
 @pytest.fixture
