@@ -13,7 +13,7 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-from .mime import normalise_mime
+from .mime import ALIASES, normalise_mime
 from .types import Modality
 
 #: How many first bytes :func:`mime_problem` is given: magic numbers need 16, the text check more.
@@ -129,7 +129,12 @@ def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
 def _generic_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
     """Why content declared ``mime_type``, a type naming no format (:data:`GENERIC_TYPES`), cannot be taken
     as the format its first bytes ``head`` show (see :func:`content_mime`), or None: that format is not
-    known, has several types, or is not of ``modality``. The refusal names the type to declare."""
+    known, has several types, or is not of ``modality``. The refusal names the type to declare. UTF-16 or
+    UTF-32 text (a Windows "Unicode Text" export) is named as such: its byte order mark would pass for the
+    frame header of an MPEG audio file."""
+    if encoding := _bom_text(head):
+        return (f"declared {mime_type!r}, which names no format, and the content is {encoding} text (it starts with "
+                f"a {encoding} byte order mark): convert it to UTF-8 and declare text/plain, text/csv...")
     found = magic_family(head)
     real = _FAMILY_TYPE.get(found or "")
     if real is None:
@@ -180,14 +185,33 @@ def content_mime(mime_type: str, head: bytes) -> str:
     """The MIME type to keep for content declared ``mime_type`` whose first bytes are ``head``: the
     declared one, or the content's real type when the declared one is a compatible but wrong alias
     (``audio/aac`` for an mp4 container: ``audio/mp4``) or names no format (``application/octet-stream``
-    for a PDF: ``application/pdf``). Call it on content :func:`mime_problem` passed."""
+    for a PDF: ``application/pdf``). A non-standard name of a type (:data:`router.mime.ALIASES`:
+    ``application/x-pdf``, ``image/jpg``) is kept as its registered one: stored so, an upload or a session's
+    turn reads the same to a daemon of an older version (after a rollback), which may not know the alias.
+    Call it on content :func:`mime_problem` passed."""
+    mime = normalise_mime(mime_type)
+    declared = mime if mime_type.split(";", 1)[0].strip().lower() in ALIASES else mime_type
     family = magic_family(head)
     if not family:
-        return mime_type
-    mime = normalise_mime(mime_type)
+        return declared
     if mime in GENERIC_TYPES:
         return _FAMILY_TYPE.get(family, mime_type)
-    return _RETYPE.get((mime, family), mime_type)
+    return _RETYPE.get((mime, family), declared)
+
+
+def _bom_text(head: bytes) -> str | None:
+    """"UTF-32" or "UTF-16" when ``head`` starts with that encoding's byte order mark and reads as text in it
+    (no control character but tab and line breaks), else None."""
+    for bom, encoding, codec in ((codecs.BOM_UTF32_LE, "UTF-32", "utf-32-le"), (codecs.BOM_UTF32_BE, "UTF-32", "utf-32-be"),
+                                 (codecs.BOM_UTF16_LE, "UTF-16", "utf-16-le"), (codecs.BOM_UTF16_BE, "UTF-16", "utf-16-be")):
+        if head.startswith(bom):
+            body = head[len(bom):]
+            try:  # whole code units only: a full head may end inside a character
+                text = codecs.getincrementaldecoder(codec)().decode(body, final=False)
+            except UnicodeDecodeError:
+                return None
+            return encoding if text and all(c.isprintable() or c in "\t\r\n" for c in text) else None
+    return None
 
 
 def _text_problem(mime_type: str, head: bytes) -> str | None:
@@ -291,7 +315,7 @@ def _pdf_facts(source: bytes | str) -> tuple[int | None, bool]:
     counting the page objects visible in its first 64 MiB.
     """
     import pypdf  # imported on the first PDF, not at start-up
-    from pypdf.errors import PyPdfError
+    from pypdf.errors import DependencyError, PyPdfError
 
     locked = False
     try:
@@ -301,8 +325,9 @@ def _pdf_facts(source: bytes | str) -> tuple[int | None, bool]:
             locked = reader.is_encrypted and not reader.decrypt("")  # as mmrouter-local reads it
             if not locked:
                 return len(reader.pages) or None, False
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError, OSError):
-        pass  # an AES-encrypted one without the cryptography package too: locked or not, unknown
+    except (PyPdfError, DependencyError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError,
+            OSError):
+        pass  # an AES-encrypted one without the cryptography package (pypdf[crypto]) too: locked or not, unknown
     if isinstance(source, bytes):
         head = source[:_PDF_HEAD]
     else:

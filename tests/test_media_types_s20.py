@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sqlite3
 
 import grpc
 import pytest
@@ -94,12 +95,29 @@ def test_an_upload_declared_octet_stream_is_recorded_as_its_content_s_type(start
     assert png_id.mime_type == "image/png"
 
 
+def test_an_alias_is_recorded_under_its_registered_name(start_daemon, fakes) -> None:
+    """An upload and a session's turn recorded application/x-pdf as given: a daemon of an older version, after
+    a rollback, does not know the alias (it sent such a PDF to Claude as plain text)."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    assert upload(daemon, PDF[:-1] + b"\n", "application/x-pdf").mime_type == "application/pdf"
+    request = text_request("Summarise", media=[document(PDF, "text/x-pdf")])
+    request.session_id = "kept-as-pdf"
+    generate(daemon, request)
+    with sqlite3.connect(daemon.data_dir / "sessions.sqlite") as db:
+        [(parts,)] = db.execute("SELECT parts FROM turns WHERE session_id = 'kept-as-pdf' AND role = 'user'")
+    assert [part.get("mime_type") for part in json.loads(parts) if "media_id" in part] == ["application/pdf"]
+
+
 @pytest.mark.parametrize(("data", "modality", "says"), [
     (b"\x00\x01\x02 some binary", pb.MODALITY_DOCUMENT, "the content is not a format the router recognises"),
     (b"plain notes\n", pb.MODALITY_DOCUMENT, "the content looks like UTF-8 text (declare text/plain"),
     (mp4(), pb.MODALITY_VIDEO, "the content looks like MP4 (video/mp4, audio/mp4 or video/quicktime)"),
     (png("hi"), pb.MODALITY_DOCUMENT, "the content is image/png, not a document: send it as image with "
                                       "mime_type 'image/png'"),
+    # a Windows "Unicode Text" export: its byte order mark (FF FE) passed for an MPEG audio frame header
+    *[("name,amount\nalice,1\n".encode(encoding), modality, f"the content is {name} text (it starts with a {name} "
+       "byte order mark): convert it to UTF-8") for encoding, name in (("utf-16", "UTF-16"), ("utf-32", "UTF-32"))
+      for modality in (pb.MODALITY_DOCUMENT, pb.MODALITY_AUDIO)],
 ])
 def test_octet_stream_content_of_no_one_type_is_refused_naming_the_type_to_declare(start_daemon, fakes, data,
                                                                                     modality, says) -> None:
@@ -163,23 +181,25 @@ def test_media_an_older_version_stored_as_octet_stream_are_used_or_refused_clear
 # -- pdfdocs §5: a password-protected PDF ---------------------------------------------------------------------
 
 
-def _encrypted(user_password: str) -> bytes:
-    """:data:`PDF` encrypted with ``user_password`` (empty: only an owner password, it opens without one)."""
+def _encrypted(user_password: str, algorithm: str = "RC4-128") -> bytes:
+    """:data:`PDF` encrypted with ``user_password`` (empty: only an owner password, it opens without one), with
+    ``algorithm`` (AES needs the cryptography package: pypdf[crypto], a dependency)."""
     from pypdf import PdfReader, PdfWriter
 
     writer = PdfWriter()
     for page in PdfReader(io.BytesIO(PDF)).pages:
         writer.add_page(page)
-    writer.encrypt(user_password=user_password, owner_password="owner-secret")
+    writer.encrypt(user_password=user_password, owner_password="owner-secret", algorithm=algorithm)
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
 
 
-def test_a_password_protected_pdf_is_refused_before_any_call(start_daemon, fakes) -> None:
+@pytest.mark.parametrize("algorithm", ["RC4-128", "AES-256"])  # AES: today's tools' default
+def test_a_password_protected_pdf_is_refused_before_any_call(start_daemon, fakes, algorithm) -> None:
     """An encrypted PDF went to Claude, whose 400 ("The PDF specified was not valid") ended the call naming
     no part. It is refused up front, naming the part; one with only an owner password is still read."""
-    locked, owner_only = _encrypted("user-pw"), _encrypted("")
+    locked, owner_only = _encrypted("user-pw", algorithm), _encrypted("", algorithm)
     assert (measure_media(locked, Modality.DOCUMENT).locked, measure_media(owner_only, Modality.DOCUMENT).locked) \
         == (True, False)
     daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
