@@ -732,9 +732,9 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, 
     with :func:`exit_code`'s code. ``files`` (see :func:`file_labels`; given by ``ask`` and ``explain``)
     names the files and options the user gave instead of the request's field paths; ``received`` says
     the call had received some of its answer (see :func:`connection_lost`), ``turn_id`` the turn id it was
-    sent with (named in the hint of a lost connection: asked again with it, the turn is not repeated). With
-    ``as_json``, stdout also
-    gets ``{"error": ...}`` (see :func:`error_fields`)."""
+    sent with (named after a lost connection or a passed deadline: asked again with it, a kept turn is not
+    repeated). With ``as_json``, stdout also
+    gets ``{"error": ...}`` (see :func:`error_fields`; with its ``turn_id``, if any)."""
     fields = error_fields(exc)
     details = fields["message"]
 
@@ -747,6 +747,10 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, 
             err.print(shown(f"  {named(v['field'])}: {v['description']}"), markup=False)
     if connection_lost(exc, received):
         err.print(lost_hint(address, turn_id), markup=False)
+    elif turn_id and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        err.print(f"the daemon may have answered and kept this turn as its deadline passed: ask again with --turn-id "
+                  f"{turn_id} (and the same --session) to get its answer if it was kept, without a second call",
+                  markup=False)
     elif exc.code() == grpc.StatusCode.UNAVAILABLE and not fields["reason"]:  # gRPC's, not the daemon's
         err.print(unreachable_hint(details, address), markup=False)
     if answer_refused(exc):
@@ -761,7 +765,7 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, 
     if any(said):
         err.print(shown("; ".join(part for part in said if part)), markup=False)
     if as_json:
-        print_json({"error": fields})
+        print_json({"error": {**fields, "turn_id": turn_id} if turn_id else fields})
     raise typer.Exit(exit_code(exc, received))
 
 
@@ -869,11 +873,12 @@ def print_route(route, console: Console) -> None:
                   f"{escape(shown(route.model))}[/bold]"
                   + escape(shown(f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else ""))
                   + escape(shown(f"  bridges: {', '.join(route.bridges)}" if route.bridges else "")))
-    table = Table("rule", "outcome", "why", show_header=True, box=None)
-    for t in route.trace:
-        # cells as Text, not escaped markup: escape() doubles a backslash that ends a value
-        table.add_row(Text(shown(t.rule)), outcome.get(t.outcome, "?"), Text(shown(t.reason)))
-    console.print(table)
+    if route.trace:  # none for an answer kept before (a turn asked again by its turn id): no empty table
+        table = Table("rule", "outcome", "why", show_header=True, box=None)
+        for t in route.trace:
+            # cells as Text, not escaped markup: escape() doubles a backslash that ends a value
+            table.add_row(Text(shown(t.rule)), outcome.get(t.outcome, "?"), Text(shown(t.reason)))
+        console.print(table)
     for step in route.steps:
         console.print(shown(f"step {step.purpose}: {step.provider}/{step.model} {step.latency_ms:.0f} ms "
                             f"${step.usage.cost_usd:.6f}"), markup=False)

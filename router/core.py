@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import math
 import os
@@ -621,6 +623,9 @@ class App:
         decision, _ = self._decide(full, observed=False, notes=notes)
         route = RouteInfo.planned(decision)
         route.notes.extend(notes)
+        if request.turn_id and (found := await self._kept_turn(request)) is not None:
+            route.notes.append(f"{_answered_at(request, found[1])}: Generate would send its kept answer again, "
+                               "calling no provider")
         return route
 
     async def answer(self, request: Request, deadline: float | None,
@@ -691,18 +696,29 @@ class App:
                     del self._in_flight[session]
                     self._session_turns.pop(session, None)
 
-    async def _answered_before(self, request: Request, notes: list[str], clock: float) -> Answer | None:
-        """The kept answer of the session's turn ``request.turn_id`` names (see :meth:`SessionStore.answered`),
-        as the call's answer: the route of the call that answered it, with ``notes`` and one saying so, no
-        usage (nothing is called or billed); None when the session keeps no such turn."""
+    async def _kept_turn(self, request: Request) -> tuple[KeptAnswer, float] | None:
+        """The kept answer of the session's turn ``request.turn_id`` names, and when it was kept (see
+        :meth:`SessionStore.answered`), or None. A turn that asked something else (another text, other media:
+        :func:`_asked`) is refused with :class:`InvalidRequest` on ``request.turn_id``: a client reusing ids
+        would otherwise get an old answer to a new question."""
         found = await self.sessions.run(self.sessions.answered, request.session_id, request.turn_id)
+        if found is not None and found[0].asked and found[0].asked != await asyncio.to_thread(_asked, request):
+            problem = (f"names a turn of this session that asked something else ({_answered_at(request, found[1])}): "
+                       "give each turn an id of its own, and the same one only to ask that turn again")
+            raise InvalidRequest(f"invalid request: request.turn_id: {problem}",
+                                 violations=[FieldViolation("request.turn_id", problem)])
+        return found
+
+    async def _answered_before(self, request: Request, notes: list[str], clock: float) -> Answer | None:
+        """The kept answer of the session's turn ``request.turn_id`` names (see :meth:`_kept_turn`), as the
+        call's answer: the route of the call that answered it, with ``notes`` and one saying so, no usage
+        (nothing is called or billed); None when the session keeps no such turn."""
+        found = await self._kept_turn(request)
         if found is None:
             return None
         kept, at = found
         route = RouteInfo(rule=kept.rule, provider=kept.provider, model=kept.model, notes=[*notes, (
-            f"turn {request.turn_id!r} of session {request.session_id!r} was answered at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(at))} UTC: its kept answer is sent again; no "
-            "provider was called and no turn added")])
+            f"{_answered_at(request, at)}: its kept answer is sent again; no provider was called and no turn added")])
         route.latency_ms = (time.perf_counter() - clock) * 1000
         finish = next((reason for reason in FinishReason if reason.value == kept.finish_reason), None)
         return Answer(kept.text, None, Usage(), route, finish)
@@ -853,7 +869,7 @@ class App:
             turns.append(Message(Role.ASSISTANT, [Part(text=self._kept_reply(request, answer, registry))]))
             reply = None if not request.turn_id else KeptAnswer(
                 request.turn_id, answer.text, answer.route.rule, answer.route.provider, answer.route.model,
-                answer.finish_reason.value if answer.finish_reason is not None else "")
+                answer.finish_reason.value if answer.finish_reason is not None else "", _asked(request))
             kept = self.sessions.append(request.session_id, turns, self._store_media,
                                         wanted=None if cancelled is None else lambda: not cancelled.is_set(),
                                         reply=reply)
@@ -1024,6 +1040,30 @@ def _check_only_new_turn(request: Request, stored: int) -> None:
                    "(user and system messages); the router adds the earlier ones")
         raise InvalidRequest(f"invalid request: {problem}", violations=[
             FieldViolation(f"request.messages[{replies[0]}].role", problem)])
+
+
+def _answered_at(request: Request, at: float) -> str:
+    """"turn 't-1' of session 's1' was answered at <time> UTC": of ``request``'s turn id, kept at ``at``."""
+    return (f"turn {request.turn_id!r} of session {request.session_id!r} was answered at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(at))} UTC")
+
+
+def _asked(request: Request) -> str:
+    """A digest of what ``request`` (a client's turn, without its session's history) asks: its messages' roles,
+    texts and media (by content: an inline media's bytes hash to the id its upload would have), so that a turn
+    asked again is told from another question sent under the same turn id. Reads inline bytes: in a thread."""
+    digest = hashlib.sha256()
+    for message in request.messages:
+        for part in message.parts:
+            media = part.media
+            if media is None:
+                what = f"text:{part.text}"
+            elif media.media_id or media.url:
+                what = f"media:{media.media_id or media.url}"
+            else:
+                what = f"media:{hashlib.sha256(media.read_bytes()).hexdigest()}"
+            digest.update(json.dumps([message.role.value, what]).encode())
+    return digest.hexdigest()
 
 
 def _unusable_media(request: Request, measured: Mapping[int, Measured]) -> list[FieldViolation]:

@@ -132,6 +132,9 @@ class KeptAnswer:
     model: str
     #: The answering model's finish reason (``FinishReason.value``), "" when unknown.
     finish_reason: str = ""
+    #: A digest of what the turn asked (``router.core._asked``), "" when unknown: the same id with another
+    #: question is refused.
+    asked: str = ""
 
 
 class Removed(NamedTuple):

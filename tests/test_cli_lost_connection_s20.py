@@ -355,6 +355,7 @@ def test_a_session_turn_lost_mid_answer_is_asked_again_by_its_turn_id_without_re
         calls = len(fake.chat_requests())
         second = Cli(*again, env={"MMROUTER_SESSION": "s-again"}).result(60)
         assert second.returncode == 0 and second.stdout == first.stdout, second.stderr
+        assert "outcome" not in second.stderr, "an empty rule table for a kept answer (it has no trace)"
         assert f"turn '{found[1]}' of session 's-again' was answered at" in " ".join(second.stderr.split())
         assert len(fake.chat_requests()) == calls
     with sqlite3.connect(daemon.data_dir / "sessions.sqlite") as db:
@@ -365,3 +366,18 @@ def test_a_session_turn_lost_mid_answer_is_asked_again_by_its_turn_id_without_re
 def test_a_turn_id_without_a_session_is_a_usage_error():
     result = Cli("ask", "hi", "--turn-id", "t-1", "--address", "127.0.0.1:1").result(30)
     assert result.returncode == 2 and "--turn-id names a turn of a session: give --session" in result.stderr
+
+
+def test_a_session_turn_past_its_deadline_names_its_turn_id(start_daemon, slow_openai):
+    """A deadline passing as the answer left is the other way to miss a kept answer: the id is given, on
+    stderr and in --json's error."""
+    import json as json_module
+
+    daemon = start_daemon(openai_config(slow_openai))
+    result = Cli("ask", "tell me", "--address", daemon.address, "--timeout", "8", "--json",
+                 env={"MMROUTER_SESSION": "s-late"}).result(60)
+    assert result.returncode == 6, result.stderr
+    error = json_module.loads(result.stdout)["error"]
+    assert error["code"] == "DEADLINE_EXCEEDED" and len(error["turn_id"]) == 32
+    assert (f"ask again with --turn-id {error['turn_id']} (and the same --session) to get its answer if it was "
+            "kept, without a second call") in " ".join(result.stderr.split())

@@ -12,6 +12,7 @@ import threading
 import grpc
 import pytest
 from grpc_helpers import error_details, text_request
+from media_factory import png
 from mmrouter.v1 import router_pb2 as pb
 
 from tests.fakes.openai import API_KEY, FakeOpenAI
@@ -23,8 +24,8 @@ default: openai/gpt-4o
 """
 
 
-def turn(text: str, session: str, turn_id: str = "") -> pb.MultimodalRequest:
-    request = text_request(text)
+def turn(text: str, session: str, turn_id: str = "", media: list[pb.Media] | None = None) -> pb.MultimodalRequest:
+    request = text_request(text, media=media)
     request.session_id, request.turn_id = session, turn_id
     return request
 
@@ -88,6 +89,29 @@ def test_a_turn_asked_again_while_it_is_answered_waits_and_gets_that_answer(star
     assert [a.text for a in answers] == ["Hello from the fake GPT."] * 2
     assert len(fake.chat_requests()) == 1
     assert [role for role, _ in kept_turns(daemon, "s3")] == ["user", "assistant"]
+
+
+def test_a_turn_id_with_another_question_is_refused_and_explain_says_what_generate_does(start_daemon, fake) -> None:
+    """A client reusing ids (a counter reset by a restart) got an old answer to a new question, at status OK."""
+    daemon = start_daemon(CONFIG.format(key=API_KEY, url=fake.base_url), plugins=())
+    image = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=png("receipt 42"), filename="r.png")
+    first = daemon.stub.Generate(pb.GenerateRequest(request=turn("What is this?", "s9", "t-1", [image]))).answer
+    # the same turn, its image inline again: the kept answer
+    again = daemon.stub.Generate(pb.GenerateRequest(request=turn("What is this?", "s9", "t-1", [image]))).answer
+    assert again.text == first.text and len(fake.chat_requests()) == 1
+    explained = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=turn("What is this?", "s9", "t-1", [image])))
+    assert any("turn 't-1' of session 's9' was answered at" in note and "Generate would send its kept answer again"
+               in note for note in explained.route.notes), explained.route.notes
+    other_image = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=png("receipt 43"))
+    for other in (turn("And this?", "s9", "t-1", [image]), turn("What is this?", "s9", "t-1", [other_image])):
+        with pytest.raises(grpc.RpcError) as caught:
+            daemon.stub.Generate(pb.GenerateRequest(request=other))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        [(field, description)] = error_details(caught.value).violations
+        assert field == "request.turn_id" and description.startswith(
+            "names a turn of this session that asked something else (turn 't-1' of session 's9' was answered at")
+    assert len(fake.chat_requests()) == 1
+    assert [role for role, _ in kept_turns(daemon, "s9")] == ["user", "assistant"]
 
 
 def test_a_reset_session_forgets_its_turn_ids(start_daemon, fake) -> None:
