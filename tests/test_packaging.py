@@ -19,7 +19,7 @@ def test_the_router_wheel_ships_its_types_licence_and_duration_reader(tmp_path) 
     """Without py.typed, type checkers ignored the plugin API (``class Echo(Provider)`` was ``Any``) and
     the shipped router_pb2.pyi; without the licence text the declared Apache-2.0 could not be honoured;
     without PyAV a cloud-only install measured no audio or video length, so ``audio_seconds`` rules (the
-    embedded long-audio one) never matched."""
+    embedded long-audio one) never matched; without pypdf[crypto] an AES-encrypted PDF could not be opened."""
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(tmp_path), str(ROOT)], check=True, timeout=300)
     (wheel,) = tmp_path.glob("mmrouter_daemon-*.whl")
@@ -29,9 +29,12 @@ def test_the_router_wheel_ships_its_types_licence_and_duration_reader(tmp_path) 
         licence = next(archive.read(n) for n in names if n.endswith(".dist-info/licenses/LICENSE"))
     assert {"router/py.typed", "mmrouter/py.typed", "mmrouter/v1/router_pb2.pyi"} <= names
     assert licence == (ROOT / "LICENSE").read_bytes() and b"Apache License" in licence
-    required = {Requirement(line.split(":", 1)[1].strip()).name
-                for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line}
+    required = {requirement.name: requirement for requirement in (
+        Requirement(line.split(":", 1)[1].strip())
+        for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line)}
     assert "av" in required
+    # without cryptography an AES-encrypted PDF (today's tools' default) was neither counted nor refused if locked
+    assert "crypto" in required["pypdf"].extras
 
 
 def test_every_plugin_bounds_the_router_it_was_written_for_and_ships_the_licence() -> None:
