@@ -1102,7 +1102,8 @@ def _unusable_media(request: Request, measured: Mapping[int, Measured]) -> list[
                 problem = (f"the {media.modality.value} is empty: its measured duration is 0 s "
                            "(a header with no samples), so there is nothing to hear")
             elif facts.no_audio and id(media) in transcribed:
-                problem = (f"the {media.modality.value} has no audio track, so there is nothing to transcribe "
+                problem = (f"the {'video' if media.modality is Modality.VIDEO else 'recording'} has no audio track, "
+                           "so there is nothing to transcribe "
                            "(to ask about its pictures, send the video with TASK_CHAT)")
             elif facts.locked:
                 problem = ("password-protected PDF: remove the password (it opens only with its password, "

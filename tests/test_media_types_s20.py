@@ -263,7 +263,7 @@ def test_transcribing_a_recording_without_an_audio_track_is_refused_naming_the_p
     assert (measure_media(silent, Modality.VIDEO).no_audio, measure_media(sound, Modality.VIDEO).no_audio) == \
         (True, False)
     daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
-    kind = "video" if modality == pb.MODALITY_VIDEO else "audio"
+    kind = "video" if modality == pb.MODALITY_VIDEO else "recording"  # not "the audio has no audio track"
     media = pb.Media(modality=modality, mime_type="video/mp4", data=silent, filename="screen.mp4")
     transcribe = pb.Options(task=pb.TASK_TRANSCRIBE)
     details = refused(daemon, text_request("", media=[media], options=transcribe))
