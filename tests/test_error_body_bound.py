@@ -195,6 +195,8 @@ def test_an_endless_error_body_ends_at_the_clients_deadline(openai_daemon) -> No
     """A body trickling in, never reaching the bound: the call's deadline ends it, and the daemon closes
     the upstream connection then."""
     fake, daemon = openai_daemon
+    # the SDK loaded first: on a loaded machine its first import took most of the 2 s (UNAVAILABLE, "still loading")
+    daemon.stub.Generate(pb.GenerateRequest(request=text_request("Hello?")), timeout=60)
     fake.huge_error_next(500, None, head=b'{"error": {"message": "', pause=0.05, piece=16)
     with pytest.raises(grpc.RpcError) as info:
         daemon.stub.Generate(pb.GenerateRequest(request=text_request("Hello?")), timeout=2)
