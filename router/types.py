@@ -323,11 +323,12 @@ class ModelInfo:
     input_mime_types: frozenset[str] = frozenset()
     max_audio_seconds: float = 0
     max_media_bytes: int = 0
-    max_document_pages: int = 0
     url_inputs: frozenset[Modality] | None = None
     #: Whether its provider sends ``options.temperature`` to it; False: it is left out, and the answer's
     #: route says so in a note.
     takes_temperature: bool = True
+    # new fields go last: plugins may give the fields before them by position
+    max_document_pages: int = 0
 
     def can_take(self, modalities: set[Modality]) -> bool:
         """True when every modality in ``modalities`` is an input of this model."""
