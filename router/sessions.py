@@ -120,6 +120,13 @@ def storage_error(exc: sqlite3.Error, doing: str) -> RouterError | None:
     return None
 
 
+def _left_to_later(exc: sqlite3.OperationalError) -> bool:
+    """Whether a write the store makes at start (a migration, an index, a clean-up) that failed with ``exc`` may
+    be left to a later start: a full disk, an I/O error, the database locked by another process past the busy
+    timeout. Neither must stop the daemon (or ``prune``) from opening the database."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY)
+
+
 @dataclasses.dataclass(frozen=True)
 class KeptAnswer:
     """The answer to a session's turn that its client named (``Request.turn_id``), kept with the turn, so
@@ -251,8 +258,7 @@ class SessionStore:
                 self._db.execute("ALTER TABLE turns ADD COLUMN turn_id TEXT")
                 self._db.execute("ALTER TABLE turns ADD COLUMN answer TEXT")
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR,
-                                                                    sqlite3.SQLITE_BUSY):
+            if not _left_to_later(exc):
                 raise
             log.warning("the sessions database could not be given its turn id columns (%s): turns asked again "
                         "with their turn_id are answered again until a later start adds them", exc)
@@ -274,8 +280,7 @@ class SessionStore:
         try:
             self._db.execute("CREATE INDEX IF NOT EXISTS calls_at ON calls (at)")
         except sqlite3.OperationalError as exc:
-            later = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY)
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in later:
+            if not _left_to_later(exc):
                 raise
             log.warning("the statistics rows could not be indexed by time (%s): prune reads them all until they "
                         "are, at a later start", exc)
@@ -295,8 +300,7 @@ class SessionStore:
             with self._writing():
                 dropped = self._db.execute(f"DELETE {stale}").rowcount
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR,
-                                                                   sqlite3.SQLITE_BUSY):
+            if not _left_to_later(exc):
                 raise
             log.warning("the links of reset sessions to kept texts could not be dropped (%s): at a later start", exc)
             return
