@@ -155,14 +155,16 @@ def test_the_python_client_example_runs_against_the_daemon(start_daemon, tmp_pat
     assert lines[2].startswith(f"uploaded {media_id[:12]}…: {asked}"), lines
     assert lines[3].startswith("session: fake/omni says: My name is Ada. [history=0"), lines
     assert lines[4].startswith("session: fake/omni says: What is my name? [history=1"), lines
-    assert lines[5] == "session reset: 4 stored message(s) removed", lines
-    streamed, done = lines[6], lines[7]
+    assert lines[5] == lines[4].replace("session: ", "session, asked again: ", 1), lines  # the kept answer
+    assert "its kept answer is sent again; no provider was called and no turn added" in lines[6], lines
+    assert lines[7] == "session reset: 4 stored message(s) removed", lines  # the retry added no turn
+    streamed, done = lines[8], lines[9]
     assert streamed.startswith("stream: fake/omni says: ") and streamed.count("|") > 3, streamed
     assert done == "  done: fake/omni", lines
-    assert lines[8].startswith("error: INVALID_ARGUMENT: "), lines
-    assert lines[9].startswith("  reason: INVALID_REQUEST (request id "), lines
-    assert lines[10].startswith("  field request.options.temperature: "), lines
-    assert len(lines) == 11, lines
+    assert lines[10].startswith("error: INVALID_ARGUMENT: "), lines
+    assert lines[11].startswith("  reason: INVALID_REQUEST (request id "), lines
+    assert lines[12].startswith("  field request.options.temperature: "), lines
+    assert len(lines) == 13, lines
 
 
 # -- d. ask --language and reset ----------------------------------------------------------------------

@@ -3,8 +3,8 @@
     python client.py 127.0.0.1:50051 receipt.png
 
 It asks about an image sent inline, uploads the same image and asks about it by its media id,
-holds a two-turn conversation in a session (then resets it), streams an answer, and reads the
-details of a refused request. Set MMROUTER_TOKEN for a daemon with ``server.auth_token``.
+holds a two-turn conversation in a session (asks its last turn again by its turn id, as a retry does,
+then resets it), streams an answer, and reads the details of a refused request. Set MMROUTER_TOKEN for a daemon with ``server.auth_token``.
 """
 
 from __future__ import annotations
@@ -92,10 +92,16 @@ def main(address: str, image_path: str) -> None:
         print(f"uploaded {media_id[:12]}…: {answer.text}")
 
         # 3. A conversation: each request sends only its new turn; the daemon keeps the earlier ones.
+        # Each turn gets an id of its own (turn_id): a turn sent again under its id, as after a dropped
+        # connection or a deadline that passed as the answer left, gets the answer the daemon kept,
+        # with no second provider call and no second turn in the conversation.
         session = f"example-{uuid.uuid4()}"  # the key to the conversation: keep it secret
         for turn in ("My name is Ada.", "What is my name?"):
-            request = pb.MultimodalRequest(messages=[user(pb.Part(text=turn))], session_id=session)
+            request = pb.MultimodalRequest(messages=[user(pb.Part(text=turn))], session_id=session,
+                                           turn_id=uuid.uuid4().hex)
             print(f"session: {ask(stub, request, metadata).text}")
+        again = ask(stub, request, metadata)  # the last turn again, under the same turn id (a retry)
+        print(f"session, asked again: {again.text}\n  {again.route.notes[-1]}")
         removed = stub.ResetSession(pb.ResetSessionRequest(session_id=session), metadata=metadata).turns_removed
         print(f"session reset: {removed} stored message(s) removed")
 
