@@ -718,7 +718,8 @@ class App:
             return None
         kept, at = found
         route = RouteInfo(rule=kept.rule, provider=kept.provider, model=kept.model, notes=[*notes, (
-            f"{_answered_at(request, at)}: its kept answer is sent again; no provider was called and no turn added")])
+            f"{_answered_at(request, at)}: its kept answer is sent again; no provider was called and no turn added")],
+            kept_turn=request.turn_id)
         route.latency_ms = (time.perf_counter() - clock) * 1000
         finish = next((reason for reason in FinishReason if reason.value == kept.finish_reason), None)
         return Answer(kept.text, None, Usage(), route, finish)

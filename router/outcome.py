@@ -44,6 +44,8 @@ class RouteInfo:
     steps: list[Step] = field(default_factory=list)
     latency_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: The session's turn id whose kept answer this call sent again, calling no provider ("" for an answer made now).
+    kept_turn: str = ""
 
     @classmethod
     def planned(cls, decision: Decision) -> RouteInfo:

@@ -203,7 +203,8 @@ class CallLog:
         cost = sum(step.usage.cost_usd for step in route.steps) if route is not None else 0  # as stats keeps it
         facts = {"rule": route.rule if route is not None else "", "provider": provider, "model": model,
                  "attempts": len(attempts), "cost_usd": cost, "session": redact.session_tag(self.session),
-                 "request_id": self.request_id}
+                 # an answer sent again for a turn asked again: no provider was called this time
+                 "kept_turn": route.kept_turn if route is not None else "", "request_id": self.request_id}
         line = " ".join([self.method, code, *([reason] if reason else []), f"in {duration_ms:.0f} ms",
                          *(f"{k}={dollars(v)}" if k == "cost_usd" else f"{k}={v}" for k, v in facts.items() if v)])
         if error:

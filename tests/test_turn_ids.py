@@ -56,6 +56,9 @@ def test_a_turn_asked_again_with_its_turn_id_gets_the_kept_answer_without_a_call
                for note in again.route.notes), again.route.notes
     assert again.usage.cost_usd == 0 and not again.route.attempts
     assert len(fake.chat_requests()) == 1
+    access = [line for line in daemon.logs().splitlines() if "Generate OK" in line]
+    assert len(access) == 2 and "kept_turn" not in access[0], access  # the operator tells the replay apart
+    assert "kept_turn=t-1" in access[1] and "attempts=" not in access[1] and "cost_usd" not in access[1], access
     assert [role for role, _ in kept_turns(daemon, "s1")] == ["user", "assistant"]
 
     streamed = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=turn("What is 2+2?", "s1", "t-1"))))
