@@ -1051,9 +1051,17 @@ def _answered_at(request: Request, at: float) -> str:
 
 def _asked(request: Request) -> str:
     """A digest of what ``request`` (a client's turn, without its session's history) asks: its messages' roles,
-    texts and media (by content: an inline media's bytes hash to the id its upload would have), so that a turn
-    asked again is told from another question sent under the same turn id. Reads inline bytes: in a thread."""
+    texts and media (by content: an inline media's bytes hash to the id its upload would have), and the options
+    that change what is asked (the task; a transcription's language, diarization and speakers), so that a turn
+    asked again is told from another question sent under the same turn id. How it is answered (temperature,
+    max_output_tokens, routing hints) is not part of it. Reads inline bytes: in a thread."""
     digest = hashlib.sha256()
+    options = request.options
+    asked = {name: value for name, value in (("task", options.task.value), ("language", options.language),
+                                            ("diarization", options.diarization),
+                                            ("speakers", options.speakers_expected)) if value and value != "auto"}
+    if asked:  # default options add nothing: the digests kept before options counted stay valid
+        digest.update(json.dumps(["options", asked], sort_keys=True).encode())
     for message in request.messages:
         for part in message.parts:
             media = part.media

@@ -113,6 +113,17 @@ def test_a_turn_id_with_another_question_is_refused_and_explain_says_what_genera
         [(field, description)] = error_details(caught.value).violations
         assert field == "request.turn_id" and description.startswith(
             "names a turn of this session that asked something else (turn 't-1' of session 's9' was answered at")
+    # the same turn, answered in another language: another question too
+    french = turn("What is this?", "s9", "t-1", [image])
+    french.options.language = "fr"
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=french))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(caught.value).violations[0][0] == "request.turn_id"
+    # how it is answered is no other question: a retry with another temperature gets the kept answer
+    warmer = turn("What is this?", "s9", "t-1", [image])
+    warmer.options.temperature = 0.9
+    assert daemon.stub.Generate(pb.GenerateRequest(request=warmer)).answer.text == first.text
     assert len(fake.chat_requests()) == 1
     assert [role for role, _ in kept_turns(daemon, "s9")] == ["user", "assistant"]
 
