@@ -112,7 +112,7 @@ def _chat(name: str, inputs: frozenset[Modality], price: Price, context: int = 1
         CHAT_AUDIO_TYPES if Modality.AUDIO in inputs else frozenset())
     return Entry(ModelInfo(name, inputs=inputs, context_tokens=context, price=price,
                            default_max_output_tokens=max_out, input_mime_types=formats,
-                           url_inputs=inputs & URL_INPUTS), max_output_tokens=max_out,
+                           url_inputs=inputs & URL_INPUTS, max_output_tokens=max_out), max_output_tokens=max_out,
                  still_gifs_only=Modality.IMAGE in inputs)
 
 
@@ -237,7 +237,7 @@ def entry_from_config(spec: Mapping[str, Any], index: int, provider: str = "open
     info = ModelInfo(name, inputs=inputs, outputs=outputs, features=frozenset(features),
                      context_tokens=context, price=price, default_max_output_tokens=limit or 4096,
                      input_mime_types=formats, url_inputs=frozenset() if transcribes else inputs & URL_INPUTS,
-                     takes_temperature=temperature)
+                     takes_temperature=temperature, max_output_tokens=0 if transcribes else limit)
     return Entry(info, fmt if transcribes else "", max_output_tokens=limit)
 
 
