@@ -28,9 +28,9 @@ def daemon(start_daemon, fakes):
 
 
 def cloud_bridges_down_once(fakes) -> None:
-    """whisper-1, AssemblyAI and gpt-4o-transcribe-diarize each fail their next call (503)."""
+    """whisper-1 and AssemblyAI each fail their next call (503); local/extract comes next for plain audio
+    (gpt-4o-transcribe-diarize, after it, bridges diarized audio)."""
     fakes["openai"].fail_next(503, DOWN, path=TRANSCRIPTIONS)  # whisper-1
-    fakes["openai"].fail_next(503, DOWN, path=TRANSCRIPTIONS)  # gpt-4o-transcribe-diarize
     fakes["assemblyai"].fail_next(503, {"error": "down"}, path="/v2/upload")
 
 
@@ -61,7 +61,7 @@ def test_a_text_local_made_during_an_outage_gives_way_to_the_cloud_bridges_once_
     later = generate(daemon, text_request("Who spoke?", media=[audio], session_id="fresh"))
     assert list(later.route.bridges) == [WHISPER_BRIDGE] and [s.purpose for s in later.route.steps] == ["answer"]
     assert LOCAL_BANNER not in audio_text(fakes)
-    assert len([r for r in fakes["openai"].requests if r.path == TRANSCRIPTIONS]) == 3  # 2 failed, 1 kept
+    assert len([r for r in fakes["openai"].requests if r.path == TRANSCRIPTIONS]) == 2  # 1 failed, 1 kept
 
 
 def test_the_offline_text_is_still_reused_at_its_turn_and_the_route_says_who_made_it(daemon, fakes) -> None:
@@ -74,7 +74,7 @@ def test_the_offline_text_is_still_reused_at_its_turn_and_the_route_says_who_mad
     again = generate(daemon, text_request("What was decided?", media=[audio]))
     assert list(again.route.bridges) == [LOCAL_BRIDGE]
     assert [(a.model, a.ok) for a in again.route.attempts] == [
-        ("whisper-1", False), ("best", False), ("gpt-4o-transcribe-diarize", False), ("gpt-4o", True)]
+        ("whisper-1", False), ("best", False), ("gpt-4o", True)]
     assert [s.purpose for s in again.route.steps] == ["answer"]
     assert LOCAL_BANNER in audio_text(fakes)
     assert "bridging: the text of standup.wav was made before by local/extract, not by openai/whisper-1" in (

@@ -512,8 +512,8 @@ def test_load_config_none_is_the_embedded_default_and_it_is_valid(monkeypatch):
     assert config.default == "local/extract"
     assert set(config.providers) == {"openai", "anthropic", "gemini", "assemblyai", "local"}
     assert config.providers["openai"] == {"api_key": ""}
-    assert config.bridges[Modality.AUDIO] == ["openai/whisper-1", "assemblyai/best", "openai/gpt-4o-transcribe-diarize",
-                                              "local/extract"]
+    assert config.bridges[Modality.AUDIO] == ["openai/whisper-1", "assemblyai/best", "local/extract",
+                                              "openai/gpt-4o-transcribe-diarize"]
     # every rule except diarization falls back to the offline provider last
     for rule in config.routes[1:]:
         assert [rule.use, *rule.fallback][-1] == "local/extract"
