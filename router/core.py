@@ -36,7 +36,7 @@ from .config_warnings import (
     unknown_providers,
     uses_provider,
 )
-from .dispatch import HistoryCuts, RouterEvent, execute
+from .dispatch import HistoryCuts, RouterEvent, execute, trimmed_note
 from .errors import (
     AnswerTooLarge,
     DataDirGone,
@@ -55,7 +55,20 @@ from .mime import normalise_mime
 from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import GROUP, ProviderEntry, Registry, State, load_registry, log_broken_providers
 from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
-from .routing import Catalog, Decision, Facts, Plan, ProviderStatus, Target, estimate_tokens, facts_of
+from .routing import (
+    Catalog,
+    Decision,
+    Facts,
+    Plan,
+    ProviderStatus,
+    Target,
+    beyond_every_context,
+    bridged_tokens_guess,
+    estimate_tokens,
+    facts_of,
+    input_budget,
+    media_tokens,
+)
 from .sessions import KeptAnswer, Removed, SessionStore, StoredBridges, storage_error, trim_history
 from .settings import ProviderSettings
 from .sniff import GENERIC_TYPES, Measured, measure_media
@@ -67,7 +80,6 @@ from .types import (
     Media,
     Message,
     Modality,
-    ModelInfo,
     Part,
     Request,
     Role,
@@ -561,7 +573,10 @@ class App:
         if request.hints.provider or request.hints.model:
             override = Target(request.hints.provider or self._provider_of(request.hints.model), request.hints.model)
         chosen = self._plugin_choice(request, facts, notes) if override is None else None
-        return self.router.decide(facts, self.catalog, override=override, chosen_by_plugin=chosen), facts
+        decision = self.router.decide(facts, self.catalog, override=override, chosen_by_plugin=chosen)
+        if notes is not None and (note := beyond_every_context(decision, facts, self.catalog)):
+            notes.append(note)
+        return decision, facts
 
     def _plugin_choice(self, request: Request, facts: Facts, notes: list[str] | None) -> Target | None:
         """The target a ``route_request`` hook chose, or None to leave it to the rules. A hook that fails,
@@ -623,6 +638,10 @@ class App:
         decision, _ = self._decide(full, observed=False, notes=notes)
         route = RouteInfo.planned(decision)
         route.notes.extend(notes)
+        if full.history_length:  # as Generate trims it for the planned model, its bridges' texts guessed
+            _, dropped = self._trim(full, decision.plan, _bridged_guesses(full, decision.plan))
+            if dropped:
+                route.notes.append(trimmed_note(dropped, request.session_id, decision.plan, planned=True))
         if request.turn_id and (found := await self._kept_turn(request)) is not None:
             route.notes.append(f"{_answered_at(request, found[1])}: Generate would send its kept answer again, "
                                "calling no provider")
@@ -983,26 +1002,16 @@ class App:
 _REQUESTS_FAULT = frozenset({"INPUT_TOO_LARGE", "UNSUPPORTED_INPUT"})
 
 
-#: Of a model's context, the share kept free when history is trimmed: token counts are estimated
-#: (by ``routing.text_tokens``: 4 characters a token of Latin-script text, 1 a CJK/kana/Hangul character,
-#: 2 of other scripts), and a tokenizer may count more.
-CONTEXT_MARGIN = 0.05
-
-
-#: Of a model's context, the most kept for an answer whose length the request does not say: a model's
-#: default answer length may be as large as its whole context (4,096 for a local 4k model), which left
-#: no room for any history.
-DEFAULT_ANSWER_SHARE = 0.25
-
-
-def input_budget(model: ModelInfo, max_output_tokens: int) -> int:
-    """The input tokens a request to ``model`` may have: its context less room for the answer and a
-    margin. The room is the request's ``max_output_tokens``, else the model's default answer length but
-    at most :data:`DEFAULT_ANSWER_SHARE` of its context; within the model's output limit either way."""
-    answer = max_output_tokens or min(model.default_max_output_tokens, int(model.context_tokens * DEFAULT_ANSWER_SHARE))
-    if model.max_output_tokens:
-        answer = min(answer, model.max_output_tokens)
-    return max(0, int(model.context_tokens * (1 - CONTEXT_MARGIN)) - answer)
+def _bridged_guesses(request: Request, plan: Plan) -> dict[int, int]:
+    """By ``id``, the tokens each media of ``request`` that ``plan``'s bridges turn into text counts before it
+    is bridged (:func:`bridged_tokens_guess`, and the media too for a text beside it), as :meth:`App._trim`
+    takes them: a converted image stays an image, counted as one."""
+    guesses: dict[int, int] = {}
+    for media in request.media():
+        bridge = next((b for b in plan.bridges if b.converts(media)), None)
+        if bridge is not None and not bridge.convert_to:
+            guesses[id(media)] = bridged_tokens_guess(media) + (media_tokens(media) if bridge.keep_media else 0)
+    return guesses
 
 
 #: How route_request choices are shown in the log and route notes: a plugin may return anything.

@@ -214,9 +214,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 answer_request, more = fit(answer_request, plan, {})
                 dropped += more
             if dropped:
-                route.notes.append(f"history trimmed: dropped the {dropped} oldest message(s) of session "
-                                   f"{request.session_id!r} to fit {plan.target}'s context of "
-                                   f"{plan.model.context_tokens} tokens with room for its answer")
+                route.notes.append(trimmed_note(dropped, request.session_id, plan))
             answering = True  # from here the model's own usage is streamed as it reports it
             unmatched = list(sent)  # the bridges' transcripts sent, each matched by one of the model's at most
             # closed with this generator: a client leaving mid-answer closes the provider's stream at once
@@ -288,6 +286,14 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     if last_error is not None:
         raise final_error(last_error, passing)
     raise NoRoute("every target of the route became unusable")
+
+
+def trimmed_note(dropped: int, session_id: str, plan: Plan, planned: bool = False) -> str:
+    """The route note of a session's history trimmed to fit ``plan``'s model (``dropped`` messages); a
+    ``planned`` one (``explain``) says what would be dropped."""
+    verb = "history would be trimmed: Generate would drop" if planned else "history trimmed: dropped"
+    return (f"{verb} the {dropped} oldest message(s) of session {session_id!r} to fit {plan.target}'s context of "
+            f"{plan.model.context_tokens} tokens with room for its answer")
 
 
 def _history_urls(request: Request) -> int:

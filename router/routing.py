@@ -3,7 +3,9 @@
 
 :func:`decide` tries the rules top-down. The first rule whose conditions hold
 and which has a usable target wins; its other usable targets become the
-fallbacks. A target is usable when its provider is ready, the model exists,
+fallbacks. In a session, the winning rule's first target whose model holds the
+whole conversation (history and this turn) answers, the others following in
+their order; when none holds it, the first, whose history is then trimmed. A target is usable when its provider is ready, the model exists,
 it produces what the task needs, and it takes every input of the request
 (in its format, and by URL for media given so: ``ModelInfo.url_inputs``),
 either directly or through a bridge (another model that turns, say, audio
@@ -116,7 +118,7 @@ class Facts:
     metadata: Mapping[str, str] = field(default_factory=dict)
     tags: frozenset[str] = frozenset()
     #: This turn's estimated input tokens per modality: what a model's context must hold, since a
-    #: session's history is trimmed to fit the chosen model.
+    #: session's history is trimmed to fit the chosen model (see :attr:`conversation_tokens`).
     turn_tokens: Mapping[Modality, int] = field(default_factory=dict)
     #: The normalised MIME types of the media, per modality: a model must take each format it gets.
     mime_types: Mapping[Modality, frozenset[str]] = field(default_factory=dict)
@@ -137,6 +139,15 @@ class Facts:
     #: With :attr:`history_modalities`, the facts of this turn alone: whether the turn could be routed
     #: without its history (see :meth:`Router.decide`).
     turn: Facts | None = None
+    #: Of a request with a session's history (else empty; not of a transcription, which sends none): the
+    #: whole conversation's estimated input tokens per modality, as trimming counts them (see
+    #: :func:`estimate_tokens`), and in :attr:`bridged_conversation_tokens` what the media of each modality
+    #: count once bridged (:func:`bridged_tokens_guess`): whether a model holds it all (:func:`_drops_history`).
+    conversation_tokens: Mapping[Modality, int] = field(default_factory=dict)
+    bridged_conversation_tokens: Mapping[Modality, int] = field(default_factory=dict)
+    #: The request's ``options.max_output_tokens`` (0: the model's default): the room left for the answer
+    #: (:func:`input_budget`).
+    max_output_tokens: int = 0
 
     @property
     def url_modalities(self) -> frozenset[Modality]:
@@ -302,6 +313,8 @@ def facts_of(request: Request) -> Facts:
     """
     task = request.effective_task
     turn = request.messages[request.history_length:]
+    conversation: dict[Modality, int] = {}
+    bridged: dict[Modality, int] = {}
     # at the floor rate: the context check skips only a model that surely cannot hold the turn
     turn_tokens = _tokens_by_modality(turn, TOKENS_PER_PDF_PAGE_FLOOR)
     if task is Task.TRANSCRIBE:
@@ -311,7 +324,10 @@ def facts_of(request: Request) -> Facts:
     else:
         media = request.media()
         modalities = request.modalities()
-        tokens = estimate_tokens(request.messages)
+        whole = _tokens_by_modality(request.messages, TOKENS_PER_PDF_PAGE)  # estimate_tokens, per modality
+        tokens = sum(whole.values())
+        if request.history_length:
+            conversation, bridged = whole, _bridged_by_modality(media)
     # a transcription's recording may come from the history on purpose: not what is to blame then
     from_history = frozenset(modalities - request.turn_modalities()) if request.history_length and \
         task is not Task.TRANSCRIBE else frozenset()
@@ -339,7 +355,18 @@ def facts_of(request: Request) -> Facts:
         url_mime_types=_mime_types(m for m in media if is_url_only(m)),
         history_modalities=from_history,
         turn=facts_of(_turn_alone(request)) if from_history else None,
+        conversation_tokens=conversation,
+        bridged_conversation_tokens=bridged,
+        max_output_tokens=request.options.max_output_tokens,
     )
+
+
+def _bridged_by_modality(media: Iterable[Media]) -> dict[Modality, int]:
+    """The tokens of the text bridges would make of ``media``, per modality (:func:`bridged_tokens_guess`)."""
+    tokens: dict[Modality, int] = {}
+    for one in media:
+        tokens[one.modality] = tokens.get(one.modality, 0) + bridged_tokens_guess(one)
+    return tokens
 
 
 def _turn_alone(request: Request) -> Request:
@@ -606,22 +633,97 @@ def _megabytes(size: int) -> str:
     return f"{size / 2**20:.1f}".removesuffix(".0") + " MiB"
 
 
+def _replaced(plan: Plan, facts: Facts) -> set[Modality]:
+    """The modalities whose every media ``plan``'s bridges turn into text (a bridge of some formats only
+    leaves the others; converted images stay images, and a text beside the media leaves it)."""
+    return {b.modality for b in plan.bridges if not b.keep_media and not b.convert_to
+            and (not b.mime_types or b.mime_types >= facts.mime_types.get(b.modality, frozenset()))}
+
+
 def _too_big(plan: Plan, facts: Facts) -> str | None:
     """Why ``plan``'s model cannot hold this turn's input, or None.
 
-    Only this turn counts (a session's history is trimmed to fit the model), less what bridges
-    replace. Transcribers upload media rather than read it into a context, and extraction-only
-    models have none: neither is checked.
+    Only this turn counts (a session's history is trimmed to fit the model: see :func:`_drops_history`),
+    less what bridges replace. Transcribers upload media rather than read it into a context, and
+    extraction-only models have none: neither is checked.
     """
     if facts.task is Task.TRANSCRIBE or FEATURE_EXTRACTION_ONLY in plan.model.features:
         return None
-    # a bridge of some formats only leaves the others; converted images stay images
-    replaced = {b.modality for b in plan.bridges if not b.keep_media and not b.convert_to
-                and (not b.mime_types or b.mime_types >= facts.mime_types.get(b.modality, frozenset()))}
+    replaced = _replaced(plan, facts)
     tokens = sum(n for modality, n in facts.turn_tokens.items() if modality not in replaced)
     if tokens > plan.model.context_tokens:
         return f"{plan.target}: input of ~{tokens} tokens exceeds its context of {plan.model.context_tokens}"
     return None
+
+
+#: Of a model's context, the share kept free when history is trimmed: token counts are estimated
+#: (by :func:`text_tokens`: 4 characters a token of Latin-script text, 1 a CJK/kana/Hangul character,
+#: 2 of other scripts), and a tokenizer may count more.
+CONTEXT_MARGIN = 0.05
+
+
+#: Of a model's context, the most kept for an answer whose length the request does not say: a model's
+#: default answer length may be as large as its whole context (4,096 for a local 4k model), which left
+#: no room for any history.
+DEFAULT_ANSWER_SHARE = 0.25
+
+
+def input_budget(model: ModelInfo, max_output_tokens: int) -> int:
+    """The input tokens a request to ``model`` may have: its context less room for the answer and a
+    margin. The room is the request's ``max_output_tokens``, else the model's default answer length but
+    at most :data:`DEFAULT_ANSWER_SHARE` of its context; within the model's output limit either way."""
+    answer = max_output_tokens or min(model.default_max_output_tokens, int(model.context_tokens * DEFAULT_ANSWER_SHARE))
+    if model.max_output_tokens:
+        answer = min(answer, model.max_output_tokens)
+    return max(0, int(model.context_tokens * (1 - CONTEXT_MARGIN)) - answer)
+
+
+def _drops_history(plan: Plan, facts: Facts) -> str | None:
+    """Why ``plan``'s model would get the session's history trimmed (its oldest messages dropped): the
+    whole conversation, as trimming counts it (the media its bridges replace as their guessed text),
+    exceeds :func:`input_budget`; None when it holds it all, or the request has no history. An
+    extraction-only model reads no history: never said to drop any."""
+    if not facts.conversation_tokens or FEATURE_EXTRACTION_ONLY in plan.model.features:
+        return None
+    replaced = _replaced(plan, facts)
+    tokens = sum(facts.bridged_conversation_tokens.get(modality, 0) if modality in replaced else n
+                 for modality, n in facts.conversation_tokens.items())
+    if tokens <= input_budget(plan.model, facts.max_output_tokens):
+        return None
+    return (f"{plan.target} would drop the session's oldest messages (~{tokens} tokens with the history, context "
+            f"{plan.model.context_tokens} with room for its answer)")
+
+
+def _roomiest_first(plans: list[Plan], facts: Facts) -> tuple[list[Plan], str]:
+    """A rule's usable ``plans`` with the first whose model holds the whole conversation first, the others
+    after it in their order (one that must trim is still tried when the roomier fail), and why it was
+    preferred (``""``: the order is kept, as when none holds it all or the first does)."""
+    dropping: list[str] = []
+    for index, plan in enumerate(plans):
+        why = _drops_history(plan, facts)
+        if why is not None:
+            dropping.append(why)
+        elif not index:  # it holds it all (or the request has no history)
+            return plans, ""
+        elif FEATURE_EXTRACTION_ONLY not in plan.model.features:  # one that reads no history is no answer
+            return [plan, *plans[:index], *plans[index + 1:]], "; ".join(dropping)
+    return plans, ""
+
+
+def beyond_every_context(decision: Decision, facts: Facts, catalog: Catalog) -> str | None:
+    """For a decision that reaches an extraction-only model (no answer, only the input's text) while this
+    turn's input exceeds the context of every ready language model: a route note saying so; else None."""
+    if facts.task is Task.TRANSCRIBE or FEATURE_EXTRACTION_ONLY not in decision.plan.model.features:
+        return None
+    tokens = sum(facts.turn_tokens.values())
+    models = [(Target(name, key), model) for name, status in catalog.items() if status.ready
+              for key, model in status.models.items()
+              if FEATURE_EXTRACTION_ONLY not in model.features and model.can_do(facts.task)]
+    if not models or any(tokens <= model.context_tokens for _, model in models):
+        return None
+    target, model = max(models, key=lambda item: item[1].context_tokens)
+    return (f"no language model could take the input: ~{tokens} tokens exceed the context of every configured "
+            f"one (largest: {target}, {model.context_tokens})")
 
 
 @dataclass
@@ -806,7 +908,8 @@ class Router:
                 trace.append(TraceEntry(rule.name, Outcome.SKIPPED, "no usable target: " + _joined(problems)))
                 unusable.append((rule.name, problems))
                 continue
-            reason = f"conditions hold; using {plans[0].target}"
+            plans, why = _roomiest_first(plans, facts)
+            reason = f"conditions hold; using {plans[0].target}" + (f": {why}" if why else "")
             if problems:
                 reason += " (skipped " + _joined(problems) + ")"
             trace.append(TraceEntry(rule.name, Outcome.MATCHED, reason))

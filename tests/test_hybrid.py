@@ -314,10 +314,11 @@ def test_a_long_text_goes_past_a_model_whose_context_cannot_hold_it(start_daemon
     general = next(t for t in answer.route.trace if t.rule == "general")
     assert "skipped openai/gpt-4o: input of ~180002 tokens exceeds its context of 128000" in general.reason
     assert fakes["openai"].chat_requests() == []
-    # in a session, the history is trimmed to fit: only the new turn must fit gpt-4o
+    # in a session, the follow-up goes to the rule's first target that holds the whole conversation;
+    # gpt-4o stays a fallback
     generate(daemon, text_request(long_text, session_id="long", hints=pb.RoutingHints(provider="gemini")))
     follow_up = generate(daemon, text_request("And in one word?", session_id="long"))
-    assert route_of(follow_up) == ("general", "openai/gpt-4o")
+    assert route_of(follow_up) == ("general", "anthropic/claude-sonnet-4-6")
 
 
 def test_a_video_to_transcribe_goes_to_assemblyai(start_daemon, fakes) -> None:

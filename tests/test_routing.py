@@ -989,10 +989,12 @@ def test_a_target_whose_context_cannot_hold_the_input_is_skipped_with_the_sizes(
         decide(router, request(text(LONG_TEXT)), SIZED, override=Target("openai", "gpt-4o"))
 
 
-def test_only_this_turn_counts_against_the_context_since_history_is_trimmed():
+def test_a_session_goes_to_the_rule_target_that_holds_its_history():
     router = Router(rules=[rule("general", "openai/gpt-4o", "anthropic/claude-sonnet-4-6")])
     long_history = session(turn(text(LONG_TEXT)), text("and then?"))
-    assert chosen(decide(router, long_history, SIZED)) == "openai/gpt-4o"
+    decision = decide(router, long_history, SIZED)
+    assert chosen(decision) == "anthropic/claude-sonnet-4-6"
+    assert [str(p.target) for p in decision.fallbacks] == ["openai/gpt-4o"]  # trimmed, if Claude fails
     long_turn = session(turn(text("hi")), text(LONG_TEXT))
     assert chosen(decide(router, long_turn, SIZED)) == "anthropic/claude-sonnet-4-6"
 

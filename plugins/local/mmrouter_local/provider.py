@@ -46,7 +46,7 @@ NOT_ANSWERED = (
     "The question was not answered: the local provider only extracts text from media. "
     "No language model answered it: the route says why the local provider was used (a rule or the "
     "default that names it, no language model configured: set, for example, providers.openai.api_key; "
-    "or the configured ones failed)."
+    "the configured ones failed; or the input is longer than their contexts): read its notes and trace."
 )
 #: The same when the client chose the provider itself; ``{hint}`` is the hint that named it.
 NOT_ANSWERED_CHOSEN = (
