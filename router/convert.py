@@ -7,9 +7,13 @@ bridge, which converts the images the conversion could not (see ``Bridge.convert
 A TIFF of several pages (a fax, a scanner's batch) becomes one image per page, in order, up to
 :data:`MAX_PAGES` pages and :data:`MAX_PAGES_BYTES` bytes (:func:`to_pages`).
 
+An image a model takes in its format but refuses for its size (a phone photo over Claude's 5 MB, or
+over its 2000 pixels a side in a request of many images) is scaled down by :func:`fit` (for a plugin:
+:func:`fit_image`), upright as its EXIF orientation says, and encoded as a JPEG (PNG if it has transparency).
+
 A session's history comes back on every turn, and a client without sessions sends its history again
-each time: :func:`convert` keeps the images it converted lately (by content), and runs at most
-:data:`MAX_CONVERSIONS` conversions at once, each of which may take a few hundred MB.
+each time: :func:`convert` and :func:`fit_image` keep the images they made lately (by content), and run at
+most :data:`MAX_CONVERSIONS` at once, each of which may take a few hundred MB.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import math
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,6 +45,8 @@ JPEG_QUALITY = 85
 CONVERTIBLE = frozenset({"image/bmp", "image/x-bmp", "image/x-ms-bmp", "image/tiff", "image/x-tiff"})
 #: Pillow's names of those formats: no other decoder is tried on the bytes.
 _PILLOW_FORMATS = ["BMP", "TIFF"]
+#: Pillow's names of the formats :func:`fit` scales down: those the models take.
+_FITTED_FORMATS = ["JPEG", "PNG", "GIF", "WEBP"]
 #: The most pixels an image may have to be converted: decoding takes up to 4 bytes a pixel, and a small
 #: file can declare a huge image (a decompression bomb). As many as the local OCR reads.
 MAX_PIXELS = 40_000_000
@@ -146,17 +152,65 @@ def to_pages(media: Media, formats: Sequence[str] = (PNG,), max_pixels: int = MA
 def _page(image: Any, formats: Sequence[str], max_pixels: int, page: str) -> tuple[bytes, str]:
     """The page ``image`` is on (seeked to, not decoded yet) encoded, and its format; raises ValueError,
     its message starting with ``page``, when it cannot be (too many pixels, too many bytes)."""
-    if image.width * image.height > max_pixels:
-        raise ValueError(f"{page}{image.width}x{image.height} pixels is over {max_pixels}")
+    _check_pixels(image, max_pixels, page)
     image.load()
     image.thumbnail((MAX_SIDE, MAX_SIDE))  # first: a 16-bit image is scaled to 8 bits through floats
-    picture = eight_bits(image)
-    data, mime = _encoded(picture, "PNG"), PNG
-    if len(data) > MAX_BYTES and JPEG in formats:
-        data, mime = _encoded(_flattened(picture), "JPEG", quality=JPEG_QUALITY), JPEG
-    if len(data) > MAX_BYTES:
-        raise ValueError(f"{page}{len(data)} bytes as {mime} is over {MAX_BYTES}")
-    return data, mime
+    return _within(eight_bits(image), (PNG, *formats), MAX_BYTES, page)
+
+
+def _check_pixels(image: Any, max_pixels: int, page: str = "") -> None:
+    """Raise ValueError when ``image`` (not decoded yet) has more than ``max_pixels`` pixels."""
+    if image.width * image.height > max_pixels:
+        raise ValueError(f"{page}{image.width}x{image.height} pixels is over {max_pixels}")
+
+
+def _within(picture: Any, formats: Sequence[str], max_bytes: int, page: str = "") -> tuple[bytes, str]:
+    """``picture`` encoded in the first of ``formats`` (PNG, or JPEG laid on white) that takes at most
+    ``max_bytes``, and that format; raises ValueError, its message starting with ``page``, when none does."""
+    data, mime = b"", PNG
+    for mime in dict.fromkeys(formats):
+        if mime == PNG:
+            data = _encoded(picture, "PNG")
+        else:
+            data = _encoded(_flattened(picture), "JPEG", quality=JPEG_QUALITY)
+        if len(data) <= max_bytes:
+            return data, mime
+    raise ValueError(f"{page}{len(data)} bytes as {mime} is over {max_bytes}")
+
+
+def fit(media: Media, max_side: int, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Media | None:
+    """``media``, a PNG, JPEG, GIF or WebP image, scaled down (its aspect ratio kept) to at most ``max_side``
+    pixels a side, turned upright as its EXIF orientation says (a phone stores a portrait photo sideways,
+    with orientation 6), and encoded as a JPEG, or as a PNG if it has transparency (then a JPEG laid on
+    white if that PNG is over ``max_bytes``), for a model that refuses it as it is (too many bytes or
+    pixels). None when it cannot be: Pillow missing, content it cannot read, more than ``max_pixels``
+    pixels decoded, or still over ``max_bytes``. A JPEG is decoded at 1/2, 1/4 or 1/8 of its size when that
+    is still at least the size it is scaled to (a 50 MP photo takes little memory and time). Blocking.
+    """
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        return None
+    try:
+        source = io.BytesIO(media.data) if media.data is not None else media.path
+        with Image.open(source, formats=_FITTED_FORMATS) as image:
+            image.draft(None, _scaled_size(image.size, max_side))  # a no-op but for JPEG
+            _check_pixels(image, max_pixels)
+            image.load()
+            image.thumbnail((max_side, max_side))
+            picture = eight_bits(ImageOps.exif_transpose(image))
+            formats = (PNG, JPEG) if picture.has_transparency_data else (JPEG,)
+            data, mime = _within(picture, formats, max_bytes)
+    except Exception as exc:  # Pillow raises many kinds (OSError, ValueError, SyntaxError...) on bad content
+        log.info("cannot scale %s down: %s", media.filename or "an image", exc)
+        return None
+    return Media(Modality.IMAGE, mime, data=data, filename=media.filename, size=len(data))
+
+
+def _scaled_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` scaled down, its aspect ratio kept, to at most ``max_side`` a side."""
+    scale = min(1.0, max_side / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def eight_bits(image: Any) -> Any:
@@ -259,13 +313,13 @@ def forget() -> None:
     _KEPT.clear()
 
 
-def _key(media: Media, formats: tuple[str, ...]) -> Key | None:
-    """What a conversion of ``media`` is kept under: its content and the formats; None for a stored
-    file of unknown content."""
+def _key(media: Media, how: tuple[str, ...]) -> Key | None:
+    """What a conversion of ``media`` is kept under: its content and how it is converted (the formats);
+    None for a stored file of unknown content."""
     if media.media_id:
-        return media.media_id, formats
+        return media.media_id, how
     if media.data is not None:
-        return hashlib.sha256(media.data).hexdigest(), formats
+        return hashlib.sha256(media.data).hexdigest(), how
     return None
 
 
@@ -278,7 +332,24 @@ async def convert(media: Media, formats: Sequence[str] = (PNG,)) -> tuple[Pages 
     keeps its slot until it ends, and what it makes is kept for the next request.
     """
     formats = tuple(formats)
-    key = _key(media, formats)
+    return await _once(media, formats, functools.partial(to_pages, media, formats))
+
+
+async def fit_image(media: Media, max_side: int, max_bytes: int = MAX_BYTES) -> tuple[Media | None, bool]:
+    """``media`` scaled down by :func:`fit` (in a worker thread) or None, and whether it was before: kept
+    and run at most :data:`MAX_CONVERSIONS` at once with the conversions, as :func:`convert` does."""
+    def made() -> Pages | None:
+        image = fit(media, max_side, max_bytes)
+        return None if image is None else Pages((image,), 1)
+
+    pages, before = await _once(media, ("fit", str(max_side), str(max_bytes)), made)
+    return (pages.images[0] if pages is not None else None), before
+
+
+async def _once(media: Media, how: tuple[str, ...], make: Callable[[], Pages | None]) -> tuple[Pages | None, bool]:
+    """What ``make`` (blocking) makes of ``media``, kept by content and ``how``, and whether it was made
+    before: see :func:`convert`."""
+    key = _key(media, how)
     if key is not None:
         found, image = _KEPT.get(key)
         if found:
@@ -286,16 +357,16 @@ async def convert(media: Media, formats: Sequence[str] = (PNG,)) -> tuple[Pages 
     running = _RUNNING.setdefault(asyncio.get_running_loop(), _Running())
     if key is not None and key in running.under_way:
         return _named(await asyncio.shield(running.under_way[key]), media), True
-    task = asyncio.ensure_future(_convert(media, formats, running.slots, key))
+    task = asyncio.ensure_future(_convert(make, running.slots, key))
     if key is not None:
         running.under_way[key] = task
         task.add_done_callback(lambda _: running.under_way.pop(key, None))
     return await asyncio.shield(task), False
 
 
-async def _convert(media: Media, formats: tuple[str, ...], slots: asyncio.Semaphore, key: Key | None) -> Pages | None:
+async def _convert(make: Callable[[], Pages | None], slots: asyncio.Semaphore, key: Key | None) -> Pages | None:
     async with slots:
-        image = await asyncio.to_thread(to_pages, media, formats)
+        image = await asyncio.to_thread(make)
     if key is not None:
         _KEPT.put(key, image)
     return image

@@ -792,22 +792,28 @@ def pdf_part(pages: int | None, padding: int = 0) -> Part:
     return Part(media=Media(Modality.DOCUMENT, "application/pdf", data=data, size=len(data), pages=pages))
 
 
+def undecodable(data: bytes) -> bytes:
+    """An image cut in half: its header still gives its size, but it cannot be decoded, so it cannot be
+    scaled down (an image over the limits that can be is sent scaled: test_anthropic_image_fit_s21.py)."""
+    return data[:len(data) // 2]
+
+
 def big_png() -> Part:
     """A PNG of 4 MB: 5.3 MB as base64, over the 5 MB the API counts on the base64 text."""
-    return media(Modality.IMAGE, "image/png", sized_image(8, 8) + b"\0" * (4 * MB))
+    return media(Modality.IMAGE, "image/png", undecodable(sized_image(8, 8)) + b"\0" * (4 * MB))
 
 
 OVER_THE_LIMITS = {
     "image over 5 MB of base64": ([big_png()], r"is 5,592,\d{3} bytes as base64, over Claude's limit of 5 MB"),
-    "image wider than 8000 px": ([media(Modality.IMAGE, "image/png", sized_image(8001, 2))],
+    "image wider than 8000 px": ([media(Modality.IMAGE, "image/png", undecodable(sized_image(8001, 2)))],
                                  "is 8001x2 px, over Claude's limit of 8000x8000 px"),
-    "jpeg taller than 8000 px": ([media(Modality.IMAGE, "image/jpeg", sized_image(2, 8100, "JPEG"))],
+    "jpeg taller than 8000 px": ([media(Modality.IMAGE, "image/jpeg", undecodable(sized_image(2, 8100, "JPEG")))],
                                  "is 2x8100 px, over"),
-    "webp wider than 8000 px": ([media(Modality.IMAGE, "image/webp", sized_image(8200, 2, "WEBP"))],
+    "webp wider than 8000 px": ([media(Modality.IMAGE, "image/webp", undecodable(sized_image(8200, 2, "WEBP")))],
                                 "is 8200x2 px, over"),
     "more than 20 images, one over 2000 px": (
         [*(media(Modality.IMAGE, "image/gif", sized_image(4, 4, "GIF")) for _ in range(20)),
-         media(Modality.IMAGE, "image/png", sized_image(2001, 3))],
+         media(Modality.IMAGE, "image/png", undecodable(sized_image(2001, 3)))],
         r"parts\[20\]: the image is 2001x3 px, over Claude's limit of 2000x2000 px in a request of more than "
         r"20 images \(it holds 21\)"),
     "101 images": ([media(Modality.IMAGE, "image/gif", sized_image(2, 2, "GIF")) for _ in range(101)],

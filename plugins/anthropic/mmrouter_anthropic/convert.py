@@ -4,14 +4,18 @@ The Messages API wants the system prompt apart (``system``), a conversation
 that starts with a ``user`` turn and alternates ``user``/``assistant``, and
 content as typed blocks: ``text``, ``image`` (base64 with its media type, or a
 URL) and ``document`` (a base64 PDF, plain text, or a URL).
-Content over the API's documented size limits (:mod:`.limits`) is refused before any call, as is media in
-a format Claude does not take (:class:`ProviderUnsupportedInput`: routing normally sends it elsewhere).
+An image over the API's limits on an image (5 MB of base64, 8000 px a side, 2000 px in a request of more
+than 20 images) is scaled down to the 1568 px Claude would see of it (:func:`router.convert.fit_image`);
+other content over the API's documented size limits (:mod:`.limits`), and an image that cannot be scaled
+down, is refused before any call, as is media in a format Claude does not take
+(:class:`ProviderUnsupportedInput`: routing normally sends it elsewhere).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +28,7 @@ from router import (
     Request,
     Role,
 )
+from router.convert import fit_image
 from router.mime import normalise_mime
 from router.textdoc import document_text
 
@@ -47,6 +52,7 @@ PREFILL_AS_USER_TEXT = ("(Your answer so far follows. Continue it from exactly w
 #: may any model added by configuration.
 PREFILL_MODELS = frozenset({"claude-sonnet-4-5", "claude-opus-4-5", "claude-haiku-4-5"})
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,19 +68,47 @@ def _base64_of(media: Media) -> str:
     return base64.b64encode(media.read_bytes()).decode("ascii")
 
 
-def _image_source(media: Media, mime: str, where: str, provider: str) -> tuple[dict[str, Any], tuple[int, int] | None]:
-    """The base64 source of an image within Claude's limits, and its size; reads the image."""
-    limits.check_image_size(media, where, provider)
+def _base64_source(mime: str, data: bytes) -> dict[str, Any]:
+    """The base64 source of an image of type ``mime``."""
+    return {"type": "base64", "media_type": mime, "data": base64.b64encode(data).decode("ascii")}
+
+
+def _within_limits(media: Media, mime: str, images: int) -> tuple[dict[str, Any] | None, tuple[int, int] | None, str]:
+    """Read the image: its source as given and its size if it is within Claude's limits in a request of
+    ``images`` images, else None, its size and why it is not (see :func:`limits.over_limits`)."""
     raw = media.read_bytes()
-    size = limits.check_image_sides(raw, where, provider)
-    return {"type": "base64", "media_type": mime, "data": base64.b64encode(raw).decode("ascii")}, size
+    size = limits.image_size(raw)
+    why = limits.over_limits(len(raw), size, images)
+    return (None if why else _base64_source(mime, raw)), size, why
 
 
-async def media_block(media: Media, where: str, provider: str, images: limits.ImageSizes | None = None) -> dict[str, Any]:
+async def _image_source(media: Media, mime: str, where: str, provider: str,
+                        images: int) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """The base64 source of an image within Claude's limits in a request of ``images`` images, and its size:
+    the image as given, or scaled down (:data:`limits.FIT_SIDE`) when it is over them. Reads it (and
+    scales it) in a worker thread; raises :class:`router.errors.ProviderInputTooLarge` for an image over
+    the limits that cannot be scaled down (one Pillow cannot read)."""
+    source, size, why = await asyncio.to_thread(_within_limits, media, mime, images)
+    if source is not None:
+        return source, size
+    fitted, _ = await fit_image(media, limits.FIT_SIDE, limits.MAX_IMAGE_BYTES)
+    if fitted is None or fitted.data is None:
+        raise limits.image_too_large(where, why, provider)
+    fitted_size = limits.image_size(fitted.data)
+    log.info("%s: %s%s was scaled down to %s px (%s, %s bytes) before sending: it was %s", provider, where,
+             f" ({media.filename})" if media.filename else "", "x".join(map(str, fitted_size or ())),
+             fitted.mime_type, f"{fitted.size:,}", why)
+    return await asyncio.to_thread(_base64_source, fitted.mime_type, fitted.data), fitted_size
+
+
+async def media_block(media: Media, where: str, provider: str, images: limits.ImageSizes | None = None,
+                      count: int = 1) -> dict[str, Any]:
     """The content block for one image or document; ``where`` names it in error messages, which
-    name ``provider`` (the provider sending it). Each image is added to ``images``, with its size.
+    name ``provider`` (the provider sending it). Each image is added to ``images``, with its size as sent.
+    An image over Claude's limits in a request of ``count`` images is scaled down (:func:`_image_source`).
 
-    Raises :class:`router.errors.ProviderInputTooLarge` for an image over Claude's limits.
+    Raises :class:`router.errors.ProviderInputTooLarge` for an image over Claude's limits that cannot be
+    scaled down.
     """
     mime = normalise_mime(media.mime_type)
     if media.modality is Modality.IMAGE:
@@ -84,7 +118,7 @@ async def media_block(media: Media, where: str, provider: str, images: limits.Im
         if media.url:
             source, size = {"type": "url", "url": media.url}, None
         else:
-            source, size = await asyncio.to_thread(_image_source, media, mime, where, provider)
+            source, size = await _image_source(media, mime, where, provider, count)
         if images is not None:
             images.append((where, size))
         return {"type": "image", "source": source}
@@ -115,9 +149,9 @@ async def media_block(media: Media, where: str, provider: str, images: limits.Im
 
 
 async def message_blocks(message: Message, index: int, provider: str,
-                         images: limits.ImageSizes | None = None) -> list[dict[str, Any]]:
-    """The content blocks of one message, in order; blank text parts are left out
-    (the API rejects empty text blocks). Its images are added to ``images``."""
+                         images: limits.ImageSizes | None = None, count: int = 1) -> list[dict[str, Any]]:
+    """The content blocks of one message, of a request of ``count`` images, in order; blank text parts are
+    left out (the API rejects empty text blocks). Its images are added to ``images``."""
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(message.parts):
         where = f"messages[{index}].parts[{j}]"
@@ -125,7 +159,7 @@ async def message_blocks(message: Message, index: int, provider: str,
             if message.role is Role.ASSISTANT:
                 raise bad_request(provider,
                                   f"{where}: Claude takes media only in user turns, not assistant turns")
-            blocks.append(await media_block(part.media, where, provider, images))
+            blocks.append(await media_block(part.media, where, provider, images, count))
         elif part.text and part.text.strip():
             blocks.append({"type": "text", "text": part.text})
     return blocks
@@ -186,15 +220,17 @@ async def prepare(request: Request, provider: str, model: ModelInfo | None = Non
     short user turn in front. A final assistant turn (prefill) is sent as is to a model that takes it
     (:func:`takes_prefill`), else as user text asking to continue it. Raises :class:`router.ProviderBadRequest` for
     content Claude cannot take, and :class:`router.errors.ProviderInputTooLarge`
-    for content over the API's documented limits (:mod:`.limits`), before any call.
+    for content over the API's documented limits (:mod:`.limits`), before any call; an image over
+    the limits on an image is scaled down instead, when it can be.
     """
     limits.check_media(request.media(), model, provider)
+    count = sum(m.modality is Modality.IMAGE for m in request.media())
     turns: list[dict[str, Any]] = []
     images: limits.ImageSizes = []
     for i, message in enumerate(request.messages):
         if message.role is Role.SYSTEM:
             continue
-        blocks = await message_blocks(message, i, provider, images)
+        blocks = await message_blocks(message, i, provider, images, count)
         if not blocks:
             continue
         role = "assistant" if message.role is Role.ASSISTANT else "user"

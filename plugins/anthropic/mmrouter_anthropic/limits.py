@@ -8,6 +8,10 @@ Sources (checked 2026):
 - Images and vision (platform.claude.com/docs/en/build-with-claude/vision): at most 8000x8000 px per
   image, 2000x2000 px when a request holds more than 20 images; at most 100 images per request for
   models with a 200k-token context window, 600 for the others.
+- The same page: an image whose long edge is over 1568 px (or of more than about 1,600 tokens) is
+  scaled down, its aspect ratio kept, before the model sees it. An image over a limit is therefore
+  scaled down to :data:`FIT_SIDE` px on its long side before sending (``router.convert.fit``): the model
+  sees no less of it than it would have.
 - The 5 MB per image is counted on the base64 text, not the decoded bytes: the API answers
   ``image exceeds 5 MB maximum: N bytes > 5242880 bytes`` with N the base64 length
   (github.com/anthropics/claude-code issue 14887; Claude Code's ``API_IMAGE_MAX_BASE64_SIZE``).
@@ -35,6 +39,10 @@ MAX_IMAGE_BASE64_BYTES = 5 * MB
 MAX_IMAGE_SIDE = 8000
 MAX_IMAGE_SIDE_MANY = 2000
 MANY_IMAGES = 20
+#: The long side an image over a limit is scaled down to: the most Claude's models see of any image.
+FIT_SIDE = 1568
+#: The most bytes an image scaled down may take: 5 MB as base64.
+MAX_IMAGE_BYTES = MAX_IMAGE_BASE64_BYTES // 4 * 3
 #: The largest request body. Counted in MiB and on a lower bound of the body (its media and text),
 #: so a request refused here is refused by the API whichever megabyte it means.
 MAX_REQUEST_BYTES = 32 * MB
@@ -75,24 +83,63 @@ def stored_size(media: Media) -> int:
 
 def check_image_size(media: Media, where: str, provider: str) -> None:
     """Refuse an image whose base64 text is over 5 MB, before it is read."""
-    encoded = base64_length(stored_size(media))
-    if encoded > MAX_IMAGE_BASE64_BYTES:
-        raise _too_large(provider, f"{where}: the image is {encoded:,} bytes as base64, over Claude's limit "
-                                   f"of 5 MB ({MAX_IMAGE_BASE64_BYTES:,} bytes) per image")
+    if why := _bytes_over(stored_size(media)):
+        raise image_too_large(where, why, provider)
 
 
 def check_image_sides(data: bytes, where: str, provider: str) -> tuple[int, int] | None:
     """Refuse an image over 8000 px on a side; return its (width, height) if its header says."""
     size = image_size(data)
-    if size is not None and max(size) > MAX_IMAGE_SIDE:
-        raise _too_large(provider, f"{where}: the image is {size[0]}x{size[1]} px, over Claude's limit "
-                                   f"of {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} px")
+    check_sides(size, where, provider)
     return size
+
+
+def max_side(images: int) -> int:
+    """The longest side Claude takes of each image of a request holding ``images`` images."""
+    return MAX_IMAGE_SIDE_MANY if images > MANY_IMAGES else MAX_IMAGE_SIDE
+
+
+def check_sides(size: tuple[int, int] | None, where: str, provider: str, images: int = 1) -> None:
+    """Refuse an image of ``size`` (None: unknown, taken) over 8000 px on a side, or over 2000 px in a
+    request holding more than 20 ``images``."""
+    if why := _sides_over(size, images):
+        raise image_too_large(where, why, provider)
+
+
+def over_limits(stored: int, size: tuple[int, int] | None, images: int) -> str:
+    """Why an image of ``stored`` bytes and ``size`` (None: unknown) is over Claude's limits in a
+    request holding ``images`` images ("the image is <why>"), or "" if it is within them."""
+    return _bytes_over(stored) or _sides_over(size, images)
+
+
+def image_too_large(where: str, why: str, provider: str) -> ProviderInputTooLarge:
+    """The error refusing the image at ``where`` for ``why`` (:func:`over_limits`)."""
+    return _too_large(provider, f"{where}: the image is {why}")
+
+
+def _bytes_over(stored: int) -> str:
+    """Why an image of ``stored`` bytes is over 5 MB as base64, or ""."""
+    encoded = base64_length(stored)
+    if encoded <= MAX_IMAGE_BASE64_BYTES:
+        return ""
+    return f"{encoded:,} bytes as base64, over Claude's limit of 5 MB ({MAX_IMAGE_BASE64_BYTES:,} bytes) per image"
+
+
+def _sides_over(size: tuple[int, int] | None, images: int) -> str:
+    """Why an image of ``size`` (None: unknown) is over the sides Claude takes in a request of ``images``
+    images, or ""."""
+    if size is None or max(size) <= max_side(images):
+        return ""
+    if images <= MANY_IMAGES:
+        return f"{size[0]}x{size[1]} px, over Claude's limit of {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} px"
+    return (f"{size[0]}x{size[1]} px, over Claude's limit of {MAX_IMAGE_SIDE_MANY}x{MAX_IMAGE_SIDE_MANY} px in a "
+            f"request of more than {MANY_IMAGES} images (it holds {images})")
 
 
 def check_media(media: Iterable[Media], model: ModelInfo | None, provider: str) -> None:
     """Refuse, before any is read, the media of a request over its PDF pages (where the router counted
-    them) or whose bytes alone, as sent, are over the request size."""
+    them) or whose documents alone, as sent, are over the request size (its images may be scaled down
+    before sending: :func:`check_body` counts them as sent)."""
     media = list(media)
     allowed = items_allowed(model)
     pages = sum(m.pages or 0 for m in media if m.modality is Modality.DOCUMENT)
@@ -104,24 +151,23 @@ def check_media(media: Iterable[Media], model: ModelInfo | None, provider: str) 
 
 
 def _sent_size(media: Media) -> int:
-    """The fewest bytes ``media`` takes in the request body: base64 text, except text documents."""
+    """The fewest bytes ``media`` takes in the request body: base64 text, except text documents; 0 for an
+    image (one over a limit is scaled down, to bytes not known yet)."""
+    if media.modality is Modality.IMAGE:
+        return 0
     size = stored_size(media)
     return size if normalise_mime(media.mime_type).startswith("text/") else base64_length(size)
 
 
 def check_images(images: ImageSizes, model: ModelInfo | None, provider: str) -> None:
-    """Refuse a request over the image count, or with more than 20 images, one over 2000 px on a side."""
+    """Refuse a request over the image count, or with an image over the sides it takes (2000 px with more
+    than 20 images: :func:`check_sides`)."""
     allowed = items_allowed(model)
     if len(images) > allowed:
         raise _too_large(provider, f"the request holds {len(images)} images, over Claude's limit of "
                                    f"{allowed} per request")
-    if len(images) <= MANY_IMAGES:
-        return
     for where, size in images:
-        if size is not None and max(size) > MAX_IMAGE_SIDE_MANY:
-            raise _too_large(provider, f"{where}: the image is {size[0]}x{size[1]} px, over Claude's limit "
-                                       f"of {MAX_IMAGE_SIDE_MANY}x{MAX_IMAGE_SIDE_MANY} px in a request of "
-                                       f"more than {MANY_IMAGES} images (it holds {len(images)})")
+        check_sides(size, where, provider, len(images))
 
 
 def check_body(size: int, provider: str) -> None:

@@ -1,0 +1,152 @@
+"""Images over Claude's limits are scaled down before sending, not refused (the real ``anthropic`` SDK, through
+the daemon, against the fake Messages API, which refuses what the API refuses).
+
+A phone photo of 4000x3000 px is 4-10 MB, over Claude's 5 MB of base64 an image; 21 pages of 2500 px are over
+its 2000 px a side in a request of more than 20 images. Claude scales any image to at most 1568 px on its
+long side before the model sees it, so the plugin sends them at that size, upright, as JPEG (PNG if
+transparent); an image within the limits still goes byte for byte, and one that cannot be decoded is refused
+as before (INPUT_TOO_LARGE, "refused before sending").
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import random
+
+import grpc
+import pytest
+from grpc_helpers import error_details
+from mmrouter.v1 import router_pb2 as pb
+from PIL import Image
+
+from tests.fakes.anthropic import API_KEY, MAX_IMAGE_BASE64, FakeAnthropic, media_blocks
+
+CONFIG = """
+providers:
+  anthropic:
+    api_key: "${{ANTHROPIC_TEST_KEY}}"
+    base_url: "{url}"
+    timeout: 30
+default: anthropic/claude-sonnet-4-6
+"""
+
+#: The EXIF tag of the orientation; 6: the stored pixels are to be turned 90 degrees clockwise to be seen.
+ORIENTATION = 0x0112
+RED = (255, 0, 0)
+
+
+def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def portrait_photo() -> bytes:
+    """A 3000x4000 portrait photo, red in its top quarter, noisy below (9 MB: noise compresses badly),
+    stored as a phone stores it: the pixels turned sideways (4000x3000) with EXIF orientation 6."""
+    noise = Image.frombytes("RGB", (1500, 2000), random.Random(21).randbytes(1500 * 2000 * 3))
+    upright = noise.resize((3000, 4000), Image.Resampling.NEAREST)
+    upright.paste(RED, (0, 0, 3000, 1000))
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    return encoded(upright.rotate(90, expand=True), "JPEG", quality=85, exif=exif.tobytes())
+
+
+def page(width: int = 2500, height: int = 1875, mode: str = "RGB") -> bytes:
+    """A scanned page: small as a PNG, but over 2000 px on its long side."""
+    image = Image.new(mode, (width, height), "white")
+    image.paste((20, 20, 20, 255) if mode == "RGBA" else (20, 20, 20), (200, 200, width - 200, 400))
+    if mode == "RGBA":
+        image.paste((0, 0, 0, 0), (0, height - 300, width, height))  # a transparent band at the bottom
+    return encoded(image, "PNG")
+
+
+def image_part(data: bytes, mime: str, filename: str = "") -> pb.Part:
+    return pb.Part(media=pb.Media(modality=pb.MODALITY_IMAGE, mime_type=mime, data=data, filename=filename))
+
+
+def ask(*parts: pb.Part) -> pb.GenerateRequest:
+    message = pb.Message(role=pb.ROLE_USER, parts=[*parts, pb.Part(text="Extract merchant, date and total as JSON")])
+    return pb.GenerateRequest(request=pb.MultimodalRequest(messages=[message]))
+
+
+def received(block_data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(block_data))
+    image.load()
+    return image
+
+
+@pytest.fixture
+def fake():
+    with FakeAnthropic() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def daemon(start_daemon, fake):
+    return start_daemon(CONFIG.format(url=fake.url), env={"ANTHROPIC_TEST_KEY": API_KEY})
+
+
+def test_a_phone_photo_over_5_mb_reaches_claude_scaled_down_and_upright(daemon, fake):
+    """The QA case: a 4000x3000 JPEG of 9 MB was refused (over 5 MB of base64) and the app got another
+    provider's answer, or an error. It now reaches Claude as a JPEG of 1176x1568 px (portrait: its EXIF
+    orientation applied, the red top at the top), within 5 MB; a small image next to it goes as given."""
+    photo = portrait_photo()
+    assert len(base64.b64encode(photo)) > MAX_IMAGE_BASE64
+    small = page(300, 200)
+    reply = daemon.stub.Generate(ask(image_part(photo, "image/jpeg", "IMG_0001.jpg"), image_part(small, "image/png")),
+                                 timeout=60)
+    assert (reply.answer.route.provider, reply.answer.text) == ("anthropic", "Hello from fake Claude.")
+    sent, kept = media_blocks(fake.last_body())
+    assert sent.media_type == "image/jpeg" and len(base64.b64encode(sent.data)) <= MAX_IMAGE_BASE64
+    image = received(sent.data)
+    assert (image.format, image.size) == ("JPEG", (1176, 1568))
+    assert image.getexif().get(ORIENTATION, 1) == 1  # no viewer turns it again
+    top, bottom = image.convert("RGB").getpixel((588, 100)), image.convert("RGB").getpixel((588, 1500))
+    assert top[0] > 200 and top[1] < 60 and top[2] < 60, top  # upright: the red quarter is on top
+    assert not (bottom[0] > 200 and bottom[1] < 60 and bottom[2] < 60), bottom
+    assert (kept.media_type, kept.data) == ("image/png", small)  # within the limits: byte for byte
+    assert "was scaled down to 1176x1568 px" in daemon.logs()
+
+
+def test_21_pages_over_2000_px_reach_claude_scaled_down(daemon, fake):
+    """21 pages of 2500x1875 px were refused (over 2000 px a side in a request of more than 20 images): they
+    now reach Claude at 1568x1176 px, as JPEG, or as PNG for one with transparency; one within 2000 px goes
+    byte for byte."""
+    opaque, transparent, within = page(), page(mode="RGBA"), page(2000, 1500)
+    pages = [opaque] * 19 + [transparent, within]
+    reply = daemon.stub.Generate(ask(*(image_part(data, "image/png") for data in pages)), timeout=60)
+    assert reply.answer.route.provider == "anthropic"
+    blocks = media_blocks(fake.last_body())
+    assert len(blocks) == 21
+    for block in blocks[:19]:
+        image = received(block.data)
+        assert (block.media_type, image.format, image.size) == ("image/jpeg", "JPEG", (1568, 1176))
+    clear = received(blocks[19].data)
+    assert (blocks[19].media_type, clear.format, clear.size) == ("image/png", "PNG", (1568, 1176))
+    assert clear.convert("RGBA").getpixel((700, 1170))[3] == 0  # still transparent
+    assert (blocks[20].media_type, blocks[20].data) == ("image/png", within)
+
+
+def test_photos_over_32_mb_as_given_are_sent_once_scaled_down(daemon, fake):
+    """Four phone photos of 7 MB are 37 MB as base64, over Claude's 32 MB a request, and were refused before
+    any was read; scaled down they are 5 MB, which Claude takes."""
+    photo = portrait_photo()
+    assert 4 * len(base64.b64encode(photo)) > 32 * 1024 * 1024
+    reply = daemon.stub.Generate(ask(*(image_part(photo, "image/jpeg") for _ in range(4))), timeout=60)
+    assert reply.answer.route.provider == "anthropic"
+    assert [received(block.data).size for block in media_blocks(fake.last_body())] == [(1176, 1568)] * 4
+
+
+def test_an_image_over_the_limit_that_cannot_be_decoded_is_refused_as_before(daemon, fake):
+    """A JPEG's header over 6 MB of bytes no decoder reads cannot be scaled down: INPUT_TOO_LARGE, naming the
+    limit, and nothing is sent."""
+    broken = b"\xff\xd8\xff\xe0" + bytes(6 * 1024 * 1024)
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(ask(image_part(broken, "image/jpeg")), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(info.value).reason == "INPUT_TOO_LARGE"
+    assert "bytes as base64, over Claude's limit of 5 MB" in info.value.details()
+    assert "refused before sending" in info.value.details()
+    assert fake.message_calls() == []
