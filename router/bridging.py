@@ -251,10 +251,10 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     bridged, so that they are not paid for (:meth:`_Bridging.bridge_history`).
     """
     done = BridgedInRequest() if done is None else done
-    names, order = part_names(request), [id(m) for m in request.media()]
+    names, labels, order = part_names(request), text_labels(request), [id(m) for m in request.media()]
     request, dropped, images = await _convert_images(bridges, request, route, done, trim)
     run = _Bridging(request, registry, ctx, route, memo, done, Bridged(request, dropped=dropped),
-                    {id(m) for m in request.turn_media()}, _replies(request), names)
+                    {id(m) for m in request.turn_media()}, _replies(request), names, labels)
     todo = _to_bridge(bridges, request, registry, preferences or {})
     history = [(media, choices) for media, choices in todo if id(media) not in run.this_turn]
     for media, choices in todo:
@@ -315,6 +315,7 @@ async def _convert_images(bridges: list[Bridge], request: Request, route: RouteI
         for (media, _), (pages, before) in zip(todo, made, strict=True):
             if pages is None:
                 counted[id(media)] = 0
+                route.notes.append(_unconverted_note(media, converters[id(media)]))
                 continue
             converted[id(media)] = _page_parts(media, pages)
             counted[id(media)] = estimate_tokens([Message(Role.USER, converted[id(media)])])
@@ -361,6 +362,14 @@ def _conversion_note(media: Media, pages: Pages) -> str:
             f"{MAX_PAGES_BYTES // (1024 * 1024)} MB of images are sent)")
 
 
+def _unconverted_note(media: Media, bridge: Bridge) -> str:
+    """The route's note on ``media``, an image that could not be converted for the model (Pillow cannot read
+    it, or it is too large even scaled down): the model is given the text ``bridge`` reads from it instead."""
+    return (f"could not convert {media.filename or 'an image'} from {normalise_mime(media.mime_type)} to "
+            f"{' or '.join(bridge.convert_to)} for the model (not a readable image of its type, or too large): "
+            f"the model gets the text {bridge.via} reads from it, not the picture")
+
+
 async def _convert_image(media: Media, formats: tuple[str, ...], done: BridgedInRequest) -> tuple[Pages | None, bool]:
     """``media`` converted to one of ``formats`` (or None) and whether it was converted before: lately
     (:func:`router.convert.convert`), or earlier in this request by a plan tried before (``done``)."""
@@ -384,7 +393,8 @@ class _Bridging:
     result: Bridged
     this_turn: set[int]
     replies: dict[int, str]
-    names: dict[int, str]  # id(media) -> how errors, notes and texts name it (:func:`part_names`)
+    names: dict[int, str]  # id(media) -> how errors and notes name it (:func:`part_names`)
+    labels: dict[int, str]  # id(media) -> how its bridged text names it (:func:`text_labels`)
     converted: dict[int, tuple[str, bool]] = field(default_factory=dict)  # id -> (text part, keep the media)
     done_to: dict[int, str] = field(default_factory=dict)  # id(media) -> what was done to it, as route.bridges says
     #: id(history media) -> what the memo keeps of it and the bridge that made it (see :func:`_kept_before`)
@@ -417,11 +427,15 @@ class _Bridging:
                                     f"{'speech' if media.modality in _SPEECH else 'text'} in {name}")
         if transcript is not None and not history:
             self.result.transcripts.append(transcript)
-        self.converted[id(media)] = (_part_text(media, text, self.replies, text_label(media) or name, speech_only),
+        self.converted[id(media)] = (_part_text(media, text, self.replies, self.label(media), speech_only),
                                      bridge.keep_media)
 
+    def label(self, media: Media) -> str:
+        """How the bridged text of ``media`` names it (see :func:`text_labels`)."""
+        return self.labels.get(id(media)) or self.name(media)
+
     def name(self, media: Media) -> str:
-        """How errors, notes and bridged texts name ``media`` (see :func:`part_names`)."""
+        """How errors and notes name ``media`` (see :func:`part_names`)."""
         return self.names.get(id(media)) or media.filename or media.modality.value
 
     async def bridge_history(self, todo: list[tuple[Media, list[Bridge]]],
@@ -470,8 +484,7 @@ class _Bridging:
             text = await self.known_text(media, choices)
             guess = bridged_tokens_guess(media) if text is None else 0
             raw = media_tokens(media) if choices[0].keep_media else 0
-            part = _part_text(media, text or "", self.replies, text_label(media) or self.name(media),
-                              media.modality is Modality.VIDEO)
+            part = _part_text(media, text or "", self.replies, self.label(media), media.modality is Modality.VIDEO)
             sizes[id(media)] = text_tokens(part) + guess + raw
         return sizes
 
@@ -523,11 +536,12 @@ def _takes(bridge: Bridge, media: Media, registry: Registry) -> bool:
 
 
 def _part_text(media: Media, text: str, replies: Mapping[int, str], name: str, speech_only: bool = False) -> str:
-    """The text part a bridged ``media`` becomes: a heading with its file name, then ``text``, in which what
-    the bridge called the media (given alone, without its file name: see :func:`_anonymous`) is ``name``
-    (:func:`part_names`); :data:`NO_SPEECH` or :data:`NO_TEXT` when it is empty, and after the
-    :data:`SPEECH_ONLY` line for a video of which only the speech was transcribed (``speech_only``)."""
-    heading = f"{_LABELS[media.modality]}{f' {media.filename}' if media.filename else ''}"
+    """The text part a bridged ``media`` becomes: a heading naming it (its file name, else its place in its
+    message: ``[Image text] image 3 of this message``), then ``text``, in which what the bridge called the
+    media (given alone, without its file name: see :func:`_anonymous`) is ``name`` (:func:`text_labels`);
+    :data:`NO_SPEECH` or :data:`NO_TEXT` when it is empty, and after the :data:`SPEECH_ONLY` line for a video
+    of which only the speech was transcribed (``speech_only``)."""
+    heading = f"{_LABELS[media.modality]} {media.filename or f'{media.modality.value} {name}'}"
     if text.strip() and replies.get(id(media)) == text.strip():
         text = "(given in full by the reply that follows)"
     elif not text.strip():
@@ -554,22 +568,29 @@ def _found_nothing(text: str) -> bool:
     return all((line.startswith("[") and line.endswith("]")) or line in (NO_SPEECH, NO_TEXT) for line in lines)
 
 
-def text_label(media: Media) -> str:
-    """How a bridged text names ``media`` where its bridge named it (``[PDF <label>, page 1]``): its file name,
-    else the first 12 digits of its content's sha256 (its media id once stored), so that the text a session's
-    history is sent with is the same on every turn, as a provider's prompt cache needs ("part 1 of message 1"
-    on its turn would become "... of an earlier turn" on the next); "" for a media given by URL only."""
-    if media.filename:
-        return media.filename
-    if media.media_id:
-        return media.media_id[:12]
-    return hashlib.sha256(media.data).hexdigest()[:12] if media.data is not None else ""
+def text_labels(request: Request) -> dict[int, str]:
+    """By id of each media of ``request``: how its bridged text names it where its bridge named it (``[PDF
+    <label>, page 1]``) and in its heading: its file name, else its place among the media of its modality in
+    its message (``3 of this message``: ``[Image 3 of this message: PNG 640x240]``, headed ``[Image text]
+    image 3 of this message``), which lets the model tell which photo "the third photo" is. A message's
+    media keep their places on every turn, so a session's history is sent with the same text each time, as a
+    provider's prompt cache needs ("part 1 of message 1", :func:`part_names`, would become "... of an earlier
+    turn" on the next turn)."""
+    labels: dict[int, str] = {}
+    for message in request.messages:
+        counts: dict[Modality, int] = {}
+        for part in message.parts:
+            if part.media is not None:
+                counts[part.media.modality] = counts.get(part.media.modality, 0) + 1
+                labels[id(part.media)] = part.media.filename or f"{counts[part.media.modality]} of this message"
+    return labels
 
 
 def part_names(request: Request) -> dict[int, str]:
-    """By id of each media of ``request``: how the router names it in a bridge's errors, in the route's notes
-    and in the texts it is bridged to: its file name, else its place in the request ("part 2 of message 1",
-    counting the messages the client sent; "part 1 of a message of an earlier turn" for a session's history)."""
+    """By id of each media of ``request``: how the router names it in a bridge's errors and in the route's
+    notes (its bridged text names it as :func:`text_labels` says): its file name, else its place in the
+    request ("part 2 of message 1", counting the messages the client sent; "part 1 of a message of an
+    earlier turn" for a session's history)."""
     names: dict[int, str] = {}
     for index, message in enumerate(request.messages):
         turn = index - request.history_length

@@ -19,7 +19,8 @@ from .types import Modality
 #: How many first bytes :func:`mime_problem` is given: magic numbers need 16, the text check more.
 HEAD_BYTES = 4096
 
-#: (offset, magic, mime family) — the family is compared with the declared MIME type.
+#: (offset, magic, mime family) — the family is compared with the declared MIME type. An ``ftyp`` box at
+#: byte 4 (mp4, m4a, mov, HEIC, AVIF) and a BMP's header are read by :func:`magic_family` itself.
 _MAGIC: list[tuple[int, bytes, str]] = [
     (0, b"\x89PNG\r\n\x1a\n", "image/png"),
     (0, b"\xff\xd8\xff", "image/jpeg"),
@@ -30,8 +31,19 @@ _MAGIC: list[tuple[int, bytes, str]] = [
     (0, b"OggS", "ogg"),
     (0, b"ID3", "audio/mpeg"),
     (0, b"\x1a\x45\xdf\xa3", "matroska"),  # webm / mkv
-    (4, b"ftyp", "mp4"),  # mp4 / m4a / mov
+    (0, b"II*\0", "image/tiff"),
+    (0, b"MM\0*", "image/tiff"),
+    (0, b"II+\0", "image/tiff"),  # BigTIFF
+    (0, b"MM\0+", "image/tiff"),
 ]
+
+#: The ``ftyp`` brands of HEIF images coded in HEVC (an iPhone's HEIC photos, Android's), of AV1 (AVIF),
+#: and of the HEIF structure alone (``mif1``, ``msf1``: the compatible brands then say which coding).
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"mif2", b"miaf"})
+#: The sizes of a BMP's DIB header (at byte 14) that Pillow reads: OS/2 1.x and 2.x, BITMAPINFOHEADER to V5.
+_BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 
 #: A magic family that is not itself a MIME type -> the MIME types of its content, as messages name it
 #: (``adts`` means nothing to a client that declared ``audio/mp4``).
@@ -39,6 +51,9 @@ _FAMILY_NAMES: dict[str, str] = {
     "wav": "audio/wav", "webp": "image/webp", "adts": "audio/aac (ADTS)", "mpeg-frame": "audio/mpeg",
     "ogg": "Ogg (audio/ogg or video/ogg)", "matroska": "WebM/Matroska (video/webm, audio/webm or video/x-matroska)",
     "mp4": "MP4 (video/mp4, audio/mp4 or video/quicktime)",
+    "image/heic": "a HEIC image (image/heic)", "heif": "a HEIF image (image/heif)",
+    "image/avif": "an AVIF image (image/avif)", "image/bmp": "a BMP image (image/bmp)",
+    "image/tiff": "a TIFF image (image/tiff)",
 }
 
 
@@ -61,6 +76,34 @@ _COMPATIBLE: dict[str, set[str]] = {
     "video/mp4": {"mp4"}, "video/quicktime": {"mp4"},
 }
 
+#: Declared types (normalised) the router knows no magic of their own for, or reads loosely (a BMP or TIFF
+#: variant, a raw photo, a HEIF of a coding not listed above): content of no known format passes, as do these
+#: magic families; content of any other known format is refused, as :data:`_OPEN_TOPS` says.
+_ALSO: dict[str, set[str]] = {
+    "image/bmp": {"image/bmp"}, "image/x-bmp": {"image/bmp"}, "image/x-ms-bmp": {"image/bmp"},
+    "image/tiff": {"image/tiff"}, "image/x-tiff": {"image/tiff"}, "image/tiff-fx": {"image/tiff"},
+    # raw photos: TIFF structures
+    "image/dng": {"image/tiff"}, "image/x-adobe-dng": {"image/tiff"}, "image/x-canon-cr2": {"image/tiff"},
+    "image/x-nikon-nef": {"image/tiff"}, "image/x-sony-arw": {"image/tiff"}, "image/x-pentax-pef": {"image/tiff"},
+    "image/heic": {"image/heic", "heif"}, "image/heif": {"image/heic", "heif"},
+    "image/heic-sequence": {"image/heic", "heif"}, "image/heif-sequence": {"image/heic", "heif"},
+    "image/avif": {"image/avif"}, "image/avif-sequence": {"image/avif"},
+    "image/apng": {"image/png"}, "image/vnd.mozilla.apng": {"image/png"}, "image/x-citrix-png": {"image/png"},
+    "image/mpo": {"image/jpeg"}, "image/jfif": {"image/jpeg"}, "image/x-citrix-jpeg": {"image/jpeg"},
+}
+
+#: Magic family -> the top-level types under which its content may come declared with a type the router does
+#: not list (:data:`_COMPATIBLE`, :data:`_ALSO`): containers and MPEG audio have more names than it lists
+#: (``video/3gpp``, ``audio/mpa``, ``audio/pcm`` for a WAV), and an ISO media file (``ftyp``) may hold a
+#: raw photo (``image/x-canon-cr3``). The content of any other family (an image, a PDF, FLAC), each of whose
+#: types the router lists, is refused under a type not its own: a PNG declared ``image/bmp`` or ``image/heic``.
+_OPEN_TOPS: dict[str, frozenset[str]] = {
+    "mp4": frozenset({"audio", "video", "image"}), "ogg": frozenset({"audio", "video"}),
+    "matroska": frozenset({"audio", "video"}), "wav": frozenset({"audio", "video"}),
+    "audio/mpeg": frozenset({"audio", "video"}), "mpeg-frame": frozenset({"audio", "video"}),
+    "adts": frozenset({"audio", "video"}),
+}
+
 #: (declared type, normalised; content family) -> the type of that content, where the declared type is
 #: compatible with the family but names another format: browsers and phones declare an m4a (AAC in an mp4
 #: container) ``audio/aac``, which routing would take for raw AAC (ADTS), a format fewer models take.
@@ -77,7 +120,8 @@ GENERIC_TYPES = frozenset({"application/octet-stream", "binary/octet-stream"})
 _FAMILY_TYPE: dict[str, str] = {
     "image/png": "image/png", "image/jpeg": "image/jpeg", "image/gif": "image/gif", "webp": "image/webp",
     "application/pdf": "application/pdf", "audio/flac": "audio/flac", "wav": "audio/wav",
-    "audio/mpeg": "audio/mpeg", "mpeg-frame": "audio/mpeg", "adts": "audio/aac",
+    "audio/mpeg": "audio/mpeg", "mpeg-frame": "audio/mpeg", "adts": "audio/aac", "image/bmp": "image/bmp",
+    "image/tiff": "image/tiff", "image/heic": "image/heic", "heif": "image/heif", "image/avif": "image/avif",
 }
 
 #: A type of each modality, as a refusal asking for the content's type gives an example.
@@ -95,6 +139,10 @@ def magic_family(head: bytes) -> str | None:
         return "wav"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
+    if head[4:8] == b"ftyp":
+        return _ftyp_family(head)
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return "image/bmp"
     for offset, magic, family in _MAGIC:
         if head[offset:offset + len(magic)] == magic:
             return family
@@ -103,6 +151,21 @@ def magic_family(head: bytes) -> str | None:
     if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
         return "mpeg-frame"
     return None
+
+
+def _ftyp_family(head: bytes) -> str:
+    """The family of content starting with an ISO media file's ``ftyp`` box (``head``): a HEIC, HEIF or AVIF
+    image by its major brand, or by its compatible brands when the major one (``mif1``, ``msf1``) names the
+    HEIF structure alone; else ``mp4`` (video/mp4, audio/mp4, video/quicktime, 3GPP...)."""
+    major = head[8:12]
+    size = int.from_bytes(head[:4], "big")
+    end = min(size, len(head)) if size >= 16 else 16
+    brands = {major, *(head[at:at + 4] for at in range(16, end - 3, 4))}
+    if major in _AVIF_BRANDS or (major in _HEIF_BRANDS and brands & _AVIF_BRANDS and not brands & _HEIC_BRANDS):
+        return "image/avif"
+    if major in _HEIC_BRANDS or (major in _HEIF_BRANDS and brands & _HEIC_BRANDS):
+        return "image/heic"
+    return "heif" if major in _HEIF_BRANDS else "mp4"
 
 
 def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
@@ -118,9 +181,11 @@ def mime_problem(mime_type: str, modality: Modality, head: bytes) -> str | None:
     if top == "text":
         return _text_problem(mime_type, head)
     accepted = _COMPATIBLE.get(mime)
-    if accepted is None:
-        return None  # a type we cannot check cheaply
     found = magic_family(head)
+    if accepted is None:  # no magic of its own: refused only as another known format, see _OPEN_TOPS
+        if found is None or found in _ALSO.get(mime, ()) or top in _OPEN_TOPS.get(found, ()):
+            return None
+        return f"declared {mime_type!r} but {_unlike(found, set(), head)}"
     if found is None or found not in accepted:
         return f"declared {mime_type!r} but {_unlike(found, accepted, head)}"
     return None

@@ -238,17 +238,19 @@ def test_a_noisy_bmp_too_large_as_a_png_reaches_gpt_4o_as_a_jpeg_within_claudes_
 
 
 def test_an_image_that_cannot_be_converted_is_read_by_the_local_ocr_instead(start_daemon, fakes) -> None:
-    """A "BMP" Pillow cannot read as one (here a PNG declared image/bmp, which nothing checks) falls back to
-    the planned OCR bridge: only its text reaches gpt-4o."""
+    """A "BMP" Pillow cannot read as one (here a PPM, whose magic the router does not check) falls back to
+    the planned OCR bridge: only its text reaches gpt-4o, and the route says the picture could not be converted."""
     daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
-    request = text_request("What does the scan say?", media=[image("image/bmp", png("INVOICE", size=(160, 48)),
-                                                                   "scan.bmp")])
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png("INVOICE", size=(160, 48)))).convert("RGB").save(out, format="PPM")
+    request = text_request("What does the scan say?", media=[image("image/bmp", out.getvalue(), "scan.bmp")])
     answer = generate(daemon, request)
     assert (answer.route.rule, answer.route.provider, answer.route.model) == ("cross-modal", "openai", "gpt-4o")
     assert list(answer.route.bridges) == ["image (image/bmp)->text via local/extract"]
     parts = sent_parts(fakes["openai"])
     assert [p.kind for p in parts].count("image") == 0
     assert any(p.kind == "text" and p.text.startswith("[Image text] scan.bmp") for p in parts)
+    assert any(note.startswith("could not convert scan.bmp from image/bmp") for note in answer.route.notes)
 
 
 def test_a_png_still_goes_to_gpt_4o_as_an_image(start_daemon, fakes) -> None:
