@@ -21,7 +21,7 @@ from typing import Protocol
 
 from .convert import MAX_PAGES, MAX_PAGES_BYTES, Pages, convert, convertible
 from .errors import ProviderError, ProviderRateLimited, ProviderTimeout, ProviderUnavailable
-from .invoke import call_model
+from .invoke import call_model, deadline_passed
 from .mime import normalise_mime
 from .outcome import RouteInfo
 from .plugins import Registry
@@ -681,6 +681,8 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
             if not exc.retryable and not bridge.keep_media:
                 break
             route.notes.append(f"bridging: {bridge.via} failed on {name} ({exc.reason})")
+            if deadline_passed(ctx):  # as for a fallback target: the next bridge would be cut at once, its
+                break  # provider blamed, and the media sent to it (an upload) for a call already given up
             continue
         finally:
             _settle(key, leader, result)  # those waiting get the text, or None (then bridge themselves)

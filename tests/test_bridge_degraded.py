@@ -153,3 +153,25 @@ def test_a_video_of_the_history_is_sent_alone_when_its_diarizing_bridge_fails(da
     assert any(n.startswith("bridging: no video transcript beside screen.mp4") for n in second.route.notes)
     sent = json.dumps(gemini_bodies(fakes)[-1])
     assert "video/mp4" in sent and "[Video transcript]" not in sent
+
+
+# -- the deadline -----------------------------------------------------------------------------------------
+
+
+def test_no_next_bridge_is_started_once_the_calls_deadline_has_come(daemon, fakes) -> None:
+    """Whisper failing (retryable) within the last 0.25 s before the call's deadline: AssemblyAI, the next
+    audio bridge, was started all the same, with milliseconds left, and the recording uploaded there for a
+    call its client had already given up (AssemblyAI keeps uploads: no API call deletes one)."""
+    warm = generate(daemon, text_request("Warm up", media=[upload_wav(daemon, 1.0, "warm.wav")]))
+    assert list(warm.route.bridges) == [WHISPER_BRIDGE]
+    fakes["assemblyai"].fail_next(503, {"error": "down"}, path="/v2/upload")  # its SDK imported: a fast start
+    fakes["openai"].fail_next(503, DOWN, path=TRANSCRIPTIONS)
+    generate(daemon, text_request("Warm up", media=[upload_wav(daemon, 1.5, "warm2.wav")]))
+    uploads = len([r for r in fakes["assemblyai"].requests if r.path == "/v2/upload"])
+
+    audio = upload_wav(daemon, 2.0, "late.wav")
+    fakes["openai"].fail_next(503, DOWN, path=TRANSCRIPTIONS, body_delay=1.85)  # its error comes at ~1.85 s
+    with pytest.raises(grpc.RpcError) as caught:
+        daemon.stub.Generate(pb.GenerateRequest(request=text_request("What was said?", media=[audio])), timeout=2.0)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len([r for r in fakes["assemblyai"].requests if r.path == "/v2/upload"]) == uploads
