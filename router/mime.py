@@ -13,6 +13,7 @@ ALIASES = {
     "image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
     "audio/x-wav": "audio/wav", "audio/wave": "audio/wav", "audio/vnd.wave": "audio/wav",
     "audio/mp3": "audio/mpeg", "audio/x-mp3": "audio/mpeg", "audio/x-mpeg": "audio/mpeg",
+    "audio/mpeg3": "audio/mpeg", "audio/x-mpeg-3": "audio/mpeg", "audio/mpg": "audio/mpeg",
     "audio/x-m4a": "audio/mp4", "audio/m4a": "audio/mp4",
     "audio/x-flac": "audio/flac", "audio/x-aac": "audio/aac",
     # older and browser names of PDF (freedesktop.org's shared-mime-info lists them as its aliases)

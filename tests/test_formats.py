@@ -97,6 +97,8 @@ def test_takes_mime_matches_exact_types_after_normalising_and_wildcards() -> Non
                                                                                     "text/*"}))
     assert model.takes_mime("Image/JPG", IMAGE)
     assert model.takes_mime("audio/mp3; rate=44100", AUDIO)
+    for mp3 in ("audio/mpeg3", "audio/x-mpeg-3", "audio/mpg"):  # older names of MP3: Whisper takes them
+        assert model.takes_mime(mp3, AUDIO), mp3
     assert model.takes_mime("text/markdown", DOC)
     assert not model.takes_mime("image/bmp", IMAGE)
     assert not model.takes_mime("audio/aac", AUDIO)
