@@ -168,7 +168,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     with no target tried yet, the call ends with :class:`NoTimeLeft`, blaming no provider.
     A transcription's transcript is kept in ``memo`` as the bridged text of the audio it transcribed.
     A transcription whose model sent no text deltas (only its transcript) gets its text as one delta
-    before Done, so a client joining the deltas reads every answer alike. A request's temperature that the
+    before Done, so a client joining the deltas reads every answer alike; one that found no speech (its
+    transcript and text empty, whichever model made it) gets a route note saying so. A request's temperature that the
     answering model does not take (``ModelInfo.takes_temperature``) is left out by its plugin: a route note says so.
     """
     started = time.perf_counter() if started is None else started
@@ -251,7 +252,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 raise
             refused = None if answering else bridged_before.media_refused(exc)
             if not exc.retryable and refused is not None and _taken_later(refused, plans[index + 1:]):
-                route.notes.append(f"{plan.target} failed: its bridge refused a {refused.modality.value} "
+                route.notes.append(f"{plan.target} failed: its bridge refused {_with_article(refused.modality.value)} "
                                    f"({exc.reason}: {exc.message}); trying the next target, as a later one "
                                    f"takes the {refused.modality.value} itself")
                 continue
@@ -270,6 +271,9 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
             texts.append(Transcript.merged(own).text)
             if texts[0]:
                 yield TextDelta(texts[0])
+        if own and not Transcript.merged(own).text.strip() and not "".join(texts).strip():
+            # silence: an empty text (Whisper's, local's) must not read as an answer lost on the way
+            route.notes.append(f"{plan.target} found no speech: the transcript and the answer's text are empty")
         if own and memo is not None:
             remember_transcripts(request, own, plan.target, memo)
         route.provider, route.model = plan.target.provider, plan.target.model
@@ -301,6 +305,11 @@ def _history_urls(request: Request) -> int:
     must stay valid for the session's life (a presigned URL expires)."""
     return sum(1 for message in request.messages[:request.history_length] for part in message.parts
                if part.media is not None and part.media.url)
+
+
+def _with_article(word: str) -> str:
+    """``word`` after its indefinite article: "an audio", "an image", "a video", "a document"."""
+    return f"{'an' if word[:1] in ('a', 'e', 'i', 'o', 'u') else 'a'} {word}"
 
 
 def _taken_later(media: Media, plans: Sequence[Plan]) -> bool:

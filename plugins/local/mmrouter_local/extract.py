@@ -50,8 +50,8 @@ def source_of(media: Media) -> Path | bytes:
     raise UnreadableMedia("media given by URL cannot be fetched offline; upload it instead")
 
 
-#: The text of an audio section, and of a transcription's answer, when no speech was heard (the transcript's
-#: own text stays empty).
+#: The text of an audio section when no speech was heard (the transcript's own text stays empty, as does a
+#: transcription's answer).
 NO_SPEECH = "(no speech found)"
 
 
@@ -72,6 +72,14 @@ def transcript_lines(transcript: Transcript) -> str:
     return "\n".join(
         f"[{format_seconds(u.start)}-{format_seconds(u.end)}] {u.text}" for u in transcript.utterances
     )
+
+
+def audio_sections(transcript: Transcript, name: str, kind: str = "Audio") -> list[Section]:
+    """The section of an audio's (``kind`` "Audio") or a video's ("Video") ``transcript``, headed e.g.
+    ``Audio talk.mp3: transcript, 3.0s``; :data:`NO_SPEECH` when no speech was heard."""
+    what = "transcript" if kind == "Audio" else "audio transcript"
+    heading = f"{kind} {name}: {what}, {format_seconds(transcript.duration_seconds)}"
+    return [Section(heading, transcript_lines(transcript) or NO_SPEECH)]
 
 
 #: The most bytes of a text document read (an answer holding more could not be sent anyway).
@@ -208,9 +216,7 @@ class Extractor:
                 raise
             return None, [Section(f"{kind} {name}: no audio track",
                                   "(the video has no audio track: there is no speech to transcribe)")]
-        what = "transcript" if kind == "Audio" else "audio transcript"
-        heading = f"{kind} {name}: {what}, {format_seconds(transcript.duration_seconds)}"
-        return transcript, [Section(heading, transcript_lines(transcript) or NO_SPEECH)]
+        return transcript, audio_sections(transcript, name, kind)
 
     def video_frames(self, media: Media, name: str) -> list[Section]:
         """Text read on frames sampled every ``frame_interval`` seconds, one section per span."""

@@ -33,7 +33,8 @@ from router.errors import public_url
 
 from .asr import check_language
 from .audio import MAX_AUDIO_SECONDS, AudioTooLong, DecodeError, NoAudioTrack
-from .extract import NO_SPEECH, Extractor, Section, UnreadableMedia, label
+from .extract import Extractor, Section, UnreadableMedia, audio_sections, label
+from .heard import HeardInCall
 from .memory import OutOfMemory, activity, memory_cause
 from .models import EXTRACT_MIME_TYPES
 from .pdf import PdfError
@@ -85,6 +86,7 @@ class LocalProvider(Provider):
                  max_audio_seconds: float = MAX_AUDIO_SECONDS) -> None:
         self.pool = WorkerPool(workers)
         self.extractor = Extractor(frame_interval, max_audio_seconds)
+        self.heard = HeardInCall()
 
     @classmethod
     def from_settings(cls, settings: LocalSettings | Mapping[str, Any] | None) -> LocalProvider:
@@ -104,10 +106,13 @@ class LocalProvider(Provider):
         """Transcribe (the newest message's audio and video), or extract the text of this turn's media.
 
         In a session, earlier turns' media are not extracted again: their text is in the answers
-        the session keeps (an hour of speech is not decoded again on every follow-up question)."""
+        the session keeps (an hour of speech is not decoded again on every follow-up question). A clip
+        transcribed earlier in the same call (as a bridge, before the route fell back to this provider) is
+        not decoded again: its transcript is taken (:class:`mmrouter_local.heard.HeardInCall`), and its
+        seconds are not counted again in the usage."""
         if request.effective_task is Task.TRANSCRIBE:
             check_language(request.options.language, self.name)
-            async for event in self._transcribe(request.current_media()):
+            async for event in self._transcribe(request.current_media(), ctx):
                 yield event
             return
         media = request.turn_media()
@@ -129,9 +134,9 @@ class LocalProvider(Provider):
         # max_audio_seconds, an encrypted PDF, a corrupt file) lets the route's fallback answer a stream too.
         pending = intro
         for index, item in enumerate(media):
-            sections, transcript = await self._extract(item, label(item, index))
+            sections, transcript, decoded = await self._extract(item, label(item, index), ctx)
             if transcript is not None:
-                audio_seconds += transcript.duration_seconds
+                audio_seconds += transcript.duration_seconds if decoded else 0.0
                 yield TranscriptReady(transcript)  # the structured transcript too, with times
             yield TextDelta(pending + "\n\n" + "\n\n".join(s.render() for s in sections))
             pending = ""
@@ -158,35 +163,50 @@ class LocalProvider(Provider):
                 self.name, f"media {public_url(media.url or '')} is given by URL; the local provider works "
                 "offline and cannot fetch it: upload it with UploadMedia instead")
 
-    async def _transcribe(self, media: list[Media]) -> AsyncIterator[ProviderEvent]:
+    async def _transcribe(self, media: list[Media], ctx: CallContext) -> AsyncIterator[ProviderEvent]:
         """Transcribe every audio and video of ``media`` in order, as one transcript
-        (:meth:`Transcript.merged`)."""
+        (:meth:`Transcript.merged`), and its text. Silence gives no text: an empty answer, as a cloud
+        transcriber's (the router's route notes say no speech was found), not words the speaker did not say."""
         speech = [m for m in media if m.modality in (Modality.AUDIO, Modality.VIDEO)]
         if not speech:
             raise ProviderBadRequest(self.name, "transcribe needs audio or video input")
         for item in speech:
             self._check_local(item)
         transcripts: list[Transcript] = []
+        audio_seconds = 0.0
         for index, item in enumerate(speech):
-            transcripts.append(await self._run(label(item, index), self.extractor.transcribe, item))
+            heard = self.heard.get(ctx, item)
+            if heard is None:
+                heard = await self._run(label(item, index), self.extractor.transcribe, item)
+                self.heard.put(ctx, item, heard)
+                audio_seconds += heard.duration_seconds
+            transcripts.append(heard)
         transcript = Transcript.merged(transcripts)
         yield TranscriptReady(transcript)
-        yield TextDelta(transcript.text or NO_SPEECH)  # silence: said, as in an extraction's section
-        yield UsageReport(Usage(audio_seconds=transcript.duration_seconds))
+        if transcript.text:
+            yield TextDelta(transcript.text)
+        yield UsageReport(Usage(audio_seconds=round(audio_seconds, 2)))
 
-    async def _extract(self, media: Media, name: str) -> tuple[list[Section], Transcript | None]:
-        """The sections for one media, and its transcript for audio and video."""
+    async def _extract(self, media: Media, name: str,
+                       ctx: CallContext) -> tuple[list[Section], Transcript | None, bool]:
+        """The sections for one media, its transcript for audio and video, and whether that transcript was
+        decoded now (False: made earlier in this call, see :class:`mmrouter_local.heard.HeardInCall`)."""
         ex = self.extractor
         if media.modality is Modality.DOCUMENT:
-            return await self._run(name, ex.document, media, name), None
+            return await self._run(name, ex.document, media, name), None, False
         if media.modality is Modality.IMAGE:
-            return await self._run(name, ex.image, media, name), None
+            return await self._run(name, ex.image, media, name), None, False
+        heard = self.heard.get(ctx, media)
         if media.modality is Modality.AUDIO:
+            if heard is not None:
+                return audio_sections(heard, name), heard, False
             transcript, sections = await self._run(name, ex.audio, media, name)
-            return sections, transcript
+            self.heard.put(ctx, media, transcript)
+            return sections, transcript, True
         if media.modality is Modality.VIDEO:
             # Sound and pictures run as two jobs: with two workers they overlap.
-            sound = asyncio.ensure_future(self._run(name, ex.audio, media, name, "Video"))
+            sound = (asyncio.ensure_future(self._run(name, ex.audio, media, name, "Video")) if heard is None
+                     else _done((heard, audio_sections(heard, name, "Video"))))
             pictures = asyncio.ensure_future(self._run(name, ex.video_frames, media, name))
             try:
                 (transcript, speech), frames = await asyncio.gather(sound, pictures)
@@ -195,7 +215,9 @@ class LocalProvider(Provider):
                     job.cancel()
                 await asyncio.gather(sound, pictures, return_exceptions=True)
                 raise
-            return speech + frames, transcript
+            if transcript is not None and heard is None:
+                self.heard.put(ctx, media, transcript)
+            return speech + frames, transcript, heard is None
         raise ProviderBadRequest(self.name, f"{name}: unsupported modality {media.modality.value}")
 
     async def _run(self, name: str, fn: Any, *args: Any) -> Any:
@@ -225,3 +247,10 @@ class LocalProvider(Provider):
     async def aclose(self) -> None:
         self.pool.close()
         await asyncio.to_thread(self.extractor.asr.close)  # its decoder's process (a reload makes another)
+
+
+def _done(result: Any) -> asyncio.Future:
+    """A future already holding ``result``."""
+    future: asyncio.Future = asyncio.get_running_loop().create_future()
+    future.set_result(result)
+    return future
