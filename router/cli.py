@@ -535,10 +535,10 @@ def ask(
         wait_for_daemon(channel, wait)
         stub = router_pb2_grpc.RouterServiceStub(channel)
 
-        def build(limit: int) -> pb.MultimodalRequest:
+        def build(limit: int, upload_prompt: bool = False) -> pb.MultimodalRequest:
             return build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
                                   diarize, speakers, provider, model, tag, session, limit, max_tokens, language,
-                                  deadline=deadline, turn_id=turn_id or "")
+                                  deadline=deadline, turn_id=turn_id or "", upload_prompt=upload_prompt)
 
         line_open = [False]  # streamed text printed without a newline at its end yet
         received = [False]  # an event of the answer arrived: a connection lost now was lost during the call
@@ -663,9 +663,10 @@ def explain(
         stub = router_pb2_grpc.RouterServiceStub(channel)
         try:
             route = call_with_media(
-                lambda limit: build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system,
-                                             task, diarize, speakers, provider, model, tag, session, limit,
-                                             language=language, deadline=deadline),
+                lambda limit, upload_prompt=False: build_request(
+                    stub, prompt, image or [], audio or [], video or [], pdf or [], system, task, diarize, speakers,
+                    provider, model, tag, session, limit, language=language, deadline=deadline,
+                    upload_prompt=upload_prompt),
                 lambda request: stub.ExplainRoute(pb.ExplainRouteRequest(request=request),
                                                   timeout=remaining(deadline)).route,
                 inline_limit)
@@ -902,8 +903,9 @@ def stats(data_dir: DataDirOption = None,
           tag: Annotated[str | None, typer.Option(
               "--tag", help="Only the calls of requests that carried this tag.")] = None,
           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Calls, latency and cost per rule (or request tag), provider and model, from the daemon's records
-    (all of them still kept, see prune, or those of the last --since days)."""
+    """Calls, latency and cost per rule (or request tag), provider, model and step (a bridge is one step,
+    whatever formats it converted), from the daemon's records (all of them still kept, see prune, or those
+    of the last --since days)."""
     if tag is not None:
         tag = composed(utf8_text(tag, "--tag"))  # requests' tags are kept composed (NFC)
     path = _data_dir(config, data_dir) / "sessions.sqlite"

@@ -61,12 +61,17 @@ RECEIVE_BYTES = GRPC_INT_MAX
 CHUNK = UPLOAD_CHUNK_BYTES
 
 #: Media types by extension, before Python's mimetypes (which lacks some and varies by system): the
-#: daemon refuses application/octet-stream for images, audio and video.
+#: daemon refuses application/octet-stream for images, audio and video. Phones' and recorders' formats
+#: too: CAF (iOS), AMR and 3GP (Android, voice notes), AIFF (macOS), WMA; the daemon takes them, and
+#: routes them to a model that reads them (AssemblyAI, Gemini, local).
 MIME_BY_EXTENSION = {".m4a": "audio/mp4", ".m4b": "audio/mp4", ".aac": "audio/aac", ".webm": "video/webm",
                   ".weba": "audio/webm", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
                   ".opus": "audio/ogg", ".ogv": "video/ogg", ".wav": "audio/wav", ".mp3": "audio/mpeg",
-                  ".mka": "audio/x-matroska", ".mkv": "video/x-matroska", ".mov": "video/quicktime",
-                  ".mp4": "video/mp4", ".m4v": "video/mp4", ".pdf": "application/pdf", ".webp": "image/webp"}
+                  ".mpga": "audio/mpeg", ".mka": "audio/x-matroska", ".mkv": "video/x-matroska",
+                  ".mov": "video/quicktime", ".mp4": "video/mp4", ".m4v": "video/mp4", ".pdf": "application/pdf",
+                  ".webp": "image/webp", ".caf": "audio/x-caf", ".amr": "audio/amr", ".awb": "audio/amr-wb",
+                  ".3gp": "audio/3gpp", ".3gpp": "audio/3gpp", ".3g2": "audio/3gpp2", ".aiff": "audio/aiff",
+                  ".aif": "audio/aiff", ".aifc": "audio/aiff", ".wma": "audio/x-ms-wma"}
 
 
 def media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path]) -> Iterator[tuple[int, Path, str]]:
@@ -162,7 +167,7 @@ def document_mime(path: Path, mime: str) -> str:
 
 #: Containers whose extension is taken for audio (``.ogg``, ``.webm``) but may hold a video.
 _AUDIO_OR_VIDEO = {"audio/ogg": "video/ogg", "audio/webm": "video/webm", "audio/x-matroska": "video/x-matroska",
-                   "audio/mp4": "video/mp4"}
+                   "audio/mp4": "video/mp4", "audio/3gpp": "video/3gpp", "audio/3gpp2": "video/3gpp2"}
 
 
 def _as_video(mime: str) -> str:
@@ -203,8 +208,9 @@ STDIN_PROMPT = "-"
 def read_prompt(prompt: str) -> str:
     """The question of ``ask`` and ``explain``: ``prompt`` as given, or, for :data:`STDIN_PROMPT`, the
     whole of standard input (a question kept out of ``ps`` and shell history), without its final
-    newline. It must be UTF-8 text of at most :data:`MESSAGE_BYTES` (a gRPC message could not carry
-    more; the bound also stops ``ask - < /dev/zero`` from filling memory), else exit with a usage error.
+    newline. It must be UTF-8 text of at most :data:`MESSAGE_BYTES` (the bound stops ``ask - < /dev/zero``
+    from filling memory; one over a gRPC message limit is uploaded, see :func:`call_with_media`), else
+    exit with a usage error.
     Standard input is read only for ``-``: a script's loop reading its own stdin keeps it, and a stdin
     left open (ssh, a service) cannot make a call wait."""
     if prompt != STDIN_PROMPT:
@@ -288,17 +294,19 @@ def remaining(deadline: float | None) -> float | None:
     return left
 
 
-def upload_file(stub, kind: int, path: Path, mime: str, deadline: float | None = None) -> str:
+def upload_file(stub, kind: int, path: Path, mime: str, deadline: float | None = None,
+                data: bytes | None = None) -> str:
     """Upload ``path`` with UploadMedia and return its media id, within ``deadline`` (see :func:`remaining`).
     While the daemon runs as many uploads as it takes (TOO_MANY_UPLOADS), wait as its RetryInfo says and
-    try again, up to :data:`UPLOAD_WAIT_SECONDS` in all.
+    try again, up to :data:`UPLOAD_WAIT_SECONDS` in all. With ``data``, those bytes are uploaded instead
+    of a file's, under the name of ``path`` (the question sent as a text document, see :func:`build_request`).
 
     Exactly the size stat'ed first is sent: a file that grows or shrinks meanwhile (a log still written, a
     recording under way) is not sent whole (its last chunk is held back, so the daemon refuses the upload)
     and the command exits with a usage error naming the file and both sizes."""
     from mmrouter.v1 import router_pb2 as pb
 
-    size = path.stat().st_size
+    size = path.stat().st_size if data is None else len(data)
     changed: list[int] = []  # the file's size when it was found to have changed
     # only on a terminal: piped or logged, a bar cannot be erased (and left an empty line). The label is
     # plain text, not markup: escape() doubles a backslash that ends a name (shown "uploading a\\").
@@ -311,6 +319,11 @@ def upload_file(stub, kind: int, path: Path, mime: str, deadline: float | None =
             progress.reset(task)  # a retry sends the file from its start again
             yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=kind, mime_type=mime,
                                                                    filename=wire_name(path), size_bytes=size))
+            if data is not None:
+                for at in range(0, size, CHUNK):
+                    progress.advance(task, min(CHUNK, size - at))
+                    yield pb.UploadMediaRequest(chunk=data[at:at + CHUNK])
+                return
             with path.open("rb") as f:
                 left = size
                 while left:
@@ -376,12 +389,19 @@ def inline_choice(sizes: list[int], inline_limit: int, budget: int = INLINE_BUDG
     return chosen
 
 
+#: The name the question goes under when it is sent as an uploaded text document (see :func:`build_request`).
+QUESTION_NAME = "question.txt"
+
+
 def build_request(stub, prompt: str, images, audio, video, pdf, system, task, diarize, speakers, provider, model,
                    tags, session, inline_limit, max_tokens: int = 0, language: str = "", deadline: float | None = None,
-                   turn_id: str = ""):
+                   turn_id: str = "", upload_prompt: bool = False):
     """The request of ``ask`` and ``explain``: files over ``inline_limit`` bytes, and the largest ones
     once the inline total would pass :data:`INLINE_BUDGET`, are uploaded first (within ``deadline``, see
-    :func:`remaining`). ``language`` (a BCP-47 tag, ``--language``) is sent as it is: the daemon checks it.
+    :func:`remaining`). With ``upload_prompt`` (a question too large for a gRPC message, see
+    :func:`call_with_media`), the question is uploaded too, as a ``text/plain`` document named
+    :data:`QUESTION_NAME` in its place, which the daemon counts as prompt text.
+    ``language`` (a BCP-47 tag, ``--language``) is sent as it is: the daemon checks it.
     ``--speakers`` turns diarization on, as the request's ``speakers_expected`` does (``--diarize`` may be left out).
     ``turn_id`` (``ask --turn-id``, or one made for a session's turn) names the turn: asked again, it gets its kept answer."""
     from mmrouter.v1 import router_pb2 as pb
@@ -406,7 +426,12 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
         else:
             media.media_id = upload_file(stub, kind, path, mime, deadline)
         parts.append(pb.Part(media=media))
-    if prompt:
+    if prompt and upload_prompt:
+        media_id = upload_file(stub, pb.MODALITY_DOCUMENT, Path(QUESTION_NAME), "text/plain", deadline,
+                               data=prompt.encode("utf-8"))
+        parts.append(pb.Part(media=pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="text/plain",
+                                            media_id=media_id, filename=QUESTION_NAME)))
+    elif prompt:
         parts.append(pb.Part(text=prompt))
     messages = [pb.Message(role=pb.ROLE_SYSTEM, parts=[pb.Part(text=system)])] if system else []
     messages.append(pb.Message(role=pb.ROLE_USER, parts=parts))
@@ -574,39 +599,103 @@ def error_info(exc: grpc.RpcError) -> tuple[str, dict[str, str]]:
     return (info.reason, dict(info.metadata)) if info is not None else ("", {})
 
 
-def call_with_media(build: Callable[[int], Any], call: Callable[[Any], Any], inline_limit: int) -> Any:
-    """``call(build(inline_limit))``; if the request with its inline media is too large (over the
-    daemon's ``inline_limit_bytes``, or a gRPC message limit of either side, see :func:`too_large_inline`),
-    build again with every file uploaded and retry once. Another limit (``max_request_media_bytes``) is
-    not helped by uploading, and an answer too large to receive is no fault of the request: their errors
-    are raised (a retry would call and bill the provider again)."""
+def call_with_media(build: Callable[..., Any], call: Callable[[Any], Any], inline_limit: int) -> Any:
+    """``call(build(inline_limit))``; if the request is too large (its inline media over the daemon's
+    ``inline_limit_bytes``, or the request over a gRPC message limit of either side, see
+    :func:`too_large_inline`), build again with every file uploaded (``build(0)``) and retry once. When
+    the request would still be over the message limit without its inline media (a long question from
+    standard input), the question is uploaded too, as a text document (``build(0, True)``, see
+    :func:`build_request`). Another limit (``max_request_media_bytes``) is not helped by uploading, and an
+    answer too large to receive is no fault of the request: their errors are raised (a retry would call
+    and bill the provider again)."""
     request = build(inline_limit)
     try:
         return call(request)
     except grpc.RpcError as exc:
         inline = any(p.media.data for m in request.messages for p in m.parts if p.HasField("media"))
         why = too_large_inline(exc)
-        if not inline or why is None:
+        limit = refused_limit(exc)
+        text_too_large = limit is not None and _has_question(request) and uploaded_size(request) > limit
+        if why is None or not (inline or text_too_large):
             raise
+    if text_too_large:
+        err.print(f"[yellow]{escape(shown(why))}: sending the question as an uploaded text document"
+                  f"{' and uploading the files' if inline else ''}[/yellow]")
+        return call(build(0, True))
     err.print(f"[yellow]{escape(shown(why))}: uploading the files[/yellow]")
     return call(build(0))
 
 
+#: Room in a gRPC message for the call's own framing around its request (``GenerateRequest.request``).
+CALL_FRAMING_BYTES = 16
+
+
+def uploaded_size(request: Any) -> int:
+    """The size of ``request``'s message once its inline media are uploaded (each named by its id instead),
+    with the call's framing: what a retry with every file uploaded sends."""
+    uploaded = type(request)()
+    uploaded.CopyFrom(request)
+    for message in uploaded.messages:
+        for part in message.parts:
+            if part.HasField("media") and part.media.data:
+                part.media.media_id = "0" * 64  # a sha256, as UploadMedia answers (the data leaves the oneof)
+    return uploaded.ByteSize() + CALL_FRAMING_BYTES
+
+
+def _has_question(request: Any) -> bool:
+    """Whether ``request`` has text in a user message: the question :func:`build_request` may upload."""
+    from mmrouter.v1 import router_pb2 as pb
+
+    return any(p.text for m in request.messages if m.role == pb.ROLE_USER for p in m.parts)
+
+
 def too_large_inline(exc: grpc.RpcError) -> str | None:
-    """What was too large, when ``exc`` refused a request for the size of its inline media, else None."""
+    """What was too large, when ``exc`` refused a request for the size of its inline media or of the
+    request itself, else None."""
     reason, metadata = error_info(exc)
     if reason == "PAYLOAD_TOO_LARGE" and metadata.get("limit") == "inline_limit_bytes":
         return "the daemon takes less inline media than --inline-limit"
     # gRPC's own refusals carry no ErrorInfo: "CLIENT: Sent message larger than max" (this side's send
     # limit) or "SERVER: Received message larger than max" (the daemon's server.max_message_bytes); not
     # "CLIENT: Received ...", this side refusing an answer the provider has already given (and billed)
-    if not reason and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _REQUEST_REFUSED.search(exc.details() or ""):
+    if request_refused(exc):
         return f"the request is larger than a gRPC message may be ({exc.details()})"
     return None
 
 
+def request_refused(exc: grpc.RpcError) -> bool:
+    """Whether ``exc`` is gRPC's own refusal of a request for its size: this side's send limit
+    (:data:`MESSAGE_BYTES`) or the daemon's ``server.max_message_bytes``. The daemon's handler never ran, so
+    the refusal has no ErrorInfo."""
+    return (exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not error_info(exc)[0]
+            and _REQUEST_REFUSED.search(exc.details() or "") is not None)
+
+
+def refused_limit(exc: grpc.RpcError) -> int | None:
+    """The message limit in bytes that ``exc`` refused a request for (see :func:`request_refused`), as
+    gRPC says it ("larger than max (5000041 vs. 4194304)"), or None."""
+    if not request_refused(exc):
+        return None
+    found = _SIZES.search(exc.details() or "")
+    return int(found[2]) if found else None
+
+
+def refused_hint(exc: grpc.RpcError) -> str:
+    """What to do about a request that gRPC refused for its size (see :func:`request_refused`), when
+    uploading its files and question did not help (its ``--system`` text is that long)."""
+    limit = refused_limit(exc)
+    said = f" ({limit} bytes)" if limit is not None else ""
+    advice = "send long text as a file with --pdf (a text document is uploaded, and counted as prompt text)"
+    if "Sent message" in (exc.details() or ""):
+        return f"the request is over the CLI's message limit{said}: {advice}"
+    return (f"the request is over the daemon's message limit{said}, its server.max_message_bytes: {advice}, or "
+            "raise server.max_message_bytes in the daemon's configuration")
+
+
 #: gRPC's refusals of a request for its size, by this side (sending) or the daemon (receiving).
 _REQUEST_REFUSED = re.compile(r"Sent message larger than max|SERVER: Received message larger than max")
+#: The message's size and the limit, as gRPC's size refusals give them.
+_SIZES = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
 #: gRPC's refusal, on this side, of a message from the daemon over :data:`RECEIVE_BYTES`.
 ANSWER_REFUSED = "CLIENT: Received message larger than max"
 
@@ -753,6 +842,8 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, 
                   markup=False)
     elif exc.code() == grpc.StatusCode.UNAVAILABLE and not fields["reason"]:  # gRPC's, not the daemon's
         err.print(unreachable_hint(details, address), markup=False)
+    if request_refused(exc):
+        err.print(refused_hint(exc), markup=False)
     if answer_refused(exc):
         err.print(f"the answer's last message was over the CLI's receive limit ({RECEIVE_BYTES} bytes): the text "
                   "printed above is the whole answer if it was streamed, but its route and cost were not received; "

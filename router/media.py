@@ -468,11 +468,11 @@ class MediaStore:
 
     @staticmethod
     def _check_mime(mime_type: str, modality: Modality, head: bytes) -> str:
-        """The type to record for content declared ``mime_type`` (see :func:`content_mime`); raises
-        :class:`MimeMismatch` when it does not fit the content."""
+        """The type to record (and answer) for content declared ``mime_type``: :func:`content_mime`'s, as
+        :func:`normalise_mime` gives it (lower case, without parameters: ``audio/webm;codecs=opus`` is
+        ``audio/webm``, as an alias is its registered name); raises :class:`MimeMismatch` when it does not
+        fit the content."""
         problem = mime_problem(mime_type, modality, head)
         if problem:
             raise MimeMismatch(problem, violations=[FieldViolation("metadata.mime_type", problem)])
-        kept = content_mime(mime_type, head)
-        base, separator, parameters = kept.partition(";")  # type and subtype are case-insensitive: kept lower
-        return base.strip().lower() + separator + parameters
+        return normalise_mime(content_mime(mime_type, head))

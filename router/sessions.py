@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shlex
 import sqlite3
 import sys
@@ -54,6 +55,18 @@ CREATE INDEX IF NOT EXISTS call_tags_of_call ON call_tags (call);
 """
 
 #: A statistics row, in the columns every version has written (see call_tags).
+#: The formats a bridge chosen for some formats names in its step's purpose
+#: (``bridge:audio (audio/webm)->transcript via openai/whisper-1``; see :class:`router.routing.Bridge`).
+_BRIDGE_FORMATS = re.compile(r"^(bridge:\w+) \([^()]*\)(?=->)")
+
+
+def stats_step(purpose: str) -> str:
+    """The step a call's ``purpose`` counts under in :meth:`SessionStore.stats`: a bridge without the
+    formats it was chosen for (``bridge:audio->transcript via openai/whisper-1``), so one bridge is one row
+    whatever formats it converted; any other purpose as it is. The route itself names the formats."""
+    return _BRIDGE_FORMATS.sub(r"\1", purpose)
+
+
 _INSERT_CALL = ("INSERT INTO calls (at, rule, provider, model, purpose, latency_ms, cost_usd, input_tokens,"
                 " output_tokens, audio_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -703,9 +716,10 @@ class SessionStore:
         self._write_calls(self._take_pending())
 
     def stats(self, since: float = 0.0, *, by_tag: bool = False, tag: str | None = None) -> list[dict]:
-        """Per rule (or, ``by_tag``, per request tag), provider, model and step: calls, mean and max
-        latency, total cost and usage; of the calls made at ``since`` (a ``time.time()``) or later, and
-        only of requests tagged ``tag`` when given.
+        """Per rule (or, ``by_tag``, per request tag), provider, model and step (a bridge's without the
+        formats it was chosen for, see :func:`stats_step`): calls, mean and max latency, total cost and
+        usage; of the calls made at ``since`` (a ``time.time()``) or later, and only of requests tagged
+        ``tag`` when given.
 
         By tag, a call of a request with several tags counts under each (so the tags' costs may add up
         to more than the total), and one with none under the tag ``None`` (rows recorded before tags
@@ -725,7 +739,21 @@ class SessionStore:
         ).fetchall()
         keys = ["tag" if by_tag else "rule", "provider", "model", "purpose", "calls", "mean_latency_ms",
                 "max_latency_ms", "cost_usd", "input_tokens", "output_tokens", "audio_seconds"]
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        merged: dict[tuple, dict] = {}  # one row per step name: a bridge's formats are merged
+        for row in rows:
+            found = dict(zip(keys, row, strict=True))
+            found["purpose"] = stats_step(found["purpose"])
+            key = (found[keys[0]], found["provider"], found["model"], found["purpose"])
+            kept = merged.setdefault(key, found)
+            if kept is not found:
+                calls = kept["calls"] + found["calls"]
+                kept["mean_latency_ms"] = (kept["mean_latency_ms"] * kept["calls"]
+                                           + found["mean_latency_ms"] * found["calls"]) / calls
+                kept["max_latency_ms"] = max(kept["max_latency_ms"], found["max_latency_ms"])
+                for total in ("cost_usd", "input_tokens", "output_tokens", "audio_seconds"):
+                    kept[total] += found[total]
+                kept["calls"] = calls
+        return list(merged.values())
 
     def close(self) -> None:
         """Write what waits and close the database (after the jobs asked of the store's thread)."""
