@@ -111,7 +111,8 @@ _TOP_TYPES = {Modality.IMAGE: {"image"}, Modality.AUDIO: {"audio", "video"}, Mod
 #: The type to send a file as by its content's family (:func:`router.sniff.magic_family`), for each option.
 _FAMILY_TYPES = {
     Modality.IMAGE: {"image/png": "image/png", "image/jpeg": "image/jpeg", "image/gif": "image/gif",
-                     "webp": "image/webp"},
+                     "webp": "image/webp", "image/bmp": "image/bmp", "image/tiff": "image/tiff",
+                     "image/heic": "image/heic", "heif": "image/heif", "image/avif": "image/avif"},
     Modality.AUDIO: {"wav": "audio/wav", "audio/mpeg": "audio/mpeg", "mpeg-frame": "audio/mpeg",
                      "audio/flac": "audio/flac", "ogg": "audio/ogg", "mp4": "audio/mp4", "adts": "audio/aac",
                      "matroska": "audio/x-matroska"},

@@ -26,6 +26,14 @@ from router.cli import PORTS_TO_TRY
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "python-client" / "client.py"
 
 
+def make_image(path: Path, fmt: str) -> Path:
+    """A small image in Pillow's format ``fmt`` (BMP, TIFF) at ``path``."""
+    from PIL import Image
+
+    Image.new("RGB", (6, 4), (9, 8, 7)).save(path, format=fmt)
+    return path
+
+
 def stored_type(daemon, data: bytes) -> tuple[str, str]:
     """(MIME type, modality) the daemon's media store recorded for uploaded ``data``."""
     sha = hashlib.sha256(data).hexdigest()
@@ -47,6 +55,8 @@ def test_media_without_an_extension_of_their_kind_are_sent_by_their_content(star
         ("call", "--audio"): (make_wav(tmp_path / "c.wav", 0.2), "audio/wav", "audio"),
         ("voice-note.bin", "--audio"): (make_webm(tmp_path / "d.webm"), "audio/webm", "audio"),
         ("talk", "--video"): (make_mp4(tmp_path / "e.mp4"), "video/mp4", "video"),
+        ("scan", "--image"): (make_image(tmp_path / "f.bmp", "BMP"), "image/bmp", "image"),
+        ("fax.bin", "--image"): (make_image(tmp_path / "g.tif", "TIFF"), "image/tiff", "image"),
     }
     calls = {}
     for (name, option), (made, _, _) in files.items():
