@@ -154,8 +154,23 @@ def _page(image: Any, formats: Sequence[str], max_pixels: int, page: str) -> tup
     its message starting with ``page``, when it cannot be (too many pixels, too many bytes)."""
     _check_pixels(image, max_pixels, page)
     image.load()
-    image.thumbnail((MAX_SIDE, MAX_SIDE))  # first: a 16-bit image is scaled to 8 bits through floats
+    image = _scaled_down(image, MAX_SIDE)  # first: a 16-bit image is scaled to 8 bits through floats
     return _within(eight_bits(image), (PNG, *formats), MAX_BYTES, page)
+
+
+def _scaled_down(image: Any, max_side: int) -> Any:
+    """``image`` (decoded) scaled down, its aspect ratio kept, to at most ``max_side`` pixels a side, with a
+    smooth filter: a palette or 1-bit image is made RGB(A) or grey first (Pillow scales those modes by
+    nearest neighbour, which garbles text and digits: "1,234.56" read "1,334.68"), and a 16-bit or float one
+    is scaled without Pillow's ``reduce`` step, which refuses those modes. Within ``max_side``: as it is."""
+    if max(image.size) <= max_side:
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+    elif image.mode == "1":
+        image = image.convert("L")
+    image.thumbnail((max_side, max_side), reducing_gap=None if image.mode in _WIDE_MODES else 2.0)
+    return image
 
 
 def _check_pixels(image: Any, max_pixels: int, page: str = "") -> None:
@@ -197,7 +212,7 @@ def fit(media: Media, max_side: int, max_bytes: int = MAX_BYTES, max_pixels: int
             image.draft(None, _scaled_size(image.size, max_side))  # a no-op but for JPEG
             _check_pixels(image, max_pixels)
             image.load()
-            image.thumbnail((max_side, max_side))
+            image = _scaled_down(image, max_side)
             picture = eight_bits(ImageOps.exif_transpose(image))
             formats = (PNG, JPEG) if picture.has_transparency_data else (JPEG,)
             data, mime = _within(picture, formats, max_bytes)
