@@ -695,19 +695,23 @@ def _drops_history(plan: Plan, facts: Facts) -> str | None:
 
 
 def _roomiest_first(plans: list[Plan], facts: Facts) -> tuple[list[Plan], str]:
-    """A rule's usable ``plans`` with the first whose model holds the whole conversation first, the others
-    after it in their order (one that must trim is still tried when the roomier fail), and why it was
-    preferred (``""``: the order is kept, as when none holds it all or the first does)."""
-    dropping: list[str] = []
-    for index, plan in enumerate(plans):
-        why = _drops_history(plan, facts)
-        if why is not None:
-            dropping.append(why)
-        elif not index:  # it holds it all (or the request has no history)
-            return plans, ""
-        elif FEATURE_EXTRACTION_ONLY not in plan.model.features:  # one that reads no history is no answer
-            return [plan, *plans[:index], *plans[index + 1:]], "; ".join(dropping)
-    return plans, ""
+    """A rule's usable ``plans`` in the order they are tried for a session: the first whose model holds the
+    whole conversation, then the others that hold it, then those that must trim it (each group in the rule's
+    order: one that must trim is still tried when the roomier fail); and why the first was passed over
+    (``""`` when it leads: it holds it all, none does, or it is an extraction-only model, which reads no
+    history and which a rule names first on purpose). Without history, ``plans`` as they are."""
+    if not facts.conversation_tokens:
+        return plans, ""
+    why = {id(plan): _drops_history(plan, facts) for plan in plans}
+
+    def holds(plan: Plan) -> bool:
+        return why[id(plan)] is None and FEATURE_EXTRACTION_ONLY not in plan.model.features
+
+    lead = plans[0] if why[id(plans[0])] is None else next((plan for plan in plans if holds(plan)), plans[0])
+    rest = [plan for plan in plans if plan is not lead]
+    ordered = [lead, *(plan for plan in rest if holds(plan)), *(plan for plan in rest if not holds(plan))]
+    passed = [why[id(plan)] or "" for plan in plans[:plans.index(lead)]]
+    return ordered, "; ".join(reason for reason in passed if reason)
 
 
 def beyond_every_context(decision: Decision, facts: Facts, catalog: Catalog) -> str | None:

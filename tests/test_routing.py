@@ -999,6 +999,24 @@ def test_a_session_goes_to_the_rule_target_that_holds_its_history():
     assert chosen(decide(router, long_turn, SIZED)) == "anthropic/claude-sonnet-4-6"
 
 
+def test_a_session_tries_the_targets_that_hold_its_history_before_those_that_must_trim_it():
+    mini = dataclasses.replace(GPT_4O_128K, name="gpt-4o-mini")
+    sized = catalog(openai=status(GPT_4O_128K, mini, WHISPER), anthropic=status(CLAUDE_200K),
+                    gemini=status(dataclasses.replace(GEMINI, context_tokens=1_048_576)))
+    router = Router(rules=[rule("general", "openai/gpt-4o", "local/extract", "openai/gpt-4o-mini",
+                                "anthropic/claude-sonnet-4-6", "gemini/gemini-2.5-pro")])
+    long_history = session(turn(text(LONG_TEXT)), text("and then?"))
+    decision = decide(router, long_history, sized)
+    assert chosen(decision) == "anthropic/claude-sonnet-4-6"
+    assert [str(p.target) for p in decision.fallbacks] == [
+        "gemini/gemini-2.5-pro", "openai/gpt-4o", "local/extract", "openai/gpt-4o-mini"]
+    assert "openai/gpt-4o would drop the session's oldest messages" in decision.trace[0].reason
+    assert "gpt-4o-mini would drop" in decision.trace[0].reason
+    # a rule that names the extraction first keeps it first: it reads no history, on purpose
+    extract_first = Router(rules=[rule("docs", "local/extract", "anthropic/claude-sonnet-4-6")])
+    assert chosen(decide(extract_first, long_history, sized)) == "local/extract"
+
+
 def test_bridged_media_do_not_count_against_the_context_but_transcribers_are_not_checked():
     hours = 3 * 3600  # ~345k tokens of audio: too much for gpt-4o, yet it reads only the transcript
     router = Router(rules=[rule("r", "openai/gpt-4o")], bridges={AUDIO: ["openai/whisper-1"]})
