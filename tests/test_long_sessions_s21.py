@@ -57,7 +57,8 @@ def test_a_follow_up_goes_to_the_rule_target_that_holds_the_whole_book(start_dae
     question = turn("What happens in chapter 1?", "s-book")
     planned = explain(daemon, question)
     assert (planned.provider, planned.model) == ("anthropic", "claude-sonnet-4-6")
-    assert list(planned.fallbacks) == ["openai/gpt-4o", "gemini/gemini-2.5-pro", "local/extract"]
+    # the others that hold it (Gemini) before those that must trim it (gpt-4o), each in the rule's order
+    assert list(planned.fallbacks) == ["gemini/gemini-2.5-pro", "openai/gpt-4o", "local/extract"]
     reason = general_reason(planned)
     assert reason.startswith("conditions hold; using anthropic/claude-sonnet-4-6: openai/gpt-4o would drop the "
                              "session's oldest messages (~"), reason
@@ -72,13 +73,13 @@ def test_a_follow_up_goes_to_the_rule_target_that_holds_the_whole_book(start_dae
     assert BOOK in str(sent[2]["content"]), "the book did not reach Claude whole"
     assert len(openai.chat_requests()) == asked_openai
 
-    # Claude failing, the next usable target of the rule answers, its history trimmed to its context
+    # Claude failing, the rule's next target that holds the book answers with it (Gemini), not gpt-4o without it
     anthropic.fail_next_api(529, "overloaded_error", "Overloaded")
     fallback = generate(daemon, turn("And in chapter 2?", "s-book"))
-    assert (fallback.route.provider, fallback.route.model) == ("openai", "gpt-4o")
-    assert any(n.startswith("history trimmed: dropped the ") and "openai/gpt-4o's context of 128000" in n
-               for n in fallback.route.notes), fallback.route.notes
-    assert "BOOKSTART" not in str(openai.chat_requests()[-1]["messages"])
+    assert (fallback.route.provider, fallback.route.model) == ("gemini", "gemini-2.5-pro")
+    assert not any("trimmed" in note for note in fallback.route.notes), fallback.route.notes
+    assert "BOOKSTART" in fakes["gemini"].requests[-1].body.decode()
+    assert len(openai.chat_requests()) == asked_openai
 
 
 def test_explain_says_what_the_history_would_lose(start_daemon) -> None:
