@@ -33,6 +33,11 @@ Errors are ``Provider*`` classes made with the provider's name, then the message
 ``raise router.ProviderUnavailable(self.name, "upstream answered 503")``; the full signature is
 ``(provider_name, message, *, retry_after=None)`` (``retry_after``: seconds, for a rate limit).
 
+A provider that changes the request on its way (scales an image down, leaves an option out) tells the
+client so with ``yield router.RouteNote("messages[0].parts[1] was scaled down to 1568x1176 px ...")``,
+before or between its other events: the answer's route notes get it as ``<provider>/<model>: <text>``,
+once, even when the call then fails and a fallback answers (see :class:`router.RouteNote`).
+
 ``generate`` and ``register_providers`` run on the daemon's event loop: never block there
 (``time.sleep``, ``requests`` or another synchronous client: use an async client or
 ``await asyncio.to_thread(...)``). ``register_providers`` runs at start-up and again, for every
@@ -71,6 +76,7 @@ from .types import (
     FEATURE_DIARIZATION,
     FEATURE_EXTRACTION_ONLY,
     FEATURE_STREAMING,
+    MAX_ROUTE_NOTE_CHARS,
     OUTPUT_TEXT,
     OUTPUT_TRANSCRIPT,
     CallContext,
@@ -85,6 +91,7 @@ from .types import (
     ProviderEvent,
     Request,
     Role,
+    RouteNote,
     Task,
     TextDelta,
     Transcript,
@@ -102,6 +109,7 @@ __all__ = [
     "FEATURE_DIARIZATION",
     "FEATURE_EXTRACTION_ONLY",
     "FEATURE_STREAMING",
+    "MAX_ROUTE_NOTE_CHARS",
     "OUTPUT_TEXT",
     "OUTPUT_TRANSCRIPT",
     "CallContext",
@@ -129,6 +137,7 @@ __all__ = [
     "ProviderUnsupportedInput",
     "Request",
     "Role",
+    "RouteNote",
     "Task",
     "TextDelta",
     "Transcript",

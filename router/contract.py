@@ -8,7 +8,18 @@ import math
 import reprlib
 
 from .text import held_back, valid_text
-from .types import FinishReason, TextDelta, Transcript, TranscriptReady, Usage, UsageReport, Utterance, Word
+from .types import (
+    MAX_ROUTE_NOTE_CHARS,
+    FinishReason,
+    RouteNote,
+    TextDelta,
+    Transcript,
+    TranscriptReady,
+    Usage,
+    UsageReport,
+    Utterance,
+    Word,
+)
 
 #: The largest integer the wire (int64) carries: of token counts, and of a model's counts (router.plugins).
 MAX_INT64 = 2**63 - 1
@@ -25,7 +36,23 @@ def event_problem(event: object) -> str | None:
         return transcript_problem(event.transcript)
     if isinstance(event, UsageReport):
         return usage_report_problem(event)
-    return f"unexpected event {type(event).__name__}: generate yields TextDelta, TranscriptReady and UsageReport"
+    if isinstance(event, RouteNote):
+        return route_note_problem(event)
+    return (f"unexpected event {type(event).__name__}: generate yields TextDelta, TranscriptReady, UsageReport "
+            "and RouteNote")
+
+
+def route_note_problem(note: RouteNote) -> str | None:
+    """What is wrong with a :class:`RouteNote` a plugin yielded (its text not a str, blank, or over
+    :data:`router.types.MAX_ROUTE_NOTE_CHARS` characters), or None if it keeps the contract."""
+    text = note.text
+    if not isinstance(text, str):
+        return f"RouteNote.text is {type(text).__name__}, not str"
+    if not text.strip():
+        return "RouteNote.text is empty: yield a note only when there is something to say"
+    if len(text) > MAX_ROUTE_NOTE_CHARS:
+        return f"RouteNote.text has {len(text):,} characters, over the {MAX_ROUTE_NOTE_CHARS:,} a note may have"
+    return None
 
 
 def transcript_problem(transcript: object) -> str | None:

@@ -171,6 +171,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     before Done, so a client joining the deltas reads every answer alike; one that found no speech (its
     transcript and text empty, whichever model made it) gets a route note saying so. A request's temperature that the
     answering model does not take (``ModelInfo.takes_temperature``) is left out by its plugin: a route note says so.
+    A plugin's own notes (:class:`router.RouteNote`) are added by :func:`call_model` as they come, named after their
+    target, so those of a plan that failed stay in the route of the fallback that answers.
     """
     started = time.perf_counter() if started is None else started
     route = RouteInfo.planned(decision)

@@ -122,8 +122,10 @@ def on_response(request: Request, answer: Any) -> None:
         with ``text`` (str, the answer's text; a transcription's text too), ``transcript``
         (:class:`router.Transcript` or None), ``usage`` (:class:`router.Usage`, every step of the call
         summed: tokens, audio seconds, ``cost_usd``), ``finish_reason`` (:class:`router.FinishReason`
-        or None) and ``route``, whose ``provider`` and ``model`` (str) name the model that answered
-        and ``rule`` (str) the routing rule that chose it.
+        or None) and ``route``, whose ``provider`` and ``model`` (str) name the model that answered,
+        ``rule`` (str) the routing rule that chose it and ``notes`` (list of str) the route notes the
+        client gets (the router's, and those providers yielded as :class:`router.RouteNote`, each
+        after ``<provider>/<model>: ``).
 
     Exceptions are logged and ignored.
     """

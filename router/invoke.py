@@ -21,12 +21,14 @@ from .errors import ProviderError, ProviderFailed, ProviderTimeout, ProviderUnav
 from .outcome import Attempt, RouteInfo, Step
 from .prepare import prepared
 from .provider import Provider
+from .text import valid_text
 from .types import (
     CallContext,
     ModelInfo,
     Price,
     ProviderEvent,
     Request,
+    RouteNote,
     TextDelta,
     Usage,
     UsageReport,
@@ -104,7 +106,9 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
     return (an upstream that holds its connection open, a slow cleanup), and the generator is closed in
     the background (:func:`_close_in_time`). The request's ``options.max_output_tokens`` is capped to
     the model's ``max_output_tokens`` (:func:`_capped`); a ``Provider*`` error the plugin made with
-    another provider's name is made to name this one (:func:`_renamed`).
+    another provider's name is made to name this one (:func:`_renamed`). A :class:`RouteNote` is not
+    passed on: its text goes to ``route.notes`` at once (kept if the call then fails), named after the
+    call's target (:func:`_add_note`).
     Cancellation (client gone, deadline passed) closes the provider's
     generator, which cancels its HTTP call. A cancellation at the call's deadline (``ctx.deadline``,
     which ``server.max_call_seconds`` bounds) while it waits for the provider is the provider's failure
@@ -136,6 +140,9 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
         pairs = PairJoiner()  # a surrogate pair split across two deltas arrives whole
         while True:
             event = await _next_event(provider, model, ctx, events)
+            if isinstance(event, RouteNote):  # not part of the answer: a surrogate half held stays held
+                _add_note(route, provider, model, event)
+                continue
             if not isinstance(event, TextDelta) and (rest := pairs.flush()) is not None:
                 yield rest
             if event is None:
@@ -298,6 +305,16 @@ async def _next_event(provider: Provider, model: ModelInfo, ctx: CallContext,
                   extra=_call_fields(provider, model, ctx))
         raise ProviderFailed(provider.name, message)
     return event  # type: ignore[return-value]
+
+
+def _add_note(route: RouteInfo, provider: Provider, model: ModelInfo, note: RouteNote) -> None:
+    """Add the plugin's ``note`` (checked by :func:`router.contract.route_note_problem`) to ``route``'s
+    notes as ``<provider>/<model>: <text>`` (so a note of a call that failed before a fallback answered still says
+    whose it is), unless the answer has it already (a call retried with less history notes it again).
+    Secrets are masked in it as in every note, when the route is sent (``App.redact``)."""
+    text = f"{provider.name}/{model.name}: {valid_text(note.text.strip())}"
+    if text not in route.notes:
+        route.notes.append(text)
 
 
 def _describe(exc: BaseException) -> str:

@@ -108,7 +108,11 @@ class Provider(abc.ABC):
         :mod:`router.errors` ``Provider*`` errors for failures (see
         :func:`router.errors.provider_error_from_status`). The router cancels
         the generator when the client's deadline passes or it cancels; honour
-        ``ctx.time_remaining()`` for waits you make yourself (polling).
+        ``ctx.time_remaining()`` for waits you make yourself (polling). To tell the
+        client of something you changed on the request's way (an image scaled
+        down, an option left out), yield a :class:`RouteNote` before or between
+        the other events: the answer's route notes get it as
+        ``<provider>/<model>: <text>``, once.
 
         If the call fails after the provider billed something (a clip transcribed
         before a later one failed, the prompt read by a stream that was cut), yield

@@ -514,8 +514,31 @@ class UsageReport:
     finish_reason: FinishReason | None = None
 
 
+#: The most characters a :class:`RouteNote`'s text may have: a longer one is a bad event (the call fails).
+MAX_ROUTE_NOTE_CHARS = 1000
+
+
+@dataclass
+class RouteNote:
+    """Event: a note for the answer's route (``route.notes``, which the client gets in the Answer's RouteInfo
+    and in StreamGenerate's Done): what the provider did to the request on its way that its client should
+    know of, such as an image scaled down before sending (the bundled Anthropic plugin's
+    ``messages[0].parts[1] (IMG_0001.jpg) was scaled down to 1568x1176 px before sending: ...``).
+
+    ``text`` is plain text, not empty, of at most :data:`MAX_ROUTE_NOTE_CHARS` characters; anything else
+    is a bad event, which fails the call (``PROVIDER_FAILED``) as any other does. The router puts the
+    call's ``<provider>/<model>: `` in front of it (do not name yourself), and keeps a note once per
+    answer (the same note again, from a call retried with less history, is dropped). Yield it before or
+    between the other events, and before the UsageReport with the finish reason (the router reads nothing
+    after it). It is kept when the call then fails and a fallback answers, so write what was done, not
+    what the answer is. The client gets it as it gets every route note: with configured secrets masked;
+    put no key, nor anything the request did not hold, in it."""
+
+    text: str
+
+
 #: What a provider's ``generate`` yields.
-ProviderEvent = TextDelta | TranscriptReady | UsageReport
+ProviderEvent = TextDelta | TranscriptReady | UsageReport | RouteNote
 
 
 @dataclass

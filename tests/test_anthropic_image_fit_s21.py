@@ -5,7 +5,9 @@ A phone photo of 4000x3000 px is 4-10 MB, over Claude's 5 MB of base64 an image;
 its 2000 px a side in a request of more than 20 images. Claude scales any image to at most 1568 px on its
 long side before the model sees it, so the plugin sends them at that size, upright, as JPEG (PNG if
 transparent); an image within the limits still goes byte for byte, and one that cannot be decoded is refused
-as before (INPUT_TOO_LARGE, "refused before sending").
+as before (INPUT_TOO_LARGE, "refused before sending"). The answer's route notes each image scaled (a RouteNote
+the plugin yields, named after the model by the router), in Generate's answer and StreamGenerate's Done, and
+when Claude then fails and a fallback answers.
 """
 
 from __future__ import annotations
@@ -30,6 +32,24 @@ providers:
     timeout: 30
 default: anthropic/claude-sonnet-4-6
 """
+
+#: Claude first, then the test kit's echo model (which takes images): a note of Claude's failed call stays.
+WITH_FALLBACK = """
+providers:
+  anthropic:
+    api_key: "${{ANTHROPIC_TEST_KEY}}"
+    base_url: "{url}"
+    timeout: 30
+  fake: {{api_key: k}}
+routes:
+  - name: photos
+    use: anthropic/claude-sonnet-4-6
+    fallback: [fake/echo]
+"""
+
+#: How the route notes the phone photo scaled down (its byte count follows, which Pillow's encoder decides).
+PHOTO_NOTE = ("anthropic/claude-sonnet-4-6: messages[0].parts[0] (IMG_0001.jpg) was scaled down to 1176x1568 px "
+              "(image/jpeg, ")
 
 #: The EXIF tag of the orientation; 6: the stored pixels are to be turned 90 degrees clockwise to be seen.
 ORIENTATION = 0x0112
@@ -71,6 +91,18 @@ def ask(*parts: pb.Part) -> pb.GenerateRequest:
     return pb.GenerateRequest(request=pb.MultimodalRequest(messages=[message]))
 
 
+def scaling_notes(notes) -> list[str]:
+    """The route notes of images scaled down."""
+    return [note for note in notes if "was scaled down to" in note]
+
+
+def assert_photo_noted(notes) -> None:
+    """``notes`` say, once, that the photo was scaled down, and why; nothing of the small image."""
+    [note] = scaling_notes(notes)
+    assert note.startswith(PHOTO_NOTE), note
+    assert "bytes) before sending: it was " in note and "over Claude's limit of 5 MB" in note, note
+
+
 def received(block_data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(block_data))
     image.load()
@@ -107,7 +139,35 @@ def test_a_phone_photo_over_5_mb_reaches_claude_scaled_down_and_upright(daemon, 
     assert top[0] > 200 and top[1] < 60 and top[2] < 60, top  # upright: the red quarter is on top
     assert not (bottom[0] > 200 and bottom[1] < 60 and bottom[2] < 60), bottom
     assert (kept.media_type, kept.data) == ("image/png", small)  # within the limits: byte for byte
-    assert "was scaled down to 1176x1568 px" in daemon.logs()
+    assert "was scaled down to 1176x1568 px" in daemon.logs()  # still logged at INFO
+    assert_photo_noted(reply.answer.route.notes)
+
+
+def test_streamgenerates_done_notes_the_photo_scaled_down(daemon, fake):
+    """StreamGenerate's Done carries the same route note as Generate's answer, once."""
+    request = ask(image_part(portrait_photo(), "image/jpeg", "IMG_0001.jpg"), image_part(page(300, 200), "image/png"))
+    events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request.request), timeout=60))
+    done = events[-1].done.answer
+    assert (done.route.provider, done.text) == ("anthropic", "Hello from fake Claude.")
+    assert_photo_noted(done.route.notes)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_the_note_of_a_photo_scaled_for_claude_stays_when_a_fallback_answers(start_daemon, fake, stream):
+    """Claude's call fails (529 overloaded) after the plugin scaled the photo: the fallback answers, and the
+    route still says, naming Claude's model, what was done to the photo on the way there."""
+    daemon = start_daemon(WITH_FALLBACK.format(url=fake.url), env={"ANTHROPIC_TEST_KEY": API_KEY})
+    fake.fail_next_api(529, "overloaded_error", "Overloaded")
+    request = ask(image_part(portrait_photo(), "image/jpeg", "IMG_0001.jpg"))
+    if stream:
+        events = list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request.request), timeout=60))
+        answer = events[-1].done.answer
+    else:
+        answer = daemon.stub.Generate(request, timeout=60).answer
+    assert (answer.route.provider, answer.route.model) == ("fake", "echo")
+    assert [(a.provider, a.ok) for a in answer.route.attempts] == [("anthropic", False), ("fake", True)]
+    assert len(fake.message_calls()) == 1
+    assert_photo_noted(answer.route.notes)
 
 
 def test_21_pages_over_2000_px_reach_claude_scaled_down(daemon, fake):
@@ -127,6 +187,10 @@ def test_21_pages_over_2000_px_reach_claude_scaled_down(daemon, fake):
     assert (blocks[19].media_type, clear.format, clear.size) == ("image/png", "PNG", (1568, 1176))
     assert clear.convert("RGBA").getpixel((700, 1170))[3] == 0  # still transparent
     assert (blocks[20].media_type, blocks[20].data) == ("image/png", within)
+    notes = scaling_notes(reply.answer.route.notes)  # one a page scaled, the one within 2000 px not
+    assert [note.split(" was scaled")[0] for note in notes] == [
+        f"anthropic/claude-sonnet-4-6: messages[0].parts[{i}]" for i in range(20)]
+    assert all("in a request of more than 20 images (it holds 21)" in note for note in notes), notes[0]
 
 
 def test_photos_over_32_mb_as_given_are_sent_once_scaled_down(daemon, fake):

@@ -5,7 +5,8 @@ that starts with a ``user`` turn and alternates ``user``/``assistant``, and
 content as typed blocks: ``text``, ``image`` (base64 with its media type, or a
 URL) and ``document`` (a base64 PDF, plain text, or a URL).
 An image over the API's limits on an image (5 MB of base64, 8000 px a side, 2000 px in a request of more
-than 20 images) is scaled down to the 1568 px Claude would see of it (:func:`router.convert.fit_image`);
+than 20 images) is scaled down to the 1568 px Claude would see of it (:func:`router.convert.fit_image`), with a note
+for the answer's route (:attr:`Prepared.notes`);
 other content over the API's documented size limits (:mod:`.limits`), and an image that cannot be scaled
 down, is refused before any call, as is media in a format Claude does not take
 (:class:`ProviderUnsupportedInput`: routing normally sends it elsewhere).
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router import (
+    MAX_ROUTE_NOTE_CHARS,
     Media,
     Message,
     Modality,
@@ -57,10 +59,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prepared:
-    """The ``system`` and ``messages`` parameters of one Messages API call."""
+    """The ``system`` and ``messages`` parameters of one Messages API call, and the route notes of what
+    was changed on the way (each image scaled down), which ``generate`` yields as :class:`router.RouteNote`."""
 
     system: str = ""
     messages: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _base64_of(media: Media) -> str:
@@ -82,11 +86,12 @@ def _within_limits(media: Media, mime: str, images: int) -> tuple[dict[str, Any]
     return (None if why else _base64_source(mime, raw)), size, why
 
 
-async def _image_source(media: Media, mime: str, where: str, provider: str,
-                        images: int) -> tuple[dict[str, Any], tuple[int, int] | None]:
+async def _image_source(media: Media, mime: str, where: str, provider: str, images: int,
+                        notes: list[str] | None = None) -> tuple[dict[str, Any], tuple[int, int] | None]:
     """The base64 source of an image within Claude's limits in a request of ``images`` images, and its size:
-    the image as given, or scaled down (:data:`limits.FIT_SIDE`) when it is over them. Reads it (and
-    scales it) in a worker thread; raises :class:`router.errors.ProviderInputTooLarge` for an image over
+    the image as given, or scaled down (:data:`limits.FIT_SIDE`) when it is over them, which is logged at
+    INFO and added to ``notes`` (``messages[0].parts[1] (IMG_0001.jpg) was scaled down to ...``). Reads it
+    (and scales it) in a worker thread; raises :class:`router.errors.ProviderInputTooLarge` for an image over
     the limits that cannot be scaled down (one Pillow cannot read)."""
     source, size, why = await asyncio.to_thread(_within_limits, media, mime, images)
     if source is not None:
@@ -95,17 +100,21 @@ async def _image_source(media: Media, mime: str, where: str, provider: str,
     if fitted is None or fitted.data is None:
         raise limits.image_too_large(where, why, provider)
     fitted_size = limits.image_size(fitted.data)
-    log.info("%s: %s%s was scaled down to %s px (%s, %s bytes) before sending: it was %s", provider, where,
-             f" ({media.filename})" if media.filename else "", "x".join(map(str, fitted_size or ())),
-             fitted.mime_type, f"{fitted.size:,}", why)
+    note = (f"{where}{f' ({media.filename})' if media.filename else ''} was scaled down to "
+            f"{'x'.join(map(str, fitted_size or ()))} px ({fitted.mime_type}, {fitted.size:,} bytes) before sending: "
+            f"it was {why}")[:MAX_ROUTE_NOTE_CHARS]
+    log.info("%s: %s", provider, note)
+    if notes is not None:
+        notes.append(note)
     return await asyncio.to_thread(_base64_source, fitted.mime_type, fitted.data), fitted_size
 
 
 async def media_block(media: Media, where: str, provider: str, images: limits.ImageSizes | None = None,
-                      count: int = 1) -> dict[str, Any]:
+                      count: int = 1, notes: list[str] | None = None) -> dict[str, Any]:
     """The content block for one image or document; ``where`` names it in error messages, which
     name ``provider`` (the provider sending it). Each image is added to ``images``, with its size as sent.
-    An image over Claude's limits in a request of ``count`` images is scaled down (:func:`_image_source`).
+    An image over Claude's limits in a request of ``count`` images is scaled down (:func:`_image_source`),
+    with a note in ``notes``.
 
     Raises :class:`router.errors.ProviderInputTooLarge` for an image over Claude's limits that cannot be
     scaled down.
@@ -118,7 +127,7 @@ async def media_block(media: Media, where: str, provider: str, images: limits.Im
         if media.url:
             source, size = {"type": "url", "url": media.url}, None
         else:
-            source, size = await _image_source(media, mime, where, provider, count)
+            source, size = await _image_source(media, mime, where, provider, count, notes)
         if images is not None:
             images.append((where, size))
         return {"type": "image", "source": source}
@@ -148,10 +157,11 @@ async def media_block(media: Media, where: str, provider: str, images: limits.Im
     )
 
 
-async def message_blocks(message: Message, index: int, provider: str,
-                         images: limits.ImageSizes | None = None, count: int = 1) -> list[dict[str, Any]]:
+async def message_blocks(message: Message, index: int, provider: str, images: limits.ImageSizes | None = None,
+                         count: int = 1, notes: list[str] | None = None) -> list[dict[str, Any]]:
     """The content blocks of one message, of a request of ``count`` images, in order; blank text parts are
-    left out (the API rejects empty text blocks). Its images are added to ``images``."""
+    left out (the API rejects empty text blocks). Its images are added to ``images``, a note for each one
+    scaled down to ``notes``."""
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(message.parts):
         where = f"messages[{index}].parts[{j}]"
@@ -159,7 +169,7 @@ async def message_blocks(message: Message, index: int, provider: str,
             if message.role is Role.ASSISTANT:
                 raise bad_request(provider,
                                   f"{where}: Claude takes media only in user turns, not assistant turns")
-            blocks.append(await media_block(part.media, where, provider, images, count))
+            blocks.append(await media_block(part.media, where, provider, images, count, notes))
         elif part.text and part.text.strip():
             blocks.append({"type": "text", "text": part.text})
     return blocks
@@ -221,16 +231,18 @@ async def prepare(request: Request, provider: str, model: ModelInfo | None = Non
     (:func:`takes_prefill`), else as user text asking to continue it. Raises :class:`router.ProviderBadRequest` for
     content Claude cannot take, and :class:`router.errors.ProviderInputTooLarge`
     for content over the API's documented limits (:mod:`.limits`), before any call; an image over
-    the limits on an image is scaled down instead, when it can be.
+    the limits on an image is scaled down instead, when it can be, with a note for the answer's route
+    (:attr:`Prepared.notes`).
     """
     limits.check_media(request.media(), model, provider)
     count = sum(m.modality is Modality.IMAGE for m in request.media())
     turns: list[dict[str, Any]] = []
     images: limits.ImageSizes = []
+    notes: list[str] = []
     for i, message in enumerate(request.messages):
         if message.role is Role.SYSTEM:
             continue
-        blocks = await message_blocks(message, i, provider, images, count)
+        blocks = await message_blocks(message, i, provider, images, count, notes)
         if not blocks:
             continue
         role = "assistant" if message.role is Role.ASSISTANT else "user"
@@ -248,4 +260,4 @@ async def prepare(request: Request, provider: str, model: ModelInfo | None = Non
     system = _system_prompt(request, provider)
     limits.check_images(images, model, provider)
     limits.check_body(limits.body_bytes(system, turns), provider)
-    return Prepared(system=system, messages=turns)
+    return Prepared(system=system, messages=turns, notes=notes)

@@ -16,6 +16,7 @@ from router import (
     Provider,
     ProviderEvent,
     Request,
+    RouteNote,
     TextDelta,
     Usage,
     UsageReport,
@@ -100,13 +101,16 @@ class AnthropicProvider(Provider):
     async def generate(
         self, request: Request, model: ModelInfo, ctx: CallContext
     ) -> AsyncIterator[ProviderEvent]:
-        """Stream Claude's answer: the prompt's usage as ``message_start`` reports it (billed even if the
-        call is then cancelled or fails), text deltas as they come, then the rest of the usage with the
-        finish reason. A stream that ends without ``message_stop`` (nor a ``stop_reason``) is a failed
+        """Stream Claude's answer: a :class:`router.RouteNote` for each image scaled down before sending
+        (:func:`~mmrouter_anthropic.convert.prepare`), the prompt's usage as ``message_start`` reports it
+        (billed even if the call is then cancelled or fails), text deltas as they come, then the rest of
+        the usage with the finish reason. A stream that ends without ``message_stop`` (nor a ``stop_reason``) is a failed
         call: ``ProviderUnavailable``, after the usage counted since ``message_start``."""
         if not self.settings.key:
             raise ProviderNotConfigured(self.name, f"no API key: {key_hint(self.name)}")
         prepared = await prepare(request, self.name, model)
+        for note in prepared.notes:  # each image scaled down: the client is told (with our name, by the router)
+            yield RouteNote(note)
         params: dict[str, Any] = {
             "model": model.name,
             "max_tokens": max_tokens_for(model, request.options.max_output_tokens),
