@@ -11,6 +11,11 @@ from __future__ import annotations
 #: Non-standard MIME types clients send, and the registered type providers expect instead.
 ALIASES = {
     "image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
+    "image/x-jpeg": "image/jpeg", "image/jpe": "image/jpeg", "image/pjp": "image/jpeg", "image/x-jfif": "image/jpeg",
+    "image/x-gif": "image/gif", "image/x-webp": "image/webp",
+    "image/x-windows-bmp": "image/bmp", "image/ms-bmp": "image/bmp", "image/x-bitmap": "image/bmp",
+    "image/x-win-bitmap": "image/bmp", "image/dib": "image/bmp", "image/tif": "image/tiff", "image/x-tif": "image/tiff",
+    "audio/x-ms-flac": "audio/flac",
     "audio/x-wav": "audio/wav", "audio/wave": "audio/wav", "audio/vnd.wave": "audio/wav",
     "audio/mp3": "audio/mpeg", "audio/x-mp3": "audio/mpeg", "audio/x-mpeg": "audio/mpeg",
     "audio/mpeg3": "audio/mpeg", "audio/x-mpeg-3": "audio/mpeg", "audio/mpg": "audio/mpeg",

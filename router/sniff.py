@@ -83,13 +83,16 @@ _ALSO: dict[str, set[str]] = {
     "image/bmp": {"image/bmp"}, "image/x-bmp": {"image/bmp"}, "image/x-ms-bmp": {"image/bmp"},
     "image/tiff": {"image/tiff"}, "image/x-tiff": {"image/tiff"}, "image/tiff-fx": {"image/tiff"},
     # raw photos: TIFF structures
-    "image/dng": {"image/tiff"}, "image/x-adobe-dng": {"image/tiff"}, "image/x-canon-cr2": {"image/tiff"},
-    "image/x-nikon-nef": {"image/tiff"}, "image/x-sony-arw": {"image/tiff"}, "image/x-pentax-pef": {"image/tiff"},
-    "image/heic": {"image/heic", "heif"}, "image/heif": {"image/heic", "heif"},
+    "image/dng": {"image/tiff"}, "image/x-adobe-dng": {"image/tiff"}, "image/x-dng": {"image/tiff"},
+    "image/x-canon-cr2": {"image/tiff"}, "image/x-nikon-nef": {"image/tiff"}, "image/x-nikon-nrw": {"image/tiff"},
+    "image/x-sony-arw": {"image/tiff"}, "image/x-sony-sr2": {"image/tiff"}, "image/x-pentax-pef": {"image/tiff"},
+    "image/x-samsung-srw": {"image/tiff"}, "image/x-epson-erf": {"image/tiff"}, "image/x-kodak-dcr": {"image/tiff"},
+    "image/heic": {"image/heic", "heif"}, "image/heif": {"image/heic", "heif", "image/avif"},
     "image/heic-sequence": {"image/heic", "heif"}, "image/heif-sequence": {"image/heic", "heif"},
     "image/avif": {"image/avif"}, "image/avif-sequence": {"image/avif"},
     "image/apng": {"image/png"}, "image/vnd.mozilla.apng": {"image/png"}, "image/x-citrix-png": {"image/png"},
-    "image/mpo": {"image/jpeg"}, "image/jfif": {"image/jpeg"}, "image/x-citrix-jpeg": {"image/jpeg"},
+    "image/mpo": {"image/jpeg"}, "image/x-mpo": {"image/jpeg"}, "image/jfif": {"image/jpeg"},
+    "image/x-citrix-jpeg": {"image/jpeg"}, "image/x-citrix-gif": {"image/gif"},
 }
 
 #: Magic family -> the top-level types under which its content may come declared with a type the router does
@@ -112,7 +115,8 @@ _RETYPE: dict[tuple[str, str], str] = {("audio/aac", "mp4"): "audio/mp4"}
 #: Declared types that name no format, only "some bytes": what HTTP and S3 libraries send for a file whose
 #: type they do not know. No model takes them, so content of a known format declared so is taken as that
 #: format (:data:`_FAMILY_TYPE`), and other content is refused, asking for its type.
-GENERIC_TYPES = frozenset({"application/octet-stream", "binary/octet-stream"})
+GENERIC_TYPES = frozenset({"application/octet-stream", "binary/octet-stream", "application/x-download",
+                           "application/force-download"})
 
 #: A magic family -> the one MIME type of its content, for content declared with a :data:`GENERIC_TYPES`
 #: type. The containers that hold audio or video (mp4, Ogg, Matroska) have several types (``video/mp4`` or

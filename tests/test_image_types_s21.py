@@ -89,27 +89,33 @@ def test_magic_names_bmp_tiff_and_the_image_brands_of_an_ftyp_box(head: bytes, f
 
 VALID = [
     (png("ok"), IMAGE, ["image/png", "image/x-png", "image/apng", "image/x-citrix-png"]),
-    (saved("JPEG"), IMAGE, ["image/jpeg", "image/jpg", "image/pjpeg", "image/jfif", "image/mpo"]),
+    (saved("JPEG"), IMAGE, ["image/jpeg", "image/jpg", "image/pjpeg", "image/jfif", "image/mpo", "image/x-jpeg",
+                            "image/jpe", "image/pjp", "image/x-jfif", "image/x-mpo"]),
     (saved("MPO", save_all=True), IMAGE, ["image/mpo", "image/jpeg"]),
-    (saved("GIF"), IMAGE, ["image/gif"]), (saved("WEBP"), IMAGE, ["image/webp"]),
-    (BMP, IMAGE, ["image/bmp", "image/x-bmp", "image/x-ms-bmp"]), (saved("BMP", "1"), IMAGE, ["image/bmp"]),
-    (TIFF, IMAGE, ["image/tiff", "image/x-tiff", "image/x-adobe-dng", "image/x-canon-cr2"]),
+    (saved("GIF"), IMAGE, ["image/gif", "image/x-gif", "image/x-citrix-gif"]),
+    (saved("WEBP"), IMAGE, ["image/webp", "image/x-webp"]),
+    (BMP, IMAGE, ["image/bmp", "image/x-bmp", "image/x-ms-bmp", "image/x-windows-bmp", "image/ms-bmp",
+                  "image/x-bitmap", "image/x-win-bitmap", "image/dib"]), (saved("BMP", "1"), IMAGE, ["image/bmp"]),
+    (TIFF, IMAGE, ["image/tiff", "image/x-tiff", "image/x-adobe-dng", "image/x-canon-cr2", "image/tif",
+                   "image/x-tif", "image/x-dng", "image/x-nikon-nrw", "image/x-samsung-srw", "image/x-sony-sr2",
+                   "image/x-epson-erf", "image/x-kodak-dcr"]),
     (saved("TIFF", "1", compression="group4"), IMAGE, ["image/tiff"]), (BIG_ENDIAN_TIFF, IMAGE, ["image/tiff"]),
     (IPHONE_HEIC, IMAGE, ["image/heic", "image/heif", "image/heic-sequence"]),
     (ANDROID_HEIF, IMAGE, ["image/heic", "image/heif"]), (HEIF, IMAGE, ["image/heif", "image/heic"]),
-    (AVIF, IMAGE, ["image/avif"]), (ftyp(b"crx ", b"crx ", b"isom"), IMAGE, ["image/x-canon-cr3"]),
+    (AVIF, IMAGE, ["image/avif", "image/heif"]), (ftyp(b"crx ", b"crx ", b"isom"), IMAGE, ["image/x-canon-cr3"]),
     *((saved(fmt, mode), IMAGE, [mime]) for fmt, mode, mime in [
         ("PPM", "RGB", "image/x-portable-pixmap"), ("ICO", "RGB", "image/x-icon"), ("ICO", "RGB", "image/vnd.microsoft.icon"),
         ("ICNS", "RGB", "image/icns"), ("TGA", "RGB", "image/x-tga"), ("PCX", "RGB", "image/x-pcx"),
         ("SGI", "RGB", "image/sgi"), ("JPEG2000", "RGB", "image/jp2"), ("XBM", "1", "image/xbm"),
         ("PALM", "1", "image/palm")]),
     (b"BM" + bytes(80), IMAGE, ["image/bmp"]),  # a broken BMP: left to the converter and the OCR, as before
-    (pdf(["a page"]), DOCUMENT, ["application/pdf", "application/x-pdf"]),
+    (pdf(["a page"]), DOCUMENT, ["application/pdf", "application/x-pdf", "application/x-download",
+                                 "application/force-download"]),
     (wav(0.2), AUDIO, ["audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/pcm"]),
     (mp3_tone(16000, 0.3), AUDIO, ["audio/mpeg", "audio/mp3", "audio/mpga", "audio/mpeg3"]),
     (audio_in("ipod", "aac"), AUDIO, ["audio/mp4", "audio/m4a", "audio/x-m4a", "audio/aac", "audio/3gpp"]),
     (audio_in("adts", "aac"), AUDIO, ["audio/aac", "audio/aacp"]),
-    (audio_in("flac", "flac"), AUDIO, ["audio/flac", "audio/x-flac"]),
+    (audio_in("flac", "flac"), AUDIO, ["audio/flac", "audio/x-flac", "audio/x-ms-flac"]),
     (audio_in("ogg", "libopus"), AUDIO, ["audio/ogg", "audio/opus"]),
     (audio_in("webm", "libopus"), AUDIO, ["audio/webm"]),
     (mp4(frames=3), VIDEO, ["video/mp4", "video/quicktime", "video/3gpp", "video/x-m4v"]),
@@ -239,3 +245,11 @@ def test_an_unnamed_images_text_names_its_place_in_its_message_on_every_turn(sta
     generate(daemon, text_request("And the first?", session_id="receipts"))
     history = fakes["openai"].chat_requests()[-1]["messages"]
     assert any(third in p.text for m in history for p in fakes["openai"].parts(m) if p.kind == "text")
+
+
+@pytest.mark.parametrize("generic", ["application/x-download", "application/force-download"])
+def test_a_download_type_is_taken_as_naming_no_format(generic: str) -> None:
+    """Servers send these for any file to download: a PDF so declared was refused as MIME_MISMATCH."""
+    data = pdf(["a page"])
+    assert mime_problem(generic, DOCUMENT, data[:4096]) is None
+    assert content_mime(generic, data[:4096]) == "application/pdf"
