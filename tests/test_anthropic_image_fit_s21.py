@@ -205,12 +205,95 @@ def test_photos_over_32_mb_as_given_are_sent_once_scaled_down(daemon, fake):
 
 def test_an_image_over_the_limit_that_cannot_be_decoded_is_refused_as_before(daemon, fake):
     """A JPEG's header over 6 MB of bytes no decoder reads cannot be scaled down: INPUT_TOO_LARGE, naming the
-    limit, and nothing is sent."""
+    limit and why it could not be scaled (QA regress21 section 4), and nothing is sent."""
     broken = b"\xff\xd8\xff\xe0" + bytes(6 * 1024 * 1024)
     with pytest.raises(grpc.RpcError) as info:
         daemon.stub.Generate(ask(image_part(broken, "image/jpeg")), timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_details(info.value).reason == "INPUT_TOO_LARGE"
-    assert "bytes as base64, over Claude's limit of 5 MB" in info.value.details()
+    assert ("bytes as base64, over Claude's limit of 5 MB (5,242,880 bytes) per image, and it could not be scaled "
+            "down: Pillow cannot read it as a PNG, JPEG, GIF or WebP image") in info.value.details()
     assert "refused before sending" in info.value.details()
     assert fake.message_calls() == []
+
+
+# -- regress21: a request over 32 MB of images each within 5 MB; why an image could not be scaled; logs --------
+
+def noisy_photo(seed: int, width: int = 2000, height: int = 1500, fmt: str = "JPEG") -> bytes:
+    """A photo of noise (which compresses badly): 2000x1500 at JPEG quality 95 is 3.5 MB, 4.7 MB as base64,
+    within Claude's 5 MB an image; 1200x900 as a PNG is 3.2 MB, within 1568 px but larger than Claude uses."""
+    image = Image.frombytes("RGB", (width, height), random.Random(seed).randbytes(width * height * 3))
+    return encoded(image, fmt, quality=95) if fmt == "JPEG" else encoded(image, fmt)
+
+
+def test_photos_each_within_5_mb_but_over_32_mb_together_are_scaled_down(daemon, fake):
+    """QA regress21 section 2: seven phone photos of 3.5 MB and a 1200x900 PNG photo of 3.2 MB, each within
+    5 MB as base64, are 37 MB together, over Claude's 32 MB a request, and were refused (INPUT_TOO_LARGE).
+    Claude sees none over 1568 px: each is scaled down (the PNG, within 1568 px but over 1 MB, made a
+    JPEG), with a note saying why, and the request goes; a small image within every limit goes byte for byte."""
+    photos = [noisy_photo(seed) for seed in range(7)]
+    png = noisy_photo(7, 1200, 900, "PNG")
+    small = page(300, 200)
+    assert all(len(base64.b64encode(data)) <= MAX_IMAGE_BASE64 for data in [*photos, png])
+    assert sum(len(base64.b64encode(data)) for data in [*photos, png]) > 32 * 1024 * 1024
+    parts = [image_part(data, "image/jpeg", f"IMG_{i}.jpg") for i, data in enumerate(photos)]
+    reply = daemon.stub.Generate(ask(image_part(small, "image/png"), *parts, image_part(png, "image/png", "scan.png")),
+                                 timeout=120)
+    assert (reply.answer.route.provider, reply.answer.text) == ("anthropic", "Hello from fake Claude.")
+    kept, *scaled, made_jpeg = media_blocks(fake.last_body())
+    assert (kept.media_type, kept.data) == ("image/png", small)
+    assert [(block.media_type, received(block.data).size) for block in scaled] == [("image/jpeg", (1568, 1176))] * 7
+    assert (made_jpeg.media_type, received(made_jpeg.data).size) == ("image/jpeg", (1200, 900))
+    notes = scaling_notes(reply.answer.route.notes)
+    assert [note.split(" was scaled")[0] for note in notes] == [
+        f"anthropic/claude-sonnet-4-6: messages[0].parts[{i + 1}] (IMG_{i}.jpg)" for i in range(7)
+    ] + ["anthropic/claude-sonnet-4-6: messages[0].parts[8] (scan.png)"]
+    assert all("before sending: the request was at least " in note and "over Claude's limit of 32 MB" in note
+               for note in notes), notes[0]
+
+
+def test_a_request_still_over_32_mb_with_its_images_scaled_down_is_refused(daemon, fake):
+    """Three PDFs of 10 MB as base64 leave too little room for four photos even scaled down: INPUT_TOO_LARGE,
+    naming the request's size, and nothing is sent."""
+    pdf = b"%PDF-1.4\n" + bytes(7_500_000) + b"\n%%EOF\n"
+    documents = [pb.Part(media=pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", data=pdf))] * 3
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(ask(*documents, *(image_part(noisy_photo(seed), "image/jpeg") for seed in range(4))),
+                             timeout=120)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(info.value).reason == "INPUT_TOO_LARGE"
+    assert "the request is at least " in info.value.details()
+    assert "over Claude's limit of 32 MB" in info.value.details()
+    assert fake.message_calls() == []
+
+
+def test_an_image_too_large_to_decode_is_refused_saying_why(daemon, fake):
+    """QA regress21 section 4: a 1-bit scan of 8200x5000 px (a small PNG) is over 8000 px, and its 41 million
+    pixels are over the 40 million an image may have to be scaled: the refusal says so, not only the limit."""
+    scan = Image.new("1", (8200, 5000), 1)
+    scan.paste(0, (100, 100, 8100, 200))
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(ask(image_part(encoded(scan, "PNG"), "image/png", "scan.png")), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(info.value).reason == "INPUT_TOO_LARGE"
+    assert ("the image is 8200x5000 px, over Claude's limit of 8000x8000 px, and it could not be scaled down: "
+            "decoding it takes 8200x5000 px (41,000,000 pixels), over the 40,000,000 pixels an image may have "
+            "to be scaled") in info.value.details()
+    assert fake.message_calls() == []
+
+
+def test_a_sessions_photo_is_logged_scaled_once_and_noted_on_every_turn(daemon, fake):
+    """QA regress21 section 5: a photo over 5 MB sent on a session's first turn comes back with its history on
+    every later turn, its scaled copy reused: the INFO line saying it was scaled is logged once, while every
+    answer that sent it notes it (each answer says what its request sent)."""
+    photo = portrait_photo()
+    for turn in range(3):
+        parts = [image_part(photo, "image/jpeg", "IMG_0001.jpg")] if turn == 0 else []
+        request = ask(*parts)
+        request.request.session_id = "s-photo"
+        reply = daemon.stub.Generate(request, timeout=60)
+        assert reply.answer.route.provider == "anthropic"
+        assert received(media_blocks(fake.last_body())[0].data).size == (1176, 1568)
+        assert_photo_noted(reply.answer.route.notes)
+    assert len(fake.message_calls()) == 3
+    assert daemon.logs().count("was scaled down to 1176x1568 px") == 1

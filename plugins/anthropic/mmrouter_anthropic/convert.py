@@ -6,7 +6,8 @@ content as typed blocks: ``text``, ``image`` (base64 with its media type, or a
 URL) and ``document`` (a base64 PDF, plain text, or a URL).
 An image over the API's limits on an image (5 MB of base64, 8000 px a side, 2000 px in a request of more
 than 20 images) is scaled down to the 1568 px Claude would see of it (:func:`router.convert.fit_image`), with a note
-for the answer's route (:attr:`Prepared.notes`);
+for the answer's route (:attr:`Prepared.notes`), and so is each image larger than Claude uses (over 1568 px, or
+over 1 MB) of a request over Claude's 32 MB with its images as given;
 other content over the API's documented size limits (:mod:`.limits`), and an image that cannot be scaled
 down, is refused before any call, as is media in a format Claude does not take
 (:class:`ProviderUnsupportedInput`: routing normally sends it elsewhere).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +32,7 @@ from router import (
     Request,
     Role,
 )
-from router.convert import fit_image
+from router.convert import MAX_PIXELS, fit_image
 from router.mime import normalise_mime
 from router.textdoc import document_text
 
@@ -77,44 +79,120 @@ def _base64_source(mime: str, data: bytes) -> dict[str, Any]:
     return {"type": "base64", "media_type": mime, "data": base64.b64encode(data).decode("ascii")}
 
 
-def _within_limits(media: Media, mime: str, images: int) -> tuple[dict[str, Any] | None, tuple[int, int] | None, str]:
-    """Read the image: its source as given and its size if it is within Claude's limits in a request of
-    ``images`` images, else None, its size and why it is not (see :func:`limits.over_limits`)."""
+@dataclass
+class AsGiven:
+    """An image sent as given (within Claude's limits on an image): scaled down after all, in place (its
+    ``source``), when its request is over Claude's 32 MB (:func:`_within_request`)."""
+
+    media: Media
+    where: str
+    source: dict[str, Any]
+    stored: int
+    size: tuple[int, int] | None
+
+
+def _within_limits(media: Media, mime: str, images: int) -> tuple[dict[str, Any] | None, int, tuple[int, int] | None, str]:
+    """Read the image: its source as given if it is within Claude's limits in a request of ``images`` images,
+    else None, its bytes, its size and why it is not within them (see :func:`limits.over_limits`)."""
     raw = media.read_bytes()
     size = limits.image_size(raw)
     why = limits.over_limits(len(raw), size, images)
-    return (None if why else _base64_source(mime, raw)), size, why
+    return (None if why else _base64_source(mime, raw)), len(raw), size, why
 
 
-async def _image_source(media: Media, mime: str, where: str, provider: str, images: int,
-                        notes: list[str] | None = None) -> tuple[dict[str, Any], tuple[int, int] | None]:
-    """The base64 source of an image within Claude's limits in a request of ``images`` images, and its size:
-    the image as given, or scaled down (:data:`limits.FIT_SIDE`) when it is over them, which is logged at
-    INFO and added to ``notes`` (``messages[0].parts[1] (IMG_0001.jpg) was scaled down to ...``). Reads it
-    (and scales it) in a worker thread; raises :class:`router.errors.ProviderInputTooLarge` for an image over
-    the limits that cannot be scaled down (one Pillow cannot read)."""
-    source, size, why = await asyncio.to_thread(_within_limits, media, mime, images)
-    if source is not None:
-        return source, size
-    fitted, _ = await fit_image(media, limits.FIT_SIDE, limits.MAX_IMAGE_BYTES)
+def why_not_scaled(media: Media) -> str:
+    """Why :func:`router.convert.fit` could not scale ``media`` down (which it logs, at INFO, but does not
+    say): Pillow missing, content it cannot read, or more pixels decoded than :data:`router.convert.MAX_PIXELS`
+    (a JPEG is decoded at 1/2, 1/4 or 1/8 of its size when that is still :data:`limits.FIT_SIDE` px). Reads
+    only the image's header. Blocking."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return "Pillow, which scales images, is not installed"
+    try:
+        source = io.BytesIO(media.data) if media.data is not None else media.path
+        with Image.open(source, formats=["JPEG", "PNG", "GIF", "WEBP"]) as image:
+            scale = min(1.0, limits.FIT_SIDE / max(image.size))
+            image.draft(None, (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+            width, height = image.size
+    except Exception:  # Pillow raises many kinds (OSError, ValueError, SyntaxError...) on bad content
+        return "Pillow cannot read it as a PNG, JPEG, GIF or WebP image"
+    if width * height > MAX_PIXELS:
+        return (f"decoding it takes {width}x{height} px ({width * height:,} pixels), over the {MAX_PIXELS:,} "
+                "pixels an image may have to be scaled")
+    return "its pixels could not be decoded or encoded again (the daemon's log says why)"
+
+
+#: An image scaled down: its base64 source, its size (None: unknown) and the note for the answer's route.
+Scaled = tuple[dict[str, Any], tuple[int, int] | None, str]
+
+
+async def _scaled(media: Media, where: str, provider: str, reason: str, smaller_than: int | None = None) -> Scaled | None:
+    """``media`` scaled down (:data:`limits.FIT_SIDE`, by :func:`router.convert.fit_image`), with its note
+    (``messages[0].parts[1] (IMG_0001.jpg) was scaled down to ... before sending: <reason>``), which is logged
+    at INFO the first time and at DEBUG when the scaled copy is reused (each turn of a session sends it
+    again); None when it cannot be scaled, or (``smaller_than``) when scaled it is not fewer bytes than that."""
+    fitted, before = await fit_image(media, limits.FIT_SIDE, limits.MAX_IMAGE_BYTES)
     if fitted is None or fitted.data is None:
-        raise limits.image_too_large(where, why, provider)
+        return None
+    if smaller_than is not None and fitted.size >= smaller_than:
+        return None
     fitted_size = limits.image_size(fitted.data)
     note = (f"{where}{f' ({media.filename})' if media.filename else ''} was scaled down to "
             f"{'x'.join(map(str, fitted_size or ()))} px ({fitted.mime_type}, {fitted.size:,} bytes) before sending: "
-            f"it was {why}")[:MAX_ROUTE_NOTE_CHARS]
-    log.info("%s: %s", provider, note)
+            f"{reason}")[:MAX_ROUTE_NOTE_CHARS]
+    log.log(logging.DEBUG if before else logging.INFO, "%s: %s", provider, note)
+    return await asyncio.to_thread(_base64_source, fitted.mime_type, fitted.data), fitted_size, note
+
+
+async def _image_source(media: Media, mime: str, where: str, provider: str, images: int,
+                        notes: list[str] | None = None,
+                        given: list[AsGiven] | None = None) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """The base64 source of an image within Claude's limits in a request of ``images`` images, and its size:
+    the image as given (added to ``given``), or scaled down when it is over them (:func:`_scaled`, with a note
+    in ``notes``). Reads it (and scales it) in a worker thread; raises
+    :class:`router.errors.ProviderInputTooLarge` for an image over the limits that cannot be scaled down
+    (one Pillow cannot read, or too large to decode), saying why (:func:`why_not_scaled`)."""
+    source, stored, size, why = await asyncio.to_thread(_within_limits, media, mime, images)
+    if source is not None:
+        if given is not None:
+            given.append(AsGiven(media, where, source, stored, size))
+        return source, size
+    scaled = await _scaled(media, where, provider, f"it was {why}")
+    if scaled is None:
+        reason = await asyncio.to_thread(why_not_scaled, media)
+        raise limits.image_too_large(where, f"{why}, and it could not be scaled down: {reason}", provider)
+    fitted, fitted_size, note = scaled
     if notes is not None:
         notes.append(note)
-    return await asyncio.to_thread(_base64_source, fitted.mime_type, fitted.data), fitted_size
+    return fitted, fitted_size
+
+
+async def _within_request(system: str, turns: list[dict[str, Any]], given: list[AsGiven], provider: str,
+                          notes: list[str]) -> None:
+    """Scale down, when the request is over Claude's 32 MB with its images as given, all those images larger
+    than Claude uses (:func:`limits.larger_than_used`: Claude sees none over 1568 px), in place, each with a
+    note in ``notes``, in order (one that cannot be scaled, or is not fewer bytes scaled, stays as given);
+    then refuse a request still over 32 MB (:class:`router.errors.ProviderInputTooLarge`). A request within
+    32 MB is left as it is."""
+    if why := limits.request_over(limits.body_bytes(system, turns)):
+        large = [image for image in given if limits.larger_than_used(image.stored, image.size)]
+        scaled = await asyncio.gather(*(
+            _scaled(image.media, image.where, provider, f"the request was {why}", image.stored) for image in large))
+        for image, done in zip(large, scaled, strict=True):
+            if done is not None:
+                image.source.update(done[0])
+                notes.append(done[2])
+    limits.check_body(limits.body_bytes(system, turns), provider)
 
 
 async def media_block(media: Media, where: str, provider: str, images: limits.ImageSizes | None = None,
-                      count: int = 1, notes: list[str] | None = None) -> dict[str, Any]:
+                      count: int = 1, notes: list[str] | None = None,
+                      given: list[AsGiven] | None = None) -> dict[str, Any]:
     """The content block for one image or document; ``where`` names it in error messages, which
     name ``provider`` (the provider sending it). Each image is added to ``images``, with its size as sent.
     An image over Claude's limits in a request of ``count`` images is scaled down (:func:`_image_source`),
-    with a note in ``notes``.
+    with a note in ``notes``; one sent as given is added to ``given``.
 
     Raises :class:`router.errors.ProviderInputTooLarge` for an image over Claude's limits that cannot be
     scaled down.
@@ -127,7 +205,7 @@ async def media_block(media: Media, where: str, provider: str, images: limits.Im
         if media.url:
             source, size = {"type": "url", "url": media.url}, None
         else:
-            source, size = await _image_source(media, mime, where, provider, count, notes)
+            source, size = await _image_source(media, mime, where, provider, count, notes, given)
         if images is not None:
             images.append((where, size))
         return {"type": "image", "source": source}
@@ -158,10 +236,11 @@ async def media_block(media: Media, where: str, provider: str, images: limits.Im
 
 
 async def message_blocks(message: Message, index: int, provider: str, images: limits.ImageSizes | None = None,
-                         count: int = 1, notes: list[str] | None = None) -> list[dict[str, Any]]:
+                         count: int = 1, notes: list[str] | None = None,
+                         given: list[AsGiven] | None = None) -> list[dict[str, Any]]:
     """The content blocks of one message, of a request of ``count`` images, in order; blank text parts are
     left out (the API rejects empty text blocks). Its images are added to ``images``, a note for each one
-    scaled down to ``notes``."""
+    scaled down to ``notes``, those sent as given to ``given``."""
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(message.parts):
         where = f"messages[{index}].parts[{j}]"
@@ -169,7 +248,7 @@ async def message_blocks(message: Message, index: int, provider: str, images: li
             if message.role is Role.ASSISTANT:
                 raise bad_request(provider,
                                   f"{where}: Claude takes media only in user turns, not assistant turns")
-            blocks.append(await media_block(part.media, where, provider, images, count, notes))
+            blocks.append(await media_block(part.media, where, provider, images, count, notes, given))
         elif part.text and part.text.strip():
             blocks.append({"type": "text", "text": part.text})
     return blocks
@@ -232,17 +311,19 @@ async def prepare(request: Request, provider: str, model: ModelInfo | None = Non
     content Claude cannot take, and :class:`router.errors.ProviderInputTooLarge`
     for content over the API's documented limits (:mod:`.limits`), before any call; an image over
     the limits on an image is scaled down instead, when it can be, with a note for the answer's route
-    (:attr:`Prepared.notes`).
+    (:attr:`Prepared.notes`), and so are the images larger than Claude uses of a request over 32 MB with
+    them as given (:func:`_within_request`).
     """
     limits.check_media(request.media(), model, provider)
     count = sum(m.modality is Modality.IMAGE for m in request.media())
     turns: list[dict[str, Any]] = []
     images: limits.ImageSizes = []
     notes: list[str] = []
+    given: list[AsGiven] = []
     for i, message in enumerate(request.messages):
         if message.role is Role.SYSTEM:
             continue
-        blocks = await message_blocks(message, i, provider, images, count, notes)
+        blocks = await message_blocks(message, i, provider, images, count, notes, given)
         if not blocks:
             continue
         role = "assistant" if message.role is Role.ASSISTANT else "user"
@@ -259,5 +340,5 @@ async def prepare(request: Request, provider: str, model: ModelInfo | None = Non
         turns.insert(0, {"role": "user", "content": [{"type": "text", "text": LEADING_USER_TURN}]})
     system = _system_prompt(request, provider)
     limits.check_images(images, model, provider)
-    limits.check_body(limits.body_bytes(system, turns), provider)
+    await _within_request(system, turns, given, provider, notes)
     return Prepared(system=system, messages=turns, notes=notes)

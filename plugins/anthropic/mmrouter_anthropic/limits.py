@@ -43,6 +43,10 @@ MANY_IMAGES = 20
 FIT_SIDE = 1568
 #: The most bytes an image scaled down may take: 5 MB as base64.
 MAX_IMAGE_BYTES = MAX_IMAGE_BASE64_BYTES // 4 * 3
+#: An image of more bytes than this is larger than Claude uses even within FIT_SIDE (a PNG photo, a JPEG of
+#: high quality: a 1568 px photo takes some 0.2-1 MB as a JPEG), and is scaled down in a request over
+#: MAX_REQUEST_BYTES (:func:`larger_than_used`).
+LARGE_IMAGE_BYTES = 1 * MB
 #: The largest request body. Counted in MiB and on a lower bound of the body (its media and text),
 #: so a request refused here is refused by the API whichever megabyte it means.
 MAX_REQUEST_BYTES = 32 * MB
@@ -112,6 +116,13 @@ def over_limits(stored: int, size: tuple[int, int] | None, images: int) -> str:
     return _bytes_over(stored) or _sides_over(size, images)
 
 
+def larger_than_used(stored: int, size: tuple[int, int] | None) -> bool:
+    """Whether an image of ``stored`` bytes and ``size`` (None: unknown) is larger than Claude uses of it: over
+    :data:`FIT_SIDE` px on a side, or over :data:`LARGE_IMAGE_BYTES`. Those are scaled down in a request
+    over :data:`MAX_REQUEST_BYTES`."""
+    return (size is not None and max(size) > FIT_SIDE) or stored > LARGE_IMAGE_BYTES
+
+
 def image_too_large(where: str, why: str, provider: str) -> ProviderInputTooLarge:
     """The error refusing the image at ``where`` for ``why`` (:func:`over_limits`)."""
     return _too_large(provider, f"{where}: the image is {why}")
@@ -170,11 +181,17 @@ def check_images(images: ImageSizes, model: ModelInfo | None, provider: str) -> 
         check_sides(size, where, provider, len(images))
 
 
+def request_over(size: int) -> str:
+    """Why a request body of (at least) ``size`` bytes is over 32 MB ("the request is <why>"), or ""."""
+    if size <= MAX_REQUEST_BYTES:
+        return ""
+    return f"at least {size:,} bytes, over Claude's limit of 32 MB ({MAX_REQUEST_BYTES:,} bytes) per request"
+
+
 def check_body(size: int, provider: str) -> None:
     """Refuse a request body of (at least) ``size`` bytes over 32 MB."""
-    if size > MAX_REQUEST_BYTES:
-        raise _too_large(provider, f"the request is at least {size:,} bytes, over Claude's limit of 32 MB "
-                                   f"({MAX_REQUEST_BYTES:,} bytes) per request")
+    if why := request_over(size):
+        raise _too_large(provider, f"the request is {why}")
 
 
 def body_bytes(system: str, turns: list[dict[str, Any]]) -> int:
