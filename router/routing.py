@@ -697,9 +697,11 @@ def _drops_history(plan: Plan, facts: Facts) -> str | None:
 def _roomiest_first(plans: list[Plan], facts: Facts) -> tuple[list[Plan], str]:
     """A rule's usable ``plans`` in the order they are tried for a session: the first whose model holds the
     whole conversation, then the others that hold it, then those that must trim it (each group in the rule's
-    order: one that must trim is still tried when the roomier fail); and why the first was passed over
-    (``""`` when it leads: it holds it all, none does, or it is an extraction-only model, which reads no
-    history and which a rule names first on purpose). Without history, ``plans`` as they are."""
+    order: one that must trim is still tried when the roomier fail). When none holds it, the one that keeps
+    the most of it (the largest input budget; the first of those) leads, the others following in the rule's
+    order. Also why the first was passed over (``""`` when it leads: it holds it all, keeps the most, or is
+    an extraction-only model, which reads no history and which a rule names first on purpose). Without
+    history, ``plans`` as they are."""
     if not facts.conversation_tokens:
         return plans, ""
     why = {id(plan): _drops_history(plan, facts) for plan in plans}
@@ -707,11 +709,22 @@ def _roomiest_first(plans: list[Plan], facts: Facts) -> tuple[list[Plan], str]:
     def holds(plan: Plan) -> bool:
         return why[id(plan)] is None and FEATURE_EXTRACTION_ONLY not in plan.model.features
 
-    lead = plans[0] if why[id(plans[0])] is None else next((plan for plan in plans if holds(plan)), plans[0])
+    def budget(plan: Plan) -> int:
+        return input_budget(plan.model, facts.max_output_tokens)
+
+    readers = [plan for plan in plans if FEATURE_EXTRACTION_ONLY not in plan.model.features]
+    if why[id(plans[0])] is None:
+        lead = plans[0]
+    elif any(holds(plan) for plan in plans):
+        lead = next(plan for plan in plans if holds(plan))
+    else:  # every reader must trim: the one that keeps the most of the conversation
+        lead = max(readers, key=budget)  # max keeps the first of equals
     rest = [plan for plan in plans if plan is not lead]
     ordered = [lead, *(plan for plan in rest if holds(plan)), *(plan for plan in rest if not holds(plan))]
-    passed = [why[id(plan)] or "" for plan in plans[:plans.index(lead)]]
-    return ordered, "; ".join(reason for reason in passed if reason)
+    passed = "; ".join(reason for plan in plans[:plans.index(lead)] if (reason := why[id(plan)]))
+    if passed and not holds(lead):
+        passed += f"; none holds it all, and {lead.target} keeps the most of it"
+    return ordered, passed
 
 
 def beyond_every_context(decision: Decision, facts: Facts, catalog: Catalog) -> str | None:

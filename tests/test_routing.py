@@ -1012,6 +1012,11 @@ def test_a_session_tries_the_targets_that_hold_its_history_before_those_that_mus
         "gemini/gemini-2.5-pro", "openai/gpt-4o", "local/extract", "openai/gpt-4o-mini"]
     assert "openai/gpt-4o would drop the session's oldest messages" in decision.trace[0].reason
     assert "gpt-4o-mini would drop" in decision.trace[0].reason
+    # a conversation no target holds goes to the one that keeps the most of it
+    longer = session(turn(text(LONG_TEXT * 7)), text("and then?"))  # ~1.26M tokens: over every context
+    decision = decide(router, longer, sized)
+    assert chosen(decision) == "gemini/gemini-2.5-pro"
+    assert decision.trace[0].reason.endswith("none holds it all, and gemini/gemini-2.5-pro keeps the most of it")
     # a rule that names the extraction first keeps it first: it reads no history, on purpose
     extract_first = Router(rules=[rule("docs", "local/extract", "anthropic/claude-sonnet-4-6")])
     assert chosen(decide(extract_first, long_history, sized)) == "local/extract"
