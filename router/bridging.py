@@ -245,7 +245,8 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     :func:`_bridge_media`; not one an extraction-only model made as a stand-in, see :func:`_kept_before`),
     and the route names the bridge that made it, in its bridges and its notes. A history media takes any text
     kept of it, whatever options made it (those of the turn that sent it), and one whose kept text is
-    the very reply that follows it (a transcription turn) is not given twice.
+    the very reply that follows it (a transcription turn) is not given twice, nor bridged again (whichever
+    transcriber made that reply: see :func:`_kept_before`).
 
     With ``trim``, the history the answering model will not get is dropped before its media are
     bridged, so that they are not paid for (:meth:`_Bridging.bridge_history`).
@@ -406,8 +407,9 @@ class _Bridging:
         its text and fails on it leaves the media alone (see :func:`_bridge_media`)."""
         history = id(media) not in self.this_turn
         name = self.name(media)
-        bridged = await _bridge_media(media, choices, self.request, self.registry, self.ctx,
-                                      self.route, self.memo, self.done, history, self.recalled, name)
+        bridged = await _bridge_media(media, choices, self.request, self.registry, self.ctx, self.route,
+                                      self.memo, self.done, history, self.recalled, name,
+                                      self.replies.get(id(media), ""))
         if bridged is None:
             return
         text, transcript, bridge, kept = bridged
@@ -498,7 +500,7 @@ class _Bridging:
             return None
         history = id(media) not in self.this_turn
         self.recalled[id(media)] = found = await _kept_before(media, choices, self.request, self.registry,
-                                                              self.memo, history)
+                                                              self.memo, history, self.replies.get(id(media), ""))
         return found[1][0] if found is not None else None
 
 
@@ -622,16 +624,16 @@ def _converted(part: Part, converted: dict[int, tuple[str, bool]]) -> list[Part]
 async def _bridge_media(media: Media, choices: list[Bridge], request: Request, registry: Registry,
                         ctx: CallContext, route: RouteInfo, memo: BridgeMemo | None,
                         done: BridgedInRequest, history: bool,
-                        recalled: Mapping[int, tuple[Bridge, Kept] | None], name: str,
+                        recalled: Mapping[int, tuple[Bridge, Kept] | None], name: str, reply: str = "",
                         ) -> tuple[str, Transcript | None, Bridge, bool] | None:
     """Bridge one media through the first of ``choices`` that succeeds: its text, its transcript, the
     bridge used and whether the text was kept from an earlier turn or request (a memo hit).
 
     Before any bridge is called, a text already made is taken: one made earlier in this request
     (``done``), then one kept in ``memo`` (:func:`_kept_before`, or what ``recalled`` already holds of
-    a history media), whichever bridge made it (the bridge returned is the one that made it, for the
-    route). Only then are ``choices`` called in turn, each taking first what the memo keeps under its
-    own key. A ``history`` media (sent by an earlier turn) is bridged with :func:`history_options`:
+    a history media, ``reply`` being the assistant reply that follows its message), whichever bridge made
+    it (the bridge returned is the one that made it, for the route). Only then are ``choices`` called in
+    turn, each taking first what the memo keeps under its own key. A ``history`` media (sent by an earlier turn) is bridged with :func:`history_options`:
     this turn's language is not that turn's.
 
     A bridge failing with a retryable error gives way to the next choice; one failing otherwise fails the
@@ -648,7 +650,7 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
             return *done.texts[(id(media), str(bridge.via))], bridge, False
     if memo is not None:
         found = (recalled[id(media)] if history and id(media) in recalled
-                 else await _kept_before(media, choices, request, registry, memo, history))
+                 else await _kept_before(media, choices, request, registry, memo, history, reply))
         if found is not None:
             bridge, kept = found
             done.texts[(id(media), str(bridge.via))] = kept
@@ -705,7 +707,7 @@ async def _bridge_media(media: Media, choices: list[Bridge], request: Request, r
 
 
 async def _kept_before(media: Media, choices: list[Bridge], request: Request, registry: Registry,
-                       memo: BridgeMemo, history: bool) -> tuple[Bridge, Kept] | None:
+                       memo: BridgeMemo, history: bool, reply: str = "") -> tuple[Bridge, Kept] | None:
     """A text kept of ``media`` by an earlier turn or request, and the bridge that made it (one of
     ``choices`` with its ``via`` if it is one, else the first with the ``via`` read from the memo key); None
     when nothing usable is kept, and ``media`` must be bridged.
@@ -725,7 +727,10 @@ async def _kept_before(media: Media, choices: list[Bridge], request: Request, re
     A text made by an extraction-only model (``local/extract``, which makes it offline, without a language
     model) is not taken here unless the first choice is one too: it stood in for the bridges before it
     while they failed, and must not stand in for them once they may work again. It is still taken at its
-    own turn (:func:`_bridge_media`), when the bridges before it fail again.
+    own turn (:func:`_bridge_media`), when the bridges before it fail again. But a history media whose kept
+    text is the ``reply`` that follows its message (a transcription turn's transcript, which the session keeps
+    as its reply) takes that text first, whichever bridge or transcriber made it, offline too: the model gets
+    the transcript once, as that reply (:func:`_part_text`), and the recording is not transcribed again.
     """
     prefix = media_prefix(media, request)
     if prefix is None:
@@ -745,8 +750,9 @@ async def _kept_before(media: Media, choices: list[Bridge], request: Request, re
         if media.modality is not Modality.AUDIO:
             return None
     made_with = None if history else _made_with(request.options)
-    found = await _kept_any(media, request, memo,
-                            preferred if made_with is None else lambda key: preferred(key) and made_with(key))
+    found = await _kept_as_reply(media, request, memo, reply) if history else None
+    found = found or await _kept_any(media, request, memo, preferred if made_with is None
+                                     else lambda key: preferred(key) and made_with(key))
     if found is None:
         return None
     key, text, transcript = found
@@ -833,6 +839,18 @@ async def _kept_any(media: Media, request: Request, memo: BridgeMemo,
     prefix = media_prefix(media, request)
     diarized = request.options.diarization and media.modality in _SPEECH
     return await memo.recall_any(prefix, diarized, accept) if prefix is not None else None
+
+
+async def _kept_as_reply(media: Media, request: Request, memo: BridgeMemo, reply: str) -> Found | None:
+    """The text kept of a history ``media`` that is the very ``reply`` that follows its message (stripped), with
+    its key: the transcript of a transcription turn (kept by :func:`remember_transcripts`), by whichever
+    transcriber made it; None when no kept text (of those :func:`_kept_any` may take) is that reply."""
+    tried: set[str] = set()
+    while reply and (found := await _kept_any(media, request, memo, lambda key: key not in tried)) is not None:
+        if found[1].strip() == reply:
+            return found
+        tried.add(found[0])
+    return None
 
 
 async def _kept(key: str, memo: BridgeMemo) -> tuple[str, Transcript | None] | None:
