@@ -119,7 +119,7 @@ def test_six_kinds_of_request_reach_the_right_provider(start_daemon, fakes) -> N
         ("anthropic", "ANTHROPIC_API_KEY", "documents", "gemini/gemini-2.5-pro"),
         ("openai", "OPENAI_API_KEY", "cross-modal", "anthropic/claude-sonnet-4-6"),
         ("openai", "OPENAI_API_KEY", "transcription", "assemblyai/best"),
-        ("gemini", "GEMINI_API_KEY", "video", "local/extract"),
+        ("gemini", "GEMINI_API_KEY", "video", "openai/gpt-4o"),  # the video bridged: its text and speech
     ],
 )
 def test_removing_a_key_moves_traffic_to_the_documented_fallback(start_daemon, fakes, provider, missing_key, rule,
