@@ -35,6 +35,20 @@ from .settings import PLUGIN, AnthropicSettings
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
+#: The most images a request's route notes name one by one; past it, one note counts them (a session of many
+#: photos would carry a note per photo on every turn).
+MOST_SCALING_NOTES = 3
+
+
+def scaling_notes(notes: list[str]) -> list[str]:
+    """The route notes of the images :func:`~mmrouter_anthropic.convert.prepare` scaled down: each, or, past
+    :data:`MOST_SCALING_NOTES`, one that counts them and quotes the first (within a note's 1000 characters)."""
+    if len(notes) <= MOST_SCALING_NOTES:
+        return notes
+    first = notes[0] if len(notes[0]) <= 800 else notes[0][:799] + "…"
+    return [f"{len(notes)} images were scaled down before sending, the first: {first}"]
+
+
 class AnthropicProvider(Provider):
     """Claude models (text, images, PDF documents) through ``anthropic.AsyncAnthropic``.
 
@@ -109,7 +123,7 @@ class AnthropicProvider(Provider):
         if not self.settings.key:
             raise ProviderNotConfigured(self.name, f"no API key: {key_hint(self.name)}")
         prepared = await prepare(request, self.name, model)
-        for note in prepared.notes:  # each image scaled down: the client is told (with our name, by the router)
+        for note in scaling_notes(prepared.notes):  # the client is told (with our name, by the router)
             yield RouteNote(note)
         params: dict[str, Any] = {
             "model": model.name,
