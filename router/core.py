@@ -36,7 +36,7 @@ from .config_warnings import (
     unknown_providers,
     uses_provider,
 )
-from .dispatch import HistoryCuts, RouterEvent, execute, trimmed_note
+from .dispatch import HistoryCuts, RouterEvent, execute, refused_note, trimmed_note
 from .errors import (
     AnswerTooLarge,
     DataDirGone,
@@ -567,6 +567,8 @@ class App:
         """Route ``request``; ``observed`` tells the ``on_request`` hooks (not for explain: no request is made).
         Route notes for the client (a route_request hook's choice that was ignored) go to ``notes``."""
         facts = facts_of(request)
+        if facts.conversation_tokens:  # targets known to refuse this history for its size must trim it
+            facts.size_refusals = self.history_cuts.refusals(request)
         if observed:
             self._hook("on_request", request=request)
         override = None
@@ -639,9 +641,13 @@ class App:
         route = RouteInfo.planned(decision)
         route.notes.extend(notes)
         if full.history_length:  # as Generate trims it for the planned model, its bridges' texts guessed
-            _, dropped = self._trim(full, decision.plan, _bridged_guesses(full, decision.plan))
+            plan = decision.plan  # starting without the history its target refused for its size, if it did
+            shorter, skipped, why = self.history_cuts.start(full, str(plan.target))
+            _, dropped = self._trim(shorter, plan, _bridged_guesses(shorter, plan))
             if dropped:
-                route.notes.append(trimmed_note(dropped, request.session_id, decision.plan, planned=True))
+                route.notes.append(trimmed_note(dropped, request.session_id, plan, planned=True))
+            if skipped:
+                route.notes.append(refused_note(skipped, request.session_id, plan, why, True, planned=True))
         if request.turn_id and (found := await self._kept_turn(request)) is not None:
             route.notes.append(f"{_answered_at(request, found[1])}: Generate would send its kept answer again, "
                                "calling no provider")

@@ -93,11 +93,9 @@ class HistoryCuts:
         """``request`` (a session's whole history and its new turn) without the oldest messages learnt
         for ``target``, how many were left out, and the refusal that taught it ("" when none)."""
         cut = self._cuts.get(request.session_id, {}).get(target)
-        if cut is None or not 0 < cut.count <= request.history_length:
+        if cut is None or not _applies(cut, request):
             return request, 0, ""
         history = request.messages[:request.history_length]
-        if _digest(history[:cut.count]) != cut.digest:
-            return request, 0, ""
         self._cuts.move_to_end(request.session_id)
         count = cut.count
         while count < len(history) and history[count].role is not Role.USER:
@@ -124,6 +122,18 @@ class HistoryCuts:
     def forget(self, session_id: str) -> None:
         """Forget what was learnt of ``session_id`` (it was reset)."""
         self._cuts.pop(session_id, None)
+
+    def refusals(self, request: Request) -> dict[str, str]:
+        """The targets whose learnt cut applies to ``request`` (they :meth:`start` it without its oldest
+        messages), each with the refusal that taught it: for routing, which must not rank them as holding
+        the whole conversation. Hashes the cut messages' texts and media ids only; remembers nothing."""
+        return {target: cut.why for target, cut in self._cuts.get(request.session_id, {}).items()
+                if _applies(cut, request)}
+
+
+def _applies(cut: _Cut, request: Request) -> bool:
+    """Whether ``cut`` holds for ``request``: its history starts with the messages the cut left out."""
+    return 0 < cut.count <= request.history_length and _digest(request.messages[:cut.count]) == cut.digest
 
 
 def _digest(messages: Sequence[Message]) -> str:
@@ -302,6 +312,16 @@ def trimmed_note(dropped: int, session_id: str, plan: Plan, planned: bool = Fals
             f"{plan.model.context_tokens} tokens with room for its answer")
 
 
+def refused_note(dropped: int, session_id: str, plan: Plan, why: str, earlier: bool, planned: bool = False) -> str:
+    """The route note of a session's history trimmed (``dropped`` messages) because ``plan``'s target refused
+    it for its size (``why``), this turn or on an ``earlier`` one (see :class:`HistoryCuts`); a ``planned``
+    one (``explain``) says what would be dropped."""
+    verb = "history would be trimmed: Generate would drop" if planned else "history trimmed: dropped"
+    when = " on an earlier turn" if earlier else ""
+    return (f"{verb} the {dropped} oldest message(s) of session {session_id!r} because {plan.target} refused the "
+            f"request for its size{when} ({why})")
+
+
 def _history_urls(request: Request) -> int:
     """How many media of ``request``'s session history are given by URL: sent again with every turn, they
     must stay valid for the session's life (a presigned URL expires)."""
@@ -358,10 +378,7 @@ async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx:
                     produced = produced or isinstance(event, (TextDelta, TranscriptReady))
                     yield event
             if dropped:
-                when = " on an earlier turn" if earlier else ""
-                route.notes.append(f"history trimmed: dropped the {dropped} oldest message(s) of session "
-                                   f"{request.session_id!r} because {plan.target} refused the request for its "
-                                   f"size{when} ({why})")
+                route.notes.append(refused_note(dropped, request.session_id, plan, why, earlier))
             if learning.cuts is not None and dropped and not earlier:  # refused this turn: a longer cut
                 learning.cuts.learn(learning.whole, str(plan.target), request, why)
             return

@@ -145,6 +145,10 @@ class Facts:
     #: count once bridged (:func:`bridged_tokens_guess`): whether a model holds it all (:func:`_drops_history`).
     conversation_tokens: Mapping[Modality, int] = field(default_factory=dict)
     bridged_conversation_tokens: Mapping[Modality, int] = field(default_factory=dict)
+    #: With :attr:`conversation_tokens`, the targets (``provider/model``) known to refuse the session's whole
+    #: history for its size on an earlier turn, each with its refusal (the caller adds them from
+    #: :meth:`router.dispatch.HistoryCuts.refusals`): each gets it trimmed (:func:`_drops_history`).
+    size_refusals: Mapping[str, str] = field(default_factory=dict)
     #: The request's ``options.max_output_tokens`` (0: the model's default): the room left for the answer
     #: (:func:`input_budget`).
     max_output_tokens: int = 0
@@ -682,9 +686,13 @@ def _drops_history(plan: Plan, facts: Facts) -> str | None:
     """Why ``plan``'s model would get the session's history trimmed (its oldest messages dropped): the
     whole conversation, as trimming counts it (the media its bridges replace as their guessed text),
     exceeds :func:`input_budget`; None when it holds it all, or the request has no history. An
-    extraction-only model reads no history: never said to drop any."""
+    extraction-only model reads no history: never said to drop any. One that refused the history for its size
+    on an earlier turn (:attr:`Facts.size_refusals`) drops its oldest messages whatever its context."""
     if not facts.conversation_tokens or FEATURE_EXTRACTION_ONLY in plan.model.features:
         return None
+    if (refusal := facts.size_refusals.get(str(plan.target))) is not None:
+        return (f"{plan.target} would drop the session's oldest messages (it refused the request for its size on an "
+                f"earlier turn: {refusal})")
     replaced = _replaced(plan, facts)
     tokens = sum(facts.bridged_conversation_tokens.get(modality, 0) if modality in replaced else n
                  for modality, n in facts.conversation_tokens.items())
