@@ -222,6 +222,28 @@ def fit(media: Media, max_side: int, max_bytes: int = MAX_BYTES, max_pixels: int
     return Media(Modality.IMAGE, mime, data=data, filename=media.filename, size=len(data))
 
 
+def fit_problem(media: Media, max_side: int, max_pixels: int = MAX_PIXELS) -> str:
+    """Why :func:`fit` could not scale ``media`` down to ``max_side`` (which it logs, at INFO, but does not
+    return), for a refusal to say: Pillow missing, content it cannot read as one of the formats it scales, or
+    more than ``max_pixels`` pixels decoded (at the size :func:`fit` decodes a JPEG at). Reads only the
+    image's header. Blocking."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return "Pillow, which scales images, is not installed"
+    try:
+        source = io.BytesIO(media.data) if media.data is not None else media.path
+        with Image.open(source, formats=_FITTED_FORMATS) as image:
+            image.draft(None, _scaled_size(image.size, max_side))  # as fit() decodes it
+            width, height = image.size
+    except Exception:  # Pillow raises many kinds (OSError, ValueError, SyntaxError...) on bad content
+        return "Pillow cannot read it as a PNG, JPEG, GIF or WebP image"
+    if width * height > max_pixels:
+        return (f"decoding it takes {width}x{height} px ({width * height:,} pixels), over the {max_pixels:,} "
+                "pixels an image may have to be scaled")
+    return "its pixels could not be decoded or encoded again (the daemon's log says why)"
+
+
 def _scaled_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     """``size`` scaled down, its aspect ratio kept, to at most ``max_side`` a side."""
     scale = min(1.0, max_side / max(size))

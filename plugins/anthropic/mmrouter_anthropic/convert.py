@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,7 @@ from router import (
     Request,
     Role,
 )
-from router.convert import MAX_PIXELS, fit_image
+from router.convert import fit_image, fit_problem
 from router.mime import normalise_mime
 from router.textdoc import document_text
 
@@ -100,29 +99,6 @@ def _within_limits(media: Media, mime: str, images: int) -> tuple[dict[str, Any]
     return (None if why else _base64_source(mime, raw)), len(raw), size, why
 
 
-def why_not_scaled(media: Media) -> str:
-    """Why :func:`router.convert.fit` could not scale ``media`` down (which it logs, at INFO, but does not
-    say): Pillow missing, content it cannot read, or more pixels decoded than :data:`router.convert.MAX_PIXELS`
-    (a JPEG is decoded at 1/2, 1/4 or 1/8 of its size when that is still :data:`limits.FIT_SIDE` px). Reads
-    only the image's header. Blocking."""
-    try:
-        from PIL import Image
-    except ImportError:
-        return "Pillow, which scales images, is not installed"
-    try:
-        source = io.BytesIO(media.data) if media.data is not None else media.path
-        with Image.open(source, formats=["JPEG", "PNG", "GIF", "WEBP"]) as image:
-            scale = min(1.0, limits.FIT_SIDE / max(image.size))
-            image.draft(None, (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-            width, height = image.size
-    except Exception:  # Pillow raises many kinds (OSError, ValueError, SyntaxError...) on bad content
-        return "Pillow cannot read it as a PNG, JPEG, GIF or WebP image"
-    if width * height > MAX_PIXELS:
-        return (f"decoding it takes {width}x{height} px ({width * height:,} pixels), over the {MAX_PIXELS:,} "
-                "pixels an image may have to be scaled")
-    return "its pixels could not be decoded or encoded again (the daemon's log says why)"
-
-
 #: An image scaled down: its base64 source, its size (None: unknown) and the note for the answer's route.
 Scaled = tuple[dict[str, Any], tuple[int, int] | None, str]
 
@@ -152,7 +128,7 @@ async def _image_source(media: Media, mime: str, where: str, provider: str, imag
     the image as given (added to ``given``), or scaled down when it is over them (:func:`_scaled`, with a note
     in ``notes``). Reads it (and scales it) in a worker thread; raises
     :class:`router.errors.ProviderInputTooLarge` for an image over the limits that cannot be scaled down
-    (one Pillow cannot read, or too large to decode), saying why (:func:`why_not_scaled`)."""
+    (one Pillow cannot read, or too large to decode), saying why (:func:`router.convert.fit_problem`)."""
     source, stored, size, why = await asyncio.to_thread(_within_limits, media, mime, images)
     if source is not None:
         if given is not None:
@@ -160,7 +136,7 @@ async def _image_source(media: Media, mime: str, where: str, provider: str, imag
         return source, size
     scaled = await _scaled(media, where, provider, f"it was {why}")
     if scaled is None:
-        reason = await asyncio.to_thread(why_not_scaled, media)
+        reason = await asyncio.to_thread(fit_problem, media, limits.FIT_SIDE)
         raise limits.image_too_large(where, f"{why}, and it could not be scaled down: {reason}", provider)
     fitted, fitted_size, note = scaled
     if notes is not None:
