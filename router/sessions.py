@@ -54,7 +54,6 @@ CREATE TABLE IF NOT EXISTS call_tags (call INTEGER NOT NULL, tag TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS call_tags_of_call ON call_tags (call);
 """
 
-#: A statistics row, in the columns every version has written (see call_tags).
 #: The formats a bridge chosen for some formats names in its step's purpose
 #: (``bridge:audio (audio/webm)->transcript via openai/whisper-1``; see :class:`router.routing.Bridge`).
 _BRIDGE_FORMATS = re.compile(r"^(bridge:\w+) \([^()]*\)(?=->)")
@@ -67,6 +66,7 @@ def stats_step(purpose: str) -> str:
     return _BRIDGE_FORMATS.sub(r"\1", purpose)
 
 
+#: A statistics row, in the columns every version has written (see call_tags).
 _INSERT_CALL = ("INSERT INTO calls (at, rule, provider, model, purpose, latency_ms, cost_usd, input_tokens,"
                 " output_tokens, audio_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -201,9 +201,11 @@ class SessionStore:
         self._turn_ids = True
         if frozen:
             self._db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, check_same_thread=False)
+            self._db.create_function("stats_step", 1, stats_step, deterministic=True)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+        self._db.create_function("stats_step", 1, stats_step, deterministic=True)  # stats' step names
         self.identity = file_identity(path)
         # pages freed by prune can be given back to the file system (see _give_back_free_pages); it must be
         # said before the first table is made, so a database made by an older version keeps its pages (and
@@ -729,31 +731,18 @@ class SessionStore:
         tagged = ("t.tag = ?" if by_tag
                   else "EXISTS (SELECT 1 FROM call_tags WHERE call_tags.call = calls.rowid AND call_tags.tag = ?)")
         rows = self._db.execute(
-            f"SELECT {group}, provider, model, purpose, COUNT(*), AVG(latency_ms), MAX(latency_ms), SUM(cost_usd),"
+            f"SELECT {group}, provider, model, stats_step(purpose) AS step, COUNT(*), AVG(latency_ms), MAX(latency_ms),"
+            " SUM(cost_usd),"
             " SUM(input_tokens), SUM(output_tokens), SUM(audio_seconds) FROM calls"
             + (" LEFT JOIN call_tags AS t ON t.call = calls.rowid" if by_tag else "")
             # all of them: "+at" keeps SQLite from reading the rows through the index on at (in its order)
             + (" WHERE at >= ?" if since > 0 else " WHERE +at >= ?") + (f" AND {tagged}" if tag is not None else "")
-            + f" GROUP BY {group}, provider, model, purpose ORDER BY {group} IS NULL, {group}, provider, model",
+            + f" GROUP BY {group}, provider, model, step ORDER BY {group} IS NULL, {group}, provider, model",
             (since,) if tag is None else (since, tag),
         ).fetchall()
         keys = ["tag" if by_tag else "rule", "provider", "model", "purpose", "calls", "mean_latency_ms",
                 "max_latency_ms", "cost_usd", "input_tokens", "output_tokens", "audio_seconds"]
-        merged: dict[tuple, dict] = {}  # one row per step name: a bridge's formats are merged
-        for row in rows:
-            found = dict(zip(keys, row, strict=True))
-            found["purpose"] = stats_step(found["purpose"])
-            key = (found[keys[0]], found["provider"], found["model"], found["purpose"])
-            kept = merged.setdefault(key, found)
-            if kept is not found:
-                calls = kept["calls"] + found["calls"]
-                kept["mean_latency_ms"] = (kept["mean_latency_ms"] * kept["calls"]
-                                           + found["mean_latency_ms"] * found["calls"]) / calls
-                kept["max_latency_ms"] = max(kept["max_latency_ms"], found["max_latency_ms"])
-                for total in ("cost_usd", "input_tokens", "output_tokens", "audio_seconds"):
-                    kept[total] += found[total]
-                kept["calls"] = calls
-        return list(merged.values())
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def close(self) -> None:
         """Write what waits and close the database (after the jobs asked of the store's thread)."""
