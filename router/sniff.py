@@ -45,9 +45,14 @@ _HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"mif2", b"miaf"})
 #: The sizes of a BMP's DIB header (at byte 14) that Pillow reads: OS/2 1.x and 2.x, BITMAPINFOHEADER to V5.
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 
+#: The families of text with a byte order mark (:func:`_bom_text`): a Windows "Unicode Text" export.
+#: No non-text type takes them, and the text types take UTF-8 only.
+_BOM_TEXT_FAMILIES = frozenset({"utf-16", "utf-32"})
+
 #: A magic family that is not itself a MIME type -> the MIME types of its content, as messages name it
 #: (``adts`` means nothing to a client that declared ``audio/mp4``).
 _FAMILY_NAMES: dict[str, str] = {
+    "utf-16": "UTF-16 text", "utf-32": "UTF-32 text",
     "wav": "audio/wav", "webp": "image/webp", "adts": "audio/aac (ADTS)", "mpeg-frame": "audio/mpeg",
     "ogg": "Ogg (audio/ogg or video/ogg)", "matroska": "WebM/Matroska (video/webm, audio/webm or video/x-matroska)",
     "mp4": "MP4 (video/mp4, audio/mp4 or video/quicktime)",
@@ -138,7 +143,13 @@ MIME_MODALITY = {"image": Modality.IMAGE, "audio": Modality.AUDIO, "video": Moda
 
 
 def magic_family(head: bytes) -> str | None:
-    """The content family that ``head`` (the first bytes) shows, or None if unknown."""
+    """The content family that ``head`` (the first bytes) shows, or None if unknown.
+
+    Text with a UTF-16 or UTF-32 byte order mark (``utf-16``, ``utf-32``) is told before MPEG audio: FF FE,
+    UTF-16LE's mark, is also a valid MPEG frame header (MPEG-1 Layer I, with a CRC). It is taken as text only
+    when what follows the mark reads as text (see :func:`_bom_text`), which MPEG audio data does not."""
+    if encoding := _bom_text(head):
+        return encoding.lower()
     if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":  # RF64/BW64: WAVs over 4 GiB
         return "wav"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
@@ -199,12 +210,10 @@ def _generic_problem(mime_type: str, modality: Modality, head: bytes) -> str | N
     """Why content declared ``mime_type``, a type naming no format (:data:`GENERIC_TYPES`), cannot be taken
     as the format its first bytes ``head`` show (see :func:`content_mime`), or None: that format is not
     known, has several types, or is not of ``modality``. The refusal names the type to declare. UTF-16 or
-    UTF-32 text (a Windows "Unicode Text" export) is named as such: its byte order mark would pass for the
-    frame header of an MPEG audio file."""
-    if encoding := _bom_text(head):
-        return (f"declared {mime_type!r}, which names no format, and the content is {encoding} text (it starts with "
-                f"a {encoding} byte order mark): convert it to UTF-8 and declare text/plain, text/csv...")
+    UTF-32 text (a Windows "Unicode Text" export) is named as such (see :func:`magic_family`)."""
     found = magic_family(head)
+    if found in _BOM_TEXT_FAMILIES:
+        return f"declared {mime_type!r}, which names no format, and {_bom_text_is(found)}"
     real = _FAMILY_TYPE.get(found or "")
     if real is None:
         if found:
@@ -234,8 +243,10 @@ _HTML = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*(?:<!--.*?-->\s*|<\?xml[^>]*>\s*)*<(
 def _unlike(found: str | None, accepted: set[str], head: bytes) -> str:
     """What the content (its first bytes ``head``, of the family ``found``) is, for a MIME_MISMATCH message
     where the declared type takes the families ``accepted``: a PDF whose header is not at byte 0 (a CRLF
-    or a byte order mark before it) is told where it is and that it must come first; a web page is
-    named as such."""
+    or a byte order mark before it) is told where it is and that it must come first; a web page and UTF-16
+    or UTF-32 text are named as such."""
+    if found in _BOM_TEXT_FAMILIES:
+        return _bom_text_is(found)
     at = head.find(b"%PDF-", 0, _PDF_HEADER_WITHIN + len(b"%PDF-"))
     if found is None and "application/pdf" in accepted and at > 0:
         if head[:at] == codecs.BOM_UTF8:
@@ -248,6 +259,13 @@ def _unlike(found: str | None, accepted: set[str], head: bytes) -> str:
     if found is None and _HTML.match(head):
         return "the content looks like HTML (a web page, such as an error or login page saved under the file's name)"
     return f"the content looks like {family_name(found) if found else 'unrecognised bytes'}"
+
+
+def _bom_text_is(family: str) -> str:
+    """What the content of a family of :data:`_BOM_TEXT_FAMILIES` is, and what to do, for a refusal."""
+    encoding = family.upper()
+    return (f"the content is {encoding} text (it starts with a {encoding} byte order mark): convert it to UTF-8 and "
+            "declare text/plain, text/csv...")
 
 
 def content_mime(mime_type: str, head: bytes) -> str:
