@@ -62,7 +62,7 @@ if "raw_http" in patches or "raw_http_whole" in patches:
             if text:
                 yield TextDelta(text)
 
-    async def _raw_stream_chat(client, params, timeout, with_media=True):  # type: ignore[no-untyped-def]
+    async def _raw_stream_chat(client, params, timeout, with_media=True, deadline=None):  # type: ignore[no-untyped-def]
         usage = [Usage()]
         async with _post(client, params) as r:
             async for line in r.content:
@@ -70,7 +70,7 @@ if "raw_http" in patches or "raw_http_whole" in patches:
                     yield event
         yield UsageReport(usage[0])
 
-    async def _raw_whole_stream_chat(client, params, timeout, with_media=True):  # type: ignore[no-untyped-def]
+    async def _raw_whole_stream_chat(client, params, timeout, with_media=True, deadline=None):  # type: ignore[no-untyped-def]
         usage = [Usage()]
         async with _post(client, params) as r:
             body = await r.read()
@@ -86,7 +86,7 @@ if "canned_chat" in patches:
 
     from router import TextDelta, Usage, UsageReport
 
-    async def _canned_stream_chat(client, params, timeout, with_media=True):  # type: ignore[no-untyped-def]
+    async def _canned_stream_chat(client, params, timeout, with_media=True, deadline=None):  # type: ignore[no-untyped-def]
         for i in range(max(1, params.get("max_completion_tokens", 1))):
             yield TextDelta(f"tok{i} ")
         yield UsageReport(Usage(12, 1))

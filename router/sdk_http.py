@@ -12,6 +12,10 @@ their default httpx one. It differs from httpx in three ways a plugin must cover
 - aiohttp refuses credentials in the URL beside an ``Authorization`` header:
   :func:`url_has_credentials` says when to keep httpx.
 
+With ``max_retries`` over 0 the SDK retries a failed request itself (a 429, a 5xx, a lost connection), waiting
+for the answer's Retry-After or its own backoff: :func:`retries_within` and the client's
+:func:`response_hooks` keep those retries within the call's deadline, so that the router can still fall back.
+
 Streamed answers are read as raw responses and parsed with :func:`sse_events` and ``json.loads``: the
 SDKs' typed stream events (a pydantic model per event) cost several times the CPU per chunk.
 
@@ -22,11 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from types import ModuleType
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
+
+from .error_body import httpx_error_hook
+from .errors import parse_retry_after
+from .invoke import DEADLINE_MARGIN_SECONDS
 
 Transport = Literal["aiohttp", "httpx"]
 
@@ -146,7 +158,8 @@ async def until_headers(timeout: float, timed_out: Callable[[], BaseException],
 
     Not bounded when the SDK retries (``max_retries`` > 0): its retry loop, with its waits for a
     Retry-After, runs inside, and a bound would report a retry as a timeout. Such a client uses httpx
-    (see :meth:`SdkTransportSettings.transport_for`), whose write timeout bounds each attempt."""
+    (see :meth:`SdkTransportSettings.transport_for`), whose write timeout bounds each attempt, and
+    :func:`retries_within` keeps its retries within the call's deadline."""
     if max_retries > 0:
         yield
         return
@@ -157,6 +170,102 @@ async def until_headers(timeout: float, timed_out: Callable[[], BaseException],
         raise timed_out() from None
 
 
+#: The openai and anthropic SDKs' backoff before a retry when the answer gave no Retry-After (their
+#: ``_constants``): ``INITIAL_RETRY_DELAY`` seconds, doubled for each retry already taken, at most
+#: ``MAX_RETRY_DELAY``; the SDK then takes up to a quarter off at random (jitter).
+SDK_INITIAL_RETRY_DELAY = 0.5
+SDK_MAX_RETRY_DELAY = 8.0
+
+#: The latest ``time.monotonic()`` at which an SDK retry of the call under way may begin (set by
+#: :func:`retries_within`; None: no limit), read by :func:`late_retry_hook`.
+_RETRY_BY: ContextVar[float | None] = ContextVar("mmrouter_sdk_retry_by", default=None)
+#: What :func:`retries_within` gives a call with no deadline, or whose client does not retry.
+_NO_LIMIT = contextlib.nullcontext()
+
+
+def retries_within(deadline: float | None, max_retries: int) -> contextlib.AbstractContextManager[None]:
+    """Keep the SDK retries of the call run inside (by a client made with :func:`response_hooks`) within
+    the call's ``deadline`` (``CallContext.deadline``, a ``time.monotonic()``): a retry whose wait (the
+    answer's Retry-After, else the SDK's backoff) would end within ``DEADLINE_MARGIN_SECONDS`` of the
+    deadline, or after it, is not waited for. The SDK raises the error of that last answer at once (a 429
+    as a rate limit, with its Retry-After; a 5xx as unavailable), and the router falls back with the time
+    left, and records what the provider said. Without a deadline, or for a client that does not retry
+    (``max_retries`` 0), nothing is done.
+
+    Enter it in the task that makes the SDK call, around the call only (it sets a context variable)."""
+    if not max_retries or deadline is None:
+        return _NO_LIMIT
+    return _retries_by(deadline - DEADLINE_MARGIN_SECONDS)
+
+
+@contextlib.contextmanager
+def _retries_by(retry_by: float) -> Iterator[None]:
+    """Let SDK retries begin until ``retry_by`` (a ``time.monotonic()``) in what runs inside."""
+    token = _RETRY_BY.set(retry_by)
+    try:
+        yield
+    finally:
+        _RETRY_BY.reset(token)
+
+
+def sdk_retry_wait(headers: Any, retries_taken: int) -> float:
+    """How long the openai or anthropic SDK waits before it retries an answer with ``headers`` after
+    ``retries_taken`` retries: the answer's ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP
+    date) when it is over 0, else the SDK's backoff at its longest (before jitter)."""
+    delay = _server_delay(headers)
+    if delay is not None and delay > 0:
+        return delay
+    return min(SDK_INITIAL_RETRY_DELAY * 2.0 ** min(retries_taken, 64), SDK_MAX_RETRY_DELAY)
+
+
+def _server_delay(headers: Any) -> float | None:
+    """The delay an answer's headers ask for, as the SDKs read it: ``retry-after-ms`` first (a number of
+    milliseconds), else ``Retry-After``; None when neither is readable."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            delay = float(millis) / 1000
+        except ValueError:
+            pass
+        else:
+            return None if math.isnan(delay) else delay
+    return parse_retry_after(headers.get("retry-after"))
+
+
+def late_retry_hook() -> Callable[[Any], Awaitable[None]]:
+    """A ``response`` event hook for the httpx client of an SDK that retries (``max_retries`` > 0): an
+    error answer (status 400 or over) of a call inside :func:`retries_within` whose retry would begin
+    too late gets ``x-should-retry: false``, the header by which a server tells the openai and anthropic
+    SDKs not to retry. The SDK then raises the error it raises for the answer of its last attempt. The
+    hook changes nothing else, and neither the SDK nor its retry loop is patched."""
+
+    async def no_late_retry(response: Any) -> None:
+        """Forbid the retry of ``response`` when it would begin past the call's limit."""
+        if response.status_code < 400:
+            return
+        retry_by = _RETRY_BY.get()
+        if retry_by is None:
+            return
+        try:
+            retries_taken = int(response.request.headers.get("x-stainless-retry-count", 0))
+        except ValueError:
+            retries_taken = 0
+        if time.monotonic() + sdk_retry_wait(response.headers, retries_taken) >= retry_by:
+            response.headers["x-should-retry"] = "false"
+
+    return no_late_retry
+
+
+def response_hooks(httpx: ModuleType, max_retries: int) -> dict[str, list[Callable[[Any], Awaitable[None]]]]:
+    """The ``event_hooks`` of an SDK's HTTP client (of ``httpx``, the ``httpx`` or ``httpx2`` module):
+    :func:`router.error_body.httpx_error_hook` (an error answer's body is read up to
+    ``ERROR_BODY_LIMIT``), and, when the SDK retries (``max_retries`` > 0), :func:`late_retry_hook`."""
+    hooks = [httpx_error_hook(httpx)]
+    if max_retries > 0:
+        hooks.append(late_retry_hook())
+    return {"response": hooks}
+
+
 class SdkTransportSettings(BaseModel):
     """The ``http_client`` setting of a plugin whose SDK offers both transports (mixed into its
     :class:`router.ProviderSettings` subclass)."""
@@ -165,7 +274,11 @@ class SdkTransportSettings(BaseModel):
         "aiohttp", description="the SDK's HTTP transport: aiohttp (DefaultAioHttpClient, about half the CPU "
         "per call) or httpx (the SDK's own default); a base_url with credentials, or max_retries over 0, "
         "always uses httpx")
-    max_retries: int = Field(0, ge=0, description="SDK retries; the router does fallbacks")
+    max_retries: int = Field(
+        0, ge=0, description="the SDK's retries of a failed request (429, 5xx, lost connection), after the "
+        "answer's Retry-After or a backoff, within the call's deadline: a retry that would wait until within "
+        f"{DEADLINE_MARGIN_SECONDS:g} s of it is not made, and the router falls back; default 0, the router "
+        "does fallbacks")
 
     @field_validator("http_client", mode="before")
     @classmethod

@@ -22,9 +22,15 @@ from router import (
     UsageReport,
     with_configured_models,
 )
-from router.error_body import httpx_error_hook
 from router.errors import ProviderNotConfigured, ProviderUnavailable, page_answered
-from router.sdk_http import ServerSentEvent, read_rest, sse_events, until_headers
+from router.sdk_http import (
+    ServerSentEvent,
+    read_rest,
+    response_hooks,
+    retries_within,
+    sse_events,
+    until_headers,
+)
 
 from .convert import prepare
 from .errors import api_root, is_mappable, key_hint, map_sdk_error
@@ -85,8 +91,9 @@ class AnthropicProvider(Provider):
             from anthropic import AsyncAnthropic
 
             s = self.settings
-            # An error answer's body is read up to router.error_body.ERROR_BODY_LIMIT, no further.
-            hooks = {"response": [httpx_error_hook(httpx2)]}
+            # An error answer's body is read up to router.error_body.ERROR_BODY_LIMIT, no further; with
+            # max_retries, no SDK retry waits past the call's deadline (router.sdk_http.retries_within).
+            hooks = response_hooks(httpx2, s.max_retries)
             http_client: httpx2.AsyncClient
             if s.transport == "aiohttp":
                 from anthropic import DefaultAioHttpClient  # needs the aiohttp package (the SDK's extra)
@@ -151,8 +158,10 @@ class AnthropicProvider(Provider):
             async with until_headers(timeout, lambda: _timed_out(client), client.max_retries):
                 # Never follow a redirect (the SDK's clients do by default): the API does not redirect its
                 # calls, and following one could send the key elsewhere; a 3xx fails the call (errors.py).
-                response = await client.post("/v1/messages", body={**params, "stream": True}, cast_to=httpx2.Response,
-                                             options={"timeout": timeout, "follow_redirects": False}, stream=True)
+                with retries_within(ctx.deadline, client.max_retries):
+                    response = await client.post("/v1/messages", body={**params, "stream": True},
+                                                 cast_to=httpx2.Response,
+                                                 options={"timeout": timeout, "follow_redirects": False}, stream=True)
             try:
                 events = sse_events(response.aiter_bytes())
                 async for sse in events:

@@ -8,7 +8,7 @@ Keys (all optional)::
         base_url: https://api.anthropic.com   # API root (a trailing /v1 is dropped, no ?query); else the
                                               # SDK's default: ANTHROPIC_BASE_URL, else the public API
         timeout: 120                   # seconds per call (default 120), shortened to the call's deadline
-        max_retries: 0                 # SDK retries; the router does fallbacks (default 0)
+        max_retries: 0                 # SDK retries, within the call's deadline; the router does fallbacks (default 0)
         http_client: aiohttp           # the SDK's DefaultAioHttpClient transport (default), or httpx
         models:                        # models newer than the plugin's catalogue (router.ModelSpec)
           - {name: claude-sonnet-5-5, price: {input_per_mtok: 3, output_per_mtok: 15}}

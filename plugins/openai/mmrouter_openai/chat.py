@@ -32,7 +32,7 @@ from router import (
 )
 from router.contract import usage_count
 from router.mime import normalise_mime
-from router.sdk_http import read_rest, sse_events
+from router.sdk_http import read_rest, retries_within, sse_events
 from router.sniff import animated_gif
 
 from .errors import NOT_JSON, BadAnswer, page_not_answer, whole_request_timeout
@@ -215,7 +215,7 @@ def build_params(provider: str, model: ModelInfo, request: Request, *, legacy_ma
 
 
 async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: float,
-                      with_media: bool = True) -> AsyncIterator[Any]:
+                      with_media: bool = True, deadline: float | None = None) -> AsyncIterator[Any]:
     """Yield :class:`TextDelta` events as chunks arrive, then one :class:`UsageReport`; a stream that
     ends with neither ``data: [DONE]`` nor a finish_reason raises ``openai.APIError`` (the answer is cut),
     and so does an HTML page (a proxy's login page) answered instead of a stream, unread.
@@ -232,7 +232,8 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     halves the plugin's CPU per request and per chunk. The HTTP response is closed when the
     consumer stops early (cancellation). With media (``with_media``) the body is built in a worker
     thread (:func:`request_body`: media read, encoded and serialised there), so large images or audio
-    do not stall the event loop.
+    do not stall the event loop. The SDK's retries (``max_retries``) stay within ``deadline``, the call's
+    (:func:`router.sdk_http.retries_within`).
     """
     import httpx2
     import openai
@@ -240,8 +241,9 @@ async def stream_chat(client: AsyncOpenAI, params: dict[str, Any], timeout: floa
     # a text-only body is small: a thread hop would cost more than serialising it here
     body = await asyncio.to_thread(request_body, params) if with_media else request_body(params)
     async with whole_request_timeout(timeout, client, "chat/completions"):
-        response = await client.post("/chat/completions", cast_to=httpx2.Response, content=body,
-                                     options={"timeout": timeout}, stream=True)
+        with retries_within(deadline, client.max_retries):
+            response = await client.post("/chat/completions", cast_to=httpx2.Response, content=body,
+                                         options={"timeout": timeout}, stream=True)
     content_type = response.headers.get("content-type", "")
     if content_type.startswith("text/html"):  # a proxy's or captive portal's page: no stream, no answer
         await response.aclose()

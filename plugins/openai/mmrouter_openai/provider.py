@@ -18,7 +18,7 @@ from router import (
     ProviderUnavailable,
     Request,
 )
-from router.error_body import httpx_error_hook
+from router.sdk_http import response_hooks
 
 from . import chat, transcribe
 from .errors import BadAnswer, map_error, scrub, shown_url, transport_error
@@ -80,8 +80,9 @@ class OpenAIProvider(router.Provider):
             s = self.settings
             # A call never follows a redirect (the SDK's clients do): it could take the key to another
             # host, and hides a wrong base_url. The 3xx is an error (router.errors.redirect_refused).
-            # An error answer's body is read up to router.error_body.ERROR_BODY_LIMIT, no further.
-            hooks = {"response": [httpx_error_hook(httpx2)]}
+            # An error answer's body is read up to router.error_body.ERROR_BODY_LIMIT, no further; with
+            # max_retries, no SDK retry waits past the call's deadline (router.sdk_http.retries_within).
+            hooks = response_hooks(httpx2, s.max_retries)
             if s.transport == "aiohttp":
                 from openai import DefaultAioHttpClient  # needs the aiohttp package
 
@@ -121,14 +122,16 @@ class OpenAIProvider(router.Provider):
             raise ProviderNotConfigured(self.name, reason)
         timeout = self._timeout(ctx)
         if entry.transcribes:
-            events = transcribe.transcribe(self.client(), self.name, entry, request, timeout, model.price)
+            events = transcribe.transcribe(self.client(), self.name, entry, request, timeout, model.price,
+                                           deadline=ctx.deadline)
         else:
             gifs = chat.local_gifs(request) if entry.still_gifs_only else []
             if gifs:  # read in a thread: a stored GIF is walked up to its second frame
                 await asyncio.to_thread(chat.refuse_animated_gifs, self.name, model, gifs)
             params = chat.build_params(self.name, model, request, legacy_max_tokens=self.settings.legacy_max_tokens,
                                        output_limit=entry.max_output_tokens, stream_usage=self.settings.stream_usage)
-            events = chat.stream_chat(self.client(), params, timeout, with_media=bool(request.media()))
+            events = chat.stream_chat(self.client(), params, timeout, with_media=bool(request.media()),
+                                      deadline=ctx.deadline)
         try:
             async for event in events:
                 yield event

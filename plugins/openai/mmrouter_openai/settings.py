@@ -9,7 +9,7 @@ Keys (all optional)::
         organization: org-...          # else OPENAI_ORG_ID
         project: proj_...              # else OPENAI_PROJECT_ID
         timeout: 60                    # seconds per HTTP request (default 600)
-        max_retries: 0                 # SDK retries; the router does fallbacks (default 0)
+        max_retries: 0                 # SDK retries, within the call's deadline; the router does fallbacks (default 0)
         legacy_max_tokens: false       # send max_tokens instead of max_completion_tokens
         stream_usage: true             # send stream_options (usage at a stream's end); false for servers refusing it
         http_client: aiohttp           # the SDK's DefaultAioHttpClient transport (default), or httpx

@@ -42,6 +42,7 @@ from router.contract import usage_count
 from router.errors import ProviderInputTooLarge, ProviderUnsupportedInput
 from router.language import language_tag
 from router.mime import normalise_mime
+from router.sdk_http import retries_within
 from router.types import mime_suffix
 
 from .errors import NOT_JSON, BadAnswer, page_not_answer, scrub, shown_url, whole_request_timeout
@@ -305,10 +306,12 @@ def to_transcript(result: Any, fmt: str, language: str) -> Transcript:
 
 
 async def transcribe_clip(client: AsyncOpenAI, media: Media, params: dict[str, Any], price: Price,
-                          timeout: float, language: str = "") -> tuple[Transcript, Usage]:
+                          timeout: float, language: str = "", deadline: float | None = None) -> tuple[Transcript, Usage]:
     """Transcribe one clip: its transcript (with its duration, so clips can be merged) and usage.
 
     ``language`` is the requested language as the client gave it, reported when the answer names none.
+    The SDK's retries (``max_retries``) stay within ``deadline``, the call's
+    (:func:`router.sdk_http.retries_within`).
     """
     with contextlib.ExitStack() as stack:
         if media.data is None and media.path is not None:
@@ -318,9 +321,10 @@ async def transcribe_clip(client: AsyncOpenAI, media: Media, params: dict[str, A
             content = media.read_bytes()
         async with whole_request_timeout(timeout, client, "audio/transcriptions"):
             try:
-                result = await client.audio.transcriptions.create(
-                    file=(upload_name(media), content, normalise_mime(media.mime_type)), timeout=timeout, **params
-                )
+                with retries_within(deadline, client.max_retries):
+                    result = await client.audio.transcriptions.create(
+                        file=(upload_name(media), content, normalise_mime(media.mime_type)), timeout=timeout, **params
+                    )
             except (json.JSONDecodeError, UnicodeDecodeError):  # a JSON body cut short, empty or not UTF-8
                 raise BadAnswer(NOT_JSON) from None
     transcript = to_transcript(result, params["response_format"], language)
@@ -331,12 +335,13 @@ async def transcribe_clip(client: AsyncOpenAI, media: Media, params: dict[str, A
 
 
 async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: Request,
-                     timeout: float, price: Price | None = None) -> AsyncIterator[Any]:
+                     timeout: float, price: Price | None = None, deadline: float | None = None) -> AsyncIterator[Any]:
     """Transcribe every audio clip of the newest user message, in order, and yield for each clip, as soon
     as it is transcribed (before the next is sent), its :class:`TranscriptReady` (its own times: the router
     merges them into the answer's, :meth:`router.Transcript.merged`) and its :class:`UsageReport`.
 
     ``price`` is the model's effective price (default: the catalogue's); it decides how usage is counted.
+    ``deadline`` is the call's (``CallContext.deadline``), which the SDK's retries stay within.
     Each clip is billed by OpenAI once transcribed: its report, yielded then, is kept by the router when a
     later clip fails, or the call is cancelled (by its client, or at its deadline) while a later clip is
     transcribed. The reports are parts, which the router adds up: a whole call's total is their sum.
@@ -349,7 +354,7 @@ async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: 
     for media in clips:
         try:
             transcript, clip_usage = await transcribe_clip(client, media, params, price or entry.info.price,
-                                                           timeout, language)
+                                                           timeout, language, deadline)
         except ErrorAnswer as exc:
             raise ProviderUnavailable(provider, f"{entry.info.name} failed while answering: "
                                                 f"{scrub(str(exc), client.api_key)}") from None
