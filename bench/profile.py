@@ -29,8 +29,8 @@ def summarise(collapsed: Path, top: int) -> str:
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
+        if not stack or not count.isdigit():
+            continue  # py-spy can print a garbled frame name across a line break
         n = int(count)
         total += n
         frames = stack.split(";")
