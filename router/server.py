@@ -41,7 +41,7 @@ from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
 
 from . import invoke, redact, wire
-from .auth import TokenAuth, warn_if_token_in_clear
+from .auth import TokenAuth, send_headers, warn_if_token_in_clear
 from .config import Config, parse_address, parse_config, read_config_file, replaced_default_rules
 from .config_warnings import refused_sections
 from .core import REQUEST_ID_KEY, App, missing_models, monotonic_deadline, new_request_id, secrets_of
@@ -160,8 +160,15 @@ class CallLog:
         #: A stream's message handed to gRPC last: the one being sent when a send fails (see SendFailedFilter).
         self.sending: Any = None
 
+    async def announce(self, context: grpc.aio.ServicerContext) -> None:
+        """Send the request id in the call's response headers (initial metadata), as it starts: a call that
+        ends with no status (its client's deadline passed, its client cancelled or lost its connection) gets
+        no trailers, and its client still has the id to find the call in the log. The call's one send of
+        headers: raises CancelledError if the call is already gone."""
+        await send_headers(context, ((REQUEST_ID_KEY, self.request_id),))
+
     def succeeded(self, context: grpc.aio.ServicerContext) -> None:
-        """Tell the client the request id, and log the call."""
+        """Tell the client the request id in the trailers too (where clients have long read it), and log the call."""
         context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
         if log.isEnabledFor(logging.INFO):
             self._log(logging.INFO, "OK")
@@ -371,7 +378,9 @@ def unary(method: Callable) -> Callable:
     @functools.wraps(method)
     async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = CallLog(method.__name__, self.app.redact)
+        task: asyncio.Task | None = None  # set once the call is counted (see _handling)
         try:
+            await call.announce(context)
             with _handling(self.app) as task:
                 response = await method(self, parsed(request), context, call)
         except asyncio.CancelledError:
@@ -400,7 +409,9 @@ def streaming(method: Callable) -> Callable:
     @functools.wraps(method)
     async def wrapper(self: RouterServicer, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
         call = CallLog(method.__name__, self.app.redact)
+        task: asyncio.Task | None = None  # set once the call is counted (see _handling)
         try:
+            await call.announce(context)
             with _handling(self.app) as task:
                 _STREAMING[task] = call, context
                 async with aclosing(method(self, parsed(request), context, call)) as items:
@@ -539,14 +550,16 @@ async def _client_finished(context: grpc.aio.ServicerContext) -> None:
     grpc.aio ends a request stream alike when the client half-closes it and when the call is cancelled
     (the client cancelled or left, its deadline passed, the daemon stopped): the servicer's task is
     cancelled only a moment later, by then an upload cut short would be stored as if whole (without
-    ``size_bytes`` nothing tells it apart), an orphan nobody has the id of. Sending the response
-    headers tells the two apart: on a cancelled call the send fails.
+    ``size_bytes`` nothing tells it apart), an orphan nobody has the id of. Reading once more tells the
+    two apart: gRPC answers that read (the end of the stream again) after the call's cancellation, which
+    cancels this task meanwhile. (A send of the response headers did too, but they went out as the call
+    started: see :meth:`CallLog.announce`.)
     """
     try:
-        await context.send_initial_metadata(())
+        await context.read()
     except asyncio.CancelledError:
         raise
-    except Exception:  # gRPC's failed batch (ExecuteBatchError) or its server-stopped error: both private
+    except Exception:  # gRPC's errors for a call that ended (the server stopped): private
         raise asyncio.CancelledError("the call was cancelled before its client ended the upload") from None
 
 
@@ -890,12 +903,31 @@ def _declare_reflection_v1() -> None:
     pool.Add(file)
 
 
+class _Reflection(reflection.aio.ReflectionServicer):
+    """grpcio-reflection's servicer, which also finds the file of a method's full name
+    (``mmrouter.v1.RouterService.Generate``), as ``grpcurl describe <Service>.<Method>`` asks: upb's
+    descriptor pool finds no method by name (grpc/grpc#34743), so the servicer answered NOT_FOUND."""
+
+    def _file_containing_symbol(self, request: reflection_pb2.ServerReflectionRequest,
+                                fully_qualified_name: str) -> reflection_pb2.ServerReflectionResponse:
+        response = super()._file_containing_symbol(request, fully_qualified_name)
+        if response.HasField("error_response"):  # a method of a service: the service's file
+            service, _, method = fully_qualified_name.rpartition(".")
+            try:
+                found = self._pool.FindServiceByName(service)
+            except KeyError:
+                return response
+            if method in found.methods_by_name:
+                return super()._file_containing_symbol(request, service)
+        return response
+
+
 def _add_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
     """Serve server reflection for ``service_names`` and for itself, as ``grpc.reflection.v1alpha``
     (grpcio-reflection's) and as ``grpc.reflection.v1``: the two protocols' messages are the same field
     for field, so v1's method is the same servicer with the same (de)serializers."""
     _declare_reflection_v1()
-    servicer = reflection.aio.ReflectionServicer((*service_names, REFLECTION_V1))
+    servicer = _Reflection((*service_names, REFLECTION_V1))
     for service in (reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
                     descriptor_pool.Default().FindServiceByName(REFLECTION_V1)):
         add_guarded_service(servicer, server, service, reflection_pb2, _refuse)
