@@ -768,46 +768,72 @@ def _extraction_only(target: Target, registry: Registry) -> bool:
     return model is not None and FEATURE_EXTRACTION_ONLY in model.features
 
 
-#: Failures that may pass: the same request may be answered by that target (or bridge) later.
+#: Failures that may pass: the same request may be answered by that target (or bridge) later. A spent quota
+#: (:class:`router.errors.ProviderQuotaExhausted`) is none: it lasts until someone adds credit.
 PASSING = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout)
 
 
-def final_error(last: ProviderError, passing: ProviderError | None) -> ProviderError:
-    """The error a call ends with when no target answered: the ``last`` target's, unless it is a refusal
-    of the request (a bad input, a format or size a fallback could not take) after an earlier target
-    failed in a way that may pass (``passing``: down, rate-limited, timed out). Then it is that earlier
-    failure, its message naming the last refusal: the client should retry, as the preferred target may
-    answer the same request later (a PDF local could not read, after Claude answered 529, was
-    INVALID_ARGUMENT "not a readable PDF", so clients did not retry a request Claude answers). A passing
-    ``last`` that does not say when to retry takes the earlier failure's delay (a rate limit's Retry-After,
-    then a fallback's 503: the client learns when the preferred target may answer). The bridges tried in
-    turn on one media end alike (:func:`chain_error`)."""
-    if passing is None:
+def final_error(errors: Sequence[ProviderError]) -> ProviderError:
+    """The error a call ends with when no target answered, each having failed with ``errors`` in turn: the
+    last target's, unless it is a refusal (a bad input, a format or size a fallback could not take, a spent
+    quota) after an earlier target failed in a way that may pass (down, rate-limited, timed out). Then it is
+    the first such failure, its message naming the last refusal: the client should retry, as that target
+    may answer the same request later (a PDF local could not read, after Claude answered 529, was
+    INVALID_ARGUMENT "not a readable PDF", so clients did not retry a request Claude answers).
+
+    The retry delay is the soonest any failure that may pass gave (the last one's too), whichever error is
+    given: the earliest moment some target of the route may answer (a rate limit's Retry-After of 2 s, then
+    a fallback's of 60 s: 2 s; a rate limit's, then a fallback's 503 without one: the rate limit's). A
+    refusal alone, or after refusals only, keeps its own (none). The bridges tried in turn on one media end
+    alike (:func:`chain_error`); :func:`targets_failed` says which targets failed."""
+    last = errors[-1]
+    passing = [e for e in errors if isinstance(e, PASSING)]
+    if not passing:
         return last
+    soonest = min((e.retry_after for e in passing if e.retry_after is not None), default=None)
     if isinstance(last, PASSING):
-        if last.retry_after is None and passing.retry_after is not None:
-            last.retry_after = passing.retry_after
-        return last
-    kind = next(kind for kind in PASSING if isinstance(passing, kind))  # a plugin's subclass may take other arguments
-    detail = passing.message.removeprefix(f"{passing.provider}: ")
-    error = kind(passing.provider, f"{detail} (then {last.message})", retry_after=passing.retry_after)
-    error.metadata = {**passing.metadata, **error.metadata}
+        if last.retry_after == soonest:
+            return last
+        error = _with_message(last, last.message)
+        error.retry_after = soonest
+        return error
+    first = passing[0]
+    kind = next(kind for kind in PASSING if isinstance(first, kind))  # a plugin's subclass may take other arguments
+    detail = first.message.removeprefix(f"{first.provider}: ")
+    error = kind(first.provider, f"{detail} (then {last.message})", retry_after=soonest)
+    error.metadata = {**first.metadata, **error.metadata}
     return error
 
 
 def chain_error(errors: Sequence[ProviderError]) -> ProviderError:
     """The error of the bridges of one media that each failed, with ``errors`` in turn, as
     :func:`final_error` ends a call whose targets each failed: the first failure that may pass (down,
-    rate-limited, timed out), with its code and retry delay, its message naming the refusals after it
+    rate-limited, timed out), with its code and the soonest retry delay, its message naming the refusals after it
     ("… (then local: cannot transcribe call.wav: …)"); else the last refusal's code, its message naming
     each refusal in turn ("openai: …; then local: …")."""
-    passing = next((e for e in errors if isinstance(e, PASSING)), None)
+    passing = [e for e in errors if isinstance(e, PASSING)]
     refusals = [e for e in errors if not isinstance(e, PASSING)]
     if not refusals:
-        return final_error(errors[-1], passing)
+        return final_error(errors)
     refused = refusals[-1] if len(refusals) == 1 else _with_message(
         refusals[-1], "; then ".join(e.message for e in refusals))
-    return final_error(refused, passing)
+    return final_error([*passing, refused])
+
+
+def targets_failed(failed: Sequence[tuple[str, ProviderError]], every: bool) -> ProviderError:
+    """The error a call ends with when its targets failed, each (``"openai/gpt-4o"``) with its error in turn
+    (``failed``), :func:`final_error`'s. When more than one failed, its message starts by saying so ("every
+    target failed (3 tried): …", or with ``every`` false, when a refusal ended the call before its last
+    target, "2 targets failed: …"), and its ErrorInfo metadata ``attempts`` names each target and reason
+    ("openai/gpt-4o PROVIDER_RATE_LIMITED; anthropic/claude-sonnet-4-6 PROVIDER_UNAVAILABLE"): short, and
+    free of the providers' texts, which the message and the daemon's log hold."""
+    error = final_error([e for _, e in failed])
+    if len(failed) < 2:
+        return error
+    said = f"every target failed ({len(failed)} tried)" if every else f"{len(failed)} targets failed"
+    error = _with_message(error, f"{said}: {error.message}")
+    error.metadata["attempts"] = "; ".join(f"{target} {e.reason}" for target, e in failed)
+    return error
 
 
 def _with_message(error: ProviderError, message: str) -> ProviderError:

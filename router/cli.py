@@ -511,11 +511,12 @@ def ask(
 ) -> None:
     """Ask the daemon: streams the answer, then prints the route, cost and latency (on stderr).
 
-    Exit codes: 0 answered; 1 the call failed otherwise; 2 usage or bad input (the daemon's INVALID_ARGUMENT
-    too); 3 the daemon was not reached; 4 auth refused; 5 try again later (provider down, rate limited,
-    busy); 6 timed out (--timeout, the daemon's CALL_TIMEOUT); 7 the connection was lost during the call (the
-    daemon may have completed it: asking again may repeat it); 130/143 interrupted (SIGINT/SIGTERM); 141
-    standard output closed by its reader. An error's reason, retry delay and request id are on its last line.
+    Exit codes: 0 answered; 1 the call failed otherwise (a provider account's spent quota or credit too); 2
+    usage or bad input (the daemon's INVALID_ARGUMENT too); 3 the daemon was not reached; 4 auth refused; 5
+    try again later (provider down, rate limited, busy); 6 timed out (--timeout, the daemon's CALL_TIMEOUT); 7
+    the connection was lost during the call (the daemon may have completed it: asking again may repeat it);
+    130/143 interrupted (SIGINT/SIGTERM); 141 standard output closed by its reader. An error's reason, retry
+    delay and request id are on its last line.
     """
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc

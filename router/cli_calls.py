@@ -760,7 +760,8 @@ def exit_code(exc: grpc.RpcError, received: bool = False) -> int:
     code  when
     ====  ==========================================================================================
     1     the call failed otherwise: INTERNAL, NOT_FOUND, FAILED_PRECONDITION (NO_ROUTE, a provider
-          refusing its key), CANCELLED, ANSWER_TOO_LARGE, gRPC's own message-size refusal...
+          refusing its key, PROVIDER_QUOTA_EXHAUSTED: an account's quota or credit spent, which no wait
+          mends), CANCELLED, ANSWER_TOO_LARGE, gRPC's own message-size refusal...
     2     bad input: INVALID_ARGUMENT, OUT_OF_RANGE (as the CLI's own usage errors)
     3     the daemon was not reached: gRPC's own UNAVAILABLE (no ErrorInfo), but a daemon that
           stopped while the call ran (5) and a connection lost during the call (7)

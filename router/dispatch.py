@@ -20,13 +20,12 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing
 
 from .bridging import (
-    PASSING,
     BridgedInRequest,
     BridgeMemo,
     Trim,
     apply_bridges,
-    final_error,
     remember_transcripts,
+    targets_failed,
 )
 from .errors import NoRoute, NoTimeLeft, ProviderBadRequest, ProviderError, ProviderInputTooLarge
 from .invoke import DEADLINE_MARGIN_SECONDS, call_model, deadline_passed
@@ -175,7 +174,9 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     answer is ``held``: its client gets Done only (``Generate``), so the part it never saw is dropped; one
     refused for its size is first tried again with less history (see :func:`_call_answering`). Neither a
     fallback nor the first target is started within :data:`DEADLINE_MARGIN_SECONDS` of the call's deadline:
-    with no target tried yet, the call ends with :class:`NoTimeLeft`, blaming no provider.
+    with no target tried yet, the call ends with :class:`NoTimeLeft`, blaming no provider. A call whose targets
+    all failed ends with :func:`router.bridging.targets_failed`'s error: the soonest retry delay of those that
+    may pass, and when several failed, the message and ErrorInfo metadata ``attempts`` say which and why.
     A transcription's transcript is kept in ``memo`` as the bridged text of the audio it transcribed.
     A transcription whose model sent no text deltas (only its transcript) gets its text as one delta
     before Done, so a client joining the deltas reads every answer alike; one that found no speech (its
@@ -195,8 +196,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     sent: list[Transcript] = []  # bridges' transcripts the client has
     bridged_before = BridgedInRequest()
     reported = 0  # route.steps whose usage the client was sent
-    last_error: ProviderError | None = None
-    passing: ProviderError | None = None  # the first target's failure that may pass (down, rate-limited)
+    failed: list[tuple[str, ProviderError]] = []  # each target that failed, with its error, in turn
     plans = decision.plans
     for index, plan in enumerate(plans):
         provider = registry.ready(plan.target.provider)
@@ -255,7 +255,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                         yield StepUsage(event.usage)
             reported = len(route.steps)
         except ProviderError as exc:
-            last_error = exc
+            failed.append((str(plan.target), exc))
             if not answering:
                 for step in route.steps[reported:]:  # bridges paid for before the failure
                     yield StepUsage(step.usage)
@@ -269,14 +269,12 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                                    f"takes the {refused.modality.value} itself")
                 continue
             if not exc.retryable:
-                error = final_error(exc, passing)
-                if isinstance(error, ProviderBadRequest) and not error.retryable:  # its form refused: a stale history URL?
-                    error.with_history_urls(_history_urls(answer_request))
+                if isinstance(exc, ProviderBadRequest):  # its form refused: a stale history URL?
+                    exc.with_history_urls(_history_urls(answer_request))
+                error = targets_failed(failed, every=index == len(plans) - 1)
                 if error is exc:
                     raise
                 raise error from exc
-            if passing is None and isinstance(exc, PASSING):
-                passing = exc
             route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target")
             continue
         if own and not texts:  # a transcriber's answer is its transcript: streamed as text too
@@ -299,8 +297,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
             route.notes.append(f"temperature not sent: {plan.target} takes no sampling temperature")
         yield Done(_answer(texts, own, bridged_transcripts, route, finish))
         return
-    if last_error is not None:
-        raise final_error(last_error, passing)
+    if failed:
+        raise targets_failed(failed, every=True)
     raise NoRoute("every target of the route became unusable")
 
 

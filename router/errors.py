@@ -29,6 +29,8 @@
         │   ├── ProviderInputTooLarge INVALID_ARGUMENT    INPUT_TOO_LARGE   (413, context or media limit: retryable)
         │   └── ProviderUnsupportedInput INVALID_ARGUMENT UNSUPPORTED_INPUT (a media format it does not take: retryable)
         ├── ProviderAuthError        FAILED_PRECONDITION  PROVIDER_AUTH
+        ├── ProviderQuotaExhausted   FAILED_PRECONDITION  PROVIDER_QUOTA_EXHAUSTED (402, a spent quota or credit:
+        │                                                                     never RetryInfo; fallbacks still run)
         ├── ProviderNotConfigured    FAILED_PRECONDITION  PROVIDER_NOT_CONFIGURED
         ├── ProviderModelNotFound    NOT_FOUND            PROVIDER_MODEL_NOT_FOUND
         ├── ProviderRateLimited      RESOURCE_EXHAUSTED   PROVIDER_RATE_LIMITED (+ RetryInfo)
@@ -366,6 +368,17 @@ class ProviderAuthError(ProviderError):
     reason = "PROVIDER_AUTH"
 
 
+class ProviderQuotaExhausted(ProviderError):
+    """The account's quota or credit with the provider is spent: HTTP 402 (Anthropic's ``billing_error``,
+    Gemini's depleted prepayment), OpenAI's 429 ``insufficient_quota``, AssemblyAI's negative balance.
+    No wait mends it: someone must add credit or raise the quota. Dispatch still tries the rule's next
+    target (another provider bills another account), but a call that ends with it is FAILED_PRECONDITION,
+    never with a retry delay (:func:`provider_error_from_status` gives it none, whatever Retry-After came)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "PROVIDER_QUOTA_EXHAUSTED"
+
+
 class ProviderNotConfigured(ProviderError):
     """The provider lacks configuration such as an API key."""
 
@@ -427,11 +440,13 @@ def is_input_too_large(message: str) -> bool:
 
 def provider_error_from_status(
     provider: str, status: int | None, message: str, *, retry_after: float | None = None,
-    too_large: bool = False,
+    too_large: bool = False, quota: bool = False,
 ) -> ProviderError:
     """Map an HTTP status from a provider to the matching :class:`ProviderError`.
 
     ``status`` None means no HTTP answer (connection failed): UNAVAILABLE.
+    A 402, or any status that the plugin marks ``quota`` (from the provider's error code or text: OpenAI's
+    429 ``insufficient_quota``), is :class:`ProviderQuotaExhausted`, without ``retry_after``.
     A 413, or a 400/422 whose ``message`` refuses the size (:func:`is_input_too_large`) or that the
     plugin marks ``too_large`` (from the provider's error code), is :class:`ProviderInputTooLarge`.
     ``message`` must not contain the API key; plugins pass the provider's
@@ -439,14 +454,16 @@ def provider_error_from_status(
     """
     if status is None:
         return ProviderUnavailable(provider, message)
-    error = _error_for_status(provider, status, message, retry_after, too_large)
+    error = _error_for_status(provider, status, message, retry_after, too_large, quota)
     error.http_status = status
     return error
 
 
 def _error_for_status(provider: str, status: int, message: str, retry_after: float | None,
-                      too_large: bool) -> ProviderError:
+                      too_large: bool, quota: bool) -> ProviderError:
     """The :class:`ProviderError` class for the HTTP ``status`` (see :func:`provider_error_from_status`)."""
+    if status == 402 or quota:  # a Retry-After (a 429's) is no promise: waiting adds no credit
+        return ProviderQuotaExhausted(provider, message)
     if status == 413 or (status in (400, 422) and (too_large or is_input_too_large(message))):
         return ProviderInputTooLarge(provider, message)
     if status in (400, 422):

@@ -19,7 +19,9 @@ REASON_DESCRIPTIONS = {
                      "without access to the model)",
     "PROVIDER_NOT_CONFIGURED": "the provider lacks configuration (an API key?)",
     "PROVIDER_MODEL_NOT_FOUND": "the provider does not know the model",
-    "PROVIDER_RATE_LIMITED": "the provider rate-limited the call (or the account's quota is spent)",
+    "PROVIDER_QUOTA_EXHAUSTED": "the account's quota or credit with the provider is spent (no outage, no rate "
+                                "limit: calls fail until someone adds credit or raises the quota)",
+    "PROVIDER_RATE_LIMITED": "the provider rate-limited the call (too many requests or tokens for now)",
     "PROVIDER_UNAVAILABLE": "the provider failed, is overloaded or could not be reached",
     "PROVIDER_TIMEOUT": "the provider did not answer in time",
     "PROVIDER_BAD_REQUEST": "the provider refused the request as invalid",

@@ -76,7 +76,8 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
     Status errors map by HTTP status (or, for an ``error`` event inside a stream, whose
     HTTP status is 200, by the error's type); a request refused for its size (413, "prompt is too
     long", over the PDF page or image limits) is ``ProviderInputTooLarge``, so the router tries a
-    fallback; connection failures and timeouts are
+    fallback; a credit balance too low (402 ``billing_error``) is ``ProviderQuotaExhausted``
+    (FAILED_PRECONDITION: no outage, and no wait mends it; the fallbacks run); connection failures and timeouts are
     UNAVAILABLE. The message never contains ``api_key``.
     """
     import anthropic

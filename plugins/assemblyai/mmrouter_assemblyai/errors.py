@@ -54,6 +54,11 @@ _SERVER_FAULT = re.compile(
 )
 
 
+#: How AssemblyAI words its refusal of a request from an account without funds (lower case): HTTP 400 "Your
+#: current account balance is negative. Please top up to continue using the API." (its guide to common errors).
+_NO_FUNDS = re.compile(r"account balance is negative|top up to continue")
+
+
 def transcript_failed(provider: str, transcript_id: str | None, error: str | None,
                       api_key: str) -> ProviderError:
     """The error (of the provider called ``provider``) for a transcript that ended with status ``error``,
@@ -152,10 +157,12 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str, base_url: str
     HTTP failures (``AssemblyAIError`` with a ``status_code``) map by status, with one line saying what
     failed and AssemblyAI's reason (or the body, cut short); connection failures and timeouts are
     UNAVAILABLE. A 429 or 5xx keeps the Retry-After of the failing response (see
-    :func:`remember_response`). No AssemblyAI call takes a model in its URL, so a 404 is no unknown model:
-    the API is not at ``base_url`` (a wrong one, say ending in ``/v2``): UNAVAILABLE, as a 3xx is (the
-    SDK never follows a redirect), so the rule's fallback answers while base_url is fixed. The message
-    never holds ``api_key``, nor credentials of a URL.
+    :func:`remember_response`). A 402, or the 400 of an account whose balance is negative
+    (:data:`_NO_FUNDS`), is ``ProviderQuotaExhausted``: no bad request, and the rule's fallback answers.
+    No AssemblyAI call takes a model in its URL, so a 404 is no unknown model: the API is not at
+    ``base_url`` (a wrong one, say ending in ``/v2``): UNAVAILABLE, as a 3xx is (the SDK never follows a
+    redirect), so the rule's fallback answers while base_url is fixed. The message never holds
+    ``api_key``, nor credentials of a URL.
     """
     import assemblyai as aai
     import httpx
@@ -188,7 +195,8 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str, base_url: str
         # A rate limit, or a 503/529 that said when to try again.
         retry_after = _retry_after(status) if status is not None and (status == 429 or status >= 500) else None
         # No status means the SDK failed without an HTTP answer: treat as unavailable.
-        return provider_error_from_status(provider, status, _scrub(message, api_key), retry_after=retry_after)
+        return provider_error_from_status(provider, status, _scrub(message, api_key), retry_after=retry_after,
+                                          quota=status is not None and bool(_NO_FUNDS.search(detail.lower())))
     return ProviderUnavailable(
         provider, _scrub(f"bad answer from the AssemblyAI API ({type(exc).__name__}): {exc}", api_key)
     )

@@ -67,7 +67,8 @@ def _is_bad_key(error: Any) -> bool:
 
 def from_api_error(error: Any, provider: str, api_key: str) -> ProviderError:
     """Map a ``google.genai.errors.APIError`` to the error of the provider called ``provider`` for its
-    HTTP status."""
+    HTTP status: a 402 (``RESOURCE_EXHAUSTED`` "Your prepayment credits are depleted", which Gemini answered
+    as a 429 before) is ``ProviderQuotaExhausted``, no rate limit."""
     status = int(getattr(error, "code", 0) or 0) or None
     text = redact(str(getattr(error, "message", "") or getattr(error, "status", "") or "no message"), api_key)
     if _is_bad_key(error):

@@ -3,8 +3,9 @@
 400/422 -> INVALID_ARGUMENT (413 and size refusals such as ``context_length_exceeded``, or llama.cpp's type
 ``exceed_context_size_error``, -> INPUT_TOO_LARGE, which lets the router try a fallback; a refused
 ``stream_options`` names the ``stream_usage`` setting), 401/403 -> FAILED_PRECONDITION naming the key
-setting, 404 -> NOT_FOUND, 429 -> RESOURCE_EXHAUSTED with the Retry-After,
-5xx, connection failures and SDK timeouts -> UNAVAILABLE. An error event inside a stream (or a 200 carrying
+setting, 404 -> NOT_FOUND, 429 -> RESOURCE_EXHAUSTED with the Retry-After (but a spent quota, a 429
+``insufficient_quota`` or a 402, -> FAILED_PRECONDITION ``PROVIDER_QUOTA_EXHAUSTED``, without it), 5xx,
+connection failures and SDK timeouts -> UNAVAILABLE. An error event inside a stream (or a 200 carrying
 an ``error``) is mapped as the HTTP error its ``code`` or ``type`` stands for. A redirect (3xx: the client
 never follows one) is UNAVAILABLE, naming where it pointed. Messages never
 contain the API key: 401/403 messages are ours (OpenAI's echo part of the
@@ -69,6 +70,17 @@ def _too_large(exc: Any) -> bool:
         return False
     code, kind = body.get("code"), body.get("type")
     return (isinstance(code, str) and code in _TOO_LARGE_CODES) or (isinstance(kind, str) and kind in _TOO_LARGE_TYPES)
+
+
+#: The error code (or type) of OpenAI's 429 for an account whose quota or credit is spent ("You exceeded your
+#: current quota, please check your plan and billing details"): no wait mends it.
+_QUOTA_CODE = "insufficient_quota"
+
+
+def _quota_spent(exc: Any) -> bool:
+    """Whether the provider's error body says the account's quota is spent, by its ``code`` or ``type``."""
+    body = getattr(exc, "body", None)
+    return isinstance(body, dict) and _QUOTA_CODE in (body.get("code"), body.get("type"))
 
 
 #: The HTTP status an error's ``code`` or ``type`` stands for, where an error event inside a stream has no
@@ -219,5 +231,5 @@ def _status_error(exc: Any, provider: str, status: int | None, message: str, whe
         what = "authentication failed" if status == 401 else "permission denied"
         message = f"{what} ({where}): check {OpenAISettings.refused_key_settings(provider, PLUGIN, api_key)}"
     error = provider_error_from_status(provider, status, message, retry_after=retry_after,
-                                       too_large=_too_large(exc))
+                                       too_large=_too_large(exc), quota=_quota_spent(exc))
     return error.with_provider_request_id(exc)
