@@ -794,7 +794,8 @@ def error_fields(exc: grpc.RpcError) -> dict[str, Any]:
     """What a script can use of a failed call, as ``--json`` prints it under ``"error"``: the gRPC
     ``code`` name, the ErrorInfo ``reason`` (``""`` for gRPC's own errors) and ``metadata``, the
     ``message``, the RetryInfo delay (``retry_after_seconds``, None without one), the ``request_id``
-    (ErrorInfo's, else the ``x-mmrouter-request-id`` trailer; ``""`` if none) and the BadRequest
+    (ErrorInfo's, else the ``x-mmrouter-request-id`` trailer or response header; ``""`` if none: a call the
+    daemon never reached) and the BadRequest
     ``field_violations`` (``field``, ``description``), each as the daemon sent it."""
     from google.rpc import error_details_pb2
 
@@ -803,7 +804,9 @@ def error_fields(exc: grpc.RpcError) -> dict[str, Any]:
     delay = (retry.retry_delay.ToTimedelta().total_seconds()
              if retry is not None and retry.HasField("retry_delay") else None)
     trailers = getattr(exc, "trailing_metadata", lambda: None)() or ()
-    request_id = metadata.get("request_id") or next((v for k, v in trailers if k == REQUEST_ID_TRAILER), "")
+    headers = getattr(exc, "initial_metadata", lambda: None)() or ()  # a call cut short has no trailers
+    request_id = metadata.get("request_id") or next(
+        (v for k, v in (*trailers, *headers) if k == REQUEST_ID_TRAILER), "")
     bad = status_detail(exc, error_details_pb2.BadRequest)
     return {"code": exc.code().name, "reason": reason, "message": exc.details() or "",
             "retry_after_seconds": delay, "request_id": str(request_id), "metadata": metadata,
@@ -811,7 +814,7 @@ def error_fields(exc: grpc.RpcError) -> dict[str, Any]:
                                  for v in (bad.field_violations if bad is not None else ())]}
 
 
-#: The trailer in which the daemon names a call's request id (as in its log).
+#: The metadata key (trailer and response header) in which the daemon names a call's request id (as in its log).
 REQUEST_ID_TRAILER = "x-mmrouter-request-id"
 
 

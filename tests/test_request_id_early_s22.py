@@ -175,3 +175,18 @@ def test_reflection_finds_the_file_of_a_method(start_daemon) -> None:
         "mmrouter.v1.RouterService.StreamGenerate")
     assert found.name == "mmrouter/v1/router.proto"
     assert "StreamGenerate" in {m.name for m in found.service[0].method}
+
+
+def test_the_cli_names_the_request_id_of_a_call_cut_by_its_timeout(start_daemon) -> None:
+    """``mmrouter ask --timeout`` on a call the provider answers too late: ``--json`` and the last stderr
+    line name the call's request id (from the response headers; the call got no trailers)."""
+    from test_cli import CONFIG, Cli
+
+    daemon = start_daemon(CONFIG + "server: {log_format: json}\n")
+    result = Cli("ask", "SLOW:30", "--address", daemon.address, "--timeout", "2", "--json").result(60)
+    assert result.returncode == 6, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == "DEADLINE_EXCEEDED" and error["request_id"], error
+    assert logged(daemon, error["request_id"])["code"] == "DEADLINE_EXCEEDED"
+    plain = Cli("ask", "SLOW:30", "--address", daemon.address, "--timeout", "2").result(60)
+    assert plain.returncode == 6 and "request id " in plain.stderr.strip().splitlines()[-1], plain.stderr
