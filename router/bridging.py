@@ -940,6 +940,7 @@ async def _bridge_one(media: Media, bridge: Bridge, provider, model, options: Op
         messages=[Message(Role.USER, parts)],
         options=Options(task=task, diarization=options.diarization,
                         speakers_expected=options.speakers_expected, language=options.language),
+        bridging=True,
     )
     texts: list[str] = []
     transcripts: list[Transcript] = []

@@ -155,6 +155,9 @@ class Request:
     history_length: int = 0
     #: The client's id for this turn of its session ("" for none): a turn asked again gets its kept answer.
     turn_id: str = ""
+    #: True when the router asks for the text of this request's media to put in another model's prompt (a
+    #: bridge, ``bridges.<modality>``), not for an answer its client reads: write nothing meant for a person.
+    bridging: bool = False
 
     def parts(self) -> list[Part]:
         """All parts of all messages, in order."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from urllib.parse import urlsplit
@@ -302,7 +303,7 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
             task=_TASK.get(options.task, Task.AUTO), diarization=options.diarization or options.speakers_expected > 0,
             speakers_expected=options.speakers_expected, language=options.language,
             max_output_tokens=options.max_output_tokens,
-            temperature=options.temperature if options.HasField("temperature") else None,
+            temperature=shortest_float32(options.temperature) if options.HasField("temperature") else None,
         ),
         hints=RoutingHints(msg.hints.provider, msg.hints.model, [composed(tag) for tag in msg.hints.tags]),
         session_id=msg.session_id,
@@ -325,6 +326,14 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
                              violations=problems)
     _check_media_bytes(request, limits.media_bytes)
     return request
+
+
+def shortest_float32(value: float) -> float:
+    """The shortest decimal that is the same 32-bit float as ``value`` (a proto ``float`` widened to a
+    double): a client's 0.7 reaches the provider as 0.7, not 0.699999988079071."""
+    packed = struct.pack("<f", value)
+    return next((short for digits in range(1, 10)
+                 if struct.pack("<f", short := float(f"{value:.{digits}g}")) == packed), value)  # value: a NaN
 
 
 def _check_counts(msg: pb.MultimodalRequest) -> None:

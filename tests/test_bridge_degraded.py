@@ -17,7 +17,7 @@ from test_hybrid import ALL_KEYS, config_for
 from tests.fakes.openai import error_body as openai_error
 
 LOCAL_BRIDGE = "audio->transcript via local/extract"
-LOCAL_BANNER = "[Extracted by local provider"
+LOCAL_HEADING = "[Audio standup.wav: transcript, "  # local's section heading: a cloud transcript has none
 DOWN = openai_error("down", "server_error")
 NO_AUDIO = "Transcoding failed. File does not appear to contain audio."
 
@@ -50,17 +50,17 @@ def test_a_text_local_made_during_an_outage_gives_way_to_the_cloud_bridges_once_
     cloud_bridges_down_once(fakes)
     during = generate(daemon, text_request("Summarise this recording", media=[audio]))
     assert list(during.route.bridges) == [LOCAL_BRIDGE]
-    assert LOCAL_BANNER in audio_text(fakes)
+    assert LOCAL_HEADING in audio_text(fakes)
 
     after = generate(daemon, text_request("What was decided?", media=[audio]))
     assert route_of(after) == ("general", "openai/gpt-4o")
     assert list(after.route.bridges) == [WHISPER_BRIDGE]
     assert [s.purpose for s in after.route.steps] == [f"bridge:{WHISPER_BRIDGE}", "answer"]
-    assert LOCAL_BANNER not in audio_text(fakes) and "Hello there" in audio_text(fakes)
+    assert LOCAL_HEADING not in audio_text(fakes) and "Hello there" in audio_text(fakes)
 
     later = generate(daemon, text_request("Who spoke?", media=[audio], session_id="fresh"))
     assert list(later.route.bridges) == [WHISPER_BRIDGE] and [s.purpose for s in later.route.steps] == ["answer"]
-    assert LOCAL_BANNER not in audio_text(fakes)
+    assert LOCAL_HEADING not in audio_text(fakes)
     assert len([r for r in fakes["openai"].requests if r.path == TRANSCRIPTIONS]) == 2  # 1 failed, 1 kept
 
 
@@ -76,7 +76,7 @@ def test_the_offline_text_is_still_reused_at_its_turn_and_the_route_says_who_mad
     assert [(a.model, a.ok) for a in again.route.attempts] == [
         ("whisper-1", False), ("best", False), ("gpt-4o", True)]
     assert [s.purpose for s in again.route.steps] == ["answer"]
-    assert LOCAL_BANNER in audio_text(fakes)
+    assert LOCAL_HEADING in audio_text(fakes)
     assert "bridging: the text of standup.wav was made before by local/extract, not by openai/whisper-1" in (
         again.route.notes)
 

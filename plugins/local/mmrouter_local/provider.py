@@ -41,7 +41,8 @@ from .pdf import PdfError
 from .pool import WorkerPool
 from .settings import LocalSettings
 
-#: The first line of every non-transcription answer.
+#: The first line of every non-transcription answer, for the person who reads it: a bridge's text, which
+#: goes into another model's prompt (framed by the router as the media's text), has none.
 HEADER = "[Extracted by local provider — no language model was used]"
 NOT_ANSWERED = (
     "The question was not answered: the local provider only extracts text from media. "
@@ -109,7 +110,8 @@ class LocalProvider(Provider):
         the session keeps (an hour of speech is not decoded again on every follow-up question). A clip
         transcribed earlier in the same call (as a bridge, before the route fell back to this provider) is
         not decoded again: its transcript is taken (:class:`mmrouter_local.heard.HeardInCall`), and its
-        seconds are not counted again in the usage."""
+        seconds are not counted again in the usage. A bridge's text (``request.bridging``: for the prompt of
+        a model) is the sections alone, without :data:`HEADER`, which is for the person reading an answer."""
         if request.effective_task is Task.TRANSCRIBE:
             check_language(request.options.language, self.name)
             async for event in self._transcribe(request.current_media(), ctx):
@@ -122,7 +124,7 @@ class LocalProvider(Provider):
             check_language(request.options.language, self.name)
         audio_seconds = 0.0
         question = "\n".join(p.text for p in request.parts() if p.text and p.text.strip())
-        intro = HEADER + ("\n" + self._not_answered(request) if question else "")
+        intro = "" if request.bridging else HEADER + ("\n" + self._not_answered(request) if question else "")
         if not media and len(request.media()) > 0:
             intro += ("\n\n[No new media to extract]\nThe media of the session's earlier turns were extracted "
                       "in their answers.")
@@ -138,7 +140,8 @@ class LocalProvider(Provider):
             if transcript is not None:
                 audio_seconds += transcript.duration_seconds if decoded else 0.0
                 yield TranscriptReady(transcript)  # the structured transcript too, with times
-            yield TextDelta(pending + "\n\n" + "\n\n".join(s.render() for s in sections))
+            separator = "\n\n" if index or pending else ""  # between the media, and after the intro
+            yield TextDelta(pending + separator + "\n\n".join(s.render() for s in sections))
             pending = ""
         yield UsageReport(Usage(audio_seconds=round(audio_seconds, 2)))
 

@@ -1,0 +1,83 @@
+"""What the answering model is sent, through the daemon with the real OpenAI SDK pointed at its fake.
+
+- A document, a clip or a video bridged to GPT-4o through ``local/extract`` reaches the model as its text
+  alone: local's banner for people ("[Extracted by local provider — no language model was used]") is not in
+  the prompt (it told the answering model that no language model was used, on every later turn too). A
+  direct answer of local's still opens with it.
+- ``options.temperature`` is a proto ``float`` (32 bits): a client's 0.7 reaches the provider as 0.7, not
+  as the widened 0.699999988079071.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from grpc_helpers import text_request
+from media_factory import mp4, pdf, wav
+from mmrouter.v1 import router_pb2 as pb
+from mmrouter_local.provider import HEADER
+
+from tests.fakes.openai import API_KEY, FakeOpenAI
+
+CONFIG = """
+providers:
+  openai: {{api_key: "${{OPENAI_API_KEY}}", base_url: "{url}", timeout: 20}}
+  local: {{}}
+routes:
+  - name: offline
+    match: {{tags: [offline]}}
+    use: local/extract
+default: openai/gpt-4o
+bridges:
+  document: [local/extract]
+  audio: [local/extract]
+  video: [local/extract]
+"""
+
+MEMO = pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", filename="memo.pdf",
+                data=pdf(["Quarterly revenue rose 12%"]))
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def daemon(start_daemon, fake):
+    return start_daemon(CONFIG.format(url=fake.base_url), env={"OPENAI_API_KEY": API_KEY}, plugins=())
+
+
+def generate(daemon, request: pb.MultimodalRequest) -> pb.Answer:
+    return daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60).answer
+
+
+def test_bridged_texts_reach_the_model_without_locals_banner(daemon, fake) -> None:
+    clip = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", filename="call.wav", data=wav(0.5))
+    video = pb.Media(modality=pb.MODALITY_VIDEO, mime_type="video/mp4", filename="demo.mp4", data=mp4(tone=True))
+    answer = generate(daemon, text_request("What changed?", media=[MEMO, clip, video]))
+    assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
+    assert sorted(s.purpose for s in answer.route.steps) == [
+        "answer", "bridge:audio->transcript via local/extract", "bridge:document->text via local/extract",
+        "bridge:video->transcript via local/extract"]
+    prompt = "\n".join(p.text for m in fake.chat_requests()[-1]["messages"] for p in fake.parts(m) if p.kind == "text")
+    # each framing is followed at once by local's first section
+    assert "[Document text] memo.pdf\n[PDF memo.pdf, page 1]\nQuarterly revenue rose 12%" in prompt, prompt
+    assert "[Audio transcript] call.wav\n[Audio call.wav: transcript, " in prompt, prompt
+    assert "[Video transcript] demo.mp4\n[Video demo.mp4: audio transcript, " in prompt, prompt
+    assert "no language model was used" not in prompt, prompt
+
+
+def test_a_direct_local_answer_keeps_its_banner(daemon, fake) -> None:
+    answer = generate(daemon, text_request("What changed?", media=[MEMO], hints=pb.RoutingHints(tags=["offline"])))
+    assert answer.route.provider == "local" and not fake.chat_requests()
+    assert answer.text.startswith(HEADER + "\n") and "Quarterly revenue rose 12%" in answer.text
+
+
+def test_a_temperature_reaches_the_provider_as_the_client_wrote_it(daemon, fake) -> None:
+    for temperature in (0.7, 0.123457, 1.0, 0.0):
+        answer = generate(daemon, text_request("Pick a number.", options=pb.Options(temperature=temperature)))
+        assert answer.route.provider == "openai"
+        assert fake.chat_requests()[-1]["temperature"] == temperature
