@@ -36,6 +36,7 @@ from .config_warnings import (
     unknown_providers,
     uses_provider,
 )
+from .cooldowns import Cooldowns
 from .dispatch import HistoryCuts, RouterEvent, execute, refused_note, trimmed_note
 from .errors import (
     AnswerTooLarge,
@@ -52,7 +53,7 @@ from .health import Failure, ProviderHealth
 from .invoke import DEADLINE_MARGIN_SECONDS, FailedAttempt
 from .media import MediaStore
 from .mime import normalise_mime
-from .outcome import Answer, Done, RouteChosen, RouteInfo
+from .outcome import Answer, Attempt, Done, RouteChosen, RouteInfo
 from .plugins import GROUP, ProviderEntry, Registry, State, load_registry, log_broken_providers
 from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
 from .routing import (
@@ -322,6 +323,8 @@ class App:
         #: Recent successes and failures of each provider's calls (kept over reloads: by name).
         self.health = ProviderHealth()
         self.history_cuts = HistoryCuts()  # history a target refused for its size, per session
+        #: The targets that asked to be left alone for a while (a Retry-After), tried last meanwhile (kept over reloads).
+        self.cooldowns = Cooldowns()
         #: Sessions reset lately, and when (time.monotonic()), the newest last.
         self._resets: OrderedDict[str, float] = OrderedDict()
         self._in_flight: Counter[str] = Counter()  # session id -> calls on it under way
@@ -569,6 +572,8 @@ class App:
         facts = facts_of(request)
         if facts.conversation_tokens:  # targets known to refuse this history for its size must trim it
             facts.size_refusals = self.history_cuts.refusals(request)
+        if self.cooldowns:  # targets that asked to be left alone for a while are tried last
+            facts.cooling = self.cooldowns.cooling()
         if observed:
             self._hook("on_request", request=request)
         override = None
@@ -576,8 +581,10 @@ class App:
             override = Target(request.hints.provider or self._provider_of(request.hints.model), request.hints.model)
         chosen = self._plugin_choice(request, facts, notes) if override is None else None
         decision = self.router.decide(facts, self.catalog, override=override, chosen_by_plugin=chosen)
-        if notes is not None and (note := beyond_every_context(decision, facts, self.catalog)):
-            notes.append(note)
+        if notes is not None:
+            notes.extend(decision.notes)
+            if note := beyond_every_context(decision, facts, self.catalog):
+                notes.append(note)
         return decision, facts
 
     def _plugin_choice(self, request: Request, facts: Facts, notes: list[str] | None) -> Target | None:
@@ -673,6 +680,7 @@ class App:
             self._in_flight[session] += 1
         registry: Registry | None = None
         route: RouteInfo | None = None
+        cooled = 0  # the route's attempts already told to self.cooldowns
         try:
             # a session's calls one at a time: each sees the turns before it
             async with self._turn_of(session, deadline) as waited_ms:
@@ -699,6 +707,9 @@ class App:
                 async with aclosing(execute(untrimmed, decision, registry, ctx, notes, fit, self.bridge_memo, clock,
                                             self.router.bridges, self.history_cuts, held)) as events:
                     async for event in events:
+                        if route is not None and len(route.attempts) > cooled:  # a target failed before this
+                            self._cool(route.attempts[cooled:])  # event: later calls know it at once
+                            cooled = len(route.attempts)
                         if isinstance(event, TextDelta):
                             produced += len(event.text)
                             if produced > most:
@@ -710,7 +721,7 @@ class App:
                         yield event
         finally:
             if route is not None:
-                self._record(route, request.hints.tags)
+                self._record(route, request.hints.tags, cooled)
             if registry is not None:
                 registry.calls -= 1
                 if registry is not self.registry:
@@ -817,9 +828,14 @@ class App:
         finally:
             turn.release()
 
-    def _record(self, route: RouteInfo, tags: Sequence[str] = ()) -> None:
-        """Record the route's completed steps for statistics, with the request's ``tags``, and its
-        provider calls in :attr:`health` (a failure is only logged)."""
+    def _record(self, route: RouteInfo, tags: Sequence[str] = (), cooled: int = 0) -> None:
+        """Record the route's completed steps for statistics, with the request's ``tags``, its
+        provider calls in :attr:`health`, and those after the first ``cooled`` in :attr:`cooldowns` (a
+        failure is only logged)."""
+        try:
+            self._cool(route.attempts[cooled:])
+        except Exception:
+            log.exception("recording the targets' cool-downs failed")
         try:
             for attempt in route.attempts:
                 if attempt.ok:
@@ -835,6 +851,18 @@ class App:
             self.sessions.record(Answer("", None, Usage(), route), tags)  # record() reads the route's steps only
         except Exception:
             log.exception("recording call statistics failed")
+
+    def _cool(self, attempts: Sequence[Attempt]) -> None:
+        """Tell :attr:`cooldowns` of ``attempts``: a target that failed asking to be left alone for a while (a
+        retry delay) cools down for what is left of it; one that answered no longer does."""
+        for attempt in attempts:
+            target = f"{attempt.provider}/{attempt.model}"
+            if attempt.ok:
+                if self.cooldowns:
+                    self.cooldowns.succeeded(target)
+            elif isinstance(attempt, FailedAttempt) and attempt.retry_after:
+                left = attempt.retry_after - max(0.0, time.time() - attempt.at)
+                self.cooldowns.failed(target, left, attempt.reason, attempt.http_status)
 
     async def _finish(self, request: Request, done: Done, started: float, registry: Registry | None = None) -> None:
         """Save the session's turn, tell the observer hooks (statistics are recorded by :meth:`answer`).

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .contract import PairJoiner, event_problem, with_valid_text
-from .errors import ProviderError, ProviderFailed, ProviderTimeout, ProviderUnavailable
+from .errors import ProviderError, ProviderFailed, ProviderRateLimited, ProviderTimeout, ProviderUnavailable
 from .outcome import Attempt, RouteInfo, Step
 from .prepare import prepared
 from .provider import Provider
@@ -63,12 +63,15 @@ class FailedAttempt(Attempt):
     when no paid step (see :func:`_keep_paid_part`) already counts it: not in the route's steps, which
     the client gets with their usage. ``reason`` is the error's ErrorInfo reason and ``at`` when it
     failed (a ``time.time()``) and ``http_status`` the HTTP status the provider answered (None: none
-    known), for :class:`ProviderHealth`."""
+    known), for :class:`ProviderHealth`. ``retry_after`` is the delay the provider asked to be left alone for,
+    in seconds, when it rate-limited the call or was unavailable with a ``Retry-After`` (None otherwise), for
+    :class:`router.cooldowns.Cooldowns`."""
 
     unpaid: Step | None = None
     reason: str = ""
     at: float = 0.0
     http_status: int | None = None
+    retry_after: float | None = None
 
 
 @dataclass
@@ -226,8 +229,9 @@ def _failed(route: RouteInfo, purpose: str, provider: Provider, model: ModelInfo
     statistics only) and log it: a provider that fails while a fallback answers is seen nowhere else."""
     paid = _keep_paid_part(route, purpose, provider, model, latency_ms, usage)
     unpaid = None if paid else Step(f"{purpose} (failed)", provider.name, model.name, latency_ms)
+    wait = error.retry_after if isinstance(error, ProviderRateLimited | ProviderUnavailable) else None
     route.attempts.append(FailedAttempt(provider.name, model.name, False, error.message, latency_ms, unpaid,
-                                        error.reason, time.time(), error.http_status))
+                                        error.reason, time.time(), error.http_status, wait))
     log.warning("provider call %s/%s failed (%s, %s) after %.0f ms: %s [request_id=%s]", provider.name, model.name, purpose,
                 error.reason, latency_ms, error.message, ctx.request_id,
                 extra={"provider": provider.name, "model": model.name, "purpose": purpose, "reason": error.reason,

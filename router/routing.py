@@ -152,6 +152,10 @@ class Facts:
     #: The request's ``options.max_output_tokens`` (0: the model's default): the room left for the answer
     #: (:func:`input_budget`).
     max_output_tokens: int = 0
+    #: The targets (``provider/model``) cooling down: each asked, with a retry delay, to be left alone for a while,
+    #: with why, as a route note says it after the target's name (the caller adds them from
+    #: :meth:`router.cooldowns.Cooldowns.cooling`): a rule tries them after its other targets (:func:`_cooling_last`).
+    cooling: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def url_modalities(self) -> frozenset[Modality]:
@@ -576,6 +580,8 @@ class Decision:
     plan: Plan
     fallbacks: list[Plan]
     trace: list[TraceEntry]
+    #: Route notes on the order of the plans (targets cooling down tried last: :func:`_cooling_last`).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def plans(self) -> list[Plan]:
@@ -733,6 +739,29 @@ def _roomiest_first(plans: list[Plan], facts: Facts) -> tuple[list[Plan], str]:
     if passed and not holds(lead):
         passed += f"; none holds it all, and {lead.target} keeps the most of it"
     return ordered, passed
+
+
+def _cooling_last(plans: list[Plan], facts: Facts) -> tuple[list[Plan], list[Plan]]:
+    """A rule's ``plans`` with those whose target is cooling down (:attr:`Facts.cooling`) after the others, each
+    group in its order, and the cooling plans that were moved behind one that is not. When every target is
+    cooling (or none is), ``plans`` as they are. One dict lookup per plan."""
+    ready: list[Plan] = []
+    cooling: list[Plan] = []
+    passed = 0  # the cooling plans before the last ready one: those moved
+    for plan in plans:
+        if str(plan.target) in facts.cooling:
+            cooling.append(plan)
+        else:
+            ready.append(plan)
+            passed = len(cooling)
+    if not ready or not passed:
+        return plans, []
+    return [*ready, *cooling], cooling[:passed]
+
+
+def _cooling_note(plan: Plan, facts: Facts) -> str:
+    """The route note of ``plan``, cooling down, tried after a rule's other targets."""
+    return f"{plan.target} {facts.cooling[str(plan.target)]}: trying it last"
 
 
 def beyond_every_context(decision: Decision, facts: Facts, catalog: Catalog) -> str | None:
@@ -934,11 +963,17 @@ class Router:
                 unusable.append((rule.name, problems))
                 continue
             plans, why = _roomiest_first(plans, facts)
+            moved: list[Plan] = []
+            if facts.cooling:  # the only cost without a target cooling down
+                plans, moved = _cooling_last(plans, facts)
+            if moved:
+                cooling = "cooling down, tried last: " + ", ".join(str(plan.target) for plan in moved)
+                why = f"{why}; {cooling}" if why else cooling
             reason = f"conditions hold; using {plans[0].target}" + (f": {why}" if why else "")
             if problems:
                 reason += " (skipped " + _joined(problems) + ")"
             trace.append(TraceEntry(rule.name, Outcome.MATCHED, reason))
-            winner = Decision(rule.name, plans[0], plans[1:], trace)
+            winner = Decision(rule.name, plans[0], plans[1:], trace, [_cooling_note(p, facts) for p in moved])
         if winner is not None:
             return winner
         if self.default:
