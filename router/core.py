@@ -734,11 +734,11 @@ class App:
 
     async def _kept_turn(self, request: Request) -> tuple[KeptAnswer, float] | None:
         """The kept answer of the session's turn ``request.turn_id`` names, and when it was kept (see
-        :meth:`SessionStore.answered`), or None. A turn that asked something else (another text, other media:
-        :func:`_asked`) is refused with :class:`InvalidRequest` on ``request.turn_id``: a client reusing ids
-        would otherwise get an old answer to a new question."""
+        :meth:`SessionStore.answered`), or None. A turn that asked something else (another text, other media,
+        another task or transcription language: :func:`_asks_the_same`) is refused with :class:`InvalidRequest`
+        on ``request.turn_id``: a client reusing ids would otherwise get an old answer to a new question."""
         found = await self.sessions.run(self.sessions.answered, request.session_id, request.turn_id)
-        if found is not None and found[0].asked and found[0].asked != await asyncio.to_thread(_asked, request):
+        if found is not None and found[0].asked and not await asyncio.to_thread(_asks_the_same, request, found[0].asked):
             problem = (f"names a turn of this session that asked something else ({_answered_at(request, found[1])}): "
                        "give each turn an id of its own, and the same one only to ask that turn again")
             raise InvalidRequest(f"invalid request: request.turn_id: {problem}",
@@ -1092,18 +1092,32 @@ def _answered_at(request: Request, at: float) -> str:
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(at))} UTC")
 
 
-def _asked(request: Request) -> str:
+def _asked(request: Request, older: bool = False) -> str:
     """A digest of what ``request`` (a client's turn, without its session's history) asks: its messages' roles,
     texts and media (by content: an inline media's bytes hash to the id its upload would have), and the options
-    that change what is asked (the task; a transcription's language, diarization and speakers), so that a turn
-    asked again is told from another question sent under the same turn id. How it is answered (temperature,
-    max_output_tokens, routing hints) is not part of it. Reads inline bytes: in a thread."""
+    that change what is asked, so that a turn asked again is told from another question sent under the same
+    turn id. The options are the task as resolved (:attr:`Request.effective_task`: ``auto``, or unspecified, is
+    the task it resolves to) and, on a turn that has something to transcribe (audio or video of its own, or a
+    transcription of its history's recording), the transcription's language, diarization and speakers. How it
+    is answered (temperature, max_output_tokens, routing hints) is not part of it. Reads inline bytes: in a
+    thread.
+
+    ``older``: the digest as earlier versions made it, which the turns they kept carry: the task as sent (but
+    ``auto``), and the language, diarization and speakers whatever the turn holds; default options add nothing
+    (the digests kept before options counted stay valid)."""
     digest = hashlib.sha256()
     options = request.options
-    asked = {name: value for name, value in (("task", options.task.value), ("language", options.language),
-                                            ("diarization", options.diarization),
-                                            ("speakers", options.speakers_expected)) if value and value != "auto"}
-    if asked:  # default options add nothing: the digests kept before options counted stay valid
+    transcribed = [("language", options.language), ("diarization", options.diarization),
+                   ("speakers", options.speakers_expected)]
+    if older:
+        asked = {name: value for name, value in [("task", options.task.value), *transcribed]
+                 if value and value != "auto"}
+    else:
+        task = request.effective_task
+        speech = task is Task.TRANSCRIBE or any(
+            media.modality in (Modality.AUDIO, Modality.VIDEO) for media in request.turn_media())
+        asked = {"task": task.value, **{name: value for name, value in transcribed if speech and value}}
+    if asked:
         digest.update(json.dumps(["options", asked], sort_keys=True).encode())
     for message in request.messages:
         for part in message.parts:
@@ -1116,6 +1130,13 @@ def _asked(request: Request) -> str:
                 what = f"media:{hashlib.sha256(media.read_bytes()).hexdigest()}"
             digest.update(json.dumps([message.role.value, what]).encode())
     return digest.hexdigest()
+
+
+def _asks_the_same(request: Request, asked: str) -> bool:
+    """Whether ``request`` asks what a kept turn whose digest is ``asked`` asked (see :func:`_asked`): by this
+    version's digest or, for a turn an earlier version kept, by the digest it made then (a retry spelled as the
+    first call was). Reads inline bytes: in a thread."""
+    return _asked(request) == asked or _asked(request, older=True) == asked
 
 
 def _unusable_media(request: Request, measured: Mapping[int, Measured]) -> list[FieldViolation]:
