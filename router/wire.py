@@ -330,10 +330,14 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
 
 def shortest_float32(value: float) -> float:
     """The shortest decimal that is the same 32-bit float as ``value`` (a proto ``float`` widened to a
-    double): a client's 0.7 reaches the provider as 0.7, not 0.699999988079071."""
+    double): a client's 0.7 reaches the provider as 0.7, not 0.699999988079071. ``value`` itself when none is
+    (a NaN), or when a shorter decimal is beyond float32's range (near its largest, 3.4e38)."""
     packed = struct.pack("<f", value)
-    return next((short for digits in range(1, 10)
-                 if struct.pack("<f", short := float(f"{value:.{digits}g}")) == packed), value)  # value: a NaN
+    try:
+        return next((short for digits in range(1, 10)
+                     if struct.pack("<f", short := float(f"{value:.{digits}g}")) == packed), value)
+    except OverflowError:  # FLT_MAX's 4 digits, 3.403e38, round past it
+        return value
 
 
 def _check_counts(msg: pb.MultimodalRequest) -> None:

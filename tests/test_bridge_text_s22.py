@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
+import grpc
 import pytest
-from grpc_helpers import text_request
+from grpc_helpers import error_details, text_request
 from media_factory import mp4, pdf, wav
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter_local.provider import HEADER
@@ -81,3 +83,14 @@ def test_a_temperature_reaches_the_provider_as_the_client_wrote_it(daemon, fake)
         answer = generate(daemon, text_request("Pick a number.", options=pb.Options(temperature=temperature)))
         assert answer.route.provider == "openai"
         assert fake.chat_requests()[-1]["temperature"] == temperature
+
+
+def test_a_temperature_near_float32s_largest_is_refused_as_out_of_range(daemon, fake) -> None:
+    """FLT_MAX's shortest decimals round past float32's range: refused as out of range, not INTERNAL."""
+    largest = struct.unpack("<f", b"\xff\xff\x7f\x7f")[0]
+    for temperature in (largest, -largest):
+        with pytest.raises(grpc.RpcError) as refused:
+            generate(daemon, text_request("Pick a number.", options=pb.Options(temperature=temperature)))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+        assert error_details(refused.value).violations == [("request.options.temperature", "must be between 0 and 2")]
+    assert not fake.chat_requests()
