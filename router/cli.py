@@ -26,24 +26,29 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from .cli_calls import (
     EXIT_FAILED,
     EXIT_PIPE_CLOSED,
     EXIT_USAGE,
+    STDIN_PROMPT,
+    STDIN_QUESTION,
+    Refused,
     build_request,
     call_with_media,
     daemon_channel,
     err,
     fail,
-    file_labels,
     message_json,
     out,
     print_json,
     print_route,
     read_prompt,
+    refusal_fields,
+    refuse,
     remaining,
+    request_labels,
     shown,
     table_console,
     utf8_text,
@@ -97,6 +102,42 @@ class _CommandGroup(TyperGroup):
             with suppress(OSError):  # stderr may be no better off
                 err.print(f"[red]cannot write to standard output: {escape(exc.strerror or str(exc))}[/red]")
             raise typer.Exit(EXIT_FAILED) from None
+
+
+class _JsonErrorsCommand(TyperCommand):
+    """A command with ``--json`` (``ask``, ``explain``, ``providers``): with --json, a refusal of the CLI's own
+    (:class:`Refused`: a missing file, --turn-id without --session, an empty MMROUTER_ADDRESS) or of typer's
+    for an option's value (``--speakers -1``) prints ``{"error": ...}`` on stdout too (see
+    :func:`refusal_fields`), as a failed call does: a script reads one shape for every failure. Its stderr
+    line and exit code stay. A usage error of typer's parser itself (an unknown option, an option without
+    its value) stays typer's alone: whether --json was given is not known then."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        given = list(args)  # the parser takes its arguments out of ``args``
+        try:
+            return super().parse_args(ctx, args)
+        except (Refused, typer.BadParameter) as exc:  # an option's callback refused it, or typer its value
+            asked, _, _ = self.make_parser(ctx).parse_args(args=given)  # parsed once already: no usage error
+            if asked.get("as_json"):
+                print_json({"error": _refusal(exc)})
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Refused as exc:
+            if ctx.params.get("as_json"):
+                print_json({"error": _refusal(exc)})
+            raise
+
+
+def _refusal(exc: Refused | typer.BadParameter) -> dict[str, Any]:
+    """``exc``, a refusal of the CLI's or of typer's, as ``--json`` prints it (see :func:`refusal_fields`): a
+    value typer refused is named by its option's long name, as its message does."""
+    if isinstance(exc, Refused):
+        return refusal_fields(exc.message, exc.field)
+    names = exc.param.opts if exc.param is not None else []
+    return refusal_fields(exc.format_message(), max(names, key=len) if names else exc.param_hint or "")
 
 
 def _discard_stdout() -> None:
@@ -166,9 +207,8 @@ def _address(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
     unset talked to whatever daemon listens on the default address)."""
     source = ctx.get_parameter_source(param.name or "address")
     if os.environ.get("MMROUTER_ADDRESS") == "" and source is not None and source.name == "DEFAULT":
-        err.print("[red]MMROUTER_ADDRESS is set but empty: set it to the daemon's host:port (or unix:/path), "
-                  "or unset it for the default address[/red]")
-        raise typer.Exit(EXIT_USAGE)
+        refuse("MMROUTER_ADDRESS is set but empty: set it to the daemon's host:port (or unix:/path), or unset it "
+               "for the default address", "MMROUTER_ADDRESS")
     return value
 
 
@@ -472,7 +512,7 @@ LanguageOption = Annotated[str, typer.Option(
     help="The language spoken in the audio or video, as a BCP-47 tag such as en or pt-BR (default: detected).")]
 
 
-@app.command()
+@app.command(cls=_JsonErrorsCommand)
 def ask(
     ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(
@@ -522,14 +562,12 @@ def ask(
     from mmrouter.v1 import router_pb2_grpc
 
     if as_json and raw:
-        err.print("[red]--json and --raw are two ways to print the answer: give one[/red]")
-        raise typer.Exit(EXIT_USAGE)
+        refuse("--json and --raw are two ways to print the answer: give one", "--raw")
     deadline = time.monotonic() + timeout if timeout else None
+    labels = _request_labels(ctx, prompt, image, audio, video, pdf, system)
     prompt, session = read_prompt(prompt), _session(ctx, session)
     if turn_id is not None and not session:
-        err.print("[red]--turn-id names a turn of a session: give --session (or export "
-                  f"{SESSION_VARIABLE})[/red]")
-        raise typer.Exit(EXIT_USAGE)
+        refuse(f"--turn-id names a turn of a session: give --session (or export {SESSION_VARIABLE})", "--turn-id")
     if session and turn_id is None:  # asked again after a lost connection, the turn is not repeated
         turn_id = uuid.uuid4().hex
     with daemon_channel(address, token) as channel:
@@ -578,8 +616,7 @@ def ask(
             if line_open[0]:  # the error's own line, not the end of the answer's text
                 sys.stdout.write("\n")
                 sys.stdout.flush()
-            fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system), as_json=as_json,
-                 received=received[0], turn_id=turn_id or "")
+            fail(exc, address, labels, as_json=as_json, received=received[0], turn_id=turn_id or "")
     if answer is None:
         err.print("[red]the stream ended without an answer[/red]")
         raise typer.Exit(1)
@@ -611,6 +648,16 @@ def _session(ctx: typer.Context, session: str | None) -> str | None:
     return session
 
 
+def _request_labels(ctx: typer.Context, prompt: str, image: list[Path] | None, audio: list[Path] | None,
+                    video: list[Path] | None, pdf: list[Path] | None, system: str) -> dict[str, str]:
+    """How the errors of ``ask`` and ``explain`` name the request's fields (see :func:`request_labels`): by the
+    options given, the question argument ``prompt`` (``-`` for standard input), and --session or
+    $MMROUTER_SESSION, as the session id came."""
+    question = STDIN_QUESTION if prompt == STDIN_PROMPT else "the question" if prompt else ""
+    session = SESSION_VARIABLE if _from_environment(ctx, "session") else "--session"
+    return request_labels(image or [], audio or [], video or [], pdf or [], system, question, session)
+
+
 #: What ``ask`` says when an answer did not simply finish (by ``Answer.finish_reason``).
 FINISH_WARNINGS = {
     2: "the answer was cut at the output limit: ask again with a larger --max-tokens",  # FINISH_REASON_LENGTH
@@ -619,7 +666,7 @@ FINISH_WARNINGS = {
 }
 
 
-@app.command()
+@app.command(cls=_JsonErrorsCommand)
 def explain(
     ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(
@@ -658,6 +705,7 @@ def explain(
     from mmrouter.v1 import router_pb2_grpc
 
     deadline = time.monotonic() + timeout if timeout else None
+    labels = _request_labels(ctx, prompt, image, audio, video, pdf, system)
     prompt, session = read_prompt(prompt), _session(ctx, session)
     with daemon_channel(address, token) as channel:
         wait_for_daemon(channel, wait)
@@ -672,14 +720,14 @@ def explain(
                                                   timeout=remaining(deadline)).route,
                 inline_limit)
         except grpc.RpcError as exc:
-            fail(exc, address, file_labels(image or [], audio or [], video or [], pdf or [], system), as_json=as_json)
+            fail(exc, address, labels, as_json=as_json)
     if as_json:
         print_json(message_json(route))
         return
     print_route(route, table_console())  # piped without COLUMNS, a reason stays on its row's line
 
 
-@app.command()
+@app.command(cls=_JsonErrorsCommand)
 def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "",
               as_json: Annotated[bool, typer.Option("--json", help="Print ListProviders' answer as JSON (for "
                                                     "monitoring): states, reasons, models, recent health; "

@@ -77,16 +77,15 @@ MIME_BY_EXTENSION = {".m4a": "audio/mp4", ".m4b": "audio/mp4", ".aac": "audio/aa
 def media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path]) -> Iterator[tuple[int, Path, str]]:
     """(modality, file, MIME type) of each file given with ``--image``, ``--audio``, ``--video`` and ``--pdf``,
     in that order: the type is the extension's, else the content's (see :func:`document_mime` and
-    :func:`content_type`). A file that is missing, or that says neither way what it is, exits with a usage
-    error."""
+    :func:`content_type`). A file that is missing, or that says neither way what it is, is refused (see
+    :func:`refuse`)."""
     from mmrouter.v1 import router_pb2 as pb
 
     for kind, modality, files in ((pb.MODALITY_IMAGE, Modality.IMAGE, images), (pb.MODALITY_AUDIO, Modality.AUDIO, audio),
                                   (pb.MODALITY_VIDEO, Modality.VIDEO, video), (pb.MODALITY_DOCUMENT, Modality.DOCUMENT, pdf)):
         for path in files:
             if not path.is_file():
-                err.print(f"[red]{escape(not_a_file(path))}[/red]")
-                raise typer.Exit(2)
+                refuse(not_a_file(path), f"{MEDIA_OPTIONS[modality]} {path}")
             mime = MIME_BY_EXTENSION.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             if kind == pb.MODALITY_VIDEO:
                 mime = _as_video(mime)
@@ -106,6 +105,9 @@ def _extension_says(path: Path, mime: str) -> str:
     return f"its extension {path.suffix} names {mime}"
 
 
+#: The option of ``ask`` and ``explain`` that sends files of each kind.
+MEDIA_OPTIONS = {Modality.IMAGE: "--image", Modality.AUDIO: "--audio", Modality.VIDEO: "--video",
+                 Modality.DOCUMENT: "--pdf"}
 #: The top-level MIME types each media option of ``ask`` takes (the daemon takes a video's sound as audio).
 _TOP_TYPES = {Modality.IMAGE: {"image"}, Modality.AUDIO: {"audio", "video"}, Modality.VIDEO: {"video"}}
 #: The type to send a file as by its content's family (:func:`router.sniff.magic_family`), for each option.
@@ -130,8 +132,8 @@ def content_type(path: Path, mime: str, modality: Modality) -> str:
     ``mime``, a type of another kind (``application/octet-stream`` for none): the type of its content,
     known by its first bytes as the daemon checks them (:func:`router.sniff.magic_family`). Files from
     chat apps, ``curl -o`` or a phone's export often have no extension or an odd one. Content that is
-    not of that kind either exits with a usage error saying to rename the file with its extension (sent,
-    it was refused as "not an image type", with no hint)."""
+    not of that kind either is refused (see :func:`refuse`), saying to rename the file with its extension
+    (sent, it was refused as "not an image type", with no hint)."""
     with path.open("rb") as f:
         head = f.read(HEAD_BYTES)
     family = magic_family(head)
@@ -143,16 +145,15 @@ def content_type(path: Path, mime: str, modality: Modality) -> str:
     why = (f"cannot send {path} with --{modality.value}: {_extension_says(path, mime)}, and its content is not "
            f"{article} {modality.value} the CLI knows by its first bytes{seen}; rename it with its extension "
            f"(e.g. {_EXAMPLE_EXTENSIONS[modality]})")
-    err.print(f"[red]{escape(why)}[/red]")
-    raise typer.Exit(2)
+    refuse(why, f"{MEDIA_OPTIONS[modality]} {path}")
 
 
 def document_mime(path: Path, mime: str) -> str:
     """The type to send ``path``, given with ``--pdf``, as: ``mime`` (its extension's) when that is PDF or
     ``text/*``, the types document routes take; else ``application/pdf`` for a PDF (by its header) and
     ``text/plain`` for UTF-8 text (no NUL bytes, its first :data:`router.sniff.HEAD_BYTES` decode, as the
-    daemon checks them): a log, a file without an extension, XML, JSON or RTF. Any other file exits with a
-    usage error naming it and its extension; sent, it was refused with every route's reason (NO_ROUTE)."""
+    daemon checks them): a log, a file without an extension, XML, JSON or RTF. Any other file is refused
+    (see :func:`refuse`), naming it and its extension; sent, it was refused with every route's reason (NO_ROUTE)."""
     if mime == "application/pdf" or mime.startswith("text/"):
         return mime
     with path.open("rb") as f:
@@ -162,8 +163,7 @@ def document_mime(path: Path, mime: str) -> str:
     if mime_problem("text/plain", Modality.DOCUMENT, head) is None:
         return "text/plain"
     why = f"cannot send {path} with --pdf: {_extension_says(path, mime)}, and it is not UTF-8 text; --pdf sends PDF files and UTF-8 text"
-    err.print(f"[red]{escape(why)}[/red]")
-    raise typer.Exit(2)
+    refuse(why, f"--pdf {path}")
 
 
 #: Containers whose extension is taken for audio (``.ogg``, ``.webm``) but may hold a video.
@@ -183,9 +183,10 @@ def wire_name(path: Path) -> str:
     return os.fsencode(path.name).decode("utf-8", "replace")
 
 
-def utf8_text(value: str, what: str) -> str:
-    """``value`` (a command-line argument, ``what`` naming it) if it is UTF-8 text; else exit with a usage
-    error: Python keeps the bytes of an argument that are not UTF-8 as surrogates, which protobuf refuses."""
+def utf8_text(value: str, what: str, field: str = "") -> str:
+    """``value`` (a command-line argument, ``what`` naming it; ``field`` for ``--json``, else ``what``: see
+    :func:`refuse`) if it is UTF-8 text; else refuse it: Python keeps the bytes of an argument that are not
+    UTF-8 as surrogates, which protobuf refuses."""
     try:
         value.encode("utf-8")
         return value
@@ -198,12 +199,16 @@ def utf8_text(value: str, what: str) -> str:
         why = f"byte {exc.start + 1} is 0x{exc.object[exc.start]:02x}"
     except UnicodeEncodeError:  # a surrogate that stands for no byte
         why = "it holds a lone surrogate"
-    err.print(f"[red]{escape(f'{what} is not UTF-8 text: {why}; give it as UTF-8')}[/red]")
-    raise typer.Exit(2)
+    refuse(f"{what} is not UTF-8 text: {why}; give it as UTF-8", field or what)
 
 
 #: The question argument that stands for standard input (``mmrouter ask -``).
 STDIN_PROMPT = "-"
+#: How ``--json`` names the question argument of ``ask`` and ``explain`` (given, or read from standard
+#: input) in a refusal's field violation (see :func:`refuse`).
+PROMPT_FIELD = "PROMPT"
+#: How errors name the question read from standard input.
+STDIN_QUESTION = "the question from standard input (-)"
 
 
 def read_prompt(prompt: str) -> str:
@@ -211,32 +216,28 @@ def read_prompt(prompt: str) -> str:
     whole of standard input (a question kept out of ``ps`` and shell history), without its final
     newline. It must be UTF-8 text of at most :data:`MESSAGE_BYTES` (the bound stops ``ask - < /dev/zero``
     from filling memory; one over a gRPC message limit is uploaded, see :func:`call_with_media`), else
-    exit with a usage error.
+    it is refused (see :func:`refuse`).
     Standard input is read only for ``-``: a script's loop reading its own stdin keeps it, and a stdin
     left open (ssh, a service) cannot make a call wait."""
     if prompt != STDIN_PROMPT:
         return prompt
-    what = "the question from standard input (-)"
+    what = STDIN_QUESTION
     if sys.stdin is None:  # started with its file descriptor 0 closed
-        err.print(f"[red]{escape(f'cannot read {what}: standard input is closed')}[/red]")
-        raise typer.Exit(2)
+        refuse(f"cannot read {what}: standard input is closed", PROMPT_FIELD)
     if sys.stdin.isatty():
         err.print("[dim]reading the question from standard input: end it with Ctrl-D[/dim]")
     try:
         data = sys.stdin.buffer.read(MESSAGE_BYTES + 1)
     except OSError as exc:  # e.g. a directory given as stdin
-        err.print(f"[red]{escape(f'cannot read {what}: {exc.strerror or exc}')}[/red]")
-        raise typer.Exit(2) from None
+        refuse(f"cannot read {what}: {exc.strerror or exc}", PROMPT_FIELD)
     if len(data) > MESSAGE_BYTES:
-        err.print(f"[red]{escape(what)} is over {MESSAGE_BYTES >> 20} MiB, more than a request may carry: "
-                  "send a long text as a file with --pdf[/red]")
-        raise typer.Exit(2)
+        refuse(f"{what} is over {MESSAGE_BYTES >> 20} MiB, more than a request may carry: send a long text as a "
+               "file with --pdf", PROMPT_FIELD)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        err.print(f"[red]{escape(what)} is not UTF-8 text: byte {exc.start + 1} is 0x{data[exc.start]:02x}; "
-                  "give it as UTF-8[/red]")
-        raise typer.Exit(2) from None
+        refuse(f"{what} is not UTF-8 text: byte {exc.start + 1} is 0x{data[exc.start]:02x}; give it as UTF-8",
+               PROMPT_FIELD)
     return text[:-1].removesuffix("\r") if text.endswith("\n") else text  # echo's newline, or a CRLF
 
 
@@ -304,7 +305,7 @@ def upload_file(stub, kind: int, path: Path, mime: str, deadline: float | None =
 
     Exactly the size stat'ed first is sent: a file that grows or shrinks meanwhile (a log still written, a
     recording under way) is not sent whole (its last chunk is held back, so the daemon refuses the upload)
-    and the command exits with a usage error naming the file and both sizes."""
+    and it is refused (see :func:`refuse`), naming the file and both sizes."""
     from mmrouter.v1 import router_pb2 as pb
 
     size = path.stat().st_size if data is None else len(data)
@@ -350,8 +351,8 @@ def upload_file(stub, kind: int, path: Path, mime: str, deadline: float | None =
             if changed:
                 why = (f"{path} changed while it was being uploaded ({size} -> {changed[-1]} bytes): "
                        "send a finished copy")
-                err.print(f"[red]{escape(why)}[/red]")
-                raise typer.Exit(EXIT_USAGE)
+                modality = Modality(pb.Modality.Name(kind).removeprefix("MODALITY_").lower())
+                refuse(why, f"{MEDIA_OPTIONS[modality]} {path}")
             if not waited:
                 waiting = (f"the daemon has as many uploads under way as it takes: waiting to upload {path.name} "
                            f"(up to {UPLOAD_WAIT_SECONDS:.0f} s)")
@@ -408,14 +409,12 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     from mmrouter.v1 import router_pb2 as pb
 
     if task not in ("auto", "chat", "transcribe"):
-        err.print("[red]--task must be auto, chat or transcribe[/red]")
-        raise typer.Exit(2)
+        refuse("--task must be auto, chat or transcribe", "--task")
     if not prompt and not (images or audio or video or pdf):
-        err.print("[red]nothing to send: give a question, or a file with --image, --audio, --video or --pdf[/red]")
-        raise typer.Exit(2)
-    for value, what in ((prompt, "the prompt"), (system, "--system"), (session or "", "--session"),
-                        (provider or "", "--provider"), (model or "", "--model"), (language, "--language"),
-                        *((t, "--tag") for t in tags or [])):
+        refuse("nothing to send: give a question, or a file with --image, --audio, --video or --pdf", PROMPT_FIELD)
+    utf8_text(prompt, "the prompt", PROMPT_FIELD)
+    for value, what in ((system, "--system"), (session or "", "--session"), (provider or "", "--provider"),
+                        (model or "", "--model"), (language, "--language"), *((t, "--tag") for t in tags or [])):
         utf8_text(value, what)
     files = list(media_parts(images, audio, video, pdf))
     inline = inline_choice([path.stat().st_size for _, path, _ in files], inline_limit)
@@ -468,8 +467,8 @@ def daemon_channel(address: str, token: str) -> grpc.Channel:
             try:
                 pem[name] = Path(path).expanduser().read_bytes() if path else None
             except OSError as exc:
-                err.print(f"[red]cannot read MMROUTER_TLS_{name.upper()} {escape(path)}: {escape(exc.strerror or str(exc))}[/red]")
-                raise typer.Exit(2) from None
+                refuse(f"cannot read MMROUTER_TLS_{name.upper()} {path}: {exc.strerror or exc}",
+                       f"MMROUTER_TLS_{name.upper()}")
         pem["ca"] = ca_certificates(files["ca"], pem["ca"] or b"")
         if files["cert"] or files["key"]:
             check_client_certificate(files["cert"], files["key"])
@@ -491,8 +490,7 @@ def check_address(address: str) -> None:
         if parsed is None or parsed[1]:
             return
         problem = f"port 0 in {address!r} names no daemon: give the port it listens on"
-    err.print(f"[red]{escape(f'--address (or MMROUTER_ADDRESS): {problem}')}[/red]")
-    raise typer.Exit(2)
+    refuse(f"--address (or MMROUTER_ADDRESS): {problem}", "--address")
 
 
 def ca_certificates(path: str, data: bytes) -> bytes:
@@ -510,9 +508,8 @@ def ca_certificates(path: str, data: bytes) -> bytes:
         context.load_verify_locations(cadata=data)  # bytes: DER, one certificate or several end to end
         return "".join(ssl.DER_cert_to_PEM_cert(der) for der in _der_items(data)).encode("ascii")
     except (ssl.SSLError, ValueError):
-        err.print(f"[red]MMROUTER_TLS_CA {escape(path)} holds no valid PEM certificate: give the certificate of "
-                  "the CA that signed the daemon's server.tls certificate[/red]")
-        raise typer.Exit(2) from None
+        refuse(f"MMROUTER_TLS_CA {path} holds no valid PEM certificate: give the certificate of the CA that "
+               "signed the daemon's server.tls certificate", "MMROUTER_TLS_CA")
 
 
 def _der_items(data: bytes) -> list[bytes]:
@@ -538,9 +535,8 @@ def check_client_certificate(cert: str, key: str) -> None:
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(Path(cert).expanduser(), Path(key).expanduser())
     except (ssl.SSLError, OSError, ValueError) as exc:
-        err.print(f"[red]MMROUTER_TLS_CERT {escape(cert or '(unset)')} and MMROUTER_TLS_KEY {escape(key or '(unset)')}"
-                  f" are not a client certificate and its private key ({escape(str(exc))})[/red]")
-        raise typer.Exit(2) from None
+        refuse(f"MMROUTER_TLS_CERT {cert or '(unset)'} and MMROUTER_TLS_KEY {key or '(unset)'} are not a client "
+               f"certificate and its private key ({exc})", "MMROUTER_TLS_CERT")
 
 
 def client_token(token: str) -> str:
@@ -548,9 +544,8 @@ def client_token(token: str) -> str:
     with a message if it holds what no header can carry (gRPC would fail every call obscurely)."""
     token = token.strip()
     if not all("!" <= c <= "~" for c in token):
-        err.print("[red]the token (--token or MMROUTER_TOKEN) holds a space, a control character or a "
-                  "character that is not ASCII: no gRPC header can carry it[/red]")
-        raise typer.Exit(2)
+        refuse("the token (--token or MMROUTER_TOKEN) holds a space, a control character or a character that is "
+               "not ASCII: no gRPC header can carry it", "--token")
     return token
 
 
@@ -707,32 +702,64 @@ def answer_refused(exc: grpc.RpcError) -> bool:
     return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and ANSWER_REFUSED in (exc.details() or "")
 
 
-def file_labels(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path],
-                system: str) -> dict[str, str]:
-    """The field path of each file's part in the request :func:`build_request` makes (the files come
-    first in the user message, in :func:`media_parts`' order, after the system message if any) ->
-    the file as the user gave it, e.g. ``--image photo.png``."""
+def request_labels(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path], system: str,
+                   question: str = "", session: str = "--session") -> dict[str, str]:
+    """The request's field paths that an option (or argument) of ``ask`` and ``explain`` fills, as the
+    daemon's errors name them -> that option, as the user gave it (see :func:`name_fields`): each file's part
+    (the files come first in the user message, in :func:`media_parts`' order, after the system message if
+    any) as ``--image photo.png``; the question's part, the user message and the messages as ``question``
+    (``the question``, or :data:`STDIN_QUESTION`; "" when none was given), or as the files when there are
+    some; the session id as ``session`` (``--session``, or the environment variable it came from); the
+    others as in :data:`OPTION_FIELDS`."""
     message = 1 if system else 0
-    given = [(option, path) for option, files in (("--image", images), ("--audio", audio), ("--video", video),
-                                                   ("--pdf", pdf)) for path in files]
-    return {f"request.messages[{message}].parts[{j}]": f"{option} {path}" for j, (option, path) in enumerate(given)}
+    given = [(option, path) for option, files in zip(MEDIA_OPTIONS.values(), (images, audio, video, pdf), strict=True)
+             for path in files]
+    labels = {**OPTION_FIELDS, "request.session_id": session}
+    labels.update({f"request.messages[{message}].parts[{j}]": f"{option} {path}"
+                   for j, (option, path) in enumerate(given)})
+    if system:
+        labels["request.messages[0]"] = labels["request.messages[0].parts[0]"] = "--system"
+    if question:
+        labels[f"request.messages[{message}].parts[{len(given)}]"] = question
+    content = question  # what the user message holds: of a problem with it, or with the whole request
+    if given:
+        files = f"the files ({', '.join(dict.fromkeys(option for option, _ in given))})"
+        content = f"{question} and {files}" if question else files
+    if content:
+        labels["request.messages"] = labels[f"request.messages[{message}]"] = content
+    return labels
 
 
-#: A part's field path in the daemon's errors, with the media field at fault if any.
-_PART_PATH = re.compile(r"(request\.messages\[\d+\]\.parts\[\d+\])(?:\.media)?(?:\.(\w+))?")
+#: The request's fields that an option of ``ask`` and ``explain`` fills, as the daemon's errors name them
+#: (see :func:`request_labels`). ``request.hints.tags[i]`` is ``--tag #i+1`` (see :func:`name_fields`).
+OPTION_FIELDS = {"request.turn_id": "--turn-id", "request.options.task": "--task",
+                 "request.options.diarization": "--diarize", "request.options.speakers_expected": "--speakers",
+                 "request.options.language": "--language", "request.options.max_output_tokens": "--max-tokens",
+                 "request.hints.provider": "--provider", "request.hints.model": "--model", "request.hints.tags": "--tag"}
+#: A field path in the daemon's errors (``request.messages[0].parts[1].media.mime_type``).
+_FIELD_PATH = re.compile(r"\brequest(?:\.\w+|\[\d+\])+")
+#: What may follow a labelled path, as a field of it: a part's media, and one field of that or of the path.
+_SUBFIELD = re.compile(r"(?:\.media)?(?:\.(\w+))?")
+#: The path of one of the request's tags.
+_TAG_PATH = re.compile(r"request\.hints\.tags\[(\d+)\]")
 
 
-def name_files(text: str, files: dict[str, str]) -> str:
-    """``text`` with the field paths of the parts in ``files`` (see :func:`file_labels`) replaced by the
-    files they carry: ``--image photo.png`` for ``request.messages[0].parts[0].media``, and
-    ``--image photo.png (mime_type)`` for one of its fields."""
+def name_fields(text: str, labels: dict[str, str]) -> str:
+    """``text`` with the request's field paths that ``labels`` (see :func:`request_labels`) names replaced by
+    their labels: ``--turn-id`` for ``request.turn_id``, ``--tag #2`` for ``request.hints.tags[1]``,
+    ``--image photo.png`` for ``request.messages[0].parts[0].media``, ``--image photo.png (mime_type)`` for
+    one of its fields. Other paths are left as they are."""
     def label(match: re.Match) -> str:
-        given = files.get(match[1])
-        if given is None:
-            return match[0]
-        return f"{given} ({match[2]})" if match[2] else given
+        path = match[0]
+        if tag := _TAG_PATH.fullmatch(path):
+            return f"--tag #{int(tag[1]) + 1}"
+        labelled = max((known for known in labels if path.startswith(known)), key=len, default=None)
+        rest = _SUBFIELD.fullmatch(path[len(labelled):]) if labelled else None
+        if rest is None:
+            return path
+        return f"{labels[labelled]} ({rest[1]})" if rest[1] else labels[labelled]
 
-    return _PART_PATH.sub(label, text)
+    return _FIELD_PATH.sub(label, text)
 
 
 #: The exit codes of the commands that call the daemon (see :func:`exit_code`); 0 is success, and a
@@ -749,6 +776,36 @@ EXIT_PIPE_CLOSED = 141
 
 #: The daemon's reasons that trying again later does not help, though their status says "try again".
 _FINAL_REASONS = {"ANSWER_TOO_LARGE"}
+
+#: The ErrorInfo-like reason of the CLI's own refusals in ``--json``'s error (see :func:`refusal_fields`).
+CLI_USAGE = "CLI_USAGE"
+
+
+class Refused(typer.Exit):
+    """The CLI's own refusal of a command's input (see :func:`refuse`): ``message`` is on stderr already, and
+    ``field`` names the option, argument or environment variable at fault (``--turn-id``, ``--pdf a.pdf``,
+    ``PROMPT``, ``MMROUTER_TLS_CA``). Not caught, it ends the command with ``code`` as any ``typer.Exit``;
+    with ``--json``, the command prints it as ``{"error": ...}`` too (see :func:`refusal_fields`)."""
+
+    def __init__(self, message: str, field: str = "", code: int = EXIT_USAGE) -> None:
+        super().__init__(code)
+        self.message, self.field = message, field
+
+
+def refuse(message: str, field: str = "", code: int = EXIT_USAGE) -> NoReturn:
+    """Refuse a command's input: ``message`` on stderr, then :class:`Refused` (exit ``code``, a usage error)."""
+    err.print(f"[red]{escape(message)}[/red]")
+    raise Refused(message, field, code)
+
+
+def refusal_fields(message: str, field: str = "") -> dict[str, Any]:
+    """A refusal of the CLI's own as ``--json`` prints it under ``"error"``: the keys of a failed call's
+    (:func:`error_fields`), with code INVALID_ARGUMENT (exit 2, as the daemon's own), reason
+    :data:`CLI_USAGE`, ``message`` (the stderr line), and ``field``, the option at fault, as its one field
+    violation; no retry delay, no request id: no call was made."""
+    return {"code": grpc.StatusCode.INVALID_ARGUMENT.name, "reason": CLI_USAGE, "message": message,
+            "retry_after_seconds": None, "request_id": "", "metadata": {},
+            "field_violations": [{"field": field, "description": message}] if field else []}
 
 
 def exit_code(exc: grpc.RpcError, received: bool = False) -> int:
@@ -818,12 +875,12 @@ def error_fields(exc: grpc.RpcError) -> dict[str, Any]:
 REQUEST_ID_TRAILER = "x-mmrouter-request-id"
 
 
-def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, *, as_json: bool = False,
+def fail(exc: grpc.RpcError, address: str, labels: dict[str, str] | None = None, *, as_json: bool = False,
          received: bool = False, turn_id: str = "") -> NoReturn:
     """Print the failed call's status (its field violations too, and a hint when the daemon was not
     reached at ``address``, the connection was lost during the call, or the answer was over the CLI's
     receive limit), then one line with its ErrorInfo reason, RetryInfo delay and request id, and exit
-    with :func:`exit_code`'s code. ``files`` (see :func:`file_labels`; given by ``ask`` and ``explain``)
+    with :func:`exit_code`'s code. ``labels`` (see :func:`request_labels`; given by ``ask`` and ``explain``)
     names the files and options the user gave instead of the request's field paths; ``received`` says
     the call had received some of its answer (see :func:`connection_lost`), ``turn_id`` the turn id it was
     sent with (named after a lost connection or a passed deadline: asked again with it, a kept turn is not
@@ -833,7 +890,7 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, 
     details = fields["message"]
 
     def named(text: str) -> str:
-        return text if files is None else name_options(name_files(text, files))
+        return text if labels is None else name_fields(text, labels)
 
     err.print(f"[red]{exc.code().name}: {escape(shown(named(details)))}[/red]")
     for v in fields["field_violations"]:
@@ -863,25 +920,6 @@ def fail(exc: grpc.RpcError, address: str, files: dict[str, str] | None = None, 
     if as_json:
         print_json({"error": {**fields, "turn_id": turn_id} if turn_id else fields})
     raise typer.Exit(exit_code(exc, received))
-
-
-#: The request's fields that ``ask`` and ``explain`` fill from an option, as the daemon's errors name them.
-_OPTION_FIELDS = {"request.options.language": "--language", "request.session_id": "--session",
-                  "request.options.speakers_expected": "--speakers", "request.options.max_output_tokens": "--max-tokens",
-                  "request.hints.provider": "--provider", "request.hints.model": "--model"}
-_OPTION_PATH = re.compile(r"request\.hints\.tags(?:\[(\d+)\])?|(?:"
-                          + "|".join(re.escape(f) for f in _OPTION_FIELDS) + r")\b")
-
-
-def name_options(text: str) -> str:
-    """``text`` with the request's field paths that an option of ``ask`` fills named by that option:
-    ``--language`` for ``request.options.language``, ``--tag #2`` for ``request.hints.tags[1]``."""
-    def label(match: re.Match) -> str:
-        if match[0].startswith("request.hints.tags"):
-            return f"--tag #{int(match[1]) + 1}" if match[1] is not None else "--tag"
-        return _OPTION_FIELDS[match[0]]
-
-    return _OPTION_PATH.sub(label, text)
 
 
 def wait_for_daemon(channel: grpc.Channel, seconds: float) -> None:
