@@ -21,9 +21,9 @@ from typing import Protocol
 
 from .convert import MAX_PAGES, MAX_PAGES_BYTES, Pages, convert, convertible
 from .errors import ProviderError, ProviderRateLimited, ProviderTimeout, ProviderUnavailable
-from .invoke import call_model, deadline_passed
+from .invoke import FailedAttempt, call_model, deadline_passed
 from .mime import normalise_mime
-from .outcome import RouteInfo
+from .outcome import Attempt, RouteInfo
 from .plugins import Registry
 from .routing import (
     Bridge,
@@ -820,19 +820,24 @@ def chain_error(errors: Sequence[ProviderError]) -> ProviderError:
     return final_error([*passing, refused])
 
 
-def targets_failed(failed: Sequence[tuple[str, ProviderError]], every: bool) -> ProviderError:
+def targets_failed(failed: Sequence[tuple[str, ProviderError]], attempts: Sequence[Attempt],
+                   every: bool) -> ProviderError:
     """The error a call ends with when its targets failed, each (``"openai/gpt-4o"``) with its error in turn
     (``failed``), :func:`final_error`'s. When more than one failed, its message starts by saying so ("every
     target failed (3 tried): …", or with ``every`` false, when a refusal ended the call before its last
-    target, "2 targets failed: …"), and its ErrorInfo metadata ``attempts`` names each target and reason
-    ("openai/gpt-4o PROVIDER_RATE_LIMITED; anthropic/claude-sonnet-4-6 PROVIDER_UNAVAILABLE"): short, and
-    free of the providers' texts, which the message and the daemon's log hold."""
+    target, "2 targets failed: …"), and its ErrorInfo metadata ``attempts`` names each provider call that
+    failed, of the route's ``attempts``, and its reason ("openai/gpt-4o PROVIDER_RATE_LIMITED;
+    anthropic/claude-sonnet-4-6 PROVIDER_UNAVAILABLE"), as the daemon's log does: a bridge's call under the
+    bridge's target ("openai/whisper-1"), never under the targets it bridged for, which were not called. Short,
+    and free of the providers' texts, which the message and the daemon's log hold."""
     error = final_error([e for _, e in failed])
     if len(failed) < 2:
         return error
     said = f"every target failed ({len(failed)} tried)" if every else f"{len(failed)} targets failed"
     error = _with_message(error, f"{said}: {error.message}")
-    error.metadata["attempts"] = "; ".join(f"{target} {e.reason}" for target, e in failed)
+    calls = [f"{a.provider}/{a.model} {a.reason}" for a in attempts if isinstance(a, FailedAttempt)]
+    if calls:
+        error.metadata["attempts"] = "; ".join(calls)
     return error
 
 
@@ -864,7 +869,8 @@ async def _kept_any(media: Media, request: Request, memo: BridgeMemo,
     turn or request that made it may not have asked."""
     prefix = media_prefix(media, request)
     diarized = request.options.diarization and media.modality in _SPEECH
-    return await memo.recall_any(prefix, diarized, accept) if prefix is not None else None
+    found = await memo.recall_any(prefix, diarized, accept) if prefix is not None else None
+    return None if found is None else (found[0], *_without_old_banner(found[1:]))
 
 
 async def _kept_as_reply(media: Media, request: Request, memo: BridgeMemo, reply: str) -> Found | None:
@@ -894,7 +900,24 @@ async def _kept(key: str, memo: BridgeMemo) -> tuple[str, Transcript | None] | N
             if kept is None and key not in _UNDER_WAY:  # nobody began bridging it while the memo was read
                 return None
         if kept is not None:
-            return kept
+            return _without_old_banner(kept)
+
+
+#: The line that began every text of ``local/extract``'s, its bridged ones too, before this version (this
+#: line, a blank line, then its sections): meant for the person reading a direct answer, it told the model
+#: given a bridged text that no language model was used. For the texts kept before this version only: no
+#: other bridge writes it, local no longer does in a bridged text, and :data:`KEPT_FORMAT` was left as it was
+#: (a new one would drop every kept text, the paid cloud transcripts too).
+_OLD_LOCAL_BANNER = "[Extracted by local provider — no language model was used]\n"
+
+
+def _without_old_banner(kept: Kept) -> Kept:
+    """``kept`` (a text kept in the memo and its transcript) without :data:`_OLD_LOCAL_BANNER` and the blank
+    lines after it, if it starts with it."""
+    text, transcript = kept
+    if not text.startswith(_OLD_LOCAL_BANNER):
+        return kept
+    return text.removeprefix(_OLD_LOCAL_BANNER).lstrip("\n"), transcript
 
 
 #: Bridged texts being made now, by memo key: a concurrent request naming the same media (same

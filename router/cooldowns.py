@@ -4,14 +4,19 @@ A provider that fails a call with a delay to wait (HTTP 429 with ``Retry-After``
 says when it may answer again. :class:`Cooldowns` remembers each such target (``provider/model``) until
 then, so that routing tries a rule's other targets first meanwhile (see
 :attr:`router.routing.Facts.cooling`) instead of paying the refused round trip and adding another request
-against the provider's limit on every call. A later success of the target ends its cool-down.
+against the provider's limit on every call. A later success of the target ends its cool-down. A call's
+attempts are told (:meth:`Cooldowns.learn`) as soon as one fails, before its fallback is called (see
+:func:`router.dispatch.execute`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from .invoke import FailedAttempt
+from .outcome import Attempt
 
 #: The longest cool-down remembered, whatever delay the provider gave (``Retry-After`` may say a day): the
 #: target is tried first again after it, and a new refusal starts another.
@@ -51,6 +56,18 @@ class Cooldowns:
             self.cooling()  # drops those that ended
             while len(self._until) > self._kept:
                 del self._until[min(self._until, key=lambda name: self._until[name][0])]
+
+    def learn(self, attempts: Sequence[Attempt]) -> None:
+        """Learn from a call's ``attempts``, in order: a target that failed asking to be left alone for a while
+        (a retry delay) cools down for what is left of it; one that answered no longer does."""
+        for attempt in attempts:
+            target = f"{attempt.provider}/{attempt.model}"
+            if attempt.ok:
+                if self._until:
+                    self.succeeded(target)
+            elif isinstance(attempt, FailedAttempt) and attempt.retry_after:
+                left = attempt.retry_after - max(0.0, time.time() - attempt.at)
+                self.failed(target, left, attempt.reason, attempt.http_status)
 
     def succeeded(self, target: str) -> None:
         """``target`` answered: its cool-down, if any, ends."""

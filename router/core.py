@@ -53,7 +53,7 @@ from .health import Failure, ProviderHealth
 from .invoke import DEADLINE_MARGIN_SECONDS, FailedAttempt
 from .media import MediaStore
 from .mime import normalise_mime
-from .outcome import Answer, Attempt, Done, RouteChosen, RouteInfo
+from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import GROUP, ProviderEntry, Registry, State, load_registry, log_broken_providers
 from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
 from .routing import (
@@ -680,7 +680,6 @@ class App:
             self._in_flight[session] += 1
         registry: Registry | None = None
         route: RouteInfo | None = None
-        cooled = 0  # the route's attempts already told to self.cooldowns
         try:
             # a session's calls one at a time: each sees the turns before it
             async with self._turn_of(session, deadline) as waited_ms:
@@ -705,11 +704,9 @@ class App:
                 # garbage collector, whose finalizer schedules a task per request to close it.
                 produced, most = 0, self._most_answer_chars  # characters of answer text so far, and the bound
                 async with aclosing(execute(untrimmed, decision, registry, ctx, notes, fit, self.bridge_memo, clock,
-                                            self.router.bridges, self.history_cuts, held)) as events:
+                                            self.router.bridges, self.history_cuts, held,
+                                            self.cooldowns)) as events:
                     async for event in events:
-                        if route is not None and len(route.attempts) > cooled:  # a target failed before this
-                            self._cool(route.attempts[cooled:])  # event: later calls know it at once
-                            cooled = len(route.attempts)
                         if isinstance(event, TextDelta):
                             produced += len(event.text)
                             if produced > most:
@@ -721,7 +718,7 @@ class App:
                         yield event
         finally:
             if route is not None:
-                self._record(route, request.hints.tags, cooled)
+                self._record(route, request.hints.tags)
             if registry is not None:
                 registry.calls -= 1
                 if registry is not self.registry:
@@ -828,14 +825,9 @@ class App:
         finally:
             turn.release()
 
-    def _record(self, route: RouteInfo, tags: Sequence[str] = (), cooled: int = 0) -> None:
-        """Record the route's completed steps for statistics, with the request's ``tags``, its
-        provider calls in :attr:`health`, and those after the first ``cooled`` in :attr:`cooldowns` (a
-        failure is only logged)."""
-        try:
-            self._cool(route.attempts[cooled:])
-        except Exception:
-            log.exception("recording the targets' cool-downs failed")
+    def _record(self, route: RouteInfo, tags: Sequence[str] = ()) -> None:
+        """Record the route's completed steps for statistics, with the request's ``tags``, and its
+        provider calls in :attr:`health` (a failure is only logged; :func:`execute` tells :attr:`cooldowns`)."""
         try:
             for attempt in route.attempts:
                 if attempt.ok:
@@ -851,18 +843,6 @@ class App:
             self.sessions.record(Answer("", None, Usage(), route), tags)  # record() reads the route's steps only
         except Exception:
             log.exception("recording call statistics failed")
-
-    def _cool(self, attempts: Sequence[Attempt]) -> None:
-        """Tell :attr:`cooldowns` of ``attempts``: a target that failed asking to be left alone for a while (a
-        retry delay) cools down for what is left of it; one that answered no longer does."""
-        for attempt in attempts:
-            target = f"{attempt.provider}/{attempt.model}"
-            if attempt.ok:
-                if self.cooldowns:
-                    self.cooldowns.succeeded(target)
-            elif isinstance(attempt, FailedAttempt) and attempt.retry_after:
-                left = attempt.retry_after - max(0.0, time.time() - attempt.at)
-                self.cooldowns.failed(target, left, attempt.reason, attempt.http_status)
 
     async def _finish(self, request: Request, done: Done, started: float, registry: Registry | None = None) -> None:
         """Save the session's turn, tell the observer hooks (statistics are recorded by :meth:`answer`).

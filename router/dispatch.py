@@ -27,6 +27,7 @@ from .bridging import (
     remember_transcripts,
     targets_failed,
 )
+from .cooldowns import Cooldowns
 from .errors import NoRoute, NoTimeLeft, ProviderBadRequest, ProviderError, ProviderInputTooLarge
 from .invoke import DEADLINE_MARGIN_SECONDS, call_model, deadline_passed
 from .outcome import Answer, Done, RouteChosen, RouteInfo, StepUsage
@@ -153,7 +154,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                   notes: list[str] | None = None, fit: FitRequest | None = None,
                   memo: BridgeMemo | None = None, started: float | None = None,
                   bridge_preferences: Mapping[Modality, Sequence[str]] | None = None,
-                  cuts: HistoryCuts | None = None, held: bool = False) -> AsyncIterator[RouterEvent]:
+                  cuts: HistoryCuts | None = None, held: bool = False,
+                  cooldowns: Cooldowns | None = None) -> AsyncIterator[RouterEvent]:
     """Run the decision's plans in order until one answers.
 
     ``request`` holds a session's whole history; ``fit`` trims it to each plan's model, else every plan
@@ -176,7 +178,13 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     fallback nor the first target is started within :data:`DEADLINE_MARGIN_SECONDS` of the call's deadline:
     with no target tried yet, the call ends with :class:`NoTimeLeft`, blaming no provider. A call whose targets
     all failed ends with :func:`router.bridging.targets_failed`'s error: the soonest retry delay of those that
-    may pass, and when several failed, the message and ErrorInfo metadata ``attempts`` say which and why.
+    may pass, and when several failed, the message says which targets, and ErrorInfo metadata ``attempts`` which
+    provider calls failed (a bridge's under its own target) and why. A refusal (a failure that is not retryable)
+    ends the call, but for the targets that the rule puts before the refusing one and that were moved after it
+    for their cool-down (:attr:`router.routing.Decision.cooling_before`): those alone are tried then, as they
+    would have been first. With ``cooldowns``, it learns of each provider call (:meth:`Cooldowns.learn`): of a
+    failure at once, before the next target is called (a concurrent call then tries it last already), of the
+    rest as the call ends, answered, failed or cancelled.
     A transcription's transcript is kept in ``memo`` as the bridged text of the audio it transcribed.
     A transcription whose model sent no text deltas (only its transcript) gets its text as one delta
     before Done, so a client joining the deltas reads every answer alike; one that found no speech (its
@@ -189,117 +197,136 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     route = RouteInfo.planned(decision)
     route.notes.extend(notes or [])
     yield RouteChosen(route)
-    if deadline_passed(ctx):  # as for a fallback: a first attempt now would be cut at once, blaming its provider
-        raise NoTimeLeft(f"the call's deadline (set by its client, or server.max_call_seconds) came, or was less than "
-                         f"{DEADLINE_MARGIN_SECONDS:g} s away, before any provider was called: none was called. Set "
-                         "a longer deadline")
-    sent: list[Transcript] = []  # bridges' transcripts the client has
-    bridged_before = BridgedInRequest()
-    reported = 0  # route.steps whose usage the client was sent
-    failed: list[tuple[str, ProviderError]] = []  # each target that failed, with its error, in turn
-    plans = decision.plans
-    for index, plan in enumerate(plans):
-        provider = registry.ready(plan.target.provider)
-        if provider is None:
-            continue
-        answered = False  # the answering model sent output of its own: no fallback may follow
-        finish: FinishReason | None = None
-        texts: list[str] = []
-        own: list[Transcript] = []
-        bridged_transcripts: list[Transcript] = []
-        used_bridges = [str(b) for b in plan.bridges]
-        answering = False
-        try:
-            answer_request, dropped, skipped, why = request, 0, 0, ""
-            if cuts is not None and request.history_length:
-                answer_request, skipped, why = cuts.start(request, str(plan.target))
-            if plan.bridges:
-                bridged = await apply_bridges(plan.bridges, answer_request, registry, ctx, route, memo,
-                                              bridge_preferences, bridged_before, _trim_for(fit, plan))
-                answer_request, used_bridges, dropped = bridged.request, bridged.bridges, bridged.dropped
-                bridged_transcripts = bridged.transcripts
-                for t in _unsent(bridged.transcripts, sent):
-                    yield TranscriptReady(t)
-                for step in route.steps[reported:]:
-                    yield StepUsage(step.usage)
-                reported = len(route.steps)
-            if fit is not None:
-                answer_request, more = fit(answer_request, plan, {})
-                dropped += more
-            if dropped:
-                route.notes.append(trimmed_note(dropped, request.session_id, plan))
-            answering = True  # from here the model's own usage is streamed as it reports it
-            unmatched = list(sent)  # the bridges' transcripts sent, each matched by one of the model's at most
-            # closed with this generator: a client leaving mid-answer closes the provider's stream at once
-            # without history nothing could be dropped on a refusal for size: no retrying layer (it costs
-            # an async-generator hop per streamed chunk)
-            answering_call = (
-                _call_answering(provider, plan, answer_request, ctx, route, _Learning(request, cuts, skipped, why))
-                if answer_request.history_length or skipped
-                else call_model(provider, plan.model, answer_request, ctx, route, "answer"))
-            async with aclosing(answering_call) as events:
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        answered = True
-                        texts.append(event.text)
-                        yield event
-                    elif isinstance(event, TranscriptReady):
-                        answered = True
-                        own.append(event.transcript)  # one per recording, if a plugin sends several
-                        if event.transcript in unmatched:  # a bridge's, already sent: a model hearing the
-                            unmatched.remove(event.transcript)  # audio itself made it again (local/extract)
-                        else:
-                            yield event
-                    elif isinstance(event, UsageReport):
-                        finish = event.finish_reason or finish
-                        yield StepUsage(event.usage)
-            reported = len(route.steps)
-        except ProviderError as exc:
-            failed.append((str(plan.target), exc))
-            if not answering:
-                for step in route.steps[reported:]:  # bridges paid for before the failure
-                    yield StepUsage(step.usage)
-            reported = len(route.steps)  # an answer's paid part (a failed step) was streamed as it came
-            if (answered and not held) or deadline_passed(ctx):  # no time for a fallback
-                raise
-            refused = None if answering else bridged_before.media_refused(exc)
-            if not exc.retryable and refused is not None and _taken_later(refused, plans[index + 1:]):
-                route.notes.append(f"{plan.target} failed: its bridge refused {_with_article(refused.modality.value)} "
-                                   f"({exc.reason}: {exc.message}); trying the next target, as a later one "
-                                   f"takes the {refused.modality.value} itself")
+    told = 0  # route.attempts the cool-downs learnt of
+    try:
+        if deadline_passed(ctx):  # as for a fallback: a first attempt now would be cut at once, blaming its provider
+            raise NoTimeLeft(f"the call's deadline (set by its client, or server.max_call_seconds) came, or was less than "
+                             f"{DEADLINE_MARGIN_SECONDS:g} s away, before any provider was called: none was called. Set "
+                             "a longer deadline")
+        sent: list[Transcript] = []  # bridges' transcripts the client has
+        bridged_before = BridgedInRequest()
+        reported = 0  # route.steps whose usage the client was sent
+        failed: list[tuple[str, ProviderError]] = []  # each target that failed, with its error, in turn
+        plans = decision.plans
+        only: frozenset[str] | None = None  # after a refusal: the targets moved last for their cool-down to try
+        every = True  # no target passed over for ``only``
+        for index, plan in enumerate(plans):
+            if only is not None and str(plan.target) not in only:
+                every = False
                 continue
-            if not exc.retryable:
-                if isinstance(exc, ProviderBadRequest):  # its form refused: a stale history URL?
-                    exc.with_history_urls(_history_urls(answer_request))
-                error = targets_failed(failed, every=index == len(plans) - 1)
-                if error is exc:
+            provider = registry.ready(plan.target.provider)
+            if provider is None:
+                continue
+            answered = False  # the answering model sent output of its own: no fallback may follow
+            finish: FinishReason | None = None
+            texts: list[str] = []
+            own: list[Transcript] = []
+            bridged_transcripts: list[Transcript] = []
+            used_bridges = [str(b) for b in plan.bridges]
+            answering = False
+            try:
+                answer_request, dropped, skipped, why = request, 0, 0, ""
+                if cuts is not None and request.history_length:
+                    answer_request, skipped, why = cuts.start(request, str(plan.target))
+                if plan.bridges:
+                    bridged = await apply_bridges(plan.bridges, answer_request, registry, ctx, route, memo,
+                                                  bridge_preferences, bridged_before, _trim_for(fit, plan))
+                    answer_request, used_bridges, dropped = bridged.request, bridged.bridges, bridged.dropped
+                    bridged_transcripts = bridged.transcripts
+                    for t in _unsent(bridged.transcripts, sent):
+                        yield TranscriptReady(t)
+                    for step in route.steps[reported:]:
+                        yield StepUsage(step.usage)
+                    reported = len(route.steps)
+                if fit is not None:
+                    answer_request, more = fit(answer_request, plan, {})
+                    dropped += more
+                if dropped:
+                    route.notes.append(trimmed_note(dropped, request.session_id, plan))
+                answering = True  # from here the model's own usage is streamed as it reports it
+                unmatched = list(sent)  # the bridges' transcripts sent, each matched by one of the model's at most
+                # closed with this generator: a client leaving mid-answer closes the provider's stream at once
+                # without history nothing could be dropped on a refusal for size: no retrying layer (it costs
+                # an async-generator hop per streamed chunk)
+                answering_call = (
+                    _call_answering(provider, plan, answer_request, ctx, route, _Learning(request, cuts, skipped, why))
+                    if answer_request.history_length or skipped
+                    else call_model(provider, plan.model, answer_request, ctx, route, "answer"))
+                async with aclosing(answering_call) as events:
+                    async for event in events:
+                        if isinstance(event, TextDelta):
+                            answered = True
+                            texts.append(event.text)
+                            yield event
+                        elif isinstance(event, TranscriptReady):
+                            answered = True
+                            own.append(event.transcript)  # one per recording, if a plugin sends several
+                            if event.transcript in unmatched:  # a bridge's, already sent: a model hearing the
+                                unmatched.remove(event.transcript)  # audio itself made it again (local/extract)
+                            else:
+                                yield event
+                        elif isinstance(event, UsageReport):
+                            finish = event.finish_reason or finish
+                            yield StepUsage(event.usage)
+                reported = len(route.steps)
+            except ProviderError as exc:
+                failed.append((str(plan.target), exc))
+                if cooldowns is not None:  # at once: the calls made while a fallback answers try it first
+                    cooldowns.learn(route.attempts[told:])
+                    told = len(route.attempts)
+                if not answering:
+                    for step in route.steps[reported:]:  # bridges paid for before the failure
+                        yield StepUsage(step.usage)
+                reported = len(route.steps)  # an answer's paid part (a failed step) was streamed as it came
+                if (answered and not held) or deadline_passed(ctx):  # no time for a fallback
                     raise
-                raise error from exc
-            route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target")
-            continue
-        if own and not texts:  # a transcriber's answer is its transcript: streamed as text too
-            texts.append(Transcript.merged(own).text)
-            if texts[0]:
-                yield TextDelta(texts[0])
-        if own and not Transcript.merged(own).text.strip() and not "".join(texts).strip():
-            # silence: an empty text (Whisper's, local's) must not read as an answer lost on the way
-            route.notes.append(f"{plan.target} found no speech: the transcript and the answer's text are empty")
-        if own and memo is not None:
-            remember_transcripts(request, own, plan.target, memo)
-        route.provider, route.model = plan.target.provider, plan.target.model
-        if index:  # a fallback answered: those still untried after it
-            route.fallbacks = [str(p.target) for p in plans[index + 1:]]
-        route.bridges = used_bridges
-        route.latency_ms = (time.perf_counter() - started) * 1000
-        if finish is FinishReason.LENGTH:
-            route.notes.append(f"the answer was cut at {plan.target}'s output limit (max_output_tokens)")
-        if request.options.temperature is not None and not plan.model.takes_temperature:
-            route.notes.append(f"temperature not sent: {plan.target} takes no sampling temperature")
-        yield Done(_answer(texts, own, bridged_transcripts, route, finish))
-        return
-    if failed:
-        raise targets_failed(failed, every=True)
-    raise NoRoute("every target of the route became unusable")
+                refused = None if answering else bridged_before.media_refused(exc)
+                if not exc.retryable and refused is not None and _taken_later(refused, plans[index + 1:]):
+                    route.notes.append(f"{plan.target} failed: its bridge refused {_with_article(refused.modality.value)} "
+                                       f"({exc.reason}: {exc.message}); trying the next target, as a later one "
+                                       f"takes the {refused.modality.value} itself")
+                    continue
+                if not exc.retryable:
+                    if isinstance(exc, ProviderBadRequest):  # its form refused: a stale history URL?
+                        exc.with_history_urls(_history_urls(answer_request))
+                    if before := decision.cooling_before.get(str(plan.target)):  # all still untried
+                        only = before
+                        waiting = ", ".join(str(p.target) for p in plans[index + 1:] if str(p.target) in before)
+                        route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying {waiting}, "
+                                           "which the rule puts before it (tried last for its cool-down)")
+                        continue
+                    error = targets_failed(failed, route.attempts, every=every and index == len(plans) - 1)
+                    if error is exc:
+                        raise
+                    raise error from exc
+                route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target")
+                continue
+            if own and not texts:  # a transcriber's answer is its transcript: streamed as text too
+                texts.append(Transcript.merged(own).text)
+                if texts[0]:
+                    yield TextDelta(texts[0])
+            if own and not Transcript.merged(own).text.strip() and not "".join(texts).strip():
+                # silence: an empty text (Whisper's, local's) must not read as an answer lost on the way
+                route.notes.append(f"{plan.target} found no speech: the transcript and the answer's text are empty")
+            if own and memo is not None:
+                remember_transcripts(request, own, plan.target, memo)
+            route.provider, route.model = plan.target.provider, plan.target.model
+            if index:  # a fallback answered: those still untried after it
+                route.fallbacks = [str(p.target) for p in plans[index + 1:]]
+            route.bridges = used_bridges
+            route.latency_ms = (time.perf_counter() - started) * 1000
+            if finish is FinishReason.LENGTH:
+                route.notes.append(f"the answer was cut at {plan.target}'s output limit (max_output_tokens)")
+            if request.options.temperature is not None and not plan.model.takes_temperature:
+                route.notes.append(f"temperature not sent: {plan.target} takes no sampling temperature")
+            yield Done(_answer(texts, own, bridged_transcripts, route, finish))
+            return
+        if failed:
+            raise targets_failed(failed, route.attempts, every=every)
+        raise NoRoute("every target of the route became unusable")
+    finally:  # a call cancelled or failed too: the cool-downs learn of every provider call
+        if cooldowns is not None:
+            cooldowns.learn(route.attempts[told:])
 
 
 def trimmed_note(dropped: int, session_id: str, plan: Plan, planned: bool = False) -> str:

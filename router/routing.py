@@ -582,6 +582,10 @@ class Decision:
     trace: list[TraceEntry]
     #: Route notes on the order of the plans (targets cooling down tried last: :func:`_cooling_last`).
     notes: list[str] = field(default_factory=list)
+    #: By target (``provider/model``): those that came before it in the rule's order and were moved after it
+    #: for their cool-down. A refusal of that target does not end the call before they are tried (see
+    #: :func:`router.dispatch.execute`): they would have been tried first.
+    cooling_before: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def plans(self) -> list[Plan]:
@@ -741,22 +745,26 @@ def _roomiest_first(plans: list[Plan], facts: Facts) -> tuple[list[Plan], str]:
     return ordered, passed
 
 
-def _cooling_last(plans: list[Plan], facts: Facts) -> tuple[list[Plan], list[Plan]]:
+def _cooling_last(plans: list[Plan], facts: Facts
+                  ) -> tuple[list[Plan], list[Plan], dict[str, frozenset[str]]]:
     """A rule's ``plans`` with those whose target is cooling down (:attr:`Facts.cooling`) after the others, each
-    group in its order, and the cooling plans that were moved behind one that is not. When every target is
-    cooling (or none is), ``plans`` as they are. One dict lookup per plan."""
+    group in its order, the cooling plans that were moved behind one that is not, and by each target that is
+    not, the cooling ones moved behind it (:attr:`Decision.cooling_before`). When every target is cooling (or
+    none is), ``plans`` as they are. One dict lookup per plan."""
     ready: list[Plan] = []
     cooling: list[Plan] = []
-    passed = 0  # the cooling plans before the last ready one: those moved
+    before: dict[str, frozenset[str]] = {}
     for plan in plans:
         if str(plan.target) in facts.cooling:
             cooling.append(plan)
         else:
             ready.append(plan)
-            passed = len(cooling)
-    if not ready or not passed:
-        return plans, []
-    return [*ready, *cooling], cooling[:passed]
+            if cooling:
+                before[str(plan.target)] = frozenset(str(p.target) for p in cooling)
+    if not ready or not before:
+        return plans, [], {}
+    moved = [p for p in cooling if str(p.target) in before[str(ready[-1].target)]]
+    return [*ready, *cooling], moved, before
 
 
 def _cooling_note(plan: Plan, facts: Facts) -> str:
@@ -964,8 +972,9 @@ class Router:
                 continue
             plans, why = _roomiest_first(plans, facts)
             moved: list[Plan] = []
+            before: dict[str, frozenset[str]] = {}
             if facts.cooling:  # the only cost without a target cooling down
-                plans, moved = _cooling_last(plans, facts)
+                plans, moved, before = _cooling_last(plans, facts)
             if moved:
                 cooling = "cooling down, tried last: " + ", ".join(str(plan.target) for plan in moved)
                 why = f"{why}; {cooling}" if why else cooling
@@ -973,7 +982,8 @@ class Router:
             if problems:
                 reason += " (skipped " + _joined(problems) + ")"
             trace.append(TraceEntry(rule.name, Outcome.MATCHED, reason))
-            winner = Decision(rule.name, plans[0], plans[1:], trace, [_cooling_note(p, facts) for p in moved])
+            winner = Decision(rule.name, plans[0], plans[1:], trace, [_cooling_note(p, facts) for p in moved],
+                              before)
         if winner is not None:
             return winner
         if self.default:
