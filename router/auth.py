@@ -7,7 +7,6 @@ and reflection stay open so load balancers and tools can probe the daemon.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ipaddress
 import logging
@@ -45,18 +44,6 @@ def _denied(message: str, request_id: str) -> grpc.Status:
     info.Pack(error_details_pb2.ErrorInfo(reason="UNAUTHENTICATED", domain="mmrouter",
                                           metadata={"request_id": request_id}))
     return rpc_status.to_status(status_pb2.Status(code=code_pb2.UNAUTHENTICATED, details=[info], message=message))
-
-
-async def send_headers(context: grpc.aio.ServicerContext, metadata: tuple[tuple[str, str], ...]) -> None:
-    """Send a call's response headers (initial metadata: ``metadata``); raise CancelledError if the call
-    is gone (its client cancelled or left, its deadline passed, the server stopped): gRPC fails the send then.
-    The daemon sends a call's request id in them (see :meth:`router.server.CallLog.announce`)."""
-    try:
-        await context.send_initial_metadata(metadata)
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # gRPC's failed batch (ExecuteBatchError) or its server-stopped error: both private
-        raise asyncio.CancelledError("the call ended before its response headers were sent") from None
 
 
 def sent_token(authorization: str) -> str | None:
@@ -112,8 +99,6 @@ class TokenAuth(grpc.aio.ServerInterceptor):
                                "reason": "UNAUTHENTICATED", "peer": context.peer(), "refusal": which,
                                "request_id": request_id})
             status = _denied(message, request_id)
-            # in the headers and the trailers, as every RouterService call's (router.server.CallLog)
-            await send_headers(context, ((REQUEST_ID_KEY, request_id),))
             await context.abort(status.code, status.details, (*status.trailing_metadata, (REQUEST_ID_KEY, request_id)))
 
         kinds = {

@@ -41,7 +41,7 @@ from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
 
 from . import invoke, redact, wire
-from .auth import TokenAuth, send_headers, warn_if_token_in_clear
+from .auth import TokenAuth, warn_if_token_in_clear
 from .config import Config, parse_address, parse_config, read_config_file, replaced_default_rules
 from .config_warnings import refused_sections
 from .core import REQUEST_ID_KEY, App, missing_models, monotonic_deadline, new_request_id, secrets_of
@@ -161,11 +161,20 @@ class CallLog:
         self.sending: Any = None
 
     async def announce(self, context: grpc.aio.ServicerContext) -> None:
-        """Send the request id in the call's response headers (initial metadata), as it starts: a call that
-        ends with no status (its client's deadline passed, its client cancelled or lost its connection) gets
-        no trailers, and its client still has the id to find the call in the log. The call's one send of
-        headers: raises CancelledError if the call is already gone."""
-        await send_headers(context, ((REQUEST_ID_KEY, self.request_id),))
+        """Send the request id in a stream's response headers (initial metadata), just before its first message:
+        a stream that then ends with no status (its client's deadline passed, its client cancelled or lost its
+        connection) gets no trailers, and its client still has the id to find the call in the log. Not sooner:
+        gRPC's retry policies never retry a call whose headers came (a refusal before the first message, such as
+        TOO_MANY_CALLS or SHUTTING_DOWN, stays retryable), and a stream's first message would send headers
+        anyway. Nor for unary calls, which send theirs with their answer: headers of their own would cost one
+        more gRPC batch each and make every failure of theirs final to a retry policy. Raises CancelledError if
+        the call is already gone."""
+        try:
+            await context.send_initial_metadata(((REQUEST_ID_KEY, self.request_id),))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # gRPC's failed batch (ExecuteBatchError) or its server-stopped error: both private
+            raise asyncio.CancelledError("the call ended before its response headers were sent") from None
 
     def succeeded(self, context: grpc.aio.ServicerContext) -> None:
         """Tell the client the request id in the trailers too (where clients have long read it), and log the call."""
@@ -380,7 +389,6 @@ def unary(method: Callable) -> Callable:
         call = CallLog(method.__name__, self.app.redact)
         task: asyncio.Task | None = None  # set once the call is counted (see _handling)
         try:
-            await call.announce(context)
             with _handling(self.app) as task:
                 response = await method(self, parsed(request), context, call)
         except asyncio.CancelledError:
@@ -411,11 +419,12 @@ def streaming(method: Callable) -> Callable:
         call = CallLog(method.__name__, self.app.redact)
         task: asyncio.Task | None = None  # set once the call is counted (see _handling)
         try:
-            await call.announce(context)
             with _handling(self.app) as task:
                 _STREAMING[task] = call, context
                 async with aclosing(method(self, parsed(request), context, call)) as items:
                     async for item in items:
+                        if call.sending is None:  # the first message: the headers before it name the call
+                            await call.announce(context)
                         call.sending = item
                         yield item
         except asyncio.CancelledError:

@@ -1,10 +1,12 @@
-"""A call's request id reaches its client however the call ends, and reflection resolves method names.
+"""A stream's request id reaches its client however the stream ends, and reflection resolves method names.
 
-- The request id went out only in the trailers (``x-mmrouter-request-id``), which a call cut by its
+- The request id went out only in the trailers (``x-mmrouter-request-id``), which a stream cut by its
   client's deadline, cancelled, or cut off by a lost connection never receives: its client could not find
-  the call in the daemon's log. It now goes out in the response headers too (initial metadata), as the
-  call starts; the trailers keep it. Checked with grpc's Python client through the daemon, the real OpenAI
-  SDK and plugin against tests/fakes/openai.py made slow (a held request, a slow stream).
+  the call in the daemon's log. A stream now sends it in its response headers too (initial metadata), just
+  before its first message; the trailers keep it. Not sooner, nor for unary calls: a call whose headers came
+  is final to a gRPC retry policy, so a refusal before the first message (TOO_MANY_CALLS) must send none.
+  Checked with grpc's Python client through the daemon, the real OpenAI SDK and plugin against
+  tests/fakes/openai.py made slow, and the testkit's provider.
 - Server reflection answered NOT_FOUND for a method's full name (``file_containing_symbol`` of
   ``mmrouter.v1.RouterService.Generate``: upb's descriptor pool finds no methods, grpc/grpc#34743), so
   ``grpcurl describe mmrouter.v1.RouterService.Generate`` failed; it now answers with the service's file,
@@ -14,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 
 import grpc
@@ -24,6 +25,7 @@ from grpc_helpers import error_details, text_request, wait_for
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from mmrouter.v1 import router_pb2 as pb
+from mmrouter.v1 import router_pb2_grpc as pb_grpc
 
 from tests.fakes.openai import API_KEY, FakeOpenAI
 
@@ -98,46 +100,49 @@ def test_streams_cut_short_have_their_request_id_in_their_headers(daemon, fake) 
     assert (line["method"], line["code"]) == ("StreamGenerate", "CANCELLED")
 
 
-def test_unary_calls_cut_by_their_deadline_have_their_request_id_in_their_headers(daemon, fake) -> None:
+def test_unary_calls_send_their_request_id_with_their_answer_only(daemon, fake) -> None:
+    """A unary call's headers go out with its answer and carry no id (its trailers do): headers of their own,
+    sent sooner, would make every failure of the call final to a gRPC retry policy."""
     whole = daemon.stub.Generate.future(pb.GenerateRequest(request=text_request("quick")), timeout=30)
     assert whole.result().answer.text == "Hello from the fake GPT."
-    assert header_id(whole) == dict(whole.trailing_metadata())[REQUEST_ID]  # both: clients read the trailers
-    release = fake.hold_next("/v1/chat/completions")  # the provider thinks past the client's deadline
+    assert header_id(whole) == "" and dict(whole.trailing_metadata())[REQUEST_ID]
+
+
+#: A daemon taking one call at a time, its provider the testkit's (``SLOW:<s>`` holds the call).
+ONE_CALL = PLAIN + "server: {max_concurrent_calls: 1, log_format: json}\n"
+
+#: A gRPC retry policy, as a client's service config sets it: TOO_MANY_CALLS is RESOURCE_EXHAUSTED.
+RETRIES = json.dumps({"methodConfig": [{
+    "name": [{"service": "mmrouter.v1.RouterService"}],
+    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.1s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["RESOURCE_EXHAUSTED"]}}]})
+
+
+def test_a_refusal_before_the_first_message_is_retried_by_a_grpc_retry_policy(start_daemon) -> None:
+    """A call refused before any message (TOO_MANY_CALLS here; SHUTTING_DOWN, SESSION_BUSY alike) has sent no
+    headers, so a client's gRPC retry policy retries it: each attempt is refused and logged by the daemon."""
+    daemon = start_daemon(ONE_CALL)
+    holding = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("SLOW:30")), timeout=60)
     try:
-        call = daemon.stub.Generate.future(pb.GenerateRequest(request=text_request("slow one")), timeout=DEADLINE)
-        assert call.exception() is not None and call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        request_id = header_id(call)
-        assert request_id and request_id != header_id(whole), call.initial_metadata()
-        line = logged(daemon, request_id)
+        assert next(holding).HasField("route_chosen")  # the one slot is taken
+        with grpc.insecure_channel(daemon.address, options=[("grpc.enable_retries", 1),
+                                                            ("grpc.service_config", RETRIES)]) as channel:
+            stub = pb_grpc.RouterServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
+            assert error_details(refused.value).reason == "TOO_MANY_CALLS"
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("hi")), timeout=30))
+            assert error_details(refused.value).reason == "TOO_MANY_CALLS"
+
+        def refusals() -> list[str] | None:
+            lines = [json.loads(line) for line in daemon.logs().splitlines() if line.startswith("{")]
+            methods = [line.get("method") for line in lines if line.get("reason") == "TOO_MANY_CALLS"]
+            return methods if len(methods) >= 6 else None
+
+        assert sorted(wait_for(refusals) or []) == ["Generate"] * 3 + ["StreamGenerate"] * 3, daemon.logs()
     finally:
-        release.set()
-    assert (line["method"], line["code"], line["provider"]) == ("Generate", "DEADLINE_EXCEEDED", "openai")
-
-    more = threading.Event()
-
-    def upload() -> Iterator[pb.UploadMediaRequest]:
-        yield pb.UploadMediaRequest(metadata=pb.UploadMetadata(modality=pb.MODALITY_DOCUMENT, mime_type="text/plain"))
-        yield pb.UploadMediaRequest(chunk=b"the first part")
-        more.wait(30)  # the rest never comes before the deadline
-
-    try:
-        upload_call = daemon.stub.UploadMedia.future(upload(), timeout=DEADLINE)
-        assert upload_call.exception() is not None and upload_call.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        line = logged(daemon, header_id(upload_call))
-    finally:
-        more.set()
-    assert (line["method"], line["code"]) == ("UploadMedia", "DEADLINE_EXCEEDED")
-
-
-def test_a_refused_call_has_its_request_id_in_its_headers_its_trailers_and_its_details(start_daemon) -> None:
-    daemon = start_daemon(PLAIN + "server: {auth_token: the-token, log_format: json}\n")
-    with pytest.raises(grpc.RpcError) as refused:
-        daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
-    error = refused.value
-    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    request_id = error_details(error).request_id
-    assert request_id and header_id(error) == dict(error.trailing_metadata())[REQUEST_ID] == request_id
-    assert logged(daemon, request_id)["code"] == "UNAUTHENTICATED"
+        holding.cancel()
 
 
 #: Methods and the file that declares their service.
