@@ -343,12 +343,17 @@ class SendFailedFilter(logging.Filter):
         return True
 
 
+#: Where a call the stopping daemon refused or ended may go again: sessions and uploads live in its data directory.
+_SEND_AGAIN = ("once the daemon is back; a call naming no session and no uploaded media id may go to another "
+               "instance at once")
+
+
 @contextlib.contextmanager
 def _handling(app: App) -> Iterator[asyncio.Task]:
     """Count the current task among ``app``'s calls being handled while in the block (see :func:`stop_calls`)."""
     if app.stopping:  # health says NOT_SERVING: a client that sends it now gets a status it can retry on
-        raise DaemonStopping("the daemon is stopping: this call was not started; send it again (to another "
-                             "instance, or once the daemon is back)", retry_after=SHUTDOWN_RETRY_SECONDS)
+        raise DaemonStopping(f"the daemon is stopping: this call was not started; send it again ({_SEND_AGAIN})",
+                             retry_after=SHUTDOWN_RETRY_SECONDS)
     task = asyncio.current_task()
     assert task is not None
     app.call_tasks.add(task)
@@ -376,8 +381,7 @@ def _stopping(app: App) -> DaemonStopping:
     when = ("the daemon was told to stop at once (a second SIGTERM or SIGINT) while this call was running"
             if app.stopped_at_once else
             "the daemon is stopping and this call was still running at the end of its server.shutdown_grace_seconds")
-    return DaemonStopping(f"{when}: nothing of it was kept; send it again (to another instance, or once the "
-                          "daemon is back)")
+    return DaemonStopping(f"{when}: nothing of it was kept; send it again ({_SEND_AGAIN})")
 
 
 def unary(method: Callable) -> Callable:
@@ -1181,7 +1185,9 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
         owner = handle.read().strip()
         handle.close()
         raise ConfigError(f"another mmrouter daemon{f' (pid {owner})' if owner else ''} already uses the data "
-                          f"directory {data_dir}: give this one its own --data-dir (server.data_dir)") from None
+                          f"directory {data_dir}: if it is stopping (a restart), start this one once it has exited "
+                          "(at most its server.shutdown_grace_seconds); else give this one its own --data-dir "
+                          "(server.data_dir): a new one holds none of the sessions and uploads of this one") from None
     except OSError as exc:  # a file system without locks (some network mounts): serve, but say so
         log.warning("cannot lock the data directory %s (%s): make sure no other daemon uses it", data_dir,
                     exc.strerror or exc)

@@ -587,6 +587,9 @@ def test_sigterm_drains_in_flight_calls_and_exits_cleanly(daemon) -> None:
     details = error_details(failure(lambda: generate(daemon, text_request("late"))))
     assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN"), details
     assert "this call was not started; send it again" in details.message and details.retry_delay == 1
+    # not to another daemon when it names a session or an upload: those live in this one's data directory
+    assert "once the daemon is back; a call naming no session and no uploaded media id may go to another instance" \
+        in details.message, details.message
     assert details.request_id and details.request_id in daemon.logs()
     worker.join(30)
     assert result["answer"].text.startswith("fake/echo says: SLOW:2")
@@ -886,6 +889,8 @@ def test_a_second_daemon_on_a_data_directory_in_use_refuses_to_start(daemon) -> 
     assert second.returncode == 2
     assert f"already uses the data directory {daemon.data_dir}" in second.stderr
     assert str(daemon.proc.pid) in second.stderr
+    # a restart's new daemon, started while the old one drains, is told to wait for it, not to start afresh
+    assert "if it is stopping (a restart), start this one once it has exited" in second.stderr, second.stderr
     assert generate(daemon, text_request("still me")).text.startswith("fake/echo says")
 
 
