@@ -18,6 +18,7 @@ import functools
 import ipaddress
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -143,6 +144,11 @@ def dollars(amount: float) -> str:
     return f"{amount:.12f}".rstrip("0").rstrip(".")
 
 
+#: A request id a client may send in ``x-mmrouter-request-id``: one word the access log can hold (a UUID, a
+#: W3C trace id, base64).
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
 class CallLog:
     """One call's facts, filled in as it goes, for the one line logged when it ends (the access log):
     INFO when it succeeded, WARNING when it failed, was cancelled or its deadline passed. In JSON logs
@@ -159,6 +165,21 @@ class CallLog:
         self.route: RouteInfo | None = None
         #: A stream's message handed to gRPC last: the one being sent when a send fails (see SendFailedFilter).
         self.sending: Any = None
+
+    def adopt_client_id(self, context: grpc.aio.ServicerContext) -> None:
+        """Take the request id its client sent in ``x-mmrouter-request-id`` (the first, if sent more than once),
+        so that the client knows it before any answer: a unary call cut by its client's deadline gets no
+        trailers. InvalidRequest for one that the log could not hold as one word (see ``CLIENT_REQUEST_ID``)."""
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_ID_KEY:
+                if not isinstance(value, str) or CLIENT_REQUEST_ID.fullmatch(value) is None:
+                    why = (f"has {len(value)} characters (at most 128)" if len(value) > 128 else "is empty" if not value
+                           else "holds characters other than letters, digits and . _ : / + = -")
+                    raise InvalidRequest(f"the request metadata {REQUEST_ID_KEY} (a request id of the client's own) "
+                                         f"must be 1 to 128 letters, digits or . _ : / + = -; it {why}",
+                                         violations=[FieldViolation(REQUEST_ID_KEY, why)])
+                self.request_id = value
+                return
 
     async def announce(self, context: grpc.aio.ServicerContext) -> None:
         """Send the request id in a stream's response headers (initial metadata), just before its first message:
@@ -393,6 +414,7 @@ def unary(method: Callable) -> Callable:
         call = CallLog(method.__name__, self.app.redact)
         task: asyncio.Task | None = None  # set once the call is counted (see _handling)
         try:
+            call.adopt_client_id(context)
             with _handling(self.app) as task:
                 response = await method(self, parsed(request), context, call)
         except asyncio.CancelledError:
@@ -423,6 +445,7 @@ def streaming(method: Callable) -> Callable:
         call = CallLog(method.__name__, self.app.redact)
         task: asyncio.Task | None = None  # set once the call is counted (see _handling)
         try:
+            call.adopt_client_id(context)
             with _handling(self.app) as task:
                 _STREAMING[task] = call, context
                 async with aclosing(method(self, parsed(request), context, call)) as items:
