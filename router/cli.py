@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import os
 import signal
 import socket
@@ -764,6 +765,10 @@ def providers(address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "",
     for p in listing.providers:  # below the table, one line each: a message is too long for a cell
         if p.health.last_failure_unix_seconds:
             console.print(shown(last_failure(p.name, p.health, now)), markup=False)
+        for m in p.models:
+            if m.cooldown_seconds:
+                console.print(shown(f"{p.name}/{m.name} is cooling down for another {math.ceil(m.cooldown_seconds):d} s "
+                                    f"({m.cooldown_reason}): rules try it after their other targets"), markup=False)
 
 
 #: The most characters of a provider's last failure message ``providers`` shows (the daemon keeps 500).

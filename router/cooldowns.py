@@ -73,12 +73,16 @@ class Cooldowns:
         """``target`` answered: its cool-down, if any, ends."""
         self._until.pop(target, None)
 
-    def cooling(self) -> dict[str, str]:
-        """The targets cooling down now, each with why, as a route note says it after the target's name
-        (``asked to be left alone for another 27 s (rate-limited, HTTP 429)``); those whose cool-down
-        ended are forgotten."""
+    def left(self) -> dict[str, tuple[float, str]]:
+        """The targets cooling down now, each with the seconds left and why (``rate-limited, HTTP 429``);
+        those whose cool-down ended are forgotten."""
         now = self._clock()
         for target in [t for t, (until, _) in self._until.items() if until <= now]:
             del self._until[target]
-        return {target: f"asked to be left alone for another {math.ceil(until - now):d} s ({why})"
-                for target, (until, why) in self._until.items()}
+        return {target: (until - now, why) for target, (until, why) in self._until.items()}
+
+    def cooling(self) -> dict[str, str]:
+        """The targets cooling down now, each with why, as a route note says it after the target's name
+        (``asked to be left alone for another 27 s (rate-limited, HTTP 429)``)."""
+        return {target: f"asked to be left alone for another {math.ceil(seconds):d} s ({why})"
+                for target, (seconds, why) in self.left().items()}

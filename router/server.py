@@ -816,9 +816,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListProviders(self, request: pb.ListProvidersRequest, context: grpc.aio.ServicerContext,
                             call: CallLog) -> pb.ListProvidersResponse:
         providers = []
+        cooling = self.app.cooldowns.left()
         for entry in self.app.providers():
             info = wire.provider_to_proto(entry, self.app.redact)
             _health_to_proto(self.app.health.of(entry.name), info.health)
+            for model in info.models:
+                model.cooldown_seconds, model.cooldown_reason = cooling.get(f"{entry.name}/{model.name}", (0.0, ""))
             providers.append(info)
         return pb.ListProvidersResponse(providers=providers)
 

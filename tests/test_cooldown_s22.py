@@ -131,3 +131,25 @@ def test_a_cool_down_ends_when_its_delay_passes_is_capped_and_memory_is_bounded(
     assert sorted(cooldowns.cooling()) == ["a/1", "c/3"]
     cooldowns.succeeded("a/1")
     assert list(cooldowns.cooling()) == ["c/3"]
+
+
+def test_list_providers_and_the_cli_show_a_target_cooling_down(daemon, upstreams) -> None:
+    """ListProviders names each model's cool-down (seconds left and why), and ``mmrouter providers`` says it
+    below its table: an operator sees why a rule's first target gets no calls."""
+    openai, _ = upstreams
+    openai.fail_next(429, RATE_LIMITED, {"retry-after": "30"})
+    assert attempts(generate(daemon)) == [("openai", False), ("anthropic", True)]
+
+    listed = daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=30).providers
+    cooldowns = {f"{p.name}/{m.name}": (m.cooldown_seconds, m.cooldown_reason) for p in listed for m in p.models}
+    seconds, reason = cooldowns.pop("openai/gpt-4o")
+    assert 0 < seconds <= 30 and reason == "rate-limited, HTTP 429"
+    assert set(cooldowns.values()) == {(0.0, "")}  # the others are not cooling down
+    shown = ok(Cli("providers", "--address", daemon.address).result()).stdout
+    assert "openai/gpt-4o is cooling down for another " in shown
+    assert "s (rate-limited, HTTP 429): rules try it after their other targets" in shown
+
+    assert attempts(generate(daemon, provider="openai", model="gpt-4o")) == [("openai", True)]  # ends it
+    listed = daemon.stub.ListProviders(pb.ListProvidersRequest(), timeout=30).providers
+    assert {(m.cooldown_seconds, m.cooldown_reason) for p in listed for m in p.models} == {(0.0, "")}
+    assert "cooling down" not in ok(Cli("providers", "--address", daemon.address).result()).stdout
