@@ -37,7 +37,7 @@ $(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json $(NODE_CLIEN
 # The suite runs on the machine's cores (pytest-xdist, at most 4 workers); a single test file or
 # test runs as usual: .venv/bin/pytest tests/test_x.py.
 test: setup system-deps node-deps
-	$(VENV)/bin/pytest -q -n auto --maxprocesses=4
+	$(VENV)/bin/pytest -q -n auto --maxprocesses=4 --durations=25
 
 lint: setup node-deps
 	$(VENV)/bin/ruff check .
