@@ -539,6 +539,10 @@ def ask(
     inline_limit: InlineLimitOption = 4 * 1024 * 1024,
     max_tokens: Annotated[int, typer.Option(min=0, max=INT32_MAX,
                                             help="Most tokens the answer may have (0: the model's default).")] = 0,
+    temperature: Annotated[float | None, typer.Option(
+        min=0.0, max=2.0, show_default=False,
+        help="Sampling temperature, 0 to 2 (default: the provider's). A model that takes none is called without "
+             "it, and the route says so.")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help=f"Print the whole answer as JSON, nothing else ({JSON_MAPPING}); when the call fails, "
                        "{\"error\": {...}}: its code, reason, retry delay and request id.")] = False,
@@ -578,7 +582,8 @@ def ask(
         def build(limit: int, upload_prompt: bool = False) -> pb.MultimodalRequest:
             return build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
                                   diarize, speakers, provider, model, tag, session, limit, max_tokens, language,
-                                  deadline=deadline, turn_id=turn_id or "", upload_prompt=upload_prompt)
+                                  deadline=deadline, turn_id=turn_id or "", upload_prompt=upload_prompt,
+                                  temperature=temperature)
 
         line_open = [False]  # streamed text printed without a newline at its end yet
         received = [False]  # an event of the answer arrived: a connection lost now was lost during the call

@@ -94,3 +94,16 @@ def test_a_temperature_near_float32s_largest_is_refused_as_out_of_range(daemon, 
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
         assert error_details(refused.value).violations == [("request.options.temperature", "must be between 0 and 2")]
     assert not fake.chat_requests()
+
+
+def test_ask_sends_its_temperature_and_leaves_it_unset_without_one(daemon, fake) -> None:
+    """``mmrouter ask --temperature`` (session 23: the CLI had no way to set the API's options.temperature)."""
+    from test_cli import Cli, ok
+
+    ok(Cli("ask", "Pick a number.", "--temperature", "0.3", "--address", daemon.address).result())
+    assert fake.chat_requests()[-1]["temperature"] == 0.3
+    ok(Cli("ask", "Pick a number.", "--address", daemon.address).result())
+    assert "temperature" not in fake.chat_requests()[-1]
+    refused = Cli("ask", "Pick a number.", "--temperature", "2.5", "--address", daemon.address).result()
+    assert refused.returncode == 2 and "--temperature" in refused.stderr, refused.stderr
+    assert len(fake.chat_requests()) == 2
