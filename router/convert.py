@@ -231,17 +231,28 @@ def fit_problem(media: Media, max_side: int, max_pixels: int = MAX_PIXELS) -> st
         from PIL import Image
     except ImportError:
         return "Pillow, which scales images, is not installed"
+    def opened() -> Any:
+        return Image.open(io.BytesIO(media.data) if media.data is not None else media.path, formats=_FITTED_FORMATS)
+
     try:
-        source = io.BytesIO(media.data) if media.data is not None else media.path
-        with Image.open(source, formats=_FITTED_FORMATS) as image:
+        with opened() as image:
             image.draft(None, _scaled_size(image.size, max_side))  # as fit() decodes it
             width, height = image.size
+    except Image.DecompressionBombError:
+        return f"it has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, which Pillow refuses to open"
     except Exception:  # Pillow raises many kinds (OSError, ValueError, SyntaxError...) on bad content
         return "Pillow cannot read it as a PNG, JPEG, GIF or WebP image"
     if width * height > max_pixels:
         return (f"decoding it takes {width}x{height} px ({width * height:,} pixels), over the {max_pixels:,} "
                 "pixels an image may have to be scaled")
-    return "its pixels could not be decoded or encoded again (the daemon's log says why)"
+    try:  # the header is fine: decode its pixels to say what is wrong with them (a file cut short, say)
+        with opened() as image:
+            image.draft(None, _scaled_size(image.size, max_side))
+            image.load()
+    except Exception as exc:
+        said = str(exc).replace(str(media.path), "the file") if media.path is not None else str(exc)
+        return f"its pixels could not be decoded ({said[:200]}): the file is damaged or cut short"
+    return "its pixels could not be encoded again (the daemon's log says why)"
 
 
 def _scaled_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:

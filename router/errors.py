@@ -45,7 +45,8 @@ and never reaches a client.
 
 Messages name the thing, the cause and the fix. They never contain a secret.
 Provider plugins raise the ``Provider*`` classes, usually through
-:func:`provider_error_from_status`, so every provider maps HTTP failures alike.
+:func:`provider_error_from_status`, so every provider maps HTTP failures alike, and pass the provider's
+own error code, type and param on to the client with :meth:`ProviderError.with_provider_error_ids`.
 """
 
 from __future__ import annotations
@@ -199,6 +200,16 @@ class DataDirGone(RouterError):
                          "session are still answered); the daemon must be restarted")
 
 
+class StorageFailed(RouterError):
+    """The daemon's data directory could not be written (or read) for a reason other than room: a read-only
+    file system (a disk the kernel remounted read-only after errors), permissions, an I/O error, or a damaged
+    sessions database. Nothing was stored; trying again helps only once an operator repaired it, which the
+    message says how to do."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "STORAGE_FAILED"
+
+
 class TooManyUploads(RouterError):
     """As many uploads as ``server.max_concurrent_uploads`` are under way (each holds a file open),
     so a new one is refused at once; the client may try again after ``retry_after`` seconds."""
@@ -309,6 +320,21 @@ class ProviderError(RouterError):
             self.metadata["provider_request_id"] = request_id
         return self
 
+    def with_provider_error_ids(self, *, code: object = None, kind: object = None,
+                                param: object = None) -> ProviderError:
+        """This error naming the failure as the provider's own API does, for a client that branched on it
+        with the provider's SDK (``err.code == "invalid_image_format"``), as ErrorInfo metadata:
+        ``provider_error_code`` (OpenAI's ``error.code``: ``invalid_image_format``, ``content_filter``;
+        Anthropic's ``error.details.error_code``; Gemini's ErrorInfo reason, else its ``error.status``),
+        ``provider_error_type`` (OpenAI's and Anthropic's ``error.type``: ``invalid_request_error``,
+        ``overloaded_error``) and ``provider_error_param`` (OpenAI's ``error.param``, a field of the request
+        the provider was sent, such as ``messages.[1].content``). Each is set only when it is an identifier
+        (:func:`provider_error_id`): never free text, which the message carries. Returns the error."""
+        for key, value in (("provider_error_code", code), ("provider_error_type", kind),
+                           ("provider_error_param", param)):
+            if ident := provider_error_id(value):
+                self.metadata[key] = ident
+        return self
 
     def with_history_urls(self, count: int) -> ProviderError:
         """This error, of a call whose session history sent ``count`` media URLs of earlier turns again:
@@ -332,6 +358,20 @@ class ProviderError(RouterError):
 
 #: The longest provider request id quoted; a longer header value is not an id.
 _MAX_REQUEST_ID = 200
+
+#: What a provider's error code, type or param must look like to be passed on: a short identifier
+#: (``invalid_image_format``, ``INVALID_ARGUMENT``, ``messages.[1].content``, a vLLM's ``400``), not text.
+_PROVIDER_ERROR_ID = re.compile(r"[A-Za-z0-9._:\[\]-]{1,64}")
+
+
+def provider_error_id(value: object) -> str:
+    """``value`` (a provider's error code, type or param, as its JSON gave it) as an identifier for ErrorInfo
+    metadata: a string or integer of at most 64 letters, digits and ``._:-[]``; "" for anything else (free
+    text, a null, a list), which is dropped."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return ""
+    text = str(value)
+    return text if _PROVIDER_ERROR_ID.fullmatch(text) else ""
 
 
 class ProviderBadRequest(ProviderError):

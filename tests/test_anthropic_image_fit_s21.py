@@ -296,3 +296,17 @@ def test_a_sessions_photo_is_logged_scaled_once_and_noted_on_every_turn(daemon, 
         assert_photo_noted(reply.answer.route.notes)
     assert len(fake.message_calls()) == 3
     assert daemon.logs().count("was scaled down to 1176x1568 px") == 1
+
+
+def test_a_photo_cut_short_over_the_limit_is_refused_saying_it_is_damaged(daemon, fake):
+    """QA mobile (session 23): a 9 MB phone photo cut to two thirds of its bytes (an upload that ended early)
+    was refused saying only that its pixels "could not be decoded or encoded again (the daemon's log says
+    why)": the client would shrink the photo when it must send it again. The refusal now says why."""
+    photo = portrait_photo()
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.stub.Generate(ask(image_part(photo[:len(photo) * 2 // 3], "image/jpeg", "IMG_cut.jpg")), timeout=60)
+    assert error_details(info.value).reason == "INPUT_TOO_LARGE"
+    assert "and it could not be scaled down: its pixels could not be decoded (image file is truncated" in \
+        info.value.details(), info.value.details()
+    assert "): the file is damaged or cut short" in info.value.details()
+    assert fake.message_calls() == []

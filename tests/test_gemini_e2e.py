@@ -396,6 +396,7 @@ def test_a_blocked_prompt_is_invalid_argument_after_its_billed_usage(start_daemo
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     got = error_details(info.value)
     assert (got.reason, got.metadata["provider"]) == ("PROVIDER_BAD_REQUEST", "gemini")
+    assert got.metadata["provider_error_code"] == "PROHIBITED_CONTENT"  # to branch on, as on the SDK's block_reason
     assert ("the prompt was blocked (PROHIBITED_CONTENT); flagged: HARM_CATEGORY_SEXUALLY_EXPLICIT (MEDIUM)"
             in info.value.details())
     assert KEY not in info.value.details()

@@ -692,7 +692,7 @@ async def test_http_errors_are_mapped(fake: FakeOpenAI, provider: OpenAIProvider
         await collect(provider, Request([user(text("hi"))]), model_of(provider, "gpt-4o"))
     assert type(info.value) is error
     assert info.value.code == code and info.value.reason == reason
-    assert info.value.metadata == {"provider": "openai"}
+    assert info.value.metadata == {"provider": "openai", "provider_error_type": "invalid_request_error"}
     assert f"upstream says {status}" in info.value.message
     assert len(fake.requests) == 1  # no SDK retries: the router does fallbacks
 

@@ -10,7 +10,9 @@ for the answer's route (:attr:`Prepared.notes`), and so is each image larger tha
 over 1 MB) of a request over Claude's 32 MB with its images as given;
 other content over the API's documented size limits (:mod:`.limits`), and an image that cannot be scaled
 down, is refused before any call, as is media in a format Claude does not take
-(:class:`ProviderUnsupportedInput`: routing normally sends it elsewhere).
+(:class:`ProviderUnsupportedInput`: routing normally sends it elsewhere). An image whose header gives no size
+(:func:`limits.image_size`: garbage after a PNG signature) is over no limit on its sides: within 5 MB it is
+sent as given, and Claude's refusal of an image it cannot read is the error.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Turning the anthropic SDK's exceptions into mmrouter's ``Provider*`` errors.
 
 An HTTP error names Anthropic's request id (the ``request-id`` header), in the message and as
-``provider_request_id`` in the error's metadata, for a support ticket.
+``provider_request_id`` in the error's metadata, for a support ticket; an HTTP error or an ``error`` event
+names Anthropic's ``error.type`` (``invalid_request_error``, ``overloaded_error``) as ``provider_error_type``
+and its ``error.details.error_code`` (``image_dimensions_too_large``), if any, as ``provider_error_code``.
 """
 
 from __future__ import annotations
@@ -69,6 +71,14 @@ def _error_body(exc: Any, api_key: str) -> tuple[str, str]:
     return "", text if len(text) <= MAX_BODY_QUOTE else text[:MAX_BODY_QUOTE - 3] + "..."
 
 
+def _error_code(exc: Any) -> object:
+    """``error.details.error_code`` of an SDK status error's body (the anthropic SDK's ``error_code``), or None."""
+    body = getattr(exc, "body", None)
+    err = body.get("error") if isinstance(body, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    return details.get("error_code") if isinstance(details, dict) else None
+
+
 def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderError:
     """The :class:`ProviderError` of the provider called ``provider`` for an exception raised by the
     anthropic SDK.
@@ -113,6 +123,7 @@ def map_sdk_error(exc: BaseException, provider: str, api_key: str) -> ProviderEr
             provider, status, _scrub(message, api_key), retry_after=retry_after,
             too_large=err_type == "request_too_large",
         )
+        error.with_provider_error_ids(code=_error_code(exc), kind=err_type)
         return error.with_provider_request_id(exc)
     if isinstance(exc, transport_errors()):
         if isinstance(exc, transport_errors("TimeoutException")):  # a body that stalled past the read timeout

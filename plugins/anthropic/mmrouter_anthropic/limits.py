@@ -25,6 +25,7 @@ Sources (checked 2026):
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -211,10 +212,21 @@ def body_bytes(system: str, turns: list[dict[str, Any]]) -> int:
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
+#: A PNG's signature, and what follows it in every PNG: the length (13) and type of its IHDR chunk.
+_PNG = b"\x89PNG\r\n\x1a\n"
+_IHDR = b"\x00\x00\x00\x0dIHDR"
+#: The largest width or height a PNG's IHDR may hold (2^31 - 1).
+_PNG_MAX_SIDE = 0x7FFFFFFF
+
+
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a PNG, GIF, JPEG or WebP image from its header; None if it cannot tell."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
+    """(width, height) of a PNG, GIF, JPEG or WebP image from its header; None if it cannot tell. A header
+    that is not one (a PNG's signature followed by anything but a well-formed IHDR chunk: garbage, a file
+    cut short) gives None, never a size read from other bytes: such an image, within 5 MB, is sent as given
+    for the API to judge (it refuses one it cannot read: PROVIDER_BAD_REQUEST), as the other plugins send
+    every image, not refused as too large for a size it does not have."""
+    if data.startswith(_PNG):
+        return _png_size(data)
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
         return struct.unpack("<HH", data[6:10])
     if data.startswith(b"\xff\xd8"):
@@ -222,6 +234,19 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return _webp_size(data)
     return None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """The size in a PNG's IHDR chunk, which must come first after the signature, of 13 bytes, with its
+    CRC right and both sides within 1 and 2^31 - 1 px (as the PNG specification, and Pillow, want)."""
+    if data[8:16] != _IHDR or len(data) < 33:
+        return None
+    if zlib.crc32(data[12:29]) != struct.unpack(">I", data[29:33])[0]:
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    if not (0 < width <= _PNG_MAX_SIDE and 0 < height <= _PNG_MAX_SIDE):
+        return None
+    return width, height
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:

@@ -273,7 +273,8 @@ def blocked(response: Any, produced_text: bool, provider: str) -> ProviderError 
     prompt's tokens are billed all the same: report ``usage_metadata`` first."""
     feedback = getattr(response, "prompt_feedback", None)
     if getattr(feedback, "block_reason", None):
-        return ProviderBadRequest(provider, prompt_blocked_message(feedback))
+        return ProviderBadRequest(provider, prompt_blocked_message(feedback)).with_provider_error_ids(
+            code=getattr(feedback.block_reason, "value", feedback.block_reason))
     if produced_text:
         return None
     for candidate in getattr(response, "candidates", None) or []:

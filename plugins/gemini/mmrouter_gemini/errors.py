@@ -65,10 +65,25 @@ def _is_bad_key(error: Any) -> bool:
     return any(d.get("reason") == "API_KEY_INVALID" for d in _details(error))
 
 
+def _error_code(error: Any) -> object:
+    """Google's own name of the failure: the reason of its ``google.rpc.ErrorInfo`` detail
+    (``API_KEY_INVALID``), else its ``status`` (``INVALID_ARGUMENT``, ``RESOURCE_EXHAUSTED``)."""
+    for detail in _details(error):
+        if str(detail.get("@type", "")).endswith("google.rpc.ErrorInfo") and detail.get("reason"):
+            return detail["reason"]
+    return getattr(error, "status", None)
+
+
 def from_api_error(error: Any, provider: str, api_key: str) -> ProviderError:
     """Map a ``google.genai.errors.APIError`` to the error of the provider called ``provider`` for its
     HTTP status: a 402 (``RESOURCE_EXHAUSTED`` "Your prepayment credits are depleted", which Gemini answered
-    as a 429 before) is ``ProviderQuotaExhausted``, no rate limit."""
+    as a 429 before) is ``ProviderQuotaExhausted``, no rate limit. The error names Google's reason or
+    status as ``provider_error_code`` (:meth:`router.errors.ProviderError.with_provider_error_ids`)."""
+    return _api_error(error, provider, api_key).with_provider_error_ids(code=_error_code(error))
+
+
+def _api_error(error: Any, provider: str, api_key: str) -> ProviderError:
+    """The :class:`ProviderError` of :func:`from_api_error`, without Google's code."""
     status = int(getattr(error, "code", 0) or 0) or None
     text = redact(str(getattr(error, "message", "") or getattr(error, "status", "") or "no message"), api_key)
     if _is_bad_key(error):

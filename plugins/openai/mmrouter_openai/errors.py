@@ -12,7 +12,9 @@ contain the API key: 401/403 messages are ours (OpenAI's echo part of the
 key), and every other upstream message is scrubbed of it; nor the credentials of
 a ``base_url`` (``http://user:password@gateway``). An HTTP error names the
 provider's request id (``x-request-id``), in the message and as ``provider_request_id``
-in the error's metadata, for a support ticket.
+in the error's metadata, for a support ticket; an HTTP error or an error event names the provider's
+``code``, ``type`` and ``param`` (``invalid_image_format``, ``content_filter``...) as ``provider_error_code``,
+``provider_error_type`` and ``provider_error_param``, when they are identifiers.
 """
 
 from __future__ import annotations
@@ -232,4 +234,7 @@ def _status_error(exc: Any, provider: str, status: int | None, message: str, whe
         message = f"{what} ({where}): check {OpenAISettings.refused_key_settings(provider, PLUGIN, api_key)}"
     error = provider_error_from_status(provider, status, message, retry_after=retry_after,
                                        too_large=_too_large(exc), quota=_quota_spent(exc))
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error.with_provider_error_ids(code=body.get("code"), kind=body.get("type"), param=body.get("param"))
     return error.with_provider_request_id(exc)
