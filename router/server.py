@@ -250,6 +250,8 @@ class CallLog:
         if len(failed) > 1 and code != "OK":  # every target failed: each one's error, not the last alone
             tried = "; ".join(f"{a.provider}/{a.model}: {a.error}" for a in failed)
             line += f" (attempts: {self.redact(tried)})"
+        if self.session and error:  # a message naming the session (quoted, as the router's do) names its tag
+            line = line.replace(repr(self.session), f"<{facts['session']}>")
         log.log(level, "%s", line, extra={"method": self.method, "code": code, "reason": reason,
                                           "duration_ms": duration_ms, **facts})
 
