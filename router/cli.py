@@ -307,7 +307,8 @@ def _start(ctx: typer.Context, config: Path | None, address: str | None, data_di
     except ConfigError as exc:  # e.g. another daemon holds the data directory
         _start_failed(exc.message, 2, json_logs)
     except sqlite3.Error as exc:
-        _start_failed(_sessions_problem(server.data_dir.expanduser() / "sessions.sqlite", exc), 1, json_logs)
+        _start_failed(_sessions_problem(server.data_dir.expanduser() / "sessions.sqlite", exc, starting=True), 1,
+                      json_logs)
     except OSError as exc:  # e.g. --data-dir names a file
         data = server.data_dir.expanduser()
         full = _disk_full(data / "sessions.sqlite", exc)
@@ -488,6 +489,9 @@ ProviderOption = Annotated[str | None, typer.Option(help="Use this provider inst
 ModelOption = Annotated[str | None, typer.Option(help="Use this model.")]
 TagOption = Annotated[list[str] | None, typer.Option(
     help="A tag for routing rules, kept with the call's statistics (repeatable; at most 32, of 1 to 128 characters).")]
+MetadataOption = Annotated[list[str] | None, typer.Option(
+    "--metadata", metavar="KEY=VALUE",
+    help="A key/value pair of the request's metadata, which routing rules match on (repeatable).")]
 #: The environment variable ``ask`` and ``explain`` take the session id from when --session is not given:
 #: the id is the key to a conversation, and other users of the machine see command lines.
 SESSION_VARIABLE = "MMROUTER_SESSION"
@@ -530,6 +534,7 @@ def ask(
     provider: ProviderOption = None,
     model: ModelOption = None,
     tag: TagOption = None,
+    metadata: MetadataOption = None,
     session: SessionOption = None,
     turn_id: Annotated[str | None, typer.Option(
         show_default=False,
@@ -583,7 +588,7 @@ def ask(
             return build_request(stub, prompt, image or [], audio or [], video or [], pdf or [], system, task,
                                   diarize, speakers, provider, model, tag, session, limit, max_tokens, language,
                                   deadline=deadline, turn_id=turn_id or "", upload_prompt=upload_prompt,
-                                  temperature=temperature)
+                                  temperature=temperature, metadata=metadata)
 
         line_open = [False]  # streamed text printed without a newline at its end yet
         received = [False]  # an event of the answer arrived: a connection lost now was lost during the call
@@ -688,6 +693,7 @@ def explain(
     provider: ProviderOption = None,
     model: ModelOption = None,
     tag: TagOption = None,
+    metadata: MetadataOption = None,
     session: Annotated[str | None, typer.Option(
         envvar=SESSION_VARIABLE, show_default=False,
         help="Route as a turn of this session would be (its earlier turns count); nothing is added to it.")] = None,
@@ -721,7 +727,7 @@ def explain(
                 lambda limit, upload_prompt=False: build_request(
                     stub, prompt, image or [], audio or [], video or [], pdf or [], system, task, diarize, speakers,
                     provider, model, tag, session, limit, language=language, deadline=deadline,
-                    upload_prompt=upload_prompt),
+                    upload_prompt=upload_prompt, metadata=metadata),
                 lambda request: stub.ExplainRoute(pb.ExplainRouteRequest(request=request),
                                                   timeout=remaining(deadline)).route,
                 inline_limit)
@@ -855,23 +861,44 @@ def _data_dir(config: Path | None, data_dir: Path | None) -> Path:
         raise typer.Exit(2) from None
 
 
-def _sessions_problem(path: Path, exc: Exception, *, full_fix: str | None = None) -> str:
+def _sessions_problem(path: Path, exc: Exception, *, full_fix: str | None = None, starting: bool = False) -> str:
     """One line saying why ``path`` is not a usable sessions database; of a full disk, what to do is
-    ``full_fix`` (see :func:`_disk_full_message`)."""
+    ``full_fix`` (see :func:`_disk_full_message`); of a damaged one, how to recover, for ``serve`` when
+    ``starting`` (no daemon runs on it), else for a command run beside the daemon."""
+    from .sessions import Trouble, damaged_fix, storage_fault
+
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
         return (f"the sessions database {path} stayed locked by another process (the daemon busy writing) "
                 "for longer than the wait: try again")
     full = _disk_full(path, exc)
     if full:
         return _disk_full_message(path.parent, full, full_fix)
+    fault = storage_fault(exc) if isinstance(exc, sqlite3.Error) else None
+    if fault is not None and fault.kind is Trouble.DAMAGED and path.is_file():  # the right place, a damaged file
+        steps = (f"{damaged_fix(path)}, then start the daemon again" if starting
+                 else f"stop the daemon, {damaged_fix(path)}, then start it again and run this command again")
+        return f"the sessions database {path} is damaged ({exc}): {steps}"
     why = "is a directory" if path.is_dir() else f"cannot be used ({exc})"
     return f"the sessions database {path} {why}: point --data-dir (or server.data_dir) at the daemon's data directory"
 
 
-#: What prune says to do of a full disk when it removed the media it could (the sessions' deletes need room)...
+#: What prune says to do of a full disk when it removed the media it could (the sessions' deletes need room),
+#: after a --older-than longer than the hour of media it always keeps (see _prune_full_fix)...
 PRUNE_FULL_MORE_MEDIA = "free space on it (a smaller --older-than removes more media), then prune again"
+#: ... after one no longer than that hour: no smaller one removes more...
+PRUNE_FULL_NO_MORE_MEDIA = ("free space on it by other means, or prune again in an hour: the media left were used "
+                            "within the last hour, which prune always keeps (calls under way may still read them)")
 #: ... and when it stopped before removing anything.
 PRUNE_FULL_OTHERWISE = "free space on it by other means (prune removed nothing), then prune again"
+
+
+def _prune_full_fix(older_than: float) -> str:
+    """What prune with ``--older-than`` days says to do of a full disk once it removed the media it could:
+    a smaller --older-than, unless it was no longer than the last hour, whose media prune always keeps
+    (:data:`router.media.PRUNE_GRACE_SECONDS`: calls under way may still read them)."""
+    from .media import PRUNE_GRACE_SECONDS
+
+    return PRUNE_FULL_MORE_MEDIA if older_than * 86_400 > PRUNE_GRACE_SECONDS else PRUNE_FULL_NO_MORE_MEDIA
 
 
 def _disk_full_message(data_dir: Path, why: str, fix: str | None = None) -> str:
@@ -879,10 +906,6 @@ def _disk_full_message(data_dir: Path, why: str, fix: str | None = None) -> str:
     which prune itself must not say)."""
     fix = fix or "free space, e.g. with `mmrouter prune`, and try again"
     return f"the data directory's disk is full ({why}; {data_dir}): {fix}"
-
-
-#: Bytes written to find out whether a folder's disk has room: more than sqlite needs to re-create its -shm file.
-_ROOM_PROBE_BYTES = 64 << 10
 
 
 def _disk_full(path: Path, exc: Exception) -> str | None:
@@ -903,18 +926,11 @@ def _disk_full(path: Path, exc: Exception) -> str | None:
 
 def _no_room(folder: Path) -> str | None:
     """The system's reason when ``folder``'s disk has no room for a few KiB (ENOSPC, EDQUOT, EFBIG), else None."""
-    import tempfile
-
     from .media import NO_ROOM
+    from .sessions import write_problem
 
-    try:
-        with tempfile.TemporaryFile(dir=folder) as probe:
-            probe.write(bytes(_ROOM_PROBE_BYTES))
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError as exc:
-        return exc.strerror if exc.errno in NO_ROOM else None
-    return None
+    problem = write_problem(folder)
+    return problem.strerror if problem is not None and problem.errno in NO_ROOM else None
 
 
 def _bad_sessions(path: Path, exc: Exception, *, full_fix: str | None = None) -> NoReturn:
@@ -1020,7 +1036,7 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
         sessions, calls, keep = _preview_prune(path, before) if path.exists() else (0, 0, set())
         store, writable = None, not dry_run
     else:
-        store, writable = _sessions_to_prune(path)
+        store, writable = _sessions_to_prune(path, _prune_full_fix(older_than))
     try:
         # Read-only first: what the remaining sessions refer to. Media go next, since deleting files
         # needs no room, while the sessions' deletes need room in the WAL and fail on a full disk.
@@ -1039,7 +1055,7 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
                 sessions, calls, _ = store.prune(before)
             except sqlite3.Error as exc:
                 writable = False  # the media are freed all the same: a warning, not a failure
-                problem = _sessions_problem(path, exc, full_fix=PRUNE_FULL_MORE_MEDIA)
+                problem = _sessions_problem(path, exc, full_fix=_prune_full_fix(older_than))
                 err.print(f"[yellow]{escape(f'sessions and statistics rows were not all pruned: {problem}')}[/yellow]")
     except sqlite3.Error as exc:
         _bad_sessions(path, exc, full_fix=PRUNE_FULL_OTHERWISE)
@@ -1075,10 +1091,10 @@ def _preview_prune(path: Path, before: float) -> tuple[int, int, set[str]]:
         _bad_sessions(path, exc, full_fix=PRUNE_FULL_OTHERWISE)
 
 
-def _sessions_to_prune(path: Path) -> tuple[SessionStore, bool]:
+def _sessions_to_prune(path: Path, full_fix: str) -> tuple[SessionStore, bool]:
     """The sessions database at ``path`` and whether it can be written. On a full disk with no daemon
     running, it may open only read-only (re-creating its -shm file needs room): the media can then
-    be pruned still, the sessions not (a warning says so)."""
+    be pruned still, the sessions not (a warning says so, with ``full_fix``, what to do)."""
     from .sessions import SessionStore
 
     try:
@@ -1088,7 +1104,7 @@ def _sessions_to_prune(path: Path) -> tuple[SessionStore, bool]:
         unwritten = wal.exists() and wal.stat().st_size > 0  # turns the file does not hold yet: not read-only
         if not _disk_full(path, exc) or not path.is_file() or unwritten:
             _bad_sessions(path, exc, full_fix=PRUNE_FULL_OTHERWISE)
-        problem = _sessions_problem(path, exc, full_fix=PRUNE_FULL_MORE_MEDIA)
+        problem = _sessions_problem(path, exc, full_fix=full_fix)
         warning = f"sessions and statistics rows are not pruned, media are: {problem}"
     err.print(f"[yellow]{escape(warning)}[/yellow]")
     try:

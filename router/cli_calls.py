@@ -397,7 +397,8 @@ QUESTION_NAME = "question.txt"
 
 def build_request(stub, prompt: str, images, audio, video, pdf, system, task, diarize, speakers, provider, model,
                    tags, session, inline_limit, max_tokens: int = 0, language: str = "", deadline: float | None = None,
-                   turn_id: str = "", upload_prompt: bool = False, temperature: float | None = None):
+                   turn_id: str = "", upload_prompt: bool = False, temperature: float | None = None,
+                   metadata: list[str] | None = None):
     """The request of ``ask`` and ``explain``: files over ``inline_limit`` bytes, and the largest ones
     once the inline total would pass :data:`INLINE_BUDGET`, are uploaded first (within ``deadline``, see
     :func:`remaining`). With ``upload_prompt`` (a question too large for a gRPC message, see
@@ -406,7 +407,8 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     ``language`` (a BCP-47 tag, ``--language``) is sent as it is: the daemon checks it.
     ``--speakers`` turns diarization on, as the request's ``speakers_expected`` does (``--diarize`` may be left out).
     ``turn_id`` (``ask --turn-id``, or one made for a session's turn) names the turn: asked again, it gets its kept answer.
-    ``temperature`` (``ask --temperature``) is left unset when None: the provider's default."""
+    ``temperature`` (``ask --temperature``) is left unset when None: the provider's default. ``metadata`` are
+    ``--metadata KEY=VALUE`` pairs (a key given twice: its last value)."""
     from mmrouter.v1 import router_pb2 as pb
 
     if task not in ("auto", "chat", "transcribe"):
@@ -417,6 +419,13 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     for value, what in ((system, "--system"), (session or "", "--session"), (provider or "", "--provider"),
                         (model or "", "--model"), (language, "--language"), *((t, "--tag") for t in tags or [])):
         utf8_text(value, what)
+    pairs = {}
+    for pair in metadata or []:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            refuse(f"--metadata takes KEY=VALUE, not {pair!r}", "--metadata")
+        utf8_text(pair, "--metadata")
+        pairs[key] = value
     files = list(media_parts(images, audio, video, pdf))
     inline = inline_choice([path.stat().st_size for _, path, _ in files], inline_limit)
     parts = []
@@ -438,7 +447,7 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     messages.append(pb.Message(role=pb.ROLE_USER, parts=parts))
     tasks = {"auto": pb.TASK_AUTO, "chat": pb.TASK_CHAT, "transcribe": pb.TASK_TRANSCRIBE}
     return pb.MultimodalRequest(
-        messages=messages, session_id=session or "", turn_id=turn_id,
+        messages=messages, session_id=session or "", turn_id=turn_id, metadata=pairs,
         options=pb.Options(task=tasks[task], diarization=diarize or speakers > 0, speakers_expected=speakers,
                            max_output_tokens=max_tokens, language=language, temperature=temperature),
         hints=pb.RoutingHints(provider=provider or "", model=model or "", tags=tags or []),
@@ -736,7 +745,7 @@ def request_labels(images: list[Path], audio: list[Path], video: list[Path], pdf
 OPTION_FIELDS = {"request.turn_id": "--turn-id", "request.options.task": "--task",
                  "request.options.diarization": "--diarize", "request.options.speakers_expected": "--speakers",
                  "request.options.language": "--language", "request.options.max_output_tokens": "--max-tokens",
-                 "request.options.temperature": "--temperature",
+                 "request.options.temperature": "--temperature", "request.metadata": "--metadata",
                  "request.hints.provider": "--provider", "request.hints.model": "--model", "request.hints.tags": "--tag"}
 #: A field path in the daemon's errors (``request.messages[0].parts[1].media.mime_type``).
 _FIELD_PATH = re.compile(r"\brequest(?:\.\w+|\[\d+\])+")
