@@ -45,6 +45,7 @@ from .errors import (
     InvalidRequest,
     NoTimeLeft,
     SessionBusy,
+    StorageFailed,
     StorageFull,
     UnknownMedia,
     UnknownSession,
@@ -209,6 +210,8 @@ def _unsaved_reason(exc: Exception) -> str:
         return "the disk of the daemon's data directory is full"
     if isinstance(exc, DataDirGone):
         return "the daemon's data directory was removed or replaced while it ran (restart the daemon)"
+    if isinstance(exc, StorageFailed):  # a read-only or failing disk: its message says which, and what to do
+        return exc.message
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
         return "the sessions database stayed locked by another process (e.g. `mmrouter prune`) too long"
     if isinstance(exc, sqlite3.Error):  # SQLITE_FULL is "database or disk is full"; a WAL write that
@@ -912,7 +915,7 @@ class App:
                          session_tag(request.session_id))
         except Exception as exc:
             reason = _unsaved_reason(exc)
-            if isinstance(exc, StorageFull | DataDirGone | sqlite3.Error):  # the disk or the database: one line, no traceback
+            if isinstance(exc, StorageFull | StorageFailed | DataDirGone | sqlite3.Error):  # the disk or the database: one line, no traceback
                 log.error("saving this turn of session %s failed; the answer is sent, the turn is not kept: %s",
                           session_tag(request.session_id), reason)
             else:

@@ -16,6 +16,8 @@
     ├── StorageFull                  RESOURCE_EXHAUSTED   STORAGE_FULL      (the data directory's disk is full)
     ├── StorageBusy                  UNAVAILABLE          STORAGE_BUSY      (the sessions database stayed locked; + RetryInfo)
     ├── DataDirGone                  UNAVAILABLE          DATA_DIR_GONE     (the data directory was removed or replaced)
+    ├── StorageFailed                UNAVAILABLE          STORAGE_FAILED    (the data directory cannot be written: read-only,
+    │                                                                     permissions, I/O error, a damaged database)
     ├── TooManyUploads               RESOURCE_EXHAUSTED   TOO_MANY_UPLOADS  (server.max_concurrent_uploads; + RetryInfo)
     ├── TooManyCalls                 RESOURCE_EXHAUSTED   TOO_MANY_CALLS    (server.max_concurrent_calls; + RetryInfo)
     ├── SessionBusy                  RESOURCE_EXHAUSTED   SESSION_BUSY      (server.max_waiting_per_session; + RetryInfo)

@@ -32,6 +32,7 @@ from .errors import (
     InvalidRequest,
     MimeMismatch,
     PayloadTooLarge,
+    StorageFailed,
     StorageFull,
     UnknownMedia,
 )
@@ -48,8 +49,21 @@ STALE_TEMP_SECONDS = 3600.0
 #: included): a call under way marked its media used when it started and reads them for up to
 #: server.max_call_seconds (an hour by default), and a client names its upload in a request after it is stored.
 PRUNE_GRACE_SECONDS = 3600.0
-#: The write errors that mean "no room": disk full, quota exceeded, file size limit.
+#: The write errors that mean "no room": disk full (bytes or inodes), quota exceeded, file size limit.
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+#: The write errors that mean the data directory is broken, not full, each with a guess at the cause for the
+#: operator: a read-only file system, permissions, a failing disk, something else in the store's place. Any other
+#: OSError (too many open files, say) is no fault of the directory and stays the daemon's own.
+BROKEN = {
+    errno.EROFS: "a disk the kernel remounted read-only after errors?",
+    errno.EACCES: "the daemon's user may not write there",
+    errno.EPERM: "the daemon's user may not write there",
+    errno.EIO: "a failing disk? see the kernel's log",
+    errno.EUCLEAN: "a damaged file system? see the kernel's log",
+    errno.ESTALE: "a network file system that lost it?",
+    errno.ENOTDIR: "a file where the store needs a folder",
+    errno.EISDIR: "a folder where the store needs a file",
+}
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +94,30 @@ def stored_type_problem(declared: str, stored: Media) -> str | None:
 
 
 @contextlib.contextmanager
-def _room_needed(what: str) -> Iterator[None]:
-    """Turn "no room left" write errors into :class:`StorageFull` (other OSErrors stay as they are)."""
+def _storing(what: str, folder: Path) -> Iterator[None]:
+    """Turn the write errors of the media store in ``folder`` into the client's: "no room left"
+    (:data:`NO_ROOM`) into :class:`StorageFull`, a broken data directory (:data:`BROKEN`) into
+    :class:`StorageFailed`; other OSErrors stay as they are."""
     try:
         yield
     except OSError as exc:
-        if exc.errno not in NO_ROOM:
-            raise
-        raise StorageFull(f"cannot store {what}: {exc.strerror} in the daemon's data directory; "
-                          "nothing was kept, retry once there is room") from None
+        if exc.errno in NO_ROOM:
+            raise StorageFull(f"cannot store {what}: {exc.strerror} in the daemon's data directory; "
+                              "nothing was kept, retry once there is room") from None
+        if exc.errno in BROKEN:
+            raise StorageFailed(f"cannot store {what}: the data directory's media folder {folder} cannot be "
+                                f"written: {exc.strerror} ({BROKEN[exc.errno]}); nothing was kept, the operator "
+                                "must repair it") from None
+        raise
+
+
+def _holds(path: Path, media_id: str) -> bool:
+    """Whether the file at ``path`` holds the bytes of ``media_id`` (their sha256); False when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == media_id
+    except OSError:
+        return False
 
 
 #: Bytes of an upload written between two starts of their writeback to the disk.
@@ -297,7 +326,7 @@ class MediaStore:
     def put_bytes(self, data: bytes, mime_type: str, modality: Modality) -> StoredMedia:
         """Store bytes already in memory (inline media kept for a session).
 
-        If the same content is already stored, its record is kept as it is and returned (its
+        If the same content is already stored, whole, its record is kept as it is and returned (its
         modality and MIME type may differ from the arguments'): the bytes are what a session needs,
         and an upload's record must not change under its client. No file name is kept (see the
         module's docstring): the session's turn keeps its part's own.
@@ -305,18 +334,21 @@ class MediaStore:
         self._refuse_if_gone()
         media_id = hashlib.sha256(data).hexdigest()
         stored = self._stored(media_id)
-        if stored is not None and stored.size == len(data):
+        if stored is not None and stored.size == len(data) and _holds(stored.path, media_id):
             return stored
-        with self._temp_file() as (fd, tmp):  # new, or stored damaged: these bytes replace it
-            with _room_needed(f"{len(data)} bytes of {mime_type}"), os.fdopen(fd, "wb") as out:
+        # new, or stored damaged: these bytes replace it
+        with _storing(f"{len(data)} bytes of {mime_type}", self.root), self._temp_file() as (fd, tmp):
+            with os.fdopen(fd, "wb") as out:
                 out.write(data)
                 _sync(out)
-            with _room_needed(f"the record of media {media_id}"):
+            with _storing(f"the record of media {media_id}", self.root):
                 return self._keep(tmp, media_id, mime_type, modality)[0]
 
     def _keep(self, tmp: Path, media_id: str, mime_type: str, modality: Modality) -> tuple[StoredMedia, bool]:
         """Commit ``tmp`` as ``media_id``, unless the same content is stored already, whole: then its record
-        is returned as it is. Returns the record and whether ``tmp`` was committed. One at a time: two
+        is returned as it is. Returns the record and whether ``tmp`` was committed. A stored file of the
+        right length is hashed first: one damaged on the disk without a change of length (which :meth:`get`
+        does not see: it would hash every file at every use) is replaced, as a shorter one is. One at a time: two
         uploads of the same bytes at once both found nothing stored, and the last record written won, so
         that one client was given an id whose record named another modality.
 
@@ -327,7 +359,7 @@ class MediaStore:
         their type: the record of the first upload stood, and the bytes could never be used."""
         with self._commit_lock:
             stored = self._stored(media_id)
-            if stored is not None and stored.size == tmp.stat().st_size:
+            if stored is not None and stored.size == tmp.stat().st_size and _holds(stored.path, media_id):
                 if (stored.modality is Modality.AUDIO and modality is Modality.VIDEO) or (
                         normalise_mime(stored.mime_type) in GENERIC_TYPES):
                     self._write_record(stored.path, mime_type, modality, stored.size)
@@ -366,12 +398,23 @@ class MediaStore:
         half-written record, and a record never names missing bytes. ``tmp`` must be synced already
         (:func:`_sync`): after a power cut, a renamed file whose bytes were not on disk is empty. The
         record keeps the size, so that bytes cut short anyway are found (see :meth:`get`).
+
+        When the record cannot be written (a disk that is full, or went read-only, in between), the bytes
+        moved into place are removed again, so that "nothing was kept" holds: never served without a record,
+        they would hold their room until ``prune``. Not if a record written before serves them (a damaged
+        copy these bytes replaced): that media stays stored, now whole.
         """
         path = self._path(media_id)
         path.parent.mkdir(exist_ok=True)  # not the store's folder, which holds tmp: never the data directory
         size = tmp.stat().st_size
         os.replace(tmp, path)
-        self._write_record(path, mime_type, modality, size)
+        try:
+            self._write_record(path, mime_type, modality, size)
+        except OSError:
+            if self._stored(media_id) is None:
+                with contextlib.suppress(OSError):  # a read-only disk keeps them: prune removes them later
+                    path.unlink()
+            raise
         return StoredMedia(media_id, path, mime_type, modality, size)
 
     def _write_record(self, path: Path, mime_type: str, modality: Modality, size: int) -> None:
@@ -389,10 +432,15 @@ class MediaStore:
         """Write ``chunks`` to disk while hashing; check the MIME type on the first bytes.
 
         Content is stored once, under its sha256. Uploading content that is already stored returns
-        the existing record unchanged (its MIME type is that of the first upload); no file name is
+        the existing record unchanged (its MIME type is that of the first upload; a stored copy damaged
+        on the disk is replaced, see :meth:`_keep`); no file name is
         kept (see the module's docstring: a request's part gives its own);
         under another modality it is refused with :class:`InvalidRequest` naming the media id and the
         modality it is stored as, since one id has one modality.
+
+        A full disk is :class:`StorageFull`; a data directory that cannot be written for another reason (a
+        read-only or failing disk, permissions) :class:`StorageFailed`, logged as an ERROR (one line: the
+        operator must act, and a traceback per upload would say nothing more).
         """
         self._refuse_if_gone()
         if modality is Modality.TEXT:
@@ -407,11 +455,20 @@ class MediaStore:
                                  violations=[FieldViolation("metadata.size_bytes", "cannot be negative (0: not said)")])
         if expected_size > self.max_upload_bytes:
             raise self._too_large(expected_size, declared=True)
+        try:
+            return await self._receive(mime_type, modality, expected_size, chunks)
+        except StorageFailed as exc:
+            log.error("an upload failed: %s", exc.message)
+            raise
+
+    async def _receive(self, mime_type: str, modality: Modality, expected_size: int,
+                       chunks: AsyncIterator[bytes]) -> StoredMedia:
+        """Store the upload :meth:`upload` checked the metadata of."""
         digest = hashlib.sha256()
         size = flushed = 0
         head = b""
-        with self._temp_file() as (fd, tmp):
-            with _room_needed(f"the upload of {mime_type}"), os.fdopen(fd, "wb") as out:
+        with _storing(f"the upload of {mime_type}", self.root), self._temp_file() as (fd, tmp):
+            with os.fdopen(fd, "wb") as out:
                 async for chunk in chunks:
                     if len(head) < _HEAD:  # check the type as soon as the first bytes are in
                         head += chunk[: _HEAD - len(head)]
@@ -438,9 +495,8 @@ class MediaStore:
             if expected_size and size != expected_size:
                 raise InvalidRequest(f"received {size} bytes but metadata.size_bytes said {expected_size}",
                                      violations=[FieldViolation("metadata.size_bytes", "does not match the bytes sent")])
-            media_id = digest.hexdigest()
-            with _room_needed(f"the upload of {mime_type}"):  # new, or stored damaged: this upload replaces it
-                stored, committed = await asyncio.to_thread(self._keep, tmp, media_id, mime_type, modality)
+            media_id = digest.hexdigest()  # new, or stored damaged: this upload replaces it
+            stored, committed = await asyncio.to_thread(self._keep, tmp, media_id, mime_type, modality)
             # the same bytes stored before as another modality: its record stands. A video's is answered for
             # an upload as audio (a request may name a stored video as audio, for its sound), audio's became
             # a video's (see _keep); another modality is refused (an id naming a document is no video)
