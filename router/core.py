@@ -71,7 +71,15 @@ from .routing import (
     input_budget,
     media_tokens,
 )
-from .sessions import KeptAnswer, Removed, SessionStore, StoredBridges, storage_error, trim_history
+from .sessions import (
+    KeptAnswer,
+    Removed,
+    SessionStore,
+    StoredBridges,
+    storage_error,
+    storage_fault,
+    trim_history,
+)
 from .settings import ProviderSettings
 from .sniff import GENERIC_TYPES, Measured, measure_media
 from .text import valid_text
@@ -204,20 +212,19 @@ def _router_of(config: Config) -> routing.Router:
     )
 
 
-def _unsaved_reason(exc: Exception) -> str:
-    """Why a session's turn could not be stored, in words for the client's route note."""
+def _unsaved_reason(exc: Exception, sessions: SessionStore | None = None) -> str:
+    """Why a session's turn could not be stored, in words for the client's route note; an error of the sessions
+    database ``sessions`` as :meth:`SessionStore.fault_of` tells it (a full disk from a read-only or failing one,
+    a damaged file; those two logged once), called on the store's thread."""
     if isinstance(exc, StorageFull):  # its media
         return "the disk of the daemon's data directory is full"
     if isinstance(exc, DataDirGone):
         return "the daemon's data directory was removed or replaced while it ran (restart the daemon)"
     if isinstance(exc, StorageFailed):  # a read-only or failing disk: its message says which, and what to do
         return exc.message
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-        return "the sessions database stayed locked by another process (e.g. `mmrouter prune`) too long"
-    if isinstance(exc, sqlite3.Error):  # SQLITE_FULL is "database or disk is full"; a WAL write that
-        # found no room can also be a "disk I/O error"
-        ioerr = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_IOERR
-        return f"the sessions database could not be written ({exc}{'; is the disk full?' if ioerr else ''})"
+    if isinstance(exc, sqlite3.Error):
+        fault = sessions.fault_of(exc) if sessions is not None else storage_fault(exc)
+        return fault.note if fault is not None else f"the sessions database could not be written ({exc})"
     return f"storing it failed ({type(exc).__name__}, see the daemon's log)"
 
 
@@ -914,7 +921,7 @@ class App:
                 log.info("the call on session %s was cancelled before its turn was written: the turn is not kept",
                          session_tag(request.session_id))
         except Exception as exc:
-            reason = _unsaved_reason(exc)
+            reason = _unsaved_reason(exc, self.sessions)
             if isinstance(exc, StorageFull | StorageFailed | DataDirGone | sqlite3.Error):  # the disk or the database: one line, no traceback
                 log.error("saving this turn of session %s failed; the answer is sent, the turn is not kept: %s",
                           session_tag(request.session_id), reason)

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import json
 import logging
 import os
 import re
+import resource
 import shlex
 import sqlite3
 import sys
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -26,8 +29,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from .errors import DataDirGone, RouterError, StorageBusy, StorageFull
+from .errors import DataDirGone, RouterError, StorageBusy, StorageFailed, StorageFull
 from .invoke import unpaid_failures
+from .media import BROKEN, NO_ROOM
 from .outcome import Answer
 from .redact import session_tag
 from .types import Media, Message, Modality, Part, Role, Transcript, Utterance, Word
@@ -116,21 +120,141 @@ def file_identity(path: Path) -> tuple[int, int]:
     return found.st_dev, found.st_ino
 
 
-def storage_error(exc: sqlite3.Error, doing: str) -> RouterError | None:
-    """The client's error for ``exc``, raised by the sessions database while ``doing`` ("reset the session"),
-    when it is no bug of the daemon's: :class:`StorageBusy` for a database another process kept locked past the
-    busy timeout (retryable), :class:`StorageFull` for a full disk (SQLite's "database or disk is full", or a
-    "disk I/O error", which a write that found no room can be too). None for any other failure."""
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc):
-        return StorageBusy(f"could not {doing}: the daemon's sessions database stayed locked by another process "
-                           "(e.g. `mmrouter prune` or a backup) too long; nothing was changed, try again",
-                           retry_after=STORAGE_RETRY_SECONDS)
-    if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
-        hint = "; is the disk full?" if code == sqlite3.SQLITE_IOERR else ""
-        return StorageFull(f"could not {doing}: the daemon's sessions database could not be written ({exc}{hint}) "
-                           "in its data directory; nothing was changed, retry once there is room")
+class Trouble(enum.Enum):
+    """What kind of trouble the sessions database met (see :class:`Fault`)."""
+
+    #: Locked by another process (``mmrouter prune``, a backup) past the busy timeout: passes by itself.
+    BUSY = "busy"
+    #: No room: the disk (bytes or inodes), a quota, a file size limit.
+    FULL = "full"
+    #: The data directory (or the database file) cannot be written for another reason: a file system the
+    #: kernel remounted read-only after errors, permissions, an I/O error. Only an operator mends it.
+    UNWRITABLE = "unwritable"
+    #: The file is damaged (SQLite's "database disk image is malformed", "file is not a database").
+    DAMAGED = "damaged"
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """Why the sessions database failed, when it is no bug of the daemon's (see :func:`storage_fault`):
+    its kind and ``cause``, SQLite's error with what it means when that is known ("disk I/O error: the
+    data directory cannot be written: Read-only file system (...)")."""
+
+    kind: Trouble
+    cause: str
+
+    def error(self, doing: str) -> RouterError:
+        """The client's error for a call that could not ``doing`` ("reset the session") for this fault:
+        :class:`StorageBusy` (retryable), :class:`StorageFull`, or :class:`StorageFailed` for a data directory
+        that cannot be written or a damaged database, which retrying does not mend."""
+        failed = f"could not {doing}: the daemon's sessions database"
+        if self.kind is Trouble.BUSY:
+            return StorageBusy(f"{failed} stayed locked by another process (e.g. `mmrouter prune` or a backup) too "
+                               "long; nothing was changed, try again", retry_after=STORAGE_RETRY_SECONDS)
+        if self.kind is Trouble.FULL:
+            return StorageFull(f"{failed} could not be written ({self.cause}) in its data directory; nothing was "
+                               "changed, retry once there is room")
+        if self.kind is Trouble.UNWRITABLE:
+            return StorageFailed(f"{failed} could not be written ({self.cause}); nothing was changed, and retrying "
+                                 "does not help until the daemon's operator repairs its data directory (the "
+                                 "daemon's log says how)")
+        return StorageFailed(f"{failed} is damaged ({self.cause}); nothing was changed, and retrying does not help "
+                             "until the daemon's operator repairs it (the daemon's log says how)")
+
+    @property
+    def note(self) -> str:
+        """Why a session's turn was not kept, for the answer's route note."""
+        if self.kind is Trouble.BUSY:
+            return "the sessions database stayed locked by another process (e.g. `mmrouter prune`) too long"
+        if self.kind is Trouble.FULL:
+            return f"the sessions database could not be written ({self.cause})"
+        if self.kind is Trouble.UNWRITABLE:
+            return (f"the sessions database could not be written ({self.cause}); the daemon's operator must repair "
+                    "its data directory")
+        return f"the sessions database is damaged ({self.cause}); the daemon's operator must repair it"
+
+
+#: Bytes written to find out whether a folder's disk has room: more than sqlite needs to re-create its -shm file.
+ROOM_PROBE_BYTES = 64 << 10
+
+
+def write_problem(folder: Path) -> OSError | None:
+    """The error that writing :data:`ROOM_PROBE_BYTES` to a new file in ``folder`` (synced, then removed) met,
+    None when it worked: ENOSPC, EDQUOT or EFBIG (:data:`router.media.NO_ROOM`) for a disk with no room, EROFS
+    for a read-only file system (one the kernel remounted read-only after errors too, which ``statvfs`` may
+    not show), EACCES, EIO..."""
+    try:
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(bytes(ROOM_PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        return exc
     return None
+
+
+def _size_limited() -> bool:
+    """Whether this process may write files only up to a size (``ulimit -f``), which SQLite meets as an I/O error."""
+    return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+
+
+def storage_fault(exc: sqlite3.Error, path: Path | None = None) -> Fault | None:
+    """Why the sessions database ``path`` raised ``exc``, when it is no bug of the daemon's; None for any other
+    failure.
+
+    SQLite says "database or disk is full" for most writes that found no room, but a write to the ``-shm`` file
+    (or one past a file size limit, or a quota) is a "disk I/O error", as is any write to a file system the
+    kernel remounted read-only after errors; a database file that cannot be opened for writing is "attempt to
+    write a readonly database". For those, a write to a new file beside ``path`` (:func:`write_problem`) tells
+    a full disk from a data directory that cannot be written. Without ``path`` an I/O error is taken for a full
+    disk, as it mostly is."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc):
+        return Fault(Trouble.BUSY, str(exc))
+    if code == sqlite3.SQLITE_FULL:
+        return Fault(Trouble.FULL, str(exc))
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return Fault(Trouble.DAMAGED, str(exc))
+    if code not in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
+        return None
+    if path is None:
+        return Fault(Trouble.FULL, f"{exc}; is the disk full?") if code == sqlite3.SQLITE_IOERR else \
+            Fault(Trouble.UNWRITABLE, str(exc))
+    problem = write_problem(path.parent)
+    if problem is not None and problem.errno in NO_ROOM:
+        return Fault(Trouble.FULL, f"{exc}: {problem.strerror}")
+    if problem is not None:
+        guess = f" ({BROKEN[problem.errno]})" if problem.errno in BROKEN else ""
+        return Fault(Trouble.UNWRITABLE, f"{exc}: the data directory cannot be written: {problem.strerror}{guess}")
+    if code == sqlite3.SQLITE_IOERR and _size_limited():  # past the daemon's file size limit: EFBIG
+        return Fault(Trouble.FULL, f"{exc}; is the disk full?")
+    if code == sqlite3.SQLITE_IOERR:
+        return Fault(Trouble.UNWRITABLE, f"{exc}, although the data directory can be written and has room (a "
+                                         "failing disk? see the kernel's log)")
+    return Fault(Trouble.UNWRITABLE, f"{exc}: the data directory can be written, the database file cannot (its "
+                                     "owner or permissions?)")
+
+
+def storage_error(exc: sqlite3.Error, doing: str, path: Path | None = None) -> RouterError | None:
+    """The client's error for ``exc``, raised by the sessions database ``path`` while ``doing`` ("reset the
+    session"), when it is no bug of the daemon's (see :func:`storage_fault` and :meth:`Fault.error`); None for
+    any other failure."""
+    fault = storage_fault(exc, path)
+    return None if fault is None else fault.error(doing)
+
+
+def damaged_fix(path: Path) -> str:
+    """What an operator does with the damaged sessions database ``path``, the daemon stopped: a backup in its
+    place, else a new database made at the next start; the media are kept (their files and records are in
+    ``media/``; a session's turns only name them)."""
+    name = path.name
+    return (f"move {name}, {name}-wal and {name}-shm out of {path.parent} (a backup's {name} may take their place; "
+            "without one, the sessions, statistics and kept transcripts are lost, the uploaded media are kept)")
+
+
+#: The ERROR saying that the data directory became unwritable, or that the sessions database is damaged, is
+#: logged again at most this often while it lasts (each failed call says it in its own line too).
+FAULT_LOG_SECONDS = 60.0
 
 
 def _left_to_later(exc: sqlite3.OperationalError) -> bool:
@@ -197,6 +321,7 @@ class SessionStore:
         #: The file opened (see :func:`file_identity`), which the daemon's watch of its data directory compares.
         self.identity: tuple[int, int] | None = None
         self._storing = True  # until stop_storing()
+        self._fault_logged: dict[Trouble, float] = {}  # when (time.monotonic()) each fault was logged last
         #: Whether the turns table has the turn id columns (see :meth:`_add_turn_ids`).
         self._turn_ids = True
         if frozen:
@@ -234,6 +359,33 @@ class SessionStore:
         is written would be lost at the daemon's restart. Reading a session's history, appending to it and
         resetting it raise :class:`DataDirGone`; statistics rows are dropped."""
         self._storing = False
+
+    def fault_of(self, exc: sqlite3.Error) -> Fault | None:
+        """:func:`storage_fault` of ``exc``, raised by this database (call it on the store's thread: it may write
+        a probe file). A data directory that became unwritable, or a damaged database, is logged as one ERROR
+        saying what the operator must do, again at most every :data:`FAULT_LOG_SECONDS` while it lasts."""
+        fault = storage_fault(exc, self.path)
+        if fault is None or fault.kind in (Trouble.BUSY, Trouble.FULL):
+            return fault
+        now = time.monotonic()
+        last = self._fault_logged.get(fault.kind)
+        if last is None or now - last >= FAULT_LOG_SECONDS:
+            self._fault_logged[fault.kind] = now
+            if fault.kind is Trouble.UNWRITABLE:
+                log.error("the data directory %s became unwritable: the sessions database could not be written (%s). "
+                          "Session turns, ResetSession and statistics fail until it can be written again: make it "
+                          "writable (a file system the kernel remounted read-only after errors: stop the daemon, "
+                          "unmount it, run fsck, mount it again, then start the daemon)", self.path.parent, fault.cause)
+            else:
+                log.error("the sessions database %s is damaged (%s): calls on the sessions it holds, ResetSession and "
+                          "statistics fail until it is repaired: stop the daemon, %s, then start it again",
+                          self.path, fault.cause, damaged_fix(self.path))
+        return fault
+
+    def _refusal(self, exc: sqlite3.Error, doing: str) -> RouterError | None:
+        """The client's error for ``exc``, raised by this database while ``doing`` (see :meth:`fault_of`), or None."""
+        fault = self.fault_of(exc)
+        return None if fault is None else fault.error(doing)
 
     def _refuse_if_gone(self) -> None:
         """:class:`DataDirGone` once :meth:`stop_storing` was called."""
@@ -334,12 +486,13 @@ class SessionStore:
 
         A session call is refused here, before any provider is called, once nothing is stored
         (:meth:`stop_storing`); a database another process keeps locked, or a disk too full for SQLite's
-        shared memory file, is :func:`storage_error`'s error."""
+        shared memory file, a data directory that cannot be written or a damaged database, is
+        :meth:`Fault.error`'s error (see :meth:`fault_of`)."""
         self._refuse_if_gone()
         try:
             return self._history(session_id, load_media)
         except sqlite3.Error as exc:
-            raise storage_error(exc, "read the session's history") or exc from None
+            raise self._refusal(exc, "read the session's history") or exc from None
 
     def _history(self, session_id: str, load_media: LoadMedia) -> list[Message]:
         """The body of :meth:`history`."""
@@ -424,7 +577,7 @@ class SessionStore:
             row = self._db.execute("SELECT answer, at FROM turns WHERE session_id = ? AND turn_id = ? "
                                    "ORDER BY position DESC LIMIT 1", (session_id, turn_id)).fetchone()
         except sqlite3.Error as exc:
-            raise storage_error(exc, "read the session's turns") or exc from None
+            raise self._refusal(exc, "read the session's turns") or exc from None
         if row is None:
             return None
         try:
@@ -502,8 +655,20 @@ class SessionStore:
         no turn included, unless another session refers to them (a turn of its, or a call of its that
         made them). What was removed is then overwritten in the file (``secure_delete``) and the
         journal emptied (:meth:`_empty_journal`): no copy of it is left in the data directory.
+
+        A database that cannot be written is :meth:`Fault.error`'s error (see :meth:`fault_of`).
         """
         self._refuse_if_gone()
+        try:
+            removed, others = self._reset(session_id)
+        except sqlite3.Error as exc:
+            raise self._refusal(exc, "reset the session") or exc from None
+        if removed or others:
+            self._empty_journal()
+        return Removed(removed, others)
+
+    def _reset(self, session_id: str) -> tuple[int, int]:
+        """The deletes of :meth:`reset`, in one transaction; return the turns and other rows removed."""
         with self._writing():
             used_here = self._media_of(self._db.execute(
                 "SELECT parts FROM turns WHERE session_id = ? AND parts LIKE ?", (session_id, '%"media_id"%')))
@@ -513,9 +678,7 @@ class SessionStore:
             others = self._db.execute("DELETE FROM bridged_for WHERE session_id = ?", (session_id,)).rowcount
             self._forget_history(session_id)
             others += self._forget_texts_of(used_here)
-        if removed or others:
-            self._empty_journal()
-        return Removed(removed, others)
+        return removed, others
 
     def forget_kept(self, session_id: str) -> int:
         """Forget the texts bridges kept for the media of ``session_id``'s calls that no stored turn refers
@@ -690,7 +853,7 @@ class SessionStore:
         """Hand the rows that wait to the store's thread (from the event loop)."""
         rows = self._take_pending()
         if rows:
-            self.submit(self._write_calls, rows).add_done_callback(_log_lost_rows)
+            self.submit(self._write_calls_or_log, rows)
 
     def _take_pending(self) -> list[tuple]:
         """The statistics rows that wait, no longer waiting (their timer cancelled)."""
@@ -712,6 +875,16 @@ class SessionStore:
             for *row, tags in (row for row in rows if row[-1]):
                 call = self._db.execute(_INSERT_CALL, row).lastrowid
                 self._db.executemany("INSERT INTO call_tags (call, tag) VALUES (?, ?)", [(call, t) for t in tags])
+
+    def _write_calls_or_log(self, rows: list[tuple]) -> None:
+        """:meth:`_write_calls` on the store's thread, a failure logged: the rows are lost."""
+        try:
+            self._write_calls(rows)
+        except sqlite3.Error as exc:  # a full disk, a locked database: one line a batch, no traceback
+            self.fault_of(exc)  # a data directory that became unwritable, a damaged database: said once
+            log.error("writing call statistics failed; those rows are lost: %s: %s", type(exc).__name__, exc)
+        except Exception:
+            log.exception("writing call statistics failed; those rows are lost")
 
     def flush(self) -> None:
         """Write the statistics rows that wait (here and now: not on an event loop)."""
@@ -840,14 +1013,6 @@ def _prune_preview(db: sqlite3.Connection, before: float) -> tuple[int, int, set
         kept = db.execute("SELECT session_id, parts FROM turns WHERE parts LIKE ?", ('%"media_id"%',))
         keep = SessionStore._media_of((parts,) for session, parts in kept if session not in stale)
     return len(stale), calls, keep
-
-
-def _log_lost_rows(written: Future[None]) -> None:
-    error = written.exception()
-    if isinstance(error, sqlite3.Error):  # a full disk, a locked database: one line a batch, no traceback
-        log.error("writing call statistics failed; those rows are lost: %s: %s", type(error).__name__, error)
-    elif error is not None:
-        log.error("writing call statistics failed; those rows are lost", exc_info=error)
 
 
 def _transcript_from_json(stored: str) -> Transcript:
