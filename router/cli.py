@@ -69,6 +69,7 @@ from .config_warnings import broken_provider_errors, config_warnings, unknown_pr
 from .errors import ConfigError
 from .plugins import GROUP, load_registry
 from .text import composed
+from .types import NO_LARGER_LIMIT
 from .version import version
 
 if TYPE_CHECKING:
@@ -645,7 +646,7 @@ def ask(
     cached = f" ({u.cached_input_tokens} cached)" if u.cached_input_tokens else ""
     err.print(f"usage: {u.input_tokens} in{cached}, {u.output_tokens} out, {u.audio_seconds:.1f}s audio, "
               f"${u.cost_usd:.6f}, {answer.route.latency_ms:.0f} ms")
-    warning = FINISH_WARNINGS.get(answer.finish_reason)
+    warning = finish_warning(answer)
     if warning:
         err.print(f"[yellow]{warning}[/yellow]")
 
@@ -675,6 +676,16 @@ FINISH_WARNINGS = {
     3: "the provider's content filter stopped or withheld the answer",  # FINISH_REASON_CONTENT_FILTER
     4: "the model declined to answer",  # FINISH_REASON_REFUSAL
 }
+
+
+def finish_warning(answer: Any) -> str | None:
+    """What ``ask`` says when ``answer`` (a ``pb.Answer``) did not simply finish (:data:`FINISH_WARNINGS`), or None.
+    An answer cut short whose route note says a larger limit will not help (the model's context window filled,
+    or its most tokens were asked for: :data:`router.types.NO_LARGER_LIMIT`) is not told to ask with a larger
+    --max-tokens."""
+    if answer.finish_reason == 2 and any(NO_LARGER_LIMIT in note for note in answer.route.notes):
+        return "the answer was cut, and a larger --max-tokens will not help (see the note above)"
+    return FINISH_WARNINGS.get(answer.finish_reason)
 
 
 @app.command(cls=_JsonErrorsCommand)
@@ -863,8 +874,9 @@ def _data_dir(config: Path | None, data_dir: Path | None) -> Path:
 
 def _sessions_problem(path: Path, exc: Exception, *, full_fix: str | None = None, starting: bool = False) -> str:
     """One line saying why ``path`` is not a usable sessions database; of a full disk, what to do is
-    ``full_fix`` (see :func:`_disk_full_message`); of a damaged one, how to recover, for ``serve`` when
-    ``starting`` (no daemon runs on it), else for a command run beside the daemon."""
+    ``full_fix`` (see :func:`_disk_full_message`); of a damaged one in a daemon's data directory, how to
+    recover, for ``serve`` when ``starting`` (no daemon runs on it), else for a command run beside the daemon.
+    A file that is no database in a folder no daemon used is taken for a wrong --data-dir."""
     from .sessions import Trouble, damaged_fix, storage_fault
 
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
@@ -874,12 +886,17 @@ def _sessions_problem(path: Path, exc: Exception, *, full_fix: str | None = None
     if full:
         return _disk_full_message(path.parent, full, full_fix)
     fault = storage_fault(exc) if isinstance(exc, sqlite3.Error) else None
-    if fault is not None and fault.kind is Trouble.DAMAGED and path.is_file():  # the right place, a damaged file
+    if fault is not None and fault.kind is Trouble.DAMAGED and path.is_file() and _used_by_a_daemon(path.parent):
         steps = (f"{damaged_fix(path)}, then start the daemon again" if starting
                  else f"stop the daemon, {damaged_fix(path)}, then start it again and run this command again")
         return f"the sessions database {path} is damaged ({exc}): {steps}"
     why = "is a directory" if path.is_dir() else f"cannot be used ({exc})"
     return f"the sessions database {path} {why}: point --data-dir (or server.data_dir) at the daemon's data directory"
+
+
+def _used_by_a_daemon(folder: Path) -> bool:
+    """Whether ``folder`` holds what a daemon leaves in its data directory: its lock file, its media folder."""
+    return (folder / "daemon.lock").is_file() or (folder / "media").is_dir()
 
 
 #: What prune says to do of a full disk when it removed the media it could (the sessions' deletes need room),

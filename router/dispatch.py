@@ -35,6 +35,7 @@ from .plugins import Registry
 from .provider import Provider
 from .routing import Decision, Plan
 from .types import (
+    NO_LARGER_LIMIT,
     OUTPUT_TEXT,
     CallContext,
     FinishReason,
@@ -219,6 +220,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 continue
             answered = False  # the answering model sent output of its own: no fallback may follow
             finish: FinishReason | None = None
+            context_full = False  # the answer was cut because the model's context window filled
             texts: list[str] = []
             own: list[Transcript] = []
             bridged_transcripts: list[Transcript] = []
@@ -266,7 +268,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                             else:
                                 yield event
                         elif isinstance(event, UsageReport):
-                            finish = event.finish_reason or finish
+                            if event.finish_reason is not None:
+                                finish, context_full = event.finish_reason, bool(event.context_window_full)
                             yield StepUsage(event.usage)
                 reported = len(route.steps)
             except ProviderError as exc:
@@ -316,7 +319,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
             route.bridges = used_bridges
             route.latency_ms = (time.perf_counter() - started) * 1000
             if finish is FinishReason.LENGTH:
-                route.notes.append(f"the answer was cut at {plan.target}'s output limit (max_output_tokens)")
+                route.notes.append(cut_note(plan, request.options.max_output_tokens, context_full))
             if request.options.temperature is not None and not plan.model.takes_temperature:
                 route.notes.append(f"temperature not sent: {plan.target} takes no sampling temperature")
             yield Done(_answer(texts, own, bridged_transcripts, route, finish))
@@ -327,6 +330,22 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     finally:  # a call cancelled or failed too: the cool-downs learn of every provider call
         if cooldowns is not None:
             cooldowns.learn(route.attempts[told:])
+
+
+def cut_note(plan: Plan, max_output_tokens: int, context_full: bool) -> str:
+    """The route note of an answer of ``plan``'s model cut short (:attr:`FinishReason.LENGTH`), asked for with
+    ``max_output_tokens`` (0: the model's default): cut because the model's context window filled (``context_full``:
+    :attr:`router.UsageReport.context_window_full`), at an output limit that is already the model's most
+    (``ModelInfo.max_output_tokens``), or at one a larger ``max_output_tokens`` raises."""
+    if context_full:
+        return (f"the answer was cut when {plan.target}'s context window filled (the prompt and the answer); "
+                f"{NO_LARGER_LIMIT}: shorten the conversation")
+    most = plan.model.max_output_tokens
+    limit = max_output_tokens or plan.model.default_max_output_tokens
+    if most and limit >= most:
+        return (f"the answer was cut at {plan.target}'s output limit (max_output_tokens {most}, the most it "
+                f"writes); {NO_LARGER_LIMIT}: ask for a shorter answer, or for the rest in a follow-up turn")
+    return f"the answer was cut at {plan.target}'s output limit (max_output_tokens)"
 
 
 def trimmed_note(dropped: int, session_id: str, plan: Plan, planned: bool = False) -> str:

@@ -11,7 +11,9 @@
     ├── UnknownTarget                NOT_FOUND            UNKNOWN_TARGET    (override names no provider/model)
     ├── OverrideNotAllowed           PERMISSION_DENIED    OVERRIDE_NOT_ALLOWED
     ├── NoRoute                      FAILED_PRECONDITION  NO_ROUTE
-    │   └── DiarizationUnavailable   FAILED_PRECONDITION  DIARIZATION_UNAVAILABLE
+    │   ├── DiarizationUnavailable   FAILED_PRECONDITION  DIARIZATION_UNAVAILABLE
+    │   └── InputTooLarge            INVALID_ARGUMENT     INPUT_TOO_LARGE   (every target ruled out for the
+    │                                                                     input's size, before any call)
     ├── ConfigError                  INVALID_ARGUMENT     INVALID_CONFIG
     ├── StorageFull                  RESOURCE_EXHAUSTED   STORAGE_FULL      (the data directory's disk is full)
     ├── StorageBusy                  UNAVAILABLE          STORAGE_BUSY      (the sessions database stayed locked; + RetryInfo)
@@ -157,6 +159,19 @@ class DiarizationUnavailable(NoRoute):
     """Diarization was asked for and no configured provider can diarize."""
 
     reason = "DIARIZATION_UNAVAILABLE"
+
+
+class InputTooLarge(NoRoute):
+    """Every target the request could go to was ruled out for the input's size alone, as the router estimates
+    or measures it before calling any provider: its estimated tokens over each model's context, or a media's
+    bytes, seconds or PDF pages over its limit (``ModelInfo.max_media_bytes``, ``max_audio_seconds``,
+    ``max_document_pages``). The reason of a provider's own refusal for size (:class:`ProviderInputTooLarge`),
+    so that a client handles "too large" once; ErrorInfo metadata says what was measured against the largest
+    limit of those targets (``estimated_tokens`` and ``context_tokens``; ``media_bytes`` and ``max_media_bytes``;
+    ``media_seconds`` and ``max_audio_seconds``; ``pdf_pages`` and ``max_document_pages``)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INPUT_TOO_LARGE"
 
 
 class ConfigError(RouterError):

@@ -27,6 +27,7 @@ from .convert import target_formats
 from .errors import (
     DiarizationUnavailable,
     FieldViolation,
+    InputTooLarge,
     NoRoute,
     OverrideNotAllowed,
     ProviderNotConfigured,
@@ -616,29 +617,56 @@ def url_refused(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) 
     return frozenset(m for m in modalities if m in facts.url_mime_types and not model.takes_url(m))
 
 
-def too_long(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> str | None:
+class SizeProblem(str):
+    """Why a target cannot be used when it is the input's size alone, as the router estimates or measures it
+    before calling any provider: its tokens over the model's context, or a media's bytes, seconds or PDF pages
+    over the model's limit. A ``str`` like every other reason :meth:`Router.plan` gives, which also says what
+    was measured against which limit (ErrorInfo metadata of :class:`InputTooLarge`: see :func:`_size_refusal`).
+    """
+
+    #: The metadata keys and values: what was measured (``estimated_tokens``) and the limit (``context_tokens``).
+    measured_key: str
+    measured: float
+    limit_key: str
+    limit: float
+
+    def __new__(cls, text: str, measured: tuple[str, float], limit: tuple[str, float]) -> SizeProblem:
+        problem = super().__new__(cls, text)
+        problem.measured_key, problem.measured = measured
+        problem.limit_key, problem.limit = limit
+        return problem
+
+    def of(self, target: Target) -> SizeProblem:
+        """This problem named after ``target`` (``openai/whisper-1: 30 MiB of audio is larger ...``)."""
+        return SizeProblem(f"{target}: {self}", (self.measured_key, self.measured), (self.limit_key, self.limit))
+
+
+def too_long(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> SizeProblem | None:
     """Why ``model`` cannot take the speech of ``modalities`` for its length (``max_audio_seconds``), or None."""
     if not model.max_audio_seconds:
         return None
     for modality in sorted(modalities, key=lambda m: m.value):
         seconds = facts.longest_seconds.get(modality, 0.0)
         if seconds > model.max_audio_seconds:
-            return f"{seconds:g} s of {modality.value} is longer than its {model.max_audio_seconds:g} s"
+            return SizeProblem(f"{seconds:g} s of {modality.value} is longer than its {model.max_audio_seconds:g} s",
+                               ("media_seconds", seconds), ("max_audio_seconds", model.max_audio_seconds))
     return None
 
 
-def too_large(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> str | None:
+def too_large(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> SizeProblem | None:
     """Why ``model`` cannot take the media of ``modalities`` for their size (``max_media_bytes``) or, of
     documents, for a PDF's pages (``max_document_pages``, if it takes PDFs at all), or None."""
     ordered = sorted(modalities, key=lambda m: m.value)
     for modality in ordered if model.max_media_bytes else ():
         size = facts.largest_bytes.get(modality, 0)
         if size > model.max_media_bytes:
-            return (f"{_megabytes(size)} of {modality.value} is larger than its {_megabytes(model.max_media_bytes)} "
-                    "per file")
+            return SizeProblem(f"{_megabytes(size)} of {modality.value} is larger than its "
+                               f"{_megabytes(model.max_media_bytes)} per file",
+                               ("media_bytes", size), ("max_media_bytes", model.max_media_bytes))
     pages, limit = facts.most_pdf_pages, model.max_document_pages
     if limit and pages > limit and Modality.DOCUMENT in ordered and model.takes_mime(PDF, Modality.DOCUMENT):
-        return f"{pages} PDF pages is more than its {limit} per PDF"
+        return SizeProblem(f"{pages} PDF pages is more than its {limit} per PDF",
+                           ("pdf_pages", pages), ("max_document_pages", limit))
     return None
 
 
@@ -654,7 +682,7 @@ def _replaced(plan: Plan, facts: Facts) -> set[Modality]:
             and (not b.mime_types or b.mime_types >= facts.mime_types.get(b.modality, frozenset()))}
 
 
-def _too_big(plan: Plan, facts: Facts) -> str | None:
+def _too_big(plan: Plan, facts: Facts) -> SizeProblem | None:
     """Why ``plan``'s model cannot hold this turn's input, or None.
 
     Only this turn counts (a session's history is trimmed to fit the model: see :func:`_drops_history`),
@@ -666,7 +694,9 @@ def _too_big(plan: Plan, facts: Facts) -> str | None:
     replaced = _replaced(plan, facts)
     tokens = sum(n for modality, n in facts.turn_tokens.items() if modality not in replaced)
     if tokens > plan.model.context_tokens:
-        return f"{plan.target}: input of ~{tokens} tokens exceeds its context of {plan.model.context_tokens}"
+        context = plan.model.context_tokens
+        return SizeProblem(f"{plan.target}: input of ~{tokens} tokens exceeds its context of {context}",
+                           ("estimated_tokens", tokens), ("context_tokens", context))
     return None
 
 
@@ -865,7 +895,7 @@ class Router:
             missing.add(modality)
             del unfit[modality]
         if long := too_long(model, (needed - missing) & _SPEECH, facts) or too_large(model, needed - missing, facts):
-            return f"{target}: {long}"
+            return long.of(target)
         if not missing and not beside and not unfit:
             plan = Plan(target, model)
             return _too_big(plan, facts) or plan
@@ -929,13 +959,14 @@ class Router:
 
     def decide(self, facts: Facts, catalog: Catalog, *, override: Target | None = None,
                chosen_by_plugin: Target | None = None) -> Decision:
-        """Choose where a request goes. Raises :class:`NoRoute` when nothing can take it; when this turn
-        alone could be routed, the session's history is to blame and the error says so (see
+        """Choose where a request goes. Raises :class:`NoRoute` when nothing can take it, :class:`InputTooLarge`
+        when every target it could go to was ruled out for the input's size alone (see :func:`_size_refusal`);
+        when this turn alone could be routed, the session's history is to blame and the error says so (see
         :func:`_history_blamed`)."""
         try:
             return self._decide(facts, catalog, override=override, chosen_by_plugin=chosen_by_plugin)
         except NoRoute as exc:
-            if type(exc) is not NoRoute or facts.turn is None:
+            if type(exc) not in (NoRoute, InputTooLarge) or facts.turn is None:
                 raise
             try:
                 self._decide(facts.turn, catalog, override=override, chosen_by_plugin=chosen_by_plugin)
@@ -1023,7 +1054,9 @@ class Router:
                            "request.hints.model", override.model, status.models)
         if not status.ready:
             raise ProviderNotConfigured(override.provider, status.reason)
-        names = [override.model] if override.model else list(status.models)
+        # a provider named alone: its models that do the task (its transcribers are no chat's candidates)
+        names = [override.model] if override.model else [
+            name for name, model in status.models.items() if model.can_do(facts.task)] or list(status.models)
         problems = []
         for name in names:
             result = self.plan(Target(override.provider, name), facts, catalog, bridging=True)
@@ -1031,6 +1064,8 @@ class Router:
                 entry = TraceEntry("override", Outcome.MATCHED, f"the client chose {result.target}")
                 return Decision("override", result, [], [entry])
             problems.append(result)
+        if too_large_for_all := _size_refusal(problems, "the requested override", "; ".join(problems)):
+            raise too_large_for_all
         problem = "the requested override cannot take this request: " + "; ".join(problems)
         raise NoRoute(problem, violations=[FieldViolation("request.hints", problem)])
 
@@ -1038,7 +1073,8 @@ class Router:
                   unusable: Sequence[tuple[str, Sequence[tuple[Target, str]]]]) -> NoRoute:
         """The error for a request no rule, default or fallback can take: why, rule by rule. When no rule
         matched and there is no default, it says so (the file lacks a catch-all), not that no provider
-        can take it; else see :func:`_unusable_summary`."""
+        can take it; when each target of the rules that matched (and of the default) was ruled out for the
+        input's size alone, :class:`InputTooLarge` (:func:`_size_refusal`); else see :func:`_unusable_summary`."""
         if facts.diarization:
             ready = [n for n, s in catalog.items() if s.ready and any(
                 FEATURE_DIARIZATION in m.features for m in s.models.values())]
@@ -1057,21 +1093,45 @@ class Router:
             return NoRoute("no rule matched and no default is set: add a `default:` target or a rule that "
                            f"matches this request {request}{rules}")
         not_matched = [t.rule for t in trace if t.outcome is Outcome.NOT_MATCHED]
-        return NoRoute(f"no provider can take this request {request}: "
-                       + _unusable_summary(unusable, not_matched, catalog))
+        summary = _unusable_summary(unusable, not_matched, catalog)
+        problems = [problem for _, targets in unusable for _, problem in targets]
+        if too_large_for_all := _size_refusal(problems, f"every target this request {request} could go to", summary):
+            return too_large_for_all
+        return NoRoute(f"no provider can take this request {request}: {summary}")
 
 
 def _history_blamed(exc: NoRoute, facts: Facts) -> NoRoute:
     """``exc``, the refusal of a request this turn of which could be routed alone: what no target takes comes
-    from the session's history (a video of an earlier turn, sent again with every turn). Said first (the
-    message is clipped), with a field violation on ``request.session_id`` and what to do."""
+    from the session's history (a video of an earlier turn, sent again with every turn; a PDF of more pages than
+    any target reads). Said first (the message is clipped), with a field violation on ``request.session_id`` and
+    what to do; of the same class (an :class:`InputTooLarge` stays one)."""
     what = _names(facts.history_modalities)
     problem = (f"the session's history holds {what} from earlier turns (sent again with every turn), which no "
                "target can take now, while this turn alone could be routed: start the session over with "
                "ResetSession, or send this turn without session_id")
-    return NoRoute(f"{problem}. {exc.message}", metadata=exc.metadata, violations=[
+    return type(exc)(f"{problem}. {exc.message}", metadata=exc.metadata, violations=[
         *exc.violations, FieldViolation("request.session_id", f"its history holds {what}, which no target can take "
                                         "now: ResetSession, or send this turn without session_id")])
+
+
+def _size_refusal(problems: Sequence[str], targets: str, detail: str) -> InputTooLarge | None:
+    """The refusal of a request whose every candidate target (``targets`` says which, for the message) was ruled
+    out for the input's size alone (each of ``problems`` a :class:`SizeProblem`), before any provider was called:
+    INVALID_ARGUMENT ``INPUT_TOO_LARGE``, the reason of a provider's own refusal for size, with ``detail`` (why
+    each target was ruled out). ErrorInfo metadata says what was measured against the largest limit of the
+    candidates, for each kind of limit reached (``estimated_tokens`` and ``context_tokens``; ``media_bytes`` and
+    ``max_media_bytes``; ``media_seconds`` and ``max_audio_seconds``; ``pdf_pages`` and ``max_document_pages``).
+    None when there are no problems or one is another (a provider not configured, a modality not taken):
+    that is NO_ROUTE."""
+    sized = [problem for problem in problems if isinstance(problem, SizeProblem)]
+    if not sized or len(sized) < len(problems):
+        return None
+    metadata: dict[str, str] = {}
+    for problem in sorted(sized, key=lambda p: p.limit):  # of each kind, the largest limit is written last
+        metadata[problem.measured_key] = f"{problem.measured:.12g}"
+        metadata[problem.limit_key] = f"{problem.limit:.12g}"
+    return InputTooLarge(f"the input is too large for {targets}, by the router's estimate (no provider was "
+                         f"called): {detail}", metadata=metadata)
 
 
 def _split_hint(model: str, catalog: Catalog) -> str:

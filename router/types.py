@@ -44,10 +44,15 @@ class FinishReason(enum.StrEnum):
     """Why the model stopped writing its answer (as its provider reports it)."""
 
     STOP = "stop"  # it finished
-    LENGTH = "length"  # cut at the output limit (max_output_tokens or the model's own)
+    LENGTH = "length"  # cut at the output limit (max_output_tokens or the model's own), or its context window filled
     CONTENT_FILTER = "content_filter"  # the provider's safety or content filter stopped or withheld it
     REFUSAL = "refusal"  # the model declined to answer
     OTHER = "other"  # any other reason (a tool call, a pause)
+
+
+#: Said by the route note of an answer cut short that a larger ``max_output_tokens`` would not lengthen
+#: (:func:`router.dispatch.cut_note`): a client (``mmrouter ask``) then does not advise raising it.
+NO_LARGER_LIMIT = "a larger max_output_tokens will not help"
 
 
 @dataclass
@@ -511,10 +516,17 @@ class TranscriptReady:
 class UsageReport:
     """Event: what the call consumed, and why the model stopped (``finish_reason``, None when the
     provider does not say, as for transcriptions). The router fills in the cost if the provider
-    leaves it 0."""
+    leaves it 0.
+
+    ``context_window_full``, with ``finish_reason`` :attr:`FinishReason.LENGTH`: the answer was cut because
+    the model's context window filled (the prompt and the answer so far; Claude's ``stop_reason``
+    ``model_context_window_exceeded``), not at ``max_output_tokens``. The finish reason stays LENGTH, but the
+    answer's route note says so instead of naming the output limit: a larger ``max_output_tokens`` cannot help.
+    """
 
     usage: Usage
     finish_reason: FinishReason | None = None
+    context_window_full: bool = False
 
 
 #: The most characters a :class:`RouteNote`'s text may have: a longer one is a bad event (the call fails).

@@ -144,7 +144,7 @@ class AnthropicProvider(Provider):
 
         usage = Usage()
         reported = Usage()  # what the usage reports yielded so far hold
-        stop: list[FinishReason] = []
+        stop: list[str] = []  # the stop_reason values of message_delta events
         complete = False
         timeout = self._call_timeout(ctx)
         client = self.client()
@@ -202,7 +202,7 @@ class AnthropicProvider(Provider):
                                     "an event stream")
             raise ProviderUnavailable(self.name, "the stream ended before the answer was complete "
                                                  "(no message_stop)")
-        yield UsageReport(usage.since(reported, model.price), stop[-1] if stop else None)
+        yield finish_report(usage.since(reported, model.price), stop[-1] if stop else None)
 
     async def aclose(self) -> None:
         """Close the SDK client (and its connection pool); safe to call twice."""
@@ -246,6 +246,17 @@ STOP_REASONS = {"end_turn": FinishReason.STOP, "stop_sequence": FinishReason.STO
                 "max_tokens": FinishReason.LENGTH, "model_context_window_exceeded": FinishReason.LENGTH,
                 "refusal": FinishReason.REFUSAL}
 
+#: The ``stop_reason`` of an answer cut because the model's context window filled (the prompt and the answer),
+#: not at ``max_tokens``: LENGTH, with :attr:`router.UsageReport.context_window_full`.
+CONTEXT_WINDOW_FULL = "model_context_window_exceeded"
+
+
+def finish_report(usage: Usage, stop_reason: str | None) -> UsageReport:
+    """The answer's last usage report: ``usage`` and the finish reason of ``stop_reason`` (None: not said),
+    saying when the context window filled (:data:`CONTEXT_WINDOW_FULL`)."""
+    finish = STOP_REASONS.get(stop_reason, FinishReason.OTHER) if stop_reason else None
+    return UsageReport(usage, finish, context_window_full=stop_reason == CONTEXT_WINDOW_FULL)
+
 
 def _event_of(sse: ServerSentEvent, response: Any, anthropic: Any) -> dict[str, Any]:
     """The stream event of a server-sent event; an error event (``event: error``, or data of type
@@ -264,9 +275,9 @@ def _event_of(sse: ServerSentEvent, response: Any, anthropic: Any) -> dict[str, 
     return event
 
 
-def _handle_event(event: dict[str, Any], usage: Usage, stop: list[FinishReason], price: Price) -> None:
+def _handle_event(event: dict[str, Any], usage: Usage, stop: list[str], price: Price) -> None:
     """Fold the usage of a ``message_start`` or ``message_delta`` event into ``usage`` (priced at ``price``
-    when the prompt cache was written) and its stop reason into ``stop``; other events are ignored."""
+    when the prompt cache was written) and its ``stop_reason`` into ``stop``; other events are ignored."""
     kind = event.get("type")
     if kind == "message_start":
         message = event.get("message")
@@ -276,7 +287,7 @@ def _handle_event(event: dict[str, Any], usage: Usage, stop: list[FinishReason],
         delta = event.get("delta")
         reason = delta.get("stop_reason") if isinstance(delta, dict) else None
         if reason:
-            stop.append(STOP_REASONS.get(reason, FinishReason.OTHER))
+            stop.append(str(reason))
 
 
 #: What writing a token to the prompt cache costs over the input price, by the entry's lifetime: 1.25x
