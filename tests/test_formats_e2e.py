@@ -388,3 +388,22 @@ def test_a_file_over_the_gemini_files_api_limit_is_refused_before_uploading(star
     assert any("gemini/gemini-2.5-pro:" in t.reason and "of document is larger than its" in t.reason
                for t in answer.route.trace), answer.route.trace
     assert fakes["gemini"].calls("upload_start") == [] and fakes["gemini"].calls("stream") == []
+
+
+def test_an_avif_photo_reaches_gpt_4o_as_a_picture_not_as_its_ocr_text(start_daemon, fakes) -> None:
+    """QA edu (session 23): GPT-4o takes no AVIF (phones and web pages save photos so), and got the local OCR's
+    text of the photo instead of the picture (a geometry figure lost), though Pillow reads AVIF. It is converted
+    as a BMP is."""
+    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    picture = Image.new("RGB", (64, 48), (200, 30, 30))
+    out = io.BytesIO()
+    picture.save(out, format="AVIF", quality=90)
+    answer = generate(daemon, text_request("What is this?", media=[image("image/avif", out.getvalue(), "pic.avif")]))
+    assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
+    assert "converted pic.avif from image/avif to image/png for the model" in answer.route.notes
+    [sent] = [p for p in sent_parts(fakes["openai"]) if p.kind == "image"]
+    with Image.open(io.BytesIO(sent.data)) as received:
+        assert (sent.mime_type, received.format, received.size) == ("image/png", "PNG", (64, 48))
+        red, green, blue = received.convert("RGB").getpixel((32, 24))
+        assert red > 150 and green < 80 and blue < 80  # the same picture, within AVIF's loss
+    assert not any(p.kind == "text" and p.text.startswith("[Image text]") for p in sent_parts(fakes["openai"]))
