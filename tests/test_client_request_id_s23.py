@@ -9,13 +9,13 @@ violation naming the metadata key; the refusal names an id of the daemon's own.
 
 from __future__ import annotations
 
-import json
 import re
 
 import grpc
 import pytest
-from grpc_helpers import error_details, text_request, wait_for
+from grpc_helpers import error_details, text_request
 from mmrouter.v1 import router_pb2 as pb
+from test_request_id_early_s22 import logged as access_line
 
 KEY = "x-mmrouter-request-id"
 
@@ -31,17 +31,6 @@ server: {log_format: json}
 @pytest.fixture
 def daemon(start_daemon):
     return start_daemon(CONFIG)
-
-
-def access_line(daemon, request_id: str) -> dict:
-    """The access line the daemon logged for the call ``request_id`` (waits for it)."""
-    def find() -> dict | None:
-        lines = [json.loads(line) for line in daemon.logs().splitlines() if line.startswith("{")]
-        return next((line for line in lines if line.get("request_id") == request_id and "code" in line), None)
-
-    line = wait_for(find)
-    assert line is not None, f"no access line with request_id={request_id}:\n{daemon.logs()}"
-    return line
 
 
 def test_a_unary_call_answers_and_is_logged_under_its_clients_id(daemon) -> None:

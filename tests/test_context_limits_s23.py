@@ -25,7 +25,7 @@ from mmrouter_openai.models import MAX_FILE_BYTES
 from test_cli import run_cli
 from test_hybrid import ALL_KEYS, TRANSCRIBE, big_wav, upload
 
-from router.dispatch import NO_LARGER_LIMIT
+from router.types import NO_LARGER_LIMIT
 from tests.fakes.openai import error_body as openai_error
 
 CONFIG = """
