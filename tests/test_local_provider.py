@@ -833,8 +833,9 @@ async def test_a_scan_with_a_small_text_layer_is_read_too(local: LocalProvider) 
     text = text_of(await collect(local, ask(item), local.models[0]))
     page1 = text.split("[PDF stamped.pdf, page 1]\n", 1)[1].split("\n\n[PDF stamped.pdf, page 2]\n")[0]
     assert page1.splitlines() == ["BATES-000123", "Scanned page number 1", "Meeting at nine oclock"], text
-    assert "[PDF stamped.pdf, page 2]\nQuarterly report\n\n" in text, text
-    assert text.endswith("[PDF stamped.pdf, page 3]\nRevenue grew in all of the regions where we sell, once again"), text
+    assert "[PDF stamped.pdf, page 2]\nQuarterly report\n[1 image on this page was not read]\n\n" in text, text
+    assert text.endswith("[PDF stamped.pdf, page 3]\nRevenue grew in all of the regions where we sell, once again"
+                         "\n[1 image on this page was not read]"), text
     assert local.extractor.ocr.images_read - before == 1  # the scan, not the logo nor the slide's photo
 
 

@@ -54,8 +54,9 @@ def check_language(language: str, provider: str = "local") -> None:
     if primary and primary.lower() not in LANGUAGES:
         raise ProviderUnsupportedInput(
             provider, f"the local provider transcribes English only (its speech model is en-US), and the request "
-                     f"asks for language {language.strip()!r}: leave options.language empty or set it to \"en\", "
-                     "or send the request to a provider that transcribes that language")
+                     f"asks for language {language.strip()!r}, which is not supported offline: send the request to "
+                     "a provider that transcribes that language (leaving options.language empty, or \"en\", is "
+                     "right only for English speech: other speech comes back as English words it does not say)")
 
 
 def _until_cancelled(chunks: Iterator[bytes]) -> Iterator[bytes]:

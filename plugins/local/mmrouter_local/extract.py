@@ -117,8 +117,12 @@ class Extractor:
         self.ocr = TextReader()
         self.asr = SpeechRecognizer()
 
-    def ocr_image_bytes(self, data: bytes) -> list[str]:
-        """OCR lines of an encoded image (an image in a PDF page); one too large to decode is named only."""
+    def ocr_image_bytes(self, data: bytes, turn: str | None = None) -> list[str]:
+        """OCR lines of an encoded image (an image in a PDF page), first turned by ``turn`` (the name of a
+        ``PIL.Image.Transpose``: how the page shows it, see :func:`mmrouter_local.pdf.iter_pages`); one too
+        large to decode is named only."""
+        from PIL import Image
+
         try:
             image = open_image(data)
         except ImageTooLarge as e:
@@ -127,7 +131,7 @@ class Extractor:
             problem = too_many_pixels(image)
             if problem:
                 return [f"({problem}: not read)"]
-            return self.ocr.read_lines(to_bgr(image))
+            return self.ocr.read_lines(to_bgr(image if turn is None else image.transpose(Image.Transpose[turn])))
 
     def document(self, media: Media, name: str) -> list[Section]:
         """PDF text page by page (OCR for pages without text); plain text documents as they are."""

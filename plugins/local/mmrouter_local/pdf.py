@@ -1,12 +1,14 @@
-"""PDF text, page by page, with pypdf; pages without a text layer, or scans with a small one, are OCRed.
-The values of a filled-in form (AcroForm fields) follow the text of the page that shows them."""
+"""PDF text, page by page, with pypdf; pages without a text layer, or scans with a small one, are OCRed,
+each image turned as the page shows it (its ``/Rotate`` and the image's placement). The large images of a
+page read from its text layer are named as not read. The values of a filled-in form (AcroForm fields)
+follow the text of the page that shows them."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from router.errors import ProviderError
@@ -18,10 +20,31 @@ from .pool import JobCancelled, raise_if_cancelled
 #: :data:`MIN_SCAN_COVER` of it is a scan with a stamp (a Bates number, a "Scanned by ..." footer): its
 #: images are OCRed too, their text after the text layer's. Kept short: a slide with a few words over a
 #: full-page photo, or a scan with an OCR text layer of its own, is read from its text alone (OCR costs
-#: about a second a page).
+#: about a second a page), saying its large images were not read (see :data:`MIN_NOTED_COVER`).
 MAX_STAMP_CHARS = 50
 #: The share of a page's area its images must cover for a page with a short text layer to be OCRed.
 MIN_SCAN_COVER = 0.8
+#: The share of a page's area an image must cover for a page read from its text layer to say it was not read
+#: (``[1 image on this page was not read]``): a picture of the problems pasted into a typed worksheet is,
+#: a letterhead logo or an icon is not.
+MIN_NOTED_COVER = 0.05
+#: How an image shown turned is made upright, by where its right and upward directions point on the shown
+#: page (each one of (1, 0), (0, 1), (-1, 0), (0, -1), y upward): the name of the ``PIL.Image.Transpose``
+#: that turns its pixels so (None: upright already).
+_TURNS: dict[tuple[tuple[int, int], tuple[int, int]], str | None] = {
+    ((1, 0), (0, 1)): None,
+    ((0, 1), (-1, 0)): "ROTATE_90",  # shown turned a quarter counter-clockwise
+    ((-1, 0), (0, -1)): "ROTATE_180",
+    ((0, -1), (1, 0)): "ROTATE_270",  # shown turned a quarter clockwise (a page fed sideways, /Rotate 90)
+    ((-1, 0), (0, 1)): "FLIP_LEFT_RIGHT",
+    ((1, 0), (0, -1)): "FLIP_TOP_BOTTOM",
+    ((0, -1), (-1, 0)): "TRANSPOSE",
+    ((0, 1), (1, 0)): "TRANSVERSE",
+}
+#: A 2x2 matrix ``(a, b, c, d)``: the linear part of a PDF transformation matrix (row vectors: ``(x, y)``
+#: goes to ``(a x + c y, b x + d y)``).
+Matrix = tuple[float, float, float, float]
+_IDENTITY: Matrix = (1.0, 0.0, 0.0, 1.0)
 #: The line that starts the form fields of a page, after its text: each field then on a line ``label: value``.
 FORM_FIELDS = "Form fields:"
 #: Field flags (PDF 32000-1, table 226) of a button field: a radio button, a push button (it has no value).
@@ -44,18 +67,43 @@ class PdfPage:
     ocr: bool = False
 
 
+@dataclass
+class Placements:
+    """What a page's content stream draws of images: the share of the page's area they cover, how many
+    distinct images cover at least :data:`MIN_NOTED_COVER` of it each, and how each is turned where it is
+    shown (the ``PIL.Image.Transpose`` name making it upright, by its key in ``page.images``: an XObject's
+    name, ``~0~`` for the first inline image)."""
+
+    rotation: int = 0
+    cover: float = 0.0
+    large: int = 0
+    turns: dict[str, str | None] = field(default_factory=dict)
+
+    def turn(self, key: str | list[str]) -> str | None:
+        """The turn of the image ``key`` (a name, or a path through form XObjects: those are turned by the
+        page's ``/Rotate`` alone)."""
+        if isinstance(key, str) and key in self.turns:
+            return self.turns[key]
+        return _turn(_IDENTITY, self.rotation)
+
+
 def iter_pages(
-    source: Path | bytes, ocr_image: Callable[[bytes], list[str]] | None = None
+    source: Path | bytes, ocr_image: Callable[..., list[str]] | None = None
 ) -> Iterator[PdfPage]:
     """Yield each page's text in order.
 
     A page with no extractable text (a scan) has its embedded images read by
     ``ocr_image`` (image bytes -> lines) when one is given; so has a page with under
     :data:`MAX_STAMP_CHARS` characters of text whose images cover over :data:`MIN_SCAN_COVER` of it (a scan
-    with a stamp), its OCR text after the text layer's. Each image is read once per document
-    (see :func:`_image_lines`): a page tree may point at one scanned page 100,000 times, or every page
-    show one image. The filled-in form fields a page shows come last, after a :data:`FORM_FIELDS` line
-    (see :func:`_form_lines`), each field once per document.
+    with a stamp), its OCR text after the text layer's. An image shown turned (a page scanned sideways
+    carries ``/Rotate``; an image may be placed turned) is given as ``ocr_image(data, turn)``, ``turn`` the
+    name of the ``PIL.Image.Transpose`` that makes it upright as shown, so its lines come in reading order.
+    Each image is read once per document (see :func:`_image_lines`): a page tree may point at one scanned
+    page 100,000 times, or every page show one image. A page read from its text layer alone says how many
+    of its images covering at least :data:`MIN_NOTED_COVER` of it each were not read, in a line after its
+    text (``[1 image on this page was not read]``): OCR of every picture would cost about a second each.
+    The filled-in form fields a page shows come last, after a :data:`FORM_FIELDS` line (see
+    :func:`_form_lines`), each field once per document.
     """
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
@@ -98,11 +146,16 @@ def iter_pages(
             except Exception as e:  # odd annotations: pypdf raises many types
                 fields = [f"(form fields could not be read: {type(e).__name__})"]
         form = [FORM_FIELDS, *fields] if fields else []
-        if ocr_image is None or (text and (len(text) >= MAX_STAMP_CHARS or _image_cover(page) <= MIN_SCAN_COVER)):
+        if ocr_image is None:
             yield PdfPage(index + 1, "\n".join([text, *form]) if text else "\n".join(form))
             continue
+        shown = (_placements(page) if not text or len(text) < MAX_STAMP_CHARS or _has_image_xobject(page)
+                 else Placements())
+        if text and (len(text) >= MAX_STAMP_CHARS or shown.cover <= MIN_SCAN_COVER):
+            yield PdfPage(index + 1, "\n".join([text, *_not_read(shown.large), *form]))
+            continue
         try:
-            lines = _image_lines(page, ocr_image, read)
+            lines = _image_lines(page, ocr_image, read, shown)
         except (JobCancelled, ProviderError):  # the OCR cannot load, or memory ran out: not the page's fault
             raise
         except Exception as e:
@@ -203,56 +256,111 @@ def _field_value(field) -> str | None:
     return "\n  ".join(lines) if lines[0] else None  # a multi-line value's later lines indented
 
 
-def _image_cover(page) -> float:
-    """The share of ``page``'s area (a pypdf page) that its images cover: the images its content stream
-    draws (XObjects of the page's resources, and inline images), each the unit square scaled by the
-    transformation matrix in force, their areas added. Images inside form XObjects are not counted; 0
-    when the page's size or content cannot be read."""
+def _not_read(count: int) -> list[str]:
+    """The line saying ``count`` images of a page were not read, in a list (empty for none)."""
+    if not count:
+        return []
+    return ["[1 image on this page was not read]" if count == 1 else f"[{count} images on this page were not read]"]
+
+
+def _has_image_xobject(page) -> bool:
+    """Whether ``page``'s resources (a pypdf page) hold an image XObject (a page without one draws none but
+    inline images, which are small: its content stream is not walked)."""
+    try:
+        xobjects = page["/Resources"]["/XObject"] if "/Resources" in page else {}
+        return any(xobjects[name].get("/Subtype") == "/Image" for name in xobjects)
+    except Exception:  # odd resources: pypdf raises many types
+        return False
+
+
+def _placements(page) -> Placements:
+    """The images ``page``'s content stream draws (a pypdf page): XObjects of the page's resources and inline
+    images, each the unit square under the transformation matrix in force (their areas added for the
+    cover), turned further by the page's ``/Rotate`` (clockwise) where shown. Images inside form XObjects
+    are not counted; no cover when the page's size or content cannot be read."""
+    try:
+        rotation = int(page.rotation) % 360
+    except Exception:  # an odd /Rotate: taken as none
+        rotation = 0
+    shown = Placements(rotation)
     try:
         box = page.mediabox
         page_area = abs(float(box.width) * float(box.height))
         content = page.get_contents()
         if not page_area or content is None:
-            return 0.0
+            return shown
         xobjects = {}  # read with [], which resolves indirect objects (get() does not)
         if "/Resources" in page and "/XObject" in page["/Resources"]:
             xobjects = page["/Resources"]["/XObject"]
-        # only the matrix's determinant matters for areas: the determinant of a product is the product of theirs
-        scale, saved, covered = 1.0, [], 0.0
+        matrix, saved, covered, inline, large = _IDENTITY, [], 0.0, 0, set()
         for operands, operator in content.operations:
             if operator == b"q":
-                saved.append(scale)
+                saved.append(matrix)
             elif operator == b"Q" and saved:
-                scale = saved.pop()
+                matrix = saved.pop()
             elif operator == b"cm" and len(operands) == 6:
-                a, b, c, d = (float(x) for x in operands[:4])
-                scale *= a * d - b * c
+                matrix = _product(tuple(float(x) for x in operands[:4]), matrix)
             elif operator == b"INLINE IMAGE" or (
                     operator == b"Do" and operands and operands[0] in xobjects
                     and xobjects[operands[0]].get("/Subtype") == "/Image"):
-                covered += abs(scale)
-        return covered / page_area
+                if operator == b"Do":
+                    key = str(operands[0])
+                else:
+                    key, inline = f"~{inline}~", inline + 1
+                area = abs(matrix[0] * matrix[3] - matrix[1] * matrix[2])
+                covered += area
+                if area >= MIN_NOTED_COVER * page_area:
+                    large.add(key)
+                shown.turns.setdefault(key, _turn(matrix, rotation))
+        shown.cover, shown.large = covered / page_area, len(large)
     except Exception:  # odd content or resources: pypdf raises many types
-        return 0.0
+        return Placements(rotation)
+    return shown
 
 
-def _image_lines(page, ocr_image: Callable[[bytes], list[str]], read: dict[Hashable, list[str]]) -> list[str]:
-    """The OCR lines of the images on ``page`` (a pypdf page), in order.
+def _product(first: Matrix, second: Matrix) -> Matrix:
+    """The matrix applying ``first``, then ``second`` (row vectors, as PDF's ``cm`` concatenates)."""
+    a, b, c, d = first
+    e, f, g, h = second
+    return (a * e + b * g, a * f + b * h, c * e + d * g, c * f + d * h)
 
-    An image already in ``read`` is not decoded or read again: its lines are reused. An image XObject is
-    known by its indirect reference, found before pypdf decodes it; an inline image (it has none) by a
-    hash of its bytes. So a PDF whose pages all show one scan costs one OCR, not one per page.
+
+def _turn(matrix: Matrix, rotation: int) -> str | None:
+    """The ``PIL.Image.Transpose`` name making upright an image drawn with ``matrix`` on a page shown turned
+    ``rotation`` degrees clockwise (its ``/Rotate``); None when it is shown upright, or turned by an angle
+    other than a multiple of a quarter (read as it is stored)."""
+    quarters = rotation // 90 if rotation % 90 == 0 else 0
+    for _ in range(quarters):  # a quarter clockwise: (x, y) is shown at (y, -x)
+        matrix = _product(matrix, (0.0, -1.0, 1.0, 0.0))
+    a, b, c, d = matrix
+
+    def axis(x: float, y: float) -> tuple[int, int]:
+        return (1 if x > 0 else -1, 0) if abs(x) >= abs(y) else (0, 1 if y > 0 else -1)
+
+    return _TURNS.get((axis(a, b), axis(c, d)))
+
+
+def _image_lines(page, ocr_image: Callable[..., list[str]], read: dict[Hashable, list[str]],
+                 shown: Placements) -> list[str]:
+    """The OCR lines of the images on ``page`` (a pypdf page), in order, each turned as ``shown`` says.
+
+    An image already in ``read`` (turned the same way) is not decoded or read again: its lines are reused.
+    An image XObject is known by its indirect reference, found before pypdf decodes it; an inline image
+    (it has none) by a hash of its bytes. So a PDF whose pages all show one scan costs one OCR, not one
+    per page.
     """
     images = page.images
     lines: list[str] = []
     for key in images.keys():  # noqa: SIM118 (iterating over images decodes each one)
         raise_if_cancelled()
-        identity = _xobject_reference(page, key)
+        turn = shown.turn(key)
+        reference = _xobject_reference(page, key)
+        identity = None if reference is None else (reference, turn)
         if identity is None or identity not in read:  # not shown before: decode it
             data = images[key].data
-            identity = identity or hashlib.sha256(data).hexdigest()
+            identity = identity or (hashlib.sha256(data).hexdigest(), turn)
             if identity not in read:
-                read[identity] = ocr_image(data)
+                read[identity] = ocr_image(data) if turn is None else ocr_image(data, turn)
         lines.extend(read[identity])
     return lines
 

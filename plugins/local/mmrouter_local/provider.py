@@ -44,12 +44,19 @@ from .settings import LocalSettings
 #: The first line of every non-transcription answer, for the person who reads it: a bridge's text, which
 #: goes into another model's prompt (framed by the router as the media's text), has none.
 HEADER = "[Extracted by local provider — no language model was used]"
+#: Local cannot tell why it was used (a provider is told nothing of the route, of other providers' failures
+#: or of the config's keys and disabled plugins), so this names the reasons without advising any (advice to set
+#: a cloud key was wrong under a policy disabling cloud plugins, and during an outage with keys set).
 NOT_ANSWERED = (
     "The question was not answered: the local provider only extracts text from media. "
     "No language model answered it: the route says why the local provider was used (a rule or the "
-    "default that names it, no language model configured: set, for example, providers.openai.api_key; "
-    "the configured ones failed; or the input is longer than their contexts): read its notes and trace."
+    "default that names it, no language model usable, those tried failed, or the input is longer than "
+    "their contexts): read its notes and trace."
 )
+#: What follows the header of a turn without media in a session whose earlier turns have some: true whatever
+#: answered those turns (a language model, or local, whose extraction the session does not keep as the reply).
+NO_NEW_MEDIA = ("[No new media to extract]\nThis turn has no media, and the local provider does not extract "
+                "the media of the session's earlier turns again.")
 #: The same when the client chose the provider itself; ``{hint}`` is the hint that named it.
 NOT_ANSWERED_CHOSEN = (
     "The question was not answered: the client asked for the local provider ({hint}), which only "
@@ -106,8 +113,8 @@ class LocalProvider(Provider):
     ) -> AsyncIterator[ProviderEvent]:
         """Transcribe (the newest message's audio and video), or extract the text of this turn's media.
 
-        In a session, earlier turns' media are not extracted again: their text is in the answers
-        the session keeps (an hour of speech is not decoded again on every follow-up question). A clip
+        In a session, earlier turns' media are not extracted again (an hour of speech is not decoded again
+        on every follow-up question): a turn without media says so (:data:`NO_NEW_MEDIA`). A clip
         transcribed earlier in the same call (as a bridge, before the route fell back to this provider) is
         not decoded again: its transcript is taken (:class:`mmrouter_local.heard.HeardInCall`), and its
         seconds are not counted again in the usage. A bridge's text (``request.bridging``: for the prompt of
@@ -126,8 +133,7 @@ class LocalProvider(Provider):
         question = "\n".join(p.text for p in request.parts() if p.text and p.text.strip())
         intro = "" if request.bridging else HEADER + ("\n" + self._not_answered(request) if question else "")
         if not media and len(request.media()) > 0:
-            intro += ("\n\n[No new media to extract]\nThe media of the session's earlier turns were extracted "
-                      "in their answers.")
+            intro += "\n\n" + NO_NEW_MEDIA
         elif not media:
             intro += "\n\n[No media to extract]\nThe request has only text, which is left as it is."
         if not media:
