@@ -12,7 +12,9 @@ must be set and not empty (an unset token must not turn authentication off, an
 unset metadata value make a rule that never matches); ``${VAR:-}`` allows empty.
 In ``providers`` such a value is an :class:`UnsetReference`: the provider is
 not configured (see :meth:`router.settings.ProviderSettings.load`), never
-served with a key the plugin finds elsewhere.
+served with a key the plugin finds elsewhere. Other ``$`` forms of shells and docker-compose
+(``${VAR:?msg}``, ``${VAR-x}``, ``${VAR:=x}``, a value that is only ``$VAR``) are refused, anywhere:
+taken as text, they made an auth token or key of the text written in the file.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ UPLOAD_CHUNK_BYTES = 1024 * 1024
 #: and room to spare; below it every file over about 1 MiB failed with gRPC's RESOURCE_EXHAUSTED.
 MIN_MESSAGE_BYTES = 2 * UPLOAD_CHUNK_BYTES
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: The start of a shell or docker-compose parameter form (``${VAR:?msg}``, ``${VAR-x}``, ``${VAR:=x}``,
+#: ``${VAR?}``): the variable and its operator, when there is one.
+_SHELL_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-=?+])?")
+#: A value that is nothing but a shell variable (``$TEAM_OPENAI_KEY``): meant to read the environment.
+_BARE_REF = re.compile(r"\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*")
 #: provider/model; the model part may hold more slashes (``openai/meta-llama/Llama-3.1-8B-Instruct``).
 _TARGET = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.:@-]+(/[A-Za-z0-9_.:@-]+)*$")
 
@@ -115,7 +122,15 @@ class Match(_Strict):
     @field_validator("task", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+        """A task or a list of them; a string naming no task is refused naming the two a rule may match
+        (pydantic's own message listed ``auto`` too, which :meth:`_no_auto` then refuses)."""
+        values = [value] if isinstance(value, str) else value
+        known = [task.value for task in Task]
+        for item in values if isinstance(values, list) else ():
+            if item not in known:
+                raise ValueError(f"{item!r} is not a task: write chat and/or transcribe (or leave task out)"
+                                 f"{did_you_mean(str(item), [Task.CHAT.value, Task.TRANSCRIBE.value])}")
+        return values
 
     @field_validator("inputs", "inputs_any", "inputs_none", "inputs_only", "task", "tags")
     @classmethod
@@ -564,12 +579,48 @@ def _unset_references(value: Any, loc: tuple = ()) -> list[tuple[tuple, str]]:
     return []
 
 
+def _unsupported_references(value: Any, loc: tuple = ()) -> list[tuple[tuple, str, str]]:
+    """``(key path, problem, advice)`` of each ``${`` in the strings of ``value`` that starts no ``${VAR}`` or
+    ``${VAR:-default}`` (``${VAR:?msg}``, ``${VAR-x}``, ``${VAR:=x}``...), and of each string that is only
+    ``$NAME``: shell forms the loader does not read, which were served as the text written (an
+    ``auth_token`` anyone reading the file knows). The problem quotes a variable's name and operator only,
+    never the rest of the value (it may be a key)."""
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in _unsupported_references(v, (*loc, k))]
+    if isinstance(value, list):
+        return [found for i, v in enumerate(value) for found in _unsupported_references(v, (*loc, i))]
+    if not isinstance(value, str):
+        return []
+    found = []
+    for start in (m.start() for m in re.finditer(r"\$\{", value)):
+        if _ENV_REF.match(value, start):
+            continue
+        shell = _SHELL_REF.match(value, start)
+        if shell is None or shell.group(2) is None:
+            found.append(("a '${' that starts no ${VAR} reference", "${VAR} or ${VAR:-default}"))
+        else:
+            name, op = shell.groups()
+            fix = f"${{{name}:-default}}" if "-" in op or "=" in op else f"${{{name}}} or ${{{name}:-default}}"
+            found.append((f"'${{{name}{op}…}}' is not a supported reference", fix))
+    if bare := _BARE_REF.fullmatch(value):
+        name = bare.group(1)
+        found.append((f"'${name}' does not read the environment (it would be the text '${name}')",
+                      f"${{{name}}} or ${{{name}:-default}}"))
+    return [(loc, problem, f"only ${{VAR}} and ${{VAR:-default}} read the environment: write {fix} (a value that "
+                           "must hold '${' or be '$NAME' as such can come from a variable, ${VAR})")
+            for problem, fix in found]
+
+
 def _check_references(data: dict[str, Any], node: yaml.Node | None, source: str) -> None:
-    """Refuse a ``${VAR}`` outside the ``providers`` section whose variable is unset or empty: an empty
+    """Refuse an unsupported ``$`` form anywhere (see :func:`_unsupported_references`), and a ``${VAR}``
+    outside the ``providers`` section whose variable is unset or empty: an empty
     ``auth_token`` would serve without authentication, an empty ``data_dir`` in the working directory,
     and in ``routes`` a condition would never match (``metadata: {team: "${QA_TEAM}"}``) or a target or
     range be refused without naming the variable (``'' is not a target``)."""
     problems = []
+    for loc, problem, advice in _unsupported_references(data):
+        line = _line_of(node, loc)
+        problems.append(f"{'.'.join(map(str, loc))}: {problem} ({source}{f', line {line}' if line else ''}): {advice}")
     outside = {key: value for key, value in data.items() if key != "providers"}
     for loc, name in _unset_references(outside):
         line = _line_of(node, loc)

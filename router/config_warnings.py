@@ -1,12 +1,13 @@
 """What ``mmrouter config check`` warns of without failing: parts of a routing file that can never
 take effect (no rules and no default, targets of disabled providers, bridges that never bridge, rules
 that never serve a request, embedded rules replaced or naming models a provider lacks), plugins
-broken for reasons outside the file, and providers not configured for a ``${VAR}`` unset here.
-Also which broken providers are the file's fault (:func:`broken_provider_errors`)."""
+broken for reasons outside the file, providers not configured for a ``${VAR}`` unset here, and rules,
+a default or bridges whose every target names a provider not configured here (:func:`unconfigured_targets`,
+which the daemon logs too). Also which broken providers are the file's fault (:func:`broken_provider_errors`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from importlib.metadata import entry_points
 
 from .config import (
@@ -15,6 +16,7 @@ from .config import (
     Rule,
     UnsetReference,
     did_you_mean,
+    embedded_default,
     replaced_default_rules,
     targets_of,
     unknown_models,
@@ -43,7 +45,9 @@ def config_warnings(config: Config, registry: Registry) -> Iterator[str]:
     yield from _override_warnings(config)
     yield from registry.hidden
     yield from _broken_plugins(config, registry)
-    yield from _unset_variables(config, registry)
+    unset = _unset_variables(config, registry)
+    yield from unset.values()
+    yield from unconfigured_targets(config, registry, said=unset)
     for _, problem in unknown_models(config, registry.entries, embedded=True):
         yield f"{problem}: routing skips it"
     for key, text in targets_of(config):
@@ -172,15 +176,48 @@ def _broken_plugins(config: Config, registry: Registry) -> Iterator[str]:
                    f"only; the daemon lists it broken): {entry.reason}")
 
 
-def _unset_variables(config: Config, registry: Registry) -> Iterator[str]:
+def _unset_variables(config: Config, registry: Registry) -> dict[str, str]:
     """A warning for each provider not configured here because its section names a ``${VAR}`` unset here
-    (it may be set where the daemon runs)."""
+    (it may be set where the daemon runs), by provider name."""
+    warnings = {}
     for name, section in config.providers.items():
         entry = registry.entries.get(name)
         variables = {v for value in section.values() if isinstance(value, UnsetReference) for v in value.variables}
         if entry is not None and entry.state is State.NOT_CONFIGURED and any(f"${{{v}}}" in entry.reason
                                                                               for v in variables):
-            yield f"{entry.reason}: provider {name!r} is not configured here (set it where the daemon runs)"
+            warnings[name] = f"{entry.reason}: provider {name!r} is not configured here (set it where the daemon runs)"
+    return warnings
+
+
+def unconfigured_targets(config: Config, registry: Registry, said: Collection[str] = ()) -> list[str]:
+    """A warning for each rule, the default and each ``bridges`` list whose targets all name providers
+    not ready here, one at least not configured (no section and no key in the environment): the rule's
+    requests go on to the next rules (the research team's traffic to another model, unsaid), the default
+    refuses, the bridge never converts. ``config check`` and the daemon's start and reloads say it.
+    Left out: what is the same as in the embedded default (its rules fall back on what is configured, and
+    name every provider), and, for ``said``, groups whose only not-configured providers are those
+    (``config check`` has warned of their unset ``${VAR}`` already)."""
+    default = embedded_default()
+    embedded_rules = {rule.name: rule for rule in default.routes}
+    groups: list[tuple[str, tuple[str, ...], str]] = [
+        (f"routes.{i}: rule {rule.name!r}", (rule.use, *rule.fallback),
+         "every request it matches goes on to the next rules")
+        for i, rule in enumerate(config.routes) if embedded_rules.get(rule.name) != rule]
+    if config.default and config.default != default.default:
+        groups.append(("default: the default", (config.default,), "requests no rule takes are refused"))
+    groups += [(f"bridges.{modality.value}: the bridge", tuple(targets), f"{modality.value} is never bridged")
+               for modality, targets in config.bridges.items() if list(default.bridges.get(modality, [])) != list(targets)]
+    warnings = []
+    for key, targets, outcome in groups:
+        entries = [registry.entries.get(Target.parse(text).provider) for text in targets]
+        if any(entry is not None and entry.state is State.READY for entry in entries):
+            continue
+        unconfigured = {entry.name: entry.reason for entry in entries
+                        if entry is not None and entry.state is State.NOT_CONFIGURED}
+        if unconfigured and not set(unconfigured) <= set(said):
+            reasons = "; ".join(f"provider {name!r} is not configured ({reason})" for name, reason in unconfigured.items())
+            warnings.append(f"{key} has no usable target, so {outcome}: {reasons}")
+    return warnings
 
 
 def _model_of(text: str, registry: Registry) -> ModelInfo | None:

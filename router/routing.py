@@ -451,7 +451,9 @@ def why_not_matched(match: Match, facts: Facts) -> str | None:
         return f"diarization is {'on' if facts.diarization else 'off'}, rule wants it {'on' if match.diarization else 'off'}"
     for key, value in match.metadata.items():
         got = _metadata_value(facts.metadata, key)
-        if got is None or composed(got) != value:
+        if got is None:
+            return f"no {key} metadata, rule wants {key}={value!r}"
+        if composed(got) != value:
             return f"metadata {key}={got!r}, rule wants {value!r}{_look_alike(got, value)}"
     missing_tags = set(match.tags) - facts.tags
     if missing_tags and not all(tag.isascii() for tag in facts.tags):
