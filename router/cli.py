@@ -7,6 +7,7 @@ import errno
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -546,7 +547,7 @@ def ask(
     max_tokens: Annotated[int, typer.Option(min=0, max=INT32_MAX,
                                             help="Most tokens the answer may have (0: the model's default).")] = 0,
     temperature: Annotated[float | None, typer.Option(
-        min=0.0, max=2.0, show_default=False,
+        show_default=False,
         help="Sampling temperature, 0 to 2 (default: the provider's). A model that takes none is called without "
              "it, and the route says so.")] = None,
     as_json: Annotated[bool, typer.Option(
@@ -830,10 +831,15 @@ def reset(ctx: typer.Context,
               envvar=SESSION_VARIABLE, show_default=False, metavar="SESSION_ID",
               help=f"The session to forget (default: ${SESSION_VARIABLE}: the id is the key to the conversation, "
                    "and a command line is visible to other users of this machine).")] = None,
-          address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "") -> None:
+          address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "",
+          erase_media: Annotated[bool, typer.Option(
+              "--erase-media", help="Also delete now the media the session sent (files, records and their kept "
+                                    "texts), unless another session refers to them: to erase a customer's data.")]
+          = False) -> None:
     """Forget a session's conversation (ResetSession): its stored turns are removed, and the next ask
     with its id starts afresh. Prints how many stored messages were removed (a turn keeps two: the
-    question and its answer); a session the daemon does not know is an error (exit 1)."""
+    question and its answer), and with --erase-media how many media; a session the daemon does not
+    know is an error (exit 1)."""
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
 
@@ -843,15 +849,16 @@ def reset(ctx: typer.Context,
     utf8_text(session_id, SESSION_VARIABLE if _from_environment(ctx, "session_id") else "SESSION_ID")
     with daemon_channel(address, token) as channel:
         try:
-            removed = router_pb2_grpc.RouterServiceStub(channel).ResetSession(
-                pb.ResetSessionRequest(session_id=session_id)).turns_removed
+            reply = router_pb2_grpc.RouterServiceStub(channel).ResetSession(
+                pb.ResetSessionRequest(session_id=session_id, erase_media=erase_media))
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 err.print(f"[red]NOT_FOUND: the daemon at {escape(address)} has no such session (no stored turn, "
                           "no call under way): nothing to reset; check the id[/red]")
                 raise typer.Exit(1) from None
             fail(exc, address)
-    out.print(f"session reset: {removed} stored message(s) removed", markup=False)
+    media = f", {reply.media_removed} media removed" if erase_media else ""
+    out.print(f"session reset: {reply.turns_removed} stored message(s) removed{media}", markup=False)
 
 
 DataDirOption = Annotated[Path | None, typer.Option(help="The daemon's data directory (default: server.data_dir "
@@ -1023,13 +1030,18 @@ def stats(data_dir: DataDirOption = None,
 
 
 @app.command()
-def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, help="Age in days (fractions allowed).")],
+def prune(older_than: Annotated[float | None, typer.Option(
+              "--older-than", min=0.0, show_default=False, help="Age in days (fractions allowed).")] = None,
+          tag: Annotated[list[str] | None, typer.Option(
+              "--tag", show_default=False, help="Also remove the statistics rows of requests with this tag, "
+                                                "whatever their age (repeatable); alone, nothing else.")] = None,
           data_dir: DataDirOption = None,
           config: DaemonConfigOption = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False) -> None:
     """Free the data directory: sessions idle for --older-than days, statistics rows that old, and
     media neither uploaded nor used in that time (nor within the last hour, whatever the age given)
-    that no remaining session refers to.
+    that no remaining session refers to. With --tag T, the statistics rows of requests tagged T go
+    too, whatever their age; --tag without --older-than removes those rows and nothing else.
 
     Safe while the daemon runs (run it from cron); a request naming a media id being removed then
     gets MEDIA_NOT_FOUND, as for any unknown id. Works on a full disk: media go first (deleting
@@ -1037,6 +1049,10 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
     """
     from .media import STALE_TEMP_SECONDS, MediaStore
 
+    tags = [composed(utf8_text(t, "--tag")) for t in tag or []]  # requests' tags are kept composed (NFC)
+    if older_than is None and not tags:
+        err.print("[red]say what to prune: --older-than DAYS, or --tag TAG for one tag's statistics rows[/red]")
+        raise typer.Exit(2)
     root = _data_dir(config, data_dir)
     path, media_root = root / "sessions.sqlite", root / "media"
     if not path.exists() and not media_root.is_dir():
@@ -1046,39 +1062,48 @@ def prune(older_than: Annotated[float, typer.Option("--older-than", min=0.0, hel
         if folder.exists() and not folder.is_dir():
             _prune_failed(f"{folder} must be a directory, not a file: point --data-dir (or server.data_dir) at "
                           "the daemon's data directory")
-    before = time.time() - older_than * 86_400
+    # without --older-than nothing is old enough: only the tags' rows go
+    before = 0.0 if older_than is None else time.time() - older_than * 86_400
+    full_fix = PRUNE_FULL_OTHERWISE if older_than is None else _prune_full_fix(older_than)
     # Nothing is created: neither a sessions database where there is none, nor a media folder. A dry
     # run writes nothing at all: it reads the database read-only (and does not migrate an old one).
     if dry_run or not path.exists():
-        sessions, calls, keep = _preview_prune(path, before) if path.exists() else (0, 0, set())
+        sessions, calls, keep = _preview_prune(path, before, tags) if path.exists() else (0, 0, set())
         store, writable = None, not dry_run
     else:
-        store, writable = _sessions_to_prune(path, _prune_full_fix(older_than))
+        store, writable = _sessions_to_prune(path, full_fix)
+    files = size = temp_files = temp_size = 0
     try:
         # Read-only first: what the remaining sessions refer to. Media go next, since deleting files
         # needs no room, while the sessions' deletes need room in the WAL and fail on a full disk.
         if store is not None:
-            sessions, calls, keep = store.prune(before, dry_run=True)
+            sessions, calls, keep = store.prune(before, tags=tags, dry_run=True)
         media = MediaStore(media_root, 1, clear_temp=False, create=False)
         try:
-            files, size = media.prune(before, keep, dry_run=dry_run) if media_root.is_dir() else (0, 0)
-            temp_files, temp_size = ((0, 0) if not (media_root / "tmp").is_dir()
-                                     else media.remove_temp_files(STALE_TEMP_SECONDS, dry_run=dry_run))
+            if older_than is not None and media_root.is_dir():
+                files, size = media.prune(before, keep, dry_run=dry_run)
+            if older_than is not None and (media_root / "tmp").is_dir():
+                temp_files, temp_size = media.remove_temp_files(STALE_TEMP_SECONDS, dry_run=dry_run)
         except OSError as exc:  # e.g. a folder this user may not read
             where = f"{exc.filename}: " if exc.filename else ""
             _prune_failed(f"cannot prune the media in {media_root}: {where}{exc.strerror or exc}")
         if store is not None and writable:
             try:
-                sessions, calls, _ = store.prune(before)
+                sessions, calls, _ = store.prune(before, tags=tags)
             except sqlite3.Error as exc:
                 writable = False  # the media are freed all the same: a warning, not a failure
-                problem = _sessions_problem(path, exc, full_fix=_prune_full_fix(older_than))
+                problem = _sessions_problem(path, exc, full_fix=full_fix)
                 err.print(f"[yellow]{escape(f'sessions and statistics rows were not all pruned: {problem}')}[/yellow]")
     except sqlite3.Error as exc:
         _bad_sessions(path, exc, full_fix=PRUNE_FULL_OTHERWISE)
     finally:
         if store is not None:
             store.close()
+    if older_than is None:  # only the tags' rows
+        done = "would remove" if dry_run else "removed" if writable else "could not remove"
+        out.print(f"{done} {calls} statistics row(s) tagged {', '.join(map(shown, tags))}; nothing else",
+                  markup=False)
+        return
     # one part a line where a width is known (a terminal, or COLUMNS): at 80 columns the whole sentence
     # wrapped mid-clause; piped without COLUMNS (cron, a script's capture) it is one line, never wrapped
     lines = [f"{sessions} session(s), {calls} statistics row(s) and"] if writable or dry_run else []
@@ -1098,12 +1123,12 @@ def _prune_failed(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def _preview_prune(path: Path, before: float) -> tuple[int, int, set[str]]:
+def _preview_prune(path: Path, before: float, tags: list[str]) -> tuple[int, int, set[str]]:
     """:func:`router.sessions.preview_prune`, a database that cannot be read reported as prune's are."""
     from .sessions import preview_prune
 
     try:
-        return preview_prune(path, before)
+        return preview_prune(path, before, tags)
     except sqlite3.Error as exc:
         _bad_sessions(path, exc, full_fix=PRUNE_FULL_OTHERWISE)
 
@@ -1133,24 +1158,28 @@ def _sessions_to_prune(path: Path, full_fix: str) -> tuple[SessionStore, bool]:
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="The routing file to check.")],
                  strict: Annotated[bool, typer.Option(
-                     "--strict", help="Fail (exit 1) on warnings too: a CI gate.")] = False) -> None:
+                     "--strict", help="Fail (exit 1) on warnings too: a CI gate.")] = False,
+                 as_json: Annotated[bool, typer.Option(
+                     "--json", help="Print the result as JSON on stdout: ok, and each problem's severity "
+                                    "(error or warning), key, line and message (for CI annotations).")] = False,
+                 ) -> None:
     """Validate a routing file: every key, value and target, with file and line for each problem, and each
     provider section through its installed plugin; warn of rules that can never serve a request.
 
     Exit codes: 0 valid (warnings allowed, but with --strict); 1 a problem in the file's content (not
     UTF-8, invalid YAML, a bad key or value; a warning with --strict); 2 no file to read at that path.
+    Errors and warnings are told apart by --json's ``severity`` (and in the text by their colour).
     """
+    problems: list[tuple[str, str]] = []  # (severity, message), in the order found
     try:
         text = read_config_file(file)
     except ConfigError as exc:
-        err.print(f"[red]{escape(exc.message)}[/red]")
         read = file.is_file() and os.access(file, os.R_OK)  # read, but not UTF-8: a problem of its content
-        raise typer.Exit(EXIT_FAILED if read else EXIT_USAGE) from None
+        _check_failed(file, [("error", exc.message)], EXIT_FAILED if read else EXIT_USAGE, as_json)
     try:
         config = parse_config(text, str(file))
     except ConfigError as exc:
-        err.print(f"[red]{escape(exc.message)}[/red]")
-        raise typer.Exit(1) from None
+        _check_failed(file, [("error", exc.message)], EXIT_FAILED, as_json)
     # secrets are masked here as in the daemon's log (a check's output often lands in a CI log)
     from . import redact
     from .core import config_names, secrets_of
@@ -1161,36 +1190,75 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     with _plugins_log_below(logging.ERROR):  # each broken provider is printed below, once
         registry = load_registry(config.providers, disabled=config.plugins.disabled)  # plugins check their sections
     log_filter.add(secrets_of(config.providers, names=names))  # the key variables of the settings classes just imported
-    broken = broken_provider_errors(config, registry, text, str(file))
-    for problem in broken:
-        err.print(f"[red]{escape(redact.mask(problem, log_filter.secrets))}[/red]")
-    warned = 0
+    for problem in broken_provider_errors(config, registry, text, str(file)):
+        problems.append(("error", redact.mask(problem, log_filter.secrets)))
     for name in sorted(set(config.providers) - set(registry.entries)):
-        warned += 1
-        err.print(f"[yellow]{escape(f'providers.{name}: no installed plugin offers a provider {name!r}; ')}"
-                  f"the section is not used here{escape(did_you_mean(name, registry.entries))}[/yellow]")
+        problems.append(("warning", f"providers.{name}: no installed plugin offers a provider {name!r}; the section "
+                                    f"is not used here{did_you_mean(name, registry.entries)}"))
     for key, name, _ in unknown_providers(config, registry):
-        warned += 1
-        _not_installed(key, f"no provider {name!r} here: no installed plugin offers it", name, registry.entries)
+        problems.append(_not_installed(key, f"no provider {name!r} here: no installed plugin offers it", name,
+                                       registry.entries))
     installed = {ep.name for ep in entry_points(group=GROUP)}
     for j, name in enumerate(config.plugins.disabled):
         if name not in installed:
-            warned += 1
-            _not_installed(f"plugins.disabled.{j}", f"no installed plugin is called {name!r}", name, installed)
-    unknown = unknown_models(config, registry.entries)
-    for _, problem in unknown:
-        err.print(f"[red]{escape(problem)}[/red]")
-    for warning in config_warnings(config, registry):
-        warned += 1
-        err.print(f"[yellow]{escape(redact.mask(warning, log_filter.secrets))}[/yellow]")
-    if broken or unknown:
-        raise typer.Exit(EXIT_FAILED)
+            problems.append(_not_installed(f"plugins.disabled.{j}", f"no installed plugin is called {name!r}", name,
+                                           installed))
+    problems += [("error", problem) for _, problem in unknown_models(config, registry.entries)]
+    problems += [("warning", redact.mask(warning, log_filter.secrets)) for warning in config_warnings(config, registry)]
+    errors = sum(severity == "error" for severity, _ in problems)
+    warned = len(problems) - errors
+    if errors:
+        _check_failed(file, problems, EXIT_FAILED, as_json)
     if strict and warned:
-        err.print(f"[red]{warned} warning(s), failing as --strict asks[/red]")
-        raise typer.Exit(EXIT_FAILED)
+        _check_failed(file, problems, EXIT_FAILED, as_json, summary=f"{warned} warning(s), failing as --strict asks")
+    if as_json:
+        print_json(_check_report(file, problems, ok=True))
+        return
+    _print_problems(problems)
     # one line, however long the path: soft_wrap, as "grep ': OK'" in a CI log expects
     out.print(f"{file}: OK — {len(config.routes)} rule(s), default {config.default or '(none)'}", markup=False,
               soft_wrap=True)
+
+
+def _check_failed(file: Path, problems: list[tuple[str, str]], code: int, as_json: bool,
+                  summary: str | None = None) -> NoReturn:
+    """End ``config check`` with exit ``code``: ``problems`` in red (errors) and yellow (warnings) on stderr
+    with the ``summary`` line last, or with ``as_json`` the JSON report on stdout."""
+    if as_json:
+        print_json(_check_report(file, problems, ok=False))
+    else:
+        _print_problems(problems)
+        if summary:
+            err.print(f"[red]{escape(summary)}[/red]")
+    raise typer.Exit(code)
+
+
+def _print_problems(problems: list[tuple[str, str]]) -> None:
+    """Each of ``config check``'s problems on stderr, errors in red and warnings in yellow."""
+    for severity, message in problems:
+        colour = "red" if severity == "error" else "yellow"
+        err.print(f"[{colour}]{escape(message)}[/{colour}]")
+
+
+#: The key and the line a problem of ``config check`` names: ``routes.0.use: ...``, ``routes.0 'a': ...``,
+#: ``... (router.yaml, line 4)``, ``router.yaml, line 4: duplicate key ...``.
+_PROBLEM_KEY = re.compile(r"^([A-Za-z0-9_.-]+)(?: '[^']*')?: ")
+_PROBLEM_LINE = re.compile(r"\bline (\d+)\b")
+
+
+def _check_report(file: Path, problems: list[tuple[str, str]], *, ok: bool) -> dict[str, Any]:
+    """``config check --json``'s report: ``{"file", "ok", "problems": [{"severity", "key", "line", "message"}]}``,
+    one problem per key (a file's several schema errors, said as one message, are split), ``key`` and ``line``
+    null when the problem names none."""
+    report: list[dict[str, Any]] = []
+    for severity, message in problems:
+        parts = message.removeprefix("invalid configuration:\n").split("\n  ")
+        for part in (p.strip() for p in parts):
+            key, line = _PROBLEM_KEY.match(part), _PROBLEM_LINE.search(part)
+            named = key.group(1) if key and key.group(1) not in (str(file), file.name) else None  # not the file
+            report.append({"severity": severity, "key": named,
+                           "line": int(line.group(1)) if line else None, "message": part})
+    return {"file": str(file), "ok": ok, "problems": report}
 
 
 @contextmanager
@@ -1218,11 +1286,11 @@ class _BelowLevel(logging.Filter):
         return record.levelno < self.level
 
 
-def _not_installed(key: str, problem: str, name: str, known: Iterable[str]) -> None:
-    """Warn that ``name`` at ``key`` is nothing installed here. Only a warning: the file may be meant
+def _not_installed(key: str, problem: str, name: str, known: Iterable[str]) -> tuple[str, str]:
+    """The warning that ``name`` at ``key`` is nothing installed here. Only a warning: the file may be meant
     for a host with more plugins installed."""
-    err.print(f"[yellow]{escape(f'{key}: {problem} (a warning only: it may be installed where the daemon runs)')}"
-              f"{escape(did_you_mean(name, known))}[/yellow]")
+    return "warning", (f"{key}: {problem} (a warning only: it may be installed where the daemon runs)"
+                       f"{did_you_mean(name, known)}")
 
 
 @config_app.command("show-default")

@@ -408,7 +408,7 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     ``--speakers`` turns diarization on, as the request's ``speakers_expected`` does (``--diarize`` may be left out).
     ``turn_id`` (``ask --turn-id``, or one made for a session's turn) names the turn: asked again, it gets its kept answer.
     ``temperature`` (``ask --temperature``) is left unset when None: the provider's default. ``metadata`` are
-    ``--metadata KEY=VALUE`` pairs (a key given twice: its last value)."""
+    ``--metadata KEY=VALUE`` pairs, each key once."""
     from mmrouter.v1 import router_pb2 as pb
 
     if task not in ("auto", "chat", "transcribe"):
@@ -419,11 +419,15 @@ def build_request(stub, prompt: str, images, audio, video, pdf, system, task, di
     for value, what in ((system, "--system"), (session or "", "--session"), (provider or "", "--provider"),
                         (model or "", "--model"), (language, "--language"), *((t, "--tag") for t in tags or [])):
         utf8_text(value, what)
-    pairs = {}
+    if temperature is not None and not 0 <= temperature <= 2:  # nan and inf too
+        refuse(f"--temperature must be a number from 0 to 2, not {temperature}", "--temperature")
+    pairs: dict[str, str] = {}
     for pair in metadata or []:
         key, equals, value = pair.partition("=")
         if not equals or not key:
             refuse(f"--metadata takes KEY=VALUE, not {pair!r}", "--metadata")
+        if key in pairs:
+            refuse(f"--metadata gives {key!r} twice: give each key once", "--metadata")
         utf8_text(pair, "--metadata")
         pairs[key] = value
     files = list(media_parts(images, audio, video, pdf))

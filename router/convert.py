@@ -135,7 +135,8 @@ def to_pages(media: Media, formats: Sequence[str] = (PNG,), max_pixels: int = MA
     try:
         source = io.BytesIO(media.data) if media.data is not None else media.path
         with Image.open(source, formats=_PILLOW_FORMATS) as image:
-            total = getattr(image, "n_frames", 1)  # a BMP has one
+            # a BMP has one frame; an animated AVIF's frames are no pages: its first stands for it
+            total = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
             for page in range(min(total, MAX_PAGES)):
                 image.seek(page)
                 data, mime = _page(image, formats, max_pixels, f"page {page + 1}: " if total > 1 else "")

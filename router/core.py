@@ -33,6 +33,7 @@ from .config_warnings import (
     refused_section,
     routes_nothing,
     settings_fields,
+    unconfigured_targets,
     unknown_providers,
     uses_provider,
 )
@@ -258,6 +259,8 @@ def missing_models(config: Config, registry: Registry, gone: Collection[str] = (
         else:
             log.warning("%s: no installed plugin offers a provider %r%s: it is never used (a rule goes on to its "
                         "fallbacks)", key, name, hint)
+    for warning in unconfigured_targets(config, registry):
+        log.warning("%s", warning)
     problems = []
     for entry, problem in unknown_models(config, registry.entries):
         if entry.state is State.READY:
@@ -971,9 +974,13 @@ class App:
     def providers(self) -> list[ProviderEntry]:
         return sorted(self.registry.entries.values(), key=lambda e: e.name)
 
-    async def areset_session(self, session_id: str) -> int:
-        """Forget a session; return how many turns were removed (:class:`UnknownSession` if it has
-        none stored and no call on it is under way).
+    async def areset_session(self, session_id: str, *, erase_media: bool = False) -> Removed:
+        """Forget a session; return what was removed (:class:`UnknownSession` if it has no turn stored
+        and no call on it is under way).
+
+        With ``erase_media``, the media its turns referred to are deleted from the media store too
+        (:meth:`router.media.MediaStore.erase`), on the store's thread in the reset's transaction, unless
+        another session refers to them; one INFO line (the session's tag, never its id) gives the counts.
 
         A database another process keeps locked is :class:`StorageBusy` (retryable), a full disk
         :class:`StorageFull` (see :func:`router.sessions.storage_error`), and a data directory removed or
@@ -981,10 +988,15 @@ class App:
         in_use = self._mark_reset(session_id)
         self.history_cuts.forget(session_id)
         try:
-            removed = await self.sessions.run(self.sessions.reset, session_id)
+            removed = await self.sessions.run(self.sessions.reset, session_id, self.media.erase if erase_media else None)
         except sqlite3.Error as exc:
             raise storage_error(exc, "reset the session") or exc from None
-        return _reset_result(session_id, removed, in_use)
+        _check_reset(removed, in_use)
+        if erase_media:
+            log.info("session %s reset with its media erased: %d stored message(s) and %d other row(s) removed, "
+                     "%d media deleted, %d kept (another session refers to them)", session_tag(session_id),
+                     removed.turns, removed.others, removed.media, removed.media_kept)
+        return removed
 
     def stop_storing(self) -> None:
         """Store nothing more in the data directory, which was removed or replaced under the daemon (see
@@ -1056,12 +1068,11 @@ def _ignored_choice(picked: object, candidates: int, notes: list[str] | None) ->
                      "this request; routed by the rules")
 
 
-def _reset_result(session_id: str, removed: Removed, in_use: bool) -> int:
-    """The turns a reset removed; :class:`UnknownSession` for a session of which nothing was removed (no
-    turn, no kept text of a call of its) and no call is under way."""
+def _check_reset(removed: Removed, in_use: bool) -> None:
+    """:class:`UnknownSession` for a session of which a reset removed nothing (no turn, no kept text of a
+    call of its) and on which no call is under way."""
     if not removed.anything and not in_use:
         raise UnknownSession("no such session: it has no stored turns")  # its id is a key: not in the log line
-    return removed.turns
 
 
 def _check_only_new_turn(request: Request, stored: int) -> None:

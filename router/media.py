@@ -21,7 +21,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -62,6 +62,7 @@ BROKEN = {
     errno.EUCLEAN: "a damaged file system? see the kernel's log",
     errno.ESTALE: "a network file system that lost it?",
     errno.ENOTDIR: "a file where the store needs a folder",
+    errno.EEXIST: "a file where the store needs a folder",  # mkdir(exist_ok=True) of a shard folder
     errno.EISDIR: "a folder where the store needs a file",
 }
 
@@ -315,6 +316,30 @@ class MediaStore:
                     continue
                 files, size = files + 1, size + length
         return files, size
+
+    def erase(self, media_ids: Iterable[str]) -> int:
+        """Delete the stored media ``media_ids`` now (their record first, then their bytes), without
+        :meth:`prune`'s grace: ``ResetSession`` with ``erase_media``. Returns how many were stored.
+        Ids not stored (or not media ids) are skipped. A file that cannot be deleted is
+        :class:`StorageFailed` (those deleted before it stay deleted)."""
+        erased = 0
+        with self._commit_lock:  # not while an upload of the same bytes checks what is stored
+            for media_id in media_ids:
+                if not _ID.fullmatch(media_id):
+                    continue
+                path = self._path(media_id)
+                try:
+                    path.with_suffix(".json").unlink(missing_ok=True)  # a reader then sees no media, not half
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    guess = f" ({BROKEN[exc.errno]})" if exc.errno in BROKEN else ""
+                    raise StorageFailed(f"could not erase media {media_id} in {self.root}: {exc.strerror or exc}"
+                                        f"{guess}; the session was left as it was, retry once the daemon's operator "
+                                        "repaired the media folder") from None
+                erased += 1
+        return erased
 
     def _stored(self, media_id: str) -> StoredMedia | None:
         """The record of ``media_id`` if it is stored (bytes and metadata), else None."""

@@ -837,7 +837,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if problems:  # not logged: the access log would carry it
             raise InvalidRequest(f"invalid session_id: {problems[0].description}", violations=problems)
         call.session = request.session_id
-        return pb.ResetSessionResponse(turns_removed=await self.app.areset_session(request.session_id))
+        removed = await self.app.areset_session(request.session_id, erase_media=request.erase_media)
+        return pb.ResetSessionResponse(turns_removed=removed.turns, media_removed=removed.media)
 
 
 def _health_to_proto(recent: RecentHealth | None, into: pb.ProviderHealth) -> None:

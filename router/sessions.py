@@ -80,6 +80,8 @@ log = logging.getLogger(__name__)
 StoreMedia = Callable[[Media], str]
 #: Loads media by id from the media store.
 LoadMedia = Callable[[str], Media]
+#: Deletes media by id from the media store; returns how many were stored (see ``MediaStore.erase``).
+EraseMedia = Callable[[set[str]], int]
 
 
 #: The WAL is cut back to this size after a checkpoint (the steady state is about 4 MiB).
@@ -284,10 +286,13 @@ class KeptAnswer:
 class Removed(NamedTuple):
     """What :meth:`SessionStore.reset` removed: the session's turns (``ResetSession``'s ``turns_removed``)
     and the other rows (kept bridged texts of its media, its links to them). A session whose calls
-    stored no turn but left a kept text is found: it removed something."""
+    stored no turn but left a kept text is found: it removed something. Asked to erase its media, also
+    the stored media deleted (``media_removed``) and those kept because another session refers to them."""
 
     turns: int
     others: int = 0
+    media: int = 0
+    media_kept: int = 0
 
     @property
     def anything(self) -> bool:
@@ -648,27 +653,29 @@ class SessionStore:
         except sqlite3.Error as exc:  # the answer goes on; the next turn bridges again
             log.warning("could not keep a bridged text: %s", exc)
 
-    def reset(self, session_id: str) -> Removed:
+    def reset(self, session_id: str, erase: EraseMedia | None = None) -> Removed:
         """Forget a session; return how many turns were removed (and, beside, how many other rows).
 
         The bridged texts (transcripts) of the media its calls sent go too, those of calls that stored
         no turn included, unless another session refers to them (a turn of its, or a call of its that
-        made them). What was removed is then overwritten in the file (``secure_delete``) and the
+        made them). With ``erase`` (:meth:`router.media.MediaStore.erase`), those media themselves are
+        deleted from the media store too, in the same transaction: a media file that cannot be deleted
+        rolls the reset back. What was removed is then overwritten in the file (``secure_delete``) and the
         journal emptied (:meth:`_empty_journal`): no copy of it is left in the data directory.
 
         A database that cannot be written is :meth:`Fault.error`'s error (see :meth:`fault_of`).
         """
         self._refuse_if_gone()
         try:
-            removed, others = self._reset(session_id)
+            removed = self._reset(session_id, erase)
         except sqlite3.Error as exc:
             raise self._refusal(exc, "reset the session") or exc from None
-        if removed or others:
-            self._empty_journal()
-        return Removed(removed, others)
+        if removed.anything:
+            self._empty_journal("a reset")
+        return removed
 
-    def _reset(self, session_id: str) -> tuple[int, int]:
-        """The deletes of :meth:`reset`, in one transaction; return the turns and other rows removed."""
+    def _reset(self, session_id: str, erase: EraseMedia | None) -> Removed:
+        """The deletes of :meth:`reset`, in one transaction (the media's too, with ``erase``)."""
         with self._writing():
             used_here = self._media_of(self._db.execute(
                 "SELECT parts FROM turns WHERE session_id = ? AND parts LIKE ?", (session_id, '%"media_id"%')))
@@ -677,8 +684,11 @@ class SessionStore:
             removed = self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
             others = self._db.execute("DELETE FROM bridged_for WHERE session_id = ?", (session_id,)).rowcount
             self._forget_history(session_id)
-            others += self._forget_texts_of(used_here)
-        return removed, others
+            unused = self._unreferenced(used_here)
+            others += self._forget_texts_of(unused)
+            if erase is None:
+                return Removed(removed, others)
+            return Removed(removed, others, erase(unused), len(used_here) - len(unused))
 
     def forget_kept(self, session_id: str) -> int:
         """Forget the texts bridges kept for the media of ``session_id``'s calls that no stored turn refers
@@ -691,9 +701,9 @@ class SessionStore:
             unused = {media_id for media_id in linked if not self._in_a_turn(media_id)}
             removed = sum(self._db.execute("DELETE FROM bridged_for WHERE session_id = ? AND media = ?",
                                            (session_id, media_id)).rowcount for media_id in unused)
-            removed += self._forget_texts_of(unused)
+            removed += self._forget_texts_of(self._unreferenced(unused))
         if removed:
-            self._empty_journal()
+            self._empty_journal("a reset")
         return removed
 
     def _in_a_turn(self, media_id: str) -> bool:
@@ -701,23 +711,25 @@ class SessionStore:
         return self._db.execute("SELECT 1 FROM turns WHERE parts LIKE ? LIMIT 1",
                                 (f'%"media_id": "{media_id}"%',)).fetchone() is not None
 
-    def _forget_texts_of(self, media_ids: Iterable[str]) -> int:
-        """Delete the kept texts of each of ``media_ids`` that no stored turn holds and no session's call made
-        (see ``bridged_for``); return the rows deleted. Each media looked up, not every turn of every session."""
-        removed = 0
-        for media_id in media_ids:
-            if self._in_a_turn(media_id) or self._db.execute("SELECT 1 FROM bridged_for WHERE media = ? LIMIT 1",
-                                                               (media_id,)).fetchone():
-                continue
-            removed += self._db.execute("DELETE FROM bridged WHERE key LIKE ?", (f"{media_id}|%",)).rowcount
-        return removed
+    def _unreferenced(self, media_ids: Iterable[str]) -> set[str]:
+        """Those of ``media_ids`` that no stored turn holds and no session's call made a kept text of (see
+        ``bridged_for``). Each media looked up, not every turn of every session."""
+        return {media_id for media_id in media_ids if not self._in_a_turn(media_id) and not self._db.execute(
+            "SELECT 1 FROM bridged_for WHERE media = ? LIMIT 1", (media_id,)).fetchone()}
 
-    def _empty_journal(self) -> None:
+    def _forget_texts_of(self, media_ids: Iterable[str]) -> int:
+        """Delete the kept texts of each of ``media_ids`` (see :meth:`_unreferenced`); return the rows deleted."""
+        return sum(self._db.execute("DELETE FROM bridged WHERE key LIKE ?", (f"{media_id}|%",)).rowcount
+                   for media_id in media_ids)
+
+    def _empty_journal(self, after: str, *, wait: bool = False) -> None:
         """Write the journal's pages into the file and cut the journal to nothing, so that the rows just
-        deleted leave no copy there (it holds them until a checkpoint, which comes after about 4 MiB of
-        later writes). It does not wait for other connections (a ``mmrouter stats`` reading): when one
-        is in the way, a warning says so and the next checkpoint empties it."""
-        self._db.execute("PRAGMA busy_timeout=0")
+        deleted (by ``after``: "a reset", "a prune") leave no copy there (it holds them until a checkpoint,
+        which comes after about 4 MiB of later writes). It does not wait for other connections (a
+        ``mmrouter stats`` reading), unless ``wait`` (up to the busy timeout: ``prune``, which no client
+        waits for): when one is in the way, a warning says so and the next checkpoint empties it."""
+        if not wait:
+            self._db.execute("PRAGMA busy_timeout=0")
         try:
             busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as exc:
@@ -725,22 +737,25 @@ class SessionStore:
         finally:
             self._db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
         if busy:
-            log.warning("the sessions database's journal could not be emptied after a reset (%s): what the reset "
-                        "deleted stays there until the next checkpoint",
+            log.warning("the sessions database's journal could not be emptied after %s (%s): what it deleted may "
+                        "stay readable in sessions.sqlite and its journal until the next checkpoint", after,
                         busy if isinstance(busy, sqlite3.Error) else "another connection is reading")
 
-    def prune(self, before: float, *, dry_run: bool = False) -> tuple[int, int, set[str]]:
+    def prune(self, before: float, *, tags: Iterable[str] = (), dry_run: bool = False) -> tuple[int, int, set[str]]:
         """Forget sessions whose newest turn is older than ``before`` (a time.time()), statistics rows
-        and bridged texts older than it. Returns the sessions and rows removed (or, with ``dry_run``,
-        that would be) and the media ids the remaining turns refer to.
+        and bridged texts older than it, and the statistics rows of requests tagged one of ``tags``, of
+        any age. Returns the sessions and rows removed (or, with ``dry_run``, that would be) and the media
+        ids the remaining turns refer to. What was deleted is overwritten (``secure_delete``) and the
+        journal emptied (a warning says when another process reading the database is in the way).
 
         Safe while a daemon uses the file: the work is done in short write transactions of
         :data:`PRUNE_BATCH` sessions or rows, each taking the write lock first, so the daemon's
         writes wait milliseconds, not the whole prune; a session that got a turn meanwhile is kept.
         """
         self.flush()
+        tags = sorted(set(tags))
         if dry_run:
-            return _prune_preview(self._db, before)
+            return _prune_preview(self._db, before, tags)
         stale = [row[0] for row in self._db.execute(
             "SELECT session_id FROM turns GROUP BY session_id HAVING MAX(at) < ?", (before,))]
         sessions = calls = 0
@@ -766,6 +781,7 @@ class SessionStore:
             calls += removed
             if removed < PRUNE_BATCH:
                 break
+        calls += self._prune_tagged(tags)
         with self._writing():
             self._db.execute("DELETE FROM bridged WHERE at < ?", (before,))
             # the links of media no text is kept for any more (a range of the bridged keys, by the index)
@@ -774,11 +790,27 @@ class SessionStore:
         self._give_back_free_pages()
         return sessions, calls, self.media_in_use()
 
+    def _prune_tagged(self, tags: list[str]) -> int:
+        """Delete the statistics rows of requests tagged one of ``tags`` (all their tags with them), of any
+        age, :data:`PRUNE_BATCH` at a time; return how many were removed."""
+        if not tags:
+            return 0
+        marks = ",".join("?" * len(tags))
+        calls = 0
+        while True:
+            with self._writing():
+                ids = [(row[0],) for row in self._db.execute(
+                    f"SELECT DISTINCT call FROM call_tags WHERE tag IN ({marks}) LIMIT ?", (*tags, PRUNE_BATCH))]
+                self._db.executemany("DELETE FROM call_tags WHERE call = ?", ids)
+                calls += self._db.executemany("DELETE FROM calls WHERE rowid = ?", ids).rowcount
+            if not ids:
+                return calls
+
     def _give_back_free_pages(self) -> None:
         """Shrink the file by the pages the deletes freed (SQLite keeps them for later writes), a
-        :data:`PRUNE_BATCH` pages per write transaction, so the daemon's writes wait milliseconds. A
-        database made before its store set ``auto_vacuum`` keeps them (only a VACUUM, which rewrites
-        the whole file under the write lock, would free them)."""
+        :data:`PRUNE_BATCH` pages per write transaction, so the daemon's writes wait milliseconds, then
+        empty the journal (:meth:`_empty_journal`). A database made before its store set ``auto_vacuum``
+        keeps them (only a VACUUM, which rewrites the whole file under the write lock, would free them)."""
         (mode,) = self._db.execute("PRAGMA auto_vacuum").fetchone()
         if mode != 2:  # 2: INCREMENTAL
             (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
@@ -787,13 +819,15 @@ class SessionStore:
                             "for later writes instead of giving them back to the disk: once, with the daemon stopped, "
                             "run `%s` (it rewrites the file, and needs as much free disk again); later prunes then "
                             "shrink it", self.path, free >> 20, vacuum_command(self.path))
-            return
-        free, before = self._free_pages(), None
-        while free and free != before:  # (a round that frees nothing ends it)
-            with self._writing():
-                self._db.execute(f"PRAGMA incremental_vacuum({PRUNE_BATCH})").fetchall()  # a page freed per row
-            free, before = self._free_pages(), free
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the file's new end is written back now
+        else:
+            free, before = self._free_pages(), None
+            while free and free != before:  # (a round that frees nothing ends it)
+                with self._writing():
+                    self._db.execute(f"PRAGMA incremental_vacuum({PRUNE_BATCH})").fetchall()  # a page freed per row
+                free, before = self._free_pages(), free
+        # the zeroed pages (and the file's new end) are written back now, in every format: until then the
+        # file still holds what was deleted
+        self._empty_journal("a prune", wait=True)
 
     def _free_pages(self) -> int:
         return self._db.execute("PRAGMA freelist_count").fetchone()[0]
@@ -950,8 +984,8 @@ class StoredBridges:
             log.info("the daemon is closing: a bridged text is not kept")
 
 
-def preview_prune(path: Path, before: float) -> tuple[int, int, set[str]]:
-    """What :meth:`SessionStore.prune` of the database ``path`` would remove, as ``prune(before,
+def preview_prune(path: Path, before: float, tags: Iterable[str] = ()) -> tuple[int, int, set[str]]:
+    """What :meth:`SessionStore.prune` of the database ``path`` would remove, as ``prune(before, tags=tags,
     dry_run=True)`` says, read without writing anything: no -wal or -shm file made, an old database
     not migrated (the turns of one too old to have times count as used now, as its migration dates
     them), nor copied elsewhere. Raises ``sqlite3.Error`` for a file that is no sessions database
@@ -959,17 +993,18 @@ def preview_prune(path: Path, before: float) -> tuple[int, int, set[str]]:
     wal, shm = (path.with_name(f"{path.name}{suffix}") for suffix in ("-wal", "-shm"))
     # A -wal and its -shm: a connection may have the database open (a daemon): read it read-only,
     # through both.
+    tags = sorted(set(tags))
     if wal.exists() and shm.exists():
-        return _read_preview(path, "mode=ro", before)
+        return _read_preview(path, "mode=ro", before, tags)
     # Without a -wal, or with one that holds no frame, nobody writes it and the file holds every row:
     # read it immutable, which makes no -wal or -shm (read-only would).
     if not _holds_frames(wal):
-        return _read_preview(path, "immutable=1", before)
+        return _read_preview(path, "immutable=1", before, tags)
     # A -wal without its -shm: no connection has the database open (the first makes the -shm). Read-only
     # would make the -shm, and immutable does not read the -wal; exclusive locking mode keeps the index of
     # the -wal in memory instead, and without locks (the unix-none VFS) it needs no write access to take
     # them: nothing is written, there or elsewhere (no copy of the database is made).
-    return _read_preview(path, "mode=ro&vfs=unix-none", before, exclusive=True)
+    return _read_preview(path, "mode=ro&vfs=unix-none", before, tags, exclusive=True)
 
 
 #: The size of a -wal file's header: a -wal no larger holds no frame (no rows the database file lacks).
@@ -984,30 +1019,35 @@ def _holds_frames(wal: Path) -> bool:
         return False
 
 
-def _read_preview(path: Path, mode: str, before: float, exclusive: bool = False) -> tuple[int, int, set[str]]:
+def _read_preview(path: Path, mode: str, before: float, tags: list[str],
+                  exclusive: bool = False) -> tuple[int, int, set[str]]:
     """:func:`_prune_preview` of the database ``path`` opened with the URI parameters ``mode`` (in
     exclusive locking mode when ``exclusive``)."""
     db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
     try:
         if exclusive:  # before the first read
             db.execute("PRAGMA locking_mode=EXCLUSIVE")
-        return _prune_preview(db, before)
+        return _prune_preview(db, before, tags)
     finally:
         db.close()
 
 
-def _prune_preview(db: sqlite3.Connection, before: float) -> tuple[int, int, set[str]]:
-    """The sessions whose newest turn is older than ``before``, the statistics rows older than it (their
-    numbers) and the media ids the other sessions' turns refer to, in the database ``db``; a database
-    made before turns had times has no stale session."""
-    columns = {table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")} for table in ("turns", "calls")}
+def _prune_preview(db: sqlite3.Connection, before: float, tags: list[str]) -> tuple[int, int, set[str]]:
+    """The sessions whose newest turn is older than ``before``, the statistics rows older than it or of
+    requests tagged one of ``tags`` (their numbers) and the media ids the other sessions' turns refer to,
+    in the database ``db``; a database made before turns had times has no stale session."""
+    columns = {table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+               for table in ("turns", "calls", "call_tags")}
     stale: set[str] = set()
     if "at" in columns["turns"]:
         stale = {row[0] for row in db.execute(
             "SELECT session_id FROM turns GROUP BY session_id HAVING MAX(at) < ?", (before,))}
     calls = 0
     if "at" in columns["calls"]:
-        calls = db.execute("SELECT COUNT(*) FROM calls WHERE at < ?", (before,)).fetchone()[0]
+        tagged, marks = (tags, ",".join("?" * len(tags))) if tags and columns["call_tags"] else ([], "")
+        calls = db.execute("SELECT COUNT(*) FROM calls WHERE at < ?"
+                           + (f" OR rowid IN (SELECT call FROM call_tags WHERE tag IN ({marks}))" if tagged else ""),
+                           (before, *tagged)).fetchone()[0]
     keep: set[str] = set()
     if columns["turns"]:
         kept = db.execute("SELECT session_id, parts FROM turns WHERE parts LIKE ?", ('%"media_id"%',))

@@ -407,3 +407,19 @@ def test_an_avif_photo_reaches_gpt_4o_as_a_picture_not_as_its_ocr_text(start_dae
         red, green, blue = received.convert("RGB").getpixel((32, 24))
         assert red > 150 and green < 80 and blue < 80  # the same picture, within AVIF's loss
     assert not any(p.kind == "text" and p.text.startswith("[Image text]") for p in sent_parts(fakes["openai"]))
+
+
+def test_an_animated_avif_reaches_gpt_4o_as_one_picture_not_a_page_per_frame(start_daemon, fakes) -> None:
+    """QA regress23: an animated AVIF's frames were converted as a TIFF's pages, up to 20 images labelled
+    "page 1 of 2"; its first frame stands for it, as one picture."""
+    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    frames = [Image.new("RGB", (32, 24), colour) for colour in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
+    out = io.BytesIO()
+    frames[0].save(out, format="AVIF", save_all=True, append_images=frames[1:], duration=100)
+    answer = generate(daemon, text_request("What is this?", media=[image("image/avif", out.getvalue(), "anim.avif")]))
+    assert "converted anim.avif from image/avif to image/png for the model" in answer.route.notes
+    [sent] = [p for p in sent_parts(fakes["openai"]) if p.kind == "image"]
+    assert not any(p.kind == "text" and "page 1 of" in p.text for p in sent_parts(fakes["openai"]))
+    with Image.open(io.BytesIO(sent.data)) as received:
+        red, green, blue = received.convert("RGB").getpixel((16, 12))
+        assert red > 150 and green < 80 and blue < 80  # the first frame

@@ -125,6 +125,19 @@ def test_an_upload_into_a_store_with_a_file_in_its_way_is_storage_failed(daemon)
     assert _upload(daemon).media_id  # repaired: no restart needed
 
 
+def test_an_upload_with_a_file_where_its_shard_folder_goes_is_storage_failed(daemon) -> None:
+    """QA regress23: a file where the upload's shard folder (``media/<first 2 hex digits>``) should be made the
+    upload INTERNAL with a FileExistsError traceback (EEXIST); now STORAGE_FAILED as for any file in the way."""
+    from test_data_dir_failures import PNG
+
+    shard = daemon.data_dir / "media" / hashlib.sha256(PNG).hexdigest()[:2]
+    shard.write_text("in the way")
+    details = _refused(lambda: _upload(daemon))
+    _assert_storage_failed(daemon, details, "File exists (a file where the store needs a folder)")
+    shard.unlink()
+    assert _upload(daemon).media_id
+
+
 def test_inline_media_of_a_turn_the_store_cannot_keep_says_why(daemon) -> None:
     """A session turn's inline media that the store cannot write: the turn's note said "storing it failed
     (OSError, see the daemon's log)" with a traceback each time; now it names the cause, logged in one line."""

@@ -251,7 +251,9 @@ def test_a_turn_that_cannot_be_saved_still_answers_and_counts(start_daemon, tmp_
     answer = ask(daemon, "look", session="unsaved", media=[media])
     assert "[history=0 image=1" in answer.text
     [note] = answer.route.notes
-    assert note.startswith("this turn was not kept in session 'unsaved': storing it failed (")
+    assert note.startswith("this turn was not kept in session 'unsaved': cannot store "), note
+    assert "cannot be written: File exists (a file where the store needs a folder)" in note, note
+    assert "Traceback" not in daemon.logs()
     assert wait_for(lambda: f"saving this turn of session {session_tag('unsaved')} failed" in daemon.logs())
     assert not list((data_dir / "media" / "tmp").iterdir()), "the failed store left a temp file"
 

@@ -495,13 +495,17 @@ class ListProvidersResponse(_message.Message):
     def __init__(self, providers: _Optional[_Iterable[_Union[ProviderInfo, _Mapping]]] = ...) -> None: ...
 
 class ResetSessionRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "erase_media")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ERASE_MEDIA_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    erase_media: bool
+    def __init__(self, session_id: _Optional[str] = ..., erase_media: _Optional[bool] = ...) -> None: ...
 
 class ResetSessionResponse(_message.Message):
-    __slots__ = ("turns_removed",)
+    __slots__ = ("turns_removed", "media_removed")
     TURNS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_REMOVED_FIELD_NUMBER: _ClassVar[int]
     turns_removed: int
-    def __init__(self, turns_removed: _Optional[int] = ...) -> None: ...
+    media_removed: int
+    def __init__(self, turns_removed: _Optional[int] = ..., media_removed: _Optional[int] = ...) -> None: ...

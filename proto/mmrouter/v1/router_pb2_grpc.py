@@ -115,7 +115,8 @@ class RouterServiceServicer:
         """ResetSession forgets the history of a conversation; a call on it under
         way (sent before the reset: answering, or waiting for the call before it)
         keeps no turn, and its route's notes say so. NOT_FOUND when it has no
-        stored turn and no call.
+        stored turn and no call. With erase_media it deletes the media the
+        session referred to as well (see ResetSessionRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
