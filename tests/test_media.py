@@ -17,6 +17,7 @@ from grpc_helpers import error_details, text_request, wait_for
 from mmrouter.v1 import router_pb2 as pb
 
 import router.media
+from router.errors import StorageFailed
 from router.media import MediaStore
 from router.types import Modality
 
@@ -428,7 +429,7 @@ def test_put_bytes_that_fail_to_commit_leave_no_temp_file(tmp_path) -> None:
     store = MediaStore(tmp_path, 1 << 20)
     media_id = hashlib.sha256(PDF).hexdigest()
     (tmp_path / media_id[:2]).write_text("a file where the store needs a directory")
-    with pytest.raises(OSError):
+    with pytest.raises(StorageFailed, match="a file where the store needs a folder"):
         store.put_bytes(PDF, "application/pdf", Modality.DOCUMENT)
     assert not list((tmp_path / "tmp").iterdir()), "the failed put left its temp file"
 
