@@ -19,22 +19,14 @@ from pathlib import Path
 import media_factory
 from grpc_helpers import text_request, wait_for
 from mmrouter.v1 import router_pb2 as pb
+from test_local_e2e import GPT_WITH_DOCUMENT_BRIDGE
 
 from tests.fakes.openai import API_KEY as OPENAI_KEY
 from tests.fakes.openai import FakeOpenAI
 
 MMROUTER = Path(sys.executable).parent / "mmrouter"
-CONFIG = """
-providers:
-  openai: {{api_key: "{key}", base_url: "{url}"}}
-  local: {{}}
-routes:
-  - name: general
-    use: openai/gpt-4o
-    bridging: true
-bridges:
-  document: [local/extract]
-"""
+#: GPT-4o (the fake OpenAI) answers; a PDF is bridged to it through local.
+CONFIG = GPT_WITH_DOCUMENT_BRIDGE
 DATABASE = ("sessions.sqlite", "sessions.sqlite-wal", "sessions.sqlite-shm")
 
 
