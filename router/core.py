@@ -638,7 +638,8 @@ class App:
         if not history:
             return request, 0
         budget = input_budget(plan.model, request.options.max_output_tokens)
-        kept, dropped = trim_history(history, current, budget, functools.partial(estimate_tokens, bridged=bridged))
+        estimate = functools.partial(estimate_tokens, bridged=bridged, model=plan.model)  # PDF pages at its rate
+        kept, dropped = trim_history(history, current, budget, estimate)
         if not dropped:
             return request, 0
         return dataclasses.replace(request, messages=kept + current, history_length=len(kept)), dropped

@@ -49,6 +49,7 @@ from .types import (
 
 #: Rough tokens per unit, for estimating a request's input size.
 TOKENS_PER_IMAGE = 765
+#: Of a model that declares no rate of its own (``ModelInfo.pdf_page_tokens``: see :func:`pdf_page_tokens`).
 TOKENS_PER_PDF_PAGE = 1500
 #: The fewest tokens a provider counts per PDF page (Gemini: 258): what surely will not fit a context.
 TOKENS_PER_PDF_PAGE_FLOOR = 258
@@ -146,6 +147,9 @@ class Facts:
     #: count once bridged (:func:`bridged_tokens_guess`): whether a model holds it all (:func:`_drops_history`).
     conversation_tokens: Mapping[Modality, int] = field(default_factory=dict)
     bridged_conversation_tokens: Mapping[Modality, int] = field(default_factory=dict)
+    #: With :attr:`conversation_tokens`, the known pages of the whole conversation's PDFs, which it counts at
+    #: :data:`TOKENS_PER_PDF_PAGE`: a model with a rate of its own counts them at that (:func:`pdf_page_tokens`).
+    conversation_pdf_pages: int = 0
     #: With :attr:`conversation_tokens`, the targets (``provider/model``) known to refuse the session's whole
     #: history for its size on an earlier turn, each with its refusal (the caller adds them from
     #: :meth:`router.dispatch.HistoryCuts.refusals`): each gets it trimmed (:func:`_drops_history`).
@@ -167,6 +171,17 @@ class Facts:
 def _total(values: Sequence[float | None]) -> float | None:
     """The sum, or None if any value is unknown."""
     return None if any(v is None for v in values) else float(sum(v for v in values if v is not None))
+
+
+def pdf_page_tokens(model: ModelInfo | None) -> int:
+    """The input tokens ``model`` counts per PDF page: its own rate (``ModelInfo.pdf_page_tokens``), else (or
+    with no model) the router's :data:`TOKENS_PER_PDF_PAGE`."""
+    return (model.pdf_page_tokens if model is not None else 0) or TOKENS_PER_PDF_PAGE
+
+
+def _is_pdf(media: Media) -> bool:
+    """A paged document, counted per page (not a ``text/*`` one, counted by its text)."""
+    return media.modality is Modality.DOCUMENT and not is_text_document(media)
 
 
 def _media_tokens(media: Media, pdf_page_tokens: int = TOKENS_PER_PDF_PAGE) -> int:
@@ -195,7 +210,7 @@ def bridged_tokens_guess(media: Media) -> int:
         return BRIDGED_TOKENS_PER_IMAGE
     if media.modality in (Modality.AUDIO, Modality.VIDEO):
         return int((media.duration_seconds or 0) * BRIDGED_TOKENS_PER_SPEECH_SECOND)
-    if media.modality is Modality.DOCUMENT and not is_text_document(media):
+    if _is_pdf(media):
         return (media.pages or 0) * BRIDGED_TOKENS_PER_PDF_PAGE
     return _media_tokens(media)  # a text document's text is itself
 
@@ -294,15 +309,18 @@ def _part_tokens(part: Part, pdf_page_tokens: int = TOKENS_PER_PDF_PAGE) -> int:
     return text_tokens(part.text or "") if part.media is None else _media_tokens(part.media, pdf_page_tokens)
 
 
-def estimate_tokens(messages: Iterable[Message], bridged: Mapping[int, int] | None = None) -> int:
+def estimate_tokens(messages: Iterable[Message], bridged: Mapping[int, int] | None = None,
+                    model: ModelInfo | None = None) -> int:
     """The input tokens of ``messages``, estimated part by part (so estimates add up exactly): text
     as :func:`text_tokens` counts it (a prompt, a system prompt, history or a ``text/*`` document
     alike), and fixed rates per image, audio or video second and PDF page (media of unknown length
-    count 0). A media in ``bridged`` (by ``id``) counts the tokens given there instead: what a bridge
-    will make of it."""
+    count 0); PDF pages at ``model``'s rate when given (:func:`pdf_page_tokens`), as history is trimmed for
+    it. A media in ``bridged`` (by ``id``) counts the tokens given there instead: what a bridge will make
+    of it."""
     bridged = bridged or {}
-    return sum(bridged[id(part.media)] if part.media is not None and id(part.media) in bridged else _part_tokens(part)
-               for message in messages for part in message.parts)
+    rate = pdf_page_tokens(model)
+    return sum(bridged[id(part.media)] if part.media is not None and id(part.media) in bridged
+               else _part_tokens(part, rate) for message in messages for part in message.parts)
 
 
 def _tokens_by_modality(messages: Iterable[Message], pdf_page_tokens: int) -> dict[Modality, int]:
@@ -324,6 +342,7 @@ def facts_of(request: Request) -> Facts:
     turn = request.messages[request.history_length:]
     conversation: dict[Modality, int] = {}
     bridged: dict[Modality, int] = {}
+    conversation_pages = 0
     # at the floor rate: the context check skips only a model that surely cannot hold the turn
     turn_tokens = _tokens_by_modality(turn, TOKENS_PER_PDF_PAGE_FLOOR)
     if task is Task.TRANSCRIBE:
@@ -337,12 +356,14 @@ def facts_of(request: Request) -> Facts:
         tokens = sum(whole.values())
         if request.history_length:
             conversation, bridged = whole, _bridged_by_modality(media)
+            conversation_pages = sum(part.media.pages or 0 for message in request.messages for part in message.parts
+                                     if part.media is not None and _is_pdf(part.media))
     # a transcription's recording may come from the history on purpose: not what is to blame then
     from_history = frozenset(modalities - request.turn_modalities()) if request.history_length and \
         task is not Task.TRANSCRIBE else frozenset()
     audio = [m.duration_seconds for m in media if m.modality is Modality.AUDIO]
     video = [m.duration_seconds for m in media if m.modality is Modality.VIDEO]
-    pages = [m.pages for m in media if m.modality is Modality.DOCUMENT and not is_text_document(m)]
+    pages = [m.pages for m in media if _is_pdf(m)]
     images = sum(1 for m in media if m.modality is Modality.IMAGE)
     pdf_total = _total(pages)
     return Facts(
@@ -366,6 +387,7 @@ def facts_of(request: Request) -> Facts:
         turn=facts_of(_turn_alone(request)) if from_history else None,
         conversation_tokens=conversation,
         bridged_conversation_tokens=bridged,
+        conversation_pdf_pages=conversation_pages,
         max_output_tokens=request.options.max_output_tokens,
     )
 
@@ -726,10 +748,11 @@ def input_budget(model: ModelInfo, max_output_tokens: int) -> int:
 
 def _drops_history(plan: Plan, facts: Facts) -> str | None:
     """Why ``plan``'s model would get the session's history trimmed (its oldest messages dropped): the
-    whole conversation, as trimming counts it (the media its bridges replace as their guessed text),
-    exceeds :func:`input_budget`; None when it holds it all, or the request has no history. An
-    extraction-only model reads no history: never said to drop any. One that refused the history for its size
-    on an earlier turn (:attr:`Facts.size_refusals`) drops its oldest messages whatever its context."""
+    whole conversation, as trimming counts it (the media its bridges replace as their guessed text, PDF
+    pages at the model's rate: :func:`pdf_page_tokens`), exceeds :func:`input_budget`; None when it holds
+    it all, or the request has no history. An extraction-only model reads no history: never said to drop
+    any. One that refused the history for its size on an earlier turn (:attr:`Facts.size_refusals`) drops
+    its oldest messages whatever its context."""
     if not facts.conversation_tokens or FEATURE_EXTRACTION_ONLY in plan.model.features:
         return None
     if (refusal := facts.size_refusals.get(str(plan.target))) is not None:
@@ -738,6 +761,8 @@ def _drops_history(plan: Plan, facts: Facts) -> str | None:
     replaced = _replaced(plan, facts)
     tokens = sum(facts.bridged_conversation_tokens.get(modality, 0) if modality in replaced else n
                  for modality, n in facts.conversation_tokens.items())
+    if Modality.DOCUMENT not in replaced:  # its PDF pages were counted at the router's rate, not the model's
+        tokens += facts.conversation_pdf_pages * (pdf_page_tokens(plan.model) - TOKENS_PER_PDF_PAGE)
     if tokens <= input_budget(plan.model, facts.max_output_tokens):
         return None
     return (f"{plan.target} would drop the session's oldest messages (~{tokens} tokens with the history, context "

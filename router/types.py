@@ -315,7 +315,12 @@ class ModelInfo:
     takes given by URL (``Media.url``, no bytes: the provider passes the URL on, or fetches it itself);
     None, the default: not declared, every modality is assumed taken by URL. Routing skips a target or
     bridge for media given by URL in a modality it does not list, as for a MIME type it does not take
-    (see :meth:`takes_url`).
+    (see :meth:`takes_url`). ``pdf_page_tokens`` is the input tokens the model counts per PDF page (0, the
+    default: not declared, the router's own estimate of 1,500 is used; Gemini declares the 258 Google
+    documents): the history of a session sent to this model is counted at this rate, both to tell whether
+    the model holds the whole conversation and to trim it to the model's context, so that a PDF the model
+    took whole on one turn is not dropped from its next turns for an estimate it does not count. (This
+    turn's own input is checked against the context at the lowest rate any provider counts, 258 a page.)
     """
 
     name: str
@@ -337,6 +342,7 @@ class ModelInfo:
     takes_temperature: bool = True
     # new fields go last: plugins may give the fields before them by position
     max_document_pages: int = 0
+    pdf_page_tokens: int = 0
 
     def can_take(self, modalities: set[Modality]) -> bool:
         """True when every modality in ``modalities`` is an input of this model."""

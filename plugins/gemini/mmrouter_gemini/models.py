@@ -25,6 +25,10 @@ MIME_TYPES = frozenset({
 URL_INPUTS = ALL_INPUTS - {Modality.TEXT}
 #: Context window of the Gemini 2.5 models, in tokens.
 CONTEXT_TOKENS = 1_048_576
+#: The input tokens Gemini counts per PDF page (ai.google.dev/gemini-api/docs/document-processing: "each
+#: document page is equivalent to 258 tokens"): a session's PDFs are counted at this rate for Gemini, so
+#: that a 700-page contract it took whole stays in its history (the router's own estimate is 1,500 a page).
+PDF_PAGE_TOKENS = 258
 
 
 def _model(name: str, price: Price) -> ModelInfo:
@@ -40,6 +44,7 @@ def _model(name: str, price: Price) -> ModelInfo:
         max_output_tokens=65_536,
         input_mime_types=MIME_TYPES,
         url_inputs=URL_INPUTS,
+        pdf_page_tokens=PDF_PAGE_TOKENS,
     )
 
 
