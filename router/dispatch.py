@@ -6,13 +6,16 @@ the complete :class:`Answer`. A retryable failure (down, rate-limited, the
 input too large for the target) before the answering model sent any output moves
 on to the next fallback; a failure after it (the client already has part of an
 answer) or a non-retryable one is raised. A request refused for its size that carries a session's
-history is first tried again on the same target with less history; :class:`HistoryCuts` remembers how
-much, so the session's next turns on that target start from there.
+history goes to the later targets first when one of them takes that history whole; else (and as the last
+resort when those fail) it is tried again on the same target with less history. :class:`HistoryCuts`
+remembers how much, so the session's next turns on that target start from there, and routing tries first
+the targets that hold the whole conversation. A turn refused for its size with no history teaches it too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from collections import OrderedDict
@@ -35,6 +38,7 @@ from .plugins import Registry
 from .provider import Provider
 from .routing import Decision, Plan
 from .types import (
+    FEATURE_EXTRACTION_ONLY,
     NO_LARGER_LIMIT,
     OUTPUT_TEXT,
     CallContext,
@@ -107,16 +111,26 @@ class HistoryCuts:
         return shorter, count, cut.why
 
     def learn(self, request: Request, target: str, accepted: Request, why: str) -> None:
-        """Remember that ``target`` took ``accepted``, ``request`` (the whole history and the turn) with
+        """Remember that ``target`` takes ``accepted``, ``request`` (the whole history and the turn) with
         its oldest messages left out, after refusing more (``why``)."""
-        if not request.session_id:
-            return
         count = request.history_length - accepted.history_length
-        if count <= 0:
+        if count > 0:
+            self._keep(request.session_id, target, request.messages[:count], why)
+
+    def learn_turn(self, request: Request, target: str, why: str) -> None:
+        """Remember that ``target`` refused ``request``'s turn for its size (``why``) when it was sent with no
+        history: the session's next turns, whose history starts with that turn (its messages but the system
+        ones, as the session keeps them) and so holds at least as much, start after it on that target."""
+        kept = [message for message in request.messages if message.role is not Role.SYSTEM]
+        if kept:
+            self._keep(request.session_id, target, kept, why)
+
+    def _keep(self, session_id: str, target: str, messages: Sequence[Message], why: str) -> None:
+        """Remember that ``target`` refused ``session_id``'s history starting with ``messages`` (``why``)."""
+        if not session_id:
             return
-        digest = _digest(request.messages[:count])
-        self._cuts.setdefault(request.session_id, {})[target] = _Cut(count, digest, why)
-        self._cuts.move_to_end(request.session_id)
+        self._cuts.setdefault(session_id, {})[target] = _Cut(len(messages), _digest(messages), why)
+        self._cuts.move_to_end(session_id)
         while len(self._cuts) > self._kept:
             self._cuts.popitem(last=False)
 
@@ -138,14 +152,17 @@ def _applies(cut: _Cut, request: Request) -> bool:
 
 
 def _digest(messages: Sequence[Message]) -> str:
-    """A digest of ``messages`` as a session keeps them: roles, texts and media ids (or URLs)."""
+    """A digest of ``messages`` as a session keeps them: roles, texts and media ids (or URLs). Inline media,
+    which the session stores once the turn is answered, count as the id they are stored under (the sha256 of
+    their bytes): a turn refused before it was stored matches the history that holds it."""
     h = hashlib.sha256()
     for message in messages:
         h.update(b"\0m" + message.role.value.encode())
         for part in message.parts:
             if part.media is not None:
                 media = part.media
-                h.update(b"\0p" + (media.media_id or media.url or f"{media.mime_type}:{media.size}").encode())
+                name = media.media_id or (hashlib.sha256(media.data).hexdigest() if media.data is not None else None)
+                h.update(b"\0p" + (name or media.url or f"{media.mime_type}:{media.size}").encode())
             else:
                 h.update(b"\0t" + (part.text or "").encode())
     return h.hexdigest()
@@ -175,7 +192,11 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
     any text or transcript of its own (bridges' transcripts already sent are not sent again, nor the
     same transcript made again by a fallback that takes the audio itself), or at any point when the
     answer is ``held``: its client gets Done only (``Generate``), so the part it never saw is dropped; one
-    refused for its size is first tried again with less history (see :func:`_call_answering`). Neither a
+    refused for its size with a session's history goes on to the later plans when one takes that history
+    whole (:func:`_holding_whole`), and is tried again with less history after those, as the last resort (before
+    the plans that would trim it too), else at once (see :func:`_call_answering`); a refusal that ends the call
+    (not retryable) still lets those last resorts run. A turn refused for its size with no history is learnt by ``cuts``
+    (:meth:`HistoryCuts.learn_turn`). Neither a
     fallback nor the first target is started within :data:`DEADLINE_MARGIN_SECONDS` of the call's deadline:
     with no target tried yet, the call ends with :class:`NoTimeLeft`, blaming no provider. A call whose targets
     all failed ends with :func:`router.bridging.targets_failed`'s error: the soonest retry delay of those that
@@ -211,7 +232,12 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
         plans = decision.plans
         only: frozenset[str] | None = None  # after a refusal: the targets moved last for their cool-down to try
         every = True  # no target passed over for ``only``
-        for index, plan in enumerate(plans):
+        # each plan with its index, in turn; one whose session history was refused for its size while a later
+        # plan takes it whole is queued again after those (the queue's rest is reordered while the loop runs)
+        queue = list(enumerate(plans))
+        deferred: set[int] = set()  # the plans so queued again: their second turn is their last resort
+        for pos, (index, plan) in enumerate(queue):
+            again = index in deferred  # its last resort: with less history
             if only is not None and str(plan.target) not in only:
                 every = False
                 continue
@@ -226,6 +252,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
             bridged_transcripts: list[Transcript] = []
             used_bridges = [str(b) for b in plan.bridges]
             answering = False
+            learning: _Learning | None = None  # of a call sending history (see _call_answering)
             try:
                 answer_request, dropped, skipped, why = request, 0, 0, ""
                 if cuts is not None and request.history_length:
@@ -250,10 +277,13 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 # closed with this generator: a client leaving mid-answer closes the provider's stream at once
                 # without history nothing could be dropped on a refusal for size: no retrying layer (it costs
                 # an async-generator hop per streamed chunk)
-                answering_call = (
-                    _call_answering(provider, plan, answer_request, ctx, route, _Learning(request, cuts, skipped, why))
-                    if answer_request.history_length or skipped
-                    else call_model(provider, plan.model, answer_request, ctx, route, "answer"))
+                if answer_request.history_length or skipped:
+                    later = [p for i, p in queue[pos + 1:] if i not in deferred]  # the plans not tried yet
+                    learning = _Learning(request, cuts, skipped, why, again=again,
+                                         elsewhere=functools.partial(_holding_whole, request, later, registry, fit, cuts))
+                    answering_call = _call_answering(provider, plan, answer_request, ctx, route, learning)
+                else:
+                    answering_call = call_model(provider, plan.model, answer_request, ctx, route, "answer")
                 async with aclosing(answering_call) as events:
                     async for event in events:
                         if isinstance(event, TextDelta):
@@ -273,6 +303,8 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                             yield StepUsage(event.usage)
                 reported = len(route.steps)
             except ProviderError as exc:
+                if again:  # this last resort's failure stands for the refusal that deferred it
+                    failed = [(target, error) for target, error in failed if target != str(plan.target)]
                 failed.append((str(plan.target), exc))
                 if cooldowns is not None:  # at once: the calls made while a fallback answers try it first
                     cooldowns.learn(route.attempts[told:])
@@ -283,6 +315,11 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 reported = len(route.steps)  # an answer's paid part (a failed step) was streamed as it came
                 if (answered and not held) or deadline_passed(ctx):  # no time for a fallback
                     raise
+                # refused for its size with no history: the turn alone is too large for this target, and so is
+                # every later turn of the session, which sends it again
+                if isinstance(exc, ProviderInputTooLarge) and answering and not answered and learning is None \
+                        and cuts is not None and _reads_history(request, plan):
+                    cuts.learn_turn(request, str(plan.target), exc.message)
                 refused = None if answering else bridged_before.media_refused(exc)
                 if not exc.retryable and refused is not None and _taken_later(refused, plans[index + 1:]):
                     route.notes.append(f"{plan.target} failed: its bridge refused {_with_article(refused.modality.value)} "
@@ -298,10 +335,22 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                         route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying {waiting}, "
                                            "which the rule puts before it (tried last for its cool-down)")
                         continue
-                    error = targets_failed(failed, route.attempts, every=every and index == len(plans) - 1)
+                    if last := [str(p.target) for i, p in queue[pos + 1:] if i in deferred]:
+                        only = frozenset(last)  # as they would have been before it: with less history
+                        route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying "
+                                           f"{', '.join(last)} again with less of the session's history")
+                        continue
+                    error = targets_failed(failed, route.attempts, every=every and pos == len(queue) - 1)
                     if error is exc:
                         raise
                     raise error from exc
+                if learning is not None and learning.holders:
+                    deferred.add(index)
+                    queue[pos + 1:] = _deferring(queue[pos + 1:], (index, plan), learning.holders, deferred)
+                    route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target, "
+                                       f"as a later one takes the session's whole history ({plan.target} is tried "
+                                       "again with less of it if none answers)")
+                    continue
                 route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying the next target")
                 continue
             if own and not texts:  # a transcriber's answer is its transcript: streamed as text too
@@ -314,8 +363,7 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
             if own and memo is not None:
                 remember_transcripts(request, own, plan.target, memo)
             route.provider, route.model = plan.target.provider, plan.target.model
-            if index:  # a fallback answered: those still untried after it
-                route.fallbacks = [str(p.target) for p in plans[index + 1:]]
+            route.fallbacks = [str(p.target) for i, p in queue[pos + 1:] if i not in deferred]  # those untried
             route.bridges = used_bridges
             route.latency_ms = (time.perf_counter() - started) * 1000
             if finish is FinishReason.LENGTH:
@@ -391,15 +439,51 @@ def _trim_for(fit: FitRequest | None, plan: Plan) -> Trim | None:
     return lambda request, bridged: fit(request, plan, bridged)
 
 
+def _reads_history(request: Request, plan: Plan) -> bool:
+    """Whether ``plan``'s model is sent a session's history with ``request``: not for a transcription, nor by
+    a model that writes no text (a transcriber)."""
+    return request.options.task is not Task.TRANSCRIBE and OUTPUT_TEXT in plan.model.outputs
+
+
+def _holding_whole(request: Request, plans: Sequence[Plan], registry: Registry, fit: FitRequest | None,
+                   cuts: HistoryCuts | None) -> list[Plan]:
+    """Those of ``plans`` that may take ``request``, a session's history and its turn, whole: the provider is
+    ready, the model reads the history (not extraction-only), it is not known to refuse it for its size
+    (:meth:`HistoryCuts.refusals`), and ``fit`` keeps all of it for its context (its media counted as they are,
+    bridged or not: a plan that fits only once bridged does not count)."""
+    refused = cuts.refusals(request) if cuts is not None else {}
+    return [plan for plan in plans
+            if registry.ready(plan.target.provider) is not None and _reads_history(request, plan)
+            and FEATURE_EXTRACTION_ONLY not in plan.model.features and str(plan.target) not in refused
+            and (fit is None or not fit(request, plan, {})[1])]
+
+
+def _deferring(rest: list[tuple[int, Plan]], entry: tuple[int, Plan], holders: Sequence[Plan],
+               deferred: set[int]) -> list[tuple[int, Plan]]:
+    """The plans still to try (``rest``, each with its index) once ``entry`` was refused for its size: first those
+    that take the session's whole history (``holders``), then the last resorts of the plans ``deferred`` before,
+    then ``entry``'s, then the others (which would have come after its retry with less history)."""
+    first = [e for e in rest if any(e[1] is plan for plan in holders)]
+    last = [e for e in rest if e[0] in deferred and e not in first]
+    others = [e for e in rest if e not in first and e not in last]
+    return [*first, *last, entry, *others]
+
+
 @dataclasses.dataclass
 class _Learning:
     """What :func:`_call_answering` needs to remember a cut: the session's ``whole`` request, where to
-    keep it, and the history already left out at the start (``skipped``) for an earlier refusal (``why``)."""
+    keep it, and the history already left out at the start (``skipped``) for a refusal (``why``): on an
+    earlier turn, or this one when the call is the last resort of a plan deferred for its size (``again``).
+    ``elsewhere`` gives the later plans that take the whole history: when there are any, a refusal for size is
+    not met by dropping history but raised, with them in ``holders`` (see :func:`_call_answering`)."""
 
     whole: Request
     cuts: HistoryCuts | None = None
     skipped: int = 0
     why: str = ""
+    again: bool = False
+    elsewhere: Callable[[], list[Plan]] | None = None
+    holders: list[Plan] = dataclasses.field(default_factory=list)
 
 
 async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx: CallContext,
@@ -411,9 +495,14 @@ async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx:
     until no history is left; then the refusal is raised and the next fallback is tried. A
     transcription sends no history, so it is not tried again. The route gets a note when a shorter
     request was answered (``learning.skipped`` messages left out before the call count too), and
-    ``learning.cuts`` remembers how much shorter it was than the session's whole history."""
+    ``learning.cuts`` remembers how much shorter it was than the session's whole history.
+
+    Dropping history is the last resort: when later plans take the whole history (``learning.elsewhere``),
+    the first refusal is raised at once, with them in ``learning.holders``, for the caller to try them first
+    and this one again after them; ``learning.cuts`` learns the oldest half as refused, so that the session's
+    next turns rank this target as one that trims the history, and its last resort starts without it."""
     learning = learning or _Learning(request)
-    dropped, why, earlier = learning.skipped, learning.why, bool(learning.skipped)
+    dropped, why, earlier = learning.skipped, learning.why, bool(learning.skipped) and not learning.again
     while True:
         produced = False
         try:
@@ -427,9 +516,13 @@ async def _call_answering(provider: Provider, plan: Plan, request: Request, ctx:
                 learning.cuts.learn(learning.whole, str(plan.target), request, why)
             return
         except ProviderInputTooLarge as exc:
-            transcribing = request.options.task is Task.TRANSCRIBE or OUTPUT_TEXT not in plan.model.outputs
-            shorter = None if produced or transcribing else _without_older_half(request)
+            shorter = None if produced or not _reads_history(request, plan) else _without_older_half(request)
             if shorter is None:
+                raise
+            if not learning.again and learning.elsewhere is not None and (holders := learning.elsewhere()):
+                if learning.cuts is not None:
+                    learning.cuts.learn(learning.whole, str(plan.target), shorter[0], exc.message)
+                learning.holders = holders
                 raise
             request, fewer = shorter
             dropped, why, earlier = dropped + fewer, exc.message, False

@@ -3,7 +3,7 @@ and ExplainRoute shows the trim Generate would make.
 
 The daemon runs the embedded rules on the four cloud fakes (see ``test_hybrid``), and the real SDKs call them. The
 OpenAI fake answers one request of a session of photos with 413 ``request_too_large``, as OpenAI does for a body
-too large: gpt-4o answers that turn without the oldest turn, and the router remembers it (``HistoryCuts``).
+too large: Claude, the rule's next target, answers that turn with both photos, and the router remembers it (``HistoryCuts``).
 """
 
 from __future__ import annotations
@@ -40,15 +40,17 @@ def trim_notes(route: pb.RouteInfo) -> list[str]:
 
 
 def refused_once(daemon, fakes) -> None:  # type: ignore[no-untyped-def]
-    """Two photo turns answered by gpt-4o (rule ``cross-modal``), the second refused once for its size: it is
-    answered without the first turn, which gpt-4o is then known to refuse."""
+    """Two photo turns on the rule ``cross-modal``, the second refused once by gpt-4o for its size: Claude, the
+    rule's next target, answers it with both photos (not gpt-4o without the first), and gpt-4o is then known
+    to refuse the session's first turn."""
     first = generate(daemon, photo_turn("Look at this photo.", 0))
     assert (first.route.rule, first.route.provider, first.route.model) == ("cross-modal", "openai", "gpt-4o")
     fakes["openai"].fail_next(413, TOO_LARGE, path="/v1/chat/completions")
     second = generate(daemon, photo_turn("And this one?", 1))
-    assert (second.route.provider, second.route.model) == ("openai", "gpt-4o")
-    [note] = trim_notes(second.route)
-    assert "dropped the 2 oldest message(s) of session 'photos' because openai/gpt-4o refused" in note, note
+    assert (second.route.provider, second.route.model) == ("anthropic", "claude-sonnet-4-6")
+    assert [(a.provider, a.ok) for a in second.route.attempts] == [("openai", False), ("anthropic", True)]
+    assert not trim_notes(second.route), second.route.notes
+    assert [b.data for b in media_blocks(fakes["anthropic"].last_body())] == PHOTOS
 
 
 def test_a_target_known_to_refuse_the_history_gives_way_to_one_that_holds_it(start_daemon, fakes) -> None:

@@ -60,8 +60,12 @@ LARGE_CONTEXT_ITEMS = 600
 ImageSizes = list[tuple[str, tuple[int, int] | None]]
 
 
-def _too_large(provider: str, message: str) -> ProviderInputTooLarge:
-    return ProviderInputTooLarge(provider, f"{message} (refused before sending)")
+def _too_large(provider: str, message: str, **measured: int) -> ProviderInputTooLarge:
+    """The refusal, before sending, of a request over a limit (``message``); ``measured`` (the size and its limit)
+    goes to the error's ErrorInfo metadata, as the router's own size refusals give theirs."""
+    error = ProviderInputTooLarge(provider, f"{message} (refused before sending)")
+    error.metadata.update({key: str(value) for key, value in measured.items()})
+    return error
 
 
 def items_allowed(model: ModelInfo | None) -> int:
@@ -159,7 +163,7 @@ def check_media(media: Iterable[Media], model: ModelInfo | None, provider: str) 
         raise _too_large(provider, f"the request holds {pages} PDF pages, over Claude's limit of {allowed} "
                                    "pages per request")
     sent = sum(_sent_size(m) for m in media)
-    check_body(sent, provider)
+    check_body(sent, provider, sum(stored_size(m) for m in media if m.modality is not Modality.IMAGE))
 
 
 def _sent_size(media: Media) -> int:
@@ -182,17 +186,22 @@ def check_images(images: ImageSizes, model: ModelInfo | None, provider: str) -> 
         check_sides(size, where, provider, len(images))
 
 
-def request_over(size: int) -> str:
-    """Why a request body of (at least) ``size`` bytes is over 32 MB ("the request is <why>"), or ""."""
+def request_over(size: int, given: int = 0) -> str:
+    """Why a request body of (at least) ``size`` bytes is over 32 MB ("the request is <why>"), or "". The API
+    counts the body as sent, its media base64-encoded (a third larger than the files): the reason says so, with
+    the media's own bytes (``given``) when known, so that a 25 MB file is not read as a 33 MB one."""
     if size <= MAX_REQUEST_BYTES:
         return ""
-    return f"at least {size:,} bytes, over Claude's limit of 32 MB ({MAX_REQUEST_BYTES:,} bytes) per request"
+    before = f" ({given:,} bytes before encoding)" if given else ""
+    return (f"at least {size:,} bytes, over Claude's limit of 32 MB ({MAX_REQUEST_BYTES:,} bytes) per request, "
+            f"counting its media base64-encoded as they are sent{before}")
 
 
-def check_body(size: int, provider: str) -> None:
-    """Refuse a request body of (at least) ``size`` bytes over 32 MB."""
-    if why := request_over(size):
-        raise _too_large(provider, f"the request is {why}")
+def check_body(size: int, provider: str, given: int = 0) -> None:
+    """Refuse a request body of (at least) ``size`` bytes over 32 MB, its media ``given`` bytes before they were
+    base64-encoded (0: not known). ErrorInfo metadata gives ``request_bytes`` (``size``) and ``max_request_bytes``."""
+    if why := request_over(size, given):
+        raise _too_large(provider, f"the request is {why}", request_bytes=size, max_request_bytes=MAX_REQUEST_BYTES)
 
 
 def body_bytes(system: str, turns: list[dict[str, Any]]) -> int:
