@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import itertools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -252,7 +252,7 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     bridged, so that they are not paid for (:meth:`_Bridging.bridge_history`).
     """
     done = BridgedInRequest() if done is None else done
-    names, labels, order = part_names(request), text_labels(request), [id(m) for m in request.media()]
+    names, labels, given = part_names(request), text_labels(request), request.media()
     request, dropped, images = await _convert_images(bridges, request, route, done, trim)
     run = _Bridging(request, registry, ctx, route, memo, done, Bridged(request, dropped=dropped),
                     {id(m) for m in request.turn_media()}, _replies(request), names, labels)
@@ -269,10 +269,7 @@ async def apply_bridges(bridges: list[Bridge], request: Request, registry: Regis
     if run.reused:
         route.notes.append(f"bridging: reused the kept text of {run.reused} media converted before")
     result = run.result
-    # in the request's order: an image converted to another format as explain says it, one a bridge converts
-    # (never converted to another format) as what was done
-    done_to = {**run.done_to, **{key: str(bridge) for key, bridge in images.items()}}
-    result.bridges = list(dict.fromkeys(done_to[key] for key in order if key in done_to))
+    result.bridges = _done_labels({**run.done_to, **images}, given)
     result.request = dataclasses.replace(run.request, messages=[
         dataclasses.replace(message, parts=[new for p in message.parts for new in _converted(p, run.converted)])
         for message in run.request.messages])
@@ -331,6 +328,28 @@ async def _convert_images(bridges: list[Bridge], request: Request, route: RouteI
         dataclasses.replace(message, parts=[new for p in message.parts
                                             for new in (converted.get(id(p.media), [p]) if p.media is not None else [p])])
         for message in kept.messages]), dropped, {key: converters[key] for key in converted}
+
+
+def _handling(bridge: Bridge, formats: Iterable[str]) -> Bridge:
+    """``bridge`` as it handled media of ``formats`` (normalised MIME types): naming those of the formats it
+    was chosen for alone (a bridge chosen for BMP and ICO images for a model that takes neither names BMP
+    alone where it read BMP images only); itself when it was chosen for every media of its modality."""
+    return dataclasses.replace(bridge, mime_types=bridge.mime_types & frozenset(formats)) if bridge.mime_types else bridge
+
+
+def _done_labels(done_to: Mapping[int, Bridge | str], media: Sequence[Media]) -> list[str]:
+    """The route's ``bridges``: what was done to the ``media`` of the request (by id, in ``done_to``: the bridge
+    that converted it to another format or read it, else the text saying so), once each and in the request's
+    order, each naming the formats of the media it was done to (:func:`_handling`): an image converted to
+    another format as ``explain`` says its bridge (``image (image/bmp)->image/png or image/jpeg, else text via
+    local/extract``), one a bridge read (never converted to another format) as that reading (``image
+    (image/svg+xml)->text via local/extract``)."""
+    formats: dict[Bridge | str, set[str]] = {}
+    for one in media:
+        if id(one) in done_to:
+            formats.setdefault(done_to[id(one)], set()).add(normalise_mime(one.mime_type))
+    return list(dict.fromkeys(done if isinstance(done, str) else str(_handling(done, found))
+                              for done, found in formats.items()))
 
 
 def _page_parts(media: Media, pages: Pages) -> list[Part]:
@@ -397,7 +416,8 @@ class _Bridging:
     names: dict[int, str]  # id(media) -> how errors and notes name it (:func:`part_names`)
     labels: dict[int, str]  # id(media) -> how its bridged text names it (:func:`text_labels`)
     converted: dict[int, tuple[str, bool]] = field(default_factory=dict)  # id -> (text part, keep the media)
-    done_to: dict[int, str] = field(default_factory=dict)  # id(media) -> what was done to it, as route.bridges says
+    #: id(media) -> what was done to it: the bridge that read it, or the text saying so (see :func:`_done_labels`)
+    done_to: dict[int, Bridge | str] = field(default_factory=dict)
     #: id(history media) -> what the memo keeps of it and the bridge that made it (see :func:`_kept_before`)
     recalled: dict[int, tuple[Bridge, Kept] | None] = field(default_factory=dict)
     reused: int = 0
@@ -420,7 +440,7 @@ class _Bridging:
         speech_only = (media.modality is Modality.VIDEO and not bridge.keep_media
                        and not _extraction_only(bridge.via, self.registry))
         plain = dataclasses.replace(bridge, convert_to=())  # a media a bridge converts was not converted to another format
-        self.done_to[id(media)] = f"video->speech only via {bridge.via}" if speech_only else str(plain)
+        self.done_to[id(media)] = f"video->speech only via {bridge.via}" if speech_only else plain
         if speech_only:
             self.route.notes.append(f"bridging: video->speech only via {bridge.via} for {name}: the model gets "
                                     "its speech, its pictures were not read")
@@ -967,7 +987,8 @@ async def _bridge_one(media: Media, bridge: Bridge, provider, model, options: Op
     )
     texts: list[str] = []
     transcripts: list[Transcript] = []
-    async for event in call_model(provider, model, sub, ctx, route, f"bridge:{bridge}"):
+    reading = _handling(dataclasses.replace(bridge, convert_to=()), [normalise_mime(media.mime_type)])
+    async for event in call_model(provider, model, sub, ctx, route, f"bridge:{reading}"):
         if isinstance(event, TranscriptReady):
             transcripts.append(event.transcript)
             if task is Task.TRANSCRIBE:

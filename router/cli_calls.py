@@ -63,7 +63,8 @@ CHUNK = UPLOAD_CHUNK_BYTES
 #: Media types by extension, before Python's mimetypes (which lacks some and varies by system): the
 #: daemon refuses application/octet-stream for images, audio and video. Phones' and recorders' formats
 #: too: CAF (iOS), AMR and 3GP (Android, voice notes), AIFF (macOS), WMA; the daemon takes them, and
-#: routes them to a model that reads them (AssemblyAI, Gemini, local).
+#: routes them to a model that reads them (AssemblyAI, Gemini, local). An animated PNG (``.apng``) and a JFIF
+#: (``.jfif``) are PNG and JPEG content, sent as such (mimetypes gives ``image/apng``, or nothing).
 MIME_BY_EXTENSION = {".m4a": "audio/mp4", ".m4b": "audio/mp4", ".aac": "audio/aac", ".webm": "video/webm",
                   ".weba": "audio/webm", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",
                   ".opus": "audio/ogg", ".ogv": "video/ogg", ".wav": "audio/wav", ".mp3": "audio/mpeg",
@@ -71,7 +72,8 @@ MIME_BY_EXTENSION = {".m4a": "audio/mp4", ".m4b": "audio/mp4", ".aac": "audio/aa
                   ".mov": "video/quicktime", ".mp4": "video/mp4", ".m4v": "video/mp4", ".pdf": "application/pdf",
                   ".webp": "image/webp", ".caf": "audio/x-caf", ".amr": "audio/amr", ".awb": "audio/amr-wb",
                   ".3gp": "audio/3gpp", ".3gpp": "audio/3gpp", ".3g2": "audio/3gpp2", ".aiff": "audio/aiff",
-                  ".aif": "audio/aiff", ".aifc": "audio/aiff", ".wma": "audio/x-ms-wma"}
+                  ".aif": "audio/aiff", ".aifc": "audio/aiff", ".wma": "audio/x-ms-wma", ".apng": "image/png",
+                  ".jfif": "image/jpeg"}
 
 
 def media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: list[Path]) -> Iterator[tuple[int, Path, str]]:
@@ -85,7 +87,7 @@ def media_parts(images: list[Path], audio: list[Path], video: list[Path], pdf: l
                                   (pb.MODALITY_VIDEO, Modality.VIDEO, video), (pb.MODALITY_DOCUMENT, Modality.DOCUMENT, pdf)):
         for path in files:
             if not path.is_file():
-                refuse(not_a_file(path), f"{MEDIA_OPTIONS[modality]} {path}")
+                refuse(not_a_file(path), f"{MEDIA_OPTIONS[modality]} {as_url(path) or path}")
             mime = MIME_BY_EXTENSION.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             if kind == pb.MODALITY_VIDEO:
                 mime = _as_video(mime)
@@ -241,8 +243,25 @@ def read_prompt(prompt: str) -> str:
     return text[:-1].removesuffix("\r") if text.endswith("\n") else text  # echo's newline, or a CRLF
 
 
+#: The start of a URL as a :class:`Path` keeps it: its scheme (two characters or more: ``c:`` is a Windows
+#: drive) and colon, then one slash (``https:/host/a.jpg``).
+_URL_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/(?!/)")
+
+
+def as_url(path: Path) -> str | None:
+    """The URL that ``path`` (a file option's argument, which the command line made a Path: ``https:/cdn...``,
+    its ``//`` made one slash) was given as, or None when it was none."""
+    text = str(path)
+    return _URL_PATH.sub(lambda found: found[0] + "/", text, count=1) if _URL_PATH.match(text) else None
+
+
 def not_a_file(path: Path) -> str:
-    """Why ``path``, which is no regular file, cannot be sent."""
+    """Why ``path``, which is no regular file, cannot be sent: a URL (the CLI sends local files only, see
+    :func:`as_url`), a directory, no regular file, or missing."""
+    url = as_url(path) if not path.exists() else None
+    if url is not None:
+        return (f"{url} is a URL: the CLI sends local files only; download it first, or give the URL in the "
+                "url field of the request's Media through the API (the daemon needs server.allow_urls: true)")
     if path.is_dir():
         return f"{path} is a directory, not a file"
     if path.exists():

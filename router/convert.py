@@ -1,7 +1,7 @@
 """Image formats a model cannot take, converted to PNG (or JPEG) by the router, keeping them images.
 
-GPT-4o, Claude and Gemini take PNG but not BMP or TIFF (scanners and old Windows tools write them), and
-GPT-4o and Claude not AVIF (phones and web pages save photos as AVIF; Gemini takes it).
+GPT-4o, Claude and Gemini take PNG but not BMP or TIFF (scanners and old Windows tools write them), nor ICO
+(favicons), and GPT-4o and Claude not AVIF (phones and web pages save photos as AVIF; Gemini takes it).
 When Pillow is installed (it comes with mmrouter-local), such an image is converted to PNG for a model
 that takes PNG, rather than replaced by the text an OCR bridge reads in it; routing still plans that
 bridge, which converts the images the conversion could not (see ``Bridge.convert_to`` in routing).
@@ -42,10 +42,12 @@ PNG = "image/png"
 JPEG = "image/jpeg"
 #: Its quality: a noisy scan of 2000 x 2000 pixels stays under :data:`MAX_BYTES`.
 JPEG_QUALITY = 85
-#: The formats converted (normalised MIME types): those Pillow reads and few models take.
-CONVERTIBLE = frozenset({"image/bmp", "image/x-bmp", "image/x-ms-bmp", "image/tiff", "image/x-tiff", "image/avif"})
+#: The formats converted (normalised MIME types): those Pillow reads and few models take. An icon (a site's
+#: favicon or logo, ICO) becomes its largest picture, which Pillow opens it at.
+CONVERTIBLE = frozenset({"image/bmp", "image/x-bmp", "image/x-ms-bmp", "image/tiff", "image/x-tiff", "image/avif",
+                         "image/vnd.microsoft.icon", "image/x-icon"})
 #: Pillow's names of those formats: no other decoder is tried on the bytes.
-_PILLOW_FORMATS = ["BMP", "TIFF", "AVIF"]
+_PILLOW_FORMATS = ["BMP", "TIFF", "AVIF", "ICO"]
 #: Pillow's names of the formats :func:`fit` scales down: those the models take.
 _FITTED_FORMATS = ["JPEG", "PNG", "GIF", "WEBP"]
 #: The most pixels an image may have to be converted: decoding takes up to 4 bytes a pixel, and a small

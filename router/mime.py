@@ -12,6 +12,10 @@ from __future__ import annotations
 ALIASES = {
     "image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
     "image/x-jpeg": "image/jpeg", "image/jpe": "image/jpeg", "image/pjp": "image/jpeg", "image/x-jfif": "image/jpeg",
+    # an animated PNG and a JFIF as browsers name them, and Citrix's clipboard names of PNG, JPEG and GIF: PNG,
+    # JPEG and GIF content (router.sniff checks it), which every model taking those reads
+    "image/apng": "image/png", "image/vnd.mozilla.apng": "image/png", "image/x-citrix-png": "image/png",
+    "image/jfif": "image/jpeg", "image/x-citrix-jpeg": "image/jpeg", "image/x-citrix-gif": "image/gif",
     "image/x-gif": "image/gif", "image/x-webp": "image/webp",
     "image/x-windows-bmp": "image/bmp", "image/ms-bmp": "image/bmp", "image/x-bitmap": "image/bmp",
     "image/x-win-bitmap": "image/bmp", "image/dib": "image/bmp", "image/tif": "image/tiff", "image/x-tif": "image/tiff",

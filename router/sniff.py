@@ -95,9 +95,7 @@ _ALSO: dict[str, set[str]] = {
     "image/heic": {"image/heic", "heif"}, "image/heif": {"image/heic", "heif", "image/avif"},
     "image/heic-sequence": {"image/heic", "heif"}, "image/heif-sequence": {"image/heic", "heif"},
     "image/avif": {"image/avif"}, "image/avif-sequence": {"image/avif"},
-    "image/apng": {"image/png"}, "image/vnd.mozilla.apng": {"image/png"}, "image/x-citrix-png": {"image/png"},
-    "image/mpo": {"image/jpeg"}, "image/x-mpo": {"image/jpeg"}, "image/jfif": {"image/jpeg"},
-    "image/x-citrix-jpeg": {"image/jpeg"}, "image/x-citrix-gif": {"image/gif"},
+    "image/mpo": {"image/jpeg"}, "image/x-mpo": {"image/jpeg"},
 }
 
 #: Magic family -> the top-level types under which its content may come declared with a type the router does
@@ -114,8 +112,12 @@ _OPEN_TOPS: dict[str, frozenset[str]] = {
 
 #: (declared type, normalised; content family) -> the type of that content, where the declared type is
 #: compatible with the family but names another format: browsers and phones declare an m4a (AAC in an mp4
-#: container) ``audio/aac``, which routing would take for raw AAC (ADTS), a format fewer models take.
-_RETYPE: dict[tuple[str, str], str] = {("audio/aac", "mp4"): "audio/mp4"}
+#: container) ``audio/aac``, which routing would take for raw AAC (ADTS), a format fewer models take; a
+#: camera's MPO (a 3D or multi-frame photo) is a JPEG, its other frames after the first image's end, which
+#: every JPEG decoder (the models') reads as that first image. (``image/mpo`` is no alias in
+#: :data:`router.mime.ALIASES`: plugins list it as a type of its own, the ``local`` one among them.)
+_RETYPE: dict[tuple[str, str], str] = {("audio/aac", "mp4"): "audio/mp4", ("image/mpo", "image/jpeg"): "image/jpeg",
+                                       ("image/x-mpo", "image/jpeg"): "image/jpeg"}
 
 #: Declared types that name no format, only "some bytes": what HTTP and S3 libraries send for a file whose
 #: type they do not know. No model takes them, so content of a known format declared so is taken as that

@@ -13,7 +13,7 @@ import base64
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from router import (
@@ -111,14 +111,28 @@ def local_gifs(request: Request) -> list[Media]:
             and (m.data is not None or m.path is not None)]
 
 
-def refuse_animated_gifs(provider: str, model: ModelInfo, gifs: list[Media]) -> None:
+def part_place(index: int, j: int) -> str:
+    """How errors name part ``j`` of message ``index`` of a request: ``messages[0].parts[1]``."""
+    return f"messages[{index}].parts[{j}]"
+
+
+def media_places(request: Request) -> dict[int, str]:
+    """By id of each media of ``request``: its place in it (:func:`part_place`)."""
+    return {id(part.media): part_place(index, j) for index, message in enumerate(request.messages)
+            for j, part in enumerate(message.parts) if part.media is not None}
+
+
+def refuse_animated_gifs(provider: str, model: ModelInfo, gifs: list[Media],
+                         places: Mapping[int, str] | None = None) -> None:
     """Raise :class:`ProviderUnsupportedInput` (retryable: the rule's next target is tried) for the first
-    animated one of ``gifs``, which OpenAI's chat models refuse. Blocking: reads stored files."""
+    animated one of ``gifs``, which OpenAI's chat models refuse, naming it by its file name, else by its
+    place in the request (``places``, :func:`media_places`: one sent by ``media_id`` has no file name).
+    Blocking: reads stored files."""
     for media in gifs:
         if animated_gif(media.data if media.data is not None else media.path):
-            name = f" {media.filename!r}" if media.filename else ""
-            raise ProviderUnsupportedInput(provider, f"{model.name} takes still GIFs only; the GIF{name} is "
-                                                     "animated (refused before sending)")
+            name = repr(media.filename) if media.filename else (places or {}).get(id(media), "")
+            raise ProviderUnsupportedInput(provider, f"{model.name} takes still GIFs only; the GIF"
+                                                     f"{f' {name}' if name else ''} is animated (refused before sending)")
 
 
 #: A media's place in the serialised parameters (compiled once: a per-request pattern would be
@@ -175,7 +189,7 @@ def _message(provider: str, model: ModelInfo, message: Message, index: int) -> d
     content: list[dict[str, Any]] = []
     for j, part in enumerate(message.parts):
         if part.media is not None:
-            content.append(_media_part(provider, model, part.media, f"messages[{index}].parts[{j}]"))
+            content.append(_media_part(provider, model, part.media, part_place(index, j)))
         elif part.text:
             content.append({"type": "text", "text": part.text})
     return {"role": role, "content": content}
