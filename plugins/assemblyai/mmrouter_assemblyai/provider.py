@@ -30,6 +30,7 @@ from .settings import PLUGIN, AssemblyAISettings
 
 if TYPE_CHECKING:
     import assemblyai
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,12 @@ DELETE_WAIT_SECONDS = 2.0
 #: CALL_TIMEOUT, or the client's own DEADLINE_EXCEEDED). Less than router.invoke.DEADLINE_MARGIN_SECONDS
 #: (0.25 s): the router then starts no fallback, which would be cut at once.
 DEADLINE_HEADROOM_SECONDS = 0.2
+
+#: A status answer of this many bytes or more (a completed transcript of more than about 150 words: some
+#: 190 bytes a word) is parsed in a worker thread, one at a time per provider (:meth:`AssemblyAIProvider._parse`);
+#: a smaller one (every ``queued`` or ``processing`` answer, a short call's transcript) takes the event loop
+#: a few milliseconds at most, and never waits behind a long transcript's parse.
+OFF_LOOP_PARSE_BYTES = 32 * 1024
 
 #: The names of the background tasks: a transcript's delete, and the create of a cancelled call (by request id).
 _DELETE_TASK = "assemblyai-delete-"
@@ -72,6 +79,8 @@ class AssemblyAIProvider(Provider):
         self._transcriber: assemblyai.AsyncTranscriber | None = None
         #: Transcript deletes still running (:meth:`_delete_later`), kept so none is garbage-collected.
         self._deletes: set[asyncio.Task[None]] = set()
+        #: Held by the parse of a long status answer (:meth:`_parse`): one at a time.
+        self._parsing = asyncio.Semaphore(1)
 
     def unconfigured_reason(self) -> str | None:
         return self.settings.unconfigured_reason(self.name)
@@ -127,7 +136,8 @@ class AssemblyAIProvider(Provider):
                 if item.url:  # the SDK's messages (and AssemblyAI's) quote the URL whole
                     errors.hide_media_url(error, item.url)
                 raise
-            transcript = transcripts.to_transcript(response, item)
+            # off the event loop: a long transcript's conversion takes tens of milliseconds (see _parse)
+            transcript = await asyncio.to_thread(transcripts.to_transcript, response, item)
             yield TranscriptReady(transcript)
             # Priced per audio hour: the router computes the cost from audio_seconds.
             yield UsageReport(Usage(audio_seconds=transcripts.audio_seconds(response, item, transcript.words)))
@@ -176,9 +186,12 @@ class AssemblyAIProvider(Provider):
         :func:`errors.poll_timed_out` (PROVIDER_TIMEOUT, naming the transcript and its status) before the
         router cuts it at the deadline.
         Cancelling the call stops the loop at its next await.
+
+        Each poll is the SDK's ``async_api.get_transcript`` in two steps: the request (:meth:`_fetch`, bounded as
+        above), then the SDK's parse of the answer (:meth:`_parse`: a long one in a worker thread). A parse still
+        running at the deadline is not cut short by the plugin: the router cuts the call then.
         """
         import assemblyai as aai
-        from assemblyai.prerecorded.v2 import async_api
 
         transcript_id = submitted.id
         if not transcript_id:
@@ -192,7 +205,8 @@ class AssemblyAIProvider(Provider):
             bound = asyncio.timeout(self._time_left(ctx, DEADLINE_HEADROOM_SECONDS / 2))  # None: no deadline
             try:
                 async with bound:
-                    response = await async_api.get_transcript(client.http_client, transcript_id)
+                    answer = await self._fetch(client, transcript_id)
+                response = await self._parse(answer)
             except TimeoutError:
                 if not bound.expired():  # not the time left's (httpx raises its own timeouts)
                     raise
@@ -226,6 +240,28 @@ class AssemblyAIProvider(Provider):
                                             time.monotonic() - started)
             interval = self.settings.poll_interval
             await asyncio.sleep(interval if left is None else min(interval, left))
+
+    @staticmethod
+    async def _fetch(client: assemblyai.AsyncClient, transcript_id: str) -> httpx.Response:
+        """``GET /v2/transcript/<id>`` on the SDK's HTTP client, refused as the SDK's
+        ``async_api.get_transcript`` refuses it (its ``TranscriptError``, with the status), before its parse."""
+        from assemblyai.prerecorded.v2._base import _raise_for_status
+        from assemblyai.prerecorded.v2.api import ENDPOINT_TRANSCRIPT
+
+        answer = await client.http_client.get(f"{ENDPOINT_TRANSCRIPT}/{transcript_id}")
+        _raise_for_status(answer, f"failed to retrieve transcript {transcript_id}")
+        return answer
+
+    async def _parse(self, answer: httpx.Response) -> assemblyai.types.TranscriptResponse:
+        """The SDK's parse of a status answer (:func:`transcripts.parse_response`): pydantic validates every
+        word of a completed transcript, twice (1.5-2 s of CPU for an hour of conversation), which on the event
+        loop would stall every other call and the health checks meanwhile. So an answer of
+        :data:`OFF_LOOP_PARSE_BYTES` or more is parsed in a worker thread, one at a time (several at once
+        would only share the GIL, and starve the event loop's thread of it); a smaller one at once."""
+        if len(answer.content) < OFF_LOOP_PARSE_BYTES:
+            return transcripts.parse_response(answer)
+        async with self._parsing:
+            return await asyncio.to_thread(transcripts.parse_response, answer)
 
     @staticmethod
     def _time_left(ctx: CallContext, headroom: float) -> float | None:

@@ -10,6 +10,7 @@ from router.errors import ProviderInputTooLarge
 
 if TYPE_CHECKING:
     import assemblyai
+    import httpx
 
 #: BCP-47 English regions AssemblyAI has its own codes for; other regions use the bare language.
 _ENGLISH_REGIONS = {"us": "en_us", "gb": "en_uk", "uk": "en_uk", "au": "en_au"}
@@ -86,6 +87,19 @@ def check_upload_size(media: Media, provider: str = "assemblyai") -> None:
                                               f"of 2.2 GB ({MAX_UPLOAD_BYTES:,} bytes) (refused before uploading)")
 
 
+def parse_response(answer: httpx.Response) -> assemblyai.types.TranscriptResponse:
+    """A transcript status answer (``GET /v2/transcript/<id>``, status 200) as the SDK's
+    ``TranscriptResponse``, parsed as the SDK's ``async_api.get_transcript`` does.
+
+    Blocking: pydantic validates every word, in ``words`` and again in each utterance's (about 0.2 ms a word:
+    1.5-2 s for an hour of conversation), so the provider parses a long answer in a worker thread
+    (``AssemblyAIProvider._parse``). Malformed JSON raises ``ValueError``, a wrong shape
+    ``pydantic.ValidationError``."""
+    import assemblyai as aai
+
+    return aai.types.TranscriptResponse.parse_obj(answer.json())
+
+
 def _seconds(ms: int | float | None) -> float:
     """Milliseconds as seconds; a time before the clip's start (a proxy's -20) as 0, which the router's
     contract takes (it refuses negative times as the plugin's fault)."""
@@ -101,7 +115,8 @@ def to_transcript(response: assemblyai.types.TranscriptResponse, media: Media) -
 
     Utterance and word times go from milliseconds to seconds. With speaker
     labels, the text is one ``Speaker A: ...`` line per turn; without, it is
-    AssemblyAI's plain text.
+    AssemblyAI's plain text. Blocking for a long transcript (a few µs a word):
+    the provider calls it in a worker thread.
     """
     utterances = [
         Utterance(
