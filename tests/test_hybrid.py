@@ -513,12 +513,19 @@ def test_a_bridged_turn_over_claude_s_pages_drops_history_without_bridging_again
 
 def test_assemblyai_failing_on_its_side_gives_diarization_to_openai_s_diarizing_model(start_daemon, fakes) -> None:
     """A transcript AssemblyAI failed on its side ("Server error, developers have been alerted.") is
-    UNAVAILABLE: the embedded diarization rule's fallback, gpt-4o-transcribe-diarize, answers."""
+    UNAVAILABLE: the embedded diarization rule's fallback, gpt-4o-transcribe-diarize, answers. The speaker count
+    AssemblyAI was sent, which OpenAI's model takes no such option for, is said not to reach it."""
     daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
     fakes["assemblyai"].statuses = ("queued", "error")
     fakes["assemblyai"].error_message = "Server error, developers have been alerted."
-    answer = generate(daemon, KINDS["diarization"][0])
+    request = pb.MultimodalRequest()
+    request.CopyFrom(KINDS["diarization"][0])
+    request.options.speakers_expected = 2
+    answer = generate(daemon, request)
     assert route_of(answer) == ("diarization", "openai/gpt-4o-transcribe-diarize")
+    assert fakes["assemblyai"].created[0]["speakers_expected"] == 2
+    assert "openai/gpt-4o-transcribe-diarize: speakers_expected not sent: gpt-4o-transcribe-diarize takes no " \
+           "speaker count (it labels the speakers it tells apart)" in answer.route.notes, answer.route.notes
     assert [(a.provider, a.ok) for a in answer.route.attempts] == [("assemblyai", False), ("openai", True)]
     assert "Server error, developers have been alerted." in answer.route.attempts[0].error
     assert answer.transcript.text and len(fakes["assemblyai"].created) == 1

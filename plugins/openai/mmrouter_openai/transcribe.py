@@ -31,6 +31,7 @@ from router import (
     ProviderBadRequest,
     ProviderUnavailable,
     Request,
+    RouteNote,
     Transcript,
     TranscriptReady,
     Usage,
@@ -350,6 +351,9 @@ async def transcribe(client: AsyncOpenAI, provider: str, entry: Entry, request: 
     check_sizes(provider, entry, clips)
     check_formats(provider, entry, clips)
     params = build_params(entry, request)
+    if request.options.speakers_expected > 0:  # the API takes known speakers' names and samples, no count
+        yield RouteNote(f"speakers_expected not sent: {entry.info.name} takes no speaker count "
+                        f"(it labels the speakers it tells apart)")
     language = request.options.language.strip()
     for media in clips:
         try:
