@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import launch_daemon
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import error_details, providers_by_name, text_request, wait_for
@@ -62,6 +63,16 @@ def failure(call) -> grpc.RpcError:
 @pytest.fixture
 def daemon(start_daemon, tmp_path):
     return start_daemon(config(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def refusing_daemon(plugin_sites, tmp_path_factory):
+    """One daemon for the module's cases that only send requests it refuses, or explains, before any provider
+    call, and read none of its state: starting one per case took a minute of the suite."""
+    tmp = tmp_path_factory.mktemp("refusing")
+    daemon = launch_daemon(config(tmp), tmp=tmp, env=None, sites=[plugin_sites["testkit"]])
+    yield daemon
+    daemon.stop()
 
 
 def test_generate_answers_with_route_usage_and_cost(daemon) -> None:
@@ -252,17 +263,17 @@ WAV = b"RIFF\0\0\0\0WAVEfmt " + b"\0" * 64
          "long-metadata-value", "bad-language", "long-language", "media-id-a-path", "media-id-upper-case",
          "long-provider-hint", "model-hint-with-newline", "long-filename", "filename-with-newline"],
 )
-def test_bad_requests_get_invalid_argument_with_field_violations(daemon, request_, code, reason, field) -> None:
-    details = error_details(failure(lambda: generate(daemon, request_)))
+def test_bad_requests_get_invalid_argument_with_field_violations(refusing_daemon, request_, code, reason, field) -> None:
+    details = error_details(failure(lambda: generate(refusing_daemon, request_)))
     assert (details.code, details.reason, details.domain) == (code, reason, "mmrouter")
     assert field in [f for f, _ in details.violations]
 
 
 @pytest.mark.parametrize("language", ["", "en", "en-US", "zh-Hant-TW", "sgn-BE-FR", "de-CH-1901"])
-def test_language_tags_and_bounded_strings_are_accepted(daemon, language) -> None:
+def test_language_tags_and_bounded_strings_are_accepted(refusing_daemon, language) -> None:
     request = text_request("x", options=pb.Options(language=language), session_id="é" * 256,
                            metadata={f"k{i}" + "k" * 120: "v" * 1024 for i in range(64)})
-    assert daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route.model == "echo"
+    assert refusing_daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route.model == "echo"
 
 
 def _system_media() -> pb.MultimodalRequest:
@@ -338,8 +349,8 @@ def test_oversize_inline_media_points_to_upload_media(daemon) -> None:
     ],
     ids=["unknown-media", "unknown-provider", "unknown-model", "override-not-configured", "no-route"],
 )
-def test_unknown_things_get_clear_codes(daemon, request_, code, reason) -> None:
-    details = error_details(failure(lambda: generate(daemon, request_)))
+def test_unknown_things_get_clear_codes(refusing_daemon, request_, code, reason) -> None:
+    details = error_details(failure(lambda: generate(refusing_daemon, request_)))
     assert (details.code, details.reason) == (code, reason)
 
 
@@ -350,10 +361,10 @@ def test_unknown_things_get_clear_codes(daemon, request_, code, reason) -> None:
     (pb.RoutingHints(provider="fake", model="ecoh"), "request.hints.model", "'echo'"),
     (pb.RoutingHints(model="Echo"), "request.hints.model", "'echo'"),
 ])
-def test_an_unknown_hint_names_its_field_and_the_name_meant(daemon, hints, field, meant) -> None:
+def test_an_unknown_hint_names_its_field_and_the_name_meant(refusing_daemon, hints, field, meant) -> None:
     """UNKNOWN_TARGET came without a field violation, and names are matched as given (case, spaces) with
     no "did you mean", as config check has."""
-    details = error_details(failure(lambda: generate(daemon, text_request("x", hints=hints))))
+    details = error_details(failure(lambda: generate(refusing_daemon, text_request("x", hints=hints))))
     assert details.reason == "UNKNOWN_TARGET" and f"did you mean {meant}?" in details.message
     [(named, problem)] = details.violations
     assert named == field and f"did you mean {meant}?" in problem
@@ -372,9 +383,9 @@ def test_unknown_session_reset_is_not_found(daemon) -> None:
 
 
 @pytest.mark.parametrize("session_id", ["s" * 257, "chat\n1"], ids=["too-long", "newline"])
-def test_reset_session_checks_the_id_as_a_request_does(daemon, session_id) -> None:
+def test_reset_session_checks_the_id_as_a_request_does(refusing_daemon, session_id) -> None:
     """No such id can hold turns: INVALID_REQUEST names the field, as Generate does, not SESSION_NOT_FOUND."""
-    details = error_details(failure(lambda: daemon.stub.ResetSession(pb.ResetSessionRequest(session_id=session_id))))
+    details = error_details(failure(lambda: refusing_daemon.stub.ResetSession(pb.ResetSessionRequest(session_id=session_id))))
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
     assert [f for f, _ in details.violations] == ["session_id"]
 
