@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,6 +37,7 @@ from mmrouter.v1 import router_pb2_grpc
 from run import PY, SERVER_CORE, spawn
 
 from tests.fakes.assemblyai import FakeAssemblyAI
+from tests.media_factory import wav
 
 KEY = "aai-bench-key"
 OPTIONS = [("grpc.max_receive_message_length", 256 << 20)]
@@ -56,19 +55,9 @@ def conversation(turns: int) -> list[tuple[str, int, int, str]]:
     return out
 
 
-def wav(seconds: float = 0.5, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x02\x00" * int(seconds * rate))
-    return buf.getvalue()
-
-
 async def measure(address: str, at_once: int) -> None:
     """``at_once`` diarized calls together, health checks sent meanwhile; prints their figures."""
-    media = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(), filename="call.wav")
+    media = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(0.5, 8000), filename="call.wav")
     request = pb.GenerateRequest(request=pb.MultimodalRequest(
         messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part(media=media)])],
         options=pb.Options(task=pb.TASK_TRANSCRIBE, diarization=True)))
