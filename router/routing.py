@@ -105,6 +105,27 @@ class ProviderStatus:
 Catalog = Mapping[str, ProviderStatus]
 
 
+@dataclass(frozen=True)
+class MediaPart:
+    """One media of a request as a refusal names it: where it is, its file name and its format."""
+
+    modality: Modality
+    #: Its normalised MIME type.
+    mime_type: str
+    #: The field a violation names: ``request.messages[i].parts[j].media`` (``i`` counting this turn's messages,
+    #: as the client sent them), or ``request.session_id`` for a media of the session's history.
+    field: str
+    #: Where it is, in words: its field, or ``part 2 of a message of an earlier turn`` (as
+    #: :func:`router.bridging.part_names` says it) for one of the history.
+    place: str
+    #: Its file name, else ``media_id <id>`` for an upload named by its id, else ``""``.
+    name: str = ""
+
+    def label(self) -> str:
+        """``place (name: mime)``, or ``place (mime)`` without a name."""
+        return f"{self.place} ({self.name}: {self.mime_type})" if self.name else f"{self.place} ({self.mime_type})"
+
+
 @dataclass
 class Facts:
     """What routing rules can match on, computed once per request."""
@@ -161,6 +182,9 @@ class Facts:
     #: with why, as a route note says it after the target's name (the caller adds them from
     #: :meth:`router.cooldowns.Cooldowns.cooling`): a rule tries them after its other targets (:func:`_cooling_last`).
     cooling: Mapping[str, str] = field(default_factory=dict)
+    #: The media the facts are of (those of :attr:`mime_types`), each with its place in the request: a refusal
+    #: for a format no target takes names them (:meth:`Router.untaken_media`).
+    media_parts: tuple[MediaPart, ...] = ()
 
     @property
     def url_modalities(self) -> frozenset[Modality]:
@@ -389,7 +413,27 @@ def facts_of(request: Request) -> Facts:
         bridged_conversation_tokens=bridged,
         conversation_pdf_pages=conversation_pages,
         max_output_tokens=request.options.max_output_tokens,
+        media_parts=_media_parts(request, media),
     )
+
+
+def _media_parts(request: Request, media: Iterable[Media]) -> tuple[MediaPart, ...]:
+    """Those of ``request``'s media that are in ``media``, each with its place (see :class:`MediaPart`)."""
+    wanted = {id(one) for one in media}
+    found = []
+    for index, message in enumerate(request.messages):
+        turn = index - request.history_length
+        for number, part in enumerate(message.parts):
+            one = part.media
+            if one is None or id(one) not in wanted:
+                continue
+            name = one.filename or (f"media_id {one.media_id}" if one.media_id else "")
+            if turn >= 0:
+                field_path = place = f"request.messages[{turn}].parts[{number}].media"
+            else:
+                field_path, place = "request.session_id", f"part {number + 1} of a message of an earlier turn"
+            found.append(MediaPart(one.modality, normalise_mime(one.mime_type), field_path, place, name))
+    return tuple(found)
 
 
 def _bridged_by_modality(media: Iterable[Media]) -> dict[Modality, int]:
@@ -968,6 +1012,45 @@ class Router:
             if isinstance(self.plan(Target(name, model), facts, catalog, bridging=False), Plan)
         ]
 
+    def untaken_media(self, facts: Facts, catalog: Catalog, targets: Iterable[Target]
+                      ) -> tuple[str, list[FieldViolation]]:
+        """The media of a request nothing could take that are in a format (MIME type) none of ``targets`` (those
+        it could go to) takes, nor any bridge of its modality: what to say of them first in the refusal (``""``
+        when there are none) and a field violation for each (``logo.svg: image/svg+xml is taken by no configured
+        model or bridge``). Only the formats count, never a provider's readiness nor a media's size or URL: a
+        model whose provider is not usable, or a bridge the media is too large for, still takes its format; and
+        only of a modality some of them take (else the modality is to blame, which the targets' reasons say). A
+        format some other model of ``catalog`` takes says which (a rule or bridge naming it would take it)."""
+        models = [model for target in targets if (model := _model_of(target, catalog)) is not None]
+        why: dict[tuple[Modality, str], str] = {}
+        for modality, formats in facts.mime_types.items():
+            bridges = [model for text in self.bridges.get(modality, ())
+                       if (model := _model_of(Target.parse(text), catalog)) is not None
+                       and bridge_problem(modality, model) is None]
+            takers = [model for model in models if modality in model.inputs] + bridges
+            if not takers:  # the modality is to blame (``does not take video``), not a format of it
+                continue
+            for mime in formats:
+                if any(model.takes_mime(mime, modality) for model in takers):
+                    continue
+                other = next((Target(provider, name) for provider, status in sorted(
+                              catalog.items(), key=lambda item: not item[1].ready)  # a ready one first
+                              for name, model in status.models.items() if _takes(model, modality, mime)), None)
+                unusable = "" if other is None else _provider_problem(other, catalog)
+                why[modality, mime] = (_NOWHERE if other is None else f"{_NO_TARGET} ({other} takes it: a rule or "
+                                       "bridge naming it would"
+                                       f"{f', once its provider is usable: {unusable}' if unusable else ''})")
+        parts = [part for part in facts.media_parts if (part.modality, part.mime_type) in why]
+        if not parts:
+            return "", []
+        violations = [FieldViolation(part.field, _untaken(part, why[part.modality, part.mime_type])) for part in parts]
+        said = _NOWHERE if all(text == _NOWHERE for text in why.values()) else _NO_TARGET
+        if len(parts) == 1:
+            return f"the format of {parts[0].label()} is {said}", violations
+        named = ", ".join(part.label() for part in parts[:_NAMED_PARTS])
+        more = f" and {len(parts) - _NAMED_PARTS} more (see the field violations)" if len(parts) > _NAMED_PARTS else ""
+        return f"the formats of {len(parts)} media are {said}: {named}{more}", violations
+
     # -- decisions -------------------------------------------------------------------------
 
     def _plans(self, targets: Sequence[str], facts: Facts, catalog: Catalog,
@@ -1093,8 +1176,10 @@ class Router:
             problems.append(result)
         if too_large_for_all := _size_refusal(problems, "the requested override", "; ".join(problems)):
             raise too_large_for_all
-        problem = "the requested override cannot take this request: " + "; ".join(problems)
-        raise NoRoute(problem, violations=[FieldViolation("request.hints", problem)])
+        untaken, violations = self.untaken_media(facts, catalog, [Target(override.provider, n) for n in names])
+        problem = "the requested override cannot take this request: " + "; ".join([*filter(None, [untaken]),
+                                                                                    *problems])
+        raise NoRoute(problem, violations=[FieldViolation("request.hints", problem), *violations])
 
     def _no_route(self, facts: Facts, catalog: Catalog, trace: list[TraceEntry],
                   unusable: Sequence[tuple[str, Sequence[tuple[Target, str]]]]) -> NoRoute:
@@ -1124,7 +1209,35 @@ class Router:
         problems = [problem for _, targets in unusable for _, problem in targets]
         if too_large_for_all := _size_refusal(problems, f"every target this request {request} could go to", summary):
             return too_large_for_all
-        return NoRoute(f"no provider can take this request {request}: {summary}")
+        untaken, violations = self.untaken_media(facts, catalog, [t for _, targets in unusable for t, _ in targets])
+        return NoRoute(f"no provider can take this request {request}: {untaken + '; ' if untaken else ''}{summary}",
+                       violations=violations)
+
+
+#: How many media a refusal for their formats names in its message (the field violations name each).
+_NAMED_PARTS = 3
+#: Of a media format no model of the catalog takes, as a target or a bridge.
+_NOWHERE = "taken by no configured model or bridge"
+#: Of one some model takes that no target the request could go to nor a bridge of it is.
+_NO_TARGET = "taken by no target this request could go to nor a bridge"
+
+
+def _model_of(target: Target, catalog: Catalog) -> ModelInfo | None:
+    """``target``'s model in ``catalog`` (its provider usable or not), or None."""
+    status = catalog.get(target.provider)
+    return status.models.get(target.model) if status is not None else None
+
+
+def _takes(model: ModelInfo, modality: Modality, mime: str) -> bool:
+    """Whether ``model`` takes media of ``modality`` in the format ``mime``."""
+    return modality in model.inputs and model.takes_mime(mime, modality)
+
+
+def _untaken(part: MediaPart, why: str) -> str:
+    """The field violation's description of ``part``, whose format ``why`` says nothing takes."""
+    if part.field == "request.session_id":  # a media of the history: the field does not say which
+        return f"its history's {part.place}{f' ({part.name})' if part.name else ''}: {part.mime_type} is {why}"
+    return f"{part.name + ': ' if part.name else ''}{part.mime_type} is {why}"
 
 
 def _history_blamed(exc: NoRoute, facts: Facts) -> NoRoute:

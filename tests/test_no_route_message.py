@@ -120,6 +120,8 @@ def test_a_rules_own_reasons_come_before_its_unusable_providers_and_a_repeated_r
     gpt = "openai/gpt-4o: does not take image/heic and no bridge is usable"
     assert message == (
         "no provider can take this request (image, text, task chat): "
+        "the format of request.messages[0].parts[1].media (image/heic) is taken by no target this request could "
+        "go to nor a bridge; "
         f"pictures: no usable target: {gpt}; {LOCAL_HEIC}; anthropic/claude-sonnet-4-6: provider not usable; "
         "also: no usable target: local/extract: as above; openai/gpt-4o: as above; "
         f"unusable providers: anthropic ({NO_KEY['anthropic']})")
