@@ -329,16 +329,19 @@ async def execute(request: Request, decision: Decision, registry: Registry, ctx:
                 if not exc.retryable:
                     if isinstance(exc, ProviderBadRequest):  # its form refused: a stale history URL?
                         exc.with_history_urls(_history_urls(answer_request))
+                    # deferred for their size: their last resorts (with less history) are still owed
+                    last = [str(p.target) for i, p in queue[pos + 1:] if i in deferred]
+                    owed = f"{', '.join(last)} again with less of the session's history" if last else ""
                     if before := decision.cooling_before.get(str(plan.target)):  # all still untried
-                        only = before
-                        waiting = ", ".join(str(p.target) for p in plans[index + 1:] if str(p.target) in before)
+                        only = before | frozenset(last)
+                        waiting = ", ".join(str(p.target) for _, p in queue[pos + 1:] if str(p.target) in before)
                         route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying {waiting}, "
-                                           "which the rule puts before it (tried last for its cool-down)")
+                                           "which the rule puts before it (tried last for its cool-down)"
+                                           f"{f', then {owed}' if owed else ''}")
                         continue
-                    if last := [str(p.target) for i, p in queue[pos + 1:] if i in deferred]:
+                    if last:
                         only = frozenset(last)  # as they would have been before it: with less history
-                        route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying "
-                                           f"{', '.join(last)} again with less of the session's history")
+                        route.notes.append(f"{plan.target} failed ({exc.reason}: {exc.message}); trying {owed}")
                         continue
                     error = targets_failed(failed, route.attempts, every=every and pos == len(queue) - 1)
                     if error is exc:

@@ -94,3 +94,34 @@ def test_explain_shows_the_trim_of_a_target_known_to_refuse_the_history(start_da
     assert trim_notes(answer.route) == [planned.replace("would be trimmed: Generate would drop", "trimmed: dropped")]
     sent = fakes["openai"].chat_requests()[-1]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "user"]  # the first turn left out
+
+
+def test_a_target_deferred_for_its_size_is_still_tried_with_less_history_after_a_cooled_one(start_daemon, fakes) -> None:
+    """gpt-4o is cooling (rate-limited), so the rule tries Claude, Gemini, then gpt-4o. Claude refuses the session's
+    second photo turn for its size and is deferred behind those that hold the conversation; Gemini then refuses
+    the request outright (400), which leaves only the targets the rule puts before it: gpt-4o, rate-limited again,
+    and Claude's owed last resort, which answers without the oldest turn (QA regress24: it was never tried, and the
+    call failed as rate-limited)."""
+    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    fakes["openai"].fail_next(429, error_body("Rate limit reached for gpt-4o", code="rate_limit_exceeded"),
+                              {"Retry-After": "30"}, path="/v1/chat/completions")
+    cooled = generate(daemon, text_request("Describe it.", media=[pb.Media(
+        modality=pb.MODALITY_IMAGE, mime_type="image/png", data=png("warm-up"), filename="w.png")]))
+    assert (cooled.route.provider, cooled.route.model) == ("anthropic", "claude-sonnet-4-6")
+    first = generate(daemon, photo_turn("Look at this photo.", 0))
+    assert (first.route.provider, first.route.model) == ("anthropic", "claude-sonnet-4-6")
+
+    fakes["anthropic"].fail_next_api(413, "request_too_large", "Request exceeds the maximum allowed number of bytes.")
+    fakes["gemini"].fail_next(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                              "message": "Request contains an invalid argument."}})
+    fakes["openai"].fail_next(429, error_body("Rate limit reached for gpt-4o", code="rate_limit_exceeded"),
+                              {"Retry-After": "30"}, path="/v1/chat/completions")
+    second = generate(daemon, photo_turn("And this one?", 1))
+    assert (second.route.provider, second.route.model) == ("anthropic", "claude-sonnet-4-6")
+    assert [(a.provider, a.ok) for a in second.route.attempts] == [
+        ("anthropic", False), ("gemini", False), ("openai", False), ("anthropic", True)]
+    [note] = trim_notes(second.route)
+    assert "dropped the 2 oldest message(s) of session 'photos'" in note, note
+    assert any("then anthropic/claude-sonnet-4-6 again with less of the session's history" in n
+               for n in second.route.notes), second.route.notes
+    assert [b.data for b in media_blocks(fakes["anthropic"].last_body())] == [PHOTOS[1]]
