@@ -141,11 +141,13 @@ def test_an_animated_gif_sent_by_media_id_is_named_by_its_place(start_daemon, fa
     animated"; it names the part now, as the plugin's other refusals do."""
     daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=ALL_KEYS, plugins=())
     stored = upload(daemon, gif(3), "image/gif", pb.MODALITY_IMAGE, "wave.gif")
-    answer = generate(daemon, text_request("What moves?", media=[
+    generate(daemon, text_request("Hello.", session_id="cms"))  # a session's history: places count this turn's
+    asked = len(fakes["openai"].chat_requests())
+    answer = generate(daemon, text_request("What moves?", session_id="cms", media=[
         image("image/png", png("logo"), "logo.png"), pb.Media(modality=pb.MODALITY_IMAGE, media_id=stored.media_id)]))
-    assert answer.route.provider == "anthropic" and fakes["openai"].chat_requests() == []
+    assert answer.route.provider == "anthropic" and len(fakes["openai"].chat_requests()) == asked
     [refused] = [a for a in answer.route.attempts if not a.ok]
-    assert "the GIF messages[0].parts[1] is animated (refused before sending)" in refused.error, refused.error
+    assert "the GIF part 2 of message 1 is animated (refused before sending)" in refused.error, refused.error
 
 
 def test_the_cli_sends_an_apng_as_a_png(start_daemon, fakes, tmp_path) -> None:

@@ -116,18 +116,12 @@ def part_place(index: int, j: int) -> str:
     return f"messages[{index}].parts[{j}]"
 
 
-def media_places(request: Request) -> dict[int, str]:
-    """By id of each media of ``request``: its place in it (:func:`part_place`)."""
-    return {id(part.media): part_place(index, j) for index, message in enumerate(request.messages)
-            for j, part in enumerate(message.parts) if part.media is not None}
-
-
 def refuse_animated_gifs(provider: str, model: ModelInfo, gifs: list[Media],
                          places: Mapping[int, str] | None = None) -> None:
     """Raise :class:`ProviderUnsupportedInput` (retryable: the rule's next target is tried) for the first
-    animated one of ``gifs``, which OpenAI's chat models refuse, naming it by its file name, else by its
-    place in the request (``places``, :func:`media_places`: one sent by ``media_id`` has no file name).
-    Blocking: reads stored files."""
+    animated one of ``gifs``, which OpenAI's chat models refuse, naming it by its file name, else as the router
+    names it (``places``, :func:`router.bridging.part_names`: "part 2 of message 1", counting the messages the
+    client sent; one sent by ``media_id`` has no file name). Blocking: reads stored files."""
     for media in gifs:
         if animated_gif(media.data if media.data is not None else media.path):
             name = repr(media.filename) if media.filename else (places or {}).get(id(media), "")

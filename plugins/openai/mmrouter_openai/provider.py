@@ -18,6 +18,7 @@ from router import (
     ProviderUnavailable,
     Request,
 )
+from router.bridging import part_names
 from router.sdk_http import response_hooks
 
 from . import chat, transcribe
@@ -127,7 +128,7 @@ class OpenAIProvider(router.Provider):
         else:
             gifs = chat.local_gifs(request) if entry.still_gifs_only else []
             if gifs:  # read in a thread: a stored GIF is walked up to its second frame
-                await asyncio.to_thread(chat.refuse_animated_gifs, self.name, model, gifs, chat.media_places(request))
+                await asyncio.to_thread(chat.refuse_animated_gifs, self.name, model, gifs, part_names(request))
             params = chat.build_params(self.name, model, request, legacy_max_tokens=self.settings.legacy_max_tokens,
                                        output_limit=entry.max_output_tokens, stream_usage=self.settings.stream_usage)
             events = chat.stream_chat(self.client(), params, timeout, with_media=bool(request.media()),
