@@ -259,6 +259,9 @@ def not_a_file(path: Path) -> str:
     """Why ``path``, which is no regular file, cannot be sent: a URL (the CLI sends local files only, see
     :func:`as_url`), a directory, no regular file, or missing."""
     url = as_url(path) if not path.exists() else None
+    if url is not None and url.lower().startswith("file://"):  # file:///tmp/a.png, made "file:/tmp/a.png"
+        local = "/" + url[len("file://"):].lstrip("/")
+        return f"file://{local} is a file URL: give the file's path itself ({local})"
     if url is not None:
         return (f"{url} is a URL: the CLI sends local files only; download it first, or give the URL in the "
                 "url field of the request's Media through the API (the daemon needs server.allow_urls: true)")

@@ -170,3 +170,6 @@ def test_the_cli_says_it_takes_no_urls() -> None:
     assert ("https://cdn.example.com/a.jpg is a URL: the CLI sends local files only; download it first, or give the "
             "URL in the url field of the request's Media through the API") in said, said
     assert '"field": "--image https://cdn.example.com/a.jpg"' in said
+    code, out, err = text(mmrouter("ask", "Alt text", "--image", "file:///tmp/no-such-dir/a.png"))
+    assert code == 2 and "file:///tmp/no-such-dir/a.png is a file URL: give the file's path itself " \
+                          "(/tmp/no-such-dir/a.png)" in err, err
