@@ -1,7 +1,8 @@
 """Anthropic through the running daemon: the real ``anthropic`` SDK talks to the fake Messages API.
 
-Uses the ``start_daemon`` fixture of tests/conftest.py (the real daemon as a
-subprocess). Asserts both sides: what the fake received (blocks, media types,
+Most tests share one daemon for the module (see :func:`shared_daemon`); those that change or read
+daemon-wide state start their own with the ``start_daemon`` fixture of tests/conftest.py (the real
+daemon as a subprocess). Asserts both sides: what the fake received (blocks, media types,
 PDF bytes intact, roles) and what the gRPC client got (text, deltas, usage,
 cost, route, error codes with ErrorInfo/RetryInfo).
 """
@@ -12,6 +13,7 @@ import io
 
 import grpc
 import pytest
+from conftest import launch_daemon
 from grpc_helpers import (
     assert_instance_listed,
     error_details,
@@ -87,20 +89,57 @@ def ask(*parts: pb.Part, system: str = "", tags: tuple[str, ...] = (), session: 
                                 hints=pb.RoutingHints(tags=list(tags)), session_id=session)
 
 
+@pytest.fixture(scope="module")
+def shared_fake():
+    """One fake Anthropic API for the module, and what resets it (see ``fake``)."""
+    upstream = FakeAnthropic()
+    upstream.input_tokens, upstream.output_tokens = 1500, 80  # before it starts: what reset() goes back to
+    with upstream:
+        yield upstream, upstream.reset
+
+
 @pytest.fixture
-def fake():
+def fake(shared_fake) -> FakeAnthropic:
+    """The module's fake Anthropic API as new (1500 tokens in, 80 out): nothing recorded or queued, no answer
+    scripted by an earlier test."""
+    upstream, reset = shared_fake
+    reset()
+    return upstream
+
+
+@pytest.fixture
+def own_fake():
+    """A fake Anthropic API of the test's own (as ``fake``), for a test whose fake still answers after it
+    ended (late, past the daemon's timeout): the module's fake would give that answer a later test's cut."""
     with FakeAnthropic() as upstream:
         upstream.input_tokens, upstream.output_tokens = 1500, 80
         yield upstream
 
 
 def start(start_daemon, fake: FakeAnthropic, *, key: str = API_KEY, timeout: float = 10):
+    """A daemon of the test's own whose anthropic provider calls ``fake``."""
     return start_daemon(CONFIG.format(url=fake.url, timeout=timeout), env={"ANTHROPIC_TEST_KEY": key})
 
 
+@pytest.fixture(scope="module")
+def shared_daemon(shared_fake, plugin_sites, tmp_path_factory):
+    """One daemon of CONFIG for the module's tests that only make calls and check what the fake and the
+    client got: starting one per test (and importing the SDK in each) took minutes.
+
+    A test sharing it must not make the fake answer 429, or 529/503 with Retry-After (the target would
+    cool down for 60 s), read the statistics, ListProviders or the log, or need another config or key; it
+    uses a session id no other test uses (a session's history and its history cuts are the session's own)."""
+    daemon = launch_daemon(CONFIG.format(url=shared_fake[0].url, timeout=10),
+                           tmp=tmp_path_factory.mktemp("anthropic-e2e"),
+                           env={"ANTHROPIC_TEST_KEY": API_KEY}, sites=[plugin_sites["testkit"]])
+    yield daemon
+    daemon.stop()
+
+
 @pytest.fixture
-def daemon(start_daemon, fake):
-    return start(start_daemon, fake)
+def daemon(shared_daemon, fake):
+    """The module's shared daemon (see :func:`shared_daemon`), its fake reset."""
+    return shared_daemon
 
 
 def upload(daemon, data: bytes, mime: str, modality: int, filename: str) -> str:
@@ -202,7 +241,9 @@ ERRORS = [
 ]
 
 
-def test_http_errors_map_to_grpc_statuses(daemon, fake):
+def test_http_errors_map_to_grpc_statuses(start_daemon, fake):
+    # its own daemon: a 429 and a 529 with Retry-After cool sonnet down, and it reads the log
+    daemon = start(start_daemon, fake)
     for status, err_type, headers, code, reason in ERRORS:
         fake.fail_next_api(status, err_type, f"upstream failure {status}", headers)
         with pytest.raises(grpc.RpcError) as info:
@@ -279,16 +320,17 @@ def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
     assert secret not in everything and secret[:15] not in everything
 
 
-def test_upstream_timeout_is_unavailable(start_daemon, fake):
-    daemon = start(start_daemon, fake, timeout=0.5)
-    fake.delay = 3.0
+def test_upstream_timeout_is_unavailable(start_daemon, own_fake):
+    daemon = start(start_daemon, own_fake, timeout=0.5)
+    own_fake.delay = 3.0
     with pytest.raises(grpc.RpcError) as info:
         daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_details(info.value).reason == "PROVIDER_UNAVAILABLE" and "did not answer in time" in info.value.details()
 
 
-def test_providers_list_shows_the_catalogue(daemon):
+def test_providers_list_shows_the_catalogue(start_daemon, fake):
+    daemon = start(start_daemon, fake)  # its own: it reads ListProviders
     providers = providers_by_name(daemon.stub)
     anthropic = providers["anthropic"]
     assert anthropic.state == pb.PROVIDER_STATE_READY and anthropic.plugin == "anthropic"
@@ -363,7 +405,7 @@ def test_a_stream_cut_after_some_text_is_unavailable_and_keeps_no_turn(daemon, f
     received = []
     with pytest.raises(grpc.RpcError) as info:
         for event in daemon.stub.StreamGenerate(pb.StreamGenerateRequest(
-                request=ask(text_part("Stream please"), session="cut")), timeout=30):
+                request=ask(text_part("Stream please"), session=f"cut-{close}")), timeout=30):
             received.append(event)
     assert [e.text_delta.text for e in received if e.HasField("text_delta")] == ["Hello", " from"]
     assert not any(e.HasField("done") for e in received)
@@ -374,7 +416,8 @@ def test_a_stream_cut_after_some_text_is_unavailable_and_keeps_no_turn(daemon, f
     [usage] = [e.usage for e in received if e.HasField("usage")]  # the prompt read is billed all the same
     assert usage.input_tokens > 0 and usage.cost_usd > 0
 
-    daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Again?"), session="cut")), timeout=30)
+    daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Again?"), session=f"cut-{close}")),
+                         timeout=30)
     assert [(m["role"], [b["text"] for b in m["content"]]) for m in fake.last_body()["messages"]] == [
         ("user", ["Again?"])]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import launch_daemon
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import error_details, text_request
 from mmrouter.v1 import router_pb2 as pb
@@ -27,9 +28,16 @@ routes:
 """
 
 
-@pytest.fixture
-def daemon(start_daemon):
-    return start_daemon(CONFIG, env={"MMROUTER_TEST_TOKEN": TOKEN})
+@pytest.fixture(scope="module")
+def daemon(plugin_sites, tmp_path_factory):
+    """One daemon of CONFIG with the token, shared by the module's tests that only make calls to it (refused or
+    answered) and read nothing a call changes: starting one per case took a minute of the suite. Tests sharing it
+    must not reload or signal it, read its stats or health, or look in its log for anything but what no call may
+    write (the token, a warning given at start); a test needing another token or config starts its own."""
+    tmp = tmp_path_factory.mktemp("auth")
+    daemon = launch_daemon(CONFIG, tmp=tmp, env={"MMROUTER_TEST_TOKEN": TOKEN}, sites=[plugin_sites["testkit"]])
+    yield daemon
+    daemon.stop()
 
 
 def generate(daemon, **kwargs) -> pb.Answer:

@@ -1,7 +1,7 @@
 """The shape of a conversation, checked before routing, and generation options a model does not take.
 
-Through the running daemon (the ``start_daemon`` fixture), with the real OpenAI, Anthropic and Gemini SDKs
-pointed at their fakes:
+Through the running daemon (one the module's tests share, ``shared_daemon``), with the real OpenAI, Anthropic
+and Gemini SDKs pointed at their fakes:
 
 - media in an assistant message is refused up front as INVALID_REQUEST naming the part (OpenAI and Claude
   refused it as a final PROVIDER_BAD_REQUEST, no fallback tried, and a session started on Gemini kept it, so
@@ -14,14 +14,15 @@ pointed at their fakes:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from conftest import launch_daemon
 from grpc_helpers import error_details, text_request
 from media_factory import png
 from mmrouter.v1 import router_pb2 as pb
-from test_hybrid import ALL_KEYS
+from test_hybrid import ALL_KEYS, cloud_fakes
 
 from tests.fakes.openai import error_body as openai_error
 
@@ -51,11 +52,43 @@ BLANK_USER = "a user message needs text or media"
 TEMPERATURE_NOTE = "temperature not sent: anthropic/claude-sonnet-4-6 takes no sampling temperature"
 
 
+def config_for(fakes) -> str:
+    return CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
+                         gemini=fakes["gemini"].url)
+
+
+@pytest.fixture(scope="module")
+def shared_fakes() -> Iterator[dict]:
+    """The cloud fakes of the module (``fakes`` resets them for each test)."""
+    with cloud_fakes() as servers:
+        yield servers
+
+
 @pytest.fixture
-def daemon(start_daemon, fakes):
-    config = CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
-                           gemini=fakes["gemini"].url)
-    return start_daemon(config, env=KEYS, plugins=())
+def fakes(shared_fakes) -> dict:
+    """The module's fakes as new (:meth:`FakeUpstream.reset`): what they received, the failures queued for them
+    and what a test scripted are forgotten."""
+    for fake in shared_fakes.values():
+        fake.reset()
+    return shared_fakes
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(shared_fakes, tmp_path_factory):
+    """One daemon of CONFIG for the module: starting one per test (and its SDKs' imports) took minutes of the
+    suite. Tests sharing it must not make a fake answer with a retry delay (a 429, or a 503/529 with
+    Retry-After: a cool-down; those here have none), read its health, stats or logs, or use another test's
+    session id."""
+    daemon = launch_daemon(config_for(shared_fakes), tmp=tmp_path_factory.mktemp("conversation-shape"), env=KEYS,
+                           sites=[])
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def daemon(shared_daemon, fakes):
+    """The module's daemon, its fakes reset."""
+    return shared_daemon
 
 
 def provider_calls(fakes) -> dict[str, int]:
@@ -155,6 +188,8 @@ def test_text_only_assistant_messages_and_media_in_user_messages_are_taken(daemo
 def test_a_blank_last_user_message_is_refused(daemon, fakes, blank, session_id) -> None:
     """[user q, assistant a, user ""] asked nothing: GPT got an empty turn, Claude 4.6 was told to continue
     "Paris." and Gemini got a conversation ending with the model. Refused, naming the message."""
+    if session_id:  # a session no other case (on the shared daemon) has used
+        session_id += f"-{blank.encode().hex()}"
     request = conversation(message(pb.ROLE_USER, "What is the capital of France?"),
                            message(pb.ROLE_ASSISTANT, "Paris."), message(pb.ROLE_USER, blank),
                            session_id=session_id, hints=pb.RoutingHints(tags=["claude"]))
@@ -270,9 +305,7 @@ def test_a_session_kept_with_assistant_media_before_they_were_refused_goes_on(st
                      lambda media: media.media_id)
     finally:
         store.close()
-    config = CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
-                           gemini=fakes["gemini"].url)
-    daemon = start_daemon(config, env=KEYS, plugins=(), data_dir=data_dir)
+    daemon = start_daemon(config_for(fakes), env=KEYS, plugins=(), data_dir=data_dir)
     answer = generate(daemon, conversation(message(pb.ROLE_USER, "What colour is it?"), session_id="agent"))
     assert answer.route.provider == "openai"
     sent = fakes["openai"].chat_requests()[-1]["messages"]

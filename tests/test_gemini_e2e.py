@@ -1,6 +1,8 @@
 """Gemini through the running daemon: the real google-genai SDK talks to a fake Gemini API.
 
-Uses the ``start_daemon`` fixture of tests/conftest.py (the real daemon as a subprocess).
+Most tests share one daemon for the module (see :func:`shared_daemon`); those that change or read
+daemon-wide state, or need another config, start their own with the ``start_daemon`` fixture of
+tests/conftest.py (the real daemon as a subprocess).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import wave
 
 import grpc
 import pytest
+from conftest import launch_daemon
 from grpc_helpers import assert_instance_listed, error_details, instance_config
 from mmrouter.v1 import router_pb2 as pb
 
@@ -81,15 +84,45 @@ def ask(*parts: pb.Part) -> pb.MultimodalRequest:
                                 options=pb.Options(task=pb.TASK_CHAT))
 
 
-@pytest.fixture
-def fake():
+@pytest.fixture(scope="module")
+def shared_fake():
+    """One fake Gemini API for the module, and what resets it (see ``fake``)."""
     with FakeGemini(api_key=KEY) as upstream:
-        yield upstream
+        yield upstream, upstream.reset
 
 
 @pytest.fixture
-def daemon(start_daemon, fake):
+def fake(shared_fake) -> FakeGemini:
+    """The module's fake Gemini API as new: no file, nothing recorded or queued, no answer scripted by an
+    earlier test."""
+    upstream, reset = shared_fake
+    reset()
+    return upstream
+
+
+def start(start_daemon, fake: FakeGemini):
+    """A daemon of CONFIG of the test's own, calling ``fake``."""
     return start_daemon(CONFIG.format(url=fake.url), env={"GEMINI_TEST_KEY": KEY})
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(shared_fake, plugin_sites, tmp_path_factory):
+    """One daemon of CONFIG for the module's tests that only make calls and check what the fake and the
+    client got: starting one per test (and importing the SDK in each) took minutes.
+
+    A test sharing it must not make the fake answer 429, or 503 with Retry-After (the target would cool
+    down for 60 s), read the statistics, ListProviders or the log, or need another config or key; it uses a
+    session id and media no other test uses (the daemon remembers the files it uploaded)."""
+    daemon = launch_daemon(CONFIG.format(url=shared_fake[0].url), tmp=tmp_path_factory.mktemp("gemini-e2e"),
+                           env={"GEMINI_TEST_KEY": KEY}, sites=[plugin_sites["testkit"]])
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def daemon(shared_daemon, fake):
+    """The module's shared daemon (see :func:`shared_daemon`), its fake reset."""
+    return shared_daemon
 
 
 def test_short_video_is_uploaded_once_polled_referenced_and_reused(daemon, fake):
@@ -269,7 +302,10 @@ def test_a_conversation_gemini_would_refuse_is_sent_alternating_with_registered_
     ],
     ids=["429", "403", "404", "503"],
 )
-def test_upstream_errors_reach_the_client_mapped(daemon, fake, status, headers, code, reason, retry):
+def test_upstream_errors_reach_the_client_mapped(daemon, start_daemon, fake, status, headers, code, reason,
+                                                 retry):
+    if status == 429:  # on a daemon of its own: a 429 cools gemini-2.5-flash down for 60 s
+        daemon = start(start_daemon, fake)
     fake.fail_next(status, {"error": {"code": status, "status": "X", "message": f"upstream said {status}"}}, headers)
     with pytest.raises(grpc.RpcError) as caught:
         daemon.stub.Generate(pb.GenerateRequest(request=ask(pb.Part(text="hi"))), timeout=30)

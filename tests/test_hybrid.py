@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from conftest import launch_daemon
 from grpc_helpers import error_details, text_request
 from media_factory import mp4, pdf, png, wav
 from mmrouter.v1 import router_pb2 as pb
@@ -56,6 +57,21 @@ def cloud_fakes() -> Iterator[dict]:
             server.stop()
 
 
+#: What :func:`resetter` leaves as it is: the files the Gemini fake holds, which a daemon that uploaded them
+#: may name again in a later call.
+KEPT_ON_RESET = frozenset({"files", "_uploads"})
+
+
+def resetter(servers: dict) -> Callable[[], None]:
+    """A function that puts the fakes back as they were started (:meth:`FakeUpstream.reset`), but for the Gemini
+    fake's files (:data:`KEPT_ON_RESET`); for fakes shared by a module's tests."""
+    def reset() -> None:
+        for fake in servers.values():
+            fake.reset(keep=KEPT_ON_RESET)
+
+    return reset
+
+
 def config_for(fakes, without: str = "") -> str:
     """The config with every provider pointed at its fake, except ``without`` (left unconfigured)."""
     text = CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
@@ -98,8 +114,42 @@ def generate(daemon, request: pb.MultimodalRequest) -> pb.Answer:
     return daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60).answer
 
 
-def test_six_kinds_of_request_reach_the_right_provider(start_daemon, fakes) -> None:
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+@pytest.fixture(scope="module")
+def shared_fakes() -> Iterator[tuple[dict, Callable[[], None]]]:
+    """The cloud fakes of the module's shared daemon, and the function resetting them (see :func:`resetter`)."""
+    with cloud_fakes() as servers:
+        yield servers, resetter(servers)
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(shared_fakes, plugin_sites, tmp_path_factory):
+    """One daemon of the embedded config with every key (``config_for``, ``ALL_KEYS``), shared by the module's
+    tests that only need that: starting one per test (and its SDKs' imports) took minutes of the suite.
+    Tests sharing it must not make a fake answer with a retry delay (a 429, or a 503/529 with Retry-After:
+    a cool-down), read its health, stats or logs, use another test's session id, or bridge media another
+    test sends (bridged texts are kept by content: such a test sends its own bytes)."""
+    servers, _reset = shared_fakes
+    daemon = launch_daemon(config_for(servers), tmp=tmp_path_factory.mktemp("hybrid"), env=ALL_KEYS, sites=[])
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def shared(shared_daemon, shared_fakes) -> tuple:
+    """The module's shared daemon and its fakes, reset to how they started: ``(daemon, fakes)``."""
+    servers, reset = shared_fakes
+    reset()
+    return shared_daemon, servers
+
+
+def own_audio(seconds: float) -> pb.Media:
+    """A recording like :data:`AUDIO` (call.wav) of its own bytes (``seconds`` long), for a test bridging it on
+    the shared daemon, which keeps bridged transcripts by content."""
+    return media(pb.MODALITY_AUDIO, "audio/wav", wav(seconds), "call.wav")
+
+
+def test_six_kinds_of_request_reach_the_right_provider(shared) -> None:
+    daemon, fakes = shared
     for rule, (request, target) in KINDS.items():
         answer = generate(daemon, request)
         assert (answer.route.rule, f"{answer.route.provider}/{answer.route.model}") == (rule, target)
@@ -132,9 +182,10 @@ def test_removing_a_key_moves_traffic_to_the_documented_fallback(start_daemon, f
     assert missing_key in skipped.reason
 
 
-def test_diarization_and_an_image_question_give_both_in_one_response(start_daemon, fakes) -> None:
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
-    request = text_request("Who spoke, and does the chart match what they said?", media=[AUDIO, IMAGE],
+def test_diarization_and_an_image_question_give_both_in_one_response(shared) -> None:
+    daemon, fakes = shared
+    request = text_request("Who spoke, and does the chart match what they said?",
+                           media=[own_audio(1.1), IMAGE],
                            options=pb.Options(diarization=True))
     answer = generate(daemon, request)
     assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
@@ -191,28 +242,29 @@ def stream(daemon, request: pb.MultimodalRequest) -> list[pb.StreamGenerateRespo
     return list(daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=request), timeout=60))
 
 
-def test_an_empty_answer_behind_a_bridge_is_empty_and_keeps_no_turn(start_daemon, fakes) -> None:
+def test_an_empty_answer_behind_a_bridge_is_empty_and_keeps_no_turn(shared) -> None:
     """gpt-4o says nothing about a bridged recording (a refusal, a filter): the answer is empty, not
     the user's own words from whisper, and the session keeps no reply the model never gave."""
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    daemon, fakes = shared
     fakes["openai"].reply_chunks = []
-    events = stream(daemon, text_request("Summarise this recording", media=[AUDIO], session_id="s"))
+    events = stream(daemon, text_request("Summarise this recording", media=[own_audio(1.2)],
+                                         session_id="empty-answer"))
     assert [e.WhichOneof("event") for e in events].count("text_delta") == 0
     answer = events[-1].done.answer
     assert (answer.route.model, answer.text) == ("gpt-4o", "")
     assert answer.transcript.text == "Hello there. General Kenobi."  # whisper's, still carried
     fakes["openai"].reply_chunks = ["Fine."]
-    generate(daemon, text_request("Anything else?", session_id="s"))
+    generate(daemon, text_request("Anything else?", session_id="empty-answer"))
     sent = fakes["openai"].chat_requests()[-1]["messages"]
     assert [m["role"] for m in sent] == ["user"], "no empty or made-up assistant turn was kept"
 
 
-def test_a_bridged_request_falls_back_when_the_answering_model_is_down(start_daemon, fakes) -> None:
+def test_a_bridged_request_falls_back_when_the_answering_model_is_down(shared) -> None:
     """whisper transcribes, gpt-4o answers 503: claude answers with the same transcript, which is
     neither paid for nor sent to the client twice, and every paid step is in the total."""
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    daemon, fakes = shared
     fakes["openai"].fail_next(503, openai_error("The server is overloaded", "server_error"), path=CHAT)
-    events = stream(daemon, text_request("What was said?", media=[AUDIO]))
+    events = stream(daemon, text_request("What was said?", media=[own_audio(1.3)]))
     answer = events[-1].done.answer
     assert (answer.route.provider, answer.route.model) == ("anthropic", "claude-sonnet-4-6")
     assert [e.WhichOneof("event") for e in events].count("transcript") == 1
@@ -227,8 +279,8 @@ def test_a_bridged_request_falls_back_when_the_answering_model_is_down(start_dae
 AUDIO_TOO_LARGE = openai_error("Maximum content size limit (26214400) exceeded (31457280 bytes read)", "server_error")
 
 
-def test_whisper_refusing_a_large_file_gives_way_to_assemblyai(start_daemon, fakes) -> None:
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+def test_whisper_refusing_a_large_file_gives_way_to_assemblyai(shared) -> None:
+    daemon, fakes = shared
     fakes["openai"].fail_next(413, AUDIO_TOO_LARGE, path=TRANSCRIPTIONS)
     answer = generate(daemon, KINDS["transcription"][0])
     assert (answer.route.provider, answer.route.model) == ("assemblyai", "best")
@@ -236,10 +288,10 @@ def test_whisper_refusing_a_large_file_gives_way_to_assemblyai(start_daemon, fak
     assert answer.text and len(fakes["assemblyai"].created) == 1
 
 
-def test_a_bridge_refusing_a_large_file_gives_way_to_the_next_bridge(start_daemon, fakes) -> None:
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+def test_a_bridge_refusing_a_large_file_gives_way_to_the_next_bridge(shared) -> None:
+    daemon, fakes = shared
     fakes["openai"].fail_next(413, AUDIO_TOO_LARGE, path=TRANSCRIPTIONS)
-    answer = generate(daemon, text_request("What was said?", media=[AUDIO]))
+    answer = generate(daemon, text_request("What was said?", media=[own_audio(1.4)]))
     assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
     assert list(answer.route.bridges) == ["audio->transcript via assemblyai/best"]
     assert [(s.provider, s.model) for s in answer.route.steps] == [("assemblyai", "best"), ("openai", "gpt-4o")]
@@ -258,17 +310,16 @@ def test_a_bridge_refusing_a_large_file_gives_way_to_the_next_bridge(start_daemo
         code="context_length_exceeded", param="messages"), path=CHAT),
      "anthropic/claude-sonnet-4-6"),
 ])
-def test_a_model_refusing_the_size_gives_way_to_the_rules_fallback(start_daemon, fakes, rule, refuse,
-                                                                   expected) -> None:
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+def test_a_model_refusing_the_size_gives_way_to_the_rules_fallback(shared, rule, refuse, expected) -> None:
+    daemon, fakes = shared
     refuse(fakes)
     answer = generate(daemon, KINDS[rule][0])
     assert (answer.route.rule, f"{answer.route.provider}/{answer.route.model}") == (rule, expected)
     assert [a.ok for a in answer.route.attempts] == [False, True]
 
 
-def test_a_malformed_request_is_not_tried_on_the_fallbacks(start_daemon, fakes) -> None:
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+def test_a_malformed_request_is_not_tried_on_the_fallbacks(shared) -> None:
+    daemon, fakes = shared
     fakes["anthropic"].fail_next_api(400, "invalid_request_error", "messages.0.content: Field required")
     with pytest.raises(grpc.RpcError) as caught:
         generate(daemon, KINDS["documents"][0])
@@ -284,10 +335,10 @@ def route_of(answer: pb.Answer) -> tuple[str, str]:
 TRANSCRIBE = pb.Options(task=pb.TASK_TRANSCRIBE)
 
 
-def test_a_session_turn_is_routed_by_what_it_sends(start_daemon, fakes) -> None:
+def test_a_session_turn_is_routed_by_what_it_sends(shared) -> None:
     """An image earlier in a session does not keep Whisper or AssemblyAI from a transcription, and audio sent
     alone in a dictation session is transcribed on every turn, not only the first."""
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    daemon, fakes = shared
     first = generate(daemon, text_request("What does the chart show?", media=[IMAGE], session_id="s1"))
     assert route_of(first) == ("cross-modal", "openai/gpt-4o")
     spoken = generate(daemon, text_request("", media=[AUDIO], session_id="s1", options=TRANSCRIBE))
@@ -305,8 +356,8 @@ def test_a_session_turn_is_routed_by_what_it_sends(start_daemon, fakes) -> None:
     assert [u.field("model") for u in fakes["openai"].uploads()] == ["whisper-1"] * 3
 
 
-def test_a_long_text_goes_past_a_model_whose_context_cannot_hold_it(start_daemon, fakes) -> None:
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+def test_a_long_text_goes_past_a_model_whose_context_cannot_hold_it(shared) -> None:
+    daemon, fakes = shared
     long_text = "lorem ipsum dolor " * 40_000 + "\nSummarise."  # ~180k tokens; gpt-4o holds 128k
     answer = generate(daemon, text_request(long_text))
     assert route_of(answer) == ("general", "anthropic/claude-sonnet-4-6")
@@ -321,8 +372,8 @@ def test_a_long_text_goes_past_a_model_whose_context_cannot_hold_it(start_daemon
     assert route_of(follow_up) == ("general", "anthropic/claude-sonnet-4-6")
 
 
-def test_a_video_to_transcribe_goes_to_assemblyai(start_daemon, fakes) -> None:
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+def test_a_video_to_transcribe_goes_to_assemblyai(shared) -> None:
+    daemon, fakes = shared
     spoken = media(pb.MODALITY_VIDEO, "video/mp4", mp4(tone=True), "talk.mp4")  # a silent one is refused
     answer = generate(daemon, text_request("", media=[spoken], options=TRANSCRIBE))
     assert route_of(answer) == ("video-transcription", "assemblyai/best")
@@ -367,10 +418,10 @@ def upload(daemon, data: bytes, modality: int, mime: str, filename: str) -> pb.M
     return pb.Media(modality=modality, mime_type=mime, media_id=media_id)
 
 
-def test_audio_over_whisper_s_25_mb_goes_to_assemblyai_without_reaching_openai(start_daemon, fakes) -> None:
+def test_audio_over_whisper_s_25_mb_goes_to_assemblyai_without_reaching_openai(shared) -> None:
     """A 30 MB recording: whisper-1 declares its 25 MB limit (ModelInfo.max_media_bytes), so routing plans
     the rule's fallback, AssemblyAI, which transcribes it; ExplainRoute says the same."""
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    daemon, fakes = shared
     audio = big_wav(30 * 1024 * 1024)
     media = upload(daemon, audio, pb.MODALITY_AUDIO, "audio/wav", "all-hands.wav")
     request = text_request("", media=[media], options=TRANSCRIBE)
@@ -467,15 +518,16 @@ def test_a_transcription_turn_s_transcript_is_reused_and_sent_once(start_daemon,
     assert "[Audio transcript] call.wav" in sent
 
 
-def test_a_bridged_history_pdf_counts_as_its_text_when_the_history_is_trimmed(start_daemon, fakes) -> None:
+def test_a_bridged_history_pdf_counts_as_its_text_when_the_history_is_trimmed(shared) -> None:
     """An 80-page PDF is 120k tokens as pages but a few thousand as the text gpt-4o gets: turn 2 keeps it."""
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    daemon, fakes = shared
     book = media(pb.MODALITY_DOCUMENT, "application/pdf",
                  pdf([f"Chapter {i}: the secret word is PINEAPPLE{i}" for i in range(80)]), "book.pdf")
     gpt = pb.RoutingHints(model="gpt-4o")
-    first = generate(daemon, text_request("Summarise this book", media=[book], session_id="s", hints=gpt))
+    first = generate(daemon, text_request("Summarise this book", media=[book], session_id="book", hints=gpt))
     assert list(first.route.bridges) == ["document->text via local/extract"]
-    second = generate(daemon, text_request("What is the secret word of chapter 3?", session_id="s", hints=gpt))
+    second = generate(daemon, text_request("What is the secret word of chapter 3?", session_id="book",
+                                           hints=gpt))
     assert not any("history trimmed" in n for n in second.route.notes), second.route.notes
     sent = fakes["openai"].chat_requests()[-1]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "user"] and "PINEAPPLE3" in json.dumps(sent)
@@ -511,11 +563,11 @@ def test_a_bridged_turn_over_claude_s_pages_drops_history_without_bridging_again
     assert "[Audio transcript]" in json.dumps(body["messages"][-1])
 
 
-def test_assemblyai_failing_on_its_side_gives_diarization_to_openai_s_diarizing_model(start_daemon, fakes) -> None:
+def test_assemblyai_failing_on_its_side_gives_diarization_to_openai_s_diarizing_model(shared) -> None:
     """A transcript AssemblyAI failed on its side ("Server error, developers have been alerted.") is
     UNAVAILABLE: the embedded diarization rule's fallback, gpt-4o-transcribe-diarize, answers. The speaker count
     AssemblyAI was sent, which OpenAI's model takes no such option for, is said not to reach it."""
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    daemon, fakes = shared
     fakes["assemblyai"].statuses = ("queued", "error")
     fakes["assemblyai"].error_message = "Server error, developers have been alerted."
     request = pb.MultimodalRequest()
@@ -531,10 +583,10 @@ def test_assemblyai_failing_on_its_side_gives_diarization_to_openai_s_diarizing_
     assert answer.transcript.text and len(fakes["assemblyai"].created) == 1
 
 
-def test_assemblyai_failing_for_the_media_does_not_fall_back(start_daemon, fakes) -> None:
+def test_assemblyai_failing_for_the_media_does_not_fall_back(shared) -> None:
     """A transcript failed for its media ("Transcoding failed. File does not appear to contain audio.")
     would fail elsewhere too: INVALID_ARGUMENT at once, OpenAI is not called."""
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    daemon, fakes = shared
     fakes["assemblyai"].statuses = ("queued", "error")
     with pytest.raises(grpc.RpcError) as caught:
         generate(daemon, KINDS["diarization"][0])

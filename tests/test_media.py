@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import launch_daemon
 from grpc_helpers import error_details, text_request, wait_for
 from mmrouter.v1 import router_pb2 as pb
 
@@ -42,12 +43,22 @@ def upload(stub, data_chunks, modality=pb.MODALITY_DOCUMENT, mime="application/p
     return stub.UploadMedia(messages(), timeout=600)
 
 
-@pytest.fixture
-def daemon(start_daemon):
-    return start_daemon(CONFIG)
+@pytest.fixture(scope="module")
+def daemon(plugin_sites, tmp_path_factory):
+    """One daemon of CONFIG shared by the module's tests that upload, name and ask about media: starting one per
+    case took minutes of the suite. Media are stored by their bytes and the first upload's record stands, so a
+    test sharing it uploads only bytes no other test uploads (or PDF, always stored as the same document, or
+    bytes refused before they are stored); it must not remove or list the store beyond its own media, measure
+    the daemon's memory, read its log or stats, or leave an upload under way (a temp file). A test needing any
+    of that starts its own daemon (``start_daemon(CONFIG)``)."""
+    tmp = tmp_path_factory.mktemp("media")
+    daemon = launch_daemon(CONFIG, tmp=tmp, env=None, sites=[plugin_sites["testkit"]])
+    yield daemon
+    daemon.stop()
 
 
-def test_upload_is_content_addressed_and_usable_by_id(daemon) -> None:
+def test_upload_is_content_addressed_and_usable_by_id(start_daemon) -> None:
+    daemon = start_daemon(CONFIG)  # its own: it lists the store's folder of its media id
     body = PDF + os.urandom(5 * 1024 * 1024)  # past one writeback step (4 MiB)
     chunks = [body[i:i + 1024 * 1024] for i in range(0, len(body), 1024 * 1024)]
     reply = upload(daemon.stub, chunks, size=len(body), filename="report.pdf")
@@ -64,11 +75,12 @@ def test_upload_is_content_addressed_and_usable_by_id(daemon) -> None:
     assert "document=1" in answer.text
 
 
-def test_uploads_go_on_after_the_media_folder_is_removed_under_the_daemon(daemon) -> None:
+def test_uploads_go_on_after_the_media_folder_is_removed_under_the_daemon(start_daemon) -> None:
     """A cleaner of old files (or an operator) removed <data_dir>/media while the daemon ran: every upload
     then failed as INTERNAL (no media/tmp to write to) until a restart."""
     import shutil
 
+    daemon = start_daemon(CONFIG)  # its own: it removes the whole store
     shutil.rmtree(daemon.data_dir / "media")
     reply = upload(daemon.stub, [PDF], size=len(PDF), filename="after.pdf")
     assert reply.media_id == hashlib.sha256(PDF).hexdigest()
@@ -135,7 +147,8 @@ def test_upload_checks_the_mime_type_against_the_bytes(daemon) -> None:
 def test_an_uploaded_mime_type_is_recorded_in_lower_case_without_its_parameters(daemon) -> None:
     """`IMAGE/PNG` was recorded and answered as given: MIME types and subtypes are case-insensitive; a
     parameter (a text's charset: text documents are UTF-8) is not part of the type recorded."""
-    assert upload(daemon.stub, [PDF], mime="Application/PDF").mime_type == "application/pdf"
+    pdf = PDF + b"%lower-case\n"  # its own bytes: the record is this upload's (the shared store)
+    assert upload(daemon.stub, [pdf], mime="Application/PDF").mime_type == "application/pdf"
     text = upload(daemon.stub, [b"hello"], mime="Text/Plain; charset=UTF-8")
     assert text.mime_type == "text/plain"
 
@@ -230,7 +243,8 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_a_one_gib_upload_keeps_the_daemon_memory_bounded(daemon) -> None:
+def test_a_one_gib_upload_keeps_the_daemon_memory_bounded(start_daemon) -> None:
+    daemon = start_daemon(CONFIG)  # its own: it measures the daemon's peak memory
     chunk = os.urandom(1024 * 1024)
     total = 1024 * len(chunk) + len(PDF)
     before = _peak_rss_kib(daemon.proc.pid)
@@ -295,7 +309,8 @@ def test_an_upload_over_the_limit_midway_stops_and_leaves_no_temp_file(start_dae
     assert ok.size_bytes == len(PDF) + 1000
 
 
-def test_an_upload_abandoned_by_its_client_leaves_no_temp_file(daemon) -> None:
+def test_an_upload_abandoned_by_its_client_leaves_no_temp_file(start_daemon) -> None:
+    daemon = start_daemon(CONFIG)  # its own: it checks that nothing at all was stored
     sent = threading.Event()
     release = threading.Event()
 
@@ -607,8 +622,9 @@ def test_utf8_text_documents_are_accepted_inline_and_uploaded(daemon, mime) -> N
     answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("sum up", media=[inline]))).answer
     assert "document=1" in answer.text
 
-    reply = upload(daemon.stub, [NOTES[:5], NOTES[5:]], mime=mime, size=len(NOTES))  # a head split mid-character
-    assert reply.media_id == hashlib.sha256(NOTES).hexdigest()
+    notes = NOTES + f"({mime})\n".encode()  # its own bytes: the record is this upload's (the shared store)
+    reply = upload(daemon.stub, [notes[:5], notes[5:]], mime=mime, size=len(notes))  # a head split mid-character
+    assert reply.media_id == hashlib.sha256(notes).hexdigest()
     stored = pb.Media(modality=pb.MODALITY_DOCUMENT, media_id=reply.media_id)
     answer = daemon.stub.Generate(pb.GenerateRequest(request=text_request("sum up", media=[stored]))).answer
     assert "document=1" in answer.text
@@ -647,9 +663,10 @@ def test_text_is_a_document_type_only(daemon) -> None:
 
 # -- the media one request may refer to --------------------------------------------------------
 
-def test_a_request_naming_uploads_over_the_media_limit_is_refused_before_reading_them(daemon) -> None:
+def test_a_request_naming_uploads_over_the_media_limit_is_refused_before_reading_them(start_daemon) -> None:
     """The default limit (64 GiB, as much as one upload may hold) counts every reference: 16 MiB
     named 4097 times, in a request of 300 kB, is refused at once, naming the limit."""
+    daemon = start_daemon(CONFIG)  # its own: it measures the daemon's peak memory
     body = PDF + os.urandom(16 * 1024 * 1024 - len(PDF))
     media_id = upload(daemon.stub, [body[i:i + (1 << 20)] for i in range(0, len(body), 1 << 20)]).media_id
     ref = pb.Media(modality=pb.MODALITY_DOCUMENT, media_id=media_id)

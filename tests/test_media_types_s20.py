@@ -11,19 +11,50 @@ import hashlib
 import io
 import json
 import sqlite3
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from conftest import launch_daemon
 from grpc_helpers import error_details, text_request
 from media_factory import mp4, pdf, png
 from mmrouter.v1 import router_pb2 as pb
-from test_hybrid import ALL_KEYS, config_for
+from test_hybrid import ALL_KEYS, cloud_fakes, config_for, resetter
 
 from router.sniff import measure_media
 from router.types import Modality
 
 PDF = pdf(["Page one: the parties agree", "Page two: termination clause 30 days"])
 STREAM_PATH = "/v1beta/models/gemini-2.5-pro:streamGenerateContent"
+
+
+@pytest.fixture(scope="module")
+def shared_fakes() -> Iterator[tuple[dict, Callable[[], None]]]:
+    """The cloud fakes of the module's shared daemon, and the function resetting them (see ``resetter``)."""
+    with cloud_fakes() as servers:
+        yield servers, resetter(servers)
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(shared_fakes, plugin_sites, tmp_path_factory):
+    """One daemon of the embedded config with every key (``config_for``, ``ALL_KEYS``), shared by the module's
+    tests that send inline media (or uploads of their own bytes) and read only their calls' answers, errors
+    and what the fakes received: starting one per test (and its SDKs' imports) took minutes of the suite.
+    Tests sharing it must not read or depend on what its media store holds (an upload of bytes another test
+    stores), its sessions, health, stats or logs, nor make a fake answer with a retry delay (a cool-down)."""
+    servers, _reset = shared_fakes
+    daemon = launch_daemon(config_for(servers), tmp=tmp_path_factory.mktemp("media-types"), env=ALL_KEYS,
+                           sites=[])
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def shared(shared_daemon, shared_fakes) -> tuple:
+    """The module's shared daemon and its fakes, reset to how they started: ``(daemon, fakes)``."""
+    servers, reset = shared_fakes
+    reset()
+    return shared_daemon, servers
 
 
 def generate(daemon, request: pb.MultimodalRequest) -> pb.Answer:
@@ -70,10 +101,10 @@ def sent_documents(fakes) -> list[tuple[str, bytes]]:
 
 @pytest.mark.parametrize("mime", ["application/x-pdf", "application/acrobat", "text/pdf",
                                   "application/octet-stream", "Application/Octet-Stream; charset=binary"])
-def test_a_pdf_declared_by_an_alias_or_as_octet_stream_is_read_as_a_pdf(start_daemon, fakes, mime) -> None:
+def test_a_pdf_declared_by_an_alias_or_as_octet_stream_is_read_as_a_pdf(shared, mime) -> None:
     """A PDF sent inline as application/x-pdf or application/octet-stream was refused with a 700-character
     NO_ROUTE (no model takes those types): it goes to Claude as application/pdf."""
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    daemon, fakes = shared
     answer = generate(daemon, text_request("Summarise", media=[document(PDF, mime)]))
     assert (answer.route.rule, answer.route.provider) == ("documents", "anthropic")
     assert sent_documents(fakes) == [("application/pdf", PDF)]
@@ -119,12 +150,12 @@ def test_an_alias_is_recorded_under_its_registered_name(start_daemon, fakes) -> 
        "byte order mark): convert it to UTF-8") for encoding, name in (("utf-16", "UTF-16"), ("utf-32", "UTF-32"))
       for modality in (pb.MODALITY_DOCUMENT, pb.MODALITY_AUDIO)],
 ])
-def test_octet_stream_content_of_no_one_type_is_refused_naming_the_type_to_declare(start_daemon, fakes, data,
+def test_octet_stream_content_of_no_one_type_is_refused_naming_the_type_to_declare(shared, data,
                                                                                     modality, says) -> None:
     """application/octet-stream for content whose type the router cannot tell for sure (or of another
     modality than declared) is refused with MIME_MISMATCH and a field violation on the part's mime_type,
     inline and uploaded, instead of being stored under a type no model takes."""
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    daemon, fakes = shared
     media = pb.Media(modality=modality, mime_type="application/octet-stream", data=data)
     details = refused(daemon, text_request("What is it?", media=[media]))
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MIME_MISMATCH")
@@ -196,13 +227,13 @@ def _encrypted(user_password: str, algorithm: str = "RC4-128") -> bytes:
 
 
 @pytest.mark.parametrize("algorithm", ["RC4-128", "AES-256"])  # AES: today's tools' default
-def test_a_password_protected_pdf_is_refused_before_any_call(start_daemon, fakes, algorithm) -> None:
+def test_a_password_protected_pdf_is_refused_before_any_call(shared, algorithm) -> None:
     """An encrypted PDF went to Claude, whose 400 ("The PDF specified was not valid") ended the call naming
     no part. It is refused up front, naming the part; one with only an owner password is still read."""
     locked, owner_only = _encrypted("user-pw", algorithm), _encrypted("", algorithm)
     assert (measure_media(locked, Modality.DOCUMENT).locked, measure_media(owner_only, Modality.DOCUMENT).locked) \
         == (True, False)
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    daemon, fakes = shared
     request = text_request("Compare", media=[document(PDF, "application/pdf", "a.pdf"),
                                              document(locked, "application/pdf", "b.pdf")])
     details = refused(daemon, request)
@@ -254,15 +285,14 @@ def test_gemini_refusing_a_pdf_as_too_large_to_read_falls_back(start_daemon, fak
 
 
 @pytest.mark.parametrize("modality", [pb.MODALITY_VIDEO, pb.MODALITY_AUDIO])
-def test_transcribing_a_recording_without_an_audio_track_is_refused_naming_the_part(start_daemon, fakes,
-                                                                                    modality) -> None:
+def test_transcribing_a_recording_without_an_audio_track_is_refused_naming_the_part(shared, modality) -> None:
     """A silent screen recording to transcribe went to AssemblyAI, whose "File does not appear to contain
     audio" ended the call: it is refused before any call, naming the part. Asked about (TASK_CHAT), it still
     goes to a model; a recording with sound is transcribed."""
     silent, sound = mp4(), mp4(tone=True)
     assert (measure_media(silent, Modality.VIDEO).no_audio, measure_media(sound, Modality.VIDEO).no_audio) == \
         (True, False)
-    daemon = start_daemon(config_for(fakes), env=ALL_KEYS, plugins=())
+    daemon, fakes = shared
     kind = "video" if modality == pb.MODALITY_VIDEO else "recording"  # not "the audio has no audio track"
     media = pb.Media(modality=modality, mime_type="video/mp4", data=silent, filename="screen.mp4")
     transcribe = pb.Options(task=pb.TASK_TRANSCRIBE)

@@ -18,6 +18,7 @@ import sys
 
 import grpc
 import pytest
+from conftest import Daemon, launch_daemon
 from grpc_helpers import error_details, text_request, wait_for
 from media_factory import wav
 from mmrouter.v1 import router_pb2 as pb
@@ -179,9 +180,38 @@ def test_a_failed_attempt_that_was_paid_is_counted_once(start_daemon, upstreams)
     assert (row["purpose"], row["calls"]) == ("answer (failed)", 1) and row["cost_usd"] > 0
 
 
+class LogSince:
+    """A shared daemon as one test sees it: ``logs()`` is only what the daemon wrote since the test began."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon, self.start = daemon, daemon.log_path.stat().st_size
+        self.stub, self.marker_dir = daemon.stub, daemon.extra["marker_dir"]
+
+    def logs(self) -> str:
+        with self.daemon.log_path.open("rb") as log:
+            log.seek(self.start)
+            return log.read().decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def shared_json_daemon(plugin_sites, tmp_path_factory):
+    """One daemon of SCRIPTED with a JSON log, shared by the module's tests of access lines (``json_daemon``):
+    starting one per test took seconds each. Each test reads only the log written since it began (``LogSince``)
+    and the markers of its own calls; tests sharing it must not read its stats or health, use another test's
+    session id, make a target cool down (``FAIL:429``) or leave a call under way when they end."""
+    tmp = tmp_path_factory.mktemp("json-log")
+    (tmp / "markers").mkdir()
+    daemon = launch_daemon(SCRIPTED.format(marker_dir=tmp / "markers", log_format="json"), tmp=tmp, env=None,
+                           sites=[plugin_sites["testkit"]])
+    daemon.extra["marker_dir"] = tmp / "markers"
+    yield daemon
+    daemon.stop()
+
+
 @pytest.fixture
-def json_daemon(start_daemon, tmp_path):
-    return start_daemon(SCRIPTED.format(marker_dir=tmp_path, log_format="json"))
+def json_daemon(shared_json_daemon) -> LogSince:
+    """The shared JSON-log daemon, its log read from where the test began."""
+    return LogSince(shared_json_daemon)
 
 
 def test_every_call_gets_a_request_id_and_one_access_line(json_daemon) -> None:
@@ -241,7 +271,7 @@ def test_a_failed_call_names_its_request_id_and_every_failed_target(json_daemon)
     assert (entry["method"], entry["code"], entry["reason"]) == ("ResetSession", "INVALID_ARGUMENT", "INVALID_REQUEST")
 
 
-def test_a_deadline_and_a_cancellation_are_logged(json_daemon, tmp_path) -> None:
+def test_a_deadline_and_a_cancellation_are_logged(json_daemon) -> None:
     daemon = json_daemon
     for _ in range(4):  # the client's reset and gRPC's own deadline race: each must be logged as the deadline
         with pytest.raises(grpc.RpcError) as caught:
@@ -256,7 +286,7 @@ def test_a_deadline_and_a_cancellation_are_logged(json_daemon, tmp_path) -> None
     assert entry["level"] == "WARNING" and entry["duration_ms"] >= 500 and entry["provider"] == "fake"
 
     def markers() -> set[str]:  # request ids of the provider calls started (the deadline calls' too)
-        return {p.name.removeprefix("started-") for p in tmp_path.glob("started-*")}
+        return {p.name.removeprefix("started-") for p in daemon.marker_dir.glob("started-*")}
 
     before = markers()
     stream = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=text_request("SLOW:30")))

@@ -1,7 +1,8 @@
 """OpenAI through the running daemon: the real ``openai`` SDK talks to the fake OpenAI API.
 
-Uses the ``start_daemon`` fixture of tests/conftest.py (the real daemon as a
-subprocess). Asserts both sides: what the fake received and what the gRPC
+Most tests share one daemon per config for the module (see :func:`shared_daemon`); those that change
+or read daemon-wide state start their own with the ``start_daemon`` fixture of tests/conftest.py (the
+real daemon as a subprocess). Asserts both sides: what the fake received and what the gRPC
 client got back (text, streamed deltas, transcript, usage, cost, route).
 """
 
@@ -15,6 +16,7 @@ import wave
 
 import grpc
 import pytest
+from conftest import launch_daemon
 from grpc_helpers import error_details, everything_said, providers_by_name, text_request
 from mmrouter.v1 import router_pb2 as pb
 from PIL import Image
@@ -86,27 +88,74 @@ def ask(*parts: pb.Part, task: int = pb.TASK_AUTO, tags: tuple[str, ...] = (), s
                                 hints=pb.RoutingHints(tags=list(tags)), session_id=session)
 
 
+@pytest.fixture(scope="module")
+def shared_fake():
+    """One fake OpenAI for the module, and what resets it (see ``fake``)."""
+    with FakeOpenAI() as upstream:
+        yield upstream, upstream.reset
+
+
 @pytest.fixture
-def fake():
+def fake(shared_fake) -> FakeOpenAI:
+    """The module's fake OpenAI as new: nothing recorded or queued, no answer scripted by an earlier test."""
+    upstream, reset = shared_fake
+    reset()
+    return upstream
+
+
+@pytest.fixture
+def own_fake():
+    """A fake OpenAI of the test's own (as ``fake``), for a test whose fake still answers after it ended
+    (slowly, past the daemon's timeout): the module's fake would serve it with a later test's script."""
     with FakeOpenAI() as upstream:
         yield upstream
 
 
+def config(fake: FakeOpenAI, *, timeout: float = 10, transport: str = "") -> str:
+    """CONFIG, its openai provider calling ``fake``; ``transport`` is its http_client ("": the default)."""
+    return CONFIG.format(url=fake.base_url, timeout=timeout, transport=transport)
+
+
 def start(start_daemon, fake: FakeOpenAI, *, key: str = API_KEY, timeout: float = 10, transport: str = ""):
-    """A daemon whose openai provider calls ``fake``; ``transport`` is its http_client ("": the default)."""
-    return start_daemon(CONFIG.format(url=fake.base_url, timeout=timeout, transport=transport),
-                        env={"OPENAI_TEST_KEY": key})
+    """A daemon of the test's own whose openai provider calls ``fake`` (see :func:`config`)."""
+    return start_daemon(config(fake, timeout=timeout, transport=transport), env={"OPENAI_TEST_KEY": key})
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(shared_fake, plugin_sites, tmp_path_factory):
+    """One daemon of CONFIG (the default transport) for the module's tests that only make calls and check
+    what the fake and the client got: starting one per test (and importing the SDK in each) took minutes.
+
+    A test sharing it must not make the fake answer 429, or 503 with Retry-After (the target would cool
+    down for 60 s), read the statistics, ListProviders or log lines not of its own call, or need another
+    config or key; it uses a session id and media no other test uses. Such tests start their own daemon."""
+    daemon = launch_daemon(config(shared_fake[0]), tmp=tmp_path_factory.mktemp("openai-e2e"),
+                           env={"OPENAI_TEST_KEY": API_KEY}, sites=[plugin_sites["testkit"]])
+    yield daemon
+    daemon.stop()
 
 
 @pytest.fixture
-def daemon(start_daemon, fake):
-    return start(start_daemon, fake)
+def daemon(shared_daemon, fake):
+    """The module's shared daemon (see :func:`shared_daemon`), its fake reset."""
+    return shared_daemon
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
-def each_transport(request, start_daemon, fake):
-    """A daemon with each of the SDK transports the plugin offers (aiohttp is the default)."""
-    return start(start_daemon, fake, transport=request.param)
+@pytest.fixture(scope="module", params=["aiohttp", "httpx"])
+def shared_each_transport(request, shared_fake, plugin_sites, tmp_path_factory):
+    """A daemon with each of the SDK transports the plugin offers (aiohttp is the default), shared by the
+    module's tests on the same terms as :func:`shared_daemon`."""
+    daemon = launch_daemon(config(shared_fake[0], transport=request.param), env={"OPENAI_TEST_KEY": API_KEY},
+                           tmp=tmp_path_factory.mktemp(f"openai-e2e-{request.param}"),
+                           sites=[plugin_sites["testkit"]])
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def each_transport(shared_each_transport, fake):
+    """The module's daemon with each transport (see :func:`shared_each_transport`), its fake reset."""
+    return shared_each_transport
 
 
 def test_images_and_text_through_generate(daemon, fake):
@@ -237,9 +286,11 @@ def test_several_clips_give_one_transcript_with_shifted_word_times(daemon, fake)
 
 @pytest.mark.parametrize(("status", "code"), [(500, grpc.StatusCode.UNAVAILABLE),
                                               (400, grpc.StatusCode.INVALID_ARGUMENT)])
-def test_a_failing_later_clip_still_reports_the_usage_of_those_transcribed(daemon, fake, status, code, tmp_path):
+def test_a_failing_later_clip_still_reports_the_usage_of_those_transcribed(start_daemon, fake, status, code,
+                                                                           tmp_path):
     """Clip 1 was transcribed (and billed) when clip 2 failed: the stream carries its transcript and usage
     before the error, and the statistics keep it as a failed step."""
+    daemon = start(start_daemon, fake)  # its own: it reads the statistics
     fake.fail_files["b.wav"] = status
     stream = daemon.stub.StreamGenerate(pb.StreamGenerateRequest(request=ask(
         audio_part(wav_bytes(), "a.wav"), audio_part(wav_bytes(), "b.wav"), audio_part(wav_bytes(), "c.wav"))),
@@ -302,9 +353,10 @@ def test_audio_as_chat_input(daemon, fake):
 
 
 
-def test_cached_prompt_tokens_of_a_session_are_billed_at_the_cached_rate(daemon, fake, tmp_path):
+def test_cached_prompt_tokens_of_a_session_are_billed_at_the_cached_rate(start_daemon, fake, tmp_path):
     """A session re-sends its history, which OpenAI serves from its prompt cache: prompt_tokens include
     cached_tokens, billed at half the input price (gpt-4o: 1.25 instead of 2.50 USD/Mtok)."""
+    daemon = start(start_daemon, fake)  # its own: it reads the statistics
     daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("Read this long contract."), session="s-c")),
                          timeout=30)
     fake.usage = {"prompt_tokens": 100_000, "completion_tokens": 500, "total_tokens": 100_500,
@@ -338,6 +390,7 @@ def test_gpt_transcribe_of_a_clip_of_unknown_length_keeps_its_tokens_and_warns(d
                                   filename="call.mp3"))
     request = ask(clip, task=pb.TASK_TRANSCRIBE)
     request.hints.CopyFrom(pb.RoutingHints(provider="openai", model="gpt-transcribe"))
+    logged_before = len(daemon.logs())  # the daemon is shared: only this call's lines count
     answer = daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer
 
     assert answer.route.model == "gpt-transcribe" and answer.transcript.text == WHISPER_TEXT
@@ -345,7 +398,8 @@ def test_gpt_transcribe_of_a_clip_of_unknown_length_keeps_its_tokens_and_warns(d
     usage = answer.usage
     assert (usage.input_tokens, usage.audio_input_tokens, usage.output_tokens) == (40, 40, 8)
     assert (usage.audio_seconds, usage.cost_usd) == (0.0, 0.0)
-    assert "'call.mp3' is unknown" in daemon.logs() and "lower bound" in daemon.logs()
+    logs = daemon.logs()[logged_before:]
+    assert "'call.mp3' is unknown" in logs and "lower bound" in logs
 
 
 ERRORS = [
@@ -358,8 +412,10 @@ ERRORS = [
 ]
 
 
-def test_http_errors_map_to_grpc_statuses(each_transport, fake):
-    daemon = each_transport
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_http_errors_map_to_grpc_statuses(start_daemon, fake, transport):
+    # its own daemon: a 429 and a 503 with Retry-After cool gpt-4o down
+    daemon = start(start_daemon, fake, transport=transport)
     for status, headers, code, reason in ERRORS:
         fake.fail_next(status, error_body(f"upstream failure {status}"), headers)
         with pytest.raises(grpc.RpcError) as info:
@@ -373,8 +429,9 @@ def test_http_errors_map_to_grpc_statuses(each_transport, fake):
     assert len(fake.chat_requests()) == len(ERRORS)  # one call each: no SDK retries
 
 
-def test_a_retry_after_given_as_an_http_date_is_passed_on(daemon, fake):
+def test_a_retry_after_given_as_an_http_date_is_passed_on(start_daemon, fake):
     """RFC 9110 allows an HTTP date as well as seconds; it was dropped."""
+    daemon = start(start_daemon, fake)  # its own: a 503 with Retry-After cools gpt-4o
     when = email.utils.formatdate(time.time() + 120, usegmt=True)
     fake.fail_next(503, error_body("overloaded"), {"Retry-After": when})
     with pytest.raises(grpc.RpcError) as info:
@@ -384,7 +441,8 @@ def test_a_retry_after_given_as_an_http_date_is_passed_on(daemon, fake):
 
 
 @pytest.mark.parametrize("retry_after", ["99999999999999999999", "inf", "1e400"])
-def test_an_absurd_retry_after_is_cut_to_a_day_not_a_crash(daemon, fake, retry_after):
+def test_an_absurd_retry_after_is_cut_to_a_day_not_a_crash(start_daemon, fake, retry_after):
+    daemon = start(start_daemon, fake)  # its own: a 429 cools gpt-4o
     fake.fail_next(429, error_body("slow down"), {"Retry-After": retry_after})
     with pytest.raises(grpc.RpcError) as info:
         daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
@@ -392,7 +450,8 @@ def test_an_absurd_retry_after_is_cut_to_a_day_not_a_crash(daemon, fake, retry_a
     assert error_details(info.value).retry_delay == 86_400
 
 
-def test_transcription_errors_are_mapped_too(daemon, fake):
+def test_transcription_errors_are_mapped_too(start_daemon, fake):
+    daemon = start(start_daemon, fake)  # its own: a 429 cools whisper-1
     fake.fail_next(429, error_body("Rate limit reached for whisper-1"), {"Retry-After": "3"})
     with pytest.raises(grpc.RpcError) as info:
         daemon.stub.Generate(pb.GenerateRequest(request=ask(audio_part(wav_bytes()))), timeout=30)
@@ -420,16 +479,17 @@ def test_bad_key_is_failed_precondition_and_never_leaks(start_daemon, fake):
 
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
-def test_upstream_timeout_is_unavailable(start_daemon, fake, transport):
-    daemon = start(start_daemon, fake, timeout=0.5, transport=transport)
-    fake.chunk_delay = 3.0
+def test_upstream_timeout_is_unavailable(start_daemon, own_fake, transport):
+    daemon = start(start_daemon, own_fake, timeout=0.5, transport=transport)
+    own_fake.chunk_delay = 3.0
     with pytest.raises(grpc.RpcError) as info:
         daemon.stub.Generate(pb.GenerateRequest(request=text_request("hi")), timeout=30)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_details(info.value).reason == "PROVIDER_UNAVAILABLE" and "timed out" in info.value.details()
 
 
-def test_providers_list_shows_the_catalogue(daemon):
+def test_providers_list_shows_the_catalogue(start_daemon, fake):
+    daemon = start(start_daemon, fake)  # its own: it reads ListProviders
     providers = providers_by_name(daemon.stub)
     openai = providers["openai"]
     assert openai.state == pb.PROVIDER_STATE_READY
@@ -506,10 +566,10 @@ default: openai/gpt-4o
 def test_a_stream_cut_before_any_text_falls_back(start_daemon, fake):
     """The server dies before answering and its body just ends (delimited by connection close): no
     [DONE], so the call failed and the fallback answers, not an empty Done with 0 tokens."""
-    config = CONFIG.format(url=fake.base_url, timeout=10, transport="").replace(
+    sturdy = config(fake).replace(
         "default: openai/gpt-4o", "  - name: sturdy\n    match: {tags: [sturdy]}\n    use: openai/gpt-4o\n"
                                   "    fallback: [openai/gpt-4o-mini]\ndefault: openai/gpt-4o")
-    daemon = start_daemon(config, env={"OPENAI_TEST_KEY": API_KEY})
+    daemon = start_daemon(sturdy, env={"OPENAI_TEST_KEY": API_KEY})
     fake.truncate_next(1, close=True)  # the role chunk only
     answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(text_part("hi"), tags=("sturdy",))),
                                   timeout=30).answer
@@ -567,9 +627,10 @@ def test_a_server_that_ends_with_the_finish_reason_and_no_done_answers_whole(dae
 def test_audio_chat_to_gpt_audio_mini_through_the_daemon(start_daemon, fake):
     """gpt-audio-mini replaces the shut-down gpt-4o-mini-audio-preview: routed, sent and priced (0.60 / 2.40
     per Mtok of text, 10 of audio input)."""
-    config = CONFIG.replace("openai/gpt-audio\n", "openai/gpt-audio-mini\n")
-    assert config != CONFIG
-    daemon = start_daemon(config.format(url=fake.base_url, timeout=10, transport=""), env={"OPENAI_TEST_KEY": API_KEY})
+    mini = CONFIG.replace("openai/gpt-audio\n", "openai/gpt-audio-mini\n")
+    assert mini != CONFIG
+    daemon = start_daemon(mini.format(url=fake.base_url, timeout=10, transport=""),
+                          env={"OPENAI_TEST_KEY": API_KEY})
     fake.usage = {"prompt_tokens": 1000, "completion_tokens": 20, "total_tokens": 1020,
                   "prompt_tokens_details": {"audio_tokens": 800, "cached_tokens": 0}}
     answer = daemon.stub.Generate(pb.GenerateRequest(request=ask(

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from conftest import launch_daemon
 from grpc_helpers import providers_by_name, text_request
 from media_factory import png
 from mmrouter.v1 import router_pb2 as pb
-from test_hybrid import ALL_KEYS
+from test_hybrid import ALL_KEYS, cloud_fakes, resetter
 from test_quota_errors_s22 import CONFIG, failure, google_error
 
 from tests.fakes.anthropic import error_body as anthropic_error
@@ -35,11 +37,42 @@ BAD_REQUEST = (grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_BAD_REQUEST")
 COULD_NOT_PROCESS = "messages.0.content.0.image.source.base64: Could not process image"
 
 
+def config(fakes) -> str:
+    return CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
+                         gemini=fakes["gemini"].url, assemblyai=fakes["assemblyai"].url)
+
+
+@pytest.fixture(scope="module")
+def shared_fakes() -> Iterator[tuple[dict, Callable[[], None]]]:
+    """The cloud fakes of the module's shared daemon, and the function resetting them (see ``resetter``)."""
+    with cloud_fakes() as servers:
+        yield servers, resetter(servers)
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(shared_fakes, plugin_sites, tmp_path_factory):
+    """One daemon of test_quota_errors_s22's CONFIG, shared by the module's tests: each makes a provider fail
+    with a code, or answer, and reads that call's error or answer alone; starting one per test (and its SDKs'
+    imports) took minutes of the suite. Tests sharing it must not make a fake answer with a retry delay (a 429,
+    or a 503/529 with Retry-After: a cool-down) or read its health (ListProviders), stats or logs."""
+    servers, _reset = shared_fakes
+    daemon = launch_daemon(config(servers), tmp=tmp_path_factory.mktemp("error-codes"), env=ALL_KEYS, sites=[])
+    yield daemon
+    daemon.stop()
+
+
 @pytest.fixture
-def daemon(start_daemon, fakes):
-    return start_daemon(CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
-                                      gemini=fakes["gemini"].url, assemblyai=fakes["assemblyai"].url),
-                        env=ALL_KEYS, plugins=())
+def fakes(shared_fakes) -> dict:
+    """The shared daemon's fakes, reset to how they started."""
+    servers, reset = shared_fakes
+    reset()
+    return servers
+
+
+@pytest.fixture
+def daemon(shared_daemon, fakes):
+    """The module's shared daemon (its fakes reset)."""
+    return shared_daemon
 
 
 def ask(tag: str, *media: pb.Media) -> pb.MultimodalRequest:
@@ -132,8 +165,10 @@ def test_geminis_reason_or_status_is_the_code(daemon, fakes) -> None:
     assert provider_ids(details.metadata) == {"provider_error_code": "API_KEY_INVALID"}
 
 
-def test_listproviders_shows_no_provider_code(daemon, fakes) -> None:
-    """The provider's health keeps the reason alone, never a provider's text or code."""
+def test_listproviders_shows_no_provider_code(start_daemon, fakes) -> None:
+    """The provider's health keeps the reason alone, never a provider's text or code. (On its own daemon: it
+    reads the health.)"""
+    daemon = start_daemon(config(fakes), env=ALL_KEYS, plugins=())
     fakes["openai"].fail_next(400, openai_error("Invalid image.", "invalid_request_error", "image_parse_error"))
     failure(daemon, ask("openai"))
     health = providers_by_name(daemon.stub)["openai"].health

@@ -12,6 +12,7 @@ huge or endless body with :meth:`FakeUpstream.huge_error_next`, which counts wha
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import socket
@@ -175,8 +176,23 @@ class Reply:
 HOLD_SECONDS = 20.0
 
 
+def _copies(values: dict[str, Any]) -> dict[str, Any]:
+    """Deep copies of ``values``, leaving out those that cannot be copied (a lock, an event)."""
+    copies = {}
+    for name, value in values.items():
+        try:
+            copies[name] = copy.deepcopy(value)
+        except TypeError:
+            continue
+    return copies
+
+
 class FakeUpstream:
     """Base of the fake provider servers. Use as a context manager or call start()/stop()."""
+
+    #: What :meth:`reset` never touches: what serves requests (a subclass adds its own, such as a counter that
+    #: must go on counting).
+    SERVING: frozenset[str] = frozenset({"_server", "_thread", "_lock", "huge_done", "_as_started"})
 
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
@@ -285,9 +301,21 @@ class FakeUpstream:
             return self._truncations.pop(0) if self._truncations else None
 
     def start(self) -> FakeUpstream:
+        self._as_started = _copies({name: value for name, value in vars(self).items() if name not in self.SERVING})
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
+
+    def reset(self, keep: Iterable[str] = ()) -> None:
+        """Put the fake back as it was started, for a fake that a module's tests share: forget what it recorded
+        (``requests``...), the failures and holds queued and whatever a test scripted (``reply_chunks``,
+        ``statuses``...), except the attributes named in ``keep`` (and :data:`SERVING`, and those that cannot be
+        copied: locks and events)."""
+        with self._lock:
+            for name, value in self._as_started.items():
+                if name not in keep:
+                    setattr(self, name, copy.deepcopy(value))
+        self.huge_done.clear()
 
     def stop(self) -> None:
         self._server.shutdown()

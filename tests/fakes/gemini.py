@@ -120,6 +120,9 @@ class FakeGemini(FakeUpstream):
     with :attr:`processing_polls` / :attr:`fail_processing`; inspect :attr:`files` and ``requests``.
     ``truncate_next`` cuts a stream short (its body ends cleanly, without the chunk with the finishReason)."""
 
+    #: File names go on counting across a :meth:`reset`: a daemon may still name a file it uploaded before.
+    SERVING = FakeUpstream.SERVING | {"_ids", "_files_lock"}
+
     def __init__(self, api_key: str = "test-key") -> None:
         super().__init__()
         self.api_key = api_key
