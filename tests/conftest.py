@@ -148,6 +148,40 @@ def fakes():
         yield servers
 
 
+@pytest.fixture(scope="module")
+def shared_fakes():
+    """The four cloud providers' fakes for a module whose tests share a daemon, and the function that puts them
+    back as they were started (``test_hybrid.resetter``), for each test to call: ``(fakes, reset)``."""
+    from test_hybrid import cloud_fakes, resetter
+
+    with cloud_fakes() as servers:
+        yield servers, resetter(servers)
+
+
+@pytest.fixture(scope="module")
+def shared_cloud_daemon(shared_fakes, tmp_path_factory) -> Iterator[Daemon]:
+    """One daemon of the embedded config on :func:`shared_fakes`, with every key (``test_hybrid.config_for``,
+    ``ALL_KEYS``), for a module's tests that only need that: starting one per test (and importing its SDKs) took
+    minutes of the suite. Tests sharing it (through :func:`shared`) must not make a fake answer with a retry delay
+    (a 429, or a 503/529 with Retry-After: a cool-down), read its health, stats or logs, use another test's
+    session id, depend on what its media store holds, or bridge media another test sends (bridged texts are kept
+    by content: such a test sends bytes of its own)."""
+    from test_hybrid import ALL_KEYS, config_for
+
+    servers, _reset = shared_fakes
+    daemon = launch_daemon(config_for(servers), tmp=tmp_path_factory.mktemp("shared"), env=ALL_KEYS, sites=[])
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def shared(shared_cloud_daemon, shared_fakes) -> tuple[Daemon, dict]:
+    """The module's :func:`shared_cloud_daemon` and its fakes, reset as they were started: ``(daemon, fakes)``."""
+    servers, reset = shared_fakes
+    reset()
+    return shared_cloud_daemon, servers
+
+
 @pytest.fixture
 def upstreams():
     """The fake OpenAI and Anthropic servers, started (for a primary and its fallback)."""

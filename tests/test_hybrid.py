@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from conftest import launch_daemon
 from grpc_helpers import error_details, text_request
 from media_factory import mp4, pdf, png, wav
 from mmrouter.v1 import router_pb2 as pb
@@ -112,34 +111,6 @@ KINDS = {
 
 def generate(daemon, request: pb.MultimodalRequest) -> pb.Answer:
     return daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=60).answer
-
-
-@pytest.fixture(scope="module")
-def shared_fakes() -> Iterator[tuple[dict, Callable[[], None]]]:
-    """The cloud fakes of the module's shared daemon, and the function resetting them (see :func:`resetter`)."""
-    with cloud_fakes() as servers:
-        yield servers, resetter(servers)
-
-
-@pytest.fixture(scope="module")
-def shared_daemon(shared_fakes, plugin_sites, tmp_path_factory):
-    """One daemon of the embedded config with every key (``config_for``, ``ALL_KEYS``), shared by the module's
-    tests that only need that: starting one per test (and its SDKs' imports) took minutes of the suite.
-    Tests sharing it must not make a fake answer with a retry delay (a 429, or a 503/529 with Retry-After:
-    a cool-down), read its health, stats or logs, use another test's session id, or bridge media another
-    test sends (bridged texts are kept by content: such a test sends its own bytes)."""
-    servers, _reset = shared_fakes
-    daemon = launch_daemon(config_for(servers), tmp=tmp_path_factory.mktemp("hybrid"), env=ALL_KEYS, sites=[])
-    yield daemon
-    daemon.stop()
-
-
-@pytest.fixture
-def shared(shared_daemon, shared_fakes) -> tuple:
-    """The module's shared daemon and its fakes, reset to how they started: ``(daemon, fakes)``."""
-    servers, reset = shared_fakes
-    reset()
-    return shared_daemon, servers
 
 
 def own_audio(seconds: float) -> pb.Media:

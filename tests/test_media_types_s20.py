@@ -11,50 +11,19 @@ import hashlib
 import io
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from conftest import launch_daemon
 from grpc_helpers import error_details, text_request
 from media_factory import mp4, pdf, png
 from mmrouter.v1 import router_pb2 as pb
-from test_hybrid import ALL_KEYS, cloud_fakes, config_for, resetter
+from test_hybrid import ALL_KEYS, config_for
 
 from router.sniff import measure_media
 from router.types import Modality
 
 PDF = pdf(["Page one: the parties agree", "Page two: termination clause 30 days"])
 STREAM_PATH = "/v1beta/models/gemini-2.5-pro:streamGenerateContent"
-
-
-@pytest.fixture(scope="module")
-def shared_fakes() -> Iterator[tuple[dict, Callable[[], None]]]:
-    """The cloud fakes of the module's shared daemon, and the function resetting them (see ``resetter``)."""
-    with cloud_fakes() as servers:
-        yield servers, resetter(servers)
-
-
-@pytest.fixture(scope="module")
-def shared_daemon(shared_fakes, plugin_sites, tmp_path_factory):
-    """One daemon of the embedded config with every key (``config_for``, ``ALL_KEYS``), shared by the module's
-    tests that send inline media (or uploads of their own bytes) and read only their calls' answers, errors
-    and what the fakes received: starting one per test (and its SDKs' imports) took minutes of the suite.
-    Tests sharing it must not read or depend on what its media store holds (an upload of bytes another test
-    stores), its sessions, health, stats or logs, nor make a fake answer with a retry delay (a cool-down)."""
-    servers, _reset = shared_fakes
-    daemon = launch_daemon(config_for(servers), tmp=tmp_path_factory.mktemp("media-types"), env=ALL_KEYS,
-                           sites=[])
-    yield daemon
-    daemon.stop()
-
-
-@pytest.fixture
-def shared(shared_daemon, shared_fakes) -> tuple:
-    """The module's shared daemon and its fakes, reset to how they started: ``(daemon, fakes)``."""
-    servers, reset = shared_fakes
-    reset()
-    return shared_daemon, servers
 
 
 def generate(daemon, request: pb.MultimodalRequest) -> pb.Answer:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -26,7 +25,7 @@ from conftest import launch_daemon
 from grpc_helpers import providers_by_name, text_request
 from media_factory import png
 from mmrouter.v1 import router_pb2 as pb
-from test_hybrid import ALL_KEYS, cloud_fakes, resetter
+from test_hybrid import ALL_KEYS
 from test_quota_errors_s22 import CONFIG, failure, google_error
 
 from tests.fakes.anthropic import error_body as anthropic_error
@@ -40,13 +39,6 @@ COULD_NOT_PROCESS = "messages.0.content.0.image.source.base64: Could not process
 def config(fakes) -> str:
     return CONFIG.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
                          gemini=fakes["gemini"].url, assemblyai=fakes["assemblyai"].url)
-
-
-@pytest.fixture(scope="module")
-def shared_fakes() -> Iterator[tuple[dict, Callable[[], None]]]:
-    """The cloud fakes of the module's shared daemon, and the function resetting them (see ``resetter``)."""
-    with cloud_fakes() as servers:
-        yield servers, resetter(servers)
 
 
 @pytest.fixture(scope="module")
