@@ -12,15 +12,16 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+# numpy is imported at start-up, not where images are read: its OpenBLAS, first loaded under an address-space
+# limit (ulimit -v, LimitAS) with little room left, exits or raises SIGINT in the daemon ("Memory allocation still
+# failed after 10 retries"), which no Python code can catch; loaded at start, it has its room (test_local_memory_limits)
+import numpy as np
 
 from router.errors import ProviderUnavailable
 
 from .memory import OutOfMemory, ensure_address_space, memory_cause, one_line, raise_if_out_of_memory
 from .pool import raise_if_cancelled
-
-if TYPE_CHECKING:  # numpy is imported where images are read: the daemon starts without it (~0.15 s)
-    import numpy as np
 
 #: The most pixels an image or a video frame may have for OCR: decoding takes several bytes a pixel,
 #: and RapidOCR shrinks it to 2,000 px on its longer side anyway (a 700 KB PNG can declare 13,300 x 13,300
@@ -222,7 +223,6 @@ def to_bgr(image) -> np.ndarray:
     """A Pillow image as the BGR uint8 array OCR takes (alpha flattened onto white). A 16-bit, 32-bit or
     float image is stretched to 8 bits as the router converts it (``convert`` clipped a 16-bit scan to
     white); one with pixels that are not numbers raises ``ValueError``."""
-    import numpy as np
     from PIL import Image
 
     from router.convert import eight_bits
@@ -321,8 +321,6 @@ def _padded(bgr: np.ndarray) -> np.ndarray:
     below, right = max(0, MIN_TILE_SIDE - height), max(0, MIN_TILE_SIDE - width)
     if not below and not right:
         return bgr
-    import numpy as np
-
     return np.pad(bgr, ((0, below), (0, right), (0, 0)), constant_values=255)
 
 

@@ -6,14 +6,12 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .audio import DecodeError, check_decoder, check_frame_size, open_container
 from .ocr import MAX_OCR_PIXELS
 from .pool import raise_if_cancelled
-
-if TYPE_CHECKING:  # only for annotations: the daemon starts without numpy (see ocr.py)
-    import numpy as np
 
 #: Sampled frames are scaled down so their longer side is at most this (aspect ratio kept): OCR reads
 #: text on a 1920 px frame as well as on a 4K one, and an 8K frame would take 100 MB as BGR.
