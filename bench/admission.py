@@ -38,11 +38,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mmrouter.v1 import router_pb2 as pb
-from mmrouter.v1 import router_pb2_grpc
 from PIL import Image
-from run import BENCH, CLIENT_CORE, PY, SERVER_CORE, Proc, reset_peak, spawn, status_mib
+from run import BENCH, CLIENT_CORE, PY, SERVER_CORE, Proc, beside_health_checks, reset_peak, spawn, status_mib
 
 OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
            ("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
@@ -153,36 +151,21 @@ async def bigconv(opt: argparse.Namespace, workdir: Path) -> None:
                     for i in range(opt.messages - 1)]
         messages.append(pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="last?")]))
         request = pb.GenerateRequest(request=pb.MultimodalRequest(messages=messages))
-        async with grpc.aio.insecure_channel(router.address, options=OPTIONS) as calls, \
-                grpc.aio.insecure_channel(router.address) as probes:
-            stub, health = router_pb2_grpc.RouterServiceStub(calls), health_pb2_grpc.HealthStub(probes)
-            await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
-            latencies: list[float] = []
-            done = asyncio.Event()
 
-            async def probe() -> None:
-                while not done.is_set():
-                    sent = time.perf_counter()
-                    await health.Check(health_pb2.HealthCheckRequest(), timeout=30)
-                    latencies.append((time.perf_counter() - sent) * 1000)
-                    await asyncio.sleep(0.02)
+        async def one(stub) -> tuple[float, str]:
+            sent = time.perf_counter()
+            try:
+                await stub.Generate(request, timeout=120)
+                outcome = "OK"
+            except grpc.aio.AioRpcError as exc:
+                outcome = reason_of(exc)
+            return time.perf_counter() - sent, outcome
 
-            async def one() -> tuple[float, str]:
-                sent = time.perf_counter()
-                try:
-                    await stub.Generate(request, timeout=120)
-                    outcome = "OK"
-                except grpc.aio.AioRpcError as exc:
-                    outcome = reason_of(exc)
-                return time.perf_counter() - sent, outcome
+        async def calls(stub) -> list[tuple[float, str]]:
+            return await asyncio.gather(*(one(stub) for _ in range(opt.at_once)))
 
-            prober = asyncio.create_task(probe())
-            await asyncio.sleep(0.5)
-            idle = len(latencies)
-            results = await asyncio.gather(*(one() for _ in range(opt.at_once)))
-            done.set()
-            await prober
-        during = sorted(latencies[idle:])
+        results, latencies = await beside_health_checks(router.address, OPTIONS, calls, settle=0.5)
+        during = sorted(latency * 1000 for latency in latencies)
         print(f"bigconv: {opt.at_once} calls at once of {opt.messages} messages ({request.ByteSize() / 1e6:.1f} MB each)")
         print(f"  calls took (s): {', '.join(f'{s:.2f} {o}' for s, o in results)}")
         if during:

@@ -31,10 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mmrouter.v1 import router_pb2 as pb
-from mmrouter.v1 import router_pb2_grpc
-from run import PY, SERVER_CORE, spawn
+from run import PY, SERVER_CORE, beside_health_checks, spawn
 
 from tests.fakes.assemblyai import FakeAssemblyAI
 from tests.media_factory import wav
@@ -61,33 +59,19 @@ async def measure(address: str, at_once: int) -> None:
     request = pb.GenerateRequest(request=pb.MultimodalRequest(
         messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.Part(media=media)])],
         options=pb.Options(task=pb.TASK_TRANSCRIBE, diarization=True)))
-    async with grpc.aio.insecure_channel(address, options=OPTIONS) as calls, \
-            grpc.aio.insecure_channel(address) as probes:
-        stub, health = router_pb2_grpc.RouterServiceStub(calls), health_pb2_grpc.HealthStub(probes)
-        await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
-        latencies: list[float] = []
-        done = asyncio.Event()
+    async def one(stub) -> tuple[float, str]:
+        sent = time.perf_counter()
+        try:
+            answer = (await stub.Generate(request, timeout=120)).answer
+            outcome = f"{len(answer.transcript.words)} words"
+        except grpc.aio.AioRpcError as exc:
+            outcome = exc.code().name
+        return time.perf_counter() - sent, outcome
 
-        async def probe() -> None:
-            while not done.is_set():
-                sent = time.perf_counter()
-                await health.Check(health_pb2.HealthCheckRequest(), timeout=60)
-                latencies.append(time.perf_counter() - sent)
-                await asyncio.sleep(0.02)
+    async def calls(stub) -> list[tuple[float, str]]:
+        return await asyncio.gather(*(one(stub) for _ in range(at_once)))
 
-        async def one() -> tuple[float, str]:
-            sent = time.perf_counter()
-            try:
-                answer = (await stub.Generate(request, timeout=120)).answer
-                outcome = f"{len(answer.transcript.words)} words"
-            except grpc.aio.AioRpcError as exc:
-                outcome = exc.code().name
-            return time.perf_counter() - sent, outcome
-
-        prober = asyncio.create_task(probe())
-        results = await asyncio.gather(*(one() for _ in range(at_once)))
-        done.set()
-        await prober
+    results, latencies = await beside_health_checks(address, OPTIONS, calls)
     print(f"{at_once} call(s) at once: took (s) {', '.join(f'{s:.2f}' for s, _ in results)}; "
           f"{sorted({o for _, o in results})}")
     if latencies:

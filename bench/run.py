@@ -515,6 +515,35 @@ async def health_serving(address: str, deadline: float) -> None:
     raise TimeoutError("health never SERVING")
 
 
+async def beside_health_checks(address: str, options: list, work, settle: float = 0.0):
+    """Run ``await work(stub)`` (a RouterService stub on its own channel, with ``options``) while health checks
+    are sent one after another, 20 ms apart, on another channel; returns its result and the health checks'
+    latencies (seconds) of those sent after ``settle`` seconds of probing an idle daemon."""
+    async with grpc.aio.insecure_channel(address, options=options) as calls, \
+            grpc.aio.insecure_channel(address) as probes:
+        health = health_pb2_grpc.HealthStub(probes)
+        await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        latencies: list[float] = []
+        done = asyncio.Event()
+
+        async def probe() -> None:
+            while not done.is_set():
+                sent = time.perf_counter()
+                await health.Check(health_pb2.HealthCheckRequest(), timeout=60)
+                latencies.append(time.perf_counter() - sent)
+                await asyncio.sleep(0.02)
+
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(settle)
+        idle = len(latencies)
+        try:
+            result = await work(router_pb2_grpc.RouterServiceStub(calls))
+        finally:
+            done.set()
+            await prober
+    return result, latencies[idle:]
+
+
 async def section_startup(opt, res: Results, workdir: Path, upstream_port: int) -> None:
     eps = sorted(e.name for e in entry_points(group="mmrouter"))
     missing = sorted({"openai", "anthropic", "gemini", "assemblyai", "local"} - set(eps))
