@@ -20,10 +20,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 from mmrouter.v1 import router_pb2_grpc
+
+if TYPE_CHECKING:
+    from tests.fakes.base import FakeUpstream
 
 TESTKIT = Path(__file__).parent / "testkit"
 sys.path.insert(0, str(TESTKIT))  # the test-only plugins import in-process too (contract tests)
@@ -146,6 +150,31 @@ def fakes():
 
     with cloud_fakes() as servers:
         yield servers
+
+
+def fake_fixtures(make: Callable[[], FakeUpstream]):
+    """The fixtures of one provider's fake for a module whose tests share it (and a daemon calling it):
+    ``shared_fake`` (module-scoped, started by ``make()``), ``fake`` (the same, reset as it was started before each
+    test: nothing recorded or queued, no answer scripted by an earlier test) and ``own_fake`` (one of the test's own,
+    for a test whose fake still answers after it ended, late, past the daemon's timeout: the shared one would serve
+    that answer with a later test's script). Use: ``shared_fake, fake, own_fake = fake_fixtures(FakeOpenAI)``."""
+
+    @pytest.fixture(scope="module", name="shared_fake")
+    def shared_fake() -> Iterator[FakeUpstream]:
+        with make() as upstream:
+            yield upstream
+
+    @pytest.fixture(name="fake")
+    def fake(shared_fake: FakeUpstream) -> FakeUpstream:
+        shared_fake.reset()
+        return shared_fake
+
+    @pytest.fixture(name="own_fake")
+    def own_fake() -> Iterator[FakeUpstream]:
+        with make() as upstream:
+            yield upstream
+
+    return shared_fake, fake, own_fake
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import io
 
 import grpc
 import pytest
-from conftest import launch_daemon
+from conftest import fake_fixtures, launch_daemon
 from grpc_helpers import (
     assert_instance_listed,
     error_details,
@@ -89,31 +89,14 @@ def ask(*parts: pb.Part, system: str = "", tags: tuple[str, ...] = (), session: 
                                 hints=pb.RoutingHints(tags=list(tags)), session_id=session)
 
 
-@pytest.fixture(scope="module")
-def shared_fake():
-    """One fake Anthropic API for the module, and what resets it (see ``fake``)."""
+def started_fake() -> FakeAnthropic:
+    """A fake Anthropic API counting 1500 tokens in and 80 out (set before it starts: what reset() goes back to)."""
     upstream = FakeAnthropic()
-    upstream.input_tokens, upstream.output_tokens = 1500, 80  # before it starts: what reset() goes back to
-    with upstream:
-        yield upstream, upstream.reset
-
-
-@pytest.fixture
-def fake(shared_fake) -> FakeAnthropic:
-    """The module's fake Anthropic API as new (1500 tokens in, 80 out): nothing recorded or queued, no answer
-    scripted by an earlier test."""
-    upstream, reset = shared_fake
-    reset()
+    upstream.input_tokens, upstream.output_tokens = 1500, 80
     return upstream
 
 
-@pytest.fixture
-def own_fake():
-    """A fake Anthropic API of the test's own (as ``fake``), for a test whose fake still answers after it
-    ended (late, past the daemon's timeout): the module's fake would give that answer a later test's cut."""
-    with FakeAnthropic() as upstream:
-        upstream.input_tokens, upstream.output_tokens = 1500, 80
-        yield upstream
+shared_fake, fake, own_fake = fake_fixtures(started_fake)
 
 
 def start(start_daemon, fake: FakeAnthropic, *, key: str = API_KEY, timeout: float = 10):
@@ -129,7 +112,7 @@ def shared_daemon(shared_fake, plugin_sites, tmp_path_factory):
     A test sharing it must not make the fake answer 429, or 529/503 with Retry-After (the target would
     cool down for 60 s), read the statistics, ListProviders or the log, or need another config or key; it
     uses a session id no other test uses (a session's history and its history cuts are the session's own)."""
-    daemon = launch_daemon(CONFIG.format(url=shared_fake[0].url, timeout=10),
+    daemon = launch_daemon(CONFIG.format(url=shared_fake.url, timeout=10),
                            tmp=tmp_path_factory.mktemp("anthropic-e2e"),
                            env={"ANTHROPIC_TEST_KEY": API_KEY}, sites=[plugin_sites["testkit"]])
     yield daemon

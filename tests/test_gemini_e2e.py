@@ -14,7 +14,7 @@ import wave
 
 import grpc
 import pytest
-from conftest import launch_daemon
+from conftest import fake_fixtures, launch_daemon
 from grpc_helpers import assert_instance_listed, error_details, instance_config
 from mmrouter.v1 import router_pb2 as pb
 
@@ -84,20 +84,7 @@ def ask(*parts: pb.Part) -> pb.MultimodalRequest:
                                 options=pb.Options(task=pb.TASK_CHAT))
 
 
-@pytest.fixture(scope="module")
-def shared_fake():
-    """One fake Gemini API for the module, and what resets it (see ``fake``)."""
-    with FakeGemini(api_key=KEY) as upstream:
-        yield upstream, upstream.reset
-
-
-@pytest.fixture
-def fake(shared_fake) -> FakeGemini:
-    """The module's fake Gemini API as new: no file, nothing recorded or queued, no answer scripted by an
-    earlier test."""
-    upstream, reset = shared_fake
-    reset()
-    return upstream
+shared_fake, fake, _ = fake_fixtures(lambda: FakeGemini(api_key=KEY))
 
 
 def start(start_daemon, fake: FakeGemini):
@@ -113,7 +100,7 @@ def shared_daemon(shared_fake, plugin_sites, tmp_path_factory):
     A test sharing it must not make the fake answer 429, or 503 with Retry-After (the target would cool
     down for 60 s), read the statistics, ListProviders or the log, or need another config or key; it uses a
     session id and media no other test uses (the daemon remembers the files it uploaded)."""
-    daemon = launch_daemon(CONFIG.format(url=shared_fake[0].url), tmp=tmp_path_factory.mktemp("gemini-e2e"),
+    daemon = launch_daemon(CONFIG.format(url=shared_fake.url), tmp=tmp_path_factory.mktemp("gemini-e2e"),
                            env={"GEMINI_TEST_KEY": KEY}, sites=[plugin_sites["testkit"]])
     yield daemon
     daemon.stop()

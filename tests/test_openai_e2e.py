@@ -16,7 +16,7 @@ import wave
 
 import grpc
 import pytest
-from conftest import launch_daemon
+from conftest import fake_fixtures, launch_daemon
 from grpc_helpers import error_details, everything_said, providers_by_name, text_request
 from mmrouter.v1 import router_pb2 as pb
 from PIL import Image
@@ -88,27 +88,7 @@ def ask(*parts: pb.Part, task: int = pb.TASK_AUTO, tags: tuple[str, ...] = (), s
                                 hints=pb.RoutingHints(tags=list(tags)), session_id=session)
 
 
-@pytest.fixture(scope="module")
-def shared_fake():
-    """One fake OpenAI for the module, and what resets it (see ``fake``)."""
-    with FakeOpenAI() as upstream:
-        yield upstream, upstream.reset
-
-
-@pytest.fixture
-def fake(shared_fake) -> FakeOpenAI:
-    """The module's fake OpenAI as new: nothing recorded or queued, no answer scripted by an earlier test."""
-    upstream, reset = shared_fake
-    reset()
-    return upstream
-
-
-@pytest.fixture
-def own_fake():
-    """A fake OpenAI of the test's own (as ``fake``), for a test whose fake still answers after it ended
-    (slowly, past the daemon's timeout): the module's fake would serve it with a later test's script."""
-    with FakeOpenAI() as upstream:
-        yield upstream
+shared_fake, fake, own_fake = fake_fixtures(FakeOpenAI)
 
 
 def config(fake: FakeOpenAI, *, timeout: float = 10, transport: str = "") -> str:
@@ -129,7 +109,7 @@ def shared_daemon(shared_fake, plugin_sites, tmp_path_factory):
     A test sharing it must not make the fake answer 429, or 503 with Retry-After (the target would cool
     down for 60 s), read the statistics, ListProviders or log lines not of its own call, or need another
     config or key; it uses a session id and media no other test uses. Such tests start their own daemon."""
-    daemon = launch_daemon(config(shared_fake[0]), tmp=tmp_path_factory.mktemp("openai-e2e"),
+    daemon = launch_daemon(config(shared_fake), tmp=tmp_path_factory.mktemp("openai-e2e"),
                            env={"OPENAI_TEST_KEY": API_KEY}, sites=[plugin_sites["testkit"]])
     yield daemon
     daemon.stop()
@@ -145,7 +125,7 @@ def daemon(shared_daemon, fake):
 def shared_each_transport(request, shared_fake, plugin_sites, tmp_path_factory):
     """A daemon with each of the SDK transports the plugin offers (aiohttp is the default), shared by the
     module's tests on the same terms as :func:`shared_daemon`."""
-    daemon = launch_daemon(config(shared_fake[0], transport=request.param), env={"OPENAI_TEST_KEY": API_KEY},
+    daemon = launch_daemon(config(shared_fake, transport=request.param), env={"OPENAI_TEST_KEY": API_KEY},
                            tmp=tmp_path_factory.mktemp(f"openai-e2e-{request.param}"),
                            sites=[plugin_sites["testkit"]])
     yield daemon
