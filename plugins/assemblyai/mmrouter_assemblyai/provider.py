@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from router import (
     CallContext,
@@ -53,10 +53,16 @@ DEADLINE_HEADROOM_SECONDS = 0.2
 #: a smaller one (every ``queued`` or ``processing`` answer, a short call's transcript) takes the event loop
 #: a few milliseconds at most, and never waits behind a long transcript's parse.
 OFF_LOOP_PARSE_BYTES = 32 * 1024
+#: A transcript of this many words or more (the same size: about 32 KiB of answer) is converted in a worker
+#: thread too (:meth:`AssemblyAIProvider._off_loop`); a shorter one on the event loop, without a thread's hop.
+OFF_LOOP_WORDS = OFF_LOOP_PARSE_BYTES // 190
+
+T = TypeVar("T")
 
 #: The names of the background tasks: a transcript's delete, and the create of a cancelled call (by request id).
 _DELETE_TASK = "assemblyai-delete-"
 _CREATE_TASK = "assemblyai-create-"
+
 
 class AssemblyAIProvider(Provider):
     """Transcription with speaker diarization through the official ``assemblyai`` SDK's asyncio client.
@@ -136,8 +142,9 @@ class AssemblyAIProvider(Provider):
                 if item.url:  # the SDK's messages (and AssemblyAI's) quote the URL whole
                     errors.hide_media_url(error, item.url)
                 raise
-            # off the event loop: a long transcript's conversion takes tens of milliseconds (see _parse)
-            transcript = await asyncio.to_thread(transcripts.to_transcript, response, item)
+            # a long transcript's conversion takes tens of milliseconds: off the event loop (see _parse)
+            transcript = await self._off_loop(len(response.words or ()) >= OFF_LOOP_WORDS,
+                                              transcripts.to_transcript, response, item)
             yield TranscriptReady(transcript)
             # Priced per audio hour: the router computes the cost from audio_seconds.
             yield UsageReport(Usage(audio_seconds=transcripts.audio_seconds(response, item, transcript.words)))
@@ -258,10 +265,14 @@ class AssemblyAIProvider(Provider):
         loop would stall every other call and the health checks meanwhile. So an answer of
         :data:`OFF_LOOP_PARSE_BYTES` or more is parsed in a worker thread, one at a time (several at once
         would only share the GIL, and starve the event loop's thread of it); a smaller one at once."""
-        if len(answer.content) < OFF_LOOP_PARSE_BYTES:
-            return transcripts.parse_response(answer)
+        return await self._off_loop(len(answer.content) >= OFF_LOOP_PARSE_BYTES, transcripts.parse_response, answer)
+
+    async def _off_loop(self, long: bool, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)``: in a worker thread, one at a time per provider, when ``long``; else at once."""
+        if not long:
+            return work(*args)
         async with self._parsing:
-            return await asyncio.to_thread(transcripts.parse_response, answer)
+            return await asyncio.to_thread(work, *args)
 
     @staticmethod
     def _time_left(ctx: CallContext, headroom: float) -> float | None:
