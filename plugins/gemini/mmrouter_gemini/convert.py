@@ -43,6 +43,10 @@ AUDIO_OF_VIDEO = {"video/mp4": "audio/mp4", "video/quicktime": "audio/mp4", "vid
 #: The user turn put in front of a conversation that starts with the model (Gemini wants a user turn first).
 LEADING_USER_TURN = "(The conversation so far follows.)"
 
+#: How many media of one call are uploaded to the Files API at once (80 photos one after another took minutes:
+#: each upload's round trips and its PROCESSING polls waited for the one before).
+UPLOADS_AT_ONCE = 4
+
 #: Finish reasons meaning Gemini's filters stopped or withheld the answer (google-genai 3.6.1 ``FinishReason``),
 #: reported as ``CONTENT_FILTER`` with the text produced so far, maybe none, as OpenAI's ``content_filter``:
 #: its safety filters (SAFETY, IMAGE_SAFETY), prohibited content (PROHIBITED_CONTENT, IMAGE_PROHIBITED_CONTENT),
@@ -168,23 +172,40 @@ def file_part(uri: str, mime_type: str) -> dict[str, Any]:
     return {"fileData": {"file_uri": uri, "mime_type": mime_type}}
 
 
-async def _media_part(media: Media, inline_left: int, upload: Uploader,
-                      file_uris: set[str]) -> tuple[dict[str, Any], int]:
-    """One media as a part: inline while the budget lasts, else a Files API reference. A text document
-    goes inline without a leading UTF-8 byte order mark (:func:`router.textdoc.without_bom`); the media is
-    sent as :func:`media_mime` says."""
+async def _media_part(media: Media, inline_left: int) -> tuple[dict[str, Any] | None, int]:
+    """One media as a part: inline while the budget lasts (a text document without a leading UTF-8 byte
+    order mark, :func:`router.textdoc.without_bom`), a URL as a reference; None for one to upload (see
+    :func:`_upload_all`). The media is sent as :func:`media_mime` says."""
     mime = media_mime(media)
     if media.url is not None:
         return file_part(media.url, mime), inline_left
     size = media_size(media)
-    if size <= inline_left:
-        data = media.data if media.data is not None else await asyncio.to_thread(media.read_bytes)
-        if mime.startswith("text/"):
-            data = without_bom(data)
-        return inline_part(data, mime), inline_left - size
-    uri, mime_type = await upload(media)
-    file_uris.add(uri)
-    return file_part(uri, mime_type), inline_left
+    if size > inline_left:
+        return None, inline_left
+    data = media.data if media.data is not None else await asyncio.to_thread(media.read_bytes)
+    if mime.startswith("text/"):
+        data = without_bom(data)
+    return inline_part(data, mime), inline_left - size
+
+
+async def _upload_all(pending: list[tuple[dict[str, Any], Media]], upload: Uploader, file_uris: set[str]) -> None:
+    """Upload the media of ``pending`` (:data:`UPLOADS_AT_ONCE` at a time), filling each one's part with its
+    Files API reference. The first failure ends the call: the uploads still under way are cancelled."""
+    slots = asyncio.Semaphore(UPLOADS_AT_ONCE)
+
+    async def one(part: dict[str, Any], media: Media) -> None:
+        async with slots:
+            uri, mime_type = await upload(media)
+        file_uris.add(uri)
+        part.update(file_part(uri, mime_type))
+
+    tasks = [asyncio.ensure_future(one(part, media)) for part, media in pending]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def prepare(request: Request, inline_limit: int, upload: Uploader, provider: str,
@@ -205,20 +226,23 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, provide
     role. Gemini wants turns that alternate between ``user`` and ``model``, so consecutive
     turns of one role are merged into one, and a conversation that would start with the model
     (a trimmed session history) gets a short user turn in front. Media go inline until their
-    total passes ``inline_limit`` bytes, the rest through ``upload``.
+    total passes ``inline_limit`` bytes, the rest through ``upload``, several at once (:data:`UPLOADS_AT_ONCE`).
     """
     check_system_messages(request, provider)
     check_media(request, provider)
     contents: list[dict[str, Any]] = []
     file_uris: set[str] = set()
     inline_left = inline_limit
+    to_upload: list[tuple[dict[str, Any], Media]] = []
     for message in request.messages:
         if message.role is Role.SYSTEM:
             continue
         parts: list[dict[str, Any]] = []
         for part in message.parts:
             if part.media is not None:
-                media_part, inline_left = await _media_part(part.media, inline_left, upload, file_uris)
+                media_part, inline_left = await _media_part(part.media, inline_left)
+                if media_part is None:  # filled in once uploaded
+                    to_upload.append((media_part := {}, part.media))
                 parts.append(media_part)
             elif part.text:
                 parts.append(text_part(part.text))
@@ -230,6 +254,7 @@ async def prepare(request: Request, inline_limit: int, upload: Uploader, provide
                 contents.append({"role": role, "parts": parts})
     if not contents:
         raise ProviderBadRequest(provider, "the request has no user or assistant content to send")
+    await _upload_all(to_upload, upload, file_uris)
     if contents[0]["role"] == "model":
         contents.insert(0, {"role": "user", "parts": [text_part(LEADING_USER_TURN)]})
 
