@@ -303,6 +303,7 @@ async def _convert_images(bridges: list[Bridge], request: Request, route: RouteI
         elif bridge is not None:
             counted[id(media)] = 0
     converted: dict[int, list[Part]] = {}
+    one_page: dict[tuple[str, str], list[Media]] = {}  # (from, to) -> the single-page images converted so
     reused = 0
     while True:
         kept, dropped = trim(request, counted) if trim is not None and request.history_length else (request, 0)
@@ -318,8 +319,11 @@ async def _convert_images(bridges: list[Bridge], request: Request, route: RouteI
             converted[id(media)] = _page_parts(media, pages)
             counted[id(media)] = estimate_tokens([Message(Role.USER, converted[id(media)])])
             reused += before
-            if not before:
+            if not before and pages.total == 1:
+                one_page.setdefault((normalise_mime(media.mime_type), _formats(pages)), []).append(media)
+            elif not before:
                 route.notes.append(_conversion_note(media, pages))
+    route.notes.extend(_conversions_note(images, *formats) for formats, images in one_page.items())
     if reused:
         route.notes.append(f"reused {reused} image(s) converted to another format before")
     if not converted:
@@ -368,13 +372,30 @@ def _page_parts(media: Media, pages: Pages) -> list[Part]:
     return parts
 
 
+#: How many file names a note on several images converted alike names (the rest are counted).
+NAMED_CONVERSIONS = 3
+
+
+def _formats(pages: Pages) -> str:
+    """The formats ``pages`` are in: ``image/png``, ``image/jpeg and image/png``."""
+    return " and ".join(sorted({image.mime_type for image in pages.images}))
+
+
+def _conversions_note(images: list[Media], source: str, formats: str) -> str:
+    """The route's note on single-page ``images`` all converted from ``source`` to ``formats``: one note
+    for a batch (20 BMPs made 20 notes), naming the first :data:`NAMED_CONVERSIONS` named ones."""
+    if len(images) == 1:
+        return f"converted {images[0].filename or 'an image'} from {source} to {formats} for the model"
+    names = [image.filename for image in images if image.filename]
+    shown = ", ".join(names[:NAMED_CONVERSIONS]) + (f" and {len(names) - NAMED_CONVERSIONS} more"
+                                                    if len(names) > NAMED_CONVERSIONS else "")
+    return f"converted {len(images)} images from {source} to {formats} for the model{f' ({shown})' if shown else ''}"
+
+
 def _conversion_note(media: Media, pages: Pages) -> str:
-    """The route's note on the conversion of ``media`` to ``pages``: their formats, and how many pages
-    were converted and left out."""
-    formats = " and ".join(sorted({image.mime_type for image in pages.images}))
-    note = f"converted {media.filename or 'an image'} from {normalise_mime(media.mime_type)} to {formats} for the model"
-    if pages.total == 1:
-        return note
+    """The route's note on the conversion of ``media`` to ``pages`` of several pages: their formats, and how
+    many pages were converted and left out."""
+    note = f"converted {media.filename or 'an image'} from {normalise_mime(media.mime_type)} to {_formats(pages)} for the model"
     if not pages.left_out:
         return f"{note}: its {pages.total} pages, an image each"
     return (f"{note}: the first {len(pages.images)} of its {pages.total} pages, an image each; pages "

@@ -518,7 +518,7 @@ def route_to_proto(route: RouteInfo, redact: Callable[[str], str] = _same) -> pb
     (attempt errors, notes, rule reasons), so a key quoted in a plugin's exception never leaves."""
     return pb.Route(
         rule=route.rule, provider=route.provider, model=route.model, fallbacks=route.fallbacks,
-        bridges=route.bridges, latency_ms=route.latency_ms, notes=[redact(n) for n in route.notes],
+        bridges=route.bridges, latency_ms=route.latency_ms, notes=[redact(n) for n in dict.fromkeys(route.notes)],
         trace=[pb.RuleTrace(rule=t.rule, outcome=_OUTCOME[t.outcome], reason=redact(t.reason)) for t in route.trace],
         attempts=[pb.Attempt(provider=a.provider, model=a.model, ok=a.ok, error=redact(a.error) if a.error else "",
                              latency_ms=a.latency_ms) for a in route.attempts],
