@@ -118,7 +118,8 @@ async def prepared(provider: Provider, route: RouteInfo, ctx: CallContext) -> No
 def _waited_note(provider: Provider, waited_ms: float, queued: Queued, since: float) -> str:
     """The route note of a call that waited ``waited_ms`` (from ``since``, a ``time.monotonic()``) for
     ``provider``'s prepare: what for, its own SDK, or mostly the prepares it queued behind (named)."""
-    note = f"waited {waited_ms:.0f} ms for {provider.name} to load its SDK (its first call since the daemon started)"
+    note = (f"waited {waited_ms:.0f} ms for {provider.name} to load its SDK (its first call since the daemon "
+            "started or made it anew on a reload)")
     queued_ms = (queued.until - max(queued.since, since)) * 1000
     if not queued.behind or queued_ms < NOTED_WAIT_MS:
         return note

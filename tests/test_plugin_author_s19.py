@@ -459,7 +459,8 @@ async def test_a_call_queued_behind_another_providers_prepare_names_it() -> None
     assert note.startswith("waited ") and "for quick-sdk to load its SDK" in note
     assert "queued behind the prepare of slow-sdk (the providers' prepares run one at a time)" in note, note
     (own,) = slow_route.notes  # its own prepare: as before
-    assert own.endswith("for slow-sdk to load its SDK (its first call since the daemon started)"), own
+    assert own.endswith("for slow-sdk to load its SDK (its first call since the daemon started or made it anew "
+                        "on a reload)"), own
 
 
 # -- 7. a slow plugin import is warned of ---------------------------------------------------------------------
