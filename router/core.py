@@ -512,8 +512,8 @@ class App:
         return self.media.get(media_id).as_media()
 
     def _measure(self, request: Request) -> dict[int, Measured]:
-        """Fill in the duration and pages of the request's media where cheap to know; return what was
-        measured of each (by the ``id`` of its :class:`Media`), for :func:`_unusable_media`.
+        """Fill in the duration, pages and pixel size of the request's media where cheap to know; return what
+        was measured of each (by the ``id`` of its :class:`Media`), for :func:`_unusable_media`.
 
         Measuring informs routing: media that cannot be measured (a malformed header, an
         unreadable file) keep an unknown duration and page count, and the request goes on.
@@ -526,7 +526,7 @@ class App:
                         facts = measure_media(media.data, media.modality)
                     else:  # content-addressed: measured once, then on every turn of its sessions from memory
                         facts = _measure_stored(str(media.path), media.modality)
-                    media.duration_seconds, media.pages = facts.seconds, facts.pages
+                    media.duration_seconds, media.pages, media.pixels = facts.seconds, facts.pages, facts.pixels
                     measured[id(media)] = facts
                 except Exception as exc:
                     log.warning("could not measure %s media %s (%s): %s; its duration and pages stay unknown",
@@ -1153,6 +1153,8 @@ def _unusable_media(request: Request, measured: Mapping[int, Measured]) -> list[
     - a recording with no audio track (a silent screen recording) to transcribe (TASK_TRANSCRIBE, or audio
       alone): AssemblyAI answers "File does not appear to contain audio";
     - a PDF that opens only with its password: every provider refuses it ("The PDF specified was not valid");
+    - a PNG, JPEG, GIF or WebP image that cannot be decoded (cut short, damaged: a half-finished upload), which
+      models take as it is: OpenAI refuses the call ("You uploaded an unsupported image"), naming no image;
     - a stored media recorded under a type that names no format (``application/octet-stream``, kept by an
       older version of the router), or a URL's declared so: no model takes it, and NO_ROUTE would not say why.
     """
@@ -1183,6 +1185,10 @@ def _unusable_media(request: Request, measured: Mapping[int, Measured]) -> list[
             elif facts.locked:
                 problem = ("password-protected PDF: remove the password (it opens only with its password, "
                            "which no provider is given)")
+            elif facts.damaged:
+                name = routing.media_name(media)
+                problem = (f"{name + ': ' if name else ''}the image cannot be decoded ({facts.damaged}): damaged "
+                           "or cut short; send the whole file")
             if problem:
                 problems.append(FieldViolation(field, problem))
     return problems

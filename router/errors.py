@@ -165,10 +165,11 @@ class InputTooLarge(NoRoute):
     """Every target the request could go to was ruled out for the input's size alone, as the router estimates
     or measures it before calling any provider: its estimated tokens over each model's context, or a media's
     bytes, seconds or PDF pages over its limit (``ModelInfo.max_media_bytes``, ``max_audio_seconds``,
-    ``max_document_pages``). The reason of a provider's own refusal for size (:class:`ProviderInputTooLarge`),
+    ``max_document_pages``), or the whole request's bytes as sent over ``max_request_bytes``. The reason of a provider's own refusal for size (:class:`ProviderInputTooLarge`),
     so that a client handles "too large" once; ErrorInfo metadata says what was measured against the largest
     limit of those targets (``estimated_tokens`` and ``context_tokens``; ``media_bytes`` and ``max_media_bytes``;
-    ``media_seconds`` and ``max_audio_seconds``; ``pdf_pages`` and ``max_document_pages``)."""
+    ``media_seconds`` and ``max_audio_seconds``; ``pdf_pages`` and ``max_document_pages``; ``request_bytes`` and
+    ``max_request_bytes``)."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INPUT_TOO_LARGE"

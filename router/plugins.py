@@ -350,6 +350,7 @@ _MODEL_CHECKS: dict[str, Callable[[object], str | None]] = {
     "max_media_bytes": lambda v: _count_problem(v, 0),
     "max_document_pages": lambda v: _count_problem(v, 0),
     "pdf_page_tokens": lambda v: _count_problem(v, 0),
+    "max_request_bytes": lambda v: _count_problem(v, 0),
     # None: not declared (every modality taken by URL); an empty set: no media by URL
     "url_inputs": lambda v: None if v is None else _modalities_problem(v, required=False),
     "takes_temperature": lambda v: None if isinstance(v, bool) else f"is {type(v).__name__}, not bool",

@@ -48,8 +48,8 @@ class Provider(abc.ABC):
     #: (``context_tokens`` and ``default_max_output_tokens`` > 0, ``max_output_tokens`` >= 0, and a
     #: ``default_max_output_tokens`` you set not over a ``max_output_tokens`` you set), ``price`` a
     #: :class:`router.Price` of finite numbers >= 0, ``input_mime_types`` normalised MIME types or
-    #: wildcards (``text/*``), ``max_audio_seconds`` a number >= 0, ``max_media_bytes``, ``max_document_pages`` and
-    #: ``pdf_page_tokens`` ints >= 0, ``url_inputs`` None (not declared: any media by URL is planned for it) or a frozenset of
+    #: wildcards (``text/*``), ``max_audio_seconds`` a number >= 0, ``max_media_bytes``, ``max_document_pages``,
+    #: ``pdf_page_tokens`` and ``max_request_bytes`` ints >= 0, ``url_inputs`` None (not declared: any media by URL is planned for it) or a frozenset of
     #: :class:`router.Modality` it takes by URL.
     models: list[ModelInfo] = []
     #: The modules (import names, e.g. ``("openai",)`` or ``("google.genai",)``) the provider imports at

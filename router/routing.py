@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,9 @@ from .types import (
     Task,
 )
 
-#: Rough tokens per unit, for estimating a request's input size.
+#: Rough tokens per unit, for estimating a request's input size. An image of unknown pixel size (given by URL,
+#: or that Pillow does not read) counts this, OpenAI's count of a 1024 x 1024 image; one of known size counts
+#: as :func:`image_tokens` says.
 TOKENS_PER_IMAGE = 765
 #: Of a model that declares no rate of its own (``ModelInfo.pdf_page_tokens``: see :func:`pdf_page_tokens`).
 TOKENS_PER_PDF_PAGE = 1500
@@ -185,6 +188,13 @@ class Facts:
     #: The media the facts are of (those of :attr:`mime_types`), each with its place in the request: a refusal
     #: for a format no target takes names them (:meth:`Router.untaken_media`).
     media_parts: tuple[MediaPart, ...] = ()
+    #: This turn's size as sent, in bytes (:func:`request_bytes`), by modality and format: what a model's
+    #: ``max_request_bytes`` must hold (its text under ``(TEXT, "")``). A transcription's is of the media it
+    #: transcribes.
+    turn_bytes: Mapping[tuple[Modality, str], int] = field(default_factory=dict)
+    #: With :attr:`conversation_tokens`, the same of the whole conversation (the history as sent again): a
+    #: model whose ``max_request_bytes`` it exceeds would drop the oldest messages (:func:`_drops_history`).
+    conversation_bytes: Mapping[tuple[Modality, str], int] = field(default_factory=dict)
 
     @property
     def url_modalities(self) -> frozenset[Modality]:
@@ -208,9 +218,25 @@ def _is_pdf(media: Media) -> bool:
     return media.modality is Modality.DOCUMENT and not is_text_document(media)
 
 
+def image_tokens(pixels: tuple[int, int] | None) -> int:
+    """The estimated input tokens of an image of ``pixels`` (width, height; None when unknown:
+    :data:`TOKENS_PER_IMAGE`), the most the public formulas count up to that flat rate: OpenAI's high-detail
+    count (fitted in 2048 x 2048, its shortest side then scaled down to 768 if longer, 170 tokens per 512-px
+    tile it spans and 85 more: 255 for an icon, 765 for 1024 x 1024, 1105 for 2048 x 4096), and at least
+    Anthropic's (width x height / 750) up to :data:`TOKENS_PER_IMAGE`. A small image (an icon: 255) thus
+    counts its real cost, and a large one never less than the flat rate did (Claude counts up to ~1,600)."""
+    if pixels is None or min(pixels) <= 0:
+        return TOKENS_PER_IMAGE
+    width, height = pixels
+    fitted = min(1.0, 2048 / max(width, height))
+    scale = fitted * min(1.0, 768 / (min(width, height) * fitted))
+    tiles = math.ceil(width * scale / 512) * math.ceil(height * scale / 512)
+    return max(85 + 170 * tiles, min(TOKENS_PER_IMAGE, math.ceil(width * height / 750)))
+
+
 def _media_tokens(media: Media, pdf_page_tokens: int = TOKENS_PER_PDF_PAGE) -> int:
     if media.modality is Modality.IMAGE:
-        return TOKENS_PER_IMAGE
+        return image_tokens(media.pixels)
     if media.modality is Modality.AUDIO:
         return int((media.duration_seconds or 0) * TOKENS_PER_AUDIO_SECOND)
     if media.modality is Modality.VIDEO:
@@ -259,6 +285,36 @@ def byte_size(media: Media) -> int:
         return media.path.stat().st_size if media.path is not None else 0
     except OSError:
         return 0
+
+
+def sent_bytes(media: Media) -> int:
+    """The fewest bytes ``media`` surely takes in a request body (see :func:`request_bytes`): its bytes
+    base64-encoded, as providers send media inline (4/3 of them), those of a ``text/*`` document as they are
+    (its text may be sent); 0 for a media given by URL (its URL is sent) and for an image, which a provider may
+    scale down to fit (Claude's plugin does, in a request over its limit), to a size not known before."""
+    if media.modality is Modality.IMAGE or is_url_only(media):
+        return 0
+    size = byte_size(media)
+    return size if is_text_document(media) else 4 * ((size + 2) // 3)
+
+
+def request_bytes(texts: Iterable[str], media: Iterable[Media]) -> dict[tuple[Modality, str], int]:
+    """The size as sent of a request of ``texts`` and ``media``, in bytes, by modality and normalised MIME type
+    (the text under ``(TEXT, "")``, in UTF-8): what ``ModelInfo.max_request_bytes`` is checked against, less
+    the media a plan's bridges turn into text or convert (:func:`_sent_bytes`).
+
+    A conservative estimate, from the bytes given: a lower bound, so that a model is passed by only for a
+    request it surely refuses. Media count as :func:`sent_bytes` says (stored media by id at their stored
+    size, images and media given by URL not at all); what the router converts before sending (an image to
+    PNG) counts nothing, and the text a bridge makes, the JSON around it all and the answer's room are left
+    out. The model's plugin checks the request it builds at call time."""
+    sizes: dict[tuple[Modality, str], int] = {}
+    for text in texts:
+        sizes[Modality.TEXT, ""] = sizes.get((Modality.TEXT, ""), 0) + len(text.encode("utf-8", "surrogatepass"))
+    for one in media:
+        key = (one.modality, normalise_mime(one.mime_type))
+        sizes[key] = sizes.get(key, 0) + sent_bytes(one)
+    return sizes
 
 
 #: The class of each byte of UTF-8 for :func:`text_tokens`, by the block of the character it starts:
@@ -337,8 +393,8 @@ def estimate_tokens(messages: Iterable[Message], bridged: Mapping[int, int] | No
                     model: ModelInfo | None = None) -> int:
     """The input tokens of ``messages``, estimated part by part (so estimates add up exactly): text
     as :func:`text_tokens` counts it (a prompt, a system prompt, history or a ``text/*`` document
-    alike), and fixed rates per image, audio or video second and PDF page (media of unknown length
-    count 0); PDF pages at ``model``'s rate when given (:func:`pdf_page_tokens`), as history is trimmed for
+    alike), images by their pixel size (:func:`image_tokens`), and fixed rates per audio or video second and
+    PDF page (media of unknown length count 0); PDF pages at ``model``'s rate when given (:func:`pdf_page_tokens`), as history is trimmed for
     it. A media in ``bridged`` (by ``id``) counts the tokens given there instead: what a bridge will make
     of it."""
     bridged = bridged or {}
@@ -367,13 +423,16 @@ def facts_of(request: Request) -> Facts:
     conversation: dict[Modality, int] = {}
     bridged: dict[Modality, int] = {}
     conversation_pages = 0
+    conversation_bytes: dict[tuple[Modality, str], int] = {}
     # at the floor rate: the context check skips only a model that surely cannot hold the turn
     turn_tokens = _tokens_by_modality(turn, TOKENS_PER_PDF_PAGE_FLOOR)
     if task is Task.TRANSCRIBE:
         media = request.current_media()
         modalities = {m.modality for m in media} | (request.turn_modalities() & {Modality.TEXT})
         tokens = turn_tokens.get(Modality.TEXT, 0) + sum(_media_tokens(m) for m in media)
+        turn_bytes = request_bytes(_texts(turn), media)
     else:
+        turn_bytes = request_bytes(_texts(turn), request.turn_media())
         media = request.media()
         modalities = request.modalities()
         whole = _tokens_by_modality(request.messages, TOKENS_PER_PDF_PAGE)  # estimate_tokens, per modality
@@ -382,6 +441,7 @@ def facts_of(request: Request) -> Facts:
             conversation, bridged = whole, _bridged_by_modality(media)
             conversation_pages = sum(part.media.pages or 0 for message in request.messages for part in message.parts
                                      if part.media is not None and _is_pdf(part.media))
+            conversation_bytes = request_bytes(_texts(request.messages), media)
     # a transcription's recording may come from the history on purpose: not what is to blame then
     from_history = frozenset(modalities - request.turn_modalities()) if request.history_length and \
         task is not Task.TRANSCRIBE else frozenset()
@@ -414,7 +474,20 @@ def facts_of(request: Request) -> Facts:
         conversation_pdf_pages=conversation_pages,
         max_output_tokens=request.options.max_output_tokens,
         media_parts=_media_parts(request, media),
+        turn_bytes=turn_bytes,
+        conversation_bytes=conversation_bytes,
     )
+
+
+def _texts(messages: Iterable[Message]) -> list[str]:
+    """The text parts of ``messages``."""
+    return [part.text for message in messages for part in message.parts if part.text]
+
+
+def media_name(media: Media) -> str:
+    """How a refusal names ``media`` beside its field: its file name, else ``media_id <id>`` for an upload named
+    by its id, else ``""`` (see :class:`MediaPart`)."""
+    return media.filename or (f"media_id {media.media_id}" if media.media_id else "")
 
 
 def _media_parts(request: Request, media: Iterable[Media]) -> tuple[MediaPart, ...]:
@@ -427,7 +500,7 @@ def _media_parts(request: Request, media: Iterable[Media]) -> tuple[MediaPart, .
             one = part.media
             if one is None or id(one) not in wanted:
                 continue
-            name = one.filename or (f"media_id {one.media_id}" if one.media_id else "")
+            name = media_name(one)
             if turn >= 0:
                 field_path = place = f"request.messages[{turn}].parts[{number}].media"
             else:
@@ -622,8 +695,11 @@ class Bridge:
 
     def converts(self, media: Media) -> bool:
         """Whether this bridge converts ``media``: one of its modality, in one of its formats if it names any."""
-        return media.modality is self.modality and (
-            not self.mime_types or normalise_mime(media.mime_type) in self.mime_types)
+        return self.converts_format(media.modality, normalise_mime(media.mime_type))
+
+    def converts_format(self, modality: Modality, mime: str) -> bool:
+        """Whether this bridge converts media of ``modality`` in the format ``mime`` (normalised)."""
+        return modality is self.modality and (not self.mime_types or mime in self.mime_types)
 
     def __str__(self) -> str:
         beside = " (beside the media)" if self.keep_media else ""
@@ -768,6 +844,25 @@ def _too_big(plan: Plan, facts: Facts) -> SizeProblem | None:
     return None
 
 
+def _sent_bytes(plan: Plan, sizes: Mapping[tuple[Modality, str], int]) -> int:
+    """Of ``sizes`` (:func:`request_bytes`), the bytes ``plan``'s model is sent: without the media its bridges
+    turn into text or convert (a text beside the media leaves it)."""
+    return sum(n for (modality, mime), n in sizes.items()
+               if not any(b.converts_format(modality, mime) and not b.keep_media for b in plan.bridges))
+
+
+def _over_request(plan: Plan, facts: Facts) -> SizeProblem | None:
+    """Why ``plan``'s model cannot take this turn for its size as sent (``ModelInfo.max_request_bytes``, by
+    :func:`request_bytes`), or None. Only this turn counts, as for the context: a session's history that makes
+    the request larger is dropped, oldest first (see :func:`_drops_history`)."""
+    limit = plan.model.max_request_bytes
+    size = _sent_bytes(plan, facts.turn_bytes) if limit else 0
+    if size <= limit:
+        return None
+    return SizeProblem(f"{plan.target}: input of ~{_megabytes(size)} as sent (media base64-encoded) exceeds its "
+                       f"request limit of {_megabytes(limit)}", ("request_bytes", size), ("max_request_bytes", limit))
+
+
 #: Of a model's context, the share kept free when history is trimmed: token counts are estimated
 #: (by :func:`text_tokens`: 4 characters a token of Latin-script text, 1 a CJK/kana/Hangul character,
 #: 2 of other scripts), and a tokenizer may count more.
@@ -796,12 +891,18 @@ def _drops_history(plan: Plan, facts: Facts) -> str | None:
     pages at the model's rate: :func:`pdf_page_tokens`), exceeds :func:`input_budget`; None when it holds
     it all, or the request has no history. An extraction-only model reads no history: never said to drop
     any. One that refused the history for its size on an earlier turn (:attr:`Facts.size_refusals`) drops
-    its oldest messages whatever its context."""
+    its oldest messages whatever its context, and so does one whose ``max_request_bytes`` the conversation
+    as sent exceeds (:attr:`Facts.conversation_bytes`): its plugin refuses it, and it is tried again with
+    less history."""
     if not facts.conversation_tokens or FEATURE_EXTRACTION_ONLY in plan.model.features:
         return None
     if (refusal := facts.size_refusals.get(str(plan.target))) is not None:
         return (f"{plan.target} would drop the session's oldest messages (it refused the request for its size on an "
                 f"earlier turn: {refusal})")
+    limit = plan.model.max_request_bytes
+    if limit and (size := _sent_bytes(plan, facts.conversation_bytes)) > limit:
+        return (f"{plan.target} would drop the session's oldest messages (~{_megabytes(size)} as sent with the "
+                f"history, over its request limit of {_megabytes(limit)})")
     replaced = _replaced(plan, facts)
     tokens = sum(facts.bridged_conversation_tokens.get(modality, 0) if modality in replaced else n
                  for modality, n in facts.conversation_tokens.items())
@@ -969,7 +1070,7 @@ class Router:
             return long.of(target)
         if not missing and not beside and not unfit:
             plan = Plan(target, model)
-            return _too_big(plan, facts) or plan
+            return _too_big(plan, facts) or _over_request(plan, facts) or plan
         if not bridging or facts.task is Task.TRANSCRIBE:
             if missing - unlabeled:
                 return f"{target}: does not take {_not_taken(missing - unlabeled, by_url)}"
@@ -994,7 +1095,7 @@ class Router:
             bridges.append(dataclasses.replace(bridge, keep_media=modality in beside, mime_types=formats,
                                                convert_to=target_formats(model, modality, formats)))
         plan = Plan(target, model, bridges)
-        return _too_big(plan, facts) or plan
+        return _too_big(plan, facts) or _over_request(plan, facts) or plan
 
     def _no_diarizing_bridge(self, modality: Modality) -> str:
         """Why a model that takes ``modality`` but cannot label its speakers cannot be used: no diarizing
@@ -1260,9 +1361,9 @@ def _size_refusal(problems: Sequence[str], targets: str, detail: str) -> InputTo
     INVALID_ARGUMENT ``INPUT_TOO_LARGE``, the reason of a provider's own refusal for size, with ``detail`` (why
     each target was ruled out). ErrorInfo metadata says what was measured against the largest limit of the
     candidates, for each kind of limit reached (``estimated_tokens`` and ``context_tokens``; ``media_bytes`` and
-    ``max_media_bytes``; ``media_seconds`` and ``max_audio_seconds``; ``pdf_pages`` and ``max_document_pages``).
-    None when there are no problems or one is another (a provider not configured, a modality not taken):
-    that is NO_ROUTE."""
+    ``max_media_bytes``; ``media_seconds`` and ``max_audio_seconds``; ``pdf_pages`` and ``max_document_pages``;
+    ``request_bytes`` and ``max_request_bytes``). None when there are no problems or one is another (a provider
+    not configured, a modality not taken): that is NO_ROUTE."""
     sized = [problem for problem in problems if isinstance(problem, SizeProblem)]
     if not sized or len(sized) < len(problems):
         return None

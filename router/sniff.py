@@ -1,5 +1,5 @@
 """Cheap content checks: magic bytes -> MIME family, text or binary, media duration, PDF page count,
-animated GIFs."""
+animated GIFs, an image's pixel size and whether it is cut short."""
 
 from __future__ import annotations
 
@@ -436,6 +436,10 @@ class Measured:
     no_audio: bool = False
     #: A PDF that opens only with its (user) password: no provider can read it.
     locked: bool = False
+    #: An image's (width, height) in pixels as its header says, where Pillow reads it (see :func:`_image_facts`).
+    pixels: tuple[int, int] | None = None
+    #: Why an image that models take as it is (PNG, JPEG, GIF, WebP) cannot be decoded: cut short or damaged.
+    damaged: str = ""
 
 
 def measure(media_path_or_bytes: bytes | str, modality: Modality) -> tuple[float | None, int | None]:
@@ -451,9 +455,10 @@ def measure_media(media_path_or_bytes: bytes | str, modality: Modality) -> Measu
     WAV durations come from the header; other audio and video from the
     container's header through PyAV when it is installed (it comes with
     mmrouter-local), which lists its streams too (an audio one or none); PDF pages
-    from the page tree (:func:`pdf_pages`), and whether the PDF needs a password.
+    from the page tree (:func:`pdf_pages`), and whether the PDF needs a password;
+    an image's pixel size from its header, and whether it is cut short (:func:`_image_facts`).
     Unknown values are None, which rules on durations treat as not matching.
-    Blocking: call it from a worker thread for stored files.
+    Blocking: call it from a worker thread.
     """
     if isinstance(media_path_or_bytes, bytes):
         data = media_path_or_bytes
@@ -470,7 +475,73 @@ def measure_media(media_path_or_bytes: bytes | str, modality: Modality) -> Measu
     if modality is Modality.DOCUMENT and magic_family(data[:8]) == "application/pdf":
         pages, locked = _pdf_facts(media_path_or_bytes)
         return Measured(pages=pages, locked=locked)
+    if modality is Modality.IMAGE:
+        return _image_facts(media_path_or_bytes, data[:HEAD_BYTES])
     return Measured()
+
+
+#: The magic families of the images models take as they are -> Pillow's name of the format: one of these that
+#: Pillow cannot decode is sent as it is, and its provider refuses the call for it (OpenAI: "You uploaded an
+#: unsupported image"), so :func:`_image_facts` checks it.
+_CHECKED_IMAGES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "webp": "WEBP"}
+
+
+def _image_facts(source: bytes | str, head: bytes) -> Measured:
+    """The pixel size of an image (bytes or a stored file's path; ``head``, its first bytes) as its header
+    says, and, for a PNG, JPEG, GIF or WebP (by ``head``), why it cannot be decoded: Pillow cannot read its
+    header, a PNG's chunks are cut short or fail their checksums (Pillow's ``verify``), a JPEG has no end
+    marker after its first scan starts (:func:`_jpeg_cut_short`: Pillow finds it truncated), a WebP libwebp
+    cannot open. A cut GIF is not found (its header reads; only decoding it tells).
+
+    No pixel is decoded: a PNG's chunks are checksummed (some ms for 10 MB) and a JPEG's end is looked for.
+    Nothing is known without Pillow (it comes with mmrouter-local), of a format it does not read (HEIC, SVG), or
+    of an image larger than it opens (:class:`PIL.Image.DecompressionBombError`)."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        return Measured()
+    checked = _CHECKED_IMAGES.get(magic_family(head) or "")
+    with contextlib.ExitStack() as stack:  # a stored file that cannot be opened is not a damaged image
+        stream = io.BytesIO(source) if isinstance(source, bytes) else stack.enter_context(open(source, "rb"))
+        try:
+            with Image.open(stream, formats=[checked] if checked else None) as image:
+                pixels = image.size
+                if checked == "PNG":
+                    image.verify()
+        except Image.DecompressionBombError:
+            return Measured()
+        except UnidentifiedImageError:  # its message names the file
+            return Measured(damaged=f"its {checked} header cannot be read") if checked else Measured()
+        except Exception as exc:  # Pillow raises many kinds (OSError, SyntaxError, ValueError...) on bad content
+            return Measured(damaged=str(exc)[:80] or type(exc).__name__) if checked else Measured()
+    if checked == "JPEG" and _jpeg_cut_short(source):
+        return Measured(pixels=pixels, damaged="it ends before its end-of-image marker")
+    return Measured(pixels=pixels)
+
+
+def _jpeg_cut_short(source: bytes | str) -> bool:
+    """Whether a JPEG (bytes or a path) has no end-of-image marker (FF D9) after the start of its first scan,
+    which Pillow reads as "image file is truncated": a file cut short. Its segments are walked by their lengths
+    up to that scan (an EXIF thumbnail's end marker is in one of them); content that is no JPEG there, or whose
+    segments run past its end, counts as whole (Pillow's header reading judges it). A path is mapped, not read."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, bytes):
+            data: bytes | mmap.mmap = source
+        else:
+            f = stack.enter_context(open(source, "rb"))
+            data = stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        at = 2
+        while at + 4 <= len(data) and data[at] == 0xFF:
+            marker = data[at + 1]
+            if marker == 0xDA:  # start of scan: its entropy-coded data holds no FF D9 but the end marker
+                return data.rfind(b"\xff\xd9", at) < 0
+            if marker == 0xFF:  # a fill byte
+                at += 1
+            elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a segment
+                at += 2
+            else:
+                at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    return False
 
 
 def _wav_seconds(source: bytes | str) -> float | None:

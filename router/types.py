@@ -72,9 +72,11 @@ class Media:
     media_id: str | None = None
     filename: str = ""
     size: int = 0
-    #: Cheaply known facts, filled by the router: seconds for audio/video, pages for PDFs.
+    #: Cheaply known facts, filled by the router: seconds for audio/video, pages for PDFs, an image's
+    #: (width, height) in pixels from its header (:func:`router.routing.image_tokens` estimates its tokens).
     duration_seconds: float | None = None
     pages: int | None = None
+    pixels: tuple[int, int] | None = None
 
     def read_bytes(self) -> bytes:
         """Return the content (reads the stored file for uploaded media)."""
@@ -321,6 +323,12 @@ class ModelInfo:
     the model holds the whole conversation and to trim it to the model's context, so that a PDF the model
     took whole on one turn is not dropped from its next turns for an estimate it does not count. (This
     turn's own input is checked against the context at the lowest rate any provider counts, 258 a page.)
+    ``max_request_bytes`` is the largest whole request it takes, in bytes, as its provider counts it (0: no
+    cap; Claude's 32 MB): the body as sent, its media inline base64-encoded (4/3 of their bytes) and its text.
+    Routing skips it when this turn, as the router estimates it sent, is larger (see
+    :func:`router.routing.request_bytes`: a lower bound, so that a request it passes by is surely refused); a
+    session whose history makes it larger ranks it as one that drops the oldest messages. Its plugin still
+    checks the request as it builds it, at call time.
     """
 
     name: str
@@ -343,6 +351,7 @@ class ModelInfo:
     # new fields go last: plugins may give the fields before them by position
     max_document_pages: int = 0
     pdf_page_tokens: int = 0
+    max_request_bytes: int = 0
 
     def can_take(self, modalities: set[Modality]) -> bool:
         """True when every modality in ``modalities`` is an input of this model."""

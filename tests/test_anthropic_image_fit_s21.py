@@ -205,16 +205,16 @@ def test_photos_over_32_mb_as_given_are_sent_once_scaled_down(daemon, fake):
 
 
 def test_an_image_over_the_limit_that_cannot_be_decoded_is_refused_as_before(daemon, fake):
-    """A JPEG's header over 6 MB of bytes no decoder reads cannot be scaled down: INPUT_TOO_LARGE, naming the
-    limit and why it could not be scaled (QA regress21 section 4), and nothing is sent."""
+    """A JPEG's header over 6 MB of bytes no decoder reads (QA regress21 section 4) is refused before any
+    provider is called, since session 25 at intake (the router reads every image's header): INVALID_ARGUMENT
+    naming the part and why, and nothing is sent."""
     broken = b"\xff\xd8\xff\xe0" + bytes(6 * 1024 * 1024)
     with pytest.raises(grpc.RpcError) as info:
         daemon.stub.Generate(ask(image_part(broken, "image/jpeg")), timeout=60)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error_details(info.value).reason == "INPUT_TOO_LARGE"
-    assert ("bytes as base64, over Claude's limit of 5 MB (5,242,880 bytes) per image, and it could not be scaled "
-            "down: Pillow cannot read it as a PNG, JPEG, GIF or WebP image") in info.value.details()
-    assert "refused before sending" in info.value.details()
+    details = error_details(info.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    assert details.violations == [("request.messages[0].parts[0].media", "the image cannot be decoded (its JPEG "
+                                   "header cannot be read): damaged or cut short; send the whole file")]
     assert fake.message_calls() == []
 
 
@@ -301,12 +301,14 @@ def test_a_sessions_photo_is_logged_scaled_once_and_noted_on_every_turn(daemon, 
 def test_a_photo_cut_short_over_the_limit_is_refused_saying_it_is_damaged(daemon, fake):
     """QA mobile (session 23): a 9 MB phone photo cut to two thirds of its bytes (an upload that ended early)
     was refused saying only that its pixels "could not be decoded or encoded again (the daemon's log says
-    why)": the client would shrink the photo when it must send it again. The refusal now says why."""
+    why)": the client would shrink the photo when it must send it again. The refusal says it is cut short,
+    naming it, before any provider is called."""
     photo = portrait_photo()
     with pytest.raises(grpc.RpcError) as info:
         daemon.stub.Generate(ask(image_part(photo[:len(photo) * 2 // 3], "image/jpeg", "IMG_cut.jpg")), timeout=60)
-    assert error_details(info.value).reason == "INPUT_TOO_LARGE"
-    assert "and it could not be scaled down: its pixels could not be decoded (image file is truncated" in \
-        info.value.details(), info.value.details()
-    assert "): the file is damaged or cut short" in info.value.details()
+    details = error_details(info.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    assert details.violations == [("request.messages[0].parts[0].media", "IMG_cut.jpg: the image cannot be decoded "
+                                   "(it ends before its end-of-image marker): damaged or cut short; send the whole "
+                                   "file")]
     assert fake.message_calls() == []

@@ -89,8 +89,9 @@ server: {{data_dir: '{tmp_path}'}}
 
 
 def bmp(shade: int) -> bytes:
+    """A 1024x768 BMP of one colour: 765 tokens for routing (an image's tokens follow its pixel size)."""
     out = io.BytesIO()
-    Image.new("RGB", (64, 48), (shade, 90, 30)).save(out, format="BMP")
+    Image.new("RGB", (1024, 768), (shade, 90, 30)).save(out, format="BMP")
     return out.getvalue()
 
 

@@ -259,7 +259,11 @@ def test_a_gemini_pro_call_past_200k_prompt_tokens_is_billed_at_the_long_context
 def test_a_conversation_gemini_would_refuse_is_sent_alternating_with_registered_mime_types(daemon, fake):
     """A conversation sent whole that starts with the assistant and has two user turns in a row, an
     ``image/jpg`` and a Markdown document: the real API refuses all three as they are (the fake too)."""
-    jpg = b"\xff\xd8\xff\xe0" + b"\0" * 100
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (6, 6), (10, 120, 200)).save(out, format="JPEG")
+    jpg = out.getvalue()
     notes = b"# Plan\n* ship it\n"
     request = pb.MultimodalRequest(messages=[
         pb.Message(role=pb.ROLE_ASSISTANT, parts=[pb.Part(text="Hi, send me your files.")]),

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from conftest import launch_daemon
 from grpc_helpers import error_details, text_request, wait_for
+from media_factory import png
 from mmrouter.v1 import router_pb2 as pb
 
 import router.media
@@ -94,7 +95,7 @@ def _explain(daemon, media: pb.Media) -> pb.Route:
 
 
 M4A = b"\0\0\0\x20ftypM4A " + b"\0" * 100
-PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 100
+PNG = png()
 
 
 def test_a_media_id_reference_is_checked_against_the_uploaded_content(daemon) -> None:

@@ -7,6 +7,7 @@ tests/testkit, its log at DEBUG, where each trim says the resident memory before
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -38,9 +39,19 @@ def test_this_platform_can_trim_and_read_its_resident_memory() -> None:
     assert resident_mib() > 0
 
 
+def noise_png() -> bytes:
+    """A real PNG of about 6 MB (2500x2500 random grey pixels, stored uncompressed): the daemon reads an image's
+    header and checks its chunks, so random bytes after a PNG signature would be refused."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.frombytes("L", (2500, 2500), os.urandom(2500 * 2500)).save(out, format="PNG", compress_level=0)
+    return out.getvalue()
+
+
 def test_memory_freed_by_a_burst_is_given_back_once_no_call_is_under_way(start_daemon) -> None:
     daemon = start_daemon(CONFIG)
-    image = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=b"\x89PNG\r\n\x1a\n" + os.urandom(6 << 20))
+    image = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=noise_png())
     request = pb.GenerateRequest(request=pb.MultimodalRequest(messages=[pb.Message(
         role=pb.ROLE_USER, parts=[pb.Part(text="what is it?"), pb.Part(media=image)])]))
     with ThreadPoolExecutor(8) as pool:

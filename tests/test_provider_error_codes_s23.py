@@ -29,7 +29,6 @@ from test_hybrid import ALL_KEYS
 from test_quota_errors_s22 import CONFIG, failure, google_error
 
 from tests.fakes.anthropic import error_body as anthropic_error
-from tests.fakes.anthropic import media_blocks
 from tests.fakes.openai import error_body as openai_error
 
 BAD_REQUEST = (grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_BAD_REQUEST")
@@ -168,7 +167,7 @@ def test_listproviders_shows_no_provider_code(start_daemon, fakes) -> None:
     assert "image_parse_error" not in str(health) and "Invalid image" not in str(health)
 
 
-# -- F4: a corrupt image is sent to Claude as given, not refused for a size it does not have ------------------
+# -- F4: a corrupt image is not refused for a size it does not have ------------------------------------------
 
 
 def chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
@@ -189,19 +188,25 @@ CORRUPT = {
 
 
 @pytest.mark.parametrize("data", CORRUPT.values(), ids=CORRUPT.keys())
-def test_a_corrupt_png_goes_to_claude_as_given_and_its_refusal_is_a_bad_request(daemon, fakes, data) -> None:
+def test_a_corrupt_png_is_refused_as_damaged_not_for_its_size(daemon, fakes, data) -> None:
     """It was INPUT_TOO_LARGE "the image is 1634886241x1734698849 px, over Claude's limit of 8000x8000 px, and it
     could not be scaled down" (refused before sending), which sends a client to make it smaller and the router
-    down its size-refusal path (fallbacks, a session's history halved). Now the fake (which reads no image it
-    cannot decode) gets it byte for byte; Claude, which refuses it, gives PROVIDER_BAD_REQUEST, as OpenAI does."""
-    answer = daemon.stub.Generate(pb.GenerateRequest(request=ask("claude", image(data))), timeout=60).answer
-    assert (answer.route.provider, answer.text) == ("anthropic", "Hello from fake Claude.")
-    [sent] = media_blocks(fakes["anthropic"].last_body())
-    assert (sent.media_type, sent.data) == ("image/png", data)
-    assert not [note for note in answer.route.notes if "scaled down" in note]
-
-    fakes["anthropic"].fail_next_api(400, "invalid_request_error", COULD_NOT_PROCESS)
+    down its size-refusal path (fallbacks, a session's history halved). Since session 25 the router reads each
+    image's header at intake: such a PNG is INVALID_REQUEST naming the part as damaged, with no size, and no
+    provider is called."""
     details = failure(daemon, ask("claude", image(data)))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), details
+    [(field, why)] = details.violations
+    assert field.endswith(".media") and why.startswith("scan.png: the image cannot be decoded"), details.violations
+    assert "px" not in details.message
+    assert fakes["anthropic"].message_calls() == []
+
+
+def test_claudes_refusal_of_an_image_is_a_bad_request(daemon, fakes) -> None:
+    """An image the router reads but Claude will not (its "Could not process image") is PROVIDER_BAD_REQUEST,
+    as OpenAI's is."""
+    fakes["anthropic"].fail_next_api(400, "invalid_request_error", COULD_NOT_PROCESS)
+    details = failure(daemon, ask("claude", image(png("receipt"))))
     assert (details.code, details.reason) == BAD_REQUEST, details
     assert "Could not process image" in details.message and "px" not in details.message
     assert details.metadata["provider_error_type"] == "invalid_request_error"

@@ -49,7 +49,9 @@ MAX_IMAGE_BYTES = MAX_IMAGE_BASE64_BYTES // 4 * 3
 #: MAX_REQUEST_BYTES (:func:`larger_than_used`).
 LARGE_IMAGE_BYTES = 1 * MB
 #: The largest request body. Counted in MiB and on a lower bound of the body (its media and text),
-#: so a request refused here is refused by the API whichever megabyte it means.
+#: so a request refused here is refused by the API whichever megabyte it means. The models declare it
+#: (``ModelInfo.max_request_bytes``, :mod:`.models`), so that routing passes Claude by for a request the router
+#: already knows to be larger; what it cannot know (images as scaled, a session's history) is checked here.
 MAX_REQUEST_BYTES = 32 * MB
 #: Context windows up to this take at most SMALL_CONTEXT_ITEMS pages and images; larger ones LARGE_CONTEXT_ITEMS.
 SMALL_CONTEXT = 200_000

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from router import FEATURE_STREAMING, OUTPUT_TEXT, Modality, ModelInfo, Price
 
+from .limits import MAX_REQUEST_BYTES
+
 #: Every Claude model here reads text, images and documents and writes text.
 #: Prompt-cache reads cost 0.1x the input price on every Claude model (platform.claude.com/docs/en/
 #: build-with-claude/prompt-caching, "Pricing", 2026-11); writes cost more, see ``provider.CACHE_WRITE_EXTRA``.
@@ -35,6 +37,9 @@ def _claude(name: str, input_per_mtok: float, output_per_mtok: float, default_ma
         # the Messages API version the anthropic 2.x SDK speaks refuses sampling parameters (provider.py):
         # a request's temperature is left out, and the answer's route says so
         takes_temperature=False,
+        # 32 MB per request, its media base64-encoded (limits.py, which refuses a larger one before sending):
+        # declared so that routing and ExplainRoute pass Claude by for a larger request, with a reason
+        max_request_bytes=MAX_REQUEST_BYTES,
     )
 
 
