@@ -1,8 +1,8 @@
 """The ``mmrouter`` command end to end: the real CLI as a subprocess against the real daemon.
 
 Every test runs ``.venv/bin/mmrouter`` (the installed console script) with
-``--address`` pointing at a daemon from the ``start_daemon`` fixture, which
-serves the scripted ``fake`` provider of tests/testkit. The fake echoes
+``--address`` pointing at a daemon from the ``start_daemon`` fixture (or the module's
+``shared_daemon``), which serves the scripted ``fake`` provider of tests/testkit. The fake echoes
 ``fake/<model> says: <text> [history=N image=N audio=N video=N document=N] <<all text>>``
 in 16-character deltas, so what the CLI prints shows what the provider saw.
 Transcription models (``ears``) answer ``hello there`` and ``<N> bytes heard``.
@@ -10,6 +10,7 @@ Transcription models (``ears``) answer ``hello there`` and ``<N> bytes heard``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import wave
 from pathlib import Path
 
 import pytest
+from conftest import launch_daemon
 from PIL import Image
 from reportlab.pdfgen import canvas
 
@@ -62,31 +64,64 @@ routes:
 class Cli:
     """``mmrouter *args`` started in the background (so independent calls run side by side).
 
-    Output is wide and uncoloured unless ``env`` says otherwise.
+    Output is wide and uncoloured unless ``env`` says otherwise; ``without`` names more variables to unset.
     """
 
-    def __init__(self, *args: str | Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str | Path, env: dict[str, str] | None = None, without: tuple[str, ...] = ()) -> None:
         full_env = {k: v for k, v in os.environ.items()
-                    if k not in ("MMROUTER_ADDRESS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+                    if k not in ("MMROUTER_ADDRESS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", *without)}
         full_env["COLUMNS"] = "250"
         full_env.update(env or {})
         self.args = [str(MMROUTER), *map(str, args)]
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=full_env)
+        self.done: subprocess.CompletedProcess | None = None
 
     def result(self, timeout: float = 30) -> subprocess.CompletedProcess:
-        try:
-            stdout, stderr = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            stdout, stderr = self.proc.communicate()
-            pytest.fail(f"{self.args} did not finish in {timeout} s:\n{stdout}\n{stderr}")
-        return subprocess.CompletedProcess(self.args, self.proc.returncode, stdout, stderr)
+        """The finished call (the same one when asked again)."""
+        if self.done is None:
+            try:
+                stdout, stderr = self.proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                stdout, stderr = self.proc.communicate()
+                pytest.fail(f"{self.args} did not finish in {timeout} s:\n{stdout}\n{stderr}")
+            self.done = subprocess.CompletedProcess(self.args, self.proc.returncode, stdout, stderr)
+        return self.done
 
 
 def run_cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``mmrouter *args`` and wait for it."""
     return Cli(*args, env=env).result()
+
+
+@functools.cache
+def help_of(*command: str) -> Cli:
+    """``mmrouter *command --help``, started once per worker: several tests read the same help text."""
+    return Cli(*command, "--help")
+
+
+@functools.cache
+def unreachable() -> tuple[str, list[Cli]]:
+    """``ask x``, ``explain x`` and ``providers`` against an address nobody listens at, for a user who never set
+    GRPC_VERBOSITY: ``(address, calls)``, started once per worker for the tests that read what they print."""
+    address = f"127.0.0.1:{free_port()}"
+    return address, [Cli(*command, "--address", address, env={"COLUMNS": "300"}, without=("GRPC_VERBOSITY",))
+                      for command in (("ask", "x"), ("explain", "x"), ("providers",))]
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(plugin_sites, tmp_path_factory):
+    """One daemon of :data:`CONFIG` for the tests that only ask or explain through it: starting one per test
+    cost a daemon start each. The fake provider keeps no state between calls; a failure without a retry delay
+    (``PARTIAL:500``) cools nothing down. Tests sharing it must not read its stats (only ``stats --tag`` of a
+    tag no other test sends), health (``mmrouter providers``), log or media store as a whole (only the
+    records of bytes no other test sends), use a session, make the fake fail with a retry delay
+    (``FAIL:429``), or stop it."""
+    daemon = launch_daemon(CONFIG, tmp=tmp_path_factory.mktemp("cli-shared"), env=None,
+                           sites=[plugin_sites["testkit"]])
+    yield daemon
+    daemon.stop()
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -182,7 +217,7 @@ def route_rows(text: str) -> dict[str, tuple[str, str]]:
 
 
 def test_help_tells_a_newcomer_how_to_start():
-    calls = Cli("--help"), Cli("ask", "--help"), Cli("explain", "--help")
+    calls = help_of(), help_of("ask"), help_of("explain")
     main = ok(calls[0].result()).stdout
     for needed in ("mmrouter serve", "mmrouter ask", "--image", "--audio", "--video", "--pdf", "--address",
                    "MMROUTER_ADDRESS", "explain", "providers", "stats"):
@@ -204,7 +239,7 @@ def test_help_tells_a_newcomer_how_to_start():
 def test_serve_help_names_the_defaults_it_reads():
     """serve's --data-dir gave no default, its --address no unix: socket, and SIGHUP said every server
     setting needs a restart, though a rotated auth_token is served at once."""
-    shown = " ".join(ok(run_cli("serve", "--help")).stdout.replace("│", " ").split())
+    shown = " ".join(ok(help_of("serve").result()).stdout.replace("│", " ").split())
     for needed in ("MMROUTER_DATA_DIR", "~/.local/share/mmrouter", "unix:/path", "rotated server.auth_token"):
         assert needed in shown, f"{needed!r} missing from `mmrouter serve --help`:\n{shown}"
 
@@ -252,18 +287,18 @@ def test_sdk_loggers_stay_at_info_when_the_daemon_logs_debug() -> None:
 # -- ask ---------------------------------------------------------------------------------------
 
 
-def test_a_stream_that_fails_after_text_puts_its_error_on_a_line_of_its_own(start_daemon):
+def test_a_stream_that_fails_after_text_puts_its_error_on_a_line_of_its_own(shared_daemon):
     """The error of a stream broken mid-answer was printed right after the text already shown
     ("...began INTERNAL: ..."), reading as part of the answer."""
-    daemon = start_daemon(CONFIG)
+    daemon = shared_daemon
     result = run_cli("ask", "PARTIAL:500", "--address", daemon.address)
     assert result.returncode == 5, result.stderr  # the provider is down: try again later
     assert result.stdout == "fake/echo began \n"
     assert result.stderr.startswith("UNAVAILABLE: fake: scripted failure 500 mid-answer"), result.stderr
 
 
-def test_ask_streams_the_answer_and_reports_route_usage_and_cost(start_daemon):
-    daemon = start_daemon(CONFIG)
+def test_ask_streams_the_answer_and_reports_route_usage_and_cost(shared_daemon):
+    daemon = shared_daemon
     # Markup and emoji codes must reach stdout as the provider wrote them.
     prompt = "hello :smile: [bold]there[/bold]"
     long_word = "a-long-unbroken-word-" * 4
@@ -289,8 +324,8 @@ def test_ask_streams_the_answer_and_reports_route_usage_and_cost(start_daemon):
     assert ok(via_env.result()).stdout == echo("echo", "from env") + "\n"
 
 
-def test_ask_sends_max_tokens_and_says_when_the_answer_was_cut(start_daemon):
-    daemon = start_daemon(CONFIG)
+def test_ask_sends_max_tokens_and_says_when_the_answer_was_cut(shared_daemon):
+    daemon = shared_daemon
     cut = ok(run_cli("ask", "CUT this short", "--max-tokens", "3", "--address", daemon.address))
     assert cut.stdout == echo("echo", "CUT this short")[:12] + "\n"  # 3 tokens of the testkit's 4 characters
     assert "the answer was cut at the output limit" in " ".join(cut.stderr.split())
@@ -301,10 +336,10 @@ def test_ask_sends_max_tokens_and_says_when_the_answer_was_cut(start_daemon):
     assert as_json["finishReason"] == "FINISH_REASON_LENGTH" and len(as_json["text"]) == 8
 
 
-def test_ask_json_escapes_characters_a_terminal_would_misread(start_daemon):
+def test_ask_json_escapes_characters_a_terminal_would_misread(shared_daemon):
     """JSON escapes only C0 controls: a provider's C1 control (U+009B, CSI to some terminals) or a
     bidirectional override was printed raw. They are escaped now, and the JSON reads back the same."""
-    daemon = start_daemon(CONFIG)
+    daemon = shared_daemon
     question = "csi \x9b2J and \u202eevil and \x1b[31m and \u00e9t\u00e9"
     result = ok(run_cli("ask", question, "--json", "--address", daemon.address))
     assert not any(c in result.stdout for c in "\x9b\u202e\x1b"), repr(result.stdout)
@@ -312,8 +347,8 @@ def test_ask_json_escapes_characters_a_terminal_would_misread(start_daemon):
     assert json.loads(result.stdout)["text"] == echo("echo", question)
 
 
-def test_ask_json_prints_the_whole_answer(start_daemon):
-    daemon = start_daemon(CONFIG)
+def test_ask_json_prints_the_whole_answer(shared_daemon):
+    daemon = shared_daemon
     result = ok(run_cli("ask", "as json please", "--json", "--address", daemon.address))
     answer = json.loads(result.stdout)
     reply = echo("echo", "as json please")
@@ -335,8 +370,8 @@ def test_ask_json_prints_the_whole_answer(start_daemon):
     assert "route:" not in result.stderr and "usage:" not in result.stderr
 
 
-def test_ask_sends_images_pdfs_audio_and_video(start_daemon, tmp_path):
-    daemon = start_daemon(CONFIG)
+def test_ask_sends_images_pdfs_audio_and_video(shared_daemon, tmp_path):
+    daemon = shared_daemon
     files = [
         "--image", make_png(tmp_path / "red.png", (255, 0, 0)),
         "--image", make_png(tmp_path / "blue.png", (0, 0, 255)),
@@ -616,17 +651,16 @@ def test_providers_lists_states_models_and_broken_plugins(start_daemon):
 # -- errors ------------------------------------------------------------------------------------
 
 
-def test_errors_exit_non_zero_with_the_code_and_a_readable_message(start_daemon, tmp_path):
-    daemon = start_daemon(CONFIG)
+def test_errors_exit_non_zero_with_the_code_and_a_readable_message(shared_daemon, tmp_path):
+    daemon = shared_daemon
     fake_png = tmp_path / "photo.png"  # bytes that are not what the name says
     fake_png.write_bytes(b"%PDF-1.4 not a picture at all")
-    nowhere = f"127.0.0.1:{free_port()}"  # nobody listens here
     unknown = Cli("ask", "hi", "--provider", "nope", "--address", daemon.address)
     no_model = Cli("explain", "hi", "--provider", "fake", "--model", "nope", "--address", daemon.address)
     bad = Cli("ask", "what is it", "--image", fake_png, "--address", daemon.address)
     missing = Cli("ask", "hi", "--image", tmp_path / "nowhere.png", "--address", daemon.address)
     bad_task = Cli("ask", "hi", "--task", "sing", "--address", daemon.address)
-    down = [Cli(*args, "--address", nowhere) for args in (("ask", "hi"), ("explain", "hi"), ("providers",))]
+    _, down = unreachable()  # nobody listens there
     no_records = Cli("stats", "--data-dir", tmp_path / "empty-data")
 
     unknown = unknown.result()
@@ -725,7 +759,7 @@ def test_explain_takes_the_request_options_of_ask(start_daemon, tmp_path):
             use: fake/echo
     """)
     system = "Answer in the voice of a careful archivist. " * 100  # ~1100 tokens
-    help_text = Cli("explain", "--help")
+    help_text = help_of("explain")
     with_system = Cli("explain", "hi", "--system", system, "--address", daemon.address)
     bad_task = Cli("explain", "hi", "--task", "sing", "--address", daemon.address)
     ok(run_cli("ask", "read this", "--pdf", make_pdf(tmp_path / "r.pdf", "Report"), "--session", "s1",
@@ -748,10 +782,10 @@ def test_explain_takes_the_request_options_of_ask(start_daemon, tmp_path):
 # -- media types -------------------------------------------------------------------------------
 
 
-def test_media_types_python_does_not_know_are_sent_by_extension(start_daemon, tmp_path):
+def test_media_types_python_does_not_know_are_sent_by_extension(shared_daemon, tmp_path):
     """Python's mimetypes lacks .mka and .weba (and varies by system): the CLI names them itself, else the
     daemon refuses application/octet-stream for audio."""
-    daemon = start_daemon(CONFIG)
+    daemon = shared_daemon
     ebml = b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x88matroska"
     files = {"talk.mka": (ebml + b"\x01" * 64, "audio/x-matroska"),
              "talk.weba": (ebml + b"\x02" * 64, "audio/webm"),
@@ -769,10 +803,10 @@ def test_media_types_python_does_not_know_are_sent_by_extension(start_daemon, tm
         assert meta["mime_type"] == mime, name
 
 
-def test_a_container_given_with_video_is_sent_as_a_video_whatever_its_extension_says(start_daemon, tmp_path):
+def test_a_container_given_with_video_is_sent_as_a_video_whatever_its_extension_says(shared_daemon, tmp_path):
     """``.ogg`` (and ``.oga``, ``.weba``, ``.mka``, ``.m4a``) name audio types: a video in such a file,
     given with --video, was sent as audio/ogg and refused ("not a video type")."""
-    daemon = start_daemon(CONFIG)
+    daemon = shared_daemon
     ebml = b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x88matroska"
     files = {"clip.ogg": (b"OggS" + b"\x04" * 64, "video/ogg"), "clip.mka": (ebml + b"\x05" * 64, "video/x-matroska")}
     calls = {}
@@ -931,9 +965,25 @@ def test_serve_logs_an_unexpected_start_up_error_as_one_record_in_its_log_format
 # -- stats and prune --config ------------------------------------------------------------------
 
 
-def test_stats_and_prune_find_the_data_dir_in_config_as_serve_does(start_daemon, tmp_path):
-    daemon = start_daemon(CONFIG)
+@pytest.fixture(scope="module")
+def one_call_daemon(plugin_sites, tmp_path_factory):
+    """A daemon of :data:`CONFIG` that answered one chat (``count me``), its statistics row written, for the
+    tests that read its data directory with ``stats`` and ``prune --dry-run``: they must change nothing in it
+    (no call, no prune that removes)."""
+    from grpc_helpers import wait_for
+
+    daemon = launch_daemon(CONFIG, tmp=tmp_path_factory.mktemp("cli-one-call"), env=None,
+                           sites=[plugin_sites["testkit"]])
     ok(run_cli("ask", "count me", "--address", daemon.address))
+    db = sqlite3.connect(daemon.data_dir / "sessions.sqlite")
+    assert wait_for(lambda: db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 1)  # rows are batched
+    db.close()
+    yield daemon
+    daemon.stop()
+
+
+def test_stats_and_prune_find_the_data_dir_in_config_as_serve_does(one_call_daemon, tmp_path):
+    daemon = one_call_daemon
     config = tmp_path / "router.yaml"
     config.write_text(f"server:\n  data_dir: {daemon.data_dir}\n")
     bad = tmp_path / "bad.yaml"
@@ -1139,7 +1189,7 @@ def test_serve_takes_its_address_from_mmrouter_address_and_make_serve_from_args(
     # the suggestion is the next free port above (another test may hold port + 1 meanwhile)
     suggested = re.search(r"e\.g\. 127\.0\.0\.1:(\d+), or 127\.0\.0\.1:0 for any free port$", result.stderr.splitlines()[-1])
     assert suggested and int(suggested.group(1)) > port, result.stderr
-    assert "MMROUTER_ADDRESS" in ok(run_cli("serve", "--help")).stdout
+    assert "MMROUTER_ADDRESS" in ok(help_of("serve").result()).stdout
     make = subprocess.run(["make", "-n", "serve", "ARGS=--address 127.0.0.1:50052"], capture_output=True,
                           text=True, timeout=60, cwd=Path(__file__).parent.parent)
     # (under `make test` the inner make also prints the directories it enters and leaves)
@@ -1183,15 +1233,13 @@ def _without_grpc_verbosity() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("GRPC_VERBOSITY", "MMROUTER_ADDRESS")} | {"COLUMNS": "300"}
 
 
-def test_no_daemon_says_how_to_start_one_and_bad_tls_files_are_named(start_daemon, tmp_path):
+def test_no_daemon_says_how_to_start_one_and_bad_tls_files_are_named(shared_daemon, tmp_path):
     """No daemon at the address: a hint to start one. A CA file that is no certificate names
     MMROUTER_TLS_CA, a key that is none names MMROUTER_TLS_KEY, before gRPC's C core could add log
     lines of its own."""
-    address = f"127.0.0.1:{free_port()}"
-    commands = [[str(MMROUTER), command, "x", "--address", address] for command in ("ask", "explain")]
-    commands.append([str(MMROUTER), "providers", "--address", address])
-    for command in commands:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=_without_grpc_verbosity())
+    address, calls = unreachable()
+    for call in calls:
+        result = call.result(timeout=60)
         assert result.returncode == 3, result.stderr
         assert result.stderr.splitlines() == [
             result.stderr.splitlines()[0],
@@ -1199,7 +1247,7 @@ def test_no_daemon_says_how_to_start_one_and_bad_tls_files_are_named(start_daemo
             "(or MMROUTER_ADDRESS) where it listens"], result.stderr
         assert result.stderr.startswith("UNAVAILABLE: failed to connect")
 
-    daemon = start_daemon(CONFIG)
+    daemon = shared_daemon
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     ca = tmp_path / "ca.pem"
@@ -1336,29 +1384,24 @@ def test_a_tls_daemon_reached_without_tls_or_a_client_certificate_says_what_to_e
          f"the daemon at {mutual.address} closed the connection in the TLS handshake: it may not accept the client "
          "certificate of MMROUTER_TLS_CERT (it must be signed by the CA of its server.tls.client_ca_file)"),
     ]
-    for daemon, env, hint in cases:
-        for command in (["providers"], ["ask", "x"]):
-            result = subprocess.run([str(MMROUTER), *command, "--address", daemon.address], capture_output=True,
-                                    text=True, timeout=60, env=_without_grpc_verbosity() | env)
-            assert result.returncode == 3, result.stderr
-            assert "Socket closed" in result.stderr.splitlines()[-2], result.stderr
-            assert result.stderr.splitlines()[-1] == hint, result.stderr
+    calls = [(hint, subprocess.Popen([str(MMROUTER), *command, "--address", daemon.address], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=_without_grpc_verbosity() | env))
+             for daemon, env, hint in cases for command in (["providers"], ["ask", "x"])]  # side by side
+    for hint, call in calls:
+        _, stderr = call.communicate(timeout=60)
+        assert call.returncode == 3, stderr
+        assert "Socket closed" in stderr.splitlines()[-2], stderr
+        assert stderr.splitlines()[-1] == hint, stderr
 
 
 # -- stats and prune read only server.data_dir of --config --------------------------------------------
 
 
-def test_stats_and_prune_read_only_the_data_dir_of_the_config_file(start_daemon, tmp_path):
+def test_stats_and_prune_read_only_the_data_dir_of_the_config_file(one_call_daemon, tmp_path):
     """stats and prune need only server.data_dir: a token variable unset on this host (the README's
     auth_token: "${MMROUTER_TOKEN}") or TLS files that are elsewhere no longer stop them; data_dir's own
     ${VAR} is expanded (and must be set), and a file that cannot be read or is no YAML is still an error."""
-    from grpc_helpers import wait_for
-
-    daemon = start_daemon(CONFIG)
-    ok(run_cli("ask", "count me", "--address", daemon.address))
-    db = sqlite3.connect(daemon.data_dir / "sessions.sqlite")
-    assert wait_for(lambda: db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 1)  # rows are batched
-    db.close()
+    daemon = one_call_daemon
     config = tmp_path / "router.yaml"
     config.write_text('server:\n  auth_token: "${MMROUTER_UNSET_TOKEN}"\n  data_dir: "${MMROUTER_THE_DATA}"\n'
                       "  tls:\n    cert_file: /nowhere/server.pem\n    key_file: /nowhere/server.key\n"
@@ -1468,17 +1511,18 @@ def test_pdf_sends_utf8_text_of_any_extension_as_text_and_refuses_other_files_it
     make_png(tmp_path / "photo", (0, 128, 0))
     (tmp_path / "report.docx").write_bytes(b"PK\x03\x04\x14\x00\x06\x00" + b"\x00" * 40)
     (tmp_path / "notes.log").write_bytes("UTF-16 notes".encode("utf-16"))
-    for name, named in binary.items():
-        for command in ("ask", "explain"):
-            result = run_cli(command, "read it", "--pdf", tmp_path / name, "--address", daemon.address)
-            assert (result.returncode, result.stdout) == (2, ""), result
-            assert result.stderr.splitlines() == [f"cannot send {tmp_path / name} with --pdf: {named}, and it is "
-                                                  "not UTF-8 text; --pdf sends PDF files and UTF-8 text"], result.stderr
+    refused = {(name, command): Cli(command, "read it", "--pdf", tmp_path / name, "--address", daemon.address)
+               for name in binary for command in ("ask", "explain")}  # side by side
+    for (name, _), call in refused.items():
+        result = call.result()
+        assert (result.returncode, result.stdout) == (2, ""), result
+        assert result.stderr.splitlines() == [f"cannot send {tmp_path / name} with --pdf: {binary[name]}, and it is "
+                                              "not UTF-8 text; --pdf sends PDF files and UTF-8 text"], result.stderr
 
 
-def test_a_tag_counts_alike_in_its_composed_and_decomposed_forms(start_daemon):
+def test_a_tag_counts_alike_in_its_composed_and_decomposed_forms(shared_daemon):
     """A tag typed on a Mac (NFD: e + U+0301) is the tag typed elsewhere (NFC: é): in statistics as in rules."""
-    daemon = start_daemon(CONFIG)
+    daemon = shared_daemon
     decomposed, composed = "e\u0301te\u0301", "\u00e9t\u00e9"
     ok(Cli("ask", "a", "--tag", decomposed, "--address", daemon.address).result())
     ok(Cli("ask", "b", "--tag", composed, "--address", daemon.address).result())
