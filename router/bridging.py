@@ -635,13 +635,9 @@ def part_names(request: Request) -> dict[int, str]:
     request ("part 2 of message 1", counting the messages the client sent; "part 1 of a message of an
     earlier turn" for a session's history)."""
     names: dict[int, str] = {}
-    for index, message in enumerate(request.messages):
-        turn = index - request.history_length
-        for number, part in enumerate(message.parts, start=1):
-            if part.media is None:
-                continue
-            where = f"message {turn + 1}" if turn >= 0 else "a message of an earlier turn"
-            names[id(part.media)] = part.media.filename or f"part {number} of {where}"
+    for media, turn, number in request.media_places():
+        where = f"message {turn + 1}" if turn >= 0 else "a message of an earlier turn"
+        names[id(media)] = media.filename or f"part {number + 1} of {where}"
     return names
 
 

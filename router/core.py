@@ -1160,37 +1160,35 @@ def _unusable_media(request: Request, measured: Mapping[int, Measured]) -> list[
     """
     problems = []
     transcribed = {id(m) for m in request.current_media()} if request.effective_task is Task.TRANSCRIBE else set()
-    for i, message in enumerate(request.messages[request.history_length:]):
-        for j, part in enumerate(message.parts):
-            media = part.media
-            if media is None:
-                continue
-            field, problem = f"request.messages[{i}].parts[{j}].media", ""
-            facts = measured.get(id(media), Measured())
-            if normalise_mime(media.mime_type) in GENERIC_TYPES and media.media_id:
-                field += ".media_id"
-                problem = (f"stored as {media.mime_type!r} (by an older version), a type naming no format, which "
-                           "no model takes: upload the file again declaring its MIME type; its record then takes it")
-            elif normalise_mime(media.mime_type) in GENERIC_TYPES:  # a URL's: its content is not seen here
-                field += ".mime_type"
-                problem = (f"declared {media.mime_type!r}, a type that names no format, which no model takes: "
-                           "declare the file's MIME type (e.g. application/pdf or image/png)")
-            elif media.modality in (Modality.AUDIO, Modality.VIDEO) and media.duration_seconds == 0:
-                problem = (f"the {media.modality.value} is empty: its measured duration is 0 s "
-                           "(a header with no samples), so there is nothing to hear")
-            elif facts.no_audio and id(media) in transcribed:
-                problem = (f"the {'video' if media.modality is Modality.VIDEO else 'recording'} has no audio track, "
-                           "so there is nothing to transcribe "
-                           "(to ask about its pictures, send the video with TASK_CHAT)")
-            elif facts.locked:
-                problem = ("password-protected PDF: remove the password (it opens only with its password, "
-                           "which no provider is given)")
-            elif facts.damaged:
-                name = routing.media_name(media)
-                problem = (f"{name + ': ' if name else ''}the image cannot be decoded ({facts.damaged}): damaged "
-                           "or cut short; send the whole file")
-            if problem:
-                problems.append(FieldViolation(field, problem))
+    for media, i, j in request.media_places():
+        if i < 0:  # the session's history: checked on its own turn
+            continue
+        field, problem = f"request.messages[{i}].parts[{j}].media", ""
+        facts = measured.get(id(media), Measured())
+        if normalise_mime(media.mime_type) in GENERIC_TYPES and media.media_id:
+            field += ".media_id"
+            problem = (f"stored as {media.mime_type!r} (by an older version), a type naming no format, which "
+                       "no model takes: upload the file again declaring its MIME type; its record then takes it")
+        elif normalise_mime(media.mime_type) in GENERIC_TYPES:  # a URL's: its content is not seen here
+            field += ".mime_type"
+            problem = (f"declared {media.mime_type!r}, a type that names no format, which no model takes: "
+                       "declare the file's MIME type (e.g. application/pdf or image/png)")
+        elif media.modality in (Modality.AUDIO, Modality.VIDEO) and media.duration_seconds == 0:
+            problem = (f"the {media.modality.value} is empty: its measured duration is 0 s "
+                       "(a header with no samples), so there is nothing to hear")
+        elif facts.no_audio and id(media) in transcribed:
+            problem = (f"the {'video' if media.modality is Modality.VIDEO else 'recording'} has no audio track, "
+                       "so there is nothing to transcribe "
+                       "(to ask about its pictures, send the video with TASK_CHAT)")
+        elif facts.locked:
+            problem = ("password-protected PDF: remove the password (it opens only with its password, "
+                       "which no provider is given)")
+        elif facts.damaged:
+            name = routing.media_name(media)
+            problem = (f"{name + ': ' if name else ''}the image cannot be decoded ({facts.damaged}): damaged "
+                       "or cut short; send the whole file")
+        if problem:
+            problems.append(FieldViolation(field, problem))
     return problems
 
 

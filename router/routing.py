@@ -473,7 +473,7 @@ def facts_of(request: Request) -> Facts:
         bridged_conversation_tokens=bridged,
         conversation_pdf_pages=conversation_pages,
         max_output_tokens=request.options.max_output_tokens,
-        media_parts=_media_parts(request, media),
+        media_parts=_media_parts(request, media) if media else (),
         turn_bytes=turn_bytes,
         conversation_bytes=conversation_bytes,
     )
@@ -494,18 +494,14 @@ def _media_parts(request: Request, media: Iterable[Media]) -> tuple[MediaPart, .
     """Those of ``request``'s media that are in ``media``, each with its place (see :class:`MediaPart`)."""
     wanted = {id(one) for one in media}
     found = []
-    for index, message in enumerate(request.messages):
-        turn = index - request.history_length
-        for number, part in enumerate(message.parts):
-            one = part.media
-            if one is None or id(one) not in wanted:
-                continue
-            name = media_name(one)
-            if turn >= 0:
-                field_path = place = f"request.messages[{turn}].parts[{number}].media"
-            else:
-                field_path, place = "request.session_id", f"part {number + 1} of a message of an earlier turn"
-            found.append(MediaPart(one.modality, normalise_mime(one.mime_type), field_path, place, name))
+    for one, turn, number in request.media_places():
+        if id(one) not in wanted:
+            continue
+        if turn >= 0:
+            field_path = place = f"request.messages[{turn}].parts[{number}].media"
+        else:
+            field_path, place = "request.session_id", f"part {number + 1} of a message of an earlier turn"
+        found.append(MediaPart(one.modality, normalise_mime(one.mime_type), field_path, place, media_name(one)))
     return tuple(found)
 
 

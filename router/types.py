@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +174,16 @@ class Request:
     def media(self) -> list[Media]:
         """All media of all messages, in order."""
         return [p.media for p in self.parts() if p.media is not None]
+
+    def media_places(self) -> Iterator[tuple[Media, int, int]]:
+        """Each media with its place, in order: ``(media, message, part)``, the index of its message among this
+        turn's (negative for one of the session's history: -1 the last) and of its part in that message, from 0.
+        How the router names a media to its client: ``request.messages[0].parts[1].media`` (a field), "part 2
+        of message 1" (:func:`router.bridging.part_names`)."""
+        for index, message in enumerate(self.messages):
+            for number, part in enumerate(message.parts):
+                if part.media is not None:
+                    yield part.media, index - self.history_length, number
 
     def turn_media(self) -> list[Media]:
         """The media of this turn's messages (those after the session's history), in order."""
