@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 import wave
+from collections.abc import Iterator
 
 import pytest
 from media_factory import repeated_wav
@@ -54,9 +55,12 @@ CALL_MAX_WER = 0.3
 
 
 @pytest.fixture(scope="module")
-def local() -> LocalProvider:
-    """One provider for the module, so the OCR and speech models load once."""
-    return LocalProvider(workers=2, frame_interval=1.0)
+def local() -> Iterator[LocalProvider]:
+    """One provider for the module, so the OCR and speech models load once; closed at the end (its speech
+    decoder's process ends then, not with the test worker)."""
+    provider = LocalProvider(workers=2, frame_interval=1.0)
+    yield provider
+    asyncio.run(provider.aclose())
 
 
 def ask(*media_items: Media, question: str = "What does it say?", task: Task = Task.AUTO) -> Request:
@@ -690,9 +694,11 @@ async def test_a_truncated_image_is_invalid_argument(local: LocalProvider, fmt: 
 
 
 @pytest.fixture(scope="module")
-def five_seconds() -> LocalProvider:
-    """A provider that transcribes at most 5 s of audio (``max_audio_seconds``)."""
-    return LocalProvider.from_settings({"workers": 1, "max_audio_seconds": 5})
+def five_seconds() -> Iterator[LocalProvider]:
+    """A provider that transcribes at most 5 s of audio (``max_audio_seconds``), closed at the end."""
+    provider = LocalProvider.from_settings({"workers": 1, "max_audio_seconds": 5})
+    yield provider
+    asyncio.run(provider.aclose())
 
 
 def long_audio(name: str) -> bytes:
