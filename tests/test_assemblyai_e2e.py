@@ -12,12 +12,14 @@ import wave
 
 import grpc
 import pytest
+from conftest import launch_daemon
 from grpc_helpers import (
     assert_instance_listed,
     error_details,
     instance_config,
     providers_by_name,
     text_request,
+    wait_for,
 )
 from grpc_status import rpc_status
 from mmrouter.v1 import router_pb2 as pb
@@ -63,15 +65,42 @@ def wav_media(data: bytes) -> pb.Media:
     return pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=data, filename="call.wav")
 
 
-@pytest.fixture
-def fake():
+@pytest.fixture(scope="module")
+def module_fake():
     with FakeAssemblyAI(api_key=KEY) as upstream:
         yield upstream
 
 
 @pytest.fixture
-def daemon(start_daemon, fake):
-    return start_daemon(CONFIG.format(url=fake.url), env={"AAI_TEST_KEY": KEY})
+def fake(module_fake):
+    """The module's fake, put back as it was started, but for its transcript ids, which go on counting; at the
+    end of the test, once the daemon deleted the transcripts it read (it does so in the background): a late
+    delete reaches no other test."""
+    module_fake.reset(keep={"_ids"})
+    yield module_fake
+    wait_for(lambda: set(module_fake.delete_requests) >= set(module_fake.transcripts), timeout=10)
+
+
+def module_daemon(config: str, module_fake, plugin_sites, tmp_path_factory):
+    """A daemon of ``config`` (CONFIG's placeholders) on the module's fake, for the tests of the module that
+    share it (starting one per test took most of the module's time); its fixture says what they must not do."""
+    daemon = launch_daemon(config.format(url=module_fake.url), tmp=tmp_path_factory.mktemp("assemblyai"),
+                           env={"AAI_TEST_KEY": KEY}, sites=[plugin_sites["testkit"]])
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def config_daemon(module_fake, plugin_sites, tmp_path_factory):
+    """One daemon of CONFIG for the tests that only transcribe (or fail to) and check what they got and what
+    the fake received. Tests sharing it must not read its statistics, log or provider listing (health), nor
+    make AssemblyAI answer with a retry delay (a cool-down)."""
+    yield from module_daemon(CONFIG, module_fake, plugin_sites, tmp_path_factory)
+
+
+@pytest.fixture
+def daemon(config_daemon, fake):
+    return config_daemon
 
 
 def test_diarized_transcript_through_the_daemon(daemon, fake):
@@ -168,11 +197,18 @@ FALLBACK_CONFIG = CONFIG.replace("    use: assemblyai/best\n",
                                  "    use: assemblyai/best\n    fallback: [assemblyai/universal-2]\n")
 
 
-def test_a_transcript_failed_on_assemblyais_side_falls_back_to_the_next_target(start_daemon, fake):
+@pytest.fixture(scope="module")
+def fallback_daemon(module_fake, plugin_sites, tmp_path_factory):
+    """One daemon of FALLBACK_CONFIG for the tests of a transcript failing: AssemblyAI's failed transcripts carry
+    no retry delay (no cool-down). Tests sharing it must not read its statistics, log or health either."""
+    yield from module_daemon(FALLBACK_CONFIG, module_fake, plugin_sites, tmp_path_factory)
+
+
+def test_a_transcript_failed_on_assemblyais_side_falls_back_to_the_next_target(fallback_daemon, fake):
     """AssemblyAI's "Server error, developers have been alerted." is its fault, and resubmitting is what it
     advises: UNAVAILABLE, so the rule's fallback is tried and answers."""
     assert FALLBACK_CONFIG != CONFIG
-    daemon = start_daemon(FALLBACK_CONFIG.format(url=fake.url), env={"AAI_TEST_KEY": KEY})
+    daemon = fallback_daemon
     fake.statuses = ("queued", "processing", "error")
     fake.error_message = "Server error, developers have been alerted."
     fake.later_statuses = ("queued", "processing", "completed")
@@ -202,9 +238,9 @@ def test_a_transcript_failed_on_assemblyais_side_without_fallback_is_unavailable
     "Audio duration is too short.",
     "Failed to transcribe.",  # unknown: the media's fault, as before
 ])
-def test_a_transcript_failed_for_its_media_does_not_fall_back(start_daemon, fake, text):
+def test_a_transcript_failed_for_its_media_does_not_fall_back(fallback_daemon, fake, text):
     """The media is at fault: another model would fail on it too (and be billed): INVALID_ARGUMENT at once."""
-    daemon = start_daemon(FALLBACK_CONFIG.format(url=fake.url), env={"AAI_TEST_KEY": KEY})
+    daemon = fallback_daemon
     fake.statuses = ("queued", "error")
     fake.error_message = text
     fake.later_statuses = ("queued", "completed")
@@ -216,9 +252,10 @@ def test_a_transcript_failed_for_its_media_does_not_fall_back(start_daemon, fake
     assert len(fake.created) == 1  # the fallback was not tried
 
 
-def test_a_failing_later_clip_keeps_the_cost_of_the_clips_before_it(daemon, fake, tmp_path):
+def test_a_failing_later_clip_keeps_the_cost_of_the_clips_before_it(start_daemon, fake, tmp_path):
     """Clip 1 was transcribed (and billed by AssemblyAI) when clip 2 failed: its audio seconds and cost
     reach the statistics as a failed step."""
+    daemon = start_daemon(CONFIG.format(url=fake.url), env={"AAI_TEST_KEY": KEY})  # its own: it reads the stats
     fake.later_statuses = ("queued", "error")
     request = request_for(wav_media(wav_bytes()))
     request.messages[0].parts.append(pb.Part(media=wav_media(wav_bytes(0.7))))
@@ -254,7 +291,8 @@ def test_refused_key_names_the_setting_not_the_key(start_daemon, fake):
     assert fake.requests[0].headers["authorization"] == "wrong-secret-771"
 
 
-def test_listed_as_a_ready_diarizing_provider(daemon):
+def test_listed_as_a_ready_diarizing_provider(start_daemon, fake):
+    daemon = start_daemon(CONFIG.format(url=fake.url), env={"AAI_TEST_KEY": KEY})  # its own: it reads the health
     providers = providers_by_name(daemon.stub, timeout=10)
     info = providers["assemblyai"]
     assert info.state == pb.PROVIDER_STATE_READY

@@ -9,7 +9,8 @@ import io
 import av
 import numpy as np
 import pytest
-from grpc_helpers import text_request
+from conftest import launch_daemon
+from grpc_helpers import text_request, wait_for
 from media_factory import pdf, png
 from mmrouter.v1 import router_pb2 as pb
 from PIL import Image
@@ -28,8 +29,8 @@ KEYS = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "ASSEM
         "GEMINI_API_KEY": GEMINI_KEY}
 
 
-@pytest.fixture
-def fakes():
+@pytest.fixture(scope="module")
+def module_fakes():
     servers = {"openai": FakeOpenAI(), "anthropic": FakeAnthropic(), "assemblyai": FakeAssemblyAI(api_key=AAI_KEY),
                "gemini": FakeGemini(api_key=GEMINI_KEY)}
     for server in servers.values():
@@ -37,6 +38,18 @@ def fakes():
     yield servers
     for server in servers.values():
         server.stop()
+
+
+@pytest.fixture
+def fakes(module_fakes):
+    """The module's fakes, put back as they were started (but for AssemblyAI's transcript ids, which go on
+    counting); at the end of the test, once the daemon deleted the transcripts it read (it does so in the
+    background): a late delete reaches no other test."""
+    for server in module_fakes.values():
+        server.reset(keep={"_ids"})
+    yield module_fakes
+    assemblyai = module_fakes["assemblyai"]
+    wait_for(lambda: set(assemblyai.delete_requests) >= set(assemblyai.transcripts), timeout=10)
 
 
 def config_for(fakes, *providers: str) -> str:
@@ -51,6 +64,33 @@ def config_for(fakes, *providers: str) -> str:
     }
     return "\n".join(["extend_default_routes: true", "providers:", *(lines[p] for p in providers),
                       "  local: {}"])
+
+
+def module_daemon(module_fakes, tmp_path_factory, *providers: str):
+    """A daemon of :func:`config_for` ``providers`` on the module's fakes, for the module's tests that share
+    it (starting one per test, and importing its SDKs, took most of the module's time); its fixture says what
+    they must not do."""
+    daemon = launch_daemon(config_for(module_fakes, *providers), tmp=tmp_path_factory.mktemp("formats"),
+                           env=KEYS, sites=[])
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def openai_anthropic(module_fakes, tmp_path_factory):
+    """One daemon of the rules with OpenAI and Anthropic for the tests of how an image reaches the model: each
+    sends media of its own and reads what the fakes received and the route. Tests sharing it must not make a
+    fake answer with a retry delay (a cool-down), read its health, statistics or log, or send bytes another
+    test sends to a bridge (bridged texts are kept by content)."""
+    yield from module_daemon(module_fakes, tmp_path_factory, "openai", "anthropic")
+
+
+@pytest.fixture(scope="module")
+def openai_assemblyai(module_fakes, tmp_path_factory):
+    """One daemon of the rules with OpenAI and AssemblyAI for the tests of audio formats, under the same terms
+    as :func:`openai_anthropic`: a transcription's transcript is kept as its audio's bridged text, so a test
+    whose audio is bridged sends a clip no other test sends."""
+    yield from module_daemon(module_fakes, tmp_path_factory, "openai", "assemblyai")
 
 
 def bmp(text: str) -> bytes:
@@ -123,11 +163,11 @@ def sent_parts(fake: FakeOpenAI) -> list:
 
 
 @pytest.mark.parametrize("sent", ["inline", "uploaded"])
-def test_a_bmp_reaches_gpt_4o_as_a_png_image_not_as_its_ocr_text(start_daemon, fakes, sent) -> None:
+def test_a_bmp_reaches_gpt_4o_as_a_png_image_not_as_its_ocr_text(openai_anthropic, fakes, sent) -> None:
     """GPT-4o takes no BMP: the router converts it to PNG (Pillow), so the model sees the picture; the
     local OCR, planned as the fallback, is not called."""
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
-    scan = bmp("INVOICE")
+    daemon = openai_anthropic
+    scan = bmp({"inline": "INVOICE", "uploaded": "RECEIPT"}[sent])  # its own: a conversion is kept by content
     if sent == "inline":
         sent_scan = image("image/bmp", scan, "scan.bmp")
     else:
@@ -150,10 +190,11 @@ def test_a_bmp_reaches_gpt_4o_as_a_png_image_not_as_its_ocr_text(start_daemon, f
     assert len(fakes["openai"].chat_requests()) == 1
 
 
-def test_a_16_bit_grayscale_tiff_reaches_gpt_4o_as_the_same_picture_not_a_blank_one(start_daemon, fakes) -> None:
+def test_a_16_bit_grayscale_tiff_reaches_gpt_4o_as_the_same_picture_not_a_blank_one(openai_anthropic,
+                                                                                    fakes) -> None:
     """A 16-bit scan (Pillow's mode I;16): a dark square on mid-gray reaches the model as a dark square on a
     lighter gray, stretched to 8 bits; clipped to 8 bits it was all white."""
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    daemon = openai_anthropic
     values = np.full((120, 160), 30000, dtype=np.uint16)
     values[40:80, 60:100] = 5000
     out = io.BytesIO()
@@ -170,9 +211,10 @@ def test_a_16_bit_grayscale_tiff_reaches_gpt_4o_as_the_same_picture_not_a_blank_
         assert (picture.getpixel((80, 60)), picture.getpixel((10, 10))) == (0, 255)  # the square, the page
 
 
-def test_a_multi_page_tiff_reaches_gpt_4o_as_an_image_per_page_in_order_each_labelled(start_daemon, fakes) -> None:
+def test_a_multi_page_tiff_reaches_gpt_4o_as_an_image_per_page_in_order_each_labelled(openai_anthropic,
+                                                                                      fakes) -> None:
     """A 3-page fax: GPT-4o used to get page 1 only, and the route said nothing of pages 2 and 3."""
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    daemon = openai_anthropic
     fax, pages = tiff_pages(*(f"FAX PAGE {n} AMOUNT {n * 100}" for n in (1, 2, 3)))
     answer = generate(daemon, text_request("Add up the amounts on every page",
                                            media=[image("image/tiff", fax, "fax.tif")]))
@@ -187,9 +229,9 @@ def test_a_multi_page_tiff_reaches_gpt_4o_as_an_image_per_page_in_order_each_lab
     assert [s.purpose for s in answer.route.steps] == ["answer"]  # no OCR
 
 
-def test_a_tiff_of_more_pages_than_the_cap_sends_the_first_and_says_the_rest_were_left_out(start_daemon,
+def test_a_tiff_of_more_pages_than_the_cap_sends_the_first_and_says_the_rest_were_left_out(openai_anthropic,
                                                                                            fakes) -> None:
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    daemon = openai_anthropic
     cap = router.convert.MAX_PAGES
     batch, pages = tiff_pages(*(f"PAGE {n}" for n in range(1, cap + 3)))
     answer = generate(daemon, text_request("Summarise", media=[image("image/tiff", batch, "batch.tif")]))
@@ -205,9 +247,9 @@ def test_a_tiff_of_more_pages_than_the_cap_sends_the_first_and_says_the_rest_wer
     assert len(got) == 2 * cap + 2
 
 
-def test_a_multi_page_tiff_beside_a_pdf_reaches_claude_as_an_image_per_page(start_daemon, fakes) -> None:
+def test_a_multi_page_tiff_beside_a_pdf_reaches_claude_as_an_image_per_page(openai_anthropic, fakes) -> None:
     """The `documents` rule: Claude takes the PDF, and each page of the TIFF as a PNG, after its label."""
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    daemon = openai_anthropic
     fax, pages = tiff_pages("FAX PAGE 1", "FAX PAGE 2")
     report = pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", data=pdf(["Q3"]), filename="q3.pdf")
     answer = generate(daemon, text_request("Compare", media=[report, image("image/tiff", fax, "fax.tif")]))
@@ -222,10 +264,11 @@ def test_a_multi_page_tiff_beside_a_pdf_reaches_claude_as_an_image_per_page(star
     assert [Image.open(io.BytesIO(b.data)).convert("L").tobytes() for b in received] == [p.tobytes() for p in pages]
 
 
-def test_a_noisy_bmp_too_large_as_a_png_reaches_gpt_4o_as_a_jpeg_within_claudes_size(start_daemon, fakes) -> None:
+def test_a_noisy_bmp_too_large_as_a_png_reaches_gpt_4o_as_a_jpeg_within_claudes_size(openai_anthropic,
+                                                                                     fakes) -> None:
     """A photo-like BMP (noise) makes a PNG as large as the bitmap (7.7 MB here, over Claude's 5 MB of base64
     an image): it is sent as a JPEG instead."""
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    daemon = openai_anthropic
     out = io.BytesIO()
     Image.fromarray(np.random.default_rng(7).integers(0, 256, (1600, 1600, 3), dtype=np.uint8)).save(out, format="BMP")
     answer = generate(daemon, text_request("What is it?", media=[image("image/bmp", out.getvalue(), "noise.bmp")]))
@@ -237,10 +280,10 @@ def test_a_noisy_bmp_too_large_as_a_png_reaches_gpt_4o_as_a_jpeg_within_claudes_
         assert (picture.format, picture.size) == ("JPEG", (1600, 1600))
 
 
-def test_an_image_that_cannot_be_converted_is_read_by_the_local_ocr_instead(start_daemon, fakes) -> None:
+def test_an_image_that_cannot_be_converted_is_read_by_the_local_ocr_instead(openai_anthropic, fakes) -> None:
     """A "BMP" Pillow cannot read as one (here a PPM, whose magic the router does not check) falls back to
     the planned OCR bridge: only its text reaches gpt-4o, and the route says the picture could not be converted."""
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    daemon = openai_anthropic
     out = io.BytesIO()
     Image.open(io.BytesIO(png("INVOICE", size=(160, 48)))).convert("RGB").save(out, format="PPM")
     request = text_request("What does the scan say?", media=[image("image/bmp", out.getvalue(), "scan.bmp")])
@@ -253,16 +296,17 @@ def test_an_image_that_cannot_be_converted_is_read_by_the_local_ocr_instead(star
     assert any(note.startswith("could not convert scan.bmp from image/bmp") for note in answer.route.notes)
 
 
-def test_a_png_still_goes_to_gpt_4o_as_an_image(start_daemon, fakes) -> None:
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+def test_a_png_still_goes_to_gpt_4o_as_an_image(openai_anthropic, fakes) -> None:
+    daemon = openai_anthropic
     answer = generate(daemon, text_request("What does the chart show?",
                                            media=[image("image/png", png("chart"), "chart.png")]))
     assert (answer.route.provider, answer.route.model, list(answer.route.bridges)) == ("openai", "gpt-4o", [])
     assert [p.kind for p in sent_parts(fakes["openai"])].count("image") == 1
 
 
-def test_an_aac_clip_is_transcribed_by_assemblyai_and_explain_says_why_not_whisper(start_daemon, fakes) -> None:
-    daemon = start_daemon(config_for(fakes, "openai", "assemblyai"), env=KEYS, plugins=())
+def test_an_aac_clip_is_transcribed_by_assemblyai_and_explain_says_why_not_whisper(openai_assemblyai,
+                                                                                   fakes) -> None:
+    daemon = openai_assemblyai
     clip = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/aac", data=aac(), filename="voice.aac")
     request = text_request("", media=[clip], options=pb.Options(task=pb.TASK_TRANSCRIBE))
     route = daemon.stub.ExplainRoute(pb.ExplainRouteRequest(request=request), timeout=30).route
@@ -285,11 +329,12 @@ def test_list_providers_shows_each_models_formats_and_length_cap(start_daemon, f
     assert list(providers["assemblyai"].models[0].input_mime_types) == []  # any format
 
 
-def test_when_the_bridge_fails_the_next_one_is_one_that_takes_the_format(start_daemon, fakes) -> None:
-    daemon = start_daemon(config_for(fakes, "openai", "assemblyai"), env=KEYS, plugins=())
+def test_when_the_bridge_fails_the_next_one_is_one_that_takes_the_format(openai_assemblyai, fakes) -> None:
+    daemon = openai_assemblyai
     for _ in range(6):  # AssemblyAI is down (its SDK may retry)
         fakes["assemblyai"].fail_next(503, {"error": "service unavailable"})
-    clip = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/aac", data=aac(), filename="voice.aac")
+    # a clip of its own: the transcript of aac() another test asks for is kept as that clip's bridged text
+    clip = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/aac", data=aac(1.5), filename="voice.aac")
     answer = generate(daemon, text_request("What is said here?", media=[clip]))
     assert (answer.route.provider, answer.route.model) == ("openai", "gpt-4o")
     assert list(answer.route.bridges) == ["audio->transcript via local/extract"]
@@ -311,11 +356,11 @@ def test_a_heic_photo_goes_to_gemini_which_reads_it_not_through_an_ocr_that_cann
 
 
 @pytest.mark.parametrize("sent", ["inline", "uploaded"])
-def test_an_m4a_declared_audio_aac_is_typed_by_its_content_and_transcribed_by_whisper(start_daemon, fakes,
-                                                                                       sent) -> None:
+def test_an_m4a_declared_audio_aac_is_typed_by_its_content_and_transcribed_by_whisper(openai_assemblyai,
+                                                                                      fakes, sent) -> None:
     """Browsers and phones declare an m4a ``audio/aac``; its ``ftyp`` box says mp4, which Whisper takes
     (raw AAC it does not: see the test above, where the same rules send an ADTS clip to AssemblyAI)."""
-    daemon = start_daemon(config_for(fakes, "openai", "assemblyai"), env=KEYS, plugins=())
+    daemon = openai_assemblyai
     if sent == "inline":
         clip = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/aac", data=m4a(), filename="voice.aac")
     else:
@@ -334,10 +379,11 @@ def test_an_m4a_declared_audio_aac_is_typed_by_its_content_and_transcribed_by_wh
     assert fakes["assemblyai"].created == []
 
 
-def test_an_animated_gif_is_refused_by_gpt_4o_before_sending_and_claude_answers(start_daemon, fakes) -> None:
+def test_an_animated_gif_is_refused_by_gpt_4o_before_sending_and_claude_answers(openai_anthropic,
+                                                                                fakes) -> None:
     """OpenAI's chat models take still GIFs only: an animated one goes to the rule's next target, and the
     route says why; a still GIF still goes to gpt-4o."""
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    daemon = openai_anthropic
     answer = generate(daemon, text_request("What moves?", media=[image("image/gif", gif(3), "spinner.gif")]))
     assert (answer.route.rule, answer.route.provider) == ("cross-modal", "anthropic")
     [refused] = [a for a in answer.route.attempts if not a.ok]
@@ -351,10 +397,11 @@ def test_an_animated_gif_is_refused_by_gpt_4o_before_sending_and_claude_answers(
     assert [p.mime_type for p in sent_parts(fakes["openai"]) if p.kind == "image"] == ["image/gif"]
 
 
-def test_an_animated_gif_with_a_stray_byte_between_frames_is_refused_by_gpt_4o_too(start_daemon, fakes) -> None:
+def test_an_animated_gif_with_a_stray_byte_between_frames_is_refused_by_gpt_4o_too(openai_anthropic,
+                                                                                   fakes) -> None:
     """Pillow (and OpenAI) skip a stray byte between a GIF's blocks and read every frame: the router's check
     must not stop there and take it for a still GIF, which OpenAI would refuse for good (400)."""
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    daemon = openai_anthropic
     animated = gif(3)
     second = animated.index(b"\x21\xf9\x04", animated.index(b"\x21\xf9\x04") + 1)  # the 2nd frame's control
     padded = animated[:second] + b"\x00" + animated[second:]
@@ -364,8 +411,8 @@ def test_an_animated_gif_with_a_stray_byte_between_frames_is_refused_by_gpt_4o_t
     assert any("the GIF 'spinner.gif' is animated" in a.error for a in answer.route.attempts if not a.ok)
 
 
-def test_an_uploaded_animated_gif_is_refused_by_gpt_4o_too(start_daemon, fakes) -> None:
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+def test_an_uploaded_animated_gif_is_refused_by_gpt_4o_too(openai_anthropic, fakes) -> None:
+    daemon = openai_anthropic
     stored = upload(daemon, gif(2), "image/gif", pb.MODALITY_IMAGE, "wave.gif")
     answer = generate(daemon, text_request("What moves?", media=[
         pb.Media(modality=pb.MODALITY_IMAGE, media_id=stored.media_id)]))
@@ -390,11 +437,11 @@ def test_a_file_over_the_gemini_files_api_limit_is_refused_before_uploading(star
     assert fakes["gemini"].calls("upload_start") == [] and fakes["gemini"].calls("stream") == []
 
 
-def test_an_avif_photo_reaches_gpt_4o_as_a_picture_not_as_its_ocr_text(start_daemon, fakes) -> None:
+def test_an_avif_photo_reaches_gpt_4o_as_a_picture_not_as_its_ocr_text(openai_anthropic, fakes) -> None:
     """QA edu (session 23): GPT-4o takes no AVIF (phones and web pages save photos so), and got the local OCR's
     text of the photo instead of the picture (a geometry figure lost), though Pillow reads AVIF. It is converted
     as a BMP is."""
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    daemon = openai_anthropic
     picture = Image.new("RGB", (64, 48), (200, 30, 30))
     out = io.BytesIO()
     picture.save(out, format="AVIF", quality=90)
@@ -409,10 +456,10 @@ def test_an_avif_photo_reaches_gpt_4o_as_a_picture_not_as_its_ocr_text(start_dae
     assert not any(p.kind == "text" and p.text.startswith("[Image text]") for p in sent_parts(fakes["openai"]))
 
 
-def test_an_animated_avif_reaches_gpt_4o_as_one_picture_not_a_page_per_frame(start_daemon, fakes) -> None:
+def test_an_animated_avif_reaches_gpt_4o_as_one_picture_not_a_page_per_frame(openai_anthropic, fakes) -> None:
     """QA regress23: an animated AVIF's frames were converted as a TIFF's pages, up to 20 images labelled
     "page 1 of 2"; its first frame stands for it, as one picture."""
-    daemon = start_daemon(config_for(fakes, "openai", "anthropic"), env=KEYS, plugins=())
+    daemon = openai_anthropic
     frames = [Image.new("RGB", (32, 24), colour) for colour in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
     out = io.BytesIO()
     frames[0].save(out, format="AVIF", save_all=True, append_images=frames[1:], duration=100)

@@ -8,7 +8,7 @@ import time
 
 import grpc
 import pytest
-from conftest import make_dist_info
+from conftest import launch_daemon, make_dist_info
 from grpc_helpers import error_details, text_request, wait_for
 from media_factory import mp4, pdf, png, wav
 from mmrouter.v1 import router_pb2 as pb
@@ -29,6 +29,17 @@ routes:
   - name: everything
     use: fake/omni
 """
+
+
+@pytest.fixture(scope="module")
+def daemon(plugin_sites, tmp_path_factory):
+    """One daemon of CONFIG for the module's tests that only call it on sessions of their own (no session id
+    used by another test): starting one per test took a good part of the module's time. Tests sharing it must
+    not read its statistics, log or health, touch its data directory, nor send media another test sends."""
+    daemon = launch_daemon(CONFIG, tmp=tmp_path_factory.mktemp("sessions"), env=None,
+                           sites=[plugin_sites["testkit"]])
+    yield daemon
+    daemon.stop()
 
 
 def ask(daemon, text: str, session: str = "s1", **fields) -> pb.Answer:
@@ -60,11 +71,10 @@ def test_history_and_media_survive_a_restart_and_reset_clears_them(start_daemon,
     assert "[history=0 image=0" in ask(restarted, "after reset").text
 
 
-def test_a_call_of_system_prompts_only_is_refused_and_adds_no_turn(start_daemon) -> None:
+def test_a_call_of_system_prompts_only_is_refused_and_adds_no_turn(daemon) -> None:
     """System messages alone ask nothing: GPT-4o answered such a call and Claude refused it, so the same
     request failed or not by the fallback taken. On a session whose history ends with an answered question
     too: OpenAI answered that question anew, Claude continued its answer (a prefill), billed and not kept."""
-    daemon = start_daemon(CONFIG)
     request = pb.MultimodalRequest(messages=[pb.Message(role=pb.ROLE_SYSTEM, parts=[pb.Part(text="be brief")])],
                                    session_id="system-only")
     for session in ("system-only", ""):
@@ -98,8 +108,7 @@ def test_a_call_of_system_prompts_only_is_refused_and_adds_no_turn(start_daemon)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_a_history_longer_than_the_context_is_trimmed_oldest_first(start_daemon) -> None:
-    daemon = start_daemon(CONFIG)
+def test_a_history_longer_than_the_context_is_trimmed_oldest_first(daemon) -> None:
     for i in range(4):
         ask(daemon, f"turn {i} " + "words " * 20, session="long chat")
     answer = ask(daemon, "last", session="long chat", hints=pb.RoutingHints(tags=["small"]))
@@ -126,10 +135,9 @@ def test_a_fallback_with_a_smaller_context_gets_the_history_trimmed_to_it(start_
     assert any("history trimmed" in n and "fake/small" in n for n in answer.route.notes), answer.route.notes
 
 
-def test_trimming_leaves_room_in_the_context_for_the_answer(start_daemon) -> None:
+def test_trimming_leaves_room_in_the_context_for_the_answer(daemon) -> None:
     """The history is trimmed to the model's context less the answer's tokens (the request's
     max_output_tokens, else the model's default): a provider refuses input + max_tokens over its context."""
-    daemon = start_daemon(CONFIG)
     conversation = [pb.Message(role=pb.ROLE_USER if i % 2 == 0 else pb.ROLE_ASSISTANT, parts=[pb.Part(text=f"m{i}")])
                     for i in range(12)]
     conversation.append(pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="seed")]))
@@ -161,10 +169,9 @@ def test_a_small_context_keeps_room_for_history_when_the_answer_length_is_not_sa
     assert input_budget(capped, 3000) == int(4096 * 0.95) - 500
 
 
-def test_a_session_with_turns_takes_only_the_new_turn(start_daemon) -> None:
+def test_a_session_with_turns_takes_only_the_new_turn(daemon) -> None:
     """A client resending the whole conversation with a session id would have it stored twice: refused
     once the session holds turns. A new session may start from a conversation given whole."""
-    daemon = start_daemon(CONFIG)
     seeded = pb.MultimodalRequest(session_id="seeded", messages=[
         pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="q0")]),
         pb.Message(role=pb.ROLE_ASSISTANT, parts=[pb.Part(text="a0")]),
@@ -181,8 +188,7 @@ def test_a_session_with_turns_takes_only_the_new_turn(start_daemon) -> None:
     assert "[history=2" in after.text and "q0 | a0 | q1" in after.text
 
 
-def test_session_turns_are_not_stored_when_the_call_fails(start_daemon) -> None:
-    daemon = start_daemon(CONFIG)
+def test_session_turns_are_not_stored_when_the_call_fails(daemon) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         ask(daemon, "FAIL:500", session="broken")
     assert error_details(caught.value).code == grpc.StatusCode.UNAVAILABLE
@@ -408,9 +414,8 @@ def test_later_turns_route_on_the_measured_media_of_earlier_turns(start_daemon) 
     assert ask(daemon, "and page two?", session="doc").route.rule == "long-pdfs"
 
 
-def test_history_media_keep_the_modality_their_turn_gave_them(start_daemon) -> None:
+def test_history_media_keep_the_modality_their_turn_gave_them(daemon) -> None:
     """The same bytes stored first as audio, then sent inline as video in a session turn."""
-    daemon = start_daemon(CONFIG)
     clip = mp4()
     upload = iter([pb.UploadMediaRequest(metadata=pb.UploadMetadata(
         modality=pb.MODALITY_AUDIO, mime_type="audio/mp4", size_bytes=len(clip))), pb.UploadMediaRequest(chunk=clip)])
@@ -556,11 +561,10 @@ def test_prune_runs_while_another_connection_keeps_writing(tmp_path) -> None:
     daemon_side.close()
 
 
-def test_a_reset_during_a_call_keeps_that_calls_turn_out(start_daemon) -> None:
+def test_a_reset_during_a_call_keeps_that_calls_turn_out(daemon) -> None:
     """The call was built on the history the reset forgot: its turn must not bring the session back."""
     import threading
 
-    daemon = start_daemon(CONFIG)
     ask(daemon, "remember: blue", session="r")
     answered = []
     slow = threading.Thread(target=lambda: answered.append(ask(daemon, "SLOW:1", session="r")))
@@ -577,35 +581,33 @@ def test_a_reset_during_a_call_keeps_that_calls_turn_out(start_daemon) -> None:
     assert "[history=0" in ask(daemon, "fresh start", session="r").text
 
 
-def test_a_reset_drops_the_turn_of_a_call_still_waiting_for_the_one_before_it(start_daemon) -> None:
+def test_a_reset_drops_the_turn_of_a_call_still_waiting_for_the_one_before_it(daemon) -> None:
     """A call sent before the reset and waiting behind another call on the session was kept: a question of
     the conversation the reset forgot became the first turn of the fresh one."""
     import threading
 
-    daemon = start_daemon(CONFIG)
-    ask(daemon, "first", session="r")
+    ask(daemon, "first", session="r2")
     answered: dict[str, object] = {}
-    running = threading.Thread(target=lambda: answered.setdefault("running", ask(daemon, "SLOW:1", session="r")))
+    running = threading.Thread(target=lambda: answered.setdefault("running", ask(daemon, "SLOW:1", session="r2")))
     running.start()
     time.sleep(0.3)
-    waiting = threading.Thread(target=lambda: answered.setdefault("waiting", ask(daemon, "queued before", session="r")))
+    waiting = threading.Thread(target=lambda: answered.setdefault("waiting", ask(daemon, "queued before", session="r2")))
     waiting.start()
     time.sleep(0.3)
-    assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="r")).turns_removed == 2
+    assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="r2")).turns_removed == 2
     running.join(30)
     waiting.join(30)
     assert "history=0" in answered["waiting"].text  # read after the reset
     assert any("the session was reset" in note for note in answered["waiting"].route.notes)
-    later = ask(daemon, "after", session="r").text
+    later = ask(daemon, "after", session="r2").text
     assert "[history=0" in later and "queued before" not in later
 
 
-def test_a_reset_during_a_new_sessions_first_turn_drops_that_turn(start_daemon) -> None:
+def test_a_reset_during_a_new_sessions_first_turn_drops_that_turn(daemon) -> None:
     """A session whose first turn is under way exists for ResetSession: it removes 0 turns (not
     NOT_FOUND) and the turn is not kept; a session with nothing stored or under way is NOT_FOUND."""
     import threading
 
-    daemon = start_daemon(CONFIG)
     answered = []
     slow = threading.Thread(target=lambda: answered.append(ask(daemon, "SLOW:1", session="first")))
     slow.start()
@@ -644,13 +646,12 @@ def test_a_reset_reads_only_its_own_session_and_keeps_texts_other_sessions_use(t
     store.close()
 
 
-def test_two_calls_starting_one_session_from_a_conversation_store_it_once(start_daemon) -> None:
+def test_two_calls_starting_one_session_from_a_conversation_store_it_once(daemon) -> None:
     """Both send the conversation whole, as a new session may: the second waits for the first (a session's
     calls run one at a time), finds the session started, and is refused as any whole conversation sent to
     a session with turns is, rather than storing the conversation twice."""
     from concurrent.futures import ThreadPoolExecutor
 
-    daemon = start_daemon(CONFIG)
     conversation = pb.MultimodalRequest(session_id="dup", messages=[
         pb.Message(role=pb.ROLE_USER, parts=[pb.Part(text="hi")]),
         pb.Message(role=pb.ROLE_ASSISTANT, parts=[pb.Part(text="hello!")]),
@@ -670,13 +671,12 @@ def test_two_calls_starting_one_session_from_a_conversation_store_it_once(start_
     assert daemon.stub.ResetSession(pb.ResetSessionRequest(session_id="dup")).turns_removed == 4
 
 
-def test_calls_on_one_session_run_one_at_a_time_each_on_the_turns_before_it(start_daemon) -> None:
+def test_calls_on_one_session_run_one_at_a_time_each_on_the_turns_before_it(daemon) -> None:
     """A second call sent while the first is answered waits for it, then answers on a history holding the
     first turn, and says it waited; both answered on the same history before, the second's turn stored after
     a first turn it never saw. Calls on other sessions do not wait."""
     import threading
 
-    daemon = start_daemon(CONFIG)
     ask(daemon, "remember: blue", session="busy")
     first: list[pb.Answer] = []
     slow = threading.Thread(target=lambda: first.append(ask(daemon, "SLOW:1", session="busy")))
