@@ -51,60 +51,65 @@ import signal as _signal
 import sys as _sys
 
 if _sys.argv[1:2] == ["serve"] and (_sys.argv[0] == "-m" or _os.path.basename(_sys.argv[0]) == "mmrouter"):
-    # `mmrouter serve` imports this package first (about 0.5 s): a SIGHUP then (its default action ends the
-    # process) or a SIGINT (a traceback) waits; serve acts on them once it can (see router.cli.serve)
+    # `mmrouter serve` imports this package first, then the command's modules (about 0.5 s): a SIGHUP then (its
+    # default action ends the process) or a SIGINT (a traceback) waits; serve acts on them once it can (see
+    # router.cli.serve)
     _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT, _signal.SIGHUP})
 
-import pluggy
+import importlib as _importlib
+from typing import TYPE_CHECKING
 
-from .errors import (
-    ProviderAuthError,
-    ProviderBadRequest,
-    ProviderError,
-    ProviderInputTooLarge,
-    ProviderModelNotFound,
-    ProviderNotConfigured,
-    ProviderQuotaExhausted,
-    ProviderRateLimited,
-    ProviderTimeout,
-    ProviderUnavailable,
-    ProviderUnsupportedInput,
-    provider_error_from_status,
-)
-from .provider import Provider
-from .settings import ModelSpec, ProviderSettings, with_configured_models
-from .types import (
-    FEATURE_DIARIZATION,
-    FEATURE_EXTRACTION_ONLY,
-    FEATURE_STREAMING,
-    MAX_ROUTE_NOTE_CHARS,
-    OUTPUT_TEXT,
-    OUTPUT_TRANSCRIPT,
-    CallContext,
-    FinishReason,
-    Media,
-    Message,
-    Modality,
-    ModelInfo,
-    Options,
-    Part,
-    Price,
-    ProviderEvent,
-    Request,
-    Role,
-    RouteNote,
-    Task,
-    TextDelta,
-    Transcript,
-    TranscriptReady,
-    Usage,
-    UsageReport,
-    Utterance,
-    Word,
-)
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported when first used
+    import pluggy
 
-#: Marks a hook implementation in a plugin.
-hookimpl = pluggy.HookimplMarker("mmrouter")
+    from .errors import (
+        ProviderAuthError,
+        ProviderBadRequest,
+        ProviderError,
+        ProviderInputTooLarge,
+        ProviderModelNotFound,
+        ProviderNotConfigured,
+        ProviderQuotaExhausted,
+        ProviderRateLimited,
+        ProviderTimeout,
+        ProviderUnavailable,
+        ProviderUnsupportedInput,
+        provider_error_from_status,
+    )
+    from .provider import Provider
+    from .settings import ModelSpec, ProviderSettings, with_configured_models
+    from .types import (
+        FEATURE_DIARIZATION,
+        FEATURE_EXTRACTION_ONLY,
+        FEATURE_STREAMING,
+        MAX_ROUTE_NOTE_CHARS,
+        OUTPUT_TEXT,
+        OUTPUT_TRANSCRIPT,
+        CallContext,
+        FinishReason,
+        Media,
+        Message,
+        Modality,
+        ModelInfo,
+        Options,
+        Part,
+        Price,
+        ProviderEvent,
+        Request,
+        Role,
+        RouteNote,
+        Task,
+        TextDelta,
+        Transcript,
+        TranscriptReady,
+        Usage,
+        UsageReport,
+        Utterance,
+        Word,
+    )
+
+    #: Marks a hook implementation in a plugin.
+    hookimpl: pluggy.HookimplMarker
 
 __all__ = [
     "FEATURE_DIARIZATION",
@@ -152,3 +157,43 @@ __all__ = [
     "provider_error_from_status",
     "with_configured_models",
 ]
+
+#: The submodule each name of the plugin API comes from (``hookimpl`` is made here: see :func:`__getattr__`).
+#: They are imported when first used, not with the package: ``mmrouter ask`` and ``--version`` import
+#: ``router.cli``, hence this package first, and need none of them (pydantic and pluggy cost ~0.3 s a start).
+_SUBMODULE_OF = {name: module for module, names in {
+    "errors": ("ProviderAuthError", "ProviderBadRequest", "ProviderError", "ProviderInputTooLarge",
+               "ProviderModelNotFound", "ProviderNotConfigured", "ProviderQuotaExhausted", "ProviderRateLimited",
+               "ProviderTimeout", "ProviderUnavailable", "ProviderUnsupportedInput", "provider_error_from_status"),
+    "provider": ("Provider",),
+    "settings": ("ModelSpec", "ProviderSettings", "with_configured_models"),
+    "types": ("FEATURE_DIARIZATION", "FEATURE_EXTRACTION_ONLY", "FEATURE_STREAMING", "MAX_ROUTE_NOTE_CHARS",
+              "OUTPUT_TEXT", "OUTPUT_TRANSCRIPT", "CallContext", "FinishReason", "Media", "Message", "Modality",
+              "ModelInfo", "Options", "Part", "Price", "ProviderEvent", "Request", "Role", "RouteNote", "Task",
+              "TextDelta", "Transcript", "TranscriptReady", "Usage", "UsageReport", "Utterance", "Word"),
+}.items() for name in names}
+#: The submodules ``import router`` made attributes of the package when it imported its names eagerly.
+_EAGER_SUBMODULES = frozenset(_SUBMODULE_OF.values())
+
+
+def __getattr__(name: str) -> object:
+    """A name of the plugin API (``router.Provider``, ``from router import ModelInfo``), imported from its
+    submodule on first use and kept here; ``router.errors`` and the other submodules the package imported
+    before its names were lazy are imported on first use too."""
+    if name == "hookimpl":
+        import pluggy
+
+        value: object = pluggy.HookimplMarker("mmrouter")
+    elif name in _SUBMODULE_OF:
+        value = getattr(_importlib.import_module(f".{_SUBMODULE_OF[name]}", __name__), name)
+    elif name in _EAGER_SUBMODULES:
+        value = _importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, with the plugin API's not imported yet."""
+    return sorted(set(globals()) | set(__all__))

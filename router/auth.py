@@ -20,7 +20,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from .config import parse_address
+from .address import parse_address
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import grpc
 import typer
-import yaml
-from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
+from .address import DEFAULT_ADDRESS
 from .cli_calls import (
     EXIT_FAILED,
     EXIT_PIPE_CLOSED,
@@ -56,24 +55,16 @@ from .cli_calls import (
     utf8_text,
     wait_for_daemon,
 )
-from .config import (
-    DEFAULT_ADDRESS,
-    data_dir_of,
-    default_data_dir,
-    did_you_mean,
-    load_config,
-    parse_config,
-    read_config_file,
-    unknown_models,
-)
-from .config_warnings import broken_provider_errors, config_warnings, unknown_providers
 from .errors import ConfigError
-from .plugins import GROUP, load_registry
 from .text import composed
 from .types import NO_LARGER_LIMIT
 from .version import version
 
+# What only some commands need (pydantic, yaml, the plugins, sqlite's helpers) is imported in them: every
+# command, ``mmrouter --version`` and ``ask`` too, starts by importing this module.
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from .sessions import SessionStore
 
 log = logging.getLogger(__name__)
@@ -267,6 +258,10 @@ def _start(ctx: typer.Context, config: Path | None, address: str | None, data_di
            ready_file: Path | None, log_level: str | None, log_format: str | None, json_asked: bool) -> None:
     """Read the settings of ``serve`` (its options, as described there) and run the daemon until it stops;
     a failure to start ends the command with one message, as JSON when ``json_asked``."""
+    from pydantic import ValidationError
+
+    from .config import load_config
+
     try:
         settings = load_config(config)
         token = os.environ.get(AUTH_TOKEN_VARIABLE)
@@ -444,6 +439,8 @@ def _asks_for_json_logs(config: Path | None) -> bool:
     error is logged as JSON too."""
     if config is None:
         return False
+    import yaml
+
     try:
         data = yaml.safe_load(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
@@ -456,7 +453,7 @@ def _quiet_grpc_core() -> None:
     """Start this command again with GRPC_VERBOSITY=NONE unless the operator set it: gRPC's C core
     writes plain-text lines straight to stderr (a bind warning, a bad TLS certificate), which break a
     JSON log and repeat a client's own message. It reads the variable once, when grpc is imported, and
-    the ``router`` package has imported it by now."""
+    this module has imported it by now."""
     if "GRPC_VERBOSITY" in os.environ:
         return
     os.environ["GRPC_VERBOSITY"] = "NONE"
@@ -872,6 +869,8 @@ def _data_dir(config: Path | None, data_dir: Path | None) -> Path:
     else the default."""
     if data_dir is not None:
         return data_dir.expanduser()
+    from .config import data_dir_of, default_data_dir
+
     try:
         return default_data_dir() if config is None else data_dir_of(config).expanduser()
     except ConfigError as exc:  # an empty MMROUTER_DATA_DIR, a bad config file
@@ -1170,6 +1169,10 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     UTF-8, invalid YAML, a bad key or value; a warning with --strict); 2 no file to read at that path.
     Errors and warnings are told apart by --json's ``severity`` (and in the text by their colour).
     """
+    from .config import did_you_mean, parse_config, read_config_file, unknown_models
+    from .config_warnings import broken_provider_errors, config_warnings, unknown_providers
+    from .plugins import GROUP, load_registry
+
     problems: list[tuple[str, str]] = []  # (severity, message), in the order found
     try:
         text = read_config_file(file)
@@ -1289,6 +1292,8 @@ class _BelowLevel(logging.Filter):
 def _not_installed(key: str, problem: str, name: str, known: Iterable[str]) -> tuple[str, str]:
     """The warning that ``name`` at ``key`` is nothing installed here. Only a warning: the file may be meant
     for a host with more plugins installed."""
+    from .config import did_you_mean
+
     return "warning", (f"{key}: {problem} (a warning only: it may be installed where the daemon runs)"
                        f"{did_you_mean(name, known)}")
 

@@ -24,8 +24,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 from rich.text import Text
 
+from .address import GRPC_INT_MAX, UPLOAD_CHUNK_BYTES, parse_address
 from .auth import with_token
-from .config import GRPC_INT_MAX, UPLOAD_CHUNK_BYTES, parse_address
 from .sniff import HEAD_BYTES, family_name, magic_family, mime_problem
 from .text import escaped, json_escape
 from .types import Modality

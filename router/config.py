@@ -20,7 +20,6 @@ taken as text, they made an auth token or key of the text written in the file.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
 import ssl
@@ -41,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from .address import DEFAULT_ADDRESS, GRPC_INT_MAX, UPLOAD_CHUNK_BYTES, parse_address
 from .errors import ConfigError
 from .text import name_problem
 from .types import Modality, Task
@@ -48,12 +48,6 @@ from .types import Modality, Task
 if TYPE_CHECKING:
     from .plugins import ProviderEntry
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-#: The largest value gRPC takes for its integer settings (a C int): message sizes in bytes,
-#: keepalive in milliseconds, streams per connection.
-GRPC_INT_MAX = 2**31 - 1
-#: The size of the chunks ``mmrouter ask`` (and the README's clients) upload media in.
-UPLOAD_CHUNK_BYTES = 1024 * 1024
 #: The smallest ``server.max_message_bytes``: an upload chunk with its framing (1 MiB + a few bytes)
 #: and room to spare; below it every file over about 1 MiB failed with gRPC's RESOURCE_EXHAUSTED.
 MIN_MESSAGE_BYTES = 2 * UPLOAD_CHUNK_BYTES
@@ -296,35 +290,6 @@ def tls_problem(cert_file: Path, key_file: Path, client_ca_file: Path | None) ->
         except ssl.SSLError as exc:
             return f"client_ca_file {client_ca_file} holds no usable CA certificate ({exc.reason or 'bad PEM data'})"
     return None
-
-
-#: ``host:port`` or ``[ipv6]:port``.
-_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^\s:\[\]/]+)):(?P<port>[0-9]+)$")
-#: Prefixes of addresses gRPC takes as a unix socket path (or abstract name).
-UNIX_PREFIXES = ("unix:", "unix-abstract:")
-
-
-def parse_address(address: str) -> tuple[str, int] | None:
-    """The host (without brackets) and port of a listening address, or None for a unix socket
-    (``unix:/path``, ``unix-abstract:name``); ValueError saying how to write it when it is neither."""
-    if address.startswith(UNIX_PREFIXES):
-        if not address.partition(":")[2]:
-            raise ValueError(f"{address!r} names no socket: write e.g. unix:/run/mmrouter/sock")
-        return None
-    match = _HOST_PORT.match(address)
-    if match is None:
-        raise ValueError(f"{address!r} is not host:port: write e.g. 127.0.0.1:50051, [::1]:50051 "
-                         "or unix:/run/mmrouter/sock")
-    port = int(match["port"])
-    if port > 65535:  # gRPC would silently listen on the port modulo 65536
-        raise ValueError(f"port {port} is over 65535 in {address!r}")
-    if match["v6"] is None:
-        return match["host"], port
-    try:
-        ipaddress.IPv6Address(match["v6"])
-    except ValueError:
-        raise ValueError(f"[{match['v6']}] is not an IPv6 address in {address!r}") from None
-    return match["v6"], port
 
 
 #: The values of ``server.log_level``, in any case.
