@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from grpc_helpers import error_details, text_request
+from grpc_helpers import error_details, text_request, wait_for
 from media_factory import mp4, pdf, png, wav
 from mmrouter.v1 import router_pb2 as pb
 
@@ -63,8 +63,13 @@ KEPT_ON_RESET = frozenset({"files", "_uploads"})
 
 def resetter(servers: dict) -> Callable[[], None]:
     """A function that puts the fakes back as they were started (:meth:`FakeUpstream.reset`), but for the Gemini
-    fake's files (:data:`KEPT_ON_RESET`); for fakes shared by a module's tests."""
+    fake's files (:data:`KEPT_ON_RESET`); for fakes shared by a module's tests. It first waits (10 s at most)
+    until the daemon deleted the AssemblyAI transcripts it read, which it does in the background: a late delete
+    would be recorded as the next test's request."""
     def reset() -> None:
+        transcriber = servers.get("assemblyai")
+        if transcriber is not None:
+            wait_for(lambda: set(transcriber.delete_requests) >= set(transcriber.transcripts), timeout=10)
         for fake in servers.values():
             fake.reset(keep=KEPT_ON_RESET)
 
