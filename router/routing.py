@@ -287,6 +287,11 @@ def byte_size(media: Media) -> int:
         return 0
 
 
+def base64_length(size: int) -> int:
+    """The length of the base64 text of ``size`` bytes."""
+    return 4 * ((size + 2) // 3)
+
+
 def sent_bytes(media: Media) -> int:
     """The fewest bytes ``media`` surely takes in a request body (see :func:`request_bytes`): its bytes
     base64-encoded, as providers send media inline (4/3 of them), those of a ``text/*`` document as they are
@@ -295,7 +300,7 @@ def sent_bytes(media: Media) -> int:
     if media.modality is Modality.IMAGE or is_url_only(media):
         return 0
     size = byte_size(media)
-    return size if is_text_document(media) else 4 * ((size + 2) // 3)
+    return size if is_text_document(media) else base64_length(size)
 
 
 def request_bytes(texts: Iterable[str], media: Iterable[Media]) -> dict[tuple[Modality, str], int]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from router import Media, Modality, ModelInfo
 from router.errors import ProviderInputTooLarge
-from router.mime import normalise_mime
+from router.routing import base64_length, sent_bytes
 
 MB = 1024 * 1024
 #: The largest image, as base64 text.
@@ -76,11 +76,6 @@ def items_allowed(model: ModelInfo | None) -> int:
     if model is not None and model.context_tokens > SMALL_CONTEXT:
         return LARGE_CONTEXT_ITEMS
     return SMALL_CONTEXT_ITEMS
-
-
-def base64_length(size: int) -> int:
-    """The length of the base64 text of ``size`` bytes."""
-    return 4 * ((size + 2) // 3)
 
 
 def stored_size(media: Media) -> int:
@@ -164,17 +159,8 @@ def check_media(media: Iterable[Media], model: ModelInfo | None, provider: str) 
     if pages > allowed:
         raise _too_large(provider, f"the request holds {pages} PDF pages, over Claude's limit of {allowed} "
                                    "pages per request")
-    sent = sum(_sent_size(m) for m in media)
+    sent = sum(sent_bytes(m) for m in media)  # what routing counts against max_request_bytes
     check_body(sent, provider, sum(stored_size(m) for m in media if m.modality is not Modality.IMAGE))
-
-
-def _sent_size(media: Media) -> int:
-    """The fewest bytes ``media`` takes in the request body: base64 text, except text documents; 0 for an
-    image (one over a limit is scaled down, to bytes not known yet)."""
-    if media.modality is Modality.IMAGE:
-        return 0
-    size = stored_size(media)
-    return size if normalise_mime(media.mime_type).startswith("text/") else base64_length(size)
 
 
 def check_images(images: ImageSizes, model: ModelInfo | None, provider: str) -> None:
