@@ -69,6 +69,11 @@ BROKEN = {
 log = logging.getLogger(__name__)
 
 
+def broken_guess(error: int | None) -> str:
+    """`` (what may be wrong)`` for an errno of :data:`BROKEN`, to add to a message; empty for another."""
+    return f" ({BROKEN[error]})" if error in BROKEN else ""
+
+
 def is_media_id(text: str) -> bool:
     """Whether ``text`` has the form of a media id: a sha256 digest, 64 lower-case hex digits."""
     return _ID.fullmatch(text) is not None
@@ -107,7 +112,7 @@ def _storing(what: str, folder: Path) -> Iterator[None]:
                               "nothing was kept, retry once there is room") from None
         if exc.errno in BROKEN:
             raise StorageFailed(f"cannot store {what}: the data directory's media folder {folder} cannot be "
-                                f"written: {exc.strerror} ({BROKEN[exc.errno]}); nothing was kept, the operator "
+                                f"written: {exc.strerror}{broken_guess(exc.errno)}; nothing was kept, the operator "
                                 "must repair it") from None
         raise
 
@@ -334,9 +339,8 @@ class MediaStore:
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
-                    guess = f" ({BROKEN[exc.errno]})" if exc.errno in BROKEN else ""
                     raise StorageFailed(f"could not erase media {media_id} in {self.root}: {exc.strerror or exc}"
-                                        f"{guess}; the session was left as it was, retry once the daemon's operator "
+                                        f"{broken_guess(exc.errno)}; the session was left as it was, retry once the daemon's operator "
                                         "repaired the media folder") from None
                 erased += 1
         return erased

@@ -31,7 +31,7 @@ from typing import NamedTuple, TypeVar
 
 from .errors import DataDirGone, RouterError, StorageBusy, StorageFailed, StorageFull
 from .invoke import unpaid_failures
-from .media import BROKEN, NO_ROOM
+from .media import NO_ROOM, broken_guess
 from .outcome import Answer
 from .redact import session_tag
 from .types import Media, Message, Modality, Part, Role, Transcript, Utterance, Word
@@ -226,8 +226,8 @@ def storage_fault(exc: sqlite3.Error, path: Path | None = None) -> Fault | None:
     if problem is not None and problem.errno in NO_ROOM:
         return Fault(Trouble.FULL, f"{exc}: {problem.strerror}")
     if problem is not None:
-        guess = f" ({BROKEN[problem.errno]})" if problem.errno in BROKEN else ""
-        return Fault(Trouble.UNWRITABLE, f"{exc}: the data directory cannot be written: {problem.strerror}{guess}")
+        return Fault(Trouble.UNWRITABLE, f"{exc}: the data directory cannot be written: {problem.strerror}"
+                                         f"{broken_guess(problem.errno)}")
     if code == sqlite3.SQLITE_IOERR and _size_limited():  # past the daemon's file size limit: EFBIG
         return Fault(Trouble.FULL, f"{exc}; is the disk full?")
     if code == sqlite3.SQLITE_IOERR:
