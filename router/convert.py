@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .mime import normalise_mime
+from .sniff import png_as_read
 from .types import Media, Modality, ModelInfo
 
 #: The format images are converted to.
@@ -211,8 +212,7 @@ def fit(media: Media, max_side: int, max_bytes: int = MAX_BYTES, max_pixels: int
     except ImportError:
         return None
     try:
-        source = io.BytesIO(media.data) if media.data is not None else media.path
-        with Image.open(source, formats=_FITTED_FORMATS) as image:
+        with Image.open(pillow_source(media), formats=_FITTED_FORMATS) as image:
             image.draft(None, _scaled_size(image.size, max_side))  # a no-op but for JPEG
             _check_pixels(image, max_pixels)
             image.load()
@@ -226,6 +226,13 @@ def fit(media: Media, max_side: int, max_bytes: int = MAX_BYTES, max_pixels: int
     return Media(Modality.IMAGE, mime, data=data, filename=media.filename, size=len(data))
 
 
+def pillow_source(media: Media) -> Any:
+    """What Pillow opens ``media`` from: its bytes or its stored file, a PNG as libpng reads it (without its
+    ancillary chunks that fail their checksum, which Pillow refuses: :func:`router.sniff.png_as_read`)."""
+    readable = png_as_read(media.data if media.data is not None else str(media.path))
+    return io.BytesIO(readable) if isinstance(readable, bytes) else readable
+
+
 def fit_problem(media: Media, max_side: int, max_pixels: int = MAX_PIXELS) -> str:
     """Why :func:`fit` could not scale ``media`` down to ``max_side`` (which it logs, at INFO, but does not
     return), for a refusal to say: Pillow missing, content it cannot read as one of the formats it scales, or
@@ -236,7 +243,7 @@ def fit_problem(media: Media, max_side: int, max_pixels: int = MAX_PIXELS) -> st
     except ImportError:
         return "Pillow, which scales images, is not installed"
     def opened() -> Any:
-        return Image.open(io.BytesIO(media.data) if media.data is not None else media.path, formats=_FITTED_FORMATS)
+        return Image.open(pillow_source(media), formats=_FITTED_FORMATS)
 
     try:
         with opened() as image:

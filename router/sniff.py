@@ -10,6 +10,8 @@ import mmap
 import os
 import re
 import wave
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,9 +324,9 @@ def _text_problem(mime_type: str, head: bytes) -> str | None:
     return None
 
 
-#: The most steps (blocks, data sub-blocks, runs of stray bytes) :func:`animated_gif` takes before it
-#: answers: a real GIF's first frame takes some thousands (its data comes in sub-blocks of 255 bytes),
-#: one crafted of 1-byte sub-blocks could take millions.
+#: The most steps (blocks, data sub-blocks, runs of stray bytes) a walk of a GIF's blocks (:func:`_gif_blocks`)
+#: takes before it answers: a real GIF's first frame takes some thousands (its data comes in sub-blocks of 255
+#: bytes), all of a 250 MB one a million; one crafted of 1-byte sub-blocks could take millions.
 GIF_MAX_STEPS = 1 << 20
 #: What starts a block of a GIF: an extension, an image, the trailer.
 _GIF_BLOCK = re.compile(rb"[\x21\x2c\x3b]")
@@ -333,56 +335,88 @@ _GIF_BLOCK = re.compile(rb"[\x21\x2c\x3b]")
 def animated_gif(source: bytes | str | os.PathLike[str]) -> bool:
     """Whether a GIF (bytes or a path) holds more than one image frame: an animation.
 
-    Walks the GIF's block structure as Pillow reads it (color tables and sub-blocks are skipped by their
-    lengths, not decoded; a stray byte between blocks is skipped; the trailer or the end stops it) up to
-    the second image. Content that is not a GIF, or is cut short, counts as still; one that takes over
-    :data:`GIF_MAX_STEPS` steps counts as animated, so a model that takes still GIFs only refuses it
-    retryably rather than be sent what it may refuse for good. Blocking for a path: it maps the file and
-    reads it up to its second frame (all of a still one).
+    Walks the GIF's blocks (:func:`_gif_blocks`) up to the second image. Content that is not a GIF, or is
+    cut short before a second image starts, counts as still; one that takes over :data:`GIF_MAX_STEPS` steps
+    counts as animated, so a model that takes still GIFs only refuses it retryably rather than be sent what
+    it may refuse for good. Blocking for a path: it maps the file and reads it up to its second frame (all
+    of a still one).
     """
-    if isinstance(source, bytes):
-        return _second_image(source)
-    with open(source, "rb") as f:
-        try:
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:  # an empty file cannot be mapped
-            return False
-        with mapped:
-            return _second_image(mapped)
+    with _mapped(source) as data:
+        walked = _gif_blocks(data, stop_at_image=2)
+    return walked is None or walked[0] > 1
 
 
-def _second_image(data: bytes | mmap.mmap) -> bool:
-    """Whether the GIF ``data`` holds a second image (see :func:`animated_gif`)."""
+def _gif_cut_short(source: bytes | str) -> str:
+    """Where a GIF (bytes or a path) ends inside one of its blocks (``"frame 2's image data"``), or "" if it
+    does not (it may lack its trailer byte, 0x3B, as decoders accept: see :func:`_gif_blocks`). A path is
+    mapped, not read; one that takes over :data:`GIF_MAX_STEPS` steps counts as whole."""
+    with _mapped(source) as data:
+        walked = _gif_blocks(data)
+    return walked[1] if walked is not None else ""
+
+
+def _gif_blocks(data: bytes | mmap.mmap, stop_at_image: int = 0) -> tuple[int, str] | None:
+    """Walks the blocks of the GIF ``data`` as Pillow reads them, without decoding a pixel: color tables and
+    data sub-blocks are skipped by their lengths, a stray byte between blocks is skipped; the trailer, the
+    end of the data or the start of image number ``stop_at_image`` (if not 0) stops it.
+
+    Returns how many images it found (started), and where the data ends inside a block, cut short
+    (``"frame 3's image data"``, ``"an extension block after frame 2"``), or "" if it ends between blocks:
+    after the trailer, or without it once the last block is whole, which Pillow and ffmpeg read as the end of
+    the GIF (browsers show the frames they have read). An image whose data sub-blocks have no empty one after
+    them (the block terminator) is cut short, though its LZW data may be whole: telling would take decoding
+    it. Content that is not a GIF is (0, ""); None after :data:`GIF_MAX_STEPS` steps (it cannot tell).
+    """
     if len(data) < 13 or data[:6] not in (b"GIF87a", b"GIF89a"):
-        return False
+        return 0, ""
     at = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # the header, the global color table
     images = 0
+    block = "its global color table"  # what is being walked
     in_blocks = False  # walking the data sub-blocks of an extension or image
     for _ in range(GIF_MAX_STEPS):
         if at >= len(data):
-            return False
+            return images, block if in_blocks or at > len(data) else ""
         if in_blocks:
             size = data[at]
             at += size + 1
             in_blocks = size > 0  # an empty sub-block ends them
         elif data[at] == 0x3B:  # the trailer
-            return False
+            return images, ""
         elif data[at] == 0x2C:  # an image: its descriptor, local color table and LZW code size
             images += 1
-            if images > 1 or at + 10 > len(data):
-                return images > 1
+            block = f"frame {images}'s image data"
+            if images == stop_at_image or at + 10 > len(data):
+                return images, "" if images == stop_at_image else block
             flags = data[at + 9]
             at += 11 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
             in_blocks = True
         elif data[at] == 0x21:  # an extension: its label
+            block = f"an extension block after frame {images}" if images else "an extension block before frame 1"
             at += 2
             in_blocks = True
         else:  # a stray byte (some encoders leave them): Pillow skips it and reads the frames that follow
             found = _GIF_BLOCK.search(data, at + 1)
             if found is None:
-                return False
+                return images, ""
             at = found.start()
-    return True
+    return None
+
+
+@contextlib.contextmanager
+def _mapped(source: bytes | str | os.PathLike[str]) -> Iterator[bytes | mmap.mmap]:
+    """The bytes of ``source``: itself, or a file (its path) mapped read-only (an empty one is ``b""``: it cannot
+    be mapped)."""
+    if isinstance(source, bytes):
+        yield source
+        return
+    with open(source, "rb") as f:
+        try:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file
+            yield b""
+            return
+        with mapped:
+            yield mapped
 
 
 _PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
@@ -489,18 +523,22 @@ _CHECKED_IMAGES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF",
 def _image_facts(source: bytes | str, head: bytes) -> Measured:
     """The pixel size of an image (bytes or a stored file's path; ``head``, its first bytes) as its header
     says, and, for a PNG, JPEG, GIF or WebP (by ``head``), why it cannot be decoded: Pillow cannot read its
-    header, a PNG's chunks are cut short or fail their checksums (Pillow's ``verify``), a JPEG has no end
-    marker after its first scan starts (:func:`_jpeg_cut_short`: Pillow finds it truncated), a WebP libwebp
-    cannot open. A cut GIF is not found (its header reads; only decoding it tells).
+    header, a PNG's chunks are cut short or its critical ones fail their checksums (Pillow's ``verify`` of
+    the PNG as libpng reads it: :func:`png_as_read`), a JPEG has no end marker after its first scan starts
+    (:func:`_jpeg_cut_short`: Pillow finds it truncated), a GIF ends inside one of its blocks
+    (:func:`_gif_cut_short`), a WebP libwebp cannot open.
 
-    No pixel is decoded: a PNG's chunks are checksummed (some ms for 10 MB) and a JPEG's end is looked for.
-    Nothing is known without Pillow (it comes with mmrouter-local), of a format it does not read (HEIC, SVG), or
-    of an image larger than it opens (:class:`PIL.Image.DecompressionBombError`)."""
+    No pixel is decoded: a PNG's chunks are checksummed (some ms for 10 MB), a JPEG's end is looked for and a
+    GIF's blocks are walked by their lengths (some ms for 10 MB). Nothing is known without Pillow (it comes with
+    mmrouter-local), of a format it does not read (HEIC, SVG), or of an image larger than it opens
+    (:class:`PIL.Image.DecompressionBombError`)."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         return Measured()
     checked = _CHECKED_IMAGES.get(magic_family(head) or "")
+    if checked == "PNG":
+        source = png_as_read(source)
     with contextlib.ExitStack() as stack:  # a stored file that cannot be opened is not a damaged image
         stream = io.BytesIO(source) if isinstance(source, bytes) else stack.enter_context(open(source, "rb"))
         try:
@@ -516,7 +554,34 @@ def _image_facts(source: bytes | str, head: bytes) -> Measured:
             return Measured(damaged=str(exc)[:80] or type(exc).__name__) if checked else Measured()
     if checked == "JPEG" and _jpeg_cut_short(source):
         return Measured(pixels=pixels, damaged="it ends before its end-of-image marker")
+    if checked == "GIF" and (block := _gif_cut_short(source)):
+        return Measured(pixels=pixels, damaged=f"it ends inside {block}")
     return Measured(pixels=pixels)
+
+
+def png_as_read(source: bytes | str) -> bytes | str:
+    """A PNG (bytes or a path) as libpng, which providers and browsers decode with, reads it: without its
+    ancillary chunks (``tEXt``, ``pHYs``, ``iCCP``...: a lowercase first letter) that fail their checksum,
+    which libpng warns of and skips (a bad checksum in a critical chunk, IHDR, PLTE, IDAT, is an error to it),
+    where Pillow refuses the image for them. ``source`` itself if there are none, or if it is no PNG. The
+    chunks are walked by their lengths up to IEND; a chunk that runs past the end, or has no letters for a
+    type, stops the walk (Pillow's ``verify`` finds it). A path is mapped, not read, unless a chunk is left out."""
+    with _mapped(source) as data:
+        if data[:8] != b"\x89PNG\r\n\x1a\n":
+            return source
+        dropped, at, end = [], 8, len(data)  # dropped: the (start, end) of each chunk left out
+        while at + 12 <= end:
+            length, kind = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8]
+            after = at + 12 + length
+            if kind == b"IEND" or after > end or not kind.isalpha():
+                break
+            if kind[0] & 0x20 and zlib.crc32(data[at + 4:after - 4]) != int.from_bytes(data[after - 4:after], "big"):
+                dropped.append((at, after))
+            at = after
+        if not dropped:
+            return source
+        kept = zip([0, *(stop for _, stop in dropped)], [*(start for start, _ in dropped), end], strict=True)
+        return b"".join(data[start:stop] for start, stop in kept)
 
 
 def _jpeg_cut_short(source: bytes | str) -> bool:
@@ -524,12 +589,7 @@ def _jpeg_cut_short(source: bytes | str) -> bool:
     which Pillow reads as "image file is truncated": a file cut short. Its segments are walked by their lengths
     up to that scan (an EXIF thumbnail's end marker is in one of them); content that is no JPEG there, or whose
     segments run past its end, counts as whole (Pillow's header reading judges it). A path is mapped, not read."""
-    with contextlib.ExitStack() as stack:
-        if isinstance(source, bytes):
-            data: bytes | mmap.mmap = source
-        else:
-            f = stack.enter_context(open(source, "rb"))
-            data = stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+    with _mapped(source) as data:
         at = 2
         while at + 4 <= len(data) and data[at] == 0xFF:
             marker = data[at + 1]

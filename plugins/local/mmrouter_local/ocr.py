@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from router.errors import ProviderUnavailable
+from router.sniff import png_as_read
 
 from .memory import OutOfMemory, ensure_address_space, memory_cause, one_line, raise_if_out_of_memory
 from .pool import raise_if_cancelled
@@ -108,7 +109,9 @@ def open_image(source: Path | bytes):  # -> PIL.Image.Image
     if size is not None:
         check_pixels(*size)
     try:
-        return Image.open(str(source) if isinstance(source, Path) else io.BytesIO(source))
+        # a PNG as libpng reads it: an ancillary chunk failing its checksum skipped, which Pillow refuses
+        readable = png_as_read(str(source) if isinstance(source, Path) else source)
+        return Image.open(io.BytesIO(readable) if isinstance(readable, bytes) else readable)
     except Image.DecompressionBombError:  # over Pillow's own limit (~179 Mpx), far over ours: say its size
         size = declared_size(source)
         if size is None:
