@@ -52,11 +52,12 @@ from .errors import (
     UnknownSession,
 )
 from .health import Failure, ProviderHealth
-from .invoke import DEADLINE_MARGIN_SECONDS, FailedAttempt
+from .invoke import DEADLINE_MARGIN_SECONDS, FailedAttempt, ProviderCall, in_background
 from .media import MediaStore
 from .mime import normalise_mime
 from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import GROUP, ProviderEntry, Registry, State, load_registry, log_broken_providers
+from .provider import FORGET_MEDIA_SECONDS, Provider
 from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
 from .routing import (
     Catalog,
@@ -982,14 +983,24 @@ class App:
         With ``erase_media``, the media its turns referred to are deleted from the media store too
         (:meth:`router.media.MediaStore.erase`), on the store's thread in the reset's transaction, unless
         another session refers to them; one INFO line (the session's tag, never its id) gives the counts.
+        Once the reset is done, every ready provider is asked to delete its own copies of those media
+        (:meth:`_forget_media`), in the background.
 
         A database another process keeps locked is :class:`StorageBusy` (retryable), a full disk
         :class:`StorageFull` (see :func:`router.sessions.storage_error`), and a data directory removed or
         replaced under the daemon :class:`DataDirGone`: no internal error, the session left as it was."""
         in_use = self._mark_reset(session_id)
         self.history_cuts.forget(session_id)
+        erased: set[str] = set()
+
+        def erase(media_ids: set[str]) -> int:
+            """:meth:`MediaStore.erase`, noting the media it was given (their sha256s: the media ids) once erased."""
+            count = self.media.erase(media_ids)
+            erased.update(media_ids)
+            return count
+
         try:
-            removed = await self.sessions.run(self.sessions.reset, session_id, self.media.erase if erase_media else None)
+            removed = await self.sessions.run(self.sessions.reset, session_id, erase if erase_media else None)
         except sqlite3.Error as exc:
             raise storage_error(exc, "reset the session") or exc from None
         _check_reset(removed, in_use)
@@ -997,7 +1008,52 @@ class App:
             log.info("session %s reset with its media erased: %d stored message(s) and %d other row(s) removed, "
                      "%d media deleted, %d kept (another session refers to them)", session_tag(session_id),
                      removed.turns, removed.others, removed.media, removed.media_kept)
+            self._forget_media(frozenset(erased), session_tag(session_id))
         return removed
+
+    def _forget_media(self, sha256s: frozenset[str], session: str) -> None:
+        """Have every ready provider delete its copies of the erased media ``sha256s`` (:meth:`Provider.forget_media`),
+        all at once, each in a task of its own, as the background closes of providers' calls run
+        (:func:`router.invoke.in_background`: the daemon's stop cancels them, and names a provider that hangs):
+        the reset's client does not wait for the providers, which cannot fail it (its deletions are done). Each
+        is bounded by :data:`FORGET_MEDIA_SECONDS` (:meth:`_forget_in_time`); its registry stays open meanwhile
+        (a reload closes it once they end). ``session``: the session's tag, for the log."""
+        if not sha256s:
+            return
+        registry = self.registry
+        for entry in registry.entries.values():
+            if entry.state is State.READY and entry.provider is not None:
+                registry.calls += 1
+                in_background(self._forget_in_time(registry, entry.provider, sha256s, session),
+                              ProviderCall(entry.provider.name, f"reset of session {session}"))
+
+    async def _forget_in_time(self, registry: Registry, provider: Provider, sha256s: frozenset[str],
+                              session: str) -> None:
+        """``provider.forget_media(sha256s)``, cancelled after :data:`FORGET_MEDIA_SECONDS`; that, what it
+        raises (a plugin's KeyboardInterrupt or SystemExit too), or its cancellation by the daemon's stop is
+        logged, never raised but the cancellation. Then ``registry``'s call counted by :meth:`_forget_media` ends."""
+        bound = asyncio.timeout(FORGET_MEDIA_SECONDS)
+        try:
+            async with bound:
+                await provider.forget_media(sha256s)
+        except asyncio.CancelledError:
+            log.warning("provider %s had not forgotten the %d media erased with session %s when the daemon stopped; "
+                        "cancelled: its copies of them may stay at the provider until they expire", provider.name,
+                        len(sha256s), session)
+            raise
+        except BaseException as exc:
+            if bound.expired():
+                log.warning("provider %s had not forgotten the %d media erased with session %s after %g s; "
+                            "cancelled: its copies of them may stay at the provider until they expire", provider.name,
+                            len(sha256s), session, FORGET_MEDIA_SECONDS)
+            else:
+                log.error("provider %s failed to forget the %d media erased with session %s; its copies of them "
+                          "may stay at the provider until they expire", provider.name, len(sha256s), session,
+                          exc_info=exc)
+        finally:
+            registry.calls -= 1
+            if registry is not self.registry:
+                self._close_retired()
 
     def stop_storing(self) -> None:
         """Store nothing more in the data directory, which was removed or replaced under the daemon (see

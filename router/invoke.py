@@ -42,16 +42,16 @@ log = logging.getLogger(__name__)
 DEADLINE_MARGIN_SECONDS = 0.25
 
 
-class _Call(NamedTuple):
+class ProviderCall(NamedTuple):
     """A provider call: its provider's name and its request id, for the log records about it."""
 
     provider: str
     request_id: str
 
 
-#: The task of each provider call under way, and of each background close of one (see :func:`_in_background`)
+#: The task of each provider call under way, and of each background close of one (see :func:`in_background`)
 #: -> its call (to say which provider hangs at exit, and whose generators a call leaves unfinished).
-_UNDER_WAY: dict[asyncio.Task, _Call] = {}
+_UNDER_WAY: dict[asyncio.Task, ProviderCall] = {}
 #: How long a plugin's generator may take to close in the background (after its answer ended, or left
 #: unfinished by its call) before it is cancelled, with a warning.
 CLOSE_SECONDS = 10.0
@@ -130,7 +130,7 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
     reported = False
     finished = False  # the plugin yielded the answer's last UsageReport (one with a finish reason)
     task = asyncio.current_task()
-    call = _Call(provider.name, ctx.request_id)
+    call = ProviderCall(provider.name, ctx.request_id)
 
     def elapsed() -> float:
         return (time.perf_counter() - started) * 1000
@@ -189,7 +189,7 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
     finally:
         try:
             if events is not None and finished:  # its client is not kept waiting for the plugin's cleanup
-                _in_background(_close_in_time(call, events, "its call (after its answer ended)", _LINGERS), call)
+                in_background(_close_in_time(call, events, "its call (after its answer ended)", _LINGERS), call)
             elif events is not None:
                 await _close(call, events)
         finally:
@@ -364,7 +364,7 @@ def _out_of_descriptors(exc: BaseException | None) -> bool:
     return False
 
 
-async def _close(call: _Call, events: object, what: str = "its call") -> None:
+async def _close(call: ProviderCall, events: object, what: str = "its call") -> None:
     """Close the plugin's generator ``events`` (cancelling its HTTP call); what the plugin raises then is
     logged (:func:`_close_failed`), never raised, but for this task's own cancellation."""
     aclose = getattr(events, "aclose", None)
@@ -381,7 +381,7 @@ async def _close(call: _Call, events: object, what: str = "its call") -> None:
         _close_failed(call, what, exc)
 
 
-def _close_failed(call: _Call, what: str, exc: BaseException) -> None:
+def _close_failed(call: ProviderCall, what: str, exc: BaseException) -> None:
     """Log, in one record naming the provider and the request id, what the plugin raised while ``what`` was
     closed: a traceback only for an error that is not said whole by its message."""
     fields = {"extra": call._asdict()}
@@ -397,8 +397,8 @@ def _close_failed(call: _Call, what: str, exc: BaseException) -> None:
                   call.request_id, exc_info=exc, **fields)
 
 
-async def _close_in_time(call: _Call, events: object, what: str, hint: str = "its cleanup takes that long") -> None:
-    """:func:`_close`, in a task of its own (:func:`_in_background`; the whole close in one task: an anyio
+async def _close_in_time(call: ProviderCall, events: object, what: str, hint: str = "its cleanup takes that long") -> None:
+    """:func:`_close`, in a task of its own (:func:`in_background`; the whole close in one task: an anyio
     cancel scope, which httpx's close enters, must be left in the task it was entered in): cancelled, with
     a warning, when it has not ended after :data:`CLOSE_SECONDS` (a plugin that keeps reading an upstream
     that holds its connection open, or sleeps in its cleanup)."""
@@ -415,7 +415,7 @@ _LINGERS = ("generate should return once it has yielded its last UsageReport, wi
             "quickly")
 
 
-def _in_background(closing: Coroutine[Any, Any, None], call: _Call) -> None:
+def in_background(closing: Coroutine[Any, Any, None], call: ProviderCall) -> None:
     """Run ``closing`` (which raises nothing but its cancellation) in a task of its own, counted among the
     calls under way: the daemon's stop cancels it, and names the provider if it hangs."""
     task = asyncio.get_running_loop().create_task(closing)

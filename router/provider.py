@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator
 
 from .types import CallContext, ModelInfo, ProviderEvent, Request
 
+#: How long the router lets a provider's :meth:`Provider.forget_media` run before cancelling it (with a warning).
+FORGET_MEDIA_SECONDS = 10.0
+
 
 class Provider(abc.ABC):
     """A provider of models: what a plugin hands to ``register``.
@@ -160,6 +163,25 @@ class Provider(abc.ABC):
             remaining = ctx.time_remaining()  # seconds, or None without a deadline
             timeout = self.settings.timeout if remaining is None else max(0.001, min(self.settings.timeout, remaining))
         """
+
+    async def forget_media(self, sha256s: frozenset[str]) -> None:  # noqa: B027 (a no-op default is intended)
+        """Delete and forget what the provider keeps of the media ``sha256s`` (their sha256 hex digests, which are
+        their media store ids): copies uploaded to the provider (a files API), and the entries of caches keyed by
+        them, so that the same bytes sent again are handled as new. The default keeps nothing, so does nothing.
+
+        Called when a session is reset with ``erase_media`` (``ResetSession``, ``mmrouter reset --erase-media``),
+        once the media store deleted its media, with those media (none another session still refers to), on
+        every ready provider at once, in a task of its own: the reset's client has its answer without waiting
+        for it. Some (or all) of the media may never have been sent to this provider: skip them, never raise
+        for them. Media the router derived from them (an image converted or scaled down) are not among them.
+
+        Best effort, with a time bound: the router cancels it after :data:`FORGET_MEDIA_SECONDS` (10 s), or when
+        the daemon stops, with a warning, and logs what it raises (secrets masked); none of these ever fails the
+        reset, whose store deletions are done already. Forget the cache entries first (before the first ``await``), then delete upstream,
+        each deletion bounded by a timeout of your own (shorter than that); log a copy you could not delete
+        (naming it, never the key) and forget it all the same: it then expires by itself. Let
+        :class:`asyncio.CancelledError` through, as in :meth:`generate`. It may run while calls are under way,
+        and on a provider instance that never made a call (a reload made it): make no client for nothing."""
 
     async def aclose(self) -> None:  # noqa: B027 (a no-op default is intended)
         """Release clients and pools. Called at daemon shutdown, and on reloads (SIGHUP): a reload

@@ -6,6 +6,8 @@ as video/mp4) are another upload, as Gemini reads a file by the type it was uplo
 A media is uploaded again only once its copy has expired (or is about to) or the
 API has forgotten it. A media whose processing FAILED is remembered too, for as long as its copy would
 have lived, and refused again at once, without an upload; its useless copy is deleted (best effort).
+A media erased by a session's reset (:meth:`FileStore.forget_media`) is forgotten, whatever its MIME types,
+and its copies deleted (best effort): sent again, it is uploaded anew.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import io
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -40,7 +42,8 @@ MAX_POLL_INTERVAL = 10.0
 PRUNE_INTERVAL_SECONDS = 60.0
 #: How long a copy lives at Google when the API does not say (the Files API keeps a file 48 hours).
 FILE_LIFETIME = timedelta(hours=48)
-#: The longest wait for the deletion of a copy whose processing FAILED (best effort: the call is refused anyway).
+#: The longest wait for the deletion of a copy whose processing FAILED (best effort: the call is refused anyway)
+#: or of an erased media (within router.provider.FORGET_MEDIA_SECONDS).
 DELETE_SECONDS = 5.0
 
 
@@ -204,6 +207,23 @@ class FileStore:
         for key in [k for k, f in self._files.items() if f.uri in uris]:
             del self._files[key]
 
+    def forget_media(self, sha256s: Collection[str]) -> list[RemoteFile]:
+        """Forget the media ``sha256s`` (erased by a session's reset): every copy, whatever MIME type it was uploaded
+        as, and every FAILED result, so that the same bytes sent again are uploaded anew. Returns the copies that
+        may still live at Google, to :meth:`delete`; a media never uploaded is skipped."""
+        for key in [k for k in self._failed if k.sha256 in sha256s]:
+            del self._failed[key]
+        forgotten = [self._files.pop(key) for key in [k for k in self._files if k.sha256 in sha256s]]
+        now = datetime.now(UTC)
+        return [copy for copy in forgotten if copy.expires is None or copy.expires > now]
+
+    async def delete(self, client: Any, copies: Collection[RemoteFile]) -> None:
+        """Delete ``copies`` (of erased media) at Google, all at once, best effort (:meth:`_delete`, each for at
+        most :data:`DELETE_SECONDS`); one INFO line counts them."""
+        done = await asyncio.gather(*(self._delete(client, copy, DELETE_SECONDS, "of an erased media")
+                                      for copy in copies))
+        log.info("%s: deleted %d of the %d Files API copies of erased media", self.provider, sum(done), len(copies))
+
     def _prune(self) -> None:
         """Forget expired copies and FAILED results (at most once a minute), so a long-running daemon does
         not keep one entry per media it ever sent."""
@@ -327,7 +347,9 @@ class FileStore:
                     )
                     until = entry.expires or datetime.now(UTC) + FILE_LIFETIME
                     self._failed[key] = Failed(refusal.message.removeprefix(f"{self.provider}: "), until)
-                    await self._delete(client, entry, ctx)
+                    remaining = ctx.time_remaining()
+                    seconds = DELETE_SECONDS if remaining is None else min(DELETE_SECONDS, remaining)
+                    await self._delete(client, entry, seconds, f"whose processing FAILED (request {ctx.request_id})")
                     raise refusal
                 left = self._time_left(give_up, ctx)
                 if left <= 0:
@@ -351,19 +373,19 @@ class FileStore:
                     f"for processing (providers.{self.provider}.max_processing_seconds)")
         return f"file {entry.name} was still {state} when the call's deadline ran out"
 
-    async def _delete(self, client: Any, entry: RemoteFile, ctx: CallContext) -> None:
-        """Delete ``entry`` (a copy whose processing FAILED, of no use) at Google, best effort: for at most
-        :data:`DELETE_SECONDS` and the call's time left; a failure is logged, never raised (the copy then
-        expires by itself)."""
-        remaining = ctx.time_remaining()
-        seconds = DELETE_SECONDS if remaining is None else min(DELETE_SECONDS, remaining)
+    async def _delete(self, client: Any, entry: RemoteFile, seconds: float, what: str) -> bool:
+        """Delete ``entry`` (a copy of no use, or of an erased media) at Google, best effort: for at most
+        ``seconds``; a failure is logged (``what`` says which copy it was, after its name), never raised (the copy
+        then expires by itself). Returns whether it was deleted."""
         try:
             async with asyncio.timeout(max(seconds, 0.0)):
                 await client.aio.files.delete(name=entry.name)
-        except Exception as exc:  # best effort: the call is refused for the FAILED processing all the same
+        except Exception as exc:  # best effort: the call (or the reset) goes on all the same
             reason = f"no answer in {seconds:g} s" if isinstance(exc, TimeoutError) else errors.describe(exc, self.api_key)
-            log.warning("%s: could not delete file %s, whose processing FAILED (request %s): %s; it stays at "
-                        "Google until it expires", self.provider, entry.name, ctx.request_id, reason)
+            log.warning("%s: could not delete file %s, %s: %s; it stays at Google until it expires", self.provider,
+                        entry.name, what, reason)
+            return False
+        return True
 
     @staticmethod
     def _time_left(give_up: float, ctx: CallContext) -> float:

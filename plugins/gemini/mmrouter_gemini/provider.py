@@ -252,6 +252,15 @@ class GeminiProvider(Provider):
                                                  "(no finishReason)")
         yield UsageReport(_rest(metadata, reported, model), finish)
 
+    async def forget_media(self, sha256s: frozenset[str]) -> None:
+        """Forget the Files API copies of the erased media ``sha256s``, whatever MIME type each was uploaded as, so
+        that the same bytes sent again are uploaded anew, then delete them at Google, all at once, each for at most
+        :data:`files.DELETE_SECONDS`; a copy not deleted is logged (it expires by itself). Media never uploaded
+        (inline, or sent to no Gemini provider) make no request, nor a client (see :meth:`router.Provider.forget_media`)."""
+        copies = self.files.forget_media(sha256s)
+        if copies:
+            await self.files.delete(self.client(), copies)
+
     async def aclose(self) -> None:
         client, self._client = self._client, None
         session, self._session = self._session, None
