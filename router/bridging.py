@@ -34,6 +34,7 @@ from .routing import (
     estimate_tokens,
     is_url_only,
     media_tokens,
+    sent_bytes,
     text_tokens,
 )
 from .types import (
@@ -564,7 +565,8 @@ def _to_bridge(bridges: list[Bridge], request: Request, registry: Registry,
 
 def _takes(bridge: Bridge, media: Media, registry: Registry) -> bool:
     """Whether ``bridge``'s model takes ``media``: its format, by URL if it is given so (routing checked
-    the first bridge alone), and its length and size if the model has caps (Whisper's 25 MB)."""
+    the first bridge alone), and its length and size if the model has caps (Whisper's 25 MB per file; Claude's
+    32 MB per request, which the media alone, as sent, must not surely exceed: :func:`sent_bytes`)."""
     provider = registry.ready(bridge.via.provider)
     model = provider.model(bridge.via.model) if provider is not None else None
     if model is None or not model.takes_mime(media.mime_type, media.modality):
@@ -572,6 +574,8 @@ def _takes(bridge: Bridge, media: Media, registry: Registry) -> bool:
     if is_url_only(media) and not model.takes_url(media.modality):
         return False
     if model.max_media_bytes and byte_size(media) > model.max_media_bytes:
+        return False
+    if model.max_request_bytes and sent_bytes(media) > model.max_request_bytes:
         return False
     if model.max_document_pages and (media.pages or 0) > model.max_document_pages:
         return False
@@ -866,15 +870,29 @@ def targets_failed(failed: Sequence[tuple[str, ProviderError]], attempts: Sequen
     failed, of the route's ``attempts``, and its reason ("openai/gpt-4o PROVIDER_RATE_LIMITED;
     anthropic/claude-sonnet-4-6 PROVIDER_UNAVAILABLE"), as the daemon's log does: a bridge's call under the
     bridge's target ("openai/whisper-1"), never under the targets it bridged for, which were not called. Short,
-    and free of the providers' texts, which the message and the daemon's log hold."""
+    and free of the providers' texts, which the message and the daemon's log hold. A target no failed call names
+    was not called (its bridge failed): the message says how many were, and which bridges failed for which
+    targets ("every target failed (2 planned, none called: the bridge openai/whisper-1 failed for
+    anthropic/claude-sonnet-4-6, openai/gpt-4o): …")."""
     error = final_error([e for _, e in failed])
     if len(failed) < 2:
         return error
-    said = f"every target failed ({len(failed)} tried)" if every else f"{len(failed)} targets failed"
+    calls = [a for a in attempts if isinstance(a, FailedAttempt)]
+    called = [f"{a.provider}/{a.model}" for a in calls]
+    targets = [target for target, _ in failed]
+    said = "every target failed" if every else f"{len(failed)} targets failed"
+    if uncalled := [target for target in targets if target not in called]:
+        count = len(failed) - len(uncalled) or "none"
+        tried = f"{len(failed)} planned, {count} called" if every else f"{count} called"
+        bridges = list(dict.fromkeys(name for name in called if name not in targets))
+        why = (f"the bridge{'s' if len(bridges) > 1 else ''} {', '.join(bridges)} failed for {', '.join(uncalled)}"
+               if bridges else f"not called: {', '.join(uncalled)}")
+        said = f"{said} ({tried}: {why})"
+    elif every:
+        said = f"{said} ({len(failed)} tried)"
     error = _with_message(error, f"{said}: {error.message}")
-    calls = [f"{a.provider}/{a.model} {a.reason}" for a in attempts if isinstance(a, FailedAttempt)]
     if calls:
-        error.metadata["attempts"] = "; ".join(calls)
+        error.metadata["attempts"] = "; ".join(f"{name} {a.reason}" for name, a in zip(called, calls, strict=True))
     return error
 
 

@@ -195,6 +195,9 @@ class Facts:
     #: With :attr:`conversation_tokens`, the same of the whole conversation (the history as sent again): a
     #: model whose ``max_request_bytes`` it exceeds would drop the oldest messages (:func:`_drops_history`).
     conversation_bytes: Mapping[tuple[Modality, str], int] = field(default_factory=dict)
+    #: The largest media of each modality and format (normalised MIME type) as sent, in bytes (:func:`sent_bytes`):
+    #: what a bridge's ``max_request_bytes`` must hold, a bridge being sent each media alone.
+    largest_sent: Mapping[tuple[Modality, str], int] = field(default_factory=dict)
 
     @property
     def url_modalities(self) -> frozenset[Modality]:
@@ -481,6 +484,7 @@ def facts_of(request: Request) -> Facts:
         media_parts=_media_parts(request, media) if media else (),
         turn_bytes=turn_bytes,
         conversation_bytes=conversation_bytes,
+        largest_sent=_largest_sent(media),
     )
 
 
@@ -538,6 +542,16 @@ def _largest(media: Iterable[Media]) -> dict[Modality, int]:
     for one in media:
         if size := byte_size(one):
             largest[one.modality] = max(largest.get(one.modality, 0), size)
+    return largest
+
+
+def _largest_sent(media: Iterable[Media]) -> dict[tuple[Modality, str], int]:
+    """The largest size as sent (:func:`sent_bytes`) of ``media`` per modality and normalised MIME type."""
+    largest: dict[tuple[Modality, str], int] = {}
+    for one in media:
+        if size := sent_bytes(one):
+            key = (one.modality, normalise_mime(one.mime_type))
+            largest[key] = max(largest.get(key, 0), size)
     return largest
 
 
@@ -716,6 +730,9 @@ class Plan:
     target: Target
     model: ModelInfo
     bridges: list[Bridge] = field(default_factory=list)
+    #: Route notes on its bridges: why a bridge listed before one of them was passed by (see
+    #: :meth:`Router._bridge_for`); a :class:`Decision` starts its notes with its plan's.
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -726,7 +743,8 @@ class Decision:
     plan: Plan
     fallbacks: list[Plan]
     trace: list[TraceEntry]
-    #: Route notes on the order of the plans (targets cooling down tried last: :func:`_cooling_last`).
+    #: Route notes: on its plan's bridges (:attr:`Plan.notes`), then on the order of the plans (targets cooling
+    #: down tried last: :func:`_cooling_last`).
     notes: list[str] = field(default_factory=list)
     #: By target (``provider/model``): those that came before it in the rule's order and were moved after it
     #: for their cool-down. A refusal of that target does not end the call before they are tried (see
@@ -852,16 +870,23 @@ def _sent_bytes(plan: Plan, sizes: Mapping[tuple[Modality, str], int]) -> int:
                if not any(b.converts_format(modality, mime) and not b.keep_media for b in plan.bridges))
 
 
+def over_request_limit(model: ModelInfo, size: int, what: str = "input") -> SizeProblem | None:
+    """Why ``model`` cannot take a request of ``size`` bytes as sent (of ``what``: ``input``, ``document
+    input``) for its ``ModelInfo.max_request_bytes``, or None."""
+    limit = model.max_request_bytes
+    if not limit or size <= limit:
+        return None
+    return SizeProblem(f"{what} of ~{_megabytes(size)} as sent (media base64-encoded) exceeds its request limit of "
+                       f"{_megabytes(limit)}", ("request_bytes", size), ("max_request_bytes", limit))
+
+
 def _over_request(plan: Plan, facts: Facts) -> SizeProblem | None:
     """Why ``plan``'s model cannot take this turn for its size as sent (``ModelInfo.max_request_bytes``, by
     :func:`request_bytes`), or None. Only this turn counts, as for the context: a session's history that makes
     the request larger is dropped, oldest first (see :func:`_drops_history`)."""
-    limit = plan.model.max_request_bytes
-    size = _sent_bytes(plan, facts.turn_bytes) if limit else 0
-    if size <= limit:
-        return None
-    return SizeProblem(f"{plan.target}: input of ~{_megabytes(size)} as sent (media base64-encoded) exceeds its "
-                       f"request limit of {_megabytes(limit)}", ("request_bytes", size), ("max_request_bytes", limit))
+    size = _sent_bytes(plan, facts.turn_bytes) if plan.model.max_request_bytes else 0
+    problem = over_request_limit(plan.model, size)
+    return None if problem is None else problem.of(plan.target)
 
 
 #: Of a model's context, the share kept free when history is trimmed: token counts are estimated
@@ -1008,8 +1033,10 @@ class Router:
     # -- usability -------------------------------------------------------------------------
 
     def _bridge_for(self, modality: Modality, facts: Facts, catalog: Catalog,
-                    formats: frozenset[str]) -> Bridge | None:
-        """The first usable bridge of ``modality`` for media in ``formats``, or None."""
+                    formats: frozenset[str], passed: list[str]) -> Bridge | None:
+        """The first usable bridge of ``modality`` for media in ``formats``, or None. A bridge is sent each media
+        alone: one whose ``max_request_bytes`` the largest of them as sent (:attr:`Facts.largest_sent`) exceeds
+        is passed by, and why goes to ``passed``."""
         for text in self.bridges.get(modality, ()):
             target = Target.parse(text)
             status = catalog.get(target.provider)
@@ -1022,6 +1049,10 @@ class Router:
                     or too_large(model, {modality}, facts):
                 continue
             if facts.url_mime_types.get(modality, frozenset()) & formats and not model.takes_url(modality):
+                continue
+            size = max((facts.largest_sent.get((modality, mime), 0) for mime in formats), default=0)
+            if problem := over_request_limit(model, size, f"{modality.value} input"):
+                passed.append(f"{target} passed by as the {modality.value} bridge: {problem}")
                 continue
             return Bridge(modality, target)
         return None
@@ -1079,9 +1110,12 @@ class Router:
                 return f"{target}: does not take {', '.join(sorted(set().union(*unfit.values())))}"
             return f"{target}: cannot label the speakers of {_names(frozenset(beside | unlabeled))} and bridging is off"
         bridges = []
+        notes: list[str] = []
         for modality in sorted(missing | beside | unfit.keys(), key=lambda m: m.value):
             formats = unfit.get(modality, frozenset())
-            bridge = self._bridge_for(modality, facts, catalog, formats or facts.mime_types.get(modality, frozenset()))
+            passed: list[str] = []
+            bridge = self._bridge_for(modality, facts, catalog, formats or facts.mime_types.get(modality, frozenset()),
+                                      passed)
             if bridge is None:
                 if modality in beside or modality in unlabeled:
                     return f"{target}: {self._no_diarizing_bridge(modality)}"
@@ -1092,10 +1126,12 @@ class Router:
                     what += " by URL"
                 elif modality in facts.url_mime_types:  # a bridge must take it by URL
                     extra += " that takes it by URL"
-                return f"{target}: {problem} {what} and no bridge{extra} is usable"
+                why = f" ({'; '.join(passed)})" if passed else ""
+                return f"{target}: {problem} {what} and no bridge{extra} is usable{why}"
+            notes.extend(f"bridging: {reason}" for reason in passed)
             bridges.append(dataclasses.replace(bridge, keep_media=modality in beside, mime_types=formats,
                                                convert_to=target_formats(model, modality, formats)))
-        plan = Plan(target, model, bridges)
+        plan = Plan(target, model, bridges, notes)
         return _too_big(plan, facts) or _over_request(plan, facts) or plan
 
     def _no_diarizing_bridge(self, modality: Modality) -> str:
@@ -1195,7 +1231,7 @@ class Router:
             result = self.plan(chosen_by_plugin, facts, catalog, bridging=True)
             if isinstance(result, Plan):
                 entry = TraceEntry("plugin", Outcome.MATCHED, f"a route_request plugin chose {chosen_by_plugin}")
-                return Decision("plugin", result, [], [entry])
+                return Decision("plugin", result, [], [entry], list(result.notes))
         trace: list[TraceEntry] = []
         #: The rules that matched but had no usable target (then the default), with why each target was not.
         unusable: list[tuple[str, list[tuple[Target, str]]]] = []
@@ -1225,15 +1261,15 @@ class Router:
             if problems:
                 reason += " (skipped " + _joined(problems) + ")"
             trace.append(TraceEntry(rule.name, Outcome.MATCHED, reason))
-            winner = Decision(rule.name, plans[0], plans[1:], trace, [_cooling_note(p, facts) for p in moved],
-                              before)
+            winner = Decision(rule.name, plans[0], plans[1:], trace,
+                              [*plans[0].notes, *(_cooling_note(p, facts) for p in moved)], before)
         if winner is not None:
             return winner
         if self.default:
             plans, problems = self._plans([self.default], facts, catalog, bridging=True)
             if plans:
                 trace.append(TraceEntry("default", Outcome.MATCHED, f"no rule chose; using default {self.default}"))
-                return Decision("default", plans[0], [], trace)
+                return Decision("default", plans[0], [], trace, list(plans[0].notes))
             trace.append(TraceEntry("default", Outcome.SKIPPED, _joined(problems)))
             unusable.append(("default", problems))
         raise self._no_route(facts, catalog, trace, unusable)
@@ -1274,7 +1310,7 @@ class Router:
             result = self.plan(Target(override.provider, name), facts, catalog, bridging=True)
             if isinstance(result, Plan):
                 entry = TraceEntry("override", Outcome.MATCHED, f"the client chose {result.target}")
-                return Decision("override", result, [], [entry])
+                return Decision("override", result, [], [entry], list(result.notes))
             problems.append(result)
         if too_large_for_all := _size_refusal(problems, "the requested override", "; ".join(problems)):
             raise too_large_for_all

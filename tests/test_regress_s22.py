@@ -155,8 +155,9 @@ def test_attempts_names_the_bridge_that_failed_not_the_targets_it_bridged_for(da
                                            hints=pb.RoutingHints(tags=["heard"])))
     assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED")
     assert details.retry_delay == 20
-    assert details.message.startswith("every target failed (2 tried): openai: bridging call.wav: HTTP 429"), (
-        details.message)
+    assert details.message.startswith(
+        "every target failed (2 planned, none called: the bridge openai/whisper-1 failed for "
+        "anthropic/claude-sonnet-4-6, openai/gpt-4o): openai: bridging call.wav: HTTP 429"), details.message
     assert details.metadata["attempts"] == "openai/whisper-1 PROVIDER_RATE_LIMITED"
     assert not fakes["anthropic"].message_calls() and not fakes["openai"].chat_requests()
 
