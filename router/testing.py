@@ -39,7 +39,7 @@ import pytest
 
 from . import contract
 from .plugins import registered_models
-from .provider import Provider
+from .provider import FORGET_MEDIA_SECONDS, Provider
 from .types import (
     CallContext,
     Message,
@@ -336,6 +336,21 @@ class ProviderContract:
         request = self.sample_request(model)
         _run_alone(_then_closed(provider, cancelled_call(provider, request, model, moment,
                                                            timeout=self.call_timeout)))
+
+    def test_forget_media_it_never_saw_ends_quietly(self, provider: Provider) -> None:
+        """:meth:`Provider.forget_media` of media the provider was never sent (a reset with ``erase_media`` calls it
+        on every ready provider) returns without raising, within the router's bound
+        (:data:`router.provider.FORGET_MEDIA_SECONDS`)."""
+        never_sent = frozenset({"0" * 64, "f" * 64})
+
+        async def forget() -> None:
+            try:
+                await asyncio.wait_for(provider.forget_media(never_sent), FORGET_MEDIA_SECONDS)
+            except TimeoutError:
+                pytest.fail(f"{provider.name}: forget_media of media it never saw did not end within "
+                            f"{FORGET_MEDIA_SECONDS:g} s (the router cancels it there)")
+
+        _run_alone(_then_closed(provider, forget()))
 
     def test_provider_can_be_closed_twice(self, provider: Provider) -> None:
         async def close_twice() -> None:

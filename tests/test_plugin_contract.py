@@ -531,3 +531,33 @@ def test_the_kit_fails_events_yielded_after_the_usage_report_that_ends_the_answe
 def test_the_kit_passes_usage_reports_without_a_finish_reason_before_the_last() -> None:
     ProviderContract().test_generate_yields_contract_events(Yields(
         usage_of(input_tokens=3), router.TextDelta("hi"), usage_of(router.FinishReason.STOP, output_tokens=1)))
+
+
+class Forgets(Yields):
+    """Forgets media as ``forget`` does: raises, or hangs."""
+
+    def __init__(self, forget) -> None:
+        super().__init__()
+        self.forget = forget
+
+    async def forget_media(self, sha256s):
+        await self.forget(sha256s)
+
+
+async def _raises_for_unknown(sha256s) -> None:
+    raise KeyError(min(sha256s))
+
+
+async def _hangs(sha256s) -> None:
+    await asyncio.sleep(3600)
+
+
+def test_the_kit_fails_a_forget_media_that_raises_or_hangs_for_media_it_never_saw(monkeypatch) -> None:
+    """A reset with erase_media calls forget_media on every ready provider, with media most of them never saw."""
+    ProviderContract().test_forget_media_it_never_saw_ends_quietly(Yields())  # the default does nothing
+    with pytest.raises(KeyError):
+        ProviderContract().test_forget_media_it_never_saw_ends_quietly(Forgets(_raises_for_unknown))
+    monkeypatch.setattr(router.testing, "FORGET_MEDIA_SECONDS", 0.2)
+    with pytest.raises(pytest.fail.Exception, match=r"yields: forget_media of media it never saw did not end within"
+                                                    r" 0\.2 s"):
+        ProviderContract().test_forget_media_it_never_saw_ends_quietly(Forgets(_hangs))
