@@ -35,6 +35,7 @@ from .routing import (
     is_url_only,
     media_tokens,
     sent_bytes,
+    takes_language,
     text_tokens,
 )
 from .types import (
@@ -549,9 +550,11 @@ class _Bridging:
 def _to_bridge(bridges: list[Bridge], request: Request, registry: Registry,
                preferences: Mapping[Modality, Sequence[str]]) -> list[tuple[Media, list[Bridge]]]:
     """Each media of ``request`` that ``bridges`` convert (the first ready one of its modality), with the
-    bridges to try on it in turn."""
+    bridges to try on it in turn: the later ones that take it, in this turn's language for this turn's media
+    (the history's are bridged without it: :func:`history_options`)."""
     todo: list[tuple[Media, list[Bridge]]] = []
     seen: set[int] = set()
+    this_turn = {id(media) for media in request.turn_media()}
     for bridge in bridges:
         if registry.ready(bridge.via.provider) is None:
             continue  # routing only plans ready bridges; the registry cannot change mid-request
@@ -559,14 +562,17 @@ def _to_bridge(bridges: list[Bridge], request: Request, registry: Registry,
         for media in request.media():
             if bridge.converts(media) and id(media) not in seen:
                 seen.add(id(media))
-                todo.append((media, [bridge, *(b for b in later if _takes(b, media, registry))]))
+                language = request.options.language if id(media) in this_turn else ""
+                todo.append((media, [bridge, *(b for b in later if _takes(b, media, registry, language))]))
     return todo
 
 
-def _takes(bridge: Bridge, media: Media, registry: Registry) -> bool:
+def _takes(bridge: Bridge, media: Media, registry: Registry, language: str = "") -> bool:
     """Whether ``bridge``'s model takes ``media``: its format, by URL if it is given so (routing checked
-    the first bridge alone), and its length and size if the model has caps (Whisper's 25 MB per file; Claude's
-    32 MB per request, which the media alone, as sent, must not surely exceed: :func:`sent_bytes`)."""
+    the first bridge alone), its length and size if the model has caps (Whisper's 25 MB per file; Claude's
+    32 MB per request, which the media alone, as sent, must not surely exceed: :func:`sent_bytes`), and the
+    ``language`` of its speech ("" for any) if the model declares the languages it transcribes (``local``
+    English only: :func:`router.routing.takes_language`)."""
     provider = registry.ready(bridge.via.provider)
     model = provider.model(bridge.via.model) if provider is not None else None
     if model is None or not model.takes_mime(media.mime_type, media.modality):
@@ -578,6 +584,8 @@ def _takes(bridge: Bridge, media: Media, registry: Registry) -> bool:
     if model.max_request_bytes and sent_bytes(media) > model.max_request_bytes:
         return False
     if model.max_document_pages and (media.pages or 0) > model.max_document_pages:
+        return False
+    if media.modality in _SPEECH and not takes_language(model, language):
         return False
     return not (model.max_audio_seconds and (media.duration_seconds or 0.0) > model.max_audio_seconds)
 

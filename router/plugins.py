@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -323,6 +324,19 @@ def _mime_types_problem(value: object) -> str | None:
     return None
 
 
+#: A primary BCP-47 language subtag as ``ModelInfo.languages`` holds it: 2 or 3 ASCII letters, lower case.
+_LANGUAGE = re.compile(r"[a-z]{2,3}")
+
+
+def _languages_problem(value: object) -> str | None:
+    """Why ``value`` is not a set of primary BCP-47 language subtags in lower case (``en``, ``yue``), or None."""
+    problem = _strings_problem(value)
+    if problem:
+        return problem
+    bad = [tag for tag in value if not _LANGUAGE.fullmatch(tag)]  # type: ignore[attr-defined] (a set, checked above)
+    return f"holds {bad[0]!r}, not a primary language subtag such as 'en' (2 or 3 lower-case letters)" if bad else None
+
+
 def _price_problem(price: object) -> str | None:
     """Why ``price`` is not a :class:`Price` of finite amounts >= 0, or None."""
     if not isinstance(price, Price):
@@ -354,6 +368,7 @@ _MODEL_CHECKS: dict[str, Callable[[object], str | None]] = {
     # None: not declared (every modality taken by URL); an empty set: no media by URL
     "url_inputs": lambda v: None if v is None else _modalities_problem(v, required=False),
     "takes_temperature": lambda v: None if isinstance(v, bool) else f"is {type(v).__name__}, not bool",
+    "languages": _languages_problem,
 }
 
 
@@ -396,7 +411,7 @@ def _normalised(model: ModelInfo) -> ModelInfo:
     urls = model.url_inputs
     if urls is not None and (not isinstance(urls, frozenset) or not all(isinstance(m, Modality) for m in urls)):
         changes["url_inputs"] = frozenset(Modality(m) for m in urls)
-    for name in ("outputs", "features", "input_mime_types"):
+    for name in ("outputs", "features", "input_mime_types", "languages"):
         value = getattr(model, name, frozenset())
         if not isinstance(value, frozenset):
             changes[name] = frozenset(value)
@@ -418,8 +433,8 @@ def registered_models(provider: object) -> list[ModelInfo]:
     changed = next((new for new, old in zip(models, declared, strict=True) if new is not old), None)
     if changed is not None and not _models_settable(provider):
         raise TypeError(f"provider {provider.name!r}: models is a read-only property, and model "  # type: ignore[attr-defined]
-                        f"{_shown(changed.name)} gives inputs, outputs, features, input_mime_types or url_inputs "
-                        "otherwise than as frozensets (of router.Modality for inputs and url_inputs), which the "
+                        f"{_shown(changed.name)} gives inputs, outputs, features, input_mime_types, languages or "
+                        "url_inputs otherwise than as frozensets (of router.Modality for inputs and url_inputs), which the "
                         "daemon cannot store back: declare them so, or make models a plain attribute")
     return models
 

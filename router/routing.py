@@ -19,6 +19,7 @@ import dataclasses
 import enum
 import functools
 import math
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -198,6 +199,12 @@ class Facts:
     #: The largest media of each modality and format (normalised MIME type) as sent, in bytes (:func:`sent_bytes`):
     #: what a bridge's ``max_request_bytes`` must hold, a bridge being sent each media alone.
     largest_sent: Mapping[tuple[Modality, str], int] = field(default_factory=dict)
+    #: The request's ``options.language`` ("" for none), the language of :attr:`spoken`: a model or bridge that
+    #: would transcribe that speech must take it (``ModelInfo.languages``: see :func:`language_refused`).
+    language: str = ""
+    #: The speech modalities (audio, video) of this turn's media, or of the media a transcription transcribes:
+    #: those ``options.language`` describes (a session's earlier media are bridged without it).
+    spoken: frozenset[Modality] = frozenset()
 
     @property
     def url_modalities(self) -> frozenset[Modality]:
@@ -485,6 +492,8 @@ def facts_of(request: Request) -> Facts:
         turn_bytes=turn_bytes,
         conversation_bytes=conversation_bytes,
         largest_sent=_largest_sent(media),
+        language=request.options.language.strip(),
+        spoken=frozenset(modalities if task is Task.TRANSCRIBE else request.turn_modalities()) & _SPEECH,
     )
 
 
@@ -780,6 +789,27 @@ def url_refused(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) 
     return frozenset(m for m in modalities if m in facts.url_mime_types and not model.takes_url(m))
 
 
+def primary_language(tag: str) -> str:
+    """The primary subtag of the BCP-47 ``tag``, lower-cased, as ``ModelInfo.languages`` holds it (``en-US``
+    and ``EN_gb``: ``en``); "" for none."""
+    return re.split(r"[-_]", tag.strip(), maxsplit=1)[0].lower()
+
+
+def takes_language(model: ModelInfo, language: str) -> bool:
+    """Whether ``model`` transcribes speech in ``language`` (a BCP-47 tag; "" for any): always when it declares
+    no ``languages``, else when they hold the tag's :func:`primary_language`."""
+    return not language.strip() or not model.languages or primary_language(language) in model.languages
+
+
+def language_refused(model: ModelInfo, modalities: Iterable[Modality], facts: Facts) -> str | None:
+    """Why ``model`` cannot transcribe the speech of ``modalities`` it would get, in the language the request
+    names (:attr:`Facts.language`, for :attr:`Facts.spoken`), for its ``ModelInfo.languages``, or None: also when
+    the request names none, the model declares none (any language), or none of ``modalities`` is spoken."""
+    if takes_language(model, facts.language) or not facts.spoken & set(modalities):
+        return None
+    return f"does not transcribe language {facts.language!r} (takes {', '.join(sorted(model.languages))})"
+
+
 class SizeProblem(str):
     """Why a target cannot be used when it is the input's size alone, as the router estimates or measures it
     before calling any provider: its tokens over the model's context, or a media's bytes, seconds or PDF pages
@@ -1035,7 +1065,8 @@ class Router:
     def _bridge_for(self, modality: Modality, facts: Facts, catalog: Catalog,
                     formats: frozenset[str], passed: list[str]) -> Bridge | None:
         """The first usable bridge of ``modality`` for media in ``formats``, or None. A bridge is sent each media
-        alone: one whose ``max_request_bytes`` the largest of them as sent (:attr:`Facts.largest_sent`) exceeds
+        alone: one whose ``max_request_bytes`` the largest of them as sent (:attr:`Facts.largest_sent`) exceeds,
+        or that does not transcribe the language this turn's speech is said to be in (:func:`language_refused`),
         is passed by, and why goes to ``passed``."""
         for text in self.bridges.get(modality, ()):
             target = Target.parse(text)
@@ -1049,6 +1080,9 @@ class Router:
                     or too_large(model, {modality}, facts):
                 continue
             if facts.url_mime_types.get(modality, frozenset()) & formats and not model.takes_url(modality):
+                continue
+            if problem := language_refused(model, {modality}, facts):
+                passed.append(f"{target} passed by as the {modality.value} bridge: {problem}")
                 continue
             size = max((facts.largest_sent.get((modality, mime), 0) for mime in formats), default=0)
             if problem := over_request_limit(model, size, f"{modality.value} input"):
@@ -1100,6 +1134,8 @@ class Router:
             del unfit[modality]
         if long := too_long(model, (needed - missing) & _SPEECH, facts) or too_large(model, needed - missing, facts):
             return long.of(target)
+        if problem := language_refused(model, needed - missing, facts):
+            return f"{target}: {problem}"
         if not missing and not beside and not unfit:
             plan = Plan(target, model)
             return _too_big(plan, facts) or _over_request(plan, facts) or plan

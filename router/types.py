@@ -339,7 +339,12 @@ class ModelInfo:
     Routing skips it when this turn, as the router estimates it sent, is larger (see
     :func:`router.routing.request_bytes`: a lower bound, so that a request it passes by is surely refused); a
     session whose history makes it larger ranks it as one that drops the oldest messages. Its plugin still
-    checks the request as it builds it, at call time.
+    checks the request as it builds it, at call time. ``languages`` are the languages it transcribes speech
+    in, each a primary BCP-47 subtag in lower case (``en``, ``eng``, ``yue``); empty, the default: any
+    language. A request naming a language (``Options.language``, compared by its primary subtag whatever its
+    case: ``en-US`` and ``EN_gb`` are ``en``) is not routed to it, as a target or a bridge, for the speech
+    (audio, video) of this turn it would transcribe: ``local/extract`` declares ``en`` and ``eng``, its
+    speech model being en-US (see :func:`router.routing.language_refused`).
     """
 
     name: str
@@ -363,6 +368,7 @@ class ModelInfo:
     max_document_pages: int = 0
     pdf_page_tokens: int = 0
     max_request_bytes: int = 0
+    languages: frozenset[str] = frozenset()
 
     def can_take(self, modalities: set[Modality]) -> bool:
         """True when every modality in ``modalities`` is an input of this model."""

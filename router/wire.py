@@ -556,6 +556,7 @@ def model_to_proto(model: ModelInfo) -> pb.ModelInfo:
         url_inputs=[modality_to_proto(m) for m in sorted(by_url, key=lambda m: m.value)],
         max_media_bytes=model.max_media_bytes, max_document_pages=model.max_document_pages,
         takes_temperature=model.takes_temperature, max_request_bytes=model.max_request_bytes,
+        languages=sorted(model.languages),
     )
 
 

@@ -22,7 +22,8 @@ TRANSCRIPTIONS = "/v1/audio/transcriptions"
 WHISPER_DOWN = openai_error("overloaded", "server_error")
 WHISPER_TOO_LARGE = openai_error("Maximum content size limit (26214400) exceeded (31457280 bytes read)",
                                  "server_error")
-ENGLISH_ONLY = "the local provider transcribes English only"
+#: local's refusal, when its call runs, of CALL's 1 s clip under SHORT_LOCAL (routing does not know its cap).
+TOO_LONG_FOR_LOCAL = "cannot transcribe anruf.wav: the audio is 1 seconds (0:00:01) long, over the 0.5 seconds"
 NOT_ANSWERED = "The question was not answered"  # what local/extract writes when it is asked a question
 
 PROVIDERS = """
@@ -46,9 +47,9 @@ bridges:
 """
 
 
-def start(start_daemon, fakes, routes: str = GPT4O, fallback: str = ""):
-    """A daemon whose providers are the fakes, with ``routes`` (``fallback``: the rule's fallbacks)."""
-    config = PROVIDERS.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
+def start(start_daemon, fakes, routes: str = GPT4O, fallback: str = "", providers: str = PROVIDERS):
+    """A daemon whose ``providers`` are the fakes, with ``routes`` (``fallback``: the rule's fallbacks)."""
+    config = providers.format(openai=fakes["openai"].base_url, anthropic=fakes["anthropic"].url,
                               assemblyai=fakes["assemblyai"].url) + routes.format(fallback=fallback) + "default: local/extract\n"
     return start_daemon(config, env=ALL_KEYS, plugins=())
 
@@ -73,8 +74,10 @@ def document(data: bytes, name: str = "") -> pb.Media:
     return pb.Media(modality=pb.MODALITY_DOCUMENT, mime_type="application/pdf", data=data, filename=name)
 
 
-GERMAN_CALL = text_request("Was wurde gesagt?", options=pb.Options(language="de"), media=[
+CALL = text_request("What was said?", media=[
     pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(1.0), filename="anruf.wav")])
+#: The providers, local transcribing half a second at most: it refuses CALL's clip when its call runs.
+SHORT_LOCAL = PROVIDERS.replace("local: {{}}", "local: {{max_audio_seconds: 0.5}}")
 BROKEN_PDF = pdf(["hello"])[:200]
 
 
@@ -82,26 +85,26 @@ BROKEN_PDF = pdf(["hello"])[:200]
 
 
 def test_a_bridge_down_then_a_refusal_ends_with_the_outage_and_its_retry_delay(start_daemon, fakes) -> None:
-    """Whisper answers 503 (Retry-After 7), then local refuses the language: the client gets Whisper's
+    """Whisper answers 503 (Retry-After 7), then local refuses the clip's length: the client gets Whisper's
     UNAVAILABLE, with its delay, naming local's refusal after it, not a refusal it would not retry."""
-    daemon = start(start_daemon, fakes)
+    daemon = start(start_daemon, fakes, providers=SHORT_LOCAL)
     fakes["openai"].fail_next(503, WHISPER_DOWN, {"retry-after": "7"}, path=TRANSCRIPTIONS)
-    details = failure(daemon, GERMAN_CALL)
+    details = failure(daemon, CALL)
     assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
     assert details.retry_delay == 7
     assert details.message.startswith("openai: bridging anruf.wav: ") and "overloaded" in details.message
-    assert f"(then local: bridging anruf.wav: {ENGLISH_ONLY}" in details.message
+    assert f"(then local: {TOO_LONG_FOR_LOCAL}" in details.message, details.message
     assert fakes["openai"].chat_requests() == []
 
 
 def test_when_every_bridge_refuses_the_message_names_each_refusal(start_daemon, fakes) -> None:
-    """Whisper refuses the file's size, then local its language: the last refusal's code, both named."""
-    daemon = start(start_daemon, fakes)
+    """Whisper refuses the file's size, then local its length: the last refusal's code, both named."""
+    daemon = start(start_daemon, fakes, providers=SHORT_LOCAL)
     fakes["openai"].fail_next(413, WHISPER_TOO_LARGE, path=TRANSCRIPTIONS)
-    details = failure(daemon, GERMAN_CALL)
-    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED_INPUT")
+    details = failure(daemon, CALL)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INPUT_TOO_LARGE")
     assert details.message.startswith("openai: bridging anruf.wav: ") and "Maximum content size" in details.message
-    assert f"; then local: bridging anruf.wav: {ENGLISH_ONLY}" in details.message
+    assert f"; then local: {TOO_LONG_FOR_LOCAL}" in details.message, details.message
 
 
 # -- which part -----------------------------------------------------------------------------------------------

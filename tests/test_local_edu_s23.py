@@ -137,17 +137,16 @@ def test_a_page_read_from_its_text_layer_says_its_pictures_were_not_read(offline
 
 def test_non_english_speech_is_refused_without_advising_an_empty_language(offline) -> None:
     """The refusal advised "leave options.language empty", which made Spanish speech confident English
-    nonsense: it now says the language is not supported offline, and that no language is for English only."""
+    nonsense: routing now passes local over for the language (its ``ModelInfo.languages``), and says why.
+    (local's own refusal, for a call routed to it anyway, is checked in test_local_audio_path.py.)"""
     audio = pb.Media(modality=pb.MODALITY_AUDIO, mime_type="audio/wav", data=wav(0.5), filename="q_es.wav")
     request = text_request("", media=[audio], options=pb.Options(task=pb.TASK_TRANSCRIBE, language="es"))
     with pytest.raises(grpc.RpcError) as caught:
         offline.stub.Generate(pb.GenerateRequest(request=request), timeout=60)
     message = caught.value.details()
-    assert "the local provider transcribes English only" in message, message
-    assert "'es', which is not supported offline" in message, message
+    assert "local/extract: does not transcribe language 'es' (takes en, eng)" in message, message
     assert "leave options.language empty" not in message, message
-    assert "right only for English speech" in message, message
-    assert error_details(caught.value).reason == "UNSUPPORTED_INPUT", message
+    assert error_details(caught.value).reason == "NO_ROUTE", message
 
 
 #: GPT-4o (the fake) answers by the rule; local/extract is its fallback.

@@ -31,7 +31,7 @@ from router import (
 )
 from router.errors import public_url
 
-from .asr import check_language
+from .asr import LANGUAGES, check_language
 from .audio import MAX_AUDIO_SECONDS, AudioTooLong, DecodeError, NoAudioTrack
 from .extract import Extractor, Section, UnreadableMedia, audio_sections, label
 from .heard import HeardInCall
@@ -75,6 +75,7 @@ EXTRACT_MODEL = ModelInfo(
     price=Price(),
     input_mime_types=EXTRACT_MIME_TYPES,
     url_inputs=frozenset(),  # offline: media given by URL are refused (_check_local), so routing passes it over
+    languages=frozenset(LANGUAGES),  # its speech model is en-US (check_language): routing passes it over for others
 )
 
 

@@ -417,7 +417,7 @@ class Price(_message.Message):
     def __init__(self, input_per_mtok: _Optional[float] = ..., output_per_mtok: _Optional[float] = ..., per_audio_hour: _Optional[float] = ..., audio_input_per_mtok: _Optional[float] = ..., cached_input_per_mtok: _Optional[float] = ..., long_context_above_tokens: _Optional[int] = ..., long_context_input_per_mtok: _Optional[float] = ..., long_context_output_per_mtok: _Optional[float] = ..., long_context_cached_input_per_mtok: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "inputs", "outputs", "features", "context_tokens", "price", "input_mime_types", "max_audio_seconds", "max_output_tokens", "default_max_output_tokens", "url_inputs", "max_media_bytes", "takes_temperature", "max_document_pages", "cooldown_seconds", "cooldown_reason", "max_request_bytes")
+    __slots__ = ("name", "inputs", "outputs", "features", "context_tokens", "price", "input_mime_types", "max_audio_seconds", "max_output_tokens", "default_max_output_tokens", "url_inputs", "max_media_bytes", "takes_temperature", "max_document_pages", "cooldown_seconds", "cooldown_reason", "max_request_bytes", "languages")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -435,6 +435,7 @@ class ModelInfo(_message.Message):
     COOLDOWN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COOLDOWN_REASON_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGES_FIELD_NUMBER: _ClassVar[int]
     name: str
     inputs: _containers.RepeatedScalarFieldContainer[Modality]
     outputs: _containers.RepeatedScalarFieldContainer[str]
@@ -452,7 +453,8 @@ class ModelInfo(_message.Message):
     cooldown_seconds: float
     cooldown_reason: str
     max_request_bytes: int
-    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., outputs: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., context_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., input_mime_types: _Optional[_Iterable[str]] = ..., max_audio_seconds: _Optional[float] = ..., max_output_tokens: _Optional[int] = ..., default_max_output_tokens: _Optional[int] = ..., url_inputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., max_media_bytes: _Optional[int] = ..., takes_temperature: _Optional[bool] = ..., max_document_pages: _Optional[int] = ..., cooldown_seconds: _Optional[float] = ..., cooldown_reason: _Optional[str] = ..., max_request_bytes: _Optional[int] = ...) -> None: ...
+    languages: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., outputs: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[str]] = ..., context_tokens: _Optional[int] = ..., price: _Optional[_Union[Price, _Mapping]] = ..., input_mime_types: _Optional[_Iterable[str]] = ..., max_audio_seconds: _Optional[float] = ..., max_output_tokens: _Optional[int] = ..., default_max_output_tokens: _Optional[int] = ..., url_inputs: _Optional[_Iterable[_Union[Modality, str]]] = ..., max_media_bytes: _Optional[int] = ..., takes_temperature: _Optional[bool] = ..., max_document_pages: _Optional[int] = ..., cooldown_seconds: _Optional[float] = ..., cooldown_reason: _Optional[str] = ..., max_request_bytes: _Optional[int] = ..., languages: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProviderInfo(_message.Message):
     __slots__ = ("name", "plugin", "state", "reason", "models", "health")
