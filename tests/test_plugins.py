@@ -447,7 +447,7 @@ def test_the_conformance_kit_runs_under_plain_pytest(tmp_path, plugins) -> None:
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, "-rA",
                              "test_tiny.py"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "8 passed" in result.stdout and "skipped" not in result.stdout and "warning" not in result.stdout
+    assert "9 passed" in result.stdout and "skipped" not in result.stdout and "warning" not in result.stdout
 
 
 def test_the_conformance_kit_refuses_an_unconfigured_reason_that_is_not_a_string() -> None:
