@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Admission and event-loop figures: a burst of large calls over server.max_concurrent_calls, and requests of
-many messages while health checks are sent.
+"""Admission and event-loop figures: a burst of large calls over server.max_concurrent_calls, requests of
+many messages while health checks are sent, and reloads (SIGHUP) of a large routing file meanwhile.
 
-    .venv/bin/python bench/admission.py                       # both sections (~1 minute)
+    .venv/bin/python bench/admission.py                       # every section (~1.5 minutes)
     .venv/bin/python bench/admission.py --only burst --calls 300 --mib 7
     .venv/bin/python bench/admission.py --only bigconv --messages 99999 --at-once 8
+    .venv/bin/python bench/admission.py --only reload --rules 2000 --reloads 3
 
 - ``burst``: a daemon with ``max_concurrent_calls: 2`` whose upstream (bench/fake_upstream.py) answers after
   20 s; ``--calls`` Generate calls at once, each on its own connection, each with an inline ``--mib`` MiB PNG.
@@ -15,6 +16,11 @@ many messages while health checks are sent.
   while health checks are sent one after another: prints the health checks' latency (p50, p99, max) during
   the calls, and how long the calls took. Their conversion on the event loop held the health checks for
   seconds.
+- ``reload``: ``--reloads`` SIGHUPs, one after another, each reloading a routing file of ``--rules`` rules (each
+  with conditions, a target and fallbacks, as an operator's large file), while health checks are sent: prints how
+  long each reload took (SIGHUP to its "rules reloaded" line) and the health checks' latency meanwhile (p50,
+  max: the longest wait). Reading and parsing the file on the event loop held every call and health check
+  for as long (seconds).
 
 The daemon runs on core 0 (taskset), this process and the fake upstream on core 1, as bench/run.py.
 Loopback only, on ports 43150-43151 (``--port``); every wait is bounded. Not part of the test suite.
@@ -26,7 +32,9 @@ import argparse
 import asyncio
 import collections
 import io
+import os
 import shutil
+import signal
 import statistics
 import struct
 import sys
@@ -57,8 +65,9 @@ def png(size: int) -> bytes:
     return small[:-12] + chunk + small[-12:]
 
 
-def start(workdir: Path, port: int, calls: int, delay: float) -> tuple[Proc, Proc]:
-    """The fake upstream (answering after ``delay`` s) on ``port + 1`` and the daemon on ``port``."""
+def start(workdir: Path, port: int, calls: int, delay: float, log_level: str = "warning") -> tuple[Proc, Proc]:
+    """The fake upstream (answering after ``delay`` s) on ``port + 1`` and the daemon on ``port``, its
+    configuration in ``workdir / "router.yaml"``."""
     fake = spawn("fake", [PY, str(BENCH / "fake_upstream.py"), "--port", str(port + 1), "--delay", str(delay)],
                  CLIENT_CORE, workdir)
     config = workdir / "router.yaml"
@@ -67,7 +76,7 @@ server:
   max_concurrent_calls: {calls}
   max_message_bytes: 67108864
   inline_limit_bytes: 33554432
-  log_level: warning
+  log_level: {log_level}
 providers:
   openai: {{base_url: "http://127.0.0.1:{port + 1}/v1", api_key: "sk-bench-not-a-key", timeout: 120}}
 default: openai/gpt-4o
@@ -177,13 +186,69 @@ async def bigconv(opt: argparse.Namespace, workdir: Path) -> None:
         fake.stop()
 
 
+def routing_file(port: int, rules: int, version: int) -> str:
+    """A routing file of ``rules`` rules, each with conditions, a target and fallbacks (``version`` is in every
+    rule's metadata condition: each version changes every rule), on the fake upstream at ``port + 1``."""
+    modalities, targets = ("image", "audio", "video", "document"), ("openai/gpt-4o", "openai/gpt-4o-mini")
+    lines = ["server: {log_level: info}", "providers:",
+             f'  openai: {{base_url: "http://127.0.0.1:{port + 1}/v1", api_key: "sk-bench-not-a-key", timeout: 120}}',
+             "routes:"]
+    for i in range(rules):
+        lines += [f"  - name: team-{i}-{modalities[i % 4]}",
+                  "    match:",
+                  f"      inputs_any: [{modalities[i % 4]}, text]",
+                  "      task: [chat]",
+                  f"      tags: [team-{i}]",
+                  f"      metadata: {{tenant: t{i}, version: v{version}}}",
+                  f"      input_tokens: {{max: {1000 + i}}}",
+                  f"    use: {targets[i % 2]}",
+                  f"    fallback: [{targets[(i + 1) % 2]}, local/extract]"]
+    return "\n".join([*lines, "default: openai/gpt-4o", ""])
+
+
+async def reload(opt: argparse.Namespace, workdir: Path) -> None:
+    fake, router = start(workdir, opt.port, 1024, 0.0, log_level="info")
+    config = workdir / "router.yaml"
+    try:
+        async def reloads(stub) -> list[float]:
+            took = []
+            for version in range(opt.reloads):
+                new = workdir / "router.yaml.new"  # replaced atomically, as the README asks
+                new.write_text(routing_file(opt.port, opt.rules, version))
+                new.replace(config)
+                seen = router.log.read_text().count("rules reloaded")
+                sent = time.perf_counter()
+                os.kill(router.pid, signal.SIGHUP)
+                deadline = time.monotonic() + 300
+                while router.log.read_text().count("rules reloaded") == seen:
+                    if time.monotonic() > deadline or "reload refused" in router.log.read_text():
+                        raise RuntimeError(f"the reload did not end:\n{router.log.read_text()[-3000:]}")
+                    await asyncio.sleep(0.02)
+                took.append(time.perf_counter() - sent)
+                await asyncio.sleep(1)  # probes answered between reloads: none waits across two
+            return took
+
+        took, latencies = await beside_health_checks(router.address, OPTIONS, reloads, settle=0.5)
+        during = sorted(latency * 1000 for latency in latencies)
+        print(f"reload: {opt.reloads} SIGHUPs, each of a {opt.rules}-rule file ({config.stat().st_size / 1e3:.0f} kB)")
+        print(f"  reloads took (s): {', '.join(f'{s:.2f}' for s in took)}")
+        if during:
+            print(f"  health checks during the reloads: n={len(during)} p50 {statistics.median(during):.1f} ms, "
+                  f"max {during[-1]:.1f} ms")
+    finally:
+        router.stop()
+        fake.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("burst", "bigconv"))
+    parser.add_argument("--only", choices=("burst", "bigconv", "reload"))
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--mib", type=float, default=7.0)
     parser.add_argument("--messages", type=int, default=99_999)
     parser.add_argument("--at-once", type=int, default=8)
+    parser.add_argument("--rules", type=int, default=2000)
+    parser.add_argument("--reloads", type=int, default=3)
     parser.add_argument("--port", type=int, default=43150)
     opt = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="mmrouter-admission-"))
@@ -193,6 +258,9 @@ def main() -> None:
         if opt.only in (None, "bigconv"):
             (workdir / "bigconv").mkdir()
             asyncio.run(bigconv(opt, workdir / "bigconv"))
+        if opt.only in (None, "reload"):
+            (workdir / "reload").mkdir()
+            asyncio.run(reload(opt, workdir / "reload"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -278,7 +278,8 @@ def reload_losses(old: Config, new: Config) -> str | None:
     """A warning when a reload from ``old`` to ``new`` removes rules or the default, or None: what a file cut
     short reads like (read mid-write, every rule after the cut and the default gone), and what an operator
     should see above the INFO lines of a reload."""
-    removed = [rule.name for rule in old.routes if rule.name not in {r.name for r in new.routes}]
+    kept = {rule.name for rule in new.routes}
+    removed = [rule.name for rule in old.routes if rule.name not in kept]
     lost = [f"rule{'s' if len(removed) > 1 else ''} {', '.join(removed)}"] if removed else []
     if old.default and not new.default:
         lost.append("the default")

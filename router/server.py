@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import gc
 import ipaddress
 import logging
 import os
@@ -24,6 +25,7 @@ import shutil
 import signal
 import socket
 import stat
+import threading
 import time
 import uuid
 import weakref
@@ -1119,30 +1121,84 @@ def _bind_errno(family: int, ip: str, port: int) -> int | None:
 def reload_config(app: App, config_path: Path | None, certificates: ServerCertificates | None = None,
                   log_filter: redact.SecretFilter | None = None,
                   server_overrides: Mapping[str, Any] | None = None) -> None:
-    """SIGHUP: read the configuration file again and serve it; a bad file changes nothing.
+    """Read the configuration file again and serve it; a bad file changes nothing.
 
     Rules, providers and plugins are swapped in (see :meth:`App.reload`); a TLS daemon also reads
     its certificate, key and client CA files again (a rotated certificate is served from the next
     connection on). Server settings need a restart; those the command line set (``server_overrides``,
     e.g. ``--address``) keep its values. The file is read once: its errors' lines are those of the text
-    served, whatever a writer does meanwhile."""
-    from .config_warnings import NO_ROUTE_WARNING, routes_nothing
-    from .core import config_names, reload_changes, reload_losses
+    served, whatever a writer does meanwhile. All of it runs here, on the caller's thread: SIGHUP reads
+    and parses the file off the event loop (see :func:`reload_off_loop`)."""
+    _serve_read(app, config_path, _read_for_reload(config_path, server_overrides), certificates, log_filter)
+
+
+async def reload_off_loop(app: App, config_path: Path | None, certificates: ServerCertificates | None = None,
+                          log_filter: redact.SecretFilter | None = None,
+                          server_overrides: Mapping[str, Any] | None = None) -> None:
+    """SIGHUP: :func:`reload_config`, the file read and parsed in a thread of its own (a 2,000-rule file takes
+    seconds: calls and health checks are served meanwhile); only the swap (:meth:`App.reload`, which makes
+    the providers) and the logging after it run on the event loop."""
+    read = await _in_own_thread(_read_for_reload, config_path, server_overrides)
+    _serve_read(app, config_path, read, certificates, log_filter)
+
+
+#: a configuration file read for a reload: its text, its configuration (the command line's server settings
+#: in it) and the secrets it holds (see :func:`router.core.secrets_of`)
+ReadConfig = tuple[str, Config, set[str]]
+
+
+def _read_for_reload(config_path: Path | None,
+                     server_overrides: Mapping[str, Any] | None) -> ReadConfig | ConfigError | None:
+    """``config_path`` read and parsed, touching nothing the daemon runs (a reload runs it in a thread); the
+    error of a file that cannot be served, or None without a file (the daemon runs the embedded default)."""
+    from .core import config_names
 
     if config_path is None:
-        log.warning("SIGHUP: nothing to reload, the daemon runs the embedded default (start it with --config)")
-        return
+        return None
     try:
-        text = read_config_file(config_path)
-        config = parse_config(text, str(config_path))
+        text = read_config_file(config_path)  # before the pause: a read may hang (a FIFO, a hung network mount)
+        with _no_cyclic_gc():
+            config = parse_config(text, str(config_path))
     except ConfigError as exc:
-        log.error("SIGHUP: reload refused, the running configuration stays: %s", app.redact(exc.message))
-        return
+        return exc
     if server_overrides:
         config = config.model_copy(update={"server": config.server.model_copy(update=server_overrides)})
+    return text, config, secrets_of(config.providers, config.server.auth_token, names=config_names(config))
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused meanwhile (in the whole process): parsing a large file makes hundreds
+    of thousands of YAML objects, whose allocations set off full collections of the daemon's heap, each holding
+    the GIL, so the event loop too, for up to a second (a 2,000-rule file: 1-2 s of such pauses; see
+    bench/README.md, "Reloads of a large routing file"). Those objects are freed by their reference counts;
+    other cyclic garbage waits the few seconds of the parse."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _serve_read(app: App, config_path: Path | None, read: ReadConfig | ConfigError | None,
+                certificates: ServerCertificates | None, log_filter: redact.SecretFilter | None) -> None:
+    """Swap in the configuration :func:`_read_for_reload` ``read`` (see :func:`reload_config`) and log what
+    changed; on the event loop."""
+    from .config_warnings import NO_ROUTE_WARNING, routes_nothing
+    from .core import reload_changes, reload_losses
+
+    if read is None:
+        log.warning("SIGHUP: nothing to reload, the daemon runs the embedded default (start it with --config)")
+        return
+    if isinstance(read, ConfigError):
+        log.error("SIGHUP: reload refused, the running configuration stays: %s", app.redact(read.message))
+        return
+    text, config, secrets = read
     masked = log_filter.secrets if log_filter is not None else ()
     if log_filter is not None:  # before anything logs the new keys' providers
-        log_filter.add(secrets_of(config.providers, config.server.auth_token, names=config_names(config)))
+        log_filter.add(secrets)
     before, providers_before = app.config, dict(app.registry.entries)
     reloaded = app.reload(config, text, str(config_path))
     if reloaded is None:  # refused, and said why: its keys, never used, are not masked from now on
@@ -1176,6 +1232,68 @@ def reload_config(app: App, config_path: Path | None, certificates: ServerCertif
             log.info("SIGHUP: TLS certificate reloaded from %s (used from the next connection on)", tls.cert_file)
     if needs_restart:
         log.warning("SIGHUP: changes to %s take effect only after a restart", ", ".join(needs_restart))
+
+
+async def _in_own_thread(func: Callable[..., Any], *args: Any) -> Any:
+    """``func(*args)``, run in a daemon thread of its own. ``asyncio.to_thread``'s threads are waited for
+    when ``asyncio.run`` ends: a daemon stopping during a reload would wait for its parse, or forever for a
+    file whose read hangs (a FIFO, a hung network mount). Cancelled, this drops its result."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not future.done():  # not cancelled meanwhile
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = func(*args)
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the daemon stopped)
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=f"mmrouter-{getattr(func, '__name__', 'work')}", daemon=True).start()
+    return await future
+
+
+class Reloads:
+    """SIGHUP's reloads (:func:`reload_off_loop`), one at a time and in order, so that the file's last state is
+    served: a SIGHUP that comes while a reload runs is not lost, it makes one more once that one ended (several
+    such make just the one: it reads the file as it is then)."""
+
+    def __init__(self, reload: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._reload = reload
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        """The SIGHUP handler (on the event loop): reload now, or once the reload under way ended."""
+        if self._task is not None and not self._task.done():
+            self._again = True
+        else:
+            self._task = asyncio.create_task(self._run(), name="mmrouter-reload")
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self._reload()
+            except Exception:  # a SIGHUP's callback that raised was logged by the loop: so is this reload
+                log.exception("SIGHUP: the reload failed")
+            if not self._again:
+                return
+
+    async def aclose(self) -> None:
+        """Cancel the reload under way (the daemon stops): a file still being read or parsed is not swapped in,
+        and no reload runs after; the swap itself, on the loop, is never cut."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
 
 
 def unmask_names(log_filter: redact.SecretFilter, config: Config) -> None:
@@ -1392,8 +1510,9 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     """Run the daemon until SIGTERM or SIGINT, then drain in-flight calls and exit.
 
     SIGHUP re-reads ``config_path`` and swaps in its rules, providers and TLS certificate (see
-    :func:`reload_config`); ``server_overrides`` are the server settings the command line gave. Once the
-    shutdown begins, SIGHUP is ignored until the process exits (see :func:`_ignore_reloads`).
+    :func:`reload_off_loop`, one at a time: :class:`Reloads`); ``server_overrides`` are the server settings
+    the command line gave. Once the shutdown begins, SIGHUP is ignored until the process exits (see
+    :func:`_ignore_reloads`).
     """
     from .config_warnings import NO_ROUTE_WARNING, routes_nothing
     from .core import config_names
@@ -1445,8 +1564,8 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path, certificates, log_filter,
-                            server_overrides)
+    reloads = Reloads(functools.partial(reload_off_loop, app, config_path, certificates, log_filter, server_overrides))
+    loop.add_signal_handler(signal.SIGHUP, reloads.request)
     # `mmrouter serve` holds SIGINT and SIGHUP while the daemon starts (see hold_start_up_interrupts; SIGHUP's
     # default action would end it): a SIGINT sent since ends the start here, a SIGHUP is a reload
     if _start_up_interrupt.received:
@@ -1466,6 +1585,8 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
         try:
             ready_file.write_text(bound)
         except BaseException as exc:  # a gRPC server left to the garbage collector writes tracebacks
+            _ignore_reloads(loop)
+            await reloads.aclose()
             await server.stop(0)
             await app.aclose()
             _unlock(data_lock, data_dir if made_data_dir else None)
@@ -1479,6 +1600,7 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     trimmer = asyncio.create_task(give_back_when_idle(lambda: app.calls_ended, lambda: len(app.call_tasks)))
     await stop.wait()
     _ignore_reloads(loop)
+    await reloads.aclose()
     watch.cancel()
     data_watch.cancel()
     trimmer.cancel()
