@@ -13,6 +13,8 @@ Patches (comma-separated in MMROUTER_WHATIF; bench/run.py --whatif sets it):
 - ``canned_chat``: the OpenAI plugin answers at once with the requested number of text deltas, no HTTP
   call at all (what the router's own layers and gRPC cost; compare with the echo server).
 - ``gc_off``: the cyclic garbage collector disabled (an upper bound of what it costs).
+- ``gc_stats``: the garbage collector's collections per generation and their seconds, printed at exit (in the
+  daemon's log: ``--keep``).
 
 Never used by the daemon itself; only by the benchmark.
 """
@@ -97,6 +99,28 @@ if "gc_off" in patches:  # upper bound of what the cyclic garbage collector cost
     import gc
 
     gc.disable()
+
+if "gc_stats" in patches:  # what the cyclic garbage collector does: collections and their time, per generation
+    import atexit
+    import gc
+    import sys
+    import time
+
+    _gc = {"started": 0.0, "n": [0, 0, 0], "s": [0.0, 0.0, 0.0], "collected": [0, 0, 0]}
+
+    def _timed(phase, info):  # type: ignore[no-untyped-def]
+        if phase == "start":
+            _gc["started"] = time.perf_counter()
+        else:
+            g = info["generation"]
+            _gc["n"][g] += 1
+            _gc["s"][g] += time.perf_counter() - _gc["started"]
+            _gc["collected"][g] += info["collected"]
+
+    gc.callbacks.append(_timed)
+    atexit.register(lambda: print(f"GC STATS: collections {_gc['n']}, seconds {[round(x, 3) for x in _gc['s']]}, "
+                                  f"collected {_gc['collected']}, objects {len(gc.get_objects())}",
+                                  file=sys.stderr, flush=True))
 
 from router.cli import app  # noqa: E402
 
