@@ -858,6 +858,54 @@ def reset(ctx: typer.Context,
     out.print(f"session reset: {reply.turns_removed} stored message(s) removed{media}", markup=False)
 
 
+@app.command(name="delete-media", cls=_JsonErrorsCommand)
+def delete_media(media_ids: Annotated[list[str], typer.Argument(
+                     metavar="MEDIA_ID", show_default=False,
+                     help="The media to delete, as UploadMedia returned their ids (64 lower-case hex digits).")],
+                 address: AddressOption = DEFAULT_ADDRESS, token: TokenOption = "",
+                 as_json: Annotated[bool, typer.Option(
+                     "--json", help=f"Print DeleteMedia's answer as JSON ({JSON_MAPPING}); when the call fails, "
+                                    "{\"error\": {...}}.")] = False) -> None:
+    """Delete stored media now (DeleteMedia): their files, records and the texts bridges kept for them
+    (transcripts, PDF text), and the providers' copies of them, to erase a customer's data. Prints one
+    line per id: deleted, not found, or kept because sessions refer to it (`reset --erase-media` of each
+    deletes it). Exits 0 when every id was deleted, 1 when one was not found or was kept; other exit
+    codes are ask's."""
+    from mmrouter.v1 import router_pb2 as pb
+    from mmrouter.v1 import router_pb2_grpc
+
+    from .media import is_media_id
+
+    for number, media_id in enumerate(media_ids, 1):
+        if not is_media_id(media_id):
+            refuse(f"MEDIA_ID #{number} is not a media id: give the ids as UploadMedia returned them "
+                   "(64 lower-case hex digits, the sha256 of the file)", f"MEDIA_ID #{number}")
+    with daemon_channel(address, token) as channel:
+        try:
+            reply = router_pb2_grpc.RouterServiceStub(channel).DeleteMedia(pb.DeleteMediaRequest(media_ids=media_ids))
+        except grpc.RpcError as exc:
+            fail(exc, address, as_json=as_json)
+    if as_json:
+        print_json(message_json(reply))
+    else:
+        for media in reply.media:
+            out.print(f"{media.media_id}: {_deletion(media)}", markup=False)
+    if any(media.status != pb.MEDIA_DELETION_STATUS_DELETED for media in reply.media):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _deletion(media: Any) -> str:
+    """What DeleteMedia did with one media (a ``MediaDeletion``), as ``delete-media`` says it."""
+    from mmrouter.v1 import router_pb2 as pb
+
+    if media.status == pb.MEDIA_DELETION_STATUS_DELETED:
+        return "deleted"
+    if media.status == pb.MEDIA_DELETION_STATUS_KEPT_IN_SESSION:
+        return (f"kept: {media.sessions} session(s) refer to it; `mmrouter reset --erase-media` of each "
+                "deletes it")
+    return "not found: nothing is stored under this id"
+
+
 DataDirOption = Annotated[Path | None, typer.Option(help="The daemon's data directory (default: server.data_dir "
                                                             "of --config, else the default data directory).")]
 DaemonConfigOption = Annotated[Path | None, typer.Option(

@@ -75,6 +75,7 @@ from .routing import (
 )
 from .sessions import (
     KeptAnswer,
+    MediaDeleted,
     Removed,
     SessionStore,
     StoredBridges,
@@ -1009,27 +1010,46 @@ class App:
             log.info("session %s reset with its media erased: %d stored message(s) and %d other row(s) removed, "
                      "%d media deleted, %d kept (another session refers to them)", session_tag(session_id),
                      removed.turns, removed.others, removed.media, removed.media_kept)
-            self._forget_media(frozenset(erased), session_tag(session_id))
+            self._forget_media(frozenset(erased), f"with session {session_tag(session_id)}")
         return removed
 
-    def _forget_media(self, sha256s: frozenset[str], session: str) -> None:
+    async def adelete_media(self, media_ids: list[str]) -> MediaDeleted:
+        """Delete the stored media ``media_ids`` (``DeleteMedia``) that no session refers to, with the texts bridges
+        kept for them (:meth:`router.sessions.SessionStore.delete_media`, on the store's thread, in one transaction
+        with :meth:`router.media.MediaStore.erase_each`); those a session refers to are kept. One INFO line gives
+        the counts, never the ids (content hashes: they tell who sent which file). Then every ready provider is
+        asked to delete its own copies of those deleted (:meth:`_forget_media`), in the background. Storage
+        faults are refused as :meth:`areset_session`'s are, nothing changed."""
+        try:
+            deleted = await self.sessions.run(self.sessions.delete_media, list(dict.fromkeys(media_ids)),
+                                              self.media.erase_each)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, "delete the media") or exc from None
+        asked = len(set(media_ids))
+        log.info("media deleted on request: %d deleted, %d not found, %d kept (a session refers to them)",
+                 len(deleted.deleted), asked - len(deleted.deleted) - len(deleted.kept), len(deleted.kept))
+        self._forget_media(deleted.deleted, "by DeleteMedia")
+        return deleted
+
+    def _forget_media(self, sha256s: frozenset[str], erased: str) -> None:
         """Have every ready provider delete its copies of the erased media ``sha256s`` (:meth:`Provider.forget_media`),
         all at once, each in a task of its own, as the background closes of providers' calls run
         (:func:`router.invoke.in_background`: the daemon's stop cancels them, and names a provider that hangs):
-        the reset's client does not wait for the providers, which cannot fail it (its deletions are done). Each
-        is bounded by :data:`FORGET_MEDIA_SECONDS` (:meth:`_forget_in_time`); its registry stays open meanwhile
-        (a reload closes it once they end). ``session``: the session's tag, for the log."""
+        the client of the reset (or deletion) does not wait for the providers, which cannot fail it (its
+        deletions are done). Each is bounded by :data:`FORGET_MEDIA_SECONDS` (:meth:`_forget_in_time`); its
+        registry stays open meanwhile (a reload closes it once they end). ``erased``: how they were, for the
+        log ("with session <its tag>", "by DeleteMedia")."""
         if not sha256s:
             return
         registry = self.registry
         for entry in registry.entries.values():
             if entry.state is State.READY and entry.provider is not None:
                 registry.calls += 1
-                in_background(self._forget_in_time(registry, entry.provider, sha256s, session),
-                              ProviderCall(entry.provider.name, f"reset of session {session}"))
+                in_background(self._forget_in_time(registry, entry.provider, sha256s, erased),
+                              ProviderCall(entry.provider.name, f"media erased {erased}"))
 
     async def _forget_in_time(self, registry: Registry, provider: Provider, sha256s: frozenset[str],
-                              session: str) -> None:
+                              erased: str) -> None:
         """``provider.forget_media(sha256s)``, cancelled after :data:`FORGET_MEDIA_SECONDS`; that, what it
         raises (a plugin's KeyboardInterrupt or SystemExit too), or its cancellation by the daemon's stop is
         logged, never raised but the cancellation. Then ``registry``'s call counted by :meth:`_forget_media` ends."""
@@ -1038,18 +1058,18 @@ class App:
             async with bound:
                 await provider.forget_media(sha256s)
         except asyncio.CancelledError:
-            log.warning("provider %s had not forgotten the %d media erased with session %s when the daemon stopped; "
+            log.warning("provider %s had not forgotten the %d media erased %s when the daemon stopped; "
                         "cancelled: its copies of them may stay at the provider until they expire", provider.name,
-                        len(sha256s), session)
+                        len(sha256s), erased)
             raise
         except BaseException as exc:
             if bound.expired():
-                log.warning("provider %s had not forgotten the %d media erased with session %s after %g s; "
+                log.warning("provider %s had not forgotten the %d media erased %s after %g s; "
                             "cancelled: its copies of them may stay at the provider until they expire", provider.name,
-                            len(sha256s), session, FORGET_MEDIA_SECONDS)
+                            len(sha256s), erased, FORGET_MEDIA_SECONDS)
             else:
-                log.error("provider %s failed to forget the %d media erased with session %s; its copies of them "
-                          "may stay at the provider until they expire", provider.name, len(sha256s), session,
+                log.error("provider %s failed to forget the %d media erased %s; its copies of them "
+                          "may stay at the provider until they expire", provider.name, len(sha256s), erased,
                           exc_info=exc)
         finally:
             registry.calls -= 1

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .contract import PairJoiner, event_problem, with_valid_text
-from .errors import ProviderError, ProviderFailed, ProviderRateLimited, ProviderTimeout, ProviderUnavailable
+from .errors import (
+    ProviderError,
+    ProviderFailed,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+    UnknownMedia,
+)
 from .outcome import Attempt, RouteInfo, Step
 from .prepare import prepared
 from .provider import Provider
@@ -163,6 +170,9 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
             if finished:
                 break  # the answer is complete: what the generator does after it is not waited for
     except ProviderError as exc:
+        if (erased := _erased_media(request)) is not None:  # no fault of the provider's: nor of a fallback's
+            _cancelled(route, purpose, provider, model, elapsed(), usage)
+            raise erased from exc
         _renamed(exc, provider)
         if isinstance(exc, ProviderUnavailable) and deadline_passed(ctx):
             # the plugin's own timeout, cut to the call's deadline, fired a moment before it: the deadline's
@@ -202,6 +212,18 @@ async def call_model(provider: Provider, model: ModelInfo, request: Request, ctx
                                           "usage, or the plugin did not read it)")
     route.attempts.append(Attempt(provider.name, model.name, True, "", elapsed()))
     route.steps.append(Step(purpose, provider.name, model.name, elapsed(), usage))
+
+
+def _erased_media(request: Request) -> UnknownMedia | None:
+    """MEDIA_NOT_FOUND for a stored media of ``request`` whose file is gone: deleted while the call was under way
+    (DeleteMedia, ResetSession with erase_media, prune), which is why its provider failed; None when every one
+    is there. Looked at only once a provider failed: a stat per stored media."""
+    for media in request.media():
+        if media.media_id and media.path is not None and not media.path.exists():
+            return UnknownMedia(f"media {media.media_id} was deleted while this call was under way (DeleteMedia, "
+                                "ResetSession with erase_media, or prune): upload it again and send the call again",
+                                metadata={"media_id": media.media_id})
+    return None
 
 
 #: The models whose answer came without a usage report, warned of once each (see :func:`_warn_unreported`).

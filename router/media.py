@@ -327,7 +327,13 @@ class MediaStore:
         :meth:`prune`'s grace: ``ResetSession`` with ``erase_media``. Returns how many were stored.
         Ids not stored (or not media ids) are skipped. A file that cannot be deleted is
         :class:`StorageFailed` (those deleted before it stay deleted)."""
-        erased = 0
+        return len(self.erase_each(media_ids, "the session was left as it was"))
+
+    def erase_each(self, media_ids: Iterable[str],
+                   left: str = "it, the media after it and the texts kept for any were left as they were") -> set[str]:
+        """:meth:`erase`, in the order given (``DeleteMedia``), returning the ids that were stored. The
+        :class:`StorageFailed` of a file that cannot be deleted says what was ``left`` as it was."""
+        erased: set[str] = set()
         with self._commit_lock:  # not while an upload of the same bytes checks what is stored
             for media_id in media_ids:
                 if not _ID.fullmatch(media_id):
@@ -340,9 +346,9 @@ class MediaStore:
                     continue
                 except OSError as exc:
                     raise StorageFailed(f"could not erase media {media_id} in {self.root}: {exc.strerror or exc}"
-                                        f"{broken_guess(exc.errno)}; the session was left as it was, retry once the daemon's operator "
+                                        f"{broken_guess(exc.errno)}; {left}, retry once the daemon's operator "
                                         "repaired the media folder") from None
-                erased += 1
+                erased.add(media_id)
         return erased
 
     def _stored(self, media_id: str) -> StoredMedia | None:

@@ -169,7 +169,8 @@ class Provider(abc.ABC):
         their media store ids): copies uploaded to the provider (a files API), and the entries of caches keyed by
         them, so that the same bytes sent again are handled as new. The default keeps nothing, so does nothing.
 
-        Called when a session is reset with ``erase_media`` (``ResetSession``, ``mmrouter reset --erase-media``),
+        Called when a session is reset with ``erase_media`` (``ResetSession``, ``mmrouter reset --erase-media``) or
+        media are deleted with ``DeleteMedia`` (``mmrouter delete-media``),
         once the media store deleted its media, with those media (none another session still refers to), on
         every ready provider at once, in a task of its own: the reset's client has its answer without waiting
         for it. Some (or all) of the media may never have been sent to this provider: skip them, never raise

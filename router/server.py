@@ -842,6 +842,26 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         removed = await self.app.areset_session(request.session_id, erase_media=request.erase_media)
         return pb.ResetSessionResponse(turns_removed=removed.turns, media_removed=removed.media)
 
+    @unary
+    async def DeleteMedia(self, request: pb.DeleteMediaRequest, context: grpc.aio.ServicerContext,
+                          call: CallLog) -> pb.DeleteMediaResponse:
+        problems = wire.media_ids_problems(request.media_ids)
+        if problems:  # no id quoted back: a typo may be anything
+            raise InvalidRequest(f"invalid media_ids: {problems[0].field} {problems[0].description}",
+                                 violations=problems)
+        done = await self.app.adelete_media(list(request.media_ids))
+
+        def deletion(media_id: str) -> pb.MediaDeletion:
+            """What was done with ``media_id``, as the client gets it."""
+            if media_id in done.deleted:
+                return pb.MediaDeletion(media_id=media_id, status=pb.MEDIA_DELETION_STATUS_DELETED)
+            if media_id in done.kept:
+                return pb.MediaDeletion(media_id=media_id, status=pb.MEDIA_DELETION_STATUS_KEPT_IN_SESSION,
+                                        sessions=done.kept[media_id])
+            return pb.MediaDeletion(media_id=media_id, status=pb.MEDIA_DELETION_STATUS_NOT_FOUND)
+
+        return pb.DeleteMediaResponse(media=[deletion(media_id) for media_id in request.media_ids])
+
 
 def _health_to_proto(recent: RecentHealth | None, into: pb.ProviderHealth) -> None:
     """Fill ``into`` with a provider's recent health (left empty for a provider never called); the

@@ -82,6 +82,8 @@ StoreMedia = Callable[[Media], str]
 LoadMedia = Callable[[str], Media]
 #: Deletes media by id from the media store; returns how many were stored (see ``MediaStore.erase``).
 EraseMedia = Callable[[set[str]], int]
+#: Deletes media by id from the media store, in order; returns those that were stored (``MediaStore.erase_each``).
+EraseEach = Callable[[list[str]], set[str]]
 
 
 #: The WAL is cut back to this size after a checkpoint (the steady state is about 4 MiB).
@@ -298,6 +300,14 @@ class Removed(NamedTuple):
     def anything(self) -> bool:
         """Whether the reset removed any row."""
         return self.turns > 0 or self.others > 0
+
+
+class MediaDeleted(NamedTuple):
+    """What :meth:`SessionStore.delete_media` did: the media it deleted (their bytes, or the texts bridges kept
+    for them), and how many sessions refer to each of those it kept; any other was not found."""
+
+    deleted: frozenset[str]
+    kept: dict[str, int]
 
 
 class SessionStore:
@@ -705,6 +715,39 @@ class SessionStore:
         if removed:
             self._empty_journal("a reset")
         return removed
+
+    def delete_media(self, media_ids: list[str], erase: EraseEach) -> MediaDeleted:
+        """Delete the media ``media_ids`` (``DeleteMedia``) that no session refers to (a stored turn, or a call of
+        its that made a kept text: see :meth:`_sessions_of`): the texts bridges kept for them, and with ``erase``
+        (:meth:`router.media.MediaStore.erase_each`) the media themselves, in one transaction, as :meth:`reset`
+        erases a session's; a media file that cannot be deleted rolls the texts' deletes back. Those a session
+        refers to are kept, with their texts. What was removed is then overwritten in the file and the journal
+        emptied. A database that cannot be written is :meth:`Fault.error`'s error (see :meth:`fault_of`)."""
+        self._refuse_if_gone()
+        try:
+            with self._writing():
+                kept = {media_id: len(sessions) for media_id, sessions in self._sessions_of(set(media_ids)).items()}
+                unused = [media_id for media_id in media_ids if media_id not in kept]
+                texts = {media_id for media_id in unused if self._forget_texts_of([media_id])}
+                deleted = MediaDeleted(frozenset(erase(unused) | texts), kept)
+        except sqlite3.Error as exc:
+            raise self._refusal(exc, "delete the media") or exc from None
+        if texts:
+            self._empty_journal("a media deletion")
+        return deleted
+
+    def _sessions_of(self, media_ids: set[str]) -> dict[str, set[str]]:
+        """The sessions that refer to each of ``media_ids`` that any refers to: a stored turn of theirs holds it,
+        or a call of theirs made a kept text of it (``bridged_for``). The turns holding media read once."""
+        found: dict[str, set[str]] = {}
+        for session_id, parts in self._db.execute("SELECT session_id, parts FROM turns WHERE parts LIKE ?",
+                                                  ('%"media_id"%',)):
+            for media_id in self._media_of([(parts,)]) & media_ids:
+                found.setdefault(media_id, set()).add(session_id)
+        for media_id in media_ids:
+            for (session_id,) in self._db.execute("SELECT session_id FROM bridged_for WHERE media = ?", (media_id,)):
+                found.setdefault(media_id, set()).add(session_id)
+        return found
 
     def _in_a_turn(self, media_id: str) -> bool:
         """Whether a stored turn (of any session) holds the media ``media_id``."""

@@ -123,8 +123,7 @@ def _stored_media(media: pb.Media, modality: Modality, path: str, resolve: Resol
     the part's, or none: one stored media serves every client that sends the same bytes, and one
     client's name for them must not reach another (in answers, or sent to its provider)."""
     if not is_media_id(media.media_id):
-        problems.append(FieldViolation(f"{path}.media_id", "is not a media id (64 lower-case hex digits): send "
-                                       "the media_id UploadMedia returned, as it returned it"))
+        problems.append(FieldViolation(f"{path}.media_id", NOT_A_MEDIA_ID))
         return None
     try:
         stored = resolve(media.media_id)
@@ -188,6 +187,10 @@ MAX_METADATA_KEY_CHARS = 128
 MAX_METADATA_VALUE_CHARS = 1024
 #: The longest language tag (BCP-47 asks that 35 characters be supported).
 MAX_LANGUAGE_CHARS = 64
+#: The most media ids one DeleteMedia call may name: the store's thread deletes them in one transaction.
+MAX_DELETE_MEDIA_IDS = 1000
+#: What is wrong with a media id (a part's ``media_id``, DeleteMedia's ``media_ids``) that has not its form.
+NOT_A_MEDIA_ID = "is not a media id (64 lower-case hex digits): send the media_id UploadMedia returned, as it returned it"
 #: A BCP-47 language tag, by its syntax: a language of 2 or 3 letters, then subtags of 1 to 8 letters or digits.
 _LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 #: Why a media part in a system message is refused: OpenAI, Anthropic and Gemini refuse it (not retryably:
@@ -431,6 +434,15 @@ def session_id_problems(session_id: str, field: str = "request.session_id") -> l
     return [FieldViolation(field, f"has {describe(session_id[index])} at character {index + 1}, which no session id "
                            "may hold (it breaks the line a client shows the id on; the daemon logs only a hash of "
                            "it): send the id without it")]
+
+
+def media_ids_problems(media_ids: Sequence[str], field: str = "media_ids") -> list[FieldViolation]:
+    """What is wrong with the media ids a DeleteMedia call names: 1 to :data:`MAX_DELETE_MEDIA_IDS` of them,
+    each of a media id's form (never quoted back: a client's typo may be anything)."""
+    if not 0 < len(media_ids) <= MAX_DELETE_MEDIA_IDS:
+        return [FieldViolation(field, f"{len(media_ids)} media ids; give 1 to {MAX_DELETE_MEDIA_IDS}")]
+    return [FieldViolation(f"{field}[{i}]", NOT_A_MEDIA_ID) for i, media_id in enumerate(media_ids)
+            if not is_media_id(media_id)]
 
 
 def turn_id_problems(turn_id: str, session_id: str) -> list[FieldViolation]:

@@ -6,7 +6,7 @@ as video/mp4) are another upload, as Gemini reads a file by the type it was uplo
 A media is uploaded again only once its copy has expired (or is about to) or the
 API has forgotten it. A media whose processing FAILED is remembered too, for as long as its copy would
 have lived, and refused again at once, without an upload; its useless copy is deleted (best effort).
-A media erased by a session's reset (:meth:`FileStore.forget_media`) is forgotten, whatever its MIME types,
+A media erased by a session's reset or by DeleteMedia (:meth:`FileStore.forget_media`) is forgotten, whatever its MIME types,
 and its copies deleted (best effort): sent again, it is uploaded anew.
 """
 
@@ -208,7 +208,7 @@ class FileStore:
             del self._files[key]
 
     def forget_media(self, sha256s: Collection[str]) -> list[RemoteFile]:
-        """Forget the media ``sha256s`` (erased by a session's reset): every copy, whatever MIME type it was uploaded
+        """Forget the media ``sha256s`` (erased by a session's reset or by DeleteMedia): every copy, whatever MIME type it was uploaded
         as, and every FAILED result, so that the same bytes sent again are uploaded anew. Returns the copies that
         may still live at Google, to :meth:`delete`; a media never uploaded is skipped."""
         for key in [k for k in self._failed if k.sha256 in sha256s]:

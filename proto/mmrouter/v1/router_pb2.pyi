@@ -54,6 +54,13 @@ class ProviderState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROVIDER_STATE_NOT_CONFIGURED: _ClassVar[ProviderState]
     PROVIDER_STATE_BROKEN: _ClassVar[ProviderState]
     PROVIDER_STATE_DISABLED: _ClassVar[ProviderState]
+
+class MediaDeletionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MEDIA_DELETION_STATUS_UNSPECIFIED: _ClassVar[MediaDeletionStatus]
+    MEDIA_DELETION_STATUS_DELETED: _ClassVar[MediaDeletionStatus]
+    MEDIA_DELETION_STATUS_NOT_FOUND: _ClassVar[MediaDeletionStatus]
+    MEDIA_DELETION_STATUS_KEPT_IN_SESSION: _ClassVar[MediaDeletionStatus]
 MODALITY_UNSPECIFIED: Modality
 MODALITY_TEXT: Modality
 MODALITY_IMAGE: Modality
@@ -84,6 +91,10 @@ PROVIDER_STATE_READY: ProviderState
 PROVIDER_STATE_NOT_CONFIGURED: ProviderState
 PROVIDER_STATE_BROKEN: ProviderState
 PROVIDER_STATE_DISABLED: ProviderState
+MEDIA_DELETION_STATUS_UNSPECIFIED: MediaDeletionStatus
+MEDIA_DELETION_STATUS_DELETED: MediaDeletionStatus
+MEDIA_DELETION_STATUS_NOT_FOUND: MediaDeletionStatus
+MEDIA_DELETION_STATUS_KEPT_IN_SESSION: MediaDeletionStatus
 
 class Media(_message.Message):
     __slots__ = ("modality", "mime_type", "data", "media_id", "url", "filename")
@@ -513,3 +524,25 @@ class ResetSessionResponse(_message.Message):
     turns_removed: int
     media_removed: int
     def __init__(self, turns_removed: _Optional[int] = ..., media_removed: _Optional[int] = ...) -> None: ...
+
+class DeleteMediaRequest(_message.Message):
+    __slots__ = ("media_ids",)
+    MEDIA_IDS_FIELD_NUMBER: _ClassVar[int]
+    media_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, media_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MediaDeletion(_message.Message):
+    __slots__ = ("media_id", "status", "sessions")
+    MEDIA_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    media_id: str
+    status: MediaDeletionStatus
+    sessions: int
+    def __init__(self, media_id: _Optional[str] = ..., status: _Optional[_Union[MediaDeletionStatus, str]] = ..., sessions: _Optional[int] = ...) -> None: ...
+
+class DeleteMediaResponse(_message.Message):
+    __slots__ = ("media",)
+    MEDIA_FIELD_NUMBER: _ClassVar[int]
+    media: _containers.RepeatedCompositeFieldContainer[MediaDeletion]
+    def __init__(self, media: _Optional[_Iterable[_Union[MediaDeletion, _Mapping]]] = ...) -> None: ...

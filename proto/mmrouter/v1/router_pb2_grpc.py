@@ -65,6 +65,11 @@ class RouterServiceStub:
                 request_serializer=mmrouter_dot_v1_dot_router__pb2.ResetSessionRequest.SerializeToString,
                 response_deserializer=mmrouter_dot_v1_dot_router__pb2.ResetSessionResponse.FromString,
                 _registered_method=True)
+        self.DeleteMedia = channel.unary_unary(
+                '/mmrouter.v1.RouterService/DeleteMedia',
+                request_serializer=mmrouter_dot_v1_dot_router__pb2.DeleteMediaRequest.SerializeToString,
+                response_deserializer=mmrouter_dot_v1_dot_router__pb2.DeleteMediaResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -122,6 +127,16 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteMedia(self, request, context):
+        """DeleteMedia deletes stored media by id at once (not after prune's hour
+        of grace): uploads, and inline media the router stored for a session,
+        with the texts bridges kept for them and the providers' copies of them.
+        Media a session still refers to are kept (see DeleteMediaResponse).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +169,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.ResetSession,
                     request_deserializer=mmrouter_dot_v1_dot_router__pb2.ResetSessionRequest.FromString,
                     response_serializer=mmrouter_dot_v1_dot_router__pb2.ResetSessionResponse.SerializeToString,
+            ),
+            'DeleteMedia': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMedia,
+                    request_deserializer=mmrouter_dot_v1_dot_router__pb2.DeleteMediaRequest.FromString,
+                    response_serializer=mmrouter_dot_v1_dot_router__pb2.DeleteMediaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +339,33 @@ class RouterService:
             '/mmrouter.v1.RouterService/ResetSession',
             mmrouter_dot_v1_dot_router__pb2.ResetSessionRequest.SerializeToString,
             mmrouter_dot_v1_dot_router__pb2.ResetSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMedia(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmrouter.v1.RouterService/DeleteMedia',
+            mmrouter_dot_v1_dot_router__pb2.DeleteMediaRequest.SerializeToString,
+            mmrouter_dot_v1_dot_router__pb2.DeleteMediaResponse.FromString,
             options,
             channel_credentials,
             insecure,
