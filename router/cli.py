@@ -889,7 +889,7 @@ def delete_media(media_ids: Annotated[list[str], typer.Argument(
         print_json(message_json(reply))
     else:
         for media in reply.media:
-            out.print(f"{media.media_id}: {_deletion(media)}", markup=False)
+            out.print(f"{media.media_id}: {_deletion(media)}", markup=False, soft_wrap=True)  # a line each
     if any(media.status != pb.MEDIA_DELETION_STATUS_DELETED for media in reply.media):
         raise typer.Exit(EXIT_FAILED)
 
@@ -903,7 +903,7 @@ def _deletion(media: Any) -> str:
     if media.status == pb.MEDIA_DELETION_STATUS_KEPT_IN_SESSION:
         return (f"kept: {media.sessions} session(s) refer to it; `mmrouter reset --erase-media` of each "
                 "deletes it")
-    return "not found: nothing is stored under this id"
+    return "not found: nothing is stored under this id (the providers were asked to delete their copies all the same)"
 
 
 DataDirOption = Annotated[Path | None, typer.Option(help="The daemon's data directory (default: server.data_dir "

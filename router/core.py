@@ -333,7 +333,7 @@ class App:
         self._retired: list[Registry] = []
         self._closing: set[asyncio.Task] = set()
         self.media = MediaStore(data_dir / "media", config.server.max_upload_bytes)
-        self.sessions = SessionStore(data_dir / "sessions.sqlite")
+        self.sessions = SessionStore(data_dir / "sessions.sqlite", longest_call_seconds=config.server.max_call_seconds)
         self.sessions.drop_stale_links()  # before any call of this daemon's makes one
         self.bridge_memo = StoredBridges(self.sessions)
         #: Recent successes and failures of each provider's calls (kept over reloads: by name).
@@ -1018,7 +1018,8 @@ class App:
         kept for them (:meth:`router.sessions.SessionStore.delete_media`, on the store's thread, in one transaction
         with :meth:`router.media.MediaStore.erase_each`); those a session refers to are kept. One INFO line gives
         the counts, never the ids (content hashes: they tell who sent which file). Then every ready provider is
-        asked to delete its own copies of those deleted (:meth:`_forget_media`), in the background. Storage
+        asked to delete its own copies of all but those kept (:meth:`_forget_media`), in the background: of media
+        not found too, which a provider may hold (sent inline without a session). Storage
         faults are refused as :meth:`areset_session`'s are, nothing changed."""
         try:
             deleted = await self.sessions.run(self.sessions.delete_media, list(dict.fromkeys(media_ids)),
@@ -1028,7 +1029,9 @@ class App:
         asked = len(set(media_ids))
         log.info("media deleted on request: %d deleted, %d not found, %d kept (a session refers to them)",
                  len(deleted.deleted), asked - len(deleted.deleted) - len(deleted.kept), len(deleted.kept))
-        self._forget_media(deleted.deleted, "by DeleteMedia")
+        # every id no session keeps: a provider may hold a copy of media the store never kept (sent inline
+        # without a session, and uploaded by its plugin: Gemini's Files API)
+        self._forget_media(frozenset(media_ids) - deleted.kept.keys(), "by DeleteMedia")
         return deleted
 
     def _forget_media(self, sha256s: frozenset[str], erased: str) -> None:

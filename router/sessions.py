@@ -322,10 +322,17 @@ class SessionStore:
     store's own thread, and close with :meth:`aclose`.
     """
 
-    def __init__(self, path: Path, busy_timeout: float = 5.0, *, frozen: bool = False) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 5.0, *, frozen: bool = False,
+                 longest_call_seconds: float = 3600.0) -> None:
         """``frozen``: only read a database that no process writes (no daemon runs) and whose ``-wal``
-        is empty, without the ``-shm`` file, whose re-creation needs room a full disk does not have."""
+        is empty, without the ``-shm`` file, whose re-creation needs room a full disk does not have.
+        ``longest_call_seconds``: the longest a call may run (``server.max_call_seconds``), for which the texts
+        of media erased meanwhile are not kept again (see :meth:`remember`)."""
         self._pending_calls: list[tuple] = []
+        self.longest_call_seconds = longest_call_seconds
+        #: When (time.monotonic()) the kept texts of each media were last deleted (a reset, DeleteMedia), while
+        #: calls that started before may still bridge it: see :meth:`remember`.
+        self._forgotten_at: dict[str, float] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
         # one thread: the connection is shared, and jobs must run in the order asked (a call's
         # history read before the turn a later call appends); started at the first job
@@ -647,7 +654,18 @@ class SessionStore:
     def remember(self, key: str, text: str, transcript: Transcript | None, session_id: str = "") -> None:
         """Keep a bridged text (a transcript, a PDF's text) for the later turns of a session: that of the
         call that made it, ``session_id`` (if any), whose :meth:`reset` forgets it even when the call
-        failed and stored no turn (a retry reuses it meanwhile)."""
+        failed and stored no turn (a retry reuses it meanwhile).
+
+        Not kept when the texts of its media were deleted (a session's reset, DeleteMedia) within the longest a
+        call may run (``longest_call_seconds``): the call that made it may have started before, and the client
+        was told its media's texts were gone (a text of a later call is not kept either: the next turn bridges
+        again)."""
+        media = key.split("|", 1)[0]
+        if media in self._forgotten_at:
+            if time.monotonic() - self._forgotten_at[media] < self.longest_call_seconds:
+                log.info("a bridged text is not kept: its media's kept texts were deleted while its call ran")
+                return
+            del self._forgotten_at[media]
         try:  # numbers from numpy and the like are floats to JSON
             stored = json.dumps(dataclasses.asdict(transcript), default=float) if transcript is not None else None
         except (TypeError, ValueError) as exc:
@@ -761,7 +779,12 @@ class SessionStore:
             "SELECT 1 FROM bridged_for WHERE media = ? LIMIT 1", (media_id,)).fetchone()}
 
     def _forget_texts_of(self, media_ids: Iterable[str]) -> int:
-        """Delete the kept texts of each of ``media_ids`` (see :meth:`_unreferenced`); return the rows deleted."""
+        """Delete the kept texts of each of ``media_ids`` (see :meth:`_unreferenced`); return the rows deleted.
+        Calls under way may bridge them again: :meth:`remember` keeps none of theirs."""
+        now = time.monotonic()
+        self._forgotten_at = {media: at for media, at in self._forgotten_at.items()
+                              if now - at < self.longest_call_seconds}  # those no call under way can bridge
+        self._forgotten_at.update((media_id, now) for media_id in media_ids)
         return sum(self._db.execute("DELETE FROM bridged WHERE key LIKE ?", (f"{media_id}|%",)).rowcount
                    for media_id in media_ids)
 

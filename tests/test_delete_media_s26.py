@@ -172,6 +172,25 @@ def test_deleting_an_upload_deletes_its_gemini_copy(start_daemon) -> None:
 
 
 
+def test_deleting_media_sent_inline_without_a_session_deletes_its_gemini_copy(start_daemon) -> None:
+    """An image sent inline without a session is not stored by the daemon, but the Gemini plugin uploaded it (over
+    its inline limit) and reuses that copy: DeleteMedia of its sha256 says it is not found in the store, and has the
+    copy deleted all the same, so the image sent again is uploaded anew."""
+    with FakeGemini(api_key=GEMINI_KEY) as gemini:
+        daemon = start_daemon(GEMINI_CONFIG.format(url=gemini.url), env={"GEMINI_TEST_KEY": GEMINI_KEY}, plugins=())
+        photo = picture("DeleteMedia inline Gemini copy")
+        inline = pb.Media(modality=pb.MODALITY_IMAGE, mime_type="image/png", data=photo, filename="customer.png")
+        for _ in range(2):  # the second call reuses the plugin's copy
+            assert generate(daemon, text_request("Describe this", media=[inline])).text == "Hello from Gemini."
+        [copy] = gemini.files
+        media_id = hashlib.sha256(photo).hexdigest()
+
+        assert delete(daemon, media_id) == [(media_id, NOT_FOUND, 0)]
+        assert wait_for(lambda: gemini_deleted(gemini)) == [copy], "the Files API copy was not deleted"
+        generate(daemon, text_request("Describe this", media=[inline]))
+        assert len(gemini.files) == 1 and copy not in gemini.files  # uploaded anew
+
+
 def test_a_deletion_is_refused_as_a_reset_is_once_the_data_directory_is_gone(start_daemon, tmp_path) -> None:
     """The data directory renamed under the daemon: DeleteMedia is UNAVAILABLE DATA_DIR_GONE, as ResetSession
     is, and deletes nothing."""
@@ -198,7 +217,7 @@ def token_daemon(plugin_sites, tmp_path_factory):
 
 def cli(daemon, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
     """``mmrouter delete-media --address <daemon> *args``, with ``token`` in MMROUTER_TOKEN."""
-    env = {**os.environ, "MMROUTER_TOKEN": token, "COLUMNS": "250"}
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"MMROUTER_TOKEN": token}  # piped: no width
     return subprocess.run([MMROUTER, "delete-media", "--address", daemon.address, *args], env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -222,7 +241,8 @@ def test_the_cli_says_what_was_done_with_each_id_and_exits_1_unless_all_were_del
     assert result.stdout.splitlines() == [
         f"{gone}: deleted",
         f"{kept}: kept: 1 session(s) refer to it; `mmrouter reset --erase-media` of each deletes it",
-        f"{UNKNOWN}: not found: nothing is stored under this id"]
+        f"{UNKNOWN}: not found: nothing is stored under this id (the providers were asked to delete their copies "
+        "all the same)"]  # a line each, however long: piped, the CLI knows no width to wrap at
     assert stored(token_daemon, gone) == [] and stored(token_daemon, kept)
 
     result = cli(token_daemon, "--json", other)
@@ -259,3 +279,26 @@ def test_a_call_under_way_that_reads_a_deleted_media_fails_with_media_not_found(
         grpc.StatusCode.NOT_FOUND, "MEDIA_NOT_FOUND", photo_id), details
     assert "was deleted while this call was under way" in details.message
     assert fakes["openai"].chat_requests() == [] and fakes["anthropic"].requests == []
+
+
+def test_a_transcript_made_by_a_call_under_way_is_not_kept_again_once_its_media_was_deleted(shared) -> None:
+    """The recording is deleted (DELETED: its kept texts gone) while a call without a session waits for Whisper's
+    transcript of it. That call still answers, but its transcript is not written back: the deletion stands, and the
+    same bytes uploaded again are transcribed anew."""
+    daemon, fakes = shared
+    audio = upload_wav(daemon, seconds=3.7, filename="customer-call.wav")
+    release = fakes["openai"].hold_next(TRANSCRIPTIONS)
+    call = daemon.stub.Generate.future(pb.GenerateRequest(request=text_request(
+        "Summarise this recording", media=[audio])), timeout=60)
+    try:
+        assert wait_for(lambda: whisper_calls(fakes) == 1)
+        assert delete(daemon, audio.media_id) == [(audio.media_id, DELETED, 0)]
+    finally:
+        release.set()
+    assert list(call.result(timeout=60).answer.route.bridges) == [WHISPER_BRIDGE]  # answered: its media was read before
+    assert wait_for(lambda: "a bridged text is not kept: its media's kept texts were deleted" in daemon.logs())
+    assert kept_texts(daemon, audio.media_id) == [] and stored(daemon, audio.media_id) == []
+    again = upload_wav(daemon, seconds=3.7, filename="customer-call.wav")
+    assert again.media_id == audio.media_id
+    summarise(daemon, again)
+    assert whisper_calls(fakes) == 2  # transcribed anew: nothing was kept
