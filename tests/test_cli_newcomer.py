@@ -181,13 +181,13 @@ def test_the_python_client_example_runs_against_the_daemon(start_daemon, tmp_pat
 
 
 def test_ask_and_explain_send_the_language(start_daemon, tmp_path) -> None:
-    """--language sets options.language: the offline transcriber refuses a language other than English
-    (before decoding anything), and the daemon checks the tag."""
+    """--language sets options.language: the offline transcriber takes no language other than English, so
+    routing finds no route for French speech (nothing is decoded), and the daemon checks the tag."""
     local = start_daemon(None, plugins=())
     call = make_wav(tmp_path / "call.wav", 0.5)
     refused = run_cli("ask", "--audio", call, "--task", "transcribe", "--language", "fr", "--address", local.address)
-    assert refused.returncode == 2, refused  # UNSUPPORTED_INPUT, INVALID_ARGUMENT: bad input
-    assert "asks for language 'fr'" in refused.stderr, refused.stderr
+    assert refused.returncode == 1, refused  # NO_ROUTE, FAILED_PRECONDITION: nothing can take it
+    assert "local/extract: does not transcribe language 'fr' (takes en, eng)" in refused.stderr, refused.stderr
 
     daemon = start_daemon(CONFIG, data_dir=tmp_path / "data2")
     ok(run_cli("ask", "hi", "--language", "pt-BR", "--address", daemon.address))
