@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from router import Transcript, Utterance, Word
 from router.errors import ProviderUnsupportedInput
+from router.routing import primary_language
 
 from .audio import BYTES_PER_SECOND, SAMPLE_RATE, PcmReader
 from .decoder_process import DecoderProcess
@@ -50,8 +51,8 @@ def check_language(language: str, provider: str = "local") -> None:
     ``language`` (``Options.language``) is set and is not English: the shipped model is en-US, and speech
     in another language came back as confident English words. Any ``en``, ``eng`` or ``en-XX`` tag is
     English."""
-    primary = re.split(r"[-_]", language.strip(), maxsplit=1)[0]
-    if primary and primary.lower() not in LANGUAGES:
+    primary = primary_language(language)  # as routing compares it with the model's ``languages``
+    if primary and primary not in LANGUAGES:
         raise ProviderUnsupportedInput(
             provider, f"the local provider transcribes English only (its speech model is en-US), and the request "
                      f"asks for language {language.strip()!r}, which is not supported offline: send the request to "
