@@ -1021,17 +1021,16 @@ class App:
         asked to delete its own copies of all but those kept (:meth:`_forget_media`), in the background: of media
         not found too, which a provider may hold (sent inline without a session). Storage
         faults are refused as :meth:`areset_session`'s are, nothing changed."""
+        asked = list(dict.fromkeys(media_ids))  # each id once, in order
         try:
-            deleted = await self.sessions.run(self.sessions.delete_media, list(dict.fromkeys(media_ids)),
-                                              self.media.erase_each)
+            deleted = await self.sessions.run(self.sessions.delete_media, asked, self.media.erase_each)
         except sqlite3.Error as exc:
             raise storage_error(exc, "delete the media") or exc from None
-        asked = len(set(media_ids))
         log.info("media deleted on request: %d deleted, %d not found, %d kept (a session refers to them)",
-                 len(deleted.deleted), asked - len(deleted.deleted) - len(deleted.kept), len(deleted.kept))
+                 len(deleted.deleted), len(asked) - len(deleted.deleted) - len(deleted.kept), len(deleted.kept))
         # every id no session keeps: a provider may hold a copy of media the store never kept (sent inline
         # without a session, and uploaded by its plugin: Gemini's Files API)
-        self._forget_media(frozenset(media_ids) - deleted.kept.keys(), "by DeleteMedia")
+        self._forget_media(frozenset(asked) - deleted.kept.keys(), "by DeleteMedia")
         return deleted
 
     def _forget_media(self, sha256s: frozenset[str], erased: str) -> None:
