@@ -40,6 +40,19 @@ TEST_PLUGINS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _gemini_copies_do_not_outlive_their_test() -> Iterator[None]:
+    """Forget the Gemini Files API copies (and FAILED processings) the in-process providers of a test knew.
+
+    The plugin shares them between live providers with the same key and endpoint (a reload keeps them), and a
+    closed provider lives on until the garbage collector frees it: a later test whose fake got the same port
+    and which uses the same key would otherwise find a copy, or a refusal, of the earlier test (seen in CI)."""
+    yield
+    files = sys.modules.get("mmrouter_gemini.files")
+    if files is not None:
+        files._SHARED.clear()
+
+
 def make_dist_info(site: Path, dist: str, entry_name: str, module: str) -> None:
     """Write a minimal installed-distribution record with one ``mmrouter`` entry point."""
     info = site / f"{dist.replace('-', '_')}-0.0.1.dist-info"
