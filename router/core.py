@@ -215,6 +215,18 @@ def _router_of(config: Config) -> routing.Router:
     )
 
 
+class _DeletedDuringCall(Exception):
+    """A media of the turn being kept was deleted after its call started (see :meth:`App._save_turn`)."""
+
+
+def _deleted_reason(media: list[Media]) -> str:
+    """Why a turn whose ``media`` were deleted during its call is not kept, in words for its client's route note."""
+    names = sorted({m.filename for m in media if m.filename})
+    which = f" ({', '.join(map(repr, names))})" if names else ""
+    return (f"a media of this turn{which} was deleted (DeleteMedia, or a reset erasing media) while the call was "
+            "under way; ask again, with the media, to keep the turn")
+
+
 def _unsaved_reason(exc: Exception, sessions: SessionStore | None = None) -> str:
     """Why a session's turn could not be stored, in words for the client's route note; an error of the sessions
     database ``sessions`` as :meth:`SessionStore.fault_of` tells it (a full disk from a read-only or failing one,
@@ -884,7 +896,7 @@ class App:
         elif request.session_id:  # on the store's thread: turn_count and append with no other job between
             cancelled = threading.Event()
             try:
-                lost = await self.sessions.run(self._save_turn, request, answer, cancelled, registry)
+                lost = await self.sessions.run(self._save_turn, request, answer, cancelled, registry, started)
             except asyncio.CancelledError:  # the client gets no answer: the turn waiting for the write lock is dropped
                 cancelled.set()
                 raise
@@ -893,7 +905,7 @@ class App:
         self._hook("on_response", request=request, answer=answer)
 
     def _save_turn(self, request: Request, answer: Answer, cancelled: threading.Event | None = None,
-                   registry: Registry | None = None) -> str | None:
+                   registry: Registry | None = None, started: float = math.inf) -> str | None:
         """Append the question and the answer to the request's session; return why it failed, if it did
         (the failure is logged; the answer is sent all the same).
 
@@ -904,6 +916,12 @@ class App:
         An empty answer (a refusal, a filtered or cut-off reply) keeps no turn: an empty assistant
         message is dropped or refused by providers, and the question alone would make two user
         turns in a row, which Gemini refuses. The client may ask again.
+
+        Nor does a call during which a media of its turn was deleted (``DeleteMedia``, or a reset erasing the
+        media of another session), after the call ``started`` (a ``time.monotonic()``): kept, the turn named a
+        media no longer stored (every later turn of the session then failed with ``MEDIA_NOT_FOUND``), or
+        stored again the bytes of an inline media its client had just had deleted. Checked before the media
+        are stored and again under the write lock, which a deletion takes too.
         """
         turns = [m for m in request.messages if m.role is not Role.SYSTEM]
         if not turns:  # a call of system prompts only adds no turn to the conversation
@@ -921,9 +939,40 @@ class App:
             reply = None if not request.turn_id else KeptAnswer(
                 request.turn_id, answer.text, answer.route.rule, answer.route.provider, answer.route.model,
                 answer.finish_reason.value if answer.finish_reason is not None else "", _asked(request))
-            kept = self.sessions.append(request.session_id, turns, self._store_media,
-                                        wanted=None if cancelled is None else lambda: not cancelled.is_set(),
-                                        reply=reply)
+            deleted: list[Media] = []
+
+            def store_unless_deleted(media: Media) -> str:
+                """The media store id of ``media`` (inline bytes are stored first; for URL-free media only), unless
+                the media was deleted after the call started."""
+                media_id = media.media_id or hashlib.sha256(media.read_bytes()).hexdigest()
+                if self.sessions.deleted_since([media_id], started):
+                    deleted.append(media)
+                    raise _DeletedDuringCall
+                if not media.media_id:
+                    media.media_id = self.media.put_bytes(media.read_bytes(), media.mime_type, media.modality,
+                                                          media_id).media_id
+                return media.media_id
+
+            def wanted() -> bool:
+                """Not when the call was cancelled, nor when a media of the turn was deleted meanwhile."""
+                if cancelled is not None and cancelled.is_set():
+                    return False
+                gone = set(self.sessions.deleted_since(
+                    {p.media.media_id for m in turns for p in m.parts if p.media is not None and p.media.media_id},
+                    started))
+                deleted.extend(p.media for m in turns for p in m.parts if p.media is not None
+                               and p.media.media_id in gone)
+                return not gone
+
+            try:
+                kept = self.sessions.append(request.session_id, turns, store_unless_deleted, wanted=wanted,
+                                            reply=reply)
+            except _DeletedDuringCall:
+                kept = False
+            if deleted:
+                log.info("%d media of a turn on session %s were deleted while its call was under way: the turn "
+                         "is not kept", len({m.media_id or id(m) for m in deleted}), session_tag(request.session_id))
+                return _deleted_reason(deleted)
             if not kept:
                 log.info("the call on session %s was cancelled before its turn was written: the turn is not kept",
                          session_tag(request.session_id))
@@ -950,14 +999,6 @@ class App:
         if model is None or FEATURE_EXTRACTION_ONLY not in model.features:
             return answer.text
         return answer.text if request.effective_task is Task.TRANSCRIBE else NOT_ANSWERED_TURN
-
-    def _store_media(self, media: Media) -> str:
-        """The media store id of ``media`` (inline bytes are stored first); for URL-free media only."""
-        if media.media_id:
-            return media.media_id
-        stored = self.media.put_bytes(media.read_bytes(), media.mime_type, media.modality)
-        media.media_id = stored.media_id
-        return stored.media_id
 
     def _hook(self, name: str, **kwargs: object) -> None:
         pm = self.registry.plugin_manager

@@ -358,8 +358,9 @@ class MediaStore:
         except UnknownMedia:
             return None
 
-    def put_bytes(self, data: bytes, mime_type: str, modality: Modality) -> StoredMedia:
-        """Store bytes already in memory (inline media kept for a session).
+    def put_bytes(self, data: bytes, mime_type: str, modality: Modality, media_id: str = "") -> StoredMedia:
+        """Store bytes already in memory (inline media kept for a session); ``media_id``: their sha256 (hex), if
+        the caller hashed them already.
 
         If the same content is already stored, whole, its record is kept as it is and returned (its
         modality and MIME type may differ from the arguments'): the bytes are what a session needs,
@@ -367,7 +368,7 @@ class MediaStore:
         module's docstring): the session's turn keeps its part's own.
         """
         self._refuse_if_gone()
-        media_id = hashlib.sha256(data).hexdigest()
+        media_id = media_id or hashlib.sha256(data).hexdigest()
         stored = self._stored(media_id)
         if stored is not None and stored.size == len(data) and _holds(stored.path, media_id):
             return stored

@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import json
 import logging
+import math
 import os
 import re
 import resource
@@ -766,6 +767,12 @@ class SessionStore:
             for (session_id,) in self._db.execute("SELECT session_id FROM bridged_for WHERE media = ?", (media_id,)):
                 found.setdefault(media_id, set()).add(session_id)
         return found
+
+    def deleted_since(self, media_ids: Iterable[str], since: float) -> list[str]:
+        """Those of ``media_ids`` deleted (``DeleteMedia``, a reset erasing its session's media: their kept texts
+        forgotten) at ``since`` (a ``time.monotonic()``) or later, within ``longest_call_seconds``: a call that
+        started at ``since`` must not keep a turn naming them. On the store's thread."""
+        return sorted({media_id for media_id in media_ids if self._forgotten_at.get(media_id, -math.inf) >= since})
 
     def _in_a_turn(self, media_id: str) -> bool:
         """Whether a stored turn (of any session) holds the media ``media_id``."""
