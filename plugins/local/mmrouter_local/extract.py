@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -135,26 +136,35 @@ class Extractor:
 
     def document(self, media: Media, name: str) -> list[Section]:
         """PDF text page by page (OCR for pages without text); plain text documents as they are."""
+        return list(self.iter_document(media, name))
+
+    def iter_document(self, media: Media, name: str) -> Iterator[Section]:
+        """The sections of :meth:`document`, each as soon as its page is read (to stream them)."""
         mime = normalise_mime(media.mime_type)
         if mime.startswith("text/"):
             head = _head(media, MAX_TEXT_BYTES + 1)
             text = document_head_text(head[:MAX_TEXT_BYTES]) if len(head) > MAX_TEXT_BYTES else document_text(head)
             if len(head) > MAX_TEXT_BYTES:
                 text += f"\n[... cut: the local provider reads the first {MAX_TEXT_BYTES} bytes of a text document]"
-            return [Section(f"Document {name}", text)]
+            yield Section(f"Document {name}", text)
+            return
         if mime != "application/pdf":
             raise UnreadableMedia(f"cannot read {mime} documents offline; PDF and plain text are supported")
-        sections = []
+        pages = 0
         for page in iter_pages(source_of(media), self.ocr_image_bytes):
             suffix = ", OCR of a page without a text layer" if page.ocr else ""
-            sections.append(Section(f"PDF {name}, page {page.number}{suffix}", page.text))
-        if not sections:
-            sections.append(Section(f"PDF {name}", "(the PDF has no pages)"))
-        return sections
+            pages += 1
+            yield Section(f"PDF {name}, page {page.number}{suffix}", page.text)
+        if not pages:
+            yield Section(f"PDF {name}", "(the PDF has no pages)")
 
     def image(self, media: Media, name: str) -> list[Section]:
         """Format and size of an image, then its OCR text in reading order; each page of a multi-page
         TIFF (up to :data:`MAX_IMAGE_PAGES`) in its own section, headed ``page 2 of 5``."""
+        return list(self.iter_image(media, name))
+
+    def iter_image(self, media: Media, name: str) -> Iterator[Section]:
+        """The sections of :meth:`image`, each as soon as its page is read (to stream them)."""
         try:
             image = open_image(source_of(media))
         except UnreadableMedia:
@@ -165,7 +175,6 @@ class Extractor:
             raise UnreadableMedia(f"not an image Pillow can open ({type(e).__name__})") from e
         with image:
             pages = self._page_count(image)
-            sections = []
             for index in range(min(pages, MAX_IMAGE_PAGES)):
                 raise_if_cancelled()  # each page is an OCR
                 if index:
@@ -184,13 +193,12 @@ class Extractor:
                     raise UnreadableMedia(f"the image cannot be decoded ({type(e).__name__}: {e})") from e
                 facts = replace(facts, width=page.width, height=page.height)  # as shown
                 heading = f"Image {name}: {facts.describe()}" + (f", page {index + 1} of {pages}" if pages > 1 else "")
-                sections.append(Section(heading, "\n".join(self.ocr.read_lines(bgr))))
+                yield Section(heading, "\n".join(self.ocr.read_lines(bgr)))
         if pages > MAX_IMAGE_PAGES:
             first = MAX_IMAGE_PAGES + 1
             which = f"page {first} of {pages}" if first == pages else f"pages {first}-{pages} of {pages}"
-            sections.append(Section(f"Image {name}: {which} not read",
-                                    f"(the local provider reads the first {MAX_IMAGE_PAGES} pages of an image)"))
-        return sections
+            yield Section(f"Image {name}: {which} not read",
+                          f"(the local provider reads the first {MAX_IMAGE_PAGES} pages of an image)")
 
     @staticmethod
     def _page_count(image) -> int:  # image: an opened Pillow image

@@ -13,6 +13,9 @@ holds (such as the one speech decoder).
 Jobs marked with :func:`one_at_a_time` (those using the one speech decoder) run one after another, and one
 waiting for its turn waits on the event loop, not on a worker: a long transcription holds one worker, and
 the others keep reading PDFs and images.
+
+A job that reads a document page by page hands each page over as it is read (:meth:`WorkerPool.stream`):
+still one job, on one worker, stopped by the same cancel flag.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -105,6 +108,35 @@ class WorkerPool:
             return await self._submit(fn, *args, **kwargs)
         finally:
             turn.release()
+
+    async def stream(self, fn: Callable[..., Iterable[T]], *args: object) -> AsyncIterator[T]:
+        """Run the generator function ``fn(*args)`` as one job (as :meth:`run` does) and yield its items on
+        the event loop as they come, in order, then raise what the job raised.
+
+        Closing or cancelling the iteration before its end cancels the job: it stops at its next
+        :func:`raise_if_cancelled` (between pages), and the items it had made are dropped.
+        """
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()  # unbounded: the items (a page's text) are small
+        end = object()
+
+        @functools.wraps(fn)  # keeps its one_at_a_time mark
+        def produce(*job_args: object) -> None:
+            for item in fn(*job_args):
+                loop.call_soon_threadsafe(items.put_nowait, item)
+
+        job = asyncio.ensure_future(self.run(produce, *args))
+        # runs after the items' puts: the worker scheduled them before its result
+        job.add_done_callback(lambda _: items.put_nowait(end))
+        try:
+            while (item := await items.get()) is not end:
+                yield item
+            job.result()
+        finally:
+            if not job.done():
+                job.cancel()  # sets the job's cancel flag (see _submit)
+            elif not job.cancelled():
+                job.exception()  # retrieved: a job failing after its caller left is not logged as unseen
 
     def _turn_lock(self) -> asyncio.Lock:
         """The lock of the :func:`one_at_a_time` jobs' turn on the running event loop."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import aclosing, contextmanager
 from typing import Any
 
 from router import (
@@ -119,7 +120,10 @@ class LocalProvider(Provider):
         transcribed earlier in the same call (as a bridge, before the route fell back to this provider) is
         not decoded again: its transcript is taken (:class:`mmrouter_local.heard.HeardInCall`), and its
         seconds are not counted again in the usage. A bridge's text (``request.bridging``: for the prompt of
-        a model) is the sections alone, without :data:`HEADER`, which is for the person reading an answer."""
+        a model) is the sections alone, without :data:`HEADER`, which is for the person reading an answer.
+
+        Each section is a text delta of its own, sent as soon as it is read: a PDF's or a multi-page TIFF's
+        pages one by one (a stream shows the first page of a scan while the next ones are OCRed)."""
         if request.effective_task is Task.TRANSCRIBE:
             check_language(request.options.language, self.name)
             async for event in self._transcribe(request.current_media(), ctx):
@@ -139,17 +143,26 @@ class LocalProvider(Provider):
             intro += "\n\n[No media to extract]\nThe request has only text, which is left as it is."
         if not media:
             yield TextDelta(intro)
-        # The intro waits for the first media's sections: a failure before any text (audio over
-        # max_audio_seconds, an encrypted PDF, a corrupt file) lets the route's fallback answer a stream too.
-        pending = intro
+        # The intro waits for the first section: a failure before any text (audio over max_audio_seconds, an
+        # encrypted PDF, a corrupt file) lets the route's fallback answer a stream too. A document's or an
+        # image's pages are sent as they are read (a scan's OCR takes seconds a page); a failure after some
+        # were sent ends the answer with the error (no fallback follows text already sent).
+        pending, sent = intro, False
         for index, item in enumerate(media):
-            sections, transcript, decoded = await self._extract(item, label(item, index), ctx)
-            if transcript is not None:
-                audio_seconds += transcript.duration_seconds if decoded else 0.0
-                yield TranscriptReady(transcript)  # the structured transcript too, with times
-            separator = "\n\n" if index or pending else ""  # between the media, and after the intro
-            yield TextDelta(pending + separator + "\n\n".join(s.render() for s in sections))
-            pending = ""
+            name = label(item, index)
+            if item.modality in (Modality.DOCUMENT, Modality.IMAGE):
+                sections = self._pages(item, name)
+            else:
+                found, transcript, decoded = await self._extract(item, name, ctx)
+                if transcript is not None:
+                    audio_seconds += transcript.duration_seconds if decoded else 0.0
+                    yield TranscriptReady(transcript)  # the structured transcript too, with times
+                sections = _each(found)
+            async with aclosing(sections):  # a call left mid-document stops reading its pages at once
+                async for section in sections:
+                    separator = "\n\n" if sent or pending else ""  # between the sections, and after the intro
+                    yield TextDelta(pending + separator + section.render())
+                    pending, sent = "", True
         yield UsageReport(Usage(audio_seconds=round(audio_seconds, 2)))
 
     def _not_answered(self, request: Request) -> str:
@@ -197,15 +210,21 @@ class LocalProvider(Provider):
             yield TextDelta(transcript.text)
         yield UsageReport(Usage(audio_seconds=round(audio_seconds, 2)))
 
+    async def _pages(self, media: Media, name: str) -> AsyncIterator[Section]:
+        """The sections of a document or an image, each as soon as its page is read: one pool job reads them
+        all in turn, and stops at its next page once the iteration is closed (see :meth:`WorkerPool.stream`).
+        Failures are those of :meth:`_run`."""
+        read = self.extractor.iter_document if media.modality is Modality.DOCUMENT else self.extractor.iter_image
+        with self._failures(name):
+            async with aclosing(self.pool.stream(read, media, name)) as sections:
+                async for section in sections:
+                    yield section
+
     async def _extract(self, media: Media, name: str,
                        ctx: CallContext) -> tuple[list[Section], Transcript | None, bool]:
-        """The sections for one media, its transcript for audio and video, and whether that transcript was
-        decoded now (False: made earlier in this call, see :class:`mmrouter_local.heard.HeardInCall`)."""
+        """The sections for one audio or video, its transcript, and whether that transcript was decoded now
+        (False: made earlier in this call, see :class:`mmrouter_local.heard.HeardInCall`)."""
         ex = self.extractor
-        if media.modality is Modality.DOCUMENT:
-            return await self._run(name, ex.document, media, name), None, False
-        if media.modality is Modality.IMAGE:
-            return await self._run(name, ex.image, media, name), None, False
         heard = self.heard.get(ctx, media)
         if media.modality is Modality.AUDIO:
             if heard is not None:
@@ -238,8 +257,15 @@ class LocalProvider(Provider):
         a thread that cannot start, a decoder's EAGAIN or ENOMEM, a ``MemoryError``), even one wrapped as
         unreadable input, is :class:`mmrouter_local.memory.OutOfMemory`: retryable UNAVAILABLE, not the
         file's fault nor the plugin's bug."""
-        try:
+        with self._failures(name):
             return await self.pool.run(fn, *args)
+
+    @contextmanager
+    def _failures(self, name: str) -> Iterator[None]:
+        """Raise a failure of the extraction of media ``name`` in the block as the provider error it stands
+        for (see :meth:`_run`)."""
+        try:
+            yield
         except ProviderError:
             raise
         except AudioTooLong as e:
@@ -257,6 +283,12 @@ class LocalProvider(Provider):
     async def aclose(self) -> None:
         self.pool.close()
         await asyncio.to_thread(self.extractor.asr.close)  # its decoder's process (a reload makes another)
+
+
+async def _each(sections: list[Section]) -> AsyncIterator[Section]:
+    """``sections`` one by one, as :meth:`LocalProvider._pages` gives a document's."""
+    for section in sections:
+        yield section
 
 
 def _done(result: Any) -> asyncio.Future:
