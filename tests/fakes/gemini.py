@@ -11,7 +11,10 @@ It speaks the wire format the official ``google-genai`` SDK uses:
 * ``GET /{version}/files/{id}`` answers the file, ``PROCESSING`` for the first
   :attr:`FakeGemini.processing_polls` polls, then ``ACTIVE`` (or ``FAILED``); the next
   polls may be made to fail first (:attr:`FakeGemini.poll_failures`);
-* ``DELETE /{version}/files/{id}`` (or its scripted failure, :attr:`FakeGemini.delete_status`).
+* ``DELETE /{version}/files/{id}`` (or its scripted failure, :attr:`FakeGemini.delete_status`);
+* ``GET /{version}/files?pageSize=&pageToken=`` lists the files held, oldest first, in pages of ``pageSize``
+  (10 when not given, at most :attr:`FakeGemini.max_page_size`), answering ``{"files": [...], "nextPageToken":
+  "..."}`` (no token on the last page), or its scripted failure (:attr:`FakeGemini.list_status`).
 
 An upload's chunks may be made to fail (:attr:`FakeGemini.chunk_failures`), as a connection cut midway.
 
@@ -46,6 +49,7 @@ from .base import FakeUpstream, Recorded, Reply
 _MODEL_CALL = re.compile(r"^/(?P<ver>[^/]+)/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
 _FILE = re.compile(r"^/(?P<ver>[^/]+)/files/(?P<id>[^/]+)$")
 _UPLOAD_START = re.compile(r"^/upload/(?P<ver>[^/]+)/files$")
+_FILES = re.compile(r"^/(?P<ver>[^/]+)/files$")
 
 
 #: The google.rpc status Google names in an error body for each HTTP status.
@@ -156,6 +160,10 @@ class FakeGemini(FakeUpstream):
         self.chunk_failures: list[str | None] = []
         #: When set, ``DELETE /files/{id}`` answers this HTTP status with Google's error body, deleting nothing.
         self.delete_status: int | None = None
+        #: When set, ``GET /files`` (the listing) answers this HTTP status with Google's error body.
+        self.list_status: int | None = None
+        #: The largest page the listing answers (the API's maximum pageSize is 100); lower it to make pages.
+        self.max_page_size = 100
         #: Kind of request (see :meth:`calls`) -> (HTTP status, URL prefix) of the redirect that answers it.
         self.redirects: dict[str, tuple[int, str]] = {}
         #: Kind of request -> (content type, body) of the 200 page that answers it instead of the API.
@@ -173,7 +181,7 @@ class FakeGemini(FakeUpstream):
 
     def calls(self, kind: str) -> list[Recorded]:
         """Recorded requests of one kind: ``generate``, ``stream``, ``upload_start``,
-        ``upload_chunk``, ``file_get`` or ``file_delete``."""
+        ``upload_chunk``, ``file_get``, ``file_delete`` or ``file_list``."""
         return [r for r in self.requests if self._kind(r) == kind]
 
     @staticmethod
@@ -185,6 +193,8 @@ class FakeGemini(FakeUpstream):
             return "upload_chunk" if "upload_id" in r.query else "upload_start"
         if _FILE.match(r.path):
             return "file_get" if r.method == "GET" else "file_delete"
+        if _FILES.match(r.path) and r.method == "GET":
+            return "file_list"
         return "other"
 
     def redirect(self, kind: str, status: int, to: str) -> None:
@@ -217,6 +227,8 @@ class FakeGemini(FakeUpstream):
             return self._upload_start(request, reply)
         if kind == "file_get":
             return self._file_get(request, reply)
+        if kind == "file_list":
+            return self._file_list(request, reply)
         if kind == "file_delete":
             if self.delete_status is not None:
                 status = self.delete_status
@@ -295,6 +307,23 @@ class FakeGemini(FakeUpstream):
                 if f.polls > self.processing_polls:
                     f.state = "FAILED" if self.fail_processing else "ACTIVE"
             body = f.resource(self.url, m["ver"])
+        reply.json(body)
+
+    def _file_list(self, request: Recorded, reply: Reply) -> None:
+        """One page of the files held: ``pageToken`` is where it starts (the previous page's ``nextPageToken``)."""
+        if self.list_status is not None:
+            status = self.list_status
+            return reply.json(_error(status, _STATUS_NAMES.get(status, "UNKNOWN"),
+                                     f"scripted list failure: HTTP {status}"), status)
+        size = min(int(request.query.get("pageSize", ["10"])[0]), self.max_page_size)
+        start = int(request.query.get("pageToken", ["0"])[0] or 0)
+        ver = _FILES.match(request.path)["ver"]
+        with self._files_lock:
+            held = list(self.files.values())
+            page = [f.resource(self.url, ver) for f in held[start:start + size]]
+        body: dict[str, Any] = {"files": page} if page else {}  # as the API: no "files" when there are none
+        if start + size < len(held):
+            body["nextPageToken"] = str(start + size)
         reply.json(body)
 
     def _check_files(self, body: dict) -> tuple[int, dict] | None:

@@ -7,12 +7,15 @@ A media is uploaded again only once its copy has expired (or is about to) or the
 API has forgotten it. A media whose processing FAILED is remembered too, for as long as its copy would
 have lived, and refused again at once, without an upload; its useless copy is deleted (best effort).
 A media erased by a session's reset or by DeleteMedia (:meth:`FileStore.forget_media`) is forgotten, whatever its MIME types,
-and its copies deleted (best effort): sent again, it is uploaded anew.
+and its copies deleted (best effort): sent again, it is uploaded anew. Its copies the cache does not know (uploaded
+before a restart of the daemon) are found by listing the project's files (:meth:`FileStore.listed`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import io
@@ -45,6 +48,14 @@ FILE_LIFETIME = timedelta(hours=48)
 #: The longest wait for the deletion of a copy whose processing FAILED (best effort: the call is refused anyway)
 #: or of an erased media (within router.provider.FORGET_MEDIA_SECONDS).
 DELETE_SECONDS = 5.0
+#: The largest page of ``files.list`` the API serves ("Maximum pageSize is 100"; it defaults to 10).
+LIST_PAGE_SIZE = 100
+#: The most pages of ``files.list`` read to find the copies of erased media the cache does not know: the first
+#: 1000 files of the project (a project holding more is rare; the copies beyond expire by themselves).
+MAX_LIST_PAGES = 10
+#: The longest the listing may take, all its pages: with the deletions after it (:data:`DELETE_SECONDS`), within
+#: router.provider.FORGET_MEDIA_SECONDS (10 s).
+LIST_SECONDS = 4.0
 
 
 class UploadKey(NamedTuple):
@@ -130,10 +141,32 @@ def _state(file: Any) -> str:
 def _remote(file: Any, mime_type: str) -> RemoteFile:
     error = getattr(file, "error", None)
     return RemoteFile(
-        name=file.name, uri=file.uri, mime_type=file.mime_type or mime_type,
+        name=file.name, uri=file.uri or "", mime_type=file.mime_type or mime_type,
         expires=file.expiration_time, state=_state(file),
         error=str(getattr(error, "message", "") or "") if error is not None else "",
     )
+
+
+def listed_sha256(value: str | None) -> str | None:
+    """The sha256 hex digest a listed File's ``sha256Hash`` stands for, or None: base64 of the lower-case hex
+    digest, as the Files API sends it, or of the 32 raw bytes of the digest."""
+    try:
+        raw = base64.b64decode(value or "", validate=True)
+        if len(raw) == 32:
+            return raw.hex()
+        digest = raw.decode("ascii").lower()
+        bytes.fromhex(digest)
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    return digest if len(digest) == 64 else None
+
+
+class Forgotten(NamedTuple):
+    """What :meth:`FileStore.forget_media` forgot: the copies to delete, and the media it knew no copy of."""
+
+    copies: list[RemoteFile]
+    #: The sha256s of the erased media without a remembered copy (never uploaded, or before a restart).
+    unknown: set[str]
 
 
 @dataclass(eq=False)
@@ -207,15 +240,48 @@ class FileStore:
         for key in [k for k, f in self._files.items() if f.uri in uris]:
             del self._files[key]
 
-    def forget_media(self, sha256s: Collection[str]) -> list[RemoteFile]:
+    def forget_media(self, sha256s: Collection[str]) -> Forgotten:
         """Forget the media ``sha256s`` (erased by a session's reset or by DeleteMedia): every copy, whatever MIME type it was uploaded
         as, and every FAILED result, so that the same bytes sent again are uploaded anew. Returns the copies that
-        may still live at Google, to :meth:`delete`; a media never uploaded is skipped."""
+        may still live at Google, to :meth:`delete`, and the media of which no copy was remembered (to look for
+        with :meth:`listed`)."""
         for key in [k for k in self._failed if k.sha256 in sha256s]:
             del self._failed[key]
-        forgotten = [self._files.pop(key) for key in [k for k in self._files if k.sha256 in sha256s]]
+        keys = [k for k in self._files if k.sha256 in sha256s]
+        forgotten = [self._files.pop(key) for key in keys]
         now = datetime.now(UTC)
-        return [copy for copy in forgotten if copy.expires is None or copy.expires > now]
+        return Forgotten([copy for copy in forgotten if copy.expires is None or copy.expires > now],
+                         set(sha256s) - {key.sha256 for key in keys})
+
+    async def listed(self, client: Any, sha256s: Collection[str], skip: Collection[str]) -> list[RemoteFile]:
+        """The copies at the Files API of the media ``sha256s`` (by their ``sha256Hash``: :func:`listed_sha256`)
+        but those named in ``skip`` (deleted already): copies the cache does not know, uploaded before a restart
+        of the daemon. Reads at most :data:`MAX_LIST_PAGES` pages of :data:`LIST_PAGE_SIZE` files, for at most
+        :data:`LIST_SECONDS` all in all; a failure is logged (the key masked) with the copies found until then,
+        never raised."""
+        found: dict[str, RemoteFile] = {}  # by name: a file listed twice (as files come and go) is deleted once
+        pages = 0
+        try:
+            async with asyncio.timeout(LIST_SECONDS):
+                pager = await client.aio.files.list(config={"page_size": LIST_PAGE_SIZE})
+                while True:
+                    pages += 1
+                    found.update((file.name, _remote(file, "")) for file in pager.page
+                                 if file.name and file.name not in skip and listed_sha256(file.sha256_hash) in sha256s)
+                    if not pager.config.get("page_token"):
+                        break
+                    if pages == MAX_LIST_PAGES:
+                        log.info("%s: looked for copies of erased media among the first %d files of the Files API "
+                                 "only; any later one expires by itself", self.provider, pages * LIST_PAGE_SIZE)
+                        break
+                    await pager.next_page()
+        except Exception as exc:  # best effort: the reset is done already
+            reason = (f"no answer in {LIST_SECONDS:g} s" if isinstance(exc, TimeoutError)
+                      else errors.describe(exc, self.api_key))
+            log.warning("%s: could not list the Files API's files (page %d) to find copies of erased media uploaded "
+                        "before the daemon started: %s; those not found stay at Google until they expire",
+                        self.provider, pages + 1, reason)
+        return list(found.values())
 
     async def delete(self, client: Any, copies: Collection[RemoteFile]) -> None:
         """Delete ``copies`` (of erased media) at Google, all at once, best effort (:meth:`_delete`, each for at

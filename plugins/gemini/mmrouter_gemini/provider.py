@@ -255,11 +255,18 @@ class GeminiProvider(Provider):
     async def forget_media(self, sha256s: frozenset[str]) -> None:
         """Forget the Files API copies of the erased media ``sha256s``, whatever MIME type each was uploaded as, so
         that the same bytes sent again are uploaded anew, then delete them at Google, all at once, each for at most
-        :data:`files.DELETE_SECONDS`; a copy not deleted is logged (it expires by itself). Media never uploaded
-        (inline, or sent to no Gemini provider) make no request, nor a client (see :meth:`router.Provider.forget_media`)."""
-        copies = self.files.forget_media(sha256s)
+        :data:`files.DELETE_SECONDS`; a copy not deleted is logged (it expires by itself). When some media have no
+        remembered copy (uploaded before a restart of the daemon, or never: inline, or sent to no Gemini
+        provider), the project's files are listed first (:meth:`files.FileStore.listed`, bounded) and their copies
+        found there are deleted too. No media, no request (see :meth:`router.Provider.forget_media`)."""
+        copies, unknown = self.files.forget_media(sha256s)
+        if not copies and not unknown:
+            return
+        client = self.client()
+        if unknown:
+            copies += await self.files.listed(client, sha256s, {copy.name for copy in copies})
         if copies:
-            await self.files.delete(self.client(), copies)
+            await self.files.delete(client, copies)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
