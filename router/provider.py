@@ -182,7 +182,9 @@ class Provider(abc.ABC):
         each deletion bounded by a timeout of your own (shorter than that); log a copy you could not delete
         (naming it, never the key) and forget it all the same: it then expires by itself. Let
         :class:`asyncio.CancelledError` through, as in :meth:`generate`. It may run while calls are under way,
-        and on a provider instance that never made a call (a reload made it): make no client for nothing."""
+        and on a provider instance that never made a call (a reload made it): make no client for nothing. Copies
+        this instance does not remember (uploaded before a restart of the daemon) may be looked up upstream (the
+        Gemini plugin lists its project's files and matches their SHA-256), within the same bound."""
 
     async def aclose(self) -> None:  # noqa: B027 (a no-op default is intended)
         """Release clients and pools. Called at daemon shutdown, and on reloads (SIGHUP): a reload
