@@ -175,6 +175,16 @@ class StoredMedia:
         return Media(self.modality, self.mime_type, path=self.path, media_id=self.media_id, size=self.size)
 
 
+#: The media modalities as a client sends them: by the names of the wire API's enum values.
+MEDIA_MODALITIES = "MODALITY_IMAGE, MODALITY_AUDIO, MODALITY_VIDEO or MODALITY_DOCUMENT"
+
+
+def modality_name(modality: Modality) -> str:
+    """``modality`` by the name of its value in the wire API's enum (``MODALITY_IMAGE``), as errors name it:
+    a client sends that name (protobufjs, in Node.js, sends a name it does not know, such as ``IMAGE``, as 0)."""
+    return f"MODALITY_{modality.name}"
+
+
 #: A MIME type of each media modality, as the refusal of an upload without one gives an example.
 _EXAMPLE_TYPES = {Modality.IMAGE: "image/png", Modality.AUDIO: "audio/mpeg", Modality.VIDEO: "video/mp4",
                   Modality.DOCUMENT: "application/pdf"}
@@ -480,8 +490,9 @@ class MediaStore:
         """
         self._refuse_if_gone()
         if modality is Modality.TEXT:
+            problem = f"must be {MEDIA_MODALITIES}, not {modality_name(modality)}"
             raise InvalidRequest("an upload must be media, not text",
-                                 violations=[FieldViolation("metadata.modality", "must be image, audio, video or document")])
+                                 violations=[FieldViolation("metadata.modality", problem)])
         if not mime_type:
             example = _EXAMPLE_TYPES.get(modality, "video/mp4")
             raise InvalidRequest(f"the upload's MIME type is missing (e.g. {example})",
@@ -539,7 +550,8 @@ class MediaStore:
             if not committed and stored.modality is not modality and not (
                     stored.modality is Modality.VIDEO and modality is Modality.AUDIO):
                 problem = (f"media {media_id} (the same bytes) is already stored as {stored.modality.value}"
-                           f" ({stored.mime_type}); refer to it by that id as {stored.modality.value}")
+                           f" ({stored.mime_type}); refer to it by that id with modality "
+                           f"{modality_name(stored.modality)}")
                 raise InvalidRequest(problem, violations=[FieldViolation("metadata.modality", problem)],
                                      metadata={"media_id": media_id, "stored_modality": stored.modality.value})
             return stored

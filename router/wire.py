@@ -17,7 +17,7 @@ from mmrouter.v1 import router_pb2 as pb
 
 from . import routing
 from .errors import FieldViolation, InvalidRequest, MimeMismatch, PayloadTooLarge, UnknownMedia
-from .media import is_media_id, stored_type_problem
+from .media import MEDIA_MODALITIES, is_media_id, modality_name, stored_type_problem
 from .outcome import Answer, RouteInfo, Step
 from .plugins import ProviderEntry, State
 from .sniff import HEAD_BYTES, content_mime, mime_problem
@@ -41,6 +41,7 @@ from .types import (
 _MODALITY = {pb.MODALITY_TEXT: Modality.TEXT, pb.MODALITY_IMAGE: Modality.IMAGE, pb.MODALITY_AUDIO: Modality.AUDIO,
              pb.MODALITY_VIDEO: Modality.VIDEO, pb.MODALITY_DOCUMENT: Modality.DOCUMENT}
 _MODALITY_PB = {v: k for k, v in _MODALITY.items()}
+#: ROLE_UNSPECIFIED is the user's in a request of one message; a longer one is refused (see :func:`role_problems`)
 _ROLE = {pb.ROLE_UNSPECIFIED: Role.USER, pb.ROLE_USER: Role.USER, pb.ROLE_ASSISTANT: Role.ASSISTANT,
          pb.ROLE_SYSTEM: Role.SYSTEM}
 _TASK = {pb.TASK_UNSPECIFIED: Task.AUTO, pb.TASK_AUTO: Task.AUTO, pb.TASK_CHAT: Task.CHAT,
@@ -65,11 +66,21 @@ def modality_from_proto(value: int) -> Modality | None:
     return _MODALITY.get(value)
 
 
+def modality_problem(value: int) -> str:
+    """Why the modality ``value`` of a media part or an upload, no media modality, is refused. Unset, it may
+    be a name the client's library did not know: protobufjs (Node.js) sends an enum name it does not know,
+    such as ``'IMAGE'``, as 0 without a word."""
+    if value == pb.MODALITY_UNSPECIFIED:
+        return (f"must be {MEDIA_MODALITIES}; it is unset (MODALITY_UNSPECIFIED, 0): a client library may send a name it does not know, "
+                "such as 'IMAGE', as 0")
+    return f"must be {MEDIA_MODALITIES}, not {pb.Modality.Name(value) if value in _MODALITY else value}"
+
+
 def _media_from_proto(media: pb.Media, path: str, limits: Limits, resolve: ResolveMedia,
                       problems: list[FieldViolation]) -> Media | None:
     modality = _MODALITY.get(media.modality)
     if modality is None or modality is Modality.TEXT:
-        problems.append(FieldViolation(f"{path}.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT"))
+        problems.append(FieldViolation(f"{path}.modality", modality_problem(media.modality)))
         return None
     name_issues = [*filename_problems(media.filename, f"{path}.filename"),
                    *mime_type_problems(media.mime_type, f"{path}.mime_type")]
@@ -133,11 +144,12 @@ def _stored_media(media: pb.Media, modality: Modality, path: str, resolve: Resol
     if stored.modality is Modality.VIDEO and modality is Modality.AUDIO:  # its sound, as inline video bytes
         stored = replace(stored, modality=modality)                       # sent as audio are
     elif stored.modality is not modality:
-        also = (" (or as audio, for its sound)" if stored.modality is Modality.VIDEO
-                else "; to ask about it as video, upload it with UploadMedia as video (its record then serves both)"
+        also = (" (or as MODALITY_AUDIO, for its sound)" if stored.modality is Modality.VIDEO
+                else ", or upload it with UploadMedia as video (its record then serves both)"
                 if stored.modality is Modality.AUDIO and modality is Modality.VIDEO else "")
         problems.append(FieldViolation(f"{path}.modality", f"media {media.media_id} was uploaded as "
-                                                           f"{stored.modality.value}: send its modality as {stored.modality.value}{also}"))
+                                       f"{stored.modality.value}: send its modality as "
+                                       f"{modality_name(stored.modality)}{also}"))
     problem = stored_type_problem(media.mime_type, stored) if media.mime_type else None
     if problem:
         raise MimeMismatch(f"{path}: {problem}", violations=[FieldViolation(f"{path}.mime_type", problem)])
@@ -316,7 +328,9 @@ def request_from_proto(msg: pb.MultimodalRequest, limits: Limits, resolve: Resol
     if not problems and not request.modalities() and not (history_transcription and not msg.messages):
         problems.append(FieldViolation("request.messages", "the request has no content: all text parts are empty"))
     elif not problems:
-        problems += blank_user_problems(request)
+        problems += role_problems(msg)  # first: the checks below read who wrote each message
+        if not problems:
+            problems += blank_user_problems(request)
         # a session's too: its history holds a question, but one answered already (a transcription of the
         # history's recording asks for that recording: task_problems checks it has one)
         if not problems and not history_transcription:
@@ -370,6 +384,22 @@ def _tag_problems(tags: Sequence[str]) -> list[FieldViolation]:
         field = f"request.hints.tags[{i}]"
         problems += name_problems(tag, field, MAX_TAG_CHARS, "the tag") if tag else [FieldViolation(field, "empty")]
     return problems
+
+
+#: Why a message of a conversation without its role is refused (see :func:`role_problems`).
+UNSET_ROLE = ("unset (ROLE_UNSPECIFIED, 0): in a conversation give each message its role, ROLE_USER, ROLE_ASSISTANT or ROLE_SYSTEM "
+              "(a client library may send a name it does not know, such as 'assistant', as 0)")
+
+
+def role_problems(msg: pb.MultimodalRequest) -> list[FieldViolation]:
+    """A violation on the role of the first message of a conversation (a request of more than one message)
+    that leaves it unset. ROLE_UNSPECIFIED is the user's in a request of one message only: protobufjs
+    (Node.js) sends a role name it does not know (OpenAI's ``'system'``, ``'assistant'``) as 0 without a
+    word, and the system prompt and the model's earlier answers reached the provider as the user's words."""
+    if len(msg.messages) < 2:
+        return []
+    unset = next((i for i, message in enumerate(msg.messages) if message.role == pb.ROLE_UNSPECIFIED), None)
+    return [] if unset is None else [FieldViolation(f"request.messages[{unset}].role", UNSET_ROLE)]
 
 
 def blank_user_problems(request: Request) -> list[FieldViolation]:

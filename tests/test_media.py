@@ -797,8 +797,8 @@ def test_an_uploaded_video_may_be_sent_as_audio_for_its_sound(daemon) -> None:
     details = error_details(caught.value)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.violations == [("request.messages[0].parts[0].media.modality",
-                                   f"media {video_id} was uploaded as video: send its modality as video (or as "
-                                   "audio, for its sound)")]
+                                   f"media {video_id} was uploaded as video: send its modality as MODALITY_VIDEO "
+                                   "(or as MODALITY_AUDIO, for its sound)")]
     # uploading the bytes again as audio is answered with the video's id and record (see above)
     again = upload(daemon.stub, [data], modality=pb.MODALITY_AUDIO, mime="audio/mp4")
     assert (again.media_id, again.modality) == (video_id, pb.MODALITY_VIDEO)
