@@ -187,15 +187,16 @@ class LocalProvider(Provider):
                 "offline and cannot fetch it: upload it with UploadMedia instead")
 
     async def _transcribe(self, media: list[Media], ctx: CallContext) -> AsyncIterator[ProviderEvent]:
-        """Transcribe every audio and video of ``media`` in order, as one transcript
-        (:meth:`Transcript.merged`), and its text. Silence gives no text: an empty answer, as a cloud
-        transcriber's (the router's route notes say no speech was found), not words the speaker did not say."""
+        """Transcribe every audio and video of ``media`` in order, each recording's transcript (its own times)
+        yielded as soon as it is made, as the cloud transcribers do: the router merges them into the answer's
+        (:meth:`Transcript.merged`) and makes the answer's text of it. Silence gives no text: an empty answer,
+        as a cloud transcriber's (the router's route notes say no speech was found), not words the speaker did
+        not say."""
         speech = [m for m in media if m.modality in (Modality.AUDIO, Modality.VIDEO)]
         if not speech:
             raise ProviderBadRequest(self.name, "transcribe needs audio or video input")
         for item in speech:
             self._check_local(item)
-        transcripts: list[Transcript] = []
         audio_seconds = 0.0
         for index, item in enumerate(speech):
             heard = self.heard.get(ctx, item)
@@ -203,11 +204,7 @@ class LocalProvider(Provider):
                 heard = await self._run(label(item, index), self.extractor.transcribe, item)
                 self.heard.put(ctx, item, heard)
                 audio_seconds += heard.duration_seconds
-            transcripts.append(heard)
-        transcript = Transcript.merged(transcripts)
-        yield TranscriptReady(transcript)
-        if transcript.text:
-            yield TextDelta(transcript.text)
+            yield TranscriptReady(heard)
         yield UsageReport(Usage(audio_seconds=round(audio_seconds, 2)))
 
     async def _pages(self, media: Media, name: str) -> AsyncIterator[Section]:
