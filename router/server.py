@@ -205,10 +205,12 @@ class CallLog:
         if log.isEnabledFor(logging.INFO):
             self._log(logging.INFO, "OK")
 
-    def ended_early(self, context: grpc.aio.ServicerContext, stopped: bool = False) -> None:
+    def ended_early(self, context: grpc.aio.ServicerContext, stopped: bool = False, in_send: bool = False) -> None:
         """Log a call cancelled by its client or by gRPC at its deadline (its client gets nothing more), or
         ``stopped`` by the daemon's stop while gRPC was sending to a client that read nothing (no status
-        could be sent)."""
+        could be sent). ``in_send``: gRPC ended the stream while sending its message :attr:`sending`; one
+        over CLIENT_RECEIVE_LIMIT is logged as a unary answer's failed send is (see :class:`SendFailedFilter`):
+        clients that keep gRPC's default receive limit refuse it."""
         if stopped:
             self._log(logging.WARNING, "UNAVAILABLE", "SHUTTING_DOWN", "the daemon stopped while the call ran; its "
                       "client was not reading the answer, so no status could be sent")
@@ -217,6 +219,8 @@ class CallLog:
         # the client's reset at its deadline may come a little before gRPC's own: within the margin it is that
         if remaining is not None and remaining <= DEADLINE_MARGIN_SECONDS:
             self._log(logging.WARNING, "DEADLINE_EXCEEDED", "", "the client's deadline passed")
+        elif in_send and (size := _refusable_size(self.sending)):
+            self._log(logging.WARNING, "CANCELLED", "", f"could not send a message of {size} bytes: {REFUSED}")
         else:
             self._log(logging.WARNING, "CANCELLED", "", "the client cancelled the call or left, or the daemon stopped")
 
@@ -312,13 +316,22 @@ def _streamed_within_limit(message: pb.StreamGenerateResponse, limit: int) -> pb
 
 #: The receive limit most gRPC clients keep (4 MiB): a larger answer is refused by such a client.
 CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024
+#: Why a message over CLIENT_RECEIVE_LIMIT that gRPC could not send did not reach its client.
+REFUSED = ("its client refused it (a gRPC client refuses a message over its receive limit, 4 MiB by default) "
+           "or its connection failed")
+
+
+def _refusable_size(message: Any) -> int:
+    """The size of ``message`` when it is over CLIENT_RECEIVE_LIMIT (clients that keep gRPC's default
+    receive limit refuse it), else 0 (also for no message)."""
+    size = message.ByteSize() if message is not None else 0
+    return size if size > CLIENT_RECEIVE_LIMIT else 0
 
 
 def _log_if_large(response: Any) -> Any:
     """``response``; a unary answer over CLIENT_RECEIVE_LIMIT is logged first: if its client refuses
     it, gRPC can only report a failed send, naming neither size nor cause."""
-    size = response.ByteSize()
-    if size > CLIENT_RECEIVE_LIMIT:
+    if size := _refusable_size(response):
         log.info("sending an answer of %d bytes: clients that keep gRPC's default receive limit (%d bytes) "
                  "refuse it (RESOURCE_EXHAUSTED on their side)", size, CLIENT_RECEIVE_LIMIT)
     return response
@@ -344,7 +357,7 @@ def _ended_by_its_client() -> bool:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= DEADLINE_MARGIN_SECONDS:
         return True
-    return call.sending is not None and call.sending.ByteSize() <= CLIENT_RECEIVE_LIMIT
+    return call.sending is not None and not _refusable_size(call.sending)
 
 
 class SendFailedFilter(logging.Filter):
@@ -360,9 +373,8 @@ class SendFailedFilter(logging.Filter):
         if message.startswith(self.PREFIX):
             if _ended_by_its_client():
                 return False
-            record.msg = ("could not send the answer of %s: its client refused it (a gRPC client refuses a message "
-                          "over its receive limit, 4 MiB by default) or its connection failed")
-            record.args = (message.removeprefix(self.PREFIX).strip("[]"),)
+            record.msg = "could not send the answer of %s: %s"
+            record.args = (message.removeprefix(self.PREFIX).strip("[]"), REFUSED)
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info = record.exc_text = None
         return True
@@ -463,8 +475,8 @@ def streaming(method: Callable) -> Callable:
                 await _abort(context, self.app, call, _stopping(self.app))
             call.ended_early(context)
             raise
-        except GeneratorExit:  # gRPC closed us
-            call.ended_early(context, stopped=task in self.app.stopped_calls)
+        except GeneratorExit:  # gRPC closed us: the send of the message yielded last failed
+            call.ended_early(context, stopped=task in self.app.stopped_calls, in_send=True)
             raise
         except grpc.aio.AbortError:
             raise
@@ -999,7 +1011,46 @@ def _add_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> 
 
 class HealthServicer(health.aio.HealthServicer):
     """grpcio-health-checking's servicer, with ``List`` (added to health.proto in 2024; the servicer answers
-    it UNIMPLEMENTED, logging an ERROR)."""
+    it UNIMPLEMENTED, logging an ERROR), and ``Watch`` streams the stopping daemon ends itself (see
+    :meth:`end_watches`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watches_ended = False
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        """The status of ``request.service`` now and at each change (as grpcio-health-checking's ``Watch``,
+        on its conditions), until :meth:`end_watches`: then the stream ends with UNAVAILABLE (SHUTTING_DOWN)
+        once its last status (NOT_SERVING) is sent. Its own loop, not the servicer's cancelled: a cancel could
+        land before NOT_SERVING was written, or in gRPC's send of it."""
+        condition = self._server_watchers[request.service]
+        self._watcher_count_by_service[request.service] += 1
+        sent = None
+        try:
+            async with condition:
+                while True:
+                    status = self._server_status.get(request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+                    if status != sent:
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                        sent = status
+                    if self._watches_ended:
+                        break
+                    await condition.wait()
+        finally:
+            self._watcher_count_by_service[request.service] -= 1
+            if self._watcher_count_by_service[request.service] == 0:
+                del self._server_watchers[request.service]
+                del self._watcher_count_by_service[request.service]
+        await _refuse(context, DaemonStopping("the daemon is stopping: this health watch ends; watch again once "
+                                              "the daemon is back", retry_after=SHUTDOWN_RETRY_SECONDS))
+
+    async def end_watches(self) -> None:
+        """End every ``Watch`` stream, and any that starts later, after its last status: left open, gRPC's
+        stop cut them with an HTTP/2 GOAWAY of INTERNAL_ERROR, which grpc-js clients report as INTERNAL."""
+        self._watches_ended = True
+        for condition in list(self._server_watchers.values()):
+            async with condition:
+                condition.notify_all()
 
     async def List(self, request: health_pb2.HealthListRequest,
                    context: grpc.aio.ServicerContext) -> health_pb2.HealthListResponse:
@@ -1008,14 +1059,15 @@ class HealthServicer(health.aio.HealthServicer):
             name: health_pb2.HealthCheckResponse(status=status) for name, status in self._server_status.items()})
 
 
-async def _refuse(context: grpc.aio.ServicerContext, error: InvalidRequest) -> None:
-    """End a health or reflection call whose request cannot be parsed, as RouterService's are."""
+async def _refuse(context: grpc.aio.ServicerContext, error: RouterError) -> None:
+    """End a health or reflection call with ``error`` (a request that cannot be parsed, the daemon's stop), as
+    RouterService's calls end."""
     status = rpc_status.to_status(error_status(error, str))
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 async def start_server(app: App, address: str, certificates: ServerCertificates | None = None,
-                       ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+                       ) -> tuple[grpc.aio.Server, int, HealthServicer]:
     """Start serving ``app`` on ``address`` (port 0 picks a free one), over TLS with ``certificates``;
     return the server, port and health."""
     limit = app.config.server.max_message_bytes
@@ -1632,7 +1684,8 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, hurry.set)
     await _drain(app, grace, hurry)
-    await server.stop(0)
+    await health_servicer.end_watches()
+    await server.stop(CLOSE_SECONDS)
     stuck = await _finish_within(STOP_SECONDS, app.aclose())
     data_lock.close()
     if ready_file is not None:
@@ -1747,6 +1800,10 @@ def _bound_address(address: str, port: int) -> str:
 
 #: After the drain, how long closing the providers and cancelling the calls left may take.
 STOP_SECONDS = 5.0
+#: After the drain, how long gRPC's stop waits for the calls ended to send their status (health watches: see
+#: :meth:`HealthServicer.end_watches`) and for clients to close their connections on its GOAWAY (NO_ERROR)
+#: before it cuts what is left: with a GOAWAY of INTERNAL_ERROR, reported as INTERNAL by grpc-js on a call still open.
+CLOSE_SECONDS = 1.0
 
 
 async def _finish_within(seconds: float, closing: Coroutine[Any, Any, None]) -> list[str]:
