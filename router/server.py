@@ -807,7 +807,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         modality = wire.modality_from_proto(meta.modality)
         if modality is None:
             raise InvalidRequest(f"the upload's modality is {'missing' if not meta.modality else meta.modality}",
-                                 violations=[FieldViolation("metadata.modality", "must be IMAGE, AUDIO, VIDEO or DOCUMENT")])
+                                 violations=[FieldViolation("metadata.modality", wire.modality_problem(meta.modality))])
         # stored with the upload, answered back and logged: bounded and without control characters, as in requests
         problems = [*wire.filename_problems(meta.filename, "metadata.filename"),
                     *wire.mime_type_problems(meta.mime_type, "metadata.mime_type")]

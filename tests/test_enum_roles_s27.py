@@ -108,3 +108,11 @@ def test_an_upload_named_as_another_modality_is_told_the_enum_name_to_send(share
 
 def test_the_modality_names_in_errors_are_the_protos() -> None:
     assert all(pb.Modality.Value(modality_name(m)) == wire.modality_to_proto(m) for m in Modality)
+
+
+def test_an_upload_without_its_modality_is_told_the_enum_names(shared) -> None:
+    daemon, _ = shared
+    with pytest.raises(grpc.RpcError) as caught:
+        upload(daemon.stub, [png("u")], modality=pb.MODALITY_UNSPECIFIED, mime="image/png")
+    [(field, description)] = error_details(caught.value).violations
+    assert field == "metadata.modality" and description.startswith(f"{MEDIA_MODALITIES}; it is unset")
