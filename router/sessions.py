@@ -59,6 +59,61 @@ CREATE TABLE IF NOT EXISTS call_tags (call INTEGER NOT NULL, tag TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS call_tags_of_call ON call_tags (call);
 """
 
+#: Indexes the media of a turn (``NEW`` in a trigger), or of every turn (``turns``, with ``rows``: ``turns, ``):
+#: a row per media part, as :meth:`SessionStore._media_of` reads them (a media twice in a turn is two rows).
+_INDEX_TURN = """INSERT INTO turn_media (media_id, session_id, position)
+        SELECT json_extract(item.value, '$.media_id'), {turn}.session_id, {turn}.position
+        FROM {rows}json_each({turn}.parts) AS item
+        WHERE {turn}.parts LIKE '%"media_id"%' AND item.type = 'object'
+            AND json_extract(item.value, '$.media_id') IS NOT NULL"""
+#: Which turns hold which media: a row per media id in a turn's parts (see :func:`_part_record`), so that the
+#: sessions referring to a media are found by its id, not by reading every turn holding media. It is kept by
+#: triggers on ``turns``, not by the store's code: the turns an older version writes (a rollback, a daemon not
+#: yet restarted after an upgrade, sharing the file) are indexed too, or DeleteMedia would delete a media one of
+#: their sessions refers to. Made and filled in one transaction by :meth:`SessionStore._index_turn_media`.
+_MEDIA_INDEX = (
+    "CREATE TABLE turn_media (media_id TEXT NOT NULL, session_id TEXT NOT NULL, position INTEGER NOT NULL)",
+    _INDEX_TURN.format(turn="turns", rows="turns, "),  # before the indexes, which are then made sorted: 2-3x faster
+    "CREATE INDEX turn_media_by_media ON turn_media (media_id)",
+    "CREATE INDEX turn_media_of_turn ON turn_media (session_id, position)",
+    f"""CREATE TRIGGER turn_media_insert AFTER INSERT ON turns WHEN NEW.parts LIKE '%"media_id"%' BEGIN
+        {_INDEX_TURN.format(turn="NEW", rows="")};
+    END""",
+    """CREATE TRIGGER turn_media_delete AFTER DELETE ON turns WHEN OLD.parts LIKE '%"media_id"%' BEGIN
+        DELETE FROM turn_media WHERE session_id = OLD.session_id AND position = OLD.position;
+    END""",
+    # no version updates a turn's parts, session or position (a sqlite3 shell might)
+    f"""CREATE TRIGGER turn_media_update AFTER UPDATE OF session_id, position, parts ON turns BEGIN
+        DELETE FROM turn_media WHERE session_id = OLD.session_id AND position = OLD.position;
+        {_INDEX_TURN.format(turn="NEW", rows="")};
+    END""",
+)
+#: The index's table, its indexes and its triggers: a database that lacks any of them has no index of media.
+_MEDIA_INDEX_PARTS = ("turn_media", "turn_media_by_media", "turn_media_of_turn", "turn_media_insert",
+                      "turn_media_delete", "turn_media_update")
+#: The turns that may hold media, found without parsing them (a text part's quotes are escaped in the JSON).
+_HOLDS_MEDIA = '%"media_id"%'
+
+
+def _indexes_media(db: sqlite3.Connection) -> bool:
+    """Whether the sessions database ``db`` has the index of media (:data:`_MEDIA_INDEX`), whole."""
+    marks = ",".join("?" * len(_MEDIA_INDEX_PARTS))
+    (found,) = db.execute(f"SELECT COUNT(*) FROM sqlite_master WHERE name IN ({marks})", _MEDIA_INDEX_PARTS).fetchone()
+    return found == len(_MEDIA_INDEX_PARTS)
+
+
+def _media_in_turns(db: sqlite3.Connection, indexed: bool, but: set[str] | frozenset[str] = frozenset()) -> set[str]:
+    """The media ids the turns of ``db`` refer to, but those of the sessions ``but``: from the index of media when
+    ``indexed`` (see :func:`_indexes_media`), else read from every turn holding media."""
+    if indexed and not but:
+        return {media_id for (media_id,) in db.execute("SELECT DISTINCT media_id FROM turn_media")}
+    if indexed:
+        return {media_id for session, media_id in db.execute("SELECT session_id, media_id FROM turn_media")
+                if session not in but}
+    kept = db.execute("SELECT session_id, parts FROM turns WHERE parts LIKE ?", (_HOLDS_MEDIA,))
+    return SessionStore._media_of((parts,) for session, parts in kept if session not in but)
+
+
 #: The formats a bridge chosen for some formats names in its step's purpose
 #: (``bridge:audio (audio/webm)->transcript via openai/whisper-1``; see :class:`router.routing.Bridge`).
 _BRIDGE_FORMATS = re.compile(r"^(bridge:\w+) \([^()]*\)(?=->)")
@@ -347,9 +402,12 @@ class SessionStore:
         self._fault_logged: dict[Trouble, float] = {}  # when (time.monotonic()) each fault was logged last
         #: Whether the turns table has the turn id columns (see :meth:`_add_turn_ids`).
         self._turn_ids = True
+        #: Whether the database has the index of media (see :meth:`_index_turn_media`).
+        self._media_index = True
         if frozen:
             self._db = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, check_same_thread=False)
             self._db.create_function("stats_step", 1, stats_step, deterministic=True)
+            self._media_index = _indexes_media(self._db)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout)
@@ -376,6 +434,7 @@ class SessionStore:
         self._add_turn_ids()
         self._add_bridged_transcripts()
         self._index_call_times()
+        self._index_turn_media()
 
     def stop_storing(self) -> None:
         """Store nothing from now on: the data directory holding the database was removed or replaced, so what
@@ -474,6 +533,32 @@ class SessionStore:
                 raise
             log.warning("the statistics rows could not be indexed by time (%s): prune reads them all until they "
                         "are, at a later start", exc)
+
+    def _index_turn_media(self) -> None:
+        """A database without the index of media (:data:`_MEDIA_INDEX`: made by an older version, or before a
+        start that could not make it) gets it, filled from its turns, in one transaction (the turns another
+        process writes meanwhile wait, then are indexed by its triggers). An index that cannot be made now (a
+        full disk; the database locked by another process past the busy timeout) is left to a later start, as
+        the columns of :meth:`_add_turn_ids` are: until then the turns holding media are read whole to find
+        a media's sessions (:attr:`_media_index`), slower, not wrong."""
+        if _indexes_media(self._db):
+            return
+        try:
+            with self._writing():
+                if _indexes_media(self._db):  # made by another process meanwhile
+                    return
+                # what is left of one (a trigger dropped by hand) may not be right: made anew
+                for trigger in _MEDIA_INDEX_PARTS[3:]:
+                    self._db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+                self._db.execute("DROP TABLE IF EXISTS turn_media")
+                for statement in _MEDIA_INDEX:
+                    self._db.execute(statement)
+        except sqlite3.OperationalError as exc:
+            if not _left_to_later(exc):
+                raise
+            log.warning("the sessions database could not be given its index of media (%s): DeleteMedia, resets "
+                        "erasing media and prune read every turn holding media until a later start makes it", exc)
+            self._media_index = False
 
     def drop_stale_links(self) -> None:
         """Drop the ``bridged_for`` links of sessions that hold no turn (the daemon does it at start, before any
@@ -706,8 +791,7 @@ class SessionStore:
     def _reset(self, session_id: str, erase: EraseMedia | None) -> Removed:
         """The deletes of :meth:`reset`, in one transaction (the media's too, with ``erase``)."""
         with self._writing():
-            used_here = self._media_of(self._db.execute(
-                "SELECT parts FROM turns WHERE session_id = ? AND parts LIKE ?", (session_id, '%"media_id"%')))
+            used_here = self._media_in_session(session_id)
             used_here |= {row[0] for row in self._db.execute("SELECT media FROM bridged_for WHERE session_id = ?",
                                                              (session_id,))}
             removed = self._db.execute("DELETE FROM turns WHERE session_id = ?", (session_id,)).rowcount
@@ -757,15 +841,20 @@ class SessionStore:
 
     def _sessions_of(self, media_ids: set[str]) -> dict[str, set[str]]:
         """The sessions that refer to each of ``media_ids`` that any refers to: a stored turn of theirs holds it,
-        or a call of theirs made a kept text of it (``bridged_for``). The turns holding media read once."""
+        or a call of theirs made a kept text of it (``bridged_for``). Each media looked up in the index of media;
+        without it (see :meth:`_index_turn_media`) the turns holding media are read once."""
+        if self._media_index:
+            pairs = [(media_id, session_id) for media_id in media_ids for (session_id,) in self._db.execute(
+                "SELECT session_id FROM turn_media WHERE media_id = ?", (media_id,))]
+        else:
+            pairs = [(media_id, session_id) for session_id, parts in self._db.execute(
+                "SELECT session_id, parts FROM turns WHERE parts LIKE ?", (_HOLDS_MEDIA,))
+                for media_id in self._media_of([(parts,)]) & media_ids]
+        pairs += [(media_id, session_id) for media_id in media_ids for (session_id,) in self._db.execute(
+            "SELECT session_id FROM bridged_for WHERE media = ?", (media_id,))]
         found: dict[str, set[str]] = {}
-        for session_id, parts in self._db.execute("SELECT session_id, parts FROM turns WHERE parts LIKE ?",
-                                                  ('%"media_id"%',)):
-            for media_id in self._media_of([(parts,)]) & media_ids:
-                found.setdefault(media_id, set()).add(session_id)
-        for media_id in media_ids:
-            for (session_id,) in self._db.execute("SELECT session_id FROM bridged_for WHERE media = ?", (media_id,)):
-                found.setdefault(media_id, set()).add(session_id)
+        for media_id, session_id in pairs:
+            found.setdefault(media_id, set()).add(session_id)
         return found
 
     def deleted_since(self, media_ids: Iterable[str], since: float) -> list[str]:
@@ -775,9 +864,21 @@ class SessionStore:
         return sorted({media_id for media_id in media_ids if self._forgotten_at.get(media_id, -math.inf) >= since})
 
     def _in_a_turn(self, media_id: str) -> bool:
-        """Whether a stored turn (of any session) holds the media ``media_id``."""
-        return self._db.execute("SELECT 1 FROM turns WHERE parts LIKE ? LIMIT 1",
-                                (f'%"media_id": "{media_id}"%',)).fetchone() is not None
+        """Whether a stored turn (of any session) holds the media ``media_id``: looked up in the index of media,
+        or without it (see :meth:`_index_turn_media`) found in the turns' JSON."""
+        if self._media_index:
+            query, args = "SELECT 1 FROM turn_media WHERE media_id = ? LIMIT 1", (media_id,)
+        else:
+            query, args = "SELECT 1 FROM turns WHERE parts LIKE ? LIMIT 1", (f'%"media_id": "{media_id}"%',)
+        return self._db.execute(query, args).fetchone() is not None
+
+    def _media_in_session(self, session_id: str) -> set[str]:
+        """The media ids the stored turns of ``session_id`` refer to."""
+        if self._media_index:
+            return {media_id for (media_id,) in self._db.execute(
+                "SELECT media_id FROM turn_media WHERE session_id = ?", (session_id,))}
+        return self._media_of(self._db.execute("SELECT parts FROM turns WHERE session_id = ? AND parts LIKE ?",
+                                               (session_id, _HOLDS_MEDIA)))
 
     def _unreferenced(self, media_ids: Iterable[str]) -> set[str]:
         """Those of ``media_ids`` that no stored turn holds and no session's call made a kept text of (see
@@ -792,8 +893,9 @@ class SessionStore:
         self._forgotten_at = {media: at for media, at in self._forgotten_at.items()
                               if now - at < self.longest_call_seconds}  # those no call under way can bridge
         self._forgotten_at.update((media_id, now) for media_id in media_ids)
-        return sum(self._db.execute("DELETE FROM bridged WHERE key LIKE ?", (f"{media_id}|%",)).rowcount
-                   for media_id in media_ids)
+        # a range of the primary key (as recall_any reads them): "key LIKE 'id|%'" read every kept text per media
+        return sum(self._db.execute("DELETE FROM bridged WHERE key >= ? AND key < ?",
+                                    (f"{media_id}|", f"{media_id}|\uffff")).rowcount for media_id in media_ids)
 
     def _empty_journal(self, after: str, *, wait: bool = False) -> None:
         """Write the journal's pages into the file and cut the journal to nothing, so that the rows just
@@ -928,7 +1030,7 @@ class SessionStore:
 
     def media_in_use(self) -> set[str]:
         """The media store ids that session turns refer to (kept by :meth:`MediaStore.prune`)."""
-        return self._media_of(self._db.execute("SELECT parts FROM turns WHERE parts LIKE ?", ('%"media_id"%',)))
+        return _media_in_turns(self._db, self._media_index)
 
     @staticmethod
     def _media_of(rows: Iterable[tuple[str]]) -> set[str]:
@@ -1121,10 +1223,7 @@ def _prune_preview(db: sqlite3.Connection, before: float, tags: list[str]) -> tu
         calls = db.execute("SELECT COUNT(*) FROM calls WHERE at < ?"
                            + (f" OR rowid IN (SELECT call FROM call_tags WHERE tag IN ({marks}))" if tagged else ""),
                            (before, *tagged)).fetchone()[0]
-    keep: set[str] = set()
-    if columns["turns"]:
-        kept = db.execute("SELECT session_id, parts FROM turns WHERE parts LIKE ?", ('%"media_id"%',))
-        keep = SessionStore._media_of((parts,) for session, parts in kept if session not in stale)
+    keep = _media_in_turns(db, _indexes_media(db), stale) if columns["turns"] else set()
     return len(stale), calls, keep
 
 
