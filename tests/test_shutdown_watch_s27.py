@@ -23,18 +23,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_helpers import error_details, wait_for
 from mmrouter.v1 import router_pb2 as pb
 from mmrouter.v1 import router_pb2_grpc
+from test_data_dir_failures import CONFIG  # a daemon of the testkit plugin's echo model
 
 from tests.fakes.openai import API_KEY, FakeOpenAI
 
 shared_fake, fake, own_fake = fake_fixtures(FakeOpenAI)
 
-CONFIG = """
-providers:
-  fake: {api_key: test-key}
-routes:
-  - name: everything
-    use: fake/echo
-"""
 NODE_MODULES = Path(__file__).resolve().parent.parent / "examples" / "node-client" / "node_modules"
 #: health.proto's Watch, for the Node client (proto-loader reads a .proto file).
 HEALTH_PROTO = """
