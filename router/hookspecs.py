@@ -73,9 +73,11 @@ def register_providers(register: RegisterProvider, settings: Mapping[str, Any], 
         expanded; empty if absent. The daemon masks (as ``***``) in its log, in errors sent to clients
         and in ``mmrouter providers`` the values of the settings it takes for secrets: those whose name
         contains ``key``, ``token`` (not ``tokens``: ``max_output_tokens`` is a count), ``secret``,
-        ``passw``, ``credential``, ``bearer``, ``cookie``, ``signature`` or ``private``
-        (in any case), or is exactly ``pat``; the values of :attr:`router.ProviderSettings.api_key_env`
-        variables; and the credentials of URLs. Name secret settings accordingly (``client_secret``,
+        ``passw``, ``passphrase``, ``credential``, ``bearer``, ``cookie``, ``signature``, ``private`` or
+        ``auth`` (not ``author`` nor ``authority``), in any case, or the word ``pat`` (``pat``,
+        ``github_pat``; not ``path``), whether set in the config file or read from an
+        :attr:`router.ProviderSettings.env_fields` variable; the values of
+        :attr:`router.ProviderSettings.api_key_env` variables; and the credentials of URLs. Name secret settings accordingly (``client_secret``,
         ``bearer_token``, ``password``); a secret under another name (``pin``) is shown as it is.
     :param name: the provider name to register under. It is the plugin's entry-point name, whose
         section is ``providers.<plugin name>``; or, for an extra instance, the name of a section

@@ -16,6 +16,12 @@ from urllib.parse import unquote, urlsplit
 
 from .text import escaped
 
+#: Provider settings whose values are secrets, by their name (documented for plugin authors in the README and in
+#: ``register_providers``): "tokens" (max_output_tokens, context_tokens) are counts, not secrets; "pat" (a personal
+#: access token) only as a whole word of the name (not "path"); "auth" (Authorization, proxy_auth, auth_header) but
+#: not "author" nor "authority".
+SECRET_SETTING = re.compile(r"key|token(?!s)|secret|passw|passphrase|credential|bearer|cookie|signature|private"
+                            r"|(?:^|[_-])pat(?:$|[_-])|auth(?!or(?!iz))", re.IGNORECASE)
 #: Every SecretFilter alive, so that :func:`remember` reaches them all.
 _FILTERS: weakref.WeakSet[SecretFilter] = weakref.WeakSet()
 #: Every secret :func:`remember` was given, for the masking of what clients get (see :func:`remembered`).

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .config import UnsetReference
 from .errors import ConfigError
-from .redact import remember, url_credentials
+from .redact import SECRET_SETTING, remember, url_credentials
 from .types import Modality, ModelInfo, Price
 
 
@@ -46,7 +46,9 @@ class ProviderSettings(BaseModel):
     #: Environment variables tried, in order, when ``api_key`` is empty. Subclasses set it.
     api_key_env: ClassVar[tuple[str, ...]] = ()
     #: Other fields read from an environment variable when the section leaves them unset, e.g.
-    #: ``{"base_url": "OPENAI_BASE_URL"}``. Subclasses set it.
+    #: ``{"base_url": "OPENAI_BASE_URL"}``. Subclasses set it. The value of a field whose name marks a secret
+    #: (``passphrase``, ``client_secret``: see ``register_providers``) is masked as the same value in the
+    #: config file is, whatever the variable's name.
     env_fields: ClassVar[Mapping[str, str]] = {}
     #: Settings of this base class that the plugin refuses (a provider that needs no key has no use for
     #: ``api_key``): ``config check`` suggests none of them for a mistyped key. Subclasses set it, and
@@ -126,7 +128,8 @@ class ProviderSettings(BaseModel):
         settings._unset_problems = tuple(_unset_problem(provider, key, names) for key, names in unset.items())
         if unset and not hasattr(cls, "unconfigured_reason"):
             raise ConfigError("; ".join(settings._unset_problems))
-        remember([settings.api_key, settings.key, *cls._environment_keys(), *settings._url_credentials()])
+        remember([settings.api_key, settings.key, *cls._environment_keys(), *settings._url_credentials(),
+                  *(str(given[name]) for name in from_environment if SECRET_SETTING.search(name))])
         return settings
 
     @classmethod

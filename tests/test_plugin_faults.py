@@ -21,6 +21,8 @@ KEY_VARIABLE = "FAULTY_ACCESS"
 #: Its base URL, from the environment (``env_fields``), with a gateway's login in it.
 URL_VARIABLE = "FAULTY_GATEWAY"
 GATEWAY_PASSWORD = "gw-pass-4242-faulty"
+#: A secret setting (by its name, ``passphrase``) read from a variable no secret-name pattern matches (``env_fields``).
+PASSPHRASE_VARIABLE, PASSPHRASE = "FAULTY_PASS", "open-sesame-31337-faulty"
 ENV_KEY = "envsecret-ZZZ999-faulty"
 NESTED_KEY = "nested-secret-777-faulty"
 
@@ -31,7 +33,7 @@ import router
 
 T = frozenset({{router.Modality.TEXT}})
 FAULTS = ["ok", "kbi", "sysexit", "genexit", "own-cancel", "none-text", "int-text", "bare-str", "none", "object",
-          "leak-env", "leak-nested", "leak-url", "swallow-cancel", "empty-then-503", "float-tokens", "raw-finish", "nan-audio",
+          "leak-env", "leak-nested", "leak-url", "leak-passphrase", "swallow-cancel", "empty-then-503", "float-tokens", "raw-finish", "nan-audio",
           "utterances-str", "utterance-dict", "speaker-int", "start-str", "end-nan", "start-negative", "confidence-str",
           "language-int", "duration-none"]
 U, W = router.Utterance, router.Word
@@ -51,7 +53,8 @@ ODD_TRANSCRIPTS = {{
 
 class FaultySettings(router.ProviderSettings):
     api_key_env = ("{KEY_VARIABLE}",)
-    env_fields = {{"base_url": "{URL_VARIABLE}"}}
+    env_fields = {{"base_url": "{URL_VARIABLE}", "passphrase": "{PASSPHRASE_VARIABLE}"}}
+    passphrase: str = ""
 
 
 class Faulty(router.Provider):
@@ -90,6 +93,8 @@ class Faulty(router.Provider):
             raise RuntimeError(f"401: bad key {{self.settings.key}}")
         if fault == "leak-url":
             raise router.ProviderUnavailable("faulty", f"cannot reach {{self.settings.base_url}}")
+        if fault == "leak-passphrase":
+            raise router.ProviderUnavailable("faulty", f"the server said: wrong passphrase {{self.settings.passphrase}}")
         if fault == "leak-nested":
             raise RuntimeError(f"401: bad key {{self.auth['api_key']}}")
         while fault == "swallow-cancel":
@@ -314,6 +319,20 @@ def test_the_login_of_a_base_url_from_the_environment_is_masked_for_the_client(s
     assert failed.details() == "faulty: cannot reach https://***@gateway.example/v1"
     daemon.stop()
     assert GATEWAY_PASSWORD not in daemon.logs()
+
+
+def test_a_secret_setting_read_from_its_env_fields_variable_is_masked_for_the_client_and_in_the_log(
+        start_daemon, tmp_path) -> None:
+    """A setting named as a secret (``passphrase``) is masked when its value comes from the environment through
+    ``env_fields`` too, as it is when the config file holds it, though the variable's name says nothing of it."""
+    site = site_with(tmp_path, {"faulty": FAULTY})
+    daemon = start_daemon(CONFIG, env={KEY_VARIABLE: ENV_KEY, PASSPHRASE_VARIABLE: PASSPHRASE}, plugins=(),
+                          extra_sites=(site,))
+    for stream in (False, True):
+        details = error_details(ask(daemon, "leak-passphrase", stream))
+        assert details.message == "faulty: the server said: wrong passphrase ***", details.message
+    daemon.stop()
+    assert "wrong passphrase ***" in daemon.logs() and PASSPHRASE not in daemon.logs()
 
 
 def test_keys_read_through_api_key_env_or_nested_are_masked_everywhere(start_daemon, tmp_path) -> None:
