@@ -270,7 +270,7 @@ def test_a_call_under_way_that_reads_a_deleted_media_fails_with_media_not_found(
     call = daemon.stub.Generate.future(pb.GenerateRequest(request=text_request(
         "Summarise this", media=[audio, image(photo_id)])), timeout=60)
     try:
-        assert wait_for(lambda: whisper_calls(fakes) == 1)  # under way, its media read from the store
+        assert wait_for(lambda: whisper_calls(fakes) == 1, timeout=60)  # under way, its media read from the store
         assert delete(daemon, photo_id) == [(photo_id, DELETED, 0)]
     finally:
         release.set()
@@ -291,7 +291,7 @@ def test_a_transcript_made_by_a_call_under_way_is_not_kept_again_once_its_media_
     call = daemon.stub.Generate.future(pb.GenerateRequest(request=text_request(
         "Summarise this recording", media=[audio])), timeout=60)
     try:
-        assert wait_for(lambda: whisper_calls(fakes) == 1)
+        assert wait_for(lambda: whisper_calls(fakes) == 1, timeout=60)
         assert delete(daemon, audio.media_id) == [(audio.media_id, DELETED, 0)]
     finally:
         release.set()

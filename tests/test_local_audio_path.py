@@ -72,7 +72,7 @@ async def test_other_extractions_run_while_a_long_transcription_holds_the_decode
     try:
         long_call = await start_long_transcription(provider)
         second = asyncio.ensure_future(collect(provider, ask(audio(media.speech_wav(CALL)), task=Task.TRANSCRIBE),
-                                               provider.models[0]))
+                                               provider.models[0], timeout=2 * BOUND))  # it waits for the long one
         await asyncio.sleep(0.3)  # the second audio job gets to its wait for the decoder
         assert not second.done()
 

@@ -32,7 +32,7 @@ def ask_while_deleting(daemon, fakes, session_id: str, audio: pb.Media, media_id
     call = daemon.stub.Generate.future(pb.GenerateRequest(request=text_request(
         "Summarise this recording", media=[audio], session_id=session_id)), timeout=60)
     try:
-        assert wait_for(lambda: whisper_calls(fakes) == 1)  # under way, its media read
+        assert wait_for(lambda: whisper_calls(fakes) == 1, timeout=60)  # under way, its media read
         statuses = delete(daemon, media_id)
     finally:
         release.set()
