@@ -555,13 +555,16 @@ def _same(text: str) -> str:
     return text
 
 
-def route_to_proto(route: RouteInfo, redact: Callable[[str], str] = _same) -> pb.Route:
+def route_to_proto(route: RouteInfo, redact: Callable[[str], str] = _same, *, every_rule: bool = True) -> pb.Route:
     """The route as sent to clients; ``redact`` cleans the free texts that plugins may have written
-    (attempt errors, notes, rule reasons), so a key quoted in a plugin's exception never leaves."""
+    (attempt errors, notes, rule reasons), so a key quoted in a plugin's exception never leaves. Without
+    ``every_rule`` (an answer's route), the trace leaves out the rules after the one that chose (not
+    evaluated: their entries say only that): with thousands of rules they made a short answer hundreds of KB."""
+    trace = route.trace if every_rule else [t for t in route.trace if t.outcome is not routing.Outcome.NOT_EVALUATED]
     return pb.Route(
         rule=route.rule, provider=route.provider, model=route.model, fallbacks=route.fallbacks,
         bridges=route.bridges, latency_ms=route.latency_ms, notes=[redact(n) for n in dict.fromkeys(route.notes)],
-        trace=[pb.RuleTrace(rule=t.rule, outcome=_OUTCOME[t.outcome], reason=redact(t.reason)) for t in route.trace],
+        trace=[pb.RuleTrace(rule=t.rule, outcome=_OUTCOME[t.outcome], reason=redact(t.reason)) for t in trace],
         attempts=[pb.Attempt(provider=a.provider, model=a.model, ok=a.ok, error=redact(a.error) if a.error else "",
                              latency_ms=a.latency_ms) for a in route.attempts],
         steps=[_step_to_proto(s) for s in route.steps],
@@ -577,7 +580,8 @@ _FINISH = {
 
 def answer_to_proto(answer: Answer, redact: Callable[[str], str] = _same) -> pb.Answer:
     """The answer as sent to clients (see :func:`route_to_proto` for ``redact``)."""
-    out = pb.Answer(text=answer.text, usage=usage_to_proto(answer.usage), route=route_to_proto(answer.route, redact))
+    out = pb.Answer(text=answer.text, usage=usage_to_proto(answer.usage),
+                    route=route_to_proto(answer.route, redact, every_rule=False))
     if answer.finish_reason is not None:
         out.finish_reason = _FINISH[answer.finish_reason]
     if answer.transcript is not None:
