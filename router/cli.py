@@ -14,7 +14,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from enum import StrEnum
 from importlib.metadata import entry_points
@@ -40,6 +40,7 @@ from .cli_calls import (
     call_with_media,
     daemon_channel,
     err,
+    error_fields,
     fail,
     message_json,
     out,
@@ -51,6 +52,7 @@ from .cli_calls import (
     remaining,
     request_labels,
     shown,
+    status_detail,
     table_console,
     utf8_text,
     wait_for_daemon,
@@ -709,7 +711,8 @@ def explain(
     language: LanguageOption = "",
     inline_limit: InlineLimitOption = 4 * 1024 * 1024,
     as_json: Annotated[bool, typer.Option(
-        "--json", help=f"Print the Route as JSON ({JSON_MAPPING}); when the call fails, {{\"error\": {{...}}}}.")] = False,
+        "--json", help=f"Print the Route as JSON ({JSON_MAPPING}); when the call fails, {{\"error\": {{...}}}} (with "
+        "NO_ROUTE's \"route\": each rule's outcome).")] = False,
     timeout: TimeoutOption = 0.0,
     wait: WaitOption = 0.0,
     address: AddressOption = DEFAULT_ADDRESS,
@@ -720,7 +723,8 @@ def explain(
     It takes ask's options (but --max-tokens, which does not change the route), so it shows the route
     that ask with the same options would take (with --session, the session's earlier turns count as
     they would; nothing is added to it). Files over --inline-limit are uploaded, and kept in the
-    daemon's media store as ask's are. Exit codes are ask's.
+    daemon's media store as ask's are. Exit codes are ask's. A request no rule can route (NO_ROUTE)
+    gets the rules' table too, then the refusal.
     """
     from mmrouter.v1 import router_pb2 as pb
     from mmrouter.v1 import router_pb2_grpc
@@ -741,7 +745,14 @@ def explain(
                                                   timeout=remaining(deadline)).route,
                 inline_limit)
         except grpc.RpcError as exc:
-            fail(exc, address, labels, as_json=as_json)
+            if (traced := status_detail(exc, pb.Route)) is None:
+                fail(exc, address, labels, as_json=as_json)
+            # NO_ROUTE: the rules' outcomes (the error's Route), then the refusal (stderr) and its exit code
+            if as_json:
+                print_json({"route": message_json(traced), "error": error_fields(exc)})
+            else:
+                print_route(traced, table_console())
+            fail(exc, address, labels)
     if as_json:
         print_json(message_json(route))
         return
@@ -1217,7 +1228,7 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
     UTF-8, invalid YAML, a bad key or value; a warning with --strict); 2 no file to read at that path.
     Errors and warnings are told apart by --json's ``severity`` (and in the text by their colour).
     """
-    from .config import did_you_mean, parse_config, read_config_file, unknown_models
+    from .config import did_you_mean, key_where, parse_config, read_config_file, unknown_models
     from .config_warnings import broken_provider_errors, config_warnings, unknown_providers
     from .plugins import GROUP, load_registry
 
@@ -1245,15 +1256,16 @@ def config_check(file: Annotated[Path, typer.Argument(help="The routing file to 
         problems.append(("error", redact.mask(problem, log_filter.secrets)))
     for name in sorted(set(config.providers) - set(registry.entries)):
         problems.append(("warning", f"providers.{name}: no installed plugin offers a provider {name!r}; the section "
-                                    f"is not used here{did_you_mean(name, registry.entries)}"))
-    for key, name, _ in unknown_providers(config, registry):
-        problems.append(_not_installed(key, f"no provider {name!r} here: no installed plugin offers it", name,
-                                       registry.entries))
+                                    f"is not used here{key_where(config, f'providers.{name}')}"
+                                    f"{did_you_mean(name, registry.entries)}"))
+    for key, name, hint in unknown_providers(config, registry):
+        problems.append(_not_installed(key, f"no provider {name!r} here: no installed plugin offers it", hint))
     installed = {ep.name for ep in entry_points(group=GROUP)}
     for j, name in enumerate(config.plugins.disabled):
         if name not in installed:
-            problems.append(_not_installed(f"plugins.disabled.{j}", f"no installed plugin is called {name!r}", name,
-                                           installed))
+            key = f"plugins.disabled.{j}"
+            problems.append(_not_installed(key, f"no installed plugin is called {name!r}",
+                                           f"{key_where(config, key)}{did_you_mean(name, installed)}"))
     problems += [("error", problem) for _, problem in unknown_models(config, registry.entries)]
     problems += [("warning", redact.mask(warning, log_filter.secrets)) for warning in config_warnings(config, registry)]
     errors = sum(severity == "error" for severity, _ in problems)
@@ -1337,13 +1349,11 @@ class _BelowLevel(logging.Filter):
         return record.levelno < self.level
 
 
-def _not_installed(key: str, problem: str, name: str, known: Iterable[str]) -> tuple[str, str]:
-    """The warning that ``name`` at ``key`` is nothing installed here. Only a warning: the file may be meant
+def _not_installed(key: str, problem: str, hint: str) -> tuple[str, str]:
+    """The warning that what ``key`` names is nothing installed here, ``hint`` its file and line and the closest
+    installed name (``" (router.yaml, line 6); did you mean 'openai'?"``). Only a warning: the file may be meant
     for a host with more plugins installed."""
-    from .config import did_you_mean
-
-    return "warning", (f"{key}: {problem} (a warning only: it may be installed where the daemon runs)"
-                       f"{did_you_mean(name, known)}")
+    return "warning", f"{key}: {problem} (a warning only: it may be installed where the daemon runs){hint}"
 
 
 @config_app.command("show-default")

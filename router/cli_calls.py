@@ -1040,10 +1040,13 @@ def print_route(route, console: Console) -> None:
 
     outcome = {pb.RULE_OUTCOME_MATCHED: "[green]matched[/green]", pb.RULE_OUTCOME_SKIPPED: "[yellow]skipped[/yellow]",
                pb.RULE_OUTCOME_NOT_MATCHED: "not matched", pb.RULE_OUTCOME_NOT_EVALUATED: "[dim]not evaluated[/dim]"}
-    console.print(f"route: rule [bold]{escape(shown(route.rule))}[/bold] -> [bold]{escape(shown(route.provider))}/"
-                  f"{escape(shown(route.model))}[/bold]"
-                  + escape(shown(f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else ""))
-                  + escape(shown(f"  bridges: {', '.join(route.bridges)}" if route.bridges else "")))
+    if not route.provider:  # a refusal's (NO_ROUTE): its rules' outcomes only
+        console.print("route: none")
+    else:
+        console.print(f"route: rule [bold]{escape(shown(route.rule))}[/bold] -> [bold]{escape(shown(route.provider))}/"
+                      f"{escape(shown(route.model))}[/bold]"
+                      + escape(shown(f"  fallbacks: {', '.join(route.fallbacks)}" if route.fallbacks else ""))
+                      + escape(shown(f"  bridges: {', '.join(route.bridges)}" if route.bridges else "")))
     if route.trace:  # none for an answer kept before (a turn asked again by its turn id): no empty table
         table = Table("rule", "outcome", "why", show_header=True, box=None)
         for t in route.trace:

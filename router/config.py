@@ -20,10 +20,12 @@ taken as text, they made an auth token or key of the text written in the file.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import ssl
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -34,6 +36,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -407,8 +410,29 @@ class OverrideSettings(_Strict):
     providers: list[str] | None = Field(None, description="providers a client may pick; all if unset")
 
 
+class FileLines:
+    """Where a configuration was read from: the file's name (``source``) and the line of each key of its
+    sections, rules and targets (``lines["routes.2.use"]``), for the checks made after validation (a model
+    its provider lacks) to say the line as validation errors do (see :func:`key_where`). Where a setting is
+    written is no part of it: two configurations equal but for their layout compare equal."""
+
+    __slots__ = ("lines", "source")
+
+    def __init__(self, source: str = "", lines: dict[str, int] | None = None) -> None:
+        self.source, self.lines = source, lines or {}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FileLines)
+
+    def __hash__(self) -> int:
+        return 0
+
+
 class Config(_Strict):
     """The whole configuration."""
+
+    #: the file it was read from, and its keys' lines (none for a configuration not read from a file)
+    _file: FileLines = PrivateAttr(default_factory=FileLines)
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
@@ -785,9 +809,12 @@ def _parse_config(text: str, source: str) -> Config:
             line = _line_of(node, loc)
             where = f" ({source}, line {line})" if line else f" ({source})"
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "string_type":  # ``country: NO``: YAML 1.1 read the text as a boolean, number...
+                msg = _read_as_other(node, loc, err["input"], is_key=err["loc"][-1:] == ("[key]",)) or msg
             hint = _unknown_key_hint(loc) if err["type"] == "extra_forbidden" else ""
             problems.append(f"{key}: {msg}{where}{hint}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+    config._file = FileLines(source, _key_lines(node))
     if config.extend_default_routes:
         default = embedded_default()
         config = config.model_copy(update={
@@ -797,6 +824,67 @@ def _parse_config(text: str, source: str) -> Config:
             "bridges": {**default.bridges, **config.bridges},
         })
     return config
+
+
+def _read_as_other(node: yaml.Node | None, loc: tuple, value: Any, *, is_key: bool = False) -> str | None:
+    """For a text written plain where a string is expected that YAML 1.1 read as another type (``country: NO``,
+    the boolean false; ``api: 1.10``, the number 1.1; ``null``, a date), what YAML read, in the file's own
+    words, and how to quote it; None for other values (a list, a quoted scalar with a tag)."""
+    if not (value is None or isinstance(value, bool | int | float | date)):
+        return None
+    scalar = _node_at(node, loc[:-1] if is_key else loc)
+    if is_key and isinstance(scalar, yaml.MappingNode):  # the key node that reads as ``value``
+        scalar = next((k for k, _ in scalar.value if isinstance(k, yaml.ScalarNode) and k.style is None
+                       and yaml.safe_load(k.value) == value), None)
+    if not isinstance(scalar, yaml.ScalarNode) or scalar.style is not None:
+        return None
+    text = scalar.value
+    if not text:
+        return ("no value: YAML reads it as null, not as text: write the value, in quotes if it is to be empty "
+                '("")')
+    if isinstance(value, bool):
+        read = f"the boolean {str(value).lower()}"
+    elif isinstance(value, int | float):
+        read = f"the number {value}"
+    elif isinstance(value, date):
+        read = f"the {'timestamp' if isinstance(value, datetime) else 'date'} {value.isoformat()}"
+    else:
+        read = "no value (null)"
+    quoted = json.dumps(text, ensure_ascii=False)
+    written = f"{loc[-1]}: {quoted}" if not is_key and isinstance(loc[-1], str) else quoted
+    return f"YAML reads {text} as {read}, not as text: quote it, {written}"
+
+
+def _node_at(node: yaml.Node | None, loc: tuple) -> yaml.Node | None:
+    """The YAML node at ``loc`` (``("routes", 0, "name")``), or None when there is none."""
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(key)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            return None
+    return node
+
+
+def _key_lines(node: yaml.Node | None, loc: tuple = (), lines: dict[str, int] | None = None,
+               depth: int = 4) -> dict[str, int]:
+    """The line of each key of ``node`` down to ``depth`` levels (``routes.2.fallback.1``: 24), as
+    :func:`_line_of` says it, but for the conditions of rules (their ``match``, which validation checks
+    with lines): the keys the checks after validation name (see :class:`FileLines`)."""
+    lines = {} if lines is None else lines
+    if isinstance(node, yaml.MappingNode):
+        children: Iterable[tuple[Any, yaml.Node]] = ((k.value, v) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        children = enumerate(node.value)
+    else:
+        return lines
+    for key, child in children:
+        path = (*loc, key)
+        lines[".".join(map(str, path))] = child.start_mark.line + 1
+        if len(path) < depth and key != "match":
+            _key_lines(child, path, lines, depth)
+    return lines
 
 
 def _section_model(loc: tuple) -> type[BaseModel] | None:
@@ -909,17 +997,39 @@ def unknown_models(config: Config, entries: Mapping[str, ProviderEntry],
         section = key if key == "default" else ".".join(key.split(".")[:2])
         if (section in from_embedded) != embedded:
             continue
-        if embedded and key.startswith("routes."):
-            key = f"embedded rule {config.routes[int(key.split('.')[1])].name!r} ({key})"
         provider, _, model = text.partition("/")
         entry = entries.get(provider)
         if entry is None or entry.provider is None:
             continue
         names = [m.name for m in entry.models]
         if model not in names:
-            problems.append((entry, f"{key}: provider {provider!r} has no model {model!r} "
-                                    f"(it has: {', '.join(names)}){did_you_mean(model, names)}"))
+            named = (f"embedded rule {config.routes[int(key.split('.')[1])].name!r} ({key})"
+                     if embedded and key.startswith("routes.") else key_named(config, key))
+            problems.append((entry, f"{named}: provider {provider!r} has no model {model!r} "
+                                    f"(it has: {', '.join(names)}){key_where(config, key)}"
+                                    f"{did_you_mean(model, names)}"))
     return problems
+
+
+def key_named(config: Config, key: str) -> str:
+    """``key`` of ``config`` with the name of the rule it is in, as messages name rules: ``routes.2.use
+    'support-screens'`` (``routes.2 'support-screens'``); other keys as they are."""
+    parts = key.split(".")
+    if parts[0] == "routes" and len(parts) > 1 and parts[1].isdigit() and int(parts[1]) < len(config.routes):
+        return f"{key} {config.routes[int(parts[1])].name!r}"
+    return key
+
+
+def key_where(config: Config, key: str) -> str:
+    """``" (router.yaml, line 24)"``: the file ``config`` was read from and the line of ``key`` in it
+    (``routes.2.use``), or of the nearest rule or section holding it (a key merged from a YAML anchor);
+    "" for a key the file does not hold (an embedded rule ``extend_default_routes`` appended) or a
+    configuration read from no file."""
+    parts = key.split(".")
+    while len(parts) > 1 and ".".join(parts) not in config._file.lines:
+        parts.pop()
+    line = config._file.lines.get(".".join(parts)) if len(parts) > 1 or parts[0] == key else None
+    return f" ({config._file.source}, line {line})" if line else ""
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -17,6 +17,8 @@ from .config import (
     UnsetReference,
     did_you_mean,
     embedded_default,
+    key_named,
+    key_where,
     replaced_default_rules,
     targets_of,
     unknown_models,
@@ -53,17 +55,20 @@ def config_warnings(config: Config, registry: Registry) -> Iterator[str]:
     for key, text in targets_of(config):
         entry = registry.entries.get(Target.parse(text).provider)
         if entry is not None and entry.state is State.DISABLED:
-            yield f"{key}: {text}: never used, provider {entry.name!r} is off: {entry.reason} (plugins.disabled)"
+            yield (f"{key_named(config, key)}: {text}: never used, provider {entry.name!r} is off: {entry.reason} "
+                   f"(plugins.disabled){key_where(config, key)}")
     for modality, targets in config.bridges.items():
         for j, text in enumerate(targets):
             model = _model_of(text, registry)
             problem = bridge_problem(modality, model) if model is not None else None
             if problem:
-                yield f"bridges.{modality.value}.{j}: {text} {problem}: it never bridges {modality.value}"
+                key = f"bridges.{modality.value}.{j}"
+                yield f"{key}: {text} {problem}: it never bridges {modality.value}{key_where(config, key)}"
     yield from _useless_rules(config, registry)
-    for index, name in replaced_default_rules(config):
-        yield (f"routes.{index} {name!r} replaces the embedded rule of that name (extend_default_routes): "
-               "the embedded one is not used; rename yours to keep both")
+    for index, _ in replaced_default_rules(config):
+        key = f"routes.{index}"
+        yield (f"{key_named(config, key)} replaces the embedded rule of that name (extend_default_routes): "
+               f"the embedded one is not used; rename yours to keep both{key_where(config, key)}")
 
 
 def _override_warnings(config: Config) -> Iterator[str]:
@@ -76,7 +81,8 @@ def _override_warnings(config: Config) -> Iterator[str]:
                "silence this")
     if not config.overrides.allow and config.overrides.providers:
         yield (f"overrides.providers: {', '.join(config.overrides.providers)} ignored: with `allow: false` no "
-               "client may choose a provider (set `allow: true` to let clients choose among these)")
+               "client may choose a provider (set `allow: true` to let clients choose among these)"
+               f"{key_where(config, 'overrides.providers')}")
 
 
 def named_providers(config: Config) -> Iterator[tuple[str, str]]:
@@ -90,11 +96,13 @@ def named_providers(config: Config) -> Iterator[tuple[str, str]]:
 
 def unknown_providers(config: Config, registry: Registry) -> list[tuple[str, str, str]]:
     """Each provider ``config`` names (see :func:`named_providers`) that no installed plugin offers, as
-    ``(key, name, hint)``, the hint being ``"; did you mean 'openai'?"`` for the closest installed name,
-    else "". ``config check`` warns of them (the plugin may be installed where the daemon runs); the
-    daemon, which knows, logs them at start-up and reload."""
-    return [(key, name, did_you_mean(name, registry.entries)) for key, name in named_providers(config)
-            if name not in registry.entries]
+    ``(key, name, hint)``: the key naming its rule (``routes.1.use 'legal-docs'``, see
+    :func:`router.config.key_named`), the hint the file and line of the key and the closest installed
+    name, ``" (router.yaml, line 20); did you mean 'anthropic'?"`` (each part "" when there is none).
+    ``config check`` warns of them (the plugin may be installed where the daemon runs); the daemon,
+    which knows, logs them at start-up and reload."""
+    return [(key_named(config, key), name, f"{key_where(config, key)}{did_you_mean(name, registry.entries)}")
+            for key, name in named_providers(config) if name not in registry.entries]
 
 
 def refused_section(entry: ProviderEntry, config: Config) -> str | None:
@@ -142,9 +150,10 @@ def broken_provider_errors(config: Config, registry: Registry, text: str | None 
         elif used and entry.reason.startswith(f"providers.{entry.name}."):  # names its key (a bad price)
             problems.append(entry.reason if text is None else with_lines(entry.reason, text, source))
         elif used == f"providers.{entry.name}":
-            problems.append(f"{used}: {entry.reason}")
+            problems.append(f"{used}: {entry.reason}{key_where(config, used)}")
         elif used:
-            problems.append(f"{used}: provider {entry.name!r} is broken: {entry.reason}")
+            problems.append(f"{key_named(config, used)}: provider {entry.name!r} is broken: {entry.reason}"
+                            f"{key_where(config, used)}")
     return problems
 
 
@@ -199,16 +208,16 @@ def unconfigured_targets(config: Config, registry: Registry, said: Collection[st
     (``config check`` has warned of their unset ``${VAR}`` already)."""
     default = embedded_default()
     embedded_rules = {rule.name: rule for rule in default.routes}
-    groups: list[tuple[str, tuple[str, ...], str]] = [
-        (f"routes.{i}: rule {rule.name!r}", (rule.use, *rule.fallback),
+    groups: list[tuple[str, str, tuple[str, ...], str]] = [
+        (f"routes.{i}", f"rule {rule.name!r}", (rule.use, *rule.fallback),
          "every request it matches goes on to the next rules")
         for i, rule in enumerate(config.routes) if embedded_rules.get(rule.name) != rule]
     if config.default and config.default != default.default:
-        groups.append(("default: the default", (config.default,), "requests no rule takes are refused"))
-    groups += [(f"bridges.{modality.value}: the bridge", tuple(targets), f"{modality.value} is never bridged")
+        groups.append(("default", "the default", (config.default,), "requests no rule takes are refused"))
+    groups += [(f"bridges.{modality.value}", "the bridge", tuple(targets), f"{modality.value} is never bridged")
                for modality, targets in config.bridges.items() if list(default.bridges.get(modality, [])) != list(targets)]
     warnings = []
-    for key, targets, outcome in groups:
+    for key, what, targets, outcome in groups:
         entries = [registry.entries.get(Target.parse(text).provider) for text in targets]
         if any(entry is not None and entry.state is State.READY for entry in entries):
             continue
@@ -216,7 +225,7 @@ def unconfigured_targets(config: Config, registry: Registry, said: Collection[st
                         if entry is not None and entry.state is State.NOT_CONFIGURED}
         if unconfigured and not set(unconfigured) <= set(said):
             reasons = "; ".join(f"provider {name!r} is not configured ({reason})" for name, reason in unconfigured.items())
-            warnings.append(f"{key} has no usable target, so {outcome}: {reasons}")
+            warnings.append(f"{key}: {what} has no usable target, so {outcome}: {reasons}{key_where(config, key)}")
     return warnings
 
 
@@ -233,20 +242,21 @@ def _useless_rules(config: Config, registry: Registry) -> Iterator[str]:
     target is always ready takes every request it could serve."""
     catch_all: tuple[int, Rule, str, ModelInfo] | None = None
     for index, rule in enumerate(config.routes):
-        where = f"routes.{index} {rule.name!r}"
+        where, line = key_named(config, f"routes.{index}"), key_where(config, f"routes.{index}")
         contradiction = _never_matches(rule.match)
         if contradiction:
-            yield f"{where}: {contradiction}: it never matches a request"
+            yield f"{where}: {contradiction}: it never matches a request{line}"
             continue
         if catch_all is not None and not _takes_leftovers(rule, catch_all[3], registry):
             before, _, target, _ = catch_all
             left = "" if FEATURE_DIARIZATION in catch_all[3].features else " but diarized transcriptions"
             yield (f"{where}: never serves a request: routes.{before} {catch_all[1].name!r} before it has no "
-                   f"conditions and its target {target} is always usable, so it takes every request{left}")
+                   f"conditions and its target {target} is always usable, so it takes every request{left}{line}")
             continue
         reasons = [_never_serves(rule, text, registry) for text in (rule.use, *rule.fallback)]
         if all(reasons):
-            yield f"{where}: never used, no target can serve what it matches: {'; '.join(r for r in reasons if r)}"
+            yield (f"{where}: never used, no target can serve what it matches: {'; '.join(r for r in reasons if r)}"
+                   f"{line}")
         elif catch_all is None and rule.match == Match():
             catch_all = _always_usable(index, rule, registry)
 

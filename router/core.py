@@ -28,7 +28,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import routing, wire
-from .config import Config, did_you_mean, holds_nothing, targets_of, unknown_models, with_lines
+from .config import Config, did_you_mean, embedded_keys, holds_nothing, targets_of, unknown_models, with_lines
 from .config_warnings import (
     refused_section,
     routes_nothing,
@@ -258,33 +258,61 @@ def _emptied(old: Config, new: Config, text: str | None) -> list[str]:
     return []
 
 
-def missing_models(config: Config, registry: Registry, gone: Collection[str] = ()) -> list[str]:
-    """The targets of ``config`` naming a model that their ready provider in ``registry`` does not
-    offer, as ``config check`` words them: routing would skip each on every request, so start-up
-    and reloads refuse them. Those of a provider not ready (no key) are only logged as warnings, as are
-    those of the embedded rules ``extend_default_routes`` appended, which the file cannot change, and
-    the providers no installed plugin offers (``use: opnai/gpt-4o``: routing skips the target, unsaid
-    otherwise; ``config check`` only warns of them, since it may run where fewer plugins are installed),
-    or, those in ``gone``, that the running daemon has but no section of ``config`` configures any more."""
-    for key, name, hint in unknown_providers(config, registry):
-        if name in gone:
-            log.warning("%s: provider %r is no longer configured (the file has no section for it%s): it is never "
-                        "used (a rule goes on to its fallbacks)", key, name, hint)
-        else:
-            log.warning("%s: no installed plugin offers a provider %r%s: it is never used (a rule goes on to its "
-                        "fallbacks)", key, name, hint)
-    for warning in unconfigured_targets(config, registry):
+#: How every refused reload's ERROR line begins, whatever refused it (an alert on it sees them all).
+RELOAD_REFUSED = "SIGHUP: reload refused, the running configuration stays: "
+
+
+def log_refused_reload(why: str, *, exc_info: bool = False) -> None:
+    """Log why a reload is refused: one ERROR line, :data:`RELOAD_REFUSED` then ``why``."""
+    log.error("%s%s", RELOAD_REFUSED, why, exc_info=exc_info)
+
+
+def log_warnings(warnings: Sequence[str]) -> None:
+    """Log each of ``warnings`` about a configuration served (see :func:`missing_models`)."""
+    for warning in warnings:
         log.warning("%s", warning)
-    problems = []
+
+
+#: The part of a key of :func:`targets_of` that names a rule, a bridge or the default.
+_TARGET_SECTION = re.compile(r"routes\.\d+|bridges\.\w+|default")
+
+
+def missing_models(config: Config, registry: Registry, gone: Collection[str] = (),
+                   unresolved: Collection[str] | None = None) -> tuple[list[str], list[str]]:
+    """What refuses ``config`` for the targets it names, and the warnings to log when it is served, both as
+    ``config check`` words them. Refused: a target naming a model that its ready provider in ``registry``
+    does not offer (routing would skip it on every request). Only warnings: those of a provider not ready
+    (no key), those of the embedded rules ``extend_default_routes`` appended, which the file cannot change,
+    and a provider no installed plugin offers (``use: opnai/gpt-4o``: routing skips the target, unsaid
+    otherwise), or, those in ``gone``, that the running daemon has but no section of ``config`` configures
+    any more. Given ``unresolved`` (a reload: the providers no installed plugin offers that the running
+    configuration names already), such a provider the file's own rules, default or bridges name is refused
+    too, unless it is one of those: the daemon, unlike ``config check``, knows which plugins are installed
+    where it runs; a name it started with (a warning then) does not hold every later reload back."""
+    problems, warnings = [], []
+    from_embedded = embedded_keys(config)
+    for key, name, hint in unknown_providers(config, registry):
+        section = _TARGET_SECTION.match(key)
+        if name in gone:
+            warnings.append(f"{key}: provider {name!r} is no longer configured (the file has no section for it"
+                            f"{hint}): it is never used (a rule goes on to its fallbacks)")
+        elif (unresolved is not None and name not in unresolved and section is not None
+              and section.group() not in from_embedded):
+            problems.append(f"{key}: no installed plugin offers a provider {name!r}{hint}: routing would skip it "
+                            "on every request (a rule goes on to its fallbacks)")
+        else:
+            warnings.append(f"{key}: no installed plugin offers a provider {name!r}{hint}: it is never used (a rule "
+                            "goes on to its fallbacks)")
+    warnings += unconfigured_targets(config, registry)
     for entry, problem in unknown_models(config, registry.entries):
         if entry.state is State.READY:
             problems.append(problem)
         else:
-            log.warning("%s: routing skips it (provider %r is %s now, so this is only a warning; "
-                        "`mmrouter config check` refuses it)", problem, entry.name, entry.state.value)
-    for _, problem in unknown_models(config, registry.entries, embedded=True):
-        log.warning("%s: routing skips it (extend_default_routes)", problem)
-    return problems
+            warnings.append(f"{problem}: routing skips it (provider {entry.name!r} is {entry.state.value} now, so "
+                            "this is only a warning; `mmrouter config check` refuses it)")
+    warnings += [f"{problem}: routing skips it (extend_default_routes)"
+                 for _, problem in unknown_models(config, registry.entries, embedded=True)]
+    return problems, warnings
 
 
 def reload_losses(old: Config, new: Config) -> str | None:
@@ -385,12 +413,15 @@ class App:
         provider would become not configured (its key's ``${VAR}`` unset), or a target
         names a model its ready provider does not offer (see :func:`missing_models`), nothing changes:
         the reload is refused (logged) and None returned. So it is for a file that would route nothing
-        (see :func:`_emptied`). Given the file's ``text`` and its name
+        (see :func:`_emptied`), and for a file whose rules, default or bridges name a provider no installed
+        plugin offers that the running configuration does not name already (``use: antropic/...``, see
+        :func:`missing_models`). Each refusal is one ERROR line (:func:`log_refused_reload`); the warnings
+        about the file are logged only once it is served. Given the file's ``text`` and its name
         (``source``), a refused section is said as at start-up: with the line of the key it names and a
         did-you-mean for an unknown key."""
         old, new = self.config, config
         if problems := _emptied(old, new, text):  # before the providers are made: nothing to close then
-            log.error("reload refused, the running configuration, rules and providers stay: %s", "; ".join(problems))
+            log_refused_reload("; ".join(problems))
             return None
         remade = (old.providers, old.plugins) != (new.providers, new.plugins)
         registry = None
@@ -401,20 +432,23 @@ class App:
                                          extra_plugins=self._extra_plugins, log_broken=False)
             except asyncio.CancelledError:
                 raise
-            except BaseException:
-                log.exception("reload refused: the providers of the new configuration could not be made; "
-                              "the running configuration, rules and providers stay")
+            except BaseException as exc:
+                log_refused_reload(f"the providers of the new configuration could not be made "
+                                   f"({type(exc).__name__}: {exc})", exc_info=True)
                 return None
-        problems = self._taken_down_by(registry, new, text, source) if registry is not None else []
+        problems, warnings = self._taken_down_by(registry, new, text, source) if registry is not None else ([], [])
         gone = set(self.registry.entries) - set(registry.entries) if registry is not None else set()
-        problems += missing_models(new, registry or self.registry, gone)
+        unresolved = {name for _, name, _ in unknown_providers(old, self.registry)}
+        refused, about_file = missing_models(new, registry or self.registry, gone, unresolved)
+        problems += refused
         if problems:
-            log.error("reload refused, the running configuration, rules and providers stay: %s", "; ".join(problems))
+            log_refused_reload("; ".join(problems))
             if registry is not None:
                 self._retired.append(registry)  # its providers are closed, unused
                 self._close_retired()
                 self._refused_keys |= remembered() - known  # not masked: a reload's keys once it is accepted
             return None
+        log_warnings([*warnings, *about_file])
         self.router = _router_of(new)
         self._names = config_names(new)
         self.secrets = longest_first(s for s in self.secrets if s not in self._names)
@@ -444,9 +478,10 @@ class App:
         return remade, needs_restart
 
     def _taken_down_by(self, registry: Registry, config: Config, text: str | None = None,
-                       source: str = "") -> list[str]:
+                       source: str = "") -> tuple[list[str], list[str]]:
         """The providers broken in ``registry`` that are not broken now, and those ready now that it
-        leaves not configured (``api_key: "${UNSET}"``), as ``providers.<name>: <why>``.
+        leaves not configured (``api_key: "${UNSET}"``), as ``providers.<name>: <why>``; and the warnings
+        to log if the reload is served.
 
         The plugin code is the same as the running one's (modules are imported once), so what breaks
         them is the new file: a reload must not take a working provider down. A provider broken
@@ -456,13 +491,13 @@ class App:
         openai}``, whose section was removed or misspelled) while a target of ``config`` still names it is
         taken down too: its rules would move to their fallbacks, unsaid."""
         now = self.registry.entries
-        problems = []
+        problems, warnings = [], []
         for entry in registry.entries.values():
             before = now.get(entry.name)
             if entry.state is State.BROKEN and before is None and uses_provider(config, entry.name) is None:
-                log.warning("plugin %r, new since the daemon started, is broken (the configuration does not use "
-                            "provider %r, so the reload goes on and lists it broken): %s", entry.plugin,
-                            entry.name, entry.reason)
+                warnings.append(f"plugin {entry.plugin!r}, new since the daemon started, is broken (the configuration "
+                                f"does not use provider {entry.name!r}, so the reload goes on and lists it broken): "
+                                f"{entry.reason}")
             elif entry.state is State.BROKEN and (before is None or before.state is not State.BROKEN):
                 refused = refused_section(entry, config)
                 if refused is None:
@@ -483,7 +518,7 @@ class App:
                 problems.append(f"providers.{name}: provider {name!r} is ready and would no longer be configured: "
                                 f"the file has no section for it{did_you_mean(name, new_sections)}, and {key} still "
                                 "names it (to take it out of service on purpose, take it out of the rules too)")
-        return problems
+        return problems, warnings
 
     def _replace_registry(self, registry: Registry) -> None:
         old, self.registry = self.registry, registry

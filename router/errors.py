@@ -59,7 +59,9 @@ import datetime
 import email.utils
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import grpc
@@ -153,6 +155,9 @@ class NoRoute(RouterError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "NO_ROUTE"
+    #: Each rule's outcome and why (router.routing's TraceEntry), as explain gives them; set by the router when
+    #: rules were tried (not for an override). The error's status carries it (a ``mmrouter.v1.Route`` detail).
+    trace: Sequence[Any] = ()
 
 
 class DiarizationUnavailable(NoRoute):

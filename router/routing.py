@@ -1256,7 +1256,9 @@ class Router:
                 self._decide(facts.turn, catalog, override=override, chosen_by_plugin=chosen_by_plugin)
             except NoRoute:
                 raise exc from None
-            raise _history_blamed(exc, facts) from None
+            blamed = _history_blamed(exc, facts)
+            blamed.trace = exc.trace
+            raise blamed from None
 
     def _decide(self, facts: Facts, catalog: Catalog, *, override: Target | None = None,
                 chosen_by_plugin: Target | None = None) -> Decision:
@@ -1308,7 +1310,9 @@ class Router:
                 return Decision("default", plans[0], [], trace, list(plans[0].notes))
             trace.append(TraceEntry("default", Outcome.SKIPPED, _joined(problems)))
             unusable.append(("default", problems))
-        raise self._no_route(facts, catalog, trace, unusable)
+        error = self._no_route(facts, catalog, trace, unusable)
+        error.trace = trace
+        raise error
 
     def _decide_override(self, override: Target, facts: Facts, catalog: Catalog) -> Decision:
         if not self.allow_overrides:

@@ -2,8 +2,10 @@
 
 Errors leave as ``google.rpc.Status`` with details: ``ErrorInfo`` (domain
 ``mmrouter``, the error's reason, the provider when there is one),
-``BadRequest`` field violations for bad input and ``RetryInfo`` when a
-provider rate-limited or too many uploads are under way. Unexpected
+``BadRequest`` field violations for bad input, ``RetryInfo`` when a
+provider rate-limited or too many uploads are under way, and for a request
+no rule could route (NO_ROUTE) a ``mmrouter.v1.Route`` with each rule's
+outcome and why (see :func:`_trace_detail`). Unexpected
 exceptions become INTERNAL with a request id to find in the log; nothing
 takes the daemon down.
 """
@@ -29,7 +31,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -47,7 +49,15 @@ from . import invoke, redact, wire
 from .auth import TokenAuth, warn_if_token_in_clear
 from .config import Config, parse_address, parse_config, read_config_file, replaced_default_rules
 from .config_warnings import refused_sections
-from .core import REQUEST_ID_KEY, App, missing_models, monotonic_deadline, new_request_id, secrets_of
+from .core import (
+    REQUEST_ID_KEY,
+    App,
+    log_warnings,
+    missing_models,
+    monotonic_deadline,
+    new_request_id,
+    secrets_of,
+)
 from .dispatch import RouterEvent
 from .errors import (
     AnswerTooLarge,
@@ -66,6 +76,7 @@ from .health import Health as RecentHealth
 from .memory import address_space_limit, give_back_when_idle
 from .outcome import Done, RouteChosen, RouteInfo, StepUsage
 from .registration import add_guarded_service, add_router_service, parsed
+from .routing import TraceEntry
 from .sessions import file_identity
 from .tls import ServerCertificates, warn_if_key_open
 from .types import TextDelta, TranscriptReady
@@ -91,6 +102,10 @@ MAX_ENTRIES = 8  # field violations, and ErrorInfo metadata entries
 MAX_DETAIL_BYTES = 200
 #: The longest error message the access log keeps (the client's is cut at MAX_ERROR_MESSAGE_BYTES).
 MAX_LOGGED_ERROR_BYTES = 8192
+#: The most bytes a refusal's status takes with its rule trace (a ``mmrouter.v1.Route`` detail, see
+#: :func:`_trace_detail`): base64 in ``grpc-status-details-bin`` (4/3 of it), beside ``grpc-message``, the trailers
+#: stay under those 8 KiB.
+MAX_TRACED_STATUS_BYTES = 4096
 
 
 def clip(text: str, limit: int) -> str:
@@ -121,7 +136,41 @@ def error_status(error: RouterError, redact: Callable[[str], str], request_id: s
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return status_pb2.Status(code=error.code.value[0], message=clip(message, MAX_ERROR_MESSAGE_BYTES), details=details)
+    status = status_pb2.Status(code=error.code.value[0], message=clip(message, MAX_ERROR_MESSAGE_BYTES),
+                               details=details)
+    trace = getattr(error, "trace", ())  # a NoRoute's: each rule's outcome and why (router.routing sets it)
+    if trace and (detail := _trace_detail(trace, redact, MAX_TRACED_STATUS_BYTES - status.ByteSize())) is not None:
+        status.details.append(detail)
+    return status
+
+
+def _trace_detail(trace: Sequence[TraceEntry], redact: Callable[[str], str], room: int) -> any_pb2.Any | None:
+    """A refusal's rule ``trace`` (NO_ROUTE: no rule, default or fallback could take the request) as a
+    ``mmrouter.v1.Route`` detail with no rule, provider or model: each rule's outcome and why, as ExplainRoute's
+    route gives them, packed in at most ``room`` bytes. When they do not all fit, each reason is cut to
+    MAX_DETAIL_BYTES and the rules that still do not fit are left out, a note in the Route saying how many;
+    None when not even that fits."""
+    route = wire.route_to_proto(RouteInfo("", "", "", trace=list(trace)), redact)
+    if (packed := _pack(route)).ByteSize() <= room:
+        return packed
+    total = len(route.trace)
+
+    def note(left_out: int) -> str:
+        rules = f", and the last {left_out} of its {total} rule outcomes are left out" if left_out else ""
+        return f"each reason is cut to {MAX_DETAIL_BYTES} bytes{rules}, for the error to fit in gRPC's trailers"
+
+    used, kept = _pack(pb.Route(notes=[note(total)])).ByteSize(), 0
+    for entry in route.trace:
+        entry.reason = clip(entry.reason, MAX_DETAIL_BYTES)
+        used += entry.ByteSize() + 3  # with its field's tag and length
+        if used > room:
+            break
+        kept += 1
+    if not kept:
+        return None
+    del route.trace[kept:]
+    route.notes.append(note(total - kept))
+    return _pack(route)
 
 
 def _internal_status(app: App, exc: BaseException, request_id: str) -> status_pb2.Status:
@@ -895,7 +944,8 @@ def _event_to_proto(event: object, redact: Callable[[str], str]) -> pb.StreamGen
     if isinstance(event, StepUsage):
         return pb.StreamGenerateResponse(usage=wire.usage_to_proto(event.usage))
     if isinstance(event, RouteChosen):
-        return pb.StreamGenerateResponse(route_chosen=pb.RouteChosen(route=wire.route_to_proto(event.route, redact)))
+        return pb.StreamGenerateResponse(route_chosen=pb.RouteChosen(
+            route=wire.route_to_proto(event.route, redact, every_rule=False)))
     if isinstance(event, Done):
         return pb.StreamGenerateResponse(done=pb.Done(answer=wire.answer_to_proto(event.answer, redact)))
     raise TypeError(f"unknown event {type(event).__name__}")
@@ -1259,13 +1309,13 @@ def _serve_read(app: App, config_path: Path | None, read: ReadConfig | ConfigErr
     """Swap in the configuration :func:`_read_for_reload` ``read`` (see :func:`reload_config`) and log what
     changed; on the event loop."""
     from .config_warnings import NO_ROUTE_WARNING, routes_nothing
-    from .core import reload_changes, reload_losses
+    from .core import log_refused_reload, reload_changes, reload_losses
 
     if read is None:
         log.warning("SIGHUP: nothing to reload, the daemon runs the embedded default (start it with --config)")
         return
     if isinstance(read, ConfigError):
-        log.error("SIGHUP: reload refused, the running configuration stays: %s", app.redact(read.message))
+        log_refused_reload(app.redact(read.message))
         return
     text, config, secrets = read
     masked = log_filter.secrets if log_filter is not None else ()
@@ -1617,11 +1667,13 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     # refused as by `config check`: a section its plugin refused breaks its provider (every request to it
     # fails), and routing would skip a target naming a model its provider lacks on every request, unsaid
     text = _config_text(config_path)
-    problems = [*refused_sections(config, app.registry, text, str(config_path)), *missing_models(config, app.registry)]
+    refused, warnings = missing_models(config, app.registry)
+    problems = [*refused_sections(config, app.registry, text, str(config_path)), *refused]
     if problems:
         await app.aclose()
         _unlock(data_lock, data_dir if made_data_dir else None)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    log_warnings(warnings)
     if routes_nothing(config):
         log.warning("%s", NO_ROUTE_WARNING)
     _log_replaced_rules(config)

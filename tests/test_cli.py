@@ -1027,10 +1027,10 @@ def test_config_check_suggests_the_name_meant_by_a_typo(tmp_path):
     result, output, lines = _config_check(typo)
     assert result.returncode == 1, output
     assert lines["providers.opneai"].endswith("did you mean 'openai'?")
-    assert lines["routes.0.use"].endswith("did you mean 'gpt-4o'?")
-    assert lines["routes.0.fallback.0"].endswith("did you mean 'anthropic'?")
-    assert lines["routes.0.fallback.1"].endswith("did you mean 'claude-sonnet-4-6'?")
-    assert "did you mean" not in lines["routes.0.fallback.2"]
+    assert lines["routes.0.use 'pictures'"].endswith(f"({typo}, line 6); did you mean 'gpt-4o'?")
+    assert lines["routes.0.fallback.0 'pictures'"].endswith(f"({typo}, line 7); did you mean 'anthropic'?")
+    assert lines["routes.0.fallback.1 'pictures'"].endswith(f"({typo}, line 7); did you mean 'claude-sonnet-4-6'?")
+    assert "did you mean" not in lines["routes.0.fallback.2 'pictures'"]
     assert "sk-y" not in output
 
 
@@ -1047,12 +1047,12 @@ def test_config_check_warns_of_provider_and_plugin_names_no_installed_plugin_off
     result, output, lines = _config_check(typos)
     assert result.returncode == 0 and "OK — 1 rule(s)" in result.stdout, output
     elsewhere = "(a warning only: it may be installed where the daemon runs)"
-    assert lines["routes.0.use"] == (f"routes.0.use: no provider 'opeani' here: no installed plugin offers it "
-                                     f"{elsewhere}; did you mean 'openai'?")
+    assert lines["routes.0.use 'a'"] == (f"routes.0.use 'a': no provider 'opeani' here: no installed plugin offers "
+                                         f"it {elsewhere} ({typos}, line 3); did you mean 'openai'?")
     assert lines["overrides.providers.0"] == (f"overrides.providers.0: no provider 'opeanai' here: no installed "
-                                              f"plugin offers it {elsewhere}; did you mean 'openai'?")
+                                              f"plugin offers it {elsewhere} ({typos}, line 5); did you mean 'openai'?")
     assert lines["plugins.disabled.0"] == (f"plugins.disabled.0: no installed plugin is called 'openia' "
-                                           f"{elsewhere}; did you mean 'openai'?")
+                                           f"{elsewhere} ({typos}, line 6); did you mean 'openai'?")
     assert not {"overrides.providers.1", "plugins.disabled.1", "default"} & set(lines), output
 
 

@@ -122,7 +122,7 @@ UNCONFIGURED = yaml("""
 """)
 RESEARCH_WARNING = ("routes.0: rule 'research-team' has no usable target, so every request it matches goes on to "
                     "the next rules: provider 'gemini' is not configured (no API key: set GEMINI_API_KEY or GOOGLE_API_KEY "
-                    "or providers.gemini.api_key)")
+                    "or providers.gemini.api_key) ({}, line 4)")
 
 
 def test_config_check_warns_of_a_rule_whose_only_provider_is_not_configured(tmp_path):
@@ -131,7 +131,7 @@ def test_config_check_warns_of_a_rule_whose_only_provider_is_not_configured(tmp_
     strict = run_check(file, "--strict")
     assert strict.returncode == 1, strict.stderr
     lines = strict.stderr.splitlines()
-    assert lines == [RESEARCH_WARNING, "1 warning(s), failing as --strict asks"]  # not the rule with a fallback
+    assert lines == [RESEARCH_WARNING.format(file), "1 warning(s), failing as --strict asks"]  # not the rule with a fallback
     assert run_check(file, env={"GEMINI_API_KEY": "k"}).stderr == ""  # configured where it runs: nothing to say
 
 
@@ -154,7 +154,8 @@ def test_config_check_json_gives_each_problem_its_severity_key_and_line(tmp_path
     assert report["file"] == str(file) and report["ok"] is False
     assert [(p["severity"], p["key"]) for p in report["problems"]] == [
         ("error", "routes.2.use"), ("warning", "routes.0")]
-    assert report["problems"][1]["message"] == RESEARCH_WARNING
+    assert report["problems"][1]["message"] == RESEARCH_WARNING.format(file)
+    assert [p["line"] for p in report["problems"]] == [12, 4]
     schema = tmp_path / "schema.yaml"
     schema.write_text(SHELL_FORMS)
     problems = json.loads(run_check(schema, "--json").stdout)["problems"]
@@ -172,8 +173,9 @@ def test_config_check_json_gives_each_problem_its_severity_key_and_line(tmp_path
 def test_the_daemon_warns_at_start_and_reload_of_a_rule_with_no_configured_target(start_daemon):
     """The research team's traffic went to another model, unsaid: only an INFO line said gemini had no key."""
     daemon = start_daemon(UNCONFIGURED)  # launch_daemon drops every *_API_KEY
-    assert f"WARNING router.core: {RESEARCH_WARNING}" in daemon.logs()
+    warning = RESEARCH_WARNING.format(daemon.config_path)
+    assert f"WARNING router.core: {warning}" in daemon.logs()
     assert "with-fallback" not in daemon.logs()
-    seen = daemon.logs().count(RESEARCH_WARNING)
+    seen = daemon.logs().count(warning)
     reload(daemon, UNCONFIGURED.replace("tags: [research]", "tags: [research, lab]"), "rules reloaded")
-    assert daemon.logs().count(RESEARCH_WARNING) == seen + 1
+    assert daemon.logs().count(warning) == seen + 1

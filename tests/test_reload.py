@@ -230,7 +230,7 @@ def test_sighup_with_a_typo_in_a_provider_section_is_refused_and_the_provider_ke
         typo = OPENAI.format(key=key, url=fake.base_url).replace("base_url:", "timout: 5, base_url:")
         reload(daemon, typo + "default: local/extract\n", "reload refused")
         # said as `config check` and a refused start-up say it: the key's line and the setting meant
-        assert (f"reload refused, the running configuration, rules and providers stay: providers.openai.timout: "
+        assert (f"SIGHUP: reload refused, the running configuration stays: providers.openai.timout: "
                 f"Extra inputs are not permitted ({daemon.config_path}, line 3); did you mean 'timeout'?"
                 in daemon.logs()), daemon.logs()
         # the candidate providers of the refused file were never in service: the running openai is not broken
@@ -279,19 +279,19 @@ def test_sighup_naming_a_model_a_ready_provider_does_not_offer_is_refused(start_
     daemon = start_daemon(FIRST)
     typo = SECOND.replace("use: fake/omni", "use: fake/omnii")
     reload(daemon, typo, "reload refused")
-    assert ("reload refused, the running configuration, rules and providers stay: routes.1.use: provider 'fake' "
-            "has no model 'omnii' (it has: echo, docs, omni, small, ears, diarizer); did you mean 'omni'?"
-            in daemon.logs())
+    assert ("SIGHUP: reload refused, the running configuration stays: routes.1.use 'to-omni': provider 'fake' "
+            "has no model 'omnii' (it has: echo, docs, omni, small, ears, diarizer) "
+            f"({daemon.config_path}, line 9); did you mean 'omni'?" in daemon.logs())
     assert "rules reloaded" not in daemon.logs()
     assert route_of(daemon) == ("to-echo", "fake/echo")
 
-    reload(daemon, typo.replace("api_key: k", "api_key: k2"), "routes.1.use: provider 'fake' has no model")
+    reload(daemon, typo.replace("api_key: k", "api_key: k2"), "routes.1.use 'to-omni': provider 'fake' has no model")
     assert "rules reloaded" not in daemon.logs() and "providers made again" not in daemon.logs()
     assert route_of(daemon) == ("to-echo", "fake/echo")
 
     no_key = SECOND.replace("use: fake/omni", "use: fake/omni\n    fallback: [openai/gpt4o]")
     reload(daemon, no_key, "rules reloaded")
-    assert "routes.1.fallback.0: provider 'openai' has no model 'gpt4o'" in daemon.logs()
+    assert "routes.1.fallback.0 'to-omni': provider 'openai' has no model 'gpt4o'" in daemon.logs()
     assert "only a warning" in daemon.logs()
     assert route_of(daemon) == ("to-omni", "fake/omni") and daemon.proc.poll() is None
 

@@ -28,7 +28,7 @@ routes:
 overrides: {allow: false}
 """
 
-REFUSED = "reload refused, the running configuration, rules and providers stay"
+REFUSED = "SIGHUP: reload refused, the running configuration stays"
 
 
 def test_a_reload_that_reads_the_file_empty_or_half_written_is_refused(start_daemon) -> None:
