@@ -58,7 +58,15 @@ from .mime import normalise_mime
 from .outcome import Answer, Done, RouteChosen, RouteInfo
 from .plugins import GROUP, ProviderEntry, Registry, State, load_registry, log_broken_providers
 from .provider import FORGET_MEDIA_SECONDS, Provider
-from .redact import longest_first, mask, remembered, remembered_count, session_tag, url_credentials
+from .redact import (
+    SECRET_SETTING,
+    longest_first,
+    mask,
+    remembered,
+    remembered_count,
+    session_tag,
+    url_credentials,
+)
 from .routing import (
     Catalog,
     Decision,
@@ -113,12 +121,8 @@ RESETS_KEPT = 10_000
 #: When a call refused for the calls already waiting on its session is told to try again (RetryInfo).
 SESSION_RETRY_SECONDS = 1.0
 
-#: Provider settings whose values are secrets, by their name (documented for plugin authors in the README):
-#: "tokens" (max_output_tokens, context_tokens) are counts, not secrets; "pat" (a personal access token)
-#: only as a whole word of the name (not "path"); "auth" (Authorization, proxy_auth, auth_header) but not
-#: "author" nor "authority".
-_SECRET_KEY = re.compile(r"key|token(?!s)|secret|passw|passphrase|credential|bearer|cookie|signature|private"
-                         r"|(?:^|[_-])pat(?:$|[_-])|auth(?!or(?!iz))", re.IGNORECASE)
+#: Provider settings whose values are secrets, by their name (see :data:`router.redact.SECRET_SETTING`).
+_SECRET_KEY = SECRET_SETTING
 #: A setting's value that is an HTTP credential whatever its key's name (``extra_headers: {X-Gateway:
 #: "Bearer ..."}``): the scheme, then the credential (group 1).
 _SCHEME_CREDENTIAL = re.compile(r"\s*(?:bearer|basic)\s+(\S.*?)\s*$", re.IGNORECASE | re.DOTALL)
