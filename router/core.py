@@ -56,7 +56,15 @@ from .invoke import DEADLINE_MARGIN_SECONDS, FailedAttempt, ProviderCall, in_bac
 from .media import MediaStore
 from .mime import normalise_mime
 from .outcome import Answer, Done, RouteChosen, RouteInfo
-from .plugins import GROUP, ProviderEntry, Registry, State, load_registry, log_broken_providers
+from .plugins import (
+    GROUP,
+    ProviderEntry,
+    Registry,
+    State,
+    close_provider,
+    load_registry,
+    log_broken_providers,
+)
 from .provider import FORGET_MEDIA_SECONDS, Provider
 from .redact import (
     SECRET_SETTING,
@@ -114,6 +122,10 @@ log = logging.getLogger(__name__)
 #: What a session keeps as the reply to a question an extraction-only model answered (see App._kept_reply).
 NOT_ANSWERED_TURN = ("(No language model answered this question: the text of its media was extracted offline "
                      "instead. It is still to be answered.)")
+
+#: How long each provider's ``aclose`` may run before it is cancelled, with a warning naming the provider: at the
+#: daemon's stop (all at once, within ``router.server.STOP_SECONDS``), and after a reload (see App._close_registry).
+PROVIDER_CLOSE_SECONDS = 3.0
 
 #: How many recent resets are remembered for the calls under way (see App.areset_session).
 RESETS_KEPT = 10_000
@@ -376,6 +388,9 @@ class App:
         #: Registries replaced by a reload that still have calls under way; closed when the last ends.
         self._retired: list[Registry] = []
         self._closing: set[asyncio.Task] = set()
+        #: The providers whose ``aclose`` was cancelled (past :data:`PROVIDER_CLOSE_SECONDS`) and still runs: a
+        #: plugin that catches CancelledError (named by the daemon's stop when it gives up waiting).
+        self.closes_cut: list[str] = []
         self.media = MediaStore(data_dir / "media", config.server.max_upload_bytes)
         self.sessions = SessionStore(data_dir / "sessions.sqlite", longest_call_seconds=config.server.max_call_seconds)
         self.sessions.drop_stale_links()  # before any call of this daemon's makes one
@@ -538,7 +553,7 @@ class App:
             return
         for registry in [r for r in self._retired if r.calls == 0]:
             self._retired.remove(registry)
-            task = loop.create_task(registry.aclose())
+            task = loop.create_task(self._close_registry(registry))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
@@ -1187,9 +1202,30 @@ class App:
 
     async def _close_providers(self) -> None:
         registries, self._retired = [self.registry, *self._retired], []
-        await asyncio.gather(*(registry.aclose() for registry in registries))
+        await asyncio.gather(*(self._close_registry(registry) for registry in registries))
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def _close_registry(self, registry: Registry) -> None:
+        """Close ``registry``'s providers all at once (one slow to close does not keep the others open), each
+        cut after :data:`PROVIDER_CLOSE_SECONDS` (see :meth:`_close_provider`); failures are logged."""
+        await asyncio.gather(*(self._close_provider(provider) for provider in registry.providers()))
+
+    async def _close_provider(self, provider: Provider) -> None:
+        """``provider.aclose()``, cancelled with a warning naming the provider once it has run
+        :data:`PROVIDER_CLOSE_SECONDS` (it awaits something slow: deleting uploads, draining a pool); returns
+        when it has ended, listed in :attr:`closes_cut` meanwhile once cancelled."""
+        close = asyncio.ensure_future(close_provider(provider))
+        await asyncio.wait([close], timeout=PROVIDER_CLOSE_SECONDS)
+        if close.done():
+            return
+        log.warning("closing provider %s did not end within %g s: cancelled", provider.name, PROVIDER_CLOSE_SECONDS)
+        close.cancel()
+        self.closes_cut.append(provider.name)
+        try:
+            await asyncio.wait([close])
+        finally:
+            self.closes_cut.remove(provider.name)
 
 
 #: Failures that say nothing of a provider's health: the request's input was too large for the model, or

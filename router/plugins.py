@@ -92,10 +92,10 @@ class Registry:
     async def aclose(self) -> None:
         """Close every provider, all at once (one slow to close does not keep the others open), ignoring
         failures."""
-        await asyncio.gather(*(_close(provider) for provider in self.providers()))
+        await asyncio.gather(*(close_provider(provider) for provider in self.providers()))
 
 
-async def _close(provider: Provider) -> None:
+async def close_provider(provider: Provider) -> None:
     """``provider.aclose()``; a failure is logged, not raised."""
     try:
         await provider.aclose()

@@ -10,11 +10,11 @@ changes hands every few milliseconds), and the waiting calls' attempts are timed
 A ``prepare`` that never ends (a plugin's bug: an import that deadlocks, network I/O) must not take
 more than its own provider down: a call waits for it at most :data:`WAIT_SECONDS`, and keeps
 :data:`FALLBACK_RESERVE_SECONDS` of what its deadline leaves for its fallbacks (half, when under a second is
-left), then fails that attempt (UNAVAILABLE, so the fallbacks are tried); once a call has waited for
-it in vain after it ran :data:`SERIAL_WAIT_SECONDS`, the provider's later calls fail at once while it
-runs. The prepares run one after another, but one that has run :data:`SERIAL_WAIT_SECONDS`, or that a
-call waited for in vain, is passed; and the threads are daemon threads, which never hold up the daemon's
-exit.
+left), then fails that attempt (UNAVAILABLE, so the fallbacks are tried; the first such attempt logs a
+warning with the stack of its thread); once a call has waited for it in vain after it ran
+:data:`SERIAL_WAIT_SECONDS`, the provider's later calls fail at once while it runs. The prepares run one
+after another, but one that has run :data:`SERIAL_WAIT_SECONDS`, or that a call waited for in vain, is
+passed; and the threads are daemon threads, which never hold up the daemon's exit.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import threading
 import time
+import traceback
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -57,6 +59,10 @@ _PASSED: weakref.WeakSet[Provider] = weakref.WeakSet()
 #: Those a call waited for in vain after they had run :data:`SERIAL_WAIT_SECONDS`: while it runs, their calls
 #: fail at once.
 _OVERDUE: weakref.WeakSet[Provider] = weakref.WeakSet()
+#: Each provider's ``prepare`` thread, and when it began (``time.monotonic()``): for the warning of a call that gives up.
+_THREADS: weakref.WeakKeyDictionary[Provider, tuple[threading.Thread, float]] = weakref.WeakKeyDictionary()
+#: The providers whose ``prepare`` a call gave up waiting for, warned of already (once each).
+_WARNED: weakref.WeakSet[Provider] = weakref.WeakSet()
 #: The prepares that ended lately: (provider name, when it ended, a ``time.monotonic()``), to say which ones a
 #: prepare queued behind.
 _ENDED: deque[tuple[str, float]] = deque(maxlen=64)
@@ -90,8 +96,8 @@ async def prepared(provider: Provider, route: RouteInfo, ctx: CallContext) -> No
     if future.done():
         return
     if provider in _OVERDUE:
-        raise ProviderUnavailable(provider.name, "its SDK is still loading: prepare() has not ended, and a call "
-                                                 "before this one waited for it in vain (does it hang? see the "
+        raise ProviderUnavailable(provider.name, "its SDK is still loading: prepare() has not ended, and an "
+                                                 "earlier attempt waited for it in vain (does it hang? see the "
                                                  "daemon's log)")
     started, since = time.perf_counter(), time.monotonic()
     limit = WAIT_SECONDS
@@ -107,12 +113,26 @@ async def prepared(provider: Provider, route: RouteInfo, ctx: CallContext) -> No
             if time.monotonic() - running[1] >= SERIAL_WAIT_SECONDS:  # longer than an import takes: it hangs
                 _OVERDUE.add(provider)
         hangs = "it" if running is None or running[0] is provider else f"the prepare of {running[0].name}"
+        _warn_given_up(provider, hangs)
         raise ProviderUnavailable(provider.name, f"its SDK is still loading: prepare() has not ended after "
                                                  f"{time.perf_counter() - started:.1f} s (does {hangs} hang? see "
                                                  "the daemon's log); the call did not wait longer") from None
     waited_ms = (time.perf_counter() - started) * 1000
     if waited_ms >= NOTED_WAIT_MS:
         route.notes.append(_waited_note(provider, waited_ms, queued, since))
+
+
+def _warn_given_up(provider: Provider, hangs: str) -> None:
+    """Log, once per provider, that a call gave up waiting for its ``prepare`` (``hangs``: what may hang, "it" or
+    the prepare of the one it queues behind): how long it has run, and where its thread is."""
+    if provider in _WARNED or provider not in _THREADS:
+        return
+    _WARNED.add(provider)
+    thread, began = _THREADS[provider]
+    frame = sys._current_frames().get(thread.ident) if thread.ident is not None else None
+    where = "".join(traceback.format_stack(frame)).rstrip() if frame is not None else "  (it has ended meanwhile)"
+    log.warning("provider %s: a call gave up waiting for its prepare(), begun %.1f s ago and not ended (does %s "
+                "hang?); its thread %s is at:\n%s", provider.name, time.monotonic() - began, hangs, thread.name, where)
 
 
 def _waited_note(provider: Provider, waited_ms: float, queued: Queued, since: float) -> str:
@@ -158,7 +178,9 @@ def _start(provider: Provider) -> asyncio.Future[Queued]:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the daemon stopped)
             loop.call_soon_threadsafe(done, queued)
 
-    threading.Thread(target=run, name=f"mmrouter-prepare-{provider.name}", daemon=True).start()
+    thread = threading.Thread(target=run, name=f"mmrouter-prepare-{provider.name}", daemon=True)
+    _THREADS[provider] = (thread, time.monotonic())
+    thread.start()
     return future
 
 

@@ -192,5 +192,11 @@ class Provider(abc.ABC):
         each instance it replaced once the calls under way on it have ended (and those it made, unused,
         if it is refused). Over the daemon's life several instances of your class are thus made and
         closed, some never used: free only this instance's resources here, never state the module
-        shares (a global client, a cache). It may be called more than once: make it idempotent."""
+        shares (a global client, a cache). It may be called more than once: make it idempotent.
+
+        Each ``aclose`` may run 3 s (``router.core.PROVIDER_CLOSE_SECONDS``; the providers close all at once):
+        then it is cancelled, and a WARNING names the provider ("closing provider NAME did not end within 3 s:
+        cancelled"). Keep it short (no upstream clean-up that may take longer), and let the CancelledError
+        through: at shutdown the daemon waits 5 s in all for the closes and the calls it cancelled, then exits
+        with status 1 without waiting for one that still runs (an ERROR names it)."""
 

@@ -1738,13 +1738,12 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     await _drain(app, grace, hurry)
     await health_servicer.end_watches()
     await server.stop(CLOSE_SECONDS)
-    stuck = await _finish_within(STOP_SECONDS, app.aclose())
+    stuck = await _finish_within(STOP_SECONDS, app)
     data_lock.close()
     if ready_file is not None:
         _remove_ready_file(ready_file, bound)
     if stuck:
-        log.error("stopped, but %s did not stop within %gs of being cancelled (a plugin that catches "
-                  "CancelledError?): exiting without waiting for it", " and ".join(stuck), STOP_SECONDS)
+        log.error("stopped, but %s: exiting without waiting for it", "; ".join(stuck))
         logging.shutdown()
         os._exit(1)  # asyncio.run would wait for those calls forever
     log.info("stopped")
@@ -1850,7 +1849,8 @@ def _bound_address(address: str, port: int) -> str:
     return f"{address.rsplit(':', 1)[0]}:{port}"
 
 
-#: After the drain, how long closing the providers and cancelling the calls left may take.
+#: After the drain, how long closing the providers and cancelling the calls left may take (each provider's
+#: ``aclose`` is cancelled after :data:`~router.core.PROVIDER_CLOSE_SECONDS` of it).
 STOP_SECONDS = 5.0
 #: After the drain, how long gRPC's stop waits for the calls ended to send their status (health watches: see
 #: :meth:`HealthServicer.end_watches`) and for clients to close their connections on its GOAWAY (NO_ERROR)
@@ -1858,17 +1858,22 @@ STOP_SECONDS = 5.0
 CLOSE_SECONDS = 1.0
 
 
-async def _finish_within(seconds: float, closing: Coroutine[Any, Any, None]) -> list[str]:
-    """Run ``closing`` and cancel the provider calls still under way, for at most ``seconds`` in all.
-    Returns what did not finish (``provider <name>``, ``closing the providers``); a failure of ``closing`` is raised."""
-    close = asyncio.ensure_future(closing)
+async def _finish_within(seconds: float, app: App) -> list[str]:
+    """Close ``app`` (each provider's close is cancelled after :data:`~router.core.PROVIDER_CLOSE_SECONDS`) and
+    cancel the provider calls still under way, for at most ``seconds`` in all. Returns what did not end, said for
+    the log (the calls, and the closes, that went on after they were cancelled); a failure of closing is raised."""
+    close = asyncio.ensure_future(app.aclose())
     calls = invoke.calls_under_way()
     for task in calls:
         task.cancel()
     _, pending = await asyncio.wait([close, *calls], timeout=seconds)
-    stuck = [f"provider {name}" for name in invoke.providers_running(pending)]
-    if close in pending:
-        stuck.append("closing the providers")
-    else:
+    stuck = [f"provider {name} did not stop within {seconds:g}s of being cancelled (a plugin that catches "
+             "CancelledError?)" for name in invoke.providers_running(pending)]
+    if close not in pending:
         close.result()
+    elif app.closes_cut:
+        stuck.append(f"closing provider {' and '.join(dict.fromkeys(app.closes_cut))} did not end after it was "
+                     "cancelled (its aclose catches CancelledError?)")
+    else:
+        stuck.append(f"closing the providers and the sessions database did not end within {seconds:g}s")
     return stuck

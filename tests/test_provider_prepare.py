@@ -124,7 +124,7 @@ def test_a_prepare_that_hangs_fails_its_own_attempts_only_and_the_daemon_still_s
     # a later call, without a deadline, does not wait 30 s again: the overdue prepare fails it at once
     later = daemon.stub.Generate(pb.GenerateRequest(request=text_request("later")), timeout=60).answer
     assert later.text.startswith("fake/echo says: later")
-    assert "a call before this one waited for it in vain" in later.route.attempts[0].error
+    assert "an earlier attempt waited for it in vain" in later.route.attempts[0].error
     tagged = text_request("tagged")
     tagged.hints.tags.append("quick")
     assert daemon.stub.Generate(pb.GenerateRequest(request=tagged), timeout=30).answer.text.startswith("fake/echo")
