@@ -73,6 +73,7 @@ from .errors import (
     UploadIdle,
 )
 from .health import Health as RecentHealth
+from .loopwatch import LoopWatch
 from .memory import address_space_limit, give_back_when_idle
 from .outcome import Done, RouteChosen, RouteInfo, StepUsage
 from .registration import add_guarded_service, add_router_service, parsed
@@ -1722,12 +1723,15 @@ async def serve(config: Config, *, ready_file: Path | None = None, config_path: 
     data_watch = asyncio.create_task(watch_data_dir(app, held_files(data_dir, data_lock, app), health_servicer))
     # the memory a burst of calls freed, given back to the system once none is under way
     trimmer = asyncio.create_task(give_back_when_idle(lambda: app.calls_ended, lambda: len(app.call_tasks)))
+    stalls = LoopWatch()
+    stalls.start()
     await stop.wait()
     _ignore_reloads(loop)
     await reloads.aclose()
     watch.cancel()
     data_watch.cancel()
     trimmer.cancel()
+    stalls.stop()
     grace = config.server.shutdown_grace_seconds
     log.info("shutting down: draining in-flight calls for up to %gs", grace)
     await health_servicer.enter_graceful_shutdown()

@@ -33,7 +33,7 @@ import router
 
 T = frozenset({{router.Modality.TEXT}})
 FAULTS = ["ok", "kbi", "sysexit", "genexit", "own-cancel", "none-text", "int-text", "bare-str", "none", "object",
-          "leak-env", "leak-nested", "leak-url", "leak-passphrase", "swallow-cancel", "empty-then-503", "float-tokens", "raw-finish", "nan-audio",
+          "leak-env", "leak-nested", "leak-url", "leak-passphrase", "block-loop", "swallow-cancel", "empty-then-503", "float-tokens", "raw-finish", "nan-audio",
           "utterances-str", "utterance-dict", "speaker-int", "start-str", "end-nan", "start-negative", "confidence-str",
           "language-int", "duration-none"]
 U, W = router.Utterance, router.Word
@@ -93,6 +93,9 @@ class Faulty(router.Provider):
             raise RuntimeError(f"401: bad key {{self.settings.key}}")
         if fault == "leak-url":
             raise router.ProviderUnavailable("faulty", f"cannot reach {{self.settings.base_url}}")
+        if fault == "block-loop":  # blocking work on the event loop, which a plugin must not do
+            import time
+            time.sleep(1.5)
         if fault == "leak-passphrase":
             raise router.ProviderUnavailable("faulty", f"the server said: wrong passphrase {{self.settings.passphrase}}")
         if fault == "leak-nested":
@@ -333,6 +336,18 @@ def test_a_secret_setting_read_from_its_env_fields_variable_is_masked_for_the_cl
         assert details.message == "faulty: the server said: wrong passphrase ***", details.message
     daemon.stop()
     assert "wrong passphrase ***" in daemon.logs() and PASSPHRASE not in daemon.logs()
+
+
+def test_a_plugin_blocking_the_event_loop_is_named_in_a_warning(faulty_daemon) -> None:
+    """A plugin's generate that sleeps on the event loop held every other call, whose own latency showed
+    nothing of it: the stall is logged, naming the provider whose call was under way."""
+    request = text_request("hi", hints=pb.RoutingHints(provider="faulty", model="block-loop"))
+    answer = faulty_daemon.stub.Generate(pb.GenerateRequest(request=request), timeout=30).answer
+    assert answer.text == "part1 part2"
+    assert wait_for(lambda: "the event loop has been blocked for" in faulty_daemon.logs())
+    [line] = [line for line in faulty_daemon.logs().splitlines() if "the event loop has been blocked for" in line]
+    assert "(provider calls under way: faulty)" in line and "WARNING" in line
+    assert "time.sleep(1.5)" in faulty_daemon.logs()  # where the loop's thread was: the plugin's line
 
 
 def test_keys_read_through_api_key_env_or_nested_are_masked_everywhere(start_daemon, tmp_path) -> None:
