@@ -89,11 +89,6 @@ class Registry:
     def providers(self) -> list[Provider]:
         return [e.provider for e in self.entries.values() if e.provider is not None]
 
-    async def aclose(self) -> None:
-        """Close every provider, all at once (one slow to close does not keep the others open), ignoring
-        failures."""
-        await asyncio.gather(*(close_provider(provider) for provider in self.providers()))
-
 
 async def close_provider(provider: Provider) -> None:
     """``provider.aclose()``; a failure is logged, not raised."""
